@@ -1,0 +1,432 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// apiRoutes adds the JSON API under /api/v1/.
+func (a *appliance) apiRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/transport-certificate", a.handleTransportCert)
+	mux.HandleFunc("POST /api/v1/enroll", a.handleEnroll)
+	mux.HandleFunc("POST /api/v1/kra/enroll", a.handleKRAEnroll)
+	mux.HandleFunc("GET /api/v1/kra/enroll/{id}", a.handleKRAEnrollStatus)
+	mux.HandleFunc("GET /api/v1/pending", a.handlePendingList)
+	mux.HandleFunc("POST /api/v1/pending/{id}/issue", a.handlePendingIssue)
+	mux.HandleFunc("POST /api/v1/pending/{id}/deny", a.handlePendingDeny)
+	mux.HandleFunc("GET /api/v1/recovery-set", a.handleRecoverySetShow)
+	mux.HandleFunc("POST /api/v1/recovery-set", a.handleRecoverySetSet)
+	mux.HandleFunc("GET /api/v1/whoami", a.handleWhoami)
+	mux.HandleFunc("GET /api/v1/templates", a.handleTemplates)
+}
+
+// templateJSON is what enrollees may know of a template.
+type templateJSON struct {
+	Name           string   `json:"name"`
+	Purpose        string   `json:"purpose,omitempty"`
+	KeyUsage       []string `json:"key_usage"`
+	ExtKeyUsage    []string `json:"ext_key_usage"`
+	ValidityDays   int      `json:"validity_days"`
+	Archive        bool     `json:"archive"`
+	ServerKeygen   bool     `json:"server_keygen"`
+	ManualApproval bool     `json:"manual_approval"`
+}
+
+func (a *appliance) handleTemplates(w http.ResponseWriter, r *http.Request) {
+	names := make([]string, 0, len(a.svc.Templates))
+	for n := range a.svc.Templates {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]templateJSON, 0, len(names))
+	for _, n := range names {
+		t := a.svc.Templates[n]
+		out = append(out, templateJSON{Name: t.Name, Purpose: t.Purpose, KeyUsage: t.KeyUsage, ExtKeyUsage: t.ExtKeyUsage,
+			ValidityDays: t.ValidityDays, Archive: t.Archive, ServerKeygen: t.ServerKeygen, ManualApproval: t.ManualApproval})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// decodeJSON reads a bounded JSON body strictly: unknown fields are errors.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &httpStatusError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxJSONBody)}
+		}
+		return fmt.Errorf("%w: request body is not the expected JSON: %v", escrow.ErrInvalidRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: request body holds more than one JSON value", escrow.ErrInvalidRequest)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// decodeB64 decodes a base64 (standard or URL alphabet, padding optional) JSON field.
+func decodeB64(field, s string) ([]byte, error) {
+	s = strings.Map(dropSpace, s)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: field %s is not base64", escrow.ErrInvalidRequest, field)
+}
+
+func parseCSRField(field, s string) (*x509.CertificateRequest, error) {
+	if s == "" {
+		return nil, fmt.Errorf("%w: field %s (base64 DER PKCS#10) is required", escrow.ErrInvalidRequest, field)
+	}
+	der, err := decodeB64(field, s)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: field %s is not a DER PKCS#10 certificate request", escrow.ErrInvalidRequest, field)
+	}
+	return csr, nil
+}
+
+func certPEM(c *x509.Certificate) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+}
+
+func (a *appliance) handleTransportCert(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	// Which RSA-OAEP hash the token can open, so clients choose one that works.
+	w.Header().Set("Keyarc-Transport-OAEP", strings.ToLower(strings.ReplaceAll(a.oaepHash, "-", "")))
+	io.WriteString(w, certPEM(a.svc.Transport.Cert))
+}
+
+type enrollRequest struct {
+	Template     string `json:"template"`
+	CSR          string `json:"csr"`
+	EncryptedKey string `json:"encrypted_key"`
+}
+
+type issuedJSON struct {
+	Serial      string `json:"serial"`
+	Certificate string `json:"certificate"`
+	Chain       string `json:"chain"`
+	RecordID    string `json:"record_id,omitempty"`
+	NotAfter    string `json:"not_after"`
+}
+
+func (a *appliance) issuedJSON(is *escrow.Issued) issuedJSON {
+	return issuedJSON{
+		Serial: is.Serial, Certificate: certPEM(is.Certificate), Chain: certPEM(a.caCert),
+		RecordID: is.RecordID, NotAfter: is.Certificate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
+	}
+}
+
+// handleEnroll: JSON enrollment, with the private key of archiving templates in a CMS envelope
+// to the transport certificate.
+func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
+	who, err := a.authenticate(r, false)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req enrollRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if req.Template == "" {
+		a.fail(w, r, fmt.Errorf("%w: field template is required", escrow.ErrInvalidRequest))
+		return
+	}
+	csr, err := parseCSRField("csr", req.CSR)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var issued *escrow.Issued
+	er := escrow.EnrollRequest{Template: req.Template, CSR: csr}
+	if req.EncryptedKey != "" {
+		env, err := decodeB64("encrypted_key", req.EncryptedKey)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		issued, err = a.svc.EnrollArchived(r.Context(), who, er, env)
+	} else {
+		issued, err = a.svc.Enroll(r.Context(), who, er)
+	}
+	if err != nil {
+		a.refused(req.Template, err)
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.issuedJSON(issued))
+}
+
+type kraEnrollRequest struct {
+	Name      string `json:"name"`
+	UnwrapKey string `json:"unwrap_public_key"` // base64 DER SubjectPublicKeyInfo
+	AuthCSR   string `json:"auth_csr"`          // base64 DER PKCS#10
+	Proof     string `json:"proof"`             // base64 auth-key signature over escrow.KRABinding
+}
+
+type pendingJSON struct {
+	ID           string   `json:"id"`
+	Template     string   `json:"template"`
+	Name         string   `json:"name,omitempty"`
+	Requester    string   `json:"requester,omitempty"`
+	State        string   `json:"state"`
+	CreatedAt    string   `json:"created_at"`
+	DecidedBy    string   `json:"decided_by,omitempty"`
+	Serial       string   `json:"serial,omitempty"`
+	Fingerprints []string `json:"fingerprints,omitempty"`
+}
+
+func toPendingJSON(p escrow.Pending) pendingJSON {
+	return pendingJSON{
+		ID: p.ID, Template: p.Template, Name: p.Name, Requester: p.Requester, State: p.State,
+		CreatedAt: p.CreatedAt.UTC().Format("2006-01-02T15:04:05Z"), DecidedBy: p.DecidedBy, Serial: p.Serial,
+		Fingerprints: p.Fingerprints,
+	}
+}
+
+// handleKRAEnroll records a KRA's enrollment as a pending request. It needs no credential: an
+// admin decides, comparing the key fingerprints with the KRA in person.
+func (a *appliance) handleKRAEnroll(w http.ResponseWriter, r *http.Request) {
+	var req kraEnrollRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	auth, err := parseCSRField("auth_csr", req.AuthCSR)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	spki, err := decodeB64("unwrap_public_key", req.UnwrapKey)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	unwrap, err := x509.ParsePKIXPublicKey(spki)
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("%w: field unwrap_public_key is not a DER SubjectPublicKeyInfo", escrow.ErrInvalidRequest))
+		return
+	}
+	proof, err := decodeB64("proof", req.Proof)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	id, err := a.svc.SubmitKRA(r.Context(), escrow.KRARequest{Name: req.Name, UnwrapKey: unwrap, AuthCSR: auth, Proof: proof, Requester: r.RemoteAddr})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, pendingJSON{ID: id, Template: escrow.TemplateKRA, Name: req.Name, State: store.StatePending,
+		Fingerprints: []string{escrow.PublicKeyFingerprint(unwrap), escrow.PublicKeyFingerprint(auth.PublicKey)}})
+}
+
+// handleKRAEnrollStatus lets a KRA collect its certificates once issued (certificates are public).
+func (a *appliance) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var p *store.Pending
+	var certs []store.Certificate
+	err := a.db.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		if p, err = tx.GetPending(id); err != nil {
+			return err
+		}
+		if p.State == store.StateIssued {
+			certs, err = tx.ListCertificates(store.Filter{KRA: p.Name, State: store.StateIssued})
+		}
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		err = fmt.Errorf("%w: no pending request %q", escrow.ErrNotFound, id)
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := struct {
+		pendingJSON
+		Unwrap string `json:"unwrap_certificate,omitempty"`
+		Auth   string `json:"auth_certificate,omitempty"`
+	}{pendingJSON: toPendingJSON(escrow.Pending{Pending: *p})}
+	// The newest unwrap and auth certificates of this KRA.
+	for _, c := range certs {
+		block := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.DER}))
+		if c.Template == escrow.TemplateKRA {
+			out.Unwrap = block
+		} else if c.Role == string(policy.RoleKRA) {
+			out.Auth = block
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *appliance) handlePendingList(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.requireRole(r, policy.RoleAdmin); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	state := r.URL.Query().Get("state")
+	if state == "" {
+		state = store.StatePending
+	} else if state == "all" {
+		state = ""
+	}
+	list, err := a.svc.ListPending(r.Context(), state)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]pendingJSON, 0, len(list))
+	for _, p := range list {
+		out = append(out, toPendingJSON(p))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *appliance) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
+	admin, err := a.requireRole(r, policy.RoleAdmin)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	issued, err := a.svc.IssuePending(r.Context(), r.PathValue("id"), admin.Subject)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]issuedJSON, 0, len(issued))
+	for _, is := range issued {
+		out = append(out, a.issuedJSON(is))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *appliance) handlePendingDeny(w http.ResponseWriter, r *http.Request) {
+	admin, err := a.requireRole(r, policy.RoleAdmin)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.svc.DenyPending(r.Context(), r.PathValue("id"), admin.Subject); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"id": r.PathValue("id"), "state": store.StateDenied})
+}
+
+type recoverySetJSON struct {
+	Epoch  uint32           `json:"epoch"`
+	Quorum int              `json:"quorum"`
+	KRAs   []recoveryKRAJSON `json:"kras"`
+}
+
+type recoveryKRAJSON struct {
+	Name     string `json:"name"`
+	Serial   string `json:"serial"`
+	NotAfter string `json:"not_after"`
+}
+
+func toRecoverySetJSON(rs *escrow.RecoverySet) recoverySetJSON {
+	out := recoverySetJSON{Epoch: rs.Epoch, Quorum: rs.Quorum}
+	for i, c := range rs.KRAs {
+		out.KRAs = append(out.KRAs, recoveryKRAJSON{Name: rs.Names[i], Serial: store.FormatSerial(c.SerialNumber),
+			NotAfter: c.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
+	}
+	return out
+}
+
+func (a *appliance) handleRecoverySetShow(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.requireRole(r, policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor, policy.RoleKRA); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	rs, err := a.svc.CurrentRecoverySet(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toRecoverySetJSON(rs))
+}
+
+func (a *appliance) handleRecoverySetSet(w http.ResponseWriter, r *http.Request) {
+	admin, err := a.requireRole(r, policy.RoleAdmin)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req struct {
+		Quorum int      `json:"quorum"`
+		KRAs   []string `json:"kras"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	rs, err := a.svc.SetRecoverySet(r.Context(), req.Quorum, req.KRAs, admin.Subject)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toRecoverySetJSON(rs))
+}
+
+func (a *appliance) handleWhoami(w http.ResponseWriter, r *http.Request) {
+	c, err := a.requireRole(r, policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor, policy.RoleKRA)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"subject": c.Subject, "role": c.Role, "kra": c.KRA, "serial": c.Serial})
+}
+
+// requireRole authenticates the caller by client certificate and checks its role.
+func (a *appliance) requireRole(r *http.Request, roles ...policy.Role) (*store.Certificate, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, fmt.Errorf("%w: this call needs a keyarc credential (TLS client certificate)", escrow.ErrUnauthorized)
+	}
+	c, err := a.clientCertificate(r.Context(), r.TLS.PeerCertificates[0])
+	if err != nil {
+		return nil, err
+	}
+	for _, role := range roles {
+		if c.Role == string(role) {
+			return c, nil
+		}
+	}
+	names := make([]string, len(roles))
+	for i, role := range roles {
+		names[i] = string(role)
+	}
+	have := c.Role
+	if have == "" {
+		have = "no role"
+	}
+	return nil, fmt.Errorf("%w: this call needs the %s role; the presented credential has %s", escrow.ErrForbidden, strings.Join(names, " or "), have)
+}

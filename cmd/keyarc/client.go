@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/softhsm"
+)
+
+// Labels of a KRA's keys in the KRA's own token.
+const (
+	kraUnwrapLabel = "kra-unwrap"
+	kraAuthLabel   = "kra-auth"
+)
+
+// clientFlags are the connection options every client subcommand takes: either a development
+// install (--state DIR --as IDENTITY) or explicit server, CA and credential.
+type clientFlags struct {
+	state    string
+	as       string
+	server   string
+	cacert   string
+	cert     string
+	key      string
+	tokenLbl string
+	pinFile  string
+	module   string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.state, "state", "", "development install: state folder (finds server, CA and credentials)")
+	fs.StringVar(&c.as, "as", "", "development identity: admin, officer, auditor, kra1, kra2 or kra3")
+	fs.StringVar(&c.server, "server", "", "appliance URL, e.g. https://keyarc.example.org:8443")
+	fs.StringVar(&c.cacert, "cacert", "", "CA certificate (PEM) that issued the appliance's TLS certificate")
+	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM) for mutual TLS")
+	fs.StringVar(&c.key, "key", "", "client private key (PEM PKCS#8) for mutual TLS")
+	fs.StringVar(&c.tokenLbl, "token-label", "", "KRA: label of your token")
+	fs.StringVar(&c.pinFile, "pin-file", "", "KRA: file holding your token's PIN")
+	fs.StringVar(&c.module, "module", "", "KRA: PKCS#11 module (default: SoftHSM)")
+}
+
+// client is a connection to the appliance.
+type client struct {
+	base  string
+	http  *http.Client
+	token *hsm.Token // a KRA's token, when the identity lives in one
+	// kraCert is the KRA's unwrap certificate, when known.
+	kraCertPath string
+}
+
+func (c *client) close() {
+	if c.token != nil {
+		c.token.Close()
+	}
+}
+
+// devConfig reads a development install's configuration.
+func (c *clientFlags) devConfig() (*Config, error) {
+	if c.state == "" {
+		return nil, nil
+	}
+	return loadConfig(c.state)
+}
+
+// kraToken opens the KRA's token named by the flags (or by --state/--as).
+func (c *clientFlags) kraToken() (*hsm.Token, error) {
+	label, pinFile, module := c.tokenLbl, c.pinFile, c.module
+	if c.state != "" && strings.HasPrefix(c.as, "kra") && label == "" {
+		in, err := softhsm.Provision(filepath.Join(c.state, "softhsm"))
+		if err != nil {
+			return nil, err
+		}
+		if err := in.UseInProcess(); err != nil {
+			return nil, err
+		}
+		t, err := in.Token(c.as)
+		if err != nil {
+			return nil, err
+		}
+		label, pinFile, module = t.Label, t.PINFile, in.Module
+	}
+	if label == "" || pinFile == "" {
+		return nil, usageError{"a KRA needs --token-label and --pin-file (or --state DIR --as kraN)"}
+	}
+	if module == "" {
+		m, err := softhsm.ModulePath()
+		if err != nil {
+			return nil, fmt.Errorf("--module is required: %w", err)
+		}
+		module = m
+	}
+	tok, err := hsm.Open(tokenURI(label, module, pinFile), hsm.Options{MaxSessions: 2})
+	if err != nil {
+		if errors.Is(err, hsm.ErrPINIncorrect) {
+			return nil, fmt.Errorf("token %q refused the PIN in %s; nothing was tried again (a token locks after repeated failures)", label, pinFile)
+		}
+		return nil, err
+	}
+	return tok, nil
+}
+
+// dial builds the HTTPS client. withIdentity false connects anonymously (for example to submit a
+// KRA enrollment before the KRA has a certificate).
+func (c *clientFlags) dial(withIdentity bool) (*client, error) {
+	cfg, err := c.devConfig()
+	if err != nil {
+		return nil, err
+	}
+	server, cacert, certFile, keyFile := c.server, c.cacert, c.cert, c.key
+	if cfg != nil {
+		if server == "" {
+			server = "https://" + cfg.Listen
+		}
+		if cacert == "" {
+			cacert = cfg.path(cfg.CA.Certificate)
+		}
+		if withIdentity && c.as != "" && !strings.HasPrefix(c.as, "kra") && certFile == "" {
+			certFile = filepath.Join(cfg.dir, "credentials", c.as+".pem")
+			keyFile = filepath.Join(cfg.dir, "credentials", c.as+"-key.pem")
+		}
+	}
+	if server == "" || cacert == "" {
+		return nil, usageError{"give --server URL and --cacert FILE, or --state DIR of a development install"}
+	}
+	pool := x509.NewCertPool()
+	caCerts, err := readCertificates(cacert)
+	if err != nil {
+		return nil, err
+	}
+	for _, ca := range caCerts {
+		pool.AddCert(ca)
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	cl := &client{base: strings.TrimRight(server, "/")}
+	if withIdentity {
+		isKRA := c.tokenLbl != "" || strings.HasPrefix(c.as, "kra")
+		switch {
+		case isKRA:
+			tok, err := c.kraToken()
+			if err != nil {
+				return nil, err
+			}
+			cl.token = tok
+			signer, err := tok.Signer(kraAuthLabel)
+			if err != nil {
+				cl.close()
+				return nil, fmt.Errorf("KRA auth key: %w", err)
+			}
+			authCert := certFile
+			if authCert == "" && cfg != nil {
+				authCert = filepath.Join(cfg.dir, "credentials", c.as+"-auth.pem")
+			}
+			if authCert == "" {
+				cl.close()
+				return nil, usageError{"a KRA needs --cert (its auth certificate)"}
+			}
+			cert, err := readCertificate(authCert)
+			if err != nil {
+				cl.close()
+				return nil, err
+			}
+			tlsCfg.Certificates = []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: signer, Leaf: cert}}
+		case certFile != "":
+			cert, err := readCertificate(certFile)
+			if err != nil {
+				return nil, err
+			}
+			key, err := readPrivateKey(keyFile)
+			if err != nil {
+				return nil, err
+			}
+			tlsCfg.Certificates = []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}}
+		}
+	}
+	cl.http = &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	return cl, nil
+}
+
+// apiError is a refusal from the appliance.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("appliance refused (HTTP %d): %s", e.status, e.msg) }
+
+// call sends a JSON request and decodes the JSON answer into out (when not nil).
+func (c *client) call(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return c.do(req, out)
+}
+
+func (c *client) do(req *http.Request, out any) error {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("connect to the appliance: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return &apiError{resp.StatusCode, e.Error}
+		}
+		return &apiError{resp.StatusCode, strings.TrimSpace(string(b))}
+	}
+	if out == nil {
+		return nil
+	}
+	if p, ok := out.(*[]byte); ok {
+		*p = b
+		return nil
+	}
+	return json.Unmarshal(b, out)
+}
+
+// signerPublic returns the public key of a signer, for printing fingerprints.
+func signerPublic(s crypto.Signer) crypto.PublicKey { return s.Public() }
+
+// printJSON writes v as indented JSON on standard output.
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

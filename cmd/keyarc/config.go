@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/keyarc/keyarc/policy"
+)
+
+// configName is the file name of the appliance configuration inside the state folder.
+const configName = "keyarc.yaml"
+
+// Config is the appliance configuration, read strictly from DIR/keyarc.yaml. Relative paths are
+// relative to the folder that holds the file. It never holds a PIN: the token URI names a
+// pin-source instead.
+type Config struct {
+	Listen        string `yaml:"listen"`
+	MetricsListen string `yaml:"metrics_listen"`
+	Database      string `yaml:"database"`
+
+	Token TokenConfig `yaml:"token"`
+	CA    CAConfig    `yaml:"ca"`
+
+	Transport struct {
+		Certificate string `yaml:"certificate"`
+	} `yaml:"transport"`
+
+	TLS struct {
+		Certificate string `yaml:"certificate"`
+		Key         string `yaml:"key"`
+	} `yaml:"tls"`
+
+	Enrollment struct {
+		CodeTTL Duration `yaml:"code_ttl"`
+	} `yaml:"enrollment"`
+
+	Templates []policy.Template `yaml:"templates"`
+
+	// dir is the folder the file was read from; not part of the file.
+	dir string
+}
+
+// TokenConfig names the appliance token and the labels of its keys.
+type TokenConfig struct {
+	// URI is an RFC 7512 PKCS#11 URI naming the token, its module and its pin-source.
+	URI string `yaml:"uri"`
+	// SoftHSMConf, when set, is exported as SOFTHSM2_CONF before the module loads
+	// (development installs only).
+	SoftHSMConf     string   `yaml:"softhsm_conf"`
+	CAKey           string   `yaml:"ca_key"`
+	TransportKey    string   `yaml:"transport_key"`
+	AuditKey        string   `yaml:"audit_key"`
+	MaxSessions     int      `yaml:"max_sessions"`
+	PoolWaitTimeout Duration `yaml:"pool_wait_timeout"`
+}
+
+// CAConfig locates the CA certificate.
+type CAConfig struct {
+	Certificate string `yaml:"certificate"`
+}
+
+// Duration is a time.Duration written as "24h" in YAML.
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 24h or 90s", n.Line, s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// defaultConfig returns the configuration `keyarc init` writes.
+func defaultConfig() *Config {
+	c := &Config{
+		Listen:        "127.0.0.1:8443",
+		MetricsListen: "127.0.0.1:9180",
+		Database:      "keyarc.db",
+	}
+	c.Token.CAKey = "ca-key"
+	c.Token.TransportKey = "transport-key"
+	c.Token.AuditKey = "audit-key"
+	c.Token.MaxSessions = 8
+	c.Token.PoolWaitTimeout = Duration{5 * time.Second}
+	c.CA.Certificate = "ca.pem"
+	c.Transport.Certificate = "transport.pem"
+	c.TLS.Certificate = "tls.pem"
+	c.TLS.Key = "tls-key.pem"
+	c.Enrollment.CodeTTL = Duration{7 * 24 * time.Hour}
+	return c
+}
+
+// loadConfig reads DIR/keyarc.yaml strictly: unknown fields are errors.
+func loadConfig(dir string) (*Config, error) {
+	path := filepath.Join(dir, configName)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no configuration at %s: run `keyarc init --state %s` first", path, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read configuration: %w", err)
+	}
+	c := defaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c.dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks every field and names the first one that is wrong.
+func (c *Config) Validate() error {
+	for _, a := range []struct{ field, v string }{{"listen", c.Listen}, {"metrics_listen", c.MetricsListen}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			return fmt.Errorf("%s: %q is not host:port", a.field, a.v)
+		}
+	}
+	if c.Listen == c.MetricsListen {
+		return errors.New("metrics_listen must differ from listen: metrics are served on their own listener")
+	}
+	if c.Token.URI == "" {
+		return errors.New("token.uri is required (a PKCS#11 URI such as pkcs11:token=keyarc?module-path=...&pin-source=file:...)")
+	}
+	if strings.Contains(c.Token.URI, "pin-value") {
+		return errors.New("token.uri: pin-value is not allowed; give the PIN with pin-source=file:PATH or env:NAME")
+	}
+	for _, a := range []struct{ field, v string }{
+		{"token.ca_key", c.Token.CAKey}, {"token.transport_key", c.Token.TransportKey}, {"token.audit_key", c.Token.AuditKey},
+		{"database", c.Database}, {"ca.certificate", c.CA.Certificate}, {"transport.certificate", c.Transport.Certificate},
+		{"tls.certificate", c.TLS.Certificate}, {"tls.key", c.TLS.Key},
+	} {
+		if a.v == "" {
+			return fmt.Errorf("%s is required", a.field)
+		}
+	}
+	if c.Token.MaxSessions < 1 || c.Token.MaxSessions > 256 {
+		return fmt.Errorf("token.max_sessions: %d is outside 1..256", c.Token.MaxSessions)
+	}
+	if c.Token.PoolWaitTimeout.Duration <= 0 {
+		return errors.New("token.pool_wait_timeout must be positive")
+	}
+	if c.Enrollment.CodeTTL.Duration < time.Minute {
+		return errors.New("enrollment.code_ttl must be at least 1m")
+	}
+	if _, err := policy.Templates(c.Templates); err != nil {
+		return err
+	}
+	return nil
+}
+
+// path resolves a configured path against the configuration folder.
+func (c *Config) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// LogValue keeps the configuration loggable: it holds no secret, but say so explicitly by
+// listing only what an operator needs.
+func (c *Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("listen", c.Listen),
+		slog.String("metrics_listen", c.MetricsListen),
+		slog.String("database", c.path(c.Database)),
+		slog.String("token", c.Token.URI),
+	)
+}
+
+// writeConfig writes c to DIR/keyarc.yaml, refusing to overwrite.
+func writeConfig(dir string, c *Config) error {
+	var buf bytes.Buffer
+	buf.WriteString("# keyarc appliance configuration. Paths are relative to this folder.\n")
+	buf.WriteString("# PINs never live here: token.uri names a pin-source (file:PATH or env:NAME).\n")
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, configName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

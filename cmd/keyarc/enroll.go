@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/keyarc/keyarc/escrow/cms"
+)
+
+// runEnroll is the whole client side of an enrollment: the key is made here, sent to the
+// appliance only inside a CMS envelope to its transport certificate (for archiving templates),
+// and written with the certificate to --out.
+func runEnroll(args []string) error {
+	fs := flag.NewFlagSet("enroll", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	template := fs.String("template", "smime-encryption", "certificate template")
+	email := fs.String("email", "", "your mailbox (required)")
+	code := fs.String("code", "", "your one-time enrollment code (required; or --code-file)")
+	codeFile := fs.String("code-file", "", "file holding the enrollment code")
+	out := fs.String("out", "", "folder for key.pem, cert.pem and chain.pem (required)")
+	keyType := fs.String("key-type", "rsa2048", "key: rsa2048, rsa3072, rsa4096, p256 or p384")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("enroll", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *codeFile != "" {
+		b, err := os.ReadFile(*codeFile)
+		if err != nil {
+			return err
+		}
+		*code = strings.TrimSpace(string(b))
+	}
+	if *email == "" || *code == "" || *out == "" {
+		return usageError{"enroll: --email, --code (or --code-file) and --out are required"}
+	}
+	keyPath, certPath, chainPath := filepath.Join(*out, "key.pem"), filepath.Join(*out, "cert.pem"), filepath.Join(*out, "chain.pem")
+	for _, p := range []string{keyPath, certPath, chainPath} {
+		if fileExists(p) {
+			return fmt.Errorf("%s exists; choose another --out", p)
+		}
+	}
+	c, err := cf.dial(false)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+
+	var templates []templateJSON
+	if err := c.call("GET", "/api/v1/templates", nil, &templates); err != nil {
+		return err
+	}
+	var tmpl *templateJSON
+	for i := range templates {
+		if templates[i].Name == *template {
+			tmpl = &templates[i]
+		}
+	}
+	if tmpl == nil {
+		return fmt.Errorf("the appliance has no template %q", *template)
+	}
+
+	key, err := newKey(*keyType)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: *email}, EmailAddresses: []string{*email},
+	}, key)
+	if err != nil {
+		return err
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	defer clear(pkcs8)
+	req := enrollRequest{Template: *template, CSR: base64.StdEncoding.EncodeToString(csr)}
+	if tmpl.Archive {
+		env, err := c.sealToTransport(pkcs8)
+		if err != nil {
+			return err
+		}
+		req.EncryptedKey = base64.StdEncoding.EncodeToString(env)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	hreq, err := http.NewRequest("POST", c.base+"/api/v1/enroll", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.SetBasicAuth(*email, *code)
+	var issued issuedJSON
+	if err := c.do(hreq, &issued); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	if err := writePEM(keyPath, "PRIVATE KEY", pkcs8, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(certPath, []byte(issued.Certificate), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(chainPath, []byte(issued.Chain), 0o644); err != nil {
+		return err
+	}
+	archived := "not archived"
+	if issued.RecordID != "" {
+		archived = "private key archived as record " + issued.RecordID
+	}
+	fmt.Fprintf(os.Stderr, "issued %s for %s until %s; %s\n", issued.Serial, *email, issued.NotAfter, archived)
+	fmt.Println(certPath)
+	return nil
+}
+
+// sealToTransport fetches the transport certificate, checks that the appliance's CA issued it for
+// key transport, and encrypts pkcs8 to it in a CMS AuthEnvelopedData (AES-256-GCM).
+func (c *client) sealToTransport(pkcs8 []byte) ([]byte, error) {
+	resp, err := c.http.Get(c.base + "/api/v1/transport-certificate")
+	if err != nil {
+		return nil, fmt.Errorf("fetch transport certificate: %w", err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(http.MaxBytesReader(nil, resp.Body, 64<<10)); err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch transport certificate: HTTP %d", resp.StatusCode)
+	}
+	tr, err := parsePEMCertificate(buf.String())
+	if err != nil {
+		return nil, err
+	}
+	roots := c.http.Transport.(*http.Transport).TLSClientConfig.RootCAs
+	if _, err := tr.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("the transport certificate does not chain to the CA: %w", err)
+	}
+	if tr.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		return nil, fmt.Errorf("the transport certificate is not for key encipherment")
+	}
+	h := crypto.SHA1
+	if resp.Header.Get("Keyarc-Transport-OAEP") == "sha256" {
+		h = crypto.SHA256
+	}
+	return cms.Encrypt(pkcs8, tr, cms.AuthEnvelopedAESGCM, h)
+}
+
+func newKey(kind string) (crypto.Signer, error) {
+	switch kind {
+	case "rsa2048":
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case "rsa3072":
+		return rsa.GenerateKey(rand.Reader, 3072)
+	case "rsa4096":
+		return rsa.GenerateKey(rand.Reader, 4096)
+	case "p256":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "p384":
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	}
+	return nil, usageError{fmt.Sprintf("--key-type %q: choose rsa2048, rsa3072, rsa4096, p256 or p384", kind)}
+}

@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// Request body limits, checked before anything is parsed.
+const (
+	maxCSRBody  = 64 << 10
+	maxJSONBody = 256 << 10
+)
+
+func (a *appliance) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", a.handleReady)
+	mux.HandleFunc("GET /.well-known/est/cacerts", a.handleCACerts)
+	mux.HandleFunc("GET /.well-known/est/{template}/cacerts", a.handleCACerts)
+	mux.HandleFunc("POST /.well-known/est/{template}/simpleenroll", a.handleSimpleEnroll)
+	mux.HandleFunc("POST /.well-known/est/{template}/simplereenroll", a.handleSimpleEnroll)
+	mux.HandleFunc("POST /.well-known/est/{template}/serverkeygen", a.handleServerKeygen)
+	a.apiRoutes(mux)
+	return a.instrument(mux)
+}
+
+// statusWriter remembers the status code for the request counter.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (a *appliance) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		a.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+	})
+}
+
+func (a *appliance) handleReady(w http.ResponseWriter, r *http.Request) {
+	if !a.checkToken() {
+		http.Error(w, "not ready: the appliance token does not answer", http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ready\n")
+}
+
+func (a *appliance) handleCACerts(w http.ResponseWriter, r *http.Request) {
+	if t := r.PathValue("template"); t != "" {
+		if _, err := a.svc.Template(t); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	der, err := certsOnly([]*x509.Certificate{a.caCert})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeBase64(w, "application/pkcs7-mime", der)
+}
+
+// handleSimpleEnroll serves EST simpleenroll and simplereenroll (RFC 7030 4.2). The enrollee
+// authenticates with HTTP Basic (mailbox and enrollment code) or, for re-enrollment or as an
+// alternative, with a certificate this CA issued.
+func (a *appliance) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
+	reenroll := strings.HasSuffix(r.URL.Path, "/simplereenroll")
+	who, err := a.authenticate(r, reenroll)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	csr, err := readCSR(w, r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	issued, err := a.svc.Enroll(r.Context(), who, escrow.EnrollRequest{Template: r.PathValue("template"), CSR: csr})
+	if err != nil {
+		a.refused(r.PathValue("template"), err)
+		a.fail(w, r, err)
+		return
+	}
+	der, err := certsOnly([]*x509.Certificate{issued.Certificate})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeBase64(w, "application/pkcs7-mime; smime-type=certs-only", der)
+}
+
+// authenticate establishes who is calling: a client certificate issued by this CA (verified
+// by TLS, then looked up: it must be issued, unexpired and not revoked), or HTTP Basic with a
+// mailbox and an enrollment code.
+func (a *appliance) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, error) {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		c, err := a.clientCertificate(r.Context(), r.TLS.PeerCertificates[0])
+		if err != nil {
+			return escrow.Enrollee{}, err
+		}
+		return escrow.Enrollee{Mailbox: c.Email, Renewing: c.Serial}, nil
+	}
+	if needCert {
+		return escrow.Enrollee{}, fmt.Errorf("%w: re-enrollment needs the current certificate as TLS client certificate", escrow.ErrUnauthorized)
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		return escrow.Enrollee{}, fmt.Errorf("%w: authenticate with HTTP Basic (mailbox and enrollment code) or a client certificate", escrow.ErrUnauthorized)
+	}
+	code, err := a.svc.Authenticate(r.Context(), user, pass)
+	if err != nil {
+		return escrow.Enrollee{}, err
+	}
+	return escrow.Enrollee{Mailbox: code.Email, Code: code}, nil
+}
+
+// clientCertificate looks up a TLS client certificate in the store.
+func (a *appliance) clientCertificate(ctx context.Context, c *x509.Certificate) (*store.Certificate, error) {
+	var row *store.Certificate
+	err := a.db.View(ctx, func(tx *store.Tx) error {
+		var err error
+		row, err = tx.GetCertificate(store.FormatSerial(c.SerialNumber))
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: client certificate unknown to this appliance", escrow.ErrUnauthorized)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if row.State != store.StateIssued {
+		return nil, fmt.Errorf("%w: client certificate is %s", escrow.ErrUnauthorized, row.State)
+	}
+	if time.Now().After(c.NotAfter) {
+		return nil, fmt.Errorf("%w: client certificate expired", escrow.ErrUnauthorized)
+	}
+	return row, nil
+}
+
+// readCSR reads an EST PKCS#10 body: base64 DER, line breaks allowed.
+func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCSRBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, &httpStatusError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxCSRBody)}
+		}
+		return nil, fmt.Errorf("%w: read body: %v", escrow.ErrInvalidRequest, err)
+	}
+	der, err := base64.StdEncoding.DecodeString(strings.Map(dropSpace, string(body)))
+	if err != nil {
+		return nil, fmt.Errorf("%w: body is not base64 (EST sends the PKCS#10 request as base64 DER)", escrow.ErrInvalidRequest)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: body is not a DER PKCS#10 certificate request", escrow.ErrInvalidRequest)
+	}
+	return csr, nil
+}
+
+func dropSpace(r rune) rune {
+	switch r {
+	case ' ', '\t', '\r', '\n':
+		return -1
+	}
+	return r
+}
+
+func writeBase64(w http.ResponseWriter, contentType string, der []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Transfer-Encoding", "base64")
+	enc := base64.StdEncoding.EncodeToString(der)
+	var b strings.Builder
+	for len(enc) > 76 {
+		b.WriteString(enc[:76])
+		b.WriteString("\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc)
+	b.WriteString("\r\n")
+	io.WriteString(w, b.String())
+}
+
+// httpStatusError carries a status decided by the HTTP layer itself.
+type httpStatusError struct {
+	code int
+	msg  string
+}
+
+func (e *httpStatusError) Error() string { return e.msg }
+
+// status maps an error to an HTTP status and a message fit for the client. Anything it does not
+// recognise is a 500 whose details go to the log only.
+func status(err error) (int, string) {
+	var hs *httpStatusError
+	var rej *policy.RejectError
+	switch {
+	// Token failures first: they may hide under a client-error wrapper.
+	case errors.Is(err, hsm.ErrPoolExhausted):
+		return http.StatusServiceUnavailable, "the appliance token is busy; retry shortly"
+	case errors.Is(err, hsm.ErrTokenGone):
+		return http.StatusServiceUnavailable, "the appliance token is unreachable; retry later"
+	case errors.Is(err, hsm.ErrMechanism):
+		return http.StatusBadRequest, "the appliance token cannot do this mechanism (RSA-OAEP here needs SHA-1: openssl cms -keyopt rsa_oaep_md:sha1)"
+	case errors.Is(err, escrow.ErrNoRecoverySet):
+		return http.StatusServiceUnavailable, err.Error()
+	case errors.As(err, &hs):
+		return hs.code, hs.msg
+	case errors.As(err, &rej), errors.Is(err, policy.ErrRejected):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, escrow.ErrInvalidRequest), errors.Is(err, policy.ErrInvalidMailbox):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, escrow.ErrCodeUsed), errors.Is(err, escrow.ErrCodeExpired), errors.Is(err, escrow.ErrUnauthorized):
+		return http.StatusUnauthorized, err.Error()
+	case errors.Is(err, escrow.ErrForbidden):
+		return http.StatusForbidden, err.Error()
+	case errors.Is(err, policy.ErrUnknownTemplate), errors.Is(err, escrow.ErrNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, ca.ErrLint):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, "request timed out; retry later"
+	}
+	return http.StatusInternalServerError, "internal error"
+}
+
+// fail answers with the status of err. JSON callers get {"error": "..."}.
+func (a *appliance) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code, msg := status(err)
+	if code >= 500 {
+		a.log.Error("request failed", "route", r.Pattern, "err", err)
+	} else {
+		a.log.Info("request refused", "route", r.Pattern, "status", code, "reason", msg)
+	}
+	if code == http.StatusUnauthorized && r.TLS != nil && len(r.TLS.PeerCertificates) == 0 {
+		w.Header().Set("WWW-Authenticate", `Basic realm="keyarc enrollment"`)
+	}
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(map[string]string{"error": msg})
+		return
+	}
+	http.Error(w, msg, code)
+}
+
+// refused counts a refusal by template (only known template names become labels) and class.
+func (a *appliance) refused(template string, err error) {
+	if _, ok := a.svc.Templates[template]; !ok {
+		template = "unknown"
+	}
+	code, _ := status(err)
+	a.metrics.Refused(template, http.StatusText(code))
+}
+
+// handleServerKeygen serves EST serverkeygen (RFC 7030 4.4.2): the appliance generates the key,
+// archives it, and answers multipart/mixed with the private key (application/pkcs8) and the
+// certificate (certs-only PKCS#7). The key travels inside this TLS connection only.
+func (a *appliance) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
+	who, err := a.authenticate(r, false)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	csr, err := readCSR(w, r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	issued, pkcs8, err := a.svc.ServerKeygen(r.Context(), who, escrow.EnrollRequest{Template: r.PathValue("template"), CSR: csr})
+	if err != nil {
+		a.refused(r.PathValue("template"), err)
+		a.fail(w, r, err)
+		return
+	}
+	defer clear(pkcs8)
+	p7, err := certsOnly([]*x509.Certificate{issued.Certificate})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	part := func(contentType string, der []byte) {
+		h := textproto.MIMEHeader{}
+		h.Set("Content-Type", contentType)
+		h.Set("Content-Transfer-Encoding", "base64")
+		pw, _ := mw.CreatePart(h)
+		io.WriteString(pw, base64.StdEncoding.EncodeToString(der)+"\r\n")
+	}
+	part("application/pkcs8", pkcs8)
+	part("application/pkcs7-mime; smime-type=certs-only", p7)
+	mw.Close()
+	w.Header().Set("Content-Type", "multipart/mixed; boundary="+mw.Boundary())
+	w.Write(buf.Bytes())
+	clear(buf.Bytes())
+}

@@ -1,0 +1,477 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
+	"github.com/keyarc/keyarc/softhsm"
+)
+
+// Development tokens made by `keyarc init --dev`.
+var (
+	devApplianceToken = "keyarc"
+	devKRATokens      = []string{"kra1", "kra2", "kra3"}
+)
+
+const (
+	caValidity        = 10 * 365 * 24 * time.Hour
+	transportValidity = 825 * 24 * time.Hour
+	tlsValidity       = 397 * 24 * time.Hour
+)
+
+func runInit(args []string) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	state := fs.String("state", "", "state folder (required)")
+	dev := fs.Bool("dev", false, "provision SoftHSM development tokens under the state folder first")
+	caKey := fs.String("ca-key", "p256", "CA key algorithm: p256, p384, rsa2048, rsa3072, rsa4096")
+	tokenURI := fs.String("token", "", "PKCS#11 URI of the appliance token (without --dev)")
+	externalRoot := fs.Bool("external-root", false, "write a CSR (ca.csr) for an external root instead of a self-signed CA certificate")
+	caName := fs.String("ca-name", "keyarc Root CA", "common name of the CA")
+	org := fs.String("org", "", "organisation name for the CA subject")
+	dnsNames := fs.String("tls-names", "localhost", "comma-separated DNS names for the appliance's TLS certificate")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("init", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *state == "" {
+		return usageError{"init: --state DIR is required"}
+	}
+	alg := hsm.Algorithm(*caKey)
+	switch alg {
+	case "p256", "p384", "rsa2048", "rsa3072", "rsa4096":
+	default:
+		return usageError{fmt.Sprintf("init: --ca-key %q: choose p256, p384, rsa2048, rsa3072 or rsa4096", *caKey)}
+	}
+	if *dev == (*tokenURI != "") {
+		return usageError{"init: give either --dev (SoftHSM development tokens) or --token URI (a real token)"}
+	}
+	dir, err := filepath.Abs(*state)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state folder: %w", err)
+	}
+	say := func(format string, a ...any) { fmt.Printf(format+"\n", a...) }
+
+	var cfg *Config
+	if fileExists(filepath.Join(dir, configName)) {
+		if cfg, err = loadConfig(dir); err != nil {
+			return err
+		}
+		say("exists   %s (kept as it is)", filepath.Join(dir, configName))
+		if *dev && cfg.Token.SoftHSMConf != "" {
+			// A second `init --dev` still makes any development token that is missing.
+			if _, _, err := provisionDev(dir, say); err != nil {
+				return err
+			}
+		}
+	} else {
+		cfg = defaultConfig()
+		cfg.dir = dir
+		if *dev {
+			uri, conf, err := provisionDev(dir, say)
+			if err != nil {
+				return err
+			}
+			cfg.Token.URI, cfg.Token.SoftHSMConf = uri, conf
+		} else {
+			cfg.Token.URI = *tokenURI
+		}
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		if err := writeConfig(dir, cfg); err != nil {
+			return fmt.Errorf("write configuration: %w", err)
+		}
+		say("created  %s", filepath.Join(dir, configName))
+	}
+	tok, err := openToken(cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+
+	keys := []struct {
+		label string
+		alg   hsm.Algorithm
+		usage hsm.Usage
+		what  string
+	}{
+		{cfg.Token.CAKey, alg, hsm.UsageSign, "CA signing key"},
+		{cfg.Token.TransportKey, "rsa2048", hsm.UsageDecrypt, "transport key"},
+		{cfg.Token.AuditKey, "p256", hsm.UsageSign, "audit key"},
+	}
+	for _, k := range keys {
+		_, err := tok.GenerateKey(k.label, k.alg, k.usage)
+		switch {
+		case errors.Is(err, hsm.ErrKeyExists):
+			say("exists   %s %q in token (never overwritten)", k.what, k.label)
+		case err != nil:
+			return fmt.Errorf("generate %s: %w", k.what, err)
+		default:
+			say("created  %s %q in token (%s)", k.what, k.label, k.alg)
+		}
+	}
+	caSigner, err := tok.Signer(cfg.Token.CAKey)
+	if err != nil {
+		return err
+	}
+
+	subject := pkix.Name{CommonName: *caName}
+	if *org != "" {
+		subject.Organization = []string{*org}
+	}
+	caPath := cfg.path(cfg.CA.Certificate)
+	if !fileExists(caPath) {
+		if *externalRoot {
+			csr, err := ca.CSR(caSigner, subject)
+			if err != nil {
+				return err
+			}
+			csrPath := filepath.Join(dir, "ca.csr")
+			if err := writePEM(csrPath, "CERTIFICATE REQUEST", csr, 0o644); err != nil {
+				return err
+			}
+			say("created  %s: have it signed by your root, save the certificate as %s, and run init again", csrPath, caPath)
+			return nil
+		}
+		root, err := ca.SelfSignedRoot(caSigner, subject, time.Now().Add(-time.Minute), caValidity)
+		if err != nil {
+			return err
+		}
+		if err := writePEM(caPath, "CERTIFICATE", root.Raw, 0o644); err != nil {
+			return err
+		}
+		say("created  %s (self-signed, %s)", caPath, alg)
+	} else {
+		say("exists   %s", caPath)
+	}
+	caCert, err := readCertificate(caPath)
+	if err != nil {
+		return err
+	}
+	issuer, err := ca.New(caSigner, caCert)
+	if err != nil {
+		return fmt.Errorf("%s: %w", caPath, err)
+	}
+
+	// The transport certificate: clients encrypt their private keys to it.
+	trPath := cfg.path(cfg.Transport.Certificate)
+	if !fileExists(trPath) {
+		dec, err := tok.Decrypter(cfg.Token.TransportKey)
+		if err != nil {
+			return err
+		}
+		cert, err := issuer.Issue(ca.Request{
+			PublicKey: dec.Public(),
+			Subject:   pkix.Name{CommonName: *caName + " key transport", Organization: subject.Organization},
+			KeyUsage:  x509.KeyUsageKeyEncipherment,
+			NotBefore: time.Now().Add(-time.Minute),
+			Validity:  transportValidity,
+		})
+		if err != nil {
+			return fmt.Errorf("issue transport certificate: %w", err)
+		}
+		if err := writePEM(trPath, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+			return err
+		}
+		say("created  %s", trPath)
+	} else {
+		say("exists   %s", trPath)
+	}
+
+	// The appliance's TLS key lives in a file, not in the token: the listener must keep
+	// answering (with 503) while the token is unreachable.
+	tlsCert, tlsKey := cfg.path(cfg.TLS.Certificate), cfg.path(cfg.TLS.Key)
+	if !fileExists(tlsCert) || !fileExists(tlsKey) {
+		if err := makeTLS(issuer, tlsCert, tlsKey, splitList(*dnsNames)); err != nil {
+			return err
+		}
+		say("created  %s, %s", tlsCert, tlsKey)
+	} else {
+		say("exists   %s", tlsCert)
+	}
+
+	db, err := store.Open(cfg.path(cfg.Database))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	say("ready    %s", cfg.path(cfg.Database))
+	if *dev {
+		templates, err := policy.Templates(cfg.Templates)
+		if err != nil {
+			return err
+		}
+		svc := &escrow.Service{Store: db, Issuer: issuer, Templates: templates}
+		if err := bootstrapDev(cfg, svc, say); err != nil {
+			return err
+		}
+	}
+	say("\nStart the appliance with: keyarc serve --state %s", dir)
+	return nil
+}
+
+// provisionDev makes the SoftHSM configuration and development tokens under DIR/softhsm,
+// keeping any that exist, and returns the appliance token's URI and the SoftHSM config path.
+func provisionDev(dir string, say func(string, ...any)) (uri, conf string, err error) {
+	in, err := softhsm.Provision(filepath.Join(dir, "softhsm"))
+	if err != nil {
+		return "", "", err
+	}
+	if err := in.UseInProcess(); err != nil {
+		return "", "", err
+	}
+	var app *softhsm.Token
+	for _, label := range append([]string{devApplianceToken}, devKRATokens...) {
+		t, err := in.Token(label)
+		if errors.Is(err, softhsm.ErrTokenNotFound) {
+			if t, err = in.InitToken(label); err != nil {
+				return "", "", err
+			}
+			say("created  SoftHSM token %q (PIN in %s)", label, t.PINFile)
+		} else if err != nil {
+			return "", "", err
+		} else {
+			say("exists   SoftHSM token %q", label)
+		}
+		if label == devApplianceToken {
+			app = t
+		}
+	}
+	return tokenURI(app.Label, in.Module, app.PINFile), in.ConfPath, nil
+}
+
+// tokenURI writes an RFC 7512 URI for a token with its PIN in a file.
+func tokenURI(label, module, pinFile string) string {
+	return "pkcs11:token=" + url.PathEscape(label) +
+		"?module-path=" + url.QueryEscape(module) + "&pin-source=" + url.QueryEscape("file:"+pinFile)
+}
+
+func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	cert, err := issuer.Issue(ca.Request{
+		PublicKey:   key.Public(),
+		Subject:     pkix.Name{CommonName: names[0]},
+		DNSNames:    names,
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		NotBefore:   time.Now().Add(-time.Minute),
+		Validity:    tlsValidity,
+	})
+	if err != nil {
+		return fmt.Errorf("issue TLS certificate: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(keyPath, "PRIVATE KEY", der, 0o600); err != nil {
+		return err
+	}
+	clear(der)
+	return writePEM(certPath, "CERTIFICATE", cert.Raw, 0o644)
+}
+
+// openToken opens the appliance token named in the configuration.
+func openToken(cfg *Config, opts *hsm.Options) (*hsm.Token, error) {
+	if cfg.Token.SoftHSMConf != "" {
+		if err := os.Setenv("SOFTHSM2_CONF", cfg.path(cfg.Token.SoftHSMConf)); err != nil {
+			return nil, err
+		}
+	}
+	o := hsm.Options{MaxSessions: cfg.Token.MaxSessions, PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration}
+	if opts != nil {
+		o = *opts
+	}
+	tok, err := hsm.Open(cfg.Token.URI, o)
+	if err != nil {
+		return nil, fmt.Errorf("open appliance token: %w", err)
+	}
+	return tok, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func writePEM(path, typ string, der []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if err := pem.Encode(f, &pem.Block{Type: typ, Bytes: der}); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func readCertificate(path string) (*x509.Certificate, error) {
+	certs, err := readCertificates(path)
+	if err != nil {
+		return nil, err
+	}
+	return certs[0], nil
+}
+
+func readCertificates(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificate in it", path)
+	}
+	return out, nil
+}
+
+func readPrivateKey(path string) (crypto.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: no PEM block in it", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	clear(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: not a PKCS#8 private key", path)
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%s: unsupported key type", path)
+	}
+	return s, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// devRoles are the operator credentials a development install gets.
+var devRoles = []policy.Role{policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor}
+
+// bootstrapDev gives a development install what production sets up step by step: operator
+// credentials, the three KRAs (keys in their own tokens, certificates issued), and a 2-of-3
+// recovery set. Whatever exists is kept.
+func bootstrapDev(cfg *Config, svc *escrow.Service, say func(string, ...any)) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	creds := filepath.Join(cfg.dir, "credentials")
+	for _, role := range devRoles {
+		path := filepath.Join(creds, string(role)+".pem")
+		if fileExists(path) {
+			say("exists   %s", path)
+			continue
+		}
+		if _, err := issueCredentialFiles(svc, role, string(role), creds); err != nil {
+			return fmt.Errorf("%s credential: %w", role, err)
+		}
+		say("created  %s (role %s)", path, role)
+	}
+	in, err := softhsm.Provision(filepath.Join(cfg.dir, "softhsm"))
+	if err != nil {
+		return err
+	}
+	var unwrapSerials []string
+	for _, name := range devKRATokens {
+		unwrapPath := filepath.Join(creds, name+"-unwrap.pem")
+		if fileExists(unwrapPath) {
+			say("exists   %s", unwrapPath)
+			c, err := readCertificate(unwrapPath)
+			if err != nil {
+				return err
+			}
+			unwrapSerials = append(unwrapSerials, store.FormatSerial(c.SerialNumber))
+			continue
+		}
+		t, err := in.Token(name)
+		if err != nil {
+			return err
+		}
+		tok, err := hsm.Open(tokenURI(t.Label, in.Module, t.PINFile), hsm.Options{MaxSessions: 2})
+		if err != nil {
+			return fmt.Errorf("KRA token %q: %w", name, err)
+		}
+		unwrap, auth, err := kraKeys(tok, say)
+		if err != nil {
+			tok.Close()
+			return err
+		}
+		issued, err := svc.IssueKRA(ctx, name, unwrap.Public(), auth.Public())
+		tok.Close()
+		if err != nil {
+			return fmt.Errorf("issue KRA %q: %w", name, err)
+		}
+		if err := saveKRACertificates(creds, name, certPEM(issued[0].Certificate), certPEM(issued[1].Certificate), say); err != nil {
+			return err
+		}
+		unwrapSerials = append(unwrapSerials, issued[0].Serial)
+	}
+	if rs, err := svc.CurrentRecoverySet(ctx); err == nil {
+		say("exists   recovery set epoch %d (%d of %d)", rs.Epoch, rs.Quorum, len(rs.KRAs))
+		return nil
+	} else if !errors.Is(err, escrow.ErrNoRecoverySet) {
+		return err
+	}
+	rs, err := svc.SetRecoverySet(ctx, 2, unwrapSerials, "keyarc init --dev")
+	if err != nil {
+		return err
+	}
+	say("created  recovery set epoch %d: any %d of %v", rs.Epoch, rs.Quorum, rs.Names)
+	return nil
+}

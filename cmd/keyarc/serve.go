@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// appliance is a running keyarc: the token, the engine and the HTTP handlers.
+type appliance struct {
+	cfg      *Config
+	log      *slog.Logger
+	tok      *hsm.Token
+	db       *store.DB
+	svc      *escrow.Service
+	caCert   *x509.Certificate
+	caPool   *x509.CertPool
+	metrics  *metrics
+	oaepHash string
+	// ready is 1 while the token answers.
+	ready atomic.Bool
+}
+
+func runServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	state := fs.String("state", "", "state folder (required)")
+	addr := fs.String("addr", "", "HTTPS listen address (default: the configuration's listen)")
+	metricsAddr := fs.String("metrics-addr", "", "metrics listen address (default: the configuration's metrics_listen)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("serve", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *state == "" {
+		return usageError{"serve: --state DIR is required"}
+	}
+	cfg, err := loadConfig(*state)
+	if err != nil {
+		return err
+	}
+	if *addr != "" {
+		cfg.Listen = *addr
+	}
+	if *metricsAddr != "" {
+		cfg.MetricsListen = *metricsAddr
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	reg := prometheus.NewRegistry()
+	a, err := openAppliance(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return a.serve(ctx, reg)
+}
+
+// openAppliance opens the token and the store and checks everything the appliance needs,
+// refusing to start with a message naming the cause.
+func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*appliance, error) {
+	a := &appliance{cfg: cfg, log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			a.close()
+		}
+	}()
+	var err error
+	a.tok, err = openToken(cfg, &hsm.Options{
+		MaxSessions:     cfg.Token.MaxSessions,
+		PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration,
+		Registerer:      reg,
+		Logger:          log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	mech, err := a.tok.SelfTest()
+	if err != nil {
+		return nil, fmt.Errorf("token self-test failed: %w", err)
+	}
+	a.oaepHash = mech.OAEPHash.String()
+
+	a.caCert, err = readCertificate(cfg.path(cfg.CA.Certificate))
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	caSigner, err := a.tok.Signer(cfg.Token.CAKey)
+	if err != nil {
+		return nil, fmt.Errorf("CA key %q: %w", cfg.Token.CAKey, err)
+	}
+	issuer, err := ca.New(caSigner, a.caCert)
+	if err != nil {
+		return nil, fmt.Errorf("CA key %q in the token and %s: %w", cfg.Token.CAKey, cfg.path(cfg.CA.Certificate), err)
+	}
+	trCert, err := readCertificate(cfg.path(cfg.Transport.Certificate))
+	if err != nil {
+		return nil, fmt.Errorf("transport certificate: %w", err)
+	}
+	trKey, err := a.tok.Decrypter(cfg.Token.TransportKey)
+	if err != nil {
+		return nil, fmt.Errorf("transport key %q: %w", cfg.Token.TransportKey, err)
+	}
+	if !publicKeysEqual(trKey.Public(), trCert.PublicKey) {
+		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.path(cfg.Transport.Certificate))
+	}
+	if _, err := a.tok.Signer(cfg.Token.AuditKey); err != nil {
+		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
+	}
+	a.caPool = x509.NewCertPool()
+	a.caPool.AddCert(a.caCert)
+
+	templates, err := policy.Templates(cfg.Templates)
+	if err != nil {
+		return nil, err
+	}
+	a.db, err = store.Open(cfg.path(cfg.Database))
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	a.metrics = newMetrics(reg)
+	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
+	a.svc = &escrow.Service{
+		Store:     a.db,
+		Issuer:    issuer,
+		Templates: templates,
+		Logger:    log,
+		Metrics:   a.metrics,
+		Transport: &escrow.Transport{Cert: trCert, Key: trKey},
+		// Shares are encrypted with the OAEP hash this kind of token opens: the KRAs hold
+		// tokens like the appliance's.
+		ShareOAEPHash: mech.OAEPHash,
+	}
+	// Issuances a crash left half-done are finished now: nothing is served before.
+	if n, err := a.svc.Sweep(context.Background(), time.Now()); err != nil {
+		return nil, fmt.Errorf("sweep pending issuances: %w", err)
+	} else if n > 0 {
+		log.Warn("interrupted issuances marked failed", "count", n)
+	}
+	a.ready.Store(true)
+	ok = true
+	return a, nil
+}
+
+func (a *appliance) close() {
+	if a.db != nil {
+		if err := a.db.Close(); err != nil {
+			a.log.Error("close database", "err", err)
+		}
+	}
+	if a.tok != nil {
+		if err := a.tok.Close(); err != nil {
+			a.log.Error("close token", "err", err)
+		}
+	}
+}
+
+// serve runs the HTTPS and metrics listeners until ctx ends.
+func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
+	tlsCert, err := tls.LoadX509KeyPair(a.cfg.path(a.cfg.TLS.Certificate), a.cfg.path(a.cfg.TLS.Key))
+	if err != nil {
+		return fmt.Errorf("TLS certificate and key: %w", err)
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{tlsCert},
+		// A client certificate is optional at the TLS layer; each route decides whether it
+		// needs one. Certificates not issued by this CA are refused during the handshake.
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  a.caPool,
+	}
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
+	}
+	mln, err := net.Listen("tcp", a.cfg.MetricsListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
+	}
+	srv := &http.Server{
+		Handler:           a.routes(),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	mmux := http.NewServeMux()
+	mmux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	msrv := &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	go func() { errc <- msrv.Serve(mln) }()
+	go a.watchToken(ctx)
+	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
+		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	a.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_ = msrv.Shutdown(sctx)
+	return srv.Shutdown(sctx)
+}
+
+// watchToken checks the token every few seconds, so that readiness and the metric follow it.
+func (a *appliance) watchToken(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		a.checkToken()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *appliance) checkToken() bool {
+	err := a.tok.Ping()
+	up := err == nil
+	if was := a.ready.Swap(up); was != up {
+		if up {
+			a.log.Info("token answers again")
+		} else {
+			a.log.Error("token does not answer", "err", err)
+		}
+	}
+	if up {
+		a.metrics.ready.Set(1)
+	} else {
+		a.metrics.ready.Set(0)
+	}
+	return up
+}
+
+// publicKeysEqual compares two public keys of any standard type.
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}

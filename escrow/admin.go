@@ -1,0 +1,335 @@
+package escrow
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// Built-in template names the engine relies on.
+const (
+	TemplateKRA        = "kra"
+	TemplateClientAuth = "client-auth"
+)
+
+// validName is the form of a KRA or credential name.
+var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// KRARequest is a Key Recovery Agent's enrollment. The unwrap key (RSA, decrypt-only in the
+// KRA's token) cannot sign a CSR of its own, so it travels as a public key, bound to the request
+// by the auth key's signature: the auth CSR (sign-only key, for mutual TLS and signed
+// approvals) and Proof, the auth key's signature over [KRABinding].
+type KRARequest struct {
+	Name      string
+	UnwrapKey crypto.PublicKey
+	AuthCSR   *x509.CertificateRequest
+	Proof     []byte
+	// Requester describes who submitted it (for example the remote address), for the admin.
+	Requester string
+}
+
+// KRABinding is what a KRA's auth key signs (SHA-256, then ECDSA or RSA PKCS#1 v1.5) to bind
+// its unwrap key to its enrollment.
+func KRABinding(name string, unwrapKey crypto.PublicKey) ([]byte, error) {
+	spki, err := x509.MarshalPKIXPublicKey(unwrapKey)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(append([]byte("keyarc KRA enrollment\x00"+name+"\x00"), spki...))
+	return sum[:], nil
+}
+
+// Pending is a request waiting for an admin, as shown to the admin.
+type Pending struct {
+	store.Pending
+	// Fingerprints are the SHA-256 of the requested public keys (unwrap, auth), which the admin
+	// compares with what the KRA reads off their own screen before issuing.
+	Fingerprints []string
+}
+
+// SubmitKRA records a KRA enrollment as a pending request for an admin's decision and returns
+// its ID.
+func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error) {
+	if !validName.MatchString(req.Name) {
+		return "", fmt.Errorf("%w: KRA name %q: use 1 to 64 lower-case letters, digits, '.', '_' or '-'", ErrInvalidRequest, req.Name)
+	}
+	kra, err := s.Template(TemplateKRA)
+	if err != nil {
+		return "", err
+	}
+	auth, err := s.Template(TemplateClientAuth)
+	if err != nil {
+		return "", err
+	}
+	if req.AuthCSR == nil || req.UnwrapKey == nil {
+		return "", fmt.Errorf("%w: a KRA enrollment needs the unwrap public key and the auth certificate request", ErrInvalidRequest)
+	}
+	if _, ok := req.UnwrapKey.(*rsa.PublicKey); !ok {
+		return "", fmt.Errorf("%w: the KRA unwrap key must be RSA (shares are RSA-OAEP encrypted to it)", ErrInvalidRequest)
+	}
+	if err := kra.CheckPublicKey(req.UnwrapKey); err != nil {
+		return "", fmt.Errorf("unwrap key: %w", err)
+	}
+	if err := auth.CheckCSR(req.AuthCSR, ""); err != nil {
+		return "", fmt.Errorf("auth request: %w", err)
+	}
+	digest, err := KRABinding(req.Name, req.UnwrapKey)
+	if err != nil {
+		return "", fmt.Errorf("%w: unwrap key: %v", ErrInvalidRequest, err)
+	}
+	if !verifyDigest(req.AuthCSR.PublicKey, digest, req.Proof) {
+		return "", fmt.Errorf("%w: proof is not the auth key's signature binding the unwrap key to KRA %q", ErrInvalidRequest, req.Name)
+	}
+	spki, _ := x509.MarshalPKIXPublicKey(req.UnwrapKey)
+	id, err := newID()
+	if err != nil {
+		return "", err
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.InsertPending(store.Pending{
+			ID: id, Template: TemplateKRA, Name: req.Name, Requester: req.Requester,
+			CSR: req.AuthCSR.Raw, PublicKey: spki, State: store.StatePending, CreatedAt: s.now(),
+		})
+	})
+	if err != nil {
+		return "", fmt.Errorf("escrow: store pending request: %w", err)
+	}
+	s.log().Info("KRA enrollment pending", "id", id, "kra", req.Name)
+	return id, nil
+}
+
+// verifyDigest checks a signature over a SHA-256 digest by an ECDSA or RSA (PKCS#1 v1.5) key.
+func verifyDigest(pub crypto.PublicKey, digest, sig []byte) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, digest, sig)
+	case *rsa.PublicKey:
+		return rsa.VerifyPKCS1v15(k, crypto.SHA256, digest, sig) == nil
+	}
+	return false
+}
+
+// ListPending returns the requests in state (all when empty).
+func (s *Service) ListPending(ctx context.Context, state string) ([]Pending, error) {
+	var rows []store.Pending
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		rows, err = tx.ListPending(state)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Pending, 0, len(rows))
+	for _, p := range rows {
+		out = append(out, Pending{Pending: p, Fingerprints: fingerprints(p.PublicKey, p.CSR)})
+	}
+	return out, nil
+}
+
+// fingerprints of a pending KRA request: the unwrap key (SPKI) and the auth key (CSR).
+func fingerprints(spki, csrDER []byte) []string {
+	var out []string
+	if pub, err := x509.ParsePKIXPublicKey(spki); err == nil {
+		out = append(out, PublicKeyFingerprint(pub))
+	}
+	if csr, err := x509.ParseCertificateRequest(csrDER); err == nil {
+		out = append(out, PublicKeyFingerprint(csr.PublicKey))
+	}
+	return out
+}
+
+// PublicKeyFingerprint is the SHA-256 of a public key's SubjectPublicKeyInfo, in hex.
+func PublicKeyFingerprint(pub crypto.PublicKey) string {
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
+}
+
+// IssuePending issues a pending KRA request: an unwrap certificate (template kra) and an auth
+// certificate (client-auth, role kra), both naming the KRA.
+func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued, error) {
+	p, err := s.getPending(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if p.Template != TemplateKRA {
+		return nil, fmt.Errorf("%w: pending request %s is for template %q, which this appliance cannot issue by decision", ErrInvalidRequest, id, p.Template)
+	}
+	unwrapKey, err := x509.ParsePKIXPublicKey(p.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: pending request %s: %w", id, err)
+	}
+	authCSR, err := x509.ParseCertificateRequest(p.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: pending request %s: %w", id, err)
+	}
+	out, err := s.IssueKRA(ctx, p.Name, unwrapKey, authCSR.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.DecidePending(id, store.StateIssued, admin, out[0].Serial)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("escrow: record decision on %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// IssueKRA issues a KRA's unwrap and auth certificates directly (used by IssuePending and by a
+// local bootstrap such as `keyarc init --dev`).
+func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey crypto.PublicKey) ([]*Issued, error) {
+	kra, err := s.Template(TemplateKRA)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := s.Template(TemplateClientAuth)
+	if err != nil {
+		return nil, err
+	}
+	if err := kra.CheckPublicKey(unwrapKey); err != nil {
+		return nil, err
+	}
+	if _, ok := unwrapKey.(*rsa.PublicKey); !ok {
+		return nil, fmt.Errorf("%w: the KRA unwrap key must be RSA", ErrInvalidRequest)
+	}
+	if err := auth.CheckPublicKey(authKey); err != nil {
+		return nil, err
+	}
+	unwrap, err := s.issue(ctx, issuance{template: kra, pub: unwrapKey, kra: name,
+		subject: &pkix.Name{CommonName: "KRA " + name + " (key recovery)"}})
+	if err != nil {
+		return nil, err
+	}
+	authCert, err := s.issue(ctx, issuance{template: auth, pub: authKey, kra: name, role: string(policy.RoleKRA),
+		subject: &pkix.Name{CommonName: "KRA " + name + " (authentication)"}})
+	if err != nil {
+		return nil, err
+	}
+	return []*Issued{unwrap, authCert}, nil
+}
+
+// DenyPending refuses a pending request.
+func (s *Service) DenyPending(ctx context.Context, id, admin string) error {
+	if _, err := s.getPending(ctx, id); err != nil {
+		return err
+	}
+	return s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.DecidePending(id, store.StateDenied, admin, "")
+	})
+}
+
+func (s *Service) getPending(ctx context.Context, id string) (*store.Pending, error) {
+	var p *store.Pending
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		p, err = tx.GetPending(id)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no pending request %q", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p.State != store.StatePending {
+		return nil, fmt.Errorf("%w: request %s is already %s", ErrInvalidRequest, id, p.State)
+	}
+	return p, nil
+}
+
+// IssueCredential issues a client-auth certificate for a role (admin, officer, auditor) to pub.
+// It is how operators get their mutual-TLS credentials.
+func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name string, pub crypto.PublicKey) (*Issued, error) {
+	switch role {
+	case policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor:
+	default:
+		return nil, fmt.Errorf("%w: role %q: choose admin, officer or auditor (KRAs enroll with `keyarc kra enroll`)", ErrInvalidRequest, role)
+	}
+	if !validName.MatchString(name) {
+		return nil, fmt.Errorf("%w: name %q: use 1 to 64 lower-case letters, digits, '.', '_' or '-'", ErrInvalidRequest, name)
+	}
+	t, err := s.Template(TemplateClientAuth)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.CheckPublicKey(pub); err != nil {
+		return nil, err
+	}
+	return s.issue(ctx, issuance{template: t, pub: pub, role: string(role), kra: "",
+		subject: &pkix.Name{CommonName: name, OrganizationalUnit: []string{string(role)}}})
+}
+
+// SetRecoverySet defines a new recovery set: n KRA unwrap certificates (by serial) and a quorum
+// m, 1 <= m <= n. It becomes a new epoch; records sealed earlier keep theirs.
+func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []string, admin string) (*RecoverySet, error) {
+	if len(serials) == 0 {
+		return nil, fmt.Errorf("%w: a recovery set needs at least one KRA certificate", ErrInvalidRequest)
+	}
+	if len(serials) > 255 {
+		return nil, fmt.Errorf("%w: at most 255 KRAs in a recovery set", ErrInvalidRequest)
+	}
+	if quorum < 1 || quorum > len(serials) {
+		return nil, fmt.Errorf("%w: quorum %d must be between 1 and the number of KRAs (%d)", ErrInvalidRequest, quorum, len(serials))
+	}
+	now := s.now()
+	var epoch uint32
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		seen := map[string]string{}
+		canon := make([]string, 0, len(serials))
+		for _, serial := range serials {
+			c, err := tx.GetCertificate(serial)
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w: no certificate with serial %s", ErrInvalidRequest, serial)
+			}
+			if err != nil {
+				return err
+			}
+			switch {
+			case c.Template != TemplateKRA:
+				return fmt.Errorf("%w: certificate %s is a %s certificate, not a KRA unwrap certificate", ErrInvalidRequest, c.Serial, c.Template)
+			case c.State != store.StateIssued:
+				return fmt.Errorf("%w: KRA certificate %s is %s", ErrInvalidRequest, c.Serial, c.State)
+			case !now.Before(c.NotAfter):
+				return fmt.Errorf("%w: KRA certificate %s expired", ErrInvalidRequest, c.Serial)
+			}
+			if prev, dup := seen[c.KRA]; dup {
+				return fmt.Errorf("%w: certificates %s and %s belong to the same KRA %q; a KRA holds one share", ErrInvalidRequest, prev, c.Serial, c.KRA)
+			}
+			seen[c.KRA] = c.Serial
+			canon = append(canon, c.Serial)
+		}
+		var err error
+		epoch, err = tx.InsertRecoverySet(store.RecoverySet{Quorum: quorum, KRASerials: canon, CreatedAt: now, CreatedBy: admin})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log().Info("recovery set changed", "epoch", epoch, "quorum", quorum, "kras", len(serials), "by", admin)
+	return s.CurrentRecoverySet(ctx)
+}
+
+func newID() (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}

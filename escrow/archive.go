@@ -1,0 +1,234 @@
+package escrow
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/escrow/record"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// ErrNoRecoverySet: archival is impossible until an admin defines a valid recovery set.
+var ErrNoRecoverySet = errors.New("escrow: key archival is unavailable")
+
+// Transport is the appliance's key-transport pair: clients encrypt their private keys to Cert in
+// a CMS envelope, and Key (in the token) opens them.
+type Transport struct {
+	Cert *x509.Certificate
+	Key  crypto.Decrypter
+}
+
+// RecoverySet is a recovery set as the engine uses it: its epoch, quorum and KRA unwrap
+// certificates, in share order.
+type RecoverySet struct {
+	Epoch  uint32
+	Quorum int
+	KRAs   []*x509.Certificate
+	// Names are the KRAs' identities, in the same order.
+	Names      []string
+	recipients []record.Recipient
+}
+
+// recoverySets caches the current recovery set; it is reloaded when the store's epoch moves.
+type recoverySets struct {
+	mu  sync.Mutex
+	cur *RecoverySet
+}
+
+// CurrentRecoverySet returns the current recovery set, checked usable at now: it exists, and
+// none of its KRA certificates has expired.
+func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) {
+	var row *store.RecoverySet
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		row, err = tx.CurrentRecoverySet()
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no recovery set is defined; an admin must run `keyarc admin recovery-set set`", ErrNoRecoverySet)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.sets.mu.Lock()
+	cached := s.sets.cur
+	s.sets.mu.Unlock()
+	if cached == nil || cached.Epoch != row.Epoch {
+		if cached, err = s.loadRecoverySet(ctx, row); err != nil {
+			return nil, err
+		}
+		s.sets.mu.Lock()
+		s.sets.cur = cached
+		s.sets.mu.Unlock()
+	}
+	now := s.now()
+	for i, c := range cached.KRAs {
+		if now.After(c.NotAfter) {
+			return nil, fmt.Errorf("%w: the certificate of KRA %q in recovery set %d expired on %s; an admin must replace it",
+				ErrNoRecoverySet, cached.Names[i], cached.Epoch, c.NotAfter.Format(time.DateOnly))
+		}
+	}
+	return cached, nil
+}
+
+// loadRecoverySet resolves a stored recovery set's KRA serials to certificates.
+func (s *Service) loadRecoverySet(ctx context.Context, row *store.RecoverySet) (*RecoverySet, error) {
+	rs := &RecoverySet{Epoch: row.Epoch, Quorum: row.Quorum}
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		for _, serial := range row.KRASerials {
+			c, err := tx.GetCertificate(serial)
+			if err != nil {
+				return fmt.Errorf("KRA certificate %s: %w", serial, err)
+			}
+			cert, err := x509.ParseCertificate(c.DER)
+			if err != nil {
+				return fmt.Errorf("KRA certificate %s: %w", serial, err)
+			}
+			rcpt, err := record.RecipientFromCertificate(cert)
+			if err != nil {
+				return fmt.Errorf("KRA certificate %s: %w", serial, err)
+			}
+			rs.KRAs = append(rs.KRAs, cert)
+			rs.Names = append(rs.Names, c.KRA)
+			rs.recipients = append(rs.recipients, rcpt)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("escrow: recovery set %d: %w", row.Epoch, err)
+	}
+	return rs, nil
+}
+
+// EnrollArchived issues a certificate of an archiving template. envelope is the client's PKCS#8
+// private key in a CMS EnvelopedData or AuthEnvelopedData to the transport certificate. The key
+// must be the pair of the CSR's public key; it is sealed for the recovery set and the record is
+// durably committed before the certificate is signed.
+func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRequest, envelope []byte) (*Issued, error) {
+	t, err := s.checkRequest(who, req)
+	if err != nil {
+		return nil, err
+	}
+	if !t.Archive {
+		return nil, fmt.Errorf("%w: template %q does not archive keys; do not send encrypted_key (use EST simpleenroll)", ErrInvalidRequest, t.Name)
+	}
+	if len(envelope) == 0 {
+		return nil, fmt.Errorf("%w: template %q requires an encrypted private key (field encrypted_key)", ErrInvalidRequest, t.Name)
+	}
+	if s.Transport == nil {
+		return nil, fmt.Errorf("%w: no transport key configured", ErrNoRecoverySet)
+	}
+	pkcs8, err := cms.Decrypt(envelope, s.Transport.Cert, s.Transport.Key)
+	if err != nil {
+		return nil, envelopeError(err)
+	}
+	defer clear(pkcs8)
+	if err := checkKeyPair(pkcs8, req.CSR.PublicKey); err != nil {
+		return nil, err
+	}
+	return s.archiveAndIssue(ctx, who, t, req.CSR.PublicKey, pkcs8)
+}
+
+// archiveAndIssue seals pkcs8 for the current recovery set and issues the certificate.
+func (s *Service) archiveAndIssue(ctx context.Context, who Enrollee, t *policy.Template, pub crypto.PublicKey, pkcs8 []byte) (*Issued, error) {
+	rs, err := s.CurrentRecoverySet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: public key: %v", ErrInvalidRequest, err)
+	}
+	seal := func(serial []byte) (*sealedRecord, error) {
+		return s.seal(rs, serial, spki, pkcs8)
+	}
+	return s.issue(ctx, issuance{template: t, pub: pub, mailbox: who.Mailbox, codeID: who.codeID(), seal: seal})
+}
+
+// seal makes the escrow record of one private key. It calls no HSM.
+func (s *Service) seal(rs *RecoverySet, serial, spki, pkcs8 []byte) (*sealedRecord, error) {
+	id, err := record.NewID()
+	if err != nil {
+		return nil, err
+	}
+	h := record.Header{
+		ID:       id,
+		Issuer:   s.issuerName(),
+		Serial:   serial,
+		SPKIHash: sha256.Sum256(spki),
+		Epoch:    rs.Epoch,
+		M:        uint8(rs.Quorum),
+		N:        uint8(len(rs.recipients)),
+		OAEPHash: s.shareHash(),
+	}
+	r, err := record.Seal(h, pkcs8, rs.recipients)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: seal: %w", err)
+	}
+	blob, err := r.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("escrow: seal: %w", err)
+	}
+	return &sealedRecord{id: hex.EncodeToString(id[:]), blob: blob, epoch: rs.Epoch}, nil
+}
+
+// issuerName is the issuer bound into record headers: the CA's subject key identifier, or its
+// subject when it has none.
+func (s *Service) issuerName() string {
+	c := s.Issuer.Certificate()
+	if len(c.SubjectKeyId) > 0 {
+		return hex.EncodeToString(c.SubjectKeyId)
+	}
+	return c.Subject.String()
+}
+
+func (s *Service) shareHash() crypto.Hash {
+	if s.ShareOAEPHash != 0 {
+		return s.ShareOAEPHash
+	}
+	return crypto.SHA1
+}
+
+// checkKeyPair parses a PKCS#8 private key (crypto/x509 validates RSA keys as it parses) and
+// checks that it is the pair of pub.
+func checkKeyPair(pkcs8 []byte, pub crypto.PublicKey) error {
+	k, err := x509.ParsePKCS8PrivateKey(pkcs8)
+	if err != nil {
+		return fmt.Errorf("%w: the encrypted key is not a valid PKCS#8 private key", ErrInvalidRequest)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("%w: the encrypted key is of an unsupported type %T", ErrInvalidRequest, k)
+	}
+	if !publicKeysEqual(signer.Public(), pub) {
+		return fmt.Errorf("%w: the private key is not the pair of the certificate request's public key", ErrInvalidRequest)
+	}
+	return nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}
+
+// envelopeError turns a CMS error into a client error that says what was wrong with the
+// envelope (the cms errors carry no key material).
+func envelopeError(err error) error {
+	switch {
+	case errors.Is(err, cms.ErrNoRecipient):
+		return fmt.Errorf("%w: encrypted_key is not encrypted to this appliance's transport certificate (GET /api/v1/transport-certificate): %v", ErrInvalidRequest, err)
+	case errors.Is(err, cms.ErrMalformed), errors.Is(err, cms.ErrUnsupported), errors.Is(err, cms.ErrDecrypt):
+		// %w twice: a token failure under ErrDecrypt must still be seen as one by the caller.
+		return fmt.Errorf("%w: encrypted_key: %w", ErrInvalidRequest, err)
+	}
+	return fmt.Errorf("escrow: open transport envelope: %w", err)
+}

@@ -1,0 +1,115 @@
+package escrow
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// An enrollment code is 24 base32 characters (120 random bits). Its first eight characters
+// are the public handle under which the store keeps it; the store holds only a SHA-256 of the
+// whole code, so a copy of the database cannot be used to enroll. The code's entropy makes a
+// slow hash unnecessary.
+const (
+	codeBytes  = 15
+	codeIDLen  = 8
+	codeLength = 24
+)
+
+var codeEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// Code is a freshly created enrollment code. Its String method redacts the secret; print
+// Secret deliberately, once, to the person who asked for it.
+type Code struct {
+	ID        string
+	Secret    string
+	Email     string
+	Template  string
+	ExpiresAt time.Time
+}
+
+// String redacts the code.
+func (c Code) String() string { return "code " + c.ID + "-[redacted]" }
+
+// GoString redacts the code.
+func (c Code) GoString() string { return c.String() }
+
+func hashCode(secret string) []byte {
+	h := sha256.Sum256([]byte("keyarc enrollment code\x00" + secret))
+	return h[:]
+}
+
+// CreateCode makes a single-use enrollment code for mailbox under template, valid for ttl.
+func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl time.Duration) (*Code, error) {
+	mailbox, err := policy.NormalizeMailbox(mailbox)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	t, ok := s.Templates[template]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", policy.ErrUnknownTemplate, template)
+	}
+	if t.ManualApproval {
+		return nil, fmt.Errorf("%w: template %q is issued by an admin's decision, not with an enrollment code", ErrInvalidRequest, template)
+	}
+	b := make([]byte, codeBytes)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	secret := codeEncoding.EncodeToString(b)
+	clear(b)
+	now := s.now()
+	c := &Code{ID: secret[:codeIDLen], Secret: secret, Email: mailbox, Template: template, ExpiresAt: now.Add(ttl)}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.InsertCode(store.Code{
+			ID: c.ID, Email: c.Email, Template: template, Hash: hashCode(secret),
+			CreatedAt: now, ExpiresAt: c.ExpiresAt,
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("escrow: store enrollment code: %w", err)
+	}
+	return c, nil
+}
+
+// Authenticate checks an enrollee's mailbox and enrollment code and returns the code's record.
+// It does not use the code up: only a successful enrollment does. Every mismatch gives the same
+// ErrUnauthorized, so the answer does not tell which part was wrong, except that a used or
+// expired code says so (the enrollee needs a new one).
+func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*store.Code, error) {
+	secret = strings.ToUpper(strings.TrimSpace(strings.ReplaceAll(secret, "-", "")))
+	if len(secret) != codeLength {
+		return nil, ErrUnauthorized
+	}
+	var c *store.Code
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		c, err = tx.GetCode(secret[:codeIDLen])
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrUnauthorized
+	}
+	if err != nil {
+		return nil, fmt.Errorf("escrow: look up enrollment code: %w", err)
+	}
+	if subtle.ConstantTimeCompare(c.Hash, hashCode(secret)) != 1 || !policy.SameMailbox(c.Email, mailbox) {
+		return nil, ErrUnauthorized
+	}
+	if c.UsedAt != nil {
+		return nil, ErrCodeUsed
+	}
+	if !s.now().Before(c.ExpiresAt) {
+		return nil, ErrCodeExpired
+	}
+	return c, nil
+}

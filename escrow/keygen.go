@@ -1,0 +1,54 @@
+package escrow
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"fmt"
+)
+
+// ServerKeygen generates the key pair inside the appliance (EST serverkeygen, RFC 7030 4.4),
+// archives the private key and issues the certificate. The CSR proves the enrollee's request and
+// names the key type wanted: its own public key is not certified. The returned PKCS#8 is the
+// caller's to deliver and clear.
+func (s *Service) ServerKeygen(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, []byte, error) {
+	t, err := s.checkRequest(who, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !t.ServerKeygen || !t.Archive {
+		return nil, nil, fmt.Errorf("%w: template %q does not allow server-side key generation", ErrInvalidRequest, t.Name)
+	}
+	key, err := generateLike(req.CSR.PublicKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	issued, err := s.archiveAndIssue(ctx, who, t, key.Public(), pkcs8)
+	if err != nil {
+		clear(pkcs8)
+		return nil, nil, err
+	}
+	return issued, pkcs8, nil
+}
+
+// generateLike makes a fresh key of the same type and size as pub.
+func generateLike(pub crypto.PublicKey) (crypto.Signer, error) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return rsa.GenerateKey(rand.Reader, k.N.BitLen())
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384():
+			return ecdsa.GenerateKey(k.Curve, rand.Reader)
+		}
+	}
+	return nil, fmt.Errorf("%w: cannot generate a key like %T", ErrInvalidRequest, pub)
+}

@@ -1,0 +1,332 @@
+// Package escrow is keyarc's engine: it issues certificates from templates, archives (seals) the
+// private key of every encryption certificate before that certificate exists, and opens
+// archived keys for a quorum-approved recovery.
+//
+// # Imports
+//
+// escrow uses its own sub-packages (ca, cms, record, shamir, store) and policy. It never
+// imports hsm: keys in tokens reach it as crypto.Signer and crypto.Decrypter, so the whole
+// engine runs in tests with standard-library software keys.
+//
+// # The issuance protocol
+//
+// Every enrollment goes through three durable steps, so that no certificate of an archiving
+// template can exist without its escrow record:
+//
+//  1. one store transaction claims the enrollment code, reserves the serial (a certificate row
+//     in state pending) and, for an archiving template, writes the sealed escrow record;
+//  2. the CA signs the certificate with the reserved serial;
+//  3. a second transaction stores the certificate and marks row and record issued/active.
+//
+// If step 2 or 3 fails, a compensating transaction frees the code and marks the row failed and
+// the record abandoned. After a crash, [Service.Sweep] does the same for rows left pending.
+//
+// # Concurrency
+//
+// A Service is safe for concurrent use; the store group-commits concurrent enrollments.
+package escrow
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// Errors the HTTP layer maps to statuses.
+var (
+	// ErrUnauthorized: the mailbox and enrollment code (or client certificate) were not accepted.
+	ErrUnauthorized = errors.New("escrow: mailbox and enrollment code not accepted")
+	// ErrCodeUsed: the enrollment code has already been used.
+	ErrCodeUsed = errors.New("escrow: enrollment code already used; ask for a new one")
+	// ErrCodeExpired: the enrollment code is past its expiry.
+	ErrCodeExpired = errors.New("escrow: enrollment code expired; ask for a new one")
+	// ErrForbidden: the caller is authenticated but may not do this.
+	ErrForbidden = errors.New("escrow: not allowed")
+	// ErrInvalidRequest: the request is malformed or incomplete; the wrapping error says how.
+	ErrInvalidRequest = errors.New("escrow: invalid request")
+	// ErrNotFound: the named object does not exist.
+	ErrNotFound = errors.New("escrow: not found")
+)
+
+// Metrics receives counts of what the engine does. A nil Metrics is allowed.
+type Metrics interface {
+	Enrolled(template string, archived bool)
+	Refused(template, reason string)
+}
+
+// Service issues certificates and archives keys. Fill the exported fields, then use it.
+type Service struct {
+	Store     *store.DB
+	Issuer    *ca.Issuer
+	Templates map[string]*policy.Template
+	Logger    *slog.Logger
+	Metrics   Metrics
+	// Transport opens the envelopes of archived keys; nil refuses archival.
+	Transport *Transport
+	// ShareOAEPHash is the RSA-OAEP hash shares are encrypted with: one the KRA tokens can
+	// decrypt (SHA-1 on SoftHSM 2.6). Zero means SHA-1.
+	ShareOAEPHash crypto.Hash
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	sets recoverySets
+}
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+func (s *Service) log() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Enrollee is who is enrolling, as authenticated by the HTTP layer.
+type Enrollee struct {
+	// Mailbox is the authenticated mailbox: it comes from the code or the client certificate,
+	// never from the request.
+	Mailbox string
+	// Code is the enrollment code used, nil when the enrollee authenticated with a certificate.
+	Code *store.Code
+	// Renewing is the serial of the certificate presented for re-enrollment, if any.
+	Renewing string
+}
+
+// EnrollRequest is one enrollment.
+type EnrollRequest struct {
+	Template string
+	CSR      *x509.CertificateRequest
+	// PublicKey is used when there is no CSR (server-side key generation, import).
+	PublicKey crypto.PublicKey
+}
+
+// Issued is the result of a successful enrollment.
+type Issued struct {
+	Certificate *x509.Certificate
+	Serial      string
+	RecordID    string
+}
+
+// Template returns the named template.
+func (s *Service) Template(name string) (*policy.Template, error) {
+	t, ok := s.Templates[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", policy.ErrUnknownTemplate, name)
+	}
+	return t, nil
+}
+
+// Enroll issues a certificate for a template that does not archive keys.
+func (s *Service) Enroll(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, error) {
+	t, err := s.checkRequest(who, req)
+	if err != nil {
+		return nil, err
+	}
+	if t.Archive {
+		return nil, fmt.Errorf("%w: template %q archives the private key: send the key encrypted to the transport certificate to /api/v1/enroll (field encrypted_key), or use serverkeygen", ErrInvalidRequest, t.Name)
+	}
+	return s.issue(ctx, issuance{template: t, pub: req.CSR.PublicKey, mailbox: who.Mailbox, codeID: who.codeID()})
+}
+
+func (e Enrollee) codeID() string {
+	if e.Code == nil {
+		return ""
+	}
+	return e.Code.ID
+}
+
+// checkRequest applies the template and authentication rules shared by every enrollment.
+func (s *Service) checkRequest(who Enrollee, req EnrollRequest) (*policy.Template, error) {
+	t, err := s.Template(req.Template)
+	if err != nil {
+		return nil, err
+	}
+	if t.ManualApproval {
+		return nil, fmt.Errorf("%w: template %q needs an admin's approval; submit it as a pending request", ErrInvalidRequest, t.Name)
+	}
+	if who.Code != nil && who.Code.Template != t.Name {
+		return nil, fmt.Errorf("%w: this enrollment code is for template %q, not %q", ErrForbidden, who.Code.Template, t.Name)
+	}
+	if who.Code == nil && who.Renewing == "" {
+		return nil, ErrUnauthorized
+	}
+	if req.CSR == nil {
+		return nil, fmt.Errorf("%w: a certificate request (PKCS#10) is required", ErrInvalidRequest)
+	}
+	if err := t.CheckCSR(req.CSR, who.Mailbox); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// sealedRecord is what an archiving enrollment commits with the reservation.
+type sealedRecord struct {
+	id   string
+	blob []byte
+	// epoch is the recovery-set epoch the record is sealed under.
+	epoch uint32
+}
+
+// seal produces the escrow record for serial; it is called with the reserved serial so that
+// the record's header binds it.
+type sealFunc func(serial []byte) (*sealedRecord, error)
+
+// issuance is one certificate to issue through the three-step protocol.
+type issuance struct {
+	template *policy.Template
+	pub      crypto.PublicKey
+	// mailbox is the certificate's rfc822Name and subject CN; empty for KRA certificates.
+	mailbox string
+	// subject overrides the subject (KRA and credential certificates).
+	subject *pkix.Name
+	codeID  string
+	role    string
+	kra     string
+	// seal, when set, makes the escrow record for the reserved serial.
+	seal sealFunc
+}
+
+// issue runs the three-step issuance protocol described in the package documentation.
+func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
+	t := is.template
+	serial, err := ca.NewSerial()
+	if err != nil {
+		return nil, err
+	}
+	serialHex := store.FormatSerial(serial)
+	var rec *sealedRecord
+	if is.seal != nil {
+		if rec, err = is.seal(serial.Bytes()); err != nil {
+			return nil, err
+		}
+	}
+	now := s.now()
+	mailbox := is.mailbox
+	subject := pkix.Name{CommonName: mailbox}
+	if is.subject != nil {
+		subject = *is.subject
+	}
+	row := store.Certificate{
+		Serial: serialHex, Template: t.Name, Email: mailbox, Subject: subject.String(),
+		State: store.StatePending, CreatedAt: now, CodeID: is.codeID, Role: is.role, KRA: is.kra,
+	}
+	if rec != nil {
+		row.RecordID = rec.id
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		if is.codeID != "" {
+			if err := tx.ClaimCode(is.codeID, now); err != nil {
+				return err
+			}
+		}
+		if err := tx.InsertCertificate(row); err != nil {
+			return err
+		}
+		if rec != nil {
+			return tx.InsertRecord(store.Record{
+				ID: rec.id, Serial: serialHex, Email: mailbox, Epoch: rec.epoch,
+				Blob: rec.blob, State: store.StatePending, CreatedAt: now,
+			})
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, store.ErrCodeUsed):
+		return nil, ErrCodeUsed
+	case errors.Is(err, store.ErrCodeExpired):
+		return nil, ErrCodeExpired
+	case err != nil:
+		return nil, fmt.Errorf("escrow: reserve serial: %w", err)
+	}
+
+	req := ca.Request{
+		Serial:             serial,
+		PublicKey:          is.pub,
+		Subject:            subject,
+		KeyUsage:           t.KeyUsageFor(is.pub),
+		ExtKeyUsage:        extKeyUsages(t),
+		UnknownExtKeyUsage: unknownExtKeyUsages(t),
+		NotBefore:          now,
+		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
+	}
+	if mailbox != "" {
+		req.EmailAddresses = []string{mailbox}
+	}
+	cert, err := s.Issuer.Issue(req)
+	if err == nil {
+		err = s.Store.Update(ctx, func(tx *store.Tx) error {
+			if err := tx.SetCertificateIssued(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
+				return err
+			}
+			if rec != nil {
+				return tx.ActivateRecord(rec.id)
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		s.undo(serialHex)
+		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
+	}
+	if s.Metrics != nil {
+		s.Metrics.Enrolled(t.Name, rec != nil)
+	}
+	s.log().Info("certificate issued", "serial", serialHex, "template", t.Name, "archived", rec != nil)
+	out := &Issued{Certificate: cert, Serial: serialHex}
+	if rec != nil {
+		out.RecordID = rec.id
+	}
+	return out, nil
+}
+
+// undo is the compensating transaction of a failed issuance: the row is marked failed, which
+// also frees its code and abandons its record. It runs with its own context: the caller's may be
+// what was cancelled.
+func (s *Service) undo(serialHex string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.FailCertificate(serialHex)
+	})
+	if err != nil {
+		// The start-up sweep finishes the job.
+		s.log().Error("undo failed issuance", "serial", serialHex, "err", err)
+	}
+}
+
+// Sweep finishes issuances that a crash left pending: rows older than before are marked failed,
+// their records abandoned and their codes freed. Run it at start-up.
+func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
+	var n store.Swept
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		n, err = tx.SweepPending(before)
+		return err
+	})
+	return n.Certificates, err
+}
+
+func extKeyUsages(t *policy.Template) []x509.ExtKeyUsage {
+	eku, _ := t.ExtKeyUsages()
+	return eku
+}
+
+func unknownExtKeyUsages(t *policy.Template) []asn1.ObjectIdentifier {
+	_, oids := t.ExtKeyUsages()
+	return oids
+}

@@ -1,0 +1,128 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations[i] brings the schema from version i to version i+1. Append only:
+// never edit a migration that has shipped.
+var migrations = []string{
+	// 1: initial schema. Times are unix microseconds (UTC); serials are
+	// canonical lower-case hex (NormalizeSerial).
+	`
+CREATE TABLE codes (
+	id         TEXT    PRIMARY KEY,
+	email      TEXT    NOT NULL,
+	template   TEXT    NOT NULL,
+	hash       BLOB    NOT NULL,
+	created_at INTEGER NOT NULL,
+	expires_at INTEGER NOT NULL,
+	used_at    INTEGER,
+	serial     TEXT
+) STRICT;
+CREATE INDEX codes_email ON codes(email);
+
+CREATE TABLE recovery_sets (
+	epoch      INTEGER PRIMARY KEY CHECK (epoch >= 1),
+	quorum     INTEGER NOT NULL CHECK (quorum >= 1),
+	created_at INTEGER NOT NULL,
+	created_by TEXT    NOT NULL
+) STRICT;
+
+CREATE TABLE recovery_set_kras (
+	epoch    INTEGER NOT NULL REFERENCES recovery_sets(epoch),
+	position INTEGER NOT NULL,
+	serial   TEXT    NOT NULL,
+	PRIMARY KEY (epoch, position),
+	UNIQUE (epoch, serial)
+) STRICT;
+
+CREATE TABLE certificates (
+	serial     TEXT    PRIMARY KEY,
+	template   TEXT    NOT NULL,
+	email      TEXT    NOT NULL,
+	subject    TEXT    NOT NULL,
+	state      TEXT    NOT NULL CHECK (state IN ('pending', 'issued', 'failed', 'revoked')),
+	der        BLOB,
+	not_before INTEGER,
+	not_after  INTEGER,
+	created_at INTEGER NOT NULL,
+	code_id    TEXT    REFERENCES codes(id),
+	record_id  TEXT,
+	role       TEXT    NOT NULL,
+	kra        TEXT    NOT NULL,
+	revoked_at INTEGER
+) STRICT;
+CREATE INDEX certificates_email ON certificates(email, created_at);
+CREATE INDEX certificates_template ON certificates(template, created_at);
+CREATE INDEX certificates_state ON certificates(state, created_at);
+CREATE INDEX certificates_code ON certificates(code_id);
+CREATE INDEX certificates_kra ON certificates(kra, created_at);
+
+CREATE TABLE records (
+	id         TEXT    PRIMARY KEY,
+	serial     TEXT    UNIQUE,
+	email      TEXT    NOT NULL,
+	epoch      INTEGER NOT NULL REFERENCES recovery_sets(epoch),
+	blob       BLOB    NOT NULL,
+	state      TEXT    NOT NULL CHECK (state IN ('pending', 'active', 'abandoned')),
+	created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX records_email ON records(email, created_at);
+CREATE INDEX records_state ON records(state, created_at);
+CREATE INDEX records_epoch ON records(epoch);
+
+CREATE TABLE pending (
+	id         TEXT    PRIMARY KEY,
+	template   TEXT    NOT NULL,
+	email      TEXT    NOT NULL,
+	requester  TEXT    NOT NULL,
+	name       TEXT    NOT NULL DEFAULT '',
+	csr        BLOB    NOT NULL,
+	public_key BLOB,
+	state      TEXT    NOT NULL CHECK (state IN ('pending', 'issued', 'denied')),
+	created_at INTEGER NOT NULL,
+	decided_by TEXT    NOT NULL DEFAULT '',
+	decided_at INTEGER,
+	serial     TEXT
+) STRICT;
+CREATE INDEX pending_state ON pending(state, created_at);
+`,
+}
+
+// migrate applies the missing migrations in order, in one transaction.
+func migrate(ctx context.Context, conn *sql.Conn) (err error) {
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			conn.ExecContext(ctx, "ROLLBACK")
+		}
+	}()
+	var v int
+	if err := conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("store: migrate: database schema version %d is newer than this program's %d: %w",
+			v, len(migrations), ErrSchema)
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := conn.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("store: migrate to version %d: %w", i+1, err)
+		}
+	}
+	if v < len(migrations) {
+		// PRAGMA takes no bound parameters; the value is our own integer.
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+			return fmt.Errorf("store: migrate: %w", err)
+		}
+	}
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+		return fmt.Errorf("store: migrate: commit: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,580 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var ctx = context.Background()
+
+// t0 is a fixed clock for tests.
+var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func openTest(t testing.TB) (*DB, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keyarc.db")
+	db, err := Open(path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := db.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return db, path
+}
+
+func mustUpdate(t testing.TB, db *DB, fn func(*Tx) error) {
+	t.Helper()
+	if err := db.Update(ctx, fn); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+}
+
+func cert(serial string) Certificate {
+	return Certificate{Serial: serial, Template: "smime-encryption", Email: "alice@example.com",
+		Subject: "CN=Alice", CreatedAt: t0}
+}
+
+// hold occupies the writer until release is closed, so that the Updates
+// started meanwhile queue up and land in one batch. It returns once the
+// writer is inside the holding function.
+func hold(t *testing.T, db *DB) (release func(), wait func() error) {
+	t.Helper()
+	inside := make(chan struct{})
+	rel := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- db.Update(ctx, func(*Tx) error {
+			close(inside)
+			<-rel
+			return nil
+		})
+	}()
+	<-inside
+	var once sync.Once
+	return func() { once.Do(func() { close(rel) }) }, func() error { return <-errc }
+}
+
+func waitQueue(t *testing.T, db *DB, n int) {
+	t.Helper()
+	for db.queueLen() < n {
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestOpenSettings(t *testing.T) {
+	db, path := openTest(t)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := fi.Mode().Perm(); m != 0o600 {
+		t.Errorf("file mode %o, want 600", m)
+	}
+	for _, name := range []string{"-wal", "-shm"} {
+		if fi, err := os.Stat(path + name); err == nil && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %o, want 600", name, fi.Mode().Perm())
+		}
+	}
+	check := func(who string, q func(string) (string, error)) {
+		for pragma, want := range map[string]string{
+			"journal_mode": "wal", "synchronous": "2", "foreign_keys": "1", "busy_timeout": "5000",
+			"user_version": fmt.Sprint(len(migrations)),
+		} {
+			got, err := q("PRAGMA " + pragma)
+			if err != nil {
+				t.Fatalf("%s %s: %v", who, pragma, err)
+			}
+			if got != want {
+				t.Errorf("%s: %s = %s, want %s", who, pragma, got, want)
+			}
+		}
+	}
+	check("writer", func(s string) (v string, err error) {
+		err = db.wconn.QueryRowContext(ctx, s).Scan(&v)
+		return
+	})
+	check("reader", func(s string) (v string, err error) {
+		err = db.r.QueryRowContext(ctx, s).Scan(&v)
+		return
+	})
+	// The read pool is read-only in SQLite itself.
+	if _, err := db.r.ExecContext(ctx, "DELETE FROM codes"); err == nil {
+		t.Error("write on the read pool succeeded")
+	}
+}
+
+func TestOpenMissingDir(t *testing.T) {
+	_, err := Open(filepath.Join(t.TempDir(), "nope", "x.db"))
+	if err == nil {
+		t.Fatal("Open in a missing directory succeeded")
+	}
+}
+
+func TestSchemaTooNew(t *testing.T) {
+	db, path := openTest(t)
+	if _, err := db.wconn.ExecContext(ctx, "PRAGMA user_version = 999"); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path); !errors.Is(err, ErrSchema) {
+		t.Fatalf("Open = %v, want ErrSchema", err)
+	}
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	// A directory name that needs escaping in a file: URI.
+	dir := filepath.Join(t.TempDir(), "state dir?x=1#y%20")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "keyarc.db")
+	db, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("0A1B")) })
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = Open(path) // migrations must be a no-op the second time
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if entries, _ := os.ReadDir(dir); len(entries) == 0 || entries[0].Name() != "keyarc.db" {
+		t.Errorf("files in %s: %v", dir, entries)
+	}
+	err = db.View(ctx, func(tx *Tx) error {
+		c, err := tx.GetCertificate("a1b")
+		if err != nil {
+			return err
+		}
+		if c.Serial != "a1b" || !c.CreatedAt.Equal(t0) || c.State != StatePending {
+			t.Errorf("after reopen: %+v", c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestViewSeesCommittedAndIsReadOnly(t *testing.T) {
+	db, _ := openTest(t)
+	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+	err := db.View(ctx, func(tx *Tx) error {
+		if _, err := tx.GetCertificate("1"); err != nil {
+			return err
+		}
+		if err := tx.InsertCertificate(cert("02")); !errors.Is(err, ErrReadOnly) {
+			t.Errorf("insert in View = %v, want ErrReadOnly", err)
+		}
+		if err := tx.FailCertificate("01"); !errors.Is(err, ErrReadOnly) {
+			t.Errorf("fail in View = %v, want ErrReadOnly", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestViewConcurrentWithUpdate(t *testing.T) {
+	db, _ := openTest(t)
+	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+	release, wait := hold(t, db) // the writer is inside a transaction
+	defer release()
+	// A View does not wait for the writer.
+	if err := db.View(ctx, func(tx *Tx) error { _, err := tx.GetCertificate("01"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTxUsedAfterFn(t *testing.T) {
+	db, _ := openTest(t)
+	var kept *Tx
+	mustUpdate(t, db, func(tx *Tx) error { kept = tx; return nil })
+	if _, err := kept.GetCertificate("01"); !errors.Is(err, ErrTxDone) {
+		t.Errorf("GetCertificate on a finished Tx = %v, want ErrTxDone", err)
+	}
+	if err := db.View(ctx, func(tx *Tx) error { kept = tx; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kept.GetCertificate("01"); !errors.Is(err, ErrTxDone) {
+		t.Errorf("GetCertificate on a finished View Tx = %v, want ErrTxDone", err)
+	}
+}
+
+// TestGroupCommit checks that concurrent Updates share COMMITs.
+func TestGroupCommit(t *testing.T) {
+	const n = 200
+
+	t.Run("free-for-all", func(t *testing.T) {
+		db, _ := openTest(t)
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Go(func() {
+				errs <- db.Update(ctx, func(tx *Tx) error {
+					return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1)))
+				})
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		st := db.Stats()
+		t.Logf("%d updates, %d commits, max batch %d", st.Updates, st.Commits, st.MaxBatch)
+		if st.Updates != n {
+			t.Errorf("Updates = %d, want %d", st.Updates, n)
+		}
+		if st.Commits >= n/2 {
+			t.Errorf("%d commits for %d concurrent updates: not batching", st.Commits, n)
+		}
+		assertCount(t, db, Filter{}, n)
+	})
+
+	t.Run("one batch", func(t *testing.T) {
+		db, _ := openTest(t)
+		release, wait := hold(t, db)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if err := db.Update(ctx, func(tx *Tx) error {
+					return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1)))
+				}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		waitQueue(t, db, n)
+		release()
+		wg.Wait()
+		if err := wait(); err != nil {
+			t.Fatal(err)
+		}
+		st := db.Stats()
+		if st.Commits != 1 || st.MaxBatch != n+1 {
+			t.Errorf("stats %+v, want 1 commit of %d functions", st, n+1)
+		}
+		assertCount(t, db, Filter{}, n)
+	})
+
+	t.Run("bounded batch", func(t *testing.T) {
+		db, _ := openTest(t)
+		release, wait := hold(t, db)
+		const m = MaxBatch + 10
+		var wg sync.WaitGroup
+		for range m {
+			wg.Go(func() {
+				if err := db.Update(ctx, func(*Tx) error { return nil }); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		waitQueue(t, db, m)
+		release()
+		wg.Wait()
+		if err := wait(); err != nil {
+			t.Fatal(err)
+		}
+		if st := db.Stats(); st.MaxBatch != MaxBatch || st.Commits != 2 {
+			t.Errorf("stats %+v, want 2 commits, max batch %d", st, MaxBatch)
+		}
+	})
+}
+
+func assertCount(t *testing.T, db *DB, f Filter, want int) {
+	t.Helper()
+	err := db.View(ctx, func(tx *Tx) error {
+		l, err := tx.ListCertificates(f)
+		if len(l) != want {
+			t.Errorf("ListCertificates(%+v): %d rows, want %d", f, len(l), want)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBatchIsolation: in one batch, failing and panicking functions lose their
+// own writes only.
+func TestBatchIsolation(t *testing.T) {
+	db, _ := openTest(t)
+	errBoom := errors.New("boom")
+	release, wait := hold(t, db)
+	type result struct {
+		i   int
+		err error
+	}
+	const n = 30
+	results := make(chan result, n)
+	for i := range n {
+		go func() {
+			err := db.Update(ctx, func(tx *Tx) error {
+				if err := tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1))); err != nil {
+					return err
+				}
+				switch i % 3 {
+				case 1:
+					return errBoom
+				case 2:
+					var m map[string]int
+					m["x"] = 1 // nil map write: a runtime panic
+				}
+				return nil
+			})
+			results <- result{i, err}
+		}()
+	}
+	waitQueue(t, db, n)
+	release()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		r := <-results
+		var want error
+		switch r.i % 3 {
+		case 1:
+			want = errBoom
+		case 2:
+			want = ErrPanic
+		}
+		if !errors.Is(r.err, want) || (want == nil && r.err != nil) {
+			t.Errorf("update %d = %v, want %v", r.i, r.err, want)
+		}
+	}
+	st := db.Stats()
+	if st.Commits != 1 || st.Failed != 2*n/3 {
+		t.Errorf("stats %+v, want 1 commit, %d failed", st, 2*n/3)
+	}
+	err := db.View(ctx, func(tx *Tx) error {
+		for i := range n {
+			_, err := tx.GetCertificate(fmt.Sprintf("%x", i+1))
+			if i%3 == 0 && err != nil {
+				t.Errorf("row of successful update %d: %v", i, err)
+			}
+			if i%3 != 0 && !errors.Is(err, ErrNotFound) {
+				t.Errorf("row of failed update %d: %v, want ErrNotFound", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The writer survived.
+	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("ffff")) })
+}
+
+func TestPanicAlone(t *testing.T) {
+	db, _ := openTest(t)
+	err := db.Update(ctx, func(tx *Tx) error {
+		if err := tx.InsertCertificate(cert("01")); err != nil {
+			return err
+		}
+		panic("secret-looking panic value")
+	})
+	if !errors.Is(err, ErrPanic) {
+		t.Fatalf("Update = %v, want ErrPanic", err)
+	}
+	if got := err.Error(); got != "store: update function panicked: panic value of type string" {
+		t.Errorf("panic error %q", got)
+	}
+	err = db.View(ctx, func(tx *Tx) error { _, err := tx.GetCertificate("01"); return err })
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("row of a panicking update: %v, want ErrNotFound", err)
+	}
+	if st := db.Stats(); st.Commits != 0 {
+		t.Errorf("a batch with no successful function committed: %+v", st)
+	}
+}
+
+// TestCommitFailure: a COMMIT that fails (here on a deferred foreign key)
+// fails every caller of the batch, and the writer goes on.
+func TestCommitFailure(t *testing.T) {
+	db, _ := openTest(t)
+	release, wait := hold(t, db)
+	good := make(chan error, 1)
+	go func() {
+		good <- db.Update(ctx, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+	}()
+	waitQueue(t, db, 1)
+	bad := make(chan error, 1)
+	go func() {
+		bad <- db.Update(ctx, func(tx *Tx) error {
+			if _, err := tx.q.ExecContext(tx.ctx, "PRAGMA defer_foreign_keys = ON"); err != nil {
+				return err
+			}
+			// Epoch 7 does not exist: the violation surfaces at COMMIT.
+			return tx.InsertRecord(Record{ID: "r1", Email: "a@example.com", Epoch: 7, Blob: []byte{1}})
+		})
+	}()
+	waitQueue(t, db, 2)
+	release()
+	if err := wait(); err == nil {
+		t.Error("holding update of the failed batch succeeded")
+	}
+	for name, c := range map[string]chan error{"good": good, "bad": bad} {
+		if err := <-c; !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s update = %v, want the commit's ErrNotFound", name, err)
+		}
+	}
+	if st := db.Stats(); st.CommitErrors != 1 || st.Commits != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+	assertCount(t, db, Filter{}, 1)
+}
+
+func TestCancel(t *testing.T) {
+	db, _ := openTest(t)
+
+	t.Run("before fn runs", func(t *testing.T) {
+		release, wait := hold(t, db)
+		defer release()
+		cctx, cancel := context.WithCancel(ctx)
+		var ran atomic.Bool
+		errc := make(chan error, 1)
+		go func() {
+			errc <- db.Update(cctx, func(tx *Tx) error {
+				ran.Store(true)
+				return tx.InsertCertificate(cert("c1"))
+			})
+		}()
+		waitQueue(t, db, 1)
+		cancel()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Errorf("Update = %v, want context.Canceled", err)
+		}
+		release()
+		if err := wait(); err != nil {
+			t.Fatal(err)
+		}
+		mustUpdate(t, db, func(*Tx) error { return nil }) // the writer has passed the cancelled request
+		if ran.Load() {
+			t.Error("cancelled function ran")
+		}
+	})
+
+	t.Run("already cancelled", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := db.Update(cctx, func(*Tx) error { return nil }); !errors.Is(err, context.Canceled) {
+			t.Errorf("Update = %v, want context.Canceled", err)
+		}
+	})
+
+	t.Run("after fn ran", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		err := db.Update(cctx, func(tx *Tx) error {
+			cancel()
+			return tx.InsertCertificate(cert("c2"))
+		})
+		if err != nil {
+			t.Fatalf("Update = %v, want nil: fn ran, so it waits for the commit", err)
+		}
+		assertCount(t, db, Filter{Email: "alice@example.com"}, 1)
+	})
+}
+
+func TestClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyarc.db")
+	db, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Updates queued before Close are drained, not dropped.
+	release, wait := hold(t, db)
+	const n = 20
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			errs <- db.Update(ctx, func(tx *Tx) error { return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1))) })
+		}()
+	}
+	waitQueue(t, db, n)
+	closed := make(chan error, 1)
+	go func() { closed <- db.Close() }()
+	for {
+		db.mu.Lock()
+		c := db.closing
+		db.mu.Unlock()
+		if c {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := db.Update(ctx, func(*Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Errorf("Update while closing = %v, want ErrClosed", err)
+	}
+	release()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("queued Update = %v", err)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+	if err := db.Update(ctx, func(*Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Errorf("Update after Close = %v, want ErrClosed", err)
+	}
+	if err := db.View(ctx, func(*Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Errorf("View after Close = %v, want ErrClosed", err)
+	}
+	db, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	assertCount(t, db, Filter{}, n)
+}
+
+func TestErrorMessages(t *testing.T) {
+	db, _ := openTest(t)
+	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+	for _, fn := range []func(*Tx) error{
+		func(tx *Tx) error { return tx.InsertCertificate(cert("01")) },
+		func(tx *Tx) error { _, err := tx.GetCertificate("02"); return err },
+		func(tx *Tx) error { return tx.ClaimCode("c", t0) },
+	} {
+		err := db.Update(ctx, fn)
+		if err == nil || !strings.HasPrefix(err.Error(), "store: ") {
+			t.Errorf("error %q lacks the store: prefix", err)
+		}
+		t.Log(err)
+	}
+}

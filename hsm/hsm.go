@@ -1,0 +1,363 @@
+// Package hsm is keyarc's only door to PKCS#11 tokens.
+//
+// It owns the module and the token: loading the PKCS#11 library named by an RFC 7512
+// URI, logging in once with a PIN read from a pin-source, generating keys inside the
+// token with explicit attributes (sensitive, never extractable, one purpose, random
+// CKA_ID, a label), finding them by label, and handing them out as plain
+// [crypto.Signer] and [crypto.Decrypter] values that count and time every operation.
+// It knows nothing of certificates, escrow, users or HTTP.
+//
+// hsm is the only keyarc package that may import github.com/ThalesGroup/crypto11 and
+// github.com/miekg/pkcs11; no other keyarc package may be imported by it.
+//
+// # Ownership of the module
+//
+// A PKCS#11 module has one owner per process. crypto11 initialises the module (it
+// refcounts it per path and finalises it when its last context closes); this package
+// then opens one raw miekg session of its own per [Token] (for C_GetTokenInfo,
+// C_FindObjects over every object class and C_GetSessionInfo) and treats
+// CKR_CRYPTOKI_ALREADY_INITIALIZED as success. [Token.Close] closes that raw session
+// before the crypto11 context, so C_Finalize never runs under a live session.
+//
+// # Login
+//
+// Open logs in exactly once. A wrong PIN returns [ErrPINIncorrect] and is never retried:
+// many HSMs lock the user PIN after a few failures (SoftHSM does not; lockout is then the
+// appliance's job). A token may be open only once per process ([ErrTokenInUse]): a second
+// login on an already logged-in token returns CKR_USER_ALREADY_LOGGED_IN without checking
+// the PIN, which would make a wrong PIN look right.
+//
+// # Concurrency
+//
+// A [Token] and the keys it returns are safe for concurrent use. At most
+// [Options.MaxSessions] operations run at once; an operation that cannot get a session
+// within [Options.PoolWaitTimeout] fails with [ErrPoolExhausted] instead of waiting for
+// ever. Close waits for running operations and is safe to call more than once.
+//
+// # Secrets
+//
+// PINs are read from a file or an environment variable, kept only for the login, and
+// never appear in an error, a log line or a metric. Private keys never leave the token.
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Errors returned by this package. Test them with errors.Is; the wrapping error adds
+// the operation, the key label and the PKCS#11 return value.
+var (
+	// ErrModuleNotLoadable: the PKCS#11 library is missing or is not a PKCS#11 module.
+	ErrModuleNotLoadable = errors.New("hsm: PKCS#11 module not loadable")
+	// ErrTokenNotFound: no slot holds a token with the requested label.
+	ErrTokenNotFound = errors.New("hsm: token not found")
+	// ErrPINIncorrect: the token refused the PIN (CKR_PIN_INCORRECT and friends). Fix
+	// the pin-source; the login is not retried.
+	ErrPINIncorrect = errors.New("hsm: PIN incorrect")
+	// ErrKeyNotFound: no key pair has the requested label.
+	ErrKeyNotFound = errors.New("hsm: key not found")
+	// ErrKeyAmbiguous: more than one private key has the requested label.
+	ErrKeyAmbiguous = errors.New("hsm: more than one key has this label")
+	// ErrKeyExists: an object with the label already exists; keys are never overwritten.
+	ErrKeyExists = errors.New("hsm: an object with this label already exists")
+	// ErrPoolExhausted: no session became free within Options.PoolWaitTimeout. Retry
+	// later (HTTP 503).
+	ErrPoolExhausted = errors.New("hsm: all sessions busy")
+	// ErrTokenGone: the token or module stopped answering (removed, restarted, session
+	// lost). The Token must be closed and opened again.
+	ErrTokenGone = errors.New("hsm: token gone")
+	// ErrMechanism: the token does not support the mechanism or its parameters, or the
+	// caller asked for one this package refuses (PKCS#1 v1.5 decryption, for example).
+	ErrMechanism = errors.New("hsm: mechanism not supported")
+
+	// ErrInvalidURI: the PKCS#11 URI is malformed or asks for something refused.
+	ErrInvalidURI = errors.New("hsm: invalid PKCS#11 URI")
+	// ErrPINSource: the pin-source could not be read.
+	ErrPINSource = errors.New("hsm: cannot read PIN")
+	// ErrTokenInUse: this process has the token open already.
+	ErrTokenInUse = errors.New("hsm: token already open in this process")
+	// ErrClosed: the Token was closed.
+	ErrClosed = errors.New("hsm: token closed")
+	// ErrKeyUsage: the key exists but its attributes forbid this use (a decrypt-only key
+	// asked for as a Signer, for example).
+	ErrKeyUsage = errors.New("hsm: key not permitted for this use")
+	// ErrDecrypt: the token could not decrypt the ciphertext (wrong key, wrong padding
+	// or hash, or corrupt data).
+	ErrDecrypt = errors.New("hsm: decryption failed")
+)
+
+// Defaults for [Options].
+const (
+	DefaultMaxSessions     = 8
+	DefaultPoolWaitTimeout = 5 * time.Second
+)
+
+// Options tunes [Open]. The zero value is usable.
+type Options struct {
+	// MaxSessions bounds the operations running at once on the token (default 8).
+	// The token sees MaxSessions+2 sessions: one crypto11 keeps logged in and one raw
+	// session for Ping and object searches.
+	MaxSessions int
+	// PoolWaitTimeout bounds the wait for a free session (default 5s); a timeout is
+	// ErrPoolExhausted, never a hang.
+	PoolWaitTimeout time.Duration
+	// Registerer receives the metrics; nil means no metrics. Several Tokens may share
+	// one Registerer: they share the collectors.
+	Registerer prometheus.Registerer
+	// Logger receives operational logs (never a PIN); nil discards them.
+	Logger *slog.Logger
+}
+
+// Token is an open, logged-in PKCS#11 token. Make one with [Open]; Close it when done.
+type Token struct {
+	label  string
+	module string
+	key    string // registry key: module path + token label
+
+	c11  *crypto11.Context
+	raw  *rawSession
+	sem  chan struct{}
+	wait time.Duration
+	met  *metrics
+	log  *slog.Logger
+
+	genMu sync.Mutex // serialises GenerateKey's check-then-create
+
+	mu     sync.RWMutex // held for reading by every operation, for writing by Close
+	closed bool
+}
+
+// openTokens is the process-wide registry of open tokens (module path + token label).
+var openTokens = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
+// Open loads the module named by the URI's module-path, finds the token by its label,
+// reads the PIN from pin-source and logs in once.
+//
+// # Errors
+//
+// [ErrInvalidURI] (malformed URI, or no token, module-path or pin-source),
+// [ErrModuleNotLoadable], [ErrTokenNotFound], [ErrPINSource], [ErrPINIncorrect],
+// [ErrTokenInUse], [ErrTokenGone].
+func Open(uri string, opts Options) (*Token, error) {
+	u, err := ParseURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case u.Token == "":
+		return nil, fmt.Errorf("%w: token label (token=) required", ErrInvalidURI)
+	case u.ModulePath == "":
+		return nil, fmt.Errorf("%w: module-path required", ErrInvalidURI)
+	case u.PINSource == "":
+		return nil, fmt.Errorf("%w: pin-source required", ErrInvalidURI)
+	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = DefaultMaxSessions
+	}
+	if opts.PoolWaitTimeout <= 0 {
+		opts.PoolWaitTimeout = DefaultPoolWaitTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("token", u.Token)
+	met, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+
+	module := u.ModulePath
+	if p, err := filepath.EvalSymlinks(module); err == nil {
+		module = p
+	}
+	if err := probeModule(module); err != nil {
+		return nil, err
+	}
+	key := module + "\x00" + u.Token
+	openTokens.Lock()
+	if openTokens.m[key] {
+		openTokens.Unlock()
+		return nil, fmt.Errorf("%w: %q", ErrTokenInUse, u.Token)
+	}
+	openTokens.m[key] = true
+	openTokens.Unlock()
+	ok := false
+	defer func() {
+		if !ok {
+			openTokens.Lock()
+			delete(openTokens.m, key)
+			openTokens.Unlock()
+		}
+	}()
+
+	pin, err := readPIN(u.PINSource)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	c11, err := crypto11.Configure(&crypto11.Config{
+		Path:       module,
+		TokenLabel: u.Token,
+		Pin:        pin,
+		// crypto11 keeps one of its sessions logged in and pools the rest.
+		MaxSessions: opts.MaxSessions + 1,
+		// Backstop only: our own semaphore (sem) times out first.
+		PoolWaitTimeout: opts.PoolWaitTimeout + time.Second,
+		GCMIVLength:     12,
+	})
+	pin = ""
+	if err != nil {
+		err = classifyOpen(err)
+		met.observe("login", start, err)
+		log.Error("hsm: open failed", "module", module, "err", err)
+		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
+	}
+	met.observe("login", start, nil)
+
+	raw, err := openRaw(module, u.Token)
+	if err != nil {
+		_ = c11.Close()
+		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
+	}
+	t := &Token{
+		label:  u.Token,
+		module: module,
+		key:    key,
+		c11:    c11,
+		raw:    raw,
+		sem:    make(chan struct{}, opts.MaxSessions),
+		wait:   opts.PoolWaitTimeout,
+		met:    met,
+		log:    log,
+	}
+	met.sessionsMax(float64(opts.MaxSessions))
+	log.Info("hsm: token open", "module", module, "max_sessions", opts.MaxSessions)
+	ok = true
+	return t, nil
+}
+
+// probeModule checks that path exists and is a loadable PKCS#11 library, without
+// initialising it (crypto11 must be the first to call C_Initialize).
+func probeModule(path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("%w: %w", ErrModuleNotLoadable, err)
+	}
+	p := pkcs11.New(path) // dlopen + C_GetFunctionList; nil (no error) on failure
+	if p == nil {
+		return fmt.Errorf("%w: %s is not a PKCS#11 library", ErrModuleNotLoadable, path)
+	}
+	p.Destroy() // dlclose only: no C_Finalize, as nothing was initialised
+	return nil
+}
+
+// Label returns the token label.
+func (t *Token) Label() string { return t.label }
+
+// Close closes the raw session, then the crypto11 context (which finalises the module
+// when no other Token uses it). It waits for running operations. Calling Close again
+// returns nil.
+func (t *Token) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	t.raw.close()
+	err := t.c11.Close()
+	openTokens.Lock()
+	delete(openTokens.m, t.key)
+	openTokens.Unlock()
+	t.met.sessionsMax(-float64(cap(t.sem)))
+	t.log.Info("hsm: token closed")
+	if err != nil {
+		return fmt.Errorf("hsm: close token %q: %w", t.label, err)
+	}
+	return nil
+}
+
+// do runs f as operation op: it refuses a closed Token, takes a session slot (or
+// fails with ErrPoolExhausted after PoolWaitTimeout), times f, classifies its error and
+// records the metrics.
+func (t *Token) do(op string, f func() error) error {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.closed {
+		return ErrClosed
+	}
+	start := time.Now()
+	if err := t.acquire(); err != nil {
+		t.met.observe(op, start, err)
+		return err
+	}
+	err := func() error {
+		defer func() { <-t.sem }()
+		return f()
+	}()
+	err = classify(err)
+	t.met.observe(op, start, err)
+	if errors.Is(err, ErrTokenGone) {
+		t.log.Error("hsm: token stopped answering", "op", op, "err", err)
+	}
+	return err
+}
+
+// acquire takes a session slot, waiting at most t.wait.
+func (t *Token) acquire() error {
+	select {
+	case t.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), t.wait)
+	defer cancel()
+	select {
+	case t.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ErrPoolExhausted
+	}
+}
+
+// Ping proves the token still answers: C_GetTokenInfo on its slot and C_GetSessionInfo
+// on the raw session, which must still be logged in. It returns [ErrTokenGone] when the
+// token or module no longer answers and [ErrClosed] after Close. It does not take a
+// pool session, so it answers even when every session is busy.
+func (t *Token) Ping() error {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.closed {
+		return ErrClosed
+	}
+	if err := t.raw.ping(); err != nil {
+		err = classify(err)
+		if !errors.Is(err, ErrTokenGone) {
+			err = fmt.Errorf("%w: %w", ErrTokenGone, err)
+		}
+		return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
+	}
+	return nil
+}
+
+// Mechanisms reports what the token's self-test found.
+type Mechanisms struct {
+	// OAEPHash is the best hash (crypto.SHA256, else crypto.SHA1) for which RSA-OAEP
+	// decryption in the token round-trips; it is also the MGF1 hash.
+	OAEPHash crypto.Hash
+}

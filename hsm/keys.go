@@ -1,0 +1,391 @@
+package hsm
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
+)
+
+// Algorithm names a key type and size.
+type Algorithm string
+
+// Supported algorithms.
+const (
+	P256    Algorithm = "p256"
+	P384    Algorithm = "p384"
+	RSA2048 Algorithm = "rsa2048"
+	RSA3072 Algorithm = "rsa3072"
+	RSA4096 Algorithm = "rsa4096"
+)
+
+// Usage is the one purpose a generated key may serve.
+type Usage int
+
+// Key usages. A key has exactly one.
+const (
+	// UsageSign: CKA_SIGN only (no decrypt, unwrap, sign-recover or derive).
+	UsageSign Usage = iota + 1
+	// UsageDecrypt: CKA_DECRYPT only (no sign, unwrap, sign-recover or derive). RSA only.
+	UsageDecrypt
+)
+
+// String returns "sign" or "decrypt".
+func (u Usage) String() string {
+	switch u {
+	case UsageSign:
+		return "sign"
+	case UsageDecrypt:
+		return "decrypt"
+	}
+	return fmt.Sprintf("Usage(%d)", int(u))
+}
+
+// maxLabel bounds key labels; PKCS#11 does not, but a label is also a log field.
+const maxLabel = 128
+
+// GenerateKey generates a key pair for one usage inside the token and returns its
+// public key. The private key is a token object that is private, sensitive, never
+// extractable, with CKA_SIGN or CKA_DECRYPT (not both) and CKA_UNWRAP, CKA_SIGN_RECOVER
+// and CKA_DERIVE false; the public key allows only the matching CKA_VERIFY or
+// CKA_ENCRYPT. Both halves get label and the same random 16-byte CKA_ID.
+//
+// # Errors
+//
+// [ErrKeyExists] when any object on the token already has label (keys are never
+// overwritten; the check and the creation are atomic within this process, not across
+// processes), [ErrMechanism] for an unknown algorithm or an EC decrypt key,
+// [ErrPoolExhausted], [ErrTokenGone], [ErrClosed].
+func (t *Token) GenerateKey(label string, alg Algorithm, usage Usage) (crypto.PublicKey, error) {
+	if label == "" || len(label) > maxLabel {
+		return nil, fmt.Errorf("hsm: generate: key label must be 1 to %d bytes", maxLabel)
+	}
+	var curve elliptic.Curve
+	bits := 0
+	switch alg {
+	case P256:
+		curve = elliptic.P256()
+	case P384:
+		curve = elliptic.P384()
+	case RSA2048:
+		bits = 2048
+	case RSA3072:
+		bits = 3072
+	case RSA4096:
+		bits = 4096
+	default:
+		return nil, fmt.Errorf("hsm: generate %q: %w: algorithm %q", label, ErrMechanism, alg)
+	}
+	if usage != UsageSign && usage != UsageDecrypt {
+		return nil, fmt.Errorf("hsm: generate %q: unknown usage %v", label, usage)
+	}
+	if usage == UsageDecrypt && curve != nil {
+		return nil, fmt.Errorf("hsm: generate %q: %w: decrypt keys must be RSA", label, ErrMechanism)
+	}
+	t.genMu.Lock()
+	defer t.genMu.Unlock()
+
+	var pub crypto.PublicKey
+	err := t.do("generate", func() error {
+		all, _, err := t.raw.countByLabel(label)
+		if err != nil {
+			return err
+		}
+		if all > 0 {
+			return ErrKeyExists
+		}
+		pubAttrs, privAttrs, err := keyAttributes(label, usage, true)
+		if err != nil {
+			return err
+		}
+		var k crypto11.Signer
+		if curve != nil {
+			k, err = t.c11.GenerateECDSAKeyPairWithAttributes(pubAttrs, privAttrs, curve)
+		} else {
+			k, err = t.c11.GenerateRSAKeyPairWithAttributes(pubAttrs, privAttrs, bits)
+		}
+		if err != nil {
+			return err
+		}
+		pub = k.Public()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: generate %s %s key %q: %w", alg, usage, label, err)
+	}
+	t.log.Info("hsm: key generated", "label", label, "algorithm", string(alg), "usage", usage.String())
+	return pub, nil
+}
+
+// keyAttributes returns the explicit public and private templates for a key pair.
+// Nothing is left to crypto11's or the token's defaults (crypto11 sets CKA_DECRYPT on
+// every RSA key, SoftHSM sets CKA_UNWRAP).
+func keyAttributes(label string, usage Usage, token bool) (pub, priv crypto11.AttributeSet, err error) {
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return nil, nil, err
+	}
+	if pub, err = crypto11.NewAttributeSetWithIDAndLabel(id, []byte(label)); err != nil {
+		return nil, nil, err
+	}
+	if priv, err = crypto11.NewAttributeSetWithIDAndLabel(id, []byte(label)); err != nil {
+		return nil, nil, err
+	}
+	sign, decrypt := usage == UsageSign, usage == UsageDecrypt
+	set := func(a crypto11.AttributeSet, pairs ...any) {
+		for i := 0; i < len(pairs) && err == nil; i += 2 {
+			err = a.Set(pairs[i].(crypto11.AttributeType), pairs[i+1])
+		}
+	}
+	set(priv,
+		crypto11.CkaToken, token,
+		crypto11.CkaPrivate, true,
+		crypto11.CkaSensitive, true,
+		crypto11.CkaExtractable, false,
+		crypto11.CkaSign, sign,
+		crypto11.CkaSignRecover, false,
+		crypto11.CkaDecrypt, decrypt,
+		crypto11.CkaUnwrap, false,
+		crypto11.CkaDerive, false,
+	)
+	set(pub,
+		crypto11.CkaToken, token,
+		crypto11.CkaPrivate, false,
+		crypto11.CkaVerify, sign,
+		crypto11.CkaVerifyRecover, false,
+		crypto11.CkaEncrypt, decrypt,
+		crypto11.CkaWrap, false,
+		crypto11.CkaDerive, false,
+	)
+	return pub, priv, err
+}
+
+// findPair returns the one key pair with label whose private half allows the
+// attribute usage (CKA_SIGN or CKA_DECRYPT).
+func (t *Token) findPair(label string, usage crypto11.AttributeType) (crypto11.Signer, error) {
+	if label == "" {
+		return nil, fmt.Errorf("hsm: find: empty key label: %w", ErrKeyNotFound)
+	}
+	var key crypto11.Signer
+	err := t.do("find", func() error {
+		pairs, err := t.c11.FindKeyPairs(nil, []byte(label))
+		if err != nil {
+			return err
+		}
+		switch len(pairs) {
+		case 0:
+			return ErrKeyNotFound
+		case 1:
+		default:
+			return fmt.Errorf("%w: %d key pairs", ErrKeyAmbiguous, len(pairs))
+		}
+		// FindKeyPairs skips private keys without a public half; count them too.
+		if _, private, err := t.raw.countByLabel(label); err != nil {
+			return err
+		} else if private > 1 {
+			return fmt.Errorf("%w: %d private keys", ErrKeyAmbiguous, private)
+		}
+		a, err := t.c11.GetAttribute(pairs[0], usage)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(a.Value, []byte{1}) {
+			return ErrKeyUsage
+		}
+		key = pairs[0]
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: find key %q: %w", label, err)
+	}
+	return key, nil
+}
+
+// Signer returns the key pair labelled label as a crypto.Signer. The private key must
+// allow CKA_SIGN.
+//
+// # Errors
+//
+// [ErrKeyNotFound], [ErrKeyAmbiguous] (two private keys share the label),
+// [ErrKeyUsage], [ErrPoolExhausted], [ErrTokenGone], [ErrClosed].
+func (t *Token) Signer(label string) (crypto.Signer, error) {
+	k, err := t.findPair(label, crypto11.CkaSign)
+	if err != nil {
+		return nil, err
+	}
+	return &signer{t: t, label: label, key: k}, nil
+}
+
+// Decrypter returns the RSA key pair labelled label as a crypto.Decrypter whose
+// Decrypt accepts only *rsa.OAEPOptions. The private key must allow CKA_DECRYPT.
+//
+// # Errors
+//
+// As [Token.Signer]; [ErrKeyUsage] also for a key that is not RSA.
+func (t *Token) Decrypter(label string) (crypto.Decrypter, error) {
+	k, err := t.findPair(label, crypto11.CkaDecrypt)
+	if err != nil {
+		return nil, err
+	}
+	sd, ok := k.(crypto11.SignerDecrypter)
+	if _, isRSA := k.Public().(*rsa.PublicKey); !ok || !isRSA {
+		return nil, fmt.Errorf("hsm: find key %q: %w: not an RSA key", label, ErrKeyUsage)
+	}
+	return &decrypter{t: t, label: label, key: sd}, nil
+}
+
+// signer is a token key as a crypto.Signer that counts, times and classifies.
+type signer struct {
+	t     *Token
+	label string
+	key   crypto11.Signer
+}
+
+var _ crypto.Signer = (*signer)(nil)
+
+// Public returns the public half.
+func (s *signer) Public() crypto.PublicKey { return s.key.Public() }
+
+// Sign signs digest in the token. rand is ignored (the token has its own). For RSA,
+// opts may be *rsa.PSSOptions: PSSSaltLengthAuto is turned into PSSSaltLengthEqualsHash,
+// which crypto11 requires. digest must have the length of opts.HashFunc().
+func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts == nil {
+		return nil, fmt.Errorf("hsm: sign with %q: nil SignerOpts", s.label)
+	}
+	if h := opts.HashFunc(); h != 0 && (!h.Available() || len(digest) != h.Size()) {
+		return nil, fmt.Errorf("hsm: sign with %q: digest is %d bytes, not a %v digest", s.label, len(digest), h)
+	}
+	if pss, ok := opts.(*rsa.PSSOptions); ok && pss.SaltLength == rsa.PSSSaltLengthAuto {
+		c := *pss
+		c.SaltLength = rsa.PSSSaltLengthEqualsHash
+		opts = &c
+	}
+	if _, ok := s.key.Public().(*ecdsa.PublicKey); ok {
+		if _, pss := opts.(*rsa.PSSOptions); pss {
+			return nil, fmt.Errorf("hsm: sign with %q: %w: PSS options for an ECDSA key", s.label, ErrMechanism)
+		}
+	}
+	var sig []byte
+	err := s.t.do("sign", func() error {
+		var err error
+		sig, err = s.key.Sign(nil, digest, opts)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: sign with %q: %w", s.label, err)
+	}
+	return sig, nil
+}
+
+// decrypter is a token RSA key as a crypto.Decrypter limited to RSA-OAEP.
+type decrypter struct {
+	t     *Token
+	label string
+	key   crypto11.SignerDecrypter
+}
+
+var _ crypto.Decrypter = (*decrypter)(nil)
+
+// Public returns the public half (*rsa.PublicKey).
+func (d *decrypter) Public() crypto.PublicKey { return d.key.Public() }
+
+// Decrypt decrypts an RSA-OAEP ciphertext in the token. opts must be *rsa.OAEPOptions:
+// nil or *rsa.PKCS1v15DecryptOptions would mean PKCS#1 v1.5 and are refused with
+// [ErrMechanism]. MGFHash, which crypto11 ignores, must be zero or equal Hash. rand is
+// ignored. A ciphertext the token cannot decrypt gives [ErrDecrypt].
+func (d *decrypter) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	o, ok := opts.(*rsa.OAEPOptions)
+	if !ok || o == nil {
+		return nil, fmt.Errorf("hsm: decrypt with %q: %w: options must be *rsa.OAEPOptions (PKCS#1 v1.5 is refused)", d.label, ErrMechanism)
+	}
+	if o.MGFHash != 0 && o.MGFHash != o.Hash {
+		return nil, fmt.Errorf("hsm: decrypt with %q: %w: MGF1 hash must equal the OAEP hash", d.label, ErrMechanism)
+	}
+	var pt []byte
+	err := d.t.do("decrypt", func() error {
+		var err error
+		pt, err = d.key.Decrypt(nil, ciphertext, &rsa.OAEPOptions{Hash: o.Hash, Label: o.Label})
+		if errors.Is(err, pkcs11.Error(pkcs11.CKR_GENERAL_ERROR)) {
+			// SoftHSM reports a failed OAEP decoding (wrong key, corrupt data) this way.
+			err = fmt.Errorf("%w: %w", ErrDecrypt, err)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: decrypt with %q: %w", d.label, err)
+	}
+	return pt, nil
+}
+
+// SelfTest checks the mechanisms keyarc needs, with no lasting trace on the token: it
+// generates an RSA-2048 decrypt-only session key pair (CKA_TOKEN false), encrypts a
+// random secret to it in Go with RSA-OAEP SHA-256 and then SHA-1, decrypts in the token,
+// and destroys the pair. It reports the best hash that round-trips (SoftHSM 2.6: SHA-1).
+//
+// # Errors
+//
+// [ErrMechanism] when neither hash round-trips; [ErrPoolExhausted], [ErrTokenGone],
+// [ErrClosed].
+func (t *Token) SelfTest() (Mechanisms, error) {
+	label := "keyarc-selftest-" + randomHex(8)
+	pubAttrs, privAttrs, err := keyAttributes(label, UsageDecrypt, false)
+	if err != nil {
+		return Mechanisms{}, fmt.Errorf("hsm: self-test: %w", err)
+	}
+	var key crypto11.SignerDecrypter
+	err = t.do("generate", func() error {
+		var err error
+		key, err = t.c11.GenerateRSAKeyPairWithAttributes(pubAttrs, privAttrs, 2048)
+		return err
+	})
+	if err != nil {
+		return Mechanisms{}, fmt.Errorf("hsm: self-test: generate session key: %w", err)
+	}
+	defer func() {
+		// Session objects also vanish when their session closes; delete them now anyway.
+		if err := t.do("generate", key.Delete); err != nil {
+			t.log.Warn("hsm: self-test: delete session key", "err", err)
+		}
+	}()
+	d := &decrypter{t: t, label: label, key: key}
+	pub := key.Public().(*rsa.PublicKey)
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return Mechanisms{}, fmt.Errorf("hsm: self-test: %w", err)
+	}
+	var errs []error
+	for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA1} {
+		ct, err := rsa.EncryptOAEP(h.New(), rand.Reader, pub, secret, nil)
+		if err != nil {
+			return Mechanisms{}, fmt.Errorf("hsm: self-test: %w", err)
+		}
+		pt, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: h})
+		if err == nil && bytes.Equal(pt, secret) {
+			t.log.Info("hsm: self-test passed", "oaep_hash", h.String())
+			return Mechanisms{OAEPHash: h}, nil
+		}
+		if err == nil {
+			err = errors.New("plaintext differs")
+		}
+		if errors.Is(err, ErrTokenGone) || errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrClosed) {
+			return Mechanisms{}, fmt.Errorf("hsm: self-test: %w", err)
+		}
+		errs = append(errs, fmt.Errorf("OAEP %v: %w", h, err))
+	}
+	return Mechanisms{}, fmt.Errorf("hsm: self-test: %w: no RSA-OAEP hash round-trips: %w", ErrMechanism, errors.Join(errs...))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}

@@ -1,0 +1,140 @@
+package hsm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// rawSession is this package's own miekg session on a token, opened after crypto11 has
+// initialised the module and closed before crypto11's context. It serves C_GetTokenInfo,
+// C_GetSessionInfo and C_FindObjects over every object class, which crypto11 does not
+// offer. A miekg session must never be used by two goroutines at once: mu guards it.
+type rawSession struct {
+	mu      sync.Mutex
+	ctx     *pkcs11.Ctx
+	slot    uint
+	session pkcs11.SessionHandle
+	open    bool
+}
+
+// openRaw opens a session on the token labelled label. The module must already be
+// initialised by crypto11: C_Initialize answering CKR_CRYPTOKI_ALREADY_INITIALIZED is
+// the expected outcome, and a fresh initialisation is refused (it would mean two owners).
+// The session is not logged in itself: PKCS#11 login state is per application and
+// token, and crypto11's persistent session holds it.
+func openRaw(module, label string) (*rawSession, error) {
+	ctx := pkcs11.New(module)
+	if ctx == nil {
+		return nil, fmt.Errorf("%w: %s", ErrModuleNotLoadable, module)
+	}
+	if err := ctx.Initialize(); err == nil {
+		// We became the module's owner: crypto11 cannot be holding it. Undo and fail.
+		_ = ctx.Finalize()
+		ctx.Destroy()
+		return nil, fmt.Errorf("%w: module was not initialised by crypto11", ErrTokenGone)
+	} else if !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		ctx.Destroy()
+		return nil, classify(err)
+	}
+	r := &rawSession{ctx: ctx}
+	slots, err := ctx.GetSlotList(true)
+	if err != nil {
+		ctx.Destroy()
+		return nil, classify(err)
+	}
+	found := false
+	for _, s := range slots {
+		info, err := ctx.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if info.Label == label {
+			r.slot, found = s, true
+			break
+		}
+	}
+	if !found {
+		ctx.Destroy()
+		return nil, fmt.Errorf("%w: %q (raw session)", ErrTokenNotFound, label)
+	}
+	r.session, err = ctx.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		ctx.Destroy()
+		return nil, classify(err)
+	}
+	r.open = true
+	return r, nil
+}
+
+// close closes the session and unloads this handle on the module (dlclose) without
+// C_Finalize, which stays crypto11's job.
+func (r *rawSession) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.open {
+		return
+	}
+	r.open = false
+	_ = r.ctx.CloseSession(r.session)
+	r.ctx.Destroy()
+}
+
+// ping checks that the token answers and the application is still logged in.
+func (r *rawSession) ping() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.open {
+		return ErrClosed
+	}
+	if _, err := r.ctx.GetTokenInfo(r.slot); err != nil {
+		return err
+	}
+	info, err := r.ctx.GetSessionInfo(r.session)
+	if err != nil {
+		return err
+	}
+	if info.State != pkcs11.CKS_RO_USER_FUNCTIONS && info.State != pkcs11.CKS_RW_USER_FUNCTIONS {
+		return fmt.Errorf("%w: session no longer logged in (state %d)", ErrTokenGone, info.State)
+	}
+	return nil
+}
+
+// countByLabel counts the objects of any class with CKA_LABEL == label, and among them
+// the private keys.
+func (r *rawSession) countByLabel(label string) (all, private int, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.open {
+		return 0, 0, ErrClosed
+	}
+	find := func(tmpl []*pkcs11.Attribute) (int, error) {
+		if err := r.ctx.FindObjectsInit(r.session, tmpl); err != nil {
+			return 0, err
+		}
+		n := 0
+		for {
+			objs, _, err := r.ctx.FindObjects(r.session, 64)
+			if err != nil {
+				_ = r.ctx.FindObjectsFinal(r.session)
+				return 0, err
+			}
+			if len(objs) == 0 {
+				break
+			}
+			n += len(objs)
+		}
+		return n, r.ctx.FindObjectsFinal(r.session)
+	}
+	all, err = find([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)})
+	if err != nil {
+		return 0, 0, err
+	}
+	private, err = find([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+	})
+	return all, private, err
+}

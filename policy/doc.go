@@ -1,0 +1,25 @@
+// Package policy holds keyarc's pure rules: certificate templates (the built-in ones and those
+// from the configuration file), the checks a certificate signing request must pass before the
+// CA looks at it, the syntax of a mailbox, and which role may do which action.
+//
+// # What it must not import
+//
+// policy imports the standard library only. It does no I/O, no logging, no metrics and has no
+// clock of its own: anything that depends on time takes the time as an argument. It knows
+// nothing of HSMs, storage or HTTP; cmd/keyarc decodes templates from YAML (strictly) into
+// []Template and hands them to [Templates].
+//
+// # Errors
+//
+// Template validation fails with a *[FieldError] that names the template and the YAML field
+// (errors.Is(err, [ErrInvalidTemplate]) holds). A request that breaks the rules fails with a
+// *[RejectError] whose message is meant for the person who sent the request;
+// errors.Is(err, [ErrRejected]) holds, and so does errors.Is with the more precise sentinel
+// ([ErrSignature], [ErrWeakSignature], [ErrKeyNotAllowed], [ErrExtension], [ErrSubject],
+// [ErrMailboxMismatch]).
+//
+// # Concurrency
+//
+// Everything here is safe for concurrent use as long as a [Template] is not modified while it
+// is in use: [Templates] returns fresh copies that the caller treats as read-only.
+package policy

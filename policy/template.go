@@ -1,0 +1,434 @@
+package policy
+
+import (
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Errors about templates.
+var (
+	// ErrInvalidTemplate is wrapped by every *FieldError.
+	ErrInvalidTemplate = errors.New("policy: invalid template")
+	// ErrUnknownTemplate means a request named a template that is not configured.
+	ErrUnknownTemplate = errors.New("policy: unknown template")
+)
+
+// Names of the built-in templates.
+const (
+	TemplateSMIMEEncryption = "smime-encryption"
+	TemplateSMIMESignature  = "smime-signature"
+	TemplateKRA             = "kra"
+	TemplateClientAuth      = "client-auth"
+)
+
+// Limits on template fields.
+const (
+	// MaxSMIMEValidityDays is the longest validity of a certificate with emailProtection
+	// (CA/Browser Forum S/MIME Baseline Requirements).
+	MaxSMIMEValidityDays = 825
+	// MaxValidityDays is the longest validity of any other end-entity certificate.
+	MaxValidityDays = 3650
+	// MinRSABits and MaxRSABits bound every RSA key rule.
+	MinRSABits = 2048
+	MaxRSABits = 16384
+	// maxNameLen bounds a template name.
+	maxNameLen = 64
+)
+
+// Key algorithms of a [KeyRule].
+const (
+	AlgorithmRSA   = "rsa"
+	AlgorithmECDSA = "ecdsa"
+)
+
+// Curves a [KeyRule] may allow.
+const (
+	CurveP256 = "P-256"
+	CurveP384 = "P-384"
+)
+
+// OIDKeyRecovery is the Microsoft "Key Recovery Agent" extended key usage
+// (szOID_KP_KEY_RECOVERY_AGENT, 1.3.6.1.4.1.311.21.6), which crypto/x509 has no constant for.
+var OIDKeyRecovery = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 311, 21, 6}
+
+// Key usage names as written in templates.
+const (
+	KUDigitalSignature = "digitalSignature"
+	KUNonRepudiation   = "nonRepudiation"
+	KUKeyEncipherment  = "keyEncipherment"
+	KUKeyAgreement     = "keyAgreement"
+	KUDataEncipherment = "dataEncipherment"
+)
+
+// Extended key usage names as written in templates.
+const (
+	EKUEmailProtection = "emailProtection"
+	EKUClientAuth      = "clientAuth"
+	EKUServerAuth      = "serverAuth"
+	EKUKeyRecovery     = "keyRecovery"
+)
+
+var keyUsageBits = map[string]x509.KeyUsage{
+	KUDigitalSignature: x509.KeyUsageDigitalSignature,
+	KUNonRepudiation:   x509.KeyUsageContentCommitment,
+	KUKeyEncipherment:  x509.KeyUsageKeyEncipherment,
+	KUKeyAgreement:     x509.KeyUsageKeyAgreement,
+	KUDataEncipherment: x509.KeyUsageDataEncipherment,
+}
+
+var extKeyUsages = map[string]x509.ExtKeyUsage{
+	EKUEmailProtection: x509.ExtKeyUsageEmailProtection,
+	EKUClientAuth:      x509.ExtKeyUsageClientAuth,
+	EKUServerAuth:      x509.ExtKeyUsageServerAuth,
+}
+
+// KeyRule allows one key algorithm. For "rsa", MinBits and MaxBits bound the modulus size
+// (zero means the default, 2048 and 16384); for "ecdsa", Curves lists the allowed curves
+// (empty means P-256 and P-384).
+type KeyRule struct {
+	Algorithm string   `yaml:"algorithm"` // "rsa" | "ecdsa"
+	MinBits   int      `yaml:"min_bits"`
+	MaxBits   int      `yaml:"max_bits"`
+	Curves    []string `yaml:"curves"` // "P-256", "P-384"
+}
+
+// Template is a certificate profile: what a certificate of this kind may be used for, which keys
+// it accepts, how long it lives and whether its private key is archived.
+type Template struct {
+	// Name is [a-z0-9-]+; it appears in URLs (/.well-known/est/<name>/...).
+	Name string `yaml:"name"`
+	// Purpose is free text shown to users and admins.
+	Purpose string `yaml:"purpose"`
+	// KeyUsage lists digitalSignature, nonRepudiation, keyEncipherment, keyAgreement,
+	// dataEncipherment. Usages that the subject key cannot do are dropped per key (see
+	// [Template.KeyUsageFor]).
+	KeyUsage []string `yaml:"key_usage"`
+	// ExtKeyUsage lists emailProtection, clientAuth, serverAuth, keyRecovery.
+	ExtKeyUsage []string `yaml:"ext_key_usage"`
+	// Keys lists the allowed key algorithms; empty means RSA 2048..16384, ECDSA P-256/P-384.
+	Keys []KeyRule `yaml:"keys"`
+	// ValidityDays is the certificate lifetime: 1..825 with emailProtection, else 1..3650.
+	ValidityDays int `yaml:"validity_days"`
+	// Archive escrows the subject's private key before the certificate is returned. Allowed
+	// only for key-management templates (no digitalSignature, no nonRepudiation).
+	Archive bool `yaml:"archive"`
+	// ServerKeygen lets the appliance generate the key pair (EST serverkeygen); needs Archive.
+	ServerKeygen bool `yaml:"server_keygen"`
+	// ManualApproval puts every request in the pending queue for an admin to issue or deny.
+	ManualApproval bool `yaml:"manual_approval"`
+	// Role, for client-auth credentials, is admin, officer, auditor or kra; empty means the
+	// role is chosen when the credential is issued.
+	Role string `yaml:"role"`
+}
+
+// Builtins returns fresh copies of the built-in templates: smime-encryption, smime-signature,
+// kra and client-auth.
+func Builtins() []Template {
+	return []Template{
+		{
+			Name:         TemplateSMIMEEncryption,
+			Purpose:      "S/MIME encryption certificate; the private key is archived for recovery",
+			KeyUsage:     []string{KUKeyEncipherment, KUKeyAgreement},
+			ExtKeyUsage:  []string{EKUEmailProtection},
+			ValidityDays: 365,
+			Archive:      true,
+			ServerKeygen: true,
+		},
+		{
+			Name:         TemplateSMIMESignature,
+			Purpose:      "S/MIME signature certificate; the private key is never archived",
+			KeyUsage:     []string{KUDigitalSignature, KUNonRepudiation},
+			ExtKeyUsage:  []string{EKUEmailProtection},
+			ValidityDays: 365,
+		},
+		{
+			Name:           TemplateKRA,
+			Purpose:        "Key Recovery Agent: decrypts its share of archived keys; issued by an admin",
+			KeyUsage:       []string{KUKeyEncipherment},
+			ExtKeyUsage:    []string{EKUKeyRecovery},
+			Keys:           []KeyRule{{Algorithm: AlgorithmRSA, MinBits: 2048, MaxBits: 16384}},
+			ValidityDays:   730,
+			ManualApproval: true,
+		},
+		{
+			Name:         TemplateClientAuth,
+			Purpose:      "TLS client credential of an admin, officer, auditor or KRA",
+			KeyUsage:     []string{KUDigitalSignature},
+			ExtKeyUsage:  []string{EKUClientAuth},
+			ValidityDays: 365,
+		},
+	}
+}
+
+// defaultKeys is used when a template lists no key rules.
+func defaultKeys() []KeyRule {
+	return []KeyRule{
+		{Algorithm: AlgorithmRSA, MinBits: MinRSABits, MaxBits: MaxRSABits},
+		{Algorithm: AlgorithmECDSA, Curves: []string{CurveP256, CurveP384}},
+	}
+}
+
+// FieldError says which field of which template is wrong, and why.
+type FieldError struct {
+	Template string // template name, as written
+	Field    string // YAML field name, e.g. "key_usage"
+	Reason   string
+}
+
+// Error implements error.
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("policy: template %q: %s: %s", e.Template, e.Field, e.Reason)
+}
+
+// Unwrap returns [ErrInvalidTemplate].
+func (e *FieldError) Unwrap() error { return ErrInvalidTemplate }
+
+func (t *Template) fieldErr(field, format string, args ...any) error {
+	return &FieldError{Template: t.Name, Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > maxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks the template and returns a *[FieldError] for the first problem found.
+func (t *Template) Validate() error {
+	if !validName(t.Name) {
+		return t.fieldErr("name", "must be 1 to %d characters of a-z, 0-9 and -", maxNameLen)
+	}
+	if err := t.validateUsages(); err != nil {
+		return err
+	}
+	if err := t.validateKeys(); err != nil {
+		return err
+	}
+	maxDays := MaxValidityDays
+	if t.hasEKU(EKUEmailProtection) {
+		maxDays = MaxSMIMEValidityDays
+	}
+	if t.ValidityDays < 1 || t.ValidityDays > maxDays {
+		if maxDays == MaxSMIMEValidityDays {
+			return t.fieldErr("validity_days", "must be 1 to %d for emailProtection certificates, not %d", maxDays, t.ValidityDays)
+		}
+		return t.fieldErr("validity_days", "must be 1 to %d, not %d", maxDays, t.ValidityDays)
+	}
+	if t.ServerKeygen && !t.Archive {
+		return t.fieldErr("server_keygen", "a key generated by the appliance must be archived: set archive: true or remove server_keygen")
+	}
+	if t.Role != "" {
+		if _, err := ParseRole(t.Role); err != nil || Role(t.Role) == RoleEnrollee {
+			return t.fieldErr("role", "must be one of admin, officer, auditor, kra, not %q", t.Role)
+		}
+		if !t.hasEKU(EKUClientAuth) {
+			return t.fieldErr("role", "a role credential needs ext_key_usage clientAuth")
+		}
+	}
+	return nil
+}
+
+func (t *Template) validateUsages() error {
+	if len(t.KeyUsage) == 0 {
+		return t.fieldErr("key_usage", "must list at least one usage")
+	}
+	seen := map[string]bool{}
+	for _, u := range t.KeyUsage {
+		if _, ok := keyUsageBits[u]; !ok {
+			return t.fieldErr("key_usage", "unknown usage %q (known: digitalSignature, nonRepudiation, keyEncipherment, keyAgreement, dataEncipherment)", u)
+		}
+		if seen[u] {
+			return t.fieldErr("key_usage", "%q listed twice", u)
+		}
+		seen[u] = true
+	}
+	if t.Archive {
+		for _, u := range []string{KUDigitalSignature, KUNonRepudiation} {
+			if seen[u] {
+				return t.fieldErr("key_usage", "archive is allowed only for key-management templates; %s allows signing", u)
+			}
+		}
+		if !seen[KUKeyEncipherment] && !seen[KUKeyAgreement] && !seen[KUDataEncipherment] {
+			return t.fieldErr("key_usage", "archive needs a key-management usage (keyEncipherment or keyAgreement)")
+		}
+	}
+	if len(t.ExtKeyUsage) == 0 {
+		return t.fieldErr("ext_key_usage", "must list at least one extended key usage")
+	}
+	seenEKU := map[string]bool{}
+	for _, u := range t.ExtKeyUsage {
+		if _, ok := extKeyUsages[u]; !ok && u != EKUKeyRecovery {
+			return t.fieldErr("ext_key_usage", "unknown extended key usage %q (known: emailProtection, clientAuth, serverAuth, keyRecovery)", u)
+		}
+		if seenEKU[u] {
+			return t.fieldErr("ext_key_usage", "%q listed twice", u)
+		}
+		seenEKU[u] = true
+	}
+	if seenEKU[EKUEmailProtection] && seenEKU[EKUServerAuth] {
+		return t.fieldErr("ext_key_usage", "emailProtection and serverAuth must not be combined in one certificate")
+	}
+	return nil
+}
+
+func (t *Template) validateKeys() error {
+	seen := map[string]bool{}
+	for i, r := range t.Keys {
+		if seen[r.Algorithm] {
+			return t.fieldErr("keys", "algorithm %q listed twice", r.Algorithm)
+		}
+		seen[r.Algorithm] = true
+		switch r.Algorithm {
+		case AlgorithmRSA:
+			min, max := r.bits()
+			if len(r.Curves) > 0 {
+				return t.fieldErr("keys", "entry %d: curves apply to ecdsa, not rsa", i+1)
+			}
+			if min < MinRSABits {
+				return t.fieldErr("keys", "entry %d: min_bits %d is below %d", i+1, min, MinRSABits)
+			}
+			if max > MaxRSABits {
+				return t.fieldErr("keys", "entry %d: max_bits %d is above %d", i+1, max, MaxRSABits)
+			}
+			if min > max {
+				return t.fieldErr("keys", "entry %d: min_bits %d is above max_bits %d", i+1, min, max)
+			}
+		case AlgorithmECDSA:
+			if r.MinBits != 0 || r.MaxBits != 0 {
+				return t.fieldErr("keys", "entry %d: min_bits and max_bits apply to rsa; for ecdsa list curves", i+1)
+			}
+			seenCurve := map[string]bool{}
+			for _, c := range r.Curves {
+				if c != CurveP256 && c != CurveP384 {
+					return t.fieldErr("keys", "entry %d: unknown curve %q (allowed: P-256, P-384)", i+1, c)
+				}
+				if seenCurve[c] {
+					return t.fieldErr("keys", "entry %d: curve %q listed twice", i+1, c)
+				}
+				seenCurve[c] = true
+			}
+		default:
+			return t.fieldErr("keys", "entry %d: unknown algorithm %q (allowed: rsa, ecdsa)", i+1, r.Algorithm)
+		}
+	}
+	return nil
+}
+
+// bits returns the effective RSA bounds of a rule.
+func (r KeyRule) bits() (min, max int) {
+	min, max = r.MinBits, r.MaxBits
+	if min == 0 {
+		min = MinRSABits
+	}
+	if max == 0 {
+		max = MaxRSABits
+	}
+	return min, max
+}
+
+// curves returns the effective curve list of an ECDSA rule.
+func (r KeyRule) curves() []string {
+	if len(r.Curves) == 0 {
+		return []string{CurveP256, CurveP384}
+	}
+	return r.Curves
+}
+
+// keyRules returns the template's key rules, or the defaults.
+func (t *Template) keyRules() []KeyRule {
+	if len(t.Keys) == 0 {
+		return defaultKeys()
+	}
+	return t.Keys
+}
+
+func (t *Template) hasEKU(name string) bool { return slices.Contains(t.ExtKeyUsage, name) }
+
+// IsSMIME reports whether certificates of this template carry emailProtection.
+func (t *Template) IsSMIME() bool { return t.hasEKU(EKUEmailProtection) }
+
+// Validity returns the certificate lifetime, ValidityDays days of 24 hours.
+func (t *Template) Validity() time.Duration { return time.Duration(t.ValidityDays) * 24 * time.Hour }
+
+// clone returns a deep copy.
+func (t *Template) clone() *Template {
+	c := *t
+	c.KeyUsage = slices.Clone(t.KeyUsage)
+	c.ExtKeyUsage = slices.Clone(t.ExtKeyUsage)
+	c.Keys = make([]KeyRule, len(t.Keys))
+	for i, r := range t.Keys {
+		r.Curves = slices.Clone(r.Curves)
+		c.Keys[i] = r
+	}
+	if t.Keys == nil {
+		c.Keys = nil
+	}
+	return &c
+}
+
+// Templates returns the built-in templates extended by fromConfig: a configured template with
+// the name of a built-in one replaces it. Every template is validated; a name listed twice in
+// fromConfig is an error. The map holds fresh copies, keyed by name.
+func Templates(fromConfig []Template) (map[string]*Template, error) {
+	out := map[string]*Template{}
+	for _, b := range Builtins() {
+		out[b.Name] = b.clone()
+	}
+	seen := map[string]bool{}
+	for i := range fromConfig {
+		t := &fromConfig[i]
+		if seen[t.Name] {
+			return nil, t.fieldErr("name", "template defined twice in the configuration")
+		}
+		seen[t.Name] = true
+		out[t.Name] = t.clone()
+	}
+	// Validate in a stable order so the same file gives the same first error.
+	names := make([]string, 0, len(out))
+	for n := range out {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if err := out[n].Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// KeyUsageBits returns the union of the template's key usages, whatever the key type.
+// Use [Template.KeyUsageFor] when issuing.
+func (t *Template) KeyUsageBits() x509.KeyUsage {
+	var ku x509.KeyUsage
+	for _, u := range t.KeyUsage {
+		ku |= keyUsageBits[u]
+	}
+	return ku
+}
+
+// ExtKeyUsages returns the template's extended key usages: those crypto/x509 knows, and the
+// others as OIDs (keyRecovery).
+func (t *Template) ExtKeyUsages() ([]x509.ExtKeyUsage, []asn1.ObjectIdentifier) {
+	var known []x509.ExtKeyUsage
+	var unknown []asn1.ObjectIdentifier
+	for _, u := range t.ExtKeyUsage {
+		if eku, ok := extKeyUsages[u]; ok {
+			known = append(known, eku)
+		} else if u == EKUKeyRecovery {
+			unknown = append(unknown, slices.Clone(OIDKeyRecovery))
+		}
+	}
+	return known, unknown
+}

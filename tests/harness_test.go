@@ -1,0 +1,214 @@
+// Package tests runs keyarc end to end: the real binary, real SoftHSM tokens, a real SQLite
+// file, and the users' own tools (openssl, curl, pkcs11-tool, pk12util) as clients.
+package tests
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// keyarcBin is the binary under test, built once by TestMain.
+var keyarcBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "keyarc-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	keyarcBin = filepath.Join(dir, "keyarc")
+	build := exec.Command("go", "build", "-o", keyarcBin, "../cmd/keyarc")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build keyarc:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireTools skips (or, under CI, fails) when a tool the scenario drives is missing.
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is required in CI (make test installs it)", tool)
+			}
+			t.Skipf("%s not installed; run `make deps`", tool)
+		}
+	}
+	if _, err := os.Stat("/usr/lib/softhsm/libsofthsm2.so"); err != nil && os.Getenv("KEYARC_PKCS11_MODULE") == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("SoftHSM is required in CI (make test installs it)")
+		}
+		t.Skip("SoftHSM not installed; run `make deps`")
+	}
+}
+
+// keyarc runs the binary and returns its standard output; it fails the test on error.
+func keyarc(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, err := keyarcResult(args...)
+	if err != nil {
+		t.Fatalf("keyarc %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// keyarcResult runs the binary and returns stdout, stderr and the error.
+func keyarcResult(args ...string) (string, string, error) {
+	cmd := exec.Command(keyarcBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// run runs a tool and returns its combined output, failing the test on error.
+func run(t *testing.T, dir string, name string, args ...string) string {
+	t.Helper()
+	out, err := runResult(dir, nil, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func runResult(dir string, env []string, name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// appliance is a running `keyarc serve` over a state folder made by `keyarc init --dev`.
+type appliance struct {
+	state   string
+	url     string
+	metrics string
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	client  *http.Client
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// devState makes a development state folder with `keyarc init --dev`.
+func devState(t *testing.T, extra ...string) string {
+	t.Helper()
+	state := filepath.Join(t.TempDir(), "state")
+	keyarc(t, append([]string{"init", "--dev", "--state", state}, extra...)...)
+	return state
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// serve starts the appliance on free loopback ports and waits until it is ready.
+func serve(t *testing.T, state string) *appliance {
+	t.Helper()
+	addr, maddr := freePort(t), freePort(t)
+	a := &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
+	a.cmd = exec.Command(keyarcBin, "serve", "--state", state, "--addr", addr, "--metrics-addr", maddr)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- a.cmd.Wait() }()
+	t.Cleanup(func() {
+		a.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			a.cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("appliance log:\n%s", a.logs.String())
+		}
+	})
+	pool := x509.NewCertPool()
+	pool.AddCert(readCert(t, filepath.Join(state, "ca.pem")))
+	a.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("keyarc serve exited: %v\n%s", err, a.logs.String())
+		default:
+		}
+		resp, err := a.client.Get(a.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return a
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("appliance not ready after 60s: %v\n%s", err, a.logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
