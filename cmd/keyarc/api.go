@@ -342,8 +342,8 @@ func (a *appliance) handlePendingDeny(w http.ResponseWriter, r *http.Request) {
 }
 
 type recoverySetJSON struct {
-	Epoch  uint32           `json:"epoch"`
-	Quorum int              `json:"quorum"`
+	Epoch  uint32            `json:"epoch"`
+	Quorum int               `json:"quorum"`
 	KRAs   []recoveryKRAJSON `json:"kras"`
 }
 

@@ -195,7 +195,9 @@ type apiError struct {
 	msg    string
 }
 
-func (e *apiError) Error() string { return fmt.Sprintf("appliance refused (HTTP %d): %s", e.status, e.msg) }
+func (e *apiError) Error() string {
+	return fmt.Sprintf("appliance refused (HTTP %d): %s", e.status, e.msg)
+}
 
 // call sends a JSON request and decodes the JSON answer into out (when not nil).
 func (c *client) call(method, path string, in, out any) error {

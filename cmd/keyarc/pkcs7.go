@@ -21,7 +21,7 @@ func certsOnly(certs []*x509.Certificate) ([]byte, error) {
 		ci.AddASN1ObjectIdentifier(oidSignedData)
 		ci.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(ex *cryptobyte.Builder) {
 			ex.AddASN1(cbasn1.SEQUENCE, func(sd *cryptobyte.Builder) {
-				sd.AddASN1Int64(1)                               // version
+				sd.AddASN1Int64(1)                                   // version
 				sd.AddASN1(cbasn1.SET, func(*cryptobyte.Builder) {}) // digestAlgorithms
 				sd.AddASN1(cbasn1.SEQUENCE, func(eci *cryptobyte.Builder) {
 					eci.AddASN1ObjectIdentifier(oidData)
