@@ -76,10 +76,13 @@ type Service struct {
 	// ShareOAEPHash is the RSA-OAEP hash shares are encrypted with: one the KRA tokens can
 	// decrypt (SHA-1 on SoftHSM 2.6). Zero means SHA-1.
 	ShareOAEPHash crypto.Hash
+	// RecoveryKeys makes the per-request recovery keys in the token; nil refuses recovery.
+	RecoveryKeys RecoveryKeys
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	sets recoverySets
+	sets    recoverySets
+	limiter approvalLimiter
 }
 
 func (s *Service) now() time.Time {

@@ -389,3 +389,31 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%x", b)
 }
+
+// DestroyKey deletes the key pair labelled label from the token (both halves). It is for
+// short-lived keys such as a recovery request's; a missing key gives [ErrKeyNotFound].
+func (t *Token) DestroyKey(label string) error {
+	if label == "" {
+		return fmt.Errorf("hsm: destroy: empty key label: %w", ErrKeyNotFound)
+	}
+	err := t.do("destroy", func() error {
+		pairs, err := t.c11.FindKeyPairs(nil, []byte(label))
+		if err != nil {
+			return err
+		}
+		if len(pairs) == 0 {
+			return ErrKeyNotFound
+		}
+		for _, p := range pairs {
+			if err := p.Delete(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("hsm: destroy key %q: %w", label, err)
+	}
+	t.log.Info("hsm: key destroyed", "label", label)
+	return nil
+}

@@ -30,6 +30,7 @@ func (a *appliance) apiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/recovery-set", a.handleRecoverySetSet)
 	mux.HandleFunc("GET /api/v1/whoami", a.handleWhoami)
 	mux.HandleFunc("GET /api/v1/templates", a.handleTemplates)
+	a.recoveryRoutes(mux)
 }
 
 // templateJSON is what enrollees may know of a template.

@@ -43,6 +43,11 @@ type Config struct {
 		CodeTTL Duration `yaml:"code_ttl"`
 	} `yaml:"enrollment"`
 
+	Recovery struct {
+		// RequestTTL is how long a recovery request waits for its quorum.
+		RequestTTL Duration `yaml:"request_ttl"`
+	} `yaml:"recovery"`
+
 	Templates []policy.Template `yaml:"templates"`
 
 	// dir is the folder the file was read from; not part of the file.
@@ -105,6 +110,7 @@ func defaultConfig() *Config {
 	c.TLS.Certificate = "tls.pem"
 	c.TLS.Key = "tls-key.pem"
 	c.Enrollment.CodeTTL = Duration{7 * 24 * time.Hour}
+	c.Recovery.RequestTTL = Duration{24 * time.Hour}
 	return c
 }
 
@@ -167,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Enrollment.CodeTTL.Duration < time.Minute {
 		return errors.New("enrollment.code_ttl must be at least 1m")
+	}
+	if c.Recovery.RequestTTL.Duration < time.Minute || c.Recovery.RequestTTL.Duration > 30*24*time.Hour {
+		return errors.New("recovery.request_ttl must be between 1m and 720h")
 	}
 	if _, err := policy.Templates(c.Templates); err != nil {
 		return err

@@ -236,6 +236,18 @@ func status(err error) (int, string) {
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.As(err, &hs):
 		return hs.code, hs.msg
+	case errors.Is(err, escrow.ErrTooManyFailures):
+		return http.StatusTooManyRequests, err.Error()
+	case errors.Is(err, policy.ErrQuorum), errors.Is(err, escrow.ErrAlreadyApproved),
+		errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed), errors.Is(err, policy.ErrExpired),
+		errors.Is(err, policy.ErrNotRecoverable):
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, policy.ErrNotAllowed), errors.Is(err, policy.ErrOwnKey):
+		return http.StatusForbidden, err.Error()
+	case errors.Is(err, policy.ErrNothingToRecover):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, escrow.ErrBadApproval):
+		return http.StatusBadRequest, err.Error()
 	case errors.As(err, &rej), errors.Is(err, policy.ErrRejected):
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, escrow.ErrInvalidRequest), errors.Is(err, policy.ErrInvalidMailbox):

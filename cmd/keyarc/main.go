@@ -29,6 +29,7 @@ func commands() []command {
 		{"serve", "run the appliance (HTTPS enrollment, EST, metrics)", runServe},
 		{"admin", "administration: enrollment codes, credentials, pending requests, recovery set", runAdmin},
 		{"kra", "Key Recovery Agent: enroll with your own token", runKRA},
+		{"recovery", "key recovery: request (officer), approve (KRA), fetch the PKCS#12", runRecovery},
 		{"enroll", "enroll for a certificate (the key is made here, archived if the template says so)", runEnroll},
 		{"version", "print the version", runVersion},
 	}

@@ -158,6 +158,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		// Shares are encrypted with the OAEP hash this kind of token opens: the KRAs hold
 		// tokens like the appliance's.
 		ShareOAEPHash: mech.OAEPHash,
+		RecoveryKeys:  tokenRecoveryKeys{a.tok},
 	}
 	// Issuances a crash left half-done are finished now: nothing is served before.
 	if n, err := a.svc.Sweep(context.Background(), time.Now()); err != nil {
@@ -165,6 +166,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	} else if n > 0 {
 		log.Warn("interrupted issuances marked failed", "count", n)
 	}
+	a.expireRecoveries()
 	a.ready.Store(true)
 	ok = true
 	return a, nil
@@ -245,8 +247,10 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 func (a *appliance) watchToken(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
-	for {
-		a.checkToken()
+	for i := 0; ; i++ {
+		if a.checkToken() && i%12 == 0 {
+			a.expireRecoveries()
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -90,6 +90,42 @@ CREATE TABLE pending (
 ) STRICT;
 CREATE INDEX pending_state ON pending(state, created_at);
 `,
+	// 2: recovery requests and the KRAs' approvals.
+	`
+CREATE TABLE recoveries (
+	id                TEXT    PRIMARY KEY,
+	requester         TEXT    NOT NULL,
+	requester_serial  TEXT    NOT NULL,
+	requester_mailbox TEXT    NOT NULL DEFAULT '',
+	reason            TEXT    NOT NULL,
+	key_label         TEXT    NOT NULL,
+	key_spki          BLOB    NOT NULL,
+	oaep_hash         TEXT    NOT NULL,
+	state             TEXT    NOT NULL CHECK (state IN ('open', 'consumed', 'cancelled', 'expired')),
+	created_at        INTEGER NOT NULL,
+	expires_at        INTEGER NOT NULL,
+	closed_at         INTEGER
+) STRICT;
+CREATE INDEX recoveries_state ON recoveries(state, expires_at);
+
+CREATE TABLE recovery_records (
+	recovery_id TEXT    NOT NULL REFERENCES recoveries(id),
+	position    INTEGER NOT NULL,
+	record_id   TEXT    NOT NULL REFERENCES records(id),
+	PRIMARY KEY (recovery_id, position),
+	UNIQUE (recovery_id, record_id)
+) STRICT;
+
+CREATE TABLE approvals (
+	recovery_id   TEXT    NOT NULL REFERENCES recoveries(id),
+	kra           TEXT    NOT NULL,
+	signer_serial TEXT    NOT NULL,
+	shares        BLOB    NOT NULL,
+	signature     BLOB    NOT NULL,
+	created_at    INTEGER NOT NULL,
+	PRIMARY KEY (recovery_id, kra)
+) STRICT;
+`,
 }
 
 // migrate applies the missing migrations in order, in one transaction.

@@ -1,0 +1,393 @@
+package main
+
+import (
+	"bufio"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+)
+
+const recoveryUsage = `recovery subcommands:
+  request --serial HEX | --email ADDR --reason TEXT   open a request (officer); prints its ID
+  list [--state open|consumed|cancelled|expired]      requests
+  show ID                                             state, approvals so far, what is recovered
+  approve ID [--yes]                                  approve with your KRA token (KRA)
+  fetch ID --out FILE.p12 --password-file FILE [--legacy]   collect the PKCS#12 once (the requesting officer)
+  cancel ID                                           close a request without recovering (the requesting officer)
+Identity: --state DIR --as officer|kra1|kra2|kra3 (development), or --server, --cacert and
+--cert/--key (officer) or --token-label/--pin-file/--cert (KRA).`
+
+func runRecovery(args []string) error {
+	if len(args) < 1 {
+		return usageError{recoveryUsage}
+	}
+	switch args[0] {
+	case "request":
+		return runRecoveryRequest(args[1:])
+	case "list":
+		return runRecoveryList(args[1:])
+	case "show":
+		return runRecoveryShow(args[1:])
+	case "approve":
+		return runRecoveryApprove(args[1:])
+	case "fetch":
+		return runRecoveryFetch(args[1:])
+	case "cancel":
+		return runRecoveryCancel(args[1:])
+	}
+	return usageError{recoveryUsage}
+}
+
+func runRecoveryRequest(args []string) error {
+	fs := flag.NewFlagSet("recovery request", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	serial := fs.String("serial", "", "serial (hex) of the certificate whose key to recover")
+	email := fs.String("email", "", "recover every archived key of this mailbox")
+	reason := fs.String("reason", "", "why (required; recorded)")
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if (*serial == "") == (*email == "") || *reason == "" {
+		return usageError{"recovery request: give --serial HEX or --email ADDR, and --reason TEXT"}
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	var rec recoveryJSON
+	if err := c.call("POST", "/api/v1/recoveries", map[string]string{"serial": *serial, "email": *email, "reason": *reason}, &rec); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "recovery %s opened for %d key(s); needs %d KRA approvals before %s\n", rec.ID, len(rec.Items), rec.Need, rec.ExpiresAt)
+	fmt.Println(rec.ID)
+	return nil
+}
+
+func runRecoveryList(args []string) error {
+	fs := flag.NewFlagSet("recovery list", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	state := fs.String("state", "", "only requests in this state")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	var list []recoveryJSON
+	if err := c.call("GET", "/api/v1/recoveries?state="+*state, nil, &list); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(list)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tREQUESTER\tCREATED\tEXPIRES\tREASON")
+	for _, r := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Requester, r.CreatedAt, r.ExpiresAt, r.Reason)
+	}
+	return tw.Flush()
+}
+
+func printRecovery(r recoveryJSON) {
+	fmt.Printf("recovery %s: %s\n", r.ID, r.State)
+	fmt.Printf("  requested by %s (credential %s) at %s, expires %s\n", r.Requester, r.RequesterSerial, r.CreatedAt, r.ExpiresAt)
+	fmt.Printf("  reason: %s\n", r.Reason)
+	fmt.Printf("  approvals: %d of %d needed", r.Have, r.Need)
+	if len(r.Approvals) > 0 {
+		fmt.Printf(" (%s)", strings.Join(r.Approvals, ", "))
+	}
+	fmt.Println()
+	for _, it := range r.Items {
+		fmt.Printf("  key of certificate %s, owner %s, sealed under recovery set epoch %d\n", it.Serial, it.Owner, it.Epoch)
+	}
+}
+
+func runRecoveryShow(args []string) error {
+	fs := flag.NewFlagSet("recovery show", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("recovery show", pos, 1, "the request ID"); err != nil {
+		return err
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	var rec recoveryJSON
+	if err := c.call("GET", "/api/v1/recoveries/"+pos[0], nil, &rec); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(rec)
+	}
+	printRecovery(rec)
+	return nil
+}
+
+// runRecoveryApprove is a KRA's approval: the share is decrypted in the KRA's own token and
+// re-encrypted to the request's recovery key; the approval is signed with the KRA's auth key.
+func runRecoveryApprove(args []string) error {
+	fs := flag.NewFlagSet("recovery approve", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("recovery approve", pos, 1, "the request ID"); err != nil {
+		return err
+	}
+	if cf.tokenLbl == "" && !strings.HasPrefix(cf.as, "kra") {
+		return usageError{"recovery approve: a KRA approves with its token: --token-label L --pin-file F (or --state DIR --as kraN)"}
+	}
+	interactive := term.IsTerminal(int(os.Stdin.Fd()))
+	if !*yes && !interactive {
+		return usageError{"recovery approve: no terminal to confirm on; add --yes to approve without asking"}
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	id := pos[0]
+	var rec recoveryJSON
+	if err := c.call("GET", "/api/v1/recoveries/"+id, nil, &rec); err != nil {
+		return err
+	}
+	printRecovery(rec)
+	if !*yes {
+		fmt.Printf("Approve recovery %s with token %q? Type yes: ", id, c.token.Label())
+		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		if strings.TrimSpace(line) != "yes" {
+			return errors.New("not approved")
+		}
+	}
+	shares, err := reencryptShares(c.token, rec)
+	if err != nil {
+		return err
+	}
+	digest, err := approvalDigest(rec, shares)
+	if err != nil {
+		return err
+	}
+	auth, err := c.token.Signer(kraAuthLabel)
+	if err != nil {
+		return err
+	}
+	sig, err := auth.Sign(rand.Reader, digest, crypto.SHA256)
+	if err != nil {
+		return fmt.Errorf("sign the approval with the auth key: %w", err)
+	}
+	var body approvalJSON
+	for _, sh := range shares {
+		body.Shares = append(body.Shares, struct {
+			RecordID string `json:"record_id"`
+			Share    string `json:"share"`
+		}{sh.RecordID, base64.StdEncoding.EncodeToString(sh.Share)})
+	}
+	body.Signature = base64.StdEncoding.EncodeToString(sig)
+	var after recoveryJSON
+	if err := c.call("POST", "/api/v1/recoveries/"+id+"/approvals", body, &after); err != nil {
+		return err
+	}
+	fmt.Printf("approved: %d of %d approvals\n", after.Have, after.Need)
+	return nil
+}
+
+// reencryptShares decrypts the KRA's share of each record in its token and encrypts it to the
+// request's recovery key. Plain shares exist only in memory, briefly, and are cleared.
+func reencryptShares(tok *hsm.Token, rec recoveryJSON) ([]escrow.ApprovedShare, error) {
+	spki, err := base64.StdEncoding.DecodeString(rec.RecoveryKey)
+	if err != nil {
+		return nil, fmt.Errorf("recovery key: %w", err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(spki)
+	if err != nil {
+		return nil, fmt.Errorf("recovery key: %w", err)
+	}
+	recKey, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, errors.New("the recovery key is not RSA")
+	}
+	toHash, err := hashNamed(rec.KeyOAEPHash)
+	if err != nil {
+		return nil, err
+	}
+	unwrap, err := tok.Decrypter(kraUnwrapLabel)
+	if err != nil {
+		return nil, fmt.Errorf("KRA unwrap key: %w", err)
+	}
+	var out []escrow.ApprovedShare
+	for _, it := range rec.Items {
+		if it.Share == "" {
+			continue
+		}
+		ct, err := base64.StdEncoding.DecodeString(it.Share)
+		if err != nil {
+			return nil, err
+		}
+		fromHash, err := hashNamed(it.OAEPHash)
+		if err != nil {
+			return nil, err
+		}
+		pt, err := unwrap.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: fromHash, MGFHash: fromHash})
+		if err != nil {
+			return nil, fmt.Errorf("decrypt your share of record %s in the token: %w", it.RecordID, err)
+		}
+		re, err := rsa.EncryptOAEP(toHash.New(), rand.Reader, recKey, pt, nil)
+		clear(pt)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, escrow.ApprovedShare{RecordID: it.RecordID, Share: re})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("your token holds no share of any record in this request (your KRA is not in their recovery sets)")
+	}
+	return out, nil
+}
+
+func hashNamed(name string) (crypto.Hash, error) {
+	switch name {
+	case "SHA-1":
+		return crypto.SHA1, nil
+	case "SHA-256":
+		return crypto.SHA256, nil
+	}
+	return 0, fmt.Errorf("unknown OAEP hash %q", name)
+}
+
+// approvalDigest recomputes, from what the appliance showed, what the KRA signs.
+func approvalDigest(rec recoveryJSON, shares []escrow.ApprovedShare) ([]byte, error) {
+	spki, err := base64.StdEncoding.DecodeString(rec.RecoveryKey)
+	if err != nil {
+		return nil, err
+	}
+	exp, err := time.Parse(time.RFC3339Nano, rec.ExpiresAt)
+	if err != nil {
+		return nil, fmt.Errorf("expiry %q: %w", rec.ExpiresAt, err)
+	}
+	r := &store.Recovery{ID: rec.ID, Requester: rec.Requester, RequesterSerial: rec.RequesterSerial, KeySPKI: spki, ExpiresAt: exp}
+	for _, it := range rec.Items {
+		r.Records = append(r.Records, it.RecordID)
+	}
+	return escrow.ApprovalDigest(r, shares), nil
+}
+
+func runRecoveryFetch(args []string) error {
+	fs := flag.NewFlagSet("recovery fetch", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	out := fs.String("out", "", "PKCS#12 file to write (required); several keys get FILE-SERIAL.p12")
+	pwFile := fs.String("password-file", "", "file to write the PKCS#12 password to, mode 0600 (required)")
+	legacy := fs.Bool("legacy", false, "3DES/SHA-1 PKCS#12 for old clients (weaker; only when needed)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("recovery fetch", pos, 1, "the request ID"); err != nil {
+		return err
+	}
+	if *out == "" || *pwFile == "" {
+		return usageError{"recovery fetch: --out FILE.p12 and --password-file FILE are required"}
+	}
+	// Fetching consumes the request: make sure the files can be written first.
+	for _, p := range []string{*out, *pwFile} {
+		if fileExists(p) {
+			return fmt.Errorf("%s exists; not overwritten (a recovery can be fetched only once)", p)
+		}
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	var got fetchedJSON
+	if err := c.call("POST", "/api/v1/recoveries/"+pos[0]+"/fetch", map[string]bool{"legacy": *legacy}, &got); err != nil {
+		return err
+	}
+	if err := writeSecretFile(*pwFile, []byte(got.Password+"\n")); err != nil {
+		return fmt.Errorf("the recovery is consumed but the password could not be written: %w", err)
+	}
+	for _, f := range got.Files {
+		pfx, err := base64.StdEncoding.DecodeString(f.PFX)
+		if err != nil {
+			return err
+		}
+		path := *out
+		if len(got.Files) > 1 {
+			ext := filepath.Ext(path)
+			path = strings.TrimSuffix(path, ext) + "-" + f.Serial + ext
+		}
+		if err := writeSecretFile(path, pfx); err != nil {
+			return err
+		}
+		fmt.Println(path)
+	}
+	fmt.Fprintf(os.Stderr, "password written to %s; deliver the PKCS#12 and its password by different channels\n", *pwFile)
+	return nil
+}
+
+func writeSecretFile(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func runRecoveryCancel(args []string) error {
+	fs := flag.NewFlagSet("recovery cancel", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("recovery cancel", pos, 1, "the request ID"); err != nil {
+		return err
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if err := c.call("POST", "/api/v1/recoveries/"+pos[0]+"/cancel", nil, nil); err != nil {
+		return err
+	}
+	fmt.Printf("recovery %s cancelled\n", pos[0])
+	return nil
+}

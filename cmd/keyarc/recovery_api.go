@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"encoding/base64"
+	"net/http"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// tokenRecoveryKeys keeps recovery keys in the appliance token: RSA-2048, decrypt only, token
+// objects (so approvals survive a restart), destroyed when the request ends.
+type tokenRecoveryKeys struct{ tok *hsm.Token }
+
+func (k tokenRecoveryKeys) Generate(label string) (crypto.PublicKey, error) {
+	return k.tok.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt)
+}
+
+func (k tokenRecoveryKeys) Decrypter(label string) (crypto.Decrypter, error) {
+	return k.tok.Decrypter(label)
+}
+
+func (k tokenRecoveryKeys) Destroy(label string) error { return k.tok.DestroyKey(label) }
+
+func (a *appliance) recoveryRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/recoveries", a.handleRecoveryRequest)
+	mux.HandleFunc("GET /api/v1/recoveries", a.handleRecoveryList)
+	mux.HandleFunc("GET /api/v1/recoveries/{id}", a.handleRecoveryShow)
+	mux.HandleFunc("POST /api/v1/recoveries/{id}/approvals", a.handleRecoveryApprove)
+	mux.HandleFunc("POST /api/v1/recoveries/{id}/fetch", a.handleRecoveryFetch)
+	mux.HandleFunc("POST /api/v1/recoveries/{id}/cancel", a.handleRecoveryCancel)
+}
+
+// principal authenticates the caller and describes it as policy sees it.
+func (a *appliance) principal(r *http.Request, roles ...policy.Role) (policy.Principal, error) {
+	row, err := a.requireRole(r, roles...)
+	if err != nil {
+		return policy.Principal{}, err
+	}
+	name := row.KRA
+	if name == "" {
+		name = r.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	return policy.Principal{Role: policy.Role(row.Role), Name: name, Mailbox: row.Email, Serial: row.Serial}, nil
+}
+
+type recoveryItemJSON struct {
+	RecordID string `json:"record_id"`
+	Serial   string `json:"serial"`
+	Owner    string `json:"owner"`
+	Epoch    uint32 `json:"epoch"`
+	// Share and OAEPHash are shown to a KRA only: its own encrypted share of the record.
+	Share    string `json:"share,omitempty"`
+	OAEPHash string `json:"oaep_hash,omitempty"`
+}
+
+type recoveryJSON struct {
+	ID              string             `json:"id"`
+	State           string             `json:"state"`
+	Requester       string             `json:"requester"`
+	RequesterSerial string             `json:"requester_serial"`
+	Reason          string             `json:"reason"`
+	CreatedAt       string             `json:"created_at"`
+	ExpiresAt       string             `json:"expires_at"`
+	Items           []recoveryItemJSON `json:"records,omitempty"`
+	Approvals       []string           `json:"approvals"`
+	Have            int                `json:"have"`
+	Need            int                `json:"need"`
+	// RecoveryKey (base64 SPKI) and OAEP hash the KRAs re-encrypt their shares to.
+	RecoveryKey string `json:"recovery_key,omitempty"`
+	KeyOAEPHash string `json:"recovery_key_oaep_hash,omitempty"`
+}
+
+func toRecoveryJSON(rec *escrow.Recovery) recoveryJSON {
+	out := recoveryJSON{
+		ID: rec.ID, State: rec.State, Requester: rec.Requester, RequesterSerial: rec.RequesterSerial, Reason: rec.Reason,
+		CreatedAt: rec.CreatedAt.UTC().Format(time.RFC3339), ExpiresAt: rec.ExpiresAt.UTC().Format(time.RFC3339Nano),
+		Approvals: rec.Approvals, Have: rec.Have, Need: rec.Need,
+		RecoveryKey: base64.StdEncoding.EncodeToString(rec.KeySPKI), KeyOAEPHash: rec.OAEPHash,
+	}
+	if out.Approvals == nil {
+		out.Approvals = []string{}
+	}
+	for _, it := range rec.Items {
+		out.Items = append(out.Items, recoveryItemJSON{RecordID: it.RecordID, Serial: it.Serial, Owner: it.Owner, Epoch: it.Epoch})
+	}
+	return out
+}
+
+func (a *appliance) handleRecoveryRequest(w http.ResponseWriter, r *http.Request) {
+	officer, err := a.principal(r, policy.RoleOfficer)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req struct {
+		Serial string `json:"serial"`
+		Email  string `json:"email"`
+		Reason string `json:"reason"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	rec, err := a.svc.RequestRecovery(r.Context(), officer, req.Serial, req.Email, req.Reason, a.cfg.Recovery.RequestTTL.Duration)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toRecoveryJSON(rec))
+}
+
+func (a *appliance) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.principal(r, policy.RoleOfficer, policy.RoleAdmin, policy.RoleAuditor, policy.RoleKRA); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	list, err := a.svc.ListRecoveries(r.Context(), r.URL.Query().Get("state"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]recoveryJSON, 0, len(list))
+	for i := range list {
+		out = append(out, toRecoveryJSON(&escrow.Recovery{Recovery: list[i]}))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *appliance) handleRecoveryShow(w http.ResponseWriter, r *http.Request) {
+	p, err := a.principal(r, policy.RoleOfficer, policy.RoleAdmin, policy.RoleAuditor, policy.RoleKRA)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	id := r.PathValue("id")
+	if p.Role != policy.RoleKRA {
+		rec, err := a.svc.GetRecovery(r.Context(), id)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, toRecoveryJSON(rec))
+		return
+	}
+	rec, shares, err := a.svc.SharesFor(r.Context(), p, id)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := toRecoveryJSON(rec)
+	for i, sh := range shares {
+		if sh.Share != nil {
+			out.Items[i].Share = base64.StdEncoding.EncodeToString(sh.Share)
+			out.Items[i].OAEPHash = sh.OAEPHash.String()
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type approvalJSON struct {
+	Shares []struct {
+		RecordID string `json:"record_id"`
+		Share    string `json:"share"`
+	} `json:"shares"`
+	Signature string `json:"signature"`
+}
+
+func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request) {
+	kra, err := a.principal(r, policy.RoleKRA)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req approvalJSON
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var shares []escrow.ApprovedShare
+	for _, sh := range req.Shares {
+		b, err := decodeB64("shares.share", sh.Share)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		shares = append(shares, escrow.ApprovedShare{RecordID: sh.RecordID, Share: b})
+	}
+	sig, err := decodeB64("signature", req.Signature)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	rec, err := a.svc.SubmitApproval(r.Context(), kra, r.PathValue("id"), shares, sig)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toRecoveryJSON(rec))
+}
+
+type fetchedJSON struct {
+	Password string `json:"password"`
+	Files    []struct {
+		Serial string `json:"serial"`
+		PFX    string `json:"pfx"`
+	} `json:"files"`
+}
+
+func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
+	officer, err := a.principal(r, policy.RoleOfficer)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req struct {
+		Legacy bool `json:"legacy"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	got, err := a.svc.Fetch(r.Context(), officer, r.PathValue("id"), req.Legacy)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var out fetchedJSON
+	out.Password = got.Password
+	for _, f := range got.Files {
+		out.Files = append(out.Files, struct {
+			Serial string `json:"serial"`
+			PFX    string `json:"pfx"`
+		}{f.Serial, base64.StdEncoding.EncodeToString(f.PFX)})
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *appliance) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
+	officer, err := a.principal(r, policy.RoleOfficer)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.svc.CancelRecovery(r.Context(), officer, r.PathValue("id")); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"id": r.PathValue("id"), "state": "cancelled"})
+}
+
+// expireRecoveries closes expired requests now and then.
+func (a *appliance) expireRecoveries() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := a.svc.ExpireRecoveries(ctx)
+	if err != nil {
+		a.log.Error("expire recovery requests", "err", err)
+	} else if n > 0 {
+		a.log.Info("recovery requests expired", "count", n)
+	}
+}

@@ -1,0 +1,809 @@
+package escrow
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/keyarc/keyarc/escrow/record"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// Recovery errors.
+var (
+	// ErrAlreadyApproved: this KRA has already approved the request; it counts once.
+	ErrAlreadyApproved = errors.New("escrow: this KRA has already approved the request")
+	// ErrBadApproval: the approval's signature or shares do not match the request.
+	ErrBadApproval = errors.New("escrow: approval refused")
+	// ErrTooManyFailures: too many refused approvals from one KRA in a short time.
+	ErrTooManyFailures = errors.New("escrow: too many refused approvals from this KRA; wait before trying again")
+	// ErrRecoveryKey: the request's recovery key in the token is unusable.
+	ErrRecoveryKey = errors.New("escrow: recovery key unavailable")
+)
+
+// Limits of recovery.
+const (
+	// PFXIterations is the PBKDF2 iteration count of recovered PKCS#12 files.
+	PFXIterations = 600_000
+	// maxShareBytes bounds one re-encrypted share (RSA-8192).
+	maxShareBytes = 1024
+	// approvalFailures within approvalWindow lock a KRA out of approving for the rest of the window.
+	approvalFailures = 5
+	approvalWindow   = 15 * time.Minute
+)
+
+// RecoveryKeys makes, uses and destroys the per-request recovery keys in the appliance token:
+// RSA, decrypt only, one per request, destroyed when the request ends.
+type RecoveryKeys interface {
+	Generate(label string) (crypto.PublicKey, error)
+	Decrypter(label string) (crypto.Decrypter, error)
+	Destroy(label string) error
+}
+
+// recoveryKeyLabel is the token label of a request's recovery key.
+func recoveryKeyLabel(id string) string { return "recovery-" + id }
+
+// Recovery is a recovery request as the engine shows it.
+type Recovery struct {
+	store.Recovery
+	// Items are the records being recovered, in order.
+	Items []RecoveryItem
+	// Approvals are the KRAs that approved so far.
+	Approvals []string
+	// Have and Need count the quorum of the least-approved record.
+	Have, Need int
+}
+
+// RecoveryItem is one record in a recovery request.
+type RecoveryItem struct {
+	RecordID string
+	Serial   string
+	Owner    string
+	Epoch    uint32
+}
+
+// RequestRecovery opens a recovery request for the archived key of one certificate (serial) or
+// every archived key of a mailbox (email). Policy decides first, before any key is made.
+func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal, serial, email, reason string, ttl time.Duration) (*Recovery, error) {
+	if (serial == "") == (email == "") {
+		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
+	}
+	if strings.TrimSpace(reason) == "" || len(reason) > 1000 || strings.ContainsFunc(reason, isControl) {
+		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
+	}
+	if s.RecoveryKeys == nil {
+		return nil, fmt.Errorf("escrow: no recovery key store configured")
+	}
+	var recs []store.Record
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		if serial != "" {
+			r, err := tx.GetRecordBySerial(serial)
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w: no archived key for certificate %s", ErrNotFound, serial)
+			}
+			if err != nil {
+				return err
+			}
+			recs = append(recs, *r)
+			return nil
+		}
+		all, err := tx.ListRecords(email)
+		if err != nil {
+			return err
+		}
+		for _, r := range all {
+			if r.State == store.StateActive {
+				recs = append(recs, r)
+			}
+		}
+		if len(recs) == 0 {
+			return fmt.Errorf("%w: no archived key for mailbox %s", ErrNotFound, email)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	refs := make([]policy.RecordRef, len(recs))
+	for i, r := range recs {
+		refs[i] = policy.RecordRef{ID: r.ID, Owner: r.Email, Epoch: r.Epoch, State: r.State}
+	}
+	if err := policy.CheckRecoveryRequest(officer, refs); err != nil {
+		return nil, err
+	}
+
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	label := recoveryKeyLabel(id)
+	pub, err := s.RecoveryKeys.Generate(label)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: generate recovery key: %w", err)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		s.destroyKey(label)
+		return nil, err
+	}
+	now := s.now()
+	row := store.Recovery{
+		ID: id, Requester: officer.Name, RequesterSerial: officer.Serial, RequesterMailbox: officer.Mailbox,
+		Reason: reason, KeyLabel: label, KeySPKI: spki, OAEPHash: s.shareHash().String(),
+		State: store.RecoveryOpen, CreatedAt: now, ExpiresAt: now.Add(ttl),
+	}
+	for _, r := range recs {
+		row.Records = append(row.Records, r.ID)
+	}
+	if err := s.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertRecovery(row) }); err != nil {
+		s.destroyKey(label)
+		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
+	}
+	s.log().Info("recovery requested", "id", id, "records", len(recs), "by", officer.Name, "expires", row.ExpiresAt)
+	return s.GetRecovery(ctx, id)
+}
+
+func isControl(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }
+
+func (s *Service) destroyKey(label string) {
+	if err := s.RecoveryKeys.Destroy(label); err != nil {
+		s.log().Error("destroy recovery key", "label", label, "err", err)
+	}
+}
+
+// recoveryState loads a request, its records and approvals, and the recovery sets involved.
+type recoveryState struct {
+	req       *store.Recovery
+	records   []store.Record
+	approvals []store.Approval
+	sets      map[uint32]*RecoverySet
+}
+
+func (s *Service) loadRecovery(ctx context.Context, id string) (*recoveryState, error) {
+	st := &recoveryState{sets: map[uint32]*RecoverySet{}}
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		st.req, err = tx.GetRecovery(id)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: no recovery request %q", ErrNotFound, id)
+		}
+		if err != nil {
+			return err
+		}
+		for _, rid := range st.req.Records {
+			r, err := tx.GetRecord(rid)
+			if err != nil {
+				return fmt.Errorf("record %s: %w", rid, err)
+			}
+			st.records = append(st.records, *r)
+		}
+		st.approvals, err = tx.ListApprovals(id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range st.records {
+		if _, ok := st.sets[r.Epoch]; ok {
+			continue
+		}
+		rs, err := s.recoverySet(ctx, r.Epoch)
+		if err != nil {
+			return nil, err
+		}
+		st.sets[r.Epoch] = rs
+	}
+	return st, nil
+}
+
+// recoverySet loads the recovery set of an epoch (any epoch, not only the current one).
+func (s *Service) recoverySet(ctx context.Context, epoch uint32) (*RecoverySet, error) {
+	var row *store.RecoverySet
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		row, err = tx.GetRecoverySet(epoch)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("escrow: recovery set %d: %w", epoch, err)
+	}
+	return s.loadRecoverySet(ctx, row)
+}
+
+// policyView turns the loaded state into policy's terms. Approvals whose signature does not
+// verify never get this far: SubmitApproval refuses them; they are re-verified here anyway.
+func (s *Service) policyView(st *recoveryState) (policy.Request, map[uint32]policy.RecoverySet, []policy.Approval, error) {
+	req := policy.Request{
+		ID:        st.req.ID,
+		Requester: policy.Principal{Role: policy.RoleOfficer, Name: st.req.Requester, Mailbox: st.req.RequesterMailbox, Serial: st.req.RequesterSerial},
+		CreatedAt: st.req.CreatedAt, ExpiresAt: st.req.ExpiresAt, State: st.req.State,
+	}
+	for _, r := range st.records {
+		req.Records = append(req.Records, policy.RecordRef{ID: r.ID, Owner: r.Email, Epoch: r.Epoch, State: r.State})
+	}
+	sets := map[uint32]policy.RecoverySet{}
+	for epoch, rs := range st.sets {
+		ps := policy.RecoverySet{Epoch: epoch, Quorum: rs.Quorum}
+		for i, c := range rs.KRAs {
+			ps.KRAs = append(ps.KRAs, policy.SetMember{Name: rs.Names[i], NotAfter: c.NotAfter})
+		}
+		sets[epoch] = ps
+	}
+	var apps []policy.Approval
+	for _, a := range st.approvals {
+		pa, err := s.verifyStoredApproval(st, a)
+		if err != nil {
+			return req, nil, nil, err
+		}
+		apps = append(apps, pa)
+	}
+	return req, sets, apps, nil
+}
+
+// verifyStoredApproval re-checks a stored approval's signature against the signer's
+// certificate and reports it in policy's terms.
+func (s *Service) verifyStoredApproval(st *recoveryState, a store.Approval) (policy.Approval, error) {
+	var signer *store.Certificate
+	err := s.Store.View(context.Background(), func(tx *store.Tx) error {
+		var err error
+		signer, err = tx.GetCertificate(a.SignerSerial)
+		return err
+	})
+	if err != nil {
+		return policy.Approval{}, fmt.Errorf("escrow: approval by %s: signer certificate: %w", a.KRA, err)
+	}
+	pa := policy.Approval{RequestID: a.RecoveryID, KRA: a.KRA, Signer: principalOf(signer)}
+	cert, err := x509.ParseCertificate(signer.DER)
+	if err != nil {
+		return pa, nil
+	}
+	pa.SignerNotAfter = cert.NotAfter
+	shares, err := decodeShares(a.Shares)
+	if err != nil {
+		return pa, nil
+	}
+	digest := ApprovalDigest(st.req, shares)
+	pa.SignatureOK = signer.State == store.StateIssued && verifyDigest(cert.PublicKey, digest, a.Signature)
+	for _, sh := range shares {
+		pa.Records = append(pa.Records, sh.RecordID)
+	}
+	return pa, nil
+}
+
+// principalOf describes a credential row as policy sees it.
+func principalOf(c *store.Certificate) policy.Principal {
+	name := c.KRA
+	if name == "" {
+		name = commonName(c.Subject)
+	}
+	return policy.Principal{Role: policy.Role(c.Role), Name: name, Mailbox: c.Email, Serial: c.Serial}
+}
+
+// commonName extracts CN from a DN string made by pkix.Name.String.
+func commonName(dn string) string {
+	for _, part := range strings.Split(dn, ",") {
+		if v, ok := strings.CutPrefix(part, "CN="); ok {
+			return v
+		}
+	}
+	return dn
+}
+
+// GetRecovery returns a request with its items, approvals and quorum state.
+func (s *Service) GetRecovery(ctx context.Context, id string) (*Recovery, error) {
+	st, err := s.loadRecovery(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	out := &Recovery{Recovery: *st.req}
+	for _, r := range st.records {
+		out.Items = append(out.Items, RecoveryItem{RecordID: r.ID, Serial: r.Serial, Owner: r.Email, Epoch: r.Epoch})
+	}
+	for _, a := range st.approvals {
+		out.Approvals = append(out.Approvals, a.KRA)
+	}
+	req, sets, apps, err := s.policyView(st)
+	if err != nil {
+		return nil, err
+	}
+	out.Have, out.Need = quorumProgress(req, sets, apps, s.now())
+	return out, nil
+}
+
+// quorumProgress reports the least-approved record's count and need.
+func quorumProgress(req policy.Request, sets map[uint32]policy.RecoverySet, apps []policy.Approval, now time.Time) (have, need int) {
+	// Evaluate on an open copy: the count is wanted even for closed requests.
+	req.State = store.RecoveryOpen
+	if !now.Before(req.ExpiresAt) {
+		req.ExpiresAt = now.Add(time.Second)
+	}
+	_, err := policy.Evaluate(req, sets, apps, now)
+	var qe *policy.QuorumError
+	if errors.As(err, &qe) {
+		return qe.Have, qe.Need
+	}
+	need = 0
+	for _, r := range req.Records {
+		if q := sets[r.Epoch].Quorum; q > need {
+			need = q
+		}
+	}
+	if err == nil {
+		return need, need
+	}
+	return 0, need
+}
+
+// ListRecoveries lists requests in state ("" for all).
+func (s *Service) ListRecoveries(ctx context.Context, state string) ([]store.Recovery, error) {
+	var out []store.Recovery
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		out, err = tx.ListRecoveries(state)
+		return err
+	})
+	return out, err
+}
+
+// ShareForKRA is what a KRA needs to approve one record: its encrypted share.
+type ShareForKRA struct {
+	RecoveryItem
+	// Share is the KRA's share of the record, RSA-OAEP encrypted to its unwrap key; nil when the
+	// KRA holds no share of this record.
+	Share    []byte
+	OAEPHash crypto.Hash
+}
+
+// SharesFor returns, for a KRA, its encrypted share of each record of the request.
+func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string) (*Recovery, []ShareForKRA, error) {
+	rec, err := s.GetRecovery(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := policy.CheckApprover(kra, requestOf(rec), s.now()); err != nil {
+		return nil, nil, err
+	}
+	var unwrap []store.Certificate
+	err = s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		unwrap, err = tx.ListCertificates(store.Filter{KRA: kra.Name, Template: TemplateKRA})
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := s.loadRecovery(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []ShareForKRA
+	for i, r := range st.records {
+		item := ShareForKRA{RecoveryItem: rec.Items[i]}
+		sealed, err := record.Parse(r.Blob)
+		if err != nil {
+			return nil, nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
+		}
+		item.OAEPHash = sealed.Header.OAEPHash
+		for _, c := range unwrap {
+			cert, err := x509.ParseCertificate(c.DER)
+			if err != nil {
+				continue
+			}
+			if _, ct, err := sealed.ShareFor(record.KeyID(cert)); err == nil {
+				item.Share = ct
+				break
+			}
+		}
+		out = append(out, item)
+	}
+	return rec, out, nil
+}
+
+// requestOf is a Recovery in policy's terms, without approvals.
+func requestOf(r *Recovery) policy.Request {
+	req := policy.Request{
+		ID:        r.ID,
+		Requester: policy.Principal{Role: policy.RoleOfficer, Name: r.Requester, Mailbox: r.RequesterMailbox, Serial: r.RequesterSerial},
+		CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt, State: r.State,
+	}
+	for _, it := range r.Items {
+		req.Records = append(req.Records, policy.RecordRef{ID: it.RecordID, Owner: it.Owner, Epoch: it.Epoch, State: store.StateActive})
+	}
+	return req
+}
+
+// ApprovedShare is one record's share, re-encrypted by the KRA to the request's recovery key.
+type ApprovedShare struct {
+	RecordID string `json:"record_id"`
+	Share    []byte `json:"share"`
+}
+
+func decodeShares(b []byte) ([]ApprovedShare, error) {
+	var out []ApprovedShare
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ApprovalDigest is what a KRA's auth key signs (SHA-256, then ECDSA or RSA PKCS#1 v1.5): the
+// exact request (ID, requester, recovery key, expiry, records in order) and the SHA-256 of each
+// re-encrypted share the KRA submits. A signature for one request is worthless for any other.
+func ApprovalDigest(r *store.Recovery, shares []ApprovedShare) []byte {
+	h := sha256.New()
+	field := func(b []byte) {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	field([]byte("keyarc recovery approval v1"))
+	field([]byte(r.ID))
+	field([]byte(r.Requester))
+	field([]byte(r.RequesterSerial))
+	keyHash := sha256.Sum256(r.KeySPKI)
+	field(keyHash[:])
+	var exp [8]byte
+	binary.BigEndian.PutUint64(exp[:], uint64(r.ExpiresAt.UnixMicro()))
+	field(exp[:])
+	byRecord := map[string][]byte{}
+	for _, s := range shares {
+		byRecord[s.RecordID] = s.Share
+	}
+	for _, rid := range r.Records {
+		field([]byte(rid))
+		if sh, ok := byRecord[rid]; ok {
+			sum := sha256.Sum256(sh)
+			field(sum[:])
+		} else {
+			field(nil)
+		}
+	}
+	return h.Sum(nil)
+}
+
+// approvalLimiter counts refused approvals per KRA.
+type approvalLimiter struct {
+	mu       sync.Mutex
+	failures map[string][]time.Time
+}
+
+func (l *approvalLimiter) blocked(kra string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.recent(kra, now)) >= approvalFailures
+}
+
+func (l *approvalLimiter) fail(kra string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.failures == nil {
+		l.failures = map[string][]time.Time{}
+	}
+	l.failures[kra] = append(l.recent(kra, now), now)
+}
+
+func (l *approvalLimiter) recent(kra string, now time.Time) []time.Time {
+	var keep []time.Time
+	for _, t := range l.failures[kra] {
+		if now.Sub(t) < approvalWindow {
+			keep = append(keep, t)
+		}
+	}
+	return keep
+}
+
+// SubmitApproval stores a KRA's signed approval after checking it: the signer is a KRA allowed to
+// approve this open request, the signature (by the certificate the KRA authenticated with) covers
+// this exact request and these shares, and every share belongs to a record of the request. It
+// decrypts nothing: shares are opened only after policy grants the quorum, at fetch.
+func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
+	now := s.now()
+	if s.limiter.blocked(kra.Name, now) {
+		return nil, ErrTooManyFailures
+	}
+	rec, err := s.submitApproval(ctx, kra, id, shares, sig, now)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		s.limiter.fail(kra.Name, now)
+	}
+	return rec, err
+}
+
+func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte, now time.Time) (*Recovery, error) {
+	rec, err := s.GetRecovery(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := policy.CheckApprover(kra, requestOf(rec), now); err != nil {
+		return nil, err
+	}
+	if len(shares) == 0 || len(shares) > len(rec.Items) {
+		return nil, fmt.Errorf("%w: an approval carries one share for each record of the request the KRA holds a share of", ErrBadApproval)
+	}
+	inRequest := map[string]bool{}
+	for _, it := range rec.Items {
+		inRequest[it.RecordID] = true
+	}
+	seen := map[string]bool{}
+	for _, sh := range shares {
+		switch {
+		case !inRequest[sh.RecordID]:
+			return nil, fmt.Errorf("%w: record %q is not part of request %s", ErrBadApproval, sh.RecordID, id)
+		case seen[sh.RecordID]:
+			return nil, fmt.Errorf("%w: two shares for record %s", ErrBadApproval, sh.RecordID)
+		case len(sh.Share) == 0 || len(sh.Share) > maxShareBytes:
+			return nil, fmt.Errorf("%w: share for record %s is empty or too large", ErrBadApproval, sh.RecordID)
+		}
+		seen[sh.RecordID] = true
+	}
+	var signer *store.Certificate
+	err = s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		signer, err = tx.GetCertificate(kra.Serial)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("escrow: signer certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(signer.DER)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: signer certificate: %w", err)
+	}
+	if !verifyDigest(cert.PublicKey, ApprovalDigest(&rec.Recovery, shares), sig) {
+		return nil, fmt.Errorf("%w: the signature is not the KRA's over this request and these shares", ErrBadApproval)
+	}
+	blob, err := json.Marshal(shares)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.InsertApproval(store.Approval{RecoveryID: id, KRA: kra.Name, SignerSerial: kra.Serial, Shares: blob, Signature: sig, CreatedAt: now})
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return nil, ErrAlreadyApproved
+	}
+	if err != nil {
+		return nil, fmt.Errorf("escrow: store approval: %w", err)
+	}
+	s.log().Info("recovery approved", "id", id, "kra", kra.Name)
+	return s.GetRecovery(ctx, id)
+}
+
+// Recovered is what a recovery delivers: one PKCS#12 per record, all under one password.
+type Recovered struct {
+	Password string
+	Files    []RecoveredFile
+}
+
+// RecoveredFile is one recovered key.
+type RecoveredFile struct {
+	Serial string
+	PFX    []byte
+}
+
+// Fetch delivers a granted recovery to the officer who requested it, once. Policy evaluates the
+// quorum first; only a Grant lets the engine decrypt shares in the token. The request is
+// consumed (durably) before anything is returned, and its recovery key destroyed.
+func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string, legacy bool) (*Recovered, error) {
+	st, err := s.loadRecovery(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if officer.Role != policy.RoleOfficer || officer.Serial != st.req.RequesterSerial {
+		return nil, fmt.Errorf("%w: only the officer who requested recovery %s can fetch it", ErrForbidden, id)
+	}
+	req, sets, apps, err := s.policyView(st)
+	if err != nil {
+		return nil, err
+	}
+	grant, err := policy.Evaluate(req, sets, apps, s.now())
+	if err != nil {
+		return nil, err
+	}
+	keys, err := s.open(grant, st)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, k := range keys {
+			clear(k)
+		}
+	}()
+	out, err := s.buildPFX(ctx, st, keys, legacy)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.CloseRecovery(id, store.RecoveryConsumed, s.now())
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return nil, fmt.Errorf("%w: recovery %s was consumed meanwhile", policy.ErrConsumed, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.destroyKey(st.req.KeyLabel)
+	s.log().Info("recovery delivered", "id", id, "records", len(out.Files), "by", officer.Name)
+	return out, nil
+}
+
+// open decrypts, in the token, the granted KRAs' shares of each record, combines them and
+// opens the records. It cannot be called without a Grant from policy for this request.
+func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
+	if !g.Valid() || g.RequestID() != st.req.ID {
+		return nil, fmt.Errorf("escrow: no grant for recovery %s", st.req.ID)
+	}
+	dec, err := s.RecoveryKeys.Decrypter(st.req.KeyLabel)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRecoveryKey, err)
+	}
+	byKRA := map[string][]ApprovedShare{}
+	for _, a := range st.approvals {
+		shares, err := decodeShares(a.Shares)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: approval by %s: %w", a.KRA, err)
+		}
+		byKRA[a.KRA] = shares
+	}
+	hash, err := hashByName(st.req.OAEPHash)
+	if err != nil {
+		return nil, err
+	}
+	var keys [][]byte
+	for _, r := range st.records {
+		var shares [][]byte
+		for _, kra := range g.KRAsFor(r.ID) {
+			for _, sh := range byKRA[kra] {
+				if sh.RecordID != r.ID {
+					continue
+				}
+				pt, err := dec.Decrypt(rand.Reader, sh.Share, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
+				if err != nil {
+					clearAll(shares)
+					return nil, fmt.Errorf("escrow: decrypt %s's share of record %s: %w", kra, r.ID, err)
+				}
+				shares = append(shares, pt)
+			}
+		}
+		sealed, err := record.Parse(r.Blob)
+		if err != nil {
+			clearAll(shares)
+			return nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
+		}
+		pkcs8, err := record.Open(sealed, shares)
+		clearAll(shares)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: open record %s: %w", r.ID, err)
+		}
+		keys = append(keys, pkcs8)
+	}
+	return keys, nil
+}
+
+func clearAll(bs [][]byte) {
+	for _, b := range bs {
+		clear(b)
+	}
+}
+
+func hashByName(name string) (crypto.Hash, error) {
+	switch name {
+	case crypto.SHA1.String():
+		return crypto.SHA1, nil
+	case crypto.SHA256.String():
+		return crypto.SHA256, nil
+	}
+	return 0, fmt.Errorf("escrow: unknown OAEP hash %q", name)
+}
+
+// buildPFX checks each opened key against its certificate and packs it into a PKCS#12 with the
+// certificate and the CA chain.
+func (s *Service) buildPFX(ctx context.Context, st *recoveryState, keys [][]byte, legacy bool) (*Recovered, error) {
+	password, err := newPassword()
+	if err != nil {
+		return nil, err
+	}
+	enc := pkcs12.Modern2023.WithIterations(PFXIterations)
+	if legacy {
+		enc = pkcs12.LegacyDES
+	}
+	out := &Recovered{Password: password}
+	for i, r := range st.records {
+		var row *store.Certificate
+		err := s.Store.View(ctx, func(tx *store.Tx) error {
+			var err error
+			row, err = tx.GetCertificate(r.Serial)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("escrow: certificate %s: %w", r.Serial, err)
+		}
+		cert, err := x509.ParseCertificate(row.DER)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: certificate %s: %w", r.Serial, err)
+		}
+		key, err := x509.ParsePKCS8PrivateKey(keys[i])
+		if err != nil {
+			return nil, fmt.Errorf("escrow: record %s does not hold a PKCS#8 key: %w", r.ID, err)
+		}
+		if signer, ok := key.(crypto.Signer); !ok || !publicKeysEqual(signer.Public(), cert.PublicKey) {
+			return nil, fmt.Errorf("escrow: record %s does not hold the key of certificate %s", r.ID, r.Serial)
+		}
+		pfx, err := enc.Encode(key, cert, []*x509.Certificate{s.Issuer.Certificate()}, password)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: build PKCS#12: %w", err)
+		}
+		out.Files = append(out.Files, RecoveredFile{Serial: r.Serial, PFX: pfx})
+	}
+	return out, nil
+}
+
+// newPassword makes a PKCS#12 password of 24 characters from a 32-symbol alphabet (120 bits),
+// grouped for reading aloud.
+func newPassword() (string, error) {
+	const alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	var sb bytes.Buffer
+	for i, c := range b {
+		if i > 0 && i%4 == 0 {
+			sb.WriteByte('-')
+		}
+		sb.WriteByte(alphabet[c&31])
+	}
+	clear(b)
+	return sb.String(), nil
+}
+
+// CancelRecovery closes an open request without delivering it and destroys its key.
+func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, id string) error {
+	st, err := s.loadRecovery(ctx, id)
+	if err != nil {
+		return err
+	}
+	if officer.Role != policy.RoleOfficer || officer.Serial != st.req.RequesterSerial {
+		return fmt.Errorf("%w: only the officer who requested recovery %s can cancel it", ErrForbidden, id)
+	}
+	if err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		return tx.CloseRecovery(id, store.RecoveryCancelled, s.now())
+	}); err != nil {
+		return err
+	}
+	s.destroyKey(st.req.KeyLabel)
+	return nil
+}
+
+// ExpireRecoveries closes requests past their expiry and destroys their recovery keys. The
+// appliance runs it at start-up and periodically.
+func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
+	var expired []store.Recovery
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		expired, err = tx.ExpireRecoveries(s.now())
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range expired {
+		s.destroyKey(r.KeyLabel)
+		s.log().Info("recovery expired", "id", r.ID)
+	}
+	return len(expired), nil
+}
