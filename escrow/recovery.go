@@ -85,9 +85,6 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 	if strings.TrimSpace(reason) == "" || len(reason) > 1000 || strings.ContainsFunc(reason, isControl) {
 		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
 	}
-	if s.RecoveryKeys == nil {
-		return nil, fmt.Errorf("escrow: no recovery key store configured")
-	}
 	var recs []store.Record
 	err := s.Store.View(ctx, func(tx *store.Tx) error {
 		if serial != "" {
@@ -126,6 +123,14 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 		return nil, err
 	}
 
+	return s.openRequest(ctx, store.KindRecover, officer, reason, ttl, recs)
+}
+
+// openRequest makes the recovery key in the token and stores the request.
+func (s *Service) openRequest(ctx context.Context, kind string, by policy.Principal, reason string, ttl time.Duration, recs []store.Record) (*Recovery, error) {
+	if s.RecoveryKeys == nil {
+		return nil, errors.New("escrow: no recovery key store configured")
+	}
 	id, err := newID()
 	if err != nil {
 		return nil, err
@@ -142,8 +147,8 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 	}
 	now := s.now()
 	row := store.Recovery{
-		ID: id, Requester: officer.Name, RequesterSerial: officer.Serial, RequesterMailbox: officer.Mailbox,
-		Reason: reason, KeyLabel: label, KeySPKI: spki, OAEPHash: s.shareHash().String(),
+		ID: id, Requester: by.Name, RequesterSerial: by.Serial, RequesterMailbox: by.Mailbox,
+		Kind: kind, Reason: reason, KeyLabel: label, KeySPKI: spki, OAEPHash: s.shareHash().String(),
 		State: store.RecoveryOpen, CreatedAt: now, ExpiresAt: now.Add(ttl),
 	}
 	for _, r := range recs {
@@ -153,7 +158,7 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 		s.destroyKey(label)
 		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
 	}
-	s.log().Info("recovery requested", "id", id, "records", len(recs), "by", officer.Name, "expires", row.ExpiresAt)
+	s.log().Info("recovery requested", "kind", kind, "id", id, "records", len(recs), "by", by.Name, "expires", row.ExpiresAt)
 	return s.GetRecovery(ctx, id)
 }
 
@@ -603,6 +608,9 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	if err != nil {
 		return nil, err
 	}
+	if st.req.Kind != store.KindRecover {
+		return nil, fmt.Errorf("%w: request %s is a reseal; complete it with `keyarc admin recovery-set reseal --complete`", ErrInvalidRequest, id)
+	}
 	if officer.Role != policy.RoleOfficer || officer.Serial != st.req.RequesterSerial {
 		return nil, fmt.Errorf("%w: only the officer who requested recovery %s can fetch it", ErrForbidden, id)
 	}
@@ -777,8 +785,8 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 	if err != nil {
 		return err
 	}
-	if officer.Role != policy.RoleOfficer || officer.Serial != st.req.RequesterSerial {
-		return fmt.Errorf("%w: only the officer who requested recovery %s can cancel it", ErrForbidden, id)
+	if officer.Serial != st.req.RequesterSerial {
+		return fmt.Errorf("%w: only the requester of %s can cancel it", ErrForbidden, id)
 	}
 	if err := s.Store.Update(ctx, func(tx *store.Tx) error {
 		return tx.CloseRecovery(id, store.RecoveryCancelled, s.now())
@@ -806,4 +814,102 @@ func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 		s.log().Info("recovery expired", "id", r.ID)
 	}
 	return len(expired), nil
+}
+
+// maxResealBatch bounds the records one reseal request moves; run more requests for more.
+const maxResealBatch = 1000
+
+// RequestReseal opens a reseal request: the active records sealed under an older recovery set
+// are to be moved to the current one. The KRAs of the old sets approve it exactly as a recovery
+// (their quorum is needed), and CompleteReseal then reseals the records inside the appliance:
+// no key leaves it. Replacing or expiring KRAs therefore never strands old records.
+func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, ttl time.Duration) (*Recovery, error) {
+	if !policy.Allowed(admin.Role, policy.ActRecoverySet) {
+		return nil, fmt.Errorf("%w: resealing records needs the admin role", ErrForbidden)
+	}
+	if strings.TrimSpace(reason) == "" {
+		reason = "reseal to the current recovery set"
+	}
+	cur, err := s.CurrentRecoverySet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var recs []store.Record
+	if err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, maxResealBatch)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("%w: every active record is already sealed under the current recovery set (epoch %d)", policy.ErrNothingToRecover, cur.Epoch)
+	}
+	return s.openRequest(ctx, store.KindReseal, admin, reason, ttl, recs)
+}
+
+// CompleteReseal reseals the records of a granted reseal request to the current recovery set and
+// consumes the request.
+func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id string) (int, error) {
+	st, err := s.loadRecovery(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if st.req.Kind != store.KindReseal {
+		return 0, fmt.Errorf("%w: request %s is a recovery, not a reseal", ErrInvalidRequest, id)
+	}
+	if admin.Serial != st.req.RequesterSerial {
+		return 0, fmt.Errorf("%w: only the admin who requested reseal %s can complete it", ErrForbidden, id)
+	}
+	req, sets, apps, err := s.policyView(st)
+	if err != nil {
+		return 0, err
+	}
+	grant, err := policy.Evaluate(req, sets, apps, s.now())
+	if err != nil {
+		return 0, err
+	}
+	cur, err := s.CurrentRecoverySet(ctx)
+	if err != nil {
+		return 0, err
+	}
+	keys, err := s.open(grant, st)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		for _, k := range keys {
+			clear(k)
+		}
+	}()
+	blobs := make([][]byte, len(st.records))
+	for i, r := range st.records {
+		old, err := record.Parse(r.Blob)
+		if err != nil {
+			return 0, err
+		}
+		h := old.Header
+		h.Epoch, h.M, h.N, h.OAEPHash = cur.Epoch, uint8(cur.Quorum), uint8(len(cur.recipients)), s.shareHash()
+		sealed, err := record.Seal(h, keys[i], cur.recipients)
+		if err != nil {
+			return 0, fmt.Errorf("escrow: reseal record %s: %w", r.ID, err)
+		}
+		if blobs[i], err = sealed.MarshalBinary(); err != nil {
+			return 0, err
+		}
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		for i, r := range st.records {
+			if err := tx.ResealRecord(r.ID, r.Epoch, cur.Epoch, blobs[i]); err != nil {
+				return err
+			}
+		}
+		return tx.CloseRecovery(id, store.RecoveryConsumed, s.now())
+	})
+	if err != nil {
+		return 0, fmt.Errorf("escrow: store resealed records: %w", err)
+	}
+	s.destroyKey(st.req.KeyLabel)
+	s.log().Info("records resealed", "id", id, "records", len(blobs), "epoch", cur.Epoch, "by", admin.Name)
+	return len(blobs), nil
 }

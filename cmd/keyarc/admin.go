@@ -28,6 +28,8 @@ const adminUsage = `admin subcommands:
   pending issue ID | pending deny ID                            decide a pending request
   recovery-set show                                             the current recovery set
   recovery-set set --quorum M --kra SERIAL [--kra SERIAL ...]   define a new recovery set (new epoch)
+  recovery-set reseal [--reason TEXT]                           ask the old sets' KRAs to move old records to the current set
+  recovery-set reseal --complete ID                             reseal once they approved (keyarc recovery approve ID)
 Remote subcommands take --state DIR --as admin (development) or --server, --cacert, --cert, --key.`
 
 func runAdmin(args []string) error {
@@ -47,6 +49,8 @@ func runAdmin(args []string) error {
 		return runRecoverySetShow(args[2:])
 	case "recovery-set set":
 		return runRecoverySetSet(args[2:])
+	case "recovery-set reseal":
+		return runReseal(args[2:])
 	}
 	return usageError{adminUsage}
 }
@@ -351,4 +355,37 @@ func parsePEMCertificate(s string) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("the appliance sent no PEM certificate")
 	}
 	return x509.ParseCertificate(blk.Bytes)
+}
+
+func runReseal(args []string) error {
+	fs := flag.NewFlagSet("admin recovery-set reseal", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	reason := fs.String("reason", "", "why (recorded)")
+	complete := fs.String("complete", "", "reseal the records of this approved request")
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if *complete != "" {
+		var out struct {
+			Resealed int `json:"resealed"`
+		}
+		if err := c.call("POST", "/api/v1/reseals/"+*complete+"/complete", nil, &out); err != nil {
+			return err
+		}
+		fmt.Printf("%d record(s) resealed to the current recovery set\n", out.Resealed)
+		return nil
+	}
+	var rec recoveryJSON
+	if err := c.call("POST", "/api/v1/reseals", map[string]string{"reason": *reason}, &rec); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "reseal %s opened for %d record(s); the KRAs of their recovery sets approve it with `keyarc recovery approve %s`\n", rec.ID, len(rec.Items), rec.ID)
+	fmt.Println(rec.ID)
+	return nil
 }

@@ -33,6 +33,43 @@ func (a *appliance) recoveryRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/recoveries/{id}/approvals", a.handleRecoveryApprove)
 	mux.HandleFunc("POST /api/v1/recoveries/{id}/fetch", a.handleRecoveryFetch)
 	mux.HandleFunc("POST /api/v1/recoveries/{id}/cancel", a.handleRecoveryCancel)
+	mux.HandleFunc("POST /api/v1/reseals", a.handleResealRequest)
+	mux.HandleFunc("POST /api/v1/reseals/{id}/complete", a.handleResealComplete)
+}
+
+func (a *appliance) handleResealRequest(w http.ResponseWriter, r *http.Request) {
+	admin, err := a.principal(r, policy.RoleAdmin)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	rec, err := a.svc.RequestReseal(r.Context(), admin, req.Reason, a.cfg.Recovery.RequestTTL.Duration)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toRecoveryJSON(rec))
+}
+
+func (a *appliance) handleResealComplete(w http.ResponseWriter, r *http.Request) {
+	admin, err := a.principal(r, policy.RoleAdmin)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	n, err := a.svc.CompleteReseal(r.Context(), admin, r.PathValue("id"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": r.PathValue("id"), "resealed": n})
 }
 
 // principal authenticates the caller and describes it as policy sees it.
@@ -60,6 +97,7 @@ type recoveryItemJSON struct {
 
 type recoveryJSON struct {
 	ID              string             `json:"id"`
+	Kind            string             `json:"kind"`
 	State           string             `json:"state"`
 	Requester       string             `json:"requester"`
 	RequesterSerial string             `json:"requester_serial"`
@@ -77,7 +115,7 @@ type recoveryJSON struct {
 
 func toRecoveryJSON(rec *escrow.Recovery) recoveryJSON {
 	out := recoveryJSON{
-		ID: rec.ID, State: rec.State, Requester: rec.Requester, RequesterSerial: rec.RequesterSerial, Reason: rec.Reason,
+		ID: rec.ID, Kind: rec.Kind, State: rec.State, Requester: rec.Requester, RequesterSerial: rec.RequesterSerial, Reason: rec.Reason,
 		CreatedAt: rec.CreatedAt.UTC().Format(time.RFC3339), ExpiresAt: rec.ExpiresAt.UTC().Format(time.RFC3339Nano),
 		Approvals: rec.Approvals, Have: rec.Have, Need: rec.Need,
 		RecoveryKey: base64.StdEncoding.EncodeToString(rec.KeySPKI), KeyOAEPHash: rec.OAEPHash,

@@ -6,6 +6,13 @@ import (
 	"time"
 )
 
+// Recovery request kinds: deliver the keys to the officer, or move records to the current
+// recovery set without any key leaving the appliance.
+const (
+	KindRecover = "recover"
+	KindReseal  = "reseal"
+)
+
 // Recovery request states.
 const (
 	RecoveryOpen      = "open"
@@ -18,6 +25,7 @@ const (
 // per-request recovery key in the appliance token that approving KRAs re-encrypt shares to.
 type Recovery struct {
 	ID               string
+	Kind             string // KindRecover (default) or KindReseal
 	Requester        string // the officer's credential name
 	RequesterSerial  string // serial of the officer's credential
 	RequesterMailbox string
@@ -44,7 +52,7 @@ type Approval struct {
 	CreatedAt    time.Time
 }
 
-const recoveryColumns = `id, requester, requester_serial, requester_mailbox, reason, key_label, key_spki, oaep_hash, state, created_at, expires_at, closed_at`
+const recoveryColumns = `id, kind, requester, requester_serial, requester_mailbox, reason, key_label, key_spki, oaep_hash, state, created_at, expires_at, closed_at`
 
 // InsertRecovery stores a new recovery request with its records. A duplicate ID gives
 // [ErrConflict]; an unknown record ID gives [ErrConflict] too (foreign key).
@@ -52,6 +60,9 @@ func (tx *Tx) InsertRecovery(r Recovery) error {
 	const op = "insert recovery"
 	if r.State == "" {
 		r.State = RecoveryOpen
+	}
+	if r.Kind == "" {
+		r.Kind = KindRecover
 	}
 	switch {
 	case r.ID == "" || r.Requester == "" || r.RequesterSerial == "" || r.KeyLabel == "":
@@ -63,8 +74,8 @@ func (tx *Tx) InsertRecovery(r Recovery) error {
 	case r.ExpiresAt.IsZero():
 		return invalid(op, "no expiry")
 	}
-	if _, err := tx.exec(op, `INSERT INTO recoveries (`+recoveryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, r.Requester, r.RequesterSerial, r.RequesterMailbox, r.Reason, r.KeyLabel, r.KeySPKI, r.OAEPHash, r.State,
+	if _, err := tx.exec(op, `INSERT INTO recoveries (`+recoveryColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.Kind, r.Requester, r.RequesterSerial, r.RequesterMailbox, r.Reason, r.KeyLabel, r.KeySPKI, r.OAEPHash, r.State,
 		orNow(r.CreatedAt).UnixMicro(), r.ExpiresAt.UnixMicro(), tval(r.ClosedAt)); err != nil {
 		return err
 	}
@@ -81,7 +92,7 @@ func scanRecovery(scan func(...any) error) (*Recovery, error) {
 		r                        Recovery
 		created, expires, closed sql.NullInt64
 	)
-	if err := scan(&r.ID, &r.Requester, &r.RequesterSerial, &r.RequesterMailbox, &r.Reason, &r.KeyLabel, &r.KeySPKI,
+	if err := scan(&r.ID, &r.Kind, &r.Requester, &r.RequesterSerial, &r.RequesterMailbox, &r.Reason, &r.KeyLabel, &r.KeySPKI,
 		&r.OAEPHash, &r.State, &created, &expires, &closed); err != nil {
 		return nil, err
 	}
@@ -203,4 +214,33 @@ func (tx *Tx) ListApprovals(recoveryID string) ([]Approval, error) {
 		return nil
 	}, `SELECT recovery_id, kra, signer_serial, shares, signature, created_at FROM approvals WHERE recovery_id = ? ORDER BY created_at, kra`, recoveryID)
 	return out, err
+}
+
+// RecordsBeforeEpoch returns the active records sealed under an epoch older than epoch, oldest
+// first, at most limit of them.
+func (tx *Tx) RecordsBeforeEpoch(epoch uint32, limit int) ([]Record, error) {
+	const op = "records before epoch"
+	var out []Record
+	err := tx.query(op, func(rows *sql.Rows) error {
+		r, err := scanRecord(rows.Scan)
+		if err == nil {
+			out = append(out, *r)
+		}
+		return err
+	}, `SELECT `+recordColumns+` FROM records WHERE state = 'active' AND epoch < ? ORDER BY created_at, id LIMIT ?`, epoch, limit)
+	return out, err
+}
+
+// ResealRecord replaces a record's sealed blob and epoch, provided it is still sealed under
+// from (else [ErrConflict]).
+func (tx *Tx) ResealRecord(id string, from, to uint32, blob []byte) error {
+	const op = "reseal record"
+	if len(blob) == 0 || to <= from {
+		return invalid(op, "a new blob and a newer epoch are required")
+	}
+	n, err := tx.exec(op, `UPDATE records SET blob = ?, epoch = ? WHERE id = ? AND epoch = ? AND state = 'active'`, blob, to, id, from)
+	if err != nil || n == 1 {
+		return err
+	}
+	return fmt.Errorf("store: %s: record %s is not active under epoch %d: %w", op, id, from, ErrConflict)
 }

@@ -94,6 +94,7 @@ CREATE INDEX pending_state ON pending(state, created_at);
 	`
 CREATE TABLE recoveries (
 	id                TEXT    PRIMARY KEY,
+	kind              TEXT    NOT NULL CHECK (kind IN ('recover', 'reseal')),
 	requester         TEXT    NOT NULL,
 	requester_serial  TEXT    NOT NULL,
 	requester_mailbox TEXT    NOT NULL DEFAULT '',
