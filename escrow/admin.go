@@ -255,8 +255,9 @@ func (s *Service) getPending(ctx context.Context, id string) (*store.Pending, er
 }
 
 // IssueCredential issues a client-auth certificate for a role (admin, officer, auditor) to pub.
-// It is how operators get their mutual-TLS credentials.
-func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name string, pub crypto.PublicKey) (*Issued, error) {
+// It is how operators get their mutual-TLS credentials. mailbox, when set, is the operator's
+// own mailbox: policy uses it to keep an officer from recovering their own keys.
+func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name, mailbox string, pub crypto.PublicKey) (*Issued, error) {
 	switch role {
 	case policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor:
 	default:
@@ -272,7 +273,13 @@ func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name st
 	if err := t.CheckPublicKey(pub); err != nil {
 		return nil, err
 	}
-	return s.issue(ctx, issuance{template: t, pub: pub, role: string(role), kra: "",
+	if mailbox != "" {
+		var err error
+		if mailbox, err = policy.NormalizeMailbox(mailbox); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		}
+	}
+	return s.issue(ctx, issuance{template: t, pub: pub, role: string(role), mailbox: mailbox,
 		subject: &pkix.Name{CommonName: name, OrganizationalUnit: []string{string(role)}}})
 }
 

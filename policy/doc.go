@@ -1,6 +1,15 @@
 // Package policy holds keyarc's pure rules: certificate templates (the built-in ones and those
 // from the configuration file), the checks a certificate signing request must pass before the
-// CA looks at it, the syntax of a mailbox, and which role may do which action.
+// CA looks at it, the syntax of a mailbox, which role may do which action, and the rules of
+// key recovery.
+//
+// # Recovery
+//
+// [CheckRecoveryRequest] decides whether an officer may open a recovery request,
+// [CheckApprover] whether a KRA may submit an approval, and [Evaluate] whether the approvals
+// meet the quorum of every record's recovery set. Only [Evaluate] makes a valid [Grant] (its
+// fields are unexported), and the escrow engine opens a record only with one, so recovery
+// without a quorum does not compile. [Explain] gives the reason each approval was not counted.
 //
 // # What it must not import
 //
@@ -16,10 +25,13 @@
 // *[RejectError] whose message is meant for the person who sent the request;
 // errors.Is(err, [ErrRejected]) holds, and so does errors.Is with the more precise sentinel
 // ([ErrSignature], [ErrWeakSignature], [ErrKeyNotAllowed], [ErrExtension], [ErrSubject],
-// [ErrMailboxMismatch]).
+// [ErrMailboxMismatch]). Recovery checks return errors wrapping one sentinel each
+// ([ErrNotAllowed], [ErrOwnKey], [ErrExpired], ...); a missing quorum is a *[QuorumError]
+// that names the record and matches [ErrQuorum].
 //
 // # Concurrency
 //
 // Everything here is safe for concurrent use as long as a [Template] is not modified while it
-// is in use: [Templates] returns fresh copies that the caller treats as read-only.
+// is in use: [Templates] returns fresh copies that the caller treats as read-only. The
+// recovery functions only read their arguments, and a [Grant] is immutable.
 package policy

@@ -23,7 +23,7 @@ import (
 
 const adminUsage = `admin subcommands:
   enroll-code create --state DIR --email ADDR [--template T]   make a one-time enrollment code (local)
-  credential issue --state DIR --role R --name N --out DIR      issue an operator credential (local)
+  credential issue --state DIR --role R --name N [--email A] --out DIR   issue an operator credential (local)
   pending list [--all]                                          requests waiting for a decision
   pending issue ID | pending deny ID                            decide a pending request
   recovery-set show                                             the current recovery set
@@ -118,6 +118,7 @@ func runCredentialIssue(args []string) error {
 	role := fs.String("role", "", "admin, officer or auditor (required)")
 	name := fs.String("name", "", "the operator's name (required)")
 	out := fs.String("out", "", "folder for NAME.pem and NAME-key.pem (required)")
+	email := fs.String("email", "", "the operator's own mailbox (keeps an officer from recovering their own keys)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -139,7 +140,7 @@ func runCredentialIssue(args []string) error {
 	}
 	defer closeToken()
 	svc.Issuer = issuer
-	certPath, err := issueCredentialFiles(svc, policy.Role(*role), *name, *out)
+	certPath, err := issueCredentialFiles(svc, policy.Role(*role), *name, *email, *out)
 	if err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func runCredentialIssue(args []string) error {
 }
 
 // issueCredentialFiles issues a credential and writes DIR/NAME.pem and DIR/NAME-key.pem.
-func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, dir string) (string, error) {
+func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, mailbox, dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
@@ -162,7 +163,7 @@ func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, dir strin
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	issued, err := svc.IssueCredential(ctx, role, name, key.Public())
+	issued, err := svc.IssueCredential(ctx, role, name, mailbox, key.Public())
 	if err != nil {
 		return "", err
 	}

@@ -418,7 +418,7 @@ func bootstrapDev(cfg *Config, svc *escrow.Service, say func(string, ...any)) er
 			say("exists   %s", path)
 			continue
 		}
-		if _, err := issueCredentialFiles(svc, role, string(role), creds); err != nil {
+		if _, err := issueCredentialFiles(svc, role, string(role), "", creds); err != nil {
 			return fmt.Errorf("%s credential: %w", role, err)
 		}
 		say("created  %s (role %s)", path, role)

@@ -25,7 +25,7 @@ import (
 
 const recoveryUsage = `recovery subcommands:
   request --serial HEX | --email ADDR --reason TEXT   open a request (officer); prints its ID
-  list [--state open|consumed|cancelled|expired]      requests
+  list [--status open|consumed|cancelled|expired]     requests
   show ID                                             state, approvals so far, what is recovered
   approve ID [--yes]                                  approve with your KRA token (KRA)
   fetch ID --out FILE.p12 --password-file FILE [--legacy]   collect the PKCS#12 once (the requesting officer)
@@ -85,7 +85,7 @@ func runRecoveryList(args []string) error {
 	fs := flag.NewFlagSet("recovery list", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
-	state := fs.String("state", "", "only requests in this state")
+	status := fs.String("status", "", "only requests in this state: open, consumed, cancelled or expired")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
@@ -96,7 +96,7 @@ func runRecoveryList(args []string) error {
 	}
 	defer c.close()
 	var list []recoveryJSON
-	if err := c.call("GET", "/api/v1/recoveries?state="+*state, nil, &list); err != nil {
+	if err := c.call("GET", "/api/v1/recoveries?state="+*status, nil, &list); err != nil {
 		return err
 	}
 	if *asJSON {

@@ -1,0 +1,211 @@
+package tests
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// certSerial returns a certificate's serial as keyarc writes it: lower-case hex, no leading zeros.
+func certSerial(t *testing.T, dir, certPath string) string {
+	t.Helper()
+	out := run(t, dir, "openssl", "x509", "-in", certPath, "-noout", "-serial")
+	s := strings.ToLower(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "serial=")))
+	return strings.TrimLeft(s, "0")
+}
+
+// enrollUser enrolls mailbox for an archived encryption certificate with `keyarc enroll`.
+func enrollUser(t *testing.T, a *appliance, mailbox, out string) string {
+	t.Helper()
+	code := strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", a.state, "--email", mailbox, "--template", "smime-encryption"))
+	keyarc(t, "enroll", "--state", a.state, "--server", a.url, "--template", "smime-encryption", "--email", mailbox, "--code", code, "--out", out)
+	return code
+}
+
+// keyarcFails runs the binary expecting failure, and returns its stderr.
+func keyarcFails(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, err := keyarcResult(args...)
+	if err == nil {
+		t.Fatalf("keyarc %s succeeded, want a refusal\n%s", strings.Join(args, " "), out)
+	}
+	return errOut
+}
+
+// TestRecoveryEndToEnd is the seed workflow: a user's encryption key is archived at enrollment,
+// mail is encrypted to the user, the user loses the key; an officer asks, two of the three KRAs
+// approve with their own tokens, the officer fetches a PKCS#12 that OpenSSL and NSS open, and
+// the old mail decrypts with the recovered key.
+func TestRecoveryEndToEnd(t *testing.T) {
+	requireTools(t, "openssl", "pk12util", "certutil")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	user := filepath.Join(dir, "alice")
+	const mailbox = "alice@example.org"
+	code := enrollUser(t, a, mailbox, user)
+	cert := filepath.Join(user, "cert.pem")
+	serial := certSerial(t, dir, cert)
+
+	// Mail encrypted to Alice, then her key is lost.
+	message := []byte("the quarterly figures, for Alice's eyes only\n")
+	writeFile(t, filepath.Join(dir, "msg.txt"), message)
+	run(t, dir, "openssl", "cms", "-encrypt", "-binary", "-in", "msg.txt", "-outform", "DER", "-out", "msg.p7m", "-aes-256-cbc", cert)
+	if err := os.Remove(filepath.Join(user, "key.pem")); err != nil {
+		t.Fatal(err)
+	}
+
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "laptop stolen")...))
+	if !regexp.MustCompile(`^[0-9a-f]{16}$`).MatchString(id) {
+		t.Fatalf("recovery request printed %q, want the ID alone", id)
+	}
+	show := keyarc(t, as("officer", "recovery", "show", id)...)
+	for _, want := range []string{"approvals: 0 of 2", serial, mailbox, "laptop stolen"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("recovery show lacks %q:\n%s", want, show)
+		}
+	}
+	if list := keyarc(t, as("officer", "recovery", "list")...); !strings.Contains(list, id) {
+		t.Errorf("recovery list lacks %s:\n%s", id, list)
+	}
+
+	// Refusals before the quorum: nobody but a KRA approves; one KRA alone opens nothing.
+	if msg := keyarcFails(t, as("officer", "recovery", "approve", id, "--yes")...); !strings.Contains(msg, "KRA") {
+		t.Errorf("officer approving: %s", msg)
+	}
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+	if msg := keyarcFails(t, as("kra1", "recovery", "approve", id, "--yes")...); !strings.Contains(msg, "already approved") {
+		t.Errorf("second approval by kra1: %s", msg)
+	}
+	p12, pw := filepath.Join(dir, "alice.p12"), filepath.Join(dir, "alice.pw")
+	if msg := keyarcFails(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...); !strings.Contains(msg, "1 of the 2") {
+		t.Errorf("fetch with one approval: %s", msg)
+	}
+	if _, err := os.Stat(pw); err == nil {
+		t.Fatal("a refused fetch wrote a password file")
+	}
+	if out, _, err := keyarcResult(as("kra1", "recovery", "approve", id)...); err == nil {
+		t.Fatalf("approve without a terminal and without --yes succeeded: %s", out)
+	}
+
+	keyarc(t, as("kra3", "recovery", "approve", id, "--yes")...)
+	if msg := keyarcFails(t, as("kra2", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...); !strings.Contains(msg, "officer") {
+		t.Errorf("fetch by a KRA: %s", msg)
+	}
+	start := time.Now()
+	keyarc(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
+	t.Logf("recovery fetch after the 2nd approval took %s (PKCS#12 at 600,000 PBKDF2 iterations included)", time.Since(start))
+	for _, f := range []string{p12, pw} {
+		if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, err %v; want 0600", f, st.Mode().Perm(), err)
+		}
+	}
+	password, _ := os.ReadFile(pw)
+	if n := len(strings.ReplaceAll(strings.TrimSpace(string(password)), "-", "")); n < 23 {
+		t.Errorf("password has %d characters of a 32-symbol alphabet, want >= 23 (112 bits)", n)
+	}
+
+	// OpenSSL 3 opens it without -legacy and reports the modern profile.
+	info := run(t, dir, "openssl", "pkcs12", "-info", "-noout", "-in", p12, "-passin", "file:"+pw)
+	for _, want := range []string{"MAC: sha256, Iteration 600000", "PBES2, PBKDF2, AES-256-CBC, Iteration 600000, PRF hmacWithSHA256"} {
+		if !strings.Contains(info, want) {
+			t.Errorf("openssl pkcs12 -info lacks %q:\n%s", want, info)
+		}
+	}
+	run(t, dir, "openssl", "pkcs12", "-in", p12, "-passin", "file:"+pw, "-nocerts", "-nodes", "-out", "recovered.key")
+	got := run(t, dir, "openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", "msg.p7m", "-recip", cert, "-inkey", "recovered.key")
+	if !bytes.Equal([]byte(got), message) {
+		t.Fatalf("decrypted with the recovered key: %q, want %q", got, message)
+	}
+
+	// NSS imports it.
+	nss := filepath.Join(dir, "nssdb")
+	os.Mkdir(nss, 0o700)
+	run(t, dir, "certutil", "-N", "-d", "sql:"+nss, "--empty-password")
+	run(t, dir, "pk12util", "-i", p12, "-d", "sql:"+nss, "-w", pw)
+	if keys := run(t, dir, "certutil", "-K", "-d", "sql:"+nss); !strings.Contains(keys, "rsa") {
+		t.Errorf("NSS holds no RSA key after the import:\n%s", keys)
+	}
+
+	// Consumed: never again.
+	if msg := keyarcFails(t, as("officer", "recovery", "fetch", id, "--out", filepath.Join(dir, "again.p12"), "--password-file", filepath.Join(dir, "again.pw"))...); !strings.Contains(msg, "consumed") {
+		t.Errorf("second fetch: %s", msg)
+	}
+	if show := keyarc(t, as("officer", "recovery", "show", id)...); !strings.Contains(show, "consumed") {
+		t.Errorf("request not shown consumed:\n%s", show)
+	}
+
+	// No secret of the scenario reached the appliance's log or its metrics.
+	secrets := map[string]string{"PKCS#12 password": strings.TrimSpace(string(password)), "enrollment code": code}
+	for _, tok := range []string{"keyarc", "kra1", "kra2", "kra3"} {
+		pin, _ := os.ReadFile(filepath.Join(state, "softhsm", "pins", tok+".pin"))
+		secrets["PIN of "+tok] = strings.TrimSpace(string(pin))
+	}
+	metrics := run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")
+	for what, secret := range secrets {
+		if secret == "" {
+			t.Fatalf("%s is empty", what)
+		}
+		if strings.Contains(a.logs.String(), secret) {
+			t.Errorf("the %s appears in the appliance log", what)
+		}
+		if strings.Contains(metrics, secret) {
+			t.Errorf("the %s appears in the metrics", what)
+		}
+	}
+	if strings.Contains(metrics, mailbox) {
+		t.Error("a mailbox appears in the metrics")
+	}
+}
+
+// TestRecoveryByMailbox recovers every archived key of a mailbox in one request, and checks
+// that an officer cannot recover their own key.
+func TestRecoveryByMailbox(t *testing.T) {
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	const mailbox = "bob@example.org"
+	enrollUser(t, a, mailbox, filepath.Join(dir, "one"))
+	enrollUser(t, a, mailbox, filepath.Join(dir, "two"))
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--email", mailbox, "--reason", "left the company")...))
+	keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
+	keyarc(t, as("kra3", "recovery", "approve", id, "--yes")...)
+	out := keyarc(t, as("officer", "recovery", "fetch", id, "--out", filepath.Join(dir, "bob.p12"), "--password-file", filepath.Join(dir, "bob.pw"))...)
+	files := strings.Fields(out)
+	if len(files) != 2 {
+		t.Fatalf("fetch wrote %v, want two PKCS#12 files", files)
+	}
+	for i, f := range files {
+		run(t, dir, "openssl", "pkcs12", "-in", f, "-passin", "file:"+filepath.Join(dir, "bob.pw"), "-nocerts", "-nodes", "-out", "k.pem")
+		keyPub := run(t, dir, "openssl", "pkey", "-in", "k.pem", "-pubout")
+		want := map[bool]string{true: "one", false: "two"}
+		found := false
+		for _, sub := range want {
+			orig := run(t, dir, "openssl", "pkey", "-in", filepath.Join(dir, sub, "key.pem"), "-pubout")
+			found = found || orig == keyPub
+		}
+		if !found {
+			t.Errorf("file %d holds a key that is neither of Bob's", i)
+		}
+	}
+
+	// An officer who owns the key cannot ask for it.
+	creds := filepath.Join(dir, "creds")
+	keyarc(t, "admin", "credential", "issue", "--state", state, "--role", "officer", "--name", "bob", "--email", mailbox, "--out", creds)
+	msg := keyarcFails(t, "recovery", "request", "--email", mailbox, "--reason", "mine", "--state", state, "--server", a.url,
+		"--cert", filepath.Join(creds, "bob.pem"), "--key", filepath.Join(creds, "bob-key.pem"))
+	if !strings.Contains(msg, "own") {
+		t.Errorf("owner asking for their own key: %s", msg)
+	}
+}
