@@ -232,11 +232,8 @@ func (s *Service) recoverySet(ctx context.Context, epoch uint32) (*RecoverySet, 
 // policyView turns the loaded state into policy's terms. Approvals whose signature does not
 // verify never get this far: SubmitApproval refuses them; they are re-verified here anyway.
 func (s *Service) policyView(st *recoveryState) (policy.Request, map[uint32]policy.RecoverySet, []policy.Approval, error) {
-	req := policy.Request{
-		ID:        st.req.ID,
-		Requester: policy.Principal{Role: policy.RoleOfficer, Name: st.req.Requester, Mailbox: st.req.RequesterMailbox, Serial: st.req.RequesterSerial},
-		CreatedAt: st.req.CreatedAt, ExpiresAt: st.req.ExpiresAt, State: st.req.State,
-	}
+	req := requestOf(&Recovery{Recovery: *st.req})
+	req.Records = nil
 	for _, r := range st.records {
 		req.Records = append(req.Records, policy.RecordRef{ID: r.ID, Owner: r.Email, Epoch: r.Epoch, State: r.State})
 	}
@@ -420,9 +417,14 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 
 // requestOf is a Recovery in policy's terms, without approvals.
 func requestOf(r *Recovery) policy.Request {
+	role := policy.RoleOfficer
+	if r.Kind == store.KindReseal {
+		role = policy.RoleAdmin
+	}
 	req := policy.Request{
 		ID:        r.ID,
-		Requester: policy.Principal{Role: policy.RoleOfficer, Name: r.Requester, Mailbox: r.RequesterMailbox, Serial: r.RequesterSerial},
+		Reseal:    r.Kind == store.KindReseal,
+		Requester: policy.Principal{Role: role, Name: r.Requester, Mailbox: r.RequesterMailbox, Serial: r.RequesterSerial},
 		CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt, State: r.State,
 	}
 	for _, it := range r.Items {
@@ -824,9 +826,6 @@ const maxResealBatch = 1000
 // (their quorum is needed), and CompleteReseal then reseals the records inside the appliance:
 // no key leaves it. Replacing or expiring KRAs therefore never strands old records.
 func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, ttl time.Duration) (*Recovery, error) {
-	if !policy.Allowed(admin.Role, policy.ActRecoverySet) {
-		return nil, fmt.Errorf("%w: resealing records needs the admin role", ErrForbidden)
-	}
 	if strings.TrimSpace(reason) == "" {
 		reason = "reseal to the current recovery set"
 	}
@@ -844,6 +843,13 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 	}
 	if len(recs) == 0 {
 		return nil, fmt.Errorf("%w: every active record is already sealed under the current recovery set (epoch %d)", policy.ErrNothingToRecover, cur.Epoch)
+	}
+	refs := make([]policy.RecordRef, len(recs))
+	for i, r := range recs {
+		refs[i] = policy.RecordRef{ID: r.ID, Owner: r.Email, Epoch: r.Epoch, State: r.State}
+	}
+	if err := policy.CheckResealRequest(admin, refs); err != nil {
+		return nil, err
 	}
 	return s.openRequest(ctx, store.KindReseal, admin, reason, ttl, recs)
 }

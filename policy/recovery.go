@@ -99,7 +99,10 @@ type SetMember struct {
 
 // Request is a recovery request.
 type Request struct {
-	ID        string
+	ID string
+	// Reseal marks a request that moves records to the current recovery set inside the
+	// appliance (no key is delivered): an admin opens it, and the owner rule does not apply.
+	Reseal    bool
 	Requester Principal
 	Records   []RecordRef
 	CreatedAt time.Time
@@ -201,6 +204,15 @@ func CheckRecoveryRequest(officer Principal, records []RecordRef) error {
 		return fmt.Errorf("%w: the recovery officer's credential has no name", ErrNotAllowed)
 	}
 	return checkRecords(officer, records)
+}
+
+// CheckResealRequest is CheckRecoveryRequest for a reseal: the caller must be an admin; the
+// records must be active. Keys stay in the appliance, so the owner rule does not apply.
+func CheckResealRequest(admin Principal, records []RecordRef) error {
+	if admin.Role != RoleAdmin {
+		return fmt.Errorf("%w: only an admin may reseal records, not role %q", ErrNotAllowed, admin.Role)
+	}
+	return checkRecords(Principal{}, records)
 }
 
 func checkRecords(officer Principal, records []RecordRef) error {
@@ -450,10 +462,14 @@ func Evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, no
 	if req.ID == "" {
 		return Grant{}, fmt.Errorf("%w: the request has no ID", ErrRequestClosed)
 	}
-	if req.Requester.Role != RoleOfficer || req.Requester.Name == "" {
-		return Grant{}, fmt.Errorf("%w: request %q was not opened by a named recovery officer", ErrNotAllowed, truncate(req.ID))
+	opener, owner := RoleOfficer, req.Requester
+	if req.Reseal {
+		opener, owner = RoleAdmin, Principal{}
 	}
-	if err := checkRecords(req.Requester, req.Records); err != nil {
+	if req.Requester.Role != opener || req.Requester.Name == "" {
+		return Grant{}, fmt.Errorf("%w: request %q was not opened by a named %s", ErrNotAllowed, truncate(req.ID), opener)
+	}
+	if err := checkRecords(owner, req.Records); err != nil {
 		return Grant{}, err
 	}
 	for _, r := range req.Records {
