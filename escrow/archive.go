@@ -232,3 +232,96 @@ func envelopeError(err error) error {
 	}
 	return fmt.Errorf("escrow: open transport envelope: %w", err)
 }
+
+// IssueArchivedKey archives pkcs8 and issues a certificate for mailbox under an archiving
+// template, without an enrollment code: the caller (a bulk job submitted by an admin) has
+// already been authorised. pkcs8 must be the pair of pub.
+func (s *Service) IssueArchivedKey(ctx context.Context, mailbox, template string, pub crypto.PublicKey, pkcs8 []byte) (*Issued, error) {
+	t, err := s.Template(template)
+	if err != nil {
+		return nil, err
+	}
+	if !t.Archive {
+		return nil, fmt.Errorf("%w: template %q does not archive keys", ErrInvalidRequest, t.Name)
+	}
+	if mailbox, err = policy.NormalizeMailbox(mailbox); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	if err := t.CheckPublicKey(pub); err != nil {
+		return nil, err
+	}
+	if err := checkKeyPair(pkcs8, pub); err != nil {
+		return nil, err
+	}
+	return s.archiveAndIssue(ctx, Enrollee{Mailbox: mailbox}, t, pub, pkcs8)
+}
+
+// TemplateImport names certificates archived from another CA: they are stored, not issued.
+const TemplateImport = "import"
+
+// ImportArchived archives the private key of a certificate issued by another CA (a migration):
+// the key must be the pair of the certificate; the record binds the certificate's issuer and
+// serial; the certificate is stored as it is, not re-issued. It returns the record ID.
+func (s *Service) ImportArchived(ctx context.Context, cert *x509.Certificate, pkcs8 []byte) (string, error) {
+	if len(cert.EmailAddresses) == 0 {
+		return "", fmt.Errorf("%w: certificate %x names no mailbox (rfc822Name)", ErrInvalidRequest, cert.SerialNumber)
+	}
+	mailbox, err := policy.NormalizeMailbox(cert.EmailAddresses[0])
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	if err := checkKeyPair(pkcs8, cert.PublicKey); err != nil {
+		return "", err
+	}
+	rs, err := s.CurrentRecoverySet(ctx)
+	if err != nil {
+		return "", err
+	}
+	serialHex := store.FormatSerial(cert.SerialNumber)
+	id, err := record.NewID()
+	if err != nil {
+		return "", err
+	}
+	h := record.Header{
+		ID: id, Issuer: issuerOf(cert), Serial: cert.SerialNumber.Bytes(),
+		SPKIHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo),
+		Epoch:    rs.Epoch, M: uint8(rs.Quorum), N: uint8(len(rs.recipients)), OAEPHash: s.shareHash(),
+	}
+	sealed, err := record.Seal(h, pkcs8, rs.recipients)
+	if err != nil {
+		return "", fmt.Errorf("escrow: seal: %w", err)
+	}
+	blob, err := sealed.MarshalBinary()
+	if err != nil {
+		return "", err
+	}
+	recID := hex.EncodeToString(id[:])
+	now := s.now()
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.InsertCertificate(store.Certificate{
+			Serial: serialHex, Template: TemplateImport, Email: mailbox, Subject: cert.Subject.String(),
+			State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+			CreatedAt: now, RecordID: recID,
+		}); err != nil {
+			return err
+		}
+		return tx.InsertRecord(store.Record{ID: recID, Serial: serialHex, Email: mailbox, Epoch: rs.Epoch,
+			Blob: blob, State: store.StateActive, CreatedAt: now})
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return "", fmt.Errorf("%w: a certificate with serial %s is already in the archive", ErrInvalidRequest, serialHex)
+	}
+	if err != nil {
+		return "", fmt.Errorf("escrow: store imported record: %w", err)
+	}
+	return recID, nil
+}
+
+// issuerOf names a certificate's issuer for a record header: its authority key identifier, or
+// its issuer DN.
+func issuerOf(c *x509.Certificate) string {
+	if len(c.AuthorityKeyId) > 0 {
+		return hex.EncodeToString(c.AuthorityKeyId)
+	}
+	return c.Issuer.String()
+}

@@ -137,11 +137,16 @@ var generalNameKinds = [...]string{
 // else), and the subject (known attributes, no control characters, an emailAddress or an
 // address-like CN must be mailbox).
 //
+// A template without emailProtection (a KRA's or an operator's credential) may be checked
+// with an empty mailbox: the request may then name no mailbox at all.
+//
 // A broken rule gives a *[RejectError]; an invalid mailbox gives an error wrapping
 // [ErrInvalidMailbox] (that is the caller's mistake, not the requester's).
 func (t *Template) CheckCSR(csr *x509.CertificateRequest, mailbox string) error {
-	if err := ValidateMailbox(mailbox); err != nil {
-		return err
+	if mailbox != "" || t.IsSMIME() {
+		if err := ValidateMailbox(mailbox); err != nil {
+			return err
+		}
 	}
 	if csr == nil {
 		return reject(nil, "no certificate request was given")

@@ -1,6 +1,11 @@
 package policy
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"testing"
 	"time"
@@ -52,5 +57,47 @@ func TestReseal(t *testing.T) {
 	}
 	if err := CheckResealRequest(admin, records); err != nil {
 		t.Errorf("CheckResealRequest(admin): %v", err)
+	}
+}
+
+// TestCheckCSRWithoutMailbox: credentials' templates accept a request naming no mailbox, and
+// refuse one that names any; S/MIME templates always need the mailbox.
+func TestCheckCSRWithoutMailbox(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := func(emails ...string) *x509.CertificateRequest {
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+			Subject: pkix.Name{CommonName: "KRA kra4"}, EmailAddresses: emails}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	tmpls, err := Templates(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		template string
+		csr      *x509.CertificateRequest
+		wantErr  error
+	}{
+		{"client-auth, no mailbox", TemplateClientAuth, csr(), nil},
+		{"client-auth, a mailbox in the request", TemplateClientAuth, csr("x@example.org"), ErrMailboxMismatch},
+		{"smime-signature needs the mailbox", TemplateSMIMESignature, csr(), ErrInvalidMailbox},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tmpls[tt.template].CheckCSR(tt.csr, ""); !errors.Is(err, tt.wantErr) {
+				t.Fatalf("CheckCSR: %v, want %v", err, tt.wantErr)
+			}
+		})
 	}
 }

@@ -168,12 +168,10 @@ func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	var issued *escrow.Issued
 	er := escrow.EnrollRequest{Template: req.Template, CSR: csr}
 	if req.EncryptedKey != "" {
-		env, err := decodeB64("encrypted_key", req.EncryptedKey)
-		if err != nil {
-			a.fail(w, r, err)
-			return
+		var env []byte
+		if env, err = decodeB64("encrypted_key", req.EncryptedKey); err == nil {
+			issued, err = a.svc.EnrollArchived(r.Context(), who, er, env)
 		}
-		issued, err = a.svc.EnrollArchived(r.Context(), who, er, env)
 	} else {
 		issued, err = a.svc.Enroll(r.Context(), who, er)
 	}

@@ -131,7 +131,7 @@ func (a *appliance) authenticate(r *http.Request, needCert bool) (escrow.Enrolle
 		return escrow.Enrollee{Mailbox: c.Email, Renewing: c.Serial}, nil
 	}
 	if needCert {
-		return escrow.Enrollee{}, fmt.Errorf("%w: re-enrollment needs the current certificate as TLS client certificate", escrow.ErrUnauthorized)
+		return escrow.Enrollee{}, &httpStatusError{http.StatusUnauthorized, "re-enrollment needs the current certificate as TLS client certificate"}
 	}
 	user, pass, ok := r.BasicAuth()
 	if !ok {

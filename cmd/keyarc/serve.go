@@ -195,9 +195,11 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{tlsCert},
 		// A client certificate is optional at the TLS layer; each route decides whether it
-		// needs one. Certificates not issued by this CA are refused during the handshake.
-		ClientAuth: tls.VerifyClientCertIfGiven,
-		ClientCAs:  a.caPool,
+		// needs one and looks it up in the store. Certificates not issued by this CA are
+		// refused during the handshake. Any extended key usage is accepted here: an S/MIME
+		// certificate (emailProtection only) authenticates its own re-enrollment.
+		ClientAuth:            tls.RequestClientCert,
+		VerifyPeerCertificate: a.verifyClient,
 	}
 	ln, err := net.Listen("tcp", a.cfg.Listen)
 	if err != nil {
@@ -216,7 +218,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	mmux := http.NewServeMux()
 	mmux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -241,6 +243,28 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	defer cancel()
 	_ = msrv.Shutdown(sctx)
 	return srv.Shutdown(sctx)
+}
+
+// verifyClient verifies a TLS client certificate against the CA, for any key usage.
+func (a *appliance) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return fmt.Errorf("client certificate: %w", err)
+	}
+	inter := x509.NewCertPool()
+	for _, r := range raw[1:] {
+		if c, err := x509.ParseCertificate(r); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: a.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("client certificate not issued by this CA: %w", err)
+	}
+	return nil
 }
 
 // watchToken checks the token every few seconds, so that readiness and the metric follow it.
