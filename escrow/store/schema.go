@@ -127,6 +127,57 @@ CREATE TABLE approvals (
 	PRIMARY KEY (recovery_id, kra)
 ) STRICT;
 `,
+	// 3: bulk jobs. Each item is reserved before its certificate is signed and finished
+	// after, so a job resumes after a crash without issuing an item twice.
+	`
+CREATE TABLE jobs (
+	id           TEXT    PRIMARY KEY,
+	kind         TEXT    NOT NULL CHECK (kind IN ('enroll', 'keygen', 'import')),
+	template     TEXT    NOT NULL,
+	submitted_by TEXT    NOT NULL,
+	state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'done', 'cancelled')),
+	input        TEXT    NOT NULL,
+	total        INTEGER NOT NULL DEFAULT 0,
+	done         INTEGER NOT NULL DEFAULT 0,
+	failed       INTEGER NOT NULL DEFAULT 0,
+	created_at   INTEGER NOT NULL,
+	started_at   INTEGER,
+	finished_at  INTEGER
+) STRICT;
+CREATE INDEX jobs_state ON jobs(state, created_at);
+
+CREATE TABLE job_items (
+	job_id    TEXT    NOT NULL REFERENCES jobs(id),
+	seq       INTEGER NOT NULL,
+	state     TEXT    NOT NULL CHECK (state IN ('reserved', 'done', 'failed')),
+	serial    TEXT,
+	record_id TEXT,
+	error     TEXT,
+	result    BLOB,
+	PRIMARY KEY (job_id, seq)
+) STRICT;
+`,
+	// 4: the audit trail: append-only, hash-chained entries and signed checkpoints.
+	`
+CREATE TABLE audit (
+	seq     INTEGER PRIMARY KEY CHECK (seq >= 1),
+	at      INTEGER NOT NULL,
+	kind    TEXT    NOT NULL,
+	actor   TEXT    NOT NULL,
+	subject TEXT    NOT NULL,
+	details TEXT    NOT NULL,
+	prev    BLOB    NOT NULL,
+	hash    BLOB    NOT NULL
+) STRICT;
+
+CREATE TABLE audit_checkpoints (
+	seq       INTEGER PRIMARY KEY REFERENCES audit(seq),
+	hash      BLOB    NOT NULL,
+	at        INTEGER NOT NULL,
+	key_id    BLOB    NOT NULL,
+	signature BLOB    NOT NULL
+) STRICT;
+`,
 }
 
 // migrate applies the missing migrations in order, in one transaction.
