@@ -164,6 +164,10 @@ func PublicKeyFingerprint(pub crypto.PublicKey) string {
 // IssuePending issues a pending KRA request: an unwrap certificate (template kra) and an auth
 // certificate (client-auth, role kra), both naming the KRA.
 func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued, error) {
+	// One decision at a time: two admins issuing the same request must not both pass the
+	// pending check. (One process owns the database.)
+	s.decideMu.Lock()
+	defer s.decideMu.Unlock()
 	p, err := s.getPending(ctx, id)
 	if err != nil {
 		return nil, err
@@ -184,7 +188,7 @@ func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued
 		return nil, err
 	}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.DecidePending(id, store.StateIssued, admin, out[0].Serial)
+		return tx.DecidePendingAt(id, store.StateIssued, admin, out[0].Serial, s.now())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: record decision on %s: %w", id, err)
@@ -227,11 +231,13 @@ func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey 
 
 // DenyPending refuses a pending request.
 func (s *Service) DenyPending(ctx context.Context, id, admin string) error {
+	s.decideMu.Lock()
+	defer s.decideMu.Unlock()
 	if _, err := s.getPending(ctx, id); err != nil {
 		return err
 	}
 	return s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.DecidePending(id, store.StateDenied, admin, "")
+		return tx.DecidePendingAt(id, store.StateDenied, admin, "", s.now())
 	})
 }
 
@@ -302,8 +308,8 @@ func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []stri
 		canon := make([]string, 0, len(serials))
 		for _, serial := range serials {
 			c, err := tx.GetCertificate(serial)
-			if errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("%w: no certificate with serial %s", ErrInvalidRequest, serial)
+			if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) {
+				return fmt.Errorf("%w: no certificate with serial %q", ErrInvalidRequest, serial)
 			}
 			if err != nil {
 				return err

@@ -35,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -81,8 +82,9 @@ type Service struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	sets    recoverySets
-	limiter approvalLimiter
+	sets     recoverySets
+	limiter  approvalLimiter
+	decideMu sync.Mutex // serialises decisions on pending requests
 }
 
 func (s *Service) now() time.Time {
@@ -272,7 +274,9 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	}
 	cert, err := s.Issuer.Issue(req)
 	if err == nil {
-		err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		// Once signed, the certificate is stored even if the caller has gone: a CA keeps
+		// every certificate it signs.
+		err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
 			if err := tx.SetCertificateIssued(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
 				return err
 			}
