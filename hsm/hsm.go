@@ -49,6 +49,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThalesGroup/crypto11"
@@ -135,8 +136,19 @@ type Token struct {
 
 	genMu sync.Mutex // serialises GenerateKey's check-then-create
 
-	mu     sync.RWMutex // held for reading by every operation, for writing by Close
+	// What a reconnection needs: the PIN is read again from its source, never kept.
+	pinSource   string
+	maxSessions int
+
+	mu     sync.RWMutex // held for reading by every operation, for writing by Close and reconnect
 	closed bool
+	// gen counts connections; keys found under an older one are found again.
+	gen uint64
+	// broken is set when the token stops answering: operations then fail at once with
+	// ErrTokenGone, and Ping tries to reconnect.
+	broken atomic.Bool
+	// pinRefused stops reconnecting after the token refused the PIN once.
+	pinRefused bool
 }
 
 // openTokens is the process-wide registry of open tokens (module path + token label).
@@ -206,33 +218,9 @@ func Open(uri string, opts Options) (*Token, error) {
 		}
 	}()
 
-	pin, err := readPIN(u.PINSource)
+	c11, raw, err := connect(module, u.Token, u.PINSource, opts.MaxSessions, opts.PoolWaitTimeout, met)
 	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	c11, err := crypto11.Configure(&crypto11.Config{
-		Path:       module,
-		TokenLabel: u.Token,
-		Pin:        pin,
-		// crypto11 keeps one of its sessions logged in and pools the rest.
-		MaxSessions: opts.MaxSessions + 1,
-		// Backstop only: our own semaphore (sem) times out first.
-		PoolWaitTimeout: opts.PoolWaitTimeout + time.Second,
-		GCMIVLength:     12,
-	})
-	pin = ""
-	if err != nil {
-		err = classifyOpen(err)
-		met.observe("login", start, err)
 		log.Error("hsm: open failed", "module", module, "err", err)
-		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
-	}
-	met.observe("login", start, nil)
-
-	raw, err := openRaw(module, u.Token)
-	if err != nil {
-		_ = c11.Close()
 		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
 	}
 	t := &Token{
@@ -245,11 +233,46 @@ func Open(uri string, opts Options) (*Token, error) {
 		wait:   opts.PoolWaitTimeout,
 		met:    met,
 		log:    log,
+
+		pinSource:   u.PINSource,
+		maxSessions: opts.MaxSessions,
 	}
 	met.sessionsMax(float64(opts.MaxSessions))
 	log.Info("hsm: token open", "module", module, "max_sessions", opts.MaxSessions)
 	ok = true
 	return t, nil
+}
+
+// connect logs in to the token through crypto11 and opens the raw session.
+func connect(module, label, pinSource string, maxSessions int, wait time.Duration, met *metrics) (*crypto11.Context, *rawSession, error) {
+	pin, err := readPIN(pinSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	start := time.Now()
+	c11, err := crypto11.Configure(&crypto11.Config{
+		Path:       module,
+		TokenLabel: label,
+		Pin:        pin,
+		// crypto11 keeps one of its sessions logged in and pools the rest.
+		MaxSessions: maxSessions + 1,
+		// Backstop only: our own semaphore (sem) times out first.
+		PoolWaitTimeout: wait + time.Second,
+		GCMIVLength:     12,
+	})
+	pin = ""
+	if err != nil {
+		err = classifyOpen(err)
+		met.observe("login", start, err)
+		return nil, nil, err
+	}
+	met.observe("login", start, nil)
+	raw, err := openRaw(module, label, pinSource)
+	if err != nil {
+		_ = c11.Close()
+		return nil, nil, err
+	}
+	return c11, raw, nil
 }
 
 // probeModule checks that path exists and is a loadable PKCS#11 library, without
@@ -280,7 +303,10 @@ func (t *Token) Close() error {
 	}
 	t.closed = true
 	t.raw.close()
-	err := t.c11.Close()
+	var err error
+	if t.c11 != nil {
+		err = t.c11.Close()
+	}
 	openTokens.Lock()
 	delete(openTokens.m, t.key)
 	openTokens.Unlock()
@@ -302,6 +328,11 @@ func (t *Token) do(op string, f func() error) error {
 		return ErrClosed
 	}
 	start := time.Now()
+	if t.broken.Load() {
+		err := fmt.Errorf("%w: not answering; waiting to reconnect", ErrTokenGone)
+		t.met.observe(op, start, err)
+		return err
+	}
 	if err := t.acquire(); err != nil {
 		t.met.observe(op, start, err)
 		return err
@@ -312,7 +343,7 @@ func (t *Token) do(op string, f func() error) error {
 	}()
 	err = classify(err)
 	t.met.observe(op, start, err)
-	if errors.Is(err, ErrTokenGone) {
+	if errors.Is(err, ErrTokenGone) && !t.broken.Swap(true) {
 		t.log.Error("hsm: token stopped answering", "op", op, "err", err)
 	}
 	return err
@@ -339,7 +370,17 @@ func (t *Token) acquire() error {
 // on the raw session, which must still be logged in. It returns [ErrTokenGone] when the
 // token or module no longer answers and [ErrClosed] after Close. It does not take a
 // pool session, so it answers even when every session is busy.
+//
+// When the token has stopped answering, Ping tries once to reconnect: it closes the old
+// context, loads the module again, logs in (reading the PIN again from its source) and
+// lets keys be found anew; operations fail at once with ErrTokenGone until then. A token
+// that refuses the PIN is not tried again.
 func (t *Token) Ping() error {
+	if t.broken.Load() {
+		if err := t.reconnect(); err != nil {
+			return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
+		}
+	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if t.closed {
@@ -350,8 +391,43 @@ func (t *Token) Ping() error {
 		if !errors.Is(err, ErrTokenGone) {
 			err = fmt.Errorf("%w: %w", ErrTokenGone, err)
 		}
+		if !t.broken.Swap(true) {
+			t.log.Error("hsm: token stopped answering", "op", "ping", "err", err)
+		}
 		return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
 	}
+	return nil
+}
+
+// reconnect rebuilds the connection to a token that stopped answering.
+func (t *Token) reconnect() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.closed:
+		return ErrClosed
+	case !t.broken.Load():
+		return nil
+	case t.pinRefused:
+		return fmt.Errorf("%w: %w: not retried", ErrTokenGone, ErrPINIncorrect)
+	}
+	t.raw.close()
+	_ = t.c11.Close() // the module may be dead; its context must go anyway
+	c11, raw, err := connect(t.module, t.label, t.pinSource, t.maxSessions, t.wait, t.met)
+	if err != nil {
+		if errors.Is(err, ErrPINIncorrect) {
+			t.pinRefused = true
+			t.log.Error("hsm: token refused the PIN on reconnect; not trying again", "err", err)
+		}
+		// Keep closed placeholders so that Close stays safe.
+		t.raw = &rawSession{}
+		t.c11 = nil
+		return fmt.Errorf("%w: reconnect: %w", ErrTokenGone, err)
+	}
+	t.c11, t.raw = c11, raw
+	t.gen++
+	t.broken.Store(false)
+	t.log.Info("hsm: token answers again; reconnected")
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
@@ -171,42 +172,87 @@ func keyAttributes(label string, usage Usage, token bool) (pub, priv crypto11.At
 // findPair returns the one key pair with label whose private half allows the
 // attribute usage (CKA_SIGN or CKA_DECRYPT).
 func (t *Token) findPair(label string, usage crypto11.AttributeType) (crypto11.Signer, error) {
-	if label == "" {
-		return nil, fmt.Errorf("hsm: find: empty key label: %w", ErrKeyNotFound)
-	}
 	var key crypto11.Signer
 	err := t.do("find", func() error {
-		pairs, err := t.c11.FindKeyPairs(nil, []byte(label))
-		if err != nil {
-			return err
-		}
-		switch len(pairs) {
-		case 0:
-			return ErrKeyNotFound
-		case 1:
-		default:
-			return fmt.Errorf("%w: %d key pairs", ErrKeyAmbiguous, len(pairs))
-		}
-		// FindKeyPairs skips private keys without a public half; count them too.
-		if _, private, err := t.raw.countByLabel(label); err != nil {
-			return err
-		} else if private > 1 {
-			return fmt.Errorf("%w: %d private keys", ErrKeyAmbiguous, private)
-		}
-		a, err := t.c11.GetAttribute(pairs[0], usage)
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(a.Value, []byte{1}) {
-			return ErrKeyUsage
-		}
-		key = pairs[0]
-		return nil
+		var err error
+		key, err = t.findPairLocked(label, usage)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hsm: find key %q: %w", label, err)
 	}
 	return key, nil
+}
+
+// findPairLocked is findPair for a caller that already runs inside t.do.
+func (t *Token) findPairLocked(label string, usage crypto11.AttributeType) (crypto11.Signer, error) {
+	if label == "" {
+		return nil, fmt.Errorf("empty key label: %w", ErrKeyNotFound)
+	}
+	pairs, err := t.c11.FindKeyPairs(nil, []byte(label))
+	if err != nil {
+		return nil, err
+	}
+	switch len(pairs) {
+	case 0:
+		return nil, ErrKeyNotFound
+	case 1:
+	default:
+		return nil, fmt.Errorf("%w: %d key pairs", ErrKeyAmbiguous, len(pairs))
+	}
+	// FindKeyPairs skips private keys without a public half; count them too.
+	if _, private, err := t.raw.countByLabel(label); err != nil {
+		return nil, err
+	} else if private > 1 {
+		return nil, fmt.Errorf("%w: %d private keys", ErrKeyAmbiguous, private)
+	}
+	a, err := t.c11.GetAttribute(pairs[0], usage)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(a.Value, []byte{1}) {
+		return nil, ErrKeyUsage
+	}
+	return pairs[0], nil
+}
+
+// handle is a key found by label, found again after the token reconnects (its crypto11
+// objects belong to the old connection). The public key is kept so that Public answers
+// while the token is away, and a key found again must have it.
+type handle struct {
+	t     *Token
+	label string
+	usage crypto11.AttributeType
+	pub   crypto.PublicKey
+
+	mu  sync.Mutex
+	gen uint64
+	key crypto11.Signer
+}
+
+func newHandle(t *Token, label string, usage crypto11.AttributeType, key crypto11.Signer) *handle {
+	t.mu.RLock()
+	gen := t.gen
+	t.mu.RUnlock()
+	return &handle{t: t, label: label, usage: usage, pub: key.Public(), gen: gen, key: key}
+}
+
+// current returns the key for the token's present connection. It runs inside t.do.
+func (h *handle) current() (crypto11.Signer, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen == h.t.gen {
+		return h.key, nil
+	}
+	k, err := h.t.findPairLocked(h.label, h.usage)
+	if err != nil {
+		return nil, err
+	}
+	if eq, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(h.pub) {
+		return nil, fmt.Errorf("%w: after reconnecting, label %q names another key", ErrKeyNotFound, h.label)
+	}
+	h.key, h.gen = k, h.t.gen
+	return k, nil
 }
 
 // Signer returns the key pair labelled label as a crypto.Signer. The private key must
@@ -221,7 +267,7 @@ func (t *Token) Signer(label string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &signer{t: t, label: label, key: k}, nil
+	return &signer{handle: newHandle(t, label, crypto11.CkaSign, k)}, nil
 }
 
 // Decrypter returns the RSA key pair labelled label as a crypto.Decrypter whose
@@ -235,24 +281,20 @@ func (t *Token) Decrypter(label string) (crypto.Decrypter, error) {
 	if err != nil {
 		return nil, err
 	}
-	sd, ok := k.(crypto11.SignerDecrypter)
+	_, ok := k.(crypto11.SignerDecrypter)
 	if _, isRSA := k.Public().(*rsa.PublicKey); !ok || !isRSA {
 		return nil, fmt.Errorf("hsm: find key %q: %w: not an RSA key", label, ErrKeyUsage)
 	}
-	return &decrypter{t: t, label: label, key: sd}, nil
+	return &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, k)}, nil
 }
 
 // signer is a token key as a crypto.Signer that counts, times and classifies.
-type signer struct {
-	t     *Token
-	label string
-	key   crypto11.Signer
-}
+type signer struct{ *handle }
 
 var _ crypto.Signer = (*signer)(nil)
 
 // Public returns the public half.
-func (s *signer) Public() crypto.PublicKey { return s.key.Public() }
+func (s *signer) Public() crypto.PublicKey { return s.pub }
 
 // Sign signs digest in the token. rand is ignored (the token has its own). For RSA,
 // opts may be *rsa.PSSOptions: PSSSaltLengthAuto is turned into PSSSaltLengthEqualsHash,
@@ -269,15 +311,18 @@ func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		c.SaltLength = rsa.PSSSaltLengthEqualsHash
 		opts = &c
 	}
-	if _, ok := s.key.Public().(*ecdsa.PublicKey); ok {
+	if _, ok := s.pub.(*ecdsa.PublicKey); ok {
 		if _, pss := opts.(*rsa.PSSOptions); pss {
 			return nil, fmt.Errorf("hsm: sign with %q: %w: PSS options for an ECDSA key", s.label, ErrMechanism)
 		}
 	}
 	var sig []byte
 	err := s.t.do("sign", func() error {
-		var err error
-		sig, err = s.key.Sign(nil, digest, opts)
+		k, err := s.current()
+		if err != nil {
+			return err
+		}
+		sig, err = k.Sign(nil, digest, opts)
 		return err
 	})
 	if err != nil {
@@ -287,16 +332,12 @@ func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 }
 
 // decrypter is a token RSA key as a crypto.Decrypter limited to RSA-OAEP.
-type decrypter struct {
-	t     *Token
-	label string
-	key   crypto11.SignerDecrypter
-}
+type decrypter struct{ *handle }
 
 var _ crypto.Decrypter = (*decrypter)(nil)
 
 // Public returns the public half (*rsa.PublicKey).
-func (d *decrypter) Public() crypto.PublicKey { return d.key.Public() }
+func (d *decrypter) Public() crypto.PublicKey { return d.pub }
 
 // Decrypt decrypts an RSA-OAEP ciphertext in the token. opts must be *rsa.OAEPOptions:
 // nil or *rsa.PKCS1v15DecryptOptions would mean PKCS#1 v1.5 and are refused with
@@ -312,8 +353,11 @@ func (d *decrypter) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.Decrypte
 	}
 	var pt []byte
 	err := d.t.do("decrypt", func() error {
-		var err error
-		pt, err = d.key.Decrypt(nil, ciphertext, &rsa.OAEPOptions{Hash: o.Hash, Label: o.Label})
+		k, err := d.current()
+		if err != nil {
+			return err
+		}
+		pt, err = k.(crypto11.SignerDecrypter).Decrypt(nil, ciphertext, &rsa.OAEPOptions{Hash: o.Hash, Label: o.Label})
 		if errors.Is(err, pkcs11.Error(pkcs11.CKR_GENERAL_ERROR)) {
 			// SoftHSM reports a failed OAEP decoding (wrong key, corrupt data) this way.
 			err = fmt.Errorf("%w: %w", ErrDecrypt, err)
@@ -356,7 +400,7 @@ func (t *Token) SelfTest() (Mechanisms, error) {
 			t.log.Warn("hsm: self-test: delete session key", "err", err)
 		}
 	}()
-	d := &decrypter{t: t, label: label, key: key}
+	d := &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, key)}
 	pub := key.Public().(*rsa.PublicKey)
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {

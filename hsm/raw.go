@@ -18,32 +18,40 @@ type rawSession struct {
 	slot    uint
 	session pkcs11.SessionHandle
 	open    bool
+	// finalize: this handle holds an initialisation reference of its own.
+	finalize bool
 }
 
 // openRaw opens a session on the token labelled label. The module must already be
 // initialised by crypto11: C_Initialize answering CKR_CRYPTOKI_ALREADY_INITIALIZED is
-// the expected outcome, and a fresh initialisation is refused (it would mean two owners).
+// the expected outcome; a module that counts initialisations answers CKR_OK, and that
+// reference is released on close.
 // The session is not logged in itself: PKCS#11 login state is per application and
 // token, and crypto11's persistent session holds it.
-func openRaw(module, label string) (*rawSession, error) {
+func openRaw(module, label, pinSource string) (*rawSession, error) {
 	ctx := pkcs11.New(module)
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: %s", ErrModuleNotLoadable, module)
 	}
+	r := &rawSession{ctx: ctx}
 	if err := ctx.Initialize(); err == nil {
-		// We became the module's owner: crypto11 cannot be holding it. Undo and fail.
-		_ = ctx.Finalize()
-		ctx.Destroy()
-		return nil, fmt.Errorf("%w: module was not initialised by crypto11", ErrTokenGone)
+		// A module that counts initialisations (p11-kit's client and proxy do) answers
+		// CKR_OK to a second C_Initialize: this reference is ours to finalise on close.
+		r.finalize = true
 	} else if !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
 		ctx.Destroy()
 		return nil, classify(err)
 	}
-	r := &rawSession{ctx: ctx}
+	fail := func(err error) (*rawSession, error) {
+		if r.finalize {
+			_ = ctx.Finalize()
+		}
+		ctx.Destroy()
+		return nil, err
+	}
 	slots, err := ctx.GetSlotList(true)
 	if err != nil {
-		ctx.Destroy()
-		return nil, classify(err)
+		return fail(classify(err))
 	}
 	found := false
 	for _, s := range slots {
@@ -57,13 +65,24 @@ func openRaw(module, label string) (*rawSession, error) {
 		}
 	}
 	if !found {
-		ctx.Destroy()
-		return nil, fmt.Errorf("%w: %q (raw session)", ErrTokenNotFound, label)
+		return fail(fmt.Errorf("%w: %q (raw session)", ErrTokenNotFound, label))
 	}
 	r.session, err = ctx.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		ctx.Destroy()
-		return nil, classify(err)
+		return fail(classify(err))
+	}
+	if r.finalize {
+		// Our own reference is our own application to the module (p11-kit gives it its own
+		// connection): it must log in to see private objects.
+		pin, err := readPIN(pinSource)
+		if err != nil {
+			return fail(err)
+		}
+		err = ctx.Login(r.session, pkcs11.CKU_USER, pin)
+		pin = ""
+		if err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+			return fail(classifyOpen(err))
+		}
 	}
 	r.open = true
 	return r, nil
@@ -79,6 +98,9 @@ func (r *rawSession) close() {
 	}
 	r.open = false
 	_ = r.ctx.CloseSession(r.session)
+	if r.finalize {
+		_ = r.ctx.Finalize()
+	}
 	r.ctx.Destroy()
 }
 
