@@ -9,9 +9,11 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,8 @@ var (
 	ErrBadApproval = errors.New("escrow: approval refused")
 	// ErrTooManyFailures: too many refused approvals from one KRA in a short time.
 	ErrTooManyFailures = errors.New("escrow: too many refused approvals from this KRA; wait before trying again")
+	// ErrRecordMismatch: a sealed record is not the one its row says (swapped or altered).
+	ErrRecordMismatch = errors.New("escrow: escrow record does not match its certificate")
 	// ErrRecoveryKey: the request's recovery key in the token is unusable.
 	ErrRecoveryKey = errors.New("escrow: recovery key unavailable")
 )
@@ -399,6 +403,9 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 		if err != nil {
 			return nil, nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
 		}
+		if err := s.checkBinding(ctx, r, sealed); err != nil {
+			return nil, nil, err
+		}
 		item.OAEPHash = sealed.Header.OAEPHash
 		for _, c := range unwrap {
 			cert, err := x509.ParseCertificate(c.DER)
@@ -673,8 +680,17 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	sealedRecs := make([]*record.Record, len(st.records))
+	for i, r := range st.records {
+		if sealedRecs[i], err = record.Parse(r.Blob); err != nil {
+			return nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
+		}
+		if err := s.checkBinding(context.Background(), r, sealedRecs[i]); err != nil {
+			return nil, err
+		}
+	}
 	var keys [][]byte
-	for _, r := range st.records {
+	for i, r := range st.records {
 		var shares [][]byte
 		for _, kra := range g.KRAsFor(r.ID) {
 			for _, sh := range byKRA[kra] {
@@ -689,12 +705,7 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 				shares = append(shares, pt)
 			}
 		}
-		sealed, err := record.Parse(r.Blob)
-		if err != nil {
-			clearAll(shares)
-			return nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
-		}
-		pkcs8, err := record.Open(sealed, shares)
+		pkcs8, err := record.Open(sealedRecs[i], shares)
 		clearAll(shares)
 		if err != nil {
 			return nil, fmt.Errorf("escrow: open record %s: %w", r.ID, err)
@@ -702,6 +713,35 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 		keys = append(keys, pkcs8)
 	}
 	return keys, nil
+}
+
+// checkBinding refuses a record whose sealed header is not the one its row and certificate
+// say: a swapped or altered blob is caught before any share is decrypted, and a record is
+// never opened for the wrong certificate.
+func (s *Service) checkBinding(ctx context.Context, r store.Record, sealed *record.Record) error {
+	h := sealed.Header
+	id := hex.EncodeToString(h.ID[:])
+	serial := store.FormatSerial(new(big.Int).SetBytes(h.Serial))
+	if id != r.ID || serial != r.Serial || h.Epoch != r.Epoch {
+		return fmt.Errorf("%w: row %s (serial %s, epoch %d) holds a record sealed as %s (serial %s, epoch %d)",
+			ErrRecordMismatch, r.ID, r.Serial, r.Epoch, id, serial, h.Epoch)
+	}
+	var cert *store.Certificate
+	if err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		cert, err = tx.GetCertificate(r.Serial)
+		return err
+	}); err != nil {
+		return fmt.Errorf("escrow: certificate of record %s: %w", r.ID, err)
+	}
+	c, err := x509.ParseCertificate(cert.DER)
+	if err != nil {
+		return fmt.Errorf("escrow: certificate of record %s: %w", r.ID, err)
+	}
+	if sha256.Sum256(c.RawSubjectPublicKeyInfo) != h.SPKIHash {
+		return fmt.Errorf("%w: record %s was sealed for another public key than certificate %s's", ErrRecordMismatch, r.ID, r.Serial)
+	}
+	return nil
 }
 
 func clearAll(bs [][]byte) {

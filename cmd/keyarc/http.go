@@ -246,6 +246,8 @@ func status(err error) (int, string) {
 		return http.StatusForbidden, err.Error()
 	case errors.Is(err, policy.ErrNothingToRecover):
 		return http.StatusNotFound, err.Error()
+	case errors.Is(err, escrow.ErrRecordMismatch):
+		return http.StatusConflict, err.Error()
 	case errors.Is(err, escrow.ErrBadApproval):
 		return http.StatusBadRequest, err.Error()
 	case errors.As(err, &rej), errors.Is(err, policy.ErrRejected):

@@ -146,6 +146,9 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
+	if err := a.db.Check(context.Background()); err != nil {
+		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.path(cfg.Database), err)
+	}
 	a.metrics = newMetrics(reg)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
 	a.svc = &escrow.Service{
