@@ -412,7 +412,10 @@ func (t *Token) reconnect() error {
 		return fmt.Errorf("%w: %w: not retried", ErrTokenGone, ErrPINIncorrect)
 	}
 	t.raw.close()
-	_ = t.c11.Close() // the module may be dead; its context must go anyway
+	if t.c11 != nil {
+		_ = t.c11.Close() // the module may be dead; its context must go anyway
+		t.c11 = nil
+	}
 	c11, raw, err := connect(t.module, t.label, t.pinSource, t.maxSessions, t.wait, t.met)
 	if err != nil {
 		if errors.Is(err, ErrPINIncorrect) {

@@ -104,6 +104,20 @@ type appliance struct {
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	client  *http.Client
+	exited  chan error
+}
+
+// kill stops the appliance with SIGKILL, as a crash would, and waits for it to be gone.
+func (a *appliance) kill(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Kill()
+	select {
+	case <-a.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the appliance did not die")
+	}
+	a.exited = make(chan error, 1)
+	a.exited <- nil
 }
 
 type syncBuffer struct {
@@ -144,22 +158,34 @@ func freePort(t *testing.T) string {
 // serve starts the appliance on free loopback ports and waits until it is ready.
 func serve(t *testing.T, state string) *appliance {
 	t.Helper()
-	addr, maddr := freePort(t), freePort(t)
+	return serveWith(t, state, nil, "")
+}
+
+// serveWith is serve with extra environment variables and, when addr is not empty, a given
+// HTTPS address (to restart an appliance where it was).
+func serveWith(t *testing.T, state string, env []string, addr string) *appliance {
+	t.Helper()
+	if addr == "" {
+		addr = freePort(t)
+	}
+	maddr := freePort(t)
 	a := &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
 	a.cmd = exec.Command(keyarcBin, "serve", "--state", state, "--addr", addr, "--metrics-addr", maddr)
+	a.cmd.Env = append(os.Environ(), env...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- a.cmd.Wait() }()
+	a.exited = exited
 	t.Cleanup(func() {
 		a.cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-exited:
+		case <-a.exited:
 		case <-time.After(20 * time.Second):
 			a.cmd.Process.Kill()
-			<-exited
+			<-a.exited
 		}
 		if t.Failed() {
 			t.Logf("appliance log:\n%s", a.logs.String())
