@@ -337,8 +337,9 @@ func (t *Token) do(op string, f func() error) error {
 		t.met.observe(op, start, err)
 		return err
 	}
+	t.met.pool(1, 0)
 	err := func() error {
-		defer func() { <-t.sem }()
+		defer func() { <-t.sem; t.met.pool(-1, 0) }()
 		return f()
 	}()
 	err = classify(err)
@@ -356,6 +357,8 @@ func (t *Token) acquire() error {
 		return nil
 	default:
 	}
+	t.met.pool(0, 1)
+	defer t.met.pool(0, -1)
 	ctx, cancel := context.WithTimeout(context.Background(), t.wait)
 	defer cancel()
 	select {

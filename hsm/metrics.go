@@ -13,6 +13,8 @@ type metrics struct {
 	ops      *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	sessions prometheus.Gauge
+	inUse    prometheus.Gauge
+	waiting  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -33,6 +35,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "keyarc_hsm_sessions_max",
 			Help: "Sum of the session bounds (MaxSessions) of the open tokens.",
 		}),
+		inUse: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyarc_hsm_sessions_in_use",
+			Help: "Token operations running now (sessions taken from the pool).",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyarc_hsm_sessions_waiting",
+			Help: "Token operations waiting for a free session.",
+		}),
 	}
 	var err error
 	if m.ops, err = register(reg, m.ops); err != nil {
@@ -42,6 +52,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.sessions, err = register(reg, m.sessions); err != nil {
+		return nil, err
+	}
+	if m.inUse, err = register(reg, m.inUse); err != nil {
+		return nil, err
+	}
+	if m.waiting, err = register(reg, m.waiting); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -69,6 +85,15 @@ func (m *metrics) observe(op string, start time.Time, err error) {
 	}
 	m.ops.WithLabelValues(op, result(err)).Inc()
 	m.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// pool tracks the session pool: in-use and waiting operations.
+func (m *metrics) pool(inUse, waiting float64) {
+	if m == nil {
+		return
+	}
+	m.inUse.Add(inUse)
+	m.waiting.Add(waiting)
 }
 
 func (m *metrics) sessionsMax(delta float64) {

@@ -1,10 +1,18 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"runtime"
+	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
 )
 
 // metrics are the appliance's own Prometheus series. Labels carry template names and reasons,
@@ -15,6 +23,8 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	caExpiry    prometheus.Gauge
 	ready       prometheus.Gauge
+	recoveries  *prometheus.CounterVec
+	approvals   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,13 +50,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 when the appliance token answered its last liveness check, else 0.",
 		}),
 	}
+	m.recoveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyarc_recoveries_total",
+		Help: "Recovery events: requested, approved (quorum reached), completed, refused; refusals by reason.",
+	}, []string{"event", "reason"})
+	m.approvals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyarc_recovery_approvals_total",
+		Help: "KRA approvals submitted, by result (accepted or the refusal's reason).",
+	}, []string{"result"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "keyarc_build_info",
 		Help:        "Build information; always 1.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	reg.MustRegister(m.enrollments, m.refusals, m.requests, m.caExpiry, m.ready, build,
+	reg.MustRegister(m.enrollments, m.refusals, m.requests, m.caExpiry, m.ready, build, m.recoveries, m.approvals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -63,4 +81,99 @@ func (m *metrics) Enrolled(template string, archived bool) {
 // Refused implements escrow.Metrics.
 func (m *metrics) Refused(template, reason string) {
 	m.refusals.WithLabelValues(template, reason).Inc()
+}
+
+// recoveryReason is the bounded reason label of a refused recovery step.
+func recoveryReason(err error) string {
+	switch {
+	case errors.Is(err, policy.ErrQuorum):
+		return "quorum"
+	case errors.Is(err, policy.ErrOwnKey):
+		return "own-key"
+	case errors.Is(err, policy.ErrExpired):
+		return "expired"
+	case errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed):
+		return "closed"
+	case errors.Is(err, policy.ErrNotAllowed), errors.Is(err, escrow.ErrForbidden), errors.Is(err, escrow.ErrUnauthorized):
+		return "not-allowed"
+	case errors.Is(err, escrow.ErrAlreadyApproved):
+		return "duplicate"
+	case errors.Is(err, escrow.ErrBadApproval):
+		return "bad-approval"
+	case errors.Is(err, escrow.ErrTooManyFailures):
+		return "rate-limited"
+	case errors.Is(err, escrow.ErrRecordMismatch):
+		return "record-mismatch"
+	case errors.Is(err, escrow.ErrNotFound), errors.Is(err, policy.ErrNothingToRecover):
+		return "not-found"
+	case errors.Is(err, escrow.ErrInvalidRequest):
+		return "invalid"
+	}
+	return "error"
+}
+
+// stateCollector reports, at each scrape, what the database and the recovery set say now:
+// pending requests, open recoveries, time left on the CA and KRA certificates.
+type stateCollector struct {
+	a                               *appliance
+	pending, recoveries, caLeft     *prometheus.Desc
+	kraLeft, kraMinLeft, scrapeFail *prometheus.Desc
+}
+
+func newStateCollector(a *appliance) *stateCollector {
+	return &stateCollector{
+		a:          a,
+		pending:    prometheus.NewDesc("keyarc_pending_requests", "Requests waiting for an admin's decision.", nil, nil),
+		recoveries: prometheus.NewDesc("keyarc_pending_recoveries", "Recovery and reseal requests open (waiting for approvals or for fetch).", nil, nil),
+		caLeft:     prometheus.NewDesc("keyarc_ca_certificate_remaining_seconds", "Time left until the CA certificate expires (divide by 86400 for days).", nil, nil),
+		kraLeft: prometheus.NewDesc("keyarc_kra_certificate_remaining_seconds",
+			"Time left until each KRA unwrap certificate of the current recovery set expires, by its position in the set.", []string{"position"}, nil),
+		kraMinLeft: prometheus.NewDesc("keyarc_kra_certificate_min_remaining_seconds", "Time left until the first KRA certificate of the current recovery set expires.", nil, nil),
+		scrapeFail: prometheus.NewDesc("keyarc_state_scrape_errors", "1 when the state could not be read for this scrape.", nil, nil),
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.pending, c.recoveries, c.caLeft, c.kraLeft, c.kraMinLeft, c.scrapeFail} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	now := time.Now()
+	left := func(t time.Time) float64 { return t.Sub(now).Seconds() }
+	ch <- prometheus.MustNewConstMetric(c.caLeft, prometheus.GaugeValue, left(c.a.caCert.NotAfter))
+	failed := 0.0
+	var pending []store.Pending
+	var open []store.Recovery
+	err := c.a.db.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if pending, err = tx.ListPending(store.StatePending); err != nil {
+			return err
+		}
+		open, err = tx.ListRecoveries(store.RecoveryOpen)
+		return err
+	})
+	if err != nil {
+		failed = 1
+	} else {
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(len(pending)))
+		ch <- prometheus.MustNewConstMetric(c.recoveries, prometheus.GaugeValue, float64(len(open)))
+	}
+	if rs, err := c.a.svc.CurrentRecoverySet(ctx); err == nil {
+		min := 0.0
+		for i, k := range rs.KRAs {
+			d := left(k.NotAfter)
+			if i == 0 || d < min {
+				min = d
+			}
+			ch <- prometheus.MustNewConstMetric(c.kraLeft, prometheus.GaugeValue, d, strconv.Itoa(i+1))
+		}
+		ch <- prometheus.MustNewConstMetric(c.kraMinLeft, prometheus.GaugeValue, min)
+	} else if !errors.Is(err, escrow.ErrNoRecoverySet) {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.scrapeFail, prometheus.GaugeValue, failed)
 }

@@ -146,9 +146,11 @@ func (a *appliance) handleRecoveryRequest(w http.ResponseWriter, r *http.Request
 	}
 	rec, err := a.svc.RequestRecovery(r.Context(), officer, req.Serial, req.Email, req.Reason, a.cfg.Recovery.RequestTTL.Duration)
 	if err != nil {
+		a.metrics.recoveries.WithLabelValues("refused", recoveryReason(err)).Inc()
 		a.fail(w, r, err)
 		return
 	}
+	a.metrics.recoveries.WithLabelValues("requested", "").Inc()
 	writeJSON(w, http.StatusCreated, toRecoveryJSON(rec))
 }
 
@@ -235,8 +237,13 @@ func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request
 	}
 	rec, err := a.svc.SubmitApproval(r.Context(), kra, r.PathValue("id"), shares, sig)
 	if err != nil {
+		a.metrics.approvals.WithLabelValues(recoveryReason(err)).Inc()
 		a.fail(w, r, err)
 		return
+	}
+	a.metrics.approvals.WithLabelValues("accepted").Inc()
+	if rec.Have >= rec.Need && len(rec.Approvals) == rec.Need {
+		a.metrics.recoveries.WithLabelValues("approved", "").Inc()
 	}
 	writeJSON(w, http.StatusOK, toRecoveryJSON(rec))
 }
@@ -264,9 +271,11 @@ func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) 
 	}
 	got, err := a.svc.Fetch(r.Context(), officer, r.PathValue("id"), req.Legacy)
 	if err != nil {
+		a.metrics.recoveries.WithLabelValues("refused", recoveryReason(err)).Inc()
 		a.fail(w, r, err)
 		return
 	}
+	a.metrics.recoveries.WithLabelValues("completed", "").Inc()
 	var out fetchedJSON
 	out.Password = got.Password
 	for _, f := range got.Files {

@@ -151,6 +151,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	}
 	a.metrics = newMetrics(reg)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
+	reg.MustRegister(newStateCollector(a))
 	a.svc = &escrow.Service{
 		Store:     a.db,
 		Issuer:    issuer,
