@@ -38,8 +38,8 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 2s -cpu 1,2 ./hsm/ ./escrow/...
+bench: deps build
+	$(BIN) bench
 
 fuzz:
 	@bash .ci/fuzz

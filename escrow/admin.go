@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"regexp"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -98,10 +99,14 @@ func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error)
 		return "", err
 	}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.InsertPending(store.Pending{
+		if err := tx.InsertPending(store.Pending{
 			ID: id, Template: TemplateKRA, Name: req.Name, Requester: req.Requester,
 			CSR: req.AuthCSR.Raw, PublicKey: spki, State: store.StatePending, CreatedAt: s.now(),
-		})
+		}); err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindPendingSubmitted, actorFrom(ctx), req.Name, audit.Details{Request: id, Template: TemplateKRA,
+			KRA: req.Name, Remote: req.Requester, Fingerprint: fingerprints(spki, req.AuthCSR.Raw)})
 	})
 	if err != nil {
 		return "", fmt.Errorf("escrow: store pending request: %w", err)
@@ -188,7 +193,11 @@ func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued
 		return nil, err
 	}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.DecidePendingAt(id, store.StateIssued, admin, out[0].Serial, s.now())
+		if err := tx.DecidePendingAt(id, store.StateIssued, admin, out[0].Serial, s.now()); err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindPendingDecided, principalActor("admin", admin), p.Name, audit.Details{Request: id,
+			Template: p.Template, KRA: p.Name, Decision: store.StateIssued, Serials: []string{out[0].Serial, out[1].Serial}})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: record decision on %s: %w", id, err)
@@ -233,11 +242,16 @@ func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey 
 func (s *Service) DenyPending(ctx context.Context, id, admin string) error {
 	s.decideMu.Lock()
 	defer s.decideMu.Unlock()
-	if _, err := s.getPending(ctx, id); err != nil {
+	p, err := s.getPending(ctx, id)
+	if err != nil {
 		return err
 	}
 	return s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.DecidePendingAt(id, store.StateDenied, admin, "", s.now())
+		if err := tx.DecidePendingAt(id, store.StateDenied, admin, "", s.now()); err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindPendingDecided, principalActor("admin", admin), p.Name, audit.Details{Request: id,
+			Template: p.Template, KRA: p.Name, Decision: store.StateDenied})
 	})
 }
 
@@ -330,7 +344,11 @@ func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []stri
 		}
 		var err error
 		epoch, err = tx.InsertRecoverySet(store.RecoverySet{Quorum: quorum, KRASerials: canon, CreatedAt: now, CreatedBy: admin})
-		return err
+		if err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindRecoverySetChanged, principalActor("admin", admin), fmt.Sprintf("epoch %d", epoch),
+			audit.Details{Epoch: epoch, Quorum: quorum, Serials: canon})
 	})
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -114,9 +115,10 @@ func (s *Service) loadRecoverySet(ctx context.Context, row *store.RecoverySet) (
 // must be the pair of the CSR's public key; it is sealed for the recovery set and the record is
 // durably committed before the certificate is signed.
 func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRequest, envelope []byte) (*Issued, error) {
+	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
 	if err != nil {
-		return nil, err
+		return nil, s.refuse(ctx, who, req.Template, err)
 	}
 	if !t.Archive {
 		return nil, fmt.Errorf("%w: template %q does not archive keys; do not send encrypted_key (use EST simpleenroll)", ErrInvalidRequest, t.Name)
@@ -129,11 +131,11 @@ func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRe
 	}
 	pkcs8, err := cms.Decrypt(envelope, s.Transport.Cert, s.Transport.Key)
 	if err != nil {
-		return nil, envelopeError(err)
+		return nil, s.refuse(ctx, who, t.Name, envelopeError(err))
 	}
 	defer clear(pkcs8)
 	if err := checkKeyPair(pkcs8, req.CSR.PublicKey); err != nil {
-		return nil, err
+		return nil, s.refuse(ctx, who, t.Name, err)
 	}
 	return s.archiveAndIssue(ctx, who, t, req.CSR.PublicKey, pkcs8)
 }
@@ -305,8 +307,13 @@ func (s *Service) ImportArchived(ctx context.Context, cert *x509.Certificate, pk
 		}); err != nil {
 			return err
 		}
-		return tx.InsertRecord(store.Record{ID: recID, Serial: serialHex, Email: mailbox, Epoch: rs.Epoch,
-			Blob: blob, State: store.StateActive, CreatedAt: now})
+		if err := tx.InsertRecord(store.Record{ID: recID, Serial: serialHex, Email: mailbox, Epoch: rs.Epoch,
+			Blob: blob, State: store.StateActive, CreatedAt: now}); err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindArchive, actorFrom(ctx), mailbox, audit.Details{Template: TemplateImport, Serial: serialHex,
+			Mailbox: mailbox, Record: recID, Epoch: rs.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
+			Fingerprint: []string{PublicKeyFingerprint(cert.PublicKey)}})
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return "", fmt.Errorf("%w: a certificate with serial %s is already in the archive", ErrInvalidRequest, serialHex)

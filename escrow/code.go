@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -70,10 +71,15 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 	now := s.now()
 	c := &Code{ID: secret[:codeIDLen], Secret: secret, Email: mailbox, Template: template, ExpiresAt: now.Add(ttl)}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.InsertCode(store.Code{
+		if err := tx.InsertCode(store.Code{
 			ID: c.ID, Email: c.Email, Template: template, Hash: hashCode(secret),
 			CreatedAt: now, ExpiresAt: c.ExpiresAt,
-		})
+		}); err != nil {
+			return err
+		}
+		// Never the code, nor its ID (a third of it): the certificate row links them.
+		return s.audit(tx, audit.KindCodeCreated, actorFrom(ctx), mailbox, audit.Details{Template: template, Mailbox: mailbox,
+			Expires: c.ExpiresAt.Format(time.RFC3339)})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: store enrollment code: %w", err)

@@ -16,9 +16,10 @@ import (
 // names the key type wanted: its own public key is not certified. The returned PKCS#8 is the
 // caller's to deliver and clear.
 func (s *Service) ServerKeygen(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, []byte, error) {
+	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, s.refuse(ctx, who, req.Template, err)
 	}
 	if !t.ServerKeygen || !t.Archive {
 		return nil, nil, fmt.Errorf("%w: template %q does not allow server-side key generation", ErrInvalidRequest, t.Name)

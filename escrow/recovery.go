@@ -8,18 +8,21 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -158,7 +161,18 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 	for _, r := range recs {
 		row.Records = append(row.Records, r.ID)
 	}
-	if err := s.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertRecovery(row) }); err != nil {
+	serials := make([]string, 0, len(recs))
+	for _, r := range recs {
+		serials = append(serials, r.Serial)
+	}
+	if err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.InsertRecovery(row); err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindRecoveryRequested, principalActor(string(by.Role), by.Name), id, audit.Details{Request: id,
+			RequestKind: kind, Records: row.Records, Serials: serials, Reason: reason, Signer: by.Serial,
+			Expires: row.ExpiresAt.Format(time.RFC3339)})
+	}); err != nil {
 		s.destroyKey(label)
 		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
 	}
@@ -528,11 +542,15 @@ func (l *approvalLimiter) recent(kra string, now time.Time) []time.Time {
 func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
 	now := s.now()
 	if s.limiter.blocked(kra.Name, now) {
+		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
+			Signer: kra.Serial, Reason: ErrTooManyFailures.Error()})
 		return nil, ErrTooManyFailures
 	}
 	rec, err := s.submitApproval(ctx, kra, id, shares, sig, now)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		s.limiter.fail(kra.Name, now)
+		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
+			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})
 	}
 	return rec, err
 }
@@ -585,7 +603,17 @@ func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id s
 		return nil, err
 	}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.InsertApproval(store.Approval{RecoveryID: id, KRA: kra.Name, SignerSerial: kra.Serial, Shares: blob, Signature: sig, CreatedAt: now})
+		if err := tx.InsertApproval(store.Approval{RecoveryID: id, KRA: kra.Name, SignerSerial: kra.Serial, Shares: blob, Signature: sig, CreatedAt: now}); err != nil {
+			return err
+		}
+		// The signature and what it signs: the approval stays provable from the trail alone.
+		records := make([]string, 0, len(shares))
+		for _, sh := range shares {
+			records = append(records, sh.RecordID)
+		}
+		return s.audit(tx, audit.KindApproval, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
+			Signer: kra.Serial, Records: records, Signature: base64.StdEncoding.EncodeToString(sig),
+			Digest: hex.EncodeToString(ApprovalDigest(&rec.Recovery, shares))})
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return nil, ErrAlreadyApproved
@@ -645,7 +673,18 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 		return nil, err
 	}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.CloseRecovery(id, store.RecoveryConsumed, s.now())
+		if err := tx.CloseRecovery(id, store.RecoveryConsumed, s.now()); err != nil {
+			return err
+		}
+		d := audit.Details{Request: id, Records: st.req.Records, Signer: officer.Serial, Reason: st.req.Reason}
+		for _, r := range st.records {
+			d.Serials = append(d.Serials, r.Serial)
+		}
+		for _, a := range st.approvals {
+			d.KRA += a.KRA + " "
+		}
+		d.KRA = strings.TrimSpace(d.KRA)
+		return s.audit(tx, audit.KindRecoveryFetched, principalActor("officer", officer.Name), id, d)
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return nil, fmt.Errorf("%w: recovery %s was consumed meanwhile", policy.ErrConsumed, id)
@@ -831,7 +870,11 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 		return fmt.Errorf("%w: only the requester of %s can cancel it", ErrForbidden, id)
 	}
 	if err := s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.CloseRecovery(id, store.RecoveryCancelled, s.now())
+		if err := tx.CloseRecovery(id, store.RecoveryCancelled, s.now()); err != nil {
+			return err
+		}
+		return s.audit(tx, audit.KindRecoveryCancelled, principalActor(string(officer.Role), officer.Name), id,
+			audit.Details{Request: id, RequestKind: st.req.Kind, Signer: officer.Serial})
 	}); err != nil {
 		return err
 	}
@@ -845,8 +888,16 @@ func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	var expired []store.Recovery
 	err := s.Store.Update(ctx, func(tx *store.Tx) error {
 		var err error
-		expired, err = tx.ExpireRecoveries(s.now())
-		return err
+		if expired, err = tx.ExpireRecoveries(s.now()); err != nil {
+			return err
+		}
+		for _, r := range expired {
+			if err := s.audit(tx, audit.KindRecoveryExpired, "system", r.ID, audit.Details{Request: r.ID, RequestKind: r.Kind,
+				Expires: r.ExpiresAt.Format(time.RFC3339)}); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, err
@@ -950,7 +1001,16 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 				return err
 			}
 		}
-		return tx.CloseRecovery(id, store.RecoveryConsumed, s.now())
+		if err := tx.CloseRecovery(id, store.RecoveryConsumed, s.now()); err != nil {
+			return err
+		}
+		d := audit.Details{Request: id, Records: st.req.Records, Epoch: cur.Epoch, Signer: admin.Serial, Count: len(blobs)}
+		for _, r := range st.records {
+			if !slices.Contains(d.FromEpochs, r.Epoch) {
+				d.FromEpochs = append(d.FromEpochs, r.Epoch)
+			}
+		}
+		return s.audit(tx, audit.KindReseal, principalActor("admin", admin.Name), id, d)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("escrow: store resealed records: %w", err)

@@ -38,6 +38,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -81,6 +82,8 @@ type Service struct {
 	RecoveryKeys RecoveryKeys
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Audit, when set, learns of each audit entry appended (before its COMMIT) or refused.
+	Audit AuditObserver
 
 	sets     recoverySets
 	limiter  approvalLimiter
@@ -138,9 +141,10 @@ func (s *Service) Template(name string) (*policy.Template, error) {
 
 // Enroll issues a certificate for a template that does not archive keys.
 func (s *Service) Enroll(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, error) {
+	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
 	if err != nil {
-		return nil, err
+		return nil, s.refuse(ctx, who, req.Template, err)
 	}
 	if t.Archive {
 		return nil, fmt.Errorf("%w: template %q archives the private key: send the key encrypted to the transport certificate to /api/v1/enroll (field encrypted_key), or use serverkeygen", ErrInvalidRequest, t.Name)
@@ -280,10 +284,15 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 			if err := tx.SetCertificateIssued(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
 				return err
 			}
+			kind, d := audit.KindEnroll, audit.Details{Template: t.Name, Serial: serialHex, Mailbox: mailbox, Role: is.role, KRA: is.kra,
+				NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{PublicKeyFingerprint(is.pub)}}
 			if rec != nil {
-				return tx.ActivateRecord(rec.id)
+				if err := tx.ActivateRecord(rec.id); err != nil {
+					return err
+				}
+				kind, d.Record, d.Epoch = audit.KindArchive, rec.id, rec.epoch
 			}
-			return nil
+			return s.audit(tx, kind, actorFrom(ctx), subjectOr(mailbox, subject.String()), d)
 		})
 	}
 	if err != nil {
@@ -322,8 +331,10 @@ func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 	var n store.Swept
 	err := s.Store.Update(ctx, func(tx *store.Tx) error {
 		var err error
-		n, err = tx.SweepPending(before)
-		return err
+		if n, err = tx.SweepPending(before); err != nil || n == (store.Swept{}) {
+			return err
+		}
+		return s.audit(tx, audit.KindSweep, "system", "", audit.Details{Count: n.Certificates})
 	})
 	return n.Certificates, err
 }
@@ -336,4 +347,17 @@ func extKeyUsages(t *policy.Template) []x509.ExtKeyUsage {
 func unknownExtKeyUsages(t *policy.Template) []asn1.ObjectIdentifier {
 	_, oids := t.ExtKeyUsages()
 	return oids
+}
+
+// refuse records a refused enrollment and returns err.
+func (s *Service) refuse(ctx context.Context, who Enrollee, template string, err error) error {
+	s.auditAlone(ctx, audit.KindEnrollRefused, actorFrom(ctx), who.Mailbox, audit.Details{Template: template, Reason: err.Error()})
+	return err
+}
+
+func subjectOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

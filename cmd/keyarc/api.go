@@ -31,6 +31,8 @@ func (a *appliance) apiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/whoami", a.handleWhoami)
 	mux.HandleFunc("GET /api/v1/templates", a.handleTemplates)
 	a.recoveryRoutes(mux)
+	a.auditRoutes(mux)
+	a.bulkRoutes(mux)
 }
 
 // templateJSON is what enrollees may know of a template.
@@ -62,12 +64,18 @@ func (a *appliance) handleTemplates(w http.ResponseWriter, r *http.Request) {
 
 // decodeJSON reads a bounded JSON body strictly: unknown fields are errors.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength > maxJSONBody {
+		return bodyTooLarge(maxJSONBody)
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return &httpStatusError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxJSONBody)}
+			return bodyTooLarge(maxJSONBody)
+		}
+		if isTimeout(err) {
+			return bodyTimeout
 		}
 		return fmt.Errorf("%w: request body is not the expected JSON: %v", escrow.ErrInvalidRequest, err)
 	}
@@ -106,7 +114,7 @@ func parseCSRField(field, s string) (*x509.CertificateRequest, error) {
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: field %s is not a DER PKCS#10 certificate request", escrow.ErrInvalidRequest, field)
+		return nil, fmt.Errorf("%w: field %s is not a DER PKCS#10 certificate request this CA can read: %v", escrow.ErrInvalidRequest, field, err)
 	}
 	return csr, nil
 }

@@ -50,6 +50,8 @@ type Config struct {
 
 	Templates []policy.Template `yaml:"templates"`
 
+	Audit AuditConfig `yaml:"audit,omitempty"`
+
 	// dir is the folder the file was read from; not part of the file.
 	dir string
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/textproto"
 	"strconv"
@@ -169,11 +170,17 @@ func (a *appliance) clientCertificate(ctx context.Context, c *x509.Certificate) 
 
 // readCSR reads an EST PKCS#10 body: base64 DER, line breaks allowed.
 func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, error) {
+	if r.ContentLength > maxCSRBody {
+		return nil, bodyTooLarge(maxCSRBody)
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCSRBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, &httpStatusError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxCSRBody)}
+			return nil, bodyTooLarge(maxCSRBody)
+		}
+		if isTimeout(err) {
+			return nil, bodyTimeout
 		}
 		return nil, fmt.Errorf("%w: read body: %v", escrow.ErrInvalidRequest, err)
 	}
@@ -183,9 +190,25 @@ func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, 
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: body is not a DER PKCS#10 certificate request", escrow.ErrInvalidRequest)
+		// The parser's reason (an unsupported curve, a malformed key) holds no input bytes.
+		return nil, fmt.Errorf("%w: body is not a DER PKCS#10 certificate request this CA can read: %v", escrow.ErrInvalidRequest, err)
 	}
 	return csr, nil
+}
+
+// bodyTimeout refuses a body that did not arrive within the server's read timeout (a slow
+// client); the connection is closed after the answer.
+var bodyTimeout = &httpStatusError{http.StatusRequestTimeout, "the request body did not arrive in time; send it at once"}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// bodyTooLarge is the refusal of a body over limit bytes: by its declared Content-Length, before
+// anything is read, or as soon as the reader passes limit.
+func bodyTooLarge(limit int64) error {
+	return &httpStatusError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", limit)}
 }
 
 func dropSpace(r rune) rune {

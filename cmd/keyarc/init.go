@@ -204,6 +204,10 @@ func runInit(args []string) error {
 		say("exists   %s", trPath)
 	}
 
+	if _, err := ensureAuditCertificate(cfg, tok, issuer, say); err != nil {
+		return err
+	}
+
 	// The appliance's TLS key lives in a file, not in the token: the listener must keep
 	// answering (with 503) while the token is unreachable.
 	tlsCert, tlsKey := cfg.path(cfg.TLS.Certificate), cfg.path(cfg.TLS.Key)

@@ -31,6 +31,9 @@ func commands() []command {
 		{"kra", "Key Recovery Agent: enroll with your own token", runKRA},
 		{"recovery", "key recovery: request (officer), approve (KRA), fetch the PKCS#12", runRecovery},
 		{"enroll", "enroll for a certificate (the key is made here, archived if the template says so)", runEnroll},
+		{"bulk", "bulk jobs: submit a job file, follow it, fetch its results", runBulk},
+		{"bench", "measure the raw crypto limits and the bulk pipeline's rates", runBench},
+		{"audit", "verify the audit trail: hash chain, signed checkpoints, head file", runAudit},
 		{"version", "print the version", runVersion},
 	}
 }

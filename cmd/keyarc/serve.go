@@ -38,6 +38,7 @@ type appliance struct {
 	caPool   *x509.CertPool
 	metrics  *metrics
 	oaepHash string
+	audit    *applianceAudit
 	// ready is 1 while the token answers.
 	ready atomic.Bool
 }
@@ -101,6 +102,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		Logger:          log,
 	})
 	if err != nil {
+		auditPINFailure(cfg, err)
 		return nil, err
 	}
 	mech, err := a.tok.SelfTest()
@@ -164,6 +166,9 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		ShareOAEPHash: mech.OAEPHash,
 		RecoveryKeys:  tokenRecoveryKeys{a.tok},
 	}
+	if err := a.openAudit(issuer, reg); err != nil {
+		return nil, err
+	}
 	// Issuances a crash left half-done are finished now: nothing is served before.
 	if n, err := a.svc.Sweep(context.Background(), time.Now()); err != nil {
 		return nil, fmt.Errorf("sweep pending issuances: %w", err)
@@ -177,6 +182,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 }
 
 func (a *appliance) close() {
+	a.closeAudit()
 	if a.db != nil {
 		if err := a.db.Close(); err != nil {
 			a.log.Error("close database", "err", err)
@@ -215,7 +221,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
 	}
 	srv := &http.Server{
-		Handler:           a.routes(),
+		Handler:           a.auditHTTP(a.routes()),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

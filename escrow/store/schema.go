@@ -137,6 +137,7 @@ CREATE TABLE jobs (
 	submitted_by TEXT    NOT NULL,
 	state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'done', 'cancelled')),
 	input        TEXT    NOT NULL,
+	secret_key   BLOB,
 	total        INTEGER NOT NULL DEFAULT 0,
 	done         INTEGER NOT NULL DEFAULT 0,
 	failed       INTEGER NOT NULL DEFAULT 0,
@@ -154,6 +155,8 @@ CREATE TABLE job_items (
 	record_id TEXT,
 	error     TEXT,
 	result    BLOB,
+	pkcs12    BLOB,
+	password  BLOB,
 	PRIMARY KEY (job_id, seq)
 ) STRICT;
 `,

@@ -1,0 +1,511 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// Files of the audit trail in the state folder. The head file lives outside the database on
+// purpose: a database restored from an older backup, or cut short, no longer reaches it. Keep a
+// copy of it (and of audit.pem) somewhere the database's backups do not go.
+const (
+	auditCertName = "audit.pem"       // the audit key's certificate, issued by the CA
+	auditHeadName = "audit-head.json" // the latest signed checkpoint
+)
+
+// AuditConfig tunes the audit trail's checkpoints.
+type AuditConfig struct {
+	// CheckpointEvery is the most entries that may follow the last signed checkpoint (default
+	// 1000); a checkpoint is also made a minute after any new entry, and at shutdown.
+	CheckpointEvery int `yaml:"checkpoint_every,omitempty"`
+}
+
+func (c AuditConfig) validate() error {
+	if c.CheckpointEvery < 0 || c.CheckpointEvery > 1_000_000 {
+		return fmt.Errorf("audit.checkpoint_every: %d is outside 1..1000000 (0 means %d)", c.CheckpointEvery, audit.DefaultEvery)
+	}
+	return nil
+}
+
+// applianceAudit is the running appliance's side of the audit trail.
+type applianceAudit struct {
+	cp   *audit.Checkpointer
+	pub  crypto.PublicKey
+	stop context.CancelFunc
+	done chan struct{}
+	once sync.Once
+}
+
+// ensureAuditCertificate issues DIR/audit.pem for the audit key if it is missing, and checks
+// that an existing one is the token key's. `keyarc audit verify` reads it, so the trail can be
+// verified without the token (and offline, on a copy).
+func ensureAuditCertificate(cfg *Config, tok *hsm.Token, issuer *ca.Issuer, say func(string, ...any)) (crypto.Signer, error) {
+	signer, err := tok.Signer(cfg.Token.AuditKey)
+	if err != nil {
+		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
+	}
+	path := cfg.path(auditCertName)
+	if fileExists(path) {
+		c, err := readCertificate(path)
+		if err != nil {
+			return nil, fmt.Errorf("audit certificate: %w", err)
+		}
+		if !publicKeysEqual(c.PublicKey, signer.Public()) {
+			return nil, fmt.Errorf("audit key %q in the token is not the key of %s", cfg.Token.AuditKey, path)
+		}
+		return signer, nil
+	}
+	// As long as the CA: the certificate anchors checkpoints for the CA's whole life.
+	caCert, now := issuer.Certificate(), time.Now()
+	cert, err := issuer.Issue(ca.Request{
+		PublicKey: signer.Public(),
+		Subject:   pkix.Name{CommonName: caCert.Subject.CommonName + " audit", Organization: caCert.Subject.Organization},
+		KeyUsage:  x509.KeyUsageDigitalSignature,
+		NotBefore: now.Add(-time.Minute),
+		Validity:  min(caValidity, caCert.NotAfter.Sub(now)-time.Minute),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("issue audit certificate: %w", err)
+	}
+	if err := writePEM(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+		return nil, fmt.Errorf("write audit certificate: %w", err)
+	}
+	if say != nil {
+		say("created  %s", path)
+	}
+	return signer, nil
+}
+
+// openAudit starts the audit trail of a running appliance: the checkpointer with the token's
+// audit key, and a start-up entry (with a config-changed entry first when the configuration
+// differs from the last start's).
+func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
+	if err := a.cfg.Audit.validate(); err != nil {
+		return err
+	}
+	signer, err := ensureAuditCertificate(a.cfg, a.tok, issuer, nil)
+	if err != nil {
+		return err
+	}
+	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.path(auditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log}
+	obs := &auditMetrics{cp: cp,
+		entries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_entries_total", Help: "Audit entries appended (an entry of an operation rolled back afterwards included)."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_failures_total", Help: "Audit entries that could not be written; each refused its operation."}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{obs.entries, obs.failures} {
+			if err := reg.Register(c); err != nil {
+				return fmt.Errorf("audit metrics: %w", err)
+			}
+		}
+	}
+	a.svc.Audit = obs
+
+	// A trail that does not verify is reported loudly, but does not stop the appliance: the
+	// evidence is kept as it is for the auditor, and the new entries chain onto it.
+	head, err := audit.ReadHead(cp.HeadPath)
+	if err != nil && !errors.Is(err, audit.ErrNoHead) {
+		a.log.Error("audit head file unreadable", "err", err)
+	}
+	if _, err := audit.Verify(context.Background(), a.db, signer.Public(), head); err != nil {
+		a.log.Error("AUDIT TRAIL DOES NOT VERIFY; run `keyarc audit verify`", "err", err)
+	}
+
+	digest := "none"
+	if b, err := os.ReadFile(filepath.Join(a.cfg.dir, configName)); err == nil {
+		sum := sha256.Sum256(b)
+		digest = hex.EncodeToString(sum[:])
+	}
+	ctx := escrow.WithActor(context.Background(), "system")
+	var prev string
+	err = a.db.View(ctx, func(tx *store.Tx) error {
+		e, err := tx.LastAuditOfKind(string(audit.KindStartup))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var d audit.Details
+		if json.Unmarshal([]byte(e.Details), &d) == nil {
+			prev = d.Config
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("audit trail: %w", err)
+	}
+	if prev != "" && prev != digest {
+		if err := a.svc.RecordEvent(ctx, audit.KindConfigChanged, configName, audit.Details{Config: digest, PrevConfig: prev}); err != nil {
+			return fmt.Errorf("audit trail: %w", err)
+		}
+	}
+	if err := a.svc.RecordEvent(ctx, audit.KindStartup, "keyarc", audit.Details{Version: version, Config: digest, Token: a.tok.Label()}); err != nil {
+		return fmt.Errorf("audit trail: %w", err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	a.audit = &applianceAudit{cp: cp, pub: signer.Public(), stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(a.audit.done)
+		cp.Run(runCtx)
+	}()
+	return nil
+}
+
+// auditMetrics passes appended entries to the checkpointer and counts entries and failures.
+type auditMetrics struct {
+	cp                *audit.Checkpointer
+	entries, failures prometheus.Counter
+}
+
+func (m *auditMetrics) Appended(seq int64) {
+	m.entries.Inc()
+	m.cp.Appended(seq)
+}
+
+func (m *auditMetrics) Failed(audit.Kind) { m.failures.Inc() }
+
+// closeAudit stops the periodic checkpoints and signs the tail: the shutdown checkpoint.
+func (a *appliance) closeAudit() {
+	if a.audit == nil {
+		return
+	}
+	a.audit.once.Do(func() {
+		a.audit.stop()
+		<-a.audit.done
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if cp, err := a.audit.cp.Checkpoint(ctx); err != nil {
+			a.log.Error("audit checkpoint at shutdown", "err", err)
+		} else if cp != nil {
+			a.log.Info("audit trail signed at shutdown", "seq", cp.Seq)
+		}
+	})
+}
+
+// auditPINFailure records a PIN the token refused at start-up, when the database is there to
+// take it. The PIN and the token's message are never recorded.
+func auditPINFailure(cfg *Config, err error) {
+	if !errors.Is(err, hsm.ErrPINIncorrect) || !fileExists(cfg.path(cfg.Database)) {
+		return
+	}
+	db, oerr := store.Open(cfg.path(cfg.Database))
+	if oerr != nil {
+		return
+	}
+	defer db.Close()
+	db.Update(context.Background(), func(tx *store.Tx) error {
+		_, err := audit.Append(tx, time.Now(), audit.KindPINFailed, "system", "appliance token", audit.Details{Reason: "the token refused the PIN; the appliance did not start and did not retry"})
+		return err
+	})
+}
+
+// auditStatusWriter remembers the status code.
+type auditStatusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *auditStatusWriter) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// auditHTTP names the caller for the audit entries of each request (escrow.WithActor) and
+// records refused logins: a request answered 401 (credential or enrollment code refused) or 403
+// (role refused).
+func (a *appliance) auditHTTP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
+		actor, serial, subject := "remote:"+remote, "", ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			c := r.TLS.PeerCertificates[0]
+			serial = store.FormatSerial(c.SerialNumber)
+			actor, subject = "tls:"+serial, c.Subject.CommonName
+		}
+		r = r.WithContext(escrow.WithActor(r.Context(), actor))
+		sw := &auditStatusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		if sw.code != http.StatusUnauthorized && sw.code != http.StatusForbidden {
+			return
+		}
+		reason := "credential refused"
+		switch {
+		case sw.code == http.StatusForbidden:
+			reason = "not allowed for this credential's role"
+		case serial == "":
+			reason = "enrollment code or authentication missing or refused"
+		}
+		if user, _, ok := r.BasicAuth(); ok && subject == "" {
+			subject = audit.Clip(user) // the claimed mailbox; never the code
+		}
+		err := a.svc.RecordEvent(r.Context(), audit.KindLoginFailed, subject, audit.Details{
+			Route: r.Pattern, Status: sw.code, Remote: remote, Serial: serial, Reason: reason})
+		if err != nil {
+			a.log.Error("audit entry not written", "kind", audit.KindLoginFailed, "err", err)
+		}
+	})
+}
+
+// auditRoutes adds the auditor's API.
+func (a *appliance) auditRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/audit", a.handleAudit)
+}
+
+type auditEntryJSON struct {
+	Seq     int64           `json:"seq"`
+	At      string          `json:"at"`
+	Kind    string          `json:"kind"`
+	Actor   string          `json:"actor"`
+	Subject string          `json:"subject"`
+	Details json.RawMessage `json:"details"`
+	Prev    string          `json:"prev"`
+	Hash    string          `json:"hash"`
+}
+
+type auditVerificationJSON struct {
+	OK      bool          `json:"ok"`
+	Problem string        `json:"problem,omitempty"`
+	Seq     int64         `json:"problem_seq,omitempty"`
+	Report  *audit.Report `json:"report"`
+	KeyID   string        `json:"audit_key_id"`
+}
+
+// handleAudit serves GET /api/v1/audit?from=SEQ&limit=N (auditor role): the entries, and the
+// verification of the whole trail against the audit key and the head file.
+func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.requireRole(r, policy.RoleAuditor); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	from, limit := int64(1), 100
+	q := r.URL.Query()
+	if s := q.Get("from"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v < 1 {
+			a.fail(w, r, fmt.Errorf("%w: from must be an entry number, 1 or more", escrow.ErrInvalidRequest))
+			return
+		}
+		from = v
+	}
+	if s := q.Get("limit"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 || v > 1000 {
+			a.fail(w, r, fmt.Errorf("%w: limit must be between 1 and 1000", escrow.ErrInvalidRequest))
+			return
+		}
+		limit = v
+	}
+	if a.audit == nil {
+		a.fail(w, r, errors.New("audit trail not started"))
+		return
+	}
+	var entries []store.AuditEntry
+	err := a.db.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		entries, err = tx.ListAudit(from, limit)
+		return err
+	})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := struct {
+		Verification auditVerificationJSON `json:"verification"`
+		Entries      []auditEntryJSON      `json:"entries"`
+	}{Entries: make([]auditEntryJSON, 0, len(entries))}
+	for _, e := range entries {
+		d := json.RawMessage(e.Details)
+		if !json.Valid(d) {
+			d, _ = json.Marshal(e.Details)
+		}
+		out.Entries = append(out.Entries, auditEntryJSON{Seq: e.Seq, At: e.At.Format(time.RFC3339Nano), Kind: e.Kind, Actor: e.Actor,
+			Subject: e.Subject, Details: d, Prev: hex.EncodeToString(e.Prev), Hash: hex.EncodeToString(e.Hash)})
+	}
+	out.Verification, err = a.verifyAudit(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *appliance) verifyAudit(ctx context.Context) (auditVerificationJSON, error) {
+	id, _ := audit.KeyID(a.audit.pub)
+	v := auditVerificationJSON{KeyID: hex.EncodeToString(id)}
+	head, err := audit.ReadHead(a.audit.cp.HeadPath)
+	if err != nil && !errors.Is(err, audit.ErrNoHead) {
+		v.Problem = err.Error()
+		return v, nil
+	}
+	rep, err := audit.Verify(ctx, a.db, a.audit.pub, head)
+	v.Report = rep
+	var p *audit.Problem
+	switch {
+	case errors.As(err, &p):
+		v.Problem, v.Seq = p.Error(), p.Seq
+	case err != nil:
+		return v, err
+	default:
+		v.OK = true
+	}
+	return v, nil
+}
+
+const auditUsage = `audit subcommands:
+  verify --state DIR [--key FILE] [--json]   verify the hash chain, the signed checkpoints and the head file`
+
+func runAudit(args []string) error {
+	if len(args) < 1 || args[0] != "verify" {
+		return usageError{auditUsage}
+	}
+	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+	state := fs.String("state", "", "state folder (required)")
+	keyFile := fs.String("key", "", "the audit certificate or public key (PEM) to trust (default: DIR/audit.pem, checked against the CA certificate)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	pos, err := parseFlags(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("audit verify", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *state == "" {
+		return usageError{"audit verify: --state DIR is required"}
+	}
+	cfg, err := loadConfig(*state)
+	if err != nil {
+		return err
+	}
+	pub, err := auditPublicKey(cfg, *keyFile)
+	if err != nil {
+		return err
+	}
+	dbPath := cfg.path(cfg.Database)
+	if !fileExists(dbPath) {
+		return fmt.Errorf("audit verify: no database at %s", dbPath)
+	}
+	db, err := store.Open(dbPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	headPath := cfg.path(auditHeadName)
+	head, err := audit.ReadHead(headPath)
+	if errors.Is(err, audit.ErrNoHead) {
+		head = nil
+	} else if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	rep, verr := audit.Verify(ctx, db, pub, head)
+	var p *audit.Problem
+	if verr != nil && !errors.As(verr, &p) {
+		return verr
+	}
+	if verr == nil && head == nil && rep.Checkpoints > 0 {
+		verr = fmt.Errorf("%w: %s is missing although the database holds %d signed checkpoints: restore it from its copy, or the trail's tail cannot be checked",
+			audit.ErrNoHead, headPath, rep.Checkpoints)
+	}
+	id, _ := audit.KeyID(pub)
+	if *asJSON {
+		out := auditVerificationJSON{OK: verr == nil, Report: rep, KeyID: hex.EncodeToString(id)}
+		if verr != nil {
+			out.Problem = verr.Error()
+		}
+		if p != nil {
+			out.Seq = p.Seq
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+	} else {
+		fmt.Printf("audit key   %x\n", id)
+		fmt.Printf("entries     %d (last %d)\n", rep.Entries, rep.Last)
+		fmt.Printf("checkpoints %d, signed up to entry %d", rep.Checkpoints, rep.Signed)
+		if !rep.SignedAt.IsZero() {
+			fmt.Printf(" at %s", rep.SignedAt.Format(time.RFC3339))
+		}
+		fmt.Println()
+		if head != nil {
+			fmt.Printf("head file   entry %d\n", head.Seq)
+		} else {
+			fmt.Printf("head file   none (%s)\n", headPath)
+		}
+	}
+	if verr != nil {
+		return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: %w", verr)
+	}
+	if !*asJSON {
+		fmt.Println("OK: the trail is intact and its checkpoints are signed by the audit key")
+	}
+	return nil
+}
+
+// auditPublicKey returns the key checkpoints must be signed with: from --key (a certificate or
+// a public key the auditor holds), or DIR/audit.pem, which must be issued by the CA of ca.pem.
+func auditPublicKey(cfg *Config, keyFile string) (crypto.PublicKey, error) {
+	if keyFile != "" {
+		b, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, err
+		}
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("%s: no PEM block in it", keyFile)
+		}
+		switch blk.Type {
+		case "CERTIFICATE":
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", keyFile, err)
+			}
+			return c.PublicKey, nil
+		case "PUBLIC KEY":
+			return x509.ParsePKIXPublicKey(blk.Bytes)
+		}
+		return nil, fmt.Errorf("%s: a CERTIFICATE or PUBLIC KEY PEM block is needed, not %s", keyFile, blk.Type)
+	}
+	path := cfg.path(auditCertName)
+	c, err := readCertificate(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit certificate (made by `keyarc init` or the first `keyarc serve`; or give --key FILE): %w", err)
+	}
+	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	// Checkpoints signed while the certificate was valid stay verifiable after it expires.
+	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: c.NotBefore.Add(time.Minute), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("%s is not issued by the CA of %s: %w", path, cfg.path(cfg.CA.Certificate), err)
+	}
+	return c.PublicKey, nil
+}

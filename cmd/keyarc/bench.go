@@ -1,0 +1,700 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/bulk"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// runBench measures the raw crypto limits of this machine and the rates of the bulk pipeline,
+// the enrollment storms and the memory of a large import, on throw-away development states.
+func runBench(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	items := fs.Int("items", 10_000, "items per enroll and import job")
+	keygenItems := fs.Int("keygen-items", 300, "items of the RSA-2048 keygen job (about 70 ms of CPU each)")
+	stormN := fs.Int("storm", 3000, "enrollments per storm")
+	rssItems := fs.Int("rss-items", 100_000, "items of the import job whose peak memory is measured (0: skip)")
+	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
+	keep := fs.Bool("keep", false, "keep the temporary states")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("bench", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "keyarc-bench-")
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(dir)
+	}
+	b := &bench{dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN}
+	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
+	for _, alg := range []string{"p256", "rsa3072"} {
+		if err := b.caRound(alg); err != nil {
+			return fmt.Errorf("bench with a %s CA key: %w", alg, err)
+		}
+	}
+	if *rssItems > 0 {
+		if err := b.rssRound(*rssItems); err != nil {
+			return fmt.Errorf("bench peak memory: %w", err)
+		}
+	}
+	return nil
+}
+
+type bench struct {
+	dir                       string
+	raw                       time.Duration
+	items, keygenItems, storm int
+	self                      string
+	rsaGen                    float64
+}
+
+// initState makes a development state with the given CA key, with this very binary.
+func (b *bench) initState(name, alg string) (string, error) {
+	if b.self == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		b.self = exe
+	}
+	state := filepath.Join(b.dir, name)
+	out, err := exec.Command(b.self, "init", "--dev", "--state", state, "--ca-key", alg).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("init --dev: %w\n%s", err, out)
+	}
+	return state, nil
+}
+
+// rate runs op on n goroutines for d, in three rounds, and returns the best round's operations
+// per second: the machine is shared, and a raw limit is what it can do when left alone.
+func rate(n int, d time.Duration, op func() error) (float64, error) {
+	best := 0.0
+	for range 3 {
+		r, err := rateOnce(n, d/3, op)
+		if err != nil {
+			return 0, err
+		}
+		best = max(best, r)
+	}
+	return best, nil
+}
+
+func rateOnce(n int, d time.Duration, op func() error) (float64, error) {
+	var count atomic.Int64
+	var firstErr error
+	var once sync.Once
+	stop := time.Now().Add(d)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				if err := op(); err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				count.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(count.Load()) / time.Since(start).Seconds(), firstErr
+}
+
+func newP256() *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err) // crypto/rand does not fail
+	}
+	return k
+}
+
+func mailboxN(prefix string, i int) string { return prefix + strconv.Itoa(i) + "@example.org" }
+
+func benchCSR(k crypto.Signer, mailbox string) []byte {
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: mailbox}, EmailAddresses: []string{mailbox}}, k)
+	if err != nil {
+		panic(err)
+	}
+	return der
+}
+
+// row prints one line of the table.
+func row(what string, v float64, unit, note string) {
+	fmt.Printf("  %-58s %10.0f %-6s %s\n", what, v, unit, note)
+}
+
+// caRound measures everything that depends on the CA key.
+func (b *bench) caRound(alg string) error {
+	fmt.Printf("== CA key %s in SoftHSM ==\n", alg)
+	state, err := b.initState("state-"+alg, alg)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(state)
+	if err != nil {
+		return err
+	}
+	cfg.Listen = freeAddr()
+	cfg.MetricsListen = freeAddr()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := prometheus.NewRegistry()
+	a, err := openAppliance(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	ctx := context.Background()
+	svc := a.svc
+	procs := runtime.GOMAXPROCS(0)
+	tmpl := svc.Templates[policy.TemplateSMIMEEncryption]
+	rs, err := svc.CurrentRecoverySet(ctx)
+	if err != nil {
+		return err
+	}
+
+	// Raw limits, each measured alone on all cores.
+	sub := newP256()
+	subPKCS8, _ := x509.MarshalPKCS8PrivateKey(sub)
+	csrDER := benchCSR(sub, "raw@example.org")
+	env, err := cms.Encrypt(subPKCS8, svc.Transport.Cert, cms.EnvelopedAESCBC, svc.ShareHash())
+	if err != nil {
+		return err
+	}
+	seal, err := rate(procs, b.raw, func() error {
+		serial, _ := ca.NewSerial()
+		_, err := svc.SealForIssue(rs, serial, sub.Public(), subPKCS8)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	sign, err := rate(2*procs, b.raw, func() error {
+		serial, _ := ca.NewSerial()
+		_, err := svc.Issuer.Issue(ca.Request{Serial: serial, PublicKey: sub.Public(), Subject: pkix.Name{CommonName: "raw@example.org"},
+			EmailAddresses: []string{"raw@example.org"}, KeyUsage: x509.KeyUsageKeyAgreement,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}, NotBefore: time.Now(), Validity: 365 * 24 * time.Hour})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	csrCheck, err := rate(procs, b.raw, func() error {
+		csr, err := x509.ParseCertificateRequest(csrDER)
+		if err != nil {
+			return err
+		}
+		return tmpl.CheckCSR(csr, "raw@example.org")
+	})
+	if err != nil {
+		return err
+	}
+	cmsOpen, err := rate(2*procs, b.raw, func() error {
+		k, err := svc.OpenEnvelope(env)
+		clear(k)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	parse, err := rate(procs, b.raw, func() error { return escrow.CheckKeyPair(subPKCS8, sub.Public()) })
+	if err != nil {
+		return err
+	}
+	caCert := svc.Issuer.Certificate()
+	rawCert, err := x509.ParseCertificate(mustIssue(svc, sub.Public()))
+	if err != nil {
+		return err
+	}
+	p12, err := rate(procs, b.raw, func() error {
+		_, err := pkcs12.Modern2023.WithIterations(bulk.DefaultPFXIterations).Encode(sub, rawCert, []*x509.Certificate{caCert}, "0123456789abcdefghijkl")
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	var rsaGen float64
+	if alg == "p256" {
+		rsaGen, err = rate(procs, 2*b.raw, func() error {
+			_, err := rsa.GenerateKey(rand.Reader, 2048)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Println("raw limits (operations per second, all cores):")
+	row("seal an escrow record (n=3 KRAs, m=2)", seal, "/s", "")
+	row("CA signs a certificate through the token ("+alg+")", sign, "/s", "")
+	row("CSR parse + template check (P-256 CSR)", csrCheck, "/s", "")
+	row("CMS envelope opened with the transport key (token RSA-2048)", cmsOpen, "/s", "")
+	row("PKCS#8 parse + pair check (P-256)", parse, "/s", "")
+	row("PKCS#12 build (keygen results)", p12, "/s", "")
+	if alg == "p256" {
+		row("RSA-2048 key generation", rsaGen, "/s", "")
+		b.rsaGen = rsaGen
+	}
+	limitImport := 1 / (1/parse + 1/seal)
+	limitEnroll := 1 / (1/csrCheck + 1/cmsOpen + 1/parse + 1/seal + 1/sign)
+	fmt.Println("crypto limits (1 / sum of per-item costs):")
+	row("import  = parse + seal", limitImport, "/s", "")
+	row("enroll  = CSR check + envelope + parse + seal + sign", limitEnroll, "/s", "")
+	if b.rsaGen > 0 {
+		limitKeygen := 1 / (1/b.rsaGen + 1/seal + 1/sign + 1/p12)
+		row("keygen  = RSA-2048 keygen + seal + sign + PKCS#12", limitKeygen, "/s", "")
+	}
+
+	// End to end: jobs through the pipeline and the embedded store.
+	mgr := &bulk.Manager{Service: svc, Dir: filepath.Join(state, "bench-jobs")}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	go mgr.Run(runCtx)
+	fmt.Println("end to end (bulk jobs, embedded SQLite, synchronous=FULL):")
+	job := func(name string, n int, limit float64, file []byte) error {
+		r, err := b.runJob(mgr, file)
+		if err != nil {
+			return fmt.Errorf("%s job: %w", name, err)
+		}
+		row(fmt.Sprintf("%s job, %d items", name, n), r, "/s", fmt.Sprintf("%3.0f%% of its crypto limit", 100*r/limit))
+		return nil
+	}
+	if err := job("import", b.items, limitImport, importFile(b.items, 0)); err != nil {
+		return err
+	}
+	if err := job("enroll", b.items, limitEnroll, enrollFile(b.items, svc.Transport.Cert, svc.ShareHash())); err != nil {
+		return err
+	}
+	if alg == "p256" && b.keygenItems > 0 {
+		f := []byte(`{"kind":"keygen","template":"smime-encryption","key":"rsa2048"}` + "\n")
+		for i := range b.keygenItems {
+			f = append(f, fmt.Sprintf(`{"email":"%s"}`+"\n", mailboxN("kg", i))...)
+		}
+		r, err := b.runJob(mgr, f)
+		if err != nil {
+			return fmt.Errorf("keygen job: %w", err)
+		}
+		row(fmt.Sprintf("keygen job (RSA-2048), %d items", b.keygenItems), r, "/s",
+			fmt.Sprintf("%3.0f%% of the raw RSA-2048 key generation rate", 100*r/b.rsaGen))
+	}
+	stopRun()
+
+	// Storms over HTTPS on loopback.
+	srvCtx, stopSrv := context.WithCancel(ctx)
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- a.serve(srvCtx, reg) }()
+	defer func() { stopSrv(); <-srvDone }()
+	if err := waitReady("https://"+cfg.Listen, caCert); err != nil {
+		return err
+	}
+	fmt.Printf("storms (HTTPS on loopback, keep-alive clients, %d enrollments each):\n", b.storm)
+	r, err := b.enrollStorm(a, cfg.Listen, 64)
+	if err != nil {
+		return fmt.Errorf("enroll storm: %w", err)
+	}
+	row("/api/v1/enroll with archival, 64 clients", r, "/s", fmt.Sprintf("%3.0f%% of the enroll crypto limit", 100*r/limitEnroll))
+	r, err = b.estStorm(a, cfg.Listen, 8)
+	if err != nil {
+		return fmt.Errorf("EST storm: %w", err)
+	}
+	row("EST simpleenroll (smime-signature, no archival), 8 clients", r, "/s", "target 1,400/s")
+	fmt.Println()
+	return nil
+}
+
+func mustIssue(svc *escrow.Service, pub crypto.PublicKey) []byte {
+	serial, _ := ca.NewSerial()
+	c, err := svc.Issuer.Issue(ca.Request{Serial: serial, PublicKey: pub, Subject: pkix.Name{CommonName: "raw@example.org"},
+		EmailAddresses: []string{"raw@example.org"}, KeyUsage: x509.KeyUsageKeyAgreement, NotBefore: time.Now(), Validity: 24 * time.Hour})
+	if err != nil {
+		panic(err)
+	}
+	return c.Raw
+}
+
+// runJob submits a job to mgr and waits for it; it returns items per second from the job's
+// start to its end.
+func (b *bench) runJob(mgr *bulk.Manager, file []byte) (float64, error) {
+	ctx := context.Background()
+	st, err := mgr.Submit(ctx, bytes.NewReader(file), "bench")
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for {
+		s, err := mgr.Status(ctx, st.ID)
+		if err != nil {
+			return 0, err
+		}
+		switch s.State {
+		case "done":
+			if s.Failed > 0 {
+				return 0, fmt.Errorf("%d items failed", s.Failed)
+			}
+			el := time.Since(start).Seconds()
+			if !s.StartedAt.IsZero() && !s.FinishedAt.IsZero() {
+				el = s.FinishedAt.Sub(s.StartedAt).Seconds()
+			}
+			return float64(s.Done) / el, nil
+		case "cancelled":
+			return 0, errors.New("job cancelled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// parallelLines builds n lines with all cores.
+func parallelLines(n int, line func(i int) string) []string {
+	out := make([]string, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				out[i] = line(i)
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// importFile makes an import job of n P-256 certificates from a foreign CA.
+func importFile(n int, salt int64) []byte {
+	var bb bytes.Buffer
+	writeImportFile(&bb, n, salt)
+	return bb.Bytes()
+}
+
+func writeImportFile(w io.Writer, n int, salt int64) error {
+	caKey := newP256()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench old CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(48 * time.Hour)}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	base := time.Now().UnixNano() + salt
+	bw := bufio.NewWriter(w)
+	bw.WriteString(`{"kind":"import"}` + "\n")
+	const chunk = 10_000
+	for off := 0; off < n; off += chunk {
+		m := min(chunk, n-off)
+		lines := parallelLines(m, func(i int) string {
+			k := newP256()
+			mb := mailboxN("old", off+i)
+			der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(base + int64(off+i)),
+				Subject: pkix.Name{CommonName: mb}, EmailAddresses: []string{mb}, NotBefore: time.Now().Add(-time.Hour),
+				NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageKeyEncipherment}, caCert, k.Public(), caKey)
+			if err != nil {
+				panic(err)
+			}
+			p8, _ := x509.MarshalPKCS8PrivateKey(k)
+			j, _ := json.Marshal(map[string]string{"certificate": base64.StdEncoding.EncodeToString(der), "key": base64.StdEncoding.EncodeToString(p8)})
+			return string(j)
+		})
+		for _, l := range lines {
+			bw.WriteString(l)
+			bw.WriteByte('\n')
+		}
+	}
+	return bw.Flush()
+}
+
+// enrollFile makes an enroll job of n P-256 CSRs with their keys in CMS envelopes.
+func enrollFile(n int, tr *x509.Certificate, h crypto.Hash) []byte {
+	lines := parallelLines(n, func(i int) string {
+		k := newP256()
+		mb := mailboxN("en", i)
+		p8, _ := x509.MarshalPKCS8PrivateKey(k)
+		env, err := cms.Encrypt(p8, tr, cms.EnvelopedAESCBC, h)
+		if err != nil {
+			panic(err)
+		}
+		j, _ := json.Marshal(map[string]string{"email": mb, "csr": base64.StdEncoding.EncodeToString(benchCSR(k, mb)),
+			"encrypted_key": base64.StdEncoding.EncodeToString(env)})
+		return string(j)
+	})
+	return []byte(`{"kind":"enroll","template":"smime-encryption"}` + "\n" + strings.Join(lines, "\n") + "\n")
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitReady(base string, caCert *x509.Certificate) error {
+	c := benchClient(caCert)
+	for range 300 {
+		resp, err := c.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("appliance not ready")
+}
+
+func benchClient(caCert *x509.Certificate) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	return &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 4}}
+}
+
+// storm runs n requests made by mk on clients goroutines, each with its own keep-alive
+// connection, and returns requests per second (all must succeed).
+func storm(clients, n int, caCert *x509.Certificate, mk func(i int) (*http.Request, error)) (float64, error) {
+	reqs := make([]*http.Request, n)
+	for i := range n {
+		r, err := mk(i)
+		if err != nil {
+			return 0, err
+		}
+		reqs[i] = r
+	}
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range clients {
+		c := benchClient(caCert)
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				resp, err := c.Do(reqs[i])
+				if err == nil {
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
+					}
+				}
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds(), firstErr
+}
+
+// codes makes n enrollment codes for mailboxes prefix0..prefixN-1.
+func codes(svc *escrow.Service, prefix, template string, n int) ([]*escrow.Code, error) {
+	out := make([]*escrow.Code, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			out[i], errs[i] = svc.CreateCode(context.Background(), mailboxN(prefix, i), template, time.Hour)
+		})
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+func (b *bench) enrollStorm(a *appliance, addr string, clients int) (float64, error) {
+	svc := a.svc
+	cs, err := codes(svc, "storm", policy.TemplateSMIMEEncryption, b.storm)
+	if err != nil {
+		return 0, err
+	}
+	bodies := parallelLines(b.storm, func(i int) string {
+		k := newP256()
+		mb := mailboxN("storm", i)
+		p8, _ := x509.MarshalPKCS8PrivateKey(k)
+		env, err := cms.Encrypt(p8, svc.Transport.Cert, cms.EnvelopedAESCBC, svc.ShareHash())
+		if err != nil {
+			panic(err)
+		}
+		j, _ := json.Marshal(map[string]string{"template": policy.TemplateSMIMEEncryption,
+			"csr": base64.StdEncoding.EncodeToString(benchCSR(k, mb)), "encrypted_key": base64.StdEncoding.EncodeToString(env)})
+		return string(j)
+	})
+	return storm(clients, b.storm, a.caCert, func(i int) (*http.Request, error) {
+		r, err := http.NewRequest(http.MethodPost, "https://"+addr+"/api/v1/enroll", strings.NewReader(bodies[i]))
+		if err != nil {
+			return nil, err
+		}
+		r.Header.Set("Content-Type", "application/json")
+		r.SetBasicAuth(mailboxN("storm", i), cs[i].Secret)
+		return r, nil
+	})
+}
+
+func (b *bench) estStorm(a *appliance, addr string, clients int) (float64, error) {
+	n := 2 * b.storm
+	cs, err := codes(a.svc, "est", policy.TemplateSMIMESignature, n)
+	if err != nil {
+		return 0, err
+	}
+	bodies := parallelLines(n, func(i int) string {
+		return base64.StdEncoding.EncodeToString(benchCSR(newP256(), mailboxN("est", i)))
+	})
+	return storm(clients, n, a.caCert, func(i int) (*http.Request, error) {
+		r, err := http.NewRequest(http.MethodPost, "https://"+addr+"/.well-known/est/"+policy.TemplateSMIMESignature+"/simpleenroll", strings.NewReader(bodies[i]))
+		if err != nil {
+			return nil, err
+		}
+		r.Header.Set("Content-Type", "application/pkcs10")
+		r.SetBasicAuth(mailboxN("est", i), cs[i].Secret)
+		return r, nil
+	})
+}
+
+// rssRound runs an import job of n items in a child `keyarc serve` and reports its peak
+// resident memory (VmHWM).
+func (b *bench) rssRound(n int) error {
+	fmt.Printf("== peak memory: %d-item import job in a child `keyarc serve` ==\n", n)
+	state, err := b.initState("state-rss", "p256")
+	if err != nil {
+		return err
+	}
+	file := filepath.Join(b.dir, "import-rss.jsonl")
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if err := writeImportFile(f, n, 1<<40); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	addr, maddr := freeAddr(), freeAddr()
+	cmd := exec.Command(b.self, "serve", "--state", state, "--addr", addr, "--metrics-addr", maddr)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+	cfg, err := loadConfig(state)
+	if err != nil {
+		return err
+	}
+	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+	if err != nil {
+		return err
+	}
+	if err := waitReady("https://"+addr, caCert); err != nil {
+		return fmt.Errorf("%w\n%s", err, logs.String())
+	}
+	before := vmHWM(cmd.Process.Pid)
+	cf := clientFlags{state: state, as: "admin", server: "https://" + addr}
+	c, err := cf.dial(true)
+	if err != nil {
+		return err
+	}
+	c.http.Timeout = 0
+	in, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	req, _ := http.NewRequest(http.MethodPost, c.base+"/api/v1/bulk", in)
+	var st bulk.Status
+	if err := c.do(req, &st); err != nil {
+		return err
+	}
+	for {
+		if err := c.call(http.MethodGet, "/api/v1/bulk/"+st.ID, nil, &st); err != nil {
+			return err
+		}
+		if st.State == "done" || st.State == "cancelled" {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	peak := vmHWM(cmd.Process.Pid)
+	fi, _ := os.Stat(file)
+	row(fmt.Sprintf("import job of %d items (%d MiB file): done / failed", n, fi.Size()>>20), float64(st.Done), "items", fmt.Sprintf("%d failed", st.Failed))
+	row("  its rate", st.Rate, "/s", "")
+	row("  peak resident memory of the appliance (VmHWM)", float64(peak)/1024, "MiB", fmt.Sprintf("(%.0f MiB after start-up; target < 256 MiB)", float64(before)/1024))
+	return nil
+}
+
+// vmHWM reads a process's peak resident set size in KiB from /proc.
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			v, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return v
+		}
+	}
+	return 0
+}

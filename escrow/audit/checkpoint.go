@@ -1,0 +1,385 @@
+package audit
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// Defaults of a [Checkpointer].
+const (
+	// DefaultEvery is how many entries may follow the last checkpoint before a new one is made.
+	DefaultEvery = 1000
+	// DefaultInterval is how long new entries may stay without a checkpoint: it bounds the
+	// part of the trail a truncation could remove unnoticed.
+	DefaultInterval = time.Minute
+)
+
+// checkpointDomain separates checkpoint signatures from any other use of the audit key.
+const checkpointDomain = "keyarc audit checkpoint v1"
+
+// CheckpointDigest is what the audit key signs: SHA-256 over a domain string, the entry's seq
+// (8 bytes, big-endian), its hash, and the checkpoint's time (unix microseconds, 8 bytes). The
+// time is signed too, so that a head file's date can be trusted.
+func CheckpointDigest(seq int64, hash []byte, at time.Time) []byte {
+	h := sha256.New()
+	h.Write([]byte(checkpointDomain))
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(seq))
+	h.Write(n[:])
+	h.Write(hash)
+	binary.BigEndian.PutUint64(n[:], uint64(at.UnixMicro()))
+	h.Write(n[:])
+	return h.Sum(nil)
+}
+
+// KeyID is the SHA-256 of a public key's SubjectPublicKeyInfo.
+func KeyID(pub crypto.PublicKey) ([]byte, error) {
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("audit: key ID: %w", err)
+	}
+	sum := sha256.Sum256(spki)
+	return sum[:], nil
+}
+
+// verifySignature checks a signature over a SHA-256 digest: ECDSA (ASN.1), RSA PKCS#1 v1.5, or
+// Ed25519 over the digest itself.
+func verifySignature(pub crypto.PublicKey, digest, sig []byte) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, digest, sig)
+	case *rsa.PublicKey:
+		return rsa.VerifyPKCS1v15(k, crypto.SHA256, digest, sig) == nil
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, digest, sig)
+	}
+	return false
+}
+
+// signerOpts picks the options to sign a SHA-256 digest with s.
+func signerOpts(pub crypto.PublicKey) crypto.SignerOpts {
+	if _, ok := pub.(ed25519.PublicKey); ok {
+		return crypto.Hash(0)
+	}
+	return crypto.SHA256
+}
+
+// CheckCheckpoint verifies a checkpoint's signature and key ID against pub.
+//
+// It returns an error wrapping [ErrBadSignature] when they do not match.
+func CheckCheckpoint(c store.AuditCheckpoint, pub crypto.PublicKey) error {
+	id, err := KeyID(pub)
+	if err != nil {
+		return err
+	}
+	if string(id) != string(c.KeyID) {
+		return fmt.Errorf("%w: checkpoint of entry %d names key %x, not the audit key %x", ErrBadSignature, c.Seq, c.KeyID, id)
+	}
+	if !verifySignature(pub, CheckpointDigest(c.Seq, c.Hash, c.At), c.Signature) {
+		return fmt.Errorf("%w: checkpoint of entry %d", ErrBadSignature, c.Seq)
+	}
+	return nil
+}
+
+// Head is the latest checkpoint, kept in a file outside the database ([WriteHead]).
+type Head struct {
+	Seq       int64     `json:"seq"`
+	Hash      []byte    `json:"hash"`
+	At        time.Time `json:"at"`
+	KeyID     []byte    `json:"key_id"`
+	Signature []byte    `json:"signature"`
+}
+
+// Checkpoint returns the head as a store checkpoint.
+func (h *Head) Checkpoint() store.AuditCheckpoint {
+	return store.AuditCheckpoint{Seq: h.Seq, Hash: h.Hash, At: h.At, KeyID: h.KeyID, Signature: h.Signature}
+}
+
+// ErrNoHead: there is no head file.
+var ErrNoHead = errors.New("audit: no head file")
+
+// ReadHead reads a head file. A missing file gives an error wrapping [ErrNoHead].
+func ReadHead(path string) (*Head, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNoHead, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: read head: %w", err)
+	}
+	var h Head
+	if err := json.Unmarshal(b, &h); err != nil || h.Seq < 1 || len(h.Hash) != store.AuditHashSize {
+		return nil, fmt.Errorf("%w: head file %s is not a keyarc audit head", ErrBadSignature, path)
+	}
+	h.At = h.At.UTC()
+	return &h, nil
+}
+
+// WriteHead replaces the head file atomically: it writes a temporary file in the same folder,
+// syncs it, renames it over path and syncs the folder, so that after a crash the file is
+// either the old head or the new one.
+func WriteHead(path string, h *Head) error {
+	b, err := json.MarshalIndent(h, "", "  ")
+	if err != nil {
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".audit-head-*")
+	if err != nil {
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op once renamed
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("audit: write head: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("audit: write head: sync folder: %w", err)
+	}
+	return nil
+}
+
+// Checkpointer signs checkpoints of the chain with the audit key: when [DefaultEvery] (or
+// Every) entries follow the last checkpoint, when new entries are older than Interval, and when
+// asked ([Checkpointer.Checkpoint], for instance at shutdown). Fill the exported fields, then
+// call Run in a goroutine.
+type Checkpointer struct {
+	DB     *store.DB
+	Signer crypto.Signer
+	// HeadPath is the head file; empty keeps checkpoints in the database only.
+	HeadPath string
+	Every    int           // zero means DefaultEvery
+	Interval time.Duration // zero means DefaultInterval
+	Logger   *slog.Logger
+	Now      func() time.Time
+
+	mu   sync.Mutex // one checkpoint at a time
+	hint atomic.Int64
+	wake chan struct{}
+	once sync.Once
+}
+
+func (c *Checkpointer) init() {
+	c.once.Do(func() { c.wake = make(chan struct{}, 1) })
+}
+
+func (c *Checkpointer) now() time.Time {
+	if c.Now != nil {
+		return c.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+func (c *Checkpointer) every() int64 {
+	if c.Every > 0 {
+		return int64(c.Every)
+	}
+	return DefaultEvery
+}
+
+func (c *Checkpointer) interval() time.Duration {
+	if c.Interval > 0 {
+		return c.Interval
+	}
+	return DefaultInterval
+}
+
+func (c *Checkpointer) log() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Appended tells the checkpointer that entry seq was appended (perhaps not yet committed). It
+// never blocks, so it may be called from a store Update function.
+func (c *Checkpointer) Appended(seq int64) {
+	c.init()
+	for {
+		old := c.hint.Load()
+		if seq <= old || c.hint.CompareAndSwap(old, seq) {
+			break
+		}
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run makes checkpoints as they fall due until ctx ends. Entries appended by other processes
+// (the command-line tools) are seen at the next periodic check.
+func (c *Checkpointer) Run(ctx context.Context) {
+	c.init()
+	tick := time.NewTicker(min(c.interval()/4, 5*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-tick.C:
+		}
+		if err := c.checkpointIfDue(ctx); err != nil && ctx.Err() == nil {
+			c.log().Error("audit checkpoint", "err", err)
+		}
+	}
+}
+
+// checkpointIfDue makes a checkpoint if Every entries or Interval have passed since the last.
+func (c *Checkpointer) checkpointIfDue(ctx context.Context) error {
+	lastSeq, cp, err := c.state(ctx)
+	if err != nil {
+		return err
+	}
+	if hint := c.hint.Load(); hint-cpSeq(cp) >= c.every() && lastSeq < hint {
+		// The hinted entry's batch may not have committed yet: an empty update queued now
+		// returns only after it has.
+		if err := c.DB.Update(ctx, func(*store.Tx) error { return nil }); err != nil {
+			return err
+		}
+		if lastSeq, cp, err = c.state(ctx); err != nil {
+			return err
+		}
+	}
+	switch {
+	case lastSeq <= cpSeq(cp):
+		return nil
+	case lastSeq-cpSeq(cp) >= c.every(), cp == nil, c.now().Sub(cp.At) >= c.interval():
+		_, err := c.Checkpoint(ctx)
+		return err
+	}
+	return nil
+}
+
+func cpSeq(cp *store.AuditCheckpoint) int64 {
+	if cp == nil {
+		return 0
+	}
+	return cp.Seq
+}
+
+// state returns the last entry's seq and the last checkpoint (nil if none).
+func (c *Checkpointer) state(ctx context.Context) (int64, *store.AuditCheckpoint, error) {
+	var last int64
+	var cp *store.AuditCheckpoint
+	err := c.DB.View(ctx, func(tx *store.Tx) error {
+		e, err := tx.LastAudit()
+		switch {
+		case err == nil:
+			last = e.Seq
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		cp, err = tx.LastCheckpoint()
+		if errors.Is(err, store.ErrNotFound) {
+			cp, err = nil, nil
+		}
+		return err
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	return last, cp, nil
+}
+
+// Checkpoint signs the last committed entry (if no checkpoint covers it yet), stores the
+// checkpoint and writes the head file. It returns the latest checkpoint, nil when the trail is
+// empty. Every signature is verified before it is stored.
+func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var last *store.AuditEntry
+	var cp *store.AuditCheckpoint
+	err := c.DB.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if last, err = tx.LastAudit(); err != nil {
+			return err
+		}
+		cp, err = tx.LastCheckpoint()
+		if errors.Is(err, store.ErrNotFound) {
+			cp, err = nil, nil
+		}
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	if cp == nil || cp.Seq < last.Seq {
+		if cp, err = c.sign(last); err != nil {
+			return nil, err
+		}
+		if err := c.DB.Update(ctx, func(tx *store.Tx) error { return tx.InsertCheckpoint(*cp) }); err != nil {
+			return nil, fmt.Errorf("audit: store checkpoint: %w", err)
+		}
+		c.log().Info("audit checkpoint", "seq", cp.Seq)
+	}
+	if c.HeadPath != "" {
+		if h, err := ReadHead(c.HeadPath); err == nil && h.Seq == cp.Seq && string(h.Hash) == string(cp.Hash) {
+			return cp, nil
+		}
+		if err := WriteHead(c.HeadPath, &Head{Seq: cp.Seq, Hash: cp.Hash, At: cp.At, KeyID: cp.KeyID, Signature: cp.Signature}); err != nil {
+			return cp, err
+		}
+	}
+	return cp, nil
+}
+
+func (c *Checkpointer) sign(e *store.AuditEntry) (*store.AuditCheckpoint, error) {
+	pub := c.Signer.Public()
+	id, err := KeyID(pub)
+	if err != nil {
+		return nil, err
+	}
+	at := time.UnixMicro(c.now().UnixMicro()).UTC()
+	digest := CheckpointDigest(e.Seq, e.Hash, at)
+	sig, err := c.Signer.Sign(rand.Reader, digest, signerOpts(pub))
+	if err != nil {
+		return nil, fmt.Errorf("audit: sign checkpoint: %w", err)
+	}
+	if !verifySignature(pub, digest, sig) {
+		return nil, fmt.Errorf("%w: the audit key's signature of checkpoint %d does not verify", ErrBadSignature, e.Seq)
+	}
+	return &store.AuditCheckpoint{Seq: e.Seq, Hash: e.Hash, At: at, KeyID: id, Signature: sig}, nil
+}

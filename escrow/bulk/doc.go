@@ -1,0 +1,41 @@
+// Package bulk runs keyarc's bulk jobs: many enrollments (CSR + encrypted key), server-side key
+// generations, or imports of key pairs from another CA, submitted as one streamed job file (see
+// [NewReader] for the format) and processed at the speed of the cryptography.
+//
+// # Pipeline
+//
+// A job runs as parallel stages joined by bounded channels:
+//
+//	read  ->  parse + verify (N workers)  ->  seal (S workers)  ->  commit + sign + commit (C workers)
+//
+// The verify stage parses each line, checks the CSR against the template and the item's
+// mailbox, opens the CMS envelope with the transport key (in the token), parses and pair-checks
+// the PKCS#8 key, or generates the key. The seal stage picks the serial and seals the escrow
+// record (software only). The last stage runs the issuance protocol of [escrow.Service]: the job
+// item is reserved in the same transaction as the serial and the record, the certificate is
+// signed, then the item is marked done in the same transaction that stores the certificate and
+// activates the record. Many commit workers call the store at once, so the store's group commit
+// makes one fsync serve many items. Imports are stored, not signed: one transaction per item,
+// batched several items per store function.
+//
+// # Crash and resume
+//
+// Every item's outcome is durable in job_items, keyed by (job, seq). At start-up the appliance
+// sweeps issuances left pending (certificate failed, record abandoned); [Manager.Run] then
+// releases the reservations whose certificate was never issued and resumes the job from its
+// items that have no row: nothing is issued twice (an item is done in the very transaction that
+// stores its certificate) and every certificate in the results has an active record.
+//
+// # Secrets
+//
+// keygen items produce a PKCS#12 per user, encrypted with its own random password. The
+// PKCS#12 is kept with the item; the password is sealed (AES-256-GCM) under a per-job key that
+// is itself wrapped to the appliance's transport key in the token, so the database never holds a
+// password in clear. The passwords are released once, as a separate file, after the job is
+// done; the job key is then forgotten. Nothing secret is logged or put in an error.
+//
+// # Imports and concurrency
+//
+// bulk uses escrow, escrow/store, escrow/cms (through escrow) and policy; it never imports hsm.
+// A [Manager] is safe for concurrent use; it runs one job at a time.
+package bulk

@@ -1,0 +1,559 @@
+package bulk
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// Errors of job management.
+var (
+	// ErrNotFound: no such job.
+	ErrNotFound = errors.New("bulk: no such job")
+	// ErrNotDone: the job has not finished yet.
+	ErrNotDone = errors.New("bulk: job not finished")
+	// ErrReleased: the job's passwords were already released (or it has none).
+	ErrReleased = errors.New("bulk: passwords already released")
+)
+
+// Metrics receives counts of bulk items. A nil Metrics is allowed.
+type Metrics interface {
+	// Item counts one item of kind with result "done" or "failed".
+	Item(kind Kind, result string)
+}
+
+// Manager accepts, runs and reports bulk jobs. Fill the exported fields, then call [Manager.Run]
+// in a goroutine.
+type Manager struct {
+	Service *escrow.Service
+	// Dir is where job files are kept (created 0700 if missing).
+	Dir     string
+	Logger  *slog.Logger
+	Metrics Metrics
+	Limits  Limits
+	// Verifiers, Sealers and Issuers size the pipeline's stages (defaults: 2 x GOMAXPROCS, at
+	// least 4; GOMAXPROCS; 64).
+	Verifiers, Sealers, Issuers int
+	// PFXIterations is the PBKDF2 iteration count of keygen PKCS#12 files (default
+	// [DefaultPFXIterations]).
+	PFXIterations int
+
+	wake    chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	running *progress
+}
+
+// progress is the live state of the running job.
+type progress struct {
+	id           string
+	total        int
+	done, failed atomic.Int64
+	start        time.Time
+	startCount   int64
+}
+
+func (m *Manager) init() {
+	m.once.Do(func() { m.wake = make(chan struct{}, 1) })
+}
+
+func (m *Manager) log() *slog.Logger {
+	if m.Logger != nil {
+		return m.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (m *Manager) now() time.Time { return time.Now().UTC() }
+
+// Status is a job's progress.
+type Status struct {
+	ID          string    `json:"id"`
+	Kind        Kind      `json:"kind"`
+	Template    string    `json:"template"`
+	State       string    `json:"state"`
+	SubmittedBy string    `json:"submitted_by"`
+	Total       int       `json:"total"`
+	Done        int       `json:"done"`
+	Failed      int       `json:"failed"`
+	Rate        float64   `json:"rate"`        // items per second, this run
+	ETASeconds  float64   `json:"eta_seconds"` // 0 when unknown or finished
+	CreatedAt   time.Time `json:"created_at"`
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	FinishedAt  time.Time `json:"finished_at,omitzero"`
+}
+
+func newID() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// Submit streams a job file into Dir (mode 0600), checking its header, its framing and its
+// limits as it goes, and queues the job. The header's template must exist and fit the kind.
+func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string) (*Status, error) {
+	m.init()
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("bulk: job folder: %w", err)
+	}
+	path := filepath.Join(m.Dir, id+".jsonl")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("bulk: job file: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(path)
+		}
+	}()
+	rd, err := NewReader(io.TeeReader(body, f), m.Limits)
+	if err != nil {
+		return nil, err
+	}
+	h := rd.Header()
+	if err := m.checkTemplate(h); err != nil {
+		return nil, err
+	}
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		_, _, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		total++
+	}
+	if total == 0 {
+		return nil, fmt.Errorf("%w: the file holds no items", ErrFormat)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("bulk: job file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("bulk: job file: %w", err)
+	}
+	var wrapped []byte
+	if h.Kind == KindKeygen {
+		if wrapped, err = m.newJobKey(); err != nil {
+			return nil, err
+		}
+	}
+	tmpl := h.Template
+	if tmpl == "" {
+		tmpl = escrow.TemplateImport
+	}
+	job := store.Job{ID: id, Kind: string(h.Kind), Template: tmpl, SubmittedBy: submittedBy, Input: path, State: store.JobQueued,
+		SecretKey: wrapped, Total: total, CreatedAt: m.now()}
+	if err := m.Service.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertJob(job) }); err != nil {
+		return nil, fmt.Errorf("bulk: queue job: %w", err)
+	}
+	ok = true
+	m.log().Info("bulk job queued", "job", id, "kind", h.Kind, "template", tmpl, "items", total, "by", submittedBy)
+	m.Wake()
+	return m.statusOf(&job), nil
+}
+
+// checkTemplate checks that the header's template exists and suits the job's kind.
+func (m *Manager) checkTemplate(h Header) error {
+	if h.Kind == KindImport {
+		if h.Template != "" && h.Template != escrow.TemplateImport {
+			return fmt.Errorf("%w: header: an import job stores certificates as they are; omit template", ErrFormat)
+		}
+		return nil
+	}
+	t, err := m.Service.Template(h.Template)
+	if err != nil {
+		return err
+	}
+	switch {
+	case t.ManualApproval:
+		return fmt.Errorf("%w: template %q needs an admin's approval per request; it cannot be used in a bulk job", escrow.ErrInvalidRequest, t.Name)
+	case !t.Archive:
+		return fmt.Errorf("%w: template %q does not archive keys; bulk jobs are for archiving templates", escrow.ErrInvalidRequest, t.Name)
+	case h.Kind == KindKeygen && !t.ServerKeygen:
+		return fmt.Errorf("%w: template %q does not allow server-side key generation", escrow.ErrInvalidRequest, t.Name)
+	}
+	return nil
+}
+
+// Wake makes the scheduler look for queued jobs now.
+func (m *Manager) Wake() {
+	m.init()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs jobs until ctx ends: first the jobs a previous run left running, then queued jobs
+// in submission order, one at a time. Call it after [escrow.Service.Sweep].
+func (m *Manager) Run(ctx context.Context) {
+	m.init()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		for ctx.Err() == nil {
+			job, err := m.nextJob(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					m.log().Error("bulk: look for jobs", "err", err)
+				}
+				break
+			}
+			if job == nil {
+				break
+			}
+			if err := m.runJob(ctx, job); err != nil && ctx.Err() == nil {
+				m.log().Error("bulk job stopped", "job", job.ID, "err", err)
+				// A job that cannot run (its file is gone...) is cancelled, not retried forever.
+				m.finish(job.ID, store.JobCancelled)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// nextJob returns the oldest running job, else the oldest queued one, else nil.
+func (m *Manager) nextJob(ctx context.Context) (*store.Job, error) {
+	var job *store.Job
+	err := m.Service.Store.View(ctx, func(tx *store.Tx) error {
+		for _, st := range []string{store.JobRunning, store.JobQueued} {
+			jobs, err := tx.ListJobs(st)
+			if err != nil {
+				return err
+			}
+			if len(jobs) > 0 {
+				job = &jobs[0]
+				return nil
+			}
+		}
+		return nil
+	})
+	return job, err
+}
+
+func (m *Manager) finish(id, state string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := m.Service.Store.Update(ctx, func(tx *store.Tx) error {
+		done, failed, _, err := tx.JobCounts(id)
+		if err != nil {
+			return err
+		}
+		return tx.FinishJob(id, state, done, failed, m.now())
+	})
+	if err != nil {
+		m.log().Error("bulk: finish job", "job", id, "err", err)
+	}
+}
+
+// Status reports a job's progress.
+func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
+	var job *store.Job
+	var done, failed int
+	err := m.Service.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if job, err = tx.GetJob(id); err != nil {
+			return err
+		}
+		if job.State == store.JobDone || job.State == store.JobCancelled {
+			done, failed = job.Done, job.Failed
+			return nil
+		}
+		done, failed, _, err = tx.JobCounts(id)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, truncate(id))
+	}
+	if err != nil {
+		return nil, err
+	}
+	job.Done, job.Failed = done, failed
+	st := m.statusOf(job)
+	m.mu.Lock()
+	p := m.running
+	m.mu.Unlock()
+	if p != nil && p.id == id {
+		d, f := int(p.done.Load()), int(p.failed.Load())
+		if d+f > st.Done+st.Failed {
+			st.Done, st.Failed = d, f
+		}
+		el := time.Since(p.start).Seconds()
+		if n := float64(int64(d+f) - p.startCount); el > 0 && n > 0 {
+			st.Rate = n / el
+			st.ETASeconds = float64(st.Total-st.Done-st.Failed) / st.Rate
+		}
+	} else if !job.StartedAt.IsZero() && !job.FinishedAt.IsZero() {
+		if el := job.FinishedAt.Sub(job.StartedAt).Seconds(); el > 0 {
+			st.Rate = float64(done+failed) / el
+		}
+	}
+	return st, nil
+}
+
+func (m *Manager) statusOf(j *store.Job) *Status {
+	return &Status{ID: j.ID, Kind: Kind(j.Kind), Template: j.Template, State: j.State, SubmittedBy: j.SubmittedBy,
+		Total: j.Total, Done: j.Done, Failed: j.Failed, CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt}
+}
+
+// List returns the status of every job, oldest first.
+func (m *Manager) List(ctx context.Context) ([]Status, error) {
+	var jobs []store.Job
+	if err := m.Service.Store.View(ctx, func(tx *store.Tx) (err error) {
+		jobs, err = tx.ListJobs("")
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	out := make([]Status, 0, len(jobs))
+	for i := range jobs {
+		out = append(out, *m.statusOf(&jobs[i]))
+	}
+	return out, nil
+}
+
+// CountByState counts jobs per state, for metrics.
+func (m *Manager) CountByState(ctx context.Context) (map[string]int, error) {
+	jobs, err := m.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{store.JobQueued: 0, store.JobRunning: 0, store.JobDone: 0, store.JobCancelled: 0}
+	for _, j := range jobs {
+		out[j.State]++
+	}
+	return out, nil
+}
+
+// Result is one line of a job's results.
+type Result struct {
+	Seq         int    `json:"seq"`
+	State       string `json:"state"`
+	Serial      string `json:"serial,omitempty"`
+	RecordID    string `json:"record_id,omitempty"`
+	Certificate string `json:"certificate,omitempty"` // base64 DER
+	PKCS12      string `json:"pkcs12,omitempty"`      // base64; keygen only
+	Error       string `json:"error,omitempty"`
+}
+
+// Results writes a job's per-item results as JSON Lines, in seq order: its status first, then
+// one [Result] per item that has an outcome. It never writes a password.
+func (m *Manager) Results(ctx context.Context, id string, w io.Writer) error {
+	st, err := m.Status(ctx, id)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	if err := enc.Encode(st); err != nil {
+		return err
+	}
+	return m.eachItem(ctx, id, func(it store.JobItem) error {
+		if it.State == store.ItemReserved {
+			return nil
+		}
+		r := Result{Seq: it.Seq, State: it.State, Serial: it.Serial, RecordID: it.RecordID, Error: it.Error}
+		if len(it.Result) > 0 {
+			r.Certificate = base64.StdEncoding.EncodeToString(it.Result)
+		}
+		if len(it.PKCS12) > 0 {
+			r.PKCS12 = base64.StdEncoding.EncodeToString(it.PKCS12)
+		}
+		return enc.Encode(r)
+	})
+}
+
+// eachItem pages through a job's items so that no read transaction lasts long.
+func (m *Manager) eachItem(ctx context.Context, id string, fn func(store.JobItem) error) error {
+	const page = 1000
+	from := 0
+	for {
+		var items []store.JobItem
+		err := m.Service.Store.View(ctx, func(tx *store.Tx) error {
+			return tx.JobItems(id, from, page, func(it store.JobItem) error {
+				items = append(items, it)
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			if err := fn(it); err != nil {
+				return err
+			}
+		}
+		if len(items) < page {
+			return nil
+		}
+		from = items[len(items)-1].Seq + 1
+	}
+}
+
+// Password is one line of a keygen job's passwords file.
+type Password struct {
+	Seq      int    `json:"seq"`
+	Serial   string `json:"serial"`
+	Password string `json:"password"`
+}
+
+// Passwords writes, once, the passwords of a finished keygen job's PKCS#12 files as JSON Lines,
+// then forgets the job key that sealed them: a second call gives [ErrReleased]. If writing fails
+// before the end, the passwords stay available.
+func (m *Manager) Passwords(ctx context.Context, id string, w io.Writer) error {
+	var job *store.Job
+	err := m.Service.Store.View(ctx, func(tx *store.Tx) (err error) {
+		job, err = tx.GetJob(id)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: %q", ErrNotFound, truncate(id))
+	}
+	if err != nil {
+		return err
+	}
+	if job.Kind != string(KindKeygen) || len(job.SecretKey) == 0 {
+		return fmt.Errorf("%w: job %s", ErrReleased, id)
+	}
+	if job.State != store.JobDone {
+		return fmt.Errorf("%w: job %s is %s; passwords are released once the job is done", ErrNotDone, id, job.State)
+	}
+	aead, err := m.openJobKey(job.SecretKey)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	err = m.eachItem(ctx, id, func(it store.JobItem) error {
+		if it.State != store.ItemDone || len(it.Password) == 0 {
+			return nil
+		}
+		pw, err := openPassword(aead, id, it.Seq, it.Password)
+		if err != nil {
+			return err
+		}
+		err = enc.Encode(Password{Seq: it.Seq, Serial: it.Serial, Password: string(pw)})
+		clear(pw)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	var cleared bool
+	err = m.Service.Store.Update(ctx, func(tx *store.Tx) (err error) {
+		cleared, err = tx.ClearJobSecret(id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("bulk: forget job key: %w", err)
+	}
+	if !cleared {
+		// Another call released them at the same time.
+		return fmt.Errorf("%w: job %s", ErrReleased, id)
+	}
+	m.log().Info("bulk job passwords released", "job", id)
+	return nil
+}
+
+// newJobKey makes a job's password key and returns it wrapped (RSA-OAEP) to the transport
+// certificate: only the token can unwrap it.
+func (m *Manager) newJobKey() ([]byte, error) {
+	tr := m.Service.Transport
+	if tr == nil {
+		return nil, fmt.Errorf("%w: no transport key configured", escrow.ErrNoRecoverySet)
+	}
+	pub, ok := tr.Cert.PublicKey.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("bulk: the transport key is %T; keygen jobs need an RSA transport key", tr.Cert.PublicKey)
+	}
+	key := make([]byte, 32)
+	defer clear(key)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	wrapped, err := rsa.EncryptOAEP(m.Service.ShareHash().New(), rand.Reader, pub, key, nil)
+	if err != nil {
+		return nil, fmt.Errorf("bulk: wrap job key: %w", err)
+	}
+	return wrapped, nil
+}
+
+// openJobKey unwraps a job key in the token and returns its AES-GCM.
+func (m *Manager) openJobKey(wrapped []byte) (cipher.AEAD, error) {
+	tr := m.Service.Transport
+	if tr == nil {
+		return nil, fmt.Errorf("%w: no transport key configured", escrow.ErrNoRecoverySet)
+	}
+	key, err := tr.Key.Decrypt(rand.Reader, wrapped, &rsa.OAEPOptions{Hash: m.Service.ShareHash()})
+	if err != nil {
+		return nil, fmt.Errorf("bulk: unwrap job key: %w", err)
+	}
+	defer clear(key)
+	if len(key) != 32 {
+		return nil, errors.New("bulk: unwrap job key: wrong length")
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+func passwordAD(job string, seq int) []byte {
+	ad := binary.BigEndian.AppendUint64([]byte("keyarc bulk password\x00"+job+"\x00"), uint64(seq))
+	return ad
+}
+
+func sealPassword(aead cipher.AEAD, job string, seq int, pw []byte) ([]byte, error) {
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(pw)+aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return aead.Seal(nonce, nonce, pw, passwordAD(job, seq)), nil
+}
+
+func openPassword(aead cipher.AEAD, job string, seq int, sealed []byte) ([]byte, error) {
+	if len(sealed) < aead.NonceSize() {
+		return nil, errors.New("bulk: sealed password too short")
+	}
+	pw, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], passwordAD(job, seq))
+	if err != nil {
+		return nil, fmt.Errorf("bulk: open sealed password of item %d: %w", seq, err)
+	}
+	return pw, nil
+}

@@ -1,0 +1,531 @@
+package bulk
+
+import (
+	"context"
+	"crypto"
+	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// DefaultPFXIterations is the PBKDF2 iteration count of keygen PKCS#12 files. Their passwords
+// are random (about 131 bits), so key stretching adds nothing to their strength; the count is
+// OpenSSL's own default rather than the 600,000 used for recovered keys (whose cost, paid per
+// item, would be several times the key generation itself).
+const DefaultPFXIterations = 2048
+
+// work is one item travelling through the pipeline.
+type work struct {
+	seq   int
+	line  []byte
+	err   error // set: the item failed; it goes straight to the commit stage
+	email string
+	pub   crypto.PublicKey
+	pkcs8 []byte
+	key   crypto.Signer     // keygen: the generated key, for the PKCS#12
+	cert  *x509.Certificate // import
+	// seal stage
+	serial *big.Int
+	rec    *escrow.SealedRecord
+}
+
+func (w *work) fail(err error) *work {
+	w.err = err
+	clear(w.pkcs8)
+	w.pkcs8, w.key = nil, nil
+	return w
+}
+
+// jobRun is one run of one job.
+type jobRun struct {
+	m      *Manager
+	job    *store.Job
+	header Header
+	tmpl   *policy.Template
+	rs     *escrow.RecoverySet
+	aead   cipher.AEAD // keygen: seals the PKCS#12 passwords
+	prog   *progress
+	caCert *x509.Certificate
+	iters  int
+}
+
+// runJob runs (or resumes) a job to its end, or until ctx ends.
+func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
+	log := m.log().With("job", job.ID)
+	var released int
+	err := m.Service.Store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.StartJob(job.ID, m.now()); err != nil {
+			return err
+		}
+		var err error
+		released, err = tx.ReleaseReservedItems(job.ID)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if released > 0 {
+		log.Warn("bulk job: items interrupted by a crash will be issued again", "items", released)
+	}
+	// Which items already have an outcome: a bitmap, 1 bit per item.
+	seen := make([]uint64, job.Total/64+1)
+	var done, failed int64
+	err = m.Service.Store.View(ctx, func(tx *store.Tx) error {
+		return tx.JobItemSeqs(job.ID, func(seq int, state string) error {
+			if seq >= 0 && seq/64 < len(seen) {
+				seen[seq/64] |= 1 << (seq % 64)
+			}
+			switch state {
+			case store.ItemDone:
+				done++
+			case store.ItemFailed:
+				failed++
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(job.Input)
+	if err != nil {
+		return fmt.Errorf("bulk: job file: %w", err)
+	}
+	defer f.Close()
+	rd, err := NewReader(f, m.Limits)
+	if err != nil {
+		return err
+	}
+	r := &jobRun{m: m, job: job, header: rd.Header(), caCert: m.Service.Issuer.Certificate(), iters: m.PFXIterations}
+	if r.iters <= 0 {
+		r.iters = DefaultPFXIterations
+	}
+	if r.header.Kind != KindImport {
+		if r.tmpl, err = m.Service.Template(r.header.Template); err != nil {
+			return err
+		}
+	}
+	if r.rs, err = m.Service.CurrentRecoverySet(ctx); err != nil {
+		return err
+	}
+	if r.header.Kind == KindKeygen {
+		if len(job.SecretKey) == 0 {
+			return fmt.Errorf("bulk: keygen job %s has no job key", job.ID)
+		}
+		if r.aead, err = m.openJobKey(job.SecretKey); err != nil {
+			return err
+		}
+	}
+	p := &progress{id: job.ID, total: job.Total, start: time.Now(), startCount: done + failed}
+	p.done.Store(done)
+	p.failed.Store(failed)
+	r.prog = p
+	m.mu.Lock()
+	m.running = p
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.running = nil
+		m.mu.Unlock()
+	}()
+	log.Info("bulk job running", "kind", r.header.Kind, "items", job.Total, "already", done+failed)
+
+	if err := r.pipeline(ctx, rd, seen); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		log.Info("bulk job paused; it resumes at the next start")
+		return nil
+	}
+	m.finish(job.ID, store.JobDone)
+	log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
+		"seconds", time.Since(p.start).Round(time.Millisecond).Seconds())
+	return nil
+}
+
+// pipeline runs the stages and waits for them.
+func (r *jobRun) pipeline(ctx context.Context, rd *Reader, seen []uint64) error {
+	m := r.m
+	nv, ns, ni := m.Verifiers, m.Sealers, m.Issuers
+	procs := runtime.GOMAXPROCS(0)
+	if nv <= 0 {
+		nv = max(4, 2*procs)
+	}
+	if ns <= 0 {
+		ns = procs
+	}
+	if ni <= 0 {
+		ni = 64
+	}
+	lines := make(chan *work, 2*nv)
+	toSeal := make(chan *work, 2*nv)
+	toCommit := make(chan *work, 2*ni)
+
+	var readErr error
+	go func() {
+		defer close(lines)
+		for ctx.Err() == nil {
+			seq, line, err := rd.Next()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				readErr = err
+				return
+			}
+			if seq/64 < len(seen) && seen[seq/64]&(1<<(seq%64)) != 0 {
+				continue
+			}
+			w := &work{seq: seq, line: append([]byte(nil), line...)}
+			select {
+			case lines <- w:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var vg, sg, cg sync.WaitGroup
+	for range nv {
+		vg.Go(func() {
+			for w := range lines {
+				w = r.verify(w)
+				w.line = nil
+				if w.err != nil {
+					toCommit <- w
+				} else {
+					toSeal <- w
+				}
+			}
+		})
+	}
+	for range ns {
+		sg.Go(func() {
+			for w := range toSeal {
+				toCommit <- r.seal(w)
+			}
+		})
+	}
+	go func() {
+		vg.Wait()
+		close(toSeal)
+		sg.Wait()
+		close(toCommit)
+	}()
+	for range ni {
+		cg.Go(func() {
+			if r.header.Kind == KindImport {
+				r.commitImports(ctx, toCommit)
+				return
+			}
+			for w := range toCommit {
+				r.issue(ctx, w)
+			}
+		})
+	}
+	cg.Wait()
+	return readErr
+}
+
+// verify parses and checks an item, opening or generating its key.
+func (r *jobRun) verify(w *work) *work {
+	v, err := ParseItem(r.header, w.line)
+	if err != nil {
+		return w.fail(err)
+	}
+	svc := r.m.Service
+	switch it := v.(type) {
+	case *Enroll:
+		mailbox, err := policy.NormalizeMailbox(it.Email)
+		if err != nil {
+			return w.fail(fmt.Errorf("%w: %w", ErrItem, err))
+		}
+		if err := r.tmpl.CheckCSR(it.CSR, mailbox); err != nil {
+			return w.fail(err)
+		}
+		pkcs8, err := svc.OpenEnvelope(it.Envelope)
+		if err != nil {
+			return w.fail(err)
+		}
+		w.email, w.pub, w.pkcs8 = mailbox, it.CSR.PublicKey, pkcs8
+		if err := escrow.CheckKeyPair(pkcs8, it.CSR.PublicKey); err != nil {
+			return w.fail(err)
+		}
+	case *Keygen:
+		mailbox, err := policy.NormalizeMailbox(it.Email)
+		if err != nil {
+			return w.fail(fmt.Errorf("%w: %w", ErrItem, err))
+		}
+		key, err := generate(it.Key)
+		if err != nil {
+			return w.fail(err)
+		}
+		if err := r.tmpl.CheckPublicKey(key.Public()); err != nil {
+			return w.fail(err)
+		}
+		pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return w.fail(fmt.Errorf("bulk: marshal generated key: %w", err))
+		}
+		w.email, w.pub, w.pkcs8, w.key = mailbox, key.Public(), pkcs8, key
+	case *Import:
+		w.pkcs8 = it.PKCS8
+		if len(it.Cert.EmailAddresses) == 0 {
+			return w.fail(fmt.Errorf("%w: certificate %x names no mailbox (rfc822Name)", ErrItem, it.Cert.SerialNumber))
+		}
+		mailbox, err := policy.NormalizeMailbox(it.Cert.EmailAddresses[0])
+		if err != nil {
+			return w.fail(fmt.Errorf("%w: %w", ErrItem, err))
+		}
+		if err := escrow.CheckKeyPair(it.PKCS8, it.Cert.PublicKey); err != nil {
+			return w.fail(err)
+		}
+		w.email, w.cert, w.pub = mailbox, it.Cert, it.Cert.PublicKey
+	}
+	return w
+}
+
+func generate(kind string) (crypto.Signer, error) {
+	switch kind {
+	case "rsa2048":
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case "rsa3072":
+		return rsa.GenerateKey(rand.Reader, 3072)
+	case "rsa4096":
+		return rsa.GenerateKey(rand.Reader, 4096)
+	case "p256":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "p384":
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	}
+	return nil, fmt.Errorf("%w: key type %q", ErrItem, truncate(kind))
+}
+
+// seal picks the serial and seals the escrow record.
+func (r *jobRun) seal(w *work) *work {
+	svc := r.m.Service
+	var err error
+	if r.header.Kind == KindImport {
+		w.rec, err = svc.SealForImport(r.rs, w.cert, w.pkcs8)
+	} else {
+		if w.serial, err = ca.NewSerial(); err != nil {
+			return w.fail(err)
+		}
+		w.rec, err = svc.SealForIssue(r.rs, w.serial, w.pub, w.pkcs8)
+	}
+	if r.header.Kind != KindKeygen {
+		clear(w.pkcs8)
+		w.pkcs8 = nil
+	}
+	if err != nil {
+		return w.fail(err)
+	}
+	return w
+}
+
+// issue runs the issuance protocol for one enroll or keygen item.
+func (r *jobRun) issue(ctx context.Context, w *work) {
+	if w.err != nil {
+		r.failItem(ctx, w)
+		return
+	}
+	if ctx.Err() != nil {
+		return // not reserved: redone at the next start
+	}
+	jobID := r.job.ID
+	var p12, sealedPW []byte
+	req := escrow.ReservedIssue{
+		Template: r.tmpl, Pub: w.pub, Mailbox: w.email, Serial: w.serial, Record: w.rec,
+		Reserve: func(tx *store.Tx, serial string) error {
+			return tx.ReserveJobItem(jobID, w.seq, serial, w.rec.ID)
+		},
+		Finish: func(tx *store.Tx, cert *x509.Certificate) error {
+			return tx.FinishJobItem(jobID, w.seq, cert.Raw, p12, sealedPW)
+		},
+	}
+	if w.key != nil {
+		req.Prepare = func(cert *x509.Certificate) error {
+			var err error
+			p12, sealedPW, err = r.pkcs12(w, cert)
+			return err
+		}
+	}
+	_, err := r.m.Service.IssueReserved(ctx, req)
+	clear(w.pkcs8)
+	w.pkcs8, w.key = nil, nil
+	switch {
+	case err == nil:
+		r.count(true)
+	case errors.Is(err, escrow.ErrReserved):
+		// Already has an outcome (it cannot happen in one run; a resume skips such items).
+	case ctx.Err() != nil:
+		// Shutting down: the reservation (if any) is released at the next start.
+	default:
+		w.err = err
+		r.failItem(ctx, w)
+	}
+}
+
+// pkcs12 makes the keygen item's PKCS#12 with a fresh password and seals that password.
+func (r *jobRun) pkcs12(w *work, cert *x509.Certificate) (p12, sealed []byte, err error) {
+	pw, err := newPassword()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer clear(pw)
+	p12, err = pkcs12.Modern2023.WithIterations(r.iters).Encode(w.key, cert, []*x509.Certificate{r.caCert}, string(pw))
+	if err != nil {
+		return nil, nil, fmt.Errorf("bulk: build PKCS#12: %w", err)
+	}
+	sealed, err = sealPassword(r.aead, r.job.ID, w.seq, pw)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p12, sealed, nil
+}
+
+// newPassword returns 22 random characters of a 62-letter alphabet (about 131 bits).
+func newPassword() ([]byte, error) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	out := make([]byte, 22)
+	var buf [64]byte
+	n := 0
+	for n < len(out) {
+		if _, err := rand.Read(buf[:]); err != nil {
+			return nil, err
+		}
+		for _, b := range buf {
+			if b < 248 && n < len(out) { // 248 = 4*62: no modulo bias
+				out[n] = alphabet[int(b)%62]
+				n++
+			}
+		}
+	}
+	clear(buf[:])
+	return out, nil
+}
+
+// failItem records an item's failure and its reason.
+func (r *jobRun) failItem(ctx context.Context, w *work) {
+	reason := reasonOf(w.err)
+	err := r.m.Service.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		return tx.FailJobItem(r.job.ID, w.seq, reason)
+	})
+	if err != nil {
+		r.m.log().Error("bulk: record failed item", "job", r.job.ID, "seq", w.seq, "err", err)
+		return
+	}
+	r.count(false)
+}
+
+func (r *jobRun) count(ok bool) {
+	res := "failed"
+	if ok {
+		r.prog.done.Add(1)
+		res = "done"
+	} else {
+		r.prog.failed.Add(1)
+	}
+	if r.m.Metrics != nil {
+		r.m.Metrics.Item(r.header.Kind, res)
+	}
+}
+
+// reasonOf is the message stored for a failed item: client errors as they are (they carry
+// no secret), anything else generic.
+func reasonOf(err error) string {
+	var rej *policy.RejectError
+	switch {
+	case errors.Is(err, ErrItem), errors.Is(err, escrow.ErrInvalidRequest), errors.As(err, &rej),
+		errors.Is(err, policy.ErrRejected), errors.Is(err, policy.ErrInvalidMailbox):
+		s := err.Error()
+		if len(s) > 512 {
+			s = s[:512]
+		}
+		return s
+	case errors.Is(err, ca.ErrLint):
+		return err.Error()
+	}
+	return "internal error (see the appliance log)"
+}
+
+// commitImports stores imported items, several per store function.
+func (r *jobRun) commitImports(ctx context.Context, in <-chan *work) {
+	const maxBatch = 32
+	batch := make([]*work, 0, maxBatch)
+	for w := range in {
+		batch = append(batch[:0], w)
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case w2, ok := <-in:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, w2)
+			default:
+				break fill
+			}
+		}
+		r.commitImportBatch(ctx, batch)
+	}
+}
+
+func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
+	svc := r.m.Service
+	items := make([]escrow.ImportItem, 0, len(batch))
+	var good []*work
+	for _, w := range batch {
+		if w.err != nil {
+			r.failItem(ctx, w)
+			continue
+		}
+		good = append(good, w)
+		items = append(items, r.importItem(w))
+	}
+	if len(items) == 0 {
+		return
+	}
+	if err := svc.CommitImports(context.WithoutCancel(ctx), items); err == nil {
+		for range good {
+			r.count(true)
+		}
+		return
+	}
+	// One item spoiled the batch (a serial already archived...): one by one.
+	for i, w := range good {
+		it := items[i]
+		err := svc.CommitImport(context.WithoutCancel(ctx), it.Cert, it.Mailbox, it.Record, it.Extra)
+		if err != nil {
+			w.err = err
+			r.failItem(ctx, w)
+			continue
+		}
+		r.count(true)
+	}
+}
+
+func (r *jobRun) importItem(w *work) escrow.ImportItem {
+	jobID := r.job.ID
+	serial := store.FormatSerial(w.cert.SerialNumber)
+	return escrow.ImportItem{Cert: w.cert, Mailbox: w.email, Record: w.rec, Extra: func(tx *store.Tx) error {
+		return tx.InsertJobItemDone(jobID, w.seq, serial, w.rec.ID, w.cert.Raw)
+	}}
+}

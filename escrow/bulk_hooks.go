@@ -1,0 +1,263 @@
+package escrow
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/escrow/record"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// This file holds the entry points the bulk pipeline (escrow/bulk) needs: the steps of an
+// archiving issuance exposed one by one, so that the pipeline can run them in separate stages
+// and add its own job bookkeeping to the issuance's transactions.
+
+// SealedRecord is an escrow record sealed for a serial, ready to be committed.
+type SealedRecord struct {
+	ID    string
+	Blob  []byte
+	Epoch uint32
+}
+
+// ShareHash is the RSA-OAEP hash the escrow shares (and anything else the appliance wraps to a
+// key of its kind of token) are encrypted with.
+func (s *Service) ShareHash() crypto.Hash { return s.shareHash() }
+
+// SealForIssue seals pkcs8 for the recovery set rs, binding this CA as issuer and serial, the
+// serial the certificate will be issued with. It calls no HSM.
+func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.PublicKey, pkcs8 []byte) (*SealedRecord, error) {
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: public key: %v", ErrInvalidRequest, err)
+	}
+	r, err := s.seal(rs, serial.Bytes(), spki, pkcs8)
+	if err != nil {
+		return nil, err
+	}
+	return &SealedRecord{ID: r.id, Blob: r.blob, Epoch: r.epoch}, nil
+}
+
+// SealForImport seals pkcs8, the private key of cert (a certificate of another CA), binding
+// cert's issuer and serial. It calls no HSM.
+func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 []byte) (*SealedRecord, error) {
+	id, err := record.NewID()
+	if err != nil {
+		return nil, err
+	}
+	h := record.Header{
+		ID: id, Issuer: issuerOf(cert), Serial: cert.SerialNumber.Bytes(),
+		SPKIHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo),
+		Epoch:    rs.Epoch, M: uint8(rs.Quorum), N: uint8(len(rs.recipients)), OAEPHash: s.shareHash(),
+	}
+	sealed, err := record.Seal(h, pkcs8, rs.recipients)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: seal: %w", err)
+	}
+	blob, err := sealed.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("escrow: seal: %w", err)
+	}
+	return &SealedRecord{ID: hex.EncodeToString(id[:]), Blob: blob, Epoch: rs.Epoch}, nil
+}
+
+// CheckKeyPair parses a PKCS#8 private key and checks that it is the pair of pub; a mismatch or
+// a malformed key is an [ErrInvalidRequest].
+func CheckKeyPair(pkcs8 []byte, pub crypto.PublicKey) error { return checkKeyPair(pkcs8, pub) }
+
+// OpenEnvelope opens a client's CMS envelope to the transport certificate (in the token) and
+// returns the PKCS#8 key inside, which the caller must clear.
+func (s *Service) OpenEnvelope(envelope []byte) ([]byte, error) {
+	if s.Transport == nil {
+		return nil, fmt.Errorf("%w: no transport key configured", ErrNoRecoverySet)
+	}
+	pkcs8, err := cms.Decrypt(envelope, s.Transport.Cert, s.Transport.Key)
+	if err != nil {
+		return nil, envelopeError(err)
+	}
+	return pkcs8, nil
+}
+
+// ReservedIssue is one archiving issuance whose serial and sealed record are already made.
+type ReservedIssue struct {
+	Template *policy.Template
+	Pub      crypto.PublicKey
+	Mailbox  string
+	Serial   *big.Int
+	Record   *SealedRecord
+	// Reserve runs inside the first transaction (the reservation); its error aborts the
+	// issuance before anything is signed.
+	Reserve func(tx *store.Tx, serial string) error
+	// Prepare, when set, runs after signing and before the last transaction, outside any
+	// transaction (for slow work such as building a PKCS#12); an error undoes the issuance.
+	Prepare func(cert *x509.Certificate) error
+	// Finish runs inside the last transaction, with the signed certificate; an error there
+	// undoes the issuance.
+	Finish func(tx *store.Tx, cert *x509.Certificate) error
+}
+
+// ErrReserved: the Reserve hook refused the reservation (for a bulk item: it is already done).
+var ErrReserved = errors.New("escrow: reservation refused")
+
+// IssueReserved runs the three-step issuance protocol (see the package documentation) for an
+// archiving template with a record sealed beforehand: reservation and record in one
+// transaction, signing, then the certificate, the record's activation and Finish in a second
+// one. A failure after the reservation marks the certificate failed and its record abandoned;
+// a crash leaves them to [Service.Sweep]. The final transaction is not cancelled by ctx once the
+// certificate is signed.
+func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, error) {
+	t := r.Template
+	if t == nil || r.Record == nil || r.Serial == nil {
+		return nil, fmt.Errorf("%w: incomplete reserved issuance", ErrInvalidRequest)
+	}
+	if !t.Archive {
+		return nil, fmt.Errorf("%w: template %q does not archive keys", ErrInvalidRequest, t.Name)
+	}
+	serialHex := store.FormatSerial(r.Serial)
+	now := s.now()
+	row := store.Certificate{
+		Serial: serialHex, Template: t.Name, Email: r.Mailbox, Subject: "CN=" + r.Mailbox,
+		State: store.StatePending, CreatedAt: now, RecordID: r.Record.ID,
+	}
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		if r.Reserve != nil {
+			if err := r.Reserve(tx, serialHex); err != nil {
+				return fmt.Errorf("%w: %w", ErrReserved, err)
+			}
+		}
+		if err := tx.InsertCertificate(row); err != nil {
+			return err
+		}
+		return tx.InsertRecord(store.Record{
+			ID: r.Record.ID, Serial: serialHex, Email: r.Mailbox, Epoch: r.Record.Epoch,
+			Blob: r.Record.Blob, State: store.StatePending, CreatedAt: now,
+		})
+	})
+	if err != nil {
+		if errors.Is(err, ErrReserved) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("escrow: reserve serial: %w", err)
+	}
+	req := ca.Request{
+		Serial:             r.Serial,
+		PublicKey:          r.Pub,
+		KeyUsage:           t.KeyUsageFor(r.Pub),
+		ExtKeyUsage:        extKeyUsages(t),
+		UnknownExtKeyUsage: unknownExtKeyUsages(t),
+		NotBefore:          now,
+		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
+		EmailAddresses:     []string{r.Mailbox},
+	}
+	req.Subject.CommonName = r.Mailbox
+	cert, err := s.Issuer.Issue(req)
+	if err == nil && r.Prepare != nil {
+		err = r.Prepare(cert)
+	}
+	if err == nil {
+		err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+			if err := tx.SetCertificateIssued(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
+				return err
+			}
+			if err := tx.ActivateRecord(r.Record.ID); err != nil {
+				return err
+			}
+			if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), r.Mailbox, audit.Details{Template: t.Name, Serial: serialHex,
+				Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
+				Fingerprint: []string{PublicKeyFingerprint(r.Pub)}}); err != nil {
+				return err
+			}
+			if r.Finish != nil {
+				return r.Finish(tx, cert)
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		s.undo(serialHex)
+		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
+	}
+	if s.Metrics != nil {
+		s.Metrics.Enrolled(t.Name, true)
+	}
+	return &Issued{Certificate: cert, Serial: serialHex, RecordID: r.Record.ID}, nil
+}
+
+// CommitImport stores a certificate of another CA with its sealed record (active at once: the
+// certificate exists already) in one transaction, with extra (the job bookkeeping) in the same
+// transaction. A serial already in the archive is an [ErrInvalidRequest].
+func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mailbox string, rec *SealedRecord, extra func(tx *store.Tx) error) error {
+	serialHex := store.FormatSerial(cert.SerialNumber)
+	now := s.now()
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		return s.insertImport(tx, cert, mailbox, rec, now, extra)
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%w: a certificate with serial %s is already in the archive", ErrInvalidRequest, serialHex)
+	}
+	if err != nil {
+		return fmt.Errorf("escrow: store imported record: %w", err)
+	}
+	return nil
+}
+
+// ImportItem is one imported certificate for [Service.CommitImports].
+type ImportItem struct {
+	Cert    *x509.Certificate
+	Mailbox string
+	Record  *SealedRecord
+	Extra   func(tx *store.Tx) error
+}
+
+// CommitImports is [Service.CommitImport] for many items in one store function (fewer
+// savepoints for the writer); if any item fails, none is stored and the error is returned, so
+// the caller can retry them one by one.
+func (s *Service) CommitImports(ctx context.Context, items []ImportItem) error {
+	now := s.now()
+	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+		for _, it := range items {
+			if err := s.insertImport(tx, it.Cert, it.Mailbox, it.Record, now, it.Extra); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("escrow: store imported records: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) insertImport(tx *store.Tx, cert *x509.Certificate, mailbox string, rec *SealedRecord, now time.Time, extra func(tx *store.Tx) error) error {
+	serialHex := store.FormatSerial(cert.SerialNumber)
+	if err := tx.InsertCertificate(store.Certificate{
+		Serial: serialHex, Template: TemplateImport, Email: mailbox, Subject: cert.Subject.String(),
+		State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+		CreatedAt: now, RecordID: rec.ID,
+	}); err != nil {
+		return err
+	}
+	if err := tx.InsertRecord(store.Record{ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
+		Blob: rec.Blob, State: store.StateActive, CreatedAt: now}); err != nil {
+		return err
+	}
+	if err := s.audit(tx, audit.KindArchive, "local", mailbox, audit.Details{Template: TemplateImport, Serial: serialHex,
+		Mailbox: mailbox, Record: rec.ID, Epoch: rec.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
+		Fingerprint: []string{PublicKeyFingerprint(cert.PublicKey)}}); err != nil {
+		return err
+	}
+	if extra != nil {
+		return extra(tx)
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package store
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The audit trail. Each entry is chained to the one before it: its Hash is [ChainHash] of the
+// previous entry's hash and its own fields, computed by [Tx.AppendAudit] inside the write
+// transaction. Writes are serialised (one writer per process, BEGIN IMMEDIATE across
+// processes), so seq and prev are always those of the committed tail; an entry appended in a
+// savepoint that is rolled back disappears with the rest of that savepoint. The store only keeps
+// the chain; signing checkpoints and verifying the chain belong to escrow/audit.
+
+// AuditHashSize is the size of an entry's hash (SHA-256).
+const AuditHashSize = sha256.Size
+
+// AuditEntry is one entry of the audit trail.
+type AuditEntry struct {
+	Seq     int64     // 1, 2, 3, ...; set by AppendAudit
+	At      time.Time // stored in microseconds, UTC
+	Kind    string
+	Actor   string
+	Subject string
+	Details string // JSON made by escrow/audit; never a secret
+	Prev    []byte // hash of entry Seq-1 (zeros for the first); set by AppendAudit
+	Hash    []byte // ChainHash(Prev, this entry); set by AppendAudit
+}
+
+// AuditCheckpoint is a signature, by the audit key, over the chain up to entry Seq.
+type AuditCheckpoint struct {
+	Seq       int64
+	Hash      []byte // the hash of entry Seq
+	At        time.Time
+	KeyID     []byte // SHA-256 of the audit key's SubjectPublicKeyInfo
+	Signature []byte
+}
+
+// chainDomain separates entry hashes from any other SHA-256 use.
+const chainDomain = "keyarc audit entry v1"
+
+// ChainHash is the hash of an entry: SHA-256 over a domain string, the previous entry's hash,
+// and the entry's seq, time (unix microseconds), kind, actor, subject and details, every
+// variable-length field preceded by its length (4 bytes, big-endian), so that no two
+// different entries encode alike. Only Seq, At, Kind, Actor, Subject and Details of e are read.
+func ChainHash(prev []byte, e AuditEntry) []byte {
+	h := sha256.New()
+	var n [8]byte
+	field := func(b []byte) {
+		binary.BigEndian.PutUint32(n[:4], uint32(len(b)))
+		h.Write(n[:4])
+		h.Write(b)
+	}
+	field([]byte(chainDomain))
+	field(prev)
+	binary.BigEndian.PutUint64(n[:], uint64(e.Seq))
+	h.Write(n[:])
+	binary.BigEndian.PutUint64(n[:], uint64(e.At.UnixMicro()))
+	h.Write(n[:])
+	field([]byte(e.Kind))
+	field([]byte(e.Actor))
+	field([]byte(e.Subject))
+	field([]byte(e.Details))
+	return h.Sum(nil)
+}
+
+const auditColumns = `seq, at, kind, actor, subject, details, prev, hash`
+
+func scanAudit(scan func(...any) error) (*AuditEntry, error) {
+	var e AuditEntry
+	var at int64
+	if err := scan(&e.Seq, &at, &e.Kind, &e.Actor, &e.Subject, &e.Details, &e.Prev, &e.Hash); err != nil {
+		return nil, err
+	}
+	e.At = time.UnixMicro(at).UTC()
+	return &e, nil
+}
+
+// AppendAudit appends e to the trail, after the last entry, and returns it with Seq, Prev and
+// Hash set (At truncated to microseconds, UTC; the zero time means now). Kind and Actor are
+// required. It must run in an [DB.Update] function: the entry is committed with the rest of
+// that function's writes, or not at all.
+func (tx *Tx) AppendAudit(e AuditEntry) (AuditEntry, error) {
+	const op = "append audit"
+	if e.Kind == "" || e.Actor == "" {
+		return AuditEntry{}, invalid(op, "kind and actor are required")
+	}
+	if err := tx.check(true); err != nil {
+		return AuditEntry{}, fmt.Errorf("store: %s: %w", op, err)
+	}
+	last, err := tx.LastAudit()
+	switch {
+	case err == nil:
+		e.Seq, e.Prev = last.Seq+1, last.Hash
+	case errors.Is(err, ErrNotFound):
+		e.Seq, e.Prev = 1, make([]byte, AuditHashSize)
+	default:
+		return AuditEntry{}, fmt.Errorf("store: %s: %w", op, err)
+	}
+	e.At = time.UnixMicro(orNow(e.At).UnixMicro()).UTC()
+	e.Hash = ChainHash(e.Prev, e)
+	if _, err := tx.exec(op, `INSERT INTO audit (`+auditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.Seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, e.Prev, e.Hash); err != nil {
+		return AuditEntry{}, err
+	}
+	return e, nil
+}
+
+// LastAudit returns the last entry of the trail, or [ErrNotFound] when it is empty.
+func (tx *Tx) LastAudit() (*AuditEntry, error) {
+	return tx.getAudit("last audit entry", `SELECT `+auditColumns+` FROM audit ORDER BY seq DESC LIMIT 1`)
+}
+
+// GetAudit returns entry seq, or [ErrNotFound].
+func (tx *Tx) GetAudit(seq int64) (*AuditEntry, error) {
+	return tx.getAudit("get audit entry", `SELECT `+auditColumns+` FROM audit WHERE seq = ?`, seq)
+}
+
+// LastAuditOfKind returns the last entry of a kind, or [ErrNotFound].
+func (tx *Tx) LastAuditOfKind(kind string) (*AuditEntry, error) {
+	return tx.getAudit("last audit entry of kind", `SELECT `+auditColumns+` FROM audit WHERE kind = ? ORDER BY seq DESC LIMIT 1`, kind)
+}
+
+func (tx *Tx) getAudit(op, query string, args ...any) (*AuditEntry, error) {
+	var e *AuditEntry
+	err := tx.query(op, func(rows *sql.Rows) error {
+		var err error
+		e, err = scanAudit(rows.Scan)
+		return err
+	}, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		return nil, fmt.Errorf("store: %s: %w", op, ErrNotFound)
+	}
+	return e, nil
+}
+
+// ListAudit returns at most limit entries with seq >= from, in seq order. It returns the rows
+// as stored, whatever their content: verifying them is the caller's job.
+func (tx *Tx) ListAudit(from int64, limit int) ([]AuditEntry, error) {
+	if limit <= 0 {
+		return nil, invalid("list audit", "limit %d must be positive", limit)
+	}
+	var out []AuditEntry
+	err := tx.query("list audit", func(rows *sql.Rows) error {
+		e, err := scanAudit(rows.Scan)
+		if err == nil {
+			out = append(out, *e)
+		}
+		return err
+	}, `SELECT `+auditColumns+` FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`, from, limit)
+	return out, err
+}
+
+// InsertCheckpoint stores a signed checkpoint. The entry it names must exist with the same
+// hash ([ErrConflict] otherwise); a second checkpoint of the same seq gives [ErrConflict] too.
+func (tx *Tx) InsertCheckpoint(c AuditCheckpoint) error {
+	const op = "insert audit checkpoint"
+	if c.Seq < 1 || len(c.Hash) != AuditHashSize || len(c.KeyID) == 0 || len(c.Signature) == 0 {
+		return invalid(op, "seq, hash, key ID and signature are required")
+	}
+	e, err := tx.GetAudit(c.Seq)
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	if !bytes.Equal(e.Hash, c.Hash) {
+		return fmt.Errorf("store: %s: entry %d has another hash: %w", op, c.Seq, ErrConflict)
+	}
+	_, err = tx.exec(op, `INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?)`,
+		c.Seq, c.Hash, orNow(c.At).UnixMicro(), c.KeyID, c.Signature)
+	return err
+}
+
+const checkpointColumns = `seq, hash, at, key_id, signature`
+
+func scanCheckpoint(scan func(...any) error) (*AuditCheckpoint, error) {
+	var c AuditCheckpoint
+	var at int64
+	if err := scan(&c.Seq, &c.Hash, &at, &c.KeyID, &c.Signature); err != nil {
+		return nil, err
+	}
+	c.At = time.UnixMicro(at).UTC()
+	return &c, nil
+}
+
+// LastCheckpoint returns the checkpoint with the highest seq, or [ErrNotFound].
+func (tx *Tx) LastCheckpoint() (*AuditCheckpoint, error) {
+	var c *AuditCheckpoint
+	err := tx.query("last audit checkpoint", func(rows *sql.Rows) error {
+		var err error
+		c, err = scanCheckpoint(rows.Scan)
+		return err
+	}, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY seq DESC LIMIT 1`)
+	if err != nil {
+		return nil, err
+	}
+	if c == nil {
+		return nil, fmt.Errorf("store: last audit checkpoint: %w", ErrNotFound)
+	}
+	return c, nil
+}
+
+// Checkpoints returns at most limit checkpoints with seq >= from, in seq order.
+func (tx *Tx) Checkpoints(from int64, limit int) ([]AuditCheckpoint, error) {
+	if limit <= 0 {
+		return nil, invalid("list audit checkpoints", "limit %d must be positive", limit)
+	}
+	var out []AuditCheckpoint
+	err := tx.query("list audit checkpoints", func(rows *sql.Rows) error {
+		c, err := scanCheckpoint(rows.Scan)
+		if err == nil {
+			out = append(out, *c)
+		}
+		return err
+	}, `SELECT `+checkpointColumns+` FROM audit_checkpoints WHERE seq >= ? ORDER BY seq LIMIT ?`, from, limit)
+	return out, err
+}
+
+// Path is the database file's absolute path (for tools that read it, and for tests).
+func (db *DB) Path() string { return db.path }
