@@ -107,6 +107,19 @@ type appliance struct {
 	exited  chan error
 }
 
+// stop shuts the appliance down cleanly (SIGINT) and waits for it.
+func (a *appliance) stop(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-a.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the appliance did not stop")
+	}
+	a.exited = make(chan error, 1)
+	a.exited <- nil
+}
+
 // kill stops the appliance with SIGKILL, as a crash would, and waits for it to be gone.
 func (a *appliance) kill(t *testing.T) {
 	t.Helper()

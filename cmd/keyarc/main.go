@@ -33,6 +33,8 @@ func commands() []command {
 		{"enroll", "enroll for a certificate (the key is made here, archived if the template says so)", runEnroll},
 		{"bulk", "bulk jobs: submit a job file, follow it, fetch its results", runBulk},
 		{"bench", "measure the raw crypto limits and the bulk pipeline's rates", runBench},
+		{"backup", "take a consistent online copy of the database", runBackup},
+		{"restore", "put a backup in place (refuses one older than the audit trail)", runRestore},
 		{"audit", "verify the audit trail: hash chain, signed checkpoints, head file", runAudit},
 		{"version", "print the version", runVersion},
 	}

@@ -39,6 +39,8 @@ type appliance struct {
 	metrics  *metrics
 	oaepHash string
 	audit    *applianceAudit
+	// lock is held on the state folder while serving.
+	lock *os.File
 	// ready is 1 while the token answers.
 	ready atomic.Bool
 }
@@ -88,13 +90,17 @@ func runServe(args []string) error {
 // refusing to start with a message naming the cause.
 func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*appliance, error) {
 	a := &appliance{cfg: cfg, log: log}
+	lock, err := lockState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.lock = lock
 	ok := false
 	defer func() {
 		if !ok {
 			a.close()
 		}
 	}()
-	var err error
 	a.tok, err = openToken(cfg, &hsm.Options{
 		MaxSessions:     cfg.Token.MaxSessions,
 		PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration,
@@ -192,6 +198,9 @@ func (a *appliance) close() {
 		if err := a.tok.Close(); err != nil {
 			a.log.Error("close token", "err", err)
 		}
+	}
+	if a.lock != nil {
+		a.lock.Close()
 	}
 }
 
