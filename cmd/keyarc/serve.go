@@ -158,6 +158,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.path(cfg.Database), err)
 	}
 	a.metrics = newMetrics(reg)
+	a.registerBulkMetrics(reg)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
 	reg.MustRegister(newStateCollector(a))
 	a.svc = &escrow.Service{
@@ -258,6 +259,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		}
 	}
 	a.log.Info("shutting down")
+	a.stopBulk()
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = msrv.Shutdown(sctx)
