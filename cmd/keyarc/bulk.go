@@ -22,8 +22,8 @@ import (
 	"github.com/keyarc/keyarc/policy"
 )
 
-// bulkState is an appliance's bulk-job machinery. It lives beside the appliance (keyed by it)
-// so that this file is the only one that knows it.
+// bulkState is an appliance's bulk-job machinery: the job manager, its item counter and the
+// scheduler's stop function.
 type bulkState struct {
 	mgr    *bulk.Manager
 	items  *prometheus.CounterVec
@@ -31,13 +31,9 @@ type bulkState struct {
 	once   sync.Once
 }
 
-var bulkStates sync.Map // *appliance -> *bulkState
-
-// bulk returns the appliance's bulk state, made on first use.
-func (a *appliance) bulk() *bulkState {
-	if v, ok := bulkStates.Load(a); ok {
-		return v.(*bulkState)
-	}
+// newBulkState builds the bulk machinery over the appliance's engine; openAppliance calls it
+// once the engine exists.
+func newBulkState(a *appliance) *bulkState {
 	st := &bulkState{
 		items: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyarc_bulk_items_total",
@@ -50,9 +46,11 @@ func (a *appliance) bulk() *bulkState {
 		Logger:  a.log,
 		Metrics: bulkMetrics{st.items},
 	}
-	v, _ := bulkStates.LoadOrStore(a, st)
-	return v.(*bulkState)
+	return st
 }
+
+// bulk returns the appliance's bulk machinery.
+func (a *appliance) bulk() *bulkState { return a.bulkSt }
 
 type bulkMetrics struct{ items *prometheus.CounterVec }
 
@@ -61,10 +59,9 @@ func (m bulkMetrics) Item(kind bulk.Kind, result string) {
 }
 
 // registerBulkMetrics adds keyarc_bulk_items_total and keyarc_bulk_jobs to the appliance's
-// registry. The lead calls it from openAppliance, right after newMetrics.
+// registry.
 func (a *appliance) registerBulkMetrics(reg prometheus.Registerer) {
-	st := a.bulk()
-	reg.MustRegister(st.items, &bulkJobsCollector{a: a})
+	reg.MustRegister(a.bulkSt.items, &bulkJobsCollector{a: a})
 }
 
 // bulkJobsCollector reports keyarc_bulk_jobs{state} from the store at each scrape.
@@ -100,10 +97,8 @@ func (a *appliance) startBulk() {
 
 // stopBulk stops the job scheduler: items in flight finish or are left for the next start.
 func (a *appliance) stopBulk() {
-	if v, ok := bulkStates.Load(a); ok {
-		if st := v.(*bulkState); st.cancel != nil {
-			st.cancel()
-		}
+	if a.bulkSt != nil && a.bulkSt.cancel != nil {
+		a.bulkSt.cancel()
 	}
 }
 

@@ -39,6 +39,8 @@ type appliance struct {
 	metrics  *metrics
 	oaepHash string
 	audit    *applianceAudit
+	// bulkSt runs bulk jobs.
+	bulkSt *bulkState
 	// lock is held on the state folder while serving.
 	lock *os.File
 	// ready is 1 while the token answers.
@@ -158,7 +160,6 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.path(cfg.Database), err)
 	}
 	a.metrics = newMetrics(reg)
-	a.registerBulkMetrics(reg)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
 	reg.MustRegister(newStateCollector(a))
 	a.svc = &escrow.Service{
@@ -176,6 +177,8 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	if err := a.openAudit(issuer, reg); err != nil {
 		return nil, err
 	}
+	a.bulkSt = newBulkState(a)
+	a.registerBulkMetrics(reg)
 	// Issuances a crash left half-done are finished now: nothing is served before.
 	if n, err := a.svc.Sweep(context.Background(), time.Now()); err != nil {
 		return nil, fmt.Errorf("sweep pending issuances: %w", err)
@@ -238,7 +241,10 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		// HTTP/1.1 only: EST and the API need nothing of HTTP/2, and leaving it out leaves
+		// out its attack surface (see README, "Vulnerability scan").
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	mmux := http.NewServeMux()
 	mmux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
