@@ -355,14 +355,20 @@ func TestIssueFailureUndone(t *testing.T) {
 				t.Errorf("a certificate was returned with error %v", err)
 			}
 			rows := env.certs(t, store.Filter{Email: who.Mailbox})
-			if len(rows) != 1 {
+			if !tt.archive {
+				// Without a record to commit first, nothing is reserved: a failed signature
+				// leaves no row at all.
+				if len(rows) != 0 {
+					t.Fatalf("%d certificate rows after a failed signature without archival, want none", len(rows))
+				}
+			} else if len(rows) != 1 {
 				t.Fatalf("%d certificate rows, want the one failed row", len(rows))
 			}
-			row := rows[0]
-			if row.State != store.StateFailed || row.DER != nil {
-				t.Errorf("row state %s with %d bytes of DER, want failed without DER", row.State, len(row.DER))
-			}
 			if tt.archive {
+				row := rows[0]
+				if row.State != store.StateFailed || row.DER != nil {
+					t.Errorf("row state %s with %d bytes of DER, want failed without DER", row.State, len(row.DER))
+				}
 				if row.RecordID == "" {
 					t.Fatalf("failed archiving row has no record ID")
 				}

@@ -234,9 +234,23 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		Serial: serialHex, Template: t.Name, Email: mailbox, Subject: subject.String(),
 		State: store.StatePending, CreatedAt: now, CodeID: is.codeID, Role: is.role, KRA: is.kra,
 	}
-	if rec != nil {
-		row.RecordID = rec.id
+	req := ca.Request{
+		Serial:             serial,
+		PublicKey:          is.pub,
+		Subject:            subject,
+		KeyUsage:           t.KeyUsageFor(is.pub),
+		ExtKeyUsage:        extKeyUsages(t),
+		UnknownExtKeyUsage: unknownExtKeyUsages(t),
+		NotBefore:          now,
+		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
 	}
+	if mailbox != "" {
+		req.EmailAddresses = []string{mailbox}
+	}
+	if rec == nil {
+		return s.issueDirect(ctx, is, req, row)
+	}
+	row.RecordID = rec.id
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
 		if is.codeID != "" {
 			if err := tx.ClaimCode(is.codeID, now); err != nil {
@@ -263,19 +277,6 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		return nil, fmt.Errorf("escrow: reserve serial: %w", err)
 	}
 
-	req := ca.Request{
-		Serial:             serial,
-		PublicKey:          is.pub,
-		Subject:            subject,
-		KeyUsage:           t.KeyUsageFor(is.pub),
-		ExtKeyUsage:        extKeyUsages(t),
-		UnknownExtKeyUsage: unknownExtKeyUsages(t),
-		NotBefore:          now,
-		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
-	}
-	if mailbox != "" {
-		req.EmailAddresses = []string{mailbox}
-	}
 	cert, err := s.Issuer.Issue(req)
 	if err == nil {
 		// Once signed, the certificate is stored even if the caller has gone: a CA keeps
@@ -308,6 +309,70 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		out.RecordID = rec.id
 	}
 	return out, nil
+}
+
+// issueDirect issues a certificate that archives nothing in one durable step: the CA signs,
+// then one transaction claims the code, stores the certificate and its audit entry. With no
+// escrow record to commit first, the reservation step would only cost an fsync. If that
+// transaction fails (the code was used meanwhile, the disk is full), no certificate is returned
+// and the signed one is kept on record as failed: a CA keeps every certificate it signs.
+func (s *Service) issueDirect(ctx context.Context, is issuance, req ca.Request, row store.Certificate) (*Issued, error) {
+	t := is.template
+	if is.codeID != "" {
+		// Sign nothing for a code that is already spent; the claim below settles races.
+		if err := s.Store.View(ctx, func(tx *store.Tx) error {
+			c, err := tx.GetCode(is.codeID)
+			switch {
+			case err != nil:
+				return err
+			case c.UsedAt != nil:
+				return ErrCodeUsed
+			case !req.NotBefore.Before(c.ExpiresAt):
+				return ErrCodeExpired
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	cert, err := s.Issuer.Issue(req)
+	if err != nil {
+		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
+	}
+	row.State, row.DER, row.NotBefore, row.NotAfter = store.StateIssued, cert.Raw, cert.NotBefore, cert.NotAfter
+	ctx = context.WithoutCancel(ctx)
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		if is.codeID != "" {
+			if err := tx.ClaimCode(is.codeID, req.NotBefore); err != nil {
+				return err
+			}
+		}
+		if err := tx.InsertCertificate(row); err != nil {
+			return err
+		}
+		d := audit.Details{Template: t.Name, Serial: row.Serial, Mailbox: row.Email, Role: is.role, KRA: is.kra,
+			NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{PublicKeyFingerprint(is.pub)}}
+		return s.audit(tx, audit.KindEnroll, actorFrom(ctx), subjectOr(row.Email, req.Subject.String()), d)
+	})
+	if err != nil {
+		void := row
+		void.State, void.CodeID = store.StateFailed, ""
+		if verr := s.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertCertificate(void) }); verr != nil {
+			s.log().Error("keep a signed but undelivered certificate on record", "serial", row.Serial, "err", verr)
+		}
+		switch {
+		case errors.Is(err, store.ErrCodeUsed):
+			return nil, ErrCodeUsed
+		case errors.Is(err, store.ErrCodeExpired):
+			return nil, ErrCodeExpired
+		}
+		return nil, fmt.Errorf("escrow: store certificate: %w", err)
+	}
+	if s.Metrics != nil {
+		s.Metrics.Enrolled(t.Name, false)
+	}
+	s.log().Info("certificate issued", "serial", row.Serial, "template", t.Name, "archived", false)
+	return &Issued{Certificate: cert, Serial: row.Serial}, nil
 }
 
 // undo is the compensating transaction of a failed issuance: the row is marked failed, which

@@ -424,15 +424,7 @@ func TestBulkCrashResume(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if err := a.cmd.Process.Kill(); err != nil { // SIGKILL
-		t.Fatal(err)
-	}
-	for a.cmd.ProcessState == nil {
-		if _, err := c.Get(a.url + "/healthz"); err != nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	a.kill(t) // SIGKILL, and wait until it is gone
 
 	b := serve(t, state)
 	deadline = time.Now().Add(5 * time.Minute)
