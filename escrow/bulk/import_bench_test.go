@@ -1,0 +1,29 @@
+package bulk
+
+import (
+	"strconv"
+	"testing"
+)
+
+// BenchmarkImportJob runs an import job of b.N items through the whole pipeline with a real
+// SQLite file and reports items per second.
+func BenchmarkImportJob(b *testing.B) {
+	env := newEnv(b)
+	old := newOtherCA(b)
+	k := p256(b)
+	keyPEM := pemOf("PRIVATE KEY", pkcs8(b, k))
+	items := make([]any, 0, b.N)
+	for i := range b.N {
+		c := old.issue(b, k.Public(), "user"+strconv.Itoa(i)+"@example.org")
+		items = append(items, Item{Certificate: pemOf("CERTIFICATE", c.Raw), Key: keyPEM})
+	}
+	file := jobFile(b, Header{Kind: KindImport}, items...)
+	b.ResetTimer()
+	st := submit(b, env, file)
+	st = env.runUntilDone(b, st.ID)
+	b.StopTimer()
+	if st.Done != b.N {
+		b.Fatalf("done %d of %d", st.Done, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
+}

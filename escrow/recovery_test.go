@@ -1,0 +1,315 @@
+package escrow
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// countingKeys keeps recovery keys in memory and counts every decryption with them: the proof
+// that a refused recovery never reaches an unwrap call.
+type countingKeys struct {
+	key      *rsa.PrivateKey
+	mu       sync.Mutex
+	labels   map[string]bool
+	made     atomic.Int64
+	decrypts atomic.Int64
+}
+
+func (k *countingKeys) Generate(label string) (crypto.PublicKey, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.labels[label] = true
+	k.made.Add(1)
+	return &k.key.PublicKey, nil
+}
+
+func (k *countingKeys) Decrypter(label string) (crypto.Decrypter, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.labels[label] {
+		return nil, errors.New("no such recovery key")
+	}
+	return countingDecrypter{k}, nil
+}
+
+func (k *countingKeys) Destroy(label string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.labels, label)
+	return nil
+}
+
+type countingDecrypter struct{ k *countingKeys }
+
+func (d countingDecrypter) Public() crypto.PublicKey { return &d.k.key.PublicKey }
+
+func (d countingDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	d.k.decrypts.Add(1)
+	return d.k.key.Decrypt(r, msg, opts)
+}
+
+// recoveryEnv is a test service with an archived key, an officer and the KRAs' principals.
+type recoveryEnv struct {
+	*testEnv
+	keys    *countingKeys
+	officer policy.Principal
+	serial  string
+	pkcs8   []byte
+}
+
+func newRecoveryEnv(t *testing.T) *recoveryEnv {
+	t.Helper()
+	env := newTestService(t)
+	keys := &countingKeys{key: rsaKey(t, keyTransport), labels: map[string]bool{}}
+	env.svc.RecoveryKeys = keys
+	issued, pkcs8 := env.enrollArchived(t, "owner@example.org")
+	r := &recoveryEnv{testEnv: env, keys: keys, serial: issued.Serial, pkcs8: pkcs8}
+	r.officer = r.credential(t, policy.RoleOfficer, "olga", "")
+	return r
+}
+
+func (r *recoveryEnv) credential(t *testing.T, role policy.Role, name, mailbox string) policy.Principal {
+	t.Helper()
+	is, err := r.svc.IssueCredential(context.Background(), role, name, mailbox, newP256(t).Public())
+	if err != nil {
+		t.Fatalf("IssueCredential: %v", err)
+	}
+	return policy.Principal{Role: role, Name: name, Mailbox: mailbox, Serial: is.Serial}
+}
+
+// kraPrincipal is KRA i as the appliance sees it: its auth certificate's serial.
+func (r *recoveryEnv) kraPrincipal(t *testing.T, i int) policy.Principal {
+	t.Helper()
+	rows := r.certs(t, store.Filter{KRA: r.kras[i].name})
+	for _, c := range rows {
+		if c.Role == string(policy.RoleKRA) {
+			return policy.Principal{Role: policy.RoleKRA, Name: r.kras[i].name, Serial: c.Serial}
+		}
+	}
+	t.Fatalf("no auth certificate for %s", r.kras[i].name)
+	return policy.Principal{}
+}
+
+func (r *recoveryEnv) request(t *testing.T) *Recovery {
+	t.Helper()
+	rec, err := r.svc.RequestRecovery(context.Background(), r.officer, r.serial, "", "test", time.Hour)
+	if err != nil {
+		t.Fatalf("RequestRecovery: %v", err)
+	}
+	return rec
+}
+
+// approval is what KRA i's CLI makes: its share decrypted with its unwrap key, re-encrypted to
+// the request's recovery key, and the signature of its auth key over the exact request.
+func (r *recoveryEnv) approval(t *testing.T, i int, id string) ([]ApprovedShare, []byte) {
+	t.Helper()
+	rec, items, err := r.svc.SharesFor(context.Background(), r.kraPrincipal(t, i), id)
+	if err != nil {
+		t.Fatalf("SharesFor: %v", err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(rec.KeySPKI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := hashByName(rec.OAEPHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shares []ApprovedShare
+	for _, it := range items {
+		if it.Share == nil {
+			continue
+		}
+		pt, err := r.kras[i].unwrap.Decrypt(rand.Reader, it.Share, &rsa.OAEPOptions{Hash: it.OAEPHash})
+		if err != nil {
+			t.Fatalf("KRA decrypts its share: %v", err)
+		}
+		ct, err := rsa.EncryptOAEP(to.New(), rand.Reader, pub.(*rsa.PublicKey), pt, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shares = append(shares, ApprovedShare{RecordID: it.RecordID, Share: ct})
+	}
+	sig, err := ecdsa.SignASN1(rand.Reader, r.kras[i].auth, ApprovalDigest(&rec.Recovery, shares))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return shares, sig
+}
+
+func (r *recoveryEnv) approve(t *testing.T, i int, id string) {
+	t.Helper()
+	shares, sig := r.approval(t, i, id)
+	if _, err := r.svc.SubmitApproval(context.Background(), r.kraPrincipal(t, i), id, shares, sig); err != nil {
+		t.Fatalf("SubmitApproval by %s: %v", r.kras[i].name, err)
+	}
+}
+
+// TestRecoveryPolicyMatrix: every refusal happens before any unwrap: the recovery key is never
+// asked to decrypt.
+func TestRecoveryPolicyMatrix(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		run     func(t *testing.T, r *recoveryEnv) error
+		wantErr error
+	}{
+		{"m-1 approvals", func(t *testing.T, r *recoveryEnv) error {
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			_, err := r.svc.Fetch(ctx, r.officer, id, false)
+			return err
+		}, policy.ErrQuorum},
+		{"the same KRA twice", func(t *testing.T, r *recoveryEnv) error {
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			shares, sig := r.approval(t, 0, id) // a fresh signature, other bytes
+			if _, err := r.svc.SubmitApproval(ctx, r.kraPrincipal(t, 0), id, shares, sig); !errors.Is(err, ErrAlreadyApproved) {
+				t.Fatalf("second approval: %v, want ErrAlreadyApproved", err)
+			}
+			_, err := r.svc.Fetch(ctx, r.officer, id, false)
+			return err
+		}, policy.ErrQuorum},
+		{"a non-KRA signer", func(t *testing.T, r *recoveryEnv) error {
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			shares, sig := r.approval(t, 1, id)
+			if _, err := r.svc.SubmitApproval(ctx, r.officer, id, shares, sig); !errors.Is(err, policy.ErrNotAllowed) {
+				t.Fatalf("approval by an officer: %v, want ErrNotAllowed", err)
+			}
+			_, err := r.svc.Fetch(ctx, r.officer, id, false)
+			return err
+		}, policy.ErrQuorum},
+		{"a KRA not in the record's set", func(t *testing.T, r *recoveryEnv) error {
+			r.addKRA(t, "kra-outside", rsaKey(t, keyKRA0+3))
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			p := r.kraPrincipal(t, 3)
+			rec, _, err := r.svc.SharesFor(ctx, p, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fake := []ApprovedShare{{RecordID: rec.Items[0].RecordID, Share: make([]byte, 256)}}
+			sig, _ := ecdsa.SignASN1(rand.Reader, r.kras[3].auth, ApprovalDigest(&rec.Recovery, fake))
+			if _, err := r.svc.SubmitApproval(ctx, p, id, fake, sig); err != nil {
+				t.Fatalf("the outsider's approval is stored (and then not counted): %v", err)
+			}
+			_, err = r.svc.Fetch(ctx, r.officer, id, false)
+			return err
+		}, policy.ErrQuorum},
+		{"the requester approving", func(t *testing.T, r *recoveryEnv) error {
+			// An officer named like KRA kra-0 asks: kra-0 is not even shown its share.
+			r.officer = r.credential(t, policy.RoleOfficer, "kra-0", "")
+			id := r.request(t).ID
+			if _, _, err := r.svc.SharesFor(ctx, r.kraPrincipal(t, 0), id); !errors.Is(err, policy.ErrNotAllowed) {
+				t.Fatalf("the requester asks for its share: %v, want ErrNotAllowed", err)
+			}
+			r.approve(t, 1, id)
+			_, err := r.svc.Fetch(ctx, r.officer, id, false)
+			return err
+		}, policy.ErrQuorum},
+		{"the owner requesting", func(t *testing.T, r *recoveryEnv) error {
+			owner := r.credential(t, policy.RoleOfficer, "owen", "owner@example.org")
+			_, err := r.svc.RequestRecovery(ctx, owner, r.serial, "", "mine", time.Hour)
+			if r.keys.made.Load() != 0 {
+				t.Errorf("a recovery key was made for a refused request")
+			}
+			return err
+		}, policy.ErrOwnKey},
+		{"an expired request", func(t *testing.T, r *recoveryEnv) error {
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			r.approve(t, 1, id)
+			r.clock.Set(t0.Add(2 * time.Hour))
+			defer r.clock.Set(t0)
+			_, err := r.svc.Fetch(ctx, r.officer, id, false)
+			return err
+		}, policy.ErrExpired},
+		{"an approval replayed onto another request", func(t *testing.T, r *recoveryEnv) error {
+			a, b := r.request(t).ID, r.request(t).ID
+			r.approve(t, 0, b)
+			shares, sig := r.approval(t, 1, a)
+			if _, err := r.svc.SubmitApproval(ctx, r.kraPrincipal(t, 1), b, shares, sig); !errors.Is(err, ErrBadApproval) {
+				t.Fatalf("replayed approval: %v, want ErrBadApproval", err)
+			}
+			_, err := r.svc.Fetch(ctx, r.officer, b, false)
+			return err
+		}, policy.ErrQuorum},
+		{"another officer fetching", func(t *testing.T, r *recoveryEnv) error {
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			r.approve(t, 2, id)
+			other := r.credential(t, policy.RoleOfficer, "oscar", "")
+			_, err := r.svc.Fetch(ctx, other, id, false)
+			return err
+		}, ErrForbidden},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRecoveryEnv(t)
+			if err := tt.run(t, r); !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err %v, want %v", err, tt.wantErr)
+			}
+			if n := r.keys.decrypts.Load(); n != 0 {
+				t.Fatalf("%d decryptions with the recovery key for a refused recovery, want 0", n)
+			}
+		})
+	}
+}
+
+// TestRecoveryDelivers: with the quorum, Fetch opens the record to exactly the archived key, in
+// a PKCS#12 its password opens; a second Fetch is refused and decrypts nothing more.
+func TestRecoveryDelivers(t *testing.T) {
+	r := newRecoveryEnv(t)
+	id := r.request(t).ID
+	r.approve(t, 2, id)
+	r.approve(t, 0, id)
+	got, err := r.svc.Fetch(context.Background(), r.officer, id, false)
+	if err != nil {
+		t.Fatalf("Fetch: %v", err)
+	}
+	if n := r.keys.decrypts.Load(); n != 2 {
+		t.Errorf("%d share decryptions, want exactly the quorum (2)", n)
+	}
+	if len(got.Files) != 1 || got.Files[0].Serial != r.serial {
+		t.Fatalf("files %+v, want one for %s", got.Files, r.serial)
+	}
+	key, cert, _, err := pkcs12.DecodeChain(got.Files[0].PFX, got.Password)
+	if err != nil {
+		t.Fatalf("decode the PKCS#12: %v", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(der) != string(r.pkcs8) {
+		t.Fatal("the recovered key is not the archived one")
+	}
+	if store.FormatSerial(cert.SerialNumber) != r.serial {
+		t.Errorf("the PKCS#12 holds certificate %x", cert.SerialNumber)
+	}
+	if _, err := r.svc.Fetch(context.Background(), r.officer, id, false); !errors.Is(err, policy.ErrConsumed) {
+		t.Fatalf("second Fetch: %v, want ErrConsumed", err)
+	}
+	if n := r.keys.decrypts.Load(); n != 2 {
+		t.Errorf("the refused second Fetch decrypted (%d decryptions)", n)
+	}
+	if len(r.keys.labels) != 0 {
+		t.Errorf("recovery keys left after delivery: %v", r.keys.labels)
+	}
+}
