@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -150,21 +149,22 @@ func (s *Service) archiveAndIssue(ctx context.Context, who Enrollee, t *policy.T
 	if err != nil {
 		return nil, fmt.Errorf("%w: public key: %v", ErrInvalidRequest, err)
 	}
-	seal := func(serial []byte) (*sealedRecord, error) {
-		return s.seal(rs, serial, spki, pkcs8)
+	seal := func(serial []byte) (*SealedRecord, error) {
+		return s.sealRecord(rs, s.issuerName(), serial, spki, pkcs8)
 	}
 	return s.issue(ctx, issuance{template: t, pub: pub, mailbox: who.Mailbox, codeID: who.codeID(), seal: seal})
 }
 
-// seal makes the escrow record of one private key. It calls no HSM.
-func (s *Service) seal(rs *RecoverySet, serial, spki, pkcs8 []byte) (*sealedRecord, error) {
+// sealRecord makes the escrow record of one private key, binding the issuer, the certificate
+// serial and the public key (spki, DER) into its header. It calls no HSM.
+func (s *Service) sealRecord(rs *RecoverySet, issuer string, serial, spki, pkcs8 []byte) (*SealedRecord, error) {
 	id, err := record.NewID()
 	if err != nil {
 		return nil, err
 	}
 	h := record.Header{
 		ID:       id,
-		Issuer:   s.issuerName(),
+		Issuer:   issuer,
 		Serial:   serial,
 		SPKIHash: sha256.Sum256(spki),
 		Epoch:    rs.Epoch,
@@ -180,7 +180,7 @@ func (s *Service) seal(rs *RecoverySet, serial, spki, pkcs8 []byte) (*sealedReco
 	if err != nil {
 		return nil, fmt.Errorf("escrow: seal: %w", err)
 	}
-	return &sealedRecord{id: hex.EncodeToString(id[:]), blob: blob, epoch: rs.Epoch}, nil
+	return &SealedRecord{ID: hex.EncodeToString(id[:]), Blob: blob, Epoch: rs.Epoch}, nil
 }
 
 // issuerName is the issuer bound into record headers: the CA's subject key identifier, or its
@@ -279,49 +279,14 @@ func (s *Service) ImportArchived(ctx context.Context, cert *x509.Certificate, pk
 	if err != nil {
 		return "", err
 	}
-	serialHex := store.FormatSerial(cert.SerialNumber)
-	id, err := record.NewID()
+	rec, err := s.SealForImport(rs, cert, pkcs8)
 	if err != nil {
 		return "", err
 	}
-	h := record.Header{
-		ID: id, Issuer: issuerOf(cert), Serial: cert.SerialNumber.Bytes(),
-		SPKIHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo),
-		Epoch:    rs.Epoch, M: uint8(rs.Quorum), N: uint8(len(rs.recipients)), OAEPHash: s.shareHash(),
-	}
-	sealed, err := record.Seal(h, pkcs8, rs.recipients)
-	if err != nil {
-		return "", fmt.Errorf("escrow: seal: %w", err)
-	}
-	blob, err := sealed.MarshalBinary()
-	if err != nil {
+	if err := s.CommitImport(ctx, cert, mailbox, rec, nil); err != nil {
 		return "", err
 	}
-	recID := hex.EncodeToString(id[:])
-	now := s.now()
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.InsertCertificate(store.Certificate{
-			Serial: serialHex, Template: TemplateImport, Email: mailbox, Subject: cert.Subject.String(),
-			State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
-			CreatedAt: now, RecordID: recID,
-		}); err != nil {
-			return err
-		}
-		if err := tx.InsertRecord(store.Record{ID: recID, Serial: serialHex, Email: mailbox, Epoch: rs.Epoch,
-			Blob: blob, State: store.StateActive, CreatedAt: now}); err != nil {
-			return err
-		}
-		return s.audit(tx, audit.KindArchive, actorFrom(ctx), mailbox, audit.Details{Template: TemplateImport, Serial: serialHex,
-			Mailbox: mailbox, Record: recID, Epoch: rs.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-			Fingerprint: []string{PublicKeyFingerprint(cert.PublicKey)}})
-	})
-	if errors.Is(err, store.ErrConflict) {
-		return "", fmt.Errorf("%w: a certificate with serial %s is already in the archive", ErrInvalidRequest, serialHex)
-	}
-	if err != nil {
-		return "", fmt.Errorf("escrow: store imported record: %w", err)
-	}
-	return recID, nil
+	return rec.ID, nil
 }
 
 // issuerOf names a certificate's issuer for a record header: its authority key identifier, or

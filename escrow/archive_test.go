@@ -463,7 +463,7 @@ func TestSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := env.svc.seal(rs, serial.Bytes(), spki, pkcs8Of(t, key))
+	rec, err := env.svc.sealRecord(rs, env.svc.issuerName(), serial.Bytes(), spki, pkcs8Of(t, key))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,11 +473,11 @@ func TestSweep(t *testing.T) {
 		}
 		if err := tx.InsertCertificate(store.Certificate{Serial: serialHex, Template: policy.TemplateSMIMEEncryption,
 			Email: who.Mailbox, Subject: "CN=" + who.Mailbox, State: store.StatePending, CreatedAt: t0,
-			CodeID: who.Code.ID, RecordID: rec.id}); err != nil {
+			CodeID: who.Code.ID, RecordID: rec.ID}); err != nil {
 			return err
 		}
-		return tx.InsertRecord(store.Record{ID: rec.id, Serial: serialHex, Email: who.Mailbox, Epoch: rec.epoch,
-			Blob: rec.blob, State: store.StatePending, CreatedAt: t0})
+		return tx.InsertRecord(store.Record{ID: rec.ID, Serial: serialHex, Email: who.Mailbox, Epoch: rec.Epoch,
+			Blob: rec.Blob, State: store.StatePending, CreatedAt: t0})
 	})
 	if err != nil {
 		t.Fatalf("simulate step 1: %v", err)
@@ -512,7 +512,7 @@ func TestSweep(t *testing.T) {
 			}
 		})
 	}
-	if got := env.record(t, rec.id).State; got != store.StateAbandoned {
+	if got := env.record(t, rec.ID).State; got != store.StateAbandoned {
 		t.Errorf("crashed record is %s, want abandoned", got)
 	}
 	if err := env.codeErr(t, who); err != nil {

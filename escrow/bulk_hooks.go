@@ -3,9 +3,7 @@ package escrow
 import (
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
@@ -14,7 +12,6 @@ import (
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/cms"
-	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -41,34 +38,13 @@ func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.Publ
 	if err != nil {
 		return nil, fmt.Errorf("%w: public key: %v", ErrInvalidRequest, err)
 	}
-	r, err := s.seal(rs, serial.Bytes(), spki, pkcs8)
-	if err != nil {
-		return nil, err
-	}
-	return &SealedRecord{ID: r.id, Blob: r.blob, Epoch: r.epoch}, nil
+	return s.sealRecord(rs, s.issuerName(), serial.Bytes(), spki, pkcs8)
 }
 
 // SealForImport seals pkcs8, the private key of cert (a certificate of another CA), binding
 // cert's issuer and serial. It calls no HSM.
 func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 []byte) (*SealedRecord, error) {
-	id, err := record.NewID()
-	if err != nil {
-		return nil, err
-	}
-	h := record.Header{
-		ID: id, Issuer: issuerOf(cert), Serial: cert.SerialNumber.Bytes(),
-		SPKIHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo),
-		Epoch:    rs.Epoch, M: uint8(rs.Quorum), N: uint8(len(rs.recipients)), OAEPHash: s.shareHash(),
-	}
-	sealed, err := record.Seal(h, pkcs8, rs.recipients)
-	if err != nil {
-		return nil, fmt.Errorf("escrow: seal: %w", err)
-	}
-	blob, err := sealed.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("escrow: seal: %w", err)
-	}
-	return &SealedRecord{ID: hex.EncodeToString(id[:]), Blob: blob, Epoch: rs.Epoch}, nil
+	return s.sealRecord(rs, issuerOf(cert), cert.SerialNumber.Bytes(), cert.RawSubjectPublicKeyInfo, pkcs8)
 }
 
 // CheckKeyPair parses a PKCS#8 private key and checks that it is the pair of pub; a mismatch or

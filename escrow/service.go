@@ -183,17 +183,9 @@ func (s *Service) checkRequest(who Enrollee, req EnrollRequest) (*policy.Templat
 	return t, nil
 }
 
-// sealedRecord is what an archiving enrollment commits with the reservation.
-type sealedRecord struct {
-	id   string
-	blob []byte
-	// epoch is the recovery-set epoch the record is sealed under.
-	epoch uint32
-}
-
 // seal produces the escrow record for serial; it is called with the reserved serial so that
 // the record's header binds it.
-type sealFunc func(serial []byte) (*sealedRecord, error)
+type sealFunc func(serial []byte) (*SealedRecord, error)
 
 // issuance is one certificate to issue through the three-step protocol.
 type issuance struct {
@@ -218,7 +210,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		return nil, err
 	}
 	serialHex := store.FormatSerial(serial)
-	var rec *sealedRecord
+	var rec *SealedRecord
 	if is.seal != nil {
 		if rec, err = is.seal(serial.Bytes()); err != nil {
 			return nil, err
@@ -250,7 +242,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	if rec == nil {
 		return s.issueDirect(ctx, is, req, row)
 	}
-	row.RecordID = rec.id
+	row.RecordID = rec.ID
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
 		if is.codeID != "" {
 			if err := tx.ClaimCode(is.codeID, now); err != nil {
@@ -262,8 +254,8 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		}
 		if rec != nil {
 			return tx.InsertRecord(store.Record{
-				ID: rec.id, Serial: serialHex, Email: mailbox, Epoch: rec.epoch,
-				Blob: rec.blob, State: store.StatePending, CreatedAt: now,
+				ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
+				Blob: rec.Blob, State: store.StatePending, CreatedAt: now,
 			})
 		}
 		return nil
@@ -288,10 +280,10 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 			kind, d := audit.KindEnroll, audit.Details{Template: t.Name, Serial: serialHex, Mailbox: mailbox, Role: is.role, KRA: is.kra,
 				NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{PublicKeyFingerprint(is.pub)}}
 			if rec != nil {
-				if err := tx.ActivateRecord(rec.id); err != nil {
+				if err := tx.ActivateRecord(rec.ID); err != nil {
 					return err
 				}
-				kind, d.Record, d.Epoch = audit.KindArchive, rec.id, rec.epoch
+				kind, d.Record, d.Epoch = audit.KindArchive, rec.ID, rec.Epoch
 			}
 			return s.audit(tx, kind, actorFrom(ctx), subjectOr(mailbox, subject.String()), d)
 		})
@@ -306,7 +298,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	s.log().Info("certificate issued", "serial", serialHex, "template", t.Name, "archived", rec != nil)
 	out := &Issued{Certificate: cert, Serial: serialHex}
 	if rec != nil {
-		out.RecordID = rec.id
+		out.RecordID = rec.ID
 	}
 	return out, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -57,8 +56,6 @@ type client struct {
 	base  string
 	http  *http.Client
 	token *hsm.Token // a KRA's token, when the identity lives in one
-	// kraCert is the KRA's unwrap certificate, when known.
-	kraCertPath string
 }
 
 func (c *client) close() {
@@ -245,9 +242,6 @@ func (c *client) do(req *http.Request, out any) error {
 	}
 	return json.Unmarshal(b, out)
 }
-
-// signerPublic returns the public key of a signer, for printing fingerprints.
-func signerPublic(s crypto.Signer) crypto.PublicKey { return s.Public() }
 
 // printJSON writes v as indented JSON on standard output.
 func printJSON(v any) error {
