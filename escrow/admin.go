@@ -25,6 +25,12 @@ const (
 	TemplateClientAuth = "client-auth"
 )
 
+// MaxPendingRequests bounds the requests waiting for an admin's decision.
+const MaxPendingRequests = 100
+
+// ErrTooManyPending: the queue of requests waiting for an admin is full.
+var ErrTooManyPending = errors.New("escrow: too many requests wait for an admin's decision; try again after they are decided")
+
 // validName is the form of a KRA or credential name.
 var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
@@ -99,6 +105,12 @@ func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error)
 		return "", err
 	}
 	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+		// KRA enrollment needs no credential (an admin decides), so bound what it can store.
+		if waiting, err := tx.ListPending(store.StatePending); err != nil {
+			return err
+		} else if len(waiting) >= MaxPendingRequests {
+			return ErrTooManyPending
+		}
 		if err := tx.InsertPending(store.Pending{
 			ID: id, Template: TemplateKRA, Name: req.Name, Requester: req.Requester,
 			CSR: req.AuthCSR.Raw, PublicKey: spki, State: store.StatePending, CreatedAt: s.now(),

@@ -259,7 +259,7 @@ func status(err error) (int, string) {
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.As(err, &hs):
 		return hs.code, hs.msg
-	case errors.Is(err, escrow.ErrTooManyFailures):
+	case errors.Is(err, escrow.ErrTooManyFailures), errors.Is(err, escrow.ErrTooManyPending):
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, policy.ErrQuorum), errors.Is(err, escrow.ErrAlreadyApproved),
 		errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed), errors.Is(err, policy.ErrExpired),
