@@ -415,7 +415,9 @@ func TestCheckpointerRun(t *testing.T) {
 		t.Fatalf("head: %+v, %v", head, err)
 	}
 	rep, err := Verify(ctx, db, &key.PublicKey, head)
-	if err != nil || rep.Signed != 7 || rep.Checkpoints < 2 {
+	// How many checkpoints the run made depends on timing (it may have caught all seven
+	// entries at once); the loop above checked it never fell Every entries behind.
+	if err != nil || rep.Signed != 7 || rep.Checkpoints < 1 {
 		t.Errorf("Verify: %+v, %v", rep, err)
 	}
 	// Nothing new: no new checkpoint.
