@@ -10,16 +10,19 @@
 //
 // # The issuance protocol
 //
-// Every enrollment goes through three durable steps, so that no certificate of an archiving
-// template can exist without its escrow record:
+// An enrollment that archives a key goes through three durable steps, so that no certificate
+// of an archiving template can exist without its escrow record:
 //
 //  1. one store transaction claims the enrollment code, reserves the serial (a certificate row
-//     in state pending) and, for an archiving template, writes the sealed escrow record;
+//     in state pending) and writes the sealed escrow record;
 //  2. the CA signs the certificate with the reserved serial;
 //  3. a second transaction stores the certificate and marks row and record issued/active.
 //
 // If step 2 or 3 fails, a compensating transaction frees the code and marks the row failed and
 // the record abandoned. After a crash, [Service.Sweep] does the same for rows left pending.
+//
+// An enrollment that archives nothing has no record to commit first: the CA signs, then one
+// transaction claims the code and stores the certificate (see issueDirect).
 //
 // # Concurrency
 //
