@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,7 @@ func runBench(args []string) error {
 	rssItems := fs.Int("rss-items", 100_000, "items of the import job whose peak memory is measured (0: skip)")
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -65,6 +67,17 @@ func runBench(args []string) error {
 	}
 	if !*keep {
 		defer os.RemoveAll(dir)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	b := &bench{dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN}
 	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
