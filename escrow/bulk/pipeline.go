@@ -357,7 +357,7 @@ func (r *jobRun) issue(ctx context.Context, w *work) {
 			return tx.ReserveJobItem(jobID, w.seq, serial, w.rec.ID)
 		},
 		Finish: func(tx *store.Tx, cert *x509.Certificate) error {
-			return tx.FinishJobItem(jobID, w.seq, cert.Raw, p12, sealedPW)
+			return tx.FinishJobItem(jobID, w.seq, p12, sealedPW)
 		},
 	}
 	if w.key != nil {
@@ -526,6 +526,6 @@ func (r *jobRun) importItem(w *work) escrow.ImportItem {
 	jobID := r.job.ID
 	serial := store.FormatSerial(w.cert.SerialNumber)
 	return escrow.ImportItem{Cert: w.cert, Mailbox: w.email, Record: w.rec, Extra: func(tx *store.Tx) error {
-		return tx.InsertJobItemDone(jobID, w.seq, serial, w.rec.ID, w.cert.Raw)
+		return tx.InsertJobItemDone(jobID, w.seq, serial, w.rec.ID)
 	}}
 }

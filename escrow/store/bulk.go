@@ -45,7 +45,7 @@ type JobItem struct {
 	Serial   string
 	RecordID string
 	Error    string
-	Result   []byte // the certificate (DER)
+	Result   []byte // the certificate (DER), read from the certificates table
 	PKCS12   []byte // keygen: the user's PKCS#12, encrypted with its own password
 	Password []byte // keygen: that password, sealed with the job's secret key
 }
@@ -200,11 +200,11 @@ func (tx *Tx) ReserveJobItem(jobID string, seq int, serial, recordID string) err
 }
 
 // FinishJobItem marks a reserved item done with its results ([ErrConflict] if it is not
-// reserved).
-func (tx *Tx) FinishJobItem(jobID string, seq int, cert, pkcs12, password []byte) error {
+// reserved). Its certificate is the one stored under its serial, not a copy.
+func (tx *Tx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) error {
 	const op = "finish job item"
-	n, err := tx.exec(op, `UPDATE job_items SET state = 'done', result = ?, pkcs12 = ?, password = ?
-		WHERE job_id = ? AND seq = ? AND state = 'reserved'`, nilIfEmpty(cert), nilIfEmpty(pkcs12), nilIfEmpty(password), jobID, seq)
+	n, err := tx.exec(op, `UPDATE job_items SET state = 'done', pkcs12 = ?, password = ?
+		WHERE job_id = ? AND seq = ? AND state = 'reserved'`, nilIfEmpty(pkcs12), nilIfEmpty(password), jobID, seq)
 	if err != nil {
 		return err
 	}
@@ -216,14 +216,14 @@ func (tx *Tx) FinishJobItem(jobID string, seq int, cert, pkcs12, password []byte
 
 // InsertJobItemDone records an item finished in one transaction (an import): [ErrConflict] if
 // the item is already present.
-func (tx *Tx) InsertJobItemDone(jobID string, seq int, serial, recordID string, cert []byte) error {
+func (tx *Tx) InsertJobItemDone(jobID string, seq int, serial, recordID string) error {
 	const op = "insert job item"
 	s, err := NormalizeSerial(serial)
 	if err != nil {
 		return err
 	}
-	_, err = tx.exec(op, `INSERT INTO job_items (job_id, seq, state, serial, record_id, result) VALUES (?, ?, 'done', ?, ?, ?)`,
-		jobID, seq, s, sval(recordID), nilIfEmpty(cert))
+	_, err = tx.exec(op, `INSERT INTO job_items (job_id, seq, state, serial, record_id) VALUES (?, ?, 'done', ?, ?)`,
+		jobID, seq, s, sval(recordID))
 	return err
 }
 
@@ -281,6 +281,7 @@ func (tx *Tx) JobItems(jobID string, from, limit int, fn func(JobItem) error) er
 		}
 		it.Serial, it.RecordID, it.Error = sget(serial), sget(recordID), sget(errText)
 		return fn(it)
-	}, `SELECT job_id, seq, state, serial, record_id, error, result, pkcs12, password FROM job_items
-		WHERE job_id = ? AND seq >= ? ORDER BY seq LIMIT ?`, jobID, from, limit)
+	}, `SELECT i.job_id, i.seq, i.state, i.serial, i.record_id, i.error, c.der, i.pkcs12, i.password
+		FROM job_items i LEFT JOIN certificates c ON i.state = 'done' AND c.serial = i.serial
+		WHERE i.job_id = ? AND i.seq >= ? ORDER BY i.seq LIMIT ?`, jobID, from, limit)
 }

@@ -154,7 +154,6 @@ CREATE TABLE job_items (
 	serial    TEXT,
 	record_id TEXT,
 	error     TEXT,
-	result    BLOB,
 	pkcs12    BLOB,
 	password  BLOB,
 	PRIMARY KEY (job_id, seq)
