@@ -8,7 +8,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"strings"
 )
 
 // ServerKeygen generates the key pair inside the appliance (EST serverkeygen, RFC 7030 4.4),
@@ -52,4 +54,27 @@ func generateLike(pub crypto.PublicKey) (crypto.Signer, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: cannot generate a key like %T", ErrInvalidRequest, pub)
+}
+
+// KeyTypes are the key types NewKey makes.
+var KeyTypes = []string{"rsa2048", "rsa3072", "rsa4096", "p256", "p384"}
+
+// ErrKeyType: NewKey does not know the key type.
+var ErrKeyType = errors.New("escrow: unknown key type")
+
+// NewKey generates a key of a type named as in KeyTypes, from crypto/rand.
+func NewKey(kind string) (crypto.Signer, error) {
+	switch kind {
+	case "rsa2048":
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case "rsa3072":
+		return rsa.GenerateKey(rand.Reader, 3072)
+	case "rsa4096":
+		return rsa.GenerateKey(rand.Reader, 4096)
+	case "p256":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "p384":
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	}
+	return nil, fmt.Errorf("%w %q: choose %s", ErrKeyType, kind, strings.Join(KeyTypes, ", "))
 }

@@ -3,14 +3,12 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net/http"
@@ -18,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/cms"
 )
 
@@ -33,7 +32,7 @@ func runEnroll(args []string) error {
 	code := fs.String("code", "", "your one-time enrollment code (required; or --code-file)")
 	codeFile := fs.String("code-file", "", "file holding the enrollment code")
 	out := fs.String("out", "", "folder for key.pem, cert.pem and chain.pem (required)")
-	keyType := fs.String("key-type", "rsa2048", "key: rsa2048, rsa3072, rsa4096, p256 or p384")
+	keyType := fs.String("key-type", "rsa2048", "key: "+strings.Join(escrow.KeyTypes, ", "))
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -169,17 +168,9 @@ func (c *client) sealToTransport(pkcs8 []byte) ([]byte, error) {
 }
 
 func newKey(kind string) (crypto.Signer, error) {
-	switch kind {
-	case "rsa2048":
-		return rsa.GenerateKey(rand.Reader, 2048)
-	case "rsa3072":
-		return rsa.GenerateKey(rand.Reader, 3072)
-	case "rsa4096":
-		return rsa.GenerateKey(rand.Reader, 4096)
-	case "p256":
-		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case "p384":
-		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	k, err := escrow.NewKey(kind)
+	if errors.Is(err, escrow.ErrKeyType) {
+		return nil, usageError{"--key-type: " + err.Error()}
 	}
-	return nil, usageError{fmt.Sprintf("--key-type %q: choose rsa2048, rsa3072, rsa4096, p256 or p384", kind)}
+	return k, err
 }

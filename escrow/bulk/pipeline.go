@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/cipher"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -303,19 +300,11 @@ func (r *jobRun) verify(w *work) *work {
 }
 
 func generate(kind string) (crypto.Signer, error) {
-	switch kind {
-	case "rsa2048":
-		return rsa.GenerateKey(rand.Reader, 2048)
-	case "rsa3072":
-		return rsa.GenerateKey(rand.Reader, 3072)
-	case "rsa4096":
-		return rsa.GenerateKey(rand.Reader, 4096)
-	case "p256":
-		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case "p384":
-		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	k, err := escrow.NewKey(kind)
+	if errors.Is(err, escrow.ErrKeyType) {
+		return nil, fmt.Errorf("%w: key type %q", ErrItem, truncate(kind))
 	}
-	return nil, fmt.Errorf("%w: key type %q", ErrItem, truncate(kind))
+	return k, err
 }
 
 // seal picks the serial and seals the escrow record.
