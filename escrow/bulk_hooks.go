@@ -25,6 +25,9 @@ type SealedRecord struct {
 	ID    string
 	Blob  []byte
 	Epoch uint32
+	// Fingerprint is the SHA-256 of the key's SubjectPublicKeyInfo, for the audit entry
+	// (computed when sealing, outside the store's writer).
+	Fingerprint string
 }
 
 // ShareHash is the RSA-OAEP hash the escrow shares (and anything else the appliance wraps to a
@@ -44,7 +47,12 @@ func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.Publ
 // SealForImport seals pkcs8, the private key of cert (a certificate of another CA), binding
 // cert's issuer and serial. It calls no HSM.
 func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 []byte) (*SealedRecord, error) {
-	return s.sealRecord(rs, issuerOf(cert), cert.SerialNumber.Bytes(), cert.RawSubjectPublicKeyInfo, pkcs8)
+	rec, err := s.sealRecord(rs, issuerOf(cert), cert.SerialNumber.Bytes(), cert.RawSubjectPublicKeyInfo, pkcs8)
+	if err != nil {
+		return nil, err
+	}
+	rec.Fingerprint = PublicKeyFingerprint(cert.PublicKey)
+	return rec, nil
 }
 
 // CheckKeyPair parses a PKCS#8 private key and checks that it is the pair of pub; a mismatch or
@@ -150,7 +158,7 @@ func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, 
 			}
 			if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), r.Mailbox, audit.Details{Template: t.Name, Serial: serialHex,
 				Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-				Fingerprint: []string{PublicKeyFingerprint(r.Pub)}}); err != nil {
+				Fingerprint: []string{fingerprintOf(r.Record, r.Pub)}}); err != nil {
 				return err
 			}
 			if r.Finish != nil {
@@ -229,11 +237,19 @@ func (s *Service) insertImport(tx *store.Tx, cert *x509.Certificate, mailbox str
 	}
 	if err := s.audit(tx, audit.KindArchive, "local", mailbox, audit.Details{Template: TemplateImport, Serial: serialHex,
 		Mailbox: mailbox, Record: rec.ID, Epoch: rec.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-		Fingerprint: []string{PublicKeyFingerprint(cert.PublicKey)}}); err != nil {
+		Fingerprint: []string{fingerprintOf(rec, cert.PublicKey)}}); err != nil {
 		return err
 	}
 	if extra != nil {
 		return extra(tx)
 	}
 	return nil
+}
+
+// fingerprintOf is rec's fingerprint, or pub's when the record has none.
+func fingerprintOf(rec *SealedRecord, pub crypto.PublicKey) string {
+	if rec.Fingerprint != "" {
+		return rec.Fingerprint
+	}
+	return PublicKeyFingerprint(pub)
 }

@@ -79,6 +79,7 @@ func runBench(args []string) error {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	tuneGC() // the appliance's own settings: the jobs and storms below run in this process
 	b := &bench{dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN}
 	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
 	for _, alg := range []string{"p256", "rsa3072"} {

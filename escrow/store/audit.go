@@ -93,22 +93,42 @@ func (tx *Tx) AppendAudit(e AuditEntry) (AuditEntry, error) {
 	if err := tx.check(true); err != nil {
 		return AuditEntry{}, fmt.Errorf("store: %s: %w", op, err)
 	}
-	last, err := tx.LastAudit()
-	switch {
-	case err == nil:
-		e.Seq, e.Prev = last.Seq+1, last.Hash
-	case errors.Is(err, ErrNotFound):
-		e.Seq, e.Prev = 1, make([]byte, AuditHashSize)
-	default:
-		return AuditEntry{}, fmt.Errorf("store: %s: %w", op, err)
+	if tx.head != nil && tx.head.valid {
+		e.Seq, e.Prev = tx.head.seq+1, tx.head.hash
+	} else {
+		var prev []byte
+		err := tx.queryRow(op, []any{&e.Seq, &prev}, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`)
+		switch {
+		case err == nil:
+			e.Seq, e.Prev = e.Seq+1, prev
+		case errors.Is(err, ErrNotFound):
+			e.Seq, e.Prev = 1, make([]byte, AuditHashSize)
+		default:
+			return AuditEntry{}, err
+		}
 	}
 	e.At = time.UnixMicro(orNow(e.At).UnixMicro()).UTC()
 	e.Hash = ChainHash(e.Prev, e)
 	if _, err := tx.exec(op, `INSERT INTO audit (`+auditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.Seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, e.Prev, e.Hash); err != nil {
+		if tx.head != nil {
+			tx.head.valid = false
+		}
 		return AuditEntry{}, err
 	}
+	if tx.head != nil {
+		*tx.head = auditHead{seq: e.Seq, hash: e.Hash, valid: true}
+	}
 	return e, nil
+}
+
+// auditHead is the last audit entry the writer's transaction knows of. The writer keeps it
+// across transactions: it is the only goroutine that appends, so the cache stays right until
+// a rollback, which clears it (and a failed function's savepoint, which restores it).
+type auditHead struct {
+	seq   int64
+	hash  []byte
+	valid bool
 }
 
 // LastAudit returns the last entry of the trail, or [ErrNotFound] when it is empty.

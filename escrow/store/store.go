@@ -74,6 +74,10 @@ type DB struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// head caches the last audit entry's seq and hash for the writer, so that appending
+	// needs no query; it is touched only by the writer goroutine (see [Tx.AppendAudit]).
+	head auditHead
+
 	updates      atomic.Uint64
 	failed       atomic.Uint64
 	commits      atomic.Uint64
@@ -127,7 +131,9 @@ func Open(path string) (*DB, error) {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
 
-	pragmas := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)", busyTimeoutMillis)
+	// temp_store(MEMORY) keeps the statement journals of the writer's savepoints (one per
+	// Update function) in memory: on disk they were the larger part of a batch's writes.
+	pragmas := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_pragma=temp_store(MEMORY)", busyTimeoutMillis)
 	db := &DB{
 		path: abs,
 		wake: make(chan struct{}, 1),
@@ -324,6 +330,12 @@ func (db *DB) writer() {
 	}
 }
 
+// rollback abandons the writer's transaction, and with it what the audit head cache knew.
+func (db *DB) rollback() {
+	db.exec("ROLLBACK")
+	db.head = auditHead{}
+}
+
 func (db *DB) exec(query string) error {
 	_, err := db.wconn.ExecContext(context.Background(), query)
 	return err
@@ -348,7 +360,7 @@ func (db *DB) batch() {
 		if err := db.runOne(r); err != nil {
 			// The transaction is in an unknown state: give up on it.
 			// Requests still queued are left for the next batch.
-			db.exec("ROLLBACK")
+			db.rollback()
 			db.commitErrors.Add(1)
 			for _, b := range batch {
 				b.res <- err
@@ -368,7 +380,7 @@ func (db *DB) batch() {
 	}
 	if ok == 0 {
 		// Nothing to keep: no need to pay for a COMMIT.
-		db.exec("ROLLBACK")
+		db.rollback()
 		for _, b := range batch {
 			b.res <- b.err
 		}
@@ -377,7 +389,7 @@ func (db *DB) batch() {
 	if err := db.exec("COMMIT"); err != nil {
 		// A failed COMMIT (for instance a deferred constraint) may leave
 		// the transaction open: roll it back so the next BEGIN works.
-		db.exec("ROLLBACK")
+		db.rollback()
 		db.commitErrors.Add(1)
 		err = fmt.Errorf("store: commit: %w", mapErr(err))
 		for _, b := range batch {
@@ -399,9 +411,13 @@ func (db *DB) runOne(r *request) error {
 		return fmt.Errorf("store: savepoint: %w", err)
 	}
 	db.updates.Add(1)
-	tx := &Tx{ctx: context.Background(), q: db.stmts, writable: true}
+	saved := db.head
+	tx := &Tx{ctx: context.Background(), q: db.stmts, writable: true, head: &db.head}
 	r.err = callFn(r.fn, tx)
 	tx.done = true
+	if r.err != nil {
+		db.head = saved // the function's entries are rolled back with its savepoint
+	}
 	if r.err == nil {
 		if err := db.exec("RELEASE u"); err != nil {
 			return fmt.Errorf("store: release savepoint: %w", err)

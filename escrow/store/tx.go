@@ -143,6 +143,7 @@ type Tx struct {
 	q        querier
 	writable bool
 	done     bool
+	head     *auditHead // the writer's audit head cache (nil in a View)
 }
 
 func (tx *Tx) check(write bool) error {
