@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode/utf8"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
@@ -243,8 +244,10 @@ type Import struct {
 // what is wrong without repeating secret fields.
 func ParseItem(h Header, line []byte) (any, error) {
 	var it Item
-	if err := strictJSON(line, &it); err != nil {
-		return nil, fmt.Errorf("%w: not the expected JSON object: %v", ErrItem, err)
+	if !it.decodeFlat(line) {
+		if err := strictJSON(line, &it); err != nil {
+			return nil, fmt.Errorf("%w: not the expected JSON object: %v", ErrItem, err)
+		}
 	}
 	switch h.Kind {
 	case KindEnroll:
@@ -421,4 +424,134 @@ func truncate(s string) string {
 		return s[:max] + "..."
 	}
 	return s
+}
+
+// decodeFlat decodes line into it when the line is a flat object of the common shape: known
+// field names spelled exactly, each once, with string values (see [plainString]). It reports false for anything else, which the caller then decodes
+// with encoding/json; for the lines it accepts, both give the same Item. Bulk jobs are
+// millions of such lines, and this is several times faster than the general decoder.
+func (it *Item) decodeFlat(line []byte) bool {
+	*it = Item{}
+	var seen uint8
+	p := skipSpace(line, 0)
+	if p == len(line) || line[p] != '{' {
+		return false
+	}
+	p = skipSpace(line, p+1)
+	if p < len(line) && line[p] == '}' {
+		return skipSpace(line, p+1) == len(line)
+	}
+	for {
+		key, q, ok := plainString(line, p)
+		if !ok {
+			return false
+		}
+		p = skipSpace(line, q)
+		if p == len(line) || line[p] != ':' {
+			return false
+		}
+		val, q, ok := plainString(line, skipSpace(line, p+1))
+		if !ok {
+			return false
+		}
+		var field *string
+		var bit uint8
+		switch string(key) {
+		case "email":
+			field, bit = &it.Email, 1<<0
+		case "csr":
+			field, bit = &it.CSR, 1<<1
+		case "encrypted_key":
+			field, bit = &it.EncryptedKey, 1<<2
+		case "key":
+			field, bit = &it.Key, 1<<3
+		case "certificate":
+			field, bit = &it.Certificate, 1<<4
+		case "pkcs12":
+			field, bit = &it.PKCS12, 1<<5
+		case "password":
+			field, bit = &it.Password, 1<<6
+		default:
+			return false
+		}
+		if seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		*field = string(val)
+		p = skipSpace(line, q)
+		if p == len(line) {
+			return false
+		}
+		switch line[p] {
+		case ',':
+			p = skipSpace(line, p+1)
+		case '}':
+			return skipSpace(line, p+1) == len(line)
+		default:
+			return false
+		}
+	}
+}
+
+// skipSpace returns the index of the first byte at or after p that is not JSON white space.
+func skipSpace(b []byte, p int) int {
+	for p < len(b) && (b[p] == ' ' || b[p] == '\t' || b[p] == '\n' || b[p] == '\r') {
+		p++
+	}
+	return p
+}
+
+// plainString reads a JSON string at p whose escapes, if any, are single characters (as in PEM
+// text: \n); it returns its contents and the index after its closing quote, or false if there
+// is no such string at p (\u escapes, control characters, invalid UTF-8, no closing quote).
+func plainString(b []byte, p int) ([]byte, int, bool) {
+	if p >= len(b) || b[p] != '"' {
+		return nil, 0, false
+	}
+	start := p + 1
+	ascii := true
+	var out []byte // the unescaped contents, once an escape is met
+	for i := start; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case c == '"':
+			if out == nil {
+				out = b[start:i]
+			}
+			if !ascii && !utf8.Valid(out) {
+				return nil, 0, false
+			}
+			return out, i + 1, true
+		case c == '\\':
+			if out == nil {
+				out = append(make([]byte, 0, len(b)-start), b[start:i]...)
+			}
+			if i+1 == len(b) {
+				return nil, 0, false
+			}
+			i++
+			switch b[i] {
+			case 'n':
+				out = append(out, '\n')
+			case 'r':
+				out = append(out, '\r')
+			case 't':
+				out = append(out, '\t')
+			case '"', '\\', '/':
+				out = append(out, b[i])
+			default: // \u, \b, \f and invalid escapes: left to encoding/json
+				return nil, 0, false
+			}
+			continue
+		case c < 0x20:
+			return nil, 0, false
+		case c >= 0x80:
+			ascii = false
+		}
+		if out != nil {
+			out = append(out, c)
+		}
+	}
+	return nil, 0, false
 }

@@ -169,3 +169,70 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// flatSamples are item lines for the fast decoder: the ones it must take, and the ones it must
+// leave to encoding/json (which may still accept them).
+var flatSamples = []struct {
+	line string
+	fast bool
+}{
+	{`{"email":"a@b.org","csr":"MIIB","encrypted_key":"MIIC"}`, true},
+	{` { "certificate" : "-----BEGIN CERTIFICATE-----" , "key":"AAAA" } ` + "\t", true},
+	{`{}`, true},
+	{`{"email":"ünïcødé@b.org"}`, true},
+	{`{"email":""}`, true},
+	{`{"key":"-----BEGIN PRIVATE KEY-----\nMIGH\/+\r\n\t\"\\-----END PRIVATE KEY-----\n"}`, true},
+	{`{"email":"a\b@b.org"}`, false}, // \b, \f and \u are left to encoding/json
+	{`{"email":"a\u0040b.org"}`, false},
+	{`{"email":"a\x"}`, false},
+	{`{"email":"a\`, false},
+	{`{"EMAIL":"a@b.org"}`, false},                   // encoding/json matches names without case
+	{`{"email":"a@b.org","email":"c@d.org"}`, false}, // duplicate: encoding/json keeps the last
+	{`{"email":null}`, false},
+	{`{"email":1}`, false},
+	{`{"email":"a@b.org",}`, false},
+	{`{"email":"a@b.org"} {}`, false},
+	{`{"other":"x"}`, false},
+	{"{\"email\":\"a\x01b\"}", false},
+	{"{\"email\":\"\xff\"}", false},
+	{`{"email":"a@b.org"`, false},
+	{`["email"]`, false},
+	{``, false},
+}
+
+func TestDecodeFlat(t *testing.T) {
+	for _, tc := range flatSamples {
+		var fast, slow Item
+		ok := fast.decodeFlat([]byte(tc.line))
+		if ok != tc.fast {
+			t.Errorf("decodeFlat(%q) = %v, want %v", tc.line, ok, tc.fast)
+			continue
+		}
+		if ok {
+			if err := strictJSON([]byte(tc.line), &slow); err != nil {
+				t.Errorf("decodeFlat took %q, which encoding/json refuses: %v", tc.line, err)
+			} else if fast != slow {
+				t.Errorf("%q: decodeFlat gives %+v, encoding/json %+v", tc.line, fast, slow)
+			}
+		}
+	}
+}
+
+// FuzzDecodeFlat: whatever the fast decoder takes, encoding/json takes too, with the same result.
+func FuzzDecodeFlat(f *testing.F) {
+	for _, tc := range flatSamples {
+		f.Add([]byte(tc.line))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var fast, slow Item
+		if !fast.decodeFlat(line) {
+			return
+		}
+		if err := strictJSON(line, &slow); err != nil {
+			t.Fatalf("decodeFlat took %q, which encoding/json refuses: %v", line, err)
+		}
+		if fast != slow {
+			t.Fatalf("%q: decodeFlat gives %+v, encoding/json %+v", line, fast, slow)
+		}
+	})
+}
