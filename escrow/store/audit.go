@@ -123,8 +123,9 @@ func (tx *Tx) AppendAudit(e AuditEntry) (AuditEntry, error) {
 }
 
 // auditHead is the last audit entry the writer's transaction knows of. The writer keeps it
-// across transactions: it is the only goroutine that appends, so the cache stays right until
-// a rollback, which clears it (and a failed function's savepoint, which restores it).
+// across transactions: it is the only goroutine of this process that appends, so the cache
+// stays right until a rollback, which clears it (a failed function's savepoint restores it),
+// or a write by another connection, which the writer sees in PRAGMA data_version.
 type auditHead struct {
 	seq   int64
 	hash  []byte

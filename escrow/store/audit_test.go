@@ -108,6 +108,39 @@ func TestAppendAuditConcurrent(t *testing.T) {
 	}
 }
 
+// TestAppendAuditTwoWriters: a second process (here a second handle) appending between two
+// appends of the first does not break the chain: the first handle's cached head is dropped.
+func TestAppendAuditTwoWriters(t *testing.T) {
+	db, path := openTest(t)
+	other, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	appendN(t, db, 2)
+	appendN(t, other, 1)
+	appendN(t, db, 1)
+	appendN(t, other, 1)
+	var list []AuditEntry
+	if err := db.View(ctx, func(tx *Tx) error {
+		var err error
+		list, err = tx.ListAudit(1, 100)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 5 {
+		t.Fatalf("%d entries, want 5", len(list))
+	}
+	prev := make([]byte, AuditHashSize)
+	for i, e := range list {
+		if e.Seq != int64(i+1) || !bytes.Equal(e.Prev, prev) || !bytes.Equal(e.Hash, ChainHash(prev, e)) {
+			t.Fatalf("entry %d breaks the chain", e.Seq)
+		}
+		prev = e.Hash
+	}
+}
+
 func TestAuditErrors(t *testing.T) {
 	db, _ := openTest(t)
 	entries := appendN(t, db, 2)

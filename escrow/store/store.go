@@ -75,8 +75,10 @@ type DB struct {
 	closeErr  error
 
 	// head caches the last audit entry's seq and hash for the writer, so that appending
-	// needs no query; it is touched only by the writer goroutine (see [Tx.AppendAudit]).
-	head auditHead
+	// needs no query; it is touched only by the writer goroutine (see [Tx.AppendAudit]),
+	// and dropped when another connection has written (see batch).
+	head        auditHead
+	dataVersion int64 // PRAGMA data_version when head was last known right
 
 	updates      atomic.Uint64
 	failed       atomic.Uint64
@@ -352,6 +354,13 @@ func (db *DB) batch() {
 		first.res <- fmt.Errorf("store: begin: %w", err)
 		db.commitErrors.Add(1)
 		return
+	}
+	// Another process (a local `keyarc admin` command) may have written since our last
+	// transaction: SQLite's data_version tells, and then the audit head cache is stale.
+	var version int64
+	if err := db.wconn.QueryRowContext(context.Background(), "PRAGMA data_version").Scan(&version); err != nil || version != db.dataVersion {
+		db.head = auditHead{}
+		db.dataVersion = version
 	}
 	batch := make([]*request, 0, 16)
 	ok := 0
