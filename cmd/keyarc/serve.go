@@ -338,8 +338,9 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 
 // Garbage-collector defaults of the appliance, used when the environment sets neither GOGC nor
 // GOMEMLIMIT. The live heap is small (every queue is bounded), so collecting at 5x that heap
-// rather than 2x costs little memory and saves about a fifth of a bulk import's CPU; the soft
-// limit makes the collector work harder long before the heap could grow large.
+// rather than 2x costs little memory and gains a few percent on a bulk import (the median of
+// three 20,000-item import benchmarks: 8,030/s against 7,840/s); the soft limit makes the
+// collector work harder long before the heap could grow large.
 const (
 	defaultGCPercent   = 400
 	defaultMemoryLimit = 192 << 20
