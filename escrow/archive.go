@@ -180,7 +180,8 @@ func (s *Service) sealRecord(rs *RecoverySet, issuer string, serial, spki, pkcs8
 	if err != nil {
 		return nil, fmt.Errorf("escrow: seal: %w", err)
 	}
-	return &SealedRecord{ID: hex.EncodeToString(id[:]), Blob: blob, Epoch: rs.Epoch}, nil
+	return &SealedRecord{ID: hex.EncodeToString(id[:]), Blob: blob, Epoch: rs.Epoch,
+		Fingerprint: hex.EncodeToString(h.SPKIHash[:])}, nil
 }
 
 // issuerName is the issuer bound into record headers: the CA's subject key identifier, or its

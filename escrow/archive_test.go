@@ -731,3 +731,39 @@ func TestImportArchived(t *testing.T) {
 		})
 	}
 }
+
+// TestSealedRecordFingerprint: the fingerprint a sealed record carries into the audit entry is
+// the key's PublicKeyFingerprint, for an issuance and for an import.
+func TestSealedRecordFingerprint(t *testing.T) {
+	env := newTestService(t)
+	rs, err := env.svc.CurrentRecoverySet(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newP256(t)
+	serial, err := ca.NewSerial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := env.svc.SealForIssue(rs, serial, key.Public(), pkcs8Of(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := PublicKeyFingerprint(key.Public()); rec.Fingerprint != want {
+		t.Errorf("issue: fingerprint %q, want %q", rec.Fingerprint, want)
+	}
+	cert, err := x509.ParseCertificate(env.svc.Issuer.Certificate().Raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := *cert
+	other.PublicKey = key.Public()
+	other.RawSubjectPublicKeyInfo, _ = x509.MarshalPKIXPublicKey(key.Public())
+	rec, err = env.svc.SealForImport(rs, &other, pkcs8Of(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := PublicKeyFingerprint(key.Public()); rec.Fingerprint != want {
+		t.Errorf("import: fingerprint %q, want %q", rec.Fingerprint, want)
+	}
+}

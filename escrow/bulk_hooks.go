@@ -25,8 +25,8 @@ type SealedRecord struct {
 	ID    string
 	Blob  []byte
 	Epoch uint32
-	// Fingerprint is the SHA-256 of the key's SubjectPublicKeyInfo, for the audit entry
-	// (computed when sealing, outside the store's writer).
+	// Fingerprint is the key's [PublicKeyFingerprint], for the audit entry (computed when
+	// sealing, outside the store's writer).
 	Fingerprint string
 }
 
@@ -51,6 +51,8 @@ func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 [
 	if err != nil {
 		return nil, err
 	}
+	// The record binds the certificate's own SPKI encoding; the audit names the key as every
+	// other import does, by its re-encoded form (they differ only for unusual encodings).
 	rec.Fingerprint = PublicKeyFingerprint(cert.PublicKey)
 	return rec, nil
 }
@@ -158,7 +160,7 @@ func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, 
 			}
 			if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), r.Mailbox, audit.Details{Template: t.Name, Serial: serialHex,
 				Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-				Fingerprint: []string{fingerprintOf(r.Record, r.Pub)}}); err != nil {
+				Fingerprint: []string{r.Record.Fingerprint}}); err != nil {
 				return err
 			}
 			if r.Finish != nil {
@@ -237,19 +239,11 @@ func (s *Service) insertImport(tx *store.Tx, cert *x509.Certificate, mailbox str
 	}
 	if err := s.audit(tx, audit.KindArchive, "local", mailbox, audit.Details{Template: TemplateImport, Serial: serialHex,
 		Mailbox: mailbox, Record: rec.ID, Epoch: rec.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-		Fingerprint: []string{fingerprintOf(rec, cert.PublicKey)}}); err != nil {
+		Fingerprint: []string{rec.Fingerprint}}); err != nil {
 		return err
 	}
 	if extra != nil {
 		return extra(tx)
 	}
 	return nil
-}
-
-// fingerprintOf is rec's fingerprint, or pub's when the record has none.
-func fingerprintOf(rec *SealedRecord, pub crypto.PublicKey) string {
-	if rec.Fingerprint != "" {
-		return rec.Fingerprint
-	}
-	return PublicKeyFingerprint(pub)
 }

@@ -323,9 +323,7 @@ func (r *jobRun) seal(w *work) *work {
 		if w.serial, err = ca.NewSerial(); err != nil {
 			return w.fail(err)
 		}
-		if w.rec, err = svc.SealForIssue(r.rs, w.serial, w.pub, w.pkcs8); err == nil {
-			w.rec.Fingerprint = escrow.PublicKeyFingerprint(w.pub)
-		}
+		w.rec, err = svc.SealForIssue(r.rs, w.serial, w.pub, w.pkcs8)
 	}
 	if r.header.Kind != KindKeygen {
 		clear(w.pkcs8)
