@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/record"
@@ -765,5 +767,84 @@ func TestSealedRecordFingerprint(t *testing.T) {
 	}
 	if want := PublicKeyFingerprint(key.Public()); rec.Fingerprint != want {
 		t.Errorf("import: fingerprint %q, want %q", rec.Fingerprint, want)
+	}
+}
+
+// TestCommitImports: a batch of imports is stored whole, with its bookkeeping and one audit
+// entry that lists every item; a batch with one bad item stores nothing.
+func TestCommitImports(t *testing.T) {
+	env := newTestService(t)
+	ctx := context.Background()
+	rs, err := env.svc.CurrentRecoverySet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	item := func(serial int64, mailbox string) ImportItem {
+		key := newP256(t)
+		cert := foreignCert(t, serial, mailbox, key.Public())
+		rec, err := env.svc.SealForImport(rs, cert, pkcs8Of(t, key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ImportItem{Cert: cert, Mailbox: mailbox, Record: rec}
+	}
+	lastAudit := func() store.AuditEntry {
+		var e *store.AuditEntry
+		err := env.svc.Store.View(ctx, func(tx *store.Tx) (err error) {
+			e, err = tx.LastAudit()
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *e
+	}
+
+	batch := []ImportItem{item(5001, "a@example.org"), item(5002, "b@example.org"), item(5003, "c@example.org")}
+	extraRan := false
+	err = env.svc.CommitImports(ctx, "job j1", batch, func(tx *store.Tx) error {
+		extraRan = true
+		return nil
+	})
+	if err != nil || !extraRan {
+		t.Fatalf("CommitImports: %v (extra ran: %v)", err, extraRan)
+	}
+	e := lastAudit()
+	var d audit.Details
+	if err := json.Unmarshal([]byte(e.Details), &d); err != nil {
+		t.Fatal(err)
+	}
+	if e.Kind != string(audit.KindArchive) || e.Subject != "job j1" || d.Count != 3 || d.Template != TemplateImport || d.Epoch != rs.Epoch {
+		t.Fatalf("audit entry: kind %s subject %q details %s", e.Kind, e.Subject, e.Details)
+	}
+	for i, it := range batch {
+		serial := store.FormatSerial(it.Cert.SerialNumber)
+		row := env.certificate(t, serial)
+		rec := env.record(t, it.Record.ID)
+		if row.State != store.StateIssued || row.RecordID != it.Record.ID || rec.State != store.StateActive || rec.Serial != serial {
+			t.Errorf("item %d: certificate %s record %q; record %s serial %s", i, row.State, row.RecordID, rec.State, rec.Serial)
+		}
+		if d.Serials[i] != serial || d.Mailboxes[i] != it.Mailbox || d.Records[i] != it.Record.ID ||
+			d.Fingerprint[i] != PublicKeyFingerprint(it.Cert.PublicKey) {
+			t.Errorf("audit lists, item %d: %s %s %s %s", i, d.Serials[i], d.Mailboxes[i], d.Records[i], d.Fingerprint[i])
+		}
+	}
+
+	// A serial already archived spoils its batch: nothing of it is stored.
+	fresh := item(5004, "d@example.org")
+	again := item(5002, "b@example.org")
+	err = env.svc.CommitImports(ctx, "job j2", []ImportItem{fresh, again}, nil)
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("batch with an archived serial: err %v, want a conflict", err)
+	}
+	if got := lastAudit(); got.Seq != e.Seq {
+		t.Errorf("audit entry %d (%s) written for a refused batch", got.Seq, got.Subject)
+	}
+	err = env.svc.Store.View(ctx, func(tx *store.Tx) error {
+		_, err := tx.GetCertificate(store.FormatSerial(fresh.Cert.SerialNumber))
+		return err
+	})
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("certificate of the refused batch: %v, want not found", err)
 	}
 }

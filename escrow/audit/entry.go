@@ -69,6 +69,7 @@ type Details struct {
 	Serial      string   `json:"serial,omitempty"` // certificate serial (lower-case hex)
 	Serials     []string `json:"serials,omitempty"`
 	Mailbox     string   `json:"mailbox,omitempty"`
+	Mailboxes   []string `json:"mailboxes,omitempty"`
 	Role        string   `json:"role,omitempty"`
 	Record      string   `json:"record,omitempty"` // escrow record ID
 	Records     []string `json:"records,omitempty"`

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/record"
@@ -349,7 +350,63 @@ func (env *testEnv) checkInvariant(tb testing.TB, res map[int]Result) map[int]*x
 		}
 		certs[seq] = cert
 	}
+	env.checkArchiveAudit(tb, res)
 	return certs
+}
+
+// checkArchiveAudit checks that each done item's record is named by exactly one archive entry of
+// the audit trail, with the item's serial and the certificate's mailbox: an entry of its own, or
+// a batch entry whose lists name it at one position.
+func (env *testEnv) checkArchiveAudit(tb testing.TB, res map[int]Result) {
+	tb.Helper()
+	type named struct{ serial, mailbox string }
+	seen := map[string][]named{}
+	err := env.db.View(context.Background(), func(tx *store.Tx) error {
+		entries, err := tx.ListAudit(1, 1_000_000)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Kind != string(audit.KindArchive) {
+				continue
+			}
+			var d audit.Details
+			if err := json.Unmarshal([]byte(e.Details), &d); err != nil {
+				return err
+			}
+			if d.Record != "" {
+				seen[d.Record] = append(seen[d.Record], named{d.Serial, d.Mailbox})
+			}
+			if len(d.Records) > 0 && (len(d.Serials) != len(d.Records) || len(d.Mailboxes) != len(d.Records) ||
+				len(d.Fingerprint) != len(d.Records) || d.Count != len(d.Records)) {
+				tb.Fatalf("audit entry %d: lists of unequal lengths: %s", e.Seq, e.Details)
+			}
+			for i, id := range d.Records {
+				seen[id] = append(seen[id], named{d.Serials[i], d.Mailboxes[i]})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for seq, r := range res {
+		if r.State != store.ItemDone {
+			continue
+		}
+		var row *store.Certificate
+		err := env.db.View(context.Background(), func(tx *store.Tx) (err error) {
+			row, err = tx.GetCertificate(r.Serial)
+			return err
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		want := named{r.Serial, row.Email}
+		if got := seen[r.RecordID]; len(got) != 1 || got[0] != want {
+			tb.Fatalf("item %d: record %s named by archive audit entries as %v, want once as %v", seq, r.RecordID, got, want)
+		}
+	}
 }
 
 func jsonLine(tb testing.TB, v any) string {

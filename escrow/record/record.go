@@ -87,8 +87,10 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 	"unicode/utf8"
 )
 
@@ -191,10 +193,19 @@ type Record struct {
 	Sealed []byte     // GCM nonce || ciphertext || tag
 }
 
-// NewID returns a random 16-byte record ID from crypto/rand.
+// NewID returns a new 16-byte record ID: the time in milliseconds since 1970 (48 bits, big
+// endian), then 80 bits from crypto/rand. IDs made later sort later, so an archive's record index
+// grows at its end instead of at random places: a commit of many records then rewrites a few
+// index pages, not one page per record. The random part keeps IDs unguessable, and unique with
+// overwhelming probability even at millions of records per millisecond.
 func NewID() ([16]byte, error) {
+	return newIDAt(time.Now())
+}
+
+func newIDAt(now time.Time) ([16]byte, error) {
 	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
+	binary.BigEndian.PutUint64(id[:8], uint64(now.UnixMilli())<<16)
+	if _, err := rand.Read(id[6:]); err != nil {
 		return id, fmt.Errorf("%w: %w", ErrRandom, err)
 	}
 	return id, nil

@@ -657,4 +657,19 @@ func TestNewID(t *testing.T) {
 	if a == b || a == [16]byte{} {
 		t.Fatal("NewID not random")
 	}
+	// Later IDs sort later, whatever their random part.
+	t0 := time.UnixMilli(1_790_000_000_000)
+	for i := range 100 {
+		x, err1 := newIDAt(t0.Add(time.Duration(i) * time.Millisecond))
+		y, err2 := newIDAt(t0.Add(time.Duration(i+1) * time.Millisecond))
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if bytes.Compare(x[:], y[:]) >= 0 {
+			t.Fatalf("ID %x made 1 ms before %x does not sort first", x, y)
+		}
+		if binary.BigEndian.Uint64(x[:8])>>16 != uint64(t0.UnixMilli()+int64(i)) {
+			t.Fatalf("ID %x does not start with its time", x)
+		}
+	}
 }

@@ -217,14 +217,26 @@ func (tx *Tx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) erro
 // InsertJobItemDone records an item finished in one transaction (an import): [ErrConflict] if
 // the item is already present.
 func (tx *Tx) InsertJobItemDone(jobID string, seq int, serial, recordID string) error {
-	const op = "insert job item"
-	s, err := NormalizeSerial(serial)
-	if err != nil {
-		return err
+	return tx.InsertJobItemsDone(jobID, []DoneItem{{Seq: seq, Serial: serial, RecordID: recordID}})
+}
+
+// DoneItem is an item of a job finished in one transaction, for [Tx.InsertJobItemsDone].
+type DoneItem struct {
+	Seq              int
+	Serial, RecordID string
+}
+
+// InsertJobItemsDone is [Tx.InsertJobItemDone] for many items of a job, with few statements.
+func (tx *Tx) InsertJobItemsDone(jobID string, items []DoneItem) error {
+	args := make([]any, 0, 5*len(items))
+	for _, it := range items {
+		s, err := NormalizeSerial(it.Serial)
+		if err != nil {
+			return err
+		}
+		args = append(args, jobID, it.Seq, "done", s, sval(it.RecordID))
 	}
-	_, err = tx.exec(op, `INSERT INTO job_items (job_id, seq, state, serial, record_id) VALUES (?, ?, 'done', ?, ?)`,
-		jobID, seq, s, sval(recordID))
-	return err
+	return tx.insertRows("insert job item", `INSERT INTO job_items (job_id, seq, state, serial, record_id)`, 5, args)
 }
 
 // FailJobItem records that an item failed with a reason. A reserved item becomes failed; an

@@ -610,3 +610,54 @@ func TestFailCertificateReleasesCodeAndRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestInsertMany: rows inserted in batches land whole, in every split of the multi-row
+// statements (full statements, their remainders, one row, none), and a duplicate anywhere in a
+// batch gives a conflict.
+func TestInsertMany(t *testing.T) {
+	db, _ := openTest(t)
+	next := 0
+	for _, n := range []int{0, 1, 2, 31, 32, 33, 77} {
+		certs := make([]Certificate, n)
+		for i := range certs {
+			next++
+			certs[i] = cert(fmt.Sprintf("%x", 0x1000+next))
+			certs[i].Email = fmt.Sprintf("u%d@example.com", next)
+		}
+		err := db.Update(ctx, func(tx *Tx) error { return tx.InsertCertificates(certs) })
+		if err != nil {
+			t.Fatalf("%d rows: %v", n, err)
+		}
+		for _, c := range certs {
+			var got *Certificate
+			err := db.View(ctx, func(tx *Tx) (err error) {
+				got, err = tx.GetCertificate(c.Serial)
+				return err
+			})
+			if err != nil || got.Email != c.Email || got.State != StatePending {
+				t.Fatalf("%d rows: certificate %s: %v %+v", n, c.Serial, err, got)
+			}
+		}
+	}
+	var all []Certificate
+	err := db.View(ctx, func(tx *Tx) (err error) {
+		all, err = tx.ListCertificates(Filter{})
+		return err
+	})
+	if err != nil || len(all) != next {
+		t.Fatalf("%d certificates stored (%v), want %d", len(all), err, next)
+	}
+
+	dup := []Certificate{cert("aaaa01"), cert("aaaa02"), cert(fmt.Sprintf("%x", 0x1000+5)), cert("aaaa03")}
+	err = db.Update(ctx, func(tx *Tx) error { return tx.InsertCertificates(dup) })
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("batch with a stored serial: %v, want a conflict", err)
+	}
+	err = db.View(ctx, func(tx *Tx) error {
+		_, err := tx.GetCertificate("aaaa01")
+		return err
+	})
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused batch left a row: %v", err)
+	}
+}
