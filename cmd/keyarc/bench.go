@@ -156,6 +156,44 @@ func rateOnce(n int, d time.Duration, op func() error) (float64, error) {
 	return float64(count.Load()) / time.Since(start).Seconds(), firstErr
 }
 
+// A part is one of a job's per-item crypto costs: an operation, measured alone on n goroutines.
+type part struct {
+	name string
+	n    int
+	op   func() error
+}
+
+func (p part) rate(d time.Duration) (float64, error) { return rate(p.n, d, p.op) }
+
+// around runs run (a job or a storm, which returns its rate) between two measurements of its
+// crypto limit, 1 / (sum of the parts' per-item costs), each part measured for half the raw
+// duration; it returns the rate and the mean of the two limits.
+func (b *bench) around(parts []part, run func() (float64, error)) (r, limit float64, err error) {
+	limitNow := func() (float64, error) {
+		sum := 0.0
+		for _, p := range parts {
+			pr, err := p.rate(b.raw / 2)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", p.name, err)
+			}
+			sum += 1 / pr
+		}
+		return 1 / sum, nil
+	}
+	before, err := limitNow()
+	if err != nil {
+		return 0, 0, err
+	}
+	if r, err = run(); err != nil {
+		return 0, 0, err
+	}
+	after, err := limitNow()
+	if err != nil {
+		return 0, 0, err
+	}
+	return r, (before + after) / 2, nil
+}
+
 func newP256() *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -217,136 +255,119 @@ func (b *bench) caRound(alg string) error {
 	if err != nil {
 		return err
 	}
-	seal, err := rate(procs, b.raw, func() error {
+	seal := part{"seal an escrow record (n=3 KRAs, m=2)", procs, func() error {
 		serial, _ := ca.NewSerial()
 		_, err := svc.SealForIssue(rs, serial, sub.Public(), subPKCS8)
 		return err
-	})
-	if err != nil {
-		return err
-	}
-	sign, err := rate(2*procs, b.raw, func() error {
+	}}
+	sign := part{"CA signs a certificate through the token (" + alg + ")", 2 * procs, func() error {
 		serial, _ := ca.NewSerial()
 		_, err := svc.Issuer.Issue(ca.Request{Serial: serial, PublicKey: sub.Public(), Subject: pkix.Name{CommonName: "raw@example.org"},
 			EmailAddresses: []string{"raw@example.org"}, KeyUsage: x509.KeyUsageKeyAgreement,
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}, NotBefore: time.Now(), Validity: 365 * 24 * time.Hour})
 		return err
-	})
-	if err != nil {
-		return err
-	}
-	csrCheck, err := rate(procs, b.raw, func() error {
+	}}
+	csrCheck := part{"CSR parse + template check (P-256 CSR)", procs, func() error {
 		csr, err := x509.ParseCertificateRequest(csrDER)
 		if err != nil {
 			return err
 		}
 		return tmpl.CheckCSR(csr, "raw@example.org")
-	})
-	if err != nil {
-		return err
-	}
-	cmsOpen, err := rate(2*procs, b.raw, func() error {
+	}}
+	cmsOpen := part{"CMS envelope opened with the transport key (token RSA-2048)", 2 * procs, func() error {
 		k, err := svc.OpenEnvelope(env)
 		clear(k)
 		return err
-	})
-	if err != nil {
-		return err
-	}
-	parse, err := rate(procs, b.raw, func() error { return escrow.CheckKeyPair(subPKCS8, sub.Public()) })
-	if err != nil {
-		return err
-	}
+	}}
+	parse := part{"PKCS#8 parse + pair check (P-256)", procs, func() error { return escrow.CheckKeyPair(subPKCS8, sub.Public()) }}
 	caCert := svc.Issuer.Certificate()
 	rawCert, err := x509.ParseCertificate(mustIssue(svc, sub.Public()))
 	if err != nil {
 		return err
 	}
-	p12, err := rate(procs, b.raw, func() error {
+	p12 := part{"PKCS#12 build (keygen results)", procs, func() error {
 		_, err := pkcs12.Modern2023.WithIterations(bulk.DefaultPFXIterations).Encode(sub, rawCert, []*x509.Certificate{caCert}, "0123456789abcdefghijkl")
 		return err
-	})
-	if err != nil {
-		return err
-	}
+	}}
 	// An imported item is a certificate and its key: both are parsed, and the key checked.
 	foreignCA, foreignKey := foreignCA()
-	importParse := func(k crypto.Signer) (float64, error) {
+	importParse := func(k crypto.Signer, name string) part {
 		certDER := foreignCert(foreignCA, foreignKey, k.Public(), "raw@example.org", big.NewInt(7))
 		p8, _ := x509.MarshalPKCS8PrivateKey(k)
-		return rate(procs, b.raw, func() error {
+		return part{"import item parse: certificate + PKCS#8 + pair (" + name + ")", procs, func() error {
 			c, err := x509.ParseCertificate(certDER)
 			if err != nil {
 				return err
 			}
 			return escrow.CheckKeyPair(p8, c.PublicKey)
-		})
-	}
-	parseImport, err := importParse(sub)
-	if err != nil {
-		return err
+		}}
 	}
 	rsaSub, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return err
 	}
-	parseImportRSA, err := importParse(rsaSub)
-	if err != nil {
-		return err
+	parseImport, parseImportRSA := importParse(sub, "P-256"), importParse(rsaSub, "RSA-2048")
+	importParts := []part{parseImport, seal}
+	importRSAParts := []part{parseImportRSA, seal}
+	enrollParts := []part{csrCheck, cmsOpen, parse, seal, sign}
+
+	fmt.Println("raw limits (operations per second, all cores):")
+	rates := map[string]float64{}
+	for _, p := range []part{seal, sign, csrCheck, cmsOpen, parse, parseImport, parseImportRSA, p12} {
+		r, err := p.rate(b.raw)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		rates[p.name] = r
+		row(p.name, r, "/s", "")
 	}
-	var rsaGen float64
 	if alg == "p256" {
 		// One long run, not the best of three short ones: the time to find RSA primes varies
 		// widely from key to key, and the best of a few dozen keys overstates the rate a job of
 		// hundreds of keys can reach.
-		rsaGen, err = rateOnce(procs, 3*b.raw, func() error {
+		b.rsaGen, err = rateOnce(procs, 3*b.raw, func() error {
 			_, err := rsa.GenerateKey(rand.Reader, 2048)
 			return err
 		})
 		if err != nil {
 			return err
 		}
+		row("RSA-2048 key generation", b.rsaGen, "/s", "")
 	}
-	fmt.Println("raw limits (operations per second, all cores):")
-	row("seal an escrow record (n=3 KRAs, m=2)", seal, "/s", "")
-	row("CA signs a certificate through the token ("+alg+")", sign, "/s", "")
-	row("CSR parse + template check (P-256 CSR)", csrCheck, "/s", "")
-	row("CMS envelope opened with the transport key (token RSA-2048)", cmsOpen, "/s", "")
-	row("PKCS#8 parse + pair check (P-256)", parse, "/s", "")
-	row("import item parse: certificate + PKCS#8 + pair (P-256)", parseImport, "/s", "")
-	row("import item parse: certificate + PKCS#8 + pair (RSA-2048)", parseImportRSA, "/s", "")
-	row("PKCS#12 build (keygen results)", p12, "/s", "")
-	if alg == "p256" {
-		row("RSA-2048 key generation", rsaGen, "/s", "")
-		b.rsaGen = rsaGen
+	limitOf := func(parts []part) float64 {
+		sum := 0.0
+		for _, p := range parts {
+			sum += 1 / rates[p.name]
+		}
+		return 1 / sum
 	}
-	limitImport := 1 / (1/parseImport + 1/seal)
-	limitImportRSA := 1 / (1/parseImportRSA + 1/seal)
-	limitEnroll := 1 / (1/csrCheck + 1/cmsOpen + 1/parse + 1/seal + 1/sign)
 	fmt.Println("crypto limits (1 / sum of per-item costs):")
-	row("import  = parse + seal (P-256 keys)", limitImport, "/s", "")
-	row("import  = parse + seal (RSA-2048 keys)", limitImportRSA, "/s", "")
-	row("enroll  = CSR check + envelope + parse + seal + sign", limitEnroll, "/s", "")
+	row("import  = parse + seal (P-256 keys)", limitOf(importParts), "/s", "")
+	row("import  = parse + seal (RSA-2048 keys)", limitOf(importRSAParts), "/s", "")
+	row("enroll  = CSR check + envelope + parse + seal + sign", limitOf(enrollParts), "/s", "")
 	if b.rsaGen > 0 {
-		limitKeygen := 1 / (1/b.rsaGen + 1/seal + 1/sign + 1/p12)
+		limitKeygen := 1 / (1/b.rsaGen + 1/rates[seal.name] + 1/rates[sign.name] + 1/rates[p12.name])
 		row("keygen  = RSA-2048 keygen + seal + sign + PKCS#12", limitKeygen, "/s", "")
 	}
 
-	// End to end: jobs through the pipeline and the embedded store.
+	// End to end: jobs through the pipeline and the embedded store. The machine is shared and
+	// its speed drifts by several percent from minute to minute, so each rate is compared with
+	// its crypto limit measured again just before and just after it.
 	mgr := &bulk.Manager{Service: svc, Dir: filepath.Join(state, "bench-jobs")}
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	go mgr.Run(runCtx)
-	fmt.Println("end to end (bulk jobs, embedded SQLite, synchronous=FULL):")
-	job := func(name string, n int, limit float64, file []byte) error {
-		r, err := b.runJob(mgr, file)
+	fmt.Println("end to end (bulk jobs, embedded SQLite, synchronous=FULL), each against its crypto limit")
+	fmt.Println("measured again before and after it:")
+	job := func(name string, parts []part, file []byte) error {
+		r, lim, err := b.around(parts, func() (float64, error) { return b.runJob(mgr, file) })
 		if err != nil {
 			return fmt.Errorf("%s job: %w", name, err)
 		}
-		row(fmt.Sprintf("%s job, %d items", name, n), r, "/s", fmt.Sprintf("%3.0f%% of its crypto limit", 100*r/limit))
+		row(name, r, "/s", fmt.Sprintf("%3.0f%% of its crypto limit (%.0f/s)", 100*r/lim, lim))
 		return nil
 	}
-	if err := job("import (P-256 keys)", b.items, limitImport, importFile(b.items, 0, nil)); err != nil {
+	if err := job(fmt.Sprintf("import (P-256 keys) job, %d items", b.items), importParts, importFile(b.items, 0, nil)); err != nil {
 		return err
 	}
 	// S/MIME encryption keys are mostly RSA: the same job with RSA-2048 keys (a pool of keys
@@ -357,10 +378,10 @@ func (b *bench) caRound(alg string) error {
 			return err
 		}
 	}
-	if err := job("import (RSA-2048 keys)", b.items, limitImportRSA, importFile(b.items, 1<<30, pool)); err != nil {
+	if err := job(fmt.Sprintf("import (RSA-2048 keys) job, %d items", b.items), importRSAParts, importFile(b.items, 1<<30, pool)); err != nil {
 		return err
 	}
-	if err := job("enroll", b.items, limitEnroll, enrollFile(b.items, svc.Transport.Cert, svc.ShareHash())); err != nil {
+	if err := job(fmt.Sprintf("enroll job, %d items", b.items), enrollParts, enrollFile(b.items, svc.Transport.Cert, svc.ShareHash())); err != nil {
 		return err
 	}
 	if alg == "p256" && b.keygenItems > 0 {
@@ -386,11 +407,11 @@ func (b *bench) caRound(alg string) error {
 		return err
 	}
 	fmt.Printf("storms (HTTPS on loopback, keep-alive clients, %d enrollments each):\n", b.storm)
-	r, err := b.enrollStorm(a, cfg.Listen, 64)
+	r, lim, err := b.around(enrollParts, func() (float64, error) { return b.enrollStorm(a, cfg.Listen, 64) })
 	if err != nil {
 		return fmt.Errorf("enroll storm: %w", err)
 	}
-	row("/api/v1/enroll with archival, 64 clients", r, "/s", fmt.Sprintf("%3.0f%% of the enroll crypto limit", 100*r/limitEnroll))
+	row("/api/v1/enroll with archival, 64 clients", r, "/s", fmt.Sprintf("%3.0f%% of the enroll crypto limit (%.0f/s)", 100*r/lim, lim))
 	r, err = b.estStorm(a, cfg.Listen, 8)
 	if err != nil {
 		return fmt.Errorf("EST storm: %w", err)
