@@ -579,3 +579,32 @@ func TestRecoverySetEpochs(t *testing.T) {
 		t.Errorf("kra-1's share in an epoch-2 record: err %v, want record.ErrNoShare", err)
 	}
 }
+
+// TestRecoverySetChangedElsewhere: a recovery set replaced by another process (a local admin
+// command) while this one still caches the old set: the next enrollment's reservation sees the
+// new epoch, seals the key again for the new set, and no record is committed for the old one.
+func TestRecoverySetChangedElsewhere(t *testing.T) {
+	env := newTestService(t)
+	ctx := context.Background()
+	first, _ := env.enrollArchived(t, "before@example.org")
+	if rec := env.record(t, first.RecordID); rec.Epoch != 1 {
+		t.Fatalf("first record epoch %d, want 1", rec.Epoch)
+	}
+	other := &Service{Store: env.svc.Store, Issuer: env.svc.Issuer, Templates: env.svc.Templates}
+	rs, err := other.SetRecoverySet(ctx, 1, []string{env.kras[2].serial, env.kras[0].serial}, "admin")
+	if err != nil || rs.Epoch != 2 {
+		t.Fatalf("SetRecoverySet elsewhere: epoch %v, %v", rs, err)
+	}
+	issued, key := env.enrollArchived(t, "after@example.org")
+	env.assertCommittedFirst(t, issued)
+	rec := env.record(t, issued.RecordID)
+	if rec.Epoch != 2 {
+		t.Fatalf("record sealed after the change has epoch %d, want 2", rec.Epoch)
+	}
+	for _, i := range []int{0, 2} {
+		got, err := env.openRecord(t, rec.Blob, i)
+		if err != nil || !bytes.Equal(got, key) {
+			t.Errorf("open with KRA %d of the new set (quorum 1): %v", i, err)
+		}
+	}
+}

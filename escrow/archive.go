@@ -70,14 +70,49 @@ func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) 
 		s.sets.cur = cached
 		s.sets.mu.Unlock()
 	}
+	return s.usable(cached)
+}
+
+// sealingSet is the recovery set to seal a single enrollment's key for: the cached current set,
+// without a read of the store. It is what an enrollment's reservation checks against the store
+// (see checkEpoch); when the set has changed since, the enrollment seals again for the new one.
+func (s *Service) sealingSet(ctx context.Context) (*RecoverySet, error) {
+	s.sets.mu.Lock()
+	cached := s.sets.cur
+	s.sets.mu.Unlock()
+	if cached == nil {
+		return s.CurrentRecoverySet(ctx)
+	}
+	return s.usable(cached)
+}
+
+// usable refuses a recovery set with an expired KRA certificate.
+func (s *Service) usable(rs *RecoverySet) (*RecoverySet, error) {
 	now := s.now()
-	for i, c := range cached.KRAs {
+	for i, c := range rs.KRAs {
 		if now.After(c.NotAfter) {
 			return nil, fmt.Errorf("%w: the certificate of KRA %q in recovery set %d expired on %s; an admin must replace it",
-				ErrNoRecoverySet, cached.Names[i], cached.Epoch, c.NotAfter.Format(time.DateOnly))
+				ErrNoRecoverySet, rs.Names[i], rs.Epoch, c.NotAfter.Format(time.DateOnly))
 		}
 	}
-	return cached, nil
+	return rs, nil
+}
+
+// errRecoverySetChanged: a record was sealed for a recovery set that is no longer the current
+// one when it was to be committed.
+var errRecoverySetChanged = fmt.Errorf("%w: the recovery set changed while the key was being sealed; retry", ErrNoRecoverySet)
+
+// checkEpoch, in the transaction that commits a record sealed for epoch, refuses it if a newer
+// recovery set exists: no record is committed for a set an admin has replaced.
+func checkEpoch(tx *store.Tx, epoch uint32) error {
+	cur, err := tx.CurrentEpoch()
+	if err != nil {
+		return err
+	}
+	if cur != epoch {
+		return errRecoverySetChanged
+	}
+	return nil
 }
 
 // loadRecoverySet resolves a stored recovery set's KRA serials to certificates.
@@ -139,20 +174,30 @@ func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRe
 	return s.archiveAndIssue(ctx, who, t, req.CSR.PublicKey, pkcs8)
 }
 
-// archiveAndIssue seals pkcs8 for the current recovery set and issues the certificate.
+// archiveAndIssue seals pkcs8 for the current recovery set and issues the certificate. The set
+// comes from the cache; if the reservation finds that it changed meanwhile, the key is sealed
+// once more, for the set the store now holds.
 func (s *Service) archiveAndIssue(ctx context.Context, who Enrollee, t *policy.Template, pub crypto.PublicKey, pkcs8 []byte) (*Issued, error) {
-	rs, err := s.CurrentRecoverySet(ctx)
-	if err != nil {
-		return nil, err
-	}
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("%w: public key: %v", ErrInvalidRequest, err)
 	}
-	seal := func(serial []byte) (*SealedRecord, error) {
-		return s.sealRecord(rs, s.issuerName(), serial, spki, pkcs8)
+	getSet := s.sealingSet
+	for attempt := 1; ; attempt++ {
+		rs, err := getSet(ctx)
+		if err != nil {
+			return nil, err
+		}
+		seal := func(serial []byte) (*SealedRecord, error) {
+			return s.sealRecord(rs, s.issuerName(), serial, spki, pkcs8)
+		}
+		iss, err := s.issue(ctx, issuance{template: t, pub: pub, mailbox: who.Mailbox, codeID: who.codeID(), seal: seal})
+		if errors.Is(err, errRecoverySetChanged) && attempt == 1 {
+			getSet = s.CurrentRecoverySet
+			continue
+		}
+		return iss, err
 	}
-	return s.issue(ctx, issuance{template: t, pub: pub, mailbox: who.Mailbox, codeID: who.codeID(), seal: seal})
 }
 
 // sealRecord makes the escrow record of one private key, binding the issuer, the certificate

@@ -256,6 +256,9 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 			return err
 		}
 		if rec != nil {
+			if err := checkEpoch(tx, rec.Epoch); err != nil {
+				return err
+			}
 			return tx.InsertRecord(store.Record{
 				ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
 				Blob: rec.Blob, State: store.StatePending, CreatedAt: now,

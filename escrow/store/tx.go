@@ -905,6 +905,13 @@ func (tx *Tx) CurrentRecoverySet() (*RecoverySet, error) {
 		`SELECT epoch, quorum, created_at, created_by FROM recovery_sets ORDER BY epoch DESC LIMIT 1`)
 }
 
+// CurrentEpoch returns the epoch of the current recovery set, 0 if there is none.
+func (tx *Tx) CurrentEpoch() (uint32, error) {
+	var epoch int64
+	err := tx.queryRow("current epoch", []any{&epoch}, `SELECT coalesce(max(epoch), 0) FROM recovery_sets`)
+	return uint32(epoch), err
+}
+
 // GetRecoverySet returns the recovery set of an epoch, or [ErrNotFound].
 func (tx *Tx) GetRecoverySet(epoch uint32) (*RecoverySet, error) {
 	return tx.getRecoverySet("get recovery set",
