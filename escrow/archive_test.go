@@ -848,3 +848,108 @@ func TestCommitImports(t *testing.T) {
 		t.Errorf("certificate of the refused batch: %v, want not found", err)
 	}
 }
+
+// TestIssueReservedBatch: a batch of reserved issuances costs two commits; an item whose
+// reservation is refused fails alone (the others are issued one by one), and an item that fails
+// after signing is undone while the rest are issued, each with its record committed first.
+func TestIssueReservedBatch(t *testing.T) {
+	env := newTestService(t)
+	ctx := context.Background()
+	rs, err := env.svc.CurrentRecoverySet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := env.svc.Templates[policy.TemplateSMIMEEncryption]
+	type item struct {
+		req   ReservedIssue
+		pkcs8 []byte
+	}
+	var finished sync.Map
+	mk := func(mailbox string) item {
+		key := newP256(t)
+		serial, err := ca.NewSerial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p8 := pkcs8Of(t, key)
+		rec, err := env.svc.SealForIssue(rs, serial, key.Public(), p8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return item{pkcs8: p8, req: ReservedIssue{Template: tmpl, Pub: key.Public(), Mailbox: mailbox, Serial: serial, Record: rec,
+			Finish: func(tx *store.Tx, cert *x509.Certificate) error {
+				finished.Store(mailbox, cert.SerialNumber.String())
+				return nil
+			}}}
+	}
+	run := func(items []item) []BatchResult {
+		reqs := make([]ReservedIssue, len(items))
+		for i, it := range items {
+			reqs[i] = it.req
+		}
+		return env.svc.IssueReservedBatch(ctx, reqs, 4)
+	}
+
+	t.Run("clean batch", func(t *testing.T) {
+		items := []item{mk("b0@example.org"), mk("b1@example.org"), mk("b2@example.org"), mk("b3@example.org")}
+		before := env.svc.Store.Stats().Commits
+		out := run(items)
+		if commits := env.svc.Store.Stats().Commits - before; commits != 2 {
+			t.Errorf("%d commits for a batch of %d, want 2", commits, len(items))
+		}
+		for i, res := range out {
+			if res.Err != nil {
+				t.Fatalf("item %d: %v", i, res.Err)
+			}
+			env.assertArchived(t, res.Issued, items[i].pkcs8)
+			if _, ok := finished.Load(items[i].req.Mailbox); !ok {
+				t.Errorf("item %d: Finish did not run", i)
+			}
+		}
+	})
+
+	t.Run("refused reservation and failed signing", func(t *testing.T) {
+		items := []item{mk("c0@example.org"), mk("c1@example.org"), mk("c2@example.org"), mk("c3@example.org")}
+		errTaken := errors.New("item already done")
+		items[1].req.Reserve = func(*store.Tx, string) error { return errTaken }
+		errPrepare := errors.New("cannot build the results")
+		items[2].req.Prepare = func(*x509.Certificate) error { return errPrepare }
+		out := run(items)
+		for i, res := range out {
+			switch i {
+			case 1:
+				if !errors.Is(res.Err, ErrReserved) || !errors.Is(res.Err, errTaken) {
+					t.Errorf("refused item: %v, want ErrReserved", res.Err)
+				}
+				assertNoCertificate(t, env, items[i].req.Serial)
+			case 2:
+				if !errors.Is(res.Err, errPrepare) {
+					t.Errorf("failed item: %v, want its Prepare error", res.Err)
+				}
+				serial := store.FormatSerial(items[i].req.Serial)
+				if row := env.certificate(t, serial); row.State != store.StateFailed {
+					t.Errorf("failed item's certificate is %s, want failed", row.State)
+				}
+				if rec := env.record(t, items[i].req.Record.ID); rec.State != store.StateAbandoned {
+					t.Errorf("failed item's record is %s, want abandoned", rec.State)
+				}
+			default:
+				if res.Err != nil {
+					t.Fatalf("item %d: %v", i, res.Err)
+				}
+				env.assertArchived(t, res.Issued, items[i].pkcs8)
+			}
+		}
+	})
+}
+
+func assertNoCertificate(tb testing.TB, env *testEnv, serial *big.Int) {
+	tb.Helper()
+	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+		_, err := tx.GetCertificate(store.FormatSerial(serial))
+		return err
+	})
+	if !errors.Is(err, store.ErrNotFound) {
+		tb.Errorf("certificate %x: %v, want none", serial, err)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
@@ -102,6 +104,122 @@ var ErrReserved = errors.New("escrow: reservation refused")
 // a crash leaves them to [Service.Sweep]. The final transaction is not cancelled by ctx once the
 // certificate is signed.
 func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, error) {
+	res, err := s.reservation(r, s.now())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Store.Update(ctx, func(tx *store.Tx) error { return reserveAll(tx, []*reservation{res}) }); err != nil {
+		return nil, reserveError(err)
+	}
+	cert, err := s.signReserved(res)
+	if err == nil {
+		err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error { return s.finishReserved(ctx, tx, res, cert) })
+	}
+	if err != nil {
+		s.undo(res.serialHex)
+		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
+	}
+	return s.issued(res, cert), nil
+}
+
+// BatchResult is the outcome of one issuance of [Service.IssueReservedBatch].
+type BatchResult struct {
+	Issued *Issued
+	Err    error
+}
+
+// IssueReservedBatch is [Service.IssueReserved] for many issuances at once, with the same
+// protocol and guarantees: one transaction reserves them all (with their records), they are
+// signed on up to signers goroutines, and one transaction finishes those signed. Two commits
+// serve the whole batch instead of two per issuance. If the batch's reservation fails (one
+// item's Reserve hook refuses, a conflict), every item is issued on its own instead, so a bad
+// item fails alone. The results are in the order of rs.
+func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, signers int) []BatchResult {
+	out := make([]BatchResult, len(rs))
+	now := s.now()
+	var (
+		res []*reservation
+		at  []int // res[k] is rs[at[k]]
+	)
+	for i, r := range rs {
+		rv, err := s.reservation(r, now)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		res, at = append(res, rv), append(at, i)
+	}
+	if len(res) == 0 {
+		return out
+	}
+	err := s.Store.Update(ctx, func(tx *store.Tx) error { return reserveAll(tx, res) })
+	if err != nil {
+		forEach(len(res), signers, func(k int) {
+			out[at[k]].Issued, out[at[k]].Err = s.IssueReserved(ctx, rs[at[k]])
+		})
+		return out
+	}
+	certs := make([]*x509.Certificate, len(res))
+	errs := make([]error, len(res))
+	forEach(len(res), signers, func(k int) { certs[k], errs[k] = s.signReserved(res[k]) })
+	finish := func(tx *store.Tx, k int) error { return s.finishReserved(ctx, tx, res[k], certs[k]) }
+	err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		for k := range res {
+			if errs[k] == nil {
+				if err := finish(tx, k); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// One item spoiled the last transaction: finish them one by one.
+		for k := range res {
+			if errs[k] == nil {
+				errs[k] = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error { return finish(tx, k) })
+			}
+		}
+	}
+	for k, rv := range res {
+		if errs[k] != nil {
+			s.undo(rv.serialHex)
+			out[at[k]].Err = fmt.Errorf("escrow: issue certificate: %w", errs[k])
+			continue
+		}
+		out[at[k]].Issued = s.issued(rv, certs[k])
+	}
+	return out
+}
+
+// forEach runs f(0..n-1) on up to workers goroutines.
+func forEach(n, workers int, f func(k int)) {
+	if workers < 1 {
+		workers = 1
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, workers) {
+		wg.Go(func() {
+			for k := int(next.Add(1)) - 1; k < n; k = int(next.Add(1)) - 1 {
+				f(k)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// reservation is a checked ReservedIssue with the rows of its reservation and its request to
+// the CA.
+type reservation struct {
+	r         ReservedIssue
+	serialHex string
+	cert      store.Certificate
+	rec       store.Record
+	req       ca.Request
+}
+
+func (s *Service) reservation(r ReservedIssue, now time.Time) (*reservation, error) {
 	t := r.Template
 	if t == nil || r.Record == nil || r.Serial == nil {
 		return nil, fmt.Errorf("%w: incomplete reserved issuance", ErrInvalidRequest)
@@ -110,73 +228,87 @@ func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, 
 		return nil, fmt.Errorf("%w: template %q does not archive keys", ErrInvalidRequest, t.Name)
 	}
 	serialHex := store.FormatSerial(r.Serial)
-	now := s.now()
-	row := store.Certificate{
-		Serial: serialHex, Template: t.Name, Email: r.Mailbox, Subject: "CN=" + r.Mailbox,
-		State: store.StatePending, CreatedAt: now, RecordID: r.Record.ID,
+	res := &reservation{r: r, serialHex: serialHex,
+		cert: store.Certificate{Serial: serialHex, Template: t.Name, Email: r.Mailbox, Subject: "CN=" + r.Mailbox,
+			State: store.StatePending, CreatedAt: now, RecordID: r.Record.ID},
+		rec: store.Record{ID: r.Record.ID, Serial: serialHex, Email: r.Mailbox, Epoch: r.Record.Epoch,
+			Blob: r.Record.Blob, State: store.StatePending, CreatedAt: now},
+		req: ca.Request{
+			Serial:             r.Serial,
+			PublicKey:          r.Pub,
+			KeyUsage:           t.KeyUsageFor(r.Pub),
+			ExtKeyUsage:        extKeyUsages(t),
+			UnknownExtKeyUsage: unknownExtKeyUsages(t),
+			NotBefore:          now,
+			Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
+			EmailAddresses:     []string{r.Mailbox},
+		},
 	}
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
-		if r.Reserve != nil {
-			if err := r.Reserve(tx, serialHex); err != nil {
+	res.req.Subject.CommonName = r.Mailbox
+	return res, nil
+}
+
+// reserveAll is the first transaction: the Reserve hooks, then the pending certificates and
+// their records.
+func reserveAll(tx *store.Tx, res []*reservation) error {
+	certs := make([]store.Certificate, len(res))
+	recs := make([]store.Record, len(res))
+	for k, rv := range res {
+		if rv.r.Reserve != nil {
+			if err := rv.r.Reserve(tx, rv.serialHex); err != nil {
 				return fmt.Errorf("%w: %w", ErrReserved, err)
 			}
 		}
-		if err := tx.InsertCertificate(row); err != nil {
-			return err
-		}
-		return tx.InsertRecord(store.Record{
-			ID: r.Record.ID, Serial: serialHex, Email: r.Mailbox, Epoch: r.Record.Epoch,
-			Blob: r.Record.Blob, State: store.StatePending, CreatedAt: now,
-		})
-	})
-	if err != nil {
-		if errors.Is(err, ErrReserved) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("escrow: reserve serial: %w", err)
+		certs[k], recs[k] = rv.cert, rv.rec
 	}
-	req := ca.Request{
-		Serial:             r.Serial,
-		PublicKey:          r.Pub,
-		KeyUsage:           t.KeyUsageFor(r.Pub),
-		ExtKeyUsage:        extKeyUsages(t),
-		UnknownExtKeyUsage: unknownExtKeyUsages(t),
-		NotBefore:          now,
-		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
-		EmailAddresses:     []string{r.Mailbox},
+	if err := tx.InsertCertificates(certs); err != nil {
+		return err
 	}
-	req.Subject.CommonName = r.Mailbox
-	cert, err := s.Issuer.Issue(req)
-	if err == nil && r.Prepare != nil {
-		err = r.Prepare(cert)
+	return tx.InsertRecords(recs)
+}
+
+func reserveError(err error) error {
+	if errors.Is(err, ErrReserved) {
+		return err
 	}
-	if err == nil {
-		err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-			if err := tx.SetCertificateIssued(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
-				return err
-			}
-			if err := tx.ActivateRecord(r.Record.ID); err != nil {
-				return err
-			}
-			if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), r.Mailbox, audit.Details{Template: t.Name, Serial: serialHex,
-				Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-				Fingerprint: []string{r.Record.Fingerprint}}); err != nil {
-				return err
-			}
-			if r.Finish != nil {
-				return r.Finish(tx, cert)
-			}
-			return nil
-		})
+	return fmt.Errorf("escrow: reserve serial: %w", err)
+}
+
+// signReserved is the second step: the CA signs, then Prepare runs.
+func (s *Service) signReserved(res *reservation) (*x509.Certificate, error) {
+	cert, err := s.Issuer.Issue(res.req)
+	if err == nil && res.r.Prepare != nil {
+		err = res.r.Prepare(cert)
 	}
-	if err != nil {
-		s.undo(serialHex)
-		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
+	return cert, err
+}
+
+// finishReserved is the last transaction's work for one issuance: the certificate, the
+// record's activation, the audit entry and Finish.
+func (s *Service) finishReserved(ctx context.Context, tx *store.Tx, res *reservation, cert *x509.Certificate) error {
+	r := res.r
+	if err := tx.SetCertificateIssued(res.serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
+		return err
 	}
+	if err := tx.ActivateRecord(r.Record.ID); err != nil {
+		return err
+	}
+	if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), r.Mailbox, audit.Details{Template: r.Template.Name, Serial: res.serialHex,
+		Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
+		Fingerprint: []string{r.Record.Fingerprint}}); err != nil {
+		return err
+	}
+	if r.Finish != nil {
+		return r.Finish(tx, cert)
+	}
+	return nil
+}
+
+func (s *Service) issued(res *reservation, cert *x509.Certificate) *Issued {
 	if s.Metrics != nil {
-		s.Metrics.Enrolled(t.Name, true)
+		s.Metrics.Enrolled(res.r.Template.Name, true)
 	}
-	return &Issued{Certificate: cert, Serial: serialHex, RecordID: r.Record.ID}, nil
+	return &Issued{Certificate: cert, Serial: res.serialHex, RecordID: res.r.Record.ID}
 }
 
 // CommitImport stores a certificate of another CA with its sealed record (active at once: the

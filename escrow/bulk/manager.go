@@ -50,7 +50,7 @@ type Manager struct {
 	Metrics Metrics
 	Limits  Limits
 	// Verifiers, Sealers and Issuers size the pipeline's stages (defaults: 2 x GOMAXPROCS, at
-	// least 4; GOMAXPROCS; 64).
+	// least 4; GOMAXPROCS; 3 issuers of batches of up to 128 items).
 	Verifiers, Sealers, Issuers int
 	// PFXIterations is the PBKDF2 iteration count of keygen PKCS#12 files (default
 	// [DefaultPFXIterations]).

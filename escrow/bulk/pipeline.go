@@ -169,10 +169,10 @@ func (r *jobRun) pipeline(ctx context.Context, rd *Reader, seen []uint64) error 
 	if ns <= 0 {
 		ns = procs
 	}
+	commitQueue := 2 * maxIssueBatch
 	if ni <= 0 {
-		ni = 64
+		ni = issueBatchers
 	}
-	commitQueue := 2 * ni
 	if r.header.Kind == KindImport {
 		// Imports are committed in large batches by a few goroutines (see commitImports):
 		// the queue holds what arrives while one batch is being committed.
@@ -238,9 +238,7 @@ func (r *jobRun) pipeline(ctx context.Context, rd *Reader, seen []uint64) error 
 				r.commitImports(ctx, toCommit)
 				return
 			}
-			for w := range toCommit {
-				r.issue(ctx, w)
-			}
+			r.issueBatches(ctx, toCommit)
 		})
 	}
 	cg.Wait()
@@ -335,15 +333,50 @@ func (r *jobRun) seal(w *work) *work {
 	return w
 }
 
-// issue runs the issuance protocol for one enroll or keygen item.
-func (r *jobRun) issue(ctx context.Context, w *work) {
-	if w.err != nil {
-		r.failItem(ctx, w)
+// Issue batching. Each enroll or keygen item is reserved (its record committed) in one
+// transaction and finished in another, and those commits, not the items' rows, are most of the
+// writer's work: the issuers gather up to maxIssueBatch items, waiting at most issueLinger after
+// the first, and issue them together (escrow.Service.IssueReservedBatch), signing on up to
+// issueSigners goroutines (the token's sessions). Measured here, an enroll job's writer spent
+// about 100 µs per item with one issuance per store function, most of it in commits.
+const (
+	issueBatchers = 3
+	maxIssueBatch = 128
+	issueLinger   = 20 * time.Millisecond
+	issueSigners  = 8
+)
+
+// issueBatches issues the items of in, many at a time.
+func (r *jobRun) issueBatches(ctx context.Context, in <-chan *work) {
+	gather(in, maxIssueBatch, issueLinger, func(batch []*work) { r.issueBatch(ctx, batch) })
+}
+
+func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
+	var (
+		reqs []escrow.ReservedIssue
+		ws   []*work
+	)
+	for _, w := range batch {
+		switch {
+		case w.err != nil:
+			r.failItem(ctx, w)
+		case ctx.Err() != nil:
+			// Not reserved: redone at the next start.
+		default:
+			reqs, ws = append(reqs, r.reserved(w)), append(ws, w)
+		}
+	}
+	if len(reqs) == 0 {
 		return
 	}
-	if ctx.Err() != nil {
-		return // not reserved: redone at the next start
+	for k, res := range r.m.Service.IssueReservedBatch(ctx, reqs, issueSigners) {
+		r.issued(ctx, ws[k], res.Err)
 	}
+}
+
+// reserved is the issuance of one enroll or keygen item, with the job's bookkeeping in its
+// transactions.
+func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 	jobID := r.job.ID
 	var p12, sealedPW []byte
 	req := escrow.ReservedIssue{
@@ -362,7 +395,11 @@ func (r *jobRun) issue(ctx context.Context, w *work) {
 			return err
 		}
 	}
-	_, err := r.m.Service.IssueReserved(ctx, req)
+	return req
+}
+
+// issued records the outcome of an item's issuance.
+func (r *jobRun) issued(ctx context.Context, w *work, err error) {
 	clear(w.pkcs8)
 	w.pkcs8, w.key = nil, nil
 	switch {
@@ -477,26 +514,32 @@ const (
 
 // commitImports stores imported items, many per store function.
 func (r *jobRun) commitImports(ctx context.Context, in <-chan *work) {
-	batch := make([]*work, 0, maxImportBatch)
-	linger := time.NewTimer(time.Hour)
-	linger.Stop()
+	gather(in, maxImportBatch, importLinger, func(batch []*work) { r.commitImportBatch(ctx, batch) })
+}
+
+// gather passes the items of in to f in batches of up to max items, waiting at most linger
+// after a batch's first item for the rest.
+func gather(in <-chan *work, max int, linger time.Duration, f func([]*work)) {
+	batch := make([]*work, 0, max)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for w := range in {
 		batch = append(batch[:0], w)
-		linger.Reset(importLinger)
+		timer.Reset(linger)
 	fill:
-		for len(batch) < maxImportBatch {
+		for len(batch) < max {
 			select {
 			case w2, ok := <-in:
 				if !ok {
 					break fill
 				}
 				batch = append(batch, w2)
-			case <-linger.C:
+			case <-timer.C:
 				break fill
 			}
 		}
-		linger.Stop()
-		r.commitImportBatch(ctx, batch)
+		timer.Stop()
+		f(batch)
 	}
 }
 
