@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -27,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,7 @@ func runBench(args []string) error {
 	items := fs.Int("items", 10_000, "items per enroll and import job")
 	keygenItems := fs.Int("keygen-items", 400, "items of the RSA-2048 keygen job (about 70 ms of CPU each)")
 	stormN := fs.Int("storm", 3000, "enrollments per storm")
+	runs := fs.Int("runs", 3, "runs of each enroll and import job and of the enrollment storm (the median is reported)")
 	rssItems := fs.Int("rss-items", 100_000, "items of the import job whose peak memory is measured (0: skip)")
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
@@ -80,7 +83,10 @@ func runBench(args []string) error {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	tuneGC() // the appliance's own settings: the jobs and storms below run in this process
-	b := &bench{dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN}
+	if *runs < 1 {
+		return fmt.Errorf("bench: --runs must be at least 1")
+	}
+	b := &bench{dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs}
 	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
 	for _, alg := range []string{"p256", "rsa3072"} {
 		if err := b.caRound(alg); err != nil {
@@ -99,6 +105,7 @@ type bench struct {
 	dir                       string
 	raw                       time.Duration
 	items, keygenItems, storm int
+	runs                      int
 	self                      string
 	rsaGen                    float64
 }
@@ -174,10 +181,12 @@ func (p part) rate(d time.Duration) (float64, error) {
 	return rate(p.n, d, p.op)
 }
 
-// around runs run (a job or a storm, which returns its rate) between two measurements of its
-// crypto limit, 1 / (sum of the parts' per-item costs), each part measured for half the raw
-// duration; it returns the rate and the mean of the two limits.
-func (b *bench) around(parts []part, run func() (float64, error)) (r, limit float64, err error) {
+// repeat makes runs runs of a job or a storm (prepare makes a run's input, outside the measured
+// time, and returns the run, which returns its rate) and compares each with its crypto limit,
+// 1 / (sum of the parts' per-item costs), measured just before and just after it: the mean of
+// the two. One measurement between two runs serves both. Each part is measured for half the raw
+// duration.
+func (b *bench) repeat(parts []part, runs int, prepare func(run int) (func() (float64, error), error)) ([]result, error) {
 	limitNow := func() (float64, error) {
 		sum := 0.0
 		for _, p := range parts {
@@ -189,18 +198,48 @@ func (b *bench) around(parts []part, run func() (float64, error)) (r, limit floa
 		}
 		return 1 / sum, nil
 	}
-	before, err := limitNow()
+	todo := make([]func() (float64, error), runs)
+	for i := range todo {
+		var err error
+		if todo[i], err = prepare(i); err != nil {
+			return nil, err
+		}
+	}
+	prev, err := limitNow()
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	if r, err = run(); err != nil {
-		return 0, 0, err
+	out := make([]result, 0, runs)
+	for _, run := range todo {
+		r, err := run()
+		if err != nil {
+			return nil, err
+		}
+		next, err := limitNow()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, result{rate: r, limit: (prev + next) / 2})
+		prev = next
 	}
-	after, err := limitNow()
-	if err != nil {
-		return 0, 0, err
+	return out, nil
+}
+
+// A result is one run's rate and the crypto limit measured around it.
+type result struct{ rate, limit float64 }
+
+func (r result) ratio() float64 { return r.rate / r.limit }
+
+// report prints the run of median ratio, with the range of the ratios when there are several.
+func report(name string, rs []result, of string) {
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b result) int { return cmp.Compare(a.ratio(), b.ratio()) })
+	m := sorted[len(sorted)/2]
+	note := fmt.Sprintf("%3.0f%% of %s (%.0f/s)", 100*m.ratio(), of, m.limit)
+	if len(rs) > 1 {
+		note += fmt.Sprintf(", median of %d runs: %.0f–%.0f%%", len(rs), 100*sorted[0].ratio(), 100*sorted[len(sorted)-1].ratio())
 	}
-	return r, (before + after) / 2, nil
+	row(name, m.rate, "/s", note)
 }
 
 func newP256() *ecdsa.PrivateKey {
@@ -363,17 +402,22 @@ func (b *bench) caRound(alg string) error {
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	go mgr.Run(runCtx)
-	fmt.Println("end to end (bulk jobs, embedded SQLite, synchronous=FULL), each against its crypto limit")
+	fmt.Println("end to end (bulk jobs, embedded SQLite, synchronous=FULL), each run against its crypto limit")
 	fmt.Println("measured again before and after it:")
-	job := func(name string, parts []part, file []byte) error {
-		r, lim, err := b.around(parts, func() (float64, error) { return b.runJob(mgr, file) })
+	job := func(name string, parts []part, file func(run int) []byte) error {
+		rs, err := b.repeat(parts, b.runs, func(run int) (func() (float64, error), error) {
+			f := file(run)
+			return func() (float64, error) { return b.runJob(mgr, f) }, nil
+		})
 		if err != nil {
 			return fmt.Errorf("%s job: %w", name, err)
 		}
-		row(name, r, "/s", fmt.Sprintf("%3.0f%% of its crypto limit (%.0f/s)", 100*r/lim, lim))
+		report(name, rs, "its crypto limit")
 		return nil
 	}
-	if err := job(fmt.Sprintf("import (P-256 keys) job, %d items", b.items), importParts, importFile(b.items, 0, nil)); err != nil {
+	err = job(fmt.Sprintf("import (P-256 keys) job, %d items", b.items), importParts,
+		func(run int) []byte { return importFile(b.items, int64(run), nil) })
+	if err != nil {
 		return err
 	}
 	// S/MIME encryption keys are mostly RSA: the same job with RSA-2048 keys (a pool of keys
@@ -384,10 +428,14 @@ func (b *bench) caRound(alg string) error {
 			return err
 		}
 	}
-	if err := job(fmt.Sprintf("import (RSA-2048 keys) job, %d items", b.items), importRSAParts, importFile(b.items, 1<<30, pool)); err != nil {
+	err = job(fmt.Sprintf("import (RSA-2048 keys) job, %d items", b.items), importRSAParts,
+		func(run int) []byte { return importFile(b.items, 1<<30+int64(run), pool) })
+	if err != nil {
 		return err
 	}
-	if err := job(fmt.Sprintf("enroll job, %d items", b.items), enrollParts, enrollFile(b.items, svc.Transport.Cert, svc.ShareHash())); err != nil {
+	err = job(fmt.Sprintf("enroll job, %d items", b.items), enrollParts,
+		func(int) []byte { return enrollFile(b.items, svc.Transport.Cert, svc.ShareHash()) })
+	if err != nil {
 		return err
 	}
 	if alg == "p256" && b.keygenItems > 0 {
@@ -395,12 +443,13 @@ func (b *bench) caRound(alg string) error {
 		for i := range b.keygenItems {
 			f = append(f, fmt.Sprintf(`{"email":"%s"}`+"\n", mailboxN("kg", i))...)
 		}
-		r, gen, err := b.around([]part{rsaGen}, func() (float64, error) { return b.runJob(mgr, f) })
+		rs, err := b.repeat([]part{rsaGen}, 1, func(int) (func() (float64, error), error) {
+			return func() (float64, error) { return b.runJob(mgr, f) }, nil
+		})
 		if err != nil {
 			return fmt.Errorf("keygen job: %w", err)
 		}
-		row(fmt.Sprintf("keygen job (RSA-2048), %d items", b.keygenItems), r, "/s",
-			fmt.Sprintf("%3.0f%% of the raw RSA-2048 key generation rate (%.0f/s)", 100*r/gen, gen))
+		report(fmt.Sprintf("keygen job (RSA-2048), %d items", b.keygenItems), rs, "the raw RSA-2048 key generation rate")
 	}
 	stopRun()
 
@@ -413,12 +462,14 @@ func (b *bench) caRound(alg string) error {
 		return err
 	}
 	fmt.Printf("storms (HTTPS on loopback, keep-alive clients, %d enrollments each):\n", b.storm)
-	r, lim, err := b.around(enrollParts, func() (float64, error) { return b.enrollStorm(a, cfg.Listen, 64) })
+	storms, err := b.repeat(enrollParts, b.runs, func(run int) (func() (float64, error), error) {
+		return b.enrollStorm(a, cfg.Listen, 64, fmt.Sprintf("storm%d-", run))
+	})
 	if err != nil {
 		return fmt.Errorf("enroll storm: %w", err)
 	}
-	row("/api/v1/enroll with archival, 64 clients", r, "/s", fmt.Sprintf("%3.0f%% of the enroll crypto limit (%.0f/s)", 100*r/lim, lim))
-	r, err = b.estStorm(a, cfg.Listen, 8)
+	report("/api/v1/enroll with archival, 64 clients", storms, "the enroll crypto limit")
+	r, err := b.estStorm(a, cfg.Listen, 8)
 	if err != nil {
 		return fmt.Errorf("EST storm: %w", err)
 	}
@@ -654,15 +705,17 @@ func codes(svc *escrow.Service, prefix, template string, n int) ([]*escrow.Code,
 	return out, errors.Join(errs...)
 }
 
-func (b *bench) enrollStorm(a *appliance, addr string, clients int) (float64, error) {
+// enrollStorm prepares a storm of archival enrollments for mailboxes prefix0, prefix1... (their
+// codes, keys, CSRs and envelopes) and returns it, to be run.
+func (b *bench) enrollStorm(a *appliance, addr string, clients int, prefix string) (func() (float64, error), error) {
 	svc := a.svc
-	cs, err := codes(svc, "storm", policy.TemplateSMIMEEncryption, b.storm)
+	cs, err := codes(svc, prefix, policy.TemplateSMIMEEncryption, b.storm)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	bodies := parallelLines(b.storm, func(i int) string {
 		k := newP256()
-		mb := mailboxN("storm", i)
+		mb := mailboxN(prefix, i)
 		p8, _ := x509.MarshalPKCS8PrivateKey(k)
 		env, err := cms.Encrypt(p8, svc.Transport.Cert, cms.EnvelopedAESCBC, svc.ShareHash())
 		if err != nil {
@@ -672,15 +725,17 @@ func (b *bench) enrollStorm(a *appliance, addr string, clients int) (float64, er
 			"csr": base64.StdEncoding.EncodeToString(benchCSR(k, mb)), "encrypted_key": base64.StdEncoding.EncodeToString(env)})
 		return string(j)
 	})
-	return storm(clients, b.storm, a.caCert, func(i int) (*http.Request, error) {
-		r, err := http.NewRequest(http.MethodPost, "https://"+addr+"/api/v1/enroll", strings.NewReader(bodies[i]))
-		if err != nil {
-			return nil, err
-		}
-		r.Header.Set("Content-Type", "application/json")
-		r.SetBasicAuth(mailboxN("storm", i), cs[i].Secret)
-		return r, nil
-	})
+	return func() (float64, error) {
+		return storm(clients, b.storm, a.caCert, func(i int) (*http.Request, error) {
+			r, err := http.NewRequest(http.MethodPost, "https://"+addr+"/api/v1/enroll", strings.NewReader(bodies[i]))
+			if err != nil {
+				return nil, err
+			}
+			r.Header.Set("Content-Type", "application/json")
+			r.SetBasicAuth(mailboxN(prefix, i), cs[i].Secret)
+			return r, nil
+		})
+	}, nil
 }
 
 func (b *bench) estStorm(a *appliance, addr string, clients int) (float64, error) {
