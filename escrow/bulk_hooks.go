@@ -348,10 +348,7 @@ func (s *Service) CommitImports(ctx context.Context, subject string, items []Imp
 	certs := make([]store.Certificate, len(items))
 	recs := make([]store.Record, len(items))
 	for i, it := range items {
-		serialHex := store.FormatSerial(it.Cert.SerialNumber)
-		certs[i] = importedCertificate(it.Cert, serialHex, it.Mailbox, it.Record, now)
-		recs[i] = store.Record{ID: it.Record.ID, Serial: serialHex, Email: it.Mailbox, Epoch: it.Record.Epoch,
-			Blob: it.Record.Blob, State: store.StateActive, CreatedAt: now}
+		certs[i], recs[i] = importedRows(it.Cert, it.Mailbox, it.Record, now)
 	}
 	err := s.Store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertCertificates(certs); err != nil {
@@ -387,23 +384,26 @@ func (s *Service) CommitImports(ctx context.Context, subject string, items []Imp
 	return nil
 }
 
-// importedCertificate is the certificate row of an imported certificate.
-func importedCertificate(cert *x509.Certificate, serialHex, mailbox string, rec *SealedRecord, now time.Time) store.Certificate {
+// importedRows are the rows of an imported certificate and its record, active at once (the
+// certificate exists already).
+func importedRows(cert *x509.Certificate, mailbox string, rec *SealedRecord, now time.Time) (store.Certificate, store.Record) {
+	serialHex := store.FormatSerial(cert.SerialNumber)
 	return store.Certificate{Serial: serialHex, Template: TemplateImport, Email: mailbox, Subject: cert.Subject.String(),
-		State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
-		CreatedAt: now, RecordID: rec.ID}
+			State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+			CreatedAt: now, RecordID: rec.ID},
+		store.Record{ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
+			Blob: rec.Blob, State: store.StateActive, CreatedAt: now}
 }
 
 func (s *Service) insertImport(tx *store.Tx, cert *x509.Certificate, mailbox string, rec *SealedRecord, now time.Time, extra func(tx *store.Tx) error) error {
-	serialHex := store.FormatSerial(cert.SerialNumber)
-	if err := tx.InsertCertificate(importedCertificate(cert, serialHex, mailbox, rec, now)); err != nil {
+	row, recRow := importedRows(cert, mailbox, rec, now)
+	if err := tx.InsertCertificate(row); err != nil {
 		return err
 	}
-	if err := tx.InsertRecord(store.Record{ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
-		Blob: rec.Blob, State: store.StateActive, CreatedAt: now}); err != nil {
+	if err := tx.InsertRecord(recRow); err != nil {
 		return err
 	}
-	if err := s.audit(tx, audit.KindArchive, "local", mailbox, audit.Details{Template: TemplateImport, Serial: serialHex,
+	if err := s.audit(tx, audit.KindArchive, "local", mailbox, audit.Details{Template: TemplateImport, Serial: row.Serial,
 		Mailbox: mailbox, Record: rec.ID, Epoch: rec.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
 		Fingerprint: []string{rec.Fingerprint}}); err != nil {
 		return err
