@@ -180,6 +180,14 @@ CREATE TABLE audit_checkpoints (
 	signature BLOB    NOT NULL
 ) STRICT;
 `,
+	// 5: the indexes of the few certificates issued with an enrollment code or to a KRA hold
+	// only those rows, so that the many others (bulk issuance, imports) do not write them.
+	`
+DROP INDEX certificates_code;
+CREATE INDEX certificates_code ON certificates(code_id) WHERE code_id IS NOT NULL;
+DROP INDEX certificates_kra;
+CREATE INDEX certificates_kra ON certificates(kra, created_at) WHERE kra != '';
+`,
 }
 
 // migrate applies the missing migrations in order, in one transaction.

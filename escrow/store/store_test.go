@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -576,5 +577,105 @@ func TestErrorMessages(t *testing.T) {
 			t.Errorf("error %q lacks the store: prefix", err)
 		}
 		t.Log(err)
+	}
+}
+
+// TestPartialIndexes: the lookups of certificates by KRA and by enrollment code use their
+// partial indexes, and a certificate with neither is in neither index.
+func TestPartialIndexes(t *testing.T) {
+	db, _ := openTest(t)
+	plan := func(query string, args ...any) string {
+		rows, err := db.r.QueryContext(ctx, "EXPLAIN QUERY PLAN "+query, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var id, parent, notused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, detail)
+		}
+		return strings.Join(out, "; ")
+	}
+	if p := plan(`SELECT serial FROM certificates WHERE kra = ? AND kra != '' ORDER BY created_at, serial`, "kra-1"); !strings.Contains(p, "certificates_kra") {
+		t.Errorf("listing by KRA: plan %q does not use certificates_kra", p)
+	}
+	if p := plan(`SELECT serial FROM certificates WHERE code_id = ?`, "code-1"); !strings.Contains(p, "certificates_code") {
+		t.Errorf("certificates of a code: plan %q does not use certificates_code", p)
+	}
+	err := db.Update(ctx, func(tx *Tx) error {
+		c := cert("0a01")
+		if err := tx.InsertCertificate(c); err != nil {
+			return err
+		}
+		k := cert("0a02")
+		k.KRA = "kra-1"
+		return tx.InsertCertificate(k)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for index, want := range map[string]int{"certificates_kra": 1, "certificates_code": 0} {
+		var n int
+		if err := db.r.QueryRowContext(ctx, "SELECT count(*) FROM certificates INDEXED BY "+index+
+			" WHERE "+map[string]string{"certificates_kra": "kra != ''", "certificates_code": "code_id IS NOT NULL"}[index]).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Errorf("%s holds %d rows, want %d", index, n, want)
+		}
+	}
+	var list []Certificate
+	err = db.View(ctx, func(tx *Tx) (err error) {
+		list, err = tx.ListCertificates(Filter{KRA: "kra-1"})
+		return err
+	})
+	if err != nil || len(list) != 1 || list[0].Serial != "a02" {
+		t.Fatalf("ListCertificates by KRA: %v %+v", err, list)
+	}
+}
+
+// TestMigrateFromVersion4: a database made before the partial indexes is brought up to date
+// with its rows, and its KRA certificates are still found through the new index.
+func TestMigrateFromVersion4(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	old, err := sql.Open("sqlite", dsn(path, "_pragma=journal_mode(WAL)"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range migrations[:4] {
+		if _, err := old.Exec(m); err != nil {
+			t.Fatalf("migration %d: %v", i+1, err)
+		}
+	}
+	_, err = old.Exec(`PRAGMA user_version = 4;
+		INSERT INTO certificates (serial, template, email, subject, state, created_at, role, kra)
+		VALUES ('b01', 'kra', '', 'CN=kra', 'pending', 1, '', 'kra-1'), ('b02', 'smime-encryption', 'a@example.org', 'CN=a', 'pending', 2, '', '')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open(path)
+	if err != nil {
+		t.Fatalf("Open a version 4 database: %v", err)
+	}
+	defer db.Close()
+	var v int
+	if err := db.r.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil || v != len(migrations) {
+		t.Fatalf("user_version %d (%v), want %d", v, err, len(migrations))
+	}
+	var list []Certificate
+	err = db.View(ctx, func(tx *Tx) (err error) {
+		list, err = tx.ListCertificates(Filter{KRA: "kra-1"})
+		return err
+	})
+	if err != nil || len(list) != 1 || list[0].Serial != "b01" {
+		t.Fatalf("KRA certificates after the migration: %v %+v", err, list)
 	}
 }
