@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -951,5 +953,29 @@ func assertNoCertificate(tb testing.TB, env *testEnv, serial *big.Int) {
 	})
 	if !errors.Is(err, store.ErrNotFound) {
 		tb.Errorf("certificate %x: %v, want none", serial, err)
+	}
+}
+
+// TestImportFingerprintIsCanonical: for every kind of key a certificate can carry into an
+// import, the hash of the certificate's own SPKI bytes is the key's PublicKeyFingerprint.
+func TestImportFingerprintIsCanonical(t *testing.T) {
+	_, ed, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, key := range []crypto.Signer{newP256(t), p384, p521, rsaKey(t, keySubject), ed} {
+		cert := foreignCert(t, int64(6000+i), fmt.Sprintf("k%d@example.org", i), key.Public())
+		sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+		if got, want := hex.EncodeToString(sum[:]), PublicKeyFingerprint(cert.PublicKey); got != want {
+			t.Errorf("%T: SPKI hash %s, PublicKeyFingerprint %s", key, got, want)
+		}
 	}
 }

@@ -49,14 +49,11 @@ func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.Publ
 // SealForImport seals pkcs8, the private key of cert (a certificate of another CA), binding
 // cert's issuer and serial. It calls no HSM.
 func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 []byte) (*SealedRecord, error) {
-	rec, err := s.sealRecord(rs, issuerOf(cert), cert.SerialNumber.Bytes(), cert.RawSubjectPublicKeyInfo, pkcs8)
-	if err != nil {
-		return nil, err
-	}
-	// The record binds the certificate's own SPKI encoding; the audit names the key as every
-	// other import does, by its re-encoded form (they differ only for unusual encodings).
-	rec.Fingerprint = PublicKeyFingerprint(cert.PublicKey)
-	return rec, nil
+	// The record binds the certificate's own SPKI encoding, and its fingerprint is the hash of
+	// those bytes: crypto/x509 parses only the DER that MarshalPKIXPublicKey writes (RSA with
+	// NULL parameters, named curves, uncompressed points), so that is the key's
+	// PublicKeyFingerprint without encoding the key again (TestImportFingerprintIsCanonical).
+	return s.sealRecord(rs, issuerOf(cert), cert.SerialNumber.Bytes(), cert.RawSubjectPublicKeyInfo, pkcs8)
 }
 
 // CheckKeyPair parses a PKCS#8 private key and checks that it is the pair of pub; a mismatch or
