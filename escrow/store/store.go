@@ -233,8 +233,10 @@ func (db *DB) signal() {
 // If ctx ends before fn starts, fn never runs and Update returns ctx.Err();
 // once fn has started, Update waits for the COMMIT whatever ctx does (fn's
 // statements are never interrupted: interrupting a write would roll back the
-// whole shared transaction). Update after [DB.Close] returns [ErrClosed].
-func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
+// whole shared transaction). Update after [DB.Close] returns [ErrClosed]. Storage faults (and
+// ErrClosed) are returned wrapped in [ErrUnavailable].
+func (db *DB) Update(ctx context.Context, fn func(*Tx) error) (err error) {
+	defer func() { err = classify(err) }()
 	if fn == nil {
 		return fmt.Errorf("store: update: nil function: %w", ErrInvalid)
 	}
@@ -265,9 +267,11 @@ func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 // View runs fn in a read-only transaction on its own connection; it sees a
 // consistent snapshot of committed data. Views run concurrently with each
 // other and with Update; [DB.Close] waits for running Views, and View after
-// Close returns [ErrClosed]. Writes in fn fail with [ErrReadOnly]. A panic in fn
+// Close returns [ErrClosed] (wrapped, like every storage fault, in [ErrUnavailable]). Writes in
+// fn fail with [ErrReadOnly]. A panic in fn
 // propagates to the caller (the transaction is rolled back first).
-func (db *DB) View(ctx context.Context, fn func(*Tx) error) error {
+func (db *DB) View(ctx context.Context, fn func(*Tx) error) (err error) {
+	defer func() { err = classify(err) }()
 	if fn == nil {
 		return fmt.Errorf("store: view: nil function: %w", ErrInvalid)
 	}
