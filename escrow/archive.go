@@ -20,6 +20,16 @@ import (
 // ErrNoRecoverySet: archival is impossible until an admin defines a valid recovery set.
 var ErrNoRecoverySet = errors.New("escrow: key archival is unavailable")
 
+// ErrKeyArchivedElsewhere: the private key is already archived for another mailbox, so it is
+// refused. A key belongs to one mailbox; otherwise a recovery of either mailbox would release
+// the other's key. It is the store's own sentinel, so the refusal of every insert path (single
+// enrollment, bulk enroll and import) matches it, in one transaction with the record's insert.
+//
+// The same mailbox may archive the same key again (a renewal that keeps its key): that makes a
+// second record, not a reference to the first, because a record binds the serial of its one
+// certificate and a recovery by serial opens exactly that record (see checkBinding).
+var ErrKeyArchivedElsewhere = store.ErrKeyArchivedElsewhere
+
 // Transport is the appliance's key-transport pair: clients encrypt their private keys to Cert in
 // a CMS envelope, and Key (in the token) opens them.
 type Transport struct {
@@ -171,7 +181,11 @@ func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRe
 	if err := checkKeyPair(pkcs8, req.CSR.PublicKey); err != nil {
 		return nil, s.refuse(ctx, who, t.Name, err)
 	}
-	return s.archiveAndIssue(ctx, who, t, req.CSR.PublicKey, pkcs8)
+	iss, err := s.archiveAndIssue(ctx, who, t, req.CSR.PublicKey, pkcs8)
+	if errors.Is(err, ErrKeyArchivedElsewhere) {
+		return nil, s.refuse(ctx, who, t.Name, err)
+	}
+	return iss, err
 }
 
 // archiveAndIssue seals pkcs8 for the current recovery set and issues the certificate. The set

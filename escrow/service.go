@@ -271,6 +271,8 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		return nil, ErrCodeUsed
 	case errors.Is(err, store.ErrCodeExpired):
 		return nil, ErrCodeExpired
+	case errors.Is(err, ErrKeyArchivedElsewhere):
+		return nil, fmt.Errorf("escrow: the private key of this request is already archived for another mailbox; enroll with a new key: %w", ErrKeyArchivedElsewhere)
 	case err != nil:
 		return nil, fmt.Errorf("escrow: reserve serial: %w", err)
 	}

@@ -188,6 +188,37 @@ CREATE INDEX certificates_code ON certificates(code_id) WHERE code_id IS NOT NUL
 DROP INDEX certificates_kra;
 CREATE INDEX certificates_kra ON certificates(kra, created_at) WHERE kra != '';
 `,
+	// 6: each record's key fingerprint (hex SHA-256 of the SubjectPublicKeyInfo, as in its
+	// sealed header), so that one key is never archived for two mailboxes; and the KRAs'
+	// refused approvals, so that their rate limit survives a restart. The fingerprints of
+	// existing version-1 records are read from their headers (see recordFingerprint): bytes
+	// 22-23 are the issuer's length Li, byte 24+Li the serial's length Ls, and the 32 bytes
+	// from 25+Li+Ls the hash (SQLite counts from 1).
+	`
+ALTER TABLE records ADD COLUMN fingerprint TEXT;
+UPDATE records SET fingerprint = f.fp FROM (
+	SELECT id, CASE WHEN length(b) >= 24 + li + ls + 32 THEN lower(hex(substr(b, 25 + li + ls, 32))) END AS fp FROM (
+		SELECT id, b, li,
+			(instr('0123456789ABCDEF', substr(hex(substr(b, 24 + li, 1)), 1, 1)) - 1) * 16 +
+			(instr('0123456789ABCDEF', substr(hex(substr(b, 24 + li, 1)), 2, 1)) - 1) AS ls
+		FROM (
+			SELECT id, blob AS b,
+				(instr('0123456789ABCDEF', substr(hex(substr(blob, 22, 2)), 1, 1)) - 1) * 4096 +
+				(instr('0123456789ABCDEF', substr(hex(substr(blob, 22, 2)), 2, 1)) - 1) * 256 +
+				(instr('0123456789ABCDEF', substr(hex(substr(blob, 22, 2)), 3, 1)) - 1) * 16 +
+				(instr('0123456789ABCDEF', substr(hex(substr(blob, 22, 2)), 4, 1)) - 1) AS li
+			FROM records WHERE substr(blob, 1, 5) = X'4B41524301' AND length(blob) >= 24
+		)
+	)
+) AS f WHERE records.id = f.id;
+CREATE INDEX records_fingerprint ON records(fingerprint) WHERE fingerprint IS NOT NULL;
+
+CREATE TABLE approval_failures (
+	kra TEXT    NOT NULL,
+	at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX approval_failures_kra ON approval_failures(kra, at);
+`,
 }
 
 // migrate applies the missing migrations in order, in one transaction.

@@ -91,6 +91,10 @@ type Record struct {
 	Blob      []byte
 	State     string    // pending, active or abandoned; "" on insert means pending
 	CreatedAt time.Time // zero on insert means now
+	// Fingerprint is the hex SHA-256 of the key's SubjectPublicKeyInfo. On insert the store
+	// reads it from the blob's header (a record of escrow/record's format 1); a caller's value
+	// is used only for another blob, and must agree with the header otherwise.
+	Fingerprint string
 }
 
 // Pending is a certificate request waiting for manual approval.
@@ -611,7 +615,7 @@ func (tx *Tx) ListCertificates(f Filter) ([]Certificate, error) {
 // ---------------------------------------------------------------------------
 // Escrow records
 
-const recordColumns = `id, serial, email, epoch, blob, state, created_at`
+const recordColumns = `id, serial, email, epoch, blob, state, created_at, fingerprint`
 
 func scanRecord(scan func(...any) error) (*Record, error) {
 	var (
@@ -619,11 +623,12 @@ func scanRecord(scan func(...any) error) (*Record, error) {
 		serial  sql.NullString
 		epoch   int64
 		created sql.NullInt64
+		fp      sql.NullString
 	)
-	if err := scan(&r.ID, &serial, &r.Email, &epoch, &r.Blob, &r.State, &created); err != nil {
+	if err := scan(&r.ID, &serial, &r.Email, &epoch, &r.Blob, &r.State, &created, &fp); err != nil {
 		return nil, err
 	}
-	r.Serial, r.Epoch, r.CreatedAt = sget(serial), uint32(epoch), tget(created)
+	r.Serial, r.Epoch, r.CreatedAt, r.Fingerprint = sget(serial), uint32(epoch), tget(created), sget(fp)
 	return &r, nil
 }
 
@@ -631,6 +636,12 @@ func scanRecord(scan func(...any) error) (*Record, error) {
 // certificate is issued. ID, Email, Epoch and Blob are required; the recovery
 // set of Epoch must exist ([ErrNotFound] otherwise). A duplicate ID or serial
 // gives [ErrConflict].
+//
+// One key belongs to one mailbox: a record whose key (by fingerprint) is already
+// in a pending or active record of another mailbox, or in another record of the
+// same call for another mailbox, gives [ErrKeyArchivedElsewhere] and nothing of
+// the call is inserted. The same mailbox may archive one key in several records
+// (one per certificate: each record binds its certificate's serial).
 func (tx *Tx) InsertRecord(r Record) error {
 	return tx.InsertRecords([]Record{r})
 }
@@ -639,6 +650,7 @@ func (tx *Tx) InsertRecord(r Record) error {
 func (tx *Tx) InsertRecords(rs []Record) error {
 	const op = "insert record"
 	args := make([]any, 0, len(rs)*recordWidth)
+	fps := make([]string, 0, len(rs))
 	for _, r := range rs {
 		serial, err := optSerial(r.Serial)
 		if err != nil {
@@ -657,12 +669,23 @@ func (tx *Tx) InsertRecords(rs []Record) error {
 		case !oneOf(r.State, StatePending, StateActive, StateAbandoned):
 			return invalid(op, "state %q", r.State)
 		}
-		args = append(args, r.ID, sval(serial), r.Email, int64(r.Epoch), r.Blob, r.State, orNow(r.CreatedAt).UnixMicro())
+		fp := recordFingerprint(r.Blob)
+		switch {
+		case fp == "":
+			fp = r.Fingerprint
+		case r.Fingerprint != "" && r.Fingerprint != fp:
+			return invalid(op, "record %s: fingerprint does not match the sealed header", r.ID)
+		}
+		fps = append(fps, fp)
+		args = append(args, r.ID, sval(serial), r.Email, int64(r.Epoch), r.Blob, r.State, orNow(r.CreatedAt).UnixMicro(), sval(fp))
+	}
+	if err := tx.checkKeyOwners(op, rs, fps); err != nil {
+		return err
 	}
 	return tx.insertRows(op, `INSERT INTO records (`+recordColumns+`)`, recordWidth, args)
 }
 
-const recordWidth = 7 // the number of recordColumns
+const recordWidth = 8 // the number of recordColumns
 
 // ActivateRecord marks a pending record active, once its certificate is
 // issued. Activating an active record is a no-op; an abandoned one gives

@@ -1,0 +1,78 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+)
+
+// ErrKeyArchivedElsewhere: the private key of a record is already archived for another
+// mailbox. A key belongs to one mailbox: archiving it for a second would let a recovery of
+// either mailbox release the other's key. The error never names the other mailbox.
+var ErrKeyArchivedElsewhere = errors.New("store: key already archived for another mailbox")
+
+// recordFingerprint reads the key fingerprint (hex SHA-256 of the SubjectPublicKeyInfo) from
+// the header of a version-1 escrow record (the format of escrow/record): magic "KARC",
+// version 1, a 16-byte ID, a 2-byte issuer length Li and the issuer, a 1-byte serial length
+// Ls and the serial, then the 32-byte hash. The store knows this much of the format, and no
+// more, to keep one key to one mailbox on every insert path (migration 6 does the same in
+// SQL for older rows). It returns "" for anything else.
+func recordFingerprint(blob []byte) string {
+	const fixed = 4 + 1 + 16 + 2
+	if len(blob) < fixed || string(blob[:4]) != "KARC" || blob[4] != 1 {
+		return ""
+	}
+	p := fixed + int(binary.BigEndian.Uint16(blob[fixed-2:fixed]))
+	if len(blob) < p+1 {
+		return ""
+	}
+	p += 1 + int(blob[p])
+	if len(blob) < p+32 {
+		return ""
+	}
+	return hex.EncodeToString(blob[p : p+32])
+}
+
+// checkKeyOwners refuses records whose key is archived, in a live record (pending or
+// active), for another mailbox: among rs themselves or in the store. It runs in the insert's
+// transaction, on the writer, so two concurrent inserts cannot both pass.
+func (tx *Tx) checkKeyOwners(op string, rs []Record, fps []string) error {
+	owner := make(map[string]string, len(rs))
+	for i, r := range rs {
+		fp := fps[i]
+		if fp == "" {
+			continue
+		}
+		if o, ok := owner[fp]; ok {
+			if o != r.Email {
+				return fmt.Errorf("store: %s %s: %w", op, r.ID, ErrKeyArchivedElsewhere)
+			}
+			continue
+		}
+		owner[fp] = r.Email
+		if err := tx.KeyArchivedElsewhere(fp, r.Email); err != nil {
+			return fmt.Errorf("store: %s %s: %w", op, r.ID, err)
+		}
+	}
+	return nil
+}
+
+// KeyArchivedElsewhere returns [ErrKeyArchivedElsewhere] when a live (pending or active)
+// record of the key with this fingerprint (hex SHA-256 of its SubjectPublicKeyInfo) belongs
+// to another mailbox than email, and nil otherwise. [Tx.InsertRecords] runs the same check;
+// a caller that inserts many records at once can use this one to refuse a single item
+// before its batch.
+func (tx *Tx) KeyArchivedElsewhere(fingerprint, email string) error {
+	var n int
+	err := tx.queryRow("check key owner", []any{&n},
+		`SELECT count(*) FROM (SELECT 1 FROM records WHERE fingerprint = ? AND email != ? AND state != 'abandoned' LIMIT 1)`,
+		fingerprint, email)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return ErrKeyArchivedElsewhere
+	}
+	return nil
+}
