@@ -29,7 +29,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	keyarcBin = filepath.Join(dir, "keyarc")
-	build := exec.Command("go", "build", "-o", keyarcBin, "../cmd/keyarc")
+	args := []string{"build", "-o", keyarcBin}
+	if os.Getenv("KEYARC_E2E_RACE") != "" {
+		// make test sets this: the appliance's own concurrency is then checked under the real
+		// scenarios, and a data race makes the binary exit with status 66 (see raceExit).
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/keyarc")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build keyarc:", err)
@@ -75,6 +81,9 @@ func keyarcResult(args ...string) (string, string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
+	if strings.Contains(stderr.String(), "WARNING: DATA RACE") {
+		err = fmt.Errorf("the race detector found a data race: %w", err)
+	}
 	return stdout.String(), stderr.String(), err
 }
 
@@ -199,6 +208,9 @@ func serveWith(t *testing.T, state string, env []string, addr string) *appliance
 		case <-time.After(20 * time.Second):
 			a.cmd.Process.Kill()
 			<-a.exited
+		}
+		if strings.Contains(a.logs.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a data race in keyarc serve")
 		}
 		if t.Failed() {
 			t.Logf("appliance log:\n%s", a.logs.String())
