@@ -21,40 +21,6 @@ import (
 	"github.com/keyarc/keyarc/policy"
 )
 
-const adminUsage = `admin subcommands:
-  enroll-code create --state DIR --email ADDR [--template T]   make a one-time enrollment code (local)
-  credential issue --state DIR --role R --name N [--email A] --out DIR   issue an operator credential (local)
-  pending list [--all]                                          requests waiting for a decision
-  pending issue ID | pending deny ID                            decide a pending request
-  recovery-set show                                             the current recovery set
-  recovery-set set --quorum M --kra SERIAL [--kra SERIAL ...]   define a new recovery set (new epoch)
-  recovery-set reseal [--reason TEXT]                           ask the old sets' KRAs to move old records to the current set
-  recovery-set reseal --complete ID                             reseal once they approved (keyarc recovery approve ID)
-Remote subcommands take --state DIR --as admin (development) or --server, --cacert, --cert, --key.`
-
-func runAdmin(args []string) error {
-	if len(args) < 2 {
-		return usageError{adminUsage}
-	}
-	switch args[0] + " " + args[1] {
-	case "enroll-code create":
-		return runCodeCreate(args[2:])
-	case "credential issue":
-		return runCredentialIssue(args[2:])
-	case "pending list":
-		return runPendingList(args[2:])
-	case "pending issue", "pending deny":
-		return runPendingDecide(args[1], args[2:])
-	case "recovery-set show":
-		return runRecoverySetShow(args[2:])
-	case "recovery-set set":
-		return runRecoverySetSet(args[2:])
-	case "recovery-set reseal":
-		return runReseal(args[2:])
-	}
-	return usageError{adminUsage}
-}
-
 // localService opens the state folder's database for the local bootstrap commands (the
 // appliance may be running: the store takes turns with it).
 func localService(state string) (*escrow.Service, *Config, func(), error) {

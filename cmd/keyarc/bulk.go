@@ -218,23 +218,6 @@ func (a *appliance) handleBulkPasswords(w http.ResponseWriter, r *http.Request) 
 // ---------------------------------------------------------------------------
 // CLI
 
-func runBulk(args []string) error {
-	if len(args) == 0 {
-		return usageError{"bulk: expected submit, status, list or results"}
-	}
-	switch args[0] {
-	case "submit":
-		return runBulkSubmit(args[1:])
-	case "status":
-		return runBulkStatus(args[1:])
-	case "list":
-		return runBulkList(args[1:])
-	case "results":
-		return runBulkResults(args[1:])
-	}
-	return usageError{fmt.Sprintf("bulk: unknown subcommand %q (submit, status, list, results)", args[0])}
-}
-
 func bulkClient(name string, args []string, extra func(*flag.FlagSet)) (*client, []string, error) {
 	fs := flag.NewFlagSet("bulk "+name, flag.ContinueOnError)
 	var cf clientFlags

@@ -39,13 +39,24 @@ type clientFlags struct {
 	module   string
 }
 
+// register adds the connection flags of a client command that authenticates as an operator.
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.state, "state", "", "development install: state folder (finds server, CA and credentials)")
+	c.registerServer(fs)
 	fs.StringVar(&c.as, "as", "", "development identity: admin, officer, auditor, kra1, kra2 or kra3")
-	fs.StringVar(&c.server, "server", "", "appliance URL, e.g. https://keyarc.example.org:8443")
-	fs.StringVar(&c.cacert, "cacert", "", "CA certificate (PEM) that issued the appliance's TLS certificate")
 	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM) for mutual TLS")
 	fs.StringVar(&c.key, "key", "", "client private key (PEM PKCS#8) for mutual TLS")
+}
+
+// registerServer adds the flags that locate the appliance, for commands that connect
+// anonymously.
+func (c *clientFlags) registerServer(fs *flag.FlagSet) {
+	fs.StringVar(&c.state, "state", "", "development install: state folder (finds server, CA and credentials)")
+	fs.StringVar(&c.server, "server", "", "appliance URL, e.g. https://keyarc.example.org:8443 (default with --state: where its serve listens)")
+	fs.StringVar(&c.cacert, "cacert", "", "CA certificate (PEM) that issued the appliance's TLS certificate")
+}
+
+// registerToken adds the flags of a KRA's own token, for the commands a KRA runs.
+func (c *clientFlags) registerToken(fs *flag.FlagSet) {
 	fs.StringVar(&c.tokenLbl, "token-label", "", "KRA: label of your token")
 	fs.StringVar(&c.pinFile, "pin-file", "", "KRA: file holding your token's PIN")
 	fs.StringVar(&c.module, "module", "", "KRA: PKCS#11 module (default: SoftHSM)")
@@ -119,7 +130,17 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 	server, cacert, certFile, keyFile := c.server, c.cacert, c.cert, c.key
 	if cfg != nil {
 		if server == "" {
-			server = "https://" + cfg.Listen
+			// A running serve records where it listens; the configuration's listen is the
+			// fallback for an appliance started by other means.
+			rec, err := readServeRecord(cfg.dir)
+			switch {
+			case err == nil:
+				server = rec.URL
+			case errors.Is(err, os.ErrNotExist):
+				server = "https://" + dialAddr(cfg.Listen)
+			default:
+				return nil, err
+			}
 		}
 		if cacert == "" {
 			cacert = cfg.path(cfg.CA.Certificate)
@@ -219,7 +240,7 @@ func (c *client) call(method, path string, in, out any) error {
 func (c *client) do(req *http.Request, out any) error {
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("connect to the appliance: %w", err)
+		return fmt.Errorf("connect to the appliance at %s (is keyarc serve running?): %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -26,7 +26,7 @@ import (
 func runEnroll(args []string) error {
 	fs := flag.NewFlagSet("enroll", flag.ContinueOnError)
 	var cf clientFlags
-	cf.register(fs)
+	cf.registerServer(fs)
 	template := fs.String("template", "smime-encryption", "certificate template")
 	email := fs.String("email", "", "your mailbox (required)")
 	code := fs.String("code", "", "your one-time enrollment code (required; or --code-file)")

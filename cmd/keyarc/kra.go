@@ -20,21 +20,6 @@ import (
 	"github.com/keyarc/keyarc/hsm"
 )
 
-const kraUsage = `kra subcommands:
-  enroll   make the KRA's keys in its own token and submit them for an admin's approval
-Token: --token-label L --pin-file F [--module PATH], or --state DIR --as kraN (development).`
-
-func runKRA(args []string) error {
-	if len(args) < 1 {
-		return usageError{kraUsage}
-	}
-	switch args[0] {
-	case "enroll":
-		return runKRAEnroll(args[1:])
-	}
-	return usageError{kraUsage}
-}
-
 // kraKeys makes (or finds) a KRA's unwrap and auth keys in its token and checks that the unwrap
 // key decrypts with OAEP in the token. Existing keys are used, never replaced.
 func kraKeys(tok *hsm.Token, say func(string, ...any)) (unwrap crypto.Decrypter, auth crypto.Signer, err error) {
@@ -109,6 +94,7 @@ func runKRAEnroll(args []string) error {
 	fs := flag.NewFlagSet("kra enroll", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
+	cf.registerToken(fs)
 	name := fs.String("name", "", "the KRA's name (default: the token label)")
 	wait := fs.Duration("wait", 0, "wait this long for an admin's decision, then save the certificates")
 	out := fs.String("out", "", "folder for NAME-unwrap.pem and NAME-auth.pem (with --wait)")

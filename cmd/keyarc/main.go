@@ -4,6 +4,14 @@
 //
 // This package is wiring only: configuration, subcommands, the HTTP server, metrics, and the one
 // function that maps errors to HTTP statuses. The logic lives in escrow, policy and hsm.
+//
+// # Command line
+//
+// The command line is the standard library's flag package under a small command tree
+// ([commands]): each leaf command parses its own flag set with [parseFlags], so flags may stand
+// before, between or after positional arguments, and each lists only the flags it takes.
+// Requested help (`keyarc help CMD [SUB]`, `-h`, `--help`) goes to standard output with exit
+// status 0; a mistake in the command line goes to standard error with exit status 2.
 package main
 
 import (
@@ -12,31 +20,84 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 )
 
-// command is one subcommand.
+// command is a node of the command tree: a leaf runs, a group dispatches to its subcommands.
 type command struct {
-	name    string
+	name string
+	// args is the usage after the command's name, e.g. "ID [flags]".
+	args    string
 	summary string
-	run     func(args []string) error
+	// long, when set, is printed after the summary in the command's help.
+	long string
+	run  func(args []string) error
+	subs []command
 }
+
+// Connection help shared by the client commands.
+const (
+	clientLong = `Connect with --state DIR --as IDENTITY on a development install (the address of a running
+"keyarc serve --state DIR" is read from DIR/serve.json), or with --server URL --cacert FILE
+--cert FILE --key FILE.`
+	kraLong = `A KRA authenticates with its own token: --token-label L --pin-file F [--module PATH]
+--cert AUTH.pem, or --state DIR --as kraN on a development install.`
+)
 
 func commands() []command {
 	return []command{
-		{"init", "create the tokens' keys, the CA, the configuration (--dev: SoftHSM tokens too)", runInit},
-		{"serve", "run the appliance (HTTPS enrollment, EST, metrics)", runServe},
-		{"admin", "administration: enrollment codes, credentials, pending requests, recovery set", runAdmin},
-		{"kra", "Key Recovery Agent: enroll with your own token", runKRA},
-		{"recovery", "key recovery: request (officer), approve (KRA), fetch the PKCS#12", runRecovery},
-		{"enroll", "enroll for a certificate (the key is made here, archived if the template says so)", runEnroll},
-		{"bulk", "bulk jobs: submit a job file, follow it, fetch its results", runBulk},
-		{"bench", "measure the raw crypto limits and the bulk pipeline's rates", runBench},
-		{"backup", "take a consistent online copy of the database", runBackup},
-		{"restore", "put a backup in place (refuses one older than the audit trail)", runRestore},
-		{"audit", "verify the audit trail: hash chain, signed checkpoints, head file", runAudit},
-		{"version", "print the version", runVersion},
+		{name: "init", args: "--state DIR [--dev] [flags]", summary: "create the tokens' keys, the CA, the configuration (--dev: SoftHSM tokens too)", run: runInit},
+		{name: "serve", args: "--state DIR [--addr HOST:PORT] [--metrics-addr HOST:PORT]", summary: "run the appliance (HTTPS enrollment, EST, metrics)", run: runServe,
+			long: `While it runs, serve records its HTTPS address in DIR/serve.json (removed at an orderly stop),
+so that client commands given --state DIR reach it wherever it listens.`},
+		{name: "admin", summary: "administration: enrollment codes, credentials, pending requests, recovery set", subs: []command{
+			{name: "enroll-code", summary: "one-time enrollment codes", subs: []command{
+				{name: "create", args: "--state DIR --email ADDR [--template T] [--ttl D]", summary: "make a one-time enrollment code (local); prints the code alone", run: runCodeCreate},
+			}},
+			{name: "credential", summary: "operator credentials", subs: []command{
+				{name: "issue", args: "--state DIR --role R --name N --out DIR [--email ADDR]", summary: "issue an operator credential (local)", run: runCredentialIssue},
+			}},
+			{name: "pending", summary: "requests waiting for an admin's decision (KRA enrollments)", subs: []command{
+				{name: "list", args: "[--all] [--json]", summary: "requests waiting for a decision", long: clientLong, run: runPendingList},
+				{name: "issue", args: "ID", summary: "issue a pending request's certificates", long: clientLong, run: func(a []string) error { return runPendingDecide("issue", a) }},
+				{name: "deny", args: "ID", summary: "deny a pending request", long: clientLong, run: func(a []string) error { return runPendingDecide("deny", a) }},
+			}},
+			{name: "recovery-set", summary: "the KRAs and quorum that seal new records", subs: []command{
+				{name: "show", args: "[--json]", summary: "the current recovery set: epoch, quorum, KRAs and their certificate serials", long: clientLong, run: runRecoverySetShow},
+				{name: "set", args: "--quorum M --kra SERIAL [--kra SERIAL ...]", summary: "define a new recovery set (new epoch); serials from `recovery-set show` or `pending issue`", long: clientLong, run: runRecoverySetSet},
+				{name: "reseal", args: "[--reason TEXT] | --complete ID", summary: "ask the old sets' KRAs to move old records to the current set; --complete once they approved", long: clientLong, run: runReseal},
+			}},
+		}},
+		{name: "kra", summary: "Key Recovery Agent: enroll with your own token", subs: []command{
+			{name: "enroll", args: "--token-label L --pin-file F [--wait D --out DIR] [flags]", summary: "make the KRA's keys in its own token and submit them for an admin's approval", run: runKRAEnroll,
+				long: `Prints the pending request's ID; an admin issues it with "keyarc admin pending issue ID" after
+comparing the key fingerprints with the KRA in person. With --wait, waits for that decision and
+saves the certificates to --out.`},
+		}},
+		{name: "recovery", summary: "key recovery: request (officer), approve (KRA), fetch the PKCS#12", subs: []command{
+			{name: "request", args: "--serial HEX | --email ADDR --reason TEXT", summary: "open a request (officer); prints its ID", long: clientLong, run: runRecoveryRequest},
+			{name: "list", args: "[--status open|consumed|cancelled|expired] [--json]", summary: "recovery requests and their state", long: clientLong, run: runRecoveryList},
+			{name: "show", args: "ID [--json]", summary: "a request's state (open, approved, expired, ...), approvals so far, what is recovered", long: clientLong, run: runRecoveryShow},
+			{name: "approve", args: "ID [--yes]", summary: "approve with your KRA token (KRA)", long: kraLong, run: runRecoveryApprove},
+			{name: "fetch", args: "ID --out FILE.p12 --password-file FILE [--legacy]", summary: "collect the PKCS#12 once (the requesting officer)", long: clientLong, run: runRecoveryFetch},
+			{name: "cancel", args: "ID", summary: "close a request without recovering (the requesting officer)", long: clientLong, run: runRecoveryCancel},
+		}},
+		{name: "enroll", args: "--email ADDR --code CODE --out DIR [--template T] [flags]", summary: "enroll for a certificate (the key is made here, archived if the template says so)", run: runEnroll,
+			long: `Connects anonymously: --state DIR (development) or --server URL --cacert FILE.`},
+		{name: "bulk", summary: "bulk jobs: submit a job file, follow it, fetch its results", subs: []command{
+			{name: "submit", args: "FILE [--wait]", summary: "submit a job file (admin); prints the job ID; with --wait exits 1 if any item failed", long: clientLong, run: runBulkSubmit},
+			{name: "status", args: "JOB", summary: "a job's progress: done/failed/total, rate, ETA (JSON)", long: clientLong, run: runBulkStatus},
+			{name: "list", summary: "every job (JSON)", long: clientLong, run: runBulkList},
+			{name: "results", args: "JOB --out FILE [--passwords FILE]", summary: "write a job's per-item results (and, once, a keygen job's passwords)", long: clientLong, run: runBulkResults},
+		}},
+		{name: "bench", args: "[flags]", summary: "measure the raw crypto limits and the bulk pipeline's rates", run: runBench},
+		{name: "backup", args: "--state DIR --out FILE", summary: "take a consistent online copy of the database", run: runBackup},
+		{name: "restore", args: "--state DIR --from FILE [--force]", summary: "put a backup in place (refuses one older than the audit trail)", run: runRestore},
+		{name: "audit", summary: "the audit trail", subs: []command{
+			{name: "verify", args: "--state DIR [--key FILE] [--json]", summary: "verify the audit trail: hash chain, signed checkpoints, head file", run: runAuditVerify},
+		}},
+		{name: "check", args: "--state DIR [--json]", summary: "check every stored certificate against the CA, its audited issuance and its escrow record", run: runCheckCommand},
+		{name: "version", summary: "print the version", run: runVersion},
 	}
 }
 
@@ -44,39 +105,169 @@ func commands() []command {
 var version = "dev"
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		var u usageError
-		if errors.As(err, &u) {
-			fmt.Fprintln(os.Stderr, "keyarc:", err)
-			os.Exit(2)
-		}
+	err := run(os.Args[1:])
+	var u usageError
+	switch {
+	case err == nil, errors.Is(err, errHelp):
+		return
+	case errors.As(err, &u):
+		fmt.Fprintln(os.Stderr, "keyarc:", err)
+		os.Exit(2)
+	default:
 		fmt.Fprintln(os.Stderr, "keyarc:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(os.Stdout)
-		return nil
-	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(args[1:])
-		}
-	}
-	usage(os.Stderr)
-	return usageError{fmt.Sprintf("unknown command %q", args[0])}
+// errHelp reports that help was requested and printed: exit status 0.
+var errHelp = errors.New("keyarc: help requested")
+
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: keyarc <command> [flags]\n\ncommands:")
-	cs := commands()
-	sort.Slice(cs, func(i, j int) bool { return cs[i].name < cs[j].name })
-	for _, c := range cs {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+func run(args []string) error {
+	root := command{name: "", summary: "an HSM-backed CA that escrows encryption keys for a quorum of KRAs", subs: commands()}
+	if len(args) > 0 && args[0] == "help" {
+		return runHelp(root, args[1:])
 	}
-	fmt.Fprintln(w, "\nRun `keyarc <command> -h` for a command's flags.")
+	return dispatch(root, nil, args)
+}
+
+// dispatch runs the command at path, descending through groups.
+func dispatch(c command, path []string, args []string) error {
+	if c.subs == nil {
+		return c.run(args)
+	}
+	if len(args) == 0 {
+		if len(path) == 0 {
+			groupUsage(os.Stdout, c, path)
+			return nil
+		}
+		groupUsage(os.Stderr, c, path)
+		return usageError{fmt.Sprintf("%s: expected a subcommand", strings.Join(path, " "))}
+	}
+	if isHelp(args[0]) {
+		if args[0] == "help" && len(path) > 0 {
+			return runHelp(c, args[1:], path...)
+		}
+		groupUsage(os.Stdout, c, path)
+		return nil
+	}
+	for _, s := range c.subs {
+		if s.name == args[0] {
+			return dispatch(s, append(path, s.name), args[1:])
+		}
+	}
+	groupUsage(os.Stderr, c, path)
+	if len(path) == 0 {
+		return usageError{fmt.Sprintf("unknown command %q", args[0])}
+	}
+	return usageError{fmt.Sprintf("%s: unknown subcommand %q", strings.Join(path, " "), args[0])}
+}
+
+// runHelp is `keyarc help [CMD [SUB ...]]`: the help of the named command, on standard output.
+func runHelp(c command, args []string, path ...string) error {
+	for _, a := range args {
+		found := false
+		for _, s := range c.subs {
+			if s.name == a {
+				c, found = s, true
+				path = append(path, s.name)
+				break
+			}
+		}
+		if !found {
+			return usageError{fmt.Sprintf("help: no command %q; run `keyarc help`", strings.Join(append(path, a), " "))}
+		}
+	}
+	if c.subs != nil {
+		groupUsage(os.Stdout, c, path)
+		return nil
+	}
+	// A leaf's flags are defined where it parses them: ask it for its help.
+	return c.run([]string{"-h"})
+}
+
+// groupUsage lists a group's subcommands.
+func groupUsage(w io.Writer, c command, path []string) {
+	name := strings.Join(append([]string{"keyarc"}, path...), " ")
+	fmt.Fprintf(w, "usage: %s <command> [arguments] [flags]\n\n", name)
+	if c.summary != "" {
+		fmt.Fprintf(w, "%s%s.\n\n", strings.ToUpper(c.summary[:1]), c.summary[1:])
+	}
+	fmt.Fprintln(w, "commands:")
+	var list func(prefix string, subs []command)
+	list = func(prefix string, subs []command) {
+		for _, s := range subs {
+			line := prefix + s.name
+			switch {
+			case s.subs != nil && len(path) > 0:
+				list(line+" ", s.subs)
+				continue
+			case s.subs != nil:
+				line += " <command>"
+			case s.args != "":
+				line += " " + s.args
+			}
+			fmt.Fprintf(w, "  %s\n      %s\n", line, s.summary)
+		}
+	}
+	list("", c.subs)
+	help := strings.Join(append([]string{"keyarc", "help"}, path...), " ")
+	fmt.Fprintf(w, "\nRun `%s <command>` for a command's usage and flags.\n", help)
+}
+
+// findCommand returns the command at path (space-separated names).
+func findCommand(path string) (command, bool) {
+	c := command{subs: commands()}
+	for _, name := range strings.Fields(path) {
+		found := false
+		for _, s := range c.subs {
+			if s.name == name {
+				c, found = s, true
+				break
+			}
+		}
+		if !found {
+			return command{}, false
+		}
+	}
+	return c, true
+}
+
+// leafUsage prints a leaf command's help: the usage line, its description and its flags.
+func leafUsage(w io.Writer, fs *flag.FlagSet) {
+	c, _ := findCommand(fs.Name())
+	args := c.args
+	if args == "" {
+		args = "[flags]"
+	}
+	fmt.Fprintf(w, "usage: keyarc %s %s\n", fs.Name(), args)
+	if c.summary != "" {
+		fmt.Fprintf(w, "\n%s%s.\n", strings.ToUpper(c.summary[:1]), c.summary[1:])
+	}
+	if c.long != "" {
+		fmt.Fprintf(w, "\n%s\n", c.long)
+	}
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nflags:")
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		fmt.Fprintln(w, line)
+		if def := f.DefValue; def != "" && def != "false" && def != "0" && def != "0s" && def != "[]" {
+			usage += fmt.Sprintf(" (default %s)", def)
+		}
+		fmt.Fprintf(w, "      %s\n", usage)
+	})
 }
 
 // usageError is a mistake in the command line (exit status 2).
@@ -85,18 +276,18 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 // parseFlags parses flags that may stand before, between or after positional arguments, and
-// returns the positional ones.
+// returns the positional ones. `-h` or `--help` prints the command's help on standard output
+// and returns errHelp. The flag set's name is the command's path, e.g. "admin pending issue".
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fs.SetOutput(os.Stdout)
-				fs.PrintDefaults()
-				os.Exit(0)
+				leafUsage(os.Stdout, fs)
+				return nil, errHelp
 			}
-			return nil, usageError{fmt.Sprintf("%s: %v", fs.Name(), err)}
+			return nil, usageError{fmt.Sprintf("%s: %v (run `keyarc help %s`)", fs.Name(), err, fs.Name())}
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -110,12 +301,23 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 // wantArgs checks the number of positional arguments.
 func wantArgs(name string, pos []string, n int, what string) error {
 	if len(pos) != n {
-		return usageError{fmt.Sprintf("%s: expected %s, got %q", name, what, strings.Join(pos, " "))}
+		return usageError{fmt.Sprintf("%s: expected %s, got %q (run `keyarc help %s`)", name, what, strings.Join(pos, " "), name)}
 	}
 	return nil
 }
 
 func runVersion(args []string) error {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("version", pos, 0, "no arguments"); err != nil {
+		return err
+	}
 	fmt.Println("keyarc", version)
 	return nil
 }
+
+// runAuditVerify is `keyarc audit verify`.
+func runAuditVerify(args []string) error { return runAudit(append([]string{"verify"}, args...)) }

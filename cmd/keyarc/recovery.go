@@ -23,37 +23,6 @@ import (
 	"github.com/keyarc/keyarc/hsm"
 )
 
-const recoveryUsage = `recovery subcommands:
-  request --serial HEX | --email ADDR --reason TEXT   open a request (officer); prints its ID
-  list [--status open|consumed|cancelled|expired]     requests
-  show ID                                             state, approvals so far, what is recovered
-  approve ID [--yes]                                  approve with your KRA token (KRA)
-  fetch ID --out FILE.p12 --password-file FILE [--legacy]   collect the PKCS#12 once (the requesting officer)
-  cancel ID                                           close a request without recovering (the requesting officer)
-Identity: --state DIR --as officer|kra1|kra2|kra3 (development), or --server, --cacert and
---cert/--key (officer) or --token-label/--pin-file/--cert (KRA).`
-
-func runRecovery(args []string) error {
-	if len(args) < 1 {
-		return usageError{recoveryUsage}
-	}
-	switch args[0] {
-	case "request":
-		return runRecoveryRequest(args[1:])
-	case "list":
-		return runRecoveryList(args[1:])
-	case "show":
-		return runRecoveryShow(args[1:])
-	case "approve":
-		return runRecoveryApprove(args[1:])
-	case "fetch":
-		return runRecoveryFetch(args[1:])
-	case "cancel":
-		return runRecoveryCancel(args[1:])
-	}
-	return usageError{recoveryUsage}
-}
-
 func runRecoveryRequest(args []string) error {
 	fs := flag.NewFlagSet("recovery request", flag.ContinueOnError)
 	var cf clientFlags
@@ -158,6 +127,7 @@ func runRecoveryApprove(args []string) error {
 	fs := flag.NewFlagSet("recovery approve", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
+	cf.registerToken(fs)
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
 	pos, err := parseFlags(fs, args)
 	if err != nil {

@@ -1,0 +1,254 @@
+package tests
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// exitCode runs the binary and returns stdout, stderr and its exit status.
+func exitCode(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	out, errOut, err := keyarcResult(args...)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out, errOut, 0
+	case errors.As(err, &ee):
+		return out, errOut, ee.ExitCode()
+	default:
+		t.Fatalf("keyarc %s: %v", strings.Join(args, " "), err)
+		return "", "", -1
+	}
+}
+
+// TestCLIDialsWhereServeListens: a serve started with --addr records where it listens in its
+// state folder, and client commands given only --state talk to it, not to the configuration's
+// listen address. The record is gone after an orderly stop.
+func TestCLIDialsWhereServeListens(t *testing.T) {
+	requireTools(t)
+	state := devState(t)
+	a := serve(t, state)
+	rec := filepath.Join(state, "serve.json")
+	b, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatalf("serve did not record where it listens: %v", err)
+	}
+	var got struct {
+		URL string `json:"url"`
+		PID int    `json:"pid"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil || got.URL != a.url || got.PID != a.cmd.Process.Pid {
+		t.Fatalf("serve.json = %s (%v), want url %s and pid %d", b, err, a.url, a.cmd.Process.Pid)
+	}
+	// No --server: the recorded address is used.
+	out := keyarc(t, "admin", "recovery-set", "show", "--state", state, "--as", "admin")
+	if !strings.Contains(out, "kra1") {
+		t.Errorf("recovery-set show:\n%s", out)
+	}
+	a.stop(t)
+	if _, err := os.Stat(rec); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("serve.json after an orderly stop: %v, want it removed", err)
+	}
+	// Stopped: the client says nothing is serving there rather than dialling a stale address.
+	msg := keyarcFails(t, "admin", "recovery-set", "show", "--state", state, "--as", "admin")
+	if !strings.Contains(msg, "connect") {
+		t.Errorf("with the appliance stopped: %s", msg)
+	}
+}
+
+// TestCLIStaleServeRecord: a record left by a killed serve names a dead process; the client
+// says so instead of dialling the address it names.
+func TestCLIStaleServeRecord(t *testing.T) {
+	requireTools(t)
+	state := devState(t)
+	a := serve(t, state)
+	a.kill(t)
+	if _, err := os.Stat(filepath.Join(state, "serve.json")); err != nil {
+		t.Fatalf("serve.json after SIGKILL: %v, want it left behind (the test is about a stale one)", err)
+	}
+	msg := keyarcFails(t, "admin", "pending", "list", "--state", state, "--as", "admin")
+	if !strings.Contains(msg, "not running") {
+		t.Errorf("with a stale serve.json: %s", msg)
+	}
+	serve(t, state)
+	keyarc(t, "admin", "pending", "list", "--state", state, "--as", "admin")
+}
+
+// TestCLIHelp: requested help goes to standard output with exit 0, names the command's usage
+// line, arguments and description, and lists only the flags the command takes; a usage error
+// exits 2 on standard error.
+func TestCLIHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    []string
+		notWant []string
+	}{
+		{[]string{"help"}, []string{"usage: keyarc <command>", "recovery", "keyarc help <command>"}, nil},
+		{[]string{"--help"}, []string{"usage: keyarc <command>"}, nil},
+		{[]string{"bulk", "--help"}, []string{"usage: keyarc bulk <command>", "submit", "results"}, nil},
+		{[]string{"help", "bulk"}, []string{"usage: keyarc bulk <command>", "submit"}, nil},
+		{[]string{"admin", "-h"}, []string{"usage: keyarc admin <command>", "pending", "recovery-set"}, nil},
+		{[]string{"help", "admin", "pending"}, []string{"usage: keyarc admin pending <command>", "issue", "deny"}, nil},
+		{[]string{"help", "admin", "pending", "issue"}, []string{"usage: keyarc admin pending issue ID", "--state", "--as"}, []string{"--token-label"}},
+		{[]string{"recovery", "show", "-h"}, []string{"usage: keyarc recovery show ID", "--json"}, []string{"--pin-file"}},
+		{[]string{"recovery", "approve", "--help"}, []string{"usage: keyarc recovery approve ID", "--token-label", "--pin-file", "--yes"}, nil},
+		{[]string{"enroll", "-h"}, []string{"usage: keyarc enroll", "--email", "--code"}, []string{"--token-label", "--pin-file", "--module"}},
+		{[]string{"help", "serve"}, []string{"usage: keyarc serve", "--addr", "serve.json"}, nil},
+		{[]string{"help", "audit", "verify"}, []string{"usage: keyarc audit verify", "--state"}, nil},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, errOut, code := exitCode(t, tc.args...)
+			if code != 0 || errOut != "" {
+				t.Fatalf("exit %d, stderr %q; want 0 and nothing on stderr", code, errOut)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("help lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tc.notWant {
+				if strings.Contains(out, w) {
+					t.Errorf("help lists %q, which this command does not take:\n%s", w, out)
+				}
+			}
+		})
+	}
+	for _, args := range [][]string{{"admin"}, {"bulk"}, {"bulk", "frobnicate"}, {"frobnicate"}, {"recovery", "show"}, {"enroll", "--no-such-flag"}} {
+		t.Run("usage error "+strings.Join(args, " "), func(t *testing.T) {
+			out, errOut, code := exitCode(t, args...)
+			if code != 2 || out != "" || errOut == "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 2, nothing on stdout, the mistake on stderr", code, out, errOut)
+			}
+		})
+	}
+}
+
+// TestCLIConfigErrorNamesField: a misspelt configuration field is reported with the file, the
+// line, the field and the nearest valid name, not Go's type internals.
+func TestCLIConfigErrorNamesField(t *testing.T) {
+	requireTools(t)
+	state := devState(t)
+	path := filepath.Join(state, "keyarc.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(b), "code_ttl:", "code_tll:", 1)
+	if bad == string(b) {
+		t.Fatalf("no code_ttl in %s", b)
+	}
+	line := 1 + strings.Count(bad[:strings.Index(bad, "code_tll")], "\n")
+	writeFile(t, path, []byte(bad))
+	msg := keyarcFails(t, "audit", "verify", "--state", state)
+	for _, want := range []string{path, "line " + itoa(line), "code_tll", "did you mean code_ttl?"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("config error lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "main.") || strings.Contains(msg, "struct {") {
+		t.Errorf("config error shows Go internals:\n%s", msg)
+	}
+}
+
+func itoa(n int) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// TestCLIRefusesMisleadingInput: a non-positive code TTL is refused, locally and by the server
+// side of the code service, and an unknown template names the valid ones.
+func TestCLIRefusesMisleadingInput(t *testing.T) {
+	requireTools(t)
+	state := devState(t)
+	for _, ttl := range []string{"-5m", "0s"} {
+		out, errOut, code := exitCode(t, "admin", "enroll-code", "create", "--state", state, "--email", "a@example.org", "--ttl", ttl)
+		if code != 2 || out != "" || !strings.Contains(errOut, "--ttl") {
+			t.Errorf("--ttl %s: exit %d, stdout %q, stderr %q; want a usage error naming --ttl and no code", ttl, code, out, errOut)
+		}
+	}
+	msg := keyarcFails(t, "admin", "enroll-code", "create", "--state", state, "--email", "a@example.org", "--template", "smime-encrypton")
+	for _, want := range []string{"smime-encrypton", "smime-encryption", "smime-signature"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("unknown template error lacks %q:\n%s", want, msg)
+		}
+	}
+}
+
+// TestCLIBulkWaitFailsOnFailedItems: `bulk submit --wait` exits non-zero when any item failed,
+// and still prints the job ID on stdout.
+func TestCLIBulkWaitFailsOnFailedItems(t *testing.T) {
+	requireTools(t)
+	state := devState(t)
+	a := serve(t, state)
+	file := filepath.Join(t.TempDir(), "bad.jsonl")
+	writeJobFile(t, file, `{"kind":"import"}`, []string{
+		`{"certificate":"bm90IGEgY2VydGlmaWNhdGU=","key":"bm90IGEga2V5"}`,
+		`{"certificate":"bm90IGEgY2VydGlmaWNhdGU=","key":"bm90IGEga2V5"}`,
+	})
+	out, errOut, code := exitCode(t, "bulk", "submit", file, "--wait", "--state", state, "--as", "admin", "--server", a.url)
+	if code != 1 {
+		t.Fatalf("bulk submit --wait of a job whose items all failed: exit %d, want 1\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if strings.TrimSpace(out) == "" || !strings.Contains(errOut, "2 of 2 items failed") {
+		t.Errorf("want the job ID on stdout and the count of failed items on stderr:\nstdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+}
+
+// TestCLIRecoveryShowEffectiveState: once the quorum is met, `recovery show` says so instead of
+// "open".
+func TestCLIRecoveryShowEffectiveState(t *testing.T) {
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "carol@example.org", filepath.Join(dir, "carol"))
+	serial := certSerial(t, dir, filepath.Join(dir, "carol", "cert.pem"))
+	S := []string{"--state", state, "--server", a.url}
+	id := strings.TrimSpace(keyarc(t, append([]string{"recovery", "request", "--serial", serial, "--reason", "test", "--as", "officer"}, S...)...))
+	show := func() string {
+		return keyarc(t, append([]string{"recovery", "show", id, "--as", "officer"}, S...)...)
+	}
+	if s := show(); !strings.Contains(s, ": open") {
+		t.Errorf("before any approval:\n%s", s)
+	}
+	keyarc(t, append([]string{"recovery", "approve", id, "--yes", "--as", "kra1"}, S...)...)
+	keyarc(t, append([]string{"recovery", "approve", id, "--yes", "--as", "kra2"}, S...)...)
+	s := show()
+	if strings.Contains(s, ": open") || !strings.Contains(s, "quorum met") {
+		t.Errorf("after the quorum, recovery show says:\n%s", s)
+	}
+	list := keyarc(t, append([]string{"recovery", "list", "--as", "officer"}, S...)...)
+	if !strings.Contains(list, "approved") {
+		t.Errorf("after the quorum, recovery list says:\n%s", list)
+	}
+}
+
+// TestCLIKRAEnrollWaitSaysWhatItWaitsFor: `kra enroll --wait` tells the KRA it waits for an
+// admin and which command issues the request.
+func TestCLIKRAEnrollWaitSaysWhatItWaitsFor(t *testing.T) {
+	requireTools(t, "softhsm2-util")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	env := []string{"SOFTHSM2_CONF=" + filepath.Join(state, "softhsm", "softhsm2.conf")}
+	const pin = "1357135713571357"
+	run2(t, env, "softhsm2-util", "--init-token", "--free", "--label", "kra5", "--so-pin", "0815081508150815", "--pin", pin)
+	pinFile := filepath.Join(dir, "kra5.pin")
+	writeFile(t, pinFile, []byte(pin+"\n"))
+	stdout, stderr, err := keyarcEnv(env, "kra", "enroll", "--server", a.url, "--cacert", filepath.Join(state, "ca.pem"),
+		"--token-label", "kra5", "--pin-file", pinFile, "--module", softhsmModule(), "--wait", "1s", "--out", filepath.Join(dir, "kra5"))
+	if err == nil {
+		t.Fatalf("kra enroll --wait 1s without an admin's decision succeeded:\n%s", stdout)
+	}
+	id := strings.TrimSpace(stdout)
+	for _, want := range []string{"waiting", "admin", "keyarc admin pending issue " + id} {
+		if id == "" || !strings.Contains(stderr, want) {
+			t.Errorf("kra enroll --wait lacks %q (ID %q):\n%s", want, id, stderr)
+		}
+	}
+}
