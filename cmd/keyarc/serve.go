@@ -46,10 +46,6 @@ type appliance struct {
 	lock *os.File
 	// ready is 1 while the token answers.
 	ready atomic.Bool
-	// tokHealth is the token's last cause of not being ready, logged once per change.
-	tokHealth tokenHealth
-	// check is the consistency check of the stored certificates (check.go).
-	check *applianceCheck
 }
 
 func runServe(args []string) error {
@@ -148,13 +144,8 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	if !publicKeysEqual(trKey.Public(), trCert.PublicKey) {
 		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.path(cfg.Transport.Certificate))
 	}
-	auditSigner, err := a.tok.Signer(cfg.Token.AuditKey)
-	if err != nil {
+	if _, err := a.tok.Signer(cfg.Token.AuditKey); err != nil {
 		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
-	}
-	if err := a.expectTokenKeys(map[string]crypto.PublicKey{cfg.Token.CAKey: a.caCert.PublicKey,
-		cfg.Token.TransportKey: trCert.PublicKey, cfg.Token.AuditKey: auditSigner.Public()}); err != nil {
-		return nil, err
 	}
 	a.caPool = x509.NewCertPool()
 	a.caPool.AddCert(a.caCert)
@@ -186,11 +177,6 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		RecoveryKeys:  tokenRecoveryKeys{a.tok},
 	}
 	if err := a.openAudit(issuer, reg); err != nil {
-		return nil, err
-	}
-	// The most recent certificates are checked before serving; a failure is logged and
-	// counted, and refuses that certificate's recovery, but does not stop the appliance.
-	if err := a.openCheck(reg); err != nil {
 		return nil, err
 	}
 	a.bulkSt = newBulkState(a)
@@ -270,8 +256,6 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	go func() { errc <- msrv.Serve(mln) }()
 	go a.watchToken(ctx)
-	go a.runChecks(ctx)
-	go a.retryOnHUP(ctx)
 	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
 		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
 	// Client commands given --state find this serve through DIR/serve.json.
@@ -334,7 +318,21 @@ func (a *appliance) watchToken(ctx context.Context) {
 }
 
 func (a *appliance) checkToken() bool {
-	return a.tokenStatus() == nil
+	err := a.tok.Ping()
+	up := err == nil
+	if was := a.ready.Swap(up); was != up {
+		if up {
+			a.log.Info("token answers again")
+		} else {
+			a.log.Error("token does not answer", "err", err)
+		}
+	}
+	if up {
+		a.metrics.ready.Set(1)
+	} else {
+		a.metrics.ready.Set(0)
+	}
+	return up
 }
 
 // publicKeysEqual compares two public keys of any standard type.
