@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -17,70 +18,141 @@ import (
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
+	"github.com/keyarc/keyarc/softhsm"
 )
 
-// countingKeys keeps recovery keys in memory and counts every decryption with them: the proof
-// that a refused recovery never reaches an unwrap call.
-type countingKeys struct {
-	key      *rsa.PrivateKey
+// tokenKeys keeps the recovery keys in a SoftHSM token, one RSA key per label, decrypt only
+// (RSA-OAEP; the token refuses PKCS#1 v1.5), as the appliance does, and counts every
+// decryption with them: the proof that a refused recovery never reaches an unwrap call.
+type tokenKeys struct {
+	tok      *hsm.Token
 	mu       sync.Mutex
-	labels   map[string]bool
+	labels   map[string]bool // live keys
 	made     atomic.Int64
 	decrypts atomic.Int64
+	// beforeDecrypt, when set, runs before each decryption.
+	beforeDecrypt func()
 }
 
-func (k *countingKeys) Generate(label string) (crypto.PublicKey, error) {
+func (k *tokenKeys) Generate(label string) (crypto.PublicKey, error) {
+	pub, err := k.tok.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt)
+	if err != nil {
+		return nil, err
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.labels[label] = true
 	k.made.Add(1)
-	return &k.key.PublicKey, nil
+	return pub, nil
 }
 
-func (k *countingKeys) Decrypter(label string) (crypto.Decrypter, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if !k.labels[label] {
-		return nil, errors.New("no such recovery key")
+func (k *tokenKeys) Decrypter(label string) (crypto.Decrypter, error) {
+	d, err := k.tok.Decrypter(label)
+	if err != nil {
+		return nil, err
 	}
-	return countingDecrypter{k}, nil
+	return countingDecrypter{d, k}, nil
 }
 
-func (k *countingKeys) Destroy(label string) error {
+func (k *tokenKeys) Destroy(label string) error {
+	if err := k.tok.DestroyKey(label); err != nil {
+		return err
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	delete(k.labels, label)
 	return nil
 }
 
-type countingDecrypter struct{ k *countingKeys }
+func (k *tokenKeys) live() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.labels)
+}
 
-func (d countingDecrypter) Public() crypto.PublicKey { return &d.k.key.PublicKey }
+type countingDecrypter struct {
+	crypto.Decrypter
+	k *tokenKeys
+}
 
 func (d countingDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	d.k.decrypts.Add(1)
-	return d.k.key.Decrypt(r, msg, opts)
+	if d.k.beforeDecrypt != nil {
+		d.k.beforeDecrypt()
+	}
+	return d.Decrypter.Decrypt(r, msg, opts)
 }
 
 // recoveryEnv is a test service with an archived key, an officer and the KRAs' principals.
+// The recovery keys and the KRAs' unwrap keys live in SoftHSM tokens (one key per label).
 type recoveryEnv struct {
 	*testEnv
-	keys    *countingKeys
+	keys    *tokenKeys
+	kraTok  *hsm.Token
+	unwrap  map[string]crypto.Decrypter // KRA name → unwrap key in the KRA token
 	officer policy.Principal
+	admin   policy.Principal
 	serial  string
 	pkcs8   []byte
 }
 
+// newRecoveryEnv makes a service with three KRAs (kra-0..2, 2 of 3, epoch 1) whose unwrap keys
+// are in a SoftHSM KRA token, a recovery key store in a SoftHSM appliance token, and one
+// archived key. The tokens are closed when the test ends: SoftHSM sees tokens made later only
+// once no token is open, so these tests do not run in parallel.
 func newRecoveryEnv(t *testing.T) *recoveryEnv {
 	t.Helper()
-	env := newTestService(t)
-	keys := &countingKeys{key: rsaKey(t, keyTransport), labels: map[string]bool{}}
-	env.svc.RecoveryKeys = keys
+	_, toks := softhsm.ForTest(t, "escrow-appliance", "escrow-kras")
+	open := func(tk *softhsm.Token) *hsm.Token {
+		tok, err := hsm.Open(tk.URI(""), hsm.Options{})
+		if err != nil {
+			t.Fatalf("hsm.Open: %v", err)
+		}
+		t.Cleanup(func() { tok.Close() })
+		return tok
+	}
+	app, kraTok := open(toks[0]), open(toks[1])
+	env := newBareService(t)
+	r := &recoveryEnv{testEnv: env, kraTok: kraTok, unwrap: map[string]crypto.Decrypter{}}
+	var serials []string
+	for i := range 3 {
+		serials = append(serials, r.addTokenKRA(t, fmt.Sprintf("kra-%d", i)).serial)
+	}
+	if _, err := env.svc.SetRecoverySet(context.Background(), 2, serials, "admin"); err != nil {
+		t.Fatalf("SetRecoverySet: %v", err)
+	}
+	r.keys = &tokenKeys{tok: app, labels: map[string]bool{}}
+	env.svc.RecoveryKeys = r.keys
 	issued, pkcs8 := env.enrollArchived(t, "owner@example.org")
-	r := &recoveryEnv{testEnv: env, keys: keys, serial: issued.Serial, pkcs8: pkcs8}
+	r.serial, r.pkcs8 = issued.Serial, pkcs8
 	r.officer = r.credential(t, policy.RoleOfficer, "olga", "")
+	r.admin = r.credential(t, policy.RoleAdmin, "ada", "")
 	return r
+}
+
+// addTokenKRA issues the certificates of a KRA whose unwrap key it generates in the KRA token.
+func (r *recoveryEnv) addTokenKRA(t *testing.T, name string) kra {
+	t.Helper()
+	label := name + "-unwrap"
+	pub, err := r.kraTok.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt)
+	if err != nil {
+		t.Fatalf("generate %s: %v", label, err)
+	}
+	d, err := r.kraTok.Decrypter(label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := newP256(t)
+	out, err := r.svc.IssueKRA(context.Background(), name, pub, auth.Public())
+	if err != nil {
+		t.Fatalf("IssueKRA(%s): %v", name, err)
+	}
+	k := kra{name: name, auth: auth, cert: out[0].Certificate, serial: out[0].Serial}
+	r.kras = append(r.kras, k)
+	r.unwrap[name] = d
+	return k
 }
 
 func (r *recoveryEnv) credential(t *testing.T, role policy.Role, name, mailbox string) policy.Principal {
@@ -135,7 +207,7 @@ func (r *recoveryEnv) approval(t *testing.T, i int, id string) ([]ApprovedShare,
 		if it.Share == nil {
 			continue
 		}
-		pt, err := r.kras[i].unwrap.Decrypt(rand.Reader, it.Share, &rsa.OAEPOptions{Hash: it.OAEPHash})
+		pt, err := r.unwrap[r.kras[i].name].Decrypt(rand.Reader, it.Share, &rsa.OAEPOptions{Hash: it.OAEPHash})
 		if err != nil {
 			t.Fatalf("KRA decrypts its share: %v", err)
 		}
@@ -196,7 +268,7 @@ func TestRecoveryPolicyMatrix(t *testing.T) {
 			return err
 		}, policy.ErrQuorum},
 		{"a KRA not in the record's set", func(t *testing.T, r *recoveryEnv) error {
-			r.addKRA(t, "kra-outside", rsaKey(t, keyKRA0+3))
+			r.addTokenKRA(t, "kra-outside")
 			id := r.request(t).ID
 			r.approve(t, 0, id)
 			p := r.kraPrincipal(t, 3)
@@ -309,7 +381,7 @@ func TestRecoveryDelivers(t *testing.T) {
 	if n := r.keys.decrypts.Load(); n != 2 {
 		t.Errorf("the refused second Fetch decrypted (%d decryptions)", n)
 	}
-	if len(r.keys.labels) != 0 {
-		t.Errorf("recovery keys left after delivery: %v", r.keys.labels)
+	if n := r.keys.live(); n != 0 {
+		t.Errorf("%d recovery key(s) left in the token after delivery", n)
 	}
 }
