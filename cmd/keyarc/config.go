@@ -130,7 +130,7 @@ func loadConfig(dir string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, explainConfigError(path, b, err)
 	}
 	c.dir, err = filepath.Abs(dir)
 	if err != nil {
