@@ -17,7 +17,6 @@ import (
 	"math/big"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
@@ -46,6 +45,9 @@ var (
 const (
 	// PFXIterations is the PBKDF2 iteration count of recovered PKCS#12 files.
 	PFXIterations = 600_000
+	// LegacyPFXIterations is the iteration count of a legacy PKCS#12 (3DES, SHA-1 MAC) for its
+	// MAC key and its encryption keys: OpenSSL's own legacy default, which old clients read.
+	LegacyPFXIterations = 2048
 	// maxShareBytes bounds one re-encrypted share (RSA-8192).
 	maxShareBytes = 1024
 	// approvalFailures within approvalWindow lock a KRA out of approving for the rest of the window.
@@ -504,35 +506,33 @@ func ApprovalDigest(r *store.Recovery, shares []ApprovedShare) []byte {
 	return h.Sum(nil)
 }
 
-// approvalLimiter counts refused approvals per KRA.
-type approvalLimiter struct {
-	mu       sync.Mutex
-	failures map[string][]time.Time
-}
-
-func (l *approvalLimiter) blocked(kra string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.recent(kra, now)) >= approvalFailures
-}
-
-func (l *approvalLimiter) fail(kra string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.failures == nil {
-		l.failures = map[string][]time.Time{}
+// approvalBlocked reports whether kra has had approvalFailures refused approvals within the
+// last approvalWindow. The count is kept in the store, so a restart does not reset it.
+func (s *Service) approvalBlocked(ctx context.Context, kra string, now time.Time) (bool, error) {
+	var n int
+	err := s.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		n, err = tx.ApprovalFailures(kra, now.Add(-approvalWindow))
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("escrow: approval rate limit: %w", err)
 	}
-	l.failures[kra] = append(l.recent(kra, now), now)
+	return n >= approvalFailures, nil
 }
 
-func (l *approvalLimiter) recent(kra string, now time.Time) []time.Time {
-	var keep []time.Time
-	for _, t := range l.failures[kra] {
-		if now.Sub(t) < approvalWindow {
-			keep = append(keep, t)
+// approvalRefused records a refused approval: it counts against the KRA's rate limit, in the
+// same transaction as its audit entry. A failure is logged: the approval was refused anyway.
+func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time, id string, d audit.Details) {
+	err := s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		if err := tx.AddApprovalFailure(kra, now, now.Add(-approvalWindow)); err != nil {
+			return err
 		}
+		return s.audit(tx, audit.KindApprovalRefused, principalActor("kra", kra), id, d)
+	})
+	if err != nil {
+		s.log().Error("refused approval not recorded", "kra", kra, "err", err)
 	}
-	return keep
 }
 
 // SubmitApproval stores a KRA's signed approval after checking it: the signer is a KRA allowed to
@@ -541,15 +541,18 @@ func (l *approvalLimiter) recent(kra string, now time.Time) []time.Time {
 // decrypts nothing: shares are opened only after policy grants the quorum, at fetch.
 func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
 	now := s.now()
-	if s.limiter.blocked(kra.Name, now) {
+	blocked, err := s.approvalBlocked(ctx, kra.Name, now)
+	if err != nil {
+		return nil, err
+	}
+	if blocked {
 		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
 			Signer: kra.Serial, Reason: ErrTooManyFailures.Error()})
 		return nil, ErrTooManyFailures
 	}
 	rec, err := s.submitApproval(ctx, kra, id, shares, sig, now)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.limiter.fail(kra.Name, now)
-		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrUnavailable) {
+		s.approvalRefused(ctx, kra.Name, now, id, audit.Details{Request: id, KRA: kra.Name,
 			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})
 	}
 	return rec, err
@@ -808,7 +811,8 @@ func (s *Service) buildPFX(ctx context.Context, st *recoveryState, keys [][]byte
 	}
 	enc := pkcs12.Modern2023.WithIterations(PFXIterations)
 	if legacy {
-		enc = pkcs12.LegacyDES
+		// LegacyDES alone derives the MAC key with 1 iteration.
+		enc = pkcs12.LegacyDES.WithIterations(LegacyPFXIterations)
 	}
 	out := &Recovered{Password: password}
 	for i, r := range st.records {

@@ -244,3 +244,24 @@ func (tx *Tx) ResealRecord(id string, from, to uint32, blob []byte) error {
 	}
 	return fmt.Errorf("store: %s: record %s is not active under epoch %d: %w", op, id, from, ErrConflict)
 }
+
+// AddApprovalFailure records a refused approval by kra at at, for the KRAs' rate limit, and
+// forgets kra's failures older than forgetBefore. The limit thus survives a restart.
+func (tx *Tx) AddApprovalFailure(kra string, at, forgetBefore time.Time) error {
+	const op = "add approval failure"
+	if kra == "" {
+		return invalid(op, "kra is required")
+	}
+	if _, err := tx.exec(op, `DELETE FROM approval_failures WHERE kra = ? AND at < ?`, kra, forgetBefore.UnixMicro()); err != nil {
+		return err
+	}
+	_, err := tx.exec(op, `INSERT INTO approval_failures (kra, at) VALUES (?, ?)`, kra, orNow(at).UnixMicro())
+	return err
+}
+
+// ApprovalFailures counts the refused approvals by kra at or after since.
+func (tx *Tx) ApprovalFailures(kra string, since time.Time) (int, error) {
+	var n int
+	err := tx.queryRow("count approval failures", []any{&n}, `SELECT count(*) FROM approval_failures WHERE kra = ? AND at >= ?`, kra, since.UnixMicro())
+	return n, err
+}
