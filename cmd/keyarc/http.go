@@ -269,7 +269,7 @@ func status(err error) (int, string) {
 		return http.StatusForbidden, err.Error()
 	case errors.Is(err, policy.ErrNothingToRecover):
 		return http.StatusNotFound, err.Error()
-	case errors.Is(err, escrow.ErrRecordMismatch):
+	case errors.Is(err, escrow.ErrRecordMismatch), errors.Is(err, escrow.ErrKeyArchivedElsewhere):
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, escrow.ErrBadApproval):
 		return http.StatusBadRequest, err.Error()
