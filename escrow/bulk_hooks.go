@@ -132,6 +132,22 @@ type BatchResult struct {
 // item's Reserve hook refuses, a conflict), every item is issued on its own instead, so a bad
 // item fails alone. The results are in the order of rs.
 func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, signers int) []BatchResult {
+	return s.IssueReservedBatchWait(ctx, rs, signers, nil)
+}
+
+// StorageWait is called when a step of an issuance fails for a fault of the storage (the error
+// wraps [store.ErrUnavailable]). It pauses (a back-off) and reports whether to try the same step
+// again; false gives up (the caller is stopping).
+type StorageWait func(err error) bool
+
+// IssueReservedBatchWait is [Service.IssueReservedBatch] that rides out faults of the storage:
+// a reservation or a finishing transaction that fails for the storage's fault is tried again,
+// after wait, as long as wait says so, and nothing is undone meanwhile (a signed certificate is
+// kept and committed once the storage is back). A storage fault never makes an item fail on its
+// own: when wait gives up (or is nil), every item of the failed step gets that fault as its
+// error; certificates signed but not committed are left pending, for [Service.Sweep] or the
+// bulk job's next pass to mark failed. Other errors behave as in IssueReservedBatch.
+func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue, signers int, wait StorageWait) []BatchResult {
 	out := make([]BatchResult, len(rs))
 	now := s.now()
 	var (
@@ -149,8 +165,18 @@ func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, si
 	if len(res) == 0 {
 		return out
 	}
-	err := s.Store.Update(ctx, func(tx *store.Tx) error { return reserveAll(tx, res) })
-	if err != nil {
+	err := retryStorage(wait, func() error {
+		return s.Store.Update(ctx, func(tx *store.Tx) error { return reserveAll(tx, res) })
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrUnavailable), ctx.Err() != nil:
+		// Nothing was reserved: the items are neither issued nor failed.
+		for k := range res {
+			out[at[k]].Err = fmt.Errorf("escrow: reserve serial: %w", err)
+		}
+		return out
+	default:
 		forEach(len(res), signers, func(k int) {
 			out[at[k]].Issued, out[at[k]].Err = s.IssueReserved(ctx, rs[at[k]])
 		})
@@ -160,18 +186,21 @@ func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, si
 	errs := make([]error, len(res))
 	forEach(len(res), signers, func(k int) { certs[k], errs[k] = s.signReserved(res[k]) })
 	finish := func(tx *store.Tx, k int) error { return s.finishReserved(ctx, tx, res[k], certs[k]) }
-	err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-		for k := range res {
-			if errs[k] == nil {
-				if err := finish(tx, k); err != nil {
-					return err
+	err = retryStorage(wait, func() error {
+		return s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+			for k := range res {
+				if errs[k] == nil {
+					if err := finish(tx, k); err != nil {
+						return err
+					}
 				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
-		// One item spoiled the last transaction: finish them one by one.
+		// The storage gave up, or one item spoiled the last transaction: finish them one by one
+		// (each one ends at once under a storage fault that wait gave up on).
 		for k := range res {
 			if errs[k] == nil {
 				errs[k] = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error { return finish(tx, k) })
@@ -180,13 +209,26 @@ func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, si
 	}
 	for k, rv := range res {
 		if errs[k] != nil {
-			s.undo(rv.serialHex)
+			if !errors.Is(errs[k], store.ErrUnavailable) {
+				s.undo(rv.serialHex)
+			}
 			out[at[k]].Err = fmt.Errorf("escrow: issue certificate: %w", errs[k])
 			continue
 		}
 		out[at[k]].Issued = s.issued(rv, certs[k])
 	}
 	return out
+}
+
+// retryStorage runs step until it succeeds, fails for another reason than a fault of the
+// storage, or wait (nil: never) gives up.
+func retryStorage(wait StorageWait, step func() error) error {
+	for {
+		err := step()
+		if err == nil || !errors.Is(err, store.ErrUnavailable) || wait == nil || !wait(err) {
+			return err
+		}
+	}
 }
 
 // forEach runs f(0..n-1) on up to workers goroutines.

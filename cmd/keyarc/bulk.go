@@ -45,6 +45,7 @@ func newBulkState(a *appliance) *bulkState {
 		Dir:     filepath.Join(a.cfg.dir, "jobs"),
 		Logger:  a.log,
 		Metrics: bulkMetrics{st.items},
+		Fault:   bulkFault,
 	}
 	return st
 }
@@ -61,7 +62,7 @@ func (m bulkMetrics) Item(kind bulk.Kind, result string) {
 // registerBulkMetrics adds keyarc_bulk_items_total and keyarc_bulk_jobs to the appliance's
 // registry.
 func (a *appliance) registerBulkMetrics(reg prometheus.Registerer) {
-	reg.MustRegister(a.bulkSt.items, &bulkJobsCollector{a: a})
+	reg.MustRegister(a.bulkSt.items, &bulkJobsCollector{a: a}, &bulkPausedCollector{a: a})
 }
 
 // bulkJobsCollector reports keyarc_bulk_jobs{state} from the store at each scrape.

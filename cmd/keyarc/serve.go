@@ -272,11 +272,16 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		}
 	}
 	a.log.Info("shutting down")
+	// An orderly stop: take no more work (bulk items, requests), let the bulk batches in flight
+	// commit or undo (a bounded wait), and only then let the caller sign the audit trail and
+	// close the store (appliance.close).
 	a.stopBulk()
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = msrv.Shutdown(sctx)
-	return srv.Shutdown(sctx)
+	serr := srv.Shutdown(sctx)
+	a.waitBulkStopped()
+	return serr
 }
 
 // verifyClient verifies a TLS client certificate against the CA, for any key usage.

@@ -55,20 +55,132 @@ type Manager struct {
 	// PFXIterations is the PBKDF2 iteration count of keygen PKCS#12 files (default
 	// [DefaultPFXIterations]).
 	PFXIterations int
+	// Fault tells the faults of the appliance from the faults of an item: it returns the
+	// cause (such as [CauseToken]) of an error that is the appliance's fault, or "". Faults of
+	// the storage ([store.ErrUnavailable]) are recognised without it. An item never fails for
+	// the appliance's fault: the job pauses and tries again (see [Manager.Run]).
+	Fault func(err error) string
 
 	wake    chan struct{}
 	once    sync.Once
 	mu      sync.Mutex
 	running *progress
+	runs    sync.WaitGroup // calls of Run in progress
+}
+
+// Causes of a paused job, for [Status.Reason] and metrics.
+const (
+	// CauseStorage: the store fails (a full disk, an I/O error...).
+	CauseStorage = "storage"
+	// CauseToken: the token does not answer.
+	CauseToken = "token"
+	// CauseStuck: items make no progress for no known fault (see the appliance log).
+	CauseStuck = "stuck"
+)
+
+// Pause back-off: the first retry after a fault waits pauseMin, each next one twice as long,
+// up to pauseMax.
+const (
+	pauseMin = 50 * time.Millisecond
+	pauseMax = 2 * time.Second
+)
+
+// faultOf returns the cause of err if it is a fault of the appliance, else "".
+func (m *Manager) faultOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	if m.Fault != nil {
+		if c := m.Fault(err); c != "" {
+			return c
+		}
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		return CauseStorage
+	}
+	return ""
 }
 
 // progress is the live state of the running job.
 type progress struct {
 	id           string
+	job          store.Job // as it was when the run started
 	total        int
 	done, failed atomic.Int64
 	start        time.Time
 	startCount   int64
+
+	mu      sync.Mutex
+	cause   string        // why the job is paused; "" when it runs
+	backoff time.Duration // the next pause
+}
+
+// pause records a fault of cause and returns how long to wait before trying again, and
+// whether the job was running until now.
+func (p *progress) pause(cause string) (time.Duration, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first := p.cause == ""
+	p.cause = cause
+	d := max(p.backoff, pauseMin)
+	p.backoff = min(2*d, pauseMax)
+	return d, first
+}
+
+// resume clears the pause and reports whether the job was paused.
+func (p *progress) resume() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	was := p.cause != ""
+	p.cause, p.backoff = "", 0
+	return was
+}
+
+func (p *progress) paused() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cause
+}
+
+// reasonText is the status's explanation of a pause.
+func reasonText(cause string) string {
+	switch cause {
+	case CauseStorage:
+		return "storage unavailable: the job resumes by itself when the storage works again"
+	case CauseToken:
+		return "token unavailable: the job resumes by itself when the token answers again"
+	case CauseStuck:
+		return "items make no progress; see the appliance log"
+	}
+	return cause + ": the job resumes by itself when the fault clears"
+}
+
+// Paused returns the cause of the running job's pause ([CauseStorage]...), or "" when no job
+// is paused.
+func (m *Manager) Paused() string {
+	m.mu.Lock()
+	p := m.running
+	m.mu.Unlock()
+	if p == nil {
+		return ""
+	}
+	return p.paused()
+}
+
+// Wait waits until every [Manager.Run] has returned (after its context ended: the batches in
+// flight have committed or been undone), or until ctx ends.
+func (m *Manager) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		m.runs.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("bulk: wait for the running job: %w", ctx.Err())
+	}
 }
 
 func (m *Manager) init() {
@@ -84,12 +196,20 @@ func (m *Manager) log() *slog.Logger {
 
 func (m *Manager) now() time.Time { return time.Now().UTC() }
 
+// StatePaused is the state a running job reports while it waits for a fault of the appliance
+// to clear; it is never stored.
+const StatePaused = "paused"
+
 // Status is a job's progress.
 type Status struct {
-	ID          string    `json:"id"`
-	Kind        Kind      `json:"kind"`
-	Template    string    `json:"template"`
-	State       string    `json:"state"`
+	ID       string `json:"id"`
+	Kind     Kind   `json:"kind"`
+	Template string `json:"template"`
+	// State is queued, running, paused (running, but waiting for a fault of the appliance to
+	// clear), done or cancelled.
+	State string `json:"state"`
+	// Reason says why a paused job waits.
+	Reason      string    `json:"reason,omitempty"`
 	SubmittedBy string    `json:"submitted_by"`
 	Total       int       `json:"total"`
 	Done        int       `json:"done"`
@@ -217,9 +337,14 @@ func (m *Manager) Wake() {
 }
 
 // Run runs jobs until ctx ends: first the jobs a previous run left running, then queued jobs
-// in submission order, one at a time. Call it after [escrow.Service.Sweep].
+// in submission order, one at a time. Call it after [escrow.Service.Sweep]. When ctx ends it
+// stops taking items and returns once the items in flight are committed (or left for the next
+// start); [Manager.Wait] waits for that. A job that meets a fault of the appliance (storage,
+// token) pauses and goes on when the fault clears; it is never cancelled for it.
 func (m *Manager) Run(ctx context.Context) {
 	m.init()
+	m.runs.Add(1)
+	defer m.runs.Done()
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -234,10 +359,20 @@ func (m *Manager) Run(ctx context.Context) {
 			if job == nil {
 				break
 			}
-			if err := m.runJob(ctx, job); err != nil && ctx.Err() == nil {
+			err = m.runJob(ctx, job)
+			switch {
+			case err == nil || ctx.Err() != nil:
+			case m.faultOf(err) != "":
+				// The appliance's fault, not the job's: try again shortly.
+				m.log().Warn("bulk job waits for the appliance", "job", job.ID, "err", err)
+				sleep(ctx, time.Second)
+			default:
 				m.log().Error("bulk job stopped", "job", job.ID, "err", err)
 				// A job that cannot run (its file is gone...) is cancelled, not retried forever.
-				m.finish(job.ID, store.JobCancelled)
+				if err := m.finish(context.Background(), job.ID, store.JobCancelled, 0); err != nil {
+					m.log().Error("bulk: cancel job", "job", job.ID, "err", err)
+					sleep(ctx, time.Second)
+				}
 			}
 		}
 		select {
@@ -268,18 +403,35 @@ func (m *Manager) nextJob(ctx context.Context) (*store.Job, error) {
 	return job, err
 }
 
-func (m *Manager) finish(id, state string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// errIncomplete: a job cannot be done while some of its items have no outcome.
+var errIncomplete = errors.New("bulk: items without an outcome")
+
+// finish sets a job's final state with its counts. A job is done only when every one of its
+// total items is done or failed ([errIncomplete] otherwise).
+func (m *Manager) finish(ctx context.Context, id, state string, total int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	err := m.Service.Store.Update(ctx, func(tx *store.Tx) error {
+	return m.Service.Store.Update(ctx, func(tx *store.Tx) error {
 		done, failed, _, err := tx.JobCounts(id)
 		if err != nil {
 			return err
 		}
+		if state == store.JobDone && done+failed != total {
+			return fmt.Errorf("%w: job %s has %d done and %d failed of %d", errIncomplete, id, done, failed, total)
+		}
 		return tx.FinishJob(id, state, done, failed, m.now())
 	})
-	if err != nil {
-		m.log().Error("bulk: finish job", "job", id, "err", err)
+}
+
+// sleep waits for d or until ctx ends, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -295,6 +447,9 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 		if job, err = tx.GetJob(id); err != nil {
 			return err
 		}
+		if p != nil && p.id == id && job.State == store.JobQueued {
+			job.State = store.JobRunning // started by a transaction that is not yet committed
+		}
 		switch {
 		case job.State == store.JobDone || job.State == store.JobCancelled:
 			done, failed = job.Done, job.Failed
@@ -307,6 +462,12 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 		done, failed, _, err = tx.JobCounts(id)
 		return err
 	})
+	if err != nil && p != nil && p.id == id && m.faultOf(err) != "" {
+		// The store cannot be read: the running job's live state is all there is to report.
+		j := p.job
+		job, err = &j, nil
+		job.State = store.JobRunning
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, truncate(id))
 	}
@@ -316,6 +477,9 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 	job.Done, job.Failed = done, failed
 	st := m.statusOf(job)
 	if p != nil && p.id == id {
+		if cause := p.paused(); cause != "" && st.State == store.JobRunning {
+			st.State, st.Reason = StatePaused, reasonText(cause)
+		}
 		d, f := int(p.done.Load()), int(p.failed.Load())
 		if d+f > st.Done+st.Failed {
 			st.Done, st.Failed = d, f

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
@@ -62,59 +63,88 @@ type jobRun struct {
 	prog   *progress
 	caCert *x509.Certificate
 	iters  int
+	// again: in this pass, items were left without an outcome for a fault of the appliance.
+	again atomic.Bool
 }
 
-// runJob runs (or resumes) a job to its end, or until ctx ends.
+// runJob runs (or resumes) a job to its end, or until ctx ends. It runs passes over the job's
+// items without an outcome until every item has one: an item that met a fault of the appliance
+// in one pass (and so has no outcome, or a reservation that is undone between passes) is taken
+// again by the next.
 func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 	log := m.log().With("job", job.ID)
-	var released int
-	err := m.Service.Store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.StartJob(job.ID, m.now()); err != nil {
-			return err
-		}
-		var err error
-		released, err = tx.ReleaseReservedItems(job.ID)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if released > 0 {
-		log.Warn("bulk job: items interrupted by a crash will be issued again", "items", released)
-	}
-	// Which items already have an outcome: a bitmap, 1 bit per item.
-	seen := make([]uint64, job.Total/64+1)
-	var done, failed int64
-	err = m.Service.Store.View(ctx, func(tx *store.Tx) error {
-		return tx.JobItemSeqs(job.ID, func(seq int, state string) error {
-			if seq >= 0 && seq/64 < len(seen) {
-				seen[seq/64] |= 1 << (seq % 64)
-			}
-			switch state {
-			case store.ItemDone:
-				done++
-			case store.ItemFailed:
-				failed++
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(job.Input)
-	if err != nil {
-		return fmt.Errorf("bulk: job file: %w", err)
-	}
-	defer f.Close()
-	rd, err := NewReader(f, m.Limits)
-	if err != nil {
-		return err
-	}
-	r := &jobRun{m: m, job: job, header: rd.Header(), caCert: m.Service.Issuer.Certificate(), iters: m.PFXIterations}
+	r := &jobRun{m: m, job: job, caCert: m.Service.Issuer.Certificate(), iters: m.PFXIterations}
 	if r.iters <= 0 {
 		r.iters = DefaultPFXIterations
 	}
+	p := &progress{id: job.ID, job: *job, total: job.Total, start: time.Now()}
+	r.prog = p
+	m.mu.Lock()
+	m.running = p
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.running = nil
+		m.mu.Unlock()
+	}()
+	if err := r.setup(ctx); err != nil {
+		return err
+	}
+	for pass := 1; ; pass++ {
+		seen, done, failed, err := r.prepare(ctx, pass)
+		if err != nil {
+			return err
+		}
+		if pass == 1 {
+			p.startCount = done + failed
+			log.Info("bulk job running", "kind", r.header.Kind, "items", job.Total, "already", done+failed)
+		}
+		p.done.Store(done)
+		p.failed.Store(failed)
+		if done+failed >= int64(job.Total) {
+			break
+		}
+		r.again.Store(false)
+		if err := r.pass(ctx, seen); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			log.Info("bulk job paused; it resumes at the next start")
+			return nil
+		}
+		if p.done.Load()+p.failed.Load() == done+failed && !r.again.Load() {
+			// A pass that moved nothing for no fault of the appliance: do not spin.
+			log.Error("bulk job: a pass left items without an outcome for no known fault; trying again", "pass", pass)
+			if !r.pause(ctx, CauseStuck, nil) {
+				return nil
+			}
+		}
+	}
+	for {
+		err := m.finish(ctx, job.ID, store.JobDone, job.Total)
+		if err == nil {
+			break
+		}
+		if m.faultOf(err) == "" || !r.pause(ctx, m.faultOf(err), err) {
+			return err
+		}
+	}
+	r.resumed()
+	log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
+		"seconds", time.Since(p.start).Round(time.Millisecond).Seconds())
+	return nil
+}
+
+// setup reads what every pass of the run needs: the header, the template, the recovery set and
+// the keygen job key.
+func (r *jobRun) setup(ctx context.Context) error {
+	m, job := r.m, r.job
+	rd, f, err := r.open()
+	if err != nil {
+		return err
+	}
+	f.Close()
+	r.header = rd.Header()
 	if r.header.Kind != KindImport {
 		if r.tmpl, err = m.Service.Template(r.header.Template); err != nil {
 			return err
@@ -131,31 +161,117 @@ func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 			return err
 		}
 	}
-	p := &progress{id: job.ID, total: job.Total, start: time.Now(), startCount: done + failed}
-	p.done.Store(done)
-	p.failed.Store(failed)
-	r.prog = p
-	m.mu.Lock()
-	m.running = p
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.running = nil
-		m.mu.Unlock()
-	}()
-	log.Info("bulk job running", "kind", r.header.Kind, "items", job.Total, "already", done+failed)
+	return nil
+}
 
-	if err := r.pipeline(ctx, rd, seen); err != nil {
+// open opens the job file.
+func (r *jobRun) open() (*Reader, *os.File, error) {
+	f, err := os.Open(r.job.Input)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bulk: job file: %w", err)
+	}
+	rd, err := NewReader(f, r.m.Limits)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return rd, f, nil
+}
+
+// prepare readies a pass: it marks the job running, undoes the reservations a previous pass or
+// run left unfinished (so that those items are issued again), completes the items whose
+// certificate was issued, and returns which items already have an outcome (a bitmap, 1 bit per
+// item) with the counts. Storage faults pause and retry.
+func (r *jobRun) prepare(ctx context.Context, pass int) (seen []uint64, done, failed int64, err error) {
+	m, job := r.m, r.job
+	var abandoned, released, completed int
+	err = r.retry(ctx, func() error {
+		return m.Service.Store.Update(ctx, func(tx *store.Tx) error {
+			if err := tx.StartJob(job.ID, m.now()); err != nil {
+				return err
+			}
+			var err error
+			if abandoned, err = tx.AbandonReservedItems(job.ID); err != nil {
+				return err
+			}
+			if released, err = tx.ReleaseReservedItems(job.ID); err != nil {
+				return err
+			}
+			completed, err = tx.CompleteIssuedItems(job.ID)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if released > 0 {
+		m.log().Warn("bulk job: interrupted items will be issued again", "job", job.ID, "items", released,
+			"undone", abandoned, "pass", pass)
+	}
+	if completed > 0 {
+		m.log().Warn("bulk job: items found issued are marked done", "job", job.ID, "items", completed)
+	}
+	err = r.retry(ctx, func() error {
+		seen = make([]uint64, job.Total/64+1)
+		done, failed = 0, 0
+		return m.Service.Store.View(ctx, func(tx *store.Tx) error {
+			return tx.JobItemSeqs(job.ID, func(seq int, state string) error {
+				if seq >= 0 && seq/64 < len(seen) {
+					seen[seq/64] |= 1 << (seq % 64)
+				}
+				switch state {
+				case store.ItemDone:
+					done++
+				case store.ItemFailed:
+					failed++
+				}
+				return nil
+			})
+		})
+	})
+	return seen, done, failed, err
+}
+
+// pass runs the pipeline once over the job's items that have no outcome.
+func (r *jobRun) pass(ctx context.Context, seen []uint64) error {
+	rd, f, err := r.open()
+	if err != nil {
 		return err
 	}
-	if ctx.Err() != nil {
-		log.Info("bulk job paused; it resumes at the next start")
-		return nil
+	defer f.Close()
+	return r.pipeline(ctx, rd, seen)
+}
+
+// retry runs step until it succeeds, fails for a reason that is not the appliance's fault, or
+// ctx ends; each fault pauses the job.
+func (r *jobRun) retry(ctx context.Context, step func() error) error {
+	for {
+		err := step()
+		cause := r.m.faultOf(err)
+		if err == nil || cause == "" || !r.pause(ctx, cause, err) {
+			if err == nil {
+				r.resumed()
+			}
+			return err
+		}
 	}
-	m.finish(job.ID, store.JobDone)
-	log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
-		"seconds", time.Since(p.start).Round(time.Millisecond).Seconds())
-	return nil
+}
+
+// pause marks the job paused for cause (logging the first fault of a pause), then waits for
+// the back-off. It reports false if ctx ended meanwhile.
+func (r *jobRun) pause(ctx context.Context, cause string, err error) bool {
+	d, first := r.prog.pause(cause)
+	if first {
+		r.m.log().Warn("bulk job paused; it resumes by itself when the fault clears", "job", r.job.ID, "cause", cause, "err", err)
+	}
+	return sleep(ctx, d)
+}
+
+// resumed clears a pause once work succeeds again.
+func (r *jobRun) resumed() {
+	if r.prog.resume() {
+		r.m.log().Info("bulk job resumed", "job", r.job.ID)
+	}
 }
 
 // pipeline runs the stages and waits for them.
@@ -209,6 +325,9 @@ func (r *jobRun) pipeline(ctx context.Context, rd *Reader, seen []uint64) error 
 	for range nv {
 		vg.Go(func() {
 			for w := range lines {
+				if ctx.Err() != nil {
+					continue // stopping: the item is taken again at the next start
+				}
 				w = r.verify(w)
 				w.line = nil
 				if w.err != nil {
@@ -353,11 +472,17 @@ func (r *jobRun) issueBatches(ctx context.Context, in <-chan *work) {
 
 func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 	var (
-		reqs []escrow.ReservedIssue
-		ws   []*work
+		reqs  []escrow.ReservedIssue
+		ws    []*work
+		fault error // an item met a fault of the appliance
 	)
 	for _, w := range batch {
 		switch {
+		case w.err != nil && r.m.faultOf(w.err) != "":
+			// Not the item's fault (the token did not open its envelope...): left for the
+			// next pass.
+			fault = w.err
+			r.drop(w)
 		case w.err != nil:
 			r.failItem(ctx, w)
 		case ctx.Err() != nil:
@@ -366,12 +491,30 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 			reqs, ws = append(reqs, r.reserved(w)), append(ws, w)
 		}
 	}
-	if len(reqs) == 0 {
-		return
+	if len(reqs) > 0 {
+		wait := func(err error) bool { return r.pause(ctx, CauseStorage, err) }
+		for k, res := range r.m.Service.IssueReservedBatchWait(ctx, reqs, issueSigners, wait) {
+			if res.Err != nil && r.m.faultOf(res.Err) != "" {
+				fault = res.Err
+				r.drop(ws[k])
+				continue
+			}
+			r.issued(ctx, ws[k], res.Err)
+		}
 	}
-	for k, res := range r.m.Service.IssueReservedBatch(ctx, reqs, issueSigners) {
-		r.issued(ctx, ws[k], res.Err)
+	if fault != nil && ctx.Err() == nil {
+		// Back off before the next batch, so that a fault that lasts pauses the job rather
+		// than running every item into it.
+		r.pause(ctx, r.m.faultOf(fault), fault)
 	}
+}
+
+// drop leaves an item without an outcome, for the next pass (or the next start), after a fault
+// of the appliance.
+func (r *jobRun) drop(w *work) {
+	clear(w.pkcs8)
+	w.pkcs8, w.key = nil, nil
+	r.again.Store(true)
 }
 
 // reserved is the issuance of one enroll or keygen item, with the job's bookkeeping in its
@@ -405,6 +548,7 @@ func (r *jobRun) issued(ctx context.Context, w *work, err error) {
 	switch {
 	case err == nil:
 		r.count(true)
+		r.resumed()
 	case errors.Is(err, escrow.ErrReserved):
 		// Already has an outcome (it cannot happen in one run; a resume skips such items).
 	case ctx.Err() != nil:
@@ -457,14 +601,20 @@ func newPassword() ([]byte, error) {
 // failItem records an item's failure and its reason.
 func (r *jobRun) failItem(ctx context.Context, w *work) {
 	reason := reasonOf(w.err)
-	err := r.m.Service.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-		return tx.FailJobItem(r.job.ID, w.seq, reason)
+	err := r.retry(ctx, func() error {
+		return r.m.Service.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+			return tx.FailJobItem(r.job.ID, w.seq, reason)
+		})
 	})
-	if err != nil {
+	switch {
+	case err == nil:
+		r.count(false)
+	case r.m.faultOf(err) != "":
+		// Stopping under a fault: the item has no outcome yet and is taken again.
+		r.again.Store(true)
+	default:
 		r.m.log().Error("bulk: record failed item", "job", r.job.ID, "seq", w.seq, "err", err)
-		return
 	}
-	r.count(false)
 }
 
 func (r *jobRun) count(ok bool) {
@@ -561,8 +711,10 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		return
 	}
 	svc := r.m.Service
-	err := svc.CommitImports(context.WithoutCancel(ctx), "job "+jobID, items, func(tx *store.Tx) error {
-		return tx.InsertJobItemsDone(jobID, done)
+	err := r.retry(ctx, func() error {
+		return svc.CommitImports(context.WithoutCancel(ctx), "job "+jobID, items, func(tx *store.Tx) error {
+			return tx.InsertJobItemsDone(jobID, done)
+		})
 	})
 	if err == nil {
 		for range good {
@@ -570,12 +722,23 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		}
 		return
 	}
+	if r.m.faultOf(err) != "" {
+		// Stopping under a fault: nothing was stored; the items are taken again.
+		r.again.Store(true)
+		return
+	}
 	// One item spoiled the batch (a serial already archived...): one by one.
 	for i, w := range good {
 		it, d := items[i], done[i]
-		err := svc.CommitImport(context.WithoutCancel(ctx), it.Cert, it.Mailbox, it.Record, func(tx *store.Tx) error {
-			return tx.InsertJobItemDone(jobID, d.Seq, d.Serial, d.RecordID)
+		err := r.retry(ctx, func() error {
+			return svc.CommitImport(context.WithoutCancel(ctx), it.Cert, it.Mailbox, it.Record, func(tx *store.Tx) error {
+				return tx.InsertJobItemDone(jobID, d.Seq, d.Serial, d.RecordID)
+			})
 		})
+		if r.m.faultOf(err) != "" {
+			r.again.Store(true)
+			continue
+		}
 		if err != nil {
 			w.err = err
 			r.failItem(ctx, w)

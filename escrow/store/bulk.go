@@ -257,11 +257,12 @@ func (tx *Tx) FailJobItem(jobID string, seq int, reason string) error {
 
 // ReleaseReservedItems forgets the reservations of a job whose certificates were never issued
 // (a crash between reservation and issuance; [Tx.SweepPending] has marked them failed), so
-// that those items are issued again. Reservations whose certificate is still pending or issued
-// are kept. It returns the number released.
+// that those items are issued again. Reservations whose certificate is still pending, issued
+// (or since revoked) are kept: such an item is never issued twice. It returns the number
+// released.
 func (tx *Tx) ReleaseReservedItems(jobID string) (int, error) {
 	n, err := tx.exec("release reserved items", `DELETE FROM job_items WHERE job_id = ? AND state = 'reserved'
-		AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.serial = job_items.serial AND c.state IN ('pending', 'issued'))`, jobID)
+		AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.serial = job_items.serial AND c.state IN ('pending', 'issued', 'revoked'))`, jobID)
 	return int(n), err
 }
 
@@ -296,4 +297,32 @@ func (tx *Tx) JobItems(jobID string, from, limit int, fn func(JobItem) error) er
 	}, `SELECT i.job_id, i.seq, i.state, i.serial, i.record_id, i.error, c.der, i.pkcs12, i.password
 		FROM job_items i LEFT JOIN certificates c ON i.state = 'done' AND c.serial = i.serial
 		WHERE i.job_id = ? AND i.seq >= ? ORDER BY i.seq LIMIT ?`, jobID, from, limit)
+}
+
+// AbandonReservedItems undoes the issuances of a job's reserved items whose certificate is
+// still pending (their issuer gave up: a fault of the token or the storage, or a stop): each
+// such certificate is marked failed and its record abandoned, so that [Tx.ReleaseReservedItems]
+// then releases the item to be issued again. Call it only while no issuance of the job is in
+// flight (between two passes of the job). It returns the number of certificates marked failed.
+func (tx *Tx) AbandonReservedItems(jobID string) (int, error) {
+	const op = "abandon reserved items"
+	if _, err := tx.exec(op, `UPDATE records SET state = 'abandoned' WHERE state = 'pending' AND id IN (
+		SELECT c.record_id FROM job_items i JOIN certificates c ON c.serial = i.serial
+		WHERE i.job_id = ? AND i.state = 'reserved' AND c.state = 'pending')`, jobID); err != nil {
+		return 0, err
+	}
+	n, err := tx.exec(op, `UPDATE certificates SET state = 'failed' WHERE state = 'pending' AND serial IN (
+		SELECT serial FROM job_items WHERE job_id = ? AND state = 'reserved' AND serial IS NOT NULL)`, jobID)
+	return int(n), err
+}
+
+// CompleteIssuedItems marks done the reserved items of a job whose certificate is issued with
+// an active record: their issuance finished but the item's own update was lost (the two are
+// written in one transaction, so only a storage that loses part of a commit leaves this). Such
+// an item must never be issued again. It returns the number of items completed.
+func (tx *Tx) CompleteIssuedItems(jobID string) (int, error) {
+	n, err := tx.exec("complete issued items", `UPDATE job_items SET state = 'done' WHERE job_id = ? AND state = 'reserved'
+		AND EXISTS (SELECT 1 FROM certificates c JOIN records r ON r.id = c.record_id
+			WHERE c.serial = job_items.serial AND c.state IN ('issued', 'revoked') AND r.state = 'active')`, jobID)
+	return int(n), err
 }
