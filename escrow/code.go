@@ -57,7 +57,10 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 	}
 	t, ok := s.Templates[template]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", policy.ErrUnknownTemplate, template)
+		return nil, policy.UnknownTemplate(template, s.Templates)
+	}
+	if ttl <= 0 {
+		return nil, fmt.Errorf("%w: an enrollment code's validity must be positive, not %s", ErrInvalidRequest, ttl)
 	}
 	if t.ManualApproval {
 		return nil, fmt.Errorf("%w: template %q is issued by an admin's decision, not with an enrollment code", ErrInvalidRequest, template)

@@ -89,6 +89,7 @@ type Service struct {
 	Audit AuditObserver
 
 	sets     recoverySets
+	limiter  approvalLimiter
 	decideMu sync.Mutex // serialises decisions on pending requests
 }
 
@@ -136,7 +137,7 @@ type Issued struct {
 func (s *Service) Template(name string) (*policy.Template, error) {
 	t, ok := s.Templates[name]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", policy.ErrUnknownTemplate, name)
+		return nil, policy.UnknownTemplate(name, s.Templates)
 	}
 	return t, nil
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
+	"strings"
 	"time"
 )
 
@@ -446,6 +448,30 @@ func (t *Template) clone() *Template {
 		c.Keys = nil
 	}
 	return &c
+}
+
+// UnknownTemplateError is a request naming a template that is not configured. It lists the
+// names that are, and matches [ErrUnknownTemplate] with errors.Is.
+type UnknownTemplateError struct {
+	Name  string
+	Known []string
+}
+
+func (e *UnknownTemplateError) Error() string {
+	return fmt.Sprintf("policy: unknown template %q (the templates are %s)", e.Name, strings.Join(e.Known, ", "))
+}
+
+// Unwrap returns [ErrUnknownTemplate].
+func (e *UnknownTemplateError) Unwrap() error { return ErrUnknownTemplate }
+
+// UnknownTemplate returns an [UnknownTemplateError] for name, listing the names of known.
+func UnknownTemplate(name string, known map[string]*Template) error {
+	e := &UnknownTemplateError{Name: name}
+	for n := range known {
+		e.Known = append(e.Known, n)
+	}
+	sort.Strings(e.Known)
+	return e
 }
 
 // Templates returns the built-in templates extended by fromConfig: a configured template with

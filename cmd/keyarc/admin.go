@@ -55,12 +55,17 @@ func runCodeCreate(args []string) error {
 	if *state == "" || *email == "" {
 		return usageError{"admin enroll-code create: --state DIR and --email ADDRESS are required"}
 	}
+	ttlSet := false
+	fs.Visit(func(f *flag.Flag) { ttlSet = ttlSet || f.Name == "ttl" })
+	if ttlSet && *ttl <= 0 {
+		return usageError{fmt.Sprintf("admin enroll-code create: --ttl must be positive, such as 24h (got %s)", *ttl)}
+	}
 	svc, cfg, done, err := localService(*state)
 	if err != nil {
 		return err
 	}
 	defer done()
-	if *ttl == 0 {
+	if !ttlSet {
 		*ttl = cfg.Enrollment.CodeTTL.Duration
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
