@@ -89,7 +89,6 @@ type Service struct {
 	Audit AuditObserver
 
 	sets     recoverySets
-	limiter  approvalLimiter
 	decideMu sync.Mutex // serialises decisions on pending requests
 }
 
