@@ -656,3 +656,59 @@ func TestSimpleReenroll(t *testing.T) {
 		t.Errorf("simplereenroll without a client certificate: HTTP %d %q, want 401 asking for the certificate", status, resp)
 	}
 }
+
+// TestArchivalOneKeyTwoMailboxes: a key openssl made, archived for one mailbox, is refused for
+// another with 409 and a message that says so, without an escrow record or a certificate and
+// without using the code; the same mailbox may archive it again, in a second record.
+func TestArchivalOneKeyTwoMailboxes(t *testing.T) {
+	requireTools(t, "openssl", "curl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	transport, _ := fetchTransport(t, a, dir)
+	const alice, bob = "alice@example.org", "bob@example.org"
+
+	key, aliceCSR := rsaKeyAndCSR(t, dir, "alice", alice, 2048)
+	env := sealKey(t, dir, key, "alice", oaepTo("-aes-256-gcm", transport)...)
+	bobCSR := filepath.Join(dir, "bob.csr.der")
+	run(t, dir, "openssl", "req", "-new", "-key", key, "-subj", "/CN="+bob, "-addext", "subjectAltName=email:"+bob, "-outform", "DER", "-out", bobCSR)
+
+	enroll := func(mailbox, code, csr string) (int, []byte) {
+		return postEnroll(t, a, dir, mailbox+":"+code, apiEnrollJSON{Template: "smime-encryption", CSR: readB64(t, csr), EncryptedKey: readB64(t, env)})
+	}
+	if status, body := enroll(alice, newCode(t, state, alice, "smime-encryption"), aliceCSR); status != 200 {
+		t.Fatalf("alice enrolls: HTTP %d: %s", status, body)
+	}
+
+	bobCode := newCode(t, state, bob, "smime-encryption")
+	status, body := enroll(bob, bobCode, bobCSR)
+	if status != 409 || !strings.Contains(apiError(body), "already archived for another mailbox") {
+		t.Errorf("bob enrolls alice's key: HTTP %d: %s; want 409 saying the key is archived for another mailbox", status, body)
+	}
+	if strings.Contains(string(body), alice) {
+		t.Errorf("the refusal names the other mailbox: %s", body)
+	}
+	if n := countRows(t, state, "SELECT count(*) FROM records WHERE email = ?", bob); n != 0 {
+		t.Errorf("bob has %d escrow record(s) of alice's key", n)
+	}
+	if n := countRows(t, state, "SELECT count(*) FROM certificates WHERE email = ? AND state = 'issued'", bob); n != 0 {
+		t.Errorf("bob has %d certificate(s) for alice's key", n)
+	}
+
+	// bob's code is still good for a key of his own.
+	bobKey, bobOwnCSR := rsaKeyAndCSR(t, dir, "bob-own", bob, 2048)
+	bobEnv := sealKey(t, dir, bobKey, "bob-own", oaepTo("-aes-256-gcm", transport)...)
+	if status, body := postEnroll(t, a, dir, bob+":"+bobCode, apiEnrollJSON{Template: "smime-encryption", CSR: readB64(t, bobOwnCSR), EncryptedKey: readB64(t, bobEnv)}); status != 200 {
+		t.Errorf("bob enrolls his own key with the same code: HTTP %d: %s", status, body)
+	}
+
+	if status, body := enroll(alice, newCode(t, state, alice, "smime-encryption"), aliceCSR); status != 200 {
+		t.Fatalf("alice enrolls her key again: HTTP %d: %s", status, body)
+	}
+	if n := countRows(t, state, "SELECT count(*) FROM records WHERE email = ? AND state = 'active'", alice); n != 2 {
+		t.Errorf("alice has %d active records, want 2 (one per certificate)", n)
+	}
+	if n := countRows(t, state, "SELECT count(DISTINCT email) FROM records WHERE fingerprint = (SELECT fingerprint FROM records WHERE email = ? LIMIT 1)", alice); n != 1 {
+		t.Errorf("alice's key is archived for %d mailboxes, want 1", n)
+	}
+}
