@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,4 +59,117 @@ func TestBackupRestore(t *testing.T) {
 	if !strings.Contains(errOut, "kept as") {
 		t.Errorf("forced restore does not say what it kept:\n%s", errOut)
 	}
+}
+
+// TestRollbackRefused: a database rolled back behind the audit trail's head is not served, with
+// or without the head file, until the rollback is recorded with `keyarc restore --force`; the
+// forced restore is an audited act that names the backup, the entries it drops and the OS user,
+// and `keyarc audit verify` then passes and reports the gap.
+func TestRollbackRefused(t *testing.T) {
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "before@example.org", filepath.Join(dir, "before"))
+	old := filepath.Join(dir, "old.db")
+	keyarc(t, "backup", "--state", state, "--out", old)
+	if _, err := os.Stat(old + ".audit-head.json"); err != nil {
+		t.Errorf("backup did not carry the audit head file: %v", err)
+	}
+	for _, m := range []string{"after1@example.org", "after2@example.org"} {
+		enrollUser(t, a, m, filepath.Join(dir, m))
+	}
+	a.stop(t) // the shutdown checkpoint signs the trail past the backup
+
+	head := filepath.Join(state, "audit-head.json")
+	restoreDB(t, state, old) // the operator copies the backup over the database
+	serveFails(t, state, "DOES NOT VERIFY", "keyarc restore")
+
+	// Without the head file there is nothing to compare with, but the database holds signed
+	// checkpoints: refused too.
+	if err := os.Rename(head, head+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	serveFails(t, state, "audit-head.json", "keyarc restore")
+	if err := os.Rename(head+".aside", head); err != nil {
+		t.Fatal(err)
+	}
+
+	// The forced restore records the rollback and signs a new head after it.
+	_, errOut, err := keyarcResult("restore", "--state", state, "--from", old, "--force")
+	if err != nil {
+		t.Fatalf("forced restore: %v\n%s", err, errOut)
+	}
+	var rep struct {
+		OK     bool `json:"ok"`
+		Report struct {
+			Restores []struct {
+				Seq         int64 `json:"seq"`
+				RestoredSeq int64 `json:"restored_seq"`
+				TrailSeq    int64 `json:"trail_seq"`
+			} `json:"restores"`
+		} `json:"report"`
+	}
+	out := keyarc(t, "audit", "verify", "--state", state, "--json")
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("audit verify --json: %v\n%s", err, out)
+	}
+	if !rep.OK || len(rep.Report.Restores) != 1 {
+		t.Fatalf("audit verify after a forced restore:\n%s", out)
+	}
+	r := rep.Report.Restores[0]
+	if r.RestoredSeq < 1 || r.TrailSeq <= r.RestoredSeq || r.Seq != r.RestoredSeq+1 {
+		t.Errorf("restore entry %+v: want the restored database's last entry, the lost trail's last entry after it, and the entry right after the restored one", r)
+	}
+	text := keyarc(t, "audit", "verify", "--state", state)
+	if !strings.Contains(text, "OK") || !strings.Contains(text, "restored") || !strings.Contains(text, fmt.Sprintf("%d to %d", r.RestoredSeq+1, r.TrailSeq)) {
+		t.Errorf("audit verify does not show the gap:\n%s", text)
+	}
+	db := openDB(t, state)
+	var actor, details string
+	if err := db.QueryRow(`SELECT actor, details FROM audit WHERE kind = 'restore'`).Scan(&actor, &details); err != nil {
+		t.Fatalf("no restore entry: %v", err)
+	}
+	db.Close()
+	if !strings.HasPrefix(actor, "os:") || !strings.Contains(details, filepath.Base(old)) {
+		t.Errorf("restore entry by %q: %s", actor, details)
+	}
+	b := serve(t, state)
+	b.stop(t)
+	keyarc(t, "audit", "verify", "--state", state)
+}
+
+// TestRollbackWithoutHead: the database copied back and the head file removed, as one who hides
+// a rollback would: refused; recorded in place with `restore --force --from` the database
+// itself, the entry says the head was missing and the trail verifies again.
+func TestRollbackWithoutHead(t *testing.T) {
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "before@example.org", filepath.Join(dir, "before"))
+	old := filepath.Join(dir, "old.db")
+	keyarc(t, "backup", "--state", state, "--out", old)
+	enrollUser(t, a, "after@example.org", filepath.Join(dir, "after"))
+	a.stop(t)
+
+	restoreDB(t, state, old)
+	if err := os.Remove(filepath.Join(state, "audit-head.json")); err != nil {
+		t.Fatal(err)
+	}
+	serveFails(t, state, "audit-head.json", "keyarc restore")
+	if msg := keyarcFails(t, "audit", "verify", "--state", state); !strings.Contains(msg, "no head file") {
+		t.Errorf("audit verify without the head file:\n%s", msg)
+	}
+	dbPath := filepath.Join(state, "keyarc.db")
+	if msg := keyarcFails(t, "restore", "--state", state, "--from", dbPath); !strings.Contains(msg, "--force") {
+		t.Errorf("restore in place without --force:\n%s", msg)
+	}
+	keyarc(t, "restore", "--state", state, "--from", dbPath, "--force")
+	out := keyarc(t, "audit", "verify", "--state", state)
+	if !strings.Contains(out, "OK") || !strings.Contains(out, "head file was missing") {
+		t.Errorf("audit verify after recording the rollback:\n%s", out)
+	}
+	b := serve(t, state)
+	b.stop(t)
 }

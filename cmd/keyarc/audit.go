@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -126,14 +127,8 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 	}
 	a.svc.Audit = obs
 
-	// A trail that does not verify is reported loudly, but does not stop the appliance: the
-	// evidence is kept as it is for the auditor, and the new entries chain onto it.
-	head, err := audit.ReadHead(cp.HeadPath)
-	if err != nil && !errors.Is(err, audit.ErrNoHead) {
-		a.log.Error("audit head file unreadable", "err", err)
-	}
-	if _, err := audit.Verify(context.Background(), a.db, signer.Public(), head); err != nil {
-		a.log.Error("AUDIT TRAIL DOES NOT VERIFY; run `keyarc audit verify`", "err", err)
+	if err := checkTrailHead(a.cfg, a.db, signer.Public(), a.log); err != nil {
+		return err
 	}
 
 	digest := "none"
@@ -174,6 +169,47 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 		defer close(a.audit.done)
 		cp.Run(runCtx)
 	}()
+	return nil
+}
+
+// checkTrailHead verifies the trail against its head file before anything is served. A
+// database behind the head (rolled back, cut short, or another history), a head file that is
+// not the audit key's, or a missing head file while the database holds signed checkpoints
+// refuses the start: a rollback must be recorded (`keyarc restore --force`) before the
+// appliance serves again. Other problems of the chain (a changed or deleted entry) are
+// reported loudly but do not stop the appliance: the evidence is kept as it is for the
+// auditor, and the new entries chain onto it.
+func checkTrailHead(cfg *Config, db *store.DB, pub crypto.PublicKey, log *slog.Logger) error {
+	headPath := cfg.path(auditHeadName)
+	way := fmt.Sprintf("If the database was restored from a backup on purpose, record the restore in the audit trail "+
+		"(it names the entries left out and signs a new head): keyarc restore --state %s --from BACKUP --force, or "+
+		"--from %s to record the database now in place. Otherwise put back the database (or the head file) that belongs with the other",
+		cfg.dir, cfg.path(cfg.Database))
+	head, err := audit.ReadHead(headPath)
+	switch {
+	case errors.Is(err, audit.ErrNoHead):
+		head = nil
+	case err != nil:
+		return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: %w; the database is not served. %s", err, way)
+	}
+	if head != nil {
+		if err := audit.CheckCheckpoint(head.Checkpoint(), pub); err != nil {
+			return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: the head file %s is not signed by the audit key: %w; the database is not served. %s", headPath, err, way)
+		}
+	}
+	rep, err := audit.Verify(context.Background(), db, pub, head)
+	var p *audit.Problem
+	switch {
+	case errors.As(err, &p) && (errors.Is(p, audit.ErrTruncated) || errors.Is(p, audit.ErrCheckpointMismatch)):
+		return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY against its head file %s: %w; the database is not served: it is older than the audit trail, or another one. %s", headPath, err, way)
+	case p != nil:
+		log.Error("AUDIT TRAIL DOES NOT VERIFY; run `keyarc audit verify`", "err", err)
+	case err != nil:
+		return fmt.Errorf("audit trail: %w", err)
+	case head == nil && rep.Checkpoints > 0:
+		return fmt.Errorf("AUDIT TRAIL CANNOT BE VERIFIED: the head file %s is missing although the database holds %d signed checkpoints (up to entry %d), so a rollback of the database would go unseen; the database is not served. Put the head file back from its copy, or: %s",
+			headPath, rep.Checkpoints, rep.Signed, way)
+	}
 	return nil
 }
 
@@ -429,15 +465,21 @@ func runAudit(args []string) error {
 	if verr != nil && !errors.As(verr, &p) {
 		return verr
 	}
+	crep, err := consistencyCheck(ctx, db, cfg)
+	if err != nil {
+		return err
+	}
 	if verr == nil && head == nil && rep.Checkpoints > 0 {
 		verr = fmt.Errorf("%w: %s is missing although the database holds %d signed checkpoints: restore it from its copy, or the trail's tail cannot be checked",
 			audit.ErrNoHead, headPath, rep.Checkpoints)
 	}
 	id, _ := audit.KeyID(pub)
 	if *asJSON {
-		out := auditVerificationJSON{OK: verr == nil, Report: rep, KeyID: hex.EncodeToString(id)}
+		out := auditVerificationJSON{OK: verr == nil && crep.Err() == nil, Report: rep, KeyID: hex.EncodeToString(id)}
 		if verr != nil {
 			out.Problem = verr.Error()
+		} else if err := crep.Err(); err != nil {
+			out.Problem = err.Error()
 		}
 		if p != nil {
 			out.Seq = p.Seq
@@ -458,14 +500,42 @@ func runAudit(args []string) error {
 		} else {
 			fmt.Printf("head file   none (%s)\n", headPath)
 		}
+		printRestores(rep.Restores)
+		printCheck(crep)
 	}
 	if verr != nil {
 		return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: %w", verr)
 	}
+	if crep != nil {
+		if err := crep.Err(); err != nil {
+			return fmt.Errorf("the trail verifies, but ARCHIVE FAILS ITS CONSISTENCY CHECK: %w", err)
+		}
+	}
 	if !*asJSON {
-		fmt.Println("OK: the trail is intact and its checkpoints are signed by the audit key")
+		fmt.Println("OK: the trail is intact and its checkpoints are signed by the audit key; every stored certificate matches the CA, its audited issuance and its escrow record")
 	}
 	return nil
+}
+
+// printRestores shows the restores the trail records, and the gap each one left.
+func printRestores(gaps []audit.RestoreGap) {
+	for _, g := range gaps {
+		fmt.Printf("restore     entry %d at %s by %s: database restored from %s (its trail ended at entry %d)",
+			g.Seq, g.At.Format(time.RFC3339), g.Actor, g.Backup, g.RestoredSeq)
+		if from, to, ok := g.Lost(); ok {
+			fmt.Printf("; entries %d to %d of the previous trail are not in this database", from, to)
+			if g.HeadVerified {
+				fmt.Print(" (the head file of the time, signed by the audit key, proves they existed)")
+			}
+		}
+		if g.HeadMissing {
+			fmt.Print("; the head file was missing, so how far the previous trail went is not known")
+		}
+		if g.ReplacedKeptAs != "" {
+			fmt.Printf("; the replaced database is kept as %s", g.ReplacedKeptAs)
+		}
+		fmt.Println()
+	}
 }
 
 // auditPublicKey returns the key checkpoints must be signed with: from --key (a certificate or

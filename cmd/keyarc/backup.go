@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/user"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -31,13 +35,21 @@ func lockState(cfg *Config) (*os.File, error) {
 	return f, nil
 }
 
-// runBackup takes a consistent online copy of the database. It holds sealed records and
-// certificates, never a key in clear; the keys live in the tokens, which are backed up with the
-// token vendor's tools.
+// backupHeadSuffix names the copy of the audit head file written beside a backup.
+const backupHeadSuffix = ".audit-head.json"
+
+// runBackup takes a consistent online copy of the database, with a copy of the audit trail's
+// head file beside it (FILE.audit-head.json). It holds sealed records and certificates, never a
+// key in clear; the keys live in the tokens, which are backed up with the token vendor's tools.
+//
+// The head file is read before the copy is taken, so the copy always reaches it: with it, the
+// copy can be verified on its own (`keyarc audit verify` on a state folder holding both).
+// `keyarc restore` compares a backup with the state folder's own head file, not with this copy:
+// the state's head records how far the trail went since, and a restore behind it is recorded.
 func runBackup(args []string) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
-	out := fs.String("out", "", "file to write the copy to (required; not overwritten)")
+	out := fs.String("out", "", "file to write the copy to (required; not overwritten); the audit head is copied to FILE"+backupHeadSuffix)
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -52,6 +64,14 @@ func runBackup(args []string) error {
 	if err != nil {
 		return err
 	}
+	headOut := *out + backupHeadSuffix
+	if fileExists(headOut) {
+		return fmt.Errorf("backup: %s exists; not overwritten", headOut)
+	}
+	head, err := audit.ReadHead(cfg.path(auditHeadName))
+	if err != nil && !errors.Is(err, audit.ErrNoHead) {
+		return fmt.Errorf("backup: %w", err)
+	}
 	db, err := store.Open(cfg.path(cfg.Database))
 	if err != nil {
 		return err
@@ -62,19 +82,34 @@ func runBackup(args []string) error {
 	if err := db.Backup(ctx, *out); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "database copied; back up the tokens too (they hold the keys) and keep %s with the copy\n", cfg.path(auditHeadName))
+	if head != nil {
+		if err := audit.WriteHead(headOut, head); err != nil {
+			return fmt.Errorf("backup: copy of the audit head: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "database copied, and the audit head (entry %d) to %s; back up the tokens too (they hold the keys)\n", head.Seq, headOut)
+	} else {
+		fmt.Fprintf(os.Stderr, "database copied (there is no audit head file yet); back up the tokens too (they hold the keys)\n")
+	}
 	fmt.Println(*out)
 	return nil
 }
 
-// runRestore puts a backup in place of the database. The appliance must be stopped. A backup
-// older than the audit trail's last signed checkpoint is refused unless --force: restoring it
-// would silently drop audited history.
+// runRestore puts a backup in place of the database. The appliance must be stopped.
+//
+// Every restore is an audited act: an entry appended to the restored database names the backup,
+// the restored trail's last entry, how far the replaced trail had gone (the state's head file
+// and the replaced database), and the OS user; then a checkpoint is signed with the audit key
+// and the head file continues from there, so `keyarc audit verify` passes and shows the gap.
+//
+// A backup behind the audit trail's head (or any backup while the head file is missing and the
+// database holds signed checkpoints) is refused unless --force: restoring it drops audited
+// history. --from may name the database itself, to record a rollback already made by copying a
+// file in place.
 func runRestore(args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
-	from := fs.String("from", "", "backup file made by keyarc backup (required)")
-	force := fs.Bool("force", false, "restore even a backup older than the audit trail's last checkpoint")
+	from := fs.String("from", "", "backup file made by keyarc backup, or the state's database itself to record a rollback made in place (required)")
+	force := fs.Bool("force", false, "restore even a backup older than the audit trail's head, and record what it drops")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -94,87 +129,233 @@ func runRestore(args []string) error {
 		return err
 	}
 	defer lock.Close()
+	if !fileExists(*from) {
+		return fmt.Errorf("restore: %s does not exist", *from)
+	}
+	dbPath := cfg.path(cfg.Database)
+	inPlace := sameFile(*from, dbPath)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+
+	// The audit key signs the restore's checkpoint: open it first, before anything changes.
+	tok, err := openToken(cfg, nil)
+	if err != nil {
+		return fmt.Errorf("restore: the audit key signs the restore entry: %w", err)
+	}
+	defer tok.Close()
+	signer, err := tok.Signer(cfg.Token.AuditKey)
+	if err != nil {
+		return fmt.Errorf("restore: audit key %q: %w", cfg.Token.AuditKey, err)
+	}
+	pub, err := auditPublicKey(cfg, "")
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if !publicKeysEqual(pub, signer.Public()) {
+		return fmt.Errorf("restore: audit key %q in the token is not the key of %s", cfg.Token.AuditKey, cfg.path(auditCertName))
+	}
+
+	headPath := cfg.path(auditHeadName)
+	head, herr := audit.ReadHead(headPath)
+	switch {
+	case errors.Is(herr, audit.ErrNoHead):
+		head = nil
+	case herr == nil && audit.CheckCheckpoint(head.Checkpoint(), pub) != nil:
+		herr = fmt.Errorf("%w: the head file %s is not signed by the audit key", audit.ErrBadSignature, headPath)
+		fallthrough
+	case herr != nil:
+		if !*force {
+			return fmt.Errorf("restore refused: %w (--force restores anyway, keeps the head file aside and records it)", herr)
+		}
+		head = nil
+	}
+	r := &audit.Restore{Backup: *from, HeadMissing: head == nil, Head: head}
+	if head != nil {
+		r.TrailSeq = head.Seq
+	}
+	// How far the replaced database had gone: a backup newer than the head file may still
+	// drop entries made after the last checkpoint.
+	if !inPlace && fileExists(dbPath) {
+		if last, err := lastEntry(ctx, dbPath); err == nil {
+			r.ReplacedSeq = last
+			r.TrailSeq = max(r.TrailSeq, last)
+		} else {
+			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): how far its trail went is not known\n", err)
+		}
+	}
 
 	// Work on a copy: opening a database may migrate it, and the backup stays as it was.
-	dbPath := cfg.path(cfg.Database)
-	tmp := dbPath + ".restoring"
-	os.Remove(tmp)
-	if err := copyFile(*from, tmp); err != nil {
-		return fmt.Errorf("restore: %w", err)
+	work := dbPath + ".restoring"
+	if inPlace {
+		work = dbPath
+	} else {
+		os.Remove(work)
+		sum, err := copyFileSum(*from, work)
+		if err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		r.BackupSHA256 = sum
 	}
 	ok := false
 	defer func() {
-		if !ok {
-			os.Remove(tmp)
+		if !ok && !inPlace {
+			os.Remove(work)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	db, err := store.Open(tmp)
+	db, err := store.Open(work)
 	if err != nil {
 		return fmt.Errorf("restore: %s is not a keyarc database: %w", *from, err)
 	}
-	err = db.Check(ctx)
-	if err == nil {
-		headPath := cfg.path(auditHeadName)
-		head, herr := audit.ReadHead(headPath)
-		switch {
-		case errors.Is(herr, audit.ErrNoHead):
-		case herr != nil:
-			err = herr
-		default:
-			if rerr := audit.Reaches(ctx, db, head); rerr != nil {
-				if !*force {
-					err = fmt.Errorf("restore refused: %w (the backup is older than the audit trail's last signed checkpoint; --force restores it anyway and keeps the old head file as evidence)", rerr)
-				} else {
-					kept := headPath + ".before-restore-" + time.Now().UTC().Format("20060102T150405Z")
-					if err = os.Rename(headPath, kept); err == nil {
-						fmt.Fprintf(os.Stderr, "forced: the audit head file is kept as %s\n", kept)
-					}
-				}
-			}
-		}
-	}
-	db.Close()
-	if err != nil {
+	defer func() { db.Close() }()
+	if err := db.Check(ctx); err != nil {
 		return err
 	}
-	if fileExists(dbPath) {
-		kept := dbPath + ".before-restore-" + time.Now().UTC().Format("20060102T150405Z")
-		if err := os.Rename(dbPath, kept); err != nil {
+	var checkpoints int
+	if err := db.View(ctx, func(tx *store.Tx) error {
+		if e, err := tx.LastAudit(); err == nil {
+			r.RestoredSeq = e.Seq
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "the previous database is kept as %s\n", kept)
-	}
-	for _, suffix := range []string{"-wal", "-shm"} {
-		os.Remove(dbPath + suffix)
-		os.Remove(tmp + suffix)
-	}
-	if err := os.Rename(tmp, dbPath); err != nil {
+		cps, err := tx.Checkpoints(1, 1)
+		checkpoints = len(cps)
 		return err
+	}); err != nil {
+		return fmt.Errorf("restore: %w", err)
 	}
-	ok = true
+	switch {
+	case head != nil:
+		if rerr := audit.Reaches(ctx, db, head); rerr != nil {
+			if !*force {
+				return fmt.Errorf("restore refused: %w (the backup is older than the audit trail's last signed checkpoint; --force restores it anyway, keeps the old head file as evidence and records the restore in the trail)", rerr)
+			}
+			r.Forced = true
+		}
+	case checkpoints > 0:
+		if !*force {
+			return fmt.Errorf("restore refused: the head file %s is missing, so nothing shows how far the audit trail had gone; --force restores anyway and records the restore, with the head missing, in the trail", headPath)
+		}
+		r.Forced = true
+	}
+	if inPlace {
+		r.TrailSeq = max(r.TrailSeq, r.RestoredSeq)
+	}
+
+	// Put the database in place, the replaced one and the old head kept as evidence.
+	if !inPlace {
+		db.Close()
+		if fileExists(dbPath) {
+			kept := dbPath + ".before-restore-" + stamp
+			if err := os.Rename(dbPath, kept); err != nil {
+				return err
+			}
+			r.ReplacedKeptAs = kept
+			fmt.Fprintf(os.Stderr, "the previous database is kept as %s\n", kept)
+		}
+		for _, suffix := range []string{"-wal", "-shm"} {
+			os.Remove(dbPath + suffix)
+			os.Remove(work + suffix)
+		}
+		if err := os.Rename(work, dbPath); err != nil {
+			return err
+		}
+		ok = true
+		if db, err = store.Open(dbPath); err != nil {
+			return err
+		}
+	}
+	if fileExists(headPath) {
+		kept := headPath + ".before-restore-" + stamp
+		if err := os.Rename(headPath, kept); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "the audit head file is kept as %s\n", kept)
+	}
+	err = db.Update(ctx, func(tx *store.Tx) error {
+		_, err := audit.Append(tx, time.Now(), audit.KindRestore, osActor(), filepath.Base(*from), audit.Details{Restore: r})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("restore: record the restore in the audit trail: %w", err)
+	}
+	cp := &audit.Checkpointer{DB: db, Signer: signer, HeadPath: headPath}
+	c, err := cp.Checkpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("restore: sign the audit trail after the restore: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "restore recorded in the audit trail as entry %d, signed; the head file continues from it\n", c.Seq)
+	if from, to, lost := r.Lost(); lost {
+		fmt.Fprintf(os.Stderr, "entries %d to %d of the previous trail are not in the restored database\n", from, to)
+	}
 	fmt.Println(dbPath)
 	return nil
 }
 
-func copyFile(from, to string) error {
+// osActor names the operating-system user who runs a local command, for the audit trail.
+func osActor() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	if s := os.Getenv("SUDO_USER"); s != "" && s != name {
+		name = s + " (sudo as " + name + ")"
+	}
+	return "os:" + name
+}
+
+// sameFile tells whether two paths name the same file.
+func sameFile(a, b string) bool {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	sb, err := os.Stat(b)
+	return err == nil && os.SameFile(sa, sb)
+}
+
+// lastEntry returns the last audit entry's seq of the database at path (0 when its trail is
+// empty).
+func lastEntry(ctx context.Context, path string) (int64, error) {
+	db, err := store.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var last int64
+	err = db.View(ctx, func(tx *store.Tx) error {
+		e, err := tx.LastAudit()
+		if err == nil {
+			last = e.Seq
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			err = nil
+		}
+		return err
+	})
+	return last, err
+}
+
+// copyFileSum copies a file (the copy must not exist) and returns the SHA-256 (hex) of what it
+// copied.
+func copyFileSum(from, to string) (string, error) {
 	in, err := os.Open(from)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer in.Close()
 	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
 		out.Close()
-		return err
+		return "", err
 	}
 	if err := out.Sync(); err != nil {
 		out.Close()
-		return err
+		return "", err
 	}
-	return out.Close()
+	return hex.EncodeToString(h.Sum(nil)), out.Close()
 }

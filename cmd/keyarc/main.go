@@ -96,6 +96,7 @@ saves the certificates to --out.`},
 		{name: "audit", summary: "the audit trail", subs: []command{
 			{name: "verify", args: "--state DIR [--key FILE] [--json]", summary: "verify the audit trail: hash chain, signed checkpoints, head file", run: runAuditVerify},
 		}},
+		{name: "check", args: "--state DIR [--json]", summary: "check every stored certificate against the CA, its audited issuance and its escrow record", run: runCheckCommand},
 		{name: "version", summary: "print the version", run: runVersion},
 	}
 }

@@ -46,6 +46,8 @@ type appliance struct {
 	lock *os.File
 	// ready is 1 while the token answers.
 	ready atomic.Bool
+	// check is the consistency check of the stored certificates (check.go).
+	check *applianceCheck
 }
 
 func runServe(args []string) error {
@@ -179,6 +181,11 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	if err := a.openAudit(issuer, reg); err != nil {
 		return nil, err
 	}
+	// The most recent certificates are checked before serving; a failure is logged and
+	// counted, and refuses that certificate's recovery, but does not stop the appliance.
+	if err := a.openCheck(reg); err != nil {
+		return nil, err
+	}
 	a.bulkSt = newBulkState(a)
 	a.registerBulkMetrics(reg)
 	// Issuances a crash left half-done are finished now: nothing is served before.
@@ -256,6 +263,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	go func() { errc <- msrv.Serve(mln) }()
 	go a.watchToken(ctx)
+	go a.runChecks(ctx)
 	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
 		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
 	// Client commands given --state find this serve through DIR/serve.json.

@@ -60,6 +60,7 @@ const (
 	KindConfigChanged      Kind = "config-changed" // the configuration differs from the last start's
 	KindLoginFailed        Kind = "login-failed"   // a credential or an enrollment code refused, or a role refused
 	KindPINFailed          Kind = "pin-failed"     // the appliance token refused the PIN at start-up
+	KindRestore            Kind = "restore"        // the database was restored from a backup (see [Restore])
 )
 
 // Details is an entry's structured content, stored as JSON. Its fields are the only things an
@@ -97,6 +98,45 @@ type Details struct {
 	Config      string   `json:"config,omitempty"` // SHA-256 of the configuration file (hex)
 	PrevConfig  string   `json:"prev_config,omitempty"`
 	Token       string   `json:"token,omitempty"` // token label
+	// CertHash is the SHA-256 (hex) of each issued certificate's DER, in the order of Serial
+	// or Serials. [Append] fills it for enroll and archive entries; entries written before it
+	// existed lack it, and the consistency check accepts that.
+	CertHash []string `json:"cert_sha256,omitempty"`
+	// Restore describes a restore from a backup (kind restore).
+	Restore *Restore `json:"restore,omitempty"`
+}
+
+// Restore is what a restore entry records: which backup was put in place, where the trail it
+// replaced had reached, and so which entries the restored database no longer holds.
+type Restore struct {
+	// Backup is the file restored from (its path as given, and its SHA-256).
+	Backup       string `json:"backup"`
+	BackupSHA256 string `json:"backup_sha256,omitempty"`
+	// RestoredSeq is the last entry of the restored database: this entry follows it.
+	RestoredSeq int64 `json:"restored_seq"`
+	// TrailSeq is the last entry the replaced trail is known to have reached (the head file's
+	// or the replaced database's, whichever is later); 0 when nothing is known.
+	TrailSeq int64 `json:"trail_seq"`
+	// Head is the head file in place before the restore, nil when it was missing. Its
+	// signature can still be checked with the audit key: it proves where the trail had been.
+	Head *Head `json:"head,omitempty"`
+	// HeadMissing: there was no head file, so the extent of what was lost is not known from it.
+	HeadMissing bool `json:"head_missing,omitempty"`
+	// ReplacedSeq is the last entry of the database that was replaced, 0 when there was none
+	// (or it was the file restored in place); ReplacedKeptAs is where it was kept.
+	ReplacedSeq    int64  `json:"replaced_seq,omitempty"`
+	ReplacedKeptAs string `json:"replaced_kept_as,omitempty"`
+	// Forced: the restore went back behind the signed head (keyarc restore --force).
+	Forced bool `json:"forced,omitempty"`
+}
+
+// Lost returns the first and last entries of the replaced trail that the restored database
+// does not hold; ok is false when none are known to be lost.
+func (r *Restore) Lost() (from, to int64, ok bool) {
+	if r.TrailSeq <= r.RestoredSeq {
+		return 0, 0, false
+	}
+	return r.RestoredSeq + 1, r.TrailSeq, true
 }
 
 // maxReason bounds free text copied into an entry (error messages, stated reasons).
@@ -114,19 +154,36 @@ func Clip(s string) string {
 var ErrAppend = errors.New("audit: cannot write the audit trail")
 
 // Append writes one entry in tx, in the same transaction as the change it records: if it
-// fails, the caller returns the error and the whole change is rolled back. at is the entry's
+// fails, the caller returns the error and the whole change is rolled back. An enroll or archive
+// entry records the SHA-256 of each certificate it names, read back from tx (the certificate
+// must be stored first), for the consistency check. at is the entry's
 // time; actor is who did it (a role and name, "local" or "system"); subject is what it is about
 // (a mailbox, a serial, a request ID).
 //
 // Errors wrap [ErrAppend] and the store's error.
 func Append(tx *store.Tx, at time.Time, kind Kind, actor, subject string, d Details) (store.AuditEntry, error) {
 	d.Reason = Clip(d.Reason)
+	if actor == "" {
+		actor = "system"
+	}
+	if (kind == KindEnroll || kind == KindArchive) && len(d.CertHash) == 0 {
+		serials := d.Serials
+		if d.Serial != "" {
+			serials = []string{d.Serial}
+		}
+		if len(serials) > 0 {
+			sums, err := tx.CertificateHashes(serials)
+			if err != nil {
+				return store.AuditEntry{}, fmt.Errorf("%w: %s: %w", ErrAppend, kind, err)
+			}
+			if len(sums) == len(serials) {
+				d.CertHash = sums
+			}
+		}
+	}
 	js, err := json.Marshal(d)
 	if err != nil {
 		return store.AuditEntry{}, fmt.Errorf("%w: %w", ErrAppend, err)
-	}
-	if actor == "" {
-		actor = "system"
 	}
 	e, err := tx.AppendAudit(store.AuditEntry{At: at, Kind: string(kind), Actor: actor, Subject: subject, Details: string(js)})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -60,6 +61,20 @@ type Report struct {
 	SignedAt time.Time `json:"signed_at,omitzero"`
 	// Head is the head file's entry, 0 when there is none.
 	Head int64 `json:"head_seq"`
+	// Restores lists the restores from a backup that the trail records, oldest first: each is
+	// a gap, the entries the restored database no longer holds.
+	Restores []RestoreGap `json:"restores,omitempty"`
+}
+
+// RestoreGap is a restore entry of the trail, as [Verify] reports it.
+type RestoreGap struct {
+	Seq   int64     `json:"seq"` // the restore entry
+	At    time.Time `json:"at"`
+	Actor string    `json:"actor"`
+	Restore
+	// HeadVerified: the head file recorded before the restore is signed by the audit key, so
+	// the trail did reach TrailSeq.
+	HeadVerified bool `json:"head_verified"`
 }
 
 // pageSize is how many entries Verify reads at a time.
@@ -116,6 +131,9 @@ func verifyTx(tx *store.Tx, pub crypto.PublicKey, head *Head, rep *Report) (*Pro
 			}
 			prev, last = e.Hash, e.Seq
 			rep.Entries++
+			if e.Kind == string(KindRestore) {
+				rep.Restores = append(rep.Restores, restoreGap(e, pub))
+			}
 		}
 		if len(page) < pageSize {
 			break
@@ -314,4 +332,17 @@ func Reaches(ctx context.Context, db *store.DB, head *Head) error {
 		return p
 	}
 	return nil
+}
+
+// restoreGap reads a restore entry.
+func restoreGap(e *store.AuditEntry, pub crypto.PublicKey) RestoreGap {
+	g := RestoreGap{Seq: e.Seq, At: e.At, Actor: e.Actor}
+	var d Details
+	if json.Unmarshal([]byte(e.Details), &d) == nil && d.Restore != nil {
+		g.Restore = *d.Restore
+		if h := d.Restore.Head; h != nil {
+			g.HeadVerified = CheckCheckpoint(h.Checkpoint(), pub) == nil
+		}
+	}
+	return g
 }

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/check"
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// The consistency check in a running appliance: the most recent rows at start-up, then the
+// whole archive periodically.
+const (
+	// startupCheckRows is how many of the most recent certificates the start-up check reads.
+	startupCheckRows = 2000
+	// checkInterval is how often a serving appliance checks the whole archive.
+	checkInterval = time.Hour
+)
+
+// applianceCheck is the running appliance's side of the consistency check.
+//
+// A certificate that fails the check does not stop the appliance: the other users are still
+// served. It is logged at ERROR level with its serial and what is wrong, counted in
+// keyarc_consistency_failures, and a recovery of it is refused (escrow refuses to open a record
+// whose certificate fails the check).
+type applianceCheck struct {
+	checker  *check.Checker
+	failures prometheus.Gauge
+	last     prometheus.Gauge
+	mu       sync.Mutex // one check at a time
+}
+
+func newChecker(db *store.DB, cfg *Config) (*check.Checker, error) {
+	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	return &check.Checker{DB: db, CA: caCert, Foreign: []string{escrow.TemplateImport}}, nil
+}
+
+// openCheck registers the check's metrics and checks the most recent certificates.
+func (a *appliance) openCheck(reg prometheus.Registerer) error {
+	c := &applianceCheck{
+		checker: &check.Checker{DB: a.db, CA: a.caCert, Foreign: []string{escrow.TemplateImport}},
+		failures: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyarc_consistency_failures",
+			Help: "Certificates that failed the last consistency check (signature, audited hash, record links); see the log for their serials."}),
+		last: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyarc_consistency_last_check_timestamp_seconds",
+			Help: "When the last consistency check finished (Unix time)."}),
+	}
+	if reg != nil {
+		for _, m := range []prometheus.Collector{c.failures, c.last} {
+			if err := reg.Register(m); err != nil {
+				return fmt.Errorf("consistency metrics: %w", err)
+			}
+		}
+	}
+	a.check = c
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	return a.runCheck(ctx, startupCheckRows)
+}
+
+// runCheck checks the n most recent certificates (all when n is 0), logs each failure and sets
+// the metrics. Only an error of the database is returned.
+func (a *appliance) runCheck(ctx context.Context, n int) error {
+	c := a.check
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var rep *check.Report
+	var err error
+	if n > 0 {
+		rep, err = c.checker.Recent(ctx, n)
+	} else {
+		rep, err = c.checker.All(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("consistency check: %w", err)
+	}
+	for _, p := range rep.Problems {
+		a.log.Error("CERTIFICATE FAILS THE CONSISTENCY CHECK; its recovery is refused; run `keyarc check`",
+			"serial", p.Serial, "problem", p.Detail)
+	}
+	c.failures.Set(float64(len(rep.Problems)))
+	c.last.Set(float64(time.Now().Unix()))
+	a.log.Info("consistency check", "certificates", rep.Certificates, "failures", len(rep.Problems), "full", n == 0)
+	return nil
+}
+
+// runChecks checks the whole archive every checkInterval until ctx ends.
+func (a *appliance) runChecks(ctx context.Context) {
+	if a.check == nil {
+		return
+	}
+	t := time.NewTicker(checkInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.runCheck(ctx, 0); err != nil && ctx.Err() == nil {
+			a.log.Error("periodic consistency check", "err", err)
+		}
+	}
+}
+
+// runCheckCommand is `keyarc check`: the consistency check of every stored certificate, on the
+// appliance's database (it may be serving: the check only reads).
+func runCheckCommand(args []string) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	state := fs.String("state", "", "state folder (required)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("check", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *state == "" {
+		return usageError{"check: --state DIR is required"}
+	}
+	cfg, err := loadConfig(*state)
+	if err != nil {
+		return err
+	}
+	dbPath := cfg.path(cfg.Database)
+	if !fileExists(dbPath) {
+		return fmt.Errorf("check: no database at %s", dbPath)
+	}
+	db, err := store.Open(dbPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	rep, err := consistencyCheck(ctx, db, cfg)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		type problem struct {
+			Serial  string `json:"serial"`
+			Problem string `json:"problem"`
+		}
+		out := struct {
+			OK bool `json:"ok"`
+			*check.Report
+			Problems []problem `json:"problems"`
+		}{OK: rep.Err() == nil, Report: rep, Problems: []problem{}}
+		for _, p := range rep.Problems {
+			out.Problems = append(out.Problems, problem{p.Serial, p.Detail})
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+	} else {
+		printCheck(rep)
+	}
+	if err := rep.Err(); err != nil {
+		return fmt.Errorf("ARCHIVE FAILS ITS CONSISTENCY CHECK (the recovery of these certificates is refused): %w", err)
+	}
+	if !*asJSON {
+		fmt.Println("OK: every stored certificate verifies against the CA, matches its audited issuance and its escrow record")
+	}
+	return nil
+}
+
+// consistencyCheck checks every certificate of db against the CA of cfg.
+func consistencyCheck(ctx context.Context, db *store.DB, cfg *Config) (*check.Report, error) {
+	c, err := newChecker(db, cfg)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := c.All(ctx)
+	if err != nil && !errors.Is(err, check.ErrInconsistent) {
+		return nil, err
+	}
+	return rep, nil
+}
+
+func printCheck(rep *check.Report) {
+	fmt.Printf("certificates %d checked", rep.Certificates)
+	if rep.Unhashed > 0 {
+		fmt.Printf(" (%d issued before the trail recorded certificate hashes: signature and links checked)", rep.Unhashed)
+	}
+	fmt.Println()
+	for _, p := range rep.Problems {
+		fmt.Printf("FAILED       %s\n", p.Error())
+	}
+}

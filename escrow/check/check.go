@@ -1,0 +1,321 @@
+// Package check is keyarc's consistency check of the archive, in the spirit of a CA's
+// certificate checker: every stored certificate is parsed and its signature verified against
+// the CA; it must be the certificate the audit trail recorded at issuance (the SHA-256 of its
+// DER); and its links must hold: the row's serial is the certificate's, its escrow record names
+// the same serial and was sealed for the certificate's public key.
+//
+// Nothing here trusts a row more than another: a byte flipped in a stored certificate, or a
+// certificate row pointed at another user's escrow record while the appliance was stopped, is
+// found and named. The audit trail's own integrity is [audit.Verify]'s job; this package reads
+// the issuance entries it holds.
+//
+// # Where it runs
+//
+// At start-up over the most recent rows ([Checker.Recent]), in full on demand (`keyarc check`,
+// and as part of `keyarc audit verify`), periodically while serving, and for each certificate
+// before a recovery opens its record ([Checker.Certificate]).
+//
+// # Imports and concurrency
+//
+// check imports escrow/store, escrow/audit and escrow/record, never escrow (escrow imports it)
+// nor hsm. A [Checker] holds no state between calls and is safe for concurrent use.
+package check
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+	"strings"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/record"
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// What a check finds. Each is wrapped in a [*Problem] naming the certificate, and every one
+// wraps [ErrInconsistent].
+var (
+	// ErrInconsistent: a certificate fails the consistency check.
+	ErrInconsistent = errors.New("check: certificate fails the consistency check")
+	// ErrUnparsable: the stored DER is not a certificate.
+	ErrUnparsable = fmt.Errorf("%w: stored certificate does not parse", ErrInconsistent)
+	// ErrSignature: the certificate's signature does not verify against the CA.
+	ErrSignature = fmt.Errorf("%w: signature does not verify against the CA", ErrInconsistent)
+	// ErrAuditHash: the certificate is not the one its issuance entry recorded.
+	ErrAuditHash = fmt.Errorf("%w: certificate differs from its audited issuance", ErrInconsistent)
+	// ErrRowMismatch: the row's serial or public key is not the certificate's.
+	ErrRowMismatch = fmt.Errorf("%w: certificate row does not match its certificate", ErrInconsistent)
+	// ErrRecordLink: the certificate's escrow record link is broken.
+	ErrRecordLink = fmt.Errorf("%w: escrow record link is inconsistent", ErrInconsistent)
+)
+
+// Problem is one certificate that fails the check.
+type Problem struct {
+	Serial string
+	Err    error // one of the Err* sentinels of this package
+	Detail string
+}
+
+func (p *Problem) Error() string {
+	return fmt.Sprintf("certificate %s: %s", p.Serial, p.Detail)
+}
+
+// Unwrap returns the sentinel.
+func (p *Problem) Unwrap() error { return p.Err }
+
+// Report is the result of a check.
+type Report struct {
+	// Certificates is how many stored certificates were checked.
+	Certificates int `json:"certificates"`
+	// Unhashed counts certificates whose issuance entry predates recorded certificate hashes
+	// (accepted), or that have no issuance entry in the trail (imported before the trail, or
+	// the trail's older part is elsewhere).
+	Unhashed int       `json:"unhashed"`
+	Problems []Problem `json:"-"`
+}
+
+// Err returns nil when no problem was found, else an error listing them, which wraps the first
+// problem (and so [ErrInconsistent]).
+func (r *Report) Err() error {
+	if len(r.Problems) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for i := range r.Problems {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(r.Problems[i].Error())
+	}
+	return fmt.Errorf("check: %d of %d certificates fail the consistency check: %s: %w", len(r.Problems), r.Certificates, b.String(), &r.Problems[0])
+}
+
+// Checker checks certificates against the CA, the audit trail and the escrow records.
+type Checker struct {
+	DB *store.DB
+	// CA is the issuing CA's certificate.
+	CA *x509.Certificate
+	// Foreign names templates whose certificates another CA signed (imports): their signature
+	// is not checked against CA; their audited hash and links are.
+	Foreign []string
+}
+
+// pageSize is how many rows a check reads at a time.
+const pageSize = 500
+
+// All checks every stored certificate. The returned error is the database's; what the check
+// finds is in the report ([Report.Err]).
+func (c *Checker) All(ctx context.Context) (*Report, error) {
+	return c.run(ctx, 0)
+}
+
+// Recent checks the n most recently stored certificates.
+func (c *Checker) Recent(ctx context.Context, n int) (*Report, error) {
+	if n <= 0 {
+		return &Report{}, nil
+	}
+	var last int64
+	if err := c.DB.View(ctx, func(tx *store.Tx) error {
+		var err error
+		last, err = tx.LastCertificateRowID()
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	return c.run(ctx, max(0, last-int64(n)))
+}
+
+// Certificate checks one certificate, by serial. It returns nil, a [*Problem] (wrapping
+// [ErrInconsistent]), or the database's error.
+func (c *Checker) Certificate(ctx context.Context, serial string) error {
+	var p *Problem
+	err := c.DB.View(ctx, func(tx *store.Tx) error {
+		row, err := tx.GetCertificate(serial)
+		if err != nil {
+			return err
+		}
+		issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true})
+		if err != nil {
+			return err
+		}
+		p, err = c.one(tx, row, issued[row.Serial])
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("check: certificate %s: %w", serial, err)
+	}
+	if p != nil {
+		return p
+	}
+	return nil
+}
+
+// run checks the certificates stored after rowid after, in one consistent snapshot.
+func (c *Checker) run(ctx context.Context, after int64) (*Report, error) {
+	rep := &Report{}
+	err := c.DB.View(ctx, func(tx *store.Tx) error {
+		var rows []store.Certificate
+		for from := after; ; {
+			page, last, err := tx.SignedCertificates(from, pageSize)
+			if err != nil {
+				return err
+			}
+			rows = append(rows, page...)
+			if len(page) < pageSize {
+				break
+			}
+			from = last
+		}
+		want := make(map[string]bool, len(rows))
+		for _, r := range rows {
+			want[r.Serial] = true
+		}
+		issued, err := issuanceEntries(tx, want)
+		if err != nil {
+			return err
+		}
+		for i := range rows {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if rows[i].State == store.StateFailed {
+				continue // signed but never delivered: kept on record, not in use
+			}
+			rep.Certificates++
+			ie := issued[rows[i].Serial]
+			if ie == nil || ie.hash == "" {
+				rep.Unhashed++
+			}
+			p, err := c.one(tx, &rows[i], ie)
+			if err != nil {
+				return err
+			}
+			if p != nil {
+				rep.Problems = append(rep.Problems, *p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, fmt.Errorf("check: %w", err)
+	}
+	return rep, nil
+}
+
+// issuance is what the audit trail recorded when a certificate was issued.
+type issuance struct {
+	seq         int64
+	hash        string // SHA-256 of the DER, hex; "" in older entries
+	record      string // escrow record ID, "" when none was named
+	fingerprint string // SHA-256 of the SPKI, hex; "" when not recorded
+}
+
+var issuanceKinds = []string{string(audit.KindEnroll), string(audit.KindArchive)}
+
+// issuanceEntries finds the issuance entries of the serials in want, reading the trail from
+// its end; the latest entry of a serial wins.
+func issuanceEntries(tx *store.Tx, want map[string]bool) (map[string]*issuance, error) {
+	out := make(map[string]*issuance, len(want))
+	var before int64
+	for len(out) < len(want) {
+		page, err := tx.AuditOfKindsBefore(issuanceKinds, before, pageSize)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range page {
+			before = e.Seq
+			var d audit.Details
+			if json.Unmarshal([]byte(e.Details), &d) != nil {
+				continue // the trail's verification reports a damaged entry
+			}
+			serials, records := d.Serials, d.Records
+			if d.Serial != "" {
+				serials, records = []string{d.Serial}, []string{d.Record}
+			}
+			for i, s := range serials {
+				if !want[s] || out[s] != nil {
+					continue
+				}
+				is := &issuance{seq: e.Seq}
+				if len(d.CertHash) == len(serials) {
+					is.hash = d.CertHash[i]
+				}
+				if len(records) == len(serials) {
+					is.record = records[i]
+				}
+				if len(d.Fingerprint) == len(serials) {
+					is.fingerprint = d.Fingerprint[i]
+				}
+				out[s] = is
+			}
+		}
+		if len(page) < pageSize {
+			break
+		}
+	}
+	return out, nil
+}
+
+// one checks one certificate row. It returns the first problem found, or nil.
+func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Problem, error) {
+	bad := func(err error, format string, args ...any) (*Problem, error) {
+		return &Problem{Serial: row.Serial, Err: err, Detail: fmt.Sprintf(format, args...)}, nil
+	}
+	cert, err := x509.ParseCertificate(row.DER)
+	if err != nil {
+		return bad(ErrUnparsable, "the stored certificate does not parse: %v", err)
+	}
+	if !slices.Contains(c.Foreign, row.Template) {
+		if err := cert.CheckSignatureFrom(c.CA); err != nil {
+			return bad(ErrSignature, "its signature does not verify against the CA %q: %v", c.CA.Subject.String(), err)
+		}
+	}
+	if s := store.FormatSerial(cert.SerialNumber); s != row.Serial {
+		return bad(ErrRowMismatch, "the row of serial %s holds the certificate of serial %s", row.Serial, s)
+	}
+	sum := sha256.Sum256(row.DER)
+	if is != nil && is.hash != "" && is.hash != hex.EncodeToString(sum[:]) {
+		return bad(ErrAuditHash, "the stored certificate is not the one audit entry %d recorded at issuance (SHA-256 %s, stored %x)", is.seq, is.hash, sum)
+	}
+	spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	if is != nil && is.fingerprint != "" && is.fingerprint != hex.EncodeToString(spki[:]) {
+		return bad(ErrRowMismatch, "its public key is not the one audit entry %d recorded at issuance", is.seq)
+	}
+	if is != nil && is.record != "" && is.record != row.RecordID {
+		return bad(ErrRecordLink, "its row names escrow record %q but audit entry %d recorded record %s", row.RecordID, is.seq, is.record)
+	}
+	if row.RecordID == "" {
+		return nil, nil
+	}
+	rec, err := tx.GetRecord(row.RecordID)
+	if errors.Is(err, store.ErrNotFound) {
+		return bad(ErrRecordLink, "its row names escrow record %s, which does not exist", row.RecordID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.Serial != row.Serial {
+		return bad(ErrRecordLink, "its row names escrow record %s, which belongs to certificate %s", rec.ID, rec.Serial)
+	}
+	sealed, err := record.Parse(rec.Blob)
+	if err != nil {
+		return bad(ErrRecordLink, "its escrow record %s does not parse: %v", rec.ID, err)
+	}
+	h := sealed.Header
+	switch {
+	case hex.EncodeToString(h.ID[:]) != rec.ID:
+		return bad(ErrRecordLink, "its escrow record %s holds the sealed record %x", rec.ID, h.ID)
+	case store.FormatSerial(new(big.Int).SetBytes(h.Serial)) != row.Serial:
+		return bad(ErrRecordLink, "its escrow record %s was sealed for serial %x", rec.ID, h.Serial)
+	case !bytes.Equal(h.SPKIHash[:], spki[:]):
+		return bad(ErrRecordLink, "its escrow record %s was sealed for another public key", rec.ID)
+	}
+	return nil, nil
+}

@@ -1,0 +1,118 @@
+package store
+
+import (
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"strings"
+)
+
+// Reads for the consistency check (escrow/check) and for the certificate hashes that issuance
+// entries of the audit trail record.
+
+// CertificateHashes returns the SHA-256 (hex) of the stored DER of each certificate in serials,
+// in the same order; "" for a serial with no DER (unknown, or not signed yet).
+func (tx *Tx) CertificateHashes(serials []string) ([]string, error) {
+	const op = "certificate hashes"
+	out := make([]string, len(serials))
+	index := make(map[string][]int, len(serials))
+	for i, s := range serials {
+		n, err := NormalizeSerial(s)
+		if err != nil {
+			return nil, err
+		}
+		index[n] = append(index[n], i)
+	}
+	keys := make([]any, 0, len(index))
+	for k := range index {
+		keys = append(keys, k)
+	}
+	const chunk = 500
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		// A few statement shapes only (the writer caches its prepared statements): the list is
+		// padded with its last serial to 1, 8, 64 or 500 places.
+		for _, size := range []int{1, 8, 64, chunk} {
+			if len(part) <= size {
+				for len(part) < size {
+					part = append(part[:len(part):len(part)], part[len(part)-1])
+				}
+				break
+			}
+		}
+		q := `SELECT serial, der FROM certificates WHERE der IS NOT NULL AND serial IN (?` + strings.Repeat(", ?", len(part)-1) + `)`
+		err := tx.query(op, func(rows *sql.Rows) error {
+			var serial string
+			var der []byte
+			if err := rows.Scan(&serial, &der); err != nil {
+				return err
+			}
+			sum := sha256.Sum256(der)
+			for _, i := range index[serial] {
+				out[i] = hex.EncodeToString(sum[:])
+			}
+			return nil
+		}, q, part...)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// SignedCertificates returns at most limit certificates that hold a DER (issued, revoked, or
+// signed but not delivered), with rowid > after, in rowid (insertion) order, and the rowid of
+// the last one returned (after itself when none is).
+func (tx *Tx) SignedCertificates(after int64, limit int) ([]Certificate, int64, error) {
+	const op = "list signed certificates"
+	if limit <= 0 {
+		return nil, after, invalid(op, "limit %d must be positive", limit)
+	}
+	var out []Certificate
+	last := after
+	err := tx.query(op, func(rows *sql.Rows) error {
+		var id int64
+		c, err := scanCertificate(func(dest ...any) error { return rows.Scan(append([]any{&id}, dest...)...) })
+		if err == nil {
+			out = append(out, *c)
+			last = id
+		}
+		return err
+	}, `SELECT rowid, `+certColumns+` FROM certificates WHERE rowid > ? AND der IS NOT NULL ORDER BY rowid LIMIT ?`, after, limit)
+	return out, last, err
+}
+
+// LastCertificateRowID returns the highest rowid of the certificates table, 0 when it is empty.
+func (tx *Tx) LastCertificateRowID() (int64, error) {
+	var id sql.NullInt64
+	if err := tx.queryRow("last certificate rowid", []any{&id}, `SELECT max(rowid) FROM certificates`); err != nil {
+		return 0, err
+	}
+	return id.Int64, nil
+}
+
+// AuditOfKindsBefore returns at most limit entries of the given kinds with seq < before, the
+// latest first (before <= 0 means from the end).
+func (tx *Tx) AuditOfKindsBefore(kinds []string, before int64, limit int) ([]AuditEntry, error) {
+	const op = "list audit entries of kinds"
+	if limit <= 0 || len(kinds) == 0 {
+		return nil, invalid(op, "kinds and a positive limit are required")
+	}
+	if before <= 0 {
+		before = 1 << 62
+	}
+	args := []any{before}
+	for _, k := range kinds {
+		args = append(args, k)
+	}
+	args = append(args, limit)
+	var out []AuditEntry
+	err := tx.query(op, func(rows *sql.Rows) error {
+		e, err := scanAudit(rows.Scan)
+		if err == nil {
+			out = append(out, *e)
+		}
+		return err
+	}, `SELECT `+auditColumns+` FROM audit WHERE seq < ? AND kind IN (?`+strings.Repeat(", ?", len(kinds)-1)+`) ORDER BY seq DESC LIMIT ?`, args...)
+	return out, err
+}
