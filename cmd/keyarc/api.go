@@ -154,7 +154,7 @@ func (a *appliance) issuedJSON(is *escrow.Issued) issuedJSON {
 // handleEnroll: JSON enrollment, with the private key of archiving templates in a CMS envelope
 // to the transport certificate.
 func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
-	who, err := a.authenticate(r, false)
+	who, cert, err := a.authenticate(r, false)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -168,9 +168,13 @@ func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, fmt.Errorf("%w: field template is required", escrow.ErrInvalidRequest))
 		return
 	}
+	if err := a.authorizeCredential(r.Context(), cert, req.Template); err != nil {
+		a.refuse(w, r, req.Template, err)
+		return
+	}
 	csr, err := parseCSRField("csr", req.CSR)
 	if err != nil {
-		a.fail(w, r, err)
+		a.refuse(w, r, req.Template, err)
 		return
 	}
 	var issued *escrow.Issued
@@ -184,8 +188,7 @@ func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		issued, err = a.svc.Enroll(r.Context(), who, er)
 	}
 	if err != nil {
-		a.refused(req.Template, err)
-		a.fail(w, r, err)
+		a.refuse(w, r, req.Template, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, a.issuedJSON(issued))

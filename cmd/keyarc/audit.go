@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -273,8 +274,10 @@ func (s *auditStatusWriter) WriteHeader(code int) {
 }
 
 // auditHTTP names the caller for the audit entries of each request (escrow.WithActor) and
-// records refused logins: a request answered 401 (credential or enrollment code refused) or 403
-// (role refused).
+// records failed logins: a request that presented a credential (HTTP Basic or a client
+// certificate) and was answered 401 (credential or enrollment code refused) or 403 (role or
+// template refused). Failed logins are throttled and their audit entries bounded (see
+// loginThrottle); a request without any credential is a challenge, not a failed login.
 func (a *appliance) auditHTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
@@ -284,16 +287,31 @@ func (a *appliance) auditHTTP(next http.Handler) http.Handler {
 			serial = store.FormatSerial(c.SerialNumber)
 			actor, subject = "tls:"+serial, c.Subject.CommonName
 		}
-		r = r.WithContext(escrow.WithActor(r.Context(), actor))
+		user, _, basic := r.BasicAuth()
+		source, mailbox := sourceKey(remote), ""
+		if basic {
+			mailbox = strings.ToLower(clip(user, 254))
+		}
+		if basic || serial != "" {
+			if wait := a.logins.wait(source, mailbox); wait > 0 {
+				a.throttled(w, r, wait)
+				return
+			}
+		}
+		note := &loginNote{}
+		r = r.WithContext(context.WithValue(escrow.WithActor(r.Context(), actor), loginNoteKey{}, note))
 		sw := &auditStatusWriter{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(sw, r)
-		if sw.code != http.StatusUnauthorized && sw.code != http.StatusForbidden {
+		if sw.code != http.StatusUnauthorized && sw.code != http.StatusForbidden || note.skip || !basic && serial == "" {
 			return
+		}
+		if !a.logins.failed(source, mailbox) {
+			return // counted for the source's summary entry
 		}
 		reason := "credential refused"
 		switch {
 		case sw.code == http.StatusForbidden:
-			reason = "not allowed for this credential's role"
+			reason = "not allowed for this credential (its role or template)"
 		case serial == "":
 			reason = "enrollment code or authentication missing or refused"
 		}

@@ -52,6 +52,9 @@ type Config struct {
 
 	Audit AuditConfig `yaml:"audit,omitempty"`
 
+	// HTTP tunes the HTTPS listener (timeouts, login throttling); see HTTPConfig.
+	HTTP HTTPConfig `yaml:"http"`
+
 	// dir is the folder the file was read from; not part of the file.
 	dir string
 }
@@ -113,6 +116,7 @@ func defaultConfig() *Config {
 	c.TLS.Key = "tls-key.pem"
 	c.Enrollment.CodeTTL = Duration{7 * 24 * time.Hour}
 	c.Recovery.RequestTTL = Duration{24 * time.Hour}
+	c.HTTP = defaultHTTPConfig()
 	return c
 }
 
@@ -180,6 +184,9 @@ func (c *Config) Validate() error {
 		return errors.New("recovery.request_ttl must be between 1m and 720h")
 	}
 	if _, err := policy.Templates(c.Templates); err != nil {
+		return err
+	}
+	if err := c.HTTP.validate(); err != nil {
 		return err
 	}
 	return nil

@@ -42,7 +42,7 @@ func (a *appliance) routes() http.Handler {
 	mux.HandleFunc("POST /.well-known/est/{template}/simplereenroll", a.handleSimpleEnroll)
 	mux.HandleFunc("POST /.well-known/est/{template}/serverkeygen", a.handleServerKeygen)
 	a.apiRoutes(mux)
-	return a.instrument(mux)
+	return a.instrument(a.crossOrigin(a.requireContentType(mux)))
 }
 
 // statusWriter remembers the status code for the request counter.
@@ -96,20 +96,20 @@ func (a *appliance) handleCACerts(w http.ResponseWriter, r *http.Request) {
 // alternative, with a certificate this CA issued.
 func (a *appliance) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	reenroll := strings.HasSuffix(r.URL.Path, "/simplereenroll")
-	who, err := a.authenticate(r, reenroll)
+	template := r.PathValue("template")
+	who, err := a.authenticateFor(r, template, reenroll)
 	if err != nil {
-		a.fail(w, r, err)
+		a.refuse(w, r, template, err)
 		return
 	}
 	csr, err := readCSR(w, r)
 	if err != nil {
-		a.fail(w, r, err)
+		a.refuse(w, r, template, err)
 		return
 	}
-	issued, err := a.svc.Enroll(r.Context(), who, escrow.EnrollRequest{Template: r.PathValue("template"), CSR: csr})
+	issued, err := a.svc.Enroll(r.Context(), who, escrow.EnrollRequest{Template: template, CSR: csr})
 	if err != nil {
-		a.refused(r.PathValue("template"), err)
-		a.fail(w, r, err)
+		a.refuse(w, r, template, err)
 		return
 	}
 	der, err := certsOnly([]*x509.Certificate{issued.Certificate})
@@ -120,29 +120,43 @@ func (a *appliance) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	writeBase64(w, "application/pkcs7-mime; smime-type=certs-only", der)
 }
 
+// authenticateFor establishes who is enrolling for template, which is known: see
+// authenticate, then the template's credential rule.
+func (a *appliance) authenticateFor(r *http.Request, template string, needCert bool) (escrow.Enrollee, error) {
+	who, cert, err := a.authenticate(r, needCert)
+	if err != nil {
+		return who, err
+	}
+	return who, a.authorizeCredential(r.Context(), cert, template)
+}
+
 // authenticate establishes who is calling: a client certificate issued by this CA (verified
-// by TLS, then looked up: it must be issued, unexpired and not revoked), or HTTP Basic with a
-// mailbox and an enrollment code.
-func (a *appliance) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, error) {
+// by TLS, then looked up: it must be issued, unexpired and not revoked), returned with its
+// row, or HTTP Basic with a mailbox and an enrollment code. An operator credential presented
+// along with HTTP Basic (a browser may offer it unasked) gives way to the code. Which
+// certificate may enroll for which template is decided by authorizeCredential.
+func (a *appliance) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, *store.Certificate, error) {
+	user, pass, basic := r.BasicAuth()
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		c, err := a.clientCertificate(r.Context(), r.TLS.PeerCertificates[0])
 		if err != nil {
-			return escrow.Enrollee{}, err
+			return escrow.Enrollee{}, nil, err
 		}
-		return escrow.Enrollee{Mailbox: c.Email, Renewing: c.Serial}, nil
+		if c.Role == "" || needCert || !basic {
+			return escrow.Enrollee{Mailbox: c.Email, Renewing: c.Serial}, c, nil
+		}
 	}
 	if needCert {
-		return escrow.Enrollee{}, &httpStatusError{http.StatusUnauthorized, "re-enrollment needs the current certificate as TLS client certificate"}
+		return escrow.Enrollee{}, nil, &httpStatusError{http.StatusUnauthorized, "re-enrollment needs the current certificate as TLS client certificate"}
 	}
-	user, pass, ok := r.BasicAuth()
-	if !ok {
-		return escrow.Enrollee{}, fmt.Errorf("%w: authenticate with HTTP Basic (mailbox and enrollment code) or a client certificate", escrow.ErrUnauthorized)
+	if !basic {
+		return escrow.Enrollee{}, nil, fmt.Errorf("%w: authenticate with HTTP Basic (mailbox and enrollment code) or a client certificate", escrow.ErrUnauthorized)
 	}
 	code, err := a.svc.Authenticate(r.Context(), user, pass)
 	if err != nil {
-		return escrow.Enrollee{}, err
+		return escrow.Enrollee{}, nil, err
 	}
-	return escrow.Enrollee{Mailbox: code.Email, Code: code}, nil
+	return escrow.Enrollee{Mailbox: code.Email, Code: code}, nil, nil
 }
 
 // clientCertificate looks up a TLS client certificate in the store.
@@ -248,7 +262,10 @@ func status(err error) (int, string) {
 	var hs *httpStatusError
 	var rej *policy.RejectError
 	switch {
-	// Token failures first: they may hide under a client-error wrapper.
+	// Faults of the appliance first: they may hide under a client-error wrapper, and they are
+	// never the client's fault.
+	case errors.Is(err, store.ErrUnavailable):
+		return http.StatusServiceUnavailable, "storage unavailable; retry later"
 	case errors.Is(err, hsm.ErrPoolExhausted):
 		return http.StatusServiceUnavailable, "the appliance token is busy; retry shortly"
 	case errors.Is(err, hsm.ErrTokenGone):
@@ -294,9 +311,14 @@ func status(err error) (int, string) {
 // fail answers with the status of err. JSON callers get {"error": "..."}.
 func (a *appliance) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := status(err)
-	if code >= 500 {
+	switch {
+	case code >= 500:
 		a.log.Error("request failed", "route", r.Pattern, "err", err)
-	} else {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		// Failed logins are in the audit trail, bounded (auditHTTP): an outsider's storm of
+		// them must not flood the log either.
+		a.log.Debug("request refused", "route", r.Pattern, "status", code, "reason", msg)
+	default:
 		a.log.Info("request refused", "route", r.Pattern, "status", code, "reason", msg)
 	}
 	if code == http.StatusUnauthorized && r.TLS != nil && len(r.TLS.PeerCertificates) == 0 {
@@ -319,28 +341,27 @@ func (a *appliance) refused(template string, err error) {
 	if _, ok := a.svc.Templates[template]; !ok {
 		template = "unknown"
 	}
-	code, _ := status(err)
-	a.metrics.Refused(template, http.StatusText(code))
+	a.metrics.Refused(template, refusalClass(err))
 }
 
 // handleServerKeygen serves EST serverkeygen (RFC 7030 4.4.2): the appliance generates the key,
 // archives it, and answers multipart/mixed with the private key (application/pkcs8) and the
 // certificate (certs-only PKCS#7). The key travels inside this TLS connection only.
 func (a *appliance) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
-	who, err := a.authenticate(r, false)
+	template := r.PathValue("template")
+	who, err := a.authenticateFor(r, template, false)
 	if err != nil {
-		a.fail(w, r, err)
+		a.refuse(w, r, template, err)
 		return
 	}
 	csr, err := readCSR(w, r)
 	if err != nil {
-		a.fail(w, r, err)
+		a.refuse(w, r, template, err)
 		return
 	}
-	issued, pkcs8, err := a.svc.ServerKeygen(r.Context(), who, escrow.EnrollRequest{Template: r.PathValue("template"), CSR: csr})
+	issued, pkcs8, err := a.svc.ServerKeygen(r.Context(), who, escrow.EnrollRequest{Template: template, CSR: csr})
 	if err != nil {
-		a.refused(r.PathValue("template"), err)
-		a.fail(w, r, err)
+		a.refuse(w, r, template, err)
 		return
 	}
 	defer clear(pkcs8)

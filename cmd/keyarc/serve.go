@@ -46,6 +46,8 @@ type appliance struct {
 	lock *os.File
 	// ready is 1 while the token answers.
 	ready atomic.Bool
+	// logins throttles failed logins and bounds their audit entries (http_throttle.go).
+	logins *loginThrottle
 	// check is the consistency check of the stored certificates (check.go).
 	check *applianceCheck
 }
@@ -225,6 +227,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	}
 	tlsCfg := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
+		CipherSuites: intermediateSuites,
 		Certificates: []tls.Certificate{tlsCert},
 		// A client certificate is optional at the TLS layer; each route decides whether it
 		// needs one and looks it up in the store. Certificates not issued by this CA are
@@ -242,13 +245,16 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		ln.Close()
 		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
 	}
+	a.logins = newLoginThrottle(a.cfg.HTTP)
+	// At the end, after the last request, the login summaries still owed to the audit trail.
+	defer a.flushLoginSummaries(context.Background(), true)
 	srv := &http.Server{
 		Handler:           a.auditHTTP(a.routes()),
 		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: a.cfg.HTTP.ReadHeaderTimeout.Duration,
+		ReadTimeout:       a.cfg.HTTP.ReadTimeout.Duration,
+		WriteTimeout:      a.cfg.HTTP.WriteTimeout.Duration,
+		IdleTimeout:       a.cfg.HTTP.IdleTimeout.Duration,
 		MaxHeaderBytes:    32 << 10,
 		// HTTP/1.1 only: EST and the API need nothing of HTTP/2, and leaving it out leaves
 		// out its attack surface (see README, "Vulnerability scan").
@@ -263,6 +269,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	go func() { errc <- msrv.Serve(mln) }()
 	go a.watchToken(ctx)
+	go a.watchLogins(ctx)
 	go a.runChecks(ctx)
 	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
 		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+)
+
+// Failed logins (a refused enrollment code or credential) are counted in fixed windows, per
+// source address (an IPv6 address by its /64) and per claimed mailbox. Once a source or a
+// mailbox has failed its limit within the window, its requests are refused with 429 and
+// Retry-After until the window ends, without checking the credential: the correct code too
+// waits. Throttling a mailbox can delay its owner by one window at most; that is the price of
+// making a guessing storm spread over many sources useless.
+//
+// Audit: the first failure of a source in a window is recorded at once, as before; every
+// further failure or throttled request of that source in the window is counted, and one
+// summary entry with the count is written when the window ends (or at shutdown). The trail
+// grows by at most two entries per source and window, however hard a source pushes. When more
+// sources than maxThrottleKeys fail in one window, the surplus shares one overflow bucket.
+
+const maxThrottleKeys = 10000
+
+// overflowKey is the shared bucket of sources or mailboxes beyond maxThrottleKeys.
+const overflowKey = "(many)"
+
+// loginWindow counts the failures of one source or mailbox in the current window.
+type loginWindow struct {
+	start    time.Time
+	failures int
+	// For sources only: what the audit trail has not seen yet.
+	audited   bool // the window's first failure has its own entry
+	unaudited int  // failures and throttled requests since, for the summary
+	last      string
+}
+
+// loginThrottle is safe for concurrent use.
+type loginThrottle struct {
+	window               time.Duration
+	perSource, perMailbx int
+	now                  func() time.Time
+
+	mu        sync.Mutex
+	sources   map[string]*loginWindow
+	mailboxes map[string]*loginWindow
+	pending   []loginSummary // summaries of windows ended by a new one, for expire
+}
+
+func newLoginThrottle(cfg HTTPConfig) *loginThrottle {
+	return &loginThrottle{
+		window: cfg.LoginFailureWindow.Duration, perSource: cfg.LoginFailuresPerSource, perMailbx: cfg.LoginFailuresPerMailbox,
+		now: time.Now, sources: map[string]*loginWindow{}, mailboxes: map[string]*loginWindow{},
+	}
+}
+
+// sourceKey is the throttling key of a remote address: the IP, or an IPv6 address's /64.
+func sourceKey(remote string) string {
+	ip := net.ParseIP(remote)
+	if ip == nil {
+		return remote
+	}
+	if ip.To4() == nil {
+		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	return ip.String()
+}
+
+// entry returns the current window of key in m, starting a new one when there is none or the
+// last has ended (its summary is kept for the next expire). The caller holds mu.
+func (l *loginThrottle) entry(m map[string]*loginWindow, key string, now time.Time) *loginWindow {
+	w, ok := m[key]
+	if !ok && len(m) >= maxThrottleKeys {
+		key = overflowKey
+		w, ok = m[key]
+	}
+	if ok && now.Sub(w.start) < l.window {
+		return w
+	}
+	if ok && w.unaudited > 0 {
+		l.pending = append(l.pending, loginSummary{source: key, mailbox: w.last, count: w.unaudited, from: w.start, to: now})
+	}
+	w = &loginWindow{start: now}
+	m[key] = w
+	return w
+}
+
+// wait returns how long source (and mailbox, when not empty) must wait before trying again,
+// zero if it need not; a throttled request is counted for the source's summary.
+func (l *loginThrottle) wait(source, mailbox string) time.Duration {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	var until time.Time
+	if w, ok := l.sources[source]; ok && w.failures >= l.perSource && now.Sub(w.start) < l.window {
+		until = w.start.Add(l.window)
+	}
+	if mailbox != "" {
+		if w, ok := l.mailboxes[mailbox]; ok && w.failures >= l.perMailbx && now.Sub(w.start) < l.window {
+			if end := w.start.Add(l.window); end.After(until) {
+				until = end
+			}
+		}
+	}
+	if until.IsZero() {
+		return 0
+	}
+	w := l.entry(l.sources, source, now)
+	w.unaudited++
+	w.last = mailbox
+	return until.Sub(now)
+}
+
+// failed counts a failed login and reports whether it is the first of its source's window
+// (to be audited on its own).
+func (l *loginThrottle) failed(source, mailbox string) (first bool) {
+	if l == nil {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if mailbox != "" {
+		l.entry(l.mailboxes, mailbox, now).failures++
+	}
+	w := l.entry(l.sources, source, now)
+	w.failures++
+	w.last = mailbox
+	if !w.audited {
+		w.audited = true
+		return true
+	}
+	w.unaudited++
+	return false
+}
+
+// loginSummary is what one source did in one window, beyond its first audited failure.
+type loginSummary struct {
+	source, mailbox string
+	count           int
+	from, to        time.Time
+}
+
+// expire ends the windows that are over (all of them when all is set) and returns the
+// summaries they owe the audit trail.
+func (l *loginThrottle) expire(all bool) []loginSummary {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	out := l.pending
+	l.pending = nil
+	for k, w := range l.sources {
+		if !all && now.Sub(w.start) < l.window {
+			continue
+		}
+		if w.unaudited > 0 {
+			out = append(out, loginSummary{source: k, mailbox: w.last, count: w.unaudited, from: w.start, to: now})
+		}
+		delete(l.sources, k)
+	}
+	for k, w := range l.mailboxes {
+		if all || now.Sub(w.start) >= l.window {
+			delete(l.mailboxes, k)
+		}
+	}
+	return out
+}
+
+// loginNoteKey carries a *loginNote in a request's context.
+type loginNoteKey struct{}
+
+// loginNote lets a handler say that its 401 or 403 is not a failed login.
+type loginNote struct{ skip bool }
+
+// notLogin marks the request's refusal as not a failed login (a cross-origin refusal, say).
+func notLogin(ctx context.Context) {
+	if n, ok := ctx.Value(loginNoteKey{}).(*loginNote); ok {
+		n.skip = true
+	}
+}
+
+// throttled answers 429 for a source or mailbox that failed too often.
+func (a *appliance) throttled(w http.ResponseWriter, r *http.Request, wait time.Duration) {
+	secs := int(math.Ceil(wait.Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	msg := fmt.Sprintf("too many failed logins from this address or for this mailbox; retry after %d seconds", max(secs, 1))
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": msg})
+		return
+	}
+	http.Error(w, msg, http.StatusTooManyRequests)
+}
+
+// flushLoginSummaries writes the summaries of ended windows (of all windows when all is set)
+// to the audit trail.
+func (a *appliance) flushLoginSummaries(ctx context.Context, all bool) {
+	for _, s := range a.logins.expire(all) {
+		err := a.svc.RecordEvent(ctx, audit.KindLoginFailed, audit.Clip(s.mailbox), audit.Details{
+			Remote: s.source, Count: s.count,
+			Reason: fmt.Sprintf("%d further failed or throttled logins from this source between %s and %s (summary)",
+				s.count, s.from.UTC().Format(time.RFC3339), s.to.UTC().Format(time.RFC3339)),
+		})
+		if err != nil {
+			a.log.Error("audit entry not written", "kind", audit.KindLoginFailed, "err", err)
+		}
+	}
+}
+
+// watchLogins writes the login summaries as their windows end, and the rest when ctx ends.
+func (a *appliance) watchLogins(ctx context.Context) {
+	tick := max(a.logins.window/4, time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.flushLoginSummaries(ctx, false)
+		}
+	}
+}
