@@ -179,8 +179,8 @@ func TestCLIRefusesMisleadingInput(t *testing.T) {
 	}
 }
 
-// TestCLIBulkWaitFailsOnFailedItems: `bulk submit --wait` exits non-zero when any item failed,
-// and still prints the job ID on stdout.
+// TestCLIBulkWaitFailsOnFailedItems: `bulk submit --wait` exits with status 3 when any item
+// failed, and still prints the job ID on stdout.
 func TestCLIBulkWaitFailsOnFailedItems(t *testing.T) {
 	requireTools(t)
 	state := devState(t)
@@ -191,8 +191,8 @@ func TestCLIBulkWaitFailsOnFailedItems(t *testing.T) {
 		`{"certificate":"bm90IGEgY2VydGlmaWNhdGU=","key":"bm90IGEga2V5"}`,
 	})
 	out, errOut, code := exitCode(t, "bulk", "submit", file, "--wait", "--state", state, "--as", "admin", "--server", a.url)
-	if code != 1 {
-		t.Fatalf("bulk submit --wait of a job whose items all failed: exit %d, want 1\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	if code != 3 {
+		t.Fatalf("bulk submit --wait of a job whose items all failed: exit %d, want 3\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
 	if strings.TrimSpace(out) == "" || !strings.Contains(errOut, "2 of 2 items failed") {
 		t.Errorf("want the job ID on stdout and the count of failed items on stderr:\nstdout:\n%s\nstderr:\n%s", out, errOut)

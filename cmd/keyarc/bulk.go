@@ -309,6 +309,9 @@ func waitBulk(c *client, id string) error {
 			if st.State == "cancelled" {
 				return fmt.Errorf("job %s was cancelled (see the appliance log)", id)
 			}
+			if st.Failed > 0 {
+				return exitError{3, fmt.Sprintf("job %s: %d of %d items failed; `keyarc bulk results %s --out FILE` gives each one's reason", id, st.Failed, st.Total, id)}
+			}
 			return nil
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -146,6 +146,9 @@ func runKRAEnroll(args []string) error {
 		return usageError{"kra enroll --wait needs --out DIR"}
 	}
 	deadline := time.Now().Add(*wait)
+	say("waiting up to %s for an admin to decide: the admin compares the fingerprints above with you, then runs", *wait)
+	say("  keyarc admin pending issue %s", p.ID)
+	say("(or `keyarc admin pending deny %s`); the certificates are then saved to %s", p.ID, dir)
 	for {
 		var st struct {
 			pendingJSON

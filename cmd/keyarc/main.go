@@ -85,7 +85,7 @@ saves the certificates to --out.`},
 		{name: "enroll", args: "--email ADDR --code CODE --out DIR [--template T] [flags]", summary: "enroll for a certificate (the key is made here, archived if the template says so)", run: runEnroll,
 			long: `Connects anonymously: --state DIR (development) or --server URL --cacert FILE.`},
 		{name: "bulk", summary: "bulk jobs: submit a job file, follow it, fetch its results", subs: []command{
-			{name: "submit", args: "FILE [--wait]", summary: "submit a job file (admin); prints the job ID; with --wait exits 1 if any item failed", long: clientLong, run: runBulkSubmit},
+			{name: "submit", args: "FILE [--wait]", summary: "submit a job file (admin); prints the job ID; with --wait, exit status 3 if any item failed", long: clientLong, run: runBulkSubmit},
 			{name: "status", args: "JOB", summary: "a job's progress: done/failed/total, rate, ETA (JSON)", long: clientLong, run: runBulkStatus},
 			{name: "list", summary: "every job (JSON)", long: clientLong, run: runBulkList},
 			{name: "results", args: "JOB --out FILE [--passwords FILE]", summary: "write a job's per-item results (and, once, a keygen job's passwords)", long: clientLong, run: runBulkResults},
@@ -107,12 +107,16 @@ var version = "dev"
 func main() {
 	err := run(os.Args[1:])
 	var u usageError
+	var x exitError
 	switch {
 	case err == nil, errors.Is(err, errHelp):
 		return
 	case errors.As(err, &u):
 		fmt.Fprintln(os.Stderr, "keyarc:", err)
 		os.Exit(2)
+	case errors.As(err, &x):
+		fmt.Fprintln(os.Stderr, "keyarc:", err)
+		os.Exit(x.code)
 	default:
 		fmt.Fprintln(os.Stderr, "keyarc:", err)
 		os.Exit(1)
@@ -269,6 +273,15 @@ func leafUsage(w io.Writer, fs *flag.FlagSet) {
 		fmt.Fprintf(w, "      %s\n", usage)
 	})
 }
+
+// exitError is an outcome that has its own exit status, such as a bulk job that finished with
+// failed items (3).
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
 
 // usageError is a mistake in the command line (exit status 2).
 type usageError struct{ msg string }

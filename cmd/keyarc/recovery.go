@@ -71,16 +71,54 @@ func runRecoveryList(args []string) error {
 	if *asJSON {
 		return printJSON(list)
 	}
+	// The list carries no approval counts: ask for those of the open requests, so that one
+	// whose quorum is met reads "approved", as in recovery show.
+	for i, r := range list {
+		if effectiveState(r, time.Now()) == "open" {
+			var full recoveryJSON
+			if err := c.call("GET", "/api/v1/recoveries/"+r.ID, nil, &full); err == nil {
+				list[i].Have, list[i].Need = full.Have, full.Need
+			}
+		}
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tREQUESTER\tCREATED\tEXPIRES\tREASON")
 	for _, r := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Requester, r.CreatedAt, r.ExpiresAt, r.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, effectiveState(r, time.Now()), r.Requester, r.CreatedAt, r.ExpiresAt, r.Reason)
 	}
 	return tw.Flush()
 }
 
+// effectiveState is what a request's stored state means now: an open request whose quorum is
+// met is "approved" (ready to fetch), one past its expiry is "expired" (the appliance refuses it
+// from then on, whether or not a sweep has marked it yet).
+func effectiveState(r recoveryJSON, now time.Time) string {
+	if r.State != "open" {
+		return r.State
+	}
+	if exp, err := time.Parse(time.RFC3339Nano, r.ExpiresAt); err == nil && !now.Before(exp) {
+		return "expired"
+	}
+	if r.Need > 0 && r.Have >= r.Need {
+		return "approved"
+	}
+	return r.State
+}
+
+// stateNote explains an effective state in recovery show.
+func stateNote(state string) string {
+	switch state {
+	case "approved":
+		return " (quorum met; the requesting officer can fetch it)"
+	case "expired":
+		return " (past its expiry; open a new request)"
+	}
+	return ""
+}
+
 func printRecovery(r recoveryJSON) {
-	fmt.Printf("recovery %s: %s\n", r.ID, r.State)
+	st := effectiveState(r, time.Now())
+	fmt.Printf("recovery %s: %s%s\n", r.ID, st, stateNote(st))
 	fmt.Printf("  requested by %s (credential %s) at %s, expires %s\n", r.Requester, r.RequesterSerial, r.CreatedAt, r.ExpiresAt)
 	fmt.Printf("  reason: %s\n", r.Reason)
 	fmt.Printf("  approvals: %d of %d needed", r.Have, r.Need)

@@ -1,0 +1,29 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+// TestEffectiveRecoveryState: recovery show and list show what a stored state means now.
+func TestEffectiveRecoveryState(t *testing.T) {
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	later, earlier := now.Add(time.Hour).Format(time.RFC3339Nano), now.Add(-time.Second).Format(time.RFC3339Nano)
+	for _, tc := range []struct {
+		name string
+		r    recoveryJSON
+		want string
+	}{
+		{"open", recoveryJSON{State: "open", Have: 1, Need: 2, ExpiresAt: later}, "open"},
+		{"quorum met", recoveryJSON{State: "open", Have: 2, Need: 2, ExpiresAt: later}, "approved"},
+		{"expired", recoveryJSON{State: "open", Have: 0, Need: 2, ExpiresAt: earlier}, "expired"},
+		{"quorum met, then expired", recoveryJSON{State: "open", Have: 2, Need: 2, ExpiresAt: earlier}, "expired"},
+		{"consumed", recoveryJSON{State: "consumed", Have: 2, Need: 2, ExpiresAt: earlier}, "consumed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := effectiveState(tc.r, now); got != tc.want {
+				t.Errorf("effectiveState = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
