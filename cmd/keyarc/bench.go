@@ -820,6 +820,7 @@ func (b *bench) rssRound(n int) error {
 	}
 	defer in.Close()
 	req, _ := http.NewRequest(http.MethodPost, c.base+"/api/v1/bulk", in)
+	req.Header.Set("Content-Type", "application/jsonl")
 	var st bulk.Status
 	if err := c.do(req, &st); err != nil {
 		return err
