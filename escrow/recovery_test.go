@@ -32,8 +32,8 @@ type tokenKeys struct {
 	labels   map[string]bool // live keys
 	made     atomic.Int64
 	decrypts atomic.Int64
-	// beforeDecrypt, when set, runs before each decryption.
-	beforeDecrypt func()
+	// afterDecrypt, when set, runs after each decryption with the number of decryptions so far.
+	afterDecrypt func(n int64)
 }
 
 func (k *tokenKeys) Generate(label string) (crypto.PublicKey, error) {
@@ -78,11 +78,12 @@ type countingDecrypter struct {
 }
 
 func (d countingDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
-	d.k.decrypts.Add(1)
-	if d.k.beforeDecrypt != nil {
-		d.k.beforeDecrypt()
+	n := d.k.decrypts.Add(1)
+	pt, err := d.Decrypter.Decrypt(r, msg, opts)
+	if d.k.afterDecrypt != nil {
+		d.k.afterDecrypt(n)
 	}
-	return d.Decrypter.Decrypt(r, msg, opts)
+	return pt, err
 }
 
 // recoveryEnv is a test service with an archived key, an officer and the KRAs' principals.
