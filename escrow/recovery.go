@@ -730,6 +730,9 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 		if err := s.checkBinding(context.Background(), r, sealedRecs[i]); err != nil {
 			return nil, err
 		}
+		if err := s.checkCertificate(context.Background(), r.Serial); err != nil {
+			return nil, err
+		}
 	}
 	var keys [][]byte
 	for i, r := range st.records {
