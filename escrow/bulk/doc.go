@@ -23,8 +23,22 @@
 // Every item's outcome is durable in job_items, keyed by (job, seq). At start-up the appliance
 // sweeps issuances left pending (certificate failed, record abandoned); [Manager.Run] then
 // releases the reservations whose certificate was never issued and resumes the job from its
-// items that have no row: nothing is issued twice (an item is done in the very transaction that
-// stores its certificate) and every certificate in the results has an active record.
+// items that have no row (the resume bitmap skips the others, so their envelopes are not even
+// opened again): nothing is issued twice (an item is done in the very transaction that stores
+// its certificate, and a reservation whose certificate is pending or issued is never released)
+// and every certificate in the results has an active record.
+//
+// # Faults of the appliance
+//
+// An item fails only for its own fault (a bad CSR, a key that is not the CSR's...). A fault of
+// the appliance, the storage ([store.ErrUnavailable]) or the token ([Manager.Fault]), never
+// fails an item: the job pauses (its status says "paused" with a reason; the appliance exports
+// a metric), backs off and tries again, and goes on by itself when the fault clears. A batch
+// whose certificates are signed keeps them and commits them once the storage is back. A job
+// runs in passes until every item has an outcome: between passes the reservations left
+// unfinished are undone and their items issued again, and a job is done only when done +
+// failed == total. On a stop, the items in flight commit (or are left for the next start)
+// before [Manager.Run] returns; [Manager.Wait] lets the caller close the store after that.
 //
 // # Secrets
 //

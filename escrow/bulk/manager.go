@@ -108,7 +108,7 @@ type progress struct {
 	total        int
 	done, failed atomic.Int64
 	start        time.Time
-	startCount   int64
+	startCount   atomic.Int64 // items with an outcome when the run started
 
 	mu      sync.Mutex
 	cause   string        // why the job is paused; "" when it runs
@@ -485,7 +485,7 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 			st.Done, st.Failed = d, f
 		}
 		el := time.Since(p.start).Seconds()
-		if n := float64(int64(d+f) - p.startCount); el > 0 && n > 0 {
+		if n := float64(int64(d+f) - p.startCount.Load()); el > 0 && n > 0 {
 			st.Rate = n / el
 			st.ETASeconds = float64(st.Total-st.Done-st.Failed) / st.Rate
 		}

@@ -96,7 +96,7 @@ func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 			return err
 		}
 		if pass == 1 {
-			p.startCount = done + failed
+			p.startCount.Store(done + failed)
 			log.Info("bulk job running", "kind", r.header.Kind, "items", job.Total, "already", done+failed)
 		}
 		p.done.Store(done)

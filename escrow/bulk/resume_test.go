@@ -3,10 +3,13 @@ package bulk
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -255,5 +258,96 @@ func TestResumeReservedItems(t *testing.T) {
 	}
 	if reserved != 0 {
 		t.Errorf("%d items left reserved", reserved)
+	}
+}
+
+// errTokenDown stands for a token that stopped answering.
+var errTokenDown = errors.New("test: token does not answer")
+
+// flakyDecrypter fails with errTokenDown while down is set.
+type flakyDecrypter struct {
+	crypto.Decrypter
+	down  atomic.Bool
+	fails atomic.Int64
+}
+
+func (d *flakyDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	if d.down.Load() {
+		d.fails.Add(1)
+		return nil, errTokenDown
+	}
+	return d.Decrypter.Decrypt(r, msg, opts)
+}
+
+// TestTokenFaultPausesJob: while the token does not answer, an enroll job's items do not fail:
+// the job reports itself paused with the token as the reason, and once the token answers again
+// it ends with every item done.
+func TestTokenFaultPausesJob(t *testing.T) {
+	env := newEnv(t)
+	dec := &flakyDecrypter{Decrypter: env.svc.Transport.Key}
+	env.svc.Transport = &escrow.Transport{Cert: env.svc.Transport.Cert, Key: dec}
+	env.mgr.Fault = func(err error) string {
+		if errors.Is(err, errTokenDown) {
+			return CauseToken
+		}
+		return ""
+	}
+	const total = 10
+	var items []any
+	for i := 1; i <= total; i++ {
+		items = append(items, env.enrollItem(t, resumeMailbox(i)))
+	}
+	dec.down.Store(true)
+	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { env.mgr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		s, err := env.mgr.Status(context.Background(), st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.State == StatePaused {
+			if !strings.Contains(s.Reason, "token") || env.mgr.Paused() != CauseToken {
+				t.Fatalf("paused with reason %q, cause %q; want the token", s.Reason, env.mgr.Paused())
+			}
+			if s.Done+s.Failed != 0 {
+				t.Fatalf("items have an outcome while the token is down: %+v", s)
+			}
+			break
+		}
+		if s.State != store.JobRunning && s.State != store.JobQueued || time.Now().After(deadline) {
+			t.Fatalf("job %+v, want it paused", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for dec.fails.Load() < 3*total && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // the job keeps trying
+	}
+	dec.down.Store(false)
+	for {
+		s, err := env.mgr.Status(context.Background(), st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.State == store.JobDone || s.State == store.JobCancelled {
+			st = s
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %+v, want it done once the token answers", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st.State != store.JobDone || st.Done != total || st.Failed != 0 {
+		t.Fatalf("status %+v after the token came back", st)
+	}
+	res := env.results(t, st.ID)
+	wantStates(t, res, total)
+	env.checkInvariant(t, res)
+	if env.mgr.Paused() != "" {
+		t.Errorf("still paused (%q) after the job", env.mgr.Paused())
 	}
 }
