@@ -219,6 +219,10 @@ func TestHostile(t *testing.T) {
 	}
 	rw.Close()
 
+	// Short server timeouts, so the slow clients are cut off in seconds; no login throttling,
+	// which the many refused credentials here would trip (TestHTTPLoginThrottle covers it).
+	setHTTPConfig(t, state, map[string]string{"read_header_timeout": hostileHeaderTimeout.String(), "read_timeout": hostileReadTimeout.String(),
+		"login_failures_per_source": "1000000", "login_failures_per_mailbox": "1000000"})
 	a := serve(t, state)
 	u, _ := url.Parse(a.url)
 	h := &hostileEnv{a: a, state: state, host: u.Host, pool: x509.NewCertPool()}
@@ -304,8 +308,15 @@ func opensslCSR(t *testing.T, dir, name, key, subj string, args ...string) []byt
 	return readBytes(t, out)
 }
 
+// The server timeouts TestHostile configures (http.read_header_timeout, http.read_timeout).
+const (
+	hostileHeaderTimeout = 3 * time.Second
+	hostileReadTimeout   = 6 * time.Second
+)
+
 // slowHeaders: a client that sends its headers one byte a second is cut off by the server's
-// ReadHeaderTimeout (10 s); the bound checked is generous (25 s), it is not a rate.
+// ReadHeaderTimeout (hostileHeaderTimeout); the bound checked is generous (25 s), it is not a
+// rate.
 func (h *hostileEnv) slowHeaders(t *testing.T) {
 	conn, err := tls.Dial("tcp", h.host, &tls.Config{RootCAs: h.pool})
 	if err != nil {
@@ -328,19 +339,20 @@ func (h *hostileEnv) slowHeaders(t *testing.T) {
 	if ne, ok := err.(interface{ Timeout() bool }); ok && ne.Timeout() {
 		t.Fatalf("the server still holds a slow-header connection after %v", took.Round(time.Second))
 	}
-	if took < 5*time.Second {
+	if took < hostileHeaderTimeout/2 {
 		t.Errorf("the connection closed after %v, before the header timeout could have run (read %d bytes, %v)", took, n, err)
 	}
 	t.Logf("slow headers: closed after %v (%d bytes back)", took.Round(100*time.Millisecond), n)
 }
 
-// slowBody: complete headers, then a body one byte a second: the server's ReadTimeout (30 s)
-// ends the request with 408 (or closes the connection), well before the body is complete.
+// slowBody: complete headers, then a body one byte a second: the server's ReadTimeout
+// (hostileReadTimeout) ends the request with 408 (or closes the connection), well before the
+// body is complete.
 func (h *hostileEnv) slowBody(t *testing.T) {
 	body := base64.StdEncoding.EncodeToString(h.validCSR)
 	head := "POST /.well-known/est/smime-signature/simpleenroll HTTP/1.1\r\nHost: keyarc\r\nContent-Type: application/pkcs10\r\n" +
 		"Authorization: " + basicAuth(h.sigUser) + "\r\n" + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
-	resp, text, took, err := h.rawExchange(t, head, &slowReader{b: []byte(body)}, 45*time.Second)
+	resp, text, took, err := h.rawExchange(t, head, &slowReader{b: []byte(body)}, 25*time.Second)
 	if err != nil {
 		if ne, ok := err.(interface{ Timeout() bool }); ok && ne.Timeout() {
 			t.Fatalf("the server still reads a slow body after %v", took.Round(time.Second))
@@ -720,7 +732,11 @@ func (h *hostileEnv) credentials(t *testing.T, dir string) {
 		{"EST re-enroll, no credential", h.anon, "POST", "/.well-known/est/smime-signature/simplereenroll", []byte(base64.StdEncoding.EncodeToString(h.validCSR)), 401, "client certificate"},
 	}
 	for _, c := range cases {
-		code, body := h.do(t, c.c, c.method, c.path, "", "application/json", c.body)
+		ctype := "application/json"
+		if strings.HasPrefix(c.path, "/.well-known/est/") {
+			ctype = "application/pkcs10"
+		}
+		code, body := h.do(t, c.c, c.method, c.path, "", ctype, c.body)
 		wantRefusal(t, c.name, code, body, c.wantCode, c.wantMsg)
 	}
 
