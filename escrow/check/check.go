@@ -33,6 +33,7 @@ import (
 	"math/big"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/record"
@@ -94,8 +95,17 @@ func (r *Report) Err() error {
 		}
 		b.WriteString(r.Problems[i].Error())
 	}
-	return fmt.Errorf("check: %d of %d certificates fail the consistency check: %s: %w", len(r.Problems), r.Certificates, b.String(), &r.Problems[0])
+	return &problemsError{msg: fmt.Sprintf("check: %d of %d certificates fail the consistency check: %s", len(r.Problems), r.Certificates, b.String()), first: &r.Problems[0]}
 }
+
+// problemsError lists every problem of a report and wraps the first.
+type problemsError struct {
+	msg   string
+	first *Problem
+}
+
+func (e *problemsError) Error() string { return e.msg }
+func (e *problemsError) Unwrap() error { return e.first }
 
 // Checker checks certificates against the CA, the audit trail and the escrow records.
 type Checker struct {
@@ -141,7 +151,7 @@ func (c *Checker) Certificate(ctx context.Context, serial string) error {
 		if err != nil {
 			return err
 		}
-		issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true})
+		issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, row.CreatedAt.Add(-entryLag))
 		if err != nil {
 			return err
 		}
@@ -174,10 +184,17 @@ func (c *Checker) run(ctx context.Context, after int64) (*Report, error) {
 			from = last
 		}
 		want := make(map[string]bool, len(rows))
+		var notBefore time.Time // for a part of the table: where the search of the trail stops
 		for _, r := range rows {
 			want[r.Serial] = true
+			if after > 0 && (notBefore.IsZero() || r.CreatedAt.Before(notBefore)) {
+				notBefore = r.CreatedAt
+			}
 		}
-		issued, err := issuanceEntries(tx, want)
+		if !notBefore.IsZero() {
+			notBefore = notBefore.Add(-entryLag)
+		}
+		issued, err := issuanceEntries(tx, want, notBefore)
 		if err != nil {
 			return err
 		}
@@ -219,9 +236,14 @@ type issuance struct {
 
 var issuanceKinds = []string{string(audit.KindEnroll), string(audit.KindArchive)}
 
+// entryLag bounds how much earlier than its issuance entry a certificate row can be created
+// (the row is reserved, then signed, then the entry written), with room for the clock.
+const entryLag = time.Hour
+
 // issuanceEntries finds the issuance entries of the serials in want, reading the trail from
-// its end; the latest entry of a serial wins.
-func issuanceEntries(tx *store.Tx, want map[string]bool) (map[string]*issuance, error) {
+// its end; the latest entry of a serial wins. The search stops at entries older than notBefore
+// (unless it is zero): a certificate created after it cannot have been recorded before.
+func issuanceEntries(tx *store.Tx, want map[string]bool, notBefore time.Time) (map[string]*issuance, error) {
 	out := make(map[string]*issuance, len(want))
 	var before int64
 	for len(out) < len(want) {
@@ -231,6 +253,9 @@ func issuanceEntries(tx *store.Tx, want map[string]bool) (map[string]*issuance, 
 		}
 		for _, e := range page {
 			before = e.Seq
+			if !notBefore.IsZero() && e.At.Before(notBefore) {
+				return out, nil
+			}
 			var d audit.Details
 			if json.Unmarshal([]byte(e.Details), &d) != nil {
 				continue // the trail's verification reports a damaged entry

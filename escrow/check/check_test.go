@@ -196,4 +196,3 @@ func TestAppendRecordsCertificateHash(t *testing.T) {
 		t.Errorf("issuance entry %s does not record the certificate hash", e.Details)
 	}
 }
-
