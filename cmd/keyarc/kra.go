@@ -97,7 +97,8 @@ func runKRAEnroll(args []string) error {
 	cf.registerToken(fs)
 	name := fs.String("name", "", "the KRA's name (default: the token label)")
 	wait := fs.Duration("wait", 0, "wait this long for an admin's decision, then save the certificates")
-	out := fs.String("out", "", "folder for NAME-unwrap.pem and NAME-auth.pem (with --wait)")
+	out := fs.String("out", "", "folder for NAME-unwrap.pem and NAME-auth.pem (with --wait or --request)")
+	request := fs.String("request", "", "collect the certificates of this earlier request (its ID) instead of submitting a new one")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -114,41 +115,53 @@ func runKRAEnroll(args []string) error {
 		*name = tok.Label()
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
-	unwrap, auth, err := kraKeys(tok, say)
-	if err != nil {
-		return err
-	}
-	req, err := kraEnrollment(*name, unwrap, auth)
-	if err != nil {
-		return err
-	}
-	c, err := cf.dial(false)
-	if err != nil {
-		return err
-	}
-	defer c.close()
 	var p pendingJSON
-	if err := c.call("POST", "/api/v1/kra/enroll", req, &p); err != nil {
-		return err
-	}
-	say("submitted KRA %q as pending request %s; read these fingerprints to the admin who issues it:", *name, p.ID)
-	say("  unwrap key SHA-256 %s", escrow.PublicKeyFingerprint(unwrap.Public()))
-	say("  auth key   SHA-256 %s", escrow.PublicKeyFingerprint(auth.Public()))
-	fmt.Println(p.ID)
-	if *wait == 0 {
-		return nil
+	var c *client
+	if *request != "" {
+		// Collect an earlier submission: no new keys, no new request.
+		if c, err = cf.dial(false); err != nil {
+			return err
+		}
+		defer c.close()
+		p.ID = *request
+	} else {
+		unwrap, auth, err := kraKeys(tok, say)
+		if err != nil {
+			return err
+		}
+		req, err := kraEnrollment(*name, unwrap, auth)
+		if err != nil {
+			return err
+		}
+		if c, err = cf.dial(false); err != nil {
+			return err
+		}
+		defer c.close()
+		if err := c.call("POST", "/api/v1/kra/enroll", req, &p); err != nil {
+			return err
+		}
+		say("submitted KRA %q as pending request %s; read these fingerprints to the admin who issues it:", *name, p.ID)
+		say("  unwrap key SHA-256 %s", escrow.PublicKeyFingerprint(unwrap.Public()))
+		say("  auth key   SHA-256 %s", escrow.PublicKeyFingerprint(auth.Public()))
+		fmt.Println(p.ID)
+		if *wait == 0 {
+			say("once an admin has issued it, collect the certificates with: keyarc kra enroll --request %s --out DIR (and the same token flags)", p.ID)
+			return nil
+		}
 	}
 	dir := *out
 	if dir == "" && cf.state != "" {
 		dir = filepath.Join(cf.state, "credentials")
 	}
 	if dir == "" {
-		return usageError{"kra enroll --wait needs --out DIR"}
+		return usageError{"kra enroll: --out DIR is needed to save the certificates (with --wait or --request)"}
 	}
 	deadline := time.Now().Add(*wait)
-	say("waiting up to %s for an admin to decide: the admin compares the fingerprints above with you, then runs", *wait)
-	say("  keyarc admin pending issue %s", p.ID)
-	say("(or `keyarc admin pending deny %s`); the certificates are then saved to %s", p.ID, dir)
+	if *wait > 0 {
+		say("waiting up to %s for an admin to decide: the admin compares the key fingerprints with you, then runs", *wait)
+		say("  keyarc admin pending issue %s", p.ID)
+		say("(or `keyarc admin pending deny %s`); the certificates are then saved to %s", p.ID, dir)
+	}
 	for {
 		var st struct {
 			pendingJSON
@@ -164,8 +177,8 @@ func runKRAEnroll(args []string) error {
 		case "denied":
 			return fmt.Errorf("the admin denied request %s", p.ID)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no decision on request %s within %s; run `keyarc kra enroll` again later to collect it", p.ID, *wait)
+		if !time.Now().Before(deadline) {
+			return fmt.Errorf("no decision yet on request %s; once an admin has issued it, collect the certificates with `keyarc kra enroll --request %s --out DIR`", p.ID, p.ID)
 		}
 		time.Sleep(2 * time.Second)
 	}

@@ -69,10 +69,10 @@ so that client commands given --state DIR reach it wherever it listens.`},
 			}},
 		}},
 		{name: "kra", summary: "Key Recovery Agent: enroll with your own token", subs: []command{
-			{name: "enroll", args: "--token-label L --pin-file F [--wait D --out DIR] [flags]", summary: "make the KRA's keys in its own token and submit them for an admin's approval", run: runKRAEnroll,
+			{name: "enroll", args: "--token-label L --pin-file F [--wait D --out DIR | --request ID --out DIR] [flags]", summary: "make the KRA's keys in its own token and submit them for an admin's approval", run: runKRAEnroll,
 				long: `Prints the pending request's ID; an admin issues it with "keyarc admin pending issue ID" after
 comparing the key fingerprints with the KRA in person. With --wait, waits for that decision and
-saves the certificates to --out.`},
+saves the certificates to --out; --request ID collects them later instead of submitting again.`},
 		}},
 		{name: "recovery", summary: "key recovery: request (officer), approve (KRA), fetch the PKCS#12", subs: []command{
 			{name: "request", args: "--serial HEX | --email ADDR --reason TEXT", summary: "open a request (officer); prints its ID", long: clientLong, run: runRecoveryRequest},
