@@ -27,6 +27,20 @@
 // login on an already logged-in token returns CKR_USER_ALREADY_LOGGED_IN without checking
 // the PIN, which would make a wrong PIN look right.
 //
+// When a token that stopped answering comes back and refuses the PIN, the Token stops
+// there: one C_Login. It tries once more only when the pin-source changes (a PIN file's
+// content or modification time) or when asked ([Token.RetryLogin], SIGHUP in keyarc
+// serve); each such attempt is again a single C_Login. A wrong PIN on a second crypto11
+// context can break every context of the module (crypto11 issue 113): the old context is
+// always closed before a new login.
+//
+// # Key identities
+//
+// [Token.Expect] pins the public key a label must name (the key of a certificate the
+// caller checked). After every reconnection the Token finds each pinned label again and
+// compares; a token that comes back holding another key under a known label is not used
+// ([ErrKeyChanged]) until the expected keys are back.
+//
 // # Concurrency
 //
 // A [Token] and the keys it returns are safe for concurrent use. At most
@@ -76,9 +90,19 @@ var (
 	// ErrPoolExhausted: no session became free within Options.PoolWaitTimeout. Retry
 	// later (HTTP 503).
 	ErrPoolExhausted = errors.New("hsm: all sessions busy")
-	// ErrTokenGone: the token or module stopped answering (removed, restarted, session
-	// lost). The Token must be closed and opened again.
+	// ErrTokenGone: the token is not usable now: it or its module stopped answering
+	// (removed, restarted, session lost), or on coming back it refused the PIN
+	// ([ErrPINIncorrect] is then in the chain too) or holds other keys than those the
+	// caller pinned ([ErrKeyChanged] in the chain). It is always a fault of the token, never
+	// of a request. [Token.Ping] reconnects.
 	ErrTokenGone = errors.New("hsm: token gone")
+	// ErrKeyChanged: a label names another key pair than the one pinned with
+	// [Token.Expect] or first found (the token was swapped for one holding other keys
+	// under the same labels), or the pinned key is missing or ambiguous.
+	ErrKeyChanged = errors.New("hsm: the token holds another key under this label")
+	// ErrTokenStoreNotFound: the module could not find its token store (for SoftHSM, its
+	// configuration file or its token directory); the message says where it looked.
+	ErrTokenStoreNotFound = errors.New("hsm: token store not found")
 	// ErrMechanism: the token does not support the mechanism or its parameters, or the
 	// caller asked for one this package refuses (PKCS#1 v1.5 decryption, for example).
 	ErrMechanism = errors.New("hsm: mechanism not supported")
@@ -147,8 +171,22 @@ type Token struct {
 	// broken is set when the token stops answering: operations then fail at once with
 	// ErrTokenGone, and Ping tries to reconnect.
 	broken atomic.Bool
-	// pinRefused stops reconnecting after the token refused the PIN once.
-	pinRefused bool
+	// fault, when not nil, is why the token is not used although it may answer (a refused
+	// PIN, a changed key); faulty mirrors fault != nil for the lock-free fast path.
+	fault  error
+	faulty atomic.Bool
+	// refused is the pin-source's stamp when the token last refused the PIN, nil otherwise:
+	// no login is tried again until the source changes or retry is set.
+	refused *pinStamp
+	retry   atomic.Bool
+	// expected are the pinned key identities, checked after every reconnection.
+	expected []expectation
+}
+
+// expectation is a label and the public key it must name.
+type expectation struct {
+	label string
+	pub   crypto.PublicKey
 }
 
 // openTokens is the process-wide registry of open tokens (module path + token label).
@@ -220,6 +258,7 @@ func Open(uri string, opts Options) (*Token, error) {
 
 	c11, raw, err := connect(module, u.Token, u.PINSource, opts.MaxSessions, opts.PoolWaitTimeout, met)
 	if err != nil {
+		err = explainStore(module, err)
 		log.Error("hsm: open failed", "module", module, "err", err)
 		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
 	}
@@ -328,8 +367,8 @@ func (t *Token) do(op string, f func() error) error {
 		return ErrClosed
 	}
 	start := time.Now()
-	if t.broken.Load() {
-		err := fmt.Errorf("%w: not answering; waiting to reconnect", ErrTokenGone)
+	if t.broken.Load() || t.faulty.Load() {
+		err := t.unusable()
 		t.met.observe(op, start, err)
 		return err
 	}
@@ -375,12 +414,15 @@ func (t *Token) acquire() error {
 // pool session, so it answers even when every session is busy.
 //
 // When the token has stopped answering, Ping tries once to reconnect: it closes the old
-// context, loads the module again, logs in (reading the PIN again from its source) and
-// lets keys be found anew; operations fail at once with ErrTokenGone until then. A token
-// that refuses the PIN is not tried again.
+// context, loads the module again, logs in (reading the PIN again from its source),
+// checks the keys pinned with [Token.Expect] and lets keys be found anew; operations fail
+// at once with ErrTokenGone until then. A token that refused the PIN is tried again only
+// after the pin-source changed or [Token.RetryLogin]: the error then wraps
+// [ErrPINIncorrect]. A token holding other keys under pinned labels gives an error
+// wrapping [ErrKeyChanged], and each Ping checks the keys again.
 func (t *Token) Ping() error {
-	if t.broken.Load() {
-		if err := t.reconnect(); err != nil {
+	if t.broken.Load() || t.faulty.Load() {
+		if err := t.recover(); err != nil {
 			return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
 		}
 	}
@@ -388,6 +430,10 @@ func (t *Token) Ping() error {
 	defer t.mu.RUnlock()
 	if t.closed {
 		return ErrClosed
+	}
+	if t.broken.Load() || t.faulty.Load() {
+		// Another Ping reconnected meanwhile and found a fault.
+		return fmt.Errorf("hsm: ping token %q: %w", t.label, t.unusable())
 	}
 	if err := t.raw.ping(); err != nil {
 		err = classify(err)
@@ -402,18 +448,87 @@ func (t *Token) Ping() error {
 	return nil
 }
 
-// reconnect rebuilds the connection to a token that stopped answering.
-func (t *Token) reconnect() error {
+// RetryLogin asks the next reconnection (the next [Token.Ping]) to try the PIN once more
+// although its source has not changed: for an operator who fixed the token rather than the
+// PIN file. It is one login, whatever the number of calls before it.
+func (t *Token) RetryLogin() {
+	t.retry.Store(true)
+}
+
+// Expect pins the key pair labelled label to the public key pub (the key of a certificate
+// the caller checked). It checks now and again after every reconnection; while the token
+// holds another key under the label, or none, or two, operations fail with an error
+// wrapping [ErrTokenGone] and [ErrKeyChanged].
+//
+// # Errors
+//
+// [ErrKeyChanged] when label does not name exactly one key pair with public key pub;
+// [ErrTokenGone], [ErrClosed].
+func (t *Token) Expect(label string, pub crypto.PublicKey) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return ErrClosed
+	}
+	e := expectation{label: label, pub: pub}
+	if !t.broken.Load() {
+		if err := t.checkKey(e); err != nil {
+			return err
+		}
+	}
+	t.expected = append(t.expected, e)
+	return nil
+}
+
+// unusable is the error of an operation refused while the token is broken or faulty. The
+// caller holds t.mu for reading.
+func (t *Token) unusable() error {
+	if t.fault != nil {
+		return t.fault
+	}
+	return fmt.Errorf("%w: not answering; the appliance reconnects by itself", ErrTokenGone)
+}
+
+// setFault records why the token is not used (nil: it is). The caller holds t.mu.
+func (t *Token) setFault(err error) {
+	t.fault = err
+	t.faulty.Store(err != nil)
+}
+
+// recover reconnects a broken token, or checks the pinned keys of a faulty one again.
+func (t *Token) recover() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch {
 	case t.closed:
 		return ErrClosed
-	case !t.broken.Load():
-		return nil
-	case t.pinRefused:
-		return fmt.Errorf("%w: %w: not retried", ErrTokenGone, ErrPINIncorrect)
+	case t.broken.Load():
+		return t.reconnect()
+	case t.fault != nil && errors.Is(t.fault, ErrKeyChanged):
+		if err := t.checkExpected(); err != nil {
+			return err
+		}
+		t.setFault(nil)
+		t.log.Info("hsm: the token holds the expected keys again")
 	}
+	return nil
+}
+
+// reconnect rebuilds the connection to a token that stopped answering. The caller holds
+// t.mu for writing.
+func (t *Token) reconnect() error {
+	stamp := stampPIN(t.pinSource)
+	if t.refused != nil {
+		switch {
+		case t.retry.Swap(false):
+			t.log.Info("hsm: trying the PIN once more, as asked")
+		case stamp != *t.refused:
+			t.log.Info("hsm: the pin-source changed; trying the PIN once more")
+		default:
+			return t.fault // no login: the PIN the token refused has not changed
+		}
+	}
+	t.retry.Store(false)
 	t.raw.close()
 	if t.c11 != nil {
 		_ = t.c11.Close() // the module may be dead; its context must go anyway
@@ -421,21 +536,108 @@ func (t *Token) reconnect() error {
 	}
 	c11, raw, err := connect(t.module, t.label, t.pinSource, t.maxSessions, t.wait, t.met)
 	if err != nil {
-		if errors.Is(err, ErrPINIncorrect) {
-			t.pinRefused = true
-			t.log.Error("hsm: token refused the PIN on reconnect; not trying again", "err", err)
-		}
 		// Keep closed placeholders so that Close stays safe.
 		t.raw = &rawSession{}
 		t.c11 = nil
-		return fmt.Errorf("%w: reconnect: %w", ErrTokenGone, err)
+		if errors.Is(err, ErrPINIncorrect) {
+			t.refused = &stamp
+			t.setFault(&faultError{cause: err, msg: fmt.Sprintf(
+				"hsm: the token refused the PIN from %s (%v); put the right PIN there, or fix the token and send SIGHUP: one login is tried then", t.pinSource, err)})
+			t.log.Error("hsm: the token refused the PIN on reconnecting; no login is tried until the pin-source changes or SIGHUP",
+				"pin_source", t.pinSource, "err", err)
+			return t.fault
+		}
+		if t.refused != nil && errors.Is(err, ErrPINSource) {
+			// A PIN file being rewritten may be empty for a moment: the next change is tried.
+			t.setFault(&faultError{cause: err, msg: fmt.Sprintf("hsm: the token refused the PIN, and the pin-source cannot be read: %v", err)})
+			return t.fault
+		}
+		return fmt.Errorf("%w: reconnect: %w", ErrTokenGone, explainStore(t.module, err))
 	}
+	t.refused = nil
 	t.c11, t.raw = c11, raw
 	t.gen++
+	t.setFault(nil)
+	// broken stays set until the keys are checked: nothing uses the token before.
+	err = t.checkExpected()
+	if err != nil && !errors.Is(err, ErrKeyChanged) {
+		return err
+	}
 	t.broken.Store(false)
+	if err != nil {
+		return err
+	}
 	t.log.Info("hsm: token answers again; reconnected")
 	return nil
 }
+
+// checkExpected checks every pinned key; on a difference it records the fault, logs the
+// key's label and returns the fault. The caller holds t.mu for writing.
+func (t *Token) checkExpected() error {
+	var first error
+	for _, e := range t.expected {
+		err := t.checkKey(e)
+		switch {
+		case err == nil:
+			continue
+		case !errors.Is(err, ErrKeyChanged):
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+		if !t.faulty.Load() {
+			// Once per finding, naming each key; not again at every check while it lasts.
+			t.log.Error("hsm: the token holds another key under a pinned label; it is not used until the expected key is back",
+				"key", e.label, "err", err)
+		}
+	}
+	if first != nil && !t.faulty.Load() {
+		t.setFault(first)
+	}
+	return first
+}
+
+// checkKey finds the one key pair labelled e.label and compares its public key.
+func (t *Token) checkKey(e expectation) error {
+	pairs, err := t.c11.FindKeyPairs(nil, []byte(e.label))
+	if err != nil {
+		err = classify(err)
+		if errors.Is(err, ErrTokenGone) {
+			t.broken.Store(true)
+		}
+		return fmt.Errorf("hsm: check key %q: %w", e.label, err)
+	}
+	var why string
+	switch {
+	case len(pairs) == 0:
+		why = "is missing"
+	case len(pairs) > 1:
+		why = fmt.Sprintf("names %d key pairs", len(pairs))
+	default:
+		k, ok := pairs[0].Public().(interface{ Equal(crypto.PublicKey) bool })
+		if !ok || !k.Equal(e.pub) {
+			why = "is another key than the one checked against its certificate"
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return &faultError{cause: ErrKeyChanged, msg: fmt.Sprintf("hsm: key %q in token %q %s", e.label, t.label, why)}
+}
+
+// faultError is a fault of the token that is also [ErrTokenGone]: a refused PIN, a
+// changed key. Its message is its own; cause stays in the chain for errors.Is.
+type faultError struct {
+	cause error
+	msg   string
+}
+
+func (e *faultError) Error() string { return e.msg }
+
+func (e *faultError) Unwrap() error { return e.cause }
+
+func (e *faultError) Is(target error) bool { return target == ErrTokenGone }
 
 // Mechanisms reports what the token's self-test found.
 type Mechanisms struct {

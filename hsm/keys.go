@@ -249,7 +249,7 @@ func (h *handle) current() (crypto11.Signer, error) {
 		return nil, err
 	}
 	if eq, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(h.pub) {
-		return nil, fmt.Errorf("%w: after reconnecting, label %q names another key", ErrKeyNotFound, h.label)
+		return nil, &faultError{cause: ErrKeyChanged, msg: fmt.Sprintf("hsm: after reconnecting, label %q names another key than the one first found", h.label)}
 	}
 	h.key, h.gen = k, h.t.gen
 	return k, nil

@@ -69,8 +69,10 @@ func (a *appliance) instrument(next http.Handler) http.Handler {
 }
 
 func (a *appliance) handleReady(w http.ResponseWriter, r *http.Request) {
-	if !a.checkToken() {
-		http.Error(w, "not ready: the appliance token does not answer", http.StatusServiceUnavailable)
+	if err := a.tokenStatus(); err != nil {
+		_, msg := tokenCause(err)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "not ready: "+msg, http.StatusServiceUnavailable)
 		return
 	}
 	io.WriteString(w, "ready\n")
@@ -268,8 +270,10 @@ func status(err error) (int, string) {
 		return http.StatusServiceUnavailable, "storage unavailable; retry later"
 	case errors.Is(err, hsm.ErrPoolExhausted):
 		return http.StatusServiceUnavailable, "the appliance token is busy; retry shortly"
-	case errors.Is(err, hsm.ErrTokenGone):
-		return http.StatusServiceUnavailable, "the appliance token is unreachable; retry later"
+	case errors.Is(err, hsm.ErrTokenGone), errors.Is(err, hsm.ErrKeyChanged):
+		// A refused PIN or a swapped token is the appliance's fault, never the client's.
+		_, msg := tokenCause(err)
+		return http.StatusServiceUnavailable, msg
 	case errors.Is(err, hsm.ErrMechanism):
 		return http.StatusBadRequest, "the appliance token cannot do this mechanism (RSA-OAEP here needs SHA-1: openssl cms -keyopt rsa_oaep_md:sha1)"
 	case errors.Is(err, escrow.ErrNoRecoverySet):

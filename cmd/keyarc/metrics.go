@@ -25,6 +25,8 @@ type metrics struct {
 	ready       prometheus.Gauge
 	recoveries  *prometheus.CounterVec
 	approvals   *prometheus.CounterVec
+	// tokenFault is 1 for the cause that keeps the token from being ready (token_health.go).
+	tokenFault *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,6 +60,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "keyarc_recovery_approvals_total",
 		Help: "KRA approvals submitted, by result (accepted or the refusal's reason).",
 	}, []string{"result"})
+	m.tokenFault = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keyarc_token_fault",
+		Help: "1 for the cause keeping the appliance token from being ready (unreachable, pin_refused, key_mismatch), else 0.",
+	}, []string{"cause"})
+	for _, c := range tokenCauses {
+		m.tokenFault.WithLabelValues(c).Set(0)
+	}
+	reg.MustRegister(m.tokenFault)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "keyarc_build_info",
 		Help:        "Build information; always 1.",

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // TestMonitoringFiles: every keyarc metric the shipped alerts and dashboard use is one the code
@@ -46,5 +50,88 @@ func TestMonitoringFiles(t *testing.T) {
 	}
 	if out, err := exec.Command("promtool", "check", "rules", "monitoring/alerts.yml").CombinedOutput(); err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
+	}
+}
+
+// TestTokenFaultAlerts: each cause that keeps the token from being ready has its own alert,
+// and promtool's rule tests show that alert firing on the series the appliance exports.
+func TestTokenFaultAlerts(t *testing.T) {
+	b, err := os.ReadFile("monitoring/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		tokenUnreachable: "KeyarcTokenUnreachable",
+		tokenPINRefused:  "KeyarcTokenPINRefused",
+		tokenKeyMismatch: "KeyarcTokenKeyMismatch",
+	}
+	for _, cause := range tokenCauses {
+		expr := `keyarc_token_fault{cause="` + cause + `"} == 1`
+		if !strings.Contains(string(b), expr) {
+			t.Errorf("no alert rule has expr %s", expr)
+		}
+		if want[cause] == "" {
+			t.Errorf("cause %q has no alert named in this test", cause)
+		}
+	}
+	if _, err := exec.LookPath("promtool"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool is required in CI")
+		}
+		t.Skip("promtool not installed")
+	}
+	abs, err := filepath.Abs("monitoring/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	summary := map[string]string{}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			summary[r.Alert] = strings.ReplaceAll(r.Annotations["summary"], "{{ $labels.instance }}", "k1")
+		}
+	}
+	var cases strings.Builder
+	for _, cause := range tokenCauses {
+		quoted, _ := json.Marshal(summary[want[cause]])
+		fmt.Fprintf(&cases, `  - interval: 1m
+    input_series:
+      - series: 'keyarc_token_ready{instance="k1"}'
+        values: '0x5'
+`)
+		for _, c := range tokenCauses {
+			v := "0x5"
+			if c == cause {
+				v = "1x5"
+			}
+			fmt.Fprintf(&cases, "      - series: 'keyarc_token_fault{instance=\"k1\",cause=\"%s\"}'\n        values: '%s'\n", c, v)
+		}
+		fmt.Fprintf(&cases, `    alert_rule_test:
+      - eval_time: 3m
+        alertname: %s
+        exp_alerts:
+          - exp_labels: {severity: critical, instance: k1, cause: %s}
+            exp_annotations: {summary: %s}
+      - eval_time: 3m
+        alertname: KeyarcTokenNotReady
+        exp_alerts: []
+`, want[cause], cause, quoted)
+	}
+	tests := filepath.Join(t.TempDir(), "alerts_test.yml")
+	if err := os.WriteFile(tests, []byte("rule_files: ['"+abs+"']\nevaluation_interval: 1m\ntests:\n"+cases.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("promtool", "test", "rules", tests).CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 }

@@ -46,6 +46,8 @@ type appliance struct {
 	lock *os.File
 	// ready is 1 while the token answers.
 	ready atomic.Bool
+	// tokHealth is the token's last cause of not being ready, logged once per change.
+	tokHealth tokenHealth
 	// logins throttles failed logins and bounds their audit entries (http_throttle.go).
 	logins *loginThrottle
 	// check is the consistency check of the stored certificates (check.go).
@@ -148,8 +150,13 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	if !publicKeysEqual(trKey.Public(), trCert.PublicKey) {
 		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.path(cfg.Transport.Certificate))
 	}
-	if _, err := a.tok.Signer(cfg.Token.AuditKey); err != nil {
+	auditSigner, err := a.tok.Signer(cfg.Token.AuditKey)
+	if err != nil {
 		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
+	}
+	if err := a.expectTokenKeys(map[string]crypto.PublicKey{cfg.Token.CAKey: a.caCert.PublicKey,
+		cfg.Token.TransportKey: trCert.PublicKey, cfg.Token.AuditKey: auditSigner.Public()}); err != nil {
+		return nil, err
 	}
 	a.caPool = x509.NewCertPool()
 	a.caPool.AddCert(a.caCert)
@@ -269,6 +276,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	go func() { errc <- msrv.Serve(mln) }()
 	go a.watchToken(ctx)
+	go a.retryOnHUP(ctx)
 	go a.watchLogins(ctx)
 	go a.runChecks(ctx)
 	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
@@ -338,21 +346,7 @@ func (a *appliance) watchToken(ctx context.Context) {
 }
 
 func (a *appliance) checkToken() bool {
-	err := a.tok.Ping()
-	up := err == nil
-	if was := a.ready.Swap(up); was != up {
-		if up {
-			a.log.Info("token answers again")
-		} else {
-			a.log.Error("token does not answer", "err", err)
-		}
-	}
-	if up {
-		a.metrics.ready.Set(1)
-	} else {
-		a.metrics.ready.Set(0)
-	}
-	return up
+	return a.tokenStatus() == nil
 }
 
 // publicKeysEqual compares two public keys of any standard type.

@@ -251,6 +251,9 @@ func (c *Checkpointer) Run(ctx context.Context) {
 	c.init()
 	tick := time.NewTicker(min(c.interval()/4, 5*time.Second))
 	defer tick.Stop()
+	// A failure that lasts (the token refused its PIN, say) is logged once per distinct
+	// cause, and its end once, not at every tick.
+	failing := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -258,8 +261,15 @@ func (c *Checkpointer) Run(ctx context.Context) {
 		case <-c.wake:
 		case <-tick.C:
 		}
-		if err := c.checkpointIfDue(ctx); err != nil && ctx.Err() == nil {
-			c.log().Error("audit checkpoint", "err", err)
+		err := c.checkpointIfDue(ctx)
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && err.Error() != failing:
+			failing = err.Error()
+			c.log().Error("audit checkpoint failed; retried at each interval, logged again only if the cause changes", "err", err)
+		case err == nil && failing != "":
+			failing = ""
+			c.log().Info("audit checkpoint works again")
 		}
 	}
 }
