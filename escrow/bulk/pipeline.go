@@ -102,14 +102,33 @@ func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 		p.done.Store(done)
 		p.failed.Store(failed)
 		if done+failed >= int64(job.Total) {
-			break
+			err := m.finish(ctx, job.ID, store.JobDone, job.Total)
+			switch cause := m.faultOf(err); {
+			case err == nil:
+				r.resumed()
+				log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
+					"seconds", time.Since(p.start).Round(time.Millisecond).Seconds())
+				return nil
+			case errors.Is(err, errIncomplete):
+				log.Warn("bulk job: not every item has an outcome yet; another pass", "err", err)
+				if !r.pause(ctx, CauseStuck, err) {
+					return nil
+				}
+			case cause != "":
+				if !r.pause(ctx, cause, err) {
+					return nil
+				}
+			default:
+				return err
+			}
+			continue
 		}
 		r.again.Store(false)
 		if err := r.pass(ctx, seen); err != nil {
 			return err
 		}
 		if ctx.Err() != nil {
-			log.Info("bulk job paused; it resumes at the next start")
+			log.Info("bulk job stopped; it resumes at the next start")
 			return nil
 		}
 		if p.done.Load()+p.failed.Load() == done+failed && !r.again.Load() {
@@ -120,19 +139,6 @@ func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 			}
 		}
 	}
-	for {
-		err := m.finish(ctx, job.ID, store.JobDone, job.Total)
-		if err == nil {
-			break
-		}
-		if m.faultOf(err) == "" || !r.pause(ctx, m.faultOf(err), err) {
-			return err
-		}
-	}
-	r.resumed()
-	log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
-		"seconds", time.Since(p.start).Round(time.Millisecond).Seconds())
-	return nil
 }
 
 // setup reads what every pass of the run needs: the header, the template, the recovery set and
