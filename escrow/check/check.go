@@ -151,7 +151,7 @@ func (c *Checker) Certificate(ctx context.Context, serial string) error {
 		if err != nil {
 			return err
 		}
-		issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, row.CreatedAt.Add(-entryLag))
+		issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, row.CreatedAt, row.CreatedAt)
 		if err != nil {
 			return err
 		}
@@ -167,63 +167,74 @@ func (c *Checker) Certificate(ctx context.Context, serial string) error {
 	return nil
 }
 
-// run checks the certificates stored after rowid after, in one consistent snapshot.
+// run checks the certificates stored after rowid after, a page at a time, each page in its own
+// snapshot: a check of a large archive neither holds one long read transaction (which would
+// keep SQLite from checkpointing its log) nor the whole table in memory.
 func (c *Checker) run(ctx context.Context, after int64) (*Report, error) {
 	rep := &Report{}
-	err := c.DB.View(ctx, func(tx *store.Tx) error {
-		var rows []store.Certificate
-		for from := after; ; {
+	for from := after; ; {
+		var n int
+		err := c.DB.View(ctx, func(tx *store.Tx) error {
 			page, last, err := tx.SignedCertificates(from, pageSize)
 			if err != nil {
 				return err
 			}
-			rows = append(rows, page...)
-			if len(page) < pageSize {
-				break
-			}
-			from = last
+			n, from = len(page), last
+			return c.page(ctx, tx, page, rep)
+		})
+		if err != nil {
+			return rep, fmt.Errorf("check: %w", err)
 		}
-		want := make(map[string]bool, len(rows))
-		var notBefore time.Time // for a part of the table: where the search of the trail stops
-		for _, r := range rows {
-			want[r.Serial] = true
-			if after > 0 && (notBefore.IsZero() || r.CreatedAt.Before(notBefore)) {
-				notBefore = r.CreatedAt
-			}
+		if n < pageSize {
+			return rep, nil
 		}
-		if !notBefore.IsZero() {
-			notBefore = notBefore.Add(-entryLag)
+	}
+}
+
+// page checks one page of certificate rows.
+func (c *Checker) page(ctx context.Context, tx *store.Tx, rows []store.Certificate, rep *Report) error {
+	want := make(map[string]bool, len(rows))
+	var earliest, latest time.Time
+	for _, r := range rows {
+		if r.State == store.StateFailed {
+			continue // signed but never delivered: kept on record, not in use
 		}
-		issued, err := issuanceEntries(tx, want, notBefore)
+		want[r.Serial] = true
+		if earliest.IsZero() || r.CreatedAt.Before(earliest) {
+			earliest = r.CreatedAt
+		}
+		if r.CreatedAt.After(latest) {
+			latest = r.CreatedAt
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	issued, err := issuanceEntries(tx, want, earliest, latest)
+	if err != nil {
+		return err
+	}
+	for i := range rows {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !want[rows[i].Serial] {
+			continue
+		}
+		rep.Certificates++
+		ie := issued[rows[i].Serial]
+		if ie == nil || ie.hash == "" {
+			rep.Unhashed++
+		}
+		p, err := c.one(tx, &rows[i], ie)
 		if err != nil {
 			return err
 		}
-		for i := range rows {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if rows[i].State == store.StateFailed {
-				continue // signed but never delivered: kept on record, not in use
-			}
-			rep.Certificates++
-			ie := issued[rows[i].Serial]
-			if ie == nil || ie.hash == "" {
-				rep.Unhashed++
-			}
-			p, err := c.one(tx, &rows[i], ie)
-			if err != nil {
-				return err
-			}
-			if p != nil {
-				rep.Problems = append(rep.Problems, *p)
-			}
+		if p != nil {
+			rep.Problems = append(rep.Problems, *p)
 		}
-		return nil
-	})
-	if err != nil {
-		return rep, fmt.Errorf("check: %w", err)
 	}
-	return rep, nil
+	return nil
 }
 
 // issuance is what the audit trail recorded when a certificate was issued.
@@ -236,24 +247,35 @@ type issuance struct {
 
 var issuanceKinds = []string{string(audit.KindEnroll), string(audit.KindArchive)}
 
-// entryLag bounds how much earlier than its issuance entry a certificate row can be created
-// (the row is reserved, then signed, then the entry written), with room for the clock.
-const entryLag = time.Hour
+// An issuance entry is written after its certificate's row (reserved, then signed, then
+// finished), by the same clock: the search for the entries of rows created from a time on
+// starts entrySlack before it (room for a clock step) and ends entryWindow after the latest
+// row's time, or as soon as every entry is found. An entry outside the window (an issuance
+// paused that long) is not found: its certificate is still checked against the CA and its
+// record, and counted as unhashed.
+const (
+	entrySlack  = time.Minute
+	entryWindow = time.Hour
+)
 
-// issuanceEntries finds the issuance entries of the serials in want, reading the trail from
-// its end; the latest entry of a serial wins. The search stops at entries older than notBefore
-// (unless it is zero): a certificate created after it cannot have been recorded before.
-func issuanceEntries(tx *store.Tx, want map[string]bool, notBefore time.Time) (map[string]*issuance, error) {
+// issuanceEntries finds the issuance entries of the serials in want, certificates created
+// between earliest and latest, reading the trail forward from where it reaches earliest; the
+// first entry of a serial wins.
+func issuanceEntries(tx *store.Tx, want map[string]bool, earliest, latest time.Time) (map[string]*issuance, error) {
 	out := make(map[string]*issuance, len(want))
-	var before int64
+	from, err := seqAt(tx, earliest.Add(-entrySlack))
+	if err != nil {
+		return nil, err
+	}
+	stop := latest.Add(entryWindow)
 	for len(out) < len(want) {
-		page, err := tx.AuditOfKindsBefore(issuanceKinds, before, pageSize)
+		page, err := tx.AuditOfKindsFrom(issuanceKinds, from, pageSize)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range page {
-			before = e.Seq
-			if !notBefore.IsZero() && e.At.Before(notBefore) {
+			from = e.Seq + 1
+			if e.At.After(stop) {
 				return out, nil
 			}
 			var d audit.Details
@@ -286,6 +308,36 @@ func issuanceEntries(tx *store.Tx, want map[string]bool, notBefore time.Time) (m
 		}
 	}
 	return out, nil
+}
+
+// seqAt returns the first entry whose time is t or later (1 when t is before the trail, the
+// seq after the last when after it), by bisection: entries are appended in time order. An
+// entry missing from the middle (a damaged trail) ends the search at the start.
+func seqAt(tx *store.Tx, t time.Time) (int64, error) {
+	last, err := tx.LastAudit()
+	if errors.Is(err, store.ErrNotFound) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	lo, hi := int64(1), last.Seq+1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		e, err := tx.GetAudit(mid)
+		if errors.Is(err, store.ErrNotFound) {
+			return 1, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if e.At.Before(t) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
 }
 
 // one checks one certificate row. It returns the first problem found, or nil.

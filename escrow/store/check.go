@@ -91,17 +91,14 @@ func (tx *Tx) LastCertificateRowID() (int64, error) {
 	return id.Int64, nil
 }
 
-// AuditOfKindsBefore returns at most limit entries of the given kinds with seq < before, the
-// latest first (before <= 0 means from the end).
-func (tx *Tx) AuditOfKindsBefore(kinds []string, before int64, limit int) ([]AuditEntry, error) {
+// AuditOfKindsFrom returns at most limit entries of the given kinds with seq >= from, in seq
+// order.
+func (tx *Tx) AuditOfKindsFrom(kinds []string, from int64, limit int) ([]AuditEntry, error) {
 	const op = "list audit entries of kinds"
 	if limit <= 0 || len(kinds) == 0 {
 		return nil, invalid(op, "kinds and a positive limit are required")
 	}
-	if before <= 0 {
-		before = 1 << 62
-	}
-	args := []any{before}
+	args := []any{from}
 	for _, k := range kinds {
 		args = append(args, k)
 	}
@@ -113,6 +110,6 @@ func (tx *Tx) AuditOfKindsBefore(kinds []string, before int64, limit int) ([]Aud
 			out = append(out, *e)
 		}
 		return err
-	}, `SELECT `+auditColumns+` FROM audit WHERE seq < ? AND kind IN (?`+strings.Repeat(", ?", len(kinds)-1)+`) ORDER BY seq DESC LIMIT ?`, args...)
+	}, `SELECT `+auditColumns+` FROM audit WHERE seq >= ? AND kind IN (?`+strings.Repeat(", ?", len(kinds)-1)+`) ORDER BY seq LIMIT ?`, args...)
 	return out, err
 }
