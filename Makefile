@@ -8,11 +8,20 @@ METRICS ?= 127.0.0.1:9180
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps run test test-short lint bench fuzz clean
+.PHONY: all check-go build deps run test test-short lint bench fuzz clean
 
 all: build
 
-build:
+# check-go stops with what to install when Go is missing or older than 1.21. From 1.21 on, Go
+# fetches the toolchain go.mod asks for through the module proxy by itself (GOTOOLCHAIN=auto).
+GO_INSTALL := install Go 1.21 or newer: https://go.dev/dl/ (unpack it into /usr/local and add /usr/local/go/bin to PATH), or your distribution's golang package if it is 1.21 or newer; it then fetches Go $(shell sed -n 's/^go //p' go.mod) for this module through the module proxy
+check-go:
+	@v=$$(GOTOOLCHAIN=local $(GO) version 2>/dev/null | sed -n 's/^go version go\([0-9]*\)\.\([0-9]*\).*/\1 \2/p'); \
+	if [ -z "$$v" ]; then echo "make: Go is not installed (no '$(GO)' on PATH); $(GO_INSTALL)" >&2; exit 1; fi; \
+	set -- $$v; if [ "$$1" -lt 1 ] || { [ "$$1" -eq 1 ] && [ "$$2" -lt 21 ]; }; then \
+	  echo "make: Go $$1.$$2 is too old to build keyarc; $(GO_INSTALL)" >&2; exit 1; fi
+
+build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keyarc
 
 # deps installs the tools the appliance and the tests use, when they are missing.
@@ -21,13 +30,13 @@ deps:
 
 # run provisions development tokens under $(STATE) if they are missing (`keyarc init --dev` never
 # overwrites anything) and starts the appliance.
-run: deps build
+run: check-go deps build
 	$(BIN) init --dev --state $(STATE)
 	$(BIN) serve --state $(STATE) --addr $(ADDR) --metrics-addr $(METRICS)
 
 # test runs every test, with the race detector, against real SoftHSM tokens, a real SQLite file,
 # the real binary and real clients (openssl, curl, pk12util).
-test: deps
+test: check-go deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 
