@@ -85,6 +85,21 @@ func TestRollbackRefused(t *testing.T) {
 	restoreDB(t, state, old) // the operator copies the backup over the database
 	serveFails(t, state, "DOES NOT VERIFY", "keyarc restore")
 
+	// A head file edited to match the rolled-back database is not the audit key's: refused.
+	orig, err := os.ReadFile(head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h map[string]any
+	if err := json.Unmarshal(orig, &h); err != nil {
+		t.Fatal(err)
+	}
+	h["seq"] = 2
+	forged, _ := json.Marshal(h)
+	writeFile(t, head, forged)
+	serveFails(t, state, "not signed by the audit key", "keyarc restore")
+	writeFile(t, head, orig)
+
 	// Without the head file there is nothing to compare with, but the database holds signed
 	// checkpoints: refused too.
 	if err := os.Rename(head, head+".aside"); err != nil {
