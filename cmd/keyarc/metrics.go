@@ -68,14 +68,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.tokenFault.WithLabelValues(c).Set(0)
 	}
 	reg.MustRegister(m.tokenFault)
-	m.tokenFault = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "keyarc_token_fault",
-		Help: "1 for the cause keeping the appliance token from being ready (unreachable, pin_refused, key_mismatch), else 0.",
-	}, []string{"cause"})
-	for _, c := range tokenCauses {
-		m.tokenFault.WithLabelValues(c).Set(0)
-	}
-	reg.MustRegister(m.tokenFault)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "keyarc_build_info",
 		Help:        "Build information; always 1.",
