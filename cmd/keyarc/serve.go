@@ -48,8 +48,6 @@ type appliance struct {
 	ready atomic.Bool
 	// tokHealth is the token's last cause of not being ready, logged once per change.
 	tokHealth tokenHealth
-	// tokHealth is the token's last cause of not being ready, logged once per change.
-	tokHealth tokenHealth
 	// logins throttles failed logins and bounds their audit entries (http_throttle.go).
 	logins *loginThrottle
 	// check is the consistency check of the stored certificates (check.go).
@@ -278,7 +276,6 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	go func() { errc <- msrv.Serve(mln) }()
 	go a.watchToken(ctx)
-	go a.retryOnHUP(ctx)
 	go a.retryOnHUP(ctx)
 	go a.watchLogins(ctx)
 	go a.runChecks(ctx)
