@@ -349,7 +349,7 @@ func setHTTPConfig(t *testing.T, state string, kv map[string]string) {
 // mailbox (429 with Retry-After), and a storm of them leaves a bounded number of audit entries:
 // the first failure of a source in an interval, then one summary with a count.
 func TestHTTPLoginThrottle(t *testing.T) {
-	requireTools(t, "openssl")
+	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	setHTTPConfig(t, state, map[string]string{"login_failures_per_source": "5", "login_failures_per_mailbox": "8", "login_failure_window": "10m"})
 	a := serve(t, state)
@@ -357,7 +357,6 @@ func TestHTTPLoginThrottle(t *testing.T) {
 	const victim = "victim@example.org"
 	csr := httpCSR(t, dir, "v", victim)
 	est := "/.well-known/est/smime-signature/simpleenroll"
-	wrong := victim + ":AAAAAAAAAAAAAAAAAAAAAAAA"
 
 	// A storm from one source: 200 wrong codes over 20 connections.
 	storm := httpClient(t, a, "", "", "127.0.0.2")
@@ -390,27 +389,37 @@ func TestHTTPLoginThrottle(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if codes[401] > 5 || codes[429] < 190 || codes[401]+codes[429] != 200 {
-		t.Errorf("storm from one source: answers %v, want at most 5 × 401 and the rest 429", codes)
+	// The limit is 5; requests already past the check when the fifth failure lands may fail
+	// too, so the bound is the limit plus the 20 connections in flight.
+	if codes[401] > 5+20 || codes[401]+codes[429] != 200 {
+		t.Errorf("storm from one source: answers %v, want at most 25 × 401 and the rest 429", codes)
 	}
 	if retryAfter == "" {
 		t.Error("429 without Retry-After")
 	}
 
-	// Per mailbox: a few failures each from other sources add up for the victim's mailbox...
-	for i := 3; i <= 6; i++ {
+	// Per mailbox: one failure each from 8 other sources adds up to the mailbox's limit...
+	const victim2 = "victim2@example.org"
+	wrong2 := victim2 + ":AAAAAAAAAAAAAAAAAAAAAAAA"
+	for i := 3; i < 3+8; i++ {
 		c := httpClient(t, a, "", "", fmt.Sprintf("127.0.0.%d", i))
-		httpDo(t, c, a, "POST", est, wrong, csr, "Content-Type", "application/pkcs10")
+		httpDo(t, c, a, "POST", est, wrong2, csr, "Content-Type", "application/pkcs10").want(t, "one failure of a source", 401, "")
 	}
-	fresh := httpClient(t, a, "", "", "127.0.0.9")
-	r := httpDo(t, fresh, a, "POST", est, wrong, csr, "Content-Type", "application/pkcs10")
-	r.want(t, "the victim's mailbox after failures from many sources", 429, "too many failed logins")
+	fresh := httpClient(t, a, "", "", "127.0.0.20")
+	r := httpDo(t, fresh, a, "POST", est, wrong2, csr, "Content-Type", "application/pkcs10")
+	r.want(t, "a mailbox after failures from many sources", 429, "too many failed logins")
 	// ... while another mailbox from a fresh source is not throttled, and its good code works.
 	other := "other@example.org"
 	code := newCode(t, state, other, "smime-signature")
 	r = httpDo(t, fresh, a, "POST", est, other+":"+code, httpCSR(t, dir, "o", other), "Content-Type", "application/pkcs10")
 	r.want(t, "another mailbox from a fresh source", 200, "")
 
+	metrics := run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")
+	for _, re := range []string{`keyarc_login_failures_total\{outcome="throttled"\} (1[7-9]\d|2\d\d)\n`, `keyarc_login_failures_total\{outcome="refused"\} \d+\n`} {
+		if !regexp.MustCompile(re).MatchString(metrics) {
+			t.Errorf("metrics do not match %s:\n%s", re, grepLines(metrics, "keyarc_login_failures_total"))
+		}
+	}
 	logins := strings.Count(a.logs.String(), "request refused")
 	stopServe(t, a)
 	db := openDB(t, state)
@@ -434,11 +443,11 @@ func TestHTTPLoginThrottle(t *testing.T) {
 		}
 	}
 	rows.Close()
-	if n > 12 {
+	if n > 16 {
 		t.Errorf("%d login-failed audit entries for about 210 failed or throttled logins, want a bounded number", n)
 	}
-	if summarised < 190 {
-		t.Errorf("the summary entries of 127.0.0.2 count %d failed or throttled logins, want the storm's (about 199)", summarised)
+	if want := codes[401] + codes[429] - 1; summarised != want {
+		t.Errorf("the summary entries of 127.0.0.2 count %d failed or throttled logins, want all of the storm's but the first (%d)", summarised, want)
 	}
 	if logins > 30 {
 		t.Errorf("%d refusal log lines for the storm, want a bounded number", logins)
@@ -468,6 +477,10 @@ func TestHTTPTemplateCredential(t *testing.T) {
 		r = httpDo(t, sig, a, "POST", path, "", httpCSR(t, dir, "x", mailbox), "Content-Type", "application/pkcs10")
 		r.want(t, "smime-signature certificate on "+path, 403, "reenroll_from")
 	}
+	der, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(httpCSR(t, dir, "api", mailbox))))
+	apiBody, _ := json.Marshal(apiEnrollJSON{Template: "smime-encryption", CSR: base64.StdEncoding.EncodeToString(der), EncryptedKey: "AAAA"})
+	r = httpDo(t, sig, a, "POST", "/api/v1/enroll", "", apiBody, "Content-Type", "application/json")
+	r.want(t, "smime-signature certificate on the JSON API for smime-encryption", 403, "reenroll_from")
 	if n := countRows(t, state, "SELECT count(*) FROM records"); n != records {
 		t.Errorf("a signature certificate obtained %d archived keys", n-records)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keyarc/keyarc/escrow/audit"
 )
 
@@ -48,17 +50,32 @@ type loginThrottle struct {
 	perSource, perMailbx int
 	now                  func() time.Time
 
+	// outcomes counts failed logins ("refused") and throttled requests ("throttled").
+	outcomes *prometheus.CounterVec
+
 	mu        sync.Mutex
 	sources   map[string]*loginWindow
 	mailboxes map[string]*loginWindow
 	pending   []loginSummary // summaries of windows ended by a new one, for expire
 }
 
-func newLoginThrottle(cfg HTTPConfig) *loginThrottle {
-	return &loginThrottle{
+// newLoginThrottle makes a throttle with the limits of cfg and registers its counter,
+// keyarc_login_failures_total{outcome}, with reg (when not nil).
+func newLoginThrottle(cfg HTTPConfig, reg prometheus.Registerer) *loginThrottle {
+	l := &loginThrottle{
 		window: cfg.LoginFailureWindow.Duration, perSource: cfg.LoginFailuresPerSource, perMailbx: cfg.LoginFailuresPerMailbox,
 		now: time.Now, sources: map[string]*loginWindow{}, mailboxes: map[string]*loginWindow{},
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyarc_login_failures_total",
+			Help: "Failed logins (a refused enrollment code or credential, outcome refused) and requests refused with 429 after too many (outcome throttled).",
+		}, []string{"outcome"}),
 	}
+	l.outcomes.WithLabelValues("refused")
+	l.outcomes.WithLabelValues("throttled")
+	if reg != nil {
+		reg.MustRegister(l.outcomes)
+	}
+	return l
 }
 
 // sourceKey is the throttling key of a remote address: the IP, or an IPv6 address's /64.
@@ -118,6 +135,7 @@ func (l *loginThrottle) wait(source, mailbox string) time.Duration {
 	w := l.entry(l.sources, source, now)
 	w.unaudited++
 	w.last = mailbox
+	l.outcomes.WithLabelValues("throttled").Inc()
 	return until.Sub(now)
 }
 
@@ -133,6 +151,7 @@ func (l *loginThrottle) failed(source, mailbox string) (first bool) {
 	if mailbox != "" {
 		l.entry(l.mailboxes, mailbox, now).failures++
 	}
+	l.outcomes.WithLabelValues("refused").Inc()
 	w := l.entry(l.sources, source, now)
 	w.failures++
 	w.last = mailbox

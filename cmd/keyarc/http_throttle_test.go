@@ -16,7 +16,7 @@ func testThrottle(perSource, perMailbox int) (*loginThrottle, *fakeClock) {
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	cfg := defaultHTTPConfig()
 	cfg.LoginFailuresPerSource, cfg.LoginFailuresPerMailbox = perSource, perMailbox
-	l := newLoginThrottle(cfg)
+	l := newLoginThrottle(cfg, nil)
 	l.now = clk.now
 	return l, clk
 }

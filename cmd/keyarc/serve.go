@@ -252,7 +252,7 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 		ln.Close()
 		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
 	}
-	a.logins = newLoginThrottle(a.cfg.HTTP)
+	a.logins = newLoginThrottle(a.cfg.HTTP, reg)
 	// At the end, after the last request, the login summaries still owed to the audit trail.
 	defer a.flushLoginSummaries(context.Background(), true)
 	srv := &http.Server{
