@@ -355,7 +355,7 @@ func (db *DB) batch() {
 		return
 	}
 	if err := db.exec("BEGIN IMMEDIATE"); err != nil {
-		first.res <- fmt.Errorf("store: begin: %w", err)
+		first.res <- fmt.Errorf("%w: store: begin: %w", ErrUnavailable, err) // never the request's fault
 		db.commitErrors.Add(1)
 		return
 	}
@@ -372,7 +372,10 @@ func (db *DB) batch() {
 		batch = append(batch, r)
 		if err := db.runOne(r); err != nil {
 			// The transaction is in an unknown state: give up on it.
-			// Requests still queued are left for the next batch.
+			// Requests still queued are left for the next batch. That is a fault
+			// of the storage (SQLite may have rolled the transaction back after an
+			// I/O error), not of any request of the batch.
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 			db.rollback()
 			db.commitErrors.Add(1)
 			for _, b := range batch {
