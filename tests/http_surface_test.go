@@ -149,6 +149,12 @@ func TestHTTPContentTypes(t *testing.T) {
 	body2, _ := json.Marshal(apiEnrollJSON{Template: "smime-signature", CSR: base64.StdEncoding.EncodeToString(der2)})
 	r = httpDo(t, anon, a, "POST", "/api/v1/enroll", mailbox+":"+code2, body2, "Content-Type", "Application/JSON; charset=utf-8")
 	r.want(t, "enroll with application/json and a parameter", 200, "")
+
+	// The refusals are counted under their routes.
+	metrics := run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")
+	if want := `keyarc_http_requests_total{code="415",route="POST /api/v1/enroll"} 3`; !strings.Contains(metrics, want) {
+		t.Errorf("metrics lack %s:\n%s", want, grepLines(metrics, `code="415"`))
+	}
 }
 
 // TestHTTPTLSSuites: TLS 1.2 offers only ECDHE with AES-GCM or ChaCha20-Poly1305 (the Mozilla

@@ -62,6 +62,7 @@ func (a *appliance) requireContentType(mux *http.ServeMux) http.Handler {
 				return
 			}
 		}
+		r.Pattern = pattern // for the request counter and the log, as the mux would set it
 		got := "none"
 		if ct != "" {
 			got = fmt.Sprintf("%q", clip(ct, 80))
