@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -99,22 +100,102 @@ type recoveryEnv struct {
 	pkcs8   []byte
 }
 
+// recoveryHSM holds the SoftHSM tokens of the recovery tests, made once per test binary and
+// shared: an appliance token for the recovery keys (one per request, destroyed with it) and a
+// KRA token for the KRAs' unwrap keys (one per KRA name, made on first use). SoftHSM sees a
+// token made while another is open only once every token is closed, so both are made before
+// either is opened, no other test of the package makes tokens, and none runs in parallel.
+// TestMain closes and deletes them.
+var recoveryHSM struct {
+	once      sync.Once
+	skip, err string
+	in        *softhsm.Install
+	labels    []string
+	app, kras *hsm.Token
+
+	mu     sync.Mutex
+	unwrap map[string]crypto.Decrypter // KRA name → unwrap key
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	h := &recoveryHSM
+	for _, tok := range []*hsm.Token{h.app, h.kras} {
+		if tok != nil {
+			tok.Close()
+		}
+	}
+	for _, l := range h.labels {
+		if err := h.in.DeleteToken(l); err != nil {
+			fmt.Fprintf(os.Stderr, "delete SoftHSM token %s: %v\n", l, err)
+		}
+	}
+	os.Exit(code)
+}
+
+// recoveryTokens returns the shared appliance and KRA tokens, skipping (or, under $CI, failing)
+// the test when SoftHSM is missing.
+func recoveryTokens(t *testing.T) (app, kras *hsm.Token) {
+	t.Helper()
+	in, _ := softhsm.ForTest(t) // skips or fails the test when SoftHSM is unusable
+	h := &recoveryHSM
+	h.once.Do(func() {
+		h.in, h.unwrap = in, map[string]crypto.Decrypter{}
+		var toks []*softhsm.Token
+		for _, name := range []string{"escrow-appliance", "escrow-kras"} {
+			suffix := make([]byte, 4)
+			rand.Read(suffix)
+			label := fmt.Sprintf("%s-%x", name, suffix)
+			tk, err := in.InitToken(label)
+			if err != nil {
+				h.err = err.Error()
+				return
+			}
+			h.labels = append(h.labels, label)
+			toks = append(toks, tk)
+		}
+		var err error
+		if h.app, err = hsm.Open(toks[0].URI(""), hsm.Options{}); err != nil {
+			h.err = err.Error()
+			return
+		}
+		if h.kras, err = hsm.Open(toks[1].URI(""), hsm.Options{}); err != nil {
+			h.err = err.Error()
+		}
+	})
+	if h.err != "" {
+		t.Fatalf("SoftHSM tokens for the recovery tests: %s", h.err)
+	}
+	return h.app, h.kras
+}
+
+// kraUnwrapKey returns the unwrap key of the KRA called name in the KRA token, made on first use.
+func kraUnwrapKey(t *testing.T, kras *hsm.Token, name string) crypto.Decrypter {
+	t.Helper()
+	h := &recoveryHSM
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if d, ok := h.unwrap[name]; ok {
+		return d
+	}
+	label := name + "-unwrap"
+	if _, err := kras.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt); err != nil {
+		t.Fatalf("generate %s: %v", label, err)
+	}
+	d, err := kras.Decrypter(label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.unwrap[name] = d
+	return d
+}
+
 // newRecoveryEnv makes a service with three KRAs (kra-0..2, 2 of 3, epoch 1) whose unwrap keys
-// are in a SoftHSM KRA token, a recovery key store in a SoftHSM appliance token, and one
-// archived key. The tokens are closed when the test ends: SoftHSM sees tokens made later only
-// once no token is open, so these tests do not run in parallel.
+// are in the SoftHSM KRA token, a recovery key store in the SoftHSM appliance token, and one
+// archived key.
 func newRecoveryEnv(t *testing.T) *recoveryEnv {
 	t.Helper()
-	_, toks := softhsm.ForTest(t, "escrow-appliance", "escrow-kras")
-	open := func(tk *softhsm.Token) *hsm.Token {
-		tok, err := hsm.Open(tk.URI(""), hsm.Options{})
-		if err != nil {
-			t.Fatalf("hsm.Open: %v", err)
-		}
-		t.Cleanup(func() { tok.Close() })
-		return tok
-	}
-	app, kraTok := open(toks[0]), open(toks[1])
+	app, kraTok := recoveryTokens(t)
 	env := newBareService(t)
 	r := &recoveryEnv{testEnv: env, kraTok: kraTok, unwrap: map[string]crypto.Decrypter{}}
 	var serials []string
@@ -133,20 +214,12 @@ func newRecoveryEnv(t *testing.T) *recoveryEnv {
 	return r
 }
 
-// addTokenKRA issues the certificates of a KRA whose unwrap key it generates in the KRA token.
+// addTokenKRA issues the certificates of a KRA whose unwrap key is in the KRA token.
 func (r *recoveryEnv) addTokenKRA(t *testing.T, name string) kra {
 	t.Helper()
-	label := name + "-unwrap"
-	pub, err := r.kraTok.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt)
-	if err != nil {
-		t.Fatalf("generate %s: %v", label, err)
-	}
-	d, err := r.kraTok.Decrypter(label)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := kraUnwrapKey(t, r.kraTok, name)
 	auth := newP256(t)
-	out, err := r.svc.IssueKRA(context.Background(), name, pub, auth.Public())
+	out, err := r.svc.IssueKRA(context.Background(), name, d.Public(), auth.Public())
 	if err != nil {
 		t.Fatalf("IssueKRA(%s): %v", name, err)
 	}
