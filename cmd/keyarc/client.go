@@ -42,24 +42,24 @@ type clientFlags struct {
 // register adds the connection flags of a client command that authenticates as an operator.
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	c.registerServer(fs)
-	fs.StringVar(&c.as, "as", "", "development identity: admin, officer, auditor, kra1, kra2 or kra3")
-	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM) for mutual TLS")
-	fs.StringVar(&c.key, "key", "", "client private key (PEM PKCS#8) for mutual TLS")
+	fs.StringVar(&c.as, "as", "", "development `IDENTITY`: admin, officer, auditor, kra1, kra2 or kra3")
+	fs.StringVar(&c.cert, "cert", "", "client certificate `FILE` (PEM) for mutual TLS")
+	fs.StringVar(&c.key, "key", "", "client private key `FILE` (PEM PKCS#8) for mutual TLS")
 }
 
 // registerServer adds the flags that locate the appliance, for commands that connect
 // anonymously.
 func (c *clientFlags) registerServer(fs *flag.FlagSet) {
-	fs.StringVar(&c.state, "state", "", "development install: state folder (finds server, CA and credentials)")
-	fs.StringVar(&c.server, "server", "", "appliance URL, e.g. https://keyarc.example.org:8443 (default with --state: where its serve listens)")
-	fs.StringVar(&c.cacert, "cacert", "", "CA certificate (PEM) that issued the appliance's TLS certificate")
+	fs.StringVar(&c.state, "state", "", "development install: the state folder `DIR` (finds server, CA and credentials)")
+	fs.StringVar(&c.server, "server", "", "appliance `URL`, e.g. https://keyarc.example.org:8443 (default with --state: where its serve listens)")
+	fs.StringVar(&c.cacert, "cacert", "", "CA certificate `FILE` (PEM) that issued the appliance's TLS certificate")
 }
 
 // registerToken adds the flags of a KRA's own token, for the commands a KRA runs.
 func (c *clientFlags) registerToken(fs *flag.FlagSet) {
-	fs.StringVar(&c.tokenLbl, "token-label", "", "KRA: label of your token")
-	fs.StringVar(&c.pinFile, "pin-file", "", "KRA: file holding your token's PIN")
-	fs.StringVar(&c.module, "module", "", "KRA: PKCS#11 module (default: SoftHSM)")
+	fs.StringVar(&c.tokenLbl, "token-label", "", "KRA: the `LABEL` of your token")
+	fs.StringVar(&c.pinFile, "pin-file", "", "KRA: `FILE` holding your token's PIN")
+	fs.StringVar(&c.module, "module", "", "KRA: PKCS#11 module `PATH` (default: SoftHSM)")
 }
 
 // client is a connection to the appliance.
