@@ -278,6 +278,7 @@ func TestTokenPINRefusedLive(t *testing.T) {
 	}
 
 	// The token comes back with a PIN the appliance does not have.
+	loginsBefore := spyCount("C_Login")
 	tokStopP11kit(server)
 	changeTokenPIN(t, state, oldPIN, newPIN)
 	server = p11kitServer(t, state, socket)
@@ -292,9 +293,12 @@ func TestTokenPINRefusedLive(t *testing.T) {
 	if got := tokMetric(t, a, `keyarc_token_fault{cause="pin_refused"}`); got != "1" {
 		t.Errorf(`keyarc_token_fault{cause="pin_refused"} = %q, want 1`, got)
 	}
-	// Several watch intervals (5 s) and readiness checks pass: no other login, and the
-	// checkpoint that falls due cannot be signed, which is logged once.
+	// One attempt, one C_Login. Several watch intervals (5 s) and readiness checks pass: no
+	// other login, and the checkpoint that falls due cannot be signed, which is logged once.
 	logins := spyCount("C_Login")
+	if logins != loginsBefore+1 {
+		t.Errorf("%d C_Login calls for the refused attempt, want 1", logins-loginsBefore)
+	}
 	for i := 0; i < 16; i++ {
 		getStatus(t, a, "/readyz")
 		time.Sleep(time.Second)
@@ -320,6 +324,7 @@ func TestTokenPINRefusedLive(t *testing.T) {
 	}
 
 	// SIGHUP with the PIN file unchanged: exactly one more login, refused again.
+	logins = spyCount("C_Login")
 	a.cmd.Process.Signal(syscall.SIGHUP)
 	tokWaitFor(t, a, "SIGHUP made one more attempt", func() bool { return spyCount("CKR_PIN_INCORRECT") >= 2 })
 	for i := 0; i < 8; i++ {
@@ -328,6 +333,9 @@ func TestTokenPINRefusedLive(t *testing.T) {
 	}
 	if n := spyCount("CKR_PIN_INCORRECT"); n != 2 {
 		t.Errorf("%d refused logins after one SIGHUP, want 2", n)
+	}
+	if n := spyCount("C_Login") - logins; n != 1 {
+		t.Errorf("%d C_Login calls for one SIGHUP, want 1", n)
 	}
 
 	// The operator puts the right PIN in the file: one login, service is back.
