@@ -252,3 +252,36 @@ func TestCLIKRAEnrollWaitSaysWhatItWaitsFor(t *testing.T) {
 		}
 	}
 }
+
+// TestMakeSaysWhichGoToInstall: without Go, or with a Go too old to fetch the toolchain go.mod
+// names, make run, make test and make build stop at once saying what to install.
+func TestMakeSaysWhichGoToInstall(t *testing.T) {
+	requireTools(t, "make")
+	oldGo := filepath.Join(t.TempDir(), "go")
+	writeFile(t, oldGo, []byte("#!/bin/sh\necho 'go version go1.19.8 linux/amd64'\n"))
+	if err := os.Chmod(oldGo, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, goBin, want string }{
+		{"no Go", filepath.Join(t.TempDir(), "missing", "go"), "Go is not installed"},
+		{"Go 1.19", oldGo, "Go 1.19 is too old"},
+	} {
+		for _, target := range []string{"run", "test", "build"} {
+			t.Run(tc.name+" make "+target, func(t *testing.T) {
+				cmd := exec.Command("make", "-C", "..", target, "GO="+tc.goBin)
+				out, err := cmd.CombinedOutput()
+				if err == nil {
+					t.Fatalf("make %s with %s succeeded:\n%s", target, tc.name, out)
+				}
+				for _, w := range []string{tc.want, "install Go 1.21 or newer", "https://go.dev/dl/", "module proxy"} {
+					if !strings.Contains(string(out), w) {
+						t.Errorf("make %s lacks %q:\n%s", target, w, out)
+					}
+				}
+				if strings.Contains(string(out), "deps:") || strings.Contains(string(out), "softhsm") {
+					t.Errorf("make %s did more than stop:\n%s", target, out)
+				}
+			})
+		}
+	}
+}
