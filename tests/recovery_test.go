@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +208,46 @@ func TestRecoveryByMailbox(t *testing.T) {
 		"--cert", filepath.Join(creds, "bob.pem"), "--key", filepath.Join(creds, "bob-key.pem"))
 	if !strings.Contains(msg, "own") {
 		t.Errorf("owner asking for their own key: %s", msg)
+	}
+}
+
+// TestRecoveryLegacyPKCS12: `recovery fetch --legacy` writes a PKCS#12 for old clients (3DES,
+// SHA-1 MAC) whose MAC and encryption keys are derived with at least 2,048 iterations, as
+// OpenSSL's own legacy output is, and which OpenSSL opens with the password written.
+func TestRecoveryLegacyPKCS12(t *testing.T) {
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	const mailbox = "lena@example.org"
+	enrollUser(t, a, mailbox, filepath.Join(dir, "lena"))
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--email", mailbox, "--reason", "an old mail client")...))
+	keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
+	keyarc(t, as("kra3", "recovery", "approve", id, "--yes")...)
+	pw := filepath.Join(dir, "lena.pw")
+	files := strings.Fields(keyarc(t, as("officer", "recovery", "fetch", id, "--legacy", "--out", filepath.Join(dir, "lena.p12"), "--password-file", pw)...))
+	if len(files) != 1 {
+		t.Fatalf("fetch wrote %v, want one PKCS#12 file", files)
+	}
+	info := run(t, dir, "openssl", "pkcs12", "-info", "-legacy", "-noout", "-in", files[0], "-passin", "file:"+pw)
+	if !regexp.MustCompile(`MAC: sha1, Iteration \d+`).MatchString(info) || !strings.Contains(info, "TripleDES") {
+		t.Fatalf("not a legacy PKCS#12 (SHA-1 MAC, 3DES):\n%s", info)
+	}
+	counts := regexp.MustCompile(`Iteration (\d+)`).FindAllStringSubmatch(info, -1)
+	if len(counts) < 3 {
+		t.Fatalf("openssl shows %d iteration counts, want the MAC's and both bags':\n%s", len(counts), info)
+	}
+	for _, c := range counts {
+		if n, _ := strconv.Atoi(c[1]); n < 2048 {
+			t.Errorf("iteration count %d in the legacy PKCS#12, want at least 2048:\n%s", n, info)
+		}
+	}
+	orig := run(t, dir, "openssl", "pkey", "-in", filepath.Join(dir, "lena", "key.pem"), "-pubout")
+	run(t, dir, "openssl", "pkcs12", "-legacy", "-in", files[0], "-passin", "file:"+pw, "-nocerts", "-nodes", "-out", "k.pem")
+	if got := run(t, dir, "openssl", "pkey", "-in", "k.pem", "-pubout"); got != orig {
+		t.Error("the legacy PKCS#12 holds another key than the one archived")
 	}
 }
