@@ -135,3 +135,77 @@ func TestTokenFaultAlerts(t *testing.T) {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 }
+
+// TestOperationalAlerts: promtool's rule tests show each alert on the appliance's own faults
+// firing on the series the appliance exports, and staying quiet while they are healthy.
+func TestOperationalAlerts(t *testing.T) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool is required in CI")
+		}
+		t.Skip("promtool not installed")
+	}
+	// The expressions under test, without the annotations (promtool would compare those too).
+	b, err := os.ReadFile("monitoring/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules map[string][]map[string]any
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range rules["groups"] {
+		for _, r := range g["rules"].([]any) {
+			delete(r.(map[string]any), "annotations")
+		}
+	}
+	stripped, err := yaml.Marshal(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs := filepath.Join(t.TempDir(), "alerts.yml")
+	if err := os.WriteFile(abs, stripped, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		alert   string
+		series  string // input series, promtool's notation
+		firing  string // eval time at which the alert fires
+		quiet   string // eval time at which it does not
+		labels  string // the firing alert's labels
+		healthy string // series values of a healthy appliance
+		bad     string // series values of the fault
+	}{
+		{"KeyarcBulkJobPaused", `keyarc_bulk_job_paused{instance="k1",cause="storage"}`, "15m", "5m",
+			`{severity: warning, instance: k1, cause: storage}`, "0x20", "0x4 1x20"},
+		{"KeyarcConsistencyFailures", `keyarc_consistency_failures{instance="k1"}`, "3m", "1m",
+			`{severity: critical, instance: k1}`, "0x5", "0 0 1x5"},
+		{"KeyarcLoginFailureStorm", `keyarc_login_failures_total{instance="k1",outcome="throttled"}`, "15m", "3m",
+			`{severity: warning, instance: k1}`, "0x20", "0+300x20"},
+	}
+	var tests strings.Builder
+	for _, c := range cases {
+		for _, v := range []struct{ values, at, exp string }{
+			{c.bad, c.firing, "\n          - exp_labels: " + c.labels},
+			{c.bad, c.quiet, " []"},
+			{c.healthy, c.firing, " []"},
+		} {
+			fmt.Fprintf(&tests, `  - interval: 1m
+    input_series:
+      - series: '%s'
+        values: '%s'
+    alert_rule_test:
+      - eval_time: %s
+        alertname: %s
+        exp_alerts:%s
+`, c.series, v.values, v.at, c.alert, v.exp)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "alerts_test.yml")
+	if err := os.WriteFile(file, []byte("rule_files: ['"+abs+"']\nevaluation_interval: 1m\ntests:\n"+tests.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("promtool", "test", "rules", file).CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+}
