@@ -248,6 +248,7 @@ func flipBytes(t *testing.T, in, out string, at, n int) {
 // is made locally, sent in a CMS EnvelopedData (AES-256-CBC) or AuthEnvelopedData (AES-256-GCM)
 // to the transport certificate, and archived before the certificate is returned.
 func TestArchivalWithOpenSSL(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)
@@ -318,6 +319,7 @@ func TestArchivalWithOpenSSL(t *testing.T) {
 // TestArchivalRefusals: each bad archival request gets a 4xx whose JSON error says what is wrong,
 // leaves nothing in the database, and does not use the code up.
 func TestArchivalRefusals(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)
@@ -457,6 +459,7 @@ func TestArchivalRefusals(t *testing.T) {
 // TestKeyarcEnroll: the `keyarc enroll` client makes the key, archives it and writes key, certificate
 // and chain; a used code is refused and nothing is written.
 func TestKeyarcEnroll(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -517,6 +520,7 @@ type estPart struct {
 // TestServerKeygen: EST serverkeygen (RFC 7030 4.4) with curl: the appliance makes the key,
 // archives it, and answers multipart/mixed with the PKCS#8 key and a certs-only PKCS#7.
 func TestServerKeygen(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)
@@ -613,6 +617,7 @@ func TestServerKeygen(t *testing.T) {
 // TestSimpleReenroll: EST simplereenroll (RFC 7030 4.2.2) with curl, authenticated by the current
 // certificate as TLS client certificate.
 func TestSimpleReenroll(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)
@@ -661,6 +666,7 @@ func TestSimpleReenroll(t *testing.T) {
 // another with 409 and a message that says so, without an escrow record or a certificate and
 // without using the code; the same mailbox may archive it again, in a second record.
 func TestArchivalOneKeyTwoMailboxes(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)

@@ -46,6 +46,7 @@ func restoreDB(t *testing.T, state, from string) {
 // signatures), no secret reaches the trail, `keyarc audit verify` passes on the intact trail
 // and names the problem once the SQLite file is tampered with or an older backup is restored.
 func TestAuditTrail(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)

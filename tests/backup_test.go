@@ -13,6 +13,7 @@ import (
 // runs, refused for a backup older than the audit trail's last signed checkpoint unless forced,
 // and accepted for a current one.
 func TestBackupRestore(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -66,6 +67,7 @@ func TestBackupRestore(t *testing.T) {
 // forced restore is an audited act that names the backup, the entries it drops and the OS user,
 // and `keyarc audit verify` then passes and reports the gap.
 func TestRollbackRefused(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -158,6 +160,7 @@ func TestRollbackRefused(t *testing.T) {
 // a rollback would: refused; recorded in place with `restore --force --from` the database
 // itself, the entry says the head was missing and the trail verifies again.
 func TestRollbackWithoutHead(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)

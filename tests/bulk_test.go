@@ -193,6 +193,7 @@ func pkcs8DER(t *testing.T, k crypto.Signer) []byte {
 }
 
 func TestBulkEnroll(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -252,6 +253,7 @@ func TestBulkEnroll(t *testing.T) {
 }
 
 func TestBulkKeygen(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -350,6 +352,7 @@ func importLines(t *testing.T, n int) []string {
 }
 
 func TestBulkImport(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -396,6 +399,7 @@ func getBulkStatus(c *http.Client, url string) (bulkStatus, error) {
 // TestBulkCrashResume kills the appliance with SIGKILL in the middle of a keygen job, starts it
 // again on the same state, and checks that the job finishes with every item issued once.
 func TestBulkCrashResume(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	if testing.Short() {
 		t.Skip("long")

@@ -181,6 +181,7 @@ func checkEveryItemOnce(t *testing.T, a *appliance, id string, total int, templa
 // metric), resume by itself when the fault clears, and end with every item done once: a fault
 // of the appliance is never a fault of the items.
 func TestBulkStorageFault(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "strace")
 	faults := []struct {
 		name   string
@@ -241,6 +242,7 @@ func TestBulkStorageFault(t *testing.T) {
 // "database closed" and no undo failure in the log), and after the last restart the job ends with
 // every item done once and no reservation left.
 func TestBulkSigtermResume(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	const total, stops = 1500, 3
 	state := devState(t)

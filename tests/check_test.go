@@ -16,6 +16,7 @@ import (
 // but logs them and counts them in keyarc_consistency_failures; and a recovery of either
 // certificate is refused before a PKCS#12 is made.
 func TestConsistencyCheck(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -101,6 +102,7 @@ func TestConsistencyCheck(t *testing.T) {
 // audit entry per batch) pass the check on their audited hash and record links; a byte changed
 // in one of them is found although its signature is not the CA's to check.
 func TestConsistencyCheckImports(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)

@@ -30,6 +30,7 @@ func exitCode(t *testing.T, args ...string) (string, string, int) {
 // state folder, and client commands given only --state talk to it, not to the configuration's
 // listen address. The record is gone after an orderly stop.
 func TestCLIDialsWhereServeListens(t *testing.T) {
+	t.Parallel()
 	requireTools(t)
 	state := devState(t)
 	a := serve(t, state)
@@ -64,6 +65,7 @@ func TestCLIDialsWhereServeListens(t *testing.T) {
 // TestCLIStaleServeRecord: a record left by a killed serve names a dead process; the client
 // says so instead of dialling the address it names.
 func TestCLIStaleServeRecord(t *testing.T) {
+	t.Parallel()
 	requireTools(t)
 	state := devState(t)
 	a := serve(t, state)
@@ -83,6 +85,7 @@ func TestCLIStaleServeRecord(t *testing.T) {
 // line, arguments and description, and lists only the flags the command takes; a usage error
 // exits 2 on standard error.
 func TestCLIHelp(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		args    []string
 		want    []string
@@ -131,6 +134,7 @@ func TestCLIHelp(t *testing.T) {
 // TestCLIConfigErrorNamesField: a misspelt configuration field is reported with the file, the
 // line, the field and the nearest valid name, not Go's type internals.
 func TestCLIConfigErrorNamesField(t *testing.T) {
+	t.Parallel()
 	requireTools(t)
 	state := devState(t)
 	path := filepath.Join(state, "keyarc.yaml")
@@ -163,6 +167,7 @@ func itoa(n int) string {
 // TestCLIRefusesMisleadingInput: a non-positive code TTL is refused, locally and by the server
 // side of the code service, and an unknown template names the valid ones.
 func TestCLIRefusesMisleadingInput(t *testing.T) {
+	t.Parallel()
 	requireTools(t)
 	state := devState(t)
 	for _, ttl := range []string{"-5m", "0s"} {
@@ -182,6 +187,7 @@ func TestCLIRefusesMisleadingInput(t *testing.T) {
 // TestCLIBulkWaitFailsOnFailedItems: `bulk submit --wait` exits with status 3 when any item
 // failed, and still prints the job ID on stdout.
 func TestCLIBulkWaitFailsOnFailedItems(t *testing.T) {
+	t.Parallel()
 	requireTools(t)
 	state := devState(t)
 	a := serve(t, state)
@@ -202,6 +208,7 @@ func TestCLIBulkWaitFailsOnFailedItems(t *testing.T) {
 // TestCLIRecoveryShowEffectiveState: once the quorum is met, `recovery show` says so instead of
 // "open".
 func TestCLIRecoveryShowEffectiveState(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -231,6 +238,7 @@ func TestCLIRecoveryShowEffectiveState(t *testing.T) {
 // TestCLIKRAEnrollWaitSaysWhatItWaitsFor: `kra enroll --wait` tells the KRA it waits for an
 // admin and which command issues the request.
 func TestCLIKRAEnrollWaitSaysWhatItWaitsFor(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "softhsm2-util")
 	state := devState(t)
 	a := serve(t, state)
@@ -256,6 +264,7 @@ func TestCLIKRAEnrollWaitSaysWhatItWaitsFor(t *testing.T) {
 // TestMakeSaysWhichGoToInstall: without Go, or with a Go too old to fetch the toolchain go.mod
 // names, make run, make test and make build stop at once saying what to install.
 func TestMakeSaysWhichGoToInstall(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "make")
 	oldGo := filepath.Join(t.TempDir(), "go")
 	writeFile(t, oldGo, []byte("#!/bin/sh\necho 'go version go1.19.8 linux/amd64'\n"))

@@ -61,6 +61,7 @@ func pkcs7ToPEM(t *testing.T, dir, name, body string) string {
 // enrolls a CSR with a one-time code, and openssl verifies the certificate; the code then no
 // longer works, and refused requests leave the code usable.
 func TestESTEnrollment(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)

@@ -115,6 +115,7 @@ func p11kitServer(t *testing.T, state, socket string) *exec.Cmd {
 // server. Killing the server is a lost HSM: requests fail fast with 503, readiness turns false;
 // starting it again brings service back without restarting the appliance.
 func TestTokenLostAndBack(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "p11-kit", "openssl")
 	client := "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 	if _, err := os.Stat(client); err != nil {
@@ -168,6 +169,7 @@ func TestTokenLostAndBack(t *testing.T) {
 // TestWrongPINOneLogin proves with pkcs11-spy that a wrong PIN at start-up costs exactly one
 // C_Login: the appliance refuses to start and never retries into a lockout.
 func TestWrongPINOneLogin(t *testing.T) {
+	t.Parallel()
 	spy := "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so"
 	if _, err := os.Stat(spy); err != nil {
 		if os.Getenv("CI") != "" {
@@ -217,6 +219,7 @@ func enrollJSON(a *appliance, mailbox, code string, body []byte) (int, error) {
 // archival enrollments. After a restart: no certificate without its active escrow record, no
 // row left pending, and none of the clients' private keys on disk in clear.
 func TestCrashDuringEnrollment(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -315,6 +318,7 @@ func opensslArchivalInput(t *testing.T, dir, name, mailbox, transport string) (k
 // TestDiskFull puts the database on a small tmpfs and fills it: an enrollment is refused with
 // no certificate returned and its code left unused; once space is back the same code enrolls.
 func TestDiskFull(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -395,6 +399,7 @@ func countFileRows(t *testing.T, dbPath, q string) int {
 // TestCorruptDatabaseRefused: a database file with damaged pages stops the appliance at start,
 // with a message that says so.
 func TestCorruptDatabaseRefused(t *testing.T) {
+	t.Parallel()
 	state := devState(t)
 	path := filepath.Join(state, "keyarc.db")
 	raw, err := os.ReadFile(path)
@@ -414,6 +419,7 @@ func TestCorruptDatabaseRefused(t *testing.T) {
 // recovery of either is refused by name before any KRA is shown a share, so a record is never
 // opened for the wrong certificate.
 func TestSwappedRecordRefused(t *testing.T) {
+	t.Parallel()
 	state := devState(t)
 	a := serve(t, state)
 	dir := t.TempDir()
@@ -437,6 +443,7 @@ func TestSwappedRecordRefused(t *testing.T) {
 // TestCrashDuringRecovery kills the appliance between two approvals: after the restart the first
 // approval is still there, counted once, and the recovery completes with one more.
 func TestCrashDuringRecovery(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)

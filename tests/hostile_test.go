@@ -194,6 +194,7 @@ func basicAuth(user string) string {
 // TestHostile: oversized bodies, malformed DER and JSON, requests that break the policy, slow
 // clients, missing or wrong credentials and 400 fuzzed requests, all against one appliance.
 func TestHostile(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	dir := t.TempDir()

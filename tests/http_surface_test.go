@@ -101,6 +101,7 @@ func httpCSR(t *testing.T, dir, name, mailbox string) []byte {
 // (parameters allowed); anything else is refused with 415 before the body is read, and a
 // cross-site browser request is refused whatever its type. Nothing is used up by a refusal.
 func TestHTTPContentTypes(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)
@@ -161,6 +162,7 @@ func TestHTTPContentTypes(t *testing.T) {
 // "intermediate" set); CBC and SHA-1 suites, static RSA key exchange and TLS 1.1 are refused;
 // TLS 1.3 works. The client is openssl s_client.
 func TestHTTPTLSSuites(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -206,6 +208,7 @@ func TestHTTPTLSSuites(t *testing.T) {
 // TestHTTPRefusalClasses: keyarc_enrollment_refusals_total counts refusals by the classes the
 // README lists, never by HTTP status text.
 func TestHTTPRefusalClasses(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)
@@ -292,6 +295,7 @@ func httpStrace(t *testing.T, a *appliance, inject ...string) *exec.Cmd {
 // not a bare 500 nor a client error; the details go to the log; the code is not used up, and once
 // the fault clears the same request succeeds.
 func TestHTTPStorageUnavailable(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "strace")
 	state := devState(t)
 	a := serve(t, state)
@@ -355,6 +359,7 @@ func setHTTPConfig(t *testing.T, state string, kv map[string]string) {
 // mailbox (429 with Retry-After), and a storm of them leaves a bounded number of audit entries:
 // the first failure of a source in an interval, then one summary with a count.
 func TestHTTPLoginThrottle(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	setHTTPConfig(t, state, map[string]string{"login_failures_per_source": "5", "login_failures_per_mailbox": "8", "login_failure_window": "10m"})
@@ -464,6 +469,7 @@ func TestHTTPLoginThrottle(t *testing.T) {
 // template's rules allow (by default its own, RFC 7030 4.2.2), once; an operator credential at
 // EST is refused with a message saying so.
 func TestHTTPTemplateCredential(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)

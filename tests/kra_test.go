@@ -88,6 +88,7 @@ func keyObjectCheck(t *testing.T, listing, label string, must, mustNot []string)
 // joins a new recovery set (epoch 2) and new escrow records are sealed under that epoch while
 // old ones keep theirs. Denied requests cannot be issued.
 func TestKRAEnrollment(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl", "pkcs11-tool", "softhsm2-util")
 	state := devState(t)
 	a := serve(t, state)

@@ -13,6 +13,7 @@ import (
 // series an operator alerts on are there, promtool finds nothing to lint, and no label holds a
 // mailbox or a serial.
 func TestMetrics(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
 	a := serve(t, state)

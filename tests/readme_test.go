@@ -104,6 +104,7 @@ func copyWorkingTree(t *testing.T, dir string) {
 // README names. Blocks marked `<!-- not run: REASON -->` are skipped; there are few, and each
 // says why.
 func TestREADME(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the binary with make and runs the whole README")
 	}

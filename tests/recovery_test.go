@@ -42,6 +42,7 @@ func keyarcFails(t *testing.T, args ...string) string {
 // approve with their own tokens, the officer fetches a PKCS#12 that OpenSSL and NSS open, and
 // the old mail decrypts with the recovered key.
 func TestRecoveryEndToEnd(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl", "pk12util", "certutil")
 	state := devState(t)
 	a := serve(t, state)
@@ -169,6 +170,7 @@ func TestRecoveryEndToEnd(t *testing.T) {
 // TestRecoveryByMailbox recovers every archived key of a mailbox in one request, and checks
 // that an officer cannot recover their own key.
 func TestRecoveryByMailbox(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)
@@ -215,6 +217,7 @@ func TestRecoveryByMailbox(t *testing.T) {
 // SHA-1 MAC) whose MAC and encryption keys are derived with at least 2,048 iterations, as
 // OpenSSL's own legacy output is, and which OpenSSL opens with the password written.
 func TestRecoveryLegacyPKCS12(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	a := serve(t, state)

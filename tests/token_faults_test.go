@@ -150,6 +150,7 @@ func tokCopyDir(t *testing.T, from, to string) {
 // EST and on an archival enrollment (never a 4xx: the client did nothing wrong), the metric
 // and a log line naming each key. With the right token back, it serves again by itself.
 func TestTokenSwappedLive(t *testing.T) {
+	t.Parallel()
 	tokRequireP11kit(t)
 	state := devState(t)
 	socket := filepath.Join(t.TempDir(), "p11.sock")
@@ -234,6 +235,7 @@ func TestTokenSwappedLive(t *testing.T) {
 // token was fixed, is one more login each, and brings service back without a restart.
 // pkcs11-spy sits between the appliance and p11-kit's client and counts the C_Login calls.
 func TestTokenPINRefusedLive(t *testing.T) {
+	t.Parallel()
 	tokRequireP11kit(t)
 	spy := "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so"
 	if _, err := os.Stat(spy); err != nil {
@@ -376,6 +378,7 @@ func TestTokenPINRefusedLive(t *testing.T) {
 // TestTokenStoreMissing: SoftHSM's token directory is gone. serve refuses to start saying the
 // token store was not found and where it was looked for, not a bare CKR_GENERAL_ERROR.
 func TestTokenStoreMissing(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	tokens := filepath.Join(state, "softhsm", "tokens")

@@ -52,6 +52,7 @@ func privateKeyObject(t *testing.T, listing, label string) string {
 // TestTokenKeyAttributes checks, from outside with pkcs11-tool, that init made the appliance
 // keys sensitive, never extractable and single-purpose.
 func TestTokenKeyAttributes(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "pkcs11-tool")
 	state := devState(t, "--ca-key", "p256")
 	listing := tokenObjects(t, state, "keyarc")
@@ -134,6 +135,7 @@ func serveFails(t *testing.T, state string, want ...string) {
 // TestServeRefusesToStart: a wrong PIN, a missing token and a CA certificate that is not the
 // pair of the token's key each stop the appliance at once with a message naming the cause.
 func TestServeRefusesToStart(t *testing.T) {
+	t.Parallel()
 	requireTools(t, "openssl")
 	state := devState(t)
 	pinFile := filepath.Join(state, "softhsm", "pins", "keyarc.pin")
