@@ -22,6 +22,7 @@ import (
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 	"github.com/keyarc/keyarc/softhsm"
+	"github.com/keyarc/keyarc/softhsm/softhsmtest"
 )
 
 // tokenKeys keeps the recovery keys in a SoftHSM token, one RSA key per label, decrypt only
@@ -137,7 +138,7 @@ func TestMain(m *testing.M) {
 // the test when SoftHSM is missing.
 func recoveryTokens(t *testing.T) (app, kras *hsm.Token) {
 	t.Helper()
-	in, _ := softhsm.ForTest(t) // skips or fails the test when SoftHSM is unusable
+	in, _ := softhsmtest.Tokens(t) // skips or fails the test when SoftHSM is unusable
 	h := &recoveryHSM
 	h.once.Do(func() {
 		h.in, h.unwrap = in, map[string]crypto.Decrypter{}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/softhsm"
+	"github.com/keyarc/keyarc/softhsm/softhsmtest"
 	"github.com/miekg/pkcs11"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -24,7 +25,7 @@ import (
 // newToken makes a fresh SoftHSM token and opens it.
 func newToken(t testing.TB, opts Options) (*softhsm.Install, *softhsm.Token, *Token) {
 	t.Helper()
-	in, toks := softhsm.ForTest(t, "hsm")
+	in, toks := softhsmtest.Tokens(t, "hsm")
 	tok, err := Open(toks[0].URI(""), opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -38,7 +39,7 @@ func newToken(t testing.TB, opts Options) (*softhsm.Install, *softhsm.Token, *To
 }
 
 func TestOpenErrors(t *testing.T) {
-	_, toks := softhsm.ForTest(t, "open")
+	_, toks := softhsmtest.Tokens(t, "open")
 	good := toks[0]
 	dir := t.TempDir()
 	wrongPIN := filepath.Join(dir, "wrong.pin")
@@ -493,7 +494,7 @@ func TestPoolExhausted(t *testing.T) {
 // survivor keeps working, that Close is idempotent and that the module can be loaded
 // again after the last Close finalised it.
 func TestOpenCloseOrder(t *testing.T) {
-	_, toks := softhsm.ForTest(t, "order-a", "order-b")
+	_, toks := softhsmtest.Tokens(t, "order-a", "order-b")
 	a, err := Open(toks[0].URI(""), Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyarc/keyarc/softhsm"
+	"github.com/keyarc/keyarc/softhsm/softhsmtest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -175,7 +175,7 @@ func TestReconnectPINAndKeys(t *testing.T) {
 		}
 		t.Skip("p11-kit-client.so missing")
 	}
-	in, toks := softhsm.ForTest(t, "reconnect")
+	in, toks := softhsmtest.Tokens(t, "reconnect")
 	st := toks[0]
 	socket := filepath.Join(t.TempDir(), "p11.sock")
 	var server *exec.Cmd

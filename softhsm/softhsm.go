@@ -6,7 +6,8 @@
 // softhsm2-util command; their user and SO PINs are random, written to files with mode
 // 0600 and never printed, logged or put in an error.
 //
-// The package imports the standard library only (plus testing, for [ForTest]). It must
+// The package imports the standard library only (tests get their tokens from package
+// softhsm/softhsmtest, which keeps `testing` out of the keyarc binary). It must
 // not import crypto11, miekg/pkcs11 or any other keyarc package: talking PKCS#11 is
 // the job of package hsm, which finds a token through [Token.URI].
 //
@@ -15,7 +16,7 @@
 // An [Install] may be used from several goroutines; token creation and deletion are
 // serialised per Install. libsofthsm2 reads SOFTHSM2_CONF once per process, when the
 // module is first loaded, so a process uses one Install in process (see
-// [Install.UseInProcess] and [ForTest]).
+// [Install.UseInProcess] and softhsmtest.Tokens).
 //
 // # Security
 //

@@ -1,10 +1,7 @@
 package softhsm
 
 import (
-	"errors"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -53,91 +50,6 @@ func TestProvisionIdempotent(t *testing.T) {
 	}
 	if got := a.Env(); len(got) != 1 || got[0] != "SOFTHSM2_CONF="+a.ConfPath {
 		t.Errorf("Env() = %q", got)
-	}
-}
-
-func TestTokenLifecycle(t *testing.T) {
-	in, toks := ForTest(t, "lifecycle")
-	tok := toks[0]
-	for _, f := range []string{tok.PINFile, tok.SOPINFile} {
-		fi, err := os.Stat(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != 0o600 {
-			t.Errorf("%s mode %v, want 0600", f, fi.Mode().Perm())
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p := strings.TrimSpace(string(b)); len(p) != 16 {
-			t.Errorf("PIN file %s holds %d characters, want 16", filepath.Base(f), len(p))
-		}
-	}
-	if len(tok.Label) > 32 || !strings.HasPrefix(tok.Label, "lifecycle-") {
-		t.Errorf("label %q", tok.Label)
-	}
-	if _, err := in.InitToken(tok.Label); !errors.Is(err, ErrTokenExists) {
-		t.Errorf("InitToken(existing) = %v, want ErrTokenExists", err)
-	}
-	got, err := in.Token(tok.Label)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if *got != *tok {
-		t.Errorf("Token() = %+v, want %+v", got, tok)
-	}
-	if _, err := in.Token("no-such-token"); !errors.Is(err, ErrTokenNotFound) {
-		t.Errorf("Token(missing) = %v, want ErrTokenNotFound", err)
-	}
-
-	// The PIN in the file logs in (checked from outside with pkcs11-tool).
-	if tool, err := exec.LookPath("pkcs11-tool"); err == nil {
-		pin, _ := os.ReadFile(tok.PINFile)
-		cmd := exec.Command(tool, "--module", tok.Module, "--token-label", tok.Label,
-			"--login", "--pin", strings.TrimSpace(string(pin)), "--list-objects")
-		cmd.Env = append(os.Environ(), in.Env()...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("pkcs11-tool login: %v: %s", err, out)
-		}
-	}
-
-	// A second, directly made token is deleted with its PIN files.
-	extra, err := in.InitToken(tok.Label[:len(tok.Label)-1] + "x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := in.DeleteToken(extra.Label); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(extra.PINFile); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("PIN file left behind: %v", err)
-	}
-	if err := in.DeleteToken(extra.Label); !errors.Is(err, ErrTokenNotFound) {
-		t.Errorf("DeleteToken(deleted) = %v, want ErrTokenNotFound", err)
-	}
-}
-
-func TestInitTokenLabel(t *testing.T) {
-	in, _ := ForTest(t)
-	tests := []struct {
-		name    string
-		label   string
-		wantErr error
-	}{
-		{"empty", "", ErrInvalidLabel},
-		{"too long", strings.Repeat("a", 33), ErrInvalidLabel},
-		{"slash", "a/b", ErrInvalidLabel},
-		{"dotdot", "..", ErrInvalidLabel},
-		{"space", "a b", ErrInvalidLabel},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if _, err := in.InitToken(tt.label); !errors.Is(err, tt.wantErr) {
-				t.Errorf("InitToken(%q) = %v, want %v", tt.label, err, tt.wantErr)
-			}
-		})
 	}
 }
 
