@@ -10,12 +10,13 @@ import (
 func BenchmarkImportJob(b *testing.B) {
 	env := newEnv(b)
 	old := newOtherCA(b)
-	k := p256(b)
-	keyPEM := pemOf("PRIVATE KEY", pkcs8(b, k))
 	items := make([]any, 0, b.N)
 	for i := range b.N {
+		// A key of its own per item: a key belongs to one mailbox, and the archive refuses
+		// one key for two mailboxes.
+		k := p256(b)
 		c := old.issue(b, k.Public(), "user"+strconv.Itoa(i)+"@example.org")
-		items = append(items, Item{Certificate: pemOf("CERTIFICATE", c.Raw), Key: keyPEM})
+		items = append(items, Item{Certificate: pemOf("CERTIFICATE", c.Raw), Key: pemOf("PRIVATE KEY", pkcs8(b, k))})
 	}
 	file := jobFile(b, Header{Kind: KindImport}, items...)
 	b.ResetTimer()

@@ -636,11 +636,19 @@ func (r *jobRun) count(ok bool) {
 	}
 }
 
+// reasonKeyArchivedElsewhere is the reason of an item whose key is already archived for another
+// mailbox (by an earlier job, an enrollment, or another item of the same job).
+const reasonKeyArchivedElsewhere = "the private key of this item is already archived for another mailbox; a key belongs to one mailbox: use a new key"
+
 // reasonOf is the message stored for a failed item: client errors as they are (they carry
 // no secret), anything else generic.
 func reasonOf(err error) string {
 	var rej *policy.RejectError
 	switch {
+	case errors.Is(err, escrow.ErrKeyArchivedElsewhere):
+		// A fixed text: the store's error names records, never the other mailbox, but the
+		// reason is the item's own and must not depend on how deep the error was wrapped.
+		return reasonKeyArchivedElsewhere
 	case errors.Is(err, ErrItem), errors.Is(err, escrow.ErrInvalidRequest), errors.As(err, &rej),
 		errors.Is(err, policy.ErrRejected), errors.Is(err, policy.ErrInvalidMailbox):
 		s := err.Error()
