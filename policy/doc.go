@@ -3,6 +3,12 @@
 // CA looks at it, the syntax of a mailbox, which role may do which action, and the rules of
 // key recovery.
 //
+// # Authorization
+//
+// [Authorize] is the one access decision: a [Principal], an [Action], a [Resource]. Every HTTP
+// route of the appliance names its action and asks it; the matrix behind [Allowed] decides, and
+// a refusal wraps [ErrForbidden] with a message naming the action and the roles that hold it.
+//
 // # Recovery
 //
 // [CheckRecoveryRequest] decides whether an officer may open a recovery request,

@@ -22,26 +22,35 @@ const (
 	RoleEnrollee Role = "enrollee" // a mailbox owner enrolling with a code
 )
 
-// Action is something a role may be allowed to do.
+// Action is something a role may be allowed to do. Each HTTP route of the appliance names
+// exactly one action; [Authorize] decides.
 type Action string
 
 // The actions.
 const (
-	ActEnroll          Action = "enroll"           // submit a certificate request
-	ActAdminPending    Action = "admin.pending"    // list, issue or deny pending requests
-	ActRecoverySet     Action = "recovery.set"     // change the recovery set (KRAs and quorum)
-	ActRecoveryRequest Action = "recovery.request" // open a recovery request, fetch its result
-	ActRecoveryApprove Action = "recovery.approve" // approve a recovery request as a KRA
-	ActAudit           Action = "audit"            // read and verify the audit trail
-	ActBulk            Action = "bulk"             // submit and follow bulk jobs
+	ActEnroll          Action = "enroll"            // submit a certificate request
+	ActAdminPending    Action = "admin.pending"     // list, issue or deny pending requests
+	ActRecoverySet     Action = "recovery.set"      // change the recovery set (KRAs and quorum)
+	ActRecoverySetRead Action = "recovery.set.read" // show the current recovery set
+	ActRecoveryRequest Action = "recovery.request"  // open a recovery request, fetch its result, cancel it
+	ActRecoveryRead    Action = "recovery.read"     // list and show recovery requests
+	ActRecoveryApprove Action = "recovery.approve"  // approve a recovery request as a KRA
+	ActReseal          Action = "reseal"            // open and complete a reseal to the current recovery set
+	ActAudit           Action = "audit"             // read and verify the audit trail
+	ActBulk            Action = "bulk"              // submit and follow bulk jobs, release their passwords
+	ActWhoami          Action = "whoami"            // show the caller's own credential
 )
 
 // permissions is the whole access matrix.
 var permissions = map[Role]map[Action]bool{
-	RoleAdmin:    {ActEnroll: true, ActAdminPending: true, ActRecoverySet: true, ActBulk: true},
-	RoleOfficer:  {ActRecoveryRequest: true},
-	RoleAuditor:  {ActAudit: true},
-	RoleKRA:      {ActRecoveryApprove: true},
+	RoleAdmin: {ActEnroll: true, ActAdminPending: true, ActRecoverySet: true, ActBulk: true, ActReseal: true,
+		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
+	RoleOfficer: {ActRecoveryRequest: true,
+		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
+	RoleAuditor: {ActAudit: true,
+		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
+	RoleKRA: {ActRecoveryApprove: true,
+		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
 	RoleEnrollee: {ActEnroll: true},
 }
 

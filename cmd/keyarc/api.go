@@ -298,7 +298,7 @@ func (a *appliance) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request
 }
 
 func (a *appliance) handlePendingList(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.requireRole(r, policy.RoleAdmin); err != nil {
+	if _, err := a.caller(r, policy.ActAdminPending, policy.Resource{Kind: "pending requests"}); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -321,7 +321,7 @@ func (a *appliance) handlePendingList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *appliance) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.requireRole(r, policy.RoleAdmin)
+	admin, err := a.caller(r, policy.ActAdminPending, policy.Resource{Kind: "pending request", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -339,7 +339,7 @@ func (a *appliance) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *appliance) handlePendingDeny(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.requireRole(r, policy.RoleAdmin)
+	admin, err := a.caller(r, policy.ActAdminPending, policy.Resource{Kind: "pending request", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -373,7 +373,7 @@ func toRecoverySetJSON(rs *escrow.RecoverySet) recoverySetJSON {
 }
 
 func (a *appliance) handleRecoverySetShow(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.requireRole(r, policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor, policy.RoleKRA); err != nil {
+	if _, err := a.caller(r, policy.ActRecoverySetRead, policy.Resource{Kind: "recovery set"}); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -386,7 +386,7 @@ func (a *appliance) handleRecoverySetShow(w http.ResponseWriter, r *http.Request
 }
 
 func (a *appliance) handleRecoverySetSet(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.requireRole(r, policy.RoleAdmin)
+	admin, err := a.caller(r, policy.ActRecoverySet, policy.Resource{Kind: "recovery set"})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -408,7 +408,7 @@ func (a *appliance) handleRecoverySetSet(w http.ResponseWriter, r *http.Request)
 }
 
 func (a *appliance) handleWhoami(w http.ResponseWriter, r *http.Request) {
-	c, err := a.requireRole(r, policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor, policy.RoleKRA)
+	c, err := a.caller(r, policy.ActWhoami, policy.Resource{})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -416,8 +416,10 @@ func (a *appliance) handleWhoami(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"subject": c.Subject, "role": c.Role, "kra": c.KRA, "serial": c.Serial})
 }
 
-// requireRole authenticates the caller by client certificate and checks its role.
-func (a *appliance) requireRole(r *http.Request, roles ...policy.Role) (*store.Certificate, error) {
+// caller authenticates the caller by client certificate and asks policy whether its role
+// may do act. The refusal wraps escrow.ErrUnauthorized (no or unknown credential) or
+// policy.ErrForbidden (the role lacks the permission).
+func (a *appliance) caller(r *http.Request, act policy.Action, res policy.Resource) (*store.Certificate, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: this call needs a keyarc credential (TLS client certificate)", escrow.ErrUnauthorized)
 	}
@@ -425,18 +427,8 @@ func (a *appliance) requireRole(r *http.Request, roles ...policy.Role) (*store.C
 	if err != nil {
 		return nil, err
 	}
-	for _, role := range roles {
-		if c.Role == string(role) {
-			return c, nil
-		}
+	if err := policy.Authorize(policy.Principal{Role: policy.Role(c.Role)}, act, res); err != nil {
+		return nil, err
 	}
-	names := make([]string, len(roles))
-	for i, role := range roles {
-		names[i] = string(role)
-	}
-	have := c.Role
-	if have == "" {
-		have = "no role"
-	}
-	return nil, fmt.Errorf("%w: this call needs the %s role; the presented credential has %s", escrow.ErrForbidden, strings.Join(names, " or "), have)
+	return c, nil
 }

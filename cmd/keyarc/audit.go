@@ -353,7 +353,7 @@ type auditVerificationJSON struct {
 // handleAudit serves GET /api/v1/audit?from=SEQ&limit=N (auditor role): the entries, and the
 // verification of the whole trail against the audit key and the head file.
 func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.requireRole(r, policy.RoleAuditor); err != nil {
+	if _, err := a.caller(r, policy.ActAudit, policy.Resource{Kind: "audit trail"}); err != nil {
 		a.fail(w, r, err)
 		return
 	}

@@ -133,7 +133,7 @@ func (a *appliance) bulkFail(w http.ResponseWriter, r *http.Request, err error) 
 }
 
 func (a *appliance) handleBulkSubmit(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.requireRole(r, policy.RoleAdmin)
+	admin, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk jobs"})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -150,7 +150,7 @@ func (a *appliance) handleBulkSubmit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *appliance) handleBulkList(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.requireRole(r, policy.RoleAdmin); err != nil {
+	if _, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk jobs"}); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -163,7 +163,7 @@ func (a *appliance) handleBulkList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *appliance) handleBulkStatus(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.requireRole(r, policy.RoleAdmin); err != nil {
+	if _, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk job", ID: r.PathValue("id")}); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -177,7 +177,7 @@ func (a *appliance) handleBulkStatus(w http.ResponseWriter, r *http.Request) {
 
 // handleBulkResults streams the results as JSON Lines: the status, then one line per item.
 func (a *appliance) handleBulkResults(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.requireRole(r, policy.RoleAdmin); err != nil {
+	if _, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk job", ID: r.PathValue("id")}); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -197,7 +197,7 @@ func (a *appliance) handleBulkResults(w http.ResponseWriter, r *http.Request) {
 
 // handleBulkPasswords releases a finished keygen job's PKCS#12 passwords, once.
 func (a *appliance) handleBulkPasswords(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.requireRole(r, policy.RoleAdmin)
+	admin, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk job", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return

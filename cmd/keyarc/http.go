@@ -300,7 +300,7 @@ func status(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, escrow.ErrCodeUsed), errors.Is(err, escrow.ErrCodeExpired), errors.Is(err, escrow.ErrUnauthorized):
 		return http.StatusUnauthorized, err.Error()
-	case errors.Is(err, escrow.ErrForbidden):
+	case errors.Is(err, escrow.ErrForbidden), errors.Is(err, policy.ErrForbidden):
 		return http.StatusForbidden, err.Error()
 	case errors.Is(err, policy.ErrUnknownTemplate), errors.Is(err, escrow.ErrNotFound):
 		return http.StatusNotFound, err.Error()

@@ -104,7 +104,7 @@ func recoveryReason(err error) string {
 		return "expired"
 	case errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed):
 		return "closed"
-	case errors.Is(err, policy.ErrNotAllowed), errors.Is(err, escrow.ErrForbidden), errors.Is(err, escrow.ErrUnauthorized):
+	case errors.Is(err, policy.ErrNotAllowed), errors.Is(err, policy.ErrForbidden), errors.Is(err, escrow.ErrForbidden), errors.Is(err, escrow.ErrUnauthorized):
 		return "not-allowed"
 	case errors.Is(err, escrow.ErrAlreadyApproved):
 		return "duplicate"

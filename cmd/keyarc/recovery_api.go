@@ -38,7 +38,7 @@ func (a *appliance) recoveryRoutes(mux *http.ServeMux) {
 }
 
 func (a *appliance) handleResealRequest(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.principal(r, policy.RoleAdmin)
+	admin, err := a.principal(r, policy.ActReseal, policy.Resource{Kind: "reseals"})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -59,7 +59,7 @@ func (a *appliance) handleResealRequest(w http.ResponseWriter, r *http.Request) 
 }
 
 func (a *appliance) handleResealComplete(w http.ResponseWriter, r *http.Request) {
-	admin, err := a.principal(r, policy.RoleAdmin)
+	admin, err := a.principal(r, policy.ActReseal, policy.Resource{Kind: "reseal", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -72,9 +72,10 @@ func (a *appliance) handleResealComplete(w http.ResponseWriter, r *http.Request)
 	writeJSON(w, http.StatusOK, map[string]any{"id": r.PathValue("id"), "resealed": n})
 }
 
-// principal authenticates the caller and describes it as policy sees it.
-func (a *appliance) principal(r *http.Request, roles ...policy.Role) (policy.Principal, error) {
-	row, err := a.requireRole(r, roles...)
+// principal authenticates the caller, asks policy whether it may do act, and describes it as
+// policy sees it.
+func (a *appliance) principal(r *http.Request, act policy.Action, res policy.Resource) (policy.Principal, error) {
+	row, err := a.caller(r, act, res)
 	if err != nil {
 		return policy.Principal{}, err
 	}
@@ -130,7 +131,7 @@ func toRecoveryJSON(rec *escrow.Recovery) recoveryJSON {
 }
 
 func (a *appliance) handleRecoveryRequest(w http.ResponseWriter, r *http.Request) {
-	officer, err := a.principal(r, policy.RoleOfficer)
+	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recoveries"})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -155,7 +156,7 @@ func (a *appliance) handleRecoveryRequest(w http.ResponseWriter, r *http.Request
 }
 
 func (a *appliance) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.principal(r, policy.RoleOfficer, policy.RoleAdmin, policy.RoleAuditor, policy.RoleKRA); err != nil {
+	if _, err := a.principal(r, policy.ActRecoveryRead, policy.Resource{Kind: "recoveries"}); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -172,7 +173,7 @@ func (a *appliance) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *appliance) handleRecoveryShow(w http.ResponseWriter, r *http.Request) {
-	p, err := a.principal(r, policy.RoleOfficer, policy.RoleAdmin, policy.RoleAuditor, policy.RoleKRA)
+	p, err := a.principal(r, policy.ActRecoveryRead, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -211,7 +212,7 @@ type approvalJSON struct {
 }
 
 func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request) {
-	kra, err := a.principal(r, policy.RoleKRA)
+	kra, err := a.principal(r, policy.ActRecoveryApprove, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -257,7 +258,7 @@ type fetchedJSON struct {
 }
 
 func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
-	officer, err := a.principal(r, policy.RoleOfficer)
+	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -289,7 +290,7 @@ func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) 
 }
 
 func (a *appliance) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
-	officer, err := a.principal(r, policy.RoleOfficer)
+	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
