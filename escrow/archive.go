@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -85,7 +86,7 @@ func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) 
 
 // sealingSet is the recovery set to seal a single enrollment's key for: the cached current set,
 // without a read of the store. It is what an enrollment's reservation checks against the store
-// (see checkEpoch); when the set has changed since, the enrollment seals again for the new one.
+// (the epoch check of escrow/issue); when the set has changed since, the enrollment seals again for the new one.
 func (s *Service) sealingSet(ctx context.Context) (*RecoverySet, error) {
 	s.sets.mu.Lock()
 	cached := s.sets.cur
@@ -109,21 +110,9 @@ func (s *Service) usable(rs *RecoverySet) (*RecoverySet, error) {
 }
 
 // errRecoverySetChanged: a record was sealed for a recovery set that is no longer the current
-// one when it was to be committed.
-var errRecoverySetChanged = fmt.Errorf("%w: the recovery set changed while the key was being sealed; retry", ErrNoRecoverySet)
-
-// checkEpoch, in the transaction that commits a record sealed for epoch, refuses it if a newer
-// recovery set exists: no record is committed for a set an admin has replaced.
-func checkEpoch(tx *store.Tx, epoch uint32) error {
-	cur, err := tx.CurrentEpoch()
-	if err != nil {
-		return err
-	}
-	if cur != epoch {
-		return errRecoverySetChanged
-	}
-	return nil
-}
+// one when it was to be committed (the issuance pipeline's epoch check refused it). It is both
+// an [ErrNoRecoverySet] and an [ErrRecoverySetChanged].
+var errRecoverySetChanged = fmt.Errorf("%w: %w; retry", ErrNoRecoverySet, ErrRecoverySetChanged)
 
 // loadRecoverySet resolves a stored recovery set's KRA serials to certificates.
 func (s *Service) loadRecoverySet(ctx context.Context, row *store.RecoverySet) (*RecoverySet, error) {
@@ -319,7 +308,7 @@ func (s *Service) IssueArchivedKey(ctx context.Context, mailbox, template string
 }
 
 // TemplateImport names certificates archived from another CA: they are stored, not issued.
-const TemplateImport = "import"
+const TemplateImport = issue.TemplateImport
 
 // ImportArchived archives the private key of a certificate issued by another CA (a migration):
 // the key must be the pair of the certificate; the record binds the certificate's issuer and
@@ -335,18 +324,24 @@ func (s *Service) ImportArchived(ctx context.Context, cert *x509.Certificate, pk
 	if err := checkKeyPair(pkcs8, cert.PublicKey); err != nil {
 		return "", err
 	}
-	rs, err := s.CurrentRecoverySet(ctx)
-	if err != nil {
-		return "", err
+	for attempt := 1; ; attempt++ {
+		rs, err := s.CurrentRecoverySet(ctx)
+		if err != nil {
+			return "", err
+		}
+		rec, err := s.SealForImport(rs, cert, pkcs8)
+		if err != nil {
+			return "", err
+		}
+		err = s.CommitImport(ctx, cert, mailbox, rec, nil)
+		if errors.Is(err, ErrRecoverySetChanged) && attempt == 1 {
+			continue // the set changed while the key was sealed: seal it for the new one
+		}
+		if err != nil {
+			return "", err
+		}
+		return rec.ID, nil
 	}
-	rec, err := s.SealForImport(rs, cert, pkcs8)
-	if err != nil {
-		return "", err
-	}
-	if err := s.CommitImport(ctx, cert, mailbox, rec, nil); err != nil {
-		return "", err
-	}
-	return rec.ID, nil
 }
 
 // issuerOf names a certificate's issuer for a record header: its authority key identifier, or

@@ -20,6 +20,9 @@ func WithActor(ctx context.Context, actor string) context.Context {
 	return context.WithValue(ctx, actorKey{}, actor)
 }
 
+// ActorFrom returns the actor named by [WithActor], or "local".
+func ActorFrom(ctx context.Context) string { return actorFrom(ctx) }
+
 func actorFrom(ctx context.Context) string {
 	if a, ok := ctx.Value(actorKey{}).(string); ok && a != "" {
 		return a

@@ -7,30 +7,21 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"sync"
-	"sync/atomic"
-	"time"
 
-	"github.com/keyarc/keyarc/escrow/audit"
-	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
 
-// This file holds the entry points the bulk pipeline (escrow/bulk) needs: the steps of an
-// archiving issuance exposed one by one, so that the pipeline can run them in separate stages
-// and add its own job bookkeeping to the issuance's transactions.
+// This file holds the entry points the bulk pipeline (escrow/bulk) needs around the issuance
+// pipeline (escrow/issue, [Service.Pipeline]): sealing keys for a recovery set, opening
+// envelopes, and the engine's forms of the pipeline's batch issuance and import.
 
-// SealedRecord is an escrow record sealed for a serial, ready to be committed.
-type SealedRecord struct {
-	ID    string
-	Blob  []byte
-	Epoch uint32
-	// Fingerprint is the key's [PublicKeyFingerprint], for the audit entry (computed when
-	// sealing, outside the store's writer).
-	Fingerprint string
-}
+// SealedRecord is an escrow record sealed for a serial, ready to be committed. Its Fingerprint
+// is the key's [PublicKeyFingerprint], for the audit entry (computed when sealing, outside the
+// store's writer).
+type SealedRecord = issue.Record
 
 // ShareHash is the RSA-OAEP hash the escrow shares (and anything else the appliance wraps to a
 // key of its kind of token) are encrypted with.
@@ -92,31 +83,25 @@ type ReservedIssue struct {
 }
 
 // ErrReserved: the Reserve hook refused the reservation (for a bulk item: it is already done).
-var ErrReserved = errors.New("escrow: reservation refused")
+var ErrReserved = issue.ErrReserved
+
+// ErrRecoverySetChanged: a record was sealed for a recovery set that an admin has replaced
+// since; nothing of its issuance or import was stored. Seal the key for the current set
+// ([Service.CurrentRecoverySet]) and try again.
+var ErrRecoverySetChanged = issue.ErrRecoverySetChanged
 
 // IssueReserved runs the three-step issuance protocol (see the package documentation) for an
-// archiving template with a record sealed beforehand: reservation and record in one
-// transaction, signing, then the certificate, the record's activation and Finish in a second
-// one. A failure after the reservation marks the certificate failed and its record abandoned;
-// a crash leaves them to [Service.Sweep]. The final transaction is not cancelled by ctx once the
-// certificate is signed.
+// archiving template with a record sealed beforehand, as a batch of one of the pipeline.
+// The final transaction is not cancelled by ctx once the certificate is signed.
+//
+// # Errors
+//
+// [ErrRecoverySetChanged] (nothing stored), [ErrReserved] wrapping the hook's error,
+// [ErrInvalidRequest], [ErrKeyArchivedElsewhere], [store.ErrUnavailable] and [store.ErrConflict]
+// (wrapped), or the CA's [ca.ErrLint].
 func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, error) {
-	res, err := s.reservation(r, s.now())
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Store.Update(ctx, func(tx *store.Tx) error { return reserveAll(tx, []*reservation{res}) }); err != nil {
-		return nil, reserveError(err)
-	}
-	cert, err := s.signReserved(res)
-	if err == nil {
-		err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error { return s.finishReserved(ctx, tx, res, cert) })
-	}
-	if err != nil {
-		s.undo(res.serialHex)
-		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
-	}
-	return s.issued(res, cert), nil
+	res := s.IssueReservedBatch(ctx, []ReservedIssue{r}, 1)[0]
+	return res.Issued, res.Err
 }
 
 // BatchResult is the outcome of one issuance of [Service.IssueReservedBatch].
@@ -130,7 +115,9 @@ type BatchResult struct {
 // signed on up to signers goroutines, and one transaction finishes those signed. Two commits
 // serve the whole batch instead of two per issuance. If the batch's reservation fails (one
 // item's Reserve hook refuses, a conflict), every item is issued on its own instead, so a bad
-// item fails alone. The results are in the order of rs.
+// item fails alone; an item sealed for a replaced recovery set fails alone with
+// [ErrRecoverySetChanged]. The results are in the order of rs; their errors are those of
+// [Service.IssueReserved].
 func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, signers int) []BatchResult {
 	return s.IssueReservedBatchWait(ctx, rs, signers, nil)
 }
@@ -138,7 +125,7 @@ func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, si
 // StorageWait is called when a step of an issuance fails for a fault of the storage (the error
 // wraps [store.ErrUnavailable]). It pauses (a back-off) and reports whether to try the same step
 // again; false gives up (the caller is stopping).
-type StorageWait func(err error) bool
+type StorageWait = issue.StorageWait
 
 // IssueReservedBatchWait is [Service.IssueReservedBatch] that rides out faults of the storage:
 // a reservation or a finishing transaction that fails for the storage's fault is tried again,
@@ -148,232 +135,56 @@ type StorageWait func(err error) bool
 // error; certificates signed but not committed are left pending, for [Service.Sweep] or the
 // bulk job's next pass to mark failed. Other errors behave as in IssueReservedBatch.
 func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue, signers int, wait StorageWait) []BatchResult {
-	out := make([]BatchResult, len(rs))
-	now := s.now()
-	var (
-		res []*reservation
-		at  []int // res[k] is rs[at[k]]
-	)
+	reqs := make([]issue.Request, len(rs))
+	actor := actorFrom(ctx)
 	for i, r := range rs {
-		rv, err := s.reservation(r, now)
-		if err != nil {
-			out[i].Err = err
-			continue
-		}
-		res, at = append(res, rv), append(at, i)
+		reqs[i] = issue.Request{Template: r.Template, Pub: r.Pub, Mailbox: r.Mailbox, Serial: r.Serial, Record: r.Record,
+			Actor: actor, Reserve: r.Reserve, Prepare: r.Prepare, Finish: r.Finish}
 	}
-	if len(res) == 0 {
-		return out
-	}
-	err := retryStorage(wait, func() error {
-		return s.Store.Update(ctx, func(tx *store.Tx) error { return reserveAll(tx, res) })
-	})
-	switch {
-	case err == nil:
-	case errors.Is(err, store.ErrUnavailable), ctx.Err() != nil:
-		// Nothing was reserved: the items are neither issued nor failed.
-		for k := range res {
-			out[at[k]].Err = fmt.Errorf("escrow: reserve serial: %w", err)
+	out := make([]BatchResult, len(rs))
+	for i, res := range s.Pipeline().Issue(ctx, reqs, signers, wait) {
+		switch err := res.Err; {
+		case errors.Is(err, issue.ErrInvalid):
+			out[i].Err = fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		case err != nil:
+			out[i].Err = fmt.Errorf("escrow: %w", err)
+		default:
+			out[i].Issued = &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}
 		}
-		return out
-	default:
-		forEach(len(res), signers, func(k int) {
-			out[at[k]].Issued, out[at[k]].Err = s.IssueReserved(ctx, rs[at[k]])
-		})
-		return out
-	}
-	certs := make([]*x509.Certificate, len(res))
-	errs := make([]error, len(res))
-	forEach(len(res), signers, func(k int) { certs[k], errs[k] = s.signReserved(res[k]) })
-	finish := func(tx *store.Tx, k int) error { return s.finishReserved(ctx, tx, res[k], certs[k]) }
-	err = retryStorage(wait, func() error {
-		return s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-			for k := range res {
-				if errs[k] == nil {
-					if err := finish(tx, k); err != nil {
-						return err
-					}
-				}
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		// The storage gave up, or one item spoiled the last transaction: finish them one by one
-		// (each one ends at once under a storage fault that wait gave up on).
-		for k := range res {
-			if errs[k] == nil {
-				errs[k] = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error { return finish(tx, k) })
-			}
-		}
-	}
-	for k, rv := range res {
-		if errs[k] != nil {
-			if !errors.Is(errs[k], store.ErrUnavailable) {
-				s.undo(rv.serialHex)
-			}
-			out[at[k]].Err = fmt.Errorf("escrow: issue certificate: %w", errs[k])
-			continue
-		}
-		out[at[k]].Issued = s.issued(rv, certs[k])
 	}
 	return out
 }
 
-// retryStorage runs step until it succeeds, fails for another reason than a fault of the
-// storage, or wait (nil: never) gives up.
-func retryStorage(wait StorageWait, step func() error) error {
-	for {
-		err := step()
-		if err == nil || !errors.Is(err, store.ErrUnavailable) || wait == nil || !wait(err) {
-			return err
-		}
-	}
-}
-
-// forEach runs f(0..n-1) on up to workers goroutines.
-func forEach(n, workers int, f func(k int)) {
-	if workers < 1 {
-		workers = 1
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(n, workers) {
-		wg.Go(func() {
-			for k := int(next.Add(1)) - 1; k < n; k = int(next.Add(1)) - 1 {
-				f(k)
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// reservation is a checked ReservedIssue with the rows of its reservation and its request to
-// the CA.
-type reservation struct {
-	r         ReservedIssue
-	serialHex string
-	cert      store.Certificate
-	rec       store.Record
-	req       ca.Request
-}
-
-func (s *Service) reservation(r ReservedIssue, now time.Time) (*reservation, error) {
-	t := r.Template
-	if t == nil || r.Record == nil || r.Serial == nil {
-		return nil, fmt.Errorf("%w: incomplete reserved issuance", ErrInvalidRequest)
-	}
-	if !t.Archive {
-		return nil, fmt.Errorf("%w: template %q does not archive keys", ErrInvalidRequest, t.Name)
-	}
-	serialHex := store.FormatSerial(r.Serial)
-	res := &reservation{r: r, serialHex: serialHex,
-		cert: store.Certificate{Serial: serialHex, Template: t.Name, Email: r.Mailbox, Subject: "CN=" + r.Mailbox,
-			State: store.StatePending, CreatedAt: now, RecordID: r.Record.ID},
-		rec: store.Record{ID: r.Record.ID, Serial: serialHex, Email: r.Mailbox, Epoch: r.Record.Epoch,
-			Blob: r.Record.Blob, State: store.StatePending, CreatedAt: now},
-		req: ca.Request{
-			Serial:             r.Serial,
-			PublicKey:          r.Pub,
-			KeyUsage:           t.KeyUsageFor(r.Pub),
-			ExtKeyUsage:        extKeyUsages(t),
-			UnknownExtKeyUsage: unknownExtKeyUsages(t),
-			NotBefore:          now,
-			Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
-			EmailAddresses:     []string{r.Mailbox},
-		},
-	}
-	res.req.Subject.CommonName = r.Mailbox
-	return res, nil
-}
-
-// reserveAll is the first transaction: the Reserve hooks, then the pending certificates and
-// their records.
-func reserveAll(tx *store.Tx, res []*reservation) error {
-	certs := make([]store.Certificate, len(res))
-	recs := make([]store.Record, len(res))
-	for k, rv := range res {
-		if rv.r.Reserve != nil {
-			if err := rv.r.Reserve(tx, rv.serialHex); err != nil {
-				return fmt.Errorf("%w: %w", ErrReserved, err)
-			}
-		}
-		certs[k], recs[k] = rv.cert, rv.rec
-	}
-	if err := tx.InsertCertificates(certs); err != nil {
-		return err
-	}
-	return tx.InsertRecords(recs)
-}
-
-func reserveError(err error) error {
-	if errors.Is(err, ErrReserved) {
-		return err
-	}
-	return fmt.Errorf("escrow: reserve serial: %w", err)
-}
-
-// signReserved is the second step: the CA signs, then Prepare runs.
-func (s *Service) signReserved(res *reservation) (*x509.Certificate, error) {
-	cert, err := s.Issuer.Issue(res.req)
-	if err == nil && res.r.Prepare != nil {
-		err = res.r.Prepare(cert)
-	}
-	return cert, err
-}
-
-// finishReserved is the last transaction's work for one issuance: the certificate, the
-// record's activation, the audit entry and Finish.
-func (s *Service) finishReserved(ctx context.Context, tx *store.Tx, res *reservation, cert *x509.Certificate) error {
-	r := res.r
-	if err := tx.SetCertificateIssued(res.serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
-		return err
-	}
-	if err := tx.ActivateRecord(r.Record.ID); err != nil {
-		return err
-	}
-	if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), r.Mailbox, audit.Details{Template: r.Template.Name, Serial: res.serialHex,
-		Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-		Fingerprint: []string{r.Record.Fingerprint}}); err != nil {
-		return err
-	}
-	if r.Finish != nil {
-		return r.Finish(tx, cert)
-	}
-	return nil
-}
-
-func (s *Service) issued(res *reservation, cert *x509.Certificate) *Issued {
-	if s.Metrics != nil {
-		s.Metrics.Enrolled(res.r.Template.Name, true)
-	}
-	return &Issued{Certificate: cert, Serial: res.serialHex, RecordID: res.r.Record.ID}
-}
-
 // CommitImport stores a certificate of another CA with its sealed record (active at once: the
-// certificate exists already) in one transaction, with extra (the job bookkeeping) in the same
-// transaction. A serial already in the archive is an [ErrInvalidRequest].
+// certificate exists already) in one transaction of the issuance pipeline, with extra (the job
+// bookkeeping) in the same transaction.
+//
+// # Errors
+//
+// [ErrInvalidRequest] for a serial already in the archive, [ErrKeyArchivedElsewhere],
+// [ErrRecoverySetChanged] (nothing stored), [store.ErrUnavailable] (wrapped).
 func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mailbox string, rec *SealedRecord, extra func(tx *store.Tx) error) error {
-	serialHex := store.FormatSerial(cert.SerialNumber)
-	now := s.now()
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
-		return s.insertImport(tx, cert, mailbox, rec, now, extra)
-	})
+	stale, err := s.Pipeline().Import(ctx, "local", "", []issue.ImportItem{{Cert: cert, Mailbox: mailbox, Record: rec}},
+		func(tx *store.Tx, stored []int) error {
+			if len(stored) == 0 || extra == nil {
+				return nil
+			}
+			return extra(tx)
+		})
 	if errors.Is(err, store.ErrConflict) {
-		return fmt.Errorf("%w: a certificate with serial %s is already in the archive", ErrInvalidRequest, serialHex)
+		return fmt.Errorf("%w: a certificate with serial %s is already in the archive", ErrInvalidRequest, store.FormatSerial(cert.SerialNumber))
 	}
 	if err != nil {
-		return fmt.Errorf("escrow: store imported record: %w", err)
+		return fmt.Errorf("escrow: %w", err)
+	}
+	if stale[0] {
+		return fmt.Errorf("escrow: store imported record: %w", errRecoverySetChanged)
 	}
 	return nil
 }
 
 // ImportItem is one imported certificate for [Service.CommitImports].
-type ImportItem struct {
-	Cert    *x509.Certificate
-	Mailbox string
-	Record  *SealedRecord
-}
+type ImportItem = issue.ImportItem
 
 // CommitImports is [Service.CommitImport] for many items in one transaction, with a few
 // multi-row statements and one audit entry that lists every item (per recovery-set epoch), not
@@ -381,36 +192,17 @@ type ImportItem struct {
 // what a migration of many thousands of keys spends its time writing. subject names the batch
 // in the audit trail (the job), and extra runs in the same transaction (the job bookkeeping).
 // If any item fails, none is stored and the error is returned, so the caller can retry them one
-// by one.
+// by one; an item sealed for a replaced recovery set fails the batch with
+// [ErrRecoverySetChanged]. (The bulk pipeline calls [issue.Pipeline.Import] itself, which stores
+// the other items of such a batch.)
+//
+// # Errors
+//
+// Those of [Service.CommitImport], for the whole batch.
 func (s *Service) CommitImports(ctx context.Context, subject string, items []ImportItem, extra func(tx *store.Tx) error) error {
-	now := s.now()
-	certs := make([]store.Certificate, len(items))
-	recs := make([]store.Record, len(items))
-	for i, it := range items {
-		certs[i], recs[i] = importedRows(it.Cert, it.Mailbox, it.Record, now)
-	}
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.InsertCertificates(certs); err != nil {
-			return err
-		}
-		if err := tx.InsertRecords(recs); err != nil {
-			return err
-		}
-		for start := 0; start < len(items); {
-			epoch := items[start].Record.Epoch
-			end := start
-			d := audit.Details{Template: TemplateImport, Epoch: epoch}
-			for ; end < len(items) && items[end].Record.Epoch == epoch; end++ {
-				d.Serials = append(d.Serials, recs[end].Serial)
-				d.Mailboxes = append(d.Mailboxes, items[end].Mailbox)
-				d.Records = append(d.Records, items[end].Record.ID)
-				d.Fingerprint = append(d.Fingerprint, items[end].Record.Fingerprint)
-			}
-			d.Count = end - start
-			if err := s.audit(tx, audit.KindArchive, actorFrom(ctx), subject, d); err != nil {
-				return err
-			}
-			start = end
+	_, err := s.Pipeline().Import(ctx, actorFrom(ctx), subject, items, func(tx *store.Tx, stored []int) error {
+		if len(stored) != len(items) {
+			return errRecoverySetChanged
 		}
 		if extra != nil {
 			return extra(tx)
@@ -418,37 +210,7 @@ func (s *Service) CommitImports(ctx context.Context, subject string, items []Imp
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("escrow: store imported records: %w", err)
-	}
-	return nil
-}
-
-// importedRows are the rows of an imported certificate and its record, active at once (the
-// certificate exists already).
-func importedRows(cert *x509.Certificate, mailbox string, rec *SealedRecord, now time.Time) (store.Certificate, store.Record) {
-	serialHex := store.FormatSerial(cert.SerialNumber)
-	return store.Certificate{Serial: serialHex, Template: TemplateImport, Email: mailbox, Subject: cert.Subject.String(),
-			State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
-			CreatedAt: now, RecordID: rec.ID},
-		store.Record{ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
-			Blob: rec.Blob, State: store.StateActive, CreatedAt: now}
-}
-
-func (s *Service) insertImport(tx *store.Tx, cert *x509.Certificate, mailbox string, rec *SealedRecord, now time.Time, extra func(tx *store.Tx) error) error {
-	row, recRow := importedRows(cert, mailbox, rec, now)
-	if err := tx.InsertCertificate(row); err != nil {
-		return err
-	}
-	if err := tx.InsertRecord(recRow); err != nil {
-		return err
-	}
-	if err := s.audit(tx, audit.KindArchive, "local", mailbox, audit.Details{Template: TemplateImport, Serial: row.Serial,
-		Mailbox: mailbox, Record: rec.ID, Epoch: rec.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-		Fingerprint: []string{rec.Fingerprint}}); err != nil {
-		return err
-	}
-	if extra != nil {
-		return extra(tx)
+		return fmt.Errorf("escrow: %w", err)
 	}
 	return nil
 }

@@ -4,25 +4,29 @@
 //
 // # Imports
 //
-// escrow uses its own sub-packages (ca, cms, record, shamir, store) and policy. It never
+// escrow uses its own sub-packages (ca, cms, issue, record, shamir, store) and policy. It never
 // imports hsm: keys in tokens reach it as crypto.Signer and crypto.Decrypter, so the whole
 // engine runs in tests with standard-library software keys.
 //
 // # The issuance protocol
 //
-// An enrollment that archives a key goes through three durable steps, so that no certificate
-// of an archiving template can exist without its escrow record:
-//
-//  1. one store transaction claims the enrollment code, reserves the serial (a certificate row
-//     in state pending) and writes the sealed escrow record;
-//  2. the CA signs the certificate with the reserved serial;
-//  3. a second transaction stores the certificate and marks row and record issued/active.
-//
-// If step 2 or 3 fails, a compensating transaction frees the code and marks the row failed and
-// the record abandoned. After a crash, [Service.Sweep] does the same for rows left pending.
+// Every certificate whose key is archived, and every imported key, is committed through one
+// pipeline, escrow/issue ([Service.Pipeline]): reserve (the code claimed, the pending row and
+// the sealed record committed, after a check that the record's recovery-set epoch is still the
+// current one), then sign, then finish (certificate stored, record activated, audit entry), for
+// a batch of one (an enrollment) or many (a bulk job). A failure after the reservation undoes it;
+// after a crash, [Service.Sweep] marks the rows left pending failed. No certificate of an
+// archiving template exists without its escrow record, and no record is committed for a
+// recovery set an admin has replaced: an enrollment whose key was sealed for the old set is
+// sealed again for the new one and retried once.
 //
 // An enrollment that archives nothing has no record to commit first: the CA signs, then one
 // transaction claims the code and stores the certificate (see issueDirect).
+//
+// # Errors
+//
+// The engine's sentinels are declared below and next to the entry points that return them;
+// each entry point's documentation names them.
 //
 // # Concurrency
 //
@@ -34,15 +38,16 @@ import (
 	"crypto"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"sync"
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -204,19 +209,16 @@ type issuance struct {
 	seal sealFunc
 }
 
-// issue runs the three-step issuance protocol described in the package documentation.
+// issue issues one certificate: through the issuance pipeline (escrow/issue) when it archives a
+// key, else in one durable step (issueDirect).
 func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	t := is.template
 	serial, err := ca.NewSerial()
 	if err != nil {
 		return nil, err
 	}
-	serialHex := store.FormatSerial(serial)
-	var rec *SealedRecord
 	if is.seal != nil {
-		if rec, err = is.seal(serial.Bytes()); err != nil {
-			return nil, err
-		}
+		return s.issueArchived(ctx, is, serial)
 	}
 	now := s.now()
 	mailbox := is.mailbox
@@ -225,7 +227,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		subject = *is.subject
 	}
 	row := store.Certificate{
-		Serial: serialHex, Template: t.Name, Email: mailbox, Subject: subject.String(),
+		Serial: store.FormatSerial(serial), Template: t.Name, Email: mailbox, Subject: subject.String(),
 		State: store.StatePending, CreatedAt: now, CodeID: is.codeID, Role: is.role, KRA: is.kra,
 	}
 	req := ca.Request{
@@ -233,81 +235,53 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		PublicKey:          is.pub,
 		Subject:            subject,
 		KeyUsage:           t.KeyUsageFor(is.pub),
-		ExtKeyUsage:        extKeyUsages(t),
-		UnknownExtKeyUsage: unknownExtKeyUsages(t),
+		ExtKeyUsage:        issue.ExtKeyUsages(t),
+		UnknownExtKeyUsage: issue.UnknownExtKeyUsages(t),
 		NotBefore:          now,
 		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
 	}
 	if mailbox != "" {
 		req.EmailAddresses = []string{mailbox}
 	}
-	if rec == nil {
-		return s.issueDirect(ctx, is, req, row)
+	return s.issueDirect(ctx, is, req, row)
+}
+
+// issueArchived issues a certificate whose key is archived, as a batch of one of the issuance
+// pipeline: the code is claimed and the record committed (after the recovery-set epoch check)
+// before the CA signs.
+func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.Int) (*Issued, error) {
+	t := is.template
+	rec, err := is.seal(serial.Bytes())
+	if err != nil {
+		return nil, err
 	}
-	row.RecordID = rec.ID
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		if is.codeID != "" {
-			if err := tx.ClaimCode(is.codeID, now); err != nil {
-				return err
-			}
-		}
-		if err := tx.InsertCertificate(row); err != nil {
-			return err
-		}
-		if rec != nil {
-			if err := checkEpoch(tx, rec.Epoch); err != nil {
-				return err
-			}
-			return tx.InsertRecord(store.Record{
-				ID: rec.ID, Serial: serialHex, Email: mailbox, Epoch: rec.Epoch,
-				Blob: rec.Blob, State: store.StatePending, CreatedAt: now,
-			})
-		}
-		return nil
-	})
-	switch {
+	res := s.Pipeline().Issue(ctx, []issue.Request{{Template: t, Pub: is.pub, Mailbox: is.mailbox, Serial: serial,
+		Record: rec, CodeID: is.codeID, Actor: actorFrom(ctx)}}, 1, nil)[0]
+	switch err := res.Err; {
+	case err == nil:
 	case errors.Is(err, store.ErrCodeUsed):
 		return nil, ErrCodeUsed
 	case errors.Is(err, store.ErrCodeExpired):
 		return nil, ErrCodeExpired
 	case errors.Is(err, ErrKeyArchivedElsewhere):
 		return nil, fmt.Errorf("escrow: the private key of this request is already archived for another mailbox; enroll with a new key: %w", ErrKeyArchivedElsewhere)
-	case err != nil:
-		return nil, fmt.Errorf("escrow: reserve serial: %w", err)
-	}
-
-	cert, err := s.Issuer.Issue(req)
-	if err == nil {
-		// Once signed, the certificate is stored even if the caller has gone: a CA keeps
-		// every certificate it signs.
-		err = s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-			if err := tx.SetCertificateIssued(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
-				return err
-			}
-			kind, d := audit.KindEnroll, audit.Details{Template: t.Name, Serial: serialHex, Mailbox: mailbox, Role: is.role, KRA: is.kra,
-				NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{PublicKeyFingerprint(is.pub)}}
-			if rec != nil {
-				if err := tx.ActivateRecord(rec.ID); err != nil {
-					return err
-				}
-				kind, d.Record, d.Epoch = audit.KindArchive, rec.ID, rec.Epoch
-			}
-			return s.audit(tx, kind, actorFrom(ctx), subjectOr(mailbox, subject.String()), d)
-		})
-	}
-	if err != nil {
-		s.undo(serialHex)
+	case errors.Is(err, issue.ErrRecoverySetChanged):
+		return nil, errRecoverySetChanged
+	default:
 		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
 	}
-	if s.Metrics != nil {
-		s.Metrics.Enrolled(t.Name, rec != nil)
+	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", true)
+	return &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}, nil
+}
+
+// Pipeline is the issuance pipeline (escrow/issue) over the Service's store, CA and audit trail:
+// the one path by which an escrow record is committed.
+func (s *Service) Pipeline() *issue.Pipeline {
+	p := &issue.Pipeline{Store: s.Store, Issuer: s.Issuer, Audit: s.audit, Now: s.Now, Logger: s.Logger}
+	if m := s.Metrics; m != nil {
+		p.Issued = func(template string) { m.Enrolled(template, true) }
 	}
-	s.log().Info("certificate issued", "serial", serialHex, "template", t.Name, "archived", rec != nil)
-	out := &Issued{Certificate: cert, Serial: serialHex}
-	if rec != nil {
-		out.RecordID = rec.ID
-	}
-	return out, nil
+	return p
 }
 
 // issueDirect issues a certificate that archives nothing in one durable step: the CA signs,
@@ -374,21 +348,6 @@ func (s *Service) issueDirect(ctx context.Context, is issuance, req ca.Request, 
 	return &Issued{Certificate: cert, Serial: row.Serial}, nil
 }
 
-// undo is the compensating transaction of a failed issuance: the row is marked failed, which
-// also frees its code and abandons its record. It runs with its own context: the caller's may be
-// what was cancelled.
-func (s *Service) undo(serialHex string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
-		return tx.FailCertificate(serialHex)
-	})
-	if err != nil {
-		// The start-up sweep finishes the job.
-		s.log().Error("undo failed issuance", "serial", serialHex, "err", err)
-	}
-}
-
 // Sweep finishes issuances that a crash left pending: rows older than before are marked failed,
 // their records abandoned and their codes freed. Run it at start-up.
 func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
@@ -401,16 +360,6 @@ func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 		return s.audit(tx, audit.KindSweep, "system", "", audit.Details{Count: n.Certificates})
 	})
 	return n.Certificates, err
-}
-
-func extKeyUsages(t *policy.Template) []x509.ExtKeyUsage {
-	eku, _ := t.ExtKeyUsages()
-	return eku
-}
-
-func unknownExtKeyUsages(t *policy.Template) []asn1.ObjectIdentifier {
-	_, oids := t.ExtKeyUsages()
-	return oids
 }
 
 // refuse records a refused enrollment and returns err.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -58,7 +59,9 @@ type jobRun struct {
 	job    *store.Job
 	header Header
 	tmpl   *policy.Template
-	rs     *escrow.RecoverySet
+	// rs is the recovery set items are sealed for; it is replaced when the issuance pipeline
+	// reports that an admin has changed the set (see retake).
+	rs     atomic.Pointer[escrow.RecoverySet]
 	aead   cipher.AEAD // keygen: seals the PKCS#12 passwords
 	prog   *progress
 	caCert *x509.Certificate
@@ -156,7 +159,7 @@ func (r *jobRun) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if r.rs, err = m.Service.CurrentRecoverySet(ctx); err != nil {
+	if err := r.refreshSet(ctx); err != nil {
 		return err
 	}
 	if r.header.Kind == KindKeygen {
@@ -168,6 +171,38 @@ func (r *jobRun) setup(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// set is the recovery set to seal items for.
+func (r *jobRun) set() *escrow.RecoverySet { return r.rs.Load() }
+
+// refreshSet reads the current recovery set.
+func (r *jobRun) refreshSet(ctx context.Context) error {
+	rs, err := r.m.Service.CurrentRecoverySet(ctx)
+	if err != nil {
+		return err
+	}
+	r.rs.Store(rs)
+	return nil
+}
+
+// retake leaves an item that the issuance pipeline refused because its record was sealed for a
+// recovery set an admin has replaced ([escrow.ErrRecoverySetChanged]) without an outcome, so
+// that the next pass takes it again and seals it for the new set; and it reads the new set,
+// so that the items sealed from now on are sealed for it. Nothing of the item was stored. This
+// is not a fault: the job does not pause. (The pipeline's other choice, sealing the item again
+// on the spot, would keep every item's private key in memory until its commit; a set change is
+// rare, and a retaken item costs one more envelope opening, or a new key for keygen.)
+func (r *jobRun) retake(ctx context.Context, w *work) {
+	r.drop(w)
+	if cur := r.set(); cur != nil {
+		if err := r.refreshSet(ctx); err != nil && ctx.Err() == nil {
+			r.m.log().Warn("bulk job: read the new recovery set", "job", r.job.ID, "err", err)
+		} else if err == nil && r.set().Epoch != cur.Epoch {
+			r.m.log().Info("bulk job: the recovery set changed; items sealed for the old one are taken again",
+				"job", r.job.ID, "epoch", r.set().Epoch)
+		}
+	}
 }
 
 // open opens the job file.
@@ -240,6 +275,9 @@ func (r *jobRun) prepare(ctx context.Context, pass int) (seen []uint64, done, fa
 
 // pass runs the pipeline once over the job's items that have no outcome.
 func (r *jobRun) pass(ctx context.Context, seen []uint64) error {
+	if err := r.refreshSet(ctx); err != nil {
+		return err
+	}
 	rd, f, err := r.open()
 	if err != nil {
 		return err
@@ -441,12 +479,12 @@ func (r *jobRun) seal(w *work) *work {
 	svc := r.m.Service
 	var err error
 	if r.header.Kind == KindImport {
-		w.rec, err = svc.SealForImport(r.rs, w.cert, w.pkcs8)
+		w.rec, err = svc.SealForImport(r.set(), w.cert, w.pkcs8)
 	} else {
 		if w.serial, err = ca.NewSerial(); err != nil {
 			return w.fail(err)
 		}
-		w.rec, err = svc.SealForIssue(r.rs, w.serial, w.pub, w.pkcs8)
+		w.rec, err = svc.SealForIssue(r.set(), w.serial, w.pub, w.pkcs8)
 	}
 	if r.header.Kind != KindKeygen {
 		clear(w.pkcs8)
@@ -461,7 +499,7 @@ func (r *jobRun) seal(w *work) *work {
 // Issue batching. Each enroll or keygen item is reserved (its record committed) in one
 // transaction and finished in another, and those commits, not the items' rows, are most of the
 // writer's work: the issuers gather up to maxIssueBatch items, waiting at most issueLinger after
-// the first, and issue them together (escrow.Service.IssueReservedBatch), signing on up to
+// the first, and issue them together (a batch of the issuance pipeline, escrow/issue), signing on up to
 // issueSigners goroutines (the token's sessions). Measured here, an enroll job's writer spent
 // about 100 µs per item with one issuance per store function, most of it in commits.
 const (
@@ -478,7 +516,7 @@ func (r *jobRun) issueBatches(ctx context.Context, in <-chan *work) {
 
 func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 	var (
-		reqs  []escrow.ReservedIssue
+		reqs  []issue.Request
 		ws    []*work
 		fault error // an item met a fault of the appliance
 	)
@@ -494,12 +532,16 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 		case ctx.Err() != nil:
 			// Not reserved: redone at the next start.
 		default:
-			reqs, ws = append(reqs, r.reserved(w)), append(ws, w)
+			reqs, ws = append(reqs, r.request(ctx, w)), append(ws, w)
 		}
 	}
 	if len(reqs) > 0 {
 		wait := func(err error) bool { return r.pause(ctx, CauseStorage, err) }
-		for k, res := range r.m.Service.IssueReservedBatchWait(ctx, reqs, issueSigners, wait) {
+		for k, res := range r.m.Service.Pipeline().Issue(ctx, reqs, issueSigners, wait) {
+			if errors.Is(res.Err, issue.ErrRecoverySetChanged) {
+				r.retake(ctx, ws[k])
+				continue
+			}
 			if res.Err != nil && r.m.faultOf(res.Err) != "" {
 				fault = res.Err
 				r.drop(ws[k])
@@ -523,8 +565,16 @@ func (r *jobRun) drop(w *work) {
 	r.again.Store(true)
 }
 
-// reserved is the issuance of one enroll or keygen item, with the job's bookkeeping in its
-// transactions.
+// request is the issuance of one enroll or keygen item by the pipeline, with the job's
+// bookkeeping in its transactions.
+func (r *jobRun) request(ctx context.Context, w *work) issue.Request {
+	rq := r.reserved(w)
+	return issue.Request{Template: rq.Template, Pub: rq.Pub, Mailbox: rq.Mailbox, Serial: rq.Serial, Record: rq.Record,
+		Actor: escrow.ActorFrom(ctx), Reserve: rq.Reserve, Prepare: rq.Prepare, Finish: rq.Finish}
+}
+
+// reserved is the issuance of one enroll or keygen item, in the engine's form
+// ([escrow.Service.IssueReserved]), with the job's bookkeeping in its transactions.
 func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 	jobID := r.job.ID
 	var p12, sealedPW []byte
@@ -555,7 +605,7 @@ func (r *jobRun) issued(ctx context.Context, w *work, err error) {
 	case err == nil:
 		r.count(true)
 		r.resumed()
-	case errors.Is(err, escrow.ErrReserved):
+	case errors.Is(err, escrow.ErrReserved), errors.Is(err, issue.ErrReserved):
 		// Already has an outcome (it cannot happen in one run; a resume skips such items).
 	case ctx.Err() != nil:
 		// Shutting down: the reservation (if any) is released at the next start.
@@ -709,7 +759,7 @@ func gather(in <-chan *work, max int, linger time.Duration, f func([]*work)) {
 
 func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 	jobID := r.job.ID
-	items := make([]escrow.ImportItem, 0, len(batch))
+	items := make([]issue.ImportItem, 0, len(batch))
 	done := make([]store.DoneItem, 0, len(batch))
 	var good []*work
 	for _, w := range batch {
@@ -718,20 +768,33 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 			continue
 		}
 		good = append(good, w)
-		items = append(items, escrow.ImportItem{Cert: w.cert, Mailbox: w.email, Record: w.rec})
+		items = append(items, issue.ImportItem{Cert: w.cert, Mailbox: w.email, Record: w.rec})
 		done = append(done, store.DoneItem{Seq: w.seq, Serial: store.FormatSerial(w.cert.SerialNumber), RecordID: w.rec.ID})
 	}
 	if len(items) == 0 {
 		return
 	}
-	svc := r.m.Service
-	err := r.retry(ctx, func() error {
-		return svc.CommitImports(context.WithoutCancel(ctx), "job "+jobID, items, func(tx *store.Tx) error {
-			return tx.InsertJobItemsDone(jobID, done)
+	pl := r.m.Service.Pipeline()
+	var stale []bool
+	err := r.retry(ctx, func() (err error) {
+		stale, err = pl.Import(context.WithoutCancel(ctx), escrow.ActorFrom(ctx), "job "+jobID, items, func(tx *store.Tx, stored []int) error {
+			if len(stored) == len(done) {
+				return tx.InsertJobItemsDone(jobID, done)
+			}
+			some := make([]store.DoneItem, len(stored))
+			for k, i := range stored {
+				some[k] = done[i]
+			}
+			return tx.InsertJobItemsDone(jobID, some)
 		})
+		return err
 	})
 	if err == nil {
-		for range good {
+		for i, w := range good {
+			if stale[i] {
+				r.retake(ctx, w)
+				continue
+			}
 			r.count(true)
 		}
 		return
@@ -744,20 +807,29 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 	// One item spoiled the batch (a serial already archived...): one by one.
 	for i, w := range good {
 		it, d := items[i], done[i]
-		err := r.retry(ctx, func() error {
-			return svc.CommitImport(context.WithoutCancel(ctx), it.Cert, it.Mailbox, it.Record, func(tx *store.Tx) error {
+		var stale []bool
+		err := r.retry(ctx, func() (err error) {
+			stale, err = pl.Import(context.WithoutCancel(ctx), "local", "", []issue.ImportItem{it}, func(tx *store.Tx, stored []int) error {
+				if len(stored) == 0 {
+					return nil
+				}
 				return tx.InsertJobItemDone(jobID, d.Seq, d.Serial, d.RecordID)
 			})
+			return err
 		})
-		if r.m.faultOf(err) != "" {
+		switch {
+		case r.m.faultOf(err) != "":
 			r.again.Store(true)
-			continue
-		}
-		if err != nil {
+		case errors.Is(err, store.ErrConflict):
+			w.err = fmt.Errorf("%w: a certificate with serial %s is already in the archive", escrow.ErrInvalidRequest, d.Serial)
+			r.failItem(ctx, w)
+		case err != nil:
 			w.err = err
 			r.failItem(ctx, w)
-			continue
+		case stale[0]:
+			r.retake(ctx, w)
+		default:
+			r.count(true)
 		}
-		r.count(true)
 	}
 }
