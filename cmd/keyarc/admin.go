@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -45,20 +46,20 @@ func runCodeCreate(args []string) error {
 	email := fs.String("email", "", "mailbox the code enrolls (required)")
 	template := fs.String("template", "smime-encryption", "certificate template")
 	ttl := fs.Duration("ttl", 0, "validity of the code (default: the configuration's enrollment.code_ttl)")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("admin enroll-code create", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("admin enroll-code create", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" || *email == "" {
-		return usageError{"admin enroll-code create: --state DIR and --email ADDRESS are required"}
+		return cmdline.UsageError{Msg: "admin enroll-code create: --state DIR and --email ADDRESS are required"}
 	}
 	ttlSet := false
 	fs.Visit(func(f *flag.Flag) { ttlSet = ttlSet || f.Name == "ttl" })
 	if ttlSet && *ttl <= 0 {
-		return usageError{fmt.Sprintf("admin enroll-code create: --ttl must be positive, such as 24h (got %s)", *ttl)}
+		return cmdline.UsageError{Msg: fmt.Sprintf("admin enroll-code create: --ttl must be positive, such as 24h (got %s)", *ttl)}
 	}
 	svc, cfg, done, err := localService(*state)
 	if err != nil {
@@ -90,15 +91,15 @@ func runCredentialIssue(args []string) error {
 	name := fs.String("name", "", "the operator's name (required)")
 	out := fs.String("out", "", "folder for NAME.pem and NAME-key.pem (required)")
 	email := fs.String("email", "", "the operator's own mailbox (keeps an officer from recovering their own keys)")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("admin credential issue", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("admin credential issue", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" || *role == "" || *name == "" || *out == "" {
-		return usageError{"admin credential issue: --state, --role, --name and --out are required"}
+		return cmdline.UsageError{Msg: "admin credential issue: --state, --role, --name and --out are required"}
 	}
 	svc, cfg, done, err := localService(*state)
 	if err != nil {
@@ -155,7 +156,7 @@ func runPendingList(args []string) error {
 	cf.register(fs)
 	all := fs.Bool("all", false, "include decided requests")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parseFlags(fs, args); err != nil {
+	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -190,11 +191,11 @@ func runPendingDecide(verb string, args []string) error {
 	fs := flag.NewFlagSet("admin pending "+verb, flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("admin pending "+verb, pos, 1, "the request ID"); err != nil {
+	if err := cmdline.WantArgs("admin pending "+verb, pos, 1, "the request ID"); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -228,7 +229,7 @@ func runRecoverySetShow(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parseFlags(fs, args); err != nil {
+	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -278,11 +279,11 @@ func runRecoverySetSet(args []string) error {
 	quorum := fs.Int("quorum", 0, "how many KRAs must approve a recovery (required)")
 	var kras stringList
 	fs.Var(&kras, "kra", "serial of a KRA unwrap certificate (repeat, or comma-separate)")
-	if _, err := parseFlags(fs, args); err != nil {
+	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *quorum == 0 || len(kras) == 0 {
-		return usageError{"admin recovery-set set: --quorum M and at least one --kra SERIAL are required"}
+		return cmdline.UsageError{Msg: "admin recovery-set set: --quorum M and at least one --kra SERIAL are required"}
 	}
 	c, err := cf.dial(true)
 	if err != nil {
@@ -335,7 +336,7 @@ func runReseal(args []string) error {
 	cf.register(fs)
 	reason := fs.String("reason", "", "why (recorded)")
 	complete := fs.String("complete", "", "reseal the records of this approved request")
-	if _, err := parseFlags(fs, args); err != nil {
+	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)

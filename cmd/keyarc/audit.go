@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -436,21 +437,21 @@ const auditUsage = `audit subcommands:
 
 func runAudit(args []string) error {
 	if len(args) < 1 || args[0] != "verify" {
-		return usageError{auditUsage}
+		return cmdline.UsageError{Msg: auditUsage}
 	}
 	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	keyFile := fs.String("key", "", "the audit certificate or public key (PEM) to trust (default: DIR/audit.pem, checked against the CA certificate)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	pos, err := parseFlags(fs, args[1:])
+	pos, err := cmdline.ParseFlags(fs, args[1:])
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("audit verify", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("audit verify", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" {
-		return usageError{"audit verify: --state DIR is required"}
+		return cmdline.UsageError{Msg: "audit verify: --state DIR is required"}
 	}
 	cfg, err := loadConfig(*state)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 )
@@ -50,15 +51,15 @@ func runBackup(args []string) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	out := fs.String("out", "", "file to write the copy to (required; not overwritten); the audit head is copied to FILE"+backupHeadSuffix)
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("backup", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("backup", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" || *out == "" {
-		return usageError{"backup: --state DIR and --out FILE are required"}
+		return cmdline.UsageError{Msg: "backup: --state DIR and --out FILE are required"}
 	}
 	cfg, err := loadConfig(*state)
 	if err != nil {
@@ -110,15 +111,15 @@ func runRestore(args []string) error {
 	state := fs.String("state", "", "state folder (required)")
 	from := fs.String("from", "", "backup file made by keyarc backup, or the state's database itself to record a rollback made in place (required)")
 	force := fs.Bool("force", false, "restore even a backup older than the audit trail's head, and record what it drops")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("restore", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("restore", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" || *from == "" {
-		return usageError{"restore: --state DIR and --from FILE are required"}
+		return cmdline.UsageError{Msg: "restore: --state DIR and --from FILE are required"}
 	}
 	cfg, err := loadConfig(*state)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/term"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow/bulk"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -226,7 +227,7 @@ func bulkClient(name string, args []string, extra func(*flag.FlagSet)) (*client,
 	if extra != nil {
 		extra(fs)
 	}
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -251,7 +252,7 @@ func runBulkSubmit(args []string) error {
 		return err
 	}
 	defer c.close()
-	if err := wantArgs("bulk submit", pos, 1, "FILE"); err != nil {
+	if err := cmdline.WantArgs("bulk submit", pos, 1, "FILE"); err != nil {
 		return err
 	}
 	f, err := os.Open(pos[0])
@@ -310,7 +311,7 @@ func waitBulk(c *client, id string) error {
 				return fmt.Errorf("job %s was cancelled (see the appliance log)", id)
 			}
 			if st.Failed > 0 {
-				return exitError{3, fmt.Sprintf("job %s: %d of %d items failed; `keyarc bulk results %s --out FILE` gives each one's reason", id, st.Failed, st.Total, id)}
+				return cmdline.ExitError{Code: 3, Msg: fmt.Sprintf("job %s: %d of %d items failed; `keyarc bulk results %s --out FILE` gives each one's reason", id, st.Failed, st.Total, id)}
 			}
 			return nil
 		}
@@ -344,7 +345,7 @@ func runBulkStatus(args []string) error {
 		return err
 	}
 	defer c.close()
-	if err := wantArgs("bulk status", pos, 1, "JOB"); err != nil {
+	if err := cmdline.WantArgs("bulk status", pos, 1, "JOB"); err != nil {
 		return err
 	}
 	var st bulk.Status
@@ -360,7 +361,7 @@ func runBulkList(args []string) error {
 		return err
 	}
 	defer c.close()
-	if err := wantArgs("bulk list", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("bulk list", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	var list []bulk.Status
@@ -380,14 +381,14 @@ func runBulkResults(args []string) error {
 		return err
 	}
 	defer c.close()
-	if err := wantArgs("bulk results", pos, 1, "JOB"); err != nil {
+	if err := cmdline.WantArgs("bulk results", pos, 1, "JOB"); err != nil {
 		return err
 	}
 	if out == "" {
-		return usageError{"bulk results: --out FILE is required"}
+		return cmdline.UsageError{Msg: "bulk results: --out FILE is required"}
 	}
 	if passwords != "" && filepath.Clean(passwords) == filepath.Clean(out) {
-		return usageError{"bulk results: the passwords go to a file of their own, not --out"}
+		return cmdline.UsageError{Msg: "bulk results: the passwords go to a file of their own, not --out"}
 	}
 	id := url.PathEscape(pos[0])
 	if err := c.download(http.MethodGet, "/api/v1/bulk/"+id+"/results", out); err != nil {

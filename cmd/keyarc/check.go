@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -120,15 +121,15 @@ func runCheckCommand(args []string) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("check", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("check", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" {
-		return usageError{"check: --state DIR is required"}
+		return cmdline.UsageError{Msg: "check: --state DIR is required"}
 	}
 	cfg, err := loadConfig(*state)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/softhsm"
 )
@@ -101,7 +102,7 @@ func (c *clientFlags) kraToken() (*hsm.Token, error) {
 		label, pinFile, module = t.Label, t.PINFile, in.Module
 	}
 	if label == "" || pinFile == "" {
-		return nil, usageError{"a KRA needs --token-label and --pin-file (or --state DIR --as kraN)"}
+		return nil, cmdline.UsageError{Msg: "a KRA needs --token-label and --pin-file (or --state DIR --as kraN)"}
 	}
 	if module == "" {
 		m, err := softhsm.ModulePath()
@@ -151,7 +152,7 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 		}
 	}
 	if server == "" || cacert == "" {
-		return nil, usageError{"give --server URL and --cacert FILE, or --state DIR of a development install"}
+		return nil, cmdline.UsageError{Msg: "give --server URL and --cacert FILE, or --state DIR of a development install"}
 	}
 	pool := x509.NewCertPool()
 	caCerts, err := readCertificates(cacert)
@@ -183,7 +184,7 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 			}
 			if authCert == "" {
 				cl.close()
-				return nil, usageError{"a KRA needs --cert (its auth certificate)"}
+				return nil, cmdline.UsageError{Msg: "a KRA needs --cert (its auth certificate)"}
 			}
 			cert, err := readCertificate(authCert)
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/cms"
 )
@@ -33,11 +34,11 @@ func runEnroll(args []string) error {
 	codeFile := fs.String("code-file", "", "file holding the enrollment code")
 	out := fs.String("out", "", "folder for key.pem, cert.pem and chain.pem (required)")
 	keyType := fs.String("key-type", "rsa2048", "key: "+strings.Join(escrow.KeyTypes, ", "))
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("enroll", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("enroll", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *codeFile != "" {
@@ -48,7 +49,7 @@ func runEnroll(args []string) error {
 		*code = strings.TrimSpace(string(b))
 	}
 	if *email == "" || *code == "" || *out == "" {
-		return usageError{"enroll: --email, --code (or --code-file) and --out are required"}
+		return cmdline.UsageError{Msg: "enroll: --email, --code (or --code-file) and --out are required"}
 	}
 	keyPath, certPath, chainPath := filepath.Join(*out, "key.pem"), filepath.Join(*out, "cert.pem"), filepath.Join(*out, "chain.pem")
 	for _, p := range []string{keyPath, certPath, chainPath} {
@@ -170,7 +171,7 @@ func (c *client) sealToTransport(pkcs8 []byte) ([]byte, error) {
 func newKey(kind string) (crypto.Signer, error) {
 	k, err := escrow.NewKey(kind)
 	if errors.Is(err, escrow.ErrKeyType) {
-		return nil, usageError{"--key-type: " + err.Error()}
+		return nil, cmdline.UsageError{Msg: "--key-type: " + err.Error()}
 	}
 	return k, err
 }

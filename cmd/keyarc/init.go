@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -49,24 +50,24 @@ func runInit(args []string) error {
 	caName := fs.String("ca-name", "keyarc Root CA", "common name of the CA")
 	org := fs.String("org", "", "organisation name for the CA subject")
 	dnsNames := fs.String("tls-names", "localhost", "comma-separated DNS names for the appliance's TLS certificate")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("init", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("init", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" {
-		return usageError{"init: --state DIR is required"}
+		return cmdline.UsageError{Msg: "init: --state DIR is required"}
 	}
 	alg := hsm.Algorithm(*caKey)
 	switch alg {
 	case "p256", "p384", "rsa2048", "rsa3072", "rsa4096":
 	default:
-		return usageError{fmt.Sprintf("init: --ca-key %q: choose p256, p384, rsa2048, rsa3072 or rsa4096", *caKey)}
+		return cmdline.UsageError{Msg: fmt.Sprintf("init: --ca-key %q: choose p256, p384, rsa2048, rsa3072 or rsa4096", *caKey)}
 	}
 	if *dev == (*tokenURI != "") {
-		return usageError{"init: give either --dev (SoftHSM development tokens) or --token URI (a real token)"}
+		return cmdline.UsageError{Msg: "init: give either --dev (SoftHSM development tokens) or --token URI (a real token)"}
 	}
 	dir, err := filepath.Abs(*state)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/hsm"
 )
@@ -99,11 +100,11 @@ func runKRAEnroll(args []string) error {
 	wait := fs.Duration("wait", 0, "wait this long for an admin's decision, then save the certificates")
 	out := fs.String("out", "", "folder for NAME-unwrap.pem and NAME-auth.pem (with --wait or --request)")
 	request := fs.String("request", "", "collect the certificates of this earlier request (its ID) instead of submitting a new one")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("kra enroll", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("kra enroll", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	tok, err := cf.kraToken()
@@ -154,7 +155,7 @@ func runKRAEnroll(args []string) error {
 		dir = filepath.Join(cf.state, "credentials")
 	}
 	if dir == "" {
-		return usageError{"kra enroll: --out DIR is needed to save the certificates (with --wait or --request)"}
+		return cmdline.UsageError{Msg: "kra enroll: --out DIR is needed to save the certificates (with --wait or --request)"}
 	}
 	deadline := time.Now().Add(*wait)
 	if *wait > 0 {

@@ -8,7 +8,7 @@
 // # Command line
 //
 // The command line is the standard library's flag package under a small command tree
-// ([commands]): each leaf command parses its own flag set with [parseFlags], so flags may stand
+// ([commands]): each leaf command parses its own flag set with cmdline.ParseFlags, so flags may stand
 // before, between or after positional arguments, and each lists only the flags it takes.
 // Requested help (`keyarc help CMD [SUB]`, `-h`, `--help`) goes to standard output with exit
 // status 0; a mistake in the command line goes to standard error with exit status 2.
@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"io"
 	"os"
 	"strings"
@@ -106,31 +107,29 @@ var version = "dev"
 
 func main() {
 	err := run(os.Args[1:])
-	var u usageError
-	var x exitError
+	var u cmdline.UsageError
+	var x cmdline.ExitError
 	switch {
-	case err == nil, errors.Is(err, errHelp):
+	case err == nil, errors.Is(err, cmdline.ErrHelp):
 		return
 	case errors.As(err, &u):
 		fmt.Fprintln(os.Stderr, "keyarc:", err)
 		os.Exit(2)
 	case errors.As(err, &x):
 		fmt.Fprintln(os.Stderr, "keyarc:", err)
-		os.Exit(x.code)
+		os.Exit(x.Code)
 	default:
 		fmt.Fprintln(os.Stderr, "keyarc:", err)
 		os.Exit(1)
 	}
 }
 
-// errHelp reports that help was requested and printed: exit status 0.
-var errHelp = errors.New("keyarc: help requested")
-
 func isHelp(arg string) bool {
 	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
 }
 
 func run(args []string) error {
+	cmdline.Help = leafUsage
 	root := command{name: "", summary: "an HSM-backed CA that escrows encryption keys for a quorum of KRAs", subs: commands()}
 	if len(args) > 0 && args[0] == "help" {
 		return runHelp(root, args[1:])
@@ -149,7 +148,7 @@ func dispatch(c command, path []string, args []string) error {
 			return nil
 		}
 		groupUsage(os.Stderr, c, path)
-		return usageError{fmt.Sprintf("%s: expected a subcommand", strings.Join(path, " "))}
+		return cmdline.UsageError{Msg: fmt.Sprintf("%s: expected a subcommand", strings.Join(path, " "))}
 	}
 	if isHelp(args[0]) {
 		if args[0] == "help" && len(path) > 0 {
@@ -165,9 +164,9 @@ func dispatch(c command, path []string, args []string) error {
 	}
 	groupUsage(os.Stderr, c, path)
 	if len(path) == 0 {
-		return usageError{fmt.Sprintf("unknown command %q", args[0])}
+		return cmdline.UsageError{Msg: fmt.Sprintf("unknown command %q", args[0])}
 	}
-	return usageError{fmt.Sprintf("%s: unknown subcommand %q", strings.Join(path, " "), args[0])}
+	return cmdline.UsageError{Msg: fmt.Sprintf("%s: unknown subcommand %q", strings.Join(path, " "), args[0])}
 }
 
 // runHelp is `keyarc help [CMD [SUB ...]]`: the help of the named command, on standard output.
@@ -182,7 +181,7 @@ func runHelp(c command, args []string, path ...string) error {
 			}
 		}
 		if !found {
-			return usageError{fmt.Sprintf("help: no command %q; run `keyarc help`", strings.Join(append(path, a), " "))}
+			return cmdline.UsageError{Msg: fmt.Sprintf("help: no command %q; run `keyarc help`", strings.Join(append(path, a), " "))}
 		}
 	}
 	if c.subs != nil {
@@ -274,58 +273,13 @@ func leafUsage(w io.Writer, fs *flag.FlagSet) {
 	})
 }
 
-// exitError is an outcome that has its own exit status, such as a bulk job that finished with
-// failed items (3).
-type exitError struct {
-	code int
-	msg  string
-}
-
-func (e exitError) Error() string { return e.msg }
-
-// usageError is a mistake in the command line (exit status 2).
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-// parseFlags parses flags that may stand before, between or after positional arguments, and
-// returns the positional ones. `-h` or `--help` prints the command's help on standard output
-// and returns errHelp. The flag set's name is the command's path, e.g. "admin pending issue".
-func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				leafUsage(os.Stdout, fs)
-				return nil, errHelp
-			}
-			return nil, usageError{fmt.Sprintf("%s: %v (run `keyarc help %s`)", fs.Name(), err, fs.Name())}
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
-// wantArgs checks the number of positional arguments.
-func wantArgs(name string, pos []string, n int, what string) error {
-	if len(pos) != n {
-		return usageError{fmt.Sprintf("%s: expected %s, got %q (run `keyarc help %s`)", name, what, strings.Join(pos, " "), name)}
-	}
-	return nil
-}
-
 func runVersion(args []string) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("version", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("version", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	fmt.Println("keyarc", version)

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
@@ -30,11 +31,11 @@ func runRecoveryRequest(args []string) error {
 	serial := fs.String("serial", "", "serial (hex) of the certificate whose key to recover")
 	email := fs.String("email", "", "recover every archived key of this mailbox")
 	reason := fs.String("reason", "", "why (required; recorded)")
-	if _, err := parseFlags(fs, args); err != nil {
+	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if (*serial == "") == (*email == "") || *reason == "" {
-		return usageError{"recovery request: give --serial HEX or --email ADDR, and --reason TEXT"}
+		return cmdline.UsageError{Msg: "recovery request: give --serial HEX or --email ADDR, and --reason TEXT"}
 	}
 	c, err := cf.dial(true)
 	if err != nil {
@@ -56,7 +57,7 @@ func runRecoveryList(args []string) error {
 	cf.register(fs)
 	status := fs.String("status", "", "only requests in this state: open, consumed, cancelled or expired")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parseFlags(fs, args); err != nil {
+	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -136,11 +137,11 @@ func runRecoveryShow(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("recovery show", pos, 1, "the request ID"); err != nil {
+	if err := cmdline.WantArgs("recovery show", pos, 1, "the request ID"); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -167,19 +168,19 @@ func runRecoveryApprove(args []string) error {
 	cf.register(fs)
 	cf.registerToken(fs)
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("recovery approve", pos, 1, "the request ID"); err != nil {
+	if err := cmdline.WantArgs("recovery approve", pos, 1, "the request ID"); err != nil {
 		return err
 	}
 	if cf.tokenLbl == "" && !strings.HasPrefix(cf.as, "kra") {
-		return usageError{"recovery approve: a KRA approves with its token: --token-label L --pin-file F (or --state DIR --as kraN)"}
+		return cmdline.UsageError{Msg: "recovery approve: a KRA approves with its token: --token-label L --pin-file F (or --state DIR --as kraN)"}
 	}
 	interactive := term.IsTerminal(int(os.Stdin.Fd()))
 	if !*yes && !interactive {
-		return usageError{"recovery approve: no terminal to confirm on; add --yes to approve without asking"}
+		return cmdline.UsageError{Msg: "recovery approve: no terminal to confirm on; add --yes to approve without asking"}
 	}
 	c, err := cf.dial(true)
 	if err != nil {
@@ -318,15 +319,15 @@ func runRecoveryFetch(args []string) error {
 	out := fs.String("out", "", "PKCS#12 file to write (required); several keys get FILE-SERIAL.p12")
 	pwFile := fs.String("password-file", "", "file to write the PKCS#12 password to, mode 0600 (required)")
 	legacy := fs.Bool("legacy", false, "3DES/SHA-1 PKCS#12 for old clients (weaker; only when needed)")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("recovery fetch", pos, 1, "the request ID"); err != nil {
+	if err := cmdline.WantArgs("recovery fetch", pos, 1, "the request ID"); err != nil {
 		return err
 	}
 	if *out == "" || *pwFile == "" {
-		return usageError{"recovery fetch: --out FILE.p12 and --password-file FILE are required"}
+		return cmdline.UsageError{Msg: "recovery fetch: --out FILE.p12 and --password-file FILE are required"}
 	}
 	// Fetching consumes the request: make sure the files can be written first.
 	for _, p := range []string{*out, *pwFile} {
@@ -381,11 +382,11 @@ func runRecoveryCancel(args []string) error {
 	fs := flag.NewFlagSet("recovery cancel", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("recovery cancel", pos, 1, "the request ID"); err != nil {
+	if err := cmdline.WantArgs("recovery cancel", pos, 1, "the request ID"); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -59,15 +60,15 @@ func runServe(args []string) error {
 	state := fs.String("state", "", "state folder (required)")
 	addr := fs.String("addr", "", "HTTPS listen address (default: the configuration's listen)")
 	metricsAddr := fs.String("metrics-addr", "", "metrics listen address (default: the configuration's metrics_listen)")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("serve", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("serve", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *state == "" {
-		return usageError{"serve: --state DIR is required"}
+		return cmdline.UsageError{Msg: "serve: --state DIR is required"}
 	}
 	tuneGC()
 	cfg, err := loadConfig(*state)

@@ -1,4 +1,17 @@
-package main
+// Package bench is `keyarc bench`: it measures the raw crypto limits of this machine (seal,
+// sign, CMS open, CSR check, PKCS#8 and PKCS#12 work), the rates of the bulk pipeline, the
+// enrollment and EST storms over HTTPS on loopback, and the peak memory of a large import in a
+// child `keyarc serve`, each on a throw-away development state made by this very binary.
+//
+// It prints rates and ratios to the raw limits; it asserts nothing. The appliance it drives in
+// process comes from package main through [Env] (bench does not import the server packages),
+// so that the measured server is exactly the one `keyarc serve` runs.
+//
+// # Concurrency
+//
+// [Run] is called once per process; it starts its own goroutines (load generators, a bulk
+// manager, an HTTPS server) and stops them before it returns.
+package bench
 
 import (
 	"bufio"
@@ -38,6 +51,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/bulk"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -45,9 +59,38 @@ import (
 	"github.com/keyarc/keyarc/policy"
 )
 
-// runBench measures the raw crypto limits of this machine and the rates of the bulk pipeline,
-// the enrollment storms and the memory of a large import, on throw-away development states.
-func runBench(args []string) error {
+// Appliance is the in-process appliance the bench drives: package main's server assembly.
+type Appliance interface {
+	// Service is the escrow engine the appliance serves.
+	Service() *escrow.Service
+	// CACert is the CA certificate that issued the appliance's TLS certificate.
+	CACert() *x509.Certificate
+	// Serve runs the HTTPS and metrics listeners until ctx is done.
+	Serve(ctx context.Context, reg *prometheus.Registry) error
+	// Close releases the store and the tokens.
+	Close()
+}
+
+// Env is what the bench needs from package main.
+type Env struct {
+	// Open opens the appliance of the development state folder state, listening on listen
+	// (HTTPS) and metricsListen.
+	Open func(state, listen, metricsListen string, log *slog.Logger, reg *prometheus.Registry) (Appliance, error)
+	// CACert reads the CA certificate of the state folder.
+	CACert func(state string) (*x509.Certificate, error)
+	// AdminClient is an HTTPS client of the appliance at server that presents the state's
+	// development admin credential.
+	AdminClient func(state, server string) (*http.Client, error)
+	// TuneGC applies the appliance's own garbage-collector settings.
+	TuneGC func()
+}
+
+// Run is `keyarc bench`: it measures the raw crypto limits of this machine and the rates of
+// the bulk pipeline, the enrollment storms and the memory of a large import, on throw-away
+// development states. Its errors are those of the appliance, the bulk manager and the
+// load generators, wrapped with the round that failed; a bad command line is a
+// cmdline.UsageError.
+func Run(args []string, env Env) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	items := fs.Int("items", 10_000, "items per enroll and import job")
 	keygenItems := fs.Int("keygen-items", 400, "items of the RSA-2048 keygen job (about 70 ms of CPU each)")
@@ -57,11 +100,11 @@ func runBench(args []string) error {
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	pos, err := parseFlags(fs, args)
+	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("bench", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.WantArgs("bench", pos, 0, "no arguments"); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "keyarc-bench-")
@@ -82,11 +125,11 @@ func runBench(args []string) error {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	tuneGC() // the appliance's own settings: the jobs and storms below run in this process
+	env.TuneGC() // the appliance's own settings: the jobs and storms below run in this process
 	if *runs < 1 {
 		return fmt.Errorf("bench: --runs must be at least 1")
 	}
-	b := &bench{dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs}
+	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs}
 	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
 	for _, alg := range []string{"p256", "rsa3072"} {
 		if err := b.caRound(alg); err != nil {
@@ -102,6 +145,7 @@ func runBench(args []string) error {
 }
 
 type bench struct {
+	env                       Env
 	dir                       string
 	raw                       time.Duration
 	items, keygenItems, storm int
@@ -273,21 +317,16 @@ func (b *bench) caRound(alg string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(state)
-	if err != nil {
-		return err
-	}
-	cfg.Listen = freeAddr()
-	cfg.MetricsListen = freeAddr()
+	listen := freeAddr()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := prometheus.NewRegistry()
-	a, err := openAppliance(cfg, log, reg)
+	a, err := b.env.Open(state, listen, freeAddr(), log, reg)
 	if err != nil {
 		return err
 	}
-	defer a.close()
+	defer a.Close()
 	ctx := context.Background()
-	svc := a.svc
+	svc := a.Service()
 	procs := runtime.GOMAXPROCS(0)
 	tmpl := svc.Templates[policy.TemplateSMIMEEncryption]
 	rs, err := svc.CurrentRecoverySet(ctx)
@@ -456,20 +495,20 @@ func (b *bench) caRound(alg string) error {
 	// Storms over HTTPS on loopback.
 	srvCtx, stopSrv := context.WithCancel(ctx)
 	srvDone := make(chan error, 1)
-	go func() { srvDone <- a.serve(srvCtx, reg) }()
+	go func() { srvDone <- a.Serve(srvCtx, reg) }()
 	defer func() { stopSrv(); <-srvDone }()
-	if err := waitReady("https://"+cfg.Listen, caCert); err != nil {
+	if err := waitReady("https://"+listen, caCert); err != nil {
 		return err
 	}
 	fmt.Printf("storms (HTTPS on loopback, keep-alive clients, %d enrollments each):\n", b.storm)
 	storms, err := b.repeat(enrollParts, b.runs, func(run int) (func() (float64, error), error) {
-		return b.enrollStorm(a, cfg.Listen, 64, fmt.Sprintf("storm%d-", run))
+		return b.enrollStorm(a, listen, 64, fmt.Sprintf("storm%d-", run))
 	})
 	if err != nil {
 		return fmt.Errorf("enroll storm: %w", err)
 	}
 	report("/api/v1/enroll with archival, 64 clients", storms, "the enroll crypto limit")
-	r, err := b.estStorm(a, cfg.Listen, 8)
+	r, err := b.estStorm(a, listen, 8)
 	if err != nil {
 		return fmt.Errorf("EST storm: %w", err)
 	}
@@ -707,8 +746,8 @@ func codes(svc *escrow.Service, prefix, template string, n int) ([]*escrow.Code,
 
 // enrollStorm prepares a storm of archival enrollments for mailboxes prefix0, prefix1... (their
 // codes, keys, CSRs and envelopes) and returns it, to be run.
-func (b *bench) enrollStorm(a *appliance, addr string, clients int, prefix string) (func() (float64, error), error) {
-	svc := a.svc
+func (b *bench) enrollStorm(a Appliance, addr string, clients int, prefix string) (func() (float64, error), error) {
+	svc := a.Service()
 	cs, err := codes(svc, prefix, policy.TemplateSMIMEEncryption, b.storm)
 	if err != nil {
 		return nil, err
@@ -726,7 +765,7 @@ func (b *bench) enrollStorm(a *appliance, addr string, clients int, prefix strin
 		return string(j)
 	})
 	return func() (float64, error) {
-		return storm(clients, b.storm, a.caCert, func(i int) (*http.Request, error) {
+		return storm(clients, b.storm, a.CACert(), func(i int) (*http.Request, error) {
 			r, err := http.NewRequest(http.MethodPost, "https://"+addr+"/api/v1/enroll", strings.NewReader(bodies[i]))
 			if err != nil {
 				return nil, err
@@ -738,16 +777,16 @@ func (b *bench) enrollStorm(a *appliance, addr string, clients int, prefix strin
 	}, nil
 }
 
-func (b *bench) estStorm(a *appliance, addr string, clients int) (float64, error) {
+func (b *bench) estStorm(a Appliance, addr string, clients int) (float64, error) {
 	n := 2 * b.storm
-	cs, err := codes(a.svc, "est", policy.TemplateSMIMESignature, n)
+	cs, err := codes(a.Service(), "est", policy.TemplateSMIMESignature, n)
 	if err != nil {
 		return 0, err
 	}
 	bodies := parallelLines(n, func(i int) string {
 		return base64.StdEncoding.EncodeToString(benchCSR(newP256(), mailboxN("est", i)))
 	})
-	return storm(clients, n, a.caCert, func(i int) (*http.Request, error) {
+	return storm(clients, n, a.CACert(), func(i int) (*http.Request, error) {
 		r, err := http.NewRequest(http.MethodPost, "https://"+addr+"/.well-known/est/"+policy.TemplateSMIMESignature+"/simpleenroll", strings.NewReader(bodies[i]))
 		if err != nil {
 			return nil, err
@@ -796,11 +835,7 @@ func (b *bench) rssRound(n int) error {
 			<-done
 		}
 	}()
-	cfg, err := loadConfig(state)
-	if err != nil {
-		return err
-	}
-	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+	caCert, err := b.env.CACert(state)
 	if err != nil {
 		return err
 	}
@@ -808,25 +843,26 @@ func (b *bench) rssRound(n int) error {
 		return fmt.Errorf("%w\n%s", err, logs.String())
 	}
 	before := vmHWM(cmd.Process.Pid)
-	cf := clientFlags{state: state, as: "admin", server: "https://" + addr}
-	c, err := cf.dial(true)
+	base := "https://" + addr
+	hc, err := b.env.AdminClient(state, base)
 	if err != nil {
 		return err
 	}
-	c.http.Timeout = 0
+	hc.Timeout = 0
 	in, err := os.Open(file)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	req, _ := http.NewRequest(http.MethodPost, c.base+"/api/v1/bulk", in)
+	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/bulk", in)
 	req.Header.Set("Content-Type", "application/jsonl")
 	var st bulk.Status
-	if err := c.do(req, &st); err != nil {
+	if err := doJSON(hc, req, &st); err != nil {
 		return err
 	}
 	for {
-		if err := c.call(http.MethodGet, "/api/v1/bulk/"+st.ID, nil, &st); err != nil {
+		req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/bulk/"+st.ID, nil)
+		if err := doJSON(hc, req, &st); err != nil {
 			return err
 		}
 		if st.State == "done" || st.State == "cancelled" {
@@ -855,4 +891,22 @@ func vmHWM(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// doJSON sends req and decodes the JSON answer into out; a status other than 2xx is an error
+// that carries the appliance's message.
+func doJSON(hc *http.Client, req *http.Request, out any) error {
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("bench: %s %s: %w", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("bench: %s %s: %w", req.Method, req.URL.Path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("bench: %s %s: HTTP %d: %s", req.Method, req.URL.Path, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return json.Unmarshal(b, out)
 }

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/bench"
+	"github.com/keyarc/keyarc/escrow"
+)
+
+// runBench is `keyarc bench`, wired to this binary's appliance.
+func runBench(args []string) error {
+	return bench.Run(args, bench.Env{
+		Open: func(state, listen, metricsListen string, log *slog.Logger, reg *prometheus.Registry) (bench.Appliance, error) {
+			cfg, err := loadConfig(state)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Listen, cfg.MetricsListen = listen, metricsListen
+			a, err := openAppliance(cfg, log, reg)
+			if err != nil {
+				return nil, err
+			}
+			return benchAppliance{a}, nil
+		},
+		CACert: func(state string) (*x509.Certificate, error) {
+			cfg, err := loadConfig(state)
+			if err != nil {
+				return nil, err
+			}
+			return readCertificate(cfg.path(cfg.CA.Certificate))
+		},
+		AdminClient: func(state, server string) (*http.Client, error) {
+			cf := clientFlags{state: state, as: "admin", server: server}
+			c, err := cf.dial(true)
+			if err != nil {
+				return nil, err
+			}
+			return c.http, nil
+		},
+		TuneGC: tuneGC,
+	})
+}
+
+// benchAppliance is the appliance as the bench sees it.
+type benchAppliance struct{ a *appliance }
+
+func (b benchAppliance) Service() *escrow.Service  { return b.a.svc }
+func (b benchAppliance) CACert() *x509.Certificate { return b.a.caCert }
+func (b benchAppliance) Serve(ctx context.Context, reg *prometheus.Registry) error {
+	return b.a.serve(ctx, reg)
+}
+func (b benchAppliance) Close() { b.a.close() }
