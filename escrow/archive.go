@@ -57,6 +57,11 @@ type recoverySets struct {
 
 // CurrentRecoverySet returns the current recovery set, checked usable at now: it exists, and
 // none of its KRA certificates has expired.
+//
+// # Errors
+//
+// [ErrNoRecoverySet] when no set is defined or a KRA certificate expired; a storage error
+// wrapping [store.ErrUnavailable].
 func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) {
 	var row *store.RecoverySet
 	err := s.Store.View(ctx, func(tx *store.Tx) error {
@@ -146,7 +151,16 @@ func (s *Service) loadRecoverySet(ctx context.Context, row *store.RecoverySet) (
 // EnrollArchived issues a certificate of an archiving template. envelope is the client's PKCS#8
 // private key in a CMS EnvelopedData or AuthEnvelopedData to the transport certificate. The key
 // must be the pair of the CSR's public key; it is sealed for the recovery set and the record is
-// durably committed before the certificate is signed.
+// durably committed before the certificate is signed, through the issuance pipeline
+// ([Service.Pipeline]); if the recovery set changes meanwhile, the key is sealed again for the
+// new set and the enrollment retried once.
+//
+// # Errors
+//
+// Those of [Service.Enroll], and: [ErrInvalidRequest] for a missing or bad envelope or a key
+// that is not the CSR's (wrapping [cms.ErrNoRecipient], [cms.ErrMalformed]... when the envelope
+// is at fault), [ErrKeyArchivedElsewhere], [ErrNoRecoverySet] (no usable set, no transport key,
+// or the set changed twice during the enrollment; then also [ErrRecoverySetChanged]).
 func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRequest, envelope []byte) (*Issued, error) {
 	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
@@ -287,6 +301,10 @@ func envelopeError(err error) error {
 // IssueArchivedKey archives pkcs8 and issues a certificate for mailbox under an archiving
 // template, without an enrollment code: the caller (a bulk job submitted by an admin) has
 // already been authorised. pkcs8 must be the pair of pub.
+//
+// # Errors
+//
+// Those of [Service.EnrollArchived] but the enrollee's ([ErrUnauthorized], codes).
 func (s *Service) IssueArchivedKey(ctx context.Context, mailbox, template string, pub crypto.PublicKey, pkcs8 []byte) (*Issued, error) {
 	t, err := s.Template(template)
 	if err != nil {
@@ -312,7 +330,14 @@ const TemplateImport = issue.TemplateImport
 
 // ImportArchived archives the private key of a certificate issued by another CA (a migration):
 // the key must be the pair of the certificate; the record binds the certificate's issuer and
-// serial; the certificate is stored as it is, not re-issued. It returns the record ID.
+// serial; the certificate is stored as it is, not re-issued. It returns the record ID. If the
+// recovery set changes while the key is sealed, it is sealed again for the new set, once.
+//
+// # Errors
+//
+// [ErrInvalidRequest] (no mailbox, a key that is not the certificate's, a serial already in the
+// archive), [ErrKeyArchivedElsewhere], [ErrNoRecoverySet] (and [ErrRecoverySetChanged] if the
+// set changed twice), or a storage error wrapping [store.ErrUnavailable].
 func (s *Service) ImportArchived(ctx context.Context, cert *x509.Certificate, pkcs8 []byte) (string, error) {
 	if len(cert.EmailAddresses) == 0 {
 		return "", fmt.Errorf("%w: certificate %x names no mailbox (rfc822Name)", ErrInvalidRequest, cert.SerialNumber)

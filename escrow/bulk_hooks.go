@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/big"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -28,7 +29,8 @@ type SealedRecord = issue.Record
 func (s *Service) ShareHash() crypto.Hash { return s.shareHash() }
 
 // SealForIssue seals pkcs8 for the recovery set rs, binding this CA as issuer and serial, the
-// serial the certificate will be issued with. It calls no HSM.
+// serial the certificate will be issued with. It calls no HSM. A public key that cannot be
+// encoded is an [ErrInvalidRequest].
 func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.PublicKey, pkcs8 []byte) (*SealedRecord, error) {
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -53,6 +55,12 @@ func CheckKeyPair(pkcs8 []byte, pub crypto.PublicKey) error { return checkKeyPai
 
 // OpenEnvelope opens a client's CMS envelope to the transport certificate (in the token) and
 // returns the PKCS#8 key inside, which the caller must clear.
+//
+// # Errors
+//
+// [ErrNoRecoverySet] without a transport key; [ErrInvalidRequest] wrapping the cms sentinel
+// ([cms.ErrNoRecipient], [cms.ErrMalformed], [cms.ErrUnsupported], [cms.ErrDecrypt]) when the
+// envelope is at fault; otherwise the token's error, wrapped.
 func (s *Service) OpenEnvelope(envelope []byte) ([]byte, error) {
 	if s.Transport == nil {
 		return nil, fmt.Errorf("%w: no transport key configured", ErrNoRecoverySet)
@@ -213,4 +221,25 @@ func (s *Service) CommitImports(ctx context.Context, subject string, items []Imp
 		return fmt.Errorf("escrow: %w", err)
 	}
 	return nil
+}
+
+// Audited runs fn in one store transaction and appends an audit entry of kind, with the actor
+// of ctx ([WithActor]), in the same transaction: the change and its entry commit together or
+// not at all, and if the entry cannot be written the change is refused. It is how the bulk job
+// manager records what it does outside issuance (a job queued, a keygen job's passwords
+// released).
+//
+// # Errors
+//
+// fn's error as it is, or the audit trail's (wrapping [audit.ErrAppend]); [store.ErrUnavailable]
+// (wrapped) for a fault of the storage.
+func (s *Service) Audited(ctx context.Context, kind audit.Kind, subject string, d audit.Details, fn func(tx *store.Tx) error) error {
+	return s.Store.Update(ctx, func(tx *store.Tx) error {
+		if fn != nil {
+			if err := fn(tx); err != nil {
+				return err
+			}
+		}
+		return s.audit(tx, kind, actorFrom(ctx), subject, d)
+	})
 }

@@ -17,6 +17,11 @@ import (
 // archives the private key and issues the certificate. The CSR proves the enrollee's request and
 // names the key type wanted: its own public key is not certified. The returned PKCS#8 is the
 // caller's to deliver and clear.
+//
+// # Errors
+//
+// Those of [Service.EnrollArchived] but the envelope's; [ErrInvalidRequest] for a template
+// without server_keygen or a key type it cannot make.
 func (s *Service) ServerKeygen(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, []byte, error) {
 	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
@@ -62,7 +67,8 @@ var KeyTypes = []string{"rsa2048", "rsa3072", "rsa4096", "p256", "p384"}
 // ErrKeyType: NewKey does not know the key type.
 var ErrKeyType = errors.New("escrow: unknown key type")
 
-// NewKey generates a key of a type named as in KeyTypes, from crypto/rand.
+// NewKey generates a key of a type named as in KeyTypes, from crypto/rand; an unknown type is
+// an [ErrKeyType].
 func NewKey(kind string) (crypto.Signer, error) {
 	switch kind {
 	case "rsa2048":

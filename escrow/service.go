@@ -137,7 +137,8 @@ type Issued struct {
 	RecordID    string
 }
 
-// Template returns the named template.
+// Template returns the named template, or a [policy.UnknownTemplateError] (an
+// [policy.ErrUnknownTemplate]) that lists the valid names.
 func (s *Service) Template(name string) (*policy.Template, error) {
 	t, ok := s.Templates[name]
 	if !ok {
@@ -147,6 +148,13 @@ func (s *Service) Template(name string) (*policy.Template, error) {
 }
 
 // Enroll issues a certificate for a template that does not archive keys.
+//
+// # Errors
+//
+// [ErrUnauthorized], [ErrForbidden], [ErrInvalidRequest] (also for an archiving template),
+// [ErrCodeUsed], [ErrCodeExpired], [policy.ErrUnknownTemplate], policy's refusals of the CSR
+// ([policy.ErrRejected]), the CA's lint error ([ca.ErrLint]), or a storage error wrapping
+// [store.ErrUnavailable].
 func (s *Service) Enroll(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, error) {
 	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
@@ -350,6 +358,10 @@ func (s *Service) issueDirect(ctx context.Context, is issuance, req ca.Request, 
 
 // Sweep finishes issuances that a crash left pending: rows older than before are marked failed,
 // their records abandoned and their codes freed. Run it at start-up.
+//
+// # Errors
+//
+// Only the store's ([store.ErrUnavailable]) or the audit trail's (wrapping [audit.ErrAppend]).
 func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 	var n store.Swept
 	err := s.Store.Update(ctx, func(tx *store.Tx) error {

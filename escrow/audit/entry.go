@@ -61,6 +61,8 @@ const (
 	KindLoginFailed        Kind = "login-failed"   // a credential or an enrollment code refused, or a role refused
 	KindPINFailed          Kind = "pin-failed"     // the appliance token refused the PIN at start-up
 	KindRestore            Kind = "restore"        // the database was restored from a backup (see [Restore])
+	KindBulkSubmitted      Kind = "bulk-submitted" // a bulk job queued (its ID, kind, template and item count)
+	KindBulkPasswords      Kind = "bulk-passwords" // a keygen job's PKCS#12 passwords released (once)
 )
 
 // Details is an entry's structured content, stored as JSON. Its fields are the only things an

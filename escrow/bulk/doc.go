@@ -11,12 +11,31 @@
 // The verify stage parses each line, checks the CSR against the template and the item's
 // mailbox, opens the CMS envelope with the transport key (in the token), parses and pair-checks
 // the PKCS#8 key, or generates the key. The seal stage picks the serial and seals the escrow
-// record (software only). The last stage runs the issuance protocol of [escrow.Service]: the job
-// item is reserved in the same transaction as the serial and the record, the certificate is
-// signed, then the item is marked done in the same transaction that stores the certificate and
-// activates the record. Many commit workers call the store at once, so the store's group commit
-// makes one fsync serve many items. Imports are stored, not signed: one transaction per item,
-// batched several items per store function.
+// record (software only) for the job's recovery set. The last stage hands batches to the one
+// issuance pipeline, escrow/issue ([escrow.Service.Pipeline]): the job item is reserved in the
+// same transaction as the serial and the record, the certificate is signed, then the item is
+// marked done in the same transaction that stores the certificate and activates the record.
+// Many commit workers call the store at once, so the store's group commit makes one fsync serve
+// many items. Imports are stored, not signed ([issue.Pipeline.Import]), hundreds of items per
+// transaction.
+//
+// # A change of the recovery set
+//
+// The pipeline commits no record sealed for a recovery set an admin has replaced: it refuses
+// such items with [escrow.ErrRecoverySetChanged] and commits the rest of their batch. The job
+// then reads the new set, seals the items that come next for it, and leaves the refused items
+// without an outcome, so that the next pass takes them again (their envelope is opened again,
+// or, for keygen, a new key is made) and seals them for the new set. This is not a fault: the
+// job does not pause. Resealing on the spot would keep each item's private key in memory until
+// its batch commits; a set change is rare, and this way the key is cleared as soon as it is
+// sealed.
+//
+// # Audit
+//
+// Queuing a job and releasing a keygen job's passwords each append an audit entry
+// (bulk-submitted, bulk-passwords) in the transaction of the change ([escrow.Service.Audited]);
+// the items' certificates and records are audited by the pipeline (one entry per item, or one
+// per import batch).
 //
 // # Crash and resume
 //
@@ -50,6 +69,9 @@
 //
 // # Imports and concurrency
 //
-// bulk uses escrow, escrow/store, escrow/cms (through escrow) and policy; it never imports hsm.
+// bulk uses escrow, escrow/issue, escrow/audit, escrow/store and policy; it never imports hsm,
+// a database driver or database/sql. Its certificates and records are committed only through
+// escrow/issue; it writes no issuance transaction of its own (its own transactions keep the job
+// bookkeeping: job rows, item outcomes, status).
 // A [Manager] is safe for concurrent use; it runs one job at a time.
 package bulk

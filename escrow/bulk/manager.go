@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
@@ -295,7 +296,9 @@ func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string
 	}
 	job := store.Job{ID: id, Kind: string(h.Kind), Template: tmpl, SubmittedBy: submittedBy, Input: path, State: store.JobQueued,
 		SecretKey: wrapped, Total: total, CreatedAt: m.now()}
-	if err := m.Service.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertJob(job) }); err != nil {
+	// The job and its audit entry commit together: a job nobody can trace is never queued.
+	d := audit.Details{Request: id, RequestKind: string(h.Kind), Template: tmpl, Count: total}
+	if err := m.Service.Audited(ctx, audit.KindBulkSubmitted, "job "+id, d, func(tx *store.Tx) error { return tx.InsertJob(job) }); err != nil {
 		return nil, fmt.Errorf("bulk: queue job: %w", err)
 	}
 	ok = true
@@ -643,17 +646,21 @@ func (m *Manager) Passwords(ctx context.Context, id string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var cleared bool
-	err = m.Service.Store.Update(ctx, func(tx *store.Tx) (err error) {
-		cleared, err = tx.ClearJobSecret(id)
+	// Forgetting the job key and the audit entry of the release commit together.
+	d := audit.Details{Request: id, RequestKind: string(KindKeygen), Template: job.Template, Count: job.Total}
+	err = m.Service.Audited(ctx, audit.KindBulkPasswords, "job "+id, d, func(tx *store.Tx) error {
+		cleared, err := tx.ClearJobSecret(id)
+		if err == nil && !cleared {
+			// Another call released them at the same time.
+			err = fmt.Errorf("%w: job %s", ErrReleased, id)
+		}
 		return err
 	})
+	if errors.Is(err, ErrReleased) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("bulk: forget job key: %w", err)
-	}
-	if !cleared {
-		// Another call released them at the same time.
-		return fmt.Errorf("%w: job %s", ErrReleased, id)
 	}
 	m.log().Info("bulk job passwords released", "job", id)
 	return nil
