@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -24,8 +25,8 @@ import (
 
 // localService opens the state folder's database for the local bootstrap commands (the
 // appliance may be running: the store takes turns with it).
-func localService(state string) (*escrow.Service, *Config, func(), error) {
-	cfg, err := loadConfig(state)
+func localService(state string) (*escrow.Service, *config.Config, func(), error) {
+	cfg, err := config.Load(state)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -33,7 +34,7 @@ func localService(state string) (*escrow.Service, *Config, func(), error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	db, err := store.Open(cfg.path(cfg.Database))
+	db, err := store.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -299,7 +300,7 @@ func runRecoverySetSet(args []string) error {
 }
 
 // localIssuer opens the appliance token for a local command that signs (bootstrap only).
-func localIssuer(cfg *Config) (*ca.Issuer, func(), error) {
+func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
 	tok, err := openToken(cfg, nil)
 	if err != nil {
 		return nil, nil, err
@@ -309,7 +310,7 @@ func localIssuer(cfg *Config) (*ca.Issuer, func(), error) {
 		tok.Close()
 		return nil, nil, err
 	}
-	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+	caCert, err := readCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		tok.Close()
 		return nil, nil, err

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -41,20 +42,6 @@ const (
 	auditHeadName = "audit-head.json" // the latest signed checkpoint
 )
 
-// AuditConfig tunes the audit trail's checkpoints.
-type AuditConfig struct {
-	// CheckpointEvery is the most entries that may follow the last signed checkpoint (default
-	// 1000); a checkpoint is also made a minute after any new entry, and at shutdown.
-	CheckpointEvery int `yaml:"checkpoint_every,omitempty"`
-}
-
-func (c AuditConfig) validate() error {
-	if c.CheckpointEvery < 0 || c.CheckpointEvery > 1_000_000 {
-		return fmt.Errorf("audit.checkpoint_every: %d is outside 1..1000000 (0 means %d)", c.CheckpointEvery, audit.DefaultEvery)
-	}
-	return nil
-}
-
 // applianceAudit is the running appliance's side of the audit trail.
 type applianceAudit struct {
 	cp   *audit.Checkpointer
@@ -67,12 +54,12 @@ type applianceAudit struct {
 // ensureAuditCertificate issues DIR/audit.pem for the audit key if it is missing, and checks
 // that an existing one is the token key's. `keyarc audit verify` reads it, so the trail can be
 // verified without the token (and offline, on a copy).
-func ensureAuditCertificate(cfg *Config, tok *hsm.Token, issuer *ca.Issuer, say func(string, ...any)) (crypto.Signer, error) {
+func ensureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, say func(string, ...any)) (crypto.Signer, error) {
 	signer, err := tok.Signer(cfg.Token.AuditKey)
 	if err != nil {
 		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
 	}
-	path := cfg.path(auditCertName)
+	path := cfg.Path(auditCertName)
 	if fileExists(path) {
 		c, err := readCertificate(path)
 		if err != nil {
@@ -108,14 +95,14 @@ func ensureAuditCertificate(cfg *Config, tok *hsm.Token, issuer *ca.Issuer, say 
 // audit key, and a start-up entry (with a config-changed entry first when the configuration
 // differs from the last start's).
 func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
-	if err := a.cfg.Audit.validate(); err != nil {
+	if err := a.cfg.Audit.Validate(); err != nil {
 		return err
 	}
 	signer, err := ensureAuditCertificate(a.cfg, a.tok, issuer, nil)
 	if err != nil {
 		return err
 	}
-	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.path(auditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log}
+	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.Path(auditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log}
 	obs := &auditMetrics{cp: cp,
 		entries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_entries_total", Help: "Audit entries appended (an entry of an operation rolled back afterwards included)."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_failures_total", Help: "Audit entries that could not be written; each refused its operation."}),
@@ -134,7 +121,7 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 	}
 
 	digest := "none"
-	if b, err := os.ReadFile(filepath.Join(a.cfg.dir, configName)); err == nil {
+	if b, err := os.ReadFile(filepath.Join(a.cfg.Dir(), config.Name)); err == nil {
 		sum := sha256.Sum256(b)
 		digest = hex.EncodeToString(sum[:])
 	}
@@ -158,7 +145,7 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 		return fmt.Errorf("audit trail: %w", err)
 	}
 	if prev != "" && prev != digest {
-		if err := a.svc.RecordEvent(ctx, audit.KindConfigChanged, configName, audit.Details{Config: digest, PrevConfig: prev}); err != nil {
+		if err := a.svc.RecordEvent(ctx, audit.KindConfigChanged, config.Name, audit.Details{Config: digest, PrevConfig: prev}); err != nil {
 			return fmt.Errorf("audit trail: %w", err)
 		}
 	}
@@ -181,12 +168,12 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 // appliance serves again. Other problems of the chain (a changed or deleted entry) are
 // reported loudly but do not stop the appliance: the evidence is kept as it is for the
 // auditor, and the new entries chain onto it.
-func checkTrailHead(cfg *Config, db *store.DB, pub crypto.PublicKey, log *slog.Logger) error {
-	headPath := cfg.path(auditHeadName)
+func checkTrailHead(cfg *config.Config, db *store.DB, pub crypto.PublicKey, log *slog.Logger) error {
+	headPath := cfg.Path(auditHeadName)
 	way := fmt.Sprintf("If the database was restored from a backup on purpose, record the restore in the audit trail "+
 		"(it names the entries left out and signs a new head): keyarc restore --state %s --from BACKUP --force, or "+
 		"--from %s to record the database now in place. Otherwise put back the database (or the head file) that belongs with the other",
-		cfg.dir, cfg.path(cfg.Database))
+		cfg.Dir(), cfg.Path(cfg.Database))
 	head, err := audit.ReadHead(headPath)
 	switch {
 	case errors.Is(err, audit.ErrNoHead):
@@ -248,11 +235,11 @@ func (a *appliance) closeAudit() {
 
 // auditPINFailure records a PIN the token refused at start-up, when the database is there to
 // take it. The PIN and the token's message are never recorded.
-func auditPINFailure(cfg *Config, err error) {
-	if !errors.Is(err, hsm.ErrPINIncorrect) || !fileExists(cfg.path(cfg.Database)) {
+func auditPINFailure(cfg *config.Config, err error) {
+	if !errors.Is(err, hsm.ErrPINIncorrect) || !fileExists(cfg.Path(cfg.Database)) {
 		return
 	}
-	db, oerr := store.Open(cfg.path(cfg.Database))
+	db, oerr := store.Open(cfg.Path(cfg.Database))
 	if oerr != nil {
 		return
 	}
@@ -453,7 +440,7 @@ func runAudit(args []string) error {
 	if *state == "" {
 		return cmdline.UsageError{Msg: "audit verify: --state DIR is required"}
 	}
-	cfg, err := loadConfig(*state)
+	cfg, err := config.Load(*state)
 	if err != nil {
 		return err
 	}
@@ -461,7 +448,7 @@ func runAudit(args []string) error {
 	if err != nil {
 		return err
 	}
-	dbPath := cfg.path(cfg.Database)
+	dbPath := cfg.Path(cfg.Database)
 	if !fileExists(dbPath) {
 		return fmt.Errorf("audit verify: no database at %s", dbPath)
 	}
@@ -470,7 +457,7 @@ func runAudit(args []string) error {
 		return err
 	}
 	defer db.Close()
-	headPath := cfg.path(auditHeadName)
+	headPath := cfg.Path(auditHeadName)
 	head, err := audit.ReadHead(headPath)
 	if errors.Is(err, audit.ErrNoHead) {
 		head = nil
@@ -559,7 +546,7 @@ func printRestores(gaps []audit.RestoreGap) {
 
 // auditPublicKey returns the key checkpoints must be signed with: from --key (a certificate or
 // a public key the auditor holds), or DIR/audit.pem, which must be issued by the CA of ca.pem.
-func auditPublicKey(cfg *Config, keyFile string) (crypto.PublicKey, error) {
+func auditPublicKey(cfg *config.Config, keyFile string) (crypto.PublicKey, error) {
 	if keyFile != "" {
 		b, err := os.ReadFile(keyFile)
 		if err != nil {
@@ -581,12 +568,12 @@ func auditPublicKey(cfg *Config, keyFile string) (crypto.PublicKey, error) {
 		}
 		return nil, fmt.Errorf("%s: a CERTIFICATE or PUBLIC KEY PEM block is needed, not %s", keyFile, blk.Type)
 	}
-	path := cfg.path(auditCertName)
+	path := cfg.Path(auditCertName)
 	c, err := readCertificate(path)
 	if err != nil {
 		return nil, fmt.Errorf("audit certificate (made by `keyarc init` or the first `keyarc serve`; or give --key FILE): %w", err)
 	}
-	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+	caCert, err := readCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -594,7 +581,7 @@ func auditPublicKey(cfg *Config, keyFile string) (crypto.PublicKey, error) {
 	roots.AddCert(caCert)
 	// Checkpoints signed while the certificate was valid stay verifiable after it expires.
 	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: c.NotBefore.Add(time.Minute), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return nil, fmt.Errorf("%s is not issued by the CA of %s: %w", path, cfg.path(cfg.CA.Certificate), err)
+		return nil, fmt.Errorf("%s is not issued by the CA of %s: %w", path, cfg.Path(cfg.CA.Certificate), err)
 	}
 	return c.PublicKey, nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 )
@@ -24,14 +25,14 @@ const lockName = "keyarc.lock"
 
 // lockState takes the state folder's lock without waiting; the lock lasts as long as the
 // returned file is open (the kernel drops it if the process dies).
-func lockState(cfg *Config) (*os.File, error) {
-	f, err := os.OpenFile(cfg.path(lockName), os.O_RDWR|os.O_CREATE, 0o600)
+func lockState(cfg *config.Config) (*os.File, error) {
+	f, err := os.OpenFile(cfg.Path(lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("the state folder %s is in use by a running keyarc serve; stop it first", cfg.dir)
+		return nil, fmt.Errorf("the state folder %s is in use by a running keyarc serve; stop it first", cfg.Dir())
 	}
 	return f, nil
 }
@@ -61,7 +62,7 @@ func runBackup(args []string) error {
 	if *state == "" || *out == "" {
 		return cmdline.UsageError{Msg: "backup: --state DIR and --out FILE are required"}
 	}
-	cfg, err := loadConfig(*state)
+	cfg, err := config.Load(*state)
 	if err != nil {
 		return err
 	}
@@ -69,11 +70,11 @@ func runBackup(args []string) error {
 	if fileExists(headOut) {
 		return fmt.Errorf("backup: %s exists; not overwritten", headOut)
 	}
-	head, err := audit.ReadHead(cfg.path(auditHeadName))
+	head, err := audit.ReadHead(cfg.Path(auditHeadName))
 	if err != nil && !errors.Is(err, audit.ErrNoHead) {
 		return fmt.Errorf("backup: %w", err)
 	}
-	db, err := store.Open(cfg.path(cfg.Database))
+	db, err := store.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return err
 	}
@@ -121,7 +122,7 @@ func runRestore(args []string) error {
 	if *state == "" || *from == "" {
 		return cmdline.UsageError{Msg: "restore: --state DIR and --from FILE are required"}
 	}
-	cfg, err := loadConfig(*state)
+	cfg, err := config.Load(*state)
 	if err != nil {
 		return err
 	}
@@ -133,7 +134,7 @@ func runRestore(args []string) error {
 	if !fileExists(*from) {
 		return fmt.Errorf("restore: %s does not exist", *from)
 	}
-	dbPath := cfg.path(cfg.Database)
+	dbPath := cfg.Path(cfg.Database)
 	inPlace := sameFile(*from, dbPath)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -154,10 +155,10 @@ func runRestore(args []string) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	if !publicKeysEqual(pub, signer.Public()) {
-		return fmt.Errorf("restore: audit key %q in the token is not the key of %s", cfg.Token.AuditKey, cfg.path(auditCertName))
+		return fmt.Errorf("restore: audit key %q in the token is not the key of %s", cfg.Token.AuditKey, cfg.Path(auditCertName))
 	}
 
-	headPath := cfg.path(auditHeadName)
+	headPath := cfg.Path(auditHeadName)
 	head, herr := audit.ReadHead(headPath)
 	switch {
 	case errors.Is(herr, audit.ErrNoHead):

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/bench"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow"
 )
 
@@ -16,7 +17,7 @@ import (
 func runBench(args []string) error {
 	return bench.Run(args, bench.Env{
 		Open: func(state, listen, metricsListen string, log *slog.Logger, reg *prometheus.Registry) (bench.Appliance, error) {
-			cfg, err := loadConfig(state)
+			cfg, err := config.Load(state)
 			if err != nil {
 				return nil, err
 			}
@@ -28,11 +29,11 @@ func runBench(args []string) error {
 			return benchAppliance{a}, nil
 		},
 		CACert: func(state string) (*x509.Certificate, error) {
-			cfg, err := loadConfig(state)
+			cfg, err := config.Load(state)
 			if err != nil {
 				return nil, err
 			}
-			return readCertificate(cfg.path(cfg.CA.Certificate))
+			return readCertificate(cfg.Path(cfg.CA.Certificate))
 		},
 		AdminClient: func(state, server string) (*http.Client, error) {
 			cf := clientFlags{state: state, as: "admin", server: server}

@@ -43,7 +43,7 @@ func newBulkState(a *appliance) *bulkState {
 	}
 	st.mgr = &bulk.Manager{
 		Service: a.svc,
-		Dir:     filepath.Join(a.cfg.dir, "jobs"),
+		Dir:     filepath.Join(a.cfg.Dir(), "jobs"),
 		Logger:  a.log,
 		Metrics: bulkMetrics{st.items},
 		Fault:   bulkFault,

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -40,8 +41,8 @@ type applianceCheck struct {
 	mu       sync.Mutex // one check at a time
 }
 
-func newChecker(db *store.DB, cfg *Config) (*check.Checker, error) {
-	caCert, err := readCertificate(cfg.path(cfg.CA.Certificate))
+func newChecker(db *store.DB, cfg *config.Config) (*check.Checker, error) {
+	caCert, err := readCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -131,11 +132,11 @@ func runCheckCommand(args []string) error {
 	if *state == "" {
 		return cmdline.UsageError{Msg: "check: --state DIR is required"}
 	}
-	cfg, err := loadConfig(*state)
+	cfg, err := config.Load(*state)
 	if err != nil {
 		return err
 	}
-	dbPath := cfg.path(cfg.Database)
+	dbPath := cfg.Path(cfg.Database)
 	if !fileExists(dbPath) {
 		return fmt.Errorf("check: no database at %s", dbPath)
 	}
@@ -179,7 +180,7 @@ func runCheckCommand(args []string) error {
 }
 
 // consistencyCheck checks every certificate of db against the CA of cfg.
-func consistencyCheck(ctx context.Context, db *store.DB, cfg *Config) (*check.Report, error) {
+func consistencyCheck(ctx context.Context, db *store.DB, cfg *config.Config) (*check.Report, error) {
 	c, err := newChecker(db, cfg)
 	if err != nil {
 		return nil, err

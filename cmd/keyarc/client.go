@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/softhsm"
 )
@@ -77,11 +78,11 @@ func (c *client) close() {
 }
 
 // devConfig reads a development install's configuration.
-func (c *clientFlags) devConfig() (*Config, error) {
+func (c *clientFlags) devConfig() (*config.Config, error) {
 	if c.state == "" {
 		return nil, nil
 	}
-	return loadConfig(c.state)
+	return config.Load(c.state)
 }
 
 // kraToken opens the KRA's token named by the flags (or by --state/--as).
@@ -133,22 +134,22 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 		if server == "" {
 			// A running serve records where it listens; the configuration's listen is the
 			// fallback for an appliance started by other means.
-			rec, err := readServeRecord(cfg.dir)
+			rec, err := config.ReadServeRecord(cfg.Dir())
 			switch {
 			case err == nil:
 				server = rec.URL
 			case errors.Is(err, os.ErrNotExist):
-				server = "https://" + dialAddr(cfg.Listen)
+				server = "https://" + config.DialAddr(cfg.Listen)
 			default:
 				return nil, err
 			}
 		}
 		if cacert == "" {
-			cacert = cfg.path(cfg.CA.Certificate)
+			cacert = cfg.Path(cfg.CA.Certificate)
 		}
 		if withIdentity && c.as != "" && !strings.HasPrefix(c.as, "kra") && certFile == "" {
-			certFile = filepath.Join(cfg.dir, "credentials", c.as+".pem")
-			keyFile = filepath.Join(cfg.dir, "credentials", c.as+"-key.pem")
+			certFile = filepath.Join(cfg.Dir(), "credentials", c.as+".pem")
+			keyFile = filepath.Join(cfg.Dir(), "credentials", c.as+"-key.pem")
 		}
 	}
 	if server == "" || cacert == "" {
@@ -180,7 +181,7 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 			}
 			authCert := certFile
 			if authCert == "" && cfg != nil {
-				authCert = filepath.Join(cfg.dir, "credentials", c.as+"-auth.pem")
+				authCert = filepath.Join(cfg.Dir(), "credentials", c.as+"-auth.pem")
 			}
 			if authCert == "" {
 				cl.close()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow/audit"
 )
 
@@ -61,7 +62,7 @@ type loginThrottle struct {
 
 // newLoginThrottle makes a throttle with the limits of cfg and registers its counter,
 // keyarc_login_failures_total{outcome}, with reg (when not nil).
-func newLoginThrottle(cfg HTTPConfig, reg prometheus.Registerer) *loginThrottle {
+func newLoginThrottle(cfg config.HTTPConfig, reg prometheus.Registerer) *loginThrottle {
 	l := &loginThrottle{
 		window: cfg.LoginFailureWindow.Duration, perSource: cfg.LoginFailuresPerSource, perMailbx: cfg.LoginFailuresPerMailbox,
 		now: time.Now, sources: map[string]*loginWindow{}, mailboxes: map[string]*loginWindow{},

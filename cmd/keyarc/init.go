@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -78,12 +79,12 @@ func runInit(args []string) error {
 	}
 	say := func(format string, a ...any) { fmt.Printf(format+"\n", a...) }
 
-	var cfg *Config
-	if fileExists(filepath.Join(dir, configName)) {
-		if cfg, err = loadConfig(dir); err != nil {
+	var cfg *config.Config
+	if fileExists(filepath.Join(dir, config.Name)) {
+		if cfg, err = config.Load(dir); err != nil {
 			return err
 		}
-		say("exists   %s (kept as it is)", filepath.Join(dir, configName))
+		say("exists   %s (kept as it is)", filepath.Join(dir, config.Name))
 		if *dev && cfg.Token.SoftHSMConf != "" {
 			// A second `init --dev` still makes any development token that is missing.
 			if _, _, err := provisionDev(dir, say); err != nil {
@@ -91,8 +92,7 @@ func runInit(args []string) error {
 			}
 		}
 	} else {
-		cfg = defaultConfig()
-		cfg.dir = dir
+		cfg = config.DefaultAt(dir)
 		if *dev {
 			uri, conf, err := provisionDev(dir, say)
 			if err != nil {
@@ -105,10 +105,10 @@ func runInit(args []string) error {
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
-		if err := writeConfig(dir, cfg); err != nil {
+		if err := config.Write(dir, cfg); err != nil {
 			return fmt.Errorf("write configuration: %w", err)
 		}
-		say("created  %s", filepath.Join(dir, configName))
+		say("created  %s", filepath.Join(dir, config.Name))
 	}
 	tok, err := openToken(cfg, nil)
 	if err != nil {
@@ -146,7 +146,7 @@ func runInit(args []string) error {
 	if *org != "" {
 		subject.Organization = []string{*org}
 	}
-	caPath := cfg.path(cfg.CA.Certificate)
+	caPath := cfg.Path(cfg.CA.Certificate)
 	if !fileExists(caPath) {
 		if *externalRoot {
 			csr, err := ca.CSR(caSigner, subject)
@@ -181,7 +181,7 @@ func runInit(args []string) error {
 	}
 
 	// The transport certificate: clients encrypt their private keys to it.
-	trPath := cfg.path(cfg.Transport.Certificate)
+	trPath := cfg.Path(cfg.Transport.Certificate)
 	if !fileExists(trPath) {
 		dec, err := tok.Decrypter(cfg.Token.TransportKey)
 		if err != nil {
@@ -211,7 +211,7 @@ func runInit(args []string) error {
 
 	// The appliance's TLS key lives in a file, not in the token: the listener must keep
 	// answering (with 503) while the token is unreachable.
-	tlsCert, tlsKey := cfg.path(cfg.TLS.Certificate), cfg.path(cfg.TLS.Key)
+	tlsCert, tlsKey := cfg.Path(cfg.TLS.Certificate), cfg.Path(cfg.TLS.Key)
 	if !fileExists(tlsCert) || !fileExists(tlsKey) {
 		if err := makeTLS(issuer, tlsCert, tlsKey, splitList(*dnsNames)); err != nil {
 			return err
@@ -221,12 +221,12 @@ func runInit(args []string) error {
 		say("exists   %s", tlsCert)
 	}
 
-	db, err := store.Open(cfg.path(cfg.Database))
+	db, err := store.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	say("ready    %s", cfg.path(cfg.Database))
+	say("ready    %s", cfg.Path(cfg.Database))
 	if *dev {
 		templates, err := policy.Templates(cfg.Templates)
 		if err != nil {
@@ -307,9 +307,9 @@ func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error 
 }
 
 // openToken opens the appliance token named in the configuration.
-func openToken(cfg *Config, opts *hsm.Options) (*hsm.Token, error) {
+func openToken(cfg *config.Config, opts *hsm.Options) (*hsm.Token, error) {
 	if cfg.Token.SoftHSMConf != "" {
-		if err := os.Setenv("SOFTHSM2_CONF", cfg.path(cfg.Token.SoftHSMConf)); err != nil {
+		if err := os.Setenv("SOFTHSM2_CONF", cfg.Path(cfg.Token.SoftHSMConf)); err != nil {
 			return nil, err
 		}
 	}
@@ -413,10 +413,10 @@ var devRoles = []policy.Role{policy.RoleAdmin, policy.RoleOfficer, policy.RoleAu
 // bootstrapDev gives a development install what production sets up step by step: operator
 // credentials, the three KRAs (keys in their own tokens, certificates issued), and a 2-of-3
 // recovery set. Whatever exists is kept.
-func bootstrapDev(cfg *Config, svc *escrow.Service, say func(string, ...any)) error {
+func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...any)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	creds := filepath.Join(cfg.dir, "credentials")
+	creds := filepath.Join(cfg.Dir(), "credentials")
 	for _, role := range devRoles {
 		path := filepath.Join(creds, string(role)+".pem")
 		if fileExists(path) {
@@ -428,7 +428,7 @@ func bootstrapDev(cfg *Config, svc *escrow.Service, say func(string, ...any)) er
 		}
 		say("created  %s (role %s)", path, role)
 	}
-	in, err := softhsm.Provision(filepath.Join(cfg.dir, "softhsm"))
+	in, err := softhsm.Provision(filepath.Join(cfg.Dir(), "softhsm"))
 	if err != nil {
 		return err
 	}

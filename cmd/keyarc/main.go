@@ -18,10 +18,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 )
 
 // command is a node of the command tree: a leaf runs, a group dispatches to its subcommands.

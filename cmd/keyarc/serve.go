@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -31,7 +32,7 @@ import (
 
 // appliance is a running keyarc: the token, the engine and the HTTP handlers.
 type appliance struct {
-	cfg      *Config
+	cfg      *config.Config
 	log      *slog.Logger
 	tok      *hsm.Token
 	db       *store.DB
@@ -71,7 +72,7 @@ func runServe(args []string) error {
 		return cmdline.UsageError{Msg: "serve: --state DIR is required"}
 	}
 	tuneGC()
-	cfg, err := loadConfig(*state)
+	cfg, err := config.Load(*state)
 	if err != nil {
 		return err
 	}
@@ -99,7 +100,7 @@ func runServe(args []string) error {
 
 // openAppliance opens the token and the store and checks everything the appliance needs,
 // refusing to start with a message naming the cause.
-func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*appliance, error) {
+func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*appliance, error) {
 	a := &appliance{cfg: cfg, log: log}
 	lock, err := lockState(cfg)
 	if err != nil {
@@ -128,7 +129,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	}
 	a.oaepHash = mech.OAEPHash.String()
 
-	a.caCert, err = readCertificate(cfg.path(cfg.CA.Certificate))
+	a.caCert, err = readCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -138,9 +139,9 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	}
 	issuer, err := ca.New(caSigner, a.caCert)
 	if err != nil {
-		return nil, fmt.Errorf("CA key %q in the token and %s: %w", cfg.Token.CAKey, cfg.path(cfg.CA.Certificate), err)
+		return nil, fmt.Errorf("CA key %q in the token and %s: %w", cfg.Token.CAKey, cfg.Path(cfg.CA.Certificate), err)
 	}
-	trCert, err := readCertificate(cfg.path(cfg.Transport.Certificate))
+	trCert, err := readCertificate(cfg.Path(cfg.Transport.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("transport certificate: %w", err)
 	}
@@ -149,7 +150,7 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 		return nil, fmt.Errorf("transport key %q: %w", cfg.Token.TransportKey, err)
 	}
 	if !publicKeysEqual(trKey.Public(), trCert.PublicKey) {
-		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.path(cfg.Transport.Certificate))
+		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.Path(cfg.Transport.Certificate))
 	}
 	auditSigner, err := a.tok.Signer(cfg.Token.AuditKey)
 	if err != nil {
@@ -166,12 +167,12 @@ func openAppliance(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*a
 	if err != nil {
 		return nil, err
 	}
-	a.db, err = store.Open(cfg.path(cfg.Database))
+	a.db, err = store.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	if err := a.db.Check(context.Background()); err != nil {
-		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.path(cfg.Database), err)
+		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.Path(cfg.Database), err)
 	}
 	a.metrics = newMetrics(reg)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
@@ -229,7 +230,7 @@ func (a *appliance) close() {
 
 // serve runs the HTTPS and metrics listeners until ctx ends.
 func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
-	tlsCert, err := tls.LoadX509KeyPair(a.cfg.path(a.cfg.TLS.Certificate), a.cfg.path(a.cfg.TLS.Key))
+	tlsCert, err := tls.LoadX509KeyPair(a.cfg.Path(a.cfg.TLS.Certificate), a.cfg.Path(a.cfg.TLS.Key))
 	if err != nil {
 		return fmt.Errorf("TLS certificate and key: %w", err)
 	}
@@ -283,10 +284,10 @@ func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
 	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
 		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
 	// Client commands given --state find this serve through DIR/serve.json.
-	if err := writeServeRecord(a.cfg, ln.Addr().String(), mln.Addr().String()); err != nil {
+	if err := config.WriteServeRecord(a.cfg, ln.Addr().String(), mln.Addr().String()); err != nil {
 		a.log.Warn("client commands given --state will not find this serve", "err", err)
 	}
-	defer removeServeRecord(a.cfg)
+	defer config.RemoveServeRecord(a.cfg)
 
 	select {
 	case <-ctx.Done():

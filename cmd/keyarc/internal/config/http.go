@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -24,8 +24,8 @@ type HTTPConfig struct {
 	LoginFailureWindow      Duration `yaml:"login_failure_window"`
 }
 
-// defaultHTTPConfig holds the defaults of the http section.
-func defaultHTTPConfig() HTTPConfig {
+// DefaultHTTP holds the defaults of the http section.
+func DefaultHTTP() HTTPConfig {
 	return HTTPConfig{
 		ReadHeaderTimeout:       Duration{10 * time.Second},
 		ReadTimeout:             Duration{30 * time.Second},
@@ -37,8 +37,8 @@ func defaultHTTPConfig() HTTPConfig {
 	}
 }
 
-// validate checks the http section and names the first wrong field.
-func (h HTTPConfig) validate() error {
+// Validate checks the http section and names the first wrong field.
+func (h HTTPConfig) Validate() error {
 	for _, d := range []struct {
 		field string
 		v     time.Duration

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -12,9 +12,9 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// ConfigFieldError is an unknown field in the configuration file: where it is, and the valid
+// FieldError is an unknown field in the configuration file: where it is, and the valid
 // names at that place.
-type ConfigFieldError struct {
+type FieldError struct {
 	// File is the configuration file.
 	File string
 	// Line is the 1-based line of the unknown field.
@@ -27,7 +27,7 @@ type ConfigFieldError struct {
 	Valid []string
 }
 
-func (e *ConfigFieldError) Error() string {
+func (e *FieldError) Error() string {
 	msg := fmt.Sprintf("%s: line %d: unknown field %s", e.File, e.Line, e.Field)
 	switch {
 	case e.Suggestion != "":
@@ -41,7 +41,7 @@ func (e *ConfigFieldError) Error() string {
 var unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type`)
 
 // explainConfigError turns the YAML decoder's error for the file into one an operator reads:
-// unknown fields become a ConfigFieldError; other messages lose Go's type names.
+// unknown fields become a FieldError; other messages lose Go's type names.
 func explainConfigError(file string, data []byte, err error) error {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
@@ -57,7 +57,7 @@ func explainConfigError(file string, data []byte, err error) error {
 			continue
 		}
 		line, _ := strconv.Atoi(sm[1])
-		fe := &ConfigFieldError{File: file, Line: line, Field: sm[2]}
+		fe := &FieldError{File: file, Line: line, Field: sm[2]}
 		if path, ok := findKey(&root, line, sm[2], nil); ok {
 			fe.Field = strings.Join(append(path, sm[2]), ".")
 			fe.Valid = fieldNames(reflect.TypeOf(Config{}), path)
@@ -71,7 +71,7 @@ func explainConfigError(file string, data []byte, err error) error {
 	return fmt.Errorf("%s: %s", file, strings.Join(msgs, "; "))
 }
 
-var goTypeRE = regexp.MustCompile(` into (main|policy)\.\w+|struct \{[^}]*\}`)
+var goTypeRE = regexp.MustCompile(` into (main|config|policy)\.\w+|struct \{[^}]*\}`)
 
 func stripGoTypes(m string) string { return goTypeRE.ReplaceAllString(m, "") }
 

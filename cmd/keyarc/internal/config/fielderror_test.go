@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -14,31 +14,31 @@ func TestConfigUnknownField(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		yaml    string
-		want    *ConfigFieldError
+		want    *FieldError
 		wantErr error
 	}{
 		{"nested typo", "listen: 127.0.0.1:1\nenrollment:\n  code_tll: 24h\n",
-			&ConfigFieldError{Line: 3, Field: "enrollment.code_tll", Suggestion: "code_ttl"}, nil},
+			&FieldError{Line: 3, Field: "enrollment.code_tll", Suggestion: "code_ttl"}, nil},
 		{"top-level typo", "lisen: 127.0.0.1:1\n",
-			&ConfigFieldError{Line: 1, Field: "lisen", Suggestion: "listen"}, nil},
+			&FieldError{Line: 1, Field: "lisen", Suggestion: "listen"}, nil},
 		{"transposition", "token:\n  uri: pkcs11:token=x\n  ca_kye: k\n",
-			&ConfigFieldError{Line: 3, Field: "token.ca_kye", Suggestion: "ca_key"}, nil},
+			&FieldError{Line: 3, Field: "token.ca_kye", Suggestion: "ca_key"}, nil},
 		{"template field", "templates:\n  - name: x\n    arhcive: true\n",
-			&ConfigFieldError{Line: 3, Field: "templates.arhcive", Suggestion: "archive"}, nil},
+			&FieldError{Line: 3, Field: "templates.arhcive", Suggestion: "archive"}, nil},
 		{"nothing close", "enrollment:\n  colour: blue\n",
-			&ConfigFieldError{Line: 2, Field: "enrollment.colour"}, nil},
+			&FieldError{Line: 2, Field: "enrollment.colour"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, configName), []byte(tc.yaml), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, Name), []byte(tc.yaml), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := loadConfig(dir)
-			var fe *ConfigFieldError
+			_, err := Load(dir)
+			var fe *FieldError
 			if !errors.As(err, &fe) {
-				t.Fatalf("loadConfig: %v, want a ConfigFieldError", err)
+				t.Fatalf("loadConfig: %v, want a FieldError", err)
 			}
-			if fe.File != filepath.Join(dir, configName) || fe.Line != tc.want.Line || fe.Field != tc.want.Field || fe.Suggestion != tc.want.Suggestion {
+			if fe.File != filepath.Join(dir, Name) || fe.Line != tc.want.Line || fe.Field != tc.want.Field || fe.Suggestion != tc.want.Suggestion {
 				t.Errorf("got %+v, want %+v", fe, tc.want)
 			}
 			if tc.want.Suggestion == "" && len(fe.Valid) == 0 {

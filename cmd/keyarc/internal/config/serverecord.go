@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"encoding/json"
@@ -14,8 +14,8 @@ import (
 // where it listens, so that client commands given --state reach it wherever it was started.
 const serveRecordName = "serve.json"
 
-// serveRecord is the content of DIR/serve.json.
-type serveRecord struct {
+// ServeRecord is the content of DIR/serve.json.
+type ServeRecord struct {
 	// URL is the HTTPS base URL of the appliance, e.g. https://127.0.0.1:8443.
 	URL string `json:"url"`
 	// Metrics is the base URL of the metrics listener.
@@ -24,12 +24,12 @@ type serveRecord struct {
 	PID int `json:"pid"`
 }
 
-// errServeStale reports a serve.json left by a process that no longer runs.
-var errServeStale = errors.New("keyarc serve is not running")
+// ErrServeStale reports a serve.json left by a process that no longer runs.
+var ErrServeStale = errors.New("keyarc serve is not running")
 
-// dialAddr turns a listen address into one a local client can dial: an unspecified host
+// DialAddr turns a listen address into one a local client can dial: an unspecified host
 // (0.0.0.0, ::, empty) becomes the loopback address.
-func dialAddr(listen string) string {
+func DialAddr(listen string) string {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return listen
@@ -43,10 +43,10 @@ func dialAddr(listen string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// writeServeRecord records, atomically, where this process serves.
-func writeServeRecord(cfg *Config, https, metrics string) error {
-	b, err := json.MarshalIndent(serveRecord{
-		URL: "https://" + dialAddr(https), Metrics: "http://" + dialAddr(metrics), PID: os.Getpid(),
+// WriteServeRecord records, atomically, where this process serves.
+func WriteServeRecord(cfg *Config, https, metrics string) error {
+	b, err := json.MarshalIndent(ServeRecord{
+		URL: "https://" + DialAddr(https), Metrics: "http://" + DialAddr(metrics), PID: os.Getpid(),
 	}, "", "  ")
 	if err != nil {
 		return err
@@ -73,29 +73,29 @@ func writeServeRecord(cfg *Config, https, metrics string) error {
 	return nil
 }
 
-// removeServeRecord removes DIR/serve.json if this process wrote it.
-func removeServeRecord(cfg *Config) {
+// RemoveServeRecord removes DIR/serve.json if this process wrote it.
+func RemoveServeRecord(cfg *Config) {
 	path := filepath.Join(cfg.dir, serveRecordName)
-	if rec, err := readServeRecord(cfg.dir); err == nil && rec.PID == os.Getpid() {
+	if rec, err := ReadServeRecord(cfg.dir); err == nil && rec.PID == os.Getpid() {
 		os.Remove(path)
 	}
 }
 
-// readServeRecord reads DIR/serve.json. It returns os.ErrNotExist when there is none, and an
-// error wrapping errServeStale when the process that wrote it is gone.
-func readServeRecord(dir string) (*serveRecord, error) {
+// ReadServeRecord reads DIR/serve.json. It returns os.ErrNotExist when there is none, and an
+// error wrapping ErrServeStale when the process that wrote it is gone.
+func ReadServeRecord(dir string) (*ServeRecord, error) {
 	path := filepath.Join(dir, serveRecordName)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var rec serveRecord
+	var rec ServeRecord
 	if err := json.Unmarshal(b, &rec); err != nil || rec.URL == "" || rec.PID <= 0 {
 		return nil, fmt.Errorf("%s is not a serve record (remove it): %v", path, err)
 	}
 	if !processAlive(rec.PID) {
 		return &rec, fmt.Errorf("%w on %s: %s names process %d, which is gone; start it with `keyarc serve --state %s`, or give --server URL",
-			errServeStale, dir, path, rec.PID, dir)
+			ErrServeStale, dir, path, rec.PID, dir)
 	}
 	return &rec, nil
 }

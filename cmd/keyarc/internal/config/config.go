@@ -1,4 +1,11 @@
-package main
+// Package config is the appliance configuration, DIR/keyarc.yaml, read strictly (unknown
+// fields are errors that name the line and the nearest valid field), and the serve record,
+// DIR/serve.json, where a running `keyarc serve` says where it listens.
+//
+// It imports policy (templates are part of the file), escrow/audit (for a default) and the
+// YAML decoder; it must not import the server, the store or hsm. A [Config] is read once and
+// then only read: it is safe to share between goroutines.
+package config
 
 import (
 	"bytes"
@@ -13,11 +20,12 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/policy"
 )
 
-// configName is the file name of the appliance configuration inside the state folder.
-const configName = "keyarc.yaml"
+// Name is the file name of the appliance configuration inside the state folder.
+const Name = "keyarc.yaml"
 
 // Config is the appliance configuration, read strictly from DIR/keyarc.yaml. Relative paths are
 // relative to the folder that holds the file. It never holds a PIN: the token URI names a
@@ -98,8 +106,8 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // MarshalYAML writes the duration as a string.
 func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 
-// defaultConfig returns the configuration `keyarc init` writes.
-func defaultConfig() *Config {
+// Default returns the configuration `keyarc init` writes.
+func Default() *Config {
 	c := &Config{
 		Listen:        "127.0.0.1:8443",
 		MetricsListen: "127.0.0.1:9180",
@@ -116,13 +124,21 @@ func defaultConfig() *Config {
 	c.TLS.Key = "tls-key.pem"
 	c.Enrollment.CodeTTL = Duration{7 * 24 * time.Hour}
 	c.Recovery.RequestTTL = Duration{24 * time.Hour}
-	c.HTTP = defaultHTTPConfig()
+	c.HTTP = DefaultHTTP()
 	return c
 }
 
-// loadConfig reads DIR/keyarc.yaml strictly: unknown fields are errors.
-func loadConfig(dir string) (*Config, error) {
-	path := filepath.Join(dir, configName)
+// DefaultAt is [Default] for a configuration that will live in the folder dir: its relative
+// paths resolve against dir before the file is written.
+func DefaultAt(dir string) *Config {
+	c := Default()
+	c.dir = dir
+	return c
+}
+
+// Load reads DIR/keyarc.yaml strictly: unknown fields are errors.
+func Load(dir string) (*Config, error) {
+	path := filepath.Join(dir, Name)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no configuration at %s: run `keyarc init --state %s` first", path, dir)
@@ -130,7 +146,7 @@ func loadConfig(dir string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read configuration: %w", err)
 	}
-	c := defaultConfig()
+	c := Default()
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
@@ -186,14 +202,17 @@ func (c *Config) Validate() error {
 	if _, err := policy.Templates(c.Templates); err != nil {
 		return err
 	}
-	if err := c.HTTP.validate(); err != nil {
+	if err := c.HTTP.Validate(); err != nil {
 		return err
 	}
 	return nil
 }
 
-// path resolves a configured path against the configuration folder.
-func (c *Config) path(p string) string {
+// Dir is the folder the configuration was read from (absolute).
+func (c *Config) Dir() string { return c.dir }
+
+// Path resolves a configured path against the configuration folder.
+func (c *Config) Path(p string) string {
 	if p == "" || filepath.IsAbs(p) {
 		return p
 	}
@@ -206,13 +225,13 @@ func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("listen", c.Listen),
 		slog.String("metrics_listen", c.MetricsListen),
-		slog.String("database", c.path(c.Database)),
+		slog.String("database", c.Path(c.Database)),
 		slog.String("token", c.Token.URI),
 	)
 }
 
-// writeConfig writes c to DIR/keyarc.yaml, refusing to overwrite.
-func writeConfig(dir string, c *Config) error {
+// Write writes c to DIR/keyarc.yaml, refusing to overwrite.
+func Write(dir string, c *Config) error {
 	var buf bytes.Buffer
 	buf.WriteString("# keyarc appliance configuration. Paths are relative to this folder.\n")
 	buf.WriteString("# PINs never live here: token.uri names a pin-source (file:PATH or env:NAME).\n")
@@ -221,7 +240,7 @@ func writeConfig(dir string, c *Config) error {
 	if err := enc.Encode(c); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, configName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, Name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -230,4 +249,19 @@ func writeConfig(dir string, c *Config) error {
 		return err
 	}
 	return f.Close()
+}
+
+// AuditConfig tunes the audit trail's checkpoints.
+type AuditConfig struct {
+	// CheckpointEvery is the most entries that may follow the last signed checkpoint (default
+	// 1000); a checkpoint is also made a minute after any new entry, and at shutdown.
+	CheckpointEvery int `yaml:"checkpoint_every,omitempty"`
+}
+
+// Validate checks the audit section and names the wrong field.
+func (c AuditConfig) Validate() error {
+	if c.CheckpointEvery < 0 || c.CheckpointEvery > 1_000_000 {
+		return fmt.Errorf("audit.checkpoint_every: %d is outside 1..1000000 (0 means %d)", c.CheckpointEvery, audit.DefaultEvery)
+	}
+	return nil
 }
