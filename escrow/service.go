@@ -21,7 +21,7 @@
 // sealed again for the new one and retried once.
 //
 // An enrollment that archives nothing has no record to commit first: the CA signs, then one
-// transaction claims the code and stores the certificate (see issueDirect).
+// transaction claims the code and stores the certificate ([issue.Pipeline.IssueDirect]).
 //
 // # Errors
 //
@@ -217,8 +217,8 @@ type issuance struct {
 	seal sealFunc
 }
 
-// issue issues one certificate: through the issuance pipeline (escrow/issue) when it archives a
-// key, else in one durable step (issueDirect).
+// issue issues one certificate through the issuance pipeline (escrow/issue): reserve, sign,
+// finish when it archives a key, else in one durable step ([issue.Pipeline.IssueDirect]).
 func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	t := is.template
 	serial, err := ca.NewSerial()
@@ -228,30 +228,23 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	if is.seal != nil {
 		return s.issueArchived(ctx, is, serial)
 	}
-	now := s.now()
-	mailbox := is.mailbox
-	subject := pkix.Name{CommonName: mailbox}
-	if is.subject != nil {
-		subject = *is.subject
+	res, err := s.Pipeline().IssueDirect(ctx, issue.DirectRequest{Template: t, Pub: is.pub, Serial: serial, Mailbox: is.mailbox,
+		Subject: is.subject, CodeID: is.codeID, Role: is.role, KRA: is.kra, Actor: actorFrom(ctx), Fingerprint: PublicKeyFingerprint(is.pub)})
+	switch {
+	case errors.Is(err, store.ErrCodeUsed):
+		return nil, ErrCodeUsed
+	case errors.Is(err, store.ErrCodeExpired):
+		return nil, ErrCodeExpired
+	case errors.Is(err, store.ErrNotFound):
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("escrow: %w", err)
 	}
-	row := store.Certificate{
-		Serial: store.FormatSerial(serial), Template: t.Name, Email: mailbox, Subject: subject.String(),
-		State: store.StatePending, CreatedAt: now, CodeID: is.codeID, Role: is.role, KRA: is.kra,
+	if s.Metrics != nil {
+		s.Metrics.Enrolled(t.Name, false)
 	}
-	req := ca.Request{
-		Serial:             serial,
-		PublicKey:          is.pub,
-		Subject:            subject,
-		KeyUsage:           t.KeyUsageFor(is.pub),
-		ExtKeyUsage:        issue.ExtKeyUsages(t),
-		UnknownExtKeyUsage: issue.UnknownExtKeyUsages(t),
-		NotBefore:          now,
-		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
-	}
-	if mailbox != "" {
-		req.EmailAddresses = []string{mailbox}
-	}
-	return s.issueDirect(ctx, is, req, row)
+	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", false)
+	return &Issued{Certificate: res.Certificate, Serial: res.Serial}, nil
 }
 
 // issueArchived issues a certificate whose key is archived, as a batch of one of the issuance
@@ -292,70 +285,6 @@ func (s *Service) Pipeline() *issue.Pipeline {
 	return p
 }
 
-// issueDirect issues a certificate that archives nothing in one durable step: the CA signs,
-// then one transaction claims the code, stores the certificate and its audit entry. With no
-// escrow record to commit first, the reservation step would only cost an fsync. If that
-// transaction fails (the code was used meanwhile, the disk is full), no certificate is returned
-// and the signed one is kept on record as failed: a CA keeps every certificate it signs.
-func (s *Service) issueDirect(ctx context.Context, is issuance, req ca.Request, row store.Certificate) (*Issued, error) {
-	t := is.template
-	if is.codeID != "" {
-		// Sign nothing for a code that is already spent; the claim below settles races.
-		if err := s.Store.View(ctx, func(tx *store.Tx) error {
-			c, err := tx.GetCode(is.codeID)
-			switch {
-			case err != nil:
-				return err
-			case c.UsedAt != nil:
-				return ErrCodeUsed
-			case !req.NotBefore.Before(c.ExpiresAt):
-				return ErrCodeExpired
-			}
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-	}
-	cert, err := s.Issuer.Issue(req)
-	if err != nil {
-		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
-	}
-	row.State, row.DER, row.NotBefore, row.NotAfter = store.StateIssued, cert.Raw, cert.NotBefore, cert.NotAfter
-	ctx = context.WithoutCancel(ctx)
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
-		if is.codeID != "" {
-			if err := tx.ClaimCode(is.codeID, req.NotBefore); err != nil {
-				return err
-			}
-		}
-		if err := tx.InsertCertificate(row); err != nil {
-			return err
-		}
-		d := audit.Details{Template: t.Name, Serial: row.Serial, Mailbox: row.Email, Role: is.role, KRA: is.kra,
-			NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{PublicKeyFingerprint(is.pub)}}
-		return s.audit(tx, audit.KindEnroll, actorFrom(ctx), subjectOr(row.Email, req.Subject.String()), d)
-	})
-	if err != nil {
-		void := row
-		void.State, void.CodeID = store.StateFailed, ""
-		if verr := s.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertCertificate(void) }); verr != nil {
-			s.log().Error("keep a signed but undelivered certificate on record", "serial", row.Serial, "err", verr)
-		}
-		switch {
-		case errors.Is(err, store.ErrCodeUsed):
-			return nil, ErrCodeUsed
-		case errors.Is(err, store.ErrCodeExpired):
-			return nil, ErrCodeExpired
-		}
-		return nil, fmt.Errorf("escrow: store certificate: %w", err)
-	}
-	if s.Metrics != nil {
-		s.Metrics.Enrolled(t.Name, false)
-	}
-	s.log().Info("certificate issued", "serial", row.Serial, "template", t.Name, "archived", false)
-	return &Issued{Certificate: cert, Serial: row.Serial}, nil
-}
-
 // Sweep finishes issuances that a crash left pending: rows older than before are marked failed,
 // their records abandoned and their codes freed. Run it at start-up.
 //
@@ -378,11 +307,4 @@ func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 func (s *Service) refuse(ctx context.Context, who Enrollee, template string, err error) error {
 	s.auditAlone(ctx, audit.KindEnrollRefused, actorFrom(ctx), who.Mailbox, audit.Details{Template: template, Reason: err.Error()})
 	return err
-}
-
-func subjectOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

@@ -194,8 +194,9 @@ func (r *jobRun) refreshSet(ctx context.Context) error {
 // on the spot, would keep every item's private key in memory until its commit; a set change is
 // rare, and a retaken item costs one more envelope opening, or a new key for keygen.)
 func (r *jobRun) retake(ctx context.Context, w *work) {
+	stale := w.rec
 	r.drop(w)
-	if cur := r.set(); cur != nil {
+	if cur := r.set(); cur != nil && (stale == nil || stale.Epoch == cur.Epoch) { // not yet read again
 		if err := r.refreshSet(ctx); err != nil && ctx.Err() == nil {
 			r.m.log().Warn("bulk job: read the new recovery set", "job", r.job.ID, "err", err)
 		} else if err == nil && r.set().Epoch != cur.Epoch {

@@ -1,6 +1,7 @@
-// Package issue is keyarc's one issuance pipeline: every certificate whose private key is
-// archived (a single enrollment, EST serverkeygen, a bulk enroll or keygen item) and every key
-// imported from another CA is committed through it, in batches of one or many.
+// Package issue is keyarc's one issuance pipeline: every certificate the CA signs (a single
+// enrollment, EST serverkeygen, a bulk enroll or keygen item, a KRA or role credential) and
+// every key imported from another CA is committed through it, archiving ones in batches of one
+// or many.
 //
 // # The protocol
 //
@@ -16,6 +17,9 @@
 //
 // If step 2 or 3 fails, a compensating transaction marks the row failed (which frees its code
 // and abandons its record). A crash leaves the rows pending for the engine's start-up sweep.
+//
+// A certificate that archives no key has no record to commit first: the CA signs, then one
+// transaction claims the code and stores the certificate ([Pipeline.IssueDirect]).
 //
 // An import has one step: the certificate exists already, so its row and record are stored
 // active at once, with its audit entry, in one transaction ([Pipeline.Import]).

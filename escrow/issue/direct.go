@@ -1,0 +1,135 @@
+package issue
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// DirectRequest is an issuance that archives no key (a signing certificate, a KRA or role
+// credential).
+type DirectRequest struct {
+	Template *policy.Template
+	Pub      crypto.PublicKey
+	Serial   *big.Int
+	// Mailbox is the certificate's rfc822Name and subject CN; empty for KRA certificates.
+	Mailbox string
+	// Subject overrides the subject (KRA and credential certificates).
+	Subject *pkix.Name
+	CodeID  string
+	Role    string
+	KRA     string
+	// Actor names who acts, for the audit entry; Fingerprint is the key's public-key
+	// fingerprint, for the same entry.
+	Actor       string
+	Fingerprint string
+}
+
+// IssueDirect issues a certificate that archives nothing in one durable step: the CA signs,
+// then one transaction claims the code, stores the certificate and its audit entry. With no
+// escrow record to commit first, a reservation would only cost an fsync. A spent or expired
+// code is refused before anything is signed (the claim settles races). If the transaction
+// fails (the code was used meanwhile, the disk is full), no certificate is returned and the
+// signed one is kept on record as failed: a CA keeps every certificate it signs.
+//
+// # Errors
+//
+// [store.ErrCodeUsed], [store.ErrCodeExpired], [store.ErrNotFound] (no such code), the CA's
+// [ca.ErrLint], or a storage error wrapping [store.ErrUnavailable].
+func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, error) {
+	t := r.Template
+	if t == nil || r.Serial == nil {
+		return Result{}, fmt.Errorf("%w: incomplete issuance", ErrInvalid)
+	}
+	now := p.now()
+	subject := pkix.Name{CommonName: r.Mailbox}
+	if r.Subject != nil {
+		subject = *r.Subject
+	}
+	row := store.Certificate{
+		Serial: store.FormatSerial(r.Serial), Template: t.Name, Email: r.Mailbox, Subject: subject.String(),
+		State: store.StatePending, CreatedAt: now, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA,
+	}
+	req := ca.Request{
+		Serial:             r.Serial,
+		PublicKey:          r.Pub,
+		Subject:            subject,
+		KeyUsage:           t.KeyUsageFor(r.Pub),
+		ExtKeyUsage:        ExtKeyUsages(t),
+		UnknownExtKeyUsage: UnknownExtKeyUsages(t),
+		NotBefore:          now,
+		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
+	}
+	if r.Mailbox != "" {
+		req.EmailAddresses = []string{r.Mailbox}
+	}
+	if r.CodeID != "" {
+		// Sign nothing for a code that is already spent; the claim below settles races.
+		if err := p.Store.View(ctx, func(tx *store.Tx) error {
+			c, err := tx.GetCode(r.CodeID)
+			switch {
+			case err != nil:
+				return err
+			case c.UsedAt != nil:
+				return store.ErrCodeUsed
+			case !req.NotBefore.Before(c.ExpiresAt):
+				return store.ErrCodeExpired
+			}
+			return nil
+		}); err != nil {
+			return Result{}, err
+		}
+	}
+	cert, err := p.Issuer.Issue(req)
+	if err != nil {
+		return Result{}, fmt.Errorf("issue: issue certificate: %w", err)
+	}
+	row.State, row.DER, row.NotBefore, row.NotAfter = store.StateIssued, cert.Raw, cert.NotBefore, cert.NotAfter
+	ctx = context.WithoutCancel(ctx)
+	err = p.Store.Update(ctx, func(tx *store.Tx) error {
+		if r.CodeID != "" {
+			if err := tx.ClaimCode(r.CodeID, req.NotBefore); err != nil {
+				return err
+			}
+		}
+		if err := tx.InsertCertificate(row); err != nil {
+			return err
+		}
+		d := audit.Details{Template: t.Name, Serial: row.Serial, Mailbox: row.Email, Role: r.Role, KRA: r.KRA,
+			NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{r.Fingerprint}}
+		return p.Audit(tx, audit.KindEnroll, actorOr(r.Actor), subjectOr(row.Email, subject.String()), d)
+	})
+	if err != nil {
+		p.keepFailed(ctx, row)
+		if errors.Is(err, store.ErrCodeUsed) || errors.Is(err, store.ErrCodeExpired) {
+			return Result{}, err
+		}
+		return Result{}, fmt.Errorf("issue: store certificate: %w", err)
+	}
+	return Result{Certificate: cert, Serial: row.Serial}, nil
+}
+
+// keepFailed keeps a signed but undelivered certificate on record, as failed.
+func (p *Pipeline) keepFailed(ctx context.Context, row store.Certificate) {
+	void := row
+	void.State, void.CodeID = store.StateFailed, ""
+	if err := p.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertCertificate(void) }); err != nil {
+		p.log().Error("keep a signed but undelivered certificate on record", "serial", row.Serial, "err", err)
+	}
+}
+
+func subjectOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
