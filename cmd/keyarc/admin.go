@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -169,7 +170,7 @@ func runPendingList(args []string) error {
 	if *all {
 		path += "?state=all"
 	}
-	var list []pendingJSON
+	var list []wire.Pending
 	if err := c.call("GET", path, nil, &list); err != nil {
 		return err
 	}
@@ -211,7 +212,7 @@ func runPendingDecide(verb string, args []string) error {
 		fmt.Printf("request %s denied\n", pos[0])
 		return nil
 	}
-	var issued []issuedJSON
+	var issued []wire.Issued
 	if err := c.call("POST", "/api/v1/pending/"+pos[0]+"/issue", nil, &issued); err != nil {
 		return err
 	}
@@ -238,7 +239,7 @@ func runRecoverySetShow(args []string) error {
 		return err
 	}
 	defer c.close()
-	var rs recoverySetJSON
+	var rs wire.RecoverySet
 	if err := c.call("GET", "/api/v1/recovery-set", nil, &rs); err != nil {
 		return err
 	}
@@ -249,7 +250,7 @@ func runRecoverySetShow(args []string) error {
 	return nil
 }
 
-func printRecoverySet(rs recoverySetJSON) {
+func printRecoverySet(rs wire.RecoverySet) {
 	fmt.Printf("epoch %d: any %d of %d KRAs\n", rs.Epoch, rs.Quorum, len(rs.KRAs))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KRA\tSERIAL\tEXPIRES")
@@ -291,7 +292,7 @@ func runRecoverySetSet(args []string) error {
 		return err
 	}
 	defer c.close()
-	var rs recoverySetJSON
+	var rs wire.RecoverySet
 	if err := c.call("POST", "/api/v1/recovery-set", map[string]any{"quorum": *quorum, "kras": kras}, &rs); err != nil {
 		return err
 	}
@@ -355,7 +356,7 @@ func runReseal(args []string) error {
 		fmt.Printf("%d record(s) resealed to the current recovery set\n", out.Resealed)
 		return nil
 	}
-	var rec recoveryJSON
+	var rec wire.Recovery
 	if err := c.call("POST", "/api/v1/reseals", map[string]string{"reason": *reason}, &rec); err != nil {
 		return err
 	}

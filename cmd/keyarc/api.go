@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -35,28 +36,16 @@ func (a *appliance) apiRoutes(mux *http.ServeMux) {
 	a.bulkRoutes(mux)
 }
 
-// templateJSON is what enrollees may know of a template.
-type templateJSON struct {
-	Name           string   `json:"name"`
-	Purpose        string   `json:"purpose,omitempty"`
-	KeyUsage       []string `json:"key_usage"`
-	ExtKeyUsage    []string `json:"ext_key_usage"`
-	ValidityDays   int      `json:"validity_days"`
-	Archive        bool     `json:"archive"`
-	ServerKeygen   bool     `json:"server_keygen"`
-	ManualApproval bool     `json:"manual_approval"`
-}
-
 func (a *appliance) handleTemplates(w http.ResponseWriter, r *http.Request) {
 	names := make([]string, 0, len(a.svc.Templates))
 	for n := range a.svc.Templates {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	out := make([]templateJSON, 0, len(names))
+	out := make([]wire.Template, 0, len(names))
 	for _, n := range names {
 		t := a.svc.Templates[n]
-		out = append(out, templateJSON{Name: t.Name, Purpose: t.Purpose, KeyUsage: t.KeyUsage, ExtKeyUsage: t.ExtKeyUsage,
+		out = append(out, wire.Template{Name: t.Name, Purpose: t.Purpose, KeyUsage: t.KeyUsage, ExtKeyUsage: t.ExtKeyUsage,
 			ValidityDays: t.ValidityDays, Archive: t.Archive, ServerKeygen: t.ServerKeygen, ManualApproval: t.ManualApproval})
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -130,22 +119,8 @@ func (a *appliance) handleTransportCert(w http.ResponseWriter, r *http.Request) 
 	io.WriteString(w, certPEM(a.svc.Transport.Cert))
 }
 
-type enrollRequest struct {
-	Template     string `json:"template"`
-	CSR          string `json:"csr"`
-	EncryptedKey string `json:"encrypted_key"`
-}
-
-type issuedJSON struct {
-	Serial      string `json:"serial"`
-	Certificate string `json:"certificate"`
-	Chain       string `json:"chain"`
-	RecordID    string `json:"record_id,omitempty"`
-	NotAfter    string `json:"not_after"`
-}
-
-func (a *appliance) issuedJSON(is *escrow.Issued) issuedJSON {
-	return issuedJSON{
+func (a *appliance) toIssued(is *escrow.Issued) wire.Issued {
+	return wire.Issued{
 		Serial: is.Serial, Certificate: certPEM(is.Certificate), Chain: certPEM(a.caCert),
 		RecordID: is.RecordID, NotAfter: is.Certificate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
 	}
@@ -159,7 +134,7 @@ func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	var req enrollRequest
+	var req wire.EnrollRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		a.fail(w, r, err)
 		return
@@ -191,30 +166,11 @@ func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		a.refuse(w, r, req.Template, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.issuedJSON(issued))
+	writeJSON(w, http.StatusOK, a.toIssued(issued))
 }
 
-type kraEnrollRequest struct {
-	Name      string `json:"name"`
-	UnwrapKey string `json:"unwrap_public_key"` // base64 DER SubjectPublicKeyInfo
-	AuthCSR   string `json:"auth_csr"`          // base64 DER PKCS#10
-	Proof     string `json:"proof"`             // base64 auth-key signature over escrow.KRABinding
-}
-
-type pendingJSON struct {
-	ID           string   `json:"id"`
-	Template     string   `json:"template"`
-	Name         string   `json:"name,omitempty"`
-	Requester    string   `json:"requester,omitempty"`
-	State        string   `json:"state"`
-	CreatedAt    string   `json:"created_at"`
-	DecidedBy    string   `json:"decided_by,omitempty"`
-	Serial       string   `json:"serial,omitempty"`
-	Fingerprints []string `json:"fingerprints,omitempty"`
-}
-
-func toPendingJSON(p escrow.Pending) pendingJSON {
-	return pendingJSON{
+func toPendingJSON(p escrow.Pending) wire.Pending {
+	return wire.Pending{
 		ID: p.ID, Template: p.Template, Name: p.Name, Requester: p.Requester, State: p.State,
 		CreatedAt: p.CreatedAt.UTC().Format("2006-01-02T15:04:05Z"), DecidedBy: p.DecidedBy, Serial: p.Serial,
 		Fingerprints: p.Fingerprints,
@@ -224,7 +180,7 @@ func toPendingJSON(p escrow.Pending) pendingJSON {
 // handleKRAEnroll records a KRA's enrollment as a pending request. It needs no credential: an
 // admin decides, comparing the key fingerprints with the KRA in person.
 func (a *appliance) handleKRAEnroll(w http.ResponseWriter, r *http.Request) {
-	var req kraEnrollRequest
+	var req wire.KRAEnrollRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		a.fail(w, r, err)
 		return
@@ -254,7 +210,7 @@ func (a *appliance) handleKRAEnroll(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, pendingJSON{ID: id, Template: escrow.TemplateKRA, Name: req.Name, State: store.StatePending,
+	writeJSON(w, http.StatusAccepted, wire.Pending{ID: id, Template: escrow.TemplateKRA, Name: req.Name, State: store.StatePending,
 		Fingerprints: []string{escrow.PublicKeyFingerprint(unwrap), escrow.PublicKeyFingerprint(auth.PublicKey)}})
 }
 
@@ -280,11 +236,7 @@ func (a *appliance) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request
 		a.fail(w, r, err)
 		return
 	}
-	out := struct {
-		pendingJSON
-		Unwrap string `json:"unwrap_certificate,omitempty"`
-		Auth   string `json:"auth_certificate,omitempty"`
-	}{pendingJSON: toPendingJSON(escrow.Pending{Pending: *p})}
+	out := wire.KRAEnrollStatus{Pending: toPendingJSON(escrow.Pending{Pending: *p})}
 	// The newest unwrap and auth certificates of this KRA.
 	for _, c := range certs {
 		block := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.DER}))
@@ -313,7 +265,7 @@ func (a *appliance) handlePendingList(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	out := make([]pendingJSON, 0, len(list))
+	out := make([]wire.Pending, 0, len(list))
 	for _, p := range list {
 		out = append(out, toPendingJSON(p))
 	}
@@ -331,9 +283,9 @@ func (a *appliance) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	out := make([]issuedJSON, 0, len(issued))
+	out := make([]wire.Issued, 0, len(issued))
 	for _, is := range issued {
-		out = append(out, a.issuedJSON(is))
+		out = append(out, a.toIssued(is))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -351,22 +303,10 @@ func (a *appliance) handlePendingDeny(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"id": r.PathValue("id"), "state": store.StateDenied})
 }
 
-type recoverySetJSON struct {
-	Epoch  uint32            `json:"epoch"`
-	Quorum int               `json:"quorum"`
-	KRAs   []recoveryKRAJSON `json:"kras"`
-}
-
-type recoveryKRAJSON struct {
-	Name     string `json:"name"`
-	Serial   string `json:"serial"`
-	NotAfter string `json:"not_after"`
-}
-
-func toRecoverySetJSON(rs *escrow.RecoverySet) recoverySetJSON {
-	out := recoverySetJSON{Epoch: rs.Epoch, Quorum: rs.Quorum}
+func toRecoverySetJSON(rs *escrow.RecoverySet) wire.RecoverySet {
+	out := wire.RecoverySet{Epoch: rs.Epoch, Quorum: rs.Quorum}
 	for i, c := range rs.KRAs {
-		out.KRAs = append(out.KRAs, recoveryKRAJSON{Name: rs.Names[i], Serial: store.FormatSerial(c.SerialNumber),
+		out.KRAs = append(out.KRAs, wire.RecoveryKRA{Name: rs.Names[i], Serial: store.FormatSerial(c.SerialNumber),
 			NotAfter: c.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
 	}
 	return out

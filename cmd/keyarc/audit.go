@@ -26,6 +26,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -319,25 +320,6 @@ func (a *appliance) auditRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/audit", a.handleAudit)
 }
 
-type auditEntryJSON struct {
-	Seq     int64           `json:"seq"`
-	At      string          `json:"at"`
-	Kind    string          `json:"kind"`
-	Actor   string          `json:"actor"`
-	Subject string          `json:"subject"`
-	Details json.RawMessage `json:"details"`
-	Prev    string          `json:"prev"`
-	Hash    string          `json:"hash"`
-}
-
-type auditVerificationJSON struct {
-	OK      bool          `json:"ok"`
-	Problem string        `json:"problem,omitempty"`
-	Seq     int64         `json:"problem_seq,omitempty"`
-	Report  *audit.Report `json:"report"`
-	KeyID   string        `json:"audit_key_id"`
-}
-
 // handleAudit serves GET /api/v1/audit?from=SEQ&limit=N (auditor role): the entries, and the
 // verification of the whole trail against the audit key and the head file.
 func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
@@ -378,15 +360,15 @@ func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := struct {
-		Verification auditVerificationJSON `json:"verification"`
-		Entries      []auditEntryJSON      `json:"entries"`
-	}{Entries: make([]auditEntryJSON, 0, len(entries))}
+		Verification wire.AuditVerification `json:"verification"`
+		Entries      []wire.AuditEntry      `json:"entries"`
+	}{Entries: make([]wire.AuditEntry, 0, len(entries))}
 	for _, e := range entries {
 		d := json.RawMessage(e.Details)
 		if !json.Valid(d) {
 			d, _ = json.Marshal(e.Details)
 		}
-		out.Entries = append(out.Entries, auditEntryJSON{Seq: e.Seq, At: e.At.Format(time.RFC3339Nano), Kind: e.Kind, Actor: e.Actor,
+		out.Entries = append(out.Entries, wire.AuditEntry{Seq: e.Seq, At: e.At.Format(time.RFC3339Nano), Kind: e.Kind, Actor: e.Actor,
 			Subject: e.Subject, Details: d, Prev: hex.EncodeToString(e.Prev), Hash: hex.EncodeToString(e.Hash)})
 	}
 	out.Verification, err = a.verifyAudit(r.Context())
@@ -397,9 +379,9 @@ func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) verifyAudit(ctx context.Context) (auditVerificationJSON, error) {
+func (a *appliance) verifyAudit(ctx context.Context) (wire.AuditVerification, error) {
 	id, _ := audit.KeyID(a.audit.pub)
-	v := auditVerificationJSON{KeyID: hex.EncodeToString(id)}
+	v := wire.AuditVerification{KeyID: hex.EncodeToString(id)}
 	head, err := audit.ReadHead(a.audit.cp.HeadPath)
 	if err != nil && !errors.Is(err, audit.ErrNoHead) {
 		v.Problem = err.Error()
@@ -481,7 +463,7 @@ func runAudit(args []string) error {
 	}
 	id, _ := audit.KeyID(pub)
 	if *asJSON {
-		out := auditVerificationJSON{OK: verr == nil && crep.Err() == nil, Report: rep, KeyID: hex.EncodeToString(id)}
+		out := wire.AuditVerification{OK: verr == nil && crep.Err() == nil, Report: rep, KeyID: hex.EncodeToString(id)}
 		if verr != nil {
 			out.Problem = verr.Error()
 		} else if err := crep.Err(); err != nil {

@@ -3,6 +3,8 @@ package main
 import (
 	"testing"
 	"time"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 )
 
 // TestEffectiveRecoveryState: recovery show and list show what a stored state means now.
@@ -11,14 +13,14 @@ func TestEffectiveRecoveryState(t *testing.T) {
 	later, earlier := now.Add(time.Hour).Format(time.RFC3339Nano), now.Add(-time.Second).Format(time.RFC3339Nano)
 	for _, tc := range []struct {
 		name string
-		r    recoveryJSON
+		r    wire.Recovery
 		want string
 	}{
-		{"open", recoveryJSON{State: "open", Have: 1, Need: 2, ExpiresAt: later}, "open"},
-		{"quorum met", recoveryJSON{State: "open", Have: 2, Need: 2, ExpiresAt: later}, "approved"},
-		{"expired", recoveryJSON{State: "open", Have: 0, Need: 2, ExpiresAt: earlier}, "expired"},
-		{"quorum met, then expired", recoveryJSON{State: "open", Have: 2, Need: 2, ExpiresAt: earlier}, "expired"},
-		{"consumed", recoveryJSON{State: "consumed", Have: 2, Need: 2, ExpiresAt: earlier}, "consumed"},
+		{"open", wire.Recovery{State: "open", Have: 1, Need: 2, ExpiresAt: later}, "open"},
+		{"quorum met", wire.Recovery{State: "open", Have: 2, Need: 2, ExpiresAt: later}, "approved"},
+		{"expired", wire.Recovery{State: "open", Have: 0, Need: 2, ExpiresAt: earlier}, "expired"},
+		{"quorum met, then expired", wire.Recovery{State: "open", Have: 2, Need: 2, ExpiresAt: earlier}, "expired"},
+		{"consumed", wire.Recovery{State: "consumed", Have: 2, Need: 2, ExpiresAt: earlier}, "consumed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := effectiveState(tc.r, now); got != tc.want {

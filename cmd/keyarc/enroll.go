@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/cms"
 )
@@ -63,11 +64,11 @@ func runEnroll(args []string) error {
 	}
 	defer c.close()
 
-	var templates []templateJSON
+	var templates []wire.Template
 	if err := c.call("GET", "/api/v1/templates", nil, &templates); err != nil {
 		return err
 	}
-	var tmpl *templateJSON
+	var tmpl *wire.Template
 	for i := range templates {
 		if templates[i].Name == *template {
 			tmpl = &templates[i]
@@ -92,7 +93,7 @@ func runEnroll(args []string) error {
 		return err
 	}
 	defer clear(pkcs8)
-	req := enrollRequest{Template: *template, CSR: base64.StdEncoding.EncodeToString(csr)}
+	req := wire.EnrollRequest{Template: *template, CSR: base64.StdEncoding.EncodeToString(csr)}
 	if tmpl.Archive {
 		env, err := c.sealToTransport(pkcs8)
 		if err != nil {
@@ -110,7 +111,7 @@ func runEnroll(args []string) error {
 	}
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.SetBasicAuth(*email, *code)
-	var issued issuedJSON
+	var issued wire.Issued
 	if err := c.do(hreq, &issued); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 )
 
@@ -62,9 +63,9 @@ func FuzzDecodeJSON(f *testing.F) {
 	f.Add([]byte(strings.Repeat("[", 20000)))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		targets := []func() any{
-			func() any { return new(enrollRequest) },
-			func() any { return new(kraEnrollRequest) },
-			func() any { return new(approvalJSON) },
+			func() any { return new(wire.EnrollRequest) },
+			func() any { return new(wire.KRAEnrollRequest) },
+			func() any { return new(wire.Approval) },
 			func() any {
 				return new(struct {
 					Quorum int      `json:"quorum"`

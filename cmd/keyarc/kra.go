@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/hsm"
 )
@@ -68,7 +69,7 @@ func kraKeys(tok *hsm.Token, say func(string, ...any)) (unwrap crypto.Decrypter,
 }
 
 // kraEnrollment builds the enrollment request for the KRA name from its keys.
-func kraEnrollment(name string, unwrap crypto.Decrypter, auth crypto.Signer) (*kraEnrollRequest, error) {
+func kraEnrollment(name string, unwrap crypto.Decrypter, auth crypto.Signer) (*wire.KRAEnrollRequest, error) {
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "KRA " + name}}, auth)
 	if err != nil {
 		return nil, fmt.Errorf("auth certificate request: %w", err)
@@ -85,7 +86,7 @@ func kraEnrollment(name string, unwrap crypto.Decrypter, auth crypto.Signer) (*k
 	if err != nil {
 		return nil, err
 	}
-	return &kraEnrollRequest{
+	return &wire.KRAEnrollRequest{
 		Name: name, UnwrapKey: base64.StdEncoding.EncodeToString(spki),
 		AuthCSR: base64.StdEncoding.EncodeToString(csr), Proof: base64.StdEncoding.EncodeToString(proof),
 	}, nil
@@ -116,7 +117,7 @@ func runKRAEnroll(args []string) error {
 		*name = tok.Label()
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
-	var p pendingJSON
+	var p wire.Pending
 	var c *client
 	if *request != "" {
 		// Collect an earlier submission: no new keys, no new request.
@@ -164,11 +165,7 @@ func runKRAEnroll(args []string) error {
 		say("(or `keyarc admin pending deny %s`); the certificates are then saved to %s", p.ID, dir)
 	}
 	for {
-		var st struct {
-			pendingJSON
-			Unwrap string `json:"unwrap_certificate"`
-			Auth   string `json:"auth_certificate"`
-		}
+		var st wire.KRAEnrollStatus
 		if err := c.call("GET", "/api/v1/kra/enroll/"+p.ID, nil, &st); err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
@@ -42,7 +43,7 @@ func runRecoveryRequest(args []string) error {
 		return err
 	}
 	defer c.close()
-	var rec recoveryJSON
+	var rec wire.Recovery
 	if err := c.call("POST", "/api/v1/recoveries", map[string]string{"serial": *serial, "email": *email, "reason": *reason}, &rec); err != nil {
 		return err
 	}
@@ -65,7 +66,7 @@ func runRecoveryList(args []string) error {
 		return err
 	}
 	defer c.close()
-	var list []recoveryJSON
+	var list []wire.Recovery
 	if err := c.call("GET", "/api/v1/recoveries?state="+*status, nil, &list); err != nil {
 		return err
 	}
@@ -76,7 +77,7 @@ func runRecoveryList(args []string) error {
 	// whose quorum is met reads "approved", as in recovery show.
 	for i, r := range list {
 		if effectiveState(r, time.Now()) == "open" {
-			var full recoveryJSON
+			var full wire.Recovery
 			if err := c.call("GET", "/api/v1/recoveries/"+r.ID, nil, &full); err == nil {
 				list[i].Have, list[i].Need = full.Have, full.Need
 			}
@@ -93,7 +94,7 @@ func runRecoveryList(args []string) error {
 // effectiveState is what a request's stored state means now: an open request whose quorum is
 // met is "approved" (ready to fetch), one past its expiry is "expired" (the appliance refuses it
 // from then on, whether or not a sweep has marked it yet).
-func effectiveState(r recoveryJSON, now time.Time) string {
+func effectiveState(r wire.Recovery, now time.Time) string {
 	if r.State != "open" {
 		return r.State
 	}
@@ -117,7 +118,7 @@ func stateNote(state string) string {
 	return ""
 }
 
-func printRecovery(r recoveryJSON) {
+func printRecovery(r wire.Recovery) {
 	st := effectiveState(r, time.Now())
 	fmt.Printf("recovery %s: %s%s\n", r.ID, st, stateNote(st))
 	fmt.Printf("  requested by %s (credential %s) at %s, expires %s\n", r.Requester, r.RequesterSerial, r.CreatedAt, r.ExpiresAt)
@@ -149,7 +150,7 @@ func runRecoveryShow(args []string) error {
 		return err
 	}
 	defer c.close()
-	var rec recoveryJSON
+	var rec wire.Recovery
 	if err := c.call("GET", "/api/v1/recoveries/"+pos[0], nil, &rec); err != nil {
 		return err
 	}
@@ -188,7 +189,7 @@ func runRecoveryApprove(args []string) error {
 	}
 	defer c.close()
 	id := pos[0]
-	var rec recoveryJSON
+	var rec wire.Recovery
 	if err := c.call("GET", "/api/v1/recoveries/"+id, nil, &rec); err != nil {
 		return err
 	}
@@ -216,7 +217,7 @@ func runRecoveryApprove(args []string) error {
 	if err != nil {
 		return fmt.Errorf("sign the approval with the auth key: %w", err)
 	}
-	var body approvalJSON
+	var body wire.Approval
 	for _, sh := range shares {
 		body.Shares = append(body.Shares, struct {
 			RecordID string `json:"record_id"`
@@ -224,7 +225,7 @@ func runRecoveryApprove(args []string) error {
 		}{sh.RecordID, base64.StdEncoding.EncodeToString(sh.Share)})
 	}
 	body.Signature = base64.StdEncoding.EncodeToString(sig)
-	var after recoveryJSON
+	var after wire.Recovery
 	if err := c.call("POST", "/api/v1/recoveries/"+id+"/approvals", body, &after); err != nil {
 		return err
 	}
@@ -234,7 +235,7 @@ func runRecoveryApprove(args []string) error {
 
 // reencryptShares decrypts the KRA's share of each record in its token and encrypts it to the
 // request's recovery key. Plain shares exist only in memory, briefly, and are cleared.
-func reencryptShares(tok *hsm.Token, rec recoveryJSON) ([]escrow.ApprovedShare, error) {
+func reencryptShares(tok *hsm.Token, rec wire.Recovery) ([]escrow.ApprovedShare, error) {
 	spki, err := base64.StdEncoding.DecodeString(rec.RecoveryKey)
 	if err != nil {
 		return nil, fmt.Errorf("recovery key: %w", err)
@@ -296,7 +297,7 @@ func hashNamed(name string) (crypto.Hash, error) {
 }
 
 // approvalDigest recomputes, from what the appliance showed, what the KRA signs.
-func approvalDigest(rec recoveryJSON, shares []escrow.ApprovedShare) ([]byte, error) {
+func approvalDigest(rec wire.Recovery, shares []escrow.ApprovedShare) ([]byte, error) {
 	spki, err := base64.StdEncoding.DecodeString(rec.RecoveryKey)
 	if err != nil {
 		return nil, err
@@ -340,7 +341,7 @@ func runRecoveryFetch(args []string) error {
 		return err
 	}
 	defer c.close()
-	var got fetchedJSON
+	var got wire.Fetched
 	if err := c.call("POST", "/api/v1/recoveries/"+pos[0]+"/fetch", map[string]bool{"legacy": *legacy}, &got); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
@@ -86,36 +87,8 @@ func (a *appliance) principal(r *http.Request, act policy.Action, res policy.Res
 	return policy.Principal{Role: policy.Role(row.Role), Name: name, Mailbox: row.Email, Serial: row.Serial}, nil
 }
 
-type recoveryItemJSON struct {
-	RecordID string `json:"record_id"`
-	Serial   string `json:"serial"`
-	Owner    string `json:"owner"`
-	Epoch    uint32 `json:"epoch"`
-	// Share and OAEPHash are shown to a KRA only: its own encrypted share of the record.
-	Share    string `json:"share,omitempty"`
-	OAEPHash string `json:"oaep_hash,omitempty"`
-}
-
-type recoveryJSON struct {
-	ID              string             `json:"id"`
-	Kind            string             `json:"kind"`
-	State           string             `json:"state"`
-	Requester       string             `json:"requester"`
-	RequesterSerial string             `json:"requester_serial"`
-	Reason          string             `json:"reason"`
-	CreatedAt       string             `json:"created_at"`
-	ExpiresAt       string             `json:"expires_at"`
-	Items           []recoveryItemJSON `json:"records,omitempty"`
-	Approvals       []string           `json:"approvals"`
-	Have            int                `json:"have"`
-	Need            int                `json:"need"`
-	// RecoveryKey (base64 SPKI) and OAEP hash the KRAs re-encrypt their shares to.
-	RecoveryKey string `json:"recovery_key,omitempty"`
-	KeyOAEPHash string `json:"recovery_key_oaep_hash,omitempty"`
-}
-
-func toRecoveryJSON(rec *escrow.Recovery) recoveryJSON {
-	out := recoveryJSON{
+func toRecoveryJSON(rec *escrow.Recovery) wire.Recovery {
+	out := wire.Recovery{
 		ID: rec.ID, Kind: rec.Kind, State: rec.State, Requester: rec.Requester, RequesterSerial: rec.RequesterSerial, Reason: rec.Reason,
 		CreatedAt: rec.CreatedAt.UTC().Format(time.RFC3339), ExpiresAt: rec.ExpiresAt.UTC().Format(time.RFC3339Nano),
 		Approvals: rec.Approvals, Have: rec.Have, Need: rec.Need,
@@ -125,7 +98,7 @@ func toRecoveryJSON(rec *escrow.Recovery) recoveryJSON {
 		out.Approvals = []string{}
 	}
 	for _, it := range rec.Items {
-		out.Items = append(out.Items, recoveryItemJSON{RecordID: it.RecordID, Serial: it.Serial, Owner: it.Owner, Epoch: it.Epoch})
+		out.Items = append(out.Items, wire.RecoveryItem{RecordID: it.RecordID, Serial: it.Serial, Owner: it.Owner, Epoch: it.Epoch})
 	}
 	return out
 }
@@ -165,7 +138,7 @@ func (a *appliance) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	out := make([]recoveryJSON, 0, len(list))
+	out := make([]wire.Recovery, 0, len(list))
 	for i := range list {
 		out = append(out, toRecoveryJSON(&escrow.Recovery{Recovery: list[i]}))
 	}
@@ -203,21 +176,13 @@ func (a *appliance) handleRecoveryShow(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-type approvalJSON struct {
-	Shares []struct {
-		RecordID string `json:"record_id"`
-		Share    string `json:"share"`
-	} `json:"shares"`
-	Signature string `json:"signature"`
-}
-
 func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request) {
 	kra, err := a.principal(r, policy.ActRecoveryApprove, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	var req approvalJSON
+	var req wire.Approval
 	if err := decodeJSON(w, r, &req); err != nil {
 		a.fail(w, r, err)
 		return
@@ -249,14 +214,6 @@ func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request
 	writeJSON(w, http.StatusOK, toRecoveryJSON(rec))
 }
 
-type fetchedJSON struct {
-	Password string `json:"password"`
-	Files    []struct {
-		Serial string `json:"serial"`
-		PFX    string `json:"pfx"`
-	} `json:"files"`
-}
-
 func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
 	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
@@ -277,7 +234,7 @@ func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	a.metrics.recoveries.WithLabelValues("completed", "").Inc()
-	var out fetchedJSON
+	var out wire.Fetched
 	out.Password = got.Password
 	for _, f := range got.Files {
 		out.Files = append(out.Files, struct {

@@ -1,0 +1,158 @@
+// Package wire holds the JSON bodies of the appliance's HTTP API under /api/v1/: what the
+// server writes and the client commands read, and the other way round. One definition for
+// both ends keeps them from drifting.
+//
+// It holds plain data only: no behaviour, no validation (the server checks what it decodes),
+// and it imports only the standard library and escrow/audit (the audit report is part of a
+// body). Values are not shared between goroutines by this package.
+package wire
+
+import (
+	"encoding/json"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+)
+
+// Template is a certificate template as GET /api/v1/templates lists it.
+type Template struct {
+	Name           string   `json:"name"`
+	Purpose        string   `json:"purpose,omitempty"`
+	KeyUsage       []string `json:"key_usage"`
+	ExtKeyUsage    []string `json:"ext_key_usage"`
+	ValidityDays   int      `json:"validity_days"`
+	Archive        bool     `json:"archive"`
+	ServerKeygen   bool     `json:"server_keygen"`
+	ManualApproval bool     `json:"manual_approval"`
+}
+
+// EnrollRequest is the body of POST /api/v1/enroll: a CSR and, for archiving templates, the PKCS#8
+// key in a CMS envelope to the transport certificate (both base64 DER).
+type EnrollRequest struct {
+	Template     string `json:"template"`
+	CSR          string `json:"csr"`
+	EncryptedKey string `json:"encrypted_key"`
+}
+
+// Issued is an issued certificate: the answer of an enrollment or of an admin issuing a pending
+// request.
+type Issued struct {
+	Serial      string `json:"serial"`
+	Certificate string `json:"certificate"`
+	Chain       string `json:"chain"`
+	RecordID    string `json:"record_id,omitempty"`
+	NotAfter    string `json:"not_after"`
+}
+
+// KRAEnrollRequest is the body of POST /api/v1/kra/enroll.
+type KRAEnrollRequest struct {
+	Name      string `json:"name"`
+	UnwrapKey string `json:"unwrap_public_key"` // base64 DER SubjectPublicKeyInfo
+	AuthCSR   string `json:"auth_csr"`          // base64 DER PKCS#10
+	Proof     string `json:"proof"`             // base64 auth-key signature over escrow.KRABinding
+}
+
+// Pending is a request waiting for an admin's decision.
+type Pending struct {
+	ID           string   `json:"id"`
+	Template     string   `json:"template"`
+	Name         string   `json:"name,omitempty"`
+	Requester    string   `json:"requester,omitempty"`
+	State        string   `json:"state"`
+	CreatedAt    string   `json:"created_at"`
+	DecidedBy    string   `json:"decided_by,omitempty"`
+	Serial       string   `json:"serial,omitempty"`
+	Fingerprints []string `json:"fingerprints,omitempty"`
+}
+
+// RecoverySet is the current recovery set: its epoch, quorum and KRAs.
+type RecoverySet struct {
+	Epoch  uint32        `json:"epoch"`
+	Quorum int           `json:"quorum"`
+	KRAs   []RecoveryKRA `json:"kras"`
+}
+
+// RecoveryKRA is one KRA of a [RecoverySet].
+type RecoveryKRA struct {
+	Name     string `json:"name"`
+	Serial   string `json:"serial"`
+	NotAfter string `json:"not_after"`
+}
+
+// Recovery is a recovery or reseal request.
+type Recovery struct {
+	ID              string         `json:"id"`
+	Kind            string         `json:"kind"`
+	State           string         `json:"state"`
+	Requester       string         `json:"requester"`
+	RequesterSerial string         `json:"requester_serial"`
+	Reason          string         `json:"reason"`
+	CreatedAt       string         `json:"created_at"`
+	ExpiresAt       string         `json:"expires_at"`
+	Items           []RecoveryItem `json:"records,omitempty"`
+	Approvals       []string       `json:"approvals"`
+	Have            int            `json:"have"`
+	Need            int            `json:"need"`
+	// RecoveryKey (base64 SPKI) and OAEP hash the KRAs re-encrypt their shares to.
+	RecoveryKey string `json:"recovery_key,omitempty"`
+	KeyOAEPHash string `json:"recovery_key_oaep_hash,omitempty"`
+}
+
+// RecoveryItem is one escrow record of a [Recovery].
+type RecoveryItem struct {
+	RecordID string `json:"record_id"`
+	Serial   string `json:"serial"`
+	Owner    string `json:"owner"`
+	Epoch    uint32 `json:"epoch"`
+	// Share and OAEPHash are shown to a KRA only: its own encrypted share of the record.
+	Share    string `json:"share,omitempty"`
+	OAEPHash string `json:"oaep_hash,omitempty"`
+}
+
+// Approval is the body of POST /api/v1/recoveries/{id}/approvals: the KRA's shares
+// re-encrypted to the request's recovery key, and its signature over them.
+type Approval struct {
+	Shares []struct {
+		RecordID string `json:"record_id"`
+		Share    string `json:"share"`
+	} `json:"shares"`
+	Signature string `json:"signature"`
+}
+
+// Fetched is the answer of POST /api/v1/recoveries/{id}/fetch: the PFX password, shown once,
+// and the PFX files.
+type Fetched struct {
+	Password string `json:"password"`
+	Files    []struct {
+		Serial string `json:"serial"`
+		PFX    string `json:"pfx"`
+	} `json:"files"`
+}
+
+// AuditEntry is one entry of the audit trail.
+type AuditEntry struct {
+	Seq     int64           `json:"seq"`
+	At      string          `json:"at"`
+	Kind    string          `json:"kind"`
+	Actor   string          `json:"actor"`
+	Subject string          `json:"subject"`
+	Details json.RawMessage `json:"details"`
+	Prev    string          `json:"prev"`
+	Hash    string          `json:"hash"`
+}
+
+// AuditVerification is the verification of the whole audit trail.
+type AuditVerification struct {
+	OK      bool          `json:"ok"`
+	Problem string        `json:"problem,omitempty"`
+	Seq     int64         `json:"problem_seq,omitempty"`
+	Report  *audit.Report `json:"report"`
+	KeyID   string        `json:"audit_key_id"`
+}
+
+// KRAEnrollStatus is the answer of GET /api/v1/kra/enroll/{id}: the request and, once it is
+// issued, the KRA's newest unwrap and auth certificates (PEM).
+type KRAEnrollStatus struct {
+	Pending
+	Unwrap string `json:"unwrap_certificate,omitempty"`
+	Auth   string `json:"auth_certificate,omitempty"`
+}
