@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -128,7 +128,7 @@ func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, mailbox, 
 		return "", err
 	}
 	certPath, keyPath := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	if fileExists(certPath) || fileExists(keyPath) {
+	if pemfile.Exists(certPath) || pemfile.Exists(keyPath) {
 		return "", fmt.Errorf("%s or %s exists; not overwritten", certPath, keyPath)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -146,10 +146,10 @@ func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, mailbox, 
 		return "", err
 	}
 	defer clear(der)
-	if err := writePEM(keyPath, "PRIVATE KEY", der, 0o600); err != nil {
+	if err := pemfile.Write(keyPath, "PRIVATE KEY", der, 0o600); err != nil {
 		return "", err
 	}
-	return certPath, writePEM(certPath, "CERTIFICATE", issued.Certificate.Raw, 0o644)
+	return certPath, pemfile.Write(certPath, "CERTIFICATE", issued.Certificate.Raw, 0o644)
 }
 
 func runPendingList(args []string) error {
@@ -217,7 +217,7 @@ func runPendingDecide(verb string, args []string) error {
 		return err
 	}
 	for _, is := range issued {
-		cert, err := parsePEMCertificate(is.Certificate)
+		cert, err := pemfile.ParseCertificate(is.Certificate)
 		if err != nil {
 			return err
 		}
@@ -311,7 +311,7 @@ func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
 		tok.Close()
 		return nil, nil, err
 	}
-	caCert, err := readCertificate(cfg.Path(cfg.CA.Certificate))
+	caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		tok.Close()
 		return nil, nil, err
@@ -322,14 +322,6 @@ func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
 		return nil, nil, err
 	}
 	return issuer, func() { tok.Close() }, nil
-}
-
-func parsePEMCertificate(s string) (*x509.Certificate, error) {
-	blk, _ := pem.Decode([]byte(s))
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("the appliance sent no PEM certificate")
-	}
-	return x509.ParseCertificate(blk.Bytes)
 }
 
 func runReseal(args []string) error {

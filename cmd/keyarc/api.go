@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -108,20 +109,16 @@ func parseCSRField(field, s string) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-func certPEM(c *x509.Certificate) string {
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
-}
-
 func (a *appliance) handleTransportCert(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	// Which RSA-OAEP hash the token can open, so clients choose one that works.
 	w.Header().Set("Keyarc-Transport-OAEP", strings.ToLower(strings.ReplaceAll(a.oaepHash, "-", "")))
-	io.WriteString(w, certPEM(a.svc.Transport.Cert))
+	io.WriteString(w, pemfile.Encode(a.svc.Transport.Cert))
 }
 
 func (a *appliance) toIssued(is *escrow.Issued) wire.Issued {
 	return wire.Issued{
-		Serial: is.Serial, Certificate: certPEM(is.Certificate), Chain: certPEM(a.caCert),
+		Serial: is.Serial, Certificate: pemfile.Encode(is.Certificate), Chain: pemfile.Encode(a.caCert),
 		RecordID: is.RecordID, NotAfter: is.Certificate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
 	}
 }

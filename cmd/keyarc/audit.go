@@ -26,6 +26,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
@@ -61,8 +62,8 @@ func ensureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issue
 		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
 	}
 	path := cfg.Path(auditCertName)
-	if fileExists(path) {
-		c, err := readCertificate(path)
+	if pemfile.Exists(path) {
+		c, err := pemfile.ReadCertificate(path)
 		if err != nil {
 			return nil, fmt.Errorf("audit certificate: %w", err)
 		}
@@ -83,7 +84,7 @@ func ensureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issue
 	if err != nil {
 		return nil, fmt.Errorf("issue audit certificate: %w", err)
 	}
-	if err := writePEM(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+	if err := pemfile.Write(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
 		return nil, fmt.Errorf("write audit certificate: %w", err)
 	}
 	if say != nil {
@@ -237,7 +238,7 @@ func (a *appliance) closeAudit() {
 // auditPINFailure records a PIN the token refused at start-up, when the database is there to
 // take it. The PIN and the token's message are never recorded.
 func auditPINFailure(cfg *config.Config, err error) {
-	if !errors.Is(err, hsm.ErrPINIncorrect) || !fileExists(cfg.Path(cfg.Database)) {
+	if !errors.Is(err, hsm.ErrPINIncorrect) || !pemfile.Exists(cfg.Path(cfg.Database)) {
 		return
 	}
 	db, oerr := store.Open(cfg.Path(cfg.Database))
@@ -431,7 +432,7 @@ func runAudit(args []string) error {
 		return err
 	}
 	dbPath := cfg.Path(cfg.Database)
-	if !fileExists(dbPath) {
+	if !pemfile.Exists(dbPath) {
 		return fmt.Errorf("audit verify: no database at %s", dbPath)
 	}
 	db, err := store.Open(dbPath)
@@ -551,11 +552,11 @@ func auditPublicKey(cfg *config.Config, keyFile string) (crypto.PublicKey, error
 		return nil, fmt.Errorf("%s: a CERTIFICATE or PUBLIC KEY PEM block is needed, not %s", keyFile, blk.Type)
 	}
 	path := cfg.Path(auditCertName)
-	c, err := readCertificate(path)
+	c, err := pemfile.ReadCertificate(path)
 	if err != nil {
 		return nil, fmt.Errorf("audit certificate (made by `keyarc init` or the first `keyarc serve`; or give --key FILE): %w", err)
 	}
-	caCert, err := readCertificate(cfg.Path(cfg.CA.Certificate))
+	caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 )
@@ -67,7 +68,7 @@ func runBackup(args []string) error {
 		return err
 	}
 	headOut := *out + backupHeadSuffix
-	if fileExists(headOut) {
+	if pemfile.Exists(headOut) {
 		return fmt.Errorf("backup: %s exists; not overwritten", headOut)
 	}
 	head, err := audit.ReadHead(cfg.Path(auditHeadName))
@@ -131,7 +132,7 @@ func runRestore(args []string) error {
 		return err
 	}
 	defer lock.Close()
-	if !fileExists(*from) {
+	if !pemfile.Exists(*from) {
 		return fmt.Errorf("restore: %s does not exist", *from)
 	}
 	dbPath := cfg.Path(cfg.Database)
@@ -178,7 +179,7 @@ func runRestore(args []string) error {
 	}
 	// How far the replaced database had gone: a backup newer than the head file may still
 	// drop entries made after the last checkpoint.
-	if !inPlace && fileExists(dbPath) {
+	if !inPlace && pemfile.Exists(dbPath) {
 		if last, err := lastEntry(ctx, dbPath); err == nil {
 			r.ReplacedSeq = last
 			r.TrailSeq = max(r.TrailSeq, last)
@@ -247,7 +248,7 @@ func runRestore(args []string) error {
 	// Put the database in place, the replaced one and the old head kept as evidence.
 	if !inPlace {
 		db.Close()
-		if fileExists(dbPath) {
+		if pemfile.Exists(dbPath) {
 			kept := dbPath + ".before-restore-" + stamp
 			if err := os.Rename(dbPath, kept); err != nil {
 				return err
@@ -267,7 +268,7 @@ func runRestore(args []string) error {
 			return err
 		}
 	}
-	if fileExists(headPath) {
+	if pemfile.Exists(headPath) {
 		kept := headPath + ".before-restore-" + stamp
 		if err := os.Rename(headPath, kept); err != nil {
 			return err

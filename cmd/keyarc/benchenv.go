@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/bench"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 )
 
@@ -33,7 +34,7 @@ func runBench(args []string) error {
 			if err != nil {
 				return nil, err
 			}
-			return readCertificate(cfg.Path(cfg.CA.Certificate))
+			return pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 		},
 		AdminClient: func(state, server string) (*http.Client, error) {
 			cf := clientFlags{state: state, as: "admin", server: server}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -42,7 +43,7 @@ type applianceCheck struct {
 }
 
 func newChecker(db *store.DB, cfg *config.Config) (*check.Checker, error) {
-	caCert, err := readCertificate(cfg.Path(cfg.CA.Certificate))
+	caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -137,7 +138,7 @@ func runCheckCommand(args []string) error {
 		return err
 	}
 	dbPath := cfg.Path(cfg.Database)
-	if !fileExists(dbPath) {
+	if !pemfile.Exists(dbPath) {
 		return fmt.Errorf("check: no database at %s", dbPath)
 	}
 	db, err := store.Open(dbPath)

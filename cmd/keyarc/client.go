@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/softhsm"
 )
@@ -112,7 +113,7 @@ func (c *clientFlags) kraToken() (*hsm.Token, error) {
 		}
 		module = m
 	}
-	tok, err := hsm.Open(tokenURI(label, module, pinFile), hsm.Options{MaxSessions: 2})
+	tok, err := hsm.Open(config.TokenURI(label, module, pinFile), hsm.Options{MaxSessions: 2})
 	if err != nil {
 		if errors.Is(err, hsm.ErrPINIncorrect) {
 			return nil, fmt.Errorf("token %q refused the PIN in %s; nothing was tried again (a token locks after repeated failures)", label, pinFile)
@@ -156,7 +157,7 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 		return nil, cmdline.UsageError{Msg: "give --server URL and --cacert FILE, or --state DIR of a development install"}
 	}
 	pool := x509.NewCertPool()
-	caCerts, err := readCertificates(cacert)
+	caCerts, err := pemfile.ReadCertificates(cacert)
 	if err != nil {
 		return nil, err
 	}
@@ -187,18 +188,18 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 				cl.close()
 				return nil, cmdline.UsageError{Msg: "a KRA needs --cert (its auth certificate)"}
 			}
-			cert, err := readCertificate(authCert)
+			cert, err := pemfile.ReadCertificate(authCert)
 			if err != nil {
 				cl.close()
 				return nil, err
 			}
 			tlsCfg.Certificates = []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: signer, Leaf: cert}}
 		case certFile != "":
-			cert, err := readCertificate(certFile)
+			cert, err := pemfile.ReadCertificate(certFile)
 			if err != nil {
 				return nil, err
 			}
-			key, err := readPrivateKey(keyFile)
+			key, err := pemfile.ReadPrivateKey(keyFile)
 			if err != nil {
 				return nil, err
 			}

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/cms"
@@ -54,7 +55,7 @@ func runEnroll(args []string) error {
 	}
 	keyPath, certPath, chainPath := filepath.Join(*out, "key.pem"), filepath.Join(*out, "cert.pem"), filepath.Join(*out, "chain.pem")
 	for _, p := range []string{keyPath, certPath, chainPath} {
-		if fileExists(p) {
+		if pemfile.Exists(p) {
 			return fmt.Errorf("%s exists; choose another --out", p)
 		}
 	}
@@ -118,7 +119,7 @@ func runEnroll(args []string) error {
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return err
 	}
-	if err := writePEM(keyPath, "PRIVATE KEY", pkcs8, 0o600); err != nil {
+	if err := pemfile.Write(keyPath, "PRIVATE KEY", pkcs8, 0o600); err != nil {
 		return err
 	}
 	if err := os.WriteFile(certPath, []byte(issued.Certificate), 0o644); err != nil {
@@ -151,7 +152,7 @@ func (c *client) sealToTransport(pkcs8 []byte) ([]byte, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("fetch transport certificate: HTTP %d", resp.StatusCode)
 	}
-	tr, err := parsePEMCertificate(buf.String())
+	tr, err := pemfile.ParseCertificate(buf.String())
 	if err != nil {
 		return nil, err
 	}

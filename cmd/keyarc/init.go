@@ -2,18 +2,15 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +18,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -80,7 +78,7 @@ func runInit(args []string) error {
 	say := func(format string, a ...any) { fmt.Printf(format+"\n", a...) }
 
 	var cfg *config.Config
-	if fileExists(filepath.Join(dir, config.Name)) {
+	if pemfile.Exists(filepath.Join(dir, config.Name)) {
 		if cfg, err = config.Load(dir); err != nil {
 			return err
 		}
@@ -147,14 +145,14 @@ func runInit(args []string) error {
 		subject.Organization = []string{*org}
 	}
 	caPath := cfg.Path(cfg.CA.Certificate)
-	if !fileExists(caPath) {
+	if !pemfile.Exists(caPath) {
 		if *externalRoot {
 			csr, err := ca.CSR(caSigner, subject)
 			if err != nil {
 				return err
 			}
 			csrPath := filepath.Join(dir, "ca.csr")
-			if err := writePEM(csrPath, "CERTIFICATE REQUEST", csr, 0o644); err != nil {
+			if err := pemfile.Write(csrPath, "CERTIFICATE REQUEST", csr, 0o644); err != nil {
 				return err
 			}
 			say("created  %s: have it signed by your root, save the certificate as %s, and run init again", csrPath, caPath)
@@ -164,14 +162,14 @@ func runInit(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := writePEM(caPath, "CERTIFICATE", root.Raw, 0o644); err != nil {
+		if err := pemfile.Write(caPath, "CERTIFICATE", root.Raw, 0o644); err != nil {
 			return err
 		}
 		say("created  %s (self-signed, %s)", caPath, alg)
 	} else {
 		say("exists   %s", caPath)
 	}
-	caCert, err := readCertificate(caPath)
+	caCert, err := pemfile.ReadCertificate(caPath)
 	if err != nil {
 		return err
 	}
@@ -182,7 +180,7 @@ func runInit(args []string) error {
 
 	// The transport certificate: clients encrypt their private keys to it.
 	trPath := cfg.Path(cfg.Transport.Certificate)
-	if !fileExists(trPath) {
+	if !pemfile.Exists(trPath) {
 		dec, err := tok.Decrypter(cfg.Token.TransportKey)
 		if err != nil {
 			return err
@@ -197,7 +195,7 @@ func runInit(args []string) error {
 		if err != nil {
 			return fmt.Errorf("issue transport certificate: %w", err)
 		}
-		if err := writePEM(trPath, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+		if err := pemfile.Write(trPath, "CERTIFICATE", cert.Raw, 0o644); err != nil {
 			return err
 		}
 		say("created  %s", trPath)
@@ -212,7 +210,7 @@ func runInit(args []string) error {
 	// The appliance's TLS key lives in a file, not in the token: the listener must keep
 	// answering (with 503) while the token is unreachable.
 	tlsCert, tlsKey := cfg.Path(cfg.TLS.Certificate), cfg.Path(cfg.TLS.Key)
-	if !fileExists(tlsCert) || !fileExists(tlsKey) {
+	if !pemfile.Exists(tlsCert) || !pemfile.Exists(tlsKey) {
 		if err := makeTLS(issuer, tlsCert, tlsKey, splitList(*dnsNames)); err != nil {
 			return err
 		}
@@ -268,13 +266,7 @@ func provisionDev(dir string, say func(string, ...any)) (uri, conf string, err e
 			app = t
 		}
 	}
-	return tokenURI(app.Label, in.Module, app.PINFile), in.ConfPath, nil
-}
-
-// tokenURI writes an RFC 7512 URI for a token with its PIN in a file.
-func tokenURI(label, module, pinFile string) string {
-	return "pkcs11:token=" + url.PathEscape(label) +
-		"?module-path=" + url.QueryEscape(module) + "&pin-source=" + url.QueryEscape("file:"+pinFile)
+	return config.TokenURI(app.Label, in.Module, app.PINFile), in.ConfPath, nil
 }
 
 func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error {
@@ -299,11 +291,11 @@ func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error 
 	if err != nil {
 		return err
 	}
-	if err := writePEM(keyPath, "PRIVATE KEY", der, 0o600); err != nil {
+	if err := pemfile.Write(keyPath, "PRIVATE KEY", der, 0o600); err != nil {
 		return err
 	}
 	clear(der)
-	return writePEM(certPath, "CERTIFICATE", cert.Raw, 0o644)
+	return pemfile.Write(certPath, "CERTIFICATE", cert.Raw, 0o644)
 }
 
 // openToken opens the appliance token named in the configuration.
@@ -322,79 +314,6 @@ func openToken(cfg *config.Config, opts *hsm.Options) (*hsm.Token, error) {
 		return nil, fmt.Errorf("open appliance token: %w", err)
 	}
 	return tok, nil
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-func writePEM(path, typ string, der []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	if err := pem.Encode(f, &pem.Block{Type: typ, Bytes: der}); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func readCertificate(path string) (*x509.Certificate, error) {
-	certs, err := readCertificates(path)
-	if err != nil {
-		return nil, err
-	}
-	return certs[0], nil
-}
-
-func readCertificates(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no PEM certificate in it", path)
-	}
-	return out, nil
-}
-
-func readPrivateKey(path string) (crypto.Signer, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, fmt.Errorf("%s: no PEM block in it", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	clear(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: not a PKCS#8 private key", path)
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("%s: unsupported key type", path)
-	}
-	return s, nil
 }
 
 func splitList(s string) []string {
@@ -419,7 +338,7 @@ func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...a
 	creds := filepath.Join(cfg.Dir(), "credentials")
 	for _, role := range devRoles {
 		path := filepath.Join(creds, string(role)+".pem")
-		if fileExists(path) {
+		if pemfile.Exists(path) {
 			say("exists   %s", path)
 			continue
 		}
@@ -435,9 +354,9 @@ func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...a
 	var unwrapSerials []string
 	for _, name := range devKRATokens {
 		unwrapPath := filepath.Join(creds, name+"-unwrap.pem")
-		if fileExists(unwrapPath) {
+		if pemfile.Exists(unwrapPath) {
 			say("exists   %s", unwrapPath)
-			c, err := readCertificate(unwrapPath)
+			c, err := pemfile.ReadCertificate(unwrapPath)
 			if err != nil {
 				return err
 			}
@@ -448,7 +367,7 @@ func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...a
 		if err != nil {
 			return err
 		}
-		tok, err := hsm.Open(tokenURI(t.Label, in.Module, t.PINFile), hsm.Options{MaxSessions: 2})
+		tok, err := hsm.Open(config.TokenURI(t.Label, in.Module, t.PINFile), hsm.Options{MaxSessions: 2})
 		if err != nil {
 			return fmt.Errorf("KRA token %q: %w", name, err)
 		}
@@ -462,7 +381,7 @@ func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...a
 		if err != nil {
 			return fmt.Errorf("issue KRA %q: %w", name, err)
 		}
-		if err := saveKRACertificates(creds, name, certPEM(issued[0].Certificate), certPEM(issued[1].Certificate), say); err != nil {
+		if err := saveKRACertificates(creds, name, pemfile.Encode(issued[0].Certificate), pemfile.Encode(issued[1].Certificate), say); err != nil {
 			return err
 		}
 		unwrapSerials = append(unwrapSerials, issued[0].Serial)

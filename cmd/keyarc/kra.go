@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/hsm"
@@ -187,12 +188,12 @@ func saveKRACertificates(dir, name, unwrapPEM, authPEM string, say func(string, 
 		return err
 	}
 	for _, f := range []struct{ suffix, pem string }{{"-unwrap.pem", unwrapPEM}, {"-auth.pem", authPEM}} {
-		cert, err := parsePEMCertificate(f.pem)
+		cert, err := pemfile.ParseCertificate(f.pem)
 		if err != nil {
 			return err
 		}
 		path := filepath.Join(dir, name+f.suffix)
-		if err := writePEM(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+		if err := pemfile.Write(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
 			return err
 		}
 		say("saved    %s", path)

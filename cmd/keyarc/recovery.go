@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -332,7 +333,7 @@ func runRecoveryFetch(args []string) error {
 	}
 	// Fetching consumes the request: make sure the files can be written first.
 	for _, p := range []string{*out, *pwFile} {
-		if fileExists(p) {
+		if pemfile.Exists(p) {
 			return fmt.Errorf("%s exists; not overwritten (a recovery can be fetched only once)", p)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -129,7 +130,7 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	}
 	a.oaepHash = mech.OAEPHash.String()
 
-	a.caCert, err = readCertificate(cfg.Path(cfg.CA.Certificate))
+	a.caCert, err = pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -141,7 +142,7 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, fmt.Errorf("CA key %q in the token and %s: %w", cfg.Token.CAKey, cfg.Path(cfg.CA.Certificate), err)
 	}
-	trCert, err := readCertificate(cfg.Path(cfg.Transport.Certificate))
+	trCert, err := pemfile.ReadCertificate(cfg.Path(cfg.Transport.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("transport certificate: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -264,4 +265,11 @@ func (c AuditConfig) Validate() error {
 		return fmt.Errorf("audit.checkpoint_every: %d is outside 1..1000000 (0 means %d)", c.CheckpointEvery, audit.DefaultEvery)
 	}
 	return nil
+}
+
+// TokenURI writes an RFC 7512 URI (the form of token.uri) for a token with its PIN in a
+// file.
+func TokenURI(label, module, pinFile string) string {
+	return "pkcs11:token=" + url.PathEscape(label) +
+		"?module-path=" + url.QueryEscape(module) + "&pin-source=" + url.QueryEscape("file:"+pinFile)
 }
