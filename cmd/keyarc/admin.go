@@ -10,14 +10,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
-	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -152,154 +149,6 @@ func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, mailbox, 
 	return certPath, pemfile.Write(certPath, "CERTIFICATE", issued.Certificate.Raw, 0o644)
 }
 
-func runPendingList(args []string) error {
-	fs := flag.NewFlagSet("admin pending list", flag.ContinueOnError)
-	var cf clientFlags
-	cf.register(fs)
-	all := fs.Bool("all", false, "include decided requests")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	c, err := cf.dial(true)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	path := "/api/v1/pending"
-	if *all {
-		path += "?state=all"
-	}
-	var list []wire.Pending
-	if err := c.call("GET", path, nil, &list); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(list)
-	}
-	if len(list) == 0 {
-		fmt.Println("no pending requests")
-		return nil
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTEMPLATE\tNAME\tSTATE\tCREATED\tKEY FINGERPRINTS (SHA-256)")
-	for _, p := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Template, p.Name, p.State, p.CreatedAt, strings.Join(p.Fingerprints, " "))
-	}
-	return tw.Flush()
-}
-
-func runPendingDecide(verb string, args []string) error {
-	fs := flag.NewFlagSet("admin pending "+verb, flag.ContinueOnError)
-	var cf clientFlags
-	cf.register(fs)
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("admin pending "+verb, pos, 1, "the request ID"); err != nil {
-		return err
-	}
-	c, err := cf.dial(true)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	if verb == "deny" {
-		if err := c.call("POST", "/api/v1/pending/"+pos[0]+"/deny", nil, nil); err != nil {
-			return err
-		}
-		fmt.Printf("request %s denied\n", pos[0])
-		return nil
-	}
-	var issued []wire.Issued
-	if err := c.call("POST", "/api/v1/pending/"+pos[0]+"/issue", nil, &issued); err != nil {
-		return err
-	}
-	for _, is := range issued {
-		cert, err := pemfile.ParseCertificate(is.Certificate)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("issued %s  %s  until %s\n", is.Serial, cert.Subject.CommonName, is.NotAfter)
-	}
-	return nil
-}
-
-func runRecoverySetShow(args []string) error {
-	fs := flag.NewFlagSet("admin recovery-set show", flag.ContinueOnError)
-	var cf clientFlags
-	cf.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	c, err := cf.dial(true)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	var rs wire.RecoverySet
-	if err := c.call("GET", "/api/v1/recovery-set", nil, &rs); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(rs)
-	}
-	printRecoverySet(rs)
-	return nil
-}
-
-func printRecoverySet(rs wire.RecoverySet) {
-	fmt.Printf("epoch %d: any %d of %d KRAs\n", rs.Epoch, rs.Quorum, len(rs.KRAs))
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KRA\tSERIAL\tEXPIRES")
-	for _, k := range rs.KRAs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", k.Name, k.Serial, k.NotAfter)
-	}
-	tw.Flush()
-}
-
-// stringList is a repeatable flag.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-
-func (s *stringList) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*s = append(*s, p)
-		}
-	}
-	return nil
-}
-
-func runRecoverySetSet(args []string) error {
-	fs := flag.NewFlagSet("admin recovery-set set", flag.ContinueOnError)
-	var cf clientFlags
-	cf.register(fs)
-	quorum := fs.Int("quorum", 0, "how many KRAs must approve a recovery (required)")
-	var kras stringList
-	fs.Var(&kras, "kra", "serial of a KRA unwrap certificate (repeat, or comma-separate)")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	if *quorum == 0 || len(kras) == 0 {
-		return cmdline.UsageError{Msg: "admin recovery-set set: --quorum M and at least one --kra SERIAL are required"}
-	}
-	c, err := cf.dial(true)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	var rs wire.RecoverySet
-	if err := c.call("POST", "/api/v1/recovery-set", map[string]any{"quorum": *quorum, "kras": kras}, &rs); err != nil {
-		return err
-	}
-	printRecoverySet(rs)
-	return nil
-}
-
 // localIssuer opens the appliance token for a local command that signs (bootstrap only).
 func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
 	tok, err := openToken(cfg, nil)
@@ -322,37 +171,4 @@ func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
 		return nil, nil, err
 	}
 	return issuer, func() { tok.Close() }, nil
-}
-
-func runReseal(args []string) error {
-	fs := flag.NewFlagSet("admin recovery-set reseal", flag.ContinueOnError)
-	var cf clientFlags
-	cf.register(fs)
-	reason := fs.String("reason", "", "why (recorded)")
-	complete := fs.String("complete", "", "reseal the records of this approved request")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	c, err := cf.dial(true)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	if *complete != "" {
-		var out struct {
-			Resealed int `json:"resealed"`
-		}
-		if err := c.call("POST", "/api/v1/reseals/"+*complete+"/complete", nil, &out); err != nil {
-			return err
-		}
-		fmt.Printf("%d record(s) resealed to the current recovery set\n", out.Resealed)
-		return nil
-	}
-	var rec wire.Recovery
-	if err := c.call("POST", "/api/v1/reseals", map[string]string{"reason": *reason}, &rec); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "reseal %s opened for %d record(s); the KRAs of their recovery sets approve it with `keyarc recovery approve %s`\n", rec.ID, len(rec.Items), rec.ID)
-	fmt.Println(rec.ID)
-	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/bench"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cli"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
@@ -37,12 +38,7 @@ func runBench(args []string) error {
 			return pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 		},
 		AdminClient: func(state, server string) (*http.Client, error) {
-			cf := clientFlags{state: state, as: "admin", server: server}
-			c, err := cf.dial(true)
-			if err != nil {
-				return nil, err
-			}
-			return c.http, nil
+			return cli.HTTPClient(state, "admin", server)
 		},
 		TuneGC: tuneGC,
 	})

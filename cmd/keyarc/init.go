@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cli"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
@@ -371,7 +372,7 @@ func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...a
 		if err != nil {
 			return fmt.Errorf("KRA token %q: %w", name, err)
 		}
-		unwrap, auth, err := kraKeys(tok, say)
+		unwrap, auth, err := cli.KRAKeys(tok, say)
 		if err != nil {
 			tok.Close()
 			return err
@@ -381,7 +382,7 @@ func bootstrapDev(cfg *config.Config, svc *escrow.Service, say func(string, ...a
 		if err != nil {
 			return fmt.Errorf("issue KRA %q: %w", name, err)
 		}
-		if err := saveKRACertificates(creds, name, pemfile.Encode(issued[0].Certificate), pemfile.Encode(issued[1].Certificate), say); err != nil {
+		if err := cli.SaveKRACertificates(creds, name, pemfile.Encode(issued[0].Certificate), pemfile.Encode(issued[1].Certificate), say); err != nil {
 			return err
 		}
 		unwrapSerials = append(unwrapSerials, issued[0].Serial)

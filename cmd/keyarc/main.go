@@ -22,6 +22,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/cli"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 )
 
@@ -60,37 +61,37 @@ so that client commands given --state DIR reach it wherever it listens.`},
 				{name: "issue", args: "--state DIR --role R --name N --out DIR [--email ADDR]", summary: "issue an operator credential (local)", run: runCredentialIssue},
 			}},
 			{name: "pending", summary: "requests waiting for an admin's decision (KRA enrollments)", subs: []command{
-				{name: "list", args: "[--all] [--json]", summary: "requests waiting for a decision", long: clientLong, run: runPendingList},
-				{name: "issue", args: "ID", summary: "issue a pending request's certificates", long: clientLong, run: func(a []string) error { return runPendingDecide("issue", a) }},
-				{name: "deny", args: "ID", summary: "deny a pending request", long: clientLong, run: func(a []string) error { return runPendingDecide("deny", a) }},
+				{name: "list", args: "[--all] [--json]", summary: "requests waiting for a decision", long: clientLong, run: cli.RunPendingList},
+				{name: "issue", args: "ID", summary: "issue a pending request's certificates", long: clientLong, run: func(a []string) error { return cli.RunPendingDecide("issue", a) }},
+				{name: "deny", args: "ID", summary: "deny a pending request", long: clientLong, run: func(a []string) error { return cli.RunPendingDecide("deny", a) }},
 			}},
 			{name: "recovery-set", summary: "the KRAs and quorum that seal new records", subs: []command{
-				{name: "show", args: "[--json]", summary: "the current recovery set: epoch, quorum, KRAs and their certificate serials", long: clientLong, run: runRecoverySetShow},
-				{name: "set", args: "--quorum M --kra SERIAL [--kra SERIAL ...]", summary: "define a new recovery set (new epoch); serials from `recovery-set show` or `pending issue`", long: clientLong, run: runRecoverySetSet},
-				{name: "reseal", args: "[--reason TEXT] | --complete ID", summary: "ask the old sets' KRAs to move old records to the current set; --complete once they approved", long: clientLong, run: runReseal},
+				{name: "show", args: "[--json]", summary: "the current recovery set: epoch, quorum, KRAs and their certificate serials", long: clientLong, run: cli.RunRecoverySetShow},
+				{name: "set", args: "--quorum M --kra SERIAL [--kra SERIAL ...]", summary: "define a new recovery set (new epoch); serials from `recovery-set show` or `pending issue`", long: clientLong, run: cli.RunRecoverySetSet},
+				{name: "reseal", args: "[--reason TEXT] | --complete ID", summary: "ask the old sets' KRAs to move old records to the current set; --complete once they approved", long: clientLong, run: cli.RunReseal},
 			}},
 		}},
 		{name: "kra", summary: "Key Recovery Agent: enroll with your own token", subs: []command{
-			{name: "enroll", args: "--token-label L --pin-file F [--wait D --out DIR | --request ID --out DIR] [flags]", summary: "make the KRA's keys in its own token and submit them for an admin's approval", run: runKRAEnroll,
+			{name: "enroll", args: "--token-label L --pin-file F [--wait D --out DIR | --request ID --out DIR] [flags]", summary: "make the KRA's keys in its own token and submit them for an admin's approval", run: cli.RunKRAEnroll,
 				long: `Prints the pending request's ID; an admin issues it with "keyarc admin pending issue ID" after
 comparing the key fingerprints with the KRA in person. With --wait, waits for that decision and
 saves the certificates to --out; --request ID collects them later instead of submitting again.`},
 		}},
 		{name: "recovery", summary: "key recovery: request (officer), approve (KRA), fetch the PKCS#12", subs: []command{
-			{name: "request", args: "--serial HEX | --email ADDR --reason TEXT", summary: "open a request (officer); prints its ID", long: clientLong, run: runRecoveryRequest},
-			{name: "list", args: "[--status open|consumed|cancelled|expired] [--json]", summary: "recovery requests and their state", long: clientLong, run: runRecoveryList},
-			{name: "show", args: "ID [--json]", summary: "a request's state (open, approved, expired, ...), approvals so far, what is recovered", long: clientLong, run: runRecoveryShow},
-			{name: "approve", args: "ID [--yes]", summary: "approve with your KRA token (KRA)", long: kraLong, run: runRecoveryApprove},
-			{name: "fetch", args: "ID --out FILE.p12 --password-file FILE [--legacy]", summary: "collect the PKCS#12 once (the requesting officer)", long: clientLong, run: runRecoveryFetch},
-			{name: "cancel", args: "ID", summary: "close a request without recovering (the requesting officer)", long: clientLong, run: runRecoveryCancel},
+			{name: "request", args: "--serial HEX | --email ADDR --reason TEXT", summary: "open a request (officer); prints its ID", long: clientLong, run: cli.RunRecoveryRequest},
+			{name: "list", args: "[--status open|consumed|cancelled|expired] [--json]", summary: "recovery requests and their state", long: clientLong, run: cli.RunRecoveryList},
+			{name: "show", args: "ID [--json]", summary: "a request's state (open, approved, expired, ...), approvals so far, what is recovered", long: clientLong, run: cli.RunRecoveryShow},
+			{name: "approve", args: "ID [--yes]", summary: "approve with your KRA token (KRA)", long: kraLong, run: cli.RunRecoveryApprove},
+			{name: "fetch", args: "ID --out FILE.p12 --password-file FILE [--legacy]", summary: "collect the PKCS#12 once (the requesting officer)", long: clientLong, run: cli.RunRecoveryFetch},
+			{name: "cancel", args: "ID", summary: "close a request without recovering (the requesting officer)", long: clientLong, run: cli.RunRecoveryCancel},
 		}},
-		{name: "enroll", args: "--email ADDR --code CODE --out DIR [--template T] [flags]", summary: "enroll for a certificate (the key is made here, archived if the template says so)", run: runEnroll,
+		{name: "enroll", args: "--email ADDR --code CODE --out DIR [--template T] [flags]", summary: "enroll for a certificate (the key is made here, archived if the template says so)", run: cli.RunEnroll,
 			long: `Connects anonymously: --state DIR (development) or --server URL --cacert FILE.`},
 		{name: "bulk", summary: "bulk jobs: submit a job file, follow it, fetch its results", subs: []command{
-			{name: "submit", args: "FILE [--wait]", summary: "submit a job file (admin); prints the job ID; with --wait, exit status 3 if any item failed", long: clientLong, run: runBulkSubmit},
-			{name: "status", args: "JOB", summary: "a job's progress: done/failed/total, rate, ETA (JSON)", long: clientLong, run: runBulkStatus},
-			{name: "list", summary: "every job (JSON)", long: clientLong, run: runBulkList},
-			{name: "results", args: "JOB --out FILE [--passwords FILE]", summary: "write a job's per-item results (and, once, a keygen job's passwords)", long: clientLong, run: runBulkResults},
+			{name: "submit", args: "FILE [--wait]", summary: "submit a job file (admin); prints the job ID; with --wait, exit status 3 if any item failed", long: clientLong, run: cli.RunBulkSubmit},
+			{name: "status", args: "JOB", summary: "a job's progress: done/failed/total, rate, ETA (JSON)", long: clientLong, run: cli.RunBulkStatus},
+			{name: "list", summary: "every job (JSON)", long: clientLong, run: cli.RunBulkList},
+			{name: "results", args: "JOB --out FILE [--passwords FILE]", summary: "write a job's per-item results (and, once, a keygen job's passwords)", long: clientLong, run: cli.RunBulkResults},
 		}},
 		{name: "bench", args: "[flags]", summary: "measure the raw crypto limits and the bulk pipeline's rates", run: runBench},
 		{name: "backup", args: "--state DIR --out FILE", summary: "take a consistent online copy of the database", run: runBackup},

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -23,9 +23,9 @@ import (
 	"github.com/keyarc/keyarc/hsm"
 )
 
-// kraKeys makes (or finds) a KRA's unwrap and auth keys in its token and checks that the unwrap
+// KRAKeys makes (or finds) a KRA's unwrap and auth keys in its token and checks that the unwrap
 // key decrypts with OAEP in the token. Existing keys are used, never replaced.
-func kraKeys(tok *hsm.Token, say func(string, ...any)) (unwrap crypto.Decrypter, auth crypto.Signer, err error) {
+func KRAKeys(tok *hsm.Token, say func(string, ...any)) (unwrap crypto.Decrypter, auth crypto.Signer, err error) {
 	for _, k := range []struct {
 		label string
 		alg   hsm.Algorithm
@@ -93,7 +93,9 @@ func kraEnrollment(name string, unwrap crypto.Decrypter, auth crypto.Signer) (*w
 	}, nil
 }
 
-func runKRAEnroll(args []string) error {
+// RunKRAEnroll is `keyarc kra enroll`: it makes the KRA's keys in its own token and submits
+// them for an admin's approval.
+func RunKRAEnroll(args []string) error {
 	fs := flag.NewFlagSet("kra enroll", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -128,7 +130,7 @@ func runKRAEnroll(args []string) error {
 		defer c.close()
 		p.ID = *request
 	} else {
-		unwrap, auth, err := kraKeys(tok, say)
+		unwrap, auth, err := KRAKeys(tok, say)
 		if err != nil {
 			return err
 		}
@@ -172,7 +174,7 @@ func runKRAEnroll(args []string) error {
 		}
 		switch st.State {
 		case "issued":
-			return saveKRACertificates(dir, *name, st.Unwrap, st.Auth, say)
+			return SaveKRACertificates(dir, *name, st.Unwrap, st.Auth, say)
 		case "denied":
 			return fmt.Errorf("the admin denied request %s", p.ID)
 		}
@@ -183,7 +185,9 @@ func runKRAEnroll(args []string) error {
 	}
 }
 
-func saveKRACertificates(dir, name, unwrapPEM, authPEM string, say func(string, ...any)) error {
+// SaveKRACertificates writes a KRA's unwrap and auth certificates (PEM) to dir, as
+// NAME-unwrap.pem and NAME-auth.pem.
+func SaveKRACertificates(dir, name, unwrapPEM, authPEM string, say func(string, ...any)) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -23,10 +23,10 @@ import (
 	"github.com/keyarc/keyarc/escrow/cms"
 )
 
-// runEnroll is the whole client side of an enrollment: the key is made here, sent to the
+// RunEnroll is the whole client side of an enrollment: the key is made here, sent to the
 // appliance only inside a CMS envelope to its transport certificate (for archiving templates),
 // and written with the certificate to --out.
-func runEnroll(args []string) error {
+func RunEnroll(args []string) error {
 	fs := flag.NewFlagSet("enroll", flag.ContinueOnError)
 	var cf clientFlags
 	cf.registerServer(fs)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -208,6 +208,19 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 	}
 	cl.http = &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	return cl, nil
+}
+
+// HTTPClient is an HTTPS client of the appliance at server (or, when server is empty, where
+// the development install in the state folder serves) that presents the state's development
+// credential of the operator as ("admin", "officer", "auditor"). Its errors are those of
+// reading the configuration and the credential files.
+func HTTPClient(state, as, server string) (*http.Client, error) {
+	cf := clientFlags{state: state, as: as, server: server}
+	c, err := cf.dial(true)
+	if err != nil {
+		return nil, err
+	}
+	return c.http, nil
 }
 
 // apiError is a refusal from the appliance.

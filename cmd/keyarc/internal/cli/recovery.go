@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -26,7 +26,8 @@ import (
 	"github.com/keyarc/keyarc/hsm"
 )
 
-func runRecoveryRequest(args []string) error {
+// RunRecoveryRequest is `keyarc recovery request` (officer).
+func RunRecoveryRequest(args []string) error {
 	fs := flag.NewFlagSet("recovery request", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -53,7 +54,8 @@ func runRecoveryRequest(args []string) error {
 	return nil
 }
 
-func runRecoveryList(args []string) error {
+// RunRecoveryList is `keyarc recovery list`.
+func RunRecoveryList(args []string) error {
 	fs := flag.NewFlagSet("recovery list", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -134,7 +136,8 @@ func printRecovery(r wire.Recovery) {
 	}
 }
 
-func runRecoveryShow(args []string) error {
+// RunRecoveryShow is `keyarc recovery show ID`.
+func RunRecoveryShow(args []string) error {
 	fs := flag.NewFlagSet("recovery show", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -162,9 +165,9 @@ func runRecoveryShow(args []string) error {
 	return nil
 }
 
-// runRecoveryApprove is a KRA's approval: the share is decrypted in the KRA's own token and
+// RunRecoveryApprove is a KRA's approval: the share is decrypted in the KRA's own token and
 // re-encrypted to the request's recovery key; the approval is signed with the KRA's auth key.
-func runRecoveryApprove(args []string) error {
+func RunRecoveryApprove(args []string) error {
 	fs := flag.NewFlagSet("recovery approve", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -314,7 +317,8 @@ func approvalDigest(rec wire.Recovery, shares []escrow.ApprovedShare) ([]byte, e
 	return escrow.ApprovalDigest(r, shares), nil
 }
 
-func runRecoveryFetch(args []string) error {
+// RunRecoveryFetch is `keyarc recovery fetch ID` (the requesting officer).
+func RunRecoveryFetch(args []string) error {
 	fs := flag.NewFlagSet("recovery fetch", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -380,7 +384,8 @@ func writeSecretFile(path string, data []byte) error {
 	return f.Close()
 }
 
-func runRecoveryCancel(args []string) error {
+// RunRecoveryCancel is `keyarc recovery cancel ID` (the requesting officer).
+func RunRecoveryCancel(args []string) error {
 	fs := flag.NewFlagSet("recovery cancel", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
