@@ -15,6 +15,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -151,7 +152,7 @@ func issueCredentialFiles(svc *escrow.Service, role policy.Role, name, mailbox, 
 
 // localIssuer opens the appliance token for a local command that signs (bootstrap only).
 func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
-	tok, err := openToken(cfg, nil)
+	tok, err := statedir.OpenToken(cfg, nil)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -27,21 +26,13 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
-	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
-)
-
-// Files of the audit trail in the state folder. The head file lives outside the database on
-// purpose: a database restored from an older backup, or cut short, no longer reaches it. Keep a
-// copy of it (and of audit.pem) somewhere the database's backups do not go.
-const (
-	auditCertName = "audit.pem"       // the audit key's certificate, issued by the CA
-	auditHeadName = "audit-head.json" // the latest signed checkpoint
 )
 
 // applianceAudit is the running appliance's side of the audit trail.
@@ -53,46 +44,6 @@ type applianceAudit struct {
 	once sync.Once
 }
 
-// ensureAuditCertificate issues DIR/audit.pem for the audit key if it is missing, and checks
-// that an existing one is the token key's. `keyarc audit verify` reads it, so the trail can be
-// verified without the token (and offline, on a copy).
-func ensureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, say func(string, ...any)) (crypto.Signer, error) {
-	signer, err := tok.Signer(cfg.Token.AuditKey)
-	if err != nil {
-		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
-	}
-	path := cfg.Path(auditCertName)
-	if pemfile.Exists(path) {
-		c, err := pemfile.ReadCertificate(path)
-		if err != nil {
-			return nil, fmt.Errorf("audit certificate: %w", err)
-		}
-		if !publicKeysEqual(c.PublicKey, signer.Public()) {
-			return nil, fmt.Errorf("audit key %q in the token is not the key of %s", cfg.Token.AuditKey, path)
-		}
-		return signer, nil
-	}
-	// As long as the CA: the certificate anchors checkpoints for the CA's whole life.
-	caCert, now := issuer.Certificate(), time.Now()
-	cert, err := issuer.Issue(ca.Request{
-		PublicKey: signer.Public(),
-		Subject:   pkix.Name{CommonName: caCert.Subject.CommonName + " audit", Organization: caCert.Subject.Organization},
-		KeyUsage:  x509.KeyUsageDigitalSignature,
-		NotBefore: now.Add(-time.Minute),
-		Validity:  min(caValidity, caCert.NotAfter.Sub(now)-time.Minute),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("issue audit certificate: %w", err)
-	}
-	if err := pemfile.Write(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
-		return nil, fmt.Errorf("write audit certificate: %w", err)
-	}
-	if say != nil {
-		say("created  %s", path)
-	}
-	return signer, nil
-}
-
 // openAudit starts the audit trail of a running appliance: the checkpointer with the token's
 // audit key, and a start-up entry (with a config-changed entry first when the configuration
 // differs from the last start's).
@@ -100,11 +51,11 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 	if err := a.cfg.Audit.Validate(); err != nil {
 		return err
 	}
-	signer, err := ensureAuditCertificate(a.cfg, a.tok, issuer, nil)
+	signer, err := statedir.EnsureAuditCertificate(a.cfg, a.tok, issuer, nil)
 	if err != nil {
 		return err
 	}
-	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.Path(auditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log}
+	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.Path(statedir.AuditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log}
 	obs := &auditMetrics{cp: cp,
 		entries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_entries_total", Help: "Audit entries appended (an entry of an operation rolled back afterwards included)."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_failures_total", Help: "Audit entries that could not be written; each refused its operation."}),
@@ -171,7 +122,7 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 // reported loudly but do not stop the appliance: the evidence is kept as it is for the
 // auditor, and the new entries chain onto it.
 func checkTrailHead(cfg *config.Config, db *store.DB, pub crypto.PublicKey, log *slog.Logger) error {
-	headPath := cfg.Path(auditHeadName)
+	headPath := cfg.Path(statedir.AuditHeadName)
 	way := fmt.Sprintf("If the database was restored from a backup on purpose, record the restore in the audit trail "+
 		"(it names the entries left out and signs a new head): keyarc restore --state %s --from BACKUP --force, or "+
 		"--from %s to record the database now in place. Otherwise put back the database (or the head file) that belongs with the other",
@@ -232,23 +183,6 @@ func (a *appliance) closeAudit() {
 		} else if cp != nil {
 			a.log.Info("audit trail signed at shutdown", "seq", cp.Seq)
 		}
-	})
-}
-
-// auditPINFailure records a PIN the token refused at start-up, when the database is there to
-// take it. The PIN and the token's message are never recorded.
-func auditPINFailure(cfg *config.Config, err error) {
-	if !errors.Is(err, hsm.ErrPINIncorrect) || !pemfile.Exists(cfg.Path(cfg.Database)) {
-		return
-	}
-	db, oerr := store.Open(cfg.Path(cfg.Database))
-	if oerr != nil {
-		return
-	}
-	defer db.Close()
-	db.Update(context.Background(), func(tx *store.Tx) error {
-		_, err := audit.Append(tx, time.Now(), audit.KindPINFailed, "system", "appliance token", audit.Details{Reason: "the token refused the PIN; the appliance did not start and did not retry"})
-		return err
 	})
 }
 
@@ -440,7 +374,7 @@ func runAudit(args []string) error {
 		return err
 	}
 	defer db.Close()
-	headPath := cfg.Path(auditHeadName)
+	headPath := cfg.Path(statedir.AuditHeadName)
 	head, err := audit.ReadHead(headPath)
 	if errors.Is(err, audit.ErrNoHead) {
 		head = nil
@@ -454,7 +388,7 @@ func runAudit(args []string) error {
 	if verr != nil && !errors.As(verr, &p) {
 		return verr
 	}
-	crep, err := consistencyCheck(ctx, db, cfg)
+	crep, err := statedir.ConsistencyCheck(ctx, db, cfg)
 	if err != nil {
 		return err
 	}
@@ -551,7 +485,7 @@ func auditPublicKey(cfg *config.Config, keyFile string) (crypto.PublicKey, error
 		}
 		return nil, fmt.Errorf("%s: a CERTIFICATE or PUBLIC KEY PEM block is needed, not %s", keyFile, blk.Type)
 	}
-	path := cfg.Path(auditCertName)
+	path := cfg.Path(statedir.AuditCertName)
 	c, err := pemfile.ReadCertificate(path)
 	if err != nil {
 		return nil, fmt.Errorf("audit certificate (made by `keyarc init` or the first `keyarc serve`; or give --key FILE): %w", err)

@@ -11,32 +11,15 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 )
-
-// lockName is the lock `keyarc serve` holds on its state folder.
-const lockName = "keyarc.lock"
-
-// lockState takes the state folder's lock without waiting; the lock lasts as long as the
-// returned file is open (the kernel drops it if the process dies).
-func lockState(cfg *config.Config) (*os.File, error) {
-	f, err := os.OpenFile(cfg.Path(lockName), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("the state folder %s is in use by a running keyarc serve; stop it first", cfg.Dir())
-	}
-	return f, nil
-}
 
 // backupHeadSuffix names the copy of the audit head file written beside a backup.
 const backupHeadSuffix = ".audit-head.json"
@@ -71,7 +54,7 @@ func runBackup(args []string) error {
 	if pemfile.Exists(headOut) {
 		return fmt.Errorf("backup: %s exists; not overwritten", headOut)
 	}
-	head, err := audit.ReadHead(cfg.Path(auditHeadName))
+	head, err := audit.ReadHead(cfg.Path(statedir.AuditHeadName))
 	if err != nil && !errors.Is(err, audit.ErrNoHead) {
 		return fmt.Errorf("backup: %w", err)
 	}
@@ -127,7 +110,7 @@ func runRestore(args []string) error {
 	if err != nil {
 		return err
 	}
-	lock, err := lockState(cfg)
+	lock, err := statedir.Lock(cfg)
 	if err != nil {
 		return err
 	}
@@ -142,7 +125,7 @@ func runRestore(args []string) error {
 	stamp := time.Now().UTC().Format("20060102T150405Z")
 
 	// The audit key signs the restore's checkpoint: open it first, before anything changes.
-	tok, err := openToken(cfg, nil)
+	tok, err := statedir.OpenToken(cfg, nil)
 	if err != nil {
 		return fmt.Errorf("restore: the audit key signs the restore entry: %w", err)
 	}
@@ -155,11 +138,11 @@ func runRestore(args []string) error {
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	if !publicKeysEqual(pub, signer.Public()) {
-		return fmt.Errorf("restore: audit key %q in the token is not the key of %s", cfg.Token.AuditKey, cfg.Path(auditCertName))
+	if !statedir.PublicKeysEqual(pub, signer.Public()) {
+		return fmt.Errorf("restore: audit key %q in the token is not the key of %s", cfg.Token.AuditKey, cfg.Path(statedir.AuditCertName))
 	}
 
-	headPath := cfg.Path(auditHeadName)
+	headPath := cfg.Path(statedir.AuditHeadName)
 	head, herr := audit.ReadHead(headPath)
 	switch {
 	case errors.Is(herr, audit.ErrNoHead):

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -40,14 +40,6 @@ type applianceCheck struct {
 	failures prometheus.Gauge
 	last     prometheus.Gauge
 	mu       sync.Mutex // one check at a time
-}
-
-func newChecker(db *store.DB, cfg *config.Config) (*check.Checker, error) {
-	caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
-	if err != nil {
-		return nil, fmt.Errorf("CA certificate: %w", err)
-	}
-	return &check.Checker{DB: db, CA: caCert, Foreign: []string{escrow.TemplateImport}}, nil
 }
 
 // openCheck registers the check's metrics and checks the most recent certificates.
@@ -148,7 +140,7 @@ func runCheckCommand(args []string) error {
 	defer db.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	rep, err := consistencyCheck(ctx, db, cfg)
+	rep, err := statedir.ConsistencyCheck(ctx, db, cfg)
 	if err != nil {
 		return err
 	}
@@ -178,19 +170,6 @@ func runCheckCommand(args []string) error {
 		fmt.Println("OK: every stored certificate verifies against the CA, matches its audited issuance and its escrow record")
 	}
 	return nil
-}
-
-// consistencyCheck checks every certificate of db against the CA of cfg.
-func consistencyCheck(ctx context.Context, db *store.DB, cfg *config.Config) (*check.Report, error) {
-	c, err := newChecker(db, cfg)
-	if err != nil {
-		return nil, err
-	}
-	rep, err := c.All(ctx)
-	if err != nil && !errors.Is(err, check.ErrInconsistent) {
-		return nil, err
-	}
-	return rep, nil
 }
 
 func printCheck(rep *check.Report) {

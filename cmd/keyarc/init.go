@@ -20,6 +20,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -35,7 +36,6 @@ var (
 )
 
 const (
-	caValidity        = 10 * 365 * 24 * time.Hour
 	transportValidity = 825 * 24 * time.Hour
 	tlsValidity       = 397 * 24 * time.Hour
 )
@@ -109,7 +109,7 @@ func runInit(args []string) error {
 		}
 		say("created  %s", filepath.Join(dir, config.Name))
 	}
-	tok, err := openToken(cfg, nil)
+	tok, err := statedir.OpenToken(cfg, nil)
 	if err != nil {
 		return err
 	}
@@ -159,7 +159,7 @@ func runInit(args []string) error {
 			say("created  %s: have it signed by your root, save the certificate as %s, and run init again", csrPath, caPath)
 			return nil
 		}
-		root, err := ca.SelfSignedRoot(caSigner, subject, time.Now().Add(-time.Minute), caValidity)
+		root, err := ca.SelfSignedRoot(caSigner, subject, time.Now().Add(-time.Minute), statedir.CAValidity)
 		if err != nil {
 			return err
 		}
@@ -204,7 +204,7 @@ func runInit(args []string) error {
 		say("exists   %s", trPath)
 	}
 
-	if _, err := ensureAuditCertificate(cfg, tok, issuer, say); err != nil {
+	if _, err := statedir.EnsureAuditCertificate(cfg, tok, issuer, say); err != nil {
 		return err
 	}
 
@@ -297,24 +297,6 @@ func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error 
 	}
 	clear(der)
 	return pemfile.Write(certPath, "CERTIFICATE", cert.Raw, 0o644)
-}
-
-// openToken opens the appliance token named in the configuration.
-func openToken(cfg *config.Config, opts *hsm.Options) (*hsm.Token, error) {
-	if cfg.Token.SoftHSMConf != "" {
-		if err := os.Setenv("SOFTHSM2_CONF", cfg.Path(cfg.Token.SoftHSMConf)); err != nil {
-			return nil, err
-		}
-	}
-	o := hsm.Options{MaxSessions: cfg.Token.MaxSessions, PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration}
-	if opts != nil {
-		o = *opts
-	}
-	tok, err := hsm.Open(cfg.Token.URI, o)
-	if err != nil {
-		return nil, fmt.Errorf("open appliance token: %w", err)
-	}
-	return tok, nil
 }
 
 func splitList(s string) []string {

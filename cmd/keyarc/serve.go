@@ -24,6 +24,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -103,7 +104,7 @@ func runServe(args []string) error {
 // refusing to start with a message naming the cause.
 func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*appliance, error) {
 	a := &appliance{cfg: cfg, log: log}
-	lock, err := lockState(cfg)
+	lock, err := statedir.Lock(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -114,14 +115,14 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 			a.close()
 		}
 	}()
-	a.tok, err = openToken(cfg, &hsm.Options{
+	a.tok, err = statedir.OpenToken(cfg, &hsm.Options{
 		MaxSessions:     cfg.Token.MaxSessions,
 		PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration,
 		Registerer:      reg,
 		Logger:          log,
 	})
 	if err != nil {
-		auditPINFailure(cfg, err)
+		statedir.AuditPINFailure(cfg, err)
 		return nil, err
 	}
 	mech, err := a.tok.SelfTest()
@@ -150,7 +151,7 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, fmt.Errorf("transport key %q: %w", cfg.Token.TransportKey, err)
 	}
-	if !publicKeysEqual(trKey.Public(), trCert.PublicKey) {
+	if !statedir.PublicKeysEqual(trKey.Public(), trCert.PublicKey) {
 		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.Path(cfg.Transport.Certificate))
 	}
 	auditSigner, err := a.tok.Signer(cfg.Token.AuditKey)
@@ -350,12 +351,6 @@ func (a *appliance) watchToken(ctx context.Context) {
 
 func (a *appliance) checkToken() bool {
 	return a.tokenStatus() == nil
-}
-
-// publicKeysEqual compares two public keys of any standard type.
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && k.Equal(b)
 }
 
 // Garbage-collector defaults of the appliance, used when the environment sets neither GOGC nor

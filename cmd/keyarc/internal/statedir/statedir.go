@@ -1,0 +1,162 @@
+// Package statedir holds what the server and the local operations share about a state folder:
+// its lock, the appliance token it names, the audit trail's files (certificate and head) and
+// the consistency check of its archive.
+//
+// It must not import the HTTP server, the client commands or the local operations; they
+// import it. Its functions keep no state of their own and are safe for concurrent use; the
+// lock is a kernel lock on a file, held as long as the returned file is open.
+package statedir
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/check"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+)
+
+// Files of the audit trail in the state folder. The head file lives outside the database on
+// purpose: a database restored from an older backup, or cut short, no longer reaches it. Keep a
+// copy of it (and of audit.pem) somewhere the database's backups do not go.
+const (
+	AuditCertName = "audit.pem"       // the audit key's certificate, issued by the CA
+	AuditHeadName = "audit-head.json" // the latest signed checkpoint
+)
+
+// CAValidity is the validity of the CA certificate `keyarc init` makes, and the longest the
+// audit certificate may have.
+const CAValidity = 10 * 365 * 24 * time.Hour
+
+// LockName is the lock `keyarc serve` holds on its state folder.
+const LockName = "keyarc.lock"
+
+// Lock takes the state folder's lock without waiting; the lock lasts as long as the
+// returned file is open (the kernel drops it if the process dies).
+func Lock(cfg *config.Config) (*os.File, error) {
+	f, err := os.OpenFile(cfg.Path(LockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("the state folder %s is in use by a running keyarc serve; stop it first", cfg.Dir())
+	}
+	return f, nil
+}
+
+// OpenToken opens the appliance token of cfg (exporting SOFTHSM2_CONF first on a
+// development install); opts, when given, replaces the configuration's pool settings.
+func OpenToken(cfg *config.Config, opts *hsm.Options) (*hsm.Token, error) {
+	if cfg.Token.SoftHSMConf != "" {
+		if err := os.Setenv("SOFTHSM2_CONF", cfg.Path(cfg.Token.SoftHSMConf)); err != nil {
+			return nil, err
+		}
+	}
+	o := hsm.Options{MaxSessions: cfg.Token.MaxSessions, PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration}
+	if opts != nil {
+		o = *opts
+	}
+	tok, err := hsm.Open(cfg.Token.URI, o)
+	if err != nil {
+		return nil, fmt.Errorf("open appliance token: %w", err)
+	}
+	return tok, nil
+}
+
+// PublicKeysEqual reports whether a and b are the same public key.
+func PublicKeysEqual(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}
+
+// EnsureAuditCertificate issues DIR/audit.pem for the audit key if it is missing, and checks
+// that an existing one is the token key's. `keyarc audit verify` reads it, so the trail can be
+// verified without the token (and offline, on a copy).
+func EnsureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, say func(string, ...any)) (crypto.Signer, error) {
+	signer, err := tok.Signer(cfg.Token.AuditKey)
+	if err != nil {
+		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
+	}
+	path := cfg.Path(AuditCertName)
+	if pemfile.Exists(path) {
+		c, err := pemfile.ReadCertificate(path)
+		if err != nil {
+			return nil, fmt.Errorf("audit certificate: %w", err)
+		}
+		if !PublicKeysEqual(c.PublicKey, signer.Public()) {
+			return nil, fmt.Errorf("audit key %q in the token is not the key of %s", cfg.Token.AuditKey, path)
+		}
+		return signer, nil
+	}
+	// As long as the CA: the certificate anchors checkpoints for the CA's whole life.
+	caCert, now := issuer.Certificate(), time.Now()
+	cert, err := issuer.Issue(ca.Request{
+		PublicKey: signer.Public(),
+		Subject:   pkix.Name{CommonName: caCert.Subject.CommonName + " audit", Organization: caCert.Subject.Organization},
+		KeyUsage:  x509.KeyUsageDigitalSignature,
+		NotBefore: now.Add(-time.Minute),
+		Validity:  min(CAValidity, caCert.NotAfter.Sub(now)-time.Minute),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("issue audit certificate: %w", err)
+	}
+	if err := pemfile.Write(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+		return nil, fmt.Errorf("write audit certificate: %w", err)
+	}
+	if say != nil {
+		say("created  %s", path)
+	}
+	return signer, nil
+}
+
+// AuditPINFailure records a PIN the token refused at start-up, when the database is there to
+// take it. The PIN and the token's message are never recorded.
+func AuditPINFailure(cfg *config.Config, err error) {
+	if !errors.Is(err, hsm.ErrPINIncorrect) || !pemfile.Exists(cfg.Path(cfg.Database)) {
+		return
+	}
+	db, oerr := store.Open(cfg.Path(cfg.Database))
+	if oerr != nil {
+		return
+	}
+	defer db.Close()
+	db.Update(context.Background(), func(tx *store.Tx) error {
+		_, err := audit.Append(tx, time.Now(), audit.KindPINFailed, "system", "appliance token", audit.Details{Reason: "the token refused the PIN; the appliance did not start and did not retry"})
+		return err
+	})
+}
+
+// NewChecker is the consistency checker of db against the CA certificate of cfg.
+func NewChecker(db *store.DB, cfg *config.Config) (*check.Checker, error) {
+	caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	return &check.Checker{DB: db, CA: caCert, Foreign: []string{escrow.TemplateImport}}, nil
+}
+
+// ConsistencyCheck checks every certificate of db against the CA of cfg.
+func ConsistencyCheck(ctx context.Context, db *store.DB, cfg *config.Config) (*check.Report, error) {
+	c, err := NewChecker(db, cfg)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := c.All(ctx)
+	if err != nil && !errors.Is(err, check.ErrInconsistent) {
+		return nil, err
+	}
+	return rep, nil
+}
