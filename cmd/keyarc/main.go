@@ -24,6 +24,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cli"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/ops"
 )
 
 // command is a node of the command tree: a leaf runs, a group dispatches to its subcommands.
@@ -49,16 +50,16 @@ const (
 
 func commands() []command {
 	return []command{
-		{name: "init", args: "--state DIR [--dev] [flags]", summary: "create the tokens' keys, the CA, the configuration (--dev: SoftHSM tokens too)", run: runInit},
+		{name: "init", args: "--state DIR [--dev] [flags]", summary: "create the tokens' keys, the CA, the configuration (--dev: SoftHSM tokens too)", run: ops.RunInit},
 		{name: "serve", args: "--state DIR [--addr HOST:PORT] [--metrics-addr HOST:PORT]", summary: "run the appliance (HTTPS enrollment, EST, metrics)", run: runServe,
 			long: `While it runs, serve records its HTTPS address in DIR/serve.json (removed at an orderly stop),
 so that client commands given --state DIR reach it wherever it listens.`},
 		{name: "admin", summary: "administration: enrollment codes, credentials, pending requests, recovery set", subs: []command{
 			{name: "enroll-code", summary: "one-time enrollment codes", subs: []command{
-				{name: "create", args: "--state DIR --email ADDR [--template T] [--ttl D]", summary: "make a one-time enrollment code (local); prints the code alone", run: runCodeCreate},
+				{name: "create", args: "--state DIR --email ADDR [--template T] [--ttl D]", summary: "make a one-time enrollment code (local); prints the code alone", run: ops.RunCodeCreate},
 			}},
 			{name: "credential", summary: "operator credentials", subs: []command{
-				{name: "issue", args: "--state DIR --role R --name N --out DIR [--email ADDR]", summary: "issue an operator credential (local)", run: runCredentialIssue},
+				{name: "issue", args: "--state DIR --role R --name N --out DIR [--email ADDR]", summary: "issue an operator credential (local)", run: ops.RunCredentialIssue},
 			}},
 			{name: "pending", summary: "requests waiting for an admin's decision (KRA enrollments)", subs: []command{
 				{name: "list", args: "[--all] [--json]", summary: "requests waiting for a decision", long: clientLong, run: cli.RunPendingList},
@@ -94,12 +95,12 @@ saves the certificates to --out; --request ID collects them later instead of sub
 			{name: "results", args: "JOB --out FILE [--passwords FILE]", summary: "write a job's per-item results (and, once, a keygen job's passwords)", long: clientLong, run: cli.RunBulkResults},
 		}},
 		{name: "bench", args: "[flags]", summary: "measure the raw crypto limits and the bulk pipeline's rates", run: runBench},
-		{name: "backup", args: "--state DIR --out FILE", summary: "take a consistent online copy of the database", run: runBackup},
-		{name: "restore", args: "--state DIR --from FILE [--force]", summary: "put a backup in place (refuses one older than the audit trail)", run: runRestore},
+		{name: "backup", args: "--state DIR --out FILE", summary: "take a consistent online copy of the database", run: ops.RunBackup},
+		{name: "restore", args: "--state DIR --from FILE [--force]", summary: "put a backup in place (refuses one older than the audit trail)", run: ops.RunRestore},
 		{name: "audit", summary: "the audit trail", subs: []command{
 			{name: "verify", args: "--state DIR [--key FILE] [--json]", summary: "verify the audit trail: hash chain, signed checkpoints, head file", run: runAuditVerify},
 		}},
-		{name: "check", args: "--state DIR [--json]", summary: "check every stored certificate against the CA, its audited issuance and its escrow record", run: runCheckCommand},
+		{name: "check", args: "--state DIR [--json]", summary: "check every stored certificate against the CA, its audited issuance and its escrow record", run: ops.RunCheck},
 		{name: "version", summary: "print the version", run: runVersion},
 	}
 }
@@ -289,4 +290,4 @@ func runVersion(args []string) error {
 }
 
 // runAuditVerify is `keyarc audit verify`.
-func runAuditVerify(args []string) error { return runAudit(append([]string{"verify"}, args...)) }
+func runAuditVerify(args []string) error { return ops.RunAudit(append([]string{"verify"}, args...)) }

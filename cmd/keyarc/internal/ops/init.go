@@ -1,4 +1,4 @@
-package main
+package ops
 
 import (
 	"context"
@@ -40,7 +40,9 @@ const (
 	tlsValidity       = 397 * 24 * time.Hour
 )
 
-func runInit(args []string) error {
+// RunInit is `keyarc init`: the tokens' keys, the CA, the configuration (--dev: SoftHSM
+// tokens, the recovery set and development credentials too).
+func RunInit(args []string) error {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	dev := fs.Bool("dev", false, "provision SoftHSM development tokens under the state folder first")

@@ -1,4 +1,4 @@
-package main
+package ops
 
 import (
 	"context"
@@ -40,7 +40,8 @@ func localService(state string) (*escrow.Service, *config.Config, func(), error)
 	return &escrow.Service{Store: db, Templates: templates}, cfg, func() { db.Close() }, nil
 }
 
-func runCodeCreate(args []string) error {
+// RunCodeCreate is `keyarc admin enroll-code create` (local on the state folder).
+func RunCodeCreate(args []string) error {
 	fs := flag.NewFlagSet("admin enroll-code create", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	email := fs.String("email", "", "mailbox the code enrolls (required)")
@@ -82,9 +83,9 @@ func runCodeCreate(args []string) error {
 	return nil
 }
 
-// runCredentialIssue issues an operator credential locally: the key is made here and written with
+// RunCredentialIssue issues an operator credential locally: the key is made here and written with
 // the certificate to --out (mode 0600).
-func runCredentialIssue(args []string) error {
+func RunCredentialIssue(args []string) error {
 	fs := flag.NewFlagSet("admin credential issue", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	role := fs.String("role", "", "admin, officer or auditor (required)")

@@ -1,4 +1,4 @@
-package main
+package ops
 
 import (
 	"context"
@@ -24,7 +24,7 @@ import (
 // backupHeadSuffix names the copy of the audit head file written beside a backup.
 const backupHeadSuffix = ".audit-head.json"
 
-// runBackup takes a consistent online copy of the database, with a copy of the audit trail's
+// RunBackup takes a consistent online copy of the database, with a copy of the audit trail's
 // head file beside it (FILE.audit-head.json). It holds sealed records and certificates, never a
 // key in clear; the keys live in the tokens, which are backed up with the token vendor's tools.
 //
@@ -32,7 +32,7 @@ const backupHeadSuffix = ".audit-head.json"
 // copy can be verified on its own (`keyarc audit verify` on a state folder holding both).
 // `keyarc restore` compares a backup with the state folder's own head file, not with this copy:
 // the state's head records how far the trail went since, and a restore behind it is recorded.
-func runBackup(args []string) error {
+func RunBackup(args []string) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	out := fs.String("out", "", "file to write the copy to (required; not overwritten); the audit head is copied to FILE"+backupHeadSuffix)
@@ -80,7 +80,7 @@ func runBackup(args []string) error {
 	return nil
 }
 
-// runRestore puts a backup in place of the database. The appliance must be stopped.
+// RunRestore puts a backup in place of the database. The appliance must be stopped.
 //
 // Every restore is an audited act: an entry appended to the restored database names the backup,
 // the restored trail's last entry, how far the replaced trail had gone (the state's head file
@@ -91,7 +91,7 @@ func runBackup(args []string) error {
 // database holds signed checkpoints) is refused unless --force: restoring it drops audited
 // history. --from may name the database itself, to record a rollback already made by copying a
 // file in place.
-func runRestore(args []string) error {
+func RunRestore(args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	from := fs.String("from", "", "backup file made by keyarc backup, or the state's database itself to record a rollback made in place (required)")
