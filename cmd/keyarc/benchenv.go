@@ -1,18 +1,17 @@
 package main
 
 import (
-	"context"
 	"crypto/x509"
 	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/api"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/bench"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cli"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
-	"github.com/keyarc/keyarc/escrow"
 )
 
 // runBench is `keyarc bench`, wired to this binary's appliance.
@@ -28,7 +27,7 @@ func runBench(args []string) error {
 			if err != nil {
 				return nil, err
 			}
-			return benchAppliance{a}, nil
+			return a, nil
 		},
 		CACert: func(state string) (*x509.Certificate, error) {
 			cfg, err := config.Load(state)
@@ -44,12 +43,4 @@ func runBench(args []string) error {
 	})
 }
 
-// benchAppliance is the appliance as the bench sees it.
-type benchAppliance struct{ a *appliance }
-
-func (b benchAppliance) Service() *escrow.Service  { return b.a.svc }
-func (b benchAppliance) CACert() *x509.Certificate { return b.a.caCert }
-func (b benchAppliance) Serve(ctx context.Context, reg *prometheus.Registry) error {
-	return b.a.serve(ctx, reg)
-}
-func (b benchAppliance) Close() { b.a.close() }
+var _ bench.Appliance = (*api.Server)(nil)

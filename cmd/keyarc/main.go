@@ -2,8 +2,11 @@
 // certificate authority that escrows the private key of every encryption certificate for an
 // m-of-n quorum of Key Recovery Agents.
 //
-// This package is wiring only: configuration, subcommands, the HTTP server, metrics, and the one
-// function that maps errors to HTTP statuses. The logic lives in escrow, policy and hsm.
+// This package is wiring only: the command table, and openAppliance, which joins the token
+// (hsm), the store and the engine (escrow) and hands them to the HTTP server. The rest lives in
+// internal packages: api (the HTTP server), cli (the client commands), ops (local operations on
+// a state folder: init, backup, restore, check, audit verify), bench, and their shared config,
+// wire (JSON bodies), statedir, pemfile and cmdline. The logic lives in escrow, policy and hsm.
 //
 // # Command line
 //

@@ -3,24 +3,17 @@ package main
 import (
 	"context"
 	"crypto"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/api"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
@@ -31,32 +24,6 @@ import (
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 )
-
-// appliance is a running keyarc: the token, the engine and the HTTP handlers.
-type appliance struct {
-	cfg      *config.Config
-	log      *slog.Logger
-	tok      *hsm.Token
-	db       *store.DB
-	svc      *escrow.Service
-	caCert   *x509.Certificate
-	caPool   *x509.CertPool
-	metrics  *metrics
-	oaepHash string
-	audit    *applianceAudit
-	// bulkSt runs bulk jobs.
-	bulkSt *bulkState
-	// lock is held on the state folder while serving.
-	lock *os.File
-	// ready is 1 while the token answers.
-	ready atomic.Bool
-	// tokHealth is the token's last cause of not being ready, logged once per change.
-	tokHealth tokenHealth
-	// logins throttles failed logins and bounds their audit entries (http_throttle.go).
-	logins *loginThrottle
-	// check is the consistency check of the stored certificates (check.go).
-	check *applianceCheck
-}
 
 func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -93,29 +60,27 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer a.close()
+	defer a.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return a.serve(ctx, reg)
+	return a.Serve(ctx, reg)
 }
 
-// openAppliance opens the token and the store and checks everything the appliance needs,
-// refusing to start with a message naming the cause.
-func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*appliance, error) {
-	a := &appliance{cfg: cfg, log: log}
-	lock, err := statedir.Lock(cfg)
-	if err != nil {
-		return nil, err
-	}
-	a.lock = lock
-	ok := false
+// openAppliance is the server assembly: it takes the state lock, opens the token and checks
+// its keys against their certificates, opens the store, builds the escrow engine on them, and
+// hands everything to the HTTP server, refusing to start with a message naming the cause.
+func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (_ *api.Server, err error) {
+	p := api.Parts{Config: cfg, Log: log, Version: version}
 	defer func() {
-		if !ok {
-			a.close()
+		if err != nil {
+			p.Close()
 		}
 	}()
-	a.tok, err = statedir.OpenToken(cfg, &hsm.Options{
+	if p.Lock, err = statedir.Lock(cfg); err != nil {
+		return nil, err
+	}
+	p.Token, err = statedir.OpenToken(cfg, &hsm.Options{
 		MaxSessions:     cfg.Token.MaxSessions,
 		PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration,
 		Registerer:      reg,
@@ -125,21 +90,22 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		statedir.AuditPINFailure(cfg, err)
 		return nil, err
 	}
-	mech, err := a.tok.SelfTest()
+	tok := p.Token
+	mech, err := tok.SelfTest()
 	if err != nil {
 		return nil, fmt.Errorf("token self-test failed: %w", err)
 	}
-	a.oaepHash = mech.OAEPHash.String()
+	p.OAEPHash = mech.OAEPHash.String()
 
-	a.caCert, err = pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
+	p.CACert, err = pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
-	caSigner, err := a.tok.Signer(cfg.Token.CAKey)
+	caSigner, err := tok.Signer(cfg.Token.CAKey)
 	if err != nil {
 		return nil, fmt.Errorf("CA key %q: %w", cfg.Token.CAKey, err)
 	}
-	issuer, err := ca.New(caSigner, a.caCert)
+	p.Issuer, err = ca.New(caSigner, p.CACert)
 	if err != nil {
 		return nil, fmt.Errorf("CA key %q in the token and %s: %w", cfg.Token.CAKey, cfg.Path(cfg.CA.Certificate), err)
 	}
@@ -147,211 +113,75 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, fmt.Errorf("transport certificate: %w", err)
 	}
-	trKey, err := a.tok.Decrypter(cfg.Token.TransportKey)
+	trKey, err := tok.Decrypter(cfg.Token.TransportKey)
 	if err != nil {
 		return nil, fmt.Errorf("transport key %q: %w", cfg.Token.TransportKey, err)
 	}
 	if !statedir.PublicKeysEqual(trKey.Public(), trCert.PublicKey) {
 		return nil, fmt.Errorf("transport key %q in the token is not the key of %s", cfg.Token.TransportKey, cfg.Path(cfg.Transport.Certificate))
 	}
-	auditSigner, err := a.tok.Signer(cfg.Token.AuditKey)
+	auditSigner, err := tok.Signer(cfg.Token.AuditKey)
 	if err != nil {
 		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
 	}
-	if err := a.expectTokenKeys(map[string]crypto.PublicKey{cfg.Token.CAKey: a.caCert.PublicKey,
+	if err := expectTokenKeys(tok, map[string]crypto.PublicKey{cfg.Token.CAKey: p.CACert.PublicKey,
 		cfg.Token.TransportKey: trCert.PublicKey, cfg.Token.AuditKey: auditSigner.Public()}); err != nil {
 		return nil, err
 	}
-	a.caPool = x509.NewCertPool()
-	a.caPool.AddCert(a.caCert)
 
 	templates, err := policy.Templates(cfg.Templates)
 	if err != nil {
 		return nil, err
 	}
-	a.db, err = store.Open(cfg.Path(cfg.Database))
+	p.DB, err = store.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	if err := a.db.Check(context.Background()); err != nil {
+	if err := p.DB.Check(context.Background()); err != nil {
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.Path(cfg.Database), err)
 	}
-	a.metrics = newMetrics(reg)
-	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
-	reg.MustRegister(newStateCollector(a))
-	a.svc = &escrow.Service{
-		Store:     a.db,
-		Issuer:    issuer,
+	p.Metrics = api.NewMetrics(reg, version)
+	p.Service = &escrow.Service{
+		Store:     p.DB,
+		Issuer:    p.Issuer,
 		Templates: templates,
 		Logger:    log,
-		Metrics:   a.metrics,
+		Metrics:   p.Metrics,
 		Transport: &escrow.Transport{Cert: trCert, Key: trKey},
 		// Shares are encrypted with the OAEP hash this kind of token opens: the KRAs hold
 		// tokens like the appliance's.
 		ShareOAEPHash: mech.OAEPHash,
-		RecoveryKeys:  tokenRecoveryKeys{a.tok},
+		RecoveryKeys:  tokenRecoveryKeys{tok},
 	}
-	if err := a.openAudit(issuer, reg); err != nil {
-		return nil, err
-	}
-	// The most recent certificates are checked before serving; a failure is logged and
-	// counted, and refuses that certificate's recovery, but does not stop the appliance.
-	if err := a.openCheck(reg); err != nil {
-		return nil, err
-	}
-	a.bulkSt = newBulkState(a)
-	a.registerBulkMetrics(reg)
-	// Issuances a crash left half-done are finished now: nothing is served before.
-	if n, err := a.svc.Sweep(context.Background(), time.Now()); err != nil {
-		return nil, fmt.Errorf("sweep pending issuances: %w", err)
-	} else if n > 0 {
-		log.Warn("interrupted issuances marked failed", "count", n)
-	}
-	a.expireRecoveries()
-	a.ready.Store(true)
-	ok = true
-	return a, nil
+	return api.New(p, reg)
 }
 
-func (a *appliance) close() {
-	a.closeAudit()
-	if a.db != nil {
-		if err := a.db.Close(); err != nil {
-			a.log.Error("close database", "err", err)
+// expectTokenKeys pins the keys checked at start-up to the public keys of their certificates
+// (the audit key to the key found), so that after every reconnection the token is checked
+// again and a token holding other keys under the same labels is not used.
+func expectTokenKeys(tok *hsm.Token, keys map[string]crypto.PublicKey) error {
+	for label, pub := range keys {
+		if err := tok.Expect(label, pub); err != nil {
+			return fmt.Errorf("token key %q: %w", label, err)
 		}
-	}
-	if a.tok != nil {
-		if err := a.tok.Close(); err != nil {
-			a.log.Error("close token", "err", err)
-		}
-	}
-	if a.lock != nil {
-		a.lock.Close()
-	}
-}
-
-// serve runs the HTTPS and metrics listeners until ctx ends.
-func (a *appliance) serve(ctx context.Context, reg *prometheus.Registry) error {
-	tlsCert, err := tls.LoadX509KeyPair(a.cfg.Path(a.cfg.TLS.Certificate), a.cfg.Path(a.cfg.TLS.Key))
-	if err != nil {
-		return fmt.Errorf("TLS certificate and key: %w", err)
-	}
-	tlsCfg := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		CipherSuites: intermediateSuites,
-		Certificates: []tls.Certificate{tlsCert},
-		// A client certificate is optional at the TLS layer; each route decides whether it
-		// needs one and looks it up in the store. Certificates not issued by this CA are
-		// refused during the handshake. Any extended key usage is accepted here: an S/MIME
-		// certificate (emailProtection only) authenticates its own re-enrollment.
-		ClientAuth:            tls.RequestClientCert,
-		VerifyPeerCertificate: a.verifyClient,
-	}
-	ln, err := net.Listen("tcp", a.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
-	}
-	mln, err := net.Listen("tcp", a.cfg.MetricsListen)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
-	}
-	a.logins = newLoginThrottle(a.cfg.HTTP, reg)
-	// At the end, after the last request, the login summaries still owed to the audit trail.
-	defer a.flushLoginSummaries(context.Background(), true)
-	srv := &http.Server{
-		Handler:           a.auditHTTP(a.routes()),
-		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: a.cfg.HTTP.ReadHeaderTimeout.Duration,
-		ReadTimeout:       a.cfg.HTTP.ReadTimeout.Duration,
-		WriteTimeout:      a.cfg.HTTP.WriteTimeout.Duration,
-		IdleTimeout:       a.cfg.HTTP.IdleTimeout.Duration,
-		MaxHeaderBytes:    32 << 10,
-		// HTTP/1.1 only: EST and the API need nothing of HTTP/2, and leaving it out leaves
-		// out its attack surface (see README, "Vulnerability scan").
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
-	mmux := http.NewServeMux()
-	mmux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	msrv := &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-
-	errc := make(chan error, 2)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	go func() { errc <- msrv.Serve(mln) }()
-	go a.watchToken(ctx)
-	go a.retryOnHUP(ctx)
-	go a.watchLogins(ctx)
-	go a.runChecks(ctx)
-	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
-		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
-	// Client commands given --state find this serve through DIR/serve.json.
-	if err := config.WriteServeRecord(a.cfg, ln.Addr().String(), mln.Addr().String()); err != nil {
-		a.log.Warn("client commands given --state will not find this serve", "err", err)
-	}
-	defer config.RemoveServeRecord(a.cfg)
-
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-	}
-	a.log.Info("shutting down")
-	// An orderly stop: take no more work (bulk items, requests), let the bulk batches in flight
-	// commit or undo (a bounded wait), and only then let the caller sign the audit trail and
-	// close the store (appliance.close).
-	a.stopBulk()
-	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	_ = msrv.Shutdown(sctx)
-	serr := srv.Shutdown(sctx)
-	a.waitBulkStopped()
-	return serr
-}
-
-// verifyClient verifies a TLS client certificate against the CA, for any key usage.
-func (a *appliance) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
-	if len(raw) == 0 {
-		return nil
-	}
-	leaf, err := x509.ParseCertificate(raw[0])
-	if err != nil {
-		return fmt.Errorf("client certificate: %w", err)
-	}
-	inter := x509.NewCertPool()
-	for _, r := range raw[1:] {
-		if c, err := x509.ParseCertificate(r); err == nil {
-			inter.AddCert(c)
-		}
-	}
-	_, err = leaf.Verify(x509.VerifyOptions{Roots: a.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	if err != nil {
-		return fmt.Errorf("client certificate not issued by this CA: %w", err)
 	}
 	return nil
 }
 
-// watchToken checks the token every few seconds, so that readiness and the metric follow it.
-func (a *appliance) watchToken(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for i := 0; ; i++ {
-		if a.checkToken() && i%12 == 0 {
-			a.expireRecoveries()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+// tokenRecoveryKeys keeps the per-request recovery keys in the appliance token.
+type tokenRecoveryKeys struct{ tok *hsm.Token }
+
+func (k tokenRecoveryKeys) Generate(label string) (crypto.PublicKey, error) {
+	return k.tok.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt)
 }
 
-func (a *appliance) checkToken() bool {
-	return a.tokenStatus() == nil
+func (k tokenRecoveryKeys) Decrypter(label string) (crypto.Decrypter, error) {
+	return k.tok.Decrypter(label)
 }
+
+func (k tokenRecoveryKeys) Destroy(label string) error { return k.tok.DestroyKey(label) }
+
+var _ escrow.RecoveryKeys = tokenRecoveryKeys{}
 
 // Garbage-collector defaults of the appliance, used when the environment sets neither GOGC nor
 // GOMEMLIMIT. The live heap is small (every queue is bounded), so collecting at 5x that heap
@@ -363,6 +193,7 @@ const (
 	defaultMemoryLimit = 192 << 20
 )
 
+// tuneGC applies the appliance's garbage-collector defaults (see above).
 func tuneGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)

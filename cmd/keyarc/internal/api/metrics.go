@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 	"github.com/keyarc/keyarc/policy"
 )
 
-// metrics are the appliance's own Prometheus series. Labels carry template names and reasons,
+// Metrics are the appliance's own Prometheus series. Labels carry template names and reasons,
 // never a mailbox, name or serial.
-type metrics struct {
+type Metrics struct {
 	enrollments *prometheus.CounterVec
 	refusals    *prometheus.CounterVec
 	requests    *prometheus.CounterVec
@@ -29,8 +29,9 @@ type metrics struct {
 	tokenFault *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
+// NewMetrics registers the appliance's series on reg; version labels the build-info series.
+func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
+	m := &Metrics{
 		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyarc_enrollments_total",
 			Help: "Certificates issued, by template and whether the private key was archived.",
@@ -80,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 // Enrolled implements escrow.Metrics.
-func (m *metrics) Enrolled(template string, archived bool) {
+func (m *Metrics) Enrolled(template string, archived bool) {
 	a := "false"
 	if archived {
 		a = "true"
@@ -89,7 +90,7 @@ func (m *metrics) Enrolled(template string, archived bool) {
 }
 
 // Refused implements escrow.Metrics.
-func (m *metrics) Refused(template, reason string) {
+func (m *Metrics) Refused(template, reason string) {
 	m.refusals.WithLabelValues(template, reason).Inc()
 }
 
@@ -125,12 +126,12 @@ func recoveryReason(err error) string {
 // stateCollector reports, at each scrape, what the database and the recovery set say now:
 // pending requests, open recoveries, time left on the CA and KRA certificates.
 type stateCollector struct {
-	a                               *appliance
+	a                               *Server
 	pending, recoveries, caLeft     *prometheus.Desc
 	kraLeft, kraMinLeft, scrapeFail *prometheus.Desc
 }
 
-func newStateCollector(a *appliance) *stateCollector {
+func newStateCollector(a *Server) *stateCollector {
 	return &stateCollector{
 		a:          a,
 		pending:    prometheus.NewDesc("keyarc_pending_requests", "Requests waiting for an admin's decision.", nil, nil),

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"encoding/json"
@@ -17,7 +17,7 @@ import (
 // defines, and promtool accepts the rules when it is installed.
 func TestMonitoringFiles(t *testing.T) {
 	var src strings.Builder
-	for _, dir := range []string{".", "../../hsm", "../../escrow", "../../escrow/bulk", "../../escrow/audit"} {
+	for _, dir := range []string{".", "../..", "../../../../hsm", "../../../../escrow", "../../../../escrow/bulk", "../../../../escrow/audit"} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
 		for _, f := range files {
 			if strings.HasSuffix(f, "_test.go") {
@@ -32,7 +32,7 @@ func TestMonitoringFiles(t *testing.T) {
 	}
 	defined := src.String()
 	name := regexp.MustCompile(`keyarc_[a-z_]+`)
-	for _, f := range []string{"monitoring/alerts.yml", "monitoring/grafana-dashboard.json"} {
+	for _, f := range []string{monitoringDir + "/alerts.yml", monitoringDir + "/grafana-dashboard.json"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -51,7 +51,7 @@ func TestMonitoringFiles(t *testing.T) {
 		t.Log("promtool not installed; rules not checked")
 		return
 	}
-	if out, err := exec.Command("promtool", "check", "rules", "monitoring/alerts.yml").CombinedOutput(); err != nil {
+	if out, err := exec.Command("promtool", "check", "rules", monitoringDir+"/alerts.yml").CombinedOutput(); err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
 }
@@ -59,7 +59,7 @@ func TestMonitoringFiles(t *testing.T) {
 // TestTokenFaultAlerts: each cause that keeps the token from being ready has its own alert,
 // and promtool's rule tests show that alert firing on the series the appliance exports.
 func TestTokenFaultAlerts(t *testing.T) {
-	b, err := os.ReadFile("monitoring/alerts.yml")
+	b, err := os.ReadFile(monitoringDir + "/alerts.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestTokenFaultAlerts(t *testing.T) {
 		}
 		t.Skip("promtool not installed")
 	}
-	abs, err := filepath.Abs("monitoring/alerts.yml")
+	abs, err := filepath.Abs(monitoringDir + "/alerts.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestOperationalAlerts(t *testing.T) {
 		t.Skip("promtool not installed")
 	}
 	// The expressions under test, without the annotations (promtool would compare those too).
-	b, err := os.ReadFile("monitoring/alerts.yml")
+	b, err := os.ReadFile(monitoringDir + "/alerts.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,3 +212,6 @@ func TestOperationalAlerts(t *testing.T) {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 }
+
+// monitoringDir holds the shipped alerts and dashboard (cmd/keyarc/monitoring).
+const monitoringDir = "../../monitoring"

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -41,7 +41,7 @@ func bodyTypes(pattern string) []string {
 // the API with no body and no Content-Type passes: the route reads nothing. Browsers can send
 // text/plain, application/x-www-form-urlencoded and multipart/form-data across sites without
 // asking; none of them is accepted anywhere.
-func (a *appliance) requireContentType(mux *http.ServeMux) http.Handler {
+func (a *Server) requireContentType(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		types := bodyTypes(pattern)
@@ -83,7 +83,7 @@ func clip(s string, n int) string {
 // Sec-Fetch-Site or Origin header), whatever their content type: a browser holding an
 // operator's certificate must not be steered into acting for another page. Tools (curl, the
 // keyarc CLI) send neither header and pass.
-func (a *appliance) crossOrigin(next http.Handler) http.Handler {
+func (a *Server) crossOrigin(next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		notLogin(r.Context())
@@ -134,7 +134,7 @@ func refusalClass(err error) string {
 }
 
 // refuse counts a refused enrollment for template and answers it.
-func (a *appliance) refuse(w http.ResponseWriter, r *http.Request, template string, err error) {
+func (a *Server) refuse(w http.ResponseWriter, r *http.Request, template string, err error) {
 	a.refused(template, err)
 	a.fail(w, r, err)
 }
@@ -142,7 +142,7 @@ func (a *appliance) refuse(w http.ResponseWriter, r *http.Request, template stri
 // authorizeCredential applies the template's credential rule (policy.Template.
 // AuthorizeCredential) to an enrollment authenticated by a client certificate; an enrollment
 // with a code (cert nil) passes.
-func (a *appliance) authorizeCredential(ctx context.Context, cert *store.Certificate, template string) error {
+func (a *Server) authorizeCredential(ctx context.Context, cert *store.Certificate, template string) error {
 	if cert == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -213,7 +213,7 @@ func notLogin(ctx context.Context) {
 }
 
 // throttled answers 429 for a source or mailbox that failed too often.
-func (a *appliance) throttled(w http.ResponseWriter, r *http.Request, wait time.Duration) {
+func (a *Server) throttled(w http.ResponseWriter, r *http.Request, wait time.Duration) {
 	secs := int(math.Ceil(wait.Seconds()))
 	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 	msg := fmt.Sprintf("too many failed logins from this address or for this mailbox; retry after %d seconds", max(secs, 1))
@@ -226,7 +226,7 @@ func (a *appliance) throttled(w http.ResponseWriter, r *http.Request, wait time.
 
 // flushLoginSummaries writes the summaries of ended windows (of all windows when all is set)
 // to the audit trail.
-func (a *appliance) flushLoginSummaries(ctx context.Context, all bool) {
+func (a *Server) flushLoginSummaries(ctx context.Context, all bool) {
 	for _, s := range a.logins.expire(all) {
 		err := a.svc.RecordEvent(ctx, audit.KindLoginFailed, audit.Clip(s.mailbox), audit.Details{
 			Remote: s.source, Count: s.count,
@@ -240,7 +240,7 @@ func (a *appliance) flushLoginSummaries(ctx context.Context, all bool) {
 }
 
 // watchLogins writes the login summaries as their windows end, and the rest when ctx ends.
-func (a *appliance) watchLogins(ctx context.Context) {
+func (a *Server) watchLogins(ctx context.Context) {
 	tick := max(a.logins.window/4, time.Second)
 	t := time.NewTicker(tick)
 	defer t.Stop()

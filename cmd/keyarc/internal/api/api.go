@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"crypto/x509"
@@ -20,7 +20,7 @@ import (
 )
 
 // apiRoutes adds the JSON API under /api/v1/.
-func (a *appliance) apiRoutes(mux *http.ServeMux) {
+func (a *Server) apiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/transport-certificate", a.handleTransportCert)
 	mux.HandleFunc("POST /api/v1/enroll", a.handleEnroll)
 	mux.HandleFunc("POST /api/v1/kra/enroll", a.handleKRAEnroll)
@@ -37,7 +37,7 @@ func (a *appliance) apiRoutes(mux *http.ServeMux) {
 	a.bulkRoutes(mux)
 }
 
-func (a *appliance) handleTemplates(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleTemplates(w http.ResponseWriter, r *http.Request) {
 	names := make([]string, 0, len(a.svc.Templates))
 	for n := range a.svc.Templates {
 		names = append(names, n)
@@ -109,14 +109,14 @@ func parseCSRField(field, s string) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-func (a *appliance) handleTransportCert(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleTransportCert(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	// Which RSA-OAEP hash the token can open, so clients choose one that works.
 	w.Header().Set("Keyarc-Transport-OAEP", strings.ToLower(strings.ReplaceAll(a.oaepHash, "-", "")))
 	io.WriteString(w, pemfile.Encode(a.svc.Transport.Cert))
 }
 
-func (a *appliance) toIssued(is *escrow.Issued) wire.Issued {
+func (a *Server) toIssued(is *escrow.Issued) wire.Issued {
 	return wire.Issued{
 		Serial: is.Serial, Certificate: pemfile.Encode(is.Certificate), Chain: pemfile.Encode(a.caCert),
 		RecordID: is.RecordID, NotAfter: is.Certificate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
@@ -125,7 +125,7 @@ func (a *appliance) toIssued(is *escrow.Issued) wire.Issued {
 
 // handleEnroll: JSON enrollment, with the private key of archiving templates in a CMS envelope
 // to the transport certificate.
-func (a *appliance) handleEnroll(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	who, cert, err := a.authenticate(r, false)
 	if err != nil {
 		a.fail(w, r, err)
@@ -176,7 +176,7 @@ func toPendingJSON(p escrow.Pending) wire.Pending {
 
 // handleKRAEnroll records a KRA's enrollment as a pending request. It needs no credential: an
 // admin decides, comparing the key fingerprints with the KRA in person.
-func (a *appliance) handleKRAEnroll(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleKRAEnroll(w http.ResponseWriter, r *http.Request) {
 	var req wire.KRAEnrollRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		a.fail(w, r, err)
@@ -212,7 +212,7 @@ func (a *appliance) handleKRAEnroll(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleKRAEnrollStatus lets a KRA collect its certificates once issued (certificates are public).
-func (a *appliance) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var p *store.Pending
 	var certs []store.Certificate
@@ -246,7 +246,7 @@ func (a *appliance) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) handlePendingList(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handlePendingList(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.caller(r, policy.ActAdminPending, policy.Resource{Kind: "pending requests"}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -269,7 +269,7 @@ func (a *appliance) handlePendingList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.caller(r, policy.ActAdminPending, policy.Resource{Kind: "pending request", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -287,7 +287,7 @@ func (a *appliance) handlePendingIssue(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) handlePendingDeny(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handlePendingDeny(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.caller(r, policy.ActAdminPending, policy.Resource{Kind: "pending request", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -309,7 +309,7 @@ func toRecoverySetJSON(rs *escrow.RecoverySet) wire.RecoverySet {
 	return out
 }
 
-func (a *appliance) handleRecoverySetShow(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoverySetShow(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.caller(r, policy.ActRecoverySetRead, policy.Resource{Kind: "recovery set"}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -322,7 +322,7 @@ func (a *appliance) handleRecoverySetShow(w http.ResponseWriter, r *http.Request
 	writeJSON(w, http.StatusOK, toRecoverySetJSON(rs))
 }
 
-func (a *appliance) handleRecoverySetSet(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoverySetSet(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.caller(r, policy.ActRecoverySet, policy.Resource{Kind: "recovery set"})
 	if err != nil {
 		a.fail(w, r, err)
@@ -344,7 +344,7 @@ func (a *appliance) handleRecoverySetSet(w http.ResponseWriter, r *http.Request)
 	writeJSON(w, http.StatusOK, toRecoverySetJSON(rs))
 }
 
-func (a *appliance) handleWhoami(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleWhoami(w http.ResponseWriter, r *http.Request) {
 	c, err := a.caller(r, policy.ActWhoami, policy.Resource{})
 	if err != nil {
 		a.fail(w, r, err)
@@ -356,7 +356,7 @@ func (a *appliance) handleWhoami(w http.ResponseWriter, r *http.Request) {
 // caller authenticates the caller by client certificate and asks policy whether its role
 // may do act. The refusal wraps escrow.ErrUnauthorized (no or unknown credential) or
 // policy.ErrForbidden (the role lacks the permission).
-func (a *appliance) caller(r *http.Request, act policy.Action, res policy.Resource) (*store.Certificate, error) {
+func (a *Server) caller(r *http.Request, act policy.Action, res policy.Resource) (*store.Certificate, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: this call needs a keyarc credential (TLS client certificate)", escrow.ErrUnauthorized)
 	}

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"bytes"
@@ -30,7 +30,7 @@ const (
 	maxJSONBody = 256 << 10
 )
 
-func (a *appliance) routes() http.Handler {
+func (a *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -56,7 +56,7 @@ func (s *statusWriter) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-func (a *appliance) instrument(next http.Handler) http.Handler {
+func (a *Server) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(sw, r)
@@ -68,7 +68,7 @@ func (a *appliance) instrument(next http.Handler) http.Handler {
 	})
 }
 
-func (a *appliance) handleReady(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	if err := a.tokenStatus(); err != nil {
 		_, msg := tokenCause(err)
 		w.Header().Set("Retry-After", "5")
@@ -78,7 +78,7 @@ func (a *appliance) handleReady(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ready\n")
 }
 
-func (a *appliance) handleCACerts(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleCACerts(w http.ResponseWriter, r *http.Request) {
 	if t := r.PathValue("template"); t != "" {
 		if _, err := a.svc.Template(t); err != nil {
 			a.fail(w, r, err)
@@ -96,7 +96,7 @@ func (a *appliance) handleCACerts(w http.ResponseWriter, r *http.Request) {
 // handleSimpleEnroll serves EST simpleenroll and simplereenroll (RFC 7030 4.2). The enrollee
 // authenticates with HTTP Basic (mailbox and enrollment code) or, for re-enrollment or as an
 // alternative, with a certificate this CA issued.
-func (a *appliance) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	reenroll := strings.HasSuffix(r.URL.Path, "/simplereenroll")
 	template := r.PathValue("template")
 	who, err := a.authenticateFor(r, template, reenroll)
@@ -124,7 +124,7 @@ func (a *appliance) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 
 // authenticateFor establishes who is enrolling for template, which is known: see
 // authenticate, then the template's credential rule.
-func (a *appliance) authenticateFor(r *http.Request, template string, needCert bool) (escrow.Enrollee, error) {
+func (a *Server) authenticateFor(r *http.Request, template string, needCert bool) (escrow.Enrollee, error) {
 	who, cert, err := a.authenticate(r, needCert)
 	if err != nil {
 		return who, err
@@ -137,7 +137,7 @@ func (a *appliance) authenticateFor(r *http.Request, template string, needCert b
 // row, or HTTP Basic with a mailbox and an enrollment code. An operator credential presented
 // along with HTTP Basic (a browser may offer it unasked) gives way to the code. Which
 // certificate may enroll for which template is decided by authorizeCredential.
-func (a *appliance) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, *store.Certificate, error) {
+func (a *Server) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, *store.Certificate, error) {
 	user, pass, basic := r.BasicAuth()
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		c, err := a.clientCertificate(r.Context(), r.TLS.PeerCertificates[0])
@@ -162,7 +162,7 @@ func (a *appliance) authenticate(r *http.Request, needCert bool) (escrow.Enrolle
 }
 
 // clientCertificate looks up a TLS client certificate in the store.
-func (a *appliance) clientCertificate(ctx context.Context, c *x509.Certificate) (*store.Certificate, error) {
+func (a *Server) clientCertificate(ctx context.Context, c *x509.Certificate) (*store.Certificate, error) {
 	var row *store.Certificate
 	err := a.db.View(ctx, func(tx *store.Tx) error {
 		var err error
@@ -313,7 +313,7 @@ func status(err error) (int, string) {
 }
 
 // fail answers with the status of err. JSON callers get {"error": "..."}.
-func (a *appliance) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (a *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := status(err)
 	switch {
 	case code >= 500:
@@ -341,7 +341,7 @@ func (a *appliance) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // refused counts a refusal by template (only known template names become labels) and class.
-func (a *appliance) refused(template string, err error) {
+func (a *Server) refused(template string, err error) {
 	if _, ok := a.svc.Templates[template]; !ok {
 		template = "unknown"
 	}
@@ -351,7 +351,7 @@ func (a *appliance) refused(template string, err error) {
 // handleServerKeygen serves EST serverkeygen (RFC 7030 4.4.2): the appliance generates the key,
 // archives it, and answers multipart/mixed with the private key (application/pkcs8) and the
 // certificate (certs-only PKCS#7). The key travels inside this TLS connection only.
-func (a *appliance) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
 	template := r.PathValue("template")
 	who, err := a.authenticateFor(r, template, false)
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -42,7 +42,7 @@ type applianceAudit struct {
 // openAudit starts the audit trail of a running appliance: the checkpointer with the token's
 // audit key, and a start-up entry (with a config-changed entry first when the configuration
 // differs from the last start's).
-func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
+func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	if err := a.cfg.Audit.Validate(); err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func (a *appliance) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) erro
 			return fmt.Errorf("audit trail: %w", err)
 		}
 	}
-	if err := a.svc.RecordEvent(ctx, audit.KindStartup, "keyarc", audit.Details{Version: version, Config: digest, Token: a.tok.Label()}); err != nil {
+	if err := a.svc.RecordEvent(ctx, audit.KindStartup, "keyarc", audit.Details{Version: a.version, Config: digest, Token: a.tok.Label()}); err != nil {
 		return fmt.Errorf("audit trail: %w", err)
 	}
 	runCtx, stop := context.WithCancel(context.Background())
@@ -164,7 +164,7 @@ func (m *auditMetrics) Appended(seq int64) {
 func (m *auditMetrics) Failed(audit.Kind) { m.failures.Inc() }
 
 // closeAudit stops the periodic checkpoints and signs the tail: the shutdown checkpoint.
-func (a *appliance) closeAudit() {
+func (a *Server) closeAudit() {
 	if a.audit == nil {
 		return
 	}
@@ -197,7 +197,7 @@ func (s *auditStatusWriter) WriteHeader(code int) {
 // certificate) and was answered 401 (credential or enrollment code refused) or 403 (role or
 // template refused). Failed logins are throttled and their audit entries bounded (see
 // loginThrottle); a request without any credential is a challenge, not a failed login.
-func (a *appliance) auditHTTP(next http.Handler) http.Handler {
+func (a *Server) auditHTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
 		actor, serial, subject := "remote:"+remote, "", ""
@@ -246,13 +246,13 @@ func (a *appliance) auditHTTP(next http.Handler) http.Handler {
 }
 
 // auditRoutes adds the auditor's API.
-func (a *appliance) auditRoutes(mux *http.ServeMux) {
+func (a *Server) auditRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/audit", a.handleAudit)
 }
 
 // handleAudit serves GET /api/v1/audit?from=SEQ&limit=N (auditor role): the entries, and the
 // verification of the whole trail against the audit key and the head file.
-func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.caller(r, policy.ActAudit, policy.Resource{Kind: "audit trail"}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -309,7 +309,7 @@ func (a *appliance) handleAudit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) verifyAudit(ctx context.Context) (wire.AuditVerification, error) {
+func (a *Server) verifyAudit(ctx context.Context) (wire.AuditVerification, error) {
 	id, _ := audit.KeyID(a.audit.pub)
 	v := wire.AuditVerification{KeyID: hex.EncodeToString(id)}
 	head, err := audit.ReadHead(a.audit.cp.HeadPath)

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -27,7 +27,7 @@ type bulkState struct {
 
 // newBulkState builds the bulk machinery over the appliance's engine; openAppliance calls it
 // once the engine exists.
-func newBulkState(a *appliance) *bulkState {
+func newBulkState(a *Server) *bulkState {
 	st := &bulkState{
 		items: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyarc_bulk_items_total",
@@ -45,7 +45,7 @@ func newBulkState(a *appliance) *bulkState {
 }
 
 // bulk returns the appliance's bulk machinery.
-func (a *appliance) bulk() *bulkState { return a.bulkSt }
+func (a *Server) bulk() *bulkState { return a.bulkSt }
 
 type bulkMetrics struct{ items *prometheus.CounterVec }
 
@@ -55,12 +55,12 @@ func (m bulkMetrics) Item(kind bulk.Kind, result string) {
 
 // registerBulkMetrics adds keyarc_bulk_items_total and keyarc_bulk_jobs to the appliance's
 // registry.
-func (a *appliance) registerBulkMetrics(reg prometheus.Registerer) {
+func (a *Server) registerBulkMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(a.bulkSt.items, &bulkJobsCollector{a: a}, &bulkPausedCollector{a: a})
 }
 
 // bulkJobsCollector reports keyarc_bulk_jobs{state} from the store at each scrape.
-type bulkJobsCollector struct{ a *appliance }
+type bulkJobsCollector struct{ a *Server }
 
 var bulkJobsDesc = prometheus.NewDesc("keyarc_bulk_jobs", "Bulk jobs, by state.", []string{"state"}, nil)
 
@@ -81,7 +81,7 @@ func (c *bulkJobsCollector) Collect(ch chan<- prometheus.Metric) {
 
 // startBulk runs the job scheduler (resuming jobs a crash interrupted) until stopBulk. The
 // issuance sweep has run by then (openAppliance). It is started once, by bulkRoutes.
-func (a *appliance) startBulk() {
+func (a *Server) startBulk() {
 	st := a.bulk()
 	st.once.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -91,14 +91,14 @@ func (a *appliance) startBulk() {
 }
 
 // stopBulk stops the job scheduler: items in flight finish or are left for the next start.
-func (a *appliance) stopBulk() {
+func (a *Server) stopBulk() {
 	if a.bulkSt != nil && a.bulkSt.cancel != nil {
 		a.bulkSt.cancel()
 	}
 }
 
 // bulkRoutes adds the bulk-job API and starts the scheduler.
-func (a *appliance) bulkRoutes(mux *http.ServeMux) {
+func (a *Server) bulkRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/bulk", a.handleBulkSubmit)
 	mux.HandleFunc("GET /api/v1/bulk", a.handleBulkList)
 	mux.HandleFunc("GET /api/v1/bulk/{id}", a.handleBulkStatus)
@@ -111,7 +111,7 @@ func (a *appliance) bulkRoutes(mux *http.ServeMux) {
 const maxBulkBody = 4 << 30
 
 // bulkFail maps the bulk package's errors to statuses, then answers like fail.
-func (a *appliance) bulkFail(w http.ResponseWriter, r *http.Request, err error) {
+func (a *Server) bulkFail(w http.ResponseWriter, r *http.Request, err error) {
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe), errors.Is(err, bulk.ErrTooLarge):
@@ -126,7 +126,7 @@ func (a *appliance) bulkFail(w http.ResponseWriter, r *http.Request, err error) 
 	a.fail(w, r, err)
 }
 
-func (a *appliance) handleBulkSubmit(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBulkSubmit(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk jobs"})
 	if err != nil {
 		a.fail(w, r, err)
@@ -143,7 +143,7 @@ func (a *appliance) handleBulkSubmit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, st)
 }
 
-func (a *appliance) handleBulkList(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBulkList(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk jobs"}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -156,7 +156,7 @@ func (a *appliance) handleBulkList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, list)
 }
 
-func (a *appliance) handleBulkStatus(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBulkStatus(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk job", ID: r.PathValue("id")}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -170,7 +170,7 @@ func (a *appliance) handleBulkStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleBulkResults streams the results as JSON Lines: the status, then one line per item.
-func (a *appliance) handleBulkResults(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBulkResults(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk job", ID: r.PathValue("id")}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -190,7 +190,7 @@ func (a *appliance) handleBulkResults(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleBulkPasswords releases a finished keygen job's PKCS#12 passwords, once.
-func (a *appliance) handleBulkPasswords(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBulkPasswords(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.caller(r, policy.ActBulk, policy.Resource{Kind: "bulk job", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)

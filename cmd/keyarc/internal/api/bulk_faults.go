@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -32,7 +32,7 @@ var bulkPausedDesc = prometheus.NewDesc("keyarc_bulk_job_paused",
 	[]string{"cause"}, nil)
 
 // bulkPausedCollector reports keyarc_bulk_job_paused from the job manager at each scrape.
-type bulkPausedCollector struct{ a *appliance }
+type bulkPausedCollector struct{ a *Server }
 
 func (c *bulkPausedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- bulkPausedDesc }
 
@@ -49,7 +49,7 @@ func (c *bulkPausedCollector) Collect(ch chan<- prometheus.Metric) {
 
 // waitBulkStopped waits, after stopBulk, until the bulk job's batches in flight have committed or been
 // undone, at most bulkStopWait: the store must not close under them.
-func (a *appliance) waitBulkStopped() {
+func (a *Server) waitBulkStopped() {
 	if a.bulkSt == nil {
 		return
 	}

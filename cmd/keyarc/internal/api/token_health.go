@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -43,7 +43,7 @@ type tokenHealth struct {
 
 // tokenStatus pings the token (which reconnects it when it is due), sets readiness and the
 // metrics, and logs each change of cause once. It returns nil when the token is ready.
-func (a *appliance) tokenStatus() error {
+func (a *Server) tokenStatus() error {
 	err := a.tok.Ping()
 	cause := ""
 	if err != nil {
@@ -81,7 +81,7 @@ func (a *appliance) tokenStatus() error {
 
 // retryOnHUP makes SIGHUP try the token's PIN once more (one login) and check the token at
 // once: for an operator who fixed the token rather than the PIN file.
-func (a *appliance) retryOnHUP(ctx context.Context) {
+func (a *Server) retryOnHUP(ctx context.Context) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -100,7 +100,7 @@ func (a *appliance) retryOnHUP(ctx context.Context) {
 // expectTokenKeys pins the keys checked at start-up to the public keys of their certificates
 // (the audit key to the key found), so that after every reconnection the token is checked
 // again and a token holding other keys under the same labels is not used.
-func (a *appliance) expectTokenKeys(keys map[string]crypto.PublicKey) error {
+func (a *Server) expectTokenKeys(keys map[string]crypto.PublicKey) error {
 	for label, pub := range keys {
 		if err := a.tok.Expect(label, pub); err != nil {
 			return fmt.Errorf("token key %q: %w", label, err)

@@ -1,33 +1,17 @@
-package main
+package api
 
 import (
 	"context"
-	"crypto"
 	"encoding/base64"
 	"net/http"
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
-	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 )
 
-// tokenRecoveryKeys keeps recovery keys in the appliance token: RSA-2048, decrypt only, token
-// objects (so approvals survive a restart), destroyed when the request ends.
-type tokenRecoveryKeys struct{ tok *hsm.Token }
-
-func (k tokenRecoveryKeys) Generate(label string) (crypto.PublicKey, error) {
-	return k.tok.GenerateKey(label, hsm.RSA2048, hsm.UsageDecrypt)
-}
-
-func (k tokenRecoveryKeys) Decrypter(label string) (crypto.Decrypter, error) {
-	return k.tok.Decrypter(label)
-}
-
-func (k tokenRecoveryKeys) Destroy(label string) error { return k.tok.DestroyKey(label) }
-
-func (a *appliance) recoveryRoutes(mux *http.ServeMux) {
+func (a *Server) recoveryRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/recoveries", a.handleRecoveryRequest)
 	mux.HandleFunc("GET /api/v1/recoveries", a.handleRecoveryList)
 	mux.HandleFunc("GET /api/v1/recoveries/{id}", a.handleRecoveryShow)
@@ -38,7 +22,7 @@ func (a *appliance) recoveryRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/reseals/{id}/complete", a.handleResealComplete)
 }
 
-func (a *appliance) handleResealRequest(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleResealRequest(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.principal(r, policy.ActReseal, policy.Resource{Kind: "reseals"})
 	if err != nil {
 		a.fail(w, r, err)
@@ -59,7 +43,7 @@ func (a *appliance) handleResealRequest(w http.ResponseWriter, r *http.Request) 
 	writeJSON(w, http.StatusCreated, toRecoveryJSON(rec))
 }
 
-func (a *appliance) handleResealComplete(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleResealComplete(w http.ResponseWriter, r *http.Request) {
 	admin, err := a.principal(r, policy.ActReseal, policy.Resource{Kind: "reseal", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -75,7 +59,7 @@ func (a *appliance) handleResealComplete(w http.ResponseWriter, r *http.Request)
 
 // principal authenticates the caller, asks policy whether it may do act, and describes it as
 // policy sees it.
-func (a *appliance) principal(r *http.Request, act policy.Action, res policy.Resource) (policy.Principal, error) {
+func (a *Server) principal(r *http.Request, act policy.Action, res policy.Resource) (policy.Principal, error) {
 	row, err := a.caller(r, act, res)
 	if err != nil {
 		return policy.Principal{}, err
@@ -103,7 +87,7 @@ func toRecoveryJSON(rec *escrow.Recovery) wire.Recovery {
 	return out
 }
 
-func (a *appliance) handleRecoveryRequest(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoveryRequest(w http.ResponseWriter, r *http.Request) {
 	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recoveries"})
 	if err != nil {
 		a.fail(w, r, err)
@@ -128,7 +112,7 @@ func (a *appliance) handleRecoveryRequest(w http.ResponseWriter, r *http.Request
 	writeJSON(w, http.StatusCreated, toRecoveryJSON(rec))
 }
 
-func (a *appliance) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.principal(r, policy.ActRecoveryRead, policy.Resource{Kind: "recoveries"}); err != nil {
 		a.fail(w, r, err)
 		return
@@ -145,7 +129,7 @@ func (a *appliance) handleRecoveryList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) handleRecoveryShow(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoveryShow(w http.ResponseWriter, r *http.Request) {
 	p, err := a.principal(r, policy.ActRecoveryRead, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -176,7 +160,7 @@ func (a *appliance) handleRecoveryShow(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoveryApprove(w http.ResponseWriter, r *http.Request) {
 	kra, err := a.principal(r, policy.ActRecoveryApprove, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -214,7 +198,7 @@ func (a *appliance) handleRecoveryApprove(w http.ResponseWriter, r *http.Request
 	writeJSON(w, http.StatusOK, toRecoveryJSON(rec))
 }
 
-func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
 	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -246,7 +230,7 @@ func (a *appliance) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) 
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *appliance) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
 	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
 	if err != nil {
 		a.fail(w, r, err)
@@ -260,7 +244,7 @@ func (a *appliance) handleRecoveryCancel(w http.ResponseWriter, r *http.Request)
 }
 
 // expireRecoveries closes expired requests now and then.
-func (a *appliance) expireRecoveries() {
+func (a *Server) expireRecoveries() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	n, err := a.svc.ExpireRecoveries(ctx)

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"context"
@@ -35,7 +35,7 @@ type applianceCheck struct {
 }
 
 // openCheck registers the check's metrics and checks the most recent certificates.
-func (a *appliance) openCheck(reg prometheus.Registerer) error {
+func (a *Server) openCheck(reg prometheus.Registerer) error {
 	c := &applianceCheck{
 		checker: &check.Checker{DB: a.db, CA: a.caCert, Foreign: []string{escrow.TemplateImport}},
 		failures: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyarc_consistency_failures",
@@ -58,7 +58,7 @@ func (a *appliance) openCheck(reg prometheus.Registerer) error {
 
 // runCheck checks the n most recent certificates (all when n is 0), logs each failure and sets
 // the metrics. Only an error of the database is returned.
-func (a *appliance) runCheck(ctx context.Context, n int) error {
+func (a *Server) runCheck(ctx context.Context, n int) error {
 	c := a.check
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -83,7 +83,7 @@ func (a *appliance) runCheck(ctx context.Context, n int) error {
 }
 
 // runChecks checks the whole archive every checkInterval until ctx ends.
-func (a *appliance) runChecks(ctx context.Context) {
+func (a *Server) runChecks(ctx context.Context) {
 	if a.check == nil {
 		return
 	}

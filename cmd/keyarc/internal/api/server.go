@@ -1,0 +1,272 @@
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+)
+
+// Server is a running keyarc appliance as HTTP sees it: the engine, the token and store it
+// was assembled on, and what serving adds (routes, throttling, audit checkpoints, the
+// consistency check, bulk jobs, readiness).
+type Server struct {
+	// version is the build's version, recorded in the audit trail and the build-info metric.
+	version  string
+	cfg      *config.Config
+	log      *slog.Logger
+	tok      *hsm.Token
+	db       *store.DB
+	svc      *escrow.Service
+	caCert   *x509.Certificate
+	caPool   *x509.CertPool
+	metrics  *Metrics
+	oaepHash string
+	audit    *applianceAudit
+	// bulkSt runs bulk jobs.
+	bulkSt *bulkState
+	// lock is held on the state folder while serving.
+	lock *os.File
+	// ready is 1 while the token answers.
+	ready atomic.Bool
+	// tokHealth is the token's last cause of not being ready, logged once per change.
+	tokHealth tokenHealth
+	// logins throttles failed logins and bounds their audit entries (http_throttle.go).
+	logins *loginThrottle
+	// check is the consistency check of the stored certificates (check.go).
+	check *applianceCheck
+}
+
+// Parts are what package main assembles before the server starts: the configuration, the
+// state lock, the token and store, the engine built on them, and what start-up checked (the
+// CA certificate, the OAEP hash the token's self-test chose).
+type Parts struct {
+	Config   *config.Config
+	Log      *slog.Logger
+	Version  string
+	Lock     *os.File
+	Token    *hsm.Token
+	DB       *store.DB
+	Service  *escrow.Service
+	Issuer   *ca.Issuer
+	CACert   *x509.Certificate
+	OAEPHash string
+	Metrics  *Metrics
+}
+
+// Close releases the store, the token and the state lock, in that order; it skips what is
+// nil, so it also cleans up after a failed assembly.
+func (p *Parts) Close() {
+	if p.DB != nil {
+		if err := p.DB.Close(); err != nil {
+			p.Log.Error("close database", "err", err)
+		}
+		p.DB = nil
+	}
+	if p.Token != nil {
+		if err := p.Token.Close(); err != nil {
+			p.Log.Error("close token", "err", err)
+		}
+		p.Token = nil
+	}
+	if p.Lock != nil {
+		p.Lock.Close()
+		p.Lock = nil
+	}
+}
+
+// New starts the server side of the appliance on p: the audit trail's checkpoints and
+// start-up entry, the start-up consistency check, the bulk job manager, the sweep of
+// issuances a crash left half-done and the expiry of old recovery requests. It registers the
+// server's metrics on reg. On error it stops what it started and leaves p to the caller; on
+// success the server owns p and [Server.Close] releases it. Its errors are those of the audit
+// trail (escrow/audit), the consistency check and the store.
+func New(p Parts, reg prometheus.Registerer) (*Server, error) {
+	a := &Server{cfg: p.Config, log: p.Log, version: p.Version, tok: p.Token, db: p.DB, svc: p.Service,
+		caCert: p.CACert, oaepHash: p.OAEPHash, metrics: p.Metrics, lock: p.Lock}
+	ok := false
+	defer func() {
+		if !ok {
+			a.closeAudit()
+		}
+	}()
+	a.caPool = x509.NewCertPool()
+	a.caPool.AddCert(a.caCert)
+	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
+	reg.MustRegister(newStateCollector(a))
+	if err := a.openAudit(p.Issuer, reg); err != nil {
+		return nil, err
+	}
+	// The most recent certificates are checked before serving; a failure is logged and
+	// counted, and refuses that certificate's recovery, but does not stop the appliance.
+	if err := a.openCheck(reg); err != nil {
+		return nil, err
+	}
+	a.bulkSt = newBulkState(a)
+	a.registerBulkMetrics(reg)
+	// Issuances a crash left half-done are finished now: nothing is served before.
+	if n, err := a.svc.Sweep(context.Background(), time.Now()); err != nil {
+		return nil, fmt.Errorf("sweep pending issuances: %w", err)
+	} else if n > 0 {
+		a.log.Warn("interrupted issuances marked failed", "count", n)
+	}
+	a.expireRecoveries()
+	a.ready.Store(true)
+	ok = true
+	return a, nil
+}
+
+// Service is the escrow engine the server serves.
+func (a *Server) Service() *escrow.Service { return a.svc }
+
+// CACert is the CA certificate; it also issued the server's TLS certificate.
+func (a *Server) CACert() *x509.Certificate { return a.caCert }
+
+// Close signs the audit trail's tail (the shutdown checkpoint) and releases the store, the
+// token and the state lock. Call it once, after [Server.Serve] has returned.
+func (a *Server) Close() {
+	a.closeAudit()
+	p := Parts{Log: a.log, DB: a.db, Token: a.tok, Lock: a.lock}
+	p.Close()
+}
+
+// Serve runs the HTTPS and metrics listeners until ctx ends, then stops in order: no new
+// work, bulk batches in flight committed or undone, listeners shut down. Its errors are those
+// of loading the TLS key pair and of the listeners.
+func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
+	tlsCert, err := tls.LoadX509KeyPair(a.cfg.Path(a.cfg.TLS.Certificate), a.cfg.Path(a.cfg.TLS.Key))
+	if err != nil {
+		return fmt.Errorf("TLS certificate and key: %w", err)
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: intermediateSuites,
+		Certificates: []tls.Certificate{tlsCert},
+		// A client certificate is optional at the TLS layer; each route decides whether it
+		// needs one and looks it up in the store. Certificates not issued by this CA are
+		// refused during the handshake. Any extended key usage is accepted here: an S/MIME
+		// certificate (emailProtection only) authenticates its own re-enrollment.
+		ClientAuth:            tls.RequestClientCert,
+		VerifyPeerCertificate: a.verifyClient,
+	}
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
+	}
+	mln, err := net.Listen("tcp", a.cfg.MetricsListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
+	}
+	a.logins = newLoginThrottle(a.cfg.HTTP, reg)
+	// At the end, after the last request, the login summaries still owed to the audit trail.
+	defer a.flushLoginSummaries(context.Background(), true)
+	srv := &http.Server{
+		Handler:           a.auditHTTP(a.routes()),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: a.cfg.HTTP.ReadHeaderTimeout.Duration,
+		ReadTimeout:       a.cfg.HTTP.ReadTimeout.Duration,
+		WriteTimeout:      a.cfg.HTTP.WriteTimeout.Duration,
+		IdleTimeout:       a.cfg.HTTP.IdleTimeout.Duration,
+		MaxHeaderBytes:    32 << 10,
+		// HTTP/1.1 only: EST and the API need nothing of HTTP/2, and leaving it out leaves
+		// out its attack surface (see README, "Vulnerability scan").
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	mmux := http.NewServeMux()
+	mmux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	msrv := &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	go func() { errc <- msrv.Serve(mln) }()
+	go a.watchToken(ctx)
+	go a.retryOnHUP(ctx)
+	go a.watchLogins(ctx)
+	go a.runChecks(ctx)
+	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
+		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
+	// Client commands given --state find this serve through DIR/serve.json.
+	if err := config.WriteServeRecord(a.cfg, ln.Addr().String(), mln.Addr().String()); err != nil {
+		a.log.Warn("client commands given --state will not find this serve", "err", err)
+	}
+	defer config.RemoveServeRecord(a.cfg)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	a.log.Info("shutting down")
+	// An orderly stop: take no more work (bulk items, requests), let the bulk batches in flight
+	// commit or undo (a bounded wait), and only then let the caller sign the audit trail and
+	// close the store (appliance.close).
+	a.stopBulk()
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_ = msrv.Shutdown(sctx)
+	serr := srv.Shutdown(sctx)
+	a.waitBulkStopped()
+	return serr
+}
+
+// verifyClient verifies a TLS client certificate against the CA, for any key usage.
+func (a *Server) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return fmt.Errorf("client certificate: %w", err)
+	}
+	inter := x509.NewCertPool()
+	for _, r := range raw[1:] {
+		if c, err := x509.ParseCertificate(r); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: a.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("client certificate not issued by this CA: %w", err)
+	}
+	return nil
+}
+
+// watchToken checks the token every few seconds, so that readiness and the metric follow it.
+func (a *Server) watchToken(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		if a.checkToken() && i%12 == 0 {
+			a.expireRecoveries()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Server) checkToken() bool {
+	return a.tokenStatus() == nil
+}
