@@ -219,7 +219,7 @@ func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
 	a.log.Info("shutting down")
 	// An orderly stop: take no more work (bulk items, requests), let the bulk batches in flight
 	// commit or undo (a bounded wait), and only then let the caller sign the audit trail and
-	// close the store (appliance.close).
+	// close the store (Server.Close).
 	a.stopBulk()
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
