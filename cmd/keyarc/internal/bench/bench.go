@@ -460,7 +460,7 @@ func (b *bench) caRound(alg string) error {
 		return err
 	}
 	// S/MIME encryption keys are mostly RSA: the same job with RSA-2048 keys (a pool of keys
-	// shared by distinct certificates: parsing costs the same per item).
+	// shared by distinct certificates of one mailbox per key: parsing costs the same per item).
 	pool := make([]crypto.Signer, 32)
 	for i := range pool {
 		if pool[i], err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
@@ -579,7 +579,7 @@ func parallelLines(n int, line func(i int) string) []string {
 }
 
 // importFile makes an import job of n certificates from a foreign CA, with fresh P-256 keys, or
-// keys taken in turn from pool when it is not empty.
+// keys taken in turn from pool when it is not empty (then each pool key has its own mailbox).
 func importFile(n int, salt int64, pool []crypto.Signer) []byte {
 	var bb bytes.Buffer
 	writeImportFile(&bb, n, salt, pool)
@@ -616,13 +616,15 @@ func writeImportFile(w io.Writer, n int, salt int64, pool []crypto.Signer) error
 	for off := 0; off < n; off += chunk {
 		m := min(chunk, n-off)
 		lines := parallelLines(m, func(i int) string {
-			var k crypto.Signer
+			k, mb := crypto.Signer(nil), mailboxN("old", off+i)
 			if len(pool) > 0 {
-				k = pool[(off+i)%len(pool)]
+				// A key is archived for one mailbox only (the store refuses it for another), so
+				// each pool key always goes with the same mailbox, in every run.
+				j := (off + i) % len(pool)
+				k, mb = pool[j], mailboxN("oldpool", j)
 			} else {
 				k = newP256()
 			}
-			mb := mailboxN("old", off+i)
 			der := foreignCert(caCert, caKey, k.Public(), mb, big.NewInt(base+int64(off+i)))
 			p8, _ := x509.MarshalPKCS8PrivateKey(k)
 			j, _ := json.Marshal(map[string]string{"certificate": base64.StdEncoding.EncodeToString(der), "key": base64.StdEncoding.EncodeToString(p8)})
