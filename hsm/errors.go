@@ -12,7 +12,7 @@ import (
 var ours = []error{
 	ErrModuleNotLoadable, ErrTokenNotFound, ErrPINIncorrect, ErrKeyNotFound, ErrKeyAmbiguous,
 	ErrKeyExists, ErrPoolExhausted, ErrTokenGone, ErrMechanism, ErrInvalidURI, ErrPINSource,
-	ErrTokenInUse, ErrClosed, ErrKeyUsage, ErrDecrypt, ErrKeyChanged, ErrTokenStoreNotFound,
+	ErrTokenInUse, ErrClosed, ErrKeyUsage, ErrDecrypt, ErrKeyChanged, ErrTokenStoreNotFound, ErrTokenHung,
 }
 
 // classify maps an error from crypto11 or miekg to one of this package's sentinels,

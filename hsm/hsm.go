@@ -48,6 +48,18 @@
 // within [Options.PoolWaitTimeout] fails with [ErrPoolExhausted] instead of waiting for
 // ever. Close waits for running operations and is safe to call more than once.
 //
+// # Time limits
+//
+// A token can stop answering without disconnecting (a network HSM whose server froze):
+// its calls then block in C code that cannot be cancelled. So every call into the module
+// (an operation, Ping, a login, Close) runs on a goroutine of its own and its caller waits
+// at most [Options.CallTimeout] ([Options.KeyGenTimeout] for key generation). A call past
+// its limit returns [ErrTokenHung], which is also [ErrTokenGone]: the connection it ran on is
+// retired (no new call starts on it; its sessions are closed, and its crypto11 context with
+// them, once its last call has returned), the token counts as not answering, and the next
+// Ping reconnects once it answers again. Close waits for the module at most CallTimeout too,
+// then leaves the stuck calls behind: a process can always stop.
+//
 // # Secrets
 //
 // PINs are read from a file or an environment variable, kept only for the login, and
@@ -93,7 +105,8 @@ var (
 	// ErrTokenGone: the token is not usable now: it or its module stopped answering
 	// (removed, restarted, session lost), or on coming back it refused the PIN
 	// ([ErrPINIncorrect] is then in the chain too) or holds other keys than those the
-	// caller pinned ([ErrKeyChanged] in the chain). It is always a fault of the token, never
+	// caller pinned ([ErrKeyChanged] in the chain), or did not answer in time
+	// ([ErrTokenHung], which matches ErrTokenGone). It is always a fault of the token, never
 	// of a request. [Token.Ping] reconnects.
 	ErrTokenGone = errors.New("hsm: token gone")
 	// ErrKeyChanged: a label names another key pair than the one pinned with
@@ -127,6 +140,8 @@ var (
 const (
 	DefaultMaxSessions     = 8
 	DefaultPoolWaitTimeout = 5 * time.Second
+	DefaultCallTimeout     = 10 * time.Second
+	DefaultKeyGenTimeout   = 60 * time.Second
 )
 
 // Options tunes [Open]. The zero value is usable.
@@ -138,6 +153,12 @@ type Options struct {
 	// PoolWaitTimeout bounds the wait for a free session (default 5s); a timeout is
 	// ErrPoolExhausted, never a hang.
 	PoolWaitTimeout time.Duration
+	// CallTimeout bounds each call into the module: an operation once it has a session,
+	// Ping, a login, and Close (default 10s). A call past it fails with [ErrTokenHung] and
+	// the token is reconnected. It must exceed the slowest operation but key generation.
+	CallTimeout time.Duration
+	// KeyGenTimeout bounds key generation, which takes seconds for RSA-4096 (default 60s).
+	KeyGenTimeout time.Duration
 	// Registerer receives the metrics; nil means no metrics. Several Tokens may share
 	// one Registerer: they share the collectors.
 	Registerer prometheus.Registerer
@@ -151,12 +172,12 @@ type Token struct {
 	module string
 	key    string // registry key: module path + token label
 
-	c11  *crypto11.Context
-	raw  *rawSession
-	sem  chan struct{}
-	wait time.Duration
-	met  *metrics
-	log  *slog.Logger
+	sem         chan struct{}
+	wait        time.Duration
+	callTimeout time.Duration
+	genTimeout  time.Duration
+	met         *metrics
+	log         *slog.Logger
 
 	genMu sync.Mutex // serialises GenerateKey's check-then-create
 
@@ -164,10 +185,20 @@ type Token struct {
 	pinSource   string
 	maxSessions int
 
-	mu     sync.RWMutex // held for reading by every operation, for writing by Close and reconnect
+	// recMu serialises reconnections (Ping, when the token is broken or faulty).
+	recMu sync.Mutex
+
+	mu     sync.RWMutex // guards the fields below; never held across a call that may hang
 	closed bool
+	// cur is the connection operations run on; nil between a retirement and the next login.
+	cur *conn
 	// gen counts connections; keys found under an older one are found again.
 	gen uint64
+	// retiring, when not nil, is the close of a retired connection still running (a call
+	// on it has not returned): no new login is tried before it ends.
+	retiring *closing
+	// dialing, when not nil, is a login that did not end in time.
+	dialing *dialing
 	// broken is set when the token stops answering: operations then fail at once with
 	// ErrTokenGone, and Ping tries to reconnect.
 	broken atomic.Bool
@@ -222,6 +253,12 @@ func Open(uri string, opts Options) (*Token, error) {
 	if opts.PoolWaitTimeout <= 0 {
 		opts.PoolWaitTimeout = DefaultPoolWaitTimeout
 	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = DefaultCallTimeout
+	}
+	if opts.KeyGenTimeout <= 0 {
+		opts.KeyGenTimeout = DefaultKeyGenTimeout
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -256,22 +293,31 @@ func Open(uri string, opts Options) (*Token, error) {
 		}
 	}()
 
-	c11, raw, err := connect(module, u.Token, u.PINSource, opts.MaxSessions, opts.PoolWaitTimeout, met)
-	if err != nil {
+	d := dial(module, u.Token, u.PINSource, opts.MaxSessions, opts.PoolWaitTimeout, met)
+	if !d.await(opts.CallTimeout) {
+		d.abandon()
+		err := fmt.Errorf("%w: login: no answer within %v", ErrTokenHung, opts.CallTimeout)
+		log.Error("hsm: open failed", "module", module, "err", err)
+		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
+	}
+	if err := d.err; err != nil {
 		err = explainStore(module, err)
 		log.Error("hsm: open failed", "module", module, "err", err)
 		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
 	}
+	d.c.gen = 1
 	t := &Token{
-		label:  u.Token,
-		module: module,
-		key:    key,
-		c11:    c11,
-		raw:    raw,
-		sem:    make(chan struct{}, opts.MaxSessions),
-		wait:   opts.PoolWaitTimeout,
-		met:    met,
-		log:    log,
+		label:       u.Token,
+		module:      module,
+		key:         key,
+		cur:         d.c,
+		gen:         1,
+		sem:         make(chan struct{}, opts.MaxSessions),
+		wait:        opts.PoolWaitTimeout,
+		callTimeout: opts.CallTimeout,
+		genTimeout:  opts.KeyGenTimeout,
+		met:         met,
+		log:         log,
 
 		pinSource:   u.PINSource,
 		maxSessions: opts.MaxSessions,
@@ -332,61 +378,106 @@ func probeModule(path string) error {
 func (t *Token) Label() string { return t.label }
 
 // Close closes the raw session, then the crypto11 context (which finalises the module
-// when no other Token uses it). It waits for running operations. Calling Close again
-// returns nil.
+// when no other Token uses it). It waits for running operations, but at most
+// [Options.CallTimeout] for the module: past it, it returns an error wrapping
+// [ErrTokenHung] and leaves the close to finish on its own if the token ever answers (a
+// login still running is closed when it ends, too). Operations fail with [ErrClosed] from
+// its start. Calling Close again returns nil.
 func (t *Token) Close() error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		return nil
 	}
 	t.closed = true
-	t.raw.close()
+	done := t.retiring
+	if c := t.cur; c != nil {
+		// A retirement still running only concerns an older connection; this one is closed now.
+		done = c.closeAsync()
+	}
+	t.cur, t.retiring = nil, nil
+	if t.dialing != nil {
+		t.dialing.abandon()
+		t.dialing = nil
+	}
+	t.mu.Unlock()
 	var err error
-	if t.c11 != nil {
-		err = t.c11.Close()
+	if done != nil {
+		err = done.wait(t.callTimeout)
 	}
 	openTokens.Lock()
 	delete(openTokens.m, t.key)
 	openTokens.Unlock()
 	t.met.sessionsMax(-float64(cap(t.sem)))
-	t.log.Info("hsm: token closed")
+	if errors.Is(err, ErrTokenHung) {
+		t.log.Error("hsm: token closed without waiting for the module any longer", "err", err)
+	} else {
+		t.log.Info("hsm: token closed")
+	}
 	if err != nil {
 		return fmt.Errorf("hsm: close token %q: %w", t.label, err)
 	}
 	return nil
 }
 
-// do runs f as operation op: it refuses a closed Token, takes a session slot (or
-// fails with ErrPoolExhausted after PoolWaitTimeout), times f, classifies its error and
-// records the metrics.
-func (t *Token) do(op string, f func() error) error {
+// do runs f as operation op on the current connection: it refuses a closed Token, takes a
+// session slot (or fails with ErrPoolExhausted after PoolWaitTimeout), runs f with the
+// operation's time limit (ErrTokenHung past it, and the connection is dropped), classifies
+// its error and records the metrics.
+func (t *Token) do(op string, f func(c *conn) error) error {
+	start := time.Now()
 	t.mu.RLock()
-	defer t.mu.RUnlock()
 	if t.closed {
+		t.mu.RUnlock()
 		return ErrClosed
 	}
-	start := time.Now()
-	if t.broken.Load() || t.faulty.Load() {
+	c := t.cur
+	if t.broken.Load() || t.faulty.Load() || c == nil {
 		err := t.unusable()
+		t.mu.RUnlock()
 		t.met.observe(op, start, err)
 		return err
 	}
+	c.enter()
+	t.mu.RUnlock()
 	if err := t.acquire(); err != nil {
+		c.calls.Done()
 		t.met.observe(op, start, err)
 		return err
 	}
 	t.met.pool(1, 0)
-	err := func() error {
-		defer func() { <-t.sem; t.met.pool(-1, 0) }()
-		return f()
-	}()
+	limit := t.callTimeout
+	if op == "generate" {
+		limit = t.genTimeout
+	}
+	var err error
+	if c.retired.Load() {
+		// Dropped while this operation waited for a slot.
+		c.calls.Done()
+		err = fmt.Errorf("%w: not answering; the appliance reconnects by itself", ErrTokenGone)
+	} else {
+		err = c.run(limit, func() error { return f(c) })
+	}
+	<-t.sem
+	t.met.pool(-1, 0)
 	err = classify(err)
 	t.met.observe(op, start, err)
-	if errors.Is(err, ErrTokenGone) && !t.broken.Swap(true) {
+	switch {
+	case errors.Is(err, ErrTokenHung):
+		t.drop(c)
+		if !t.broken.Swap(true) {
+			t.log.Error("hsm: token stopped answering: a call did not return in time; its connection is dropped", "op", op, "err", err)
+		}
+	case errors.Is(err, ErrTokenGone) && !t.broken.Swap(true):
 		t.log.Error("hsm: token stopped answering", "op", op, "err", err)
 	}
 	return err
+}
+
+// drop marks c so that no operation starts on it any more. It is closed by the next
+// reconnection or by Close.
+func (t *Token) drop(c *conn) {
+	c.retired.Store(true)
 }
 
 // acquire takes a session slot, waiting at most t.wait.
@@ -410,13 +501,18 @@ func (t *Token) acquire() error {
 
 // Ping proves the token still answers: C_GetTokenInfo on its slot and C_GetSessionInfo
 // on the raw session, which must still be logged in. It returns [ErrTokenGone] when the
-// token or module no longer answers and [ErrClosed] after Close. It does not take a
-// pool session, so it answers even when every session is busy.
+// token or module no longer answers ([ErrTokenHung] too when it did not answer within
+// [Options.CallTimeout]) and [ErrClosed] after Close. It does not take a pool session, so
+// it answers even when every session is busy, and it never waits for the module longer
+// than about CallTimeout.
 //
 // When the token has stopped answering, Ping tries once to reconnect: it closes the old
 // context, loads the module again, logs in (reading the PIN again from its source),
 // checks the keys pinned with [Token.Expect] and lets keys be found anew; operations fail
-// at once with ErrTokenGone until then. A token that refused the PIN is tried again only
+// at once with ErrTokenGone until then. A connection with a call that never returned is
+// closed only once that call returns, and no login is tried before: such a Ping returns an
+// error wrapping [ErrTokenHung] at once. A login that does not end in time is kept, and a
+// later Ping uses it when it ends. A token that refused the PIN is tried again only
 // after the pin-source changed or [Token.RetryLogin]: the error then wraps
 // [ErrPINIncorrect]. A token holding other keys under pinned labels gives an error
 // wrapping [ErrKeyChanged], and each Ping checks the keys again.
@@ -427,18 +523,26 @@ func (t *Token) Ping() error {
 		}
 	}
 	t.mu.RLock()
-	defer t.mu.RUnlock()
 	if t.closed {
+		t.mu.RUnlock()
 		return ErrClosed
 	}
-	if t.broken.Load() || t.faulty.Load() {
+	c := t.cur
+	if t.broken.Load() || t.faulty.Load() || c == nil {
 		// Another Ping reconnected meanwhile and found a fault.
-		return fmt.Errorf("hsm: ping token %q: %w", t.label, t.unusable())
+		err := t.unusable()
+		t.mu.RUnlock()
+		return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
 	}
-	if err := t.raw.ping(); err != nil {
+	c.enter()
+	t.mu.RUnlock()
+	if err := c.run(t.callTimeout, c.raw.ping); err != nil {
 		err = classify(err)
 		if !errors.Is(err, ErrTokenGone) {
 			err = fmt.Errorf("%w: %w", ErrTokenGone, err)
+		}
+		if errors.Is(err, ErrTokenHung) {
+			t.drop(c)
 		}
 		if !t.broken.Swap(true) {
 			t.log.Error("hsm: token stopped answering", "op", "ping", "err", err)
@@ -463,7 +567,7 @@ func (t *Token) RetryLogin() {
 // # Errors
 //
 // [ErrKeyChanged] when label does not name exactly one key pair with public key pub;
-// [ErrTokenGone], [ErrClosed].
+// [ErrTokenGone] (and [ErrTokenHung]), [ErrClosed].
 func (t *Token) Expect(label string, pub crypto.PublicKey) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -471,8 +575,8 @@ func (t *Token) Expect(label string, pub crypto.PublicKey) error {
 		return ErrClosed
 	}
 	e := expectation{label: label, pub: pub}
-	if !t.broken.Load() {
-		if err := t.checkKey(e); err != nil {
+	if !t.broken.Load() && t.cur != nil {
+		if err := t.checkKey(t.cur, e); err != nil {
 			return err
 		}
 	}
@@ -497,48 +601,54 @@ func (t *Token) setFault(err error) {
 
 // recover reconnects a broken token, or checks the pinned keys of a faulty one again.
 func (t *Token) recover() error {
+	t.recMu.Lock()
+	defer t.recMu.Unlock()
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	switch {
 	case t.closed:
+		t.mu.Unlock()
 		return ErrClosed
 	case t.broken.Load():
+		t.mu.Unlock()
 		return t.reconnect()
-	case t.fault != nil && errors.Is(t.fault, ErrKeyChanged):
-		if err := t.checkExpected(); err != nil {
+	case t.fault != nil && errors.Is(t.fault, ErrKeyChanged) && t.cur != nil:
+		defer t.mu.Unlock()
+		if err := t.checkExpected(t.cur); err != nil {
 			return err
 		}
 		t.setFault(nil)
 		t.log.Info("hsm: the token holds the expected keys again")
+	default:
+		t.mu.Unlock()
 	}
 	return nil
 }
 
 // reconnect rebuilds the connection to a token that stopped answering. The caller holds
-// t.mu for writing.
+// t.recMu, not t.mu: it waits for the module with time limits, never under t.mu.
 func (t *Token) reconnect() error {
 	stamp := stampPIN(t.pinSource)
-	if t.refused != nil {
+	t.mu.RLock()
+	refused, fault := t.refused, t.fault
+	t.mu.RUnlock()
+	if refused != nil {
 		switch {
 		case t.retry.Swap(false):
 			t.log.Info("hsm: trying the PIN once more, as asked")
-		case stamp != *t.refused:
+		case stamp != *refused:
 			t.log.Info("hsm: the pin-source changed; trying the PIN once more")
 		default:
-			return t.fault // no login: the PIN the token refused has not changed
+			return fault // no login: the PIN the token refused has not changed
 		}
 	}
 	t.retry.Store(false)
-	t.raw.close()
-	if t.c11 != nil {
-		_ = t.c11.Close() // the module may be dead; its context must go anyway
-		t.c11 = nil
+	if err := t.retire(); err != nil {
+		return err
 	}
-	c11, raw, err := connect(t.module, t.label, t.pinSource, t.maxSessions, t.wait, t.met)
+	c, err := t.login()
 	if err != nil {
-		// Keep closed placeholders so that Close stays safe.
-		t.raw = &rawSession{}
-		t.c11 = nil
+		t.mu.Lock()
+		defer t.mu.Unlock()
 		if errors.Is(err, ErrPINIncorrect) {
 			t.refused = &stamp
 			t.setFault(&faultError{cause: err, msg: fmt.Sprintf(
@@ -554,12 +664,19 @@ func (t *Token) reconnect() error {
 		}
 		return fmt.Errorf("%w: reconnect: %w", ErrTokenGone, explainStore(t.module, err))
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		c.closeAsync()
+		return ErrClosed
+	}
 	t.refused = nil
-	t.c11, t.raw = c11, raw
 	t.gen++
+	c.gen = t.gen
+	t.cur = c
 	t.setFault(nil)
 	// broken stays set until the keys are checked: nothing uses the token before.
-	err = t.checkExpected()
+	err = t.checkExpected(c)
 	if err != nil && !errors.Is(err, ErrKeyChanged) {
 		return err
 	}
@@ -571,12 +688,68 @@ func (t *Token) reconnect() error {
 	return nil
 }
 
-// checkExpected checks every pinned key; on a difference it records the fault, logs the
-// key's label and returns the fault. The caller holds t.mu for writing.
-func (t *Token) checkExpected() error {
+// retire closes the current connection of a broken token, waiting at most CallTimeout for
+// it; a close that does not end in time (a call on the connection has not returned) goes
+// on, and a later reconnect waits for it without blocking. The caller holds t.recMu.
+func (t *Token) retire() error {
+	t.mu.Lock()
+	wait := time.Duration(0) // a close started by an earlier Ping is only looked at
+	if c := t.cur; c != nil {
+		t.cur = nil
+		t.retiring = c.closeAsync()
+		wait = t.callTimeout
+	}
+	done := t.retiring
+	t.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	if err := done.wait(wait); errors.Is(err, ErrTokenHung) {
+		return fmt.Errorf("%w: a call into the module has not returned; no login is tried before it does", ErrTokenHung)
+	}
+	// The old context is closed (its error does not matter: the module may be dead).
+	t.mu.Lock()
+	if t.retiring == done {
+		t.retiring = nil
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// login makes a new connection, waiting at most CallTimeout for it. A login that does not
+// end in time is kept, and the next call looks whether it has ended. The caller holds
+// t.recMu.
+func (t *Token) login() (*conn, error) {
+	t.mu.Lock()
+	d := t.dialing
+	wait := time.Duration(0) // a login started by an earlier Ping is only looked at
+	if d == nil {
+		d = dial(t.module, t.label, t.pinSource, t.maxSessions, t.wait, t.met)
+		t.dialing = d
+		wait = t.callTimeout
+	}
+	t.mu.Unlock()
+	if !d.await(wait) {
+		return nil, fmt.Errorf("%w: login: no answer within %v", ErrTokenHung, t.callTimeout)
+	}
+	t.mu.Lock()
+	if t.dialing == d {
+		t.dialing = nil
+	}
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return nil, ErrClosed // Close abandoned d: its connection is closed when it ends
+	}
+	return d.c, d.err
+}
+
+// checkExpected checks every pinned key on c; on a difference it records the fault, logs
+// the key's label and returns the fault. The caller holds t.mu for writing.
+func (t *Token) checkExpected(c *conn) error {
 	var first error
 	for _, e := range t.expected {
-		err := t.checkKey(e)
+		err := t.checkKey(c, e)
 		switch {
 		case err == nil:
 			continue
@@ -598,11 +771,21 @@ func (t *Token) checkExpected() error {
 	return first
 }
 
-// checkKey finds the one key pair labelled e.label and compares its public key.
-func (t *Token) checkKey(e expectation) error {
-	pairs, err := t.c11.FindKeyPairs(nil, []byte(e.label))
+// checkKey finds the one key pair labelled e.label on c and compares its public key. The
+// caller holds t.mu (the find is bounded by CallTimeout).
+func (t *Token) checkKey(c *conn, e expectation) error {
+	var pairs []crypto11.Signer
+	c.enter()
+	err := c.run(t.callTimeout, func() error {
+		var err error
+		pairs, err = c.c11.FindKeyPairs(nil, []byte(e.label))
+		return err
+	})
 	if err != nil {
 		err = classify(err)
+		if errors.Is(err, ErrTokenHung) {
+			t.drop(c)
+		}
 		if errors.Is(err, ErrTokenGone) {
 			t.broken.Store(true)
 		}

@@ -308,7 +308,7 @@ func TestDecryptKey(t *testing.T) {
 		t.Errorf("GenerateKey(p256, decrypt) = %v, want ErrMechanism", err)
 	}
 	// The self-test left nothing on the token.
-	if all, _, err := tok.raw.countByLabel("transport"); err != nil || all != 2 {
+	if all, _, err := tok.cur.raw.countByLabel("transport"); err != nil || all != 2 {
 		t.Errorf("transport objects = %d, %v; want 2", all, err)
 	}
 }
@@ -323,7 +323,7 @@ func TestKeyAmbiguous(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tok.c11.GenerateECDSAKeyPairWithAttributes(pub, priv, ecdsaP256()); err != nil {
+	if _, err := tok.cur.c11.GenerateECDSAKeyPairWithAttributes(pub, priv, ecdsaP256()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tok.Signer("twin"); !errors.Is(err, ErrKeyAmbiguous) {

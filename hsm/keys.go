@@ -95,8 +95,8 @@ func (t *Token) GenerateKey(label string, alg Algorithm, usage Usage) (crypto.Pu
 	defer t.genMu.Unlock()
 
 	var pub crypto.PublicKey
-	err := t.do("generate", func() error {
-		all, _, err := t.raw.countByLabel(label)
+	err := t.do("generate", func(c *conn) error {
+		all, _, err := c.raw.countByLabel(label)
 		if err != nil {
 			return err
 		}
@@ -109,9 +109,9 @@ func (t *Token) GenerateKey(label string, alg Algorithm, usage Usage) (crypto.Pu
 		}
 		var k crypto11.Signer
 		if curve != nil {
-			k, err = t.c11.GenerateECDSAKeyPairWithAttributes(pubAttrs, privAttrs, curve)
+			k, err = c.c11.GenerateECDSAKeyPairWithAttributes(pubAttrs, privAttrs, curve)
 		} else {
-			k, err = t.c11.GenerateRSAKeyPairWithAttributes(pubAttrs, privAttrs, bits)
+			k, err = c.c11.GenerateRSAKeyPairWithAttributes(pubAttrs, privAttrs, bits)
 		}
 		if err != nil {
 			return err
@@ -170,26 +170,28 @@ func keyAttributes(label string, usage Usage, token bool) (pub, priv crypto11.At
 }
 
 // findPair returns the one key pair with label whose private half allows the
-// attribute usage (CKA_SIGN or CKA_DECRYPT).
-func (t *Token) findPair(label string, usage crypto11.AttributeType) (crypto11.Signer, error) {
+// attribute usage (CKA_SIGN or CKA_DECRYPT), and the connection it was found on.
+func (t *Token) findPair(label string, usage crypto11.AttributeType) (crypto11.Signer, uint64, error) {
 	var key crypto11.Signer
-	err := t.do("find", func() error {
+	var gen uint64
+	err := t.do("find", func(c *conn) error {
 		var err error
-		key, err = t.findPairLocked(label, usage)
+		key, err = findPairOn(c, label, usage)
+		gen = c.gen
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("hsm: find key %q: %w", label, err)
+		return nil, 0, fmt.Errorf("hsm: find key %q: %w", label, err)
 	}
-	return key, nil
+	return key, gen, nil
 }
 
-// findPairLocked is findPair for a caller that already runs inside t.do.
-func (t *Token) findPairLocked(label string, usage crypto11.AttributeType) (crypto11.Signer, error) {
+// findPairOn is findPair for a caller that already runs inside t.do, on c.
+func findPairOn(c *conn, label string, usage crypto11.AttributeType) (crypto11.Signer, error) {
 	if label == "" {
 		return nil, fmt.Errorf("empty key label: %w", ErrKeyNotFound)
 	}
-	pairs, err := t.c11.FindKeyPairs(nil, []byte(label))
+	pairs, err := c.c11.FindKeyPairs(nil, []byte(label))
 	if err != nil {
 		return nil, err
 	}
@@ -201,12 +203,12 @@ func (t *Token) findPairLocked(label string, usage crypto11.AttributeType) (cryp
 		return nil, fmt.Errorf("%w: %d key pairs", ErrKeyAmbiguous, len(pairs))
 	}
 	// FindKeyPairs skips private keys without a public half; count them too.
-	if _, private, err := t.raw.countByLabel(label); err != nil {
+	if _, private, err := c.raw.countByLabel(label); err != nil {
 		return nil, err
 	} else if private > 1 {
 		return nil, fmt.Errorf("%w: %d private keys", ErrKeyAmbiguous, private)
 	}
-	a, err := t.c11.GetAttribute(pairs[0], usage)
+	a, err := c.c11.GetAttribute(pairs[0], usage)
 	if err != nil {
 		return nil, err
 	}
@@ -230,28 +232,26 @@ type handle struct {
 	key crypto11.Signer
 }
 
-func newHandle(t *Token, label string, usage crypto11.AttributeType, key crypto11.Signer) *handle {
-	t.mu.RLock()
-	gen := t.gen
-	t.mu.RUnlock()
+// newHandle makes the handle of key, found on the connection numbered gen.
+func newHandle(t *Token, label string, usage crypto11.AttributeType, key crypto11.Signer, gen uint64) *handle {
 	return &handle{t: t, label: label, usage: usage, pub: key.Public(), gen: gen, key: key}
 }
 
-// current returns the key for the token's present connection. It runs inside t.do.
-func (h *handle) current() (crypto11.Signer, error) {
+// current returns the key for connection c. It runs inside t.do.
+func (h *handle) current(c *conn) (crypto11.Signer, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.gen == h.t.gen {
+	if h.gen == c.gen {
 		return h.key, nil
 	}
-	k, err := h.t.findPairLocked(h.label, h.usage)
+	k, err := findPairOn(c, h.label, h.usage)
 	if err != nil {
 		return nil, err
 	}
 	if eq, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(h.pub) {
 		return nil, &faultError{cause: ErrKeyChanged, msg: fmt.Sprintf("hsm: after reconnecting, label %q names another key than the one first found", h.label)}
 	}
-	h.key, h.gen = k, h.t.gen
+	h.key, h.gen = k, c.gen
 	return k, nil
 }
 
@@ -263,11 +263,11 @@ func (h *handle) current() (crypto11.Signer, error) {
 // [ErrKeyNotFound], [ErrKeyAmbiguous] (two private keys share the label),
 // [ErrKeyUsage], [ErrPoolExhausted], [ErrTokenGone], [ErrClosed].
 func (t *Token) Signer(label string) (crypto.Signer, error) {
-	k, err := t.findPair(label, crypto11.CkaSign)
+	k, gen, err := t.findPair(label, crypto11.CkaSign)
 	if err != nil {
 		return nil, err
 	}
-	return &signer{handle: newHandle(t, label, crypto11.CkaSign, k)}, nil
+	return &signer{handle: newHandle(t, label, crypto11.CkaSign, k, gen)}, nil
 }
 
 // Decrypter returns the RSA key pair labelled label as a crypto.Decrypter whose
@@ -277,7 +277,7 @@ func (t *Token) Signer(label string) (crypto.Signer, error) {
 //
 // As [Token.Signer]; [ErrKeyUsage] also for a key that is not RSA.
 func (t *Token) Decrypter(label string) (crypto.Decrypter, error) {
-	k, err := t.findPair(label, crypto11.CkaDecrypt)
+	k, gen, err := t.findPair(label, crypto11.CkaDecrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -285,7 +285,7 @@ func (t *Token) Decrypter(label string) (crypto.Decrypter, error) {
 	if _, isRSA := k.Public().(*rsa.PublicKey); !ok || !isRSA {
 		return nil, fmt.Errorf("hsm: find key %q: %w: not an RSA key", label, ErrKeyUsage)
 	}
-	return &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, k)}, nil
+	return &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, k, gen)}, nil
 }
 
 // signer is a token key as a crypto.Signer that counts, times and classifies.
@@ -317,8 +317,8 @@ func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		}
 	}
 	var sig []byte
-	err := s.t.do("sign", func() error {
-		k, err := s.current()
+	err := s.t.do("sign", func(c *conn) error {
+		k, err := s.current(c)
 		if err != nil {
 			return err
 		}
@@ -352,8 +352,8 @@ func (d *decrypter) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.Decrypte
 		return nil, fmt.Errorf("hsm: decrypt with %q: %w: MGF1 hash must equal the OAEP hash", d.label, ErrMechanism)
 	}
 	var pt []byte
-	err := d.t.do("decrypt", func() error {
-		k, err := d.current()
+	err := d.t.do("decrypt", func(c *conn) error {
+		k, err := d.current(c)
 		if err != nil {
 			return err
 		}
@@ -386,9 +386,11 @@ func (t *Token) SelfTest() (Mechanisms, error) {
 		return Mechanisms{}, fmt.Errorf("hsm: self-test: %w", err)
 	}
 	var key crypto11.SignerDecrypter
-	err = t.do("generate", func() error {
+	var gen uint64
+	err = t.do("generate", func(c *conn) error {
 		var err error
-		key, err = t.c11.GenerateRSAKeyPairWithAttributes(pubAttrs, privAttrs, 2048)
+		key, err = c.c11.GenerateRSAKeyPairWithAttributes(pubAttrs, privAttrs, 2048)
+		gen = c.gen
 		return err
 	})
 	if err != nil {
@@ -396,11 +398,11 @@ func (t *Token) SelfTest() (Mechanisms, error) {
 	}
 	defer func() {
 		// Session objects also vanish when their session closes; delete them now anyway.
-		if err := t.do("generate", key.Delete); err != nil {
+		if err := t.do("generate", func(*conn) error { return key.Delete() }); err != nil {
 			t.log.Warn("hsm: self-test: delete session key", "err", err)
 		}
 	}()
-	d := &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, key)}
+	d := &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, key, gen)}
 	pub := key.Public().(*rsa.PublicKey)
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
@@ -440,8 +442,8 @@ func (t *Token) DestroyKey(label string) error {
 	if label == "" {
 		return fmt.Errorf("hsm: destroy: empty key label: %w", ErrKeyNotFound)
 	}
-	err := t.do("destroy", func() error {
-		pairs, err := t.c11.FindKeyPairs(nil, []byte(label))
+	err := t.do("destroy", func(c *conn) error {
+		pairs, err := c.c11.FindKeyPairs(nil, []byte(label))
 		if err != nil {
 			return err
 		}
