@@ -86,7 +86,15 @@ type RecoveryItem struct {
 }
 
 // RequestRecovery opens a recovery request for the archived key of one certificate (serial) or
-// every archived key of a mailbox (email). Policy decides first, before any key is made.
+// every archived key of a mailbox (email). Each record and its certificate pass the
+// consistency check first (the rows name the key's owner), then policy decides, before any key
+// is made.
+//
+// # Errors
+//
+// [ErrInvalidRequest], [ErrNotFound], policy's refusals ([policy.ErrNotAllowed],
+// [policy.ErrOwnKey], ...), [ErrIntegrity] (wrapping [check.ErrInconsistent]) when a record or
+// its certificate fails the consistency check, or the store's error.
 func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal, serial, email, reason string, ttl time.Duration) (*Recovery, error) {
 	if (serial == "") == (email == "") {
 		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
@@ -123,6 +131,13 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 	})
 	if err != nil {
 		return nil, err
+	}
+	// The records' rows decide whose key this is (policy's owner check, a request by
+	// mailbox): they are checked against their certificates before they are trusted.
+	for _, r := range recs {
+		if err := s.checkRecord(ctx, r.ID); err != nil {
+			return nil, err
+		}
 	}
 	refs := make([]policy.RecordRef, len(recs))
 	for i, r := range recs {
@@ -391,6 +406,12 @@ type ShareForKRA struct {
 }
 
 // SharesFor returns, for a KRA, its encrypted share of each record of the request.
+//
+// # Errors
+//
+// [ErrNotFound], policy's refusal of the approver, [ErrRecordMismatch] for a record whose
+// sealed header is not its row's, [ErrIntegrity] (wrapping [check.ErrInconsistent]) when a
+// record or its certificate fails the consistency check, or the store's error.
 func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string) (*Recovery, []ShareForKRA, error) {
 	rec, err := s.GetRecovery(ctx, id)
 	if err != nil {
@@ -420,6 +441,9 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 			return nil, nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
 		}
 		if err := s.checkBinding(ctx, r, sealed); err != nil {
+			return nil, nil, err
+		}
+		if err := s.checkRecord(ctx, r.ID); err != nil {
 			return nil, nil, err
 		}
 		item.OAEPHash = sealed.Header.OAEPHash
@@ -538,7 +562,14 @@ func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time
 // SubmitApproval stores a KRA's signed approval after checking it: the signer is a KRA allowed to
 // approve this open request, the signature (by the certificate the KRA authenticated with) covers
 // this exact request and these shares, and every share belongs to a record of the request. It
-// decrypts nothing: shares are opened only after policy grants the quorum, at fetch.
+// decrypts nothing: shares are opened only after policy grants the quorum, at fetch. The
+// request's records and the KRA's certificate row pass the consistency check first.
+//
+// # Errors
+//
+// [ErrTooManyFailures], [ErrNotFound], policy's refusal of the approver, [ErrBadApproval],
+// [ErrAlreadyApproved], [ErrIntegrity] (wrapping [check.ErrInconsistent]; not counted against
+// the KRA), or the store's error.
 func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
 	now := s.now()
 	blocked, err := s.approvalBlocked(ctx, kra.Name, now)
@@ -551,7 +582,9 @@ func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id s
 		return nil, ErrTooManyFailures
 	}
 	rec, err := s.submitApproval(ctx, kra, id, shares, sig, now)
-	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrUnavailable) {
+	// A fault of the appliance (storage, a row that fails the consistency check) is not the
+	// KRA's: it does not count towards the KRA's lock-out.
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, ErrIntegrity) {
 		s.approvalRefused(ctx, kra.Name, now, id, audit.Details{Request: id, KRA: kra.Name,
 			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})
 	}
@@ -584,6 +617,14 @@ func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id s
 			return nil, fmt.Errorf("%w: share for record %s is empty or too large", ErrBadApproval, sh.RecordID)
 		}
 		seen[sh.RecordID] = true
+	}
+	for _, it := range rec.Items {
+		if err := s.checkRecord(ctx, it.RecordID); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.checkSigner(ctx, kra.Serial); err != nil {
+		return nil, err
 	}
 	var signer *store.Certificate
 	err = s.Store.View(ctx, func(tx *store.Tx) error {
@@ -642,7 +683,15 @@ type RecoveredFile struct {
 
 // Fetch delivers a granted recovery to the officer who requested it, once. Policy evaluates the
 // quorum first; only a Grant lets the engine decrypt shares in the token. The request is
-// consumed (durably) before anything is returned, and its recovery key destroyed.
+// consumed (durably) before anything is returned, and its recovery key destroyed. The records,
+// their certificates and the approvers' certificates pass the consistency check before any
+// share is decrypted.
+//
+// # Errors
+//
+// [ErrNotFound], [ErrInvalidRequest], [ErrForbidden], policy's refusals ([policy.ErrQuorum],
+// [policy.ErrConsumed], [policy.ErrExpired], ...), [ErrIntegrity] (wrapping
+// [check.ErrInconsistent]), [ErrRecordMismatch], [ErrRecoveryKey], or the store's error.
 func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string, legacy bool) (*Recovered, error) {
 	st, err := s.loadRecovery(ctx, id)
 	if err != nil {
@@ -653,6 +702,13 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	}
 	if officer.Role != policy.RoleOfficer || officer.Serial != st.req.RequesterSerial {
 		return nil, fmt.Errorf("%w: only the officer who requested recovery %s can fetch it", ErrForbidden, id)
+	}
+	// An integrity fault is reported as such, whatever the quorum; open checks again right
+	// before it decrypts.
+	for _, r := range st.records {
+		if err := s.checkRecord(ctx, r.ID); err != nil {
+			return nil, err
+		}
 	}
 	req, sets, apps, err := s.policyView(st)
 	if err != nil {
@@ -730,7 +786,12 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 		if err := s.checkBinding(context.Background(), r, sealedRecs[i]); err != nil {
 			return nil, err
 		}
-		if err := s.checkCertificate(context.Background(), r.Serial); err != nil {
+		if err := s.checkRecord(context.Background(), r.ID); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range st.approvals {
+		if err := s.checkSigner(context.Background(), a.SignerSerial); err != nil {
 			return nil, err
 		}
 	}

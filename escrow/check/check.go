@@ -1,8 +1,10 @@
 // Package check is keyarc's consistency check of the archive, in the spirit of a CA's
 // certificate checker: every stored certificate is parsed and its signature verified against
 // the CA; it must be the certificate the audit trail recorded at issuance (the SHA-256 of its
-// DER); and its links must hold: the row's serial is the certificate's, its escrow record names
-// the same serial and was sealed for the certificate's public key.
+// DER); the row's columns that carry authority must say what the certificate and the issuance
+// entry say (mailbox, subject, template, and for credentials the role and the KRA name); and its
+// links must hold: the row's serial is the certificate's, its escrow record names the same
+// serial and mailbox and was sealed for the certificate's public key and epoch.
 //
 // Nothing here trusts a row more than another: a byte flipped in a stored certificate, or a
 // certificate row pointed at another user's escrow record while the appliance was stopped, is
@@ -12,8 +14,9 @@
 // # Where it runs
 //
 // At start-up over the most recent rows ([Checker.Recent]), in full on demand (`keyarc check`,
-// and as part of `keyarc audit verify`), periodically while serving, and for each certificate
-// before a recovery opens its record ([Checker.Certificate]).
+// and as part of `keyarc audit verify`), periodically while serving, and wherever a row is about
+// to be trusted: each record of a recovery before the request is opened, approved or fetched
+// ([Checker.Record]), and a credential's row before its role counts ([Checker.Certificate]).
 //
 // # Imports and concurrency
 //
@@ -51,8 +54,12 @@ var (
 	ErrSignature = fmt.Errorf("%w: signature does not verify against the CA", ErrInconsistent)
 	// ErrAuditHash: the certificate is not the one its issuance entry recorded.
 	ErrAuditHash = fmt.Errorf("%w: certificate differs from its audited issuance", ErrInconsistent)
-	// ErrRowMismatch: the row's serial or public key is not the certificate's.
+	// ErrRowMismatch: a column of the row (serial, mailbox, subject, role, KRA name) or the
+	// public key is not what the certificate says.
 	ErrRowMismatch = fmt.Errorf("%w: certificate row does not match its certificate", ErrInconsistent)
+	// ErrAuditRow: a column of the row (template, mailbox, role, KRA name) is not what the
+	// issuance entry recorded.
+	ErrAuditRow = fmt.Errorf("%w: certificate row differs from its audited issuance", ErrInconsistent)
 	// ErrRecordLink: the certificate's escrow record link is broken.
 	ErrRecordLink = fmt.Errorf("%w: escrow record link is inconsistent", ErrInconsistent)
 )
@@ -151,11 +158,7 @@ func (c *Checker) Certificate(ctx context.Context, serial string) error {
 		if err != nil {
 			return err
 		}
-		issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, row.CreatedAt, row.CreatedAt)
-		if err != nil {
-			return err
-		}
-		p, err = c.one(tx, row, issued[row.Serial])
+		p, err = c.single(tx, row)
 		return err
 	})
 	if err != nil {
@@ -165,6 +168,66 @@ func (c *Checker) Certificate(ctx context.Context, serial string) error {
 		return p
 	}
 	return nil
+}
+
+// Record checks the escrow record id and the certificate it belongs to, as a recovery must
+// before it trusts the record's owner: the record names a certificate, that certificate's row
+// names the record back, and the certificate passes [Checker.Certificate]'s check (which
+// compares the record's mailbox, serial, epoch and public key too). It returns nil, a
+// [*Problem] (wrapping [ErrInconsistent]), or the database's error.
+func (c *Checker) Record(ctx context.Context, id string) error {
+	var p *Problem
+	err := c.DB.View(ctx, func(tx *store.Tx) error {
+		rec, err := tx.GetRecord(id)
+		if err != nil {
+			return err
+		}
+		if rec.Serial == "" {
+			p = &Problem{Serial: "(none)", Err: ErrRecordLink, Detail: fmt.Sprintf("escrow record %s names no certificate", id)}
+			return nil
+		}
+		row, err := tx.GetCertificate(rec.Serial)
+		if errors.Is(err, store.ErrNotFound) {
+			p = &Problem{Serial: rec.Serial, Err: ErrRecordLink, Detail: fmt.Sprintf("escrow record %s names certificate %s, which does not exist", id, rec.Serial)}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if row.RecordID != rec.ID {
+			p = &Problem{Serial: row.Serial, Err: ErrRecordLink, Detail: fmt.Sprintf("escrow record %s names this certificate, whose row names record %q", id, row.RecordID)}
+			return nil
+		}
+		p, err = c.single(tx, row)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("check: record %s: %w", id, err)
+	}
+	if p != nil {
+		return p
+	}
+	return nil
+}
+
+// single checks one row with its issuance entry. The entry is searched from the row's time and
+// from the certificate's notBefore (which the CA signed), so a row whose created_at was moved
+// does not hide its entry.
+func (c *Checker) single(tx *store.Tx, row *store.Certificate) (*Problem, error) {
+	earliest, latest := row.CreatedAt, row.CreatedAt
+	if cert, err := x509.ParseCertificate(row.DER); err == nil && !slices.Contains(c.Foreign, row.Template) {
+		if cert.NotBefore.Before(earliest) {
+			earliest = cert.NotBefore
+		}
+		if cert.NotBefore.After(latest) {
+			latest = cert.NotBefore
+		}
+	}
+	issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, earliest, latest)
+	if err != nil {
+		return nil, err
+	}
+	return c.one(tx, row, issued[row.Serial])
 }
 
 // run checks the certificates stored after rowid after, a page at a time, each page in its own
@@ -237,12 +300,17 @@ func (c *Checker) page(ctx context.Context, tx *store.Tx, rows []store.Certifica
 	return nil
 }
 
-// issuance is what the audit trail recorded when a certificate was issued.
+// issuance is what the audit trail recorded when a certificate was issued. A field an entry
+// does not hold is "": older entries lack some, and the check accepts that.
 type issuance struct {
 	seq         int64
 	hash        string // SHA-256 of the DER, hex; "" in older entries
 	record      string // escrow record ID, "" when none was named
 	fingerprint string // SHA-256 of the SPKI, hex; "" when not recorded
+	template    string // the template's name
+	mailbox     string
+	role        string // the credential's role (enroll entries of one certificate)
+	kra         string // the KRA's name (enroll entries of one certificate)
 }
 
 var issuanceKinds = []string{string(audit.KindEnroll), string(audit.KindArchive)}
@@ -299,6 +367,13 @@ func issuanceEntries(tx *store.Tx, want map[string]bool, earliest, latest time.T
 				}
 				if len(d.Fingerprint) == len(serials) {
 					is.fingerprint = d.Fingerprint[i]
+				}
+				is.template = d.Template
+				switch {
+				case d.Serial != "":
+					is.mailbox, is.role, is.kra = d.Mailbox, d.Role, d.KRA
+				case len(d.Mailboxes) == len(serials):
+					is.mailbox = d.Mailboxes[i]
 				}
 				out[s] = is
 			}
@@ -368,6 +443,12 @@ func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Prob
 	if is != nil && is.record != "" && is.record != row.RecordID {
 		return bad(ErrRecordLink, "its row names escrow record %q but audit entry %d recorded record %s", row.RecordID, is.seq, is.record)
 	}
+	if detail := c.columns(row, cert); detail != "" {
+		return bad(ErrRowMismatch, "%s", detail)
+	}
+	if detail := auditedColumns(row, is); detail != "" {
+		return bad(ErrAuditRow, "%s", detail)
+	}
 	if row.RecordID == "" {
 		return nil, nil
 	}
@@ -381,6 +462,9 @@ func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Prob
 	if rec.Serial != row.Serial {
 		return bad(ErrRecordLink, "its row names escrow record %s, which belongs to certificate %s", rec.ID, rec.Serial)
 	}
+	if rec.Email != row.Email {
+		return bad(ErrRecordLink, "its escrow record %s is stored as the key of mailbox %q, the certificate is %q's", rec.ID, rec.Email, row.Email)
+	}
 	sealed, err := record.Parse(rec.Blob)
 	if err != nil {
 		return bad(ErrRecordLink, "its escrow record %s does not parse: %v", rec.ID, err)
@@ -393,6 +477,78 @@ func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Prob
 		return bad(ErrRecordLink, "its escrow record %s was sealed for serial %x", rec.ID, h.Serial)
 	case !bytes.Equal(h.SPKIHash[:], spki[:]):
 		return bad(ErrRecordLink, "its escrow record %s was sealed for another public key", rec.ID)
+	case h.Epoch != rec.Epoch:
+		return bad(ErrRecordLink, "its escrow record %s is stored under recovery-set epoch %d but was sealed for epoch %d", rec.ID, rec.Epoch, h.Epoch)
 	}
 	return nil, nil
+}
+
+// columns compares the columns of a row that carry authority with the certificate, whose bytes
+// the CA signed: the mailbox (the rfc822Name of the subject alternative name, which the
+// appliance always writes for a mailbox and never without one), the subject, and for
+// credentials the role (the subject's OU) and the KRA name (its CN). It returns what differs,
+// or "". A foreign certificate (an import) was not made by this appliance: only its mailbox is
+// compared, and only when it names one.
+func (c *Checker) columns(row *store.Certificate, cert *x509.Certificate) string {
+	emails := cert.EmailAddresses
+	if slices.Contains(c.Foreign, row.Template) {
+		if len(emails) > 0 && !slices.ContainsFunc(emails, func(e string) bool { return strings.EqualFold(e, row.Email) }) {
+			return fmt.Sprintf("its row names mailbox %q, the certificate %s", row.Email, strings.Join(emails, ", "))
+		}
+		return ""
+	}
+	switch {
+	case len(emails) > 1:
+		return fmt.Sprintf("the certificate names %d mailboxes; this CA writes at most one", len(emails))
+	case len(emails) == 1 && emails[0] != row.Email:
+		return fmt.Sprintf("its row names mailbox %q, the certificate %q", row.Email, emails[0])
+	case len(emails) == 0 && row.Email != "":
+		return fmt.Sprintf("its row names mailbox %q, the certificate none", row.Email)
+	}
+	if s := cert.Subject.String(); s != row.Subject {
+		return fmt.Sprintf("its row names subject %q, the certificate %q", row.Subject, s)
+	}
+	ou := cert.Subject.OrganizationalUnit
+	cn := cert.Subject.CommonName
+	switch row.Role {
+	case "":
+		if len(ou) > 0 {
+			return fmt.Sprintf("its row holds no role, the certificate is issued for role %q", ou[0])
+		}
+	case roleKRA:
+		if row.KRA == "" || cn != "KRA "+row.KRA+" (authentication)" {
+			return fmt.Sprintf("its row makes it the authentication credential of KRA %q, the certificate is %q's", row.KRA, cn)
+		}
+	default:
+		if len(ou) != 1 || ou[0] != row.Role {
+			return fmt.Sprintf("its row grants role %q, the certificate is issued for %q", row.Role, strings.Join(ou, ", "))
+		}
+	}
+	if row.KRA != "" && row.Role == "" && cn != "KRA "+row.KRA+" (key recovery)" {
+		return fmt.Sprintf("its row makes it the unwrap certificate of KRA %q, the certificate is %q's", row.KRA, cn)
+	}
+	return ""
+}
+
+// roleKRA is the role of a KRA's authentication credential (policy.RoleKRA).
+const roleKRA = "kra"
+
+// auditedColumns compares the columns of a row with what its issuance entry recorded; a field
+// the entry lacks (an older entry, a batch entry) is not compared. It returns what differs, or
+// "".
+func auditedColumns(row *store.Certificate, is *issuance) string {
+	if is == nil {
+		return ""
+	}
+	for _, f := range []struct{ name, recorded, stored string }{
+		{"template", is.template, row.Template},
+		{"mailbox", is.mailbox, row.Email},
+		{"role", is.role, row.Role},
+		{"KRA", is.kra, row.KRA},
+	} {
+		if f.recorded != "" && f.recorded != f.stored {
+			return fmt.Sprintf("its row holds %s %q but audit entry %d recorded %q at issuance", f.name, f.stored, is.seq, f.recorded)
+		}
+	}
+	return ""
 }

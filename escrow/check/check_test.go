@@ -61,7 +61,8 @@ func (f *fixture) sign(serial int64, days int) []byte {
 		f.t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "user"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(days) * 24 * time.Hour)}
+		EmailAddresses: []string{"u@example.org"},
+		NotBefore:      time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(days) * 24 * time.Hour)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, f.ca, &key.PublicKey, f.caKey)
 	if err != nil {
 		f.t.Fatal(err)
@@ -103,6 +104,9 @@ func (f *fixture) exec(query string, args ...any) {
 	}
 }
 
+// issuedAs is what an issuance entry records of the fixture's certificates.
+var issuedAs = audit.Details{Template: "smime-signature", Mailbox: "u@example.org"}
+
 // TestCheck: each kind of tampering is found and named, an intact archive passes, and an
 // issuance entry written before certificate hashes were recorded is accepted.
 func TestCheck(t *testing.T) {
@@ -140,6 +144,24 @@ func TestCheck(t *testing.T) {
 		}},
 		{name: "pointed at a record that does not exist", wantErr: check.ErrRecordLink, tamper: func(f *fixture, serial string) {
 			f.exec(`UPDATE certificates SET record_id = 'feedface' WHERE serial = ?`, serial)
+		}},
+		{name: "mailbox changed", wantErr: check.ErrRowMismatch, details: issuedAs, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET email = 'mallory@example.org' WHERE serial = ?`, serial)
+		}},
+		{name: "mailbox changed, older entry", wantErr: check.ErrRowMismatch, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET email = 'mallory@example.org' WHERE serial = ?`, serial)
+		}},
+		{name: "template changed", wantErr: check.ErrAuditRow, details: issuedAs, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET template = 'smime-encryption' WHERE serial = ?`, serial)
+		}},
+		{name: "role granted", wantErr: check.ErrRowMismatch, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET role = 'admin' WHERE serial = ?`, serial)
+		}},
+		{name: "made a KRA", wantErr: check.ErrRowMismatch, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET role = 'kra', kra = 'kra1' WHERE serial = ?`, serial)
+		}},
+		{name: "subject changed", wantErr: check.ErrRowMismatch, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET subject = 'CN=ada' WHERE serial = ?`, serial)
 		}},
 	}
 	for _, tt := range tests {
