@@ -318,6 +318,31 @@ func TestBulkKeygen(t *testing.T) {
 		"--state", state, "--as", "admin", "--server", a.url); err == nil || !strings.Contains(errOut, "409") {
 		t.Fatalf("passwords released twice: %v %s", err, errOut)
 	}
+	// The job's submission and its one release of passwords are in the audit trail, by the
+	// admin who did them, and the refused second release is not.
+	for kind, want := range map[string]int{"bulk-submitted": 1, "bulk-passwords": 1} {
+		if got := bulkAuditEntries(t, state, kind, id); got != want {
+			t.Errorf("%d %s audit entries for job %s, want %d", got, kind, id, want)
+		}
+	}
+}
+
+// bulkAuditEntries counts the audit entries of kind about job id, made by an authenticated
+// actor (not the appliance itself).
+func bulkAuditEntries(t *testing.T, state, kind, id string) int {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(state, "keyarc.db")+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	err = db.QueryRow(`SELECT count(*) FROM audit WHERE kind = ? AND subject = ? AND actor NOT IN ('', 'local', 'system')`,
+		kind, "job "+id).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // importLines makes n import items from a foreign CA, PEM and PKCS#8.
@@ -472,5 +497,76 @@ func TestBulkCrashResume(t *testing.T) {
 	}
 	if issued != total || active != total {
 		t.Fatalf("%d issued certificates and %d active records for %d items", issued, active, total)
+	}
+}
+
+// TestBulkKeyArchivedElsewhere: in an import job, an item whose key is already archived for
+// another mailbox (by an earlier job, or by another item of the same job) fails alone with a
+// reason that says so and names no other mailbox; the job does not pause and ends with
+// done + failed == total.
+func TestBulkKeyArchivedElsewhere(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	caKey := p256Key(t)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "old CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	serial := time.Now().UnixNano()
+	line := func(k *ecdsa.PrivateKey, mailbox string) string {
+		serial++
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: mailbox},
+			EmailAddresses: []string{mailbox}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			KeyUsage: x509.KeyUsageKeyEncipherment}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, k.Public(), caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mustJSON(t, map[string]string{
+			"certificate": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+			"key":         string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8DER(t, k)})),
+		})
+	}
+	taken, shared := p256Key(t), p256Key(t)
+	first := filepath.Join(t.TempDir(), "first.jsonl")
+	writeJobFile(t, first, `{"kind":"import"}`, []string{line(taken, "alice@example.org")})
+	_, res := readResults(t, a, submitBulk(t, a, first))
+	checkResults(t, state, 1, res)
+
+	var lines []string
+	for i := 1; i <= 10; i++ {
+		k := p256Key(t)
+		switch i {
+		case 3:
+			k = taken
+		case 5, 6:
+			k = shared
+		}
+		lines = append(lines, line(k, fmt.Sprintf("user%d@example.org", i)))
+	}
+	file := filepath.Join(t.TempDir(), "second.jsonl")
+	writeJobFile(t, file, `{"kind":"import"}`, lines)
+	st, res := readResults(t, a, submitBulk(t, a, file))
+	if st.State != "done" || st.Done+st.Failed != st.Total || st.Failed != 2 {
+		t.Fatalf("status %+v, want done with 2 failed and done+failed == total", st)
+	}
+	loser := 6
+	if res[5].State == "failed" {
+		loser = 5
+	}
+	checkResults(t, state, 10, res, 3, loser)
+	for _, seq := range []int{3, loser} {
+		if msg := res[seq].Error; !strings.Contains(msg, "already archived for another mailbox") ||
+			strings.Contains(msg, "alice@") || strings.Contains(msg, "user5@") || strings.Contains(msg, "user6@") {
+			t.Errorf("item %d: reason %q", seq, msg)
+		}
+	}
+	if strings.Contains(a.logs.String(), "bulk job paused") {
+		t.Errorf("the job paused for refused items:\n%s", a.logs.String())
 	}
 }

@@ -244,7 +244,7 @@ func TestBulkStorageFault(t *testing.T) {
 func TestBulkSigtermResume(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl")
-	const total, stops = 1500, 3
+	const total, stops = 3000, 3 // long enough that three stops, 150 items apart, come before the end
 	state := devState(t)
 	a := serve(t, state)
 	var lines []string

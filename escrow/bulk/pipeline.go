@@ -276,7 +276,9 @@ func (r *jobRun) prepare(ctx context.Context, pass int) (seen []uint64, done, fa
 
 // pass runs the pipeline once over the job's items that have no outcome.
 func (r *jobRun) pass(ctx context.Context, seen []uint64) error {
-	if err := r.refreshSet(ctx); err != nil {
+	// The set items are sealed for is read at each pass: the items a set change left without
+	// an outcome are sealed for the new set. A storage fault pauses the job, as elsewhere.
+	if err := r.retry(ctx, func() error { return r.refreshSet(ctx) }); err != nil {
 		return err
 	}
 	rd, f, err := r.open()
