@@ -3,7 +3,6 @@ package tests
 import (
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -78,18 +77,16 @@ func TestConsistencyCheck(t *testing.T) {
 
 	S := []string{"--state", state, "--server", a.url}
 	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+	// The request itself is refused, as an integrity fault, before a recovery key is made or a
+	// KRA is asked: nothing can be approved or fetched.
 	for _, u := range []string{"flip", "repoint"} {
-		id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serials[u], "--reason", "tamper test")...))
-		keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
-		keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
-		p12 := filepath.Join(dir, u+".p12")
-		msg := keyarcFails(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", filepath.Join(dir, u+".pw"))...)
-		if !strings.Contains(msg, "consistency check") {
-			t.Errorf("recovery of the %s certificate: %s", u, msg)
+		msg := keyarcFails(t, as("officer", "recovery", "request", "--serial", serials[u], "--reason", "tamper test")...)
+		if !strings.Contains(msg, "consistency check") || !strings.Contains(msg, "keyarc check") {
+			t.Errorf("recovery request for the %s certificate: %s", u, msg)
 		}
-		if _, err := os.Stat(p12); err == nil {
-			t.Errorf("a PKCS#12 was written for the %s certificate", u)
-		}
+	}
+	if n := countRows(t, state, `SELECT count(*) FROM recoveries`); n != 0 {
+		t.Errorf("%d refused request(s) stored, want 0", n)
 	}
 	// The untouched user is still recovered.
 	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serials["other"], "--reason", "tamper test")...))
@@ -129,5 +126,75 @@ func TestConsistencyCheckImports(t *testing.T) {
 	db.Close()
 	if msg := keyarcFails(t, "check", "--state", state); !strings.Contains(msg, serial) || !strings.Contains(msg, "recorded at issuance") {
 		t.Errorf("check after changing an imported certificate:\n%s", msg)
+	}
+}
+
+// TestConsistencyCheckColumns: with the appliance stopped, an encryption certificate's mailbox is
+// moved to another owner in both tables, and a signature certificate's template is changed to
+// the archiving one. `keyarc check` and `keyarc audit verify` name both; the start-up check logs
+// and counts them; and a recovery for the new mailbox is refused as an integrity fault before
+// anything is made.
+func TestConsistencyCheckColumns(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "ex@example.org", filepath.Join(dir, "ex"))
+	exSerial := certSerial(t, dir, filepath.Join(dir, "ex", "cert.pem"))
+	const signer = "sig@example.org"
+	code := newCode(t, state, signer, "smime-signature")
+	got, body := curlEST(t, a, dir, "/.well-known/est/smime-signature/simpleenroll", signer+":"+code, estCSR(t, dir, "sig", "/CN="+signer))
+	if got != "200" {
+		t.Fatalf("simpleenroll: HTTP %s: %s", got, body)
+	}
+	sigSerial := opensslSerial(t, dir, pkcs7ToPEM(t, dir, "sig-cert", body))
+	a.stop(t)
+
+	db := openDB(t, state)
+	for _, q := range []string{
+		`UPDATE certificates SET email = 'mallory@example.org' WHERE email = 'ex@example.org'`,
+		`UPDATE records SET email = 'mallory@example.org' WHERE email = 'ex@example.org'`,
+		`UPDATE certificates SET template = 'smime-encryption' WHERE serial = '` + sigSerial + `'`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+
+	msg := keyarcFails(t, "check", "--state", state)
+	for _, want := range []string{exSerial, "mailbox", sigSerial, "template"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("keyarc check does not name %q:\n%s", want, msg)
+		}
+	}
+	if msg := keyarcFails(t, "audit", "verify", "--state", state); !strings.Contains(msg, exSerial) || !strings.Contains(msg, sigSerial) {
+		t.Errorf("audit verify does not report the inconsistent certificates:\n%s", msg)
+	}
+
+	a = serve(t, state)
+	if logs := a.logs.String(); !strings.Contains(logs, exSerial) || !strings.Contains(logs, sigSerial) {
+		t.Errorf("the start-up check does not name %s and %s:\n%s", exSerial, sigSerial, logs)
+	}
+	resp, err := http.Get(a.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if m := regexp.MustCompile(`(?m)^keyarc_consistency_failures (\S+)$`).FindSubmatch(metrics); m == nil || string(m[1]) != "2" {
+		t.Errorf("keyarc_consistency_failures: %q, want 2", m)
+	}
+
+	S := []string{"--state", state, "--server", a.url, "--as", "officer"}
+	for _, args := range [][]string{{"--email", "mallory@example.org"}, {"--serial", exSerial}} {
+		msg := keyarcFails(t, append(append([]string{"recovery", "request", "--reason", "tamper test"}, args...), S...)...)
+		if !strings.Contains(msg, "consistency check") {
+			t.Errorf("recovery request %v: %s", args, msg)
+		}
+	}
+	if n := countRows(t, state, `SELECT count(*) FROM recoveries`); n != 0 {
+		t.Errorf("%d refused request(s) stored, want 0", n)
 	}
 }
