@@ -2,6 +2,7 @@ package escrow
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"errors"
 	"testing"
@@ -103,5 +104,77 @@ func TestRecoveryRefusesFlaggedCertificate(t *testing.T) {
 	}
 	if len(rows) != 1 {
 		t.Errorf("%d approvals stored, want the one given before the tampering", len(rows))
+	}
+}
+
+// TestCheckCredential: the row of a presented credential is trusted only when it holds the
+// presented certificate and passes the consistency check: a role raised in the row, the
+// certificate of another row, or a KRA name changed are refused as integrity faults.
+func TestCheckCredential(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		tamper  func(r *recoveryEnv, officer string)
+		other   bool // present another certificate of the CA
+		wantErr error
+	}{
+		{name: "intact"},
+		{name: "role raised", wantErr: ErrIntegrity, tamper: func(r *recoveryEnv, officer string) {
+			r.tamper(t, `UPDATE certificates SET role = 'admin' WHERE serial = ?`, officer)
+		}},
+		{name: "name changed", wantErr: ErrIntegrity, tamper: func(r *recoveryEnv, officer string) {
+			r.tamper(t, `UPDATE certificates SET subject = 'CN=ada,OU=officer' WHERE serial = ?`, officer)
+		}},
+		{name: "another certificate presented", wantErr: ErrIntegrity, other: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRecoveryEnv(t)
+			if tt.tamper != nil {
+				tt.tamper(r, r.officer.Serial)
+			}
+			row := r.certificate(t, r.officer.Serial)
+			presented := row.DER
+			if tt.other {
+				presented = r.certificate(t, r.admin.Serial).DER
+			}
+			cert, err := x509.ParseCertificate(presented)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.svc.CheckCredential(ctx, row, cert)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("CheckCredential: %v, want %v", err, tt.wantErr)
+			}
+			if tt.wantErr != nil && !errors.Is(err, check.ErrInconsistent) {
+				t.Errorf("CheckCredential: %v does not wrap check.ErrInconsistent", err)
+			}
+		})
+	}
+}
+
+// TestApprovalRefusesTamperedSigner: a KRA authentication row renamed to another KRA does not
+// count as that KRA's approval; the refusal is an integrity fault, not the KRA's failure.
+func TestApprovalRefusesTamperedSigner(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	id := r.request(t).ID
+	shares, sig := r.approval(t, 0, id)
+	p := r.kraPrincipal(t, 0)
+	r.tamper(t, `UPDATE certificates SET kra = 'kra-9' WHERE serial = ?`, p.Serial)
+	if _, err := r.svc.SubmitApproval(ctx, p, id, shares, sig); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("SubmitApproval: %v, want ErrIntegrity", err)
+	}
+	raw, err := sql.Open("sqlite", "file:"+r.svc.Store.Path()+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var n int
+	if err := raw.QueryRow(`SELECT count(*) FROM approval_failures`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d approval failure(s) counted against the KRA for an integrity fault, want 0", n)
 	}
 }

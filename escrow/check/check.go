@@ -210,19 +210,30 @@ func (c *Checker) Record(ctx context.Context, id string) error {
 	return nil
 }
 
+// entryTimes returns the times between which a row's issuance entry is searched: its
+// created_at, and the certificate's notBefore (the issuer's clock at signing, which the CA
+// signed: moving the row's created_at does not hide the entry). Foreign certificates carry
+// another CA's notBefore, so only created_at counts for them.
+func (c *Checker) entryTimes(row *store.Certificate) (from, to time.Time) {
+	from, to = row.CreatedAt, row.CreatedAt
+	cert, err := x509.ParseCertificate(row.DER)
+	if err != nil || c.foreign(row, cert) {
+		return from, to
+	}
+	if cert.NotBefore.Before(from) {
+		from = cert.NotBefore
+	}
+	if cert.NotBefore.After(to) {
+		to = cert.NotBefore
+	}
+	return from, to
+}
+
 // single checks one row with its issuance entry. The entry is searched from the row's time and
 // from the certificate's notBefore (which the CA signed), so a row whose created_at was moved
 // does not hide its entry.
 func (c *Checker) single(tx *store.Tx, row *store.Certificate) (*Problem, error) {
-	earliest, latest := row.CreatedAt, row.CreatedAt
-	if cert, err := x509.ParseCertificate(row.DER); err == nil && !slices.Contains(c.Foreign, row.Template) {
-		if cert.NotBefore.Before(earliest) {
-			earliest = cert.NotBefore
-		}
-		if cert.NotBefore.After(latest) {
-			latest = cert.NotBefore
-		}
-	}
+	earliest, latest := c.entryTimes(row)
 	issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, earliest, latest)
 	if err != nil {
 		return nil, err
@@ -258,16 +269,18 @@ func (c *Checker) run(ctx context.Context, after int64) (*Report, error) {
 func (c *Checker) page(ctx context.Context, tx *store.Tx, rows []store.Certificate, rep *Report) error {
 	want := make(map[string]bool, len(rows))
 	var earliest, latest time.Time
-	for _, r := range rows {
+	for i := range rows {
+		r := &rows[i]
 		if r.State == store.StateFailed {
 			continue // signed but never delivered: kept on record, not in use
 		}
 		want[r.Serial] = true
-		if earliest.IsZero() || r.CreatedAt.Before(earliest) {
-			earliest = r.CreatedAt
+		from, to := c.entryTimes(r)
+		if earliest.IsZero() || from.Before(earliest) {
+			earliest = from
 		}
-		if r.CreatedAt.After(latest) {
-			latest = r.CreatedAt
+		if to.After(latest) {
+			latest = to
 		}
 	}
 	if len(want) == 0 {
@@ -424,7 +437,7 @@ func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Prob
 	if err != nil {
 		return bad(ErrUnparsable, "the stored certificate does not parse: %v", err)
 	}
-	if !slices.Contains(c.Foreign, row.Template) {
+	if !c.foreign(row, cert) {
 		if err := cert.CheckSignatureFrom(c.CA); err != nil {
 			return bad(ErrSignature, "its signature does not verify against the CA %q: %v", c.CA.Subject.String(), err)
 		}
@@ -491,7 +504,7 @@ func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Prob
 // compared, and only when it names one.
 func (c *Checker) columns(row *store.Certificate, cert *x509.Certificate) string {
 	emails := cert.EmailAddresses
-	if slices.Contains(c.Foreign, row.Template) {
+	if c.foreign(row, cert) {
 		if len(emails) > 0 && !slices.ContainsFunc(emails, func(e string) bool { return strings.EqualFold(e, row.Email) }) {
 			return fmt.Sprintf("its row names mailbox %q, the certificate %s", row.Email, strings.Join(emails, ", "))
 		}
@@ -528,6 +541,13 @@ func (c *Checker) columns(row *store.Certificate, cert *x509.Certificate) string
 		return fmt.Sprintf("its row makes it the unwrap certificate of KRA %q, the certificate is %q's", row.KRA, cn)
 	}
 	return ""
+}
+
+// foreign reports whether a row is a certificate another CA signed: its template is one of
+// [Checker.Foreign] and its issuer is not this CA. A certificate of this CA whose row was
+// relabelled with a foreign template is checked as this CA's (signature, columns).
+func (c *Checker) foreign(row *store.Certificate, cert *x509.Certificate) bool {
+	return slices.Contains(c.Foreign, row.Template) && !bytes.Equal(cert.RawIssuer, c.CA.RawSubject)
 }
 
 // roleKRA is the role of a KRA's authentication credential (policy.RoleKRA).

@@ -62,7 +62,7 @@ func (f *fixture) sign(serial int64, days int) []byte {
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "user"},
 		EmailAddresses: []string{"u@example.org"},
-		NotBefore:      time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(days) * 24 * time.Hour)}
+		NotBefore:      time.Now(), NotAfter: time.Now().Add(time.Duration(days) * 24 * time.Hour)} // NotBefore: the issuer's clock, as the CA does
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, f.ca, &key.PublicKey, f.caKey)
 	if err != nil {
 		f.t.Fatal(err)
@@ -154,6 +154,12 @@ func TestCheck(t *testing.T) {
 		{name: "template changed", wantErr: check.ErrAuditRow, details: issuedAs, tamper: func(f *fixture, serial string) {
 			f.exec(`UPDATE certificates SET template = 'smime-encryption' WHERE serial = ?`, serial)
 		}},
+		{name: "template changed, created_at moved", wantErr: check.ErrAuditRow, details: issuedAs, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET template = 'smime-encryption', created_at = 86400000000 WHERE serial = ?`, serial)
+		}},
+		{name: "relabelled as an import, created_at moved", wantErr: check.ErrAuditRow, details: issuedAs, tamper: func(f *fixture, serial string) {
+			f.exec(`UPDATE certificates SET template = 'import', created_at = 86400000000 WHERE serial = ?`, serial)
+		}},
 		{name: "role granted", wantErr: check.ErrRowMismatch, tamper: func(f *fixture, serial string) {
 			f.exec(`UPDATE certificates SET role = 'admin' WHERE serial = ?`, serial)
 		}},
@@ -176,7 +182,7 @@ func TestCheck(t *testing.T) {
 			if tt.tamper != nil {
 				tt.tamper(f, serial)
 			}
-			c := &check.Checker{DB: f.db, CA: f.ca}
+			c := &check.Checker{DB: f.db, CA: f.ca, Foreign: []string{"import"}}
 			rep, err := c.All(context.Background())
 			if err != nil {
 				t.Fatal(err)
