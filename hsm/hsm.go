@@ -379,9 +379,10 @@ func (t *Token) Label() string { return t.label }
 
 // Close closes the raw session, then the crypto11 context (which finalises the module
 // when no other Token uses it). It waits for running operations, but at most
-// [Options.CallTimeout] for the module: past it, it returns an error wrapping
-// [ErrTokenHung] and leaves the close to finish on its own if the token ever answers (a
-// login still running is closed when it ends, too). Operations fail with [ErrClosed] from
+// [Options.CallTimeout] for the module, and not at all for a connection already dropped
+// because a call on it hung: it then returns an error wrapping [ErrTokenHung] and leaves
+// the close to finish on its own if the token ever answers (a login still running is
+// closed when it ends, too). Operations fail with [ErrClosed] from
 // its start. Calling Close again returns nil.
 func (t *Token) Close() error {
 	t.mu.Lock()
@@ -390,10 +391,11 @@ func (t *Token) Close() error {
 		return nil
 	}
 	t.closed = true
-	done := t.retiring
+	// A connection retired because a call on it hung is only looked at: that call is known
+	// not to return soon. The current one may just be busy: it gets CallTimeout.
+	done, wait := t.retiring, time.Duration(0)
 	if c := t.cur; c != nil {
-		// A retirement still running only concerns an older connection; this one is closed now.
-		done = c.closeAsync()
+		done, wait = c.closeAsync(), t.callTimeout
 	}
 	t.cur, t.retiring = nil, nil
 	if t.dialing != nil {
@@ -403,7 +405,7 @@ func (t *Token) Close() error {
 	t.mu.Unlock()
 	var err error
 	if done != nil {
-		err = done.wait(t.callTimeout)
+		err = done.wait(wait)
 	}
 	openTokens.Lock()
 	delete(openTokens.m, t.key)
@@ -464,8 +466,9 @@ func (t *Token) do(op string, f func(c *conn) error) error {
 	t.met.observe(op, start, err)
 	switch {
 	case errors.Is(err, ErrTokenHung):
+		broken := t.broken.Swap(true)
 		t.drop(c)
-		if !t.broken.Swap(true) {
+		if !broken {
 			t.log.Error("hsm: token stopped answering: a call did not return in time; its connection is dropped", "op", op, "err", err)
 		}
 	case errors.Is(err, ErrTokenGone) && !t.broken.Swap(true):
@@ -474,10 +477,22 @@ func (t *Token) do(op string, f func(c *conn) error) error {
 	return err
 }
 
-// drop marks c so that no operation starts on it any more. It is closed by the next
-// reconnection or by Close.
+// drop retires c, the connection of a call that did not return in time: no operation
+// starts on it any more, and its close starts now, to end when its calls have returned, so
+// that the next Ping knows at once that no login can be tried yet.
 func (t *Token) drop(c *conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.dropLocked(c)
+}
+
+// dropLocked is drop for a caller that holds t.mu for writing.
+func (t *Token) dropLocked(c *conn) {
 	c.retired.Store(true)
+	if t.cur == c && !t.closed {
+		t.cur = nil
+		t.retiring = c.closeAsync()
+	}
 }
 
 // acquire takes a session slot, waiting at most t.wait.
@@ -536,15 +551,22 @@ func (t *Token) Ping() error {
 	}
 	c.enter()
 	t.mu.RUnlock()
-	if err := c.run(t.callTimeout, c.raw.ping); err != nil {
+	err := c.run(t.callTimeout, c.raw.ping)
+	if err == nil && c.retired.Load() {
+		// The token answered, but on a connection dropped meanwhile: not ready until a new
+		// login.
+		err = fmt.Errorf("%w: reconnecting", ErrTokenGone)
+	}
+	if err != nil {
 		err = classify(err)
 		if !errors.Is(err, ErrTokenGone) {
 			err = fmt.Errorf("%w: %w", ErrTokenGone, err)
 		}
+		broken := t.broken.Swap(true)
 		if errors.Is(err, ErrTokenHung) {
 			t.drop(c)
 		}
-		if !t.broken.Swap(true) {
+		if !broken {
 			t.log.Error("hsm: token stopped answering", "op", "ping", "err", err)
 		}
 		return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
@@ -693,7 +715,7 @@ func (t *Token) reconnect() error {
 // on, and a later reconnect waits for it without blocking. The caller holds t.recMu.
 func (t *Token) retire() error {
 	t.mu.Lock()
-	wait := time.Duration(0) // a close started by an earlier Ping is only looked at
+	wait := time.Duration(0) // a close started earlier (by drop or a Ping) is only looked at
 	if c := t.cur; c != nil {
 		t.cur = nil
 		t.retiring = c.closeAsync()
@@ -783,11 +805,11 @@ func (t *Token) checkKey(c *conn, e expectation) error {
 	})
 	if err != nil {
 		err = classify(err)
-		if errors.Is(err, ErrTokenHung) {
-			t.drop(c)
-		}
 		if errors.Is(err, ErrTokenGone) {
 			t.broken.Store(true)
+		}
+		if errors.Is(err, ErrTokenHung) {
+			t.dropLocked(c)
 		}
 		return fmt.Errorf("hsm: check key %q: %w", e.label, err)
 	}
