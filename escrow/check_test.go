@@ -49,6 +49,9 @@ func TestRecoveryRefusesTamperedRows(t *testing.T) {
 		{name: "template changed", tamper: func(r *recoveryEnv) {
 			r.tamper(t, `UPDATE certificates SET template = ? WHERE serial = ?`, "smime-signature", r.serial)
 		}},
+		{name: "undelivered certificate", tamper: func(r *recoveryEnv) {
+			r.tamper(t, `UPDATE certificates SET state = 'failed' WHERE serial = ?`, r.serial)
+		}},
 		{name: "role granted", tamper: func(r *recoveryEnv) {
 			r.tamper(t, `UPDATE certificates SET role = 'admin' WHERE serial = ?`, r.serial)
 		}},

@@ -198,6 +198,10 @@ func (c *Checker) Record(ctx context.Context, id string) error {
 			p = &Problem{Serial: row.Serial, Err: ErrRecordLink, Detail: fmt.Sprintf("escrow record %s names this certificate, whose row names record %q", id, row.RecordID)}
 			return nil
 		}
+		if rec.State == store.StateActive && (row.State == store.StateFailed || row.State == store.StatePending) {
+			p = &Problem{Serial: row.Serial, Err: ErrRecordLink, Detail: fmt.Sprintf("escrow record %s is active but its certificate is %s (never delivered)", id, row.State)}
+			return nil
+		}
 		p, err = c.single(tx, row)
 		return err
 	})
