@@ -53,7 +53,7 @@ func explainConfigError(file string, data []byte, err error) error {
 	for _, m := range te.Errors {
 		sm := unknownFieldRE.FindStringSubmatch(m)
 		if sm == nil {
-			msgs = append(msgs, stripGoTypes(m))
+			msgs = append(msgs, explainTypeMismatch(&root, m))
 			continue
 		}
 		line, _ := strconv.Atoi(sm[1])
@@ -69,6 +69,84 @@ func explainConfigError(file string, data []byte, err error) error {
 		msgs = append(msgs, strings.TrimPrefix(fe.Error(), file+": "))
 	}
 	return fmt.Errorf("%s: %s", file, strings.Join(msgs, "; "))
+}
+
+var typeMismatchRE = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$")
+
+// explainTypeMismatch words the decoder's "cannot unmarshal !!str `eight` into int" as
+// "line 12: field http.login_failures_per_source must be a whole number, not the text eight":
+// the field by its path in the file, the expected type in words. Other messages lose Go's
+// type names only.
+func explainTypeMismatch(root *yaml.Node, m string) string {
+	sm := typeMismatchRE.FindStringSubmatch(m)
+	if sm == nil {
+		return stripGoTypes(m)
+	}
+	line, _ := strconv.Atoi(sm[1])
+	got := map[string]string{"str": "the text", "int": "the number", "float": "the number", "bool": "the boolean",
+		"seq": "a list", "map": "a mapping", "null": "nothing"}[sm[2]]
+	if got == "" {
+		got = "a value"
+	}
+	if sm[3] != "" {
+		got += " " + sm[3]
+	}
+	field := "the value"
+	if path, ok := findValue(root, line, nil); ok && len(path) > 0 {
+		field = "field " + strings.Join(path, ".")
+	}
+	return fmt.Sprintf("line %d: %s must be %s, not %s", line, field, yamlKind(sm[4]), got)
+}
+
+// yamlKind names in words the YAML that decodes into the Go type named goType.
+func yamlKind(goType string) string {
+	switch {
+	case goType == "string":
+		return "text"
+	case goType == "bool":
+		return "true or false"
+	case strings.HasPrefix(goType, "int"):
+		return "a whole number"
+	case strings.HasPrefix(goType, "uint"):
+		return "a whole number, 0 or more"
+	case strings.HasPrefix(goType, "float"):
+		return "a number"
+	case goType == "time.Duration" || goType == "config.Duration":
+		return "a duration such as 90s, 15m or 24h"
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case strings.HasPrefix(goType, "map[") || strings.Contains(goType, "."):
+		return "a mapping of fields"
+	}
+	return "another kind of value"
+}
+
+// findValue finds the scalar or collection value that starts on line and returns the path of
+// keys to it (list items by their key's name alone).
+func findValue(n *yaml.Node, line int, path []string) ([]string, bool) {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for _, c := range n.Content {
+			if c.Kind == yaml.ScalarNode && c.Line == line && n.Kind == yaml.SequenceNode {
+				return path, true
+			}
+			if p, ok := findValue(c, line, path); ok {
+				return p, true
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := append(append([]string(nil), path...), k.Value)
+			if v.Line == line && (v.Kind == yaml.ScalarNode || k.Line == line) {
+				return p, true
+			}
+			if q, ok := findValue(v, line, p); ok {
+				return q, true
+			}
+		}
+	}
+	return nil, false
 }
 
 var goTypeRE = regexp.MustCompile(` into (main|config|policy)\.\w+|struct \{[^}]*\}`)

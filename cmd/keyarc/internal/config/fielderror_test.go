@@ -50,3 +50,40 @@ func TestConfigUnknownField(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigTypeMismatch: a value of the wrong type is reported with its line, the field's path
+// and the expected type in words, never with the decoder's Go type names.
+func TestConfigTypeMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"int field", "http:\n  login_failures_per_source: eight\n",
+			[]string{"line 2", "http.login_failures_per_source", "whole number", "eight"}},
+		{"list field", "templates:\n  - name: x\n    key_usage: digitalSignature\n",
+			[]string{"line 3", "templates.key_usage", "a list"}},
+		{"bool field", "templates:\n  - name: x\n    archive: maybe\n",
+			[]string{"line 3", "templates.archive", "true or false"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, Name), []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(dir)
+			if err == nil {
+				t.Fatal("Load accepted a value of the wrong type")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			for _, goName := range []string{"!!str", "into int", "into []string", "into bool", "unmarshal"} {
+				if strings.Contains(err.Error(), goName) {
+					t.Errorf("error %q shows the decoder's %q", err, goName)
+				}
+			}
+		})
+	}
+}
