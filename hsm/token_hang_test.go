@@ -43,7 +43,7 @@ func TestErrTokenHung(t *testing.T) {
 // returns, and Close never waits longer than CallTimeout.
 func TestCallTimeout(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	const limit = 300 * time.Millisecond
+	const limit = time.Second
 	_, _, tok := newToken(t, Options{CallTimeout: limit, Registerer: reg})
 	if _, err := tok.GenerateKey("k", P256, UsageSign); err != nil {
 		t.Fatal(err)
@@ -188,7 +188,7 @@ func TestTokenHangP11Kit(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.ModulePath = client
-	const limit = time.Second
+	const limit = 2 * time.Second
 	tok, err := Open(u.String(), Options{CallTimeout: limit, PoolWaitTimeout: limit})
 	if err != nil {
 		t.Fatal(err)
