@@ -93,7 +93,14 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 // Authenticate checks an enrollee's mailbox and enrollment code and returns the code's record.
 // It does not use the code up: only a successful enrollment does. Every mismatch gives the same
 // ErrUnauthorized, so the answer does not tell which part was wrong, except that a used or
-// expired code says so (the enrollee needs a new one).
+// expired code says so (the enrollee needs a new one). A code still held by an enrollment that
+// failed for a fault of the storage, whose undo waits for the storage to answer, is not "used":
+// the enrollee was told to retry later, and is told so again.
+//
+// # Errors
+//
+// [ErrUnauthorized], [ErrCodeUsed], [ErrCodeExpired], or a storage error wrapping
+// [store.ErrUnavailable] (also while the code waits for the undo of a failed attempt).
 func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*store.Code, error) {
 	secret = strings.ToUpper(strings.TrimSpace(strings.ReplaceAll(secret, "-", "")))
 	if len(secret) != codeLength {
@@ -115,6 +122,9 @@ func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*st
 		return nil, ErrUnauthorized
 	}
 	if c.UsedAt != nil {
+		if c.Serial != "" && s.undoPending(c.Serial) {
+			return nil, fmt.Errorf("escrow: the last enrollment with this code failed for a fault of the storage; the code is released as soon as the storage answers: %w", store.ErrUnavailable)
+		}
 		return nil, ErrCodeUsed
 	}
 	if !s.now().Before(c.ExpiresAt) {

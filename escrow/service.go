@@ -15,7 +15,10 @@
 // the sealed record committed, after a check that the record's recovery-set epoch is still the
 // current one), then sign, then finish (certificate stored, record activated, audit entry), for
 // a batch of one (an enrollment) or many (a bulk job). A failure after the reservation undoes it;
-// after a crash, [Service.Sweep] marks the rows left pending failed. No certificate of an
+// an enrollment whose finish the storage refused is undone too (its enrollee was told to retry),
+// and an undo the storage refuses is retried in the background until the storage answers, so a
+// fault of the appliance never costs an enrollment code; after a crash, [Service.Sweep] marks
+// the rows left pending failed. No certificate of an
 // archiving template exists without its escrow record, and no record is committed for a
 // recovery set an admin has replaced: an enrollment whose key was sealed for the old set is
 // sealed again for the new one and retried once.
@@ -30,7 +33,9 @@
 //
 // # Concurrency
 //
-// A Service is safe for concurrent use; the store group-commits concurrent enrollments.
+// A Service is safe for concurrent use; the store group-commits concurrent enrollments. It
+// starts one background goroutine only while undos refused by the storage wait (escrow/issue's
+// Undoer); it ends when they are done or the store is closed.
 package escrow
 
 import (
@@ -95,6 +100,9 @@ type Service struct {
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests
+
+	undoOnce sync.Once
+	undoer   *issue.Undoer // shared by every Pipeline of this Service
 }
 
 func (s *Service) now() time.Time {
@@ -256,7 +264,12 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 	if err != nil {
 		return nil, err
 	}
-	res := s.Pipeline().Issue(ctx, []issue.Request{{Template: t, Pub: is.pub, Mailbox: is.mailbox, Serial: serial,
+	// The enrollee is told "retry later" on a storage fault: nobody else takes this issuance
+	// again, so a signed certificate that could not be finished (never returned) is undone,
+	// in the background if the storage still refuses, and the code is free for the retry.
+	p := s.Pipeline()
+	p.UndoOnFault = true
+	res := p.Issue(ctx, []issue.Request{{Template: t, Pub: is.pub, Mailbox: is.mailbox, Serial: serial,
 		Record: rec, CodeID: is.codeID, Actor: actorFrom(ctx)}}, 1, nil)[0]
 	switch err := res.Err; {
 	case err == nil:
@@ -276,13 +289,28 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 }
 
 // Pipeline is the issuance pipeline (escrow/issue) over the Service's store, CA and audit trail:
-// the one path by which an escrow record is committed.
+// the one path by which an escrow record is committed. Its undos that the storage refuses go
+// to the Service's one [issue.Undoer], which retries them in the background until the storage
+// answers (see [Service.PendingUndos]).
 func (s *Service) Pipeline() *issue.Pipeline {
-	p := &issue.Pipeline{Store: s.Store, Issuer: s.Issuer, Audit: s.audit, Now: s.Now, Logger: s.Logger}
+	p := &issue.Pipeline{Store: s.Store, Issuer: s.Issuer, Audit: s.audit, Now: s.Now, Logger: s.Logger, Undoer: s.undos()}
 	if m := s.Metrics; m != nil {
 		p.Issued = func(template string) { m.Enrolled(template, true) }
 	}
 	return p
+}
+
+// PendingUndos is the number of failed issuances whose undo the storage refused and that wait,
+// in the background, for it to answer (their enrollment codes are still used meanwhile).
+func (s *Service) PendingUndos() int { return s.undos().Len() }
+
+// undoPending reports whether the undo of the issuance of serial waits for the storage.
+func (s *Service) undoPending(serial string) bool { return s.undos().Holds(serial) }
+
+// undos is the Service's one [issue.Undoer].
+func (s *Service) undos() *issue.Undoer {
+	s.undoOnce.Do(func() { s.undoer = &issue.Undoer{Store: s.Store, Logger: s.Logger} })
+	return s.undoer
 }
 
 // Sweep finishes issuances that a crash left pending: rows older than before are marked failed,

@@ -16,7 +16,11 @@
 //     audit entries and runs each Finish hook.
 //
 // If step 2 or 3 fails, a compensating transaction marks the row failed (which frees its code
-// and abandons its record). A crash leaves the rows pending for the engine's start-up sweep.
+// and abandons its record). If the storage refuses that transaction too, an [Undoer] retries
+// it in the background until the storage answers, so that a fault of the appliance does not
+// cost an enrollee their code. A crash leaves the rows pending for the engine's start-up sweep.
+// An undo only ever changes a pending row: a certificate that was returned has its record
+// committed, and nothing undoes it.
 //
 // A certificate that archives no key has no record to commit first: the CA signs, then one
 // transaction claims the code and stores the certificate ([Pipeline.IssueDirect]).
@@ -111,6 +115,14 @@ type Pipeline struct {
 	Logger *slog.Logger
 	// Issued, when set, learns of each certificate issued by [Pipeline.Issue] (metrics).
 	Issued func(template string)
+	// Undoer, when set, takes over the undos that the storage refused (see [Undoer]); share
+	// one between the pipelines of a process. Nil leaves them to the start-up sweep.
+	Undoer *Undoer
+	// UndoOnFault makes [Pipeline.Issue] undo an item whose last transaction the storage
+	// refused, instead of leaving it pending. Set it when nobody takes the item again: a
+	// single enrollment answers "retry later", and the retry needs its code back. Leave it
+	// unset for a bulk job, whose next pass takes its pending items again.
+	UndoOnFault bool
 }
 
 func (p *Pipeline) now() time.Time {
@@ -163,9 +175,11 @@ type Result struct {
 // one is the single enrollment. The results are in the order of reqs.
 //
 // A storage fault ([store.ErrUnavailable]) in a reservation or a finishing transaction is
-// ridden out with wait (nil: not at all) and never undoes anything: when wait gives up, every
-// item of the failed step gets the fault as its error, and certificates signed but not
-// committed stay pending (for the sweep, or the bulk job's next pass). If a batch's
+// ridden out with wait (nil: not at all): when wait gives up, every item of the failed step gets
+// the fault as its error. Certificates signed but not committed (never returned) stay pending
+// for the sweep or the bulk job's next pass, unless [Pipeline.UndoOnFault] is set: then they
+// are undone (marked failed, their codes released), at once or, while the storage still
+// refuses, by the [Pipeline.Undoer] as soon as it answers. If a batch's
 // reservation fails for another reason (a hook refuses one item, a conflict, a key archived
 // for another mailbox), each item is issued on its own, so a bad item fails alone.
 //
@@ -248,7 +262,7 @@ func (p *Pipeline) Issue(ctx context.Context, reqs []Request, signers int, wait 
 	}
 	for k, rv := range res {
 		if errs[k] != nil {
-			if !errors.Is(errs[k], store.ErrUnavailable) {
+			if p.UndoOnFault || !errors.Is(errs[k], store.ErrUnavailable) {
 				p.undo(rv.serialHex)
 			}
 			out[at[k]].Err = fmt.Errorf("issue: issue certificate: %w", errs[k])
@@ -428,17 +442,23 @@ func actorOr(a string) string {
 
 // undo is the compensating transaction of a failed issuance: the row is marked failed, which
 // also frees its code and abandons its record. It runs with its own context: the caller's may
-// be what was cancelled.
+// be what was cancelled. A row that is no longer pending is left as it is. When the storage
+// refuses, the Undoer (if any) retries in the background; otherwise, or when its backlog is
+// full, the start-up sweep finishes the job.
 func (p *Pipeline) undo(serialHex string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := p.Store.Update(ctx, func(tx *store.Tx) error { return tx.FailCertificate(serialHex) })
-	if err != nil {
-		// The start-up sweep finishes the job.
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrUnavailable) && p.Undoer != nil:
+		p.Undoer.Defer(serialHex, err)
+	default:
 		p.log().Error("undo failed issuance", "serial", serialHex, "err", err)
 	}
 }
 
 // Undo marks a reserved issuance failed (see the package documentation), for a caller whose
-// own step after the pipeline's failed. Errors are logged: the sweep finishes the job.
+// own step after the pipeline's failed. Errors are logged; a storage fault hands the undo to
+// the [Pipeline.Undoer], else the sweep finishes the job.
 func (p *Pipeline) Undo(serialHex string) { p.undo(serialHex) }
