@@ -187,7 +187,9 @@ func runHelp(c command, args []string, path ...string) error {
 			}
 		}
 		if !found {
-			return cmdline.UsageError{Msg: fmt.Sprintf("help: no command %q; run `keyarc help`", strings.Join(append(path, a), " "))}
+			// Point at the help of the deepest command found, which lists what it has.
+			return cmdline.UsageError{Msg: fmt.Sprintf("help: no command %q; run `%s`", strings.Join(append(path, a), " "),
+				strings.Join(append([]string{"keyarc", "help"}, path...), " "))}
 		}
 	}
 	if c.subs != nil {

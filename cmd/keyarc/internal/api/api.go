@@ -67,7 +67,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		if isTimeout(err) {
 			return bodyTimeout
 		}
-		return fmt.Errorf("%w: request body is not the expected JSON: %v", escrow.ErrInvalidRequest, err)
+		return fmt.Errorf("%w: %w", escrow.ErrInvalidRequest, wire.DecodeError(err))
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: request body holds more than one JSON value", escrow.ErrInvalidRequest)
@@ -94,19 +94,19 @@ func decodeB64(field, s string) ([]byte, error) {
 	return nil, fmt.Errorf("%w: field %s is not base64", escrow.ErrInvalidRequest, field)
 }
 
+// parseCSRField reads the PKCS#10 request in a JSON field: base64 DER, or PEM.
 func parseCSRField(field, s string) (*x509.CertificateRequest, error) {
 	if s == "" {
 		return nil, fmt.Errorf("%w: field %s (base64 DER PKCS#10) is required", escrow.ErrInvalidRequest, field)
+	}
+	if b, _ := pem.Decode([]byte(strings.TrimSpace(s))); b != nil {
+		return parseCSR(field, "DER or PEM", b.Bytes)
 	}
 	der, err := decodeB64(field, s)
 	if err != nil {
 		return nil, err
 	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, fmt.Errorf("%w: field %s is not a DER PKCS#10 certificate request this CA can read: %v", escrow.ErrInvalidRequest, field, err)
-	}
-	return csr, nil
+	return parseCSR(field, "DER or PEM", der)
 }
 
 func (a *Server) handleTransportCert(w http.ResponseWriter, r *http.Request) {

@@ -11,8 +11,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,22 +184,14 @@ func (a *Server) closeAudit() {
 	})
 }
 
-// auditStatusWriter remembers the status code.
-type auditStatusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *auditStatusWriter) WriteHeader(code int) {
-	s.code = code
-	s.ResponseWriter.WriteHeader(code)
-}
-
 // auditHTTP names the caller for the audit entries of each request (escrow.WithActor) and
 // records failed logins: a request that presented a credential (HTTP Basic or a client
 // certificate) and was answered 401 (credential or enrollment code refused) or 403 (role or
 // template refused). Failed logins are throttled and their audit entries bounded (see
-// loginThrottle); a request without any credential is a challenge, not a failed login.
+// loginThrottle for the rules: a source over its limit waits unless it authenticates with a
+// valid client certificate; a mailbox over its limit still gets its valid code checked, only
+// its failed attempts are answered 429); a request without any credential is a challenge,
+// not a failed login.
 func (a *Server) auditHTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
@@ -212,14 +207,24 @@ func (a *Server) auditHTTP(next http.Handler) http.Handler {
 			mailbox = strings.ToLower(clip(user, 254))
 		}
 		if basic || serial != "" {
-			if wait := a.logins.wait(source, mailbox); wait > 0 {
+			if wait := a.logins.limited(source, ""); wait > 0 && !a.certAuthenticates(r, basic) {
+				a.logins.wait(source, "") // counts the throttled request
 				a.throttled(w, r, wait)
 				return
 			}
 		}
 		note := &loginNote{}
 		r = r.WithContext(context.WithValue(escrow.WithActor(r.Context(), actor), loginNoteKey{}, note))
-		sw := &auditStatusWriter{ResponseWriter: w, code: http.StatusOK}
+		sw := &loginWriter{ResponseWriter: w, code: http.StatusOK}
+		if basic {
+			sw.mailboxWait = func() time.Duration {
+				if note.skip {
+					return 0
+				}
+				return a.logins.mailboxLimited(mailbox)
+			}
+			sw.answer = func(w http.ResponseWriter, wait time.Duration) { a.throttled(w, r, wait) }
+		}
 		next.ServeHTTP(sw, r)
 		if sw.code != http.StatusUnauthorized && sw.code != http.StatusForbidden || note.skip || !basic && serial == "" {
 			return
@@ -234,6 +239,9 @@ func (a *Server) auditHTTP(next http.Handler) http.Handler {
 		case serial == "":
 			reason = "enrollment code or authentication missing or refused"
 		}
+		if sw.throttled {
+			reason += "; answered 429, the mailbox is over its failed-login limit"
+		}
 		if user, _, ok := r.BasicAuth(); ok && subject == "" {
 			subject = audit.Clip(user) // the claimed mailbox; never the code
 		}
@@ -243,6 +251,22 @@ func (a *Server) auditHTTP(next http.Handler) http.Handler {
 			a.log.Error("audit entry not written", "kind", audit.KindLoginFailed, "err", err)
 		}
 	})
+}
+
+// certAuthenticates reports whether r authenticates with a valid client certificate: issued by
+// this CA (TLS verified the chain), known to the store, issued, unexpired. With HTTP Basic as
+// well, an end-entity certificate gives way to the code (see authenticate): only an operator
+// or KRA certificate counts then. It reads the store, so it is asked only of a source that
+// is over its limit.
+func (a *Server) certAuthenticates(r *http.Request, basic bool) bool {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return false
+	}
+	c, err := a.clientCertificate(r.Context(), r.TLS.PeerCertificates[0])
+	if err != nil {
+		return false
+	}
+	return !basic || c.Role != ""
 }
 
 // auditRoutes adds the auditor's API.
@@ -259,6 +283,10 @@ func (a *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	from, limit := int64(1), 100
 	q := r.URL.Query()
+	if err := onlyParams(q, "from", "limit"); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	if s := q.Get("from"); s != "" {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || v < 1 {
@@ -307,6 +335,26 @@ func (a *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// onlyParams refuses a query that holds a parameter other than allowed, or one of them twice:
+// a parameter the call does not read would otherwise be ignored in silence. The refusal wraps
+// escrow.ErrInvalidRequest and names the parameter.
+func onlyParams(q url.Values, allowed ...string) error {
+	names := make([]string, 0, len(q))
+	for k := range q {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if !slices.Contains(allowed, k) {
+			return fmt.Errorf("%w: unknown query parameter %q; this call takes %s", escrow.ErrInvalidRequest, clip(k, 64), strings.Join(allowed, " and "))
+		}
+		if len(q[k]) > 1 {
+			return fmt.Errorf("%w: query parameter %s given more than once", escrow.ErrInvalidRequest, k)
+		}
+	}
+	return nil
 }
 
 func (a *Server) verifyAudit(ctx context.Context) (wire.AuditVerification, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
@@ -73,6 +75,11 @@ func (a *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		_, msg := tokenCause(err)
 		w.Header().Set("Retry-After", "5")
 		http.Error(w, "not ready: "+msg, http.StatusServiceUnavailable)
+		return
+	}
+	if err := a.storageStatus(r.Context()); err != nil {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "not ready: storage unavailable", http.StatusServiceUnavailable)
 		return
 	}
 	io.WriteString(w, "ready\n")
@@ -204,12 +211,26 @@ func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: body is not base64 (EST sends the PKCS#10 request as base64 DER)", escrow.ErrInvalidRequest)
 	}
+	return parseCSR("body", "base64 DER, as EST sends it", der)
+}
+
+// parseCSR parses a DER PKCS#10 request named what (the body, a JSON field) for the client;
+// forms names the encodings the caller accepts, for the refusal.
+// The ASN.1 decoder's reasons are Go struct dumps: the client is told only that the bytes are
+// not a request. The x509 package's own reasons (an unsupported curve, a malformed key) are
+// plain words and hold no input bytes: they are kept.
+func parseCSR(what, forms string, der []byte) (*x509.CertificateRequest, error) {
 	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		// The parser's reason (an unsupported curve, a malformed key) holds no input bytes.
-		return nil, fmt.Errorf("%w: body is not a DER PKCS#10 certificate request this CA can read: %v", escrow.ErrInvalidRequest, err)
+	if err == nil {
+		return csr, nil
 	}
-	return csr, nil
+	var se asn1.StructuralError
+	var sy asn1.SyntaxError
+	if errors.As(err, &se) || errors.As(err, &sy) || strings.HasPrefix(err.Error(), "asn1:") || strings.Contains(err.Error(), "{class:") {
+		return nil, fmt.Errorf("%w: %s: not a PKCS#10 certificate request (%s)", escrow.ErrInvalidRequest, what, forms)
+	}
+	return nil, fmt.Errorf("%w: %s: a PKCS#10 certificate request this CA cannot read: %s", escrow.ErrInvalidRequest, what,
+		strings.TrimPrefix(err.Error(), "x509: "))
 }
 
 // bodyTimeout refuses a body that did not arrive within the server's read timeout (a slow
@@ -258,6 +279,14 @@ type httpStatusError struct {
 
 func (e *httpStatusError) Error() string { return e.msg }
 
+// kraApprovalLockout is the longest a KRA locked out of approving after too many refused
+// approvals (escrow.ErrTooManyFailures) waits: the engine's window, 15 minutes, counted from
+// the refusals. The engine does not say how much of it is left, so the answer gives the bound.
+const kraApprovalLockout = 15 * time.Minute
+
+// integrityMessage is the client's answer to an archive that failed its consistency check.
+const integrityMessage = "the archive failed its consistency check for this certificate; an administrator must run keyarc check"
+
 // status maps an error to an HTTP status and a message fit for the client. Anything it does not
 // recognise is a 500 whose details go to the log only.
 func status(err error) (int, string) {
@@ -278,9 +307,16 @@ func status(err error) (int, string) {
 		return http.StatusBadRequest, "the appliance token cannot do this mechanism (RSA-OAEP here needs SHA-1: openssl cms -keyopt rsa_oaep_md:sha1)"
 	case errors.Is(err, escrow.ErrNoRecoverySet):
 		return http.StatusServiceUnavailable, err.Error()
+	case errors.Is(err, escrow.ErrIntegrity), errors.Is(err, escrow.ErrRecordMismatch), errors.Is(err, check.ErrInconsistent):
+		// A tampered or damaged archive is the appliance's fault: the class is named, the
+		// row and the reason go to the log only.
+		return http.StatusInternalServerError, integrityMessage
 	case errors.As(err, &hs):
 		return hs.code, hs.msg
-	case errors.Is(err, escrow.ErrTooManyFailures), errors.Is(err, escrow.ErrTooManyPending):
+	case errors.Is(err, escrow.ErrTooManyFailures):
+		return http.StatusTooManyRequests, fmt.Sprintf("%v; retry after %d seconds at most (the lock-out ends %s after the refused approvals)",
+			err, int(kraApprovalLockout.Seconds()), kraApprovalLockout)
+	case errors.Is(err, escrow.ErrTooManyPending):
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, policy.ErrQuorum), errors.Is(err, escrow.ErrAlreadyApproved),
 		errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed), errors.Is(err, policy.ErrExpired),
@@ -290,7 +326,7 @@ func status(err error) (int, string) {
 		return http.StatusForbidden, err.Error()
 	case errors.Is(err, policy.ErrNothingToRecover):
 		return http.StatusNotFound, err.Error()
-	case errors.Is(err, escrow.ErrRecordMismatch), errors.Is(err, escrow.ErrKeyArchivedElsewhere):
+	case errors.Is(err, escrow.ErrKeyArchivedElsewhere):
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, escrow.ErrBadApproval):
 		return http.StatusBadRequest, err.Error()
@@ -314,6 +350,7 @@ func status(err error) (int, string) {
 
 // fail answers with the status of err. JSON callers get {"error": "..."}.
 func (a *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	a.noteStorageFault(err)
 	code, msg := status(err)
 	switch {
 	case code >= 500:
@@ -330,6 +367,9 @@ func (a *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if code == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "5")
+	}
+	if errors.Is(err, escrow.ErrTooManyFailures) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(kraApprovalLockout.Seconds())))
 	}
 	if strings.HasPrefix(r.URL.Path, "/api/") {
 		w.Header().Set("Content-Type", "application/json")

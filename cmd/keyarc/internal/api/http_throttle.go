@@ -18,11 +18,22 @@ import (
 )
 
 // Failed logins (a refused enrollment code or credential) are counted in fixed windows, per
-// source address (an IPv6 address by its /64) and per claimed mailbox. Once a source or a
-// mailbox has failed its limit within the window, its requests are refused with 429 and
-// Retry-After until the window ends, without checking the credential: the correct code too
-// waits. Throttling a mailbox can delay its owner by one window at most; that is the price of
-// making a guessing storm spread over many sources useless.
+// source address (an IPv6 address by its /64) and per claimed mailbox. The two limits do
+// different jobs:
+//
+//   - A source that failed its limit within the window is refused with 429 and Retry-After
+//     until the window ends, before its credential is checked: that source is the one
+//     guessing. A request that authenticates with a valid client certificate (issued by this
+//     CA, known, unexpired, not revoked) is never refused by this limit: operators and KRAs
+//     behind the same address (a NAT, the appliance host itself) are not locked out by
+//     someone else's wrong codes.
+//   - A mailbox that failed its limit within the window does not stop its owner: the code is
+//     checked first, and a valid code always works. Only a further failed attempt is answered
+//     429 (with Retry-After) instead of 401. Enrollment codes carry 120 random bits, so
+//     guessing is not what this limit stops; it bounds the work and the log volume of a storm
+//     spread over many sources, and the 429s and the audit summaries signal the attack. A
+//     limit that refused the right code would let anyone lock a mailbox out with a few wrong
+//     codes a minute.
 //
 // Audit: the first failure of a source in a window is recorded at once, as before; every
 // further failure or throttled request of that source in the window is counted, and one
@@ -110,18 +121,23 @@ func (l *loginThrottle) entry(m map[string]*loginWindow, key string, now time.Ti
 	return w
 }
 
-// wait returns how long source (and mailbox, when not empty) must wait before trying again,
-// zero if it need not; a throttled request is counted for the source's summary.
-func (l *loginThrottle) wait(source, mailbox string) time.Duration {
+// limited returns how long source (and mailbox, when not empty) must wait before trying
+// again, zero if it need not. It counts nothing.
+func (l *loginThrottle) limited(source, mailbox string) time.Duration {
 	if l == nil {
 		return 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
+	return l.limitedLocked(source, mailbox, l.now())
+}
+
+func (l *loginThrottle) limitedLocked(source, mailbox string, now time.Time) time.Duration {
 	var until time.Time
-	if w, ok := l.sources[source]; ok && w.failures >= l.perSource && now.Sub(w.start) < l.window {
-		until = w.start.Add(l.window)
+	if source != "" {
+		if w, ok := l.sources[source]; ok && w.failures >= l.perSource && now.Sub(w.start) < l.window {
+			until = w.start.Add(l.window)
+		}
 	}
 	if mailbox != "" {
 		if w, ok := l.mailboxes[mailbox]; ok && w.failures >= l.perMailbx && now.Sub(w.start) < l.window {
@@ -133,11 +149,43 @@ func (l *loginThrottle) wait(source, mailbox string) time.Duration {
 	if until.IsZero() {
 		return 0
 	}
+	return until.Sub(now)
+}
+
+// wait is limited, and counts a throttled request for the source's summary and the metric
+// when the answer is not zero.
+func (l *loginThrottle) wait(source, mailbox string) time.Duration {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	d := l.limitedLocked(source, mailbox, now)
+	if d == 0 {
+		return 0
+	}
 	w := l.entry(l.sources, source, now)
 	w.unaudited++
 	w.last = mailbox
 	l.outcomes.WithLabelValues("throttled").Inc()
-	return until.Sub(now)
+	return d
+}
+
+// mailboxLimited returns how long mailbox must wait when it has failed its limit, zero if it
+// has not; a non-zero answer counts one throttled request in the metric only (the failed
+// attempt it answers is counted by failed, for the source's summary).
+func (l *loginThrottle) mailboxLimited(mailbox string) time.Duration {
+	if l == nil || mailbox == "" {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.limitedLocked("", mailbox, l.now())
+	if d > 0 {
+		l.outcomes.WithLabelValues("throttled").Inc()
+	}
+	return d
 }
 
 // failed counts a failed login and reports whether it is the first of its source's window
@@ -214,14 +262,52 @@ func notLogin(ctx context.Context) {
 
 // throttled answers 429 for a source or mailbox that failed too often.
 func (a *Server) throttled(w http.ResponseWriter, r *http.Request, wait time.Duration) {
-	secs := int(math.Ceil(wait.Seconds()))
-	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
-	msg := fmt.Sprintf("too many failed logins from this address or for this mailbox; retry after %d seconds", max(secs, 1))
+	a.tooMany(w, r, wait, "too many failed logins from this address or for this mailbox")
+}
+
+// tooMany answers 429 with Retry-After (wait, rounded up to whole seconds) and a message that
+// says how long.
+func (a *Server) tooMany(w http.ResponseWriter, r *http.Request, wait time.Duration, why string) {
+	secs := max(int(math.Ceil(wait.Seconds())), 1)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	w.Header().Del("WWW-Authenticate")
+	msg := fmt.Sprintf("%s; retry after %d seconds", why, secs)
 	if strings.HasPrefix(r.URL.Path, "/api/") {
 		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": msg})
 		return
 	}
 	http.Error(w, msg, http.StatusTooManyRequests)
+}
+
+// loginWriter remembers the handler's status and, for a request with HTTP Basic, turns the
+// handler's 401 into a 429 when the claimed mailbox has failed its limit (mailboxWait says
+// how long): the code was checked and refused, and the attempt is answered as throttled.
+// The handler's body is then dropped.
+type loginWriter struct {
+	http.ResponseWriter
+	code        int // the handler's status
+	throttled   bool
+	mailboxWait func() time.Duration
+	answer      func(http.ResponseWriter, time.Duration)
+}
+
+func (s *loginWriter) WriteHeader(code int) {
+	s.code = code
+	if code == http.StatusUnauthorized && s.mailboxWait != nil {
+		if wait := s.mailboxWait(); wait > 0 {
+			s.throttled = true
+			s.answer(s.ResponseWriter, wait)
+			return
+		}
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *loginWriter) Write(b []byte) (int, error) {
+	if s.throttled {
+		return len(b), nil
+	}
+	return s.ResponseWriter.Write(b)
 }
 
 // flushLoginSummaries writes the summaries of ended windows (of all windows when all is set)

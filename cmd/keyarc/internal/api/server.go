@@ -51,6 +51,8 @@ type Server struct {
 	logins *loginThrottle
 	// check is the consistency check of the stored certificates (check.go).
 	check *applianceCheck
+	// storage is the last storage fault seen, for readiness (storage_health.go).
+	storage storageHealth
 }
 
 // Parts are what package main assembles before the server starts: the configuration, the

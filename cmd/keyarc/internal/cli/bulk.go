@@ -18,7 +18,10 @@ import (
 	"github.com/keyarc/keyarc/escrow/bulk"
 )
 
-func bulkClient(name string, args []string, extra func(*flag.FlagSet)) (*client, []string, error) {
+// bulkClient parses the flags of `keyarc bulk NAME`, checks that the command line holds nargs
+// positional arguments (what names them), and only then connects: a missing FILE or JOB is
+// reported before a missing --server or --state.
+func bulkClient(name string, args []string, nargs int, what string, extra func(*flag.FlagSet)) (*client, []string, error) {
 	fs := flag.NewFlagSet("bulk "+name, flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
@@ -27,6 +30,9 @@ func bulkClient(name string, args []string, extra func(*flag.FlagSet)) (*client,
 	}
 	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmdline.WantArgs("bulk "+name, pos, nargs, what); err != nil {
 		return nil, nil, err
 	}
 	if cf.as == "" && cf.cert == "" {
@@ -45,16 +51,13 @@ func bulkClient(name string, args []string, extra func(*flag.FlagSet)) (*client,
 // ends in a cmdline.ExitError with status 3.
 func RunBulkSubmit(args []string) error {
 	var wait bool
-	c, pos, err := bulkClient("submit", args, func(fs *flag.FlagSet) {
+	c, pos, err := bulkClient("submit", args, 1, "FILE", func(fs *flag.FlagSet) {
 		fs.BoolVar(&wait, "wait", false, "wait for the job to finish, showing its progress")
 	})
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	if err := cmdline.WantArgs("bulk submit", pos, 1, "FILE"); err != nil {
-		return err
-	}
 	f, err := os.Open(pos[0])
 	if err != nil {
 		return err
@@ -141,14 +144,11 @@ func progressText(st bulk.Status) string {
 
 // RunBulkStatus is `keyarc bulk status JOB` (admin).
 func RunBulkStatus(args []string) error {
-	c, pos, err := bulkClient("status", args, nil)
+	c, pos, err := bulkClient("status", args, 1, "JOB", nil)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	if err := cmdline.WantArgs("bulk status", pos, 1, "JOB"); err != nil {
-		return err
-	}
 	var st bulk.Status
 	if err := c.call(http.MethodGet, "/api/v1/bulk/"+url.PathEscape(pos[0]), nil, &st); err != nil {
 		return err
@@ -158,14 +158,11 @@ func RunBulkStatus(args []string) error {
 
 // RunBulkList is `keyarc bulk list` (admin).
 func RunBulkList(args []string) error {
-	c, pos, err := bulkClient("list", args, nil)
+	c, _, err := bulkClient("list", args, 0, "no arguments", nil)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	if err := cmdline.WantArgs("bulk list", pos, 0, "no arguments"); err != nil {
-		return err
-	}
 	var list []bulk.Status
 	if err := c.call(http.MethodGet, "/api/v1/bulk", nil, &list); err != nil {
 		return err
@@ -176,7 +173,7 @@ func RunBulkList(args []string) error {
 // RunBulkResults is `keyarc bulk results JOB --out FILE` (admin).
 func RunBulkResults(args []string) error {
 	var out, passwords string
-	c, pos, err := bulkClient("results", args, func(fs *flag.FlagSet) {
+	c, pos, err := bulkClient("results", args, 1, "JOB", func(fs *flag.FlagSet) {
 		fs.StringVar(&out, "out", "", "write the per-item results (JSON Lines) to this file (required)")
 		fs.StringVar(&passwords, "passwords", "", "keygen: also fetch, once, the PKCS#12 passwords into this separate file")
 	})
@@ -184,9 +181,6 @@ func RunBulkResults(args []string) error {
 		return err
 	}
 	defer c.close()
-	if err := cmdline.WantArgs("bulk results", pos, 1, "JOB"); err != nil {
-		return err
-	}
 	if out == "" {
 		return cmdline.UsageError{Msg: "bulk results: --out FILE is required"}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/softhsm"
 )
@@ -277,7 +278,10 @@ func (c *client) do(req *http.Request, out any) error {
 		*p = b
 		return nil
 	}
-	return json.Unmarshal(b, out)
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("the appliance's answer to %s %s is not what this client reads: %w", req.Method, req.URL.Path, wire.DecodeError(err))
+	}
+	return nil
 }
 
 // printJSON writes v as indented JSON on standard output.

@@ -2,13 +2,20 @@
 // server writes and the client commands read, and the other way round. One definition for
 // both ends keeps them from drifting.
 //
-// It holds plain data only: no behaviour, no validation (the server checks what it decodes),
-// and it imports only the standard library and escrow/audit (the audit report is part of a
-// body). Values are not shared between goroutines by this package.
+// It holds plain data, no validation (the server checks what it decodes), and one behaviour
+// both ends share: [DecodeError], which words a decoding error without Go's type names. It
+// imports only the standard library and escrow/audit (the audit report is part of a body).
+// Values are not shared between goroutines by this package; DecodeError is safe for
+// concurrent use.
 package wire
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
 
 	"github.com/keyarc/keyarc/escrow/audit"
 )
@@ -155,4 +162,82 @@ type KRAEnrollStatus struct {
 	Pending
 	Unwrap string `json:"unwrap_certificate,omitempty"`
 	Auth   string `json:"auth_certificate,omitempty"`
+}
+
+// DecodeError turns the error of decoding a body of this package with encoding/json into one
+// that names the field and the expected JSON type in words, without Go's type names (struct
+// fields, reflect types). Both ends decode through it: the server for a request, the client
+// commands for an answer. Errors it does not know are returned as they are; the result wraps
+// err, so errors.Is and errors.As still see the decoder's error.
+func DecodeError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return &decodeError{fmt.Sprintf("the body must be a JSON %s, not a%s %s", jsonKind(te.Type), article(te.Value), te.Value), err}
+		}
+		return &decodeError{fmt.Sprintf("field %s must be a%s %s, not a%s %s", field, article(jsonKind(te.Type)), jsonKind(te.Type),
+			article(te.Value), te.Value), err}
+	case errors.As(err, &se):
+		return &decodeError{fmt.Sprintf("the body is not valid JSON (at byte %d)", se.Offset), err}
+	case errors.Is(err, io.EOF):
+		return &decodeError{"the body is empty; a JSON object is expected", err}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return &decodeError{"the body ends before its JSON value does", err}
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return &decodeError{"unknown field " + strings.Trim(name, `"`), err}
+	}
+	return err
+}
+
+// decodeError is a decoder's error in words; Unwrap gives the decoder's own.
+type decodeError struct {
+	msg string
+	err error
+}
+
+func (e *decodeError) Error() string { return e.msg }
+func (e *decodeError) Unwrap() error { return e.err }
+
+// jsonKind names the JSON type that decodes into t.
+func jsonKind(t reflect.Type) string {
+	if t == nil {
+		return "value"
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "whole number"
+	case reflect.Float32, reflect.Float64:
+		return "number"
+	case reflect.Bool:
+		return "boolean (true or false)"
+	case reflect.Slice, reflect.Array:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return "string (base64)"
+		}
+		return "list"
+	case reflect.Map, reflect.Struct:
+		return "object"
+	}
+	return "value"
+}
+
+// article is "n" when kind starts with a vowel, for "a"+article.
+func article(kind string) string {
+	if kind != "" && strings.ContainsRune("aeiou", rune(kind[0])) {
+		return "n"
+	}
+	return ""
 }
