@@ -43,12 +43,19 @@ var unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in t
 // explainConfigError turns the YAML decoder's error for the file into one an operator reads:
 // unknown fields become a FieldError; other messages lose Go's type names.
 func explainConfigError(file string, data []byte, err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("%s: %w", file, err)
-	}
 	var root yaml.Node
 	_ = yaml.Unmarshal(data, &root)
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		// A field's own decoder (a duration, say) names the line: add the field.
+		if sm := lineRE.FindStringSubmatch(err.Error()); sm != nil {
+			line, _ := strconv.Atoi(sm[1])
+			if path, ok := findValue(&root, line, nil); ok && len(path) > 0 {
+				return fmt.Errorf("%s: line %d: field %s: %w", file, line, strings.Join(path, "."), &lineError{sm[2], err})
+			}
+		}
+		return fmt.Errorf("%s: %w", file, err)
+	}
 	var msgs []string
 	for _, m := range te.Errors {
 		sm := unknownFieldRE.FindStringSubmatch(m)
@@ -70,6 +77,18 @@ func explainConfigError(file string, data []byte, err error) error {
 	}
 	return fmt.Errorf("%s: %s", file, strings.Join(msgs, "; "))
 }
+
+var lineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// lineError is a field decoder's error with its "line N: " prefix taken off (msg); Unwrap
+// gives the decoder's own.
+type lineError struct {
+	msg string
+	err error
+}
+
+func (e *lineError) Error() string { return e.msg }
+func (e *lineError) Unwrap() error { return e.err }
 
 var typeMismatchRE = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$")
 

@@ -64,6 +64,8 @@ func TestConfigTypeMismatch(t *testing.T) {
 			[]string{"line 3", "templates.key_usage", "a list"}},
 		{"bool field", "templates:\n  - name: x\n    archive: maybe\n",
 			[]string{"line 3", "templates.archive", "true or false"}},
+		{"duration field", "http:\n  login_failure_window: soon\n",
+			[]string{"line 2", "http.login_failure_window", "not a duration"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
