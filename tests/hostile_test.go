@@ -555,7 +555,7 @@ func (h *hostileEnv) malformedJSON(t *testing.T) {
 		{"40,000 nested objects", strings.Repeat(`{"a":`, 40000), 400, "max depth"},
 		{"unknown field", `{"template":"smime-signature","csr":"","admin":true}`, 400, "unknown field"},
 		{"two values", `{"template":"smime-signature"} {"template":"smime-signature"}`, 400, "more than one JSON value"},
-		{"wrong type", `{"template":["smime-signature"]}`, 400, "cannot unmarshal"},
+		{"wrong type", `{"template":["smime-signature"]}`, 400, "field template must be a string"},
 		{"truncated", `{"template":"smime-sig`, 400, "not the expected JSON"},
 		{"NUL bytes", "\x00\x00\x00", 400, "not the expected JSON"},
 		{"no template", `{"csr":"MA=="}`, 400, "field template is required"},

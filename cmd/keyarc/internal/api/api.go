@@ -67,7 +67,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		if isTimeout(err) {
 			return bodyTimeout
 		}
-		return fmt.Errorf("%w: %w", escrow.ErrInvalidRequest, wire.DecodeError(err))
+		return fmt.Errorf("%w: request body is not the expected JSON: %w", escrow.ErrInvalidRequest, wire.DecodeError(err))
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: request body holds more than one JSON value", escrow.ErrInvalidRequest)
@@ -100,13 +100,13 @@ func parseCSRField(field, s string) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("%w: field %s (base64 DER PKCS#10) is required", escrow.ErrInvalidRequest, field)
 	}
 	if b, _ := pem.Decode([]byte(strings.TrimSpace(s))); b != nil {
-		return parseCSR(field, "DER or PEM", b.Bytes)
+		return parseCSR("field "+field, "DER or PEM", b.Bytes)
 	}
 	der, err := decodeB64(field, s)
 	if err != nil {
 		return nil, err
 	}
-	return parseCSR(field, "DER or PEM", der)
+	return parseCSR("field "+field, "DER or PEM", der)
 }
 
 func (a *Server) handleTransportCert(w http.ResponseWriter, r *http.Request) {

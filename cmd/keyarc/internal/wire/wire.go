@@ -184,7 +184,8 @@ func DecodeError(err error) error {
 		return &decodeError{fmt.Sprintf("field %s must be a%s %s, not a%s %s", field, article(jsonKind(te.Type)), jsonKind(te.Type),
 			article(te.Value), te.Value), err}
 	case errors.As(err, &se):
-		return &decodeError{fmt.Sprintf("the body is not valid JSON (at byte %d)", se.Offset), err}
+		// The scanner's own words ("invalid character 'x' ...", "exceeded max depth") name no Go type.
+		return &decodeError{fmt.Sprintf("the body is not valid JSON at byte %d: %s", se.Offset, strings.TrimPrefix(se.Error(), "json: ")), err}
 	case errors.Is(err, io.EOF):
 		return &decodeError{"the body is empty; a JSON object is expected", err}
 	case errors.Is(err, io.ErrUnexpectedEOF):
