@@ -34,7 +34,7 @@ func TestCodeHeldByDeferredUndo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.undos().Defer(serial, fmt.Errorf("%w: disk I/O error", store.ErrUnavailable)) {
+	if !s.undos().Defer(serial, nil, fmt.Errorf("%w: disk I/O error", store.ErrUnavailable)) {
 		t.Fatal("Defer refused")
 	}
 	if err := env.codeErr(t, who); !errors.Is(err, store.ErrUnavailable) || errors.Is(err, ErrCodeUsed) {

@@ -92,6 +92,15 @@ func TestEnrollFinishFaultKeepsCode(t *testing.T) {
 	if n := countRows(t, state, "SELECT count(*) FROM certificates WHERE email = ? AND state = 'failed'", mailbox); n != 1 {
 		t.Errorf("%d failed certificates for %s, want 1 (the faulted attempt)", n, mailbox)
 	}
+	// It was signed, never delivered: the failed row keeps the certificate, and its record is
+	// abandoned, not active.
+	if n := countRows(t, state, "SELECT count(*) FROM certificates WHERE email = ? AND state = 'failed' AND der IS NOT NULL", mailbox); n != 1 {
+		t.Errorf("the faulted attempt's signed certificate is not kept on its failed row")
+	}
+	if n := countRows(t, state, `SELECT count(*) FROM records r JOIN certificates c ON c.record_id = r.id
+		WHERE c.email = ? AND c.state = 'failed' AND r.state = 'abandoned'`, mailbox); n != 1 {
+		t.Errorf("the faulted attempt's record is not abandoned")
+	}
 	if n := countRows(t, state, "SELECT count(*) FROM certificates WHERE email = ? AND state = 'issued'", mailbox); n != 1 {
 		t.Errorf("%d issued certificates for %s, want 1", n, mailbox)
 	}

@@ -263,7 +263,7 @@ func (p *Pipeline) Issue(ctx context.Context, reqs []Request, signers int, wait 
 	for k, rv := range res {
 		if errs[k] != nil {
 			if p.UndoOnFault || !errors.Is(errs[k], store.ErrUnavailable) {
-				p.undo(rv.serialHex)
+				p.undo(rv.serialHex, certs[k])
 			}
 			out[at[k]].Err = fmt.Errorf("issue: issue certificate: %w", errs[k])
 			continue
@@ -441,24 +441,33 @@ func actorOr(a string) string {
 }
 
 // undo is the compensating transaction of a failed issuance: the row is marked failed, which
-// also frees its code and abandons its record. It runs with its own context: the caller's may
-// be what was cancelled. A row that is no longer pending is left as it is. When the storage
-// refuses, the Undoer (if any) retries in the background; otherwise, or when its backlog is
-// full, the start-up sweep finishes the job.
-func (p *Pipeline) undo(serialHex string) {
+// also frees its code and abandons its record; cert, when the CA signed it (never delivered),
+// is kept on the failed row. It runs with its own context: the caller's may be what was
+// cancelled. A row that is no longer pending is left as it is. When the storage refuses, the
+// Undoer (if any) retries in the background; otherwise, or when its backlog is full, the
+// start-up sweep finishes the job.
+func (p *Pipeline) undo(serialHex string, cert *x509.Certificate) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := p.Store.Update(ctx, func(tx *store.Tx) error { return tx.FailCertificate(serialHex) })
+	err := p.Store.Update(ctx, func(tx *store.Tx) error { return failIssuance(tx, serialHex, cert) })
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrUnavailable) && p.Undoer != nil:
-		p.Undoer.Defer(serialHex, err)
+		p.Undoer.Defer(serialHex, cert, err)
 	default:
 		p.log().Error("undo failed issuance", "serial", serialHex, "err", err)
 	}
 }
 
+// failIssuance marks the pending row of serialHex failed, keeping cert when it was signed.
+func failIssuance(tx *store.Tx, serialHex string, cert *x509.Certificate) error {
+	if cert == nil {
+		return tx.FailCertificate(serialHex)
+	}
+	return tx.FailSignedCertificate(serialHex, cert.Raw, cert.NotBefore, cert.NotAfter)
+}
+
 // Undo marks a reserved issuance failed (see the package documentation), for a caller whose
 // own step after the pipeline's failed. Errors are logged; a storage fault hands the undo to
 // the [Pipeline.Undoer], else the sweep finishes the job.
-func (p *Pipeline) Undo(serialHex string) { p.undo(serialHex) }
+func (p *Pipeline) Undo(serialHex string) { p.undo(serialHex, nil) }

@@ -2,6 +2,7 @@ package issue
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"sync"
@@ -24,8 +25,9 @@ const DefaultUndoBacklog = 10000
 // pending (issued after all, or failed by a sweep) is left as it is: an undo never touches an
 // issued certificate, so no certificate that was returned loses its record.
 //
-// Memory is bounded: at most Max serials wait; beyond that an undo is left to the start-up
-// sweep, which is logged once per backlog. Each deferral is logged once, never each retry.
+// Memory is bounded: at most Max undos wait (a serial and, when signed, its certificate: a
+// few kilobytes each); beyond that an undo is left to the start-up sweep, which is logged once
+// per backlog. Each deferral is logged once, never each retry.
 // After the store is closed, what is left is logged and dropped (the sweep at the next start
 // finishes it).
 //
@@ -41,12 +43,18 @@ type Undoer struct {
 	MinWait, MaxWait time.Duration
 
 	mu       sync.Mutex
-	queue    []string
-	queued   map[string]bool
+	queue    []undoItem
+	queued   map[string]bool // by serial
 	running  bool
 	overflow bool // the overflow of the current backlog was logged
 	// update replaces Store.Update in tests.
 	update func(ctx context.Context, fn func(*store.Tx) error) error
+}
+
+// undoItem is one undo waiting: the serial, and the certificate when the CA signed it.
+type undoItem struct {
+	serial string
+	cert   *x509.Certificate
 }
 
 func (u *Undoer) log() *slog.Logger {
@@ -57,9 +65,11 @@ func (u *Undoer) log() *slog.Logger {
 }
 
 // Defer takes over the undo of the issuance of serialHex, to retry it until the storage
-// answers; cause is the fault that stopped it. It reports whether the undo was taken (false:
-// the backlog is full, the start-up sweep will finish it).
-func (u *Undoer) Defer(serialHex string, cause error) bool {
+// answers; cert is the certificate when the CA signed it (it is kept on the failed row, see
+// [store.Tx.FailSignedCertificate]), else nil; cause is the fault that stopped the undo. It
+// reports whether the undo was taken (false: the backlog is full, the start-up sweep will
+// finish it; the certificate is then logged with its serial only).
+func (u *Undoer) Defer(serialHex string, cert *x509.Certificate, cause error) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.queued[serialHex] {
@@ -80,7 +90,7 @@ func (u *Undoer) Defer(serialHex string, cause error) bool {
 		u.queued = map[string]bool{}
 	}
 	u.queued[serialHex] = true
-	u.queue = append(u.queue, serialHex)
+	u.queue = append(u.queue, undoItem{serialHex, cert})
 	u.log().Warn("undo of a failed issuance deferred until the storage answers", "serial", serialHex, "err", cause)
 	if !u.running {
 		u.running = true
@@ -120,12 +130,12 @@ func (u *Undoer) run() {
 	for {
 		time.Sleep(wait)
 		u.mu.Lock()
-		batch := append([]string(nil), u.queue...)
+		batch := append([]undoItem(nil), u.queue...)
 		u.mu.Unlock()
 		err := update(context.Background(), func(tx *store.Tx) error {
-			for _, s := range batch {
+			for _, it := range batch {
 				// Not pending any more (issued after all, or swept) or unknown: nothing to undo.
-				if err := tx.FailCertificate(s); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
+				if err := failIssuance(tx, it.serial, it.cert); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
 			}
@@ -147,8 +157,8 @@ func (u *Undoer) run() {
 			drop = true
 		}
 		u.mu.Lock()
-		for _, s := range batch {
-			delete(u.queued, s)
+		for _, it := range batch {
+			delete(u.queued, it.serial)
 		}
 		u.queue = u.queue[len(batch):]
 		if drop {

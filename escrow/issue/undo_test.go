@@ -85,6 +85,22 @@ func TestIssueFinishFault(t *testing.T) {
 				t.Errorf("after the fault: certificate %s, record %s, code used %v; want %s, %s, %v",
 					cert, rec, used, tc.wantCert, tc.wantRecord, tc.wantUsed)
 			}
+			if cert == store.StateFailed {
+				// Signed, never delivered: kept on record, not lost.
+				err := e.db.View(context.Background(), func(tx *store.Tx) error {
+					c, err := tx.GetCertificate(store.FormatSerial(r.Serial))
+					if err != nil {
+						return err
+					}
+					if _, err := x509.ParseCertificate(c.DER); err != nil {
+						t.Errorf("the failed row does not keep the signed certificate: %v", err)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
 		})
 	}
 }
@@ -131,10 +147,10 @@ func TestUndoerRetries(t *testing.T) {
 	if okRes.Err != nil {
 		t.Fatal(okRes.Err)
 	}
-	if !u.Defer(store.FormatSerial(r.Serial), errDisk) || !u.Defer(okRes.Serial, errDisk) {
+	if !u.Defer(store.FormatSerial(r.Serial), nil, errDisk) || !u.Defer(okRes.Serial, okRes.Certificate, errDisk) {
 		t.Fatal("Defer refused with an empty backlog")
 	}
-	u.Defer(store.FormatSerial(r.Serial), errDisk) // twice: held once
+	u.Defer(store.FormatSerial(r.Serial), nil, errDisk) // twice: held once
 	waitIdle(t, u)
 	if n := refusals.Load(); n < 4 {
 		t.Errorf("%d attempts, want the 3 refused and one that went through", n)
@@ -167,7 +183,7 @@ func TestUndoerBounded(t *testing.T) {
 		serials = append(serials, store.FormatSerial(e.pending(t, i).Serial))
 	}
 	for i, s := range serials {
-		if got, want := u.Defer(s, errDisk), i < 2; got != want {
+		if got, want := u.Defer(s, nil, errDisk), i < 2; got != want {
 			t.Errorf("Defer of undo %d with Max 2: %v, want %v", i, got, want)
 		}
 	}

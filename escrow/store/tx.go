@@ -533,6 +533,22 @@ func (tx *Tx) FailCertificate(serial string) error {
 	return err
 }
 
+// FailSignedCertificate is [Tx.FailCertificate] for a pending certificate that was signed but
+// never delivered (its issuance could not be finished): the signed certificate is kept on the
+// failed row, as a CA keeps every certificate it signs. [ErrConflict] if it is not pending,
+// [ErrNotFound] if unknown.
+func (tx *Tx) FailSignedCertificate(serial string, der []byte, notBefore, notAfter time.Time) error {
+	const op = "fail signed certificate"
+	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
+		return invalid(op, "der, notBefore and notAfter are required")
+	}
+	if _, err := tx.certTransition(op, serial, StatePending, `der = ?, not_before = ?, not_after = ?`,
+		der, notBefore.UnixMicro(), notAfter.UnixMicro()); err != nil {
+		return err
+	}
+	return tx.FailCertificate(serial)
+}
+
 // RevokeCertificate marks an issued certificate revoked at the given time
 // ([ErrConflict] if it is not issued, [ErrNotFound] if unknown).
 func (tx *Tx) RevokeCertificate(serial string, at time.Time) error {
