@@ -208,7 +208,7 @@ func (a *Server) auditHTTP(next http.Handler) http.Handler {
 		}
 		if basic || serial != "" {
 			if wait := a.logins.limited(source, ""); wait > 0 && !a.certAuthenticates(r, basic) {
-				a.logins.wait(source, "") // counts the throttled request
+				a.logins.wait(source, mailbox) // counts the throttled request for the summary
 				a.throttled(w, r, wait)
 				return
 			}

@@ -13,11 +13,14 @@
 // # Errors
 //
 // Errors of the engine map to 4xx by errors.Is / errors.As on the sentinels of escrow, policy,
-// hsm and store; anything else is a 500 whose details go to the log only.
+// hsm and store; faults of the appliance are 503 (storage, token) or a 500 that names its class
+// (an archive that fails its consistency check: escrow.ErrIntegrity, escrow.ErrRecordMismatch,
+// check.ErrInconsistent); anything else is a 500 whose details go to the log only. Readiness
+// (/readyz) follows the token and the store (storage_health.go).
 //
 // # Concurrency
 //
 // A [Server] serves requests concurrently; its handlers share only the engine (safe for
-// concurrent use), the login throttle and the health state (each behind its own lock or
+// concurrent use), the login throttle and the token and storage health (each behind its own lock or
 // atomic). [Server.Serve] is called once; [Server.Close] once, after Serve returned.
 package api
