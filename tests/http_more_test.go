@@ -17,8 +17,7 @@ import (
 
 // TestHTTPThrottleSparesValid: a source over its failed-login limit is refused before its
 // credential is checked, except when it authenticates with a valid client certificate (an
-// operator behind the same address is not locked out); a mailbox over its limit still takes
-// its valid code, from any source, and only its further failed attempts are answered 429.
+// operator behind the same address is not locked out).
 func TestHTTPThrottleSparesValid(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl")
@@ -48,8 +47,21 @@ func TestHTTPThrottleSparesValid(t *testing.T) {
 	// A good code from the noisy source still waits: the source is the one guessing.
 	code := newCode(t, state, stranger, "smime-signature")
 	httpDo(t, local, a, "POST", est, stranger+":"+code, csr, ct...).want(t, "a code from the throttled source", 429, "")
+}
 
-	// D2: wrong codes for the victim from 5 sources, one each: over the mailbox's limit of 4.
+// TestHTTPThrottleMailboxValidCode: a mailbox over its failed-login limit still takes its valid
+// code, from any source; only its further failed attempts are answered 429.
+func TestHTTPThrottleMailboxValidCode(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	state := devState(t)
+	setHTTPConfig(t, state, map[string]string{"login_failures_per_source": "3", "login_failures_per_mailbox": "4", "login_failure_window": "10m"})
+	a := serve(t, state)
+	dir := t.TempDir()
+	est := "/.well-known/est/smime-signature/simpleenroll"
+	ct := []string{"Content-Type", "application/pkcs10"}
+
+	// Wrong codes for the victim from 5 sources, one each: over the mailbox's limit of 4.
 	const victim = "victim@example.org"
 	vcsr := httpCSR(t, dir, "v", victim)
 	for i := 10; i < 15; i++ {
@@ -57,7 +69,7 @@ func TestHTTPThrottleSparesValid(t *testing.T) {
 		httpDo(t, c, a, "POST", est, victim+":AAAAAAAAAAAAAAAAAAAAAAAA", vcsr, ct...)
 	}
 	fresh := httpClient(t, a, "", "", "127.0.0.30")
-	r = httpDo(t, fresh, a, "POST", est, victim+":AAAAAAAAAAAAAAAAAAAAAAAA", vcsr, ct...)
+	r := httpDo(t, fresh, a, "POST", est, victim+":AAAAAAAAAAAAAAAAAAAAAAAA", vcsr, ct...)
 	r.want(t, "a further wrong code for the victim", 429, "too many failed logins")
 	if r.header.Get("Retry-After") == "" || r.header.Get("WWW-Authenticate") != "" {
 		t.Errorf("mailbox 429: headers %v, want Retry-After and no challenge", r.header)
