@@ -433,8 +433,12 @@ func TestSwappedRecordRefused(t *testing.T) {
 	}
 	serial := certSerial(t, dir, filepath.Join(dir, "carol", "cert.pem"))
 	S := []string{"--state", state, "--server", a.url}
-	id := strings.TrimSpace(keyarc(t, append([]string{"recovery", "request", "--serial", serial, "--reason", "test", "--as", "officer"}, S...)...))
-	msg := keyarcFails(t, append([]string{"recovery", "approve", id, "--yes", "--as", "kra1"}, S...)...)
+	// The engine refuses the swapped record at the request (it checks the records first) or,
+	// failing that, at the approval.
+	out, msg, err := keyarcResult(append([]string{"recovery", "request", "--serial", serial, "--reason", "test", "--as", "officer"}, S...)...)
+	if err == nil {
+		msg = keyarcFails(t, append([]string{"recovery", "approve", strings.TrimSpace(out), "--yes", "--as", "kra1"}, S...)...)
+	}
 	if !strings.Contains(msg, "does not match") {
 		t.Fatalf("approving a swapped record: %s", msg)
 	}

@@ -307,9 +307,11 @@ func status(err error) (int, string) {
 		return http.StatusBadRequest, "the appliance token cannot do this mechanism (RSA-OAEP here needs SHA-1: openssl cms -keyopt rsa_oaep_md:sha1)"
 	case errors.Is(err, escrow.ErrNoRecoverySet):
 		return http.StatusServiceUnavailable, err.Error()
-	case errors.Is(err, escrow.ErrIntegrity), errors.Is(err, escrow.ErrRecordMismatch), errors.Is(err, check.ErrInconsistent):
+	case errors.Is(err, escrow.ErrRecordMismatch):
 		// A tampered or damaged archive is the appliance's fault: the class is named, the
-		// row and the reason go to the log only.
+		// record, the row and the reason go to the log only.
+		return http.StatusInternalServerError, strings.Replace(integrityMessage, "certificate;", "certificate (its escrow record does not match it);", 1)
+	case errors.Is(err, escrow.ErrIntegrity), errors.Is(err, check.ErrInconsistent):
 		return http.StatusInternalServerError, integrityMessage
 	case errors.As(err, &hs):
 		return hs.code, hs.msg
