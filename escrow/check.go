@@ -3,9 +3,11 @@ package escrow
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -64,12 +66,60 @@ func (s *Service) CheckCredential(ctx context.Context, row *store.Certificate, p
 		s.log().Error("credential refused: the archive fails its consistency check", "serial", row.Serial, "err", p)
 		return fmt.Errorf("%w: %w", ErrIntegrity, p)
 	}
+	sum := credentialSum(row)
+	if s.creds.has(row.Serial, sum) {
+		return nil
+	}
 	err := s.checker().Certificate(ctx, row.Serial)
 	if errors.Is(err, check.ErrInconsistent) {
 		s.log().Error("credential refused: the archive fails its consistency check", "serial", row.Serial, "err", err)
 		return fmt.Errorf("%w: %w", ErrIntegrity, err)
 	}
+	if err == nil {
+		s.creds.add(row.Serial, sum)
+	}
 	return err
+}
+
+// verifiedCredentials remembers, per serial, the digest of a credential row that passed the full
+// check in this process, so that a client presenting its certificate again costs one comparison,
+// not an audit-trail search and a signature verification. A row changed since (offline, or
+// under the running appliance) has another digest and is checked again in full; a process starts
+// with nothing remembered, so rows edited while it was stopped are always checked. The memory is
+// bounded: past maxVerifiedCredentials serials it starts afresh.
+type verifiedCredentials struct {
+	mu sync.Mutex
+	m  map[string][sha256.Size]byte
+}
+
+const maxVerifiedCredentials = 100_000
+
+func (v *verifiedCredentials) has(serial string, sum [sha256.Size]byte) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	got, ok := v.m[serial]
+	return ok && got == sum
+}
+
+func (v *verifiedCredentials) add(serial string, sum [sha256.Size]byte) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil || len(v.m) >= maxVerifiedCredentials {
+		v.m = make(map[string][sha256.Size]byte)
+	}
+	v.m[serial] = sum
+}
+
+// credentialSum is the digest of every column of a certificate row that grants something.
+func credentialSum(row *store.Certificate) [sha256.Size]byte {
+	h := sha256.New()
+	for _, f := range []string{row.Serial, row.Template, row.Email, row.Subject, row.State, row.Role, row.KRA, row.RecordID} {
+		fmt.Fprintf(h, "%d:%s;", len(f), f)
+	}
+	h.Write(row.DER)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
 }
 
 // checkSigner checks the row of a KRA's authentication certificate before its role and name

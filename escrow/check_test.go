@@ -181,3 +181,26 @@ func TestApprovalRefusesTamperedSigner(t *testing.T) {
 		t.Errorf("%d approval failure(s) counted against the KRA for an integrity fault, want 0", n)
 	}
 }
+
+// TestCheckCredentialRemembersOnlyTheRowItChecked: a credential checked once is not checked in
+// full again while its row is unchanged, and a row changed after that check (here: its role
+// raised under the running appliance) is checked again and refused.
+func TestCheckCredentialRemembersOnlyTheRowItChecked(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	row := r.certificate(t, r.officer.Serial)
+	cert, err := x509.ParseCertificate(row.DER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := r.svc.CheckCredential(ctx, row, cert); err != nil {
+			t.Fatalf("check %d of the intact row: %v", i+1, err)
+		}
+	}
+	r.tamper(t, `UPDATE certificates SET role = 'admin' WHERE serial = ?`, r.officer.Serial)
+	row = r.certificate(t, r.officer.Serial)
+	if err := r.svc.CheckCredential(ctx, row, cert); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("CheckCredential after the role was raised: %v, want %v", err, ErrIntegrity)
+	}
+}

@@ -103,6 +103,8 @@ type Service struct {
 
 	undoOnce sync.Once
 	undoer   *issue.Undoer // shared by every Pipeline of this Service
+
+	creds verifiedCredentials // credential rows this process has checked (check.go)
 }
 
 func (s *Service) now() time.Time {

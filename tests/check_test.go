@@ -3,6 +3,7 @@ package tests
 import (
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -196,5 +197,22 @@ func TestConsistencyCheckColumns(t *testing.T) {
 	}
 	if n := countRows(t, state, `SELECT count(*) FROM recoveries`); n != 0 {
 		t.Errorf("%d refused request(s) stored, want 0", n)
+	}
+
+	// The signature certificate whose row now claims smime-encryption is no credential for
+	// an archived encryption key: the row is checked before it is trusted, and the refusal is
+	// the appliance's integrity fault, not the client's.
+	before := countRows(t, state, `SELECT count(*) FROM certificates WHERE email = ?`, signer)
+	out := filepath.Join(dir, "keygen.out")
+	code2 := run(t, dir, "curl", "-sS", "--cacert", filepath.Join(state, "ca.pem"),
+		"--cert", filepath.Join(dir, "sig-cert.pem"), "--key", filepath.Join(dir, "sig.key.pem"),
+		"-H", "Content-Type: application/pkcs10", "--data-binary", "@"+estCSR(t, dir, "sig2", "/CN="+signer),
+		"-o", out, "-w", "%{http_code}", a.url+"/.well-known/est/smime-encryption/serverkeygen")
+	body2, _ := os.ReadFile(out)
+	if strings.TrimSpace(code2) != "500" || !strings.Contains(string(body2), "consistency check") {
+		t.Errorf("serverkeygen with a certificate whose row was relabelled: HTTP %s: %s", code2, body2)
+	}
+	if n := countRows(t, state, `SELECT count(*) FROM certificates WHERE email = ?`, signer); n != before {
+		t.Errorf("%d certificate(s) for %s after the refusal, want %d", n, signer, before)
 	}
 }

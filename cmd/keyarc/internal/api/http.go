@@ -188,6 +188,11 @@ func (a *Server) clientCertificate(ctx context.Context, c *x509.Certificate) (*s
 	if time.Now().After(c.NotAfter) {
 		return nil, fmt.Errorf("%w: client certificate expired", escrow.ErrUnauthorized)
 	}
+	// The row decides what the certificate may do (its template, mailbox, role): trust it only
+	// once it agrees with the certificate the handshake verified and with its audited issuance.
+	if err := a.svc.CheckCredential(ctx, row, c); err != nil {
+		return nil, err
+	}
 	return row, nil
 }
 
