@@ -223,6 +223,8 @@ func serveWith(t *testing.T, state string, env []string, addr string) *appliance
 	for {
 		select {
 		case err := <-exited:
+			// Put the exit back for the cleanup, which waits for it.
+			exited <- err
 			t.Fatalf("keyarc serve exited: %v\n%s", err, a.logs.String())
 		default:
 		}

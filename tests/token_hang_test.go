@@ -23,6 +23,16 @@ func TestTokenHung(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "p11.sock")
 	server := p11kitServer(t, state, socket)
 	setTokenModule(t, state, tokP11kitClient)
+	// token.call_timeout, the operator's setting of the limit, shortened so the test waits less.
+	cfgPath := filepath.Join(state, "keyarc.yaml")
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cfg), "  call_timeout: 10s\n") {
+		t.Fatalf("keyarc init wrote no token.call_timeout of 10s:\n%s", cfg)
+	}
+	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "  call_timeout: 10s\n", "  call_timeout: 3s\n", 1)))
 	a := serveWith(t, state, []string{"P11_KIT_SERVER_ADDRESS=unix:path=" + socket}, "")
 	// Cleanups run last first: the server is thawed before it is killed.
 	freeze := func() { syscall.Kill(-server.Process.Pid, syscall.SIGSTOP) }

@@ -83,6 +83,7 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	p.Token, err = statedir.OpenToken(cfg, &hsm.Options{
 		MaxSessions:     cfg.Token.MaxSessions,
 		PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration,
+		CallTimeout:     cfg.Token.CallTimeout.Duration,
 		Registerer:      reg,
 		Logger:          log,
 	})

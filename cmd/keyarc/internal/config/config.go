@@ -80,6 +80,9 @@ type TokenConfig struct {
 	AuditKey        string   `yaml:"audit_key"`
 	MaxSessions     int      `yaml:"max_sessions"`
 	PoolWaitTimeout Duration `yaml:"pool_wait_timeout"`
+	// CallTimeout bounds each call into the token: a token that stops answering (without
+	// disconnecting) is then reported not ready and answered with 503, never waited on forever.
+	CallTimeout Duration `yaml:"call_timeout"`
 }
 
 // CAConfig locates the CA certificate.
@@ -119,6 +122,7 @@ func Default() *Config {
 	c.Token.AuditKey = "audit-key"
 	c.Token.MaxSessions = 8
 	c.Token.PoolWaitTimeout = Duration{5 * time.Second}
+	c.Token.CallTimeout = Duration{10 * time.Second}
 	c.CA.Certificate = "ca.pem"
 	c.Transport.Certificate = "transport.pem"
 	c.TLS.Certificate = "tls.pem"
@@ -193,6 +197,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Token.PoolWaitTimeout.Duration <= 0 {
 		return errors.New("token.pool_wait_timeout must be positive")
+	}
+	if c.Token.CallTimeout.Duration < time.Second {
+		return errors.New("token.call_timeout must be at least 1s (an HSM's slowest operation must fit in it)")
 	}
 	if c.Enrollment.CodeTTL.Duration < time.Minute {
 		return errors.New("enrollment.code_ttl must be at least 1m")

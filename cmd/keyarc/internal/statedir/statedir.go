@@ -65,7 +65,8 @@ func OpenToken(cfg *config.Config, opts *hsm.Options) (*hsm.Token, error) {
 			return nil, err
 		}
 	}
-	o := hsm.Options{MaxSessions: cfg.Token.MaxSessions, PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration}
+	o := hsm.Options{MaxSessions: cfg.Token.MaxSessions, PoolWaitTimeout: cfg.Token.PoolWaitTimeout.Duration,
+		CallTimeout: cfg.Token.CallTimeout.Duration}
 	if opts != nil {
 		o = *opts
 	}
