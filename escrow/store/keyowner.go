@@ -64,10 +64,13 @@ func (tx *Tx) checkKeyOwners(op string, rs []Record, fps []string) error {
 // a caller that inserts many records at once can use this one to refuse a single item
 // before its batch.
 func (tx *Tx) KeyArchivedElsewhere(fingerprint, email string) error {
+	// Two range seeks in records_fingerprint (mailboxes sorting before and after email), so
+	// the cost does not grow with the number of records of the key for its own mailbox.
 	var n int
 	err := tx.queryRow("check key owner", []any{&n},
-		`SELECT count(*) FROM (SELECT 1 FROM records WHERE fingerprint = ? AND email != ? AND state != 'abandoned' LIMIT 1)`,
-		fingerprint, email)
+		`SELECT EXISTS (SELECT 1 FROM records WHERE fingerprint = ? AND email < ? AND state != 'abandoned')
+		     OR EXISTS (SELECT 1 FROM records WHERE fingerprint = ? AND email > ? AND state != 'abandoned')`,
+		fingerprint, email, fingerprint, email)
 	if err != nil {
 		return err
 	}
