@@ -87,7 +87,7 @@ func waitJob(t *testing.T, c *http.Client, url string, within time.Duration, wha
 	}
 }
 
-// strace attaches strace to a running appliance with the given fault injection on its database
+// startStrace attaches strace to a running appliance with the given fault injection on its database
 // files and returns once every thread is attached. Interrupting it (SIGINT) detaches it and
 // ends the fault.
 func startStrace(t *testing.T, a *appliance, inject ...string) *exec.Cmd {

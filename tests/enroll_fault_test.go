@@ -33,7 +33,7 @@ func TestEnrollFinishFaultKeepsCode(t *testing.T) {
 	for i := 0; i < 12 && !hit; i++ {
 		mailbox = fmt.Sprintf("sf5-%d@example.org", i)
 		code = newCode(t, state, mailbox, "smime-encryption")
-		st := httpStrace(t, a, "-e", "trace=fdatasync,fsync", "-e", "inject=fdatasync,fsync:error=EIO:when=2+")
+		st := startStrace(t, a, "-e", "trace=fdatasync,fsync", "-e", "inject=fdatasync,fsync:error=EIO:when=2+")
 		first := filepath.Join(dir, fmt.Sprint("first", i))
 		stdout, stderr, err := enroll(first)
 		st.Process.Signal(os.Interrupt)

@@ -125,7 +125,7 @@ func TestHTTPReadyStorage(t *testing.T) {
 	anon := httpClient(t, a, "", "", "")
 	httpDo(t, anon, a, "GET", "/readyz", "", nil).want(t, "readiness before the fault", 200, "ready")
 
-	st := httpStrace(t, a, "-e", "trace=pwrite64", "-e", "inject=pwrite64:error=ENOSPC")
+	st := startStrace(t, a, "-e", "trace=pwrite64", "-e", "inject=pwrite64:error=ENOSPC")
 	httpDo(t, anon, a, "POST", "/.well-known/est/smime-signature/simpleenroll", mailbox+":"+code,
 		httpCSR(t, dir, "r", mailbox), "Content-Type", "application/pkcs10").want(t, "enrollment during the fault", 503, "storage unavailable")
 	r := httpDo(t, anon, a, "GET", "/readyz", "", nil)

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -250,46 +249,6 @@ func TestHTTPRefusalClasses(t *testing.T) {
 	}
 }
 
-// httpStrace attaches strace to the appliance with a fault injected into the writes of its
-// database files and returns once it is attached; interrupting it ends the fault.
-func httpStrace(t *testing.T, a *appliance, inject ...string) *exec.Cmd {
-	t.Helper()
-	args := []string{"-f", "-p", fmt.Sprint(a.cmd.Process.Pid), "-o", "/dev/null",
-		"-P", filepath.Join(a.state, "keyarc.db"), "-P", filepath.Join(a.state, "keyarc.db-wal")}
-	cmd := exec.Command("strace", append(args, inject...)...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	attached := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := false
-		for sc.Scan() {
-			if !once && strings.Contains(sc.Text(), "attached") {
-				once = true
-				close(attached)
-			}
-		}
-	}()
-	select {
-	case <-attached:
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("strace did not attach")
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Signal(os.Interrupt)
-			cmd.Wait()
-		}
-	})
-	return cmd
-}
-
 // TestHTTPStorageUnavailable: a storage fault injected into a running appliance (ENOSPC on the
 // database's writes) answers a single enrollment 503 with Retry-After and "storage unavailable",
 // not a bare 500 nor a client error; the details go to the log; the code is not used up, and once
@@ -310,7 +269,7 @@ func TestHTTPStorageUnavailable(t *testing.T) {
 		{"-e", "trace=pwrite64", "-e", "inject=pwrite64:error=ENOSPC"},
 		{"-e", "trace=fdatasync,fsync", "-e", "inject=fdatasync,fsync:error=EIO"},
 	} {
-		st := httpStrace(t, a, inject...)
+		st := startStrace(t, a, inject...)
 		r := httpDo(t, anon, a, "POST", est, mailbox+":"+code, csr, "Content-Type", "application/pkcs10")
 		st.Process.Signal(os.Interrupt)
 		st.Wait()
