@@ -30,15 +30,8 @@ func runServe(args []string) error {
 	state := fs.String("state", "", "state folder (required)")
 	addr := fs.String("addr", "", "HTTPS listen address (default: the configuration's listen)")
 	metricsAddr := fs.String("metrics-addr", "", "metrics listen address (default: the configuration's metrics_listen)")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
+	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
-	}
-	if err := cmdline.WantArgs("serve", pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *state == "" {
-		return cmdline.UsageError{Msg: "serve: --state DIR is required"}
 	}
 	tuneGC()
 	cfg, err := config.Load(*state)

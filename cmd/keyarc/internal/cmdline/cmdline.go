@@ -78,3 +78,19 @@ func WantArgs(name string, pos []string, n int, what string) error {
 	}
 	return nil
 }
+
+// ParseStateOnly parses the flags of a command that takes no positional argument and needs
+// --state (whose value state points to): a usage error names the command and what is wrong.
+func ParseStateOnly(fs *flag.FlagSet, args []string, state *string) error {
+	pos, err := ParseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := WantArgs(fs.Name(), pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *state == "" {
+		return UsageError{Msg: fs.Name() + ": --state DIR is required"}
+	}
+	return nil
+}

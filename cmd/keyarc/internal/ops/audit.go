@@ -34,15 +34,8 @@ func RunAudit(args []string) error {
 	state := fs.String("state", "", "state folder (required)")
 	keyFile := fs.String("key", "", "the audit certificate or public key (PEM) to trust (default: DIR/audit.pem, checked against the CA certificate)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	pos, err := cmdline.ParseFlags(fs, args[1:])
-	if err != nil {
+	if err := cmdline.ParseStateOnly(fs, args[1:], state); err != nil {
 		return err
-	}
-	if err := cmdline.WantArgs("audit verify", pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *state == "" {
-		return cmdline.UsageError{Msg: "audit verify: --state DIR is required"}
 	}
 	cfg, err := config.Load(*state)
 	if err != nil {

@@ -22,15 +22,8 @@ func RunCheck(args []string) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
+	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
-	}
-	if err := cmdline.WantArgs("check", pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *state == "" {
-		return cmdline.UsageError{Msg: "check: --state DIR is required"}
 	}
 	cfg, err := config.Load(*state)
 	if err != nil {

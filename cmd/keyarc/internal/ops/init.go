@@ -52,15 +52,8 @@ func RunInit(args []string) error {
 	caName := fs.String("ca-name", "keyarc Root CA", "common name of the CA")
 	org := fs.String("org", "", "organisation name for the CA subject")
 	dnsNames := fs.String("tls-names", "localhost", "comma-separated DNS names for the appliance's TLS certificate")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
+	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
-	}
-	if err := cmdline.WantArgs("init", pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *state == "" {
-		return cmdline.UsageError{Msg: "init: --state DIR is required"}
 	}
 	alg := hsm.Algorithm(*caKey)
 	switch alg {
