@@ -104,7 +104,7 @@ func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error)
 	if err != nil {
 		return "", err
 	}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		// KRA enrollment needs no credential (an admin decides), so bound what it can store.
 		if waiting, err := tx.ListPending(store.StatePending); err != nil {
 			return err
@@ -141,7 +141,7 @@ func verifyDigest(pub crypto.PublicKey, digest, sig []byte) bool {
 // ListPending returns the requests in state (all when empty).
 func (s *Service) ListPending(ctx context.Context, state string) ([]Pending, error) {
 	var rows []store.Pending
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		rows, err = tx.ListPending(state)
 		return err
@@ -204,7 +204,7 @@ func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued
 	if err != nil {
 		return nil, err
 	}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.DecidePendingAt(id, store.StateIssued, admin, out[0].Serial, s.now()); err != nil {
 			return err
 		}
@@ -258,7 +258,7 @@ func (s *Service) DenyPending(ctx context.Context, id, admin string) error {
 	if err != nil {
 		return err
 	}
-	return s.Store.Update(ctx, func(tx *store.Tx) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.DecidePendingAt(id, store.StateDenied, admin, "", s.now()); err != nil {
 			return err
 		}
@@ -269,7 +269,7 @@ func (s *Service) DenyPending(ctx context.Context, id, admin string) error {
 
 func (s *Service) getPending(ctx context.Context, id string) (*store.Pending, error) {
 	var p *store.Pending
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		p, err = tx.GetPending(id)
 		return err
@@ -329,7 +329,7 @@ func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []stri
 	}
 	now := s.now()
 	var epoch uint32
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		seen := map[string]string{}
 		canon := make([]string, 0, len(serials))
 		for _, serial := range serials {

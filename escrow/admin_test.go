@@ -56,7 +56,7 @@ func (env *testEnv) insertPendingKRA(tb testing.TB, name string) (id string, unw
 	if err != nil {
 		tb.Fatal(err)
 	}
-	err = env.svc.Store.Update(context.Background(), func(tx *store.Tx) error {
+	err = env.svc.Store.Update(context.Background(), func(tx store.Tx) error {
 		return tx.InsertPending(store.Pending{ID: id, Template: TemplateKRA, Name: name, Requester: req.Requester,
 			CSR: req.AuthCSR.Raw, PublicKey: spki, State: store.StatePending, CreatedAt: t0})
 	})
@@ -69,7 +69,7 @@ func (env *testEnv) insertPendingKRA(tb testing.TB, name string) (id string, unw
 func (env *testEnv) pending(tb testing.TB, id string) *store.Pending {
 	tb.Helper()
 	var p *store.Pending
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		p, err = tx.GetPending(id)
 		return err
@@ -442,7 +442,7 @@ func TestSetRecoverySet(t *testing.T) {
 	// a year before the others, so it expires a year earlier) and a non-KRA certificate.
 	dup := env.addKRA(t, "kra-0", rsaKey(t, keySpare)).serial
 	revoked := env.addKRA(t, "kra-revoked", rsaKey(t, keySpare)).serial
-	if err := env.svc.Store.Update(ctx, func(tx *store.Tx) error { return tx.RevokeCertificate(revoked, t0) }); err != nil {
+	if err := env.svc.Store.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(revoked, t0) }); err != nil {
 		t.Fatal(err)
 	}
 	env.kras = env.kras[:3]

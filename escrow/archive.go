@@ -64,7 +64,7 @@ type recoverySets struct {
 // wrapping [store.ErrUnavailable].
 func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) {
 	var row *store.RecoverySet
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		row, err = tx.CurrentRecoverySet()
 		return err
@@ -122,7 +122,7 @@ var errRecoverySetChanged = fmt.Errorf("%w: %w; retry", ErrNoRecoverySet, ErrRec
 // loadRecoverySet resolves a stored recovery set's KRA serials to certificates.
 func (s *Service) loadRecoverySet(ctx context.Context, row *store.RecoverySet) (*RecoverySet, error) {
 	rs := &RecoverySet{Epoch: row.Epoch, Quorum: row.Quorum}
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		for _, serial := range row.KRASerials {
 			c, err := tx.GetCertificate(serial)
 			if err != nil {

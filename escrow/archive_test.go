@@ -471,7 +471,7 @@ func TestSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = env.svc.Store.Update(ctx, func(tx *store.Tx) error {
+	err = env.svc.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.ClaimCode(who.Code.ID, t0); err != nil {
 			return err
 		}
@@ -792,7 +792,7 @@ func TestCommitImports(t *testing.T) {
 	}
 	lastAudit := func() store.AuditEntry {
 		var e *store.AuditEntry
-		err := env.svc.Store.View(ctx, func(tx *store.Tx) (err error) {
+		err := env.svc.Store.View(ctx, func(tx store.Tx) (err error) {
 			e, err = tx.LastAudit()
 			return err
 		})
@@ -804,7 +804,7 @@ func TestCommitImports(t *testing.T) {
 
 	batch := []ImportItem{item(5001, "a@example.org"), item(5002, "b@example.org"), item(5003, "c@example.org")}
 	extraRan := false
-	err = env.svc.CommitImports(ctx, "job j1", batch, func(tx *store.Tx) error {
+	err = env.svc.CommitImports(ctx, "job j1", batch, func(tx store.Tx) error {
 		extraRan = true
 		return nil
 	})
@@ -842,7 +842,7 @@ func TestCommitImports(t *testing.T) {
 	if got := lastAudit(); got.Seq != e.Seq {
 		t.Errorf("audit entry %d (%s) written for a refused batch", got.Seq, got.Subject)
 	}
-	err = env.svc.Store.View(ctx, func(tx *store.Tx) error {
+	err = env.svc.Store.View(ctx, func(tx store.Tx) error {
 		_, err := tx.GetCertificate(store.FormatSerial(fresh.Cert.SerialNumber))
 		return err
 	})
@@ -879,7 +879,7 @@ func TestIssueReservedBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		return item{pkcs8: p8, req: ReservedIssue{Template: tmpl, Pub: key.Public(), Mailbox: mailbox, Serial: serial, Record: rec,
-			Finish: func(tx *store.Tx, cert *x509.Certificate) error {
+			Finish: func(tx store.Tx, cert *x509.Certificate) error {
 				finished.Store(mailbox, cert.SerialNumber.String())
 				return nil
 			}}}
@@ -913,7 +913,7 @@ func TestIssueReservedBatch(t *testing.T) {
 	t.Run("refused reservation and failed signing", func(t *testing.T) {
 		items := []item{mk("c0@example.org"), mk("c1@example.org"), mk("c2@example.org"), mk("c3@example.org")}
 		errTaken := errors.New("item already done")
-		items[1].req.Reserve = func(*store.Tx, string) error { return errTaken }
+		items[1].req.Reserve = func(store.Tx, string) error { return errTaken }
 		errPrepare := errors.New("cannot build the results")
 		items[2].req.Prepare = func(*x509.Certificate) error { return errPrepare }
 		out := run(items)
@@ -947,7 +947,7 @@ func TestIssueReservedBatch(t *testing.T) {
 
 func assertNoCertificate(tb testing.TB, env *testEnv, serial *big.Int) {
 	tb.Helper()
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		_, err := tx.GetCertificate(store.FormatSerial(serial))
 		return err
 	})

@@ -12,13 +12,14 @@ import (
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/policy"
 )
 
 func (env *testEnv) trail(tb testing.TB) []store.AuditEntry {
 	tb.Helper()
 	var out []store.AuditEntry
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		out, err = tx.ListAudit(1, 10000)
 		return err
@@ -91,9 +92,9 @@ func (o *observer) Appended(seq int64)     { o.seqs = append(o.seqs, seq) }
 func (o *observer) Failed(kind audit.Kind) { o.failed = append(o.failed, kind) }
 
 // disableAudit makes every audit insert fail, as a full or read-only trail would.
-func disableAudit(tb testing.TB, db *store.DB) {
+func disableAudit(tb testing.TB, db store.Store) {
 	tb.Helper()
-	raw, err := sql.Open("sqlite", "file:"+db.Path())
+	raw, err := sql.Open("sqlite", "file:"+db.(*sqlite.DB).Path())
 	if err != nil {
 		tb.Fatal(err)
 	}

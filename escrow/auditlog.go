@@ -41,7 +41,7 @@ type AuditObserver interface {
 
 // audit appends an entry in tx, the transaction of the change it records: an error refuses
 // the change (the caller returns it and its savepoint rolls back).
-func (s *Service) audit(tx *store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
+func (s *Service) audit(tx store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
 	e, err := audit.Append(tx, s.now(), kind, actor, subject, d)
 	if err != nil {
 		if s.Audit != nil {
@@ -58,7 +58,7 @@ func (s *Service) audit(tx *store.Tx, kind audit.Kind, actor, subject string, d 
 // auditAlone records an event that changes nothing else (a refusal), in its own transaction.
 // A failure is logged: the operation was refused anyway.
 func (s *Service) auditAlone(ctx context.Context, kind audit.Kind, actor, subject string, d audit.Details) {
-	err := s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+	err := s.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
 		return s.audit(tx, kind, actor, subject, d)
 	})
 	if err != nil {
@@ -71,7 +71,7 @@ func principalActor(role, name string) string { return role + ":" + name }
 // RecordEvent writes an entry that records no other change (a login failure, a start-up), in
 // its own transaction, with the actor of ctx ([WithActor]).
 func (s *Service) RecordEvent(ctx context.Context, kind audit.Kind, subject string, d audit.Details) error {
-	return s.Store.Update(ctx, func(tx *store.Tx) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error {
 		return s.audit(tx, kind, actorFrom(ctx), subject, d)
 	})
 }

@@ -50,7 +50,7 @@ func BenchmarkEnrollArchived(b *testing.B) {
 			envelope: envelope(b, key, env.transport, cms.AuthEnvelopedAESGCM, crypto.SHA256),
 		}
 	}
-	err := env.svc.Store.Update(ctx, func(tx *store.Tx) error {
+	err := env.svc.Store.Update(ctx, func(tx store.Tx) error {
 		for _, c := range codes {
 			if err := tx.InsertCode(c); err != nil {
 				return err

@@ -81,13 +81,13 @@ type ReservedIssue struct {
 	Record   *SealedRecord
 	// Reserve runs inside the first transaction (the reservation); its error aborts the
 	// issuance before anything is signed.
-	Reserve func(tx *store.Tx, serial string) error
+	Reserve func(tx store.Tx, serial string) error
 	// Prepare, when set, runs after signing and before the last transaction, outside any
 	// transaction (for slow work such as building a PKCS#12); an error undoes the issuance.
 	Prepare func(cert *x509.Certificate) error
 	// Finish runs inside the last transaction, with the signed certificate; an error there
 	// undoes the issuance.
-	Finish func(tx *store.Tx, cert *x509.Certificate) error
+	Finish func(tx store.Tx, cert *x509.Certificate) error
 }
 
 // ErrReserved: the Reserve hook refused the reservation (for a bulk item: it is already done).
@@ -171,9 +171,9 @@ func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue
 //
 // [ErrInvalidRequest] for a serial already in the archive, [ErrKeyArchivedElsewhere],
 // [ErrRecoverySetChanged] (nothing stored), [store.ErrUnavailable] (wrapped).
-func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mailbox string, rec *SealedRecord, extra func(tx *store.Tx) error) error {
+func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mailbox string, rec *SealedRecord, extra func(tx store.Tx) error) error {
 	stale, err := s.Pipeline().Import(ctx, "local", "", []issue.ImportItem{{Cert: cert, Mailbox: mailbox, Record: rec}},
-		func(tx *store.Tx, stored []int) error {
+		func(tx store.Tx, stored []int) error {
 			if len(stored) == 0 || extra == nil {
 				return nil
 			}
@@ -207,8 +207,8 @@ type ImportItem = issue.ImportItem
 // # Errors
 //
 // Those of [Service.CommitImport], for the whole batch.
-func (s *Service) CommitImports(ctx context.Context, subject string, items []ImportItem, extra func(tx *store.Tx) error) error {
-	_, err := s.Pipeline().Import(ctx, actorFrom(ctx), subject, items, func(tx *store.Tx, stored []int) error {
+func (s *Service) CommitImports(ctx context.Context, subject string, items []ImportItem, extra func(tx store.Tx) error) error {
+	_, err := s.Pipeline().Import(ctx, actorFrom(ctx), subject, items, func(tx store.Tx, stored []int) error {
 		if len(stored) != len(items) {
 			return errRecoverySetChanged
 		}
@@ -233,8 +233,8 @@ func (s *Service) CommitImports(ctx context.Context, subject string, items []Imp
 //
 // fn's error as it is, or the audit trail's (wrapping [audit.ErrAppend]); [store.ErrUnavailable]
 // (wrapped) for a fault of the storage.
-func (s *Service) Audited(ctx context.Context, kind audit.Kind, subject string, d audit.Details, fn func(tx *store.Tx) error) error {
-	return s.Store.Update(ctx, func(tx *store.Tx) error {
+func (s *Service) Audited(ctx context.Context, kind audit.Kind, subject string, d audit.Details, fn func(tx store.Tx) error) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error {
 		if fn != nil {
 			if err := fn(tx); err != nil {
 				return err

@@ -10,12 +10,13 @@ import (
 
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 // tamper changes the database file behind the store, as someone holding the file would.
 func (r *recoveryEnv) tamper(t *testing.T, query string, args ...any) {
 	t.Helper()
-	raw, err := sql.Open("sqlite", "file:"+r.svc.Store.Path()+"?_pragma=busy_timeout(5000)")
+	raw, err := sql.Open("sqlite", "file:"+r.svc.Store.(*sqlite.DB).Path()+"?_pragma=busy_timeout(5000)")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestRecoveryRefusesFlaggedCertificate(t *testing.T) {
 		t.Errorf("%d share(s) decrypted for a flagged certificate, want 0", n)
 	}
 	var rows []store.Approval
-	if err := r.svc.Store.View(ctx, func(tx *store.Tx) (err error) { rows, err = tx.ListApprovals(id); return err }); err != nil {
+	if err := r.svc.Store.View(ctx, func(tx store.Tx) (err error) { rows, err = tx.ListApprovals(id); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if len(rows) != 1 {
@@ -168,7 +169,7 @@ func TestApprovalRefusesTamperedSigner(t *testing.T) {
 	if _, err := r.svc.SubmitApproval(ctx, p, id, shares, sig); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("SubmitApproval: %v, want ErrIntegrity", err)
 	}
-	raw, err := sql.Open("sqlite", "file:"+r.svc.Store.Path()+"?_pragma=busy_timeout(5000)")
+	raw, err := sql.Open("sqlite", "file:"+r.svc.Store.(*sqlite.DB).Path()+"?_pragma=busy_timeout(5000)")
 	if err != nil {
 		t.Fatal(err)
 	}

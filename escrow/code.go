@@ -73,7 +73,7 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 	clear(b)
 	now := s.now()
 	c := &Code{ID: secret[:codeIDLen], Secret: secret, Email: mailbox, Template: template, ExpiresAt: now.Add(ttl)}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.InsertCode(store.Code{
 			ID: c.ID, Email: c.Email, Template: template, Hash: hashCode(secret),
 			CreatedAt: now, ExpiresAt: c.ExpiresAt,
@@ -107,7 +107,7 @@ func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*st
 		return nil, ErrUnauthorized
 	}
 	var c *store.Code
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		c, err = tx.GetCode(secret[:codeIDLen])
 		return err

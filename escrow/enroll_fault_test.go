@@ -24,7 +24,7 @@ func TestCodeHeldByDeferredUndo(t *testing.T) {
 	const serial = "7e57"
 	// What a reservation whose finish the storage refused leaves: the code claimed for a
 	// pending certificate.
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.ClaimCode(who.Code.ID, s.now()); err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -167,7 +168,7 @@ type testEnv struct {
 // set.
 func newBareService(tb testing.TB) *testEnv {
 	tb.Helper()
-	db, err := store.Open(filepath.Join(tb.TempDir(), "k.db"))
+	db, err := sqlite.Open(filepath.Join(tb.TempDir(), "k.db"))
 	if err != nil {
 		tb.Fatalf("store.Open: %v", err)
 	}
@@ -254,7 +255,7 @@ func (env *testEnv) addKRA(tb testing.TB, name string, unwrap *rsa.PrivateKey) k
 // certificate row and its escrow record.
 func (env *testEnv) observeStore() {
 	obs := map[string]observation{}
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		rows, err := tx.ListCertificates(store.Filter{State: store.StatePending})
 		if err != nil {
 			return err
@@ -343,7 +344,7 @@ func (env *testEnv) codeErr(tb testing.TB, who Enrollee) error {
 func (env *testEnv) certs(tb testing.TB, f store.Filter) []store.Certificate {
 	tb.Helper()
 	var out []store.Certificate
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		out, err = tx.ListCertificates(f)
 		return err
@@ -357,7 +358,7 @@ func (env *testEnv) certs(tb testing.TB, f store.Filter) []store.Certificate {
 func (env *testEnv) records(tb testing.TB, email string) []store.Record {
 	tb.Helper()
 	var out []store.Record
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		out, err = tx.ListRecords(email)
 		return err
@@ -371,7 +372,7 @@ func (env *testEnv) records(tb testing.TB, email string) []store.Record {
 func (env *testEnv) record(tb testing.TB, id string) *store.Record {
 	tb.Helper()
 	var r *store.Record
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		r, err = tx.GetRecord(id)
 		return err
@@ -385,7 +386,7 @@ func (env *testEnv) record(tb testing.TB, id string) *store.Record {
 func (env *testEnv) certificate(tb testing.TB, serial string) *store.Certificate {
 	tb.Helper()
 	var c *store.Certificate
-	err := env.svc.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := env.svc.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		c, err = tx.GetCertificate(serial)
 		return err

@@ -13,7 +13,7 @@ import (
 func TestPendingQueueBounded(t *testing.T) {
 	env := newTestService(t)
 	ctx := context.Background()
-	err := env.svc.Store.Update(ctx, func(tx *store.Tx) error {
+	err := env.svc.Store.Update(ctx, func(tx store.Tx) error {
 		for i := range MaxPendingRequests {
 			if err := tx.InsertPending(store.Pending{ID: fmt.Sprintf("p%03d", i), Template: TemplateKRA,
 				Name: fmt.Sprintf("k%d", i), Requester: "test", CSR: []byte{1}, State: store.StatePending, CreatedAt: t0}); err != nil {

@@ -103,7 +103,7 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
 	}
 	var recs []store.Record
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		if serial != "" {
 			r, err := tx.GetRecordBySerial(serial)
 			if errors.Is(err, store.ErrNotFound) {
@@ -182,7 +182,7 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 	for _, r := range recs {
 		serials = append(serials, r.Serial)
 	}
-	if err := s.Store.Update(ctx, func(tx *store.Tx) error {
+	if err := s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.InsertRecovery(row); err != nil {
 			return err
 		}
@@ -215,7 +215,7 @@ type recoveryState struct {
 
 func (s *Service) loadRecovery(ctx context.Context, id string) (*recoveryState, error) {
 	st := &recoveryState{sets: map[uint32]*RecoverySet{}}
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		st.req, err = tx.GetRecovery(id)
 		if errors.Is(err, store.ErrNotFound) {
@@ -253,7 +253,7 @@ func (s *Service) loadRecovery(ctx context.Context, id string) (*recoveryState, 
 // recoverySet loads the recovery set of an epoch (any epoch, not only the current one).
 func (s *Service) recoverySet(ctx context.Context, epoch uint32) (*RecoverySet, error) {
 	var row *store.RecoverySet
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		row, err = tx.GetRecoverySet(epoch)
 		return err
@@ -295,7 +295,7 @@ func (s *Service) policyView(st *recoveryState) (policy.Request, map[uint32]poli
 // certificate and reports it in policy's terms.
 func (s *Service) verifyStoredApproval(st *recoveryState, a store.Approval) (policy.Approval, error) {
 	var signer *store.Certificate
-	err := s.Store.View(context.Background(), func(tx *store.Tx) error {
+	err := s.Store.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		signer, err = tx.GetCertificate(a.SignerSerial)
 		return err
@@ -388,7 +388,7 @@ func quorumProgress(req policy.Request, sets map[uint32]policy.RecoverySet, apps
 // ListRecoveries lists requests in state ("" for all).
 func (s *Service) ListRecoveries(ctx context.Context, state string) ([]store.Recovery, error) {
 	var out []store.Recovery
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		out, err = tx.ListRecoveries(state)
 		return err
@@ -421,7 +421,7 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 		return nil, nil, err
 	}
 	var unwrap []store.Certificate
-	err = s.Store.View(ctx, func(tx *store.Tx) error {
+	err = s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		unwrap, err = tx.ListCertificates(store.Filter{KRA: kra.Name, Template: TemplateKRA})
 		return err
@@ -534,7 +534,7 @@ func ApprovalDigest(r *store.Recovery, shares []ApprovedShare) []byte {
 // last approvalWindow. The count is kept in the store, so a restart does not reset it.
 func (s *Service) approvalBlocked(ctx context.Context, kra string, now time.Time) (bool, error) {
 	var n int
-	err := s.Store.View(ctx, func(tx *store.Tx) error {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		n, err = tx.ApprovalFailures(kra, now.Add(-approvalWindow))
 		return err
@@ -548,7 +548,7 @@ func (s *Service) approvalBlocked(ctx context.Context, kra string, now time.Time
 // approvalRefused records a refused approval: it counts against the KRA's rate limit, in the
 // same transaction as its audit entry. A failure is logged: the approval was refused anyway.
 func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time, id string, d audit.Details) {
-	err := s.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+	err := s.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
 		if err := tx.AddApprovalFailure(kra, now, now.Add(-approvalWindow)); err != nil {
 			return err
 		}
@@ -627,7 +627,7 @@ func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id s
 		return nil, err
 	}
 	var signer *store.Certificate
-	err = s.Store.View(ctx, func(tx *store.Tx) error {
+	err = s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		signer, err = tx.GetCertificate(kra.Serial)
 		return err
@@ -646,7 +646,7 @@ func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id s
 	if err != nil {
 		return nil, err
 	}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.InsertApproval(store.Approval{RecoveryID: id, KRA: kra.Name, SignerSerial: kra.Serial, Shares: blob, Signature: sig, CreatedAt: now}); err != nil {
 			return err
 		}
@@ -731,7 +731,7 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	if err != nil {
 		return nil, err
 	}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.CloseRecovery(id, store.RecoveryConsumed, s.now()); err != nil {
 			return err
 		}
@@ -833,7 +833,7 @@ func (s *Service) checkBinding(ctx context.Context, r store.Record, sealed *reco
 			ErrRecordMismatch, r.ID, r.Serial, r.Epoch, id, serial, h.Epoch)
 	}
 	var cert *store.Certificate
-	if err := s.Store.View(ctx, func(tx *store.Tx) error {
+	if err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		cert, err = tx.GetCertificate(r.Serial)
 		return err
@@ -881,7 +881,7 @@ func (s *Service) buildPFX(ctx context.Context, st *recoveryState, keys [][]byte
 	out := &Recovered{Password: password}
 	for i, r := range st.records {
 		var row *store.Certificate
-		err := s.Store.View(ctx, func(tx *store.Tx) error {
+		err := s.Store.View(ctx, func(tx store.Tx) error {
 			var err error
 			row, err = tx.GetCertificate(r.Serial)
 			return err
@@ -944,7 +944,7 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 	default:
 		return fmt.Errorf("%w: request %s is already %s", policy.ErrRequestClosed, id, st.req.State)
 	}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.CloseRecovery(id, store.RecoveryCancelled, s.now()); err != nil {
 			return err
 		}
@@ -965,7 +965,7 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 // appliance runs it at start-up and periodically.
 func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	var expired []store.Recovery
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if expired, err = tx.ExpireRecoveries(s.now()); err != nil {
 			return err
@@ -1004,7 +1004,7 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 		return nil, err
 	}
 	var recs []store.Record
-	if err := s.Store.View(ctx, func(tx *store.Tx) error {
+	if err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, maxResealBatch)
 		return err
@@ -1074,7 +1074,7 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 			return 0, err
 		}
 	}
-	err = s.Store.Update(ctx, func(tx *store.Tx) error {
+	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		for i, r := range st.records {
 			if err := tx.ResealRecord(r.ID, r.Epoch, cur.Epoch, blobs[i]); err != nil {
 				return err

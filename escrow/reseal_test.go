@@ -511,7 +511,7 @@ func TestRecordBoundToPublicKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.svc.Store.Update(ctx, func(tx *store.Tx) error { return tx.ResealRecord(row.ID, row.Epoch, epoch, blob) }); err != nil {
+	if err := r.svc.Store.Update(ctx, func(tx store.Tx) error { return tx.ResealRecord(row.ID, row.Epoch, epoch, blob) }); err != nil {
 		t.Fatalf("swap the record: %v", err)
 	}
 

@@ -81,7 +81,7 @@ type Metrics interface {
 
 // Service issues certificates and archives keys. Fill the exported fields, then use it.
 type Service struct {
-	Store     *store.DB
+	Store     store.Store
 	Issuer    *ca.Issuer
 	Templates map[string]*policy.Template
 	Logger    *slog.Logger
@@ -323,7 +323,7 @@ func (s *Service) undos() *issue.Undoer {
 // Only the store's ([store.ErrUnavailable]) or the audit trail's (wrapping [audit.ErrAppend]).
 func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 	var n store.Swept
-	err := s.Store.Update(ctx, func(tx *store.Tx) error {
+	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if n, err = tx.SweepPending(before); err != nil || n == (store.Swept{}) {
 			return err

@@ -20,7 +20,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
-	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -127,11 +127,12 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, err
 	}
-	p.DB, err = store.Open(cfg.Path(cfg.Database))
+	db, err := sqlite.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	if err := p.DB.Check(context.Background()); err != nil {
+	p.DB = db
+	if err := db.Check(context.Background()); err != nil {
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.Path(cfg.Database), err)
 	}
 	p.Metrics = api.NewMetrics(reg, version)

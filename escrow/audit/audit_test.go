@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 var ctx = context.Background()
@@ -27,7 +28,7 @@ var ctx = context.Background()
 type fixture struct {
 	dir, dbPath, headPath string
 	key                   *ecdsa.PrivateKey
-	db                    *store.DB
+	db                    store.Store
 	cp                    *Checkpointer
 	n                     int // entries appended so far, so that every entry differs
 }
@@ -50,7 +51,7 @@ func newFixture(t *testing.T, n int) *fixture {
 
 func (f *fixture) open(t *testing.T) {
 	t.Helper()
-	db, err := store.Open(f.dbPath)
+	db, err := sqlite.Open(f.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +66,7 @@ func (f *fixture) append(t *testing.T, n int) {
 	for range n {
 		i := f.n
 		f.n++
-		err := f.db.Update(ctx, func(tx *store.Tx) error {
+		err := f.db.Update(ctx, func(tx store.Tx) error {
 			_, err := Append(tx, at.Add(time.Duration(i)*time.Second), KindEnroll, "admin:alice",
 				fmt.Sprintf("user%d@example.org", i), Details{Template: "smime", Serial: fmt.Sprintf("%x", i+100)})
 			return err
@@ -136,7 +137,7 @@ func TestVerifyIntact(t *testing.T) {
 		t.Errorf("after two more entries: %+v, %v", rep, err)
 	}
 	// An empty trail verifies.
-	db, err := store.Open(filepath.Join(t.TempDir(), "empty.db"))
+	db, err := sqlite.Open(filepath.Join(t.TempDir(), "empty.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestVerifyTampering(t *testing.T) {
 func (f *fixture) entry(t *testing.T, seq int64) *store.AuditEntry {
 	t.Helper()
 	var e *store.AuditEntry
-	if err := f.db.View(ctx, func(tx *store.Tx) error {
+	if err := f.db.View(ctx, func(tx store.Tx) error {
 		var err error
 		e, err = tx.GetAudit(seq)
 		return err
@@ -272,7 +273,7 @@ func (f *fixture) entry(t *testing.T, seq int64) *store.AuditEntry {
 func (f *fixture) all(t *testing.T) []store.AuditEntry {
 	t.Helper()
 	var out []store.AuditEntry
-	if err := f.db.View(ctx, func(tx *store.Tx) error {
+	if err := f.db.View(ctx, func(tx store.Tx) error {
 		var err error
 		out, err = tx.ListAudit(1, 1000)
 		return err
@@ -368,7 +369,7 @@ func TestHeadFile(t *testing.T) {
 
 func TestCheckpointerRun(t *testing.T) {
 	dir := t.TempDir()
-	db, err := store.Open(filepath.Join(dir, "keyarc.db"))
+	db, err := sqlite.Open(filepath.Join(dir, "keyarc.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +380,7 @@ func TestCheckpointerRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() { cp.Run(rctx); close(done) }()
 	for i := range 7 {
-		err := db.Update(ctx, func(tx *store.Tx) error {
+		err := db.Update(ctx, func(tx store.Tx) error {
 			e, err := Append(tx, time.Time{}, KindCodeCreated, "local", fmt.Sprint(i), Details{})
 			if err == nil {
 				cp.Appended(e.Seq)
@@ -394,7 +395,7 @@ func TestCheckpointerRun(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var last *store.AuditCheckpoint
-		db.View(ctx, func(tx *store.Tx) error { last, _ = tx.LastCheckpoint(); return nil })
+		db.View(ctx, func(tx store.Tx) error { last, _ = tx.LastCheckpoint(); return nil })
 		if last != nil && 7-last.Seq < 3 {
 			break
 		}

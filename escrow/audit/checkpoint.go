@@ -182,7 +182,7 @@ func WriteHead(path string, h *Head) error {
 // asked ([Checkpointer.Checkpoint], for instance at shutdown). Fill the exported fields, then
 // call Run in a goroutine.
 type Checkpointer struct {
-	DB     *store.DB
+	DB     store.Store
 	Signer crypto.Signer
 	// HeadPath is the head file; empty keeps checkpoints in the database only.
 	HeadPath string
@@ -283,7 +283,7 @@ func (c *Checkpointer) checkpointIfDue(ctx context.Context) error {
 	if hint := c.hint.Load(); hint-cpSeq(cp) >= c.every() && lastSeq < hint {
 		// The hinted entry's batch may not have committed yet: an empty update queued now
 		// returns only after it has.
-		if err := c.DB.Update(ctx, func(*store.Tx) error { return nil }); err != nil {
+		if err := c.DB.Update(ctx, func(store.Tx) error { return nil }); err != nil {
 			return err
 		}
 		if lastSeq, cp, err = c.state(ctx); err != nil {
@@ -311,7 +311,7 @@ func cpSeq(cp *store.AuditCheckpoint) int64 {
 func (c *Checkpointer) state(ctx context.Context) (int64, *store.AuditCheckpoint, error) {
 	var last int64
 	var cp *store.AuditCheckpoint
-	err := c.DB.View(ctx, func(tx *store.Tx) error {
+	err := c.DB.View(ctx, func(tx store.Tx) error {
 		e, err := tx.LastAudit()
 		switch {
 		case err == nil:
@@ -339,7 +339,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, 
 	defer c.mu.Unlock()
 	var last *store.AuditEntry
 	var cp *store.AuditCheckpoint
-	err := c.DB.View(ctx, func(tx *store.Tx) error {
+	err := c.DB.View(ctx, func(tx store.Tx) error {
 		var err error
 		if last, err = tx.LastAudit(); err != nil {
 			return err
@@ -360,7 +360,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, 
 		if cp, err = c.sign(last); err != nil {
 			return nil, err
 		}
-		if err := c.DB.Update(ctx, func(tx *store.Tx) error { return tx.InsertCheckpoint(*cp) }); err != nil {
+		if err := c.DB.Update(ctx, func(tx store.Tx) error { return tx.InsertCheckpoint(*cp) }); err != nil {
 			return nil, fmt.Errorf("audit: store checkpoint: %w", err)
 		}
 		c.log().Info("audit checkpoint", "seq", cp.Seq)

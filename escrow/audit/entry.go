@@ -163,7 +163,7 @@ var ErrAppend = errors.New("audit: cannot write the audit trail")
 // (a mailbox, a serial, a request ID).
 //
 // Errors wrap [ErrAppend] and the store's error.
-func Append(tx *store.Tx, at time.Time, kind Kind, actor, subject string, d Details) (store.AuditEntry, error) {
+func Append(tx store.Tx, at time.Time, kind Kind, actor, subject string, d Details) (store.AuditEntry, error) {
 	d.Reason = Clip(d.Reason)
 	if actor == "" {
 		actor = "system"

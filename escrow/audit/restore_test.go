@@ -43,7 +43,7 @@ func TestVerifyRestoreGap(t *testing.T) {
 		{name: "forged head", head: &forgedHead},
 	} {
 		r := &Restore{Backup: backup, RestoredSeq: 3, TrailSeq: tc.head.Seq, Head: tc.head, Forced: true}
-		if err := f.db.Update(ctx, func(tx *store.Tx) error {
+		if err := f.db.Update(ctx, func(tx store.Tx) error {
 			_, err := Append(tx, time.Now(), KindRestore, "os:tester", "backup.db", Details{Restore: r})
 			return err
 		}); err != nil {

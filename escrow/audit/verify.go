@@ -91,10 +91,10 @@ const pageSize = 1000
 // [ErrMissing], [ErrReordered], [ErrInserted], [ErrChainBroken], [ErrTruncated],
 // [ErrCheckpointMismatch] or [ErrBadSignature], together with the report of what was read.
 // Other errors are the database's.
-func Verify(ctx context.Context, db *store.DB, pub crypto.PublicKey, head *Head) (*Report, error) {
+func Verify(ctx context.Context, db store.Store, pub crypto.PublicKey, head *Head) (*Report, error) {
 	rep := &Report{}
 	var problem *Problem
-	err := db.View(ctx, func(tx *store.Tx) error {
+	err := db.View(ctx, func(tx store.Tx) error {
 		var err error
 		problem, err = verifyTx(tx, pub, head, rep)
 		return err
@@ -108,7 +108,7 @@ func Verify(ctx context.Context, db *store.DB, pub crypto.PublicKey, head *Head)
 	return rep, nil
 }
 
-func verifyTx(tx *store.Tx, pub crypto.PublicKey, head *Head, rep *Report) (*Problem, error) {
+func verifyTx(tx store.Tx, pub crypto.PublicKey, head *Head, rep *Report) (*Problem, error) {
 	prev := make([]byte, store.AuditHashSize)
 	var last int64
 	for {
@@ -176,7 +176,7 @@ func verifyTx(tx *store.Tx, pub crypto.PublicKey, head *Head, rep *Report) (*Pro
 
 // checkAgainst checks a signed checkpoint (from the database or the head file) against the
 // verified chain, which ends at last.
-func checkAgainst(tx *store.Tx, c store.AuditCheckpoint, pub crypto.PublicKey, last int64, what string) (*Problem, error) {
+func checkAgainst(tx store.Tx, c store.AuditCheckpoint, pub crypto.PublicKey, last int64, what string) (*Problem, error) {
 	if err := CheckCheckpoint(c, pub); err != nil {
 		return &Problem{Seq: c.Seq, Err: ErrBadSignature, Detail: fmt.Sprintf("the %s of entry %d is not signed by the audit key", what, c.Seq)}, nil
 	}
@@ -199,7 +199,7 @@ func checkAgainst(tx *store.Tx, c store.AuditCheckpoint, pub crypto.PublicKey, l
 
 // diagnose names what happened at e, the first entry that does not follow the chain. linked
 // tells whether e's prev is the hash of the entry before it.
-func diagnose(tx *store.Tx, e *store.AuditEntry, linked bool) (*Problem, error) {
+func diagnose(tx store.Tx, e *store.AuditEntry, linked bool) (*Problem, error) {
 	orig, err := originalSeq(tx, e)
 	if err != nil {
 		return nil, err
@@ -240,7 +240,7 @@ func diagnose(tx *store.Tx, e *store.AuditEntry, linked bool) (*Problem, error) 
 
 // originalSeq returns the seq at which e's stored prev and hash are consistent with its
 // content, or 0. It tries the positions nearest e.Seq first.
-func originalSeq(tx *store.Tx, e *store.AuditEntry) (int64, error) {
+func originalSeq(tx store.Tx, e *store.AuditEntry) (int64, error) {
 	last, err := tx.LastAudit()
 	if err != nil {
 		return 0, err
@@ -262,7 +262,7 @@ func originalSeq(tx *store.Tx, e *store.AuditEntry) (int64, error) {
 
 // nextOriginal returns the original seq of the entry stored after seq, or 0 when there is
 // none or it is not consistent anywhere.
-func nextOriginal(tx *store.Tx, seq int64) (int64, error) {
+func nextOriginal(tx store.Tx, seq int64) (int64, error) {
 	next, err := tx.GetAudit(seq + 1)
 	if errors.Is(err, store.ErrNotFound) {
 		return 0, nil
@@ -274,7 +274,7 @@ func nextOriginal(tx *store.Tx, seq int64) (int64, error) {
 }
 
 // contentOf returns the seq of another entry whose prev and hash e's content matches, or 0.
-func contentOf(tx *store.Tx, e *store.AuditEntry) (int64, error) {
+func contentOf(tx store.Tx, e *store.AuditEntry) (int64, error) {
 	var last int64
 	for {
 		page, err := tx.ListAudit(last+1, pageSize)
@@ -300,9 +300,9 @@ func contentOf(tx *store.Tx, e *store.AuditEntry) (int64, error) {
 // and no chain ([Verify] does); `keyarc restore` uses it to refuse an older backup.
 //
 // It returns nil, or a [*Problem] wrapping [ErrTruncated] or [ErrCheckpointMismatch].
-func Reaches(ctx context.Context, db *store.DB, head *Head) error {
+func Reaches(ctx context.Context, db store.Store, head *Head) error {
 	var p *Problem
-	err := db.View(ctx, func(tx *store.Tx) error {
+	err := db.View(ctx, func(tx store.Tx) error {
 		var last int64
 		if e, err := tx.LastAudit(); err == nil {
 			last = e.Seq

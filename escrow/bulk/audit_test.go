@@ -16,7 +16,7 @@ import (
 func (env *testEnv) auditOf(tb testing.TB, kind audit.Kind) []store.AuditEntry {
 	tb.Helper()
 	var out []store.AuditEntry
-	err := env.db.View(context.Background(), func(tx *store.Tx) error {
+	err := env.db.View(context.Background(), func(tx store.Tx) error {
 		entries, err := tx.ListAudit(1, 1_000_000)
 		for _, e := range entries {
 			if e.Kind == string(kind) {

@@ -68,7 +68,7 @@ func TestRecoverySetChangeDuringJob(t *testing.T) {
 				r.issueBatch(ctx, batch)
 			}
 			for _, w := range batch {
-				err := env.db.View(ctx, func(tx *store.Tx) error {
+				err := env.db.View(ctx, func(tx store.Tx) error {
 					rec, err := tx.GetRecord(w.rec.ID)
 					if err == nil {
 						return fmt.Errorf("record %s of item %d, sealed for epoch %d, committed (%s) after the set changed to epoch %d",
@@ -92,7 +92,7 @@ func TestRecoverySetChangeDuringJob(t *testing.T) {
 			res := env.results(t, st.ID)
 			env.checkInvariant(t, res)
 			for seq, it := range res {
-				err := env.db.View(ctx, func(tx *store.Tx) error {
+				err := env.db.View(ctx, func(tx store.Tx) error {
 					rec, err := tx.GetRecord(it.RecordID)
 					if err != nil {
 						return err
@@ -140,7 +140,7 @@ func (c *setChanger) Item(Kind, string) {
 		}
 		c.epoch = rs.Epoch
 		c.already = map[string]bool{}
-		err = c.env.db.View(ctx, func(tx *store.Tx) error {
+		err = c.env.db.View(ctx, func(tx store.Tx) error {
 			for i := range c.total {
 				recs, err := tx.ListRecords(fmt.Sprintf("live%d@example.org", i+1))
 				if err != nil {
@@ -210,7 +210,7 @@ func TestRecoverySetChangeDuringRunningJob(t *testing.T) {
 				if it.State != store.ItemDone {
 					continue
 				}
-				err := env.db.View(context.Background(), func(tx *store.Tx) error {
+				err := env.db.View(context.Background(), func(tx store.Tx) error {
 					rec, err := tx.GetRecord(it.RecordID)
 					if err != nil {
 						return err

@@ -27,6 +27,7 @@ import (
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/policy"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
@@ -68,7 +69,7 @@ func p256(tb testing.TB) *ecdsa.PrivateKey {
 
 type testEnv struct {
 	svc       *escrow.Service
-	db        *store.DB
+	db        store.Store
 	path      string
 	transport *x509.Certificate
 	caKey     crypto.Signer
@@ -125,7 +126,7 @@ func newEnv(tb testing.TB) *testEnv {
 
 func (env *testEnv) open(tb testing.TB) {
 	tb.Helper()
-	db, err := store.Open(env.path)
+	db, err := sqlite.Open(env.path)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -328,7 +329,7 @@ func (env *testEnv) checkInvariant(tb testing.TB, res map[int]Result) map[int]*x
 		}
 		var row *store.Certificate
 		var rec *store.Record
-		err = env.db.View(context.Background(), func(tx *store.Tx) (err error) {
+		err = env.db.View(context.Background(), func(tx store.Tx) (err error) {
 			if row, err = tx.GetCertificate(r.Serial); err != nil {
 				return err
 			}
@@ -361,7 +362,7 @@ func (env *testEnv) checkArchiveAudit(tb testing.TB, res map[int]Result) {
 	tb.Helper()
 	type named struct{ serial, mailbox string }
 	seen := map[string][]named{}
-	err := env.db.View(context.Background(), func(tx *store.Tx) error {
+	err := env.db.View(context.Background(), func(tx store.Tx) error {
 		entries, err := tx.ListAudit(1, 1_000_000)
 		if err != nil {
 			return err
@@ -395,7 +396,7 @@ func (env *testEnv) checkArchiveAudit(tb testing.TB, res map[int]Result) {
 			continue
 		}
 		var row *store.Certificate
-		err := env.db.View(context.Background(), func(tx *store.Tx) (err error) {
+		err := env.db.View(context.Background(), func(tx store.Tx) (err error) {
 			row, err = tx.GetCertificate(r.Serial)
 			return err
 		})

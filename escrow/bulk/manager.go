@@ -298,7 +298,7 @@ func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string
 		SecretKey: wrapped, Total: total, CreatedAt: m.now()}
 	// The job and its audit entry commit together: a job nobody can trace is never queued.
 	d := audit.Details{Request: id, RequestKind: string(h.Kind), Template: tmpl, Count: total}
-	if err := m.Service.Audited(ctx, audit.KindBulkSubmitted, "job "+id, d, func(tx *store.Tx) error { return tx.InsertJob(job) }); err != nil {
+	if err := m.Service.Audited(ctx, audit.KindBulkSubmitted, "job "+id, d, func(tx store.Tx) error { return tx.InsertJob(job) }); err != nil {
 		return nil, fmt.Errorf("bulk: queue job: %w", err)
 	}
 	ok = true
@@ -390,7 +390,7 @@ func (m *Manager) Run(ctx context.Context) {
 // nextJob returns the oldest running job, else the oldest queued one, else nil.
 func (m *Manager) nextJob(ctx context.Context) (*store.Job, error) {
 	var job *store.Job
-	err := m.Service.Store.View(ctx, func(tx *store.Tx) error {
+	err := m.Service.Store.View(ctx, func(tx store.Tx) error {
 		for _, st := range []string{store.JobRunning, store.JobQueued} {
 			jobs, err := tx.ListJobs(st)
 			if err != nil {
@@ -414,7 +414,7 @@ var errIncomplete = errors.New("bulk: items without an outcome")
 func (m *Manager) finish(ctx context.Context, id, state string, total int) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return m.Service.Store.Update(ctx, func(tx *store.Tx) error {
+	return m.Service.Store.Update(ctx, func(tx store.Tx) error {
 		done, failed, _, err := tx.JobCounts(id)
 		if err != nil {
 			return err
@@ -445,7 +445,7 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 	m.mu.Lock()
 	p := m.running
 	m.mu.Unlock()
-	err := m.Service.Store.View(ctx, func(tx *store.Tx) error {
+	err := m.Service.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		if job, err = tx.GetJob(id); err != nil {
 			return err
@@ -508,7 +508,7 @@ func (m *Manager) statusOf(j *store.Job) *Status {
 // List returns the status of every job, oldest first.
 func (m *Manager) List(ctx context.Context) ([]Status, error) {
 	var jobs []store.Job
-	if err := m.Service.Store.View(ctx, func(tx *store.Tx) (err error) {
+	if err := m.Service.Store.View(ctx, func(tx store.Tx) (err error) {
 		jobs, err = tx.ListJobs("")
 		return err
 	}); err != nil {
@@ -577,7 +577,7 @@ func (m *Manager) eachItem(ctx context.Context, id string, fn func(store.JobItem
 	from := 0
 	for {
 		var items []store.JobItem
-		err := m.Service.Store.View(ctx, func(tx *store.Tx) error {
+		err := m.Service.Store.View(ctx, func(tx store.Tx) error {
 			return tx.JobItems(id, from, page, func(it store.JobItem) error {
 				items = append(items, it)
 				return nil
@@ -610,7 +610,7 @@ type Password struct {
 // before the end, the passwords stay available.
 func (m *Manager) Passwords(ctx context.Context, id string, w io.Writer) error {
 	var job *store.Job
-	err := m.Service.Store.View(ctx, func(tx *store.Tx) (err error) {
+	err := m.Service.Store.View(ctx, func(tx store.Tx) (err error) {
 		job, err = tx.GetJob(id)
 		return err
 	})
@@ -648,7 +648,7 @@ func (m *Manager) Passwords(ctx context.Context, id string, w io.Writer) error {
 	}
 	// Forgetting the job key and the audit entry of the release commit together.
 	d := audit.Details{Request: id, RequestKind: string(KindKeygen), Template: job.Template, Count: job.Total}
-	err = m.Service.Audited(ctx, audit.KindBulkPasswords, "job "+id, d, func(tx *store.Tx) error {
+	err = m.Service.Audited(ctx, audit.KindBulkPasswords, "job "+id, d, func(tx store.Tx) error {
 		cleared, err := tx.ClearJobSecret(id)
 		if err == nil && !cleared {
 			// Another call released them at the same time.

@@ -228,7 +228,7 @@ func (r *jobRun) prepare(ctx context.Context, pass int) (seen []uint64, done, fa
 	m, job := r.m, r.job
 	var abandoned, released, completed int
 	err = r.retry(ctx, func() error {
-		return m.Service.Store.Update(ctx, func(tx *store.Tx) error {
+		return m.Service.Store.Update(ctx, func(tx store.Tx) error {
 			if err := tx.StartJob(job.ID, m.now()); err != nil {
 				return err
 			}
@@ -256,7 +256,7 @@ func (r *jobRun) prepare(ctx context.Context, pass int) (seen []uint64, done, fa
 	err = r.retry(ctx, func() error {
 		seen = make([]uint64, job.Total/64+1)
 		done, failed = 0, 0
-		return m.Service.Store.View(ctx, func(tx *store.Tx) error {
+		return m.Service.Store.View(ctx, func(tx store.Tx) error {
 			return tx.JobItemSeqs(job.ID, func(seq int, state string) error {
 				if seq >= 0 && seq/64 < len(seen) {
 					seen[seq/64] |= 1 << (seq % 64)
@@ -583,10 +583,10 @@ func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 	var p12, sealedPW []byte
 	req := escrow.ReservedIssue{
 		Template: r.tmpl, Pub: w.pub, Mailbox: w.email, Serial: w.serial, Record: w.rec,
-		Reserve: func(tx *store.Tx, serial string) error {
+		Reserve: func(tx store.Tx, serial string) error {
 			return tx.ReserveJobItem(jobID, w.seq, serial, w.rec.ID)
 		},
-		Finish: func(tx *store.Tx, cert *x509.Certificate) error {
+		Finish: func(tx store.Tx, cert *x509.Certificate) error {
 			return tx.FinishJobItem(jobID, w.seq, p12, sealedPW)
 		},
 	}
@@ -661,7 +661,7 @@ func newPassword() ([]byte, error) {
 func (r *jobRun) failItem(ctx context.Context, w *work) {
 	reason := reasonOf(w.err)
 	err := r.retry(ctx, func() error {
-		return r.m.Service.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		return r.m.Service.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
 			return tx.FailJobItem(r.job.ID, w.seq, reason)
 		})
 	})
@@ -780,7 +780,7 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 	pl := r.m.Service.Pipeline()
 	var stale []bool
 	err := r.retry(ctx, func() (err error) {
-		stale, err = pl.Import(context.WithoutCancel(ctx), escrow.ActorFrom(ctx), "job "+jobID, items, func(tx *store.Tx, stored []int) error {
+		stale, err = pl.Import(context.WithoutCancel(ctx), escrow.ActorFrom(ctx), "job "+jobID, items, func(tx store.Tx, stored []int) error {
 			if len(stored) == len(done) {
 				return tx.InsertJobItemsDone(jobID, done)
 			}
@@ -812,7 +812,7 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		it, d := items[i], done[i]
 		var stale []bool
 		err := r.retry(ctx, func() (err error) {
-			stale, err = pl.Import(context.WithoutCancel(ctx), "local", "", []issue.ImportItem{it}, func(tx *store.Tx, stored []int) error {
+			stale, err = pl.Import(context.WithoutCancel(ctx), "local", "", []issue.ImportItem{it}, func(tx store.Tx, stored []int) error {
 				if len(stored) == 0 {
 					return nil
 				}

@@ -204,7 +204,7 @@ func TestResume(t *testing.T) {
 	st := submit(t, env, jobFile(t, Header{Kind: KindKeygen, Template: "smime-encryption", Key: "p256"}, items...))
 	// Simulate a crash: item 1 reserved with a pending certificate (never signed).
 	ctx := context.Background()
-	err := env.db.Update(ctx, func(tx *store.Tx) error {
+	err := env.db.Update(ctx, func(tx store.Tx) error {
 		if err := tx.StartJob(st.ID, env.mgr.now()); err != nil {
 			return err
 		}
@@ -231,7 +231,7 @@ func TestResume(t *testing.T) {
 		t.Fatal("item 1 kept its failed reservation")
 	}
 	// Running the job's items again changes nothing: each seq has its outcome.
-	err = env.db.Update(ctx, func(tx *store.Tx) error { return tx.ReserveJobItem(st.ID, 2, "0def", "") })
+	err = env.db.Update(ctx, func(tx store.Tx) error { return tx.ReserveJobItem(st.ID, 2, "0def", "") })
 	if !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("reserving a done item: %v, want ErrConflict", err)
 	}

@@ -59,7 +59,7 @@ func crashRun(tb testing.TB, env *testEnv, id string) (*jobRun, map[int][]byte) 
 	tb.Helper()
 	ctx := context.Background()
 	var job *store.Job
-	if err := env.db.View(ctx, func(tx *store.Tx) (err error) { job, err = tx.GetJob(id); return err }); err != nil {
+	if err := env.db.View(ctx, func(tx store.Tx) (err error) { job, err = tx.GetJob(id); return err }); err != nil {
 		tb.Fatal(err)
 	}
 	r := &jobRun{m: env.mgr, job: job, caCert: env.svc.Issuer.Certificate(), iters: DefaultPFXIterations,
@@ -83,7 +83,7 @@ func crashRun(tb testing.TB, env *testEnv, id string) (*jobRun, map[int][]byte) 
 		}
 		lines[seq] = append([]byte(nil), line...)
 	}
-	if err := env.db.Update(ctx, func(tx *store.Tx) error { return tx.StartJob(id, env.mgr.now()) }); err != nil {
+	if err := env.db.Update(ctx, func(tx store.Tx) error { return tx.StartJob(id, env.mgr.now()) }); err != nil {
 		tb.Fatal(err)
 	}
 	return r, lines
@@ -103,7 +103,7 @@ func (r *jobRun) prepared(tb testing.TB, lines map[int][]byte, seq int) *work {
 func issuedPerMailbox(tb testing.TB, env *testEnv) map[string]int {
 	tb.Helper()
 	out := map[string]int{}
-	err := env.db.View(context.Background(), func(tx *store.Tx) error {
+	err := env.db.View(context.Background(), func(tx store.Tx) error {
 		certs, err := tx.ListCertificates(store.Filter{})
 		for _, c := range certs {
 			if c.Template == "smime-encryption" && c.State == store.StateIssued {
@@ -143,7 +143,7 @@ func TestResumeSkipsItemsWithAnOutcome(t *testing.T) {
 		}
 		before[seq] = is.Serial
 	}
-	if err := env.db.Update(ctx, func(tx *store.Tx) error { return tx.FailJobItem(st.ID, 6, "bad CSR") }); err != nil {
+	if err := env.db.Update(ctx, func(tx store.Tx) error { return tx.FailJobItem(st.ID, 6, "bad CSR") }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -209,7 +209,7 @@ func TestResumeReservedItems(t *testing.T) {
 	for seq, certState := range map[int]string{3: store.StatePending, 4: store.StateFailed} {
 		w := r.prepared(t, lines, seq)
 		serial := store.FormatSerial(w.serial)
-		err := env.db.Update(ctx, func(tx *store.Tx) error {
+		err := env.db.Update(ctx, func(tx store.Tx) error {
 			if err := tx.ReserveJobItem(st.ID, seq, serial, w.rec.ID); err != nil {
 				return err
 			}
@@ -253,7 +253,7 @@ func TestResumeReservedItems(t *testing.T) {
 		}
 	}
 	var reserved int
-	if err := env.db.View(ctx, func(tx *store.Tx) (err error) { _, _, reserved, err = tx.JobCounts(st.ID); return err }); err != nil {
+	if err := env.db.View(ctx, func(tx store.Tx) (err error) { _, _, reserved, err = tx.JobCounts(st.ID); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if reserved != 0 {

@@ -116,7 +116,7 @@ func (e *problemsError) Unwrap() error { return e.first }
 
 // Checker checks certificates against the CA, the audit trail and the escrow records.
 type Checker struct {
-	DB *store.DB
+	DB store.Store
 	// CA is the issuing CA's certificate.
 	CA *x509.Certificate
 	// Foreign names templates whose certificates another CA signed (imports): their signature
@@ -139,7 +139,7 @@ func (c *Checker) Recent(ctx context.Context, n int) (*Report, error) {
 		return &Report{}, nil
 	}
 	var last int64
-	if err := c.DB.View(ctx, func(tx *store.Tx) error {
+	if err := c.DB.View(ctx, func(tx store.Tx) error {
 		var err error
 		last, err = tx.LastCertificateRowID()
 		return err
@@ -153,7 +153,7 @@ func (c *Checker) Recent(ctx context.Context, n int) (*Report, error) {
 // [ErrInconsistent]), or the database's error.
 func (c *Checker) Certificate(ctx context.Context, serial string) error {
 	var p *Problem
-	err := c.DB.View(ctx, func(tx *store.Tx) error {
+	err := c.DB.View(ctx, func(tx store.Tx) error {
 		row, err := tx.GetCertificate(serial)
 		if err != nil {
 			return err
@@ -177,7 +177,7 @@ func (c *Checker) Certificate(ctx context.Context, serial string) error {
 // [*Problem] (wrapping [ErrInconsistent]), or the database's error.
 func (c *Checker) Record(ctx context.Context, id string) error {
 	var p *Problem
-	err := c.DB.View(ctx, func(tx *store.Tx) error {
+	err := c.DB.View(ctx, func(tx store.Tx) error {
 		rec, err := tx.GetRecord(id)
 		if err != nil {
 			return err
@@ -236,7 +236,7 @@ func (c *Checker) entryTimes(row *store.Certificate) (from, to time.Time) {
 // single checks one row with its issuance entry. The entry is searched from the row's time and
 // from the certificate's notBefore (which the CA signed), so a row whose created_at was moved
 // does not hide its entry.
-func (c *Checker) single(tx *store.Tx, row *store.Certificate) (*Problem, error) {
+func (c *Checker) single(tx store.Tx, row *store.Certificate) (*Problem, error) {
 	earliest, latest := c.entryTimes(row)
 	issued, err := issuanceEntries(tx, map[string]bool{row.Serial: true}, earliest, latest)
 	if err != nil {
@@ -252,7 +252,7 @@ func (c *Checker) run(ctx context.Context, after int64) (*Report, error) {
 	rep := &Report{}
 	for from := after; ; {
 		var n int
-		err := c.DB.View(ctx, func(tx *store.Tx) error {
+		err := c.DB.View(ctx, func(tx store.Tx) error {
 			page, last, err := tx.SignedCertificates(from, pageSize)
 			if err != nil {
 				return err
@@ -270,7 +270,7 @@ func (c *Checker) run(ctx context.Context, after int64) (*Report, error) {
 }
 
 // page checks one page of certificate rows.
-func (c *Checker) page(ctx context.Context, tx *store.Tx, rows []store.Certificate, rep *Report) error {
+func (c *Checker) page(ctx context.Context, tx store.Tx, rows []store.Certificate, rep *Report) error {
 	want := make(map[string]bool, len(rows))
 	var earliest, latest time.Time
 	for i := range rows {
@@ -346,7 +346,7 @@ const (
 // issuanceEntries finds the issuance entries of the serials in want, certificates created
 // between earliest and latest, reading the trail forward from where it reaches earliest; the
 // first entry of a serial wins.
-func issuanceEntries(tx *store.Tx, want map[string]bool, earliest, latest time.Time) (map[string]*issuance, error) {
+func issuanceEntries(tx store.Tx, want map[string]bool, earliest, latest time.Time) (map[string]*issuance, error) {
 	out := make(map[string]*issuance, len(want))
 	from, err := seqAt(tx, earliest.Add(-entrySlack))
 	if err != nil {
@@ -405,7 +405,7 @@ func issuanceEntries(tx *store.Tx, want map[string]bool, earliest, latest time.T
 // seqAt returns the first entry whose time is t or later (1 when t is before the trail, the
 // seq after the last when after it), by bisection: entries are appended in time order. An
 // entry missing from the middle (a damaged trail) ends the search at the start.
-func seqAt(tx *store.Tx, t time.Time) (int64, error) {
+func seqAt(tx store.Tx, t time.Time) (int64, error) {
 	last, err := tx.LastAudit()
 	if errors.Is(err, store.ErrNotFound) {
 		return 1, nil
@@ -433,7 +433,7 @@ func seqAt(tx *store.Tx, t time.Time) (int64, error) {
 }
 
 // one checks one certificate row. It returns the first problem found, or nil.
-func (c *Checker) one(tx *store.Tx, row *store.Certificate, is *issuance) (*Problem, error) {
+func (c *Checker) one(tx store.Tx, row *store.Certificate, is *issuance) (*Problem, error) {
 	bad := func(err error, format string, args ...any) (*Problem, error) {
 		return &Problem{Serial: row.Serial, Err: err, Detail: fmt.Sprintf(format, args...)}, nil
 	}

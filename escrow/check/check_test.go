@@ -18,11 +18,12 @@ import (
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 type fixture struct {
 	t      *testing.T
-	db     *store.DB
+	db     *sqlite.DB
 	ca     *x509.Certificate
 	caKey  *ecdsa.PrivateKey
 	serial int64
@@ -30,7 +31,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	db, err := store.Open(filepath.Join(t.TempDir(), "keyarc.db"))
+	db, err := sqlite.Open(filepath.Join(t.TempDir(), "keyarc.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +77,7 @@ func (f *fixture) issue(d audit.Details) string {
 	f.serial++
 	der := f.sign(f.serial, 30)
 	serial := store.FormatSerial(big.NewInt(f.serial))
-	err := f.db.Update(context.Background(), func(tx *store.Tx) error {
+	err := f.db.Update(context.Background(), func(tx store.Tx) error {
 		if err := tx.InsertCertificate(store.Certificate{Serial: serial, Template: "smime-signature", Email: "u@example.org",
 			Subject: "CN=user", State: store.StateIssued, DER: der, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}); err != nil {
 			return err
@@ -120,7 +121,7 @@ func TestCheck(t *testing.T) {
 		{name: "entry without a certificate hash", details: audit.Details{CertHash: []string{""}}},
 		{name: "one byte of the signature flipped", wantErr: check.ErrSignature, tamper: func(f *fixture, serial string) {
 			var der []byte
-			if err := f.db.View(context.Background(), func(tx *store.Tx) error {
+			if err := f.db.View(context.Background(), func(tx store.Tx) error {
 				c, err := tx.GetCertificate(serial)
 				if err == nil {
 					der = c.DER
@@ -217,7 +218,7 @@ func TestAppendRecordsCertificateHash(t *testing.T) {
 	f := newFixture(t)
 	f.issue(audit.Details{})
 	var e *store.AuditEntry
-	if err := f.db.View(context.Background(), func(tx *store.Tx) (err error) { e, err = tx.GetAudit(1); return err }); err != nil {
+	if err := f.db.View(context.Background(), func(tx store.Tx) (err error) { e, err = tx.GetAudit(1); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if want := `"cert_sha256":["`; !strings.Contains(e.Details, want) {

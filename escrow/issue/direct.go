@@ -74,7 +74,7 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 	}
 	if r.CodeID != "" {
 		// Sign nothing for a code that is already spent; the claim below settles races.
-		if err := p.Store.View(ctx, func(tx *store.Tx) error {
+		if err := p.Store.View(ctx, func(tx store.Tx) error {
 			c, err := tx.GetCode(r.CodeID)
 			switch {
 			case err != nil:
@@ -95,7 +95,7 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 	}
 	row.State, row.DER, row.NotBefore, row.NotAfter = store.StateIssued, cert.Raw, cert.NotBefore, cert.NotAfter
 	ctx = context.WithoutCancel(ctx)
-	err = p.Store.Update(ctx, func(tx *store.Tx) error {
+	err = p.Store.Update(ctx, func(tx store.Tx) error {
 		if r.CodeID != "" {
 			if err := tx.ClaimCode(r.CodeID, req.NotBefore); err != nil {
 				return err
@@ -122,7 +122,7 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 func (p *Pipeline) keepFailed(ctx context.Context, row store.Certificate) {
 	void := row
 	void.State, void.CodeID = store.StateFailed, ""
-	if err := p.Store.Update(ctx, func(tx *store.Tx) error { return tx.InsertCertificate(void) }); err != nil {
+	if err := p.Store.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificate(void) }); err != nil {
 		p.log().Error("keep a signed but undelivered certificate on record", "serial", row.Serial, "err", err)
 	}
 }

@@ -38,14 +38,14 @@ type ImportItem struct {
 //
 // [store.ErrConflict] (a serial already in the archive), [store.ErrKeyArchivedElsewhere],
 // [store.ErrUnavailable], or the error of extra or of the audit trail.
-func (p *Pipeline) Import(ctx context.Context, actor, subject string, items []ImportItem, extra func(tx *store.Tx, stored []int) error) (stale []bool, err error) {
+func (p *Pipeline) Import(ctx context.Context, actor, subject string, items []ImportItem, extra func(tx store.Tx, stored []int) error) (stale []bool, err error) {
 	now := p.now()
 	certs := make([]store.Certificate, len(items))
 	recs := make([]store.Record, len(items))
 	for i, it := range items {
 		certs[i], recs[i] = importedRows(it.Cert, it.Mailbox, it.Record, now)
 	}
-	err = p.Store.Update(ctx, func(tx *store.Tx) error {
+	err = p.Store.Update(ctx, func(tx store.Tx) error {
 		cur, err := tx.CurrentEpoch()
 		if err != nil {
 			return err
@@ -86,7 +86,7 @@ func (p *Pipeline) Import(ctx context.Context, actor, subject string, items []Im
 
 // auditImports writes the audit entries of the stored imports: one of its own for each item
 // when subject is empty, else one per run of items of one epoch.
-func (p *Pipeline) auditImports(tx *store.Tx, actor, subject string, items []ImportItem, recs []store.Record, stored []int) error {
+func (p *Pipeline) auditImports(tx store.Tx, actor, subject string, items []ImportItem, recs []store.Record, stored []int) error {
 	if subject == "" {
 		for _, i := range stored {
 			it := items[i]

@@ -97,7 +97,7 @@ type Record struct {
 
 // AuditFunc appends an audit entry in tx, the transaction of the change it records; an error
 // refuses the change.
-type AuditFunc func(tx *store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error
+type AuditFunc func(tx store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error
 
 // StorageWait is called when a step fails for a fault of the storage (the error wraps
 // [store.ErrUnavailable]). It pauses (a back-off) and reports whether to try the same step
@@ -106,7 +106,7 @@ type StorageWait func(err error) bool
 
 // Pipeline runs issuances. Fill the fields, then use it.
 type Pipeline struct {
-	Store  *store.DB
+	Store  store.Store
 	Issuer *ca.Issuer
 	// Audit writes the entries of issuances and imports; it is required.
 	Audit AuditFunc
@@ -152,13 +152,13 @@ type Request struct {
 	Actor string
 	// Reserve runs inside the reservation transaction; its error aborts the issuance before
 	// anything is signed.
-	Reserve func(tx *store.Tx, serial string) error
+	Reserve func(tx store.Tx, serial string) error
 	// Prepare, when set, runs after signing and before the last transaction, outside any
 	// transaction (for slow work such as building a PKCS#12); an error undoes the issuance.
 	Prepare func(cert *x509.Certificate) error
 	// Finish runs inside the last transaction, with the signed certificate; an error there
 	// undoes the issuance.
-	Finish func(tx *store.Tx, cert *x509.Certificate) error
+	Finish func(tx store.Tx, cert *x509.Certificate) error
 }
 
 // Result is the outcome of one request of [Pipeline.Issue].
@@ -208,7 +208,7 @@ func (p *Pipeline) Issue(ctx context.Context, reqs []Request, signers int, wait 
 		return out
 	}
 	err := retryStorage(wait, func() error {
-		return p.Store.Update(ctx, func(tx *store.Tx) error { return reserve(tx, res) })
+		return p.Store.Update(ctx, func(tx store.Tx) error { return reserve(tx, res) })
 	})
 	switch {
 	case err == nil:
@@ -238,9 +238,9 @@ func (p *Pipeline) Issue(ctx context.Context, reqs []Request, signers int, wait 
 	certs := make([]*x509.Certificate, len(res))
 	errs := make([]error, len(res))
 	forEach(len(res), signers, func(k int) { certs[k], errs[k] = p.sign(res[k]) })
-	finish := func(tx *store.Tx, k int) error { return p.finish(tx, res[k], certs[k]) }
+	finish := func(tx store.Tx, k int) error { return p.finish(tx, res[k], certs[k]) }
 	err = retryStorage(wait, func() error {
-		return p.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		return p.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
 			for k := range res {
 				if errs[k] == nil {
 					if err := finish(tx, k); err != nil {
@@ -256,7 +256,7 @@ func (p *Pipeline) Issue(ctx context.Context, reqs []Request, signers int, wait 
 		// (each one ends at once under a storage fault that wait gave up on).
 		for k := range res {
 			if errs[k] == nil {
-				errs[k] = p.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error { return finish(tx, k) })
+				errs[k] = p.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error { return finish(tx, k) })
 			}
 		}
 	}
@@ -364,7 +364,7 @@ func UnknownExtKeyUsages(t *policy.Template) []asn1.ObjectIdentifier {
 // reserve is the first transaction: the epoch check, the codes and Reserve hooks, then the
 // pending certificates and their records. An item sealed for another epoch than the current
 // one is marked stale and left out.
-func reserve(tx *store.Tx, res []*reservation) error {
+func reserve(tx store.Tx, res []*reservation) error {
 	cur, err := tx.CurrentEpoch()
 	if err != nil {
 		return err
@@ -414,7 +414,7 @@ func (p *Pipeline) sign(res *reservation) (*x509.Certificate, error) {
 
 // finish is the last transaction's work for one issuance: the certificate, the record's
 // activation, the audit entry and Finish.
-func (p *Pipeline) finish(tx *store.Tx, res *reservation, cert *x509.Certificate) error {
+func (p *Pipeline) finish(tx store.Tx, res *reservation, cert *x509.Certificate) error {
 	r := res.r
 	if err := tx.SetCertificateIssued(res.serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
 		return err
@@ -449,7 +449,7 @@ func actorOr(a string) string {
 func (p *Pipeline) undo(serialHex string, cert *x509.Certificate) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := p.Store.Update(ctx, func(tx *store.Tx) error { return failIssuance(tx, serialHex, cert) })
+	err := p.Store.Update(ctx, func(tx store.Tx) error { return failIssuance(tx, serialHex, cert) })
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrUnavailable) && p.Undoer != nil:
@@ -460,7 +460,7 @@ func (p *Pipeline) undo(serialHex string, cert *x509.Certificate) {
 }
 
 // failIssuance marks the pending row of serialHex failed, keeping cert when it was signed.
-func failIssuance(tx *store.Tx, serialHex string, cert *x509.Certificate) error {
+func failIssuance(tx store.Tx, serialHex string, cert *x509.Certificate) error {
 	if cert == nil {
 		return tx.FailCertificate(serialHex)
 	}

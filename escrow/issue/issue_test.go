@@ -24,6 +24,7 @@ import (
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -54,13 +55,13 @@ func p256(tb testing.TB) *ecdsa.PrivateKey {
 
 type env struct {
 	p    *Pipeline
-	db   *store.DB
+	db   store.Store
 	tmpl *policy.Template
 }
 
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	db, err := store.Open(filepath.Join(tb.TempDir(), "k.db"))
+	db, err := sqlite.Open(filepath.Join(tb.TempDir(), "k.db"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func newEnv(tb testing.TB) *env {
 		tb.Fatal(err)
 	}
 	e := &env{db: db, tmpl: templates["smime-encryption"], p: &Pipeline{Store: db, Issuer: issuer,
-		Audit: func(tx *store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
+		Audit: func(tx store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
 			_, err := audit.Append(tx, time.Now(), kind, actor, subject, d)
 			return err
 		}}}
@@ -91,7 +92,7 @@ func newEnv(tb testing.TB) *env {
 func (e *env) newEpoch(tb testing.TB) uint32 {
 	tb.Helper()
 	var epoch uint32
-	err := e.db.Update(context.Background(), func(tx *store.Tx) (err error) {
+	err := e.db.Update(context.Background(), func(tx store.Tx) (err error) {
 		epoch, err = tx.InsertRecoverySet(store.RecoverySet{Quorum: 1, KRASerials: []string{"01"}, CreatedAt: time.Now(), CreatedBy: "admin"})
 		return err
 	})
@@ -144,7 +145,7 @@ func (e *env) request(tb testing.TB, i int, epoch uint32) Request {
 func (e *env) recordState(tb testing.TB, id string) string {
 	tb.Helper()
 	var state string
-	err := e.db.View(context.Background(), func(tx *store.Tx) error {
+	err := e.db.View(context.Background(), func(tx store.Tx) error {
 		r, err := tx.GetRecord(id)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -177,7 +178,7 @@ func TestIssueEpochCheck(t *testing.T) {
 	}
 	var reserved []string
 	for i := range reqs {
-		reqs[i].Reserve = func(tx *store.Tx, serial string) error { reserved = append(reserved, serial); return nil }
+		reqs[i].Reserve = func(tx store.Tx, serial string) error { reserved = append(reserved, serial); return nil }
 	}
 	res := e.p.Issue(context.Background(), reqs, 4, nil)
 	for i, r := range res {
@@ -211,7 +212,7 @@ func TestIssueOneBadItemFailsAlone(t *testing.T) {
 	for i := range 4 {
 		reqs = append(reqs, e.request(t, i, 1))
 	}
-	reqs[2].Reserve = func(*store.Tx, string) error { return errTaken }
+	reqs[2].Reserve = func(store.Tx, string) error { return errTaken }
 	for i, r := range e.p.Issue(context.Background(), reqs, 2, nil) {
 		switch {
 		case i == 2:
@@ -250,7 +251,7 @@ func TestImportEpochCheck(t *testing.T) {
 		items = append(items, ImportItem{Cert: c, Mailbox: c.EmailAddresses[0], Record: seal(t, epoch, serial, k)})
 	}
 	var got []int
-	stale, err := e.p.Import(context.Background(), "admin:test", "job j", items, func(tx *store.Tx, stored []int) error {
+	stale, err := e.p.Import(context.Background(), "admin:test", "job j", items, func(tx store.Tx, stored []int) error {
 		got = stored
 		return nil
 	})

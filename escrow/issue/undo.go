@@ -34,7 +34,7 @@ const DefaultUndoBacklog = 10000
 // An Undoer is safe for concurrent use; its zero value, with Store set, is ready. It runs at
 // most one goroutine, and only while it holds undos.
 type Undoer struct {
-	Store  *store.DB
+	Store  store.Store
 	Logger *slog.Logger
 	// Max bounds the serials held; zero means [DefaultUndoBacklog].
 	Max int
@@ -48,7 +48,7 @@ type Undoer struct {
 	running  bool
 	overflow bool // the overflow of the current backlog was logged
 	// update replaces Store.Update in tests.
-	update func(ctx context.Context, fn func(*store.Tx) error) error
+	update func(ctx context.Context, fn func(store.Tx) error) error
 }
 
 // undoItem is one undo waiting: the serial, and the certificate when the CA signed it.
@@ -132,7 +132,7 @@ func (u *Undoer) run() {
 		u.mu.Lock()
 		batch := append([]undoItem(nil), u.queue...)
 		u.mu.Unlock()
-		err := update(context.Background(), func(tx *store.Tx) error {
+		err := update(context.Background(), func(tx store.Tx) error {
 			for _, it := range batch {
 				// Not pending any more (issued after all, or swept) or unknown: nothing to undo.
 				if err := failIssuance(tx, it.serial, it.cert); err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {

@@ -19,7 +19,7 @@ var errDisk = fmt.Errorf("%w: disk I/O error", store.ErrUnavailable)
 func (e *env) withCode(tb testing.TB, r *Request, id string) {
 	tb.Helper()
 	now := time.Now()
-	err := e.db.Update(context.Background(), func(tx *store.Tx) error {
+	err := e.db.Update(context.Background(), func(tx store.Tx) error {
 		return tx.InsertCode(store.Code{ID: id, Email: r.Mailbox, Template: e.tmpl.Name, Hash: []byte("h"),
 			CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
 	})
@@ -32,7 +32,7 @@ func (e *env) withCode(tb testing.TB, r *Request, id string) {
 // states reads a certificate's state, its record's state and whether its code is used.
 func (e *env) states(tb testing.TB, serial, recordID, codeID string) (cert, rec string, used bool) {
 	tb.Helper()
-	err := e.db.View(context.Background(), func(tx *store.Tx) error {
+	err := e.db.View(context.Background(), func(tx store.Tx) error {
 		c, err := tx.GetCertificate(serial)
 		if err != nil {
 			return err
@@ -72,7 +72,7 @@ func TestIssueFinishFault(t *testing.T) {
 			e.p.UndoOnFault = tc.undoOnFault
 			r := e.request(t, 0, 1)
 			e.withCode(t, &r, "CODE0001")
-			r.Finish = func(*store.Tx, *x509.Certificate) error { return errDisk }
+			r.Finish = func(store.Tx, *x509.Certificate) error { return errDisk }
 			res := e.p.Issue(context.Background(), []Request{r}, 1, nil)[0]
 			if !errors.Is(res.Err, store.ErrUnavailable) {
 				t.Fatalf("Issue: %v, want ErrUnavailable", res.Err)
@@ -87,7 +87,7 @@ func TestIssueFinishFault(t *testing.T) {
 			}
 			if cert == store.StateFailed {
 				// Signed, never delivered: kept on record, not lost.
-				err := e.db.View(context.Background(), func(tx *store.Tx) error {
+				err := e.db.View(context.Background(), func(tx store.Tx) error {
 					c, err := tx.GetCertificate(store.FormatSerial(r.Serial))
 					if err != nil {
 						return err
@@ -121,7 +121,7 @@ func (e *env) pending(tb testing.TB, i int) Request {
 	tb.Helper()
 	r := e.request(tb, i, 1)
 	e.withCode(tb, &r, fmt.Sprintf("CODE%04d", i))
-	r.Finish = func(*store.Tx, *x509.Certificate) error { return errDisk }
+	r.Finish = func(store.Tx, *x509.Certificate) error { return errDisk }
 	if res := e.p.Issue(context.Background(), []Request{r}, 1, nil)[0]; !errors.Is(res.Err, store.ErrUnavailable) {
 		tb.Fatalf("Issue: %v, want ErrUnavailable", res.Err)
 	}
@@ -135,7 +135,7 @@ func TestUndoerRetries(t *testing.T) {
 	e := newEnv(t)
 	var refusals atomic.Int32
 	u := &Undoer{Store: e.db, MinWait: time.Millisecond, MaxWait: 5 * time.Millisecond}
-	u.update = func(ctx context.Context, fn func(*store.Tx) error) error {
+	u.update = func(ctx context.Context, fn func(store.Tx) error) error {
 		if refusals.Add(1) <= 3 {
 			return errDisk
 		}
@@ -170,7 +170,7 @@ func TestUndoerBounded(t *testing.T) {
 	e := newEnv(t)
 	release := make(chan struct{})
 	u := &Undoer{Store: e.db, Max: 2, MinWait: time.Millisecond, MaxWait: time.Millisecond}
-	u.update = func(ctx context.Context, fn func(*store.Tx) error) error {
+	u.update = func(ctx context.Context, fn func(store.Tx) error) error {
 		select {
 		case <-release:
 			return e.db.Update(ctx, fn)

@@ -1,12 +1,9 @@
 package store
 
-import (
-	"errors"
-	"fmt"
+import "errors"
 
-	"modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
-)
+// ErrCorrupt reports a database file that fails SQLite's integrity check.
+var ErrCorrupt = errors.New("store: database file is corrupt")
 
 // ErrUnavailable marks a fault of the storage itself, not of the request: an I/O error, a full
 // disk, the database locked beyond the busy timeout, or a closed database. The same call may
@@ -14,29 +11,21 @@ import (
 // Errors wrapping it keep the underlying error in their chain.
 var ErrUnavailable = errors.New("store: storage unavailable")
 
-// classify wraps err with [ErrUnavailable] when it is a storage fault, and returns any other
-// error (nil included) unchanged.
-func classify(err error) error {
-	if err == nil || errors.Is(err, ErrUnavailable) {
-		return err
-	}
-	if errors.Is(err, ErrClosed) || isStorageFault(err) {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	return err
-}
+// ErrKeyArchivedElsewhere: the private key of a record is already archived for another
+// mailbox. A key belongs to one mailbox: archiving it for a second would let a recovery of
+// either mailbox release the other's key. The error never names the other mailbox.
+var ErrKeyArchivedElsewhere = errors.New("store: key already archived for another mailbox")
 
-// isStorageFault reports whether err carries an SQLite result code that describes the storage
-// rather than the statement.
-func isStorageFault(err error) bool {
-	var se *sqlite.Error
-	if !errors.As(err, &se) {
-		return false
-	}
-	switch se.Code() & 0xff { // the primary code of an extended result code
-	case sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
-		sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY:
-		return true
-	}
-	return false
-}
+// Errors returned by the store. Callers test them with [errors.Is].
+var (
+	ErrNotFound    = errors.New("store: not found")
+	ErrConflict    = errors.New("store: conflict")
+	ErrCodeUsed    = errors.New("store: enrollment code already used")
+	ErrCodeExpired = errors.New("store: enrollment code expired")
+	ErrInvalid     = errors.New("store: invalid argument")
+	ErrClosed      = errors.New("store: database closed")
+	ErrReadOnly    = errors.New("store: write in a read-only transaction")
+	ErrTxDone      = errors.New("store: transaction used after its function returned")
+	ErrPanic       = errors.New("store: update function panicked")
+	ErrSchema      = errors.New("store: unsupported schema version")
+)

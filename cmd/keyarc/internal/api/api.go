@@ -216,7 +216,7 @@ func (a *Server) handleKRAEnrollStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var p *store.Pending
 	var certs []store.Certificate
-	err := a.db.View(r.Context(), func(tx *store.Tx) error {
+	err := a.db.View(r.Context(), func(tx store.Tx) error {
 		var err error
 		if p, err = tx.GetPending(id); err != nil {
 			return err

@@ -78,7 +78,7 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	}
 	ctx := escrow.WithActor(context.Background(), "system")
 	var prev string
-	err = a.db.View(ctx, func(tx *store.Tx) error {
+	err = a.db.View(ctx, func(tx store.Tx) error {
 		e, err := tx.LastAuditOfKind(string(audit.KindStartup))
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -119,7 +119,7 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 // appliance serves again. Other problems of the chain (a changed or deleted entry) are
 // reported loudly but do not stop the appliance: the evidence is kept as it is for the
 // auditor, and the new entries chain onto it.
-func checkTrailHead(cfg *config.Config, db *store.DB, pub crypto.PublicKey, log *slog.Logger) error {
+func checkTrailHead(cfg *config.Config, db store.Store, pub crypto.PublicKey, log *slog.Logger) error {
 	headPath := cfg.Path(statedir.AuditHeadName)
 	way := fmt.Sprintf("If the database was restored from a backup on purpose, record the restore in the audit trail "+
 		"(it names the entries left out and signs a new head): keyarc restore --state %s --from BACKUP --force, or "+
@@ -308,7 +308,7 @@ func (a *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var entries []store.AuditEntry
-	err := a.db.View(r.Context(), func(tx *store.Tx) error {
+	err := a.db.View(r.Context(), func(tx store.Tx) error {
 		var err error
 		entries, err = tx.ListAudit(from, limit)
 		return err

@@ -171,7 +171,7 @@ func (a *Server) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, 
 // clientCertificate looks up a TLS client certificate in the store.
 func (a *Server) clientCertificate(ctx context.Context, c *x509.Certificate) (*store.Certificate, error) {
 	var row *store.Certificate
-	err := a.db.View(ctx, func(tx *store.Tx) error {
+	err := a.db.View(ctx, func(tx store.Tx) error {
 		var err error
 		row, err = tx.GetCertificate(store.FormatSerial(c.SerialNumber))
 		return err

@@ -153,7 +153,7 @@ func (a *Server) authorizeCredential(ctx context.Context, cert *store.Certificat
 	cred := policy.Credential{Template: cert.Template, Role: cert.Role}
 	if cred.Role == "" && cert.Email != "" {
 		var newer []store.Certificate
-		err := a.db.View(ctx, func(tx *store.Tx) error {
+		err := a.db.View(ctx, func(tx store.Tx) error {
 			var err error
 			newer, err = tx.ListCertificates(store.Filter{Email: cert.Email, Template: template})
 			return err

@@ -159,7 +159,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	failed := 0.0
 	var pending []store.Pending
 	var open []store.Recovery
-	err := c.a.db.View(ctx, func(tx *store.Tx) error {
+	err := c.a.db.View(ctx, func(tx store.Tx) error {
 		var err error
 		if pending, err = tx.ListPending(store.StatePending); err != nil {
 			return err

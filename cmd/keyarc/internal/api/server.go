@@ -32,7 +32,7 @@ type Server struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	tok      *hsm.Token
-	db       *store.DB
+	db       store.Store
 	svc      *escrow.Service
 	caCert   *x509.Certificate
 	caPool   *x509.CertPool
@@ -64,7 +64,7 @@ type Parts struct {
 	Version  string
 	Lock     *os.File
 	Token    *hsm.Token
-	DB       *store.DB
+	DB       store.Store
 	Service  *escrow.Service
 	Issuer   *ca.Issuer
 	CACert   *x509.Certificate

@@ -65,7 +65,7 @@ func (a *Server) storageStatus(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	err := a.db.View(ctx, func(tx *store.Tx) error {
+	err := a.db.View(ctx, func(tx store.Tx) error {
 		_, err := tx.LastAudit()
 		if errors.Is(err, store.ErrNotFound) {
 			return nil

@@ -19,7 +19,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow/audit"
-	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 const auditUsage = `audit subcommands:
@@ -49,7 +49,7 @@ func RunAudit(args []string) error {
 	if !pemfile.Exists(dbPath) {
 		return fmt.Errorf("audit verify: no database at %s", dbPath)
 	}
-	db, err := store.Open(dbPath)
+	db, err := sqlite.Open(dbPath)
 	if err != nil {
 		return err
 	}

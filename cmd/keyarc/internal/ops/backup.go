@@ -19,6 +19,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 // backupHeadSuffix names the copy of the audit head file written beside a backup.
@@ -58,7 +59,7 @@ func RunBackup(args []string) error {
 	if err != nil && !errors.Is(err, audit.ErrNoHead) {
 		return fmt.Errorf("backup: %w", err)
 	}
-	db, err := store.Open(cfg.Path(cfg.Database))
+	db, err := sqlite.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return err
 	}
@@ -189,7 +190,7 @@ func RunRestore(args []string) error {
 			os.Remove(work)
 		}
 	}()
-	db, err := store.Open(work)
+	db, err := sqlite.Open(work)
 	if err != nil {
 		return fmt.Errorf("restore: %s is not a keyarc database: %w", *from, err)
 	}
@@ -198,7 +199,7 @@ func RunRestore(args []string) error {
 		return err
 	}
 	var checkpoints int
-	if err := db.View(ctx, func(tx *store.Tx) error {
+	if err := db.View(ctx, func(tx store.Tx) error {
 		if e, err := tx.LastAudit(); err == nil {
 			r.RestoredSeq = e.Seq
 		} else if !errors.Is(err, store.ErrNotFound) {
@@ -247,7 +248,7 @@ func RunRestore(args []string) error {
 			return err
 		}
 		ok = true
-		if db, err = store.Open(dbPath); err != nil {
+		if db, err = sqlite.Open(dbPath); err != nil {
 			return err
 		}
 	}
@@ -258,7 +259,7 @@ func RunRestore(args []string) error {
 		}
 		fmt.Fprintf(os.Stderr, "the audit head file is kept as %s\n", kept)
 	}
-	err = db.Update(ctx, func(tx *store.Tx) error {
+	err = db.Update(ctx, func(tx store.Tx) error {
 		_, err := audit.Append(tx, time.Now(), audit.KindRestore, osActor(), filepath.Base(*from), audit.Details{Restore: r})
 		return err
 	})
@@ -303,13 +304,13 @@ func sameFile(a, b string) bool {
 // lastEntry returns the last audit entry's seq of the database at path (0 when its trail is
 // empty).
 func lastEntry(ctx context.Context, path string) (int64, error) {
-	db, err := store.Open(path)
+	db, err := sqlite.Open(path)
 	if err != nil {
 		return 0, err
 	}
 	defer db.Close()
 	var last int64
-	err = db.View(ctx, func(tx *store.Tx) error {
+	err = db.View(ctx, func(tx store.Tx) error {
 		e, err := tx.LastAudit()
 		if err == nil {
 			last = e.Seq

@@ -13,7 +13,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow/check"
-	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 // RunCheck is `keyarc check`: the consistency check of every stored certificate, on the
@@ -33,7 +33,7 @@ func RunCheck(args []string) error {
 	if !pemfile.Exists(dbPath) {
 		return fmt.Errorf("check: no database at %s", dbPath)
 	}
-	db, err := store.Open(dbPath)
+	db, err := sqlite.Open(dbPath)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 	"github.com/keyarc/keyarc/softhsm"
@@ -215,7 +216,7 @@ func RunInit(args []string) error {
 		say("exists   %s", tlsCert)
 	}
 
-	db, err := store.Open(cfg.Path(cfg.Database))
+	db, err := sqlite.Open(cfg.Path(cfg.Database))
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 )
 
@@ -129,19 +130,19 @@ func AuditPINFailure(cfg *config.Config, err error) {
 	if !errors.Is(err, hsm.ErrPINIncorrect) || !pemfile.Exists(cfg.Path(cfg.Database)) {
 		return
 	}
-	db, oerr := store.Open(cfg.Path(cfg.Database))
+	db, oerr := sqlite.Open(cfg.Path(cfg.Database))
 	if oerr != nil {
 		return
 	}
 	defer db.Close()
-	db.Update(context.Background(), func(tx *store.Tx) error {
+	db.Update(context.Background(), func(tx store.Tx) error {
 		_, err := audit.Append(tx, time.Now(), audit.KindPINFailed, "system", "appliance token", audit.Details{Reason: "the token refused the PIN; the appliance did not start and did not retry"})
 		return err
 	})
 }
 
 // NewChecker is the consistency checker of db against the CA certificate of cfg.
-func NewChecker(db *store.DB, cfg *config.Config) (*check.Checker, error) {
+func NewChecker(db store.Store, cfg *config.Config) (*check.Checker, error) {
 	caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
@@ -150,7 +151,7 @@ func NewChecker(db *store.DB, cfg *config.Config) (*check.Checker, error) {
 }
 
 // ConsistencyCheck checks every certificate of db against the CA of cfg.
-func ConsistencyCheck(ctx context.Context, db *store.DB, cfg *config.Config) (*check.Report, error) {
+func ConsistencyCheck(ctx context.Context, db store.Store, cfg *config.Config) (*check.Report, error) {
 	c, err := NewChecker(db, cfg)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -17,7 +19,7 @@ func (tx *Tx) CertificateHashes(serials []string) ([]string, error) {
 	out := make([]string, len(serials))
 	index := make(map[string][]int, len(serials))
 	for i, s := range serials {
-		n, err := NormalizeSerial(s)
+		n, err := store.NormalizeSerial(s)
 		if err != nil {
 			return nil, err
 		}
@@ -63,12 +65,12 @@ func (tx *Tx) CertificateHashes(serials []string) ([]string, error) {
 // SignedCertificates returns at most limit certificates that hold a DER (issued, revoked, or
 // signed but not delivered), with rowid > after, in rowid (insertion) order, and the rowid of
 // the last one returned (after itself when none is).
-func (tx *Tx) SignedCertificates(after int64, limit int) ([]Certificate, int64, error) {
+func (tx *Tx) SignedCertificates(after int64, limit int) ([]store.Certificate, int64, error) {
 	const op = "list signed certificates"
 	if limit <= 0 {
 		return nil, after, invalid(op, "limit %d must be positive", limit)
 	}
-	var out []Certificate
+	var out []store.Certificate
 	last := after
 	err := tx.query(op, func(rows *sql.Rows) error {
 		var id int64
@@ -93,7 +95,7 @@ func (tx *Tx) LastCertificateRowID() (int64, error) {
 
 // AuditOfKindsFrom returns at most limit entries of the given kinds with seq >= from, in seq
 // order.
-func (tx *Tx) AuditOfKindsFrom(kinds []string, from int64, limit int) ([]AuditEntry, error) {
+func (tx *Tx) AuditOfKindsFrom(kinds []string, from int64, limit int) ([]store.AuditEntry, error) {
 	const op = "list audit entries of kinds"
 	if limit <= 0 || len(kinds) == 0 {
 		return nil, invalid(op, "kinds and a positive limit are required")
@@ -103,7 +105,7 @@ func (tx *Tx) AuditOfKindsFrom(kinds []string, from int64, limit int) ([]AuditEn
 		args = append(args, k)
 	}
 	args = append(args, limit)
-	var out []AuditEntry
+	var out []store.AuditEntry
 	err := tx.query(op, func(rows *sql.Rows) error {
 		e, err := scanAudit(rows.Scan)
 		if err == nil {

@@ -1,137 +1,15 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"time"
 )
-
-// States of certificates, escrow records and pending requests.
-const (
-	StatePending   = "pending"   // certificate, record, pending request
-	StateIssued    = "issued"    // certificate, pending request
-	StateFailed    = "failed"    // certificate
-	StateRevoked   = "revoked"   // certificate
-	StateActive    = "active"    // record
-	StateAbandoned = "abandoned" // record
-	StateDenied    = "denied"    // pending request
-)
-
-// Code is a one-time enrollment code. Only a hash of the secret is stored.
-type Code struct {
-	ID        string
-	Email     string
-	Template  string
-	Hash      []byte // hash of the secret, computed by the caller; never the secret
-	CreatedAt time.Time
-	ExpiresAt time.Time
-	UsedAt    *time.Time // nil while unused
-	Serial    string     // certificate issued with this code, set by InsertCertificate
-}
-
-// String describes c without its hash.
-func (c Code) String() string {
-	used := "unused"
-	if c.UsedAt != nil {
-		used = "used " + c.UsedAt.Format(time.RFC3339)
-	}
-	return fmt.Sprintf("code %s for %s (%s, expires %s, %s)", c.ID, c.Email, c.Template,
-		c.ExpiresAt.Format(time.RFC3339), used)
-}
-
-// GoString is String: the hash is never printed.
-func (c Code) GoString() string { return c.String() }
-
-// LogValue logs c without its hash.
-func (c Code) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("id", c.ID), slog.String("template", c.Template),
-		slog.Time("expires_at", c.ExpiresAt), slog.Bool("used", c.UsedAt != nil))
-}
-
-// Certificate is a certificate issued (or being issued) by the CA.
-type Certificate struct {
-	Serial    string // canonical lower-case hex, see NormalizeSerial
-	Template  string
-	Email     string
-	Subject   string
-	State     string // pending, issued, failed or revoked; "" on insert means pending
-	DER       []byte // nil while pending
-	NotBefore time.Time
-	NotAfter  time.Time
-	CreatedAt time.Time // zero on insert means now
-	CodeID    string    // enrollment code used, if any
-	RecordID  string    // escrow record, if the key is archived
-	Role      string    // for client-auth credentials
-	KRA       string    // for KRA certificates
-	RevokedAt time.Time // zero unless revoked
-}
-
-// Filter selects certificates for [Tx.ListCertificates]; empty fields match
-// everything, Limit 0 means no limit. Results are ordered by creation time,
-// then serial.
-type Filter struct {
-	Email    string
-	Template string
-	KRA      string
-	State    string
-	Limit    int
-}
-
-// Record is a sealed escrow record (see escrow/record); Blob is its binary
-// form, encrypted to the recovery set of Epoch.
-type Record struct {
-	ID        string
-	Serial    string // certificate serial, canonical; may be empty, unique otherwise
-	Email     string
-	Epoch     uint32
-	Blob      []byte
-	State     string    // pending, active or abandoned; "" on insert means pending
-	CreatedAt time.Time // zero on insert means now
-	// Fingerprint is the hex SHA-256 of the key's SubjectPublicKeyInfo. On insert the store
-	// reads it from the blob's header (a record of escrow/record's format 1); a caller's value
-	// is used only for another blob, and must agree with the header otherwise.
-	Fingerprint string
-}
-
-// Pending is a certificate request waiting for manual approval.
-type Pending struct {
-	ID        string
-	Template  string
-	Email     string
-	Requester string
-	// Name is the identity requested (a KRA's name).
-	Name string
-	CSR  []byte
-	// PublicKey is a DER SubjectPublicKeyInfo requested without a CSR of its own (a KRA's
-	// decrypt-only unwrap key cannot sign one).
-	PublicKey []byte
-	State     string    // pending, issued or denied; "" on insert means pending
-	CreatedAt time.Time // zero on insert means now
-	DecidedBy string
-	DecidedAt time.Time
-	Serial    string // certificate issued, when State is issued
-}
-
-// RecoverySet is the set of KRA certificates (by serial, in share order) and
-// the quorum needed to open records sealed under its epoch.
-type RecoverySet struct {
-	Epoch      uint32 // assigned by InsertRecoverySet
-	Quorum     int
-	KRASerials []string
-	CreatedAt  time.Time // zero on insert means now
-	CreatedBy  string
-}
-
-// Swept counts what [Tx.SweepPending] changed.
-type Swept struct {
-	Certificates int // pending certificates marked failed
-	Codes        int // enrollment codes released
-	Records      int // pending records marked abandoned
-}
 
 // querier is what a Tx runs statements on: the writer's statement cache or a
 // read-only *sql.Tx.
@@ -153,10 +31,10 @@ type Tx struct {
 
 func (tx *Tx) check(write bool) error {
 	if tx.done {
-		return ErrTxDone
+		return store.ErrTxDone
 	}
 	if write && !tx.writable {
-		return ErrReadOnly
+		return store.ErrReadOnly
 	}
 	return nil
 }
@@ -232,7 +110,7 @@ func (tx *Tx) queryRow(op string, dest []any, query string, args ...any) error {
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("store: %s: %w", op, err)
 		}
-		return fmt.Errorf("store: %s: %w", op, ErrNotFound)
+		return fmt.Errorf("store: %s: %w", op, store.ErrNotFound)
 	}
 	if err := rows.Scan(dest...); err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
@@ -294,7 +172,7 @@ func sval(s string) any {
 func sget(s sql.NullString) string { return s.String }
 
 func invalid(op, format string, args ...any) error {
-	return fmt.Errorf("store: %s: %s: %w", op, fmt.Sprintf(format, args...), ErrInvalid)
+	return fmt.Errorf("store: %s: %s: %w", op, fmt.Sprintf(format, args...), store.ErrInvalid)
 }
 
 func oneOf(s string, allowed ...string) bool {
@@ -311,7 +189,7 @@ func optSerial(s string) (string, error) {
 	if s == "" {
 		return "", nil
 	}
-	return NormalizeSerial(s)
+	return store.NormalizeSerial(s)
 }
 
 // ---------------------------------------------------------------------------
@@ -320,7 +198,7 @@ func optSerial(s string) (string, error) {
 // InsertCode stores a new enrollment code. ID, Email, Template, Hash and
 // ExpiresAt are required; UsedAt and Serial are ignored. A duplicate ID gives
 // [ErrConflict].
-func (tx *Tx) InsertCode(c Code) error {
+func (tx *Tx) InsertCode(c store.Code) error {
 	const op = "insert code"
 	switch {
 	case c.ID == "":
@@ -339,9 +217,9 @@ func (tx *Tx) InsertCode(c Code) error {
 }
 
 // GetCode returns the code with the given ID, or [ErrNotFound].
-func (tx *Tx) GetCode(id string) (*Code, error) {
+func (tx *Tx) GetCode(id string) (*store.Code, error) {
 	var (
-		c        Code
+		c        store.Code
 		created  sql.NullInt64
 		expires  sql.NullInt64
 		used     sql.NullInt64
@@ -380,9 +258,9 @@ func (tx *Tx) ClaimCode(id string, now time.Time) error {
 		return err
 	}
 	if used.Valid {
-		return fmt.Errorf("store: %s: %w", op, ErrCodeUsed)
+		return fmt.Errorf("store: %s: %w", op, store.ErrCodeUsed)
 	}
-	return fmt.Errorf("store: %s: %w", op, ErrCodeExpired)
+	return fmt.Errorf("store: %s: %w", op, store.ErrCodeExpired)
 }
 
 // ReleaseCode makes a claimed code usable again (used_at and serial cleared),
@@ -395,7 +273,7 @@ func (tx *Tx) ReleaseCode(id string) error {
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("store: %s: %w", op, ErrNotFound)
+		return fmt.Errorf("store: %s: %w", op, store.ErrNotFound)
 	}
 	return nil
 }
@@ -406,9 +284,9 @@ func (tx *Tx) ReleaseCode(id string) error {
 const certColumns = `serial, template, email, subject, state, der, not_before, not_after, created_at,
 	code_id, record_id, role, kra, revoked_at`
 
-func scanCertificate(scan func(...any) error) (*Certificate, error) {
+func scanCertificate(scan func(...any) error) (*store.Certificate, error) {
 	var (
-		c                          Certificate
+		c                          store.Certificate
 		nb, na, created, revokedAt sql.NullInt64
 		codeID, recordID           sql.NullString
 	)
@@ -426,18 +304,18 @@ func scanCertificate(scan func(...any) error) (*Certificate, error) {
 // Email are required. If CodeID is set the code must exist ([ErrNotFound]
 // otherwise) and its Serial is set to this certificate's. A duplicate serial
 // gives [ErrConflict].
-func (tx *Tx) InsertCertificate(c Certificate) error {
-	return tx.InsertCertificates([]Certificate{c})
+func (tx *Tx) InsertCertificate(c store.Certificate) error {
+	return tx.InsertCertificates([]store.Certificate{c})
 }
 
 // InsertCertificates is [Tx.InsertCertificate] for many certificates, with few statements. On
 // an error, some may have been inserted: the caller's savepoint undoes them.
-func (tx *Tx) InsertCertificates(cs []Certificate) error {
+func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 	const op = "insert certificate"
 	args := make([]any, 0, len(cs)*certWidth)
-	var coded []Certificate
+	var coded []store.Certificate
 	for _, c := range cs {
-		serial, err := NormalizeSerial(c.Serial)
+		serial, err := store.NormalizeSerial(c.Serial)
 		if err != nil {
 			return err
 		}
@@ -446,14 +324,14 @@ func (tx *Tx) InsertCertificates(cs []Certificate) error {
 			coded = append(coded, c)
 		}
 		if c.State == "" {
-			c.State = StatePending
+			c.State = store.StatePending
 		}
 		switch {
 		case c.Template == "":
 			return invalid(op, "template is required")
-		case !oneOf(c.State, StatePending, StateIssued, StateFailed, StateRevoked):
+		case !oneOf(c.State, store.StatePending, store.StateIssued, store.StateFailed, store.StateRevoked):
 			return invalid(op, "state %q", c.State)
-		case c.State != StatePending && c.State != StateFailed && len(c.DER) == 0:
+		case c.State != store.StatePending && c.State != store.StateFailed && len(c.DER) == 0:
 			return invalid(op, "state %s needs the DER", c.State)
 		}
 		args = append(args, serial, c.Template, c.Email, c.Subject, c.State, nilIfEmpty(c.DER), tval(c.NotBefore),
@@ -483,7 +361,7 @@ func nilIfEmpty(b []byte) any {
 // the extra assignments; [ErrNotFound] if the serial is unknown,
 // [ErrConflict] if it is in another state.
 func (tx *Tx) certTransition(op, serial, from, set string, args ...any) (string, error) {
-	s, err := NormalizeSerial(serial)
+	s, err := store.NormalizeSerial(serial)
 	if err != nil {
 		return "", err
 	}
@@ -499,7 +377,7 @@ func (tx *Tx) certTransition(op, serial, from, set string, args ...any) (string,
 	if err := tx.queryRow(op, []any{&state}, `SELECT state FROM certificates WHERE serial = ?`, s); err != nil {
 		return "", err
 	}
-	return "", fmt.Errorf("store: %s: certificate %s is %s, not %s: %w", op, s, state, from, ErrConflict)
+	return "", fmt.Errorf("store: %s: certificate %s is %s, not %s: %w", op, s, state, from, store.ErrConflict)
 }
 
 // SetCertificateIssued records the signed certificate of a pending one
@@ -509,7 +387,7 @@ func (tx *Tx) SetCertificateIssued(serial string, der []byte, notBefore, notAfte
 	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
 		return invalid(op, "der, notBefore and notAfter are required")
 	}
-	_, err := tx.certTransition(op, serial, StatePending, `state = 'issued', der = ?, not_before = ?, not_after = ?`,
+	_, err := tx.certTransition(op, serial, store.StatePending, `state = 'issued', der = ?, not_before = ?, not_after = ?`,
 		der, notBefore.UnixMicro(), notAfter.UnixMicro())
 	return err
 }
@@ -520,7 +398,7 @@ func (tx *Tx) SetCertificateIssued(serial string, der []byte, notBefore, notAfte
 // if that record is still pending.
 func (tx *Tx) FailCertificate(serial string) error {
 	const op = "fail certificate"
-	s, err := tx.certTransition(op, serial, StatePending, `state = 'failed'`)
+	s, err := tx.certTransition(op, serial, store.StatePending, `state = 'failed'`)
 	if err != nil {
 		return err
 	}
@@ -542,7 +420,7 @@ func (tx *Tx) FailSignedCertificate(serial string, der []byte, notBefore, notAft
 	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
 		return invalid(op, "der, notBefore and notAfter are required")
 	}
-	if _, err := tx.certTransition(op, serial, StatePending, `der = ?, not_before = ?, not_after = ?`,
+	if _, err := tx.certTransition(op, serial, store.StatePending, `der = ?, not_before = ?, not_after = ?`,
 		der, notBefore.UnixMicro(), notAfter.UnixMicro()); err != nil {
 		return err
 	}
@@ -556,19 +434,19 @@ func (tx *Tx) RevokeCertificate(serial string, at time.Time) error {
 	if at.IsZero() {
 		return invalid(op, "zero time")
 	}
-	_, err := tx.certTransition(op, serial, StateIssued, `state = 'revoked', revoked_at = ?`, at.UnixMicro())
+	_, err := tx.certTransition(op, serial, store.StateIssued, `state = 'revoked', revoked_at = ?`, at.UnixMicro())
 	return err
 }
 
 // GetCertificate returns the certificate with the given serial (any
 // accepted spelling, see [NormalizeSerial]), or [ErrNotFound].
-func (tx *Tx) GetCertificate(serial string) (*Certificate, error) {
+func (tx *Tx) GetCertificate(serial string) (*store.Certificate, error) {
 	const op = "get certificate"
-	s, err := NormalizeSerial(serial)
+	s, err := store.NormalizeSerial(serial)
 	if err != nil {
 		return nil, err
 	}
-	var c *Certificate
+	var c *store.Certificate
 	err = tx.query(op, func(rows *sql.Rows) (err error) {
 		c, err = scanCertificate(rows.Scan)
 		return err
@@ -577,13 +455,13 @@ func (tx *Tx) GetCertificate(serial string) (*Certificate, error) {
 		return nil, err
 	}
 	if c == nil {
-		return nil, fmt.Errorf("store: %s %s: %w", op, s, ErrNotFound)
+		return nil, fmt.Errorf("store: %s %s: %w", op, s, store.ErrNotFound)
 	}
 	return c, nil
 }
 
 // ListCertificates returns the certificates matching f, oldest first.
-func (tx *Tx) ListCertificates(f Filter) ([]Certificate, error) {
+func (tx *Tx) ListCertificates(f store.Filter) ([]store.Certificate, error) {
 	const op = "list certificates"
 	var (
 		where []string
@@ -600,7 +478,7 @@ func (tx *Tx) ListCertificates(f Filter) ([]Certificate, error) {
 		where, args = append(where, "kra = ? AND kra != ''"), append(args, f.KRA)
 	}
 	if f.State != "" {
-		if !oneOf(f.State, StatePending, StateIssued, StateFailed, StateRevoked) {
+		if !oneOf(f.State, store.StatePending, store.StateIssued, store.StateFailed, store.StateRevoked) {
 			return nil, invalid(op, "state %q", f.State)
 		}
 		where, args = append(where, "state = ?"), append(args, f.State)
@@ -617,7 +495,7 @@ func (tx *Tx) ListCertificates(f Filter) ([]Certificate, error) {
 		q += ` LIMIT ?`
 		args = append(args, f.Limit)
 	}
-	var out []Certificate
+	var out []store.Certificate
 	err := tx.query(op, func(rows *sql.Rows) error {
 		c, err := scanCertificate(rows.Scan)
 		if err == nil {
@@ -633,9 +511,9 @@ func (tx *Tx) ListCertificates(f Filter) ([]Certificate, error) {
 
 const recordColumns = `id, serial, email, epoch, blob, state, created_at, fingerprint`
 
-func scanRecord(scan func(...any) error) (*Record, error) {
+func scanRecord(scan func(...any) error) (*store.Record, error) {
 	var (
-		r       Record
+		r       store.Record
 		serial  sql.NullString
 		epoch   int64
 		created sql.NullInt64
@@ -658,12 +536,12 @@ func scanRecord(scan func(...any) error) (*Record, error) {
 // same call for another mailbox, gives [ErrKeyArchivedElsewhere] and nothing of
 // the call is inserted. The same mailbox may archive one key in several records
 // (one per certificate: each record binds its certificate's serial).
-func (tx *Tx) InsertRecord(r Record) error {
-	return tx.InsertRecords([]Record{r})
+func (tx *Tx) InsertRecord(r store.Record) error {
+	return tx.InsertRecords([]store.Record{r})
 }
 
 // InsertRecords is [Tx.InsertRecord] for many records, with few statements.
-func (tx *Tx) InsertRecords(rs []Record) error {
+func (tx *Tx) InsertRecords(rs []store.Record) error {
 	const op = "insert record"
 	args := make([]any, 0, len(rs)*recordWidth)
 	fps := make([]string, 0, len(rs))
@@ -673,7 +551,7 @@ func (tx *Tx) InsertRecords(rs []Record) error {
 			return err
 		}
 		if r.State == "" {
-			r.State = StatePending
+			r.State = store.StatePending
 		}
 		switch {
 		case r.ID == "" || r.Email == "":
@@ -682,7 +560,7 @@ func (tx *Tx) InsertRecords(rs []Record) error {
 			return invalid(op, "epoch 0")
 		case len(r.Blob) == 0:
 			return invalid(op, "empty blob")
-		case !oneOf(r.State, StatePending, StateActive, StateAbandoned):
+		case !oneOf(r.State, store.StatePending, store.StateActive, store.StateAbandoned):
 			return invalid(op, "state %q", r.State)
 		}
 		fp := recordFingerprint(r.Blob)
@@ -716,29 +594,29 @@ func (tx *Tx) ActivateRecord(id string) error {
 	if err := tx.queryRow(op, []any{&state}, `SELECT state FROM records WHERE id = ?`, id); err != nil {
 		return err
 	}
-	if state == StateActive {
+	if state == store.StateActive {
 		return nil
 	}
-	return fmt.Errorf("store: %s: record is %s: %w", op, state, ErrConflict)
+	return fmt.Errorf("store: %s: record is %s: %w", op, state, store.ErrConflict)
 }
 
 // GetRecord returns the record with the given ID, or [ErrNotFound].
-func (tx *Tx) GetRecord(id string) (*Record, error) {
+func (tx *Tx) GetRecord(id string) (*store.Record, error) {
 	return tx.getRecord("get record", `id = ?`, id)
 }
 
 // GetRecordBySerial returns the record of the certificate with the given
 // serial, or [ErrNotFound].
-func (tx *Tx) GetRecordBySerial(serial string) (*Record, error) {
-	s, err := NormalizeSerial(serial)
+func (tx *Tx) GetRecordBySerial(serial string) (*store.Record, error) {
+	s, err := store.NormalizeSerial(serial)
 	if err != nil {
 		return nil, err
 	}
 	return tx.getRecord("get record by serial", `serial = ?`, s)
 }
 
-func (tx *Tx) getRecord(op, where string, arg any) (*Record, error) {
-	var r *Record
+func (tx *Tx) getRecord(op, where string, arg any) (*store.Record, error) {
+	var r *store.Record
 	err := tx.query(op, func(rows *sql.Rows) (err error) {
 		r, err = scanRecord(rows.Scan)
 		return err
@@ -747,14 +625,14 @@ func (tx *Tx) getRecord(op, where string, arg any) (*Record, error) {
 		return nil, err
 	}
 	if r == nil {
-		return nil, fmt.Errorf("store: %s: %w", op, ErrNotFound)
+		return nil, fmt.Errorf("store: %s: %w", op, store.ErrNotFound)
 	}
 	return r, nil
 }
 
 // ListRecords returns every record of a mailbox, oldest first.
-func (tx *Tx) ListRecords(email string) ([]Record, error) {
-	var out []Record
+func (tx *Tx) ListRecords(email string) ([]store.Record, error) {
+	var out []store.Record
 	err := tx.query("list records", func(rows *sql.Rows) error {
 		r, err := scanRecord(rows.Scan)
 		if err == nil {
@@ -770,9 +648,9 @@ func (tx *Tx) ListRecords(email string) ([]Record, error) {
 
 const pendingColumns = `id, template, email, requester, name, csr, public_key, state, created_at, decided_by, decided_at, serial`
 
-func scanPending(scan func(...any) error) (*Pending, error) {
+func scanPending(scan func(...any) error) (*store.Pending, error) {
 	var (
-		p                Pending
+		p                store.Pending
 		created, decided sql.NullInt64
 		serial           sql.NullString
 	)
@@ -786,21 +664,21 @@ func scanPending(scan func(...any) error) (*Pending, error) {
 
 // InsertPending stores a request waiting for approval. ID, Template,
 // Requester and CSR are required. A duplicate ID gives [ErrConflict].
-func (tx *Tx) InsertPending(p Pending) error {
+func (tx *Tx) InsertPending(p store.Pending) error {
 	const op = "insert pending"
 	serial, err := optSerial(p.Serial)
 	if err != nil {
 		return err
 	}
 	if p.State == "" {
-		p.State = StatePending
+		p.State = store.StatePending
 	}
 	switch {
 	case p.ID == "" || p.Template == "" || p.Requester == "":
 		return invalid(op, "id, template and requester are required")
 	case len(p.CSR) == 0:
 		return invalid(op, "empty csr")
-	case !oneOf(p.State, StatePending, StateIssued, StateDenied):
+	case !oneOf(p.State, store.StatePending, store.StateIssued, store.StateDenied):
 		return invalid(op, "state %q", p.State)
 	}
 	_, err = tx.exec(op, `INSERT INTO pending (`+pendingColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -810,9 +688,9 @@ func (tx *Tx) InsertPending(p Pending) error {
 }
 
 // GetPending returns the pending request with the given ID, or [ErrNotFound].
-func (tx *Tx) GetPending(id string) (*Pending, error) {
+func (tx *Tx) GetPending(id string) (*store.Pending, error) {
 	const op = "get pending"
-	var p *Pending
+	var p *store.Pending
 	err := tx.query(op, func(rows *sql.Rows) (err error) {
 		p, err = scanPending(rows.Scan)
 		return err
@@ -821,23 +699,23 @@ func (tx *Tx) GetPending(id string) (*Pending, error) {
 		return nil, err
 	}
 	if p == nil {
-		return nil, fmt.Errorf("store: %s: %w", op, ErrNotFound)
+		return nil, fmt.Errorf("store: %s: %w", op, store.ErrNotFound)
 	}
 	return p, nil
 }
 
 // ListPending returns the requests in the given state ("" for all), oldest
 // first.
-func (tx *Tx) ListPending(state string) ([]Pending, error) {
+func (tx *Tx) ListPending(state string) ([]store.Pending, error) {
 	const op = "list pending"
 	q, args := `SELECT `+pendingColumns+` FROM pending`, []any{}
 	if state != "" {
-		if !oneOf(state, StatePending, StateIssued, StateDenied) {
+		if !oneOf(state, store.StatePending, store.StateIssued, store.StateDenied) {
 			return nil, invalid(op, "state %q", state)
 		}
 		q, args = q+` WHERE state = ?`, append(args, state)
 	}
-	var out []Pending
+	var out []store.Pending
 	err := tx.query(op, func(rows *sql.Rows) error {
 		p, err := scanPending(rows.Scan)
 		if err == nil {
@@ -866,11 +744,11 @@ func (tx *Tx) DecidePendingAt(id, state, by, serial string, at time.Time) error 
 	switch {
 	case by == "":
 		return invalid(op, "no decider")
-	case state == StateIssued && s == "":
+	case state == store.StateIssued && s == "":
 		return invalid(op, "issued needs a serial")
-	case state == StateDenied && s != "":
+	case state == store.StateDenied && s != "":
 		return invalid(op, "denied with a serial")
-	case state != StateIssued && state != StateDenied:
+	case state != store.StateIssued && state != store.StateDenied:
 		return invalid(op, "state %q", state)
 	}
 	n, err := tx.exec(op, `UPDATE pending SET state = ?, decided_by = ?, decided_at = ?, serial = ?
@@ -882,7 +760,7 @@ func (tx *Tx) DecidePendingAt(id, state, by, serial string, at time.Time) error 
 	if err := tx.queryRow(op, []any{&cur}, `SELECT state FROM pending WHERE id = ?`, id); err != nil {
 		return err
 	}
-	return fmt.Errorf("store: %s: request already %s: %w", op, cur, ErrConflict)
+	return fmt.Errorf("store: %s: request already %s: %w", op, cur, store.ErrConflict)
 }
 
 // ---------------------------------------------------------------------------
@@ -891,7 +769,7 @@ func (tx *Tx) DecidePendingAt(id, state, by, serial string, at time.Time) error 
 // InsertRecoverySet stores a new recovery set and returns its epoch: one
 // more than the latest (the first is 1). Quorum must be in 1..len(KRASerials),
 // at most 255 KRAs, serials distinct.
-func (tx *Tx) InsertRecoverySet(rs RecoverySet) (uint32, error) {
+func (tx *Tx) InsertRecoverySet(rs store.RecoverySet) (uint32, error) {
 	const op = "insert recovery set"
 	if err := tx.check(true); err != nil {
 		return 0, fmt.Errorf("store: %s: %w", op, err)
@@ -908,7 +786,7 @@ func (tx *Tx) InsertRecoverySet(rs RecoverySet) (uint32, error) {
 	serials := make([]string, n)
 	seen := make(map[string]bool, n)
 	for i, s := range rs.KRASerials {
-		c, err := NormalizeSerial(s)
+		c, err := store.NormalizeSerial(s)
 		if err != nil {
 			return 0, err
 		}
@@ -940,7 +818,7 @@ func (tx *Tx) InsertRecoverySet(rs RecoverySet) (uint32, error) {
 
 // CurrentRecoverySet returns the latest recovery set, or [ErrNotFound] if
 // there is none yet.
-func (tx *Tx) CurrentRecoverySet() (*RecoverySet, error) {
+func (tx *Tx) CurrentRecoverySet() (*store.RecoverySet, error) {
 	return tx.getRecoverySet("current recovery set",
 		`SELECT epoch, quorum, created_at, created_by FROM recovery_sets ORDER BY epoch DESC LIMIT 1`)
 }
@@ -953,14 +831,14 @@ func (tx *Tx) CurrentEpoch() (uint32, error) {
 }
 
 // GetRecoverySet returns the recovery set of an epoch, or [ErrNotFound].
-func (tx *Tx) GetRecoverySet(epoch uint32) (*RecoverySet, error) {
+func (tx *Tx) GetRecoverySet(epoch uint32) (*store.RecoverySet, error) {
 	return tx.getRecoverySet("get recovery set",
 		`SELECT epoch, quorum, created_at, created_by FROM recovery_sets WHERE epoch = ?`, int64(epoch))
 }
 
-func (tx *Tx) getRecoverySet(op, query string, args ...any) (*RecoverySet, error) {
+func (tx *Tx) getRecoverySet(op, query string, args ...any) (*store.RecoverySet, error) {
 	var (
-		rs      RecoverySet
+		rs      store.RecoverySet
 		epoch   int64
 		created sql.NullInt64
 	)
@@ -988,9 +866,9 @@ func (tx *Tx) getRecoverySet(op, query string, args ...any) (*RecoverySet, error
 // the enrollment codes claimed for them are released (when the code's serial
 // is that certificate's); records pending since before olderThan become
 // abandoned.
-func (tx *Tx) SweepPending(olderThan time.Time) (Swept, error) {
+func (tx *Tx) SweepPending(olderThan time.Time) (store.Swept, error) {
 	const op = "sweep pending"
-	var sw Swept
+	var sw store.Swept
 	if olderThan.IsZero() {
 		return sw, invalid(op, "zero time")
 	}

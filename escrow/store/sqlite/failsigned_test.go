@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"errors"
 	"testing"
 )
@@ -11,7 +13,7 @@ import (
 func TestFailSignedCertificate(t *testing.T) {
 	db, _ := openTest(t)
 	der := []byte{0x30, 0x03, 0x02, 0x01, 0x05}
-	mustUpdate(t, db, func(tx *Tx) error {
+	mustUpdate(t, db, func(tx store.Tx) error {
 		if _, err := tx.InsertRecoverySet(recoverySet("a", "b")); err != nil {
 			return err
 		}
@@ -31,7 +33,7 @@ func TestFailSignedCertificate(t *testing.T) {
 		}
 		return tx.FailSignedCertificate("5", der, t0, t0.AddDate(1, 0, 0))
 	})
-	err := db.View(ctx, func(tx *Tx) error {
+	err := db.View(ctx, func(tx store.Tx) error {
 		c, err := tx.GetCertificate("5")
 		if err != nil {
 			return err
@@ -44,10 +46,10 @@ func TestFailSignedCertificate(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if c.State != StateFailed || string(c.DER) != string(der) || c.NotAfter.IsZero() {
+		if c.State != store.StateFailed || string(c.DER) != string(der) || c.NotAfter.IsZero() {
 			t.Errorf("certificate after FailSignedCertificate: %s, der %x, notAfter %v; want failed with its der", c.State, c.DER, c.NotAfter)
 		}
-		if k.UsedAt != nil || k.Serial != "" || r.State != StateAbandoned {
+		if k.UsedAt != nil || k.Serial != "" || r.State != store.StateAbandoned {
 			t.Errorf("after FailSignedCertificate: code used %v serial %q, record %s", k.UsedAt, k.Serial, r.State)
 		}
 		return nil
@@ -61,11 +63,11 @@ func TestFailSignedCertificate(t *testing.T) {
 		der     []byte
 		wantErr error
 	}{
-		{name: "not pending", serial: "5", der: der, wantErr: ErrConflict},
-		{name: "unknown", serial: "ff", der: der, wantErr: ErrNotFound},
-		{name: "no der", serial: "5", wantErr: ErrInvalid},
+		{name: "not pending", serial: "5", der: der, wantErr: store.ErrConflict},
+		{name: "unknown", serial: "ff", der: der, wantErr: store.ErrNotFound},
+		{name: "no der", serial: "5", wantErr: store.ErrInvalid},
 	} {
-		err := db.Update(ctx, func(tx *Tx) error { return tx.FailSignedCertificate(tc.serial, tc.der, t0, t0.AddDate(1, 0, 0)) })
+		err := db.Update(ctx, func(tx store.Tx) error { return tx.FailSignedCertificate(tc.serial, tc.der, t0, t0.AddDate(1, 0, 0)) })
 		if !errors.Is(err, tc.wantErr) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.wantErr)
 		}

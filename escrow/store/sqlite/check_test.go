@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,14 +23,14 @@ func TestCertificateHashes(t *testing.T) {
 	ctx := context.Background()
 	want := map[string]string{}
 	var serials []string
-	err = db.Update(ctx, func(tx *Tx) error {
+	err = db.Update(ctx, func(tx store.Tx) error {
 		for i := 1; i <= 70; i++ {
 			serial := fmt.Sprintf("%x", 0x1000+i)
 			der := []byte(fmt.Sprintf("certificate %d", i))
-			c := Certificate{Serial: serial, Template: "t", Email: "u@example.org", State: StateIssued, DER: der,
+			c := store.Certificate{Serial: serial, Template: "t", Email: "u@example.org", State: store.StateIssued, DER: der,
 				NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
 			if i%10 == 0 {
-				c.State, c.DER = StatePending, nil
+				c.State, c.DER = store.StatePending, nil
 			} else {
 				sum := sha256.Sum256(der)
 				want[serial] = hex.EncodeToString(sum[:])
@@ -46,7 +48,7 @@ func TestCertificateHashes(t *testing.T) {
 	for _, n := range []int{1, 2, 8, 9, 64, 70} {
 		ask := append([]string{"ffff"}, serials[len(serials)-n+1:]...) // an unknown serial first
 		var got []string
-		if err := db.View(ctx, func(tx *Tx) error { got, err = tx.CertificateHashes(ask); return err }); err != nil {
+		if err := db.View(ctx, func(tx store.Tx) error { got, err = tx.CertificateHashes(ask); return err }); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != len(ask) {

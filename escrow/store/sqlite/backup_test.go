@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"context"
 	"os"
 	"path/filepath"
@@ -17,8 +19,8 @@ func TestBackupAndCheck(t *testing.T) {
 	defer db.Close()
 	ctx := context.Background()
 	now := time.Now()
-	if err := db.Update(ctx, func(tx *Tx) error {
-		return tx.InsertCode(Code{ID: "ABCDEFGH", Email: "a@example.org", Template: "t", Hash: []byte{1}, CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+	if err := db.Update(ctx, func(tx store.Tx) error {
+		return tx.InsertCode(store.Code{ID: "ABCDEFGH", Email: "a@example.org", Template: "t", Hash: []byte{1}, CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +42,7 @@ func TestBackupAndCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if err := b.View(ctx, func(tx *Tx) error { _, err := tx.GetCode("ABCDEFGH"); return err }); err != nil {
+	if err := b.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("ABCDEFGH"); return err }); err != nil {
 		t.Fatalf("the backup lacks the code: %v", err)
 	}
 

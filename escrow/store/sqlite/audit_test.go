@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -8,12 +10,12 @@ import (
 	"testing"
 )
 
-func appendN(t *testing.T, db *DB, n int) []AuditEntry {
+func appendN(t *testing.T, db *DB, n int) []store.AuditEntry {
 	t.Helper()
-	var out []AuditEntry
+	var out []store.AuditEntry
 	for i := range n {
-		mustUpdate(t, db, func(tx *Tx) error {
-			e, err := tx.AppendAudit(AuditEntry{At: t0, Kind: "test", Actor: "tester", Subject: fmt.Sprint(i), Details: `{}`})
+		mustUpdate(t, db, func(tx store.Tx) error {
+			e, err := tx.AppendAudit(store.AuditEntry{At: t0, Kind: "test", Actor: "tester", Subject: fmt.Sprint(i), Details: `{}`})
 			out = append(out, e)
 			return err
 		})
@@ -24,7 +26,7 @@ func appendN(t *testing.T, db *DB, n int) []AuditEntry {
 func TestAppendAuditChains(t *testing.T) {
 	db, _ := openTest(t)
 	got := appendN(t, db, 3)
-	prev := make([]byte, AuditHashSize)
+	prev := make([]byte, store.AuditHashSize)
 	for i, e := range got {
 		if e.Seq != int64(i+1) {
 			t.Errorf("entry %d: seq %d", i, e.Seq)
@@ -32,13 +34,13 @@ func TestAppendAuditChains(t *testing.T) {
 		if !bytes.Equal(e.Prev, prev) {
 			t.Errorf("entry %d: prev is not the previous hash", e.Seq)
 		}
-		if !bytes.Equal(e.Hash, ChainHash(prev, e)) {
+		if !bytes.Equal(e.Hash, store.ChainHash(prev, e)) {
 			t.Errorf("entry %d: hash is not ChainHash", e.Seq)
 		}
 		prev = e.Hash
 	}
-	var list []AuditEntry
-	if err := db.View(ctx, func(tx *Tx) error {
+	var list []store.AuditEntry
+	if err := db.View(ctx, func(tx store.Tx) error {
 		var err error
 		list, err = tx.ListAudit(2, 10)
 		return err
@@ -54,8 +56,8 @@ func TestAppendAuditRolledBack(t *testing.T) {
 	db, _ := openTest(t)
 	appendN(t, db, 1)
 	boom := errors.New("boom")
-	err := db.Update(ctx, func(tx *Tx) error {
-		if _, err := tx.AppendAudit(AuditEntry{Kind: "test", Actor: "a"}); err != nil {
+	err := db.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.AppendAudit(store.AuditEntry{Kind: "test", Actor: "a"}); err != nil {
 			return err
 		}
 		return boom
@@ -77,8 +79,8 @@ func TestAppendAuditConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := db.Update(ctx, func(tx *Tx) error {
-				_, err := tx.AppendAudit(AuditEntry{Kind: "test", Actor: "a", Subject: fmt.Sprint(i)})
+			err := db.Update(ctx, func(tx store.Tx) error {
+				_, err := tx.AppendAudit(store.AuditEntry{Kind: "test", Actor: "a", Subject: fmt.Sprint(i)})
 				if i%7 == 0 && err == nil {
 					return errors.New("rolled back")
 				}
@@ -96,8 +98,8 @@ func TestAppendAuditConcurrent(t *testing.T) {
 // checkChain fails t unless the trail is want entries forming one gapless chain.
 func checkChain(t *testing.T, db *DB, want int) {
 	t.Helper()
-	var list []AuditEntry
-	if err := db.View(ctx, func(tx *Tx) error {
+	var list []store.AuditEntry
+	if err := db.View(ctx, func(tx store.Tx) error {
 		var err error
 		list, err = tx.ListAudit(1, 1000)
 		return err
@@ -107,9 +109,9 @@ func checkChain(t *testing.T, db *DB, want int) {
 	if len(list) != want {
 		t.Fatalf("%d entries, want %d", len(list), want)
 	}
-	prev := make([]byte, AuditHashSize)
+	prev := make([]byte, store.AuditHashSize)
 	for i, e := range list {
-		if e.Seq != int64(i+1) || !bytes.Equal(e.Prev, prev) || !bytes.Equal(e.Hash, ChainHash(prev, e)) {
+		if e.Seq != int64(i+1) || !bytes.Equal(e.Prev, prev) || !bytes.Equal(e.Hash, store.ChainHash(prev, e)) {
 			t.Fatalf("entry %d breaks the chain", e.Seq)
 		}
 		prev = e.Hash
@@ -138,22 +140,22 @@ func TestAuditErrors(t *testing.T) {
 	sig := []byte{1}
 	tests := []struct {
 		name    string
-		fn      func(tx *Tx) error
+		fn      func(tx store.Tx) error
 		wantErr error
 	}{
-		{"no kind", func(tx *Tx) error { _, err := tx.AppendAudit(AuditEntry{Actor: "a"}); return err }, ErrInvalid},
-		{"no actor", func(tx *Tx) error { _, err := tx.AppendAudit(AuditEntry{Kind: "k"}); return err }, ErrInvalid},
-		{"checkpoint of a missing entry", func(tx *Tx) error {
-			return tx.InsertCheckpoint(AuditCheckpoint{Seq: 9, Hash: entries[0].Hash, KeyID: sig, Signature: sig})
-		}, ErrNotFound},
-		{"checkpoint with another hash", func(tx *Tx) error {
-			return tx.InsertCheckpoint(AuditCheckpoint{Seq: 2, Hash: entries[0].Hash, KeyID: sig, Signature: sig})
-		}, ErrConflict},
-		{"checkpoint without signature", func(tx *Tx) error {
-			return tx.InsertCheckpoint(AuditCheckpoint{Seq: 2, Hash: entries[1].Hash, KeyID: sig})
-		}, ErrInvalid},
-		{"list with no limit", func(tx *Tx) error { _, err := tx.ListAudit(1, 0); return err }, ErrInvalid},
-		{"missing entry", func(tx *Tx) error { _, err := tx.GetAudit(7); return err }, ErrNotFound},
+		{"no kind", func(tx store.Tx) error { _, err := tx.AppendAudit(store.AuditEntry{Actor: "a"}); return err }, store.ErrInvalid},
+		{"no actor", func(tx store.Tx) error { _, err := tx.AppendAudit(store.AuditEntry{Kind: "k"}); return err }, store.ErrInvalid},
+		{"checkpoint of a missing entry", func(tx store.Tx) error {
+			return tx.InsertCheckpoint(store.AuditCheckpoint{Seq: 9, Hash: entries[0].Hash, KeyID: sig, Signature: sig})
+		}, store.ErrNotFound},
+		{"checkpoint with another hash", func(tx store.Tx) error {
+			return tx.InsertCheckpoint(store.AuditCheckpoint{Seq: 2, Hash: entries[0].Hash, KeyID: sig, Signature: sig})
+		}, store.ErrConflict},
+		{"checkpoint without signature", func(tx store.Tx) error {
+			return tx.InsertCheckpoint(store.AuditCheckpoint{Seq: 2, Hash: entries[1].Hash, KeyID: sig})
+		}, store.ErrInvalid},
+		{"list with no limit", func(tx store.Tx) error { _, err := tx.ListAudit(1, 0); return err }, store.ErrInvalid},
+		{"missing entry", func(tx store.Tx) error { _, err := tx.GetAudit(7); return err }, store.ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,7 +164,7 @@ func TestAuditErrors(t *testing.T) {
 			}
 		})
 	}
-	if err := db.View(ctx, func(tx *Tx) error { _, err := tx.AppendAudit(AuditEntry{Kind: "k", Actor: "a"}); return err }); !errors.Is(err, ErrReadOnly) {
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.AppendAudit(store.AuditEntry{Kind: "k", Actor: "a"}); return err }); !errors.Is(err, store.ErrReadOnly) {
 		t.Errorf("append in a View: %v, want ErrReadOnly", err)
 	}
 }
@@ -170,21 +172,21 @@ func TestAuditErrors(t *testing.T) {
 func TestCheckpoints(t *testing.T) {
 	db, _ := openTest(t)
 	entries := appendN(t, db, 3)
-	if err := db.View(ctx, func(tx *Tx) error { _, err := tx.LastCheckpoint(); return err }); !errors.Is(err, ErrNotFound) {
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.LastCheckpoint(); return err }); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("LastCheckpoint of none: %v", err)
 	}
 	for _, e := range entries[1:] {
-		mustUpdate(t, db, func(tx *Tx) error {
-			return tx.InsertCheckpoint(AuditCheckpoint{Seq: e.Seq, Hash: e.Hash, At: t0, KeyID: []byte("k"), Signature: []byte("s")})
+		mustUpdate(t, db, func(tx store.Tx) error {
+			return tx.InsertCheckpoint(store.AuditCheckpoint{Seq: e.Seq, Hash: e.Hash, At: t0, KeyID: []byte("k"), Signature: []byte("s")})
 		})
 	}
-	err := db.Update(ctx, func(tx *Tx) error {
-		return tx.InsertCheckpoint(AuditCheckpoint{Seq: 3, Hash: entries[2].Hash, KeyID: []byte("k"), Signature: []byte("s")})
+	err := db.Update(ctx, func(tx store.Tx) error {
+		return tx.InsertCheckpoint(store.AuditCheckpoint{Seq: 3, Hash: entries[2].Hash, KeyID: []byte("k"), Signature: []byte("s")})
 	})
-	if !errors.Is(err, ErrConflict) {
+	if !errors.Is(err, store.ErrConflict) {
 		t.Errorf("second checkpoint of seq 3: %v, want ErrConflict", err)
 	}
-	db.View(ctx, func(tx *Tx) error {
+	db.View(ctx, func(tx store.Tx) error {
 		last, err := tx.LastCheckpoint()
 		if err != nil || last.Seq != 3 || !last.At.Equal(t0) {
 			t.Errorf("LastCheckpoint = %+v, %v", last, err)

@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -89,38 +91,38 @@ func TestInsertRecordKeyOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	blob := func(id byte) []byte { b, _ := sealFor(t, k, id, 40, 16); return b }
-	rec := func(id byte, email, state string) Record {
-		return Record{ID: fmt.Sprintf("r%d", id), Email: email, Epoch: 1, Blob: blob(id), State: state, CreatedAt: t0}
+	rec := func(id byte, email, state string) store.Record {
+		return store.Record{ID: fmt.Sprintf("r%d", id), Email: email, Epoch: 1, Blob: blob(id), State: state, CreatedAt: t0}
 	}
 	tests := []struct {
 		name    string
-		first   []Record
-		then    []Record
+		first   []store.Record
+		then    []store.Record
 		wantErr error
 	}{
-		{"another mailbox", []Record{rec(1, "alice@example.com", "")}, []Record{rec(2, "bob@example.com", "")}, ErrKeyArchivedElsewhere},
-		{"another mailbox, first active", []Record{rec(1, "alice@example.com", StateActive)}, []Record{rec(2, "bob@example.com", "")}, ErrKeyArchivedElsewhere},
-		{"another mailbox in one batch", nil, []Record{rec(1, "alice@example.com", ""), rec(2, "bob@example.com", "")}, ErrKeyArchivedElsewhere},
-		{"the same mailbox", []Record{rec(1, "alice@example.com", StateActive)}, []Record{rec(2, "alice@example.com", "")}, nil},
-		{"the same mailbox in one batch", nil, []Record{rec(1, "alice@example.com", ""), rec(2, "alice@example.com", "")}, nil},
-		{"after an abandoned record", []Record{rec(1, "alice@example.com", StateAbandoned)}, []Record{rec(2, "bob@example.com", "")}, nil},
-		{"a fingerprint that contradicts the header", nil, []Record{{ID: "r1", Email: "a@example.com", Epoch: 1, Blob: blob(1), Fingerprint: strings.Repeat("0", 64)}}, ErrInvalid},
+		{"another mailbox", []store.Record{rec(1, "alice@example.com", "")}, []store.Record{rec(2, "bob@example.com", "")}, store.ErrKeyArchivedElsewhere},
+		{"another mailbox, first active", []store.Record{rec(1, "alice@example.com", store.StateActive)}, []store.Record{rec(2, "bob@example.com", "")}, store.ErrKeyArchivedElsewhere},
+		{"another mailbox in one batch", nil, []store.Record{rec(1, "alice@example.com", ""), rec(2, "bob@example.com", "")}, store.ErrKeyArchivedElsewhere},
+		{"the same mailbox", []store.Record{rec(1, "alice@example.com", store.StateActive)}, []store.Record{rec(2, "alice@example.com", "")}, nil},
+		{"the same mailbox in one batch", nil, []store.Record{rec(1, "alice@example.com", ""), rec(2, "alice@example.com", "")}, nil},
+		{"after an abandoned record", []store.Record{rec(1, "alice@example.com", store.StateAbandoned)}, []store.Record{rec(2, "bob@example.com", "")}, nil},
+		{"a fingerprint that contradicts the header", nil, []store.Record{{ID: "r1", Email: "a@example.com", Epoch: 1, Blob: blob(1), Fingerprint: strings.Repeat("0", 64)}}, store.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			db, _ := openTest(t)
-			mustUpdate(t, db, func(tx *Tx) error {
+			mustUpdate(t, db, func(tx store.Tx) error {
 				if _, err := tx.InsertRecoverySet(recoverySet("a", "b")); err != nil {
 					return err
 				}
 				return tx.InsertRecords(tt.first)
 			})
-			err := db.Update(ctx, func(tx *Tx) error { return tx.InsertRecords(tt.then) })
+			err := db.Update(ctx, func(tx store.Tx) error { return tx.InsertRecords(tt.then) })
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("insert: %v, want %v", err, tt.wantErr)
 			}
 			var n int
-			db.View(ctx, func(tx *Tx) error {
+			db.View(ctx, func(tx store.Tx) error {
 				for _, r := range tt.then {
 					if got, err := tx.GetRecord(r.ID); err == nil {
 						n++
@@ -174,7 +176,7 @@ func TestMigrationFingerprints(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	defer db.Close()
-	db.View(ctx, func(tx *Tx) error {
+	db.View(ctx, func(tx store.Tx) error {
 		for id, fp := range want {
 			r, err := tx.GetRecord(id)
 			if err != nil {
@@ -189,8 +191,8 @@ func TestMigrationFingerprints(t *testing.T) {
 		}
 		return nil
 	})
-	err = db.Update(ctx, func(tx *Tx) error { return tx.KeyArchivedElsewhere(want["r1"], "someone@example.com") })
-	if !errors.Is(err, ErrKeyArchivedElsewhere) {
+	err = db.Update(ctx, func(tx store.Tx) error { return tx.KeyArchivedElsewhere(want["r1"], "someone@example.com") })
+	if !errors.Is(err, store.ErrKeyArchivedElsewhere) {
 		t.Errorf("key of a migrated record for another mailbox: %v, want ErrKeyArchivedElsewhere", err)
 	}
 }

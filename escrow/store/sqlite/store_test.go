@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"context"
 	"database/sql"
 	"errors"
@@ -35,15 +37,15 @@ func openTest(t testing.TB) (*DB, string) {
 	return db, path
 }
 
-func mustUpdate(t testing.TB, db *DB, fn func(*Tx) error) {
+func mustUpdate(t testing.TB, db *DB, fn func(store.Tx) error) {
 	t.Helper()
 	if err := db.Update(ctx, fn); err != nil {
 		t.Fatalf("Update: %v", err)
 	}
 }
 
-func cert(serial string) Certificate {
-	return Certificate{Serial: serial, Template: "smime-encryption", Email: "alice@example.com",
+func cert(serial string) store.Certificate {
+	return store.Certificate{Serial: serial, Template: "smime-encryption", Email: "alice@example.com",
 		Subject: "CN=Alice", CreatedAt: t0}
 }
 
@@ -56,7 +58,7 @@ func hold(t *testing.T, db *DB) (release func(), wait func() error) {
 	rel := make(chan struct{})
 	errc := make(chan error, 1)
 	go func() {
-		errc <- db.Update(ctx, func(*Tx) error {
+		errc <- db.Update(ctx, func(store.Tx) error {
 			close(inside)
 			<-rel
 			return nil
@@ -132,7 +134,7 @@ func TestSchemaTooNew(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(path); !errors.Is(err, ErrSchema) {
+	if _, err := Open(path); !errors.Is(err, store.ErrSchema) {
 		t.Fatalf("Open = %v, want ErrSchema", err)
 	}
 }
@@ -148,7 +150,7 @@ func TestReopenKeepsData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("0A1B")) })
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.InsertCertificate(cert("0A1B")) })
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -160,12 +162,12 @@ func TestReopenKeepsData(t *testing.T) {
 	if entries, _ := os.ReadDir(dir); len(entries) == 0 || entries[0].Name() != "keyarc.db" {
 		t.Errorf("files in %s: %v", dir, entries)
 	}
-	err = db.View(ctx, func(tx *Tx) error {
+	err = db.View(ctx, func(tx store.Tx) error {
 		c, err := tx.GetCertificate("a1b")
 		if err != nil {
 			return err
 		}
-		if c.Serial != "a1b" || !c.CreatedAt.Equal(t0) || c.State != StatePending {
+		if c.Serial != "a1b" || !c.CreatedAt.Equal(t0) || c.State != store.StatePending {
 			t.Errorf("after reopen: %+v", c)
 		}
 		return nil
@@ -177,15 +179,15 @@ func TestReopenKeepsData(t *testing.T) {
 
 func TestViewSeesCommittedAndIsReadOnly(t *testing.T) {
 	db, _ := openTest(t)
-	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
-	err := db.View(ctx, func(tx *Tx) error {
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.InsertCertificate(cert("01")) })
+	err := db.View(ctx, func(tx store.Tx) error {
 		if _, err := tx.GetCertificate("1"); err != nil {
 			return err
 		}
-		if err := tx.InsertCertificate(cert("02")); !errors.Is(err, ErrReadOnly) {
+		if err := tx.InsertCertificate(cert("02")); !errors.Is(err, store.ErrReadOnly) {
 			t.Errorf("insert in View = %v, want ErrReadOnly", err)
 		}
-		if err := tx.FailCertificate("01"); !errors.Is(err, ErrReadOnly) {
+		if err := tx.FailCertificate("01"); !errors.Is(err, store.ErrReadOnly) {
 			t.Errorf("fail in View = %v, want ErrReadOnly", err)
 		}
 		return nil
@@ -197,11 +199,11 @@ func TestViewSeesCommittedAndIsReadOnly(t *testing.T) {
 
 func TestViewConcurrentWithUpdate(t *testing.T) {
 	db, _ := openTest(t)
-	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.InsertCertificate(cert("01")) })
 	release, wait := hold(t, db) // the writer is inside a transaction
 	defer release()
 	// A View does not wait for the writer.
-	if err := db.View(ctx, func(tx *Tx) error { _, err := tx.GetCertificate("01"); return err }); err != nil {
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCertificate("01"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	release()
@@ -212,15 +214,15 @@ func TestViewConcurrentWithUpdate(t *testing.T) {
 
 func TestTxUsedAfterFn(t *testing.T) {
 	db, _ := openTest(t)
-	var kept *Tx
-	mustUpdate(t, db, func(tx *Tx) error { kept = tx; return nil })
-	if _, err := kept.GetCertificate("01"); !errors.Is(err, ErrTxDone) {
+	var kept store.Tx
+	mustUpdate(t, db, func(tx store.Tx) error { kept = tx; return nil })
+	if _, err := kept.GetCertificate("01"); !errors.Is(err, store.ErrTxDone) {
 		t.Errorf("GetCertificate on a finished Tx = %v, want ErrTxDone", err)
 	}
-	if err := db.View(ctx, func(tx *Tx) error { kept = tx; return nil }); err != nil {
+	if err := db.View(ctx, func(tx store.Tx) error { kept = tx; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kept.GetCertificate("01"); !errors.Is(err, ErrTxDone) {
+	if _, err := kept.GetCertificate("01"); !errors.Is(err, store.ErrTxDone) {
 		t.Errorf("GetCertificate on a finished View Tx = %v, want ErrTxDone", err)
 	}
 }
@@ -235,7 +237,7 @@ func TestGroupCommit(t *testing.T) {
 		errs := make(chan error, n)
 		for i := range n {
 			wg.Go(func() {
-				errs <- db.Update(ctx, func(tx *Tx) error {
+				errs <- db.Update(ctx, func(tx store.Tx) error {
 					return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1)))
 				})
 			})
@@ -255,7 +257,7 @@ func TestGroupCommit(t *testing.T) {
 		if st.Commits >= n/2 {
 			t.Errorf("%d commits for %d concurrent updates: not batching", st.Commits, n)
 		}
-		assertCount(t, db, Filter{}, n)
+		assertCount(t, db, store.Filter{}, n)
 	})
 
 	t.Run("one batch", func(t *testing.T) {
@@ -264,7 +266,7 @@ func TestGroupCommit(t *testing.T) {
 		var wg sync.WaitGroup
 		for i := range n {
 			wg.Go(func() {
-				if err := db.Update(ctx, func(tx *Tx) error {
+				if err := db.Update(ctx, func(tx store.Tx) error {
 					return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1)))
 				}); err != nil {
 					t.Error(err)
@@ -281,7 +283,7 @@ func TestGroupCommit(t *testing.T) {
 		if st.Commits != 1 || st.MaxBatch != n+1 {
 			t.Errorf("stats %+v, want 1 commit of %d functions", st, n+1)
 		}
-		assertCount(t, db, Filter{}, n)
+		assertCount(t, db, store.Filter{}, n)
 	})
 
 	t.Run("bounded batch", func(t *testing.T) {
@@ -291,7 +293,7 @@ func TestGroupCommit(t *testing.T) {
 		var wg sync.WaitGroup
 		for range m {
 			wg.Go(func() {
-				if err := db.Update(ctx, func(*Tx) error { return nil }); err != nil {
+				if err := db.Update(ctx, func(store.Tx) error { return nil }); err != nil {
 					t.Error(err)
 				}
 			})
@@ -308,9 +310,9 @@ func TestGroupCommit(t *testing.T) {
 	})
 }
 
-func assertCount(t *testing.T, db *DB, f Filter, want int) {
+func assertCount(t *testing.T, db *DB, f store.Filter, want int) {
 	t.Helper()
-	err := db.View(ctx, func(tx *Tx) error {
+	err := db.View(ctx, func(tx store.Tx) error {
 		l, err := tx.ListCertificates(f)
 		if len(l) != want {
 			t.Errorf("ListCertificates(%+v): %d rows, want %d", f, len(l), want)
@@ -336,7 +338,7 @@ func TestBatchIsolation(t *testing.T) {
 	results := make(chan result, n)
 	for i := range n {
 		go func() {
-			err := db.Update(ctx, func(tx *Tx) error {
+			err := db.Update(ctx, func(tx store.Tx) error {
 				if err := tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1))); err != nil {
 					return err
 				}
@@ -364,7 +366,7 @@ func TestBatchIsolation(t *testing.T) {
 		case 1:
 			want = errBoom
 		case 2:
-			want = ErrPanic
+			want = store.ErrPanic
 		}
 		if !errors.Is(r.err, want) || (want == nil && r.err != nil) {
 			t.Errorf("update %d = %v, want %v", r.i, r.err, want)
@@ -374,13 +376,13 @@ func TestBatchIsolation(t *testing.T) {
 	if st.Commits != 1 || st.Failed != 2*n/3 {
 		t.Errorf("stats %+v, want 1 commit, %d failed", st, 2*n/3)
 	}
-	err := db.View(ctx, func(tx *Tx) error {
+	err := db.View(ctx, func(tx store.Tx) error {
 		for i := range n {
 			_, err := tx.GetCertificate(fmt.Sprintf("%x", i+1))
 			if i%3 == 0 && err != nil {
 				t.Errorf("row of successful update %d: %v", i, err)
 			}
-			if i%3 != 0 && !errors.Is(err, ErrNotFound) {
+			if i%3 != 0 && !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("row of failed update %d: %v, want ErrNotFound", i, err)
 			}
 		}
@@ -390,25 +392,25 @@ func TestBatchIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The writer survived.
-	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("ffff")) })
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.InsertCertificate(cert("ffff")) })
 }
 
 func TestPanicAlone(t *testing.T) {
 	db, _ := openTest(t)
-	err := db.Update(ctx, func(tx *Tx) error {
+	err := db.Update(ctx, func(tx store.Tx) error {
 		if err := tx.InsertCertificate(cert("01")); err != nil {
 			return err
 		}
 		panic("secret-looking panic value")
 	})
-	if !errors.Is(err, ErrPanic) {
+	if !errors.Is(err, store.ErrPanic) {
 		t.Fatalf("Update = %v, want ErrPanic", err)
 	}
 	if got := err.Error(); got != "store: update function panicked: panic value of type string" {
 		t.Errorf("panic error %q", got)
 	}
-	err = db.View(ctx, func(tx *Tx) error { _, err := tx.GetCertificate("01"); return err })
-	if !errors.Is(err, ErrNotFound) {
+	err = db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCertificate("01"); return err })
+	if !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("row of a panicking update: %v, want ErrNotFound", err)
 	}
 	if st := db.Stats(); st.Commits != 0 {
@@ -423,17 +425,17 @@ func TestCommitFailure(t *testing.T) {
 	release, wait := hold(t, db)
 	good := make(chan error, 1)
 	go func() {
-		good <- db.Update(ctx, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
+		good <- db.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificate(cert("01")) })
 	}()
 	waitQueue(t, db, 1)
 	bad := make(chan error, 1)
 	go func() {
-		bad <- db.Update(ctx, func(tx *Tx) error {
-			if _, err := tx.q.ExecContext(tx.ctx, "PRAGMA defer_foreign_keys = ON"); err != nil {
+		bad <- db.Update(ctx, func(tx store.Tx) error {
+			if _, err := tx.(*Tx).q.ExecContext(tx.(*Tx).ctx, "PRAGMA defer_foreign_keys = ON"); err != nil {
 				return err
 			}
 			// Epoch 7 does not exist: the violation surfaces at COMMIT.
-			return tx.InsertRecord(Record{ID: "r1", Email: "a@example.com", Epoch: 7, Blob: []byte{1}})
+			return tx.InsertRecord(store.Record{ID: "r1", Email: "a@example.com", Epoch: 7, Blob: []byte{1}})
 		})
 	}()
 	waitQueue(t, db, 2)
@@ -442,15 +444,15 @@ func TestCommitFailure(t *testing.T) {
 		t.Error("holding update of the failed batch succeeded")
 	}
 	for name, c := range map[string]chan error{"good": good, "bad": bad} {
-		if err := <-c; !errors.Is(err, ErrNotFound) {
+		if err := <-c; !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("%s update = %v, want the commit's ErrNotFound", name, err)
 		}
 	}
 	if st := db.Stats(); st.CommitErrors != 1 || st.Commits != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
-	assertCount(t, db, Filter{}, 1)
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.InsertCertificate(cert("01")) })
+	assertCount(t, db, store.Filter{}, 1)
 }
 
 func TestCancel(t *testing.T) {
@@ -463,7 +465,7 @@ func TestCancel(t *testing.T) {
 		var ran atomic.Bool
 		errc := make(chan error, 1)
 		go func() {
-			errc <- db.Update(cctx, func(tx *Tx) error {
+			errc <- db.Update(cctx, func(tx store.Tx) error {
 				ran.Store(true)
 				return tx.InsertCertificate(cert("c1"))
 			})
@@ -477,7 +479,7 @@ func TestCancel(t *testing.T) {
 		if err := wait(); err != nil {
 			t.Fatal(err)
 		}
-		mustUpdate(t, db, func(*Tx) error { return nil }) // the writer has passed the cancelled request
+		mustUpdate(t, db, func(store.Tx) error { return nil }) // the writer has passed the cancelled request
 		if ran.Load() {
 			t.Error("cancelled function ran")
 		}
@@ -486,7 +488,7 @@ func TestCancel(t *testing.T) {
 	t.Run("already cancelled", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if err := db.Update(cctx, func(*Tx) error { return nil }); !errors.Is(err, context.Canceled) {
+		if err := db.Update(cctx, func(store.Tx) error { return nil }); !errors.Is(err, context.Canceled) {
 			t.Errorf("Update = %v, want context.Canceled", err)
 		}
 	})
@@ -494,14 +496,14 @@ func TestCancel(t *testing.T) {
 	t.Run("after fn ran", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		err := db.Update(cctx, func(tx *Tx) error {
+		err := db.Update(cctx, func(tx store.Tx) error {
 			cancel()
 			return tx.InsertCertificate(cert("c2"))
 		})
 		if err != nil {
 			t.Fatalf("Update = %v, want nil: fn ran, so it waits for the commit", err)
 		}
-		assertCount(t, db, Filter{Email: "alice@example.com"}, 1)
+		assertCount(t, db, store.Filter{Email: "alice@example.com"}, 1)
 	})
 }
 
@@ -517,7 +519,7 @@ func TestClose(t *testing.T) {
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {
-			errs <- db.Update(ctx, func(tx *Tx) error { return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1))) })
+			errs <- db.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificate(cert(fmt.Sprintf("%x", i+1))) })
 		}()
 	}
 	waitQueue(t, db, n)
@@ -532,7 +534,7 @@ func TestClose(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if err := db.Update(ctx, func(*Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+	if err := db.Update(ctx, func(store.Tx) error { return nil }); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("Update while closing = %v, want ErrClosed", err)
 	}
 	release()
@@ -550,10 +552,10 @@ func TestClose(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Errorf("second Close = %v", err)
 	}
-	if err := db.Update(ctx, func(*Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+	if err := db.Update(ctx, func(store.Tx) error { return nil }); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("Update after Close = %v, want ErrClosed", err)
 	}
-	if err := db.View(ctx, func(*Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+	if err := db.View(ctx, func(store.Tx) error { return nil }); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("View after Close = %v, want ErrClosed", err)
 	}
 	db, err = Open(path)
@@ -561,16 +563,16 @@ func TestClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	assertCount(t, db, Filter{}, n)
+	assertCount(t, db, store.Filter{}, n)
 }
 
 func TestErrorMessages(t *testing.T) {
 	db, _ := openTest(t)
-	mustUpdate(t, db, func(tx *Tx) error { return tx.InsertCertificate(cert("01")) })
-	for _, fn := range []func(*Tx) error{
-		func(tx *Tx) error { return tx.InsertCertificate(cert("01")) },
-		func(tx *Tx) error { _, err := tx.GetCertificate("02"); return err },
-		func(tx *Tx) error { return tx.ClaimCode("c", t0) },
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.InsertCertificate(cert("01")) })
+	for _, fn := range []func(store.Tx) error{
+		func(tx store.Tx) error { return tx.InsertCertificate(cert("01")) },
+		func(tx store.Tx) error { _, err := tx.GetCertificate("02"); return err },
+		func(tx store.Tx) error { return tx.ClaimCode("c", t0) },
 	} {
 		err := db.Update(ctx, fn)
 		if err == nil || !strings.HasPrefix(err.Error(), "store: ") {
@@ -607,7 +609,7 @@ func TestPartialIndexes(t *testing.T) {
 	if p := plan(`SELECT serial FROM certificates WHERE code_id = ?`, "code-1"); !strings.Contains(p, "certificates_code") {
 		t.Errorf("certificates of a code: plan %q does not use certificates_code", p)
 	}
-	err := db.Update(ctx, func(tx *Tx) error {
+	err := db.Update(ctx, func(tx store.Tx) error {
 		c := cert("0a01")
 		if err := tx.InsertCertificate(c); err != nil {
 			return err
@@ -629,9 +631,9 @@ func TestPartialIndexes(t *testing.T) {
 			t.Errorf("%s holds %d rows, want %d", index, n, want)
 		}
 	}
-	var list []Certificate
-	err = db.View(ctx, func(tx *Tx) (err error) {
-		list, err = tx.ListCertificates(Filter{KRA: "kra-1"})
+	var list []store.Certificate
+	err = db.View(ctx, func(tx store.Tx) (err error) {
+		list, err = tx.ListCertificates(store.Filter{KRA: "kra-1"})
 		return err
 	})
 	if err != nil || len(list) != 1 || list[0].Serial != "a02" {
@@ -670,9 +672,9 @@ func TestMigrateFromVersion4(t *testing.T) {
 	if err := db.r.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil || v != len(migrations) {
 		t.Fatalf("user_version %d (%v), want %d", v, err, len(migrations))
 	}
-	var list []Certificate
-	err = db.View(ctx, func(tx *Tx) (err error) {
-		list, err = tx.ListCertificates(Filter{KRA: "kra-1"})
+	var list []store.Certificate
+	err = db.View(ctx, func(tx store.Tx) (err error) {
+		list, err = tx.ListCertificates(store.Filter{KRA: "kra-1"})
 		return err
 	})
 	if err != nil || len(list) != 1 || list[0].Serial != "b01" {

@@ -1,15 +1,13 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
 )
-
-// ErrCorrupt reports a database file that fails SQLite's integrity check.
-var ErrCorrupt = errors.New("store: database file is corrupt")
 
 // Check runs SQLite's quick integrity check over the whole file (pages, indexes, constraints).
 // The appliance runs it at start-up and refuses to serve a corrupt database.
@@ -17,28 +15,28 @@ func (db *DB) Check(ctx context.Context) error {
 	db.viewMu.RLock()
 	defer db.viewMu.RUnlock()
 	if db.viewClosed {
-		return ErrClosed
+		return store.ErrClosed
 	}
 	rows, err := db.r.QueryContext(ctx, "PRAGMA quick_check")
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+		return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
 	}
 	defer rows.Close()
 	var problems []string
 	for rows.Next() {
 		var line string
 		if err := rows.Scan(&line); err != nil {
-			return fmt.Errorf("%w: %w", ErrCorrupt, err)
+			return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
 		}
 		if line != "ok" && len(problems) < 5 {
 			problems = append(problems, line)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+		return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%w: %s", ErrCorrupt, strings.Join(problems, "; "))
+		return fmt.Errorf("%w: %s", store.ErrCorrupt, strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -60,7 +58,7 @@ func (db *DB) Backup(ctx context.Context, path string) error {
 	defer db.viewMu.RUnlock()
 	if db.viewClosed {
 		os.Remove(path)
-		return ErrClosed
+		return store.ErrClosed
 	}
 	if _, err := db.r.ExecContext(ctx, "VACUUM INTO ?", path); err != nil {
 		os.Remove(path)

@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"errors"
 	"sync"
 	"testing"
@@ -17,7 +19,7 @@ func TestBatchAbandonedIsUnavailable(t *testing.T) {
 	start := make(chan struct{})
 	// The first function holds the writer until the second is queued, so both share a batch.
 	wg.Go(func() {
-		errs[0] = db.Update(ctx, func(tx *Tx) error {
+		errs[0] = db.Update(ctx, func(tx store.Tx) error {
 			close(start)
 			for db.queueLen() == 0 {
 			}
@@ -26,19 +28,19 @@ func TestBatchAbandonedIsUnavailable(t *testing.T) {
 	})
 	<-start
 	wg.Go(func() {
-		errs[1] = db.Update(ctx, func(tx *Tx) error {
+		errs[1] = db.Update(ctx, func(tx store.Tx) error {
 			// What an I/O error in the middle of a statement can do: the transaction is gone.
-			_, err := tx.q.ExecContext(tx.ctx, "ROLLBACK")
+			_, err := tx.(*Tx).q.ExecContext(tx.(*Tx).ctx, "ROLLBACK")
 			return err
 		})
 	})
 	wg.Wait()
 	for i, err := range errs {
-		if !errors.Is(err, ErrUnavailable) {
+		if !errors.Is(err, store.ErrUnavailable) {
 			t.Errorf("request %d of the abandoned batch: %v, want ErrUnavailable", i, err)
 		}
 	}
-	if err := db.Update(ctx, func(tx *Tx) error { return nil }); err != nil {
+	if err := db.Update(ctx, func(tx store.Tx) error { return nil }); err != nil {
 		t.Fatalf("the next batch: %v", err)
 	}
 }

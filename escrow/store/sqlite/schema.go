@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"context"
 	"database/sql"
 	"fmt"
@@ -245,7 +247,7 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 	}
 	if v > len(migrations) {
 		return fmt.Errorf("store: migrate: database schema version %d is newer than this program's %d: %w",
-			v, len(migrations), ErrSchema)
+			v, len(migrations), store.ErrSchema)
 	}
 	for i := v; i < len(migrations); i++ {
 		if _, err := conn.ExecContext(ctx, migrations[i]); err != nil {

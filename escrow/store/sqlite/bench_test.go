@@ -1,6 +1,8 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -18,9 +20,9 @@ func BenchmarkUpdateParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			n := next.Add(1)
-			err := db.Update(ctx, func(tx *Tx) error {
+			err := db.Update(ctx, func(tx store.Tx) error {
 				c := cert(fmt.Sprintf("%x", n))
-				c.State, c.DER, c.NotBefore, c.NotAfter = StateIssued, der, t0, t0.AddDate(1, 0, 0)
+				c.State, c.DER, c.NotBefore, c.NotAfter = store.StateIssued, der, t0, t0.AddDate(1, 0, 0)
 				return tx.InsertCertificate(c)
 			})
 			if err != nil {
@@ -45,9 +47,9 @@ func BenchmarkUpdateSerial(b *testing.B) {
 	der := make([]byte, 1200)
 	b.ResetTimer()
 	for i := range b.N {
-		err := db.Update(ctx, func(tx *Tx) error {
+		err := db.Update(ctx, func(tx store.Tx) error {
 			c := cert(fmt.Sprintf("%x", i+1))
-			c.State, c.DER, c.NotBefore, c.NotAfter = StateIssued, der, t0, t0.AddDate(1, 0, 0)
+			c.State, c.DER, c.NotBefore, c.NotAfter = store.StateIssued, der, t0, t0.AddDate(1, 0, 0)
 			return tx.InsertCertificate(c)
 		})
 		if err != nil {

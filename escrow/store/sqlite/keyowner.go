@@ -1,16 +1,12 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 )
-
-// ErrKeyArchivedElsewhere: the private key of a record is already archived for another
-// mailbox. A key belongs to one mailbox: archiving it for a second would let a recovery of
-// either mailbox release the other's key. The error never names the other mailbox.
-var ErrKeyArchivedElsewhere = errors.New("store: key already archived for another mailbox")
 
 // recordFingerprint reads the key fingerprint (hex SHA-256 of the SubjectPublicKeyInfo) from
 // the header of a version-1 escrow record (the format of escrow/record): magic "KARC",
@@ -37,7 +33,7 @@ func recordFingerprint(blob []byte) string {
 // checkKeyOwners refuses records whose key is archived, in a live record (pending or
 // active), for another mailbox: among rs themselves or in the store. It runs in the insert's
 // transaction, on the writer, so two concurrent inserts cannot both pass.
-func (tx *Tx) checkKeyOwners(op string, rs []Record, fps []string) error {
+func (tx *Tx) checkKeyOwners(op string, rs []store.Record, fps []string) error {
 	owner := make(map[string]string, len(rs))
 	for i, r := range rs {
 		fp := fps[i]
@@ -46,7 +42,7 @@ func (tx *Tx) checkKeyOwners(op string, rs []Record, fps []string) error {
 		}
 		if o, ok := owner[fp]; ok {
 			if o != r.Email {
-				return fmt.Errorf("store: %s %s: %w", op, r.ID, ErrKeyArchivedElsewhere)
+				return fmt.Errorf("store: %s %s: %w", op, r.ID, store.ErrKeyArchivedElsewhere)
 			}
 			continue
 		}
@@ -75,7 +71,7 @@ func (tx *Tx) KeyArchivedElsewhere(fingerprint, email string) error {
 		return err
 	}
 	if n > 0 {
-		return ErrKeyArchivedElsewhere
+		return store.ErrKeyArchivedElsewhere
 	}
 	return nil
 }

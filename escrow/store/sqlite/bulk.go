@@ -1,61 +1,19 @@
-package store
+package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/store"
+
 	"database/sql"
 	"fmt"
 	"time"
 )
 
-// Job and job-item states.
-const (
-	JobQueued    = "queued"
-	JobRunning   = "running"
-	JobDone      = "done"
-	JobCancelled = "cancelled"
-
-	ItemReserved = "reserved" // serial reserved, certificate not yet issued
-	ItemDone     = "done"
-	ItemFailed   = "failed"
-)
-
-// Job is a bulk job: a file of many enrollments, key generations or imports.
-type Job struct {
-	ID          string
-	Kind        string // enroll, keygen or import
-	Template    string
-	SubmittedBy string
-	State       string // queued, running, done or cancelled; "" on insert means queued
-	Input       string // path of the job file
-	// SecretKey is the job's password key wrapped to the transport key (keygen jobs), or nil
-	// once the passwords have been released.
-	SecretKey  []byte
-	Total      int
-	Done       int
-	Failed     int
-	CreatedAt  time.Time // zero on insert means now
-	StartedAt  time.Time
-	FinishedAt time.Time
-}
-
-// JobItem is the outcome of one item of a job.
-type JobItem struct {
-	JobID    string
-	Seq      int
-	State    string // reserved, done or failed
-	Serial   string
-	RecordID string
-	Error    string
-	Result   []byte // the certificate (DER), read from the certificates table
-	PKCS12   []byte // keygen: the user's PKCS#12, encrypted with its own password
-	Password []byte // keygen: that password, sealed with the job's secret key
-}
-
 const jobColumns = `id, kind, template, submitted_by, state, input, secret_key, total, done, failed,
 	created_at, started_at, finished_at`
 
-func scanJob(scan func(...any) error) (*Job, error) {
+func scanJob(scan func(...any) error) (*store.Job, error) {
 	var (
-		j                 Job
+		j                 store.Job
 		cr, st, fin       sql.NullInt64
 		total, done, fail int64
 	)
@@ -70,17 +28,17 @@ func scanJob(scan func(...any) error) (*Job, error) {
 
 // InsertJob stores a new job. ID, Kind, Template, SubmittedBy and Input are required; a
 // duplicate ID gives [ErrConflict].
-func (tx *Tx) InsertJob(j Job) error {
+func (tx *Tx) InsertJob(j store.Job) error {
 	const op = "insert job"
 	if j.State == "" {
-		j.State = JobQueued
+		j.State = store.JobQueued
 	}
 	switch {
 	case j.ID == "" || j.Template == "" || j.SubmittedBy == "" || j.Input == "":
 		return invalid(op, "id, template, submitted_by and input are required")
 	case !oneOf(j.Kind, "enroll", "keygen", "import"):
 		return invalid(op, "kind %q", j.Kind)
-	case !oneOf(j.State, JobQueued, JobRunning, JobDone, JobCancelled):
+	case !oneOf(j.State, store.JobQueued, store.JobRunning, store.JobDone, store.JobCancelled):
 		return invalid(op, "state %q", j.State)
 	case j.Total < 0:
 		return invalid(op, "negative total")
@@ -92,8 +50,8 @@ func (tx *Tx) InsertJob(j Job) error {
 }
 
 // GetJob returns the job with the given ID, or [ErrNotFound].
-func (tx *Tx) GetJob(id string) (*Job, error) {
-	var j *Job
+func (tx *Tx) GetJob(id string) (*store.Job, error) {
+	var j *store.Job
 	err := tx.query("get job", func(r *sql.Rows) error {
 		var err error
 		j, err = scanJob(r.Scan)
@@ -103,14 +61,14 @@ func (tx *Tx) GetJob(id string) (*Job, error) {
 		return nil, err
 	}
 	if j == nil {
-		return nil, fmt.Errorf("store: get job: %w", ErrNotFound)
+		return nil, fmt.Errorf("store: get job: %w", store.ErrNotFound)
 	}
 	return j, nil
 }
 
 // ListJobs returns the jobs in the given state ("" for all), oldest first.
-func (tx *Tx) ListJobs(state string) ([]Job, error) {
-	var out []Job
+func (tx *Tx) ListJobs(state string) ([]store.Job, error) {
+	var out []store.Job
 	err := tx.query("list jobs", func(r *sql.Rows) error {
 		j, err := scanJob(r.Scan)
 		if err == nil {
@@ -131,7 +89,7 @@ func (tx *Tx) StartJob(id string, at time.Time) error {
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("store: %s %s: not queued or running: %w", op, id, ErrConflict)
+		return fmt.Errorf("store: %s %s: not queued or running: %w", op, id, store.ErrConflict)
 	}
 	return nil
 }
@@ -139,7 +97,7 @@ func (tx *Tx) StartJob(id string, at time.Time) error {
 // FinishJob sets a job's final state and counters.
 func (tx *Tx) FinishJob(id, state string, done, failed int, at time.Time) error {
 	const op = "finish job"
-	if !oneOf(state, JobDone, JobCancelled) {
+	if !oneOf(state, store.JobDone, store.JobCancelled) {
 		return invalid(op, "state %q", state)
 	}
 	n, err := tx.exec(op, `UPDATE jobs SET state = ?, done = ?, failed = ?, finished_at = ?
@@ -148,7 +106,7 @@ func (tx *Tx) FinishJob(id, state string, done, failed int, at time.Time) error 
 		return err
 	}
 	if n == 0 {
-		return fmt.Errorf("store: %s %s: not queued or running: %w", op, id, ErrConflict)
+		return fmt.Errorf("store: %s %s: not queued or running: %w", op, id, store.ErrConflict)
 	}
 	return nil
 }
@@ -173,11 +131,11 @@ func (tx *Tx) JobCounts(id string) (done, failed, reserved int, err error) {
 			return err
 		}
 		switch state {
-		case ItemDone:
+		case store.ItemDone:
 			done = n
-		case ItemFailed:
+		case store.ItemFailed:
 			failed = n
-		case ItemReserved:
+		case store.ItemReserved:
 			reserved = n
 		}
 		return nil
@@ -190,7 +148,7 @@ func (tx *Tx) JobCounts(id string) (done, failed, reserved int, err error) {
 // reserved) gives [ErrConflict], which is what makes issuance idempotent by seq.
 func (tx *Tx) ReserveJobItem(jobID string, seq int, serial, recordID string) error {
 	const op = "reserve job item"
-	s, err := NormalizeSerial(serial)
+	s, err := store.NormalizeSerial(serial)
 	if err != nil {
 		return err
 	}
@@ -209,7 +167,7 @@ func (tx *Tx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) erro
 		return err
 	}
 	if n != 1 {
-		return fmt.Errorf("store: %s %s/%d: not reserved: %w", op, jobID, seq, ErrConflict)
+		return fmt.Errorf("store: %s %s/%d: not reserved: %w", op, jobID, seq, store.ErrConflict)
 	}
 	return nil
 }
@@ -217,20 +175,14 @@ func (tx *Tx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) erro
 // InsertJobItemDone records an item finished in one transaction (an import): [ErrConflict] if
 // the item is already present.
 func (tx *Tx) InsertJobItemDone(jobID string, seq int, serial, recordID string) error {
-	return tx.InsertJobItemsDone(jobID, []DoneItem{{Seq: seq, Serial: serial, RecordID: recordID}})
-}
-
-// DoneItem is an item of a job finished in one transaction, for [Tx.InsertJobItemsDone].
-type DoneItem struct {
-	Seq              int
-	Serial, RecordID string
+	return tx.InsertJobItemsDone(jobID, []store.DoneItem{{Seq: seq, Serial: serial, RecordID: recordID}})
 }
 
 // InsertJobItemsDone is [Tx.InsertJobItemDone] for many items of a job, with few statements.
-func (tx *Tx) InsertJobItemsDone(jobID string, items []DoneItem) error {
+func (tx *Tx) InsertJobItemsDone(jobID string, items []store.DoneItem) error {
 	args := make([]any, 0, 5*len(items))
 	for _, it := range items {
-		s, err := NormalizeSerial(it.Serial)
+		s, err := store.NormalizeSerial(it.Serial)
 		if err != nil {
 			return err
 		}
@@ -250,7 +202,7 @@ func (tx *Tx) FailJobItem(jobID string, seq int, reason string) error {
 		return err
 	}
 	if n != 1 {
-		return fmt.Errorf("store: %s %s/%d: already finished: %w", op, jobID, seq, ErrConflict)
+		return fmt.Errorf("store: %s %s/%d: already finished: %w", op, jobID, seq, store.ErrConflict)
 	}
 	return nil
 }
@@ -280,13 +232,13 @@ func (tx *Tx) JobItemSeqs(jobID string, fn func(seq int, state string) error) er
 
 // JobItems calls fn with every item of a job whose seq is at least from, in seq order, at most
 // limit of them (0: no limit).
-func (tx *Tx) JobItems(jobID string, from, limit int, fn func(JobItem) error) error {
+func (tx *Tx) JobItems(jobID string, from, limit int, fn func(store.JobItem) error) error {
 	if limit <= 0 {
 		limit = -1
 	}
 	return tx.query("job items", func(r *sql.Rows) error {
 		var (
-			it                        JobItem
+			it                        store.JobItem
 			serial, recordID, errText sql.NullString
 		)
 		if err := r.Scan(&it.JobID, &it.Seq, &it.State, &serial, &recordID, &errText, &it.Result, &it.PKCS12, &it.Password); err != nil {

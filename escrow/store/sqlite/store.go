@@ -1,0 +1,510 @@
+package sqlite
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// MaxBatch bounds the number of Update functions group-committed in one
+// transaction.
+const MaxBatch = 256
+
+// busyTimeoutMillis is the busy_timeout set on every connection.
+const busyTimeoutMillis = 5000
+
+// Request states, owned by the writer goroutine once claimed.
+const (
+	reqQueued int32 = iota
+	reqClaimed
+	reqCancelled
+)
+
+type request struct {
+	fn    func(store.Tx) error
+	state atomic.Int32
+	err   error      // the fn's own result, set by the writer
+	res   chan error // buffered (1): the final answer
+}
+
+// DB is an open keyarc database. It is safe for concurrent use; see the
+// package documentation for the concurrency rules.
+type DB struct {
+	path string
+
+	w     *sql.DB   // writer pool, MaxOpenConns(1)
+	wconn *sql.Conn // the writer connection, owned by the writer goroutine
+	stmts *stmtCache
+	r     *sql.DB // read-only pool for View
+
+	mu      sync.Mutex
+	queue   []*request
+	closing bool
+	wake    chan struct{} // capacity 1
+	done    chan struct{} // closed when the writer goroutine exits
+
+	viewMu     sync.RWMutex // held for reading by every View; Close takes it to stop them
+	viewClosed bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	// head caches the last audit entry's seq and hash for the writer, so that appending
+	// needs no query; it is touched only by the writer goroutine (see [Tx.AppendAudit]),
+	// and dropped when another connection has written (see batch).
+	head        auditHead
+	dataVersion int64 // PRAGMA data_version when head was last known right
+
+	updates      atomic.Uint64
+	failed       atomic.Uint64
+	commits      atomic.Uint64
+	commitErrors atomic.Uint64
+	maxBatch     atomic.Int64
+}
+
+// Stats returns the writer's counters.
+func (db *DB) Stats() store.Stats {
+	return store.Stats{
+		Updates:      db.updates.Load(),
+		Failed:       db.failed.Load(),
+		Commits:      db.commits.Load(),
+		CommitErrors: db.commitErrors.Load(),
+		MaxBatch:     int(db.maxBatch.Load()),
+	}
+}
+
+// dsn builds a modernc URI filename for path with the given query.
+func dsn(path string, q string) string {
+	u := url.URL{Path: filepath.ToSlash(path)}
+	return "file:" + u.EscapedPath() + "?" + q
+}
+
+// Open opens the database at path, creating it (mode 0600) if it is missing,
+// and brings its schema up to date. The directory must exist.
+func Open(path string) (*DB, error) {
+	if path == "" {
+		return nil, fmt.Errorf("store: open: empty path: %w", store.ErrInvalid)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	// Create the file ourselves so that SQLite inherits mode 0600 for it
+	// and for its -wal and -shm companions.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+
+	// temp_store(MEMORY) keeps the statement journals of the writer's savepoints (one per
+	// Update function) in memory: on disk they were the larger part of a batch's writes.
+	pragmas := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_pragma=temp_store(MEMORY)", busyTimeoutMillis)
+	db := &DB{
+		path: abs,
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+	ctx := context.Background()
+
+	db.w, err = sql.Open("sqlite", dsn(abs, pragmas+"&_pragma=journal_mode(WAL)"))
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	db.w.SetMaxOpenConns(1)
+	db.w.SetMaxIdleConns(1)
+	db.w.SetConnMaxLifetime(0)
+	db.w.SetConnMaxIdleTime(0)
+	db.wconn, err = db.w.Conn(ctx)
+	if err != nil {
+		db.w.Close()
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	fail := func(err error) (*DB, error) {
+		db.wconn.Close()
+		db.w.Close()
+		if db.r != nil {
+			db.r.Close()
+		}
+		return nil, err
+	}
+	var mode string
+	if err := db.wconn.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fail(fmt.Errorf("store: open: %w", err))
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fail(fmt.Errorf("store: open: journal_mode is %q, want wal (does the file system support WAL?)", mode))
+	}
+	if err := migrate(ctx, db.wconn); err != nil {
+		return fail(err)
+	}
+
+	// Readers: mode=ro makes every write fail in SQLite itself; the writer
+	// has already switched the file to WAL, which readers inherit.
+	db.r, err = sql.Open("sqlite", dsn(abs, "mode=ro&"+pragmas))
+	if err != nil {
+		return fail(fmt.Errorf("store: open: %w", err))
+	}
+	n := max(4, 2*runtime.GOMAXPROCS(0))
+	db.r.SetMaxOpenConns(n)
+	db.r.SetMaxIdleConns(n)
+	if err := db.r.PingContext(ctx); err != nil {
+		return fail(fmt.Errorf("store: open read pool: %w", err))
+	}
+
+	db.stmts = &stmtCache{conn: db.wconn, m: make(map[string]*sql.Stmt)}
+	go db.writer()
+	return db, nil
+}
+
+// Close stops accepting updates, lets the writer finish every queued update,
+// then closes the database. It is safe to call more than once.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		db.mu.Lock()
+		db.closing = true
+		db.mu.Unlock()
+		db.signal()
+		<-db.done
+		db.viewMu.Lock() // waits for running Views
+		db.viewClosed = true
+		db.viewMu.Unlock()
+		errs := []error{db.stmts.close(), db.r.Close(), db.wconn.Close(), db.w.Close()}
+		if err := errors.Join(errs...); err != nil {
+			db.closeErr = fmt.Errorf("store: close: %w", err)
+		}
+	})
+	return db.closeErr
+}
+
+func (db *DB) signal() {
+	select {
+	case db.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Update runs fn inside a SAVEPOINT of a shared write transaction and returns
+// once the COMMIT that contains fn's writes is durable.
+//
+// Concurrent callers are group-committed: one COMMIT (one fsync) for many
+// callers. If fn returns an error, only its savepoint is rolled back and Update
+// returns that error (after the batch's COMMIT, since fn may have read writes
+// of other functions of the batch). A panic in fn is recovered, its savepoint
+// rolled back, and Update returns an error wrapping [ErrPanic]. If the COMMIT
+// fails, Update returns that error and fn's writes are lost.
+//
+// If ctx ends before fn starts, fn never runs and Update returns ctx.Err();
+// once fn has started, Update waits for the COMMIT whatever ctx does (fn's
+// statements are never interrupted: interrupting a write would roll back the
+// whole shared transaction). Update after [DB.Close] returns [ErrClosed]. Storage faults (and
+// ErrClosed) are returned wrapped in [ErrUnavailable].
+func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) (err error) {
+	defer func() { err = classify(err) }()
+	if fn == nil {
+		return fmt.Errorf("store: update: nil function: %w", store.ErrInvalid)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &request{fn: fn, res: make(chan error, 1)}
+	db.mu.Lock()
+	if db.closing {
+		db.mu.Unlock()
+		return store.ErrClosed
+	}
+	db.queue = append(db.queue, r)
+	db.mu.Unlock()
+	db.signal()
+
+	select {
+	case err := <-r.res:
+		return err
+	case <-ctx.Done():
+		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
+			return ctx.Err() // the writer will skip it
+		}
+		return <-r.res
+	}
+}
+
+// View runs fn in a read-only transaction on its own connection; it sees a
+// consistent snapshot of committed data. Views run concurrently with each
+// other and with Update; [DB.Close] waits for running Views, and View after
+// Close returns [ErrClosed] (wrapped, like every storage fault, in [ErrUnavailable]). Writes in
+// fn fail with [ErrReadOnly]. A panic in fn
+// propagates to the caller (the transaction is rolled back first).
+func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
+	defer func() { err = classify(err) }()
+	if fn == nil {
+		return fmt.Errorf("store: view: nil function: %w", store.ErrInvalid)
+	}
+	db.viewMu.RLock()
+	defer db.viewMu.RUnlock()
+	if db.viewClosed {
+		return store.ErrClosed
+	}
+	sqlTx, err := db.r.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: view: %w", err)
+	}
+	tx := &Tx{ctx: ctx, q: sqlTx}
+	defer func() {
+		tx.done = true
+		sqlTx.Rollback() // read-only: nothing to keep
+	}()
+	return fn(tx)
+}
+
+// queueLen reports the number of queued (possibly cancelled) requests.
+func (db *DB) queueLen() int {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return len(db.queue)
+}
+
+// next pops the next live request and claims it, or returns nil when the
+// queue is empty.
+func (db *DB) next() *request {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	for len(db.queue) > 0 {
+		r := db.queue[0]
+		db.queue[0] = nil
+		db.queue = db.queue[1:]
+		if r.state.CompareAndSwap(reqQueued, reqClaimed) {
+			return r
+		}
+	}
+	db.queue = nil
+	return nil
+}
+
+// writer is the only goroutine that writes. It exits once closing is set and
+// the queue is drained.
+func (db *DB) writer() {
+	defer close(db.done)
+	for {
+		db.mu.Lock()
+		for len(db.queue) == 0 && !db.closing {
+			db.mu.Unlock()
+			<-db.wake
+			db.mu.Lock()
+		}
+		if len(db.queue) == 0 && db.closing {
+			db.mu.Unlock()
+			return
+		}
+		db.mu.Unlock()
+		db.batch()
+	}
+}
+
+// rollback abandons the writer's transaction, and with it what the audit head cache knew.
+func (db *DB) rollback() {
+	db.exec("ROLLBACK")
+	db.head = auditHead{}
+}
+
+func (db *DB) exec(query string) error {
+	_, err := db.wconn.ExecContext(context.Background(), query)
+	return err
+}
+
+// batch runs one write transaction: as many queued functions as are
+// waiting (up to MaxBatch), each in its own savepoint, then one COMMIT.
+func (db *DB) batch() {
+	first := db.next()
+	if first == nil {
+		return
+	}
+	if err := db.exec("BEGIN IMMEDIATE"); err != nil {
+		first.res <- fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err) // never the request's fault
+		db.commitErrors.Add(1)
+		return
+	}
+	// Another process (a local `keyarc admin` command) may have written since our last
+	// transaction: SQLite's data_version tells, and then the audit head cache is stale.
+	var version int64
+	if err := db.wconn.QueryRowContext(context.Background(), "PRAGMA data_version").Scan(&version); err != nil || version != db.dataVersion {
+		db.head = auditHead{}
+		db.dataVersion = version
+	}
+	batch := make([]*request, 0, 16)
+	ok := 0
+	for r := first; r != nil; {
+		batch = append(batch, r)
+		if err := db.runOne(r); err != nil {
+			// The transaction is in an unknown state: give up on it.
+			// Requests still queued are left for the next batch. That is a fault
+			// of the storage (SQLite may have rolled the transaction back after an
+			// I/O error), not of any request of the batch.
+			err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+			db.rollback()
+			db.commitErrors.Add(1)
+			for _, b := range batch {
+				b.res <- err
+			}
+			return
+		}
+		if r.err == nil {
+			ok++
+		}
+		if len(batch) >= MaxBatch {
+			break
+		}
+		r = db.next()
+	}
+	if int64(len(batch)) > db.maxBatch.Load() {
+		db.maxBatch.Store(int64(len(batch)))
+	}
+	if ok == 0 {
+		// Nothing to keep: no need to pay for a COMMIT.
+		db.rollback()
+		for _, b := range batch {
+			b.res <- b.err
+		}
+		return
+	}
+	if err := db.exec("COMMIT"); err != nil {
+		// A failed COMMIT (for instance a deferred constraint) may leave
+		// the transaction open: roll it back so the next BEGIN works.
+		db.rollback()
+		db.commitErrors.Add(1)
+		err = fmt.Errorf("store: commit: %w", mapErr(err))
+		for _, b := range batch {
+			b.res <- err
+		}
+		return
+	}
+	db.commits.Add(1)
+	for _, b := range batch {
+		b.res <- b.err
+	}
+}
+
+// runOne runs r.fn in a savepoint and records its result in r.err. It
+// returns an error only if the savepoint machinery itself failed, in which
+// case the whole transaction must be abandoned.
+func (db *DB) runOne(r *request) error {
+	if err := db.exec("SAVEPOINT u"); err != nil {
+		return fmt.Errorf("store: savepoint: %w", err)
+	}
+	db.updates.Add(1)
+	saved := db.head
+	tx := &Tx{ctx: context.Background(), q: db.stmts, writable: true, head: &db.head}
+	r.err = callFn(r.fn, tx)
+	tx.done = true
+	if r.err != nil {
+		db.head = saved // the function's entries are rolled back with its savepoint
+	}
+	if r.err == nil {
+		if err := db.exec("RELEASE u"); err != nil {
+			return fmt.Errorf("store: release savepoint: %w", err)
+		}
+		return nil
+	}
+	db.failed.Add(1)
+	if err := db.exec("ROLLBACK TO u"); err != nil {
+		return fmt.Errorf("store: rollback savepoint: %w", err)
+	}
+	if err := db.exec("RELEASE u"); err != nil {
+		return fmt.Errorf("store: release savepoint: %w", err)
+	}
+	return nil
+}
+
+// callFn runs fn, turning a panic into an error. The panic value is not
+// included (it might carry data); only its type, or the message of a
+// runtime error, is.
+func callFn(fn func(store.Tx) error, tx *Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if re, ok := p.(runtime.Error); ok {
+				err = fmt.Errorf("%w: %s", store.ErrPanic, re.Error())
+			} else {
+				err = fmt.Errorf("%w: panic value of type %T", store.ErrPanic, p)
+			}
+		}
+	}()
+	return fn(tx)
+}
+
+// stmtCache prepares each statement once on the writer connection. It is
+// used only from the writer goroutine.
+type stmtCache struct {
+	conn *sql.Conn
+	m    map[string]*sql.Stmt
+}
+
+func (c *stmtCache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	if s, ok := c.m[query]; ok {
+		return s, nil
+	}
+	s, err := c.conn.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	c.m[query] = s
+	return s, nil
+}
+
+func (c *stmtCache) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	s, err := c.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.ExecContext(ctx, args...)
+}
+
+func (c *stmtCache) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	s, err := c.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.QueryContext(ctx, args...)
+}
+
+func (c *stmtCache) close() error {
+	var errs []error
+	for _, s := range c.m {
+		errs = append(errs, s.Close())
+	}
+	c.m = nil
+	return errors.Join(errs...)
+}
+
+// mapErr maps SQLite constraint failures to the store's sentinels, keeping
+// SQLite's message (which names the table and column, never a value).
+func mapErr(err error) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() {
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return fmt.Errorf("%w (%w)", store.ErrConflict, err)
+	case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+		return fmt.Errorf("%w: referenced row missing (%w)", store.ErrNotFound, err)
+	case sqlite3.SQLITE_CONSTRAINT_CHECK, sqlite3.SQLITE_CONSTRAINT_NOTNULL:
+		return fmt.Errorf("%w (%w)", store.ErrInvalid, err)
+	}
+	return err
+}
+
+var _ store.Store = (*DB)(nil)
