@@ -151,7 +151,7 @@ func TestVerifyIntact(t *testing.T) {
 func forged(prev []byte, seq int64) (string, []byte) {
 	e := store.AuditEntry{Seq: seq, At: time.Date(2025, 6, 1, 9, 30, 0, 0, time.UTC), Kind: "recovery-fetched", Actor: "officer:mallory", Subject: "x", Details: "{}"}
 	return fmt.Sprintf("INSERT INTO audit (seq, at, kind, actor, subject, details, prev, hash) VALUES (%d, %d, '%s', '%s', '%s', '%s', x'%x', x'%x')",
-		seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, prev, store.ChainHash(prev, e)), store.ChainHash(prev, e)
+		seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, prev, ChainHash(prev, e)), ChainHash(prev, e)
 }
 
 func TestVerifyTampering(t *testing.T) {
@@ -213,7 +213,7 @@ func TestVerifyTampering(t *testing.T) {
 				if e.Seq == 3 {
 					e.Actor = "admin:mallory"
 				}
-				h := store.ChainHash(prev, e)
+				h := ChainHash(prev, e)
 				if _, err := raw.Exec(`UPDATE audit SET actor = ?, prev = ?, hash = ? WHERE seq = ?`, e.Actor, prev, h, e.Seq); err != nil {
 					t.Fatal(err)
 				}

@@ -126,7 +126,7 @@ func ReadHead(path string) (*Head, error) {
 		return nil, fmt.Errorf("audit: read head: %w", err)
 	}
 	var h Head
-	if err := json.Unmarshal(b, &h); err != nil || h.Seq < 1 || len(h.Hash) != store.AuditHashSize {
+	if err := json.Unmarshal(b, &h); err != nil || h.Seq < 1 || len(h.Hash) != HashSize {
 		return nil, fmt.Errorf("%w: head file %s is not a keyarc audit head", ErrBadSignature, path)
 	}
 	h.At = h.At.UTC()

@@ -6,7 +6,7 @@
 // # The chain
 //
 // Every entry carries the SHA-256 of the entry before it and of its own fields
-// ([store.ChainHash]). A changed byte, a deleted entry, two entries swapped or an entry inserted
+// ([ChainHash]). A changed byte, a deleted entry, two entries swapped or an entry inserted
 // in the middle breaks the chain where it happened. Recomputing every hash after the change
 // needs no secret, so the chain alone does not resist a determined forger: checkpoints do. A
 // checkpoint is the audit key's signature over (seq, hash, time) of an entry; it is stored in
@@ -187,7 +187,7 @@ func Append(tx store.Tx, at time.Time, kind Kind, actor, subject string, d Detai
 	if err != nil {
 		return store.AuditEntry{}, fmt.Errorf("%w: %w", ErrAppend, err)
 	}
-	e, err := tx.AppendAudit(store.AuditEntry{At: at, Kind: string(kind), Actor: actor, Subject: subject, Details: string(js)})
+	e, err := Link(tx, store.AuditEntry{At: at, Kind: string(kind), Actor: actor, Subject: subject, Details: string(js)})
 	if err != nil {
 		return store.AuditEntry{}, fmt.Errorf("%w: %s: %w", ErrAppend, kind, err)
 	}

@@ -109,7 +109,7 @@ func Verify(ctx context.Context, db store.Store, pub crypto.PublicKey, head *Hea
 }
 
 func verifyTx(tx store.Tx, pub crypto.PublicKey, head *Head, rep *Report) (*Problem, error) {
-	prev := make([]byte, store.AuditHashSize)
+	prev := make([]byte, HashSize)
 	var last int64
 	for {
 		page, err := tx.ListAudit(last+1, pageSize)
@@ -126,7 +126,7 @@ func verifyTx(tx store.Tx, pub crypto.PublicKey, head *Head, rep *Report) (*Prob
 				return &Problem{Seq: last + 1, Err: ErrMissing, Detail: detail}, nil
 			}
 			linked := bytes.Equal(e.Prev, prev)
-			if !linked || !bytes.Equal(store.ChainHash(e.Prev, *e), e.Hash) {
+			if !linked || !bytes.Equal(ChainHash(e.Prev, *e), e.Hash) {
 				return diagnose(tx, e, linked)
 			}
 			prev, last = e.Hash, e.Seq
@@ -252,7 +252,7 @@ func originalSeq(tx store.Tx, e *store.AuditEntry) (int64, error) {
 				continue
 			}
 			c.Seq = s
-			if bytes.Equal(store.ChainHash(e.Prev, c), e.Hash) {
+			if bytes.Equal(ChainHash(e.Prev, c), e.Hash) {
 				return s, nil
 			}
 		}
@@ -284,7 +284,7 @@ func contentOf(tx store.Tx, e *store.AuditEntry) (int64, error) {
 		for _, o := range page {
 			c := *e
 			c.Seq = o.Seq
-			if o.Seq != e.Seq && bytes.Equal(store.ChainHash(o.Prev, c), o.Hash) {
+			if o.Seq != e.Seq && bytes.Equal(ChainHash(o.Prev, c), o.Hash) {
 				return o.Seq, nil
 			}
 			last = o.Seq

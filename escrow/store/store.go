@@ -195,7 +195,13 @@ type Jobs interface {
 // AuditLog keeps the rows of the audit trail and its signed checkpoints. The chain itself
 // (hashes, signatures, verification) is escrow/audit's.
 type AuditLog interface {
-	AppendAudit(e AuditEntry) (AuditEntry, error)
+	// AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
+	// empty. Backends make it cheap on the writer: every append reads it.
+	AuditHead() (seq int64, hash []byte, err error)
+	// InsertAudit stores e as the next entry: e.Seq must follow the head, and e.Prev must
+	// be the head's hash (any for the first entry), or [ErrConflict]. Kind, Actor and Hash
+	// are required ([ErrInvalid]). The entry commits with its transaction or not at all.
+	InsertAudit(e AuditEntry) error
 	// LastAudit returns the last entry, or [ErrNotFound] when the trail is empty.
 	LastAudit() (*AuditEntry, error)
 	// GetAudit returns entry seq, or [ErrNotFound].

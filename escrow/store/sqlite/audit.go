@@ -10,12 +10,11 @@ import (
 	"time"
 )
 
-// The audit trail. Each entry is chained to the one before it: its Hash is [ChainHash] of the
-// previous entry's hash and its own fields, computed by [Tx.AppendAudit] inside the write
-// transaction. Writes are serialised (one writer per process, BEGIN IMMEDIATE across
-// processes), so seq and prev are always those of the committed tail; an entry appended in a
-// savepoint that is rolled back disappears with the rest of that savepoint. The store only keeps
-// the chain; signing checkpoints and verifying the chain belong to escrow/audit.
+// The rows of the audit trail. escrow/audit computes each entry's hash from the one before
+// it; the store keeps the rows and refuses one that does not follow the committed tail.
+// Writes are serialised (one writer per process, BEGIN IMMEDIATE across processes), so the
+// head read by [Tx.AuditHead] is the tail this transaction appends to; an entry inserted in a
+// savepoint that is rolled back disappears with the rest of that savepoint.
 
 const auditColumns = `seq, at, kind, actor, subject, details, prev, hash`
 
@@ -29,45 +28,60 @@ func scanAudit(scan func(...any) error) (*store.AuditEntry, error) {
 	return &e, nil
 }
 
-// AppendAudit appends e to the trail, after the last entry, and returns it with Seq, Prev and
-// Hash set (At truncated to microseconds, UTC; the zero time means now). Kind and Actor are
-// required. It must run in an [DB.Update] function: the entry is committed with the rest of
-// that function's writes, or not at all.
-func (tx *Tx) AppendAudit(e store.AuditEntry) (store.AuditEntry, error) {
-	const op = "append audit"
-	if e.Kind == "" || e.Actor == "" {
-		return store.AuditEntry{}, invalid(op, "kind and actor are required")
-	}
-	if err := tx.check(true); err != nil {
-		return store.AuditEntry{}, fmt.Errorf("store: %s: %w", op, err)
+// AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
+// empty. On the writer it is served from a cache kept across transactions.
+func (tx *Tx) AuditHead() (int64, []byte, error) {
+	const op = "audit head"
+	if err := tx.check(false); err != nil {
+		return 0, nil, fmt.Errorf("store: %s: %w", op, err)
 	}
 	if tx.head != nil && tx.head.valid {
-		e.Seq, e.Prev = tx.head.seq+1, tx.head.hash
-	} else {
-		var prev []byte
-		err := tx.queryRow(op, []any{&e.Seq, &prev}, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`)
-		switch {
-		case err == nil:
-			e.Seq, e.Prev = e.Seq+1, prev
-		case errors.Is(err, store.ErrNotFound):
-			e.Seq, e.Prev = 1, make([]byte, store.AuditHashSize)
-		default:
-			return store.AuditEntry{}, err
-		}
+		return tx.head.seq, tx.head.hash, nil
 	}
-	e.At = time.UnixMicro(orNow(e.At).UnixMicro()).UTC()
-	e.Hash = store.ChainHash(e.Prev, e)
+	var seq int64
+	var hash []byte
+	err := tx.queryRow(op, []any{&seq, &hash}, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		seq, hash = 0, nil
+	case err != nil:
+		return 0, nil, err
+	}
+	if tx.head != nil {
+		*tx.head = auditHead{seq: seq, hash: hash, valid: true}
+	}
+	return seq, hash, nil
+}
+
+// InsertAudit stores e as the entry after the head: e.Seq must be the head's seq + 1 and
+// e.Prev its hash (for the first entry, any), else [store.ErrConflict]. Kind, Actor and Hash
+// are required. It must run in an [DB.Update] function.
+func (tx *Tx) InsertAudit(e store.AuditEntry) error {
+	const op = "insert audit"
+	if e.Kind == "" || e.Actor == "" || len(e.Hash) == 0 {
+		return invalid(op, "kind, actor and hash are required")
+	}
+	if err := tx.check(true); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	seq, hash, err := tx.AuditHead()
+	if err != nil {
+		return err
+	}
+	if e.Seq != seq+1 || (seq > 0 && !bytes.Equal(e.Prev, hash)) {
+		return fmt.Errorf("store: %s %d: the trail's head is entry %d: %w", op, e.Seq, seq, store.ErrConflict)
+	}
 	if _, err := tx.exec(op, `INSERT INTO audit (`+auditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.Seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, e.Prev, e.Hash); err != nil {
 		if tx.head != nil {
 			tx.head.valid = false
 		}
-		return store.AuditEntry{}, err
+		return err
 	}
 	if tx.head != nil {
 		*tx.head = auditHead{seq: e.Seq, hash: e.Hash, valid: true}
 	}
-	return e, nil
+	return nil
 }
 
 // auditHead is the last audit entry the writer's transaction knows of. The writer keeps it
@@ -132,7 +146,7 @@ func (tx *Tx) ListAudit(from int64, limit int) ([]store.AuditEntry, error) {
 // hash ([ErrConflict] otherwise); a second checkpoint of the same seq gives [ErrConflict] too.
 func (tx *Tx) InsertCheckpoint(c store.AuditCheckpoint) error {
 	const op = "insert audit checkpoint"
-	if c.Seq < 1 || len(c.Hash) != store.AuditHashSize || len(c.KeyID) == 0 || len(c.Signature) == 0 {
+	if c.Seq < 1 || len(c.Hash) == 0 || len(c.KeyID) == 0 || len(c.Signature) == 0 {
 		return invalid(op, "seq, hash, key ID and signature are required")
 	}
 	e, err := tx.GetAudit(c.Seq)

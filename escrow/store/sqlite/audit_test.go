@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
 
 	"bytes"
@@ -15,7 +16,7 @@ func appendN(t *testing.T, db *DB, n int) []store.AuditEntry {
 	var out []store.AuditEntry
 	for i := range n {
 		mustUpdate(t, db, func(tx store.Tx) error {
-			e, err := tx.AppendAudit(store.AuditEntry{At: t0, Kind: "test", Actor: "tester", Subject: fmt.Sprint(i), Details: `{}`})
+			e, err := audit.Link(tx, store.AuditEntry{At: t0, Kind: "test", Actor: "tester", Subject: fmt.Sprint(i), Details: `{}`})
 			out = append(out, e)
 			return err
 		})
@@ -26,7 +27,7 @@ func appendN(t *testing.T, db *DB, n int) []store.AuditEntry {
 func TestAppendAuditChains(t *testing.T) {
 	db, _ := openTest(t)
 	got := appendN(t, db, 3)
-	prev := make([]byte, store.AuditHashSize)
+	prev := make([]byte, audit.HashSize)
 	for i, e := range got {
 		if e.Seq != int64(i+1) {
 			t.Errorf("entry %d: seq %d", i, e.Seq)
@@ -34,7 +35,7 @@ func TestAppendAuditChains(t *testing.T) {
 		if !bytes.Equal(e.Prev, prev) {
 			t.Errorf("entry %d: prev is not the previous hash", e.Seq)
 		}
-		if !bytes.Equal(e.Hash, store.ChainHash(prev, e)) {
+		if !bytes.Equal(e.Hash, audit.ChainHash(prev, e)) {
 			t.Errorf("entry %d: hash is not ChainHash", e.Seq)
 		}
 		prev = e.Hash
@@ -57,7 +58,7 @@ func TestAppendAuditRolledBack(t *testing.T) {
 	appendN(t, db, 1)
 	boom := errors.New("boom")
 	err := db.Update(ctx, func(tx store.Tx) error {
-		if _, err := tx.AppendAudit(store.AuditEntry{Kind: "test", Actor: "a"}); err != nil {
+		if _, err := audit.Link(tx, store.AuditEntry{Kind: "test", Actor: "a"}); err != nil {
 			return err
 		}
 		return boom
@@ -80,7 +81,7 @@ func TestAppendAuditConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			err := db.Update(ctx, func(tx store.Tx) error {
-				_, err := tx.AppendAudit(store.AuditEntry{Kind: "test", Actor: "a", Subject: fmt.Sprint(i)})
+				_, err := audit.Link(tx, store.AuditEntry{Kind: "test", Actor: "a", Subject: fmt.Sprint(i)})
 				if i%7 == 0 && err == nil {
 					return errors.New("rolled back")
 				}
@@ -109,9 +110,9 @@ func checkChain(t *testing.T, db *DB, want int) {
 	if len(list) != want {
 		t.Fatalf("%d entries, want %d", len(list), want)
 	}
-	prev := make([]byte, store.AuditHashSize)
+	prev := make([]byte, audit.HashSize)
 	for i, e := range list {
-		if e.Seq != int64(i+1) || !bytes.Equal(e.Prev, prev) || !bytes.Equal(e.Hash, store.ChainHash(prev, e)) {
+		if e.Seq != int64(i+1) || !bytes.Equal(e.Prev, prev) || !bytes.Equal(e.Hash, audit.ChainHash(prev, e)) {
 			t.Fatalf("entry %d breaks the chain", e.Seq)
 		}
 		prev = e.Hash
@@ -143,8 +144,8 @@ func TestAuditErrors(t *testing.T) {
 		fn      func(tx store.Tx) error
 		wantErr error
 	}{
-		{"no kind", func(tx store.Tx) error { _, err := tx.AppendAudit(store.AuditEntry{Actor: "a"}); return err }, store.ErrInvalid},
-		{"no actor", func(tx store.Tx) error { _, err := tx.AppendAudit(store.AuditEntry{Kind: "k"}); return err }, store.ErrInvalid},
+		{"no kind", func(tx store.Tx) error { _, err := audit.Link(tx, store.AuditEntry{Actor: "a"}); return err }, store.ErrInvalid},
+		{"no actor", func(tx store.Tx) error { _, err := audit.Link(tx, store.AuditEntry{Kind: "k"}); return err }, store.ErrInvalid},
 		{"checkpoint of a missing entry", func(tx store.Tx) error {
 			return tx.InsertCheckpoint(store.AuditCheckpoint{Seq: 9, Hash: entries[0].Hash, KeyID: sig, Signature: sig})
 		}, store.ErrNotFound},
@@ -164,7 +165,7 @@ func TestAuditErrors(t *testing.T) {
 			}
 		})
 	}
-	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.AppendAudit(store.AuditEntry{Kind: "k", Actor: "a"}); return err }); !errors.Is(err, store.ErrReadOnly) {
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := audit.Link(tx, store.AuditEntry{Kind: "k", Actor: "a"}); return err }); !errors.Is(err, store.ErrReadOnly) {
 		t.Errorf("append in a View: %v, want ErrReadOnly", err)
 	}
 }

@@ -63,7 +63,7 @@ type DB struct {
 	closeErr  error
 
 	// head caches the last audit entry's seq and hash for the writer, so that appending
-	// needs no query; it is touched only by the writer goroutine (see [Tx.AppendAudit]),
+	// needs no query; it is touched only by the writer goroutine (see [Tx.AuditHead]),
 	// and dropped when another connection has written (see batch).
 	head        auditHead
 	dataVersion int64 // PRAGMA data_version when head was last known right

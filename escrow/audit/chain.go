@@ -1,0 +1,72 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// HashSize is the size of an entry's hash (SHA-256).
+const HashSize = sha256.Size
+
+// chainDomain separates entry hashes from any other SHA-256 use.
+const chainDomain = "keyarc audit entry v1"
+
+// ChainHash is the hash of an entry: SHA-256 over a domain string, the previous entry's hash,
+// and the entry's seq, time (unix microseconds), kind, actor, subject and details, every
+// variable-length field preceded by its length (4 bytes, big-endian), so that no two
+// different entries encode alike. Only Seq, At, Kind, Actor, Subject and Details of e are read.
+func ChainHash(prev []byte, e store.AuditEntry) []byte {
+	h := sha256.New()
+	var n [8]byte
+	field := func(b []byte) {
+		binary.BigEndian.PutUint32(n[:4], uint32(len(b)))
+		h.Write(n[:4])
+		h.Write(b)
+	}
+	field([]byte(chainDomain))
+	field(prev)
+	binary.BigEndian.PutUint64(n[:], uint64(e.Seq))
+	h.Write(n[:])
+	binary.BigEndian.PutUint64(n[:], uint64(e.At.UnixMicro()))
+	h.Write(n[:])
+	field([]byte(e.Kind))
+	field([]byte(e.Actor))
+	field([]byte(e.Subject))
+	field([]byte(e.Details))
+	return h.Sum(nil)
+}
+
+// Link appends e to the trail in tx, after its head, and returns it with Seq, Prev and Hash
+// set and At truncated to microseconds, UTC (the zero time means now). Kind and Actor are
+// required. It must run in a store Update function: the entry is committed with the rest of
+// that function's writes, or not at all.
+//
+// It returns an error wrapping [store.ErrInvalid] for a missing kind or actor,
+// [store.ErrReadOnly] in a View, and [store.ErrConflict] when another writer appended first
+// (the head moved under this transaction).
+func Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry, error) {
+	if e.Kind == "" || e.Actor == "" {
+		return store.AuditEntry{}, fmt.Errorf("audit: link entry: kind and actor are required: %w", store.ErrInvalid)
+	}
+	seq, prev, err := tx.AuditHead()
+	if err != nil {
+		return store.AuditEntry{}, err
+	}
+	if seq == 0 {
+		prev = make([]byte, HashSize)
+	}
+	if t := e.At; t.IsZero() {
+		e.At = time.Now()
+	}
+	e.Seq, e.Prev = seq+1, prev
+	e.At = time.UnixMicro(e.At.UnixMicro()).UTC()
+	e.Hash = ChainHash(e.Prev, e)
+	if err := tx.InsertAudit(e); err != nil {
+		return store.AuditEntry{}, err
+	}
+	return e, nil
+}
