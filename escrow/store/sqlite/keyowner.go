@@ -1,6 +1,10 @@
 package sqlite
 
 import (
+	"errors"
+	"strings"
+	"sync"
+
 	"github.com/keyarc/keyarc/escrow/store"
 
 	"encoding/binary"
@@ -35,6 +39,7 @@ func recordFingerprint(blob []byte) string {
 // transaction, on the writer, so two concurrent inserts cannot both pass.
 func (tx *Tx) checkKeyOwners(op string, rs []store.Record, fps []string) error {
 	owner := make(map[string]string, len(rs))
+	var ask []any // (index, fingerprint, email) of each key to look up in the store
 	for i, r := range rs {
 		fp := fps[i]
 		if fp == "" {
@@ -47,12 +52,41 @@ func (tx *Tx) checkKeyOwners(op string, rs []store.Record, fps []string) error {
 			continue
 		}
 		owner[fp] = r.Email
-		if err := tx.KeyArchivedElsewhere(fp, r.Email); err != nil {
-			return fmt.Errorf("store: %s %s: %w", op, r.ID, err)
+		ask = append(ask, i, fp, r.Email)
+	}
+	// The lookups go rowsPerInsert to a statement, as the inserts do: on the single writer,
+	// one statement per record would cost more than the record's insert.
+	for len(ask) > 0 {
+		k := min(len(ask)/3, rowsPerInsert)
+		var i int
+		err := tx.queryRow("check key owners", []any{&i}, keyOwnersQuery(k), ask[:3*k]...)
+		switch {
+		case err == nil:
+			return fmt.Errorf("store: %s %s: %w", op, rs[i].ID, store.ErrKeyArchivedElsewhere)
+		case !errors.Is(err, store.ErrNotFound):
+			return err
 		}
+		ask = ask[3*k:]
 	}
 	return nil
 }
+
+// keyOwnersQuery returns the first of rows (index, fingerprint, email) whose key is live in a
+// record of another mailbox, with the same two range seeks as [Tx.KeyArchivedElsewhere].
+func keyOwnersQuery(rows int) string {
+	if q, ok := keyOwnersQueries.Load(rows); ok {
+		return q.(string)
+	}
+	q := `WITH q(i, fp, email) AS (VALUES (?, ?, ?)` + strings.Repeat(`, (?, ?, ?)`, rows-1) + `)
+	SELECT q.i FROM q
+	WHERE EXISTS (SELECT 1 FROM records r WHERE r.fingerprint = q.fp AND r.email < q.email AND r.state != 'abandoned')
+	   OR EXISTS (SELECT 1 FROM records r WHERE r.fingerprint = q.fp AND r.email > q.email AND r.state != 'abandoned')
+	ORDER BY q.i LIMIT 1`
+	keyOwnersQueries.Store(rows, q)
+	return q
+}
+
+var keyOwnersQueries sync.Map // rows → query
 
 // KeyArchivedElsewhere returns [ErrKeyArchivedElsewhere] when a live (pending or active)
 // record of the key with this fingerprint (hex SHA-256 of its SubjectPublicKeyInfo) belongs
