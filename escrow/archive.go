@@ -63,12 +63,22 @@ type recoverySets struct {
 // [ErrNoRecoverySet] when no set is defined or a KRA certificate expired; a storage error
 // wrapping [store.ErrUnavailable].
 func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) {
-	var row *store.RecoverySet
+	var rs *RecoverySet
 	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
-		row, err = tx.CurrentRecoverySet()
+		rs, err = s.currentSetIn(tx)
 		return err
 	})
+	if err != nil {
+		return nil, err
+	}
+	return s.usable(rs)
+}
+
+// currentSetIn reads the current recovery set in tx, resolved from the cache while its epoch
+// has not moved (a set never changes once stored), without the usability check.
+func (s *Service) currentSetIn(tx store.Tx) (*RecoverySet, error) {
+	row, err := tx.CurrentRecoverySet()
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: no recovery set is defined; an admin must run `keyarc admin recovery-set set`", ErrNoRecoverySet)
 	}
@@ -79,14 +89,14 @@ func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) 
 	cached := s.sets.cur
 	s.sets.mu.Unlock()
 	if cached == nil || cached.Epoch != row.Epoch {
-		if cached, err = s.loadRecoverySet(ctx, row); err != nil {
+		if cached, err = s.recoverySetIn(tx, row); err != nil {
 			return nil, err
 		}
 		s.sets.mu.Lock()
 		s.sets.cur = cached
 		s.sets.mu.Unlock()
 	}
-	return s.usable(cached)
+	return cached, nil
 }
 
 // sealingSet is the recovery set to seal a single enrollment's key for: the cached current set,
@@ -119,31 +129,25 @@ func (s *Service) usable(rs *RecoverySet) (*RecoverySet, error) {
 // an [ErrNoRecoverySet] and an [ErrRecoverySetChanged].
 var errRecoverySetChanged = fmt.Errorf("%w: %w; retry", ErrNoRecoverySet, ErrRecoverySetChanged)
 
-// loadRecoverySet resolves a stored recovery set's KRA serials to certificates.
-func (s *Service) loadRecoverySet(ctx context.Context, row *store.RecoverySet) (*RecoverySet, error) {
+// recoverySetIn resolves a stored recovery set's KRA serials to certificates, in tx.
+func (s *Service) recoverySetIn(tx store.Tx, row *store.RecoverySet) (*RecoverySet, error) {
 	rs := &RecoverySet{Epoch: row.Epoch, Quorum: row.Quorum}
-	err := s.Store.View(ctx, func(tx store.Tx) error {
-		for _, serial := range row.KRASerials {
-			c, err := tx.GetCertificate(serial)
-			if err != nil {
-				return fmt.Errorf("KRA certificate %s: %w", serial, err)
-			}
-			cert, err := x509.ParseCertificate(c.DER)
-			if err != nil {
-				return fmt.Errorf("KRA certificate %s: %w", serial, err)
-			}
-			rcpt, err := record.RecipientFromCertificate(cert)
-			if err != nil {
-				return fmt.Errorf("KRA certificate %s: %w", serial, err)
-			}
-			rs.KRAs = append(rs.KRAs, cert)
-			rs.Names = append(rs.Names, c.KRA)
-			rs.recipients = append(rs.recipients, rcpt)
+	for _, serial := range row.KRASerials {
+		c, err := tx.GetCertificate(serial)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: recovery set %d: KRA certificate %s: %w", row.Epoch, serial, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("escrow: recovery set %d: %w", row.Epoch, err)
+		cert, err := x509.ParseCertificate(c.DER)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: recovery set %d: KRA certificate %s: %w", row.Epoch, serial, err)
+		}
+		rcpt, err := record.RecipientFromCertificate(cert)
+		if err != nil {
+			return nil, fmt.Errorf("escrow: recovery set %d: KRA certificate %s: %w", row.Epoch, serial, err)
+		}
+		rs.KRAs = append(rs.KRAs, cert)
+		rs.Names = append(rs.Names, c.KRA)
+		rs.recipients = append(rs.recipients, rcpt)
 	}
 	return rs, nil
 }

@@ -22,8 +22,32 @@ var ErrIntegrity = errors.New("escrow: the archive failed its consistency check 
 
 // checker is the consistency checker of the service's store against its CA.
 func (s *Service) checker() *check.Checker {
-	return &check.Checker{DB: s.Store, CA: s.Issuer.Certificate(), Foreign: []string{TemplateImport}}
+	return s.checkerOf(s.Store)
 }
+
+// checkerIn is the consistency checker reading in tx: a recovery checks the very rows it uses,
+// in the snapshot it reads them from, without a snapshot of its own per check.
+func (s *Service) checkerIn(tx store.Tx) *check.Checker {
+	return s.checkerOf(txStore{tx})
+}
+
+func (s *Service) checkerOf(db store.Store) *check.Checker {
+	return &check.Checker{DB: db, CA: s.Issuer.Certificate(), Foreign: []string{TemplateImport}}
+}
+
+// txStore is a [store.Store] over one open read transaction: its View runs in that
+// transaction (the snapshot the caller is reading), and it cannot write.
+type txStore struct{ tx store.Tx }
+
+func (t txStore) View(_ context.Context, fn func(store.Tx) error) error { return fn(t.tx) }
+
+func (t txStore) Update(context.Context, func(store.Tx) error) error {
+	return fmt.Errorf("escrow: write in a snapshot: %w", store.ErrReadOnly)
+}
+
+func (t txStore) Stats() store.Stats { return store.Stats{} }
+
+func (t txStore) Close() error { return nil }
 
 // checkRecord runs the consistency check ([check.Checker.Record]) on an escrow record and its
 // certificate before a recovery trusts them: before a request is opened (the record's owner
@@ -33,13 +57,18 @@ func (s *Service) checker() *check.Checker {
 // role or KRA name disagree with the certificate or the audit trail, or whose record link is
 // broken, never leaves the appliance in a PKCS#12, and its key stays sealed.
 //
-// The cost is one read snapshot: the two rows, a bisection of the audit trail to the issuance
-// entry, and a signature verification.
+// The cost is the two rows, a bisection of the audit trail to the issuance entry, and a
+// signature verification, in the snapshot of tx.
 //
 // The refusal wraps [ErrIntegrity], [ErrRecordMismatch] and [check.ErrInconsistent]; otherwise
 // it returns the store's error.
-func (s *Service) checkRecord(ctx context.Context, id string) error {
-	err := s.checker().Record(ctx, id)
+func (s *Service) checkRecord(ctx context.Context, tx store.Tx, id string) error {
+	return s.recordFault(id, s.checkerIn(tx).Record(ctx, id))
+}
+
+// recordFault turns the consistency checker's verdict on record id into the engine's error,
+// and logs a refusal.
+func (s *Service) recordFault(id string, err error) error {
 	if errors.Is(err, check.ErrInconsistent) {
 		s.log().Error("recovery refused: the archive fails its consistency check", "record", id, "err", err)
 		return fmt.Errorf("%w (%w): %w", ErrIntegrity, ErrRecordMismatch, err)
@@ -122,10 +151,10 @@ func credentialSum(row *store.Certificate) [sha256.Size]byte {
 	return sum
 }
 
-// checkSigner checks the row of a KRA's authentication certificate before its role and name
-// count an approval. Errors as [Service.CheckCredential].
-func (s *Service) checkSigner(ctx context.Context, serial string) error {
-	err := s.checker().Certificate(ctx, serial)
+// signerFault turns the consistency checker's verdict on a KRA's authentication certificate,
+// checked before its role and name count an approval, into the engine's error (as
+// [Service.CheckCredential]'s), and logs a refusal.
+func (s *Service) signerFault(serial string, err error) error {
 	if errors.Is(err, check.ErrInconsistent) {
 		s.log().Error("approval refused: the signer's certificate fails the consistency check", "serial", serial, "err", err)
 		return fmt.Errorf("%w: %w", ErrIntegrity, err)

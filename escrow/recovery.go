@@ -22,6 +22,7 @@ import (
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -103,7 +104,7 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
 	}
 	var recs []store.Record
-	err := s.Store.View(ctx, func(tx store.Tx) error {
+	err := s.view(ctx, func(tx store.Tx) error {
 		if serial != "" {
 			r, err := tx.GetRecordBySerial(serial)
 			if errors.Is(err, store.ErrNotFound) {
@@ -128,16 +129,19 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 			return fmt.Errorf("%w: no archived key for mailbox %s", ErrNotFound, email)
 		}
 		return nil
+	}, func(tx store.Tx) error {
+		// The records' rows decide whose key this is (policy's owner check, a request by
+		// mailbox): they are checked against their certificates, in the snapshot they were
+		// read from, before they are trusted.
+		for _, r := range recs {
+			if err := s.checkRecord(ctx, tx, r.ID); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
-	}
-	// The records' rows decide whose key this is (policy's owner check, a request by
-	// mailbox): they are checked against their certificates before they are trusted.
-	for _, r := range recs {
-		if err := s.checkRecord(ctx, r.ID); err != nil {
-			return nil, err
-		}
 	}
 	refs := make([]policy.RecordRef, len(recs))
 	for i, r := range recs {
@@ -205,17 +209,81 @@ func (s *Service) destroyKey(label string) {
 	}
 }
 
-// recoveryState loads a request, its records and approvals, and the recovery sets involved.
+// view runs fns in order in one snapshot ([store.Store.View]); the first error ends it.
+func (s *Service) view(ctx context.Context, fns ...func(store.Tx) error) error {
+	return s.Store.View(ctx, func(tx store.Tx) error {
+		for _, fn := range fns {
+			if err := fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// recoveryState is a request with everything an answer about it needs, read from one snapshot
+// ([Service.loadRecovery]): one round trip to the store, and the rows a recovery checks are
+// the rows it uses.
 type recoveryState struct {
 	req       *store.Recovery
 	records   []store.Record
 	approvals []store.Approval
 	sets      map[uint32]*RecoverySet
+	// signers are the certificate rows of the approvals' signers (and of snapshot.credential),
+	// by serial; a serial with no row is in signerErr.
+	signers   map[string]*store.Certificate
+	signerErr map[string]error
+
+	// Read only when asked for (see snapshot).
+	certs    map[string]*store.Certificate // the records' certificate rows, by serial
+	certErr  map[string]error              // the records' certificates with no row
+	checked  map[string]error              // consistency check: by record ID, and by signer serial
+	unwrap   []store.Certificate           // snapshot.unwrapOf's unwrap certificates
+	blocked  bool                          // snapshot.failuresOf is locked out: nothing else was read
+	limitErr error                         // the rate limit could not be read
+	current  *RecoverySet                  // the current recovery set, not checked usable
+	curErr   error                         // why there is none (an ErrNoRecoverySet)
 }
 
-func (s *Service) loadRecovery(ctx context.Context, id string) (*recoveryState, error) {
-	st := &recoveryState{sets: map[uint32]*RecoverySet{}}
+// snapshot says what [Service.loadRecovery] reads beyond the request, its records, their
+// recovery sets, its approvals and their signers' rows.
+type snapshot struct {
+	// records: each record's consistency check and its certificate's row.
+	records bool
+	// approvers: the consistency check of each approval's signer.
+	approvers bool
+	// credential: the row and the consistency check of this certificate (the approving KRA's).
+	credential string
+	// unwrapOf: the unwrap certificates of this KRA.
+	unwrapOf string
+	// failuresOf: first, whether this KRA is locked out of approving at time at; if so,
+	// nothing else.
+	failuresOf string
+	at         time.Time
+	// current: the current recovery set.
+	current bool
+}
+
+// loadRecovery reads request id and what want asks for in one snapshot. Rows a request
+// should have but lacks (a signer's or a record's certificate) and failed consistency checks
+// are kept, not returned, so that each answer reports them in the order it always has; any
+// other error of the store ends the read. The state is returned with the error too (what was
+// read before it: a lock-out, or the rate limit's error).
+func (s *Service) loadRecovery(ctx context.Context, id string, want snapshot) (*recoveryState, error) {
+	st := &recoveryState{sets: map[uint32]*RecoverySet{}, signers: map[string]*store.Certificate{},
+		signerErr: map[string]error{}, certs: map[string]*store.Certificate{}, certErr: map[string]error{},
+		checked: map[string]error{}}
 	err := s.Store.View(ctx, func(tx store.Tx) error {
+		if want.failuresOf != "" {
+			n, err := tx.ApprovalFailures(want.failuresOf, want.at.Add(-approvalWindow))
+			if err != nil {
+				st.limitErr = fmt.Errorf("escrow: approval rate limit: %w", err)
+				return st.limitErr
+			}
+			if st.blocked = n >= approvalFailures; st.blocked {
+				return nil
+			}
+		}
 		var err error
 		st.req, err = tx.GetRecovery(id)
 		if errors.Is(err, store.ErrNotFound) {
@@ -231,37 +299,101 @@ func (s *Service) loadRecovery(ctx context.Context, id string) (*recoveryState, 
 			}
 			st.records = append(st.records, *r)
 		}
-		st.approvals, err = tx.ListApprovals(id)
-		return err
+		if st.approvals, err = tx.ListApprovals(id); err != nil {
+			return err
+		}
+		for _, r := range st.records {
+			if _, ok := st.sets[r.Epoch]; ok {
+				continue
+			}
+			row, err := tx.GetRecoverySet(r.Epoch)
+			if err != nil {
+				return fmt.Errorf("escrow: recovery set %d: %w", r.Epoch, err)
+			}
+			if st.sets[r.Epoch], err = s.recoverySetIn(tx, row); err != nil {
+				return err
+			}
+		}
+		signers := make([]string, 0, len(st.approvals)+1)
+		for _, a := range st.approvals {
+			signers = append(signers, a.SignerSerial)
+		}
+		if want.credential != "" {
+			signers = append(signers, want.credential)
+		}
+		for _, serial := range signers {
+			if err := readRow(tx, serial, st.signers, st.signerErr); err != nil {
+				return err
+			}
+		}
+		if want.records {
+			for _, r := range st.records {
+				if err := readRow(tx, r.Serial, st.certs, st.certErr); err != nil {
+					return err
+				}
+				if err := keepCheck(st.checked, r.ID, s.checkerIn(tx).Record(ctx, r.ID)); err != nil {
+					return err
+				}
+			}
+		}
+		if want.approvers {
+			for _, a := range st.approvals {
+				if err := keepCheck(st.checked, a.SignerSerial, s.checkerIn(tx).Certificate(ctx, a.SignerSerial)); err != nil {
+					return err
+				}
+			}
+		}
+		if want.credential != "" {
+			if err := keepCheck(st.checked, want.credential, s.checkerIn(tx).Certificate(ctx, want.credential)); err != nil {
+				return err
+			}
+		}
+		if want.unwrapOf != "" {
+			if st.unwrap, err = tx.ListCertificates(store.Filter{KRA: want.unwrapOf, Template: TemplateKRA}); err != nil {
+				return err
+			}
+		}
+		if want.current {
+			st.current, err = s.currentSetIn(tx)
+			if errors.Is(err, ErrNoRecoverySet) {
+				st.curErr, err = err, nil
+			}
+			return err
+		}
+		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range st.records {
-		if _, ok := st.sets[r.Epoch]; ok {
-			continue
-		}
-		rs, err := s.recoverySet(ctx, r.Epoch)
-		if err != nil {
-			return nil, err
-		}
-		st.sets[r.Epoch] = rs
-	}
-	return st, nil
+	return st, err
 }
 
-// recoverySet loads the recovery set of an epoch (any epoch, not only the current one).
-func (s *Service) recoverySet(ctx context.Context, epoch uint32) (*RecoverySet, error) {
-	var row *store.RecoverySet
-	err := s.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		row, err = tx.GetRecoverySet(epoch)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("escrow: recovery set %d: %w", epoch, err)
+// readRow reads certificate serial into rows, or its absence into missing; other errors are
+// the store's.
+func readRow(tx store.Tx, serial string, rows map[string]*store.Certificate, missing map[string]error) error {
+	if _, ok := rows[serial]; ok {
+		return nil
 	}
-	return s.loadRecoverySet(ctx, row)
+	if _, ok := missing[serial]; ok {
+		return nil
+	}
+	c, err := tx.GetCertificate(serial)
+	switch {
+	case err == nil:
+		rows[serial] = c
+	case errors.Is(err, store.ErrNotFound):
+		missing[serial] = err
+	default:
+		return err
+	}
+	return nil
+}
+
+// keepCheck keeps the consistency checker's verdict on key (nil, or a problem wrapping
+// [check.ErrInconsistent]); other errors are the store's.
+func keepCheck(checked map[string]error, key string, err error) error {
+	if err != nil && !errors.Is(err, check.ErrInconsistent) {
+		return err
+	}
+	checked[key] = err
+	return nil
 }
 
 // policyView turns the loaded state into policy's terms. Approvals whose signature does not
@@ -294,14 +426,9 @@ func (s *Service) policyView(st *recoveryState) (policy.Request, map[uint32]poli
 // verifyStoredApproval re-checks a stored approval's signature against the signer's
 // certificate and reports it in policy's terms.
 func (s *Service) verifyStoredApproval(st *recoveryState, a store.Approval) (policy.Approval, error) {
-	var signer *store.Certificate
-	err := s.Store.View(context.Background(), func(tx store.Tx) error {
-		var err error
-		signer, err = tx.GetCertificate(a.SignerSerial)
-		return err
-	})
-	if err != nil {
-		return policy.Approval{}, fmt.Errorf("escrow: approval by %s: signer certificate: %w", a.KRA, err)
+	signer, ok := st.signers[a.SignerSerial]
+	if !ok {
+		return policy.Approval{}, fmt.Errorf("escrow: approval by %s: signer certificate: %w", a.KRA, st.signerErr[a.SignerSerial])
 	}
 	pa := policy.Approval{RequestID: a.RecoveryID, KRA: a.KRA, Signer: principalOf(signer)}
 	cert, err := x509.ParseCertificate(signer.DER)
@@ -340,12 +467,24 @@ func commonName(dn string) string {
 	return dn
 }
 
-// GetRecovery returns a request with its items, approvals and quorum state.
+// GetRecovery returns a request with its items, approvals and quorum state, read from one
+// snapshot.
+//
+// # Errors
+//
+// [ErrNotFound] when there is no request id; a storage error wrapping [store.ErrUnavailable];
+// any other error (a record, recovery set or signer certificate the request names is missing)
+// is a fault of the archive.
 func (s *Service) GetRecovery(ctx context.Context, id string) (*Recovery, error) {
-	st, err := s.loadRecovery(ctx, id)
+	st, err := s.loadRecovery(ctx, id, snapshot{})
 	if err != nil {
 		return nil, err
 	}
+	return s.recoveryOf(st)
+}
+
+// recoveryOf is the loaded request as the engine shows it.
+func (s *Service) recoveryOf(st *recoveryState) (*Recovery, error) {
 	out := &Recovery{Recovery: *st.req}
 	for _, r := range st.records {
 		out.Items = append(out.Items, RecoveryItem{RecordID: r.ID, Serial: r.Serial, Owner: r.Email, Epoch: r.Epoch})
@@ -413,24 +552,15 @@ type ShareForKRA struct {
 // sealed header is not its row's, [ErrIntegrity] (wrapping [check.ErrInconsistent]) when a
 // record or its certificate fails the consistency check, or the store's error.
 func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string) (*Recovery, []ShareForKRA, error) {
-	rec, err := s.GetRecovery(ctx, id)
+	st, err := s.loadRecovery(ctx, id, snapshot{records: true, unwrapOf: kra.Name})
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := s.recoveryOf(st)
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := policy.CheckApprover(kra, requestOf(rec), s.now()); err != nil {
-		return nil, nil, err
-	}
-	var unwrap []store.Certificate
-	err = s.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		unwrap, err = tx.ListCertificates(store.Filter{KRA: kra.Name, Template: TemplateKRA})
-		return err
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := s.loadRecovery(ctx, id)
-	if err != nil {
 		return nil, nil, err
 	}
 	var out []ShareForKRA
@@ -440,14 +570,14 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 		if err != nil {
 			return nil, nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
 		}
-		if err := s.checkBinding(ctx, r, sealed); err != nil {
+		if err := s.checkBinding(st, r, sealed); err != nil {
 			return nil, nil, err
 		}
-		if err := s.checkRecord(ctx, r.ID); err != nil {
+		if err := s.recordFault(r.ID, st.checked[r.ID]); err != nil {
 			return nil, nil, err
 		}
 		item.OAEPHash = sealed.Header.OAEPHash
-		for _, c := range unwrap {
+		for _, c := range st.unwrap {
 			cert, err := x509.ParseCertificate(c.DER)
 			if err != nil {
 				continue
@@ -530,21 +660,6 @@ func ApprovalDigest(r *store.Recovery, shares []ApprovedShare) []byte {
 	return h.Sum(nil)
 }
 
-// approvalBlocked reports whether kra has had approvalFailures refused approvals within the
-// last approvalWindow. The count is kept in the store, so a restart does not reset it.
-func (s *Service) approvalBlocked(ctx context.Context, kra string, now time.Time) (bool, error) {
-	var n int
-	err := s.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		n, err = tx.ApprovalFailures(kra, now.Add(-approvalWindow))
-		return err
-	})
-	if err != nil {
-		return false, fmt.Errorf("escrow: approval rate limit: %w", err)
-	}
-	return n >= approvalFailures, nil
-}
-
 // approvalRefused records a refused approval: it counts against the KRA's rate limit, in the
 // same transaction as its audit entry. A failure is logged: the approval was refused anyway.
 func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time, id string, d audit.Details) {
@@ -572,16 +687,19 @@ func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time
 // the KRA), or the store's error.
 func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
 	now := s.now()
-	blocked, err := s.approvalBlocked(ctx, kra.Name, now)
-	if err != nil {
-		return nil, err
+	st, err := s.loadRecovery(ctx, id, snapshot{failuresOf: kra.Name, at: now, records: true, credential: kra.Serial})
+	if st.limitErr != nil {
+		return nil, st.limitErr
 	}
-	if blocked {
+	if st.blocked {
 		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
 			Signer: kra.Serial, Reason: ErrTooManyFailures.Error()})
 		return nil, ErrTooManyFailures
 	}
-	rec, err := s.submitApproval(ctx, kra, id, shares, sig, now)
+	var rec *Recovery
+	if err == nil {
+		rec, err = s.submitApproval(ctx, st, kra, id, shares, sig, now)
+	}
 	// A fault of the appliance (storage, a row that fails the consistency check) is not the
 	// KRA's: it does not count towards the KRA's lock-out.
 	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, ErrIntegrity) {
@@ -591,8 +709,8 @@ func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id s
 	return rec, err
 }
 
-func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte, now time.Time) (*Recovery, error) {
-	rec, err := s.GetRecovery(ctx, id)
+func (s *Service) submitApproval(ctx context.Context, st *recoveryState, kra policy.Principal, id string, shares []ApprovedShare, sig []byte, now time.Time) (*Recovery, error) {
+	rec, err := s.recoveryOf(st)
 	if err != nil {
 		return nil, err
 	}
@@ -619,21 +737,16 @@ func (s *Service) submitApproval(ctx context.Context, kra policy.Principal, id s
 		seen[sh.RecordID] = true
 	}
 	for _, it := range rec.Items {
-		if err := s.checkRecord(ctx, it.RecordID); err != nil {
+		if err := s.recordFault(it.RecordID, st.checked[it.RecordID]); err != nil {
 			return nil, err
 		}
 	}
-	if err := s.checkSigner(ctx, kra.Serial); err != nil {
+	if err := s.signerFault(kra.Serial, st.checked[kra.Serial]); err != nil {
 		return nil, err
 	}
-	var signer *store.Certificate
-	err = s.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		signer, err = tx.GetCertificate(kra.Serial)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("escrow: signer certificate: %w", err)
+	signer, ok := st.signers[kra.Serial]
+	if !ok {
+		return nil, fmt.Errorf("escrow: signer certificate: %w", st.signerErr[kra.Serial])
 	}
 	cert, err := x509.ParseCertificate(signer.DER)
 	if err != nil {
@@ -693,7 +806,7 @@ type RecoveredFile struct {
 // [policy.ErrConsumed], [policy.ErrExpired], ...), [ErrIntegrity] (wrapping
 // [check.ErrInconsistent]), [ErrRecordMismatch], [ErrRecoveryKey], or the store's error.
 func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string, legacy bool) (*Recovered, error) {
-	st, err := s.loadRecovery(ctx, id)
+	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true})
 	if err != nil {
 		return nil, err
 	}
@@ -703,10 +816,10 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	if officer.Role != policy.RoleOfficer || officer.Serial != st.req.RequesterSerial {
 		return nil, fmt.Errorf("%w: only the officer who requested recovery %s can fetch it", ErrForbidden, id)
 	}
-	// An integrity fault is reported as such, whatever the quorum; open checks again right
-	// before it decrypts.
+	// An integrity fault is reported as such, whatever the quorum; open refuses again what
+	// failed, right before it decrypts.
 	for _, r := range st.records {
-		if err := s.checkRecord(ctx, r.ID); err != nil {
+		if err := s.recordFault(r.ID, st.checked[r.ID]); err != nil {
 			return nil, err
 		}
 	}
@@ -727,7 +840,7 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 			clear(k)
 		}
 	}()
-	out, err := s.buildPFX(ctx, st, keys, legacy)
+	out, err := s.buildPFX(st, keys, legacy)
 	if err != nil {
 		return nil, err
 	}
@@ -757,7 +870,9 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 }
 
 // open decrypts, in the token, the granted KRAs' shares of each record, combines them and
-// opens the records. It cannot be called without a Grant from policy for this request.
+// opens the records. It cannot be called without a Grant from policy for this request, nor
+// with a state loaded without the records' and approvers' checks (snapshot.records and
+// snapshot.approvers): the rows it opens are those checked, in the same snapshot.
 func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	if !g.Valid() || g.RequestID() != st.req.ID {
 		return nil, fmt.Errorf("escrow: no grant for recovery %s", st.req.ID)
@@ -783,15 +898,15 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 		if sealedRecs[i], err = record.Parse(r.Blob); err != nil {
 			return nil, fmt.Errorf("escrow: record %s: %w", r.ID, err)
 		}
-		if err := s.checkBinding(context.Background(), r, sealedRecs[i]); err != nil {
+		if err := s.checkBinding(st, r, sealedRecs[i]); err != nil {
 			return nil, err
 		}
-		if err := s.checkRecord(context.Background(), r.ID); err != nil {
+		if err := s.recordFault(r.ID, checkedIn(st, r.ID)); err != nil {
 			return nil, err
 		}
 	}
 	for _, a := range st.approvals {
-		if err := s.checkSigner(context.Background(), a.SignerSerial); err != nil {
+		if err := s.signerFault(a.SignerSerial, checkedIn(st, a.SignerSerial)); err != nil {
 			return nil, err
 		}
 	}
@@ -824,7 +939,7 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 // checkBinding refuses a record whose sealed header is not the one its row and certificate
 // say: a swapped or altered blob is caught before any share is decrypted, and a record is
 // never opened for the wrong certificate.
-func (s *Service) checkBinding(ctx context.Context, r store.Record, sealed *record.Record) error {
+func (s *Service) checkBinding(st *recoveryState, r store.Record, sealed *record.Record) error {
 	h := sealed.Header
 	id := hex.EncodeToString(h.ID[:])
 	serial := store.FormatSerial(new(big.Int).SetBytes(h.Serial))
@@ -832,13 +947,9 @@ func (s *Service) checkBinding(ctx context.Context, r store.Record, sealed *reco
 		return fmt.Errorf("%w: row %s (serial %s, epoch %d) holds a record sealed as %s (serial %s, epoch %d)",
 			ErrRecordMismatch, r.ID, r.Serial, r.Epoch, id, serial, h.Epoch)
 	}
-	var cert *store.Certificate
-	if err := s.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		cert, err = tx.GetCertificate(r.Serial)
-		return err
-	}); err != nil {
-		return fmt.Errorf("escrow: certificate of record %s: %w", r.ID, err)
+	cert, ok := st.certs[r.Serial]
+	if !ok {
+		return fmt.Errorf("escrow: certificate of record %s: %w", r.ID, certMissing(st, r.Serial))
 	}
 	c, err := x509.ParseCertificate(cert.DER)
 	if err != nil {
@@ -848,6 +959,24 @@ func (s *Service) checkBinding(ctx context.Context, r store.Record, sealed *reco
 		return fmt.Errorf("%w: record %s was sealed for another public key than certificate %s's", ErrRecordMismatch, r.ID, r.Serial)
 	}
 	return nil
+}
+
+// certMissing is why the state holds no row for certificate serial.
+func certMissing(st *recoveryState, serial string) error {
+	if err := st.certErr[serial]; err != nil {
+		return err
+	}
+	return fmt.Errorf("escrow: certificate %s was not read: %w", serial, store.ErrNotFound)
+}
+
+// checkedIn is the consistency check's verdict on key in st; a key that was not checked is
+// refused.
+func checkedIn(st *recoveryState, key string) error {
+	err, ok := st.checked[key]
+	if !ok {
+		return fmt.Errorf("escrow: %s was not checked before use: %w", key, check.ErrInconsistent)
+	}
+	return err
 }
 
 func clearAll(bs [][]byte) {
@@ -868,7 +997,7 @@ func hashByName(name string) (crypto.Hash, error) {
 
 // buildPFX checks each opened key against its certificate and packs it into a PKCS#12 with the
 // certificate and the CA chain.
-func (s *Service) buildPFX(ctx context.Context, st *recoveryState, keys [][]byte, legacy bool) (*Recovered, error) {
+func (s *Service) buildPFX(st *recoveryState, keys [][]byte, legacy bool) (*Recovered, error) {
 	password, err := newPassword()
 	if err != nil {
 		return nil, err
@@ -880,14 +1009,9 @@ func (s *Service) buildPFX(ctx context.Context, st *recoveryState, keys [][]byte
 	}
 	out := &Recovered{Password: password}
 	for i, r := range st.records {
-		var row *store.Certificate
-		err := s.Store.View(ctx, func(tx store.Tx) error {
-			var err error
-			row, err = tx.GetCertificate(r.Serial)
-			return err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("escrow: certificate %s: %w", r.Serial, err)
+		row, ok := st.certs[r.Serial]
+		if !ok {
+			return nil, fmt.Errorf("escrow: certificate %s: %w", r.Serial, certMissing(st, r.Serial))
 		}
 		cert, err := x509.ParseCertificate(row.DER)
 		if err != nil {
@@ -930,7 +1054,7 @@ func newPassword() (string, error) {
 
 // CancelRecovery closes an open request without delivering it and destroys its key.
 func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, id string) error {
-	st, err := s.loadRecovery(ctx, id)
+	st, err := s.loadRecovery(ctx, id, snapshot{})
 	if err != nil {
 		return err
 	}
@@ -999,16 +1123,19 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 	if strings.TrimSpace(reason) == "" {
 		reason = "reseal to the current recovery set"
 	}
-	cur, err := s.CurrentRecoverySet(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var cur *RecoverySet
 	var recs []store.Record
 	if err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
+		if cur, err = s.currentSetIn(tx); err != nil {
+			return err
+		}
 		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, maxResealBatch)
 		return err
 	}); err != nil {
+		return nil, err
+	}
+	if _, err := s.usable(cur); err != nil {
 		return nil, err
 	}
 	if len(recs) == 0 {
@@ -1027,7 +1154,7 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 // CompleteReseal reseals the records of a granted reseal request to the current recovery set and
 // consumes the request.
 func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id string) (int, error) {
-	st, err := s.loadRecovery(ctx, id)
+	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true, current: true})
 	if err != nil {
 		return 0, err
 	}
@@ -1045,7 +1172,10 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 	if err != nil {
 		return 0, err
 	}
-	cur, err := s.CurrentRecoverySet(ctx)
+	cur, err := st.current, st.curErr
+	if err == nil {
+		cur, err = s.usable(cur)
+	}
 	if err != nil {
 		return 0, err
 	}
