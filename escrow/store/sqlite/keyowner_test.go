@@ -83,66 +83,6 @@ func TestRecordFingerprint(t *testing.T) {
 	}
 }
 
-// TestInsertRecordKeyOwner: one key is archived for one mailbox only, on every insert path and
-// within one batch; the same mailbox may archive it again; an abandoned record does not count.
-func TestInsertRecordKeyOwner(t *testing.T) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob := func(id byte) []byte { b, _ := sealFor(t, k, id, 40, 16); return b }
-	rec := func(id byte, email, state string) store.Record {
-		return store.Record{ID: fmt.Sprintf("r%d", id), Email: email, Epoch: 1, Blob: blob(id), State: state, CreatedAt: t0}
-	}
-	tests := []struct {
-		name    string
-		first   []store.Record
-		then    []store.Record
-		wantErr error
-	}{
-		{"another mailbox", []store.Record{rec(1, "alice@example.com", "")}, []store.Record{rec(2, "bob@example.com", "")}, store.ErrKeyArchivedElsewhere},
-		{"another mailbox, first active", []store.Record{rec(1, "alice@example.com", store.StateActive)}, []store.Record{rec(2, "bob@example.com", "")}, store.ErrKeyArchivedElsewhere},
-		{"another mailbox in one batch", nil, []store.Record{rec(1, "alice@example.com", ""), rec(2, "bob@example.com", "")}, store.ErrKeyArchivedElsewhere},
-		{"the same mailbox", []store.Record{rec(1, "alice@example.com", store.StateActive)}, []store.Record{rec(2, "alice@example.com", "")}, nil},
-		{"the same mailbox in one batch", nil, []store.Record{rec(1, "alice@example.com", ""), rec(2, "alice@example.com", "")}, nil},
-		{"after an abandoned record", []store.Record{rec(1, "alice@example.com", store.StateAbandoned)}, []store.Record{rec(2, "bob@example.com", "")}, nil},
-		{"a fingerprint that contradicts the header", nil, []store.Record{{ID: "r1", Email: "a@example.com", Epoch: 1, Blob: blob(1), Fingerprint: strings.Repeat("0", 64)}}, store.ErrInvalid},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			db, _ := openTest(t)
-			mustUpdate(t, db, func(tx store.Tx) error {
-				if _, err := tx.InsertRecoverySet(recoverySet("a", "b")); err != nil {
-					return err
-				}
-				return tx.InsertRecords(tt.first)
-			})
-			err := db.Update(ctx, func(tx store.Tx) error { return tx.InsertRecords(tt.then) })
-			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("insert: %v, want %v", err, tt.wantErr)
-			}
-			var n int
-			db.View(ctx, func(tx store.Tx) error {
-				for _, r := range tt.then {
-					if got, err := tx.GetRecord(r.ID); err == nil {
-						n++
-						if want := recordFingerprint(r.Blob); got.Fingerprint != want {
-							t.Errorf("record %s: fingerprint %q, want %q", r.ID, got.Fingerprint, want)
-						}
-					}
-				}
-				return nil
-			})
-			if tt.wantErr != nil && n != 0 {
-				t.Errorf("%d record(s) of a refused insert stored", n)
-			}
-			if tt.wantErr == nil && n != len(tt.then) {
-				t.Errorf("%d of %d records stored", n, len(tt.then))
-			}
-		})
-	}
-}
-
 // TestMigrationFingerprints: migration 6 gives the records of an older database their
 // fingerprints, read from their headers, so the one-mailbox rule holds for them too.
 func TestMigrationFingerprints(t *testing.T) {

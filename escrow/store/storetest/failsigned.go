@@ -1,4 +1,4 @@
-package sqlite
+package storetest
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
@@ -7,13 +7,13 @@ import (
 	"testing"
 )
 
-// TestFailSignedCertificate: a pending certificate signed but never delivered becomes failed
+// testFailSignedCertificate: a pending certificate signed but never delivered becomes failed
 // with its signed certificate kept, its code released and its record abandoned, like
 // FailCertificate; a certificate that is not pending is left as it is.
-func TestFailSignedCertificate(t *testing.T) {
-	db, _ := openTest(t)
+func testFailSignedCertificate(t *testing.T, h *Harness) {
+	s := h.Open(t)
 	der := []byte{0x30, 0x03, 0x02, 0x01, 0x05}
-	mustUpdate(t, db, func(tx store.Tx) error {
+	mustUpdate(t, s, func(tx store.Tx) error {
 		if _, err := tx.InsertRecoverySet(recoverySet("a", "b")); err != nil {
 			return err
 		}
@@ -33,7 +33,7 @@ func TestFailSignedCertificate(t *testing.T) {
 		}
 		return tx.FailSignedCertificate("5", der, t0, t0.AddDate(1, 0, 0))
 	})
-	err := db.View(ctx, func(tx store.Tx) error {
+	err := s.View(ctx, func(tx store.Tx) error {
 		c, err := tx.GetCertificate("5")
 		if err != nil {
 			return err
@@ -67,7 +67,7 @@ func TestFailSignedCertificate(t *testing.T) {
 		{name: "unknown", serial: "ff", der: der, wantErr: store.ErrNotFound},
 		{name: "no der", serial: "5", wantErr: store.ErrInvalid},
 	} {
-		err := db.Update(ctx, func(tx store.Tx) error { return tx.FailSignedCertificate(tc.serial, tc.der, t0, t0.AddDate(1, 0, 0)) })
+		err := s.Update(ctx, func(tx store.Tx) error { return tx.FailSignedCertificate(tc.serial, tc.der, t0, t0.AddDate(1, 0, 0)) })
 		if !errors.Is(err, tc.wantErr) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.wantErr)
 		}
