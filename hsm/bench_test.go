@@ -35,3 +35,21 @@ func BenchmarkSign(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDo measures what Token.do adds around a call into the module (slot, watchdog,
+// metrics), with a call that does nothing:
+//
+//	go test -run '^$' -bench BenchmarkDo -cpu 1,2 ./hsm/
+func BenchmarkDo(b *testing.B) {
+	_, _, tok := newToken(b, Options{})
+	nop := func(*conn) error { return nil }
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := tok.do("sign", nop); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}

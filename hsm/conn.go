@@ -13,7 +13,9 @@ import (
 // ([Options.CallTimeout]): the token or its module stopped answering without reporting an
 // error (a network HSM whose server froze, for example). It also matches [ErrTokenGone], so
 // callers that answer 503 to a lost token answer it to a hung one too. The connection is
-// dropped and the token is reconnected, as after a loss, once it answers again.
+// dropped and the token is reconnected, as after a loss, once it answers again. An
+// operation gets it when its call finally returns, past the limit (whatever the module
+// answered); Ping, a login and Close get it at the limit.
 var ErrTokenHung error = hungError{}
 
 // hungError is ErrTokenHung's type: a comparable value whose Is makes it ErrTokenGone too.
@@ -24,11 +26,13 @@ func (hungError) Error() string { return "hsm: token did not answer in time" }
 func (hungError) Is(target error) bool { return target == ErrTokenGone }
 
 // conn is one connection to the token: a crypto11 context and the raw session, made by one
-// login. PKCS#11 calls cannot be cancelled, so every call on a conn runs on a goroutine of
-// its own, counted in calls, and its caller waits at most a time limit. A conn whose call
-// did not return in time is retired: no new call starts on it, and it is closed (raw
-// session, then crypto11 context) only after its last call has returned, so a session is
-// never used by two goroutines and never closed under a running call.
+// login. PKCS#11 calls cannot be cancelled. Every call on a conn is counted in calls: an
+// operation runs inline on its caller's goroutine, watched by a timer ([watch]); Ping and
+// the key checks of a reconnection run on a goroutine of their own ([conn.run]), so that
+// their caller never waits past the limit. A conn whose call did not return in time is
+// retired: no new call starts on it, and it is closed (raw session, then crypto11 context)
+// only after its last call has returned, so a session is never used by two goroutines and
+// never closed under a running call.
 type conn struct {
 	c11 *crypto11.Context
 	raw *rawSession
@@ -44,7 +48,8 @@ func (c *conn) enter() { c.calls.Add(1) }
 
 // run runs f, already counted by enter, on its own goroutine and waits at most limit. On
 // time-out it returns an error wrapping [ErrTokenHung]; f goes on running and is uncounted
-// when it ends.
+// when it ends. It is for callers that must never block on the module (Ping, and the key
+// checks made under Token.mu); operations run inline instead ([Token.do]).
 func (c *conn) run(limit time.Duration, f func() error) error {
 	done := make(chan error, 1)
 	go func() {
@@ -104,6 +109,74 @@ func (cl *closing) wait(limit time.Duration) error {
 	}
 }
 
+// hungAfter is the error of a call that did not return within limit.
+func hungAfter(limit time.Duration) error {
+	return fmt.Errorf("%w: no answer within %v", ErrTokenHung, limit)
+}
+
+// Watch states: a watched call is running until its caller or its timer, whichever comes
+// first, moves it on; the other then knows it came second.
+const (
+	watchRunning uint32 = iota
+	watchReturned
+	watchExpired
+)
+
+// watch is the watchdog of one operation running inline on its caller's goroutine: a timer
+// that, if the call is still inside the module when it fires, does what a time-out does
+// (see [Token.expire]) while the caller stays blocked in the module. A watch and its
+// timer are reused through watches; one whose timer has fired is not (its function may
+// still be reading it).
+type watch struct {
+	state atomic.Uint32
+	timer *time.Timer
+
+	// Set before the timer is armed, read by expire after it fires.
+	t     *Token
+	c     *conn
+	op    string
+	start time.Time
+	limit time.Duration
+}
+
+var watches sync.Pool
+
+// startWatch arms a watch for the operation op on c, begun at start, with time limit.
+func (t *Token) startWatch(c *conn, op string, start time.Time, limit time.Duration) *watch {
+	w, _ := watches.Get().(*watch)
+	if w == nil {
+		w = new(watch)
+		w.t, w.c, w.op, w.start, w.limit = t, c, op, start, limit
+		w.timer = time.AfterFunc(limit, w.fire)
+		return w
+	}
+	w.state.Store(watchRunning)
+	w.t, w.c, w.op, w.start, w.limit = t, c, op, start, limit
+	w.timer.Reset(limit)
+	return w
+}
+
+// stop disarms w when its call has returned. It reports false when the timer fired first:
+// the call is then reported as hung, whatever it returned.
+func (w *watch) stop() (inTime bool) {
+	if !w.state.CompareAndSwap(watchRunning, watchReturned) {
+		return false
+	}
+	if w.timer.Stop() {
+		// The timer had not fired, so fire never reads w again: w can serve another call.
+		w.t, w.c = nil, nil
+		watches.Put(w)
+	}
+	return true
+}
+
+// fire runs on the timer's goroutine when w's limit passes.
+func (w *watch) fire() {
+	if w.state.CompareAndSwap(watchRunning, watchExpired) {
+		w.t.expire(w.c, w.op, w.start, w.limit)
+	}
+}
+
 // waitErr waits at most limit for an error from done.
 func waitErr(done <-chan error, limit time.Duration) error {
 	t := time.NewTimer(limit)
@@ -112,7 +185,7 @@ func waitErr(done <-chan error, limit time.Duration) error {
 	case err := <-done:
 		return err
 	case <-t.C:
-		return fmt.Errorf("%w: no answer within %v", ErrTokenHung, limit)
+		return hungAfter(limit)
 	}
 }
 

@@ -46,19 +46,30 @@
 // A [Token] and the keys it returns are safe for concurrent use. At most
 // [Options.MaxSessions] operations run at once; an operation that cannot get a session
 // within [Options.PoolWaitTimeout] fails with [ErrPoolExhausted] instead of waiting for
-// ever. Close waits for running operations and is safe to call more than once.
+// ever. Operations run on their caller's goroutine. Key generations run one at a time;
+// one waiting behind a generation stuck in a hung token fails with [ErrTokenGone] once the
+// token is found not answering, without waiting for the module. Close waits for running
+// operations (at most CallTimeout) and is safe to call more than once.
 //
 // # Time limits
 //
 // A token can stop answering without disconnecting (a network HSM whose server froze):
-// its calls then block in C code that cannot be cancelled. So every call into the module
-// (an operation, Ping, a login, Close) runs on a goroutine of its own and its caller waits
-// at most [Options.CallTimeout] ([Options.KeyGenTimeout] for key generation). A call past
-// its limit returns [ErrTokenHung], which is also [ErrTokenGone]: the connection it ran on is
-// retired (no new call starts on it; its sessions are closed, and its crypto11 context with
-// them, once its last call has returned), the token counts as not answering, and the next
-// Ping reconnects once it answers again. Close waits for the module at most CallTimeout too,
-// then leaves the stuck calls behind: a process can always stop.
+// its calls then block in C code that cannot be cancelled. An operation (sign, decrypt,
+// generate, find, destroy) runs its calls inline on its caller's goroutine, watched by a
+// timer set to [Options.CallTimeout] ([Options.KeyGenTimeout] for key generation). When
+// the limit passes while the call is still inside the module, the timer does at once what
+// a failure would: it counts the operation (result token_gone), retires the connection (no
+// new call starts on it; its sessions are closed, and its crypto11 context with them, once
+// its last call has returned), marks the token as not answering and logs once. From then
+// on [Token.Ping] fails and every new operation fails at once with [ErrTokenGone], and the
+// next Ping reconnects once the token answers again. The callers already inside the module
+// stay there until it returns (nothing can take them out); each then gets [ErrTokenHung],
+// which is also ErrTokenGone, whatever the module answered.
+//
+// What must never block runs on a goroutine of its own and its caller waits at most
+// CallTimeout: Ping, a login (Open and reconnection), the key checks of [Token.Expect] and
+// of a reconnection, and Close. Past the limit they return ErrTokenHung and leave the
+// call behind; Close then leaves the stuck calls behind too: a process can always stop.
 //
 // # Secrets
 //
@@ -153,11 +164,18 @@ type Options struct {
 	// PoolWaitTimeout bounds the wait for a free session (default 5s); a timeout is
 	// ErrPoolExhausted, never a hang.
 	PoolWaitTimeout time.Duration
-	// CallTimeout bounds each call into the module: an operation once it has a session,
-	// Ping, a login, and Close (default 10s). A call past it fails with [ErrTokenHung] and
-	// the token is reconnected. It must exceed the slowest operation but key generation.
+	// CallTimeout is the time limit on each call into the module (default 10s). It must
+	// exceed the slowest operation but key generation.
+	//
+	// An operation (once it has a session) runs inline on its caller's goroutine: at the
+	// limit, a watchdog marks the token as not answering and retires the connection, so
+	// that Ping and every later operation fail at once with [ErrTokenGone]; the caller
+	// inside the module waits for it to return, and then gets [ErrTokenHung]. Ping, a
+	// login and Close return ErrTokenHung at the limit itself and leave the call behind.
+	// The token is reconnected by Ping once it answers again.
 	CallTimeout time.Duration
-	// KeyGenTimeout bounds key generation, which takes seconds for RSA-4096 (default 60s).
+	// KeyGenTimeout is CallTimeout for key generation, which takes seconds for RSA-4096
+	// (default 60s).
 	KeyGenTimeout time.Duration
 	// Registerer receives the metrics; nil means no metrics. Several Tokens may share
 	// one Registerer: they share the collectors.
@@ -179,7 +197,9 @@ type Token struct {
 	met         *metrics
 	log         *slog.Logger
 
-	genMu sync.Mutex // serialises GenerateKey's check-then-create
+	// genSem serialises GenerateKey's check-then-create (a mutex that a waiter can give up;
+	// see lockGen).
+	genSem chan struct{}
 
 	// What a reconnection needs: the PIN is read again from its source, never kept.
 	pinSource   string
@@ -313,6 +333,7 @@ func Open(uri string, opts Options) (*Token, error) {
 		cur:         d.c,
 		gen:         1,
 		sem:         make(chan struct{}, opts.MaxSessions),
+		genSem:      make(chan struct{}, 1),
 		wait:        opts.PoolWaitTimeout,
 		callTimeout: opts.CallTimeout,
 		genTimeout:  opts.KeyGenTimeout,
@@ -422,10 +443,19 @@ func (t *Token) Close() error {
 	return nil
 }
 
-// do runs f as operation op on the current connection: it refuses a closed Token, takes a
-// session slot (or fails with ErrPoolExhausted after PoolWaitTimeout), runs f with the
-// operation's time limit (ErrTokenHung past it, and the connection is dropped), classifies
+// do runs f as operation op on the current connection: it refuses a closed Token or one
+// that is not answering (at once, with an error wrapping [ErrTokenGone]), takes a session
+// slot (or fails with ErrPoolExhausted after PoolWaitTimeout), runs f inline on the
+// caller's goroutine under a watchdog timer set to the operation's time limit, classifies
 // its error and records the metrics.
+//
+// A PKCS#11 call cannot be cancelled, so a call still inside the module at the limit keeps
+// its caller until the module returns. The watchdog does not wait for that: at the limit
+// it counts the operation as token_gone, drops the connection (no operation starts on it
+// any more; it is closed once its calls have returned), marks the token as not answering
+// and logs once, so that Ping and every later operation fail at once. When the call
+// finally returns, whatever it returned is discarded and do reports an error wrapping
+// [ErrTokenHung].
 func (t *Token) do(op string, f func(c *conn) error) error {
 	start := time.Now()
 	t.mu.RLock()
@@ -453,29 +483,96 @@ func (t *Token) do(op string, f func(c *conn) error) error {
 		limit = t.genTimeout
 	}
 	var err error
+	inTime := true
 	if c.retired.Load() {
 		// Dropped while this operation waited for a slot.
 		c.calls.Done()
+		t.release()
 		err = fmt.Errorf("%w: not answering; the appliance reconnects by itself", ErrTokenGone)
 	} else {
-		err = c.run(limit, func() error { return f(c) })
+		inTime, err = t.watched(c, op, start, limit, f)
 	}
-	<-t.sem
-	t.met.pool(-1, 0)
+	if !inTime {
+		// expire has counted it, dropped c and marked the token.
+		return hungAfter(limit)
+	}
 	err = classify(err)
 	t.met.observe(op, start, err)
-	switch {
-	case errors.Is(err, ErrTokenHung):
-		broken := t.broken.Swap(true)
-		t.drop(c)
-		if !broken {
-			t.log.Error("hsm: token stopped answering: a call did not return in time; its connection is dropped", "op", op, "err", err)
-		}
-	case errors.Is(err, ErrTokenGone) && !t.broken.Swap(true):
+	if errors.Is(err, ErrTokenGone) && !t.broken.Swap(true) {
 		t.log.Error("hsm: token stopped answering", "op", op, "err", err)
 	}
 	return err
 }
+
+// watched runs f on c, already counted by enter, on the caller's goroutine, with a watch
+// that calls expire if f is still running after limit. inTime is false when it did. It
+// gives back the caller's session slot.
+func (t *Token) watched(c *conn, op string, start time.Time, limit time.Duration, f func(c *conn) error) (inTime bool, err error) {
+	w := t.startWatch(c, op, start, limit)
+	// Deferred so that a panic in f (caught by an HTTP server, say) still disarms the watch,
+	// uncounts the call (otherwise c could never close) and frees the slot.
+	defer func() {
+		inTime = w.stop()
+		c.calls.Done()
+		t.release()
+	}()
+	return true, f(c)
+}
+
+// expire is the watchdog of an operation op on c, begun at start, still inside the module
+// after limit: it does at once what its caller will report when the module returns. It
+// counts the operation as hung, retires c, marks the token as not answering and logs once.
+// It runs on a timer's goroutine.
+func (t *Token) expire(c *conn, op string, start time.Time, limit time.Duration) {
+	err := hungAfter(limit)
+	t.met.observe(op, start, err)
+	t.drop(c)
+	if !t.broken.Swap(true) {
+		t.log.Error("hsm: token stopped answering: a call did not return in time; its connection is dropped", "op", op, "err", err)
+	}
+}
+
+// lockGen takes genSem for GenerateKey; unlockGen gives it back. A generation stuck in a
+// hung token holds it until the module returns, so a waiter looks every genPoll whether
+// the token was found not answering (or closed) meanwhile, and then fails at once with
+// the error do would give.
+func (t *Token) lockGen() error {
+	select {
+	case t.genSem <- struct{}{}:
+		return nil
+	default:
+	}
+	start := time.Now()
+	tick := time.NewTicker(genPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case t.genSem <- struct{}{}:
+			return nil
+		case <-tick.C:
+		}
+		t.mu.RLock()
+		var err error
+		switch {
+		case t.closed:
+			err = ErrClosed
+		case t.broken.Load() || t.faulty.Load() || t.cur == nil:
+			err = t.unusable()
+		}
+		t.mu.RUnlock()
+		if err != nil {
+			if err != ErrClosed {
+				t.met.observe("generate", start, err)
+			}
+			return err
+		}
+	}
+}
+
+func (t *Token) unlockGen() { <-t.genSem }
+
+// genPoll is how often a GenerateKey waiting for another looks at the token.
+const genPoll = 50 * time.Millisecond
 
 // drop retires c, the connection of a call that did not return in time: no operation
 // starts on it any more, and its close starts now, to end when its calls have returned, so
@@ -493,6 +590,12 @@ func (t *Token) dropLocked(c *conn) {
 		t.cur = nil
 		t.retiring = c.closeAsync()
 	}
+}
+
+// release gives back the session slot taken by acquire.
+func (t *Token) release() {
+	<-t.sem
+	t.met.pool(-1, 0)
 }
 
 // acquire takes a session slot, waiting at most t.wait.
@@ -519,7 +622,9 @@ func (t *Token) acquire() error {
 // token or module no longer answers ([ErrTokenHung] too when it did not answer within
 // [Options.CallTimeout]) and [ErrClosed] after Close. It does not take a pool session, so
 // it answers even when every session is busy, and it never waits for the module longer
-// than about CallTimeout.
+// than about CallTimeout: its calls run on a goroutine of their own, left behind at the
+// limit. An operation found still inside the module at its limit (see [Options.CallTimeout])
+// makes Ping fail at once from then on, although that operation's caller is still waiting.
 //
 // When the token has stopped answering, Ping tries once to reconnect: it closes the old
 // context, loads the module again, logs in (reading the PIN again from its source),

@@ -64,7 +64,8 @@ const maxLabel = 128
 // [ErrKeyExists] when any object on the token already has label (keys are never
 // overwritten; the check and the creation are atomic within this process, not across
 // processes), [ErrMechanism] for an unknown algorithm or an EC decrypt key,
-// [ErrPoolExhausted], [ErrTokenGone], [ErrClosed].
+// [ErrPoolExhausted], [ErrTokenGone] ([ErrTokenHung] when the generation was still inside
+// the module after [Options.KeyGenTimeout]), [ErrClosed].
 func (t *Token) GenerateKey(label string, alg Algorithm, usage Usage) (crypto.PublicKey, error) {
 	if label == "" || len(label) > maxLabel {
 		return nil, fmt.Errorf("hsm: generate: key label must be 1 to %d bytes", maxLabel)
@@ -91,8 +92,10 @@ func (t *Token) GenerateKey(label string, alg Algorithm, usage Usage) (crypto.Pu
 	if usage == UsageDecrypt && curve != nil {
 		return nil, fmt.Errorf("hsm: generate %q: %w: decrypt keys must be RSA", label, ErrMechanism)
 	}
-	t.genMu.Lock()
-	defer t.genMu.Unlock()
+	if err := t.lockGen(); err != nil {
+		return nil, fmt.Errorf("hsm: generate %s %s key %q: %w", alg, usage, label, err)
+	}
+	defer t.unlockGen()
 
 	var pub crypto.PublicKey
 	err := t.do("generate", func(c *conn) error {

@@ -38,9 +38,14 @@ func TestErrTokenHung(t *testing.T) {
 }
 
 // TestCallTimeout holds a call inside the module (as a token that stops answering
-// does): the caller gets ErrTokenHung after CallTimeout, the token is not used until the
-// call has returned and a new login succeeded, the old connection is closed once its call
-// returns, and Close never waits longer than CallTimeout.
+// does): at CallTimeout the watchdog marks the token as not answering while the caller is
+// still held, the held caller gets ErrTokenHung when the call returns, the token is not
+// used until the call has returned and a new login succeeded, the old connection is closed
+// once its call returns, and Close never waits longer than CallTimeout.
+//
+// The held caller itself returns only when the module does: operations run inline on the
+// caller's goroutine (a goroutine per call cost a third of the signing throughput). What
+// must not wait is everything else: readiness and every later operation.
 func TestCallTimeout(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	const limit = time.Second
@@ -57,15 +62,19 @@ func TestCallTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// hang holds a call inside the module until the watchdog has found it; release lets
+	// it return, and checks what its caller got.
 	hang := func() (release func()) {
 		t.Helper()
-		block := make(chan struct{})
-		err := tok.do("sign", func(*conn) error { <-block; return nil })
-		if !errors.Is(err, ErrTokenHung) || !errors.Is(err, ErrTokenGone) {
-			t.Fatalf("a call held past CallTimeout = %v, want ErrTokenHung and ErrTokenGone", err)
-		}
+		held := holdCall(t, tok, "sign")
 		var once sync.Once
-		return func() { once.Do(func() { close(block) }) }
+		return func() {
+			once.Do(func() {
+				if err := held(); !errors.Is(err, ErrTokenHung) || !errors.Is(err, ErrTokenGone) {
+					t.Errorf("a call held past CallTimeout = %v, want ErrTokenHung and ErrTokenGone", err)
+				}
+			})
+		}
 	}
 	old := tok.cur
 	release := hang()
@@ -138,9 +147,112 @@ func pingUntil(t *testing.T, tok *Token, within time.Duration) {
 	}
 }
 
-// TestTokenHangP11Kit freezes a real token server (SIGSTOP of p11-kit server): operations,
-// Ping and Open fail with ErrTokenHung instead of hanging, the token comes back by itself
-// after SIGCONT, and Close returns while the server is frozen.
+// holdCall runs operation op with a call that stays inside the module until released,
+// and returns once the watchdog has found it (the token no longer counts as answering)
+// while the call is still held. release lets the call return and gives its caller's error.
+func holdCall(t *testing.T, tok *Token, op string) (release func() error) {
+	t.Helper()
+	block := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- tok.do(op, func(*conn) error { <-block; return nil }) }()
+	waitUnready(t, tok, time.Minute)
+	select {
+	case err := <-done:
+		t.Fatalf("a held call returned before its release: %v", err)
+	default:
+	}
+	var once sync.Once
+	var err error
+	release = func() error {
+		once.Do(func() {
+			close(block)
+			err = <-done
+		})
+		return err
+	}
+	t.Cleanup(func() { release() })
+	return release
+}
+
+// waitUnready waits until tok counts as not answering, without calling into the module.
+func waitUnready(t *testing.T, tok *Token, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !tok.broken.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the token still counts as answering")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWatchdog: a call that returns past its limit is reported as hung although it
+// succeeded, and counted once; a key generation waiting behind a hung one does not wait
+// for the module; a call that returns in time under a short limit is not flagged, nor is
+// one that panicked.
+func TestWatchdog(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	const limit = 200 * time.Millisecond
+	_, _, tok := newToken(t, Options{CallTimeout: limit, KeyGenTimeout: limit, Registerer: reg})
+	for range 100 {
+		if err := tok.do("find", func(*conn) error { return nil }); err != nil {
+			t.Fatalf("a call that returned in time = %v", err)
+		}
+	}
+	// A call that panics (and whose caller recovers, as an HTTP server does) is over too:
+	// its watch does not fire later, and its slot and connection are given back.
+	func() {
+		defer func() { _ = recover() }()
+		_ = tok.do("find", func(*conn) error { panic("in the module") })
+	}()
+	time.Sleep(3 * limit)
+	if err := tok.do("find", func(*conn) error { return nil }); err != nil {
+		t.Fatalf("a call after one that panicked = %v", err)
+	}
+	if n := len(tok.sem); n != 0 {
+		t.Fatalf("%d session slots still taken", n)
+	}
+
+	// A generation holds GenerateKey's lock, as GenerateKey does, and hangs; the next
+	// one fails as soon as it sees the token is not answering, without waiting for the
+	// module.
+	if err := tok.lockGen(); err != nil {
+		t.Fatal(err)
+	}
+	release := holdCall(t, tok, "generate")
+	gen := make(chan error, 1)
+	go func() {
+		_, err := tok.GenerateKey("k2", P256, UsageSign)
+		gen <- err
+	}()
+	select {
+	case err := <-gen:
+		if !errors.Is(err, ErrTokenGone) {
+			t.Errorf("GenerateKey behind a hung one = %v, want ErrTokenGone", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("GenerateKey waited for a hung generation")
+	}
+	if err := tok.Ping(); !errors.Is(err, ErrTokenHung) {
+		t.Errorf("Ping while a call hangs = %v, want ErrTokenHung", err)
+	}
+	if err := release(); !errors.Is(err, ErrTokenHung) {
+		t.Errorf("a call that succeeded past its limit = %v, want ErrTokenHung", err)
+	}
+	tok.unlockGen()
+	if got := counter(t, reg, "generate", "token_gone"); got != 2 {
+		t.Errorf("generate token_gone = %v, want 2 (the hung call once, the refused one)", got)
+	}
+	pingUntil(t, tok, 10*time.Second)
+	if _, err := tok.GenerateKey("k3", P256, UsageSign); err != nil {
+		t.Fatalf("GenerateKey after reconnecting: %v", err)
+	}
+}
+
+// TestTokenHangP11Kit freezes a real token server (SIGSTOP of p11-kit server): the
+// operations inside the module at the time fail with ErrTokenHung once it answers, every
+// later operation, Ping and Open fail without waiting for it, the token comes back by
+// itself after SIGCONT, and Close returns while the server is frozen.
 func TestTokenHangP11Kit(t *testing.T) {
 	client := "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 	if _, err := exec.LookPath("p11-kit"); err != nil {
@@ -189,7 +301,8 @@ func TestTokenHangP11Kit(t *testing.T) {
 	}
 	u.ModulePath = client
 	const limit = 2 * time.Second
-	tok, err := Open(u.String(), Options{CallTimeout: limit, PoolWaitTimeout: limit})
+	reg := prometheus.NewRegistry()
+	tok, err := Open(u.String(), Options{CallTimeout: limit, PoolWaitTimeout: limit, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,8 +324,10 @@ func TestTokenHangP11Kit(t *testing.T) {
 	}
 
 	freeze()
-	// Concurrent signers all get an answer: ErrTokenHung for those that reached the
-	// module, ErrTokenGone (or a full pool) for the others.
+	// Concurrent signers: those that reached the module stay there until it answers, and
+	// get ErrTokenHung then; the others get ErrTokenGone (or a full pool) without waiting
+	// for it. Meanwhile the watchdog has marked the token as not answering: Ping and every
+	// new operation fail at once.
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for range 16 {
@@ -223,6 +338,38 @@ func TestTokenHangP11Kit(t *testing.T) {
 			errs <- err
 		}()
 	}
+	waitUnready(t, tok, time.Minute)
+	late := make(chan error, 1)
+	go func() {
+		_, err := s.Sign(nil, digest, crypto.SHA256)
+		late <- err
+	}()
+	select {
+	case err := <-late:
+		if !errors.Is(err, ErrTokenGone) {
+			t.Errorf("Sign on a token found hung = %v, want ErrTokenGone", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Sign on a token found hung waited for the module")
+	}
+	for i := range 3 {
+		if err := tok.Ping(); !errors.Is(err, ErrTokenGone) {
+			t.Fatalf("Ping %d on a frozen token = %v, want ErrTokenGone", i, err)
+		}
+	}
+
+	// The token answers again only once every signer has been given up on (the held ones
+	// by the watchdog at their own limit, the others for a full pool or a lost token):
+	// a call the module answers within its limit is a success, however late its peers are.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if counter(t, reg, "sign", "token_gone")+counter(t, reg, "sign", "pool_exhausted") >= 16+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the signers on a frozen token were not all given up on")
+		}
+	}
+	thaw()
 	wg.Wait()
 	close(errs)
 	hung := 0
@@ -238,12 +385,6 @@ func TestTokenHangP11Kit(t *testing.T) {
 	if hung == 0 {
 		t.Error("no Sign reported ErrTokenHung")
 	}
-	for i := range 3 {
-		if err := tok.Ping(); !errors.Is(err, ErrTokenGone) {
-			t.Fatalf("Ping %d on a frozen token = %v, want ErrTokenGone", i, err)
-		}
-	}
-
 	thaw()
 	pingUntil(t, tok, 30*time.Second)
 	if _, err := s.Sign(nil, digest, crypto.SHA256); err != nil {
