@@ -48,7 +48,8 @@ type KRARequest struct {
 }
 
 // KRABinding is what a KRA's auth key signs (SHA-256, then ECDSA or RSA PKCS#1 v1.5) to bind
-// its unwrap key to its enrollment.
+// its unwrap key to its enrollment. Its only error is crypto/x509's, for a key it cannot
+// encode; there is no sentinel.
 func KRABinding(name string, unwrapKey crypto.PublicKey) ([]byte, error) {
 	spki, err := x509.MarshalPKIXPublicKey(unwrapKey)
 	if err != nil {
@@ -68,6 +69,13 @@ type Pending struct {
 
 // SubmitKRA records a KRA enrollment as a pending request for an admin's decision and returns
 // its ID.
+//
+// # Errors
+//
+// [ErrInvalidRequest] (a bad name, a missing or non-RSA unwrap key, a proof that does not
+// verify), policy's refusal of the unwrap key or the auth CSR ([policy.ErrRejected]),
+// [ErrTooManyPending] when the queue is full, or, for faults of the appliance, a storage error
+// wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error) {
 	if !validName.MatchString(req.Name) {
 		return "", fmt.Errorf("%w: KRA name %q: use 1 to 64 lower-case letters, digits, '.', '_' or '-'", ErrInvalidRequest, req.Name)
@@ -138,7 +146,8 @@ func verifyDigest(pub crypto.PublicKey, digest, sig []byte) bool {
 	return false
 }
 
-// ListPending returns the requests in state (all when empty).
+// ListPending returns the requests in state (all when empty). Its only errors are the store's
+// ([store.ErrUnavailable]).
 func (s *Service) ListPending(ctx context.Context, state string) ([]Pending, error) {
 	var rows []store.Pending
 	err := s.Store.View(ctx, func(tx store.Tx) error {
@@ -168,7 +177,8 @@ func fingerprints(spki, csrDER []byte) []string {
 	return out
 }
 
-// PublicKeyFingerprint is the SHA-256 of a public key's SubjectPublicKeyInfo, in hex.
+// PublicKeyFingerprint is the SHA-256 of a public key's SubjectPublicKeyInfo, in hex; "" for a
+// key crypto/x509 cannot encode.
 func PublicKeyFingerprint(pub crypto.PublicKey) string {
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -180,6 +190,13 @@ func PublicKeyFingerprint(pub crypto.PublicKey) string {
 
 // IssuePending issues a pending KRA request: an unwrap certificate (template kra) and an auth
 // certificate (client-auth, role kra), both naming the KRA.
+//
+// # Errors
+//
+// [ErrNotFound] for no such request, [ErrInvalidRequest] for one already decided or of another
+// template, those of [Service.IssueKRA], or, for faults of the appliance, a stored request that
+// does not parse, a storage error wrapping [store.ErrUnavailable] or the audit trail's
+// ([audit.ErrAppend]), wrapped.
 func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued, error) {
 	// One decision at a time: two admins issuing the same request must not both pass the
 	// pending check. (One process owns the database.)
@@ -219,6 +236,13 @@ func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued
 
 // IssueKRA issues a KRA's unwrap and auth certificates directly (used by IssuePending and by a
 // local bootstrap such as `keyarc init --dev`).
+//
+// # Errors
+//
+// [ErrInvalidRequest] for an unwrap key that is not RSA, policy's refusal of either key
+// ([policy.ErrRejected]), the CA's [ca.ErrLint], or, for faults of the appliance, a storage
+// error wrapping [store.ErrUnavailable], the CA signer's (token's) error or the audit trail's,
+// wrapped.
 func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey crypto.PublicKey) ([]*Issued, error) {
 	kra, err := s.Template(TemplateKRA)
 	if err != nil {
@@ -251,6 +275,12 @@ func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey 
 }
 
 // DenyPending refuses a pending request.
+//
+// # Errors
+//
+// [ErrNotFound] for no such request, [ErrInvalidRequest] for one already decided, or, for
+// faults of the appliance, a storage error wrapping [store.ErrUnavailable] or the audit
+// trail's ([audit.ErrAppend]).
 func (s *Service) DenyPending(ctx context.Context, id, admin string) error {
 	s.decideMu.Lock()
 	defer s.decideMu.Unlock()
@@ -289,6 +319,12 @@ func (s *Service) getPending(ctx context.Context, id string) (*store.Pending, er
 // IssueCredential issues a client-auth certificate for a role (admin, officer, auditor) to pub.
 // It is how operators get their mutual-TLS credentials. mailbox, when set, is the operator's
 // own mailbox: policy uses it to keep an officer from recovering their own keys.
+//
+// # Errors
+//
+// [ErrInvalidRequest] for another role, a bad name or mailbox (then also
+// [policy.ErrInvalidMailbox]), policy's refusal of pub ([policy.ErrRejected]), or those of
+// [Service.IssueKRA]'s issuance ([ca.ErrLint], the appliance's faults).
 func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name, mailbox string, pub crypto.PublicKey) (*Issued, error) {
 	switch role {
 	case policy.RoleAdmin, policy.RoleOfficer, policy.RoleAuditor:
@@ -317,6 +353,12 @@ func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name, m
 
 // SetRecoverySet defines a new recovery set: n KRA unwrap certificates (by serial) and a quorum
 // m, 1 <= m <= n. It becomes a new epoch; records sealed earlier keep theirs.
+//
+// # Errors
+//
+// [ErrInvalidRequest] (a quorum out of range, a serial that is not a valid, unexpired KRA
+// unwrap certificate, two certificates of one KRA), or, for faults of the appliance, a storage
+// error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
 func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []string, admin string) (*RecoverySet, error) {
 	if len(serials) == 0 {
 		return nil, fmt.Errorf("%w: a recovery set needs at least one KRA certificate", ErrInvalidRequest)

@@ -61,7 +61,8 @@ type recoverySets struct {
 // # Errors
 //
 // [ErrNoRecoverySet] when no set is defined or a KRA certificate expired; a storage error
-// wrapping [store.ErrUnavailable].
+// wrapping [store.ErrUnavailable]. Any other error (a KRA certificate of the set missing or
+// unusable) is a fault of the archive.
 func (s *Service) CurrentRecoverySet(ctx context.Context) (*RecoverySet, error) {
 	var rs *RecoverySet
 	err := s.Store.View(ctx, func(tx store.Tx) error {
@@ -161,10 +162,13 @@ func (s *Service) recoverySetIn(tx store.Tx, row *store.RecoverySet) (*RecoveryS
 //
 // # Errors
 //
-// Those of [Service.Enroll], and: [ErrInvalidRequest] for a missing or bad envelope or a key
-// that is not the CSR's (wrapping [cms.ErrNoRecipient], [cms.ErrMalformed]... when the envelope
-// is at fault), [ErrKeyArchivedElsewhere], [ErrNoRecoverySet] (no usable set, no transport key,
-// or the set changed twice during the enrollment; then also [ErrRecoverySetChanged]).
+// Those of [Service.Enroll], and: [ErrInvalidRequest] for a template that does not archive, a
+// missing or bad envelope or a key that is not the CSR's (wrapping [cms.ErrNoRecipient],
+// [cms.ErrMalformed], [cms.ErrUnsupported] or [cms.ErrDecrypt] when the envelope is at fault;
+// a token failure under [cms.ErrDecrypt] stays in the chain), [ErrKeyArchivedElsewhere],
+// [ErrNoRecoverySet] (no usable set, no transport key, or the set changed twice during the
+// enrollment; then also [ErrRecoverySetChanged]). The transport key's own failure (the token's
+// error) and a failure to seal are the appliance's, wrapped.
 func (s *Service) EnrollArchived(ctx context.Context, who Enrollee, req EnrollRequest, envelope []byte) (*Issued, error) {
 	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
@@ -308,7 +312,10 @@ func envelopeError(err error) error {
 //
 // # Errors
 //
-// Those of [Service.EnrollArchived] but the enrollee's ([ErrUnauthorized], codes).
+// Those of [Service.EnrollArchived] but the enrollee's ([ErrUnauthorized], [ErrForbidden],
+// [ErrCodeUsed], [ErrCodeExpired]) and the envelope's; [ErrInvalidRequest] also for a mailbox
+// that is not one (wrapping [policy.ErrInvalidMailbox]) or a key that is not pub's pair, and
+// policy's refusal of pub ([policy.ErrRejected]).
 func (s *Service) IssueArchivedKey(ctx context.Context, mailbox, template string, pub crypto.PublicKey, pkcs8 []byte) (*Issued, error) {
 	t, err := s.Template(template)
 	if err != nil {
@@ -339,9 +346,11 @@ const TemplateImport = issue.TemplateImport
 //
 // # Errors
 //
-// [ErrInvalidRequest] (no mailbox, a key that is not the certificate's, a serial already in the
-// archive), [ErrKeyArchivedElsewhere], [ErrNoRecoverySet] (and [ErrRecoverySetChanged] if the
-// set changed twice), or a storage error wrapping [store.ErrUnavailable].
+// [ErrInvalidRequest] (no mailbox or an invalid one, a key that is not the certificate's, a
+// serial already in the archive), [ErrKeyArchivedElsewhere], [ErrNoRecoverySet] (and
+// [ErrRecoverySetChanged] if the set changed twice), or, for faults of the appliance, a storage
+// error wrapping [store.ErrUnavailable], the audit trail's ([audit.ErrAppend]) or a failure to
+// seal, wrapped.
 func (s *Service) ImportArchived(ctx context.Context, cert *x509.Certificate, pkcs8 []byte) (string, error) {
 	if len(cert.EmailAddresses) == 0 {
 		return "", fmt.Errorf("%w: certificate %x names no mailbox (rfc822Name)", ErrInvalidRequest, cert.SerialNumber)

@@ -20,7 +20,7 @@ func WithActor(ctx context.Context, actor string) context.Context {
 	return context.WithValue(ctx, actorKey{}, actor)
 }
 
-// ActorFrom returns the actor named by [WithActor], or "local".
+// ActorFrom returns the actor named by [WithActor], or "local". It cannot fail.
 func ActorFrom(ctx context.Context) string { return actorFrom(ctx) }
 
 func actorFrom(ctx context.Context) string {
@@ -70,6 +70,11 @@ func principalActor(role, name string) string { return role + ":" + name }
 
 // RecordEvent writes an entry that records no other change (a login failure, a start-up), in
 // its own transaction, with the actor of ctx ([WithActor]).
+//
+// # Errors
+//
+// Only faults of the appliance: a storage error wrapping [store.ErrUnavailable], or the audit
+// trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) RecordEvent(ctx context.Context, kind audit.Kind, subject string, d audit.Details) error {
 	return s.Store.Update(ctx, func(tx store.Tx) error {
 		return s.audit(tx, kind, actorFrom(ctx), subject, d)

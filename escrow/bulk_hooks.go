@@ -25,12 +25,16 @@ import (
 type SealedRecord = issue.Record
 
 // ShareHash is the RSA-OAEP hash the escrow shares (and anything else the appliance wraps to a
-// key of its kind of token) are encrypted with.
+// key of its kind of token) are encrypted with. It cannot fail.
 func (s *Service) ShareHash() crypto.Hash { return s.shareHash() }
 
 // SealForIssue seals pkcs8 for the recovery set rs, binding this CA as issuer and serial, the
-// serial the certificate will be issued with. It calls no HSM. A public key that cannot be
-// encoded is an [ErrInvalidRequest].
+// serial the certificate will be issued with. It calls no HSM.
+//
+// # Errors
+//
+// [ErrInvalidRequest] for a public key that cannot be encoded; a failure to seal (escrow/record's
+// sentinels, such as [record.ErrRandom]) is the appliance's, wrapped.
 func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.PublicKey, pkcs8 []byte) (*SealedRecord, error) {
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -40,7 +44,8 @@ func (s *Service) SealForIssue(rs *RecoverySet, serial *big.Int, pub crypto.Publ
 }
 
 // SealForImport seals pkcs8, the private key of cert (a certificate of another CA), binding
-// cert's issuer and serial. It calls no HSM.
+// cert's issuer and serial. It calls no HSM. Its only errors are a failure to seal
+// (escrow/record's sentinels, wrapped), the appliance's.
 func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 []byte) (*SealedRecord, error) {
 	// The record binds the certificate's own SPKI encoding, and its fingerprint is the hash of
 	// those bytes: crypto/x509 parses only the DER that MarshalPKIXPublicKey writes (RSA with
@@ -49,8 +54,9 @@ func (s *Service) SealForImport(rs *RecoverySet, cert *x509.Certificate, pkcs8 [
 	return s.sealRecord(rs, issuerOf(cert), cert.SerialNumber.Bytes(), cert.RawSubjectPublicKeyInfo, pkcs8)
 }
 
-// CheckKeyPair parses a PKCS#8 private key and checks that it is the pair of pub; a mismatch or
-// a malformed key is an [ErrInvalidRequest].
+// CheckKeyPair parses a PKCS#8 private key and checks that it is the pair of pub. Its only
+// error is [ErrInvalidRequest], for a malformed key, a key of an unsupported type, or a
+// mismatch.
 func CheckKeyPair(pkcs8 []byte, pub crypto.PublicKey) error { return checkKeyPair(pkcs8, pub) }
 
 // OpenEnvelope opens a client's CMS envelope to the transport certificate (in the token) and
@@ -105,8 +111,11 @@ var ErrRecoverySetChanged = issue.ErrRecoverySetChanged
 // # Errors
 //
 // [ErrRecoverySetChanged] (nothing stored), [ErrReserved] wrapping the hook's error,
-// [ErrInvalidRequest], [ErrKeyArchivedElsewhere], [store.ErrUnavailable] and [store.ErrConflict]
-// (wrapped), or the CA's [ca.ErrLint].
+// [ErrInvalidRequest] (an incomplete issuance, wrapping [issue.ErrInvalid]),
+// [ErrKeyArchivedElsewhere], [store.ErrConflict] (wrapped: a serial or record ID already
+// stored), the CA's [ca.ErrLint], or, for faults of the appliance, [store.ErrUnavailable], the
+// CA signer's (token's) error or the audit trail's ([audit.ErrAppend]), wrapped; the Prepare and
+// Finish hooks' errors, wrapped.
 func (s *Service) IssueReserved(ctx context.Context, r ReservedIssue) (*Issued, error) {
 	res := s.IssueReservedBatch(ctx, []ReservedIssue{r}, 1)[0]
 	return res.Issued, res.Err
@@ -124,8 +133,11 @@ type BatchResult struct {
 // serve the whole batch instead of two per issuance. If the batch's reservation fails (one
 // item's Reserve hook refuses, a conflict), every item is issued on its own instead, so a bad
 // item fails alone; an item sealed for a replaced recovery set fails alone with
-// [ErrRecoverySetChanged]. The results are in the order of rs; their errors are those of
-// [Service.IssueReserved].
+// [ErrRecoverySetChanged]. The results are in the order of rs.
+//
+// # Errors
+//
+// Each result's are those of [Service.IssueReserved].
 func (s *Service) IssueReservedBatch(ctx context.Context, rs []ReservedIssue, signers int) []BatchResult {
 	return s.IssueReservedBatchWait(ctx, rs, signers, nil)
 }
@@ -142,6 +154,11 @@ type StorageWait = issue.StorageWait
 // own: when wait gives up (or is nil), every item of the failed step gets that fault as its
 // error; certificates signed but not committed are left pending, for [Service.Sweep] or the
 // bulk job's next pass to mark failed. Other errors behave as in IssueReservedBatch.
+//
+// # Errors
+//
+// Each result's are those of [Service.IssueReserved]; [store.ErrUnavailable] (wrapped) only
+// once wait has given up.
 func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue, signers int, wait StorageWait) []BatchResult {
 	reqs := make([]issue.Request, len(rs))
 	actor := actorFrom(ctx)
@@ -170,7 +187,9 @@ func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue
 // # Errors
 //
 // [ErrInvalidRequest] for a serial already in the archive, [ErrKeyArchivedElsewhere],
-// [ErrRecoverySetChanged] (nothing stored), [store.ErrUnavailable] (wrapped).
+// [ErrRecoverySetChanged] (also an [ErrNoRecoverySet]; nothing stored), extra's error, or, for
+// faults of the appliance, [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]),
+// wrapped.
 func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mailbox string, rec *SealedRecord, extra func(tx store.Tx) error) error {
 	stale, err := s.Pipeline().Import(ctx, "local", "", []issue.ImportItem{{Cert: cert, Mailbox: mailbox, Record: rec}},
 		func(tx store.Tx, stored []int) error {
@@ -206,7 +225,8 @@ type ImportItem = issue.ImportItem
 //
 // # Errors
 //
-// Those of [Service.CommitImport], for the whole batch.
+// Those of [Service.CommitImport], for the whole batch, except that a serial already in the
+// archive is a [store.ErrConflict] (wrapped), not an [ErrInvalidRequest].
 func (s *Service) CommitImports(ctx context.Context, subject string, items []ImportItem, extra func(tx store.Tx) error) error {
 	_, err := s.Pipeline().Import(ctx, actorFrom(ctx), subject, items, func(tx store.Tx, stored []int) error {
 		if len(stored) != len(items) {

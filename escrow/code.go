@@ -50,6 +50,13 @@ func hashCode(secret string) []byte {
 }
 
 // CreateCode makes a single-use enrollment code for mailbox under template, valid for ttl.
+//
+// # Errors
+//
+// [ErrInvalidRequest] (an invalid mailbox, then also [policy.ErrInvalidMailbox]; a ttl that is
+// not positive; a template issued by an admin's decision), [policy.ErrUnknownTemplate], or,
+// for faults of the appliance, a storage error wrapping [store.ErrUnavailable] or the audit
+// trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl time.Duration) (*Code, error) {
 	mailbox, err := policy.NormalizeMailbox(mailbox)
 	if err != nil {

@@ -21,7 +21,8 @@ import (
 // # Errors
 //
 // Those of [Service.EnrollArchived] but the envelope's; [ErrInvalidRequest] for a template
-// without server_keygen or a key type it cannot make.
+// without server_keygen or a key type it cannot make. A failure to encode the new key has no
+// sentinel (the appliance's fault).
 func (s *Service) ServerKeygen(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, []byte, error) {
 	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
@@ -67,8 +68,11 @@ var KeyTypes = []string{"rsa2048", "rsa3072", "rsa4096", "p256", "p384"}
 // ErrKeyType: NewKey does not know the key type.
 var ErrKeyType = errors.New("escrow: unknown key type")
 
-// NewKey generates a key of a type named as in KeyTypes, from crypto/rand; an unknown type is
-// an [ErrKeyType].
+// NewKey generates a key of a type named as in KeyTypes, from crypto/rand.
+//
+// # Errors
+//
+// [ErrKeyType] for an unknown type; otherwise only crypto/rand's failure.
 func NewKey(kind string) (crypto.Signer, error) {
 	switch kind {
 	case "rsa2048":

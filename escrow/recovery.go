@@ -38,7 +38,8 @@ var (
 	ErrTooManyFailures = errors.New("escrow: too many refused approvals from this KRA; wait before trying again")
 	// ErrRecordMismatch: a sealed record is not the one its row says (swapped or altered).
 	ErrRecordMismatch = errors.New("escrow: escrow record does not match its certificate")
-	// ErrRecoveryKey: the request's recovery key in the token is unusable.
+	// ErrRecoveryKey: the request's recovery key in the token is unusable, or cannot decrypt an
+	// approved share: a fault of the appliance, never of the officer.
 	ErrRecoveryKey = errors.New("escrow: recovery key unavailable")
 )
 
@@ -93,9 +94,13 @@ type RecoveryItem struct {
 //
 // # Errors
 //
-// [ErrInvalidRequest], [ErrNotFound], policy's refusals ([policy.ErrNotAllowed],
-// [policy.ErrOwnKey], ...), [ErrIntegrity] (wrapping [check.ErrInconsistent]) when a record or
-// its certificate fails the consistency check, or the store's error.
+// [ErrInvalidRequest] (neither or both of serial and email, a bad reason), [ErrNotFound] (no
+// archived key), policy's refusals ([policy.ErrNotAllowed], [policy.ErrOwnKey],
+// [policy.ErrNotRecoverable], [policy.ErrTooManyRecords]), [ErrIntegrity] (wrapping
+// [ErrRecordMismatch] and [check.ErrInconsistent]) when a record or its certificate fails the
+// consistency check, or, for faults of the appliance, the token's error making the recovery
+// key, a storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]),
+// wrapped. A row that policy finds malformed ([policy.ErrBadRecord]) is the archive's fault.
 func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal, serial, email, reason string, ttl time.Duration) (*Recovery, error) {
 	if (serial == "") == (email == "") {
 		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
@@ -524,7 +529,8 @@ func quorumProgress(req policy.Request, sets map[uint32]policy.RecoverySet, apps
 	return 0, need
 }
 
-// ListRecoveries lists requests in state ("" for all).
+// ListRecoveries lists requests in state ("" for all). Its only errors are the store's
+// ([store.ErrUnavailable]).
 func (s *Service) ListRecoveries(ctx context.Context, state string) ([]store.Recovery, error) {
 	var out []store.Recovery
 	err := s.Store.View(ctx, func(tx store.Tx) error {
@@ -548,9 +554,12 @@ type ShareForKRA struct {
 //
 // # Errors
 //
-// [ErrNotFound], policy's refusal of the approver, [ErrRecordMismatch] for a record whose
+// [ErrNotFound], policy's refusal of the approver ([policy.ErrNotAllowed], [policy.ErrConsumed],
+// [policy.ErrRequestClosed], [policy.ErrExpired]), [ErrRecordMismatch] for a record whose
 // sealed header is not its row's, [ErrIntegrity] (wrapping [check.ErrInconsistent]) when a
-// record or its certificate fails the consistency check, or the store's error.
+// record or its certificate fails the consistency check, or a storage error wrapping
+// [store.ErrUnavailable]. Any other error (a record that does not parse, a row the request
+// names missing) is a fault of the archive.
 func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string) (*Recovery, []ShareForKRA, error) {
 	st, err := s.loadRecovery(ctx, id, snapshot{records: true, unwrapOf: kra.Name})
 	if err != nil {
@@ -627,6 +636,7 @@ func decodeShares(b []byte) ([]ApprovedShare, error) {
 // ApprovalDigest is what a KRA's auth key signs (SHA-256, then ECDSA or RSA PKCS#1 v1.5): the
 // exact request (ID, requester, recovery key, expiry, records in order) and the SHA-256 of each
 // re-encrypted share the KRA submits. A signature for one request is worthless for any other.
+// It cannot fail.
 func ApprovalDigest(r *store.Recovery, shares []ApprovedShare) []byte {
 	h := sha256.New()
 	field := func(b []byte) {
@@ -682,9 +692,11 @@ func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time
 //
 // # Errors
 //
-// [ErrTooManyFailures], [ErrNotFound], policy's refusal of the approver, [ErrBadApproval],
-// [ErrAlreadyApproved], [ErrIntegrity] (wrapping [check.ErrInconsistent]; not counted against
-// the KRA), or the store's error.
+// [ErrTooManyFailures], [ErrNotFound], policy's refusal of the approver (as in
+// [Service.SharesFor]), [ErrBadApproval], [ErrAlreadyApproved], [ErrIntegrity] (wrapping
+// [check.ErrInconsistent]; not counted against the KRA), or, for faults of the appliance, a
+// storage error wrapping [store.ErrUnavailable] (not counted either) or the audit trail's
+// ([audit.ErrAppend]), wrapped.
 func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
 	now := s.now()
 	st, err := s.loadRecovery(ctx, id, snapshot{failuresOf: kra.Name, at: now, records: true, credential: kra.Serial})
@@ -802,9 +814,14 @@ type RecoveredFile struct {
 //
 // # Errors
 //
-// [ErrNotFound], [ErrInvalidRequest], [ErrForbidden], policy's refusals ([policy.ErrQuorum],
-// [policy.ErrConsumed], [policy.ErrExpired], ...), [ErrIntegrity] (wrapping
-// [check.ErrInconsistent]), [ErrRecordMismatch], [ErrRecoveryKey], or the store's error.
+// [ErrNotFound], [ErrInvalidRequest] (a reseal request), [ErrForbidden] (not the requesting
+// officer), policy's refusals ([policy.ErrQuorum], [policy.ErrConsumed],
+// [policy.ErrRequestClosed], [policy.ErrExpired], [policy.ErrNotAllowed]), [ErrIntegrity]
+// (wrapping [check.ErrInconsistent]), [ErrRecordMismatch], [ErrRecoveryKey] (with the token's
+// error), or a storage error wrapping [store.ErrUnavailable] or the audit trail's
+// ([audit.ErrAppend]). Any other error (a recovery set policy cannot use:
+// [policy.ErrUnknownEpoch], [policy.ErrInvalidSet]; a record that does not open) is a fault of
+// the archive.
 func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string, legacy bool) (*Recovered, error) {
 	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true})
 	if err != nil {
@@ -921,7 +938,7 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 				pt, err := dec.Decrypt(rand.Reader, sh.Share, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
 				if err != nil {
 					clearAll(shares)
-					return nil, fmt.Errorf("escrow: decrypt %s's share of record %s: %w", kra, r.ID, err)
+					return nil, fmt.Errorf("%w: decrypt %s's share of record %s: %w", ErrRecoveryKey, kra, r.ID, err)
 				}
 				shares = append(shares, pt)
 			}
@@ -1053,6 +1070,12 @@ func newPassword() (string, error) {
 }
 
 // CancelRecovery closes an open request without delivering it and destroys its key.
+//
+// # Errors
+//
+// [ErrNotFound], [ErrForbidden] (not the requester), [policy.ErrConsumed] or
+// [policy.ErrRequestClosed] for a request no longer open, or, for faults of the appliance, a
+// storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
 func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, id string) error {
 	st, err := s.loadRecovery(ctx, id, snapshot{})
 	if err != nil {
@@ -1087,6 +1110,11 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 
 // ExpireRecoveries closes requests past their expiry and destroys their recovery keys. The
 // appliance runs it at start-up and periodically.
+//
+// # Errors
+//
+// Only faults of the appliance: a storage error wrapping [store.ErrUnavailable], or the audit
+// trail's ([audit.ErrAppend]), wrapped. A recovery key the token fails to destroy is logged.
 func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	var expired []store.Recovery
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
@@ -1119,6 +1147,13 @@ const maxResealBatch = 1000
 // are to be moved to the current one. The KRAs of the old sets approve it exactly as a recovery
 // (their quorum is needed), and CompleteReseal then reseals the records inside the appliance:
 // no key leaves it. Replacing or expiring KRAs therefore never strands old records.
+//
+// # Errors
+//
+// [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover] when every active
+// record is sealed under the current set, [policy.ErrNotAllowed] for a caller that is not an
+// admin, or, for faults of the appliance, the token's error making the recovery key, a storage
+// error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, ttl time.Duration) (*Recovery, error) {
 	if strings.TrimSpace(reason) == "" {
 		reason = "reseal to the current recovery set"
@@ -1153,6 +1188,12 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 
 // CompleteReseal reseals the records of a granted reseal request to the current recovery set and
 // consumes the request.
+//
+// # Errors
+//
+// Those of [Service.Fetch], with [ErrInvalidRequest] for a recovery (not a reseal) request and
+// [ErrForbidden] for another admin than the requester; [ErrNoRecoverySet] when the current set
+// is not usable; [policy.ErrConsumed] when the request or its records were resealed meanwhile.
 func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id string) (int, error) {
 	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true, current: true})
 	if err != nil {

@@ -57,7 +57,11 @@ import (
 	"github.com/keyarc/keyarc/policy"
 )
 
-// Errors the HTTP layer maps to statuses.
+// Errors the HTTP layer maps to statuses (cmd/keyarc/internal/api's status). Every exported
+// entry point names, under "# Errors", the sentinels it returns: those of this package, and
+// those of policy, store, ca, cms, check, audit and escrow/issue it passes on (wrapped). A
+// fault of the appliance (storage: [store.ErrUnavailable]; token; archive: [ErrIntegrity] or
+// an unnamed error) is never wrapped in one of the client's sentinels without its own.
 var (
 	// ErrUnauthorized: the mailbox and enrollment code (or client certificate) were not accepted.
 	ErrUnauthorized = errors.New("escrow: mailbox and enrollment code not accepted")
@@ -147,8 +151,12 @@ type Issued struct {
 	RecordID    string
 }
 
-// Template returns the named template, or a [policy.UnknownTemplateError] (an
-// [policy.ErrUnknownTemplate]) that lists the valid names.
+// Template returns the named template.
+//
+// # Errors
+//
+// Only a [policy.UnknownTemplateError] (an [policy.ErrUnknownTemplate]) that lists the valid
+// names.
 func (s *Service) Template(name string) (*policy.Template, error) {
 	t, ok := s.Templates[name]
 	if !ok {
@@ -161,10 +169,13 @@ func (s *Service) Template(name string) (*policy.Template, error) {
 //
 // # Errors
 //
-// [ErrUnauthorized], [ErrForbidden], [ErrInvalidRequest] (also for an archiving template),
-// [ErrCodeUsed], [ErrCodeExpired], [policy.ErrUnknownTemplate], policy's refusals of the CSR
-// ([policy.ErrRejected]), the CA's lint error ([ca.ErrLint]), or a storage error wrapping
-// [store.ErrUnavailable].
+// [ErrUnauthorized] (no code nor certificate, or a code the store does not hold),
+// [ErrForbidden] (a code of another template), [ErrInvalidRequest] (no CSR, a template that
+// archives or needs an admin's approval), [ErrCodeUsed], [ErrCodeExpired],
+// [policy.ErrUnknownTemplate], policy's refusals of the CSR ([policy.ErrRejected] and its
+// cause; [policy.ErrInvalidMailbox]), the CA's [ca.ErrLint], or, for faults of the appliance,
+// a storage error wrapping [store.ErrUnavailable], the CA signer's (token's) error or the audit
+// trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) Enroll(ctx context.Context, who Enrollee, req EnrollRequest) (*Issued, error) {
 	ctx = WithActor(ctx, "enrollee:"+who.Mailbox)
 	t, err := s.checkRequest(who, req)
@@ -246,7 +257,8 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	case errors.Is(err, store.ErrCodeExpired):
 		return nil, ErrCodeExpired
 	case errors.Is(err, store.ErrNotFound):
-		return nil, err
+		// The code to claim does not exist: not a code the appliance accepts.
+		return nil, ErrUnauthorized
 	case err != nil:
 		return nil, fmt.Errorf("escrow: %w", err)
 	}
@@ -279,6 +291,9 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 		return nil, ErrCodeUsed
 	case errors.Is(err, store.ErrCodeExpired):
 		return nil, ErrCodeExpired
+	case errors.Is(err, store.ErrNotFound) && is.codeID != "" && s.codeMissing(ctx, is.codeID):
+		// The reservation could not claim the code: not a code the appliance accepts.
+		return nil, ErrUnauthorized
 	case errors.Is(err, ErrKeyArchivedElsewhere):
 		return nil, fmt.Errorf("escrow: the private key of this request is already archived for another mailbox; enroll with a new key: %w", ErrKeyArchivedElsewhere)
 	case errors.Is(err, issue.ErrRecoverySetChanged):
@@ -290,10 +305,20 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}, nil
 }
 
+// codeMissing reports whether the store holds no code id (a reservation's ErrNotFound may also
+// be a missing recovery set's).
+func (s *Service) codeMissing(ctx context.Context, id string) bool {
+	err := s.Store.View(ctx, func(tx store.Tx) error {
+		_, err := tx.GetCode(id)
+		return err
+	})
+	return errors.Is(err, store.ErrNotFound)
+}
+
 // Pipeline is the issuance pipeline (escrow/issue) over the Service's store, CA and audit trail:
 // the one path by which an escrow record is committed. Its undos that the storage refuses go
 // to the Service's one [issue.Undoer], which retries them in the background until the storage
-// answers (see [Service.PendingUndos]).
+// answers (see [Service.PendingUndos]). Its methods document their own errors.
 func (s *Service) Pipeline() *issue.Pipeline {
 	p := &issue.Pipeline{Store: s.Store, Issuer: s.Issuer, Audit: s.audit, Now: s.Now, Logger: s.Logger, Undoer: s.undos()}
 	if m := s.Metrics; m != nil {
@@ -320,7 +345,8 @@ func (s *Service) undos() *issue.Undoer {
 //
 // # Errors
 //
-// Only the store's ([store.ErrUnavailable]) or the audit trail's (wrapping [audit.ErrAppend]).
+// Only the store's ([store.ErrUnavailable]) or the audit trail's (wrapping [audit.ErrAppend]):
+// faults of the appliance.
 func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 	var n store.Swept
 	err := s.Store.Update(ctx, func(tx store.Tx) error {

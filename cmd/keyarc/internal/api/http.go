@@ -294,6 +294,16 @@ const integrityMessage = "the archive failed its consistency check for this cert
 
 // status maps an error to an HTTP status and a message fit for the client. Anything it does not
 // recognise is a 500 whose details go to the log only.
+//
+// The cases follow from the error contracts of the engine: each exported entry point of escrow
+// names, under "# Errors", the sentinels it returns (escrow's own, and policy's, store's, ca's,
+// cms's and check's it passes on). A sentinel of the client's fault is a 4xx here; a fault of
+// the appliance (storage, token, database, archive) is a 503 when retrying may help, else a
+// 500, and never a 4xx, even when it hides under a client's sentinel: those cases come first.
+// Sentinels of the archive's fault with no case of their own ([policy.ErrBadRecord],
+// [policy.ErrUnknownEpoch], [policy.ErrInvalidSet], store.ErrNotFound for a row a request
+// names, [audit.ErrAppend]) are the default 500. A new sentinel in a contract gets its case
+// here and a row in TestStatusContracts (errmap_test.go).
 func status(err error) (int, string) {
 	var hs *httpStatusError
 	var rej *policy.RejectError
@@ -308,6 +318,9 @@ func status(err error) (int, string) {
 		// A refused PIN or a swapped token is the appliance's fault, never the client's.
 		_, msg := tokenCause(err)
 		return http.StatusServiceUnavailable, msg
+	case errors.Is(err, escrow.ErrRecoveryKey):
+		// The request's recovery key is the appliance's, whatever mechanism it lacks.
+		return http.StatusInternalServerError, "the recovery key of this request in the appliance token is unusable; an administrator must look at the log"
 	case errors.Is(err, hsm.ErrMechanism):
 		return http.StatusBadRequest, "the appliance token cannot do this mechanism (RSA-OAEP here needs SHA-1: openssl cms -keyopt rsa_oaep_md:sha1)"
 	case errors.Is(err, escrow.ErrNoRecoverySet):
@@ -339,7 +352,7 @@ func status(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.As(err, &rej), errors.Is(err, policy.ErrRejected):
 		return http.StatusBadRequest, err.Error()
-	case errors.Is(err, escrow.ErrInvalidRequest), errors.Is(err, policy.ErrInvalidMailbox):
+	case errors.Is(err, escrow.ErrInvalidRequest), errors.Is(err, policy.ErrInvalidMailbox), errors.Is(err, policy.ErrTooManyRecords):
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, escrow.ErrCodeUsed), errors.Is(err, escrow.ErrCodeExpired), errors.Is(err, escrow.ErrUnauthorized):
 		return http.StatusUnauthorized, err.Error()
