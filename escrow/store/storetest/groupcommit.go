@@ -254,7 +254,11 @@ func testViewIsASnapshot(t *testing.T, h *Harness) {
 			return nil
 		})
 	}()
-	<-read
+	select {
+	case <-read:
+	case err := <-viewErr:
+		t.Fatalf("View: %v", err)
+	}
 	mustUpdate(t, s, func(tx store.Tx) error {
 		if err := tx.InsertCertificate(cert("02")); err != nil {
 			return err
