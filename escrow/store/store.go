@@ -16,15 +16,21 @@ import (
 // fails, every caller of the group gets that error. fn may run more than once only if the
 // backend says so; today's do not retry.
 //
+// An error returned by a Tx method does not end the transaction: fn may handle it and go on,
+// and its other writes stand. A method that writes several rows (InsertCertificates,
+// InsertRecords, InsertRecovery, ...) may have stored some of them when it fails, so fn
+// should return such an error: returning it undoes all of fn's writes.
+//
 // View runs fn in a read-only transaction on one consistent snapshot of committed data,
-// concurrently with Update and other Views. Writes in a View fail with [ErrReadOnly].
+// concurrently with Update and other Views: it never sees part of an Update, nor what commits
+// after its first read. Writes in a View fail with [ErrReadOnly]. A nil fn gives [ErrInvalid].
 //
 // A [Tx] belongs to the function it was passed to: it must not be kept after the function
 // returns ([ErrTxDone]) nor shared with other goroutines. Functions passed to Update must be
 // quick, do no I/O other than through the Tx, and never call Update or View.
 //
 // Faults of the storage itself (I/O errors, a full disk, a lost connection) wrap
-// [ErrUnavailable]; a closed store gives [ErrClosed].
+// [ErrUnavailable]; a closed store gives [ErrClosed]. Close is safe to call more than once.
 type Store interface {
 	Update(ctx context.Context, fn func(Tx) error) error
 	View(ctx context.Context, fn func(Tx) error) error
@@ -55,28 +61,35 @@ type Codes interface {
 	// GetCode returns code id, or [ErrNotFound].
 	GetCode(id string) (*Code, error)
 	// ClaimCode marks code id used at now: [ErrNotFound], [ErrCodeUsed] if it was used
-	// already, [ErrCodeExpired] if it expired before now.
+	// already, [ErrCodeExpired] if it expires at or before now. Of concurrent claims of one
+	// code, exactly one succeeds.
 	ClaimCode(id string, now time.Time) error
-	// ReleaseCode makes a claimed code usable again (a failed enrollment), or [ErrNotFound].
+	// ReleaseCode makes a claimed code usable again (a failed enrollment), clearing its
+	// serial, or [ErrNotFound].
 	ReleaseCode(id string) error
 }
 
 // Certificates are the certificates the CA issued or reserved a serial for. Serials are
 // normalised ([NormalizeSerial]) by every method that takes one.
 type Certificates interface {
-	// InsertCertificate reserves c.Serial (state pending, no DER yet): [ErrConflict] if the
-	// serial exists, [ErrInvalid] for a bad field.
+	// InsertCertificate reserves c.Serial, normally in state pending with no DER yet (any
+	// state is accepted, for migrations; issued and revoked ones need their DER). If c.CodeID
+	// is set, that code's Serial becomes c.Serial. [ErrConflict] if the serial exists,
+	// [ErrNotFound] if the code does not, [ErrInvalid] for a bad field.
 	InsertCertificate(c Certificate) error
-	// InsertCertificates is InsertCertificate for many, all or none.
+	// InsertCertificates is InsertCertificate for many. On an error some may have been
+	// stored: the function's error undoes them (see [Store]).
 	InsertCertificates(cs []Certificate) error
 	// SetCertificateIssued moves a pending certificate to issued with its DER and validity:
-	// [ErrNotFound], or [ErrConflict] if it is not pending.
+	// [ErrNotFound], [ErrConflict] if it is not pending, [ErrInvalid] without DER or validity.
 	SetCertificateIssued(serial string, der []byte, notBefore, notAfter time.Time) error
 	// FailCertificate marks a pending certificate failed (never signed): [ErrNotFound], or
-	// [ErrConflict] if it is not pending.
+	// [ErrConflict] if it is not pending. Like [Pendings.SweepPending], it also releases the
+	// enrollment code claimed for it and abandons its escrow record if that is still pending.
 	FailCertificate(serial string) error
 	// FailSignedCertificate marks failed a pending certificate that was signed but must not
-	// be used, keeping its DER: [ErrNotFound], or [ErrConflict] if it is not pending.
+	// be used, keeping its DER, with the effects of FailCertificate: [ErrNotFound],
+	// [ErrConflict] if it is not pending, [ErrInvalid] without DER or validity.
 	FailSignedCertificate(serial string, der []byte, notBefore, notAfter time.Time) error
 	// RevokeCertificate marks an issued certificate revoked at: [ErrNotFound], or
 	// [ErrConflict] if it is not issued.
@@ -89,12 +102,16 @@ type Certificates interface {
 
 // Records are sealed escrow records (made by escrow/record; the store never sees a key).
 type Records interface {
-	// InsertRecord stores a pending record: [ErrConflict] if its ID exists, [ErrInvalid] for
-	// a bad field, [ErrKeyArchivedElsewhere] if its key is live for another mailbox.
+	// InsertRecord stores a pending record: [ErrConflict] if its ID or its serial exists,
+	// [ErrNotFound] if the recovery set of its epoch does not, [ErrInvalid] for a bad field,
+	// [ErrKeyArchivedElsewhere] if its key is live (pending or active) for another mailbox.
 	InsertRecord(r Record) error
-	// InsertRecords is InsertRecord for many, all or none.
+	// InsertRecords is InsertRecord for many. The key-owner rule holds among them too, and
+	// its refusal stores none of them; on another error some may have been stored, which the
+	// function's error undoes (see [Store]).
 	InsertRecords(rs []Record) error
-	// ActivateRecord moves a pending record to active: [ErrNotFound], or [ErrConflict].
+	// ActivateRecord moves a pending record to active (an active one stays active):
+	// [ErrNotFound], or [ErrConflict] if it was abandoned.
 	ActivateRecord(id string) error
 	// GetRecord returns record id, or [ErrNotFound].
 	GetRecord(id string) (*Record, error)
@@ -110,7 +127,8 @@ type Records interface {
 	// oldest first, at most limit of them.
 	RecordsBeforeEpoch(epoch uint32, limit int) ([]Record, error)
 	// ResealRecord replaces the blob of record id sealed to epoch from by one sealed to
-	// epoch to: [ErrNotFound], or [ErrConflict] if it is no longer sealed to from.
+	// epoch to: [ErrConflict] if it is not an active record sealed to from (an unknown ID
+	// included), [ErrInvalid] without a blob or unless to is newer than from.
 	ResealRecord(id string, from, to uint32, blob []byte) error
 }
 
@@ -135,11 +153,13 @@ type Pendings interface {
 
 // RecoverySets are the successive sets of Key Recovery Agents records are sealed to.
 type RecoverySets interface {
-	// InsertRecoverySet stores the next set and returns its epoch.
+	// InsertRecoverySet stores the next set and returns its epoch, one more than the newest
+	// (the first is 1), also under concurrent writers. [ErrInvalid] unless it has 1 to 255
+	// distinct KRA serials, a quorum in 1..len(KRASerials) and a creator.
 	InsertRecoverySet(rs RecoverySet) (uint32, error)
 	// CurrentRecoverySet returns the newest set, or [ErrNotFound] before the first.
 	CurrentRecoverySet() (*RecoverySet, error)
-	// CurrentEpoch returns the newest set's epoch, or [ErrNotFound].
+	// CurrentEpoch returns the newest set's epoch, or 0 before the first.
 	CurrentEpoch() (uint32, error)
 	// GetRecoverySet returns set epoch, or [ErrNotFound].
 	GetRecoverySet(epoch uint32) (*RecoverySet, error)
@@ -147,20 +167,22 @@ type RecoverySets interface {
 
 // Recoveries are recovery (and reseal) requests and their KRA approvals.
 type Recoveries interface {
-	// InsertRecovery stores an open request: [ErrConflict] if its ID exists, [ErrInvalid].
+	// InsertRecovery stores an open request: [ErrConflict] if its ID exists, [ErrNotFound]
+	// if one of its records does not, [ErrInvalid] for a missing field.
 	InsertRecovery(r Recovery) error
 	// GetRecovery returns request id, or [ErrNotFound].
 	GetRecovery(id string) (*Recovery, error)
 	// ListRecoveries returns the requests in state (all when ""), newest first, without
 	// their record lists.
 	ListRecoveries(state string) ([]Recovery, error)
-	// CloseRecovery moves an open request to state: [ErrNotFound], or [ErrConflict] if it
-	// is not open.
+	// CloseRecovery moves an open request to state (consumed, cancelled or expired):
+	// [ErrNotFound], [ErrConflict] if it is not open, [ErrInvalid] for another state.
 	CloseRecovery(id, state string, at time.Time) error
 	// ExpireRecoveries moves open requests whose expiry is at or before now to expired and
 	// returns them (their recovery keys are to be destroyed).
 	ExpireRecoveries(now time.Time) ([]Recovery, error)
-	// InsertApproval stores a KRA's approval: [ErrConflict] if that KRA approved already.
+	// InsertApproval stores a KRA's approval: [ErrConflict] if that KRA approved already,
+	// [ErrNotFound] if the request does not exist, [ErrInvalid] for a missing field.
 	InsertApproval(a Approval) error
 	// ListApprovals returns the approvals of a request, in the order they came.
 	ListApprovals(recoveryID string) ([]Approval, error)
@@ -171,24 +193,53 @@ type Recoveries interface {
 	ApprovalFailures(kra string, since time.Time) (int, error)
 }
 
-// Jobs are bulk jobs and their items.
+// Jobs are bulk jobs and their items. An item is identified by its job and seq; that it can
+// be stored once only ([ErrConflict]) is what makes the issuance of an item idempotent.
 type Jobs interface {
+	// InsertJob stores a queued job: [ErrConflict] if its ID exists, [ErrInvalid] for a bad
+	// field (kind enroll, keygen or import).
 	InsertJob(j Job) error
+	// GetJob returns job id, or [ErrNotFound].
 	GetJob(id string) (*Job, error)
+	// ListJobs returns the jobs in state (all when ""), oldest first.
 	ListJobs(state string) ([]Job, error)
+	// StartJob moves a queued job to running (a running one stays so, with its first start
+	// time), or [ErrConflict] if it is neither.
 	StartJob(id string, at time.Time) error
+	// FinishJob moves a queued or running job to state (done or cancelled) with its counts:
+	// [ErrConflict] if it is neither, [ErrInvalid] for another state.
 	FinishJob(id, state string, done, failed int, at time.Time) error
+	// ClearJobSecret forgets a job's secret key and its items' sealed passwords, and reports
+	// whether there was a key to forget.
 	ClearJobSecret(id string) (bool, error)
+	// JobCounts counts a job's items by state.
 	JobCounts(id string) (done, failed, reserved int, err error)
+	// ReserveJobItem stores item seq as reserved for serial and record: [ErrConflict] if the
+	// item exists in any state.
 	ReserveJobItem(jobID string, seq int, serial, recordID string) error
+	// FinishJobItem marks a reserved item done with its results, or [ErrConflict].
 	FinishJobItem(jobID string, seq int, pkcs12, password []byte) error
+	// InsertJobItemDone stores an item done at once (an import): [ErrConflict] if it exists.
 	InsertJobItemDone(jobID string, seq int, serial, recordID string) error
+	// InsertJobItemsDone is InsertJobItemDone for many items of a job.
 	InsertJobItemsDone(jobID string, items []DoneItem) error
+	// FailJobItem stores a new item as failed or fails a reserved one: [ErrConflict] if it
+	// is done or failed already.
 	FailJobItem(jobID string, seq int, reason string) error
+	// ReleaseReservedItems deletes the reserved items whose certificate is missing or
+	// failed, so that they are issued again, and returns how many. Items whose certificate
+	// is pending, issued or revoked stay: no item is ever issued twice.
 	ReleaseReservedItems(jobID string) (int, error)
+	// JobItemSeqs calls fn with the seq and state of every item of a job, in seq order.
 	JobItemSeqs(jobID string, fn func(seq int, state string) error) error
+	// JobItems calls fn with the items of a job from seq from on, in seq order, at most
+	// limit (0: all); a done item's Result is its certificate's DER.
 	JobItems(jobID string, from, limit int, fn func(JobItem) error) error
+	// AbandonReservedItems marks failed the pending certificates of a job's reserved items,
+	// and abandons their pending records, and returns how many certificates it failed.
 	AbandonReservedItems(jobID string) (int, error)
+	// CompleteIssuedItems marks done the reserved items whose certificate is issued (or
+	// revoked) with an active record, and returns how many.
 	CompleteIssuedItems(jobID string) (int, error)
 }
 
@@ -196,7 +247,10 @@ type Jobs interface {
 // (hashes, signatures, verification) is escrow/audit's.
 type AuditLog interface {
 	// AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
-	// empty. Backends make it cheap on the writer: every append reads it.
+	// empty. Backends make it cheap on the writer: every append reads it. In an Update it is
+	// the tail the next entry will follow when it commits: a backend serialises the
+	// transactions that append (SQLite: one writer, BEGIN IMMEDIATE across processes), so an
+	// entry made from it never conflicts with another writer's, and callers need no retry.
 	AuditHead() (seq int64, hash []byte, err error)
 	// InsertAudit stores e as the next entry: e.Seq must follow the head, and e.Prev must
 	// be the head's hash (any for the first entry), or [ErrConflict]. Kind, Actor and Hash
@@ -208,11 +262,14 @@ type AuditLog interface {
 	GetAudit(seq int64) (*AuditEntry, error)
 	// LastAuditOfKind returns the last entry of kind, or [ErrNotFound].
 	LastAuditOfKind(kind string) (*AuditEntry, error)
-	// ListAudit returns up to limit entries from seq from on, in order.
+	// ListAudit returns up to limit entries from seq from on, in order ([ErrInvalid] unless
+	// limit is positive).
 	ListAudit(from int64, limit int) ([]AuditEntry, error)
 	// AuditOfKindsFrom returns up to limit entries of the given kinds from seq from on.
 	AuditOfKindsFrom(kinds []string, from int64, limit int) ([]AuditEntry, error)
-	// InsertCheckpoint stores a signed checkpoint: [ErrConflict] if one exists at its seq.
+	// InsertCheckpoint stores a signed checkpoint of entry c.Seq: [ErrNotFound] if there is
+	// no such entry, [ErrConflict] if its hash is not c.Hash or a checkpoint exists at its
+	// seq, [ErrInvalid] for a missing field.
 	InsertCheckpoint(c AuditCheckpoint) error
 	// LastCheckpoint returns the newest checkpoint, or [ErrNotFound].
 	LastCheckpoint() (*AuditCheckpoint, error)

@@ -82,7 +82,9 @@ func (h *Harness) lineUp(s store.Store, n int) {
 	if h.Waiting == nil {
 		return
 	}
-	for h.Waiting(s) < n {
+	// Bounded, in case a caller never queues (an Update that fails at once): the tests
+	// check every outcome whether or not the callers ended up in one group.
+	for deadline := time.Now().Add(10 * time.Second); h.Waiting(s) < n && time.Now().Before(deadline); {
 		runtime.Gosched()
 		time.Sleep(time.Millisecond)
 	}
@@ -162,7 +164,11 @@ func hold(t *testing.T, s store.Store) (release func(), wait func() error) {
 			return nil
 		})
 	}()
-	<-inside
+	select {
+	case <-inside:
+	case err := <-errc:
+		t.Fatalf("holding Update: %v", err)
+	}
 	var once sync.Once
 	release = func() { once.Do(func() { close(rel) }) }
 	t.Cleanup(release)
