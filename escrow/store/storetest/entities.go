@@ -579,9 +579,9 @@ func testFailCertificateReleasesCodeAndRecord(t *testing.T, h *Harness) {
 	}
 }
 
-// testInsertMany: rows inserted in batches land whole, in every split of the multi-row
-// statements (full statements, their remainders, one row, none), and a duplicate anywhere in a
-// batch gives a conflict.
+// testInsertMany: rows inserted many at a time land whole, for every size around the ways a
+// backend may split them into statements (none, one, a few, 31 to 33, many), and a duplicate
+// anywhere in a batch gives a conflict and, returned by the function, stores none of it.
 func testInsertMany(t *testing.T, h *Harness) {
 	s := h.Open(t)
 	next := 0
