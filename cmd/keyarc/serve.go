@@ -99,7 +99,19 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, fmt.Errorf("CA key %q: %w", cfg.Token.CAKey, err)
 	}
-	p.Issuer, err = ca.New(caSigner, p.CACert)
+	caOpts, err := cfg.CAOptions()
+	if err != nil {
+		return nil, err
+	}
+	lintRefusals := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyarc_ca_lint_refusals_total",
+		Help: "Certificates refused before signing because zlint warned or erred, by lint.",
+	}, []string{"lint"})
+	if err := reg.Register(lintRefusals); err != nil {
+		return nil, fmt.Errorf("register CA lint metric: %w", err)
+	}
+	caOpts = append(caOpts, ca.WithLintObserver(func(lint string) { lintRefusals.WithLabelValues(lint).Inc() }))
+	p.Issuer, err = ca.New(caSigner, p.CACert, caOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("CA key %q in the token and %s: %w", cfg.Token.CAKey, cfg.Path(cfg.CA.Certificate), err)
 	}

@@ -3,19 +3,24 @@
 // external root for keyarc's CA certificate.
 //
 // It owns serial numbers, the certificate profile (basicConstraints CA:false, critical key
-// usage, subject and authority key identifiers, rfc822Name SANs), the lint that runs before the
-// signer is asked for anything, and the self-check that verifies every signature after it was
-// made. It keeps no records and revokes nothing.
+// usage, subject and authority key identifiers, rfc822Name SANs, the S/MIME Baseline
+// Requirements' certificate policy, and the public URLs of the CRL, OCSP and the CA
+// certificate), the lint that runs before the signer is asked for anything (keyarc's own
+// checks, then zlint on the to-be-signed certificate signed with a throwaway key), and the
+// self-check that verifies every signature after it was made. It keeps no records and revokes
+// nothing: it only writes the URLs where a CRL and OCSP answers will be served.
 //
 // # What it must not import
 //
-// The standard library and policy only. It never imports hsm: the CA key is any
-// crypto.Signer (an HSM key from hsm in production, a software key in tests).
+// The standard library, policy and zlint (with its zcrypto) only. It never imports hsm: the CA
+// key is any crypto.Signer (an HSM key from hsm in production, a software key in tests). It
+// exports no metrics: [WithLintObserver] hands refusals to the caller's counter.
 //
 // # Concurrency
 //
 // An [Issuer] is immutable after [New] and safe for concurrent use, provided its signer is
-// (crypto11 signers and the standard library's keys are). Issue does no locking of its own.
+// (crypto11 signers and the standard library's keys are). Issue does no locking of its own,
+// except the once-only set-up of the zlint key and registries on the first Issue.
 package ca
 
 import (
@@ -74,13 +79,22 @@ type Issuer struct {
 	sigAlg x509.SignatureAlgorithm
 	aki    []byte
 	now    func() time.Time
+
+	urls     PublicURLs
+	caPolicy asn1.ObjectIdentifier
+	onLint   func(lint string)
+	z        *zlinter
+	noZlint  bool // benchmarks only
+	// aiaIPPort: the public URL's host is an IP address with a port (see zlintCheck).
+	aiaIPPort bool
 }
 
 // New returns an Issuer for the CA certificate cert whose private key is behind signer. It fails
 // with [ErrKeyMismatch] if signer.Public() is not cert's public key, with [ErrNotCA] if cert is
 // not a CA certificate allowed to sign certificates, and with [ErrUnsupportedKey] for a key
-// that has no signature algorithm here.
-func New(signer crypto.Signer, cert *x509.Certificate) (*Issuer, error) {
+// that has no signature algorithm here. Options set the public URLs ([WithPublicURL]), the
+// CA's own policy OID ([WithPolicy]) and an observer of lint refusals ([WithLintObserver]).
+func New(signer crypto.Signer, cert *x509.Certificate, opts ...Option) (*Issuer, error) {
 	if signer == nil || cert == nil {
 		return nil, errors.New("ca: nil signer or certificate")
 	}
@@ -104,8 +118,22 @@ func New(signer crypto.Signer, cert *x509.Certificate) (*Issuer, error) {
 			return nil, err
 		}
 	}
-	return &Issuer{signer: signer, cert: cert, pub: cert.PublicKey, sigAlg: alg, aki: aki, now: time.Now}, nil
+	i := &Issuer{signer: signer, cert: cert, pub: cert.PublicKey, sigAlg: alg, aki: aki, now: time.Now,
+		z: newZlinter(cert, alg)}
+	if i.urls, err = ParsePublicURL(DefaultPublicURL); err != nil {
+		return nil, err
+	}
+	for _, o := range opts {
+		if err := o(i); err != nil {
+			return nil, err
+		}
+	}
+	i.aiaIPPort = i.urls.ipWithPort()
+	return i, nil
 }
+
+// PublicURLs returns the URLs the Issuer writes into certificates.
+func (i *Issuer) PublicURLs() PublicURLs { return i.urls }
 
 // WithClock returns a copy of the Issuer that reads the time from now (used only by the lint
 // that refuses a NotBefore in the future). Tests use it; the default is time.Now.
@@ -205,11 +233,19 @@ type Request struct {
 	// NotBefore comes from the caller's clock; NotAfter is NotBefore + Validity.
 	NotBefore time.Time
 	Validity  time.Duration
+	// Policies is the reserved S/MIME Baseline Requirements policy of an emailProtection
+	// certificate (exactly one OID under 2.23.140.1.5; nil means [policy.OIDSMIMEMailboxStrict]).
+	// The Issuer adds the CA's own policy OID ([WithPolicy]) to it. Other certificates carry
+	// the policies given here, if any.
+	Policies []asn1.ObjectIdentifier
 }
 
 // linted is a certificate template that passed lint; only lint makes one, and only a linted
-// template is ever signed.
-type linted struct{ tmpl *x509.Certificate }
+// template is ever signed. smime says which zlint sources apply.
+type linted struct {
+	tmpl  *x509.Certificate
+	smime bool
+}
 
 func lintErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrLint, fmt.Sprintf(format, args...))
@@ -283,7 +319,24 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 	if err != nil {
 		return linted{}, fmt.Errorf("%w: %w", ErrLint, err)
 	}
-	return linted{&x509.Certificate{
+	policies := req.Policies
+	if smime {
+		if policies == nil {
+			policies = []asn1.ObjectIdentifier{policy.OIDSMIMEMailboxStrict}
+		}
+		if i.caPolicy != nil {
+			policies = append(slices.Clip(policies), i.caPolicy)
+		}
+	}
+	var pols []x509.OID
+	for _, p := range policies {
+		o, err := oidOf(p)
+		if err != nil {
+			return linted{}, lintErr("certificate policy %v: %v", p, err)
+		}
+		pols = append(pols, o)
+	}
+	return linted{smime: smime, tmpl: &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               req.Subject,
 		NotBefore:             req.NotBefore,
@@ -299,7 +352,23 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 		DNSNames:              req.DNSNames,
 		IPAddresses:           req.IPAddresses,
 		SignatureAlgorithm:    i.sigAlg,
+		Policies:              pols,
+		CRLDistributionPoints: []string{i.urls.CRL},
+		OCSPServer:            []string{i.urls.OCSP},
+		IssuingCertificateURL: []string{i.urls.CACert},
 	}}, nil
+}
+
+// oidOf converts an asn1.ObjectIdentifier to an x509.OID.
+func oidOf(o asn1.ObjectIdentifier) (x509.OID, error) {
+	u := make([]uint64, len(o))
+	for n, a := range o {
+		if a < 0 {
+			return x509.OID{}, errors.New("negative arc")
+		}
+		u[n] = uint64(a)
+	}
+	return x509.OIDFromInts(u)
 }
 
 // Issue lints req, signs the certificate with the CA key, parses the result and verifies its
@@ -310,12 +379,17 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 // [ErrLint] (nothing was signed) when the request breaks the profile: no public key, no or
 // non-positive validity, NotBefore more than a minute ahead of the clock, NotAfter after the
 // CA's, an emailProtection certificate valid for more than 825 days or without an rfc822Name,
-// an invalid mailbox, no key usage or a CA key usage, a key usage the key type cannot do.
-// [ErrSelfCheck] when the signature the signer returned does not verify. Anything else is an
-// error of the signer (an HSM error, for example), wrapped.
+// an invalid mailbox, no key usage or a CA key usage, a key usage the key type cannot do; or
+// a *[LintError] (which matches ErrLint) when zlint warns or errs on the to-be-signed
+// certificate: sources CABF_SMIME_BR and RFC5280 for an emailProtection certificate, RFC5280
+// for any other. [ErrSelfCheck] when the signature the signer returned does not verify.
+// Anything else is an error of the signer (an HSM error, for example), wrapped.
 func (i *Issuer) Issue(req Request) (*x509.Certificate, error) {
 	l, err := i.lint(&req)
 	if err != nil {
+		return nil, err
+	}
+	if err := i.zlintCheck(l, req.PublicKey); err != nil {
 		return nil, err
 	}
 	s := &recordingSigner{Signer: i.signer}

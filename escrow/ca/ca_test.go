@@ -72,7 +72,7 @@ func smimeRequest(pub crypto.PublicKey) Request {
 	}
 	return Request{
 		PublicKey:      pub,
-		Subject:        pkix.Name{CommonName: "Alice Example"},
+		Subject:        pkix.Name{CommonName: "alice@example.com"},
 		EmailAddresses: []string{"alice@example.com"},
 		KeyUsage:       ku,
 		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection},

@@ -68,6 +68,7 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 		UnknownExtKeyUsage: UnknownExtKeyUsages(t),
 		NotBefore:          now,
 		Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
+		Policies:           t.CertificatePolicies(),
 	}
 	if r.Mailbox != "" {
 		req.EmailAddresses = []string{r.Mailbox}

@@ -344,6 +344,7 @@ func newReservation(r Request, now time.Time) (*reservation, error) {
 			NotBefore:          now,
 			Validity:           time.Duration(t.ValidityDays) * 24 * time.Hour,
 			EmailAddresses:     []string{r.Mailbox},
+			Policies:           t.CertificatePolicies(),
 		},
 	}
 	return res, nil

@@ -2,8 +2,9 @@
 // fields are errors that name the line and the nearest valid field), and the serve record,
 // DIR/serve.json, where a running `keyarc serve` says where it listens.
 //
-// It imports policy (templates are part of the file), escrow/audit (for a default) and the
-// YAML decoder; it must not import the server, the store or hsm. A [Config] is read once and
+// It imports policy (templates are part of the file), escrow/audit (for a default), escrow/ca
+// (to check the public URL as certificates will carry it) and the YAML decoder; it must not
+// import the server, the store or hsm. A [Config] is read once and
 // then only read: it is safe to share between goroutines.
 package config
 
@@ -22,6 +23,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -35,6 +37,10 @@ type Config struct {
 	Listen        string `yaml:"listen"`
 	MetricsListen string `yaml:"metrics_listen"`
 	Database      string `yaml:"database"`
+	// PublicURL is the plain-HTTP base URL written into every certificate: the CRL at
+	// <public_url>/crl/ca.crl, OCSP at <public_url>/ocsp, the CA certificate at
+	// <public_url>/ca.crt (see [PublicURL]). Default http://127.0.0.1:8080 (development).
+	PublicURL PublicURL `yaml:"public_url"`
 
 	Token TokenConfig `yaml:"token"`
 	CA    CAConfig    `yaml:"ca"`
@@ -85,9 +91,12 @@ type TokenConfig struct {
 	CallTimeout Duration `yaml:"call_timeout"`
 }
 
-// CAConfig locates the CA certificate.
+// CAConfig locates the CA certificate and names the CA's own certificate policy.
 type CAConfig struct {
 	Certificate string `yaml:"certificate"`
+	// PolicyOID, when set, is the CA's own policy OID (dotted decimal), added to every S/MIME
+	// certificate beside the reserved S/MIME Baseline Requirements policy.
+	PolicyOID PolicyOID `yaml:"policy_oid,omitempty"`
 }
 
 // Duration is a time.Duration written as "24h" in YAML.
@@ -116,6 +125,7 @@ func Default() *Config {
 		Listen:        "127.0.0.1:8443",
 		MetricsListen: "127.0.0.1:9180",
 		Database:      "keyarc.db",
+		PublicURL:     PublicURL(ca.DefaultPublicURL),
 	}
 	c.Token.CAKey = "ca-key"
 	c.Token.TransportKey = "transport-key"
@@ -173,6 +183,12 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a.v); err != nil {
 			return fmt.Errorf("%s: %q is not host:port", a.field, a.v)
 		}
+	}
+	if err := checkPublicURL(string(c.PublicURL)); err != nil {
+		return fmt.Errorf("public_url: %w", err)
+	}
+	if _, err := c.CA.PolicyOID.OID(); err != nil {
+		return fmt.Errorf("ca.policy_oid: %w", err)
 	}
 	if c.Listen == c.MetricsListen {
 		return errors.New("metrics_listen must differ from listen: metrics are served on their own listener")
@@ -234,6 +250,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("listen", c.Listen),
 		slog.String("metrics_listen", c.MetricsListen),
 		slog.String("database", c.Path(c.Database)),
+		slog.String("public_url", string(c.PublicURL)),
 		slog.String("token", c.Token.URI),
 	)
 }

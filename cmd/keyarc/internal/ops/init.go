@@ -51,7 +51,9 @@ func RunInit(args []string) error {
 	tokenURI := fs.String("token", "", "PKCS#11 URI of the appliance token (without --dev)")
 	externalRoot := fs.Bool("external-root", false, "write a CSR (ca.csr) for an external root instead of a self-signed CA certificate")
 	caName := fs.String("ca-name", "keyarc Root CA", "common name of the CA")
-	org := fs.String("org", "", "organisation name for the CA subject")
+	org := fs.String("org", defaultOrg, "organisation name (O) of the CA subject")
+	country := fs.String("country", defaultCountry, "two-letter ISO 3166 country code (C) of the CA subject; XX when none applies")
+	publicURL := fs.String("public-url", ca.DefaultPublicURL, "plain-HTTP base URL written into certificates: CRL at URL/crl/ca.crl, OCSP at URL/ocsp, CA certificate at URL/ca.crt (a public DNS name in production)")
 	dnsNames := fs.String("tls-names", "localhost", "comma-separated DNS names for the appliance's TLS certificate")
 	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
@@ -61,6 +63,13 @@ func RunInit(args []string) error {
 	case "p256", "p384", "rsa2048", "rsa3072", "rsa4096":
 	default:
 		return cmdline.UsageError{Msg: fmt.Sprintf("init: --ca-key %q: choose p256, p384, rsa2048, rsa3072 or rsa4096", *caKey)}
+	}
+	*country = strings.ToUpper(strings.TrimSpace(*country))
+	if !validCountry(*country) {
+		return cmdline.UsageError{Msg: fmt.Sprintf("init: --country %q: give a two-letter ISO 3166 code such as DE or US (XX when none applies)", *country)}
+	}
+	if strings.TrimSpace(*org) == "" || len(*org) > 64 {
+		return cmdline.UsageError{Msg: "init: --org: give the organisation name of the CA, 1 to 64 characters"}
 	}
 	if *dev == (*tokenURI != "") {
 		return cmdline.UsageError{Msg: "init: give either --dev (SoftHSM development tokens) or --token URI (a real token)"}
@@ -80,6 +89,9 @@ func RunInit(args []string) error {
 			return err
 		}
 		say("exists   %s (kept as it is)", filepath.Join(dir, config.Name))
+		if flagSet(fs, "public-url") && *publicURL != string(cfg.PublicURL) {
+			say("note     public_url stays %s: certificates already point there; edit %s to change it", cfg.PublicURL, filepath.Join(dir, config.Name))
+		}
 		if *dev && cfg.Token.SoftHSMConf != "" {
 			// A second `init --dev` still makes any development token that is missing.
 			if _, _, err := provisionDev(dir, say); err != nil {
@@ -97,6 +109,7 @@ func RunInit(args []string) error {
 		} else {
 			cfg.Token.URI = *tokenURI
 		}
+		cfg.PublicURL = config.PublicURL(*publicURL)
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
@@ -137,10 +150,7 @@ func RunInit(args []string) error {
 		return err
 	}
 
-	subject := pkix.Name{CommonName: *caName}
-	if *org != "" {
-		subject.Organization = []string{*org}
-	}
+	subject := pkix.Name{CommonName: *caName, Organization: []string{*org}, Country: []string{*country}}
 	caPath := cfg.Path(cfg.CA.Certificate)
 	if !pemfile.Exists(caPath) {
 		if *externalRoot {
@@ -170,7 +180,11 @@ func RunInit(args []string) error {
 	if err != nil {
 		return err
 	}
-	issuer, err := ca.New(caSigner, caCert)
+	caOpts, err := cfg.CAOptions()
+	if err != nil {
+		return err
+	}
+	issuer, err := ca.New(caSigner, caCert, caOpts...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", caPath, err)
 	}
@@ -293,6 +307,24 @@ func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error 
 	}
 	clear(der)
 	return pemfile.Write(certPath, "CERTIFICATE", cert.Raw, 0o644)
+}
+
+// Defaults of the CA subject: lints (and people) expect an organisation and a country in a
+// CA's name; XX is the code the CA/Browser Forum requirements allow when none applies.
+const (
+	defaultOrg     = "keyarc"
+	defaultCountry = "XX"
+)
+
+func validCountry(c string) bool {
+	return len(c) == 2 && c[0] >= 'A' && c[0] <= 'Z' && c[1] >= 'A' && c[1] <= 'Z'
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func splitList(s string) []string {
