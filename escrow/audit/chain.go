@@ -46,8 +46,8 @@ func ChainHash(prev []byte, e store.AuditEntry) []byte {
 // that function's writes, or not at all.
 //
 // It returns an error wrapping [store.ErrInvalid] for a missing kind or actor,
-// [store.ErrReadOnly] in a View, and [store.ErrConflict] when another writer appended first
-// (the head moved under this transaction).
+// [store.ErrReadOnly] in a View, and [store.ErrConflict] when the head moved under this
+// transaction (a backend whose writers do not serialise the trail's tail; SQLite's do).
 func Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry, error) {
 	if e.Kind == "" || e.Actor == "" {
 		return store.AuditEntry{}, fmt.Errorf("audit: link entry: kind and actor are required: %w", store.ErrInvalid)

@@ -2,7 +2,7 @@ package store
 
 import "errors"
 
-// ErrCorrupt reports a database file that fails SQLite's integrity check.
+// ErrCorrupt reports a database that fails its backend's integrity check.
 var ErrCorrupt = errors.New("store: database file is corrupt")
 
 // ErrUnavailable marks a fault of the storage itself, not of the request: an I/O error, a full

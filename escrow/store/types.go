@@ -6,11 +6,11 @@ import (
 	"time"
 )
 
-// Stats are counters of the writer since [Open].
+// Stats are counters of a store's writer since it was opened.
 type Stats struct {
 	Updates      uint64 // Update functions that ran (committed or not)
 	Failed       uint64 // functions that returned an error or panicked (savepoint rolled back)
-	Commits      uint64 // successful COMMITs (one fsync each)
+	Commits      uint64 // successful COMMITs (each made its batch durable)
 	CommitErrors uint64 // failed COMMITs or aborted transactions
 	MaxBatch     int    // most functions run in one transaction
 }

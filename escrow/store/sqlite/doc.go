@@ -18,7 +18,7 @@
 // transaction. Times are stored as INTEGER unix microseconds in UTC (years 1 to
 // 9999 fit, so a NotAfter of 9999-12-31 does too; nanoseconds would overflow in
 // 2262); zero times are stored as NULL. Certificate serials are stored in one
-// canonical form, see [NormalizeSerial]; every method that takes a serial
+// canonical form, see [store.NormalizeSerial]; every method that takes a serial
 // normalises it first.
 //
 // # Concurrency

@@ -11,7 +11,7 @@ import (
 const recoveryColumns = `id, kind, requester, requester_serial, requester_mailbox, reason, key_label, key_spki, oaep_hash, state, created_at, expires_at, closed_at`
 
 // InsertRecovery stores a new recovery request with its records. A duplicate ID gives
-// [ErrConflict]; an unknown record ID gives [ErrConflict] too (foreign key).
+// [ErrConflict]; an unknown record ID gives [store.ErrNotFound].
 func (tx *Tx) InsertRecovery(r store.Recovery) error {
 	const op = "insert recovery"
 	if r.State == "" {
