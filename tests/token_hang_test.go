@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,10 +13,11 @@ import (
 
 // TestTokenHung freezes the HSM instead of losing it: the p11-kit server gets SIGSTOP, so
 // the token stops answering without disconnecting and every call into it blocks. The
-// appliance must not block with it: EST answers 503 once the call's time limit has passed,
-// /readyz answers 503 and keyarc_token_ready drops to 0 (so the alert fires), and after
-// SIGCONT the appliance reconnects and serves again by itself. Frozen again, SIGTERM still
-// stops the process.
+// appliance must not block with it: once the call's time limit has passed, /readyz answers
+// 503, keyarc_token_ready drops to 0 (so the alert fires) and every new EST request gets 503
+// at once; the request caught inside the frozen call gets 503 when the token answers again.
+// After SIGCONT the appliance reconnects and serves again by itself. Frozen again, SIGTERM
+// still stops the process.
 func TestTokenHung(t *testing.T) {
 	t.Parallel()
 	tokRequireP11kit(t)
@@ -42,19 +44,40 @@ func TestTokenHung(t *testing.T) {
 	if got := estEnroll(t, a, "before@example.org"); got != http.StatusOK {
 		t.Fatalf("enrollment with the token answering: %d", got)
 	}
-	// The enrollment code and the CSR are made before the freeze.
-	code := strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", a.state, "--email", "during@example.org", "--template", "smime-signature"))
-	csr, err := os.ReadFile(estCSR(t, t.TempDir(), "k", "/CN=during@example.org"))
-	if err != nil {
-		t.Fatal(err)
+	// The enrollment codes and the CSRs are made before the freeze.
+	enrollment := func(mailbox string) (code string, csr []byte) {
+		code = strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", a.state, "--email", mailbox, "--template", "smime-signature"))
+		csr, err := os.ReadFile(estCSR(t, t.TempDir(), "k", "/CN="+mailbox))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, csr
 	}
+	caughtCode, caughtCSR := enrollment("caught@example.org")
+	code, csr := enrollment("during@example.org")
 
 	freeze()
+	// This request goes into the frozen token and waits there: a call into the module cannot
+	// be taken back. It must end with 503, not with a certificate nor a client error.
+	caught := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", a.url+"/.well-known/est/smime-signature/simpleenroll", bytes.NewReader(caughtCSR))
+		req.SetBasicAuth("caught@example.org", caughtCode)
+		req.Header.Set("Content-Type", "application/pkcs10")
+		resp, err := a.client.Do(req)
+		if err != nil {
+			caught <- 0
+			return
+		}
+		resp.Body.Close()
+		caught <- resp.StatusCode
+	}()
+	tokWaitFor(t, a, "/readyz answers 503 once the call's limit has passed", func() bool {
+		code, _ := tokGet(t, a, "/readyz")
+		return code == http.StatusServiceUnavailable
+	})
 	if got := estEnrollWithCode(t, a, "during@example.org", code, csr); got != http.StatusServiceUnavailable {
-		t.Fatalf("enrollment with the token frozen: %d, want 503\nlog:\n%s", got, a.logs.String())
-	}
-	if got, body := tokGet(t, a, "/readyz"); got != http.StatusServiceUnavailable {
-		t.Errorf("/readyz with the token frozen: %d %q, want 503", got, body)
+		t.Fatalf("enrollment with the token found frozen: %d, want 503\nlog:\n%s", got, a.logs.String())
 	}
 	tokWaitFor(t, a, "keyarc_token_ready is 0", func() bool { return tokMetric(t, a, "keyarc_token_ready") == "0" })
 	if got := tokMetric(t, a, `keyarc_token_fault{cause="unreachable"}`); got != "1" {
@@ -68,6 +91,14 @@ func TestTokenHung(t *testing.T) {
 	}
 
 	thaw()
+	select {
+	case got := <-caught:
+		if got != http.StatusServiceUnavailable {
+			t.Errorf("the enrollment caught inside the frozen call: %d, want 503", got)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("the enrollment caught inside the frozen call has no answer a minute after the thaw\nlog:\n%s", a.logs.String())
+	}
 	tokWaitFor(t, a, "/readyz answers 200 again", func() bool {
 		code, _ := tokGet(t, a, "/readyz")
 		return code == http.StatusOK

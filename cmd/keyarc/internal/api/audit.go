@@ -174,12 +174,25 @@ func (a *Server) closeAudit() {
 	a.audit.once.Do(func() {
 		a.audit.stop()
 		<-a.audit.done
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// The signature is a call into the token, which cannot be taken back once made: a
+		// token that stopped answering would hold the shutdown for as long as it is stuck. The
+		// wait is bounded by the token's call limit; the tail is signed at the next start.
+		limit := a.cfg.Token.CallTimeout.Duration + 2*time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
 		defer cancel()
-		if cp, err := a.audit.cp.Checkpoint(ctx); err != nil {
-			a.log.Error("audit checkpoint at shutdown", "err", err)
-		} else if cp != nil {
-			a.log.Info("audit trail signed at shutdown", "seq", cp.Seq)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if cp, err := a.audit.cp.Checkpoint(ctx); err != nil {
+				a.log.Error("audit checkpoint at shutdown", "err", err)
+			} else if cp != nil {
+				a.log.Info("audit trail signed at shutdown", "seq", cp.Seq)
+			}
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			a.log.Error("audit checkpoint at shutdown: the token did not answer in time; the trail's tail is signed at the next start", "limit", limit)
 		}
 	})
 }
