@@ -442,7 +442,7 @@ func TestSetRecoverySet(t *testing.T) {
 	// a year before the others, so it expires a year earlier) and a non-KRA certificate.
 	dup := env.addKRA(t, "kra-0", rsaKey(t, keySpare)).serial
 	revoked := env.addKRA(t, "kra-revoked", rsaKey(t, keySpare)).serial
-	if err := env.svc.Store.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(revoked, t0) }); err != nil {
+	if err := env.svc.Store.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(revoked, store.ReasonUnspecified, t0) }); err != nil {
 		t.Fatal(err)
 	}
 	env.kras = env.kras[:3]

@@ -29,3 +29,14 @@ var (
 	ErrPanic       = errors.New("store: update function panicked")
 	ErrSchema      = errors.New("store: unsupported schema version")
 )
+
+// ErrNotIssued: the serial was reserved but its certificate never issued (state pending or
+// failed). An OCSP responder must never answer "good" for it. [OCSPResponses.GetOCSPResponse]
+// gives it together with [ErrNotFound], [OCSPResponses.UpsertOCSPResponses] together with
+// [ErrConflict], so that callers testing only those sentinels stay correct.
+var ErrNotIssued = errors.New("store: certificate never issued")
+
+// ErrNoResponse: the certificate is issued or revoked but no OCSP response is stored for it
+// yet. It does not wrap [ErrNotFound]: the serial is known, and a responder must not answer
+// as for a serial it never issued.
+var ErrNoResponse = errors.New("store: no OCSP response signed yet")

@@ -44,6 +44,9 @@ type Store interface {
 type Tx interface {
 	Codes
 	Certificates
+	Revocations
+	CRLs
+	OCSPResponses
 	Records
 	Pendings
 	RecoverySets
@@ -91,13 +94,97 @@ type Certificates interface {
 	// be used, keeping its DER, with the effects of FailCertificate: [ErrNotFound],
 	// [ErrConflict] if it is not pending, [ErrInvalid] without DER or validity.
 	FailSignedCertificate(serial string, der []byte, notBefore, notAfter time.Time) error
-	// RevokeCertificate marks an issued certificate revoked at: [ErrNotFound], or
-	// [ErrConflict] if it is not issued.
-	RevokeCertificate(serial string, at time.Time) error
 	// GetCertificate returns certificate serial, or [ErrNotFound].
 	GetCertificate(serial string) (*Certificate, error)
 	// ListCertificates returns the certificates matching f, oldest first.
 	ListCertificates(f Filter) ([]Certificate, error)
+}
+
+// Revocations are the revocation states of certificates and the reads that revoking by key
+// and building a CRL need. A revoked certificate stays revoked: there is no way back (no
+// certificateHold), and its revocation date never changes. Revoking does not touch the
+// certificate's escrow record: an archived key stays recoverable, so that old mail can
+// still be decrypted.
+type Revocations interface {
+	// RevokeCertificate moves an issued certificate to revoked with reason (a CRLReason of
+	// the S/MIME BR set, see [ValidReason]) and revocation date at: [ErrNotFound] for an
+	// unknown serial; [ErrConflict] if it is not issued (already revoked, pending or
+	// failed), with nothing changed; [ErrInvalid] for another reason or a zero time. A
+	// certificate already revoked whose reason is to become keyCompromise takes
+	// [Revocations.SetKeyCompromise] instead.
+	RevokeCertificate(serial string, reason int, at time.Time) error
+	// SetKeyCompromise changes the reason of a revoked certificate to keyCompromise, the one
+	// change the BR allow once a certificate is revoked (a key found compromised after a
+	// revocation for another reason). The revocation date stays the first one: the S/MIME
+	// BR (v1.0, §7.2.2) say nothing that allows moving it (unlike the TLS BR, which ask for
+	// it to be backdated to the compromise), and RFC 5280 §5.3.2 puts a compromise time in
+	// the invalidityDate entry extension, not in revocationDate. [ErrNotFound] for an
+	// unknown serial; [ErrConflict] if it is not revoked or its reason is keyCompromise
+	// already.
+	SetKeyCompromise(serial string) error
+	// CertificatesByKey returns every certificate, in any state and of any mailbox, whose
+	// stored DER has the key identity keyID ([Certificate.KeyID]), oldest first (creation
+	// time, then serial): what BR §6.1.2 asks to revoke when a key is compromised. Pending
+	// certificates (no DER yet) are not among them. [ErrInvalid] unless keyID is 64
+	// lower-case hex digits; an unknown key gives none and no error.
+	CertificatesByKey(keyID string) ([]Certificate, error)
+	// RevokedCertificates calls fn with every revoked certificate that has not expired at
+	// now (NotAfter after now, or no NotAfter stored), in the byte order of their canonical
+	// serials, streaming: a backend holds a few rows at a time, never the whole list, so
+	// that a CRL of millions of entries is built in constant memory. Its entries have
+	// Revoked set, RevokedAt, Reason and NotAfter. An error from fn stops the walk and is
+	// returned as it is. fn must not call the Tx. In a View the list is one consistent
+	// snapshot; keep fn quick, as a long View holds that snapshot (and, for SQLite, holds
+	// back the WAL checkpoint) until it returns.
+	RevokedCertificates(now time.Time, fn func(CertStatus) error) error
+}
+
+// CRLs are the signed certificate revocation lists, newest served. The CRL number is the
+// store's monotonic sequence: sign the CRL numbered one more than [CRLs.LatestCRL]'s outside
+// any transaction, then store it with InsertCRL; if another signer stored that number first,
+// InsertCRL gives [ErrConflict] and the caller builds the next one again.
+type CRLs interface {
+	// InsertCRL stores a signed CRL: [ErrConflict] unless c.Number is above every number
+	// stored before (also after older CRLs were deleted), [ErrInvalid] for a Number below
+	// 1, an empty DER, a zero ThisUpdate or a NextUpdate not after it. It keeps the newest
+	// [CRLsKept] CRLs and may delete older ones in the same transaction.
+	InsertCRL(c CRL) error
+	// LatestCRL returns the CRL with the highest number, or [ErrNotFound] before the first.
+	LatestCRL() (*CRL, error)
+}
+
+// OCSPResponses are pre-signed OCSP responses, one per certificate, served as they are.
+// Serials are normalised ([NormalizeSerial]). A response is stored only for a certificate
+// that was issued (issued or revoked): a serial never issued has none, ever, and its
+// lookups say so ([ErrNotFound], with [ErrNotIssued] for a reserved serial).
+type OCSPResponses interface {
+	// UpsertOCSPResponses stores the responses, each replacing the stored response of its
+	// serial unless that one has a later ThisUpdate (a slower signer never overwrites a
+	// newer response; the newer one is kept, without error). Refusals: [ErrNotFound] for
+	// an unknown serial; [ErrNotIssued] (with [ErrConflict]) for a pending or failed one;
+	// [ErrInvalid] for an empty DER, a zero ThisUpdate, a NextUpdate not after it, a
+	// Reason outside RFC 5280's or a Reason with Revoked false. A response whose status
+	// (Revoked, Reason) is not the certificate's current one is stored all the same, and
+	// [OCSPResponses.OCSPDue] lists it at once: a revocation that commits while a response
+	// is being signed is never lost. On a refusal some responses may have been stored: the
+	// function's error undoes them (see [Store]).
+	UpsertOCSPResponses(rs []OCSPResponse) error
+	// GetOCSPResponse returns the stored response of serial: [ErrNotFound] for a serial
+	// never reserved; [ErrNotIssued] and [ErrNotFound] for a pending or failed one;
+	// [ErrNoResponse] for an issued or revoked certificate that has no response yet; a
+	// bad serial gives [ErrInvalid].
+	GetOCSPResponse(serial string) (*OCSPResponse, error)
+	// OCSPDue returns, in the byte order of their canonical serials and after serial after
+	// ("" to start), at most limit (1 or more, else [ErrInvalid]) certificates that need a
+	// response signed: issued or revoked, not expired at now (NotAfter after now, or none
+	// stored), and whose response is missing, has a ThisUpdate before signedBefore, or was
+	// signed with another status than the certificate's (Revoked or Reason differ: a
+	// revocation, or a reason changed to keyCompromise, since it was signed). Each comes
+	// with its current status, to sign. A responder pages with the last serial returned
+	// until fewer than limit come back; what it signs and stores meanwhile stops being due.
+	// BR §4.9.10 asks for a refresh no later than 4 days after thisUpdate: signedBefore is
+	// now minus the responder's refresh age.
+	OCSPDue(now, signedBefore time.Time, after string, limit int) ([]CertStatus, error)
 }
 
 // Records are sealed escrow records (made by escrow/record; the store never sees a key).

@@ -72,7 +72,14 @@ type Certificate struct {
 	RecordID  string    // escrow record, if the key is archived
 	Role      string    // for client-auth credentials
 	KRA       string    // for KRA certificates
-	RevokedAt time.Time // zero unless revoked
+	RevokedAt time.Time // zero unless revoked: the revocation date, kept by SetKeyCompromise
+	// RevocationReason is the CRLReason of a revoked certificate (ReasonUnspecified = 0
+	// otherwise); on insert only a revoked certificate may carry one (ValidStoredReason).
+	RevocationReason int
+	// KeyID is the hex SHA-256 of the certificate's SubjectPublicKeyInfo (see KeyID), set by
+	// the store whenever it stores a DER and ignored on insert; "" without a DER, or when the
+	// DER is not shaped like a certificate (the store does not refuse such a DER).
+	KeyID string
 }
 
 // Filter selects certificates for [Tx.ListCertificates]; empty fields match

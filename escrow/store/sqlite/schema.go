@@ -229,6 +229,92 @@ CREATE INDEX approval_failures_kra ON approval_failures(kra, at);
 DROP INDEX records_fingerprint;
 CREATE INDEX records_fingerprint ON records(fingerprint, email) WHERE fingerprint IS NOT NULL AND state != 'abandoned';
 `,
+	// 8: revocation, CRLs and OCSP. Each certificate gets its revocation reason (a CRLReason of
+	// RFC 5280; 0, unspecified, for the certificates revoked before) and its key identity
+	// (hex SHA-256 of the SubjectPublicKeyInfo, as records' fingerprints), which
+	// backfillKeyIDs computes for the existing certificates after this SQL. The revoked
+	// certificates have an index of their own that holds every column a CRL needs, in serial
+	// order, so that a CRL is read from it alone. CRLs keep their number and the newest few
+	// documents; OCSP responses are kept one per certificate, with the status they were
+	// signed with.
+	`
+ALTER TABLE certificates ADD COLUMN revocation_reason INTEGER NOT NULL DEFAULT 0
+	CHECK (revocation_reason BETWEEN 0 AND 10 AND revocation_reason != 7);
+ALTER TABLE certificates ADD COLUMN key_id TEXT;
+CREATE INDEX certificates_key ON certificates(key_id, created_at) WHERE key_id IS NOT NULL;
+CREATE INDEX certificates_revoked ON certificates(serial, not_after, revoked_at, revocation_reason) WHERE state = 'revoked';
+
+CREATE TABLE crls (
+	number      INTEGER PRIMARY KEY CHECK (number >= 1),
+	this_update INTEGER NOT NULL,
+	next_update INTEGER NOT NULL,
+	der         BLOB    NOT NULL,
+	created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE ocsp_responses (
+	serial      TEXT    PRIMARY KEY REFERENCES certificates(serial),
+	der         BLOB    NOT NULL,
+	this_update INTEGER NOT NULL,
+	next_update INTEGER NOT NULL,
+	revoked     INTEGER NOT NULL CHECK (revoked IN (0, 1)),
+	reason      INTEGER NOT NULL CHECK (reason BETWEEN 0 AND 10 AND reason != 7),
+	updated_at  INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+`,
+}
+
+// goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to
+// version v), in the same transaction, for what SQL cannot do. Append only, as migrations.
+var goSteps = map[int]func(context.Context, *sql.Conn) error{
+	8: backfillKeyIDs,
+}
+
+// backfillKeyIDs sets the key identity of every certificate stored with a DER before
+// migration 8, a page of rows at a time (the connection runs one statement at a time). A DER
+// that is not shaped like a certificate keeps a NULL key_id, as on insert.
+func backfillKeyIDs(ctx context.Context, conn *sql.Conn) error {
+	const page = 1000
+	type row struct {
+		id  int64
+		key string
+	}
+	for after := int64(0); ; {
+		rows, err := conn.QueryContext(ctx, `SELECT rowid, der FROM certificates WHERE rowid > ? AND der IS NOT NULL
+			ORDER BY rowid LIMIT ?`, after, page)
+		if err != nil {
+			return err
+		}
+		var got []row
+		for rows.Next() {
+			var r row
+			var der []byte
+			if err := rows.Scan(&r.id, &der); err != nil {
+				rows.Close()
+				return err
+			}
+			r.key, _ = store.KeyID(der)
+			got = append(got, r)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range got {
+			if r.key == "" {
+				continue
+			}
+			if _, err := conn.ExecContext(ctx, `UPDATE certificates SET key_id = ? WHERE rowid = ?`, r.key, r.id); err != nil {
+				return err
+			}
+		}
+		if len(got) < page {
+			return nil
+		}
+		after = got[len(got)-1].id
+	}
 }
 
 // migrate applies the missing migrations in order, in one transaction.
@@ -252,6 +338,11 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 	for i := v; i < len(migrations); i++ {
 		if _, err := conn.ExecContext(ctx, migrations[i]); err != nil {
 			return fmt.Errorf("store: migrate to version %d: %w", i+1, err)
+		}
+		if step := goSteps[i+1]; step != nil {
+			if err := step(ctx, conn); err != nil {
+				return fmt.Errorf("store: migrate to version %d: %w", i+1, err)
+			}
 		}
 	}
 	if v < len(migrations) {

@@ -282,20 +282,20 @@ func (tx *Tx) ReleaseCode(id string) error {
 // Certificates
 
 const certColumns = `serial, template, email, subject, state, der, not_before, not_after, created_at,
-	code_id, record_id, role, kra, revoked_at`
+	code_id, record_id, role, kra, revoked_at, revocation_reason, key_id`
 
 func scanCertificate(scan func(...any) error) (*store.Certificate, error) {
 	var (
 		c                          store.Certificate
 		nb, na, created, revokedAt sql.NullInt64
-		codeID, recordID           sql.NullString
+		codeID, recordID, keyID    sql.NullString
 	)
 	if err := scan(&c.Serial, &c.Template, &c.Email, &c.Subject, &c.State, &c.DER, &nb, &na, &created,
-		&codeID, &recordID, &c.Role, &c.KRA, &revokedAt); err != nil {
+		&codeID, &recordID, &c.Role, &c.KRA, &revokedAt, &c.RevocationReason, &keyID); err != nil {
 		return nil, err
 	}
 	c.NotBefore, c.NotAfter, c.CreatedAt, c.RevokedAt = tget(nb), tget(na), tget(created), tget(revokedAt)
-	c.CodeID, c.RecordID = sget(codeID), sget(recordID)
+	c.CodeID, c.RecordID, c.KeyID = sget(codeID), sget(recordID), sget(keyID)
 	return &c, nil
 }
 
@@ -333,9 +333,14 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 			return invalid(op, "state %q", c.State)
 		case c.State != store.StatePending && c.State != store.StateFailed && len(c.DER) == 0:
 			return invalid(op, "state %s needs the DER", c.State)
+		case c.State == store.StateRevoked && !store.ValidStoredReason(c.RevocationReason):
+			return invalid(op, "revocation reason %d", c.RevocationReason)
+		case c.State != store.StateRevoked && c.RevocationReason != 0:
+			return invalid(op, "a revocation reason for a certificate in state %s", c.State)
 		}
 		args = append(args, serial, c.Template, c.Email, c.Subject, c.State, nilIfEmpty(c.DER), tval(c.NotBefore),
-			tval(c.NotAfter), orNow(c.CreatedAt).UnixMicro(), sval(c.CodeID), sval(c.RecordID), c.Role, c.KRA, tval(c.RevokedAt))
+			tval(c.NotAfter), orNow(c.CreatedAt).UnixMicro(), sval(c.CodeID), sval(c.RecordID), c.Role, c.KRA, tval(c.RevokedAt),
+			c.RevocationReason, sval(keyID(c.DER)))
 	}
 	if err := tx.insertRows(op, `INSERT INTO certificates (`+certColumns+`)`, certWidth, args); err != nil {
 		return err
@@ -348,7 +353,17 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 	return nil
 }
 
-const certWidth = 14 // the number of certColumns
+const certWidth = 16 // the number of certColumns
+
+// keyID is the key identity of a stored DER, "" when there is none or it is not shaped like a
+// certificate (stored all the same: see store.Certificate.KeyID).
+func keyID(der []byte) string {
+	if len(der) == 0 {
+		return ""
+	}
+	id, _ := store.KeyID(der)
+	return id
+}
 
 func nilIfEmpty(b []byte) any {
 	if len(b) == 0 {
@@ -387,8 +402,8 @@ func (tx *Tx) SetCertificateIssued(serial string, der []byte, notBefore, notAfte
 	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
 		return invalid(op, "der, notBefore and notAfter are required")
 	}
-	_, err := tx.certTransition(op, serial, store.StatePending, `state = 'issued', der = ?, not_before = ?, not_after = ?`,
-		der, notBefore.UnixMicro(), notAfter.UnixMicro())
+	_, err := tx.certTransition(op, serial, store.StatePending, `state = 'issued', der = ?, not_before = ?, not_after = ?, key_id = ?`,
+		der, notBefore.UnixMicro(), notAfter.UnixMicro(), sval(keyID(der)))
 	return err
 }
 
@@ -420,22 +435,11 @@ func (tx *Tx) FailSignedCertificate(serial string, der []byte, notBefore, notAft
 	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
 		return invalid(op, "der, notBefore and notAfter are required")
 	}
-	if _, err := tx.certTransition(op, serial, store.StatePending, `der = ?, not_before = ?, not_after = ?`,
-		der, notBefore.UnixMicro(), notAfter.UnixMicro()); err != nil {
+	if _, err := tx.certTransition(op, serial, store.StatePending, `der = ?, not_before = ?, not_after = ?, key_id = ?`,
+		der, notBefore.UnixMicro(), notAfter.UnixMicro(), sval(keyID(der))); err != nil {
 		return err
 	}
 	return tx.FailCertificate(serial)
-}
-
-// RevokeCertificate marks an issued certificate revoked at the given time
-// ([ErrConflict] if it is not issued, [ErrNotFound] if unknown).
-func (tx *Tx) RevokeCertificate(serial string, at time.Time) error {
-	const op = "revoke certificate"
-	if at.IsZero() {
-		return invalid(op, "zero time")
-	}
-	_, err := tx.certTransition(op, serial, store.StateIssued, `state = 'revoked', revoked_at = ?`, at.UnixMicro())
-	return err
 }
 
 // GetCertificate returns the certificate with the given serial (any

@@ -170,8 +170,8 @@ func testCertificates(t *testing.T, h *Harness) {
 		{"fail issued", func(tx store.Tx) error { return tx.FailCertificate("a") }, store.ErrConflict},
 		{"fail pending", func(tx store.Tx) error { return tx.FailCertificate("b") }, nil},
 		{"fail missing", func(tx store.Tx) error { return tx.FailCertificate("ff") }, store.ErrNotFound},
-		{"revoke pending", func(tx store.Tx) error { return tx.RevokeCertificate("c", t0) }, store.ErrConflict},
-		{"revoke issued", func(tx store.Tx) error { return tx.RevokeCertificate("d", t0.Add(time.Hour)) }, nil},
+		{"revoke pending", func(tx store.Tx) error { return tx.RevokeCertificate("c", store.ReasonUnspecified, t0) }, store.ErrConflict},
+		{"revoke issued", func(tx store.Tx) error { return tx.RevokeCertificate("d", store.ReasonSuperseded, t0.Add(time.Hour)) }, nil},
 		{"list bad state", func(tx store.Tx) error { _, err := tx.ListCertificates(store.Filter{State: "x"}); return err }, store.ErrInvalid},
 	}
 	for _, tt := range tests {
@@ -642,7 +642,7 @@ func testSerialSpellings(t *testing.T, h *Harness) {
 		{"insert", func(tx store.Tx) error { c := cert("0x00AB"); c.CodeID = "k"; return tx.InsertCertificate(c) }},
 		{"insert pending 2", func(tx store.Tx) error { return tx.InsertCertificate(cert("00:CD")) }},
 		{"issue", func(tx store.Tx) error { return tx.SetCertificateIssued("00:ab", der, t0, t0.AddDate(1, 0, 0)) }},
-		{"revoke", func(tx store.Tx) error { return tx.RevokeCertificate("AB", t0.Add(time.Hour)) }},
+		{"revoke", func(tx store.Tx) error { return tx.RevokeCertificate("AB", store.ReasonKeyCompromise, t0.Add(time.Hour)) }},
 		{"fail", func(tx store.Tx) error { return tx.FailCertificate("0XCD") }},
 		{"record", func(tx store.Tx) error { return tx.InsertRecord(record("r", "0x0ab")) }},
 		{"pending", func(tx store.Tx) error {
