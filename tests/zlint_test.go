@@ -39,8 +39,13 @@ func TestZlintIssuedCertificates(t *testing.T) {
 	if ca := readCert(t, filepath.Join(state, "ca.pem")); !slices.Equal(ca.Subject.Organization, []string{"Example Org"}) || !slices.Equal(ca.Subject.Country, []string{"DE"}) {
 		t.Errorf("CA subject %s, want O=Example Org, C=DE", ca.Subject)
 	}
-	a := serve(t, state)
 	dir := t.TempDir()
+	// An operator credential issued offline, before serve: the same profile as serve's.
+	cred := strings.TrimSpace(keyarc(t, "admin", "credential", "issue", "--state", state, "--role", "officer", "--name", "olga", "--out", dir))
+	if c := readCert(t, cred); !slices.Equal(c.CRLDistributionPoints, []string{publicURL + "/crl/ca.crl"}) {
+		t.Errorf("offline credential: CRL distribution points %v, want the configured %s/crl/ca.crl", c.CRLDistributionPoints, publicURL)
+	}
+	a := serve(t, state)
 
 	// EST simpleenroll: a signing certificate.
 	code := newCode(t, state, "zed@example.org", "smime-signature")

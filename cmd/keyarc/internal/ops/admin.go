@@ -167,7 +167,13 @@ func localIssuer(cfg *config.Config) (*ca.Issuer, func(), error) {
 		tok.Close()
 		return nil, nil, err
 	}
-	issuer, err := ca.New(signer, caCert)
+	// The same profile as serve's: the configured public URLs and policy OID.
+	opts, err := cfg.CAOptions()
+	if err != nil {
+		tok.Close()
+		return nil, nil, err
+	}
+	issuer, err := ca.New(signer, caCert, opts...)
 	if err != nil {
 		tok.Close()
 		return nil, nil, err
