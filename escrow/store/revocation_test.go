@@ -71,7 +71,7 @@ func TestKeyID(t *testing.T) {
 // TestKeyIDVersion1: a certificate without the version field (v1) has its key found too.
 func TestKeyIDVersion1(t *testing.T) {
 	spki := []byte{0x30, 0x03, 0x05, 0x01, 0x00} // not a key, but shaped as a SEQUENCE
-	field := []byte{0x05, 0x00}                    // NULL stands in for serial, signature, issuer, validity, subject
+	field := []byte{0x05, 0x00}                  // NULL stands in for serial, signature, issuer, validity, subject
 	var tbs []byte
 	for range 5 {
 		tbs = append(tbs, field...)

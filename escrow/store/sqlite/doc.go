@@ -1,6 +1,7 @@
 // Package sqlite is keyarc's embedded archive: the [store.Store] of one node, in one
-// SQLite file holding enrollment codes, certificates, sealed escrow records, pending
-// (manual-approval) requests, recovery sets, bulk jobs and the rows of the audit trail. It owns the database file, its schema
+// SQLite file holding enrollment codes, certificates (with their revocation state and key
+// identity), sealed escrow records, pending (manual-approval) requests, recovery sets, bulk
+// jobs, the rows of the audit trail, signed CRLs and pre-signed OCSP responses. It owns the database file, its schema
 // and its migrations, and nothing else: it knows no cryptography, no policy and no HTTP.
 // Secrets are never stored in clear: enrollment codes are kept only as the hash the
 // caller passes in, and escrow records only as the sealed blobs made by escrow/record.
@@ -15,7 +16,8 @@
 // -shm files the same mode) and sets on every connection journal_mode=WAL,
 // synchronous=FULL, foreign_keys=ON and busy_timeout=5000. The schema version
 // lives in PRAGMA user_version; migrations are applied in order, all in one
-// transaction. Times are stored as INTEGER unix microseconds in UTC (years 1 to
+// transaction, each an SQL script optionally followed by a step in Go for what SQL cannot
+// do (migration 8 computes the key identities of the certificates stored before it). Times are stored as INTEGER unix microseconds in UTC (years 1 to
 // 9999 fit, so a NotAfter of 9999-12-31 does too; nanoseconds would overflow in
 // 2262); zero times are stored as NULL. Certificate serials are stored in one
 // canonical form, see [store.NormalizeSerial]; every method that takes a serial

@@ -77,6 +77,11 @@ type errStop struct{ err error }
 
 func (e errStop) Error() string { return e.err.Error() }
 
+// revokedQuery reads the CRL's entries from the covering partial index certificates_revoked,
+// in its order.
+const revokedQuery = `SELECT serial, not_after, revoked_at, revocation_reason FROM certificates INDEXED BY certificates_revoked
+	WHERE state = 'revoked' AND (not_after IS NULL OR not_after > ?) ORDER BY serial`
+
 // RevokedCertificates streams the revoked certificates not expired at now, in serial order,
 // from the covering partial index certificates_revoked: one row at a time, never the list.
 func (tx *Tx) RevokedCertificates(now time.Time, fn func(store.CertStatus) error) error {
@@ -102,8 +107,7 @@ func (tx *Tx) RevokedCertificates(now time.Time, fn func(store.CertStatus) error
 			return errStop{err}
 		}
 		return nil
-	}, `SELECT serial, not_after, revoked_at, revocation_reason FROM certificates INDEXED BY certificates_revoked
-		WHERE state = 'revoked' AND (not_after IS NULL OR not_after > ?) ORDER BY serial`, now.UnixMicro())
+	}, revokedQuery, now.UnixMicro())
 	if stopWith != nil {
 		var stop errStop
 		if errors.As(err, &stop) {

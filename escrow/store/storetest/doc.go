@@ -19,6 +19,17 @@
 //   - The rows of the audit trail: entries chained by escrow/audit ([audit.Link], checked with
 //     [audit.ChainHash]) follow the head or conflict, roll back with their function, and stay
 //     one gapless chain under concurrent writers; checkpoints.
+//   - Revocation: only an issued certificate is revoked, with a reason of the S/MIME BR set;
+//     the one later change, to keyCompromise, keeps the revocation date; key identities are
+//     set on every path that stores a DER and find a key's certificates across mailboxes;
+//     the revoked, unexpired certificates stream in serial order, complete, and an error of
+//     the callback stops them.
+//   - CRL numbers only go up, also after older CRLs were deleted.
+//   - OCSP responses: stored only for issued or revoked certificates; lookups tell unknown,
+//     never-issued and not-yet-signed serials apart; a slower signer never overwrites a
+//     newer response; a certificate is due when its response is missing, old, or signed
+//     with another status than its current one, and never once expired; due pages visit
+//     each certificate once.
 //   - The reads of the consistency checker.
 //   - Group commit, for any backend: concurrent Updates all commit and are visible once they
 //     return; a function that fails or panics among concurrent ones undoes only its own writes;

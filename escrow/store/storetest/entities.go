@@ -642,7 +642,9 @@ func testSerialSpellings(t *testing.T, h *Harness) {
 		{"insert", func(tx store.Tx) error { c := cert("0x00AB"); c.CodeID = "k"; return tx.InsertCertificate(c) }},
 		{"insert pending 2", func(tx store.Tx) error { return tx.InsertCertificate(cert("00:CD")) }},
 		{"issue", func(tx store.Tx) error { return tx.SetCertificateIssued("00:ab", der, t0, t0.AddDate(1, 0, 0)) }},
-		{"revoke", func(tx store.Tx) error { return tx.RevokeCertificate("AB", store.ReasonKeyCompromise, t0.Add(time.Hour)) }},
+		{"revoke", func(tx store.Tx) error {
+			return tx.RevokeCertificate("AB", store.ReasonKeyCompromise, t0.Add(time.Hour))
+		}},
 		{"fail", func(tx store.Tx) error { return tx.FailCertificate("0XCD") }},
 		{"record", func(tx store.Tx) error { return tx.InsertRecord(record("r", "0x0ab")) }},
 		{"pending", func(tx store.Tx) error {

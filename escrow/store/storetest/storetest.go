@@ -49,6 +49,7 @@ func Run(t *testing.T, h Harness) {
 	}{
 		{"Tx", txTests},
 		{"Entities", entityTests},
+		{"Revocation", revocationTests},
 		{"Recovery", recoveryTests},
 		{"Jobs", jobTests},
 		{"Audit", auditTests},

@@ -1,0 +1,672 @@
+package storetest
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Revocation, key identities, CRLs and OCSP responses.
+var revocationTests = []test{
+	{"Revoke", testRevoke},
+	{"KeyCompromise", testKeyCompromise},
+	{"CertificatesByKey", testCertificatesByKey},
+	{"RevokedCertificates", testRevokedCertificates},
+	{"RevokedCertificatesStop", testRevokedCertificatesStop},
+	{"CRLNumbers", testCRLNumbers},
+	{"OCSPLookups", testOCSPLookups},
+	{"OCSPDue", testOCSPDue},
+	{"OCSPDuePages", testOCSPDuePages},
+}
+
+// issued returns an issued certificate of serial with a fake DER, valid from t0 to notAfter.
+func issued(serial string, notAfter time.Time) store.Certificate {
+	c := cert(serial)
+	c.State, c.DER, c.NotBefore, c.NotAfter = store.StateIssued, []byte{0x30, 0x03, 0x02, 0x01, 0x01}, t0, notAfter
+	return c
+}
+
+// realCert returns the DER of a certificate of key k (signed by k itself) and k's key
+// identity, computed here from what crypto/x509 parses.
+func realCert(t *testing.T, k *ecdsa.PrivateKey, serial int64) (der []byte, keyID string) {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: t0, NotAfter: t0.AddDate(1, 0, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return der, hex.EncodeToString(sum[:])
+}
+
+func ecKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// testRevoke: only an issued certificate is revoked, with a reason of the S/MIME BR set; the
+// reason and date are stored, and a refused revocation changes nothing.
+func testRevoke(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	na := t0.AddDate(1, 0, 0)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.InsertCertificates([]store.Certificate{issued("a", na), issued("b", na), cert("c0"), cert("f0")}); err != nil {
+			return err
+		}
+		return tx.FailCertificate("f0")
+	})
+	at := t0.Add(time.Hour)
+	for _, tc := range []struct {
+		name    string
+		serial  string
+		reason  int
+		at      time.Time
+		wantErr error
+	}{
+		{name: "unknown serial", serial: "ff", reason: store.ReasonSuperseded, at: at, wantErr: store.ErrNotFound},
+		{name: "bad serial", serial: "xyz", reason: store.ReasonSuperseded, at: at, wantErr: store.ErrInvalid},
+		{name: "pending", serial: "c0", reason: store.ReasonSuperseded, at: at, wantErr: store.ErrConflict},
+		{name: "failed", serial: "f0", reason: store.ReasonSuperseded, at: at, wantErr: store.ErrConflict},
+		{name: "cACompromise is not a BR reason", serial: "a", reason: 2, at: at, wantErr: store.ErrInvalid},
+		{name: "certificateHold is not a BR reason", serial: "a", reason: 6, at: at, wantErr: store.ErrInvalid},
+		{name: "unused reason 7", serial: "a", reason: 7, at: at, wantErr: store.ErrInvalid},
+		{name: "aACompromise is not a BR reason", serial: "a", reason: 10, at: at, wantErr: store.ErrInvalid},
+		{name: "negative reason", serial: "a", reason: -1, at: at, wantErr: store.ErrInvalid},
+		{name: "zero time", serial: "a", reason: store.ReasonSuperseded, wantErr: store.ErrInvalid},
+		{name: "issued", serial: "0A", reason: store.ReasonSuperseded, at: at, wantErr: nil},
+		{name: "revoked already", serial: "a", reason: store.ReasonSuperseded, at: at.Add(time.Hour), wantErr: store.ErrConflict},
+		{name: "revoked already, now keyCompromise", serial: "a", reason: store.ReasonKeyCompromise, at: at.Add(time.Hour), wantErr: store.ErrConflict},
+		{name: "unspecified", serial: "b", reason: store.ReasonUnspecified, at: at, wantErr: nil},
+	} {
+		err := s.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(tc.serial, tc.reason, tc.at) })
+		if !is(err, tc.wantErr) {
+			t.Errorf("%s: RevokeCertificate: %v, want %v", tc.name, err, tc.wantErr)
+		}
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		for serial, want := range map[string]struct {
+			state  string
+			reason int
+			at     time.Time
+		}{
+			"a":  {store.StateRevoked, store.ReasonSuperseded, at},
+			"b":  {store.StateRevoked, store.ReasonUnspecified, at},
+			"c0": {store.StatePending, 0, time.Time{}},
+			"f0": {store.StateFailed, 0, time.Time{}},
+		} {
+			c, err := tx.GetCertificate(serial)
+			if err != nil {
+				return err
+			}
+			if c.State != want.state || c.RevocationReason != want.reason || !c.RevokedAt.Equal(want.at) {
+				t.Errorf("%s: state %s, reason %d, revoked at %v; want %s, %d, %v", serial, c.State, c.RevocationReason,
+					c.RevokedAt, want.state, want.reason, want.at)
+			}
+		}
+		return nil
+	})
+	// A revoked certificate inserted as such (a migration) keeps any reason of RFC 5280, and
+	// only a revoked one has a reason.
+	for _, tc := range []struct {
+		name    string
+		state   string
+		reason  int
+		wantErr error
+	}{
+		{name: "revoked cACompromise", state: store.StateRevoked, reason: 2, wantErr: nil},
+		{name: "revoked unused reason", state: store.StateRevoked, reason: 7, wantErr: store.ErrInvalid},
+		{name: "revoked reason 11", state: store.StateRevoked, reason: 11, wantErr: store.ErrInvalid},
+		{name: "issued with a reason", state: store.StateIssued, reason: 1, wantErr: store.ErrInvalid},
+	} {
+		c := issued(fmt.Sprintf("c%d", tc.reason), na)
+		c.State, c.RevocationReason, c.RevokedAt = tc.state, tc.reason, at
+		err := s.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificate(c) })
+		if !is(err, tc.wantErr) {
+			t.Errorf("%s: InsertCertificate: %v, want %v", tc.name, err, tc.wantErr)
+		}
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		c, err := tx.GetCertificate("c2")
+		if err == nil && (c.State != store.StateRevoked || c.RevocationReason != 2) {
+			t.Errorf("inserted revoked certificate: %s, reason %d", c.State, c.RevocationReason)
+		}
+		return err
+	})
+}
+
+// testKeyCompromise: a revoked certificate's reason moves to keyCompromise once, its
+// revocation date kept; nothing else moves.
+func testKeyCompromise(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	na := t0.AddDate(1, 0, 0)
+	first := t0.Add(time.Hour)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.InsertCertificates([]store.Certificate{issued("a", na), issued("b", na), issued("cb", na), cert("c0")}); err != nil {
+			return err
+		}
+		if err := tx.RevokeCertificate("a", store.ReasonSuperseded, first); err != nil {
+			return err
+		}
+		return tx.RevokeCertificate("cb", store.ReasonKeyCompromise, first)
+	})
+	for _, tc := range []struct {
+		name    string
+		serial  string
+		wantErr error
+	}{
+		{name: "unknown", serial: "ff", wantErr: store.ErrNotFound},
+		{name: "issued", serial: "b", wantErr: store.ErrConflict},
+		{name: "pending", serial: "c0", wantErr: store.ErrConflict},
+		{name: "keyCompromise already", serial: "cb", wantErr: store.ErrConflict},
+		{name: "superseded", serial: "0a", wantErr: nil},
+		{name: "again", serial: "a", wantErr: store.ErrConflict},
+	} {
+		err := s.Update(ctx, func(tx store.Tx) error { return tx.SetKeyCompromise(tc.serial) })
+		if !is(err, tc.wantErr) {
+			t.Errorf("%s: SetKeyCompromise: %v, want %v", tc.name, err, tc.wantErr)
+		}
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		a, err := tx.GetCertificate("a")
+		if err != nil {
+			return err
+		}
+		if a.State != store.StateRevoked || a.RevocationReason != store.ReasonKeyCompromise || !a.RevokedAt.Equal(first) {
+			t.Errorf("after SetKeyCompromise: %s, reason %d, revoked at %v; want revoked, 1, %v", a.State, a.RevocationReason, a.RevokedAt, first)
+		}
+		for serial, want := range map[string]string{"b": store.StateIssued, "c0": store.StatePending} {
+			c, err := tx.GetCertificate(serial)
+			if err != nil {
+				return err
+			}
+			if c.State != want || c.RevocationReason != 0 {
+				t.Errorf("%s after a refused SetKeyCompromise: %s, reason %d", serial, c.State, c.RevocationReason)
+			}
+		}
+		return nil
+	})
+}
+
+// testCertificatesByKey: every path that stores a DER sets its key identity, so a key's
+// certificates are found across mailboxes and states, oldest first; a DER that is not a
+// certificate is stored without one.
+func testCertificatesByKey(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	ka, kb := ecKey(t), ecKey(t)
+	derA1, idA := realCert(t, ka, 1)
+	derA2, _ := realCert(t, ka, 2)
+	derA3, _ := realCert(t, ka, 3)
+	derB, idB := realCert(t, kb, 4)
+	na := t0.AddDate(1, 0, 0)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		a1 := issued("a1", na)
+		a1.DER, a1.KeyID = derA1, idB // a caller's KeyID is ignored
+		a2, a3, b, p, fake := cert("a2"), cert("a3"), issued("b", na), cert("c0"), issued("fa4e", na)
+		a2.Email, a3.Email = "bob@example.com", "carol@example.com"
+		a2.CreatedAt, a3.CreatedAt = t0.Add(time.Minute), t0.Add(2*time.Minute)
+		b.DER = derB
+		if err := tx.InsertCertificates([]store.Certificate{a3, a1, a2, b, p, fake}); err != nil {
+			return err
+		}
+		if err := tx.SetCertificateIssued("a2", derA2, t0, na); err != nil {
+			return err
+		}
+		if err := tx.FailSignedCertificate("a3", derA3, t0, na); err != nil {
+			return err
+		}
+		return tx.RevokeCertificate("a2", store.ReasonKeyCompromise, t0.Add(time.Hour))
+	})
+	mustView(t, s, func(tx store.Tx) error {
+		got, err := tx.CertificatesByKey(idA)
+		if err != nil {
+			return err
+		}
+		var serials []string
+		for _, c := range got {
+			serials = append(serials, c.Serial+":"+c.State)
+			if c.KeyID != idA {
+				t.Errorf("certificate %s: KeyID %q, want %q", c.Serial, c.KeyID, idA)
+			}
+		}
+		if want := "[a1:issued a2:revoked a3:failed]"; fmt.Sprint(serials) != want {
+			t.Errorf("CertificatesByKey(A) = %v, want %s", serials, want)
+		}
+		if got, err := tx.CertificatesByKey(idB); err != nil || len(got) != 1 || got[0].Serial != "b" {
+			t.Errorf("CertificatesByKey(B) = %+v, %v; want b", got, err)
+		}
+		if got, err := tx.CertificatesByKey(strings.Repeat("0", 64)); err != nil || len(got) != 0 {
+			t.Errorf("CertificatesByKey(unknown) = %+v, %v; want none", got, err)
+		}
+		for _, bad := range []string{"", "abc", strings.ToUpper(idA), idA + "00"} {
+			if _, err := tx.CertificatesByKey(bad); !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("CertificatesByKey(%q) = %v, want ErrInvalid", bad, err)
+			}
+		}
+		for serial, want := range map[string]string{"fa4e": "", "c0": "", "b": idB} {
+			c, err := tx.GetCertificate(serial)
+			if err != nil {
+				return err
+			}
+			if c.KeyID != want {
+				t.Errorf("certificate %s: KeyID %q, want %q", serial, c.KeyID, want)
+			}
+		}
+		return nil
+	})
+}
+
+// testRevokedCertificates: the stream holds every revoked certificate not expired at now and
+// nothing else, once each, in serial byte order, with its date and reason.
+func testRevokedCertificates(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := t0.AddDate(0, 6, 0)
+	want := map[string]store.CertStatus{}
+	reasons := []int{store.ReasonUnspecified, store.ReasonKeyCompromise, store.ReasonAffiliationChanged,
+		store.ReasonSuperseded, store.ReasonCessationOfOperation, store.ReasonPrivilegeWithdrawn}
+	mustUpdate(t, s, func(tx store.Tx) error {
+		var cs []store.Certificate
+		for i := range 300 {
+			na := t0.AddDate(1, 0, 0)
+			if i%7 == 0 {
+				na = now // expires at now: off the CRL
+			}
+			if i%11 == 0 {
+				na = now.Add(time.Microsecond)
+			}
+			cs = append(cs, issued(fmt.Sprintf("%x", i*4099+1), na))
+		}
+		mig := issued("d00d", t0) // revoked, inserted without NotAfter: kept on the CRL
+		mig.NotAfter, mig.State, mig.RevokedAt, mig.RevocationReason = time.Time{}, store.StateRevoked, t0, 2
+		cs = append(cs, mig, cert("beef"))
+		want["d00d"] = store.CertStatus{Serial: "d00d", Revoked: true, RevokedAt: t0, Reason: 2}
+		if err := tx.InsertCertificates(cs); err != nil {
+			return err
+		}
+		for i, c := range cs[:300] {
+			if i%3 == 0 {
+				continue // stays issued
+			}
+			at := t0.Add(time.Duration(i) * time.Minute)
+			r := reasons[i%len(reasons)]
+			if err := tx.RevokeCertificate(c.Serial, r, at); err != nil {
+				return err
+			}
+			if c.NotAfter.After(now) {
+				want[c.Serial] = store.CertStatus{Serial: c.Serial, Revoked: true, RevokedAt: at, Reason: r, NotAfter: c.NotAfter}
+			}
+		}
+		return nil
+	})
+	if len(want) < 150 {
+		t.Fatalf("only %d certificates to list", len(want))
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		var got []store.CertStatus
+		if err := tx.RevokedCertificates(now, func(c store.CertStatus) error { got = append(got, c); return nil }); err != nil {
+			return err
+		}
+		if !sort.SliceIsSorted(got, func(i, j int) bool { return got[i].Serial < got[j].Serial }) {
+			t.Errorf("entries not in serial order")
+		}
+		seen := map[string]bool{}
+		for _, c := range got {
+			w, ok := want[c.Serial]
+			switch {
+			case seen[c.Serial]:
+				t.Errorf("%s listed twice", c.Serial)
+			case !ok:
+				t.Errorf("%s listed, not revoked or expired", c.Serial)
+			case c.Revoked != w.Revoked || !c.RevokedAt.Equal(w.RevokedAt) || c.Reason != w.Reason || !c.NotAfter.Equal(w.NotAfter):
+				t.Errorf("%s = %+v, want %+v", c.Serial, c, w)
+			}
+			seen[c.Serial] = true
+		}
+		if len(seen) != len(want) {
+			t.Errorf("%d entries listed, want %d", len(seen), len(want))
+		}
+		if err := tx.RevokedCertificates(time.Time{}, func(store.CertStatus) error { return nil }); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("zero time: %v, want ErrInvalid", err)
+		}
+		return nil
+	})
+}
+
+// testRevokedCertificatesStop: an error of fn stops the walk at once and comes back as it is.
+func testRevokedCertificatesStop(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		for i := range 5 {
+			serial := fmt.Sprintf("%x", i+1)
+			if err := tx.InsertCertificate(issued(serial, t0.AddDate(1, 0, 0))); err != nil {
+				return err
+			}
+			if err := tx.RevokeCertificate(serial, store.ReasonSuperseded, t0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	stop := errors.New("stop here")
+	calls := 0
+	err := s.View(ctx, func(tx store.Tx) error {
+		return tx.RevokedCertificates(t0, func(store.CertStatus) error { calls++; return stop })
+	})
+	if err != stop || calls != 1 {
+		t.Errorf("RevokedCertificates with a failing fn: %v after %d calls; want the error itself after 1", err, calls)
+	}
+}
+
+// testCRLNumbers: CRL numbers only go up, also once older CRLs are deleted, and the latest is
+// the highest number stored.
+func testCRLNumbers(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	crl := func(n int64) store.CRL {
+		this := t0.Add(time.Duration(n) * time.Hour)
+		return store.CRL{Number: n, ThisUpdate: this, NextUpdate: this.AddDate(0, 0, 7), DER: []byte(fmt.Sprintf("crl-%d", n)), CreatedAt: this}
+	}
+	if err := s.View(ctx, func(tx store.Tx) error { _, err := tx.LatestCRL(); return err }); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("LatestCRL of an empty store: %v, want ErrNotFound", err)
+	}
+	steps := []struct {
+		name    string
+		crl     store.CRL
+		wantErr error
+	}{
+		{name: "number 0", crl: crl(0), wantErr: store.ErrInvalid},
+		{name: "no der", crl: func() store.CRL { c := crl(1); c.DER = nil; return c }(), wantErr: store.ErrInvalid},
+		{name: "no thisUpdate", crl: func() store.CRL { c := crl(1); c.ThisUpdate = time.Time{}; return c }(), wantErr: store.ErrInvalid},
+		{name: "nextUpdate = thisUpdate", crl: func() store.CRL { c := crl(1); c.NextUpdate = c.ThisUpdate; return c }(), wantErr: store.ErrInvalid},
+		{name: "first", crl: crl(1), wantErr: nil},
+		{name: "same number", crl: crl(1), wantErr: store.ErrConflict},
+		{name: "skip ahead", crl: crl(3), wantErr: nil},
+		{name: "back", crl: crl(2), wantErr: store.ErrConflict},
+	}
+	for _, st := range steps {
+		err := s.Update(ctx, func(tx store.Tx) error { return tx.InsertCRL(st.crl) })
+		if !is(err, st.wantErr) {
+			t.Errorf("%s: InsertCRL: %v, want %v", st.name, err, st.wantErr)
+		}
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		c, err := tx.LatestCRL()
+		if err != nil {
+			return err
+		}
+		w := crl(3)
+		if c.Number != 3 || !bytes.Equal(c.DER, w.DER) || !c.ThisUpdate.Equal(w.ThisUpdate) || !c.NextUpdate.Equal(w.NextUpdate) || !c.CreatedAt.Equal(w.CreatedAt) {
+			t.Errorf("LatestCRL = %+v, want %+v", c, w)
+		}
+		return nil
+	})
+	// Many more: the older ones may be deleted, the numbers still only go up.
+	for n := int64(4); n <= 3+3*store.CRLsKept; n++ {
+		mustUpdate(t, s, func(tx store.Tx) error { return tx.InsertCRL(crl(n)) })
+	}
+	last := int64(3 + 3*store.CRLsKept)
+	for _, n := range []int64{1, 4, last - 1, last} {
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.InsertCRL(crl(n)) }); !errors.Is(err, store.ErrConflict) {
+			t.Errorf("InsertCRL(%d) after %d: %v, want ErrConflict", n, last, err)
+		}
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		c, err := tx.LatestCRL()
+		if err == nil && c.Number != last {
+			t.Errorf("LatestCRL is number %d, want %d", c.Number, last)
+		}
+		return err
+	})
+}
+
+// ocspResp returns a response for serial signed at this with status c.
+func ocspResp(serial string, this time.Time, revoked bool, reason int) store.OCSPResponse {
+	return store.OCSPResponse{Serial: serial, DER: []byte("ocsp-" + strings.TrimPrefix(strings.ToLower(serial), "0x") + "-" + this.Format(time.RFC3339)),
+		ThisUpdate: this, NextUpdate: this.AddDate(0, 0, 7), Revoked: revoked, Reason: reason}
+}
+
+// ocspSetup stores an issued (a1), a revoked (a2), a pending (a3), a failed (a4) and an
+// expired (a5) certificate; now is t0 + 30 days.
+func ocspSetup(t *testing.T, s store.Store) (now time.Time) {
+	now = t0.AddDate(0, 0, 30)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.InsertCertificates([]store.Certificate{issued("a1", t0.AddDate(1, 0, 0)), issued("a2", t0.AddDate(1, 0, 0)),
+			cert("a3"), cert("a4"), issued("a5", now)}); err != nil {
+			return err
+		}
+		if err := tx.FailCertificate("a4"); err != nil {
+			return err
+		}
+		return tx.RevokeCertificate("a2", store.ReasonSuperseded, t0.Add(time.Hour))
+	})
+	return now
+}
+
+// testOCSPLookups: a response is stored only for an issued or revoked certificate, and its
+// lookup tells an unknown serial, a serial never issued and a certificate without a response
+// apart.
+func testOCSPLookups(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := ocspSetup(t, s)
+	get := func(serial string) (*store.OCSPResponse, error) {
+		var r *store.OCSPResponse
+		err := s.View(ctx, func(tx store.Tx) (err error) { r, err = tx.GetOCSPResponse(serial); return err })
+		return r, err
+	}
+	for _, tc := range []struct {
+		serial    string
+		want, not []error
+	}{
+		{serial: "ff", want: []error{store.ErrNotFound}, not: []error{store.ErrNotIssued, store.ErrNoResponse}},
+		{serial: "a3", want: []error{store.ErrNotFound, store.ErrNotIssued}, not: []error{store.ErrNoResponse}},
+		{serial: "a4", want: []error{store.ErrNotFound, store.ErrNotIssued}, not: []error{store.ErrNoResponse}},
+		{serial: "a1", want: []error{store.ErrNoResponse}, not: []error{store.ErrNotFound, store.ErrNotIssued}},
+		{serial: "a2", want: []error{store.ErrNoResponse}, not: []error{store.ErrNotFound, store.ErrNotIssued}},
+		{serial: "xyz", want: []error{store.ErrInvalid}},
+	} {
+		_, err := get(tc.serial)
+		for _, w := range tc.want {
+			if !errors.Is(err, w) {
+				t.Errorf("GetOCSPResponse(%s) = %v, want %v", tc.serial, err, w)
+			}
+		}
+		for _, n := range tc.not {
+			if errors.Is(err, n) {
+				t.Errorf("GetOCSPResponse(%s) = %v, must not be %v", tc.serial, err, n)
+			}
+		}
+	}
+	signed := now.Add(-time.Hour)
+	for _, tc := range []struct {
+		name    string
+		rs      []store.OCSPResponse
+		wantErr error
+	}{
+		{name: "unknown", rs: []store.OCSPResponse{ocspResp("ff", signed, false, 0)}, wantErr: store.ErrNotFound},
+		{name: "pending", rs: []store.OCSPResponse{ocspResp("a1", signed, false, 0), ocspResp("a3", signed, false, 0)}, wantErr: store.ErrNotIssued},
+		{name: "failed", rs: []store.OCSPResponse{ocspResp("a4", signed, false, 0)}, wantErr: store.ErrConflict},
+		{name: "no der", rs: []store.OCSPResponse{func() store.OCSPResponse { r := ocspResp("a1", signed, false, 0); r.DER = nil; return r }()}, wantErr: store.ErrInvalid},
+		{name: "nextUpdate before thisUpdate", rs: []store.OCSPResponse{func() store.OCSPResponse {
+			r := ocspResp("a1", signed, false, 0)
+			r.NextUpdate = signed.Add(-time.Second)
+			return r
+		}()}, wantErr: store.ErrInvalid},
+		{name: "good with a reason", rs: []store.OCSPResponse{ocspResp("a1", signed, false, 1)}, wantErr: store.ErrInvalid},
+		{name: "reason 7", rs: []store.OCSPResponse{ocspResp("a2", signed, true, 7)}, wantErr: store.ErrInvalid},
+		{name: "issued and revoked", rs: []store.OCSPResponse{ocspResp("0xA1", signed, false, 0), ocspResp("a2", signed, true, store.ReasonSuperseded)}},
+		{name: "older response", rs: []store.OCSPResponse{ocspResp("a1", signed.Add(-time.Minute), false, 0)}},
+		{name: "expired certificate", rs: []store.OCSPResponse{ocspResp("a5", signed, false, 0)}},
+	} {
+		err := s.Update(ctx, func(tx store.Tx) error { return tx.UpsertOCSPResponses(tc.rs) })
+		if !is(err, tc.wantErr) {
+			t.Errorf("%s: UpsertOCSPResponses: %v, want %v", tc.name, err, tc.wantErr)
+		}
+	}
+	for serial, want := range map[string]store.OCSPResponse{
+		"a1": ocspResp("a1", signed, false, 0), // the older one did not replace it
+		"a2": ocspResp("a2", signed, true, store.ReasonSuperseded),
+	} {
+		r, err := get(serial)
+		if err != nil {
+			t.Fatalf("GetOCSPResponse(%s): %v", serial, err)
+		}
+		if r.Serial != serial || !bytes.Equal(r.DER, want.DER) || !r.ThisUpdate.Equal(want.ThisUpdate) ||
+			!r.NextUpdate.Equal(want.NextUpdate) || r.Revoked != want.Revoked || r.Reason != want.Reason || r.UpdatedAt.IsZero() {
+			t.Errorf("GetOCSPResponse(%s) = %+v, want %+v", serial, r, want)
+		}
+	}
+	if _, err := get("a3"); !errors.Is(err, store.ErrNotIssued) {
+		t.Errorf("a refused batch stored a response for a pending serial: %v", err)
+	}
+	// A newer response replaces the stored one.
+	newer := ocspResp("a1", signed.Add(time.Minute), false, 0)
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.UpsertOCSPResponses([]store.OCSPResponse{newer}) })
+	if r, err := get("a1"); err != nil || !bytes.Equal(r.DER, newer.DER) {
+		t.Errorf("after a newer response: %+v, %v", r, err)
+	}
+}
+
+func due(t *testing.T, s store.Store, now, signedBefore time.Time) string {
+	t.Helper()
+	var got []store.CertStatus
+	mustView(t, s, func(tx store.Tx) (err error) {
+		got, err = tx.OCSPDue(now, signedBefore, "", 100)
+		return err
+	})
+	var out []string
+	for _, c := range got {
+		out = append(out, fmt.Sprintf("%s:%v:%d", c.Serial, c.Revoked, c.Reason))
+	}
+	return strings.Join(out, " ")
+}
+
+// testOCSPDue: a certificate is due when it has no response, when its response is older than
+// the refresh age, or when it was revoked (or its reason changed) after its response was
+// signed, whatever the clocks say; serials never issued and expired certificates never are.
+func testOCSPDue(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := ocspSetup(t, s)
+	fresh := now.AddDate(0, 0, -3) // responses signed before this are due
+	if got, want := due(t, s, now, fresh), "a1:false:0 a2:true:4"; got != want {
+		t.Errorf("due with no responses: %q, want %q", got, want)
+	}
+	signed := now.Add(-time.Hour)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("a1", signed, false, 0), ocspResp("a2", signed, true, store.ReasonSuperseded)})
+	})
+	if got := due(t, s, now, fresh); got != "" {
+		t.Errorf("due with fresh responses: %q, want none", got)
+	}
+	if got, want := due(t, s, now, signed.Add(time.Microsecond)), "a1:false:0 a2:true:4"; got != want {
+		t.Errorf("due once the responses are older than the refresh age: %q, want %q", got, want)
+	}
+	if got := due(t, s, now, signed); got != "" {
+		t.Errorf("due with responses signed at the refresh age exactly: %q, want none", got)
+	}
+	// Revoked with a date before the response's thisUpdate (the revocation was recorded
+	// while the response was being signed): due all the same.
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.RevokeCertificate("a1", store.ReasonKeyCompromise, signed.Add(-time.Hour))
+	})
+	if got, want := due(t, s, now, fresh), "a1:true:1"; got != want {
+		t.Errorf("due after a revocation: %q, want %q", got, want)
+	}
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetKeyCompromise("a2") })
+	if got, want := due(t, s, now, fresh), "a1:true:1 a2:true:1"; got != want {
+		t.Errorf("due after a reason change: %q, want %q", got, want)
+	}
+	// A response signed with a stale status (good, while the revocation committed) is stored
+	// and still due.
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("a1", now, false, 0), ocspResp("a2", now, true, store.ReasonKeyCompromise)})
+	})
+	if got, want := due(t, s, now, fresh), "a1:true:1"; got != want {
+		t.Errorf("due after a response with a stale status: %q, want %q", got, want)
+	}
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("a1", now.Add(time.Second), true, store.ReasonKeyCompromise)})
+	})
+	if got := due(t, s, now, fresh); got != "" {
+		t.Errorf("due once re-signed: %q, want none", got)
+	}
+	// Once expired, a certificate is never due.
+	if got := due(t, s, t0.AddDate(1, 0, 0), t0.AddDate(2, 0, 0)); got != "" {
+		t.Errorf("due after every certificate expired: %q, want none", got)
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		for _, tc := range []struct {
+			name        string
+			now, before time.Time
+			after       string
+			limit       int
+		}{
+			{"zero now", time.Time{}, fresh, "", 10},
+			{"zero signedBefore", now, time.Time{}, "", 10},
+			{"limit 0", now, fresh, "", 0},
+			{"bad after", now, fresh, "xyz", 10},
+		} {
+			if _, err := tx.OCSPDue(tc.now, tc.before, tc.after, tc.limit); !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("OCSPDue %s: %v, want ErrInvalid", tc.name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// testOCSPDuePages: paging with the last serial returned visits every due certificate once,
+// in serial order.
+func testOCSPDuePages(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	var want []string
+	mustUpdate(t, s, func(tx store.Tx) error {
+		var cs []store.Certificate
+		for i := range 57 {
+			serial := fmt.Sprintf("%x", i*977+5)
+			cs = append(cs, issued(serial, t0.AddDate(1, 0, 0)))
+			want = append(want, serial)
+		}
+		return tx.InsertCertificates(cs)
+	})
+	slices.Sort(want)
+	var got []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > 10 {
+			t.Fatal("paging does not end")
+		}
+		var page []store.CertStatus
+		mustView(t, s, func(tx store.Tx) (err error) { page, err = tx.OCSPDue(t0, t0, after, 10); return err })
+		for _, c := range page {
+			got = append(got, c.Serial)
+		}
+		if len(page) < 10 {
+			break
+		}
+		after = page[len(page)-1].Serial
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("pages gave %v, want %v", got, want)
+	}
+}
