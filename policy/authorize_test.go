@@ -26,6 +26,7 @@ func TestAuthorizeRoutes(t *testing.T) {
 		{"POST /api/v1/recoveries, POST /api/v1/recoveries/{id}/fetch|cancel", ActRecoveryRequest, []Role{RoleOfficer}},
 		{"GET /api/v1/recoveries, GET /api/v1/recoveries/{id}", ActRecoveryRead, operators},
 		{"POST /api/v1/recoveries/{id}/approvals", ActRecoveryApprove, []Role{RoleKRA}},
+		{"POST /api/v1/revocations (any certificate; subscribers: AuthorizeRevoke)", ActRevoke, []Role{RoleAdmin, RoleOfficer}},
 	}
 	everyone := append(Roles(), Role(""), Role("root"))
 	for _, tt := range tests {

@@ -39,13 +39,17 @@ const (
 	ActAudit           Action = "audit"             // read and verify the audit trail
 	ActBulk            Action = "bulk"              // submit and follow bulk jobs, release their passwords
 	ActWhoami          Action = "whoami"            // show the caller's own credential
+	// ActRevoke revokes any certificate the CA issued. A subscriber without it may still
+	// revoke the certificates of their own mailbox: see [AuthorizeRevoke].
+	ActRevoke Action = "revoke"
 )
 
 // permissions is the whole access matrix.
 var permissions = map[Role]map[Action]bool{
 	RoleAdmin: {ActEnroll: true, ActAdminPending: true, ActRecoverySet: true, ActBulk: true, ActReseal: true,
+		ActRevoke:          true,
 		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
-	RoleOfficer: {ActRecoveryRequest: true,
+	RoleOfficer: {ActRecoveryRequest: true, ActRevoke: true,
 		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
 	RoleAuditor: {ActAudit: true,
 		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
