@@ -1,0 +1,448 @@
+// Package presign is the OCSP pre-signing use case: it keeps a signed, current OCSP response
+// in the store for every issued or revoked certificate that has not expired, so that the
+// responder (cmd/keyarc/internal/api's OCSP handler) serves stored bytes and never signs per
+// request.
+//
+// # What it must not import
+//
+// escrow/ocsp, escrow/store and the standard library: no hsm (the responder key is a
+// crypto.Signer inside an [ocsp.Responder]), no HTTP, no metrics library ([Metrics] is an
+// interface).
+//
+// # Concurrency
+//
+// See [Signer].
+package presign
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/ocsp"
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// Defaults and bounds of [Signer]. The S/MIME BR (§4.9.10) ask for responses valid between
+// 8 hours and 10 days, refreshed no later than 4 days after thisUpdate: keyarc signs them for 7
+// days and refreshes them after 3, so a response is at most 3 days (plus one pass) old and a
+// client that cached one still holds a valid answer for 4 days if the appliance stops signing.
+const (
+	DefaultValidity   = 7 * 24 * time.Hour
+	DefaultRefreshAge = 3 * 24 * time.Hour
+	DefaultInterval   = 30 * time.Second
+	DefaultBatch      = 512
+	MinValidity       = 8 * time.Hour
+	MaxValidity       = 10 * 24 * time.Hour
+	MaxRefreshAge     = 4 * 24 * time.Hour
+	// backdate: thisUpdate is a minute before the signing time, for clients whose clock
+	// is slightly behind.
+	backdate = time.Minute
+	// maxPriority bounds the serials Revoked remembers for priority signing; past it the
+	// next pass over everything due finds the rest (the store lists a response signed with
+	// another status as due at once).
+	maxPriority = 100_000
+)
+
+// Metrics receives the pre-signer's counts; a nil one is allowed.
+type Metrics interface {
+	// OCSPSigned counts n responses signed and stored.
+	OCSPSigned(n int)
+	// OCSPPass reports the end of a pass: err nil when everything due was signed.
+	OCSPPass(at time.Time, err error)
+}
+
+// Signer pre-signs the OCSP responses of every issued or revoked certificate that has not
+// expired, and stores them ([store.OCSPResponses]) for the responder to serve as they are: the
+// responder never signs per request, so OCSP answers while the token is away. It signs
+// responses that are missing, older than RefreshAge, or whose status a revocation changed; a
+// revocation ([Signer.Revoked], hooked to escrow.Service.Revoked) gets its responses signed at
+// once, before the rest.
+//
+// A fault of the token or the storage ends the pass with nothing lost: what was not stored is
+// still due in the store, and [Signer.Run] tries again after a backoff.
+//
+// # Concurrency
+//
+// Revoked may be called from any goroutine at any time and never blocks. Run, SignDue and
+// SignSerials may run concurrently with each other (the store keeps the newest response of a
+// serial), but one Run per Signer.
+type Signer struct {
+	Store store.Store
+	// Responder returns the responder to sign with at now. The appliance's renews the
+	// responder certificate there when it comes close to expiry; no response is signed to
+	// outlive the responder certificate.
+	Responder func(now time.Time) (*ocsp.Responder, error)
+	// Validity (default [DefaultValidity]) and RefreshAge (default
+	// [DefaultRefreshAge]) of responses; Interval (default [DefaultInterval]) between
+	// passes; Batch (default [DefaultBatch]) responses per page and per transaction;
+	// Workers (default 2) concurrent signatures.
+	Validity, RefreshAge, Interval time.Duration
+	Batch, Workers                 int
+	Now                            func() time.Time
+	Logger                         *slog.Logger
+	Metrics                        Metrics
+
+	once     sync.Once
+	trigger  chan struct{}
+	mu       sync.Mutex
+	priority map[string]bool
+}
+
+// ErrConfig means an Signer field is out of bounds; nothing was signed.
+var ErrConfig = errors.New("presign: configuration")
+
+func (s *Signer) init() {
+	s.once.Do(func() {
+		s.trigger = make(chan struct{}, 1)
+		s.priority = map[string]bool{}
+	})
+}
+
+func (s *Signer) settings() (validity, refresh time.Duration, batch, workers int, err error) {
+	validity, refresh, batch, workers = s.Validity, s.RefreshAge, s.Batch, s.Workers
+	if validity == 0 {
+		validity = DefaultValidity
+	}
+	if refresh == 0 {
+		refresh = DefaultRefreshAge
+	}
+	if batch <= 0 {
+		batch = DefaultBatch
+	}
+	if workers <= 0 {
+		workers = 2
+	}
+	switch {
+	case validity < MinValidity || validity > MaxValidity:
+		err = fmt.Errorf("%w: validity %v outside 8h..240h (S/MIME BR §4.9.10)", ErrConfig, validity)
+	case refresh <= 0 || refresh > MaxRefreshAge || refresh >= validity:
+		err = fmt.Errorf("%w: refresh age %v must be positive, at most 96h and below the validity", ErrConfig, refresh)
+	case s.Store == nil || s.Responder == nil:
+		err = fmt.Errorf("%w: no store or responder", ErrConfig)
+	}
+	return
+}
+
+func (s *Signer) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Signer) log() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// Revoked asks for the responses of serials to be signed again at once. It never blocks and
+// may be used as escrow.Service.Revoked.
+func (s *Signer) Revoked(serials []string) {
+	s.init()
+	s.mu.Lock()
+	for _, sn := range serials {
+		if len(s.priority) >= maxPriority {
+			break
+		}
+		if c, err := store.NormalizeSerial(sn); err == nil {
+			s.priority[c] = true
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case s.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run signs what is due at once, then after every Interval and every [Signer.Revoked],
+// until ctx ends. A failed pass is retried after a backoff from one second doubling to
+// Interval; the serials of a revocation are kept until they are signed.
+func (s *Signer) Run(ctx context.Context) {
+	s.init()
+	_, _, _, _, err := s.settings()
+	if err != nil {
+		s.log().Error("ocsp: not signing", "err", err)
+		return
+	}
+	interval := s.Interval
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	backoff := time.Second
+	for {
+		wait := interval
+		if err := s.pass(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log().Warn("ocsp: pre-signing postponed", "err", err, "retry_in", backoff)
+			wait = backoff
+			backoff = min(2*backoff, interval)
+		} else {
+			backoff = time.Second
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-s.trigger:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// pass signs the priority serials, then everything due.
+func (s *Signer) pass(ctx context.Context) error {
+	s.mu.Lock()
+	var prio []string
+	for sn := range s.priority {
+		prio = append(prio, sn)
+	}
+	s.mu.Unlock()
+	if len(prio) > 0 {
+		if _, err := s.SignSerials(ctx, prio); err != nil {
+			s.report(err)
+			return err
+		}
+		s.mu.Lock()
+		for _, sn := range prio {
+			delete(s.priority, sn)
+		}
+		s.mu.Unlock()
+	}
+	_, err := s.SignDue(ctx)
+	s.report(err)
+	return err
+}
+
+func (s *Signer) report(err error) {
+	if s.Metrics != nil {
+		s.Metrics.OCSPPass(s.now(), err)
+	}
+}
+
+// SignSerials signs and stores the responses of serials now, with their current status;
+// serials that are unknown, never issued or expired are skipped. It returns how many it
+// stored.
+//
+// # Errors
+//
+// [ErrConfig]; the storage's ([store.ErrUnavailable], [store.ErrClosed]); the responder's
+// or the token's, wrapped. Responses stored before the error stay stored.
+func (s *Signer) SignSerials(ctx context.Context, serials []string) (int, error) {
+	_, _, batch, _, err := s.settings()
+	if err != nil {
+		return 0, err
+	}
+	now := s.now()
+	total := 0
+	for len(serials) > 0 {
+		page := serials[:min(batch, len(serials))]
+		serials = serials[len(page):]
+		var sts []store.CertStatus
+		err := s.Store.View(ctx, func(tx store.Tx) error {
+			sts = sts[:0]
+			for _, sn := range page {
+				c, err := tx.GetCertificate(sn)
+				if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if c.State != "issued" && c.State != "revoked" || !c.NotAfter.IsZero() && !c.NotAfter.After(now) {
+					continue
+				}
+				sts = append(sts, store.CertStatus{Serial: c.Serial, Revoked: c.State == "revoked",
+					RevokedAt: c.RevokedAt, Reason: c.RevocationReason, NotAfter: c.NotAfter})
+			}
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("presign: read certificates: %w", err)
+		}
+		rs, err := s.sign(ctx, now, sts)
+		if err != nil {
+			return total, err
+		}
+		if err := s.store(ctx, rs); err != nil {
+			return total, err
+		}
+		total += len(rs)
+	}
+	return total, nil
+}
+
+// SignDue signs and stores, in pages of Batch, the responses the store lists as due now
+// ([store.OCSPResponses.OCSPDue]): signing one page overlaps storing the one before. It
+// returns how many it stored.
+//
+// # Errors
+//
+// As [Signer.SignSerials]; the pass stops at the first error, and what it had not stored
+// stays due.
+func (s *Signer) SignDue(ctx context.Context) (int, error) {
+	_, refresh, batch, _, err := s.settings()
+	if err != nil {
+		return 0, err
+	}
+	now := s.now()
+	type result struct {
+		n   int
+		err error
+	}
+	pages := make(chan []store.OCSPResponse, 1)
+	done := make(chan result, 1)
+	var failed atomic.Bool
+	go func() {
+		var r result
+		for rs := range pages {
+			if r.err != nil {
+				continue
+			}
+			if err := s.store(ctx, rs); err != nil {
+				r.err = err
+				failed.Store(true)
+				continue
+			}
+			r.n += len(rs)
+		}
+		done <- r
+	}()
+	finish := func(err error) (int, error) {
+		close(pages)
+		r := <-done
+		if err == nil {
+			err = r.err
+		}
+		return r.n, err
+	}
+	after := ""
+	for {
+		var due []store.CertStatus
+		err := s.Store.View(ctx, func(tx store.Tx) error {
+			var err error
+			due, err = tx.OCSPDue(now, now.Add(-refresh), after, batch)
+			return err
+		})
+		if err != nil {
+			return finish(fmt.Errorf("presign: list due responses: %w", err))
+		}
+		if len(due) == 0 || failed.Load() {
+			return finish(nil)
+		}
+		rs, err := s.sign(ctx, now, due)
+		if err != nil {
+			return finish(err)
+		}
+		pages <- rs
+		if len(due) < batch {
+			return finish(nil)
+		}
+		after = due[len(due)-1].Serial
+	}
+}
+
+// sign signs the responses of sts with Workers concurrent signatures.
+func (s *Signer) sign(ctx context.Context, now time.Time, sts []store.CertStatus) ([]store.OCSPResponse, error) {
+	validity, _, _, workers, err := s.settings()
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.Responder(now)
+	if err != nil {
+		return nil, fmt.Errorf("presign: responder: %w", err)
+	}
+	this := now.Add(-backdate).UTC().Truncate(time.Second)
+	next := this.Add(validity)
+	if na := r.Certificate().NotAfter; next.After(na) {
+		next = na.UTC().Truncate(time.Second)
+	}
+	if next.Sub(this) < MinValidity {
+		return nil, fmt.Errorf("presign: the responder certificate expires at %s, too soon for a response valid 8 hours: renew it", r.Certificate().NotAfter.UTC().Format(time.RFC3339))
+	}
+	out := make([]store.OCSPResponse, len(sts))
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(sts); i += workers {
+				if ctx.Err() != nil {
+					errs[w] = ctx.Err()
+					return
+				}
+				st := sts[i]
+				serial, ok := new(big.Int).SetString(st.Serial, 16)
+				if !ok {
+					errs[w] = fmt.Errorf("presign: stored serial %q is not hexadecimal", st.Serial)
+					return
+				}
+				der, err := r.Sign(ocsp.Status{Serial: serial, Revoked: st.Revoked, RevokedAt: st.RevokedAt,
+					Reason: st.Reason, ThisUpdate: this, NextUpdate: next})
+				if err != nil {
+					errs[w] = fmt.Errorf("presign: serial %s: %w", st.Serial, err)
+					return
+				}
+				reason := 0
+				if st.Revoked {
+					reason = st.Reason
+				}
+				out[i] = store.OCSPResponse{Serial: st.Serial, DER: der, ThisUpdate: this, NextUpdate: next,
+					Revoked: st.Revoked, Reason: reason}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// store writes rs in one transaction; a refusal of the batch for a data reason (a serial
+// gone, a field the store rejects) is retried one by one, so that one bad row does not hold
+// back the others.
+func (s *Signer) store(ctx context.Context, rs []store.OCSPResponse) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	err := s.Store.Update(ctx, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs) })
+	if err == nil {
+		if s.Metrics != nil {
+			s.Metrics.OCSPSigned(len(rs))
+		}
+		return nil
+	}
+	if !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrInvalid) && !errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("presign: store responses: %w", err)
+	}
+	n := 0
+	for i := range rs {
+		err := s.Store.Update(ctx, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs[i : i+1]) })
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrConflict):
+			s.log().Warn("ocsp: response refused by the store", "serial", rs[i].Serial, "err", err)
+		default:
+			return fmt.Errorf("presign: store responses: %w", err)
+		}
+	}
+	if s.Metrics != nil {
+		s.Metrics.OCSPSigned(n)
+	}
+	return nil
+}

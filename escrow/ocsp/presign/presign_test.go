@@ -1,0 +1,283 @@
+package presign
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	xocsp "golang.org/x/crypto/ocsp"
+
+	"github.com/keyarc/keyarc/escrow/ocsp"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
+)
+
+type env struct {
+	db        *sqlite.DB
+	ca        *x509.Certificate
+	caKey     *ecdsa.PrivateKey
+	leafDER   []byte
+	respCert  *x509.Certificate
+	respKey   crypto.Signer
+	responder *ocsp.Responder
+}
+
+func newEnv(tb testing.TB, respKey crypto.Signer, respValidity time.Duration) *env {
+	tb.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "presign CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	if respKey == nil {
+		respKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	}
+	rt := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "responder"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(respValidity), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}}
+	rDER, err := x509.CreateCertificate(rand.Reader, rt, ca, respKey.Public(), caKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rc, _ := x509.ParseCertificate(rDER)
+	r, err := ocsp.NewResponder(ca, rc, respKey, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	lt := &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "leaf"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour)}
+	leafDER, _ := x509.CreateCertificate(rand.Reader, lt, ca, lk.Public(), caKey)
+	db, err := sqlite.Open(filepath.Join(tb.TempDir(), "keyarc.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return &env{db: db, ca: ca, caKey: caKey, leafDER: leafDER, respCert: rc, respKey: respKey, responder: r}
+}
+
+// addCerts stores n issued certificates with serials first..first+n-1 (hex), expiring in a day.
+func (e *env) addCerts(tb testing.TB, first, n int) []string {
+	tb.Helper()
+	now := time.Now()
+	var serials []string
+	for lo := 0; lo < n; lo += 5000 {
+		var cs []store.Certificate
+		for i := lo; i < min(n, lo+5000); i++ {
+			sn := fmt.Sprintf("%x", first+i)
+			serials = append(serials, sn)
+			cs = append(cs, store.Certificate{Serial: sn, Template: "t", Email: "a@example.org", State: "issued",
+				DER: e.leafDER, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour)})
+		}
+		if err := e.db.Update(context.Background(), func(tx store.Tx) error { return tx.InsertCertificates(cs) }); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return serials
+}
+
+func (e *env) signer(r *ocsp.Responder) *Signer {
+	return &Signer{Store: e.db, Responder: func(time.Time) (*ocsp.Responder, error) { return r, nil }, Batch: 64}
+}
+
+// status reads the stored response of serial with x/crypto/ocsp (signature checked).
+func (e *env) status(tb testing.TB, serial string) *xocsp.Response {
+	tb.Helper()
+	var r *store.OCSPResponse
+	err := e.db.View(context.Background(), func(tx store.Tx) error {
+		var err error
+		r, err = tx.GetOCSPResponse(serial)
+		return err
+	})
+	if err != nil {
+		tb.Fatalf("serial %s: %v", serial, err)
+	}
+	n, _ := new(big.Int).SetString(serial, 16)
+	leaf := &x509.Certificate{SerialNumber: n}
+	resp, err := xocsp.ParseResponseForCert(r.DER, leaf, e.ca)
+	if err != nil {
+		tb.Fatalf("serial %s: x/crypto/ocsp: %v", serial, err)
+	}
+	return resp
+}
+
+func (e *env) due(tb testing.TB) int {
+	var due []store.CertStatus
+	now := time.Now()
+	e.db.View(context.Background(), func(tx store.Tx) error {
+		var err error
+		due, err = tx.OCSPDue(now, now.Add(-DefaultRefreshAge), "", 100000)
+		return err
+	})
+	return len(due)
+}
+
+func TestSignDueThenRevoked(t *testing.T) {
+	e := newEnv(t, nil, 30*24*time.Hour)
+	serials := e.addCerts(t, 0x1000, 200)
+	// An expired certificate and a pending one get no response.
+	now := time.Now()
+	e.db.Update(context.Background(), func(tx store.Tx) error {
+		tx.InsertCertificate(store.Certificate{Serial: "dead", Template: "t", Email: "a@example.org", State: "issued", DER: e.leafDER,
+			NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
+		return tx.InsertCertificate(store.Certificate{Serial: "beef", Template: "t", Email: "a@example.org"})
+	})
+	s := e.signer(e.responder)
+	n, err := s.SignDue(context.Background())
+	if err != nil || n != 200 {
+		t.Fatalf("SignDue: %d, %v", n, err)
+	}
+	if d := e.due(t); d != 0 {
+		t.Fatalf("%d still due", d)
+	}
+	for _, sn := range []string{serials[0], serials[199]} {
+		r := e.status(t, sn)
+		if r.Status != xocsp.Good || r.NextUpdate.Sub(r.ThisUpdate) != DefaultValidity {
+			t.Fatalf("%s: status %d, validity %v", sn, r.Status, r.NextUpdate.Sub(r.ThisUpdate))
+		}
+	}
+	if n, err := s.SignDue(context.Background()); err != nil || n != 0 {
+		t.Fatalf("second pass signed %d (%v): nothing was due", n, err)
+	}
+	// Revoke one: it is due at once, and SignSerials signs it revoked.
+	at := time.Now().Add(-time.Minute).Truncate(time.Second)
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		return tx.RevokeCertificate(serials[7], store.ReasonKeyCompromise, at)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.due(t); d != 1 {
+		t.Fatalf("%d due after a revocation, want 1", d)
+	}
+	if n, err := s.SignSerials(context.Background(), []string{serials[7], "dead", "beef", "f00d"}); err != nil || n != 1 {
+		t.Fatalf("SignSerials: %d, %v", n, err)
+	}
+	r := e.status(t, serials[7])
+	if r.Status != xocsp.Revoked || r.RevocationReason != xocsp.KeyCompromise || !r.RevokedAt.Equal(at) {
+		t.Fatalf("after revocation: %+v", r)
+	}
+}
+
+// failingSigner fails every signature after the first ok ones: a token that goes away.
+type failingSigner struct {
+	crypto.Signer
+	ok    atomic.Int64
+	fails atomic.Bool
+}
+
+var errTokenGone = errors.New("token gone")
+
+func (f *failingSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if f.fails.Load() && f.ok.Add(-1) < 0 {
+		return nil, errTokenGone
+	}
+	return f.Signer.Sign(r, d, o)
+}
+
+// TestTokenFaultPostpones: a token fault in the middle of a pass stops it; nothing is lost,
+// the next pass signs the rest.
+func TestTokenFaultPostpones(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	fs := &failingSigner{Signer: key}
+	e := newEnv(t, fs, 30*24*time.Hour)
+	e.addCerts(t, 0x5000, 300)
+	fs.ok.Store(150)
+	fs.fails.Store(true)
+	s := e.signer(e.responder)
+	n, err := s.SignDue(context.Background())
+	if !errors.Is(err, errTokenGone) {
+		t.Fatalf("SignDue with a failing token: %d, %v", n, err)
+	}
+	if d := e.due(t); d != 300-n || n >= 300 {
+		t.Fatalf("stored %d, %d due: want the rest due", n, d)
+	}
+	fs.fails.Store(false)
+	m, err := s.SignDue(context.Background())
+	if err != nil || n+m != 300 || e.due(t) != 0 {
+		t.Fatalf("after the token came back: %d more, %v, %d due", m, err, e.due(t))
+	}
+}
+
+// TestRunRevokedAtOnce: Run signs at start, and a revocation signalled through Revoked is
+// signed at once, long before the next interval.
+func TestRunRevokedAtOnce(t *testing.T) {
+	e := newEnv(t, nil, 30*24*time.Hour)
+	serials := e.addCerts(t, 0x9000, 20)
+	s := e.signer(e.responder)
+	s.Interval = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { s.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+	waitFor(t, func() bool { return e.due(t) == 0 })
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		return tx.RevokeCertificate(serials[3], store.ReasonSuperseded, time.Now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Revoked([]string{"0x" + serials[3], "not hex"})
+	waitFor(t, func() bool { return e.due(t) == 0 })
+	if r := e.status(t, serials[3]); r.Status != xocsp.Revoked || r.RevocationReason != xocsp.Superseded {
+		t.Fatalf("status %d reason %d", r.Status, r.RevocationReason)
+	}
+}
+
+func waitFor(t *testing.T, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatal("timed out")
+}
+
+func TestConfigAndResponderBounds(t *testing.T) {
+	e := newEnv(t, nil, 4*time.Hour)
+	e.addCerts(t, 1, 3)
+	s := e.signer(e.responder)
+	// A responder certificate that expires within 8 hours signs nothing.
+	if n, err := s.SignDue(context.Background()); err == nil || n != 0 {
+		t.Fatalf("signed %d with a responder certificate about to expire (%v)", n, err)
+	}
+	if e.due(t) != 3 {
+		t.Fatal("responses stored")
+	}
+	for _, c := range []struct{ v, r time.Duration }{{11 * 24 * time.Hour, time.Hour}, {7 * time.Hour, time.Hour}, {DefaultValidity, 5 * 24 * time.Hour}, {9 * time.Hour, 9 * time.Hour}} {
+		s := e.signer(e.responder)
+		s.Validity, s.RefreshAge = c.v, c.r
+		if _, err := s.SignDue(context.Background()); !errors.Is(err, ErrConfig) {
+			t.Errorf("validity %v refresh %v: %v", c.v, c.r, err)
+		}
+	}
+}
+
+// A response never outlives the responder certificate.
+func TestNextUpdateCappedByResponderCert(t *testing.T) {
+	e := newEnv(t, nil, 2*24*time.Hour)
+	serials := e.addCerts(t, 0x77, 1)
+	if _, err := e.signer(e.responder).SignDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r := e.status(t, serials[0])
+	if r.NextUpdate.After(e.respCert.NotAfter) {
+		t.Fatalf("nextUpdate %v after the responder certificate's expiry %v", r.NextUpdate, e.respCert.NotAfter)
+	}
+}
