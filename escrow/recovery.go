@@ -77,6 +77,10 @@ type Recovery struct {
 	Approvals []string
 	// Have and Need count the quorum of the least-approved record.
 	Have, Need int
+	// Revoke is what the fetch does with the certificate of each item, in the order of Items:
+	// "keep", or the name of the revocation reason (keyCompromise, superseded). Empty for a
+	// reseal, and for a listing ([Service.ListRecoveries]).
+	Revoke []string
 }
 
 // RecoveryItem is one record in a recovery request.
@@ -102,6 +106,43 @@ type RecoveryItem struct {
 // key, a storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]),
 // wrapped. A row that policy finds malformed ([policy.ErrBadRecord]) is the archive's fault.
 func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal, serial, email, reason string, ttl time.Duration) (*Recovery, error) {
+	return s.OpenRecovery(ctx, officer, RecoveryRequest{Serial: serial, Email: email, Reason: reason, TTL: ttl})
+}
+
+// RecoveryRequest is a recovery request as an officer makes it.
+type RecoveryRequest struct {
+	// Serial is one certificate whose archived key is wanted; Email, every archived key of a
+	// mailbox. Exactly one is set.
+	Serial, Email string
+	// Reason is the officer's stated reason (1 to 1000 printable characters).
+	Reason string
+	// Revoke is what the fetch does with each certificate: "keep", "keyCompromise" (the key is
+	// in other hands: every unexpired certificate of the key is revoked, BR §6.1.2) or
+	// "superseded"; empty means each certificate's template's recovery_revoke
+	// ([policy.Template.RecoveryRevocation]; keep by default).
+	Revoke string
+	// TTL is how long the request stays open.
+	TTL time.Duration
+}
+
+// OpenRecovery is [Service.RequestRecovery] with the request's revocation choice: what becomes
+// of each certificate when its key is fetched ([RecoveryRequest.Revoke]). The choice, per
+// record, is written in the request's audit entry (kind recovery-requested, field revoke),
+// where the auditor and the fetch read it; the revocation happens in the fetch's transaction.
+//
+// # Errors
+//
+// Those of [Service.RequestRecovery]; a Revoke other than keep, keyCompromise and superseded
+// is an [ErrInvalidRequest] wrapping [policy.ErrBadRecoveryRevocation].
+func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr RecoveryRequest) (*Recovery, error) {
+	serial, email, reason, ttl := rr.Serial, rr.Email, rr.Reason, rr.TTL
+	if rr.Revoke != "" {
+		name, _, _, err := policy.ParseRecoveryRevocation(rr.Revoke)
+		if err != nil {
+			return nil, fmt.Errorf("%w: revoke: %w", ErrInvalidRequest, err)
+		}
+		rr.Revoke = name
+	}
 	if (serial == "") == (email == "") {
 		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
 	}
@@ -109,6 +150,7 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
 	}
 	var recs []store.Record
+	var revoke []string
 	err := s.view(ctx, func(tx store.Tx) error {
 		if serial != "" {
 			r, err := tx.GetRecordBySerial(serial)
@@ -144,6 +186,24 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 			}
 		}
 		return nil
+	}, func(tx store.Tx) error {
+		// What becomes of each certificate: the request's choice, else its template's.
+		revoke = make([]string, len(recs))
+		for i, r := range recs {
+			if rr.Revoke != "" {
+				revoke[i] = rr.Revoke
+				continue
+			}
+			revoke[i] = policy.RecoveryKeep
+			c, err := tx.GetCertificate(r.Serial)
+			if err != nil {
+				return fmt.Errorf("escrow: certificate of record %s: %w", r.ID, err)
+			}
+			if t, ok := s.Templates[c.Template]; ok {
+				revoke[i] = t.RecoveryRevocation()
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -156,11 +216,13 @@ func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal,
 		return nil, err
 	}
 
-	return s.openRequest(ctx, store.KindRecover, officer, reason, ttl, recs)
+	return s.openRequest(ctx, store.KindRecover, officer, reason, ttl, recs, revoke)
 }
 
-// openRequest makes the recovery key in the token and stores the request.
-func (s *Service) openRequest(ctx context.Context, kind string, by policy.Principal, reason string, ttl time.Duration, recs []store.Record) (*Recovery, error) {
+// openRequest makes the recovery key in the token and stores the request; revoke (nil for a
+// reseal) is what the fetch does with each record's certificate, written in the request's
+// audit entry.
+func (s *Service) openRequest(ctx context.Context, kind string, by policy.Principal, reason string, ttl time.Duration, recs []store.Record, revoke []string) (*Recovery, error) {
 	if s.RecoveryKeys == nil {
 		return nil, errors.New("escrow: no recovery key store configured")
 	}
@@ -197,7 +259,7 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 		}
 		return s.audit(tx, audit.KindRecoveryRequested, principalActor(string(by.Role), by.Name), id, audit.Details{Request: id,
 			RequestKind: kind, Records: row.Records, Serials: serials, Reason: reason, Signer: by.Serial,
-			Expires: row.ExpiresAt.Format(time.RFC3339)})
+			Expires: row.ExpiresAt.Format(time.RFC3339), Revoke: revoke})
 	}); err != nil {
 		s.destroyKey(label)
 		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
@@ -240,14 +302,16 @@ type recoveryState struct {
 	signerErr map[string]error
 
 	// Read only when asked for (see snapshot).
-	certs    map[string]*store.Certificate // the records' certificate rows, by serial
-	certErr  map[string]error              // the records' certificates with no row
-	checked  map[string]error              // consistency check: by record ID, and by signer serial
-	unwrap   []store.Certificate           // snapshot.unwrapOf's unwrap certificates
-	blocked  bool                          // snapshot.failuresOf is locked out: nothing else was read
-	limitErr error                         // the rate limit could not be read
-	current  *RecoverySet                  // the current recovery set, not checked usable
-	curErr   error                         // why there is none (an ErrNoRecoverySet)
+	certs     map[string]*store.Certificate // the records' certificate rows, by serial
+	certErr   map[string]error              // the records' certificates with no row
+	checked   map[string]error              // consistency check: by record ID, and by signer serial
+	unwrap    []store.Certificate           // snapshot.unwrapOf's unwrap certificates
+	blocked   bool                          // snapshot.failuresOf is locked out: nothing else was read
+	limitErr  error                         // the rate limit could not be read
+	current   *RecoverySet                  // the current recovery set, not checked usable
+	curErr    error                         // why there is none (an ErrNoRecoverySet)
+	revoke    []string                      // snapshot.revoke: per record, keep or a reason name
+	revokeErr error                         // why the request's audit entry could not tell revoke
 }
 
 // snapshot says what [Service.loadRecovery] reads beyond the request, its records, their
@@ -267,6 +331,9 @@ type snapshot struct {
 	at         time.Time
 	// current: the current recovery set.
 	current bool
+	// revoke: what the fetch does with each record's certificate, from the request's audit
+	// entry ([recoveryRevocations]).
+	revoke bool
 }
 
 // loadRecovery reads request id and what want asks for in one snapshot. Rows a request
@@ -355,6 +422,16 @@ func (s *Service) loadRecovery(ctx context.Context, id string, want snapshot) (*
 		}
 		if want.unwrapOf != "" {
 			if st.unwrap, err = tx.ListCertificates(store.Filter{KRA: want.unwrapOf, Template: TemplateKRA}); err != nil {
+				return err
+			}
+		}
+		if want.revoke && st.req.Kind == store.KindRecover {
+			st.revoke, err = recoveryRevocations(tx, st.req)
+			if errors.Is(err, check.ErrInconsistent) {
+				// Kept for the fetch, which refuses it; a listing shows no choice.
+				st.revokeErr, err = err, nil
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -481,7 +558,7 @@ func commonName(dn string) string {
 // any other error (a record, recovery set or signer certificate the request names is missing)
 // is a fault of the archive.
 func (s *Service) GetRecovery(ctx context.Context, id string) (*Recovery, error) {
-	st, err := s.loadRecovery(ctx, id, snapshot{})
+	st, err := s.loadRecovery(ctx, id, snapshot{revoke: true})
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +567,7 @@ func (s *Service) GetRecovery(ctx context.Context, id string) (*Recovery, error)
 
 // recoveryOf is the loaded request as the engine shows it.
 func (s *Service) recoveryOf(st *recoveryState) (*Recovery, error) {
-	out := &Recovery{Recovery: *st.req}
+	out := &Recovery{Recovery: *st.req, Revoke: st.revoke}
 	for _, r := range st.records {
 		out.Items = append(out.Items, RecoveryItem{RecordID: r.ID, Serial: r.Serial, Owner: r.Email, Epoch: r.Epoch})
 	}
@@ -798,6 +875,9 @@ func (s *Service) submitApproval(ctx context.Context, st *recoveryState, kra pol
 type Recovered struct {
 	Password string
 	Files    []RecoveredFile
+	// Revocations is what the fetch revoked (the request's revoke choice), in its
+	// transaction.
+	Revocations RevokeResult
 }
 
 // RecoveredFile is one recovered key.
@@ -808,7 +888,10 @@ type RecoveredFile struct {
 
 // Fetch delivers a granted recovery to the officer who requested it, once. Policy evaluates the
 // quorum first; only a Grant lets the engine decrypt shares in the token. The request is
-// consumed (durably) before anything is returned, and its recovery key destroyed. The records,
+// consumed (durably) before anything is returned, and its recovery key destroyed. In the same
+// transaction as the consumption, the certificates are revoked as the request said
+// ([RecoveryRequest.Revoke]; keyCompromise revokes every unexpired certificate of the key),
+// with an audit entry of kind revoke; the escrow records stay, recoverable again. The records,
 // their certificates and the approvers' certificates pass the consistency check before any
 // share is decrypted.
 //
@@ -817,13 +900,14 @@ type RecoveredFile struct {
 // [ErrNotFound], [ErrInvalidRequest] (a reseal request), [ErrForbidden] (not the requesting
 // officer), policy's refusals ([policy.ErrQuorum], [policy.ErrConsumed],
 // [policy.ErrRequestClosed], [policy.ErrExpired], [policy.ErrNotAllowed]), [ErrIntegrity]
-// (wrapping [check.ErrInconsistent]), [ErrRecordMismatch], [ErrRecoveryKey] (with the token's
-// error), or a storage error wrapping [store.ErrUnavailable] or the audit trail's
+// (wrapping [check.ErrInconsistent]; also when the request's audit entry, which holds its
+// revocation choice, is missing or damaged), [ErrRecordMismatch], [ErrRecoveryKey] (with the
+// token's error), or a storage error wrapping [store.ErrUnavailable] or the audit trail's
 // ([audit.ErrAppend]). Any other error (a recovery set policy cannot use:
 // [policy.ErrUnknownEpoch], [policy.ErrInvalidSet]; a record that does not open) is a fault of
 // the archive.
 func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string, legacy bool) (*Recovered, error) {
-	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true})
+	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true, revoke: true})
 	if err != nil {
 		return nil, err
 	}
@@ -835,6 +919,10 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	}
 	// An integrity fault is reported as such, whatever the quorum; open refuses again what
 	// failed, right before it decrypts.
+	if st.revokeErr != nil {
+		s.log().Error("recovery refused: its audit entry does not say what becomes of the certificates", "id", id, "err", st.revokeErr)
+		return nil, fmt.Errorf("%w: %w", ErrIntegrity, st.revokeErr)
+	}
 	for _, r := range st.records {
 		if err := s.recordFault(r.ID, st.checked[r.ID]); err != nil {
 			return nil, err
@@ -862,10 +950,15 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 		return nil, err
 	}
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
-		if err := tx.CloseRecovery(id, store.RecoveryConsumed, s.now()); err != nil {
+		now := s.now()
+		if err := tx.CloseRecovery(id, store.RecoveryConsumed, now); err != nil {
 			return err
 		}
-		d := audit.Details{Request: id, Records: st.req.Records, Signer: officer.Serial, Reason: st.req.Reason}
+		out.Revocations = RevokeResult{}
+		if err := s.revokeAtFetch(tx, officer, st, now, &out.Revocations); err != nil {
+			return err
+		}
+		d := audit.Details{Request: id, Records: st.req.Records, Signer: officer.Serial, Reason: st.req.Reason, Revoke: st.revoke}
 		for _, r := range st.records {
 			d.Serials = append(d.Serials, r.Serial)
 		}
@@ -881,6 +974,7 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	if err != nil {
 		return nil, err
 	}
+	s.revoked(&out.Revocations)
 	s.destroyKey(st.req.KeyLabel)
 	s.log().Info("recovery delivered", "id", id, "records", len(out.Files), "by", officer.Name)
 	return out, nil
@@ -1183,7 +1277,7 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 	if err := policy.CheckResealRequest(admin, refs); err != nil {
 		return nil, err
 	}
-	return s.openRequest(ctx, store.KindReseal, admin, reason, ttl, recs)
+	return s.openRequest(ctx, store.KindReseal, admin, reason, ttl, recs, nil)
 }
 
 // CompleteReseal reseals the records of a granted reseal request to the current recovery set and

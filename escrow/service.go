@@ -101,6 +101,11 @@ type Service struct {
 	Now func() time.Time
 	// Audit, when set, learns of each audit entry appended (before its COMMIT) or refused.
 	Audit AuditObserver
+	// Revoked, when set, is called after a revocation commits (a revoke request, or a
+	// recovery's fetch that revokes) with the canonical serials revoked, or whose reason moved
+	// to keyCompromise: the CRL and OCSP signers' trigger. It must return at once (signal a
+	// goroutine); it is never called with the store's writer held.
+	Revoked func(serials []string)
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests

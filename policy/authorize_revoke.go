@@ -123,7 +123,7 @@ func AuthorizeRevoke(p Principal, reason int, certs []CertRef) error {
 		return Authorize(p, ActRevoke, Resource{Kind: "certificates"})
 	}
 	for _, c := range certs {
-		if c.Role != "" || !strings.EqualFold(c.Mailbox, p.Mailbox) {
+		if c.Role != "" || !SameMailbox(c.Mailbox, p.Mailbox) {
 			return fmt.Errorf("%w: certificate %s is not one of mailbox %s's; a subscriber revokes only the certificates of their own mailbox (an officer or admin revokes others)",
 				ErrForbidden, truncate(c.Serial), truncate(p.Mailbox))
 		}

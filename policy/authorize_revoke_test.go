@@ -82,7 +82,7 @@ func TestParseRecoveryRevocation(t *testing.T) {
 
 func TestAuthorizeRevoke(t *testing.T) {
 	alice := Principal{Role: RoleEnrollee, Mailbox: "alice@example.org", Serial: "01"}
-	own := []CertRef{{Serial: "0a", Mailbox: "alice@example.org"}, {Serial: "0b", Mailbox: "Alice@Example.org"}}
+	own := []CertRef{{Serial: "0a", Mailbox: "alice@example.org"}, {Serial: "0b", Mailbox: "alice@Example.ORG"}}
 	mixed := append(own[:1:1], CertRef{Serial: "0c", Mailbox: "bob@example.org"})
 	tests := []struct {
 		name    string
@@ -94,6 +94,7 @@ func TestAuthorizeRevoke(t *testing.T) {
 		{"officer, anyone's", Principal{Role: RoleOfficer, Name: "o"}, ReasonKeyCompromise, mixed, nil},
 		{"admin, privilegeWithdrawn", Principal{Role: RoleAdmin, Name: "a"}, ReasonPrivilegeWithdrawn, mixed, nil},
 		{"subscriber, own mailbox", alice, ReasonKeyCompromise, own, nil},
+		{"subscriber, another local part's case", alice, ReasonKeyCompromise, []CertRef{{Serial: "0e", Mailbox: "Alice@example.org"}}, ErrForbidden},
 		{"subscriber, someone else's", alice, ReasonKeyCompromise, []CertRef{{Serial: "0c", Mailbox: "bob@example.org"}}, ErrForbidden},
 		{"subscriber, a key shared with another mailbox", alice, ReasonKeyCompromise, mixed, ErrForbidden},
 		{"subscriber, an operator credential", alice, ReasonUnspecified, []CertRef{{Serial: "0d", Mailbox: "alice@example.org", Role: "admin"}}, ErrForbidden},

@@ -63,6 +63,9 @@ const (
 	KindRestore            Kind = "restore"        // the database was restored from a backup (see [Restore])
 	KindBulkSubmitted      Kind = "bulk-submitted" // a bulk job queued (its ID, kind, template and item count)
 	KindBulkPasswords      Kind = "bulk-passwords" // a keygen job's PKCS#12 passwords released (once)
+	// KindRevoke: certificates revoked (Serials, RevocationReason), or revoked ones whose
+	// reason moved to keyCompromise (KeyCompromise), by a revoke request or a recovery's fetch.
+	KindRevoke Kind = "revoke"
 )
 
 // Details is an entry's structured content, stored as JSON. Its fields are the only things an
@@ -104,6 +107,15 @@ type Details struct {
 	// or Serials. [Append] fills it for enroll and archive entries; entries written before it
 	// existed lack it, and the consistency check accepts that.
 	CertHash []string `json:"cert_sha256,omitempty"`
+	// RevocationReason is the RFC 5280 name of the CRLReason of a revocation (kind revoke).
+	RevocationReason string `json:"revocation_reason,omitempty"`
+	// KeyCompromise lists the serials of certificates revoked before whose reason moved to
+	// keyCompromise (kind revoke); their revocation date is the first one.
+	KeyCompromise []string `json:"key_compromise,omitempty"`
+	// Revoke is what a recovery does with the certificate of each record when its key is
+	// fetched, in the order of Records: "keep", or the name of a revocation reason (kind
+	// recovery-requested; entries written before it existed lack it: keep).
+	Revoke []string `json:"revoke,omitempty"`
 	// Restore describes a restore from a backup (kind restore).
 	Restore *Restore `json:"restore,omitempty"`
 }
