@@ -586,15 +586,16 @@ func testOCSPDue(t *testing.T, h *Harness) {
 		t.Errorf("due with responses signed at the refresh age exactly: %q, want none", got)
 	}
 	// Revoked with a date before the response's thisUpdate (the revocation was recorded
-	// while the response was being signed): due all the same.
+	// while the response was being signed), and with reason unspecified, the reason of a good
+	// response: due all the same.
 	mustUpdate(t, s, func(tx store.Tx) error {
-		return tx.RevokeCertificate("a1", store.ReasonKeyCompromise, signed.Add(-time.Hour))
+		return tx.RevokeCertificate("a1", store.ReasonUnspecified, signed.Add(-time.Hour))
 	})
-	if got, want := due(t, s, now, fresh), "a1:true:1"; got != want {
+	if got, want := due(t, s, now, fresh), "a1:true:0"; got != want {
 		t.Errorf("due after a revocation: %q, want %q", got, want)
 	}
 	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetKeyCompromise("a2") })
-	if got, want := due(t, s, now, fresh), "a1:true:1 a2:true:1"; got != want {
+	if got, want := due(t, s, now, fresh), "a1:true:0 a2:true:1"; got != want {
 		t.Errorf("due after a reason change: %q, want %q", got, want)
 	}
 	// A response signed with a stale status (good, while the revocation committed) is stored
@@ -602,11 +603,11 @@ func testOCSPDue(t *testing.T, h *Harness) {
 	mustUpdate(t, s, func(tx store.Tx) error {
 		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("a1", now, false, 0), ocspResp("a2", now, true, store.ReasonKeyCompromise)})
 	})
-	if got, want := due(t, s, now, fresh), "a1:true:1"; got != want {
+	if got, want := due(t, s, now, fresh), "a1:true:0"; got != want {
 		t.Errorf("due after a response with a stale status: %q, want %q", got, want)
 	}
 	mustUpdate(t, s, func(tx store.Tx) error {
-		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("a1", now.Add(time.Second), true, store.ReasonKeyCompromise)})
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("a1", now.Add(time.Second), true, store.ReasonUnspecified)})
 	})
 	if got := due(t, s, now, fresh); got != "" {
 		t.Errorf("due once re-signed: %q, want none", got)
