@@ -1,0 +1,138 @@
+package statedir
+
+import (
+	"crypto"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/hsm"
+)
+
+// The delegated OCSP responder (RFC 6960 §4.2.2.2): a sign-only P-256 key in the appliance
+// token and a short-lived certificate for it, issued by the CA with the OCSPSigning extended
+// key usage, kept in the state folder and renewed by the running appliance.
+const (
+	OCSPKeyLabel = "ocsp-key"
+	OCSPCertName = "ocsp.pem"
+	// OCSPCertValidity is the responder certificate's lifetime; it is renewed once less than
+	// OCSPCertRenewBefore remains, so that every response (valid 7 days) ends before the
+	// certificate that signed it, with a day to spare: a renewal every 6 days.
+	OCSPCertValidity    = 14 * 24 * time.Hour
+	OCSPCertRenewBefore = 8 * 24 * time.Hour
+)
+
+// EnsureOCSPKey returns the responder key of the token, generating it (P-256, sign only) if
+// it is missing; say, when not nil, tells which.
+//
+// # Errors
+//
+// The token's (hsm.ErrTokenGone, hsm.ErrKeyUsage for a key under the label that cannot
+// sign, ...), wrapped with the label.
+func EnsureOCSPKey(tok *hsm.Token, say func(string, ...any)) (crypto.Signer, error) {
+	_, err := tok.GenerateKey(OCSPKeyLabel, hsm.P256, hsm.UsageSign)
+	switch {
+	case errors.Is(err, hsm.ErrKeyExists):
+		if say != nil {
+			say("exists   OCSP responder key %q in token (never overwritten)", OCSPKeyLabel)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("generate OCSP responder key %q: %w", OCSPKeyLabel, err)
+	default:
+		if say != nil {
+			say("created  OCSP responder key %q in token (p256)", OCSPKeyLabel)
+		}
+	}
+	s, err := tok.Signer(OCSPKeyLabel)
+	if err != nil {
+		return nil, fmt.Errorf("OCSP responder key %q: %w", OCSPKeyLabel, err)
+	}
+	return s, nil
+}
+
+// IssueOCSPCert issues a responder certificate for pub, valid from a minute before now for
+// [OCSPCertValidity] (or until the CA expires, if sooner): digitalSignature, OCSPSigning.
+//
+// The S/MIME BR (§4.9.9) also ask for id-pkix-ocsp-nocheck, which [ca.Request] cannot carry
+// yet; clients do not check a responder certificate's revocation by default.
+//
+// # Errors
+//
+// Those of [ca.Issuer.Issue] (ca.ErrLint, a token error), wrapped.
+func IssueOCSPCert(issuer *ca.Issuer, pub crypto.PublicKey, now time.Time) (*x509.Certificate, error) {
+	caCert := issuer.Certificate()
+	nb := now.Add(-time.Minute)
+	validity := min(OCSPCertValidity, caCert.NotAfter.Sub(nb)-time.Minute)
+	cert, err := issuer.Issue(ca.Request{
+		PublicKey:   pub,
+		Subject:     pkix.Name{CommonName: caCert.Subject.CommonName + " OCSP responder", Organization: caCert.Subject.Organization},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		NotBefore:   nb,
+		Validity:    validity,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("issue OCSP responder certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// EnsureOCSPResponder returns the responder key and a current certificate for it: the one in
+// DIR/ocsp.pem while more than [OCSPCertRenewBefore] of it remains, else a new one, issued
+// and written there (0644). The key is made first if the token lacks it.
+//
+// # Errors
+//
+// Those of [EnsureOCSPKey] and [IssueOCSPCert]; an error naming the file when ocsp.pem is
+// unreadable or holds another key than the token's; the file system's.
+func EnsureOCSPResponder(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, now time.Time, say func(string, ...any)) (crypto.Signer, *x509.Certificate, error) {
+	signer, err := EnsureOCSPKey(tok, say)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := RenewOCSPCert(cfg, signer, issuer, nil, now, say)
+	return signer, cert, err
+}
+
+// RenewOCSPCert returns cur (or DIR/ocsp.pem when cur is nil) if it is the signer's, issued
+// by the issuer's CA and has more than [OCSPCertRenewBefore] left at now; otherwise it issues
+// a new certificate and writes it to DIR/ocsp.pem. Errors as [EnsureOCSPResponder].
+func RenewOCSPCert(cfg *config.Config, signer crypto.Signer, issuer *ca.Issuer, cur *x509.Certificate, now time.Time, say func(string, ...any)) (*x509.Certificate, error) {
+	path := cfg.Path(OCSPCertName)
+	if cur == nil && pemfile.Exists(path) {
+		c, err := pemfile.ReadCertificate(path)
+		if err != nil {
+			return nil, fmt.Errorf("OCSP responder certificate: %w", err)
+		}
+		if !PublicKeysEqual(c.PublicKey, signer.Public()) {
+			return nil, fmt.Errorf("OCSP responder key %q in the token is not the key of %s", OCSPKeyLabel, path)
+		}
+		cur = c
+	}
+	if cur != nil && cur.CheckSignatureFrom(issuer.Certificate()) == nil && cur.NotAfter.Sub(now) > OCSPCertRenewBefore && !cur.NotBefore.After(now) {
+		return cur, nil
+	}
+	cert, err := IssueOCSPCert(issuer, signer.Public(), now)
+	if err != nil {
+		return nil, err
+	}
+	// Replace the file atomically: a crash leaves the old certificate or the new one.
+	tmp := path + ".new"
+	os.Remove(tmp)
+	if err := pemfile.Write(tmp, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+		return nil, fmt.Errorf("write OCSP responder certificate: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("write OCSP responder certificate: %w", err)
+	}
+	if say != nil {
+		say("created  %s (OCSP responder, until %s)", path, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return cert, nil
+}
