@@ -105,7 +105,7 @@ func TestCRLPublish(t *testing.T) {
 		revokedCert("0a02", t0.Add(-2*time.Hour), store.ReasonKeyCompromise, year),
 		revokedCert("0a03", t0.Add(-time.Hour), store.ReasonSuperseded, year),
 		revokedCert("0a04", t0.Add(-48*time.Hour), store.ReasonKeyCompromise, t0.Add(-time.Hour)), // expired: off the CRL
-		revokedCert("0a05", t0.Add(-time.Hour), 6, year),                                           // migrated certificateHold
+		revokedCert("0a05", t0.Add(-time.Hour), 6, year),                                          // migrated certificateHold
 		store.Certificate{Serial: "0a06", Template: "smime", Email: "a@example.com", State: store.StateIssued,
 			DER: []byte{0x30, 0x00}, NotBefore: t0, NotAfter: year},
 	)

@@ -41,6 +41,10 @@ type Config struct {
 	// <public_url>/crl/ca.crl, OCSP at <public_url>/ocsp, the CA certificate at
 	// <public_url>/ca.crt (see [PublicURL]). Default http://127.0.0.1:8080 (development).
 	PublicURL PublicURL `yaml:"public_url"`
+	// PublicListen is the plain-HTTP listener (host:port) that serves what public_url points
+	// at: the CRL, OCSP and the CA certificate. Empty means DefaultPublicListen, the address of
+	// the default public_url; see [Config.PublicListenAddr].
+	PublicListen string `yaml:"public_listen,omitempty"`
 
 	Token TokenConfig `yaml:"token"`
 	CA    CAConfig    `yaml:"ca"`
@@ -184,6 +188,12 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s: %q is not host:port", a.field, a.v)
 		}
 	}
+	if err := checkPublicListen(c.PublicListen); err != nil {
+		return err
+	}
+	if pl := c.PublicListenAddr(); pl == c.Listen || pl == c.MetricsListen {
+		return fmt.Errorf("public_listen %s must differ from listen and metrics_listen: the public listener is plain HTTP on its own address", pl)
+	}
 	if err := checkPublicURL(string(c.PublicURL)); err != nil {
 		return fmt.Errorf("public_url: %w", err)
 	}
@@ -251,6 +261,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("metrics_listen", c.MetricsListen),
 		slog.String("database", c.Path(c.Database)),
 		slog.String("public_url", string(c.PublicURL)),
+		slog.String("public_listen", c.PublicListenAddr()),
 		slog.String("token", c.Token.URI),
 	)
 }

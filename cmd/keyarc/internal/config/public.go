@@ -4,6 +4,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -101,4 +102,50 @@ func (c *Config) CAOptions() ([]ca.Option, error) {
 		opts = append(opts, ca.WithPolicy(oid))
 	}
 	return opts, nil
+}
+
+// DefaultPublicListen is the public listener's address when public_listen is not set: the
+// address of the default public_url (http://127.0.0.1:8080), on loopback, for development.
+const DefaultPublicListen = "127.0.0.1:8080"
+
+// PublicListenAddr returns the public listener's address: public_listen, or
+// [DefaultPublicListen] when it is not set.
+func (c *Config) PublicListenAddr() string {
+	if c.PublicListen == "" {
+		return DefaultPublicListen
+	}
+	return c.PublicListen
+}
+
+// PublicListenDefault reports whether the public listener's address is the implicit default
+// (public_listen not set), which serve does not insist on: see cmd/keyarc serve.
+func (c *Config) PublicListenDefault() bool { return c.PublicListen == "" }
+
+// checkPublicListen checks public_listen: a host:port for plain HTTP. A URL is refused, an
+// https:// one with the reason: CRLs and OCSP are fetched over plain HTTP (RFC 5280 §4.2.1.13
+// and RFC 6960 Appendix A: a relying party checking a TLS certificate's revocation over TLS
+// would need revocation data to fetch revocation data; the S/MIME BR require http:// CDP
+// URLs), and they are signed, so they need no channel security. TLS in front of keyarc (a
+// web server or CDN) is the operator's choice for other clients, not keyarc's listener's.
+func checkPublicListen(s string) error {
+	if s == "" {
+		return nil
+	}
+	if strings.Contains(s, "://") {
+		if strings.HasPrefix(strings.ToLower(s), "https://") {
+			return fmt.Errorf("public_listen: %q: the public listener serves plain HTTP only (CRLs and OCSP are signed and fetched over http://, RFC 5280 §4.2.1.13, RFC 6960 Appendix A); give host:port, such as 0.0.0.0:80", s)
+		}
+		return fmt.Errorf("public_listen: %q is a URL; give host:port, such as 0.0.0.0:80 (public_url is where certificates point)", s)
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("public_listen: %q is not host:port, such as 0.0.0.0:80", s)
+	}
+	if port == "443" {
+		return fmt.Errorf("public_listen: %q: port 443 is for TLS, and the public listener serves plain HTTP only (CRLs and OCSP are signed and fetched over http://); use port 80 or another", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("public_listen: %q: port %q is not a number in 0..65535", s, port)
+	}
+	return nil
 }

@@ -70,3 +70,53 @@ func TestValidatePublicURL(t *testing.T) {
 		t.Errorf("Validate() = %v, want an error naming public_url", err)
 	}
 }
+
+// TestConfigPublicListen: public_listen is a plain-HTTP host:port; a URL (an https:// one
+// with the reason), port 443 and an address shared with another listener are refused with the
+// field named. Unset, it is the address of the default public_url.
+func TestConfigPublicListen(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		want    []string // parts of the error; none means the file loads
+		wantLn  string
+		implied bool
+	}{
+		{name: "default", yaml: minimal, wantLn: "127.0.0.1:8080", implied: true},
+		{name: "set", yaml: minimal + "public_listen: 0.0.0.0:80\n", wantLn: "0.0.0.0:80"},
+		{name: "ipv6", yaml: minimal + "public_listen: '[::1]:8081'\n", wantLn: "[::1]:8081"},
+		{name: "https url", yaml: minimal + "public_listen: https://pki.example.org\n", want: []string{"public_listen", "plain HTTP"}},
+		{name: "http url", yaml: minimal + "public_listen: http://0.0.0.0:80\n", want: []string{"public_listen", "host:port"}},
+		{name: "port 443", yaml: minimal + "public_listen: 0.0.0.0:443\n", want: []string{"public_listen", "443", "plain HTTP"}},
+		{name: "no port", yaml: minimal + "public_listen: pki.example.org\n", want: []string{"public_listen", "host:port"}},
+		{name: "bad port", yaml: minimal + "public_listen: 0.0.0.0:http80\n", want: []string{"public_listen", "port"}},
+		{name: "same as listen", yaml: minimal + "public_listen: 127.0.0.1:8443\n", want: []string{"public_listen", "listen"}},
+		{name: "same as metrics", yaml: minimal + "public_listen: 127.0.0.1:9180\n", want: []string{"public_listen", "metrics_listen"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, Name), []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(dir)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				if c.PublicListenAddr() != tt.wantLn || c.PublicListenDefault() != tt.implied {
+					t.Errorf("public listener %q (implied %v), want %q (%v)", c.PublicListenAddr(), c.PublicListenDefault(), tt.wantLn, tt.implied)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Load accepted the file")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
