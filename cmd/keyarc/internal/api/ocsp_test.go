@@ -290,7 +290,9 @@ func TestOCSPBadRequests(t *testing.T) {
 		wantCode int
 		wantBody []byte
 	}{
-		{"garbage POST", func() (*http.Response, []byte) { return e.post(t, []byte("not an OCSP request"), "application/ocsp-request") }, 400, malformed},
+		{"garbage POST", func() (*http.Response, []byte) {
+			return e.post(t, []byte("not an OCSP request"), "application/ocsp-request")
+		}, 400, malformed},
 		{"truncated POST", func() (*http.Response, []byte) { return e.post(t, good[:len(good)-5], "application/ocsp-request") }, 400, malformed},
 		{"empty POST", func() (*http.Response, []byte) { return e.post(t, nil, "application/ocsp-request") }, 400, malformed},
 		{"two CertIDs", func() (*http.Response, []byte) { return e.post(t, two, "application/ocsp-request") }, 400, malformed},

@@ -217,6 +217,10 @@ func RunInit(args []string) error {
 	if _, err := statedir.EnsureAuditCertificate(cfg, tok, issuer, say); err != nil {
 		return err
 	}
+	// The delegated OCSP responder: its key in the token and its short-lived certificate.
+	if _, _, err := statedir.EnsureOCSPResponder(cfg, tok, issuer, time.Now(), say); err != nil {
+		return err
+	}
 
 	// The appliance's TLS key lives in a file, not in the token: the listener must keep
 	// answering (with 503) while the token is unreachable.

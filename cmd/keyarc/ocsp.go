@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/api"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/ocsp"
+	"github.com/keyarc/keyarc/escrow/ocsp/presign"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
+)
+
+// ocspService is the OCSP part of the appliance: the handler the public listener mounts at
+// /ocsp, the pre-signer running in the background, and the hook a revocation calls.
+type ocspService struct {
+	// Handler serves /ocsp and /ocsp/ from the store (api.Parts.OCSP).
+	Handler http.Handler
+	// Revoked has the responses of serials signed again at once; it never blocks (chain it
+	// into escrow.Service.Revoked).
+	Revoked func(serials []string)
+	signer  *presign.Signer
+	cancel  context.CancelFunc
+	done    chan struct{}
+	once    sync.Once
+}
+
+// Close stops the pre-signer and waits for it; safe to call twice.
+func (o *ocspService) Close() error {
+	o.once.Do(func() {
+		o.cancel()
+		<-o.done
+	})
+	return nil
+}
+
+// openOCSP makes the responder key in the token if it is missing (a state folder made before
+// OCSP existed), issues DIR/ocsp.pem if it is missing or within 8 days of expiry, pins the
+// key, registers the OCSP metrics, and starts the pre-signer, which renews the responder
+// certificate as it runs. Called by openAppliance after the token, the issuer and the store
+// are open; Close the result before the store and the token.
+func openOCSP(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, db store.Store, log *slog.Logger, reg prometheus.Registerer) (*ocspService, error) {
+	signer, cert, err := statedir.EnsureOCSPResponder(cfg, tok, issuer, time.Now(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := tok.Expect(statedir.OCSPKeyLabel, signer.Public()); err != nil {
+		return nil, fmt.Errorf("token key %q: %w", statedir.OCSPKeyLabel, err)
+	}
+	m, err := api.NewOCSPMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register OCSP metrics: %w", err)
+	}
+	caCert := issuer.Certificate()
+	resp, err := ocsp.NewResponder(caCert, cert, signer, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Path(statedir.OCSPCertName), err)
+	}
+	m.ResponderCertExpiry(cert.NotAfter)
+	h, err := api.NewOCSPHandler(api.OCSPHandlerConfig{Store: db, CA: caCert, Metrics: m, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	current := resp
+	responder := func(now time.Time) (*ocsp.Responder, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		c, err := statedir.RenewOCSPCert(cfg, signer, issuer, current.Certificate(), now, nil)
+		if err != nil {
+			// The old certificate still signs until it is too close to expiry (presign
+			// refuses below 8 hours); the next pass tries again.
+			log.Warn("ocsp: responder certificate renewal postponed", "err", err)
+			return current, nil
+		}
+		if c != current.Certificate() {
+			r, err := ocsp.NewResponder(caCert, c, signer, nil)
+			if err != nil {
+				return nil, err
+			}
+			log.Info("ocsp: responder certificate renewed", "not_after", c.NotAfter.UTC().Format(time.RFC3339))
+			current = r
+			m.ResponderCertExpiry(c.NotAfter)
+		}
+		return current, nil
+	}
+	ps := &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m}
+	ctx, cancel := context.WithCancel(context.Background())
+	o := &ocspService{Handler: h, Revoked: ps.Revoked, signer: ps, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		ps.Run(ctx)
+	}()
+	return o, nil
+}
+
