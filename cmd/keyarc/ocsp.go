@@ -102,4 +102,3 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, db store.St
 	}()
 	return o, nil
 }
-

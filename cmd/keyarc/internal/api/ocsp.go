@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,19 @@ const OCSPPath = "/ocsp"
 
 // ocspLookupTimeout bounds one store lookup.
 const ocspLookupTimeout = 5 * time.Second
+
+// The handler keeps the responses it read for ocspCacheTTL, at most ocspCacheMax of them: a
+// response re-signed in the store (a revocation) is served at most a second later, and a
+// burst of requests for the same certificates costs one store read per certificate a second.
+const (
+	ocspCacheTTL = time.Second
+	ocspCacheMax = 100_000
+)
+
+type ocspCached struct {
+	resp    *store.OCSPResponse
+	expires time.Time
+}
 
 // OCSPMetrics are the responder's and the pre-signer's metrics. It implements
 // presign.Metrics.
@@ -132,6 +146,28 @@ type ocspHandler struct {
 	issuer *ocsp.Issuer
 	// Pre-encoded unsuccessful responses.
 	malformed, unauthorized, tryLater []byte
+
+	mu    sync.RWMutex
+	cache map[string]ocspCached
+}
+
+func (h *ocspHandler) cached(serial string, now time.Time) *store.OCSPResponse {
+	h.mu.RLock()
+	c, ok := h.cache[serial]
+	h.mu.RUnlock()
+	if ok && now.Before(c.expires) {
+		return c.resp
+	}
+	return nil
+}
+
+func (h *ocspHandler) remember(serial string, r *store.OCSPResponse, now time.Time) {
+	h.mu.Lock()
+	if len(h.cache) >= ocspCacheMax {
+		clear(h.cache)
+	}
+	h.cache[serial] = ocspCached{resp: r, expires: now.Add(ocspCacheTTL)}
+	h.mu.Unlock()
 }
 
 // NewOCSPHandler returns the OCSP responder (RFC 6960 over HTTP, RFC 5019 profile), mounted at
@@ -155,7 +191,9 @@ type ocspHandler struct {
 //     503 keeps caches and CDNs from storing it (RFC 6960 lets HTTP carry any status; the OCSP
 //     body still says tryLater to clients that read it).
 //
-// Unsuccessful answers carry Cache-Control: no-store. It fails only for a CA certificate
+// Unsuccessful answers carry Cache-Control: no-store. Responses read from the store are kept
+// in memory for a second (at most 100,000 of them), so a re-signed response is served at most
+// a second after it is stored. It fails only for a CA certificate
 // whose public key cannot be read.
 func NewOCSPHandler(c OCSPHandlerConfig) (http.Handler, error) {
 	is, err := ocsp.NewIssuer(c.CA)
@@ -169,7 +207,8 @@ func NewOCSPHandler(c OCSPHandlerConfig) (http.Handler, error) {
 		c.Now = time.Now
 	}
 	return &ocspHandler{c: c, issuer: is, malformed: ocsp.ErrorResponse(ocsp.MalformedRequest),
-		unauthorized: ocsp.ErrorResponse(ocsp.Unauthorized), tryLater: ocsp.ErrorResponse(ocsp.TryLater)}, nil
+		unauthorized: ocsp.ErrorResponse(ocsp.Unauthorized), tryLater: ocsp.ErrorResponse(ocsp.TryLater),
+		cache: map[string]ocspCached{}}, nil
 }
 
 func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -233,14 +272,20 @@ func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	serial := store.FormatSerial(id.Serial)
-	ctx, cancel := context.WithTimeout(r.Context(), ocspLookupTimeout)
-	defer cancel()
-	var resp *store.OCSPResponse
-	err = h.c.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		resp, err = tx.GetOCSPResponse(serial)
-		return err
-	})
+	now := h.c.Now()
+	resp := h.cached(serial, now)
+	if resp == nil {
+		ctx, cancel := context.WithTimeout(r.Context(), ocspLookupTimeout)
+		err = h.c.Store.View(ctx, func(tx store.Tx) error {
+			var err error
+			resp, err = tx.GetOCSPResponse(serial)
+			return err
+		})
+		cancel()
+		if err == nil {
+			h.remember(serial, resp, now)
+		}
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalid):
@@ -256,7 +301,6 @@ func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	}
-	now := h.c.Now()
 	if !now.Before(resp.NextUpdate) && h.c.Metrics != nil {
 		h.c.Metrics.stale.Inc()
 	}
