@@ -638,7 +638,7 @@ type ShareForKRA struct {
 // [store.ErrUnavailable]. Any other error (a record that does not parse, a row the request
 // names missing) is a fault of the archive.
 func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string) (*Recovery, []ShareForKRA, error) {
-	st, err := s.loadRecovery(ctx, id, snapshot{records: true, unwrapOf: kra.Name})
+	st, err := s.loadRecovery(ctx, id, snapshot{records: true, unwrapOf: kra.Name, revoke: true})
 	if err != nil {
 		return nil, nil, err
 	}

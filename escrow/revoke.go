@@ -56,7 +56,8 @@ func (e *AlreadyRevokedError) Unwrap() error { return ErrAlreadyRevoked }
 type RevokeRequest struct {
 	// Serial is one certificate (any form [store.NormalizeSerial] reads).
 	Serial string
-	// Email is a mailbox: every certificate of it that is issued and unexpired.
+	// Email is a mailbox: every certificate of it that is unexpired (issued, or revoked for a
+	// move to keyCompromise), operator credentials that name the mailbox excepted.
 	Email string
 	// KeyOf is a certificate whose public key is compromised: every unexpired certificate of
 	// that key, in any mailbox, and that certificate itself (BR §6.1.2).
@@ -210,7 +211,9 @@ func revokeTargets(tx store.Tx, req RevokeRequest, now time.Time) (targets []sto
 			return nil, "", err
 		}
 		for _, c := range all {
-			if live(c) {
+			// The mailbox's own certificates: an operator credential that names the mailbox
+			// (for the own-key rule of recoveries) is revoked by its serial.
+			if live(c) && c.Role == "" && c.KRA == "" {
 				targets = append(targets, c)
 			}
 		}

@@ -233,6 +233,10 @@ func TestRevokeByMailboxAndKey(t *testing.T) {
 	a1 := env.enrollSigning(t, "alice@example.org", newP256(t))
 	a2, _ := env.enrollArchived(t, "alice@example.org")
 	other := env.enrollSigning(t, "bob@example.org", newP256(t))
+	cred, err := env.svc.IssueCredential(ctx, policy.RoleOfficer, "alice-officer", "alice@example.org", newP256(t).Public())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	res, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Email: "alice@EXAMPLE.org", Reason: "affiliationChanged"})
 	if err != nil {
@@ -247,6 +251,9 @@ func TestRevokeByMailboxAndKey(t *testing.T) {
 	}
 	if row := env.certificate(t, other.Serial); row.State != store.StateIssued {
 		t.Fatalf("bob's certificate is %s", row.State)
+	}
+	if row := env.certificate(t, cred.Serial); row.State != store.StateIssued {
+		t.Fatalf("the operator credential naming the mailbox is %s; it is revoked by its serial only", row.State)
 	}
 	if _, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Email: "alice@example.org", Reason: "unspecified"}); !errors.Is(err, ErrAlreadyRevoked) {
 		t.Fatalf("mailbox again: %v, want ErrAlreadyRevoked", err)

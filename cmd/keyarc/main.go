@@ -89,6 +89,7 @@ saves the certificates to --out; --request ID collects them later instead of sub
 			{name: "fetch", args: "ID --out FILE.p12 --password-file FILE [--legacy]", summary: "collect the PKCS#12 once (the requesting officer)", long: clientLong, run: cli.RunRecoveryFetch},
 			{name: "cancel", args: "ID", summary: "close a request without recovering (the requesting officer)", long: clientLong, run: cli.RunRecoveryCancel},
 		}},
+		{name: "revoke", args: "--serial HEX | --email ADDR | --key-of HEX --reason REASON [--json]", summary: "revoke certificates (admin, officer; a subscriber: their own mailbox's with --cert/--key)", long: clientLong, run: cli.RunRevoke},
 		{name: "enroll", args: "--email ADDR --code CODE --out DIR [--template T] [flags]", summary: "enroll for a certificate (the key is made here, archived if the template says so)", run: cli.RunEnroll,
 			long: `Connects anonymously: --state DIR (development) or --server URL --cacert FILE.`},
 		{name: "bulk", summary: "bulk jobs: submit a job file, follow it, fetch its results", subs: []command{

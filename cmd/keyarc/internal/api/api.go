@@ -32,6 +32,7 @@ func (a *Server) apiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/recovery-set", a.handleRecoverySetSet)
 	mux.HandleFunc("GET /api/v1/whoami", a.handleWhoami)
 	mux.HandleFunc("GET /api/v1/templates", a.handleTemplates)
+	mux.HandleFunc("POST /api/v1/revocations", a.handleRevoke)
 	a.recoveryRoutes(mux)
 	a.auditRoutes(mux)
 	a.bulkRoutes(mux)

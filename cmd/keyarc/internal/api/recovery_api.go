@@ -81,8 +81,12 @@ func toRecoveryJSON(rec *escrow.Recovery) wire.Recovery {
 	if out.Approvals == nil {
 		out.Approvals = []string{}
 	}
-	for _, it := range rec.Items {
-		out.Items = append(out.Items, wire.RecoveryItem{RecordID: it.RecordID, Serial: it.Serial, Owner: it.Owner, Epoch: it.Epoch})
+	for i, it := range rec.Items {
+		item := wire.RecoveryItem{RecordID: it.RecordID, Serial: it.Serial, Owner: it.Owner, Epoch: it.Epoch}
+		if i < len(rec.Revoke) {
+			item.Revoke = rec.Revoke[i]
+		}
+		out.Items = append(out.Items, item)
 	}
 	return out
 }
@@ -93,16 +97,13 @@ func (a *Server) handleRecoveryRequest(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	var req struct {
-		Serial string `json:"serial"`
-		Email  string `json:"email"`
-		Reason string `json:"reason"`
-	}
+	var req wire.RecoveryRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	rec, err := a.svc.RequestRecovery(r.Context(), officer, req.Serial, req.Email, req.Reason, a.cfg.Recovery.RequestTTL.Duration)
+	rec, err := a.svc.OpenRecovery(r.Context(), officer, escrow.RecoveryRequest{Serial: req.Serial, Email: req.Email, Reason: req.Reason,
+		Revoke: req.Revoke, TTL: a.cfg.Recovery.RequestTTL.Duration})
 	if err != nil {
 		a.metrics.recoveries.WithLabelValues("refused", recoveryReason(err)).Inc()
 		a.fail(w, r, err)
@@ -220,6 +221,10 @@ func (a *Server) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
 	a.metrics.recoveries.WithLabelValues("completed", "").Inc()
 	var out wire.Fetched
 	out.Password = got.Password
+	if len(got.Revocations.Revoked)+len(got.Revocations.KeyCompromise)+len(got.Revocations.Unchanged) > 0 {
+		rv := toRevokedJSON(&got.Revocations)
+		out.Revocations = &rv
+	}
 	for _, f := range got.Files {
 		out.Files = append(out.Files, struct {
 			Serial string `json:"serial"`

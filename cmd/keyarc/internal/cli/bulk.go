@@ -216,9 +216,9 @@ func (c *client) download(method, path, file string) error {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		var e struct{ Error string }
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return &apiError{resp.StatusCode, e.Error}
+			return &apiError{status: resp.StatusCode, msg: e.Error}
 		}
-		return &apiError{resp.StatusCode, strings.TrimSpace(string(b))}
+		return &apiError{status: resp.StatusCode, msg: strings.TrimSpace(string(b))}
 	}
 	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

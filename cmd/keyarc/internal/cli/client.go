@@ -228,6 +228,8 @@ func HTTPClient(state, as, server string) (*http.Client, error) {
 type apiError struct {
 	status int
 	msg    string
+	// existing are the revocations a 409 of POST /api/v1/revocations carries.
+	existing []wire.Revocation
 }
 
 func (e *apiError) Error() string {
@@ -265,11 +267,11 @@ func (c *client) do(req *http.Request, out any) error {
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct{ Error string }
+		var e wire.AlreadyRevoked
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return &apiError{resp.StatusCode, e.Error}
+			return &apiError{status: resp.StatusCode, msg: e.Error, existing: e.Existing}
 		}
-		return &apiError{resp.StatusCode, strings.TrimSpace(string(b))}
+		return &apiError{status: resp.StatusCode, msg: strings.TrimSpace(string(b))}
 	}
 	if out == nil {
 		return nil

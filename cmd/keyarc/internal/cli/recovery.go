@@ -24,6 +24,7 @@ import (
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
 )
 
 // RunRecoveryRequest is `keyarc recovery request` (officer).
@@ -34,11 +35,17 @@ func RunRecoveryRequest(args []string) error {
 	serial := fs.String("serial", "", "serial (hex) of the certificate whose key to recover")
 	email := fs.String("email", "", "recover every archived key of this mailbox")
 	reason := fs.String("reason", "", "why (required; recorded)")
+	revoke := fs.String("revoke", "", "when the key is fetched, revoke the certificate(s) as `REASON`: keyCompromise (a lost or stolen device: every certificate of the key) or superseded")
+	keep := fs.Bool("keep", false, "when the key is fetched, leave the certificate(s) valid")
 	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if (*serial == "") == (*email == "") || *reason == "" {
 		return cmdline.UsageError{Msg: "recovery request: give --serial HEX or --email ADDR, and --reason TEXT"}
+	}
+	choice, err := recoveryRevokeChoice(*revoke, *keep)
+	if err != nil {
+		return err
 	}
 	c, err := cf.dial(true)
 	if err != nil {
@@ -46,12 +53,37 @@ func RunRecoveryRequest(args []string) error {
 	}
 	defer c.close()
 	var rec wire.Recovery
-	if err := c.call("POST", "/api/v1/recoveries", map[string]string{"serial": *serial, "email": *email, "reason": *reason}, &rec); err != nil {
+	if err := c.call("POST", "/api/v1/recoveries", wire.RecoveryRequest{Serial: *serial, Email: *email, Reason: *reason, Revoke: choice}, &rec); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "recovery %s opened for %d key(s); needs %d KRA approvals before %s\n", rec.ID, len(rec.Items), rec.Need, rec.ExpiresAt)
+	for _, it := range rec.Items {
+		if it.Revoke != "" && it.Revoke != policy.RecoveryKeep {
+			fmt.Fprintf(os.Stderr, "  certificate %s will be revoked (%s) when the key is fetched\n", it.Serial, it.Revoke)
+		} else if it.Revoke == policy.RecoveryKeep {
+			fmt.Fprintf(os.Stderr, "  certificate %s stays valid (keep)\n", it.Serial)
+		}
+	}
 	fmt.Println(rec.ID)
 	return nil
+}
+
+// recoveryRevokeChoice reads --revoke and --keep: at most one; neither leaves the choice to
+// the certificates' templates (recovery_revoke; keep unless a template says otherwise).
+func recoveryRevokeChoice(revoke string, keep bool) (string, error) {
+	switch {
+	case revoke != "" && keep:
+		return "", cmdline.UsageError{Msg: "recovery request: give --revoke REASON or --keep, not both"}
+	case keep:
+		return policy.RecoveryKeep, nil
+	case revoke == "":
+		return "", nil
+	}
+	name, _, keepIt, err := policy.ParseRecoveryRevocation(revoke)
+	if err != nil || keepIt {
+		return "", cmdline.UsageError{Msg: "recovery request: --revoke takes keyCompromise (the key is in other hands) or superseded; --keep leaves the certificate valid"}
+	}
+	return name, nil
 }
 
 // RunRecoveryList is `keyarc recovery list`.
@@ -132,7 +164,15 @@ func printRecovery(r wire.Recovery) {
 	}
 	fmt.Println()
 	for _, it := range r.Items {
-		fmt.Printf("  key of certificate %s, owner %s, sealed under recovery set epoch %d\n", it.Serial, it.Owner, it.Epoch)
+		fmt.Printf("  key of certificate %s, owner %s, sealed under recovery set epoch %d", it.Serial, it.Owner, it.Epoch)
+		switch it.Revoke {
+		case "":
+		case policy.RecoveryKeep:
+			fmt.Print("; the certificate stays valid")
+		default:
+			fmt.Printf("; the certificate is revoked (%s) when the key is fetched", it.Revoke)
+		}
+		fmt.Println()
 	}
 }
 
@@ -367,6 +407,11 @@ func RunRecoveryFetch(args []string) error {
 			return err
 		}
 		fmt.Println(path)
+	}
+	if got.Revocations != nil {
+		printRevocations(os.Stderr, "revoked as the request said", got.Revocations.Revoked)
+		printRevocations(os.Stderr, "moved to keyCompromise", got.Revocations.KeyCompromise)
+		printRevocations(os.Stderr, "already revoked, unchanged", got.Revocations.Unchanged)
 	}
 	fmt.Fprintf(os.Stderr, "password written to %s; deliver the PKCS#12 and its password by different channels\n", *pwFile)
 	return nil

@@ -113,6 +113,54 @@ type RecoveryItem struct {
 	// Share and OAEPHash are shown to a KRA only: its own encrypted share of the record.
 	Share    string `json:"share,omitempty"`
 	OAEPHash string `json:"oaep_hash,omitempty"`
+	// Revoke is what the fetch does with the record's certificate: "keep", or the revocation
+	// reason (keyCompromise, superseded). Absent in listings.
+	Revoke string `json:"revoke,omitempty"`
+}
+
+// RecoveryRequest is the body of POST /api/v1/recoveries: the key of one certificate (serial)
+// or every archived key of a mailbox (email), why, and what the fetch does with the
+// certificates (revoke: keep, keyCompromise or superseded; empty for the template's default).
+type RecoveryRequest struct {
+	Serial string `json:"serial,omitempty"`
+	Email  string `json:"email,omitempty"`
+	Reason string `json:"reason"`
+	Revoke string `json:"revoke,omitempty"`
+}
+
+// RevokeRequest is the body of POST /api/v1/revocations: exactly one of serial, email (every
+// unexpired certificate of a mailbox) and key_of (every unexpired certificate of the public key
+// of that serial), and the reason: one of unspecified, keyCompromise, affiliationChanged,
+// superseded, cessationOfOperation, privilegeWithdrawn.
+type RevokeRequest struct {
+	Serial string `json:"serial,omitempty"`
+	Email  string `json:"email,omitempty"`
+	KeyOf  string `json:"key_of,omitempty"`
+	Reason string `json:"reason"`
+}
+
+// Revocation is the revocation of one certificate.
+type Revocation struct {
+	Serial    string `json:"serial"`
+	Mailbox   string `json:"mailbox,omitempty"`
+	Reason    string `json:"reason"`
+	RevokedAt string `json:"revoked_at"` // RFC 3339, UTC
+}
+
+// Revoked is the answer of POST /api/v1/revocations (200), and part of a fetch's answer:
+// the certificates revoked now, those revoked before whose reason moved to keyCompromise
+// (their date stays the first), and those named that were revoked already and stay so.
+type Revoked struct {
+	Revoked       []Revocation `json:"revoked"`
+	KeyCompromise []Revocation `json:"key_compromise,omitempty"`
+	Unchanged     []Revocation `json:"unchanged,omitempty"`
+}
+
+// AlreadyRevoked is the answer (409) of a revocation whose certificates were all revoked
+// already: the refusal and the existing revocations, which stay as they are.
+type AlreadyRevoked struct {
+	Error    string       `json:"error"`
+	Existing []Revocation `json:"existing"`
 }
 
 // Approval is the body of POST /api/v1/recoveries/{id}/approvals: the KRA's shares
@@ -133,6 +181,9 @@ type Fetched struct {
 		Serial string `json:"serial"`
 		PFX    string `json:"pfx"`
 	} `json:"files"`
+	// Revocations are what the fetch revoked, as the request said; nil when it kept the
+	// certificates.
+	Revocations *Revoked `json:"revocations,omitempty"`
 }
 
 // AuditEntry is one entry of the audit trail.
