@@ -238,7 +238,15 @@ type Request struct {
 	// The Issuer adds the CA's own policy OID ([WithPolicy]) to it. Other certificates carry
 	// the policies given here, if any.
 	Policies []asn1.ObjectIdentifier
+	// OCSPNoCheck marks a delegated OCSP responder's certificate with id-pkix-ocsp-nocheck
+	// (RFC 6960 4.2.2.2.1, S/MIME BR 4.9.9): relying parties trust it for its life without
+	// asking for its own status, so keep it short. Only for a certificate whose one extended
+	// key usage is OCSPSigning.
+	OCSPNoCheck bool
 }
+
+// oidOCSPNoCheck is id-pkix-ocsp-nocheck; its value is an ASN.1 NULL.
+var oidOCSPNoCheck = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
 
 // linted is a certificate template that passed lint; only lint makes one, and only a linted
 // template is ever signed. smime says which zlint sources apply.
@@ -305,6 +313,13 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 	if slices.Contains(req.ExtKeyUsage, x509.ExtKeyUsageAny) {
 		return linted{}, lintErr("anyExtendedKeyUsage is not issued")
 	}
+	var extra []pkix.Extension
+	if req.OCSPNoCheck {
+		if !slices.Equal(req.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}) || len(req.UnknownExtKeyUsage) > 0 {
+			return linted{}, lintErr("id-pkix-ocsp-nocheck is only for a certificate whose one extended key usage is OCSPSigning")
+		}
+		extra = append(extra, pkix.Extension{Id: oidOCSPNoCheck, Value: []byte{0x05, 0x00}})
+	}
 	serial := req.Serial
 	if serial == nil {
 		var err error
@@ -356,6 +371,7 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 		CRLDistributionPoints: []string{i.urls.CRL},
 		OCSPServer:            []string{i.urls.OCSP},
 		IssuingCertificateURL: []string{i.urls.CACert},
+		ExtraExtensions:       extra,
 	}}, nil
 }
 

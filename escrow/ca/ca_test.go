@@ -14,6 +14,7 @@ import (
 	"errors"
 	"io"
 	"math/big"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -231,6 +232,12 @@ func TestLint(t *testing.T) {
 		{name: "negative serial", edit: func(r *Request) { r.Serial = big.NewInt(-1) }, wantErr: ErrLint},
 		{name: "zero serial", edit: func(r *Request) { r.Serial = new(big.Int) }, wantErr: ErrLint},
 		{name: "21-octet serial", edit: func(r *Request) { r.Serial = new(big.Int).Lsh(big.NewInt(1), 160) }, wantErr: ErrLint},
+		{name: "ocsp nocheck on smime", edit: func(r *Request) { r.OCSPNoCheck = true }, wantErr: ErrLint},
+		{name: "ocsp nocheck with another eku", edit: func(r *Request) {
+			r.EmailAddresses, r.Subject = nil, pkix.Name{CommonName: "responder"}
+			r.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning, x509.ExtKeyUsageClientAuth}
+			r.OCSPNoCheck = true
+		}, wantErr: ErrLint},
 		{name: "no names at all", edit: func(r *Request) {
 			r.Subject = pkix.Name{}
 			r.EmailAddresses = nil
@@ -523,4 +530,31 @@ func BenchmarkIssueP256(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
+}
+
+// TestOCSPResponderCertificate: a delegated responder's certificate carries OCSPSigning alone
+// and id-pkix-ocsp-nocheck, non-critical, with an ASN.1 NULL value.
+func TestOCSPResponderCertificate(t *testing.T) {
+	iss := newIssuer(t, p256(t))
+	cert, err := iss.Issue(Request{PublicKey: p256(t).Public(), Subject: pkix.Name{CommonName: "keyarc OCSP responder"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		OCSPNoCheck: true, NotBefore: t0, Validity: 14 * day})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, e := range cert.Extensions {
+		if e.Id.Equal(oidOCSPNoCheck) {
+			found = true
+			if e.Critical || !bytes.Equal(e.Value, []byte{0x05, 0x00}) {
+				t.Errorf("id-pkix-ocsp-nocheck: critical %v, value %x; want non-critical 0500", e.Critical, e.Value)
+			}
+		}
+	}
+	if !found {
+		t.Error("no id-pkix-ocsp-nocheck extension")
+	}
+	if !slices.Equal(cert.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}) {
+		t.Errorf("extended key usage %v, want OCSPSigning alone", cert.ExtKeyUsage)
+	}
 }

@@ -74,6 +74,7 @@ func IssueOCSPCert(issuer *ca.Issuer, pub crypto.PublicKey, now time.Time) (*x50
 		Subject:     pkix.Name{CommonName: caCert.Subject.CommonName + " OCSP responder", Organization: caCert.Subject.Organization},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		OCSPNoCheck: true,
 		NotBefore:   nb,
 		Validity:    validity,
 	})
