@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +24,10 @@ var (
 	// ErrNotIssued: the certificate was never issued (its issuance is pending or failed), so
 	// there is nothing to revoke.
 	ErrNotIssued = errors.New("escrow: certificate was never issued")
+	// ErrInRecoverySet: the certificate is a KRA unwrap certificate of the current recovery
+	// set, which every new escrow record is sealed to. It is revoked once an admin has defined
+	// a set without it, so that no key is ever sealed to a revoked KRA certificate.
+	ErrInRecoverySet = errors.New("escrow: the certificate is in the current recovery set")
 )
 
 // Revocation is the revocation state of one certificate.
@@ -109,7 +114,8 @@ func (r *RevokeResult) Serials() []string {
 // [ErrInvalidRequest] (not exactly one of Serial, Email and KeyOf; a malformed serial or
 // mailbox; a reason outside the BR set, also wrapping [policy.ErrBadRevocationReason]),
 // [ErrNotFound] (no such certificate; a mailbox or key with no issued certificate),
-// [ErrNotIssued] (a serial whose issuance is pending or failed), an [*AlreadyRevokedError]
+// [ErrNotIssued] (a serial whose issuance is pending or failed), [ErrInRecoverySet] (a KRA
+// unwrap certificate of the current recovery set: replace the set first), an [*AlreadyRevokedError]
 // (wrapping [ErrAlreadyRevoked]) when nothing would change, [policy.ErrForbidden] (a caller
 // who may not revoke these certificates), or, for faults of the appliance, a storage error
 // wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
@@ -158,6 +164,9 @@ func (s *Service) Revoke(ctx context.Context, by policy.Principal, req RevokeReq
 			refs[i] = policy.CertRef{Serial: c.Serial, Mailbox: c.Email, Role: c.Role}
 		}
 		if err := policy.AuthorizeRevoke(by, reason, refs); err != nil {
+			return err
+		}
+		if err := notInRecoverySet(tx, targets); err != nil {
 			return err
 		}
 		if err := applyRevocations(tx, targets, reason, now, res); err != nil {
@@ -245,6 +254,32 @@ func revokeTargets(tx store.Tx, req RevokeRequest, now time.Time) (targets []sto
 		return nil, "", fmt.Errorf("%w: certificate %s is %s: it was never issued, so there is nothing to revoke", ErrNotIssued, named.Serial, named.State)
 	}
 	return targets, named.KeyID, nil
+}
+
+// notInRecoverySet refuses to revoke a KRA unwrap certificate of the current recovery set:
+// records would go on being sealed to it.
+func notInRecoverySet(tx store.Tx, targets []store.Certificate) error {
+	var set *store.RecoverySet
+	for _, c := range targets {
+		if c.Template != TemplateKRA || c.State != store.StateIssued {
+			continue
+		}
+		if set == nil {
+			var err error
+			set, err = tx.CurrentRecoverySet()
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if slices.Contains(set.KRASerials, c.Serial) {
+			return fmt.Errorf("%w: certificate %s is KRA %q's unwrap certificate in recovery set %d, which new escrow records are sealed to; define a recovery set without it first (keyarc admin recovery-set set), then revoke it",
+				ErrInRecoverySet, c.Serial, c.KRA, set.Epoch)
+		}
+	}
+	return nil
 }
 
 // applyRevocations revokes the issued targets with reason at now and moves the revoked ones to

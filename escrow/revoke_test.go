@@ -403,6 +403,28 @@ func TestRecoveryRevokeChoiceRefused(t *testing.T) {
 	}
 }
 
+// TestRevokeKRAUnwrapInCurrentSet: a KRA unwrap certificate of the current recovery set is
+// not revoked (new records would be sealed to it) until a set without it is defined.
+func TestRevokeKRAUnwrapInCurrentSet(t *testing.T) {
+	env := newTestService(t)
+	ctx := context.Background()
+	admin := policy.Principal{Role: policy.RoleAdmin, Name: "ada"}
+	_, err := env.svc.Revoke(ctx, admin, RevokeRequest{Serial: env.kras[0].serial, Reason: "keyCompromise"})
+	if !errors.Is(err, ErrInRecoverySet) {
+		t.Fatalf("revoke a KRA certificate of the current set: %v, want ErrInRecoverySet", err)
+	}
+	if row := env.certificate(t, env.kras[0].serial); row.State != store.StateIssued {
+		t.Fatalf("refused, yet the certificate is %s", row.State)
+	}
+	k3 := env.addKRA(t, "kra-3", rsaKey(t, keySpare))
+	if _, err := env.svc.SetRecoverySet(ctx, 2, []string{env.kras[1].serial, env.kras[2].serial, k3.serial}, "ada"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.svc.Revoke(ctx, admin, RevokeRequest{Serial: env.kras[0].serial, Reason: "keyCompromise"}); err != nil {
+		t.Fatalf("revoke once replaced: %v", err)
+	}
+}
+
 // TestRevokedKRACredentialNoLongerApproves: an approval counts only while its signer's
 // credential is issued: once revoked, the quorum is short and nothing is decrypted.
 func TestRevokedKRACredentialNoLongerApproves(t *testing.T) {

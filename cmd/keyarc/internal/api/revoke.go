@@ -18,8 +18,9 @@ import (
 // 200 with what changed; 400 for a bad request or a reason outside the S/MIME BR set (the
 // message lists the allowed ones); 403 for someone else's certificate; 404 for an unknown
 // serial or a mailbox with no certificate; 409 with the existing revocations when they were
-// all revoked already (only a move to keyCompromise changes a revocation) or for a
-// certificate never issued.
+// all revoked already (only a move to keyCompromise changes a revocation), for a certificate
+// never issued, or for a KRA unwrap certificate of the current recovery set (replace the set
+// first).
 func (a *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	who, err := a.revoker(r)
 	if err != nil {
@@ -76,7 +77,7 @@ func (a *Server) failRevoke(w http.ResponseWriter, r *http.Request, err error) {
 		a.log.Info("request refused", "route", r.Pattern, "status", http.StatusConflict, "reason", err.Error())
 		out := wire.AlreadyRevoked{Error: err.Error(), Existing: toRevocationsJSON(already.Existing)}
 		writeJSON(w, http.StatusConflict, out)
-	case errors.Is(err, escrow.ErrNotIssued):
+	case errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet):
 		a.fail(w, r, &httpStatusError{http.StatusConflict, err.Error()})
 	default:
 		a.fail(w, r, err)
