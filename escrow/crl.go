@@ -41,7 +41,7 @@ type CRLMetrics interface {
 
 // CRLPublisher keeps the CA's CRL in the store current: [CRLPublisher.Run] publishes a new
 // CRL a short delay after each revocation ([CRLPublisher.Trigger]), at least every
-// [CRLPublisher.Interval], and at start when the newest one is older than that or missing.
+// [CRLPublisher.Interval], and at every start.
 // The CRL lists every revoked certificate that has not expired (BR §4.10.1), read in one
 // snapshot of the store, and is numbered one more than the newest stored. The public
 // listener serves what the publisher stored: a CRL is never built for a request, and the
@@ -106,23 +106,23 @@ func (p *CRLPublisher) Trigger() {
 // Revoked is a [Service.Revoked] hook: it triggers a CRL.
 func (p *CRLPublisher) Revoked(serials []string) { p.Trigger() }
 
-// Run publishes CRLs until ctx ends: at start if the newest CRL is missing or older than the
-// interval, DefaultCRLDelay (or Delay) after a trigger, and an interval after the last CRL.
+// Run publishes CRLs until ctx ends: at start, DefaultCRLDelay (or Delay) after a trigger,
+// and an interval after the last CRL.
 // A failure (the token away, the storage failing) is logged and counted, and retried with a
 // backoff from one second to five minutes; a pending trigger is kept until a CRL succeeds.
 func (p *CRLPublisher) Run(ctx context.Context) {
 	p.init()
 	interval, delay := orDefault(p.Interval, DefaultCRLInterval), orDefault(p.Delay, DefaultCRLDelay)
-	now := p.now()
-	due := now // when to publish next
+	// At start, always: the store keeps no mark of a CRL still owed, so a revocation that
+	// committed just before the last stop or crash, while its CRL waited for the delay, is
+	// published now (and so is a revocation written by another tool while serve was
+	// stopped). The stored CRL, if any, is reported until then.
 	if c, err := p.Latest(ctx); err == nil {
 		p.report(c)
-		if next := c.ThisUpdate.Add(interval); next.After(now) {
-			due = next
-		}
 	} else if !errors.Is(err, store.ErrNotFound) {
-		p.log().Warn("CRL: cannot read the newest CRL; building one", "err", err)
+		p.log().Warn("CRL: cannot read the newest CRL", "err", err)
 	}
+	due := p.now()
 	var backoff time.Duration
 	var retryAt time.Time // no attempt before this while backing off
 	timer := time.NewTimer(time.Until(due))

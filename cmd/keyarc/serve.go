@@ -30,6 +30,7 @@ func runServe(args []string) error {
 	state := fs.String("state", "", "state folder (required)")
 	addr := fs.String("addr", "", "HTTPS listen address (default: the configuration's listen)")
 	metricsAddr := fs.String("metrics-addr", "", "metrics listen address (default: the configuration's metrics_listen)")
+	publicAddr := fs.String("public-addr", "", "public plain-HTTP listen address: CRL, OCSP, CA certificate (default: the configuration's public_listen)")
 	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
 	}
@@ -43,6 +44,9 @@ func runServe(args []string) error {
 	}
 	if *metricsAddr != "" {
 		cfg.MetricsListen = *metricsAddr
+	}
+	if *publicAddr != "" {
+		cfg.PublicListen = *publicAddr
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -148,6 +152,16 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.Path(cfg.Database), err)
 	}
 	p.Metrics = api.NewMetrics(reg, version)
+	ocspSvc, err := openOCSP(cfg, tok, p.Issuer, p.DB, log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("OCSP: %w", err)
+	}
+	// The OCSP pre-signer stops before the store and the token close.
+	p.Stop = func() { ocspSvc.Close() }
+	p.OCSP = ocspSvc.Handler
+	// CRLs: published a few seconds after each revocation, daily, and at start when the
+	// newest is older than a day; served from the store by the public listener.
+	p.CRL = &escrow.CRLPublisher{Store: p.DB, Issuer: p.Issuer, Logger: log, Metrics: p.Metrics}
 	p.Service = &escrow.Service{
 		Store:     p.DB,
 		Issuer:    p.Issuer,
@@ -159,6 +173,12 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		// tokens like the appliance's.
 		ShareOAEPHash: mech.OAEPHash,
 		RecoveryKeys:  tokenRecoveryKeys{tok},
+		// After a revocation commits: the OCSP responses of the serials are signed again at
+		// once, and a CRL follows within seconds. Both only signal their goroutines.
+		Revoked: func(serials []string) {
+			ocspSvc.Revoked(serials)
+			p.CRL.Revoked(serials)
+		},
 	}
 	return api.New(p, reg)
 }

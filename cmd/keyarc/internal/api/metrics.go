@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +29,20 @@ type Metrics struct {
 	approvals   *prometheus.CounterVec
 	// tokenFault is 1 for the cause that keeps the token from being ready (token_health.go).
 	tokenFault *prometheus.GaugeVec
+	// revocations counts revocations by reason (escrow's optional Revoked(reason)).
+	revocations *prometheus.CounterVec
+	// crl is the newest CRL the publisher stored or found at start; crlFailures counts its
+	// failed attempts.
+	crl         crlState
+	crlFailures prometheus.Counter
+}
+
+// crlState is the newest CRL as the metrics see it.
+type crlState struct {
+	mu         sync.Mutex
+	number     int64
+	thisUpdate time.Time
+	nextUpdate time.Time
 }
 
 // NewMetrics registers the appliance's series on reg; version labels the build-info series.
@@ -68,6 +84,18 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	for _, c := range tokenCauses {
 		m.tokenFault.WithLabelValues(c).Set(0)
 	}
+	m.revocations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyarc_revocations_total",
+		Help: "Certificates revoked, by CRLReason name (a reason changed to keyCompromise counts again).",
+	}, []string{"reason"})
+	for _, r := range revocationReasons {
+		m.revocations.WithLabelValues(r).Add(0)
+	}
+	m.crlFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keyarc_crl_build_failures_total",
+		Help: "Failed attempts to build, sign or store a CRL (the token away, the storage failing, a lint refusal); each is retried.",
+	})
+	reg.MustRegister(m.revocations, m.crlFailures, crlCollector{m})
 	reg.MustRegister(m.tokenFault)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "keyarc_build_info",
@@ -92,6 +120,69 @@ func (m *Metrics) Enrolled(template string, archived bool) {
 // Refused implements escrow.Metrics.
 func (m *Metrics) Refused(template, reason string) {
 	m.refusals.WithLabelValues(template, reason).Inc()
+}
+
+// revocationReasons are the label values of keyarc_revocations_total: the S/MIME BR reasons
+// (RFC 5280 names), created at zero so that rate() sees the first revocation.
+var revocationReasons = []string{"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn"}
+
+// Revoked counts a revocation; reason is a CRLReason name (escrow's optional metrics
+// interface). A name outside the S/MIME BR set is counted as "other", so that the label stays
+// bounded whatever a caller passes.
+func (m *Metrics) Revoked(reason string) {
+	if !slices.Contains(revocationReasons, reason) {
+		reason = "other"
+	}
+	m.revocations.WithLabelValues(reason).Inc()
+}
+
+// CRLCurrent implements escrow.CRLMetrics: the newest CRL stored.
+func (m *Metrics) CRLCurrent(number int64, thisUpdate, nextUpdate time.Time) {
+	m.crl.mu.Lock()
+	defer m.crl.mu.Unlock()
+	if number >= m.crl.number {
+		m.crl.number, m.crl.thisUpdate, m.crl.nextUpdate = number, thisUpdate, nextUpdate
+	}
+}
+
+// CRLFailed implements escrow.CRLMetrics.
+func (m *Metrics) CRLFailed() { m.crlFailures.Inc() }
+
+var _ escrow.CRLMetrics = (*Metrics)(nil)
+
+// crlCollector reports the newest CRL at each scrape: its number and dates, and its age and
+// the time left until its nextUpdate computed at the scrape. Nothing is reported before the
+// publisher has found or made a CRL (an alert on absent() catches a publisher that never
+// started).
+type crlCollector struct{ m *Metrics }
+
+var (
+	crlNumberDesc = prometheus.NewDesc("keyarc_crl_number", "cRLNumber of the newest CRL published.", nil, nil)
+	crlThisDesc   = prometheus.NewDesc("keyarc_crl_this_update_timestamp_seconds", "thisUpdate of the newest CRL (Unix time).", nil, nil)
+	crlNextDesc   = prometheus.NewDesc("keyarc_crl_next_update_timestamp_seconds", "nextUpdate of the newest CRL (Unix time).", nil, nil)
+	crlAgeDesc    = prometheus.NewDesc("keyarc_crl_age_seconds", "Time since the thisUpdate of the newest CRL.", nil, nil)
+	crlLeftDesc   = prometheus.NewDesc("keyarc_crl_next_update_remaining_seconds", "Time left until the nextUpdate of the newest CRL (negative once past: relying parties then treat the CRL as stale).", nil, nil)
+)
+
+func (c crlCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{crlNumberDesc, crlThisDesc, crlNextDesc, crlAgeDesc, crlLeftDesc} {
+		ch <- d
+	}
+}
+
+func (c crlCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.crl.mu.Lock()
+	n, this, next := c.m.crl.number, c.m.crl.thisUpdate, c.m.crl.nextUpdate
+	c.m.crl.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	now := time.Now()
+	ch <- prometheus.MustNewConstMetric(crlNumberDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(crlThisDesc, prometheus.GaugeValue, float64(this.Unix()))
+	ch <- prometheus.MustNewConstMetric(crlNextDesc, prometheus.GaugeValue, float64(next.Unix()))
+	ch <- prometheus.MustNewConstMetric(crlAgeDesc, prometheus.GaugeValue, now.Sub(this).Seconds())
+	ch <- prometheus.MustNewConstMetric(crlLeftDesc, prometheus.GaugeValue, next.Sub(now).Seconds())
 }
 
 // recoveryReason is the bounded reason label of a refused recovery step.

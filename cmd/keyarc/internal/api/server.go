@@ -53,6 +53,14 @@ type Server struct {
 	check *applianceCheck
 	// storage is the last storage fault seen, for readiness (storage_health.go).
 	storage storageHealth
+	// ocsp serves /ocsp and /ocsp/ on the public listener; nil answers 404 there.
+	ocsp http.Handler
+	// stop is Parts.Stop, called by Close.
+	stop func()
+	// crlPub publishes CRLs (nil: none are published, the stored ones are served); crls
+	// caches the newest for the public listener (public.go).
+	crlPub *escrow.CRLPublisher
+	crls   *crlCache
 }
 
 // Parts are what package main assembles before the server starts: the configuration, the
@@ -70,11 +78,23 @@ type Parts struct {
 	CACert   *x509.Certificate
 	OAEPHash string
 	Metrics  *Metrics
+	// OCSP, when set, serves /ocsp and /ocsp/ on the public listener.
+	OCSP http.Handler
+	// CRL, when set, publishes CRLs while the server serves; New hands its CRLs to the public
+	// listener's cache and its counts to Metrics.
+	CRL *escrow.CRLPublisher
+	// Stop, when set, stops what package main started beside the server (the OCSP
+	// pre-signer); Close calls it first, before the store and the token close.
+	Stop func()
 }
 
 // Close releases the store, the token and the state lock, in that order; it skips what is
 // nil, so it also cleans up after a failed assembly.
 func (p *Parts) Close() {
+	if p.Stop != nil {
+		p.Stop()
+		p.Stop = nil
+	}
 	if p.DB != nil {
 		if err := p.DB.Close(); err != nil {
 			p.Log.Error("close database", "err", err)
@@ -101,7 +121,20 @@ func (p *Parts) Close() {
 // trail (escrow/audit), the consistency check and the store.
 func New(p Parts, reg prometheus.Registerer) (*Server, error) {
 	a := &Server{cfg: p.Config, log: p.Log, version: p.Version, tok: p.Token, db: p.DB, svc: p.Service,
-		caCert: p.CACert, oaepHash: p.OAEPHash, metrics: p.Metrics, lock: p.Lock}
+		caCert: p.CACert, oaepHash: p.OAEPHash, metrics: p.Metrics, lock: p.Lock, ocsp: p.OCSP, crlPub: p.CRL, stop: p.Stop}
+	a.crls = newCRLCache(a.db, a.log)
+	if c := a.crlPub; c != nil {
+		prev := c.OnPublish
+		c.OnPublish = func(crl store.CRL) {
+			a.crls.put(crl)
+			if prev != nil {
+				prev(crl)
+			}
+		}
+		if c.Metrics == nil && a.metrics != nil {
+			c.Metrics = a.metrics
+		}
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -144,7 +177,7 @@ func (a *Server) CACert() *x509.Certificate { return a.caCert }
 // token and the state lock. Call it once, after [Server.Serve] has returned.
 func (a *Server) Close() {
 	a.closeAudit()
-	p := Parts{Log: a.log, DB: a.db, Token: a.tok, Lock: a.lock}
+	p := Parts{Log: a.log, DB: a.db, Token: a.tok, Lock: a.lock, Stop: a.stop}
 	p.Close()
 }
 
@@ -176,6 +209,12 @@ func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
 		ln.Close()
 		return fmt.Errorf("listen %s: %w", a.cfg.MetricsListen, err)
 	}
+	pln, err := a.listenPublic()
+	if err != nil {
+		ln.Close()
+		mln.Close()
+		return fmt.Errorf("public_listen %s: %w", a.cfg.PublicListenAddr(), err)
+	}
 	a.logins = newLoginThrottle(a.cfg.HTTP, reg)
 	// At the end, after the last request, the login summaries still owed to the audit trail.
 	defer a.flushLoginSummaries(context.Background(), true)
@@ -196,14 +235,29 @@ func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
 	mmux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	msrv := &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 
-	errc := make(chan error, 2)
+	psrv := a.publicServer()
+	errc := make(chan error, 3)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	go func() { errc <- msrv.Serve(mln) }()
+	publicAddr := "none"
+	if pln != nil {
+		publicAddr = pln.Addr().String()
+		go func() { errc <- psrv.Serve(pln) }()
+	}
+	pubCtx, stopPub := context.WithCancel(ctx)
+	pubDone := make(chan struct{})
+	if a.crlPub != nil {
+		go func() { defer close(pubDone); a.crlPub.Run(pubCtx) }()
+	} else {
+		close(pubDone)
+	}
+	// The CRL publisher stops before the store closes (Server.Close, after Serve).
+	defer func() { stopPub(); <-pubDone }()
 	go a.watchToken(ctx)
 	go a.retryOnHUP(ctx)
 	go a.watchLogins(ctx)
 	go a.runChecks(ctx)
-	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(),
+	a.log.Info("keyarc serving", "https", ln.Addr().String(), "metrics", mln.Addr().String(), "public", publicAddr,
 		"ca", a.caCert.Subject.String(), "oaep", a.oaepHash)
 	// Client commands given --state find this serve through DIR/serve.json.
 	if err := config.WriteServeRecord(a.cfg, ln.Addr().String(), mln.Addr().String()); err != nil {
@@ -226,6 +280,7 @@ func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = msrv.Shutdown(sctx)
+	_ = psrv.Shutdown(sctx)
 	serr := srv.Shutdown(sctx)
 	a.waitBulkStopped()
 	return serr
