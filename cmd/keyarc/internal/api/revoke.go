@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -68,11 +69,12 @@ func (a *Server) revoker(r *http.Request) (policy.Principal, error) {
 
 // failRevoke answers a refused revocation: the engine's conflicts (already revoked, never
 // issued) are 409, the first with the existing revocations; anything else as [Server.fail].
-// A fault of the appliance is never hidden under a conflict: those errors are the engine's
-// refusals alone.
+// A fault of the appliance is never answered as a conflict, even wrapped with one.
 func (a *Server) failRevoke(w http.ResponseWriter, r *http.Request, err error) {
 	var already *escrow.AlreadyRevokedError
 	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		a.fail(w, r, err)
 	case errors.As(err, &already):
 		a.log.Info("request refused", "route", r.Pattern, "status", http.StatusConflict, "reason", err.Error())
 		out := wire.AlreadyRevoked{Error: err.Error(), Existing: toRevocationsJSON(already.Existing)}
