@@ -253,6 +253,14 @@ func TestRevokeAtRecovery(t *testing.T) {
 	if n := auditCount(t, state, "revoke"); n != 1 {
 		t.Errorf("%d revoke audit entries, want 1 (the first fetch's)", n)
 	}
+
+	// A KRA whose auth credential is revoked approves nothing any more.
+	kra1 := certSerial(t, dir, filepath.Join(state, "credentials", "kra1-auth.pem"))
+	keyarc(t, as("admin", "revoke", "--serial", kra1, "--reason", "keyCompromise")...)
+	id = strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "again", "--keep")...))
+	if msg := keyarcFails(t, as("kra1", "recovery", "approve", id, "--yes")...); !strings.Contains(msg, "HTTP 401") {
+		t.Errorf("approval with a revoked KRA credential: %s", msg)
+	}
 }
 
 // recoveredMatches checks that the PKCS#12 holds the private key of keyPEM (its public half).
