@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -192,6 +193,20 @@ func TestRevoke(t *testing.T) {
 		t.Errorf("%d revoke audit entries, want 6", n)
 	}
 	keyarc(t, "audit", "verify", "--state", state)
+
+	// And a count by reason per certificate (the move to keyCompromise counts as one), with no
+	// mailbox or serial in the metrics.
+	metrics := run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")
+	for reason, n := range map[string]int{"superseded": 1, "keyCompromise": 3, "affiliationChanged": 2, "privilegeWithdrawn": 1, "unspecified": 0} {
+		if want := `keyarc_revocations_total{reason="` + reason + `"} ` + strconv.Itoa(n); !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for _, secret := range []string{"alice@example.org", bobSerial} {
+		if strings.Contains(metrics, secret) {
+			t.Errorf("the metrics name %s", secret)
+		}
+	}
 }
 
 // TestRevokeAtRecovery: the lost-laptop story. The officer's request says --revoke
