@@ -87,9 +87,13 @@ func (s *Service) recordFault(id string, err error) error {
 //
 // # Errors
 //
+// [ErrUnauthorized] when the certificate is not in the issued state (revoked, above all),
 // [ErrIntegrity] wrapping [check.ErrInconsistent] when the row fails the check (an integrity
 // fault: 500, details in the log), or the store's error.
 func (s *Service) CheckCredential(ctx context.Context, row *store.Certificate, presented *x509.Certificate) error {
+	if row.State != store.StateIssued {
+		return fmt.Errorf("%w: the client certificate is %s", ErrUnauthorized, row.State)
+	}
 	if !bytes.Equal(row.DER, presented.Raw) {
 		p := &check.Problem{Serial: row.Serial, Err: check.ErrRowMismatch, Detail: "the stored certificate is not the one presented"}
 		s.log().Error("credential refused: the archive fails its consistency check", "serial", row.Serial, "err", p)

@@ -11,6 +11,7 @@ import (
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/sqlite"
+	"github.com/keyarc/keyarc/policy"
 )
 
 // tamper changes the database file behind the store, as someone holding the file would.
@@ -203,5 +204,27 @@ func TestCheckCredentialRemembersOnlyTheRowItChecked(t *testing.T) {
 	row = r.certificate(t, r.officer.Serial)
 	if err := r.svc.CheckCredential(ctx, row, cert); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("CheckCredential after the role was raised: %v, want %v", err, ErrIntegrity)
+	}
+}
+
+// TestCheckCredentialRevoked: a revoked credential is refused even after its intact row was
+// checked and remembered, so a revocation takes effect on the next request.
+func TestCheckCredentialRevoked(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	row := r.certificate(t, r.officer.Serial)
+	cert, err := x509.ParseCertificate(row.DER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.svc.CheckCredential(ctx, row, cert); err != nil {
+		t.Fatalf("the intact row: %v", err)
+	}
+	if _, err := r.svc.Revoke(ctx, policy.Principal{Role: policy.RoleAdmin, Name: "ada"}, RevokeRequest{Serial: r.officer.Serial, Reason: "keyCompromise"}); err != nil {
+		t.Fatal(err)
+	}
+	row = r.certificate(t, r.officer.Serial)
+	if err := r.svc.CheckCredential(ctx, row, cert); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("CheckCredential of a revoked credential: %v, want %v", err, ErrUnauthorized)
 	}
 }

@@ -82,7 +82,7 @@ comparing the key fingerprints with the KRA in person. With --wait, waits for th
 saves the certificates to --out; --request ID collects them later instead of submitting again.`},
 		}},
 		{name: "recovery", summary: "key recovery: request (officer), approve (KRA), fetch the PKCS#12", subs: []command{
-			{name: "request", args: "--serial HEX | --email ADDR --reason TEXT", summary: "open a request (officer); prints its ID", long: clientLong, run: cli.RunRecoveryRequest},
+			{name: "request", args: "--serial HEX | --email ADDR --reason TEXT [--revoke keyCompromise|superseded | --keep]", summary: "open a request (officer); prints its ID", long: clientLong, run: cli.RunRecoveryRequest},
 			{name: "list", args: "[--status open|consumed|cancelled|expired] [--json]", summary: "recovery requests and their state", long: clientLong, run: cli.RunRecoveryList},
 			{name: "show", args: "ID [--json]", summary: "a request's state (open, approved, expired, ...), approvals so far, what is recovered", long: clientLong, run: cli.RunRecoveryShow},
 			{name: "approve", args: "ID [--yes]", summary: "approve with your KRA token (KRA)", long: kraLong, run: cli.RunRecoveryApprove},

@@ -346,7 +346,8 @@ func status(err error) (int, string) {
 		return http.StatusForbidden, err.Error()
 	case errors.Is(err, policy.ErrNothingToRecover):
 		return http.StatusNotFound, err.Error()
-	case errors.Is(err, escrow.ErrKeyArchivedElsewhere):
+	case errors.Is(err, escrow.ErrKeyArchivedElsewhere), errors.Is(err, escrow.ErrAlreadyRevoked),
+		errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet):
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, escrow.ErrBadApproval):
 		return http.StatusBadRequest, err.Error()
