@@ -270,11 +270,11 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 		p.log().Warn("CRL: entries adjusted", "reason_outside_smime_br", mapped, "revoked_after_this_update", late)
 	}
 	next := this.Add(orDefault(p.Validity, DefaultCRLValidity))
-	rl, err := p.Issuer.IssueCRL(ca.CRLRequest{Number: big.NewInt(number + 1), ThisUpdate: this, NextUpdate: next, Entries: entries})
+	signed, err := p.Issuer.IssueCRL(ca.CRLRequest{Number: big.NewInt(number + 1), ThisUpdate: this, NextUpdate: next, Entries: entries})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: CRL %d: %w", number+1, err)
 	}
-	c := store.CRL{Number: number + 1, ThisUpdate: rl.ThisUpdate, NextUpdate: rl.NextUpdate, DER: rl.Raw}
+	c := store.CRL{Number: number + 1, ThisUpdate: signed.ThisUpdate, NextUpdate: signed.NextUpdate, DER: signed.DER}
 	if err := p.Store.Update(ctx, func(tx store.Tx) error { return tx.InsertCRL(c) }); err != nil {
 		return nil, fmt.Errorf("escrow: CRL %d: store: %w", c.Number, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"math/big"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +101,7 @@ type CRLRequest struct {
 // when zlint warns or errs. [ErrNotCA] when the CA certificate has a key usage without
 // cRLSign. [ErrSelfCheck] when the signature the signer returned does not verify. Anything
 // else is an error of the signer (an HSM error, for example), wrapped.
-func (i *Issuer) IssueCRL(req CRLRequest) (*x509.RevocationList, error) {
+func (i *Issuer) IssueCRL(req CRLRequest) (*SignedCRL, error) {
 	if i.cert.KeyUsage != 0 && i.cert.KeyUsage&x509.KeyUsageCRLSign == 0 {
 		return nil, fmt.Errorf("%w: %s lacks cRLSign", ErrNotCA, i.cert.Subject)
 	}
@@ -110,7 +112,7 @@ func (i *Issuer) IssueCRL(req CRLRequest) (*x509.RevocationList, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := i.zlintCRL(tbs); err != nil {
+	if err := i.zlintCRL(&req, tbs); err != nil {
 		return nil, err
 	}
 	sig, err := signTBSList(i.signer, i.sigAlg, tbs)
@@ -121,17 +123,21 @@ func (i *Issuer) IssueCRL(req CRLRequest) (*x509.RevocationList, error) {
 	if err != nil {
 		return nil, err
 	}
-	return i.selfCheckCRL(der)
+	if err := i.selfCheckCRL(der, tbs); err != nil {
+		return nil, err
+	}
+	return &SignedCRL{DER: der, Number: new(big.Int).Set(req.Number), ThisUpdate: req.ThisUpdate.UTC().Truncate(time.Second),
+		NextUpdate: req.NextUpdate.UTC().Truncate(time.Second), Entries: len(req.Entries)}, nil
 }
 
-// crlIssuer is the CA certificate as a CRL issuer: with cRLSign when the certificate has no
-// key usage at all (RFC 5280 then allows every use), for x509.RevocationList.CheckSignatureFrom.
-func (i *Issuer) crlIssuer() *x509.Certificate {
-	c := *i.cert
-	if c.KeyUsage == 0 {
-		c.KeyUsage = x509.KeyUsageCRLSign
-	}
-	return &c
+// SignedCRL is a CRL signed by [Issuer.IssueCRL].
+type SignedCRL struct {
+	DER    []byte // the CertificateList, as served
+	Number *big.Int
+	// ThisUpdate and NextUpdate are the dates as signed (UTC, whole seconds).
+	ThisUpdate time.Time
+	NextUpdate time.Time
+	Entries    int
 }
 
 // lintCRL checks req against the CRL profile.
@@ -349,8 +355,18 @@ func crlRegistry() (lint.Registry, error) {
 	return reg, nil
 }
 
-// zlintCRL signs tbs with the throwaway key and refuses it if zlint warns or errs.
-func (i *Issuer) zlintCRL(tbs []byte) error {
+// crlLintChunk is the most entries zlint reads at once. zlint parses a whole CRL into
+// objects of a few hundred bytes per entry: a CRL of a million entries at once would take
+// hundreds of megabytes, far past the appliance's soft memory limit, and the collector's time
+// with it. A larger CRL is linted as CRLs of the same header (number, dates, issuer,
+// extensions) holding consecutive slices of its entries, each encoded by the same encoder:
+// every lint sees every entry and the header, and the lint that needs all entries at once
+// (unique serials) is lintCRL's own.
+const crlLintChunk = 50_000
+
+// zlintCRL lints the CRL of req, whose encoding is tbs, signed by the throwaway key, and
+// refuses it if zlint warns or errs.
+func (i *Issuer) zlintCRL(req *CRLRequest, tbs []byte) error {
 	if i.noZlint {
 		return nil
 	}
@@ -362,22 +378,41 @@ func (i *Issuer) zlintCRL(tbs []byte) error {
 	if crlLints.err != nil {
 		return crlLints.err
 	}
-	sig, err := signTBSList(z.key, i.sigAlg, tbs)
-	if err != nil {
-		return fmt.Errorf("ca: zlint CRL: %w", err)
+	seen := map[string]bool{}
+	var f []Finding
+	for from := 0; from == 0 || from < len(req.Entries); from += crlLintChunk {
+		part := tbs
+		if len(req.Entries) > crlLintChunk {
+			r := *req
+			r.Entries = req.Entries[from:min(from+crlLintChunk, len(req.Entries))]
+			var err error
+			if part, err = i.encodeTBSCertList(&r); err != nil {
+				return err
+			}
+		}
+		sig, err := signTBSList(z.key, i.sigAlg, part)
+		if err != nil {
+			return fmt.Errorf("ca: zlint CRL: %w", err)
+		}
+		der, err := certificateList(part, i.sigAlg, sig)
+		if err != nil {
+			return err
+		}
+		rl, err := zx509.ParseRevocationList(der)
+		if err != nil {
+			return fmt.Errorf("%w: zlint cannot parse the to-be-signed CRL: %w", ErrLint, err)
+		}
+		for _, x := range findings(zlint.LintRevocationListEx(rl, crlLints.reg)) {
+			if !seen[x.Lint] {
+				seen[x.Lint] = true
+				f = append(f, x)
+			}
+		}
 	}
-	der, err := certificateList(tbs, i.sigAlg, sig)
-	if err != nil {
-		return err
-	}
-	rl, err := zx509.ParseRevocationList(der)
-	if err != nil {
-		return fmt.Errorf("%w: zlint cannot parse the to-be-signed CRL: %w", ErrLint, err)
-	}
-	f := findings(zlint.LintRevocationListEx(rl, crlLints.reg))
 	if len(f) == 0 {
 		return nil
 	}
+	slices.SortFunc(f, func(a, b Finding) int { return strings.Compare(a.Lint, b.Lint) })
 	if i.onLint != nil {
 		for _, x := range f {
 			i.onLint(x.Lint)
@@ -386,17 +421,31 @@ func (i *Issuer) zlintCRL(tbs []byte) error {
 	return &LintError{Findings: f}
 }
 
-// selfCheckCRL parses der and verifies it was signed by the CA key.
-func (i *Issuer) selfCheckCRL(der []byte) (*x509.RevocationList, error) {
-	rl, err := x509.ParseRevocationList(der)
-	if err != nil {
-		return nil, fmt.Errorf("%w: parse CRL: %w", ErrSelfCheck, err)
+// selfCheckCRL verifies that der is the CertificateList of tbs, the bytes zlint passed, with
+// a signature by the CA key over them. It does not parse the entries again: zlint's parser
+// read the very same TBS bytes before signing (and a test holds the encoder to
+// x509.CreateRevocationList byte for byte); a second full parse would double the time and
+// memory of a CRL of a million entries for nothing the signature check does not cover.
+func (i *Issuer) selfCheckCRL(der, tbs []byte) error {
+	in := cryptobyte.String(der)
+	var list, gotTBS, alg cryptobyte.String
+	var sig zasn1.BitString
+	if !in.ReadASN1(&list, cbasn1.SEQUENCE) || !in.Empty() ||
+		!list.ReadASN1Element(&gotTBS, cbasn1.SEQUENCE) || !list.ReadASN1Element(&alg, cbasn1.SEQUENCE) ||
+		!list.ReadASN1BitString(&sig) || !list.Empty() {
+		return fmt.Errorf("%w: the CRL is not a DER CertificateList", ErrSelfCheck)
 	}
-	if err := rl.CheckSignatureFrom(i.crlIssuer()); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSelfCheck, err)
+	if !bytes.Equal(gotTBS, tbs) {
+		return fmt.Errorf("%w: the signed CRL is not the one linted", ErrSelfCheck)
 	}
-	if !bytes.Equal(rl.RawIssuer, i.cert.RawSubject) {
-		return nil, fmt.Errorf("%w: CRL issuer name is not the CA subject", ErrSelfCheck)
+	if wantAlg, _, err := sigAlgID(i.sigAlg); err != nil || !bytes.Equal(alg, wantAlg) {
+		return fmt.Errorf("%w: CRL signature algorithm", ErrSelfCheck)
 	}
-	return rl, nil
+	if sig.BitLength%8 != 0 {
+		return fmt.Errorf("%w: CRL signature is not whole bytes", ErrSelfCheck)
+	}
+	if err := i.cert.CheckSignature(i.sigAlg, tbs, sig.Bytes); err != nil {
+		return fmt.Errorf("%w: %w", ErrSelfCheck, err)
+	}
+	return nil
 }

@@ -37,12 +37,15 @@ func TestIssueCRL(t *testing.T) {
 				{Serial: big.NewInt(0x1003), RevokedAt: t0.Add(-3 * time.Hour), Reason: CRLReasonSuperseded},
 				{Serial: big.NewInt(0x1004), RevokedAt: t0.Add(-4 * time.Hour), Reason: CRLReasonPrivilegeWithdrawn},
 			}
-			rl, err := tc.iss.IssueCRL(crlRequest(42, entries...))
+			signed, err := tc.iss.IssueCRL(crlRequest(42, entries...))
 			if err != nil {
 				t.Fatalf("IssueCRL: %v", err)
 			}
-			// What a relying party reads: parse the DER again, from scratch.
-			got, err := x509.ParseRevocationList(rl.Raw)
+			if signed.Number.Int64() != 42 || !signed.ThisUpdate.Equal(t0) || !signed.NextUpdate.Equal(t0.Add(7*day)) || signed.Entries != len(entries) {
+				t.Fatalf("SignedCRL %+v", signed)
+			}
+			// What a relying party reads: parse the DER, from scratch.
+			got, err := x509.ParseRevocationList(signed.DER)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,7 +58,7 @@ func TestIssueCRL(t *testing.T) {
 			if !bytes.Equal(got.AuthorityKeyId, tc.iss.Certificate().SubjectKeyId) {
 				t.Fatalf("AKI %x, want the CA's SKI %x", got.AuthorityKeyId, tc.iss.Certificate().SubjectKeyId)
 			}
-			if n := zlintSignedCRL(t, rl.Raw); n < 15 {
+			if n := zlintSignedCRL(t, signed.DER); n < 15 {
 				t.Errorf("only %d zlint CRL lints applied", n)
 			}
 			if !bytes.Equal(got.RawIssuer, tc.iss.Certificate().RawSubject) {
@@ -90,15 +93,19 @@ func TestIssueCRL(t *testing.T) {
 
 func TestIssueCRLEmpty(t *testing.T) {
 	iss := newIssuer(t, p256(t))
-	rl, err := iss.IssueCRL(crlRequest(1))
+	signed, err := iss.IssueCRL(crlRequest(1))
 	if err != nil {
 		t.Fatalf("IssueCRL: %v", err)
+	}
+	rl, err := x509.ParseRevocationList(signed.DER)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if len(rl.RevokedCertificateEntries) != 0 {
 		t.Fatal("entries in an empty CRL")
 	}
 	// zlint's e_crl_empty_revoked_certificates: an empty list is left out, not written empty.
-	zlintSignedCRL(t, rl.Raw)
+	zlintSignedCRL(t, signed.DER)
 }
 
 // zlintSignedCRL lints the CRL the CA key signed, with every zlint CRL lint (all sources), as
@@ -211,15 +218,38 @@ func TestIssueCRLSelfCheck(t *testing.T) {
 	if _, err := failing.WithClock(clock).IssueCRL(crlRequest(1)); !errors.Is(err, errHSM) || errors.Is(err, ErrLint) {
 		t.Fatalf("signer error: %v, want the signer's error", err)
 	}
-	rl, err := good.IssueCRL(crlRequest(9, CRLEntry{Serial: big.NewInt(0x77), RevokedAt: t0, Reason: 1}))
+	signed, err := good.IssueCRL(crlRequest(9, CRLEntry{Serial: big.NewInt(0x77), RevokedAt: t0, Reason: 1}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	der := bytes.Clone(rl.Raw)
-	i := bytes.Index(der, []byte{0x02, 0x01, 0x77}) // the entry's serial
-	der[i+2] ^= 1
-	if _, err := good.selfCheckCRL(der); !errors.Is(err, ErrSelfCheck) {
-		t.Fatalf("selfCheckCRL(tampered) = %v", err)
+	rl, err := x509.ParseRevocationList(signed.DER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbs := rl.RawTBSRevocationList
+	if err := good.selfCheckCRL(signed.DER, tbs); err != nil {
+		t.Fatalf("selfCheckCRL(good) = %v", err)
+	}
+	// The entry's serial changed after linting; the signature's last byte changed; the DER
+	// cut short; trailing bytes.
+	tampered := bytes.Clone(signed.DER)
+	i := bytes.Index(tampered, []byte{0x02, 0x01, 0x77})
+	tampered[i+2] ^= 1
+	badSig := bytes.Clone(signed.DER)
+	badSig[len(badSig)-1] ^= 1
+	for name, der := range map[string][]byte{"tampered entry": tampered, "bad signature": badSig,
+		"truncated": signed.DER[:len(signed.DER)-3], "trailing": append(bytes.Clone(signed.DER), 0)} {
+		if err := good.selfCheckCRL(der, tbs); !errors.Is(err, ErrSelfCheck) {
+			t.Errorf("selfCheckCRL(%s) = %v, want ErrSelfCheck", name, err)
+		}
+	}
+	// The tampered entry also fails against its own TBS: the signature does not cover it.
+	trl, err := x509.ParseRevocationList(tampered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := good.selfCheckCRL(tampered, trl.RawTBSRevocationList); !errors.Is(err, ErrSelfCheck) {
+		t.Errorf("selfCheckCRL(tampered, its TBS) = %v, want ErrSelfCheck", err)
 	}
 }
 
@@ -231,7 +261,7 @@ func TestIssueCRLOpenSSL(t *testing.T) {
 	}
 	iss := newIssuer(t, p256(t)).WithClock(time.Now)
 	now := time.Now()
-	rl, err := iss.IssueCRL(CRLRequest{Number: big.NewInt(5), ThisUpdate: now, NextUpdate: now.Add(7 * day), Entries: []CRLEntry{
+	signed, err := iss.IssueCRL(CRLRequest{Number: big.NewInt(5), ThisUpdate: now, NextUpdate: now.Add(7 * day), Entries: []CRLEntry{
 		{Serial: big.NewInt(0xabc1), RevokedAt: now.Add(-time.Hour), Reason: CRLReasonKeyCompromise},
 		{Serial: big.NewInt(0xabc2), RevokedAt: now.Add(-time.Hour)},
 	}})
@@ -240,7 +270,7 @@ func TestIssueCRLOpenSSL(t *testing.T) {
 	}
 	dir := t.TempDir()
 	crl, caf := filepath.Join(dir, "ca.crl"), filepath.Join(dir, "ca.der")
-	if err := os.WriteFile(crl, rl.Raw, 0o600); err != nil {
+	if err := os.WriteFile(crl, signed.DER, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(caf, iss.Certificate().Raw, 0o600); err != nil {
@@ -276,11 +306,11 @@ func BenchmarkIssueCRLMillion(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		rl, err := iss.IssueCRL(crlRequest(1, entries...))
+		signed, err := iss.IssueCRL(crlRequest(1, entries...))
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(len(rl.Raw))/1e6, "MB")
+		b.ReportMetric(float64(len(signed.DER))/1e6, "MB")
 	}
 }
 
@@ -327,7 +357,11 @@ func TestCRLEncodingIsCreateRevocationList(t *testing.T) {
 	// After 2049, GeneralizedTime, as RFC 5280 §5.1.2.4 asks.
 	late := time.Date(2051, 1, 1, 0, 0, 0, 0, time.UTC)
 	iss := newIssuer(t, p256(t)).WithClock(func() time.Time { return late })
-	rl, err := iss.IssueCRL(CRLRequest{Number: big.NewInt(2), ThisUpdate: late, NextUpdate: late.Add(day)})
+	signed, err := iss.IssueCRL(CRLRequest{Number: big.NewInt(2), ThisUpdate: late, NextUpdate: late.Add(day)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := x509.ParseRevocationList(signed.DER)
 	if err != nil {
 		t.Fatal(err)
 	}
