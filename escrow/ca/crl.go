@@ -76,9 +76,10 @@ type CRLRequest struct {
 	Entries []CRLEntry
 }
 
-// IssueCRL lints req, encodes the CRL, has zlint lint it signed by a throwaway key, signs the
-// very same to-be-signed bytes with the CA key, then parses the result and verifies its
-// signature with the CA certificate's public key. The CRL is a v2 CRL with the CA's subject as
+// IssueCRL lints req, encodes the CRL, has zlint lint it signed by a throwaway key (a CRL of
+// more than 50,000 entries in slices of its entries under its header, see crlLintChunk), signs
+// the to-be-signed bytes with the CA key, and verifies the signature with the CA certificate's
+// public key. The CRL is a v2 CRL with the CA's subject as
 // issuer, the authority key identifier of the certificates the Issuer signs, the cRLNumber
 // req.Number, and one entry per req.Entries, in their order, with a non-critical reasonCode
 // unless the reason is unspecified (BR §7.2.2).

@@ -396,3 +396,28 @@ func TestCRLRegistry(t *testing.T) {
 		}
 	}
 }
+
+// TestIssueCRLLintedInSlices: a CRL larger than one lint slice is linted slice by slice and
+// signed whole; every entry is on it.
+func TestIssueCRLLintedInSlices(t *testing.T) {
+	iss := newIssuer(t, p256(t))
+	n := 2*crlLintChunk + 7
+	entries := make([]CRLEntry, n)
+	for i := range entries {
+		entries[i] = CRLEntry{Serial: big.NewInt(int64(i) + 1000), RevokedAt: t0.Add(-time.Minute), Reason: []int{0, 1, 3, 4, 5, 9}[i%6]}
+	}
+	signed, err := iss.IssueCRL(crlRequest(11, entries...))
+	if err != nil {
+		t.Fatalf("IssueCRL: %v", err)
+	}
+	rl, err := x509.ParseRevocationList(signed.DER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rl.CheckSignatureFrom(iss.Certificate()); err != nil {
+		t.Fatal(err)
+	}
+	if len(rl.RevokedCertificateEntries) != n || rl.RevokedCertificateEntries[n-1].SerialNumber.Int64() != int64(n-1)+1000 {
+		t.Fatalf("%d entries, want %d", len(rl.RevokedCertificateEntries), n)
+	}
+}
