@@ -224,16 +224,17 @@ func (p *CRLPublisher) report(c *store.CRL) {
 func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 	start, clock := p.now(), time.Now()
 	var (
-		number  int64
-		entries []ca.CRLEntry
-		mapped  int
+		number   int64
+		lastThis time.Time
+		entries  []ca.CRLEntry
+		mapped   int
 	)
 	err := p.Store.View(ctx, func(tx store.Tx) error {
 		number, entries, mapped = 0, entries[:0], 0
 		latest, err := tx.LatestCRL()
 		switch {
 		case err == nil:
-			number = latest.Number
+			number, lastThis = latest.Number, latest.ThisUpdate
 		case !errors.Is(err, store.ErrNotFound):
 			return err
 		}
@@ -260,6 +261,11 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 	// before it; a revocation dated later (another host's clock ahead) is listed at
 	// thisUpdate rather than refused by the lint.
 	this := p.now().Truncate(time.Second)
+	if !this.After(lastThis) {
+		// Two CRLs within one second: the newer one gets the next second, so that
+		// Last-Modified (thisUpdate, in seconds) tells them apart for If-Modified-Since.
+		this = lastThis.Truncate(time.Second).Add(time.Second)
+	}
 	late := 0
 	for n := range entries {
 		if entries[n].RevokedAt.After(this) {

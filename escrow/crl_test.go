@@ -326,3 +326,22 @@ func TestCRLMillion(t *testing.T) {
 	}
 	t.Logf("CRL of %d entries (%.1f MB) built, linted, signed, self-checked and stored in %v", n, float64(len(c.DER))/1e6, took.Round(time.Millisecond))
 }
+
+// TestCRLThisUpdateIncreases: two CRLs within one second get distinct thisUpdates (the public
+// listener's Last-Modified), the newer one a second later.
+func TestCRLThisUpdateIncreases(t *testing.T) {
+	env := newBareService(t)
+	p := newPublisher(env, nil)
+	a, err := p.Publish(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Publish(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.ThisUpdate.Equal(a.ThisUpdate.Add(time.Second)) || !b.NextUpdate.Equal(b.ThisUpdate.Add(DefaultCRLValidity)) {
+		t.Fatalf("CRL 1 thisUpdate %v, CRL 2 %v (nextUpdate %v)", a.ThisUpdate, b.ThisUpdate, b.NextUpdate)
+	}
+	parseLatest(t, p)
+}
