@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,9 +119,21 @@ func (a *Server) publicRoutes() http.Handler {
 	if a.ocsp != nil {
 		ocsp = a.ocsp
 	}
-	mux.Handle(ca.OCSPPath, ocsp)
-	mux.Handle(ca.OCSPPath+"/", ocsp)
-	return a.instrumentPublic(mux)
+	// An OCSP GET carries its request in base64 in the path (RFC 6960 appendix A), where "//"
+	// may occur: ServeMux would answer such a path with a redirect to its cleaned form, so
+	// OCSP is dispatched before the mux, on the path as sent.
+	return a.instrumentPublic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isOCSPPath(r.URL.Path) {
+			ocsp.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
+}
+
+// isOCSPPath reports whether path is the OCSP URL or below it.
+func isOCSPPath(path string) bool {
+	return path == ca.OCSPPath || strings.HasPrefix(path, ca.OCSPPath+"/")
 }
 
 // instrumentPublic counts the public listener's answers in keyarc_http_requests_total with
@@ -130,11 +143,11 @@ func (a *Server) instrumentPublic(next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(sw, r)
 		route := "public:unmatched"
-		switch p := r.Pattern; p {
-		case ca.CRLPath, ca.CACertPath, ca.OCSPPath:
-			route = "public:" + p
-		case ca.OCSPPath + "/":
+		switch p := r.Pattern; {
+		case isOCSPPath(r.URL.Path):
 			route = "public:" + ca.OCSPPath
+		case p == ca.CRLPath, p == ca.CACertPath:
+			route = "public:" + p
 		}
 		a.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
 	})

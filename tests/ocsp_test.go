@@ -1,0 +1,108 @@
+package tests
+
+import (
+	"encoding/base64"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ocspAsk runs openssl ocsp against url for the certificate (or, with serial set, for that
+// serial) and returns its output; openssl verifies the response against the CA.
+func ocspAsk(t *testing.T, dir, state, url, cert, serial string) string {
+	t.Helper()
+	args := []string{"ocsp", "-issuer", filepath.Join(state, "ca.pem"), "-CAfile", filepath.Join(state, "ca.pem"), "-url", url, "-resp_text"}
+	if serial != "" {
+		args = append(args, "-serial", "0x"+serial)
+	} else {
+		args = append(args, "-cert", cert)
+	}
+	out, _ := runResult(dir, nil, "openssl", args...)
+	return out
+}
+
+// ocspWait asks until the answer contains want, for at most within.
+func ocspWait(t *testing.T, dir, state, url, cert, want string, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		out := ocspAsk(t, dir, state, url, cert, "")
+		if strings.Contains(out, want) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("openssl ocsp at %s: no %q within %v; last answer:\n%s", url, want, within, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestOCSPEndToEnd: openssl ocsp, at the OCSP URL in the certificate's own AIA, says good,
+// then revoked after `keyarc revoke`, verifying every response against the CA (the delegated
+// responder certificate with OCSPSigning and id-pkix-ocsp-nocheck); a serial keyarc never
+// issued is never good; a GET whose base64 holds "//" reaches the responder; garbage gets
+// malformedRequest.
+func TestOCSPEndToEnd(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl")
+	pub := freePort(t)
+	state := devState(t, "--public-url", "http://"+pub)
+	a := servePublic(t, state, pub)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "fay")
+	enrollUser(t, a, "fay@example.org", out)
+	certPath := filepath.Join(out, "cert.pem")
+	cert := readCert(t, certPath)
+	if len(cert.OCSPServer) != 1 || cert.OCSPServer[0] != "http://"+pub+"/ocsp" {
+		t.Fatalf("AIA OCSP %v, want http://%s/ocsp", cert.OCSPServer, pub)
+	}
+	url := cert.OCSPServer[0]
+
+	good := ocspWait(t, dir, state, url, certPath, certPath+": good", time.Minute)
+	for _, want := range []string{"Response verify OK", "OCSP Signing", "OCSP No Check"} {
+		if !strings.Contains(good, want) {
+			t.Errorf("the good answer lacks %q:\n%s", want, good)
+		}
+	}
+	// Never good for a serial keyarc never issued.
+	if got := ocspAsk(t, dir, state, url, "", "7e57ab1e0ddba11"); !strings.Contains(got, "unauthorized") || strings.Contains(got, ": good") {
+		t.Errorf("openssl ocsp for a serial never issued:\n%s", got)
+	}
+	// GET (RFC 6960 appendix A): a request whose base64 holds "//" must reach the responder,
+	// not a redirect of the path.
+	req := filepath.Join(dir, "req.der")
+	run(t, dir, "openssl", "ocsp", "-issuer", filepath.Join(state, "ca.pem"), "-cert", certPath, "-no_nonce", "-reqout", req)
+	der, err := os.ReadFile(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.StdEncoding.EncodeToString(der)
+	for _, path := range []string{b64, "MEow//" + b64[6:]} {
+		code := run(t, dir, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url+"/"+path)
+		if path == b64 && strings.TrimSpace(code) != "200" {
+			t.Errorf("GET of a well-formed request: HTTP %s, want 200", code)
+		}
+		if strings.HasPrefix(strings.TrimSpace(code), "30") {
+			t.Errorf("GET %s...: HTTP %s, a redirect instead of an OCSP answer", path[:12], code)
+		}
+	}
+	// Garbage by POST: malformedRequest (HTTP 400), not a server fault.
+	resp, err := http.Post(url, "application/ocsp-request", strings.NewReader("not an OCSP request"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("POST of garbage: HTTP %d, want 400 (malformedRequest)", resp.StatusCode)
+	}
+
+	serial := certSerial(t, dir, certPath)
+	keyarc(t, "revoke", "--serial", serial, "--reason", "keyCompromise", "--state", state, "--server", a.url, "--as", "officer")
+	revoked := ocspWait(t, dir, state, url, certPath, certPath+": revoked", time.Minute)
+	if !strings.Contains(revoked, "Response verify OK") || !strings.Contains(revoked, "Reason: keyCompromise") {
+		t.Errorf("the revoked answer:\n%s", revoked)
+	}
+}
