@@ -106,6 +106,11 @@ type Service struct {
 	// to keyCompromise: the CRL and OCSP signers' trigger. It must return at once (signal a
 	// goroutine); it is never called with the store's writer held.
 	Revoked func(serials []string)
+	// Certified, when set, is called after a single enrollment's certificate is committed
+	// (not for bulk items, which the OCSP signer's periodic pass takes), with its canonical
+	// serial: the OCSP signer's trigger, so that a new certificate has a response at once.
+	// It must return at once.
+	Certified func(serial string)
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests
@@ -270,6 +275,9 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 	if s.Metrics != nil {
 		s.Metrics.Enrolled(t.Name, false)
 	}
+	if s.Certified != nil {
+		s.Certified(res.Serial)
+	}
 	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", false)
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial}, nil
 }
@@ -305,6 +313,9 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 		return nil, errRecoverySetChanged
 	default:
 		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
+	}
+	if s.Certified != nil {
+		s.Certified(res.Serial)
 	}
 	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", true)
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}, nil

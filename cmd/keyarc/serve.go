@@ -179,6 +179,9 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 			ocspSvc.Revoked(serials)
 			p.CRL.Revoked(serials)
 		},
+		// A certificate enrolled by a person gets its OCSP response at once, not at the
+		// pre-signer's next pass.
+		Certified: func(serial string) { ocspSvc.Revoked([]string{serial}) },
 	}
 	return api.New(p, reg)
 }

@@ -144,7 +144,8 @@ func (s *Signer) log() *slog.Logger {
 }
 
 // Revoked asks for the responses of serials to be signed again at once. It never blocks and
-// may be used as escrow.Service.Revoked.
+// may be used as escrow.Service.Revoked; for a certificate just issued, it signs its first
+// response at once.
 func (s *Signer) Revoked(serials []string) {
 	s.init()
 	s.mu.Lock()
