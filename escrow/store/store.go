@@ -76,7 +76,9 @@ type Codes interface {
 // normalised ([NormalizeSerial]) by every method that takes one.
 type Certificates interface {
 	// InsertCertificate reserves c.Serial, normally in state pending with no DER yet (any
-	// state is accepted, for migrations; issued and revoked ones need their DER). If c.CodeID
+	// state is accepted, for migrations; issued and revoked ones need their DER, revoked ones
+	// their RevokedAt, and only revoked ones may have a RevocationReason, any of RFC 5280's:
+	// [ValidStoredReason]). The store sets KeyID from the DER. If c.CodeID
 	// is set, that code's Serial becomes c.Serial. [ErrConflict] if the serial exists,
 	// [ErrNotFound] if the code does not, [ErrInvalid] for a bad field.
 	InsertCertificate(c Certificate) error

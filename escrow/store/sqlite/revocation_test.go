@@ -168,6 +168,9 @@ func TestRevocationIndexes(t *testing.T) {
 			if state != store.StatePending {
 				c.DER, c.NotAfter = []byte{1}, t0.AddDate(1, 0, 0)
 			}
+			if state == store.StateRevoked {
+				c.RevokedAt = t0
+			}
 			if err := tx.InsertCertificate(c); err != nil {
 				return err
 			}

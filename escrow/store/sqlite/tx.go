@@ -333,6 +333,8 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 			return invalid(op, "state %q", c.State)
 		case c.State != store.StatePending && c.State != store.StateFailed && len(c.DER) == 0:
 			return invalid(op, "state %s needs the DER", c.State)
+		case c.State == store.StateRevoked && c.RevokedAt.IsZero():
+			return invalid(op, "state revoked needs the revocation date")
 		case c.State == store.StateRevoked && !store.ValidStoredReason(c.RevocationReason):
 			return invalid(op, "revocation reason %d", c.RevocationReason)
 		case c.State != store.StateRevoked && c.RevocationReason != 0:

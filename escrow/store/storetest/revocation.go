@@ -141,9 +141,13 @@ func testRevoke(t *testing.T, h *Harness) {
 		{name: "revoked unused reason", state: store.StateRevoked, reason: 7, wantErr: store.ErrInvalid},
 		{name: "revoked reason 11", state: store.StateRevoked, reason: 11, wantErr: store.ErrInvalid},
 		{name: "issued with a reason", state: store.StateIssued, reason: 1, wantErr: store.ErrInvalid},
+		{name: "revoked without a date", state: store.StateRevoked, reason: 3, wantErr: store.ErrInvalid},
 	} {
 		c := issued(fmt.Sprintf("c%d", tc.reason), na)
 		c.State, c.RevocationReason, c.RevokedAt = tc.state, tc.reason, at
+		if tc.reason == 3 {
+			c.RevokedAt = time.Time{}
+		}
 		err := s.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificate(c) })
 		if !is(err, tc.wantErr) {
 			t.Errorf("%s: InsertCertificate: %v, want %v", tc.name, err, tc.wantErr)
