@@ -109,10 +109,14 @@ func (i *Issuer) IssueCRL(req CRLRequest) (*SignedCRL, error) {
 	if err := i.lintCRL(&req); err != nil {
 		return nil, err
 	}
-	tbs, err := i.encodeTBSCertList(&req)
+	// The TBS is written after room for the CertificateList's header and before room for the
+	// signature, and the CRL is assembled around it in place: a CRL of a million entries is
+	// one buffer of 45 MB, not two.
+	buf, err := i.encodeTBS(&req, crlHeadroom, crlTailroom)
 	if err != nil {
 		return nil, err
 	}
+	tbs := buf[crlHeadroom:]
 	if err := i.zlintCRL(&req, tbs); err != nil {
 		return nil, err
 	}
@@ -120,7 +124,7 @@ func (i *Issuer) IssueCRL(req CRLRequest) (*SignedCRL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign CRL: %w", err)
 	}
-	der, err := certificateList(tbs, i.sigAlg, sig)
+	der, err := assembleCRL(buf, crlHeadroom, i.sigAlg, sig)
 	if err != nil {
 		return nil, err
 	}
@@ -162,10 +166,15 @@ func (i *Issuer) lintCRL(req *CRLRequest) error {
 		return lintErr("NextUpdate is %v after ThisUpdate, more than the %v the S/MIME BR allow", d, MaxCRLValidity)
 	}
 	this := req.ThisUpdate.UTC().Truncate(time.Second)
-	seen := make(map[string]struct{}, len(req.Entries))
+	// Serials as fixed-size keys: a map without pointers, which the collector does not scan
+	// (a million string keys would be a million objects to mark, on every cycle).
+	seen := make(map[[20]byte]struct{}, len(req.Entries))
 	for n, e := range req.Entries {
 		if e.Serial == nil || e.Serial.Sign() <= 0 {
 			return lintErr("entry %d has no positive serial", n)
+		}
+		if b := e.Serial.Bytes(); len(b) > 20 || len(b) == 20 && b[0]&0x80 != 0 {
+			return lintErr("serial %x exceeds 20 octets (RFC 5280 §4.1.2.2)", e.Serial)
 		}
 		if e.RevokedAt.IsZero() {
 			return lintErr("serial %x has no revocation date", e.Serial)
@@ -176,7 +185,8 @@ func (i *Issuer) lintCRL(req *CRLRequest) error {
 		if !SMIMECRLReason(e.Reason) {
 			return lintErr("serial %x has reason %d, outside the S/MIME BR set (0, 1, 3, 4, 5, 9)", e.Serial, e.Reason)
 		}
-		k := string(e.Serial.Bytes())
+		var k [20]byte
+		e.Serial.FillBytes(k[:])
 		if _, dup := seen[k]; dup {
 			return lintErr("serial %x is listed twice", e.Serial)
 		}
@@ -233,15 +243,26 @@ func addTime(b *cryptobyte.Builder, t time.Time) {
 	b.AddASN1GeneralizedTime(t)
 }
 
+// Room around the TBS for the CertificateList assembled in place (assembleCRL): its header
+// (tag and a length of up to 4 bytes), and the signature algorithm and BIT STRING.
+const (
+	crlHeadroom = 6
+	crlTailroom = 640
+)
+
 // encodeTBSCertList writes the TBSCertList of a linted request (RFC 5280 §5.1), as
 // x509.CreateRevocationList would for the CA certificate.
-func (i *Issuer) encodeTBSCertList(req *CRLRequest) ([]byte, error) {
+func (i *Issuer) encodeTBSCertList(req *CRLRequest) ([]byte, error) { return i.encodeTBS(req, 0, 0) }
+
+// encodeTBS is encodeTBSCertList after headroom zero bytes, in a buffer with tailroom spare
+// capacity.
+func (i *Issuer) encodeTBS(req *CRLRequest, headroom, tailroom int) ([]byte, error) {
 	algID, _, err := sigAlgID(i.sigAlg)
 	if err != nil {
 		return nil, err
 	}
 	this, next := req.ThisUpdate.UTC().Truncate(time.Second), req.NextUpdate.UTC().Truncate(time.Second)
-	b := cryptobyte.NewBuilder(make([]byte, 0, 64+len(req.Entries)*48))
+	b := cryptobyte.NewBuilder(make([]byte, headroom, headroom+256+len(req.Entries)*48+tailroom))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1Int64(1) // v2
 		b.AddBytes(algID)
@@ -305,6 +326,37 @@ func signTBSList(signer crypto.Signer, alg x509.SignatureAlgorithm, tbs []byte) 
 		msg = d.Sum(nil)
 	}
 	return signer.Sign(rand.Reader, msg, h)
+}
+
+// appendDERLength appends the DER encoding of a length.
+func appendDERLength(b []byte, n int) []byte {
+	if n < 0x80 {
+		return append(b, byte(n))
+	}
+	var l []byte
+	for ; n > 0; n >>= 8 {
+		l = append([]byte{byte(n)}, l...)
+	}
+	return append(append(b, 0x80|byte(len(l))), l...)
+}
+
+// assembleCRL turns buf, headroom bytes then the TBS, into the signed CertificateList in
+// place: the header goes into the headroom, the signature algorithm and signature after the
+// TBS. It returns the CertificateList, a subslice of buf.
+func assembleCRL(buf []byte, headroom int, alg x509.SignatureAlgorithm, sig []byte) ([]byte, error) {
+	algID, _, err := sigAlgID(alg)
+	if err != nil {
+		return nil, err
+	}
+	tail := appendDERLength(append(algID[:len(algID):len(algID)], 0x03), len(sig)+1)
+	tail = append(append(tail, 0x00), sig...) // BIT STRING, no unused bits
+	header := appendDERLength([]byte{0x30}, len(buf)-headroom+len(tail))
+	if len(header) > headroom {
+		return nil, fmt.Errorf("ca: encode CRL: %d bytes of header room, %d needed", headroom, len(header))
+	}
+	start := headroom - len(header)
+	copy(buf[start:], header)
+	return append(buf, tail...)[start:], nil
 }
 
 // certificateList assembles the signed CRL: CertificateList ::= SEQUENCE { tbsCertList,

@@ -161,6 +161,10 @@ func TestIssueCRLLint(t *testing.T) {
 		{"negative reason", func(r *CRLRequest) { r.Entries[0].Reason = -1 }},
 		{"no serial", func(r *CRLRequest) { r.Entries[0].Serial = nil }},
 		{"zero serial", func(r *CRLRequest) { r.Entries[0].Serial = big.NewInt(0) }},
+		{"serial over 20 octets", func(r *CRLRequest) { r.Entries[0].Serial = huge }},
+		{"serial of 20 octets with the high bit", func(r *CRLRequest) {
+			r.Entries[0].Serial = new(big.Int).Sub(huge, big.NewInt(1)) // 21 octets in DER
+		}},
 		{"no revocation date", func(r *CRLRequest) { r.Entries[0].RevokedAt = time.Time{} }},
 		{"revoked after thisUpdate", func(r *CRLRequest) { r.Entries[0].RevokedAt = t0.Add(time.Second) }},
 		{"serial twice", func(r *CRLRequest) { r.Entries = append(r.Entries, r.Entries[0]) }},
