@@ -49,6 +49,7 @@ lint:
 
 bench: deps build
 	$(BIN) bench
+	KEYARC_CRL_MILLION=1 $(GO) test -count=1 -run 'TestCRLMillion|TestStreamMillionRevoked' -v ./escrow/ ./escrow/store/sqlite/
 
 fuzz:
 	@bash .ci/fuzz

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -292,10 +293,11 @@ func TestCRLRunAtStart(t *testing.T) {
 
 // TestCRLMillion builds, signs and stores a CRL of 1,000,000 entries from a real SQLite store
 // and logs how long it took (issue 13 asks for under 15 s on the 2-core machine). It does not
-// assert the time: go test -run TestCRLMillion -v prints it.
+// assert the time. Its store takes minutes to fill under the race detector, so it runs only
+// with KEYARC_CRL_MILLION=1, as make bench does.
 func TestCRLMillion(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a million-entry store: run without -short")
+	if os.Getenv("KEYARC_CRL_MILLION") == "" {
+		t.Skip("set KEYARC_CRL_MILLION=1 to build a CRL of 1,000,000 entries")
 	}
 	env := newBareService(t)
 	p := newPublisher(env, nil)
