@@ -185,6 +185,15 @@ func TestOperationalAlerts(t *testing.T) {
 			`{severity: critical, instance: k1}`, "0x5", "0 0 1x5"},
 		{"KeyarcLoginFailureStorm", `keyarc_login_failures_total{instance="k1",outcome="throttled"}`, "15m", "3m",
 			`{severity: warning, instance: k1}`, "0x20", "0+300x20"},
+		// A pass a minute (the timestamp follows the clock), against none since the start:
+		// a day later, and 10 minutes, the alert fires.
+		{"KeyarcOCSPPresignStale", `keyarc_ocsp_presign_last_success_timestamp_seconds{instance="k1"}`, "1455m", "1445m",
+			`{severity: warning, instance: k1}`, "0+60x1500", "0x1500"},
+		// 14 days left against 5.8.
+		{"KeyarcOCSPResponderCertExpiring", `keyarc_ocsp_responder_cert_expiry_timestamp_seconds{instance="k1"}`, "15m", "5m",
+			`{severity: warning, instance: k1}`, "1209600x20", "500000x20"},
+		{"KeyarcOCSPStaleResponses", `keyarc_ocsp_stale_responses_total{instance="k1"}`, "15m", "3m",
+			`{severity: critical, instance: k1}`, "0x20", "0x4 1x20"},
 	}
 	var tests strings.Builder
 	for _, c := range cases {
