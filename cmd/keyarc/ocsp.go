@@ -32,13 +32,21 @@ type ocspService struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	once    sync.Once
+	wait    time.Duration // longest wait for the pre-signer at Close
+	log     *slog.Logger
 }
 
-// Close stops the pre-signer and waits for it; safe to call twice.
+// Close stops the pre-signer and waits for it, for at most the token's call limit and a
+// little: a signature inside a token that stopped answering cannot be taken back, and must
+// not hold the shutdown. Safe to call twice.
 func (o *ocspService) Close() error {
 	o.once.Do(func() {
 		o.cancel()
-		<-o.done
+		select {
+		case <-o.done:
+		case <-time.After(o.wait):
+			o.log.Error("shutdown goes on without the OCSP pre-signer: it is inside a call into the token that has not returned", "limit", o.wait)
+		}
 	})
 	return nil
 }
@@ -95,7 +103,8 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, db store.St
 	}
 	ps := &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &ocspService{Handler: h, Revoked: ps.Revoked, signer: ps, cancel: cancel, done: make(chan struct{})}
+	o := &ocspService{Handler: h, Revoked: ps.Revoked, signer: ps, cancel: cancel, done: make(chan struct{}),
+		wait: cfg.Token.CallTimeout.Duration + 2*time.Second, log: log}
 	go func() {
 		defer close(o.done)
 		ps.Run(ctx)

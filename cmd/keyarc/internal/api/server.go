@@ -252,7 +252,7 @@ func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
 		close(pubDone)
 	}
 	// The CRL publisher stops before the store closes (Server.Close, after Serve).
-	defer func() { stopPub(); <-pubDone }()
+	defer func() { stopPub(); a.awaitStop(pubDone, "the CRL publisher") }()
 	go a.watchToken(ctx)
 	go a.retryOnHUP(ctx)
 	go a.watchLogins(ctx)
@@ -326,4 +326,16 @@ func (a *Server) watchToken(ctx context.Context) {
 
 func (a *Server) checkToken() bool {
 	return a.tokenStatus() == nil
+}
+
+// awaitStop waits for a background worker that was told to stop, for at most the token's call
+// limit and a little: a worker inside a call into a token that stopped answering cannot be
+// taken back, and must not hold the shutdown for as long as the token is stuck.
+func (a *Server) awaitStop(done <-chan struct{}, what string) {
+	limit := a.cfg.Token.CallTimeout.Duration + 2*time.Second
+	select {
+	case <-done:
+	case <-time.After(limit):
+		a.log.Error("shutdown goes on without "+what+": it is inside a call into the token that has not returned", "limit", limit)
+	}
 }
