@@ -522,6 +522,37 @@ func (r KeyRule) curves() []string {
 	return r.Curves
 }
 
+// CSRWants says what a certification request for a template should hold, for a client asking
+// beforehand (EST csrattrs, RFC 7030 4.5): the keys the template accepts and whether the
+// request names a mailbox. It describes [Template.CheckCSR]'s rules, it does not replace them.
+type CSRWants struct {
+	// RSA is set when RSA keys are accepted, of RSAMinBits to RSAMaxBits.
+	RSA                    bool
+	RSAMinBits, RSAMaxBits int
+	// Curves lists the accepted ECDSA curves (P-256, P-384), none when ECDSA is not accepted.
+	Curves []string
+	// Mailbox is set for emailProtection templates: the request may name the enrollee's
+	// mailbox (an emailAddress in the subject, an rfc822Name subjectAltName) and no other.
+	Mailbox bool
+}
+
+// CSRWants returns what a request for t should hold; see [CSRWants]. The rules come in the
+// template's order; a template without key rules accepts the defaults (RSA 2048 to 16384 bits,
+// ECDSA P-256 and P-384).
+func (t *Template) CSRWants() CSRWants {
+	w := CSRWants{Mailbox: t.IsSMIME()}
+	for _, r := range t.keyRules() {
+		switch r.Algorithm {
+		case AlgorithmRSA:
+			w.RSA = true
+			w.RSAMinBits, w.RSAMaxBits = r.bits()
+		case AlgorithmECDSA:
+			w.Curves = slices.Clone(r.curves())
+		}
+	}
+	return w
+}
+
 // keyRules returns the template's key rules, or the defaults.
 func (t *Template) keyRules() []KeyRule {
 	if len(t.Keys) == 0 {

@@ -40,9 +40,16 @@ func (a *Server) routes() http.Handler {
 	mux.HandleFunc("GET /readyz", a.handleReady)
 	mux.HandleFunc("GET /.well-known/est/cacerts", a.handleCACerts)
 	mux.HandleFunc("GET /.well-known/est/{template}/cacerts", a.handleCACerts)
+	mux.HandleFunc("GET /.well-known/est/csrattrs", a.handleCSRAttrs)
+	mux.HandleFunc("GET /.well-known/est/{template}/csrattrs", a.handleCSRAttrs)
 	mux.HandleFunc("POST /.well-known/est/{template}/simpleenroll", a.handleSimpleEnroll)
 	mux.HandleFunc("POST /.well-known/est/{template}/simplereenroll", a.handleSimpleEnroll)
 	mux.HandleFunc("POST /.well-known/est/{template}/serverkeygen", a.handleServerKeygen)
+	// Without a label (RFC 7030 3.2.2 makes the label optional) the credential names the
+	// template: see authenticateFor.
+	mux.HandleFunc("POST /.well-known/est/simpleenroll", a.handleSimpleEnroll)
+	mux.HandleFunc("POST /.well-known/est/simplereenroll", a.handleSimpleEnroll)
+	mux.HandleFunc("POST /.well-known/est/serverkeygen", a.handleServerKeygen)
 	a.apiRoutes(mux)
 	return a.instrument(a.crossOrigin(a.requireContentType(mux)))
 }
@@ -105,8 +112,7 @@ func (a *Server) handleCACerts(w http.ResponseWriter, r *http.Request) {
 // alternative, with a certificate this CA issued.
 func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	reenroll := strings.HasSuffix(r.URL.Path, "/simplereenroll")
-	template := r.PathValue("template")
-	who, err := a.authenticateFor(r, template, reenroll)
+	who, template, err := a.authenticateFor(r, r.PathValue("template"), reenroll)
 	if err != nil {
 		a.refuse(w, r, template, err)
 		return
@@ -129,14 +135,28 @@ func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	writeBase64(w, "application/pkcs7-mime; smime-type=certs-only", der)
 }
 
-// authenticateFor establishes who is enrolling for template, which is known: see
-// authenticate, then the template's credential rule.
-func (a *Server) authenticateFor(r *http.Request, template string, needCert bool) (escrow.Enrollee, error) {
+// authenticateFor establishes who is enrolling for template (see authenticate), then applies
+// the template's credential rule, and returns the template enrolled for.
+//
+// An empty template is EST without a label (/.well-known/est/simpleenroll): the credential
+// names it. An enrollment code enrolls for the template it was issued for; a client
+// certificate re-enrolls for its own template (RFC 7030 4.2.2). An operator credential has a
+// template too (client-auth) and is refused by the credential rule, as it is with a label.
+// Without a credential the template stays empty and the refusal is authenticate's.
+func (a *Server) authenticateFor(r *http.Request, template string, needCert bool) (escrow.Enrollee, string, error) {
 	who, cert, err := a.authenticate(r, needCert)
 	if err != nil {
-		return who, err
+		return who, template, err
 	}
-	return who, a.authorizeCredential(r.Context(), cert, template)
+	if template == "" {
+		switch {
+		case who.Code != nil:
+			template = who.Code.Template
+		case cert != nil:
+			template = cert.Template
+		}
+	}
+	return who, template, a.authorizeCredential(r.Context(), cert, template)
 }
 
 // authenticate establishes who is calling: a client certificate issued by this CA (verified
@@ -413,8 +433,7 @@ func (a *Server) refused(template string, err error) {
 // archives it, and answers multipart/mixed with the private key (application/pkcs8) and the
 // certificate (certs-only PKCS#7). The key travels inside this TLS connection only.
 func (a *Server) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
-	template := r.PathValue("template")
-	who, err := a.authenticateFor(r, template, false)
+	who, template, err := a.authenticateFor(r, r.PathValue("template"), false)
 	if err != nil {
 		a.refuse(w, r, template, err)
 		return
