@@ -92,6 +92,15 @@ func TestESTCompleteNoLabel(t *testing.T) {
 		t.Errorf("simpleenroll with a smime-encryption code: HTTP %s %q, want 400 pointing at encrypted_key", got, body)
 	}
 
+	// An operator credential has a template (client-auth) but enrolls for nothing, with or
+	// without a label.
+	status, opBody := curlStatus(t, dir, "--cacert", cacert, "--cert", filepath.Join(state, "credentials", "admin.pem"),
+		"--key", filepath.Join(state, "credentials", "admin-key.pem"), "-H", "Content-Type: application/pkcs10",
+		"--data-binary", "@"+estCSR(t, dir, "op", "/CN="+mailbox), a.url+"/.well-known/est/simpleenroll")
+	if status != 403 || !strings.Contains(string(opBody), "operator credential") {
+		t.Errorf("simpleenroll with the admin credential: HTTP %d %q, want 403 operator credential", status, opBody)
+	}
+
 	// The code's template: smime-signature.
 	got, body := curlEST(t, a, dir, "/.well-known/est/simpleenroll", mailbox+":"+sigCode, estCSR(t, dir, "sig", "/CN="+mailbox))
 	if got != "200" {
