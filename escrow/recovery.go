@@ -23,6 +23,7 @@ import (
 
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/check"
+	"github.com/keyarc/keyarc/escrow/notice"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -263,6 +264,9 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 	}); err != nil {
 		s.destroyKey(label)
 		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
+	}
+	if kind == store.KindRecover {
+		s.notifyRecords(notice.Event{Kind: notice.RecoveryRequested, Time: now, Request: id, RequestedBy: by.Name}, recs)
 	}
 	s.log().Info("recovery requested", "kind", kind, "id", id, "records", len(recs), "by", by.Name, "expires", row.ExpiresAt)
 	return s.GetRecovery(ctx, id)
@@ -976,6 +980,7 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	}
 	s.revoked(&out.Revocations)
 	s.destroyKey(st.req.KeyLabel)
+	s.notifyRecords(notice.Event{Kind: notice.RecoveryCompleted, Request: id, RequestedBy: st.req.Requester}, st.records)
 	s.log().Info("recovery delivered", "id", id, "records", len(out.Files), "by", officer.Name)
 	return out, nil
 }

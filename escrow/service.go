@@ -53,6 +53,7 @@ import (
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/issue"
+	"github.com/keyarc/keyarc/escrow/notice"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -111,6 +112,12 @@ type Service struct {
 	// serial: the OCSP signer's trigger, so that a new certificate has a response at once.
 	// It must return at once.
 	Certified func(serial string)
+	// Notify, when set, is told of what subscribers must hear about their keys (S/MIME BR
+	// §4.12.1): a key escrowed by an enrollment, a recovery of a key requested, and completed.
+	// It is called after the change commits, never with the store's writer held; it must not
+	// fail the operation nor wait for a mail relay (escrow/notice's Notifier queues to a file
+	// and returns). Bulk jobs' items are not notified through it (see escrow/bulk).
+	Notify func(notice.Event)
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests
@@ -317,8 +324,42 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 	if s.Certified != nil {
 		s.Certified(res.Serial)
 	}
+	s.notify(notice.Event{Kind: notice.Escrowed, Mailbox: is.mailbox, Serials: []string{res.Serial}})
 	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", true)
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}, nil
+}
+
+// notify hands e to the Notify hook, if any, stamped with the Service's clock. A certificate
+// without a mailbox (none archives a key today) has nobody to tell.
+func (s *Service) notify(e notice.Event) {
+	if s.Notify == nil || e.Mailbox == "" {
+		return
+	}
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	s.Notify(e)
+}
+
+// notifyRecords tells the owner of each mailbox among recs, once per mailbox with the serials
+// of their records, that e.Kind happened to recovery e.Request.
+func (s *Service) notifyRecords(e notice.Event, recs []store.Record) {
+	if s.Notify == nil {
+		return
+	}
+	var order []string
+	serials := map[string][]string{}
+	for _, r := range recs {
+		if _, ok := serials[r.Email]; !ok {
+			order = append(order, r.Email)
+		}
+		serials[r.Email] = append(serials[r.Email], r.Serial)
+	}
+	for _, m := range order {
+		e := e
+		e.Mailbox, e.Serials = m, serials[m]
+		s.notify(e)
+	}
 }
 
 // codeMissing reports whether the store holds no code id (a reservation's ErrNotFound may also

@@ -183,6 +183,10 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		// pre-signer's next pass.
 		Certified: func(serial string) { ocspSvc.Revoked([]string{serial}) },
 	}
+	// Subscriber notices: sets p.Service.Notify and starts the mail sender (notice.go).
+	if err := openNotices(cfg, log, reg, &p); err != nil {
+		return nil, fmt.Errorf("notices: %w", err)
+	}
 	return api.New(p, reg)
 }
 

@@ -118,10 +118,14 @@ func (a *Server) handleTransportCert(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Server) toIssued(is *escrow.Issued) wire.Issued {
-	return wire.Issued{
+	out := wire.Issued{
 		Serial: is.Serial, Certificate: pemfile.Encode(is.Certificate), Chain: pemfile.Encode(a.caCert),
 		RecordID: is.RecordID, NotAfter: is.Certificate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
 	}
+	if is.RecordID != "" {
+		out.Notice = wire.EscrowNotice
+	}
+	return out
 }
 
 // handleEnroll: JSON enrollment, with the private key of archiving templates in a CMS envelope

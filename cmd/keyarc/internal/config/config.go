@@ -74,6 +74,10 @@ type Config struct {
 	// HTTP tunes the HTTPS listener (timeouts, login throttling); see HTTPConfig.
 	HTTP HTTPConfig `yaml:"http"`
 
+	// Notices, when present, is the SMTP relay that tells subscribers their key was escrowed
+	// and of each recovery of it; see NoticesConfig. Absent, nobody is told by mail.
+	Notices *NoticesConfig `yaml:"notices,omitempty"`
+
 	// dir is the folder the file was read from; not part of the file.
 	dir string
 }
@@ -237,6 +241,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
+	if err := c.Notices.Validate(); err != nil {
 		return err
 	}
 	return nil

@@ -48,7 +48,16 @@ type Issued struct {
 	Chain       string `json:"chain"`
 	RecordID    string `json:"record_id,omitempty"`
 	NotAfter    string `json:"not_after"`
+	// Notice tells the subscriber, in plain words, what became of their private key: set when
+	// it was escrowed (EscrowNotice; S/MIME BR §4.12.1).
+	Notice string `json:"notice,omitempty"`
 }
+
+// EscrowNotice is the notice of an enrollment whose private key was escrowed.
+const EscrowNotice = "The private key of this encryption certificate has been escrowed: a copy is archived, " +
+	"sealed so that it can be recovered only with the approval of a quorum of key recovery agents " +
+	"(for instance if you lose it and need to read old mail). Where the appliance sends mail, you " +
+	"are told by mail of every recovery of it that is requested, and when one is completed."
 
 // KRAEnrollRequest is the body of POST /api/v1/kra/enroll.
 type KRAEnrollRequest struct {

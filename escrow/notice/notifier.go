@@ -1,0 +1,252 @@
+package notice
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Default back-off of a notice the relay did not take: 1 s, doubling, at most 5 minutes.
+const (
+	DefaultMinBackoff = time.Second
+	DefaultMaxBackoff = 5 * time.Minute
+	// rescan is the longest the sender sleeps when nothing is due.
+	rescan = time.Minute
+)
+
+// Notifier queues notices and sends them. Fill the exported fields, then call [Notifier.Run]
+// once in a goroutine and [Notifier.Notify] from anywhere.
+type Notifier struct {
+	Queue  *Queue
+	Sender Sender
+	// From is the envelope and header sender, e.g. keyarc@example.org.
+	From string
+	// CAName names the CA in the messages (the CA certificate's subject common name).
+	CAName string
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait before a notice is tried again (defaults
+	// [DefaultMinBackoff], [DefaultMaxBackoff]).
+	MinBackoff, MaxBackoff time.Duration
+
+	sent, failures atomic.Uint64
+	wakeOnce       sync.Once
+	wake           chan struct{}
+	started        atomic.Bool
+}
+
+func (n *Notifier) log() *slog.Logger {
+	if n.Logger != nil {
+		return n.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// wakeCh is the sender's wake-up signal, made on first use.
+func (n *Notifier) wakeCh() chan struct{} {
+	n.wakeOnce.Do(func() { n.wake = make(chan struct{}, 1) })
+	return n.wake
+}
+
+// Notify queues e durably and wakes the sender. It never fails its caller: an event that
+// cannot be queued is logged (without its mailbox) and counted as a failure. It waits for the
+// queue file's fsync, never for the relay.
+func (n *Notifier) Notify(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	id, err := n.Queue.Put(e)
+	if err != nil {
+		n.failures.Add(1)
+		n.log().Error("subscriber notice not queued: the subscriber will not be told", "kind", e.Kind, "serials", e.Serials, "request", e.Request, "err", err)
+		return
+	}
+	n.log().Debug("subscriber notice queued", "id", id, "kind", e.Kind)
+	select {
+	case n.wakeCh() <- struct{}{}:
+	default:
+	}
+}
+
+// Sent is the number of notices the relay accepted since start.
+func (n *Notifier) Sent() uint64 { return n.sent.Load() }
+
+// Failures is the number of failed attempts (a notice not queued, a send the relay did not
+// accept) since start.
+func (n *Notifier) Failures() uint64 { return n.failures.Load() }
+
+// Register adds the notifier's series to reg: keyarc_notice_queue (notices waiting),
+// keyarc_notices_sent_total and keyarc_notice_failures_total.
+func (n *Notifier) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyarc_notice_queue",
+			Help: "Subscriber notices queued and not yet accepted by the SMTP relay."},
+			func() float64 { return float64(n.Queue.Len()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notices_sent_total",
+			Help: "Subscriber notices the SMTP relay accepted."},
+			func() float64 { return float64(n.sent.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notice_failures_total",
+			Help: "Failed attempts to queue or send a subscriber notice (each is retried, unless the relay refused it for good)."},
+			func() float64 { return float64(n.failures.Load()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// retry is the back-off state of one queued notice (in memory: after a restart every queued
+// notice is tried at once).
+type retry struct {
+	attempts int
+	next     time.Time
+}
+
+// Run sends the queued notices, oldest first, until ctx ends: at start, when [Notifier.Notify]
+// queues one, when a notice's back-off ends, and at least once a minute. A notice the relay
+// accepted is deleted; one it refused for good ([ErrRejected]) moves to the rejected folder;
+// any other failure is retried with a doubling back-off. A relay that cannot be reached ends
+// the pass (the notices behind would fail the same way).
+func (n *Notifier) Run(ctx context.Context) {
+	wake := n.wakeCh()
+	if !n.started.CompareAndSwap(false, true) {
+		panic("notice: Notifier.Run called twice")
+	}
+	if q := n.Queue.Len(); q > 0 {
+		n.log().Info("subscriber notices waiting from before the start", "queued", q)
+	}
+	state := map[string]*retry{}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		wait := n.pass(ctx, state)
+		if ctx.Err() != nil {
+			return
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+// pass tries every due notice once and returns how long to sleep.
+func (n *Notifier) pass(ctx context.Context, state map[string]*retry) time.Duration {
+	ids, err := n.Queue.List()
+	if err != nil {
+		n.log().Error("subscriber notices: cannot read the queue", "err", err)
+		return n.minBackoff()
+	}
+	present := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		present[id] = true
+	}
+	for id := range state {
+		if !present[id] {
+			delete(state, id)
+		}
+	}
+	wait := rescan
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return 0
+		}
+		now := time.Now()
+		if r := state[id]; r != nil && now.Before(r.next) {
+			wait = min(wait, r.next.Sub(now))
+			continue
+		}
+		err := n.send(ctx, id)
+		switch {
+		case err == nil, errors.Is(err, os.ErrNotExist):
+			delete(state, id)
+			continue
+		case errors.Is(err, ErrRejected), errors.Is(err, ErrInvalid):
+			n.failures.Add(1)
+			delete(state, id)
+			n.log().Error("subscriber notice refused for good: kept in the rejected folder, not retried", "id", id, "err", err)
+			if rerr := n.Queue.Reject(id); rerr != nil {
+				n.log().Error("subscriber notice: cannot move it to the rejected folder", "id", id, "err", rerr)
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return 0
+		}
+		n.failures.Add(1)
+		r := state[id]
+		if r == nil {
+			r = &retry{}
+			state[id] = r
+		}
+		r.attempts++
+		d := n.backoff(r.attempts)
+		r.next = time.Now().Add(d)
+		wait = min(wait, d)
+		n.log().Warn("subscriber notice not sent; will retry", "id", id, "attempts", r.attempts,
+			"queued_for", time.Since(queuedAt(id)).Round(time.Second), "retry_in", d, "err", err)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			// No answer from the relay: the notices behind this one would fail the same way.
+			break
+		}
+	}
+	return wait
+}
+
+// send sends the queued notice id and deletes it once the relay accepted it.
+func (n *Notifier) send(ctx context.Context, id string) error {
+	e, err := n.Queue.Get(id)
+	if err != nil {
+		return err
+	}
+	msg, err := e.Message(n.From, id, n.CAName)
+	if err != nil {
+		return err
+	}
+	if err := n.Sender.Send(ctx, n.From, e.Mailbox, msg); err != nil {
+		return err
+	}
+	n.sent.Add(1)
+	if err := n.Queue.Delete(id); err != nil {
+		// Sent, but still queued: it may be sent again (same Message-ID).
+		n.log().Error("subscriber notice sent but not removed from the queue", "id", id, "err", err)
+	}
+	n.log().Info("subscriber notice sent", "id", id, "kind", e.Kind, "serials", e.Serials)
+	return nil
+}
+
+func (n *Notifier) minBackoff() time.Duration {
+	if n.MinBackoff > 0 {
+		return n.MinBackoff
+	}
+	return DefaultMinBackoff
+}
+
+func (n *Notifier) backoff(attempts int) time.Duration {
+	maxB := n.MaxBackoff
+	if maxB <= 0 {
+		maxB = DefaultMaxBackoff
+	}
+	d := n.minBackoff()
+	for i := 1; i < attempts && d < maxB; i++ {
+		d *= 2
+	}
+	return min(d, maxB)
+}

@@ -1,0 +1,223 @@
+package notice
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// RejectedDir is the subfolder of the queue where notices the relay refused for good (a 5xx
+// answer) are kept for an operator, instead of being retried without end.
+const RejectedDir = "rejected"
+
+const (
+	fileSuffix = ".json"
+	tmpPrefix  = ".tmp-"
+	maxFile    = 64 << 10
+)
+
+// Queue is a folder of queued notices, one file per notice, named so that they sort in the
+// order they were queued. A file is complete or absent: it is written to a temporary file,
+// synced, renamed into place, and the folder synced, so a notice queued survives a crash or a
+// restart. Use [OpenQueue].
+type Queue struct {
+	dir string
+	mu  sync.Mutex // orders names queued in the same nanosecond
+	seq uint64
+}
+
+// OpenQueue opens (making it, mode 0700) the queue folder dir and removes the temporary files
+// a crash may have left.
+func OpenQueue(dir string) (*Queue, error) {
+	if err := os.MkdirAll(filepath.Join(dir, RejectedDir), 0o700); err != nil {
+		return nil, fmt.Errorf("notice: queue folder: %w", err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("notice: queue folder: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	return &Queue{dir: dir}, nil
+}
+
+// Dir is the queue's folder.
+func (q *Queue) Dir() string { return q.dir }
+
+// Put queues e durably and returns its ID (the file's name without its suffix).
+//
+// # Errors
+//
+// [ErrInvalid] for an event that cannot become a message; otherwise the file system's.
+func (q *Queue) Put(e Event) (string, error) {
+	if err := e.Validate(); err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return "", err
+	}
+	id, err := q.newID()
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(q.dir, tmpPrefix+"*")
+	if err != nil {
+		return "", fmt.Errorf("notice: queue: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(b); err != nil {
+		return "", fmt.Errorf("notice: queue: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return "", fmt.Errorf("notice: queue: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("notice: queue: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(q.dir, id+fileSuffix)); err != nil {
+		return "", fmt.Errorf("notice: queue: %w", err)
+	}
+	ok = true
+	return id, syncDir(q.dir)
+}
+
+// newID is the queue time in nanoseconds (fixed width, so names sort in queue order), a
+// sequence number and 4 random bytes.
+func (q *Queue) newID() (string, error) {
+	var r [4]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	q.mu.Lock()
+	q.seq++
+	seq := q.seq
+	q.mu.Unlock()
+	return fmt.Sprintf("%020d-%06d-%s", time.Now().UnixNano(), seq%1_000_000, hex.EncodeToString(r[:])), nil
+}
+
+// List returns the IDs of the queued notices, oldest first.
+func (q *Queue) List() ([]string, error) {
+	ents, err := os.ReadDir(q.dir)
+	if err != nil {
+		return nil, fmt.Errorf("notice: queue: %w", err)
+	}
+	var ids []string
+	for _, e := range ents {
+		n := e.Name()
+		if e.Type().IsRegular() && strings.HasSuffix(n, fileSuffix) && !strings.HasPrefix(n, ".") {
+			ids = append(ids, strings.TrimSuffix(n, fileSuffix))
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// Len is the number of queued notices (0 when the folder cannot be read).
+func (q *Queue) Len() int {
+	ids, _ := q.List()
+	return len(ids)
+}
+
+// Get reads the queued notice id.
+//
+// # Errors
+//
+// [os.ErrNotExist] (wrapped) when it is gone; [ErrInvalid] for a damaged file.
+func (q *Queue) Get(id string) (Event, error) {
+	var e Event
+	if !validID(id) {
+		return e, fmt.Errorf("%w: queue ID %q", ErrInvalid, id)
+	}
+	b, err := os.ReadFile(filepath.Join(q.dir, id+fileSuffix))
+	if err != nil {
+		return e, fmt.Errorf("notice: queue: %w", err)
+	}
+	if len(b) > maxFile {
+		return e, fmt.Errorf("%w: queued file %s is too large", ErrInvalid, id)
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("%w: queued file %s: %v", ErrInvalid, id, err)
+	}
+	return e, e.Validate()
+}
+
+// Delete removes the notice id once the relay accepted it. A notice already gone is not an
+// error.
+func (q *Queue) Delete(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("%w: queue ID %q", ErrInvalid, id)
+	}
+	err := os.Remove(filepath.Join(q.dir, id+fileSuffix))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("notice: queue: %w", err)
+	}
+	return syncDir(q.dir)
+}
+
+// Reject moves the notice id to the rejected folder ([RejectedDir]), where it is no longer
+// retried.
+func (q *Queue) Reject(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("%w: queue ID %q", ErrInvalid, id)
+	}
+	if err := os.Rename(filepath.Join(q.dir, id+fileSuffix), filepath.Join(q.dir, RejectedDir, id+fileSuffix)); err != nil {
+		return fmt.Errorf("notice: queue: %w", err)
+	}
+	if err := syncDir(filepath.Join(q.dir, RejectedDir)); err != nil {
+		return err
+	}
+	return syncDir(q.dir)
+}
+
+// validID accepts the names newID makes (digits, dashes, hex), never a path.
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// queuedAt is when the notice id was queued, from its name.
+func queuedAt(id string) time.Time {
+	ns, err := strconv.ParseInt(strings.SplitN(id, "-", 2)[0], 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("notice: queue: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("notice: queue: sync folder: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,212 @@
+package tests
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// mailSink is a real SMTP server (github.com/emersion/go-smtp) on loopback, run by the test:
+// the relay the appliance's notices go to.
+type mailSink struct {
+	srv  *smtp.Server
+	mail chan sunkMail
+}
+
+type sunkMail struct {
+	from string
+	to   []string
+	data string
+}
+
+type sinkSession struct {
+	sink *mailSink
+	cur  sunkMail
+}
+
+func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error { s.cur.from = from; return nil }
+func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.cur.to = append(s.cur.to, to)
+	return nil
+}
+func (s *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.cur.data = string(b)
+	s.sink.mail <- s.cur
+	s.cur = sunkMail{}
+	return nil
+}
+func (s *sinkSession) Reset()        { s.cur = sunkMail{} }
+func (s *sinkSession) Logout() error { return nil }
+
+// startMailSink listens on addr (loopback) and serves SMTP until the test ends.
+func startMailSink(t *testing.T, addr string) *mailSink {
+	t.Helper()
+	sink := &mailSink{mail: make(chan sunkMail, 16)}
+	sink.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &sinkSession{sink: sink}, nil }))
+	sink.srv.Domain = "localhost"
+	sink.srv.ReadTimeout, sink.srv.WriteTimeout = 30*time.Second, 30*time.Second
+	var l net.Listener
+	var err error
+	// The port was free a moment ago (freePort); another test may have taken it since.
+	for range 50 {
+		if l, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("SMTP sink: %v", err)
+	}
+	go sink.srv.Serve(l)
+	t.Cleanup(func() { sink.srv.Close() })
+	return sink
+}
+
+// next waits for the next mail the sink accepted.
+func (s *mailSink) next(t *testing.T, what string) sunkMail {
+	t.Helper()
+	select {
+	case m := <-s.mail:
+		return m
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no mail %s reached the SMTP server", what)
+		return sunkMail{}
+	}
+}
+
+// TestNoticeMail runs the appliance with a notices section pointing at an SMTP relay that is
+// down at first: an archival enrollment answers at once with its escrow notice and queues the
+// mail; the sender retries until the relay (a go-smtp server in this process) is up, and the
+// mail tells the subscriber the key is escrowed. A recovery request and its completion each
+// reach the owner's mailbox too, with the request ID and the officer, and no secret.
+func TestNoticeMail(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl")
+	state := devState(t)
+	relay := freePort(t)
+	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	f.Close()
+	a := serve(t, state)
+	if !strings.Contains(a.logs.String(), "subscriber notices by mail") {
+		t.Errorf("the start-up log does not say notices go by mail:\n%s", a.logs.String())
+	}
+
+	// Enrollment with the relay down: answered, with the notice, and nothing sent yet.
+	dir := t.TempDir()
+	const mailbox = "alice@example.org"
+	tr := filepath.Join(dir, "transport.pem")
+	run(t, dir, "curl", "-sS", "--fail", "--cacert", filepath.Join(state, "ca.pem"), "-o", tr, a.url+"/api/v1/transport-certificate")
+	_, csr, env := opensslArchivalInput(t, dir, "alice", mailbox, tr)
+	code := strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", state, "--email", mailbox, "--template", "smime-encryption"))
+	start := time.Now()
+	status, body := postEnroll(t, a, dir, mailbox+":"+code, apiEnrollJSON{Template: "smime-encryption",
+		CSR: base64.StdEncoding.EncodeToString(csr), EncryptedKey: base64.StdEncoding.EncodeToString(env)})
+	t.Logf("archival enrollment with the relay down answered in %s", time.Since(start))
+	if status != 200 {
+		t.Fatalf("enrollment with the relay down: %d %s", status, body)
+	}
+	var issued struct {
+		Serial string `json:"serial"`
+		Notice string `json:"notice"`
+	}
+	if err := json.Unmarshal(body, &issued); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"escrowed", "quorum of key recovery agents"} {
+		if !strings.Contains(issued.Notice, w) {
+			t.Errorf("the enrollment's notice lacks %q: %q", w, issued.Notice)
+		}
+	}
+	// The notice waits in the queue folder while the sender retries.
+	if q := metricValue(t, a, "keyarc_notice_queue"); q != 1 {
+		t.Errorf("keyarc_notice_queue = %v with the relay down, want 1", q)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for metricValue(t, a, "keyarc_notice_failures_total") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sender did not retry: keyarc_notice_failures_total = %v", metricValue(t, a, "keyarc_notice_failures_total"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if s := metricValue(t, a, "keyarc_notices_sent_total"); s != 0 {
+		t.Errorf("keyarc_notices_sent_total = %v before the relay is up", s)
+	}
+
+	// The relay comes up: the queued notice arrives.
+	sink := startMailSink(t, relay)
+	m := sink.next(t, "for the escrowed key")
+	checkMail(t, m, mailbox, "escrowed", issued.Serial, "quorum of the organisation's key recovery")
+	if strings.Contains(m.data, code) {
+		t.Errorf("the mail holds the enrollment code:\n%s", m.data)
+	}
+
+	// A recovery request, then its completion, each reach the owner.
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", issued.Serial, "--reason", "laptop stolen")...))
+	m = sink.next(t, "for the recovery request")
+	checkMail(t, m, mailbox, "recovery of your escrowed key was requested", issued.Serial, id, "officer")
+	if strings.Contains(m.data, "laptop stolen") {
+		t.Errorf("the mail repeats the officer's reason (it may say more than the subscriber should read):\n%s", m.data)
+	}
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+	keyarc(t, as("kra3", "recovery", "approve", id, "--yes")...)
+	p12, pw := filepath.Join(dir, "alice.p12"), filepath.Join(dir, "alice.pw")
+	keyarc(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
+	m = sink.next(t, "for the completed recovery")
+	checkMail(t, m, mailbox, "Your escrowed key was recovered", issued.Serial, id, "officer")
+	password, _ := os.ReadFile(pw)
+	if p := strings.TrimSpace(string(password)); p == "" || strings.Contains(m.data, p) {
+		t.Errorf("the completion mail holds the PKCS#12 password:\n%s", m.data)
+	}
+
+	deadline = time.Now().Add(30 * time.Second)
+	for metricValue(t, a, "keyarc_notice_queue") != 0 || metricValue(t, a, "keyarc_notices_sent_total") != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after three notices: keyarc_notice_queue = %v, keyarc_notices_sent_total = %v",
+				metricValue(t, a, "keyarc_notice_queue"), metricValue(t, a, "keyarc_notices_sent_total"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case extra := <-sink.mail:
+		t.Errorf("an unexpected fourth mail:\n%s", extra.data)
+	default:
+	}
+}
+
+// checkMail checks a notice: to the owner alone, from the configured sender, saying each of
+// wants, with no key and no enrollment code in it.
+func checkMail(t *testing.T, m sunkMail, mailbox string, wants ...string) {
+	t.Helper()
+	if m.from != "pki@example.org" || len(m.to) != 1 || m.to[0] != mailbox {
+		t.Errorf("mail from %q to %v, want from pki@example.org to %s", m.from, m.to, mailbox)
+	}
+	if !strings.Contains(m.data, "To: "+mailbox+"\r\n") {
+		t.Errorf("mail header lacks To: %s:\n%s", mailbox, m.data)
+	}
+	for _, w := range wants {
+		if !strings.Contains(m.data, w) {
+			t.Errorf("mail lacks %q:\n%s", w, m.data)
+		}
+	}
+	if strings.Contains(m.data, "-----BEGIN") {
+		t.Errorf("mail holds PEM data:\n%s", m.data)
+	}
+}
