@@ -88,8 +88,9 @@ func (s *mailSink) next(t *testing.T, what string) sunkMail {
 
 // TestNoticeMail runs the appliance with a notices section pointing at an SMTP relay that is
 // down at first: an archival enrollment answers at once with its escrow notice and queues the
-// mail; the sender retries until the relay (a go-smtp server in this process) is up, and the
-// mail tells the subscriber the key is escrowed. A recovery request and its completion each
+// mail; the sender retries, the appliance restarts with the notice still queued, and once the
+// relay (a go-smtp server in this process) is up the mail tells the subscriber the key is
+// escrowed. A recovery request and its completion each
 // reach the owner's mailbox too, with the request ID and the officer, and no secret.
 func TestNoticeMail(t *testing.T) {
 	t.Parallel()
@@ -146,6 +147,17 @@ func TestNoticeMail(t *testing.T) {
 	}
 	if s := metricValue(t, a, "keyarc_notices_sent_total"); s != 0 {
 		t.Errorf("keyarc_notices_sent_total = %v before the relay is up", s)
+	}
+
+	// A restart with the relay still down loses nothing: the notice is a file in the queue
+	// folder, and the restarted appliance sends it.
+	a.stop(t)
+	if ents, _ := filepath.Glob(filepath.Join(state, "notices", "*.json")); len(ents) != 1 {
+		t.Fatalf("queue folder holds %v after a stop, want the one notice", ents)
+	}
+	a = serve(t, state)
+	if !strings.Contains(a.logs.String(), "subscriber notices waiting from before the start") {
+		t.Errorf("the restarted appliance does not report the queued notice:\n%s", a.logs.String())
 	}
 
 	// The relay comes up: the queued notice arrives.
