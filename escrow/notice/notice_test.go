@@ -184,6 +184,9 @@ func TestTemporaryRefusalDoesNotBlockOthers(t *testing.T) {
 		t.Errorf("queue holds %s, want the greylisted notice", e.Mailbox)
 	}
 	rej, _ := os.ReadDir(filepath.Join(q.Dir(), RejectedDir))
+	if n.Dropped() != 1 {
+		t.Errorf("dropped = %d, want the notice refused for good", n.Dropped())
+	}
 	if len(rej) != 1 {
 		t.Errorf("rejected folder holds %d files, want the notice the relay refused for good", len(rej))
 	}
@@ -280,7 +283,7 @@ func TestMetrics(t *testing.T) {
 		m := mf.GetMetric()[0]
 		got[mf.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
 	}
-	want := map[string]float64{"keyarc_notice_queue": 1, "keyarc_notices_sent_total": 0, "keyarc_notice_failures_total": 0}
+	want := map[string]float64{"keyarc_notice_queue": 1, "keyarc_notices_sent_total": 0, "keyarc_notice_failures_total": 0, "keyarc_notices_dropped_total": 0}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("metrics = %v, want %v", got, want)
 	}

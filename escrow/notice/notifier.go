@@ -35,10 +35,10 @@ type Notifier struct {
 	// [DefaultMinBackoff], [DefaultMaxBackoff]).
 	MinBackoff, MaxBackoff time.Duration
 
-	sent, failures atomic.Uint64
-	wakeOnce       sync.Once
-	wake           chan struct{}
-	started        atomic.Bool
+	sent, failures, dropped atomic.Uint64
+	wakeOnce                sync.Once
+	wake                    chan struct{}
+	started                 atomic.Bool
 }
 
 func (n *Notifier) log() *slog.Logger {
@@ -64,6 +64,7 @@ func (n *Notifier) Notify(e Event) {
 	id, err := n.Queue.Put(e)
 	if err != nil {
 		n.failures.Add(1)
+		n.dropped.Add(1)
 		n.log().Error("subscriber notice not queued: the subscriber will not be told", "kind", e.Kind, "serials", e.Serials, "request", e.Request, "err", err)
 		return
 	}
@@ -81,8 +82,13 @@ func (n *Notifier) Sent() uint64 { return n.sent.Load() }
 // accept) since start.
 func (n *Notifier) Failures() uint64 { return n.failures.Load() }
 
+// Dropped is the number of notices that will never be sent (not queued, or refused for good
+// by the relay) since start.
+func (n *Notifier) Dropped() uint64 { return n.dropped.Load() }
+
 // Register adds the notifier's series to reg: keyarc_notice_queue (notices waiting),
-// keyarc_notices_sent_total and keyarc_notice_failures_total.
+// keyarc_notices_sent_total, keyarc_notice_failures_total (failed attempts) and
+// keyarc_notices_dropped_total (notices given up: not queued, or refused for good).
 func (n *Notifier) Register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyarc_notice_queue",
@@ -94,6 +100,9 @@ func (n *Notifier) Register(reg prometheus.Registerer) error {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notice_failures_total",
 			Help: "Failed attempts to queue or send a subscriber notice (each is retried, unless the relay refused it for good)."},
 			func() float64 { return float64(n.failures.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notices_dropped_total",
+			Help: "Subscriber notices given up: not queued (disk), or refused for good by the relay (kept in the queue's rejected folder)."},
+			func() float64 { return float64(n.dropped.Load()) }),
 	} {
 		if err := reg.Register(c); err != nil {
 			return err
@@ -179,6 +188,7 @@ func (n *Notifier) pass(ctx context.Context, state map[string]*retry) time.Durat
 			continue
 		case errors.Is(err, ErrRejected), errors.Is(err, ErrInvalid):
 			n.failures.Add(1)
+			n.dropped.Add(1)
 			delete(state, id)
 			n.log().Error("subscriber notice refused for good: kept in the rejected folder, not retried", "id", id, "err", err)
 			if rerr := n.Queue.Reject(id); rerr != nil {
