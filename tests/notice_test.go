@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -96,6 +97,16 @@ func TestNoticeMail(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "curl")
 	state := devState(t)
+	// Without a notices section nothing is queued, and the log says so once.
+	off := serve(t, state)
+	off.stop(t)
+	if n := strings.Count(off.logs.String(), "subscriber notices are off"); n != 1 {
+		t.Errorf("the log says %d times that notices are off, want once:\n%s", n, off.logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(state, "notices")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a queue folder exists without a notices section: %v", err)
+	}
+
 	relay := freePort(t)
 	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {

@@ -75,12 +75,11 @@ func (s *SMTP) Send(ctx context.Context, from, to string, msg []byte) error {
 
 	var c *smtp.Client
 	if s.StartTLS {
-		cfg := s.TLSConfig
-		if cfg == nil {
-			cfg = &tls.Config{}
+		cfg := &tls.Config{}
+		if s.TLSConfig != nil {
+			cfg = s.TLSConfig.Clone()
 		}
 		if cfg.ServerName == "" {
-			cfg = cfg.Clone()
 			cfg.ServerName, _, _ = net.SplitHostPort(s.Addr)
 		}
 		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
