@@ -4,7 +4,7 @@
 //
 // # Imports
 //
-// escrow uses its own sub-packages (ca, cms, issue, record, shamir, store) and policy. It never
+// escrow uses its own sub-packages (ca, cms, issue, notice, record, shamir, store) and policy. It never
 // imports hsm: keys in tokens reach it as crypto.Signer and crypto.Decrypter, so the whole
 // engine runs in tests with standard-library software keys.
 //
@@ -116,7 +116,8 @@ type Service struct {
 	// §4.12.1): a key escrowed by an enrollment, a recovery of a key requested, and completed.
 	// It is called after the change commits, never with the store's writer held; it must not
 	// fail the operation nor wait for a mail relay (escrow/notice's Notifier queues to a file
-	// and returns). Bulk jobs' items are not notified through it (see escrow/bulk).
+	// and returns). Bulk jobs' items are not notified yet: escrow/issue's Issued hook, which
+	// they pass through, carries neither the item's mailbox nor its serial.
 	Notify func(notice.Event)
 
 	sets     recoverySets
