@@ -17,7 +17,7 @@ import (
 // defines, and promtool accepts the rules when it is installed.
 func TestMonitoringFiles(t *testing.T) {
 	var src strings.Builder
-	for _, dir := range []string{".", "../..", "../../../../hsm", "../../../../escrow", "../../../../escrow/bulk", "../../../../escrow/audit"} {
+	for _, dir := range []string{".", "../..", "../../../../hsm", "../../../../escrow", "../../../../escrow/bulk", "../../../../escrow/audit", "../../../../escrow/notice", "../../../../escrow/ocsp/presign"} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
 		for _, f := range files {
 			if strings.HasSuffix(f, "_test.go") {
@@ -192,6 +192,11 @@ func TestOperationalAlerts(t *testing.T) {
 		// 14 days left against 5.8.
 		{"KeyarcOCSPResponderCertExpiring", `keyarc_ocsp_responder_cert_expiry_timestamp_seconds{instance="k1"}`, "15m", "5m",
 			`{severity: warning, instance: k1}`, "1209600x20", "500000x20"},
+		// Notices waiting while none is sent, against a relay taking them as they come.
+		{"KeyarcNoticeQueueBackingUp", `keyarc_notice_queue{instance="k1"}`, "20m", "10m",
+			`{severity: warning, instance: k1}`, "0x30", "3x30"},
+		{"KeyarcNoticeDropped", `keyarc_notices_dropped_total{instance="k1"}`, "15m", "3m",
+			`{severity: warning, instance: k1}`, "0x20", "0x4 1x20"},
 		{"KeyarcOCSPStaleResponses", `keyarc_ocsp_stale_responses_total{instance="k1"}`, "15m", "3m",
 			`{severity: critical, instance: k1}`, "0x20", "0x4 1x20"},
 	}
