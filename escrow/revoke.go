@@ -431,7 +431,7 @@ func recoveryRevocations(tx store.Tx, req *store.Recovery) ([]string, error) {
 		window = time.Hour   // how far past the creation time the entry is looked for
 		page   = 256
 	)
-	from, err := auditSeqAt(tx, req.CreatedAt.Add(-slack))
+	from, err := audit.SeqAt(tx, req.CreatedAt.Add(-slack))
 	if err != nil {
 		return nil, err
 	}
@@ -466,34 +466,4 @@ func recoveryRevocations(tx store.Tx, req *store.Recovery) ([]string, error) {
 			return nil, fmt.Errorf("%w: the audit trail holds no entry of recovery request %s", check.ErrInconsistent, req.ID)
 		}
 	}
-}
-
-// auditSeqAt returns the first audit entry whose time is t or later (1 when t is before the
-// trail, the seq after the last when after it), by bisection. An entry missing from the middle
-// (a damaged trail) ends the search at the start.
-func auditSeqAt(tx store.Tx, t time.Time) (int64, error) {
-	last, err := tx.LastAudit()
-	if errors.Is(err, store.ErrNotFound) {
-		return 1, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	lo, hi := int64(1), last.Seq+1
-	for lo < hi {
-		mid := lo + (hi-lo)/2
-		e, err := tx.GetAudit(mid)
-		if errors.Is(err, store.ErrNotFound) {
-			return 1, nil
-		}
-		if err != nil {
-			return 0, err
-		}
-		if e.At.Before(t) {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	return lo, nil
 }

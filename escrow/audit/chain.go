@@ -3,6 +3,7 @@ package audit
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -69,4 +70,35 @@ func Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry, error) {
 		return store.AuditEntry{}, err
 	}
 	return e, nil
+}
+
+// SeqAt returns the seq of the first entry whose time is t or later (1 when t is before the
+// trail, the seq after the last when after it), by bisection: entries are appended in time
+// order. An entry missing from the middle (a damaged trail) ends the search at the start, so
+// a caller scanning forward from the result still sees every entry.
+func SeqAt(tx store.AuditLog, t time.Time) (int64, error) {
+	last, err := tx.LastAudit()
+	if errors.Is(err, store.ErrNotFound) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	lo, hi := int64(1), last.Seq+1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		e, err := tx.GetAudit(mid)
+		if errors.Is(err, store.ErrNotFound) {
+			return 1, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if e.At.Before(t) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
 }

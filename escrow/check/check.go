@@ -348,7 +348,7 @@ const (
 // first entry of a serial wins.
 func issuanceEntries(tx store.Tx, want map[string]bool, earliest, latest time.Time) (map[string]*issuance, error) {
 	out := make(map[string]*issuance, len(want))
-	from, err := seqAt(tx, earliest.Add(-entrySlack))
+	from, err := audit.SeqAt(tx, earliest.Add(-entrySlack))
 	if err != nil {
 		return nil, err
 	}
@@ -400,36 +400,6 @@ func issuanceEntries(tx store.Tx, want map[string]bool, earliest, latest time.Ti
 		}
 	}
 	return out, nil
-}
-
-// seqAt returns the first entry whose time is t or later (1 when t is before the trail, the
-// seq after the last when after it), by bisection: entries are appended in time order. An
-// entry missing from the middle (a damaged trail) ends the search at the start.
-func seqAt(tx store.Tx, t time.Time) (int64, error) {
-	last, err := tx.LastAudit()
-	if errors.Is(err, store.ErrNotFound) {
-		return 1, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	lo, hi := int64(1), last.Seq+1
-	for lo < hi {
-		mid := lo + (hi-lo)/2
-		e, err := tx.GetAudit(mid)
-		if errors.Is(err, store.ErrNotFound) {
-			return 1, nil
-		}
-		if err != nil {
-			return 0, err
-		}
-		if e.At.Before(t) {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	return lo, nil
 }
 
 // one checks one certificate row. It returns the first problem found, or nil.
