@@ -2,12 +2,9 @@ package tests
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,53 +19,7 @@ import (
 // --public-addr), where the state's public_url points.
 func servePublic(t *testing.T, state, publicAddr string) *appliance {
 	t.Helper()
-	addr, maddr := freePort(t), freePort(t)
-	a := &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
-	a.cmd = exec.Command(keyarcBin, "serve", "--state", state, "--addr", addr, "--metrics-addr", maddr, "--public-addr", publicAddr)
-	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- a.cmd.Wait() }()
-	a.exited = exited
-	t.Cleanup(func() {
-		a.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-a.exited:
-		case <-time.After(20 * time.Second):
-			a.cmd.Process.Kill()
-			<-a.exited
-		}
-		if strings.Contains(a.logs.String(), "WARNING: DATA RACE") {
-			t.Errorf("the race detector found a data race in keyarc serve")
-		}
-		if t.Failed() {
-			t.Logf("appliance log:\n%s", a.logs.String())
-		}
-	})
-	pool := x509.NewCertPool()
-	pool.AddCert(readCert(t, filepath.Join(state, "ca.pem")))
-	a.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("keyarc serve exited: %v\n%s", err, a.logs.String())
-		default:
-		}
-		if resp, err := a.client.Get(a.url + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("appliance not ready after 60s\n%s", a.logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return serveWith(t, state, nil, "", "--public-addr", publicAddr)
 }
 
 // fetchedCRL is a CRL fetched with curl from a certificate's CDP URL.

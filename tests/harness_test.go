@@ -184,15 +184,15 @@ func serve(t *testing.T, state string) *appliance {
 }
 
 // serveWith is serve with extra environment variables and, when addr is not empty, a given
-// HTTPS address (to restart an appliance where it was).
-func serveWith(t *testing.T, state string, env []string, addr string) *appliance {
+// HTTPS address (to restart an appliance where it was), and extra serve arguments.
+func serveWith(t *testing.T, state string, env []string, addr string, args ...string) *appliance {
 	t.Helper()
 	if addr == "" {
 		addr = freePort(t)
 	}
 	maddr := freePort(t)
 	a := &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
-	a.cmd = exec.Command(keyarcBin, "serve", "--state", state, "--addr", addr, "--metrics-addr", maddr)
+	a.cmd = exec.Command(keyarcBin, append([]string{"serve", "--state", state, "--addr", addr, "--metrics-addr", maddr}, args...)...)
 	a.cmd.Env = append(os.Environ(), env...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
