@@ -142,34 +142,7 @@ func TestTokenFaultAlerts(t *testing.T) {
 // TestOperationalAlerts: promtool's rule tests show each alert on the appliance's own faults
 // firing on the series the appliance exports, and staying quiet while they are healthy.
 func TestOperationalAlerts(t *testing.T) {
-	if _, err := exec.LookPath("promtool"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("promtool is required in CI")
-		}
-		t.Skip("promtool not installed")
-	}
-	// The expressions under test, without the annotations (promtool would compare those too).
-	b, err := os.ReadFile(monitoringDir + "/alerts.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rules map[string][]map[string]any
-	if err := yaml.Unmarshal(b, &rules); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range rules["groups"] {
-		for _, r := range g["rules"].([]any) {
-			delete(r.(map[string]any), "annotations")
-		}
-	}
-	stripped, err := yaml.Marshal(rules)
-	if err != nil {
-		t.Fatal(err)
-	}
-	abs := filepath.Join(t.TempDir(), "alerts.yml")
-	if err := os.WriteFile(abs, stripped, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	abs := alertRulesForTests(t)
 	cases := []struct {
 		alert   string
 		series  string // input series, promtool's notation
@@ -229,3 +202,39 @@ func TestOperationalAlerts(t *testing.T) {
 
 // monitoringDir holds the shipped alerts and dashboard (cmd/keyarc/monitoring).
 const monitoringDir = "../../monitoring"
+
+// alertRulesForTests writes the shipped alert rules without their annotations (promtool's rule
+// tests would compare those too) and returns the file, for promtool test rules. It skips the
+// test when promtool is missing, except in CI.
+func alertRulesForTests(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("promtool"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool is required in CI")
+		}
+		t.Skip("promtool not installed")
+	}
+	// The expressions under test, without the annotations (promtool would compare those too).
+	b, err := os.ReadFile(monitoringDir + "/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules map[string][]map[string]any
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range rules["groups"] {
+		for _, r := range g["rules"].([]any) {
+			delete(r.(map[string]any), "annotations")
+		}
+	}
+	stripped, err := yaml.Marshal(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs := filepath.Join(t.TempDir(), "alerts.yml")
+	if err := os.WriteFile(abs, stripped, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return abs
+}

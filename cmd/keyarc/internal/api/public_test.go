@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -253,34 +252,7 @@ func TestPublicOCSPDelegation(t *testing.T) {
 // exports: nextUpdate within two days, repeated build failures, no CRL after start; and quiet
 // on a healthy appliance (a daily CRL, 7 days of validity).
 func TestCRLAlerts(t *testing.T) {
-	if _, err := exec.LookPath("promtool"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("promtool is required in CI")
-		}
-		t.Skip("promtool not installed")
-	}
-	// The expressions under test, without the annotations (promtool would compare those too).
-	b, err := os.ReadFile(monitoringDir + "/alerts.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rules map[string][]map[string]any
-	if err := yaml.Unmarshal(b, &rules); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range rules["groups"] {
-		for _, r := range g["rules"].([]any) {
-			delete(r.(map[string]any), "annotations")
-		}
-	}
-	stripped, err := yaml.Marshal(rules)
-	if err != nil {
-		t.Fatal(err)
-	}
-	abs := filepath.Join(t.TempDir(), "alerts.yml")
-	if err := os.WriteFile(abs, stripped, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	abs := alertRulesForTests(t)
 	const day = 86400
 	cases := []struct {
 		alert, series, values, at string
