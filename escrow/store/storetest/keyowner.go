@@ -26,10 +26,10 @@ var kraKey struct {
 	err  error
 }
 
-// sealedKey makes a real escrow record (format 1) of a fresh P-256 key: its blob and the
+// SealedKey makes a real escrow record (format 1) of a fresh P-256 key: its blob and the
 // key's fingerprint. issuerLen and serialLen shape the header, so that the fingerprint sits
-// at different offsets.
-func sealedKey(t *testing.T, id byte, issuerLen, serialLen int) (blob []byte, fp string) {
+// at different offsets. Backend tests use it for their own record rows.
+func SealedKey(t *testing.T, id byte, issuerLen, serialLen int) (blob []byte, fp string) {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -38,7 +38,7 @@ func sealedKey(t *testing.T, id byte, issuerLen, serialLen int) (blob []byte, fp
 	return sealFor(t, k, id, issuerLen, serialLen)
 }
 
-// sealFor seals k as sealedKey does.
+// sealFor seals k as SealedKey does.
 func sealFor(t *testing.T, k *ecdsa.PrivateKey, id byte, issuerLen, serialLen int) (blob []byte, fp string) {
 	t.Helper()
 	kraKey.once.Do(func() { kraKey.key, kraKey.err = rsa.GenerateKey(rand.Reader, 2048) })
@@ -74,7 +74,7 @@ func testHeaderFingerprint(t *testing.T, h *Harness) {
 	want := map[string]string{}
 	var rs []store.Record
 	for i, shape := range [][2]int{{1, 1}, {40, 16}, {255, 20}, {256, 64}, {4096, 64}} {
-		blob, fp := sealedKey(t, byte(i+1), shape[0], shape[1])
+		blob, fp := SealedKey(t, byte(i+1), shape[0], shape[1])
 		r := store.Record{ID: fmt.Sprintf("r%d", i), Email: fmt.Sprintf("u%d@example.com", i), Epoch: 1, Blob: blob, CreatedAt: t0}
 		if i%2 == 1 {
 			r.Fingerprint = fp // agreeing with the header is allowed
