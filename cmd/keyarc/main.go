@@ -27,6 +27,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cli"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/loadgen"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/ops"
 )
 
@@ -140,6 +141,10 @@ func run(args []string) error {
 	root := command{name: "", summary: "an HSM-backed CA that escrows encryption keys for a quorum of KRAs", subs: commands()}
 	if len(args) > 0 && args[0] == "help" {
 		return runHelp(root, args[1:])
+	}
+	// The load generator that `keyarc bench` runs as a child process: not in the help.
+	if len(args) > 0 && args[0] == "loadgen" {
+		return loadgen.Main(args[1:])
 	}
 	return dispatch(root, nil, args)
 }

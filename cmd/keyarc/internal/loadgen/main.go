@@ -1,0 +1,183 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Main is the hidden `keyarc loadgen` command, which `keyarc bench` starts as a child process:
+//
+//	keyarc loadgen --addr HOST:PORT --requests FILE [--clients 8] [--duration 20s]
+//	    [--windows 3] [--warmup 2s] [--once] [--status 200] [--control]
+//
+// FILE holds one JSON [Request] per line. Each window's [Result] is written to standard output
+// as one JSON line. With --control, a line {"ready":true} is written once the connections are
+// open and the warm-up is done, and each window starts when a line is read from standard input,
+// so that the parent can read the server's CPU time just before and just after each window.
+//
+//	keyarc loadgen static --addr HOST:PORT [--size 1500]
+//
+// serves a fixed body of --size bytes to every request with net/http, until SIGINT or SIGTERM:
+// the ceiling a Go HTTP server reaches on this machine with the same load generator.
+//
+// # Errors
+//
+// A bad command line or requests file, and [New]'s errors.
+func Main(args []string) error {
+	if len(args) > 0 && args[0] == "static" {
+		return mainStatic(args[1:])
+	}
+	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	addr := fs.String("addr", "", "server address HOST:PORT (required)")
+	file := fs.String("requests", "", "file of requests, one JSON object a line (required)")
+	clients := fs.Int("clients", 8, "keep-alive connections, one request in flight each")
+	duration := fs.Duration("duration", 20*time.Second, "length of each window")
+	windows := fs.Int("windows", 3, "windows")
+	warmup := fs.Duration("warmup", 2*time.Second, "unreported warm-up before the first window")
+	once := fs.Bool("once", false, "send each request at most once (a window ends early when they run out)")
+	status := fs.Int("status", 200, "the HTTP status every answer must have")
+	control := fs.Bool("control", false, "write {\"ready\":true} when ready, and start each window on a line read from standard input")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *addr == "" || *file == "" || fs.NArg() > 0 {
+		return errors.New("loadgen: --addr and --requests are required, and no arguments")
+	}
+	reqs, err := ReadRequests(*file)
+	if err != nil {
+		return err
+	}
+	g, err := New(Config{Addr: *addr, Clients: *clients, Requests: reqs, Once: *once, Status: *status})
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *warmup > 0 {
+		g.Window(ctx, *warmup)
+		g.window = 0
+	}
+	out := json.NewEncoder(os.Stdout)
+	in := bufio.NewReader(os.Stdin)
+	if *control {
+		if err := out.Encode(map[string]bool{"ready": true}); err != nil {
+			return err
+		}
+	}
+	for range *windows {
+		if *control {
+			if _, err := in.ReadString('\n'); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil // the parent is done
+				}
+				return fmt.Errorf("loadgen: read control line: %w", err)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err := out.Encode(g.Window(ctx, *duration)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReadRequests reads a requests file: one JSON [Request] a line.
+func ReadRequests(path string) ([]Request, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("loadgen: %w", err)
+	}
+	defer f.Close()
+	var out []Request
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for n := 1; sc.Scan(); n++ {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var r Request
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("loadgen: %s line %d: %w", path, n, err)
+		}
+		if r.Path == "" {
+			return nil, fmt.Errorf("loadgen: %s line %d: no path", path, n)
+		}
+		out = append(out, r)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("loadgen: %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// WriteRequests writes reqs as a requests file for [ReadRequests].
+func WriteRequests(path string, reqs []Request) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("loadgen: %w", err)
+	}
+	bw := bufio.NewWriter(f)
+	enc := json.NewEncoder(bw)
+	for _, r := range reqs {
+		if err := enc.Encode(r); err != nil {
+			f.Close()
+			return fmt.Errorf("loadgen: %w", err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("loadgen: %w", err)
+	}
+	return f.Close()
+}
+
+// mainStatic is `keyarc loadgen static`.
+func mainStatic(args []string) error {
+	fs := flag.NewFlagSet("loadgen static", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:0", "listen address")
+	size := fs.Int("size", 1500, "bytes of the body served")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr().String())
+	srv := &http.Server{Handler: StaticHandler(*size), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() { <-ctx.Done(); srv.Close() }()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// StaticHandler answers every request with the same size bytes, as application/octet-stream:
+// a trivial handler, the ceiling of net/http with a given load generator.
+func StaticHandler(size int) http.Handler {
+	body := make([]byte, size)
+	n := strconv.Itoa(size)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("Content-Length", n)
+		w.Write(body)
+	})
+}
