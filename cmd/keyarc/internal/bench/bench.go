@@ -100,6 +100,13 @@ func Run(args []string, env Env) error {
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, storms), rss (peak memory) or ocsp")
+	var o ocspShape
+	fs.IntVar(&o.certs, "ocsp-certs", 5000, "certificates whose OCSP responses the OCSP round asks for")
+	fs.IntVar(&o.clients, "ocsp-clients", 8, "keep-alive clients of the OCSP round")
+	fs.IntVar(&o.windows, "ocsp-windows", 3, "measured windows of the OCSP round")
+	fs.DurationVar(&o.window, "ocsp-window", 20*time.Second, "length of each OCSP window")
+	fs.BoolVar(&o.ceiling, "ocsp-ceiling", true, "also measure a trivial net/http handler under the same load")
 	pos, err := cmdline.ParseFlags(fs, args)
 	if err != nil {
 		return err
@@ -129,19 +136,43 @@ func Run(args []string, env Env) error {
 	if *runs < 1 {
 		return fmt.Errorf("bench: --runs must be at least 1")
 	}
-	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs}
-	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
-	for _, alg := range []string{"p256", "rsa3072"} {
-		if err := b.caRound(alg); err != nil {
-			return fmt.Errorf("bench with a %s CA key: %w", alg, err)
+	switch {
+	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp":
+		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss or ocsp", *only)}
+	case o.certs < 1 || o.clients < 1 || o.windows < 1 || o.window <= 0:
+		return cmdline.UsageError{Msg: "bench: --ocsp-certs, --ocsp-clients, --ocsp-windows and --ocsp-window must be positive"}
+	}
+	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs, ocsp: o}
+	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
+	fmt.Println("In process (clients in this process): the raw limits, the jobs and the enrollment storms.")
+	fmt.Println("Out of process: the peak memory (a `keyarc serve` child) and the OCSP round (a `keyarc loadgen`")
+	fmt.Println("child against a `keyarc serve` child over TCP, the server's CPU time read from /proc).")
+	fmt.Println()
+	if *only == "" || *only == "ca" {
+		for _, alg := range []string{"p256", "rsa3072"} {
+			if err := b.caRound(alg); err != nil {
+				return fmt.Errorf("bench with a %s CA key: %w", alg, err)
+			}
 		}
 	}
-	if *rssItems > 0 {
+	if *rssItems > 0 && (*only == "" || *only == "rss") {
 		if err := b.rssRound(*rssItems); err != nil {
 			return fmt.Errorf("bench peak memory: %w", err)
 		}
 	}
+	if *only == "" || *only == "ocsp" {
+		if err := b.ocspRound(); err != nil {
+			return fmt.Errorf("bench OCSP: %w", err)
+		}
+	}
 	return nil
+}
+
+// ocspShape is the OCSP round's size: certificates, clients, windows.
+type ocspShape struct {
+	certs, clients, windows int
+	window                  time.Duration
+	ceiling                 bool
 }
 
 type bench struct {
@@ -152,6 +183,7 @@ type bench struct {
 	runs                      int
 	self                      string
 	rsaGen                    float64
+	ocsp                      ocspShape
 }
 
 // initState makes a development state with the given CA key, with this very binary.
@@ -500,7 +532,7 @@ func (b *bench) caRound(alg string) error {
 	if err := waitReady("https://"+listen, caCert); err != nil {
 		return err
 	}
-	fmt.Printf("storms (HTTPS on loopback, keep-alive clients, %d enrollments each):\n", b.storm)
+	fmt.Printf("storms (in process: clients in this process, HTTPS on loopback, keep-alive, %d enrollments each):\n", b.storm)
 	storms, err := b.repeat(enrollParts, b.runs, func(run int) (func() (float64, error), error) {
 		return b.enrollStorm(a, listen, 64, fmt.Sprintf("storm%d-", run))
 	})
