@@ -1,12 +1,30 @@
 // Package notice tells subscribers, by mail, what happens to their escrowed keys (S/MIME BR
 // §4.12.1: "The CA SHALL notify Subscribers when their Private Keys are escrowed"): that a key
-// was escrowed, that a recovery of it was requested, and that the recovery was completed.
+// was escrowed, that a recovery of it was requested, and how the recovery ended: completed,
+// cancelled, or expired.
 //
 // It owns the notice queue, one file per notice in a folder ([Queue]: written to a temporary
 // file, synced, renamed, the folder synced; deleted once the relay accepted the message), and
 // the [Notifier], which sends the queued notices through an SMTP relay ([SMTP]) in one
 // goroutine, retrying with back-off. Enqueueing never waits for the relay, so a relay that is
-// down never delays or fails an enrollment or a recovery.
+// down never delays or fails an enrollment, a bulk job or a recovery.
+//
+// # Batches
+//
+// A bulk job escrows thousands of keys: it queues the notices of each committed batch as one
+// file ([Notifier.NotifyBatch], [Queue.PutBatch]: one fsync for the batch). The sender waits
+// until no batch was queued for a few seconds (or the oldest has waited 10 minutes), then merges
+// the events of every queued batch into one message per mailbox, listing its serials. Each
+// message accepted marks its events done in the batches' progress files (appended, synced at
+// the end of each pass); a batch whose events are all done is removed.
+//
+// What is guaranteed: a notice queued is sent at least once (a crash, a restart or a relay that
+// is down only delays it). A message the relay accepted is sent again only if the process stops
+// between the relay's answer and the progress record (that one message, once), or if the
+// machine loses power before the pass's sync (the messages of that pass, once): never more than
+// once per restart. A message sent again has the same Message-ID. The notices of a batch whose
+// keys committed but whose file was not yet written when the process died are lost: the window
+// is the time between a commit and its notice file's fsync, as for a single enrollment.
 //
 // A notice holds no secret: a mailbox, certificate serials, what happened and when, and for a
 // recovery the request ID and who asked. Never a key, code, password or share.
@@ -16,8 +34,8 @@
 //
 // # Concurrency
 //
-// [Notifier.Notify] and [Queue.Put] are safe for concurrent use. [Notifier.Run] is the one
-// sender; run it once.
+// [Notifier.Notify], [Notifier.NotifyBatch], [Queue.Put] and [Queue.PutBatch] are safe for
+// concurrent use. [Notifier.Run] is the one sender; run it once.
 package notice
 
 import (
@@ -38,6 +56,10 @@ const (
 	RecoveryRequested Kind = "recovery-requested"
 	// RecoveryCompleted: the key was recovered and delivered to the officer who asked.
 	RecoveryCompleted Kind = "recovery-completed"
+	// RecoveryCancelled: the officer who asked withdrew the request; no key was delivered.
+	RecoveryCancelled Kind = "recovery-cancelled"
+	// RecoveryExpired: the request expired before it was completed; no key was delivered.
+	RecoveryExpired Kind = "recovery-expired"
 )
 
 // ErrInvalid: the event cannot be sent (unknown kind, no mailbox, a line break in a field).
@@ -64,7 +86,7 @@ type Event struct {
 func (e Event) Validate() error {
 	switch e.Kind {
 	case Escrowed:
-	case RecoveryRequested, RecoveryCompleted:
+	case RecoveryRequested, RecoveryCompleted, RecoveryCancelled, RecoveryExpired:
 		if e.Request == "" {
 			return fmt.Errorf("%w: a recovery notice needs its request ID", ErrInvalid)
 		}
@@ -147,6 +169,18 @@ func (e Event) text(caName string) (subject, body string) {
 		fmt.Fprintf(&b, "Recovery request: %s\n\n", e.Request)
 		b.WriteString("A quorum of key recovery agents approved it. If you did not expect this,\n" +
 			"contact your security team and quote the request.\n")
+	case RecoveryCancelled:
+		subject = "The recovery of your escrowed key was cancelled"
+		fmt.Fprintf(&b, "On %s, recovery officer %s cancelled the request to recover the\nescrowed private key of your %s for %s.\n\n", when, e.RequestedBy, certs, e.Mailbox)
+		fmt.Fprintf(&b, "Recovery request: %s\n\n", e.Request)
+		b.WriteString("The request is closed: the key was not recovered, and this request can no\n" +
+			"longer be used to recover it.\n")
+	case RecoveryExpired:
+		subject = "The recovery of your escrowed key expired"
+		fmt.Fprintf(&b, "On %s, the request of recovery officer %s to recover the escrowed\nprivate key of your %s for %s expired\nbefore a quorum of key recovery agents approved it and the key was fetched.\n\n", when, e.RequestedBy, certs, e.Mailbox)
+		fmt.Fprintf(&b, "Recovery request: %s\n\n", e.Request)
+		b.WriteString("The request is closed: the key was not recovered, and this request can no\n" +
+			"longer be used to recover it.\n")
 	}
 	b.WriteString("\nThis message contains no key, code or password, and asks nothing of you.\n")
 	return subject, b.String()

@@ -19,6 +19,10 @@ const (
 	DefaultMaxBackoff = 5 * time.Minute
 	// rescan is the longest the sender sleeps when nothing is due.
 	rescan = time.Minute
+	// DefaultBatchQuiet and DefaultBatchHold: queued batches are sent once no batch was queued
+	// for 5 s (a bulk job has ended, or paused), or once the oldest has waited 10 minutes.
+	DefaultBatchQuiet = 5 * time.Second
+	DefaultBatchHold  = 10 * time.Minute
 )
 
 // Notifier queues notices and sends them. Fill the exported fields, then call [Notifier.Run]
@@ -34,6 +38,11 @@ type Notifier struct {
 	// MinBackoff and MaxBackoff bound the wait before a notice is tried again (defaults
 	// [DefaultMinBackoff], [DefaultMaxBackoff]).
 	MinBackoff, MaxBackoff time.Duration
+	// BatchQuiet and BatchHold say when queued batches ([Notifier.NotifyBatch]) are sent: once
+	// no batch was queued for BatchQuiet, or once the oldest has waited BatchHold (defaults
+	// [DefaultBatchQuiet], [DefaultBatchHold]). Waiting lets the batches of one bulk job merge:
+	// a mailbox gets one message listing all its serials, not one per committed batch.
+	BatchQuiet, BatchHold time.Duration
 
 	sent, failures, dropped atomic.Uint64
 	wakeOnce                sync.Once
@@ -69,6 +78,35 @@ func (n *Notifier) Notify(e Event) {
 		return
 	}
 	n.log().Debug("subscriber notice queued", "id", id, "kind", e.Kind)
+	select {
+	case n.wakeCh() <- struct{}{}:
+	default:
+	}
+}
+
+// NotifyBatch queues es, the notices of keys escrowed together (a committed batch of a bulk
+// job), as one batch file (one fsync), and wakes the sender. Like [Notifier.Notify] it never
+// fails its caller: a batch that cannot be queued is logged (its size, no mailbox) and counted
+// as one failure and len(es) notices dropped. It waits for the file's fsync, never for the
+// relay.
+func (n *Notifier) NotifyBatch(es []Event) {
+	if len(es) == 0 {
+		return
+	}
+	now := time.Now().UTC()
+	for i := range es {
+		if es[i].Time.IsZero() {
+			es[i].Time = now
+		}
+	}
+	id, err := n.Queue.PutBatch(es)
+	if err != nil {
+		n.failures.Add(1)
+		n.dropped.Add(uint64(len(es)))
+		n.log().Error("subscriber notices of a batch not queued: the subscribers will not be told", "notices", len(es), "err", err)
+		return
+	}
+	n.log().Debug("subscriber notices queued", "batch", id, "notices", len(es))
 	select {
 	case n.wakeCh() <- struct{}{}:
 	default:
@@ -119,7 +157,8 @@ type retry struct {
 }
 
 // Run sends the queued notices, oldest first, until ctx ends: at start, when [Notifier.Notify]
-// queues one, when a notice's back-off ends, and at least once a minute. A notice the relay
+// queues one, when a notice's back-off ends, and at least once a minute; and the queued
+// batches once due (see [Notifier.BatchQuiet] and the package documentation). A notice the relay
 // accepted is deleted; one it refused for good ([ErrRejected]) moves to the rejected folder;
 // any other failure is retried with a doubling back-off. A relay that cannot be reached ends
 // the pass (the notices behind would fail the same way).
@@ -132,10 +171,14 @@ func (n *Notifier) Run(ctx context.Context) {
 		n.log().Info("subscriber notices waiting from before the start", "queued", q)
 	}
 	state := map[string]*retry{}
+	groups := map[string]*retry{}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		wait := n.pass(ctx, state)
+		if ctx.Err() == nil {
+			wait = min(wait, n.passBatches(ctx, groups))
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -226,11 +269,7 @@ func (n *Notifier) send(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	msg, err := e.Message(n.From, id, n.CAName)
-	if err != nil {
-		return err
-	}
-	if err := n.Sender.Send(ctx, n.From, e.Mailbox, msg); err != nil {
+	if err := n.sendEvent(ctx, e, id); err != nil {
 		return err
 	}
 	n.sent.Add(1)
@@ -240,6 +279,15 @@ func (n *Notifier) send(ctx context.Context, id string) error {
 	}
 	n.log().Info("subscriber notice sent", "id", id, "kind", e.Kind, "serials", e.Serials)
 	return nil
+}
+
+// sendEvent hands e to the relay as a message with Message-ID id.
+func (n *Notifier) sendEvent(ctx context.Context, e Event, id string) error {
+	msg, err := e.Message(n.From, id, n.CAName)
+	if err != nil {
+		return err
+	}
+	return n.Sender.Send(ctx, n.From, e.Mailbox, msg)
 }
 
 func (n *Notifier) minBackoff() time.Duration {

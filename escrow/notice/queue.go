@@ -25,14 +25,16 @@ const (
 	maxFile    = 64 << 10
 )
 
-// Queue is a folder of queued notices, one file per notice, named so that they sort in the
-// order they were queued. A file is complete or absent: it is written to a temporary file,
-// synced, renamed into place, and the folder synced, so a notice queued survives a crash or a
-// restart. Use [OpenQueue].
+// Queue is a folder of queued notices, one file per notice ([Queue.Put]) or per batch of
+// notices ([Queue.PutBatch]), named so that they sort in the order they were queued. A file is
+// complete or absent: it is written to a temporary file, synced, renamed into place, and the
+// folder synced, so a notice queued survives a crash or a restart. Use [OpenQueue].
 type Queue struct {
 	dir string
-	mu  sync.Mutex // orders names queued in the same nanosecond
+	mu  sync.Mutex // orders names queued in the same nanosecond; guards pending
 	seq uint64
+	// pending counts the events not yet done of each batch (batch.go), read on first use.
+	pending map[string]int
 }
 
 // OpenQueue opens (making it, mode 0700) the queue folder dir and removes the temporary files
@@ -50,7 +52,9 @@ func OpenQueue(dir string) (*Queue, error) {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
-	return &Queue{dir: dir}, nil
+	q := &Queue{dir: dir}
+	q.removeOrphans()
+	return q, nil
 }
 
 // Dir is the queue's folder.
@@ -73,31 +77,10 @@ func (q *Queue) Put(e Event) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(q.dir, tmpPrefix+"*")
-	if err != nil {
-		return "", fmt.Errorf("notice: queue: %w", err)
+	if err := q.writeFile(id+fileSuffix, b); err != nil {
+		return "", err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(b); err != nil {
-		return "", fmt.Errorf("notice: queue: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("notice: queue: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("notice: queue: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(q.dir, id+fileSuffix)); err != nil {
-		return "", fmt.Errorf("notice: queue: %w", err)
-	}
-	ok = true
-	return id, syncDir(q.dir)
+	return id, nil
 }
 
 // newID is the queue time in nanoseconds (fixed width, so names sort in queue order), a
@@ -131,10 +114,11 @@ func (q *Queue) List() ([]string, error) {
 	return ids, nil
 }
 
-// Len is the number of queued notices (0 when the folder cannot be read).
+// Len is the number of queued notices, the events of queued batches not yet done included
+// (the notices of a folder that cannot be read are not counted).
 func (q *Queue) Len() int {
 	ids, _ := q.List()
-	return len(ids)
+	return len(ids) + q.batchLen()
 }
 
 // Get reads the queued notice id.

@@ -65,7 +65,7 @@ func (s *relaySession) Logout() error { return nil }
 
 func startRelay(t *testing.T, tlsCfg *tls.Config) *relay {
 	t.Helper()
-	r := &relay{got: make(chan string, 4), authed: make(chan string, 4)}
+	r := &relay{got: make(chan string, 256), authed: make(chan string, 256)}
 	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &relaySession{r: r}, nil }))
 	srv.Domain = "localhost"
 	srv.TLSConfig = tlsCfg
