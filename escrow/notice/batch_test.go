@@ -271,4 +271,3 @@ func header(msg, name string) string {
 	}
 	return ""
 }
-
