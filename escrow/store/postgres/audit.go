@@ -1,0 +1,208 @@
+package postgres
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+
+	"bytes"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The rows of the audit trail. escrow/audit computes each entry's hash from the one before
+// it; the store keeps the rows and refuses one that does not follow the committed tail.
+// Writes are serialised (one writer per process, the database's writer lock across nodes, see
+// the package documentation), so the head read by [Tx.AuditHead] is the tail this transaction
+// appends to; an entry inserted in a
+// savepoint that is rolled back disappears with the rest of that savepoint.
+
+const auditColumns = `seq, at, kind, actor, subject, details, prev, hash`
+
+func scanAudit(scan func(...any) error) (*store.AuditEntry, error) {
+	var e store.AuditEntry
+	var at int64
+	if err := scan(&e.Seq, &at, &e.Kind, &e.Actor, &e.Subject, &e.Details, &e.Prev, &e.Hash); err != nil {
+		return nil, err
+	}
+	e.At = time.UnixMicro(at).UTC()
+	return &e, nil
+}
+
+// AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
+// empty. On the writer it is served from a cache kept for the rest of the transaction.
+func (tx *Tx) AuditHead() (int64, []byte, error) {
+	const op = "audit head"
+	if err := tx.check(false); err != nil {
+		return 0, nil, fmt.Errorf("store: %s: %w", op, err)
+	}
+	if tx.head != nil && tx.head.valid {
+		return tx.head.seq, tx.head.hash, nil
+	}
+	var seq int64
+	var hash []byte
+	err := tx.queryRow(op, []any{&seq, &hash}, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		seq, hash = 0, nil
+	case err != nil:
+		return 0, nil, err
+	}
+	if tx.head != nil {
+		*tx.head = auditHead{seq: seq, hash: hash, valid: true}
+	}
+	return seq, hash, nil
+}
+
+// InsertAudit stores e as the entry after the head: e.Seq must be the head's seq + 1 and
+// e.Prev its hash (for the first entry, any), else [store.ErrConflict]. Kind, Actor and Hash
+// are required. It must run in an [DB.Update] function.
+func (tx *Tx) InsertAudit(e store.AuditEntry) error {
+	const op = "insert audit"
+	if e.Kind == "" || e.Actor == "" || len(e.Hash) == 0 {
+		return invalid(op, "kind, actor and hash are required")
+	}
+	if err := tx.check(true); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	seq, hash, err := tx.AuditHead()
+	if err != nil {
+		return err
+	}
+	if e.Seq != seq+1 || (seq > 0 && !bytes.Equal(e.Prev, hash)) {
+		return fmt.Errorf("store: %s %d: the trail's head is entry %d: %w", op, e.Seq, seq, store.ErrConflict)
+	}
+	if _, err := tx.exec(op, `INSERT INTO audit (`+auditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.Seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, e.Prev, e.Hash); err != nil {
+		if tx.head != nil {
+			tx.head.valid = false
+		}
+		return err
+	}
+	if tx.head != nil {
+		*tx.head = auditHead{seq: e.Seq, hash: e.Hash, valid: true}
+	}
+	return nil
+}
+
+// auditHead is the last audit entry the writer's transaction knows of. It holds for the rest
+// of the transaction, which holds the writer lock: no other node appends meanwhile. A failed
+// function's savepoint restores it; every transaction starts without it, since other nodes
+// may have appended between two.
+type auditHead struct {
+	seq   int64
+	hash  []byte
+	valid bool
+}
+
+// LastAudit returns the last entry of the trail, or [ErrNotFound] when it is empty.
+func (tx *Tx) LastAudit() (*store.AuditEntry, error) {
+	return tx.getAudit("last audit entry", `SELECT `+auditColumns+` FROM audit ORDER BY seq DESC LIMIT 1`)
+}
+
+// GetAudit returns entry seq, or [ErrNotFound].
+func (tx *Tx) GetAudit(seq int64) (*store.AuditEntry, error) {
+	return tx.getAudit("get audit entry", `SELECT `+auditColumns+` FROM audit WHERE seq = ?`, seq)
+}
+
+// LastAuditOfKind returns the last entry of a kind, or [ErrNotFound].
+func (tx *Tx) LastAuditOfKind(kind string) (*store.AuditEntry, error) {
+	return tx.getAudit("last audit entry of kind", `SELECT `+auditColumns+` FROM audit WHERE kind = ? ORDER BY seq DESC LIMIT 1`, kind)
+}
+
+func (tx *Tx) getAudit(op, query string, args ...any) (*store.AuditEntry, error) {
+	var e *store.AuditEntry
+	err := tx.query(op, func(rows *sql.Rows) error {
+		var err error
+		e, err = scanAudit(rows.Scan)
+		return err
+	}, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		return nil, fmt.Errorf("store: %s: %w", op, store.ErrNotFound)
+	}
+	return e, nil
+}
+
+// ListAudit returns at most limit entries with seq >= from, in seq order. It returns the rows
+// as stored, whatever their content: verifying them is the caller's job.
+func (tx *Tx) ListAudit(from int64, limit int) ([]store.AuditEntry, error) {
+	if limit <= 0 {
+		return nil, invalid("list audit", "limit %d must be positive", limit)
+	}
+	var out []store.AuditEntry
+	err := tx.query("list audit", func(rows *sql.Rows) error {
+		e, err := scanAudit(rows.Scan)
+		if err == nil {
+			out = append(out, *e)
+		}
+		return err
+	}, `SELECT `+auditColumns+` FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`, from, limit)
+	return out, err
+}
+
+// InsertCheckpoint stores a signed checkpoint. The entry it names must exist with the same
+// hash ([ErrConflict] otherwise); a second checkpoint of the same seq gives [ErrConflict] too.
+func (tx *Tx) InsertCheckpoint(c store.AuditCheckpoint) error {
+	const op = "insert audit checkpoint"
+	if c.Seq < 1 || len(c.Hash) == 0 || len(c.KeyID) == 0 || len(c.Signature) == 0 {
+		return invalid(op, "seq, hash, key ID and signature are required")
+	}
+	e, err := tx.GetAudit(c.Seq)
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	if !bytes.Equal(e.Hash, c.Hash) {
+		return fmt.Errorf("store: %s: entry %d has another hash: %w", op, c.Seq, store.ErrConflict)
+	}
+	_, err = tx.exec(op, `INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?)`,
+		c.Seq, c.Hash, orNow(c.At).UnixMicro(), c.KeyID, c.Signature)
+	return err
+}
+
+const checkpointColumns = `seq, hash, at, key_id, signature`
+
+func scanCheckpoint(scan func(...any) error) (*store.AuditCheckpoint, error) {
+	var c store.AuditCheckpoint
+	var at int64
+	if err := scan(&c.Seq, &c.Hash, &at, &c.KeyID, &c.Signature); err != nil {
+		return nil, err
+	}
+	c.At = time.UnixMicro(at).UTC()
+	return &c, nil
+}
+
+// LastCheckpoint returns the checkpoint with the highest seq, or [ErrNotFound].
+func (tx *Tx) LastCheckpoint() (*store.AuditCheckpoint, error) {
+	var c *store.AuditCheckpoint
+	err := tx.query("last audit checkpoint", func(rows *sql.Rows) error {
+		var err error
+		c, err = scanCheckpoint(rows.Scan)
+		return err
+	}, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY seq DESC LIMIT 1`)
+	if err != nil {
+		return nil, err
+	}
+	if c == nil {
+		return nil, fmt.Errorf("store: last audit checkpoint: %w", store.ErrNotFound)
+	}
+	return c, nil
+}
+
+// Checkpoints returns at most limit checkpoints with seq >= from, in seq order.
+func (tx *Tx) Checkpoints(from int64, limit int) ([]store.AuditCheckpoint, error) {
+	if limit <= 0 {
+		return nil, invalid("list audit checkpoints", "limit %d must be positive", limit)
+	}
+	var out []store.AuditCheckpoint
+	err := tx.query("list audit checkpoints", func(rows *sql.Rows) error {
+		c, err := scanCheckpoint(rows.Scan)
+		if err == nil {
+			out = append(out, *c)
+		}
+		return err
+	}, `SELECT `+checkpointColumns+` FROM audit_checkpoints WHERE seq >= ? ORDER BY seq LIMIT ?`, from, limit)
+	return out, err
+}

@@ -1,0 +1,56 @@
+// Package postgres is keyarc's archive in a PostgreSQL database: the [store.Store] that
+// several keyarc nodes share. It holds what escrow/store/sqlite holds (enrollment codes,
+// certificates with their revocation state and key identity, sealed escrow records, pending
+// requests, recovery sets and recoveries, bulk jobs, the rows of the audit trail, signed CRLs
+// and pre-signed OCSP responses), owns its schema and migrations, and knows no cryptography,
+// policy or HTTP. Secrets never reach it in clear: enrollment codes are kept only as the hash
+// the caller passes in, and escrow records only as the sealed blobs made by escrow/record.
+//
+// It imports the standard library, github.com/jackc/pgx/v5 (pgxpool, with its database/sql
+// adapter stdlib on top, so that its statements read like the SQLite backend's) and
+// escrow/store, whose contract it implements and whose conformance suite
+// (escrow/store/storetest) it passes.
+//
+// # Storage
+//
+// [Open] takes a libpq connection string or URL. The schema version lives in the one row of
+// the keyarc_schema table; migrations are applied in order, all in one transaction that holds
+// an advisory lock (pg_advisory_xact_lock), so that nodes starting at once apply each
+// migration once. Tables and columns are SQLite's: times are BIGINT unix microseconds in UTC
+// (NULL for the zero time), serials canonical lower-case hex ([store.NormalizeSerial]), and
+// text columns collate as "C", so that ordering by serial is byte order whatever the
+// database's locale. Text arguments holding a NUL byte or invalid UTF-8, which PostgreSQL's
+// text type cannot store, are refused with [store.ErrInvalid] before they reach the server.
+//
+// # Concurrency
+//
+// A [DB] is safe for concurrent use. [DB.Update] GROUP-COMMITS as SQLite's does: one writer
+// goroutine per DB owns one connection, opens one transaction, runs each queued caller's
+// function in its own SAVEPOINT (the first without one), and COMMITs once for all of them.
+// Each statement that writes runs in a savepoint of its own too: PostgreSQL aborts the whole
+// transaction when a statement fails, where the contract undoes that statement alone.
+//
+// Across nodes, every write transaction first takes the database's writer lock
+// (pg_advisory_xact_lock on one key), the equivalent of SQLite's BEGIN IMMEDIATE: write
+// transactions of all the nodes run one after the other, each on READ COMMITTED and so on
+// everything committed before it took the lock. That makes every check-then-act of the
+// contract atomic across nodes without a retry: of two claims of one enrollment code exactly
+// one succeeds, a KRA approves a recovery once, recovery set epochs and CRL numbers follow
+// each other, and the audit trail stays one linear hash chain ([store.AuditLog.AuditHead] is
+// the tail the next entry follows). Row locks (SELECT ... FOR UPDATE) or SERIALIZABLE would
+// let unrelated writes of two nodes overlap, but the audit chain, which nearly every write
+// extends, serialises them anyway, and SERIALIZABLE would make Update run functions again
+// after a serialization failure, which the contract lets no backend do silently. Writes scale
+// by group commit: one lock, one transaction and one commit for a whole group of callers.
+// Since writers never wait on each other's row locks, they meet no deadlock or serialization
+// failure; such an error from the server (like a lost connection, an administrator's
+// shutdown, a full disk) wraps [store.ErrUnavailable], and the caller may try again.
+//
+// [DB.View] runs on the pool in a READ ONLY, REPEATABLE READ transaction: one snapshot of
+// committed data, concurrent with Update and other Views.
+//
+// A [Tx] belongs to the function it was passed to: it must not be kept after the function
+// returns nor shared with other goroutines. Functions passed to Update run on the writer
+// goroutine, so they must be quick, do no I/O other than through the Tx, and never call
+// Update or View.
+package postgres

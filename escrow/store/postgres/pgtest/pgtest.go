@@ -1,0 +1,257 @@
+// Package pgtest starts a throw-away PostgreSQL server for tests and hands them fresh,
+// empty databases on it.
+//
+// The server runs from the installed binaries (initdb and postgres under
+// /usr/lib/postgresql/VERSION/bin, the newest version, or on $PATH) in a fresh folder of
+// os.TempDir(), as the postgres system user when the test runs as root (PostgreSQL refuses to
+// run as root). It listens on a unix socket in that folder only, with no TCP port, and runs
+// with fsync off: what it stores is thrown away with it. Only _test.go files may import this
+// package; it imports the standard library, testing and pgx's pgconn.
+//
+// # Concurrency
+//
+// [Start] may be called from parallel tests: one server is shared by the process, started on
+// the first call and stopped when the last test that asked for it ends. [Server.NewDatabase]
+// may be called concurrently.
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Server is a running throw-away PostgreSQL server.
+type Server struct {
+	dir  string // owned by the server's user: data/, the socket and the log
+	cmd  *exec.Cmd
+	exit chan error // the server process's exit
+	n    atomic.Int64
+}
+
+var shared struct {
+	mu   sync.Mutex
+	srv  *Server
+	refs int
+}
+
+// Start returns the process's server, starting it if no test holds it, and stops it when tb
+// and every other test holding it have ended. It skips tb when PostgreSQL is not installed,
+// unless $KEYARC_REQUIRE_POSTGRES or $CI is set: then it fails tb, as it does when the server
+// does not start.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.srv == nil {
+		bin, err := findBin()
+		if err != nil {
+			if os.Getenv("KEYARC_REQUIRE_POSTGRES") == "" && os.Getenv("CI") == "" {
+				tb.Skipf("pgtest: PostgreSQL is not installed (%v); install the postgresql package, or .ci/deps does", err)
+			}
+			tb.Fatalf("pgtest: PostgreSQL is required ($KEYARC_REQUIRE_POSTGRES or $CI is set): %v", err)
+		}
+		srv, err := start(bin)
+		if err != nil {
+			tb.Fatalf("pgtest: %v", err)
+		}
+		shared.srv = srv
+	}
+	shared.refs++
+	srv := shared.srv
+	tb.Cleanup(func() {
+		shared.mu.Lock()
+		defer shared.mu.Unlock()
+		if shared.refs--; shared.refs == 0 {
+			if err := shared.srv.stop(); err != nil {
+				tb.Errorf("pgtest: stop the server: %v", err)
+			}
+			shared.srv = nil
+		}
+	})
+	return srv
+}
+
+// findBin returns the folder of the newest installed initdb and postgres.
+func findBin() (string, error) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
+	for _, d := range dirs {
+		if isExec(filepath.Join(d, "initdb")) && isExec(filepath.Join(d, "postgres")) {
+			return d, nil
+		}
+	}
+	initdb, err := exec.LookPath("initdb")
+	if err != nil {
+		return "", errors.New("no initdb under /usr/lib/postgresql/*/bin nor on $PATH")
+	}
+	d := filepath.Dir(initdb)
+	if !isExec(filepath.Join(d, "postgres")) {
+		return "", fmt.Errorf("no postgres beside %s", initdb)
+	}
+	return d, nil
+}
+
+func version(binDir string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return v
+}
+
+func isExec(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// start runs initdb and postgres from bin in a new folder, and waits until the server takes
+// connections.
+func start(bin string) (srv *Server, err error) {
+	dir, err := os.MkdirTemp("", "keyarc-pg-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("running as root, and PostgreSQL refuses root: no postgres user to run it as: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	command := func(name string, args ...string) *exec.Cmd {
+		cmd := exec.Command(filepath.Join(bin, name), args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
+		if cred != nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		}
+		return cmd
+	}
+	data := filepath.Join(dir, "data")
+	initdb := command("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
+		"--no-sync", "--no-instructions")
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+	}
+	logPath := filepath.Join(dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := command("postgres", "-D", data, "-k", dir, "-p", "5432",
+		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB",
+		"-c", "log_min_messages=warning")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	srv = &Server{dir: dir, cmd: cmd, exit: make(chan error, 1)}
+	go func() { srv.exit <- cmd.Wait() }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		c, err := pgconn.Connect(ctx, srv.URL("postgres"))
+		if err == nil {
+			c.Close(ctx)
+			return srv, nil
+		}
+		select {
+		case werr := <-srv.exit:
+			log, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("postgres exited (%v) before taking connections:\n%s", werr, log)
+		case <-ctx.Done():
+			srv.stop()
+			log, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("postgres takes no connection after 60s: %v\n%s", err, log)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stop shuts the server down (fast shutdown, then a kill if it lingers) and removes its folder.
+func (s *Server) stop() error {
+	s.cmd.Process.Signal(syscall.SIGINT)
+	var err error
+	select {
+	case err = <-s.exit:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		err = fmt.Errorf("postgres did not stop within 30s: %v", <-s.exit)
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = nil // a fast shutdown ends with a signal status on some versions
+	}
+	return errors.Join(err, os.RemoveAll(s.dir))
+}
+
+// URL returns the key=value connection string of database name on the server's socket.
+func (s *Server) URL(name string) string {
+	return fmt.Sprintf("host=%s port=5432 user=postgres dbname=%s sslmode=disable", s.dir, name)
+}
+
+// Dir is the folder that holds the server's socket (the host of its connection strings).
+func (s *Server) Dir() string { return s.dir }
+
+// NewDatabase creates an empty database with a name of its own and returns its connection
+// string; the database is dropped when tb ends, with whatever connections it still has.
+func (s *Server) NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	name := fmt.Sprintf("keyarc_test_%d", s.n.Add(1))
+	if err := s.admin("CREATE DATABASE " + name); err != nil {
+		tb.Fatalf("pgtest: create database: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := s.admin("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
+			tb.Errorf("pgtest: drop database: %v", err)
+		}
+	})
+	return s.URL(name)
+}
+
+// Admin runs sql on the server's postgres database as the superuser (to make faults: stop
+// connections, revoke rights).
+func (s *Server) Admin(tb testing.TB, sql string) {
+	tb.Helper()
+	if err := s.admin(sql); err != nil {
+		tb.Fatalf("pgtest: %s: %v", strings.Fields(sql)[0], err)
+	}
+}
+
+func (s *Server) admin(sql string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, s.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	_, err = c.Exec(ctx, sql).ReadAll()
+	return err
+}

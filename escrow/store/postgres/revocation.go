@@ -1,0 +1,320 @@
+package postgres
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ---------------------------------------------------------------------------
+// Revocations
+
+// RevokeCertificate moves an issued certificate to revoked with reason (the S/MIME BR set,
+// store.ValidReason) at the given time: [store.ErrConflict] if it is not issued,
+// [store.ErrNotFound] if unknown, [store.ErrInvalid] for another reason or a zero time.
+func (tx *Tx) RevokeCertificate(serial string, reason int, at time.Time) error {
+	const op = "revoke certificate"
+	switch {
+	case at.IsZero():
+		return invalid(op, "zero time")
+	case !store.ValidReason(reason):
+		return invalid(op, "reason %d is not one of the S/MIME BR reasons", reason)
+	}
+	_, err := tx.certTransition(op, serial, store.StateIssued, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
+		at.UnixMicro(), reason)
+	return err
+}
+
+// SetKeyCompromise changes the reason of a revoked certificate to keyCompromise, keeping its
+// revocation date: [store.ErrConflict] if it is not revoked or is revoked for keyCompromise
+// already, [store.ErrNotFound] if unknown.
+func (tx *Tx) SetKeyCompromise(serial string) error {
+	const op = "set key compromise"
+	s, err := store.NormalizeSerial(serial)
+	if err != nil {
+		return err
+	}
+	n, err := tx.exec(op, `UPDATE certificates SET revocation_reason = ?1
+		WHERE serial = ?2 AND state = 'revoked' AND revocation_reason != ?1`, store.ReasonKeyCompromise, s)
+	if err != nil || n == 1 {
+		return err
+	}
+	var state string
+	var reason int
+	if err := tx.queryRow(op, []any{&state, &reason}, `SELECT state, revocation_reason FROM certificates WHERE serial = ?`, s); err != nil {
+		return err
+	}
+	if state != store.StateRevoked {
+		return fmt.Errorf("store: %s: certificate %s is %s, not revoked: %w", op, s, state, store.ErrConflict)
+	}
+	return fmt.Errorf("store: %s: certificate %s is revoked for keyCompromise already: %w", op, s, store.ErrConflict)
+}
+
+// CertificatesByKey returns the certificates whose DER holds the key of identity keyID,
+// oldest first, through the partial index certificates_key.
+func (tx *Tx) CertificatesByKey(keyID string) ([]store.Certificate, error) {
+	const op = "certificates by key"
+	if !store.ValidKeyID(keyID) {
+		return nil, invalid(op, "key id %q is not 64 lower-case hex digits", keyID)
+	}
+	var out []store.Certificate
+	err := tx.query(op, func(rows *sql.Rows) error {
+		c, err := scanCertificate(rows.Scan)
+		if err == nil {
+			out = append(out, *c)
+		}
+		return err
+	}, `SELECT `+certColumns+` FROM certificates WHERE key_id = ? AND key_id IS NOT NULL ORDER BY created_at, serial`, keyID)
+	return out, err
+}
+
+// errStop carries fn's error out of tx.query unwrapped.
+type errStop struct{ err error }
+
+func (e errStop) Error() string { return e.err.Error() }
+
+// revokedQuery reads the CRL's entries from the covering partial index certificates_revoked,
+// in its order.
+const revokedQuery = `SELECT serial, not_after, revoked_at, revocation_reason FROM certificates
+	WHERE state = 'revoked' AND (not_after IS NULL OR not_after > ?) ORDER BY serial`
+
+// RevokedCertificates streams the revoked certificates not expired at now, in serial order,
+// from the covering partial index certificates_revoked: one row at a time, never the list.
+func (tx *Tx) RevokedCertificates(now time.Time, fn func(store.CertStatus) error) error {
+	const op = "revoked certificates"
+	if now.IsZero() {
+		return invalid(op, "zero time")
+	}
+	if fn == nil {
+		return invalid(op, "nil function")
+	}
+	var (
+		st       = store.CertStatus{Revoked: true}
+		na, rev  sql.NullInt64
+		stopWith error
+	)
+	err := tx.query(op, func(rows *sql.Rows) error {
+		if err := rows.Scan(&st.Serial, &na, &rev, &st.Reason); err != nil {
+			return err
+		}
+		st.NotAfter, st.RevokedAt = tget(na), tget(rev)
+		if err := fn(st); err != nil {
+			stopWith = err
+			return errStop{err}
+		}
+		return nil
+	}, revokedQuery, now.UnixMicro())
+	if stopWith != nil {
+		var stop errStop
+		if errors.As(err, &stop) {
+			return stopWith
+		}
+	}
+	return err
+}
+
+// ---------------------------------------------------------------------------
+// CRLs
+
+// InsertCRL stores a signed CRL whose number is above every one stored before, and deletes
+// the CRLs older than the newest store.CRLsKept.
+func (tx *Tx) InsertCRL(c store.CRL) error {
+	const op = "insert crl"
+	switch {
+	case c.Number < 1:
+		return invalid(op, "number %d", c.Number)
+	case len(c.DER) == 0:
+		return invalid(op, "empty der")
+	case c.ThisUpdate.IsZero() || !c.NextUpdate.After(c.ThisUpdate):
+		return invalid(op, "nextUpdate %v not after thisUpdate %v", c.NextUpdate, c.ThisUpdate)
+	}
+	if err := tx.check(true); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	var last int64
+	if err := tx.queryRow(op, []any{&last}, `SELECT coalesce(max(number), 0) FROM crls`); err != nil {
+		return err
+	}
+	if c.Number <= last {
+		return fmt.Errorf("store: %s: CRL number %d is not above the last one, %d: %w", op, c.Number, last, store.ErrConflict)
+	}
+	if _, err := tx.exec(op, `INSERT INTO crls (number, this_update, next_update, der, created_at) VALUES (?, ?, ?, ?, ?)`,
+		c.Number, c.ThisUpdate.UnixMicro(), c.NextUpdate.UnixMicro(), c.DER, orNow(c.CreatedAt).UnixMicro()); err != nil {
+		return err
+	}
+	_, err := tx.exec(op, `DELETE FROM crls WHERE number <= ?::bigint - ?::bigint`, c.Number, store.CRLsKept)
+	return err
+}
+
+// LatestCRL returns the CRL with the highest number, or [store.ErrNotFound].
+func (tx *Tx) LatestCRL() (*store.CRL, error) {
+	var (
+		c                     store.CRL
+		this, next, createdAt sql.NullInt64
+	)
+	if err := tx.queryRow("latest crl", []any{&c.Number, &this, &next, &c.DER, &createdAt},
+		`SELECT number, this_update, next_update, der, created_at FROM crls ORDER BY number DESC LIMIT 1`); err != nil {
+		return nil, err
+	}
+	c.ThisUpdate, c.NextUpdate, c.CreatedAt = tget(this), tget(next), tget(createdAt)
+	return &c, nil
+}
+
+// ---------------------------------------------------------------------------
+// OCSP responses
+
+// UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
+// replacing its serial's unless the stored one has a later thisUpdate.
+func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
+	const op = "upsert ocsp responses"
+	if err := tx.check(true); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	const width = 7
+	serials := make([]any, 0, len(rs))
+	args := make([]any, 0, len(rs)*width)
+	now := time.Now().UnixMicro()
+	for _, r := range rs {
+		s, err := store.NormalizeSerial(r.Serial)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(r.DER) == 0:
+			return invalid(op, "%s: empty der", s)
+		case r.ThisUpdate.IsZero() || !r.NextUpdate.After(r.ThisUpdate):
+			return invalid(op, "%s: nextUpdate %v not after thisUpdate %v", s, r.NextUpdate, r.ThisUpdate)
+		case !store.ValidStoredReason(r.Reason):
+			return invalid(op, "%s: reason %d", s, r.Reason)
+		case !r.Revoked && r.Reason != 0:
+			return invalid(op, "%s: a reason in a good response", s)
+		}
+		serials = append(serials, s)
+		args = append(args, s, r.DER, r.ThisUpdate.UnixMicro(), r.NextUpdate.UnixMicro(), r.Revoked, r.Reason, now)
+	}
+	if err := tx.checkIssued(op, serials); err != nil {
+		return err
+	}
+	for len(args) > 0 {
+		k := rowsPerInsert
+		for k > len(args)/width {
+			k /= 2
+		}
+		q := multiRowInsert(`INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at)`, width, k) +
+			` ON CONFLICT (serial) DO UPDATE SET der = excluded.der, this_update = excluded.this_update,
+			next_update = excluded.next_update, revoked = excluded.revoked, reason = excluded.reason, updated_at = excluded.updated_at
+			WHERE excluded.this_update >= ocsp_responses.this_update`
+		if _, err := tx.exec(op, q, args[:k*width]...); err != nil {
+			return err
+		}
+		args = args[k*width:]
+	}
+	return nil
+}
+
+// checkIssued refuses serials that are unknown (ErrNotFound) or were never issued
+// (ErrNotIssued and ErrConflict), looking them up rowsPerInsert to a statement.
+func (tx *Tx) checkIssued(op string, serials []any) error {
+	for len(serials) > 0 {
+		part := serials[:min(len(serials), rowsPerInsert)]
+		serials = serials[len(part):]
+		state := make(map[string]string, len(part))
+		err := tx.query(op, func(rows *sql.Rows) error {
+			var s, st string
+			err := rows.Scan(&s, &st)
+			state[s] = st
+			return err
+		}, `SELECT serial, state FROM certificates WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
+		if err != nil {
+			return err
+		}
+		for _, v := range part {
+			s := v.(string)
+			switch state[s] {
+			case "":
+				return fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNotFound)
+			case store.StatePending, store.StateFailed:
+				return fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, state[s], store.ErrNotIssued, store.ErrConflict)
+			}
+		}
+	}
+	return nil
+}
+
+// GetOCSPResponse returns the stored response of serial, telling apart a serial never
+// reserved (ErrNotFound), one reserved but never issued (ErrNotIssued and ErrNotFound) and an
+// issued one without a response yet (ErrNoResponse).
+func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
+	const op = "get ocsp response"
+	s, err := store.NormalizeSerial(serial)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		r               store.OCSPResponse
+		state           string
+		der             []byte
+		this, next, upd sql.NullInt64
+		revoked         sql.NullBool
+		reason          sql.NullInt64
+	)
+	if err := tx.queryRow(op, []any{&state, &der, &this, &next, &revoked, &reason, &upd},
+		`SELECT c.state, o.der, o.this_update, o.next_update, o.revoked, o.reason, o.updated_at
+		FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial WHERE c.serial = ?`, s); err != nil {
+		return nil, err
+	}
+	switch {
+	case state == store.StatePending || state == store.StateFailed:
+		return nil, fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, state, store.ErrNotIssued, store.ErrNotFound)
+	case der == nil:
+		return nil, fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNoResponse)
+	}
+	r.Serial, r.DER, r.Revoked, r.Reason = s, der, revoked.Bool, int(reason.Int64)
+	r.ThisUpdate, r.NextUpdate, r.UpdatedAt = tget(this), tget(next), tget(upd)
+	return &r, nil
+}
+
+// OCSPDue returns a page of the certificates whose response is missing, older than
+// signedBefore or signed with another status, in serial order after after. It walks the
+// certificates in serial order (their primary key) and looks each one's response up by its
+// own primary key, so a page costs the rows it passes over; a pass over a store whose
+// responses are all fresh reads every live certificate once.
+func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]store.CertStatus, error) {
+	const op = "ocsp due"
+	switch {
+	case now.IsZero() || signedBefore.IsZero():
+		return nil, invalid(op, "zero time")
+	case limit < 1:
+		return nil, invalid(op, "limit %d", limit)
+	}
+	if after != "" {
+		s, err := store.NormalizeSerial(after)
+		if err != nil {
+			return nil, err
+		}
+		after = s
+	}
+	var out []store.CertStatus
+	err := tx.query(op, func(rows *sql.Rows) error {
+		var (
+			st      store.CertStatus
+			state   string
+			na, rev sql.NullInt64
+		)
+		if err := rows.Scan(&st.Serial, &state, &na, &rev, &st.Reason); err != nil {
+			return err
+		}
+		st.Revoked, st.NotAfter, st.RevokedAt = state == store.StateRevoked, tget(na), tget(rev)
+		out = append(out, st)
+		return nil
+	}, `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason
+		FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial
+		WHERE c.serial > ?1 AND c.state IN ('issued', 'revoked') AND (c.not_after IS NULL OR c.not_after > ?2)
+		AND (o.serial IS NULL OR o.this_update < ?3 OR o.revoked != (c.state = 'revoked') OR o.reason != c.revocation_reason)
+		ORDER BY c.serial LIMIT ?4`, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
+	return out, err
+}

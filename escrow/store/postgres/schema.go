@@ -1,0 +1,275 @@
+package postgres
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// Advisory lock keys (pg_advisory_xact_lock), one database's own: every keyarc node on the
+// database takes lockWriter for each write transaction, and lockMigrate while it brings the
+// schema up to date.
+const (
+	lockWriter  int64 = 0x6b65796172630001 // "keyarc" 1
+	lockMigrate int64 = 0x6b65796172630002 // "keyarc" 2
+)
+
+// migrations[i] brings the schema from version i to version i+1. Append only: never edit a
+// migration that has shipped. Version 1 is the schema of SQLite's version 8, the first the
+// PostgreSQL backend shipped with: the same tables and columns, so that the Tx code of both
+// backends reads alike. Times are unix microseconds (UTC) in BIGINT columns, NULL for the
+// zero time; serials are canonical lower-case hex (NormalizeSerial). Every text column
+// collates as "C" (byte order), which is the order the contract gives (certificates in the
+// byte order of their serials) and the one SQLite uses, whatever the database's locale.
+var migrations = []string{
+	// 1: the whole schema.
+	`
+CREATE TABLE codes (
+	id         TEXT COLLATE "C" PRIMARY KEY,
+	email      TEXT COLLATE "C" NOT NULL,
+	template   TEXT COLLATE "C" NOT NULL,
+	hash       BYTEA  NOT NULL,
+	created_at BIGINT NOT NULL,
+	expires_at BIGINT NOT NULL,
+	used_at    BIGINT,
+	serial     TEXT COLLATE "C"
+);
+CREATE INDEX codes_email ON codes(email);
+CREATE INDEX codes_serial ON codes(serial) WHERE serial IS NOT NULL;
+
+CREATE TABLE recovery_sets (
+	epoch      BIGINT PRIMARY KEY CHECK (epoch >= 1),
+	quorum     BIGINT NOT NULL CHECK (quorum >= 1),
+	created_at BIGINT NOT NULL,
+	created_by TEXT COLLATE "C" NOT NULL
+);
+
+CREATE TABLE recovery_set_kras (
+	epoch    BIGINT NOT NULL REFERENCES recovery_sets(epoch),
+	position BIGINT NOT NULL,
+	serial   TEXT COLLATE "C" NOT NULL,
+	PRIMARY KEY (epoch, position),
+	UNIQUE (epoch, serial)
+);
+
+CREATE TABLE certificates (
+	serial     TEXT COLLATE "C" PRIMARY KEY,
+	pos        BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+	template   TEXT COLLATE "C" NOT NULL,
+	email      TEXT COLLATE "C" NOT NULL,
+	subject    TEXT COLLATE "C" NOT NULL,
+	state      TEXT COLLATE "C" NOT NULL CHECK (state IN ('pending', 'issued', 'failed', 'revoked')),
+	der        BYTEA,
+	not_before BIGINT,
+	not_after  BIGINT,
+	created_at BIGINT NOT NULL,
+	code_id    TEXT COLLATE "C" REFERENCES codes(id),
+	record_id  TEXT COLLATE "C",
+	role       TEXT COLLATE "C" NOT NULL,
+	kra        TEXT COLLATE "C" NOT NULL,
+	revoked_at BIGINT,
+	revocation_reason BIGINT NOT NULL DEFAULT 0
+		CHECK (revocation_reason BETWEEN 0 AND 10 AND revocation_reason != 7),
+	key_id     TEXT COLLATE "C"
+);
+CREATE INDEX certificates_email ON certificates(email, created_at);
+CREATE INDEX certificates_template ON certificates(template, created_at);
+CREATE INDEX certificates_state ON certificates(state, created_at);
+CREATE INDEX certificates_code ON certificates(code_id) WHERE code_id IS NOT NULL;
+CREATE INDEX certificates_kra ON certificates(kra, created_at) WHERE kra != '';
+CREATE INDEX certificates_key ON certificates(key_id, created_at) WHERE key_id IS NOT NULL;
+CREATE INDEX certificates_revoked ON certificates(serial) INCLUDE (not_after, revoked_at, revocation_reason)
+	WHERE state = 'revoked';
+CREATE INDEX certificates_record ON certificates(record_id) WHERE record_id IS NOT NULL;
+
+CREATE TABLE records (
+	id          TEXT COLLATE "C" PRIMARY KEY,
+	serial      TEXT COLLATE "C" UNIQUE,
+	email       TEXT COLLATE "C" NOT NULL,
+	epoch       BIGINT NOT NULL REFERENCES recovery_sets(epoch),
+	blob        BYTEA  NOT NULL,
+	state       TEXT COLLATE "C" NOT NULL CHECK (state IN ('pending', 'active', 'abandoned')),
+	created_at  BIGINT NOT NULL,
+	fingerprint TEXT COLLATE "C"
+);
+CREATE INDEX records_email ON records(email, created_at);
+CREATE INDEX records_state ON records(state, created_at);
+CREATE INDEX records_epoch ON records(epoch);
+CREATE INDEX records_fingerprint ON records(fingerprint, email) WHERE fingerprint IS NOT NULL AND state != 'abandoned';
+
+CREATE TABLE pending (
+	id         TEXT COLLATE "C" PRIMARY KEY,
+	template   TEXT COLLATE "C" NOT NULL,
+	email      TEXT COLLATE "C" NOT NULL,
+	requester  TEXT COLLATE "C" NOT NULL,
+	name       TEXT COLLATE "C" NOT NULL DEFAULT '',
+	csr        BYTEA  NOT NULL,
+	public_key BYTEA,
+	state      TEXT COLLATE "C" NOT NULL CHECK (state IN ('pending', 'issued', 'denied')),
+	created_at BIGINT NOT NULL,
+	decided_by TEXT COLLATE "C" NOT NULL DEFAULT '',
+	decided_at BIGINT,
+	serial     TEXT COLLATE "C"
+);
+CREATE INDEX pending_state ON pending(state, created_at);
+
+CREATE TABLE recoveries (
+	id                TEXT COLLATE "C" PRIMARY KEY,
+	kind              TEXT COLLATE "C" NOT NULL CHECK (kind IN ('recover', 'reseal')),
+	requester         TEXT COLLATE "C" NOT NULL,
+	requester_serial  TEXT COLLATE "C" NOT NULL,
+	requester_mailbox TEXT COLLATE "C" NOT NULL DEFAULT '',
+	reason            TEXT COLLATE "C" NOT NULL,
+	key_label         TEXT COLLATE "C" NOT NULL,
+	key_spki          BYTEA  NOT NULL,
+	oaep_hash         TEXT COLLATE "C" NOT NULL,
+	state             TEXT COLLATE "C" NOT NULL CHECK (state IN ('open', 'consumed', 'cancelled', 'expired')),
+	created_at        BIGINT NOT NULL,
+	expires_at        BIGINT NOT NULL,
+	closed_at         BIGINT
+);
+CREATE INDEX recoveries_state ON recoveries(state, expires_at);
+
+CREATE TABLE recovery_records (
+	recovery_id TEXT COLLATE "C" NOT NULL REFERENCES recoveries(id),
+	position    BIGINT NOT NULL,
+	record_id   TEXT COLLATE "C" NOT NULL REFERENCES records(id),
+	PRIMARY KEY (recovery_id, position),
+	UNIQUE (recovery_id, record_id)
+);
+
+CREATE TABLE approvals (
+	recovery_id   TEXT COLLATE "C" NOT NULL REFERENCES recoveries(id),
+	kra           TEXT COLLATE "C" NOT NULL,
+	signer_serial TEXT COLLATE "C" NOT NULL,
+	shares        BYTEA  NOT NULL,
+	signature     BYTEA  NOT NULL,
+	created_at    BIGINT NOT NULL,
+	PRIMARY KEY (recovery_id, kra)
+);
+
+CREATE TABLE approval_failures (
+	kra TEXT COLLATE "C" NOT NULL,
+	at  BIGINT NOT NULL
+);
+CREATE INDEX approval_failures_kra ON approval_failures(kra, at);
+
+CREATE TABLE jobs (
+	id           TEXT COLLATE "C" PRIMARY KEY,
+	kind         TEXT COLLATE "C" NOT NULL CHECK (kind IN ('enroll', 'keygen', 'import')),
+	template     TEXT COLLATE "C" NOT NULL,
+	submitted_by TEXT COLLATE "C" NOT NULL,
+	state        TEXT COLLATE "C" NOT NULL CHECK (state IN ('queued', 'running', 'done', 'cancelled')),
+	input        TEXT COLLATE "C" NOT NULL,
+	secret_key   BYTEA,
+	total        BIGINT NOT NULL DEFAULT 0,
+	done         BIGINT NOT NULL DEFAULT 0,
+	failed       BIGINT NOT NULL DEFAULT 0,
+	created_at   BIGINT NOT NULL,
+	started_at   BIGINT,
+	finished_at  BIGINT
+);
+CREATE INDEX jobs_state ON jobs(state, created_at);
+
+CREATE TABLE job_items (
+	job_id    TEXT COLLATE "C" NOT NULL REFERENCES jobs(id),
+	seq       BIGINT NOT NULL,
+	state     TEXT COLLATE "C" NOT NULL CHECK (state IN ('reserved', 'done', 'failed')),
+	serial    TEXT COLLATE "C",
+	record_id TEXT COLLATE "C",
+	error     TEXT COLLATE "C",
+	pkcs12    BYTEA,
+	password  BYTEA,
+	PRIMARY KEY (job_id, seq)
+);
+
+CREATE TABLE audit (
+	seq     BIGINT PRIMARY KEY CHECK (seq >= 1),
+	at      BIGINT NOT NULL,
+	kind    TEXT COLLATE "C" NOT NULL,
+	actor   TEXT COLLATE "C" NOT NULL,
+	subject TEXT COLLATE "C" NOT NULL,
+	details TEXT COLLATE "C" NOT NULL,
+	prev    BYTEA  NOT NULL,
+	hash    BYTEA  NOT NULL
+);
+CREATE INDEX audit_kind ON audit(kind, seq);
+
+CREATE TABLE audit_checkpoints (
+	seq       BIGINT PRIMARY KEY REFERENCES audit(seq),
+	hash      BYTEA  NOT NULL,
+	at        BIGINT NOT NULL,
+	key_id    BYTEA  NOT NULL,
+	signature BYTEA  NOT NULL
+);
+
+CREATE TABLE crls (
+	number      BIGINT PRIMARY KEY CHECK (number >= 1),
+	this_update BIGINT NOT NULL,
+	next_update BIGINT NOT NULL,
+	der         BYTEA  NOT NULL,
+	created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE ocsp_responses (
+	serial      TEXT COLLATE "C" PRIMARY KEY REFERENCES certificates(serial),
+	der         BYTEA   NOT NULL,
+	this_update BIGINT  NOT NULL,
+	next_update BIGINT  NOT NULL,
+	revoked     BOOLEAN NOT NULL,
+	reason      BIGINT  NOT NULL CHECK (reason BETWEEN 0 AND 10 AND reason != 7),
+	updated_at  BIGINT  NOT NULL
+);
+`,
+}
+
+// migrate brings the schema up to date: the missing migrations in order, in one transaction
+// that holds the migration lock, so that nodes starting at once apply each migration once
+// (the second waits for the first, then finds the schema current). The version lives in the
+// one row of keyarc_schema.
+func migrate(ctx context.Context, conn *sql.Conn) (err error) {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, lockMigrate); err != nil {
+		return fmt.Errorf("store: migrate: lock: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS keyarc_schema (
+		one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+		version BIGINT  NOT NULL)`); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	var v int
+	switch err := tx.QueryRowContext(ctx, `SELECT version FROM keyarc_schema`).Scan(&v); err {
+	case nil, sql.ErrNoRows:
+	default:
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("store: migrate: database schema version %d is newer than this program's %d: %w",
+			v, len(migrations), store.ErrSchema)
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("store: migrate to version %d: %w", i+1, err)
+		}
+	}
+	if v < len(migrations) {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO keyarc_schema (version) VALUES ($1)
+			ON CONFLICT (one) DO UPDATE SET version = excluded.version`, len(migrations)); err != nil {
+			return fmt.Errorf("store: migrate: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: migrate: commit: %w", err)
+	}
+	return nil
+}

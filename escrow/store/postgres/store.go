@@ -1,0 +1,504 @@
+package postgres
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// MaxBatch bounds the number of Update functions group-committed in one transaction.
+const MaxBatch = 256
+
+// Request states, owned by the writer goroutine once claimed.
+const (
+	reqQueued int32 = iota
+	reqClaimed
+	reqCancelled
+)
+
+type request struct {
+	fn    func(store.Tx) error
+	state atomic.Int32
+	err   error      // the fn's own result, set by the writer
+	res   chan error // buffered (1): the final answer
+}
+
+// DB is a keyarc archive in a PostgreSQL database. It is safe for concurrent use; see the
+// package documentation for the concurrency rules.
+type DB struct {
+	pool *pgxpool.Pool
+	db   *sql.DB // database/sql over pool
+
+	// wconn is the writer's connection, owned by the writer goroutine; nil until the first
+	// batch, and again after a fault of the connection (the next batch takes a new one).
+	wconn *sql.Conn
+
+	mu      sync.Mutex
+	queue   []*request
+	closing bool
+	wake    chan struct{} // capacity 1
+	done    chan struct{} // closed when the writer goroutine exits
+
+	viewMu     sync.RWMutex // held for reading by every View; Close takes it to stop them
+	viewClosed bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	// head caches the last audit entry's seq and hash during one write transaction (it is
+	// touched only by the writer goroutine, see [Tx.AuditHead]); every transaction starts
+	// without it, since another node may have appended since the last one.
+	head auditHead
+
+	updates      atomic.Uint64
+	failed       atomic.Uint64
+	commits      atomic.Uint64
+	commitErrors atomic.Uint64
+	maxBatch     atomic.Int64
+}
+
+// Stats returns the writer's counters.
+func (db *DB) Stats() store.Stats {
+	return store.Stats{
+		Updates:      db.updates.Load(),
+		Failed:       db.failed.Load(),
+		Commits:      db.commits.Load(),
+		CommitErrors: db.commitErrors.Load(),
+		MaxBatch:     int(db.maxBatch.Load()),
+	}
+}
+
+// Open connects to the PostgreSQL database of connString (a postgres:// URL or a key=value
+// string, as libpq takes them; pool_max_conns sets the pool's size, by default
+// max(4, 2×GOMAXPROCS)) and brings its schema up to date. The database must exist; the user
+// needs to create tables in it on the first Open and whenever a migration is due. A server
+// that cannot be reached gives an error wrapping [store.ErrUnavailable].
+func Open(ctx context.Context, connString string) (*DB, error) {
+	if connString == "" {
+		return nil, fmt.Errorf("store: open: empty connection string: %w", store.ErrInvalid)
+	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		// pgx's message may quote the string, with its password: say only that it is malformed.
+		return nil, fmt.Errorf("store: open: malformed PostgreSQL connection string: %w", store.ErrInvalid)
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "keyarc"
+	}
+	if !hasParam(connString, "pool_max_conns") {
+		cfg.MaxConns = int32(max(4, 2*runtime.GOMAXPROCS(0)))
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, classify(fmt.Errorf("store: open: %w", err))
+	}
+	db := &DB{
+		pool: pool,
+		db:   stdlib.OpenDBFromPool(pool),
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+	fail := func(err error) (*DB, error) {
+		db.db.Close()
+		pool.Close()
+		return nil, classify(err)
+	}
+	conn, err := db.db.Conn(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("store: open: %w", err))
+	}
+	err = migrate(ctx, conn)
+	conn.Close()
+	if err != nil {
+		return fail(err)
+	}
+	go db.writer()
+	return db, nil
+}
+
+// hasParam reports whether the connection string sets key, in URL or key=value form.
+func hasParam(connString, key string) bool {
+	for i := 0; i+len(key) < len(connString); i++ {
+		if connString[i:i+len(key)] == key && connString[i+len(key)] == '=' &&
+			(i == 0 || connString[i-1] == '?' || connString[i-1] == '&' || connString[i-1] == ' ') {
+			return true
+		}
+	}
+	return false
+}
+
+// Close stops accepting updates, lets the writer finish every queued update, waits for the
+// running Views, then closes the connections. It is safe to call more than once.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		db.mu.Lock()
+		db.closing = true
+		db.mu.Unlock()
+		db.signal()
+		<-db.done
+		db.viewMu.Lock() // waits for running Views
+		db.viewClosed = true
+		db.viewMu.Unlock()
+		var errs []error
+		if db.wconn != nil {
+			errs = append(errs, db.wconn.Close())
+		}
+		errs = append(errs, db.db.Close())
+		db.pool.Close()
+		if err := errors.Join(errs...); err != nil && !errors.Is(err, sql.ErrConnDone) {
+			db.closeErr = fmt.Errorf("store: close: %w", err)
+		}
+	})
+	return db.closeErr
+}
+
+func (db *DB) signal() {
+	select {
+	case db.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Update runs fn inside a savepoint of a shared write transaction and returns once the COMMIT
+// that contains fn's writes is durable.
+//
+// Concurrent callers are group-committed: one COMMIT for many callers. If fn returns an
+// error, only its savepoint is rolled back and Update returns that error. A panic in fn is
+// recovered, its savepoint rolled back, and Update returns an error wrapping
+// [store.ErrPanic]. If the COMMIT fails, Update returns that error and fn's writes are lost.
+// fn runs once: Update never retries it.
+//
+// If ctx ends before fn starts, fn never runs and Update returns ctx.Err(); once fn has
+// started, Update waits for the COMMIT whatever ctx does. Update after [DB.Close] returns
+// [store.ErrClosed]. Faults of the server or the connection (and ErrClosed) are returned
+// wrapped in [store.ErrUnavailable].
+func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) (err error) {
+	defer func() { err = classify(err) }()
+	if fn == nil {
+		return fmt.Errorf("store: update: nil function: %w", store.ErrInvalid)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &request{fn: fn, res: make(chan error, 1)}
+	db.mu.Lock()
+	if db.closing {
+		db.mu.Unlock()
+		return store.ErrClosed
+	}
+	db.queue = append(db.queue, r)
+	db.mu.Unlock()
+	db.signal()
+
+	select {
+	case err := <-r.res:
+		return err
+	case <-ctx.Done():
+		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
+			return ctx.Err() // the writer will skip it
+		}
+		return <-r.res
+	}
+}
+
+// View runs fn in a read-only REPEATABLE READ transaction on a connection of the pool: it sees
+// one snapshot of committed data, taken at its first statement. Views run concurrently with
+// each other and with Update; [DB.Close] waits for running Views, and View after Close
+// returns [store.ErrClosed] (wrapped, like every fault of the server, in
+// [store.ErrUnavailable]). Writes in fn fail with [store.ErrReadOnly]. A panic in fn
+// propagates to the caller (the transaction is rolled back first).
+func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
+	defer func() { err = classify(err) }()
+	if fn == nil {
+		return fmt.Errorf("store: view: nil function: %w", store.ErrInvalid)
+	}
+	db.viewMu.RLock()
+	defer db.viewMu.RUnlock()
+	if db.viewClosed {
+		return store.ErrClosed
+	}
+	sqlTx, err := db.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("store: view: %w", err)
+	}
+	tx := &Tx{ctx: ctx, q: pgQuerier{sqlTx}}
+	defer func() {
+		tx.done = true
+		sqlTx.Rollback() // read-only: nothing to keep
+	}()
+	return fn(tx)
+}
+
+// queueLen reports the number of queued (possibly cancelled) requests.
+func (db *DB) queueLen() int {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return len(db.queue)
+}
+
+// next pops the next live request and claims it, or returns nil when the queue is empty.
+func (db *DB) next() *request {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	for len(db.queue) > 0 {
+		r := db.queue[0]
+		db.queue[0] = nil
+		db.queue = db.queue[1:]
+		if r.state.CompareAndSwap(reqQueued, reqClaimed) {
+			return r
+		}
+	}
+	db.queue = nil
+	return nil
+}
+
+// writer is the only goroutine that writes. It exits once closing is set and the queue is
+// drained.
+func (db *DB) writer() {
+	defer close(db.done)
+	for {
+		db.mu.Lock()
+		for len(db.queue) == 0 && !db.closing {
+			db.mu.Unlock()
+			<-db.wake
+			db.mu.Lock()
+		}
+		if len(db.queue) == 0 && db.closing {
+			db.mu.Unlock()
+			return
+		}
+		db.mu.Unlock()
+		db.batch()
+	}
+}
+
+func (db *DB) exec(query string, args ...any) error {
+	_, err := db.wconn.ExecContext(context.Background(), query, args...)
+	return err
+}
+
+// rollback abandons the writer's transaction. When even that fails the connection is in an
+// unknown state: it is dropped, and the next batch takes another.
+func (db *DB) rollback() {
+	db.head = auditHead{}
+	if err := db.exec("ROLLBACK"); err != nil {
+		db.dropConn()
+	}
+}
+
+// dropConn closes the writer's connection after a fault, so that the next batch starts on a
+// fresh one (the pool dials again).
+func (db *DB) dropConn() {
+	if db.wconn != nil {
+		// Raw lets the pgx connection be closed for good rather than returned to the pool.
+		db.wconn.Raw(func(dc any) error {
+			if c, ok := dc.(*stdlib.Conn); ok {
+				c.Conn().Close(context.Background())
+			}
+			return nil
+		})
+		db.wconn.Close()
+		db.wconn = nil
+	}
+	db.head = auditHead{}
+}
+
+// txStatus returns the server's transaction status of the writer's connection, as the last
+// message from the server gave it: 'I' idle, 'T' in a transaction, 'E' in a failed one.
+func (db *DB) txStatus() byte {
+	status := byte('?')
+	db.wconn.Raw(func(dc any) error {
+		if c, ok := dc.(*stdlib.Conn); ok {
+			status = c.Conn().PgConn().TxStatus()
+		}
+		return nil
+	})
+	return status
+}
+
+// begin starts the writer's transaction, on a new connection if it has none, and takes the
+// database's writer lock.
+func (db *DB) begin() error {
+	ctx := context.Background()
+	if db.wconn == nil {
+		c, err := db.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		db.wconn = c
+	}
+	db.head = auditHead{}
+	if err := db.exec("BEGIN ISOLATION LEVEL READ COMMITTED"); err != nil {
+		db.dropConn()
+		return err
+	}
+	if err := db.exec("SELECT pg_advisory_xact_lock($1)", lockWriter); err != nil {
+		db.dropConn()
+		return err
+	}
+	return nil
+}
+
+// commit commits the writer's transaction. PostgreSQL answers a COMMIT of a failed
+// transaction with ROLLBACK and no error: the status is checked first, and the command tag
+// after.
+func (db *DB) commit() error {
+	if s := db.txStatus(); s != 'T' {
+		return fmt.Errorf("store: commit: the transaction failed earlier (status %q)", s)
+	}
+	var tag string
+	err := db.wconn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("store: commit: unexpected driver connection %T", dc)
+		}
+		ct, err := c.Conn().Exec(context.Background(), "COMMIT")
+		tag = ct.String()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if tag != "COMMIT" {
+		return fmt.Errorf("store: commit: the server rolled the transaction back")
+	}
+	return nil
+}
+
+// batch runs one write transaction: as many queued functions as are waiting (up to
+// MaxBatch), each in its own savepoint, then one COMMIT.
+func (db *DB) batch() {
+	first := db.next()
+	if first == nil {
+		return
+	}
+	if err := db.begin(); err != nil {
+		first.res <- fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err) // never the request's fault
+		db.commitErrors.Add(1)
+		return
+	}
+	batch := make([]*request, 0, 16)
+	ok := 0
+	for r := first; r != nil; {
+		batch = append(batch, r)
+		// The first function of a transaction needs no savepoint of its own: if it fails, the
+		// rollback of the transaction undoes it, and nothing else.
+		bare := len(batch) == 1
+		if err := db.runOne(r, bare); err != nil {
+			// The transaction is in an unknown state: give up on it. Requests still queued
+			// are left for the next batch. That is a fault of the server or the connection,
+			// not of any request of the batch.
+			err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+			db.rollback()
+			db.commitErrors.Add(1)
+			for _, b := range batch {
+				b.res <- err
+			}
+			return
+		}
+		if bare && r.err != nil {
+			// The transaction holds this function's writes alone: roll it back and answer.
+			db.rollback()
+			r.res <- r.err
+			return
+		}
+		if r.err == nil {
+			ok++
+		}
+		if len(batch) >= MaxBatch {
+			break
+		}
+		r = db.next()
+	}
+	if int64(len(batch)) > db.maxBatch.Load() {
+		db.maxBatch.Store(int64(len(batch)))
+	}
+	if ok == 0 {
+		// Nothing to keep: no need to pay for a COMMIT.
+		db.rollback()
+		for _, b := range batch {
+			b.res <- b.err
+		}
+		return
+	}
+	if err := db.commit(); err != nil {
+		db.rollback()
+		db.commitErrors.Add(1)
+		err = classify(fmt.Errorf("store: commit: %w", mapErr(err)))
+		for _, b := range batch {
+			b.res <- err
+		}
+		return
+	}
+	db.commits.Add(1)
+	for _, b := range batch {
+		b.res <- b.err
+	}
+}
+
+// runOne runs r.fn in a savepoint (bare: directly in the transaction, which the caller rolls
+// back if the function fails) and records its result in r.err. It returns an error only if
+// the transaction itself failed, in which case it must be abandoned.
+func (db *DB) runOne(r *request, bare bool) error {
+	if !bare {
+		if err := db.exec("SAVEPOINT u"); err != nil {
+			return fmt.Errorf("store: savepoint: %w", err)
+		}
+	}
+	db.updates.Add(1)
+	saved := db.head
+	tx := &Tx{ctx: context.Background(), q: pgQuerier{db.wconn}, writable: true, head: &db.head}
+	r.err = callFn(r.fn, tx)
+	tx.done = true
+	if r.err == nil && db.txStatus() == 'E' {
+		// A statement failed outside its own savepoint (a read the server refused) and fn
+		// went on: its writes cannot be kept.
+		r.err = fmt.Errorf("%w: store: update: a statement failed and the transaction was aborted", store.ErrUnavailable)
+	}
+	if r.err != nil {
+		db.head = saved // the function's entries are rolled back with its savepoint
+		db.failed.Add(1)
+	}
+	if bare {
+		return nil // the caller rolls the transaction back if the function failed
+	}
+	if r.err == nil {
+		if err := db.exec("RELEASE SAVEPOINT u"); err != nil {
+			return fmt.Errorf("store: release savepoint: %w", err)
+		}
+		return nil
+	}
+	if err := db.exec("ROLLBACK TO SAVEPOINT u"); err != nil {
+		return fmt.Errorf("store: rollback savepoint: %w", err)
+	}
+	if err := db.exec("RELEASE SAVEPOINT u"); err != nil {
+		return fmt.Errorf("store: release savepoint: %w", err)
+	}
+	return nil
+}
+
+// callFn runs fn, turning a panic into an error. The panic value is not included (it might
+// carry data); only its type, or the message of a runtime error, is.
+func callFn(fn func(store.Tx) error, tx *Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if re, ok := p.(runtime.Error); ok {
+				err = fmt.Errorf("%w: %s", store.ErrPanic, re.Error())
+			} else {
+				err = fmt.Errorf("%w: panic value of type %T", store.ErrPanic, p)
+			}
+		}
+	}()
+	return fn(tx)
+}
+
+var _ store.Store = (*DB)(nil)
