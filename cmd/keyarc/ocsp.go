@@ -103,7 +103,9 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, db store.St
 	}
 	ps := &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &ocspService{Handler: h, Revoked: ps.Revoked, signer: ps, cancel: cancel, done: make(chan struct{}),
+	// The handler reads the serials again until their re-signed responses are stored.
+	revoked := func(serials []string) { h.Invalidate(serials); ps.Revoked(serials) }
+	o := &ocspService{Handler: h, Revoked: revoked, signer: ps, cancel: cancel, done: make(chan struct{}),
 		wait: cfg.Token.CallTimeout.Duration + 2*time.Second, log: log}
 	go func() {
 		defer close(o.done)

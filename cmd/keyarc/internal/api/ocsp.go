@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,23 +26,72 @@ const OCSPPath = "/ocsp"
 // ocspLookupTimeout bounds one store lookup.
 const ocspLookupTimeout = 5 * time.Second
 
-// The handler keeps the responses it read for ocspCacheTTL, at most ocspCacheMax of them: a
-// response re-signed in the store (a revocation) is served at most a second later, and a
-// burst of requests for the same certificates costs one store read per certificate a second.
+// The handler keeps the responses it read in memory (at most ocspCacheMax of them), each
+// with its header values prepared once, for ocspCacheTTL. With each response it reads the
+// certificate's status: a response signed with another status than the certificate's now (a
+// revocation the pre-signer has not signed yet) is kept for ocspRecheck only, so that the
+// re-signed response is served at most a second after it is stored. A response past its
+// nextUpdate is kept for ocspRecheck too. This process drops the responses of a revocation
+// at once ([OCSPHandler.Invalidate]); changes made by another process writing the store are
+// seen within ocspCacheTTL.
 const (
-	ocspCacheTTL = time.Second
+	ocspCacheTTL = time.Minute
+	ocspRecheck  = time.Second
 	ocspCacheMax = 100_000
 )
 
-type ocspCached struct {
+// ocspEntry is a stored response as served: its bytes and its header values, prepared once.
+// It is immutable but for cc, which follows the clock.
+type ocspEntry struct {
 	resp    *store.OCSPResponse
-	expires time.Time
+	expires time.Time // read the store again from then on
+	// Header values, shared by every answer: net/http only reads them.
+	length, etagH, lastModified, expiresH []string
+	etag                                  string
+	cc                                    atomic.Pointer[ocspMaxAge]
+}
+
+// ocspMaxAge is a Cache-Control value, right during the second sec (Unix).
+type ocspMaxAge struct {
+	sec int64
+	v   []string
+}
+
+// Header values of every answer.
+var (
+	hvOCSPResponse = []string{"application/ocsp-response"}
+	hvNoStore      = []string{"no-store"}
+	hvRetryAfter   = []string{"30"}
+)
+
+func newOCSPEntry(r *store.OCSPResponse, expires time.Time) *ocspEntry {
+	e := &ocspEntry{resp: r, expires: expires,
+		etag: `"` + r.Serial + "-" + strconv.FormatInt(r.ThisUpdate.Unix(), 36) + "-" + strconv.Itoa(revokedTag(r)) + `"`}
+	e.length = []string{strconv.Itoa(len(r.DER))}
+	e.etagH = []string{e.etag}
+	e.lastModified = []string{r.ThisUpdate.UTC().Format(http.TimeFormat)}
+	e.expiresH = []string{r.NextUpdate.UTC().Format(http.TimeFormat)}
+	return e
+}
+
+// cacheControl returns the Cache-Control value of a GET answer at now: max-age runs to
+// nextUpdate, counted from the end of now's second so that it is never too long.
+func (e *ocspEntry) cacheControl(now time.Time) []string {
+	sec := now.Unix()
+	if c := e.cc.Load(); c != nil && c.sec == sec {
+		return c.v
+	}
+	maxAge := max(int64(e.resp.NextUpdate.Sub(time.Unix(sec+1, 0))/time.Second), 0)
+	c := &ocspMaxAge{sec: sec, v: []string{"max-age=" + strconv.FormatInt(maxAge, 10) + ", public, no-transform, must-revalidate"}}
+	e.cc.Store(c)
+	return c.v
 }
 
 // OCSPMetrics are the responder's and the pre-signer's metrics. It implements
 // presign.Metrics.
 type OCSPMetrics struct {
 	responses  *prometheus.CounterVec
+	byStatus   map[string]prometheus.Counter // responses, bound once per status
 	stale      prometheus.Counter
 	signed     prometheus.Counter
 	passes     *prometheus.CounterVec
@@ -89,8 +139,9 @@ func NewOCSPMetrics(reg prometheus.Registerer) (*OCSPMetrics, error) {
 			return nil, err
 		}
 	}
+	m.byStatus = make(map[string]prometheus.Counter, len(ocspStatuses))
 	for _, s := range ocspStatuses {
-		m.responses.WithLabelValues(s)
+		m.byStatus[s] = m.responses.WithLabelValues(s)
 	}
 	m.passes.WithLabelValues("ok")
 	m.passes.WithLabelValues("failed")
@@ -126,7 +177,7 @@ func (m *OCSPMetrics) ResponderCertExpiry(t time.Time) {
 
 func (m *OCSPMetrics) answered(status string) {
 	if m != nil {
-		m.responses.WithLabelValues(status).Inc()
+		m.byStatus[status].Inc()
 	}
 }
 
@@ -141,33 +192,85 @@ type OCSPHandlerConfig struct {
 	Now     func() time.Time
 }
 
-type ocspHandler struct {
+// OCSPHandler is the OCSP responder made by [NewOCSPHandler].
+type OCSPHandler struct {
 	c      OCSPHandlerConfig
 	issuer *ocsp.Issuer
 	// Pre-encoded unsuccessful responses.
 	malformed, unauthorized, tryLater []byte
 
 	mu    sync.RWMutex
-	cache map[string]ocspCached
+	cache map[string]*ocspEntry
+	// gen counts the calls of Invalidate: a response read before one is not kept long.
+	gen uint64
 }
 
-func (h *ocspHandler) cached(serial string, now time.Time) *store.OCSPResponse {
+var _ http.Handler = (*OCSPHandler)(nil)
+
+func (h *OCSPHandler) cached(serial string, now time.Time) (*ocspEntry, uint64) {
 	h.mu.RLock()
-	c, ok := h.cache[serial]
+	e, gen := h.cache[serial], h.gen
 	h.mu.RUnlock()
-	if ok && now.Before(c.expires) {
-		return c.resp
+	if e != nil && now.Before(e.expires) {
+		return e, gen
 	}
-	return nil
+	return nil, gen
 }
 
-func (h *ocspHandler) remember(serial string, r *store.OCSPResponse, now time.Time) {
+// load reads the stored response of serial and tells whether it was signed with the
+// certificate's current status.
+func (h *OCSPHandler) load(ctx context.Context, serial string) (r *store.OCSPResponse, current bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, ocspLookupTimeout)
+	defer cancel()
+	err = h.c.Store.View(ctx, func(tx store.Tx) error {
+		var err error
+		if r, err = tx.GetOCSPResponse(serial); err != nil {
+			return err
+		}
+		c, err := tx.GetCertificate(serial)
+		if err != nil {
+			return err
+		}
+		revoked := c.State == store.StateRevoked
+		current = revoked == r.Revoked && (!revoked || c.RevocationReason == r.Reason)
+		return nil
+	})
+	return r, current, err
+}
+
+// remember keeps r, read from the store at now when Invalidate had been called gen times,
+// and returns it as served.
+func (h *OCSPHandler) remember(serial string, r *store.OCSPResponse, current bool, now time.Time, gen uint64) *ocspEntry {
+	ttl := ocspCacheTTL
+	if !current || !now.Before(r.NextUpdate) {
+		ttl = ocspRecheck
+	}
+	e := newOCSPEntry(r, now.Add(ttl))
 	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen != gen {
+		// A revocation was committed while r was read: r may be older than it.
+		e.expires = now.Add(ocspRecheck)
+	}
 	if len(h.cache) >= ocspCacheMax {
 		clear(h.cache)
 	}
-	h.cache[serial] = ocspCached{resp: r, expires: now.Add(ocspCacheTTL)}
-	h.mu.Unlock()
+	h.cache[serial] = e
+	return e
+}
+
+// Invalidate drops the cached responses of serials (canonical, see store.NormalizeSerial),
+// whose status changed: a revocation, a reason changed to keyCompromise. Call it after the
+// change is committed (chain it into escrow.Service.Revoked): the next request reads the
+// store, finds the response signed with the old status, and reads again every second until
+// the pre-signer has stored the new one. It never blocks for long.
+func (h *OCSPHandler) Invalidate(serials []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.gen++
+	for _, s := range serials {
+		delete(h.cache, s)
+	}
 }
 
 // NewOCSPHandler returns the OCSP responder (RFC 6960 over HTTP, RFC 5019 profile), mounted at
@@ -192,10 +295,13 @@ func (h *ocspHandler) remember(serial string, r *store.OCSPResponse, now time.Ti
 //     body still says tryLater to clients that read it).
 //
 // Unsuccessful answers carry Cache-Control: no-store. Responses read from the store are kept
-// in memory for a second (at most 100,000 of them), so a re-signed response is served at most
-// a second after it is stored. It fails only for a CA certificate
-// whose public key cannot be read.
-func NewOCSPHandler(c OCSPHandlerConfig) (http.Handler, error) {
+// in memory (at most 100,000 of them) with their header values, for a minute; a response
+// signed with another status than its certificate's now (a revocation not signed yet), or
+// past its nextUpdate, for a second only, so that a revocation is served at most a second
+// after its response is stored. A revocation committed by this process reaches the handler
+// through [OCSPHandler.Invalidate]; one committed by another process writing the same store,
+// within a minute. It fails only for a CA certificate whose public key cannot be read.
+func NewOCSPHandler(c OCSPHandlerConfig) (*OCSPHandler, error) {
 	is, err := ocsp.NewIssuer(c.CA)
 	if err != nil {
 		return nil, err
@@ -206,12 +312,13 @@ func NewOCSPHandler(c OCSPHandlerConfig) (http.Handler, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return &ocspHandler{c: c, issuer: is, malformed: ocsp.ErrorResponse(ocsp.MalformedRequest),
+	return &OCSPHandler{c: c, issuer: is, malformed: ocsp.ErrorResponse(ocsp.MalformedRequest),
 		unauthorized: ocsp.ErrorResponse(ocsp.Unauthorized), tryLater: ocsp.ErrorResponse(ocsp.TryLater),
-		cache: map[string]ocspCached{}}, nil
+		cache: map[string]*ocspEntry{}}, nil
 }
 
-func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP answers one OCSP request (see [NewOCSPHandler]).
+func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.EscapedPath()
 	if path != OCSPPath && !strings.HasPrefix(path, OCSPPath+"/") {
 		http.NotFound(w, r)
@@ -231,7 +338,7 @@ func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case http.MethodPost:
-		if ct := r.Header.Get("Content-Type"); ct != "" {
+		if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/ocsp-request" {
 			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/ocsp-request" {
 				http.Error(w, "ocsp: POST needs Content-Type application/ocsp-request", http.StatusUnsupportedMediaType)
 				return
@@ -241,7 +348,7 @@ func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.oversized(w)
 			return
 		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, ocsp.MaxRequestSize+1))
+		body, err := readBody(r.Body, r.ContentLength)
 		if err != nil {
 			h.fail(w, http.StatusBadRequest, "malformedRequest", h.malformed)
 			return
@@ -273,17 +380,12 @@ func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	serial := store.FormatSerial(id.Serial)
 	now := h.c.Now()
-	resp := h.cached(serial, now)
-	if resp == nil {
-		ctx, cancel := context.WithTimeout(r.Context(), ocspLookupTimeout)
-		err = h.c.Store.View(ctx, func(tx store.Tx) error {
-			var err error
-			resp, err = tx.GetOCSPResponse(serial)
-			return err
-		})
-		cancel()
-		if err == nil {
-			h.remember(serial, resp, now)
+	e, gen := h.cached(serial, now)
+	if e == nil {
+		var resp *store.OCSPResponse
+		var current bool
+		if resp, current, err = h.load(r.Context(), serial); err == nil {
+			e = h.remember(serial, resp, current, now, gen)
 		}
 	}
 	switch {
@@ -301,33 +403,42 @@ func (h *ocspHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	}
-	if !now.Before(resp.NextUpdate) && h.c.Metrics != nil {
+	if !now.Before(e.resp.NextUpdate) && h.c.Metrics != nil {
 		h.c.Metrics.stale.Inc()
 	}
 	hd := w.Header()
-	hd.Set("Content-Type", "application/ocsp-response")
+	hd["Content-Type"] = hvOCSPResponse
 	if r.Method == http.MethodGet {
-		etag := `"` + serial + "-" + strconv.FormatInt(resp.ThisUpdate.Unix(), 36) + "-" + strconv.Itoa(revokedTag(resp)) + `"`
-		maxAge := int64(resp.NextUpdate.Sub(now) / time.Second)
-		if maxAge < 0 {
-			maxAge = 0
-		}
-		hd.Set("Cache-Control", "max-age="+strconv.FormatInt(maxAge, 10)+", public, no-transform, must-revalidate")
-		hd.Set("Expires", resp.NextUpdate.UTC().Format(http.TimeFormat))
-		hd.Set("Last-Modified", resp.ThisUpdate.UTC().Format(http.TimeFormat))
-		hd.Set("ETag", etag)
-		if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, etag) {
+		hd["Cache-Control"] = e.cacheControl(now)
+		hd["Expires"] = e.expiresH
+		hd["Last-Modified"] = e.lastModified
+		hd["Etag"] = e.etagH
+		if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagMatch(inm[0], e.etag) {
 			h.c.Metrics.answered("successful")
 			w.WriteHeader(http.StatusNotModified)
 			return
 		}
 	} else {
-		hd.Set("Cache-Control", "no-store")
+		hd["Cache-Control"] = hvNoStore
 	}
-	hd.Set("Content-Length", strconv.Itoa(len(resp.DER)))
+	hd["Content-Length"] = e.length
 	h.c.Metrics.answered("successful")
 	w.WriteHeader(http.StatusOK)
-	w.Write(resp.DER)
+	w.Write(e.resp.DER)
+}
+
+// readBody reads a request body of at most ocsp.MaxRequestSize+1 bytes, in one buffer sized
+// by the Content-Length when there is one.
+func readBody(body io.Reader, length int64) ([]byte, error) {
+	if length < 0 || length > ocsp.MaxRequestSize {
+		return io.ReadAll(io.LimitReader(body, ocsp.MaxRequestSize+1))
+	}
+	b := make([]byte, length, length+1)
+	if _, err := io.ReadFull(body, b); err != nil {
+		return nil, err
+	}
+	// A body longer than its Content-Length is the server's to refuse; nothing is left here.
+	return b, nil
 }
 
 func revokedTag(r *store.OCSPResponse) int {
@@ -348,7 +459,7 @@ func etagMatch(header, etag string) bool {
 }
 
 // refuse answers a request that did not parse.
-func (h *ocspHandler) refuse(w http.ResponseWriter, err error) {
+func (h *OCSPHandler) refuse(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ocsp.ErrTooLarge):
 		h.oversized(w)
@@ -360,13 +471,13 @@ func (h *ocspHandler) refuse(w http.ResponseWriter, err error) {
 	}
 }
 
-func (h *ocspHandler) oversized(w http.ResponseWriter) {
+func (h *OCSPHandler) oversized(w http.ResponseWriter) {
 	h.c.Metrics.answered("oversized")
 	w.Header().Set("Connection", "close")
 	http.Error(w, "ocsp: request larger than 4096 bytes", http.StatusRequestEntityTooLarge)
 }
 
-func (h *ocspHandler) fail(w http.ResponseWriter, code int, status string, body []byte) {
+func (h *OCSPHandler) fail(w http.ResponseWriter, code int, status string, body []byte) {
 	h.c.Metrics.answered(status)
 	hd := w.Header()
 	hd.Set("Content-Type", "application/ocsp-response")

@@ -28,6 +28,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	xocsp "golang.org/x/crypto/ocsp"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -47,6 +48,9 @@ type ocspEnv struct {
 	signer  *presign.Signer
 	srv     *httptest.Server
 	metrics *OCSPMetrics
+	h       *OCSPHandler
+	// skew is added to the handler's clock (nanoseconds): tests move it past the cache's TTLs.
+	skew atomic.Int64
 }
 
 // newOCSPEnv: a software CA (escrow/ca), the responder key in a fresh SoftHSM token and its
@@ -92,14 +96,15 @@ func newOCSPEnv(tb testing.TB) *ocspEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	h, err := NewOCSPHandler(OCSPHandlerConfig{Store: db, CA: root, Metrics: m})
+	e := &ocspEnv{dir: dir, db: db, issuer: issuer, metrics: m, caPath: filepath.Join(dir, "ca.pem"),
+		signer: &presign.Signer{Store: db, Responder: func(time.Time) (*ocsp.Responder, error) { return r, nil }, Metrics: m}}
+	e.h, err = NewOCSPHandler(OCSPHandlerConfig{Store: db, CA: root, Metrics: m,
+		Now: func() time.Time { return time.Now().Add(time.Duration(e.skew.Load())) }})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
-	tb.Cleanup(srv.Close)
-	e := &ocspEnv{dir: dir, db: db, issuer: issuer, srv: srv, metrics: m, caPath: filepath.Join(dir, "ca.pem"),
-		signer: &presign.Signer{Store: db, Responder: func(time.Time) (*ocsp.Responder, error) { return r, nil }, Metrics: m}}
+	e.srv = httptest.NewServer(e.h)
+	tb.Cleanup(e.srv.Close)
 	writePEM(tb, e.caPath, root.Raw)
 	return e
 }
@@ -191,17 +196,22 @@ func TestOCSPWithOpenSSL(t *testing.T) {
 		t.Fatalf("another issuer:\n%s", out)
 	}
 
-	// Revoke alice (keyCompromise) and re-sign at once: revoked, with its reason.
+	// Revoke alice (keyCompromise), tell the handler as the appliance does, and re-sign:
+	// revoked, with its reason.
 	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
 		return tx.RevokeCertificate(store.FormatSerial(alice.SerialNumber), store.ReasonKeyCompromise, time.Now())
 	}); err != nil {
 		t.Fatal(err)
 	}
+	e.h.Invalidate([]string{store.FormatSerial(alice.SerialNumber)})
+	if out := e.opensslOCSP(t, alicePath); !strings.Contains(out, alicePath+": good") {
+		t.Fatalf("alice before her response is signed again: the old response, good:\n%s", out)
+	}
 	if n, err := e.signer.SignSerials(context.Background(), []string{store.FormatSerial(alice.SerialNumber)}); err != nil || n != 1 {
 		t.Fatalf("SignSerials: %d, %v", n, err)
 	}
-	// The handler keeps what it read for a second: revoked within ocspCacheTTL.
-	for deadline := time.Now().Add(3 * ocspCacheTTL); ; time.Sleep(100 * time.Millisecond) {
+	// A response signed with an older status is kept for a second: revoked within ocspRecheck.
+	for deadline := time.Now().Add(3 * ocspRecheck); ; time.Sleep(100 * time.Millisecond) {
 		out = e.opensslOCSP(t, alicePath)
 		if strings.Contains(out, ": revoked") || time.Now().After(deadline) {
 			break
@@ -238,10 +248,104 @@ func TestOCSPWithOpenSSL(t *testing.T) {
 	if resp2.StatusCode != http.StatusNotModified {
 		t.Errorf("If-None-Match: %d, want 304", resp2.StatusCode)
 	}
+	resp3, body3 := e.post(t, der, "application/ocsp-request")
+	if resp3.StatusCode != 200 || !bytes.Equal(body3, body) || resp3.Header.Get("Cache-Control") != "no-store" || resp3.Header.Get("ETag") != "" {
+		t.Errorf("POST: %d, Cache-Control %q, ETag %q, same body %v", resp3.StatusCode, resp3.Header.Get("Cache-Control"), resp3.Header.Get("ETag"), bytes.Equal(body3, body))
+	}
 	var m dto.Metric
 	e.metrics.responses.WithLabelValues("unauthorized").(prometheus.Metric).Write(&m)
 	if got := m.GetCounter().GetValue(); got < 1 {
 		t.Errorf("unauthorized answers counted: %v", got)
+	}
+}
+
+// status asks for c by GET and returns the certificate status the response says (good,
+// revoked) and its max-age.
+func (e *ocspEnv) status(t *testing.T, c *x509.Certificate) (string, string) {
+	t.Helper()
+	serial := c.SerialNumber
+	resp, body := e.get(t, "/ocsp/"+url.PathEscape(base64.StdEncoding.EncodeToString(mustRequest(t, e, serial))), nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET: HTTP %d", resp.StatusCode)
+	}
+	r, err := xocsp.ParseResponseForCert(body, c, e.issuer.Certificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := map[int]string{xocsp.Good: "good", xocsp.Revoked: "revoked"}[r.Status]
+	if r.SerialNumber.Cmp(serial) != 0 || st == "" {
+		t.Fatalf("answer for serial %x, status %d", r.SerialNumber, r.Status)
+	}
+	return st, resp.Header.Get("Cache-Control")
+}
+
+// TestOCSPCacheFollowsTheStore: the handler serves from memory, and still follows the store:
+// a revocation it is told of (Invalidate) is served a second after its response is stored; one
+// committed by another process within a minute; a response signed with an older status than
+// the certificate's is read again every second until the re-signed one is stored.
+func TestOCSPCacheFollowsTheStore(t *testing.T) {
+	e := newOCSPEnv(t)
+	ctx := context.Background()
+	alice, _ := e.leaf(t, "alice", true)
+	bob, _ := e.leaf(t, "bob", true)
+	carol, _ := e.leaf(t, "carol", true)
+	if _, err := e.signer.SignDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	revoke := func(c *x509.Certificate) string {
+		s := store.FormatSerial(c.SerialNumber)
+		if err := e.db.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(s, store.ReasonKeyCompromise, time.Now()) }); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	sign := func(s string) {
+		if n, err := e.signer.SignSerials(ctx, []string{s}); err != nil || n != 1 {
+			t.Fatalf("SignSerials: %d, %v", n, err)
+		}
+	}
+	advance := func(d time.Duration) { e.skew.Add(int64(d)) }
+	want := func(c *x509.Certificate, want, step string) {
+		t.Helper()
+		if got, cc := e.status(t, c); got != want {
+			t.Fatalf("%s: %s (Cache-Control %q), want %s", step, got, cc, want)
+		}
+	}
+	for _, c := range []*x509.Certificate{alice, bob, carol} {
+		want(c, "good", "first answer")
+	}
+
+	// Another process revokes alice and stores her new response: served from memory until
+	// the minute is over, then revoked.
+	sign(revoke(alice))
+	want(alice, "good", "alice, revoked by another process, within the minute")
+	advance(ocspCacheTTL + time.Second)
+	want(alice, "revoked", "alice after the minute")
+
+	// Bob is revoked by another process and not signed yet: read again every second.
+	bs := revoke(bob)
+	advance(ocspCacheTTL + time.Second)
+	want(bob, "good", "bob, his response not signed again yet")
+	sign(bs)
+	advance(ocspRecheck + 100*time.Millisecond)
+	want(bob, "revoked", "bob a second after his response is stored")
+
+	// Carol is revoked in this process: Invalidate drops her response at once.
+	cs := revoke(carol)
+	e.h.Invalidate([]string{cs})
+	want(carol, "good", "carol, her response not signed again yet")
+	sign(cs)
+	advance(ocspRecheck + 100*time.Millisecond)
+	want(carol, "revoked", "carol a second after her response is stored")
+	// Max-age follows the handler's clock: an hour later, an hour less.
+	_, cc1 := e.status(t, carol)
+	advance(time.Hour)
+	_, cc2 := e.status(t, carol)
+	var a1, a2 int
+	fmt.Sscanf(cc1, "max-age=%d", &a1)
+	fmt.Sscanf(cc2, "max-age=%d", &a2)
+	if a1 <= 0 || a1-a2 < 3590 || a1-a2 > 3610 {
+		t.Errorf("Cache-Control %q, then an hour later %q", cc1, cc2)
 	}
 }
 
