@@ -7,7 +7,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -182,6 +184,31 @@ func eventually(t *testing.T, within time.Duration, what, want string, ask func(
 	}
 }
 
+// ocspRequests sums keyarc_http_requests_total of the public OCSP route over every HTTP status.
+func ocspRequests(t *testing.T, a *appliance) float64 {
+	t.Helper()
+	resp, err := http.Get(a.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "keyarc_http_requests_total{") && strings.Contains(line, `route="public:/ocsp"`) {
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			sum += v
+		}
+	}
+	return sum
+}
+
 // strangers writes to dir what keyarc never issued, each pointing its AIA OCSP URL and CDP at
 // keyarc's (ocspURL, cdp), so the clients ask keyarc about them: forged.pem names keyarc's CA
 // (ca) as issuer, with its key identifier, but has a serial keyarc never used and is signed by a
@@ -247,8 +274,9 @@ func strangers(t *testing.T, dir string, ca *x509.Certificate, ocspURL, cdp stri
 // same by NSS (vfychain, OCSP and CRL, each fetched by NSS from the certificate's URLs) and by
 // GnuTLS (ocsptool for OCSP, verifying the delegated responder's signature against the CA;
 // certtool for the CRL fetched from the CDP) as by openssl (TestOCSPEndToEnd, TestCRLEndToEnd):
-// good before `keyarc revoke`, revoked after it, while another certificate stays good; a
-// certificate of another CA, or one forged with a serial keyarc never issued, is never good.
+// good before `keyarc revoke`, revoked after it (with a reason, and with none), while another
+// certificate stays good; a certificate of another CA, or one forged with a serial keyarc never
+// issued, is never good.
 // It runs with a P-256 and an RSA CA key, since the responder certificate is signed by the CA.
 func TestOCSPClients(t *testing.T) {
 	t.Parallel()
@@ -269,10 +297,12 @@ func testOCSPClients(t *testing.T, caKey string) {
 	caPEM := filepath.Join(state, "ca.pem")
 	ca := readCert(t, caPEM)
 
-	// kim's certificate is revoked below; lou's stays good throughout.
-	enrollUser(t, a, "kim@example.org", filepath.Join(dir, "kim"))
-	enrollUser(t, a, "lou@example.org", filepath.Join(dir, "lou"))
-	kim, lou := filepath.Join(dir, "kim", "cert.pem"), filepath.Join(dir, "lou", "cert.pem")
+	// kim's and ned's certificates are revoked below (keyCompromise, and unspecified, which
+	// leaves the reason out of the answer); lou's stays good throughout.
+	for _, name := range []string{"kim", "ned", "lou"} {
+		enrollUser(t, a, name+"@example.org", filepath.Join(dir, name))
+	}
+	kim, ned, lou := filepath.Join(dir, "kim", "cert.pem"), filepath.Join(dir, "ned", "cert.pem"), filepath.Join(dir, "lou", "cert.pem")
 	kc := readCert(t, kim)
 	ocspURL, cdp := "http://"+pub+"/ocsp", "http://"+pub+"/crl/ca.crl"
 	if !slices.Equal(kc.OCSPServer, []string{ocspURL}) || !slices.Equal(kc.CRLDistributionPoints, []string{cdp}) {
@@ -298,8 +328,15 @@ func testOCSPClients(t *testing.T, caKey string) {
 	// Before the revocation. Responses are signed as an enrollment commits; the first CRL at
 	// the start.
 	eventually(t, 15*time.Second, "ocsptool for kim", "good", ask(kim, caPEM))
+	expect("ocsptool for ned", "good", ask(ned, caPEM))
 	expect("ocsptool for lou", "good", ask(lou, caPEM))
+	// NSS asks by GET, the request's base64 URL-encoded in the path, and asks again by POST
+	// when the GET fails: one request in all shows the GET was answered.
+	n := ocspRequests(t, a)
 	expect("vfychain OCSP (strict) for kim", "good", nss(db, kim, "ocsp", true))
+	if d := ocspRequests(t, a) - n; d != 1 {
+		t.Errorf("vfychain made %v OCSP requests for one check, want 1 (its GET answered)", d)
+	}
 	expect("vfychain CRL (strict) for kim", "good", nss(db, kim, "crl", true))
 	before := fetchCRL(t, dir, cdp, "", 30*time.Second)
 	expect("certtool --verify-crl with keyarc's CA", "Verified", func() (string, string) { return certtoolVerifyCRL(t, dir, before.pem, caPEM) })
@@ -324,18 +361,24 @@ func testOCSPClients(t *testing.T, caKey string) {
 	}
 
 	keyarc(t, "revoke", "--serial", certSerial(t, dir, kim), "--reason", "keyCompromise", "--state", state, "--server", a.url, "--as", "officer")
+	keyarc(t, "revoke", "--serial", certSerial(t, dir, ned), "--reason", "unspecified", "--state", state, "--server", a.url, "--as", "officer")
 
 	// OCSP is re-signed at once; the CRL follows within seconds. Each client fetches for itself.
 	eventually(t, time.Minute, "ocsptool for kim after keyarc revoke", "revoked", func() (string, string) { return ocsptoolAsk(t, dir, kim, caPEM, kimResp) })
 	expect("ocsptool --verify-response of the revoked answer", "Success", func() (string, string) { return ocsptoolVerify(t, dir, kimResp, caPEM) })
-	eventually(t, time.Minute, "vfychain OCSP (lenient) for kim after keyarc revoke", nssRevoked, nss(db, kim, "ocsp", false))
-	eventually(t, time.Minute, "vfychain CRL (lenient) for kim after keyarc revoke", nssRevoked, nss(db, kim, "crl", false))
+	for _, who := range []struct{ name, cert string }{{"kim (keyCompromise)", kim}, {"ned (unspecified: no reason in the answer)", ned}} {
+		eventually(t, time.Minute, "ocsptool for "+who.name+" after keyarc revoke", "revoked", ask(who.cert, caPEM))
+		eventually(t, time.Minute, "vfychain OCSP (lenient) for "+who.name+" after keyarc revoke", nssRevoked, nss(db, who.cert, "ocsp", false))
+		eventually(t, time.Minute, "vfychain CRL (lenient) for "+who.name+" after keyarc revoke", nssRevoked, nss(db, who.cert, "crl", false))
+	}
+	// NSS saw both on the CRL at the CDP: the CRL served now lists both.
 	after := fetchCRL(t, dir, cdp, before.etag, time.Minute)
 	expect("certtool --verify-crl of the new CRL", "Verified", func() (string, string) { return certtoolVerifyCRL(t, dir, after.pem, caPEM) })
 	expect("certtool --verify kim with the new CRL", "revoked", func() (string, string) { return certtoolVerifyCert(t, dir, kim, caPEM, after.pem) })
+	expect("certtool --verify ned with the new CRL", "revoked", func() (string, string) { return certtoolVerifyCert(t, dir, ned, caPEM, after.pem) })
 
 	// lou's certificate is untouched in every client.
-	expect("ocsptool for lou after kim's revocation", "good", ask(lou, caPEM))
+	expect("ocsptool for lou after the revocations", "good", ask(lou, caPEM))
 	expect("vfychain OCSP (strict) for lou", "good", nss(db, lou, "ocsp", true))
 	expect("vfychain CRL (strict) for lou", "good", nss(db, lou, "crl", true))
 	expect("certtool --verify lou with the new CRL", "trusted", func() (string, string) { return certtoolVerifyCert(t, dir, lou, caPEM, after.pem) })
