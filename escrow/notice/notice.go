@@ -151,7 +151,11 @@ func (e Event) text(caName string) (subject, body string) {
 	switch e.Kind {
 	case Escrowed:
 		subject = "Your encryption key has been escrowed"
-		fmt.Fprintf(&b, "On %s, %s issued an S/MIME encryption %s\nto %s and escrowed its private key.\n\n", when, caName, certs, e.Mailbox)
+		if len(e.Serials) > 1 {
+			fmt.Fprintf(&b, "On %s, %s issued S/MIME encryption %s\nto %s and escrowed their private keys.\n\n", when, caName, certs, e.Mailbox)
+		} else {
+			fmt.Fprintf(&b, "On %s, %s issued an S/MIME encryption %s\nto %s and escrowed its private key.\n\n", when, caName, certs, e.Mailbox)
+		}
 		b.WriteString("Escrowed means a copy of the private key is archived, sealed so that it can be\n" +
 			"recovered only with the approval of a quorum of the organisation's key recovery\n" +
 			"agents, for instance if you lose your key and need to read old mail again.\n\n" +
