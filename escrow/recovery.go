@@ -1168,7 +1168,8 @@ func newPassword() (string, error) {
 	return sb.String(), nil
 }
 
-// CancelRecovery closes an open request without delivering it and destroys its key.
+// CancelRecovery closes an open request without delivering it and destroys its key; the owners
+// of a recovery's records are told it was cancelled (Notify).
 //
 // # Errors
 //
@@ -1204,11 +1205,16 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 		return err
 	}
 	s.destroyKey(st.req.KeyLabel)
+	if st.req.Kind == store.KindRecover {
+		// The owners were told the recovery was requested: they are told it ended without a key.
+		s.notifyRecords(notice.Event{Kind: notice.RecoveryCancelled, Request: id, RequestedBy: st.req.Requester}, st.records)
+	}
 	return nil
 }
 
-// ExpireRecoveries closes requests past their expiry and destroys their recovery keys. The
-// appliance runs it at start-up and periodically.
+// ExpireRecoveries closes requests past their expiry and destroys their recovery keys; the
+// owners of a recovery's records are told it expired (Notify). The appliance runs it at
+// start-up and periodically.
 //
 // # Errors
 //
@@ -1216,15 +1222,34 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 // trail's ([audit.ErrAppend]), wrapped. A recovery key the token fails to destroy is logged.
 func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	var expired []store.Recovery
+	var owners map[string][]store.Record // by request: the records whose owners are told
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if expired, err = tx.ExpireRecoveries(s.now()); err != nil {
 			return err
 		}
+		owners = map[string][]store.Record{}
 		for _, r := range expired {
 			if err := s.audit(tx, audit.KindRecoveryExpired, "system", r.ID, audit.Details{Request: r.ID, RequestKind: r.Kind,
 				Expires: r.ExpiresAt.Format(time.RFC3339)}); err != nil {
 				return err
+			}
+			if r.Kind != store.KindRecover || s.Notify == nil {
+				continue
+			}
+			full, err := tx.GetRecovery(r.ID) // the expired rows come without their record lists
+			if err != nil {
+				return err
+			}
+			for _, id := range full.Records {
+				rec, err := tx.GetRecord(id)
+				if errors.Is(err, store.ErrNotFound) {
+					continue // nobody to tell of a record that is gone; the expiry goes on
+				}
+				if err != nil {
+					return err
+				}
+				owners[r.ID] = append(owners[r.ID], *rec)
 			}
 		}
 		return nil
@@ -1235,6 +1260,11 @@ func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	for _, r := range expired {
 		s.destroyKey(r.KeyLabel)
 		s.log().Info("recovery expired", "id", r.ID)
+		if recs := owners[r.ID]; len(recs) > 0 {
+			// The owners were told the recovery was requested: they are told it ended without
+			// a key.
+			s.notifyRecords(notice.Event{Kind: notice.RecoveryExpired, Time: r.ExpiresAt, Request: r.ID, RequestedBy: r.Requester}, recs)
+		}
 	}
 	return len(expired), nil
 }

@@ -113,12 +113,16 @@ type Service struct {
 	// It must return at once.
 	Certified func(serial string)
 	// Notify, when set, is told of what subscribers must hear about their keys (S/MIME BR
-	// §4.12.1): a key escrowed by an enrollment, a recovery of a key requested, and completed.
-	// It is called after the change commits, never with the store's writer held; it must not
-	// fail the operation nor wait for a mail relay (escrow/notice's Notifier queues to a file
-	// and returns). Bulk jobs' items are not notified yet: escrow/issue's Issued hook, which
-	// they pass through, carries neither the item's mailbox nor its serial.
+	// §4.12.1): a key escrowed (an enrollment, an import), a recovery of a key requested, and
+	// how it ended (completed, cancelled, expired). It is called after the change commits,
+	// never with the store's writer held; it must not fail the operation nor wait for a mail
+	// relay (escrow/notice's Notifier queues to a file and returns).
 	Notify func(notice.Event)
+	// NotifyBatch, when set, takes at once the notices of many keys escrowed together (a
+	// committed batch of a bulk job, [Service.NotifyEscrowed]), one event per mailbox: the
+	// Notifier queues them as one file, with one fsync. Unset, they go to Notify one by one.
+	// The same rules as Notify apply.
+	NotifyBatch func([]notice.Event)
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests
@@ -340,6 +344,27 @@ func (s *Service) notify(e notice.Event) {
 		e.Time = s.now()
 	}
 	s.Notify(e)
+}
+
+// notifyAll hands es to the NotifyBatch hook when there are several and it is set, else to
+// notify one by one.
+func (s *Service) notifyAll(es []notice.Event) {
+	if len(es) == 0 || s.Notify == nil && s.NotifyBatch == nil {
+		return
+	}
+	now := s.now()
+	for i := range es {
+		if es[i].Time.IsZero() {
+			es[i].Time = now
+		}
+	}
+	if s.NotifyBatch != nil && (len(es) > 1 || s.Notify == nil) {
+		s.NotifyBatch(es)
+		return
+	}
+	for _, e := range es {
+		s.notify(e)
+	}
 }
 
 // notifyRecords tells the owner of each mailbox among recs, once per mailbox with the serials

@@ -540,6 +540,7 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 	}
 	if len(reqs) > 0 {
 		wait := func(err error) bool { return r.pause(ctx, CauseStorage, err) }
+		var escrowed []escrow.EscrowedKey
 		for k, res := range r.m.Service.Pipeline().Issue(ctx, reqs, issueSigners, wait) {
 			if errors.Is(res.Err, issue.ErrRecoverySetChanged) {
 				r.retake(ctx, ws[k])
@@ -550,8 +551,14 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 				r.drop(ws[k])
 				continue
 			}
+			if res.Err == nil {
+				escrowed = append(escrowed, escrow.EscrowedKey{Mailbox: ws[k].email, Serial: res.Serial})
+			}
 			r.issued(ctx, ws[k], res.Err)
 		}
+		// The subscribers of the keys whose escrow committed are told, one queue file for the
+		// batch; a queue that fails is counted and logged by the notifier, never the job's.
+		r.m.Service.NotifyEscrowed(escrowed)
 	}
 	if fault != nil && ctx.Err() == nil {
 		// Back off before the next batch, so that a fault that lasts pauses the job rather
@@ -793,13 +800,16 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		return err
 	})
 	if err == nil {
+		var escrowed []escrow.EscrowedKey
 		for i, w := range good {
 			if stale[i] {
 				r.retake(ctx, w)
 				continue
 			}
 			r.count(true)
+			escrowed = append(escrowed, escrow.EscrowedKey{Mailbox: w.email, Serial: done[i].Serial})
 		}
+		r.m.Service.NotifyEscrowed(escrowed)
 		return
 	}
 	if r.m.faultOf(err) != "" {
@@ -808,6 +818,8 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		return
 	}
 	// One item spoiled the batch (a serial already archived...): one by one.
+	var escrowed []escrow.EscrowedKey
+	defer func() { r.m.Service.NotifyEscrowed(escrowed) }()
 	for i, w := range good {
 		it, d := items[i], done[i]
 		var stale []bool
@@ -833,6 +845,7 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 			r.retake(ctx, w)
 		default:
 			r.count(true)
+			escrowed = append(escrowed, escrow.EscrowedKey{Mailbox: w.email, Serial: d.Serial})
 		}
 	}
 }
