@@ -5,8 +5,9 @@
 // It owns serial numbers, the certificate profile (basicConstraints CA:false, critical key
 // usage, subject and authority key identifiers, rfc822Name SANs, the S/MIME Baseline
 // Requirements' certificate policy, and the public URLs of the CRL, OCSP and the CA
-// certificate), the lint that runs before the signer is asked for anything (keyarc's own
-// checks, then zlint on the to-be-signed certificate signed with a throwaway key), and the
+// certificate), the encoding of the to-be-signed certificate (its own, byte for byte
+// crypto/x509's, see tbs.go), the lint that runs before the signer is asked for anything
+// (keyarc's own checks, then zlint on exactly the bytes the CA key will sign), and the
 // self-check that verifies every signature after it was made. It keeps no records and revokes
 // nothing: it only writes the URLs where a CRL and OCSP answers will be served.
 //
@@ -20,7 +21,7 @@
 //
 // An [Issuer] is immutable after [New] and safe for concurrent use, provided its signer is
 // (crypto11 signers and the standard library's keys are). Issue does no locking of its own,
-// except the once-only set-up of the zlint key and registries on the first Issue.
+// except the once-only set-up of the zlint registries on the first Issue.
 package ca
 
 import (
@@ -31,7 +32,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -79,6 +79,8 @@ type Issuer struct {
 	sigAlg x509.SignatureAlgorithm
 	aki    []byte
 	now    func() time.Time
+	// profile is the encoded part of every certificate (issuer, algorithm, fixed extensions).
+	profile certProfile
 
 	urls     PublicURLs
 	caPolicy asn1.ObjectIdentifier
@@ -118,8 +120,11 @@ func New(signer crypto.Signer, cert *x509.Certificate, opts ...Option) (*Issuer,
 			return nil, err
 		}
 	}
-	i := &Issuer{signer: signer, cert: cert, pub: cert.PublicKey, sigAlg: alg, aki: aki, now: time.Now,
-		z: newZlinter(cert, alg)}
+	z, err := newZlinter(cert.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	i := &Issuer{signer: signer, cert: cert, pub: cert.PublicKey, sigAlg: alg, aki: aki, now: time.Now, z: z}
 	if i.urls, err = ParsePublicURL(DefaultPublicURL); err != nil {
 		return nil, err
 	}
@@ -129,6 +134,9 @@ func New(signer crypto.Signer, cert *x509.Certificate, opts ...Option) (*Issuer,
 		}
 	}
 	i.aiaIPPort = i.urls.ipWithPort()
+	if i.profile, err = i.newCertProfile(); err != nil {
+		return nil, err
+	}
 	return i, nil
 }
 
@@ -178,19 +186,8 @@ func signatureAlgorithm(pub crypto.PublicKey) (x509.SignatureAlgorithm, error) {
 // keyID returns a key identifier for pub: the leftmost 160 bits of the SHA-256 of the
 // subjectPublicKey BIT STRING (RFC 7093 section 2, method 1), computed without SHA-1.
 func keyID(pub crypto.PublicKey) ([]byte, error) {
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
-	}
-	var spki struct {
-		Algorithm pkix.AlgorithmIdentifier
-		PublicKey asn1.BitString
-	}
-	if _, err := asn1.Unmarshal(der, &spki); err != nil {
-		return nil, fmt.Errorf("ca: parse public key: %w", err)
-	}
-	h := sha256.Sum256(spki.PublicKey.Bytes)
-	return h[:20], nil
+	_, id, err := subjectPublicKeyInfo(pub)
+	return id, err
 }
 
 // NewSerial returns a fresh serial number: 128 bits from crypto/rand (CA/Browser Forum
@@ -248,18 +245,19 @@ type Request struct {
 // oidOCSPNoCheck is id-pkix-ocsp-nocheck; its value is an ASN.1 NULL.
 var oidOCSPNoCheck = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
 
-// linted is a certificate template that passed lint; only lint makes one, and only a linted
-// template is ever signed. smime says which zlint sources apply.
+// linted is a to-be-signed certificate that passed lint; only lint makes one, and only a
+// linted TBS is ever signed. tbs is buf[certHeadroom:], buf has room after it for the
+// signature (see [assemble]); smime says which zlint sources apply.
 type linted struct {
-	tmpl  *x509.Certificate
-	smime bool
+	buf, tbs []byte
+	smime    bool
 }
 
 func lintErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrLint, fmt.Sprintf(format, args...))
 }
 
-// lint checks req against the profile and returns the template to sign.
+// lint checks req against the profile and returns the encoded TBS to sign.
 func (i *Issuer) lint(req *Request) (linted, error) {
 	if req.PublicKey == nil {
 		return linted{}, lintErr("no public key")
@@ -291,7 +289,11 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 			return linted{}, fmt.Errorf("%w: %w", ErrLint, err)
 		}
 	}
-	if req.Subject.String() == "" && len(req.EmailAddresses)+len(req.DNSNames)+len(req.IPAddresses) == 0 {
+	subject, err := asn1.Marshal(req.Subject.ToRDNSequence())
+	if err != nil {
+		return linted{}, lintErr("subject cannot be encoded: %v", err)
+	}
+	if bytes.Equal(subject, emptyName) && len(req.EmailAddresses)+len(req.DNSNames)+len(req.IPAddresses) == 0 {
 		return linted{}, lintErr("neither a subject nor a subjectAltName")
 	}
 	if req.KeyUsage == 0 {
@@ -313,16 +315,13 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 	if slices.Contains(req.ExtKeyUsage, x509.ExtKeyUsageAny) {
 		return linted{}, lintErr("anyExtendedKeyUsage is not issued")
 	}
-	var extra []pkix.Extension
 	if req.OCSPNoCheck {
 		if !slices.Equal(req.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}) || len(req.UnknownExtKeyUsage) > 0 {
 			return linted{}, lintErr("id-pkix-ocsp-nocheck is only for a certificate whose one extended key usage is OCSPSigning")
 		}
-		extra = append(extra, pkix.Extension{Id: oidOCSPNoCheck, Value: []byte{0x05, 0x00}})
 	}
 	serial := req.Serial
 	if serial == nil {
-		var err error
 		if serial, err = NewSerial(); err != nil {
 			return linted{}, err
 		}
@@ -330,7 +329,7 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 		// 19 bytes of magnitude keeps the DER INTEGER within RFC 5280's 20 octets.
 		return linted{}, lintErr("serial must be positive and at most 20 octets")
 	}
-	ski, err := keyID(req.PublicKey)
+	spki, ski, err := subjectPublicKeyInfo(req.PublicKey)
 	if err != nil {
 		return linted{}, fmt.Errorf("%w: %w", ErrLint, err)
 	}
@@ -343,59 +342,33 @@ func (i *Issuer) lint(req *Request) (linted, error) {
 			policies = append(slices.Clip(policies), i.caPolicy)
 		}
 	}
-	var pols []x509.OID
 	for _, p := range policies {
-		o, err := oidOf(p)
-		if err != nil {
-			return linted{}, lintErr("certificate policy %v: %v", p, err)
+		if !validOID(p) {
+			return linted{}, lintErr("certificate policy %v is not a valid OID", p)
 		}
-		pols = append(pols, o)
 	}
-	return linted{smime: smime, tmpl: &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               req.Subject,
-		NotBefore:             req.NotBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              req.KeyUsage,
-		ExtKeyUsage:           req.ExtKeyUsage,
-		UnknownExtKeyUsage:    req.UnknownExtKeyUsage,
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		SubjectKeyId:          ski,
-		AuthorityKeyId:        i.aki,
-		EmailAddresses:        req.EmailAddresses,
-		DNSNames:              req.DNSNames,
-		IPAddresses:           req.IPAddresses,
-		SignatureAlgorithm:    i.sigAlg,
-		Policies:              pols,
-		CRLDistributionPoints: []string{i.urls.CRL},
-		OCSPServer:            []string{i.urls.OCSP},
-		IssuingCertificateURL: []string{i.urls.CACert},
-		ExtraExtensions:       extra,
-	}}, nil
+	buf, err := i.encodeTBSCertificate(req, &tbsFields{serial: serial, notAfter: notAfter, subject: subject,
+		spki: spki, ski: ski, policies: policies})
+	if err != nil {
+		return linted{}, err
+	}
+	return linted{buf: buf, tbs: buf[certHeadroom:], smime: smime}, nil
 }
 
-// oidOf converts an asn1.ObjectIdentifier to an x509.OID.
-func oidOf(o asn1.ObjectIdentifier) (x509.OID, error) {
-	u := make([]uint64, len(o))
-	for n, a := range o {
-		if a < 0 {
-			return x509.OID{}, errors.New("negative arc")
-		}
-		u[n] = uint64(a)
-	}
-	return x509.OIDFromInts(u)
-}
-
-// Issue lints req, signs the certificate with the CA key, parses the result and verifies its
-// signature with the CA certificate's public key.
+// Issue lints req, encodes its to-be-signed certificate, has zlint lint those bytes, signs
+// them with the CA key, assembles the certificate around them, verifies the signature with
+// the CA certificate's public key and parses the result. The CA key signs nothing that was
+// not linted: zlint reads the very bytes signed, with a placeholder where the signature goes.
 //
 // # Errors
 //
 // [ErrLint] (nothing was signed) when the request breaks the profile: no public key, no or
 // non-positive validity, NotBefore more than a minute ahead of the clock, NotAfter after the
 // CA's, an emailProtection certificate valid for more than 825 days or without an rfc822Name,
-// an invalid mailbox, no key usage or a CA key usage, a key usage the key type cannot do; or
+// an invalid mailbox, neither a subject nor a subjectAltName, a subject that cannot be encoded,
+// a DNS name that is not an IA5String or an IP address neither 4 nor 16 bytes long, no key
+// usage or a CA key usage, a key usage the key type cannot do, an extended key usage or policy
+// that cannot be encoded; or
 // a *[LintError] (which matches ErrLint) when zlint warns or errs on the to-be-signed
 // certificate: sources CABF_SMIME_BR and RFC5280 for an emailProtection certificate, RFC5280
 // for any other. [ErrSelfCheck] when the signature the signer returned does not verify.
@@ -405,39 +378,49 @@ func (i *Issuer) Issue(req Request) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := i.zlintCheck(l, req.PublicKey); err != nil {
+	if err := i.zlintCheck(l); err != nil {
 		return nil, err
 	}
-	s := &recordingSigner{Signer: i.signer}
-	der, err := x509.CreateCertificate(rand.Reader, l.tmpl, i.cert, req.PublicKey, s)
+	sig, err := signTBS(i.signer, i.sigAlg, l.tbs)
 	if err != nil {
-		if s.signed {
-			// crypto/x509 verifies the signature right after the signer returns; an error
-			// after a successful Sign call is that verification failing.
-			return nil, fmt.Errorf("%w: %w", ErrSelfCheck, err)
-		}
 		return nil, fmt.Errorf("ca: sign certificate: %w", err)
 	}
-	return i.selfCheck(der)
+	der, err := assemble(l.buf, certHeadroom, i.profile.algID, sig)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := i.selfCheck(der)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(cert.RawTBSCertificate, l.tbs) {
+		return nil, fmt.Errorf("%w: the signed certificate is not the one linted", ErrSelfCheck)
+	}
+	return cert, nil
 }
 
-// selfCheck parses der and verifies it was signed by the CA key.
+// selfCheck parses der and verifies, once, that the CA key signed it: its signature algorithm
+// is the Issuer's, its issuer the CA's subject, and its signature verifies with the CA
+// certificate's public key (whose fitness to sign certificates New checked).
 func (i *Issuer) selfCheck(der []byte) (*x509.Certificate, error) {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("%w: parse: %w", ErrSelfCheck, err)
 	}
-	if err := cert.CheckSignatureFrom(i.cert); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSelfCheck, err)
+	if cert.SignatureAlgorithm != i.sigAlg {
+		return nil, fmt.Errorf("%w: signature algorithm %v, want %v", ErrSelfCheck, cert.SignatureAlgorithm, i.sigAlg)
 	}
-	if !bytes.Equal(cert.RawIssuer, i.cert.RawSubject) {
+	if !bytes.Equal(cert.RawIssuer, i.profile.issuer) {
 		return nil, fmt.Errorf("%w: issuer name is not the CA subject", ErrSelfCheck)
+	}
+	if err := i.cert.CheckSignature(i.sigAlg, cert.RawTBSCertificate, cert.Signature); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSelfCheck, err)
 	}
 	return cert, nil
 }
 
-// recordingSigner notes that the wrapped signer returned a signature, so that Issue can tell
-// a bad signature (crypto/x509's own check fails after Sign) from a signer error.
+// recordingSigner notes that the wrapped signer returned a signature, so that SelfSignedRoot
+// can tell a bad signature (crypto/x509's own check fails after Sign) from a signer error.
 type recordingSigner struct {
 	crypto.Signer
 	signed bool

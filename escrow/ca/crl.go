@@ -76,7 +76,7 @@ type CRLRequest struct {
 	Entries []CRLEntry
 }
 
-// IssueCRL lints req, encodes the CRL, has zlint lint it signed by a throwaway key (a CRL of
+// IssueCRL lints req, encodes the CRL, has zlint lint it with a placeholder signature (a CRL of
 // more than 50,000 entries in slices of its entries under its header, see crlLintChunk), signs
 // the to-be-signed bytes with the CA key, and verifies the signature with the CA certificate's
 // public key. The CRL is a v2 CRL with the CA's subject as
@@ -120,11 +120,11 @@ func (i *Issuer) IssueCRL(req CRLRequest) (*SignedCRL, error) {
 	if err := i.zlintCRL(&req, tbs); err != nil {
 		return nil, err
 	}
-	sig, err := signTBSList(i.signer, i.sigAlg, tbs)
+	sig, err := signTBS(i.signer, i.sigAlg, tbs)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign CRL: %w", err)
 	}
-	der, err := assembleCRL(buf, crlHeadroom, i.sigAlg, sig)
+	der, err := assemble(buf, crlHeadroom, i.profile.algID, sig)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +243,7 @@ func addTime(b *cryptobyte.Builder, t time.Time) {
 	b.AddASN1GeneralizedTime(t)
 }
 
-// Room around the TBS for the CertificateList assembled in place (assembleCRL): its header
+// Room around the TBS for the CertificateList assembled in place (assemble): its header
 // (tag and a length of up to 4 bytes), and the signature algorithm and BIT STRING.
 const (
 	crlHeadroom = 6
@@ -313,8 +313,9 @@ func (i *Issuer) encodeTBS(req *CRLRequest, headroom, tailroom int) ([]byte, err
 	return der, nil
 }
 
-// signTBSList signs tbs with signer for alg.
-func signTBSList(signer crypto.Signer, alg x509.SignatureAlgorithm, tbs []byte) ([]byte, error) {
+// signTBS signs tbs (a TBSCertificate or TBSCertList) with signer for alg: its digest, or for
+// Ed25519 tbs itself.
+func signTBS(signer crypto.Signer, alg x509.SignatureAlgorithm, tbs []byte) ([]byte, error) {
 	_, h, err := sigAlgID(alg)
 	if err != nil {
 		return nil, err
@@ -340,19 +341,18 @@ func appendDERLength(b []byte, n int) []byte {
 	return append(append(b, 0x80|byte(len(l))), l...)
 }
 
-// assembleCRL turns buf, headroom bytes then the TBS, into the signed CertificateList in
-// place: the header goes into the headroom, the signature algorithm and signature after the
-// TBS. It returns the CertificateList, a subslice of buf.
-func assembleCRL(buf []byte, headroom int, alg x509.SignatureAlgorithm, sig []byte) ([]byte, error) {
-	algID, _, err := sigAlgID(alg)
-	if err != nil {
-		return nil, err
-	}
+// assemble turns buf, headroom bytes then a TBS, into the signed Certificate or
+// CertificateList (both SEQUENCE { tbs, signatureAlgorithm, signatureValue BIT STRING }) in
+// place: the header goes into the headroom, the signature algorithm algID and the signature
+// after the TBS, in buf's spare capacity if it has enough. It returns the signed object, a
+// subslice of buf (or of a larger copy). Called again on the same buf, it overwrites the
+// header and tail of the first call.
+func assemble(buf []byte, headroom int, algID, sig []byte) ([]byte, error) {
 	tail := appendDERLength(append(algID[:len(algID):len(algID)], 0x03), len(sig)+1)
 	tail = append(append(tail, 0x00), sig...) // BIT STRING, no unused bits
 	header := appendDERLength([]byte{0x30}, len(buf)-headroom+len(tail))
 	if len(header) > headroom {
-		return nil, fmt.Errorf("ca: encode CRL: %d bytes of header room, %d needed", headroom, len(header))
+		return nil, fmt.Errorf("ca: assemble: %d bytes of header room, %d needed", headroom, len(header))
 	}
 	start := headroom - len(header)
 	copy(buf[start:], header)
@@ -417,7 +417,7 @@ func crlRegistry() (lint.Registry, error) {
 // (unique serials) is lintCRL's own.
 const crlLintChunk = 50_000
 
-// zlintCRL lints the CRL of req, whose encoding is tbs, signed by the throwaway key, and
+// zlintCRL lints the CRL of req, whose encoding is tbs, with the placeholder signature, and
 // refuses it if zlint warns or errs.
 func (i *Issuer) zlintCRL(req *CRLRequest, tbs []byte) error {
 	if i.noZlint {
@@ -443,11 +443,7 @@ func (i *Issuer) zlintCRL(req *CRLRequest, tbs []byte) error {
 				return err
 			}
 		}
-		sig, err := signTBSList(z.key, i.sigAlg, part)
-		if err != nil {
-			return fmt.Errorf("ca: zlint CRL: %w", err)
-		}
-		der, err := certificateList(part, i.sigAlg, sig)
+		der, err := certificateList(part, i.sigAlg, z.placeholder)
 		if err != nil {
 			return err
 		}

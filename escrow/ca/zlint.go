@@ -2,11 +2,6 @@ package ca
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
@@ -25,8 +20,8 @@ type Finding struct {
 	Details string
 }
 
-// LintError is a refusal by zlint: the to-be-signed certificate, signed with a throwaway key,
-// drew at least one warning or error. Nothing was signed by the CA key. It matches [ErrLint]
+// LintError is a refusal by zlint: the to-be-signed certificate drew at least one warning or
+// error. Nothing was signed by the CA key. It matches [ErrLint]
 // with errors.Is.
 type LintError struct {
 	Findings []Finding // sorted by lint name
@@ -62,19 +57,17 @@ func (e *LintError) Lints() []string {
 }
 
 // zlinter runs zlint on a to-be-signed certificate before the CA key signs it, as Let's
-// Encrypt's boulder does: the template is signed by a throwaway key of the CA key's algorithm
-// and size under a throwaway issuer certificate that has the CA's subject, and the result is
-// linted. The key, the issuer and the two filtered registries are made once per Issuer, on
-// first use (an RSA-4096 throwaway key takes a second to make, which commands that issue
-// nothing should not pay).
+// Encrypt's boulder does, but on exactly the bytes the CA key will sign: the TBS, the CA's
+// signature AlgorithmIdentifier and a placeholder signature of the CA key's shape. zlint
+// verifies no signature, and no lint of the two sources used here reads the signature value
+// (lints that do are in other sources: Mozilla's ECDSA encoding and Community's compromised-CA
+// lints); the CRL lints read only its length, which the placeholder has (see
+// placeholderSignature). The two filtered registries are made once per Issuer, on first use.
 type zlinter struct {
-	caCert *x509.Certificate
-	sigAlg x509.SignatureAlgorithm
+	placeholder []byte
 
-	once   sync.Once
-	err    error
-	key    crypto.Signer
-	issuer *x509.Certificate
+	once sync.Once
+	err  error
 	// smime lints S/MIME certificates (sources CABF_SMIME_BR and RFC5280); rfc every other
 	// certificate (RFC5280 only: the S/MIME lints presume an S/MIME subscriber certificate,
 	// and the CA/Browser Forum's TLS lints do not apply to keyarc's TLS client and server
@@ -82,8 +75,12 @@ type zlinter struct {
 	smime, rfc lint.Registry
 }
 
-func newZlinter(caCert *x509.Certificate, sigAlg x509.SignatureAlgorithm) *zlinter {
-	return &zlinter{caCert: caCert, sigAlg: sigAlg}
+func newZlinter(caPub crypto.PublicKey) (*zlinter, error) {
+	sig, err := placeholderSignature(caPub)
+	if err != nil {
+		return nil, err
+	}
+	return &zlinter{placeholder: sig}, nil
 }
 
 func (z *zlinter) init() error {
@@ -103,59 +100,25 @@ func (z *zlinter) build() error {
 	}); err != nil {
 		return fmt.Errorf("ca: zlint registry: %w", err)
 	}
-	if z.key, err = throwawayKey(z.caCert.PublicKey); err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          z.caCert.SerialNumber,
-		RawSubject:            z.caCert.RawSubject,
-		NotBefore:             z.caCert.NotBefore,
-		NotAfter:              z.caCert.NotAfter,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		SubjectKeyId:          z.caCert.SubjectKeyId,
-		SignatureAlgorithm:    z.sigAlg,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, z.key.Public(), z.key)
-	if err != nil {
-		return fmt.Errorf("ca: zlint issuer: %w", err)
-	}
-	if z.issuer, err = x509.ParseCertificate(der); err != nil {
-		return fmt.Errorf("ca: zlint issuer: %w", err)
-	}
 	return nil
 }
 
-// throwawayKey makes a software key of the same algorithm and size as pub.
-func throwawayKey(pub crypto.PublicKey) (crypto.Signer, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		return ecdsa.GenerateKey(k.Curve, rand.Reader)
-	case *rsa.PublicKey:
-		return rsa.GenerateKey(rand.Reader, k.N.BitLen())
-	case ed25519.PublicKey:
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		return priv, err
-	}
-	return nil, fmt.Errorf("%w: %T", ErrUnsupportedKey, pub)
-}
-
-// run signs tmpl with the throwaway key and lints it; smime picks the S/MIME registry.
-func (z *zlinter) run(tmpl *x509.Certificate, pub crypto.PublicKey, smime bool) (*zlint.ResultSet, error) {
+// run lints the certificate of l's TBS, algID and the placeholder signature; smime picks the
+// S/MIME registry. The certificate is assembled in l's buffer, where the real one goes after.
+func (z *zlinter) run(l linted, algID []byte) (*zlint.ResultSet, error) {
 	if err := z.init(); err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, z.issuer, pub, z.key)
+	der, err := assemble(l.buf, certHeadroom, algID, z.placeholder)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the to-be-signed certificate cannot be made: %w", ErrLint, err)
+		return nil, err
 	}
 	c, err := zx509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("%w: zlint cannot parse the to-be-signed certificate: %w", ErrLint, err)
 	}
 	reg := z.rfc
-	if smime {
+	if l.smime {
 		reg = z.smime
 	}
 	return zlint.LintCertificateEx(c, reg), nil
@@ -176,12 +139,12 @@ func findings(rs *zlint.ResultSet) []Finding {
 
 const lintAIAInternalNames = "w_smime_aia_contains_internal_names"
 
-// zlintCheck refuses tmpl if zlint warns or errs on it.
-func (i *Issuer) zlintCheck(l linted, pub crypto.PublicKey) error {
+// zlintCheck refuses l if zlint warns or errs on it.
+func (i *Issuer) zlintCheck(l linted) error {
 	if i.noZlint {
 		return nil
 	}
-	rs, err := i.z.run(l.tmpl, pub, l.smime)
+	rs, err := i.z.run(l, i.profile.algID)
 	if err != nil {
 		return err
 	}
