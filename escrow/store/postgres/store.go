@@ -78,10 +78,11 @@ func (db *DB) Stats() store.Stats {
 }
 
 // Open connects to the PostgreSQL database of connString (a postgres:// URL or a key=value
-// string, as libpq takes them; pool_max_conns sets the pool's size, by default
-// max(4, 2×GOMAXPROCS)) and brings its schema up to date. The database must exist; the user
-// needs to create tables in it on the first Open and whenever a migration is due. A server
-// that cannot be reached gives an error wrapping [store.ErrUnavailable].
+// string, as libpq takes them, with pgxpool's pool_max_conns and the like; the pool holds
+// max(4, NumCPU) connections by default, one of them the writer's) and brings its schema up
+// to date. The database must exist; the user needs to create tables in it on the first Open
+// and whenever a migration is due. A server that cannot be reached gives an error wrapping
+// [store.ErrUnavailable].
 func Open(ctx context.Context, connString string) (*DB, error) {
 	if connString == "" {
 		return nil, fmt.Errorf("store: open: empty connection string: %w", store.ErrInvalid)
@@ -93,9 +94,6 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "keyarc"
-	}
-	if !hasParam(connString, "pool_max_conns") {
-		cfg.MaxConns = int32(max(4, 2*runtime.GOMAXPROCS(0)))
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -123,17 +121,6 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 	}
 	go db.writer()
 	return db, nil
-}
-
-// hasParam reports whether the connection string sets key, in URL or key=value form.
-func hasParam(connString, key string) bool {
-	for i := 0; i+len(key) < len(connString); i++ {
-		if connString[i:i+len(key)] == key && connString[i+len(key)] == '=' &&
-			(i == 0 || connString[i-1] == '?' || connString[i-1] == '&' || connString[i-1] == ' ') {
-			return true
-		}
-	}
-	return false
 }
 
 // Close stops accepting updates, lets the writer finish every queued update, waits for the

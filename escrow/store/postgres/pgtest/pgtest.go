@@ -76,7 +76,7 @@ func Start(tb testing.TB) *Server {
 	tb.Cleanup(func() {
 		shared.mu.Lock()
 		defer shared.mu.Unlock()
-		if shared.refs--; shared.refs == 0 {
+		if shared.refs--; shared.refs == 0 && shared.srv != nil {
 			if err := shared.srv.stop(); err != nil {
 				tb.Errorf("pgtest: stop the server: %v", err)
 			}
@@ -84,6 +84,35 @@ func Start(tb testing.TB) *Server {
 		}
 	})
 	return srv
+}
+
+// Keep holds the process's server from its first [Start] until release is called, so that the
+// tests of a package share one server even when they run one after the other. Call it from
+// TestMain around m.Run:
+//
+//	func TestMain(m *testing.M) {
+//		release := pgtest.Keep()
+//		code := m.Run()
+//		release()
+//		os.Exit(code)
+//	}
+func Keep() (release func()) {
+	shared.mu.Lock()
+	shared.refs++
+	shared.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			shared.mu.Lock()
+			defer shared.mu.Unlock()
+			if shared.refs--; shared.refs == 0 && shared.srv != nil {
+				if err := shared.srv.stop(); err != nil {
+					fmt.Fprintf(os.Stderr, "pgtest: stop the server: %v\n", err)
+				}
+				shared.srv = nil
+			}
+		})
+	}
 }
 
 // findBin returns the folder of the newest installed initdb and postgres.

@@ -1,0 +1,257 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
+)
+
+var ctx = context.Background()
+
+func TestMain(m *testing.M) {
+	release := pgtest.Keep()
+	code := m.Run()
+	release()
+	os.Exit(code)
+}
+
+func insertCode(id, email string) func(store.Tx) error {
+	return func(tx store.Tx) error {
+		return tx.InsertCode(store.Code{ID: id, Email: email, Template: "t", Hash: []byte("h"),
+			ExpiresAt: time.Now().Add(time.Hour)})
+	}
+}
+
+// TestOpenNoServer: a server that cannot be reached is a fault of the storage.
+func TestOpenNoServer(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Open(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=none connect_timeout=5", dir))
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Open without a server: %v, want ErrUnavailable", err)
+	}
+	if _, err := Open(ctx, "postgres://[::1"); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("Open with a malformed URL: %v, want ErrInvalid", err)
+	}
+}
+
+// TestStatementFaults: a failed statement is undone alone, as the contract asks (PostgreSQL
+// would abort the whole transaction), and the Tx goes on; a bad statement is no storage fault.
+func TestStatementFaults(t *testing.T) {
+	db, _ := openTest(t, pgtest.Start(t))
+	err := db.Update(ctx, func(tx store.Tx) error {
+		if err := insertCode("c1", "a@example.com")(tx); err != nil {
+			return err
+		}
+		if err := insertCode("c1", "a@example.com")(tx); !errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("a duplicate code: %v, want ErrConflict", err)
+		}
+		if err := insertCode("c2", "a\x00b@example.com")(tx); !errors.Is(err, store.ErrInvalid) {
+			return fmt.Errorf("an address with a NUL byte: %v, want ErrInvalid", err)
+		}
+		if err := insertCode("c3", "a\xffb@example.com")(tx); !errors.Is(err, store.ErrInvalid) {
+			return fmt.Errorf("an address that is not UTF-8: %v, want ErrInvalid", err)
+		}
+		return insertCode("c4", "a@example.com")(tx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.View(ctx, func(tx store.Tx) error {
+		for _, id := range []string{"c1", "c4"} {
+			if _, err := tx.GetCode(id); err != nil {
+				t.Errorf("code %s: %v", id, err)
+			}
+		}
+		return nil
+	})
+
+	err = db.Update(ctx, func(tx store.Tx) error {
+		_, err := tx.(*Tx).q.ExecContext(tx.(*Tx).ctx, "INSERT INTO no_such_table VALUES (1)")
+		return err
+	})
+	if err == nil || errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("a bad statement: got %v, want an error that is not ErrUnavailable", err)
+	}
+	// A read that fails outside a savepoint aborts the transaction: the function that ignores
+	// it loses its writes, the other functions of its group keep theirs.
+	release, wait := holdWriter(t, db)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	wg.Go(func() {
+		errs[0] = db.Update(ctx, func(tx store.Tx) error {
+			if err := insertCode("c5", "a@example.com")(tx); err != nil {
+				return err
+			}
+			tx.(*Tx).q.QueryContext(tx.(*Tx).ctx, "SELECT * FROM no_such_table")
+			return nil
+		})
+	})
+	for db.queueLen() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	wg.Go(func() { errs[1] = db.Update(ctx, insertCode("c6", "a@example.com")) })
+	for db.queueLen() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	wg.Wait()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if errs[0] == nil || errs[1] != nil {
+		t.Errorf("a function whose read failed: %v, want an error; the other of the group: %v, want nil", errs[0], errs[1])
+	}
+	db.View(ctx, func(tx store.Tx) error {
+		if _, err := tx.GetCode("c5"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("code c5 of the aborted function: %v, want ErrNotFound", err)
+		}
+		if _, err := tx.GetCode("c6"); err != nil {
+			t.Errorf("code c6: %v", err)
+		}
+		return nil
+	})
+}
+
+// holdWriter occupies the writer with an Update until release, so that the Updates started
+// meanwhile run as one group after it.
+func holdWriter(t *testing.T, db *DB) (release func(), wait func() error) {
+	inside, rel, errc := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		errc <- db.Update(ctx, func(store.Tx) error { close(inside); <-rel; return nil })
+	}()
+	<-inside
+	var once sync.Once
+	release = func() { once.Do(func() { close(rel) }) }
+	t.Cleanup(release)
+	return release, func() error { return <-errc }
+}
+
+// TestConnectionsKilled: when the server ends the store's connections (an administrator, a
+// restart), the calls that meet the dead connections fail with ErrUnavailable, and the store
+// goes on with new ones.
+func TestConnectionsKilled(t *testing.T) {
+	srv := pgtest.Start(t)
+	db, url := openTest(t, srv)
+	if err := db.Update(ctx, insertCode("before", "a@example.com")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("before"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	name := dbName(t, url)
+	srv.Admin(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '"+name+"'")
+
+	for i, call := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"update", func() error { return db.Update(ctx, insertCode("after", "a@example.com")) }},
+		{"view", func() error {
+			return db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("before"); return err })
+		}},
+	} {
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = call.fn(); err == nil {
+				break
+			}
+			if !errors.Is(err, store.ErrUnavailable) {
+				t.Fatalf("%s after the connections were killed: %v, want ErrUnavailable", call.name, err)
+			}
+		}
+		if err != nil {
+			t.Errorf("%d: %s still fails after 5 tries: %v", i, call.name, err)
+		}
+	}
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("after"); return err }); err != nil {
+		t.Errorf("the code stored after the reconnection: %v", err)
+	}
+}
+
+func dbName(t *testing.T, url string) string {
+	for _, f := range strings.Fields(url) {
+		if name, ok := strings.CutPrefix(f, "dbname="); ok {
+			return name
+		}
+	}
+	t.Fatalf("no dbname in %q", url)
+	return ""
+}
+
+// TestMigrateConcurrently: nodes that start at once on an empty database apply the schema
+// once between them, and all open.
+func TestMigrateConcurrently(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	const nodes = 4
+	var wg sync.WaitGroup
+	dbs := make([]*DB, nodes)
+	errs := make([]error, nodes)
+	for i := range nodes {
+		wg.Go(func() { dbs[i], errs[i] = Open(ctx, url) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("node %d: %v", i, err)
+			continue
+		}
+		t.Cleanup(func() { dbs[i].Close() })
+	}
+	if t.Failed() {
+		return
+	}
+	var v int
+	if err := dbs[0].db.QueryRowContext(ctx, "SELECT version FROM keyarc_schema").Scan(&v); err != nil || v != len(migrations) {
+		t.Errorf("schema version %d (%v), want %d", v, err, len(migrations))
+	}
+}
+
+// TestSchemaNewer: a database migrated by a newer keyarc is refused, not written to.
+func TestSchemaNewer(t *testing.T) {
+	db, url := openTest(t, pgtest.Start(t))
+	if _, err := db.db.ExecContext(ctx, "UPDATE keyarc_schema SET version = version + 1"); err != nil {
+		t.Fatal(err)
+	}
+	if db2, err := Open(ctx, url); !errors.Is(err, store.ErrSchema) {
+		if err == nil {
+			db2.Close()
+		}
+		t.Errorf("Open of a newer schema: %v, want ErrSchema", err)
+	}
+}
+
+// TestClassify: the server's fault codes are storage faults, the statement's are not.
+func TestClassify(t *testing.T) {
+	for _, tt := range []struct {
+		code string
+		want error
+	}{
+		{"08006", store.ErrUnavailable}, // connection_failure
+		{"57P01", store.ErrUnavailable}, // admin_shutdown
+		{"53100", store.ErrUnavailable}, // disk_full
+		{"40001", store.ErrUnavailable}, // serialization_failure
+		{"40P01", store.ErrUnavailable}, // deadlock_detected
+		{"58030", store.ErrUnavailable}, // io_error
+		{"23505", store.ErrConflict},
+		{"23503", store.ErrNotFound},
+		{"23514", store.ErrInvalid},
+		{"42P01", nil}, // undefined_table: a bug, not a fault
+	} {
+		err := classify(mapErr(&pgconn.PgError{Code: tt.code, Message: "test"}))
+		for _, s := range []error{store.ErrUnavailable, store.ErrConflict, store.ErrNotFound, store.ErrInvalid} {
+			if errors.Is(err, s) != (s == tt.want) {
+				t.Errorf("SQLSTATE %s: %v, want only %v", tt.code, err, tt.want)
+			}
+		}
+	}
+}
