@@ -18,9 +18,10 @@ import (
 
 // openNotices wires subscriber notices (S/MIME BR §4.12.1) into the parts of the appliance:
 // with a notices section, it opens the queue folder, registers the notice metrics, sets
-// p.Service.Notify to queue a notice, starts the sender, and makes p.Stop stop it first. Without
-// one, nothing is queued and the log says once that subscribers are not told by mail. Call it
-// after p.Service is built and before api.New.
+// p.Service.Notify and NotifyBatch to queue notices (a bulk job's committed batch as one file),
+// starts the sender, and makes p.Stop stop it first. Without one, nothing is queued and the log
+// says once that subscribers are not told by mail. Call it after p.Service is built and before
+// api.New.
 func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, p *api.Parts) error {
 	nc := cfg.Notices
 	if nc == nil {
@@ -65,7 +66,7 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 	if err := n.Register(reg); err != nil {
 		return fmt.Errorf("register notice metrics: %w", err)
 	}
-	p.Service.Notify = n.Notify
+	p.Service.Notify, p.Service.NotifyBatch = n.Notify, n.NotifyBatch
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); n.Run(ctx) }()
