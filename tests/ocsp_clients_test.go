@@ -71,10 +71,14 @@ func nssVerdict(t *testing.T, dir, db, cert, method string, strict bool) (string
 	return "", ""
 }
 
+// gnutlsTime is how ocsptool prints times.
+const gnutlsTime = "Mon Jan 02 15:04:05 MST 2006"
+
 var (
 	gnutlsResponseStatusRE = regexp.MustCompile(`(?m)^\s*Response Status: (\S+)\s*$`)
 	gnutlsCertStatusRE     = regexp.MustCompile(`(?m)^\s*Certificate Status: (\S+)\s*$`)
 	gnutlsSerialRE         = regexp.MustCompile(`(?m)^\s*Serial Number: ([0-9a-f]+)\s*$`)
+	gnutlsUpdatesRE        = regexp.MustCompile(`(?m)^\s*This Update: (.+?)\s*\n\s*Next Update: (.+?)\s*$`)
 )
 
 // ocsptoolAsk has GnuTLS's ocsptool ask the OCSP responder in the AIA of the certificate at
@@ -82,7 +86,8 @@ var (
 // accepts the issuer's own signature or a delegated responder certificate in the response issued
 // by it with OCSPSigning. The response is kept in respOut (DER). It returns the certificate
 // status ("good", "revoked", "unknown") when the response is successful, verified, and every
-// single response in it is about cert's serial and says the same; "response <status>" for an
+// single response in it is about cert's serial, says the same and is current (ocsptool itself
+// does not check thisUpdate and nextUpdate against the clock); "response <status>" for an
 // unsuccessful response (e.g. "response unauthorized"); anything else is returned as a verdict
 // that names the fault, so the caller's comparison fails and shows the output.
 func ocsptoolAsk(t *testing.T, dir, cert, issuer, respOut string) (string, string) {
@@ -107,7 +112,20 @@ func ocsptoolAsk(t *testing.T, dir, cert, issuer, respOut string) (string, strin
 	if len(statuses) == 0 || len(serials) != len(statuses) {
 		return fmt.Sprintf("%d certificate statuses for %d serials", len(statuses), len(serials)), out
 	}
+	updates := gnutlsUpdatesRE.FindAllStringSubmatch(out, -1)
+	if len(updates) != len(statuses) {
+		return fmt.Sprintf("%d thisUpdate/nextUpdate pairs for %d single responses", len(updates), len(statuses)), out
+	}
+	now := time.Now()
 	for i := range statuses {
+		this, err1 := time.Parse(gnutlsTime, updates[i][1])
+		next, err2 := time.Parse(gnutlsTime, updates[i][2])
+		if err1 != nil || err2 != nil {
+			return fmt.Sprintf("unreadable update times: %v, %v", err1, err2), out
+		}
+		if now.Before(this) || now.After(next) {
+			return fmt.Sprintf("not current: thisUpdate %v, nextUpdate %v", this, next), out
+		}
 		if got := strings.TrimLeft(serials[i][1], "0"); got != serial {
 			return "a single response about serial " + got + ", not " + serial, out
 		}
