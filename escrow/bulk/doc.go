@@ -37,6 +37,13 @@
 // the items' certificates and records are audited by the pipeline (one entry per item, or one
 // per import batch).
 //
+// # Subscriber notices
+//
+// After each batch's commit returns, the subscribers of the items that committed are told their
+// keys are escrowed ([escrow.Service.NotifyEscrowed]: one notice per mailbox, one queue file for
+// the batch); failed, refused or retaken items tell nobody. A queue or relay that fails is the
+// notifier's to count and log: it never pauses nor fails the job.
+//
 // # Crash and resume
 //
 // Every item's outcome is durable in job_items, keyed by (job, seq). At start-up the appliance

@@ -316,3 +316,53 @@ func TestNoticesRelayDown(t *testing.T) {
 	relay := startSink(t, addr) // the relay comes back
 	checkNotices(t, env, env.results(t, st.ID), byMailbox(t, relay.waitMessages(t, 16)))
 }
+
+// BenchmarkEnrollJobNotices is BenchmarkEnrollJob with subscriber notices on: each committed
+// batch queues one notice file (fsync'd) for a real SMTP server on loopback. Compare its
+// items/s with BenchmarkEnrollJob's in the same run.
+func BenchmarkEnrollJobNotices(b *testing.B) {
+	env := newEnv(b)
+	n, _ := withNotices(b, env, b.TempDir(), startSink(b, "127.0.0.1:0").addr)
+	items := make([]any, 0, b.N)
+	for i := range b.N {
+		items = append(items, env.enrollItem(b, "user"+strconv.Itoa(i)+"@example.org"))
+	}
+	file := jobFile(b, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...)
+	b.ResetTimer()
+	st := submit(b, env, file)
+	st = env.runUntilDone(b, st.ID)
+	b.StopTimer()
+	if st.Done != b.N {
+		b.Fatalf("done %d of %d", st.Done, b.N)
+	}
+	if n.Failures() != 0 || n.Dropped() != 0 {
+		b.Fatalf("notices: %d failures, %d dropped", n.Failures(), n.Dropped())
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
+}
+
+// BenchmarkImportJobNotices is BenchmarkImportJob with subscriber notices on (see
+// BenchmarkEnrollJobNotices).
+func BenchmarkImportJobNotices(b *testing.B) {
+	env := newEnv(b)
+	n, _ := withNotices(b, env, b.TempDir(), startSink(b, "127.0.0.1:0").addr)
+	old := newOtherCA(b)
+	items := make([]any, 0, b.N)
+	for i := range b.N {
+		k := p256(b)
+		c := old.issue(b, k.Public(), "user"+strconv.Itoa(i)+"@example.org")
+		items = append(items, Item{Certificate: pemOf("CERTIFICATE", c.Raw), Key: pemOf("PRIVATE KEY", pkcs8(b, k))})
+	}
+	file := jobFile(b, Header{Kind: KindImport}, items...)
+	b.ResetTimer()
+	st := submit(b, env, file)
+	st = env.runUntilDone(b, st.ID)
+	b.StopTimer()
+	if st.Done != b.N {
+		b.Fatalf("done %d of %d", st.Done, b.N)
+	}
+	if n.Failures() != 0 || n.Dropped() != 0 {
+		b.Fatalf("notices: %d failures, %d dropped", n.Failures(), n.Dropped())
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
+}
