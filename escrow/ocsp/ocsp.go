@@ -483,6 +483,13 @@ type Responder struct {
 	opts    crypto.SignerOpts
 	hashes  []crypto.Hash
 	now     func() time.Time
+	// Prepared DER around the per-response parts, made once by NewResponder (see
+	// [Responder.Sign]): responderID, the start of each CertID up to its serial, and the
+	// end of BasicOCSPResponse after its signature value.
+	responderID []byte
+	certIDHeads [][]byte
+	sigAlgID    []byte
+	certsField  []byte
 }
 
 // Errors of NewResponder.
@@ -553,7 +560,95 @@ func NewResponder(ca, cert *x509.Certificate, signer crypto.Signer, hashes []cry
 		}
 	}
 	r.hashes = slices.Clone(hashes)
+	r.prepare()
 	return r, nil
+}
+
+// prepare encodes the parts of every response that depend only on the responder: the
+// responderID (byKey), the CertID fields before the serial for each hash, the signature
+// algorithm and the certs field holding the responder certificate.
+func (r *Responder) prepare() {
+	r.responderID = appendTLV(nil, 0xa2, appendTLV(nil, 0x04, r.keyHash))
+	r.certIDHeads = make([][]byte, len(r.hashes))
+	for i, h := range r.hashes {
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(hashAlgorithmOf[h])
+			b.AddASN1NULL()
+		})
+		b.AddASN1OctetString(r.issuer.name[h])
+		b.AddASN1OctetString(r.issuer.key[h])
+		r.certIDHeads[i] = b.BytesOrPanic()
+	}
+	var alg cryptobyte.Builder
+	alg.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(r.sigAlg)
+		if r.sigAlg.Equal(oidRSASHA256) {
+			b.AddASN1NULL()
+		}
+	})
+	r.sigAlgID = alg.BytesOrPanic()
+	r.certsField = appendTLV(nil, 0xa0, appendTLV(nil, 0x30, r.cert.Raw))
+}
+
+// appendLength appends a DER length.
+func appendLength(b []byte, n int) []byte {
+	switch {
+	case n < 0x80:
+		return append(b, byte(n))
+	case n <= 0xff:
+		return append(b, 0x81, byte(n))
+	case n <= 0xffff:
+		return append(b, 0x82, byte(n>>8), byte(n))
+	case n <= 0xffffff:
+		return append(b, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+// headerLen is the length of the tag and length octets of a DER element of n content octets.
+func headerLen(n int) int {
+	switch {
+	case n < 0x80:
+		return 2
+	case n <= 0xff:
+		return 3
+	case n <= 0xffff:
+		return 4
+	case n <= 0xffffff:
+		return 5
+	}
+	return 6
+}
+
+// appendTLV appends the DER element of one-octet tag with content.
+func appendTLV(b []byte, tag byte, content []byte) []byte {
+	return append(appendLength(append(b, tag), len(content)), content...)
+}
+
+// generalizedTimeLen is the length of a DER GeneralizedTime to the second: tag, length and
+// the 15 octets YYYYMMDDHHMMSSZ. appendGeneralizedTime appends the one of t in UTC.
+const generalizedTimeLen = 17
+
+func appendGeneralizedTime(b []byte, t time.Time) []byte {
+	return t.UTC().AppendFormat(append(b, byte(cbasn1.GeneralizedTime), 15), "20060102150405Z")
+}
+
+// integerContent returns the content octets of the DER INTEGER n.
+func integerContent(n *big.Int) []byte {
+	if n.Sign() >= 0 {
+		c := n.Bytes()
+		if len(c) == 0 || c[0]&0x80 != 0 {
+			c = append([]byte{0}, c...)
+		}
+		return c
+	}
+	var b cryptobyte.Builder
+	b.AddASN1BigInt(n)
+	der := cryptobyte.String(b.BytesOrPanic())
+	var c cryptobyte.String
+	der.ReadASN1(&c, cbasn1.INTEGER)
+	return c
 }
 
 // Certificate returns the responder certificate.
@@ -592,42 +687,12 @@ func (r *Responder) Sign(st Status) ([]byte, error) {
 	case !st.Revoked && st.Reason != 0:
 		return nil, errors.New("ocsp: sign: a reason for a certificate that is not revoked")
 	}
-	var tb cryptobyte.Builder
-	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		// version v1 is the DEFAULT: not encoded. responderID byKey [2] EXPLICIT KeyHash.
-		b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1OctetString(r.keyHash)
-		})
-		b.AddASN1GeneralizedTime(r.now().UTC().Truncate(time.Second))
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			for _, h := range r.hashes {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					addCertID(b, r.issuer.CertID(h, st.Serial))
-					switch {
-					case st.Revoked:
-						b.AddASN1(cbasn1.Tag(1).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-							b.AddASN1GeneralizedTime(st.RevokedAt.UTC().Truncate(time.Second))
-							if st.Reason != 0 {
-								b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-									b.AddASN1Enum(int64(st.Reason))
-								})
-							}
-						})
-					default:
-						b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(*cryptobyte.Builder) {})
-					}
-					b.AddASN1GeneralizedTime(st.ThisUpdate.UTC().Truncate(time.Second))
-					b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-						b.AddASN1GeneralizedTime(st.NextUpdate.UTC().Truncate(time.Second))
-					})
-				})
-			}
-		})
-	})
-	tbs, err := tb.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("ocsp: encode response data: %w", err)
+	for _, t := range []time.Time{st.ThisUpdate, st.NextUpdate, st.RevokedAt} {
+		if y := t.UTC().Year(); y < 0 || y > 9999 {
+			return nil, fmt.Errorf("ocsp: sign: %v cannot be a GeneralizedTime", t)
+		}
 	}
+	tbs := r.responseData(st)
 	digest := tbs
 	if r.hash != 0 {
 		h := r.hash.New()
@@ -638,35 +703,90 @@ func (r *Responder) Sign(st Status) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ocsp: sign response: %w", err)
 	}
-	var basic cryptobyte.Builder
-	basic.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1ObjectIdentifier(r.sigAlg)
-			if r.sigAlg.Equal(oidRSASHA256) {
-				b.AddASN1NULL()
-			}
-		})
-		b.AddASN1BitString(sig)
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddBytes(r.cert.Raw)
-			})
-		})
-	})
-	basicDER, err := basic.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("ocsp: encode basic response: %w", err)
-	}
-	var resp cryptobyte.Builder
-	resp.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1Enum(int64(Successful))
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidOCSPBasic)
-				b.AddASN1OctetString(basicDER)
-			})
-		})
-	})
-	return resp.Bytes()
+	return r.response(tbs, sig), nil
 }
+
+// responseData returns the DER ResponseData of st, produced now: the prepared responderID and
+// CertID heads around the serial, status and times of st, with the lengths computed first so
+// that it is written in one buffer (the bytes of a cryptobyte encoding, faster).
+func (r *Responder) responseData(st Status) []byte {
+	serial := integerContent(st.Serial)
+	// certStatus: good [0] IMPLICIT NULL, or revoked [1] { revocationTime, [0] EXPLICIT reason }.
+	statusLen := 2
+	if st.Revoked {
+		n := generalizedTimeLen
+		if st.Reason != 0 {
+			n += 5
+		}
+		statusLen = headerLen(n) + n
+	}
+	timesLen := generalizedTimeLen + 2 + generalizedTimeLen // thisUpdate, [0] { nextUpdate }
+	singles := 0
+	singleLens := make([]int, len(r.hashes))
+	for i, head := range r.certIDHeads {
+		idLen := len(head) + headerLen(len(serial)) + len(serial)
+		singleLens[i] = headerLen(idLen) + idLen + statusLen + timesLen
+		singles += headerLen(singleLens[i]) + singleLens[i]
+	}
+	dataLen := len(r.responderID) + generalizedTimeLen + headerLen(singles) + singles
+	b := make([]byte, 0, headerLen(dataLen)+dataLen)
+	b = appendLength(append(b, 0x30), dataLen)
+	b = append(b, r.responderID...)
+	b = appendGeneralizedTime(b, r.now())
+	b = appendLength(append(b, 0x30), singles)
+	for i, head := range r.certIDHeads {
+		b = appendLength(append(b, 0x30), singleLens[i])
+		idLen := len(head) + headerLen(len(serial)) + len(serial)
+		b = appendLength(append(b, 0x30), idLen)
+		b = append(b, head...)
+		b = appendTLV(b, byte(cbasn1.INTEGER), serial)
+		if st.Revoked {
+			n := generalizedTimeLen
+			if st.Reason != 0 {
+				n += 5
+			}
+			b = appendLength(append(b, 0xa1), n)
+			b = appendGeneralizedTime(b, st.RevokedAt)
+			if st.Reason != 0 {
+				b = append(b, 0xa0, 3, byte(cbasn1.ENUM), 1, byte(st.Reason))
+			}
+		} else {
+			b = append(b, 0x80, 0)
+		}
+		b = appendGeneralizedTime(b, st.ThisUpdate)
+		b = append(b, 0xa0, generalizedTimeLen)
+		b = appendGeneralizedTime(b, st.NextUpdate)
+	}
+	return b
+}
+
+// response returns the DER OCSPResponse (successful, id-pkix-ocsp-basic) of the signed
+// ResponseData tbs.
+func (r *Responder) response(tbs, sig []byte) []byte {
+	bitsLen := 1 + len(sig)
+	basicLen := len(tbs) + len(r.sigAlgID) + headerLen(bitsLen) + bitsLen + len(r.certsField)
+	octetsLen := headerLen(basicLen) + basicLen
+	typedLen := len(oidOCSPBasicDER) + headerLen(octetsLen) + octetsLen
+	bytesLen := headerLen(typedLen) + typedLen
+	respLen := 3 + headerLen(bytesLen) + bytesLen
+	b := make([]byte, 0, headerLen(respLen)+respLen)
+	b = appendLength(append(b, 0x30), respLen)
+	b = append(b, byte(cbasn1.ENUM), 1, byte(Successful))
+	b = appendLength(append(b, 0xa0), bytesLen)
+	b = appendLength(append(b, 0x30), typedLen)
+	b = append(b, oidOCSPBasicDER...)
+	b = appendLength(append(b, 0x04), octetsLen)
+	b = appendLength(append(b, 0x30), basicLen)
+	b = append(b, tbs...)
+	b = append(b, r.sigAlgID...)
+	b = appendLength(append(b, 0x03), bitsLen)
+	b = append(append(b, 0), sig...)
+	return append(b, r.certsField...)
+}
+
+// oidOCSPBasicDER is the DER OBJECT IDENTIFIER id-pkix-ocsp-basic.
+var oidOCSPBasicDER = func() []byte {
+	var b cryptobyte.Builder
+	b.AddASN1ObjectIdentifier(oidOCSPBasic)
+	return b.BytesOrPanic()
+}()
