@@ -400,4 +400,17 @@ func testOCSPClients(t *testing.T, caKey string) {
 	expect("vfychain OCSP (strict) for lou", "good", nss(db, lou, "ocsp", true))
 	expect("vfychain CRL (strict) for lou", "good", nss(db, lou, "crl", true))
 	expect("certtool --verify lou with the new CRL", "trusted", func() (string, string) { return certtoolVerifyCert(t, dir, lou, caPEM, after.pem) })
+
+	// With the appliance stopped, strict NSS refuses lou's certificate and ocsptool has no
+	// answer: the strict "good" verdicts above were NSS reading keyarc's answers, not its
+	// default.
+	a.stop(t)
+	for _, method := range []string{"ocsp", "crl"} {
+		if got, out := nssVerdict(t, dir, db, lou, method, true); got == "good" {
+			t.Errorf("vfychain %s (strict) with no responder: good:\n%s", method, out)
+		}
+	}
+	if got, out := ocsptoolAsk(t, dir, lou, caPEM, filepath.Join(dir, "none.der")); got == "good" {
+		t.Errorf("ocsptool with no responder: good:\n%s", out)
+	}
 }
