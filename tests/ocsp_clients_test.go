@@ -294,8 +294,8 @@ func strangers(t *testing.T, dir string, ca *x509.Certificate, ocspURL, cdp stri
 // certtool for the CRL fetched from the CDP) as by openssl (TestOCSPEndToEnd, TestCRLEndToEnd):
 // good before `keyarc revoke`, revoked after it (with a reason, and with none), while another
 // certificate stays good; a certificate of another CA, or one forged with a serial keyarc never
-// issued, is never good.
-// It runs with a P-256 and an RSA CA key, since the responder certificate is signed by the CA.
+// issued, is never good. It runs with a P-256 and an RSA CA key, since the responder
+// certificate is signed by the CA.
 func TestOCSPClients(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "curl", "vfychain", "certutil", "ocsptool", "certtool")
