@@ -20,7 +20,6 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -143,13 +142,13 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, err
 	}
-	db, err := sqlite.Open(cfg.Path(cfg.Database))
+	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	p.DB = db
 	if err := db.Check(context.Background()); err != nil {
-		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.Path(cfg.Database), err)
+		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.DatabaseName(), err)
 	}
 	p.Metrics = api.NewMetrics(reg, version)
 	ocspSvc, err := openOCSP(cfg, tok, p.Issuer, p.DB, log, reg)

@@ -489,3 +489,23 @@ func callFn(fn func(store.Tx) error, tx *Tx) (err error) {
 }
 
 var _ store.Store = (*DB)(nil)
+
+// Check reports whether the database answers and holds the schema this program writes:
+// [store.ErrUnavailable] when the server does not answer, [store.ErrSchema] when another
+// node migrated it further meanwhile. The pages themselves are the server's to check (data
+// checksums, amcheck), not a client's.
+func (db *DB) Check(ctx context.Context) error {
+	db.viewMu.RLock()
+	defer db.viewMu.RUnlock()
+	if db.viewClosed {
+		return classify(store.ErrClosed)
+	}
+	var v int
+	if err := db.db.QueryRowContext(ctx, `SELECT version FROM keyarc_schema`).Scan(&v); err != nil {
+		return classify(fmt.Errorf("store: check: %w", err))
+	}
+	if v != len(migrations) {
+		return fmt.Errorf("store: check: database schema version %d, this program's is %d: %w", v, len(migrations), store.ErrSchema)
+	}
+	return nil
+}

@@ -36,7 +36,14 @@ const Name = "keyarc.yaml"
 type Config struct {
 	Listen        string `yaml:"listen"`
 	MetricsListen string `yaml:"metrics_listen"`
-	Database      string `yaml:"database"`
+	// Database is the SQLite file of the archive, or a postgres:// URL of a PostgreSQL
+	// database shared by several nodes (see [Config.IsPostgres]).
+	Database string `yaml:"database"`
+	// DatabasePasswordSource names where the PostgreSQL password is read, as token.uri's
+	// pin-source: file:PATH (relative to this folder) or env:NAME. Never the password itself,
+	// which the URL may not carry either. Optional (a unix socket with peer authentication,
+	// or a client certificate, needs none).
+	DatabasePasswordSource string `yaml:"database_password_source,omitempty"`
 	// PublicURL is the plain-HTTP base URL written into every certificate: the CRL at
 	// <public_url>/crl/ca.crl, OCSP at <public_url>/ocsp, the CA certificate at
 	// <public_url>/ca.crt (see [PublicURL]). Default http://127.0.0.1:8080 (development).
@@ -222,6 +229,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s is required", a.field)
 		}
 	}
+	if err := c.validateDatabase(); err != nil {
+		return err
+	}
 	if c.Token.MaxSessions < 1 || c.Token.MaxSessions > 256 {
 		return fmt.Errorf("token.max_sessions: %d is outside 1..256", c.Token.MaxSessions)
 	}
@@ -266,7 +276,7 @@ func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("listen", c.Listen),
 		slog.String("metrics_listen", c.MetricsListen),
-		slog.String("database", c.Path(c.Database)),
+		slog.String("database", c.DatabaseName()),
 		slog.String("public_url", string(c.PublicURL)),
 		slog.String("public_listen", c.PublicListenAddr()),
 		slog.String("token", c.Token.URI),

@@ -18,7 +18,6 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -33,7 +32,7 @@ func localService(state string) (*escrow.Service, *config.Config, func(), error)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	db, err := sqlite.Open(cfg.Path(cfg.Database))
+	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -19,7 +19,6 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow/audit"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 const auditUsage = `audit subcommands:
@@ -45,11 +44,10 @@ func RunAudit(args []string) error {
 	if err != nil {
 		return err
 	}
-	dbPath := cfg.Path(cfg.Database)
-	if !pemfile.Exists(dbPath) {
-		return fmt.Errorf("audit verify: no database at %s", dbPath)
+	if !statedir.DatabaseExists(cfg) {
+		return fmt.Errorf("audit verify: no database at %s", cfg.DatabaseName())
 	}
-	db, err := sqlite.Open(dbPath)
+	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return err
 	}

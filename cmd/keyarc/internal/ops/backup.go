@@ -51,6 +51,9 @@ func RunBackup(args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.IsPostgres() {
+		return errPostgresBackup("backup")
+	}
 	headOut := *out + backupHeadSuffix
 	if pemfile.Exists(headOut) {
 		return fmt.Errorf("backup: %s exists; not overwritten", headOut)
@@ -110,6 +113,9 @@ func RunRestore(args []string) error {
 	cfg, err := config.Load(*state)
 	if err != nil {
 		return err
+	}
+	if cfg.IsPostgres() {
+		return errPostgresBackup("restore")
 	}
 	lock, err := statedir.Lock(cfg)
 	if err != nil {
@@ -280,6 +286,12 @@ func RunRestore(args []string) error {
 }
 
 // osActor names the operating-system user who runs a local command, for the audit trail.
+// errPostgresBackup refuses backup and restore of a PostgreSQL archive: they copy a SQLite
+// file, and a PostgreSQL database is backed up and restored with the server's own tools.
+func errPostgresBackup(cmd string) error {
+	return fmt.Errorf("%s: the database is PostgreSQL; keyarc %s copies a SQLite file: back it up and restore it with the server's tools (pg_dump and pg_restore, or its base backups)", cmd, cmd)
+}
+
 func osActor() string {
 	name := "unknown"
 	if u, err := user.Current(); err == nil {

@@ -10,10 +10,8 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
-	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow/check"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 // RunCheck is `keyarc check`: the consistency check of every stored certificate, on the
@@ -29,11 +27,10 @@ func RunCheck(args []string) error {
 	if err != nil {
 		return err
 	}
-	dbPath := cfg.Path(cfg.Database)
-	if !pemfile.Exists(dbPath) {
-		return fmt.Errorf("check: no database at %s", dbPath)
+	if !statedir.DatabaseExists(cfg) {
+		return fmt.Errorf("check: no database at %s", cfg.DatabaseName())
 	}
-	db, err := sqlite.Open(dbPath)
+	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return err
 	}

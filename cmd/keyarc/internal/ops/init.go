@@ -24,7 +24,6 @@ import (
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
 	"github.com/keyarc/keyarc/softhsm"
@@ -234,12 +233,12 @@ func RunInit(args []string) error {
 		say("exists   %s", tlsCert)
 	}
 
-	db, err := sqlite.Open(cfg.Path(cfg.Database))
+	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	say("ready    %s", cfg.Path(cfg.Database))
+	say("ready    %s", cfg.DatabaseName())
 	if *dev {
 		templates, err := policy.Templates(cfg.Templates)
 		if err != nil {

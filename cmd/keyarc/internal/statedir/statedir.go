@@ -25,7 +25,6 @@ import (
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 )
 
@@ -127,10 +126,10 @@ func EnsureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issue
 // AuditPINFailure records a PIN the token refused at start-up, when the database is there to
 // take it. The PIN and the token's message are never recorded.
 func AuditPINFailure(cfg *config.Config, err error) {
-	if !errors.Is(err, hsm.ErrPINIncorrect) || !pemfile.Exists(cfg.Path(cfg.Database)) {
+	if !errors.Is(err, hsm.ErrPINIncorrect) || !DatabaseExists(cfg) {
 		return
 	}
-	db, oerr := sqlite.Open(cfg.Path(cfg.Database))
+	db, oerr := OpenDatabase(cfg)
 	if oerr != nil {
 		return
 	}

@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -248,9 +249,16 @@ func (s *Server) URL(name string) string {
 // Dir is the folder that holds the server's socket (the host of its connection strings).
 func (s *Server) Dir() string { return s.dir }
 
-// NewDatabase creates an empty database with a name of its own and returns its connection
-// string; the database is dropped when tb ends, with whatever connections it still has.
+// NewDatabase creates an empty database with a name of its own and returns its key=value
+// connection string; the database is dropped when tb ends, with whatever connections it still
+// has.
 func (s *Server) NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	return s.URL(s.CreateDatabase(tb))
+}
+
+// CreateDatabase is NewDatabase returning the database's name.
+func (s *Server) CreateDatabase(tb testing.TB) string {
 	tb.Helper()
 	name := fmt.Sprintf("keyarc_test_%d", s.n.Add(1))
 	if err := s.admin("CREATE DATABASE " + name); err != nil {
@@ -261,7 +269,12 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 			tb.Errorf("pgtest: drop database: %v", err)
 		}
 	})
-	return s.URL(name)
+	return name
+}
+
+// PostgresURL returns the postgres:// URL of database name on the server's socket.
+func (s *Server) PostgresURL(name string) string {
+	return "postgres:///" + name + "?host=" + url.QueryEscape(s.dir) + "&port=5432&user=postgres"
 }
 
 // Admin runs sql on the server's postgres database as the superuser (to make faults: stop
