@@ -78,6 +78,9 @@ var (
 	oidRSASHA256    = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}
 	oidEd25519      = asn1.ObjectIdentifier{1, 3, 101, 112}
 	hashAlgorithmOf = map[crypto.Hash]asn1.ObjectIdentifier{crypto.SHA1: oidSHA1, crypto.SHA256: oidSHA256}
+	// DER contents of the CertID hash OIDs, compared as bytes by the parser.
+	derSHA1   = []byte{0x2b, 0x0e, 0x03, 0x02, 0x1a}
+	derSHA256 = []byte{0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01}
 )
 
 // CertID names one certificate in a request or a response (RFC 6960 §4.1.1).
@@ -100,6 +103,8 @@ type Request struct {
 	Nonce []byte
 	// Signed reports whether the request carried an optionalSignature.
 	Signed bool
+	// one holds the CertID of a request with one (RFC 5019 §2.1.1), saving an allocation.
+	one [1]CertID
 }
 
 func malformed(format string, args ...any) error {
@@ -134,6 +139,7 @@ func ParseRequest(der []byte) (*Request, error) {
 		return nil, malformed("no tbsRequest")
 	}
 	out := &Request{}
+	out.CertIDs = out.one[:0]
 	if req.PeekASN1Tag(cbasn1.Tag(0).Constructed().ContextSpecific()) {
 		var sig cryptobyte.String
 		if !req.ReadASN1(&sig, cbasn1.Tag(0).Constructed().ContextSpecific()) {
@@ -237,9 +243,10 @@ func ParseRequest(der []byte) (*Request, error) {
 
 // parseCertID parses the contents of a CertID SEQUENCE.
 func parseCertID(s cryptobyte.String) (CertID, error) {
-	var alg cryptobyte.String
-	var oid asn1.ObjectIdentifier
-	if !s.ReadASN1(&alg, cbasn1.SEQUENCE) || !alg.ReadASN1ObjectIdentifier(&oid) {
+	var alg, oid cryptobyte.String
+	// The OID is compared as DER contents, without decoding it into a new slice; only an
+	// unknown one is decoded, to tell a malformed OID from an unsupported one.
+	if !s.ReadASN1(&alg, cbasn1.SEQUENCE) || !alg.ReadASN1(&oid, cbasn1.OBJECT_IDENTIFIER) {
 		return CertID{}, malformed("bad CertID hashAlgorithm")
 	}
 	if alg.PeekASN1Tag(cbasn1.NULL) {
@@ -270,11 +277,18 @@ func parseCertID(s cryptobyte.String) (CertID, error) {
 	}
 	id.Serial = serial
 	switch {
-	case oid.Equal(oidSHA1):
+	case bytes.Equal(oid, derSHA1):
 		id.Hash = crypto.SHA1
-	case oid.Equal(oidSHA256):
+	case bytes.Equal(oid, derSHA256):
 		id.Hash = crypto.SHA256
 	default:
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(b *cryptobyte.Builder) { b.AddBytes(oid) })
+		whole := cryptobyte.String(b.BytesOrPanic())
+		var parsed asn1.ObjectIdentifier
+		if !whole.ReadASN1ObjectIdentifier(&parsed) {
+			return CertID{}, malformed("bad CertID hashAlgorithm")
+		}
 		return id, ErrUnsupportedHash
 	}
 	if len(id.IssuerNameHash) != id.Hash.Size() || len(id.IssuerKeyHash) != id.Hash.Size() {

@@ -207,9 +207,9 @@ type OCSPHandler struct {
 
 var _ http.Handler = (*OCSPHandler)(nil)
 
-func (h *OCSPHandler) cached(serial string, now time.Time) (*ocspEntry, uint64) {
+func (h *OCSPHandler) cached(serial []byte, now time.Time) (*ocspEntry, uint64) {
 	h.mu.RLock()
-	e, gen := h.cache[serial], h.gen
+	e, gen := h.cache[string(serial)], h.gen
 	h.mu.RUnlock()
 	if e != nil && now.Before(e.expires) {
 		return e, gen
@@ -378,14 +378,17 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusOK, "unauthorized", h.unauthorized)
 		return
 	}
-	serial := store.FormatSerial(id.Serial)
+	// The canonical serial (store.FormatSerial of a positive serial), formatted on the
+	// stack: a map lookup with string(key) does not allocate.
+	var buf [2*64 + 2]byte
+	key := id.Serial.Append(buf[:0], 16)
 	now := h.c.Now()
-	e, gen := h.cached(serial, now)
+	e, gen := h.cached(key, now)
 	if e == nil {
 		var resp *store.OCSPResponse
 		var current bool
-		if resp, current, err = h.load(r.Context(), serial); err == nil {
-			e = h.remember(serial, resp, current, now, gen)
+		if resp, current, err = h.load(r.Context(), string(key)); err == nil {
+			e = h.remember(string(key), resp, current, now, gen)
 		}
 	}
 	switch {
@@ -395,11 +398,11 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusOK, "unauthorized", h.unauthorized)
 		return
 	case errors.Is(err, store.ErrNoResponse):
-		h.c.Log.Info("ocsp: no response signed yet", "serial", serial)
+		h.c.Log.Info("ocsp: no response signed yet", "serial", string(key))
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	default:
-		h.c.Log.Error("ocsp: storage fault", "serial", serial, "err", err)
+		h.c.Log.Error("ocsp: storage fault", "serial", string(key), "err", err)
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	}
