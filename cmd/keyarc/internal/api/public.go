@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
 )
@@ -137,19 +139,39 @@ func isOCSPPath(path string) bool {
 }
 
 // instrumentPublic counts the public listener's answers in keyarc_http_requests_total with
-// routes named public:<path>.
+// routes named public:<path>. The counters are bound once per route and status code: the
+// listener answers OCSP storms, and binding labels per request cost more than the count.
 func (a *Server) instrumentPublic(next http.Handler) http.Handler {
+	const (
+		routeOCSP = iota
+		routeCRL
+		routeCACert
+		routeUnmatched
+	)
+	names := [...]string{routeOCSP: "public:" + ca.OCSPPath, routeCRL: "public:" + ca.CRLPath,
+		routeCACert: "public:" + ca.CACertPath, routeUnmatched: "public:unmatched"}
+	var bound [len(names)]sync.Map // status code → prometheus.Counter
+	counter := func(route, code int) prometheus.Counter {
+		if c, ok := bound[route].Load(code); ok {
+			return c.(prometheus.Counter)
+		}
+		c := a.metrics.requests.WithLabelValues(names[route], strconv.Itoa(code))
+		bound[route].Store(code, c)
+		return c
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		next.ServeHTTP(sw, r)
-		route := "public:unmatched"
+		route := routeUnmatched
 		switch p := r.Pattern; {
 		case isOCSPPath(r.URL.Path):
-			route = "public:" + ca.OCSPPath
-		case p == ca.CRLPath, p == ca.CACertPath:
-			route = "public:" + p
+			route = routeOCSP
+		case p == ca.CRLPath:
+			route = routeCRL
+		case p == ca.CACertPath:
+			route = routeCACert
 		}
-		a.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		counter(route, sw.code).Inc()
 	})
 }
 

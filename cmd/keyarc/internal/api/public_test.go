@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
@@ -245,6 +246,20 @@ func TestPublicOCSPDelegation(t *testing.T) {
 	}
 	if len(got) != 3 {
 		t.Fatalf("the OCSP handler saw %v", got)
+	}
+	// Each answer is counted once, by route and status code, in keyarc_http_requests_total.
+	e.do(t, "GET", ca.CACertPath)
+	e.do(t, "GET", "/nothing-here")
+	e.do(t, "PUT", ca.CACertPath)
+	for _, c := range []struct {
+		route, code string
+		want        float64
+	}{{"public:/ocsp", "200", 3}, {"public:" + ca.CACertPath, "200", 1}, {"public:" + ca.CACertPath, "405", 1}, {"public:unmatched", "404", 1}} {
+		var m dto.Metric
+		e.a.metrics.requests.WithLabelValues(c.route, c.code).(prometheus.Metric).Write(&m)
+		if got := m.GetCounter().GetValue(); got != c.want {
+			t.Errorf("keyarc_http_requests_total{route=%q,code=%q} = %v, want %v", c.route, c.code, got, c.want)
+		}
 	}
 }
 
