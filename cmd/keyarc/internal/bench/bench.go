@@ -1,16 +1,24 @@
 // Package bench is `keyarc bench`: it measures the raw crypto limits of this machine (seal,
 // sign, CMS open, CSR check, PKCS#8 and PKCS#12 work), the rates of the bulk pipeline, the
-// enrollment and EST storms over HTTPS on loopback, and the peak memory of a large import in a
-// child `keyarc serve`, each on a throw-away development state made by this very binary.
+// enrollment and EST storms over HTTPS on loopback, the peak memory of a large import in a
+// child `keyarc serve`, and the OCSP responder from outside, each on a throw-away development
+// state made by this very binary.
 //
 // It prints rates and ratios to the raw limits; it asserts nothing. The appliance it drives in
 // process comes from package main through [Env] (bench does not import the server packages),
 // so that the measured server is exactly the one `keyarc serve` runs.
 //
+// Out-of-process storms (the OCSP round; see ocsp.go) run a `keyarc loadgen` child
+// (cmd/keyarc/internal/loadgen) against a `keyarc serve` child over TCP, in windows the bench
+// starts one at a time, and read the server's CPU time (utime+stime in /proc/PID/stat) just
+// before and just after each: rate, p50/p99 latency and server CPU per request are the
+// server's alone, not shared with a client in the same process. The enrollment storms can run
+// the same way with their own requests file (prepared CSRs and codes, sent once each).
+//
 // # Concurrency
 //
 // [Run] is called once per process; it starts its own goroutines (load generators, a bulk
-// manager, an HTTPS server) and stops them before it returns.
+// manager, an HTTPS server) and child processes, and stops them before it returns.
 package bench
 
 import (
