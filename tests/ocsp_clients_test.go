@@ -26,7 +26,8 @@ const nssRevoked = "ERROR -8180"
 
 var nssErrorRE = regexp.MustCompile(`ERROR -\d+`)
 
-// nssDB makes a fresh NSS database in dir/name with the CA at caPEM trusted for everything.
+// nssDB makes a fresh NSS database in dir/name with the CA at caPEM trusted for every usage
+// (CT: TLS servers and clients; C: e-mail and code signing).
 func nssDB(t *testing.T, dir, name, caPEM string) string {
 	t.Helper()
 	db := filepath.Join(dir, name)
@@ -34,7 +35,7 @@ func nssDB(t *testing.T, dir, name, caPEM string) string {
 		t.Fatal(err)
 	}
 	run(t, dir, "certutil", "-N", "-d", "sql:"+db, "--empty-password")
-	run(t, dir, "certutil", "-A", "-d", "sql:"+db, "-n", "ca", "-t", "C,C,C", "-a", "-i", caPEM)
+	run(t, dir, "certutil", "-A", "-d", "sql:"+db, "-n", "ca", "-t", "CT,C,C", "-a", "-i", caPEM)
 	return db
 }
 
@@ -47,7 +48,14 @@ func nssDB(t *testing.T, dir, name, caPEM string) string {
 // and the words disagree.
 func nssVerdict(t *testing.T, dir, db, cert, method string, strict bool) (string, string) {
 	t.Helper()
-	args := []string{"-d", "sql:" + db, "-pp", "-u", "5", "-g", "leaf"}
+	return nssVerdictAs(t, dir, db, cert, "5", method, strict)
+}
+
+// nssVerdictAs is nssVerdict for another vfychain usage (-u: 1 TLS server, 4 e-mail signer,
+// 5 e-mail recipient).
+func nssVerdictAs(t *testing.T, dir, db, cert, usage, method string, strict bool) (string, string) {
+	t.Helper()
+	args := []string{"-d", "sql:" + db, "-pp", "-u", usage, "-g", "leaf"}
 	if strict {
 		args = append(args, "-h", "requireFreshInfo", "-m", method, "-s", "failIfNoInfo")
 	} else {
@@ -412,5 +420,40 @@ func testOCSPClients(t *testing.T, caKey string) {
 	}
 	if got, out := ocsptoolAsk(t, dir, lou, caPEM, filepath.Join(dir, "none.der")); got == "good" {
 		t.Errorf("ocsptool with no responder: good:\n%s", out)
+	}
+}
+
+// TestOCSPClientsApplianceCertificates: the appliance's own certificates (TLS, key transport,
+// audit) carry the same AIA OCSP URL and CDP as the subscribers', so the responder must answer
+// for them as it does for the operators' credentials: ocsptool and strict NSS read good.
+func TestOCSPClientsApplianceCertificates(t *testing.T) {
+	t.Skip("known fault: keyarc init issues tls.pem, transport.pem and audit.pem with the AIA OCSP URL " +
+		"and CDP (escrow/ca puts them in every certificate) but outside the store, so the OCSP " +
+		"responder answers unauthorized for them and `keyarc revoke` gets 404")
+	t.Parallel()
+	requireTools(t, "openssl", "curl", "vfychain", "certutil", "ocsptool")
+	pub := freePort(t)
+	state := devState(t, "--public-url", "http://"+pub)
+	servePublic(t, state, pub)
+	dir := t.TempDir()
+	caPEM := filepath.Join(state, "ca.pem")
+	db := nssDB(t, dir, "nss", caPEM)
+	for _, c := range []struct{ file, usage string }{
+		{"credentials/admin.pem", "0"}, // an operator credential: answered today
+		{"tls.pem", "1"},
+		{"transport.pem", "5"},
+		{"audit.pem", "4"},
+	} {
+		cert := filepath.Join(state, c.file)
+		if got := readCert(t, cert).OCSPServer; !slices.Equal(got, []string{"http://" + pub + "/ocsp"}) {
+			t.Errorf("%s: AIA OCSP %v", c.file, got)
+			continue
+		}
+		if got, out := ocsptoolAsk(t, dir, cert, caPEM, filepath.Join(dir, "resp.der")); got != "good" {
+			t.Errorf("ocsptool for %s: %q, want good:\n%s", c.file, got, out)
+		}
+		if got, out := nssVerdictAs(t, dir, db, cert, c.usage, "ocsp", true); got != "good" {
+			t.Errorf("vfychain OCSP (strict, -u %s) for %s: %q, want good:\n%s", c.usage, c.file, got, out)
+		}
 	}
 }
