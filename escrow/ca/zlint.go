@@ -73,6 +73,10 @@ type zlinter struct {
 	// and the CA/Browser Forum's TLS lints do not apply to keyarc's TLS client and server
 	// certificates, which no public browser trusts).
 	smime, rfc lint.Registry
+	// The certificate lints of each registry and its configuration, read once: run executes
+	// them itself (see run).
+	smimeLints, rfcLints []*lint.CertificateLint
+	smimeConf, rfcConf   lint.Configuration
 }
 
 func newZlinter(caPub crypto.PublicKey) (*zlinter, error) {
@@ -100,12 +104,20 @@ func (z *zlinter) build() error {
 	}); err != nil {
 		return fmt.Errorf("ca: zlint registry: %w", err)
 	}
+	z.smimeLints, z.smimeConf = z.smime.CertificateLints().Lints(), z.smime.GetConfiguration()
+	z.rfcLints, z.rfcConf = z.rfc.CertificateLints().Lints(), z.rfc.GetConfiguration()
 	return nil
 }
 
-// run lints the certificate of l's TBS, algID and the placeholder signature; smime picks the
-// S/MIME registry. The certificate is assembled in l's buffer, where the real one goes after.
-func (z *zlinter) run(l linted, algID []byte) (*zlint.ResultSet, error) {
+// run lints the certificate of l's TBS, algID and the placeholder signature with every
+// certificate lint of the registry (smime picks the S/MIME one) and returns the warnings,
+// errors and fatal results, sorted by lint name. The certificate is assembled in l's buffer,
+// where the real one goes after.
+//
+// It executes each lint as zlint.LintCertificateEx does (CertificateLint.Execute with the
+// registry's configuration), without what LintCertificateEx adds per certificate for a
+// caller that wants every result: a sorted copy of all lint names and a map of all results.
+func (z *zlinter) run(l linted, algID []byte) ([]Finding, error) {
 	if err := z.init(); err != nil {
 		return nil, err
 	}
@@ -117,11 +129,18 @@ func (z *zlinter) run(l linted, algID []byte) (*zlint.ResultSet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: zlint cannot parse the to-be-signed certificate: %w", ErrLint, err)
 	}
-	reg := z.rfc
+	lints, conf := z.rfcLints, z.rfcConf
 	if l.smime {
-		reg = z.smime
+		lints, conf = z.smimeLints, z.smimeConf
 	}
-	return zlint.LintCertificateEx(c, reg), nil
+	var out []Finding
+	for _, x := range lints {
+		if r := x.Execute(c, conf); r != nil && r.Status >= lint.Warn {
+			out = append(out, Finding{Lint: x.Name, Status: r.Status.String(), Details: r.Details})
+		}
+	}
+	slices.SortFunc(out, func(a, b Finding) int { return strings.Compare(a.Lint, b.Lint) })
+	return out, nil
 }
 
 // findings returns the warnings, errors and fatal results of rs, sorted by lint name.
@@ -144,11 +163,10 @@ func (i *Issuer) zlintCheck(l linted) error {
 	if i.noZlint {
 		return nil
 	}
-	rs, err := i.z.run(l, i.profile.algID)
+	f, err := i.z.run(l, i.profile.algID)
 	if err != nil {
 		return err
 	}
-	f := findings(rs)
 	if i.aiaIPPort {
 		// zlint 3.7.3's w_smime_aia_contains_internal_names passes an IP literal only when the
 		// URL has no port (it parses url.Host, port included, as an IP), and takes
