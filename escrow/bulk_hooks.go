@@ -244,7 +244,7 @@ func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mail
 	if stale[0] {
 		return fmt.Errorf("escrow: store imported record: %w", errRecoverySetChanged)
 	}
-	s.NotifyEscrowed([]EscrowedKey{{Mailbox: mailbox, Serial: store.FormatSerial(cert.SerialNumber)}})
+	s.notify(notice.Event{Kind: notice.Escrowed, Mailbox: mailbox, Serials: []string{store.FormatSerial(cert.SerialNumber)}})
 	return nil
 }
 

@@ -346,8 +346,9 @@ func (s *Service) notify(e notice.Event) {
 	s.Notify(e)
 }
 
-// notifyAll hands es to the NotifyBatch hook when there are several and it is set, else to
-// notify one by one.
+// notifyAll hands es, notices of one batch, to the NotifyBatch hook when it is set (even a
+// batch of one: queued batches are merged per mailbox before they are sent), else to notify
+// one by one.
 func (s *Service) notifyAll(es []notice.Event) {
 	if len(es) == 0 || s.Notify == nil && s.NotifyBatch == nil {
 		return
@@ -358,7 +359,7 @@ func (s *Service) notifyAll(es []notice.Event) {
 			es[i].Time = now
 		}
 	}
-	if s.NotifyBatch != nil && (len(es) > 1 || s.Notify == nil) {
+	if s.NotifyBatch != nil {
 		s.NotifyBatch(es)
 		return
 	}
