@@ -1,9 +1,14 @@
 package tests
 
 import (
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,6 +18,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/keyarc/keyarc/escrow/cms"
 )
 
 // mailSink is a real SMTP server (github.com/emersion/go-smtp) on loopback, run by the test:
@@ -231,5 +238,130 @@ func checkMail(t *testing.T, m sunkMail, mailbox string, wants ...string) {
 	}
 	if strings.Contains(m.data, "-----BEGIN") {
 		t.Errorf("mail holds PEM data:\n%s", m.data)
+	}
+}
+
+// TestNoticeBulkAndRecoveryEnds runs a bulk enroll job of 24 items for 8 mailboxes (3 keys each)
+// while the relay is down: the job ends done, its notices wait in the queue; when the relay
+// comes up each mailbox gets exactly one escrow notice naming its 3 serials. Then a recovery of
+// one key is requested and cancelled, another requested and left to expire (request_ttl 1m, the
+// appliance's expiry sweep): the owner is told each request and how it ended.
+func TestNoticeBulkAndRecoveryEnds(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	if testing.Short() {
+		t.Skip("waits for a recovery request to expire (over a minute)")
+	}
+	state := devState(t)
+	cfgPath := filepath.Join(state, "keyarc.yaml")
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cfg), "request_ttl: 24h0m0s") {
+		t.Fatalf("the development configuration has no request_ttl of 24h to shorten:\n%s", cfg)
+	}
+	relay := freePort(t)
+	cfg = []byte(strings.Replace(string(cfg), "request_ttl: 24h0m0s", "request_ttl: 1m0s", 1) +
+		"notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := serve(t, state)
+
+	tr := readCert(t, filepath.Join(state, "transport.pem"))
+	var lines, mailboxes []string
+	for i := range 24 {
+		mailbox := fmt.Sprintf("bulk%d@example.org", i%8)
+		k := p256Key(t)
+		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+			Subject: pkix.Name{CommonName: mailbox}, EmailAddresses: []string{mailbox}}, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env, err := cms.Encrypt(pkcs8DER(t, k), tr, cms.EnvelopedAESCBC, crypto.SHA1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, mustJSON(t, map[string]string{"email": mailbox, "csr": base64.StdEncoding.EncodeToString(csr),
+			"encrypted_key": base64.StdEncoding.EncodeToString(env)}))
+		mailboxes = append(mailboxes, mailbox)
+	}
+	file := filepath.Join(t.TempDir(), "enroll.jsonl")
+	writeJobFile(t, file, `{"kind":"enroll","template":"smime-encryption"}`, lines)
+	id := submitBulk(t, a, file)
+	st, res := readResults(t, a, id)
+	if st.State != "done" || st.Done != 24 {
+		t.Fatalf("bulk job with the relay down: %+v", st)
+	}
+	want := map[string][]string{}
+	for seq, r := range res {
+		want[mailboxes[seq-1]] = append(want[mailboxes[seq-1]], r.Serial)
+	}
+	// The notices wait, one file per committed batch (a notice per mailbox of the batch), while
+	// the relay is down: 8 to 24 of them, as the batches fell.
+	deadline := time.Now().Add(30 * time.Second)
+	for metricValue(t, a, "keyarc_notice_failures_total") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the sender did not try the relay that is down")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if q := metricValue(t, a, "keyarc_notice_queue"); q < 8 || q > 24 {
+		t.Errorf("with the relay down: keyarc_notice_queue = %v, want a notice per mailbox and committed batch (8 to 24)", q)
+	}
+	if files, _ := filepath.Glob(filepath.Join(state, "notices", "*.json")); len(files) != 0 {
+		t.Errorf("the bulk job queued %d files of one notice each, want batch files", len(files))
+	}
+
+	sink := startMailSink(t, relay)
+	got := map[string]sunkMail{}
+	for range 8 {
+		m := sink.next(t, "for a bulk job's mailbox")
+		if len(m.to) != 1 {
+			t.Fatalf("a mail to %v", m.to)
+		}
+		if _, dup := got[m.to[0]]; dup {
+			t.Fatalf("two mails to %s", m.to[0])
+		}
+		got[m.to[0]] = m
+	}
+	for mailbox, serials := range want {
+		m, ok := got[mailbox]
+		if !ok {
+			t.Errorf("no mail to %s", mailbox)
+			continue
+		}
+		checkMail(t, m, mailbox, append([]string{"Your encryption key has been escrowed", "certificates (serials "}, serials...)...)
+	}
+
+	// Recoveries that end without a key.
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+	owner, serial := mailboxes[0], want[mailboxes[0]][0]
+	cancelled := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "mistaken")...))
+	checkMail(t, sink.next(t, "for the recovery request"), owner, "recovery of your escrowed key was requested", cancelled)
+	keyarc(t, as("officer", "recovery", "cancel", cancelled)...)
+	checkMail(t, sink.next(t, "for the cancelled recovery"), owner, "The recovery of your escrowed key was cancelled",
+		cancelled, serial, "officer", "not recovered")
+
+	expiring := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "left to expire")...))
+	checkMail(t, sink.next(t, "for the second recovery request"), owner, "recovery of your escrowed key was requested", expiring)
+	keyarc(t, as("kra1", "recovery", "approve", expiring, "--yes")...)
+	// The request expires after a minute; the appliance's sweep closes it within the next.
+	select {
+	case m := <-sink.mail:
+		checkMail(t, m, owner, "The recovery of your escrowed key expired", expiring, serial, "officer", "not recovered")
+	case <-time.After(3 * time.Minute):
+		t.Fatal("no mail for the expired recovery reached the SMTP server")
+	}
+
+	select {
+	case extra := <-sink.mail:
+		t.Errorf("an unexpected mail:\n%s", extra.data)
+	case <-time.After(time.Second):
+	}
+	if s := metricValue(t, a, "keyarc_notices_sent_total"); s != 8+4 {
+		t.Errorf("keyarc_notices_sent_total = %v, want 12", s)
 	}
 }
