@@ -159,6 +159,29 @@ type CRLs interface {
 // Serials are normalised ([NormalizeSerial]). A response is stored only for a certificate
 // that was issued (issued or revoked): a serial never issued has none, ever, and its
 // lookups say so ([ErrNotFound], with [ErrNotIssued] for a reserved serial).
+//
+// # The due index
+//
+// A backend keeps, for each issued or revoked certificate, when its response next falls due,
+// in the same transaction as every write that changes it, so that [OCSPResponses.OCSPDue]
+// reads what is due without looking at every certificate (a pre-signer asks every 30
+// seconds, and most passes find nothing due):
+//
+//   - a certificate that becomes issued or revoked (SetCertificateIssued, InsertCertificate
+//     of an issued or revoked one, RevokeCertificate, SetKeyCompromise) is due at once,
+//     unless the response stored has its new status;
+//   - storing a response of the certificate's current status makes it due when that
+//     response's ThisUpdate falls before signedBefore; one of another status (signed while
+//     a revocation committed) leaves it due at once; a response that does not replace the
+//     stored one (an older ThisUpdate) changes nothing;
+//   - pending and failed certificates are never due; an expired one (NotAfter at or before
+//     now) never again. Time only moves forward here: once a response with ThisUpdate T is
+//     stored, the backend may drop the certificates expired at T from its index for good,
+//     so OCSPDue must not be asked about a now before the responses it stored.
+//
+// The SQLite backend keeps a table of its own (ocsp_due: serial, the ThisUpdate of a response
+// of the current status or the smallest integer, NotAfter) filled by triggers, with an index
+// on (signed, not_after); see its OCSPDue for how a page is read.
 type OCSPResponses interface {
 	// UpsertOCSPResponses stores the responses, each replacing the stored response of its
 	// serial unless that one has a later ThisUpdate (a slower signer never overwrites a
@@ -183,9 +206,12 @@ type OCSPResponses interface {
 	// signed with another status than the certificate's (Revoked or Reason differ: a
 	// revocation, or a reason changed to keyCompromise, since it was signed). Each comes
 	// with its current status, to sign. A responder pages with the last serial returned
-	// until fewer than limit come back; what it signs and stores meanwhile stops being due.
-	// BR §4.9.10 asks for a refresh no later than 4 days after thisUpdate: signedBefore is
-	// now minus the responder's refresh age.
+	// until fewer than limit come back; what it signs and stores meanwhile stops being due,
+	// and what is revoked meanwhile is listed again by the next pass (see the due index
+	// above). BR §4.9.10 asks for a refresh no later than 4 days after thisUpdate:
+	// signedBefore is now minus the responder's refresh age. A call's cost follows the
+	// number due, not the number of certificates: a pass that finds nothing due costs next to
+	// nothing.
 	OCSPDue(now, signedBefore time.Time, after string, limit int) ([]CertStatus, error)
 }
 

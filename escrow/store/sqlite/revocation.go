@@ -168,7 +168,10 @@ func (tx *Tx) LatestCRL() (*store.CRL, error) {
 // OCSP responses
 
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
-// replacing its serial's unless the stored one has a later thisUpdate.
+// replacing its serial's unless the stored one has a later thisUpdate. The triggers of
+// migration 9 move each certificate's row of ocsp_due; the rows of the certificates expired
+// at the earliest thisUpdate stored are deleted from it, through ocsp_due_expiry, so that
+// they stop weighing on OCSPDue.
 func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	const op = "upsert ocsp responses"
 	if err := tx.check(true); err != nil {
@@ -198,6 +201,17 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	}
 	if err := tx.checkIssued(op, serials); err != nil {
 		return err
+	}
+	if len(rs) > 0 {
+		earliest := rs[0].ThisUpdate
+		for _, r := range rs[1:] {
+			if r.ThisUpdate.Before(earliest) {
+				earliest = r.ThisUpdate
+			}
+		}
+		if _, err := tx.exec(op, `DELETE FROM ocsp_due WHERE not_after IS NOT NULL AND not_after <= ?`, earliest.UnixMicro()); err != nil {
+			return err
+		}
 	}
 	for len(args) > 0 {
 		k := rowsPerInsert
@@ -277,11 +291,34 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 	return &r, nil
 }
 
+// dueProbe bounds the look into ocsp_due_signed that chooses how OCSPDue reads a page: it
+// counts at most max(dueProbe, 4 limit) due certificates.
+const dueProbe = 4096
+
+// Reading a page of due certificates, from ocsp_due (migration 9), in one of two ways:
+//
+//   - dueBySigned reads the range signed < signedBefore of ocsp_due_signed and sorts what it
+//     finds by serial: it costs the number of certificates due, whatever their serials, so
+//     it serves the passes with few due, and the pass that finds none reads nothing else.
+//   - dueBySerial walks ocsp_due in serial order from after and stops at limit due: it costs
+//     the rows it passes over, so it serves the passes with many due (a new store, a bulk
+//     issuance, the refresh of certificates signed together), where paging with the first
+//     way would read every due certificate for each page.
+const (
+	dueBySigned = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason FROM (
+		SELECT serial FROM ocsp_due INDEXED BY ocsp_due_signed` + dueWhere
+	dueBySerial = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason FROM (
+		SELECT serial FROM ocsp_due NOT INDEXED` + dueWhere
+	dueWhere = ` WHERE signed < ?3 AND (not_after IS NULL OR not_after > ?2) AND serial > ?1 ORDER BY serial LIMIT ?4
+		) d JOIN certificates c ON c.serial = d.serial ORDER BY d.serial`
+	dueCount = `SELECT count(*) FROM (SELECT 1 FROM ocsp_due INDEXED BY ocsp_due_signed
+		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2) LIMIT ?3)`
+)
+
 // OCSPDue returns a page of the certificates whose response is missing, older than
-// signedBefore or signed with another status, in serial order after after. It walks the
-// certificates in serial order (their primary key) and looks each one's response up by its
-// own primary key, so a page costs the rows it passes over; a pass over a store whose
-// responses are all fresh reads every live certificate once.
+// signedBefore or signed with another status, in serial order after after, from the due index
+// ocsp_due: a pass that finds nothing due reads one empty range of ocsp_due_signed, and a
+// page costs about the larger of limit and the number due (see dueBySigned).
 func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]store.CertStatus, error) {
 	const op = "ocsp due"
 	switch {
@@ -297,6 +334,18 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		}
 		after = s
 	}
+	probe := max(dueProbe, 4*limit)
+	var many int
+	if err := tx.queryRow(op, []any{&many}, dueCount, signedBefore.UnixMicro(), now.UnixMicro(), probe); err != nil {
+		return nil, err
+	}
+	if many == 0 {
+		return nil, nil
+	}
+	q := dueBySigned
+	if many >= probe {
+		q = dueBySerial
+	}
 	var out []store.CertStatus
 	err := tx.query(op, func(rows *sql.Rows) error {
 		var (
@@ -310,10 +359,6 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		st.Revoked, st.NotAfter, st.RevokedAt = state == store.StateRevoked, tget(na), tget(rev)
 		out = append(out, st)
 		return nil
-	}, `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason
-		FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial
-		WHERE c.serial > ?1 AND c.state IN ('issued', 'revoked') AND (c.not_after IS NULL OR c.not_after > ?2)
-		AND (o.serial IS NULL OR o.this_update < ?3 OR o.revoked != (c.state = 'revoked') OR o.reason != c.revocation_reason)
-		ORDER BY c.serial LIMIT ?4`, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
+	}, q, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
 	return out, err
 }

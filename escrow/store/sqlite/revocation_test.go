@@ -227,3 +227,153 @@ func TestStreamMillionRevoked(t *testing.T) {
 	}
 	t.Logf("streamed %d revoked certificates in %v", count, time.Since(start))
 }
+
+// TestMigrationOCSPDue: migration 9 gives every issued or revoked certificate of a version-8
+// database its row of the due index: due at once without a response or with one of another
+// status, due at its refresh age with one of its status; pending and failed ones none. Later
+// writes keep the rows.
+func TestMigrationOCSPDue(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v8.db")
+	raw, err := sql.Open("sqlite", dsn(path, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		if _, err := raw.Exec(migrations[i]); err != nil {
+			t.Fatalf("migration %d: %v", i+1, err)
+		}
+	}
+	na := t0.AddDate(1, 0, 0).UnixMicro()
+	signed := t0.Add(24 * time.Hour)
+	for _, c := range []struct {
+		serial, state string
+		reason        int
+		resp          string // "", "good", "revoked:<reason>"
+		notAfter      int64
+	}{
+		{"a1", "issued", 0, "", na},           // no response: due
+		{"a2", "issued", 0, "good", na},       // signed: due at its refresh age
+		{"a3", "revoked", 1, "good", na},      // signed before its revocation: due
+		{"a4", "revoked", 1, "revoked:4", na}, // reason changed since: due
+		{"a5", "revoked", 4, "revoked:4", na}, // signed: due at its refresh age
+		{"a6", "pending", 0, "", 0},
+		{"a7", "failed", 0, "", 0},
+		{"a8", "issued", 0, "good", t0.Add(24*time.Hour + 30*time.Minute).UnixMicro()}, // expired at now
+	} {
+		var der, notAfter, revokedAt any
+		if c.state == "issued" || c.state == "revoked" {
+			der, notAfter = []byte{0x30, 0x03, 0x02, 0x01, 0x01}, c.notAfter
+		}
+		if c.state == "revoked" {
+			revokedAt = t0.UnixMicro()
+		}
+		if _, err := raw.Exec(`INSERT INTO certificates (serial, template, email, subject, state, der, not_before, not_after,
+			created_at, role, kra, revoked_at, revocation_reason) VALUES (?, 't', 'x@example.com', 'CN=x', ?, ?, ?, ?, ?, '', '', ?, ?)`,
+			c.serial, c.state, der, t0.UnixMicro(), notAfter, t0.UnixMicro(), revokedAt, c.reason); err != nil {
+			t.Fatal(err)
+		}
+		if c.resp == "" {
+			continue
+		}
+		revoked, reason := 0, 0
+		if c.resp != "good" {
+			revoked, reason = 1, int(c.resp[len(c.resp)-1]-'0')
+		}
+		if _, err := raw.Exec(`INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at)
+			VALUES (?, X'30', ?, ?, ?, ?, ?)`, c.serial, signed.UnixMicro(), signed.AddDate(0, 0, 7).UnixMicro(), revoked, reason,
+			signed.UnixMicro()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := raw.Exec(`PRAGMA user_version = 8`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	db, err := Open(path)
+	if err != nil {
+		t.Fatalf("Open a version 8 database: %v", err)
+	}
+	defer db.Close()
+	due := func(now, signedBefore time.Time) string {
+		t.Helper()
+		var got []store.CertStatus
+		if err := db.View(ctx, func(tx store.Tx) (err error) { got, err = tx.OCSPDue(now, signedBefore, "", 100); return err }); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range got {
+			out = append(out, fmt.Sprintf("%s:%v:%d", c.Serial, c.Revoked, c.Reason))
+		}
+		return strings.Join(out, " ")
+	}
+	now := signed.Add(time.Hour)
+	if got, want := due(now, signed), "a1:false:0 a3:true:1 a4:true:1"; got != want {
+		t.Errorf("due after the migration: %q, want %q", got, want)
+	}
+	if got, want := due(signed, signed.Add(time.Microsecond)), "a1:false:0 a2:false:0 a3:true:1 a4:true:1 a5:true:4 a8:false:0"; got != want {
+		t.Errorf("due after the migration, before a8 expires: %q, want %q", got, want)
+	}
+	if got, want := due(now, signed.Add(time.Microsecond)), "a1:false:0 a2:false:0 a3:true:1 a4:true:1 a5:true:4"; got != want {
+		t.Errorf("due after the migration, past the refresh age: %q, want %q", got, want)
+	}
+	var rows int
+	if err := db.r.QueryRowContext(ctx, `SELECT count(*) FROM ocsp_due`).Scan(&rows); err != nil || rows != 6 {
+		t.Errorf("ocsp_due holds %d rows (%v), want the 6 issued or revoked certificates", rows, err)
+	}
+	// The triggers run on the migrated database: a revocation and a response move their rows.
+	mustUpdate(t, db, func(tx store.Tx) error {
+		if err := tx.RevokeCertificate("a2", store.ReasonSuperseded, now); err != nil {
+			return err
+		}
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{{Serial: "a1", DER: []byte{0x30}, ThisUpdate: now, NextUpdate: now.AddDate(0, 0, 7)}})
+	})
+	if got, want := due(now, signed), "a2:true:4 a3:true:1 a4:true:1"; got != want {
+		t.Errorf("due after a revocation and a response: %q, want %q", got, want)
+	}
+	// The response stored at now deleted the row of a8, expired since.
+	if err := db.r.QueryRowContext(ctx, `SELECT count(*) FROM ocsp_due WHERE serial = 'a8'`).Scan(&rows); err != nil || rows != 0 {
+		t.Errorf("the expired a8 keeps %d rows of ocsp_due (%v)", rows, err)
+	}
+}
+
+// TestOCSPDueIndexes: OCSPDue reads ocsp_due through the index its plan names, never the
+// certificates table in full, and the expired rows are found through ocsp_due_expiry; a pass
+// over many fresh certificates finds nothing in an empty range.
+func TestOCSPDueIndexes(t *testing.T) {
+	db, _ := openTest(t)
+	plan := func(query string, args ...any) string {
+		rows, err := db.r.QueryContext(ctx, "EXPLAIN QUERY PLAN "+query, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var id, parent, notused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, detail)
+		}
+		return strings.Join(out, "; ")
+	}
+	for _, tc := range []struct {
+		name, query, want string
+		args              []any
+	}{
+		{"count", dueCount, "COVERING INDEX ocsp_due_signed (signed<?)", []any{1, 1, 1}},
+		{"by signed", dueBySigned, "COVERING INDEX ocsp_due_signed (signed<?)", []any{"", 1, 1, 1}},
+		{"by serial", dueBySerial, "SEARCH ocsp_due USING PRIMARY KEY (serial>?)", []any{"", 1, 1, 1}},
+		{"expired", `DELETE FROM ocsp_due WHERE not_after IS NOT NULL AND not_after <= ?`, "ocsp_due_expiry", []any{1}},
+	} {
+		p := plan(tc.query, tc.args...)
+		if !strings.Contains(p, tc.want) || strings.Contains(p, "SCAN c") || strings.Contains(p, "SCAN certificates") {
+			t.Errorf("%s: plan %q, want %q and no scan of certificates", tc.name, p, tc.want)
+		}
+		if tc.name == "by serial" && strings.Contains(p, "TEMP B-TREE") {
+			t.Errorf("%s: plan %q sorts", tc.name, p)
+		}
+	}
+}

@@ -262,6 +262,61 @@ CREATE TABLE ocsp_responses (
 	updated_at  INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 `,
+	// 9: the OCSP due index (see Tx.OCSPDue). Each issued or revoked certificate has a row in
+	// ocsp_due: signed is the thisUpdate of its stored response when that response has the
+	// certificate's status, and the smallest integer (due at once) when it has none or one of
+	// another status; not_after is the certificate's. A pass finds what is due in the range
+	// signed < now - refresh age of ocsp_due_signed instead of reading every certificate.
+	// Triggers keep the rows in the transactions that insert, issue, fail or revoke a
+	// certificate and store its response, whatever statement does it; the rows of expired
+	// certificates are deleted by UpsertOCSPResponses through ocsp_due_expiry. Existing
+	// certificates get their rows here.
+	`
+CREATE TABLE ocsp_due (
+	serial    TEXT    PRIMARY KEY,
+	signed    INTEGER NOT NULL,
+	not_after INTEGER
+) STRICT, WITHOUT ROWID;
+CREATE INDEX ocsp_due_signed ON ocsp_due(signed, not_after);
+CREATE INDEX ocsp_due_expiry ON ocsp_due(not_after) WHERE not_after IS NOT NULL;
+
+INSERT INTO ocsp_due (serial, signed, not_after)
+	SELECT c.serial, CASE WHEN o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason
+		THEN o.this_update ELSE -9223372036854775807 - 1 END, c.not_after
+	FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial
+	WHERE c.state IN ('issued', 'revoked');
+
+CREATE TRIGGER ocsp_due_insert AFTER INSERT ON certificates WHEN new.state IN ('issued', 'revoked')
+BEGIN
+	INSERT INTO ocsp_due (serial, signed, not_after) VALUES (new.serial, -9223372036854775807 - 1, new.not_after);
+END;
+
+CREATE TRIGGER ocsp_due_status AFTER UPDATE OF state, revocation_reason, not_after ON certificates
+BEGIN
+	DELETE FROM ocsp_due WHERE serial = old.serial AND new.state NOT IN ('issued', 'revoked');
+	INSERT INTO ocsp_due (serial, signed, not_after)
+		SELECT new.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = new.serial
+			AND o.revoked = (new.state = 'revoked') AND o.reason = new.revocation_reason), -9223372036854775807 - 1), new.not_after
+		WHERE new.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after;
+END;
+
+CREATE TRIGGER ocsp_due_signed_insert AFTER INSERT ON ocsp_responses
+BEGIN
+	UPDATE ocsp_due SET signed = CASE WHEN (SELECT c.state = 'revoked' AND new.revoked = 1 AND c.revocation_reason = new.reason
+		OR c.state = 'issued' AND new.revoked = 0 FROM certificates c WHERE c.serial = new.serial)
+		THEN new.this_update ELSE -9223372036854775807 - 1 END
+	WHERE serial = new.serial;
+END;
+
+CREATE TRIGGER ocsp_due_signed_update AFTER UPDATE ON ocsp_responses
+BEGIN
+	UPDATE ocsp_due SET signed = CASE WHEN (SELECT c.state = 'revoked' AND new.revoked = 1 AND c.revocation_reason = new.reason
+		OR c.state = 'issued' AND new.revoked = 0 FROM certificates c WHERE c.serial = new.serial)
+		THEN new.this_update ELSE -9223372036854775807 - 1 END
+	WHERE serial = new.serial;
+END;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

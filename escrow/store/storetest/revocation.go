@@ -32,6 +32,9 @@ var revocationTests = []test{
 	{"OCSPLookups", testOCSPLookups},
 	{"OCSPDue", testOCSPDue},
 	{"OCSPDuePages", testOCSPDuePages},
+	{"OCSPDueLifecycle", testOCSPDueLifecycle},
+	{"OCSPDueInFlight", testOCSPDueInFlight},
+	{"OCSPDueMany", testOCSPDueMany},
 }
 
 // issued returns an issued certificate of serial with a fake DER, valid from t0 to notAfter.
@@ -673,5 +676,235 @@ func testOCSPDuePages(t *testing.T, h *Harness) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("pages gave %v, want %v", got, want)
+	}
+}
+
+// allDue pages through OCSPDue with limit, checking that the pages come in serial order with
+// no serial twice, and returns "serial:revoked:reason" of each.
+func allDue(t *testing.T, s store.Store, now, signedBefore time.Time, limit int) []string {
+	t.Helper()
+	var out []string
+	after := ""
+	for {
+		var page []store.CertStatus
+		mustView(t, s, func(tx store.Tx) (err error) { page, err = tx.OCSPDue(now, signedBefore, after, limit); return err })
+		if len(page) > limit {
+			t.Fatalf("OCSPDue returned %d, limit %d", len(page), limit)
+		}
+		for _, c := range page {
+			if c.Serial <= after {
+				t.Fatalf("OCSPDue after %q returned %q: not in serial order", after, c.Serial)
+			}
+			after = c.Serial
+			out = append(out, fmt.Sprintf("%s:%v:%d", c.Serial, c.Revoked, c.Reason))
+		}
+		if len(page) < limit {
+			return out
+		}
+	}
+}
+
+// testOCSPDueLifecycle follows certificates through every write that moves them in or out of
+// the due list: issued (by SetCertificateIssued or inserted so) or revoked means due at once;
+// failed or pending never; signed with its status, not due until the refresh age; an older
+// response that does not replace the stored one changes nothing; a revocation or a reason
+// change makes it due at once; expired, never again, also once later responses are stored.
+func testOCSPDueLifecycle(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := t0.AddDate(0, 1, 0)
+	year := t0.AddDate(1, 0, 0)
+	soon := now.Add(2 * time.Hour) // b5 expires then
+	mustUpdate(t, s, func(tx store.Tx) error {
+		b4 := issued("b4", year)
+		b4.State, b4.RevokedAt, b4.RevocationReason = store.StateRevoked, t0, store.ReasonAffiliationChanged
+		return tx.InsertCertificates([]store.Certificate{cert("b1"), cert("b2"), issued("b3", year), b4, issued("b5", soon),
+			issued("b6", now.Add(-time.Hour))})
+	})
+	fresh := now.AddDate(0, 0, -3)
+	check := func(name string, now, signedBefore time.Time, want string) {
+		t.Helper()
+		if got := strings.Join(allDue(t, s, now, signedBefore, 2), " "); got != want {
+			t.Errorf("%s: due %q, want %q", name, got, want)
+		}
+	}
+	check("inserted issued and revoked, pending", now, fresh, "b3:false:0 b4:true:3 b5:false:0")
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.SetCertificateIssued("b1", []byte{0x30, 0x03, 0x02, 0x01, 0x01}, t0, year); err != nil {
+			return err
+		}
+		return tx.FailCertificate("b2")
+	})
+	check("just issued", now, fresh, "b1:false:0 b3:false:0 b4:true:3 b5:false:0")
+	signed := now.Add(-time.Minute)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("b1", signed, false, 0), ocspResp("b3", signed, false, 0),
+			ocspResp("b4", signed, true, store.ReasonAffiliationChanged), ocspResp("b5", signed, false, 0)})
+	})
+	check("signed", now, fresh, "")
+	check("signed at the refresh age exactly", now, signed, "")
+	check("older than the refresh age", now, signed.Add(time.Microsecond), "b1:false:0 b3:false:0 b4:true:3 b5:false:0")
+	// A response older than the stored one is not stored, whatever its status.
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("b4", signed.Add(-time.Hour), false, 0)})
+	})
+	check("after an older response", now, fresh, "")
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.RevokeCertificate("b1", store.ReasonSuperseded, now) })
+	check("revoked after signing", now, fresh, "b1:true:4")
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetKeyCompromise("b4") })
+	check("reason changed", now, fresh, "b1:true:4 b4:true:1")
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("b1", now, true, store.ReasonSuperseded),
+			ocspResp("b4", now, true, store.ReasonKeyCompromise)})
+	})
+	check("re-signed", now, fresh, "")
+	// b5 expires at soon: due while its response ages before that, never from then on, also
+	// after responses signed later are stored.
+	check("aged, before expiry", soon.Add(-time.Microsecond), now.Add(time.Microsecond), "b1:true:4 b3:false:0 b4:true:1 b5:false:0")
+	check("aged, expired", soon, now.Add(time.Microsecond), "b1:true:4 b3:false:0 b4:true:1")
+	later := soon.Add(time.Hour)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("b3", later, false, 0)})
+	})
+	check("after a later response", later, later.Add(time.Microsecond), "b1:true:4 b3:false:0 b4:true:1")
+	check("all expired", year, year.AddDate(1, 0, 0), "")
+}
+
+// testOCSPDueInFlight: a revocation that commits while a pass is signing, between the page
+// that listed the certificate as good and the store of its good response, leaves it due with
+// its revoked status; one that commits before its page is read is listed revoked and signed
+// so. Paging goes on undisturbed.
+func testOCSPDueInFlight(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := t0.AddDate(0, 1, 0)
+	var serials []string
+	mustUpdate(t, s, func(tx store.Tx) error {
+		var cs []store.Certificate
+		for i := range 30 {
+			serials = append(serials, fmt.Sprintf("%02x", 0x10+i))
+			cs = append(cs, issued(serials[i], t0.AddDate(1, 0, 0)))
+		}
+		return tx.InsertCertificates(cs)
+	})
+	const limit = 10
+	after := ""
+	var listed []string
+	for page := 0; ; page++ {
+		var due []store.CertStatus
+		mustView(t, s, func(tx store.Tx) (err error) {
+			due, err = tx.OCSPDue(now, now.AddDate(0, 0, -3), after, limit)
+			return err
+		})
+		if page == 0 {
+			// Committed after page 0 was read, before its responses are stored: one of page
+			// 0 and one of page 2.
+			mustUpdate(t, s, func(tx store.Tx) error {
+				if err := tx.RevokeCertificate(serials[3], store.ReasonKeyCompromise, now); err != nil {
+					return err
+				}
+				return tx.RevokeCertificate(serials[25], store.ReasonSuperseded, now)
+			})
+		}
+		var rs []store.OCSPResponse
+		for _, c := range due {
+			listed = append(listed, fmt.Sprintf("%s:%v:%d", c.Serial, c.Revoked, c.Reason))
+			rs = append(rs, ocspResp(c.Serial, now, c.Revoked, c.Reason))
+		}
+		mustUpdate(t, s, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs) })
+		if len(due) < limit {
+			break
+		}
+		after = due[len(due)-1].Serial
+	}
+	if len(listed) != 30 || listed[3] != serials[3]+":false:0" || listed[25] != serials[25]+":true:4" {
+		t.Errorf("the pass listed %d: %v; want all 30, %s good (read before its revocation), %s revoked", len(listed), listed, serials[3], serials[25])
+	}
+	if got, want := strings.Join(allDue(t, s, now, now.AddDate(0, 0, -3), limit), " "), serials[3]+":true:1"; got != want {
+		t.Errorf("due after the pass: %q, want %q", got, want)
+	}
+}
+
+// testOCSPDueMany: with thousands of certificates in every state (more than a backend might
+// look at before choosing how to read a page), paging lists exactly the due ones in serial
+// order, whether most of them are due or few.
+func testOCSPDueMany(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	const n = 12000
+	now := t0.AddDate(0, 1, 0)
+	fresh, old := now.Add(-time.Hour), now.AddDate(0, 0, -4)
+	signedBefore := now.AddDate(0, 0, -3)
+	want := map[string]string{}
+	var rs []store.OCSPResponse
+	var revoke []string
+	mustUpdate(t, s, func(tx store.Tx) error {
+		var cs []store.Certificate
+		for i := range n {
+			// Serials in no particular order against i.
+			serial := fmt.Sprintf("%x", (i*7919)%200003+0x100)
+			c := issued(serial, t0.AddDate(1, 0, 0))
+			switch {
+			case i%13 == 0:
+				c = cert(serial) // pending: never due
+			case i%7 == 0:
+				c.NotAfter = now // expired at now: never due
+				rs = append(rs, ocspResp(serial, old, false, 0))
+			case i%5 == 0:
+				rs = append(rs, ocspResp(serial, old, false, 0))
+				want[serial] = serial + ":false:0"
+			case i%11 == 0:
+				rs = append(rs, ocspResp(serial, fresh, false, 0))
+				revoke = append(revoke, serial)
+				want[serial] = serial + ":true:5"
+			case i%3 != 0:
+				rs = append(rs, ocspResp(serial, fresh, false, 0))
+			default:
+				want[serial] = serial + ":false:0" // never signed
+			}
+			cs = append(cs, c)
+		}
+		if err := tx.InsertCertificates(cs); err != nil {
+			return err
+		}
+		if err := tx.UpsertOCSPResponses(rs); err != nil {
+			return err
+		}
+		for _, serial := range revoke {
+			if err := tx.RevokeCertificate(serial, store.ReasonCessationOfOperation, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	var wantList []string
+	for _, v := range want {
+		wantList = append(wantList, v)
+	}
+	// Serial order: "1000" before "10008", which "1000:" would not be.
+	slices.SortFunc(wantList, func(a, b string) int {
+		return strings.Compare(strings.SplitN(a, ":", 2)[0], strings.SplitN(b, ":", 2)[0])
+	})
+	if len(wantList) < 4500 {
+		t.Fatalf("only %d due: the test needs many", len(wantList))
+	}
+	for _, limit := range []int{1000, 97} {
+		if got := allDue(t, s, now, signedBefore, limit); !slices.Equal(got, wantList) {
+			t.Errorf("limit %d: %d due, want %d (first %v)", limit, len(got), len(wantList), got[:min(5, len(got))])
+		}
+	}
+	// Signed but a few: those few only.
+	var sign []store.OCSPResponse
+	for i, v := range wantList {
+		if i%500 == 0 {
+			continue
+		}
+		f := strings.Split(v, ":")
+		sign = append(sign, ocspResp(f[0], now, f[1] == "true", map[string]int{"0": 0, "5": 5}[f[2]]))
+	}
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.UpsertOCSPResponses(sign) })
+	var few []string
+	for i := 0; i < len(wantList); i += 500 {
+		few = append(few, wantList[i])
+	}
+	if got := allDue(t, s, now, signedBefore, 3); !slices.Equal(got, few) {
+		t.Errorf("few due: %v, want %v", got, few)
 	}
 }
