@@ -21,8 +21,7 @@ type Finding struct {
 }
 
 // LintError is a refusal by zlint: the to-be-signed certificate drew at least one warning or
-// error. Nothing was signed by the CA key. It matches [ErrLint]
-// with errors.Is.
+// error. Nothing was signed by the CA key. It matches [ErrLint] with errors.Is.
 type LintError struct {
 	Findings []Finding // sorted by lint name
 }
