@@ -1,6 +1,7 @@
 package notice
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -270,4 +271,35 @@ func header(msg, name string) string {
 		}
 	}
 	return ""
+}
+
+// BenchmarkSendBatch queues a batch of b.N notices, one per mailbox, and measures the time until
+// a real SMTP server on loopback has accepted them all (one connection per message).
+func BenchmarkSendBatch(b *testing.B) {
+	r := startRelay(b, nil)
+	go func() {
+		for range r.authed {
+		}
+	}()
+	q, err := OpenQueue(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	es := make([]Event, b.N)
+	for i := range es {
+		es[i] = Event{Kind: Escrowed, Mailbox: fmt.Sprintf("user%d@example.org", i), Serials: []string{fmt.Sprintf("%x", i+1)}, Time: t0}
+	}
+	n := &Notifier{Queue: q, Sender: &SMTP{Addr: r.addr}, From: "pki@example.org", BatchQuiet: time.Nanosecond}
+	b.ResetTimer()
+	n.NotifyBatch(es)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); n.Run(ctx) }()
+	for range b.N {
+		<-r.got
+	}
+	b.StopTimer()
+	cancel()
+	<-done
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "messages/s")
 }

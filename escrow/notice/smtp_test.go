@@ -63,7 +63,7 @@ func (s *relaySession) Data(r io.Reader) error {
 func (s *relaySession) Reset()        {}
 func (s *relaySession) Logout() error { return nil }
 
-func startRelay(t *testing.T, tlsCfg *tls.Config) *relay {
+func startRelay(t testing.TB, tlsCfg *tls.Config) *relay {
 	t.Helper()
 	r := &relay{got: make(chan string, 256), authed: make(chan string, 256)}
 	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &relaySession{r: r}, nil }))
