@@ -179,6 +179,10 @@ func (n *Notifier) Run(ctx context.Context) {
 		if ctx.Err() == nil {
 			wait = min(wait, n.passBatches(ctx, groups))
 		}
+		// A connection kept by the sender ([SMTP]) serves one pass, never an idle wait.
+		if ci, ok := n.Sender.(interface{ CloseIdle() }); ok {
+			ci.CloseIdle()
+		}
 		if ctx.Err() != nil {
 			return
 		}

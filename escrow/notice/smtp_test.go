@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ type relay struct {
 	addr   string
 	got    chan string
 	authed chan string
+	conns  atomic.Int32 // connections accepted
 }
 
 type relaySession struct {
@@ -65,20 +67,40 @@ func (s *relaySession) Logout() error { return nil }
 
 func startRelay(t testing.TB, tlsCfg *tls.Config) *relay {
 	t.Helper()
+	return startRelayTimeout(t, tlsCfg, 10*time.Second)
+}
+
+// startRelayTimeout is startRelay whose server drops a connection idle for readTimeout.
+func startRelayTimeout(t testing.TB, tlsCfg *tls.Config, readTimeout time.Duration) *relay {
+	t.Helper()
 	r := &relay{got: make(chan string, 256), authed: make(chan string, 256)}
 	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &relaySession{r: r}, nil }))
 	srv.Domain = "localhost"
 	srv.TLSConfig = tlsCfg
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
+	srv.ReadTimeout, srv.WriteTimeout = readTimeout, 10*time.Second
 	srv.ErrorLog = log.New(io.Discard, "", 0) // clients hanging up on purpose are not news
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.addr = l.Addr().String()
-	go srv.Serve(l)
+	go srv.Serve(countingListener{l, &r.conns})
 	t.Cleanup(func() { srv.Close() })
 	return r
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
 }
 
 // selfSigned makes a certificate for 127.0.0.1 and the pool that trusts it.
@@ -165,4 +187,54 @@ func TestSMTPStartTLSAndAuth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSMTPKeepsTheConnection: messages sent back to back share one connection (with STARTTLS
+// and AUTH done once), CloseIdle ends it, and a kept connection the relay has dropped meanwhile
+// is replaced without losing the message.
+func TestSMTPKeepsTheConnection(t *testing.T) {
+	srvTLS, pool := selfSigned(t)
+	r := startRelayTimeout(t, srvTLS, 300*time.Millisecond)
+	s := &SMTP{Addr: r.addr, StartTLS: true, TLSConfig: &tls.Config{RootCAs: pool}, Username: "keyarc", Password: Password("relay-secret")}
+	ctx := context.Background()
+	send := func(to string) {
+		t.Helper()
+		msg, err := escrowed(to).Message("pki@example.org", "0001", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(ctx, "pki@example.org", to, msg); err != nil {
+			t.Fatalf("Send to %s: %v", to, err)
+		}
+		if got := <-r.got; !strings.Contains(got, "To: "+to+"\r\n") {
+			t.Fatalf("relay got:\n%s", got)
+		}
+		if user := <-r.authed; user != "keyarc" {
+			t.Fatalf("message sent as %q", user)
+		}
+	}
+	for _, m := range []string{"a@example.org", "b@example.org", "c@example.org"} {
+		send(m)
+	}
+	if n := r.conns.Load(); n != 1 {
+		t.Errorf("%d connections for 3 messages back to back, want 1", n)
+	}
+	s.CloseIdle()
+	send("d@example.org")
+	if n := r.conns.Load(); n != 2 {
+		t.Errorf("%d connections after CloseIdle and a message, want 2", n)
+	}
+	time.Sleep(time.Second) // the relay drops the kept connection
+	send("e@example.org")
+	if n := r.conns.Load(); n != 3 {
+		t.Errorf("%d connections after the relay dropped the kept one, want 3", n)
+	}
+	// A refusal for good at RCPT ends the connection; the next message opens another.
+	msg, _ := escrowed("nobody@example.org").Message("pki@example.org", "0002", "")
+	if err := s.Send(ctx, "pki@example.org", "nobody@example.org", msg); !errors.Is(err, ErrRejected) {
+		t.Fatalf("Send to a refused recipient: %v, want %v", err, ErrRejected)
+	}
+	send("f@example.org")
+	s.CloseIdle()
+	s.CloseIdle() // safe twice
 }
