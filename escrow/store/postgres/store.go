@@ -54,6 +54,9 @@ type DB struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// sp is the state of the savepoint of the writer's running function.
+	sp savepoints
+
 	// head caches the last audit entry's seq and hash during one write transaction (it is
 	// touched only by the writer goroutine, see [Tx.AuditHead]); every transaction starts
 	// without it, since another node may have appended since the last one.
@@ -217,7 +220,7 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if err != nil {
 		return fmt.Errorf("store: view: %w", err)
 	}
-	tx := &Tx{ctx: ctx, q: pgQuerier{sqlTx}}
+	tx := &Tx{ctx: ctx, q: pgQuerier{q: sqlTx}}
 	defer func() {
 		tx.done = true
 		sqlTx.Rollback() // read-only: nothing to keep
@@ -323,12 +326,9 @@ func (db *DB) begin() error {
 		}
 		db.wconn = c
 	}
-	db.head = auditHead{}
-	if err := db.exec("BEGIN ISOLATION LEVEL READ COMMITTED"); err != nil {
-		db.dropConn()
-		return err
-	}
-	if err := db.exec("SELECT pg_advisory_xact_lock($1)", lockWriter); err != nil {
+	db.head, db.sp = auditHead{}, savepoints{}
+	// One round trip: the simple protocol takes both statements (the key is our constant).
+	if err := db.exec(fmt.Sprintf("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d)", lockWriter)); err != nil {
 		db.dropConn()
 		return err
 	}
@@ -436,16 +436,13 @@ func (db *DB) batch() {
 // back if the function fails) and records its result in r.err. It returns an error only if
 // the transaction itself failed, in which case it must be abandoned.
 func (db *DB) runOne(r *request, bare bool) error {
-	if !bare {
-		if err := db.exec("SAVEPOINT u"); err != nil {
-			return fmt.Errorf("store: savepoint: %w", err)
-		}
-	}
+	db.sp.pending, db.sp.mine = !bare, false // opened with fn's first statement
 	db.updates.Add(1)
 	saved := db.head
-	tx := &Tx{ctx: context.Background(), q: pgQuerier{db.wconn}, writable: true, head: &db.head}
+	tx := &Tx{ctx: context.Background(), q: pgQuerier{db.wconn, &db.sp}, writable: true, head: &db.head, writer: db.wconn}
 	r.err = callFn(r.fn, tx)
 	tx.done = true
+	db.sp.pending = false
 	if r.err == nil && db.txStatus() == 'E' {
 		// A statement failed outside its own savepoint (a read the server refused) and fn
 		// went on: its writes cannot be kept.
@@ -458,17 +455,14 @@ func (db *DB) runOne(r *request, bare bool) error {
 	if bare {
 		return nil // the caller rolls the transaction back if the function failed
 	}
-	if r.err == nil {
-		if err := db.exec("RELEASE SAVEPOINT u"); err != nil {
-			return fmt.Errorf("store: release savepoint: %w", err)
-		}
+	if r.err == nil || !db.sp.mine {
+		// Kept: its savepoint is released by the next function's or by the COMMIT. Or
+		// failed before any statement: nothing to undo.
 		return nil
 	}
-	if err := db.exec("ROLLBACK TO SAVEPOINT u"); err != nil {
+	db.sp.open, db.sp.mine = false, false
+	if err := db.exec("ROLLBACK TO SAVEPOINT u; RELEASE SAVEPOINT u"); err != nil {
 		return fmt.Errorf("store: rollback savepoint: %w", err)
-	}
-	if err := db.exec("RELEASE SAVEPOINT u"); err != nil {
-		return fmt.Errorf("store: release savepoint: %w", err)
 	}
 	return nil
 }

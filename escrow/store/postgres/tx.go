@@ -3,6 +3,10 @@ package postgres
 import (
 	"github.com/keyarc/keyarc/escrow/store"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+
 	"context"
 	"database/sql"
 	"errors"
@@ -28,6 +32,7 @@ type Tx struct {
 	writable bool
 	done     bool
 	head     *auditHead // the writer's audit head cache (nil in a View)
+	writer   *sql.Conn  // the writer's connection (nil in a View), for pipelined statements
 }
 
 func (tx *Tx) check(write bool) error {
@@ -61,6 +66,9 @@ func (tx *Tx) exec(op, query string, args ...any) (int64, error) {
 // affected): the savepoint is rolled back on failure, which leaves the transaction as it was
 // before the statement.
 func (tx *Tx) execSaved(query string, args []any) (sql.Result, error) {
+	if tx.writer != nil {
+		return tx.execPipelined(query, args)
+	}
 	if _, err := tx.q.ExecContext(tx.ctx, "SAVEPOINT s"); err != nil {
 		return nil, err
 	}
@@ -75,6 +83,74 @@ func (tx *Tx) execSaved(query string, args []any) (sql.Result, error) {
 	}
 	return res, err
 }
+
+// execPipelined is execSaved on the writer's connection in one round trip to the server: the
+// savepoint, the statement and the release go out together (a pgx batch), and only a failed
+// statement costs a second one, to roll its savepoint back.
+func (tx *Tx) execPipelined(query string, args []any) (sql.Result, error) {
+	if err := checkArgs(args); err != nil {
+		return nil, err
+	}
+	var (
+		tag     pgconn.CommandTag
+		stmtErr error
+	)
+	err := tx.writer.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		b := &pgx.Batch{}
+		pre := tx.q.(pgQuerier).sp.prefix()
+		for _, q := range pre {
+			b.Queue(q)
+		}
+		b.Queue("SAVEPOINT s")
+		b.Queue(rebind(query), args...)
+		b.Queue("RELEASE SAVEPOINT s")
+		br := c.Conn().SendBatch(tx.ctx, b)
+		var err error
+		for range pre {
+			if _, err = br.Exec(); err != nil {
+				break
+			}
+		}
+		if err == nil && pre != nil {
+			tx.q.(pgQuerier).sp.opened()
+		}
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if err == nil {
+			tag, stmtErr = br.Exec()
+			if stmtErr == nil {
+				_, err = br.Exec()
+			}
+		}
+		err = errors.Join(err, br.Close())
+		if stmtErr != nil {
+			// The statement failed and aborted the transaction: back to before it.
+			_, rerr := c.Conn().Exec(tx.ctx, "ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
+			return rerr
+		}
+		return err
+	})
+	if err != nil {
+		return nil, errors.Join(stmtErr, err)
+	}
+	if stmtErr != nil {
+		return nil, stmtErr
+	}
+	return rowsAffected(tag.RowsAffected()), nil
+}
+
+// rowsAffected is the sql.Result of a pipelined statement.
+type rowsAffected int64
+
+func (n rowsAffected) LastInsertId() (int64, error) {
+	return 0, errors.New("store: no insert id in PostgreSQL")
+}
+func (n rowsAffected) RowsAffected() (int64, error) { return int64(n), nil }
 
 // rowsPerInsert is the most rows one INSERT statement carries. A statement of many rows costs
 // the writer much less per row than one statement per row (binding, stepping and resetting

@@ -186,16 +186,24 @@ func start(bin string) (srv *Server, err error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
+	// In postgresql.conf rather than on the command line, which ALTER SYSTEM could not
+	// override (see Durable).
+	conf, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, err
+	}
+	_, err = conf.WriteString("\n# pgtest: a throw-away server\nlisten_addresses = ''\nfsync = off\nsynchronous_commit = off\n" +
+		"full_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\nlog_min_messages = warning\n")
+	if err := errors.Join(err, conf.Close()); err != nil {
+		return nil, err
+	}
 	logPath := filepath.Join(dir, "postgres.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
-	cmd := command("postgres", "-D", data, "-k", dir, "-p", "5432",
-		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB",
-		"-c", "log_min_messages=warning")
+	cmd := command("postgres", "-D", data, "-k", dir, "-p", "5432")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -239,6 +247,52 @@ func (s *Server) stop() error {
 		err = nil // a fast shutdown ends with a signal status on some versions
 	}
 	return errors.Join(err, os.RemoveAll(s.dir))
+}
+
+// Durable turns fsync, synchronous_commit and full_page_writes on until tb ends, for
+// benchmarks whose figures must include what a COMMIT costs on a real server. Every database
+// of the server is affected, the parallel tests' too.
+func (s *Server) Durable(tb testing.TB) {
+	tb.Helper()
+	set := func(value string) error {
+		for _, name := range []string{"fsync", "synchronous_commit", "full_page_writes"} {
+			q := "ALTER SYSTEM SET " + name + " = " + value
+			if value == "" {
+				q = "ALTER SYSTEM RESET " + name
+			}
+			if err := s.admin(q); err != nil {
+				return err
+			}
+		}
+		return s.admin("SELECT pg_reload_conf()")
+	}
+	if err := set("on"); err != nil {
+		tb.Fatalf("pgtest: durable: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := set(""); err != nil {
+			tb.Errorf("pgtest: durable: %v", err)
+		}
+	})
+	// The server reloads its configuration asynchronously: wait until new sessions see it.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := pgconn.Connect(ctx, s.URL("postgres"))
+		var on bool
+		if err == nil {
+			rs, qerr := c.Exec(ctx, "SHOW fsync").ReadAll()
+			on = qerr == nil && len(rs) == 1 && len(rs[0].Rows) == 1 && string(rs[0].Rows[0][0]) == "on"
+			c.Close(ctx)
+		}
+		cancel()
+		if on {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("pgtest: durable: fsync still off after 10s (%v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // URL returns the key=value connection string of database name on the server's socket.
