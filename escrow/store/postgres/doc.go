@@ -28,7 +28,11 @@
 // goroutine per DB owns one connection, opens one transaction, runs each queued caller's
 // function in its own SAVEPOINT (the first without one), and COMMITs once for all of them.
 // Each statement that writes runs in a savepoint of its own too: PostgreSQL aborts the whole
-// transaction when a statement fails, where the contract undoes that statement alone.
+// transaction when a statement fails, where the contract undoes that statement alone. Round
+// trips to the server are what a group costs, so the writer pipelines: a write goes out with
+// its savepoint and release in one pgx batch, a function's savepoint is opened with its first
+// statement and released with the next function's (or by the COMMIT), and BEGIN goes with the
+// writer lock. A function that stores one row costs one round trip.
 //
 // Across nodes, every write transaction first takes the database's writer lock
 // (pg_advisory_xact_lock on one key), the equivalent of SQLite's BEGIN IMMEDIATE: write
