@@ -266,7 +266,8 @@ func (i *Issuer) encodeTBSCertificate(req *Request, f *tbsFields) ([]byte, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: encode the to-be-signed certificate: %w", ErrLint, err)
 	}
-	return der, nil
+	// Many or long names can outgrow the estimate above; assemble needs the tailroom.
+	return slices.Grow(der, certTailroom), nil
 }
 
 // addKeyUsage writes ku as the KeyUsage BIT STRING: bit n of ku is named bit n, and trailing
