@@ -50,6 +50,9 @@ func Main(args []string) error {
 	status := fs.Int("status", 200, "the HTTP status every answer must have")
 	control := fs.Bool("control", false, "write {\"ready\":true} when ready, and start each window on a line read from standard input")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	if *addr == "" || *file == "" || fs.NArg() > 0 {
@@ -152,6 +155,9 @@ func mainStatic(args []string) error {
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	size := fs.Int("size", 1500, "bytes of the body served")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	ln, err := net.Listen("tcp", *addr)
