@@ -255,3 +255,86 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestServerRestart: PostgreSQL restarted under load. While it is down every Update and View
+// fails with ErrUnavailable (a fault of the storage, never the caller's), and once it is back
+// the store goes on by itself; every Update that succeeded is kept. (An Update whose COMMIT
+// was cut off may have committed all the same: its caller cannot tell, as with any database.)
+func TestServerRestart(t *testing.T) {
+	srv := pgtest.Start(t)
+	db, _ := openTest(t, srv)
+	if err := db.Update(ctx, insertCode("before", "a@example.com")); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var kept []string
+	for g := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("load-%d-%d", g, i)
+				err := db.Update(ctx, insertCode(id, "a@example.com"))
+				switch {
+				case err == nil:
+					mu.Lock()
+					kept = append(kept, id)
+					mu.Unlock()
+				case !errors.Is(err, store.ErrUnavailable):
+					t.Errorf("Update %s during the restart: %v, want nil or ErrUnavailable", id, err)
+					return
+				default:
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // some load before the restart
+	srv.Restart(t, func() {
+		if err := db.Update(ctx, insertCode("down", "a@example.com")); !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("Update while the server is down: %v, want ErrUnavailable", err)
+		}
+		err := db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("before"); return err })
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("View while the server is down: %v, want ErrUnavailable", err)
+		}
+	})
+	// Back: the store reconnects by itself. The first calls may still meet a connection of the
+	// pool that died with the server.
+	var err error
+	for try := 0; try < 10; try++ {
+		if err = db.Update(ctx, insertCode("after", "a@example.com")); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("Update after the restart still fails: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // some load after it
+	close(stop)
+	wg.Wait()
+
+	all := func(tx store.Tx) error {
+		for _, id := range append([]string{"before", "after"}, kept...) {
+			if _, err := tx.GetCode(id); err != nil {
+				return fmt.Errorf("code %s: %w", id, err)
+			}
+		}
+		return nil
+	}
+	err = db.View(ctx, all)
+	for try := 0; errors.Is(err, store.ErrUnavailable) && try < 10; try++ {
+		err = db.View(ctx, all)
+	}
+	if err != nil {
+		t.Errorf("after the restart: %v", err)
+	}
+	t.Logf("%d Updates kept under load", len(kept))
+}

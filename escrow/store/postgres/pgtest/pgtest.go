@@ -38,10 +38,11 @@ import (
 
 // Server is a running throw-away PostgreSQL server.
 type Server struct {
-	dir  string // owned by the server's user: data/, the socket and the log
-	cmd  *exec.Cmd
-	exit chan error // the server process's exit
-	n    atomic.Int64
+	dir     string // owned by the server's user: data/, the socket and the log
+	command func(name string, args ...string) *exec.Cmd
+	cmd     *exec.Cmd
+	exit    chan error // the server process's exit
+	n       atomic.Int64
 }
 
 var shared struct {
@@ -197,43 +198,53 @@ func start(bin string) (srv *Server, err error) {
 	if err := errors.Join(err, conf.Close()); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(dir, "postgres.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	srv = &Server{dir: dir, command: command}
+	if err := srv.launch(); err != nil {
 		return nil, err
 	}
+	return srv, nil
+}
+
+// launch starts postgres on the server's data folder and waits until it takes connections.
+func (s *Server) launch() error {
+	logPath := filepath.Join(s.dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
 	defer logFile.Close()
-	cmd := command("postgres", "-D", data, "-k", dir, "-p", "5432")
+	cmd := s.command("postgres", "-D", filepath.Join(s.dir, "data"), "-k", s.dir, "-p", "5432")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+		return fmt.Errorf("postgres: %w", err)
 	}
-	srv = &Server{dir: dir, cmd: cmd, exit: make(chan error, 1)}
-	go func() { srv.exit <- cmd.Wait() }()
+	s.cmd, s.exit = cmd, make(chan error, 1)
+	go func() { s.exit <- cmd.Wait() }()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for {
-		c, err := pgconn.Connect(ctx, srv.URL("postgres"))
+		c, err := pgconn.Connect(ctx, s.URL("postgres"))
 		if err == nil {
 			c.Close(ctx)
-			return srv, nil
+			return nil
 		}
 		select {
-		case werr := <-srv.exit:
+		case werr := <-s.exit:
 			log, _ := os.ReadFile(logPath)
-			return nil, fmt.Errorf("postgres exited (%v) before taking connections:\n%s", werr, log)
+			return fmt.Errorf("postgres exited (%v) before taking connections:\n%s", werr, log)
 		case <-ctx.Done():
-			srv.stop()
+			s.halt()
 			log, _ := os.ReadFile(logPath)
-			return nil, fmt.Errorf("postgres takes no connection after 60s: %v\n%s", err, log)
+			return fmt.Errorf("postgres takes no connection after 60s: %v\n%s", err, log)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
-// stop shuts the server down (fast shutdown, then a kill if it lingers) and removes its folder.
-func (s *Server) stop() error {
+// halt shuts postgres down (fast shutdown: sessions are ended, then a kill if it lingers),
+// keeping its data.
+func (s *Server) halt() error {
 	s.cmd.Process.Signal(syscall.SIGINT)
 	var err error
 	select {
@@ -246,7 +257,28 @@ func (s *Server) stop() error {
 	if errors.As(err, &ee) {
 		err = nil // a fast shutdown ends with a signal status on some versions
 	}
-	return errors.Join(err, os.RemoveAll(s.dir))
+	return err
+}
+
+// stop shuts the server down and removes its folder.
+func (s *Server) stop() error {
+	return errors.Join(s.halt(), os.RemoveAll(s.dir))
+}
+
+// Restart shuts the server down as an administrator's fast shutdown does (every session is
+// ended), runs down while it is down, and starts it again on the same data. Every database of
+// the server goes down with it: do not call it while parallel tests use the server.
+func (s *Server) Restart(tb testing.TB, down func()) {
+	tb.Helper()
+	if err := s.halt(); err != nil {
+		tb.Fatalf("pgtest: restart: %v", err)
+	}
+	if down != nil {
+		down()
+	}
+	if err := s.launch(); err != nil {
+		tb.Fatalf("pgtest: restart: %v", err)
+	}
 }
 
 // Durable turns fsync, synchronous_commit and full_page_writes on until tb ends, for
