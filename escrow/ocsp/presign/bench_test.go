@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,11 +14,27 @@ import (
 	"github.com/keyarc/keyarc/softhsm/softhsmtest"
 )
 
+// cpuTime is the CPU time (user and system) the process has used.
+func cpuTime(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // BenchmarkPresignSoftHSM compares the token's raw signing rate (P-256 in SoftHSM, 2
-// goroutines, the responder key's) with pre-signing and storing the responses of 20,000
-// certificates through SignDue (real SQLite). It reports both rates and their ratio; the
-// issue asks for at least 80%.
+// goroutines, the responder key's) with pre-signing and storing the responses of 100,000
+// certificates (20,000 with -short) in one SignDue pass (real SQLite). The raw rate is
+// measured on half as many signatures before the pass and half after, so that a machine
+// whose load changes meanwhile weighs on both alike. It reports both rates and their ratio
+// (the issue asks for at least 80%), and the process's CPU time per signature of each with
+// their ratio, which the machine's other work does not move.
 func BenchmarkPresignSoftHSM(b *testing.B) {
+	n := 100_000
+	if testing.Short() {
+		n = 20_000
+	}
 	_, toks := softhsmtest.Tokens(b, "presign")
 	tok, err := hsm.Open(toks[0].URI(""), hsm.Options{MaxSessions: 4})
 	if err != nil {
@@ -31,19 +48,15 @@ func BenchmarkPresignSoftHSM(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	const n = 20000
-	for b.Loop() {
-		b.StopTimer()
-		e := newEnv(b, key, 30*24*time.Hour)
-		e.addCerts(b, 0x100000, n)
-		digest := sha256.Sum256([]byte("x"))
-		start := time.Now()
+	digest := sha256.Sum256([]byte("x"))
+	raw := func(count int) (wall, cpu time.Duration) {
+		start, cpu0 := time.Now(), cpuTime(b)
 		var wg sync.WaitGroup
 		for range 2 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for range n / 2 {
+				for range count / 2 {
 					if _, err := key.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
 						b.Error(err)
 						return
@@ -52,19 +65,34 @@ func BenchmarkPresignSoftHSM(b *testing.B) {
 			}()
 		}
 		wg.Wait()
-		raw := float64(n) / time.Since(start).Seconds()
+		return time.Since(start), cpuTime(b) - cpu0
+	}
+	for b.Loop() {
+		b.StopTimer()
+		e := newEnv(b, key, 30*24*time.Hour)
+		e.addCerts(b, 0x100000, n)
+		w1, c1 := raw(n / 2)
 		s := e.signer(e.responder)
 		s.Batch = DefaultBatch
 		b.StartTimer()
-		start = time.Now()
+		start, cpu0 := time.Now(), cpuTime(b)
 		got, err := s.SignDue(context.Background())
-		el := time.Since(start)
+		el, cpu := time.Since(start), cpuTime(b)-cpu0
+		b.StopTimer()
 		if err != nil || got != n {
 			b.Fatalf("SignDue: %d, %v", got, err)
 		}
+		w2, c2 := raw(n / 2)
+		b.StartTimer()
+		rawRate := float64(n) / (w1 + w2).Seconds()
 		rate := float64(n) / el.Seconds()
-		b.ReportMetric(raw, "raw-signs/s")
+		rawCPU := float64((c1 + c2).Microseconds()) / float64(n)
+		presignCPU := float64(cpu.Microseconds()) / float64(n)
+		b.ReportMetric(rawRate, "raw-signs/s")
 		b.ReportMetric(rate, "presigned/s")
-		b.ReportMetric(100*rate/raw, "%-of-raw")
+		b.ReportMetric(100*rate/rawRate, "%-of-raw")
+		b.ReportMetric(rawCPU, "raw-cpu-µs/sign")
+		b.ReportMetric(presignCPU, "presign-cpu-µs/resp")
+		b.ReportMetric(100*rawCPU/presignCPU, "cpu-%-of-raw")
 	}
 }

@@ -285,124 +285,192 @@ func (s *Signer) SignSerials(ctx context.Context, serials []string) (int, error)
 	return total, nil
 }
 
-// SignDue signs and stores, in pages of Batch, the responses the store lists as due now
-// ([store.OCSPResponses.OCSPDue]): signing one page overlaps storing the one before. It
-// returns how many it stored.
+// SignDue signs and stores the responses the store lists as due now
+// ([store.OCSPResponses.OCSPDue]). It streams: one goroutine reads the due certificates a
+// page of Batch ahead of the Workers that sign them, and the caller's goroutine stores the
+// signed responses Batch to a transaction while the signing goes on, so that neither the
+// token nor the storage waits for the other. It returns how many it stored.
 //
 // # Errors
 //
-// As [Signer.SignSerials]; the pass stops at the first error, and what it had not stored
-// stays due.
+// As [Signer.SignSerials]; the pass stops at the first error (what was signed by then is
+// still stored, unless storing failed), and what it had not stored stays due.
 func (s *Signer) SignDue(ctx context.Context) (int, error) {
-	_, refresh, batch, _, err := s.settings()
+	validity, refresh, batch, workers, err := s.settings()
 	if err != nil {
 		return 0, err
 	}
 	now := s.now()
-	type result struct {
-		n   int
-		err error
+	r, this, next, err := s.window(now, validity)
+	if err != nil {
+		return 0, err
 	}
-	pages := make(chan []store.OCSPResponse, 1)
-	done := make(chan result, 1)
-	var failed atomic.Bool
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu    sync.Mutex
+		first error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
+		}
+		mu.Unlock()
+		stop()
+	}
+	todo := make(chan store.CertStatus, batch)
 	go func() {
-		var r result
-		for rs := range pages {
-			if r.err != nil {
-				continue
+		defer close(todo)
+		after := ""
+		for {
+			var due []store.CertStatus
+			err := s.Store.View(run, func(tx store.Tx) error {
+				var err error
+				due, err = tx.OCSPDue(now, now.Add(-refresh), after, batch)
+				return err
+			})
+			if err != nil {
+				fail(fmt.Errorf("presign: list due responses: %w", err))
+				return
 			}
-			if err := s.store(ctx, rs); err != nil {
-				r.err = err
-				failed.Store(true)
-				continue
+			for _, st := range due {
+				select {
+				case todo <- st:
+				case <-run.Done():
+					return
+				}
 			}
-			r.n += len(rs)
+			if len(due) < batch {
+				return
+			}
+			after = due[len(due)-1].Serial
 		}
-		done <- r
 	}()
-	finish := func(err error) (int, error) {
-		close(pages)
-		r := <-done
-		if err == nil {
-			err = r.err
-		}
-		return r.n, err
+	signed := make(chan store.OCSPResponse, batch)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for st := range todo {
+				if run.Err() != nil {
+					continue // drain: the pass is over
+				}
+				resp, err := signOne(r, st, this, next)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				signed <- resp
+			}
+		}()
 	}
-	after := ""
-	for {
-		var due []store.CertStatus
-		err := s.Store.View(ctx, func(tx store.Tx) error {
-			var err error
-			due, err = tx.OCSPDue(now, now.Add(-refresh), after, batch)
-			return err
-		})
-		if err != nil {
-			return finish(fmt.Errorf("presign: list due responses: %w", err))
+	go func() {
+		wg.Wait()
+		close(signed)
+	}()
+	n := 0
+	storeFailed := false
+	rs := make([]store.OCSPResponse, 0, batch)
+	flush := func() {
+		if len(rs) > 0 && !storeFailed {
+			// With the caller's ctx: after a token fault, what was signed is still stored.
+			if err := s.store(ctx, rs); err != nil {
+				storeFailed = true
+				fail(err)
+			} else {
+				n += len(rs)
+			}
 		}
-		if len(due) == 0 || failed.Load() {
-			return finish(nil)
-		}
-		rs, err := s.sign(ctx, now, due)
-		if err != nil {
-			return finish(err)
-		}
-		pages <- rs
-		if len(due) < batch {
-			return finish(nil)
-		}
-		after = due[len(due)-1].Serial
+		rs = rs[:0]
 	}
+	for resp := range signed {
+		rs = append(rs, resp)
+		if len(rs) == batch {
+			flush()
+		}
+	}
+	flush()
+	mu.Lock()
+	defer mu.Unlock()
+	if first == nil {
+		// The caller's cancellation may have left certificates unsigned: say so.
+		first = ctx.Err()
+	}
+	return n, first
 }
 
-// sign signs the responses of sts with Workers concurrent signatures.
+// window returns the responder to sign with at now and the thisUpdate and nextUpdate of the
+// responses it signs: thisUpdate a minute before now, nextUpdate validity later or at the
+// responder certificate's expiry, whichever comes first.
+func (s *Signer) window(now time.Time, validity time.Duration) (r *ocsp.Responder, this, next time.Time, err error) {
+	r, err = s.Responder(now)
+	if err != nil {
+		return nil, this, next, fmt.Errorf("presign: responder: %w", err)
+	}
+	this = now.Add(-backdate).UTC().Truncate(time.Second)
+	next = this.Add(validity)
+	if na := r.Certificate().NotAfter; next.After(na) {
+		next = na.UTC().Truncate(time.Second)
+	}
+	if next.Sub(this) < MinValidity {
+		return nil, this, next, fmt.Errorf("presign: the responder certificate expires at %s, too soon for a response valid 8 hours: renew it", r.Certificate().NotAfter.UTC().Format(time.RFC3339))
+	}
+	return r, this, next, nil
+}
+
+// signOne signs the response of st.
+func signOne(r *ocsp.Responder, st store.CertStatus, this, next time.Time) (store.OCSPResponse, error) {
+	serial, ok := new(big.Int).SetString(st.Serial, 16)
+	if !ok {
+		return store.OCSPResponse{}, fmt.Errorf("presign: stored serial %q is not hexadecimal", st.Serial)
+	}
+	der, err := r.Sign(ocsp.Status{Serial: serial, Revoked: st.Revoked, RevokedAt: st.RevokedAt,
+		Reason: st.Reason, ThisUpdate: this, NextUpdate: next})
+	if err != nil {
+		return store.OCSPResponse{}, fmt.Errorf("presign: serial %s: %w", st.Serial, err)
+	}
+	reason := 0
+	if st.Revoked {
+		reason = st.Reason
+	}
+	return store.OCSPResponse{Serial: st.Serial, DER: der, ThisUpdate: this, NextUpdate: next,
+		Revoked: st.Revoked, Reason: reason}, nil
+}
+
+// sign signs the responses of sts with Workers concurrent signatures, each taking the next
+// status left.
 func (s *Signer) sign(ctx context.Context, now time.Time, sts []store.CertStatus) ([]store.OCSPResponse, error) {
 	validity, _, _, workers, err := s.settings()
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.Responder(now)
+	r, this, next, err := s.window(now, validity)
 	if err != nil {
-		return nil, fmt.Errorf("presign: responder: %w", err)
-	}
-	this := now.Add(-backdate).UTC().Truncate(time.Second)
-	next := this.Add(validity)
-	if na := r.Certificate().NotAfter; next.After(na) {
-		next = na.UTC().Truncate(time.Second)
-	}
-	if next.Sub(this) < MinValidity {
-		return nil, fmt.Errorf("presign: the responder certificate expires at %s, too soon for a response valid 8 hours: renew it", r.Certificate().NotAfter.UTC().Format(time.RFC3339))
+		return nil, err
 	}
 	out := make([]store.OCSPResponse, len(sts))
 	errs := make([]error, workers)
+	var nextIndex atomic.Int64
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(sts); i += workers {
+			for {
+				i := int(nextIndex.Add(1) - 1)
+				if i >= len(sts) {
+					return
+				}
 				if ctx.Err() != nil {
 					errs[w] = ctx.Err()
 					return
 				}
-				st := sts[i]
-				serial, ok := new(big.Int).SetString(st.Serial, 16)
-				if !ok {
-					errs[w] = fmt.Errorf("presign: stored serial %q is not hexadecimal", st.Serial)
+				if out[i], errs[w] = signOne(r, sts[i], this, next); errs[w] != nil {
+					nextIndex.Store(int64(len(sts)))
 					return
 				}
-				der, err := r.Sign(ocsp.Status{Serial: serial, Revoked: st.Revoked, RevokedAt: st.RevokedAt,
-					Reason: st.Reason, ThisUpdate: this, NextUpdate: next})
-				if err != nil {
-					errs[w] = fmt.Errorf("presign: serial %s: %w", st.Serial, err)
-					return
-				}
-				reason := 0
-				if st.Revoked {
-					reason = st.Reason
-				}
-				out[i] = store.OCSPResponse{Serial: st.Serial, DER: der, ThisUpdate: this, NextUpdate: next,
-					Revoked: st.Revoked, Reason: reason}
 			}
 		}()
 	}

@@ -281,3 +281,76 @@ func TestNextUpdateCappedByResponderCert(t *testing.T) {
 		t.Fatalf("nextUpdate %v after the responder certificate's expiry %v", r.NextUpdate, e.respCert.NotAfter)
 	}
 }
+
+// cancellingSigner cancels the pass after its first ok signatures.
+type cancellingSigner struct {
+	crypto.Signer
+	ok     atomic.Int64
+	cancel context.CancelFunc
+}
+
+func (c *cancellingSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if c.ok.Add(-1) == 0 {
+		c.cancel()
+	}
+	return c.Signer.Sign(r, d, o)
+}
+
+// TestSignDueCancelled: a pass cancelled in the middle says so; what it stored is stored,
+// everything else is still due, and the next pass signs it.
+func TestSignDueCancelled(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ctx, cancel := context.WithCancel(context.Background())
+	cs := &cancellingSigner{Signer: key, cancel: cancel}
+	cs.ok.Store(200)
+	e := newEnv(t, cs, 30*24*time.Hour)
+	e.addCerts(t, 0x6000, 1000)
+	s := e.signer(e.responder)
+	n, err := s.SignDue(ctx)
+	if !errors.Is(err, context.Canceled) || n >= 1000 {
+		t.Fatalf("cancelled SignDue: %d, %v; want fewer than 1000 and context.Canceled", n, err)
+	}
+	if d := e.due(t); d != 1000-n {
+		t.Fatalf("stored %d, %d due: want the rest due", n, d)
+	}
+	m, err := s.SignDue(context.Background())
+	if err != nil || n+m != 1000 || e.due(t) != 0 {
+		t.Fatalf("next pass: %d more, %v, %d due", m, err, e.due(t))
+	}
+}
+
+// faultyStore fails every Update after the first ok ones with a storage fault.
+type faultyStore struct {
+	store.Store
+	ok atomic.Int64
+}
+
+func (f *faultyStore) Update(ctx context.Context, fn func(store.Tx) error) error {
+	if f.ok.Add(-1) < 0 {
+		return fmt.Errorf("disk gone: %w", store.ErrUnavailable)
+	}
+	return f.Store.Update(ctx, fn)
+}
+
+// TestSignDueStorageFault: a storage fault stops the pass with the storage's error; the
+// batches stored before it stay, the rest is due, and the next pass signs it.
+func TestSignDueStorageFault(t *testing.T) {
+	e := newEnv(t, nil, 30*24*time.Hour)
+	e.addCerts(t, 0x7000, 1000)
+	fs := &faultyStore{Store: e.db}
+	fs.ok.Store(3)
+	s := e.signer(e.responder)
+	s.Store = fs
+	n, err := s.SignDue(context.Background())
+	if !errors.Is(err, store.ErrUnavailable) || n != 3*s.Batch {
+		t.Fatalf("SignDue with a failing store: %d, %v; want %d stored and ErrUnavailable", n, err, 3*s.Batch)
+	}
+	if d := e.due(t); d != 1000-n {
+		t.Fatalf("stored %d, %d due: want the rest due", n, d)
+	}
+	fs.ok.Store(1 << 30)
+	m, err := s.SignDue(context.Background())
+	if err != nil || n+m != 1000 || e.due(t) != 0 {
+		t.Fatalf("after the storage came back: %d more, %v, %d due", m, err, e.due(t))
+	}
+}
