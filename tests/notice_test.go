@@ -261,7 +261,22 @@ func TestNoticeBulkAndRecoveryEnds(t *testing.T) {
 	if !strings.Contains(string(cfg), "request_ttl: 24h0m0s") {
 		t.Fatalf("the development configuration has no request_ttl of 24h to shorten:\n%s", cfg)
 	}
-	relay := freePort(t)
+	// The relay is down: its port answers nothing and closes at once (held, so that no other
+	// test's relay takes it meanwhile).
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := down.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	relay := down.Addr().String()
 	cfg = []byte(strings.Replace(string(cfg), "request_ttl: 24h0m0s", "request_ttl: 1m0s", 1) +
 		"notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
@@ -314,6 +329,7 @@ func TestNoticeBulkAndRecoveryEnds(t *testing.T) {
 		t.Errorf("the bulk job queued %d files of one notice each, want batch files", len(files))
 	}
 
+	down.Close()
 	sink := startMailSink(t, relay)
 	got := map[string]sunkMail{}
 	for range 8 {
