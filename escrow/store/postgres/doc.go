@@ -22,6 +22,14 @@
 // database's locale. Text arguments holding a NUL byte or invalid UTF-8, which PostgreSQL's
 // text type cannot store, are refused with [store.ErrInvalid] before they reach the server.
 //
+// # Roles
+//
+// The role that runs the first [Open] (and each upgrade's) creates and migrates the tables and
+// owns them. Nodes may run with a role of their own that has only what [Grants] gives it:
+// reading every table, and writing only as the store does. The audit trail, its checkpoints,
+// recovery sets and approvals are append-only for such a role, so that a node's credentials
+// cannot rewrite what was recorded.
+//
 // # Concurrency
 //
 // A [DB] is safe for concurrent use. [DB.Update] GROUP-COMMITS as SQLite's does: one writer

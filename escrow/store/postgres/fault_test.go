@@ -338,3 +338,52 @@ func TestServerRestart(t *testing.T) {
 	}
 	t.Logf("%d Updates kept under load", len(kept))
 }
+
+// TestNodeRole: a node whose role has only the privileges of Grants, on a database another
+// role migrated, runs the store's statements, and cannot rewrite the audit trail.
+func TestNodeRole(t *testing.T) {
+	srv := pgtest.Start(t)
+	name := srv.CreateDatabase(t)
+	owner := openURL(t, srv.URL(name))
+	owner.Close()
+
+	role := name + "_node"
+	srv.Admin(t, "CREATE ROLE "+role+" LOGIN")
+	t.Cleanup(func() { srv.Admin(t, "DROP ROLE IF EXISTS "+role) })
+	for _, g := range Grants(name, role) {
+		srv.AdminOn(t, name, g)
+	}
+	t.Cleanup(func() { srv.AdminOn(t, name, "DROP OWNED BY "+role) }) // before DROP ROLE
+
+	db := openURL(t, strings.Replace(srv.URL(name), "user=postgres", "user="+role, 1))
+	now := time.Now()
+	der := []byte{0x30, 0x03, 0x02, 0x01, 0x01}
+	err := db.Update(ctx, func(tx store.Tx) error {
+		steps := []error{
+			insertCode("code", "a@example.com")(tx),
+			tx.ClaimCode("code", now),
+			tx.InsertCertificate(store.Certificate{Serial: "1a", Template: "t", Email: "a@example.com", CodeID: "code"}),
+			tx.SetCertificateIssued("1a", der, now, now.Add(time.Hour)),
+			tx.UpsertOCSPResponses([]store.OCSPResponse{{Serial: "1a", DER: der, ThisUpdate: now, NextUpdate: now.Add(time.Hour)}}),
+			tx.RevokeCertificate("1a", store.ReasonSuperseded, now),
+			tx.InsertCRL(store.CRL{Number: 1, ThisUpdate: now, NextUpdate: now.Add(time.Hour), DER: der}),
+			tx.InsertAudit(store.AuditEntry{Seq: 1, At: now, Kind: "test", Actor: "node", Prev: make([]byte, 32), Hash: []byte("h1")}),
+			tx.InsertJob(store.Job{ID: "job", Kind: "import", Template: "t", SubmittedBy: "admin", Input: "in"}),
+			tx.ReserveJobItem("job", 1, "1a", ""),
+			tx.FailJobItem("job", 2, "bad input"),
+			tx.AddApprovalFailure("kra", now, now.Add(-time.Hour)),
+		}
+		if _, err := tx.ReleaseReservedItems("job"); err != nil {
+			steps = append(steps, err)
+		}
+		return errors.Join(steps...)
+	})
+	if err != nil {
+		t.Fatalf("the store's writes as the node's role: %v", err)
+	}
+	for _, q := range []string{"UPDATE audit SET kind = 'forged'", "DELETE FROM audit", "DROP TABLE audit"} {
+		if _, err := db.db.ExecContext(ctx, q); err == nil {
+			t.Errorf("the node's role may %s", q)
+		}
+	}
+}

@@ -3,6 +3,8 @@ package postgres
 import (
 	"github.com/keyarc/keyarc/escrow/store"
 
+	"github.com/jackc/pgx/v5"
+
 	"context"
 	"database/sql"
 	"fmt"
@@ -225,6 +227,31 @@ CREATE TABLE ocsp_responses (
 `,
 }
 
+// grants are the privileges of a node's role on each table: what the store's statements need
+// and no more. The audit trail, its checkpoints, recovery sets and approvals are append-only
+// for a node: it may insert rows but never change or delete one.
+var grants = []struct{ privileges, tables string }{
+	{"SELECT", "keyarc_schema"},
+	{"SELECT, INSERT", "audit, audit_checkpoints, recovery_sets, recovery_set_kras, recovery_records, approvals"},
+	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses"},
+	{"SELECT, INSERT, DELETE", "approval_failures, crls"},
+	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},
+}
+
+// Grants returns the statements that give role what a keyarc node needs on a database whose
+// schema another role owns and migrates: CONNECT on the database, USAGE on the public schema,
+// and on each table only the privileges the store's statements use (see the package
+// documentation). Run them as the owner after the first [Open], and again after an upgrade
+// whose migrations add tables. role is quoted as an identifier.
+func Grants(database, role string) []string {
+	r, d := pgx.Identifier{role}.Sanitize(), pgx.Identifier{database}.Sanitize()
+	out := []string{"GRANT CONNECT ON DATABASE " + d + " TO " + r, "GRANT USAGE ON SCHEMA public TO " + r}
+	for _, g := range grants {
+		out = append(out, "GRANT "+g.privileges+" ON "+g.tables+" TO "+r)
+	}
+	return out
+}
+
 // migrate brings the schema up to date: the missing migrations in order, in one transaction
 // that holds the migration lock, so that nodes starting at once apply each migration once
 // (the second waits for the first, then finds the schema current). The version lives in the
@@ -242,10 +269,17 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, lockMigrate); err != nil {
 		return fmt.Errorf("store: migrate: lock: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS keyarc_schema (
-		one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
-		version BIGINT  NOT NULL)`); err != nil {
+	// Created only when missing: a node's role may not create tables (see Grants).
+	var exists bool
+	if err := tx.QueryRowContext(ctx, `SELECT to_regclass('keyarc_schema') IS NOT NULL`).Scan(&exists); err != nil {
 		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if !exists {
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE keyarc_schema (
+			one     BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+			version BIGINT  NOT NULL)`); err != nil {
+			return fmt.Errorf("store: migrate: %w", err)
+		}
 	}
 	var v int
 	switch err := tx.QueryRowContext(ctx, `SELECT version FROM keyarc_schema`).Scan(&v); err {

@@ -372,10 +372,20 @@ func (s *Server) Admin(tb testing.TB, sql string) {
 	}
 }
 
-func (s *Server) admin(sql string) error {
+// AdminOn is Admin on database name.
+func (s *Server) AdminOn(tb testing.TB, name, sql string) {
+	tb.Helper()
+	if err := s.adminOn(name, sql); err != nil {
+		tb.Fatalf("pgtest: %s: %v", strings.Fields(sql)[0], err)
+	}
+}
+
+func (s *Server) admin(sql string) error { return s.adminOn("postgres", sql) }
+
+func (s *Server) adminOn(name, sql string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := pgconn.Connect(ctx, s.URL("postgres"))
+	c, err := pgconn.Connect(ctx, s.URL(name))
 	if err != nil {
 		return err
 	}
