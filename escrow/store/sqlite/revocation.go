@@ -292,8 +292,8 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 }
 
 // dueProbe bounds the look into ocsp_due_signed that chooses how OCSPDue reads a page: it
-// counts at most max(dueProbe, 4 limit) due certificates.
-const dueProbe = 4096
+// counts at most max(dueProbe, 2 limit) due certificates.
+const dueProbe = 1024
 
 // Reading a page of due certificates, from ocsp_due (migration 9), in one of two ways:
 //
@@ -334,7 +334,7 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		}
 		after = s
 	}
-	probe := max(dueProbe, 4*limit)
+	probe := max(dueProbe, 2*limit)
 	var many int
 	if err := tx.queryRow(op, []any{&many}, dueCount, signedBefore.UnixMicro(), now.UnixMicro(), probe); err != nil {
 		return nil, err
