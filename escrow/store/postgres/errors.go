@@ -39,15 +39,17 @@ func isServerFault(err error) bool {
 	if errors.As(err, &pe) {
 		switch {
 		case strings.HasPrefix(pe.Code, "08"), // connection exception
-			strings.HasPrefix(pe.Code, "53"), // insufficient resources (disk full, out of memory, too many connections)
-			strings.HasPrefix(pe.Code, "57"), // operator intervention (admin shutdown, crash shutdown, cannot connect now)
-			strings.HasPrefix(pe.Code, "58"), // system error (I/O error)
-			strings.HasPrefix(pe.Code, "XX"), // internal error (data corrupted)
-			pe.Code == "40001",               // serialization_failure
-			pe.Code == "40P01",               // deadlock_detected
-			pe.Code == "55P03",               // lock_not_available
-			pe.Code == "25006",               // read_only_sql_transaction (a hot standby)
-			pe.Code == "25P02":               // in_failed_sql_transaction: an earlier fault aborted it
+			strings.HasPrefix(pe.Code, "53"),               // insufficient resources (disk full, out of memory, too many connections)
+			strings.HasPrefix(pe.Code, "57"),               // operator intervention (admin shutdown, crash shutdown, cannot connect now)
+			strings.HasPrefix(pe.Code, "58"),               // system error (I/O error)
+			strings.HasPrefix(pe.Code, "XX"),               // internal error (data corrupted)
+			pe.Code == "40001",                             // serialization_failure
+			pe.Code == "40P01",                             // deadlock_detected
+			pe.Code == "55P03",                             // lock_not_available
+			pe.Code == "25006",                             // read_only_sql_transaction (a hot standby)
+			pe.Code == "25P02",                             // in_failed_sql_transaction: an earlier fault aborted it
+			pe.Code == "25P03",                             // idle_in_transaction_session_timeout: the server ended the session
+			pe.Severity == "FATAL", pe.Severity == "PANIC": // the server ended the session
 			return true
 		}
 		return false

@@ -242,6 +242,8 @@ func TestClassify(t *testing.T) {
 		{"40001", store.ErrUnavailable}, // serialization_failure
 		{"40P01", store.ErrUnavailable}, // deadlock_detected
 		{"58030", store.ErrUnavailable}, // io_error
+		{"25P03", store.ErrUnavailable}, // idle_in_transaction_session_timeout
+		{"55P03", store.ErrUnavailable}, // lock_not_available (lock_timeout)
 		{"23505", store.ErrConflict},
 		{"23503", store.ErrNotFound},
 		{"23514", store.ErrInvalid},
@@ -385,5 +387,53 @@ func TestNodeRole(t *testing.T) {
 		if _, err := db.db.ExecContext(ctx, q); err == nil {
 			t.Errorf("the node's role may %s", q)
 		}
+	}
+}
+
+// TestPausedNode: a node paused inside its write transaction (kill -STOP) holds the writer
+// lock only until the server ends its idle transaction; the other node then writes, and the
+// paused one, once it wakes, fails with ErrUnavailable and stores nothing of its group.
+func TestPausedNode(t *testing.T) {
+	defer func(d time.Duration) { writerIdleTimeout = d }(writerIdleTimeout)
+	writerIdleTimeout = 500 * time.Millisecond
+	srv := pgtest.Start(t)
+	a, url := openTest(t, srv)
+	b := openURL(t, url)
+
+	paused, wake := make(chan struct{}), make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- a.Update(ctx, func(tx store.Tx) error {
+			if err := insertCode("paused", "a@example.com")(tx); err != nil {
+				return err
+			}
+			close(paused)
+			<-wake // the node sleeps with the writer lock
+			return insertCode("paused-2", "a@example.com")(tx)
+		})
+	}()
+	<-paused
+	if err := b.Update(ctx, insertCode("other", "b@example.com")); err != nil {
+		t.Fatalf("the other node's write while the first is paused: %v", err)
+	}
+	close(wake)
+	if err := <-errc; !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("the paused node's write: %v, want ErrUnavailable", err)
+	}
+	err := b.View(ctx, func(tx store.Tx) error {
+		for _, id := range []string{"paused", "paused-2"} {
+			if _, err := tx.GetCode(id); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("code %s of the paused node: %v, want ErrNotFound", id, err)
+			}
+		}
+		_, err := tx.GetCode("other")
+		return err
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	// The paused node goes on with a new connection.
+	if err := a.Update(ctx, insertCode("again", "a@example.com")); err != nil {
+		t.Errorf("the first node after it woke: %v", err)
 	}
 }

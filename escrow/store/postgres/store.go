@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -17,6 +18,18 @@ import (
 
 // MaxBatch bounds the number of Update functions group-committed in one transaction.
 const MaxBatch = 256
+
+// Timeouts of the writer's session, so that one node cannot stop the others' writes by
+// holding the writer lock: a transaction left idle longer than writerIdleTimeout (its node
+// paused, or stuck between two statements) is ended by the server, which releases the lock,
+// and the paused node finds its connection gone when it wakes (its group fails with
+// ErrUnavailable, nothing of it stored); and a writer that waits longer than
+// writerLockTimeout for the lock gives up with ErrUnavailable instead of hanging. Variables
+// for the tests.
+var (
+	writerIdleTimeout = 10 * time.Second
+	writerLockTimeout = time.Minute
+)
 
 // Request states, owned by the writer goroutine once claimed.
 const (
@@ -325,6 +338,11 @@ func (db *DB) begin() error {
 			return err
 		}
 		db.wconn = c
+		if err := db.exec(fmt.Sprintf("SET idle_in_transaction_session_timeout = %d; SET lock_timeout = %d",
+			writerIdleTimeout.Milliseconds(), writerLockTimeout.Milliseconds())); err != nil {
+			db.dropConn()
+			return err
+		}
 	}
 	db.head, db.sp = auditHead{}, savepoints{}
 	// One round trip: the simple protocol takes both statements (the key is our constant).
