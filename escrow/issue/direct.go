@@ -35,11 +35,12 @@ type DirectRequest struct {
 }
 
 // IssueDirect issues a certificate that archives nothing in one durable step: the CA signs,
-// then one transaction claims the code, stores the certificate and its audit entry. With no
-// escrow record to commit first, a reservation would only cost an fsync. A spent or expired
-// code is refused before anything is signed (the claim settles races). If the transaction
-// fails (the code was used meanwhile, the disk is full), no certificate is returned and the
-// signed one is kept on record as failed: a CA keeps every certificate it signs.
+// then one transaction claims the code, stores the certificate and its audit entry
+// ([Pipeline.IssueSigned] with the request and row the template makes). With no escrow record
+// to commit first, a reservation would only cost an fsync. A spent or expired code is refused
+// before anything is signed (the claim settles races). If the transaction fails (the code was
+// used meanwhile, the disk is full), no certificate is returned and the signed one is kept on
+// record as failed: a CA keeps every certificate it signs.
 //
 // # Errors
 //
@@ -55,10 +56,6 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 	if r.Subject != nil {
 		subject = *r.Subject
 	}
-	row := store.Certificate{
-		Serial: store.FormatSerial(r.Serial), Template: t.Name, Email: r.Mailbox, Subject: subject.String(),
-		State: store.StatePending, CreatedAt: now, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA,
-	}
 	req := ca.Request{
 		Serial:             r.Serial,
 		PublicKey:          r.Pub,
@@ -73,10 +70,53 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 	if r.Mailbox != "" {
 		req.EmailAddresses = []string{r.Mailbox}
 	}
-	if r.CodeID != "" {
+	return p.IssueSigned(ctx, SignedRequest{
+		CA:      req,
+		Row:     store.Certificate{Template: t.Name, Email: r.Mailbox, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA},
+		Kind:    audit.KindEnroll,
+		Actor:   r.Actor,
+		Details: audit.Details{Template: t.Name, Mailbox: r.Mailbox, Role: r.Role, KRA: r.KRA, Fingerprint: []string{r.Fingerprint}},
+	})
+}
+
+// SignedRequest is one certificate signed and stored in one durable step, with no escrow
+// record: what the CA signs, the row that keeps it and the audit entry that records it. It
+// serves certificates that no template describes (the appliance's own) as well as
+// [Pipeline.IssueDirect].
+type SignedRequest struct {
+	// CA is what the CA signs; its Serial and NotBefore are required.
+	CA ca.Request
+	// Row is the certificate's row; its Template is required. Serial, Subject, State, DER,
+	// NotBefore, NotAfter and CreatedAt are set from CA and the signed certificate. A CodeID
+	// is claimed in the same transaction (and checked before anything is signed).
+	Row store.Certificate
+	// Kind, Actor and Details make the audit entry; Details' Serial and NotAfter are set from
+	// the signed certificate. Its subject is the row's mailbox, else the certificate's subject.
+	Kind    audit.Kind
+	Actor   string
+	Details audit.Details
+}
+
+// IssueSigned has the CA sign r.CA, then stores the certificate as issued with its audit entry
+// (and claims r.Row.CodeID) in one transaction. If that transaction fails, no certificate is
+// returned and the signed one is kept on record as failed.
+//
+// # Errors
+//
+// [ErrInvalid] (no serial, no NotBefore, no template, no audit kind), [store.ErrCodeUsed],
+// [store.ErrCodeExpired], [store.ErrNotFound] (no such code), the CA's [ca.ErrLint], or a
+// storage error wrapping [store.ErrUnavailable].
+func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, error) {
+	req, row := r.CA, r.Row
+	if req.Serial == nil || req.NotBefore.IsZero() || row.Template == "" || r.Kind == "" {
+		return Result{}, fmt.Errorf("%w: incomplete issuance", ErrInvalid)
+	}
+	row.Serial, row.Subject, row.State = store.FormatSerial(req.Serial), req.Subject.String(), store.StatePending
+	row.CreatedAt = p.now()
+	if row.CodeID != "" {
 		// Sign nothing for a code that is already spent; the claim below settles races.
 		if err := p.Store.View(ctx, func(tx store.Tx) error {
-			c, err := tx.GetCode(r.CodeID)
+			c, err := tx.GetCode(row.CodeID)
 			switch {
 			case err != nil:
 				return err
@@ -95,19 +135,19 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 		return Result{}, fmt.Errorf("issue: issue certificate: %w", err)
 	}
 	row.State, row.DER, row.NotBefore, row.NotAfter = store.StateIssued, cert.Raw, cert.NotBefore, cert.NotAfter
+	d := r.Details
+	d.Serial, d.NotAfter = row.Serial, cert.NotAfter.UTC().Format(time.RFC3339)
 	ctx = context.WithoutCancel(ctx)
 	err = p.Store.Update(ctx, func(tx store.Tx) error {
-		if r.CodeID != "" {
-			if err := tx.ClaimCode(r.CodeID, req.NotBefore); err != nil {
+		if row.CodeID != "" {
+			if err := tx.ClaimCode(row.CodeID, req.NotBefore); err != nil {
 				return err
 			}
 		}
 		if err := tx.InsertCertificate(row); err != nil {
 			return err
 		}
-		d := audit.Details{Template: t.Name, Serial: row.Serial, Mailbox: row.Email, Role: r.Role, KRA: r.KRA,
-			NotAfter: cert.NotAfter.UTC().Format(time.RFC3339), Fingerprint: []string{r.Fingerprint}}
-		return p.Audit(tx, audit.KindEnroll, actorOr(r.Actor), subjectOr(row.Email, subject.String()), d)
+		return p.Audit(tx, r.Kind, actorOr(r.Actor), subjectOr(row.Email, row.Subject), d)
 	})
 	if err != nil {
 		p.keepFailed(ctx, row)
