@@ -150,6 +150,14 @@ func TestConnectionsKilled(t *testing.T) {
 	}
 	name := dbName(t, url)
 	srv.Admin(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '"+name+"'")
+	// The writer finds its connection dead when it begins, before any function ran: it takes
+	// another at once, and the caller sees nothing of it; so does a View.
+	if err := db.Update(ctx, insertCode("first-after", "a@example.com")); err != nil {
+		t.Errorf("the first Update after the connections were killed: %v", err)
+	}
+	if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("first-after"); return err }); err != nil {
+		t.Errorf("the first View after the connections were killed: %v", err)
+	}
 
 	for i, call := range []struct {
 		name string

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -229,7 +230,13 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if db.viewClosed {
 		return store.ErrClosed
 	}
-	sqlTx, err := db.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	opts := &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+	sqlTx, err := db.db.BeginTx(ctx, opts)
+	if err != nil && isServerFault(err) && ctx.Err() == nil {
+		// The pool's connections died (a server restart): fn has not run, dial afresh.
+		db.pool.Reset()
+		sqlTx, err = db.db.BeginTx(ctx, opts)
+	}
 	if err != nil {
 		return fmt.Errorf("store: view: %w", err)
 	}
@@ -329,28 +336,45 @@ func (db *DB) txStatus() byte {
 }
 
 // begin starts the writer's transaction, on a new connection if it has none, and takes the
-// database's writer lock.
+// database's writer lock. A connection kept from an earlier batch may have died meanwhile (a
+// server restart, a connection an administrator or the network ended): BEGIN then fails
+// before any function ran, and begin tries once more on a new connection.
 func (db *DB) begin() error {
 	ctx := context.Background()
-	if db.wconn == nil {
-		c, err := db.db.Conn(ctx)
-		if err != nil {
-			return err
-		}
-		db.wconn = c
-		if err := db.exec(fmt.Sprintf("SET idle_in_transaction_session_timeout = %d; SET lock_timeout = %d",
-			writerIdleTimeout.Milliseconds(), writerLockTimeout.Milliseconds())); err != nil {
-			db.dropConn()
-			return err
-		}
-	}
 	db.head, db.sp = auditHead{}, savepoints{}
-	// One round trip: the simple protocol takes both statements (the key is our constant).
-	if err := db.exec(fmt.Sprintf("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d)", lockWriter)); err != nil {
+	for try := 0; ; try++ {
+		reused := db.wconn != nil
+		if !reused {
+			c, err := db.db.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			db.wconn = c
+			if err := db.exec(fmt.Sprintf("SET idle_in_transaction_session_timeout = %d; SET lock_timeout = %d",
+				writerIdleTimeout.Milliseconds(), writerLockTimeout.Milliseconds())); err != nil {
+				db.dropConn()
+				return err
+			}
+		}
+		// One round trip: the simple protocol takes both statements (the key is our constant).
+		err := db.exec(fmt.Sprintf("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d)", lockWriter))
+		if err == nil {
+			return nil
+		}
 		db.dropConn()
-		return err
+		if !reused || try > 0 || !isServerFault(err) || isLockTimeout(err) {
+			return err
+		}
+		// The pool's idle connections most likely died with this one: dial afresh.
+		db.pool.Reset()
 	}
-	return nil
+}
+
+// isLockTimeout reports whether err is the server's lock_timeout: the writer lock is held
+// elsewhere, and trying again at once would wait as long again.
+func isLockTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03"
 }
 
 // commit commits the writer's transaction. PostgreSQL answers a COMMIT of a failed
