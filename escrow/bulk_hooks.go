@@ -53,6 +53,15 @@ func (s *Service) NotifyEscrowed(keys []EscrowedKey) {
 	s.notifyAll(es)
 }
 
+// FlushNotices says that a bulk job has ended: the notices it queued by batches
+// ([Service.NotifyEscrowed]) may be sent now, one per mailbox, rather than after a quiet
+// period. It returns at once.
+func (s *Service) FlushNotices() {
+	if s.NotifyFlush != nil {
+		s.NotifyFlush()
+	}
+}
+
 // SealedRecord is an escrow record sealed for a serial, ready to be committed. Its Fingerprint
 // is the key's [PublicKeyFingerprint], for the audit entry (computed when sealing, outside the
 // store's writer).

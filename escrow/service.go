@@ -123,6 +123,10 @@ type Service struct {
 	// Notifier queues them as one file, with one fsync. Unset, they go to Notify one by one.
 	// The same rules as Notify apply.
 	NotifyBatch func([]notice.Event)
+	// NotifyFlush, when set, is called when a bulk job has ended ([Service.FlushNotices]): the
+	// batches it queued may be sent now, merged per mailbox (escrow/notice's Notifier.Flush).
+	// It must return at once.
+	NotifyFlush func()
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests

@@ -41,8 +41,10 @@
 //
 // After each batch's commit returns, the subscribers of the items that committed are told their
 // keys are escrowed ([escrow.Service.NotifyEscrowed]: one notice per mailbox, one queue file for
-// the batch); failed, refused or retaken items tell nobody. A queue or relay that fails is the
-// notifier's to count and log: it never pauses nor fails the job.
+// the batch); failed, refused or retaken items tell nobody. When the job is done,
+// [escrow.Service.FlushNotices] lets the notifier send them, merged into one mail per mailbox.
+// A queue or relay that fails is the notifier's to count and log: it never pauses nor fails the
+// job.
 //
 // # Crash and resume
 //

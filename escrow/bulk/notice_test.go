@@ -101,7 +101,9 @@ func (s *sink) waitMessages(tb testing.TB, n int) []string {
 }
 
 // withNotices gives env's service a Notifier whose queue is in dir and whose relay is addr, and
-// runs its sender until the test ends (or the returned stop).
+// runs its sender until the test ends (or the returned stop). Its batches are sent only when a
+// job ends (Flush), never for a quiet period: whatever the batches and their timing, a job's
+// mailbox gets one message.
 func withNotices(tb testing.TB, env *testEnv, dir, addr string) (*notice.Notifier, func()) {
 	tb.Helper()
 	q, err := notice.OpenQueue(dir)
@@ -109,8 +111,8 @@ func withNotices(tb testing.TB, env *testEnv, dir, addr string) (*notice.Notifie
 		tb.Fatal(err)
 	}
 	n := &notice.Notifier{Queue: q, Sender: &notice.SMTP{Addr: addr, Timeout: 2 * time.Second}, From: "pki@example.org",
-		BatchQuiet: 200 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
-	env.svc.Notify, env.svc.NotifyBatch = n.Notify, n.NotifyBatch
+		BatchQuiet: time.Hour, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	env.svc.Notify, env.svc.NotifyBatch, env.svc.NotifyFlush = n.Notify, n.NotifyBatch, n.Flush
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); n.Run(ctx) }()

@@ -109,6 +109,8 @@ func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 			switch cause := m.faultOf(err); {
 			case err == nil:
 				r.resumed()
+				// Every batch of the job has queued its notices: they may go, one per mailbox.
+				m.Service.FlushNotices()
 				log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
 					"seconds", time.Since(p.start).Round(time.Millisecond).Seconds())
 				return nil

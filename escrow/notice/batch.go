@@ -339,7 +339,7 @@ type merged struct {
 	msgID string
 }
 
-// passBatches sends the queued batches, if they are due (see [Notifier.BatchQuiet]): their
+// passBatches sends the queued batches that are due (see [Notifier.BatchQuiet]): their
 // events not yet done are merged into one message per mailbox (and kind and request) listing
 // all its serials, oldest first. Each message the relay accepts, or refuses for good (kept in
 // the rejected folder), marks its events done in their batches' progress files; a batch whose
@@ -359,7 +359,16 @@ func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry) tim
 	quiet, hold := n.batchQuiet(), n.batchHold()
 	sinceNewest, sinceOldest := now.Sub(queuedAt(ids[len(ids)-1])), now.Sub(queuedAt(ids[0]))
 	if sinceNewest < quiet && sinceOldest < hold {
-		return min(quiet-sinceNewest, hold-sinceOldest)
+		// Only the batches a Flush made due, if any.
+		flushed := time.Unix(0, n.flushAt.Load())
+		k := 0
+		for k < len(ids) && !queuedAt(ids[k]).After(flushed) {
+			k++
+		}
+		if k == 0 {
+			return min(quiet-sinceNewest, hold-sinceOldest)
+		}
+		ids = ids[:k]
 	}
 	var order []*merged
 	byKey := map[string]*merged{}

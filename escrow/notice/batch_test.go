@@ -303,3 +303,41 @@ func BenchmarkSendBatch(b *testing.B) {
 	<-done
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "messages/s")
 }
+
+// TestBatchFlush: with a quiet period that never ends, batches wait until Flush (the job ended);
+// then those queued before it go, merged per mailbox, and a batch queued after it waits for the
+// next Flush.
+func TestBatchFlush(t *testing.T) {
+	q, err := OpenQueue(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeSender{accepted: make(chan struct{}, 8)}
+	n := &Notifier{Queue: q, Sender: f, From: "pki@example.org", BatchQuiet: time.Hour}
+	run(t, n)
+	n.NotifyBatch(escrowedBatch(map[string][]string{"a@example.org": {"01"}, "b@example.org": {"02"}}, "a@example.org", "b@example.org"))
+	n.NotifyBatch(escrowedBatch(map[string][]string{"a@example.org": {"03"}}, "a@example.org"))
+	select {
+	case <-f.accepted:
+		t.Fatal("a batch was sent before the flush, within the quiet period")
+	case <-time.After(200 * time.Millisecond):
+	}
+	n.Flush()
+	waitFor(t, f.accepted)
+	waitFor(t, f.accepted)
+	waitQueue(t, q, n, 0, 2)
+	n.NotifyBatch(escrowedBatch(map[string][]string{"c@example.org": {"04"}}, "c@example.org"))
+	select {
+	case <-f.accepted:
+		t.Fatal("a batch queued after the flush was sent without another")
+	case <-time.After(200 * time.Millisecond):
+	}
+	f.set(func(f *fakeSender) {
+		if len(f.got) != 2 || !strings.Contains(f.got[0]+f.got[1], "certificates (serials 01, 03)") {
+			t.Errorf("sent %d messages, want a@ with both serials and b@:\n%v", len(f.got), f.got)
+		}
+	})
+	n.Flush()
+	waitFor(t, f.accepted)
+	waitQueue(t, q, n, 0, 3)
+}

@@ -13,8 +13,9 @@
 //
 // A bulk job escrows thousands of keys: it queues the notices of each committed batch as one
 // file ([Notifier.NotifyBatch], [Queue.PutBatch]: one fsync for the batch). The sender waits
-// until no batch was queued for a few seconds (or the oldest has waited 10 minutes), then merges
-// the events of every queued batch into one message per mailbox, listing its serials. Each
+// until the job ends ([Notifier.Flush]), or no batch was queued for a few seconds, or the oldest
+// has waited 10 minutes, then merges the events of the batches due into one message per
+// mailbox, listing its serials. Each
 // message accepted marks its events done in the batches' progress files (appended, synced at
 // the end of each pass); a batch whose events are all done is removed.
 //

@@ -38,13 +38,15 @@ type Notifier struct {
 	// MinBackoff and MaxBackoff bound the wait before a notice is tried again (defaults
 	// [DefaultMinBackoff], [DefaultMaxBackoff]).
 	MinBackoff, MaxBackoff time.Duration
-	// BatchQuiet and BatchHold say when queued batches ([Notifier.NotifyBatch]) are sent: once
-	// no batch was queued for BatchQuiet, or once the oldest has waited BatchHold (defaults
-	// [DefaultBatchQuiet], [DefaultBatchHold]). Waiting lets the batches of one bulk job merge:
-	// a mailbox gets one message listing all its serials, not one per committed batch.
+	// BatchQuiet and BatchHold say when queued batches ([Notifier.NotifyBatch]) are sent: when
+	// [Notifier.Flush] is called (a bulk job has ended), once no batch was queued for
+	// BatchQuiet, or once the oldest has waited BatchHold (defaults [DefaultBatchQuiet],
+	// [DefaultBatchHold]). Waiting lets the batches of one bulk job merge: a mailbox gets one
+	// message listing all its serials, not one per committed batch.
 	BatchQuiet, BatchHold time.Duration
 
 	sent, failures, dropped atomic.Uint64
+	flushAt                 atomic.Int64 // batches queued at or before this (Unix ns) are due
 	wakeOnce                sync.Once
 	wake                    chan struct{}
 	started                 atomic.Bool
@@ -107,6 +109,17 @@ func (n *Notifier) NotifyBatch(es []Event) {
 		return
 	}
 	n.log().Debug("subscriber notices queued", "batch", id, "notices", len(es))
+	select {
+	case n.wakeCh() <- struct{}{}:
+	default:
+	}
+}
+
+// Flush makes the batches queued so far due at once, without waiting for
+// [Notifier.BatchQuiet]: the bulk job that queued them has ended, so no later batch of it will
+// merge with them. It returns at once.
+func (n *Notifier) Flush() {
+	n.flushAt.Store(time.Now().UnixNano())
 	select {
 	case n.wakeCh() <- struct{}{}:
 	default:
