@@ -66,7 +66,7 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 	if err := n.Register(reg); err != nil {
 		return fmt.Errorf("register notice metrics: %w", err)
 	}
-	p.Service.Notify, p.Service.NotifyBatch = n.Notify, n.NotifyBatch
+	p.Service.Notify, p.Service.NotifyBatch, p.Service.NotifyFlush = n.Notify, n.NotifyBatch, n.Flush
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); n.Run(ctx) }()
