@@ -13,10 +13,9 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/api"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
-	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ocsp"
 	"github.com/keyarc/keyarc/escrow/ocsp/presign"
-	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
 )
 
@@ -54,10 +53,13 @@ func (o *ocspService) Close() error {
 // openOCSP makes the responder key in the token if it is missing (a state folder made before
 // OCSP existed), issues DIR/ocsp.pem if it is missing or within 8 days of expiry, pins the
 // key, registers the OCSP metrics, and starts the pre-signer, which renews the responder
-// certificate as it runs. Called by openAppliance after the token, the issuer and the store
+// certificate as it runs. svc issues (and stores) the responder certificates; its CA and store
+// are the responder's. Called by openAppliance after the token, the issuer and the store
 // are open; Close the result before the store and the token.
-func openOCSP(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, db store.Store, log *slog.Logger, reg prometheus.Registerer) (*ocspService, error) {
-	signer, cert, err := statedir.EnsureOCSPResponder(cfg, tok, issuer, time.Now(), nil)
+func openOCSP(cfg *config.Config, tok *hsm.Token, svc *escrow.Service, log *slog.Logger, reg prometheus.Registerer) (*ocspService, error) {
+	issuer, db := svc.Issuer, svc.Store
+	ctx := escrow.WithActor(context.Background(), "system")
+	signer, cert, err := statedir.EnsureOCSPResponder(ctx, cfg, tok, svc, time.Now(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +85,7 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, db store.St
 	responder := func(now time.Time) (*ocsp.Responder, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		c, err := statedir.RenewOCSPCert(cfg, signer, issuer, current.Certificate(), now, nil)
+		c, err := statedir.RenewOCSPCert(ctx, cfg, signer, svc, current.Certificate(), now, nil)
 		if err != nil {
 			// The old certificate still signs until it is too close to expiry (presign
 			// refuses below 8 hours); the next pass tries again.

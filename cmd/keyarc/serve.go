@@ -151,16 +151,12 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.DatabaseName(), err)
 	}
 	p.Metrics = api.NewMetrics(reg, version)
-	ocspSvc, err := openOCSP(cfg, tok, p.Issuer, p.DB, log, reg)
-	if err != nil {
-		return nil, fmt.Errorf("OCSP: %w", err)
-	}
-	// The OCSP pre-signer stops before the store and the token close.
-	p.Stop = func() { ocspSvc.Close() }
-	p.OCSP = ocspSvc.Handler
 	// CRLs: published a few seconds after each revocation, daily, and at start when the
 	// newest is older than a day; served from the store by the public listener.
 	p.CRL = &escrow.CRLPublisher{Store: p.DB, Issuer: p.Issuer, Logger: log, Metrics: p.Metrics}
+	// The OCSP service starts once the Service that issues its responder certificates is
+	// made; the Service's hooks call it only after the appliance serves.
+	var ocspSvc *ocspService
 	p.Service = &escrow.Service{
 		Store:     p.DB,
 		Issuer:    p.Issuer,
@@ -182,6 +178,12 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		// pre-signer's next pass.
 		Certified: func(serial string) { ocspSvc.Revoked([]string{serial}) },
 	}
+	if ocspSvc, err = openOCSP(cfg, tok, p.Service, log, reg); err != nil {
+		return nil, fmt.Errorf("OCSP: %w", err)
+	}
+	// The OCSP pre-signer stops before the store and the token close.
+	p.Stop = func() { ocspSvc.Close() }
+	p.OCSP = ocspSvc.Handler
 	// Subscriber notices: sets p.Service.Notify and starts the mail sender (notice.go).
 	if err := openNotices(cfg, log, reg, &p); err != nil {
 		return nil, fmt.Errorf("notices: %w", err)

@@ -49,7 +49,8 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	if err := a.cfg.Audit.Validate(); err != nil {
 		return err
 	}
-	signer, err := statedir.EnsureAuditCertificate(a.cfg, a.tok, issuer, nil)
+	// A missing audit.pem is issued by the Service, so it is on record like any other.
+	signer, err := statedir.EnsureAuditCertificate(escrow.WithActor(context.Background(), "system"), a.cfg, a.tok, a.svc, nil)
 	if err != nil {
 		return err
 	}

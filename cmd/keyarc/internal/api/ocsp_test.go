@@ -31,6 +31,7 @@ import (
 	xocsp "golang.org/x/crypto/ocsp"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
+	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/ocsp"
 	"github.com/keyarc/keyarc/escrow/ocsp/presign"
@@ -78,7 +79,14 @@ func newOCSPEnv(tb testing.TB) *ocspEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	respCert, err := statedir.IssueOCSPCert(issuer, respKey.Public(), time.Now())
+	// The responder certificate is issued as the appliance issues it, and kept on a record of
+	// its own: the store under test holds only the test's certificates.
+	scratch, err := sqlite.Open(filepath.Join(tb.TempDir(), "responder.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { scratch.Close() })
+	respCert, err := statedir.IssueOCSPCert(context.Background(), &escrow.Service{Store: scratch, Issuer: issuer}, respKey.Public(), time.Now())
 	if err != nil {
 		tb.Fatalf("the CA refuses the responder certificate: %v", err)
 	}

@@ -70,6 +70,9 @@ func RunInit(args []string) error {
 	if strings.TrimSpace(*org) == "" || len(*org) > 64 {
 		return cmdline.UsageError{Msg: "init: --org: give the organisation name of the CA, 1 to 64 characters"}
 	}
+	if len(splitList(*dnsNames)) == 0 {
+		return cmdline.UsageError{Msg: "init: --tls-names: give at least one DNS name for the appliance's TLS certificate"}
+	}
 	if *dev == (*tokenURI != "") {
 		return cmdline.UsageError{Msg: "init: give either --dev (SoftHSM development tokens) or --token URI (a real token)"}
 	}
@@ -188,6 +191,19 @@ func RunInit(args []string) error {
 		return fmt.Errorf("%s: %w", caPath, err)
 	}
 
+	// The archive opens before the appliance's own certificates are issued: each is stored,
+	// with its audit entry, before its file is written, so that the appliance answers for it
+	// (OCSP, CRL, revocation) like for any other. If init stops in between, the file is
+	// missing and the next run issues another (the first stays on record).
+	db, err := statedir.OpenDatabase(cfg)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	say("ready    %s", cfg.DatabaseName())
+	svc := &escrow.Service{Store: db, Issuer: issuer}
+	ctx := escrow.WithActor(context.Background(), "keyarc init")
+
 	// The transport certificate: clients encrypt their private keys to it.
 	trPath := cfg.Path(cfg.Transport.Certificate)
 	if !pemfile.Exists(trPath) {
@@ -195,29 +211,29 @@ func RunInit(args []string) error {
 		if err != nil {
 			return err
 		}
-		cert, err := issuer.Issue(ca.Request{
+		issued, err := svc.IssueAppliance(ctx, escrow.ApplianceRequest{
+			Purpose:   escrow.ApplianceTransport,
 			PublicKey: dec.Public(),
 			Subject:   pkix.Name{CommonName: *caName + " key transport", Organization: subject.Organization},
 			KeyUsage:  x509.KeyUsageKeyEncipherment,
-			NotBefore: time.Now().Add(-time.Minute),
 			Validity:  transportValidity,
 		})
 		if err != nil {
 			return fmt.Errorf("issue transport certificate: %w", err)
 		}
-		if err := pemfile.Write(trPath, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+		if err := pemfile.Write(trPath, "CERTIFICATE", issued.Certificate.Raw, 0o644); err != nil {
 			return err
 		}
-		say("created  %s", trPath)
+		say("created  %s (serial %s)", trPath, issued.Serial)
 	} else {
 		say("exists   %s", trPath)
 	}
 
-	if _, err := statedir.EnsureAuditCertificate(cfg, tok, issuer, say); err != nil {
+	if _, err := statedir.EnsureAuditCertificate(ctx, cfg, tok, svc, say); err != nil {
 		return err
 	}
 	// The delegated OCSP responder: its key in the token and its short-lived certificate.
-	if _, _, err := statedir.EnsureOCSPResponder(cfg, tok, issuer, time.Now(), say); err != nil {
+	if _, _, err := statedir.EnsureOCSPResponder(ctx, cfg, tok, svc, time.Now(), say); err != nil {
 		return err
 	}
 
@@ -225,26 +241,21 @@ func RunInit(args []string) error {
 	// answering (with 503) while the token is unreachable.
 	tlsCert, tlsKey := cfg.Path(cfg.TLS.Certificate), cfg.Path(cfg.TLS.Key)
 	if !pemfile.Exists(tlsCert) || !pemfile.Exists(tlsKey) {
-		if err := makeTLS(issuer, tlsCert, tlsKey, splitList(*dnsNames)); err != nil {
+		serial, err := makeTLS(ctx, svc, tlsCert, tlsKey, splitList(*dnsNames))
+		if err != nil {
 			return err
 		}
-		say("created  %s, %s", tlsCert, tlsKey)
+		say("created  %s, %s (serial %s)", tlsCert, tlsKey, serial)
 	} else {
 		say("exists   %s", tlsCert)
 	}
 
-	db, err := statedir.OpenDatabase(cfg)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	say("ready    %s", cfg.DatabaseName())
 	if *dev {
 		templates, err := policy.Templates(cfg.Templates)
 		if err != nil {
 			return err
 		}
-		svc := &escrow.Service{Store: db, Issuer: issuer, Templates: templates}
+		svc.Templates = templates
 		if err := bootstrapDev(cfg, svc, say); err != nil {
 			return err
 		}
@@ -283,33 +294,36 @@ func provisionDev(dir string, say func(string, ...any)) (uri, conf string, err e
 	return config.TokenURI(app.Label, in.Module, app.PINFile), in.ConfPath, nil
 }
 
-func makeTLS(issuer *ca.Issuer, certPath, keyPath string, names []string) error {
+// makeTLS makes the appliance's TLS key (P-256, in a file) and has svc issue and record its
+// certificate, then writes the key and the certificate; it returns the certificate's serial.
+func makeTLS(ctx context.Context, svc *escrow.Service, certPath, keyPath string, names []string) (string, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return "", err
 	}
-	cert, err := issuer.Issue(ca.Request{
+	issued, err := svc.IssueAppliance(ctx, escrow.ApplianceRequest{
+		Purpose:     escrow.ApplianceTLS,
 		PublicKey:   key.Public(),
 		Subject:     pkix.Name{CommonName: names[0]},
 		DNSNames:    names,
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		NotBefore:   time.Now().Add(-time.Minute),
 		Validity:    tlsValidity,
 	})
 	if err != nil {
-		return fmt.Errorf("issue TLS certificate: %w", err)
+		return "", fmt.Errorf("issue TLS certificate: %w", err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := pemfile.Write(keyPath, "PRIVATE KEY", der, 0o600); err != nil {
-		return err
-	}
+	err = pemfile.Write(keyPath, "PRIVATE KEY", der, 0o600)
 	clear(der)
-	return pemfile.Write(certPath, "CERTIFICATE", cert.Raw, 0o644)
+	if err != nil {
+		return "", err
+	}
+	return issued.Serial, pemfile.Write(certPath, "CERTIFICATE", issued.Certificate.Raw, 0o644)
 }
 
 // Defaults of the CA subject: lints (and people) expect an organisation and a country in a

@@ -1,6 +1,7 @@
 package statedir
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -11,7 +12,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
-	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/hsm"
 )
 
@@ -56,20 +57,20 @@ func EnsureOCSPKey(tok *hsm.Token, say func(string, ...any)) (crypto.Signer, err
 	return s, nil
 }
 
-// IssueOCSPCert issues a responder certificate for pub, valid from a minute before now for
-// [OCSPCertValidity] (or until the CA expires, if sooner): digitalSignature, OCSPSigning.
-//
-// The S/MIME BR (§4.9.9) also ask for id-pkix-ocsp-nocheck, which [ca.Request] cannot carry
-// yet; clients do not check a responder certificate's revocation by default.
+// IssueOCSPCert issues a responder certificate for pub through svc
+// ([escrow.Service.IssueAppliance], so it is on record like any other), valid from a minute
+// before now for [OCSPCertValidity] (or until the CA expires, if sooner): digitalSignature,
+// OCSPSigning and id-pkix-ocsp-nocheck (S/MIME BR 4.9.9).
 //
 // # Errors
 //
-// Those of [ca.Issuer.Issue] (ca.ErrLint, a token error), wrapped.
-func IssueOCSPCert(issuer *ca.Issuer, pub crypto.PublicKey, now time.Time) (*x509.Certificate, error) {
-	caCert := issuer.Certificate()
+// Those of [escrow.Service.IssueAppliance] (ca.ErrLint, a storage or token error), wrapped.
+func IssueOCSPCert(ctx context.Context, svc *escrow.Service, pub crypto.PublicKey, now time.Time) (*x509.Certificate, error) {
+	caCert := svc.Issuer.Certificate()
 	nb := now.Add(-time.Minute)
 	validity := min(OCSPCertValidity, caCert.NotAfter.Sub(nb)-time.Minute)
-	cert, err := issuer.Issue(ca.Request{
+	issued, err := svc.IssueAppliance(ctx, escrow.ApplianceRequest{
+		Purpose:     escrow.ApplianceOCSP,
 		PublicKey:   pub,
 		Subject:     pkix.Name{CommonName: caCert.Subject.CommonName + " OCSP responder", Organization: caCert.Subject.Organization},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
@@ -81,30 +82,31 @@ func IssueOCSPCert(issuer *ca.Issuer, pub crypto.PublicKey, now time.Time) (*x50
 	if err != nil {
 		return nil, fmt.Errorf("issue OCSP responder certificate: %w", err)
 	}
-	return cert, nil
+	return issued.Certificate, nil
 }
 
 // EnsureOCSPResponder returns the responder key and a current certificate for it: the one in
 // DIR/ocsp.pem while more than [OCSPCertRenewBefore] of it remains, else a new one, issued
-// and written there (0644). The key is made first if the token lacks it.
+// by svc and written there (0644). The key is made first if the token lacks it.
 //
 // # Errors
 //
 // Those of [EnsureOCSPKey] and [IssueOCSPCert]; an error naming the file when ocsp.pem is
 // unreadable or holds another key than the token's; the file system's.
-func EnsureOCSPResponder(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, now time.Time, say func(string, ...any)) (crypto.Signer, *x509.Certificate, error) {
+func EnsureOCSPResponder(ctx context.Context, cfg *config.Config, tok *hsm.Token, svc *escrow.Service, now time.Time, say func(string, ...any)) (crypto.Signer, *x509.Certificate, error) {
 	signer, err := EnsureOCSPKey(tok, say)
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := RenewOCSPCert(cfg, signer, issuer, nil, now, say)
+	cert, err := RenewOCSPCert(ctx, cfg, signer, svc, nil, now, say)
 	return signer, cert, err
 }
 
 // RenewOCSPCert returns cur (or DIR/ocsp.pem when cur is nil) if it is the signer's, issued
-// by the issuer's CA and has more than [OCSPCertRenewBefore] left at now; otherwise it issues
-// a new certificate and writes it to DIR/ocsp.pem. Errors as [EnsureOCSPResponder].
-func RenewOCSPCert(cfg *config.Config, signer crypto.Signer, issuer *ca.Issuer, cur *x509.Certificate, now time.Time, say func(string, ...any)) (*x509.Certificate, error) {
+// by svc's CA and has more than [OCSPCertRenewBefore] left at now; otherwise it issues a new
+// certificate with svc (stored, then written to DIR/ocsp.pem). Errors as
+// [EnsureOCSPResponder].
+func RenewOCSPCert(ctx context.Context, cfg *config.Config, signer crypto.Signer, svc *escrow.Service, cur *x509.Certificate, now time.Time, say func(string, ...any)) (*x509.Certificate, error) {
 	path := cfg.Path(OCSPCertName)
 	if cur == nil && pemfile.Exists(path) {
 		c, err := pemfile.ReadCertificate(path)
@@ -116,10 +118,10 @@ func RenewOCSPCert(cfg *config.Config, signer crypto.Signer, issuer *ca.Issuer, 
 		}
 		cur = c
 	}
-	if cur != nil && cur.CheckSignatureFrom(issuer.Certificate()) == nil && cur.NotAfter.Sub(now) > OCSPCertRenewBefore && !cur.NotBefore.After(now) {
+	if cur != nil && cur.CheckSignatureFrom(svc.Issuer.Certificate()) == nil && cur.NotAfter.Sub(now) > OCSPCertRenewBefore && !cur.NotBefore.After(now) {
 		return cur, nil
 	}
-	cert, err := IssueOCSPCert(issuer, signer.Public(), now)
+	cert, err := IssueOCSPCert(ctx, svc, signer.Public(), now)
 	if err != nil {
 		return nil, err
 	}

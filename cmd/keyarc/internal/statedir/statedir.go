@@ -22,7 +22,6 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
-	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
@@ -85,8 +84,10 @@ func PublicKeysEqual(a, b crypto.PublicKey) bool {
 
 // EnsureAuditCertificate issues DIR/audit.pem for the audit key if it is missing, and checks
 // that an existing one is the token key's. `keyarc audit verify` reads it, so the trail can be
-// verified without the token (and offline, on a copy).
-func EnsureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issuer, say func(string, ...any)) (crypto.Signer, error) {
+// verified without the token (and offline, on a copy). A new certificate is issued by svc
+// ([escrow.Service.IssueAppliance]), so it is on record, answered by OCSP and revocable, before
+// the file is written; an init that stops in between issues another one when run again.
+func EnsureAuditCertificate(ctx context.Context, cfg *config.Config, tok *hsm.Token, svc *escrow.Service, say func(string, ...any)) (crypto.Signer, error) {
 	signer, err := tok.Signer(cfg.Token.AuditKey)
 	if err != nil {
 		return nil, fmt.Errorf("audit key %q: %w", cfg.Token.AuditKey, err)
@@ -103,8 +104,9 @@ func EnsureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issue
 		return signer, nil
 	}
 	// As long as the CA: the certificate anchors checkpoints for the CA's whole life.
-	caCert, now := issuer.Certificate(), time.Now()
-	cert, err := issuer.Issue(ca.Request{
+	caCert, now := svc.Issuer.Certificate(), time.Now()
+	issued, err := svc.IssueAppliance(ctx, escrow.ApplianceRequest{
+		Purpose:   escrow.ApplianceAudit,
 		PublicKey: signer.Public(),
 		Subject:   pkix.Name{CommonName: caCert.Subject.CommonName + " audit", Organization: caCert.Subject.Organization},
 		KeyUsage:  x509.KeyUsageDigitalSignature,
@@ -114,11 +116,11 @@ func EnsureAuditCertificate(cfg *config.Config, tok *hsm.Token, issuer *ca.Issue
 	if err != nil {
 		return nil, fmt.Errorf("issue audit certificate: %w", err)
 	}
-	if err := pemfile.Write(path, "CERTIFICATE", cert.Raw, 0o644); err != nil {
+	if err := pemfile.Write(path, "CERTIFICATE", issued.Certificate.Raw, 0o644); err != nil {
 		return nil, fmt.Errorf("write audit certificate: %w", err)
 	}
 	if say != nil {
-		say("created  %s", path)
+		say("created  %s (serial %s)", path, issued.Serial)
 	}
 	return signer, nil
 }
