@@ -199,6 +199,19 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	if err := tx.checkIssued(op, serials); err != nil {
 		return err
 	}
+	if len(rs) > 0 {
+		// Time only moves forward for the due index: the certificates expired at the earliest
+		// thisUpdate stored leave it for good (see store.OCSPResponses).
+		earliest := rs[0].ThisUpdate
+		for _, r := range rs[1:] {
+			if r.ThisUpdate.Before(earliest) {
+				earliest = r.ThisUpdate
+			}
+		}
+		if _, err := tx.exec(op, `DELETE FROM ocsp_due WHERE not_after IS NOT NULL AND not_after <= ?`, earliest.UnixMicro()); err != nil {
+			return err
+		}
+	}
 	for len(args) > 0 {
 		k := rowsPerInsert
 		for k > len(args)/width {
@@ -279,10 +292,11 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 }
 
 // OCSPDue returns a page of the certificates whose response is missing, older than
-// signedBefore or signed with another status, in serial order after after. It walks the
-// certificates in serial order (their primary key) and looks each one's response up by its
-// own primary key, so a page costs the rows it passes over; a pass over a store whose
-// responses are all fresh reads every live certificate once.
+// signedBefore or signed with another status, in serial order after after, from the due index
+// ocsp_due (migration 2). It first looks whether anything is due at all in the range
+// signed < signedBefore of ocsp_due_signed, so that a pass that finds nothing due (most of
+// them) reads one empty index range; then the planner picks between that range, sorted by
+// serial, and a walk of ocsp_due in serial order.
 func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]store.CertStatus, error) {
 	const op = "ocsp due"
 	switch {
@@ -298,6 +312,14 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		}
 		after = s
 	}
+	var due bool
+	if err := tx.queryRow(op, []any{&due}, `SELECT EXISTS (SELECT 1 FROM ocsp_due
+		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2))`, signedBefore.UnixMicro(), now.UnixMicro()); err != nil {
+		return nil, err
+	}
+	if !due {
+		return nil, nil
+	}
 	var out []store.CertStatus
 	err := tx.query(op, func(rows *sql.Rows) error {
 		var (
@@ -312,9 +334,8 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		out = append(out, st)
 		return nil
 	}, `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason
-		FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial
-		WHERE c.serial > ?1 AND c.state IN ('issued', 'revoked') AND (c.not_after IS NULL OR c.not_after > ?2)
-		AND (o.serial IS NULL OR o.this_update < ?3 OR o.revoked != (c.state = 'revoked') OR o.reason != c.revocation_reason)
-		ORDER BY c.serial LIMIT ?4`, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
+		FROM ocsp_due d JOIN certificates c ON c.serial = d.serial
+		WHERE d.signed < ?3 AND (d.not_after IS NULL OR d.not_after > ?2) AND d.serial > ?1
+		ORDER BY d.serial LIMIT ?4`, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
 	return out, err
 }

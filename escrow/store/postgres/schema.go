@@ -19,7 +19,8 @@ const (
 )
 
 // migrations[i] brings the schema from version i to version i+1. Append only: never edit a
-// migration that has shipped. Version 1 is the schema of SQLite's version 8, the first the
+// migration that has shipped. Version 1 is the schema of SQLite's version 8 (version 2 that of
+// its 9), the first the
 // PostgreSQL backend shipped with: the same tables and columns, so that the Tx code of both
 // backends reads alike. Times are unix microseconds (UTC) in BIGINT columns, NULL for the
 // zero time; serials are canonical lower-case hex (NormalizeSerial). Every text column
@@ -225,6 +226,57 @@ CREATE TABLE ocsp_responses (
 	updated_at  BIGINT  NOT NULL
 );
 `,
+	// 2: the OCSP due index (the contract's, see store.OCSPResponses), as SQLite's migration
+	// 9: each issued or revoked certificate has a row in ocsp_due, whose signed is the
+	// thisUpdate of its stored response when that response has the certificate's status, and
+	// the smallest bigint (due at once) when it has none or one of another status; not_after
+	// is the certificate's. Triggers keep the rows in the transactions that insert, issue,
+	// fail or revoke a certificate and store its response; UpsertOCSPResponses deletes the
+	// rows of expired certificates through ocsp_due_expiry. Existing certificates get their
+	// rows here.
+	`
+CREATE TABLE ocsp_due (
+	serial    TEXT COLLATE "C" PRIMARY KEY,
+	signed    BIGINT NOT NULL,
+	not_after BIGINT
+);
+CREATE INDEX ocsp_due_signed ON ocsp_due(signed, not_after) INCLUDE (serial);
+CREATE INDEX ocsp_due_expiry ON ocsp_due(not_after) WHERE not_after IS NOT NULL;
+
+INSERT INTO ocsp_due (serial, signed, not_after)
+	SELECT c.serial, CASE WHEN o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason
+		THEN o.this_update ELSE -9223372036854775807 - 1 END, c.not_after
+	FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial
+	WHERE c.state IN ('issued', 'revoked');
+
+CREATE FUNCTION keyarc_ocsp_due_certificate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.state IN ('issued', 'revoked') THEN
+		INSERT INTO ocsp_due (serial, signed, not_after)
+		VALUES (NEW.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = NEW.serial
+			AND o.revoked = (NEW.state = 'revoked') AND o.reason = NEW.revocation_reason), -9223372036854775807 - 1),
+			NEW.not_after)
+		ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after;
+	ELSIF TG_OP = 'UPDATE' THEN
+		DELETE FROM ocsp_due WHERE serial = OLD.serial;
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER ocsp_due_certificate AFTER INSERT OR UPDATE OF state, revocation_reason, not_after ON certificates
+	FOR EACH ROW EXECUTE FUNCTION keyarc_ocsp_due_certificate();
+
+CREATE FUNCTION keyarc_ocsp_due_response() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE ocsp_due d SET signed = CASE WHEN c.state = 'revoked' AND NEW.revoked AND c.revocation_reason = NEW.reason
+		OR c.state = 'issued' AND NOT NEW.revoked THEN NEW.this_update ELSE -9223372036854775807 - 1 END
+	FROM certificates c WHERE c.serial = NEW.serial AND d.serial = NEW.serial;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER ocsp_due_response AFTER INSERT OR UPDATE ON ocsp_responses
+	FOR EACH ROW EXECUTE FUNCTION keyarc_ocsp_due_response();
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need
@@ -235,6 +287,7 @@ var grants = []struct{ privileges, tables string }{
 	{"SELECT, INSERT", "audit, audit_checkpoints, recovery_sets, recovery_set_kras, recovery_records, approvals"},
 	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses"},
 	{"SELECT, INSERT, DELETE", "approval_failures, crls"},
+	{"SELECT, INSERT, UPDATE, DELETE", "ocsp_due"},
 	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},
 }
 
