@@ -427,9 +427,6 @@ func testOCSPClients(t *testing.T, caKey string) {
 // audit) carry the same AIA OCSP URL and CDP as the subscribers', so the responder must answer
 // for them as it does for the operators' credentials: ocsptool and strict NSS read good.
 func TestOCSPClientsApplianceCertificates(t *testing.T) {
-	t.Skip("known fault: keyarc init issues tls.pem, transport.pem and audit.pem with the AIA OCSP URL " +
-		"and CDP (escrow/ca puts them in every certificate) but outside the store, so the OCSP " +
-		"responder answers unauthorized for them and `keyarc revoke` gets 404")
 	t.Parallel()
 	requireTools(t, "openssl", "curl", "vfychain", "certutil", "ocsptool")
 	pub := freePort(t)

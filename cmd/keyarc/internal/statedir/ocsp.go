@@ -13,6 +13,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
 )
 
@@ -135,7 +136,7 @@ func RenewOCSPCert(ctx context.Context, cfg *config.Config, signer crypto.Signer
 		return nil, fmt.Errorf("write OCSP responder certificate: %w", err)
 	}
 	if say != nil {
-		say("created  %s (OCSP responder, until %s)", path, cert.NotAfter.UTC().Format(time.RFC3339))
+		say("created  %s (OCSP responder, serial %s, until %s)", path, store.FormatSerial(cert.SerialNumber), cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return cert, nil
 }
