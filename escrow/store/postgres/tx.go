@@ -153,8 +153,8 @@ func (n rowsAffected) LastInsertId() (int64, error) {
 func (n rowsAffected) RowsAffected() (int64, error) { return int64(n), nil }
 
 // rowsPerInsert is the most rows one INSERT statement carries. A statement of many rows costs
-// the writer much less per row than one statement per row (binding, stepping and resetting
-// through database/sql), and 32 rows gain nearly all of it.
+// the writer much less per row than one statement per row (a round trip to the server, its
+// savepoint, binding and executing), and 32 rows (at most 512 parameters) gain most of it.
 const rowsPerInsert = 32
 
 // insertRows inserts rows into a table with few statements: head is "INSERT INTO t (columns)",
