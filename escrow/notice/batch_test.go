@@ -341,3 +341,23 @@ func TestBatchFlush(t *testing.T) {
 	waitFor(t, f.accepted)
 	waitQueue(t, q, n, 0, 3)
 }
+
+// BenchmarkPutBatch queues batches of 128 notices (a bulk job's largest issue batch): the cost a
+// committed batch pays for its notices, most of it the file's and the folder's fsync.
+func BenchmarkPutBatch(b *testing.B) {
+	q, err := OpenQueue(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	es := make([]Event, 128)
+	for i := range es {
+		es[i] = Event{Kind: Escrowed, Mailbox: fmt.Sprintf("user%d@example.org", i), Serials: []string{fmt.Sprintf("%032x", i+1)}, Time: t0}
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := q.PutBatch(es); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(es)), "µs/notice")
+}
