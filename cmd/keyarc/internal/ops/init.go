@@ -54,6 +54,8 @@ func RunInit(args []string) error {
 	country := fs.String("country", defaultCountry, "two-letter ISO 3166 country code (C) of the CA subject; XX when none applies")
 	publicURL := fs.String("public-url", ca.DefaultPublicURL, "plain-HTTP base URL written into certificates: CRL at URL/crl/ca.crl, OCSP at URL/ocsp, CA certificate at URL/ca.crt (a public DNS name in production)")
 	dnsNames := fs.String("tls-names", "localhost", "comma-separated DNS names for the appliance's TLS certificate")
+	database := fs.String("database", "", "the archive: a SQLite file (default keyarc.db in the state folder) or the postgres:// URL of a PostgreSQL database shared by several nodes (unix socket, or TCP with sslmode=verify-full; no password in it)")
+	dbPassword := fs.String("database-password-source", "", "where the PostgreSQL password is read: file:PATH or env:NAME")
 	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
 	}
@@ -91,6 +93,9 @@ func RunInit(args []string) error {
 			return err
 		}
 		say("exists   %s (kept as it is)", filepath.Join(dir, config.Name))
+		if flagSet(fs, "database") && *database != cfg.Database {
+			say("note     database stays %s: edit %s to change it", cfg.DatabaseName(), filepath.Join(dir, config.Name))
+		}
 		if flagSet(fs, "public-url") && *publicURL != string(cfg.PublicURL) {
 			say("note     public_url stays %s: certificates already point there; edit %s to change it", cfg.PublicURL, filepath.Join(dir, config.Name))
 		}
@@ -112,6 +117,10 @@ func RunInit(args []string) error {
 			cfg.Token.URI = *tokenURI
 		}
 		cfg.PublicURL = config.PublicURL(*publicURL)
+		if *database != "" {
+			cfg.Database = *database
+		}
+		cfg.DatabasePasswordSource = *dbPassword
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
