@@ -1,10 +1,12 @@
 package escrow
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -118,4 +120,56 @@ func (s *Service) IssueAppliance(ctx context.Context, req ApplianceRequest) (*Is
 	s.log().Info("appliance certificate issued", "serial", res.Serial, "template", name,
 		"not_after", res.Certificate.NotAfter.UTC().Format(time.RFC3339))
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial}, nil
+}
+
+// RecordAppliance keeps on record one of the appliance's own certificates that this CA signed
+// before they were stored (a state folder made by an older keyarc): it is stored as issued
+// under the template name of its purpose, with an enroll audit entry, in one transaction, so
+// that from then on it is answered by OCSP and revocable like any other. A certificate whose
+// serial is stored already is left as it is. It reports whether it stored the certificate.
+//
+// # Errors
+//
+// [ErrInvalidRequest] (an unknown purpose; a certificate this CA did not sign),
+// [store.ErrConflict] (the serial is stored with another certificate), or, for faults
+// of the appliance, a storage error wrapping [store.ErrUnavailable] or the audit trail's
+// ([audit.ErrAppend]), wrapped.
+func (s *Service) RecordAppliance(ctx context.Context, purpose AppliancePurpose, cert *x509.Certificate) (bool, error) {
+	name := purpose.Template()
+	if name == "" {
+		return false, fmt.Errorf("%w: appliance certificate purpose %q: choose %s, %s, %s or %s", ErrInvalidRequest,
+			purpose, ApplianceTLS, ApplianceTransport, ApplianceAudit, ApplianceOCSP)
+	}
+	if err := cert.CheckSignatureFrom(s.Issuer.Certificate()); err != nil {
+		return false, fmt.Errorf("%w: the %s certificate was not signed by this CA: %w", ErrInvalidRequest, name, err)
+	}
+	row := store.Certificate{Serial: store.FormatSerial(cert.SerialNumber), Template: name, Subject: cert.Subject.String(),
+		State: store.StateIssued, DER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter, CreatedAt: s.now()}
+	stored := false
+	err := s.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
+		stored = false
+		c, err := tx.GetCertificate(row.Serial)
+		switch {
+		case err == nil && bytes.Equal(c.DER, cert.Raw):
+			return nil
+		case err == nil:
+			return fmt.Errorf("%w: serial %s is stored with another certificate", store.ErrConflict, row.Serial)
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		if err := tx.InsertCertificate(row); err != nil {
+			return err
+		}
+		stored = true
+		d := audit.Details{Template: name, Serial: row.Serial, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
+			Fingerprint: []string{PublicKeyFingerprint(cert.PublicKey)}}
+		return s.audit(tx, audit.KindEnroll, actorFrom(ctx), row.Subject, d)
+	})
+	if err != nil {
+		return false, fmt.Errorf("escrow: record the %s certificate: %w", name, err)
+	}
+	if stored {
+		s.log().Info("appliance certificate recorded", "serial", row.Serial, "template", name)
+	}
+	return stored, nil
 }

@@ -135,3 +135,45 @@ func TestIssueApplianceRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRecordAppliance: a certificate the CA signed before the appliance's own were stored is
+// put on record once, with its entry, and then passes the check and is revocable; a
+// certificate of another CA is refused.
+func TestRecordAppliance(t *testing.T) {
+	env := newBareService(t)
+	ctx := context.Background()
+	// env.transport was signed by the CA and never stored, as an older init did.
+	stored, err := env.svc.RecordAppliance(ctx, ApplianceTransport, env.transport)
+	if err != nil || !stored {
+		t.Fatalf("RecordAppliance: %v, %v", stored, err)
+	}
+	serial := store.FormatSerial(env.transport.SerialNumber)
+	if row := env.certificate(t, serial); row.State != store.StateIssued || row.Template != "appliance-transport" || !slices.Equal(row.DER, env.transport.Raw) {
+		t.Fatalf("row %s %q", row.State, row.Template)
+	}
+	if stored, err := env.svc.RecordAppliance(ctx, ApplianceTransport, env.transport); err != nil || stored {
+		t.Fatalf("RecordAppliance again: %v, %v, want nothing stored", stored, err)
+	}
+	if es := env.auditOf(t, audit.KindEnroll); len(es) != 1 || es[0].Serial != serial || len(es[0].CertHash) != 1 {
+		t.Fatalf("enroll entries %+v, want one for %s", es, serial)
+	}
+	rep, err := env.svc.checker().All(ctx)
+	if err != nil || rep.Certificates != 1 || len(rep.Problems) != 0 {
+		t.Fatalf("consistency check: %+v, %v", rep, err)
+	}
+	if _, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Serial: serial, Reason: "keyCompromise"}); err != nil {
+		t.Fatalf("Revoke: %v", err)
+	}
+
+	otherKey := newP256(t)
+	otherRoot, err := ca.SelfSignedRoot(otherKey, pkix.Name{CommonName: "another CA"}, t0.Add(-time.Hour), 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.svc.RecordAppliance(ctx, ApplianceTLS, otherRoot); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("another CA's certificate: %v, want ErrInvalidRequest", err)
+	}
+	if _, err := env.svc.RecordAppliance(ctx, "web", env.transport); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("an unknown purpose: %v, want ErrInvalidRequest", err)
+	}
+}

@@ -259,6 +259,13 @@ func RunInit(args []string) error {
 		say("exists   %s", tlsCert)
 	}
 
+	if err := recordAppliance(ctx, svc, say, map[escrow.AppliancePurpose]string{
+		escrow.ApplianceTransport: trPath, escrow.ApplianceAudit: cfg.Path(statedir.AuditCertName),
+		escrow.ApplianceOCSP: cfg.Path(statedir.OCSPCertName), escrow.ApplianceTLS: tlsCert,
+	}); err != nil {
+		return err
+	}
+
 	if *dev {
 		templates, err := policy.Templates(cfg.Templates)
 		if err != nil {
@@ -333,6 +340,31 @@ func makeTLS(ctx context.Context, svc *escrow.Service, certPath, keyPath string,
 		return "", err
 	}
 	return issued.Serial, pemfile.Write(certPath, "CERTIFICATE", issued.Certificate.Raw, 0o644)
+}
+
+// recordAppliance puts on record the appliance's own certificates that this CA signed before
+// they were stored (a state folder made by an older keyarc), so that they too are answered by
+// OCSP and revocable; those stored already are left alone. A certificate another CA signed (a
+// TLS certificate put in place by an operator) is not this CA's to record.
+func recordAppliance(ctx context.Context, svc *escrow.Service, say func(string, ...any), files map[escrow.AppliancePurpose]string) error {
+	for _, purpose := range []escrow.AppliancePurpose{escrow.ApplianceTransport, escrow.ApplianceAudit, escrow.ApplianceOCSP, escrow.ApplianceTLS} {
+		path := files[purpose]
+		c, err := pemfile.ReadCertificate(path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if c.CheckSignatureFrom(svc.Issuer.Certificate()) != nil {
+			continue
+		}
+		stored, err := svc.RecordAppliance(ctx, purpose, c)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if stored {
+			say("recorded %s (serial %s, issued before the appliance's own certificates were stored)", path, store.FormatSerial(c.SerialNumber))
+		}
+	}
+	return nil
 }
 
 // Defaults of the CA subject: lints (and people) expect an organisation and a country in a
