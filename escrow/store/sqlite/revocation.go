@@ -317,8 +317,9 @@ const (
 
 // OCSPDue returns a page of the certificates whose response is missing, older than
 // signedBefore or signed with another status, in serial order after after, from the due index
-// ocsp_due: a pass that finds nothing due reads one empty range of ocsp_due_signed, and a
-// page costs about the larger of limit and the number due (see dueBySigned).
+// ocsp_due. A pass that finds nothing due reads one empty range of ocsp_due_signed. When
+// fewer than the probe are due, a page reads those (dueBySigned); when more are, it walks
+// ocsp_due from after (dueBySerial), so that a whole pass walks ocsp_due at most once.
 func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]store.CertStatus, error) {
 	const op = "ocsp due"
 	switch {
