@@ -497,6 +497,11 @@ func (db *DB) runOne(r *request, bare bool) error {
 	if bare {
 		return nil // the caller rolls the transaction back if the function failed
 	}
+	if !db.sp.mine && db.txStatus() == 'E' {
+		// The transaction failed before the function's savepoint was opened (a fault while
+		// opening it): nothing can bring it back.
+		return errors.New("store: the transaction was aborted outside any savepoint")
+	}
 	if r.err == nil || !db.sp.mine {
 		// Kept: its savepoint is released by the next function's or by the COMMIT. Or
 		// failed before any statement: nothing to undo.
