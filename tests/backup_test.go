@@ -86,6 +86,25 @@ func TestRollbackRefused(t *testing.T) {
 	head := filepath.Join(state, "audit-head.json")
 	restoreDB(t, state, old) // the operator copies the backup over the database
 	serveFails(t, state, "DOES NOT VERIFY", "keyarc restore")
+	// Nothing is written to a rolled-back database, not even the certificates serve issues for
+	// itself at start (a missing audit or OCSP responder certificate) before it is refused.
+	dbPath := filepath.Join(state, "keyarc.db")
+	const audits = `SELECT count(*) FROM audit`
+	entries := countFileRows(t, dbPath, audits)
+	for _, f := range []string{"audit.pem", "ocsp.pem"} {
+		if err := os.Rename(filepath.Join(state, f), filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveFails(t, state, "DOES NOT VERIFY", "keyarc restore")
+	if got := countFileRows(t, dbPath, audits); got != entries {
+		t.Errorf("a refused start wrote %d audit entries to the rolled-back database", got-entries)
+	}
+	for _, f := range []string{"audit.pem", "ocsp.pem"} {
+		if err := os.Rename(filepath.Join(dir, f), filepath.Join(state, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// A head file edited to match the rolled-back database is not the audit key's: refused.
 	orig, err := os.ReadFile(head)

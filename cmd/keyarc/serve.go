@@ -150,6 +150,10 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err := db.Check(context.Background()); err != nil {
 		return nil, fmt.Errorf("database %s failed its integrity check; restore a backup (keyarc restore): %w", cfg.DatabaseName(), err)
 	}
+	// A database behind its audit head (rolled back) is refused before anything writes to it.
+	if err := api.CheckTrailHead(cfg, db, auditSigner.Public(), log); err != nil {
+		return nil, err
+	}
 	p.Metrics = api.NewMetrics(reg, version)
 	// CRLs: published a few seconds after each revocation, daily, and at start when the
 	// newest is older than a day; served from the store by the public listener.

@@ -68,10 +68,6 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	}
 	a.svc.Audit = obs
 
-	if err := checkTrailHead(a.cfg, a.db, signer.Public(), a.log); err != nil {
-		return err
-	}
-
 	digest := "none"
 	if b, err := os.ReadFile(filepath.Join(a.cfg.Dir(), config.Name)); err == nil {
 		sum := sha256.Sum256(b)
@@ -113,14 +109,16 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	return nil
 }
 
-// checkTrailHead verifies the trail against its head file before anything is served. A
-// database behind the head (rolled back, cut short, or another history), a head file that is
-// not the audit key's, or a missing head file while the database holds signed checkpoints
-// refuses the start: a rollback must be recorded (`keyarc restore --force`) before the
-// appliance serves again. Other problems of the chain (a changed or deleted entry) are
-// reported loudly but do not stop the appliance: the evidence is kept as it is for the
-// auditor, and the new entries chain onto it.
-func checkTrailHead(cfg *config.Config, db store.Store, pub crypto.PublicKey, log *slog.Logger) error {
+// CheckTrailHead verifies the trail against its head file before anything writes to the
+// database or is served: serve calls it right after opening the database, before the OCSP
+// responder or the audit certificate may be issued (each an audit entry). A database behind
+// the head (rolled back, cut short, or another history), a head file that is not the audit
+// key's, or a missing head file while the database holds signed checkpoints refuses the
+// start: a rollback must be recorded (`keyarc restore --force`) before the appliance serves
+// again. Other problems of the chain (a changed or deleted entry) are reported loudly but do
+// not stop the appliance: the evidence is kept as it is for the auditor, and the new entries
+// chain onto it.
+func CheckTrailHead(cfg *config.Config, db store.Store, pub crypto.PublicKey, log *slog.Logger) error {
 	headPath := cfg.Path(statedir.AuditHeadName)
 	way := fmt.Sprintf("If the database was restored from a backup on purpose, record the restore in the audit trail "+
 		"(it names the entries left out and signs a new head): keyarc restore --state %s --from BACKUP --force, or "+
