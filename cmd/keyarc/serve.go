@@ -30,6 +30,7 @@ func runServe(args []string) error {
 	addr := fs.String("addr", "", "HTTPS listen address (default: the configuration's listen)")
 	metricsAddr := fs.String("metrics-addr", "", "metrics listen address (default: the configuration's metrics_listen)")
 	publicAddr := fs.String("public-addr", "", "public plain-HTTP listen address: CRL, OCSP, CA certificate (default: the configuration's public_listen)")
+	node := fs.String("node", "", "this node's name among nodes sharing one database (default: the configuration's node, else the host name)")
 	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
 	}
@@ -47,10 +48,19 @@ func runServe(args []string) error {
 	if *publicAddr != "" {
 		cfg.PublicListen = *publicAddr
 	}
+	if *node != "" {
+		cfg.Node = *node
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	nodeName, err := cfg.NodeName()
+	if err != nil {
+		return err
+	}
+	cfg.Node = nodeName
+	// Every line this node logs names it: nodes sharing a database log side by side.
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", nodeName)
 	reg := prometheus.NewRegistry()
 	a, err := openAppliance(cfg, log, reg)
 	if err != nil {

@@ -52,6 +52,10 @@ type Config struct {
 	// at: the CRL, OCSP and the CA certificate. Empty means DefaultPublicListen, the address of
 	// the default public_url; see [Config.PublicListenAddr].
 	PublicListen string `yaml:"public_listen,omitempty"`
+	// Node names this node among those sharing one PostgreSQL database: in its log lines, in
+	// the audit entries it writes and in the leases it holds. Empty means the host name; `serve
+	// --node` overrides it. 1 to 63 printable ASCII characters, no space (see [Config.NodeName]).
+	Node string `yaml:"node,omitempty"`
 
 	Token TokenConfig `yaml:"token"`
 	CA    CAConfig    `yaml:"ca"`
@@ -232,6 +236,11 @@ func (c *Config) Validate() error {
 	if err := c.validateDatabase(); err != nil {
 		return err
 	}
+	if c.Node != "" {
+		if err := CheckNodeName(c.Node); err != nil {
+			return fmt.Errorf("node: %q: %w", c.Node, err)
+		}
+	}
 	if c.Token.MaxSessions < 1 || c.Token.MaxSessions > 256 {
 		return fmt.Errorf("token.max_sessions: %d is outside 1..256", c.Token.MaxSessions)
 	}
@@ -276,6 +285,7 @@ func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("listen", c.Listen),
 		slog.String("metrics_listen", c.MetricsListen),
+		slog.String("node", c.Node),
 		slog.String("database", c.DatabaseName()),
 		slog.String("public_url", string(c.PublicURL)),
 		slog.String("public_listen", c.PublicListenAddr()),
