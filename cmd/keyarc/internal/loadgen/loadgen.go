@@ -7,10 +7,14 @@
 //
 // The client is kept cheap, as it shares the machine's cores with the server it measures:
 // requests are encoded once, before the first window, and answers are read by a minimal
-// HTTP/1.1 reader on the raw connection, which still checks the status code against the
-// expected one and reads the body by its Content-Length. An answer with another status, one
-// that cannot be framed (no Content-Length, chunked), or a connection fault counts as an error;
-// after a fault the client reconnects and goes on.
+// HTTP/1.1 reader on the connection, which still checks the status code against the expected
+// one and reads the body by its Content-Length or its chunks. An answer with another status,
+// one that cannot be framed, or a connection fault counts as an error; after a fault the
+// client reconnects and goes on.
+//
+// With [Config.TLS] each connection is HTTPS, set up by crypto/tls as any Go client does it
+// (the CA pool of the server, HTTP/1.1 by ALPN), and kept for the whole run: the handshake is
+// paid once per connection, as by a real keep-alive client, not per request.
 //
 // # What it must not import
 //
@@ -27,6 +31,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -83,6 +88,12 @@ type Config struct {
 	Status int
 	// Timeout bounds one request and its answer (default 30 s).
 	Timeout time.Duration
+	// TLS, when set, makes every connection HTTPS with this client configuration (its
+	// RootCAs, ServerName...); NextProtos is set to HTTP/1.1 only.
+	TLS *tls.Config
+	// RecordOK keeps the index in Requests of every request answered with Status, in
+	// [Result.OKIndex]: with Once, which one-time requests the server says it served.
+	RecordOK bool
 }
 
 // ErrConfig means the configuration cannot be run: no address, no client or no request.
@@ -107,6 +118,7 @@ type client struct {
 	// Statuses other than the expected one, and faults, by text; at most a few messages.
 	statuses map[int]int64
 	messages []string
+	okIdx    []int64
 }
 
 // New prepares the requests of cfg and opens its connections.
@@ -129,6 +141,10 @@ func New(cfg Config) (*Generator, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.TLS != nil {
+		cfg.TLS = cfg.TLS.Clone()
+		cfg.TLS.NextProtos = []string{"http/1.1"}
 	}
 	g := &Generator{cfg: cfg, wire: make([][]byte, len(cfg.Requests))}
 	for i, r := range cfg.Requests {
@@ -182,6 +198,9 @@ type Result struct {
 	// ClientCPUSeconds is the load generator's own CPU time (user and system) over the
 	// window, when the system reports it.
 	ClientCPUSeconds float64 `json:"client_cpu_seconds"`
+	// OKIndex holds, with [Config.RecordOK], the index in [Config.Requests] of each request
+	// counted in OK, in no particular order.
+	OKIndex []int64 `json:"ok_index,omitempty"`
 }
 
 const maxMessages = 5
@@ -201,6 +220,7 @@ func (g *Generator) Window(ctx context.Context, d time.Duration) Result {
 		c.ok, c.errs = 0, 0
 		clear(c.statuses)
 		c.messages = c.messages[:0]
+		c.okIdx = c.okIdx[:0]
 		wg.Go(func() {
 			if !c.loop(ctx, deadline) {
 				exhausted.Store(true)
@@ -216,6 +236,7 @@ func (g *Generator) Window(ctx context.Context, d time.Duration) Result {
 		h.Merge(&c.hist)
 		r.OK += c.ok
 		r.Errors += c.errs
+		r.OKIndex = append(r.OKIndex, c.okIdx...)
 		for s, n := range c.statuses {
 			if r.Statuses == nil {
 				r.Statuses = map[string]int64{}
@@ -273,6 +294,9 @@ func (c *client) loop(ctx context.Context, deadline time.Time) bool {
 			c.note(fmt.Sprintf("HTTP %d, want %d", status, g.cfg.Status))
 		default:
 			c.ok++
+			if g.cfg.RecordOK {
+				c.okIdx = append(c.okIdx, i)
+			}
 		}
 	}
 }
@@ -289,7 +313,14 @@ func (c *client) note(m string) {
 }
 
 func (c *client) dial() error {
-	conn, err := net.DialTimeout("tcp", c.g.cfg.Addr, c.g.cfg.Timeout)
+	d := &net.Dialer{Timeout: c.g.cfg.Timeout}
+	var conn net.Conn
+	var err error
+	if c.g.cfg.TLS != nil {
+		conn, err = (&tls.Dialer{NetDialer: d, Config: c.g.cfg.TLS}).Dial("tcp", c.g.cfg.Addr)
+	} else {
+		conn, err = d.Dial("tcp", c.g.cfg.Addr)
+	}
 	if err != nil {
 		return err
 	}
@@ -327,15 +358,15 @@ var (
 )
 
 // ReadResponse reads one HTTP/1.x response from br and discards its body, which must be
-// framed by a Content-Length (or be empty by its status: 1xx, 204, 304). It returns the
-// status code and whether the server closes the connection after it (Connection: close, or
-// HTTP/1.0 without keep-alive).
+// framed by a Content-Length or by chunks (Transfer-Encoding: chunked), or be empty by its
+// status (1xx, 204, 304). It returns the status code and whether the server closes the
+// connection after it (Connection: close, or HTTP/1.0 without keep-alive).
 //
 // # Errors
 //
-// [ErrResponse], saying what is wrong, for a malformed status line or header, a missing or
-// bad Content-Length, or a chunked body; the reader's error (io.EOF, io.ErrUnexpectedEOF,
-// a timeout) when the connection ends or stalls first.
+// [ErrResponse], saying what is wrong, for a malformed status line, header or chunk, or a
+// body framed neither way; the reader's error (io.EOF, io.ErrUnexpectedEOF, a timeout) when
+// the connection ends or stalls first.
 func ReadResponse(br *bufio.Reader) (status int, closeAfter bool, err error) {
 	line, err := br.ReadSlice('\n')
 	if err != nil {
@@ -354,6 +385,7 @@ func ReadResponse(br *bufio.Reader) (status int, closeAfter bool, err error) {
 	}
 	closeAfter = http10
 	length := int64(-1)
+	chunked := false
 	for {
 		line, err = br.ReadSlice('\n')
 		if err != nil {
@@ -382,7 +414,10 @@ func ReadResponse(br *bufio.Reader) (status int, closeAfter bool, err error) {
 			}
 			length = n
 		case asciiEqualFold(name, "transfer-encoding"):
-			return 0, false, fmt.Errorf("%w: Transfer-Encoding %q (only Content-Length is read)", ErrResponse, value)
+			if !asciiEqualFold(value, "chunked") {
+				return 0, false, fmt.Errorf("%w: Transfer-Encoding %q (only chunked is read)", ErrResponse, value)
+			}
+			chunked = true
 		case asciiEqualFold(name, "connection"):
 			if asciiEqualFold(value, "close") {
 				closeAfter = true
@@ -398,6 +433,12 @@ func ReadResponse(br *bufio.Reader) (status int, closeAfter bool, err error) {
 		}
 		return status, closeAfter, nil
 	}
+	if chunked {
+		if err := discardChunks(br); err != nil {
+			return 0, false, err
+		}
+		return status, closeAfter, nil
+	}
 	if length < 0 {
 		return 0, false, fmt.Errorf("%w: HTTP %d without Content-Length", ErrResponse, status)
 	}
@@ -408,6 +449,53 @@ func ReadResponse(br *bufio.Reader) (status int, closeAfter bool, err error) {
 		return 0, false, fmt.Errorf("body: %d of %d bytes: %w", n, length, err)
 	}
 	return status, closeAfter, nil
+}
+
+// discardChunks reads and discards a chunked body (RFC 9112 §7.1), its trailer included.
+func discardChunks(br *bufio.Reader) error {
+	eof := func(err error) error {
+		if errors.Is(err, io.EOF) {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return eof(err)
+		}
+		h := trim(line)
+		if i := bytes.IndexByte(h, ';'); i >= 0 {
+			h = h[:i] // chunk extensions
+		}
+		h = bytes.TrimSpace(h)
+		size, err := strconv.ParseUint(string(h), 16, 62)
+		if err != nil || len(h) == 0 {
+			return fmt.Errorf("%w: chunk size %q", ErrResponse, h)
+		}
+		if size == 0 {
+			// The trailer: header lines up to an empty one.
+			for {
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					return eof(err)
+				}
+				if len(trim(line)) == 0 {
+					return nil
+				}
+			}
+		}
+		if _, err := br.Discard(int(size)); err != nil {
+			return fmt.Errorf("chunk of %d bytes: %w", size, eof(err))
+		}
+		line, err = br.ReadSlice('\n')
+		if err != nil {
+			return eof(err)
+		}
+		if len(trim(line)) != 0 {
+			return fmt.Errorf("%w: chunk longer than its size %d", ErrResponse, size)
+		}
+	}
 }
 
 func trim(b []byte) []byte { return bytes.TrimRight(b, "\r\n") }

@@ -3,12 +3,16 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,7 +111,8 @@ func TestWindowCountsBadFraming(t *testing.T) {
 		close  bool
 	}{
 		{"short body", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true},
-		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false},
+		{"chunk longer than its size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", true},
+		{"gzip", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", true},
 		{"no length", "HTTP/1.1 200 OK\r\n\r\nabc", true},
 		{"not HTTP", "SSH-2.0-OpenSSH\r\n", true},
 	}
@@ -168,6 +173,10 @@ func TestReadResponse(t *testing.T) {
 		{"truncated header", "HTTP/1.1 200 OK\r\nContent-Len", 0, false, io.ErrUnexpectedEOF},
 		{"truncated body", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", 0, false, io.ErrUnexpectedEOF},
 		{"nothing", "", 0, false, io.EOF},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 200, false, nil},
+		{"chunks, extension, trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n1a;x=y\r\nabcdefghijklmnopqrstuvwxyz\r\n2\r\nhi\r\n0\r\nDigest: z\r\n\r\n", 200, false, nil},
+		{"bad chunk size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 0, false, ErrResponse},
+		{"truncated chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", 0, false, io.ErrUnexpectedEOF},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,6 +188,81 @@ func TestReadResponse(t *testing.T) {
 				t.Fatalf("status %d close %v, want %d %v", status, closeAfter, tt.wantStatus, tt.wantClose)
 			}
 		})
+	}
+}
+
+// TestReadResponseChunkedThenNext: after a chunked body, the next answer on the connection
+// is read from its first byte.
+func TestReadResponseChunkedThenNext(t *testing.T) {
+	br := bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+		"HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx"))
+	for _, want := range []int{200, 404} {
+		status, _, err := ReadResponse(br)
+		if err != nil || status != want {
+			t.Fatalf("status %d, err %v; want %d", status, err, want)
+		}
+	}
+}
+
+// TestWindowTLS: against a real HTTPS server (crypto/tls, net/http), the clients verify its
+// certificate with the CA pool given, speak HTTP/1.1 on kept connections, read the chunked
+// answers net/http sends for a large body, and record which one-time requests were served.
+func TestWindowTLS(t *testing.T) {
+	big := strings.Repeat("x", 5000) // over net/http's buffer: sent chunked
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 1 || r.TLS == nil {
+			http.Error(w, "want HTTP/1.1 over TLS", http.StatusBadRequest)
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/used") {
+			http.Error(w, "code used", http.StatusUnauthorized)
+			return
+		}
+		io.WriteString(w, big)
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	var reqs []Request
+	for i := range 50 {
+		p := "/code/" + strconv.Itoa(i)
+		if i%5 == 0 {
+			p = "/used/" + strconv.Itoa(i)
+		}
+		reqs = append(reqs, Request{Method: "POST", Path: p, Body: []byte("csr")})
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	g, err := New(Config{Addr: srv.Listener.Addr().String(), Clients: 3, Requests: reqs, Once: true, RecordOK: true,
+		TLS: &tls.Config{RootCAs: pool, ServerName: "example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	conns := []net.Conn{g.clients[0].conn, g.clients[1].conn, g.clients[2].conn}
+	r := g.Window(context.Background(), time.Minute)
+	if r.OK != 40 || r.Errors != 10 || r.Statuses["401"] != 10 {
+		t.Fatalf("ok %d, errors %d, statuses %v, messages %q; want 40, 10 × 401", r.OK, r.Errors, r.Statuses, r.Messages)
+	}
+	slices.Sort(r.OKIndex)
+	var want []int64
+	for i := range int64(50) {
+		if i%5 != 0 {
+			want = append(want, i)
+		}
+	}
+	if !slices.Equal(r.OKIndex, want) {
+		t.Errorf("OKIndex %v, want %v", r.OKIndex, want)
+	}
+	for i, c := range g.clients {
+		if c.conn != conns[i] {
+			t.Errorf("client %d reconnected: keep-alive not kept", i)
+		}
+	}
+
+	// Without the CA, no connection: the certificate is checked.
+	if _, err := New(Config{Addr: srv.Listener.Addr().String(), Clients: 1, Requests: reqs, TLS: &tls.Config{}}); err == nil {
+		t.Error("a server whose CA is not in the pool was accepted")
 	}
 }
 

@@ -3,6 +3,8 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,9 +22,13 @@ import (
 // Main is the hidden `keyarc loadgen` command, which `keyarc bench` starts as a child process:
 //
 //	keyarc loadgen --addr HOST:PORT --requests FILE [--clients 8] [--duration 20s]
-//	    [--windows 3] [--warmup 2s] [--once] [--status 200] [--control]
+//	    [--windows 3] [--warmup 2s] [--once] [--record-ok] [--status 200] [--control]
+//	    [--tls-ca CA.pem [--tls-server-name NAME]]
 //
-// FILE holds one JSON [Request] per line. Each window's [Result] is written to standard output
+// FILE holds one JSON [Request] per line. With --tls-ca the connections are HTTPS, the
+// server's certificate checked against the PEM certificates of CA.pem (and NAME, by default
+// the host of --addr). With --record-ok each result lists the requests answered with --status
+// ([Result.OKIndex]). Each window's [Result] is written to standard output
 // as one JSON line. With --control, a line {"ready":true} is written once the connections are
 // open and the warm-up is done, and each window starts when a line is read from standard input,
 // so that the parent can read the server's CPU time just before and just after each window.
@@ -48,6 +54,9 @@ func Main(args []string) error {
 	warmup := fs.Duration("warmup", 2*time.Second, "unreported warm-up before the first window")
 	once := fs.Bool("once", false, "send each request at most once (a window ends early when they run out)")
 	status := fs.Int("status", 200, "the HTTP status every answer must have")
+	recordOK := fs.Bool("record-ok", false, "list in each result the index of every request answered with --status")
+	tlsCA := fs.String("tls-ca", "", "HTTPS: PEM file of the CA certificates that verify the server")
+	tlsName := fs.String("tls-server-name", "", "HTTPS: the name the server's certificate must have (default: the host of --addr)")
 	control := fs.Bool("control", false, "write {\"ready\":true} when ready, and start each window on a line read from standard input")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -62,7 +71,13 @@ func Main(args []string) error {
 	if err != nil {
 		return err
 	}
-	g, err := New(Config{Addr: *addr, Clients: *clients, Requests: reqs, Once: *once, Status: *status})
+	cfg := Config{Addr: *addr, Clients: *clients, Requests: reqs, Once: *once, Status: *status, RecordOK: *recordOK}
+	if *tlsCA != "" {
+		if cfg.TLS, err = clientTLS(*tlsCA, *tlsName, *addr); err != nil {
+			return err
+		}
+	}
+	g, err := New(cfg)
 	if err != nil {
 		return err
 	}
@@ -97,6 +112,27 @@ func Main(args []string) error {
 		}
 	}
 	return nil
+}
+
+// clientTLS is the TLS configuration of an HTTPS client that trusts the PEM certificates of
+// caFile and expects name (default: the host of addr).
+func clientTLS(caFile, name, addr string) (*tls.Config, error) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("loadgen: --tls-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("loadgen: --tls-ca %s: no PEM certificate in it", caFile)
+	}
+	if name == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("loadgen: --addr %q: %w", addr, err)
+		}
+		name = host
+	}
+	return &tls.Config{RootCAs: pool, ServerName: name}, nil
 }
 
 // ReadRequests reads a requests file: one JSON [Request] a line.
