@@ -14,6 +14,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"syscall"
 	"time"
@@ -42,15 +43,28 @@ const CAValidity = 10 * 365 * 24 * time.Hour
 // LockName is the lock `keyarc serve` holds on its state folder.
 const LockName = "keyarc.lock"
 
-// Lock takes the state folder's lock without waiting; the lock lasts as long as the
-// returned file is open (the kernel drops it if the process dies).
+// LockFile is the lock file `keyarc serve` takes in the state folder of cfg: [LockName] on a
+// SQLite archive (one process per file), keyarc-NODE.lock on PostgreSQL, where several nodes
+// may share one state folder on one machine (`make cluster`) but a node name serves once.
+func LockFile(cfg *config.Config) string {
+	if cfg.IsPostgres() && cfg.Node != "" {
+		return "keyarc-" + url.PathEscape(cfg.Node) + ".lock"
+	}
+	return LockName
+}
+
+// Lock takes the state folder's lock ([LockFile]) without waiting; the lock lasts as long
+// as the returned file is open (the kernel drops it if the process dies).
 func Lock(cfg *config.Config) (*os.File, error) {
-	f, err := os.OpenFile(cfg.Path(LockName), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(cfg.Path(LockFile(cfg)), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
+		if LockFile(cfg) != LockName {
+			return nil, fmt.Errorf("node %q already serves from the state folder %s; stop it first, or give this one another --node", cfg.Node, cfg.Dir())
+		}
 		return nil, fmt.Errorf("the state folder %s is in use by a running keyarc serve; stop it first", cfg.Dir())
 	}
 	return f, nil
