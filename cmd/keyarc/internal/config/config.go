@@ -99,7 +99,12 @@ type TokenConfig struct {
 	URI string `yaml:"uri"`
 	// SoftHSMConf, when set, is exported as SOFTHSM2_CONF before the module loads
 	// (development installs only).
-	SoftHSMConf     string   `yaml:"softhsm_conf"`
+	SoftHSMConf string `yaml:"softhsm_conf"`
+	// P11KitServer, when set, is the socket of a `p11-kit server` that exposes the token to
+	// several nodes (development and tests): it is exported as P11_KIT_SERVER_ADDRESS for the
+	// module of the URI, p11-kit's client (p11-kit-client.so). A path relative to the state
+	// folder.
+	P11KitServer    string   `yaml:"p11_kit_server,omitempty"`
 	CAKey           string   `yaml:"ca_key"`
 	TransportKey    string   `yaml:"transport_key"`
 	AuditKey        string   `yaml:"audit_key"`

@@ -71,10 +71,15 @@ func Lock(cfg *config.Config) (*os.File, error) {
 }
 
 // OpenToken opens the appliance token of cfg (exporting SOFTHSM2_CONF first on a
-// development install); opts, when given, replaces the configuration's pool settings.
+// development install, and P11_KIT_SERVER_ADDRESS for a token behind `p11-kit server`); opts, when given, replaces the configuration's pool settings.
 func OpenToken(cfg *config.Config, opts *hsm.Options) (*hsm.Token, error) {
 	if cfg.Token.SoftHSMConf != "" {
 		if err := os.Setenv("SOFTHSM2_CONF", cfg.Path(cfg.Token.SoftHSMConf)); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Token.P11KitServer != "" {
+		if err := os.Setenv("P11_KIT_SERVER_ADDRESS", "unix:path="+cfg.Path(cfg.Token.P11KitServer)); err != nil {
 			return nil, err
 		}
 	}
