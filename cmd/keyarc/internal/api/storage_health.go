@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -22,6 +23,8 @@ type storageHealth struct {
 	faultAt      time.Time
 	commits      uint64 // the store's successful commits when the fault was seen
 	commitErrors uint64 // the store's failed commits last seen
+	// ping is readiness's last read of the store (storageStatus).
+	ping storagePing
 }
 
 // fault records a storage fault seen now; stats are the store's counters then.
@@ -53,9 +56,26 @@ func (a *Server) noteStorageFault(err error) {
 	}
 }
 
+// Readiness reads the store at most once per storagePingEvery, and waits for the read at most
+// storagePingTimeout: a load balancer polling /readyz of every node often must not load a
+// shared PostgreSQL server, and a server that stopped answering must not hold the probe.
+const (
+	storagePingEvery   = time.Second
+	storagePingTimeout = 2 * time.Second
+)
+
+// storagePing is the last cheap read of the store made for readiness. Safe for concurrent use:
+// one read at a time, the others take its answer.
+type storagePing struct {
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
 // storageStatus reports whether the store answers: no recent storage fault (see
-// storageHealth) and a cheap read that succeeds within two seconds. The error wraps
-// store.ErrUnavailable or the context's error.
+// storageHealth) and a cheap read (the last audit entry: SQLite's file, or a round trip to
+// PostgreSQL in a read transaction) that succeeded within storagePingTimeout, made at most
+// once per storagePingEvery. The error wraps store.ErrUnavailable or the context's error.
 func (a *Server) storageStatus(ctx context.Context) error {
 	if a.db == nil {
 		return nil
@@ -63,7 +83,14 @@ func (a *Server) storageStatus(ctx context.Context) error {
 	if a.storage.recent(time.Now(), a.db.Stats()) {
 		return store.ErrUnavailable
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	p := &a.storage.ping
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now := time.Now(); !p.at.IsZero() && now.Sub(p.at) < storagePingEvery && now.After(p.at) {
+		return p.err
+	}
+	// The answer is shared by every caller: one caller going away does not cut it short.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storagePingTimeout)
 	defer cancel()
 	err := a.db.View(ctx, func(tx store.Tx) error {
 		_, err := tx.LastAudit()
@@ -72,8 +99,14 @@ func (a *Server) storageStatus(ctx context.Context) error {
 		}
 		return err
 	})
+	if err != nil && ctx.Err() != nil {
+		// The server did not answer in time: a storage fault, whatever the driver made of
+		// the cancelled read.
+		err = fmt.Errorf("%w: the database did not answer within %s: %w", store.ErrUnavailable, storagePingTimeout, err)
+	}
 	if err != nil {
 		a.noteStorageFault(err)
 	}
+	p.at, p.err = time.Now(), err
 	return err
 }
