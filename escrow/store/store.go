@@ -52,6 +52,7 @@ type Tx interface {
 	RecoverySets
 	Recoveries
 	Jobs
+	Leases
 	AuditLog
 	Consistency
 }

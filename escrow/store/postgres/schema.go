@@ -277,6 +277,18 @@ $$;
 CREATE TRIGGER ocsp_due_response AFTER INSERT OR UPDATE ON ocsp_responses
 	FOR EACH ROW EXECUTE FUNCTION keyarc_ocsp_due_response();
 `,
+	// 3: leases (store.Leases): one row per name, its holder ('' once released), its fencing
+	// token (raised each time the lease changes hands, never reset) and its expiry (unix
+	// microseconds).
+	`
+CREATE TABLE leases (
+	name        TEXT   PRIMARY KEY,
+	holder      TEXT   NOT NULL,
+	token       BIGINT NOT NULL CHECK (token > 0),
+	acquired_at BIGINT NOT NULL,
+	expires     BIGINT NOT NULL
+);
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need
@@ -285,7 +297,7 @@ CREATE TRIGGER ocsp_due_response AFTER INSERT OR UPDATE ON ocsp_responses
 var grants = []struct{ privileges, tables string }{
 	{"SELECT", "keyarc_schema"},
 	{"SELECT, INSERT", "audit, audit_checkpoints, recovery_sets, recovery_set_kras, recovery_records, approvals"},
-	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses"},
+	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses, leases"},
 	{"SELECT, INSERT, DELETE", "approval_failures, crls"},
 	{"SELECT, INSERT, UPDATE, DELETE", "ocsp_due"},
 	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},

@@ -317,6 +317,17 @@ BEGIN
 	WHERE serial = new.serial;
 END;
 `,
+	// 10: leases (store.Leases): one row per name, its holder ('' once released), its fencing
+	// token (raised each time the lease changes hands, never reset) and its expiry.
+	`
+CREATE TABLE leases (
+	name        TEXT    PRIMARY KEY,
+	holder      TEXT    NOT NULL,
+	token       INTEGER NOT NULL CHECK (token > 0),
+	acquired_at INTEGER NOT NULL,
+	expires     INTEGER NOT NULL
+) WITHOUT ROWID;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

@@ -52,6 +52,7 @@ func Run(t *testing.T, h Harness) {
 		{"Revocation", revocationTests},
 		{"Recovery", recoveryTests},
 		{"Jobs", jobTests},
+		{"Leases", leaseTests},
 		{"Audit", auditTests},
 		{"Consistency", consistencyTests},
 		{"GroupCommit", groupCommitTests},
