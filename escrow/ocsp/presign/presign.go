@@ -43,6 +43,8 @@ const (
 	// backdate: thisUpdate is a minute before the signing time, for clients whose clock
 	// is slightly behind.
 	backdate = time.Minute
+	// chunk is how many statuses or responses SignDue passes between its goroutines at once.
+	chunk = 16
 	// maxPriority bounds the serials Revoked remembers for priority signing; past it the
 	// next pass over everything due finds the rest (the store lists a response signed with
 	// another status as due at once).
@@ -319,7 +321,9 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 		mu.Unlock()
 		stop()
 	}
-	todo := make(chan store.CertStatus, batch)
+	// Work goes through the channels in chunks: a channel operation per response cost the
+	// scheduler's wake-ups a good part of what storing a response costs.
+	todo := make(chan []store.CertStatus, max(1, batch/chunk))
 	go func() {
 		defer close(todo)
 		after := ""
@@ -334,9 +338,9 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 				fail(fmt.Errorf("presign: list due responses: %w", err))
 				return
 			}
-			for _, st := range due {
+			for lo := 0; lo < len(due); lo += chunk {
 				select {
-				case todo <- st:
+				case todo <- due[lo:min(lo+chunk, len(due))]:
 				case <-run.Done():
 					return
 				}
@@ -347,22 +351,28 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 			after = due[len(due)-1].Serial
 		}
 	}()
-	signed := make(chan store.OCSPResponse, batch)
+	signed := make(chan []store.OCSPResponse, max(1, batch/chunk))
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for st := range todo {
-				if run.Err() != nil {
-					continue // drain: the pass is over
+			for sts := range todo {
+				out := make([]store.OCSPResponse, 0, len(sts))
+				for _, st := range sts {
+					if run.Err() != nil {
+						break // the pass is over: drain
+					}
+					resp, err := signOne(r, st, this, next)
+					if err != nil {
+						fail(err)
+						break
+					}
+					out = append(out, resp)
 				}
-				resp, err := signOne(r, st, this, next)
-				if err != nil {
-					fail(err)
-					continue
+				if len(out) > 0 {
+					signed <- out
 				}
-				signed <- resp
 			}
 		}()
 	}
@@ -372,26 +382,27 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 	}()
 	n := 0
 	storeFailed := false
-	rs := make([]store.OCSPResponse, 0, batch)
-	flush := func() {
-		if len(rs) > 0 && !storeFailed {
+	rs := make([]store.OCSPResponse, 0, batch+chunk)
+	// flush stores the first k of rs, Batch or fewer, and keeps the rest.
+	flush := func(k int) {
+		if k > 0 && !storeFailed {
 			// With the caller's ctx: after a token fault, what was signed is still stored.
-			if err := s.store(ctx, rs); err != nil {
+			if err := s.store(ctx, rs[:k]); err != nil {
 				storeFailed = true
 				fail(err)
 			} else {
-				n += len(rs)
+				n += k
 			}
 		}
-		rs = rs[:0]
+		rs = append(rs[:0], rs[k:]...)
 	}
-	for resp := range signed {
-		rs = append(rs, resp)
-		if len(rs) == batch {
-			flush()
+	for out := range signed {
+		rs = append(rs, out...)
+		if len(rs) >= batch {
+			flush(batch)
 		}
 	}
-	flush()
+	flush(len(rs))
 	mu.Lock()
 	defer mu.Unlock()
 	if first == nil {
