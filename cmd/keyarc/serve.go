@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ func runServe(args []string) error {
 	addr := fs.String("addr", "", "HTTPS listen address (default: the configuration's listen)")
 	metricsAddr := fs.String("metrics-addr", "", "metrics listen address (default: the configuration's metrics_listen)")
 	publicAddr := fs.String("public-addr", "", "public plain-HTTP listen address: CRL, OCSP, CA certificate (default: the configuration's public_listen)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server, from start to stop, to this file (keyarc bench)")
 	node := fs.String("node", "", "this node's name among nodes sharing one database (default: the configuration's node, else the host name)")
 	if err := cmdline.ParseStateOnly(fs, args, state); err != nil {
 		return err
@@ -67,6 +69,17 @@ func runServe(args []string) error {
 		return err
 	}
 	defer a.Close()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("serve: --cpuprofile: %w", err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -12,8 +12,11 @@
 // (cmd/keyarc/internal/loadgen) against a `keyarc serve` child over TCP, in windows the bench
 // starts one at a time, and read the server's CPU time (utime+stime in /proc/PID/stat) just
 // before and just after each: rate, p50/p99 latency and server CPU per request are the
-// server's alone, not shared with a client in the same process. The enrollment storms can run
-// the same way with their own requests file (prepared CSRs and codes, sent once each).
+// server's alone, not shared with a client in the same process. The EST and archival
+// enrollment storms (storms.go) run the same way over HTTPS, with their requests (fresh CSRs
+// and one-time codes, sent once each) made before the windows, and check after each window
+// that every certificate counted is issued in the database. The in-process storms of the CA
+// rounds stay, printed as such: both figures are shown, each named.
 //
 // # Concurrency
 //
@@ -108,7 +111,15 @@ func Run(args []string, env Env) error {
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, storms), rss (peak memory) or ocsp")
+	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, in-process storms), rss (peak memory), ocsp, est or enroll (out-of-process storms)")
+	var st enrollShape
+	fs.IntVar(&st.estClients, "est-clients", 8, "keep-alive HTTPS clients of the out-of-process EST storm")
+	fs.IntVar(&st.enrollClients, "enroll-clients", 64, "keep-alive HTTPS clients of the out-of-process archival storm")
+	fs.IntVar(&st.windows, "storm-windows", 3, "measured windows of each out-of-process enrollment storm")
+	fs.DurationVar(&st.window, "storm-window", 20*time.Second, "length of each out-of-process enrollment storm window")
+	fs.IntVar(&st.estRate, "est-prepare-rate", 2500, "EST requests per second to prepare codes and CSRs for (windows and warm-up)")
+	fs.IntVar(&st.enrollRate, "enroll-prepare-rate", 1500, "archival requests per second to prepare codes, CSRs and envelopes for")
+	fs.StringVar(&st.profileDir, "serve-cpuprofile", "", "write the CPU profile of each out-of-process storm's `keyarc serve` child to this folder (serve-est.pprof, serve-enroll.pprof)")
 	var o ocspShape
 	fs.IntVar(&o.certs, "ocsp-certs", 5000, "certificates whose OCSP responses the OCSP round asks for")
 	fs.IntVar(&o.clients, "ocsp-clients", 8, "keep-alive clients of the OCSP round")
@@ -145,16 +156,28 @@ func Run(args []string, env Env) error {
 		return fmt.Errorf("bench: --runs must be at least 1")
 	}
 	switch {
-	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp":
-		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss or ocsp", *only)}
+	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp" && *only != "est" && *only != "enroll":
+		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss, ocsp, est or enroll", *only)}
 	case o.certs < 1 || o.clients < 1 || o.windows < 1 || o.window <= 0:
 		return cmdline.UsageError{Msg: "bench: --ocsp-certs, --ocsp-clients, --ocsp-windows and --ocsp-window must be positive"}
+	case st.estClients < 1 || st.enrollClients < 1 || st.windows < 1 || st.window <= 0 || st.estRate < 1 || st.enrollRate < 1:
+		return cmdline.UsageError{Msg: "bench: --est-clients, --enroll-clients, --storm-windows, --storm-window, --est-prepare-rate and --enroll-prepare-rate must be positive"}
 	}
-	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs, ocsp: o}
+	if st.profileDir != "" {
+		if err := os.MkdirAll(st.profileDir, 0o755); err != nil {
+			return err
+		}
+		if st.profileDir, err = filepath.Abs(st.profileDir); err != nil {
+			return err
+		}
+	}
+	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs, ocsp: o, storms: st}
 	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
-	fmt.Println("In process (clients in this process): the raw limits, the jobs and the enrollment storms.")
-	fmt.Println("Out of process: the peak memory (a `keyarc serve` child) and the OCSP round (a `keyarc loadgen`")
-	fmt.Println("child against a `keyarc serve` child over TCP, the server's CPU time read from /proc).")
+	fmt.Println("In process (clients in this process): the raw limits, the jobs and the short enrollment storms")
+	fmt.Println("of the CA rounds, rows named \"in process\".")
+	fmt.Println("Out of process: the peak memory (a `keyarc serve` child), the OCSP round and the EST and archival")
+	fmt.Println("storms (a `keyarc loadgen` child against a `keyarc serve` child over TCP, sustained windows, the")
+	fmt.Println("server's CPU time read from /proc), rows named \"out of process\".")
 	fmt.Println()
 	if *only == "" || *only == "ca" {
 		for _, alg := range []string{"p256", "rsa3072"} {
@@ -171,6 +194,14 @@ func Run(args []string, env Env) error {
 	if *only == "" || *only == "ocsp" {
 		if err := b.ocspRound(); err != nil {
 			return fmt.Errorf("bench OCSP: %w", err)
+		}
+	}
+	if *only == "" || *only == "est" || *only == "enroll" {
+		if err := b.initSelf(); err != nil {
+			return err
+		}
+		if err := b.enrollStormsOutside(*only != "enroll", *only != "est"); err != nil {
+			return fmt.Errorf("bench: %w", err)
 		}
 	}
 	return nil
@@ -192,16 +223,29 @@ type bench struct {
 	self                      string
 	rsaGen                    float64
 	ocsp                      ocspShape
+	storms                    enrollShape
+	// enrollCryptoCPU is the archival enrollment's crypto CPU time per item in µs, once
+	// measured.
+	enrollCryptoCPU float64
+}
+
+// initSelf finds this very binary, which the bench runs as its children.
+func (b *bench) initSelf() error {
+	if b.self != "" {
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	b.self = exe
+	return nil
 }
 
 // initState makes a development state with the given CA key, with this very binary.
 func (b *bench) initState(name, alg string) (string, error) {
-	if b.self == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return "", err
-		}
-		b.self = exe
+	if err := b.initSelf(); err != nil {
+		return "", err
 	}
 	state := filepath.Join(b.dir, name)
 	out, err := exec.Command(b.self, "init", "--dev", "--state", state, "--ca-key", alg).CombinedOutput()
@@ -368,45 +412,13 @@ func (b *bench) caRound(alg string) error {
 	ctx := context.Background()
 	svc := a.Service()
 	procs := runtime.GOMAXPROCS(0)
-	tmpl := svc.Templates[policy.TemplateSMIMEEncryption]
-	rs, err := svc.CurrentRecoverySet(ctx)
-	if err != nil {
-		return err
-	}
 
 	// Raw limits, each measured alone on all cores.
 	sub := newP256()
-	subPKCS8, _ := x509.MarshalPKCS8PrivateKey(sub)
-	csrDER := benchCSR(sub, "raw@example.org")
-	env, err := cms.Encrypt(subPKCS8, svc.Transport.Cert, cms.EnvelopedAESCBC, svc.ShareHash())
+	csrCheck, cmsOpen, parse, seal, sign, err := enrollCryptoParts(ctx, svc, alg, sub)
 	if err != nil {
 		return err
 	}
-	seal := part{name: "seal an escrow record (n=3 KRAs, m=2)", n: procs, op: func() error {
-		serial, _ := ca.NewSerial()
-		_, err := svc.SealForIssue(rs, serial, sub.Public(), subPKCS8)
-		return err
-	}}
-	sign := part{name: "CA signs a certificate through the token (" + alg + ")", n: 2 * procs, op: func() error {
-		serial, _ := ca.NewSerial()
-		_, err := svc.Issuer.Issue(ca.Request{Serial: serial, PublicKey: sub.Public(), Subject: pkix.Name{CommonName: "raw@example.org"},
-			EmailAddresses: []string{"raw@example.org"}, KeyUsage: x509.KeyUsageKeyAgreement,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}, NotBefore: time.Now(), Validity: 365 * 24 * time.Hour})
-		return err
-	}}
-	csrCheck := part{name: "CSR parse + template check (P-256 CSR)", n: procs, op: func() error {
-		csr, err := x509.ParseCertificateRequest(csrDER)
-		if err != nil {
-			return err
-		}
-		return tmpl.CheckCSR(csr, "raw@example.org")
-	}}
-	cmsOpen := part{name: "CMS envelope opened with the transport key (token RSA-2048)", n: 2 * procs, op: func() error {
-		k, err := svc.OpenEnvelope(env)
-		clear(k)
-		return err
-	}}
-	parse := part{name: "PKCS#8 parse + pair check (P-256)", n: procs, op: func() error { return escrow.CheckKeyPair(subPKCS8, sub.Public()) }}
 	caCert := svc.Issuer.Certificate()
 	rawCert, err := x509.ParseCertificate(mustIssue(svc, sub.Public()))
 	if err != nil {
@@ -540,19 +552,20 @@ func (b *bench) caRound(alg string) error {
 	if err := waitReady("https://"+listen, caCert); err != nil {
 		return err
 	}
-	fmt.Printf("storms (in process: clients in this process, HTTPS on loopback, keep-alive, %d enrollments each):\n", b.storm)
+	fmt.Printf("storms in process (clients in this process, HTTPS on loopback, keep-alive, bursts of %d enrollments;\n", b.storm)
+	fmt.Println("measured from outside, over sustained windows: --only est, --only enroll):")
 	storms, err := b.repeat(enrollParts, b.runs, func(run int) (func() (float64, error), error) {
 		return b.enrollStorm(a, listen, 64, fmt.Sprintf("storm%d-", run))
 	})
 	if err != nil {
 		return fmt.Errorf("enroll storm: %w", err)
 	}
-	report("/api/v1/enroll with archival, 64 clients", storms, "the enroll crypto limit")
+	report("in process: /api/v1/enroll with archival, 64 clients", storms, "the enroll crypto limit")
 	r, err := b.estStorm(a, listen, 8)
 	if err != nil {
 		return fmt.Errorf("EST storm: %w", err)
 	}
-	row("EST simpleenroll (smime-signature, no archival), 8 clients", r, "/s", "target 1,400/s")
+	row("in process: EST simpleenroll (smime-signature), 8 clients", r, "/s", "burst of "+strconv.Itoa(2*b.storm))
 	fmt.Println()
 	return nil
 }

@@ -36,6 +36,9 @@ import (
 type stormShape struct {
 	clients, windows int
 	window, warmup   time.Duration
+	// check, when set, is called with each window's result just after it, the server idle:
+	// its error ends the storm.
+	check func(loadgen.Result) error
 }
 
 // window is what one window measured from outside: the load generator's result and the CPU
@@ -120,6 +123,12 @@ func (b *bench) outsideStorm(addr, reqFile string, serverPID int, s stormShape, 
 			return nil, fmt.Errorf("keyarc loadgen: result %q: %w", l, err)
 		}
 		w.serverCPU = cpu1 - cpu0
+		if s.check != nil {
+			if err := s.check(w.Result); err != nil {
+				return nil, fmt.Errorf("window %d: %w", len(ws)+1, err)
+			}
+		}
+		w.OKIndex = nil
 		ws = append(ws, w)
 	}
 	return ws, nil
@@ -156,8 +165,9 @@ func medianRange(ws []window, f func(window) float64) (med, lo, hi float64) {
 	return v[len(v)/2], v[0], v[len(v)-1]
 }
 
-// reportWindows prints the windows of one out-of-process storm.
-func reportWindows(name, target string, ws []window) {
+// reportWindows prints the windows of one out-of-process storm; per names what one answer
+// with the expected status is (a response, a certificate).
+func reportWindows(name, target, per string, ws []window) {
 	med, lo, hi := medianRange(ws, func(w window) float64 { return w.Rate })
 	note := fmt.Sprintf("median of %d windows of %.0f s: %.0f–%.0f/s", len(ws), ws[0].Seconds, lo, hi)
 	if target != "" {
@@ -168,7 +178,7 @@ func reportWindows(name, target string, ws []window) {
 	p99, p99lo, p99hi := medianRange(ws, func(w window) float64 { return w.P99 })
 	row("  latency p50", p50, "µs", fmt.Sprintf("p99 %.0f µs (%.0f–%.0f)", p99, p99lo, p99hi))
 	cpu, cpuLo, cpuHi := medianRange(ws, window.serverCPUPer)
-	row("  server CPU per response (utime+stime, /proc)", cpu, "µs", fmt.Sprintf("%.1f–%.1f µs", cpuLo, cpuHi))
+	row("  server CPU per "+per+" (utime+stime, /proc)", cpu, "µs", fmt.Sprintf("%.1f–%.1f µs", cpuLo, cpuHi))
 	lg, _, _ := medianRange(ws, window.clientCPUPer)
 	row("  load generator CPU per request", lg, "µs", "")
 	var errs int64
@@ -235,7 +245,7 @@ func (b *bench) ocspRound() error {
 	if err != nil {
 		return fmt.Errorf("OCSP storm: %w\n%s", err, logs.String())
 	}
-	reportWindows(fmt.Sprintf("OCSP responses, %d keep-alive clients", s.clients), "target 20,000/s", ws)
+	reportWindows(fmt.Sprintf("OCSP responses, %d keep-alive clients", s.clients), "target 20,000/s", "response", ws)
 	stopChild(cmd)
 
 	if s.ceiling {
@@ -258,7 +268,7 @@ func (b *bench) ocspRound() error {
 		if err != nil {
 			return fmt.Errorf("static storm: %w", err)
 		}
-		reportWindows(fmt.Sprintf("ceiling: trivial net/http handler, %d-byte body, same load", respSize), "", ws)
+		reportWindows(fmt.Sprintf("ceiling: trivial net/http handler, %d-byte body, same load", respSize), "", "response", ws)
 	}
 	fmt.Println("  (in process, for comparison: go test -run '^$' -bench OCSPLoopback ./cmd/keyarc/internal/api/)")
 	fmt.Println()

@@ -1,0 +1,436 @@
+package bench
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/loadgen"
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// enrollShape is the size of the out-of-process enrollment storms: clients, windows, and the
+// rate each storm's one-time requests are prepared for.
+type enrollShape struct {
+	estClients, enrollClients int
+	windows                   int
+	window                    time.Duration
+	// estRate and enrollRate: enough codes and CSRs are made before the windows for this
+	// many requests per second over every window and the warm-up.
+	estRate, enrollRate int
+	// profileDir, when set, receives the CPU profile of each storm's `keyarc serve` child.
+	profileDir string
+}
+
+// stormKind is one of the two enrollment storms.
+type stormKind struct {
+	name     string // est or enroll
+	label    string // EST, archival
+	title    string
+	template string
+	clients  int
+	rate     int
+	// archived: the storm's certificates must have an escrow record.
+	archived bool
+}
+
+// stormWarmup is the unreported warm-up of each out-of-process enrollment storm.
+const stormWarmup = 2 * time.Second
+
+// enrollStormsOutside runs the EST simpleenroll storm and/or the /api/v1/enroll archival
+// storm out of process: a `keyarc loadgen` child over HTTPS against a `keyarc serve` child.
+func (b *bench) enrollStormsOutside(est, enroll bool) error {
+	s := b.storms
+	if est {
+		k := stormKind{name: "est", label: "EST", title: "EST simpleenroll (smime-signature, no archival)", template: policy.TemplateSMIMESignature,
+			clients: s.estClients, rate: s.estRate}
+		if err := b.enrollStormOutside(k); err != nil {
+			return fmt.Errorf("EST storm: %w", err)
+		}
+	}
+	if enroll {
+		k := stormKind{name: "enroll", label: "archival", title: "/api/v1/enroll with archival (smime-encryption)", template: policy.TemplateSMIMEEncryption,
+			clients: s.enrollClients, rate: s.enrollRate, archived: true}
+		if err := b.enrollStormOutside(k); err != nil {
+			return fmt.Errorf("archival storm: %w", err)
+		}
+	}
+	return nil
+}
+
+// enrollStormOutside runs one enrollment storm from outside. Before the windows, on a
+// throw-away state with a P-256 CA key in SoftHSM, it makes in this process (not measured)
+// the enrollment codes and the requests: fresh P-256 keys and CSRs, and for the archival
+// storm the keys encrypted to the transport certificate. Then a `keyarc serve` child serves
+// them to a `keyarc loadgen` child, each request sent once; after each window every
+// certificate the load generator counted as issued is looked up in the database.
+func (b *bench) enrollStormOutside(k stormKind) error {
+	s := b.storms
+	fmt.Printf("== %s storm, out of process: a `keyarc loadgen` child (%d HTTPS keep-alive clients) against a `keyarc serve` child ==\n", k.label, k.clients)
+	state, err := b.initState("state-storm-"+k.name, "p256")
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(state)
+	if err != nil {
+		return err
+	}
+	if cfg.IsPostgres() {
+		return errors.New("bench: the storms check their certificates in a SQLite archive; this state's is PostgreSQL")
+	}
+	caCert, err := b.env.CACert(state)
+	if err != nil {
+		return err
+	}
+	where := "a real token"
+	if cfg.Token.SoftHSMConf != "" {
+		where = "SoftHSM"
+	}
+	fmt.Printf("  CA key: %s in %s (token key %q)\n", keyKind(caCert.PublicKey), where, cfg.Token.CAKey)
+
+	n := int(float64(k.rate) * (float64(s.windows)*s.window.Seconds() + stormWarmup.Seconds()))
+	t0 := time.Now()
+	p, err := b.prepareStorm(state, k, n)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  prepared %d codes and requests in %.1f s (enough for %d/s over the warm-up and %d windows of %s)\n",
+		n, time.Since(t0).Seconds(), k.rate, s.windows, s.window)
+	reqFile := filepath.Join(b.dir, k.name+"-requests.jsonl")
+	if err := loadgen.WriteRequests(reqFile, p.reqs); err != nil {
+		return err
+	}
+	p.reqs = nil
+	caFile := filepath.Join(b.dir, k.name+"-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o600); err != nil {
+		return err
+	}
+
+	addr := freeAddr()
+	args := []string{"serve", "--state", state, "--addr", addr, "--metrics-addr", freeAddr(), "--public-addr", freeAddr()}
+	profile := ""
+	if s.profileDir != "" {
+		profile = filepath.Join(s.profileDir, "serve-"+k.name+".pprof")
+		args = append(args, "--cpuprofile", profile)
+	}
+	cmd := exec.Command(b.self, args...)
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer stopChild(cmd)
+	if err := waitReady("https://"+addr, caCert); err != nil {
+		return fmt.Errorf("%w\n%s", err, logs.String())
+	}
+	db, err := sqlite.Open(cfg.DatabaseName())
+	if err != nil {
+		return fmt.Errorf("bench: open the archive to check the storm's certificates: %w", err)
+	}
+	defer db.Close()
+
+	var issued, exhausted int
+	shape := stormShape{clients: k.clients, windows: s.windows, window: s.window, warmup: stormWarmup,
+		check: func(r loadgen.Result) error {
+			if r.Exhausted {
+				exhausted++
+			}
+			issued += len(r.OKIndex)
+			return checkIssued(db, p.codeIDs, r.OKIndex, k.archived)
+		}}
+	ws, err := b.outsideStorm(addr, reqFile, cmd.Process.Pid, shape, "--once", "--record-ok", "--tls-ca", caFile)
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, lastLines(logs.String(), 20))
+	}
+	stopChild(cmd)
+	target := ""
+	if k.name == "est" {
+		target = "target 1,600/s, ≤ 700 µs server CPU per certificate (issue 16)"
+	}
+	reportWindows(fmt.Sprintf("out of process: %s, %d clients", k.title, k.clients), target, "certificate", ws)
+	row("  certificates counted by the load generator, all found issued", float64(issued), "", "in the database after each window (no phantom success)")
+	if k.archived && b.enrollCryptoCPU > 0 {
+		row("  its crypto CPU per item (CSR check + envelope + parse + seal + sign)", b.enrollCryptoCPU, "µs", "each measured alone, CPU time: the floor of the line above")
+	}
+	if exhausted > 0 {
+		fmt.Printf("  NOTE: the prepared requests ran out in %d window(s), which ended early: raise --%s-prepare-rate\n", exhausted, k.name)
+	}
+	if profile != "" {
+		fmt.Printf("  server CPU profile (start-up, warm-up and windows): %s\n  read it with: go tool pprof -top -cum %s %s\n", profile, b.self, profile)
+	}
+	fmt.Println()
+	return nil
+}
+
+// preparedStorm is a storm's requests, and the enrollment code each one uses, by index.
+type preparedStorm struct {
+	reqs    []loadgen.Request
+	codeIDs []string
+}
+
+// prepareStorm opens the appliance of state in this process and makes n enrollment codes and
+// the n requests that use them, on all cores; it closes the appliance before it returns, so
+// that a `keyarc serve` child can take the state.
+func (b *bench) prepareStorm(state string, k stormKind, n int) (*preparedStorm, error) {
+	a, err := b.env.Open(state, freeAddr(), freeAddr(), slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	svc := a.Service()
+	if k.archived && b.enrollCryptoCPU == 0 {
+		// The archival storm's crypto cost per item, the floor of its server CPU per
+		// certificate: the CPU time of each of the enroll parts, measured alone, summed. CPU
+		// time, not a rate: it does not depend on what else runs on the machine.
+		csrCheck, cmsOpen, parse, seal, sign, err := enrollCryptoParts(context.Background(), svc, "p256", newP256())
+		if err != nil {
+			return nil, err
+		}
+		sum := 0.0
+		for _, pt := range []part{csrCheck, cmsOpen, parse, seal, sign} {
+			c, err := cpuPerOp(pt, b.raw)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", pt.name, err)
+			}
+			sum += c
+		}
+		b.enrollCryptoCPU = sum
+	}
+	prefix := "storm-" + k.name + "-"
+	cs, err := codes(svc, prefix, k.template, n)
+	if err != nil {
+		return nil, fmt.Errorf("enrollment codes: %w", err)
+	}
+	p := &preparedStorm{reqs: make([]loadgen.Request, n), codeIDs: make([]string, n)}
+	var tr *x509.Certificate
+	var h crypto.Hash
+	if k.archived {
+		tr, h = svc.Transport.Cert, svc.ShareHash()
+	}
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				mb := mailboxN(prefix, i)
+				key := newP256()
+				csr := benchCSR(key, mb)
+				auth := "Basic " + base64.StdEncoding.EncodeToString([]byte(mb+":"+cs[i].Secret))
+				p.codeIDs[i] = cs[i].ID
+				if !k.archived {
+					p.reqs[i] = loadgen.Request{Method: "POST", Path: "/.well-known/est/" + k.template + "/simpleenroll",
+						Header: map[string]string{"Content-Type": "application/pkcs10", "Authorization": auth},
+						Body:   []byte(base64.StdEncoding.EncodeToString(csr))}
+					continue
+				}
+				p8, _ := x509.MarshalPKCS8PrivateKey(key)
+				env, err := cms.Encrypt(p8, tr, cms.EnvelopedAESCBC, h)
+				clear(p8)
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				body, _ := json.Marshal(map[string]string{"template": k.template,
+					"csr": base64.StdEncoding.EncodeToString(csr), "encrypted_key": base64.StdEncoding.EncodeToString(env)})
+				p.reqs[i] = loadgen.Request{Method: "POST", Path: "/api/v1/enroll",
+					Header: map[string]string{"Content-Type": "application/json", "Authorization": auth}, Body: body}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, fmt.Errorf("encrypt a key to the transport certificate: %w", firstErr)
+	}
+	return p, nil
+}
+
+// checkIssued checks in the archive that each request of okIndex, counted as served by the
+// load generator, used its enrollment code for a certificate now issued (with an escrow
+// record when archived): no success the database does not back.
+//
+// # Errors
+//
+// An error naming how many of them are not backed, and the first one's fault; or the
+// store's error.
+func checkIssued(db store.Store, codeIDs []string, okIndex []int64, archived bool) error {
+	var bad int
+	var first string
+	const perView = 4096 // a View holds a snapshot: keep each short
+	for off := 0; off < len(okIndex); off += perView {
+		part := okIndex[off:min(off+perView, len(okIndex))]
+		err := db.View(context.Background(), func(tx store.Tx) error {
+			for _, i := range part {
+				if i < 0 || int(i) >= len(codeIDs) {
+					return fmt.Errorf("bench: the load generator counted request %d, of %d", i, len(codeIDs))
+				}
+				fault := ""
+				c, err := tx.GetCode(codeIDs[i])
+				switch {
+				case err != nil:
+					fault = fmt.Sprintf("code %s: %v", codeIDs[i], err)
+				case c.UsedAt == nil || c.Serial == "":
+					fault = fmt.Sprintf("code %s is not used for a certificate", c.ID)
+				default:
+					cert, err := tx.GetCertificate(c.Serial)
+					switch {
+					case err != nil:
+						fault = fmt.Sprintf("certificate %s of code %s: %v", c.Serial, c.ID, err)
+					case cert.State != store.StateIssued || len(cert.DER) == 0:
+						fault = fmt.Sprintf("certificate %s of code %s is %s", c.Serial, c.ID, cert.State)
+					case cert.CodeID != c.ID:
+						fault = fmt.Sprintf("certificate %s is not of code %s", c.Serial, c.ID)
+					case archived && cert.RecordID == "":
+						fault = fmt.Sprintf("certificate %s has no escrow record", c.Serial)
+					}
+				}
+				if fault != "" {
+					if bad == 0 {
+						first = fault
+					}
+					bad++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("bench: check the storm's certificates: %w", err)
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("bench: %d of %d certificates the load generator counted are not issued in the database; first: %s", bad, len(okIndex), first)
+	}
+	return nil
+}
+
+// enrollCryptoParts are the per-item crypto costs of an archived enrollment with a CA key of
+// kind alg, measured on sub's key: CSR check, envelope opening, PKCS#8 parse, seal, sign.
+func enrollCryptoParts(ctx context.Context, svc *escrow.Service, alg string, sub *ecdsa.PrivateKey) (csrCheck, cmsOpen, parse, seal, sign part, err error) {
+	procs := runtime.GOMAXPROCS(0)
+	tmpl := svc.Templates[policy.TemplateSMIMEEncryption]
+	rs, err := svc.CurrentRecoverySet(ctx)
+	if err != nil {
+		return
+	}
+	subPKCS8, _ := x509.MarshalPKCS8PrivateKey(sub)
+	csrDER := benchCSR(sub, "raw@example.org")
+	env, err := cms.Encrypt(subPKCS8, svc.Transport.Cert, cms.EnvelopedAESCBC, svc.ShareHash())
+	if err != nil {
+		return
+	}
+	seal = part{name: "seal an escrow record (n=3 KRAs, m=2)", n: procs, op: func() error {
+		serial, _ := ca.NewSerial()
+		_, err := svc.SealForIssue(rs, serial, sub.Public(), subPKCS8)
+		return err
+	}}
+	sign = part{name: "CA signs a certificate through the token (" + alg + ")", n: 2 * procs, op: func() error {
+		serial, _ := ca.NewSerial()
+		_, err := svc.Issuer.Issue(ca.Request{Serial: serial, PublicKey: sub.Public(), Subject: pkix.Name{CommonName: "raw@example.org"},
+			EmailAddresses: []string{"raw@example.org"}, KeyUsage: x509.KeyUsageKeyAgreement,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}, NotBefore: time.Now(), Validity: 365 * 24 * time.Hour})
+		return err
+	}}
+	csrCheck = part{name: "CSR parse + template check (P-256 CSR)", n: procs, op: func() error {
+		csr, err := x509.ParseCertificateRequest(csrDER)
+		if err != nil {
+			return err
+		}
+		return tmpl.CheckCSR(csr, "raw@example.org")
+	}}
+	cmsOpen = part{name: "CMS envelope opened with the transport key (token RSA-2048)", n: 2 * procs, op: func() error {
+		k, err := svc.OpenEnvelope(env)
+		clear(k)
+		return err
+	}}
+	parse = part{name: "PKCS#8 parse + pair check (P-256)", n: procs, op: func() error { return escrow.CheckKeyPair(subPKCS8, sub.Public()) }}
+	return
+}
+
+// cpuPerOp runs p's operation on its goroutines for d and returns the CPU time (user and
+// system, of this process and its token library) per operation, in µs.
+func cpuPerOp(p part, d time.Duration) (float64, error) {
+	cpu0 := selfCPU()
+	var count atomic.Int64
+	var firstErr error
+	var once sync.Once
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range p.n {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				if err := p.op(); err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				count.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	if count.Load() == 0 {
+		return 0, errors.New("bench: no operation done")
+	}
+	return float64((selfCPU()-cpu0)/time.Nanosecond) / 1e3 / float64(count.Load()), nil
+}
+
+// selfCPU returns this process's user and system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// keyKind names a public key's algorithm and size: "ECDSA P-256", "RSA-3072".
+func keyKind(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA-%d", k.N.BitLen())
+	default:
+		return fmt.Sprintf("%T", pub)
+	}
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
