@@ -8,7 +8,7 @@ METRICS ?= 127.0.0.1:9180
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all check-go build deps run test test-short lint bench fuzz clean
+.PHONY: all check-go build deps run cluster test test-short lint bench fuzz clean
 
 all: build
 
@@ -33,6 +33,13 @@ deps:
 run: check-go deps build
 	$(BIN) init --dev --state $(STATE)
 	$(BIN) serve --state $(STATE) --addr $(ADDR) --metrics-addr $(METRICS)
+
+# cluster runs three nodes on one machine (127.0.0.1:8443-8445, metrics :9180-9182, public
+# :8080-8082), sharing a PostgreSQL server and a SoftHSM token behind `p11-kit server`, all kept
+# under .state-cluster/ (provisioned on the first run). Ctrl-C stops everything it started.
+# Clients: --state .state-cluster --as admin --server https://127.0.0.1:8444 picks a node.
+cluster: check-go deps build
+	@STATE=$(CURDIR)/.state-cluster BIN=$(BIN) bash .ci/cluster
 
 # test runs every test, with the race detector, against real SoftHSM tokens, a real SQLite file,
 # the real binary (itself built with -race: KEYARC_E2E_RACE) and real clients (openssl, curl, pk12util).
