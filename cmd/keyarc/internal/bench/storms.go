@@ -283,8 +283,7 @@ func (b *bench) prepareStorm(state string, k stormKind, n int) (*preparedStorm, 
 //
 // # Errors
 //
-// An error naming how many of them are not backed, and the first one's fault; or the
-// store's error.
+// A [*phantomError] when some are not backed; the store's error.
 func checkIssued(db store.Store, codeIDs []string, okIndex []int64, archived bool) error {
 	var bad int
 	var first string
@@ -294,7 +293,11 @@ func checkIssued(db store.Store, codeIDs []string, okIndex []int64, archived boo
 		err := db.View(context.Background(), func(tx store.Tx) error {
 			for _, i := range part {
 				if i < 0 || int(i) >= len(codeIDs) {
-					return fmt.Errorf("bench: the load generator counted request %d, of %d", i, len(codeIDs))
+					if bad == 0 {
+						first = fmt.Sprintf("request %d counted, of %d prepared", i, len(codeIDs))
+					}
+					bad++
+					continue
 				}
 				fault := ""
 				c, err := tx.GetCode(codeIDs[i])
@@ -330,9 +333,21 @@ func checkIssued(db store.Store, codeIDs []string, okIndex []int64, archived boo
 		}
 	}
 	if bad > 0 {
-		return fmt.Errorf("bench: %d of %d certificates the load generator counted are not issued in the database; first: %s", bad, len(okIndex), first)
+		return &phantomError{Bad: bad, Counted: len(okIndex), First: first}
 	}
 	return nil
+}
+
+// phantomError is a storm's check that failed: Bad of the Counted certificates the load
+// generator counted as issued are not issued in the database; First says what is wrong with
+// the first of them.
+type phantomError struct {
+	Bad, Counted int
+	First        string
+}
+
+func (e *phantomError) Error() string {
+	return fmt.Sprintf("bench: %d of %d certificates the load generator counted are not issued in the database; first: %s", e.Bad, e.Counted, e.First)
 }
 
 // enrollCryptoParts are the per-item crypto costs of an archived enrollment with a CA key of
