@@ -56,6 +56,17 @@
 // its certificate, and a reservation whose certificate is pending or issued is never released)
 // and every certificate in the results has an active record.
 //
+// # Several nodes
+//
+// Nodes sharing one database each run a Manager ([Manager.Node] names it). A node runs a job
+// only under the job's lease ([store.JobLease]) and renews it while it works; when the node
+// dies (kill -9 included), another node claims the job once the lease expires and resumes it as
+// above. Every write of a run (starting a pass, reserving, finishing or failing an item,
+// finishing the job) checks the lease and its fencing token in the same transaction, so a node
+// paused longer than the lease (kill -STOP, then kill -CONT) writes nothing more for the job:
+// its writes fail with [store.ErrLeaseLost], its signed certificates are never stored as
+// issued, and its run stops. See [DefaultLeaseTTL].
+//
 // # Faults of the appliance
 //
 // An item fails only for its own fault (a bad CSR, a key that is not the CSR's...). A fault of

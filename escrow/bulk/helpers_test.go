@@ -76,14 +76,21 @@ type testEnv struct {
 	kraKeys   []*rsa.PrivateKey
 	kraCerts  []*x509.Certificate
 	mgr       *Manager
+	// openStore opens a handle on the env's database (default: the SQLite file at path).
+	openStore func(tb testing.TB) store.Store
 }
 
 // newEnv makes a service with software keys, a real SQLite file, three KRAs in a 2-of-3
 // recovery set, and a Manager.
 func newEnv(tb testing.TB) *testEnv {
+	return newEnvOn(tb, nil)
+}
+
+// newEnvOn is newEnv on the database openStore opens (nil: a SQLite file).
+func newEnvOn(tb testing.TB, openStore func(tb testing.TB) store.Store) *testEnv {
 	tb.Helper()
 	dir := tb.TempDir()
-	env := &testEnv{path: filepath.Join(dir, "k.db")}
+	env := &testEnv{path: filepath.Join(dir, "k.db"), openStore: openStore}
 	env.open(tb)
 	caKey := p256(tb)
 	env.caKey = caKey
@@ -126,15 +133,26 @@ func newEnv(tb testing.TB) *testEnv {
 
 func (env *testEnv) open(tb testing.TB) {
 	tb.Helper()
+	db := env.handle(tb)
+	env.db = db
+	if env.svc != nil {
+		env.svc.Store = db
+	}
+}
+
+// handle opens another handle on the env's database, as another node would, closed when tb
+// ends.
+func (env *testEnv) handle(tb testing.TB) store.Store {
+	tb.Helper()
+	if env.openStore != nil {
+		return env.openStore(tb)
+	}
 	db, err := sqlite.Open(env.path)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	env.db = db
 	tb.Cleanup(func() { db.Close() })
-	if env.svc != nil {
-		env.svc.Store = db
-	}
+	return db
 }
 
 // jobFile builds a job file from a header and items.

@@ -61,6 +61,13 @@ type Manager struct {
 	// the storage ([store.ErrUnavailable]) are recognised without it. An item never fails for
 	// the appliance's fault: the job pauses and tries again (see [Manager.Run]).
 	Fault func(err error) string
+	// Node names this node when several share the database: it holds the leases of the jobs
+	// it runs (default [DefaultNode]).
+	Node string
+	// LeaseTTL is how long a job's lease lasts without renewal (default [DefaultLeaseTTL]);
+	// the running node renews it every third of that. Every node of a cluster should use the
+	// same value.
+	LeaseTTL time.Duration
 
 	wake    chan struct{}
 	once    sync.Once
@@ -339,20 +346,23 @@ func (m *Manager) Wake() {
 	}
 }
 
-// Run runs jobs until ctx ends: first the jobs a previous run left running, then queued jobs
-// in submission order, one at a time. Call it after [escrow.Service.Sweep]. When ctx ends it
-// stops taking items and returns once the items in flight are committed (or left for the next
-// start); [Manager.Wait] waits for that. A job that meets a fault of the appliance (storage,
-// token) pauses and goes on when the fault clears; it is never cancelled for it.
+// Run runs jobs until ctx ends: first the jobs a previous run left running (here or on a node
+// that died), then queued jobs in submission order, one at a time, each under its lease (see
+// [DefaultLeaseTTL]; jobs other nodes hold are left to them). Call it after
+// [escrow.Service.Sweep]. When ctx ends it stops taking items and returns once the items in
+// flight are committed (or left for the next start); [Manager.Wait] waits for that. A job that
+// meets a fault of the appliance (storage, token) pauses and goes on when the fault clears; it
+// is never cancelled for it. A job whose lease another node took stops here at once.
 func (m *Manager) Run(ctx context.Context) {
 	m.init()
 	m.runs.Add(1)
 	defer m.runs.Done()
-	t := time.NewTicker(5 * time.Second)
+	// Jobs whose node died are looked for at least twice per lease.
+	t := time.NewTicker(min(5*time.Second, m.leaseTTL()/2))
 	defer t.Stop()
 	for {
 		for ctx.Err() == nil {
-			job, err := m.nextJob(ctx)
+			job, lease, err := m.claimJob(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
 					m.log().Error("bulk: look for jobs", "err", err)
@@ -362,20 +372,17 @@ func (m *Manager) Run(ctx context.Context) {
 			if job == nil {
 				break
 			}
-			err = m.runJob(ctx, job)
+			err = m.runLeased(ctx, job, lease)
 			switch {
 			case err == nil || ctx.Err() != nil:
+			case errors.Is(err, store.ErrLeaseLost):
+				m.log().Warn("bulk job taken over by another node; stopped here", "job", job.ID, "err", err)
 			case m.faultOf(err) != "":
 				// The appliance's fault, not the job's: try again shortly.
 				m.log().Warn("bulk job waits for the appliance", "job", job.ID, "err", err)
 				sleep(ctx, time.Second)
 			default:
-				m.log().Error("bulk job stopped", "job", job.ID, "err", err)
-				// A job that cannot run (its file is gone...) is cancelled, not retried forever.
-				if err := m.finish(context.Background(), job.ID, store.JobCancelled, 0); err != nil {
-					m.log().Error("bulk: cancel job", "job", job.ID, "err", err)
-					sleep(ctx, time.Second)
-				}
+				sleep(ctx, time.Second)
 			}
 		}
 		select {
@@ -387,34 +394,46 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
-// nextJob returns the oldest running job, else the oldest queued one, else nil.
-func (m *Manager) nextJob(ctx context.Context) (*store.Job, error) {
-	var job *store.Job
-	err := m.Service.Store.View(ctx, func(tx store.Tx) error {
-		for _, st := range []string{store.JobRunning, store.JobQueued} {
-			jobs, err := tx.ListJobs(st)
-			if err != nil {
-				return err
-			}
-			if len(jobs) > 0 {
-				job = &jobs[0]
-				return nil
-			}
+// runLeased runs a job under its lease: it renews the lease while the job runs, stops the run
+// as soon as the lease is lost, cancels a job that cannot run (its file is gone...) rather
+// than retrying it forever, and gives the lease up at the end.
+func (m *Manager) runLeased(ctx context.Context, job *store.Job, lease store.Lease) error {
+	jctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	r := m.newRun(job, lease, stop)
+	renewing := make(chan struct{})
+	go func() { defer close(renewing); r.keepLease(jctx, stop) }()
+	err := m.runJob(jctx, r)
+	if cause := context.Cause(jctx); err == nil && errors.Is(cause, store.ErrLeaseLost) {
+		err = cause
+	}
+	if err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrLeaseLost) && m.faultOf(err) == "" {
+		m.log().Error("bulk job stopped", "job", job.ID, "err", err)
+		if err := m.finish(context.Background(), job.ID, store.JobCancelled, 0, r.fence); err != nil {
+			m.log().Error("bulk: cancel job", "job", job.ID, "err", err)
 		}
-		return nil
-	})
-	return job, err
+	}
+	stop(nil)
+	<-renewing
+	if !errors.Is(err, store.ErrLeaseLost) {
+		m.releaseLease(lease)
+	}
+	return err
 }
 
 // errIncomplete: a job cannot be done while some of its items have no outcome.
 var errIncomplete = errors.New("bulk: items without an outcome")
 
-// finish sets a job's final state with its counts. A job is done only when every one of its
-// total items is done or failed ([errIncomplete] otherwise).
-func (m *Manager) finish(ctx context.Context, id, state string, total int) error {
+// finish sets a job's final state with its counts, if fence (the job's lease check) passes
+// in the same transaction. A job is done only when every one of its total items is done or
+// failed ([errIncomplete] otherwise).
+func (m *Manager) finish(ctx context.Context, id, state string, total int, fence func(store.Tx) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return m.Service.Store.Update(ctx, func(tx store.Tx) error {
+		if err := fence(tx); err != nil {
+			return err
+		}
 		done, failed, _, err := tx.JobCounts(id)
 		if err != nil {
 			return err

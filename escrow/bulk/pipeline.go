@@ -68,18 +68,40 @@ type jobRun struct {
 	iters  int
 	// again: in this pass, items were left without an outcome for a fault of the appliance.
 	again atomic.Bool
+	// lease is the job's lease this node holds; every write of the run checks it (fence).
+	lease store.Lease
+	// stop ends the run's context with a cause (nil in tests that drive a run by hand).
+	stop context.CancelCauseFunc
+}
+
+// newRun is a run of job under lease; stop ends it (when the lease is lost).
+func (m *Manager) newRun(job *store.Job, lease store.Lease, stop context.CancelCauseFunc) *jobRun {
+	r := &jobRun{m: m, job: job, caCert: m.Service.Issuer.Certificate(), iters: m.PFXIterations, lease: lease, stop: stop}
+	if r.iters <= 0 {
+		r.iters = DefaultPFXIterations
+	}
+	return r
+}
+
+// lost reports whether err says the run's lease is lost, and if so stops the run: the job
+// belongs to another node now, and this node's writes for it are refused.
+func (r *jobRun) lost(err error) bool {
+	if !errors.Is(err, store.ErrLeaseLost) {
+		return false
+	}
+	if r.stop != nil {
+		r.stop(err)
+	}
+	return true
 }
 
 // runJob runs (or resumes) a job to its end, or until ctx ends. It runs passes over the job's
 // items without an outcome until every item has one: an item that met a fault of the appliance
 // in one pass (and so has no outcome, or a reservation that is undone between passes) is taken
 // again by the next.
-func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
-	log := m.log().With("job", job.ID)
-	r := &jobRun{m: m, job: job, caCert: m.Service.Issuer.Certificate(), iters: m.PFXIterations}
-	if r.iters <= 0 {
-		r.iters = DefaultPFXIterations
-	}
+func (m *Manager) runJob(ctx context.Context, r *jobRun) error {
+	job := r.job
+	log := m.log().With("job", job.ID, "lease_token", r.lease.Token)
 	p := &progress{id: job.ID, job: *job, total: job.Total, start: time.Now()}
 	r.prog = p
 	m.mu.Lock()
@@ -105,7 +127,7 @@ func (m *Manager) runJob(ctx context.Context, job *store.Job) error {
 		p.done.Store(done)
 		p.failed.Store(failed)
 		if done+failed >= int64(job.Total) {
-			err := m.finish(ctx, job.ID, store.JobDone, job.Total)
+			err := m.finish(ctx, job.ID, store.JobDone, job.Total, r.fence)
 			switch cause := m.faultOf(err); {
 			case err == nil:
 				r.resumed()
@@ -231,6 +253,9 @@ func (r *jobRun) prepare(ctx context.Context, pass int) (seen []uint64, done, fa
 	var abandoned, released, completed int
 	err = r.retry(ctx, func() error {
 		return m.Service.Store.Update(ctx, func(tx store.Tx) error {
+			if err := r.fence(tx); err != nil {
+				return err
+			}
 			if err := tx.StartJob(job.ID, m.now()); err != nil {
 				return err
 			}
@@ -593,9 +618,17 @@ func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 	req := escrow.ReservedIssue{
 		Template: r.tmpl, Pub: w.pub, Mailbox: w.email, Serial: w.serial, Record: w.rec,
 		Reserve: func(tx store.Tx, serial string) error {
+			if err := r.fence(tx); err != nil {
+				return err
+			}
 			return tx.ReserveJobItem(jobID, w.seq, serial, w.rec.ID)
 		},
+		// Fenced too: a node that lost the lease while signing never stores the certificate
+		// (the issuance is undone; the new holder issues the item again).
 		Finish: func(tx store.Tx, cert *x509.Certificate) error {
+			if err := r.fence(tx); err != nil {
+				return err
+			}
 			return tx.FinishJobItem(jobID, w.seq, p12, sealedPW)
 		},
 	}
@@ -617,6 +650,9 @@ func (r *jobRun) issued(ctx context.Context, w *work, err error) {
 	case err == nil:
 		r.count(true)
 		r.resumed()
+	case r.lost(err):
+		// Another node owns the job now: the item is its to issue.
+		r.drop(w)
 	case errors.Is(err, escrow.ErrReserved), errors.Is(err, issue.ErrReserved):
 		// Already has an outcome (it cannot happen in one run; a resume skips such items).
 	case ctx.Err() != nil:
@@ -671,12 +707,17 @@ func (r *jobRun) failItem(ctx context.Context, w *work) {
 	reason := reasonOf(w.err)
 	err := r.retry(ctx, func() error {
 		return r.m.Service.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
+			if err := r.fence(tx); err != nil {
+				return err
+			}
 			return tx.FailJobItem(r.job.ID, w.seq, reason)
 		})
 	})
 	switch {
 	case err == nil:
 		r.count(false)
+	case r.lost(err):
+		// The job belongs to another node now: the item is its to fail again.
 	case r.m.faultOf(err) != "":
 		// Stopping under a fault: the item has no outcome yet and is taken again.
 		r.again.Store(true)
@@ -790,6 +831,9 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 	var stale []bool
 	err := r.retry(ctx, func() (err error) {
 		stale, err = pl.Import(context.WithoutCancel(ctx), escrow.ActorFrom(ctx), "job "+jobID, items, func(tx store.Tx, stored []int) error {
+			if err := r.fence(tx); err != nil {
+				return err
+			}
 			if len(stored) == len(done) {
 				return tx.InsertJobItemsDone(jobID, done)
 			}
@@ -814,8 +858,9 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		r.m.Service.NotifyEscrowed(escrowed)
 		return
 	}
-	if r.m.faultOf(err) != "" {
-		// Stopping under a fault: nothing was stored; the items are taken again.
+	if r.m.faultOf(err) != "" || r.lost(err) {
+		// Stopping under a fault, or the job belongs to another node now: nothing was
+		// stored; the items are taken again.
 		r.again.Store(true)
 		return
 	}
@@ -827,6 +872,9 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		var stale []bool
 		err := r.retry(ctx, func() (err error) {
 			stale, err = pl.Import(context.WithoutCancel(ctx), "local", "", []issue.ImportItem{it}, func(tx store.Tx, stored []int) error {
+				if err := r.fence(tx); err != nil {
+					return err
+				}
 				if len(stored) == 0 {
 					return nil
 				}
@@ -835,7 +883,7 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 			return err
 		})
 		switch {
-		case r.m.faultOf(err) != "":
+		case r.m.faultOf(err) != "", r.lost(err):
 			r.again.Store(true)
 		case errors.Is(err, store.ErrConflict):
 			w.err = fmt.Errorf("%w: a certificate with serial %s is already in the archive", escrow.ErrInvalidRequest, d.Serial)

@@ -51,3 +51,9 @@ type DoneItem struct {
 	Seq              int
 	Serial, RecordID string
 }
+
+// JobLease is the name of the lease ([Leases]) under which one node runs job id. Every write
+// of the job's run (starting it, reserving, finishing and failing items, finishing the job)
+// checks that lease in its transaction ([Leases.CheckLease]), so that a node that lost it
+// writes nothing more for the job.
+func JobLease(id string) string { return "job:" + id }

@@ -1,0 +1,127 @@
+package bulk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// Job leases. Several nodes may run Managers on one database: a node runs a job only under
+// the job's lease ([store.JobLease]), renews it while it works, and gives it up when it stops.
+// A node that dies (kill -9) stops renewing: once the lease expires, another node's Manager
+// claims the job and resumes it as a restarted node would (reservations left unfinished are
+// undone, items with an outcome are skipped). Every write of a job's run checks the lease and
+// its fencing token in its own transaction ([jobRun.fence]), so a node that was paused longer
+// than the lease and wakes up writes nothing more: its writes fail with [store.ErrLeaseLost]
+// and it stops the run. Nothing is issued twice: an item is reserved (serial and record
+// committed) before its certificate is signed, and marked done only in the transaction that
+// stores the certificate, both fenced; a certificate signed by a fenced-out node is never
+// stored as issued (the new holder failed its reservation, and the fenced transaction is
+// undone).
+
+// DefaultLeaseTTL is how long a job's lease lasts without renewal: a job whose node died is
+// taken over by another node within about this time (plus the scheduler's poll).
+const DefaultLeaseTTL = 20 * time.Second
+
+// DefaultNode is the holder name of a Manager whose Node is empty (one node).
+const DefaultNode = "local"
+
+func (m *Manager) node() string {
+	if m.Node != "" {
+		return m.Node
+	}
+	return DefaultNode
+}
+
+func (m *Manager) leaseTTL() time.Duration {
+	if m.LeaseTTL > 0 {
+		return m.LeaseTTL
+	}
+	return DefaultLeaseTTL
+}
+
+// claimJob takes the lease of the oldest running job that no node holds (its node died or
+// stopped), else of the oldest queued one, and returns the job and its lease; nil if every
+// job is taken or none waits. Write transactions are serialised across nodes, so of nodes
+// claiming at once each gets a different job (or none): the effect of FOR UPDATE SKIP
+// LOCKED.
+func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error) {
+	var job *store.Job
+	var lease store.Lease
+	err := m.Service.Store.Update(ctx, func(tx store.Tx) error {
+		job = nil
+		for _, st := range []string{store.JobRunning, store.JobQueued} {
+			jobs, err := tx.ListJobs(st)
+			if err != nil {
+				return err
+			}
+			for i := range jobs {
+				l, err := tx.AcquireLease(store.JobLease(jobs[i].ID), m.node(), m.now(), m.leaseTTL())
+				if errors.Is(err, store.ErrLeaseHeld) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				job, lease = &jobs[i], l
+				return nil
+			}
+		}
+		return nil
+	})
+	return job, lease, err
+}
+
+// fence is the fencing check every write of the run makes in its transaction: it fails with
+// [store.ErrLeaseLost] once this node no longer holds the job's lease with its token.
+func (r *jobRun) fence(tx store.Tx) error {
+	l := r.lease
+	if err := tx.CheckLease(l.Name, l.Holder, l.Token, r.m.now()); err != nil {
+		return fmt.Errorf("bulk: job %s: %w", r.job.ID, err)
+	}
+	return nil
+}
+
+// keepLease renews the run's lease every third of its TTL until ctx ends. When the lease is
+// lost (another node took the job over, after this node was paused or cut from the database
+// longer than the lease), it calls lost; a renewal the storage refuses is tried again at the
+// next tick (meanwhile the lease may expire, and the fencing checks then stop the writes).
+func (r *jobRun) keepLease(ctx context.Context, lost func(error)) {
+	ttl := r.m.leaseTTL()
+	t := time.NewTicker(ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l := r.lease
+		err := r.m.Service.Store.Update(ctx, func(tx store.Tx) error {
+			_, err := tx.RenewLease(l.Name, l.Holder, l.Token, r.m.now(), ttl)
+			return err
+		})
+		switch {
+		case err == nil:
+		case errors.Is(err, store.ErrLeaseLost):
+			lost(err)
+			return
+		case ctx.Err() == nil:
+			r.m.log().Warn("bulk job: renew the job's lease", "job", r.job.ID, "err", err)
+		}
+	}
+}
+
+// releaseLease gives up the run's lease, so that another node may take the job at once (a
+// job stopped at shutdown); a lease that cannot be released simply expires.
+func (m *Manager) releaseLease(l store.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := m.Service.Store.Update(ctx, func(tx store.Tx) error { return tx.ReleaseLease(l.Name, l.Holder, l.Token) })
+	if err != nil && !errors.Is(err, store.ErrLeaseLost) {
+		m.log().Warn("bulk job: release the job's lease; it expires by itself", "lease", l.Name, "err", err)
+	}
+}

@@ -1,0 +1,381 @@
+package bulk
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/ca"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/postgres"
+	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
+)
+
+// Two nodes on one database: the tests below run on a SQLite file opened twice and on a
+// PostgreSQL database opened by two pools, as two keyarc nodes would.
+
+// backends runs f on a fresh env of each backend.
+func backends(t *testing.T, f func(t *testing.T, env *testEnv)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, newEnv(t)) })
+	t.Run("postgres", func(t *testing.T) {
+		srv := pgtest.Start(t)
+		url := srv.NewDatabase(t)
+		f(t, newEnvOn(t, func(tb testing.TB) store.Store {
+			db, err := postgres.Open(context.Background(), url)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { db.Close() })
+			return db
+		}))
+	})
+}
+
+// gate stands for a process stopped with kill -STOP: once closed, every call through it
+// waits until it opens again.
+type gate struct {
+	mu     sync.Mutex
+	closed bool
+	open   chan struct{}
+}
+
+func newGate() *gate { return &gate{open: make(chan struct{})} }
+
+func (g *gate) stop() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+func (g *gate) cont() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		g.closed = false
+		close(g.open)
+	}
+}
+
+func (g *gate) stopped() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
+}
+
+func (g *gate) wait() {
+	g.mu.Lock()
+	closed, open := g.closed, g.open
+	g.mu.Unlock()
+	if closed {
+		<-open
+	}
+}
+
+// gatedStore is a node's store handle that stops with its gate.
+type gatedStore struct {
+	store.Store
+	g *gate
+}
+
+func (s *gatedStore) Update(ctx context.Context, fn func(store.Tx) error) error {
+	s.g.wait()
+	return s.Store.Update(ctx, fn)
+}
+
+func (s *gatedStore) View(ctx context.Context, fn func(store.Tx) error) error {
+	s.g.wait()
+	return s.Store.View(ctx, fn)
+}
+
+// stoppingSigner is a node's CA key: at its at-th signature it closes the gate (the node is
+// stopped in the middle of signing a batch), and it waits while the gate is closed.
+type stoppingSigner struct {
+	crypto.Signer
+	g  *gate
+	at int64
+	n  atomic.Int64
+}
+
+func (s *stoppingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if s.n.Add(1) == s.at {
+		s.g.stop()
+	}
+	s.g.wait()
+	return s.Signer.Sign(r, digest, opts)
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// node makes another node of env's appliance: its own store handle (through g, when set),
+// its own issuer over the CA key signer, and a Manager named name.
+func (env *testEnv) node(tb testing.TB, name string, signer crypto.Signer, g *gate, ttl time.Duration, log io.Writer) *Manager {
+	tb.Helper()
+	var db store.Store = env.handle(tb)
+	if g != nil {
+		db = &gatedStore{Store: db, g: g}
+	}
+	issuer, err := ca.New(signer, env.svc.Issuer.Certificate())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	svc := &escrow.Service{Store: db, Issuer: issuer, Templates: env.svc.Templates, Transport: env.svc.Transport}
+	m := &Manager{Service: svc, Dir: filepath.Join(tb.TempDir(), "jobs"), Node: name, LeaseTTL: ttl}
+	if log != nil {
+		m.Logger = slog.New(slog.NewTextHandler(log, nil))
+	}
+	return m
+}
+
+// runNode runs m until the test ends.
+func runNode(tb testing.TB, m *Manager) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	tb.Cleanup(stop)
+	return stop
+}
+
+// waitFor polls cond until it holds, or fails tb after a minute.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// checkNoneTwice checks a finished job: every item done, each certificate in the results
+// issued once with its active record, and each item's mailbox holding exactly one issued
+// certificate (so no certificate a stopped node signed was stored as issued).
+func checkNoneTwice(tb testing.TB, env *testEnv, id string, total int, mailbox func(int) string) {
+	tb.Helper()
+	st, err := env.mgr.Status(context.Background(), id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if st.State != store.JobDone || st.Done != total || st.Failed != 0 {
+		tb.Fatalf("status %+v, want done with %d done", st, total)
+	}
+	res := env.results(tb, id)
+	wantStates(tb, res, total)
+	env.checkInvariant(tb, res)
+	per := issuedPerMailbox(tb, env)
+	for i := 1; i <= total; i++ {
+		if per[mailbox(i)] != 1 {
+			tb.Errorf("%s: %d issued certificates, want 1", mailbox(i), per[mailbox(i)])
+		}
+	}
+}
+
+func leaseMailbox(i int) string { return fmt.Sprintf("lease%d@example.org", i) }
+
+// TestJobTakeoverAfterPause: node A runs a job and is stopped (kill -STOP) while signing its
+// first batch, with every item reserved; its lease expires, node B claims the job, undoes A's
+// reservations and finishes it. Then A wakes up (kill -CONT) with certificates signed: its
+// renewal and its writes are refused (fenced), it stops the job, and nothing A signed is
+// stored as issued. done == total, no serial issued twice.
+func TestJobTakeoverAfterPause(t *testing.T) {
+	backends(t, func(t *testing.T, env *testEnv) {
+		const total, ttl = 10, time.Second
+		var items []any
+		for i := 1; i <= total; i++ {
+			items = append(items, env.enrollItem(t, leaseMailbox(i)))
+		}
+		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+
+		g := newGate()
+		sigA := &stoppingSigner{Signer: env.caKey, g: g, at: 3}
+		var logA syncBuffer
+		a := env.node(t, "node-a", sigA, g, ttl, &logA)
+		stopA := runNode(t, a)
+		waitFor(t, "node A to stop while signing", g.stopped)
+
+		b := env.node(t, "node-b", env.caKey, nil, ttl, nil)
+		stopB := runNode(t, b)
+		waitFor(t, "node B to finish the job", func() bool {
+			s, err := b.Status(context.Background(), st.ID)
+			return err == nil && s.State == store.JobDone
+		})
+		var lease *store.Lease
+		mustView := func() {
+			if err := env.db.View(context.Background(), func(tx store.Tx) (err error) {
+				lease, err = tx.GetLease(store.JobLease(st.ID))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustView()
+		if lease.Token != 2 {
+			t.Errorf("job lease token %d after the takeover, want 2", lease.Token)
+		}
+
+		g.cont()
+		waitFor(t, "node A to find its lease lost", func() bool {
+			return strings.Contains(logA.String(), "taken over by another node")
+		})
+		stopA()
+		stopB()
+		if n := sigA.n.Load(); n < 3 {
+			t.Errorf("node A signed %d certificates, want at least 3 (stopped at the third)", n)
+		}
+		mustView()
+		if lease.Token != 2 || lease.Holder != "" {
+			t.Errorf("job lease %+v after both stopped, want released by node B (token 2)", lease)
+		}
+		checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+	})
+}
+
+// TestFencedWriterRefused drives node A's run by hand: it issues item 1 under its lease; item
+// 3's reservation commits, then node B takes the lease while A signs, so A's finishing
+// transaction is refused and the certificate stays unissued; every later write of A (a
+// reservation, a failed item, the job's end, a new pass) is refused with ErrLeaseLost and
+// stores nothing. Node B then finishes the job: done == total, nothing issued twice.
+func TestFencedWriterRefused(t *testing.T) {
+	backends(t, func(t *testing.T, env *testEnv) {
+		const total = 5
+		var items []any
+		for i := 1; i <= total; i++ {
+			items = append(items, env.enrollItem(t, leaseMailbox(i)))
+		}
+		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+		env.mgr.Node, env.mgr.LeaseTTL = "node-a", time.Minute
+		r, lines := crashRun(t, env, st.ID)
+		ctx := context.Background()
+
+		w1 := r.prepared(t, lines, 1)
+		is1, err := env.svc.IssueReserved(ctx, r.reserved(w1))
+		if err != nil {
+			t.Fatalf("item 1 under the lease: %v", err)
+		}
+		takeOver := func() {
+			if err := env.db.Update(ctx, func(tx store.Tx) error {
+				_, err := tx.AcquireLease(store.JobLease(st.ID), "node-b", r.lease.Expires, time.Minute)
+				return err
+			}); err != nil {
+				t.Fatalf("node B takes the lease: %v", err)
+			}
+		}
+		w3 := r.prepared(t, lines, 3)
+		req := r.reserved(w3)
+		var signed *x509.Certificate
+		req.Prepare = func(cert *x509.Certificate) error { signed = cert; takeOver(); return nil }
+		if _, err := env.svc.IssueReserved(ctx, req); !errors.Is(err, store.ErrLeaseLost) {
+			t.Fatalf("item 3 finished after the takeover: %v, want ErrLeaseLost", err)
+		}
+		if signed == nil {
+			t.Fatal("item 3 was not signed")
+		}
+		var c3 *store.Certificate
+		if err := env.db.View(ctx, func(tx store.Tx) (err error) {
+			c3, err = tx.GetCertificate(store.FormatSerial(signed.SerialNumber))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if c3.State == store.StateIssued {
+			t.Fatalf("item 3's certificate, signed by the fenced node, is stored as issued")
+		}
+
+		w2 := r.prepared(t, lines, 2)
+		if _, err := env.svc.IssueReserved(ctx, r.reserved(w2)); !errors.Is(err, store.ErrLeaseLost) {
+			t.Errorf("item 2 reserved after the takeover: %v, want ErrLeaseLost", err)
+		}
+		if err := env.db.View(ctx, func(tx store.Tx) error {
+			_, err := tx.GetCertificate(store.FormatSerial(w2.serial))
+			return err
+		}); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("item 2's serial after a refused reservation: %v, want ErrNotFound", err)
+		}
+		err = env.db.Update(ctx, func(tx store.Tx) error {
+			if err := r.fence(tx); err != nil {
+				return err
+			}
+			return tx.FailJobItem(st.ID, 4, "test")
+		})
+		if !errors.Is(err, store.ErrLeaseLost) {
+			t.Errorf("failing item 4 after the takeover: %v, want ErrLeaseLost", err)
+		}
+		if err := env.mgr.finish(ctx, st.ID, store.JobCancelled, 0, r.fence); !errors.Is(err, store.ErrLeaseLost) {
+			t.Errorf("cancelling the job after the takeover: %v, want ErrLeaseLost", err)
+		}
+		if _, _, _, err := r.prepare(ctx, 2); !errors.Is(err, store.ErrLeaseLost) {
+			t.Errorf("a new pass after the takeover: %v, want ErrLeaseLost", err)
+		}
+
+		b := env.node(t, "node-b", env.caKey, nil, time.Minute, nil)
+		stopB := runNode(t, b)
+		waitFor(t, "node B to finish the job", func() bool {
+			s, err := b.Status(ctx, st.ID)
+			return err == nil && s.State == store.JobDone
+		})
+		stopB()
+		checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+		if res := env.results(t, st.ID); res[1].Serial != is1.Serial {
+			t.Errorf("item 1: serial %s, want %s, issued by node A before the takeover", res[1].Serial, is1.Serial)
+		}
+	})
+}
+
+// TestNodesShareJobs: two nodes claiming jobs at once finish two queued jobs, each item of
+// each job issued exactly once.
+func TestNodesShareJobs(t *testing.T) {
+	env := newEnv(t)
+	const each = 4
+	var ids []string
+	for j := range 2 {
+		var items []any
+		for i := 1; i <= each; i++ {
+			items = append(items, env.enrollItem(t, leaseMailbox(j*each+i)))
+		}
+		ids = append(ids, submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...)).ID)
+	}
+	a := env.node(t, "node-a", env.caKey, nil, time.Minute, nil)
+	b := env.node(t, "node-b", env.caKey, nil, time.Minute, nil)
+	runNode(t, a)
+	runNode(t, b)
+	for _, id := range ids {
+		waitFor(t, "job "+id, func() bool {
+			s, err := env.mgr.Status(context.Background(), id)
+			return err == nil && s.State == store.JobDone
+		})
+	}
+	per := issuedPerMailbox(t, env)
+	for i := 1; i <= 2*each; i++ {
+		if per[leaseMailbox(i)] != 1 {
+			t.Errorf("%s: %d issued certificates, want 1", leaseMailbox(i), per[leaseMailbox(i)])
+		}
+	}
+}
