@@ -42,6 +42,9 @@ type AuditObserver interface {
 // audit appends an entry in tx, the transaction of the change it records: an error refuses
 // the change (the caller returns it and its savepoint rolls back).
 func (s *Service) audit(tx store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
+	if d.Node == "" {
+		d.Node = s.Node
+	}
 	e, err := audit.Append(tx, s.now(), kind, actor, subject, d)
 	if err != nil {
 		if s.Audit != nil {

@@ -26,6 +26,8 @@ const (
 	DefaultCRLDelay = 10 * time.Second
 	// maxCRLBackoff bounds the wait between attempts while the token or the store fails.
 	maxCRLBackoff = 5 * time.Minute
+	// crlFollowerPoll is how often a node that does not lead looks whether it leads now.
+	crlFollowerPoll = 5 * time.Second
 	// crlConflictRetries is how often a CRL whose number another signer stored first is
 	// built again before Publish gives up.
 	crlConflictRetries = 3
@@ -63,6 +65,12 @@ type CRLPublisher struct {
 	// OnPublish, when set, is called with each CRL stored (the public listener's cache). It
 	// must return quickly.
 	OnPublish func(store.CRL)
+	// Leads, when set, reports whether this node runs the periodic publications (at start,
+	// every Interval): with several nodes on one database only the leader does
+	// ([Leader.Leads]). Every node publishes after its own revocations (Trigger), so a
+	// revocation on any node is on a CRL within Delay. A node that starts leading publishes at
+	// once, as at start. Nil means always (one node).
+	Leads func() bool
 
 	once    sync.Once
 	trigger chan struct{}
@@ -84,6 +92,8 @@ func (p *CRLPublisher) log() *slog.Logger {
 	}
 	return slog.New(slog.DiscardHandler)
 }
+
+func (p *CRLPublisher) leads() bool { return p.Leads == nil || p.Leads() }
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
@@ -107,7 +117,8 @@ func (p *CRLPublisher) Trigger() {
 func (p *CRLPublisher) Revoked(serials []string) { p.Trigger() }
 
 // Run publishes CRLs until ctx ends: at start, DefaultCRLDelay (or Delay) after a trigger,
-// and an interval after the last CRL.
+// and an interval after the last CRL; the publications at start and after an interval only
+// while Leads says so (see [CRLPublisher.Leads]).
 // A failure (the token away, the storage failing) is logged and counted, and retried with a
 // backoff from one second to five minutes; a pending trigger is kept until a CRL succeeds.
 func (p *CRLPublisher) Run(ctx context.Context) {
@@ -125,6 +136,7 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 	due := p.now()
 	var backoff time.Duration
 	var retryAt time.Time // no attempt before this while backing off
+	triggered := false    // a revocation waits for a CRL
 	timer := time.NewTimer(time.Until(due))
 	defer timer.Stop()
 	reset := func(at time.Time) {
@@ -142,14 +154,20 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-p.trigger:
+			triggered = true
 			at := p.now().Add(delay)
 			if at.Before(retryAt) {
 				at = retryAt
 			}
-			if at.Before(due) {
+			if at.Before(due) || !p.leads() {
 				reset(at)
 			}
 		case <-timer.C:
+			if !triggered && !p.leads() {
+				// The periodic CRL is the leader's; once this node leads, it publishes.
+				reset(p.now().Add(crlFollowerPoll))
+				continue
+			}
 			c, err := p.Publish(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -161,7 +179,12 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 				reset(retryAt)
 				continue
 			}
-			backoff, retryAt = 0, time.Time{}
+			backoff, retryAt, triggered = 0, time.Time{}, false
+			if !p.leads() {
+				// A follower's own revocation: look again shortly whether this node leads.
+				reset(p.now().Add(crlFollowerPoll))
+				continue
+			}
 			reset(c.ThisUpdate.Add(interval))
 		}
 	}

@@ -127,6 +127,16 @@ type Service struct {
 	// batches it queued may be sent now, merged per mailbox (escrow/notice's Notifier.Flush).
 	// It must return at once.
 	NotifyFlush func()
+	// Node, when set, names this node among nodes sharing the database: every audit entry
+	// the Service writes records it (audit.Details.Node).
+	Node string
+	// Leads, when set, reports whether this node runs the singletons now (an
+	// [Leader.Leads]); nil means always (one node).
+	Leads func() bool
+	// SweepAge, when set (several nodes share the database), keeps [Service.Sweep] from
+	// touching issuances younger than it: another node may be finishing them. Zero sweeps
+	// everything before the time given (one node, at start-up).
+	SweepAge time.Duration
 
 	sets     recoverySets
 	decideMu sync.Mutex // serialises decisions on pending requests
@@ -428,14 +438,18 @@ func (s *Service) undos() *issue.Undoer {
 	return s.undoer
 }
 
-// Sweep finishes issuances that a crash left pending: rows older than before are marked failed,
-// their records abandoned and their codes freed. Run it at start-up.
+// Sweep finishes issuances that a crash left pending: rows older than before (and than
+// SweepAge, when set) are marked failed, their records abandoned and their codes freed. Run it
+// at start-up, and with several nodes from [Service.RunSweeps].
 //
 // # Errors
 //
 // Only the store's ([store.ErrUnavailable]) or the audit trail's (wrapping [audit.ErrAppend]):
 // faults of the appliance.
 func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
+	if limit := s.now().Add(-s.SweepAge); s.SweepAge > 0 && limit.Before(before) {
+		before = limit
+	}
 	var n store.Swept
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		var err error

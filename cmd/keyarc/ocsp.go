@@ -103,7 +103,8 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, svc *escrow.Service, log *slog
 		}
 		return current, nil
 	}
-	ps := &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m}
+	// With several nodes, only the leader runs the passes over everything due (svc.Leads).
+	ps := &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m, Leads: svc.Leads}
 	ctx, cancel := context.WithCancel(context.Background())
 	// The handler reads the serials again until their re-signed responses are stored.
 	revoked := func(serials []string) { h.Invalidate(serials); ps.Revoked(serials) }

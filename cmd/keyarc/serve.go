@@ -10,7 +10,9 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -181,6 +183,19 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	// CRLs: published a few seconds after each revocation, daily, and at start when the
 	// newest is older than a day; served from the store by the public listener.
 	p.CRL = &escrow.CRLPublisher{Store: p.DB, Issuer: p.Issuer, Logger: log, Metrics: p.Metrics}
+	// Several nodes on one PostgreSQL database: one of them, the holder of the leader lease,
+	// runs the singletons' periodic work (CRL, OCSP passes, audit checkpoints, sweeps). On
+	// SQLite there is one node, and it always leads (a nil Leader).
+	var leader *escrow.Leader
+	if cfg.IsPostgres() {
+		leader = &escrow.Leader{Store: p.DB, Node: cfg.Node, Logger: log}
+		// Known before the singletons start, so that the leader's first pass is a full one;
+		// a store that fails here is tried again by Run.
+		if err := leader.Try(context.Background()); err != nil {
+			log.Warn("leader lease: first try failed; trying again", "err", err)
+		}
+		p.CRL.Leads = leader.Leads
+	}
 	// The OCSP service starts once the Service that issues its responder certificates is
 	// made; the Service's hooks call it only after the appliance serves.
 	var ocspSvc *ocspService
@@ -205,11 +220,27 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		// pre-signer's next pass.
 		Certified: func(serial string) { ocspSvc.Revoked([]string{serial}) },
 	}
+	if leader != nil {
+		// The node's name goes into every audit entry it writes, and holds its job leases.
+		p.Service.Node = cfg.Node
+		p.Service.Leads = leader.Leads
+		// Another node may be finishing a younger pending issuance: sweeps leave it alone.
+		p.Service.SweepAge = clusterSweepAge
+	}
 	if ocspSvc, err = openOCSP(cfg, tok, p.Service, log, reg); err != nil {
 		return nil, fmt.Errorf("OCSP: %w", err)
 	}
-	// The OCSP pre-signer stops before the store and the token close.
-	p.Stop = func() { ocspSvc.Close() }
+	// The OCSP pre-signer and the leader's work stop before the store and the token close;
+	// the leader lease is given up then, so that another node leads at once.
+	stopLeader := func() {}
+	if leader != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { leader.Run(ctx) })
+		wg.Go(func() { p.Service.RunSweeps(ctx, clusterSweepEvery) })
+		stopLeader = func() { cancel(); wg.Wait() }
+	}
+	p.Stop = func() { ocspSvc.Close(); stopLeader() }
 	p.OCSP = ocspSvc.Handler
 	// Subscriber notices: sets p.Service.Notify and starts the mail sender (notice.go).
 	if err := openNotices(cfg, log, reg, &p); err != nil {
@@ -217,6 +248,14 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	}
 	return api.New(p, reg)
 }
+
+// With several nodes, the leader sweeps every clusterSweepEvery the issuances left pending
+// longer than clusterSweepAge: far longer than any issuance takes, storage outages that a
+// bulk job rides out included, so that only those of a node that died are swept.
+const (
+	clusterSweepAge   = time.Hour
+	clusterSweepEvery = 10 * time.Minute
+)
 
 // expectTokenKeys pins the keys checked at start-up to the public keys of their certificates
 // (the audit key to the key found), so that after every reconnection the token is checked

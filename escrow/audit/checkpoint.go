@@ -190,6 +190,11 @@ type Checkpointer struct {
 	Interval time.Duration // zero means DefaultInterval
 	Logger   *slog.Logger
 	Now      func() time.Time
+	// Leads, when set, reports whether this node makes the periodic checkpoints: with several
+	// nodes on one database only the leader does (escrow.Leader.Leads); the others' entries
+	// are in the same chain, so the leader's checkpoints cover them. Checkpoint, when asked,
+	// works on every node. Nil means always (one node).
+	Leads func() bool
 
 	mu   sync.Mutex // one checkpoint at a time
 	hint atomic.Int64
@@ -260,6 +265,9 @@ func (c *Checkpointer) Run(ctx context.Context) {
 			return
 		case <-c.wake:
 		case <-tick.C:
+		}
+		if c.Leads != nil && !c.Leads() {
+			continue
 		}
 		err := c.checkpointIfDue(ctx)
 		switch {
@@ -360,7 +368,17 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, 
 		if cp, err = c.sign(last); err != nil {
 			return nil, err
 		}
-		if err := c.DB.Update(ctx, func(tx store.Tx) error { return tx.InsertCheckpoint(*cp) }); err != nil {
+		err := c.DB.Update(ctx, func(tx store.Tx) error { return tx.InsertCheckpoint(*cp) })
+		if errors.Is(err, store.ErrConflict) {
+			// Another node checkpointed the same entry first (at shutdown, or while the
+			// leadership changed hands): its checkpoint is as good, if it is of this entry.
+			var other *store.AuditCheckpoint
+			if err2 := c.DB.View(ctx, func(tx store.Tx) (err error) { other, err = tx.LastCheckpoint(); return err }); err2 == nil &&
+				other.Seq == cp.Seq && string(other.Hash) == string(cp.Hash) {
+				cp, err = other, nil
+			}
+		}
+		if err != nil {
 			return nil, fmt.Errorf("audit: store checkpoint: %w", err)
 		}
 		c.log().Info("audit checkpoint", "seq", cp.Seq)

@@ -118,6 +118,9 @@ type Details struct {
 	Revoke []string `json:"revoke,omitempty"`
 	// Restore describes a restore from a backup (kind restore).
 	Restore *Restore `json:"restore,omitempty"`
+	// Node names the node that wrote the entry when several share the database; entries of
+	// one node, and entries written before it existed, lack it (their encoding is unchanged).
+	Node string `json:"node,omitempty"`
 }
 
 // Restore is what a restore entry records: which backup was put in place, where the trail it

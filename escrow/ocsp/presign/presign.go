@@ -89,6 +89,12 @@ type Signer struct {
 	Now                            func() time.Time
 	Logger                         *slog.Logger
 	Metrics                        Metrics
+	// Leads, when set, reports whether this node runs the passes over everything due: with
+	// several nodes on one database only the leader does (escrow.Leader.Leads), and the
+	// others sign only the serials given to [Signer.Revoked] on them, at once. A revocation
+	// on a node that dies before signing stays due in the store, for the leader's next pass.
+	// Nil means always (one node).
+	Leads func() bool
 
 	once     sync.Once
 	trigger  chan struct{}
@@ -167,8 +173,9 @@ func (s *Signer) Revoked(serials []string) {
 }
 
 // Run signs what is due at once, then after every Interval and every [Signer.Revoked],
-// until ctx ends. A failed pass is retried after a backoff from one second doubling to
-// Interval; the serials of a revocation are kept until they are signed.
+// until ctx ends; while Leads says this node does not lead, only the serials given to
+// Revoked. A failed pass is retried after a backoff from one second doubling to Interval; the
+// serials of a revocation are kept until they are signed.
 func (s *Signer) Run(ctx context.Context) {
 	s.init()
 	_, _, _, _, err := s.settings()
@@ -183,7 +190,7 @@ func (s *Signer) Run(ctx context.Context) {
 	backoff := time.Second
 	for {
 		wait := interval
-		if err := s.pass(ctx); err != nil {
+		if err := s.pass(ctx, s.Leads == nil || s.Leads()); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -205,8 +212,8 @@ func (s *Signer) Run(ctx context.Context) {
 	}
 }
 
-// pass signs the priority serials, then everything due.
-func (s *Signer) pass(ctx context.Context) error {
+// pass signs the priority serials, then, if all, everything due.
+func (s *Signer) pass(ctx context.Context, all bool) error {
 	s.mu.Lock()
 	var prio []string
 	for sn := range s.priority {
@@ -223,6 +230,10 @@ func (s *Signer) pass(ctx context.Context) error {
 			delete(s.priority, sn)
 		}
 		s.mu.Unlock()
+	}
+	if !all {
+		s.report(nil)
+		return nil
 	}
 	_, err := s.SignDue(ctx)
 	s.report(err)

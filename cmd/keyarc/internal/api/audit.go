@@ -54,7 +54,8 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	if err != nil {
 		return err
 	}
-	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.Path(statedir.AuditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log}
+	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.Path(statedir.AuditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log,
+		Leads: a.svc.Leads} // with several nodes, the leader makes the periodic checkpoints
 	obs := &auditMetrics{cp: cp,
 		entries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_entries_total", Help: "Audit entries appended (an entry of an operation rolled back afterwards included)."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_failures_total", Help: "Audit entries that could not be written; each refused its operation."}),

@@ -40,6 +40,8 @@ func newBulkState(a *Server) *bulkState {
 		Logger:  a.log,
 		Metrics: bulkMetrics{st.items},
 		Fault:   bulkFault,
+		// With several nodes, the node's name holds the leases of the jobs it runs.
+		Node: a.svc.Node,
 	}
 	return st
 }

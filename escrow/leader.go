@@ -1,0 +1,185 @@
+package escrow
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// LeaderLease is the name of the lease ([store.Leases]) under which one node of those sharing
+// a database runs the singletons: the periodic CRL publication, the OCSP pre-signer's passes
+// over everything due, the audit checkpointer and the sweeps.
+const LeaderLease = "leader"
+
+// DefaultLeaderTTL is how long the leader lease lasts without renewal: when the leader dies,
+// another node leads within about this time.
+const DefaultLeaderTTL = 15 * time.Second
+
+// Leader takes and keeps the leader lease for this node, or waits for it while another node
+// holds it. [Leader.Leads] tells the singletons whether to do their periodic work. A nil
+// *Leader always leads: one node alone (SQLite) needs no election.
+//
+// Leading is a matter of efficiency, not of safety: what the singletons store is safe when
+// two nodes do it at once (a CRL number is stored once, the newest OCSP response is kept, a
+// checkpoint is stored once per entry, a sweep moves a row once). So Leads errs on the side of
+// stopping early: a node leads only until three quarters of the lease has passed since its
+// last successful renewal began, measured on its own monotonic clock, so a node paused longer
+// than that (kill -STOP) stops leading before another node can take the lease.
+//
+// Fill the exported fields, then call Run once; Leads is safe for concurrent use.
+type Leader struct {
+	Store store.Store
+	// Node names this node (the lease's holder).
+	Node string
+	// TTL is the lease's length (default [DefaultLeaderTTL]); the lease is renewed every
+	// quarter of it. Every node should use the same value.
+	TTL    time.Duration
+	Logger *slog.Logger
+	// OnChange, when set, is called when this node starts (true) or stops (false) leading.
+	// It must return quickly.
+	OnChange func(leading bool)
+
+	mu      sync.Mutex
+	leading bool
+	until   time.Time // monotonic: leading only before this instant
+	lease   store.Lease
+}
+
+func (l *Leader) ttl() time.Duration {
+	if l.TTL > 0 {
+		return l.TTL
+	}
+	return DefaultLeaderTTL
+}
+
+func (l *Leader) log() *slog.Logger {
+	if l.Logger != nil {
+		return l.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Leads reports whether this node runs the singletons now. A nil Leader always does.
+func (l *Leader) Leads() bool {
+	if l == nil {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.leading && time.Now().Before(l.until)
+}
+
+// Run tries to take the lease at once, then renews it (or tries again to take it) every
+// quarter of the TTL until ctx ends, and then gives it up so that another node leads at once.
+func (l *Leader) Run(ctx context.Context) {
+	t := time.NewTicker(l.ttl() / 4)
+	defer t.Stop()
+	failing := ""
+	for {
+		err := l.Try(ctx)
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && err.Error() != failing:
+			failing = err.Error()
+			l.log().Warn("leader lease: cannot renew; the singletons stop here when it runs out", "err", err)
+		case err == nil:
+			failing = ""
+		}
+		select {
+		case <-ctx.Done():
+			l.release()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Try takes or renews the lease once. It returns nil when the outcome is known (this node
+// leads, or another node does), and the store's error otherwise (the lease then runs out on
+// its own).
+func (l *Leader) Try(ctx context.Context) error {
+	ttl := l.ttl()
+	start := time.Now()
+	var lease store.Lease
+	err := l.Store.Update(ctx, func(tx store.Tx) error {
+		var err error
+		lease, err = tx.AcquireLease(LeaderLease, l.Node, start.UTC(), ttl)
+		return err
+	})
+	switch {
+	case err == nil:
+		l.set(true, start.Add(ttl-ttl/4), lease)
+		return nil
+	case errors.Is(err, store.ErrLeaseHeld):
+		l.set(false, time.Time{}, store.Lease{})
+		return nil
+	default:
+		return err
+	}
+}
+
+func (l *Leader) set(leading bool, until time.Time, lease store.Lease) {
+	l.mu.Lock()
+	was := l.leading && time.Now().Before(l.until)
+	changed := leading != l.leading || (leading && lease.Token != l.lease.Token)
+	l.leading, l.until, l.lease = leading, until, lease
+	l.mu.Unlock()
+	if !changed {
+		return
+	}
+	if leading {
+		l.log().Info("this node leads the singletons (CRL, OCSP passes, audit checkpoints, sweeps)", "lease_token", lease.Token)
+	} else if was {
+		l.log().Info("this node no longer leads the singletons")
+	}
+	if l.OnChange != nil && leading != was {
+		l.OnChange(leading)
+	}
+}
+
+// release gives the lease up at shutdown.
+func (l *Leader) release() {
+	l.mu.Lock()
+	lease, leading := l.lease, l.leading
+	l.leading = false
+	l.mu.Unlock()
+	if !leading {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := l.Store.Update(ctx, func(tx store.Tx) error { return tx.ReleaseLease(lease.Name, lease.Holder, lease.Token) })
+	if err != nil && !errors.Is(err, store.ErrLeaseLost) {
+		l.log().Warn("leader lease: release; it runs out by itself", "err", err)
+	}
+}
+
+// leads reports whether this node runs the singletons ([Service.Leads]; nil: always).
+func (s *Service) leads() bool { return s.Leads == nil || s.Leads() }
+
+// RunSweeps sweeps, every interval until ctx ends and only while this node leads, the
+// issuances left pending longer than [Service.SweepAge] (a node that died mid-issuance
+// leaves them). One node needs it not: it sweeps at start-up, when nothing is in flight.
+func (s *Service) RunSweeps(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !s.leads() {
+			continue
+		}
+		if n, err := s.Sweep(ctx, s.now()); err != nil && ctx.Err() == nil {
+			s.log().Error("sweep pending issuances", "err", err)
+		} else if n > 0 {
+			s.log().Warn("issuances left pending by a node marked failed", "count", n)
+		}
+	}
+}
