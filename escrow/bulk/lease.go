@@ -51,7 +51,22 @@ func (m *Manager) leaseTTL() time.Duration {
 func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error) {
 	var job *store.Job
 	var lease store.Lease
-	err := m.Service.Store.Update(ctx, func(tx store.Tx) error {
+	// Most polls find nothing to do: a read says so without a write transaction.
+	waiting := false
+	err := m.Service.Store.View(ctx, func(tx store.Tx) error {
+		for _, st := range []string{store.JobRunning, store.JobQueued} {
+			jobs, err := tx.ListJobs(st)
+			if err != nil || len(jobs) > 0 {
+				waiting = len(jobs) > 0
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || !waiting {
+		return nil, lease, err
+	}
+	err = m.Service.Store.Update(ctx, func(tx store.Tx) error {
 		job = nil
 		for _, st := range []string{store.JobRunning, store.JobQueued} {
 			jobs, err := tx.ListJobs(st)
