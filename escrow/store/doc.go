@@ -1,7 +1,8 @@
 // Package store is the seam between keyarc's engine and its storage: the domain types the
 // archive keeps (enrollment codes, certificates, sealed escrow records, pending requests,
 // recovery sets, recoveries, bulk jobs, audit entries and checkpoints, revocations, signed
-// CRLs and pre-signed OCSP responses) with their states,
+// CRLs and pre-signed OCSP responses, and the leases by which nodes sharing a database agree
+// on who runs a bulk job or a singleton) with their states,
 // the errors of the storage contract, and the interfaces a backend implements ([Store],
 // [Tx] and the small interfaces Tx is made of).
 //
