@@ -105,7 +105,7 @@ func Run(args []string, env Env) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	items := fs.Int("items", 10_000, "items per enroll and import job")
 	keygenItems := fs.Int("keygen-items", 400, "items of the RSA-2048 keygen job (about 70 ms of CPU each)")
-	stormN := fs.Int("storm", 3000, "enrollments per storm")
+	stormN := fs.Int("storm", 3000, "enrollments per in-process storm")
 	runs := fs.Int("runs", 3, "runs of each enroll and import job and of the enrollment storm (the median is reported)")
 	rssItems := fs.Int("rss-items", 100_000, "items of the import job whose peak memory is measured (0: skip)")
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
@@ -119,7 +119,7 @@ func Run(args []string, env Env) error {
 	fs.DurationVar(&st.window, "storm-window", 20*time.Second, "length of each out-of-process enrollment storm window")
 	fs.IntVar(&st.estRate, "est-prepare-rate", 2500, "EST requests per second to prepare codes and CSRs for (windows and warm-up)")
 	fs.IntVar(&st.enrollRate, "enroll-prepare-rate", 1500, "archival requests per second to prepare codes, CSRs and envelopes for")
-	fs.StringVar(&st.profileDir, "serve-cpuprofile", "", "write the CPU profile of each out-of-process storm's `keyarc serve` child to this folder (serve-est.pprof, serve-enroll.pprof)")
+	fs.StringVar(&st.profileDir, "serve-cpuprofile", "", "write to folder `DIR` the CPU profile of each out-of-process enrollment storm's keyarc serve child (serve-est.pprof, serve-enroll.pprof)")
 	var o ocspShape
 	fs.IntVar(&o.certs, "ocsp-certs", 5000, "certificates whose OCSP responses the OCSP round asks for")
 	fs.IntVar(&o.clients, "ocsp-clients", 8, "keep-alive clients of the OCSP round")
