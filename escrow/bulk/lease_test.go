@@ -237,8 +237,9 @@ func TestJobTakeoverAfterPause(t *testing.T) {
 			}
 		}
 		mustView()
-		if lease.Token != 2 {
-			t.Errorf("job lease token %d after the takeover, want 2", lease.Token)
+		taken := lease.Token
+		if taken < 2 {
+			t.Errorf("job lease token %d after the takeover, want it raised", taken)
 		}
 
 		g.cont()
@@ -251,8 +252,8 @@ func TestJobTakeoverAfterPause(t *testing.T) {
 			t.Errorf("node A signed %d certificates, want at least 3 (stopped at the third)", n)
 		}
 		mustView()
-		if lease.Token != 2 || lease.Holder != "" {
-			t.Errorf("job lease %+v after both stopped, want released by node B (token 2)", lease)
+		if lease.Token != taken || lease.Holder != "" {
+			t.Errorf("job lease %+v after both stopped, want released by node B (token %d)", lease, taken)
 		}
 		checkNoneTwice(t, env, st.ID, total, leaseMailbox)
 	})
