@@ -267,6 +267,9 @@ func pgTLSFiles(t *testing.T) (caPEM, certPEM, keyPEM []byte) {
 
 // cluster is three nodes on one state folder, sharing the database and the token.
 type cluster struct {
+	// t is the test that started the cluster: what a phase (a subtest) starts again lives as
+	// long as the cluster, not as the phase.
+	t      *testing.T
 	state  string
 	pg     *pgServer
 	db     *sql.DB // the test's own connection to database keyarc
@@ -280,7 +283,7 @@ func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
 	requireTools(t, "p11-kit", "openssl")
 	tokRequireP11kit(t)
-	c := &cluster{pg: startPG(t)}
+	c := &cluster{t: t, pg: startPG(t)}
 	c.db = c.pg.keyarcDB(t)
 	c.state = filepath.Join(t.TempDir(), "state")
 	pwFile := filepath.Join(t.TempDir(), "database.password")
@@ -317,7 +320,7 @@ func (c *cluster) restartTokenServer(t *testing.T, down func()) {
 	if down != nil {
 		down()
 	}
-	c.p11 = p11kitServer(t, c.state, c.socket)
+	c.p11 = p11kitServer(c.t, c.state, c.socket)
 }
 
 // waitReady waits until every node answers /readyz with 200, by itself.

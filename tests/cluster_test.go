@@ -17,7 +17,7 @@ import (
 // verify-full, a password from a file) and one SoftHSM token behind `p11-kit server`, and
 // drives them as a load balancer's clients would: enrollments on every node at once, a
 // recovery that crosses the nodes, the database restarted and the token server killed under
-// load, and the audit trail of the whole cluster verified at the end. The phases share the
+// load, a node killed and started again, and the audit trail of the whole cluster verified at the end. The phases share the
 // cluster and run in order; each checks the database itself.
 func TestCluster(t *testing.T) {
 	t.Parallel()
@@ -98,6 +98,31 @@ func TestCluster(t *testing.T) {
 			c.waitReady(t, 60*time.Second)
 		})
 		c.checkIssued(t, "p11re", res)
+	})
+
+	t.Run("NodeKilled", func(t *testing.T) {
+		// node2 dies as a crash would; the others serve on, and node2 starts again where it was.
+		dead := c.nodes[1]
+		dead.kill(t)
+		survivors := &cluster{t: c.t, state: c.state, pg: c.pg, db: c.db, nodes: []*appliance{c.nodes[0], c.nodes[2]}}
+		mailboxes := clusterMailboxes("kill", 12)
+		res := survivors.enrollAll(t, mailboxes, nil)
+		for _, m := range mailboxes {
+			if r := res[m]; r.status != http.StatusOK {
+				t.Errorf("%s through the surviving nodes: %d %v", m, r.status, r.err)
+			}
+		}
+		c.checkIssued(t, "kill", res)
+		if t.Failed() {
+			out, _ := runResult("", nil, "sh", "-c", "ps -eo pid,ppid,stat,wchan:24,args | grep -e p11-kit -e 'keyarc serve' | grep -v grep")
+			t.Logf("processes of the token server and the nodes:\n%s", out)
+		}
+		c.nodes[1] = serveWith(c.t, c.state, nil, strings.TrimPrefix(dead.url, "https://"), "--node", "node2", "--public-addr", freePort(t))
+		back := "kill-back@example.org"
+		code := c.makeCodes(t, []string{back})[back]
+		if got := estEnrollOnce(c.nodes[1], back, code, estCSRDER(back)); got.status != http.StatusOK {
+			t.Errorf("enrollment through node2 after its restart: %d %v", got.status, got.err)
+		}
 	})
 
 	// Bulk jobs across nodes go here once jobs run under leases with fencing: a job whose node
