@@ -125,10 +125,81 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
-	// Bulk jobs across nodes go here once jobs run under leases with fencing: a job whose node
-	// is killed with -9 mid-job is finished by another node (done == total, no serial twice),
-	// and a node paused past its lease (kill -STOP, then -CONT) completes no item another
-	// node owns. Both are phases of this cluster, before the audit trail is verified below.
+	t.Run("BulkJobNodeKilled", func(t *testing.T) {
+		// The node running a bulk job dies with -9 mid-job: another node takes the job over
+		// once its lease expires and finishes it, every item issued once.
+		const total = 1500
+		lines := make([]string, total)
+		for i := range lines {
+			lines[i] = fmt.Sprintf(`{"email":"bulk%d@example.org"}`, i+1)
+		}
+		file := filepath.Join(t.TempDir(), "keygen.jsonl")
+		writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, lines)
+		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
+		admin := adminClient(t, c.state)
+		var holder string
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			st, err := getBulkStatus(admin, c.nodes[0].url+"/api/v1/bulk/"+id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Done+st.Failed >= total {
+				t.Fatalf("the job finished before the kill (%+v): make it longer", st)
+			}
+			if st.Done >= 100 && c.db.QueryRow("SELECT holder FROM leases WHERE name = $1", "job:"+id).Scan(&holder) == nil {
+				t.Logf("killing %s, which holds the job, at %d/%d", holder, st.Done, total)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job not under way: %+v", st)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		idx := -1
+		for i := range c.nodes {
+			if holder == fmt.Sprintf("node%d", i+1) {
+				idx = i
+			}
+		}
+		if idx < 0 {
+			t.Fatalf("the job's lease is held by %q, no node of the cluster", holder)
+		}
+		dead := c.nodes[idx]
+		dead.kill(t)
+		other := c.nodes[(idx+1)%len(c.nodes)]
+		var st bulkStatus
+		for deadline := time.Now().Add(3 * time.Minute); ; {
+			var err error
+			if st, err = getBulkStatus(admin, other.url+"/api/v1/bulk/"+id); err != nil {
+				t.Fatal(err)
+			}
+			if st.State == "done" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the job is not done 3 minutes after its node died: %+v", st)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if st.Done != total || st.Failed != 0 {
+			t.Errorf("job after the takeover: %+v, want %d done", st, total)
+		}
+		var issued, mailboxes int
+		if err := c.db.QueryRow("SELECT count(*), count(DISTINCT email) FROM certificates WHERE email LIKE 'bulk%' AND state = 'issued'").Scan(&issued, &mailboxes); err != nil {
+			t.Fatal(err)
+		}
+		if issued != total || mailboxes != total {
+			t.Errorf("%d certificates issued for %d mailboxes, want %d once each", issued, mailboxes, total)
+		}
+		var now string
+		if err := c.db.QueryRow("SELECT holder FROM leases WHERE name = $1", "job:"+id).Scan(&now); err == nil && now == holder {
+			t.Errorf("the job's lease is still %s's, the dead node's", holder)
+		}
+		c.nodes[idx] = serveWith(c.t, c.state, nil, strings.TrimPrefix(dead.url, "https://"), "--node", holder, "--public-addr", freePort(t))
+	})
+
+	// A node paused past its lease (kill -STOP, then -CONT) completing no item another node
+	// owns is a phase of this cluster too, here, before the audit trail is verified below.
 
 	t.Run("AuditVerify", func(t *testing.T) {
 		// The nodes stop first: each signs the tail of the one chain it shares with the others.
