@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -137,60 +138,17 @@ func TestCluster(t *testing.T) {
 		writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, lines)
 		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
 		admin := adminClient(t, c.state)
-		var holder string
-		for deadline := time.Now().Add(2 * time.Minute); ; {
-			st, err := getBulkStatus(admin, c.nodes[0].url+"/api/v1/bulk/"+id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st.Done+st.Failed >= total {
-				t.Fatalf("the job finished before the kill (%+v): make it longer", st)
-			}
-			if st.Done >= 100 && c.db.QueryRow("SELECT holder FROM leases WHERE name = $1", "job:"+id).Scan(&holder) == nil {
-				t.Logf("killing %s, which holds the job, at %d/%d", holder, st.Done, total)
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("job not under way: %+v", st)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		idx := -1
-		for i := range c.nodes {
-			if holder == fmt.Sprintf("node%d", i+1) {
-				idx = i
-			}
-		}
-		if idx < 0 {
-			t.Fatalf("the job's lease is held by %q, no node of the cluster", holder)
-		}
+		holder := c.jobHolder(t, admin, id, total)
+		t.Logf("killing %s, which holds the job", holder)
+		idx := c.nodeIndex(t, holder)
 		dead := c.nodes[idx]
 		dead.kill(t)
 		other := c.nodes[(idx+1)%len(c.nodes)]
-		var st bulkStatus
-		for deadline := time.Now().Add(3 * time.Minute); ; {
-			var err error
-			if st, err = getBulkStatus(admin, other.url+"/api/v1/bulk/"+id); err != nil {
-				t.Fatal(err)
-			}
-			if st.State == "done" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the job is not done 3 minutes after its node died: %+v", st)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		st := c.waitJobDone(t, admin, other, id)
 		if st.Done != total || st.Failed != 0 {
 			t.Errorf("job after the takeover: %+v, want %d done", st, total)
 		}
-		var issued, mailboxes int
-		if err := c.db.QueryRow("SELECT count(*), count(DISTINCT email) FROM certificates WHERE email LIKE 'bulk%' AND state = 'issued'").Scan(&issued, &mailboxes); err != nil {
-			t.Fatal(err)
-		}
-		if issued != total || mailboxes != total {
-			t.Errorf("%d certificates issued for %d mailboxes, want %d once each", issued, mailboxes, total)
-		}
+		c.checkJobIssuedOnce(t, "bulk", total)
 		var now string
 		if err := c.db.QueryRow("SELECT holder FROM leases WHERE name = $1", "job:"+id).Scan(&now); err == nil && now == holder {
 			t.Errorf("the job's lease is still %s's, the dead node's", holder)
@@ -198,8 +156,54 @@ func TestCluster(t *testing.T) {
 		c.nodes[idx] = serveWith(c.t, c.state, nil, strings.TrimPrefix(dead.url, "https://"), "--node", holder, "--public-addr", freePort(t))
 	})
 
-	// A node paused past its lease (kill -STOP, then -CONT) completing no item another node
-	// owns is a phase of this cluster too, here, before the audit trail is verified below.
+	t.Run("BulkJobNodePaused", func(t *testing.T) {
+		// The node running a bulk job is paused longer than the job's lease (kill -STOP): another
+		// node takes the job over; when the paused node wakes (kill -CONT), its writes are fenced
+		// off, and every item is still issued once.
+		const total = 1500
+		lines := make([]string, total)
+		for i := range lines {
+			lines[i] = fmt.Sprintf(`{"email":"pause%d@example.org"}`, i+1)
+		}
+		file := filepath.Join(t.TempDir(), "keygen.jsonl")
+		writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, lines)
+		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
+		admin := adminClient(t, c.state)
+		holder := c.jobHolder(t, admin, id, total)
+		idx := c.nodeIndex(t, holder)
+		paused := c.nodes[idx]
+		paused.cmd.Process.Signal(syscall.SIGSTOP)
+		woken := false
+		wake := func() {
+			if !woken {
+				paused.cmd.Process.Signal(syscall.SIGCONT)
+				woken = true
+			}
+		}
+		defer wake()
+		// Paused until another node holds the job.
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			var now string
+			if c.db.QueryRow("SELECT holder FROM leases WHERE name = $1", "job:"+id).Scan(&now) == nil && now != holder {
+				t.Logf("%s paused; %s took the job over", holder, now)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no node took the job over from the paused %s within 2 minutes", holder)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		time.Sleep(2 * time.Second)
+		wake()
+		other := c.nodes[(idx+1)%len(c.nodes)]
+		st := c.waitJobDone(t, admin, other, id)
+		if st.Done != total || st.Failed != 0 {
+			t.Errorf("job after the takeover: %+v, want %d done", st, total)
+		}
+		c.checkJobIssuedOnce(t, "pause", total)
+		// The woken node serves on.
+		c.waitReady(t, 60*time.Second)
+	})
 
 	t.Run("AuditVerify", func(t *testing.T) {
 		// The nodes stop first: each signs the tail of the one chain it shares with the others.
@@ -227,6 +231,72 @@ func TestCluster(t *testing.T) {
 }
 
 // clusterMailboxes are n mailboxes with a prefix of the phase's.
+// jobHolder waits until job id is under way (100 items done) and returns the node holding
+// its lease.
+func (c *cluster) jobHolder(t *testing.T, admin *http.Client, id string, total int) string {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		st, err := getBulkStatus(admin, c.nodes[0].url+"/api/v1/bulk/"+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Done+st.Failed >= total {
+			t.Fatalf("the job finished before the fault (%+v): make it longer", st)
+		}
+		var holder string
+		if st.Done >= 100 && c.db.QueryRow("SELECT holder FROM leases WHERE name = $1", "job:"+id).Scan(&holder) == nil {
+			t.Logf("%s holds the job at %d/%d", holder, st.Done, total)
+			return holder
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job not under way: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// nodeIndex is the index in c.nodes of the node named name.
+func (c *cluster) nodeIndex(t *testing.T, name string) int {
+	t.Helper()
+	for i := range c.nodes {
+		if name == fmt.Sprintf("node%d", i+1) {
+			return i
+		}
+	}
+	t.Fatalf("%q is no node of the cluster", name)
+	return -1
+}
+
+// waitJobDone waits, asking node a, until job id is done.
+func (c *cluster) waitJobDone(t *testing.T, admin *http.Client, a *appliance, id string) bulkStatus {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Minute); ; {
+		st, err := getBulkStatus(admin, a.url+"/api/v1/bulk/"+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == "done" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the job is not done 3 minutes after the fault: %+v", st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkJobIssuedOnce checks that the total mailboxes of prefix have one issued certificate each.
+func (c *cluster) checkJobIssuedOnce(t *testing.T, prefix string, total int) {
+	t.Helper()
+	var issued, mailboxes int
+	if err := c.db.QueryRow("SELECT count(*), count(DISTINCT email) FROM certificates WHERE email LIKE $1 AND state = 'issued'", prefix+"%@example.org").Scan(&issued, &mailboxes); err != nil {
+		t.Fatal(err)
+	}
+	if issued != total || mailboxes != total {
+		t.Errorf("%d certificates issued for %d mailboxes, want %d once each", issued, mailboxes, total)
+	}
+}
+
 func clusterMailboxes(prefix string, n int) []string {
 	out := make([]string, n)
 	for i := range out {
