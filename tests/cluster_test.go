@@ -18,7 +18,8 @@ import (
 // verify-full, a password from a file) and one SoftHSM token behind `p11-kit server`, and
 // drives them as a load balancer's clients would: enrollments on every node at once, a
 // recovery that crosses the nodes, the database restarted and the token server killed under
-// load, a node killed and started again, and the audit trail of the whole cluster verified at the end. The phases share the
+// load, a node killed and started again, a bulk job's node killed and another paused past
+// the job's lease, and the audit trail of the whole cluster verified at the end. The phases share the
 // cluster and run in order; each checks the database itself.
 func TestCluster(t *testing.T) {
 	t.Parallel()
