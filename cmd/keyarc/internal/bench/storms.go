@@ -172,7 +172,7 @@ func (b *bench) enrollStormOutside(k stormKind) error {
 	stopChild(cmd)
 	target := ""
 	if k.name == "est" {
-		target = "target 1,600/s, ≤ 700 µs server CPU per certificate (issue 16)"
+		target = "target 1,600/s, ≤ 700 µs server CPU per certificate"
 	}
 	reportWindows(fmt.Sprintf("out of process: %s, %d clients", k.title, k.clients), target, "certificate", ws)
 	row("  certificates counted by the load generator, all found issued", float64(issued), "", "in the database after each window (no phantom success)")
