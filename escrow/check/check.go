@@ -141,7 +141,7 @@ func (c *Checker) Recent(ctx context.Context, n int) (*Report, error) {
 	var last int64
 	if err := c.DB.View(ctx, func(tx store.Tx) error {
 		var err error
-		last, err = tx.LastCertificateRowID()
+		last, err = tx.LastCertificatePosition()
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("check: %w", err)

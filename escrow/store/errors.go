@@ -3,10 +3,11 @@ package store
 import "errors"
 
 // ErrCorrupt reports a database that fails its backend's integrity check.
-var ErrCorrupt = errors.New("store: database file is corrupt")
+var ErrCorrupt = errors.New("store: database is corrupt")
 
 // ErrUnavailable marks a fault of the storage itself, not of the request: an I/O error, a full
-// disk, the database locked beyond the busy timeout, or a closed database. The same call may
+// disk, the database locked beyond its wait limit, a database server that is down or
+// unreachable, or a closed database. The same call may
 // succeed once the fault clears; callers report it as "storage unavailable" and retry later.
 // Errors wrapping it keep the underlying error in their chain.
 var ErrUnavailable = errors.New("store: storage unavailable")

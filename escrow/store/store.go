@@ -365,8 +365,9 @@ type AuditLog interface {
 	// AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
 	// empty. Backends make it cheap on the writer: every append reads it. In an Update it is
 	// the tail the next entry will follow when it commits: a backend serialises the
-	// transactions that append (SQLite: one writer, BEGIN IMMEDIATE across processes), so an
-	// entry made from it never conflicts with another writer's, and callers need no retry.
+	// transactions that append (SQLite: one writer, BEGIN IMMEDIATE across processes;
+	// PostgreSQL: one advisory lock across nodes), so an entry made from it never conflicts
+	// with another writer's, and callers need no retry.
 	AuditHead() (seq int64, hash []byte, err error)
 	// InsertAudit stores e as the next entry: e.Seq must follow the head, and e.Prev must
 	// be the head's hash (any for the first entry), or [ErrConflict]. Kind, Actor and Hash
@@ -402,6 +403,6 @@ type Consistency interface {
 	// SignedCertificates returns up to limit certificates holding a DER stored after
 	// position after, and the position of the last one returned.
 	SignedCertificates(after int64, limit int) ([]Certificate, int64, error)
-	// LastCertificateRowID returns the position of the last certificate stored.
-	LastCertificateRowID() (int64, error)
+	// LastCertificatePosition returns the position of the last certificate stored.
+	LastCertificatePosition() (int64, error)
 }

@@ -84,10 +84,10 @@ func (tx *Tx) SignedCertificates(after int64, limit int) ([]store.Certificate, i
 	return out, last, err
 }
 
-// LastCertificateRowID returns the highest position of the certificates table, 0 when it is
+// LastCertificatePosition returns the highest position of the certificates table, 0 when it is
 // empty. Positions come from an identity column; writers take turns (see the package
 // documentation), so they grow in commit order.
-func (tx *Tx) LastCertificateRowID() (int64, error) {
+func (tx *Tx) LastCertificatePosition() (int64, error) {
 	var id sql.NullInt64
 	if err := tx.queryRow("last certificate rowid", []any{&id}, `SELECT max(pos) FROM certificates`); err != nil {
 		return 0, err

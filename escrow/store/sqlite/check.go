@@ -84,8 +84,8 @@ func (tx *Tx) SignedCertificates(after int64, limit int) ([]store.Certificate, i
 	return out, last, err
 }
 
-// LastCertificateRowID returns the highest rowid of the certificates table, 0 when it is empty.
-func (tx *Tx) LastCertificateRowID() (int64, error) {
+// LastCertificatePosition returns the highest rowid of the certificates table, 0 when it is empty.
+func (tx *Tx) LastCertificatePosition() (int64, error) {
 	var id sql.NullInt64
 	if err := tx.queryRow("last certificate rowid", []any{&id}, `SELECT max(rowid) FROM certificates`); err != nil {
 		return 0, err

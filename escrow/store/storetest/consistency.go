@@ -81,7 +81,7 @@ func testSignedCertificates(t *testing.T, h *Harness) {
 	s := h.Open(t)
 	var last0 int64
 	mustView(t, s, func(tx store.Tx) (err error) {
-		last0, err = tx.LastCertificateRowID()
+		last0, err = tx.LastCertificatePosition()
 		if l, after, err := tx.SignedCertificates(last0, 10); err != nil || len(l) != 0 || after != last0 {
 			t.Errorf("SignedCertificates of none = %v, %d, %v", l, after, err)
 		}
@@ -113,12 +113,12 @@ func testSignedCertificates(t *testing.T, h *Harness) {
 	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetCertificateIssued("7", der("7"), t0, t0.AddDate(1, 0, 0)) })
 	var got []string
 	mustView(t, s, func(tx store.Tx) error {
-		last, err := tx.LastCertificateRowID()
+		last, err := tx.LastCertificatePosition()
 		if err != nil {
 			return err
 		}
 		if last <= last0 {
-			t.Errorf("LastCertificateRowID %d after inserts, was %d", last, last0)
+			t.Errorf("LastCertificatePosition %d after inserts, was %d", last, last0)
 		}
 		after := last0
 		for {
