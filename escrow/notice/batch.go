@@ -106,21 +106,7 @@ func (q *Queue) writeFile(name string, b []byte) error {
 }
 
 // Batches returns the IDs of the queued batches, oldest first.
-func (q *Queue) Batches() ([]string, error) {
-	ents, err := os.ReadDir(q.dir)
-	if err != nil {
-		return nil, fmt.Errorf("notice: queue: %w", err)
-	}
-	var ids []string
-	for _, e := range ents {
-		n := e.Name()
-		if e.Type().IsRegular() && strings.HasSuffix(n, batchSuffix) && !strings.HasPrefix(n, ".") {
-			ids = append(ids, strings.TrimSuffix(n, batchSuffix))
-		}
-	}
-	slices.Sort(ids)
-	return ids, nil
-}
+func (q *Queue) Batches() ([]string, error) { return q.ids(batchSuffix) }
 
 // GetBatch reads the queued batch id: its events, and which of them are done (sent, or
 // refused for good) according to its progress file.

@@ -98,7 +98,11 @@ func (q *Queue) newID() (string, error) {
 }
 
 // List returns the IDs of the queued notices, oldest first.
-func (q *Queue) List() ([]string, error) {
+func (q *Queue) List() ([]string, error) { return q.ids(fileSuffix) }
+
+// ids returns the IDs of the queued files whose names end in suffix, oldest first (IDs
+// start with their time); temporary files (a leading dot) are left out.
+func (q *Queue) ids(suffix string) ([]string, error) {
 	ents, err := os.ReadDir(q.dir)
 	if err != nil {
 		return nil, fmt.Errorf("notice: queue: %w", err)
@@ -106,8 +110,8 @@ func (q *Queue) List() ([]string, error) {
 	var ids []string
 	for _, e := range ents {
 		n := e.Name()
-		if e.Type().IsRegular() && strings.HasSuffix(n, fileSuffix) && !strings.HasPrefix(n, ".") {
-			ids = append(ids, strings.TrimSuffix(n, fileSuffix))
+		if e.Type().IsRegular() && strings.HasSuffix(n, suffix) && !strings.HasPrefix(n, ".") {
+			ids = append(ids, strings.TrimSuffix(n, suffix))
 		}
 	}
 	slices.Sort(ids)
