@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -34,6 +35,27 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		c.checkIssued(t, "conc", res)
+	})
+
+	t.Run("ReadinessNamesNodeAndLeader", func(t *testing.T) {
+		// Each node's /readyz names it; exactly one node holds the leader lease; none holds a
+		// job's lease while no job runs.
+		leaders := 0
+		for i, a := range c.nodes {
+			code, r := readyOf(t, a)
+			if code != http.StatusOK || r.Status != "ready" || r.Node != fmt.Sprintf("node%d", i+1) {
+				t.Errorf("node%d /readyz: %d %+v, want 200 ready naming node%d", i+1, code, r, i+1)
+			}
+			if r.JobLeases == nil || *r.JobLeases != 0 {
+				t.Errorf("node%d /readyz: job_leases %v, want 0", i+1, r.JobLeases)
+			}
+			if r.Leader {
+				leaders++
+			}
+		}
+		if leaders != 1 {
+			t.Errorf("%d nodes say they lead, want exactly 1", leaders)
+		}
 	})
 
 	t.Run("RecoveryAcrossNodes", func(t *testing.T) {
@@ -140,9 +162,21 @@ func TestCluster(t *testing.T) {
 		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
 		admin := adminClient(t, c.state)
 		holder := c.jobHolder(t, admin, id, total)
-		t.Logf("killing %s, which holds the job", holder)
 		idx := c.nodeIndex(t, holder)
 		dead := c.nodes[idx]
+		// The holder's /readyz counts the job's lease (its read of the database is at most a
+		// second old).
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			_, r := readyOf(t, dead)
+			if r.JobLeases != nil && *r.JobLeases == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s /readyz while it runs the job: %+v, want job_leases 1", holder, r)
+				break
+			}
+		}
+		t.Logf("killing %s, which holds the job", holder)
 		dead.kill(t)
 		other := c.nodes[(idx+1)%len(c.nodes)]
 		st := c.waitJobDone(t, admin, other, id)
@@ -419,6 +453,30 @@ func (c *cluster) checkIssued(t *testing.T, prefix string, res map[string]enroll
 		t.Errorf("%d certificates issued for %s, the clients hold %d (and %d answers were lost)", n, prefix, ok, lost)
 	}
 	t.Logf("%s: %d certificates delivered and stored once, %d codes used by a request whose answer was lost", prefix, ok, lost)
+}
+
+// readyAnswer is /readyz's JSON body.
+type readyAnswer struct {
+	Status    string `json:"status"`
+	Reason    string `json:"reason"`
+	Node      string `json:"node"`
+	Leader    bool   `json:"leader"`
+	JobLeases *int   `json:"job_leases"`
+}
+
+// readyOf reads a's /readyz: its status code and its body.
+func readyOf(t *testing.T, a *appliance) (int, readyAnswer) {
+	t.Helper()
+	resp, err := a.client.Get(a.url + "/readyz")
+	if err != nil {
+		t.Fatalf("/readyz: %v", err)
+	}
+	defer resp.Body.Close()
+	var r readyAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatalf("/readyz: %d, body not JSON: %v", resp.StatusCode, err)
+	}
+	return resp.StatusCode, r
 }
 
 // waitNotReady waits until every node answers /readyz with 503.

@@ -77,19 +77,41 @@ func (a *Server) instrument(next http.Handler) http.Handler {
 	})
 }
 
+// readyBody is /readyz's JSON answer: whether this node serves, and what it is among nodes
+// sharing one database. A load balancer needs only the status code; an operator reads the rest.
+type readyBody struct {
+	// Status is "ready" or "not ready".
+	Status string `json:"status"`
+	// Reason says why the node is not ready, and what to do; empty when ready.
+	Reason string `json:"reason,omitempty"`
+	// Node is this node's name (the holder name of its leases).
+	Node string `json:"node"`
+	// Leader is true while this node holds the leader lease and runs the singletons (CRL,
+	// OCSP passes, audit checkpoints, sweeps); one node alone on SQLite always leads.
+	Leader bool `json:"leader"`
+	// JobLeases counts the bulk jobs whose lease this node holds, as last read with the
+	// readiness check of the database (absent when the database could not be read).
+	JobLeases *int `json:"job_leases,omitempty"`
+}
+
 func (a *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	body := readyBody{Status: "ready", Node: a.cfg.Node, Leader: a.svc.Leads == nil || a.svc.Leads()}
+	code := http.StatusOK
 	if err := a.tokenStatus(); err != nil {
 		_, msg := tokenCause(err)
-		w.Header().Set("Retry-After", "5")
-		http.Error(w, "not ready: "+msg, http.StatusServiceUnavailable)
-		return
+		body.Status, body.Reason, code = "not ready", "not ready: "+msg, http.StatusServiceUnavailable
+	} else if jobs, err := a.storageStatus(r.Context()); err != nil {
+		body.Status, body.Reason, code = "not ready", "not ready: storage unavailable", http.StatusServiceUnavailable
+	} else {
+		body.JobLeases = &jobs
 	}
-	if err := a.storageStatus(r.Context()); err != nil {
+	if code != http.StatusOK {
 		w.Header().Set("Retry-After", "5")
-		http.Error(w, "not ready: storage unavailable", http.StatusServiceUnavailable)
-		return
 	}
-	io.WriteString(w, "ready\n")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(body)
 }
 
 func (a *Server) handleCACerts(w http.ResponseWriter, r *http.Request) {

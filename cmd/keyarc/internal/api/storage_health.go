@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/bulk"
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
@@ -70,34 +71,60 @@ type storagePing struct {
 	mu  sync.Mutex
 	at  time.Time
 	err error
+	// jobs is the number of bulk jobs whose lease this node held at that read.
+	jobs int
 }
 
 // storageStatus reports whether the store answers: no recent storage fault (see
 // storageHealth) and a cheap read (the last audit entry: SQLite's file, or a round trip to
 // PostgreSQL in a read transaction) that succeeded within storagePingTimeout, made at most
-// once per storagePingEvery. The error wraps store.ErrUnavailable or the context's error.
-func (a *Server) storageStatus(ctx context.Context) error {
+// once per storagePingEvery. The same read counts the running bulk jobs whose lease this node
+// holds (a handful of rows), which it returns. The error wraps store.ErrUnavailable or the
+// context's error.
+func (a *Server) storageStatus(ctx context.Context) (int, error) {
 	if a.db == nil {
-		return nil
+		return 0, nil
 	}
 	if a.storage.recent(time.Now(), a.db.Stats()) {
-		return store.ErrUnavailable
+		return 0, store.ErrUnavailable
 	}
 	p := &a.storage.ping
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if now := time.Now(); !p.at.IsZero() && now.Sub(p.at) < storagePingEvery && now.After(p.at) {
-		return p.err
+		return p.jobs, p.err
 	}
 	// The answer is shared by every caller: one caller going away does not cut it short.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storagePingTimeout)
 	defer cancel()
+	node := a.svc.Node
+	if node == "" {
+		node = bulk.DefaultNode
+	}
+	jobs := 0
 	err := a.db.View(ctx, func(tx store.Tx) error {
-		_, err := tx.LastAudit()
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
+		jobs = 0
+		if _, err := tx.LastAudit(); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
 		}
-		return err
+		running, err := tx.ListJobs(store.JobRunning)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		for _, j := range running {
+			l, err := tx.GetLease(store.JobLease(j.ID))
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if l.Held(node, l.Token, now) {
+				jobs++
+			}
+		}
+		return nil
 	})
 	if err != nil && ctx.Err() != nil {
 		// The server did not answer in time: a storage fault, whatever the driver made of
@@ -106,7 +133,8 @@ func (a *Server) storageStatus(ctx context.Context) error {
 	}
 	if err != nil {
 		a.noteStorageFault(err)
+		jobs = 0
 	}
-	p.at, p.err = time.Now(), err
-	return err
+	p.at, p.err, p.jobs = time.Now(), err, jobs
+	return jobs, err
 }
