@@ -1,0 +1,400 @@
+package directory
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// Defaults of a [Publisher].
+const (
+	DefaultBatch      = 200
+	DefaultInterval   = 2 * time.Second
+	DefaultMaxBackoff = 5 * time.Minute
+	DefaultSweepEvery = time.Hour
+)
+
+// kinds are the audit entries the publisher applies.
+var kinds = []string{string(audit.KindEnroll), string(audit.KindArchive), string(audit.KindRevoke)}
+
+// Operations and outcomes counted by keyarc_directory_published_total.
+const (
+	OpPublish  = "publish"
+	OpWithdraw = "withdraw"
+	OpExpire   = "expire" // values removed by the sweep
+
+	OutcomeOK          = "ok"
+	OutcomeNoEntry     = "no_entry"
+	OutcomeManyEntries = "many_entries"
+	OutcomeRefused     = "refused"
+	OutcomeError       = "error"
+)
+
+// Publisher follows the audit trail from its [Cursor] and applies each issuance and revocation
+// to a [Directory] (see the package doc). Fill the exported fields, call [Publisher.Register]
+// once if metrics are wanted, then Run.
+type Publisher struct {
+	Store  store.Store
+	Dir    Directory
+	Cursor Cursor
+	// CA is the issuing CA's certificate: only what it issued is published or removed.
+	CA *x509.Certificate
+	// Leads, when set, tells whether this node runs the singletons (the leader lease); the
+	// publisher works only while it does. Nil: always.
+	Leads  func() bool
+	Logger *slog.Logger
+	// Batch is the most audit entries applied between two moves of the cursor (default
+	// [DefaultBatch]); Interval how often the trail is read when caught up (default
+	// [DefaultInterval]); MaxBackoff the longest wait between attempts while the directory
+	// fails (default [DefaultMaxBackoff]); SweepEvery how often expired certificates are
+	// removed (default [DefaultSweepEvery]).
+	Batch      int
+	Interval   time.Duration
+	MaxBackoff time.Duration
+	SweepEvery time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+
+	once        sync.Once
+	published   *prometheus.CounterVec
+	backlog     prometheus.Gauge
+	lastSuccess prometheus.Gauge
+}
+
+func (p *Publisher) init() {
+	p.once.Do(func() {
+		p.published = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyarc_directory_published_total",
+			Help: "Certificates applied to the directory, by operation (publish, withdraw, expire) and outcome (ok; no_entry, many_entries: skipped, the mailbox has no single entry; refused: skipped, the directory refused the entry's change; error: retried).",
+		}, []string{"op", "outcome"})
+		for _, op := range []string{OpPublish, OpWithdraw, OpExpire} {
+			for _, o := range []string{OutcomeOK, OutcomeError} {
+				p.published.WithLabelValues(op, o)
+			}
+		}
+		p.published.WithLabelValues(OpPublish, OutcomeNoEntry)
+		p.published.WithLabelValues(OpPublish, OutcomeManyEntries)
+		p.published.WithLabelValues(OpPublish, OutcomeRefused)
+		p.backlog = prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyarc_directory_backlog",
+			Help: "Audit entries not yet applied to the directory (on the node that leads; 0 elsewhere).",
+		})
+		p.lastSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyarc_directory_last_success_timestamp_seconds",
+			Help: "When the directory publisher last caught up with the audit trail or applied a batch (Unix time).",
+		})
+	})
+}
+
+// Register registers the publisher's metrics with reg.
+func (p *Publisher) Register(reg prometheus.Registerer) error {
+	p.init()
+	for _, c := range []prometheus.Collector{p.published, p.backlog, p.lastSuccess} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Publisher) log() *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (p *Publisher) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+func (p *Publisher) leads() bool { return p.Leads == nil || p.Leads() }
+
+func (p *Publisher) batch() int {
+	if p.Batch > 0 {
+		return p.Batch
+	}
+	return DefaultBatch
+}
+
+// Run applies the trail until ctx ends: a batch after another while there is a backlog, then
+// every Interval; after a failure it waits (doubling up to MaxBackoff, with jitter) and tries
+// the same batch again. It sweeps expired certificates at its first pass and every
+// SweepEvery. It does nothing while another node leads.
+func (p *Publisher) Run(ctx context.Context) {
+	p.init()
+	interval, maxBackoff, sweepEvery := p.Interval, p.MaxBackoff, p.SweepEvery
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	if maxBackoff <= 0 {
+		maxBackoff = DefaultMaxBackoff
+	}
+	if sweepEvery <= 0 {
+		sweepEvery = DefaultSweepEvery
+	}
+	var (
+		failures  int
+		lastErr   string
+		nextSweep time.Time
+	)
+	for {
+		wait := interval
+		if !p.leads() {
+			p.backlog.Set(0)
+			failures, lastErr = 0, ""
+		} else {
+			more, err := p.Step(ctx)
+			if err == nil && !more && !time.Now().Before(nextSweep) {
+				if _, err = p.Sweep(ctx); err == nil {
+					nextSweep = time.Now().Add(sweepEvery)
+				}
+			}
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				failures++
+				wait = backoff(interval, maxBackoff, failures)
+				// The same failure is logged once while it lasts, then when it changes.
+				if msg := err.Error(); msg != lastErr {
+					lastErr = msg
+					p.log().Error("directory: publishing failed; nothing is lost, retrying", "err", err, "retry_in", wait.Round(time.Second))
+				}
+			default:
+				if lastErr != "" {
+					p.log().Info("directory: publishing works again", "after_failures", failures)
+				}
+				failures, lastErr = 0, ""
+				if more {
+					wait = 0
+				}
+			}
+		}
+		if wait == 0 {
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// backoff is the wait after n consecutive failures: interval doubled n-1 times, at most max,
+// less up to a fifth at random so that nodes do not retry in step.
+func backoff(interval, max time.Duration, n int) time.Duration {
+	d := interval
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d - time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+// Step applies one batch of the trail after the cursor and moves the cursor past it. more is
+// true when a full batch was applied (there may be more). On an error of the directory the
+// cursor stays: the batch is applied again by the next Step (idempotently).
+//
+// # Errors
+//
+// The store's (wrapping [store.ErrUnavailable] for a storage fault) or the directory's; a
+// mailbox without a single entry is not an error (it is counted and logged).
+func (p *Publisher) Step(ctx context.Context) (more bool, err error) {
+	p.init()
+	pos, err := p.Cursor.Position(ctx)
+	if err != nil {
+		return false, fmt.Errorf("directory: read the cursor: %w", err)
+	}
+	limit := p.batch()
+	var (
+		entries []store.AuditEntry
+		head    int64
+		rows    = map[string]*store.Certificate{}
+		order   []string
+	)
+	err = p.Store.View(ctx, func(tx store.Tx) error {
+		var err error
+		if head, _, err = tx.AuditHead(); err != nil {
+			return err
+		}
+		if entries, err = tx.AuditOfKindsFrom(kinds, pos+1, limit); err != nil {
+			return err
+		}
+		for _, e := range entries {
+			for _, serial := range serialsOf(e) {
+				if _, ok := rows[serial]; ok {
+					continue
+				}
+				c, err := tx.GetCertificate(serial)
+				if errors.Is(err, store.ErrNotFound) {
+					rows[serial] = nil
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				rows[serial] = c
+				order = append(order, serial)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("directory: read the audit trail: %w", err)
+	}
+	p.backlog.Set(float64(max(head-pos, 0)))
+	now := p.now()
+	touched := false
+	for _, serial := range order {
+		did, err := p.apply(ctx, rows[serial], now)
+		if err != nil {
+			return false, err
+		}
+		touched = touched || did
+	}
+	next := head
+	if len(entries) == limit {
+		next = entries[len(entries)-1].Seq
+	}
+	if next > pos {
+		if err := p.Cursor.Advance(ctx, next); err != nil {
+			return false, fmt.Errorf("directory: move the cursor: %w", err)
+		}
+	}
+	p.backlog.Set(float64(max(head-next, 0)))
+	if touched || next >= head {
+		p.lastSuccess.Set(float64(time.Now().Unix()))
+	}
+	return len(entries) == limit, nil
+}
+
+// serialsOf returns the serials an issuance or revocation entry names.
+func serialsOf(e store.AuditEntry) []string {
+	var d audit.Details
+	if err := json.Unmarshal([]byte(e.Details), &d); err != nil {
+		return nil
+	}
+	var out []string
+	if d.Serial != "" && e.Kind != string(audit.KindRevoke) {
+		out = append(out, d.Serial)
+	}
+	out = append(out, d.Serials...)
+	out = append(out, d.KeyCompromise...)
+	for i, s := range out {
+		if n, err := store.NormalizeSerial(s); err == nil {
+			out[i] = n
+		}
+	}
+	return out
+}
+
+// apply publishes or withdraws one certificate by its state now, and reports whether it asked
+// the directory to do anything. Certificates the directory never holds (not this CA's, not
+// for encryption, not a subscriber's, pending or failed) are passed over.
+func (p *Publisher) apply(ctx context.Context, row *store.Certificate, now time.Time) (bool, error) {
+	if row == nil || len(row.DER) == 0 || row.Email == "" || row.Role != "" || row.KRA != "" {
+		return false, nil
+	}
+	cert, err := x509.ParseCertificate(row.DER)
+	if err != nil || !Issued(cert, p.CA) || !ForEncryption(cert) {
+		return false, nil
+	}
+	var op string
+	switch {
+	case row.State == store.StateIssued && now.Before(cert.NotAfter):
+		op = OpPublish
+		err = p.Dir.Publish(ctx, row.Email, cert)
+	case row.State == store.StateRevoked || row.State == store.StateIssued:
+		op = OpWithdraw
+		err = p.Dir.Withdraw(ctx, row.Email, cert)
+	default:
+		return false, nil
+	}
+	switch {
+	case err == nil:
+		p.published.WithLabelValues(op, OutcomeOK).Inc()
+	case errors.Is(err, ErrNoEntry):
+		p.published.WithLabelValues(op, OutcomeNoEntry).Inc()
+		p.log().Warn("directory: certificate not published: no entry has this mail under the search base",
+			"serial", row.Serial, "mailbox", row.Email)
+	case errors.Is(err, ErrManyEntries):
+		p.published.WithLabelValues(op, OutcomeManyEntries).Inc()
+		p.log().Warn("directory: certificate not published: several entries have this mail under the search base",
+			"serial", row.Serial, "mailbox", row.Email)
+	case errors.Is(err, ErrEntryRefused):
+		p.published.WithLabelValues(op, OutcomeRefused).Inc()
+		p.log().Warn("directory: certificate not published: the directory refused the change of the entry",
+			"serial", row.Serial, "mailbox", row.Email, "err", err)
+	default:
+		p.published.WithLabelValues(op, OutcomeError).Inc()
+		return true, fmt.Errorf("directory: %s %s: %w", op, row.Serial, err)
+	}
+	return true, nil
+}
+
+// Sweep removes from the directory the certificates this CA issued that have expired or been
+// revoked, and returns how many values it removed. Values of other issuers are never touched.
+//
+// # Errors
+//
+// The directory's, or the store's when a revocation state cannot be read.
+func (p *Publisher) Sweep(ctx context.Context) (int, error) {
+	p.init()
+	now := p.now()
+	var storeErr error
+	n, err := p.Dir.Prune(ctx, func(c *x509.Certificate) bool {
+		if !Issued(c, p.CA) {
+			return false
+		}
+		if !now.Before(c.NotAfter) {
+			return true
+		}
+		var row *store.Certificate
+		err := p.Store.View(ctx, func(tx store.Tx) error {
+			var err error
+			row, err = tx.GetCertificate(store.FormatSerial(c.SerialNumber))
+			return err
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			storeErr = err
+			return false
+		}
+		return row != nil && row.State == store.StateRevoked
+	})
+	if n > 0 {
+		p.published.WithLabelValues(OpExpire, OutcomeOK).Add(float64(n))
+	}
+	if err == nil {
+		err = storeErr
+	}
+	if err != nil {
+		p.published.WithLabelValues(OpExpire, OutcomeError).Inc()
+		return n, fmt.Errorf("directory: sweep: %w", err)
+	}
+	if n > 0 {
+		p.log().Info("directory: expired or revoked certificates removed", "values", n)
+	}
+	p.lastSuccess.Set(float64(time.Now().Unix()))
+	return n, nil
+}
