@@ -278,6 +278,24 @@ type cluster struct {
 	nodes  []*appliance
 }
 
+// The lease lengths the cluster's nodes are configured with.
+const (
+	clusterLeaderLease = 8 * time.Second
+	clusterJobLease    = 10 * time.Second
+)
+
+// leaseLeft is how long lease name has left, as the database's clock sees it (the nodes share
+// the test's machine, hence its clock).
+func (c *cluster) leaseLeft(t *testing.T, name string) time.Duration {
+	t.Helper()
+	var us int64
+	err := c.db.QueryRow(`SELECT expires - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM leases WHERE name = $1`, name).Scan(&us)
+	if err != nil {
+		t.Fatalf("lease %s: %v", name, err)
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
 // startCluster provisions and starts a cluster of n nodes.
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
@@ -303,6 +321,9 @@ func startCluster(t *testing.T, n int) *cluster {
 	if cfg == string(b) {
 		t.Fatalf("no token section in %s", cfgPath)
 	}
+	// Shorter leases than the defaults (cluster.leader_lease, cluster.job_lease): a dead or
+	// paused node's work is taken over sooner, and the phases check that the nodes use them.
+	cfg += fmt.Sprintf("cluster:\n  leader_lease: %s\n  job_lease: %s\n", clusterLeaderLease, clusterJobLease)
 	writeFile(t, cfgPath, []byte(cfg))
 	// The nodes start one after the other: each start-up writes the audit trail.
 	for i := 0; i < n; i++ {

@@ -56,6 +56,10 @@ func TestCluster(t *testing.T) {
 		if leaders != 1 {
 			t.Errorf("%d nodes say they lead, want exactly 1", leaders)
 		}
+		// The leader renews its lease for cluster.leader_lease, not the default 15 s.
+		if left := c.leaseLeft(t, "leader"); left <= 0 || left > clusterLeaderLease+time.Second {
+			t.Errorf("the leader lease has %s left, want at most the configured %s", left, clusterLeaderLease)
+		}
 	})
 
 	t.Run("RecoveryAcrossNodes", func(t *testing.T) {
@@ -175,6 +179,10 @@ func TestCluster(t *testing.T) {
 				t.Errorf("%s /readyz while it runs the job: %+v, want job_leases 1", holder, r)
 				break
 			}
+		}
+		// The job's lease lasts cluster.job_lease, not the default 20 s.
+		if left := c.leaseLeft(t, "job:"+id); left <= 0 || left > clusterJobLease+time.Second {
+			t.Errorf("the job's lease has %s left, want at most the configured %s", left, clusterJobLease)
 		}
 		t.Logf("killing %s, which holds the job", holder)
 		dead.kill(t)

@@ -188,7 +188,7 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	// SQLite there is one node, and it always leads (a nil Leader).
 	var leader *escrow.Leader
 	if cfg.IsPostgres() {
-		leader = &escrow.Leader{Store: p.DB, Node: cfg.Node, Logger: log}
+		leader = &escrow.Leader{Store: p.DB, Node: cfg.Node, TTL: cfg.Cluster.Leader(), Logger: log}
 		// Known before the singletons start, so that the leader's first pass is a full one;
 		// a store that fails here is tried again by Run.
 		if err := leader.Try(context.Background()); err != nil {

@@ -42,6 +42,8 @@ func newBulkState(a *Server) *bulkState {
 		Fault:   bulkFault,
 		// With several nodes, the node's name holds the leases of the jobs it runs.
 		Node: a.svc.Node,
+		// Every node of a cluster uses the same length (cluster.job_lease).
+		LeaseTTL: a.cfg.Cluster.Job(),
 	}
 	return st
 }

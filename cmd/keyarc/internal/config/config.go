@@ -56,6 +56,8 @@ type Config struct {
 	// the audit entries it writes and in the leases it holds. Empty means the host name; `serve
 	// --node` overrides it. 1 to 63 printable ASCII characters, no space (see [Config.NodeName]).
 	Node string `yaml:"node,omitempty"`
+	// Cluster tunes the leases of nodes sharing one PostgreSQL database; see ClusterConfig.
+	Cluster ClusterConfig `yaml:"cluster,omitempty"`
 
 	Token TokenConfig `yaml:"token"`
 	CA    CAConfig    `yaml:"ca"`
@@ -245,6 +247,9 @@ func (c *Config) Validate() error {
 		if err := CheckNodeName(c.Node); err != nil {
 			return fmt.Errorf("node: %q: %w", c.Node, err)
 		}
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		return err
 	}
 	if c.Token.MaxSessions < 1 || c.Token.MaxSessions > 256 {
 		return fmt.Errorf("token.max_sessions: %d is outside 1..256", c.Token.MaxSessions)
