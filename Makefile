@@ -8,7 +8,7 @@ METRICS ?= 127.0.0.1:9180
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all check-go build deps run cluster test test-short lint bench fuzz clean
+.PHONY: all check-go build wasm deps run cluster test test-short lint bench fuzz clean
 
 all: build
 
@@ -21,8 +21,17 @@ check-go:
 	set -- $$v; if [ "$$1" -lt 1 ] || { [ "$$1" -eq 1 ] && [ "$$2" -lt 21 ]; }; then \
 	  echo "make: Go $$1.$$2 is too old to build keyarc; $(GO_INSTALL)" >&2; exit 1; fi
 
-build: check-go
+build: check-go wasm
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keyarc
+
+# wasm builds the enrollment page's WebAssembly and copies the Go release's loader next to it;
+# both are embedded in the binary and git-ignored. Fixed flags, no VCS stamp, no local paths:
+# the same source and Go release give the same bytes (TestWasmReproducible).
+WEB := cmd/keyarc/internal/web/static
+WASM_FLAGS := -trimpath -buildvcs=false -ldflags="-s -w"
+wasm: check-go
+	GOOS=js GOARCH=wasm $(GO) build $(WASM_FLAGS) -o $(WEB)/keyarc.wasm ./cmd/keyarc/internal/web/wasm
+	cp "$$($(GO) env GOROOT)/lib/wasm/wasm_exec.js" $(WEB)/wasm_exec.js
 
 # deps installs the tools the appliance and the tests use, when they are missing.
 deps:
@@ -43,7 +52,7 @@ cluster: check-go deps build
 
 # test runs every test, with the race detector, against real SoftHSM tokens, a real SQLite file,
 # the real binary (itself built with -race: KEYARC_E2E_RACE) and real clients (openssl, curl, pk12util).
-test: check-go deps
+test: check-go deps wasm
 	$(GO) vet ./...
 	KEYARC_E2E_RACE=1 $(GO) test -race -count=1 -timeout 20m ./...
 

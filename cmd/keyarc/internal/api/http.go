@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/web"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/check"
@@ -51,6 +52,10 @@ func (a *Server) routes() http.Handler {
 	mux.HandleFunc("POST /.well-known/est/simplereenroll", a.handleSimpleEnroll)
 	mux.HandleFunc("POST /.well-known/est/serverkeygen", a.handleServerKeygen)
 	a.apiRoutes(mux)
+	// The enrollment page and its files (package web).
+	page := web.Handler()
+	mux.Handle("GET /{$}", page)
+	mux.Handle("GET "+web.Prefix, page)
 	return a.instrument(a.crossOrigin(a.requireContentType(mux)))
 }
 

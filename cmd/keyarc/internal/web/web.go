@@ -1,0 +1,211 @@
+// Package web serves the enrollment page at https://<appliance>/: a form where a person enters
+// their mailbox and enrollment code, chooses an encryption certificate, a signing certificate or
+// both, and a password, and leaves with a PKCS#12 file built in their own browser.
+//
+// # Technology
+//
+// The page's cryptography is Go compiled to WebAssembly (sub-package wasm, run in a Web Worker),
+// not a JavaScript PKI library from npm. The browser thereby runs the same envelope code the
+// appliance opens (escrow/cms, whose tests prove it against `openssl cms -encrypt`) and the same
+// PKCS#12 encoder the recovery path uses (go-pkcs12, Modern2023 at 600,000 iterations): one
+// implementation of each on both ends. There is no npm dependency tree to pin and audit, and
+// the build needs only the Go toolchain (`GOOS=js GOARCH=wasm go build -trimpath`, reproducible:
+// see TestWasmReproducible). The costs: a larger download than a bundle of JavaScript (the
+// README gives the size, raw and gzipped), and 'wasm-unsafe-eval' in the Content-Security-Policy.
+// The page itself is plain HTML, one style sheet and one script, with no inline script or style.
+//
+// # Files
+//
+// static/ holds the committed files (index.html, app.js, worker.js, style.css) and the two
+// that `make wasm` (a step of `make build`) generates and git ignores: keyarc.wasm and
+// wasm_exec.js, the loader of the Go release that built it. All are embedded in the binary.
+// A binary built without them (`go build` on a fresh clone) serves the page but answers 503
+// "page not built: run make build" for those two, and the page says so.
+//
+// # Headers
+//
+// Every answer carries the Content-Security-Policy [CSP], X-Content-Type-Options nosniff,
+// Referrer-Policy no-referrer and X-Frame-Options DENY, an exact Content-Type, and an ETag of
+// its content (SHA-256) with Cache-Control no-cache: a browser keeps the files and revalidates
+// them with If-None-Match, so a new binary is never mixed with old files. Compressible files are
+// sent gzipped to a client that accepts it (compressed once, on first use).
+//
+// # Imports and concurrency
+//
+// The package imports only the standard library; package api mounts [Handler] on the HTTPS
+// listener. The handler is safe for concurrent use.
+package web
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"io/fs"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// CSP is the Content-Security-Policy of the page and its files. WebAssembly needs
+// 'wasm-unsafe-eval' (it allows compiling WebAssembly, not JavaScript's eval); nothing else is
+// loosened and nothing comes from another origin.
+const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self'; " +
+	"connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+
+// Prefix is the path under which the page's files are served; the page itself is at /.
+const Prefix = "/web/"
+
+// notBuilt is the answer for a generated file missing from the binary.
+const notBuilt = "page not built: run make build\n"
+
+//go:embed static
+var static embed.FS
+
+// generated are the files `make wasm` writes into static/.
+var generated = map[string]bool{"keyarc.wasm": true, "wasm_exec.js": true}
+
+var contentTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+	".wasm": "application/wasm",
+	".png":  "image/png",
+}
+
+// file is a served file: its bytes, a gzipped copy made on first use, and its ETag.
+type file struct {
+	body  []byte
+	ctype string
+	etag  string
+	once  sync.Once
+	gz    []byte
+}
+
+func (f *file) gzipped() []byte {
+	f.once.Do(func() {
+		if strings.HasPrefix(f.ctype, "image/") {
+			return
+		}
+		var b bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+		zw.Write(f.body)
+		zw.Close()
+		if b.Len() < len(f.body) {
+			f.gz = b.Bytes()
+		}
+	})
+	return f.gz
+}
+
+type handler struct {
+	files map[string]*file
+}
+
+// Handler serves GET / (the page) and GET /web/NAME (its files) from the embedded files.
+func Handler() http.Handler {
+	sub, err := fs.Sub(static, "static")
+	if err != nil {
+		panic(err) // the embed pattern names static: it is always there
+	}
+	return newHandler(sub)
+}
+
+func newHandler(fsys fs.FS) *handler {
+	h := &handler{files: map[string]*file{}}
+	entries, _ := fs.ReadDir(fsys, ".")
+	for _, e := range entries {
+		ct, ok := contentTypes[path.Ext(e.Name())]
+		if e.IsDir() || !ok {
+			continue
+		}
+		b, err := fs.ReadFile(fsys, e.Name())
+		if err != nil {
+			continue
+		}
+		sum := sha256.Sum256(b)
+		h.files[e.Name()] = &file{body: b, ctype: ct, etag: `"` + hex.EncodeToString(sum[:16]) + `"`}
+	}
+	return h
+}
+
+// SetHeaders sets the security headers of the page on w.
+func SetHeaders(w http.ResponseWriter) {
+	hd := w.Header()
+	hd.Set("Content-Security-Policy", CSP)
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "no-referrer")
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	hd.Set("Cross-Origin-Resource-Policy", "same-origin")
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	SetHeaders(w)
+	name := ""
+	switch {
+	case r.URL.Path == "/":
+		name = "index.html"
+	case strings.HasPrefix(r.URL.Path, Prefix):
+		name = strings.TrimPrefix(r.URL.Path, Prefix)
+	}
+	f, ok := h.files[name]
+	if !ok || name == "index.html" && r.URL.Path != "/" {
+		if generated[name] {
+			w.Header().Set("Retry-After", "60")
+			http.Error(w, notBuilt, http.StatusServiceUnavailable)
+			return
+		}
+		http.NotFound(w, r)
+		return
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", f.ctype)
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("Vary", "Accept-Encoding")
+	body, etag := f.body, f.etag
+	if acceptsGzip(r) {
+		if gz := f.gzipped(); gz != nil {
+			hd.Set("Content-Encoding", "gzip")
+			// Each encoding is its own representation, with its own strong ETag.
+			body, etag = gz, strings.TrimSuffix(f.etag, `"`)+`-gzip"`
+		}
+	}
+	hd.Set("ETag", etag)
+	if match := r.Header.Get("If-None-Match"); match != "" && etagMatch(match, etag) {
+		hd.Del("Content-Encoding")
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(body)
+}
+
+func etagMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == etag || t == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		enc, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(enc), "gzip") {
+			continue
+		}
+		q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q=")
+		return !ok || strings.Trim(q, "0.") != "" // q=0 (or 0.0, 0.000) refuses gzip
+
+	}
+	return false
+}
