@@ -7,9 +7,10 @@
 // the caller passes in, and escrow records only as the sealed blobs made by escrow/record.
 //
 // It imports the standard library, github.com/jackc/pgx/v5 (pgxpool, with its database/sql
-// adapter stdlib on top, so that its statements read like the SQLite backend's) and
-// escrow/store, whose contract it implements and whose conformance suite
-// (escrow/store/storetest) it passes.
+// adapter stdlib on top, so that it shares the SQLite backend's statements), escrow/store,
+// whose contract it implements and whose conformance suite (escrow/store/storetest) it
+// passes, and escrow/store/internal/sqltx, the transaction's statements shared with the SQLite
+// backend (this package gives them PostgreSQL's dialect, placeholders and savepoints).
 //
 // # Storage
 //
@@ -61,7 +62,7 @@
 // [DB.View] runs on the pool in a READ ONLY, REPEATABLE READ transaction: one snapshot of
 // committed data, concurrent with Update and other Views.
 //
-// A [Tx] belongs to the function it was passed to: it must not be kept after the function
+// A [store.Tx] belongs to the function it was passed to: it must not be kept after the function
 // returns nor shared with other goroutines. Functions passed to Update run on the writer
 // goroutine, so they must be quick, do no I/O other than through the Tx, and never call
 // Update or View.

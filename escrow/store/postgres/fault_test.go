@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -13,10 +14,23 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
 )
 
 var ctx = context.Background()
+
+// rawExec runs a statement that no method of the Tx runs, on the Tx's connection.
+func rawExec(tx store.Tx, query string) (sql.Result, error) {
+	ctx, q := tx.(*sqltx.Tx).Raw()
+	return q.ExecContext(ctx, query)
+}
+
+// rawQuery is rawExec for a query.
+func rawQuery(tx store.Tx, query string) (*sql.Rows, error) {
+	ctx, q := tx.(*sqltx.Tx).Raw()
+	return q.QueryContext(ctx, query)
+}
 
 func TestMain(m *testing.M) {
 	release := pgtest.Keep()
@@ -76,7 +90,7 @@ func TestStatementFaults(t *testing.T) {
 	})
 
 	err = db.Update(ctx, func(tx store.Tx) error {
-		_, err := tx.(*Tx).q.ExecContext(tx.(*Tx).ctx, "INSERT INTO no_such_table VALUES (1)")
+		_, err := rawExec(tx, "INSERT INTO no_such_table VALUES (1)")
 		return err
 	})
 	if err == nil || errors.Is(err, store.ErrUnavailable) {
@@ -92,7 +106,7 @@ func TestStatementFaults(t *testing.T) {
 			if err := insertCode("c5", "a@example.com")(tx); err != nil {
 				return err
 			}
-			tx.(*Tx).q.QueryContext(tx.(*Tx).ctx, "SELECT * FROM no_such_table")
+			rawQuery(tx, "SELECT * FROM no_such_table")
 			return nil
 		})
 	})

@@ -2,15 +2,25 @@ package postgres
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 )
+
+// dialect is PostgreSQL's for the shared transaction: the identity column pos numbers the
+// certificates in insertion order, and the planner needs no index hints.
+var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "pos"}
 
 // sqlQuerier is a *sql.Conn (the writer's) or a *sql.Tx (a View's).
 type sqlQuerier interface {
@@ -18,27 +28,102 @@ type sqlQuerier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// pgQuerier runs the Tx's statements, written with ? placeholders (?N for a numbered one), as
-// PostgreSQL's $N, and refuses arguments PostgreSQL cannot store before they reach the
-// server: a text with a NUL byte or invalid UTF-8 fails the statement there, which costs a
-// round trip and, outside a savepoint, the whole transaction.
+// pgQuerier runs the Tx's statements (see [sqltx.Querier]), written with ? placeholders (?N
+// for a numbered one), as PostgreSQL's $N, and refuses arguments PostgreSQL cannot store
+// before they reach the server: a text with a NUL byte or invalid UTF-8 fails the statement
+// there, which costs a round trip and, outside a savepoint, the whole transaction.
 //
 // On the writer it also opens the running function's savepoint before its first statement
-// (see [savepoints]).
+// (see [savepoints]), and runs each write in a savepoint of its own (see
+// [pgQuerier.execPipelined]).
 type pgQuerier struct {
-	q  sqlQuerier
-	sp *savepoints // the writer's; nil in a View
+	q      sqlQuerier
+	sp     *savepoints // the writer's; nil in a View
+	writer *sql.Conn   // the writer's connection (nil in a View), for pipelined statements
 }
 
+// ExecContext runs a write statement. On the writer it runs inside a savepoint of its own:
+// PostgreSQL aborts the whole transaction when a statement fails, where the contract wants
+// only that statement undone (fn may handle a Tx method's error and go on, and the other
+// functions of its group must not be affected); the savepoint is rolled back on failure,
+// which leaves the transaction as it was before the statement.
 func (p pgQuerier) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if err := checkArgs(args); err != nil {
 		return nil, err
+	}
+	if p.writer != nil {
+		return p.execPipelined(ctx, query, args)
 	}
 	if err := p.sp.ensure(ctx, p.q); err != nil {
 		return nil, err
 	}
 	return p.q.ExecContext(ctx, rebind(query), args...)
 }
+
+// execPipelined runs a write on the writer's connection in one round trip to the server: the
+// savepoint, the statement and the release go out together (a pgx batch), and only a failed
+// statement costs a second one, to roll its savepoint back.
+func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any) (sql.Result, error) {
+	var (
+		tag     pgconn.CommandTag
+		stmtErr error
+	)
+	err := p.writer.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		b := &pgx.Batch{}
+		pre := p.sp.prefix()
+		for _, q := range pre {
+			b.Queue(q)
+		}
+		b.Queue("SAVEPOINT s")
+		b.Queue(rebind(query), args...)
+		b.Queue("RELEASE SAVEPOINT s")
+		br := c.Conn().SendBatch(ctx, b)
+		var err error
+		for range pre {
+			if _, err = br.Exec(); err != nil {
+				break
+			}
+		}
+		if err == nil && pre != nil {
+			p.sp.opened()
+		}
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if err == nil {
+			tag, stmtErr = br.Exec()
+			if stmtErr == nil {
+				_, err = br.Exec()
+			}
+		}
+		err = errors.Join(err, br.Close())
+		if stmtErr != nil {
+			// The statement failed and aborted the transaction: back to before it.
+			_, rerr := c.Conn().Exec(ctx, "ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
+			return rerr
+		}
+		return err
+	})
+	if err != nil {
+		return nil, errors.Join(stmtErr, err)
+	}
+	if stmtErr != nil {
+		return nil, stmtErr
+	}
+	return rowsAffected(tag.RowsAffected()), nil
+}
+
+// rowsAffected is the sql.Result of a pipelined statement.
+type rowsAffected int64
+
+func (n rowsAffected) LastInsertId() (int64, error) {
+	return 0, errors.New("store: no insert id in PostgreSQL")
+}
+func (n rowsAffected) RowsAffected() (int64, error) { return int64(n), nil }
 
 func (p pgQuerier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	if err := checkArgs(args); err != nil {

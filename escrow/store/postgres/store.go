@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 
 	"context"
 	"database/sql"
@@ -72,9 +73,9 @@ type DB struct {
 	sp savepoints
 
 	// head caches the last audit entry's seq and hash during one write transaction (it is
-	// touched only by the writer goroutine, see [Tx.AuditHead]); every transaction starts
+	// touched only by the writer goroutine, see [sqltx.AuditHead]); every transaction starts
 	// without it, since another node may have appended since the last one.
-	head auditHead
+	head sqltx.AuditHead
 
 	updates      atomic.Uint64
 	failed       atomic.Uint64
@@ -240,9 +241,9 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if err != nil {
 		return fmt.Errorf("store: view: %w", err)
 	}
-	tx := &Tx{ctx: ctx, q: pgQuerier{q: sqlTx}}
+	tx := sqltx.NewRead(ctx, pgQuerier{q: sqlTx}, dialect)
 	defer func() {
-		tx.done = true
+		tx.End()
 		sqlTx.Rollback() // read-only: nothing to keep
 	}()
 	return fn(tx)
@@ -299,7 +300,7 @@ func (db *DB) exec(query string, args ...any) error {
 // rollback abandons the writer's transaction. When even that fails the connection is in an
 // unknown state: it is dropped, and the next batch takes another.
 func (db *DB) rollback() {
-	db.head = auditHead{}
+	db.head = sqltx.AuditHead{}
 	if err := db.exec("ROLLBACK"); err != nil {
 		db.dropConn()
 	}
@@ -319,7 +320,7 @@ func (db *DB) dropConn() {
 		db.wconn.Close()
 		db.wconn = nil
 	}
-	db.head = auditHead{}
+	db.head = sqltx.AuditHead{}
 }
 
 // txStatus returns the server's transaction status of the writer's connection, as the last
@@ -341,7 +342,7 @@ func (db *DB) txStatus() byte {
 // before any function ran, and begin tries once more on a new connection.
 func (db *DB) begin() error {
 	ctx := context.Background()
-	db.head, db.sp = auditHead{}, savepoints{}
+	db.head, db.sp = sqltx.AuditHead{}, savepoints{}
 	for try := 0; ; try++ {
 		reused := db.wconn != nil
 		if !reused {
@@ -481,9 +482,9 @@ func (db *DB) runOne(r *request, bare bool) error {
 	db.sp.pending, db.sp.mine = !bare, false // opened with fn's first statement
 	db.updates.Add(1)
 	saved := db.head
-	tx := &Tx{ctx: context.Background(), q: pgQuerier{db.wconn, &db.sp}, writable: true, head: &db.head, writer: db.wconn}
+	tx := sqltx.NewWrite(context.Background(), pgQuerier{q: db.wconn, sp: &db.sp, writer: db.wconn}, dialect, &db.head)
 	r.err = callFn(r.fn, tx)
-	tx.done = true
+	tx.End()
 	db.sp.pending = false
 	if r.err == nil && db.txStatus() == 'E' {
 		// A statement failed outside its own savepoint (a read the server refused) and fn
@@ -516,7 +517,7 @@ func (db *DB) runOne(r *request, bare bool) error {
 
 // callFn runs fn, turning a panic into an error. The panic value is not included (it might
 // carry data); only its type, or the message of a runtime error, is.
-func callFn(fn func(store.Tx) error, tx *Tx) (err error) {
+func callFn(fn func(store.Tx) error, tx store.Tx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			if re, ok := p.(runtime.Error); ok {

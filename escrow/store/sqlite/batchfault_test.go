@@ -30,7 +30,7 @@ func TestBatchAbandonedIsUnavailable(t *testing.T) {
 	wg.Go(func() {
 		errs[1] = db.Update(ctx, func(tx store.Tx) error {
 			// What an I/O error in the middle of a statement can do: the transaction is gone.
-			_, err := tx.(*Tx).q.ExecContext(tx.(*Tx).ctx, "ROLLBACK")
+			_, err := rawExec(tx, "ROLLBACK")
 			return err
 		})
 	})

@@ -7,8 +7,10 @@
 // caller passes in, and escrow records only as the sealed blobs made by escrow/record.
 //
 // It imports only the standard library, modernc.org/sqlite (pure Go, driver name
-// "sqlite") and escrow/store, whose contract it implements and whose conformance suite
-// (escrow/store/storetest) it passes.
+// "sqlite"), escrow/store, whose contract it implements and whose conformance suite
+// (escrow/store/storetest) it passes, and escrow/store/internal/sqltx, the transaction's
+// statements it shares with the PostgreSQL backend (this package gives them SQLite's
+// dialect and runs them on its writer or a read-only connection).
 //
 // # Storage
 //
@@ -43,7 +45,7 @@
 // concurrent with Update and with other Views; it sees the data committed
 // before it started (a WAL snapshot).
 //
-// A [Tx] belongs to the function it was passed to: it must not be kept after
+// A [store.Tx] belongs to the function it was passed to: it must not be kept after
 // the function returns nor shared with other goroutines. Functions passed to
 // Update run on the writer goroutine, so they must be quick, do no I/O other
 // than through the Tx, and never call Update or View (that deadlocks or

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 
 	"context"
 	"database/sql"
@@ -63,9 +64,9 @@ type DB struct {
 	closeErr  error
 
 	// head caches the last audit entry's seq and hash for the writer, so that appending
-	// needs no query; it is touched only by the writer goroutine (see [Tx.AuditHead]),
+	// needs no query; it is touched only by the writer goroutine (see [sqltx.AuditHead]),
 	// and dropped when another connection has written (see batch).
-	head        auditHead
+	head        sqltx.AuditHead
 	dataVersion int64 // PRAGMA data_version when head was last known right
 
 	updates      atomic.Uint64
@@ -172,6 +173,9 @@ func Open(path string) (*DB, error) {
 	return db, nil
 }
 
+// Path is the database file's absolute path (for tools that read it, and for tests).
+func (db *DB) Path() string { return db.path }
+
 // Close stops accepting updates, lets the writer finish every queued update,
 // then closes the database. It is safe to call more than once.
 func (db *DB) Close() error {
@@ -263,9 +267,9 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if err != nil {
 		return fmt.Errorf("store: view: %w", err)
 	}
-	tx := &Tx{ctx: ctx, q: sqlTx}
+	tx := sqltx.NewRead(ctx, sqlTx, dialect)
 	defer func() {
-		tx.done = true
+		tx.End()
 		sqlTx.Rollback() // read-only: nothing to keep
 	}()
 	return fn(tx)
@@ -318,7 +322,7 @@ func (db *DB) writer() {
 // rollback abandons the writer's transaction, and with it what the audit head cache knew.
 func (db *DB) rollback() {
 	db.exec("ROLLBACK")
-	db.head = auditHead{}
+	db.head = sqltx.AuditHead{}
 }
 
 func (db *DB) exec(query string) error {
@@ -342,7 +346,7 @@ func (db *DB) batch() {
 	// transaction: SQLite's data_version tells, and then the audit head cache is stale.
 	var version int64
 	if err := db.wconn.QueryRowContext(context.Background(), "PRAGMA data_version").Scan(&version); err != nil || version != db.dataVersion {
-		db.head = auditHead{}
+		db.head = sqltx.AuditHead{}
 		db.dataVersion = version
 	}
 	batch := make([]*request, 0, 16)
@@ -421,9 +425,9 @@ func (db *DB) runOne(r *request, bare bool) error {
 	}
 	db.updates.Add(1)
 	saved := db.head
-	tx := &Tx{ctx: context.Background(), q: db.stmts, writable: true, head: &db.head}
+	tx := sqltx.NewWrite(context.Background(), db.stmts, dialect, &db.head)
 	r.err = callFn(r.fn, tx)
-	tx.done = true
+	tx.End()
 	if r.err != nil {
 		db.head = saved // the function's entries are rolled back with its savepoint
 	}
@@ -453,7 +457,7 @@ func (db *DB) runOne(r *request, bare bool) error {
 // callFn runs fn, turning a panic into an error. The panic value is not
 // included (it might carry data); only its type, or the message of a
 // runtime error, is.
-func callFn(fn func(store.Tx) error, tx *Tx) (err error) {
+func callFn(fn func(store.Tx) error, tx store.Tx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			if re, ok := p.(runtime.Error); ok {
@@ -509,6 +513,10 @@ func (c *stmtCache) close() error {
 	c.m = nil
 	return errors.Join(errs...)
 }
+
+// dialect is SQLite's for the shared transaction: rowid numbers the certificates in insertion
+// order, and the revocation reads name their index for the planner.
+var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "rowid", IndexHints: true}
 
 // mapErr maps SQLite constraint failures to the store's sentinels, keeping
 // SQLite's message (which names the table and column, never a value).

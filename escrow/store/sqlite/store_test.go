@@ -379,7 +379,7 @@ func TestCommitFailure(t *testing.T) {
 	bad := make(chan error, 1)
 	go func() {
 		bad <- db.Update(ctx, func(tx store.Tx) error {
-			if _, err := tx.(*Tx).q.ExecContext(tx.(*Tx).ctx, "PRAGMA defer_foreign_keys = ON"); err != nil {
+			if _, err := rawExec(tx, "PRAGMA defer_foreign_keys = ON"); err != nil {
 				return err
 			}
 			// Epoch 7 does not exist: the violation surfaces at COMMIT.

@@ -1,4 +1,4 @@
-package postgres
+package sqltx
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
@@ -233,9 +233,9 @@ func (tx *Tx) JobItemSeqs(jobID string, fn func(seq int, state string) error) er
 // JobItems calls fn with every item of a job whose seq is at least from, in seq order, at most
 // limit of them (0: no limit).
 func (tx *Tx) JobItems(jobID string, from, limit int, fn func(store.JobItem) error) error {
-	var lim any // LIMIT NULL is no limit
+	q, args := jobItemsQuery, []any{jobID, from}
 	if limit > 0 {
-		lim = limit
+		q, args = jobItemsQuery+` LIMIT ?`, append(args, limit)
 	}
 	return tx.query("job items", func(r *sql.Rows) error {
 		var (
@@ -247,10 +247,12 @@ func (tx *Tx) JobItems(jobID string, from, limit int, fn func(store.JobItem) err
 		}
 		it.Serial, it.RecordID, it.Error = sget(serial), sget(recordID), sget(errText)
 		return fn(it)
-	}, `SELECT i.job_id, i.seq, i.state, i.serial, i.record_id, i.error, c.der, i.pkcs12, i.password
-		FROM job_items i LEFT JOIN certificates c ON i.state = 'done' AND c.serial = i.serial
-		WHERE i.job_id = ? AND i.seq >= ? ORDER BY i.seq LIMIT ?`, jobID, from, lim)
+	}, q, args...)
 }
+
+const jobItemsQuery = `SELECT i.job_id, i.seq, i.state, i.serial, i.record_id, i.error, c.der, i.pkcs12, i.password
+	FROM job_items i LEFT JOIN certificates c ON i.state = 'done' AND c.serial = i.serial
+	WHERE i.job_id = ? AND i.seq >= ? ORDER BY i.seq`
 
 // AbandonReservedItems undoes the issuances of a job's reserved items whose certificate is
 // still pending (their issuer gave up: a fault of the token or the storage, or a stop): each

@@ -1,4 +1,4 @@
-package sqlite
+package sqltx
 
 import (
 	"errors"
@@ -8,8 +8,11 @@ import (
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
-// Leases (store.Leases). On one SQLite node the lease is always this node's, but the same
-// rows fence a second process that opens the file, and keep the contract of every backend.
+// Leases (store.Leases). Every write transaction holds the writer lock (SQLite's across the
+// processes of one node, PostgreSQL's across nodes), so reading a lease and writing it in one
+// Update is atomic, and so is a fencing check with the writes that follow it. On one SQLite
+// node the lease is always this node's, but the same rows fence a second process that opens
+// the file.
 
 func checkLeaseArgs(op, name, holder string, ttl time.Duration) error {
 	switch {

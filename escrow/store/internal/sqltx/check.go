@@ -1,4 +1,4 @@
-package sqlite
+package sqltx
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
@@ -63,8 +63,9 @@ func (tx *Tx) CertificateHashes(serials []string) ([]string, error) {
 }
 
 // SignedCertificates returns at most limit certificates that hold a DER (issued, revoked, or
-// signed but not delivered), with rowid > after, in rowid (insertion) order, and the rowid of
-// the last one returned (after itself when none is).
+// signed but not delivered), with position > after, in position (insertion) order, and the
+// position of the last one returned (after itself when none is). The position is the
+// dialect's (see [Dialect.Position]).
 func (tx *Tx) SignedCertificates(after int64, limit int) ([]store.Certificate, int64, error) {
 	const op = "list signed certificates"
 	if limit <= 0 {
@@ -80,14 +81,17 @@ func (tx *Tx) SignedCertificates(after int64, limit int) ([]store.Certificate, i
 			last = id
 		}
 		return err
-	}, `SELECT rowid, `+certColumns+` FROM certificates WHERE rowid > ? AND der IS NOT NULL ORDER BY rowid LIMIT ?`, after, limit)
+	}, `SELECT `+tx.d.Position+`, `+certColumns+` FROM certificates WHERE `+tx.d.Position+` > ? AND der IS NOT NULL
+		ORDER BY `+tx.d.Position+` LIMIT ?`, after, limit)
 	return out, last, err
 }
 
-// LastCertificatePosition returns the highest rowid of the certificates table, 0 when it is empty.
+// LastCertificatePosition returns the highest position of the certificates table, 0 when it is
+// empty. On PostgreSQL, positions come from an identity column; writers take turns (see the
+// backend's documentation), so they grow in commit order.
 func (tx *Tx) LastCertificatePosition() (int64, error) {
 	var id sql.NullInt64
-	if err := tx.queryRow("last certificate rowid", []any{&id}, `SELECT max(rowid) FROM certificates`); err != nil {
+	if err := tx.queryRow("last certificate rowid", []any{&id}, `SELECT max(`+tx.d.Position+`) FROM certificates`); err != nil {
 		return 0, err
 	}
 	return id.Int64, nil

@@ -1,39 +1,73 @@
-package postgres
+package sqltx
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/stdlib"
-
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 )
 
-// querier is what a Tx runs statements on: the writer's connection or a read-only *sql.Tx,
-// both behind [pgQuerier], which turns the statements' ? placeholders into PostgreSQL's.
-type querier interface {
+// Querier is what a Tx runs its statements on: a backend's writer connection (through the
+// backend's statement cache or savepoint machinery) or a read-only *sql.Tx. The statements are
+// written with ? placeholders (?N for a numbered one); a backend whose driver wants others
+// rebinds them in its Querier.
+type Querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// Tx is a transaction handed to the function given to [DB.Update] or
-// [DB.View]. It is valid only while that function runs and must not be used
-// from other goroutines.
+// Dialect is what differs between the backends' SQL. The statements of this package are
+// otherwise valid on both SQLite (3.35 or later) and PostgreSQL.
+type Dialect struct {
+	// MapErr maps the error of a failed write to the store's sentinels: a unique violation
+	// to ErrConflict, a foreign key violation to ErrNotFound, a check or not-null violation
+	// to ErrInvalid. Any other error is returned unchanged.
+	MapErr func(error) error
+	// Position is the column that numbers the certificates in insertion order (SQLite's
+	// rowid, PostgreSQL's identity column pos).
+	Position string
+	// IndexHints tells the revocation reads to name their index (INDEXED BY, NOT INDEXED),
+	// which SQLite's planner needs to choose it; PostgreSQL has no such hints and its planner
+	// chooses well by itself.
+	IndexHints bool
+}
+
+// Tx is a transaction handed to the function given to a backend's Update or View. It is
+// valid only while that function runs and must not be used from other goroutines.
 type Tx struct {
 	ctx      context.Context
-	q        querier
+	q        Querier
+	d        *Dialect
 	writable bool
 	done     bool
-	head     *auditHead // the writer's audit head cache (nil in a View)
-	writer   *sql.Conn  // the writer's connection (nil in a View), for pipelined statements
+	head     *AuditHead // the writer's audit head cache (nil in a View)
 }
+
+// NewWrite returns the Tx of one function of a backend's writer: its statements run on q,
+// and head is the writer's audit head cache (see [AuditHead]).
+func NewWrite(ctx context.Context, q Querier, d *Dialect, head *AuditHead) *Tx {
+	return &Tx{ctx: ctx, q: q, d: d, writable: true, head: head}
+}
+
+// NewRead returns the Tx of a View: its statements run on q, and its writes fail with
+// [store.ErrReadOnly].
+func NewRead(ctx context.Context, q Querier, d *Dialect) *Tx {
+	return &Tx{ctx: ctx, q: q, d: d}
+}
+
+// End marks tx done, once its function has returned: every later call fails with
+// [store.ErrTxDone].
+func (tx *Tx) End() { tx.done = true }
+
+// Raw returns the context and Querier tx runs its statements on, for the backends' tests of
+// statements that no method runs.
+func (tx *Tx) Raw() (context.Context, Querier) { return tx.ctx, tx.q }
+
+var _ store.Tx = (*Tx)(nil)
 
 func (tx *Tx) check(write bool) error {
 	if tx.done {
@@ -49,9 +83,9 @@ func (tx *Tx) exec(op, query string, args ...any) (int64, error) {
 	if err := tx.check(true); err != nil {
 		return 0, fmt.Errorf("store: %s: %w", op, err)
 	}
-	res, err := tx.execSaved(query, args)
+	res, err := tx.q.ExecContext(tx.ctx, query, args...)
 	if err != nil {
-		return 0, fmt.Errorf("store: %s: %w", op, mapErr(err))
+		return 0, fmt.Errorf("store: %s: %w", op, tx.d.MapErr(err))
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
@@ -60,101 +94,10 @@ func (tx *Tx) exec(op, query string, args ...any) (int64, error) {
 	return n, nil
 }
 
-// execSaved runs a write statement inside a savepoint of its own. PostgreSQL aborts the whole
-// transaction when a statement fails, where the contract wants only that statement undone (fn
-// may handle a Tx method's error and go on, and the other functions of its group must not be
-// affected): the savepoint is rolled back on failure, which leaves the transaction as it was
-// before the statement.
-func (tx *Tx) execSaved(query string, args []any) (sql.Result, error) {
-	if tx.writer != nil {
-		return tx.execPipelined(query, args)
-	}
-	if _, err := tx.q.ExecContext(tx.ctx, "SAVEPOINT s"); err != nil {
-		return nil, err
-	}
-	res, err := tx.q.ExecContext(tx.ctx, query, args...)
-	if err != nil {
-		if _, rerr := tx.q.ExecContext(tx.ctx, "ROLLBACK TO SAVEPOINT s"); rerr != nil {
-			return nil, errors.Join(err, rerr)
-		}
-	}
-	if _, rerr := tx.q.ExecContext(tx.ctx, "RELEASE SAVEPOINT s"); rerr != nil {
-		return nil, errors.Join(err, rerr)
-	}
-	return res, err
-}
-
-// execPipelined is execSaved on the writer's connection in one round trip to the server: the
-// savepoint, the statement and the release go out together (a pgx batch), and only a failed
-// statement costs a second one, to roll its savepoint back.
-func (tx *Tx) execPipelined(query string, args []any) (sql.Result, error) {
-	if err := checkArgs(args); err != nil {
-		return nil, err
-	}
-	var (
-		tag     pgconn.CommandTag
-		stmtErr error
-	)
-	err := tx.writer.Raw(func(dc any) error {
-		c, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("unexpected driver connection %T", dc)
-		}
-		b := &pgx.Batch{}
-		pre := tx.q.(pgQuerier).sp.prefix()
-		for _, q := range pre {
-			b.Queue(q)
-		}
-		b.Queue("SAVEPOINT s")
-		b.Queue(rebind(query), args...)
-		b.Queue("RELEASE SAVEPOINT s")
-		br := c.Conn().SendBatch(tx.ctx, b)
-		var err error
-		for range pre {
-			if _, err = br.Exec(); err != nil {
-				break
-			}
-		}
-		if err == nil && pre != nil {
-			tx.q.(pgQuerier).sp.opened()
-		}
-		if err == nil {
-			_, err = br.Exec()
-		}
-		if err == nil {
-			tag, stmtErr = br.Exec()
-			if stmtErr == nil {
-				_, err = br.Exec()
-			}
-		}
-		err = errors.Join(err, br.Close())
-		if stmtErr != nil {
-			// The statement failed and aborted the transaction: back to before it.
-			_, rerr := c.Conn().Exec(tx.ctx, "ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
-			return rerr
-		}
-		return err
-	})
-	if err != nil {
-		return nil, errors.Join(stmtErr, err)
-	}
-	if stmtErr != nil {
-		return nil, stmtErr
-	}
-	return rowsAffected(tag.RowsAffected()), nil
-}
-
-// rowsAffected is the sql.Result of a pipelined statement.
-type rowsAffected int64
-
-func (n rowsAffected) LastInsertId() (int64, error) {
-	return 0, errors.New("store: no insert id in PostgreSQL")
-}
-func (n rowsAffected) RowsAffected() (int64, error) { return int64(n), nil }
-
 // rowsPerInsert is the most rows one INSERT statement carries. A statement of many rows costs
-// the writer much less per row than one statement per row (a round trip to the server, its
-// savepoint, binding and executing), and 32 rows (at most 512 parameters) gain most of it.
+// the writer much less per row than one statement per row (binding, stepping and resetting
+// through database/sql on SQLite; a round trip to the server and its savepoint on PostgreSQL),
+// and 32 rows (at most 512 parameters) gain nearly all of it.
 const rowsPerInsert = 32
 
 // insertRows inserts rows into a table with few statements: head is "INSERT INTO t (columns)",

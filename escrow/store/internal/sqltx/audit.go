@@ -1,4 +1,4 @@
-package sqlite
+package sqltx
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
@@ -12,9 +12,10 @@ import (
 
 // The rows of the audit trail. escrow/audit computes each entry's hash from the one before
 // it; the store keeps the rows and refuses one that does not follow the committed tail.
-// Writes are serialised (one writer per process, BEGIN IMMEDIATE across processes), so the
-// head read by [Tx.AuditHead] is the tail this transaction appends to; an entry inserted in a
-// savepoint that is rolled back disappears with the rest of that savepoint.
+// Writes are serialised (one writer per process; across processes SQLite's BEGIN IMMEDIATE, or
+// PostgreSQL's writer lock across nodes), so the head read by [Tx.AuditHead] is the tail this
+// transaction appends to; an entry inserted in a savepoint that is rolled back disappears with
+// the rest of that savepoint.
 
 const auditColumns = `seq, at, kind, actor, subject, details, prev, hash`
 
@@ -29,7 +30,7 @@ func scanAudit(scan func(...any) error) (*store.AuditEntry, error) {
 }
 
 // AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
-// empty. On the writer it is served from a cache kept across transactions.
+// empty. On the writer it is served from the writer's cache (see [AuditHead]).
 func (tx *Tx) AuditHead() (int64, []byte, error) {
 	const op = "audit head"
 	if err := tx.check(false); err != nil {
@@ -48,14 +49,14 @@ func (tx *Tx) AuditHead() (int64, []byte, error) {
 		return 0, nil, err
 	}
 	if tx.head != nil {
-		*tx.head = auditHead{seq: seq, hash: hash, valid: true}
+		*tx.head = AuditHead{seq: seq, hash: hash, valid: true}
 	}
 	return seq, hash, nil
 }
 
 // InsertAudit stores e as the entry after the head: e.Seq must be the head's seq + 1 and
 // e.Prev its hash (for the first entry, any), else [store.ErrConflict]. Kind, Actor and Hash
-// are required. It must run in an [DB.Update] function.
+// are required. It must run in an Update function.
 func (tx *Tx) InsertAudit(e store.AuditEntry) error {
 	const op = "insert audit"
 	if e.Kind == "" || e.Actor == "" || len(e.Hash) == 0 {
@@ -79,16 +80,17 @@ func (tx *Tx) InsertAudit(e store.AuditEntry) error {
 		return err
 	}
 	if tx.head != nil {
-		*tx.head = auditHead{seq: e.Seq, hash: e.Hash, valid: true}
+		*tx.head = AuditHead{seq: e.Seq, hash: e.Hash, valid: true}
 	}
 	return nil
 }
 
-// auditHead is the last audit entry the writer's transaction knows of. The writer keeps it
-// across transactions: it is the only goroutine of this process that appends, so the cache
-// stays right until a rollback, which clears it (a failed function's savepoint restores it),
-// or a write by another connection, which the writer sees in PRAGMA data_version.
-type auditHead struct {
+// AuditHead is the last audit entry the writer's transaction knows of, a cache its backend
+// keeps (the zero value knows nothing). A failed function's savepoint restores it (the
+// backend saves a copy before the function); how long it holds is the backend's: SQLite's
+// writer keeps it across transactions until a rollback or a write by another process, and
+// PostgreSQL's for the rest of one transaction, which holds the writer lock across nodes.
+type AuditHead struct {
 	seq   int64
 	hash  []byte
 	valid bool
@@ -205,6 +207,3 @@ func (tx *Tx) Checkpoints(from int64, limit int) ([]store.AuditCheckpoint, error
 	}, `SELECT `+checkpointColumns+` FROM audit_checkpoints WHERE seq >= ? ORDER BY seq LIMIT ?`, from, limit)
 	return out, err
 }
-
-// Path is the database file's absolute path (for tools that read it, and for tests).
-func (db *DB) Path() string { return db.path }

@@ -1,4 +1,4 @@
-package postgres
+package sqltx
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
@@ -78,9 +78,14 @@ type errStop struct{ err error }
 func (e errStop) Error() string { return e.err.Error() }
 
 // revokedQuery reads the CRL's entries from the covering partial index certificates_revoked,
-// in its order.
-const revokedQuery = `SELECT serial, not_after, revoked_at, revocation_reason FROM certificates
+// in its order; revokedHinted names the index for SQLite's planner.
+const (
+	revokedQuery  = `SELECT serial, not_after, revoked_at, revocation_reason FROM certificates` + revokedWhere
+	revokedHinted = `SELECT serial, not_after, revoked_at, revocation_reason FROM certificates INDEXED BY certificates_revoked` +
+		revokedWhere
+	revokedWhere = `
 	WHERE state = 'revoked' AND (not_after IS NULL OR not_after > ?) ORDER BY serial`
+)
 
 // RevokedCertificates streams the revoked certificates not expired at now, in serial order,
 // from the covering partial index certificates_revoked: one row at a time, never the list.
@@ -107,7 +112,7 @@ func (tx *Tx) RevokedCertificates(now time.Time, fn func(store.CertStatus) error
 			return errStop{err}
 		}
 		return nil
-	}, revokedQuery, now.UnixMicro())
+	}, tx.pick(revokedHinted, revokedQuery), now.UnixMicro())
 	if stopWith != nil {
 		var stop errStop
 		if errors.As(err, &stop) {
@@ -146,7 +151,7 @@ func (tx *Tx) InsertCRL(c store.CRL) error {
 		c.Number, c.ThisUpdate.UnixMicro(), c.NextUpdate.UnixMicro(), c.DER, orNow(c.CreatedAt).UnixMicro()); err != nil {
 		return err
 	}
-	_, err := tx.exec(op, `DELETE FROM crls WHERE number <= ?::bigint - ?::bigint`, c.Number, store.CRLsKept)
+	_, err := tx.exec(op, `DELETE FROM crls WHERE number <= ?`, c.Number-store.CRLsKept)
 	return err
 }
 
@@ -168,7 +173,11 @@ func (tx *Tx) LatestCRL() (*store.CRL, error) {
 // OCSP responses
 
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
-// replacing its serial's unless the stored one has a later thisUpdate.
+// replacing its serial's unless the stored one has a later thisUpdate. The triggers of the
+// schema (SQLite's migration 9, PostgreSQL's migration 2) move each certificate's row of
+// ocsp_due; the rows of the certificates expired at the earliest thisUpdate stored are deleted
+// from it, through ocsp_due_expiry, so that they stop weighing on OCSPDue: time only moves
+// forward for the due index.
 func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	const op = "upsert ocsp responses"
 	if err := tx.check(true); err != nil {
@@ -200,8 +209,6 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 		return err
 	}
 	if len(rs) > 0 {
-		// Time only moves forward for the due index: the certificates expired at the earliest
-		// thisUpdate stored leave it for good (see store.OCSPResponses).
 		earliest := rs[0].ThisUpdate
 		for _, r := range rs[1:] {
 			if r.ThisUpdate.Before(earliest) {
@@ -272,7 +279,7 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 		state           string
 		der             []byte
 		this, next, upd sql.NullInt64
-		revoked         sql.NullBool
+		revoked         sql.NullBool // SQLite's integer 0 or 1, PostgreSQL's boolean
 		reason          sql.NullInt64
 	)
 	if err := tx.queryRow(op, []any{&state, &der, &this, &next, &revoked, &reason, &upd},
@@ -291,12 +298,46 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 	return &r, nil
 }
 
+// dueProbe bounds the look into ocsp_due_signed that chooses how OCSPDue reads a page: it
+// counts at most max(dueProbe, 2 limit) due certificates.
+const dueProbe = 1024
+
+// Reading a page of due certificates, from ocsp_due, on SQLite in one of two ways:
+//
+//   - dueBySigned reads the range signed < signedBefore of ocsp_due_signed and sorts what it
+//     finds by serial: it costs the number of certificates due, whatever their serials, so
+//     it serves the passes with few due, and the pass that finds none reads nothing else.
+//   - dueBySerial walks ocsp_due in serial order from after and stops at limit due: it costs
+//     the rows it passes over, so it serves the passes with many due (a new store, a bulk
+//     issuance, the refresh of certificates signed together), where paging with the first
+//     way would read every due certificate for each page.
+const (
+	dueBySigned = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason FROM (
+		SELECT serial FROM ocsp_due INDEXED BY ocsp_due_signed` + dueWhere
+	dueBySerial = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason FROM (
+		SELECT serial FROM ocsp_due NOT INDEXED` + dueWhere
+	dueWhere = ` WHERE signed < ?3 AND (not_after IS NULL OR not_after > ?2) AND serial > ?1 ORDER BY serial LIMIT ?4
+		) d JOIN certificates c ON c.serial = d.serial ORDER BY d.serial`
+	dueCount = `SELECT count(*) FROM (SELECT 1 FROM ocsp_due INDEXED BY ocsp_due_signed
+		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2) LIMIT ?3)`
+)
+
+// On PostgreSQL, the planner chooses between the range of ocsp_due_signed sorted by serial and
+// the walk of ocsp_due in serial order by itself: dueAny only looks whether anything is due.
+const (
+	dueAny = `SELECT EXISTS (SELECT 1 FROM ocsp_due
+		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2))`
+	duePage = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason
+		FROM ocsp_due d JOIN certificates c ON c.serial = d.serial
+		WHERE d.signed < ?3 AND (d.not_after IS NULL OR d.not_after > ?2) AND d.serial > ?1
+		ORDER BY d.serial LIMIT ?4`
+)
+
 // OCSPDue returns a page of the certificates whose response is missing, older than
 // signedBefore or signed with another status, in serial order after after, from the due index
-// ocsp_due (migration 2). It first looks whether anything is due at all in the range
-// signed < signedBefore of ocsp_due_signed, so that a pass that finds nothing due (most of
-// them) reads one empty index range; then the planner picks between that range, sorted by
-// serial, and a walk of ocsp_due in serial order.
+// ocsp_due. A pass that finds nothing due reads one empty range of ocsp_due_signed. On SQLite,
+// when fewer than the probe are due, a page reads those (dueBySigned); when more are, it walks
+// ocsp_due from after (dueBySerial), so that a whole pass walks ocsp_due at most once.
 func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]store.CertStatus, error) {
 	const op = "ocsp due"
 	switch {
@@ -312,16 +353,12 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		}
 		after = s
 	}
-	var due bool
-	if err := tx.queryRow(op, []any{&due}, `SELECT EXISTS (SELECT 1 FROM ocsp_due
-		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2))`, signedBefore.UnixMicro(), now.UnixMicro()); err != nil {
+	q, err := tx.duePage(op, now, signedBefore, limit)
+	if q == "" || err != nil {
 		return nil, err
 	}
-	if !due {
-		return nil, nil
-	}
 	var out []store.CertStatus
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err = tx.query(op, func(rows *sql.Rows) error {
 		var (
 			st      store.CertStatus
 			state   string
@@ -333,9 +370,50 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		st.Revoked, st.NotAfter, st.RevokedAt = state == store.StateRevoked, tget(na), tget(rev)
 		out = append(out, st)
 		return nil
-	}, `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason
-		FROM ocsp_due d JOIN certificates c ON c.serial = d.serial
-		WHERE d.signed < ?3 AND (d.not_after IS NULL OR d.not_after > ?2) AND d.serial > ?1
-		ORDER BY d.serial LIMIT ?4`, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
+	}, q, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
 	return out, err
+}
+
+// duePage returns the query that reads OCSPDue's page, or "" when nothing is due.
+func (tx *Tx) duePage(op string, now, signedBefore time.Time, limit int) (string, error) {
+	if !tx.d.IndexHints {
+		var due bool
+		if err := tx.queryRow(op, []any{&due}, dueAny, signedBefore.UnixMicro(), now.UnixMicro()); err != nil || !due {
+			return "", err
+		}
+		return duePage, nil
+	}
+	probe := max(dueProbe, 2*limit)
+	var many int
+	if err := tx.queryRow(op, []any{&many}, dueCount, signedBefore.UnixMicro(), now.UnixMicro(), probe); err != nil {
+		return "", err
+	}
+	switch {
+	case many == 0:
+		return "", nil
+	case many >= probe:
+		return dueBySerial, nil
+	}
+	return dueBySigned, nil
+}
+
+// pick returns hinted, a statement that names its index, for a dialect with index hints, and
+// plain otherwise.
+func (tx *Tx) pick(hinted, plain string) string {
+	if tx.d.IndexHints {
+		return hinted
+	}
+	return plain
+}
+
+// HintedQueries returns the statements that name their index for SQLite's planner, by name
+// ("revoked", "due count", "due by signed", "due by serial"), for the SQLite backend's tests
+// of their plans.
+func HintedQueries() map[string]string {
+	return map[string]string{
+		"revoked":       revokedHinted,
+		"due count":     dueCount,
+		"due by signed": dueBySigned,
+		"due by serial": dueBySerial,
+	}
 }

@@ -1,4 +1,4 @@
-package postgres
+package sqltx
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"

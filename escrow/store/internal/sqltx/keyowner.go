@@ -1,4 +1,4 @@
-package postgres
+package sqltx
 
 import (
 	"errors"
@@ -77,7 +77,9 @@ func keyOwnersQuery(rows int) string {
 	if q, ok := keyOwnersQueries.Load(rows); ok {
 		return q.(string)
 	}
-	q := `WITH q(i, fp, email) AS (VALUES (?::bigint, ?::text, ?::text)` + strings.Repeat(`, (?::bigint, ?::text, ?::text)`, rows-1) + `)
+	// The casts give the values' types to PostgreSQL, which cannot infer them in a VALUES list.
+	const row = `(CAST(? AS bigint), CAST(? AS text), CAST(? AS text))`
+	q := `WITH q(i, fp, email) AS (VALUES ` + row + strings.Repeat(`, `+row, rows-1) + `)
 	SELECT q.i FROM q
 	WHERE EXISTS (SELECT 1 FROM records r WHERE r.fingerprint = q.fp AND r.email < q.email AND r.state != 'abandoned')
 	   OR EXISTS (SELECT 1 FROM records r WHERE r.fingerprint = q.fp AND r.email > q.email AND r.state != 'abandoned')
