@@ -91,6 +91,10 @@ type Config struct {
 	// and of each recovery of it; see NoticesConfig. Absent, nobody is told by mail.
 	Notices *NoticesConfig `yaml:"notices,omitempty"`
 
+	// Directory, when present, sets who may look certificates up and the LDAP server they are
+	// published to; see DirectoryConfig. Absent, lookups are open and nothing is published.
+	Directory *DirectoryConfig `yaml:"directory,omitempty"`
+
 	// dir is the folder the file was read from; not part of the file.
 	dir string
 }
@@ -273,6 +277,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Notices.Validate(); err != nil {
+		return err
+	}
+	if err := c.Directory.Validate(); err != nil {
 		return err
 	}
 	return nil
