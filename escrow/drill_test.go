@@ -1,0 +1,395 @@
+package escrow
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/record"
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// labelKeys records which token keys the engine decrypts with.
+type labelKeys struct {
+	RecoveryKeys
+	mu       sync.Mutex
+	decrypts map[string]int // by label
+}
+
+func (k *labelKeys) Decrypter(label string) (crypto.Decrypter, error) {
+	d, err := k.RecoveryKeys.Decrypter(label)
+	if err != nil {
+		return nil, err
+	}
+	return labelDecrypter{d, k, label}, nil
+}
+
+func (k *labelKeys) count() map[string]int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := map[string]int{}
+	for l, n := range k.decrypts {
+		out[l] = n
+	}
+	return out
+}
+
+type labelDecrypter struct {
+	crypto.Decrypter
+	k     *labelKeys
+	label string
+}
+
+func (d labelDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	d.k.mu.Lock()
+	d.k.decrypts[d.label]++
+	d.k.mu.Unlock()
+	return d.Decrypter.Decrypt(r, msg, opts)
+}
+
+type drillEnv struct {
+	*recoveryEnv
+	labels *labelKeys
+}
+
+func newDrillEnv(t *testing.T) *drillEnv {
+	t.Helper()
+	r := newRecoveryEnv(t)
+	r.svc.Store = withMemDrills(r.svc.Store)
+	lk := &labelKeys{RecoveryKeys: r.svc.RecoveryKeys, decrypts: map[string]int{}}
+	r.svc.RecoveryKeys = lk
+	return &drillEnv{recoveryEnv: r, labels: lk}
+}
+
+// answer is what KRA i's `keyarc kra drill` does: fetch the drill, decrypt each canary share
+// with its unwrap key, check it against the commitment, re-encrypt it to the drill key and
+// sign the drill digest with its auth key.
+func (d *drillEnv) answer(t *testing.T, i int, id string) (*Drill, []ProvenShare, []byte) {
+	t.Helper()
+	dr, items, err := d.svc.DrillFor(context.Background(), d.kraPrincipal(t, i), id)
+	if err != nil {
+		t.Fatalf("DrillFor: %v", err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(dr.KeySPKI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := hashByName(dr.OAEPHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shares []ProvenShare
+	for _, it := range items {
+		pt, err := d.unwrap[d.kras[i].name].Decrypt(rand.Reader, it.Share, &rsa.OAEPOptions{Hash: it.OAEPHash, MGFHash: it.OAEPHash})
+		if err != nil {
+			t.Fatalf("KRA decrypts its canary share: %v", err)
+		}
+		if !bytes.Equal(CanaryCommitment(it.Epoch, it.KeyID, pt), it.Commitment) {
+			t.Fatalf("epoch %d: the plain canary share does not match its commitment", it.Epoch)
+		}
+		re, err := rsa.EncryptOAEP(to.New(), rand.Reader, pub.(*rsa.PublicKey), pt, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shares = append(shares, ProvenShare{Epoch: it.Epoch, Share: re})
+	}
+	sig, err := ecdsa.SignASN1(rand.Reader, d.kras[i].auth, DrillDigest(dr, shares))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dr, shares, sig
+}
+
+func (d *drillEnv) prove(t *testing.T, i int, id string) {
+	t.Helper()
+	_, shares, sig := d.answer(t, i, id)
+	if _, err := d.svc.SubmitDrillProof(context.Background(), d.kraPrincipal(t, i), id, shares, sig); err != nil {
+		t.Fatalf("SubmitDrillProof by %s: %v", d.kras[i].name, err)
+	}
+}
+
+func (d *drillEnv) campaign(t *testing.T) map[string]string {
+	t.Helper()
+	drills, err := d.svc.OpenDrill(context.Background(), d.admin, "", time.Hour)
+	if err != nil {
+		t.Fatalf("OpenDrill: %v", err)
+	}
+	out := map[string]string{}
+	for _, dr := range drills {
+		out[dr.KRA] = dr.ID
+	}
+	return out
+}
+
+func (d *drillEnv) health(t *testing.T) map[uint32]EpochHealth {
+	t.Helper()
+	hs, err := d.svc.RecoveryHealth(context.Background(), 0, 0)
+	if err != nil {
+		t.Fatalf("RecoveryHealth: %v", err)
+	}
+	out := map[uint32]EpochHealth{}
+	for _, h := range hs {
+		out[h.Epoch] = h
+	}
+	return out
+}
+
+// TestDrillCampaign: a campaign opens one drill per KRA; two of three KRAs prove, which
+// reaches the 2-of-3 quorum; the appliance decrypts nothing but drill keys' ciphertexts.
+func TestDrillCampaign(t *testing.T) {
+	d := newDrillEnv(t)
+	h := d.health(t)[1]
+	if h.Records != 1 || h.Proven != 0 || !h.AtRisk || h.NeedsReseal || h.Advice == "" {
+		t.Fatalf("before any drill: %+v; want 1 record, 0 proven, at risk, no reseal (the current epoch)", h)
+	}
+	ids := d.campaign(t)
+	if len(ids) != 3 {
+		t.Fatalf("campaign opened %d drills, want 3", len(ids))
+	}
+	d.prove(t, 0, ids["kra-0"])
+	if h := d.health(t)[1]; h.Proven != 1 || !h.AtRisk {
+		t.Fatalf("after one proof: %+v, want 1 proven, still at risk", h)
+	}
+	d.prove(t, 1, ids["kra-1"])
+	h = d.health(t)[1]
+	if h.Proven != 2 || h.AtRisk || h.Advice != "" || !h.Canary {
+		t.Fatalf("after two proofs: %+v, want 2 proven, not at risk", h)
+	}
+	for _, k := range h.KRAs {
+		if proven := k.Name != "kra-2"; k.Proven != proven || k.LastProof.IsZero() == proven {
+			t.Errorf("KRA %s: proven %v at %v", k.Name, k.Proven, k.LastProof)
+		}
+	}
+	for label, n := range d.labels.count() {
+		if !strings.HasPrefix(label, "drill-") {
+			t.Errorf("the appliance decrypted %d times with %q during drills; only drill keys may be used", n, label)
+		}
+	}
+	if got := d.labels.count(); got[drillKeyLabel(ids["kra-0"])] != 1 || got[drillKeyLabel(ids["kra-1"])] != 1 {
+		t.Errorf("decryptions by label: %v, want one per proven drill", got)
+	}
+	if d.keys.live() != 1 {
+		t.Errorf("%d token keys live, want 1 (the unanswered drill's)", d.keys.live())
+	}
+	// The proofs are in the audit trail, with the KRAs' signatures.
+	var proofs int
+	d.svc.Store.View(context.Background(), func(tx store.Tx) error {
+		es, err := tx.AuditOfKindsFrom([]string{string(KindDrillProof)}, 1, 100)
+		proofs = len(es)
+		return err
+	})
+	if proofs != 2 {
+		t.Errorf("%d drill-proof audit entries, want 2", proofs)
+	}
+	// Proven drills are closed.
+	if _, _, err := d.svc.DrillFor(context.Background(), d.kraPrincipal(t, 0), ids["kra-0"]); !errors.Is(err, ErrDrillClosed) {
+		t.Errorf("DrillFor a proven drill: %v, want ErrDrillClosed", err)
+	}
+}
+
+// TestCanaryIsNoRecord: the canary is sealed like a record, opens with m shares, and its
+// header can never be a user's record's.
+func TestCanaryIsNoRecord(t *testing.T) {
+	d := newDrillEnv(t)
+	if _, err := d.svc.EnsureCanaries(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var c *canaryRow
+	d.svc.Store.View(context.Background(), func(tx store.Tx) error {
+		dtx, _ := drillTx(tx)
+		var err error
+		c, err = getCanary(dtx, 1)
+		return err
+	})
+	if c == nil {
+		t.Fatal("no canary for epoch 1")
+	}
+	sealed, err := record.Parse(c.Record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsCanary(sealed.Header) || sealed.Header.M != 2 || sealed.Header.N != 3 || sealed.Header.Epoch != 1 {
+		t.Fatalf("canary header %+v", sealed.Header)
+	}
+	var shares [][]byte
+	for i := range 2 {
+		_, ct, err := sealed.ShareFor(record.KeyID(d.kras[i].cert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := record.DecryptShare(d.unwrap[d.kras[i].name], sealed.Header.OAEPHash, ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(CanaryCommitment(1, c.KRAs[i].KeyID, pt), c.KRAs[i].Commitment) {
+			t.Fatalf("KRA %d's share does not match its commitment", i)
+		}
+		shares = append(shares, pt)
+	}
+	secret, err := record.Open(sealed, shares)
+	if err != nil || len(secret) != 32 {
+		t.Fatalf("open the canary with 2 of 3 shares: %d bytes, %v", len(secret), err)
+	}
+	// A user record's header is never a canary's.
+	r := d.records(t, "owner@example.org")[0]
+	user, err := record.Parse(r.Blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if IsCanary(user.Header) {
+		t.Fatal("a user's record passes for a canary")
+	}
+	// A second call seals nothing more.
+	if n, err := d.svc.EnsureCanaries(context.Background()); n != 0 || err != nil {
+		t.Fatalf("EnsureCanaries again: %d, %v", n, err)
+	}
+}
+
+// TestDrillProofRefused: proofs that are not the KRA's own answer to this drill are refused:
+// a share that is not the canary's (a token that lost its key), another drill's proof, an
+// approval's signature, another KRA's drill.
+func TestDrillProofRefused(t *testing.T) {
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	first := d.campaign(t)
+	second := d.campaign(t)
+	a, b := first["kra-0"], second["kra-0"]
+	dr, shares, sig := d.answer(t, 0, a)
+
+	// Another drill (another campaign) of the same KRA: the digest names drill a, and the
+	// shares are encrypted to a's key.
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), b, shares, sig); !errors.Is(err, ErrBadDrillProof) {
+		t.Errorf("drill a's proof submitted to drill b: %v, want ErrBadDrillProof", err)
+	}
+	// Drill b's digest signed over drill a's shares: the shares do not open with b's key.
+	drB, _, _ := d.answer(t, 0, b)
+	sigB, _ := ecdsa.SignASN1(rand.Reader, d.kras[0].auth, DrillDigest(drB, shares))
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), b, shares, sigB); !errors.Is(err, ErrBadDrillProof) {
+		t.Errorf("drill a's shares re-signed for drill b: %v, want ErrBadDrillProof", err)
+	}
+	// A share that is not the canary's: what a KRA whose token lost its unwrap key could send.
+	pub, _ := x509.ParsePKIXPublicKey(dr.KeySPKI)
+	junk := make([]byte, record.ShareSize)
+	rand.Read(junk)
+	ct, _ := rsa.EncryptOAEP(crypto.SHA1.New(), rand.Reader, pub.(*rsa.PublicKey), junk, nil)
+	bad := []ProvenShare{{Epoch: 1, Share: ct}}
+	badSig, _ := ecdsa.SignASN1(rand.Reader, d.kras[0].auth, DrillDigest(dr, bad))
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), a, bad, badSig); !errors.Is(err, ErrBadDrillProof) {
+		t.Errorf("a share that is not the canary's: %v, want ErrBadDrillProof", err)
+	}
+	// An approval's digest over the same bytes does not pass for a drill proof.
+	req := &store.Recovery{ID: dr.ID, KeySPKI: dr.KeySPKI, ExpiresAt: dr.ExpiresAt, Records: []string{"1"}}
+	appSig, _ := ecdsa.SignASN1(rand.Reader, d.kras[0].auth, ApprovalDigest(req, []ApprovedShare{{RecordID: "1", Share: shares[0].Share}}))
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), a, shares, appSig); !errors.Is(err, ErrBadDrillProof) {
+		t.Errorf("an approval's signature as a drill proof: %v, want ErrBadDrillProof", err)
+	}
+	// Another KRA cannot answer kra-0's drill.
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 1), a, shares, sig); !errors.Is(err, ErrForbidden) {
+		t.Errorf("kra-1 answers kra-0's drill: %v, want ErrForbidden", err)
+	}
+	if h := d.health(t)[1]; h.Proven != 0 {
+		t.Fatalf("refused proofs counted: %+v", h)
+	}
+	// The real proof passes once; its replay finds the drill closed.
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), a, shares, sig); err != nil {
+		t.Fatalf("the real proof: %v", err)
+	}
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), a, shares, sig); !errors.Is(err, ErrDrillClosed) {
+		t.Errorf("replayed proof: %v, want ErrDrillClosed", err)
+	}
+	// A KRA opens drills for itself only.
+	if _, err := d.svc.OpenDrill(ctx, d.kraPrincipal(t, 1), "kra-0", time.Hour); !errors.Is(err, ErrForbidden) {
+		t.Errorf("kra-1 opens kra-0's drill: %v, want ErrForbidden", err)
+	}
+	if _, err := d.svc.OpenDrill(ctx, d.officer, "", time.Hour); !errors.Is(err, ErrForbidden) {
+		t.Errorf("an officer opens a campaign: %v, want ErrForbidden", err)
+	}
+}
+
+// TestDrillHealthReseal: after a new set, the old epoch still holds the record; when its KRAs'
+// proofs age out of the window it needs a reseal; the KRAs still standing reseal it to the
+// new set, the old epoch drops out and the new one is proven by drills.
+func TestDrillHealthReseal(t *testing.T) {
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	ids := d.campaign(t)
+	d.prove(t, 0, ids["kra-0"])
+	d.prove(t, 1, ids["kra-1"])
+	e2 := d.reuseSet(t, 0, 1)
+	if h := d.health(t); len(h) != 2 || h[1].AtRisk || !h[e2].Current || h[e2].Records != 0 {
+		t.Fatalf("after a new set: %+v", h)
+	}
+	d.clock.Set(t0.Add(DefaultProofWindow + 24*time.Hour))
+	h := d.health(t)
+	if !h[1].NeedsReseal || h[1].Proven != 0 || !strings.Contains(h[1].Advice, "reseal") {
+		t.Fatalf("old epoch past the window: %+v, want needs reseal", h[1])
+	}
+	// The standing KRAs prove again (a drill covers both epochs), then reseal.
+	ids = d.campaign(t)
+	dr, _, _ := d.answer(t, 0, ids["kra-0"])
+	if len(dr.Epochs) != 2 {
+		t.Fatalf("drill epochs %v, want both live epochs", dr.Epochs)
+	}
+	d.prove(t, 0, ids["kra-0"])
+	rec := d.requestReseal(t)
+	for i := range 2 {
+		sh, sig := d.approval(t, i, rec.ID)
+		if _, err := d.svc.SubmitApproval(ctx, d.kraPrincipal(t, i), rec.ID, sh, sig); err != nil {
+			t.Fatalf("approve reseal: %v", err)
+		}
+	}
+	if _, err := d.svc.CompleteReseal(ctx, d.admin, rec.ID); err != nil {
+		t.Fatalf("CompleteReseal: %v", err)
+	}
+	h = d.health(t)
+	if _, ok := h[1]; ok || h[e2].Records != 1 || h[e2].Proven != 1 || !h[e2].AtRisk {
+		t.Fatalf("after the reseal: %+v; want epoch 1 gone, epoch %d with the record, 1 proven", h, e2)
+	}
+	d.prove(t, 1, ids["kra-1"])
+	if h := d.health(t)[e2]; h.AtRisk || h.Proven != 2 {
+		t.Fatalf("after kra-1's proof: %+v", h)
+	}
+}
+
+// TestDrillExpiry: an unanswered drill expires, its key is destroyed, and it cannot be
+// answered any more.
+func TestDrillExpiry(t *testing.T) {
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	drills, err := d.svc.OpenDrill(ctx, d.kraPrincipal(t, 2), "", time.Hour)
+	if err != nil || len(drills) != 1 || drills[0].KRA != "kra-2" {
+		t.Fatalf("a KRA opens its own drill: %v, %v", drills, err)
+	}
+	_, shares, sig := d.answer(t, 2, drills[0].ID)
+	d.clock.Set(t0.Add(2 * time.Hour))
+	if n, err := d.svc.ExpireDrills(ctx); n != 1 || err != nil {
+		t.Fatalf("ExpireDrills: %d, %v", n, err)
+	}
+	if d.keys.live() != 0 {
+		t.Errorf("%d token keys live after expiry", d.keys.live())
+	}
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 2), drills[0].ID, shares, sig); !errors.Is(err, ErrDrillClosed) {
+		t.Errorf("answer an expired drill: %v, want ErrDrillClosed", err)
+	}
+	var kinds []string
+	d.svc.Store.View(ctx, func(tx store.Tx) error {
+		es, err := tx.AuditOfKindsFrom([]string{string(KindDrillOpened), string(KindDrillExpired), string(KindCanarySealed)}, 1, 100)
+		for _, e := range es {
+			kinds = append(kinds, e.Kind)
+		}
+		return err
+	})
+	if strings.Join(kinds, ",") != "canary-sealed,drill-opened,drill-expired" {
+		t.Errorf("audit kinds %v", kinds)
+	}
+}
