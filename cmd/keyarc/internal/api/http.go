@@ -387,7 +387,7 @@ func status(err error) (int, string) {
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, policy.ErrQuorum), errors.Is(err, escrow.ErrAlreadyApproved),
 		errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed), errors.Is(err, policy.ErrExpired),
-		errors.Is(err, policy.ErrNotRecoverable):
+		errors.Is(err, policy.ErrNotRecoverable), errors.Is(err, escrow.ErrDrillClosed):
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, policy.ErrNotAllowed), errors.Is(err, policy.ErrOwnKey):
 		return http.StatusForbidden, err.Error()
@@ -396,7 +396,7 @@ func status(err error) (int, string) {
 	case errors.Is(err, escrow.ErrKeyArchivedElsewhere), errors.Is(err, escrow.ErrAlreadyRevoked),
 		errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet):
 		return http.StatusConflict, err.Error()
-	case errors.Is(err, escrow.ErrBadApproval):
+	case errors.Is(err, escrow.ErrBadApproval), errors.Is(err, escrow.ErrBadDrillProof):
 		return http.StatusBadRequest, err.Error()
 	case errors.As(err, &rej), errors.Is(err, policy.ErrRejected):
 		return http.StatusBadRequest, err.Error()

@@ -20,6 +20,7 @@ func (a *Server) recoveryRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/recoveries/{id}/cancel", a.handleRecoveryCancel)
 	mux.HandleFunc("POST /api/v1/reseals", a.handleResealRequest)
 	mux.HandleFunc("POST /api/v1/reseals/{id}/complete", a.handleResealComplete)
+	a.drillRoutes(mux)
 }
 
 func (a *Server) handleResealRequest(w http.ResponseWriter, r *http.Request) {

@@ -78,6 +78,12 @@ type Config struct {
 	Recovery struct {
 		// RequestTTL is how long a recovery request waits for its quorum.
 		RequestTTL Duration `yaml:"request_ttl"`
+		// DrillTTL is how long a drill waits for its KRA's proof.
+		DrillTTL Duration `yaml:"drill_ttl"`
+		// DrillWindow is how recent a KRA's drill proof must be for its epoch's quorum health.
+		DrillWindow Duration `yaml:"drill_window"`
+		// CertMargin is how long past now a KRA's certificate must stay valid to count.
+		CertMargin Duration `yaml:"cert_margin"`
 	} `yaml:"recovery"`
 
 	Templates []policy.Template `yaml:"templates"`
@@ -169,6 +175,9 @@ func Default() *Config {
 	c.TLS.Key = "tls-key.pem"
 	c.Enrollment.CodeTTL = Duration{7 * 24 * time.Hour}
 	c.Recovery.RequestTTL = Duration{24 * time.Hour}
+	c.Recovery.DrillTTL = Duration{7 * 24 * time.Hour}
+	c.Recovery.DrillWindow = Duration{90 * 24 * time.Hour}
+	c.Recovery.CertMargin = Duration{30 * 24 * time.Hour}
 	c.HTTP = DefaultHTTP()
 	return c
 }
@@ -269,6 +278,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Recovery.RequestTTL.Duration < time.Minute || c.Recovery.RequestTTL.Duration > 30*24*time.Hour {
 		return errors.New("recovery.request_ttl must be between 1m and 720h")
+	}
+	if c.Recovery.DrillTTL.Duration < time.Minute || c.Recovery.DrillTTL.Duration > 30*24*time.Hour {
+		return errors.New("recovery.drill_ttl must be between 1m and 720h")
+	}
+	if c.Recovery.DrillWindow.Duration < time.Hour {
+		return errors.New("recovery.drill_window must be at least 1h")
+	}
+	if c.Recovery.CertMargin.Duration < 0 {
+		return errors.New("recovery.cert_margin must not be negative")
 	}
 	if _, err := policy.Templates(c.Templates); err != nil {
 		return err

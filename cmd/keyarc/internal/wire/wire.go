@@ -302,3 +302,79 @@ func article(kind string) string {
 	}
 	return ""
 }
+
+// RecoveryHealth is the answer of GET /api/v1/recovery-set/health: the quorum health of the
+// current epoch and of every older epoch that still holds records, oldest first.
+type RecoveryHealth struct {
+	// WindowDays is how recent a KRA's drill proof must be to count; MarginDays how long its
+	// certificate must stay valid.
+	WindowDays int           `json:"window_days"`
+	MarginDays int           `json:"margin_days"`
+	Epochs     []EpochHealth `json:"epochs"`
+}
+
+// EpochHealth is one epoch of a [RecoveryHealth].
+type EpochHealth struct {
+	Epoch       uint32      `json:"epoch"`
+	Quorum      int         `json:"quorum"`
+	Current     bool        `json:"current"`
+	Records     int         `json:"records"`
+	Proven      int         `json:"proven"`
+	Valid       int         `json:"valid"`
+	Canary      bool        `json:"canary"`
+	AtRisk      bool        `json:"at_risk"`
+	NeedsReseal bool        `json:"needs_reseal"`
+	Advice      string      `json:"advice,omitempty"`
+	KRAs        []KRAHealth `json:"kras"`
+}
+
+// KRAHealth is one KRA of an [EpochHealth].
+type KRAHealth struct {
+	Name      string `json:"name"`
+	Serial    string `json:"serial"`
+	NotAfter  string `json:"not_after"`
+	LastProof string `json:"last_proof,omitempty"` // RFC 3339; empty when never proven
+	Proven    bool   `json:"proven"`
+	Valid     bool   `json:"valid"`
+}
+
+// DrillRequest is the body of POST /api/v1/drills: a drill for one KRA, or (KRA empty, by an
+// admin) a campaign of every KRA of every live epoch. A KRA opens a drill for itself.
+type DrillRequest struct {
+	KRA string `json:"kra,omitempty"`
+}
+
+// Drill is a drill; Items are filled only for the KRA it asks (GET /api/v1/drills/{id}).
+type Drill struct {
+	ID        string      `json:"id"`
+	Campaign  string      `json:"campaign,omitempty"`
+	KRA       string      `json:"kra"`
+	Epochs    []uint32    `json:"epochs"`
+	State     string      `json:"state"`
+	OpenedBy  string      `json:"opened_by"`
+	CreatedAt string      `json:"created_at"`
+	ExpiresAt string      `json:"expires_at"` // RFC 3339 with fractions: part of what the KRA signs
+	ClosedAt  string      `json:"closed_at,omitempty"`
+	DrillKey  string      `json:"drill_key"` // base64 DER SubjectPublicKeyInfo
+	KeyHash   string      `json:"key_oaep_hash"`
+	Items     []DrillItem `json:"items,omitempty"`
+}
+
+// DrillItem is the KRA's canary share of one epoch: the ciphertext to decrypt in its token
+// and the commitment the plain share must match before it is re-encrypted.
+type DrillItem struct {
+	Epoch      uint32 `json:"epoch"`
+	Share      string `json:"share"` // base64 RSA-OAEP ciphertext to the KRA's unwrap key
+	OAEPHash   string `json:"oaep_hash"`
+	KeyID      string `json:"key_id"`     // base64
+	Commitment string `json:"commitment"` // base64
+}
+
+// DrillProof is the body of POST /api/v1/drills/{id}/proof.
+type DrillProof struct {
+	Shares []struct {
+		Epoch uint32 `json:"epoch"`
+		Share string `json:"share"` // base64, RSA-OAEP to the drill key
+	} `json:"shares"`
+	Signature string `json:"signature"` // base64, by the KRA's auth key over escrow.DrillDigest
+}

@@ -1,0 +1,185 @@
+package api
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
+	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// drillRoutes are the recoverability drills and the quorum health (issue 17).
+func (a *Server) drillRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/recovery-set/health", a.handleRecoveryHealth)
+	mux.HandleFunc("POST /api/v1/drills", a.handleDrillOpen)
+	mux.HandleFunc("GET /api/v1/drills", a.handleDrillList)
+	mux.HandleFunc("GET /api/v1/drills/{id}", a.handleDrillShow)
+	mux.HandleFunc("POST /api/v1/drills/{id}/proof", a.handleDrillProof)
+}
+
+func (a *Server) handleRecoveryHealth(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.caller(r, policy.ActRecoverySetRead, policy.Resource{Kind: "recovery set"}); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	window, margin := a.cfg.Recovery.DrillWindow.Duration, a.cfg.Recovery.CertMargin.Duration
+	hs, err := a.svc.RecoveryHealth(r.Context(), window, margin)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toHealthJSON(hs, window, margin))
+}
+
+func toHealthJSON(hs []escrow.EpochHealth, window, margin time.Duration) wire.RecoveryHealth {
+	out := wire.RecoveryHealth{WindowDays: int(window.Hours() / 24), MarginDays: int(margin.Hours() / 24), Epochs: []wire.EpochHealth{}}
+	for _, h := range hs {
+		e := wire.EpochHealth{Epoch: h.Epoch, Quorum: h.Quorum, Current: h.Current, Records: h.Records, Proven: h.Proven,
+			Valid: h.Valid, Canary: h.Canary, AtRisk: h.AtRisk, NeedsReseal: h.NeedsReseal, Advice: h.Advice, KRAs: []wire.KRAHealth{}}
+		for _, k := range h.KRAs {
+			kh := wire.KRAHealth{Name: k.Name, Serial: k.Serial, NotAfter: k.NotAfter.UTC().Format(time.RFC3339), Proven: k.Proven, Valid: k.Valid}
+			if !k.LastProof.IsZero() {
+				kh.LastProof = k.LastProof.UTC().Format(time.RFC3339)
+			}
+			e.KRAs = append(e.KRAs, kh)
+		}
+		out.Epochs = append(out.Epochs, e)
+	}
+	return out
+}
+
+// drillCaller is an admin (any drill) or a KRA (its own): policy lets both read the recovery
+// set, and the engine decides what each may open or answer.
+func (a *Server) drillCaller(r *http.Request, act policy.Action) (policy.Principal, error) {
+	p, err := a.principal(r, policy.ActRecoverySetRead, policy.Resource{Kind: "drill", ID: r.PathValue("id")})
+	if err != nil {
+		return p, err
+	}
+	if p.Role != policy.RoleAdmin && p.Role != policy.RoleKRA {
+		return p, fmt.Errorf("%w: drills are for admins and KRAs", escrow.ErrForbidden)
+	}
+	if act != "" && !p.Role.May(act) {
+		return p, fmt.Errorf("%w: a %s may not do this with drills", escrow.ErrForbidden, p.Role)
+	}
+	return p, nil
+}
+
+func toDrillJSON(d *escrow.Drill, items []escrow.DrillShare) wire.Drill {
+	out := wire.Drill{ID: d.ID, Campaign: d.Campaign, KRA: d.KRA, Epochs: d.Epochs, State: d.State, OpenedBy: d.OpenedBy,
+		CreatedAt: d.CreatedAt.UTC().Format(time.RFC3339), ExpiresAt: d.ExpiresAt.UTC().Format(time.RFC3339Nano),
+		DrillKey: base64.StdEncoding.EncodeToString(d.KeySPKI), KeyHash: d.OAEPHash}
+	if !d.ClosedAt.IsZero() {
+		out.ClosedAt = d.ClosedAt.UTC().Format(time.RFC3339)
+	}
+	if out.Epochs == nil {
+		out.Epochs = []uint32{}
+	}
+	for _, it := range items {
+		out.Items = append(out.Items, wire.DrillItem{Epoch: it.Epoch, Share: base64.StdEncoding.EncodeToString(it.Share),
+			OAEPHash: it.OAEPHash.String(), KeyID: base64.StdEncoding.EncodeToString(it.KeyID),
+			Commitment: base64.StdEncoding.EncodeToString(it.Commitment)})
+	}
+	return out
+}
+
+func (a *Server) handleDrillOpen(w http.ResponseWriter, r *http.Request) {
+	p, err := a.drillCaller(r, "")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var req wire.DrillRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	drills, err := a.svc.OpenDrill(r.Context(), p, req.KRA, a.cfg.Recovery.DrillTTL.Duration)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]wire.Drill, 0, len(drills))
+	for i := range drills {
+		out = append(out, toDrillJSON(&drills[i], nil))
+	}
+	writeJSON(w, http.StatusCreated, out)
+}
+
+func (a *Server) handleDrillList(w http.ResponseWriter, r *http.Request) {
+	p, err := a.drillCaller(r, "")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	kra := r.URL.Query().Get("kra")
+	if p.Role == policy.RoleKRA {
+		kra = p.Name // a KRA sees its own drills
+	}
+	drills, err := a.svc.ListDrills(r.Context(), r.URL.Query().Get("campaign"), kra, r.URL.Query().Get("open") != "")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]wire.Drill, 0, len(drills))
+	for i := range drills {
+		out = append(out, toDrillJSON(&drills[i], nil))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *Server) handleDrillShow(w http.ResponseWriter, r *http.Request) {
+	kra, err := a.drillCaller(r, policy.ActRecoveryApprove)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	d, items, err := a.svc.DrillFor(r.Context(), kra, r.PathValue("id"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toDrillJSON(d, items))
+}
+
+func (a *Server) handleDrillProof(w http.ResponseWriter, r *http.Request) {
+	kra, err := a.drillCaller(r, policy.ActRecoveryApprove)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var body wire.DrillProof
+	if err := decodeJSON(w, r, &body); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	bad := func(what string, err error) {
+		a.fail(w, r, fmt.Errorf("%w: %s is not valid base64: %w", escrow.ErrBadDrillProof, what, err))
+	}
+	var shares []escrow.ProvenShare
+	for _, s := range body.Shares {
+		b, err := base64.StdEncoding.DecodeString(s.Share)
+		if err != nil {
+			bad(fmt.Sprintf("the share of epoch %d", s.Epoch), err)
+			return
+		}
+		shares = append(shares, escrow.ProvenShare{Epoch: s.Epoch, Share: b})
+	}
+	sig, err := base64.StdEncoding.DecodeString(body.Signature)
+	if err != nil {
+		bad("the signature", err)
+		return
+	}
+	d, err := a.svc.SubmitDrillProof(r.Context(), kra, r.PathValue("id"), shares, sig)
+	if err != nil {
+		if errors.Is(err, escrow.ErrBadDrillProof) {
+			a.log.Warn("drill proof refused", "drill", r.PathValue("id"), "kra", kra.Name, "err", err)
+		}
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toDrillJSON(d, nil))
+}
