@@ -36,6 +36,7 @@ func (a *Server) apiRoutes(mux *http.ServeMux) {
 	a.recoveryRoutes(mux)
 	a.auditRoutes(mux)
 	a.bulkRoutes(mux)
+	a.directoryRoutes(mux)
 }
 
 func (a *Server) handleTemplates(w http.ResponseWriter, r *http.Request) {
