@@ -71,12 +71,17 @@ so that client commands given --state DIR reach it wherever it listens.`},
 				{name: "deny", args: "ID", summary: "deny a pending request", long: clientLong, run: func(a []string) error { return cli.RunPendingDecide("deny", a) }},
 			}},
 			{name: "recovery-set", summary: "the KRAs and quorum that seal new records", subs: []command{
-				{name: "show", args: "[--json]", summary: "the current recovery set: epoch, quorum, KRAs and their certificate serials", long: clientLong, run: cli.RunRecoverySetShow},
+				{name: "show", args: "[--json]", summary: "the current recovery set, and each live epoch's quorum health: KRAs proven by drills, records, which epochs need a reseal", long: clientLong, run: cli.RunRecoverySetShow},
 				{name: "set", args: "--quorum M --kra SERIAL [--kra SERIAL ...]", summary: "define a new recovery set (new epoch); serials from `recovery-set show` or `pending issue`", long: clientLong, run: cli.RunRecoverySetSet},
 				{name: "reseal", args: "[--reason TEXT] | --complete ID", summary: "ask the old sets' KRAs to move old records to the current set; --complete once they approved", long: clientLong, run: cli.RunReseal},
 			}},
+			{name: "drill", summary: "recoverability drills: each KRA proves its token still opens its shares", subs: []command{
+				{name: "open", args: "[--kra NAME] [--json]", summary: "open a campaign (one drill per KRA of every live epoch), or one KRA's drill", long: clientLong, run: cli.RunDrillOpen},
+				{name: "list", args: "[--campaign ID] [--open] [--json]", summary: "drills and who has answered", long: clientLong, run: cli.RunDrillList},
+			}},
 		}},
-		{name: "kra", summary: "Key Recovery Agent: enroll with your own token", subs: []command{
+		{name: "kra", summary: "Key Recovery Agent: enroll with your own token, prove it in drills", subs: []command{
+			{name: "drill", args: "[--drill ID]", summary: "prove with your KRA token that it still decrypts your shares (answers your open drills, or opens one)", long: kraLong, run: cli.RunKRADrill},
 			{name: "enroll", args: "--token-label L --pin-file F [--wait D --out DIR | --request ID --out DIR] [flags]", summary: "make the KRA's keys in its own token and submit them for an admin's approval", run: cli.RunKRAEnroll,
 				long: `Prints the pending request's ID; an admin issues it with "keyarc admin pending issue ID" after
 comparing the key fingerprints with the KRA in person. With --wait, waits for that decision and

@@ -106,10 +106,18 @@ func RunRecoverySetShow(args []string) error {
 	if err := c.call("GET", "/api/v1/recovery-set", nil, &rs); err != nil {
 		return err
 	}
+	var health wire.RecoveryHealth
+	if err := c.call("GET", "/api/v1/recovery-set/health", nil, &health); err != nil {
+		return err
+	}
 	if *asJSON {
-		return printJSON(rs)
+		return printJSON(struct {
+			wire.RecoverySet
+			Health wire.RecoveryHealth `json:"health"`
+		}{rs, health})
 	}
 	printRecoverySet(rs)
+	printHealth(health)
 	return nil
 }
 
