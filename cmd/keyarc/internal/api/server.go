@@ -144,7 +144,7 @@ func New(p Parts, reg prometheus.Registerer) (*Server, error) {
 	a.caPool = x509.NewCertPool()
 	a.caPool.AddCert(a.caCert)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
-	reg.MustRegister(newStateCollector(a))
+	reg.MustRegister(newStateCollector(a), newDrillCollector(a))
 	if err := a.openAudit(p.Issuer, reg); err != nil {
 		return nil, err
 	}
