@@ -106,18 +106,23 @@ func RunRecoverySetShow(args []string) error {
 	if err := c.call("GET", "/api/v1/recovery-set", nil, &rs); err != nil {
 		return err
 	}
-	var health wire.RecoveryHealth
+	// The set is shown even when its health cannot be read (an appliance of an older
+	// version, a storage fault): the refusal is said on stderr.
+	var health *wire.RecoveryHealth
 	if err := c.call("GET", "/api/v1/recovery-set/health", nil, &health); err != nil {
-		return err
+		fmt.Fprintf(os.Stderr, "quorum health not available: %v\n", err)
+		health = nil
 	}
 	if *asJSON {
 		return printJSON(struct {
 			wire.RecoverySet
-			Health wire.RecoveryHealth `json:"health"`
+			Health *wire.RecoveryHealth `json:"health,omitempty"`
 		}{rs, health})
 	}
 	printRecoverySet(rs)
-	printHealth(health)
+	if health != nil {
+		printHealth(*health)
+	}
 	return nil
 }
 

@@ -276,10 +276,12 @@ func printHealth(h wire.RecoveryHealth) {
 			cur = " (current)"
 		}
 		fmt.Printf("epoch %d%s: %d records, %d of %d KRAs proven, quorum %d, %d valid: %s\n", e.Epoch, cur, e.Records, e.Proven, len(e.KRAs), e.Quorum, e.Valid, state)
+		// Rows begin with the epoch, not the KRA's name: scripts that pick a KRA's serial from
+		// the set's table by its first column still find one row.
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  KRA\tSERIAL\tLAST PROOF\tEXPIRES")
+		fmt.Fprintln(tw, "  EPOCH\tKRA\tSERIAL\tLAST PROOF\tEXPIRES")
 		for _, k := range e.KRAs {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", k.Name, k.Serial, orDash(k.LastProof), k.NotAfter)
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", e.Epoch, k.Name, k.Serial, orDash(k.LastProof), k.NotAfter)
 		}
 		tw.Flush()
 		if e.Advice != "" {
