@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
+	"github.com/keyarc/keyarc/escrow/store/storetest"
 )
 
 var b0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -106,3 +107,9 @@ func BenchmarkTwoNodes(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(float64(nodes[0].Stats().Commits+nodes[1].Stats().Commits), "commits")
 }
+
+// The transaction's hot paths, measured as on every backend (see storetest).
+
+func BenchmarkUpsertOCSP(b *testing.B) { storetest.BenchUpsertOCSP(b, benchStore(b)) }
+func BenchmarkOCSPDue(b *testing.B)    { storetest.BenchOCSPDue(b, benchStore(b)) }
+func BenchmarkClaimCode(b *testing.B)  { storetest.BenchClaimCode(b, benchStore(b)) }

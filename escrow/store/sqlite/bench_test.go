@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/storetest"
 
 	"fmt"
 	"sync/atomic"
@@ -60,3 +61,9 @@ func BenchmarkUpdateSerial(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(float64(db.Stats().Commits), "commits")
 }
+
+// The transaction's hot paths, measured as on every backend (see storetest).
+
+func BenchmarkUpsertOCSP(b *testing.B) { db, _ := openTest(b); storetest.BenchUpsertOCSP(b, db) }
+func BenchmarkOCSPDue(b *testing.B)    { db, _ := openTest(b); storetest.BenchOCSPDue(b, db) }
+func BenchmarkClaimCode(b *testing.B)  { db, _ := openTest(b); storetest.BenchClaimCode(b, db) }
