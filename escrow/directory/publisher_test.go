@@ -73,6 +73,12 @@ func newIssuer(t *testing.T, name string) *ca.Issuer {
 	return iss
 }
 
+// newCursor is the publisher's cursor in db, as the appliance keeps it.
+func newCursor(t *testing.T, db store.Store) directory.Cursor {
+	t.Helper()
+	return directory.StoreCursor{Store: db, Name: directory.CursorName}
+}
+
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	db, err := sqlite.Open(filepath.Join(t.TempDir(), "keyarc.db"))
@@ -256,7 +262,7 @@ func TestPublisherFollowsTheTrail(t *testing.T) {
 	}
 	// Applying everything again (a cursor lost, another node's replay) changes nothing.
 	again := e.publisher(e.dir)
-	again.Cursor = newCursor(t, e.db)
+	again.Cursor = directory.StoreCursor{Store: e.db, Name: "replay"}
 	for {
 		more, err := again.Step(context.Background())
 		if err != nil {
@@ -452,5 +458,44 @@ func TestPublisherFollower(t *testing.T) {
 	}
 	if pos, _ := e.cursor.Position(context.Background()); pos != 0 {
 		t.Fatalf("a follower moved the cursor to %d", pos)
+	}
+}
+
+// TestPublisherResumes: the cursor is durable: after the archive is closed and opened again (a
+// restart), a new publisher applies only what came after it.
+func TestPublisherResumes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyarc.db")
+	db, err := sqlite.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, db: db, issuer: newIssuer(t, "keyarc test CA"), ldap: ldaptest.Start(t), logs: &syncBuffer{}}
+	e.cursor = newCursor(t, db)
+	e.dir = e.openDir(ldaptest.Password)
+	e.pub = e.publisher(e.dir)
+	first := e.issue(e.issuer, ldaptest.Alice, x509.KeyUsageKeyAgreement, audit.KindArchive)
+	e.drain()
+	pos, err := e.cursor.Position(context.Background())
+	if err != nil || pos == 0 {
+		t.Fatalf("cursor after the first drain: %d, %v", pos, err)
+	}
+	db.Close()
+
+	if e.db, err = sqlite.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer e.db.Close()
+	e.cursor = newCursor(t, e.db)
+	if again, _ := e.cursor.Position(context.Background()); again != pos {
+		t.Fatalf("cursor after reopening: %d, want %d", again, pos)
+	}
+	second := e.issue(e.issuer, ldaptest.Bob, x509.KeyUsageKeyAgreement, audit.KindArchive)
+	e.pub = e.publisher(e.dir)
+	e.drain()
+	if ok := e.count(directory.OpPublish, directory.OutcomeOK); ok != 1 {
+		t.Fatalf("the restarted publisher published %v certificates; want 1, the one issued after its cursor", ok)
+	}
+	if !holds(e.published(ldaptest.Alice), first) || !holds(e.published(ldaptest.Bob), second) {
+		t.Fatal("alice's and bob's certificates are not both published")
 	}
 }

@@ -54,6 +54,7 @@ type Tx interface {
 	Jobs
 	Leases
 	AuditLog
+	Cursors
 	Consistency
 }
 
@@ -392,6 +393,18 @@ type AuditLog interface {
 	LastCheckpoint() (*AuditCheckpoint, error)
 	// Checkpoints returns up to limit checkpoints from seq from on, in order.
 	Checkpoints(from int64, limit int) ([]AuditCheckpoint, error)
+}
+
+// Cursors are named positions in the audit trail, kept by those that follow it and apply
+// what it records elsewhere (the directory publisher, escrow/directory): the seq of the last
+// entry applied. A cursor only moves forward.
+type Cursors interface {
+	// Cursor returns the position of cursor name, 0 when it was never advanced. [ErrInvalid]
+	// for an empty name.
+	Cursor(name string) (int64, error)
+	// AdvanceCursor moves cursor name forward to pos; a pos at or behind it changes nothing.
+	// [ErrInvalid] for an empty name or a negative pos.
+	AdvanceCursor(name string, pos int64) error
 }
 
 // Consistency serves the consistency checker (escrow/check): it reads what was signed,

@@ -289,6 +289,13 @@ CREATE TABLE leases (
 	expires     BIGINT NOT NULL
 );
 `,
+	// 4: cursors (store.Cursors): how far a follower of the audit trail has applied it.
+	`
+CREATE TABLE cursors (
+	name     TEXT   PRIMARY KEY,
+	position BIGINT NOT NULL CHECK (position >= 0)
+);
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need
@@ -297,7 +304,7 @@ CREATE TABLE leases (
 var grants = []struct{ privileges, tables string }{
 	{"SELECT", "keyarc_schema"},
 	{"SELECT, INSERT", "audit, audit_checkpoints, recovery_sets, recovery_set_kras, recovery_records, approvals"},
-	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses, leases"},
+	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses, leases, cursors"},
 	{"SELECT, INSERT, DELETE", "approval_failures, crls"},
 	{"SELECT, INSERT, UPDATE, DELETE", "ocsp_due"},
 	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},

@@ -328,6 +328,13 @@ CREATE TABLE leases (
 	expires     INTEGER NOT NULL
 ) WITHOUT ROWID;
 `,
+	// 11: cursors (store.Cursors): how far a follower of the audit trail has applied it.
+	`
+CREATE TABLE cursors (
+	name     TEXT    PRIMARY KEY,
+	position INTEGER NOT NULL CHECK (position >= 0)
+) WITHOUT ROWID;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

@@ -53,6 +53,7 @@ func Run(t *testing.T, h Harness) {
 		{"Recovery", recoveryTests},
 		{"Jobs", jobTests},
 		{"Leases", leaseTests},
+		{"Cursors", cursorTests},
 		{"Audit", auditTests},
 		{"Consistency", consistencyTests},
 		{"GroupCommit", groupCommitTests},
