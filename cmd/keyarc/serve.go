@@ -246,6 +246,10 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err := openNotices(cfg, log, reg, &p); err != nil {
 		return nil, fmt.Errorf("notices: %w", err)
 	}
+	// The LDAP publisher follows the audit trail on the leader (directory.go).
+	if err := openDirectory(cfg, log, reg, &p, leader); err != nil {
+		return nil, fmt.Errorf("directory: %w", err)
+	}
 	return api.New(p, reg)
 }
 
