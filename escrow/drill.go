@@ -39,8 +39,8 @@ package escrow
 //
 // # Storage
 //
-// Drills keep their rows through [DrillTx], a small table of escrow-owned encodings in the
-// archive (kinds canary, drill and proof), in the same transactions as their audit entries.
+// Drills keep their rows in the archive's drill states ([store.DrillStates]: encodings of this
+// package, by kind canary, drill and proof), in the same transactions as their audit entries.
 
 import (
 	"context"
@@ -78,8 +78,6 @@ var (
 	ErrBadDrillProof = errors.New("escrow: drill proof refused")
 	// ErrDrillClosed: the drill was answered, closed or expired.
 	ErrDrillClosed = errors.New("escrow: drill is closed")
-	// ErrNoDrillStore: the archive keeps no drill state (a store without [DrillTx]).
-	ErrNoDrillStore = errors.New("escrow: this archive keeps no drill state")
 )
 
 // CanaryIssuer is the issuer field of every canary's sealed header: not a DN, so no user
@@ -93,7 +91,7 @@ const (
 	DrillExpired = "expired"
 )
 
-// Kinds of drill rows in the archive ([DrillTx]).
+// Kinds of drill rows in the archive ([store.DrillStates]).
 const (
 	drillKindCanary = "canary" // key: the epoch, decimal
 	drillKindDrill  = "drill"  // key: the drill ID
@@ -111,31 +109,6 @@ const (
 
 // maxDrillTTL bounds how long a drill stays open.
 const maxDrillTTL = 30 * 24 * time.Hour
-
-// DrillTx is what drills need of a store transaction besides [store.Tx]: rows of
-// escrow-owned encodings by kind and key, and the active records per epoch. A store whose Tx
-// lacks it gives [ErrNoDrillStore].
-type DrillTx interface {
-	// InsertDrillState stores data under kind and key: [store.ErrConflict] if it exists.
-	InsertDrillState(kind, key string, data []byte) error
-	// PutDrillState stores data under kind and key, replacing what was there.
-	PutDrillState(kind, key string, data []byte) error
-	// GetDrillState returns the data under kind and key, or [store.ErrNotFound].
-	GetDrillState(kind, key string) ([]byte, error)
-	// ListDrillState returns every row of kind, by key.
-	ListDrillState(kind string) (map[string][]byte, error)
-	// ActiveRecordsByEpoch counts the active records of each epoch (epochs without any are
-	// absent).
-	ActiveRecordsByEpoch() (map[uint32]int, error)
-}
-
-func drillTx(tx store.Tx) (DrillTx, error) {
-	d, ok := tx.(DrillTx)
-	if !ok {
-		return nil, ErrNoDrillStore
-	}
-	return d, nil
-}
 
 // canaryRow is an epoch's canary as stored.
 type canaryRow struct {
@@ -373,16 +346,13 @@ func liveEpochs(cur uint32, counts map[uint32]int) []uint32 {
 //
 // # Errors
 //
-// [ErrNoDrillStore], or, for faults of the appliance, a storage error wrapping
+// Only faults of the appliance: a storage error wrapping
 // [store.ErrUnavailable], the audit trail's ([audit.ErrAppend]) or a recovery set that does
 // not resolve (a fault of the archive).
 func (s *Service) EnsureCanaries(ctx context.Context) (int, error) {
 	var missing []*RecoverySet
 	err := s.Store.View(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
 		cur, err := tx.CurrentEpoch()
 		if err != nil || cur == 0 {
 			return err
@@ -423,10 +393,7 @@ func (s *Service) EnsureCanaries(ctx context.Context) (int, error) {
 			return sealed, err
 		}
 		err = s.Store.Update(ctx, func(tx store.Tx) error {
-			dtx, err := drillTx(tx)
-			if err != nil {
-				return err
-			}
+			dtx := store.DrillStates(tx)
 			if err := dtx.InsertDrillState(drillKindCanary, epochKey(rs.Epoch), data); err != nil {
 				return err
 			}
@@ -462,7 +429,7 @@ func drillKeyLabel(id string) string { return "drill-" + id }
 //
 // [ErrInvalidRequest] (a ttl out of 1 minute..30 days, a KRA in no live epoch),
 // [ErrForbidden] (a KRA opening another's drill), [ErrNoRecoverySet] (no recovery set yet),
-// [ErrNoDrillStore], or, for faults of the appliance, the token's error making a drill key, a
+// or, for faults of the appliance, the token's error making a drill key, a
 // storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
 func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string, ttl time.Duration) ([]Drill, error) {
 	if ttl < time.Minute || ttl > maxDrillTTL {
@@ -548,10 +515,7 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 		}
 	}
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
 		for _, r := range rows {
 			data, err := json.Marshal(r)
 			if err != nil {
@@ -589,10 +553,7 @@ func campaignNote(c string) string {
 
 // liveCanaries reads the canaries of the live epochs, oldest first.
 func liveCanaries(tx store.Tx) ([]*canaryRow, error) {
-	dtx, err := drillTx(tx)
-	if err != nil {
-		return nil, err
-	}
+	dtx := store.DrillStates(tx)
 	cur, err := tx.CurrentEpoch()
 	if err != nil {
 		return nil, err
@@ -615,7 +576,7 @@ func liveCanaries(tx store.Tx) ([]*canaryRow, error) {
 	return out, nil
 }
 
-func getCanary(dtx DrillTx, e uint32) (*canaryRow, error) {
+func getCanary(dtx store.DrillStates, e uint32) (*canaryRow, error) {
 	data, err := dtx.GetDrillState(drillKindCanary, epochKey(e))
 	if err != nil {
 		return nil, err
@@ -627,7 +588,7 @@ func getCanary(dtx DrillTx, e uint32) (*canaryRow, error) {
 	return &c, nil
 }
 
-func getDrill(dtx DrillTx, id string) (*drillRow, error) {
+func getDrill(dtx store.DrillStates, id string) (*drillRow, error) {
 	data, err := dtx.GetDrillState(drillKindDrill, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: no drill %q", ErrNotFound, id)
@@ -647,14 +608,11 @@ func getDrill(dtx DrillTx, id string) (*drillRow, error) {
 //
 // # Errors
 //
-// [ErrNoDrillStore] or a storage error wrapping [store.ErrUnavailable].
+// A storage error wrapping [store.ErrUnavailable].
 func (s *Service) ListDrills(ctx context.Context, campaign, kra string, open bool) ([]Drill, error) {
 	var out []Drill
 	err := s.Store.View(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
 		rows, err := dtx.ListDrillState(drillKindDrill)
 		if err != nil {
 			return err
@@ -689,17 +647,15 @@ func (s *Service) ListDrills(ctx context.Context, campaign, kra string, open boo
 //
 // # Errors
 //
-// [ErrNotFound], [ErrForbidden] (another KRA's drill), [ErrDrillClosed], [ErrNoDrillStore],
+// [ErrNotFound], [ErrForbidden] (another KRA's drill), [ErrDrillClosed],
 // or a storage error wrapping [store.ErrUnavailable]. A canary that does not parse, or that
 // holds no share for the KRA's unwrap key, is a fault of the archive.
 func (s *Service) DrillFor(ctx context.Context, kra policy.Principal, id string) (*Drill, []DrillShare, error) {
 	var d *drillRow
 	var canaries []*canaryRow
 	err := s.Store.View(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
+		var err error
 		if d, err = getDrill(dtx, id); err != nil {
 			return err
 		}
@@ -809,7 +765,7 @@ func DrillDigest(d *Drill, shares []ProvenShare) []byte {
 //
 // [ErrNotFound], [ErrForbidden] (another KRA's drill), [ErrDrillClosed], [ErrBadDrillProof]
 // (a bad signature or share: the refusal is audited and counts against the KRA's approval
-// rate limit), [ErrTooManyFailures], [ErrNoDrillStore], or, for faults of the appliance,
+// rate limit), [ErrTooManyFailures], or, for faults of the appliance,
 // [ErrRecoveryKey] (the drill key), a storage error wrapping [store.ErrUnavailable] or the
 // audit trail's ([audit.ErrAppend]).
 func (s *Service) SubmitDrillProof(ctx context.Context, kra policy.Principal, id string, shares []ProvenShare, sig []byte) (*Drill, error) {
@@ -841,10 +797,8 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 	var canaries []*canaryRow
 	var signer *store.Certificate
 	err := s.Store.View(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
+		var err error
 		if d, err = getDrill(dtx, id); err != nil {
 			return err
 		}
@@ -913,10 +867,7 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 		}
 	}
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
 		cur, err := getDrill(dtx, id) // closed meanwhile?
 		if err != nil {
 			return err
@@ -962,17 +913,14 @@ func proofKey(e uint32, kra string) string { return epochKey(e) + "/" + kra }
 //
 // # Errors
 //
-// [ErrNoDrillStore], or a storage error wrapping [store.ErrUnavailable] or the audit trail's
+// A storage error wrapping [store.ErrUnavailable] or the audit trail's
 // ([audit.ErrAppend]). A drill key the token fails to destroy is logged.
 func (s *Service) ExpireDrills(ctx context.Context) (int, error) {
 	now := s.now()
 	var expired []drillRow
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		expired = expired[:0]
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
 		rows, err := dtx.ListDrillState(drillKindDrill)
 		if err != nil {
 			return err

@@ -59,7 +59,7 @@ type KRAHealth struct {
 //
 // # Errors
 //
-// [ErrNoDrillStore], or a storage error wrapping [store.ErrUnavailable]; a recovery set that
+// A storage error wrapping [store.ErrUnavailable]; a recovery set that
 // does not resolve is a fault of the archive.
 func (s *Service) RecoveryHealth(ctx context.Context, window, margin time.Duration) ([]EpochHealth, error) {
 	if window <= 0 {
@@ -71,10 +71,7 @@ func (s *Service) RecoveryHealth(ctx context.Context, window, margin time.Durati
 	now := s.now()
 	var out []EpochHealth
 	err := s.Store.View(ctx, func(tx store.Tx) error {
-		dtx, err := drillTx(tx)
-		if err != nil {
-			return err
-		}
+		dtx := store.DrillStates(tx)
 		cur, err := tx.CurrentEpoch()
 		if err != nil || cur == 0 {
 			return err

@@ -56,6 +56,7 @@ type Tx interface {
 	AuditLog
 	Cursors
 	Consistency
+	DrillStates
 }
 
 // Codes are one-time enrollment codes.

@@ -296,6 +296,17 @@ CREATE TABLE cursors (
 	position BIGINT NOT NULL CHECK (position >= 0)
 );
 `,
+	// 5: drill states (store.DrillStates): the rows of the recoverability drills, and an
+	// index that counts the active records of each epoch without reading the records.
+	`
+CREATE TABLE drill_state (
+	kind TEXT  NOT NULL,
+	key  TEXT  NOT NULL,
+	data BYTEA NOT NULL,
+	PRIMARY KEY (kind, key)
+);
+CREATE INDEX records_epoch_state ON records(epoch, state);
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need
@@ -306,6 +317,7 @@ var grants = []struct{ privileges, tables string }{
 	{"SELECT, INSERT", "audit, audit_checkpoints, recovery_sets, recovery_set_kras, recovery_records, approvals"},
 	{"SELECT, INSERT, UPDATE", "codes, certificates, records, pending, recoveries, jobs, ocsp_responses, leases, cursors"},
 	{"SELECT, INSERT, DELETE", "approval_failures, crls"},
+	{"SELECT, INSERT, UPDATE", "drill_state"},
 	{"SELECT, INSERT, UPDATE, DELETE", "ocsp_due"},
 	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},
 }

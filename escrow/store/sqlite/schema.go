@@ -335,6 +335,17 @@ CREATE TABLE cursors (
 	position INTEGER NOT NULL CHECK (position >= 0)
 ) WITHOUT ROWID;
 `,
+	// 12: drill states (store.DrillStates): the rows of the recoverability drills, and an
+	// index that counts the active records of each epoch without reading the records.
+	`
+CREATE TABLE drill_state (
+	kind TEXT NOT NULL,
+	key  TEXT NOT NULL,
+	data BLOB NOT NULL,
+	PRIMARY KEY (kind, key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX records_epoch_state ON records(epoch, state);
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

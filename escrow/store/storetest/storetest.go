@@ -53,6 +53,7 @@ func Run(t *testing.T, h Harness) {
 		{"Recovery", recoveryTests},
 		{"Jobs", jobTests},
 		{"Leases", leaseTests},
+		{"DrillStates", drillTests},
 		{"Cursors", cursorTests},
 		{"Audit", auditTests},
 		{"Consistency", consistencyTests},

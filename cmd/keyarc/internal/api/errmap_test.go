@@ -49,7 +49,6 @@ func TestStatusContracts(t *testing.T) {
 		{"already approved", escrow.ErrAlreadyApproved, http.StatusConflict},
 		{"bad drill proof", wrap(escrow.ErrBadDrillProof), http.StatusBadRequest},
 		{"drill closed", wrap(escrow.ErrDrillClosed), http.StatusConflict},
-		{"no drill store", escrow.ErrNoDrillStore, http.StatusInternalServerError},
 		{"not allowed", wrap(policy.ErrNotAllowed), http.StatusForbidden},
 		{"own key", wrap(policy.ErrOwnKey), http.StatusForbidden},
 		{"not recoverable", wrap(policy.ErrNotRecoverable), http.StatusConflict},

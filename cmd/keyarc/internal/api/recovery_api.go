@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"net/http"
 	"time"
 
@@ -262,12 +261,12 @@ func (a *Server) expireRecoveries() {
 	}
 	// Drills end the same way, and every live epoch gets its canary (a new epoch, or one made
 	// before drills existed).
-	if n, err := a.svc.ExpireDrills(ctx); err != nil && !errors.Is(err, escrow.ErrNoDrillStore) {
+	if n, err := a.svc.ExpireDrills(ctx); err != nil {
 		a.log.Error("expire drills", "err", err)
 	} else if n > 0 {
 		a.log.Info("drills expired unanswered", "count", n)
 	}
-	if n, err := a.svc.EnsureCanaries(ctx); err != nil && !errors.Is(err, escrow.ErrNoDrillStore) {
+	if n, err := a.svc.EnsureCanaries(ctx); err != nil {
 		a.log.Error("seal the canaries of live epochs", "err", err)
 	} else if n > 0 {
 		a.log.Info("canaries sealed", "count", n)
