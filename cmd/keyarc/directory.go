@@ -29,8 +29,10 @@ func openDirectory(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 		return nil
 	}
 	l := cfg.Directory.LDAP
-	pw, err := cfg.DirectoryBindPassword()
-	if err != nil {
+	// Read once now, so that a missing source stops the start with a clear message; then
+	// again at each connection, so that a password changed at its source is used at the
+	// next retry, without a restart.
+	if _, err := cfg.DirectoryBindPassword(); err != nil {
 		return err
 	}
 	var roots *x509.CertPool
@@ -44,7 +46,7 @@ func openDirectory(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 			return fmt.Errorf("directory.ldap.ca_file: %s holds no PEM certificate", cfg.Path(l.CAFile))
 		}
 	}
-	dir, err := ldapdir.New(ldapdir.Config{URL: l.URL, BindDN: l.BindDN, Password: pw, Base: l.Base, RootCAs: roots,
+	dir, err := ldapdir.New(ldapdir.Config{URL: l.URL, BindDN: l.BindDN, PasswordFunc: cfg.DirectoryBindPassword, Base: l.Base, RootCAs: roots,
 		InsecurePlaintext: l.InsecurePlaintext, CA: p.CACert})
 	if err != nil {
 		return err

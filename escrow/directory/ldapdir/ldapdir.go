@@ -71,6 +71,10 @@ type Config struct {
 	// BindDN and Password authenticate the publisher (a simple bind). Password is a secret.
 	BindDN   string
 	Password string
+	// PasswordFunc, when set, is called for the password at each connection instead of
+	// Password: a password changed at its source is used at the next retry, without a
+	// restart.
+	PasswordFunc func() (string, error)
 	// Base is the search base under which people's entries are found.
 	Base string
 	// RootCAs verifies the server's certificate (nil: the system roots).
@@ -204,7 +208,14 @@ func (d *Dir) connect() (*ldap.Conn, error) {
 			return nil, fmt.Errorf("ldapdir: StartTLS with %s (set insecure_plaintext only for a server that cannot do TLS): %w", d.cfg.URL, err)
 		}
 	}
-	if err := c.Bind(d.cfg.BindDN, d.cfg.Password); err != nil {
+	pw := d.cfg.Password
+	if d.cfg.PasswordFunc != nil {
+		if pw, err = d.cfg.PasswordFunc(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("ldapdir: bind password: %w", err)
+		}
+	}
+	if err := c.Bind(d.cfg.BindDN, pw); err != nil {
 		c.Close()
 		if ldap.IsErrorAnyOf(err, ldap.LDAPResultInvalidCredentials, ldap.LDAPResultInappropriateAuthentication,
 			ldap.LDAPResultInsufficientAccessRights, ldap.LDAPResultUnwillingToPerform, ldap.LDAPResultConfidentialityRequired) {

@@ -253,6 +253,25 @@ func TestServerFaults(t *testing.T) {
 	}
 }
 
+// TestPasswordFunc: a password fixed at its source is used at the next connection.
+func TestPasswordFunc(t *testing.T) {
+	s := ldaptest.Start(t)
+	pw := "wrong-password-value"
+	d, err := ldapdir.New(ldapdir.Config{URL: s.URL, BindDN: ldaptest.BindDN, Base: ldaptest.Base, Timeout: 5 * time.Second,
+		PasswordFunc: func() (string, error) { return pw, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Check(context.Background()); !errors.Is(err, ldapdir.ErrBind) {
+		t.Fatalf("Check with the wrong password = %v; want ErrBind", err)
+	}
+	pw = ldaptest.Password
+	if err := d.Check(context.Background()); err != nil {
+		t.Fatalf("Check once the password is right: %v", err)
+	}
+}
+
 func TestConfig(t *testing.T) {
 	tests := []struct {
 		name    string
