@@ -499,3 +499,73 @@ func TestPublisherResumes(t *testing.T) {
 		t.Fatal("alice's and bob's certificates are not both published")
 	}
 }
+
+// BenchmarkPublisher: certificates published per second to a real slapd, each to its own
+// entry, in the publisher's batches (what a bulk job's publication runs at).
+func BenchmarkPublisher(b *testing.B) {
+	db, err := sqlite.Open(filepath.Join(b.TempDir(), "keyarc.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	s := ldaptest.Start(b)
+	iss := newIssuerB(b, "keyarc bench CA")
+	var ldif strings.Builder
+	for i := range b.N {
+		fmt.Fprintf(&ldif, "dn: uid=p%d,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: p%d\ncn: P %d\nsn: P\nmail: p%d@example.org\n\n",
+			i, ldaptest.People, i, i, i)
+	}
+	s.Modify(b, ldif.String())
+	for i := range b.N {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		mail := fmt.Sprintf("p%d@example.org", i)
+		c, err := iss.Issue(ca.Request{PublicKey: k.Public(), EmailAddresses: []string{mail}, KeyUsage: x509.KeyUsageKeyAgreement,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}, NotBefore: time.Now().Add(-time.Minute), Validity: 24 * time.Hour})
+		if err != nil {
+			b.Fatal(err)
+		}
+		serial := store.FormatSerial(c.SerialNumber)
+		if err := db.Update(context.Background(), func(tx store.Tx) error {
+			if err := tx.InsertCertificate(store.Certificate{Serial: serial, Template: "smime-encryption", Email: mail, State: store.StateIssued,
+				DER: c.Raw, NotBefore: c.NotBefore, NotAfter: c.NotAfter}); err != nil {
+				return err
+			}
+			_, err := audit.Append(tx, time.Now(), audit.KindArchive, "local", mail, audit.Details{Serial: serial, Mailbox: mail})
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d, err := ldapdir.New(ldapdir.Config{URL: s.URL, BindDN: ldaptest.BindDN, Password: ldaptest.Password, Base: ldaptest.Base, CA: iss.Certificate()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	p := &directory.Publisher{Store: db, Dir: d, Cursor: directory.StoreCursor{Store: db, Name: directory.CursorName}, CA: iss.Certificate()}
+	b.ResetTimer()
+	for {
+		more, err := p.Step(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !more {
+			break
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
+}
+
+func newIssuerB(b *testing.B, name string) *ca.Issuer {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	root, err := ca.SelfSignedRoot(key, pkix.Name{CommonName: name, Organization: []string{"keyarc"}, Country: []string{"DE"}},
+		time.Now().Add(-72*time.Hour), 365*24*time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	iss, err := ca.New(key, root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return iss
+}
