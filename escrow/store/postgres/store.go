@@ -3,12 +3,12 @@ package postgres
 import (
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
+	"github.com/keyarc/keyarc/escrow/store/internal/updates"
 
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,20 +33,6 @@ var (
 	writerLockTimeout = time.Minute
 )
 
-// Request states, owned by the writer goroutine once claimed.
-const (
-	reqQueued int32 = iota
-	reqClaimed
-	reqCancelled
-)
-
-type request struct {
-	fn    func(store.Tx) error
-	state atomic.Int32
-	err   error      // the fn's own result, set by the writer
-	res   chan error // buffered (1): the final answer
-}
-
 // DB is a keyarc archive in a PostgreSQL database. It is safe for concurrent use; see the
 // package documentation for the concurrency rules.
 type DB struct {
@@ -57,11 +43,7 @@ type DB struct {
 	// batch, and again after a fault of the connection (the next batch takes a new one).
 	wconn *sql.Conn
 
-	mu      sync.Mutex
-	queue   []*request
-	closing bool
-	wake    chan struct{} // capacity 1
-	done    chan struct{} // closed when the writer goroutine exits
+	q *updates.Queue // the Update calls, drained by the writer goroutine
 
 	viewMu     sync.RWMutex // held for reading by every View; Close takes it to stop them
 	viewClosed bool
@@ -120,8 +102,7 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 	db := &DB{
 		pool: pool,
 		db:   stdlib.OpenDBFromPool(pool),
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
+		q:    updates.New(),
 	}
 	fail := func(err error) (*DB, error) {
 		db.db.Close()
@@ -137,7 +118,7 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 	if err != nil {
 		return fail(err)
 	}
-	go db.writer()
+	go db.q.Run(db.batch)
 	return db, nil
 }
 
@@ -145,11 +126,7 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 // running Views, then closes the connections. It is safe to call more than once.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
-		db.mu.Lock()
-		db.closing = true
-		db.mu.Unlock()
-		db.signal()
-		<-db.done
+		db.q.Close()
 		db.viewMu.Lock() // waits for running Views
 		db.viewClosed = true
 		db.viewMu.Unlock()
@@ -164,13 +141,6 @@ func (db *DB) Close() error {
 		}
 	})
 	return db.closeErr
-}
-
-func (db *DB) signal() {
-	select {
-	case db.wake <- struct{}{}:
-	default:
-	}
 }
 
 // Update runs fn inside a savepoint of a shared write transaction and returns once the COMMIT
@@ -191,28 +161,7 @@ func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if fn == nil {
 		return fmt.Errorf("store: update: nil function: %w", store.ErrInvalid)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r := &request{fn: fn, res: make(chan error, 1)}
-	db.mu.Lock()
-	if db.closing {
-		db.mu.Unlock()
-		return store.ErrClosed
-	}
-	db.queue = append(db.queue, r)
-	db.mu.Unlock()
-	db.signal()
-
-	select {
-	case err := <-r.res:
-		return err
-	case <-ctx.Done():
-		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
-			return ctx.Err() // the writer will skip it
-		}
-		return <-r.res
-	}
+	return db.q.Submit(ctx, fn)
 }
 
 // View runs fn in a read-only REPEATABLE READ transaction on a connection of the pool: it sees
@@ -250,47 +199,7 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 }
 
 // queueLen reports the number of queued (possibly cancelled) requests.
-func (db *DB) queueLen() int {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return len(db.queue)
-}
-
-// next pops the next live request and claims it, or returns nil when the queue is empty.
-func (db *DB) next() *request {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	for len(db.queue) > 0 {
-		r := db.queue[0]
-		db.queue[0] = nil
-		db.queue = db.queue[1:]
-		if r.state.CompareAndSwap(reqQueued, reqClaimed) {
-			return r
-		}
-	}
-	db.queue = nil
-	return nil
-}
-
-// writer is the only goroutine that writes. It exits once closing is set and the queue is
-// drained.
-func (db *DB) writer() {
-	defer close(db.done)
-	for {
-		db.mu.Lock()
-		for len(db.queue) == 0 && !db.closing {
-			db.mu.Unlock()
-			<-db.wake
-			db.mu.Lock()
-		}
-		if len(db.queue) == 0 && db.closing {
-			db.mu.Unlock()
-			return
-		}
-		db.mu.Unlock()
-		db.batch()
-	}
-}
+func (db *DB) queueLen() int { return db.q.Len() }
 
 func (db *DB) exec(query string, args ...any) error {
 	_, err := db.wconn.ExecContext(context.Background(), query, args...)
@@ -407,16 +316,16 @@ func (db *DB) commit() error {
 // batch runs one write transaction: as many queued functions as are waiting (up to
 // MaxBatch), each in its own savepoint, then one COMMIT.
 func (db *DB) batch() {
-	first := db.next()
+	first := db.q.Next()
 	if first == nil {
 		return
 	}
 	if err := db.begin(); err != nil {
-		first.res <- fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err) // never the request's fault
+		first.Answer(fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err)) // never the request's fault
 		db.commitErrors.Add(1)
 		return
 	}
-	batch := make([]*request, 0, 16)
+	batch := make([]*updates.Request, 0, 16)
 	ok := 0
 	for r := first; r != nil; {
 		batch = append(batch, r)
@@ -431,23 +340,23 @@ func (db *DB) batch() {
 			db.rollback()
 			db.commitErrors.Add(1)
 			for _, b := range batch {
-				b.res <- err
+				b.Answer(err)
 			}
 			return
 		}
-		if bare && r.err != nil {
+		if bare && r.Err != nil {
 			// The transaction holds this function's writes alone: roll it back and answer.
 			db.rollback()
-			r.res <- r.err
+			r.Answer(r.Err)
 			return
 		}
-		if r.err == nil {
+		if r.Err == nil {
 			ok++
 		}
 		if len(batch) >= MaxBatch {
 			break
 		}
-		r = db.next()
+		r = db.q.Next()
 	}
 	if int64(len(batch)) > db.maxBatch.Load() {
 		db.maxBatch.Store(int64(len(batch)))
@@ -456,7 +365,7 @@ func (db *DB) batch() {
 		// Nothing to keep: no need to pay for a COMMIT.
 		db.rollback()
 		for _, b := range batch {
-			b.res <- b.err
+			b.Answer(b.Err)
 		}
 		return
 	}
@@ -465,33 +374,33 @@ func (db *DB) batch() {
 		db.commitErrors.Add(1)
 		err = classify(fmt.Errorf("store: commit: %w", mapErr(err)))
 		for _, b := range batch {
-			b.res <- err
+			b.Answer(err)
 		}
 		return
 	}
 	db.commits.Add(1)
 	for _, b := range batch {
-		b.res <- b.err
+		b.Answer(b.Err)
 	}
 }
 
-// runOne runs r.fn in a savepoint (bare: directly in the transaction, which the caller rolls
-// back if the function fails) and records its result in r.err. It returns an error only if
+// runOne runs r.Fn in a savepoint (bare: directly in the transaction, which the caller rolls
+// back if the function fails) and records its result in r.Err. It returns an error only if
 // the transaction itself failed, in which case it must be abandoned.
-func (db *DB) runOne(r *request, bare bool) error {
+func (db *DB) runOne(r *updates.Request, bare bool) error {
 	db.sp.pending, db.sp.mine = !bare, false // opened with fn's first statement
 	db.updates.Add(1)
 	saved := db.head
 	tx := sqltx.NewWrite(context.Background(), pgQuerier{q: db.wconn, sp: &db.sp, writer: db.wconn}, dialect, &db.head)
-	r.err = callFn(r.fn, tx)
+	r.Err = updates.Call(r.Fn, tx)
 	tx.End()
 	db.sp.pending = false
-	if r.err == nil && db.txStatus() == 'E' {
+	if r.Err == nil && db.txStatus() == 'E' {
 		// A statement failed outside its own savepoint (a read the server refused) and fn
 		// went on: its writes cannot be kept.
-		r.err = fmt.Errorf("%w: store: update: a statement failed and the transaction was aborted", store.ErrUnavailable)
+		r.Err = fmt.Errorf("%w: store: update: a statement failed and the transaction was aborted", store.ErrUnavailable)
 	}
-	if r.err != nil {
+	if r.Err != nil {
 		db.head = saved // the function's entries are rolled back with its savepoint
 		db.failed.Add(1)
 	}
@@ -503,7 +412,7 @@ func (db *DB) runOne(r *request, bare bool) error {
 		// opening it): nothing can bring it back.
 		return errors.New("store: the transaction was aborted outside any savepoint")
 	}
-	if r.err == nil || !db.sp.mine {
+	if r.Err == nil || !db.sp.mine {
 		// Kept: its savepoint is released by the next function's or by the COMMIT. Or
 		// failed before any statement: nothing to undo.
 		return nil
@@ -513,21 +422,6 @@ func (db *DB) runOne(r *request, bare bool) error {
 		return fmt.Errorf("store: rollback savepoint: %w", err)
 	}
 	return nil
-}
-
-// callFn runs fn, turning a panic into an error. The panic value is not included (it might
-// carry data); only its type, or the message of a runtime error, is.
-func callFn(fn func(store.Tx) error, tx store.Tx) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			if re, ok := p.(runtime.Error); ok {
-				err = fmt.Errorf("%w: %s", store.ErrPanic, re.Error())
-			} else {
-				err = fmt.Errorf("%w: panic value of type %T", store.ErrPanic, p)
-			}
-		}
-	}()
-	return fn(tx)
 }
 
 var _ store.Store = (*DB)(nil)

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
+	"github.com/keyarc/keyarc/escrow/store/internal/updates"
 
 	"context"
 	"database/sql"
@@ -27,20 +28,6 @@ const MaxBatch = 256
 // busyTimeoutMillis is the busy_timeout set on every connection.
 const busyTimeoutMillis = 5000
 
-// Request states, owned by the writer goroutine once claimed.
-const (
-	reqQueued int32 = iota
-	reqClaimed
-	reqCancelled
-)
-
-type request struct {
-	fn    func(store.Tx) error
-	state atomic.Int32
-	err   error      // the fn's own result, set by the writer
-	res   chan error // buffered (1): the final answer
-}
-
 // DB is an open keyarc database. It is safe for concurrent use; see the
 // package documentation for the concurrency rules.
 type DB struct {
@@ -51,11 +38,7 @@ type DB struct {
 	stmts *stmtCache
 	r     *sql.DB // read-only pool for View
 
-	mu      sync.Mutex
-	queue   []*request
-	closing bool
-	wake    chan struct{} // capacity 1
-	done    chan struct{} // closed when the writer goroutine exits
+	q *updates.Queue // the Update calls, drained by the writer goroutine
 
 	viewMu     sync.RWMutex // held for reading by every View; Close takes it to stop them
 	viewClosed bool
@@ -118,8 +101,7 @@ func Open(path string) (*DB, error) {
 	pragmas := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_pragma=temp_store(MEMORY)", busyTimeoutMillis)
 	db := &DB{
 		path: abs,
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
+		q:    updates.New(),
 	}
 	ctx := context.Background()
 
@@ -169,7 +151,7 @@ func Open(path string) (*DB, error) {
 	}
 
 	db.stmts = &stmtCache{conn: db.wconn, m: make(map[string]*sql.Stmt)}
-	go db.writer()
+	go db.q.Run(db.batch)
 	return db, nil
 }
 
@@ -180,11 +162,7 @@ func (db *DB) Path() string { return db.path }
 // then closes the database. It is safe to call more than once.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
-		db.mu.Lock()
-		db.closing = true
-		db.mu.Unlock()
-		db.signal()
-		<-db.done
+		db.q.Close()
 		db.viewMu.Lock() // waits for running Views
 		db.viewClosed = true
 		db.viewMu.Unlock()
@@ -194,13 +172,6 @@ func (db *DB) Close() error {
 		}
 	})
 	return db.closeErr
-}
-
-func (db *DB) signal() {
-	select {
-	case db.wake <- struct{}{}:
-	default:
-	}
 }
 
 // Update runs fn inside a SAVEPOINT of a shared write transaction and returns
@@ -223,28 +194,7 @@ func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if fn == nil {
 		return fmt.Errorf("store: update: nil function: %w", store.ErrInvalid)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r := &request{fn: fn, res: make(chan error, 1)}
-	db.mu.Lock()
-	if db.closing {
-		db.mu.Unlock()
-		return store.ErrClosed
-	}
-	db.queue = append(db.queue, r)
-	db.mu.Unlock()
-	db.signal()
-
-	select {
-	case err := <-r.res:
-		return err
-	case <-ctx.Done():
-		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
-			return ctx.Err() // the writer will skip it
-		}
-		return <-r.res
-	}
+	return db.q.Submit(ctx, fn)
 }
 
 // View runs fn in a read-only transaction on its own connection; it sees a
@@ -276,48 +226,7 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 }
 
 // queueLen reports the number of queued (possibly cancelled) requests.
-func (db *DB) queueLen() int {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return len(db.queue)
-}
-
-// next pops the next live request and claims it, or returns nil when the
-// queue is empty.
-func (db *DB) next() *request {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	for len(db.queue) > 0 {
-		r := db.queue[0]
-		db.queue[0] = nil
-		db.queue = db.queue[1:]
-		if r.state.CompareAndSwap(reqQueued, reqClaimed) {
-			return r
-		}
-	}
-	db.queue = nil
-	return nil
-}
-
-// writer is the only goroutine that writes. It exits once closing is set and
-// the queue is drained.
-func (db *DB) writer() {
-	defer close(db.done)
-	for {
-		db.mu.Lock()
-		for len(db.queue) == 0 && !db.closing {
-			db.mu.Unlock()
-			<-db.wake
-			db.mu.Lock()
-		}
-		if len(db.queue) == 0 && db.closing {
-			db.mu.Unlock()
-			return
-		}
-		db.mu.Unlock()
-		db.batch()
-	}
-}
+func (db *DB) queueLen() int { return db.q.Len() }
 
 // rollback abandons the writer's transaction, and with it what the audit head cache knew.
 func (db *DB) rollback() {
@@ -333,12 +242,12 @@ func (db *DB) exec(query string) error {
 // batch runs one write transaction: as many queued functions as are
 // waiting (up to MaxBatch), each in its own savepoint, then one COMMIT.
 func (db *DB) batch() {
-	first := db.next()
+	first := db.q.Next()
 	if first == nil {
 		return
 	}
 	if err := db.exec("BEGIN IMMEDIATE"); err != nil {
-		first.res <- fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err) // never the request's fault
+		first.Answer(fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err)) // never the request's fault
 		db.commitErrors.Add(1)
 		return
 	}
@@ -349,7 +258,7 @@ func (db *DB) batch() {
 		db.head = sqltx.AuditHead{}
 		db.dataVersion = version
 	}
-	batch := make([]*request, 0, 16)
+	batch := make([]*updates.Request, 0, 16)
 	ok := 0
 	for r := first; r != nil; {
 		batch = append(batch, r)
@@ -367,23 +276,23 @@ func (db *DB) batch() {
 			db.rollback()
 			db.commitErrors.Add(1)
 			for _, b := range batch {
-				b.res <- err
+				b.Answer(err)
 			}
 			return
 		}
-		if bare && r.err != nil {
+		if bare && r.Err != nil {
 			// The transaction holds this function's writes alone: roll it back and answer.
 			db.rollback()
-			r.res <- r.err
+			r.Answer(r.Err)
 			return
 		}
-		if r.err == nil {
+		if r.Err == nil {
 			ok++
 		}
 		if len(batch) >= MaxBatch {
 			break
 		}
-		r = db.next()
+		r = db.q.Next()
 	}
 	if int64(len(batch)) > db.maxBatch.Load() {
 		db.maxBatch.Store(int64(len(batch)))
@@ -392,7 +301,7 @@ func (db *DB) batch() {
 		// Nothing to keep: no need to pay for a COMMIT.
 		db.rollback()
 		for _, b := range batch {
-			b.res <- b.err
+			b.Answer(b.Err)
 		}
 		return
 	}
@@ -403,21 +312,21 @@ func (db *DB) batch() {
 		db.commitErrors.Add(1)
 		err = fmt.Errorf("store: commit: %w", mapErr(err))
 		for _, b := range batch {
-			b.res <- err
+			b.Answer(err)
 		}
 		return
 	}
 	db.commits.Add(1)
 	for _, b := range batch {
-		b.res <- b.err
+		b.Answer(b.Err)
 	}
 }
 
-// runOne runs r.fn in a savepoint (bare: directly in the transaction, which the
-// caller rolls back if the function fails) and records its result in r.err. It
+// runOne runs r.Fn in a savepoint (bare: directly in the transaction, which the
+// caller rolls back if the function fails) and records its result in r.Err. It
 // returns an error only if the savepoint machinery itself failed, in which
 // case the whole transaction must be abandoned.
-func (db *DB) runOne(r *request, bare bool) error {
+func (db *DB) runOne(r *updates.Request, bare bool) error {
 	if !bare {
 		if err := db.exec("SAVEPOINT u"); err != nil {
 			return fmt.Errorf("store: savepoint: %w", err)
@@ -426,19 +335,19 @@ func (db *DB) runOne(r *request, bare bool) error {
 	db.updates.Add(1)
 	saved := db.head
 	tx := sqltx.NewWrite(context.Background(), db.stmts, dialect, &db.head)
-	r.err = callFn(r.fn, tx)
+	r.Err = updates.Call(r.Fn, tx)
 	tx.End()
-	if r.err != nil {
+	if r.Err != nil {
 		db.head = saved // the function's entries are rolled back with its savepoint
 	}
 	if bare {
 		// The caller rolls the transaction back if the function failed.
-		if r.err != nil {
+		if r.Err != nil {
 			db.failed.Add(1)
 		}
 		return nil
 	}
-	if r.err == nil {
+	if r.Err == nil {
 		if err := db.exec("RELEASE u"); err != nil {
 			return fmt.Errorf("store: release savepoint: %w", err)
 		}
@@ -452,22 +361,6 @@ func (db *DB) runOne(r *request, bare bool) error {
 		return fmt.Errorf("store: release savepoint: %w", err)
 	}
 	return nil
-}
-
-// callFn runs fn, turning a panic into an error. The panic value is not
-// included (it might carry data); only its type, or the message of a
-// runtime error, is.
-func callFn(fn func(store.Tx) error, tx store.Tx) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			if re, ok := p.(runtime.Error); ok {
-				err = fmt.Errorf("%w: %s", store.ErrPanic, re.Error())
-			} else {
-				err = fmt.Errorf("%w: panic value of type %T", store.ErrPanic, p)
-			}
-		}
-	}()
-	return fn(tx)
 }
 
 // stmtCache prepares each statement once on the writer connection. It is

@@ -473,13 +473,7 @@ func TestClose(t *testing.T) {
 	waitQueue(t, db, n)
 	closed := make(chan error, 1)
 	go func() { closed <- db.Close() }()
-	for {
-		db.mu.Lock()
-		c := db.closing
-		db.mu.Unlock()
-		if c {
-			break
-		}
+	for !db.q.Closing() {
 		time.Sleep(time.Millisecond)
 	}
 	if err := db.Update(ctx, func(store.Tx) error { return nil }); !errors.Is(err, store.ErrClosed) {
