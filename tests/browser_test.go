@@ -181,6 +181,9 @@ func TestBrowserEnrollment(t *testing.T) {
 	const wrongCode = "AAAAAAAAAAAAAAAAAAAAAAAA"
 	req, _ := http.NewRequest("POST", a.url+"/api/v1/enroll", strings.NewReader(`{"template":"smime-encryption","csr":"MA=="}`))
 	req.Header.Set("Content-Type", "application/json")
+	// As the page's own request comes: same origin, which the cross-origin guard lets through.
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	req.Header.Set("Origin", a.url)
 	req.SetBasicAuth(mailbox, wrongCode)
 	resp, err := a.client.Do(req)
 	if err != nil {

@@ -16,7 +16,7 @@
 //
 // # Files
 //
-// static/ holds the committed files (index.html, app.js, worker.js, style.css) and the two
+// static/ holds the committed files (index.html, app.js, worker.js, style.css, icon.svg) and the two
 // that `make wasm` (a step of `make build`) generates and git ignores: keyarc.wasm and
 // wasm_exec.js, the loader of the Go release that built it. All are embedded in the binary.
 // A binary built without them (`go build` on a fresh clone) serves the page but answers 503
@@ -73,7 +73,7 @@ var contentTypes = map[string]string{
 	".js":   "text/javascript; charset=utf-8",
 	".css":  "text/css; charset=utf-8",
 	".wasm": "application/wasm",
-	".png":  "image/png",
+	".svg":  "image/svg+xml",
 }
 
 // file is a served file: its bytes, a gzipped copy made on first use, and its ETag.
@@ -87,9 +87,6 @@ type file struct {
 
 func (f *file) gzipped() []byte {
 	f.once.Do(func() {
-		if strings.HasPrefix(f.ctype, "image/") {
-			return
-		}
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
 		zw.Write(f.body)

@@ -1,6 +1,6 @@
 // The enrollment page: form handling, the calls to the appliance's API, and the downloads. The
-// cryptography runs in worker.js (Go compiled to WebAssembly). Nothing is stored in the browser:
-// no cookies, no localStorage, sessionStorage or IndexedDB; the secret fields are cleared once
+// cryptography runs in worker.js (Go compiled to WebAssembly). Nothing is stored in the browser
+// (no cookies, no web storage, no database); the secret fields are cleared once
 // they are used.
 'use strict';
 

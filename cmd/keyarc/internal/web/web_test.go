@@ -1,0 +1,247 @@
+package web
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+)
+
+// page is a set of page files as the embed holds them, with or without the generated ones.
+func page(built bool) fstest.MapFS {
+	fs := fstest.MapFS{
+		"index.html": {Data: []byte("<!doctype html><title>t</title>")},
+		"app.js":     {Data: []byte(strings.Repeat("'use strict';\n", 200))},
+		"worker.js":  {Data: []byte("'use strict';\n")},
+		"style.css":  {Data: []byte("body{}\n")},
+	}
+	if built {
+		fs["keyarc.wasm"] = &fstest.MapFile{Data: append([]byte("\x00asm\x01\x00\x00\x00"), bytes.Repeat([]byte{0}, 4096)...)}
+		fs["wasm_exec.js"] = &fstest.MapFile{Data: []byte("'use strict';\n")}
+	}
+	return fs
+}
+
+func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest("GET", path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// TestHeaders: every answer, found or not, carries the strict CSP and the security headers;
+// each file its exact content type.
+func TestHeaders(t *testing.T) {
+	h := newHandler(page(true))
+	for _, c := range []struct {
+		path  string
+		code  int
+		ctype string
+	}{
+		{"/", 200, "text/html; charset=utf-8"},
+		{"/web/app.js", 200, "text/javascript; charset=utf-8"},
+		{"/web/worker.js", 200, "text/javascript; charset=utf-8"},
+		{"/web/wasm_exec.js", 200, "text/javascript; charset=utf-8"},
+		{"/web/style.css", 200, "text/css; charset=utf-8"},
+		{"/web/keyarc.wasm", 200, "application/wasm"},
+		{"/web/index.html", 404, ""},
+		{"/web/nosuch.js", 404, ""},
+		{"/web/../web.go", 404, ""},
+	} {
+		w := get(t, h, c.path)
+		if w.Code != c.code {
+			t.Errorf("GET %s: %d, want %d", c.path, w.Code, c.code)
+		}
+		if c.ctype != "" && w.Header().Get("Content-Type") != c.ctype {
+			t.Errorf("GET %s: Content-Type %q, want %q", c.path, w.Header().Get("Content-Type"), c.ctype)
+		}
+		for name, want := range map[string]string{
+			"Content-Security-Policy": CSP,
+			"X-Content-Type-Options":  "nosniff",
+			"Referrer-Policy":         "no-referrer",
+			"X-Frame-Options":         "DENY",
+		} {
+			if got := w.Header().Get(name); got != want {
+				t.Errorf("GET %s: %s %q, want %q", c.path, name, got, want)
+			}
+		}
+	}
+}
+
+// TestCSP: the policy allows this origin only, no inline script or style, no eval but
+// WebAssembly's, no plugins, no base, no framing, forms to this origin only.
+func TestCSP(t *testing.T) {
+	directives := map[string]string{}
+	for _, d := range strings.Split(CSP, ";") {
+		f := strings.Fields(d)
+		if len(f) == 0 {
+			continue
+		}
+		if _, dup := directives[f[0]]; dup {
+			t.Errorf("directive %s twice", f[0])
+		}
+		directives[f[0]] = strings.Join(f[1:], " ")
+	}
+	for name, want := range map[string]string{
+		"default-src":     "'self'",
+		"script-src":      "'self' 'wasm-unsafe-eval'",
+		"style-src":       "'self'",
+		"connect-src":     "'self'",
+		"worker-src":      "'self'",
+		"object-src":      "'none'",
+		"base-uri":        "'none'",
+		"frame-ancestors": "'none'",
+		"form-action":     "'self'",
+	} {
+		if got := directives[name]; got != want {
+			t.Errorf("%s %q, want %q", name, got, want)
+		}
+	}
+	for _, bad := range []string{"'unsafe-inline'", "'unsafe-eval'", "*", "http:", "https:", "data:", "blob:"} {
+		for _, tok := range strings.Fields(strings.ReplaceAll(CSP, ";", " ")) {
+			if tok == bad {
+				t.Errorf("the CSP allows %s", bad)
+			}
+		}
+	}
+}
+
+// TestNotBuilt: a binary built without `make wasm` serves the page, and a clear 503 for the
+// generated files.
+func TestNotBuilt(t *testing.T) {
+	h := newHandler(page(false))
+	if w := get(t, h, "/"); w.Code != 200 {
+		t.Errorf("GET /: %d", w.Code)
+	}
+	for _, p := range []string{"/web/keyarc.wasm", "/web/wasm_exec.js"} {
+		w := get(t, h, p)
+		if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "page not built: run make build") {
+			t.Errorf("GET %s: %d %q, want 503 page not built", p, w.Code, w.Body.String())
+		}
+		if w.Header().Get("Content-Security-Policy") != CSP {
+			t.Errorf("GET %s: no CSP on the 503", p)
+		}
+	}
+}
+
+// TestCaching: an ETag per content and encoding; If-None-Match answers 304; gzip to those who
+// accept it (and not when q=0), the same bytes once unpacked.
+func TestCaching(t *testing.T) {
+	h := newHandler(page(true))
+	w := get(t, h, "/web/app.js")
+	etag := w.Header().Get("ETag")
+	if etag == "" || w.Header().Get("Cache-Control") != "no-cache" || w.Header().Get("Content-Encoding") != "" {
+		t.Fatalf("plain: ETag %q Cache-Control %q Content-Encoding %q", etag, w.Header().Get("Cache-Control"), w.Header().Get("Content-Encoding"))
+	}
+	plain := w.Body.Bytes()
+	if w := get(t, h, "/web/app.js", "If-None-Match", etag); w.Code != http.StatusNotModified || w.Body.Len() != 0 {
+		t.Errorf("If-None-Match: %d with %d bytes, want 304", w.Code, w.Body.Len())
+	}
+	if w := get(t, h, "/web/app.js", "If-None-Match", `"other"`); w.Code != 200 {
+		t.Errorf("If-None-Match of another version: %d, want 200", w.Code)
+	}
+	gz := get(t, h, "/web/app.js", "Accept-Encoding", "br, gzip;q=0.8")
+	if gz.Header().Get("Content-Encoding") != "gzip" || gz.Header().Get("ETag") == etag || gz.Header().Get("Vary") != "Accept-Encoding" {
+		t.Fatalf("gzip: Content-Encoding %q ETag %q Vary %q", gz.Header().Get("Content-Encoding"), gz.Header().Get("ETag"), gz.Header().Get("Vary"))
+	}
+	zr, err := gzip.NewReader(gz.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unpacked, _ := io.ReadAll(zr)
+	if !bytes.Equal(unpacked, plain) || gz.Body.Len() >= len(plain) {
+		t.Errorf("gzip: %d bytes unpack to %d, want %d", gz.Body.Len(), len(unpacked), len(plain))
+	}
+	if w := get(t, h, "/web/app.js", "Accept-Encoding", "gzip;q=0"); w.Header().Get("Content-Encoding") != "" {
+		t.Error("gzip sent to a client that refuses it (q=0)")
+	}
+	if w := get(t, h, "/web/app.js", "Accept-Encoding", "gzip", "If-None-Match", gz.Header().Get("ETag")); w.Code != http.StatusNotModified {
+		t.Errorf("If-None-Match of the gzipped version: %d, want 304", w.Code)
+	}
+}
+
+// TestEmbedded: the committed files are embedded, and the page refers only to this origin's
+// files, with no inline script or style.
+func TestEmbedded(t *testing.T) {
+	h := Handler().(*handler)
+	for _, name := range []string{"index.html", "app.js", "worker.js", "style.css"} {
+		if h.files[name] == nil {
+			t.Errorf("%s is not embedded", name)
+		}
+	}
+	html := string(h.files["index.html"].body)
+	for _, bad := range []string{"<script>", "style=", " onclick", " onsubmit", "http://", "https://"} {
+		if strings.Contains(html, bad) {
+			t.Errorf("index.html holds %q", bad)
+		}
+	}
+	// Every input, select and textarea has a label.
+	for _, id := range []string{"mailbox", "code-encryption", "code-signing", "password", "confirm", "keytype", "kind-encryption", "kind-signing", "kind-both"} {
+		if !strings.Contains(html, `id="`+id+`"`) || !strings.Contains(html, `for="`+id+`"`) {
+			t.Errorf("field %s has no label", id)
+		}
+	}
+	if n := strings.Count(html, "<input") + strings.Count(html, "<select"); n != 9 {
+		t.Errorf("index.html has %d fields, the label check knows 9", n)
+	}
+	for _, name := range []string{"app.js", "worker.js"} {
+		js := string(h.files[name].body)
+		for _, bad := range []string{"localStorage", "sessionStorage", "indexedDB", "document.cookie", "eval("} {
+			if strings.Contains(js, bad) {
+				t.Errorf("%s uses %s", name, bad)
+			}
+		}
+	}
+}
+
+// TestWasmReproducible builds the page's WebAssembly twice with the Makefile's rule, into two
+// folders, and gets the same bytes, with no path of this machine in them.
+func TestWasmReproducible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the WebAssembly twice")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	root, err := filepath.Abs("../../../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var builds [2][]byte
+	for i := range builds {
+		out := t.TempDir()
+		cmd := exec.Command("make", "-s", "-C", root, "wasm", "WEB="+out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make wasm: %v\n%s", err, b)
+		}
+		if builds[i], err = os.ReadFile(filepath.Join(out, "keyarc.wasm")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(out, "wasm_exec.js")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(builds[0], builds[1]) {
+		t.Fatalf("two builds differ (%d and %d bytes)", len(builds[0]), len(builds[1]))
+	}
+	if !bytes.HasPrefix(builds[0], []byte("\x00asm")) {
+		t.Fatal("the build is not WebAssembly")
+	}
+	for _, p := range []string{root, os.Getenv("HOME")} {
+		if p != "" && bytes.Contains(builds[0], []byte(p)) {
+			t.Errorf("the build holds the local path %s", p)
+		}
+	}
+	t.Logf("keyarc.wasm: %d bytes", len(builds[0]))
+}
