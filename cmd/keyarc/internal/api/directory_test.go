@@ -105,7 +105,7 @@ func TestDirectoryLookup(t *testing.T) {
 	e.store(t, e.issuer, "alice@example.org", x509.KeyUsageDigitalSignature, now.Add(-time.Hour), 30*24*time.Hour, store.StateIssued)
 	e.store(t, e.issuer, "alice@example.org", enc, now.Add(-time.Hour), 30*24*time.Hour, store.StateRevoked)
 	e.store(t, e.issuer, "alice@example.org", enc, now.Add(-72*time.Hour), 24*time.Hour, store.StateIssued) // expired
-	e.store(t, e.other, "alice@example.org", enc, now.Add(-time.Hour), 30*24*time.Hour, store.StateIssued)   // another CA's
+	e.store(t, e.other, "alice@example.org", enc, now.Add(-time.Hour), 30*24*time.Hour, store.StateIssued)  // another CA's
 	b1 := e.store(t, e.issuer, "bob@example.org", enc, now.Add(-time.Hour), 30*24*time.Hour, store.StateIssued)
 	b2 := e.store(t, e.issuer, "bob@example.org", enc, now.Add(-time.Hour), 30*24*time.Hour, store.StateIssued)
 
