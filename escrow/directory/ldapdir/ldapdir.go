@@ -321,30 +321,42 @@ func (d *Dir) Withdraw(ctx context.Context, mailbox string, cert *x509.Certifica
 	})
 }
 
-// Prune reads every certificate published under the base (paged) and removes the values of
+// Prune reads every certificate published under the base, a page of entries at a time (RFC
+// 2696 paged results: memory follows the page, not the directory), and removes the values of
 // those for which remove returns true.
 func (d *Dir) Prune(ctx context.Context, remove func(*x509.Certificate) bool) (int, error) {
 	n := 0
 	err := d.do(ctx, func(c *ldap.Conn) error {
-		res, err := c.SearchWithPaging(ldap.NewSearchRequest(d.cfg.Base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
-			"(|(userCertificate=*)(userSMIMECertificate=*))", searchAttrs, nil), 500)
-		if err != nil {
-			return fmt.Errorf("ldapdir: search the published certificates under %s: %w", d.cfg.Base, err)
-		}
-		for _, e := range res.Entries {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			k, err := d.prune(c, e, remove)
-			n += k
+		paging := ldap.NewControlPaging(pruneStep)
+		req := ldap.NewSearchRequest(d.cfg.Base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
+			"(|(userCertificate=*)(userSMIMECertificate=*))", searchAttrs, []ldap.Control{paging})
+		for {
+			res, err := c.Search(req)
 			if err != nil {
-				return err
+				return fmt.Errorf("ldapdir: search the published certificates under %s: %w", d.cfg.Base, err)
 			}
+			for _, e := range res.Entries {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				k, err := d.prune(c, e, remove)
+				n += k
+				if err != nil {
+					return err
+				}
+			}
+			next, ok := ldap.FindControl(res.Controls, ldap.ControlTypePaging).(*ldap.ControlPaging)
+			if !ok || len(next.Cookie) == 0 {
+				return nil
+			}
+			paging.SetCookie(next.Cookie)
 		}
-		return nil
 	})
 	return n, err
 }
+
+// pruneStep is the page size of [Dir.Prune]'s search.
+const pruneStep = 200
 
 // prune removes from entry e the values whose certificate remove chooses, and returns how many.
 func (d *Dir) prune(c *ldap.Conn, e *ldap.Entry, remove func(*x509.Certificate) bool) (int, error) {

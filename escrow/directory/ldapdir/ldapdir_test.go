@@ -9,7 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -318,5 +320,31 @@ func TestStartTLSRequired(t *testing.T) {
 	defer d2.Close()
 	if err := d2.Check(context.Background()); err != nil {
 		t.Fatalf("Check with insecure_plaintext: %v", err)
+	}
+}
+
+// TestPruneManyPages: a directory larger than one page of the paged search is swept whole.
+func TestPruneManyPages(t *testing.T) {
+	s := ldaptest.Start(t)
+	ca := newCA(t, "keyarc test CA")
+	d := open(t, s, ca.cert, ldaptest.Password)
+	ctx := context.Background()
+	const n = 450 // more than two pages
+	var ldif strings.Builder
+	for i := range n {
+		fmt.Fprintf(&ldif, "dn: uid=p%d,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: p%d\ncn: P\nsn: P\nmail: p%d@example.org\n\n", i, ldaptest.People, i, i)
+	}
+	s.Modify(t, ldif.String())
+	for i := range n {
+		if err := d.Publish(ctx, fmt.Sprintf("p%d@example.org", i), ca.issue(t, fmt.Sprintf("p%d@example.org", i), time.Now().Add(-time.Minute))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := d.Prune(ctx, func(c *x509.Certificate) bool { return !time.Now().Before(c.NotAfter) })
+	if err != nil || got != 2*n {
+		t.Fatalf("Prune = %d, %v; want %d values (two per entry)", got, err, 2*n)
+	}
+	if vals := s.Certificates(t, "p449@example.org"); len(vals) != 0 {
+		t.Fatalf("the last entry still holds %d values", len(vals))
 	}
 }
