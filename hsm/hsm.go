@@ -80,6 +80,8 @@ package hsm
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -313,12 +315,21 @@ func Open(uri string, opts Options) (*Token, error) {
 		}
 	}()
 
-	d := dial(module, u.Token, u.PINSource, opts.MaxSessions, opts.PoolWaitTimeout, met)
-	if !d.await(opts.CallTimeout) {
-		d.abandon()
-		err := fmt.Errorf("%w: login: no answer within %v", ErrTokenHung, opts.CallTimeout)
-		log.Error("hsm: open failed", "module", module, "err", err)
-		return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
+	var d *dialing
+	for attempt := 1; ; attempt++ {
+		d = dial(module, u.Token, u.PINSource, opts.MaxSessions, opts.PoolWaitTimeout, met)
+		if !d.await(opts.CallTimeout) {
+			d.abandon()
+			err := fmt.Errorf("%w: login: no answer within %v", ErrTokenHung, opts.CallTimeout)
+			log.Error("hsm: open failed", "module", module, "err", err)
+			return nil, fmt.Errorf("hsm: open token %q: %w", u.Token, err)
+		}
+		if d.err == nil || !transientAtOpen(d.err) || attempt == openAttempts {
+			break
+		}
+		wait := openBackoff(attempt)
+		log.Warn("hsm: open: the token answered with a transient error; trying again", "attempt", attempt, "wait", wait, "err", d.err)
+		time.Sleep(wait)
 	}
 	if err := d.err; err != nil {
 		err = explainStore(module, err)
@@ -347,6 +358,38 @@ func Open(uri string, opts Options) (*Token, error) {
 	log.Info("hsm: token open", "module", module, "max_sessions", opts.MaxSessions)
 	ok = true
 	return t, nil
+}
+
+// Opening a token is tried up to openAttempts times when it fails with a transient error
+// (transientAtOpen), after a pause of openBackoff.
+const openAttempts = 5
+
+// transientAtOpen reports whether err, from a failed attempt to open the token, says the
+// token was caught changing rather than that something is wrong: CKR_BUFFER_TOO_SMALL (the
+// slot list changed between the size query and the list, inside crypto11's or miekg's
+// C_GetSlotList) and CKR_GENERAL_ERROR (C_GetTokenInfo or C_Login could not read the token).
+// Both come from SoftHSM 2.6 when several processes open one token at once (nodes starting
+// together through one p11-kit server, each connection a process loading SoftHSM over the
+// same token folder): one reads the token's files while another rewrites them. A refused
+// PIN is never transient: the login is not tried again (see Login in the package doc); a
+// CKR_GENERAL_ERROR is no verdict on the PIN, and the attempts are few.
+func transientAtOpen(err error) bool {
+	var rv pkcs11.Error
+	if !errors.As(err, &rv) || errors.Is(err, ErrPINIncorrect) {
+		return false
+	}
+	return rv == pkcs11.CKR_BUFFER_TOO_SMALL || rv == pkcs11.CKR_GENERAL_ERROR
+}
+
+// openBackoff is the pause after failed attempt n (1, 2, ...): 100 ms doubling, with up to
+// half of it again at random, so that processes that collided do not collide again.
+func openBackoff(n int) time.Duration {
+	d := 100 * time.Millisecond << (n - 1)
+	var b [2]byte
+	if _, err := rand.Read(b[:]); err == nil {
+		d += time.Duration(binary.BigEndian.Uint16(b[:])) * d / 2 / 65536
+	}
+	return d
 }
 
 // connect logs in to the token through crypto11 and opens the raw session.
