@@ -43,7 +43,7 @@ const (
 
 // Publisher follows the audit trail from its [Cursor] and applies each issuance and revocation
 // to a [Directory] (see the package doc). Fill the exported fields, call [Publisher.Register]
-// once if metrics are wanted, then Run.
+// once if metrics are wanted, then Run. Run, Step and Sweep are for one goroutine at a time.
 type Publisher struct {
 	Store  store.Store
 	Dir    Directory
@@ -65,6 +65,10 @@ type Publisher struct {
 	SweepEvery time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// skips counts the certificates skipped in the current Step, whose first maxSkipLogs
+	// are logged one by one (a bulk job to mailboxes without entries must not flood the log).
+	skips int
 
 	once        sync.Once
 	published   *prometheus.CounterVec
@@ -266,6 +270,13 @@ func (p *Publisher) Step(ctx context.Context) (more bool, err error) {
 	p.backlog.Set(float64(max(head-pos, 0)))
 	now := p.now()
 	touched := false
+	p.skips = 0
+	defer func() {
+		if p.skips > maxSkipLogs {
+			p.log().Warn("directory: more certificates not published in this batch (see keyarc_directory_published_total)",
+				"not_logged", p.skips-maxSkipLogs)
+		}
+	}()
 	for _, serial := range order {
 		did, err := p.apply(ctx, rows[serial], now)
 		if err != nil {
@@ -287,6 +298,15 @@ func (p *Publisher) Step(ctx context.Context) (more bool, err error) {
 		p.lastSuccess.Set(float64(time.Now().Unix()))
 	}
 	return len(entries) == limit, nil
+}
+
+// maxSkipLogs is how many skipped certificates one Step logs one by one.
+const maxSkipLogs = 20
+
+// skip counts a skipped certificate and says whether to log it.
+func (p *Publisher) skip() bool {
+	p.skips++
+	return p.skips <= maxSkipLogs
 }
 
 // serialsOf returns the serials an issuance or revocation entry names.
@@ -336,16 +356,22 @@ func (p *Publisher) apply(ctx context.Context, row *store.Certificate, now time.
 		p.published.WithLabelValues(op, OutcomeOK).Inc()
 	case errors.Is(err, ErrNoEntry):
 		p.published.WithLabelValues(op, OutcomeNoEntry).Inc()
-		p.log().Warn("directory: certificate not published: no entry has this mail under the search base",
-			"serial", row.Serial, "mailbox", row.Email)
+		if p.skip() {
+			p.log().Warn("directory: certificate not published: no entry has this mail under the search base",
+				"serial", row.Serial, "mailbox", row.Email)
+		}
 	case errors.Is(err, ErrManyEntries):
 		p.published.WithLabelValues(op, OutcomeManyEntries).Inc()
-		p.log().Warn("directory: certificate not published: several entries have this mail under the search base",
-			"serial", row.Serial, "mailbox", row.Email)
+		if p.skip() {
+			p.log().Warn("directory: certificate not published: several entries have this mail under the search base",
+				"serial", row.Serial, "mailbox", row.Email)
+		}
 	case errors.Is(err, ErrEntryRefused):
 		p.published.WithLabelValues(op, OutcomeRefused).Inc()
-		p.log().Warn("directory: certificate not published: the directory refused the change of the entry",
-			"serial", row.Serial, "mailbox", row.Email, "err", err)
+		if p.skip() {
+			p.log().Warn("directory: certificate not published: the directory refused the change of the entry",
+				"serial", row.Serial, "mailbox", row.Email, "err", err)
+		}
 	default:
 		p.published.WithLabelValues(op, OutcomeError).Inc()
 		return true, fmt.Errorf("directory: %s %s: %w", op, row.Serial, err)

@@ -569,3 +569,23 @@ func newIssuerB(b *testing.B, name string) *ca.Issuer {
 	}
 	return iss
 }
+
+// TestPublisherSkipLogBounded: a batch of certificates for mailboxes without an entry (a bulk
+// job before the directory knows the people) logs the first ones and a count of the rest.
+func TestPublisherSkipLogBounded(t *testing.T) {
+	e := newEnv(t)
+	for i := range 30 {
+		e.issue(e.issuer, fmt.Sprintf("newcomer%d@example.org", i), x509.KeyUsageKeyAgreement, audit.KindArchive)
+	}
+	e.drain()
+	logs := e.logs.String()
+	if n := strings.Count(logs, "no entry has this mail"); n != 20 {
+		t.Errorf("%d skips logged one by one; want 20", n)
+	}
+	if !strings.Contains(logs, "not_logged=10") {
+		t.Errorf("the log does not count the 10 skips not logged:\n%s", logs)
+	}
+	if n := e.count(directory.OpPublish, directory.OutcomeNoEntry); n != 30 {
+		t.Errorf("no_entry counted %v; want 30", n)
+	}
+}
