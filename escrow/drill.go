@@ -160,10 +160,12 @@ type Drill struct {
 	Epochs            []uint32
 	// KeySPKI is the drill key (DER SubjectPublicKeyInfo); OAEPHash the hash the KRA
 	// re-encrypts with.
-	KeySPKI   []byte
-	OAEPHash  string
-	OpenedBy  string
-	State     string
+	KeySPKI  []byte
+	OAEPHash string
+	OpenedBy string
+	State    string
+	// Proven are the epochs the KRA's proof covered ([Service.SubmitDrillProof]'s answer only).
+	Proven    []uint32
 	CreatedAt time.Time
 	ExpiresAt time.Time
 	ClosedAt  time.Time
@@ -755,9 +757,9 @@ func DrillDigest(d *Drill, shares []ProvenShare) []byte {
 }
 
 // SubmitDrillProof checks a KRA's answer to drill id: the signature by the KRA's auth
-// certificate (the one it authenticated with) over [DrillDigest], one re-encrypted share per
-// epoch of the drill, each decrypting with the drill key to the share the canary's commitment
-// names. It records the KRA's proof for each epoch and closes the drill with a signed audit
+// certificate (the one it authenticated with) over [DrillDigest], one re-encrypted share for
+// each epoch of the drill the KRA can prove (at least one, in the drill's order), each
+// decrypting with the drill key to the share the canary's commitment names. It records the KRA's proof for each epoch and closes the drill with a signed audit
 // entry, then destroys the drill key. It reads no user record and decrypts nothing but the
 // re-encrypted canary shares, with the drill key.
 //
@@ -818,13 +820,18 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 	if err := s.checkDrillOpen(kra, d); err != nil {
 		return nil, err
 	}
-	if len(shares) != len(d.Epochs) {
-		return nil, fmt.Errorf("%w: a proof carries one share for each of the drill's %d epochs, not %d", ErrBadDrillProof, len(d.Epochs), len(shares))
+	// One share for each epoch the KRA can prove, in the drill's order: a KRA whose unwrap key
+	// changed between epochs proves those it still holds, and the others stay unproven.
+	if len(shares) == 0 || len(shares) > len(d.Epochs) {
+		return nil, fmt.Errorf("%w: a proof carries one share for each of the drill's epochs (%d) the KRA can prove, not %d", ErrBadDrillProof, len(d.Epochs), len(shares))
 	}
-	for i, sh := range shares {
-		if sh.Epoch != d.Epochs[i] {
-			return nil, fmt.Errorf("%w: share %d is for epoch %d, the drill asks epoch %d", ErrBadDrillProof, i, sh.Epoch, d.Epochs[i])
+	next := 0
+	for _, sh := range shares {
+		i := slices.Index(d.Epochs[next:], sh.Epoch)
+		if i < 0 {
+			return nil, fmt.Errorf("%w: a share for epoch %d, which the drill does not ask, or out of the drill's order %v", ErrBadDrillProof, sh.Epoch, d.Epochs)
 		}
+		next += i + 1
 		if len(sh.Share) == 0 || len(sh.Share) > maxShareBytes {
 			return nil, fmt.Errorf("%w: share for epoch %d is empty or too large", ErrBadDrillProof, sh.Epoch)
 		}
@@ -849,8 +856,12 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 	if err != nil {
 		return nil, err
 	}
-	for i, sh := range shares {
-		want, err := canaryShareFor(canaries[i], d.KRA)
+	canaryOf := map[uint32]*canaryRow{}
+	for _, c := range canaries {
+		canaryOf[c.Epoch] = c
+	}
+	for _, sh := range shares {
+		want, err := canaryShareFor(canaryOf[sh.Epoch], d.KRA)
 		if err != nil {
 			return nil, err
 		}
@@ -883,7 +894,8 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 		if err := dtx.PutDrillState(drillKindDrill, id, data); err != nil {
 			return err
 		}
-		for _, e := range d.Epochs {
+		for _, sh := range shares {
+			e := sh.Epoch
 			p, err := json.Marshal(proofRow{Epoch: e, KRA: d.KRA, Drill: id, Campaign: d.Campaign, Signer: kra.Serial, At: now})
 			if err != nil {
 				return err
@@ -893,17 +905,26 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 			}
 		}
 		return s.audit(tx, KindDrillProof, principalActor("kra", kra.Name), id, audit.Details{Request: id, RequestKind: "drill",
-			KRA: d.KRA, Signer: kra.Serial, FromEpochs: d.Epochs, Reason: campaignNote(d.Campaign),
+			KRA: d.KRA, Signer: kra.Serial, FromEpochs: provenEpochs(shares), Reason: campaignNote(d.Campaign),
 			Signature: base64.StdEncoding.EncodeToString(sig), Digest: hex.EncodeToString(digest)})
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.destroyKey(d.KeyLabel)
-	s.log().Info("drill proven", "id", id, "kra", d.KRA, "epochs", len(d.Epochs))
+	s.log().Info("drill proven", "id", id, "kra", d.KRA, "epochs", provenEpochs(shares), "asked", d.Epochs)
 	d.State, d.ClosedAt = DrillProven, now
 	v := d.view()
+	v.Proven = provenEpochs(shares)
 	return &v, nil
+}
+
+func provenEpochs(shares []ProvenShare) []uint32 {
+	out := make([]uint32, len(shares))
+	for i, sh := range shares {
+		out[i] = sh.Epoch
+	}
+	return out
 }
 
 func proofKey(e uint32, kra string) string { return epochKey(e) + "/" + kra }

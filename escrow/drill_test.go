@@ -391,3 +391,54 @@ func TestDrillExpiry(t *testing.T) {
 		t.Errorf("audit kinds %v", kinds)
 	}
 }
+
+// TestDrillPartialProof: a KRA proves the epochs it can (its unwrap key of an older epoch may
+// be gone); each is checked, only those are recorded, and shares out of the drill's order, twice
+// for one epoch or for an epoch the drill does not ask are refused.
+func TestDrillPartialProof(t *testing.T) {
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	e2 := d.reuseSet(t, 0, 1)
+	ids := d.campaign(t)
+	dr, shares, _ := d.answer(t, 0, ids["kra-0"])
+	if len(dr.Epochs) != 2 || len(shares) != 2 {
+		t.Fatalf("drill epochs %v, shares %d; want both live epochs", dr.Epochs, len(shares))
+	}
+	sign := func(sh []ProvenShare) []byte {
+		sig, err := ecdsa.SignASN1(rand.Reader, d.kras[0].auth, DrillDigest(dr, sh))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sig
+	}
+	for _, tt := range []struct {
+		name   string
+		shares []ProvenShare
+	}{
+		{"out of order", []ProvenShare{shares[1], shares[0]}},
+		{"one epoch twice", []ProvenShare{shares[0], shares[0]}},
+		{"an epoch not asked", []ProvenShare{{Epoch: 99, Share: shares[0].Share}}},
+		{"none", nil},
+	} {
+		if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), dr.ID, tt.shares, sign(tt.shares)); !errors.Is(err, ErrBadDrillProof) {
+			t.Errorf("%s: %v, want ErrBadDrillProof", tt.name, err)
+		}
+	}
+	only := shares[1:]
+	got, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), dr.ID, only, sign(only))
+	if err != nil {
+		t.Fatalf("a proof of epoch %d alone: %v", e2, err)
+	}
+	if len(got.Proven) != 1 || got.Proven[0] != e2 {
+		t.Errorf("proven epochs %v, want [%d]", got.Proven, e2)
+	}
+	h := d.health(t)
+	for _, k := range h[1].KRAs {
+		if k.Name == "kra-0" && k.Proven {
+			t.Error("kra-0 counted as proven for epoch 1, which it did not prove")
+		}
+	}
+	if h[e2].Proven != 1 {
+		t.Errorf("epoch %d proven %d, want 1", e2, h[e2].Proven)
+	}
+}

@@ -227,6 +227,14 @@ func TestDrills(t *testing.T) {
 	if strings.Contains(a.logs.String(), base64.StdEncoding.EncodeToString(proof.raw)) {
 		t.Error("a re-encrypted share reached the log")
 	}
+
+	// The trail, with its canary, drill and proof entries, verifies.
+	a.stop(t)
+	out, errOut, err := keyarcEnv([]string{"PKCS11SPY=" + softhsmModule(), "PKCS11SPY_OUTPUT=" + filepath.Join(t.TempDir(), "spy2.log")},
+		"audit", "verify", "--state", state)
+	if err != nil || !strings.Contains(out, "OK") {
+		t.Fatalf("audit verify: %v\n%s\n%s", err, out, errOut)
+	}
 }
 
 // spyMark is how far the spy's log has come.

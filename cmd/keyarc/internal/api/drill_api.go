@@ -69,7 +69,7 @@ func (a *Server) drillCaller(r *http.Request, act policy.Action) (policy.Princip
 }
 
 func toDrillJSON(d *escrow.Drill, items []escrow.DrillShare) wire.Drill {
-	out := wire.Drill{ID: d.ID, Campaign: d.Campaign, KRA: d.KRA, Epochs: d.Epochs, State: d.State, OpenedBy: d.OpenedBy,
+	out := wire.Drill{ID: d.ID, Campaign: d.Campaign, KRA: d.KRA, Epochs: d.Epochs, Proven: d.Proven, State: d.State, OpenedBy: d.OpenedBy,
 		CreatedAt: d.CreatedAt.UTC().Format(time.RFC3339), ExpiresAt: d.ExpiresAt.UTC().Format(time.RFC3339Nano),
 		DrillKey: base64.StdEncoding.EncodeToString(d.KeySPKI), KeyHash: d.OAEPHash}
 	if !d.ClosedAt.IsZero() {

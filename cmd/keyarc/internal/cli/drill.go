@@ -113,6 +113,7 @@ func answerDrill(c *client, id string) error {
 			"tell an admin at once (`keyarc admin recovery-set show` says which epochs need a reseal): %w", ErrDrillFailed, kraUnwrapLabel, err)
 	}
 	var shares []escrow.ProvenShare
+	var failed []string
 	for _, it := range d.Items {
 		ct, err := base64.StdEncoding.DecodeString(it.Share)
 		if err != nil {
@@ -132,8 +133,9 @@ func answerDrill(c *client, id string) error {
 		}
 		pt, err := unwrap.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: fromHash, MGFHash: fromHash})
 		if err != nil {
-			return fmt.Errorf("%w: your token could not decrypt your share of epoch %d: its unwrap key is not the one "+
-				"your KRA certificate names (a replaced or re-initialised token?); tell an admin at once: %w", ErrDrillFailed, it.Epoch, err)
+			// The other epochs are still proven; this one is reported at the end.
+			failed = append(failed, fmt.Sprintf("epoch %d (%v)", it.Epoch, err))
+			continue
 		}
 		match := bytes.Equal(escrow.CanaryCommitment(it.Epoch, keyID, pt), commitment)
 		if !match {
@@ -148,7 +150,15 @@ func answerDrill(c *client, id string) error {
 		}
 		shares = append(shares, escrow.ProvenShare{Epoch: it.Epoch, Share: re})
 	}
+	cannot := func() error {
+		return fmt.Errorf("%w: your token could not decrypt your share of %s: its unwrap key is not the one your KRA "+
+			"certificate of that epoch names (a replaced or re-initialised token?); tell an admin at once "+
+			"(`keyarc admin recovery-set show` says which epochs need a reseal)", ErrDrillFailed, strings.Join(failed, ", "))
+	}
 	if len(shares) == 0 {
+		if len(failed) > 0 {
+			return cannot()
+		}
 		return fmt.Errorf("drill %s asks for no share of yours", id)
 	}
 	digest := escrow.DrillDigest(&escrow.Drill{ID: d.ID, Campaign: d.Campaign, KRA: d.KRA, Epochs: d.Epochs, KeySPKI: spki, ExpiresAt: exp}, shares)
@@ -172,7 +182,10 @@ func answerDrill(c *client, id string) error {
 	if err := c.call("POST", "/api/v1/drills/"+id+"/proof", body, &after); err != nil {
 		return err
 	}
-	fmt.Printf("drill %s: %s, epochs %s\n", after.ID, after.State, epochList(after.Epochs))
+	fmt.Printf("drill %s: %s, epochs %s\n", after.ID, after.State, epochList(after.Proven))
+	if len(failed) > 0 {
+		return cannot()
+	}
 	return nil
 }
 

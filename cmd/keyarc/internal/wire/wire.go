@@ -355,7 +355,8 @@ type Drill struct {
 	CreatedAt string      `json:"created_at"`
 	ExpiresAt string      `json:"expires_at"` // RFC 3339 with fractions: part of what the KRA signs
 	ClosedAt  string      `json:"closed_at,omitempty"`
-	DrillKey  string      `json:"drill_key"` // base64 DER SubjectPublicKeyInfo
+	Proven    []uint32    `json:"proven,omitempty"` // the epochs a proof covered (the answer to a proof)
+	DrillKey  string      `json:"drill_key"`        // base64 DER SubjectPublicKeyInfo
 	KeyHash   string      `json:"key_oaep_hash"`
 	Items     []DrillItem `json:"items,omitempty"`
 }
