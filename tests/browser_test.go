@@ -123,6 +123,16 @@ func waitFile(t *testing.T, path string, within time.Duration) []byte {
 	}
 }
 
+func grepFriendly(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "friendlyName") || strings.Contains(l, "Bag Attributes") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // pageSize fetches a page file as a browser does (gzip accepted) and returns its raw and
 // transferred sizes.
 func pageSize(t *testing.T, a *appliance, path string) (raw, sent int) {
@@ -155,7 +165,7 @@ func pageSize(t *testing.T, a *appliance, path string) (raw, sent int) {
 // appliance: a wrong code shows the API's refusal on the page; the right one makes the key in
 // the browser, enrolls with the key escrowed, and downloads a PKCS#12 that OpenSSL opens with
 // the chosen password (AES-256-CBC, PBKDF2-SHA-256, 600,000 iterations, the chain, the key of
-// the certificate). Two KRAs then recover the archived key: it is the key in the download.
+// the certificate, a friendly name on both). Two KRAs then recover the archived key: it is the key in the download.
 func TestBrowserEnrollment(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "chromium", "openssl", "certutil")
@@ -287,6 +297,9 @@ func TestBrowserEnrollment(t *testing.T) {
 		if !strings.Contains(info, want) {
 			t.Errorf("openssl pkcs12 -info lacks %q:\n%s", want, info)
 		}
+	}
+	if names := run(t, dir, "openssl", "pkcs12", "-in", p12, "-passin", "file:"+pw, "-nodes"); strings.Count(names, "friendlyName: "+mailbox+" (encryption)") != 2 {
+		t.Errorf("the key and the certificate do not both carry the friendly name:\n%s", grepFriendly(names))
 	}
 	if _, err := runResult(dir, nil, "openssl", "pkcs12", "-info", "-noout", "-in", p12, "-passin", "pass:not the password"); err == nil {
 		t.Error("openssl opened the file with a wrong password")

@@ -5,7 +5,7 @@
 // its PKCS#10 request, seals the PKCS#8 key to the appliance's transport certificate with
 // keyarc's own escrow/cms (the envelope the appliance opens, proven against
 // `openssl cms -encrypt`), and builds the PKCS#12 file with go-pkcs12, the encoder the recovery
-// path uses.
+// path uses (package pfx adds the friendly name go-pkcs12 does not write).
 //
 // The private key never reaches JavaScript: the worker holds it under a numeric handle, hands
 // out only the CSR, the envelope and the finished PKCS#12, and clears it on forget (best
@@ -31,8 +31,7 @@ import (
 	"syscall/js"
 	"unicode/utf8"
 
-	"software.sslmate.com/src/go-pkcs12"
-
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/web/pfx"
 	"github.com/keyarc/keyarc/escrow/cms"
 )
 
@@ -199,7 +198,7 @@ func parseCerts(s string) []*x509.Certificate {
 // buildPKCS12(handle, certPEM, chainPEM, password, friendlyName) checks that the certificate
 // certifies the held key and builds the PKCS#12: AES-256-CBC and PBKDF2-SHA-256 with 600,000
 // iterations, MAC HMAC-SHA-256 (go-pkcs12 Modern2023), the chain included, the friendly name
-// on the key and the certificate. Result: {pfx (Uint8Array)}.
+// on the key and the certificate (package pfx). Result: {pfx (Uint8Array)}.
 func buildPKCS12(args []js.Value) (map[string]any, error) {
 	_, k, err := lookup(args)
 	if err != nil {
@@ -238,7 +237,8 @@ func forget(args []js.Value) (map[string]any, error) {
 	return map[string]any{}, nil
 }
 
-// encodePFX is go-pkcs12's Modern2023 encoder at 600,000 iterations.
-func encodePFX(key crypto.Signer, cert *x509.Certificate, chain []*x509.Certificate, password, _ string) ([]byte, error) {
-	return pkcs12.Modern2023.WithIterations(pfxIterations).Encode(key, cert, chain, password)
+// encodePFX is go-pkcs12's Modern2023 encoder at 600,000 iterations, with the friendly name
+// (package pfx).
+func encodePFX(key crypto.Signer, cert *x509.Certificate, chain []*x509.Certificate, password, name string) ([]byte, error) {
+	return pfx.Encode(key, cert, chain, password, name, pfxIterations)
 }
