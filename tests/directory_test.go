@@ -154,3 +154,47 @@ func TestDirectory(t *testing.T) {
 		t.Fatalf("alice's revoked certificate is back in the directory after the restart")
 	}
 }
+
+// TestDirectoryBindRefused: with a wrong bind password the appliance serves and enrolls, the log
+// says the bind was refused (never the password), the failures are counted, and once the
+// password at its source is right, the waiting certificate is published without a restart.
+func TestDirectoryBindRefused(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl")
+	ldap := ldaptest.Start(t)
+	state := devState(t)
+	const wrong = "not-the-directory-password"
+	pwFile := filepath.Join(state, "ldap-bind.pw")
+	writeFile(t, pwFile, []byte(wrong+"\n"))
+	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("directory:\n  ldap:\n    url: " + ldap.URL + "\n    bind_dn: " + ldaptest.BindDN +
+		"\n    bind_password_source: file:ldap-bind.pw\n    base: " + ldaptest.Base + "\n")
+	f.Close()
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, ldaptest.Alice, filepath.Join(dir, "alice"))
+	cert := readCert(t, filepath.Join(dir, "alice", "cert.pem"))
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(a.logs.String(), "refused the bind") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the log does not say the bind was refused:\n%s", a.logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	metrics := run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")
+	// The first attempt may be the expiry sweep's or the publication's: either counts an error.
+	if !regexp.MustCompile(`(?m)^keyarc_directory_published_total\{op="[a-z]+",outcome="error"\} [1-9]`).MatchString(metrics) {
+		t.Errorf("the refused bind is not counted:\n%s", grepLines(metrics, "keyarc_directory"))
+	}
+	if got := ldap.Certificates(t, ldaptest.Alice); len(got) != 0 {
+		t.Fatal("published with a wrong bind password")
+	}
+	writeFile(t, pwFile, []byte(ldaptest.Password+"\n"))
+	waitLDAP(t, ldap, a, ldaptest.Alice, cert.Raw)
+	if logs := a.logs.String(); strings.Contains(logs, wrong) || strings.Contains(logs, ldaptest.Password) {
+		t.Fatal("the log holds a bind password")
+	}
+}
