@@ -314,12 +314,14 @@ func sealKeepingShares(h record.Header, secret []byte, rcpts []record.Recipient)
 	}
 	r.Sealed = gcm.Seal(sealed, sealed[:record.NonceSize], secret, aad)
 	got, err := record.Open(r, shares[:h.M])
-	if err != nil || subtle.ConstantTimeCompare(got, secret) != 1 {
-		clear(got)
+	if err == nil && subtle.ConstantTimeCompare(got, secret) != 1 {
+		err = errors.New("it opens to another secret")
+	}
+	clear(got)
+	if err != nil {
 		clearAll(shares)
 		return nil, nil, fmt.Errorf("escrow: the sealed canary does not open: %w", err)
 	}
-	clear(got)
 	return r, shares, nil
 }
 

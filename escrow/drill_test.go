@@ -238,6 +238,9 @@ func TestCanaryIsNoRecord(t *testing.T) {
 	if err != nil || len(secret) != 32 {
 		t.Fatalf("open the canary with 2 of 3 shares: %d bytes, %v", len(secret), err)
 	}
+	if _, err := record.Open(sealed, shares[:1]); !errors.Is(err, record.ErrOpen) {
+		t.Fatalf("open the canary with 1 share of a 2-of-3: %v, want record.ErrOpen", err)
+	}
 	// A user record's header is never a canary's.
 	r := d.records(t, "owner@example.org")[0]
 	user, err := record.Parse(r.Blob)

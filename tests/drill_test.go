@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -25,6 +26,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/record"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/softhsm"
 )
@@ -128,6 +132,28 @@ func TestDrills(t *testing.T) {
 	}
 	spyDecryptsOnlyDrillKeys(t, spyLog, mark, 1)
 
+	// An appliance that passes a user record's share off as kra2's canary share (what an
+	// intruder in the appliance would try, to have the KRAs decrypt real shares for it): kra2's
+	// CLI decrypts it, finds that it does not match the canary's commitment, and sends nothing.
+	userSerial := opensslSerial(t, dir, filepath.Join(dir, "nadia", "cert.pem"))
+	addr := strings.TrimPrefix(a.url, "https://")
+	spyEnv := []string{"PKCS11SPY=" + softhsmModule(), "PKCS11SPY_OUTPUT=" + spyLog}
+	a.stop(t)
+	restore := swapCanaryShare(t, state, "kra2", userSerial)
+	a = serveWith(t, state, spyEnv, addr)
+	mark = spyMark(t, spyLog)
+	_, stderr, err := keyarcResult(as("kra2", "kra", "drill")...)
+	if err == nil || !strings.Contains(stderr, "not the canary it committed to") || !strings.Contains(stderr, "nothing was sent back") {
+		t.Fatalf("kra2's drill against a user record's share: %v\n%s", err, stderr)
+	}
+	spyDecryptsOnlyDrillKeys(t, spyLog, mark, 0)
+	if strings.Contains(a.logs.String(), "drill proven") {
+		t.Fatal("a proof was accepted after the share was swapped")
+	}
+	a.stop(t)
+	restore()
+	a = serveWith(t, state, spyEnv, addr)
+
 	// kra3's token is replaced by an empty one: its drill fails, and says why.
 	in, err := softhsm.Provision(filepath.Join(state, "softhsm"))
 	if err != nil {
@@ -139,7 +165,7 @@ func TestDrills(t *testing.T) {
 	if _, err := in.InitToken("kra3"); err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, err := keyarcResult(as("kra3", "kra", "drill")...)
+	_, stderr, err = keyarcResult(as("kra3", "kra", "drill")...)
 	if err == nil || !strings.Contains(stderr, "drill failed") || !strings.Contains(stderr, "no KRA auth key") || !strings.Contains(stderr, "tell an admin") {
 		t.Fatalf("kra3's drill with an empty token: %v\n%s", err, stderr)
 	}
@@ -234,6 +260,73 @@ func TestDrills(t *testing.T) {
 		"audit", "verify", "--state", state)
 	if err != nil || !strings.Contains(out, "OK") {
 		t.Fatalf("audit verify: %v\n%s\n%s", err, out, errOut)
+	}
+}
+
+// swapCanaryShare puts, in the stopped appliance's archive, kra's share of the user record of
+// serial in place of kra's share of the canary of epoch 1, and returns what puts the canary back.
+func swapCanaryShare(t *testing.T, state, kra, serial string) (restore func()) {
+	t.Helper()
+	db, err := sqlite.Open(filepath.Join(state, "keyarc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	kid := record.KeyID(readCert(t, filepath.Join(state, "credentials", kra+"-unwrap.pem")))
+	var orig []byte
+	err = db.Update(context.Background(), func(tx store.Tx) error {
+		rec, err := tx.GetRecordBySerial(serial)
+		if err != nil {
+			return err
+		}
+		user, err := record.Parse(rec.Blob)
+		if err != nil {
+			return err
+		}
+		_, userShare, err := user.ShareFor(kid)
+		if err != nil {
+			return err
+		}
+		if orig, err = tx.GetDrillState("canary", "1"); err != nil {
+			return err
+		}
+		var row map[string]json.RawMessage
+		if err := json.Unmarshal(orig, &row); err != nil {
+			return err
+		}
+		var blob []byte
+		if err := json.Unmarshal(row["record"], &blob); err != nil {
+			return err
+		}
+		canary, err := record.Parse(blob)
+		if err != nil {
+			return err
+		}
+		i, _, err := canary.ShareFor(kid)
+		if err != nil {
+			return err
+		}
+		canary.Shares[i].Ciphertext = userShare
+		if blob, err = canary.MarshalBinary(); err != nil {
+			return err
+		}
+		row["record"], _ = json.Marshal(blob)
+		swapped, _ := json.Marshal(row)
+		return tx.PutDrillState("canary", "1", swapped)
+	})
+	if err != nil {
+		t.Fatalf("swap the canary share: %v", err)
+	}
+	return func() {
+		t.Helper()
+		db, err := sqlite.Open(filepath.Join(state, "keyarc.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Update(context.Background(), func(tx store.Tx) error { return tx.PutDrillState("canary", "1", orig) }); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
