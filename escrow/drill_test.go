@@ -445,3 +445,26 @@ func TestDrillPartialProof(t *testing.T) {
 		t.Errorf("epoch %d proven %d, want 1", e2, h[e2].Proven)
 	}
 }
+
+// TestHealthCertMargin: KRAs proven but whose certificates expire within the margin do not
+// count: an epoch whose valid KRAs fall below its quorum is at risk, and an older one needs a
+// reseal.
+func TestHealthCertMargin(t *testing.T) {
+	d := newDrillEnv(t)
+	ids := d.campaign(t)
+	d.prove(t, 0, ids["kra-0"])
+	d.prove(t, 1, ids["kra-1"])
+	long := 100 * 365 * 24 * time.Hour // proofs never age out here: only the certificates count
+	hs, err := d.svc.RecoveryHealth(context.Background(), long, 0)
+	if err != nil || len(hs) != 1 || hs[0].AtRisk || hs[0].Valid != 3 {
+		t.Fatalf("now: %+v, %v", hs, err)
+	}
+	d.clock.Set(d.kras[0].cert.NotAfter.Add(-10 * 24 * time.Hour))
+	hs, err = d.svc.RecoveryHealth(context.Background(), long, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hs[0]; !h.AtRisk || h.Valid != 0 || h.Proven != 2 || !strings.Contains(h.Advice, "certificates valid") {
+		t.Fatalf("10 days before the KRA certificates expire: %+v", h)
+	}
+}
