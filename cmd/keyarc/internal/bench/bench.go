@@ -18,6 +18,12 @@
 // that every certificate counted is issued in the database. The in-process storms of the CA
 // rounds stay, printed as such: both figures are shown, each named.
 //
+// The PostgreSQL round (pg.go; --only pg, and part of a full run unless --no-pg) runs a
+// PostgreSQL server of its own (initdb in a temporary folder, a unix socket only), the import
+// and enroll jobs against their crypto limits on it, and the EST storm from outside against
+// one node on SQLite, one on PostgreSQL and three on one PostgreSQL database, with the
+// database server's CPU time per certificate beside the nodes'.
+//
 // # Concurrency
 //
 // [Run] is called once per process; it starts its own goroutines (load generators, a bulk
@@ -111,7 +117,11 @@ func Run(args []string, env Env) error {
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, in-process storms), rss (peak memory), ocsp, est or enroll (out-of-process storms)")
+	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, in-process storms), rss (peak memory), ocsp, est or enroll (out-of-process storms), pg (jobs and the EST storm on PostgreSQL beside SQLite, one node and three)")
+	pgRuns := fs.Int("pg-runs", 1, "runs of each job on PostgreSQL (the median is reported)")
+	noPG := fs.Bool("no-pg", false, "skip the PostgreSQL round in a full run")
+	pgRate := fs.Int("pg-est-prepare-rate", 1200, "EST requests per second to prepare codes and CSRs for, in the PostgreSQL round")
+	pgWindow := fs.Duration("pg-storm-window", 10*time.Second, "length of each window of the PostgreSQL round's EST storms")
 	var st enrollShape
 	fs.IntVar(&st.estClients, "est-clients", 8, "keep-alive HTTPS clients of the out-of-process EST storm")
 	fs.IntVar(&st.enrollClients, "enroll-clients", 64, "keep-alive HTTPS clients of the out-of-process archival storm")
@@ -156,8 +166,10 @@ func Run(args []string, env Env) error {
 		return fmt.Errorf("bench: --runs must be at least 1")
 	}
 	switch {
-	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp" && *only != "est" && *only != "enroll":
-		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss, ocsp, est or enroll", *only)}
+	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp" && *only != "est" && *only != "enroll" && *only != "pg":
+		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss, ocsp, est, enroll or pg", *only)}
+	case *pgRuns < 1 || *pgRate < 1 || *pgWindow <= 0:
+		return cmdline.UsageError{Msg: "bench: --pg-runs, --pg-est-prepare-rate and --pg-storm-window must be positive"}
 	case o.certs < 1 || o.clients < 1 || o.windows < 1 || o.window <= 0:
 		return cmdline.UsageError{Msg: "bench: --ocsp-certs, --ocsp-clients, --ocsp-windows and --ocsp-window must be positive"}
 	case st.estClients < 1 || st.enrollClients < 1 || st.windows < 1 || st.window <= 0 || st.estRate < 1 || st.enrollRate < 1:
@@ -171,7 +183,7 @@ func Run(args []string, env Env) error {
 			return err
 		}
 	}
-	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs, ocsp: o, storms: st}
+	b := &bench{env: env, dir: dir, raw: *raw, items: *items, keygenItems: *keygenItems, storm: *stormN, runs: *runs, pgRuns: *pgRuns, pgRate: *pgRate, pgWindow: *pgWindow, ocsp: o, storms: st}
 	fmt.Printf("keyarc bench: %d CPUs (GOMAXPROCS %d), %s, state in %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), dir)
 	fmt.Println("In process (clients in this process): the raw limits, the jobs and the short enrollment storms")
 	fmt.Println("of the CA rounds, rows named \"in process\".")
@@ -204,6 +216,11 @@ func Run(args []string, env Env) error {
 			return fmt.Errorf("bench: %w", err)
 		}
 	}
+	if *only == "pg" || (*only == "" && !*noPG) {
+		if err := b.pgRound(); err != nil {
+			return fmt.Errorf("bench PostgreSQL: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -220,13 +237,23 @@ type bench struct {
 	raw                       time.Duration
 	items, keygenItems, storm int
 	runs                      int
-	self                      string
-	rsaGen                    float64
-	ocsp                      ocspShape
-	storms                    enrollShape
+	// pgRuns is the runs of each job on PostgreSQL; pgRate and pgWindow shape the
+	// PostgreSQL round's EST storms.
+	pgRuns   int
+	pgRate   int
+	pgWindow time.Duration
+	self     string
+	rsaGen   float64
+	ocsp     ocspShape
+	storms   enrollShape
 	// enrollCryptoCPU is the archival enrollment's crypto CPU time per item in µs, once
 	// measured.
 	enrollCryptoCPU float64
+	// dbCPU, while the PostgreSQL round runs, returns the CPU time of the database server's
+	// processes.
+	dbCPU func() time.Duration
+	// estSQLiteRate is the out-of-process EST storm's median rate on SQLite, once measured.
+	estSQLiteRate float64
 }
 
 // initSelf finds this very binary, which the bench runs as its children.
@@ -428,19 +455,8 @@ func (b *bench) caRound(alg string) error {
 		_, err := pkcs12.Modern2023.WithIterations(bulk.DefaultPFXIterations).Encode(sub, rawCert, []*x509.Certificate{caCert}, "0123456789abcdefghijkl")
 		return err
 	}}
-	// An imported item is a certificate and its key: both are parsed, and the key checked.
 	foreignCA, foreignKey := foreignCA()
-	importParse := func(k crypto.Signer, name string) part {
-		certDER := foreignCert(foreignCA, foreignKey, k.Public(), "raw@example.org", big.NewInt(7))
-		p8, _ := x509.MarshalPKCS8PrivateKey(k)
-		return part{name: "import item parse: certificate + PKCS#8 + pair (" + name + ")", n: procs, op: func() error {
-			c, err := x509.ParseCertificate(certDER)
-			if err != nil {
-				return err
-			}
-			return escrow.CheckKeyPair(p8, c.PublicKey)
-		}}
-	}
+	importParse := func(k crypto.Signer, name string) part { return importParsePart(foreignCA, foreignKey, k, name) }
 	rsaSub, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return err
@@ -568,6 +584,20 @@ func (b *bench) caRound(alg string) error {
 	row("in process: EST simpleenroll (smime-signature), 8 clients", r, "/s", "burst of "+strconv.Itoa(2*b.storm))
 	fmt.Println()
 	return nil
+}
+
+// importParsePart is an imported item's parse: a certificate of k's public key issued by
+// foreignCA, and k's PKCS#8; both are parsed, and the key checked against the certificate.
+func importParsePart(foreignCA *x509.Certificate, foreignKey crypto.Signer, k crypto.Signer, name string) part {
+	certDER := foreignCert(foreignCA, foreignKey, k.Public(), "raw@example.org", big.NewInt(7))
+	p8, _ := x509.MarshalPKCS8PrivateKey(k)
+	return part{name: "import item parse: certificate + PKCS#8 + pair (" + name + ")", n: runtime.GOMAXPROCS(0), op: func() error {
+		c, err := x509.ParseCertificate(certDER)
+		if err != nil {
+			return err
+		}
+		return escrow.CheckKeyPair(p8, c.PublicKey)
+	}}
 }
 
 func mustIssue(svc *escrow.Service, pub crypto.PublicKey) []byte {

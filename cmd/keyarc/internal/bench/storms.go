@@ -28,11 +28,11 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/loadgen"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/store"
-	"github.com/keyarc/keyarc/escrow/store/sqlite"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -85,29 +85,52 @@ func (b *bench) enrollStormsOutside(est, enroll bool) error {
 	return nil
 }
 
-// enrollStormOutside runs one enrollment storm from outside. Before the windows, on a
-// throw-away state with a P-256 CA key in SoftHSM, it makes in this process (not measured)
-// the enrollment codes and the requests: fresh P-256 keys and CSRs, and for the archival
-// storm the keys encrypted to the transport certificate. Then a `keyarc serve` child serves
-// them to a `keyarc loadgen` child, each request sent once; after each window every
-// certificate the load generator counted as issued is looked up in the database.
+// enrollStormOutside runs one enrollment storm from outside against one node on the embedded
+// SQLite archive; the EST storm's rate is kept for the PostgreSQL round's comparison.
 func (b *bench) enrollStormOutside(k stormKind) error {
+	rate, _, err := b.enrollStormOn(k, "", 1)
+	if err == nil && k.name == "est" {
+		b.estSQLiteRate = rate
+	}
+	return err
+}
+
+// enrollStormOn runs one enrollment storm from outside against nodes `keyarc serve` children
+// on a throw-away state whose database is url ("" for the embedded SQLite file; several nodes
+// need PostgreSQL). Before the windows, on that state with a P-256 CA key in SoftHSM, it
+// makes in this process (not measured) the enrollment codes and the requests: fresh P-256
+// keys and CSRs, and for the archival storm the keys encrypted to the transport certificate.
+// Each node gets its share of the requests and of the clients, from a `keyarc loadgen` child
+// of its own; each request is sent once. After each window every certificate the load
+// generators counted as issued is looked up in the database. It returns the median of the
+// windows' total rates and of their server CPU per certificate (summed over the nodes), in µs.
+func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer float64, err error) {
 	s := b.storms
-	fmt.Printf("== %s storm, out of process: a `keyarc loadgen` child (%d HTTPS keep-alive clients) against a `keyarc serve` child ==\n", k.label, k.clients)
-	state, err := b.initState("state-storm-"+k.name, "p256")
+	backend := "SQLite"
+	if url != "" {
+		backend = "PostgreSQL"
+	}
+	clients := k.clients
+	if nodes > 1 {
+		clients = (k.clients + nodes - 1) / nodes
+		fmt.Printf("== %s storm, out of process: %d `keyarc serve` children on one %s database and one token folder, each with a `keyarc loadgen` child of its own (%d HTTPS keep-alive clients each) ==\n", k.label, nodes, backend, clients)
+	} else {
+		fmt.Printf("== %s storm, out of process: a `keyarc loadgen` child (%d HTTPS keep-alive clients) against a `keyarc serve` child (%s) ==\n", k.label, clients, backend)
+	}
+	state, err := b.initStateOn("state-storm-"+k.name, "p256", url)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	cfg, err := config.Load(state)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
-	if cfg.IsPostgres() {
-		return errors.New("bench: the storms check their certificates in a SQLite archive; this state's is PostgreSQL")
+	if nodes > 1 && !cfg.IsPostgres() {
+		return 0, 0, errors.New("bench: several nodes need a PostgreSQL database")
 	}
 	caCert, err := b.env.CACert(state)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	where := "a real token"
 	if cfg.Token.SoftHSMConf != "" {
@@ -119,74 +142,130 @@ func (b *bench) enrollStormOutside(k stormKind) error {
 	t0 := time.Now()
 	p, err := b.prepareStorm(state, k, n)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	fmt.Printf("  prepared %d codes and requests in %.1f s (enough for %d/s over the warm-up and %d windows of %s)\n",
 		n, time.Since(t0).Seconds(), k.rate, s.windows, s.window)
-	reqFile := filepath.Join(b.dir, k.name+"-requests.jsonl")
-	if err := loadgen.WriteRequests(reqFile, p.reqs); err != nil {
-		return err
-	}
-	p.reqs = nil
 	caFile := filepath.Join(b.dir, k.name+"-ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o600); err != nil {
-		return err
+		return 0, 0, err
 	}
+	// Node i serves requests [lo[i], lo[i+1]).
+	lo := make([]int, nodes+1)
+	for i := range lo {
+		lo[i] = i * n / nodes
+	}
+	reqFiles := make([]string, nodes)
+	for i := range nodes {
+		reqFiles[i] = filepath.Join(b.dir, fmt.Sprintf("%s-requests-%d.jsonl", k.name, i+1))
+		if err := loadgen.WriteRequests(reqFiles[i], p.reqs[lo[i]:lo[i+1]]); err != nil {
+			return 0, 0, err
+		}
+	}
+	p.reqs = nil
 
-	addr := freeAddr()
-	args := []string{"serve", "--state", state, "--addr", addr, "--metrics-addr", freeAddr(), "--public-addr", freeAddr()}
+	addrs := make([]string, nodes)
+	pids := make([]int, nodes)
+	logs := make([]*syncBuffer, nodes)
+	cmds := make([]*exec.Cmd, nodes)
 	profile := ""
-	if s.profileDir != "" {
-		profile = filepath.Join(s.profileDir, "serve-"+k.name+".pprof")
-		args = append(args, "--cpuprofile", profile)
+	for i := range nodes {
+		addrs[i] = freeAddr()
+		args := []string{"serve", "--state", state, "--addr", addrs[i], "--metrics-addr", freeAddr(), "--public-addr", freeAddr()}
+		if nodes > 1 {
+			args = append(args, "--node", fmt.Sprintf("bench%d", i+1))
+		}
+		if s.profileDir != "" && i == 0 {
+			profile = filepath.Join(s.profileDir, "serve-"+k.name+".pprof")
+			args = append(args, "--cpuprofile", profile)
+		}
+		cmds[i] = exec.Command(b.self, args...)
+		logs[i] = &syncBuffer{}
+		cmds[i].Stderr = logs[i]
+		if err := cmds[i].Start(); err != nil {
+			return 0, 0, err
+		}
+		defer stopChild(cmds[i])
+		pids[i] = cmds[i].Process.Pid
 	}
-	cmd := exec.Command(b.self, args...)
-	var logs syncBuffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		return err
+	allLogs := func() string {
+		var sb strings.Builder
+		for i, l := range logs {
+			fmt.Fprintf(&sb, "node %d:\n%s\n", i+1, lastLines(l.String(), 20))
+		}
+		return sb.String()
 	}
-	defer stopChild(cmd)
-	if err := waitReady("https://"+addr, caCert); err != nil {
-		return fmt.Errorf("%w\n%s", err, logs.String())
+	for _, addr := range addrs {
+		if err := waitReady("https://"+addr, caCert); err != nil {
+			return 0, 0, fmt.Errorf("%w\n%s", err, allLogs())
+		}
 	}
-	db, err := sqlite.Open(cfg.DatabaseName())
+	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
-		return fmt.Errorf("bench: open the archive to check the storm's certificates: %w", err)
+		return 0, 0, fmt.Errorf("bench: open the archive to check the storm's certificates: %w", err)
 	}
 	defer db.Close()
 
 	var issued, exhausted int
-	shape := stormShape{clients: k.clients, windows: s.windows, window: s.window, warmup: stormWarmup,
-		check: func(r loadgen.Result) error {
+	checks := make([]func(loadgen.Result) error, nodes)
+	for i := range nodes {
+		ids := p.codeIDs[lo[i]:lo[i+1]]
+		checks[i] = func(r loadgen.Result) error {
 			if r.Exhausted {
 				exhausted++
 			}
 			issued += len(r.OKIndex)
-			return checkIssued(db, p.codeIDs, r.OKIndex, k.archived)
-		}}
-	ws, err := b.outsideStorm(addr, reqFile, cmd.Process.Pid, shape, "--once", "--record-ok", "--tls-ca", caFile)
-	if err != nil {
-		return fmt.Errorf("%w\n%s", err, lastLines(logs.String(), 20))
+			return checkIssued(db, ids, r.OKIndex, k.archived)
+		}
 	}
-	stopChild(cmd)
+	shape := stormShape{clients: clients, windows: s.windows, window: s.window, warmup: stormWarmup}
+	var db0 time.Duration
+	if url != "" && b.dbCPU != nil {
+		db0 = b.dbCPU()
+	}
+	var ws []window
+	if nodes == 1 {
+		shape.check = checks[0]
+		ws, err = b.outsideStorm(addrs[0], reqFiles[0], pids[0], shape, "--once", "--record-ok", "--tls-ca", caFile)
+	} else {
+		ws, err = b.outsideStorms(addrs, reqFiles, pids, shape, checks, "--once", "--record-ok", "--tls-ca", caFile)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w\n%s", err, allLogs())
+	}
+	var dbPer float64
+	if url != "" && b.dbCPU != nil && issued > 0 {
+		dbPer = float64((b.dbCPU()-db0)/time.Microsecond) / float64(issued)
+	}
+	for _, c := range cmds {
+		stopChild(c)
+	}
 	target := ""
 	if k.name == "est" {
 		target = "target 1,600/s, ≤ 700 µs server CPU per certificate"
 	}
-	reportWindows(fmt.Sprintf("out of process: %s, %d clients", k.title, k.clients), target, "certificate", ws)
+	title := fmt.Sprintf("out of process: %s, %s, %d clients", k.title, backend, k.clients)
+	if nodes > 1 {
+		title = fmt.Sprintf("out of process: %s, %d %s nodes, %d clients each (total; CPU summed over the nodes)", k.title, nodes, backend, clients)
+	}
+	reportWindows(title, target, "certificate", ws)
 	row("  certificates counted by the load generator, all found issued", float64(issued), "", "in the database after each window (no phantom success)")
+	if dbPer > 0 {
+		row("  PostgreSQL server CPU per certificate (all its processes)", dbPer, "µs", "over the warm-up and the windows, per certificate of the windows")
+	}
 	if k.archived && b.enrollCryptoCPU > 0 {
 		row("  its crypto CPU per item (CSR check + envelope + parse + seal + sign)", b.enrollCryptoCPU, "µs", "each measured alone, CPU time: the floor of the line above")
 	}
 	if exhausted > 0 {
-		fmt.Printf("  NOTE: the prepared requests ran out in %d window(s), which ended early: raise --%s-prepare-rate\n", exhausted, k.name)
+		fmt.Printf("  NOTE: the prepared requests ran out in %d window(s), which ended early: raise --%s-prepare-rate\n", exhausted, strings.SplitN(k.name, "-", 2)[0])
 	}
 	if profile != "" {
 		fmt.Printf("  server CPU profile (start-up, warm-up and windows): %s\n  read it with: go tool pprof -top -cum %s %s\n", profile, b.self, profile)
 	}
 	fmt.Println()
-	return nil
+	rate, _, _ = medianRange(ws, func(w window) float64 { return w.Rate })
+	cpuPer, _, _ = medianRange(ws, window.serverCPUPer)
+	return rate, cpuPer, nil
 }
 
 // preparedStorm is a storm's requests, and the enrollment code each one uses, by index.

@@ -1,0 +1,429 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/loadgen"
+	"github.com/keyarc/keyarc/escrow/bulk"
+	"github.com/keyarc/keyarc/policy"
+)
+
+// The PostgreSQL round: the same jobs and the EST storm as on SQLite, on a PostgreSQL server
+// the bench runs itself (initdb in a temporary folder, a unix socket only, fsync and
+// synchronous_commit at their defaults: on), and the EST storm against three nodes sharing
+// one database and one token beside one node.
+
+// pgServer is a PostgreSQL server of the bench's own, in a folder of its own, reached on a
+// unix socket in that folder only.
+type pgServer struct {
+	dir  string // data/ and the socket
+	bin  string
+	cred *syscall.Credential // the postgres user's, when the bench runs as root
+	cmd  *exec.Cmd
+	exit chan error
+}
+
+// startPG runs initdb in dir and starts the server. As root, PostgreSQL runs as the postgres
+// user, which must be able to pass through dir's parents.
+func startPG(dir string) (*pgServer, error) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool {
+		a, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
+		b, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
+		return a > b
+	})
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("bench: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin; make deps installs it)")
+	}
+	s := &pgServer{dir: dir, bin: dirs[0]}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("bench: running as root, and there is no postgres user to run PostgreSQL as: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		for p := filepath.Dir(dir); p != "/" && p != "."; p = filepath.Dir(p) {
+			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o001 == 0 {
+				if err := os.Chmod(p, fi.Mode().Perm()|0o011); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	out, err := s.command("initdb", "-D", filepath.Join(dir, "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-instructions").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("bench: initdb: %w\n%s", err, out)
+	}
+	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	if s.cred != nil {
+		os.Chown(logf.Name(), int(s.cred.Uid), int(s.cred.Gid))
+	}
+	s.cmd = s.command("postgres", "-D", filepath.Join(dir, "data"), "-k", dir, "-c", "listen_addresses=", "-c", "max_connections=200")
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("bench: postgres: %w", err)
+	}
+	s.exit = make(chan error, 1)
+	go func() { s.exit <- s.cmd.Wait() }()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := s.psql("SELECT 1"); err == nil {
+			break
+		}
+		select {
+		case err := <-s.exit:
+			s.cmd = nil
+			b, _ := os.ReadFile(filepath.Join(dir, "postgres.log"))
+			return nil, fmt.Errorf("bench: postgres exited (%v) before taking connections:\n%s", err, lastLines(string(b), 10))
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("bench: postgres takes no connection after 60 s")
+		}
+	}
+	if _, err := s.psql("CREATE ROLE keyarc LOGIN"); err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *pgServer) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(s.bin, name), args...)
+	cmd.Dir = s.dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
+	if s.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	}
+	return cmd
+}
+
+// cpu returns the CPU time (user and system) of the server's processes: the postmaster and
+// its children (backends, writers), read from /proc.
+func (s *pgServer) cpu() time.Duration {
+	if s.cmd == nil {
+		return 0
+	}
+	root := s.cmd.Process.Pid
+	var sum time.Duration
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		if i < 0 || len(f) < 13 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); pid != root && ppid != root {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		sum += time.Duration(ut+st) * (time.Second / 100)
+	}
+	return sum
+}
+
+// psql runs one statement as the superuser.
+func (s *pgServer) psql(stmt string) (string, error) {
+	cmd := exec.Command(filepath.Join(s.bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", s.dir, "-U", "postgres", "-d", "postgres", "-tA", "-c", stmt)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("bench: psql %q: %w: %s", stmt, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// database makes database name, owned by role keyarc, and returns its URL as keyarc.yaml
+// holds it (the unix socket, no password).
+func (s *pgServer) database(name string) (string, error) {
+	if _, err := s.psql("CREATE DATABASE " + name + " OWNER keyarc"); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("postgres:///%s?host=%s&user=keyarc", name, s.dir), nil
+}
+
+// stop shuts the server down (a fast shutdown) and waits for it.
+func (s *pgServer) stop() {
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-s.exit:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exit
+	}
+	s.cmd = nil
+}
+
+// initStateOn makes a development state with the given CA key whose database is url ("" for
+// the embedded SQLite file).
+func (b *bench) initStateOn(name, alg, url string) (string, error) {
+	if url == "" {
+		return b.initState(name, alg)
+	}
+	if err := b.initSelf(); err != nil {
+		return "", err
+	}
+	state := filepath.Join(b.dir, name)
+	out, err := exec.Command(b.self, "init", "--dev", "--state", state, "--ca-key", alg, "--database", url).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("init --dev --database %s: %w\n%s", url, err, out)
+	}
+	return state, nil
+}
+
+// pgRound runs the PostgreSQL round: the import and enroll jobs against their crypto limits,
+// the EST storm from outside against one node on SQLite and one on PostgreSQL in the same
+// run, and against three nodes sharing the PostgreSQL database and the token.
+func (b *bench) pgRound() error {
+	fmt.Println("== PostgreSQL beside SQLite: a server of the bench's own (initdb in a temporary folder, a unix socket, fsync and synchronous_commit on) ==")
+	pg, err := startPG(filepath.Join(b.dir, "postgres"))
+	if err != nil {
+		return err
+	}
+	defer pg.stop()
+	b.dbCPU = pg.cpu
+	defer func() { b.dbCPU = nil }()
+	url, err := pg.database("keyarc_jobs")
+	if err != nil {
+		return err
+	}
+	if err := b.pgJobs(url); err != nil {
+		return fmt.Errorf("jobs on PostgreSQL: %w", err)
+	}
+
+	// Shorter windows than the other storms', and codes prepared for the rate a PostgreSQL
+	// node may reach: its codes are made through the database, at its pace.
+	defer func(w time.Duration) { b.storms.window = w }(b.storms.window)
+	b.storms.window = b.pgWindow
+	est := stormKind{name: "est", label: "EST", title: "EST simpleenroll (smime-signature, no archival)", template: policy.TemplateSMIMESignature,
+		clients: b.storms.estClients, rate: b.pgRate}
+	sqliteRate := b.estSQLiteRate
+	if sqliteRate == 0 {
+		k := est
+		k.name = "est-sqlite"
+		if sqliteRate, _, err = b.enrollStormOn(k, "", 1); err != nil {
+			return fmt.Errorf("EST storm on SQLite: %w", err)
+		}
+	}
+	url, err = pg.database("keyarc_est")
+	if err != nil {
+		return err
+	}
+	k := est
+	k.name, k.label = "est-pg", "EST on PostgreSQL"
+	pgRate, pgCPU, err := b.enrollStormOn(k, url, 1)
+	if err != nil {
+		return fmt.Errorf("EST storm on PostgreSQL: %w", err)
+	}
+	url, err = pg.database("keyarc_est3")
+	if err != nil {
+		return err
+	}
+	k.name, k.label = "est-pg3", "EST on PostgreSQL, three nodes"
+	rate3, cpu3, err := b.enrollStormOn(k, url, 3)
+	if err != nil {
+		return fmt.Errorf("EST storm on three PostgreSQL nodes: %w", err)
+	}
+	fmt.Println("EST storm, PostgreSQL against SQLite and three nodes against one (medians of the windows above):")
+	row("  one PostgreSQL node / one SQLite node", 100*pgRate/sqliteRate, "%", "target ≥ 70%")
+	row("  three PostgreSQL nodes / one, total rate", 100*rate3/pgRate, "%", "one machine: no speed-up to expect, and no collapse")
+	row("  three PostgreSQL nodes / one, server CPU per certificate (summed over the nodes)", 100*cpu3/pgCPU, "%", "")
+	fmt.Println()
+	return nil
+}
+
+// pgJobs runs the import (P-256 keys) and enroll jobs on the PostgreSQL database url, each
+// against its crypto limit measured before and after it.
+func (b *bench) pgJobs(url string) error {
+	state, err := b.initStateOn("state-pg-jobs", "p256", url)
+	if err != nil {
+		return err
+	}
+	a, err := b.env.Open(state, freeAddr(), freeAddr(), slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	ctx := context.Background()
+	svc := a.Service()
+	csrCheck, cmsOpen, parse, seal, sign, err := enrollCryptoParts(ctx, svc, "p256", newP256())
+	if err != nil {
+		return err
+	}
+	fca, fkey := foreignCA()
+	parseImport := importParsePart(fca, fkey, newP256(), "P-256")
+	mgr := &bulk.Manager{Service: svc, Dir: filepath.Join(state, "bench-jobs")}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	go mgr.Run(runCtx)
+	fmt.Println("end to end (bulk jobs, PostgreSQL), each run against its crypto limit measured again before and after it:")
+	for _, j := range []struct {
+		name  string
+		parts []part
+		file  func(run int) []byte
+	}{
+		{fmt.Sprintf("import (P-256 keys) job on PostgreSQL, %d items", b.items), []part{parseImport, seal},
+			func(run int) []byte { return importFile(b.items, 1<<40+int64(run), nil) }},
+		{fmt.Sprintf("enroll job on PostgreSQL, %d items", b.items), []part{csrCheck, cmsOpen, parse, seal, sign},
+			func(int) []byte { return enrollFile(b.items, svc.Transport.Cert, svc.ShareHash()) }},
+	} {
+		rs, err := b.repeat(j.parts, b.pgRuns, func(run int) (func() (float64, error), error) {
+			f := j.file(run)
+			return func() (float64, error) { return b.runJob(mgr, f) }, nil
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", j.name, err)
+		}
+		report(j.name, rs, "its crypto limit; target ≥ 60%")
+	}
+	return nil
+}
+
+// outsideStorms is outsideStorm against several nodes at once: a `keyarc loadgen` child per
+// node with the requests of reqFiles[i], the windows of all of them started together. A
+// window's result is the sum of the nodes' answers, rates, and server and load-generator CPU
+// times; its latency quantiles are the largest of the nodes'. checks[i] is called with node
+// i's result after each window.
+func (b *bench) outsideStorms(addrs, reqFiles []string, pids []int, s stormShape, checks []func(loadgen.Result) error, extra ...string) ([]window, error) {
+	type child struct {
+		cmd    *exec.Cmd
+		stdin  io.WriteCloser
+		out    *bufio.Reader
+		stderr *bytes.Buffer
+	}
+	kids := make([]*child, len(addrs))
+	defer func() {
+		for _, c := range kids {
+			if c != nil {
+				c.stdin.Close()
+				c.cmd.Wait()
+			}
+		}
+	}()
+	for i, addr := range addrs {
+		args := append([]string{"loadgen", "--addr", addr, "--requests", reqFiles[i], "--clients", strconv.Itoa(s.clients),
+			"--duration", s.window.String(), "--windows", strconv.Itoa(s.windows), "--warmup", s.warmup.String(), "--control"}, extra...)
+		c := &child{cmd: exec.Command(b.self, args...), stderr: &bytes.Buffer{}}
+		c.cmd.Stderr = c.stderr
+		var err error
+		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
+		stdout, err := c.cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := c.cmd.Start(); err != nil {
+			return nil, err
+		}
+		c.out = bufio.NewReader(stdout)
+		kids[i] = c
+	}
+	line := func(c *child) ([]byte, error) {
+		l, err := c.out.ReadBytes('\n')
+		if err != nil {
+			return nil, fmt.Errorf("keyarc loadgen: %w: %s", err, strings.TrimSpace(c.stderr.String()))
+		}
+		return l, nil
+	}
+	for _, c := range kids {
+		if _, err := line(c); err != nil { // {"ready":true}
+			return nil, err
+		}
+	}
+	cpuOf := func() (time.Duration, error) {
+		var sum time.Duration
+		for _, pid := range pids {
+			c, err := procCPU(pid)
+			if err != nil {
+				return 0, err
+			}
+			sum += c
+		}
+		return sum, nil
+	}
+	var ws []window
+	for range s.windows {
+		cpu0, err := cpuOf()
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range kids {
+			if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
+				return nil, err
+			}
+		}
+		results := make([]loadgen.Result, len(kids))
+		for i, c := range kids {
+			l, err := line(c)
+			if err != nil {
+				return nil, err
+			}
+			if err := json.Unmarshal(l, &results[i]); err != nil {
+				return nil, fmt.Errorf("keyarc loadgen: result %q: %w", l, err)
+			}
+		}
+		cpu1, err := cpuOf()
+		if err != nil {
+			return nil, err
+		}
+		var w window
+		w.serverCPU = cpu1 - cpu0
+		for i, r := range results {
+			if err := checks[i](r); err != nil {
+				return nil, fmt.Errorf("window %d, node %d: %w", len(ws)+1, i+1, err)
+			}
+			w.Window = r.Window
+			w.OK += r.OK
+			w.Errors += r.Errors
+			w.Rate += r.Rate
+			w.Seconds = max(w.Seconds, r.Seconds)
+			w.P50, w.P90, w.P99, w.Max = max(w.P50, r.P50), max(w.P90, r.P90), max(w.P99, r.P99), max(w.Max, r.Max)
+			w.ClientCPUSeconds += r.ClientCPUSeconds
+			w.Messages = append(w.Messages, r.Messages...)
+			w.Exhausted = w.Exhausted || r.Exhausted
+		}
+		ws = append(ws, w)
+	}
+	return ws, nil
+}
