@@ -63,7 +63,7 @@ func (a *Server) drillCaller(r *http.Request, act policy.Action) (policy.Princip
 		return p, fmt.Errorf("%w: drills are for admins and KRAs", escrow.ErrForbidden)
 	}
 	if act != "" && !p.Role.May(act) {
-		return p, fmt.Errorf("%w: a %s may not do this with drills", escrow.ErrForbidden, p.Role)
+		return p, fmt.Errorf("%w: only the drill's KRA fetches its canary shares and answers it", escrow.ErrForbidden)
 	}
 	return p, nil
 }
