@@ -132,6 +132,22 @@ func TestDrills(t *testing.T) {
 	}
 	spyDecryptsOnlyDrillKeys(t, spyLog, mark, 1)
 
+	// The admin sees who has answered; an officer opens no drill.
+	var listed []drillShown
+	if err := json.Unmarshal([]byte(keyarc(t, as("admin", "admin", "drill", "list", "--campaign", campaign[0].Campaign, "--json")...)), &listed); err != nil {
+		t.Fatal(err)
+	}
+	answered := map[string]string{}
+	for _, d := range listed {
+		answered[d.KRA] = d.State
+	}
+	if len(listed) != 3 || answered["kra1"] != "proven" || answered["kra2"] != "open" || answered["kra3"] != "open" {
+		t.Errorf("campaign listing: %v, want kra1 proven, kra2 and kra3 open", answered)
+	}
+	if msg := keyarcFails(t, as("officer", "admin", "drill", "open")...); !strings.Contains(msg, "403") {
+		t.Errorf("an officer opens a campaign: %s, want 403", msg)
+	}
+
 	// An appliance that passes a user record's share off as kra2's canary share (what an
 	// intruder in the appliance would try, to have the KRAs decrypt real shares for it): kra2's
 	// CLI decrypts it, finds that it does not match the canary's commitment, and sends nothing.
