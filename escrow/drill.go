@@ -401,6 +401,8 @@ func (s *Service) EnsureCanaries(ctx context.Context) (int, error) {
 			if err := dtx.InsertDrillState(drillKindCanary, epochKey(rs.Epoch), data); err != nil {
 				return err
 			}
+			// The commitments go in the signed trail (Fingerprint: SHA-256 values, none a
+			// secret), so that a canary row altered later can be told from the one sealed.
 			d := audit.Details{Epoch: rs.Epoch, Quorum: rs.Quorum}
 			for _, k := range row.KRAs {
 				d.Serials = append(d.Serials, k.Serial)
