@@ -20,12 +20,13 @@ package escrow
 // under a fresh drill key in the appliance token (like a recovery request's key). The KRA
 // fetches its encrypted canary shares and the commitments, decrypts each share in its own
 // token, and refuses to go on unless the plain share matches the commitment the appliance
-// gave: a compromised appliance cannot pass a user record's share off as a canary share,
-// since it would have to commit to a share it does not know. The KRA re-encrypts each share
+// gave: an appliance taken over after a record was sealed cannot pass that record's share
+// off as a canary share, since it would have to commit to a share it never knew. The KRA re-encrypts each share
 // to the drill key and signs [DrillDigest] with its auth key. The appliance checks the
 // signature, decrypts each share with the drill key, checks the commitment, records the proof
 // per KRA and epoch with a signed audit entry, and destroys the drill key. No quorum is
-// needed and nothing of a real key is revealed: a canary share protects nothing.
+// needed and nothing of a real key is revealed: a canary share protects nothing (once m KRAs
+// have proven, the appliance could open its own canary, which holds nothing).
 //
 // A campaign is one drill per KRA of every live epoch, opened together under one campaign ID.
 //
