@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 )
 
@@ -219,13 +220,37 @@ func TestBrowserEnrollment(t *testing.T) {
 		t.Errorf("the link's mailbox is not filled in: %q", got)
 	}
 
+	// Passwords that differ, or a short one, are refused on the page, before any request.
+	setValue := func(id, v string) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := chromedp.Evaluate[bool](`document.getElementById('`+id+`').value = '`+v+`', true`)(ctx, t)
+			return err
+		})
+	}
+	for _, c := range []struct{ pw, confirm, want string }{
+		{password, password + "!", "The two passwords differ."},
+		{"short pw 1", "short pw 1", "at least 12 characters"},
+	} {
+		if err := chromedp.Do(ctx,
+			setValue("code-encryption", wrongCode), setValue("password", c.pw), setValue("confirm", c.confirm),
+			chromedp.Click(chromedp.ID("submit")),
+			chromedp.WaitVisible(chromedp.ID("error")),
+		); err != nil {
+			t.Fatalf("submit a bad password: %v", err)
+		}
+		if shown, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("error"))); !strings.Contains(shown, c.want) {
+			t.Errorf("password %q/%q: the page shows %q, want %q", c.pw, c.confirm, shown, c.want)
+		}
+	}
+
 	// A wrong code: the page shows the appliance's message.
 	if err := chromedp.Do(ctx,
+		setValue("code-encryption", ""), setValue("password", ""), setValue("confirm", ""),
 		chromedp.SendKeys(chromedp.ID("code-encryption"), wrongCode),
 		chromedp.SendKeys(chromedp.ID("password"), password),
 		chromedp.SendKeys(chromedp.ID("confirm"), password),
 		chromedp.Click(chromedp.ID("submit")),
-		chromedp.WaitVisible(chromedp.ID("error")),
+		chromedp.Poll[chromedp.Void](`document.querySelector('#steps li.failed') !== null`, chromedp.WithPollingTimeout(time.Minute)),
 	); err != nil {
 		t.Fatalf("submit a wrong code: %v", err)
 	}
@@ -241,10 +266,7 @@ func TestBrowserEnrollment(t *testing.T) {
 	code := newCode(t, state, mailbox, "smime-encryption")
 	if err := chromedp.Do(ctx,
 		chromedp.WaitEnabled(chromedp.ID("submit")),
-		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-			_, err := chromedp.Evaluate[bool](`document.getElementById('code-encryption').value = '', true`)(ctx, t)
-			return err
-		}),
+		setValue("code-encryption", ""),
 		chromedp.SendKeys(chromedp.ID("code-encryption"), code),
 		chromedp.Click(chromedp.ID("submit")),
 	); err != nil {
@@ -333,6 +355,27 @@ func TestBrowserEnrollment(t *testing.T) {
 	recoveredDER := run(t, dir, "openssl", "pkey", "-in", "recovered.key", "-outform", "DER")
 	if browserDER == "" || browserDER != recoveredDER {
 		t.Fatal("the recovered key differs from the key in the browser's file")
+	}
+
+	// A browser without WebAssembly is told so, and gets no form: a new tab where the global
+	// is removed before the page's scripts run.
+	bare, cancelBare := chromedp.NewContext(ctx)
+	defer cancelBare()
+	if err := chromedp.Do(bare); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Call(bare, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `delete globalThis.WebAssembly;`}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(bare, chromedp.Navigate(a.url+"/"),
+		chromedp.Poll[chromedp.Void](`!document.getElementById('unsupported').hidden`, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+		t.Fatalf("the page without WebAssembly: %v", err)
+	}
+	if msg, _ := chromedp.Run(bare, chromedp.Text(chromedp.ID("unsupported"))); !strings.Contains(msg, "lacks WebAssembly") {
+		t.Errorf("without WebAssembly the page says %q", msg)
+	}
+	if hidden, _ := chromedp.Run(bare, chromedp.Evaluate[bool](`document.getElementById('enroll').hidden`)); !hidden {
+		t.Error("without WebAssembly the form is still shown")
 	}
 
 	// Neither the password nor the code reached the appliance's log.
