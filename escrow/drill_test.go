@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"io"
 	"strings"
@@ -466,5 +467,30 @@ func TestHealthCertMargin(t *testing.T) {
 	}
 	if h := hs[0]; !h.AtRisk || h.Valid != 0 || h.Proven != 2 || !strings.Contains(h.Advice, "certificates valid") {
 		t.Fatalf("10 days before the KRA certificates expire: %+v", h)
+	}
+}
+
+// TestDrillDigestKnownAnswers pins what a KRA signs and what it commits to, so that a KRA's CLI
+// and an appliance of other versions agree: the values were computed independently of this
+// package from the field layout in the docs of DrillDigest and CanaryCommitment (SHA-256 over
+// fields each prefixed by its 4-byte big-endian length).
+func TestDrillDigestKnownAnswers(t *testing.T) {
+	d := &Drill{ID: "00112233aabbccdd", Campaign: "c0ffee", KRA: "kra1", Epochs: []uint32{1, 3}, KeySPKI: []byte("spki"),
+		ExpiresAt: time.Date(2026, 12, 5, 4, 0, 0, 123456000, time.UTC)}
+	for _, tt := range []struct {
+		name string
+		got  []byte
+		want string
+	}{
+		{"both epochs", DrillDigest(d, []ProvenShare{{Epoch: 1, Share: []byte("s1")}, {Epoch: 3, Share: []byte("s3")}}),
+			"aa9ee524d886ea87457cea89c8ff1a2d7657f7d5939feb3f3871f3038b445867"},
+		{"epoch 3 alone", DrillDigest(d, []ProvenShare{{Epoch: 3, Share: []byte("s3")}}),
+			"09f1b32cef09282afe9d797c69fb6ba7ba0b54bd81a1214491deb92f47f6a318"},
+		{"commitment", CanaryCommitment(7, []byte("key-id"), []byte("share")),
+			"88049bb7cb6ae97c71ec3d33681de16e313301617c3ac2135d1068011cf7f19f"},
+	} {
+		if got := hex.EncodeToString(tt.got); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
+		}
 	}
 }
