@@ -96,10 +96,13 @@ type Signer struct {
 	// Nil means always (one node).
 	Leads func() bool
 
-	once     sync.Once
-	trigger  chan struct{}
-	mu       sync.Mutex
-	priority map[string]bool
+	once    sync.Once
+	trigger chan struct{}
+	mu      sync.Mutex
+	// priority holds the serials given to Revoked, each with the value of gen when it was
+	// given (see forget).
+	priority map[string]uint64
+	gen      uint64
 }
 
 // ErrConfig means an Signer field is out of bounds; nothing was signed.
@@ -108,7 +111,7 @@ var ErrConfig = errors.New("presign: configuration")
 func (s *Signer) init() {
 	s.once.Do(func() {
 		s.trigger = make(chan struct{}, 1)
-		s.priority = map[string]bool{}
+		s.priority = map[string]uint64{}
 	})
 }
 
@@ -157,12 +160,13 @@ func (s *Signer) log() *slog.Logger {
 func (s *Signer) Revoked(serials []string) {
 	s.init()
 	s.mu.Lock()
+	s.gen++
 	for _, sn := range serials {
 		if len(s.priority) >= maxPriority {
 			break
 		}
 		if c, err := store.NormalizeSerial(sn); err == nil {
-			s.priority[c] = true
+			s.priority[c] = s.gen
 		}
 	}
 	s.mu.Unlock()
@@ -172,10 +176,15 @@ func (s *Signer) Revoked(serials []string) {
 	}
 }
 
-// Run signs what is due at once, then after every Interval and every [Signer.Revoked],
-// until ctx ends; while Leads says this node does not lead, only the serials given to
-// Revoked. A failed pass is retried after a backoff from one second doubling to Interval; the
-// serials of a revocation are kept until they are signed.
+// Run signs what is due at once and then every Interval, and the serials given to
+// [Signer.Revoked] at once, until ctx ends; while Leads says this node does not lead, only the
+// serials given to Revoked. A failed pass is retried after a backoff from one second doubling
+// to Interval; the serials of a revocation are kept until they are signed.
+//
+// A call of Revoked starts a pass over its serials only: a pass over everything due at each
+// one, under a storm of enrollments each of which calls Revoked for its new certificate,
+// read the due list once per certificate, and signed the new certificates it found there a
+// second time in the pass of their own Revoked.
 func (s *Signer) Run(ctx context.Context) {
 	s.init()
 	_, _, _, _, err := s.settings()
@@ -188,9 +197,13 @@ func (s *Signer) Run(ctx context.Context) {
 		interval = DefaultInterval
 	}
 	backoff := time.Second
+	var nextFull time.Time // when the next pass over everything due is due
 	for {
 		wait := interval
-		if err := s.pass(ctx, s.Leads == nil || s.Leads()); err != nil {
+		leads := s.Leads == nil || s.Leads()
+		start := time.Now()
+		full := leads && !start.Before(nextFull)
+		if err := s.pass(ctx, full, leads); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -199,6 +212,12 @@ func (s *Signer) Run(ctx context.Context) {
 			backoff = min(2*backoff, interval)
 		} else {
 			backoff = time.Second
+			if full {
+				nextFull = start.Add(interval)
+			}
+			if leads {
+				wait = time.Until(nextFull)
+			}
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -212,12 +231,16 @@ func (s *Signer) Run(ctx context.Context) {
 	}
 }
 
-// pass signs the priority serials, then, if all, everything due.
-func (s *Signer) pass(ctx context.Context, all bool) error {
+// pass signs the priority serials, then, if all, everything due. A pass of the priority
+// serials alone is reported only on a node that does not lead (on the leader the passes over
+// everything due are reported), or when it fails.
+func (s *Signer) pass(ctx context.Context, all, leads bool) error {
 	s.mu.Lock()
 	var prio []string
-	for sn := range s.priority {
+	gens := make(map[string]uint64, len(s.priority))
+	for sn, g := range s.priority {
 		prio = append(prio, sn)
+		gens[sn] = g
 	}
 	s.mu.Unlock()
 	if len(prio) > 0 {
@@ -226,13 +249,18 @@ func (s *Signer) pass(ctx context.Context, all bool) error {
 			return err
 		}
 		s.mu.Lock()
-		for _, sn := range prio {
-			delete(s.priority, sn)
+		for sn, g := range gens {
+			// A serial given to Revoked again meanwhile is signed again.
+			if s.priority[sn] == g {
+				delete(s.priority, sn)
+			}
 		}
 		s.mu.Unlock()
 	}
 	if !all {
-		s.report(nil)
+		if !leads {
+			s.report(nil)
+		}
 		return nil
 	}
 	_, err := s.SignDue(ctx)
@@ -318,6 +346,10 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	s.init()
+	s.mu.Lock()
+	gen := s.gen
+	s.mu.Unlock()
 	run, stop := context.WithCancel(ctx)
 	defer stop()
 	var (
@@ -403,6 +435,7 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 				fail(err)
 			} else {
 				n += k
+				s.forget(rs[:k], gen)
 			}
 		}
 		rs = append(rs[:0], rs[k:]...)
@@ -421,6 +454,23 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 		first = ctx.Err()
 	}
 	return n, first
+}
+
+// forget drops from the priority serials those of rs that were given to Revoked before the
+// pass that signed rs began (gen): the pass read their status after the change Revoked was
+// called for, so their stored response carries it, and signing them again would only repeat
+// it. A serial given again since keeps its place.
+func (s *Signer) forget(rs []store.OCSPResponse, gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.priority) == 0 {
+		return
+	}
+	for _, r := range rs {
+		if g, ok := s.priority[r.Serial]; ok && g <= gen {
+			delete(s.priority, r.Serial)
+		}
+	}
 }
 
 // window returns the responder to sign with at now and the thisUpdate and nextUpdate of the

@@ -354,3 +354,78 @@ func TestSignDueStorageFault(t *testing.T) {
 		t.Fatalf("after the storage came back: %d more, %v, %d due", m, err, e.due(t))
 	}
 }
+
+// countingSigner counts the signatures it makes.
+type countingSigner struct {
+	crypto.Signer
+	n atomic.Int64
+}
+
+func (c *countingSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	c.n.Add(1)
+	return c.Signer.Sign(r, d, o)
+}
+
+// TestSignDueForgetsPriority: certificates given to Revoked before a pass over everything due
+// began are signed by that pass once, and the priority pass after it does not sign them again.
+// One given to Revoked again after the pass began is signed again.
+func TestSignDueForgetsPriority(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cs := &countingSigner{Signer: key}
+	e := newEnv(t, cs, 30*24*time.Hour)
+	serials := e.addCerts(t, 0xa000, 10)
+	s := e.signer(e.responder)
+	s.Revoked(serials)
+	if n, err := s.SignDue(context.Background()); err != nil || n != 10 {
+		t.Fatalf("SignDue: %d, %v", n, err)
+	}
+	if got := cs.n.Load(); got != 10 {
+		t.Fatalf("%d signatures for 10 certificates", got)
+	}
+	if err := s.pass(context.Background(), false, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := cs.n.Load(); got != 10 {
+		t.Fatalf("the priority pass signed %d responses that the pass over everything due had signed", got-10)
+	}
+	// Given again after the pass's start: kept, and signed again.
+	s.mu.Lock()
+	gen := s.gen
+	s.mu.Unlock()
+	s.Revoked(serials[:1])
+	s.forget([]store.OCSPResponse{{Serial: serials[0]}}, gen)
+	if err := s.pass(context.Background(), false, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := cs.n.Load(); got != 11 {
+		t.Fatalf("%d signatures, want 11", got)
+	}
+}
+
+// TestRunRevokedSignsOnlyItsSerials: between the passes over everything due, a call of
+// Revoked signs its serials and nothing else; the next pass over everything due signs the
+// rest.
+func TestRunRevokedSignsOnlyItsSerials(t *testing.T) {
+	e := newEnv(t, nil, 30*24*time.Hour)
+	e.addCerts(t, 0xb000, 5)
+	s := e.signer(e.responder)
+	s.Interval = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { s.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+	waitFor(t, func() bool { return e.due(t) == 0 })
+	fresh := e.addCerts(t, 0xc000, 3)
+	s.Revoked(fresh[:1])
+	waitFor(t, func() bool { return e.due(t) == 2 })
+	if r := e.status(t, fresh[0]); r.Status != xocsp.Good {
+		t.Fatalf("status %d", r.Status)
+	}
+	time.Sleep(200 * time.Millisecond) // a pass over everything due would have signed the others by now
+	if d := e.due(t); d != 2 {
+		t.Fatalf("%d due after a priority pass, want the 2 certificates not given to Revoked", d)
+	}
+	if _, err := s.SignDue(context.Background()); err != nil || e.due(t) != 0 {
+		t.Fatalf("pass over everything due: %v, %d due", err, e.due(t))
+	}
+}
