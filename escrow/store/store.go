@@ -57,6 +57,7 @@ type Tx interface {
 	Cursors
 	Consistency
 	DrillStates
+	LoginFailures
 }
 
 // Codes are one-time enrollment codes.
@@ -406,6 +407,22 @@ type Cursors interface {
 	// AdvanceCursor moves cursor name forward to pos; a pos at or behind it changes nothing.
 	// [ErrInvalid] for an empty name or a negative pos.
 	AdvanceCursor(name string, pos int64) error
+}
+
+// LoginFailures count failed logins (a refused enrollment code or credential) per key (a
+// source address, a mailbox) in fixed windows, so that every node of one database counts the
+// same failures: a source refused on one node is refused on all. A window is named by the
+// instant it starts; the caller chooses the windows' length and keeps it.
+type LoginFailures interface {
+	// AddLoginFailure counts one failure of key in the window that starts at window.
+	// [ErrInvalid] for an empty key or a zero window.
+	AddLoginFailure(key string, window time.Time) error
+	// LoginFailuresAtLeast returns the keys with at least min failures in the window that
+	// starts at window, with their counts.
+	LoginFailuresAtLeast(window time.Time, min int) (map[string]int, error)
+	// DeleteLoginFailuresBefore deletes the counts of the windows that start before t and
+	// returns how many it deleted.
+	DeleteLoginFailuresBefore(t time.Time) (int, error)
 }
 
 // Consistency serves the consistency checker (escrow/check): it reads what was signed,

@@ -307,6 +307,16 @@ CREATE TABLE drill_state (
 );
 CREATE INDEX records_epoch_state ON records(epoch, state);
 `,
+	// 6: failed logins per key and window (store.LoginFailures), shared by the nodes.
+	`
+CREATE TABLE login_failures (
+	key          TEXT   NOT NULL,
+	window_start BIGINT NOT NULL,
+	failures     BIGINT NOT NULL CHECK (failures > 0),
+	PRIMARY KEY (key, window_start)
+);
+CREATE INDEX login_failures_window ON login_failures(window_start, failures);
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need
@@ -320,6 +330,7 @@ var grants = []struct{ privileges, tables string }{
 	{"SELECT, INSERT, UPDATE", "drill_state"},
 	{"SELECT, INSERT, UPDATE, DELETE", "ocsp_due"},
 	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},
+	{"SELECT, INSERT, UPDATE, DELETE", "login_failures"},
 }
 
 // Grants returns the statements that give role what a keyarc node needs on a database whose

@@ -346,6 +346,16 @@ CREATE TABLE drill_state (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX records_epoch_state ON records(epoch, state);
 `,
+	// 13: failed logins per key and window (store.LoginFailures).
+	`
+CREATE TABLE login_failures (
+	key          TEXT    NOT NULL,
+	window_start INTEGER NOT NULL,
+	failures     INTEGER NOT NULL CHECK (failures > 0),
+	PRIMARY KEY (key, window_start)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX login_failures_window ON login_failures(window_start, failures);
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

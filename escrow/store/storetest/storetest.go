@@ -55,6 +55,7 @@ func Run(t *testing.T, h Harness) {
 		{"Leases", leaseTests},
 		{"DrillStates", drillTests},
 		{"Cursors", cursorTests},
+		{"LoginFailures", loginTests},
 		{"Audit", auditTests},
 		{"Consistency", consistencyTests},
 		{"GroupCommit", groupCommitTests},
