@@ -262,18 +262,22 @@ func TestBrowserEnrollment(t *testing.T) {
 		t.Errorf("the page shows %q for a wrong code, want the API's message %q", shown, refusal)
 	}
 
-	// The right code.
+	// The right code, and a second one for a signing certificate: both certificates at once.
 	code := newCode(t, state, mailbox, "smime-encryption")
+	signCode := newCode(t, state, mailbox, "smime-signature")
 	if err := chromedp.Do(ctx,
 		chromedp.WaitEnabled(chromedp.ID("submit")),
+		chromedp.Click(chromedp.ID("kind-both")),
+		chromedp.WaitVisible(chromedp.ID("code-signing")),
 		setValue("code-encryption", ""),
 		chromedp.SendKeys(chromedp.ID("code-encryption"), code),
+		chromedp.SendKeys(chromedp.ID("code-signing"), signCode),
 		chromedp.Click(chromedp.ID("submit")),
 	); err != nil {
 		t.Fatalf("enroll through the page: %v", err)
 	}
-	// The file's link, or a refusal.
-	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector('#downloads a') !== null || !document.getElementById('error').hidden`, chromedp.WithPollingTimeout(3*time.Minute))); err != nil {
+	// The files' links, or a refusal.
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelectorAll('#downloads a').length === 2 || !document.getElementById('error').hidden`, chromedp.WithPollingTimeout(3*time.Minute))); err != nil {
 		t.Fatalf("enroll through the page: %v", err)
 	}
 	if msg, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById('error').hidden ? '' : document.getElementById('error').textContent`)); msg != "" {
@@ -289,7 +293,7 @@ func TestBrowserEnrollment(t *testing.T) {
 		timings["encryption_keygen_ms"], timings["encryption_enroll_ms"], timings["encryption_pkcs12_ms"])
 
 	// Nothing secret is left in the form, nor stored by the page.
-	for _, id := range []string{"code-encryption", "password", "confirm"} {
+	for _, id := range []string{"code-encryption", "code-signing", "password", "confirm"} {
 		if v, _ := chromedp.Run(ctx, chromedp.Value(chromedp.ID(id))); v != "" {
 			t.Errorf("field %s still holds a value after the enrollment", id)
 		}
@@ -339,6 +343,28 @@ func TestBrowserEnrollment(t *testing.T) {
 	}
 	if subj := run(t, dir, "openssl", "x509", "-in", "browser.crt", "-noout", "-ext", "subjectAltName"); !strings.Contains(subj, mailbox) {
 		t.Errorf("the certificate is not for %s: %s", mailbox, subj)
+	}
+
+	// The signing file: its own key, named, never archived.
+	sp12 := filepath.Join(dl, mailbox+"-signing.p12")
+	waitFile(t, sp12, time.Minute)
+	run(t, dir, "openssl", "pkcs12", "-in", sp12, "-passin", "file:"+pw, "-nocerts", "-nodes", "-out", "sign.key")
+	run(t, dir, "openssl", "pkcs12", "-in", sp12, "-passin", "file:"+pw, "-clcerts", "-nokeys", "-out", "sign.crt")
+	if run(t, dir, "openssl", "pkey", "-in", "sign.key", "-pubout") != run(t, dir, "openssl", "x509", "-in", "sign.crt", "-noout", "-pubkey") {
+		t.Error("the key in the signing file is not its certificate's")
+	}
+	if run(t, dir, "openssl", "pkey", "-in", "sign.key", "-pubout") == keyPub {
+		t.Error("the signing and the encryption certificate share a key")
+	}
+	if ku := run(t, dir, "openssl", "x509", "-in", "sign.crt", "-noout", "-ext", "keyUsage"); !strings.Contains(ku, "Digital Signature") {
+		t.Errorf("the signing certificate's key usage: %s", ku)
+	}
+	if names := run(t, dir, "openssl", "pkcs12", "-in", sp12, "-passin", "file:"+pw, "-nodes"); strings.Count(names, "friendlyName: "+mailbox+" (signing)") != 2 {
+		t.Errorf("the signing file is not named:\n%s", grepFriendly(names))
+	}
+	signSerial := certSerial(t, dir, filepath.Join(dir, "sign.crt"))
+	if out, _, err := keyarcResult("recovery", "request", "--serial", signSerial, "--reason", "browser test", "--state", state, "--server", a.url, "--as", "officer"); err == nil {
+		t.Errorf("a recovery of the signing key was opened: %s", out)
 	}
 
 	// Two KRAs recover the archived key: it is the key the browser made.
