@@ -65,6 +65,10 @@ type loginThrottle struct {
 	// outcomes counts failed logins ("refused") and throttled requests ("throttled").
 	outcomes *prometheus.CounterVec
 
+	// shared, with several nodes on one database, holds every node's failures (see
+	// sharedLogins); nil with one node.
+	shared *sharedLogins
+
 	mu        sync.Mutex
 	sources   map[string]*loginWindow
 	mailboxes map[string]*loginWindow
@@ -127,9 +131,11 @@ func (l *loginThrottle) limited(source, mailbox string) time.Duration {
 	if l == nil {
 		return 0
 	}
+	now := l.now()
+	shared := l.sharedWait(source, mailbox, now)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.limitedLocked(source, mailbox, l.now())
+	return max(shared, l.limitedLocked(source, mailbox, now))
 }
 
 func (l *loginThrottle) limitedLocked(source, mailbox string, now time.Time) time.Duration {
@@ -158,10 +164,11 @@ func (l *loginThrottle) wait(source, mailbox string) time.Duration {
 	if l == nil {
 		return 0
 	}
+	now := l.now()
+	shared := l.sharedWait(source, mailbox, now)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
-	d := l.limitedLocked(source, mailbox, now)
+	d := max(shared, l.limitedLocked(source, mailbox, now))
 	if d == 0 {
 		return 0
 	}
@@ -179,9 +186,11 @@ func (l *loginThrottle) mailboxLimited(mailbox string) time.Duration {
 	if l == nil || mailbox == "" {
 		return 0
 	}
+	now := l.now()
+	shared := l.sharedWait("", mailbox, now)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := l.limitedLocked("", mailbox, l.now())
+	d := max(shared, l.limitedLocked("", mailbox, now))
 	if d > 0 {
 		l.outcomes.WithLabelValues("throttled").Inc()
 	}
@@ -194,9 +203,13 @@ func (l *loginThrottle) failed(source, mailbox string) (first bool) {
 	if l == nil {
 		return true
 	}
+	now := l.now()
+	if l.shared != nil {
+		// One write per failure, outside the lock: the other nodes see it at their next read.
+		l.shared.add(source, mailbox, windowStart(now, l.window))
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
 	if mailbox != "" {
 		l.entry(l.mailboxes, mailbox, now).failures++
 	}
@@ -330,12 +343,20 @@ func (a *Server) watchLogins(ctx context.Context) {
 	tick := max(a.logins.window/4, time.Second)
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	var swept time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			a.flushLoginSummaries(ctx, false)
+		}
+		// The leader deletes the shared counts of ended windows, once a window.
+		if sh := a.logins.shared; sh != nil && (a.svc.Leads == nil || a.svc.Leads()) {
+			if now := a.logins.now(); now.Sub(swept) >= a.logins.window {
+				sh.sweep(now, a.logins.window)
+				swept = now
+			}
 		}
 	}
 }

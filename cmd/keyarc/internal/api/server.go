@@ -216,6 +216,10 @@ func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
 		return fmt.Errorf("public_listen %s: %w", a.cfg.PublicListenAddr(), err)
 	}
 	a.logins = newLoginThrottle(a.cfg.HTTP, reg)
+	if a.cfg.IsPostgres() && a.db != nil {
+		// Several nodes: every node's failed logins count (http_throttle_shared.go).
+		a.logins.shared = &sharedLogins{db: a.db, log: a.log, fresh: sharedLoginsFresh}
+	}
 	// At the end, after the last request, the login summaries still owed to the audit trail.
 	defer a.flushLoginSummaries(context.Background(), true)
 	srv := &http.Server{
