@@ -189,7 +189,7 @@
       try { msg = JSON.parse(body).error || body; } catch (e) { msg = body; }
     } catch (e) { /* no body */ }
     msg = (msg || resp.statusText || 'no message').trim();
-    if (resp.status >= 500) return 'The appliance could not serve this request (HTTP ' + resp.status + '): ' + msg + ' Nothing was issued; try again later.';
+    if (resp.status >= 500) return 'The appliance could not serve this request (HTTP ' + resp.status + '): ' + msg + ' This is not a fault of yours: try again later.';
     return 'The appliance refused the request (HTTP ' + resp.status + '): ' + msg;
   }
 
