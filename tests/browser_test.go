@@ -220,7 +220,8 @@ func TestBrowserEnrollment(t *testing.T) {
 		t.Errorf("the link's mailbox is not filled in: %q", got)
 	}
 
-	// Passwords that differ, or a short one, are refused on the page, before any request.
+	// Passwords that differ, a short one, or one the PKCS#12 format cannot encode are refused on
+	// the page, before any request.
 	setValue := func(id, v string) chromedp.Action[chromedp.Void] {
 		return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 			_, err := chromedp.Evaluate[bool](`document.getElementById('`+id+`').value = '`+v+`', true`)(ctx, t)
@@ -230,6 +231,7 @@ func TestBrowserEnrollment(t *testing.T) {
 	for _, c := range []struct{ pw, confirm, want string }{
 		{password, password + "!", "The two passwords differ."},
 		{"short pw 1", "short pw 1", "at least 12 characters"},
+		{"key 🔑 correct horse battery", "key 🔑 correct horse battery", "cannot contain emoji"},
 	} {
 		if err := chromedp.Do(ctx,
 			setValue("code-encryption", wrongCode), setValue("password", c.pw), setValue("confirm", c.confirm),

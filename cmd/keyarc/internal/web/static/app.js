@@ -135,6 +135,8 @@
     const mailbox = $('mailbox').value.trim().toLowerCase();
     if ([...pw].length < MIN_PASSWORD) return 'The password must be at least ' + MIN_PASSWORD + ' characters long.';
     if (mailbox && pw.toLowerCase().includes(mailbox)) return 'The password must not contain your e-mail address.';
+    // PKCS#12 encodes passwords as UCS-2 (RFC 7292 B.1): no emoji or other characters beyond it.
+    if (/[\u{10000}-\u{10FFFF}]/u.test(pw)) return 'The password cannot contain emoji or other characters of that kind: the file format cannot encode them.';
     if (strength(pw) < 40) return 'The password is too easy to guess: use more, or more varied, characters.';
     if ($('confirm').value !== pw) return 'The two passwords differ.';
     return '';

@@ -28,6 +28,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall/js"
 	"unicode/utf8"
 
@@ -218,6 +219,18 @@ func buildPKCS12(args []js.Value) (map[string]any, error) {
 	if utf8.RuneCountInString(password) < minPasswordLen {
 		return nil, fmt.Errorf("the password must be at least %d characters long", minPasswordLen)
 	}
+	for _, r := range password {
+		if r > 0xFFFF {
+			return nil, errors.New("the password cannot contain emoji or other characters beyond the Basic Multilingual Plane")
+		}
+	}
+	// The friendly name is a BMPString: characters beyond it become U+FFFD.
+	name = strings.Map(func(r rune) rune {
+		if r > 0xFFFF {
+			return '\uFFFD'
+		}
+		return r
+	}, name)
 	pfx, err := encodePFX(k.key, cert, chain, password, name)
 	if err != nil {
 		return nil, fmt.Errorf("build the PKCS#12 file: %w", err)
