@@ -1,5 +1,6 @@
 // Package api is the appliance's HTTP side: the routes (EST under /.well-known/est/, the JSON
-// API under /api/v1/, health and readiness), authentication of a caller to a policy.Principal
+// API under /api/v1/, health and readiness, and the enrollment page of package web at / and
+// /web/), authentication of a caller to a policy.Principal
 // (TLS client certificate, or HTTP Basic with an enrollment code), the one function that maps
 // errors to HTTP statuses (status, in http.go), login throttling, content-type and cross-origin checks,
 // the Prometheus series, and the running parts of a server: audit checkpoints, the periodic
