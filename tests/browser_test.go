@@ -134,8 +134,8 @@ func grepFriendly(s string) string {
 	return strings.Join(out, "\n")
 }
 
-// pageSize fetches a page file as a browser does (gzip accepted) and returns its raw and
-// transferred sizes.
+// pageSize fetches a page file as a browser does (gzip accepted), checks its headers, and
+// returns its raw and transferred sizes.
 func pageSize(t *testing.T, a *appliance, path string) (raw, sent int) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", a.url+path, nil)
@@ -150,6 +150,18 @@ func pageSize(t *testing.T, a *appliance, path string) (raw, sent int) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
+	}
+	// The appliance serves each file with the page's policy and its exact type.
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.HasPrefix(csp, "default-src 'self'; script-src 'self' 'wasm-unsafe-eval';") ||
+		resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Referrer-Policy") != "no-referrer" {
+		t.Errorf("GET %s: CSP %q, X-Content-Type-Options %q, Referrer-Policy %q", path, csp, resp.Header.Get("X-Content-Type-Options"), resp.Header.Get("Referrer-Policy"))
+	}
+	want := map[string]string{".wasm": "application/wasm", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}[filepath.Ext(path)]
+	if want == "" {
+		want = "text/html; charset=utf-8"
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != want {
+		t.Errorf("GET %s: Content-Type %q, want %q", path, ct, want)
 	}
 	sent = len(body)
 	if resp.Header.Get("Content-Encoding") == "gzip" {
