@@ -107,7 +107,12 @@ func Open(path string) (*DB, error) {
 	}
 	ctx := context.Background()
 
-	db.w, err = sql.Open("sqlite", dsn(abs, pragmas+"&_pragma=journal_mode(WAL)"))
+	// The writer's page cache is 32 MiB instead of SQLite's 2 MiB: its inserts land on random
+	// pages of the serial, code and key indexes, and with the default most of them were read
+	// from the file again (in the profile of keyarc serve under the EST storm, on a 77 MB
+	// database, those reads cost the writer 1.8% of the server's CPU). A reader's cache would
+	// not help as much: SQLite empties it whenever another connection has committed.
+	db.w, err = sql.Open("sqlite", dsn(abs, pragmas+"&_pragma=journal_mode(WAL)&_pragma=cache_size(-32768)"))
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
