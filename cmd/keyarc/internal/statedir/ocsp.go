@@ -1,6 +1,7 @@
 package statedir
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
@@ -119,7 +121,7 @@ func RenewOCSPCert(ctx context.Context, cfg *config.Config, signer crypto.Signer
 		}
 		cur = c
 	}
-	if cur != nil && cur.CheckSignatureFrom(svc.Issuer.Certificate()) == nil && cur.NotAfter.Sub(now) > OCSPCertRenewBefore && !cur.NotBefore.After(now) {
+	if cur != nil && issuedBy(cur, svc.Issuer.Certificate()) && cur.NotAfter.Sub(now) > OCSPCertRenewBefore && !cur.NotBefore.After(now) {
 		return cur, nil
 	}
 	cert, err := IssueOCSPCert(ctx, svc, signer.Public(), now)
@@ -139,4 +141,27 @@ func RenewOCSPCert(ctx context.Context, cfg *config.Config, signer crypto.Signer
 		say("created  %s (OCSP responder, serial %s, until %s)", path, store.FormatSerial(cert.SerialNumber), cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return cert, nil
+}
+
+// verifiedOCSP remembers the last responder certificate whose signature checked against its
+// CA, so that the presigner's call of the responder on every pass checks each certificate once.
+var verifiedOCSP struct {
+	sync.Mutex
+	cert, issuer []byte
+}
+
+// issuedBy reports whether cert's signature checks against issuer's key. A pair that checked
+// before is not checked again: both certificates are compared byte for byte, so another
+// certificate or another CA is checked afresh.
+func issuedBy(cert, issuer *x509.Certificate) bool {
+	verifiedOCSP.Lock()
+	defer verifiedOCSP.Unlock()
+	if verifiedOCSP.cert != nil && bytes.Equal(verifiedOCSP.cert, cert.Raw) && bytes.Equal(verifiedOCSP.issuer, issuer.Raw) {
+		return true
+	}
+	if cert.CheckSignatureFrom(issuer) != nil {
+		return false
+	}
+	verifiedOCSP.cert, verifiedOCSP.issuer = cert.Raw, issuer.Raw
+	return true
 }
