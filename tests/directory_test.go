@@ -60,7 +60,8 @@ func waitLDAP(t *testing.T, s *ldaptest.Server, a *appliance, mailbox string, wa
 	}
 }
 
-// TestDirectory runs the real binary with a real slapd: an enrolled encryption certificate is
+// TestDirectory runs the real binary with a real slapd, reached with StartTLS and verified
+// with directory.ldap.ca_file: an enrolled encryption certificate is
 // found with ldapsearch, as a mail client searches, and through GET /api/v1/directory with
 // curl (JSON and DER); revoked, it is gone from both. An enrollment while slapd is down is
 // answered at once, survives a restart of the appliance, and is published when slapd is back.
@@ -73,7 +74,9 @@ func TestDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString("directory:\n  ldap:\n    url: " + ldap.URL + "\n    bind_dn: " + ldaptest.BindDN +
+	// ldap:// to a name, not a loopback address: StartTLS, the server verified with ca_file.
+	f.WriteString("directory:\n  ldap:\n    url: ldap://localhost:" + strings.TrimPrefix(ldap.URL, "ldap://127.0.0.1:") +
+		"\n    ca_file: " + ldap.CAFile + "\n    bind_dn: " + ldaptest.BindDN +
 		"\n    bind_password_source: file:" + ldap.PasswordFile + "\n    base: " + ldaptest.Base + "\n")
 	f.Close()
 	a := serve(t, state)

@@ -589,3 +589,53 @@ func TestPublisherSkipLogBounded(t *testing.T) {
 		t.Errorf("no_entry counted %v; want 30", n)
 	}
 }
+
+// TestPublisherUntrusted: a directory whose TLS certificate the configured CA did not issue is
+// refused before the bind; the refusal is logged (saying to check ca_file, without the
+// password), counted and retried; with the right CA everything is published.
+func TestPublisherUntrusted(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	stranger := x509.NewCertPool()
+	stranger.AddCert(e.other.Certificate())
+	d, err := ldapdir.New(ldapdir.Config{URL: e.ldap.LDAPSURL, BindDN: ldaptest.BindDN, Password: ldaptest.Password, Base: ldaptest.Base,
+		RootCAs: stranger, CA: e.issuer.Certificate(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	bad := e.publisher(d)
+	c := e.issue(e.issuer, ldaptest.Bob, x509.KeyUsageKeyAgreement, audit.KindArchive)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); bad.Run(runCtx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for e.count(directory.OpPublish, directory.OutcomeError) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // retried
+	}
+	cancel()
+	<-done
+	logs := e.logs.String()
+	if !strings.Contains(logs, "certificate is not trusted") || !strings.Contains(logs, "check ca_file") || strings.Contains(logs, ldaptest.Password) {
+		t.Fatalf("the log does not say the server's certificate is not trusted, or names the password:\n%s", logs)
+	}
+	if n := e.count(directory.OpPublish, directory.OutcomeError); n < 2 {
+		t.Fatalf("errors counted %v; want the refusal counted at each retry", n)
+	}
+	if got := e.published(ldaptest.Bob); len(got) != 0 {
+		t.Fatal("published to a server that was not trusted")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(e.ldap.CA)
+	good, err := ldapdir.New(ldapdir.Config{URL: e.ldap.LDAPSURL, BindDN: ldaptest.BindDN, Password: ldaptest.Password, Base: ldaptest.Base,
+		RootCAs: roots, CA: e.issuer.Certificate(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	e.pub = e.publisher(good)
+	e.drain()
+	if got := e.published(ldaptest.Bob); !holds(got, c) {
+		t.Fatalf("bob once the CA is right: %d values; want his certificate", len(got))
+	}
+}

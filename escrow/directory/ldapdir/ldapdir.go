@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +61,10 @@ const (
 
 // ErrBind: the LDAP server refused the bind (a wrong bind DN or password, a locked account).
 var ErrBind = errors.New("ldapdir: the LDAP server refused the bind")
+
+// ErrUntrusted: the server's TLS certificate was not verified (not issued by a CA of RootCAs,
+// not for the URL's host, expired). Nothing was sent to it.
+var ErrUntrusted = errors.New("ldapdir: the LDAP server's certificate is not trusted")
 
 // ErrConfig: the configuration cannot work (a bad URL, plain text to a remote server).
 var ErrConfig = errors.New("ldapdir: bad configuration")
@@ -199,12 +204,18 @@ func (d *Dir) connect() (*ldap.Conn, error) {
 	}
 	c, err := ldap.DialURL(d.cfg.URL, opts...)
 	if err != nil {
+		if untrusted(err) {
+			return nil, fmt.Errorf("%w: %s (check ca_file): %w", ErrUntrusted, d.cfg.URL, err)
+		}
 		return nil, fmt.Errorf("ldapdir: connect to %s: %w", d.cfg.URL, err)
 	}
 	c.SetTimeout(d.cfg.Timeout)
 	if u.Scheme == "ldap" && !plain {
 		if err := c.StartTLS(tc); err != nil {
 			c.Close()
+			if untrusted(err) {
+				return nil, fmt.Errorf("%w: %s, after StartTLS (check ca_file): %w", ErrUntrusted, d.cfg.URL, err)
+			}
 			return nil, fmt.Errorf("ldapdir: StartTLS with %s (set insecure_plaintext only for a server that cannot do TLS): %w", d.cfg.URL, err)
 		}
 	}
@@ -224,6 +235,21 @@ func (d *Dir) connect() (*ldap.Conn, error) {
 		return nil, fmt.Errorf("ldapdir: bind as %q at %s: %w", d.cfg.BindDN, d.cfg.URL, err)
 	}
 	return c, nil
+}
+
+// untrusted reports a TLS handshake that failed on the server's certificate. go-ldap keeps
+// the cause of a failed StartTLS only as text, so the text is read too.
+func untrusted(err error) bool {
+	var (
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		verify   *tls.CertificateVerificationError
+	)
+	if errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify) {
+		return true
+	}
+	return strings.Contains(err.Error(), "tls: failed to verify certificate")
 }
 
 // resultOf names an LDAP result without the server's free text.

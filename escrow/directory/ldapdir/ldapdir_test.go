@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -296,7 +297,8 @@ func TestConfig(t *testing.T) {
 }
 
 // TestStartTLSRequired: ldap:// to a host that is not a loopback address is upgraded with
-// StartTLS; a server without TLS is then refused, the password never sent in clear.
+// StartTLS; a server the client cannot trust (here: its CA is not among the system roots) is
+// then refused, the password never sent; insecure_plaintext skips StartTLS.
 func TestStartTLSRequired(t *testing.T) {
 	s := ldaptest.Start(t)
 	ca := newCA(t, "keyarc test CA")
@@ -309,8 +311,8 @@ func TestStartTLSRequired(t *testing.T) {
 	}
 	defer d.Close()
 	err = d.Check(context.Background())
-	if err == nil || errors.Is(err, ldapdir.ErrBind) {
-		t.Fatalf("Check over ldap:// to a server without TLS = %v; want a StartTLS failure", err)
+	if !errors.Is(err, ldapdir.ErrUntrusted) {
+		t.Fatalf("Check over ldap:// to a server not trusted = %v; want a StartTLS failure", err)
 	}
 	d2, err := ldapdir.New(ldapdir.Config{URL: url, BindDN: ldaptest.BindDN, Password: ldaptest.Password, Base: ldaptest.Base,
 		CA: ca.cert, InsecurePlaintext: true, Timeout: 5 * time.Second})
@@ -347,4 +349,83 @@ func TestPruneManyPages(t *testing.T) {
 	if vals := s.Certificates(t, "p449@example.org"); len(vals) != 0 {
 		t.Fatalf("the last entry still holds %d values", len(vals))
 	}
+}
+
+// caPool reads a PEM CA file as the appliance reads directory.ldap.ca_file.
+func caPool(t *testing.T, file string) *x509.CertPool {
+	t.Helper()
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("%s holds no PEM certificate", file)
+	}
+	return pool
+}
+
+// TestTLS: StartTLS (ldap:// to a name) and ldaps:// with the server's CA publish; with
+// another CA, or the system roots, the server is refused before the bind, with an error that
+// says the certificate was not trusted and names no password.
+func TestTLS(t *testing.T) {
+	s := ldaptest.Start(t)
+	ca := newCA(t, "keyarc test CA")
+	startTLS := "ldap://localhost:" + s.URL[len("ldap://127.0.0.1:"):]
+	good := caPool(t, s.CAFile)
+	stranger := x509.NewCertPool()
+	stranger.AddCert(newCA(t, "not the directory's CA").cert)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name, url string
+		roots     *x509.CertPool
+		ok        bool
+	}{
+		{"StartTLS", startTLS, good, true},
+		{"ldaps", s.LDAPSURL, good, true},
+		{"StartTLS with another CA", startTLS, stranger, false},
+		{"ldaps with another CA", s.LDAPSURL, stranger, false},
+		{"ldaps with the system roots", s.LDAPSURL, nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := ldapdir.New(ldapdir.Config{URL: tt.url, BindDN: ldaptest.BindDN, Password: ldaptest.Password, Base: ldaptest.Base,
+				RootCAs: tt.roots, CA: ca.cert, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			cert := ca.issue(t, ldaptest.Bob, time.Now().Add(time.Hour))
+			err = d.Publish(ctx, ldaptest.Bob, cert)
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("Publish over %s: %v", tt.url, err)
+				}
+				if got := s.Certificates(t, ldaptest.Bob); !holds(got, cert.Raw) {
+					t.Fatalf("bob's entry does not hold the certificate published over %s", tt.url)
+				}
+				if err := d.Withdraw(ctx, ldaptest.Bob, cert); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ldapdir.ErrUntrusted) {
+				t.Fatalf("Publish over %s with a CA that did not issue the server's certificate = %v; want ErrUntrusted", tt.url, err)
+			}
+			if !strings.Contains(err.Error(), "certificate signed by unknown authority") || strings.Contains(err.Error(), ldaptest.Password) {
+				t.Fatalf("the error does not say the certificate is not trusted, or names the password: %v", err)
+			}
+			if got := s.Certificates(t, ldaptest.Bob); holds(got, cert.Raw) {
+				t.Fatal("published to a server that was not trusted")
+			}
+		})
+	}
+}
+
+func holds(vals [][]byte, v []byte) bool {
+	for _, x := range vals {
+		if bytes.Equal(x, v) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,10 +1,13 @@
 // Package ldaptest runs a throw-away OpenLDAP slapd for tests: a fresh folder per server, a
 // loopback port, the core, cosine and inetorgperson schemas, the base dc=example,dc=org with
 // ou=people under it, an administrator (the root DN, with a password) and two people with mail
-// attributes. It reads the directory as a mail client does, with ldapsearch, so that a test
+// attributes. Every server also serves TLS: StartTLS on its ldap:// port and an ldaps:// port, with
+// a server certificate for 127.0.0.1 and localhost issued by a CA made for the test (CAFile). It
+// reads the directory as a mail client does, with ldapsearch, so that a test
 // checks what Thunderbird or Outlook would find, not what the code under test believes it wrote.
 //
-// Only tests import it; it imports the standard library and testing. It needs slapd, slapadd,
+// Only tests import it; it imports the standard library and testing. slapd must be built with
+// TLS (Debian's is, with GnuTLS). It needs slapd, slapadd,
 // slappasswd, ldapsearch and ldapmodify (Debian packages slapd and ldap-utils, installed by
 // .ci/deps); without them it skips, unless $CI or $KEYARC_REQUIRE_SLAPD is set.
 //
@@ -16,9 +19,16 @@ package ldaptest
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -46,13 +56,21 @@ const (
 
 // Server is a running slapd.
 type Server struct {
-	// URL is ldap://127.0.0.1:PORT.
+	// URL is ldap://127.0.0.1:PORT. The same port takes StartTLS; ldap://localhost:PORT is the
+	// same server by a name, for a client that uses StartTLS except to a loopback address.
 	URL string
+	// LDAPSURL is ldaps://127.0.0.1:PORT2: TLS from the first byte.
+	LDAPSURL string
+	// CAFile is the PEM certificate of the CA that issued the server's certificate (for
+	// 127.0.0.1 and localhost); CA is the same certificate.
+	CAFile string
+	CA     *x509.Certificate
 	// PasswordFile holds Password (mode 0600), for configurations that read it from a file.
 	PasswordFile string
 
 	dir, conf string
 	port      int
+	tlsPort   int
 	mu        sync.Mutex
 	cmd       *exec.Cmd
 	exit      chan error
@@ -78,6 +96,9 @@ func Start(tb testing.TB) *Server {
 	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
 		tb.Fatal(err)
 	}
+	if err := s.makeTLS(); err != nil {
+		tb.Fatalf("ldaptest: %v", err)
+	}
 	hash, err := run("", "slappasswd", "-s", Password)
 	if err != nil {
 		tb.Fatalf("ldaptest: slappasswd: %v", err)
@@ -88,6 +109,8 @@ include /etc/ldap/schema/inetorgperson.schema
 modulepath /usr/lib/ldap
 moduleload back_mdb
 pidfile %[1]s/slapd.pid
+TLSCertificateFile %[1]s/server.pem
+TLSCertificateKeyFile %[1]s/server.key
 database mdb
 maxsize 104857600
 suffix "%[2]s"
@@ -112,7 +135,12 @@ access to * by * read
 	if err != nil {
 		tb.Fatal(err)
 	}
+	s.tlsPort, err = freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	s.URL = "ldap://127.0.0.1:" + strconv.Itoa(s.port)
+	s.LDAPSURL = "ldaps://127.0.0.1:" + strconv.Itoa(s.tlsPort)
 	if err := s.start(); err != nil {
 		tb.Fatalf("ldaptest: %v", err)
 	}
@@ -173,7 +201,7 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, "-f", s.conf, "-h", s.URL+"/", "-d", "0")
+	cmd := exec.Command(bin, "-f", s.conf, "-h", s.URL+"/ "+s.LDAPSURL+"/", "-d", "0")
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -183,11 +211,22 @@ func (s *Server) start() error {
 	exit := make(chan error, 1)
 	go func() { exit <- cmd.Wait() }()
 	deadline := time.Now().Add(15 * time.Second)
+	for _, port := range []int{s.port, s.tlsPort} {
+		if err := waitListen(port, deadline, exit, cmd, &log); err != nil {
+			return err
+		}
+	}
+	s.cmd, s.exit = cmd, exit
+	return nil
+}
+
+// waitListen waits until slapd listens on port, or exits, or the deadline passes.
+func waitListen(port int, deadline time.Time, exit chan error, cmd *exec.Cmd, log *bytes.Buffer) error {
 	for {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)), time.Second)
+		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
 		if err == nil {
 			c.Close()
-			break
+			return nil
 		}
 		select {
 		case err := <-exit:
@@ -197,11 +236,56 @@ func (s *Server) start() error {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			<-exit
-			return fmt.Errorf("slapd did not listen on %s within 15s\n%s", s.URL, log.String())
+			return fmt.Errorf("slapd did not listen on port %d within 15s\n%s", port, log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.cmd, s.exit = cmd, exit
+}
+
+// makeTLS makes a CA for this server and the server's certificate for 127.0.0.1 and
+// localhost, and writes them to the folder: CAFile, server.pem and server.key (PKCS#8).
+func (s *Server) makeTLS() error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ldaptest CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	if s.CA, err = x509.ParseCertificate(caDER); err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.CA, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	p8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	s.CAFile = filepath.Join(s.dir, "ca.pem")
+	for name, block := range map[string]*pem.Block{
+		s.CAFile:                           {Type: "CERTIFICATE", Bytes: caDER},
+		filepath.Join(s.dir, "server.pem"): {Type: "CERTIFICATE", Bytes: der},
+		filepath.Join(s.dir, "server.key"): {Type: "PRIVATE KEY", Bytes: p8},
+	} {
+		if err := os.WriteFile(name, pem.EncodeToMemory(block), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+	}
 	return nil
 }
 
