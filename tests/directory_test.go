@@ -103,6 +103,13 @@ func TestDirectory(t *testing.T) {
 	if got := lookup(t, a, dir, ldaptest.Alice); len(got) != 1 || !bytes.Equal(got[0], cert.Raw) {
 		t.Fatalf("GET /api/v1/directory for alice: %d certificates; want hers", len(got))
 	}
+	// The domain of a mailbox is case-insensitive (RFC 5321), in the lookup as in LDAP.
+	if got := lookup(t, a, dir, "alice@EXAMPLE.Org"); len(got) != 1 || !bytes.Equal(got[0], cert.Raw) {
+		t.Fatalf("GET /api/v1/directory for alice@EXAMPLE.Org: %d certificates; want alice's", len(got))
+	}
+	if got := ldap.Certificates(t, "alice@EXAMPLE.Org"); len(got) != 1 || !bytes.Equal(got[0], cert.Raw) {
+		t.Fatalf("ldapsearch (mail=alice@EXAMPLE.Org): %d certificates; want alice's", len(got))
+	}
 	derPath := filepath.Join(dir, "alice.cer")
 	run(t, dir, "curl", "-sS", "--fail", "--cacert", filepath.Join(state, "ca.pem"), "-H", "Accept: application/pkix-cert",
 		"-o", derPath, a.url+"/api/v1/directory?email="+ldaptest.Alice)

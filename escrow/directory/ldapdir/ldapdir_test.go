@@ -429,3 +429,32 @@ func holds(vals [][]byte, v []byte) bool {
 	}
 	return false
 }
+
+// TestMailCase: keyarc stores a mailbox with its domain in lower case and its local part as
+// written; the directory's entry may spell the domain otherwise (Dave@Example.ORG). The entry is
+// found by the mail attribute's own equality rule (caseIgnoreIA5Match in OpenLDAP, as in Active
+// Directory), so the certificate is published to it, withdrawn from it, and found by a mail
+// client whatever case it searches with.
+func TestMailCase(t *testing.T) {
+	s := ldaptest.Start(t)
+	ca := newCA(t, "keyarc test CA")
+	d := open(t, s, ca.cert, ldaptest.Password)
+	ctx := context.Background()
+	s.Modify(t, "dn: uid=dave,"+ldaptest.People+"\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave\nsn: Example\nmail: Dave@Example.ORG\n")
+	const stored = "Dave@example.org" // as policy.NormalizeMailbox keeps it
+	cert := ca.issue(t, stored, time.Now().Add(time.Hour))
+	if err := d.Publish(ctx, stored, cert); err != nil {
+		t.Fatalf("Publish(%s) to the entry of Dave@Example.ORG: %v", stored, err)
+	}
+	for _, search := range []string{"Dave@Example.ORG", "dave@example.org", "DAVE@EXAMPLE.ORG"} {
+		if got := s.Certificates(t, search); !same(got, cert.Raw) {
+			t.Fatalf("ldapsearch (mail=%s): %d values; want the certificate", search, len(got))
+		}
+	}
+	if err := d.Withdraw(ctx, stored, cert); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Certificates(t, "Dave@Example.ORG"); len(got) != 0 {
+		t.Fatalf("after Withdraw, dave holds %d values", len(got))
+	}
+}
