@@ -58,6 +58,7 @@ type Tx interface {
 	Consistency
 	DrillStates
 	LoginFailures
+	DirectorySkips
 }
 
 // Codes are one-time enrollment codes.

@@ -317,6 +317,12 @@ CREATE TABLE login_failures (
 );
 CREATE INDEX login_failures_window ON login_failures(window_start, failures);
 `,
+	// 7: the certificates the directory publisher retries (store.DirectorySkips).
+	`
+CREATE TABLE directory_skipped (
+	serial TEXT PRIMARY KEY
+);
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need
@@ -331,6 +337,7 @@ var grants = []struct{ privileges, tables string }{
 	{"SELECT, INSERT, UPDATE, DELETE", "ocsp_due"},
 	{"SELECT, INSERT, UPDATE, DELETE", "job_items"},
 	{"SELECT, INSERT, UPDATE, DELETE", "login_failures"},
+	{"SELECT, INSERT, DELETE", "directory_skipped"},
 }
 
 // Grants returns the statements that give role what a keyarc node needs on a database whose

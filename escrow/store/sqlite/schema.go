@@ -356,6 +356,12 @@ CREATE TABLE login_failures (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX login_failures_window ON login_failures(window_start, failures);
 `,
+	// 14: the certificates the directory publisher retries (store.DirectorySkips).
+	`
+CREATE TABLE directory_skipped (
+	serial TEXT PRIMARY KEY
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

@@ -56,6 +56,7 @@ func Run(t *testing.T, h Harness) {
 		{"DrillStates", drillTests},
 		{"Cursors", cursorTests},
 		{"LoginFailures", loginTests},
+		{"DirectorySkips", directorySkipTests},
 		{"Audit", auditTests},
 		{"Consistency", consistencyTests},
 		{"GroupCommit", groupCommitTests},
