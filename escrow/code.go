@@ -97,6 +97,18 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 	return c, nil
 }
 
+// AuthenticateEnrollee is [Service.Authenticate] that returns the enrollee: the code's mailbox
+// and record. An enrollment that follows at once checks that record before signing instead of
+// reading the code again; the claim when the certificate is stored stays the authority, so a
+// code used by two requests at once still enrolls once. Errors as Authenticate.
+func (s *Service) AuthenticateEnrollee(ctx context.Context, mailbox, secret string) (Enrollee, error) {
+	c, err := s.Authenticate(ctx, mailbox, secret)
+	if err != nil {
+		return Enrollee{}, err
+	}
+	return Enrollee{Mailbox: c.Email, Code: c, codeRead: time.Now()}, nil
+}
+
 // Authenticate checks an enrollee's mailbox and enrollment code and returns the code's record.
 // It does not use the code up: only a successful enrollment does. Every mismatch gives the same
 // ErrUnauthorized, so the answer does not tell which part was wrong, except that a used or

@@ -168,6 +168,9 @@ type Enrollee struct {
 	Mailbox string
 	// Code is the enrollment code used, nil when the enrollee authenticated with a certificate.
 	Code *store.Code
+	// codeRead is when [Service.AuthenticateEnrollee] read Code (monotonic clock); zero for
+	// an Enrollee made otherwise.
+	codeRead time.Time
 	// Renewing is the serial of the certificate presented for re-enrollment, if any.
 	Renewing string
 }
@@ -221,7 +224,22 @@ func (s *Service) Enroll(ctx context.Context, who Enrollee, req EnrollRequest) (
 	if t.Archive {
 		return nil, fmt.Errorf("%w: template %q archives the private key: send the key encrypted to the transport certificate to /api/v1/enroll (field encrypted_key), or use serverkeygen", ErrInvalidRequest, t.Name)
 	}
-	return s.issue(ctx, issuance{template: t, pub: req.CSR.PublicKey, mailbox: who.Mailbox, codeID: who.codeID()})
+	return s.issue(ctx, issuance{template: t, pub: req.CSR.PublicKey, mailbox: who.Mailbox, codeID: who.codeID(), code: who.freshCode()})
+}
+
+// codeFresh is how long after [Service.AuthenticateEnrollee] read a code its record stands for
+// the store's in the check before signing. Beyond it (a client slow to send its request) the
+// code is read again, so that a code spent meanwhile by another request is refused before
+// anything is signed rather than by the claim after.
+const codeFresh = 100 * time.Millisecond
+
+// freshCode returns the code's record if AuthenticateEnrollee read it less than codeFresh
+// ago, else nil.
+func (e Enrollee) freshCode() *store.Code {
+	if e.Code == nil || e.codeRead.IsZero() || time.Since(e.codeRead) >= codeFresh {
+		return nil
+	}
+	return e.Code
 }
 
 func (e Enrollee) codeID() string {
@@ -268,8 +286,10 @@ type issuance struct {
 	// subject overrides the subject (KRA and credential certificates).
 	subject *pkix.Name
 	codeID  string
-	role    string
-	kra     string
+	// code is codeID's record as Authenticate read it for this request, or nil.
+	code *store.Code
+	role string
+	kra  string
 	// seal, when set, makes the escrow record for the reserved serial.
 	seal sealFunc
 }
@@ -286,7 +306,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		return s.issueArchived(ctx, is, serial)
 	}
 	res, err := s.Pipeline().IssueDirect(ctx, issue.DirectRequest{Template: t, Pub: is.pub, Serial: serial, Mailbox: is.mailbox,
-		Subject: is.subject, CodeID: is.codeID, Role: is.role, KRA: is.kra, Actor: actorFrom(ctx), Fingerprint: PublicKeyFingerprint(is.pub)})
+		Subject: is.subject, CodeID: is.codeID, Code: is.code, Role: is.role, KRA: is.kra, Actor: actorFrom(ctx), Fingerprint: PublicKeyFingerprint(is.pub)})
 	switch {
 	case errors.Is(err, store.ErrCodeUsed):
 		return nil, ErrCodeUsed

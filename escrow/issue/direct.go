@@ -26,8 +26,11 @@ type DirectRequest struct {
 	// Subject overrides the subject (KRA and credential certificates).
 	Subject *pkix.Name
 	CodeID  string
-	Role    string
-	KRA     string
+	// Code is CodeID's record as the caller read it while serving this request (the
+	// enrollee's authentication), or nil; see [SignedRequest].Code.
+	Code *store.Code
+	Role string
+	KRA  string
 	// Actor names who acts, for the audit entry; Fingerprint is the key's public-key
 	// fingerprint, for the same entry.
 	Actor       string
@@ -73,6 +76,7 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 	return p.IssueSigned(ctx, SignedRequest{
 		CA:      req,
 		Row:     store.Certificate{Template: t.Name, Email: r.Mailbox, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA},
+		Code:    r.Code,
 		Kind:    audit.KindEnroll,
 		Actor:   r.Actor,
 		Details: audit.Details{Template: t.Name, Mailbox: r.Mailbox, Role: r.Role, KRA: r.KRA, Fingerprint: []string{r.Fingerprint}},
@@ -90,6 +94,12 @@ type SignedRequest struct {
 	// NotBefore, NotAfter and CreatedAt are set from CA and the signed certificate. A CodeID
 	// is claimed in the same transaction (and checked before anything is signed).
 	Row store.Certificate
+	// Code, when it is the record of Row.CodeID, is that code as the caller read it from the
+	// store while serving this request (the enrollee's authentication): the check before
+	// signing uses it instead of reading the code again. Only a record read for this request
+	// may be passed. The claim in the transaction stays the authority either way: a code used
+	// meanwhile is refused there, once.
+	Code *store.Code
 	// Kind, Actor and Details make the audit entry; Details' Serial and NotAfter are set from
 	// the signed certificate. Its subject is the row's mailbox, else the certificate's subject.
 	Kind    audit.Kind
@@ -114,19 +124,30 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	row.Serial, row.Subject, row.State = store.FormatSerial(req.Serial), req.Subject.String(), store.StatePending
 	row.CreatedAt = p.now()
 	if row.CodeID != "" {
-		// Sign nothing for a code that is already spent; the claim below settles races.
-		if err := p.Store.View(ctx, func(tx store.Tx) error {
-			c, err := tx.GetCode(row.CodeID)
+		// Sign nothing for a code that is already spent; the claim below settles races. A
+		// record the caller read for this request is not read again.
+		check := func(c *store.Code) error {
 			switch {
-			case err != nil:
-				return err
 			case c.UsedAt != nil:
 				return store.ErrCodeUsed
 			case !req.NotBefore.Before(c.ExpiresAt):
 				return store.ErrCodeExpired
 			}
 			return nil
-		}); err != nil {
+		}
+		var err error
+		if c := r.Code; c != nil && c.ID == row.CodeID {
+			err = check(c)
+		} else {
+			err = p.Store.View(ctx, func(tx store.Tx) error {
+				c, err := tx.GetCode(row.CodeID)
+				if err != nil {
+					return err
+				}
+				return check(c)
+			})
+		}
+		if err != nil {
 			return Result{}, err
 		}
 	}

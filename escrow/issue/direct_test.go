@@ -102,3 +102,69 @@ func TestIssueSignedRefusals(t *testing.T) {
 		t.Fatalf("the signed certificate is kept as %s (DER %d bytes), want failed with its DER", row.State, len(row.DER))
 	}
 }
+
+// TestIssueSignedCodeRecord: a code record the caller passes is checked before signing in place
+// of a read (a spent or expired record signs nothing); a record of another code is not used;
+// a record that says unused while the store says used is refused by the claim, and the
+// certificate signed for it is kept as failed, not returned.
+func TestIssueSignedCodeRecord(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	now := time.Now()
+	used := now.Add(-time.Minute)
+	codes := []store.Code{
+		{ID: "FRESHCODE", Email: "a@example.org", Template: "appliance-audit", Hash: []byte{1}, CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
+		{ID: "SPENTCODE", Email: "a@example.org", Template: "appliance-audit", Hash: []byte{2}, CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
+	}
+	err := e.db.Update(ctx, func(tx store.Tx) error {
+		for _, c := range codes {
+			if err := tx.InsertCode(c); err != nil {
+				return err
+			}
+		}
+		return tx.ClaimCode("SPENTCODE", used)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spent := codes[0]
+	spent.UsedAt = &used
+	expired := codes[0]
+	expired.ExpiresAt = now.Add(-2 * time.Minute)
+	other := codes[0]
+	other.ID = "NOSUCHCODE"
+	for _, c := range []struct {
+		name    string
+		codeID  string
+		record  *store.Code
+		wantErr error
+		signed  bool
+	}{
+		{"spent record", "FRESHCODE", &spent, store.ErrCodeUsed, false},
+		{"expired record", "FRESHCODE", &expired, store.ErrCodeExpired, false},
+		{"record of another code", "SPENTCODE", &other, store.ErrCodeUsed, false},
+		{"stale record of a spent code", "SPENTCODE", &codes[1], store.ErrCodeUsed, true},
+		{"fresh record", "FRESHCODE", &codes[0], nil, true},
+	} {
+		r := e.signedRequest(t)
+		r.Row.CodeID, r.Code = c.codeID, c.record
+		res, err := e.p.IssueSigned(ctx, r)
+		if !errors.Is(err, c.wantErr) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.wantErr)
+		}
+		if (res.Certificate != nil) != (c.wantErr == nil) {
+			t.Errorf("%s: certificate returned %v", c.name, res.Certificate != nil)
+		}
+		var row *store.Certificate
+		err = e.db.View(ctx, func(tx store.Tx) (err error) {
+			row, err = tx.GetCertificate(store.FormatSerial(r.CA.Serial))
+			return err
+		})
+		switch {
+		case !c.signed && !errors.Is(err, store.ErrNotFound):
+			t.Errorf("%s: a row for a certificate that should not be signed: %+v, %v", c.name, row, err)
+		case c.signed && c.wantErr != nil && (err != nil || row.State != store.StateFailed):
+			t.Errorf("%s: the signed certificate is not kept as failed: %+v, %v", c.name, row, err)
+		}
+	}
+}

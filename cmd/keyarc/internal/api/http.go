@@ -208,11 +208,11 @@ func (a *Server) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, 
 	if !basic {
 		return escrow.Enrollee{}, nil, fmt.Errorf("%w: authenticate with HTTP Basic (mailbox and enrollment code) or a client certificate", escrow.ErrUnauthorized)
 	}
-	code, err := a.svc.Authenticate(r.Context(), user, pass)
+	who, err := a.svc.AuthenticateEnrollee(r.Context(), user, pass)
 	if err != nil {
 		return escrow.Enrollee{}, nil, err
 	}
-	return escrow.Enrollee{Mailbox: code.Email, Code: code}, nil, nil
+	return who, nil, nil
 }
 
 // clientCertificate looks up a TLS client certificate in the store.
