@@ -64,7 +64,8 @@ func waitLDAP(t *testing.T, s *ldaptest.Server, a *appliance, mailbox string, wa
 // with directory.ldap.ca_file: an enrolled encryption certificate is
 // found with ldapsearch, as a mail client searches, and through GET /api/v1/directory with
 // curl (JSON and DER); revoked, it is gone from both. An enrollment while slapd is down is
-// answered at once, survives a restart of the appliance, and is published when slapd is back.
+// answered at once, survives a restart of the appliance, and is published when slapd is back;
+// a certificate skipped for want of an entry is published once the entry is added.
 func TestDirectory(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "curl")
@@ -132,6 +133,22 @@ func TestDirectory(t *testing.T) {
 		t.Fatalf("the DER lookup of alice after the revocation answered %s; want 404", code)
 	}
 
+	// A mailbox without an entry: skipped and counted; the entry added afterwards (as an
+	// administrator would, with ldapadd) gets the certificate at the next sweep, below at the
+	// restart, without a new enrollment.
+	const dave = "dave@example.org"
+	enrollUser(t, a, dave, filepath.Join(dir, "dave"))
+	daveCert := readCert(t, filepath.Join(dir, "dave", "cert.pem"))
+	deadline := time.Now().Add(60 * time.Second)
+	for !regexp.MustCompile(`(?m)^keyarc_directory_published_total\{op="publish",outcome="no_entry"\} 1$`).MatchString(run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the skip of dave (no entry) is not counted:\n%s", a.logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	run(t, dir, "ldapadd", "-x", "-H", ldap.URL, "-D", ldaptest.BindDN, "-w", ldaptest.Password, "-f",
+		writeLDIF(t, dir, "dn: uid=dave,"+ldaptest.People+"\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave\nsn: Example\nmail: "+dave+"\n"))
+
 	// slapd down: enrollment is not held up, and what it issued waits in the trail, across a
 	// restart of the appliance.
 	ldap.Stop()
@@ -141,7 +158,7 @@ func TestDirectory(t *testing.T) {
 	if got := lookup(t, a, dir, ldaptest.Bob); len(got) != 1 {
 		t.Fatalf("GET /api/v1/directory for bob with slapd down: %d certificates; want his", len(got))
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline = time.Now().Add(60 * time.Second)
 	for !strings.Contains(a.logs.String(), "publishing failed; nothing is lost") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the log does not say publishing fails while slapd is down:\n%s", a.logs.String())
@@ -163,6 +180,15 @@ func TestDirectory(t *testing.T) {
 	if got := ldap.Certificates(t, ldaptest.Alice); len(got) != 0 {
 		t.Fatalf("alice's revoked certificate is back in the directory after the restart")
 	}
+	waitLDAP(t, ldap, a, dave, daveCert.Raw)
+}
+
+// writeLDIF writes ldif to a file in dir and returns its path.
+func writeLDIF(t *testing.T, dir, ldif string) string {
+	t.Helper()
+	p := filepath.Join(dir, "add.ldif")
+	writeFile(t, p, []byte(ldif))
+	return p
 }
 
 // TestDirectoryBindRefused: with a wrong bind password the appliance serves and enrolls, the log

@@ -137,8 +137,8 @@ func (p *Publisher) batch() int {
 
 // Run applies the trail until ctx ends: a batch after another while there is a backlog, then
 // every Interval; after a failure it waits (doubling up to MaxBackoff, with jitter) and tries
-// the same batch again. It sweeps expired certificates at its first pass and every
-// SweepEvery. It does nothing while another node leads.
+// the same batch again. It sweeps expired certificates, then retries the skipped ones
+// ([Publisher.Retry]), at its first pass and every SweepEvery. It does nothing while another node leads.
 func (p *Publisher) Run(ctx context.Context) {
 	p.init()
 	interval, maxBackoff, sweepEvery := p.Interval, p.MaxBackoff, p.SweepEvery
@@ -165,7 +165,9 @@ func (p *Publisher) Run(ctx context.Context) {
 			more, err := p.Step(ctx)
 			if err == nil && !more && !time.Now().Before(nextSweep) {
 				if _, err = p.Sweep(ctx); err == nil {
-					nextSweep = time.Now().Add(sweepEvery)
+					if _, err = p.Retry(ctx); err == nil {
+						nextSweep = time.Now().Add(sweepEvery)
+					}
 				}
 			}
 			switch {
@@ -277,12 +279,30 @@ func (p *Publisher) Step(ctx context.Context) (more bool, err error) {
 				"not_logged", p.skips-maxSkipLogs)
 		}
 	}()
+	var skips []string
 	for _, serial := range order {
-		did, err := p.apply(ctx, rows[serial], now)
+		op, outcome, err := p.apply(ctx, rows[serial], now, false)
 		if err != nil {
 			return false, err
 		}
-		touched = touched || did
+		touched = touched || op != ""
+		if skipped(op, outcome) {
+			skips = append(skips, serial)
+		}
+	}
+	if len(skips) > 0 {
+		// Recorded before the cursor moves past them: a failure here applies the batch again.
+		err := p.Store.Update(ctx, func(tx store.Tx) error {
+			for _, serial := range skips {
+				if err := tx.SkipDirectory(serial); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return false, fmt.Errorf("directory: record the skipped certificates: %w", err)
+		}
 	}
 	next := head
 	if len(entries) == limit {
@@ -329,18 +349,19 @@ func serialsOf(e store.AuditEntry) []string {
 	return out
 }
 
-// apply publishes or withdraws one certificate by its state now, and reports whether it asked
-// the directory to do anything. Certificates the directory never holds (not this CA's, not
-// for encryption, not a subscriber's, pending or failed) are passed over.
-func (p *Publisher) apply(ctx context.Context, row *store.Certificate, now time.Time) (bool, error) {
+// apply publishes or withdraws one certificate by its state now, and returns what it asked
+// the directory (op: "" when nothing) and the outcome. Certificates the directory never holds
+// (not this CA's, not for encryption, not a subscriber's, pending or failed) are passed over.
+// A skip (no single entry, a refused change) is counted and logged unless quiet (a retry of
+// a certificate skipped before).
+func (p *Publisher) apply(ctx context.Context, row *store.Certificate, now time.Time, quiet bool) (op, outcome string, err error) {
 	if row == nil || len(row.DER) == 0 || row.Email == "" || row.Role != "" || row.KRA != "" {
-		return false, nil
+		return "", "", nil
 	}
 	cert, err := x509.ParseCertificate(row.DER)
 	if err != nil || !Issued(cert, p.CA) || !ForEncryption(cert) {
-		return false, nil
+		return "", "", nil
 	}
-	var op string
 	switch {
 	case row.State == store.StateIssued && now.Before(cert.NotAfter):
 		op = OpPublish
@@ -349,34 +370,132 @@ func (p *Publisher) apply(ctx context.Context, row *store.Certificate, now time.
 		op = OpWithdraw
 		err = p.Dir.Withdraw(ctx, row.Email, cert)
 	default:
-		return false, nil
+		return "", "", nil
 	}
 	switch {
 	case err == nil:
-		p.published.WithLabelValues(op, OutcomeOK).Inc()
+		outcome = OutcomeOK
 	case errors.Is(err, ErrNoEntry):
-		p.published.WithLabelValues(op, OutcomeNoEntry).Inc()
+		outcome = OutcomeNoEntry
+	case errors.Is(err, ErrManyEntries):
+		outcome = OutcomeManyEntries
+	case errors.Is(err, ErrEntryRefused):
+		outcome = OutcomeRefused
+	default:
+		p.published.WithLabelValues(op, OutcomeError).Inc()
+		return op, OutcomeError, fmt.Errorf("directory: %s %s: %w", op, row.Serial, err)
+	}
+	if outcome != OutcomeOK && quiet {
+		return op, outcome, nil
+	}
+	p.published.WithLabelValues(op, outcome).Inc()
+	switch outcome {
+	case OutcomeNoEntry:
 		if p.skip() {
 			p.log().Warn("directory: certificate not published: no entry has this mail under the search base",
 				"serial", row.Serial, "mailbox", row.Email)
 		}
-	case errors.Is(err, ErrManyEntries):
-		p.published.WithLabelValues(op, OutcomeManyEntries).Inc()
+	case OutcomeManyEntries:
 		if p.skip() {
 			p.log().Warn("directory: certificate not published: several entries have this mail under the search base",
 				"serial", row.Serial, "mailbox", row.Email)
 		}
-	case errors.Is(err, ErrEntryRefused):
-		p.published.WithLabelValues(op, OutcomeRefused).Inc()
+	case OutcomeRefused:
 		if p.skip() {
 			p.log().Warn("directory: certificate not published: the directory refused the change of the entry",
 				"serial", row.Serial, "mailbox", row.Email, "err", err)
 		}
-	default:
-		p.published.WithLabelValues(op, OutcomeError).Inc()
-		return true, fmt.Errorf("directory: %s %s: %w", op, row.Serial, err)
 	}
-	return true, nil
+	return op, outcome, nil
+}
+
+// skipped reports an outcome that leaves a certificate to be tried again by [Publisher.Retry].
+func skipped(op, outcome string) bool {
+	return op == OpPublish && (outcome == OutcomeNoEntry || outcome == OutcomeManyEntries || outcome == OutcomeRefused)
+}
+
+// Retry tries again the certificates skipped for want of a single entry (or refused by the
+// directory), so that a certificate appears once its person's entry does, without a new
+// enrollment. Run calls it after each sweep. It reads only the skipped serials (the store
+// keeps them apart, [store.DirectorySkips]), a batch at a time, and forgets each one that is
+// published or no longer to be published (revoked, expired, gone); the others wait for the
+// next sweep. A skip again is not counted or logged again: it was when it first happened.
+// It returns how many it published.
+//
+// # Errors
+//
+// The store's or the directory's; the serials not yet tried wait for the next call.
+func (p *Publisher) Retry(ctx context.Context) (int, error) {
+	p.init()
+	now := p.now()
+	published := 0
+	for after := ""; ; {
+		var (
+			serials []string
+			rows    []*store.Certificate
+		)
+		err := p.Store.View(ctx, func(tx store.Tx) error {
+			var err error
+			if serials, err = tx.DirectorySkipped(after, p.batch()); err != nil {
+				return err
+			}
+			rows = make([]*store.Certificate, len(serials))
+			for i, serial := range serials {
+				rows[i], err = tx.GetCertificate(serial)
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return published, fmt.Errorf("directory: read the skipped certificates: %w", err)
+		}
+		var done []string
+		for i, serial := range serials {
+			op, outcome, err := p.apply(ctx, rows[i], now, true)
+			if err != nil {
+				p.forget(ctx, done)
+				return published, err
+			}
+			if skipped(op, outcome) {
+				continue
+			}
+			if op == OpPublish && outcome == OutcomeOK {
+				published++
+			}
+			done = append(done, serial)
+		}
+		if err := p.forget(ctx, done); err != nil {
+			return published, err
+		}
+		if len(serials) < p.batch() {
+			if published > 0 {
+				p.log().Info("directory: certificates skipped before are published now", "certificates", published)
+			}
+			return published, nil
+		}
+		after = serials[len(serials)-1]
+	}
+}
+
+// forget removes serials from the skipped certificates.
+func (p *Publisher) forget(ctx context.Context, serials []string) error {
+	if len(serials) == 0 {
+		return nil
+	}
+	err := p.Store.Update(ctx, func(tx store.Tx) error {
+		for _, serial := range serials {
+			if err := tx.UnskipDirectory(serial); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("directory: forget the published skipped certificates: %w", err)
+	}
+	return nil
 }
 
 // Sweep removes from the directory the certificates this CA issued that have expired or been

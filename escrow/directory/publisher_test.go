@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -637,5 +638,82 @@ func TestPublisherUntrusted(t *testing.T) {
 	e.drain()
 	if got := e.published(ldaptest.Bob); !holds(got, c) {
 		t.Fatalf("bob once the CA is right: %d values; want his certificate", len(got))
+	}
+}
+
+// skippedSerials reads the serials the store keeps for Retry.
+func (e *env) skippedSerials() []string {
+	e.t.Helper()
+	var out []string
+	err := e.db.View(context.Background(), func(tx store.Tx) error {
+		var err error
+		out, err = tx.DirectorySkipped("", 1000)
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// TestPublisherRetriesSkipped: a certificate for a mailbox without an entry is skipped and
+// counted; once the entry is added (ldapmodify, as an administrator would), the sweep's retry
+// publishes it without a new enrollment and forgets it. A skipped certificate revoked in the
+// meantime is forgotten, not published; one whose mailbox still has no entry waits, without
+// being counted or logged again.
+func TestPublisherRetriesSkipped(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const dave, erin = "dave@example.org", "erin@example.org"
+	daveCert := e.issue(e.issuer, dave, x509.KeyUsageKeyAgreement, audit.KindArchive)
+	revoked := e.issue(e.issuer, dave, x509.KeyUsageKeyAgreement, audit.KindArchive)
+	erinCert := e.issue(e.issuer, erin, x509.KeyUsageKeyAgreement, audit.KindArchive)
+	e.issue(e.issuer, ldaptest.Bob, x509.KeyUsageKeyAgreement, audit.KindArchive) // published at once: not kept
+	e.drain()
+	if n := e.count(directory.OpPublish, directory.OutcomeNoEntry); n != 3 {
+		t.Fatalf("no_entry counted %v; want 3", n)
+	}
+	serial := func(c *x509.Certificate) string { return store.FormatSerial(c.SerialNumber) }
+	want := []string{serial(daveCert), serial(revoked), serial(erinCert)}
+	slices.Sort(want)
+	if got := e.skippedSerials(); !slices.Equal(got, want) {
+		t.Fatalf("skipped serials kept %v; want %v", got, want)
+	}
+	// Nothing changed in the directory: the retry publishes nothing and keeps all three.
+	if n, err := e.pub.Retry(ctx); err != nil || n != 0 {
+		t.Fatalf("Retry before the entries exist = %d, %v; want 0", n, err)
+	}
+	if got := e.skippedSerials(); len(got) != 3 {
+		t.Fatalf("after a fruitless Retry, %d serials kept; want 3", len(got))
+	}
+	if n := e.count(directory.OpPublish, directory.OutcomeNoEntry); n != 3 {
+		t.Fatalf("no_entry counted %v after the retry; want still 3 (a skip is counted once)", n)
+	}
+
+	e.revoke(revoked)
+	e.ldap.Modify(t, "dn: uid=dave,"+ldaptest.People+"\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave\nsn: Example\nmail: "+dave+"\n")
+	// The revocation's audit entry is applied first (it withdraws, there was nothing).
+	e.drain()
+	if got := e.published(dave); len(got) != 0 {
+		t.Fatalf("dave before the retry: %d values; the trail alone does not publish a skipped certificate", len(got))
+	}
+	// Run's sweep, at its first pass, retries them.
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); e.pub.Run(runCtx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !holds(e.published(dave), daveCert) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if got := e.published(dave); !holds(got, daveCert) {
+		t.Fatalf("dave after his entry was added and the sweep ran: %d values; want his unrevoked certificate only", len(got))
+	}
+	if got := e.skippedSerials(); !slices.Equal(got, []string{serial(erinCert)}) {
+		t.Fatalf("skipped serials after the retry %v; want erin's only (dave's published, the revoked one forgotten)", got)
+	}
+	if !strings.Contains(e.logs.String(), "skipped before are published now") {
+		t.Fatalf("the retry's publication is not logged:\n%s", e.logs)
 	}
 }
