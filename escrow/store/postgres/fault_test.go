@@ -396,6 +396,11 @@ func TestNodeRole(t *testing.T) {
 			tx.ReserveJobItem("job", 1, "1a", ""),
 			tx.FailJobItem("job", 2, "bad input"),
 			tx.AddApprovalFailure("kra", now, now.Add(-time.Hour)),
+			tx.SkipDirectory("1a"),
+			tx.UnskipDirectory("1a"),
+		}
+		if _, err := tx.DirectorySkipped("", 10); err != nil {
+			steps = append(steps, err)
 		}
 		if _, err := tx.ReleaseReservedItems("job"); err != nil {
 			steps = append(steps, err)
