@@ -34,6 +34,8 @@
 // imported from another CA (bulk import) are not published by keyarc: their own CA publishes
 // and withdraws them. Expired certificates are removed by a periodic sweep ([Publisher.Sweep])
 // that reads the directory, and removes only values whose certificate this CA issued.
+// A certificate skipped for want of a single entry is kept apart ([store.DirectorySkips]) and
+// tried again after each sweep ([Publisher.Retry]).
 //
 // # Imports and concurrency
 //
@@ -51,7 +53,8 @@ import (
 )
 
 // Errors a [Directory] returns for a mailbox it cannot publish to: the certificate is skipped
-// (counted and logged), not retried. Any other error is a fault of the directory or the way to
+// (counted and logged), and the batch goes on; the store keeps the certificate, and
+// [Publisher.Retry] tries it again after each sweep, until its entry appears. Any other error is a fault of the directory or the way to
 // it (a server down, a refused bind), and the batch is retried.
 var (
 	// ErrNoEntry: no entry has this mailbox as its mail attribute under the search base.
