@@ -22,6 +22,7 @@ import (
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/check"
+	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
@@ -126,7 +127,7 @@ func (a *Server) handleCACerts(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	der, err := certsOnly([]*x509.Certificate{a.caCert})
+	der, err := cms.CertsOnly(a.caCert)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -154,7 +155,7 @@ func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 		a.refuse(w, r, template, err)
 		return
 	}
-	der, err := certsOnly([]*x509.Certificate{issued.Certificate})
+	der, err := cms.CertsOnly(issued.Certificate)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -476,7 +477,7 @@ func (a *Server) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer clear(pkcs8)
-	p7, err := certsOnly([]*x509.Certificate{issued.Certificate})
+	p7, err := cms.CertsOnly(issued.Certificate)
 	if err != nil {
 		a.fail(w, r, err)
 		return
