@@ -2,10 +2,8 @@ package cli
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -87,17 +85,9 @@ func answerDrill(c *client, id string) error {
 	if err := c.call("GET", "/api/v1/drills/"+id, nil, &d); err != nil {
 		return err
 	}
-	spki, err := base64.StdEncoding.DecodeString(d.DrillKey)
+	spki, drillKey, err := rsaKeyFromSPKI(d.DrillKey, "drill key")
 	if err != nil {
-		return fmt.Errorf("drill key: %w", err)
-	}
-	pub, err := x509.ParsePKIXPublicKey(spki)
-	if err != nil {
-		return fmt.Errorf("drill key: %w", err)
-	}
-	drillKey, ok := pub.(*rsa.PublicKey)
-	if !ok {
-		return errors.New("the drill key is not RSA")
+		return err
 	}
 	toHash, err := hashNamed(d.KeyHash)
 	if err != nil {
@@ -115,10 +105,6 @@ func answerDrill(c *client, id string) error {
 	var shares []escrow.ProvenShare
 	var failed []string
 	for _, it := range d.Items {
-		ct, err := base64.StdEncoding.DecodeString(it.Share)
-		if err != nil {
-			return err
-		}
 		keyID, err := base64.StdEncoding.DecodeString(it.KeyID)
 		if err != nil {
 			return err
@@ -127,11 +113,7 @@ func answerDrill(c *client, id string) error {
 		if err != nil {
 			return err
 		}
-		fromHash, err := hashNamed(it.OAEPHash)
-		if err != nil {
-			return err
-		}
-		pt, err := unwrap.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: fromHash, MGFHash: fromHash})
+		pt, err := decryptShare(unwrap, it.Share, it.OAEPHash)
 		if err != nil {
 			// The other epochs are still proven; this one is reported at the end.
 			failed = append(failed, fmt.Sprintf("epoch %d (%v)", it.Epoch, err))
@@ -162,13 +144,9 @@ func answerDrill(c *client, id string) error {
 		return fmt.Errorf("drill %s asks for no share of yours", id)
 	}
 	digest := escrow.DrillDigest(&escrow.Drill{ID: d.ID, Campaign: d.Campaign, KRA: d.KRA, Epochs: d.Epochs, KeySPKI: spki, ExpiresAt: exp}, shares)
-	auth, err := c.token.Signer(kraAuthLabel)
+	sig, err := signAsKRA(c.token, digest, "drill proof")
 	if err != nil {
 		return err
-	}
-	sig, err := auth.Sign(rand.Reader, digest, crypto.SHA256)
-	if err != nil {
-		return fmt.Errorf("sign the drill proof with the auth key: %w", err)
 	}
 	var body wire.DrillProof
 	for _, sh := range shares {

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -253,13 +252,9 @@ func RunRecoveryApprove(args []string) error {
 	if err != nil {
 		return err
 	}
-	auth, err := c.token.Signer(kraAuthLabel)
+	sig, err := signAsKRA(c.token, digest, "approval")
 	if err != nil {
 		return err
-	}
-	sig, err := auth.Sign(rand.Reader, digest, crypto.SHA256)
-	if err != nil {
-		return fmt.Errorf("sign the approval with the auth key: %w", err)
 	}
 	var body wire.Approval
 	for _, sh := range shares {
@@ -280,17 +275,9 @@ func RunRecoveryApprove(args []string) error {
 // reencryptShares decrypts the KRA's share of each record in its token and encrypts it to the
 // request's recovery key. Plain shares exist only in memory, briefly, and are cleared.
 func reencryptShares(tok *hsm.Token, rec wire.Recovery) ([]escrow.ApprovedShare, error) {
-	spki, err := base64.StdEncoding.DecodeString(rec.RecoveryKey)
+	_, recKey, err := rsaKeyFromSPKI(rec.RecoveryKey, "recovery key")
 	if err != nil {
-		return nil, fmt.Errorf("recovery key: %w", err)
-	}
-	pub, err := x509.ParsePKIXPublicKey(spki)
-	if err != nil {
-		return nil, fmt.Errorf("recovery key: %w", err)
-	}
-	recKey, ok := pub.(*rsa.PublicKey)
-	if !ok {
-		return nil, errors.New("the recovery key is not RSA")
+		return nil, err
 	}
 	toHash, err := hashNamed(rec.KeyOAEPHash)
 	if err != nil {
@@ -305,15 +292,7 @@ func reencryptShares(tok *hsm.Token, rec wire.Recovery) ([]escrow.ApprovedShare,
 		if it.Share == "" {
 			continue
 		}
-		ct, err := base64.StdEncoding.DecodeString(it.Share)
-		if err != nil {
-			return nil, err
-		}
-		fromHash, err := hashNamed(it.OAEPHash)
-		if err != nil {
-			return nil, err
-		}
-		pt, err := unwrap.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: fromHash, MGFHash: fromHash})
+		pt, err := decryptShare(unwrap, it.Share, it.OAEPHash)
 		if err != nil {
 			return nil, fmt.Errorf("decrypt your share of record %s in the token: %w", it.RecordID, err)
 		}
