@@ -98,6 +98,15 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("url", c.URL), slog.String("bind_dn", c.BindDN), slog.String("base", c.Base))
 }
 
+// String is what fmt prints for c (%v, %s): the server, the bind DN and the base, never the
+// password.
+func (c Config) String() string {
+	return fmt.Sprintf("ldapdir.Config{url: %q, bind_dn: %q, base: %q}", c.URL, c.BindDN, c.Base)
+}
+
+// GoString is what fmt prints for %#v: the same as String.
+func (c Config) GoString() string { return c.String() }
+
 // Plaintext reports whether the URL would be used without TLS: ldap:// to a loopback address.
 // (ldap:// elsewhere uses StartTLS unless InsecurePlaintext.)
 func (c Config) plaintext() (bool, error) {

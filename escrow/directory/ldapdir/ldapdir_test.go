@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"strings"
@@ -456,5 +457,20 @@ func TestMailCase(t *testing.T) {
 	}
 	if got := s.Certificates(t, "Dave@Example.ORG"); len(got) != 0 {
 		t.Fatalf("after Withdraw, dave holds %d values", len(got))
+	}
+}
+
+// TestConfigRedacts: no way of printing a Config shows its password.
+func TestConfigRedacts(t *testing.T) {
+	c := ldapdir.Config{URL: "ldap://127.0.0.1:1", BindDN: "cn=keyarc", Password: "s3cret-bind-pw", Base: "dc=example"}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("cfg", "ldap", c)
+	for _, out := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c), fmt.Sprint(&c), buf.String()} {
+		if strings.Contains(out, "s3cret") {
+			t.Fatalf("the password shows in %q", out)
+		}
+		if !strings.Contains(out, "cn=keyarc") {
+			t.Fatalf("the bind DN is missing from %q", out)
+		}
 	}
 }
