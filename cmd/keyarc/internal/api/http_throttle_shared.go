@@ -3,9 +3,11 @@ package api
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keyarc/keyarc/escrow/store"
 )
@@ -33,6 +35,16 @@ const (
 	sharedMailbox = "mailbox:"
 )
 
+// sharedKey is the store's key of a source or mailbox. A claimed mailbox comes from a Basic user
+// name, which may hold a NUL byte or invalid UTF-8 that a database cannot store as text (the
+// write would fail, and with it the source's count): such a value is stored quoted in ASCII.
+func sharedKey(prefix, v string) string {
+	if strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
+		return prefix + strconv.QuoteToASCII(v)
+	}
+	return prefix + v
+}
+
 // sharedLogins is a node's view of the failed logins of every node. Safe for concurrent use.
 type sharedLogins struct {
 	db    store.Store
@@ -56,11 +68,11 @@ func (s *sharedLogins) add(source, mailbox string, window time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), sharedLoginsTimeout)
 	defer cancel()
 	err := s.db.Update(ctx, func(tx store.Tx) error {
-		if err := tx.AddLoginFailure(sharedSource+source, window); err != nil {
+		if err := tx.AddLoginFailure(sharedKey(sharedSource, source), window); err != nil {
 			return err
 		}
 		if mailbox != "" {
-			return tx.AddLoginFailure(sharedMailbox+mailbox, window)
+			return tx.AddLoginFailure(sharedKey(sharedMailbox, mailbox), window)
 		}
 		return nil
 	})
@@ -101,7 +113,7 @@ func (l *loginThrottle) sharedWait(source, mailbox string, now time.Time) time.D
 		s.readAt = now
 	}
 	var until time.Time
-	for _, k := range []string{sharedSource + source, sharedMailbox + mailbox} {
+	for _, k := range []string{sharedKey(sharedSource, source), sharedKey(sharedMailbox, mailbox)} {
 		if end, ok := s.over[k]; ok && end.After(until) && !strings.HasSuffix(k, ":") {
 			until = end
 		}

@@ -81,3 +81,22 @@ func TestLoginThrottleSharedMailbox(t *testing.T) {
 		t.Errorf("node a: the mailbox waits %v in the next window", w)
 	}
 }
+
+// TestLoginThrottleSharedOddMailbox: a claimed mailbox PostgreSQL cannot store as text (a NUL
+// byte, invalid UTF-8, as a Basic user name may carry) still counts for every node, for its
+// source and for itself: it must not be a way around the shared limits.
+func TestLoginThrottleSharedOddMailbox(t *testing.T) {
+	for _, odd := range []string{"m\x00@example.org", "m\xff@example.org"} {
+		a, b, clk := sharedThrottles(t, 4, 3)
+		clk.t = clk.t.Add(10 * time.Second)
+		for _, l := range []*loginThrottle{a, b, a, b} {
+			l.failed("192.0.2.20", odd)
+		}
+		if w := a.limited("192.0.2.20", ""); w != 50*time.Second {
+			t.Errorf("mailbox %q: the source after four failures over two nodes waits %v, want 50s", odd, w)
+		}
+		if w := b.mailboxLimited(odd); w != 50*time.Second {
+			t.Errorf("mailbox %q: the mailbox after four failures over two nodes waits %v, want 50s", odd, w)
+		}
+	}
+}
