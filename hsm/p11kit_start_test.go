@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -214,5 +215,30 @@ func TestTransientAtOpen(t *testing.T) {
 		if d := openBackoff(n); d < 100*time.Millisecond<<(n-1) || d > 150*time.Millisecond<<(n-1) {
 			t.Errorf("openBackoff(%d) = %s, want within [%s, %s]", n, d, 100*time.Millisecond<<(n-1), 150*time.Millisecond<<(n-1))
 		}
+	}
+}
+
+// TestFindSlot: a token whose information could not be read while another process rewrote
+// it is reported as that transient failure, to be tried again, not as a token that does not
+// exist; a readable token in another slot is still found, and a label nobody has is
+// ErrTokenNotFound.
+func TestFindSlot(t *testing.T) {
+	general := pkcs11.Error(pkcs11.CKR_GENERAL_ERROR)
+	tokens := map[uint]error{1: nil, 2: general, 3: nil}
+	info := func(s uint) (pkcs11.TokenInfo, error) {
+		if err := tokens[s]; err != nil {
+			return pkcs11.TokenInfo{}, err
+		}
+		return pkcs11.TokenInfo{Label: fmt.Sprintf("token%d", s)}, nil
+	}
+	if s, err := findSlot([]uint{1, 2, 3}, "token3", info); err != nil || s != 3 {
+		t.Errorf("findSlot(token3 behind an unreadable slot) = %d, %v; want 3", s, err)
+	}
+	_, err := findSlot([]uint{1, 2, 3}, "keyarc", info)
+	if !errors.Is(err, general) || errors.Is(err, ErrTokenNotFound) || !transientAtOpen(err) {
+		t.Errorf("findSlot with slot 2 unreadable = %v; want its CKR_GENERAL_ERROR, tried again at open", err)
+	}
+	if _, err := findSlot([]uint{1, 3}, "keyarc", info); !errors.Is(err, ErrTokenNotFound) || transientAtOpen(err) {
+		t.Errorf("findSlot of a label no slot has = %v; want ErrTokenNotFound, not tried again", err)
 	}
 }

@@ -53,19 +53,9 @@ func openRaw(module, label, pinSource string) (*rawSession, error) {
 	if err != nil {
 		return fail(classify(err))
 	}
-	found := false
-	for _, s := range slots {
-		info, err := ctx.GetTokenInfo(s)
-		if err != nil {
-			continue
-		}
-		if info.Label == label {
-			r.slot, found = s, true
-			break
-		}
-	}
-	if !found {
-		return fail(fmt.Errorf("%w: %q (raw session)", ErrTokenNotFound, label))
+	r.slot, err = findSlot(slots, label, ctx.GetTokenInfo)
+	if err != nil {
+		return fail(err)
 	}
 	r.session, err = ctx.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
@@ -159,4 +149,30 @@ func (r *rawSession) countByLabel(label string) (all, private int, err error) {
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 	})
 	return all, private, err
+}
+
+// findSlot returns the slot among slots whose token is labelled label, reading each token's
+// information with info. A slot that cannot be read does not hide the token in another,
+// but when no slot matches, the first read failure is the answer rather than
+// [ErrTokenNotFound]: SoftHSM answers CKR_GENERAL_ERROR to C_GetTokenInfo while another
+// process rewrites the token's files, and the token is then there, only caught changing
+// (see transientAtOpen).
+func findSlot(slots []uint, label string, info func(uint) (pkcs11.TokenInfo, error)) (uint, error) {
+	var unread error
+	for _, s := range slots {
+		ti, err := info(s)
+		if err != nil {
+			if unread == nil {
+				unread = fmt.Errorf("read token information of slot %d: %w", s, classify(err))
+			}
+			continue
+		}
+		if ti.Label == label {
+			return s, nil
+		}
+	}
+	if unread != nil {
+		return 0, unread
+	}
+	return 0, fmt.Errorf("%w: %q (raw session)", ErrTokenNotFound, label)
 }
