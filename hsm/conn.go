@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
 )
 
 // ErrTokenHung: a call into the PKCS#11 module did not return within its time limit
@@ -40,6 +41,11 @@ type conn struct {
 
 	calls   sync.WaitGroup
 	retired atomic.Bool
+
+	// copies are the session copies of signing keys made on raw (see sessionSigner),
+	// destroyed when c closes.
+	copiesMu sync.Mutex
+	copies   []pkcs11.ObjectHandle
 }
 
 // enter counts a call about to run on c. The caller holds Token.mu (read or write) and has
@@ -65,6 +71,7 @@ func (c *conn) run(limit time.Duration, f func() error) error {
 func (c *conn) close() error {
 	c.retired.Store(true)
 	c.calls.Wait()
+	c.destroyCopies()
 	c.raw.close()
 	if c.c11 != nil {
 		return c.c11.Close()

@@ -224,37 +224,54 @@ func findPairOn(c *conn, label string, usage crypto11.AttributeType) (crypto11.S
 // handle is a key found by label, found again after the token reconnects (its crypto11
 // objects belong to the old connection). The public key is kept so that Public answers
 // while the token is away, and a key found again must have it.
+//
+// A signing key's handle signs with a session copy of the private key on each connection
+// (see sessionSigner), made on its first use there.
 type handle struct {
 	t     *Token
 	label string
 	usage crypto11.AttributeType
 	pub   crypto.PublicKey
+	// session: sign with a session copy of the key when the token allows one.
+	session bool
 
 	mu  sync.Mutex
 	gen uint64
 	key crypto11.Signer
+	// ready: key is what operations on connection gen use (the session copy, if any, is
+	// made).
+	ready bool
 }
 
 // newHandle makes the handle of key, found on the connection numbered gen.
 func newHandle(t *Token, label string, usage crypto11.AttributeType, key crypto11.Signer, gen uint64) *handle {
-	return &handle{t: t, label: label, usage: usage, pub: key.Public(), gen: gen, key: key}
+	return &handle{t: t, label: label, usage: usage, pub: key.Public(), gen: gen, key: key, ready: usage != crypto11.CkaSign}
 }
 
 // current returns the key for connection c. It runs inside t.do.
 func (h *handle) current(c *conn) (crypto11.Signer, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.gen == c.gen {
+	if h.gen == c.gen && h.ready {
 		return h.key, nil
 	}
-	k, err := findPairOn(c, h.label, h.usage)
-	if err != nil {
-		return nil, err
+	k := h.key
+	if h.gen != c.gen {
+		var err error
+		if k, err = findPairOn(c, h.label, h.usage); err != nil {
+			return nil, err
+		}
+		if eq, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(h.pub) {
+			return nil, &faultError{cause: ErrKeyChanged, msg: fmt.Sprintf("hsm: after reconnecting, label %q names another key than the one first found", h.label)}
+		}
 	}
-	if eq, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(h.pub) {
-		return nil, &faultError{cause: ErrKeyChanged, msg: fmt.Sprintf("hsm: after reconnecting, label %q names another key than the one first found", h.label)}
+	if h.usage == crypto11.CkaSign {
+		var err error
+		if k, err = c.sessionSigner(h.label, k, h.t.log); err != nil {
+			return nil, err
+		}
 	}
-	h.key, h.gen = k, c.gen
+	h.key, h.gen, h.ready = k, c.gen, true
 	return k, nil
 }
 

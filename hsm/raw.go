@@ -123,22 +123,8 @@ func (r *rawSession) countByLabel(label string) (all, private int, err error) {
 		return 0, 0, ErrClosed
 	}
 	find := func(tmpl []*pkcs11.Attribute) (int, error) {
-		if err := r.ctx.FindObjectsInit(r.session, tmpl); err != nil {
-			return 0, err
-		}
-		n := 0
-		for {
-			objs, _, err := r.ctx.FindObjects(r.session, 64)
-			if err != nil {
-				_ = r.ctx.FindObjectsFinal(r.session)
-				return 0, err
-			}
-			if len(objs) == 0 {
-				break
-			}
-			n += len(objs)
-		}
-		return n, r.ctx.FindObjectsFinal(r.session)
+		objs, err := r.findLocked(tmpl)
+		return len(objs), err
 	}
 	all, err = find([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)})
 	if err != nil {
@@ -149,6 +135,27 @@ func (r *rawSession) countByLabel(label string) (all, private int, err error) {
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 	})
 	return all, private, err
+}
+
+// findLocked returns the objects matching tmpl. The caller holds r.mu and has checked
+// r.open.
+func (r *rawSession) findLocked(tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	if err := r.ctx.FindObjectsInit(r.session, tmpl); err != nil {
+		return nil, err
+	}
+	var all []pkcs11.ObjectHandle
+	for {
+		objs, _, err := r.ctx.FindObjects(r.session, 64)
+		if err != nil {
+			_ = r.ctx.FindObjectsFinal(r.session)
+			return nil, err
+		}
+		if len(objs) == 0 {
+			break
+		}
+		all = append(all, objs...)
+	}
+	return all, r.ctx.FindObjectsFinal(r.session)
 }
 
 // findSlot returns the slot among slots whose token is labelled label, reading each token's

@@ -1,0 +1,219 @@
+package hsm
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
+)
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// sessionKeys returns the labels of the private keys on the token that are session objects,
+// read through c's raw session (the same PKCS#11 application as the signing sessions).
+func sessionKeys(t *testing.T, c *conn) []string {
+	t.Helper()
+	r := c.raw
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	objs, err := r.findLocked([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var labels []string
+	for _, o := range objs {
+		a, err := r.ctx.GetAttributeValue(r.session, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		labels = append(labels, string(a[0].Value))
+	}
+	return labels
+}
+
+func signAndVerify(t *testing.T, s crypto.Signer) {
+	t.Helper()
+	digest := sha256.Sum256([]byte("keyarc session copy"))
+	sig, err := s.Sign(nil, digest[:], crypto.SHA256)
+	if err != nil {
+		t.Fatalf("Sign: %v", err)
+	}
+	if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), digest[:], sig) {
+		t.Fatal("signature does not verify")
+	}
+}
+
+func copyLogs(logs *syncBuffer) int {
+	return strings.Count(logs.String(), "session copy of the key")
+}
+
+// A signing key signs through a session copy: private, sensitive, never extractable, under a
+// label of its own that label lookups never see; destroying the copy makes the signer fail,
+// which proves the signatures came from it.
+func TestSessionCopyUsed(t *testing.T) {
+	logs := &syncBuffer{}
+	_, _, tok := newToken(t, Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if _, err := tok.GenerateKey("ca", P256, UsageSign); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tok.Signer("ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		signAndVerify(t, s)
+	}
+	c := tok.cur
+	labels := sessionKeys(t, c)
+	if len(labels) != 1 || !strings.HasPrefix(labels[0], "ca"+copyLabelInfix) {
+		t.Fatalf("session private keys = %q, want one copy of ca", labels)
+	}
+	if len(c.copies) != 1 {
+		t.Fatalf("connection records %d copies, want 1", len(c.copies))
+	}
+	k := s.(*signer).key
+	a, err := c.c11.GetAttribute(k, crypto11.CkaLabel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(a.Value) != labels[0] {
+		t.Errorf("the signer uses the key labelled %q, not the session copy %q", a.Value, labels[0])
+	}
+	for _, at := range []struct {
+		typ  crypto11.AttributeType
+		want bool
+	}{{crypto11.CkaToken, false}, {crypto11.CkaPrivate, true}, {crypto11.CkaSensitive, true},
+		{crypto11.CkaExtractable, false}, {crypto11.CkaSign, true}, {crypto11.CkaDecrypt, false}} {
+		a, err := c.c11.GetAttribute(k, at.typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := bytes.Equal(a.Value, []byte{1}); got != at.want {
+			t.Errorf("copy attribute %v = %v, want %v", at.typ, got, at.want)
+		}
+	}
+	// The copy is invisible to lookups by the key's label: no ambiguity, no changed key.
+	if _, err := tok.Signer("ca"); err != nil {
+		t.Errorf("Signer again: %v", err)
+	}
+	if err := tok.Expect("ca", s.Public()); err != nil {
+		t.Errorf("Expect: %v", err)
+	}
+	if n := copyLogs(logs); n != 0 {
+		t.Errorf("logged %d warnings about copies, want none:\n%s", n, logs)
+	}
+	// Without the copy, this signer cannot sign: it signed with the copy.
+	c.destroyCopy(c.copies[0])
+	if _, err := s.Sign(nil, make([]byte, 32), crypto.SHA256); !errors.Is(err, ErrTokenGone) {
+		t.Errorf("Sign after the copy was destroyed = %v, want ErrTokenGone", err)
+	}
+}
+
+// A key the token refuses to copy (CKA_COPYABLE false) signs as the token object, with one
+// log line, and leaves no session object behind.
+func TestSessionCopyRefused(t *testing.T) {
+	logs := &syncBuffer{}
+	_, _, tok := newToken(t, Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	pubAttrs, privAttrs, err := keyAttributes("nocopy", UsageSign, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := privAttrs.Set(crypto11.CkaCopyable, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.cur.c11.GenerateECDSAKeyPairWithAttributes(pubAttrs, privAttrs, elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tok.Signer("nocopy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		signAndVerify(t, s)
+	}
+	if n := copyLogs(logs); n != 1 || !strings.Contains(logs.String(), "refused") {
+		t.Errorf("logged %d lines about the copy, want one refusal:\n%s", n, logs)
+	}
+	if labels := sessionKeys(t, tok.cur); len(labels) != 0 {
+		t.Errorf("session private keys left = %q, want none", labels)
+	}
+	if n := len(tok.cur.copies); n != 0 {
+		t.Errorf("connection records %d copies, want 0", n)
+	}
+	k := s.(*signer).key
+	a, err := tok.cur.c11.GetAttribute(k, crypto11.CkaToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Value, []byte{1}) {
+		t.Error("the signer does not use the token object")
+	}
+}
+
+// A reconnection destroys the old connection's copies and the next signature makes a new
+// copy on the new connection.
+func TestSessionCopyReconnect(t *testing.T) {
+	_, _, tok := newToken(t, Options{})
+	if _, err := tok.GenerateKey("ca", P256, UsageSign); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tok.Signer("ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signAndVerify(t, s)
+	old := tok.cur
+	if len(old.copies) != 1 {
+		t.Fatalf("%d copies before the reconnection, want 1", len(old.copies))
+	}
+	tok.broken.Store(true) // as after a lost token: the next Ping reconnects
+	if err := tok.Ping(); err != nil {
+		t.Fatalf("Ping (reconnect): %v", err)
+	}
+	if tok.cur == old {
+		t.Fatal("no reconnection")
+	}
+	if n := len(old.copies); n != 0 {
+		t.Errorf("the old connection still records %d copies", n)
+	}
+	signAndVerify(t, s)
+	labels := sessionKeys(t, tok.cur)
+	if len(labels) != 1 || len(tok.cur.copies) != 1 {
+		t.Fatalf("after the reconnection: session keys %q, %d recorded copies; want one", labels, len(tok.cur.copies))
+	}
+	a, err := tok.cur.c11.GetAttribute(s.(*signer).key, crypto11.CkaLabel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(a.Value) != labels[0] {
+		t.Errorf("the signer uses %q, not the new copy %q", a.Value, labels[0])
+	}
+}
