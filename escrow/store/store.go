@@ -17,7 +17,11 @@ import (
 // backend says so; today's do not retry.
 //
 // An error returned by a Tx method does not end the transaction: fn may handle it and go on,
-// and its other writes stand. A method that writes several rows (InsertCertificates,
+// and its other writes stand. The exception is a write that nothing but a fault can refuse
+// (a claim, a state change, the audit entry after the head): a backend may run it without a
+// savepoint of its own, and should it fail all the same (a lost connection, or an audit row
+// stored behind the store's back), fn's writes are undone and Update fails, with
+// [ErrUnavailable] if fn went on and returned no error. A method that writes several rows (InsertCertificates,
 // InsertRecords, InsertRecovery, ...) may have stored some of them when it fails, so fn
 // should return such an error: returning it undoes all of fn's writes.
 //

@@ -1,7 +1,13 @@
 package postgres
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
@@ -52,3 +58,84 @@ func BenchmarkTwoNodes(b *testing.B) {
 func BenchmarkUpsertOCSP(b *testing.B) { storetest.BenchUpsertOCSP(b, benchStore(b)) }
 func BenchmarkOCSPDue(b *testing.B)    { storetest.BenchOCSPDue(b, benchStore(b)) }
 func BenchmarkClaimCode(b *testing.B)  { storetest.BenchClaimCode(b, benchStore(b)) }
+
+// BenchmarkEnrollPerCert and BenchmarkImportPerCert are the store's work per certificate of
+// an EST enrollment and of a bulk import item (see storetest): this process's CPU, the
+// server's (every process of the test server), and the statements and round trips sent.
+func BenchmarkEnrollPerCert(b *testing.B) {
+	srv := pgtest.Start(b)
+	srv.Durable(b)
+	db, err := Open(ctx, srv.NewDatabase(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	storetest.BenchEnrollPerCert(b, db, wireCounters(b, srv))
+}
+
+func BenchmarkImportPerCert(b *testing.B) {
+	srv := pgtest.Start(b)
+	srv.Durable(b)
+	db, err := Open(ctx, srv.NewDatabase(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	storetest.BenchImportPerCert(b, db, wireCounters(b, srv))
+}
+
+func wireCounters(b *testing.B, srv *pgtest.Server) storetest.Counters {
+	return func() map[string]float64 {
+		return map[string]float64{
+			"statements":    float64(wire.statements.Load()),
+			"trips":         float64(wire.trips.Load()),
+			"server-cpu-µs": serverCPU(b, srv).Seconds() * 1e6,
+		}
+	}
+}
+
+// serverCPU is the CPU time of the test server's processes: the postmaster's own and that of
+// its children, those that ended (which it waited for) and those still running.
+func serverCPU(b *testing.B, srv *pgtest.Server) time.Duration {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	type proc struct{ ppid, cpu int64 }
+	procs := map[int64]proc{}
+	var master int64
+	for _, d := range dirs {
+		pid, err := strconv.ParseInt(d.Name(), 10, 64)
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command's closing parenthesis: state ppid ... utime(14) stime(15)
+		// cutime(16) cstime(17), counted from 1 with the pid.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		n := func(i int) int64 { v, _ := strconv.ParseInt(f[i-3], 10, 64); return v }
+		cmd, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if bytes.Contains(cmd, []byte(filepath.Join(srv.Dir(), "data"))) && bytes.HasSuffix(bytes.Split(cmd, []byte{0})[0], []byte("postgres")) {
+			master = pid
+			procs[pid] = proc{n(4), n(14) + n(15) + n(16) + n(17)}
+			continue
+		}
+		procs[pid] = proc{n(4), n(14) + n(15)}
+	}
+	if master == 0 {
+		b.Fatal("no postmaster of the test server in /proc")
+	}
+	ticks := procs[master].cpu
+	for _, p := range procs {
+		if p.ppid == master {
+			ticks += p.cpu
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}

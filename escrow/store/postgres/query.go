@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,16 @@ import (
 // dialect is PostgreSQL's for the shared transaction: the identity column pos numbers the
 // certificates in insertion order, and the planner needs no index hints.
 var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "pos"}
+
+// wire counts the statements the store sends to servers and the round trips they take, over
+// every handle of the process: the figures per certificate of the benchmarks.
+var wire struct{ statements, trips atomic.Int64 }
+
+// sent counts n statements sent in one round trip.
+func sent(n int) {
+	wire.statements.Add(int64(n))
+	wire.trips.Add(1)
+}
 
 // sqlQuerier is a *sql.Conn (the writer's) or a *sql.Tx (a View's).
 type sqlQuerier interface {
@@ -52,18 +63,36 @@ func (p pgQuerier) ExecContext(ctx context.Context, query string, args ...any) (
 		return nil, err
 	}
 	if p.writer != nil {
-		return p.execPipelined(ctx, query, args)
+		return p.execPipelined(ctx, query, args, true)
 	}
 	if err := p.sp.ensure(ctx, p.q); err != nil {
 		return nil, err
 	}
+	sent(1)
 	return p.q.ExecContext(ctx, rebind(query), args...)
+}
+
+// ExecBare runs a write that no constraint can refuse (see sqltx's execBare) without a
+// savepoint of its own: on the writer, the statement alone goes out (with the function's
+// savepoint when it is its first). Should it fail all the same, the server aborts the
+// function's savepoint (or, for the first function of a transaction, the transaction): the
+// function's writes are undone when it returns, and if it returns no error, Update reports
+// the aborted transaction (see runOne).
+func (p pgQuerier) ExecBare(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := checkArgs(args); err != nil {
+		return nil, err
+	}
+	if p.writer != nil {
+		return p.execPipelined(ctx, query, args, false)
+	}
+	return p.ExecContext(ctx, query, args...)
 }
 
 // execPipelined runs a write on the writer's connection in one round trip to the server: the
 // savepoint, the statement and the release go out together (a pgx batch), and only a failed
-// statement costs a second one, to roll its savepoint back.
-func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any) (sql.Result, error) {
+// statement costs a second one, to roll its savepoint back. Unguarded, the statement goes
+// without the savepoint and the release.
+func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any, guard bool) (sql.Result, error) {
 	var (
 		tag     pgconn.CommandTag
 		stmtErr error
@@ -78,9 +107,14 @@ func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any) 
 		for _, q := range pre {
 			b.Queue(q)
 		}
-		b.Queue("SAVEPOINT s")
+		if guard {
+			b.Queue("SAVEPOINT s")
+		}
 		b.Queue(rebind(query), args...)
-		b.Queue("RELEASE SAVEPOINT s")
+		if guard {
+			b.Queue("RELEASE SAVEPOINT s")
+		}
+		sent(b.Len())
 		br := c.Conn().SendBatch(ctx, b)
 		var err error
 		for range pre {
@@ -91,18 +125,22 @@ func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any) 
 		if err == nil && pre != nil {
 			p.sp.opened()
 		}
-		if err == nil {
+		if err == nil && guard {
 			_, err = br.Exec()
 		}
 		if err == nil {
 			tag, stmtErr = br.Exec()
-			if stmtErr == nil {
+			if stmtErr == nil && guard {
 				_, err = br.Exec()
 			}
 		}
 		err = errors.Join(err, br.Close())
+		if stmtErr != nil && !guard {
+			return nil // the function's savepoint, or the transaction, is aborted: see ExecBare
+		}
 		if stmtErr != nil {
 			// The statement failed and aborted the transaction: back to before it.
+			sent(2)
 			_, rerr := c.Conn().Exec(ctx, "ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
 			return rerr
 		}
@@ -132,6 +170,7 @@ func (p pgQuerier) QueryContext(ctx context.Context, query string, args ...any) 
 	if err := p.sp.ensure(ctx, p.q); err != nil {
 		return nil, err
 	}
+	sent(1)
 	return p.q.QueryContext(ctx, rebind(query), args...)
 }
 
@@ -166,6 +205,7 @@ func (s *savepoints) ensure(ctx context.Context, q sqlQuerier) error {
 	if pre == nil {
 		return nil
 	}
+	sent(len(pre))
 	if _, err := q.ExecContext(ctx, strings.Join(pre, "; ")); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,6 +182,7 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 		return store.ErrClosed
 	}
 	opts := &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+	sent(2) // BEGIN and the ROLLBACK
 	sqlTx, err := db.db.BeginTx(ctx, opts)
 	if err != nil && isServerFault(err) && ctx.Err() == nil {
 		// The pool's connections died (a server restart): fn has not run, dial afresh.
@@ -202,6 +204,7 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 func (db *DB) queueLen() int { return db.q.Len() }
 
 func (db *DB) exec(query string, args ...any) error {
+	sent(strings.Count(query, ";") + 1)
 	_, err := db.wconn.ExecContext(context.Background(), query, args...)
 	return err
 }
@@ -300,6 +303,7 @@ func (db *DB) commit() error {
 		if !ok {
 			return fmt.Errorf("store: commit: unexpected driver connection %T", dc)
 		}
+		sent(1)
 		ct, err := c.Conn().Exec(context.Background(), "COMMIT")
 		tag = ct.String()
 		return err

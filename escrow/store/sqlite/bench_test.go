@@ -2,9 +2,11 @@ package sqlite
 
 import (
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 	"github.com/keyarc/keyarc/escrow/store/storetest"
 
 	"context"
+	"os"
 	"testing"
 	"time"
 )
@@ -50,4 +52,49 @@ func BenchmarkViewGetCode(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkEnrollPerCert and BenchmarkImportPerCert are the store's work per certificate of
+// an EST enrollment and of a bulk import item (see storetest): CPU, statements (those of the
+// triggers not counted) and WAL frames, that is pages written, with the WAL checkpoints off
+// so that the WAL file's size counts every frame.
+func BenchmarkEnrollPerCert(b *testing.B) {
+	db, _ := openTest(b)
+	storetest.BenchEnrollPerCert(b, db, walCounters(b, db))
+}
+
+func BenchmarkImportPerCert(b *testing.B) {
+	db, _ := openTest(b)
+	storetest.BenchImportPerCert(b, db, walCounters(b, db))
+}
+
+func walCounters(b *testing.B, db *DB) storetest.Counters {
+	mustUpdate(b, db, func(tx store.Tx) error {
+		ctx, q := tx.(*sqltx.Tx).Raw()
+		_, err := q.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0")
+		return err
+	})
+	var pageSize int64
+	if err := db.View(context.Background(), func(tx store.Tx) error {
+		ctx, q := tx.(*sqltx.Tx).Raw()
+		rows, err := q.QueryContext(ctx, "PRAGMA page_size")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		rows.Next()
+		return rows.Scan(&pageSize)
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return func() map[string]float64 {
+		fi, err := os.Stat(db.Path() + "-wal")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return map[string]float64{
+			"statements": float64(statements.Load()),
+			"wal-pages":  float64((fi.Size() - 32) / (pageSize + 24)),
+		}
+	}
 }

@@ -20,6 +20,13 @@ type Querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
+// BareExecer is a Querier that can run a write without the savepoint it otherwise gives each
+// one (PostgreSQL's writer: see [Tx.execBare]). A Querier without the method runs such writes
+// as any other.
+type BareExecer interface {
+	ExecBare(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
 // Dialect is what differs between the backends' SQL. The statements of this package are
 // otherwise valid on both SQLite (3.35 or later) and PostgreSQL.
 type Dialect struct {
@@ -84,6 +91,31 @@ func (tx *Tx) exec(op, query string, args ...any) (int64, error) {
 		return 0, fmt.Errorf("store: %s: %w", op, err)
 	}
 	res, err := tx.q.ExecContext(tx.ctx, query, args...)
+	if err != nil {
+		return 0, fmt.Errorf("store: %s: %w", op, tx.d.MapErr(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("store: %s: %w", op, err)
+	}
+	return n, nil
+}
+
+// execBare runs a write that no constraint of the schema can refuse (its values are checked
+// here first, and it sets no unique, referencing or checked column to a value that could
+// fail): the only ways it can fail are faults of the database or the connection, which end
+// the function's writes anyway. PostgreSQL's writer runs it without the savepoint of its own
+// that every other write takes there (two statements fewer, and no subtransaction); should
+// it fail all the same, the function's writes are undone and Update reports the failure.
+func (tx *Tx) execBare(op, query string, args ...any) (int64, error) {
+	b, ok := tx.q.(BareExecer)
+	if !ok {
+		return tx.exec(op, query, args...)
+	}
+	if err := tx.check(true); err != nil {
+		return 0, fmt.Errorf("store: %s: %w", op, err)
+	}
+	res, err := b.ExecBare(tx.ctx, query, args...)
 	if err != nil {
 		return 0, fmt.Errorf("store: %s: %w", op, tx.d.MapErr(err))
 	}
@@ -288,7 +320,7 @@ func (tx *Tx) ClaimCode(id string, now time.Time) error {
 	if now.IsZero() {
 		return invalid(op, "zero time")
 	}
-	n, err := tx.exec(op, `UPDATE codes SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?`,
+	n, err := tx.execBare(op, `UPDATE codes SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?`,
 		now.UnixMicro(), id, now.UnixMicro())
 	if err != nil || n == 1 {
 		return err
@@ -389,7 +421,7 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 		return err
 	}
 	for _, c := range coded {
-		if _, err := tx.exec(op, `UPDATE codes SET serial = ? WHERE id = ?`, c.Serial, c.CodeID); err != nil {
+		if _, err := tx.execBare(op, `UPDATE codes SET serial = ? WHERE id = ?`, c.Serial, c.CodeID); err != nil {
 			return err
 		}
 	}
@@ -423,7 +455,8 @@ func (tx *Tx) certTransition(op, serial, from, set string, args ...any) (string,
 	if err != nil {
 		return "", err
 	}
-	n, err := tx.exec(op, `UPDATE certificates SET `+set+` WHERE serial = ? AND state = ?`,
+	// Every caller's values pass the table's checks: a failure is a fault (see execBare).
+	n, err := tx.execBare(op, `UPDATE certificates SET `+set+` WHERE serial = ? AND state = ?`,
 		append(args, s, from)...)
 	if err != nil {
 		return "", err
@@ -633,7 +666,7 @@ const recordWidth = 8 // the number of recordColumns
 // [ErrConflict], an unknown one [ErrNotFound].
 func (tx *Tx) ActivateRecord(id string) error {
 	const op = "activate record"
-	n, err := tx.exec(op, `UPDATE records SET state = 'active' WHERE id = ? AND state = 'pending'`, id)
+	n, err := tx.execBare(op, `UPDATE records SET state = 'active' WHERE id = ? AND state = 'pending'`, id)
 	if err != nil || n == 1 {
 		return err
 	}

@@ -1,0 +1,262 @@
+package storetest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"sort"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+)
+
+// Counters reads what a backend can count of its own work so far (statements, round trips,
+// the database server's CPU, pages written), by name; the per-certificate benchmarks report
+// each one's growth divided by the certificates stored.
+type Counters func() map[string]float64
+
+// BenchEnrollPerCert is the store's work for one EST enrollment, as the storm makes it: eight
+// callers at once, each certificate one Update that claims its code, stores the certificate
+// issued and appends its audit entry (escrow/issue's IssueSigned); then the OCSP pre-signer's
+// passes over what is due (pages of 512 read in a View, stored 512 to an Update), so that
+// every certificate ends with its response stored. It reports the process's CPU per
+// certificate and, per certificate, every counter of counters (nil: none).
+func BenchEnrollPerCert(b *testing.B, s store.Store, counters Counters) {
+	ctx := context.Background()
+	ders := benchDERs(b, 1024)
+	codes := make([]string, b.N)
+	for i := range codes {
+		codes[i] = fmt.Sprintf("code-%08d", i)
+	}
+	for from := 0; from < b.N; from += 256 {
+		if err := s.Update(ctx, func(tx store.Tx) error {
+			for _, id := range codes[from:min(from+256, b.N)] {
+				if err := tx.InsertCode(store.Code{ID: id, Email: "alice@example.com", Template: "smime-encryption",
+					Hash: []byte("hash"), CreatedAt: bench0, ExpiresAt: bench0.AddDate(1, 0, 0)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	now := bench0.Add(time.Hour)
+	var next atomic.Int64
+	m := startMeasure(counters)
+	b.SetParallelism(4) // 8 callers on 2 cores, as the storm's 8 clients
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			row := store.Certificate{Serial: benchSerial(uint64(i)), Template: "smime-signature",
+				Email: fmt.Sprintf("user%d@example.com", i%4096), Subject: "CN=user", State: store.StateIssued,
+				DER: ders[i%int64(len(ders))], NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0), CreatedAt: now,
+				CodeID: codes[i]}
+			err := s.Update(ctx, func(tx store.Tx) error {
+				if err := tx.ClaimCode(row.CodeID, now); err != nil {
+					return err
+				}
+				if err := tx.InsertCertificate(row); err != nil {
+					return err
+				}
+				return benchAudit(tx, now, row.Serial)
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	benchPresign(b, s, now)
+	b.StopTimer()
+	m.report(b, b.N)
+}
+
+// BenchImportPerCert is the store's work for one item of a bulk import job, as the job's
+// committer makes it: 512 items to an Update (the epoch read, the certificates issued, their
+// active records, one audit entry for the batch, the items done), then the OCSP pre-signer's
+// passes as in [BenchEnrollPerCert].
+func BenchImportPerCert(b *testing.B, s store.Store, counters Counters) {
+	ctx := context.Background()
+	ders := benchDERs(b, 1024)
+	var epoch uint32
+	if err := s.Update(ctx, func(tx store.Tx) (err error) {
+		epoch, err = tx.InsertRecoverySet(store.RecoverySet{KRASerials: []string{"0a", "0b", "0c"}, Quorum: 2, CreatedBy: "bench"})
+		if err != nil {
+			return err
+		}
+		return tx.InsertJob(store.Job{ID: "job", Kind: "import", Template: "import", SubmittedBy: "bench", State: "running",
+			Input: "bench", CreatedAt: bench0})
+	}); err != nil {
+		b.Fatal(err)
+	}
+	blob := make([]byte, 1700) // about a sealed RSA-2048 key for two KRAs
+	now := bench0.Add(time.Hour)
+	m := startMeasure(counters)
+	b.ResetTimer()
+	const perUpdate = 512
+	for from := 0; from < b.N; from += perUpdate {
+		n := min(perUpdate, b.N-from)
+		certs := make([]store.Certificate, n)
+		recs := make([]store.Record, n)
+		done := make([]store.DoneItem, n)
+		for k := range n {
+			i := from + k
+			serial, id := benchSerial(uint64(i)), fmt.Sprintf("rec-%08d", i)
+			mailbox := fmt.Sprintf("user%d@example.com", i)
+			fp := sha256.Sum256([]byte(id))
+			certs[k] = store.Certificate{Serial: serial, Template: "import", Email: mailbox, Subject: "CN=user",
+				State: store.StateIssued, DER: ders[i%len(ders)], NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0),
+				CreatedAt: now, RecordID: id}
+			recs[k] = store.Record{ID: id, Serial: serial, Email: mailbox, Epoch: epoch, Blob: blob, State: store.StateActive,
+				CreatedAt: now, Fingerprint: hex.EncodeToString(fp[:])}
+			done[k] = store.DoneItem{Seq: i, Serial: serial, RecordID: id}
+		}
+		err := s.Update(ctx, func(tx store.Tx) error {
+			if cur, err := tx.CurrentEpoch(); err != nil || cur != epoch {
+				return fmt.Errorf("epoch %d: %v", cur, err)
+			}
+			if err := tx.InsertCertificates(certs); err != nil {
+				return err
+			}
+			if err := tx.InsertRecords(recs); err != nil {
+				return err
+			}
+			if err := benchAudit(tx, now, "job"); err != nil {
+				return err
+			}
+			return tx.InsertJobItemsDone("job", done)
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	benchPresign(b, s, now)
+	b.StopTimer()
+	m.report(b, b.N)
+}
+
+// benchAudit appends an entry after the head, as escrow/audit does.
+func benchAudit(tx store.Tx, now time.Time, subject string) error {
+	seq, prev, err := tx.AuditHead()
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		prev = make([]byte, 32)
+	}
+	h := sha256.New()
+	h.Write(prev)
+	binary.Write(h, binary.BigEndian, seq+1)
+	h.Write([]byte(subject))
+	return tx.InsertAudit(store.AuditEntry{Seq: seq + 1, At: now, Kind: "enroll", Actor: "bench", Subject: subject,
+		Details: `{"template":"smime-signature","serial":"` + subject + `"}`, Prev: prev, Hash: h.Sum(nil)})
+}
+
+// benchPresign signs nothing but stores a response for every certificate due, as the
+// pre-signer's passes do: pages of 512 read in a View, each stored in one Update.
+func benchPresign(b *testing.B, s store.Store, now time.Time) {
+	ctx := context.Background()
+	der := make([]byte, 470) // about a signed OCSP response of a P-256 responder
+	for {
+		var due []store.CertStatus
+		if err := s.View(ctx, func(tx store.Tx) (err error) {
+			due, err = tx.OCSPDue(now, now.Add(-72*time.Hour), "", 512)
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		if len(due) == 0 {
+			return
+		}
+		rs := make([]store.OCSPResponse, len(due))
+		for i, st := range due {
+			rs[i] = store.OCSPResponse{Serial: st.Serial, DER: der, ThisUpdate: now, NextUpdate: now.Add(7 * 24 * time.Hour),
+				Revoked: st.Revoked, Reason: st.Reason}
+		}
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs) }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchSerial is a serial spread over the key space as the CA's random serials are.
+func benchSerial(i uint64) string {
+	h := sha256.Sum256(binary.BigEndian.AppendUint64(nil, i))
+	return hex.EncodeToString(h[:16])
+}
+
+// benchDERs makes n P-256 certificates of distinct keys, so that their key identities differ.
+func benchDERs(b *testing.B, n int) [][]byte {
+	b.Helper()
+	ca, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make([][]byte, n)
+	for i := range out {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), Subject: pkix.Name{CommonName: "user"},
+			NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0), EmailAddresses: []string{"user@example.com"}}
+		if out[i], err = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, ca); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return out
+}
+
+// measure holds the process's CPU time and the counters at the start of a benchmark.
+type measure struct {
+	cpu      time.Duration
+	counters Counters
+	at       map[string]float64
+}
+
+func startMeasure(c Counters) *measure {
+	m := &measure{cpu: processCPU(), counters: c}
+	if c != nil {
+		m.at = c()
+	}
+	return m
+}
+
+// report reports the CPU and the counters' growth per certificate.
+func (m *measure) report(b *testing.B, certs int) {
+	b.ReportMetric(float64((processCPU()-m.cpu).Microseconds())/float64(certs), "cpu-µs/cert")
+	if m.counters == nil {
+		return
+	}
+	now := m.counters()
+	names := make([]string, 0, len(now))
+	for k := range now {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		b.ReportMetric((now[k]-m.at[k])/float64(certs), k+"/cert")
+	}
+}
+
+// processCPU is the user and system CPU time of this process so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
