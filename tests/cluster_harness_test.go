@@ -10,17 +10,14 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +26,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/keyarc/keyarc/escrow/store/postgres/pgserver"
 )
 
 // The cluster harness: a PostgreSQL server of the test's own, reached as production reaches
@@ -39,12 +38,10 @@ import (
 
 // pgServer is a PostgreSQL server in a folder of its own, on a free loopback port.
 type pgServer struct {
-	dir      string // owned by the server's user: data/, the socket, TLS files, the log
+	srv      *pgserver.Server
+	dir      string // the server's: data/, the socket, the log
 	bin      string
 	port     int
-	cred     *syscall.Credential // the postgres user's, when the test runs as root
-	cmd      *exec.Cmd
-	exit     chan error
 	caPath   string // the CA that issued the server's TLS certificate
 	password string // role keyarc's
 }
@@ -53,80 +50,45 @@ type pgServer struct {
 // and removes its folder when t ends. It skips (fails under CI) without PostgreSQL.
 func startPG(t *testing.T) *pgServer {
 	t.Helper()
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool {
-		a, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
-		b, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
-		return a > b
+	caPEM, tls, err := pgserver.LoopbackTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := pgserver.Start(pgserver.Options{
+		// Not t.TempDir(): the server's user must reach its folder, and a test's folders are
+		// root's alone when the test runs as root.
+		Prefix: "keyarc-cluster-pg-",
+		Port:   freePortNumber(t),
+		Listen: "127.0.0.1",
+		TLS:    tls,
+		// The superuser on the socket only; role keyarc over TLS with its password only.
+		HBA:      "local all postgres trust\nhostssl keyarc keyarc 127.0.0.1/32 scram-sha-256\n",
+		NoSync:   true,
+		Settings: append(slices.Clone(pgserver.ThrowAway), "max_connections = 200", "log_min_messages = warning"),
 	})
-	if len(dirs) == 0 {
+	if errors.Is(err, pgserver.ErrNotInstalled) {
 		if os.Getenv("CI") != "" {
 			t.Fatal("PostgreSQL is required in CI (make test installs it)")
 		}
 		t.Skip("PostgreSQL not installed; run `make deps`")
 	}
-	// Not t.TempDir(): the server's user must reach its folder, and a test's folders are
-	// root's alone when the test runs as root.
-	dir, err := os.MkdirTemp("", "keyarc-cluster-pg-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &pgServer{dir: dir, bin: dirs[0], port: freePortNumber(t)}
+	s := &pgServer{srv: srv, dir: srv.Dir(), bin: srv.Bin(), port: srv.Port()}
 	t.Cleanup(func() {
-		if s.cmd != nil {
-			s.halt(t)
+		if err := srv.Halt(); err != nil {
+			t.Error(err)
 		}
 		if t.Failed() {
-			if b, err := os.ReadFile(filepath.Join(dir, "postgres.log")); err == nil {
-				t.Logf("postgres log:\n%s", lastLines(string(b), 40))
-			}
+			t.Logf("postgres log:\n%s", srv.LogTail(40))
 		}
-		os.RemoveAll(dir)
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
 	})
-	uid, gid := -1, -1
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("running as root, and PostgreSQL refuses root: no postgres user to run it as: %v", err)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data := filepath.Join(dir, "data")
-	if out, err := s.command("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
-		"--no-sync", "--no-instructions").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	caPEM, certPEM, keyPEM := pgTLSFiles(t)
 	s.caPath = filepath.Join(t.TempDir(), "pg-ca.pem")
 	writeFile(t, s.caPath, caPEM)
-	for name, b := range map[string][]byte{"server.crt": certPEM, "server.key": keyPEM} {
-		p := filepath.Join(data, name)
-		writeFile(t, p, b)
-		if uid >= 0 {
-			if err := os.Chown(p, uid, gid); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	conf := fmt.Sprintf("\n# the cluster tests' server: loopback TCP with TLS, a socket for the test's own administration\n"+
-		"listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\nssl = on\n"+
-		"fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\nlog_min_messages = warning\n", s.port, dir)
-	appendFile(t, filepath.Join(data, "postgresql.conf"), conf)
-	// The superuser on the socket only; role keyarc over TLS with its password only.
-	writeFile(t, filepath.Join(data, "pg_hba.conf"), []byte("local all postgres trust\nhostssl keyarc keyarc 127.0.0.1/32 scram-sha-256\n"))
-	if uid >= 0 {
-		for _, p := range []string{filepath.Join(data, "pg_hba.conf")} {
-			if err := os.Chown(p, uid, gid); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	s.launch(t)
 	var pw [18]byte
 	rand.Read(pw[:])
 	s.password = base64.RawURLEncoding.EncodeToString(pw[:])
@@ -142,65 +104,20 @@ func startPG(t *testing.T) *pgServer {
 	return s
 }
 
-func (s *pgServer) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(s.bin, name), args...)
-	cmd.Dir = s.dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
-	if s.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
-	}
-	return cmd
-}
-
-// launch starts postgres and waits until it takes connections.
+// launch starts postgres again on its data and waits until it takes connections.
 func (s *pgServer) launch(t *testing.T) {
 	t.Helper()
-	logf, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
+	if err := s.srv.Launch(); err != nil {
 		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := s.command("postgres", "-D", filepath.Join(s.dir, "data"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	s.cmd, s.exit = cmd, make(chan error, 1)
-	go func() { s.exit <- cmd.Wait() }()
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		db, err := sql.Open("pgx", strings.Replace(s.adminURL(), "dbname=keyarc", "dbname=postgres", 1))
-		if err == nil {
-			err = db.Ping()
-			db.Close()
-		}
-		if err == nil {
-			return
-		}
-		select {
-		case werr := <-s.exit:
-			s.cmd = nil
-			t.Fatalf("postgres exited (%v) before taking connections", werr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("postgres takes no connection after 60s: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // halt shuts the server down as an administrator's fast shutdown does: every session ends.
 func (s *pgServer) halt(t *testing.T) {
 	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-s.exit:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exit
-		t.Error("postgres did not stop within 30s of a fast shutdown")
+	if err := s.srv.Halt(); err != nil {
+		t.Error(err)
 	}
-	s.cmd = nil
 }
 
 func (s *pgServer) adminURL() string {
@@ -233,36 +150,6 @@ func (s *pgServer) keyarcDB(t *testing.T) *sql.DB {
 // url is the database's URL as a node's keyarc.yaml holds it: TCP, verify-full, no password.
 func (s *pgServer) url() string {
 	return fmt.Sprintf("postgres://keyarc@127.0.0.1:%d/keyarc?sslmode=verify-full&sslrootcert=%s", s.port, s.caPath)
-}
-
-// pgTLSFiles makes a CA and, issued by it, the server's certificate for 127.0.0.1 and its key.
-func pgTLSFiles(t *testing.T) (caPEM, certPEM, keyPEM []byte) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "cluster test database CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})
 }
 
 // cluster is three nodes on one state folder, sharing the database and the token.

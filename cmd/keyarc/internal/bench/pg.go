@@ -5,23 +5,22 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/loadgen"
 	"github.com/keyarc/keyarc/escrow/bulk"
+	"github.com/keyarc/keyarc/escrow/store/postgres/pgserver"
 	"github.com/keyarc/keyarc/policy"
 )
 
@@ -33,107 +32,35 @@ import (
 // pgServer is a PostgreSQL server of the bench's own, in a folder of its own, reached on a
 // unix socket in that folder only.
 type pgServer struct {
-	dir  string // data/ and the socket
-	bin  string
-	cred *syscall.Credential // the postgres user's, when the bench runs as root
-	cmd  *exec.Cmd
-	exit chan error
+	*pgserver.Server
 }
 
-// startPG runs initdb in dir and starts the server. As root, PostgreSQL runs as the postgres
-// user, which must be able to pass through dir's parents.
+// startPG runs initdb in dir and starts the server, durable (initdb's files synced, fsync and
+// synchronous_commit at their defaults), with role keyarc. As root, PostgreSQL runs as the
+// postgres user, which is let through dir's parents.
 func startPG(dir string) (*pgServer, error) {
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool {
-		a, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
-		b, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
-		return a > b
-	})
-	if len(dirs) == 0 {
-		return nil, fmt.Errorf("bench: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin; make deps installs it)")
+	srv, err := pgserver.Start(pgserver.Options{Dir: dir, Settings: []string{"max_connections = 200"}})
+	if errors.Is(err, pgserver.ErrNotInstalled) {
+		return nil, fmt.Errorf("bench: %w; make deps installs it", err)
 	}
-	s := &pgServer{dir: dir, bin: dirs[0]}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("bench: running as root, and there is no postgres user to run PostgreSQL as: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		for p := filepath.Dir(dir); p != "/" && p != "."; p = filepath.Dir(p) {
-			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o001 == 0 {
-				if err := os.Chmod(p, fi.Mode().Perm()|0o011); err != nil {
-					return nil, err
-				}
-			}
-		}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
-	}
-	out, err := s.command("initdb", "-D", filepath.Join(dir, "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-instructions").CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("bench: initdb: %w\n%s", err, out)
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	if s.cred != nil {
-		os.Chown(logf.Name(), int(s.cred.Uid), int(s.cred.Gid))
-	}
-	s.cmd = s.command("postgres", "-D", filepath.Join(dir, "data"), "-k", dir, "-c", "listen_addresses=", "-c", "max_connections=200")
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: postgres: %w", err)
-	}
-	s.exit = make(chan error, 1)
-	go func() { s.exit <- s.cmd.Wait() }()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if _, err := s.psql("SELECT 1"); err == nil {
-			break
-		}
-		select {
-		case err := <-s.exit:
-			s.cmd = nil
-			b, _ := os.ReadFile(filepath.Join(dir, "postgres.log"))
-			return nil, fmt.Errorf("bench: postgres exited (%v) before taking connections:\n%s", err, lastLines(string(b), 10))
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.stop()
-			return nil, fmt.Errorf("bench: postgres takes no connection after 60 s")
-		}
-	}
-	if _, err := s.psql("CREATE ROLE keyarc LOGIN"); err != nil {
+	s := &pgServer{srv}
+	if err := s.admin("CREATE ROLE keyarc LOGIN"); err != nil {
 		s.stop()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *pgServer) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(s.bin, name), args...)
-	cmd.Dir = s.dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
-	if s.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
-	}
-	return cmd
-}
-
 // cpu returns the CPU time (user and system) of the server's processes: the postmaster and
 // its children (backends, writers), read from /proc.
 func (s *pgServer) cpu() time.Duration {
-	if s.cmd == nil {
+	root := s.PID()
+	if root == 0 {
 		return 0
 	}
-	root := s.cmd.Process.Pid
 	var sum time.Duration
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -160,39 +87,28 @@ func (s *pgServer) cpu() time.Duration {
 	return sum
 }
 
-// psql runs one statement as the superuser.
-func (s *pgServer) psql(stmt string) (string, error) {
-	cmd := exec.Command(filepath.Join(s.bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", s.dir, "-U", "postgres", "-d", "postgres", "-tA", "-c", stmt)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("bench: psql %q: %w: %s", stmt, err, strings.TrimSpace(string(out)))
+// admin runs one statement as the superuser.
+func (s *pgServer) admin(stmt string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.Admin(ctx, "postgres", stmt); err != nil {
+		return fmt.Errorf("bench: %w", err)
 	}
-	return string(out), nil
+	return nil
 }
 
 // database makes database name, owned by role keyarc, and returns its URL as keyarc.yaml
 // holds it (the unix socket, no password).
 func (s *pgServer) database(name string) (string, error) {
-	if _, err := s.psql("CREATE DATABASE " + name + " OWNER keyarc"); err != nil {
+	if err := s.admin("CREATE DATABASE " + name + " OWNER keyarc"); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("postgres:///%s?host=%s&user=keyarc", name, s.dir), nil
+	return fmt.Sprintf("postgres:///%s?host=%s&port=%d&user=keyarc", name, s.Dir(), s.Port()), nil
 }
 
-// stop shuts the server down (a fast shutdown) and waits for it.
-func (s *pgServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	s.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-s.exit:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exit
-	}
-	s.cmd = nil
-}
+// stop shuts the server down (a fast shutdown) and waits for it; its folder stays, with the
+// bench's.
+func (s *pgServer) stop() { s.Halt() }
 
 // initStateOn makes a development state with the given CA key whose database is url ("" for
 // the embedded SQLite file).
