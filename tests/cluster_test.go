@@ -19,22 +19,16 @@ import (
 // verify-full, a password from a file) and one SoftHSM token behind `p11-kit server`, and
 // drives them as a load balancer's clients would: enrollments on every node at once, a
 // recovery that crosses the nodes, the database restarted and the token server killed under
-// load, a node killed and started again, a bulk job's node killed and another paused past
-// the job's lease, and the audit trail of the whole cluster verified at the end. The phases share the
+// load, a node killed and started again, the leader killed (another node takes its lease and
+// runs the singletons), a bulk job's node killed and another paused past the job's lease,
+// and the audit trail of the whole cluster verified at the end. The phases share the
 // cluster and run in order; each checks the database itself.
 func TestCluster(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
 
 	t.Run("ConcurrentEnrollments", func(t *testing.T) {
-		mailboxes := clusterMailboxes("conc", 36)
-		res := c.enrollAll(t, mailboxes, nil)
-		for _, m := range mailboxes {
-			if r := res[m]; r.status != http.StatusOK {
-				t.Errorf("%s: %d %v (no fault was made: every enrollment must succeed)", m, r.status, r.err)
-			}
-		}
-		c.checkIssued(t, "conc", res)
+		c.enrollOn(t, c.nodes, "conc", 36)
 	})
 
 	t.Run("ReadinessNamesNodeAndLeader", func(t *testing.T) {
@@ -132,15 +126,7 @@ func TestCluster(t *testing.T) {
 		// node2 dies as a crash would; the others serve on, and node2 starts again where it was.
 		dead := c.nodes[1]
 		dead.kill(t)
-		survivors := &cluster{t: c.t, state: c.state, pg: c.pg, db: c.db, nodes: []*appliance{c.nodes[0], c.nodes[2]}}
-		mailboxes := clusterMailboxes("kill", 12)
-		res := survivors.enrollAll(t, mailboxes, nil)
-		for _, m := range mailboxes {
-			if r := res[m]; r.status != http.StatusOK {
-				t.Errorf("%s through the surviving nodes: %d %v", m, r.status, r.err)
-			}
-		}
-		c.checkIssued(t, "kill", res)
+		c.enrollOn(t, []*appliance{c.nodes[0], c.nodes[2]}, "kill", 12)
 		if t.Failed() {
 			out, _ := runResult("", nil, "sh", "-c", "ps -eo pid,ppid,stat,wchan:24,args | grep -e p11-kit -e 'keyarc serve' | grep -v grep")
 			t.Logf("processes of the token server and the nodes:\n%s", out)
@@ -150,6 +136,98 @@ func TestCluster(t *testing.T) {
 		code := c.makeCodes(t, []string{back})[back]
 		if got := estEnrollOnce(c.nodes[1], back, code, estCSRDER(back)); got.status != http.StatusOK {
 			t.Errorf("enrollment through node2 after its restart: %d %v", got.status, got.err)
+		}
+	})
+
+	t.Run("LeaderKilled", func(t *testing.T) {
+		// The leader dies with -9, holding its lease: another node takes the lease once it has
+		// run out (never before), promptly, and runs the singletons there; enrollments go on
+		// through the survivors, and the dead node starts again as a follower.
+		idx := c.leaderIndex(t)
+		name := fmt.Sprintf("node%d", idx+1)
+		dead := c.nodes[idx]
+		dead.kill(t)
+		// Read after the kill: a renewal of the dead node's may have committed just before.
+		var oldToken, oldExpires int64
+		var holder string
+		if err := c.db.QueryRow("SELECT holder, token, expires FROM leases WHERE name = 'leader'").Scan(&holder, &oldToken, &oldExpires); err != nil {
+			t.Fatal(err)
+		}
+		if holder != name {
+			t.Fatalf("the leader lease is %s's, but %s said it led", holder, name)
+		}
+		crlBefore := queryInt(t, c.db, "SELECT coalesce(max(number), 0) FROM crls")
+		var survivors []*appliance
+		for i, a := range c.nodes {
+			if i != idx {
+				survivors = append(survivors, a)
+			}
+		}
+		// The survivors try for the lease every quarter of it: one holds it at most that long
+		// after it has run out (and a margin for a slow machine).
+		left := time.Until(time.UnixMicro(oldExpires))
+		within := max(left, 0) + clusterLeaderLease/4 + 10*time.Second
+		t.Logf("killed %s, the leader; its lease has %s left", name, left.Round(time.Millisecond))
+		var newHolder string
+		var newToken, acquired int64
+		for deadline := time.Now().Add(within); ; time.Sleep(100 * time.Millisecond) {
+			err := c.db.QueryRow("SELECT holder, token, acquired_at FROM leases WHERE name = 'leader'").Scan(&newHolder, &newToken, &acquired)
+			if err == nil && newHolder != name {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no node took the leader lease within %s of the kill (cluster.leader_lease %s): still %s's (%v)",
+					within.Round(time.Millisecond), clusterLeaderLease, newHolder, err)
+			}
+		}
+		if acquired < oldExpires {
+			t.Errorf("%s took the leader lease %s before the dead leader's ran out", newHolder, time.Duration(oldExpires-acquired)*time.Microsecond)
+		}
+		if late := time.Duration(acquired-oldExpires) * time.Microsecond; late > clusterLeaderLease/4+2*time.Second {
+			t.Errorf("%s took the leader lease %s after the dead leader's ran out, want within a renewal (%s)", newHolder, late, clusterLeaderLease/4)
+		}
+		if newToken <= oldToken {
+			t.Errorf("the new leader's token %d does not fence the dead one's %d", newToken, oldToken)
+		}
+		t.Logf("%s leads now (token %d, %s after the dead lease ran out)", newHolder, newToken, time.Duration(acquired-oldExpires)*time.Microsecond)
+		// The new leader says so, and it alone.
+		for _, a := range survivors {
+			for deadline := time.Now().Add(clusterLeaderLease / 4); ; time.Sleep(100 * time.Millisecond) {
+				_, r := readyOf(t, a)
+				if r.Leader == (r.Node == newHolder) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("%s /readyz says leader %v, but the lease is %s's", r.Node, r.Leader, newHolder)
+					break
+				}
+			}
+		}
+		// The singletons run on the new leader: a node that starts leading publishes a CRL at
+		// once (its follower's poll), though nothing was revoked; a follower publishes only
+		// after its own revocations, and there are none here.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			n := queryInt(t, c.db, "SELECT coalesce(max(number), 0) FROM crls")
+			if n > crlBefore {
+				t.Logf("CRL %d published after the takeover (the last before it: %d)", n, crlBefore)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("no CRL published within 30s of %s taking the lead (the newest is still %d)", newHolder, crlBefore)
+				break
+			}
+		}
+		// Enrollments go on through the survivors.
+		c.enrollOn(t, survivors, "leader", 12)
+		// The dead node starts again, as a follower: the lease stays where it is.
+		c.nodes[idx] = serveWith(c.t, c.state, nil, strings.TrimPrefix(dead.url, "https://"), "--node", name, "--public-addr", freePort(t))
+		c.waitReady(t, 60*time.Second)
+		if _, r := readyOf(t, c.nodes[idx]); r.Leader {
+			t.Errorf("%s, started again, says it leads while %s holds the lease", name, newHolder)
+		}
+		var now string
+		if err := c.db.QueryRow("SELECT holder FROM leases WHERE name = 'leader'").Scan(&now); err != nil || now != newHolder {
+			t.Errorf("the leader lease after %s's restart: %q %v, want %s's still", name, now, err, newHolder)
 		}
 	})
 
@@ -273,7 +351,39 @@ func TestCluster(t *testing.T) {
 	})
 }
 
-// clusterMailboxes are n mailboxes with a prefix of the phase's.
+// enrollOn enrolls n mailboxes of prefix through nodes alone, with no fault made: every
+// enrollment must succeed, and the database must hold what the clients got.
+func (c *cluster) enrollOn(t *testing.T, nodes []*appliance, prefix string, n int) {
+	t.Helper()
+	some := &cluster{t: c.t, state: c.state, pg: c.pg, db: c.db, nodes: nodes}
+	mailboxes := clusterMailboxes(prefix, n)
+	res := some.enrollAll(t, mailboxes, nil)
+	for _, m := range mailboxes {
+		if r := res[m]; r.status != http.StatusOK {
+			t.Errorf("%s: %d %v (no fault was made on the nodes it went through: every enrollment must succeed)", m, r.status, r.err)
+		}
+	}
+	c.checkIssued(t, prefix, res)
+}
+
+// leaderIndex is the index in c.nodes of the one node whose /readyz says it leads.
+func (c *cluster) leaderIndex(t *testing.T) int {
+	t.Helper()
+	idx := -1
+	for i, a := range c.nodes {
+		if _, r := readyOf(t, a); r.Leader {
+			if idx >= 0 {
+				t.Fatalf("node%d and node%d both say they lead", idx+1, i+1)
+			}
+			idx = i
+		}
+	}
+	if idx < 0 {
+		t.Fatal("no node says it leads")
+	}
+	return idx
+}
+
 // jobHolder waits until job id is under way (100 items done) and returns the node holding
 // its lease.
 func (c *cluster) jobHolder(t *testing.T, admin *http.Client, id string, total int) string {
@@ -340,6 +450,7 @@ func (c *cluster) checkJobIssuedOnce(t *testing.T, prefix string, total int) {
 	}
 }
 
+// clusterMailboxes are n mailboxes with a prefix of the phase's.
 func clusterMailboxes(prefix string, n int) []string {
 	out := make([]string, n)
 	for i := range out {
