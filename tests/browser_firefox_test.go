@@ -36,7 +36,7 @@ func startFirefox(t *testing.T, a *appliance, dl string) *bidi.Browser {
 		"browser.download.useDownloadDir":                          true,
 		"browser.download.always_ask_before_handling_new_types":    false,
 		"browser.download.start_downloads_in_tmp_dir":              false,
-		"browser.helperApps.neverAsk.saveToDisk":                   "application/x-pkcs12",
+		"browser.helperApps.neverAsk.saveToDisk":                   "application/x-pkcs12,application/pem-certificate-chain,application/pkix-cert",
 		"browser.download.alwaysOpenPanel":                         false,
 		"browser.shell.checkDefaultBrowser":                        false,
 		"datareporting.policy.dataSubmissionEnabled":               false,
@@ -245,6 +245,8 @@ func TestFirefoxEnrollment(t *testing.T) {
 	if chain := run(t, dir, "openssl", "pkcs12", "-in", p12, "-passin", "file:"+pw, "-cacerts", "-nokeys"); !strings.Contains(chain, "keyarc Root CA") {
 		t.Errorf("the file holds no CA certificate:\n%s", chain)
 	}
+	// "Find a colleague's certificate" works in Firefox too.
+	checkLookup(t, firefoxPage{ctx, b}, dir, dl, mailbox, filepath.Join(dir, "firefox.crt"))
 
 	// Neither the password nor the code reached the appliance's log.
 	for what, secret := range map[string]string{"PKCS#12 password": password, "enrollment code": code} {

@@ -192,7 +192,7 @@ func TestBrowserEnrollment(t *testing.T) {
 	const password = "correct horse battery staple"
 
 	var rawTotal, sentTotal int
-	for _, f := range []string{"/", "/web/app.js", "/web/worker.js", "/web/style.css", "/web/wasm_exec.js", "/web/keyarc.wasm"} {
+	for _, f := range []string{"/", "/web/app.js", "/web/lookup.js", "/web/worker.js", "/web/style.css", "/web/wasm_exec.js", "/web/keyarc.wasm"} {
 		raw, sent := pageSize(t, a, f)
 		rawTotal, sentTotal = rawTotal+raw, sentTotal+sent
 		t.Logf("page file %-18s %9d bytes, %9d sent gzipped", f, raw, sent)
@@ -358,6 +358,8 @@ func TestBrowserEnrollment(t *testing.T) {
 	if subj := run(t, dir, "openssl", "x509", "-in", "browser.crt", "-noout", "-ext", "subjectAltName"); !strings.Contains(subj, mailbox) {
 		t.Errorf("the certificate is not for %s: %s", mailbox, subj)
 	}
+	// "Find a colleague's certificate" finds it (and not the signing one).
+	checkLookup(t, chromePage{ctx}, dir, dl, mailbox, filepath.Join(dir, "browser.crt"))
 
 	// The signing file: its own key, named, never archived.
 	sp12 := filepath.Join(dl, mailbox+"-signing.p12")

@@ -1,6 +1,9 @@
 // Package web serves the enrollment page at https://<appliance>/: a form where a person enters
 // their mailbox and enrollment code, chooses an encryption certificate, a signing certificate or
-// both, and a password, and leaves with a PKCS#12 file built in their own browser.
+// both, and a password, and leaves with a PKCS#12 file built in their own browser. Below it,
+// "find a colleague's certificate" (lookup.js) asks GET /api/v1/directory for a mailbox's
+// encryption certificates and offers each for download with its SHA-256 fingerprint; it needs
+// no WebAssembly.
 //
 // # Technology
 //
@@ -12,15 +15,15 @@
 // the build needs only the Go toolchain (`GOOS=js GOARCH=wasm go build -trimpath`, reproducible:
 // see TestWasmReproducible). The costs: a larger download than a bundle of JavaScript (the
 // README gives the size, raw and gzipped), and 'wasm-unsafe-eval' in the Content-Security-Policy.
-// The page itself is plain HTML, one style sheet and one script, with no inline script or style.
+// The page itself is plain HTML, one style sheet and two scripts, with no inline script or style.
 //
 // # Files
 //
-// static/ holds the committed files (index.html, app.js, worker.js, style.css, icon.svg) and the two
-// that `make wasm` (a step of `make build`) generates and git ignores: keyarc.wasm and
-// wasm_exec.js, the loader of the Go release that built it. All are embedded in the binary.
-// A binary built without them (`go build` on a fresh clone) serves the page but answers 503
-// "page not built: run make build" for those two, and the page says so.
+// static/ holds the committed files (index.html, app.js, lookup.js, worker.js, style.css,
+// icon.svg) and the two that `make wasm` (a step of `make build`) generates and git ignores:
+// keyarc.wasm and wasm_exec.js, the loader of the Go release that built it. All are embedded in
+// the binary. A binary built without them (`go build` on a fresh clone) serves the page but
+// answers 503 "page not built: run make build" for those two, and the page says so.
 //
 // # Headers
 //

@@ -175,7 +175,7 @@ func TestCaching(t *testing.T) {
 // files, with no inline script or style.
 func TestEmbedded(t *testing.T) {
 	h := Handler().(*handler)
-	for _, name := range []string{"index.html", "app.js", "worker.js", "style.css"} {
+	for _, name := range []string{"index.html", "app.js", "lookup.js", "worker.js", "style.css"} {
 		if h.files[name] == nil {
 			t.Errorf("%s is not embedded", name)
 		}
@@ -187,15 +187,15 @@ func TestEmbedded(t *testing.T) {
 		}
 	}
 	// Every input, select and textarea has a label.
-	for _, id := range []string{"mailbox", "code-encryption", "code-signing", "password", "confirm", "keytype", "kind-encryption", "kind-signing", "kind-both"} {
+	for _, id := range []string{"mailbox", "code-encryption", "code-signing", "password", "confirm", "keytype", "kind-encryption", "kind-signing", "kind-both", "lookup-mailbox"} {
 		if !strings.Contains(html, `id="`+id+`"`) || !strings.Contains(html, `for="`+id+`"`) {
 			t.Errorf("field %s has no label", id)
 		}
 	}
-	if n := strings.Count(html, "<input") + strings.Count(html, "<select"); n != 9 {
-		t.Errorf("index.html has %d fields, the label check knows 9", n)
+	if n := strings.Count(html, "<input") + strings.Count(html, "<select"); n != 10 {
+		t.Errorf("index.html has %d fields, the label check knows 10", n)
 	}
-	for _, name := range []string{"app.js", "worker.js"} {
+	for _, name := range []string{"app.js", "lookup.js", "worker.js"} {
 		js := string(h.files[name].body)
 		for _, bad := range []string{"localStorage", "sessionStorage", "indexedDB", "document.cookie", "eval("} {
 			if strings.Contains(js, bad) {
