@@ -15,8 +15,8 @@ import (
 // drillRoutes are the recoverability drills and the quorum health (issue 17).
 func (a *Server) drillRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/recovery-set/health", a.handleRecoveryHealth)
-	mux.HandleFunc("POST /api/v1/drills", a.handleDrillOpen)
-	mux.HandleFunc("GET /api/v1/drills", a.handleDrillList)
+	mux.HandleFunc("POST /api/v1/drills", a.drillsHandler(http.StatusCreated, a.openDrills))
+	mux.HandleFunc("GET /api/v1/drills", a.drillsHandler(http.StatusOK, a.listDrills))
 	mux.HandleFunc("GET /api/v1/drills/{id}", a.handleDrillShow)
 	mux.HandleFunc("POST /api/v1/drills/{id}/proof", a.handleDrillProof)
 }
@@ -86,49 +86,47 @@ func toDrillJSON(d *escrow.Drill, items []escrow.DrillShare) wire.Drill {
 	return out
 }
 
-func (a *Server) handleDrillOpen(w http.ResponseWriter, r *http.Request) {
-	p, err := a.drillCaller(r, "")
-	if err != nil {
-		a.fail(w, r, err)
-		return
+// drillsHandler answers with drills, without their items: an admin or a KRA calls
+// ([Server.drillCaller]), find returns the drills, and they are written with status code (an
+// empty list as []). Opening and listing drills share it.
+func (a *Server) drillsHandler(code int, find func(w http.ResponseWriter, r *http.Request, p policy.Principal) ([]escrow.Drill, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := a.drillCaller(r, "")
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		drills, err := find(w, r, p)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		out := make([]wire.Drill, 0, len(drills))
+		for i := range drills {
+			out = append(out, toDrillJSON(&drills[i], nil))
+		}
+		writeJSON(w, code, out)
 	}
-	var req wire.DrillRequest
-	if err := decodeJSON(w, r, &req); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	drills, err := a.svc.OpenDrill(r.Context(), p, req.KRA, a.cfg.Recovery.DrillTTL.Duration)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]wire.Drill, 0, len(drills))
-	for i := range drills {
-		out = append(out, toDrillJSON(&drills[i], nil))
-	}
-	writeJSON(w, http.StatusCreated, out)
 }
 
-func (a *Server) handleDrillList(w http.ResponseWriter, r *http.Request) {
-	p, err := a.drillCaller(r, "")
-	if err != nil {
-		a.fail(w, r, err)
-		return
+// openDrills opens a drill for the KRA the request names, or a campaign of one drill per
+// KRA of the current set.
+func (a *Server) openDrills(w http.ResponseWriter, r *http.Request, p policy.Principal) ([]escrow.Drill, error) {
+	var req wire.DrillRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return nil, err
 	}
+	return a.svc.OpenDrill(r.Context(), p, req.KRA, a.cfg.Recovery.DrillTTL.Duration)
+}
+
+// listDrills lists the drills of ?campaign and ?kra (a KRA's own only), the open ones only
+// with ?open.
+func (a *Server) listDrills(_ http.ResponseWriter, r *http.Request, p policy.Principal) ([]escrow.Drill, error) {
 	kra := r.URL.Query().Get("kra")
 	if p.Role == policy.RoleKRA {
 		kra = p.Name // a KRA sees its own drills
 	}
-	drills, err := a.svc.ListDrills(r.Context(), r.URL.Query().Get("campaign"), kra, r.URL.Query().Get("open") != "")
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]wire.Drill, 0, len(drills))
-	for i := range drills {
-		out = append(out, toDrillJSON(&drills[i], nil))
-	}
-	writeJSON(w, http.StatusOK, out)
+	return a.svc.ListDrills(r.Context(), r.URL.Query().Get("campaign"), kra, r.URL.Query().Get("open") != "")
 }
 
 func (a *Server) handleDrillShow(w http.ResponseWriter, r *http.Request) {
