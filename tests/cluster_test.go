@@ -235,16 +235,7 @@ func TestCluster(t *testing.T) {
 		// The node running a bulk job dies with -9 mid-job: another node takes the job over
 		// once its lease expires and finishes it, every item issued once.
 		const total = 1500
-		lines := make([]string, total)
-		for i := range lines {
-			lines[i] = fmt.Sprintf(`{"email":"bulk%d@example.org"}`, i+1)
-		}
-		file := filepath.Join(t.TempDir(), "keygen.jsonl")
-		writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, lines)
-		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
-		admin := adminClient(t, c.state)
-		holder := c.jobHolder(t, admin, id, total)
-		idx := c.nodeIndex(t, holder)
+		id, admin, holder, idx := c.jobUnderWay(t, "bulk", total)
 		dead := c.nodes[idx]
 		// The holder's /readyz counts the job's lease (its read of the database is at most a
 		// second old).
@@ -282,16 +273,7 @@ func TestCluster(t *testing.T) {
 		// node takes the job over; when the paused node wakes (kill -CONT), its writes are fenced
 		// off, and every item is still issued once.
 		const total = 1500
-		lines := make([]string, total)
-		for i := range lines {
-			lines[i] = fmt.Sprintf(`{"email":"pause%d@example.org"}`, i+1)
-		}
-		file := filepath.Join(t.TempDir(), "keygen.jsonl")
-		writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, lines)
-		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
-		admin := adminClient(t, c.state)
-		holder := c.jobHolder(t, admin, id, total)
-		idx := c.nodeIndex(t, holder)
+		id, admin, holder, idx := c.jobUnderWay(t, "pause", total)
 		paused := c.nodes[idx]
 		paused.cmd.Process.Signal(syscall.SIGSTOP)
 		woken := false
@@ -382,6 +364,23 @@ func (c *cluster) leaderIndex(t *testing.T) int {
 		t.Fatal("no node says it leads")
 	}
 	return idx
+}
+
+// jobUnderWay submits through node1 a keygen job of total mailboxes of prefix, waits until
+// it is under way, and returns its ID, an admin's client, and the name and index of the node
+// holding its lease.
+func (c *cluster) jobUnderWay(t *testing.T, prefix string, total int) (id string, admin *http.Client, holder string, idx int) {
+	t.Helper()
+	lines := make([]string, total)
+	for i := range lines {
+		lines[i] = fmt.Sprintf(`{"email":"%s%d@example.org"}`, prefix, i+1)
+	}
+	file := filepath.Join(t.TempDir(), "keygen.jsonl")
+	writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, lines)
+	id = strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", c.state, "--as", "admin", "--server", c.nodes[0].url))
+	admin = adminClient(t, c.state)
+	holder = c.jobHolder(t, admin, id, total)
+	return id, admin, holder, c.nodeIndex(t, holder)
 }
 
 // jobHolder waits until job id is under way (100 items done) and returns the node holding
