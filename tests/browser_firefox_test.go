@@ -126,6 +126,13 @@ func TestFirefoxEnrollment(t *testing.T) {
 		t.Fatal("the enrollment page is not built (cmd/keyarc/internal/web/static/keyarc.wasm): run make wasm, or make test, which does")
 	}
 	state := devState(t)
+	// Two lookups a minute: the lookup check makes two, a third is refused.
+	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("directory:\n  lookups_per_minute: 2\n")
+	f.Close()
 	a := serve(t, state)
 	dir, dl := t.TempDir(), t.TempDir()
 	const mailbox = "frank@example.org"
@@ -245,8 +252,13 @@ func TestFirefoxEnrollment(t *testing.T) {
 	if chain := run(t, dir, "openssl", "pkcs12", "-in", p12, "-passin", "file:"+pw, "-cacerts", "-nokeys"); !strings.Contains(chain, "keyarc Root CA") {
 		t.Errorf("the file holds no CA certificate:\n%s", chain)
 	}
-	// "Find a colleague's certificate" works in Firefox too.
+	// "Find a colleague's certificate" works in Firefox too; past the appliance's limit
+	// (directory.lookups_per_minute) the page says to wait, and how long.
 	checkLookup(t, firefoxPage{ctx, b}, dir, dl, mailbox, filepath.Join(dir, "firefox.crt"))
+	if s := lookUp(t, firefoxPage{ctx, b}, mailbox); s.Kind != "error" || len(s.Fingerprints) != 0 ||
+		!strings.Contains(s.Message, "Too many lookups") || !strings.Contains(s.Message, "Try again in ") || !strings.Contains(s.Message, "HTTP 429") {
+		t.Errorf("a lookup over the limit shows %+v", s)
+	}
 
 	// Neither the password nor the code reached the appliance's log.
 	for what, secret := range map[string]string{"PKCS#12 password": password, "enrollment code": code} {

@@ -419,6 +419,10 @@ func TestBrowserEnrollment(t *testing.T) {
 	if hidden, _ := chromedp.Run(bare, chromedp.Evaluate[bool](`document.getElementById('enroll').hidden`)); !hidden {
 		t.Error("without WebAssembly the form is still shown")
 	}
+	// The lookup needs no WebAssembly: it works there too.
+	if s := lookUp(t, chromePage{bare}, mailbox); len(s.Fingerprints) != 1 {
+		t.Errorf("without WebAssembly the lookup shows %+v", s)
+	}
 
 	// Neither the password nor the code reached the appliance's log.
 	for what, secret := range map[string]string{"PKCS#12 password": password, "enrollment code": code} {
