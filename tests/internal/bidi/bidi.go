@@ -108,8 +108,9 @@ func Start(ctx context.Context, opts Options) (*Browser, error) {
 	cmd := exec.Command(exe, "--headless", "--no-remote", "--profile", opts.Profile,
 		"--remote-debugging-port", "0", "about:blank")
 	cmd.Env = opts.Env
-	// Its own process group: the content processes go with it in Close.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group: the content processes go with it in Close. And it dies with the
+	// test process if that is killed (a test binary's timeout) before Close runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
