@@ -24,6 +24,10 @@ import (
 type ocspService struct {
 	// Handler serves /ocsp and /ocsp/ from the store (api.Parts.OCSP).
 	Handler http.Handler
+	// Issued has the first responses of certificates just issued signed within the
+	// pre-signer's IssuedDelay, many to a pass; it never blocks (chain it into
+	// escrow.Service.Certified).
+	Issued func(serials []string)
 	// Revoked has the responses of serials signed again at once; it never blocks (chain it
 	// into escrow.Service.Revoked).
 	Revoked func(serials []string)
@@ -76,7 +80,11 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, svc *escrow.Service, log *slog
 		return nil, fmt.Errorf("%s: %w", cfg.Path(statedir.OCSPCertName), err)
 	}
 	m.ResponderCertExpiry(cert.NotAfter)
-	h, err := api.NewOCSPHandler(api.OCSPHandlerConfig{Store: db, CA: caCert, Metrics: m, Log: log})
+	// A certificate issued a moment ago, whose first response waits for the pre-signer's
+	// next pass, is signed when asked for.
+	var ps *presign.Signer
+	signMissing := func(ctx context.Context, serials []string) (int, error) { return ps.SignSerials(ctx, serials) }
+	h, err := api.NewOCSPHandler(api.OCSPHandlerConfig{Store: db, CA: caCert, Metrics: m, Log: log, SignMissing: signMissing})
 	if err != nil {
 		return nil, err
 	}
@@ -104,11 +112,11 @@ func openOCSP(cfg *config.Config, tok *hsm.Token, svc *escrow.Service, log *slog
 		return current, nil
 	}
 	// With several nodes, only the leader runs the passes over everything due (svc.Leads).
-	ps := &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m, Leads: svc.Leads}
+	ps = &presign.Signer{Store: db, Responder: responder, Logger: log, Metrics: m, Leads: svc.Leads}
 	ctx, cancel := context.WithCancel(context.Background())
 	// The handler reads the serials again until their re-signed responses are stored.
 	revoked := func(serials []string) { h.Invalidate(serials); ps.Revoked(serials) }
-	o := &ocspService{Handler: h, Revoked: revoked, signer: ps, cancel: cancel, done: make(chan struct{}),
+	o := &ocspService{Handler: h, Revoked: revoked, Issued: ps.Issued, signer: ps, cancel: cancel, done: make(chan struct{}),
 		wait: cfg.Token.CallTimeout.Duration + 2*time.Second, log: log}
 	go func() {
 		defer close(o.done)

@@ -216,9 +216,10 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 			ocspSvc.Revoked(serials)
 			p.CRL.Revoked(serials)
 		},
-		// A certificate enrolled by a person gets its OCSP response at once, not at the
-		// pre-signer's next pass.
-		Certified: func(serial string) { ocspSvc.Revoked([]string{serial}) },
+		// A certificate enrolled by a person gets its OCSP response within the pre-signer's
+		// IssuedDelay (signed with the others issued meanwhile), not at its next full pass;
+		// the responder signs it at once if asked before.
+		Certified: func(serial string) { ocspSvc.Issued([]string{serial}) },
 	}
 	if leader != nil {
 		// The node's name goes into every audit entry it writes, and holds its job leases.

@@ -37,9 +37,12 @@ const (
 	DefaultRefreshAge = 3 * 24 * time.Hour
 	DefaultInterval   = 30 * time.Second
 	DefaultBatch      = 512
-	MinValidity       = 8 * time.Hour
-	MaxValidity       = 10 * 24 * time.Hour
-	MaxRefreshAge     = 4 * 24 * time.Hour
+	// DefaultIssuedDelay is how long the first response of a new certificate may wait for
+	// others to be signed and stored with it (see [Signer.Issued]).
+	DefaultIssuedDelay = 100 * time.Millisecond
+	MinValidity        = 8 * time.Hour
+	MaxValidity        = 10 * 24 * time.Hour
+	MaxRefreshAge      = 4 * 24 * time.Hour
 	// backdate: thisUpdate is a minute before the signing time, for clients whose clock
 	// is slightly behind.
 	backdate = time.Minute
@@ -95,6 +98,9 @@ type Signer struct {
 	// on a node that dies before signing stays due in the store, for the leader's next pass.
 	// Nil means always (one node).
 	Leads func() bool
+	// IssuedDelay (default [DefaultIssuedDelay]) is the longest a serial given to
+	// [Signer.Issued] waits before a pass signs it (plus the pass itself).
+	IssuedDelay time.Duration
 
 	once    sync.Once
 	trigger chan struct{}
@@ -103,6 +109,11 @@ type Signer struct {
 	// given (see forget).
 	priority map[string]uint64
 	gen      uint64
+	// waiting counts the serials given to Issued since the last pass began; timer, armed
+	// while they wait, starts a pass IssuedDelay after the first of them.
+	waiting int
+	timer   *time.Timer
+	armed   bool
 }
 
 // ErrConfig means an Signer field is out of bounds; nothing was signed.
@@ -170,9 +181,53 @@ func (s *Signer) Revoked(serials []string) {
 		}
 	}
 	s.mu.Unlock()
+	s.kick()
+}
+
+// kick starts a pass, or lets the running one be followed by another.
+func (s *Signer) kick() {
 	select {
 	case s.trigger <- struct{}{}:
 	default:
+	}
+}
+
+// Issued asks for the first responses of serials, certificates just issued, to be signed
+// within IssuedDelay: a pass starts IssuedDelay after the first serial given since the last
+// pass began, or at once when Batch serials wait, so that a storm of enrollments costs one
+// read, one signing round and one transaction per pass rather than per certificate. It never
+// blocks. A request for the status of such a certificate in the meantime finds no response
+// stored; the responder then has it signed at once ([Signer.SignSerials]).
+func (s *Signer) Issued(serials []string) {
+	s.init()
+	_, _, batch, _, _ := s.settings()
+	delay := s.IssuedDelay
+	if delay <= 0 {
+		delay = DefaultIssuedDelay
+	}
+	s.mu.Lock()
+	s.gen++
+	for _, sn := range serials {
+		if len(s.priority) >= maxPriority {
+			break
+		}
+		if c, err := store.NormalizeSerial(sn); err == nil {
+			s.priority[c] = s.gen
+			s.waiting++
+		}
+	}
+	now := s.waiting >= batch
+	switch {
+	case now:
+	case s.timer == nil:
+		s.timer, s.armed = time.AfterFunc(delay, s.kick), true
+	case !s.armed:
+		s.timer.Reset(delay)
+		s.armed = true
+	}
+	s.mu.Unlock()
+	if now {
+		s.kick()
 	}
 }
 
@@ -236,6 +291,12 @@ func (s *Signer) Run(ctx context.Context) {
 // everything due are reported), or when it fails.
 func (s *Signer) pass(ctx context.Context, all, leads bool) error {
 	s.mu.Lock()
+	// The serials given to Issued are all taken now: their timer has nothing left to start.
+	s.waiting = 0
+	if s.armed {
+		s.timer.Stop()
+		s.armed = false
+	}
 	var prio []string
 	gens := make(map[string]uint64, len(s.priority))
 	for sn, g := range s.priority {

@@ -190,6 +190,11 @@ type OCSPHandlerConfig struct {
 	Metrics *OCSPMetrics // nil: none
 	Log     *slog.Logger // nil: slog.Default()
 	Now     func() time.Time
+	// SignMissing, when set, signs and stores the responses of serials, issued certificates
+	// the store holds no response for yet (presign.Signer.SignSerials): a certificate issued a
+	// moment ago, whose first response waits for the pre-signer's next pass, is then answered
+	// at once instead of with tryLater. Nil: tryLater until the pre-signer has stored it.
+	SignMissing func(ctx context.Context, serials []string) (int, error)
 }
 
 // OCSPHandler is the OCSP responder made by [NewOCSPHandler].
@@ -198,6 +203,11 @@ type OCSPHandler struct {
 	issuer *ocsp.Issuer
 	// Pre-encoded unsuccessful responses.
 	malformed, unauthorized, tryLater []byte
+
+	// signing holds the serials whose missing response a request is having signed; another
+	// request for one waits for it rather than signing again.
+	signMu  sync.Mutex
+	signing map[string]chan struct{}
 
 	mu    sync.RWMutex
 	cache map[string]*ocspEntry
@@ -289,7 +299,9 @@ func (h *OCSPHandler) Invalidate(serials []string) {
 //     one per request, as responses are pre-signed), or a GET whose path is not base64:
 //     400, malformedRequest;
 //   - a body over 4 KiB: 413 (no OCSP body), other methods 405, another Content-Type 415;
-//   - a certificate whose response is not signed yet (just issued), or a storage fault: 503,
+//   - a certificate whose response is not signed yet (just issued): signed at once when
+//     [OCSPHandlerConfig.SignMissing] is set, and served as above;
+//   - a response that cannot be signed now (the token is away), or a storage fault: 503,
 //     tryLater, with Retry-After: a fault of the appliance is never a client error, and
 //     503 keeps caches and CDNs from storing it (RFC 6960 lets HTTP carry any status; the OCSP
 //     body still says tryLater to clients that read it).
@@ -314,8 +326,46 @@ func NewOCSPHandler(c OCSPHandlerConfig) (*OCSPHandler, error) {
 	}
 	return &OCSPHandler{c: c, issuer: is, malformed: ocsp.ErrorResponse(ocsp.MalformedRequest),
 		unauthorized: ocsp.ErrorResponse(ocsp.Unauthorized), tryLater: ocsp.ErrorResponse(ocsp.TryLater),
-		cache: map[string]*ocspEntry{}}, nil
+		cache: map[string]*ocspEntry{}, signing: map[string]chan struct{}{}}, nil
 }
+
+// signMissing has the missing response of serial signed (by this request, or by another one
+// already doing it) and reads it. It returns ErrNoResponse when there is still none.
+func (h *OCSPHandler) signMissing(ctx context.Context, serial string) (*store.OCSPResponse, bool, error) {
+	h.signMu.Lock()
+	wait, busy := h.signing[serial]
+	if !busy {
+		if len(h.signing) >= ocspMaxSigning {
+			h.signMu.Unlock()
+			return nil, false, store.ErrNoResponse
+		}
+		wait = make(chan struct{})
+		h.signing[serial] = wait
+	}
+	h.signMu.Unlock()
+	if busy {
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+	} else {
+		sctx, cancel := context.WithTimeout(ctx, ocspLookupTimeout)
+		_, err := h.c.SignMissing(sctx, []string{serial})
+		cancel()
+		h.signMu.Lock()
+		delete(h.signing, serial)
+		h.signMu.Unlock()
+		close(wait)
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	return h.load(ctx, serial)
+}
+
+// ocspMaxSigning bounds the missing responses being signed on demand at once.
+const ocspMaxSigning = 64
 
 // ServeHTTP answers one OCSP request (see [NewOCSPHandler]).
 func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -387,7 +437,11 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if e == nil {
 		var resp *store.OCSPResponse
 		var current bool
-		if resp, current, err = h.load(r.Context(), string(key)); err == nil {
+		resp, current, err = h.load(r.Context(), string(key))
+		if errors.Is(err, store.ErrNoResponse) && h.c.SignMissing != nil {
+			resp, current, err = h.signMissing(r.Context(), string(key))
+		}
+		if err == nil {
 			e = h.remember(string(key), resp, current, now, gen)
 		}
 	}
@@ -402,7 +456,7 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	default:
-		h.c.Log.Error("ocsp: storage fault", "serial", string(key), "err", err)
+		h.c.Log.Error("ocsp: storage or token fault", "serial", string(key), "err", err)
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	}

@@ -547,3 +547,45 @@ type discardWriter struct {
 func (d *discardWriter) Header() http.Header         { return d.h }
 func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (d *discardWriter) WriteHeader(code int)        { d.code = code }
+
+// TestOCSPSignsMissing: with SignMissing set, a certificate issued a moment ago, whose first
+// response the pre-signer has not stored yet, is answered good at once (openssl ocsp), and
+// its response is stored; a serial never issued is still unauthorized and nothing is signed
+// for it; when signing fails (the token away), the answer is tryLater, never an error of the
+// client.
+func TestOCSPSignsMissing(t *testing.T) {
+	needOpenSSL(t)
+	e := newOCSPEnv(t)
+	var calls atomic.Int64
+	var fail atomic.Bool
+	e.h.c.SignMissing = func(ctx context.Context, serials []string) (int, error) {
+		calls.Add(1)
+		if fail.Load() {
+			return 0, hsm.ErrTokenGone
+		}
+		return e.signer.SignSerials(ctx, serials)
+	}
+	_, alicePath := e.leaf(t, "alice", true)
+	if out := e.opensslOCSP(t, alicePath); !strings.Contains(out, alicePath+": good") || !strings.Contains(out, "Response verify OK") {
+		t.Fatalf("a certificate just issued is not answered good:\n%s", out)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d on-demand signings, want 1", calls.Load())
+	}
+	if out := e.opensslOCSP(t, alicePath); !strings.Contains(out, alicePath+": good") || calls.Load() != 1 {
+		t.Fatalf("second request: %d signings (want the stored response, 1):\n%s", calls.Load(), out)
+	}
+	_, ghostPath := e.leaf(t, "ghost", false)
+	if out := e.opensslOCSP(t, ghostPath); !strings.Contains(out, "unauthorized") || strings.Contains(out, ": good") {
+		t.Fatalf("a serial never issued:\n%s", out)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("a serial never issued was signed on demand")
+	}
+	fail.Store(true)
+	bob, _ := e.leaf(t, "bob", true)
+	resp, body := e.post(t, mustRequest(t, e, bob.SerialNumber), "application/ocsp-request")
+	if resp.StatusCode != 503 || !bytes.Equal(body, ocsp.ErrorResponse(ocsp.TryLater)) {
+		t.Fatalf("signing failed: HTTP %d %x, want 503 tryLater", resp.StatusCode, body)
+	}
+}
