@@ -2,6 +2,9 @@ package hsm
 
 import (
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"syscall"
 	"testing"
@@ -86,4 +89,47 @@ func BenchmarkDo(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// BenchmarkDecrypt measures RSA-2048 OAEP (SHA-1) decryptions through the Decrypter wrapper,
+// with a session copy of the key and with the token object:
+//
+//	go test -run '^$' -bench BenchmarkDecrypt -cpu 1 ./hsm/
+func BenchmarkDecrypt(b *testing.B) {
+	_, _, tok := newToken(b, Options{})
+	if _, err := tok.GenerateKey("bench-transport", RSA2048, UsageDecrypt); err != nil {
+		b.Fatal(err)
+	}
+	for _, copies := range []bool{true, false} {
+		name := "rsa2048/session-copy"
+		if !copies {
+			name = "rsa2048/token-object"
+		}
+		sessionCopies = copies
+		d, err := tok.Decrypter("bench-transport")
+		if err != nil {
+			b.Fatal(err)
+		}
+		ct, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, d.Public().(*rsa.PublicKey), make([]byte, 32), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		opts := &rsa.OAEPOptions{Hash: crypto.SHA1}
+		if _, err := d.Decrypt(nil, ct, opts); err != nil { // makes the copy
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			cpu0 := processCPU(b)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := d.Decrypt(nil, ct, opts); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64((processCPU(b)-cpu0)/time.Microsecond)/float64(b.N), "cpu-µs/op")
+		})
+	}
+	sessionCopies = true
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/ThalesGroup/crypto11"
-	"github.com/miekg/pkcs11"
 )
 
 // ErrTokenHung: a call into the PKCS#11 module did not return within its time limit
@@ -42,10 +41,10 @@ type conn struct {
 	calls   sync.WaitGroup
 	retired atomic.Bool
 
-	// copies are the session copies of signing keys made on raw (see sessionSigner),
-	// destroyed when c closes.
+	// copies are the session copies of keys made on raw (see sessionKey), destroyed when c
+	// closes.
 	copiesMu sync.Mutex
-	copies   []pkcs11.ObjectHandle
+	copies   []sessionCopy
 }
 
 // enter counts a call about to run on c. The caller holds Token.mu (read or write) and has

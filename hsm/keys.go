@@ -225,8 +225,8 @@ func findPairOn(c *conn, label string, usage crypto11.AttributeType) (crypto11.S
 // objects belong to the old connection). The public key is kept so that Public answers
 // while the token is away, and a key found again must have it.
 //
-// A signing key's handle signs with a session copy of the private key on each connection
-// (see sessionSigner), made on its first use there.
+// A handle uses a session copy of the private key on each connection (see sessionKey), made
+// on its first use there, unless session is false.
 type handle struct {
 	t     *Token
 	label string
@@ -245,7 +245,7 @@ type handle struct {
 
 // newHandle makes the handle of key, found on the connection numbered gen.
 func newHandle(t *Token, label string, usage crypto11.AttributeType, key crypto11.Signer, gen uint64) *handle {
-	return &handle{t: t, label: label, usage: usage, pub: key.Public(), gen: gen, key: key, ready: usage != crypto11.CkaSign}
+	return &handle{t: t, label: label, usage: usage, pub: key.Public(), gen: gen, key: key, session: true}
 }
 
 // current returns the key for connection c. It runs inside t.do.
@@ -265,9 +265,9 @@ func (h *handle) current(c *conn) (crypto11.Signer, error) {
 			return nil, &faultError{cause: ErrKeyChanged, msg: fmt.Sprintf("hsm: after reconnecting, label %q names another key than the one first found", h.label)}
 		}
 	}
-	if h.usage == crypto11.CkaSign {
+	if h.session {
 		var err error
-		if k, err = c.sessionSigner(h.label, k, h.t.log); err != nil {
+		if k, err = c.sessionKey(h.label, h.usage, k, h.t.log); err != nil {
 			return nil, err
 		}
 	}
@@ -423,6 +423,7 @@ func (t *Token) SelfTest() (Mechanisms, error) {
 		}
 	}()
 	d := &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, key, gen)}
+	d.session = false // a session key already
 	pub := key.Public().(*rsa.PublicKey)
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
@@ -475,6 +476,8 @@ func (t *Token) DestroyKey(label string) error {
 				return err
 			}
 		}
+		// No session copy outlives its key.
+		c.destroyCopiesOf(label)
 		return nil
 	})
 	if err != nil {

@@ -5,6 +5,9 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"errors"
 	"log/slog"
@@ -131,7 +134,7 @@ func TestSessionCopyUsed(t *testing.T) {
 		t.Errorf("logged %d warnings about copies, want none:\n%s", n, logs)
 	}
 	// Without the copy, this signer cannot sign: it signed with the copy.
-	c.destroyCopy(c.copies[0])
+	c.destroyCopy(c.copies[0].obj)
 	if _, err := s.Sign(nil, make([]byte, 32), crypto.SHA256); !errors.Is(err, ErrTokenGone) {
 		t.Errorf("Sign after the copy was destroyed = %v, want ErrTokenGone", err)
 	}
@@ -215,5 +218,54 @@ func TestSessionCopyReconnect(t *testing.T) {
 	}
 	if string(a.Value) != labels[0] {
 		t.Errorf("the signer uses %q, not the new copy %q", a.Value, labels[0])
+	}
+}
+
+// A token decryption key decrypts through a session copy, decrypt only; DestroyKey destroys
+// the copy with the key, so that nothing decrypts with a destroyed key.
+func TestSessionCopyDecrypterAndDestroy(t *testing.T) {
+	_, _, tok := newToken(t, Options{})
+	if _, err := tok.GenerateKey("transport", RSA2048, UsageDecrypt); err != nil {
+		t.Fatal(err)
+	}
+	d, err := tok.Decrypter("transport")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("a content-encryption key")
+	ct, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, d.Public().(*rsa.PublicKey), secret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1})
+	if err != nil || !bytes.Equal(pt, secret) {
+		t.Fatalf("Decrypt = %q, %v", pt, err)
+	}
+	c := tok.cur
+	labels := sessionKeys(t, c)
+	if len(labels) != 1 || !strings.HasPrefix(labels[0], "transport"+copyLabelInfix) {
+		t.Fatalf("session private keys = %q, want one copy of transport", labels)
+	}
+	k := d.(*decrypter).key
+	for _, at := range []struct {
+		typ  crypto11.AttributeType
+		want bool
+	}{{crypto11.CkaToken, false}, {crypto11.CkaDecrypt, true}, {crypto11.CkaSign, false}, {crypto11.CkaExtractable, false}} {
+		a, err := c.c11.GetAttribute(k, at.typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := bytes.Equal(a.Value, []byte{1}); got != at.want {
+			t.Errorf("copy attribute %v = %v, want %v", at.typ, got, at.want)
+		}
+	}
+	if err := tok.DestroyKey("transport"); err != nil {
+		t.Fatal(err)
+	}
+	if labels := sessionKeys(t, c); len(labels) != 0 {
+		t.Fatalf("session private keys after DestroyKey = %q, want none", labels)
+	}
+	if pt, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1}); err == nil {
+		t.Fatalf("a destroyed key still decrypts: %q", pt)
 	}
 }
