@@ -188,9 +188,10 @@ type CRLs interface {
 //     stored, the backend may drop the certificates expired at T from its index for good,
 //     so OCSPDue must not be asked about a now before the responses it stored.
 //
-// The SQLite backend keeps a table of its own (ocsp_due: serial, the ThisUpdate of a response
-// of the current status or the smallest integer, NotAfter) filled by triggers, with an index
-// on (signed, not_after); see its OCSPDue for how a page is read.
+// The SQL backends keep a table of their own (ocsp_due: serial, the ThisUpdate of a response
+// of the current status or the smallest integer, NotAfter), with an index on (signed,
+// not_after): SQLite's triggers fill it, PostgreSQL's statements that store certificates and
+// responses do, in the same statement; see OCSPDue for how a page is read.
 type OCSPResponses interface {
 	// UpsertOCSPResponses stores the responses, each replacing the stored response of its
 	// serial unless that one has a later ThisUpdate (a slower signer never overwrites a

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
 	"github.com/keyarc/keyarc/escrow/store/storetest"
@@ -90,8 +92,28 @@ func wireCounters(b *testing.B, srv *pgtest.Server) storetest.Counters {
 			"statements":    float64(wire.statements.Load()),
 			"trips":         float64(wire.trips.Load()),
 			"server-cpu-µs": serverCPU(b, srv).Seconds() * 1e6,
+			"wal-bytes":     walBytes(b, srv),
 		}
 	}
+}
+
+// walBytes is the position of the server's write-ahead log: the bytes it wrote so far, a
+// measure of the writes less noisy than CPU time.
+func walBytes(b *testing.B, srv *pgtest.Server) float64 {
+	c, err := pgconn.Connect(ctx, srv.URL("postgres"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close(ctx)
+	rs, err := c.Exec(ctx, `SELECT (pg_current_wal_lsn() - '0/0')::text`).ReadAll()
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := strconv.ParseFloat(string(rs[0].Rows[0][0]), 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return v
 }
 
 // serverCPU is the CPU time of the test server's processes: the postmaster's own and that of

@@ -323,6 +323,23 @@ CREATE TABLE directory_skipped (
 	serial TEXT PRIMARY KEY
 );
 `,
+	// 8: less written per certificate. The statements that store certificates and responses
+	// keep ocsp_due themselves, in the same statement (data-modifying WITH clauses: see
+	// sqltx.Dialect.KeepsDue), so the row triggers of migration 2 go: a PL/pgSQL call and its
+	// query for every certificate and every response stored. And the indexes that no query
+	// reads go: certificates_template, certificates_code (the sweep reaches codes from the
+	// pending certificates), certificates_record, codes_serial, and records_epoch (the prefix
+	// of records_epoch_state); certificates_state, read only by the sweep, becomes
+	// certificates_pending, which holds the pending certificates alone. The rows of ocsp_due are
+	// right as the triggers left them.
+	`
+DROP TRIGGER ocsp_due_certificate ON certificates;
+DROP FUNCTION keyarc_ocsp_due_certificate();
+DROP TRIGGER ocsp_due_response ON ocsp_responses;
+DROP FUNCTION keyarc_ocsp_due_response();
+DROP INDEX certificates_template, certificates_code, certificates_record, certificates_state, codes_serial, records_epoch;
+CREATE INDEX certificates_pending ON certificates(created_at) WHERE state = 'pending';
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need

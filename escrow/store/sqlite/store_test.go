@@ -524,8 +524,9 @@ func TestErrorMessages(t *testing.T) {
 	}
 }
 
-// TestPartialIndexes: the lookups of certificates by KRA and by enrollment code use their
-// partial indexes, and a certificate with neither is in neither index.
+// TestPartialIndexes: the lookups of certificates by KRA and of the pending ones (the sweep)
+// use their partial indexes, and a certificate that is neither a KRA's nor pending is in
+// neither index.
 func TestPartialIndexes(t *testing.T) {
 	db, _ := openTest(t)
 	plan := func(query string, args ...any) string {
@@ -548,11 +549,12 @@ func TestPartialIndexes(t *testing.T) {
 	if p := plan(`SELECT serial FROM certificates WHERE kra = ? AND kra != '' ORDER BY created_at, serial`, "kra-1"); !strings.Contains(p, "certificates_kra") {
 		t.Errorf("listing by KRA: plan %q does not use certificates_kra", p)
 	}
-	if p := plan(`SELECT serial FROM certificates WHERE code_id = ?`, "code-1"); !strings.Contains(p, "certificates_code") {
-		t.Errorf("certificates of a code: plan %q does not use certificates_code", p)
+	if p := plan(`SELECT serial FROM certificates WHERE state = 'pending' AND created_at < ?`, 1); !strings.Contains(p, "certificates_pending") {
+		t.Errorf("pending certificates: plan %q does not use certificates_pending", p)
 	}
 	err := db.Update(ctx, func(tx store.Tx) error {
 		c := cert("0a01")
+		c.State, c.DER = store.StateIssued, []byte{0x30}
 		if err := tx.InsertCertificate(c); err != nil {
 			return err
 		}
@@ -563,10 +565,10 @@ func TestPartialIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for index, want := range map[string]int{"certificates_kra": 1, "certificates_code": 0} {
+	for index, want := range map[string]int{"certificates_kra": 1, "certificates_pending": 1} {
 		var n int
 		if err := db.r.QueryRowContext(ctx, "SELECT count(*) FROM certificates INDEXED BY "+index+
-			" WHERE "+map[string]string{"certificates_kra": "kra != ''", "certificates_code": "code_id IS NOT NULL"}[index]).Scan(&n); err != nil {
+			" WHERE "+map[string]string{"certificates_kra": "kra != ''", "certificates_pending": "state = 'pending'"}[index]).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n != want {

@@ -24,7 +24,7 @@ func (tx *Tx) RevokeCertificate(serial string, reason int, at time.Time) error {
 	case !store.ValidReason(reason):
 		return invalid(op, "reason %d is not one of the S/MIME BR reasons", reason)
 	}
-	_, err := tx.certTransition(op, serial, store.StateIssued, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
+	_, err := tx.certTransition(op, serial, store.StateIssued, true, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
 		at.UnixMicro(), reason)
 	return err
 }
@@ -38,8 +38,11 @@ func (tx *Tx) SetKeyCompromise(serial string) error {
 	if err != nil {
 		return err
 	}
-	n, err := tx.exec(op, `UPDATE certificates SET revocation_reason = ?1
-		WHERE serial = ?2 AND state = 'revoked' AND revocation_reason != ?1`, store.ReasonKeyCompromise, s)
+	q := `UPDATE certificates SET revocation_reason = ?1 WHERE serial = ?2 AND state = 'revoked' AND revocation_reason != ?1`
+	if tx.d.KeepsDue {
+		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, revocation_reason, not_after)`+dueUpsert)
+	}
+	n, err := tx.execBare(op, q, store.ReasonKeyCompromise, s)
 	if err != nil || n == 1 {
 		return err
 	}
@@ -173,9 +176,9 @@ func (tx *Tx) LatestCRL() (*store.CRL, error) {
 // OCSP responses
 
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
-// replacing its serial's unless the stored one has a later thisUpdate. The triggers of the
-// schema (SQLite's migration 9, PostgreSQL's migration 2) move each certificate's row of
-// ocsp_due; the rows of the certificates expired at the earliest thisUpdate stored are deleted
+// replacing its serial's unless the stored one has a later thisUpdate. SQLite's triggers
+// (its migration 9) move each certificate's row of ocsp_due; on PostgreSQL the statement that
+// stores the responses does ([Dialect.KeepsDue]); the rows of the certificates expired at the earliest thisUpdate stored are deleted
 // from it, through ocsp_due_expiry, so that they stop weighing on OCSPDue: time only moves
 // forward for the due index.
 func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
@@ -228,6 +231,14 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 			` ON CONFLICT (serial) DO UPDATE SET der = excluded.der, this_update = excluded.this_update,
 			next_update = excluded.next_update, revoked = excluded.revoked, reason = excluded.reason, updated_at = excluded.updated_at
 			WHERE excluded.this_update >= ocsp_responses.this_update`
+		if tx.d.KeepsDue {
+			// The responses stored (not those a newer one kept out) move their rows of
+			// ocsp_due, in the same statement.
+			q = wrapped(`WITH o AS (`, q, ` RETURNING serial, this_update, revoked, reason)
+			UPDATE ocsp_due d SET signed = CASE WHEN c.state = 'revoked' AND o.revoked AND c.revocation_reason = o.reason
+				OR c.state = 'issued' AND NOT o.revoked THEN o.this_update ELSE `+dueMin+` END
+			FROM o JOIN certificates c ON c.serial = o.serial WHERE d.serial = o.serial`)
+		}
 		// checkIssued found every serial (its certificate is there, under the writer's lock)
 		// and the values pass the table's checks: see execBare.
 		if _, err := tx.execBare(op, q, args[:k*width]...); err != nil {

@@ -41,7 +41,37 @@ type Dialect struct {
 	// which SQLite's planner needs to choose it; PostgreSQL has no such hints and its planner
 	// chooses well by itself.
 	IndexHints bool
+	// KeepsDue tells that the statements themselves keep the OCSP due index (ocsp_due, see
+	// [store.OCSPResponses]) and the codes' serials, with data-modifying WITH clauses
+	// (PostgreSQL): the write of a certificate or a response and what it changes in ocsp_due
+	// are one statement, one round trip and no trigger. Without it (SQLite) the schema's
+	// triggers keep ocsp_due, which there costs less than a statement of its own.
+	KeepsDue bool
 }
+
+// dueMin is the signed value of a certificate due at once (the smallest bigint).
+const dueMin = `-9223372036854775807 - 1`
+
+// dueInsert ends a statement whose WITH clause c returns the serial, state and not_after of
+// new certificates: those issued or revoked get their rows of ocsp_due, due at once (a new
+// certificate has no response: ocsp_responses references certificates).
+const dueInsert = `
+	INSERT INTO ocsp_due (serial, signed, not_after)
+	SELECT c.serial, ` + dueMin + `, c.not_after FROM c WHERE c.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after`
+
+// dueUpsert ends a statement whose WITH clause c returns the serial, state, revocation_reason
+// and not_after of certificates stored or changed: it stores the rows of ocsp_due of those
+// issued or revoked, due at once unless the stored response has their new status (the rule
+// of store.OCSPResponses). Its count of rows is the number of those certificates. (No
+// statement moves a certificate out of issued or revoked, and pending and failed ones have no
+// row to delete.)
+const dueUpsert = `
+	INSERT INTO ocsp_due (serial, signed, not_after)
+	SELECT c.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = c.serial
+		AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), ` + dueMin + `), c.not_after
+	FROM c WHERE c.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after`
 
 // Tx is a transaction handed to the function given to a backend's Update or View. It is
 // valid only while that function runs and must not be used from other goroutines.
@@ -136,17 +166,39 @@ const rowsPerInsert = 32
 // and args holds width values per row. Full statements carry rowsPerInsert rows; the rest go in
 // statements of 16, 8, 4, 2 and 1 rows, so that the writer prepares at most six per table.
 func (tx *Tx) insertRows(op, head string, width int, args []any) error {
+	return tx.insertRowsIn(op, "", head, "", width, args)
+}
+
+// insertRowsIn is insertRows with each INSERT statement between pre and post.
+func (tx *Tx) insertRowsIn(op, pre, head, post string, width int, args []any) error {
 	for n := len(args) / width; n > 0; {
 		k := rowsPerInsert
 		for k > n {
 			k /= 2
 		}
-		if _, err := tx.exec(op, multiRowInsert(head, width, k), args[:k*width]...); err != nil {
+		q := multiRowInsert(head, width, k)
+		if pre != "" || post != "" {
+			q = wrapped(pre, q, post)
+		}
+		if _, err := tx.exec(op, q, args[:k*width]...); err != nil {
 			return err
 		}
 		args, n = args[k*width:], n-k
 	}
 	return nil
+}
+
+var wrappedQueries sync.Map // [3]string → string
+
+// wrapped returns pre + q + post, built once.
+func wrapped(pre, q, post string) string {
+	key := [3]string{pre, q, post}
+	if w, ok := wrappedQueries.Load(key); ok {
+		return w.(string)
+	}
+	w := pre + q + post
+	wrappedQueries.Store(key, w)
+	return w
 }
 
 type insertShape struct {
@@ -417,6 +469,12 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 			tval(c.NotAfter), orNow(c.CreatedAt).UnixMicro(), sval(c.CodeID), sval(c.RecordID), c.Role, c.KRA, tval(c.RevokedAt),
 			c.RevocationReason, sval(keyID(c.DER)))
 	}
+	if tx.d.KeepsDue {
+		// One statement a chunk: the rows, their rows of ocsp_due and their codes' serials.
+		return tx.insertRowsIn(op, `WITH c AS (`, `INSERT INTO certificates (`+certColumns+`)`,
+			` RETURNING serial, state, revocation_reason, not_after, code_id),
+			codes_set AS (UPDATE codes SET serial = c.serial FROM c WHERE codes.id = c.code_id)`+dueInsert, certWidth, args)
+	}
 	if err := tx.insertRows(op, `INSERT INTO certificates (`+certColumns+`)`, certWidth, args); err != nil {
 		return err
 	}
@@ -450,14 +508,20 @@ func nilIfEmpty(b []byte) any {
 // certTransition moves a certificate from state from to state to, setting
 // the extra assignments; [ErrNotFound] if the serial is unknown,
 // [ErrConflict] if it is in another state.
-func (tx *Tx) certTransition(op, serial, from, set string, args ...any) (string, error) {
+//
+// With due (the new state is issued or revoked), a backend whose statements keep the OCSP due
+// index ([Dialect.KeepsDue]) stores the certificate's row there in the same statement.
+func (tx *Tx) certTransition(op, serial, from string, due bool, set string, args ...any) (string, error) {
 	s, err := store.NormalizeSerial(serial)
 	if err != nil {
 		return "", err
 	}
 	// Every caller's values pass the table's checks: a failure is a fault (see execBare).
-	n, err := tx.execBare(op, `UPDATE certificates SET `+set+` WHERE serial = ? AND state = ?`,
-		append(args, s, from)...)
+	q := `UPDATE certificates SET ` + set + ` WHERE serial = ? AND state = ?`
+	if due && tx.d.KeepsDue {
+		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, revocation_reason, not_after)`+dueUpsert)
+	}
+	n, err := tx.execBare(op, q, append(args, s, from)...)
 	if err != nil {
 		return "", err
 	}
@@ -478,7 +542,7 @@ func (tx *Tx) SetCertificateIssued(serial string, der []byte, notBefore, notAfte
 	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
 		return invalid(op, "der, notBefore and notAfter are required")
 	}
-	_, err := tx.certTransition(op, serial, store.StatePending, `state = 'issued', der = ?, not_before = ?, not_after = ?, key_id = ?`,
+	_, err := tx.certTransition(op, serial, store.StatePending, true, `state = 'issued', der = ?, not_before = ?, not_after = ?, key_id = ?`,
 		der, notBefore.UnixMicro(), notAfter.UnixMicro(), sval(keyID(der)))
 	return err
 }
@@ -489,7 +553,7 @@ func (tx *Tx) SetCertificateIssued(serial string, der []byte, notBefore, notAfte
 // if that record is still pending.
 func (tx *Tx) FailCertificate(serial string) error {
 	const op = "fail certificate"
-	s, err := tx.certTransition(op, serial, store.StatePending, `state = 'failed'`)
+	s, err := tx.certTransition(op, serial, store.StatePending, false, `state = 'failed'`)
 	if err != nil {
 		return err
 	}
@@ -511,7 +575,7 @@ func (tx *Tx) FailSignedCertificate(serial string, der []byte, notBefore, notAft
 	if len(der) == 0 || notBefore.IsZero() || notAfter.IsZero() {
 		return invalid(op, "der, notBefore and notAfter are required")
 	}
-	if _, err := tx.certTransition(op, serial, store.StatePending, `der = ?, not_before = ?, not_after = ?, key_id = ?`,
+	if _, err := tx.certTransition(op, serial, store.StatePending, false, `der = ?, not_before = ?, not_after = ?, key_id = ?`,
 		der, notBefore.UnixMicro(), notAfter.UnixMicro(), sval(keyID(der))); err != nil {
 		return err
 	}
@@ -953,9 +1017,12 @@ func (tx *Tx) SweepPending(olderThan time.Time) (store.Swept, error) {
 		return sw, invalid(op, "zero time")
 	}
 	t := olderThan.UnixMicro()
-	n, err := tx.exec(op, `UPDATE codes SET used_at = NULL, serial = NULL WHERE EXISTS (
-		SELECT 1 FROM certificates c WHERE c.code_id = codes.id AND c.serial = codes.serial
-		AND c.state = 'pending' AND c.created_at < ?)`, t)
+	// From the pending certificates (the partial index certificates_pending) to their codes,
+	// never the other way round: the codes are many, the pending certificates few.
+	n, err := tx.exec(op, `UPDATE codes SET used_at = NULL, serial = NULL
+		WHERE id IN (SELECT c.code_id FROM certificates c WHERE c.state = 'pending' AND c.created_at < ?1)
+		AND EXISTS (SELECT 1 FROM certificates c WHERE c.serial = codes.serial AND c.code_id = codes.id
+			AND c.state = 'pending' AND c.created_at < ?1)`, t)
 	if err != nil {
 		return sw, err
 	}
