@@ -99,3 +99,44 @@ func TestBareWriteFails(t *testing.T) {
 		t.Fatalf("InsertAudit after: %v", err)
 	}
 }
+
+// TestAuditAppendTrips: an Update that appends an audit entry to a trail another node wrote
+// takes three round trips: BEGIN with the writer lock and the head, the entry, the COMMIT.
+func TestAuditAppendTrips(t *testing.T) {
+	srv := pgtest.Start(t)
+	a, url := openTest(t, srv)
+	b := openURL(t, url)
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	appendOne := func(db *DB) {
+		t.Helper()
+		err := db.Update(ctx, func(tx store.Tx) error {
+			seq, prev, err := tx.AuditHead()
+			if err != nil {
+				return err
+			}
+			return tx.InsertAudit(store.AuditEntry{Seq: seq + 1, At: at, Kind: "test", Actor: "t", Prev: append([]byte{}, prev...),
+				Hash: []byte{byte(seq + 1), 0xff}})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendOne(a)
+	appendOne(b) // a's head is stale now
+	appendOne(a) // opens a's connection if it had none
+	before := wire.trips.Load()
+	appendOne(b)
+	if n := wire.trips.Load() - before; n != 3 {
+		t.Errorf("an Update that appends one entry took %d round trips, want 3", n)
+	}
+	err := a.View(ctx, func(tx store.Tx) error {
+		seq, hash, err := tx.AuditHead()
+		if err == nil && (seq != 4 || hash[0] != 4) {
+			t.Errorf("head %d %x, want entry 4", seq, hash)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

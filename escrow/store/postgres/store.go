@@ -7,8 +7,10 @@ import (
 
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -269,8 +271,7 @@ func (db *DB) begin() error {
 				return err
 			}
 		}
-		// One round trip: the simple protocol takes both statements (the key is our constant).
-		err := db.exec(fmt.Sprintf("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d)", lockWriter))
+		err := db.beginLocked()
 		if err == nil {
 			return nil
 		}
@@ -281,6 +282,44 @@ func (db *DB) begin() error {
 		// The pool's idle connections most likely died with this one: dial afresh.
 		db.pool.Reset()
 	}
+}
+
+// beginQuery starts the writer's transaction, takes the writer lock and reads the audit head
+// the transaction appends to (every Update that audits needs it, and no other node can move it
+// while the lock is held): one round trip, in the simple protocol, which takes the three
+// statements at once (the key is our constant).
+var beginQuery = fmt.Sprintf(`BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d);
+	SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`, lockWriter)
+
+// beginLocked runs beginQuery and keeps the head it read in db.head. A head it cannot read
+// (an unexpected text form) is left unknown: the first AuditHead reads it again.
+func (db *DB) beginLocked() error {
+	sent(3)
+	return db.wconn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("store: begin: unexpected driver connection %T", dc)
+		}
+		rs, err := c.Conn().PgConn().Exec(context.Background(), beginQuery).ReadAll()
+		if err != nil {
+			return err
+		}
+		if len(rs) != 3 {
+			return nil
+		}
+		switch rows := rs[2].Rows; len(rows) {
+		case 0:
+			db.head = sqltx.KnownHead(0, nil)
+		case 1:
+			seq, err := strconv.ParseInt(string(rows[0][0]), 10, 64)
+			text, isHex := strings.CutPrefix(string(rows[0][1]), `\x`)
+			hash, herr := hex.DecodeString(text)
+			if err == nil && isHex && herr == nil {
+				db.head = sqltx.KnownHead(seq, hash)
+			}
+		}
+		return nil
+	})
 }
 
 // isLockTimeout reports whether err is the server's lock_timeout: the writer lock is held

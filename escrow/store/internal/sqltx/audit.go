@@ -98,6 +98,12 @@ type AuditHead struct {
 	valid bool
 }
 
+// KnownHead is the head of a trail whose last entry is seq with hash (seq 0 and a nil hash:
+// an empty trail), read by a backend in its writer's transaction.
+func KnownHead(seq int64, hash []byte) AuditHead {
+	return AuditHead{seq: seq, hash: hash, valid: true}
+}
+
 // LastAudit returns the last entry of the trail, or [ErrNotFound] when it is empty.
 func (tx *Tx) LastAudit() (*store.AuditEntry, error) {
 	return tx.getAudit("last audit entry", `SELECT `+auditColumns+` FROM audit ORDER BY seq DESC LIMIT 1`)
