@@ -45,6 +45,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"io"
 	"io/fs"
 	"net/http"
 	"path"
@@ -79,9 +80,14 @@ var contentTypes = map[string]string{
 	".svg":  "image/svg+xml",
 }
 
-// file is a served file: its bytes, a gzipped copy made on first use, and its ETag.
+// file is a served file: where it is read from, its size and ETag, and a gzipped copy made on
+// first use. Its bytes are read from the embedded files at each request, never copied into the
+// heap: the WebAssembly alone is megabytes, and the appliance's heap limit is sized for
+// issuance (GOGC multiplies every long-lived byte).
 type file struct {
-	body  []byte
+	fsys  fs.FS
+	name  string
+	size  int64
 	ctype string
 	etag  string
 	once  sync.Once
@@ -92,13 +98,26 @@ func (f *file) gzipped() []byte {
 	f.once.Do(func() {
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
-		zw.Write(f.body)
+		if err := f.copyTo(zw); err != nil {
+			return
+		}
 		zw.Close()
-		if b.Len() < len(f.body) {
+		if int64(b.Len()) < f.size {
 			f.gz = b.Bytes()
 		}
 	})
 	return f.gz
+}
+
+// copyTo writes the file's bytes to w.
+func (f *file) copyTo(w io.Writer) error {
+	r, err := f.fsys.Open(f.name)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(w, r)
+	return err
 }
 
 type handler struct {
@@ -122,12 +141,16 @@ func newHandler(fsys fs.FS) *handler {
 		if e.IsDir() || !ok {
 			continue
 		}
-		b, err := fs.ReadFile(fsys, e.Name())
-		if err != nil {
+		f := &file{fsys: fsys, name: e.Name(), ctype: ct}
+		sum := sha256.New()
+		if err := f.copyTo(sum); err != nil {
 			continue
 		}
-		sum := sha256.Sum256(b)
-		h.files[e.Name()] = &file{body: b, ctype: ct, etag: `"` + hex.EncodeToString(sum[:16]) + `"`}
+		if info, err := e.Info(); err == nil {
+			f.size = info.Size()
+		}
+		f.etag = `"` + hex.EncodeToString(sum.Sum(nil)[:16]) + `"`
+		h.files[e.Name()] = f
 	}
 	return h
 }
@@ -166,12 +189,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Content-Type", f.ctype)
 	hd.Set("Cache-Control", "no-cache")
 	hd.Set("Vary", "Accept-Encoding")
-	body, etag := f.body, f.etag
+	var gz []byte
+	etag := f.etag
 	if acceptsGzip(r) {
-		if gz := f.gzipped(); gz != nil {
+		if gz = f.gzipped(); gz != nil {
 			hd.Set("Content-Encoding", "gzip")
 			// Each encoding is its own representation, with its own strong ETag.
-			body, etag = gz, strings.TrimSuffix(f.etag, `"`)+`-gzip"`
+			etag = strings.TrimSuffix(f.etag, `"`) + `-gzip"`
 		}
 	}
 	hd.Set("ETag", etag)
@@ -180,11 +204,19 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	if gz != nil {
+		hd.Set("Content-Length", strconv.Itoa(len(gz)))
+	} else {
+		hd.Set("Content-Length", strconv.FormatInt(f.size, 10))
+	}
 	if r.Method == http.MethodHead {
 		return
 	}
-	w.Write(body)
+	if gz != nil {
+		w.Write(gz)
+		return
+	}
+	f.copyTo(w) // an embedded file reads without error; a failed write is the client gone
 }
 
 func etagMatch(header, etag string) bool {

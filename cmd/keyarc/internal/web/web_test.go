@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -171,6 +174,40 @@ func TestCaching(t *testing.T) {
 	}
 }
 
+// embedded returns the bytes of an embedded page file.
+func embedded(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := fs.ReadFile(static, "static/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestNotInHeap: serving the page keeps none of its files in the heap, the WebAssembly least
+// of all (megabytes, which GOGC multiplies in the appliance's peak memory); the bytes served
+// are still the embedded ones.
+func TestNotInHeap(t *testing.T) {
+	wasm := embedded(t, "keyarc.wasm")
+	if len(wasm) < 1<<20 {
+		t.Skip("keyarc.wasm is not built (make wasm)")
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	h := Handler()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > int64(len(wasm))/4 {
+		t.Errorf("the page's handler holds %d bytes of heap; keyarc.wasm alone is %d", grew, len(wasm))
+	}
+	w := get(t, h, "/web/keyarc.wasm")
+	if !bytes.Equal(w.Body.Bytes(), wasm) || w.Header().Get("Content-Length") != strconv.Itoa(len(wasm)) {
+		t.Errorf("served %d bytes (Content-Length %s), want the embedded %d", w.Body.Len(), w.Header().Get("Content-Length"), len(wasm))
+	}
+	runtime.KeepAlive(h)
+}
+
 // TestEmbedded: the committed files are embedded, and the page refers only to this origin's
 // files, with no inline script or style.
 func TestEmbedded(t *testing.T) {
@@ -180,7 +217,7 @@ func TestEmbedded(t *testing.T) {
 			t.Errorf("%s is not embedded", name)
 		}
 	}
-	html := string(h.files["index.html"].body)
+	html := string(embedded(t, "index.html"))
 	for _, bad := range []string{"<script>", "style=", " onclick", " onsubmit", "http://", "https://"} {
 		if strings.Contains(html, bad) {
 			t.Errorf("index.html holds %q", bad)
@@ -196,7 +233,7 @@ func TestEmbedded(t *testing.T) {
 		t.Errorf("index.html has %d fields, the label check knows 10", n)
 	}
 	for _, name := range []string{"app.js", "lookup.js", "worker.js"} {
-		js := string(h.files[name].body)
+		js := string(embedded(t, name))
 		for _, bad := range []string{"localStorage", "sessionStorage", "indexedDB", "document.cookie", "eval("} {
 			if strings.Contains(js, bad) {
 				t.Errorf("%s uses %s", name, bad)
