@@ -15,7 +15,8 @@
 // A PKCS#11 module has one owner per process. crypto11 initialises the module (it
 // refcounts it per path and finalises it when its last context closes); this package
 // then opens one raw miekg session of its own per [Token] (for C_GetTokenInfo,
-// C_FindObjects over every object class and C_GetSessionInfo) and treats
+// C_FindObjects over every object class, C_GetSessionInfo, and C_CopyObject of the session
+// copies of keys, see below) and treats
 // CKR_CRYPTOKI_ALREADY_INITIALIZED as success. [Token.Close] closes that raw session
 // before the crypto11 context, so C_Finalize never runs under a live session.
 //
@@ -70,6 +71,15 @@
 // CallTimeout: Ping, a login (Open and reconnection), the key checks of [Token.Expect] and
 // of a reconnection, and Close. Past the limit they return ErrTokenHung and leave the
 // call behind; Close then leaves the stuck calls behind too: a process can always stop.
+//
+// # Session copies of keys
+//
+// A key handed out by [Token.Signer] or [Token.Decrypter] works through a session copy of
+// its private half, made on its first use on each connection (C_CopyObject with CKA_TOKEN
+// false and a label of its own; private, sensitive and never extractable like the original):
+// SoftHSM looks a token object up in its store on every operation's init, and a session
+// object lives in memory. A token that refuses the copy is used as before, after one log
+// line. Copies die with their connection and with [Token.DestroyKey] of their key.
 //
 // # Secrets
 //
