@@ -338,7 +338,7 @@ func Open(uri string, opts Options) (*Token, error) {
 			break
 		}
 		wait := openBackoff(attempt)
-		log.Warn("hsm: open: the token answered with a transient error; trying again", "attempt", attempt, "wait", wait, "err", d.err)
+		log.Warn("hsm: open: the token was not found or answered with a transient error; trying again", "attempt", attempt, "wait", wait, "err", d.err)
 		time.Sleep(wait)
 	}
 	if err := d.err; err != nil {
@@ -374,16 +374,22 @@ func Open(uri string, opts Options) (*Token, error) {
 // (transientAtOpen), after a pause of openBackoff.
 const openAttempts = 5
 
-// transientAtOpen reports whether err, from a failed attempt to open the token, says the
-// token was caught changing rather than that something is wrong: CKR_BUFFER_TOO_SMALL (the
-// slot list changed between the size query and the list, inside crypto11's or miekg's
-// C_GetSlotList) and CKR_GENERAL_ERROR (C_GetTokenInfo or C_Login could not read the token).
-// Both come from SoftHSM 2.6 when several processes open one token at once (nodes starting
-// together through one p11-kit server, each connection a process loading SoftHSM over the
-// same token folder): one reads the token's files while another rewrites them. A refused
+// transientAtOpen reports whether err, from a failed attempt to open the token, may say
+// that the token was caught changing rather than that something is wrong:
+// CKR_BUFFER_TOO_SMALL (the slot list changed between the size query and the list, inside
+// crypto11's or miekg's C_GetSlotList), CKR_GENERAL_ERROR (C_GetTokenInfo or C_Login could
+// not read the token) and ErrTokenNotFound (the module loaded the token folder while it was
+// rewritten, and lists no token in its slot). All three come from SoftHSM 2.6 when several
+// processes open one token at once (nodes starting together, directly or through one
+// p11-kit server whose connections are each a process loading SoftHSM over the same token
+// folder): one reads the token's files while another rewrites them. A label that no slot
+// has is therefore reported after the attempts (about 1.5 s), not at the first. A refused
 // PIN is never transient: the login is not tried again (see Login in the package doc); a
 // CKR_GENERAL_ERROR is no verdict on the PIN, and the attempts are few.
 func transientAtOpen(err error) bool {
+	if errors.Is(err, ErrTokenNotFound) {
+		return true
+	}
 	var rv pkcs11.Error
 	if !errors.As(err, &rv) || errors.Is(err, ErrPINIncorrect) {
 		return false
