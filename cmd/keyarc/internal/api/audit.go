@@ -125,32 +125,60 @@ func CheckTrailHead(cfg *config.Config, db store.Store, pub crypto.PublicKey, lo
 		"(it names the entries left out and signs a new head): keyarc restore --state %s --from BACKUP --force, or "+
 		"--from %s to record the database now in place. Otherwise put back the database (or the head file) that belongs with the other",
 		cfg.Dir(), cfg.Path(cfg.Database))
+	return checkTrailHead(headPath, db, pub, log, way, headWait)
+}
+
+// headWait bounds how long a start waits for the head file of the database's first signed
+// checkpoint (checkTrailHead).
+const headWait = 3 * time.Second
+
+// checkTrailHead is CheckTrailHead on the head file headPath; way says what to do about a
+// refusal. Nodes sharing one state folder share its head file, and a node writes the head
+// file just after its checkpoint commits: another node starting in between reads no head file
+// and then a database with a signed checkpoint. That one state, and only it, is read again
+// for up to wait: the head file that then appears is checked like any other, and a head file
+// still missing refuses the start as before. (The head is read before the database, so a
+// head newer than the database read is not a race this can meet.)
+func checkTrailHead(headPath string, db store.Store, pub crypto.PublicKey, log *slog.Logger, way string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		missing, err := checkTrailHeadOnce(headPath, db, pub, log, way)
+		if !missing || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkTrailHeadOnce reads the head file and then checks the database against it. missing
+// reports the refusal for a head file missing beside signed checkpoints.
+func checkTrailHeadOnce(headPath string, db store.Store, pub crypto.PublicKey, log *slog.Logger, way string) (missing bool, err error) {
 	head, err := audit.ReadHead(headPath)
 	switch {
 	case errors.Is(err, audit.ErrNoHead):
 		head = nil
 	case err != nil:
-		return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: %w; the database is not served. %s", err, way)
+		return false, fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: %w; the database is not served. %s", err, way)
 	}
 	if head != nil {
 		if err := audit.CheckCheckpoint(head.Checkpoint(), pub); err != nil {
-			return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: the head file %s is not signed by the audit key: %w; the database is not served. %s", headPath, err, way)
+			return false, fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY: the head file %s is not signed by the audit key: %w; the database is not served. %s", headPath, err, way)
 		}
 	}
 	rep, err := audit.Verify(context.Background(), db, pub, head)
 	var p *audit.Problem
 	switch {
 	case errors.As(err, &p) && (errors.Is(p, audit.ErrTruncated) || errors.Is(p, audit.ErrCheckpointMismatch)):
-		return fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY against its head file %s: %w; the database is not served: it is older than the audit trail, or another one. %s", headPath, err, way)
+		return false, fmt.Errorf("AUDIT TRAIL DOES NOT VERIFY against its head file %s: %w; the database is not served: it is older than the audit trail, or another one. %s", headPath, err, way)
 	case p != nil:
 		log.Error("AUDIT TRAIL DOES NOT VERIFY; run `keyarc audit verify`", "err", err)
 	case err != nil:
-		return fmt.Errorf("audit trail: %w", err)
+		return false, fmt.Errorf("audit trail: %w", err)
 	case head == nil && rep.Checkpoints > 0:
-		return fmt.Errorf("AUDIT TRAIL CANNOT BE VERIFIED: the head file %s is missing although the database holds %d signed checkpoints (up to entry %d), so a rollback of the database would go unseen; the database is not served. Put the head file back from its copy, or: %s",
+		return true, fmt.Errorf("AUDIT TRAIL CANNOT BE VERIFIED: the head file %s is missing although the database holds %d signed checkpoints (up to entry %d), so a rollback of the database would go unseen; the database is not served. Put the head file back from its copy, or: %s",
 			headPath, rep.Checkpoints, rep.Signed, way)
 	}
-	return nil
+	return false, nil
 }
 
 // auditMetrics passes appended entries to the checkpointer and counts entries and failures.

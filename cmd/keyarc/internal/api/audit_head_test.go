@@ -1,0 +1,66 @@
+package api
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
+)
+
+// TestTrailHeadOfAnotherNode: a node starting on a shared state folder just after another
+// node committed the database's first signed checkpoint, and before that node wrote the head
+// file, waits for the head file and starts; a head file that never comes still refuses the
+// start.
+func TestTrailHeadOfAnotherNode(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := sqlite.Open(filepath.Join(dir, "keyarc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := db.Update(ctx, func(tx store.Tx) error {
+			_, err := audit.Append(tx, time.Time{}, audit.KindCodeCreated, "local", string(rune('a'+i)), audit.Details{})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The other node's checkpoint, in the database only for now.
+	cp, err := (&audit.Checkpointer{DB: db, Signer: key}).Checkpoint(ctx)
+	if err != nil || cp == nil {
+		t.Fatalf("checkpoint: %v %v", cp, err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	headPath := filepath.Join(dir, "audit-head.json")
+
+	err = checkTrailHead(headPath, db, key.Public(), log, "WAY", 300*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "is missing although the database holds 1 signed checkpoints") {
+		t.Fatalf("no head file at all: %v, want the refusal", err)
+	}
+
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		if err := audit.WriteHead(headPath, &audit.Head{Seq: cp.Seq, Hash: cp.Hash, At: cp.At, KeyID: cp.KeyID, Signature: cp.Signature}); err != nil {
+			t.Error(err)
+		}
+	}()
+	if err := checkTrailHead(headPath, db, key.Public(), log, "WAY", 10*time.Second); err != nil {
+		t.Fatalf("the head file written after the check began: %v, want a start", err)
+	}
+}
