@@ -73,22 +73,7 @@ func startFirefox(t *testing.T, a *appliance, dl string) *bidi.Browser {
 	}
 	t.Cleanup(func() { b.Close() })
 	t.Logf("%s started, with a BiDi session, in %s", b.Version, time.Since(start).Round(time.Millisecond))
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		sctx, c := context.WithTimeout(context.Background(), 20*time.Second)
-		defer c()
-		png, err := b.Screenshot(sctx)
-		if err != nil {
-			t.Logf("no screenshot of the failure: %v", err)
-			return
-		}
-		out := filepath.Join(os.TempDir(), "keyarc-"+strings.ReplaceAll(t.Name(), "/", "_")+"-failure.png")
-		if err := os.WriteFile(out, png, 0o644); err == nil {
-			t.Logf("screenshot of the page at the failure: %s", out)
-		}
-	})
+	screenshotOnFailure(t, context.Background(), b.Screenshot)
 	return b
 }
 

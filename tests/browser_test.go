@@ -84,13 +84,23 @@ func startChromium(t *testing.T, a *appliance, dl string) context.Context {
 	}
 	// A failed test leaves a screenshot of the page behind (cleanups run last-in first-out:
 	// this one before the browser stops).
+	screenshotOnFailure(t, ctx, func(ctx context.Context) ([]byte, error) {
+		return chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	})
+	return tctx
+}
+
+// screenshotOnFailure saves the page, as shoot takes it, to a file in the temporary folder when
+// t has failed by its end, and logs where. Cleanups run last-in first-out: register it after
+// the browser's own, so that it runs while the browser is still there.
+func screenshotOnFailure(t *testing.T, ctx context.Context, shoot func(context.Context) ([]byte, error)) {
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
 		}
 		sctx, c := context.WithTimeout(ctx, 20*time.Second)
 		defer c()
-		png, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+		png, err := shoot(sctx)
 		if err != nil {
 			t.Logf("no screenshot of the failure: %v", err)
 			return
@@ -100,7 +110,6 @@ func startChromium(t *testing.T, a *appliance, dl string) context.Context {
 			t.Logf("screenshot of the page at the failure: %s", out)
 		}
 	})
-	return tctx
 }
 
 // waitFile waits until path exists (Chromium writes a download as NAME.crdownload and renames it
