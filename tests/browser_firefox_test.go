@@ -78,7 +78,7 @@ func startFirefox(t *testing.T, a *appliance, dl string) *bidi.Browser {
 }
 
 // apiRefusal is the message the API answers a same-origin enrollment with a wrong code, as
-// the page's own request would get it.
+// the page's own request would get it (same origin, which the cross-origin guard lets through).
 func apiRefusal(t *testing.T, a *appliance, mailbox, code string) string {
 	t.Helper()
 	req, _ := http.NewRequest("POST", a.url+"/api/v1/enroll", strings.NewReader(`{"template":"smime-encryption","csr":"MA=="}`))

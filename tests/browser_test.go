@@ -211,22 +211,7 @@ func TestBrowserEnrollment(t *testing.T) {
 	// The API's refusal of a wrong code, as a client without the page sees it.
 	newCode(t, state, mailbox, "smime-encryption")
 	const wrongCode = "AAAAAAAAAAAAAAAAAAAAAAAA"
-	req, _ := http.NewRequest("POST", a.url+"/api/v1/enroll", strings.NewReader(`{"template":"smime-encryption","csr":"MA=="}`))
-	req.Header.Set("Content-Type", "application/json")
-	// As the page's own request comes: same origin, which the cross-origin guard lets through.
-	req.Header.Set("Sec-Fetch-Site", "same-origin")
-	req.Header.Set("Origin", a.url)
-	req.SetBasicAuth(mailbox, wrongCode)
-	resp, err := a.client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiMsg, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("wrong code: %s %s, want 401", resp.Status, apiMsg)
-	}
-	refusal := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(string(apiMsg)), `{"error":"`), `"}`)
+	refusal := apiRefusal(t, a, mailbox, wrongCode)
 
 	ctx := startChromium(t, a, dl)
 	start := time.Now()
