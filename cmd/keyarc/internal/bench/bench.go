@@ -117,11 +117,12 @@ func Run(args []string, env Env) error {
 	raw := fs.Duration("raw", 2*time.Second, "duration of each raw measurement")
 	keep := fs.Bool("keep", false, "keep the temporary states")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, in-process storms), rss (peak memory), ocsp, est or enroll (out-of-process storms), pg (jobs and the EST storm on PostgreSQL beside SQLite, one node and three)")
+	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, in-process storms), rss (peak memory), ocsp, est or enroll (out-of-process storms), pg (jobs and the EST storm on PostgreSQL beside SQLite, one node and three), recovery (latency from the m-th approval to the PKCS#12 in hand, through the CLI)")
 	pgRuns := fs.Int("pg-runs", 1, "runs of each job on PostgreSQL (the median is reported)")
 	noPG := fs.Bool("no-pg", false, "skip the PostgreSQL round in a full run")
 	pgRate := fs.Int("pg-est-prepare-rate", 1200, "EST requests per second to prepare codes and CSRs for, in the PostgreSQL round")
 	pgWindow := fs.Duration("pg-storm-window", 10*time.Second, "length of each window of the PostgreSQL round's EST storms")
+	recoveries := fs.Int("recoveries", 10, "recoveries of the recovery round (the median latency is reported)")
 	var st enrollShape
 	fs.IntVar(&st.estClients, "est-clients", 8, "keep-alive HTTPS clients of the out-of-process EST storm")
 	fs.IntVar(&st.enrollClients, "enroll-clients", 64, "keep-alive HTTPS clients of the out-of-process archival storm")
@@ -166,8 +167,10 @@ func Run(args []string, env Env) error {
 		return fmt.Errorf("bench: --runs must be at least 1")
 	}
 	switch {
-	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp" && *only != "est" && *only != "enroll" && *only != "pg":
-		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss, ocsp, est, enroll or pg", *only)}
+	case *only != "" && *only != "ca" && *only != "rss" && *only != "ocsp" && *only != "est" && *only != "enroll" && *only != "pg" && *only != "recovery":
+		return cmdline.UsageError{Msg: fmt.Sprintf("bench: --only %q: use ca, rss, ocsp, est, enroll, pg or recovery", *only)}
+	case *recoveries < 1:
+		return cmdline.UsageError{Msg: "bench: --recoveries must be positive"}
 	case *pgRuns < 1 || *pgRate < 1 || *pgWindow <= 0:
 		return cmdline.UsageError{Msg: "bench: --pg-runs, --pg-est-prepare-rate and --pg-storm-window must be positive"}
 	case o.certs < 1 || o.clients < 1 || o.windows < 1 || o.window <= 0:
@@ -219,6 +222,11 @@ func Run(args []string, env Env) error {
 	if *only == "pg" || (*only == "" && !*noPG) {
 		if err := b.pgRound(); err != nil {
 			return fmt.Errorf("bench PostgreSQL: %w", err)
+		}
+	}
+	if *only == "" || *only == "recovery" {
+		if err := b.recoveryRound(*recoveries); err != nil {
+			return fmt.Errorf("bench recovery: %w", err)
 		}
 	}
 	return nil
