@@ -1,13 +1,8 @@
 package postgres
 
 import (
-	"bytes"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -91,7 +86,7 @@ func wireCounters(b *testing.B, srv *pgtest.Server) storetest.Counters {
 		return map[string]float64{
 			"statements":    float64(wire.statements.Load()),
 			"trips":         float64(wire.trips.Load()),
-			"server-cpu-µs": serverCPU(b, srv).Seconds() * 1e6,
+			"server-cpu-µs": srv.CPU().Seconds() * 1e6,
 			"wal-bytes":     walBytes(b, srv),
 		}
 	}
@@ -114,50 +109,4 @@ func walBytes(b *testing.B, srv *pgtest.Server) float64 {
 		b.Fatal(err)
 	}
 	return v
-}
-
-// serverCPU is the CPU time of the test server's processes: the postmaster's own and that of
-// its children, those that ended (which it waited for) and those still running.
-func serverCPU(b *testing.B, srv *pgtest.Server) time.Duration {
-	dirs, err := os.ReadDir("/proc")
-	if err != nil {
-		b.Fatal(err)
-	}
-	type proc struct{ ppid, cpu int64 }
-	procs := map[int64]proc{}
-	var master int64
-	for _, d := range dirs {
-		pid, err := strconv.ParseInt(d.Name(), 10, 64)
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command's closing parenthesis: state ppid ... utime(14) stime(15)
-		// cutime(16) cstime(17), counted from 1 with the pid.
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(f) < 15 {
-			continue
-		}
-		n := func(i int) int64 { v, _ := strconv.ParseInt(f[i-3], 10, 64); return v }
-		cmd, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if bytes.Contains(cmd, []byte(filepath.Join(srv.Dir(), "data"))) && bytes.HasSuffix(bytes.Split(cmd, []byte{0})[0], []byte("postgres")) {
-			master = pid
-			procs[pid] = proc{n(4), n(14) + n(15) + n(16) + n(17)}
-			continue
-		}
-		procs[pid] = proc{n(4), n(14) + n(15)}
-	}
-	if master == 0 {
-		b.Fatal("no postmaster of the test server in /proc")
-	}
-	ticks := procs[master].cpu
-	for _, p := range procs {
-		if p.ppid == master {
-			ticks += p.cpu
-		}
-	}
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }

@@ -29,6 +29,11 @@ var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "pos", KeepsDue: true}
 // every handle of the process: the figures per certificate of the benchmarks.
 var wire struct{ statements, trips atomic.Int64 }
 
+// Wire returns the statements the store has sent to servers so far and the round trips they
+// took, over every handle of the process: a benchmark's figures of the work per item (see
+// escrow/bulk's and this package's benchmarks).
+func Wire() (statements, trips int64) { return wire.statements.Load(), wire.trips.Load() }
+
 // sent counts n statements sent in one round trip.
 func sent(n int) {
 	wire.statements.Add(int64(n))

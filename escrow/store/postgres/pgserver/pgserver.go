@@ -384,6 +384,43 @@ func (s *Server) PID() int {
 	return s.cmd.Process.Pid
 }
 
+// CPU is the CPU time (user and system) the server has used so far: the postmaster's own, that
+// of its children that ended (which it waited for) and that of those still running, read from
+// /proc. It is 0 while the server is halted.
+func (s *Server) CPU() time.Duration {
+	root := s.PID()
+	if root == 0 {
+		return 0
+	}
+	dirs, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		i := strings.LastIndexByte(string(stat), ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		// The fields after the command's closing parenthesis: state(3) ppid(4) ... utime(14)
+		// stime(15) cutime(16) cstime(17), counted from 1 with the pid.
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		n := func(k int) int64 { v, _ := strconv.ParseInt(f[k-3], 10, 64); return v }
+		switch {
+		case pid == root:
+			ticks += n(14) + n(15) + n(16) + n(17)
+		case n(4) == int64(root):
+			ticks += n(14) + n(15)
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
 // URL is the key=value connection string of the superuser to database name on the server's
 // socket.
 func (s *Server) URL(name string) string {

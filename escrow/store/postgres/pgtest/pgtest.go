@@ -187,6 +187,10 @@ func (s *Server) Durable(tb testing.TB) {
 	}
 }
 
+// CPU is the CPU time the server's processes have used so far (see [pgserver.Server.CPU]), for
+// benchmarks that report the database's share of the work.
+func (s *Server) CPU() time.Duration { return s.srv.CPU() }
+
 // URL returns the key=value connection string of database name on the server's socket.
 func (s *Server) URL(name string) string { return s.srv.URL(name) }
 
