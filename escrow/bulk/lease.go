@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"sync"
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/store"
@@ -92,12 +94,47 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 
 // fence is the fencing check every write of the run makes in its transaction: it fails with
 // [store.ErrLeaseLost] once this node no longer holds the job's lease with its token.
+//
+// It reads the lease once per store function: the hooks of a batch's issuance (a reservation
+// and a finish for each item) call it with the same tx, and the first call checks for all of
+// them. Checking again within one function would find the same lease: the function's
+// transaction holds the store's writer (across nodes), so no other node can take the lease
+// over before it commits, and a lease that expires meanwhile is taken over only after it.
+// On PostgreSQL that is two round trips per enroll item fewer.
 func (r *jobRun) fence(tx store.Tx) error {
+	if r.fenced.has(tx) {
+		return nil
+	}
 	l := r.lease
 	if err := tx.CheckLease(l.Name, l.Holder, l.Token, r.m.now()); err != nil {
 		return fmt.Errorf("bulk: job %s: %w", r.job.ID, err)
 	}
+	r.fenced.set(tx)
 	return nil
+}
+
+// fencedTx remembers the last store function (its Tx) whose lease check passed. Holding the Tx
+// keeps it alive, so no later Tx can take its address and pass for it.
+type fencedTx struct {
+	mu sync.Mutex
+	tx store.Tx
+}
+
+func (f *fencedTx) has(tx store.Tx) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tx != nil && f.tx == tx
+}
+
+// set remembers tx, if its type can be compared (a Tx of a backend is a pointer; a wrapper
+// that cannot be compared is checked every time).
+func (f *fencedTx) set(tx store.Tx) {
+	if !reflect.TypeOf(tx).Comparable() {
+		return
+	}
+	f.mu.Lock()
+	f.tx = tx
+	f.mu.Unlock()
 }
 
 // keepLease renews the run's lease every third of its TTL until ctx ends. When the lease is

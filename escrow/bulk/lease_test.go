@@ -380,3 +380,48 @@ func TestNodesShareJobs(t *testing.T) {
 		}
 	}
 }
+
+// leaseChecks is a store that counts the lease checks made in its Update functions.
+type leaseChecks struct {
+	store.Store
+	n *atomic.Int64
+}
+
+func (s leaseChecks) Update(ctx context.Context, fn func(store.Tx) error) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error { return fn(leaseCheckTx{tx, s.n}) })
+}
+
+type leaseCheckTx struct {
+	store.Tx
+	n *atomic.Int64
+}
+
+func (tx leaseCheckTx) CheckLease(name, holder string, token int64, now time.Time) error {
+	tx.n.Add(1)
+	return tx.Tx.CheckLease(name, holder, token, now)
+}
+
+// TestFenceOncePerTransaction: the issuance of a batch checks the job's lease once in each of
+// its transactions (the reservation, the finish), not once for every item's hook in them.
+func TestFenceOncePerTransaction(t *testing.T) {
+	backends(t, func(t *testing.T, env *testEnv) {
+		checks := new(atomic.Int64)
+		env.svc.Store = leaseChecks{env.db, checks}
+		const n = 40
+		items := make([]any, n)
+		for i := range items {
+			items[i] = env.enrollItem(t, fmt.Sprintf("user%d@example.org", i))
+		}
+		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+		st = env.runUntilDone(t, st.ID)
+		if st.Done != n {
+			t.Fatalf("done %d of %d", st.Done, n)
+		}
+		env.checkInvariant(t, env.results(t, st.ID))
+		// Two per item without the cache; with it, two per batch and one for each of the
+		// pass's start and the job's end. The batches are at least a few items each.
+		if got := checks.Load(); got >= n {
+			t.Errorf("%d lease checks for %d items, want fewer than one per item", got, n)
+		}
+	})
+}

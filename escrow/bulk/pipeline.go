@@ -69,7 +69,8 @@ type jobRun struct {
 	// again: in this pass, items were left without an outcome for a fault of the appliance.
 	again atomic.Bool
 	// lease is the job's lease this node holds; every write of the run checks it (fence).
-	lease store.Lease
+	lease  store.Lease
+	fenced fencedTx
 	// stop ends the run's context with a cause (nil in tests that drive a run by hand).
 	stop context.CancelCauseFunc
 }
