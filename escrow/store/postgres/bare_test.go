@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/store"
-	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
 )
 
@@ -29,7 +28,7 @@ func TestBareWriteFails(t *testing.T) {
 		if _, _, err := tx.AuditHead(); err != nil {
 			return err
 		}
-		c, q := tx.(*sqltx.Tx).Raw()
+		c, q := tx.(rawTx).Raw()
 		_, err := q.ExecContext(c, `INSERT INTO audit (seq, at, kind, actor, subject, details, prev, hash)
 			VALUES (1, 0, 'x', 'x', '', '', '\x00', '\x01')`)
 		return err

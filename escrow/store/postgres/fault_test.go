@@ -20,15 +20,20 @@ import (
 
 var ctx = context.Background()
 
+// rawTx is a Tx of the store (sqltx's, or the writer's, which embeds it).
+type rawTx interface {
+	Raw() (context.Context, sqltx.Querier)
+}
+
 // rawExec runs a statement that no method of the Tx runs, on the Tx's connection.
 func rawExec(tx store.Tx, query string) (sql.Result, error) {
-	ctx, q := tx.(*sqltx.Tx).Raw()
+	ctx, q := tx.(rawTx).Raw()
 	return q.ExecContext(ctx, query)
 }
 
 // rawQuery is rawExec for a query.
 func rawQuery(tx store.Tx, query string) (*sql.Rows, error) {
-	ctx, q := tx.(*sqltx.Tx).Raw()
+	ctx, q := tx.(rawTx).Raw()
 	return q.QueryContext(ctx, query)
 }
 

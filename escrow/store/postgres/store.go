@@ -434,9 +434,10 @@ func (db *DB) runOne(r *updates.Request, bare bool) error {
 	db.sp.pending, db.sp.mine = !bare, false // opened with fn's first statement
 	db.updates.Add(1)
 	saved := db.head
-	tx := sqltx.NewWrite(context.Background(), pgQuerier{q: db.wconn, sp: &db.sp, writer: db.wconn}, dialect, &db.head)
+	q := pgQuerier{q: db.wconn, sp: &db.sp, writer: db.wconn}
+	tx := &writeTx{Tx: sqltx.NewWrite(context.Background(), q, dialect, &db.head), q: q}
 	r.Err = updates.Call(r.Fn, tx)
-	tx.End()
+	tx.end()
 	db.sp.pending = false
 	if r.Err == nil && db.txStatus() == 'E' {
 		// A statement failed outside its own savepoint (a read the server refused) and fn

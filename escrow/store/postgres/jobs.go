@@ -1,0 +1,118 @@
+package postgres
+
+import (
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
+
+	"context"
+	"errors"
+	"fmt"
+)
+
+// writeTx is the Tx of a function on the writer: sqltx's, with the writes of a bulk job's
+// items done without a savepoint of their own. Each of a job's enroll or keygen items is
+// reserved and finished in the batch's transactions, and a savepoint per write (SAVEPOINT,
+// the statement, RELEASE: a subtransaction on the server) cost more of the server's time
+// than the row itself. These two writes cannot abort the transaction for the item's own
+// fault, so they need none:
+//
+//   - the reservation inserts its row only if the job exists and the item has none
+//     (INSERT ... SELECT ... WHERE EXISTS ... ON CONFLICT DO NOTHING): a row already there
+//     is no error on the server, and no row inserted tells the caller which it was
+//     ([store.ErrConflict], or [store.ErrNotFound] for an unknown job) with one read;
+//   - the finish is an UPDATE whose values no constraint refuses (see [sqltx.BareExecer]).
+//
+// Only a fault of the server or the connection can fail them on the server, and that ends
+// the function's writes anyway (see [pgQuerier.ExecBare]).
+type writeTx struct {
+	*sqltx.Tx
+	q    pgQuerier
+	done bool // the function returned: every call fails with store.ErrTxDone
+}
+
+// end marks the Tx done once its function has returned.
+func (tx *writeTx) end() {
+	tx.done = true
+	tx.Tx.End()
+}
+
+// reserveItemQuery inserts a reserved item if its job exists and it has no row yet. (The
+// casts give the values their types: in a SELECT list, PostgreSQL would take them for text.)
+const reserveItemQuery = `INSERT INTO job_items (job_id, seq, state, serial, record_id)
+	SELECT CAST(?1 AS text), CAST(?2 AS bigint), 'reserved', CAST(?3 AS text), CAST(?4 AS text)
+	WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)
+	ON CONFLICT (job_id, seq) DO NOTHING`
+
+// ReserveJobItem is [sqltx.Tx.ReserveJobItem] without a savepoint (see [writeTx]): an item
+// already present (done, failed or reserved) gives [store.ErrConflict], an unknown job
+// [store.ErrNotFound].
+func (tx *writeTx) ReserveJobItem(jobID string, seq int, serial, recordID string) error {
+	const op = "reserve job item"
+	if tx.done {
+		return fmt.Errorf("store: %s: %w", op, store.ErrTxDone)
+	}
+	s, err := store.NormalizeSerial(serial)
+	if err != nil {
+		return err
+	}
+	var rec any
+	if recordID != "" {
+		rec = recordID
+	}
+	res, err := tx.q.ExecBare(context.Background(), reserveItemQuery, jobID, int64(seq), s, rec)
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, mapErr(err))
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return nil
+	}
+	var job bool
+	if err := tx.scanOne(op, &job, `SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?)`, jobID); err != nil {
+		return err
+	}
+	if !job {
+		return fmt.Errorf("store: %s %s/%d: no such job: %w", op, jobID, seq, store.ErrNotFound)
+	}
+	return fmt.Errorf("store: %s %s/%d: the item is already present: %w", op, jobID, seq, store.ErrConflict)
+}
+
+// FinishJobItem is [sqltx.Tx.FinishJobItem] without a savepoint (see [writeTx]): an item
+// that is not reserved gives [store.ErrConflict].
+func (tx *writeTx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) error {
+	const op = "finish job item"
+	if tx.done {
+		return fmt.Errorf("store: %s: %w", op, store.ErrTxDone)
+	}
+	res, err := tx.q.ExecBare(context.Background(), `UPDATE job_items SET state = 'done', pkcs12 = ?, password = ?
+		WHERE job_id = ? AND seq = ? AND state = 'reserved'`, bytesOrNil(pkcs12), bytesOrNil(password), jobID, int64(seq))
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, mapErr(err))
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("store: %s %s/%d: not reserved: %w", op, jobID, seq, store.ErrConflict)
+	}
+	return nil
+}
+
+// scanOne reads the one value of a one-row query into dest.
+func (tx *writeTx) scanOne(op string, dest any, query string, args ...any) error {
+	rows, err := tx.q.QueryContext(context.Background(), query, args...)
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return fmt.Errorf("store: %s: %w", op, errors.Join(rows.Err(), store.ErrNotFound))
+	}
+	if err := rows.Scan(dest); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	return rows.Close()
+}
+
+func bytesOrNil(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
