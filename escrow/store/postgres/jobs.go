@@ -5,8 +5,11 @@ import (
 	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // writeTx is the Tx of a function on the writer: sqltx's, with the writes of a bulk job's
@@ -24,16 +27,89 @@ import (
 //
 // Only a fault of the server or the connection can fail them on the server, and that ends
 // the function's writes anyway (see [pgQuerier.ExecBare]).
+//
+// It also remembers the hashes of the certificates the function stores (see
+// [writeTx.CertificateHashes]).
 type writeTx struct {
 	*sqltx.Tx
 	q    pgQuerier
 	done bool // the function returned: every call fails with store.ErrTxDone
+	// signed holds the hex SHA-256 of the DER of the certificates this function stored
+	// issued or revoked, by serial (see [writeTx.CertificateHashes]).
+	signed map[string]string
 }
 
 // end marks the Tx done once its function has returned.
 func (tx *writeTx) end() {
 	tx.done = true
 	tx.Tx.End()
+}
+
+// The certificates' hashes. An issuance's audit entry records the SHA-256 of the certificate
+// it names, read back from the store ([sqltx.Tx.CertificateHashes]) right after the
+// certificate was stored, in the same function: a round trip per certificate, for bytes the
+// function has just sent. The writer's Tx remembers the hashes of the certificates it stores
+// issued or revoked, and answers from them when it knows every serial asked. The DER of such a
+// certificate no statement changes (only a pending certificate gets its DER), and the memory
+// lives as long as the function: what another function or node writes is not in it.
+
+// SetCertificateIssued is [sqltx.Tx.SetCertificateIssued], remembering the certificate's hash.
+func (tx *writeTx) SetCertificateIssued(serial string, der []byte, notBefore, notAfter time.Time) error {
+	if err := tx.Tx.SetCertificateIssued(serial, der, notBefore, notAfter); err != nil {
+		return err
+	}
+	tx.remember(serial, der)
+	return nil
+}
+
+// InsertCertificate is [sqltx.Tx.InsertCertificate], remembering the hash of a certificate
+// stored issued or revoked.
+func (tx *writeTx) InsertCertificate(c store.Certificate) error {
+	return tx.InsertCertificates([]store.Certificate{c})
+}
+
+// InsertCertificates is [sqltx.Tx.InsertCertificates], remembering the hashes of the
+// certificates stored issued or revoked.
+func (tx *writeTx) InsertCertificates(cs []store.Certificate) error {
+	if err := tx.Tx.InsertCertificates(cs); err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if c.State == store.StateIssued || c.State == store.StateRevoked {
+			tx.remember(c.Serial, c.DER)
+		}
+	}
+	return nil
+}
+
+func (tx *writeTx) remember(serial string, der []byte) {
+	s, err := store.NormalizeSerial(serial)
+	if err != nil || len(der) == 0 {
+		return
+	}
+	if tx.signed == nil {
+		tx.signed = make(map[string]string)
+	}
+	sum := sha256.Sum256(der)
+	tx.signed[s] = hex.EncodeToString(sum[:])
+}
+
+// CertificateHashes is [sqltx.Tx.CertificateHashes], answered without a query when this
+// function stored every certificate asked.
+func (tx *writeTx) CertificateHashes(serials []string) ([]string, error) {
+	if tx.done || len(tx.signed) == 0 {
+		return tx.Tx.CertificateHashes(serials)
+	}
+	out := make([]string, len(serials))
+	for i, serial := range serials {
+		s, err := store.NormalizeSerial(serial)
+		h, ok := tx.signed[s]
+		if err != nil || !ok {
+			return tx.Tx.CertificateHashes(serials)
+		}
+		out[i] = h
+	}
+	return out, nil
 }
 
 // reserveItemQuery inserts a reserved item if its job exists and it has no row yet. (The

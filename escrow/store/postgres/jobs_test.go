@@ -1,9 +1,13 @@
 package postgres
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
@@ -72,5 +76,57 @@ func TestJobItemsWithoutSavepoint(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCertificateHashesOfOwnWrites: the hashes of the certificates a function stored issued
+// (signed after their reservation, or stored issued at once) come without a round trip, and
+// are those of the stored DER; a serial the function did not store is read as before.
+func TestCertificateHashesOfOwnWrites(t *testing.T) {
+	db, _ := openTest(t, pgtest.Start(t))
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cert := func(serial, state string, der []byte) store.Certificate {
+		return store.Certificate{Serial: serial, Template: "t", Email: "a@example.com", Subject: "CN=a", State: state,
+			DER: der, NotBefore: at, NotAfter: at.AddDate(1, 0, 0), CreatedAt: at}
+	}
+	hash := func(der []byte) string { s := sha256.Sum256(der); return hex.EncodeToString(s[:]) }
+	err := db.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificate(cert("0a", store.StateIssued, []byte("other"))) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, mixed []string
+	var trips int64
+	err = db.Update(ctx, func(tx store.Tx) error {
+		if err := tx.InsertCertificates([]store.Certificate{cert("0b", store.StatePending, nil), cert("0c", store.StateIssued, []byte("c"))}); err != nil {
+			return err
+		}
+		if err := tx.SetCertificateIssued("0x0B", []byte("b"), at, at.AddDate(1, 0, 0)); err != nil {
+			return err
+		}
+		_, before := Wire()
+		var err error
+		if got, err = tx.CertificateHashes([]string{"0b", "0C", "00:0b"}); err != nil {
+			return err
+		}
+		_, after := Wire()
+		trips = after - before
+		mixed, err = tx.CertificateHashes([]string{"0b", "0a", "0d"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{hash([]byte("b")), hash([]byte("c")), hash([]byte("b"))}; !slices.Equal(got, want) || trips != 0 {
+		t.Errorf("hashes of the function's certificates %v in %d round trips, want %v in 0", got, trips, want)
+	}
+	if want := []string{hash([]byte("b")), hash([]byte("other")), ""}; !slices.Equal(mixed, want) {
+		t.Errorf("hashes with serials the function did not store: %v, want %v", mixed, want)
+	}
+	var stored []string
+	if err := db.View(ctx, func(tx store.Tx) (err error) { stored, err = tx.CertificateHashes([]string{"0b", "0c"}); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(stored, got[:2]) {
+		t.Errorf("stored hashes %v, the function's %v", stored, got[:2])
 	}
 }
