@@ -120,7 +120,7 @@ func pgBenchEnv(b *testing.B) (*testEnv, counters) {
 	})
 	return env, func() map[string]float64 {
 		stmts, trips := postgres.Wire()
-		return map[string]float64{"statements": float64(stmts), "trips": float64(trips),
+		return map[string]float64{"statements": float64(stmts), "trips": float64(trips), "writer-busy-µs": float64(postgres.WriterBusy().Microseconds()),
 			"server-cpu-µs": float64(srv.CPU().Microseconds())}
 	}
 }

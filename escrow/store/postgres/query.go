@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"time"
+
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/internal/sqltx"
 
@@ -27,12 +29,19 @@ var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "pos", KeepsDue: true}
 
 // wire counts the statements the store sends to servers and the round trips they take, over
 // every handle of the process: the figures per certificate of the benchmarks.
-var wire struct{ statements, trips atomic.Int64 }
+// busy is the time the writers spent in their write transactions, from the BEGIN to the
+// answer of the COMMIT.
+var wire struct{ statements, trips, busy atomic.Int64 }
 
 // Wire returns the statements the store has sent to servers so far and the round trips they
 // took, over every handle of the process: a benchmark's figures of the work per item (see
 // escrow/bulk's and this package's benchmarks).
 func Wire() (statements, trips int64) { return wire.statements.Load(), wire.trips.Load() }
+
+// WriterBusy returns the time the writers of every handle of the process have spent in write
+// transactions so far (from the BEGIN to the COMMIT's answer). Over a benchmark's run, its
+// share of the elapsed time tells whether the one writer is what bounds the rate.
+func WriterBusy() time.Duration { return time.Duration(wire.busy.Load()) }
 
 // sent counts n statements sent in one round trip.
 func sent(n int) {

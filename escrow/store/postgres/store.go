@@ -363,6 +363,8 @@ func (db *DB) batch() {
 	if first == nil {
 		return
 	}
+	start := time.Now()
+	defer func() { wire.busy.Add(int64(time.Since(start))) }()
 	if err := db.begin(); err != nil {
 		first.Answer(fmt.Errorf("%w: store: begin: %w", store.ErrUnavailable, err)) // never the request's fault
 		db.commitErrors.Add(1)
