@@ -425,3 +425,60 @@ func TestFenceOncePerTransaction(t *testing.T) {
 		}
 	})
 }
+
+// reserveCounts is a store that counts the job items reserved one by one and by batch in its
+// Update functions.
+type reserveCounts struct {
+	store.Store
+	single, batch *atomic.Int64
+}
+
+func (s reserveCounts) Update(ctx context.Context, fn func(store.Tx) error) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error { return fn(reserveCountTx{tx, s.single, s.batch}) })
+}
+
+type reserveCountTx struct {
+	store.Tx
+	single, batch *atomic.Int64
+}
+
+func (tx reserveCountTx) ReserveJobItem(jobID string, seq int, serial, recordID string) error {
+	tx.single.Add(1)
+	return tx.Tx.ReserveJobItem(jobID, seq, serial, recordID)
+}
+
+func (tx reserveCountTx) ReserveJobItems(jobID string, items []store.DoneItem) error {
+	tx.batch.Add(int64(len(items)))
+	return tx.Tx.(itemsReserver).ReserveJobItems(jobID, items)
+}
+
+// TestBatchReservation: on PostgreSQL, whose writer reserves many job items in one statement,
+// an enroll job's batches reserve their items together rather than one row per item.
+func TestBatchReservation(t *testing.T) {
+	srv := pgtest.Start(t)
+	url := srv.NewDatabase(t)
+	env := newEnvOn(t, func(tb testing.TB) store.Store {
+		db, err := postgres.Open(context.Background(), url)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { db.Close() })
+		return db
+	})
+	single, batch := new(atomic.Int64), new(atomic.Int64)
+	env.svc.Store = reserveCounts{env.db, single, batch}
+	const n = 60
+	items := make([]any, n)
+	for i := range items {
+		items[i] = env.enrollItem(t, fmt.Sprintf("user%d@example.org", i))
+	}
+	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+	st = env.runUntilDone(t, st.ID)
+	if st.Done != n {
+		t.Fatalf("done %d of %d", st.Done, n)
+	}
+	env.checkInvariant(t, env.results(t, st.ID))
+	if single.Load()+batch.Load() != n || single.Load() >= n/2 {
+		t.Errorf("%d items reserved one by one and %d by batch, want %d in all, most by batch", single.Load(), batch.Load(), n)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"os"
+	"reflect"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -563,8 +564,12 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 		case ctx.Err() != nil:
 			// Not reserved: redone at the next start.
 		default:
-			reqs, ws = append(reqs, r.request(ctx, w)), append(ws, w)
+			ws = append(ws, w)
 		}
+	}
+	rb := &reservation{items: ws}
+	for _, w := range ws {
+		reqs = append(reqs, r.request(ctx, w, rb))
 	}
 	if len(reqs) > 0 {
 		wait := func(err error) bool { return r.pause(ctx, CauseStorage, err) }
@@ -604,9 +609,19 @@ func (r *jobRun) drop(w *work) {
 }
 
 // request is the issuance of one enroll or keygen item by the pipeline, with the job's
-// bookkeeping in its transactions.
-func (r *jobRun) request(ctx context.Context, w *work) issue.Request {
+// bookkeeping in its transactions; rb is the reservation of its batch.
+func (r *jobRun) request(ctx context.Context, w *work, rb *reservation) issue.Request {
 	rq := r.reserved(w)
+	reserve := rq.Reserve
+	rq.Reserve = func(tx store.Tx, serial string) error {
+		switch done, err := rb.reserve(tx, r); {
+		case err != nil:
+			return err
+		case done:
+			return nil
+		}
+		return reserve(tx, serial)
+	}
 	return issue.Request{Template: rq.Template, Pub: rq.Pub, Mailbox: rq.Mailbox, Serial: rq.Serial, Record: rq.Record,
 		Actor: escrow.ActorFrom(ctx), Reserve: rq.Reserve, Prepare: rq.Prepare, Finish: rq.Finish}
 }
@@ -641,6 +656,61 @@ func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 		}
 	}
 	return req
+}
+
+// itemsReserver is a transaction that reserves many job items in one statement (PostgreSQL's
+// writer): see [reservation].
+type itemsReserver interface {
+	ReserveJobItems(jobID string, items []store.DoneItem) error
+}
+
+// reservation reserves the job items of one batch together, when the store can: the issuance
+// pipeline runs each item's Reserve hook, one after the other in the batch's reservation
+// transaction, and on PostgreSQL one row a hook is a round trip an item. The first hook
+// reserves the rows of every item of the batch sealed for the recovery set current in that
+// transaction (the items the pipeline reserves: it leaves the others out, for the same epoch
+// read in the same transaction), fenced as its own; the others find theirs reserved. If that
+// transaction fails (an item conflicts, or another write of it), nothing of it is kept and the
+// pipeline issues the items one by one, each in a transaction of its own: there the hooks
+// reserve their own item, as without a batch.
+type reservation struct {
+	items []*work
+	mu    sync.Mutex
+	tried bool     // the batch's reservation was tried, in tx
+	tx    store.Tx // the transaction that reserved the batch (or tried to)
+}
+
+// reserve runs in a Reserve hook: done reports that the hook's item is reserved (with the
+// batch); false lets the hook reserve its item itself.
+func (b *reservation) reserve(tx store.Tx, r *jobRun) (done bool, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.tried {
+		return b.tx != nil && b.tx == tx, nil
+	}
+	b.tried = true
+	mr, ok := tx.(itemsReserver)
+	if !ok || len(b.items) < 2 || !reflect.TypeOf(tx).Comparable() {
+		return false, nil
+	}
+	if err := r.fence(tx); err != nil {
+		return false, err
+	}
+	epoch, err := tx.CurrentEpoch()
+	if err != nil {
+		return false, err
+	}
+	items := make([]store.DoneItem, 0, len(b.items))
+	for _, w := range b.items {
+		if w.rec.Epoch == epoch {
+			items = append(items, store.DoneItem{Seq: w.seq, Serial: store.FormatSerial(w.serial), RecordID: w.rec.ID})
+		}
+	}
+	b.tx = tx
+	if err := mr.ReserveJobItems(r.job.ID, items); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // issued records the outcome of an item's issuance.

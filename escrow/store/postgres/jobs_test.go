@@ -130,3 +130,77 @@ func TestCertificateHashesOfOwnWrites(t *testing.T) {
 		t.Errorf("stored hashes %v, the function's %v", stored, got[:2])
 	}
 }
+
+// TestReserveJobItems: a batch of items is reserved in one statement and one round trip, all
+// or none: an item already present (or listed twice) gives ErrConflict, an unknown job
+// ErrNotFound, and no item of the batch is reserved; the function goes on.
+func TestReserveJobItems(t *testing.T) {
+	db, _ := openTest(t, pgtest.Start(t))
+	err := db.Update(ctx, func(tx store.Tx) error {
+		return tx.InsertJob(store.Job{ID: "j", Kind: "enroll", Template: "t", SubmittedBy: "a", Input: "f"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := func(seqs ...int) []store.DoneItem {
+		var out []store.DoneItem
+		for _, s := range seqs {
+			out = append(out, store.DoneItem{Seq: s, Serial: fmt.Sprintf("0x%X", 0xa00+s), RecordID: fmt.Sprint("r", s)})
+		}
+		return out
+	}
+	var trips int64
+	err = db.Update(ctx, func(tx store.Tx) error {
+		r, ok := tx.(interface {
+			ReserveJobItems(string, []store.DoneItem) error
+		})
+		if !ok {
+			return fmt.Errorf("the writer's Tx %T has no ReserveJobItems", tx)
+		}
+		if err := insertCode("c1", "a@example.com")(tx); err != nil {
+			return err
+		}
+		_, before := Wire()
+		if err := r.ReserveJobItems("j", items(1, 2, 3)); err != nil {
+			return err
+		}
+		_, after := Wire()
+		trips = after - before
+		for _, bad := range []struct {
+			job     string
+			items   []store.DoneItem
+			wantErr error
+		}{
+			{"j", items(4, 3, 5), store.ErrConflict},
+			{"j", items(6, 6), store.ErrConflict},
+			{"nojob", items(7), store.ErrNotFound},
+		} {
+			if err := r.ReserveJobItems(bad.job, bad.items); !errors.Is(err, bad.wantErr) {
+				return fmt.Errorf("reserve %v of job %s: %v, want %v", bad.items, bad.job, err, bad.wantErr)
+			}
+		}
+		return insertCode("c2", "a@example.com")(tx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trips != 1 {
+		t.Errorf("3 items reserved in %d round trips, want 1", trips)
+	}
+	var got []string
+	err = db.View(ctx, func(tx store.Tx) error {
+		if _, err := tx.GetCode("c2"); err != nil {
+			return err
+		}
+		return tx.JobItems("j", 0, 0, func(it store.JobItem) error {
+			got = append(got, fmt.Sprintf("%d %s %s %s", it.Seq, it.State, it.Serial, it.RecordID))
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"1 reserved a01 r1", "2 reserved a02 r2", "3 reserved a03 r3"}; !slices.Equal(got, want) {
+		t.Errorf("items %q, want %q", got, want)
+	}
+}
