@@ -145,6 +145,7 @@ func New(p Parts, reg prometheus.Registerer) (*Server, error) {
 	a.caPool.AddCert(a.caCert)
 	a.metrics.caExpiry.Set(float64(a.caCert.NotAfter.Unix()))
 	reg.MustRegister(newStateCollector(a), newDrillCollector(a))
+	registerStoreMetrics(reg, a.db)
 	if err := a.openAudit(p.Issuer, reg); err != nil {
 		return nil, err
 	}

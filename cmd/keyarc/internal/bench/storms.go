@@ -14,10 +14,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,13 +167,14 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	p.reqs = nil
 
 	addrs := make([]string, nodes)
+	metricsAddrs := make([]string, nodes)
 	pids := make([]int, nodes)
 	logs := make([]*syncBuffer, nodes)
 	cmds := make([]*exec.Cmd, nodes)
 	profile := ""
 	for i := range nodes {
-		addrs[i] = freeAddr()
-		args := []string{"serve", "--state", state, "--addr", addrs[i], "--metrics-addr", freeAddr(), "--public-addr", freeAddr()}
+		addrs[i], metricsAddrs[i] = freeAddr(), freeAddr()
+		args := []string{"serve", "--state", state, "--addr", addrs[i], "--metrics-addr", metricsAddrs[i], "--public-addr", freeAddr()}
 		if nodes > 1 {
 			args = append(args, "--node", fmt.Sprintf("bench%d", i+1))
 		}
@@ -223,6 +226,7 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	if url != "" && b.dbCPU != nil {
 		db0 = b.dbCPU()
 	}
+	updates0, commits0 := storeCounters(metricsAddrs)
 	var ws []window
 	if nodes == 1 {
 		shape.check = checks[0]
@@ -233,6 +237,7 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	if err != nil {
 		return 0, 0, fmt.Errorf("%w\n%s", err, allLogs())
 	}
+	updates1, commits1 := storeCounters(metricsAddrs)
 	var dbPer float64
 	if url != "" && b.dbCPU != nil && issued > 0 {
 		dbPer = float64((b.dbCPU()-db0)/time.Microsecond) / float64(issued)
@@ -250,6 +255,10 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	}
 	reportWindows(title, target, "certificate", ws)
 	row("  certificates counted by the load generator, all found issued", float64(issued), "", "in the database after each window (no phantom success)")
+	if commits1 > commits0 {
+		fmt.Printf("  %-58s %10.1f        %s\n", "store updates per commit (the writers' group commits)", (updates1-updates0)/(commits1-commits0),
+			"over the warm-up and the windows (keyarc_store_updates_total over keyarc_store_commits_total)")
+	}
 	if dbPer > 0 {
 		row("  PostgreSQL server CPU per certificate (all its processes)", dbPer, "µs", "over the warm-up and the windows, per certificate of the windows")
 	}
@@ -527,4 +536,38 @@ func keyKind(pub crypto.PublicKey) string {
 func lastLines(s string, n int) string {
 	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
+
+// storeCounters sums keyarc_store_updates_total and keyarc_store_commits_total over the
+// metrics listeners at addrs; a listener that does not answer counts nothing (the row that
+// uses them is then left out or understated, never the bench failed for it).
+func storeCounters(addrs []string) (updates, commits float64) {
+	for _, addr := range addrs {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			continue
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+		resp.Body.Close()
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(body)) {
+			name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				continue
+			}
+			switch name {
+			case "keyarc_store_updates_total":
+				updates += v
+			case "keyarc_store_commits_total":
+				commits += v
+			}
+		}
+	}
+	return updates, commits
 }
