@@ -16,10 +16,11 @@
 // same transaction as the serial and the record, the certificate is signed, then the item is
 // marked done in the same transaction that stores the certificate and activates the record.
 // Many commit workers call the store at once, so the store's group commit makes one fsync serve
-// many items. A store whose transaction reserves many job items in one statement (PostgreSQL's
-// writer) gets a batch's reservations together (see reservation in pipeline.go), and each
-// transaction reads the job's lease once (see jobRun.fence): on PostgreSQL every statement of
-// the one writer is a round trip, and those round trips, not the rows, bound an enroll job. Imports are stored, not signed ([issue.Pipeline.Import]), hundreds of items per
+// many items. A store whose transaction reserves and finishes many job items in one statement
+// each (PostgreSQL's writer) gets a batch's reservations together and its finishes together
+// (see reservation in pipeline.go), and each transaction reads the job's lease once (see
+// jobRun.fence): on PostgreSQL every statement of the one writer is a round trip, and those
+// round trips, not the rows, bound an enroll job. Imports are stored, not signed ([issue.Pipeline.Import]), hundreds of items per
 // transaction.
 //
 // # A change of the recovery set

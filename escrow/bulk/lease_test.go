@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -426,20 +427,32 @@ func TestFenceOncePerTransaction(t *testing.T) {
 	})
 }
 
-// reserveCounts is a store that counts the job items reserved one by one and by batch in its
-// Update functions.
+// reserveCounts is a store that counts the job items reserved and finished one by one and by
+// batch in its Update functions.
 type reserveCounts struct {
 	store.Store
-	single, batch *atomic.Int64
+	single, batch, finSingle, finBatch *atomic.Int64
 }
 
 func (s reserveCounts) Update(ctx context.Context, fn func(store.Tx) error) error {
-	return s.Store.Update(ctx, func(tx store.Tx) error { return fn(reserveCountTx{tx, s.single, s.batch}) })
+	return s.Store.Update(ctx, func(tx store.Tx) error {
+		return fn(reserveCountTx{tx, s.single, s.batch, s.finSingle, s.finBatch})
+	})
 }
 
 type reserveCountTx struct {
 	store.Tx
-	single, batch *atomic.Int64
+	single, batch, finSingle, finBatch *atomic.Int64
+}
+
+func (tx reserveCountTx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) error {
+	tx.finSingle.Add(1)
+	return tx.Tx.FinishJobItem(jobID, seq, pkcs12, password)
+}
+
+func (tx reserveCountTx) FinishJobItems(jobID string, seqs []int, pkcs12s, passwords [][]byte) error {
+	tx.finBatch.Add(int64(len(seqs)))
+	return tx.Tx.(itemsFinisher).FinishJobItems(jobID, seqs, pkcs12s, passwords)
 }
 
 func (tx reserveCountTx) ReserveJobItem(jobID string, seq int, serial, recordID string) error {
@@ -452,8 +465,9 @@ func (tx reserveCountTx) ReserveJobItems(jobID string, items []store.DoneItem) e
 	return tx.Tx.(itemsReserver).ReserveJobItems(jobID, items)
 }
 
-// TestBatchReservation: on PostgreSQL, whose writer reserves many job items in one statement,
-// an enroll job's batches reserve their items together rather than one row per item.
+// TestBatchReservation: on PostgreSQL, whose writer reserves and finishes many job items in one
+// statement each, an enroll job's batches reserve and finish their items together rather than
+// one row per item.
 func TestBatchReservation(t *testing.T) {
 	srv := pgtest.Start(t)
 	url := srv.NewDatabase(t)
@@ -465,8 +479,8 @@ func TestBatchReservation(t *testing.T) {
 		tb.Cleanup(func() { db.Close() })
 		return db
 	})
-	single, batch := new(atomic.Int64), new(atomic.Int64)
-	env.svc.Store = reserveCounts{env.db, single, batch}
+	single, batch, finSingle, finBatch := new(atomic.Int64), new(atomic.Int64), new(atomic.Int64), new(atomic.Int64)
+	env.svc.Store = reserveCounts{env.db, single, batch, finSingle, finBatch}
 	const n = 60
 	items := make([]any, n)
 	for i := range items {
@@ -480,5 +494,80 @@ func TestBatchReservation(t *testing.T) {
 	env.checkInvariant(t, env.results(t, st.ID))
 	if single.Load()+batch.Load() != n || single.Load() >= n/2 {
 		t.Errorf("%d items reserved one by one and %d by batch, want %d in all, most by batch", single.Load(), batch.Load(), n)
+	}
+	if finSingle.Load()+finBatch.Load() != n || finSingle.Load() >= n/2 {
+		t.Errorf("%d items finished one by one and %d by batch, want %d in all, most by batch", finSingle.Load(), finBatch.Load(), n)
+	}
+}
+
+// batchTx is a transaction of a store that reserves and finishes job items by batch, for the
+// reservation's logic alone.
+type batchTx struct {
+	store.Tx // nil: only the methods below are called
+	id       int
+	refuse   bool // ReserveJobItems fails
+}
+
+func (tx *batchTx) CheckLease(name, holder string, token int64, now time.Time) error { return nil }
+func (tx *batchTx) CurrentEpoch() (uint32, error)                                    { return 1, nil }
+func (tx *batchTx) ReserveJobItems(string, []store.DoneItem) error {
+	if tx.refuse {
+		return store.ErrConflict
+	}
+	return nil
+}
+func (tx *batchTx) FinishJobItems(string, []int, [][]byte, [][]byte) error { return nil }
+
+// TestBatchFallbackOneByOne: when a batch's reservation fails and the pipeline issues its items
+// one by one, each in its own transactions, every item reserves and finishes itself: a finish
+// is never left to a hook that its transaction does not run. And in the batch's own
+// transactions, the first hook reserves for all and the last signed item's hook finishes all.
+func TestBatchFallbackOneByOne(t *testing.T) {
+	r := &jobRun{m: &Manager{}, job: &store.Job{ID: "j"}}
+	items := func() []*work {
+		var ws []*work
+		for seq := 1; seq <= 3; seq++ {
+			ws = append(ws, &work{seq: seq, serial: big.NewInt(int64(seq)), rec: &escrow.SealedRecord{ID: fmt.Sprint("r", seq), Epoch: 1}})
+		}
+		return ws
+	}
+	check := func(what string, done bool, err error, want bool) {
+		t.Helper()
+		if err != nil || done != want {
+			t.Errorf("%s: done %v, %v; want %v", what, done, err, want)
+		}
+	}
+
+	// The batch's way: one reservation and one finish transaction.
+	b := &reservation{items: items()}
+	t1, t2 := &batchTx{id: 1}, &batchTx{id: 2}
+	for i := range b.items {
+		done, err := b.reserve(t1, r)
+		check(fmt.Sprint("batch reserve ", i), done, err, true)
+	}
+	for _, w := range b.items {
+		b.signed(w)
+	}
+	for i := range b.items {
+		done, err := b.finish(t2, r)
+		check(fmt.Sprint("batch finish ", i), done, err, true)
+	}
+
+	// One by one, after the batch's reservation failed.
+	b = &reservation{items: items()}
+	if _, err := b.reserve(&batchTx{id: 1, refuse: true}, r); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("the batch's reservation: %v, want its error", err)
+	}
+	singles := []*batchTx{{id: 2}, {id: 3}, {id: 4}}
+	for i, tx := range singles {
+		done, err := b.reserve(tx, r)
+		check(fmt.Sprint("single reserve ", i), done, err, false)
+	}
+	for _, w := range b.items {
+		b.signed(w)
+	}
+	for i := range singles {
+		done, err := b.finish(&batchTx{id: 10 + i}, r)
+		check(fmt.Sprint("single finish ", i), done, err, false)
 	}
 }

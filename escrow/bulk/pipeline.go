@@ -45,6 +45,8 @@ type work struct {
 	// seal stage
 	serial *big.Int
 	rec    *escrow.SealedRecord
+	// keygen, once signed: the PKCS#12 and its sealed password, stored when the item is done
+	p12, sealedPW []byte
 }
 
 func (w *work) fail(err error) *work {
@@ -612,7 +614,7 @@ func (r *jobRun) drop(w *work) {
 // bookkeeping in its transactions; rb is the reservation of its batch.
 func (r *jobRun) request(ctx context.Context, w *work, rb *reservation) issue.Request {
 	rq := r.reserved(w)
-	reserve := rq.Reserve
+	reserve, prepare, finish := rq.Reserve, rq.Prepare, rq.Finish
 	rq.Reserve = func(tx store.Tx, serial string) error {
 		switch done, err := rb.reserve(tx, r); {
 		case err != nil:
@@ -622,6 +624,27 @@ func (r *jobRun) request(ctx context.Context, w *work, rb *reservation) issue.Re
 		}
 		return reserve(tx, serial)
 	}
+	rq.Prepare = func(cert *x509.Certificate) error {
+		if prepare != nil {
+			if err := prepare(cert); err != nil {
+				return err
+			}
+		}
+		rb.signed(w)
+		return nil
+	}
+	rq.Finish = func(tx store.Tx, cert *x509.Certificate) error {
+		if err := r.fence(tx); err != nil {
+			return err
+		}
+		switch done, err := rb.finish(tx, r); {
+		case err != nil:
+			return err
+		case done:
+			return nil
+		}
+		return finish(tx, cert)
+	}
 	return issue.Request{Template: rq.Template, Pub: rq.Pub, Mailbox: rq.Mailbox, Serial: rq.Serial, Record: rq.Record,
 		Actor: escrow.ActorFrom(ctx), Reserve: rq.Reserve, Prepare: rq.Prepare, Finish: rq.Finish}
 }
@@ -630,7 +653,6 @@ func (r *jobRun) request(ctx context.Context, w *work, rb *reservation) issue.Re
 // ([escrow.Service.IssueReserved]), with the job's bookkeeping in its transactions.
 func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 	jobID := r.job.ID
-	var p12, sealedPW []byte
 	req := escrow.ReservedIssue{
 		Template: r.tmpl, Pub: w.pub, Mailbox: w.email, Serial: w.serial, Record: w.rec,
 		Reserve: func(tx store.Tx, serial string) error {
@@ -645,13 +667,13 @@ func (r *jobRun) reserved(w *work) escrow.ReservedIssue {
 			if err := r.fence(tx); err != nil {
 				return err
 			}
-			return tx.FinishJobItem(jobID, w.seq, p12, sealedPW)
+			return tx.FinishJobItem(jobID, w.seq, w.p12, w.sealedPW)
 		},
 	}
 	if w.key != nil {
 		req.Prepare = func(cert *x509.Certificate) error {
 			var err error
-			p12, sealedPW, err = r.pkcs12(w, cert)
+			w.p12, w.sealedPW, err = r.pkcs12(w, cert)
 			return err
 		}
 	}
@@ -673,11 +695,76 @@ type itemsReserver interface {
 // transaction fails (an item conflicts, or another write of it), nothing of it is kept and the
 // pipeline issues the items one by one, each in a transaction of its own: there the hooks
 // reserve their own item, as without a batch.
+//
+// The finish goes the same way when the store can (PostgreSQL's writer again): the items
+// signed (their Prepare hook passed) are those the pipeline finishes, one after the other in
+// the batch's last transaction, and the hook of the last of them marks them all done in one
+// statement, in that same transaction; the others' hooks leave theirs to it. If that
+// transaction fails, nothing of it is kept, and the pipeline finishes the items one by one,
+// each hook its own item.
 type reservation struct {
 	items []*work
 	mu    sync.Mutex
 	tried bool     // the batch's reservation was tried, in tx
 	tx    store.Tx // the transaction that reserved the batch (or tried to)
+
+	resTx   store.Tx // the first transaction a Reserve hook ran in
+	resMany bool     // Reserve hooks ran in more than one transaction
+
+	done     []*work  // the items signed, to finish
+	finTried bool     // the batch's finish was tried, in finTx
+	finTx    store.Tx // the transaction that finishes the batch (or tried to)
+	finSeen  int      // the Finish hooks run in finTx
+}
+
+// sameTx reports whether a and b are the same transaction: the Tx of one store function. A
+// Tx whose type cannot be compared is never the same as another.
+func sameTx(a, b store.Tx) bool {
+	if !reflect.TypeOf(a).Comparable() || !reflect.TypeOf(b).Comparable() {
+		return false
+	}
+	return a == b
+}
+
+// itemsFinisher is a transaction that finishes many job items in one statement (PostgreSQL's
+// writer): see [reservation].
+type itemsFinisher interface {
+	FinishJobItems(jobID string, seqs []int, pkcs12s, passwords [][]byte) error
+}
+
+// signed records that w is signed and prepared: the pipeline finishes it.
+func (b *reservation) signed(w *work) {
+	b.mu.Lock()
+	b.done = append(b.done, w)
+	b.mu.Unlock()
+}
+
+// finish runs in a Finish hook, fenced: done reports that the hook's item is finished (with
+// the batch, or left to the batch's last hook in the same transaction); false lets the hook
+// finish its item itself.
+func (b *reservation) finish(tx store.Tx, r *jobRun) (done bool, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.finTried {
+		b.finTried = true
+		if _, ok := tx.(itemsFinisher); !ok || len(b.done) < 2 || b.resMany || !reflect.TypeOf(tx).Comparable() {
+			return false, nil
+		}
+		b.finTx = tx
+	}
+	if b.finTx == nil || !sameTx(b.finTx, tx) {
+		return false, nil
+	}
+	if b.finSeen++; b.finSeen < len(b.done) {
+		return true, nil
+	}
+	seqs := make([]int, len(b.done))
+	p12s := make([][]byte, len(b.done))
+	pws := make([][]byte, len(b.done))
+	for i, w := range b.done {
+		seqs[i], p12s[i], pws[i] = w.seq, w.p12, w.sealedPW
+	}
+	return true, tx.(itemsFinisher).FinishJobItems(r.job.ID, seqs, p12s, pws)
 }
 
 // reserve runs in a Reserve hook: done reports that the hook's item is reserved (with the
@@ -685,8 +772,16 @@ type reservation struct {
 func (b *reservation) reserve(tx store.Tx, r *jobRun) (done bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	switch {
+	case b.resTx == nil:
+		b.resTx = tx
+	case !sameTx(b.resTx, tx):
+		// The batch's items are reserved in several transactions (one by one, after the
+		// batch's failed): they are finished one by one too.
+		b.resMany = true
+	}
 	if b.tried {
-		return b.tx != nil && b.tx == tx, nil
+		return b.tx != nil && sameTx(b.tx, tx), nil
 	}
 	b.tried = true
 	mr, ok := tx.(itemsReserver)

@@ -54,102 +54,104 @@ func wantStates(tb testing.TB, res map[int]Result, total int, failed ...int) {
 }
 
 func TestEnrollJob(t *testing.T) {
-	env := newEnv(t)
-	var items []any
-	for i := range 20 {
-		items = append(items, env.enrollItem(t, strings.Repeat("u", 1+i%3)+string(rune('a'+i))+"@example.org"))
-	}
-	// Bad items: a CSR for another mailbox, a key that is not the CSR's, an envelope to
-	// another certificate, garbage.
-	other := env.enrollItem(t, "mallory@example.org")
-	other.Email = "victim@example.org"
-	items[3] = other
-	swapped := env.enrollItem(t, "swap@example.org")
-	swapped.EncryptedKey = items[0].(Item).EncryptedKey
-	items[7] = swapped
-	items[11] = `{"email":"x@example.org","csr":"AAAA","encrypted_key":"AAAA"}`
-	items[15] = `not json`
-	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
-	if st.Total != 20 || st.State != store.JobQueued {
-		t.Fatalf("submitted: %+v", st)
-	}
-	st = env.runUntilDone(t, st.ID)
-	if st.Done != 16 || st.Failed != 4 || st.State != store.JobDone {
-		t.Fatalf("final status %+v, want 16 done, 4 failed", st)
-	}
-	res := env.results(t, st.ID)
-	wantStates(t, res, 20, 4, 8, 12, 16)
-	certs := env.checkInvariant(t, res)
-	if got := certs[1].EmailAddresses; len(got) != 1 || got[0] != "ua@example.org" {
-		t.Fatalf("item 1 certificate for %v", got)
-	}
-	// The CMS failure does not say more than the envelope error.
-	if !strings.Contains(res[8].Error, "not the pair") {
-		t.Errorf("item 8 reason %q", res[8].Error)
-	}
-	if err := env.mgr.Passwords(context.Background(), st.ID, &bytes.Buffer{}); !errors.Is(err, ErrReleased) {
-		t.Fatalf("Passwords of an enroll job: %v, want ErrReleased", err)
-	}
+	backends(t, func(t *testing.T, env *testEnv) {
+		var items []any
+		for i := range 20 {
+			items = append(items, env.enrollItem(t, strings.Repeat("u", 1+i%3)+string(rune('a'+i))+"@example.org"))
+		}
+		// Bad items: a CSR for another mailbox, a key that is not the CSR's, an envelope to
+		// another certificate, garbage.
+		other := env.enrollItem(t, "mallory@example.org")
+		other.Email = "victim@example.org"
+		items[3] = other
+		swapped := env.enrollItem(t, "swap@example.org")
+		swapped.EncryptedKey = items[0].(Item).EncryptedKey
+		items[7] = swapped
+		items[11] = `{"email":"x@example.org","csr":"AAAA","encrypted_key":"AAAA"}`
+		items[15] = `not json`
+		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+		if st.Total != 20 || st.State != store.JobQueued {
+			t.Fatalf("submitted: %+v", st)
+		}
+		st = env.runUntilDone(t, st.ID)
+		if st.Done != 16 || st.Failed != 4 || st.State != store.JobDone {
+			t.Fatalf("final status %+v, want 16 done, 4 failed", st)
+		}
+		res := env.results(t, st.ID)
+		wantStates(t, res, 20, 4, 8, 12, 16)
+		certs := env.checkInvariant(t, res)
+		if got := certs[1].EmailAddresses; len(got) != 1 || got[0] != "ua@example.org" {
+			t.Fatalf("item 1 certificate for %v", got)
+		}
+		// The CMS failure does not say more than the envelope error.
+		if !strings.Contains(res[8].Error, "not the pair") {
+			t.Errorf("item 8 reason %q", res[8].Error)
+		}
+		if err := env.mgr.Passwords(context.Background(), st.ID, &bytes.Buffer{}); !errors.Is(err, ErrReleased) {
+			t.Fatalf("Passwords of an enroll job: %v, want ErrReleased", err)
+		}
+	})
 }
 
 func TestKeygenJob(t *testing.T) {
-	env := newEnv(t)
-	items := []any{
-		Item{Email: "a@example.org"},
-		Item{Email: "b@example.org", Key: "rsa2048"},
-		Item{Email: "not a mailbox"},
-		Item{Email: "d@example.org", Key: "p384"},
-		Item{Email: "e@example.org", Key: "ed25519"},
-	}
-	st := submit(t, env, jobFile(t, Header{Kind: KindKeygen, Template: "smime-encryption", Key: "p256"}, items...))
-	// Passwords are not released before the end.
-	if err := env.mgr.Passwords(context.Background(), st.ID, &bytes.Buffer{}); !errors.Is(err, ErrNotDone) {
-		t.Fatalf("Passwords before the end: %v, want ErrNotDone", err)
-	}
-	st = env.runUntilDone(t, st.ID)
-	res := env.results(t, st.ID)
-	wantStates(t, res, 5, 3, 5)
-	certs := env.checkInvariant(t, res)
-	var pw bytes.Buffer
-	if err := env.mgr.Passwords(context.Background(), st.ID, &pw); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(resultsText(t, env, st.ID), "password") {
-		t.Fatal("results mention a password")
-	}
-	dec := json.NewDecoder(&pw)
-	n := 0
-	for dec.More() {
-		var p Password
-		if err := dec.Decode(&p); err != nil {
+	backends(t, func(t *testing.T, env *testEnv) {
+		items := []any{
+			Item{Email: "a@example.org"},
+			Item{Email: "b@example.org", Key: "rsa2048"},
+			Item{Email: "not a mailbox"},
+			Item{Email: "d@example.org", Key: "p384"},
+			Item{Email: "e@example.org", Key: "ed25519"},
+		}
+		st := submit(t, env, jobFile(t, Header{Kind: KindKeygen, Template: "smime-encryption", Key: "p256"}, items...))
+		// Passwords are not released before the end.
+		if err := env.mgr.Passwords(context.Background(), st.ID, &bytes.Buffer{}); !errors.Is(err, ErrNotDone) {
+			t.Fatalf("Passwords before the end: %v, want ErrNotDone", err)
+		}
+		st = env.runUntilDone(t, st.ID)
+		res := env.results(t, st.ID)
+		wantStates(t, res, 5, 3, 5)
+		certs := env.checkInvariant(t, res)
+		var pw bytes.Buffer
+		if err := env.mgr.Passwords(context.Background(), st.ID, &pw); err != nil {
 			t.Fatal(err)
 		}
-		n++
-		der, _ := base64.StdEncoding.DecodeString(res[p.Seq].PKCS12)
-		key, cert, _, err := pkcs12.DecodeChain(der, p.Password)
-		if err != nil {
-			t.Fatalf("item %d: PKCS#12 does not open with its password: %v", p.Seq, err)
+		if strings.Contains(resultsText(t, env, st.ID), "password") {
+			t.Fatal("results mention a password")
 		}
-		if !cert.Equal(certs[p.Seq]) || p.Serial != res[p.Seq].Serial {
-			t.Fatalf("item %d: PKCS#12 holds another certificate", p.Seq)
-		}
-		k8, _ := x509.MarshalPKCS8PrivateKey(key)
-		if err := escrow.CheckKeyPair(k8, cert.PublicKey); err != nil {
-			t.Fatal(err)
-		}
-		if p.Seq == 2 {
-			if _, ok := key.(*rsa.PrivateKey); !ok {
-				t.Fatalf("item 2 key is %T, want RSA", key)
+		dec := json.NewDecoder(&pw)
+		n := 0
+		for dec.More() {
+			var p Password
+			if err := dec.Decode(&p); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			der, _ := base64.StdEncoding.DecodeString(res[p.Seq].PKCS12)
+			key, cert, _, err := pkcs12.DecodeChain(der, p.Password)
+			if err != nil {
+				t.Fatalf("item %d: PKCS#12 does not open with its password: %v", p.Seq, err)
+			}
+			if !cert.Equal(certs[p.Seq]) || p.Serial != res[p.Seq].Serial {
+				t.Fatalf("item %d: PKCS#12 holds another certificate", p.Seq)
+			}
+			k8, _ := x509.MarshalPKCS8PrivateKey(key)
+			if err := escrow.CheckKeyPair(k8, cert.PublicKey); err != nil {
+				t.Fatal(err)
+			}
+			if p.Seq == 2 {
+				if _, ok := key.(*rsa.PrivateKey); !ok {
+					t.Fatalf("item 2 key is %T, want RSA", key)
+				}
 			}
 		}
-	}
-	if n != 3 {
-		t.Fatalf("%d passwords, want 3", n)
-	}
-	// Once only.
-	if err := env.mgr.Passwords(context.Background(), st.ID, &bytes.Buffer{}); !errors.Is(err, ErrReleased) {
-		t.Fatalf("second Passwords: %v, want ErrReleased", err)
-	}
+		if n != 3 {
+			t.Fatalf("%d passwords, want 3", n)
+		}
+		// Once only.
+		if err := env.mgr.Passwords(context.Background(), st.ID, &bytes.Buffer{}); !errors.Is(err, ErrReleased) {
+			t.Fatalf("second Passwords: %v, want ErrReleased", err)
+		}
+	})
 }
 
 func resultsText(t *testing.T, env *testEnv, id string) string {

@@ -191,6 +191,57 @@ func (tx *writeTx) ReserveJobItems(jobID string, items []store.DoneItem) error {
 	return nil
 }
 
+// finishItemsQuery marks many reserved items of one job done with their results, all or
+// none: the count of those reserved is checked in the same statement.
+const finishItemsQuery = `WITH u AS (
+		SELECT * FROM unnest(CAST(?2 AS bigint[]), CAST(?3 AS bytea[]), CAST(?4 AS bytea[])) AS u(seq, pkcs12, password)),
+	reserved AS (SELECT count(*) = ?5 AS every FROM job_items i JOIN u ON i.seq = u.seq WHERE i.job_id = ?1 AND i.state = 'reserved')
+	UPDATE job_items SET state = 'done', pkcs12 = u.pkcs12, password = u.password
+	FROM u, reserved WHERE reserved.every AND job_items.job_id = ?1 AND job_items.seq = u.seq AND job_items.state = 'reserved'`
+
+// FinishJobItems marks items of job jobID done with their results, as
+// [sqltx.Tx.FinishJobItem] does each (pkcs12s[i] and passwords[i] are item seqs[i]'s, nil or
+// empty for none), all in one statement and one round trip, without a savepoint: all or none.
+// An item that is not reserved (or listed twice) gives [store.ErrConflict], and then none is
+// finished. escrow/bulk finishes a batch's items so when the store offers it.
+func (tx *writeTx) FinishJobItems(jobID string, seqs []int, pkcs12s, passwords [][]byte) error {
+	const op = "finish job items"
+	if tx.done {
+		return fmt.Errorf("store: %s: %w", op, store.ErrTxDone)
+	}
+	if len(pkcs12s) != len(seqs) || len(passwords) != len(seqs) {
+		return fmt.Errorf("store: %s: %d items, %d PKCS#12 and %d passwords: %w", op, len(seqs), len(pkcs12s), len(passwords), store.ErrInvalid)
+	}
+	if len(seqs) == 0 {
+		return nil
+	}
+	seen := make(map[int]bool, len(seqs))
+	s64 := make([]int64, len(seqs))
+	p12s := make([][]byte, len(seqs))
+	pws := make([][]byte, len(seqs))
+	for i, seq := range seqs {
+		if seen[seq] {
+			return fmt.Errorf("store: %s %s/%d: listed twice: %w", op, jobID, seq, store.ErrConflict)
+		}
+		seen[seq] = true
+		s64[i] = int64(seq)
+		if len(pkcs12s[i]) > 0 {
+			p12s[i] = pkcs12s[i]
+		}
+		if len(passwords[i]) > 0 {
+			pws[i] = passwords[i]
+		}
+	}
+	res, err := tx.q.ExecBare(context.Background(), finishItemsQuery, jobID, s64, p12s, pws, int64(len(seqs)))
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, mapErr(err))
+	}
+	if n, _ := res.RowsAffected(); n != int64(len(seqs)) {
+		return fmt.Errorf("store: %s %s: not every item is reserved: %w", op, jobID, store.ErrConflict)
+	}
+	return nil
+}
+
 // FinishJobItem is [sqltx.Tx.FinishJobItem] without a savepoint (see [writeTx]): an item
 // that is not reserved gives [store.ErrConflict].
 func (tx *writeTx) FinishJobItem(jobID string, seq int, pkcs12, password []byte) error {

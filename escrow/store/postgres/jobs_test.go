@@ -204,3 +204,82 @@ func TestReserveJobItems(t *testing.T) {
 		t.Errorf("items %q, want %q", got, want)
 	}
 }
+
+// TestFinishJobItems: a batch of reserved items is finished in one statement and one round
+// trip, with each item's results, all or none: an item that is not reserved (or listed twice)
+// gives ErrConflict and no item of the batch is finished; the function goes on.
+func TestFinishJobItems(t *testing.T) {
+	db, _ := openTest(t, pgtest.Start(t))
+	err := db.Update(ctx, func(tx store.Tx) error {
+		if err := tx.InsertJob(store.Job{ID: "j", Kind: "keygen", Template: "t", SubmittedBy: "a", Input: "f"}); err != nil {
+			return err
+		}
+		for seq := 1; seq <= 4; seq++ {
+			if err := tx.ReserveJobItem("j", seq, fmt.Sprintf("%x", 0xb0+seq), ""); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type finisher interface {
+		FinishJobItems(jobID string, seqs []int, pkcs12s, passwords [][]byte) error
+	}
+	var trips int64
+	err = db.Update(ctx, func(tx store.Tx) error {
+		f, ok := tx.(finisher)
+		if !ok {
+			return fmt.Errorf("the writer's Tx %T has no FinishJobItems", tx)
+		}
+		if err := insertCode("c1", "a@example.com")(tx); err != nil {
+			return err
+		}
+		for _, bad := range []struct {
+			seqs    []int
+			wantErr error
+		}{
+			{[]int{3, 9}, store.ErrConflict},
+			{[]int{3, 3}, store.ErrConflict},
+		} {
+			n := len(bad.seqs)
+			if err := f.FinishJobItems("j", bad.seqs, make([][]byte, n), make([][]byte, n)); !errors.Is(err, bad.wantErr) {
+				return fmt.Errorf("finish %v: %v, want %v", bad.seqs, err, bad.wantErr)
+			}
+		}
+		_, before := Wire()
+		if err := f.FinishJobItems("j", []int{1, 2}, [][]byte{[]byte("p1"), nil}, [][]byte{[]byte("w1"), {}}); err != nil {
+			return err
+		}
+		_, after := Wire()
+		trips = after - before
+		if err := f.FinishJobItems("j", []int{2, 3}, make([][]byte, 2), make([][]byte, 2)); !errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("finish 2 again with 3: %v, want ErrConflict", err)
+		}
+		return insertCode("c2", "a@example.com")(tx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trips != 1 {
+		t.Errorf("2 items finished in %d round trips, want 1", trips)
+	}
+	var got []string
+	err = db.View(ctx, func(tx store.Tx) error {
+		if _, err := tx.GetCode("c2"); err != nil {
+			return err
+		}
+		return tx.JobItems("j", 0, 0, func(it store.JobItem) error {
+			got = append(got, fmt.Sprintf("%d %s %q %q", it.Seq, it.State, it.PKCS12, it.Password))
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`1 done "p1" "w1"`, `2 done "" ""`, `3 reserved "" ""`, `4 reserved "" ""`}
+	if !slices.Equal(got, want) {
+		t.Errorf("items %q, want %q", got, want)
+	}
+}
