@@ -192,12 +192,13 @@ func (tx *writeTx) ReserveJobItems(jobID string, items []store.DoneItem) error {
 }
 
 // finishItemsQuery marks many reserved items of one job done with their results, all or
-// none: the count of those reserved is checked in the same statement.
-const finishItemsQuery = `WITH u AS (
-		SELECT * FROM unnest(CAST(?2 AS bigint[]), CAST(?3 AS bytea[]), CAST(?4 AS bytea[])) AS u(seq, pkcs12, password)),
-	reserved AS (SELECT count(*) = ?5 AS every FROM job_items i JOIN u ON i.seq = u.seq WHERE i.job_id = ?1 AND i.state = 'reserved')
-	UPDATE job_items SET state = 'done', pkcs12 = u.pkcs12, password = u.password
-	FROM u, reserved WHERE reserved.every AND job_items.job_id = ?1 AND job_items.seq = u.seq AND job_items.state = 'reserved'`
+// none: the count of those reserved is checked in the same statement. Both scans seek the
+// primary key with the list of seqs (seq = ANY), whatever the job's size.
+const finishItemsQuery = `UPDATE job_items SET state = 'done', pkcs12 = u.pkcs12, password = u.password
+	FROM unnest(CAST(?2 AS bigint[]), CAST(?3 AS bytea[]), CAST(?4 AS bytea[])) AS u(seq, pkcs12, password)
+	WHERE job_items.job_id = ?1 AND job_items.seq = ANY(CAST(?2 AS bigint[])) AND job_items.seq = u.seq
+		AND job_items.state = 'reserved'
+		AND (SELECT count(*) FROM job_items i WHERE i.job_id = ?1 AND i.seq = ANY(CAST(?2 AS bigint[])) AND i.state = 'reserved') = ?5`
 
 // FinishJobItems marks items of job jobID done with their results, as
 // [sqltx.Tx.FinishJobItem] does each (pkcs12s[i] and passwords[i] are item seqs[i]'s, nil or
