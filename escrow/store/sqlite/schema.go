@@ -374,6 +374,55 @@ DROP INDEX certificates_state;
 DROP INDEX records_epoch;
 CREATE INDEX certificates_pending ON certificates(created_at) WHERE state = 'pending';
 `,
+	// 16: ocsp_responses becomes a rowid table. As a WITHOUT ROWID table its rows lived in
+	// the leaves of an index b-tree, which keep at most about a quarter of a page of a row
+	// before the rest spills to an overflow page: every response (about 1.1 KB with the
+	// responder certificate) took a page of its own, 4 KiB written to the WAL each time it was
+	// stored or re-signed. In a rowid table three or four fit a page. The triggers on the table
+	// go with it, and ocsp_due_status, which reads it, must go while the table is away (the
+	// rename checks every trigger): all three are made again as migration 9 made them.
+	`
+DROP TRIGGER ocsp_due_status;
+CREATE TABLE ocsp_responses_rowid (
+	serial      TEXT    PRIMARY KEY REFERENCES certificates(serial),
+	der         BLOB    NOT NULL,
+	this_update INTEGER NOT NULL,
+	next_update INTEGER NOT NULL,
+	revoked     INTEGER NOT NULL CHECK (revoked IN (0, 1)),
+	reason      INTEGER NOT NULL CHECK (reason BETWEEN 0 AND 10 AND reason != 7),
+	updated_at  INTEGER NOT NULL
+) STRICT;
+INSERT INTO ocsp_responses_rowid (serial, der, this_update, next_update, revoked, reason, updated_at)
+	SELECT serial, der, this_update, next_update, revoked, reason, updated_at FROM ocsp_responses ORDER BY serial;
+DROP TABLE ocsp_responses;
+ALTER TABLE ocsp_responses_rowid RENAME TO ocsp_responses;
+
+CREATE TRIGGER ocsp_due_status AFTER UPDATE OF state, revocation_reason, not_after ON certificates
+BEGIN
+	DELETE FROM ocsp_due WHERE serial = old.serial AND new.state NOT IN ('issued', 'revoked');
+	INSERT INTO ocsp_due (serial, signed, not_after)
+		SELECT new.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = new.serial
+			AND o.revoked = (new.state = 'revoked') AND o.reason = new.revocation_reason), -9223372036854775807 - 1), new.not_after
+		WHERE new.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after;
+END;
+
+CREATE TRIGGER ocsp_due_signed_insert AFTER INSERT ON ocsp_responses
+BEGIN
+	UPDATE ocsp_due SET signed = CASE WHEN (SELECT c.state = 'revoked' AND new.revoked = 1 AND c.revocation_reason = new.reason
+		OR c.state = 'issued' AND new.revoked = 0 FROM certificates c WHERE c.serial = new.serial)
+		THEN new.this_update ELSE -9223372036854775807 - 1 END
+	WHERE serial = new.serial;
+END;
+
+CREATE TRIGGER ocsp_due_signed_update AFTER UPDATE ON ocsp_responses
+BEGIN
+	UPDATE ocsp_due SET signed = CASE WHEN (SELECT c.state = 'revoked' AND new.revoked = 1 AND c.revocation_reason = new.reason
+		OR c.state = 'issued' AND new.revoked = 0 FROM certificates c WHERE c.serial = new.serial)
+		THEN new.this_update ELSE -9223372036854775807 - 1 END
+	WHERE serial = new.serial;
+END;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

@@ -169,7 +169,7 @@ func benchAudit(tx store.Tx, now time.Time, subject string) error {
 // pre-signer's passes do: pages of 512 read in a View, each stored in one Update.
 func benchPresign(b *testing.B, s store.Store, now time.Time) {
 	ctx := context.Background()
-	der := make([]byte, 470) // about a signed OCSP response of a P-256 responder
+	der := make([]byte, 1100) // about a signed OCSP response of a P-256 responder, its certificate included
 	for {
 		var due []store.CertStatus
 		if err := s.View(ctx, func(tx store.Tx) (err error) {
