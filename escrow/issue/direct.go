@@ -157,7 +157,7 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	}
 	row.State, row.DER, row.NotBefore, row.NotAfter = store.StateIssued, cert.Raw, cert.NotBefore, cert.NotAfter
 	d := r.Details
-	d.Serial, d.NotAfter = row.Serial, cert.NotAfter.UTC().Format(time.RFC3339)
+	d.Serial, d.NotAfter, d.CertHash = row.Serial, cert.NotAfter.UTC().Format(time.RFC3339), certHash(cert.Raw)
 	ctx = context.WithoutCancel(ctx)
 	err = p.Store.Update(ctx, func(tx store.Tx) error {
 		if row.CodeID != "" {

@@ -2,8 +2,10 @@ package issue
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"testing"
@@ -69,6 +71,35 @@ func TestIssueSigned(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIssueHandsCertHash: the pipeline gives the audit entry the SHA-256 of the DER it stores
+// in the same transaction, so the entry need not read the certificate back.
+func TestIssueHandsCertHash(t *testing.T) {
+	e := newEnv(t)
+	var got []string
+	audit0 := e.p.Audit
+	e.p.Audit = func(tx store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
+		got = d.CertHash
+		return audit0(tx, kind, actor, subject, d)
+	}
+	res, err := e.p.IssueSigned(context.Background(), e.signedRequest(t))
+	if err != nil {
+		t.Fatalf("IssueSigned: %v", err)
+	}
+	sum := sha256.Sum256(res.Certificate.Raw)
+	if want := []string{hex.EncodeToString(sum[:])}; !slices.Equal(got, want) {
+		t.Fatalf("the audit entry was handed hashes %q, want %q", got, want)
+	}
+	got = nil
+	out := e.p.Issue(context.Background(), []Request{e.request(t, 0, 1)}, 1, nil)
+	if out[0].Err != nil {
+		t.Fatalf("Issue: %v", out[0].Err)
+	}
+	sum = sha256.Sum256(out[0].Certificate.Raw)
+	if want := []string{hex.EncodeToString(sum[:])}; !slices.Equal(got, want) {
+		t.Fatalf("the archival's audit entry was handed hashes %q, want %q", got, want)
 	}
 }
 

@@ -55,9 +55,11 @@ package issue
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -425,13 +427,20 @@ func (p *Pipeline) finish(tx store.Tx, res *reservation, cert *x509.Certificate)
 	}
 	if err := p.Audit(tx, audit.KindArchive, actorOr(r.Actor), r.Mailbox, audit.Details{Template: r.Template.Name, Serial: res.serialHex,
 		Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
-		Fingerprint: []string{r.Record.Fingerprint}}); err != nil {
+		Fingerprint: []string{r.Record.Fingerprint}, CertHash: certHash(cert.Raw)}); err != nil {
 		return err
 	}
 	if r.Finish != nil {
 		return r.Finish(tx, cert)
 	}
 	return nil
+}
+
+// certHash is the audit entry's hash of a certificate this transaction stores with der: the
+// entry then need not read it back (see audit.Append).
+func certHash(der []byte) []string {
+	sum := sha256.Sum256(der)
+	return []string{hex.EncodeToString(sum[:])}
 }
 
 func actorOr(a string) string {
