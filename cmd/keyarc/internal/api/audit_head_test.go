@@ -64,3 +64,59 @@ func TestTrailHeadOfAnotherNode(t *testing.T) {
 		t.Fatalf("the head file written after the check began: %v, want a start", err)
 	}
 }
+
+// TestTrailHeadOlderCopy: a node on another machine starts with a copy of the state folder
+// made earlier, whose head file names an older checkpoint than the database's last: the
+// database is not behind it, so the node starts. A head file of a checkpoint the database
+// does not hold (another history) still refuses it.
+func TestTrailHeadOlderCopy(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := sqlite.Open(filepath.Join(dir, "keyarc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpr := &audit.Checkpointer{DB: db, Signer: key}
+	var cps []*audit.Head
+	for i := range 3 {
+		if err := db.Update(ctx, func(tx store.Tx) error {
+			_, err := audit.Append(tx, time.Time{}, audit.KindCodeCreated, "local", string(rune('a'+i)), audit.Details{})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cp, err := cpr.Checkpoint(ctx)
+		if err != nil || cp == nil {
+			t.Fatalf("checkpoint %d: %v %v", i, cp, err)
+		}
+		cps = append(cps, &audit.Head{Seq: cp.Seq, Hash: cp.Hash, At: cp.At, KeyID: cp.KeyID, Signature: cp.Signature})
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	headPath := filepath.Join(t.TempDir(), "audit-head.json")
+	if err := audit.WriteHead(headPath, cps[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTrailHead(headPath, db, key.Public(), log, "WAY", 0); err != nil {
+		t.Fatalf("a head file of the first of 3 checkpoints: %v, want a start", err)
+	}
+
+	other, err := sqlite.Open(filepath.Join(t.TempDir(), "other.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := other.Update(ctx, func(tx store.Tx) error {
+		_, err := audit.Append(tx, time.Time{}, audit.KindCodeCreated, "local", "z", audit.Details{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTrailHead(headPath, other, key.Public(), log, "WAY", 0); err == nil {
+		t.Fatal("a head file of another database's checkpoint: started, want a refusal")
+	}
+}
