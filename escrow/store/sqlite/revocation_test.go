@@ -199,10 +199,12 @@ func TestStreamMillionRevoked(t *testing.T) {
 	db, _ := openTest(t)
 	start := time.Now()
 	// Generated in SQL, on the writer connection, outside the contract: only the rows matter.
+	// The serials are shaped as the CA makes them: the issuing second (1,000 certificates a
+	// second here), then random bits.
 	_, err := db.wconn.ExecContext(ctx, `WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < ?)
 		INSERT INTO certificates (serial, template, email, subject, state, der, not_before, not_after, created_at, role, kra,
 			revoked_at, revocation_reason)
-		SELECT lower(hex(randomblob(16))), 'smime-encryption', 'u' || x || '@example.org', 'CN=u', CASE WHEN x % 2 = 0 THEN 'revoked' ELSE 'issued' END,
+		SELECT printf('%08x', 1796000000 + x / 1000) || lower(hex(randomblob(12))), 'smime-encryption', 'u' || x || '@example.org', 'CN=u', CASE WHEN x % 2 = 0 THEN 'revoked' ELSE 'issued' END,
 			randomblob(64), ?, ?, ?, '', '', CASE WHEN x % 2 = 0 THEN ? + x END, CASE WHEN x % 2 = 0 THEN (x / 2) % 2 * 4 ELSE 0 END
 		FROM i`, 2*n, t0.UnixMicro(), t0.AddDate(1, 0, 0).UnixMicro(), t0.UnixMicro(), t0.UnixMicro())
 	if err != nil {
