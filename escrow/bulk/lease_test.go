@@ -409,16 +409,7 @@ func TestFenceOncePerTransaction(t *testing.T) {
 		checks := new(atomic.Int64)
 		env.svc.Store = leaseChecks{env.db, checks}
 		const n = 40
-		items := make([]any, n)
-		for i := range items {
-			items[i] = env.enrollItem(t, fmt.Sprintf("user%d@example.org", i))
-		}
-		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
-		st = env.runUntilDone(t, st.ID)
-		if st.Done != n {
-			t.Fatalf("done %d of %d", st.Done, n)
-		}
-		env.checkInvariant(t, env.results(t, st.ID))
+		runEnrollJob(t, env, n)
 		// Two per item without the cache; with it, two per batch and one for each of the
 		// pass's start and the job's end. The batches are at least a few items each.
 		if got := checks.Load(); got >= n {
@@ -482,16 +473,7 @@ func TestBatchReservation(t *testing.T) {
 	single, batch, finSingle, finBatch := new(atomic.Int64), new(atomic.Int64), new(atomic.Int64), new(atomic.Int64)
 	env.svc.Store = reserveCounts{env.db, single, batch, finSingle, finBatch}
 	const n = 60
-	items := make([]any, n)
-	for i := range items {
-		items[i] = env.enrollItem(t, fmt.Sprintf("user%d@example.org", i))
-	}
-	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
-	st = env.runUntilDone(t, st.ID)
-	if st.Done != n {
-		t.Fatalf("done %d of %d", st.Done, n)
-	}
-	env.checkInvariant(t, env.results(t, st.ID))
+	runEnrollJob(t, env, n)
 	if single.Load()+batch.Load() != n || single.Load() >= n/2 {
 		t.Errorf("%d items reserved one by one and %d by batch, want %d in all, most by batch", single.Load(), batch.Load(), n)
 	}
@@ -570,4 +552,20 @@ func TestBatchFallbackOneByOne(t *testing.T) {
 		done, err := b.finish(&batchTx{id: 10 + i}, r)
 		check(fmt.Sprint("single finish ", i), done, err, false)
 	}
+}
+
+// runEnrollJob runs an enroll job of n items to its end on env and checks that every item was
+// done and the job's invariants hold.
+func runEnrollJob(t *testing.T, env *testEnv, n int) {
+	t.Helper()
+	items := make([]any, n)
+	for i := range items {
+		items[i] = env.enrollItem(t, fmt.Sprintf("user%d@example.org", i))
+	}
+	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+	st = env.runUntilDone(t, st.ID)
+	if st.Done != n {
+		t.Fatalf("done %d of %d", st.Done, n)
+	}
+	env.checkInvariant(t, env.results(t, st.ID))
 }
