@@ -24,15 +24,7 @@ import (
 func TestTrailHeadOfAnotherNode(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := sqlite.Open(filepath.Join(dir, "keyarc.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, key := trailFixture(t, dir)
 	for i := range 3 {
 		if err := db.Update(ctx, func(tx store.Tx) error {
 			_, err := audit.Append(tx, time.Time{}, audit.KindCodeCreated, "local", string(rune('a'+i)), audit.Details{})
@@ -71,16 +63,7 @@ func TestTrailHeadOfAnotherNode(t *testing.T) {
 // does not hold (another history) still refuses it.
 func TestTrailHeadOlderCopy(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqlite.Open(filepath.Join(dir, "keyarc.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, key := trailFixture(t, t.TempDir())
 	cpr := &audit.Checkpointer{DB: db, Signer: key}
 	var cps []*audit.Head
 	for i := range 3 {
@@ -119,4 +102,19 @@ func TestTrailHeadOlderCopy(t *testing.T) {
 	if err := checkTrailHead(headPath, other, key.Public(), log, "WAY", 0); err == nil {
 		t.Fatal("a head file of another database's checkpoint: started, want a refusal")
 	}
+}
+
+// trailFixture opens a SQLite store in dir, closed at the test's end, and makes an audit key.
+func trailFixture(t *testing.T, dir string) (*sqlite.DB, *ecdsa.PrivateKey) {
+	t.Helper()
+	db, err := sqlite.Open(filepath.Join(dir, "keyarc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, key
 }
