@@ -62,6 +62,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
@@ -79,6 +80,8 @@ var (
 	ErrBadDrillProof = errors.New("escrow: drill proof refused")
 	// ErrDrillClosed: the drill was answered, closed or expired.
 	ErrDrillClosed = errors.New("escrow: drill is closed")
+	// ErrDrillPending: the KRA has a drill open already; it answers that one first.
+	ErrDrillPending = errors.New("escrow: a drill of this KRA is open already")
 )
 
 // CanaryIssuer is the issuer field of every canary's sealed header: not a DN, so no user
@@ -427,6 +430,62 @@ func epochKey(e uint32) string { return strconv.FormatUint(uint64(e), 10) }
 
 func drillKeyLabel(id string) string { return "drill-" + id }
 
+// checkDrillID refuses, before the archive is read, what is not a drill ID as [newID] makes
+// them (16 lower-case hex digits): a path, a huge or non-hex string. The ID is not echoed: it
+// is the client's, of any size.
+func checkDrillID(id string) error {
+	ok := len(id) == 16
+	for i := 0; ok && i < len(id); i++ {
+		ok = '0' <= id[i] && id[i] <= '9' || 'a' <= id[i] && id[i] <= 'f'
+	}
+	if !ok {
+		return fmt.Errorf("%w: not a drill ID (a drill ID is 16 lower-case hex digits, as `keyarc admin drill list` shows them)", ErrInvalidRequest)
+	}
+	return nil
+}
+
+// drillKeyUse serialises, in this process, the uses of each drill key (by label): a proof's
+// decryptions, its commit and the key's destruction after it, and the destruction of an
+// expired drill's key. A second proof of the same drill waits, then finds the drill closed,
+// rather than decrypting with a key destroyed under it (which the token reports as a lost
+// handle, a fault of the token).
+var drillKeyUse keyedMutex
+
+// keyedMutex is a mutex per key; entries live while held or waited for.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu sync.Mutex
+	n  int // holders and waiters
+}
+
+// lock locks key and returns its unlock.
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	e.n++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		if e.n--; e.n == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
 // OpenDrill opens a drill for one KRA (kra, by name) over the canaries of every live epoch it
 // belongs to, or, with kra empty, a campaign: one drill per KRA of every live epoch, under one
 // campaign ID. An admin opens either; a KRA opens a drill for itself only. Canaries missing
@@ -435,7 +494,8 @@ func drillKeyLabel(id string) string { return "drill-" + id }
 // # Errors
 //
 // [ErrInvalidRequest] (a ttl out of 1 minute..30 days, a KRA in no live epoch),
-// [ErrForbidden] (a KRA opening another's drill), [ErrNoRecoverySet] (no recovery set yet),
+// [ErrForbidden] (a KRA opening another's drill), [ErrDrillPending] (a KRA opening a drill
+// for itself while one of its drills is open), [ErrNoRecoverySet] (no recovery set yet),
 // or, for faults of the appliance, the token's error making a drill key, a
 // storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
 func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string, ttl time.Duration) ([]Drill, error) {
@@ -456,6 +516,16 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 	}
 	if s.RecoveryKeys == nil {
 		return nil, errors.New("escrow: no key store configured for drill keys")
+	}
+	// Each drill is a key made in the appliance token and kept until the drill ends: a KRA
+	// opens one for itself only while it has none open, so that its credential alone cannot
+	// fill the token. Checked here, before a key is made, and again where the drill is stored.
+	selfOpen := by.Role == policy.RoleKRA
+	if selfOpen {
+		err := s.Store.View(ctx, func(tx store.Tx) error { return s.noOpenDrill(store.DrillStates(tx), kra) })
+		if err != nil {
+			return nil, err
+		}
 	}
 	if _, err := s.EnsureCanaries(ctx); err != nil {
 		return nil, err
@@ -523,6 +593,11 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 	}
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		dtx := store.DrillStates(tx)
+		if selfOpen {
+			if err := s.noOpenDrill(dtx, kra); err != nil {
+				return err
+			}
+		}
 		for _, r := range rows {
 			data, err := json.Marshal(r)
 			if err != nil {
@@ -541,6 +616,9 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 	})
 	if err != nil {
 		destroyAll()
+		if errors.Is(err, ErrDrillPending) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("escrow: store drills: %w", err)
 	}
 	out := make([]Drill, len(rows))
@@ -549,6 +627,27 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 	}
 	s.log().Info("drill opened", "drills", len(rows), "campaign", campaign, "by", by.Name)
 	return out, nil
+}
+
+// noOpenDrill is [ErrDrillPending], naming the drill, when kra has an open drill that has not
+// expired.
+func (s *Service) noOpenDrill(dtx store.DrillStates, kra string) error {
+	rows, err := dtx.ListDrillState(drillKindDrill)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	for id, data := range rows {
+		var d drillRow
+		if err := json.Unmarshal(data, &d); err != nil {
+			return fmt.Errorf("escrow: drill %s: %w", id, err)
+		}
+		if d.KRA == kra && d.State == DrillOpen && now.Before(d.ExpiresAt) {
+			return fmt.Errorf("%w: KRA %s has drill %s open until %s; answer it with `keyarc kra drill` (it answers every open drill)",
+				ErrDrillPending, kra, d.ID, d.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }
 
 func campaignNote(c string) string {
@@ -654,10 +753,14 @@ func (s *Service) ListDrills(ctx context.Context, campaign, kra string, open boo
 //
 // # Errors
 //
-// [ErrNotFound], [ErrForbidden] (another KRA's drill), [ErrDrillClosed],
-// or a storage error wrapping [store.ErrUnavailable]. A canary that does not parse, or that
+// [ErrInvalidRequest] (an id that is not a drill ID), [ErrNotFound], [ErrForbidden] (another
+// KRA's drill), [ErrDrillClosed], or a storage error wrapping [store.ErrUnavailable]. A
+// canary that does not parse, or that
 // holds no share for the KRA's unwrap key, is a fault of the archive.
 func (s *Service) DrillFor(ctx context.Context, kra policy.Principal, id string) (*Drill, []DrillShare, error) {
+	if err := checkDrillID(id); err != nil {
+		return nil, nil, err
+	}
 	var d *drillRow
 	var canaries []*canaryRow
 	err := s.Store.View(ctx, func(tx store.Tx) error {
@@ -770,12 +873,18 @@ func DrillDigest(d *Drill, shares []ProvenShare) []byte {
 //
 // # Errors
 //
-// [ErrNotFound], [ErrForbidden] (another KRA's drill), [ErrDrillClosed], [ErrBadDrillProof]
-// (a bad signature or share: the refusal is audited and counts against the KRA's approval
-// rate limit), [ErrTooManyFailures], or, for faults of the appliance,
-// [ErrRecoveryKey] (the drill key), a storage error wrapping [store.ErrUnavailable] or the
-// audit trail's ([audit.ErrAppend]).
+// [ErrInvalidRequest] (an id that is not a drill ID), [ErrNotFound], [ErrForbidden] (another
+// KRA's drill), [ErrDrillClosed] (also for a second proof of the drill submitted at the same
+// time), [ErrBadDrillProof] (a bad signature or share: the refusal is audited and counts
+// against the KRA's approval rate limit), [ErrTooManyFailures], or, for faults of the
+// appliance, [ErrRecoveryKey] wrapping the token's error (the drill key cannot be found or
+// does not decrypt what the appliance encrypts to it itself), a storage error wrapping
+// [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]). A fault leaves the drill
+// open and answerable, with nothing of the proof recorded, audited or counted.
 func (s *Service) SubmitDrillProof(ctx context.Context, kra policy.Principal, id string, shares []ProvenShare, sig []byte) (*Drill, error) {
+	if err := checkDrillID(id); err != nil {
+		return nil, err
+	}
 	now := s.now()
 	var blocked bool
 	err := s.Store.View(ctx, func(tx store.Tx) error {
@@ -853,13 +962,19 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 	if !verifyDigest(cert.PublicKey, digest, sig) {
 		return nil, fmt.Errorf("%w: the signature is not the KRA's over this drill and these shares", ErrBadDrillProof)
 	}
-	dec, err := s.RecoveryKeys.Decrypter(d.KeyLabel)
-	if err != nil {
-		return nil, fmt.Errorf("%w: drill key: %w", ErrRecoveryKey, err)
-	}
 	hash, err := hashByName(d.OAEPHash)
 	if err != nil {
 		return nil, err
+	}
+	// From the first use of the drill key to its destruction, one proof of this drill at a
+	// time; the one that waited finds the drill closed.
+	defer drillKeyUse.lock(d.KeyLabel)()
+	if err := s.drillStillOpen(ctx, id); err != nil {
+		return nil, err
+	}
+	dec, err := s.RecoveryKeys.Decrypter(d.KeyLabel)
+	if err != nil {
+		return nil, s.drillKeyFault(ctx, id, err)
 	}
 	canaryOf := map[uint32]*canaryRow{}
 	for _, c := range canaries {
@@ -872,8 +987,12 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 		}
 		pt, err := dec.Decrypt(rand.Reader, sh.Share, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
 		if err != nil {
-			// A share that the drill key does not open was encrypted to another key: another
-			// drill's proof, or garbage.
+			// A share that the drill key does not open was encrypted to another key (another
+			// drill's proof, or garbage), unless the token fails: then the key does not open
+			// what the appliance encrypts to it either, and that is the appliance's fault.
+			if perr := probeDrillKey(dec, d.KeySPKI, hash); perr != nil {
+				return nil, s.drillKeyFault(ctx, id, perr)
+			}
 			return nil, fmt.Errorf("%w: the share for epoch %d is not encrypted to this drill's key", ErrBadDrillProof, sh.Epoch)
 		}
 		ok := subtle.ConstantTimeCompare(CanaryCommitment(sh.Epoch, want.KeyID, pt), want.Commitment) == 1
@@ -922,6 +1041,60 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 	v := d.view()
 	v.Proven = provenEpochs(shares)
 	return &v, nil
+}
+
+// drillStillOpen re-reads drill id: [ErrDrillClosed] if it was closed meanwhile.
+func (s *Service) drillStillOpen(ctx context.Context, id string) error {
+	return s.Store.View(ctx, func(tx store.Tx) error {
+		cur, err := getDrill(store.DrillStates(tx), id)
+		if err != nil {
+			return err
+		}
+		if cur.State != DrillOpen {
+			return fmt.Errorf("%w: drill %s was %s meanwhile", ErrDrillClosed, id, cur.State)
+		}
+		return nil
+	})
+}
+
+// drillKeyFault is the error of a drill key that the token could not find or use: the drill
+// closed meanwhile (by another node's proof or expiry, which destroyed the key) is
+// [ErrDrillClosed]; anything else is the appliance's fault, [ErrRecoveryKey] wrapping the
+// token's error (whose own sentinel, a token gone for one, decides the status).
+func (s *Service) drillKeyFault(ctx context.Context, id string, keyErr error) error {
+	if err := s.drillStillOpen(ctx, id); errors.Is(err, ErrDrillClosed) {
+		return err
+	}
+	return fmt.Errorf("%w: drill key of drill %s: %w", ErrRecoveryKey, id, keyErr)
+}
+
+// probeDrillKey checks that dec, the drill key, still decrypts: a random value encrypted to
+// its public half (spki) must come back. nil when it does.
+func probeDrillKey(dec crypto.Decrypter, spki []byte, hash crypto.Hash) error {
+	pub, err := x509.ParsePKIXPublicKey(spki)
+	if err != nil {
+		return err
+	}
+	key, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return errors.New("the drill key is not RSA")
+	}
+	probe := make([]byte, 32)
+	if _, err := rand.Read(probe); err != nil {
+		return err
+	}
+	ct, err := rsa.EncryptOAEP(hash.New(), rand.Reader, key, probe, nil)
+	if err != nil {
+		return err
+	}
+	got, err := dec.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(got, probe) != 1 {
+		return errors.New("the drill key decrypts a probe to another value")
+	}
+	return nil
 }
 
 func provenEpochs(shares []ProvenShare) []uint32 {
@@ -987,7 +1160,9 @@ func (s *Service) ExpireDrills(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	for _, d := range expired {
+		unlock := drillKeyUse.lock(d.KeyLabel) // not under a proof still decrypting with it
 		s.destroyKey(d.KeyLabel)
+		unlock()
 		s.log().Warn("drill expired unanswered", "id", d.ID, "kra", d.KRA)
 	}
 	return len(expired), nil

@@ -53,9 +53,9 @@ type KRAHealth struct {
 
 // RecoveryHealth reports the quorum health of the current epoch and of every older epoch that
 // still holds active records, oldest first, at now: a KRA counts as proven when its last drill
-// proof of the epoch is within window (0: [DefaultProofWindow]) and as valid when its unwrap
-// certificate stays valid beyond margin (0: [DefaultCertMargin]). It reads one snapshot and
-// changes nothing.
+// proof of the epoch is within window (0 or less: [DefaultProofWindow]) and as valid when its
+// unwrap certificate stays valid beyond margin (0: no margin, valid until it expires; less
+// than 0: [DefaultCertMargin]). It reads one snapshot and changes nothing.
 //
 // # Errors
 //
@@ -65,7 +65,7 @@ func (s *Service) RecoveryHealth(ctx context.Context, window, margin time.Durati
 	if window <= 0 {
 		window = DefaultProofWindow
 	}
-	if margin <= 0 {
+	if margin < 0 {
 		margin = DefaultCertMargin
 	}
 	now := s.now()

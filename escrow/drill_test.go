@@ -133,7 +133,7 @@ func (d *drillEnv) campaign(t *testing.T) map[string]string {
 
 func (d *drillEnv) health(t *testing.T) map[uint32]EpochHealth {
 	t.Helper()
-	hs, err := d.svc.RecoveryHealth(context.Background(), 0, 0)
+	hs, err := d.svc.RecoveryHealth(context.Background(), 0, -1)
 	if err != nil {
 		t.Fatalf("RecoveryHealth: %v", err)
 	}
@@ -456,17 +456,26 @@ func TestHealthCertMargin(t *testing.T) {
 	d.prove(t, 0, ids["kra-0"])
 	d.prove(t, 1, ids["kra-1"])
 	long := 100 * 365 * 24 * time.Hour // proofs never age out here: only the certificates count
-	hs, err := d.svc.RecoveryHealth(context.Background(), long, 0)
+	hs, err := d.svc.RecoveryHealth(context.Background(), long, -1)
 	if err != nil || len(hs) != 1 || hs[0].AtRisk || hs[0].Valid != 3 {
 		t.Fatalf("now: %+v, %v", hs, err)
 	}
 	d.clock.Set(d.kras[0].cert.NotAfter.Add(-10 * 24 * time.Hour))
-	hs, err = d.svc.RecoveryHealth(context.Background(), long, 0)
+	hs, err = d.svc.RecoveryHealth(context.Background(), long, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if h := hs[0]; !h.AtRisk || h.Valid != 0 || h.Proven != 2 || !strings.Contains(h.Advice, "certificates valid") {
-		t.Fatalf("10 days before the KRA certificates expire: %+v", h)
+		t.Fatalf("10 days before the KRA certificates expire, the default margin: %+v", h)
+	}
+	// recovery.cert_margin: 0 (allowed by the config) is no margin, not the default one: the
+	// certificates still count until they expire.
+	hs, err = d.svc.RecoveryHealth(context.Background(), long, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hs[0]; h.AtRisk || h.Valid != 3 {
+		t.Fatalf("10 days before the KRA certificates expire, no margin: %+v", h)
 	}
 }
 
