@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
@@ -116,17 +117,30 @@ func (a *Server) openDrills(w http.ResponseWriter, r *http.Request, p policy.Pri
 	if err := decodeJSON(w, r, &req); err != nil {
 		return nil, err
 	}
-	return a.svc.OpenDrill(r.Context(), p, req.KRA, a.cfg.Recovery.DrillTTL.Duration)
+	drills, err := a.svc.OpenDrill(r.Context(), p, req.KRA, a.cfg.Recovery.DrillTTL.Duration)
+	if errors.Is(err, escrow.ErrDrillPending) {
+		// The KRA's own drill is open: a conflict with the state, not a bad request.
+		return nil, &httpStatusError{http.StatusConflict, err.Error()}
+	}
+	return drills, err
 }
 
 // listDrills lists the drills of ?campaign and ?kra (a KRA's own only), the open ones only
-// with ?open.
+// with ?open (a boolean: 1, true; 0 and false list them all).
 func (a *Server) listDrills(_ http.ResponseWriter, r *http.Request, p policy.Principal) ([]escrow.Drill, error) {
-	kra := r.URL.Query().Get("kra")
+	q := r.URL.Query()
+	kra := q.Get("kra")
 	if p.Role == policy.RoleKRA {
 		kra = p.Name // a KRA sees its own drills
 	}
-	return a.svc.ListDrills(r.Context(), r.URL.Query().Get("campaign"), kra, r.URL.Query().Get("open") != "")
+	open := false
+	if v := q.Get("open"); v != "" {
+		var err error
+		if open, err = strconv.ParseBool(v); err != nil {
+			return nil, fmt.Errorf("%w: query parameter open is a boolean (open=1 lists the open drills only), not %.40q", escrow.ErrInvalidRequest, v)
+		}
+	}
+	return a.svc.ListDrills(r.Context(), q.Get("campaign"), kra, open)
 }
 
 func (a *Server) handleDrillShow(w http.ResponseWriter, r *http.Request) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -218,12 +219,15 @@ func RunDrillList(args []string) error {
 		return err
 	}
 	defer c.close()
-	q := "?campaign=" + *campaign
+	q := url.Values{}
+	if *campaign != "" {
+		q.Set("campaign", *campaign)
+	}
 	if *open {
-		q += "&open=1"
+		q.Set("open", "1")
 	}
 	var out []wire.Drill
-	if err := c.call("GET", "/api/v1/drills"+q, nil, &out); err != nil {
+	if err := c.call("GET", "/api/v1/drills?"+q.Encode(), nil, &out); err != nil {
 		return err
 	}
 	if *asJSON {
