@@ -69,6 +69,12 @@ func TestDrillHostile(t *testing.T) {
 			}
 		}
 	}
+	// The CLI refuses them itself, before a path is built from them.
+	for _, bad := range []string{"../../healthz", id + "?open=1"} {
+		if _, stderr, err := keyarcResult(as("kra1", "kra", "drill", "--drill", bad)...); err == nil || !strings.Contains(stderr, "takes a drill ID") {
+			t.Errorf("keyarc kra drill --drill %q: %v %s; want a usage error naming the drill ID's form", bad, err, stderr)
+		}
+	}
 	// Bodies that are not a proof; methods the routes do not take.
 	for _, tt := range []struct {
 		name, method, path string

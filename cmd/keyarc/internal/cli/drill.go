@@ -38,6 +38,9 @@ func RunKRADrill(args []string) error {
 	if cf.tokenLbl == "" && !strings.HasPrefix(cf.as, "kra") {
 		return cmdline.UsageError{Msg: "kra drill: a KRA drills with its token: --token-label L --pin-file F --cert AUTH.pem (or --state DIR --as kraN)"}
 	}
+	if *only != "" && !isDrillID(*only) {
+		return cmdline.UsageError{Msg: "kra drill: --drill takes a drill ID: 16 lower-case hex digits, as `keyarc admin drill list` shows them"}
+	}
 	c, err := cf.dial(true)
 	if err != nil {
 		if errors.Is(err, hsm.ErrKeyNotFound) {
@@ -83,7 +86,7 @@ func RunKRADrill(args []string) error {
 // (a user record's share passed off as a canary's is refused here).
 func answerDrill(c *client, id string) error {
 	var d wire.Drill
-	if err := c.call("GET", "/api/v1/drills/"+id, nil, &d); err != nil {
+	if err := c.call("GET", "/api/v1/drills/"+url.PathEscape(id), nil, &d); err != nil {
 		return err
 	}
 	spki, drillKey, err := rsaKeyFromSPKI(d.DrillKey, "drill key")
@@ -158,7 +161,7 @@ func answerDrill(c *client, id string) error {
 	}
 	body.Signature = base64.StdEncoding.EncodeToString(sig)
 	var after wire.Drill
-	if err := c.call("POST", "/api/v1/drills/"+id+"/proof", body, &after); err != nil {
+	if err := c.call("POST", "/api/v1/drills/"+url.PathEscape(id)+"/proof", body, &after); err != nil {
 		return err
 	}
 	fmt.Printf("drill %s: %s, epochs %s\n", after.ID, after.State, epochList(after.Proven))
@@ -166,6 +169,19 @@ func answerDrill(c *client, id string) error {
 		return cannot()
 	}
 	return nil
+}
+
+// isDrillID reports whether id has the form of a drill ID (16 lower-case hex digits).
+func isDrillID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	for i := range len(id) {
+		if !('0' <= id[i] && id[i] <= '9' || 'a' <= id[i] && id[i] <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func epochList(es []uint32) string {
