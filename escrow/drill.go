@@ -114,6 +114,10 @@ const (
 // maxDrillTTL bounds how long a drill stays open.
 const maxDrillTTL = 30 * 24 * time.Hour
 
+// maxDrillSignature bounds a drill proof's signature: an RSA-8192 signature, the largest a
+// KRA auth key makes (ECDSA ones are far shorter).
+const maxDrillSignature = 1024
+
 // canaryRow is an epoch's canary as stored.
 type canaryRow struct {
 	Epoch     uint32        `json:"epoch"`
@@ -902,8 +906,14 @@ func (s *Service) SubmitDrillProof(ctx context.Context, kra policy.Principal, id
 	}
 	d, err := s.submitDrillProof(ctx, kra, id, shares, sig, now)
 	if errors.Is(err, ErrBadDrillProof) {
+		// The refusal keeps the signature, as far as one can be a signature: the trail must not
+		// grow by what a client chooses to send.
+		var kept string
+		if len(sig) <= maxDrillSignature {
+			kept = base64.StdEncoding.EncodeToString(sig)
+		}
 		s.approvalRefused(ctx, kra.Name, now, id, audit.Details{Request: id, RequestKind: "drill", KRA: kra.Name,
-			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})
+			Signer: kra.Serial, Signature: kept, Reason: err.Error()})
 	}
 	return d, err
 }
@@ -949,6 +959,9 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 		if len(sh.Share) == 0 || len(sh.Share) > maxShareBytes {
 			return nil, fmt.Errorf("%w: share for epoch %d is empty or too large", ErrBadDrillProof, sh.Epoch)
 		}
+	}
+	if len(sig) == 0 || len(sig) > maxDrillSignature {
+		return nil, fmt.Errorf("%w: the signature is %d bytes; a KRA auth key's is 1 to %d", ErrBadDrillProof, len(sig), maxDrillSignature)
 	}
 	if signer.State != store.StateIssued || signer.KRA != d.KRA {
 		return nil, fmt.Errorf("%w: the signer is not KRA %s's issued credential", ErrBadDrillProof, d.KRA)

@@ -301,3 +301,81 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// TestDrillRefusalBounded: a refused proof is audited, but what the client sent is bounded
+// there: a 200 KB signature is refused for its size and the refusal's entry records no more
+// than a KRA's signature can be; five refusals lock the KRA out.
+func TestDrillRefusalBounded(t *testing.T) {
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	id := d.campaign(t)["kra-0"]
+	_, shares, _ := d.answer(t, 0, id)
+	_, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), id, shares, make([]byte, 200<<10))
+	if !errors.Is(err, ErrBadDrillProof) || !strings.Contains(err.Error(), "signature") {
+		t.Fatalf("a 200 KB signature: %.200v; want ErrBadDrillProof naming the signature", err)
+	}
+	var details int
+	d.svc.Store.View(ctx, func(tx store.Tx) error {
+		es, err := tx.AuditOfKindsFrom([]string{string(audit.KindApprovalRefused)}, 1, 10)
+		for _, e := range es {
+			details += len(e.Details)
+		}
+		return err
+	})
+	if details == 0 || details > 4<<10 {
+		t.Fatalf("the refusal's audit entry holds %d bytes of details; want one entry of at most 4 KiB", details)
+	}
+}
+
+// TestDrillOpenFaults: a campaign whose drill keys the token stops making part way, or whose
+// drills the storage does not commit, is the appliance's fault, and leaves neither a drill
+// nor a key in the token.
+func TestDrillOpenFaults(t *testing.T) {
+	gone := fmt.Errorf("%w: pkcs11: 0x32: CKR_DEVICE_REMOVED", hsm.ErrTokenGone)
+	for _, tt := range []struct {
+		name    string
+		inject  func(k *genFaultKeys, s *faultStore)
+		wantErr error
+	}{
+		{"token gone at the third key", func(k *genFaultKeys, _ *faultStore) { k.failAt, k.err = 3, gone }, hsm.ErrTokenGone},
+		{"storage refuses the commit", func(_ *genFaultKeys, s *faultStore) { s.failing.Store(true) }, store.ErrUnavailable},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDrillEnv(t)
+			ctx := context.Background()
+			if _, err := d.svc.EnsureCanaries(ctx); err != nil {
+				t.Fatal(err)
+			}
+			gk := &genFaultKeys{RecoveryKeys: d.svc.RecoveryKeys}
+			d.svc.RecoveryKeys = gk
+			fs := &faultStore{Store: d.svc.Store}
+			d.svc.Store = fs
+			live := d.keys.live()
+			tt.inject(gk, fs)
+			if _, err := d.svc.OpenDrill(ctx, d.admin, "", time.Hour); !errors.Is(err, tt.wantErr) {
+				t.Fatalf("OpenDrill: %v; want %v", err, tt.wantErr)
+			}
+			fs.failing.Store(false)
+			if n := d.keys.live() - live; n != 0 {
+				t.Errorf("%d drill keys left in the token", n)
+			}
+			if drills, err := d.svc.ListDrills(ctx, "", "", false); err != nil || len(drills) != 0 {
+				t.Errorf("drills stored: %v, %v", drills, err)
+			}
+		})
+	}
+}
+
+// genFaultKeys fails the failAt-th key generation (1-based) with err.
+type genFaultKeys struct {
+	RecoveryKeys
+	n, failAt int
+	err       error
+}
+
+func (k *genFaultKeys) Generate(label string) (crypto.PublicKey, error) {
+	if k.n++; k.n == k.failAt {
+		return nil, k.err
+	}
+	return k.RecoveryKeys.Generate(label)
+}

@@ -422,11 +422,15 @@ func TestDrillPartialProof(t *testing.T) {
 		{"out of order", []ProvenShare{shares[1], shares[0]}},
 		{"one epoch twice", []ProvenShare{shares[0], shares[0]}},
 		{"an epoch not asked", []ProvenShare{{Epoch: 99, Share: shares[0].Share}}},
+		{"another epoch's share", []ProvenShare{{Epoch: shares[0].Epoch, Share: shares[1].Share}}},
+		{"a share past 1 KiB", []ProvenShare{{Epoch: shares[0].Epoch, Share: make([]byte, 1025)}}},
 		{"none", nil},
 	} {
 		if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), dr.ID, tt.shares, sign(tt.shares)); !errors.Is(err, ErrBadDrillProof) {
 			t.Errorf("%s: %v, want ErrBadDrillProof", tt.name, err)
 		}
+		// Each refusal counts against the KRA: keep under the lock-out (5 in its window).
+		d.clock.Set(d.clock.Now().Add(approvalWindow / 4))
 	}
 	only := shares[1:]
 	got, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), dr.ID, only, sign(only))
