@@ -379,3 +379,21 @@ func (k *genFaultKeys) Generate(label string) (crypto.PublicKey, error) {
 	}
 	return k.RecoveryKeys.Generate(label)
 }
+
+// TestHealthAdviceSpans: the advice names the window and the margin as configured, also when
+// they are not whole days (recovery.drill_window: 12h is allowed, and is not "0 days").
+func TestHealthAdviceSpans(t *testing.T) {
+	d := newDrillEnv(t)
+	hs, err := d.svc.RecoveryHealth(context.Background(), 12*time.Hour, 36*time.Hour)
+	if err != nil || len(hs) != 1 {
+		t.Fatalf("RecoveryHealth: %v, %v", hs, err)
+	}
+	if a := hs[0].Advice; !strings.Contains(a, "in the last 12h") {
+		t.Errorf("advice %q does not name the 12h window", a)
+	}
+	d.clock.Set(d.kras[0].cert.NotAfter.Add(-time.Hour))
+	hs, _ = d.svc.RecoveryHealth(context.Background(), 90*24*time.Hour, 36*time.Hour)
+	if a := hs[0].Advice; !strings.Contains(a, "in the last 90 days") || !strings.Contains(a, "valid beyond 36h") {
+		t.Errorf("advice %q does not name the 90-day window and the 36h margin", a)
+	}
+}

@@ -131,10 +131,10 @@ func (h *EpochHealth) judge(window, margin time.Duration) {
 	h.NeedsReseal = h.AtRisk && !h.Current
 	var why []string
 	if h.Proven < h.Quorum {
-		why = append(why, fmt.Sprintf("%d of %d KRAs proven in the last %d days, quorum %d", h.Proven, len(h.KRAs), int(window.Hours()/24), h.Quorum))
+		why = append(why, fmt.Sprintf("%d of %d KRAs proven in the last %s, quorum %d", h.Proven, len(h.KRAs), SpanText(window), h.Quorum))
 	}
 	if h.Valid < h.Quorum {
-		why = append(why, fmt.Sprintf("%d KRA certificates valid beyond %d days, quorum %d", h.Valid, int(margin.Hours()/24), h.Quorum))
+		why = append(why, fmt.Sprintf("%d KRA certificates valid beyond %s, quorum %d", h.Valid, SpanText(margin), h.Quorum))
 	}
 	switch {
 	case h.Records == 0 && len(why) > 0:
@@ -145,4 +145,24 @@ func (h *EpochHealth) judge(window, margin time.Duration) {
 	default:
 		h.Advice = strings.Join(why, "; ") + ": have the KRAs drill (`keyarc kra drill`); if they cannot, define a new recovery set and reseal to it"
 	}
+}
+
+// SpanText writes a window or a margin as an operator configured it: whole days as "90 days"
+// ("1 day"), anything else as a Go duration without its zero tail ("12h", "36h", "90m").
+func SpanText(d time.Duration) string {
+	const day = 24 * time.Hour
+	switch {
+	case d == day:
+		return "1 day"
+	case d > 0 && d%day == 0:
+		return fmt.Sprintf("%d days", d/day)
+	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
