@@ -160,12 +160,12 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	d.Serial, d.NotAfter, d.CertHash = row.Serial, cert.NotAfter.UTC().Format(time.RFC3339), certHash(cert.Raw)
 	ctx = context.WithoutCancel(ctx)
 	err = p.Store.Update(ctx, func(tx store.Tx) error {
+		insert := tx.InsertCertificate
 		if row.CodeID != "" {
-			if err := tx.ClaimCode(row.CodeID, req.NotBefore); err != nil {
-				return err
-			}
+			// The claim and the certificate in one statement where the store can.
+			insert = func(c store.Certificate) error { return tx.InsertCertificateClaiming(c, req.NotBefore) }
 		}
-		if err := tx.InsertCertificate(row); err != nil {
+		if err := insert(row); err != nil {
 			return err
 		}
 		return p.Audit(tx, r.Kind, actorOr(r.Actor), subjectOr(row.Email, row.Subject), d)

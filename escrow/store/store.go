@@ -21,7 +21,10 @@ import (
 // (a claim, a state change, the audit entry after the head): a backend may run it without a
 // savepoint of its own, and should it fail all the same (a lost connection, or an audit row
 // stored behind the store's back), fn's writes are undone and Update fails, with
-// [ErrUnavailable] if fn went on and returned no error. A method that writes several rows (InsertCertificates,
+// [ErrUnavailable] if fn went on and returned no error. A backend may also hold such a write
+// back and send it with the transaction's next statement or its commit (PostgreSQL holds the
+// audit entry back): should it fail, every function of the transaction fails with
+// [ErrUnavailable] and nothing of the transaction is stored. A method that writes several rows (InsertCertificates,
 // InsertRecords, InsertRecovery, ...) may have stored some of them when it fails, so fn
 // should return such an error: returning it undoes all of fn's writes.
 //
@@ -94,6 +97,13 @@ type Certificates interface {
 	// InsertCertificates is InsertCertificate for many. On an error some may have been
 	// stored: the function's error undoes them (see [Store]).
 	InsertCertificates(cs []Certificate) error
+	// InsertCertificateClaiming claims code c.CodeID at now as ClaimCode does, then stores c
+	// as InsertCertificate does: an enrollment's certificate and the code it spends, in one
+	// statement where the backend can (PostgreSQL). The code's errors come first
+	// ([ErrNotFound], [ErrCodeUsed], [ErrCodeExpired]), then the certificate's ([ErrConflict]
+	// if the serial exists, [ErrInvalid]); c.CodeID is required. On an error the claim may
+	// have been made: the function's error undoes it (see [Store]).
+	InsertCertificateClaiming(c Certificate, now time.Time) error
 	// SetCertificateIssued moves a pending certificate to issued with its DER and validity:
 	// [ErrNotFound], [ErrConflict] if it is not pending, [ErrInvalid] without DER or validity.
 	SetCertificateIssued(serial string, der []byte, notBefore, notAfter time.Time) error

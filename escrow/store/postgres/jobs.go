@@ -82,6 +82,18 @@ func (tx *writeTx) InsertCertificates(cs []store.Certificate) error {
 	return nil
 }
 
+// InsertCertificateClaiming is [sqltx.Tx.InsertCertificateClaiming], remembering the hash of
+// a certificate stored issued or revoked.
+func (tx *writeTx) InsertCertificateClaiming(c store.Certificate, now time.Time) error {
+	if err := tx.Tx.InsertCertificateClaiming(c, now); err != nil {
+		return err
+	}
+	if c.State == store.StateIssued || c.State == store.StateRevoked {
+		tx.remember(c.Serial, c.DER)
+	}
+	return nil
+}
+
 func (tx *writeTx) remember(serial string, der []byte) {
 	s, err := store.NormalizeSerial(serial)
 	if err != nil || len(der) == 0 {

@@ -67,6 +67,43 @@ type pgQuerier struct {
 	q      sqlQuerier
 	sp     *savepoints // the writer's; nil in a View
 	writer *sql.Conn   // the writer's connection (nil in a View), for pipelined statements
+	later  *heldBack   // the writer's held-back writes (nil in a View)
+}
+
+// heldBack holds the writes of the writer's transaction that wait for its next round trip
+// (see [pgQuerier.ExecLater]). They are sent, in order, before the next statement of any
+// function of the transaction (in the same pgx batch when that is a write), or with the
+// COMMIT. A function that fails with its savepoint open drops its own (the savepoint is rolled
+// back anyway), and a rollback of the transaction drops them all.
+type heldBack struct {
+	stmts []heldStmt
+	// failed is the error of a held-back write that failed on the server: the transaction is
+	// aborted, and every function of it fails (see DB.runOne).
+	failed error
+}
+
+type heldStmt struct {
+	query string // rebound
+	args  []any
+}
+
+// maxHeldBack bounds the writes held back: beyond it, the next one goes out at once with the
+// others.
+const maxHeldBack = 256
+
+// reset forgets the held-back writes and the failure of one.
+func (h *heldBack) reset() { h.stmts, h.failed = h.stmts[:0], nil }
+
+// errHeldBack is the error of a statement that could not run because a write held back before
+// it failed: the writer's transaction is lost, for a fault of the server or the connection
+// (those writes cannot fail for their values: see sqltx's execLater).
+var errHeldBack = errors.New("store: an earlier write of the transaction failed")
+
+// heldErr is the error of every function of a transaction whose held-back write failed with
+// err: a fault ([store.ErrUnavailable]), whatever err says of the statement (its text only is
+// kept: no statement of the caller's was refused).
+func heldErr(err error) error {
+	return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, errHeldBack, err)
 }
 
 // ExecContext runs a write statement. On the writer it runs inside a savepoint of its own:
@@ -104,11 +141,98 @@ func (p pgQuerier) ExecBare(ctx context.Context, query string, args ...any) (sql
 	return p.ExecContext(ctx, query, args...)
 }
 
+// ExecLater holds a write back until the writer's next round trip (see sqltx's execLater): it
+// goes out in the same pgx batch as the next write, before the next read, or with the COMMIT.
+// A function's first statement, which opens its savepoint, goes out at once (as ExecBare).
+func (p pgQuerier) ExecLater(ctx context.Context, query string, args ...any) error {
+	if err := checkArgs(args); err != nil {
+		return err
+	}
+	if p.writer == nil || p.later == nil || p.sp.prefix() != nil || len(p.later.stmts) >= maxHeldBack {
+		_, err := p.ExecBare(ctx, query, args...)
+		return err
+	}
+	if p.later.failed != nil {
+		return heldErr(p.later.failed)
+	}
+	p.later.stmts = append(p.later.stmts, heldStmt{rebind(query), args})
+	return nil
+}
+
+// queueHeld queues the held-back writes, if any, in b, and returns their number.
+func (p pgQuerier) queueHeld(b *pgx.Batch) int {
+	if p.later == nil || len(p.later.stmts) == 0 {
+		return 0
+	}
+	held := p.later.stmts
+	for _, h := range held {
+		b.Queue(h.query, h.args...)
+	}
+	n := len(held)
+	clear(held) // the batch holds the statements now
+	p.later.stmts = held[:0]
+	return n
+}
+
+// readHeld reads the results of the n held-back writes queued first in a batch. A failure is
+// the transaction's: it is kept in p.later.failed, and errHeldBack is returned.
+func (p pgQuerier) readHeld(br pgx.BatchResults, n int) error {
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			p.later.failed = err
+			return heldErr(err)
+		}
+	}
+	return nil
+}
+
+// flush sends the held-back writes and the running function's savepoint prefix, if any, in
+// one round trip: what must precede a read.
+func (p pgQuerier) flush(ctx context.Context) error {
+	if p.later != nil && p.later.failed != nil {
+		return heldErr(p.later.failed)
+	}
+	if p.writer == nil || p.later == nil || len(p.later.stmts) == 0 {
+		return p.sp.ensure(ctx, p.q)
+	}
+	return p.writer.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		b := &pgx.Batch{}
+		held := p.queueHeld(b)
+		pre := p.sp.prefix()
+		for _, q := range pre {
+			b.Queue(q)
+		}
+		sent(b.Len())
+		br := c.Conn().SendBatch(ctx, b)
+		if err := p.readHeld(br, held); err != nil {
+			br.Close() // the batch's error is the held-back write's
+			return err
+		}
+		var err error
+		for range pre {
+			if _, err = br.Exec(); err != nil {
+				break
+			}
+		}
+		if err == nil && pre != nil {
+			p.sp.opened()
+		}
+		return errors.Join(err, br.Close())
+	})
+}
+
 // execPipelined runs a write on the writer's connection in one round trip to the server: the
-// savepoint, the statement and the release go out together (a pgx batch), and only a failed
-// statement costs a second one, to roll its savepoint back. Unguarded, the statement goes
-// without the savepoint and the release.
+// writes held back (see ExecLater), the savepoint, the statement and the release go out
+// together (a pgx batch), and only a failed statement costs a second one, to roll its
+// savepoint back. Unguarded, the statement goes without the savepoint and the release.
 func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any, guard bool) (sql.Result, error) {
+	if p.later != nil && p.later.failed != nil {
+		return nil, heldErr(p.later.failed)
+	}
 	var (
 		tag     pgconn.CommandTag
 		stmtErr error
@@ -119,6 +243,7 @@ func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any, 
 			return fmt.Errorf("unexpected driver connection %T", dc)
 		}
 		b := &pgx.Batch{}
+		held := p.queueHeld(b)
 		pre := p.sp.prefix()
 		for _, q := range pre {
 			b.Queue(q)
@@ -132,7 +257,11 @@ func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any, 
 		}
 		sent(b.Len())
 		br := c.Conn().SendBatch(ctx, b)
-		var err error
+		err := p.readHeld(br, held)
+		if err != nil {
+			br.Close() // the batch's error is the held-back write's
+			return err
+		}
 		for range pre {
 			if _, err = br.Exec(); err != nil {
 				break
@@ -183,7 +312,7 @@ func (p pgQuerier) QueryContext(ctx context.Context, query string, args ...any) 
 	if err := checkArgs(args); err != nil {
 		return nil, err
 	}
-	if err := p.sp.ensure(ctx, p.q); err != nil {
+	if err := p.flush(ctx); err != nil {
 		return nil, err
 	}
 	sent(1)

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -56,6 +57,10 @@ type DB struct {
 
 	// sp is the state of the savepoint of the writer's running function.
 	sp savepoints
+
+	// later holds the writes of the writer's transaction that wait for its next round trip
+	// (see [pgQuerier.ExecLater]).
+	later heldBack
 
 	// head caches the last audit entry's seq and hash during one write transaction (it is
 	// touched only by the writer goroutine, see [sqltx.AuditHead]); every transaction starts
@@ -215,6 +220,7 @@ func (db *DB) exec(query string, args ...any) error {
 // unknown state: it is dropped, and the next batch takes another.
 func (db *DB) rollback() {
 	db.head = sqltx.AuditHead{}
+	db.later.reset()
 	if err := db.exec("ROLLBACK"); err != nil {
 		db.dropConn()
 	}
@@ -235,6 +241,7 @@ func (db *DB) dropConn() {
 		db.wconn = nil
 	}
 	db.head = sqltx.AuditHead{}
+	db.later.reset()
 }
 
 // txStatus returns the server's transaction status of the writer's connection, as the last
@@ -257,6 +264,7 @@ func (db *DB) txStatus() byte {
 func (db *DB) begin() error {
 	ctx := context.Background()
 	db.head, db.sp = sqltx.AuditHead{}, savepoints{}
+	db.later.reset()
 	for try := 0; ; try++ {
 		reused := db.wconn != nil
 		if !reused {
@@ -329,12 +337,16 @@ func isLockTimeout(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "55P03"
 }
 
-// commit commits the writer's transaction. PostgreSQL answers a COMMIT of a failed
+// commit commits the writer's transaction, with the writes held back until then (see
+// [pgQuerier.ExecLater]) in the same round trip. PostgreSQL answers a COMMIT of a failed
 // transaction with ROLLBACK and no error: the status is checked first, and the command tag
 // after.
 func (db *DB) commit() error {
 	if s := db.txStatus(); s != 'T' {
 		return fmt.Errorf("store: commit: the transaction failed earlier (status %q)", s)
+	}
+	if db.later.failed != nil {
+		return heldErr(db.later.failed)
 	}
 	var tag string
 	err := db.wconn.Raw(func(dc any) error {
@@ -342,10 +354,26 @@ func (db *DB) commit() error {
 		if !ok {
 			return fmt.Errorf("store: commit: unexpected driver connection %T", dc)
 		}
-		sent(1)
-		ct, err := c.Conn().Exec(context.Background(), "COMMIT")
+		ctx := context.Background()
+		if len(db.later.stmts) == 0 {
+			sent(1)
+			ct, err := c.Conn().Exec(ctx, "COMMIT")
+			tag = ct.String()
+			return err
+		}
+		b := &pgx.Batch{}
+		q := pgQuerier{later: &db.later}
+		n := q.queueHeld(b)
+		b.Queue("COMMIT")
+		sent(b.Len())
+		br := c.Conn().SendBatch(ctx, b)
+		if err := q.readHeld(br, n); err != nil {
+			br.Close() // the batch's error is the held-back write's
+			return err
+		}
+		ct, err := br.Exec()
 		tag = ct.String()
-		return err
+		return errors.Join(err, br.Close())
 	})
 	if err != nil {
 		return err
@@ -436,11 +464,18 @@ func (db *DB) runOne(r *updates.Request, bare bool) error {
 	db.sp.pending, db.sp.mine = !bare, false // opened with fn's first statement
 	db.updates.Add(1)
 	saved := db.head
-	q := pgQuerier{q: db.wconn, sp: &db.sp, writer: db.wconn}
+	q := pgQuerier{q: db.wconn, sp: &db.sp, writer: db.wconn, later: &db.later}
 	tx := &writeTx{Tx: sqltx.NewWrite(context.Background(), q, dialect, &db.head), q: q}
 	r.Err = updates.Call(r.Fn, tx)
 	tx.end()
 	db.sp.pending = false
+	if err := db.later.failed; err != nil {
+		// A write held back (this function's or an earlier one's) failed on the server: the
+		// transaction is aborted, and so are the writes of every function of it.
+		r.Err = heldErr(err)
+		db.failed.Add(1)
+		return heldErr(err)
+	}
 	if r.Err == nil && db.txStatus() == 'E' {
 		// A statement failed outside its own savepoint (a read the server refused) and fn
 		// went on: its writes cannot be kept.
@@ -464,6 +499,7 @@ func (db *DB) runOne(r *updates.Request, bare bool) error {
 		return nil
 	}
 	db.sp.open, db.sp.mine = false, false
+	db.later.stmts = db.later.stmts[:0] // its own, all made since its savepoint opened: undone anyway
 	if err := db.exec("ROLLBACK TO SAVEPOINT u; RELEASE SAVEPOINT u"); err != nil {
 		return fmt.Errorf("store: rollback savepoint: %w", err)
 	}

@@ -17,6 +17,7 @@ import (
 var entityTests = []test{
 	{"Codes", testCodes},
 	{"ClaimCodeRace", testClaimCodeRace},
+	{"InsertCertificateClaiming", testInsertCertificateClaiming},
 	{"Certificates", testCertificates},
 	{"RecoverySets", testRecoverySets},
 	{"Records", testRecords},
@@ -123,6 +124,91 @@ func testClaimCodeRace(t *testing.T, h *Harness) {
 	}
 	if won != 1 {
 		t.Errorf("%d claims won, want exactly 1", won)
+	}
+}
+
+// testInsertCertificateClaiming: an enrollment's certificate and the code it spends. The code's
+// errors come first; a serial that exists is ErrConflict, and the function's error leaves the
+// code unclaimed; the certificate stored is issued, due for its first OCSP response, and its
+// code is used with its serial.
+func testInsertCertificateClaiming(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	der := []byte{0x30, 0x03, 0x02, 0x01, 0x01}
+	cert := func(serial, code string) store.Certificate {
+		return store.Certificate{Serial: serial, Template: "smime-signature", Email: "alice@example.com", Subject: "CN=alice",
+			State: store.StateIssued, DER: der, NotBefore: t0, NotAfter: t0.Add(24 * time.Hour), CreatedAt: t0, CodeID: code}
+	}
+	mustUpdate(t, s, func(tx store.Tx) error {
+		for _, id := range []string{"k1", "k2", "k3", "old"} {
+			c := code(id)
+			if id == "old" {
+				c.ExpiresAt = t0.Add(-time.Minute)
+			}
+			if err := tx.InsertCode(c); err != nil {
+				return err
+			}
+		}
+		return tx.InsertCertificate(store.Certificate{Serial: "1e", Template: "smime-signature", Email: "bob@example.com"})
+	})
+	tests := []struct {
+		name    string
+		c       store.Certificate
+		wantErr error
+	}{
+		{"no code", cert("10", ""), store.ErrInvalid},
+		{"unknown code", cert("10", "nope"), store.ErrNotFound},
+		{"expired code", cert("10", "old"), store.ErrCodeExpired},
+		{"serial exists", cert("1E", "k2"), store.ErrConflict},
+		{"bad certificate", func() store.Certificate { c := cert("10", "k2"); c.Template = ""; return c }(), store.ErrInvalid},
+		{"claim", cert("1A", "k1"), nil},
+		{"code used", cert("1b", "k1"), store.ErrCodeUsed},
+		{"serial exists, code used", cert("1a", "k1"), store.ErrCodeUsed},
+		{"pending", func() store.Certificate { c := cert("1c", "k3"); c.State, c.DER = store.StatePending, nil; return c }(), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := s.Update(ctx, func(tx store.Tx) error { return tx.InsertCertificateClaiming(tt.c, t0) })
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
+				t.Fatalf("error %v, want %v", err, tt.wantErr)
+			}
+		})
+	}
+	err := s.View(ctx, func(tx store.Tx) error {
+		for id, serial := range map[string]string{"k1": "1a", "k3": "1c"} {
+			c, err := tx.GetCode(id)
+			if err != nil {
+				return err
+			}
+			if c.UsedAt == nil || !c.UsedAt.Equal(t0) || c.Serial != serial {
+				t.Errorf("code %s: used %v, serial %q; want used at %v with serial %s", id, c.UsedAt, c.Serial, t0, serial)
+			}
+		}
+		if c, err := tx.GetCode("k2"); err != nil || c.UsedAt != nil || c.Serial != "" {
+			t.Errorf("code k2 of the refused certificate: %+v, %v; want unused", c, err)
+		}
+		for serial, state := range map[string]string{"1a": store.StateIssued, "1c": store.StatePending} {
+			c, err := tx.GetCertificate(serial)
+			if err != nil {
+				return err
+			}
+			if c.State != state || c.CodeID != map[string]string{"1a": "k1", "1c": "k3"}[serial] {
+				t.Errorf("certificate %s: %+v", serial, c)
+			}
+		}
+		if _, err := tx.GetCertificate("10"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("certificate 10 of the refused calls: %v, want ErrNotFound", err)
+		}
+		due, err := tx.OCSPDue(t0, t0, "", 10)
+		if err != nil {
+			return err
+		}
+		if len(due) != 1 || due[0].Serial != "1a" {
+			t.Errorf("due for OCSP: %+v, want 1a alone", due)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -72,9 +72,15 @@ func (tx *Tx) InsertAudit(e store.AuditEntry) error {
 	if e.Seq != seq+1 || (seq > 0 && !bytes.Equal(e.Prev, hash)) {
 		return fmt.Errorf("store: %s %d: the trail's head is entry %d: %w", op, e.Seq, seq, store.ErrConflict)
 	}
+	if e.Prev == nil {
+		// The column takes no NULL: refused here, before the write that nothing else can
+		// refuse goes out (see execLater).
+		return invalid(op, "the first entry's prev is required (any, empty too)")
+	}
 	// Its seq follows the head, which the writer's lock keeps: it cannot conflict (see
-	// execBare), and if it fails all the same, the function's writes go with it.
-	if _, err := tx.execBare(op, `INSERT INTO audit (`+auditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+	// execBare), and nothing reads its count: it may go with the next round trip (see
+	// execLater). If it fails all the same, the transaction's writes go with it.
+	if err := tx.execLater(op, `INSERT INTO audit (`+auditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.Seq, e.At.UnixMicro(), e.Kind, e.Actor, e.Subject, e.Details, e.Prev, e.Hash); err != nil {
 		if tx.head != nil {
 			tx.head.valid = false

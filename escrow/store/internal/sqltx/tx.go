@@ -27,6 +27,13 @@ type BareExecer interface {
 	ExecBare(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
+// LaterExecer is a Querier that can hold a write back and send it with its next round trip
+// (PostgreSQL's writer: see [Tx.execLater]). A Querier without the method runs such writes at
+// once, as [Tx.execBare] does.
+type LaterExecer interface {
+	ExecLater(ctx context.Context, query string, args ...any) error
+}
+
 // Dialect is what differs between the backends' SQL. The statements of this package are
 // otherwise valid on both SQLite (3.35 or later) and PostgreSQL.
 type Dialect struct {
@@ -154,6 +161,27 @@ func (tx *Tx) execBare(op, query string, args ...any) (int64, error) {
 		return 0, fmt.Errorf("store: %s: %w", op, err)
 	}
 	return n, nil
+}
+
+// execLater runs a write that no constraint of the schema can refuse (as [Tx.execBare]) and
+// whose count of rows nobody needs: a backend may hold it back and send it with the next
+// statement of the transaction, or with its COMMIT, in the same round trip. The statements
+// still run in the order they were made, so a later read sees it. Should it fail all the
+// same, the failure is the transaction's: every function of the transaction fails with it
+// (see the backend's Update).
+func (tx *Tx) execLater(op, query string, args ...any) error {
+	l, ok := tx.q.(LaterExecer)
+	if !ok {
+		_, err := tx.execBare(op, query, args...)
+		return err
+	}
+	if err := tx.check(true); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	if err := l.ExecLater(tx.ctx, query, args...); err != nil {
+		return fmt.Errorf("store: %s: %w", op, tx.d.MapErr(err))
+	}
+	return nil
 }
 
 // rowsPerInsert is the most rows one INSERT statement carries. A statement of many rows costs
@@ -377,6 +405,12 @@ func (tx *Tx) ClaimCode(id string, now time.Time) error {
 	if err != nil || n == 1 {
 		return err
 	}
+	return tx.claimError(op, id)
+}
+
+// claimError reads why code id could not be claimed: [ErrNotFound], [ErrCodeUsed] or
+// [ErrCodeExpired].
+func (tx *Tx) claimError(op, id string) error {
 	var used sql.NullInt64
 	var expires int64
 	if err := tx.queryRow(op, []any{&used, &expires}, `SELECT used_at, expires_at FROM codes WHERE id = ?`, id); err != nil {
@@ -440,34 +474,13 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 	args := make([]any, 0, len(cs)*certWidth)
 	var coded []store.Certificate
 	for _, c := range cs {
-		serial, err := store.NormalizeSerial(c.Serial)
-		if err != nil {
+		var err error
+		if c, args, err = certArgs(op, c, args); err != nil {
 			return err
 		}
-		c.Serial = serial
 		if c.CodeID != "" {
 			coded = append(coded, c)
 		}
-		if c.State == "" {
-			c.State = store.StatePending
-		}
-		switch {
-		case c.Template == "":
-			return invalid(op, "template is required")
-		case !oneOf(c.State, store.StatePending, store.StateIssued, store.StateFailed, store.StateRevoked):
-			return invalid(op, "state %q", c.State)
-		case c.State != store.StatePending && c.State != store.StateFailed && len(c.DER) == 0:
-			return invalid(op, "state %s needs the DER", c.State)
-		case c.State == store.StateRevoked && c.RevokedAt.IsZero():
-			return invalid(op, "state revoked needs the revocation date")
-		case c.State == store.StateRevoked && !store.ValidStoredReason(c.RevocationReason):
-			return invalid(op, "revocation reason %d", c.RevocationReason)
-		case c.State != store.StateRevoked && c.RevocationReason != 0:
-			return invalid(op, "a revocation reason for a certificate in state %s", c.State)
-		}
-		args = append(args, serial, c.Template, c.Email, c.Subject, c.State, nilIfEmpty(c.DER), tval(c.NotBefore),
-			tval(c.NotAfter), orNow(c.CreatedAt).UnixMicro(), sval(c.CodeID), sval(c.RecordID), c.Role, c.KRA, tval(c.RevokedAt),
-			c.RevocationReason, sval(keyID(c.DER)))
 	}
 	if tx.d.KeepsDue {
 		// One statement a chunk: the rows, their rows of ocsp_due and their codes' serials.
@@ -487,6 +500,97 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 }
 
 const certWidth = 16 // the number of certColumns
+
+// certArgs checks c and appends its values, in the order of certColumns, to args; it returns c
+// with its serial normalised and its state defaulted.
+func certArgs(op string, c store.Certificate, args []any) (store.Certificate, []any, error) {
+	serial, err := store.NormalizeSerial(c.Serial)
+	if err != nil {
+		return c, args, err
+	}
+	c.Serial = serial
+	if c.State == "" {
+		c.State = store.StatePending
+	}
+	switch {
+	case c.Template == "":
+		return c, args, invalid(op, "template is required")
+	case !oneOf(c.State, store.StatePending, store.StateIssued, store.StateFailed, store.StateRevoked):
+		return c, args, invalid(op, "state %q", c.State)
+	case c.State != store.StatePending && c.State != store.StateFailed && len(c.DER) == 0:
+		return c, args, invalid(op, "state %s needs the DER", c.State)
+	case c.State == store.StateRevoked && c.RevokedAt.IsZero():
+		return c, args, invalid(op, "state revoked needs the revocation date")
+	case c.State == store.StateRevoked && !store.ValidStoredReason(c.RevocationReason):
+		return c, args, invalid(op, "revocation reason %d", c.RevocationReason)
+	case c.State != store.StateRevoked && c.RevocationReason != 0:
+		return c, args, invalid(op, "a revocation reason for a certificate in state %s", c.State)
+	}
+	return c, append(args, serial, c.Template, c.Email, c.Subject, c.State, nilIfEmpty(c.DER), tval(c.NotBefore),
+		tval(c.NotAfter), orNow(c.CreatedAt).UnixMicro(), sval(c.CodeID), sval(c.RecordID), c.Role, c.KRA, tval(c.RevokedAt),
+		c.RevocationReason, sval(keyID(c.DER))), nil
+}
+
+// claimingInsert is the statement of [Tx.InsertCertificateClaiming] where the statements keep
+// ocsp_due ([Dialect.KeepsDue]): the claim (?17 is the time) sets the code's serial too, and
+// is made only if no certificate has the serial; the certificate and its row of ocsp_due are
+// stored only if the claim was made. Its count is the certificates stored (0 or 1). No
+// constraint can refuse it: the code exists when it is claimed, the serial is free (the writer
+// lock keeps it so until the commit), and the values are checked before (see execBare). The
+// casts give the values their types, which in a SELECT list PostgreSQL would take for text.
+const claimingInsert = `WITH k AS (UPDATE codes SET used_at = CAST(?17 AS bigint), serial = CAST(?1 AS text)
+		WHERE id = CAST(?10 AS text) AND used_at IS NULL AND expires_at > CAST(?17 AS bigint)
+			AND NOT EXISTS (SELECT 1 FROM certificates WHERE serial = CAST(?1 AS text))
+		RETURNING id),
+	d AS (INSERT INTO ocsp_due (serial, signed, not_after)
+		SELECT CAST(?1 AS text), ` + dueMin + `, CAST(?8 AS bigint) FROM k WHERE CAST(?5 AS text) IN ('issued', 'revoked')
+		ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after)
+	INSERT INTO certificates (` + certColumns + `)
+	SELECT CAST(?1 AS text), CAST(?2 AS text), CAST(?3 AS text), CAST(?4 AS text), CAST(?5 AS text), CAST(?6 AS bytea),
+		CAST(?7 AS bigint), CAST(?8 AS bigint), CAST(?9 AS bigint), k.id, CAST(?11 AS text), CAST(?12 AS text),
+		CAST(?13 AS text), CAST(?14 AS bigint), CAST(?15 AS bigint), CAST(?16 AS text)
+	FROM k`
+
+// InsertCertificateClaiming claims code c.CodeID at now ([Tx.ClaimCode]) and stores c
+// ([Tx.InsertCertificate]). Where the statements keep ocsp_due (PostgreSQL) both are one
+// statement and one round trip, without a savepoint of its own; the claim and the certificate
+// are then stored both or neither. Elsewhere they are the two calls, and on an error the claim
+// may have been made (the function's error undoes it).
+func (tx *Tx) InsertCertificateClaiming(c store.Certificate, now time.Time) error {
+	const op = "insert certificate claiming code"
+	switch {
+	case c.CodeID == "":
+		return invalid(op, "no code")
+	case now.IsZero():
+		return invalid(op, "zero time")
+	}
+	if !tx.d.KeepsDue {
+		if err := tx.ClaimCode(c.CodeID, now); err != nil {
+			return err
+		}
+		return tx.InsertCertificate(c)
+	}
+	c, args, err := certArgs(op, c, make([]any, 0, certWidth+1))
+	if err != nil {
+		return err
+	}
+	n, err := tx.execBare(op, claimingInsert, append(args, now.UnixMicro())...)
+	if err != nil || n == 1 {
+		return err
+	}
+	// Neither stored: the code, or else the serial, is why.
+	var used sql.NullInt64
+	var expires int64
+	switch err := tx.queryRow(op, []any{&used, &expires}, `SELECT used_at, expires_at FROM codes WHERE id = ?`, c.CodeID); {
+	case err != nil:
+		return err
+	case used.Valid:
+		return fmt.Errorf("store: %s: %w", op, store.ErrCodeUsed)
+	case expires <= now.UnixMicro():
+		return fmt.Errorf("store: %s: %w", op, store.ErrCodeExpired)
+	}
+	return fmt.Errorf("store: %s: serial %s exists: %w", op, c.Serial, store.ErrConflict)
+}
 
 // keyID is the key identity of a stored DER, "" when there is none or it is not shaped like a
 // certificate (stored all the same: see store.Certificate.KeyID).
