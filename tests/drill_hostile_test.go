@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -36,8 +38,9 @@ func (k *testKRA) do(t *testing.T, method, path string, body []byte) (int, strin
 // Drill IDs that are not one, bodies that are not a proof and the wrong methods are refused
 // as the client's errors, with short messages; a KRA cannot stack drills of its own; a
 // proof sent while the appliance's token is gone is a 503 that leaves nothing behind (the
-// drill open, no refusal audited or counted against the KRA), and the same proof passes once
-// the token is back, once.
+// drill open, no refusal audited or counted against the KRA), so is one sent while the
+// database refuses its writes (strace injects ENOSPC), and the same proof passes once the
+// faults are gone, once.
 func TestDrillHostile(t *testing.T) {
 	tokRequireP11kit(t)
 	state := devState(t)
@@ -127,8 +130,23 @@ func TestDrillHostile(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// Now the database refuses its writes (ENOSPC) while kra1 answers: a 503, and nothing
+	// happens either.
+	if _, err := exec.LookPath("strace"); err == nil {
+		tr := startStrace(t, a, "-e", "trace=pwrite64", "-e", "inject=pwrite64:error=ENOSPC")
+		if code, msg := kra.submit(t, id, proof); code != http.StatusServiceUnavailable {
+			t.Errorf("the proof with the disk full: %d %s; want 503", code, msg)
+		}
+		tr.Process.Signal(os.Interrupt) // detach: the fault clears
+		tr.Wait()
+		if n := refusals(); n != 0 {
+			t.Errorf("the proof refused for the storage's fault left %d refusals, failures or proofs", n)
+		}
+	} else if os.Getenv("CI") != "" {
+		t.Fatal("strace is required in CI")
+	}
 	if code, msg := kra.submit(t, id, proof); code != http.StatusOK {
-		t.Fatalf("the same proof with the token back: %d %s", code, msg)
+		t.Fatalf("the same proof with the token and the disk back: %d %s", code, msg)
 	}
 	if code, msg := kra.submit(t, id, proof); code != http.StatusConflict {
 		t.Errorf("the proof again: %d %s; want 409", code, msg)
