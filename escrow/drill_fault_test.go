@@ -293,6 +293,32 @@ func TestDrillSelfOpenBounded(t *testing.T) {
 	if _, err := d.svc.OpenDrill(ctx, d.kraPrincipal(t, 1), "", time.Hour); err != nil {
 		t.Fatalf("a drill after the open ones were answered: %v", err)
 	}
+	// Two at once, by a KRA with none open: one drill, one refusal, one key.
+	for _, dr := range must(d.svc.ListDrills(ctx, "", "kra-2", true)) {
+		d.prove(t, 2, dr.ID)
+	}
+	live = d.keys.live()
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := d.svc.OpenDrill(ctx, d.kraPrincipal(t, 2), "", time.Hour)
+			errs <- err
+		}()
+	}
+	var opened, pending int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			opened++
+		case errors.Is(err, ErrDrillPending):
+			pending++
+		default:
+			t.Errorf("a concurrent self-open: %v", err)
+		}
+	}
+	if opened != 1 || pending != 1 || d.keys.live() != live+1 {
+		t.Errorf("two self-opens at once: %d opened, %d refused, %d keys made; want 1, 1, 1", opened, pending, d.keys.live()-live)
+	}
 }
 
 func must[T any](v T, err error) T {
