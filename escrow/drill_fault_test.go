@@ -423,3 +423,35 @@ func TestHealthAdviceSpans(t *testing.T) {
 		t.Errorf("advice %q does not name the 90-day window and the 36h margin", a)
 	}
 }
+
+// TestDrillRemovedKRA: a KRA left out of a new set is drilled for the older epochs that still
+// hold records sealed to it, and for nothing else; once they are resealed it is in no live
+// epoch, and a drill for it is refused as the client's error naming it. Its drill opened
+// before is still answered (the proof is of an epoch no longer live, and counts nowhere).
+func TestDrillRemovedKRA(t *testing.T) {
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	e2 := d.reuseSet(t, 0, 1) // kra-2 left out
+	drills, err := d.svc.OpenDrill(ctx, d.admin, "kra-2", time.Hour)
+	if err != nil || len(drills) != 1 || len(drills[0].Epochs) != 1 || drills[0].Epochs[0] != 1 {
+		t.Fatalf("kra-2's drill under a set without it: %+v, %v; want epoch 1 only", drills, err)
+	}
+	rec := d.requestReseal(t)
+	for i := range 2 {
+		sh, sig := d.approval(t, i, rec.ID)
+		if _, err := d.svc.SubmitApproval(ctx, d.kraPrincipal(t, i), rec.ID, sh, sig); err != nil {
+			t.Fatalf("approve reseal: %v", err)
+		}
+	}
+	if _, err := d.svc.CompleteReseal(ctx, d.admin, rec.ID); err != nil {
+		t.Fatalf("CompleteReseal: %v", err)
+	}
+	if _, err := d.svc.OpenDrill(ctx, d.admin, "kra-2", time.Hour); !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), "kra-2") {
+		t.Fatalf("a drill for kra-2, in no live epoch: %v; want ErrInvalidRequest naming it", err)
+	}
+	d.prove(t, 2, drills[0].ID)
+	h := d.health(t)
+	if _, ok := h[1]; ok || len(h[e2].KRAs) != 2 {
+		t.Fatalf("health after kra-2's late proof: %+v; want epoch %d only, of kra-0 and kra-1", h, e2)
+	}
+}
