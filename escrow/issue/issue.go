@@ -240,12 +240,16 @@ func (p *Pipeline) Issue(ctx context.Context, reqs []Request, signers int, wait 
 	certs := make([]*x509.Certificate, len(res))
 	errs := make([]error, len(res))
 	forEach(len(res), signers, func(k int) { certs[k], errs[k] = p.sign(res[k]) })
-	finish := func(tx store.Tx, k int) error { return p.finish(tx, res[k], certs[k]) }
+	finish := func(tx store.Tx, k int) error { return p.finish(tx, res[k], certs[k], false) }
 	err = retryStorage(wait, func() error {
 		return p.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error {
+			stored, err := issueMany(tx, res, certs, errs)
+			if err != nil {
+				return err
+			}
 			for k := range res {
 				if errs[k] == nil {
-					if err := finish(tx, k); err != nil {
+					if err := p.finish(tx, res[k], certs[k], stored); err != nil {
 						return err
 					}
 				}
@@ -415,15 +419,50 @@ func (p *Pipeline) sign(res *reservation) (*x509.Certificate, error) {
 	return cert, err
 }
 
-// finish is the last transaction's work for one issuance: the certificate, the record's
-// activation, the audit entry and Finish.
-func (p *Pipeline) finish(tx store.Tx, res *reservation, cert *x509.Certificate) error {
-	r := res.r
-	if err := tx.SetCertificateIssued(res.serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
-		return err
+// manyIssuer is a Tx that stores many signed certificates and activates their records in one
+// statement, all or none (PostgreSQL's writer): see postgres's writeTx.SetCertificatesIssued.
+type manyIssuer interface {
+	SetCertificatesIssued(serials []string, ders [][]byte, notBefores, notAfters []time.Time, recordIDs []string) error
+}
+
+// issueMany stores the certificates signed (errs[k] nil) and activates their records at once
+// when tx offers it and there are several; it reports whether it did (else finish does each).
+// An error refuses the whole batch: the caller finishes the items one by one.
+func issueMany(tx store.Tx, res []*reservation, certs []*x509.Certificate, errs []error) (bool, error) {
+	mi, ok := tx.(manyIssuer)
+	if !ok {
+		return false, nil
 	}
-	if err := tx.ActivateRecord(r.Record.ID); err != nil {
-		return err
+	var (
+		serials, recordIDs []string
+		ders               [][]byte
+		nbs, nas           []time.Time
+	)
+	for k, rv := range res {
+		if errs[k] != nil {
+			continue
+		}
+		c := certs[k]
+		serials, recordIDs = append(serials, rv.serialHex), append(recordIDs, rv.r.Record.ID)
+		ders, nbs, nas = append(ders, c.Raw), append(nbs, c.NotBefore), append(nas, c.NotAfter)
+	}
+	if len(serials) < 2 {
+		return false, nil
+	}
+	return true, mi.SetCertificatesIssued(serials, ders, nbs, nas, recordIDs)
+}
+
+// finish is the last transaction's work for one issuance: the certificate and the record's
+// activation (unless stored: issueMany did them), the audit entry and Finish.
+func (p *Pipeline) finish(tx store.Tx, res *reservation, cert *x509.Certificate, stored bool) error {
+	r := res.r
+	if !stored {
+		if err := tx.SetCertificateIssued(res.serialHex, cert.Raw, cert.NotBefore, cert.NotAfter); err != nil {
+			return err
+		}
+		if err := tx.ActivateRecord(r.Record.ID); err != nil {
+			return err
+		}
 	}
 	if err := p.Audit(tx, audit.KindArchive, actorOr(r.Actor), r.Mailbox, audit.Details{Template: r.Template.Name, Serial: res.serialHex,
 		Mailbox: r.Mailbox, Record: r.Record.ID, Epoch: r.Record.Epoch, NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),

@@ -274,3 +274,80 @@ func TestImportEpochCheck(t *testing.T) {
 		}
 	}
 }
+
+// manyTx is a Tx that offers SetCertificatesIssued (as PostgreSQL's writer does), made of the
+// single calls, counting the calls of each kind; fail makes the batch call fail.
+type manyTx struct {
+	store.Tx
+	calls *manyCalls
+}
+
+type manyCalls struct {
+	batches, batched, singles int
+	fail                      bool
+}
+
+func (tx manyTx) SetCertificatesIssued(serials []string, ders [][]byte, nbs, nas []time.Time, records []string) error {
+	tx.calls.batches++
+	if tx.calls.fail {
+		return store.ErrConflict
+	}
+	for i, s := range serials {
+		if err := tx.Tx.SetCertificateIssued(s, ders[i], nbs[i], nas[i]); err != nil {
+			return err
+		}
+		if err := tx.Tx.ActivateRecord(records[i]); err != nil {
+			return err
+		}
+		tx.calls.batched++
+	}
+	return nil
+}
+
+func (tx manyTx) SetCertificateIssued(serial string, der []byte, nb, na time.Time) error {
+	tx.calls.singles++
+	return tx.Tx.SetCertificateIssued(serial, der, nb, na)
+}
+
+// manyStore hands its Update functions a manyTx.
+type manyStore struct {
+	store.Store
+	calls *manyCalls
+}
+
+func (s manyStore) Update(ctx context.Context, fn func(store.Tx) error) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error { return fn(manyTx{tx, s.calls}) })
+}
+
+// TestIssueFinishesBatchAtOnce: when the store's Tx stores many signed certificates at once, a
+// batch's finishing transaction stores them (and activates their records) in one call, and no
+// item in a call of its own; if that call fails, the items are finished one by one and issued
+// all the same.
+func TestIssueFinishesBatchAtOnce(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fail=%v", fail), func(t *testing.T) {
+			e := newEnv(t)
+			calls := &manyCalls{fail: fail}
+			e.p.Store = manyStore{e.db, calls}
+			var reqs []Request
+			for i := range 4 {
+				reqs = append(reqs, e.request(t, i, 1))
+			}
+			for i, r := range e.p.Issue(context.Background(), reqs, 2, nil) {
+				if r.Err != nil {
+					t.Fatalf("item %d: %v", i, r.Err)
+				}
+				if st := e.recordState(t, r.RecordID); st != store.StateActive {
+					t.Errorf("item %d: record %s, want active", i, st)
+				}
+			}
+			want := manyCalls{batches: 1, batched: 4, fail: fail}
+			if fail {
+				want.batched, want.singles = 0, 4
+			}
+			if *calls != want {
+				t.Errorf("calls %+v, want %+v", *calls, want)
+			}
+		})
+	}
+}

@@ -124,6 +124,79 @@ func (tx *writeTx) CertificateHashes(serials []string) ([]string, error) {
 	return out, nil
 }
 
+// issueManyQuery stores the signed certificates of many pending ones (?1 their serials, ?2 to
+// ?5 their DERs, validities and key identities) and activates their records (?6), all or none:
+// the counts of the certificates pending (?7 of them) and of the records pending or active (?8)
+// are checked first, in the same statement, and nothing is written unless both are whole. The
+// certificates' rows of ocsp_due are stored with them (dueUpsert). Its count is the
+// certificates stored. No constraint can refuse it (see execBare): only a pending certificate
+// gets its DER, as SetCertificateIssued does it.
+var issueManyQuery = `WITH u AS (SELECT * FROM unnest(CAST(?1 AS text[]), CAST(?2 AS bytea[]), CAST(?3 AS bigint[]),
+		CAST(?4 AS bigint[]), CAST(?5 AS text[])) AS u(serial, der, not_before, not_after, key_id)),
+	ok AS (SELECT (SELECT count(*) FROM certificates WHERE serial = ANY(CAST(?1 AS text[])) AND state = 'pending') = ?7
+		AND (SELECT count(*) FROM records WHERE id = ANY(CAST(?6 AS text[])) AND state IN ('pending', 'active')) = ?8 AS whole),
+	r AS (UPDATE records SET state = 'active' FROM ok
+		WHERE ok.whole AND records.id = ANY(CAST(?6 AS text[])) AND records.state = 'pending'),
+	c AS (UPDATE certificates SET state = 'issued', der = u.der, not_before = u.not_before, not_after = u.not_after,
+			key_id = u.key_id
+		FROM u, ok
+		WHERE ok.whole AND certificates.serial = ANY(CAST(?1 AS text[])) AND certificates.serial = u.serial
+			AND certificates.state = 'pending'
+		RETURNING certificates.serial, certificates.state, certificates.revocation_reason, certificates.not_after)` +
+	sqltx.DueUpsert
+
+// SetCertificatesIssued stores the signed certificates of pending ones and activates their
+// escrow records, as [sqltx.Tx.SetCertificateIssued] and [sqltx.Tx.ActivateRecord] do for
+// each (ders[i], notBefores[i] and notAfters[i] are serials[i]'s, recordIDs[i] its record),
+// all in one statement and one round trip, without a savepoint: all or none. A certificate
+// that is not pending (or is listed twice), or a record that is neither pending nor active
+// (or unknown, or listed twice), gives [store.ErrConflict], and then nothing is stored.
+// escrow/issue finishes a batch of issuances so when the store offers it.
+func (tx *writeTx) SetCertificatesIssued(serials []string, ders [][]byte, notBefores, notAfters []time.Time, recordIDs []string) error {
+	const op = "set certificates issued"
+	if tx.done {
+		return fmt.Errorf("store: %s: %w", op, store.ErrTxDone)
+	}
+	n := len(serials)
+	if len(ders) != n || len(notBefores) != n || len(notAfters) != n || len(recordIDs) != n {
+		return fmt.Errorf("store: %s: %d serials, %d DERs, %d and %d validity dates, %d records: %w", op, n, len(ders),
+			len(notBefores), len(notAfters), len(recordIDs), store.ErrInvalid)
+	}
+	if n == 0 {
+		return nil
+	}
+	norm := make([]string, n)
+	nbs, nas := make([]int64, n), make([]int64, n)
+	keyIDs := make([]*string, n)
+	for i, serial := range serials {
+		s, err := store.NormalizeSerial(serial)
+		if err != nil {
+			return err
+		}
+		if len(ders[i]) == 0 || notBefores[i].IsZero() || notAfters[i].IsZero() || recordIDs[i] == "" {
+			return fmt.Errorf("store: %s %s: der, notBefore, notAfter and the record are required: %w", op, s, store.ErrInvalid)
+		}
+		if err := checkArgs([]any{recordIDs[i]}); err != nil {
+			return fmt.Errorf("store: %s: %w", op, err)
+		}
+		norm[i], nbs[i], nas[i] = s, notBefores[i].UnixMicro(), notAfters[i].UnixMicro()
+		if id, err := store.KeyID(ders[i]); err == nil && id != "" {
+			keyIDs[i] = &id
+		}
+	}
+	res, err := tx.q.ExecBare(context.Background(), issueManyQuery, norm, ders, nbs, nas, keyIDs, recordIDs, int64(n), int64(n))
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", op, mapErr(err))
+	}
+	if got, _ := res.RowsAffected(); got != int64(n) {
+		return fmt.Errorf("store: %s: not every certificate is pending, or not every record pending or active: %w", op, store.ErrConflict)
+	}
+	for i, s := range norm {
+		tx.remember(s, ders[i])
+	}
+	return nil
+}
+
 // reserveItemQuery inserts a reserved item if its job exists and it has no row yet. (The
 // casts give the values their types: in a SELECT list, PostgreSQL would take them for text.)
 const reserveItemQuery = `INSERT INTO job_items (job_id, seq, state, serial, record_id)

@@ -283,3 +283,124 @@ func TestFinishJobItems(t *testing.T) {
 		t.Errorf("items %q, want %q", got, want)
 	}
 }
+
+// TestSetCertificatesIssued: the signed certificates of a batch are stored and their records
+// activated in one statement and one round trip, all or none: a certificate that is not
+// pending (or listed twice), or a record that is abandoned, unknown or listed twice, gives
+// ErrConflict and nothing of the batch is stored; the function goes on. Each certificate stored
+// is due for its first OCSP response, and an active record may be activated again.
+func TestSetCertificatesIssued(t *testing.T) {
+	db, _ := openTest(t, pgtest.Start(t))
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	err := db.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.InsertRecoverySet(store.RecoverySet{KRASerials: []string{"0a"}, Quorum: 1, CreatedBy: "t"}); err != nil {
+			return err
+		}
+		for i := 1; i <= 5; i++ {
+			serial, id := fmt.Sprintf("%x", 0xc0+i), fmt.Sprintf("r%d", i)
+			if err := tx.InsertCertificate(store.Certificate{Serial: serial, Template: "t", Email: "a@example.com", RecordID: id}); err != nil {
+				return err
+			}
+			state := store.StatePending
+			switch i {
+			case 4:
+				state = store.StateActive
+			case 5:
+				state = store.StateAbandoned
+			}
+			if err := tx.InsertRecord(store.Record{ID: id, Serial: serial, Email: "a@example.com", Epoch: 1, Blob: []byte{1},
+				State: state}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type issuer interface {
+		SetCertificatesIssued(serials []string, ders [][]byte, notBefores, notAfters []time.Time, recordIDs []string) error
+	}
+	batch := func(items ...int) (serials []string, ders [][]byte, nbs, nas []time.Time, records []string) {
+		for _, i := range items {
+			serials, records = append(serials, fmt.Sprintf("%x", 0xc0+i)), append(records, fmt.Sprintf("r%d", i))
+			ders = append(ders, []byte{0x30, byte(i)})
+			nbs, nas = append(nbs, at), append(nas, at.Add(time.Hour))
+		}
+		return
+	}
+	var trips int64
+	err = db.Update(ctx, func(tx store.Tx) error {
+		is, ok := tx.(issuer)
+		if !ok {
+			return fmt.Errorf("the writer's Tx %T has no SetCertificatesIssued", tx)
+		}
+		if err := insertCode("c1", "a@example.com")(tx); err != nil {
+			return err
+		}
+		for _, bad := range []struct {
+			name    string
+			items   []int
+			records []string // instead of the items' own
+		}{
+			{"an abandoned record", []int{1, 5}, nil},
+			{"listed twice", []int{1, 1}, nil},
+			{"a record listed twice", []int{1, 2}, []string{"r1", "r1"}},
+			{"an unknown record", []int{1, 2}, []string{"r1", "r9"}},
+		} {
+			serials, ders, nbs, nas, records := batch(bad.items...)
+			if bad.records != nil {
+				records = bad.records
+			}
+			if err := is.SetCertificatesIssued(serials, ders, nbs, nas, records); !errors.Is(err, store.ErrConflict) {
+				return fmt.Errorf("%s: %v, want ErrConflict", bad.name, err)
+			}
+		}
+		_, before := Wire()
+		if err := is.SetCertificatesIssued(batch(1, 2, 4)); err != nil {
+			return err
+		}
+		_, after := Wire()
+		trips = after - before
+		if err := is.SetCertificatesIssued(batch(2, 3)); !errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("2 again with 3: %v, want ErrConflict", err)
+		}
+		return insertCode("c2", "a@example.com")(tx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trips != 1 {
+		t.Errorf("3 certificates stored in %d round trips, want 1", trips)
+	}
+	var got []string
+	err = db.View(ctx, func(tx store.Tx) error {
+		if _, err := tx.GetCode("c2"); err != nil {
+			return err
+		}
+		for i := 1; i <= 5; i++ {
+			c, err := tx.GetCertificate(fmt.Sprintf("%x", 0xc0+i))
+			if err != nil {
+				return err
+			}
+			r, err := tx.GetRecord(fmt.Sprintf("r%d", i))
+			if err != nil {
+				return err
+			}
+			got = append(got, fmt.Sprintf("%s %s %x %s", c.Serial, c.State, c.DER, r.State))
+		}
+		due, err := tx.OCSPDue(at, at, "", 10)
+		for _, d := range due {
+			got = append(got, "due "+d.Serial)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"c1 issued 3001 active", "c2 issued 3002 active", "c3 pending  pending", "c4 issued 3004 active",
+		"c5 pending  abandoned", "due c1", "due c2", "due c4"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

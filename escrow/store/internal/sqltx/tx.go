@@ -67,6 +67,9 @@ const dueInsert = `
 	SELECT c.serial, ` + dueMin + `, c.not_after FROM c WHERE c.state IN ('issued', 'revoked')
 	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after`
 
+// DueUpsert is dueUpsert, for the statements of a backend's own that keep ocsp_due.
+const DueUpsert = dueUpsert
+
 // dueUpsert ends a statement whose WITH clause c returns the serial, state, revocation_reason
 // and not_after of certificates stored or changed: it stores the rows of ocsp_due of those
 // issued or revoked, due at once unless the stored response has their new status (the rule
