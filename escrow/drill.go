@@ -759,8 +759,8 @@ func (s *Service) ListDrills(ctx context.Context, campaign, kra string, open boo
 //
 // [ErrInvalidRequest] (an id that is not a drill ID), [ErrNotFound], [ErrForbidden] (another
 // KRA's drill), [ErrDrillClosed], or a storage error wrapping [store.ErrUnavailable]. A
-// canary that does not parse, or that
-// holds no share for the KRA's unwrap key, is a fault of the archive.
+// canary that does not parse, or that holds no share for the KRA's unwrap key, is a fault of
+// the archive.
 func (s *Service) DrillFor(ctx context.Context, kra policy.Principal, id string) (*Drill, []DrillShare, error) {
 	if err := checkDrillID(id); err != nil {
 		return nil, nil, err
