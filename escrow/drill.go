@@ -560,7 +560,7 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 		}
 	}
 	if len(order) == 0 {
-		return nil, fmt.Errorf("%w: KRA %q is in no live recovery set", ErrInvalidRequest, kra)
+		return nil, fmt.Errorf("%w: KRA %.64q is in no live recovery set", ErrInvalidRequest, kra)
 	}
 	campaign := ""
 	if kra == "" {

@@ -455,3 +455,13 @@ func TestDrillRemovedKRA(t *testing.T) {
 		t.Fatalf("health after kra-2's late proof: %+v; want epoch %d only, of kra-0 and kra-1", h, e2)
 	}
 }
+
+// TestDrillUnknownKRAShort: an admin's drill for a KRA name that is in no live set is refused
+// naming it, bounded: the name is the client's, of any size, and the refusal goes to the log.
+func TestDrillUnknownKRAShort(t *testing.T) {
+	d := newDrillEnv(t)
+	_, err := d.svc.OpenDrill(context.Background(), d.admin, strings.Repeat("x", 100000), time.Hour)
+	if !errors.Is(err, ErrInvalidRequest) || len(err.Error()) > 300 || !strings.Contains(err.Error(), "xxxx") {
+		t.Fatalf("a drill for a 100,000-character KRA name: %.300v (%d bytes); want ErrInvalidRequest naming it, short", err, len(err.Error()))
+	}
+}
