@@ -162,4 +162,16 @@ func TestDrillHostile(t *testing.T) {
 	if strings.Contains(a.logs.String(), huge[:100]) {
 		t.Error("the malformed drill ID reached the log")
 	}
+	// A refused proof is a refused recovery step in the metrics too (the alert on repeated
+	// refusals sums them), beside its audit entry.
+	opened = nil
+	if err := json.Unmarshal([]byte(keyarc(t, as("admin", "admin", "drill", "open", "--kra", "kra1", "--json")...)), &opened); err != nil || len(opened) != 1 {
+		t.Fatalf("open kra1's second drill: %v %+v", err, opened)
+	}
+	if code, msg := kra.submit(t, opened[0].ID, proof); code != http.StatusBadRequest {
+		t.Fatalf("the first drill's proof for the second: %d %s; want 400", code, msg)
+	}
+	if v := metricValue(t, a, `keyarc_recovery_approvals_total{result="bad-drill-proof"}`); v != 1 {
+		t.Errorf(`keyarc_recovery_approvals_total{result="bad-drill-proof"} = %v after one refused proof, want 1`, v)
+	}
 }

@@ -187,8 +187,14 @@ func (a *Server) handleDrillProof(w http.ResponseWriter, r *http.Request) {
 	}
 	d, err := a.svc.SubmitDrillProof(r.Context(), kra, r.PathValue("id"), shares, sig)
 	if err != nil {
-		if errors.Is(err, escrow.ErrBadDrillProof) {
+		// The refusals the engine audits and counts against the KRA are refused recovery
+		// steps in the metrics too, where the alert on repeated refusals sees them.
+		switch {
+		case errors.Is(err, escrow.ErrBadDrillProof):
 			a.log.Warn("drill proof refused", "drill", r.PathValue("id"), "kra", kra.Name, "err", err)
+			a.metrics.approvals.WithLabelValues("bad-drill-proof").Inc()
+		case errors.Is(err, escrow.ErrTooManyFailures):
+			a.metrics.approvals.WithLabelValues("rate-limited").Inc()
 		}
 		a.fail(w, r, err)
 		return
