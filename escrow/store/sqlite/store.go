@@ -52,7 +52,7 @@ type DB struct {
 	// needs no query; it is touched only by the writer goroutine (see [sqltx.AuditHead]),
 	// and dropped when another connection has written (see batch).
 	head        sqltx.AuditHead
-	dataVersion int64 // PRAGMA data_version when head was last known right
+	dataVersion uint32 // the writer connection's data version after its last COMMIT (see batch)
 
 	updates      atomic.Uint64
 	failed       atomic.Uint64
@@ -325,11 +325,10 @@ func (db *DB) batch() {
 		return
 	}
 	// Another process (a local `keyarc admin` command) may have written since our last
-	// transaction: SQLite's data_version tells, and then the audit head cache is stale.
-	var version int64
-	if err := db.dataVersionNow(&version); err != nil || version != db.dataVersion {
+	// transaction: then the connection's data version has moved since our last COMMIT, and the
+	// audit head cache is stale.
+	if version, err := db.dataVersionNow(); err != nil || version != db.dataVersion {
 		db.head = sqltx.AuditHead{}
-		db.dataVersion = version
 	}
 	batch := make([]*updates.Request, 0, 16)
 	ok := 0
@@ -390,28 +389,34 @@ func (db *DB) batch() {
 		return
 	}
 	db.commits.Add(1)
+	if version, err := db.dataVersionNow(); err == nil {
+		db.dataVersion = version
+	} else {
+		db.head = sqltx.AuditHead{}
+	}
 	for _, b := range batch {
 		b.Answer(b.Err)
 	}
 }
 
-// dataVersionNow reads PRAGMA data_version on the writer connection.
-func (db *DB) dataVersionNow(v *int64) error {
-	rows, err := db.stmts.QueryContext(context.Background(), "PRAGMA data_version")
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return err
+// dataVersionNow reads the writer connection's data version (SQLITE_FCNTL_DATA_VERSION, a
+// call into the pager rather than a statement: PRAGMA data_version was one statement more
+// in every transaction). It moves with each COMMIT of the connection and whenever the
+// connection drops its page cache, which its next transaction (BEGIN IMMEDIATE) does when
+// another connection has committed since its last one. A move for another reason costs one
+// read of the audit head.
+func (db *DB) dataVersionNow() (uint32, error) {
+	var v uint32
+	err := db.wconn.Raw(func(dc any) error {
+		fc, ok := dc.(sqlite.FileControl)
+		if !ok {
+			return fmt.Errorf("store: the driver's connection (%T) has no file control", dc)
 		}
-		return sql.ErrNoRows
-	}
-	if err := rows.Scan(v); err != nil {
+		var err error
+		v, err = fc.FileControlDataVersion("main")
 		return err
-	}
-	return rows.Close()
+	})
+	return v, err
 }
 
 // runOne runs r.Fn in a savepoint (bare: directly in the transaction, which the
