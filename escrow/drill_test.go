@@ -424,6 +424,10 @@ func TestDrillPartialProof(t *testing.T) {
 		{"an epoch not asked", []ProvenShare{{Epoch: 99, Share: shares[0].Share}}},
 		{"another epoch's share", []ProvenShare{{Epoch: shares[0].Epoch, Share: shares[1].Share}}},
 		{"a share past 1 KiB", []ProvenShare{{Epoch: shares[0].Epoch, Share: make([]byte, 1025)}}},
+		// Ciphertexts the token refuses (a wrong length, a bad padding): the client's error,
+		// not a token fault, and the token goes on.
+		{"a 1-byte share", []ProvenShare{{Epoch: shares[0].Epoch, Share: []byte{1}}}},
+		{"256 bytes of garbage", []ProvenShare{{Epoch: shares[0].Epoch, Share: bytes.Repeat([]byte{0x5a}, 256)}}},
 		{"none", nil},
 	} {
 		if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), dr.ID, tt.shares, sign(tt.shares)); !errors.Is(err, ErrBadDrillProof) {
