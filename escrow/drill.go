@@ -998,15 +998,20 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 		if err != nil {
 			return nil, err
 		}
-		pt, err := dec.Decrypt(rand.Reader, sh.Share, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
+		opts := &rsa.OAEPOptions{Hash: hash, MGFHash: hash}
+		pt, err := dec.Decrypt(rand.Reader, sh.Share, opts)
 		if err != nil {
 			// A share that the drill key does not open was encrypted to another key (another
 			// drill's proof, or garbage), unless the token fails: then the key does not open
 			// what the appliance encrypts to it either, and that is the appliance's fault.
+			// When it does, the share is tried once more, so that a fault that passed (a
+			// session pool that timed out) is not taken for the client's.
 			if perr := probeDrillKey(dec, d.KeySPKI, hash); perr != nil {
 				return nil, s.drillKeyFault(ctx, id, perr)
 			}
-			return nil, fmt.Errorf("%w: the share for epoch %d is not encrypted to this drill's key", ErrBadDrillProof, sh.Epoch)
+			if pt, err = dec.Decrypt(rand.Reader, sh.Share, opts); err != nil {
+				return nil, fmt.Errorf("%w: the share for epoch %d is not encrypted to this drill's key", ErrBadDrillProof, sh.Epoch)
+			}
 		}
 		ok := subtle.ConstantTimeCompare(CanaryCommitment(sh.Epoch, want.KeyID, pt), want.Commitment) == 1
 		clear(pt)

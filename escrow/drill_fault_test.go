@@ -22,8 +22,9 @@ import (
 // each key lookup ("find") and each decryption ("decrypt") with the key's label.
 type faultKeys struct {
 	RecoveryKeys
-	fail atomic.Pointer[error]
-	hook func(stage, label string)
+	fail     atomic.Pointer[error]
+	failOnce atomic.Pointer[error] // the next decryption only
+	hook     func(stage, label string)
 }
 
 func (k *faultKeys) Decrypter(label string) (crypto.Decrypter, error) {
@@ -48,6 +49,9 @@ func (d faultDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterOp
 		d.k.hook("decrypt", d.label)
 	}
 	if err := d.k.fail.Load(); err != nil {
+		return nil, *err
+	}
+	if err := d.k.failOnce.Swap(nil); err != nil {
 		return nil, *err
 	}
 	return d.Decrypter.Decrypt(r, msg, opts)
@@ -463,5 +467,25 @@ func TestDrillUnknownKRAShort(t *testing.T) {
 	_, err := d.svc.OpenDrill(context.Background(), d.admin, strings.Repeat("x", 100000), time.Hour)
 	if !errors.Is(err, ErrInvalidRequest) || len(err.Error()) > 300 || !strings.Contains(err.Error(), "xxxx") {
 		t.Fatalf("a drill for a 100,000-character KRA name: %.300v (%d bytes); want ErrInvalidRequest naming it, short", err, len(err.Error()))
+	}
+}
+
+// TestDrillProofPassingFault: a token fault that passes (a session pool that timed out once)
+// at the decryption of a good share is neither a refused proof nor a failure: the drill key
+// works when probed, the share is decrypted again, and the proof is recorded.
+func TestDrillProofPassingFault(t *testing.T) {
+	d := newDrillEnv(t)
+	fk := &faultKeys{RecoveryKeys: d.svc.RecoveryKeys}
+	d.svc.RecoveryKeys = fk
+	ctx := context.Background()
+	id := d.campaign(t)["kra-0"]
+	_, shares, sig := d.answer(t, 0, id)
+	busy := fmt.Errorf("%w: crypto11: resource pool timed out", hsm.ErrPoolExhausted)
+	fk.failOnce.Store(&busy)
+	if _, err := d.svc.SubmitDrillProof(ctx, d.kraPrincipal(t, 0), id, shares, sig); err != nil {
+		t.Fatalf("a good proof whose first decryption met a busy token: %v", err)
+	}
+	if got := d.aftermath(t, 0, id); got.state != DrillProven || got.refusals != 0 || got.failures != 0 {
+		t.Fatalf("after the proof: %+v; want it proven, nothing refused", got)
 	}
 }
