@@ -275,6 +275,28 @@ func (h *handle) current(c *conn) (crypto11.Signer, error) {
 	return k, nil
 }
 
+// destroyed tells a key destroyed while h still held it from a token that lost its objects.
+// The module answers an invalid key or object handle to both. When the token still answers
+// and holds no private key labelled h.label, the key was destroyed (by another request on
+// this node, or by another node sharing the token): that is [ErrKeyNotFound] for this key
+// alone, and the handle finds it again (or not) on its next use. Anything else, err stands,
+// and an invalid handle means the token lost its objects ([ErrTokenGone]: reconnect). It
+// runs inside t.do, on c.
+func (h *handle) destroyed(c *conn, err error) error {
+	if !errors.Is(err, pkcs11.Error(pkcs11.CKR_KEY_HANDLE_INVALID)) && !errors.Is(err, pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
+		return err
+	}
+	if _, private, ferr := c.raw.countByLabel(h.label); ferr != nil || private != 0 {
+		return err
+	}
+	h.mu.Lock()
+	if h.gen == c.gen {
+		h.gen, h.ready = 0, false // connections are numbered from 1
+	}
+	h.mu.Unlock()
+	return fmt.Errorf("%w: destroyed since it was found", ErrKeyNotFound)
+}
+
 // Signer returns the key pair labelled label as a crypto.Signer. The private key must
 // allow CKA_SIGN.
 //
@@ -343,7 +365,7 @@ func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 			return err
 		}
 		sig, err = k.Sign(nil, digest, opts)
-		return err
+		return s.destroyed(c, err)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hsm: sign with %q: %w", s.label, err)
@@ -382,7 +404,7 @@ func (d *decrypter) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.Decrypte
 			// SoftHSM reports a failed OAEP decoding (wrong key, corrupt data) this way.
 			err = fmt.Errorf("%w: %w", ErrDecrypt, err)
 		}
-		return err
+		return d.destroyed(c, err)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hsm: decrypt with %q: %w", d.label, err)

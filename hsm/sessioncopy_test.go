@@ -269,3 +269,62 @@ func TestSessionCopyDecrypterAndDestroy(t *testing.T) {
 		t.Fatalf("a destroyed key still decrypts: %q", pt)
 	}
 }
+
+// A key destroyed while another holder of it still uses it (a recovery or drill key destroyed
+// by another request, or by another node sharing the token) is that key's ErrKeyNotFound, not
+// a token gone: the token stays in service for every other key, and no reconnection starts.
+func TestDestroyedKeyIsNotTokenGone(t *testing.T) {
+	_, _, tok := newToken(t, Options{})
+	for _, label := range []string{"per-request", "ca"} {
+		alg, usage := RSA2048, UsageDecrypt
+		if label == "ca" {
+			alg, usage = P256, UsageSign
+		}
+		if _, err := tok.GenerateKey(label, alg, usage); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca, err := tok.Signer("ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("keyarc"))
+	for _, copies := range []bool{true, false} {
+		t.Run(map[bool]string{true: "session-copy", false: "token-object"}[copies], func(t *testing.T) {
+			sessionCopies = copies
+			t.Cleanup(func() { sessionCopies = true })
+			if _, err := tok.GenerateKey("per-request", RSA2048, UsageDecrypt); err != nil && !errors.Is(err, ErrKeyExists) {
+				t.Fatal(err)
+			}
+			d, err := tok.Decrypter("per-request")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ct, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, d.Public().(*rsa.PublicKey), []byte("share"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1}); err != nil {
+				t.Fatal(err)
+			}
+			// Another request destroys the key while d still holds its handle.
+			if err := tok.DestroyKey("per-request"); err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1})
+			if !errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrTokenGone) {
+				t.Fatalf("Decrypt with a destroyed key = %v, want ErrKeyNotFound and not ErrTokenGone", err)
+			}
+			if tok.broken.Load() {
+				t.Fatal("a destroyed key marked the whole token as gone")
+			}
+			if _, err := ca.Sign(nil, digest[:], crypto.SHA256); err != nil {
+				t.Fatalf("another key after one was destroyed: %v", err)
+			}
+			// Asked again, the answer stays the same.
+			if _, err = d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1}); !errors.Is(err, ErrKeyNotFound) {
+				t.Fatalf("Decrypt again = %v, want ErrKeyNotFound", err)
+			}
+		})
+	}
+}
