@@ -282,11 +282,13 @@ func (c *Config) Validate() error {
 	if c.Recovery.DrillTTL.Duration < time.Minute || c.Recovery.DrillTTL.Duration > 30*24*time.Hour {
 		return errors.New("recovery.drill_ttl must be between 1m and 720h")
 	}
-	if c.Recovery.DrillWindow.Duration < time.Hour {
-		return errors.New("recovery.drill_window must be at least 1h")
+	// A proof older than two years says little of a token today, and a margin of more than a
+	// year would count no KRA whose certificate has the usual validity.
+	if c.Recovery.DrillWindow.Duration < time.Hour || c.Recovery.DrillWindow.Duration > 2*365*24*time.Hour {
+		return errors.New("recovery.drill_window must be between 1h and 17520h")
 	}
-	if c.Recovery.CertMargin.Duration < 0 {
-		return errors.New("recovery.cert_margin must not be negative")
+	if c.Recovery.CertMargin.Duration < 0 || c.Recovery.CertMargin.Duration > 365*24*time.Hour {
+		return errors.New("recovery.cert_margin must be between 0s and 8760h")
 	}
 	if _, err := policy.Templates(c.Templates); err != nil {
 		return err
