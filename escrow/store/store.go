@@ -97,6 +97,12 @@ type Certificates interface {
 	// InsertCertificates is InsertCertificate for many. On an error some may have been
 	// stored: the function's error undoes them (see [Store]).
 	InsertCertificates(cs []Certificate) error
+	// CertificateStatuses returns the status of each certificate of serials that is issued or
+	// revoked (Revoked, RevokedAt, Reason, NotAfter), in the order of serials, with few
+	// statements: the OCSP pre-signer's read of the certificates it is told of. Serials that
+	// are unknown, pending or failed, or not serials at all, are left out, and one listed twice
+	// is returned once.
+	CertificateStatuses(serials []string) ([]CertStatus, error)
 	// InsertCertificateClaiming claims code c.CodeID at now as ClaimCode does, then stores c
 	// as InsertCertificate does: an enrollment's certificate and the code it spends, in one
 	// statement where the backend can (PostgreSQL). The code's errors come first

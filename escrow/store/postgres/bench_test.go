@@ -70,6 +70,19 @@ func BenchmarkEnrollPerCert(b *testing.B) {
 	storetest.BenchEnrollPerCert(b, db, wireCounters(b, srv))
 }
 
+// BenchmarkESTPerCert is BenchmarkEnrollPerCert with the code's View before each Update and
+// the pre-signer's reads of the new certificates after (see storetest.BenchESTPerCert).
+func BenchmarkESTPerCert(b *testing.B) {
+	srv := pgtest.Start(b)
+	srv.Durable(b)
+	db, err := Open(ctx, srv.NewDatabase(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	storetest.BenchESTPerCert(b, db, wireCounters(b, srv))
+}
+
 func BenchmarkImportPerCert(b *testing.B) {
 	srv := pgtest.Start(b)
 	srv.Durable(b)

@@ -173,7 +173,8 @@ func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) (err error) {
 }
 
 // View runs fn in a read-only REPEATABLE READ transaction on a connection of the pool: it sees
-// one snapshot of committed data, taken at its first statement. Views run concurrently with
+// one snapshot of committed data, taken at its first statement (with which the BEGIN goes
+// out, in one round trip: see [viewQuerier]). Views run concurrently with
 // each other and with Update; [DB.Close] waits for running Views, and View after Close
 // returns [store.ErrClosed] (wrapped, like every fault of the server, in
 // [store.ErrUnavailable]). Writes in fn fail with [store.ErrReadOnly]. A panic in fn
@@ -188,21 +189,11 @@ func (db *DB) View(ctx context.Context, fn func(store.Tx) error) (err error) {
 	if db.viewClosed {
 		return store.ErrClosed
 	}
-	opts := &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
-	sent(2) // BEGIN and the ROLLBACK
-	sqlTx, err := db.db.BeginTx(ctx, opts)
-	if err != nil && isServerFault(err) && ctx.Err() == nil {
-		// The pool's connections died (a server restart): fn has not run, dial afresh.
-		db.pool.Reset()
-		sqlTx, err = db.db.BeginTx(ctx, opts)
-	}
-	if err != nil {
-		return fmt.Errorf("store: view: %w", err)
-	}
-	tx := sqltx.NewRead(ctx, pgQuerier{q: sqlTx}, dialect)
+	v := &viewQuerier{db: db}
+	tx := sqltx.NewRead(ctx, v, dialect)
 	defer func() {
 		tx.End()
-		sqlTx.Rollback() // read-only: nothing to keep
+		v.end()
 	}()
 	return fn(tx)
 }

@@ -18,6 +18,7 @@ var entityTests = []test{
 	{"Codes", testCodes},
 	{"ClaimCodeRace", testClaimCodeRace},
 	{"InsertCertificateClaiming", testInsertCertificateClaiming},
+	{"CertificateStatuses", testCertificateStatuses},
 	{"Certificates", testCertificates},
 	{"RecoverySets", testRecoverySets},
 	{"Records", testRecords},
@@ -204,6 +205,75 @@ func testInsertCertificateClaiming(t *testing.T, h *Harness) {
 		}
 		if len(due) != 1 || due[0].Serial != "1a" {
 			t.Errorf("due for OCSP: %+v, want 1a alone", due)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testCertificateStatuses: the statuses of the issued and revoked certificates of a list, in
+// its order, each once; pending, failed and unknown serials and bad spellings left out; lists
+// longer than one statement's.
+func testCertificateStatuses(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	der := []byte{0x30, 0x03, 0x02, 0x01, 0x01}
+	na := t0.Add(24 * time.Hour)
+	var many []string
+	mustUpdate(t, s, func(tx store.Tx) error {
+		for i, state := range []string{store.StateIssued, store.StateRevoked, store.StatePending, store.StateFailed} {
+			c := store.Certificate{Serial: fmt.Sprintf("%x", 0x10+i), Template: "t", Email: "a@example.com", State: state,
+				NotBefore: t0, NotAfter: na}
+			if state == store.StateIssued || state == store.StateRevoked {
+				c.DER = der
+			}
+			if state == store.StateRevoked {
+				c.RevokedAt, c.RevocationReason = t0.Add(time.Hour), 1
+			}
+			if err := tx.InsertCertificate(c); err != nil {
+				return err
+			}
+		}
+		for i := range 300 {
+			serial := fmt.Sprintf("%x", 0x1000+i)
+			many = append(many, serial)
+			if err := tx.InsertCertificate(store.Certificate{Serial: serial, Template: "t", Email: "a@example.com",
+				State: store.StateIssued, DER: der, NotBefore: t0, NotAfter: na}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	err := s.View(ctx, func(tx store.Tx) error {
+		got, err := tx.CertificateStatuses([]string{"11", "12", "nope!", "99", "10", "13", "0x11", "10"})
+		if err != nil {
+			return err
+		}
+		want := []store.CertStatus{
+			{Serial: "11", Revoked: true, RevokedAt: t0.Add(time.Hour), Reason: 1, NotAfter: na},
+			{Serial: "10", NotAfter: na},
+		}
+		if len(got) != len(want) {
+			t.Fatalf("statuses %+v, want %+v", got, want)
+		}
+		for i := range want {
+			if g, w := got[i], want[i]; g.Serial != w.Serial || g.Revoked != w.Revoked || !g.RevokedAt.Equal(w.RevokedAt) ||
+				g.Reason != w.Reason || !g.NotAfter.Equal(w.NotAfter) {
+				t.Errorf("status %d: %+v, want %+v", i, g, w)
+			}
+		}
+		got, err = tx.CertificateStatuses(append([]string{"12"}, many...))
+		if err != nil {
+			return err
+		}
+		if len(got) != len(many) {
+			t.Fatalf("%d statuses of %d issued certificates", len(got), len(many))
+		}
+		for i, st := range got {
+			if st.Serial != many[i] || st.Revoked {
+				t.Fatalf("status %d: %+v, want %s good", i, st, many[i])
+			}
 		}
 		return nil
 	})

@@ -82,6 +82,95 @@ func BenchEnrollPerCert(b *testing.B, s store.Store, counters Counters) {
 	m.report(b, b.N)
 }
 
+// BenchESTPerCert is [BenchEnrollPerCert] with the rest of the store's work of an EST
+// enrollment as a node serves it: before the Update, the enrollee's code is read in a View (the
+// authentication); after it, the OCSP pre-signer reads the new certificates' statuses in a
+// View, 64 to a View (presign's SignSerials, as its Issued calls come), and stores their
+// responses in an Update.
+func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
+	ctx := context.Background()
+	ders := benchDERs(b, 1024)
+	codes := make([]string, b.N)
+	for i := range codes {
+		codes[i] = fmt.Sprintf("code-%08d", i)
+	}
+	for from := 0; from < b.N; from += 256 {
+		if err := s.Update(ctx, func(tx store.Tx) error {
+			for _, id := range codes[from:min(from+256, b.N)] {
+				if err := tx.InsertCode(store.Code{ID: id, Email: "alice@example.com", Template: "smime-signature",
+					Hash: []byte("hash"), CreatedAt: bench0, ExpiresAt: bench0.AddDate(1, 0, 0)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	now := bench0.Add(time.Hour)
+	serials := make(chan string, b.N)
+	var next atomic.Int64
+	m := startMeasure(counters)
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			if err := s.View(ctx, func(tx store.Tx) error {
+				_, err := tx.GetCode(codes[i])
+				return err
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+			row := store.Certificate{Serial: benchSerial(uint64(i)), Template: "smime-signature",
+				Email: fmt.Sprintf("user%d@example.com", i%4096), Subject: "CN=user", State: store.StateIssued,
+				DER: ders[i%int64(len(ders))], NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0), CreatedAt: now,
+				CodeID: codes[i]}
+			if err := s.Update(ctx, func(tx store.Tx) error {
+				if err := tx.InsertCertificateClaiming(row, now); err != nil {
+					return err
+				}
+				return benchAudit(tx, now, row.Serial)
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+			serials <- row.Serial
+		}
+	})
+	close(serials)
+	der := make([]byte, 1100)
+	var page []string
+	flush := func() {
+		var rs []store.OCSPResponse
+		if err := s.View(ctx, func(tx store.Tx) error {
+			sts, err := tx.CertificateStatuses(page)
+			rs = rs[:0]
+			for _, st := range sts {
+				rs = append(rs, store.OCSPResponse{Serial: st.Serial, DER: der, ThisUpdate: now, NextUpdate: now.Add(7 * 24 * time.Hour)})
+			}
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs) }); err != nil {
+			b.Fatal(err)
+		}
+		page = page[:0]
+	}
+	for sn := range serials {
+		if page = append(page, sn); len(page) == 64 {
+			flush()
+		}
+	}
+	if len(page) > 0 {
+		flush()
+	}
+	b.StopTimer()
+	m.report(b, b.N)
+}
+
 // BenchImportPerCert is the store's work for one item of a bulk import job, as the job's
 // committer makes it: 512 items to an Update (the epoch read, the certificates issued, their
 // active records, one audit entry for the batch, the items done), then the OCSP pre-signer's

@@ -4,7 +4,6 @@ import (
 	"github.com/keyarc/keyarc/escrow/store"
 
 	"bytes"
-	"database/sql"
 	"errors"
 	"fmt"
 	"time"
@@ -127,7 +126,7 @@ func (tx *Tx) LastAuditOfKind(kind string) (*store.AuditEntry, error) {
 
 func (tx *Tx) getAudit(op, query string, args ...any) (*store.AuditEntry, error) {
 	var e *store.AuditEntry
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		var err error
 		e, err = scanAudit(rows.Scan)
 		return err
@@ -148,7 +147,7 @@ func (tx *Tx) ListAudit(from int64, limit int) ([]store.AuditEntry, error) {
 		return nil, invalid("list audit", "limit %d must be positive", limit)
 	}
 	var out []store.AuditEntry
-	err := tx.query("list audit", func(rows *sql.Rows) error {
+	err := tx.query("list audit", func(rows Rows) error {
 		e, err := scanAudit(rows.Scan)
 		if err == nil {
 			out = append(out, *e)
@@ -192,7 +191,7 @@ func scanCheckpoint(scan func(...any) error) (*store.AuditCheckpoint, error) {
 // LastCheckpoint returns the checkpoint with the highest seq, or [ErrNotFound].
 func (tx *Tx) LastCheckpoint() (*store.AuditCheckpoint, error) {
 	var c *store.AuditCheckpoint
-	err := tx.query("last audit checkpoint", func(rows *sql.Rows) error {
+	err := tx.query("last audit checkpoint", func(rows Rows) error {
 		var err error
 		c, err = scanCheckpoint(rows.Scan)
 		return err
@@ -212,7 +211,7 @@ func (tx *Tx) Checkpoints(from int64, limit int) ([]store.AuditCheckpoint, error
 		return nil, invalid("list audit checkpoints", "limit %d must be positive", limit)
 	}
 	var out []store.AuditCheckpoint
-	err := tx.query("list audit checkpoints", func(rows *sql.Rows) error {
+	err := tx.query("list audit checkpoints", func(rows Rows) error {
 		c, err := scanCheckpoint(rows.Scan)
 		if err == nil {
 			out = append(out, *c)

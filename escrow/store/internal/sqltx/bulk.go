@@ -52,7 +52,7 @@ func (tx *Tx) InsertJob(j store.Job) error {
 // GetJob returns the job with the given ID, or [ErrNotFound].
 func (tx *Tx) GetJob(id string) (*store.Job, error) {
 	var j *store.Job
-	err := tx.query("get job", func(r *sql.Rows) error {
+	err := tx.query("get job", func(r Rows) error {
 		var err error
 		j, err = scanJob(r.Scan)
 		return err
@@ -69,7 +69,7 @@ func (tx *Tx) GetJob(id string) (*store.Job, error) {
 // ListJobs returns the jobs in the given state ("" for all), oldest first.
 func (tx *Tx) ListJobs(state string) ([]store.Job, error) {
 	var out []store.Job
-	err := tx.query("list jobs", func(r *sql.Rows) error {
+	err := tx.query("list jobs", func(r Rows) error {
 		j, err := scanJob(r.Scan)
 		if err == nil {
 			out = append(out, *j)
@@ -124,7 +124,7 @@ func (tx *Tx) ClearJobSecret(id string) (bool, error) {
 
 // JobCounts counts a job's items by state.
 func (tx *Tx) JobCounts(id string) (done, failed, reserved int, err error) {
-	err = tx.query("job counts", func(r *sql.Rows) error {
+	err = tx.query("job counts", func(r Rows) error {
 		var state string
 		var n int
 		if err := r.Scan(&state, &n); err != nil {
@@ -220,7 +220,7 @@ func (tx *Tx) ReleaseReservedItems(jobID string) (int, error) {
 
 // JobItemSeqs calls fn with the seq and state of every item of a job, in seq order.
 func (tx *Tx) JobItemSeqs(jobID string, fn func(seq int, state string) error) error {
-	return tx.query("job item seqs", func(r *sql.Rows) error {
+	return tx.query("job item seqs", func(r Rows) error {
 		var seq int
 		var state string
 		if err := r.Scan(&seq, &state); err != nil {
@@ -237,7 +237,7 @@ func (tx *Tx) JobItems(jobID string, from, limit int, fn func(store.JobItem) err
 	if limit > 0 {
 		q, args = jobItemsQuery+` LIMIT ?`, append(args, limit)
 	}
-	return tx.query("job items", func(r *sql.Rows) error {
+	return tx.query("job items", func(r Rows) error {
 		var (
 			it                        store.JobItem
 			serial, recordID, errText sql.NullString

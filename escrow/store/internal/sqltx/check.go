@@ -43,7 +43,7 @@ func (tx *Tx) CertificateHashes(serials []string) ([]string, error) {
 			}
 		}
 		q := `SELECT serial, der FROM certificates WHERE der IS NOT NULL AND serial IN (?` + strings.Repeat(", ?", len(part)-1) + `)`
-		err := tx.query(op, func(rows *sql.Rows) error {
+		err := tx.query(op, func(rows Rows) error {
 			var serial string
 			var der []byte
 			if err := rows.Scan(&serial, &der); err != nil {
@@ -73,7 +73,7 @@ func (tx *Tx) SignedCertificates(after int64, limit int) ([]store.Certificate, i
 	}
 	var out []store.Certificate
 	last := after
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		var id int64
 		c, err := scanCertificate(func(dest ...any) error { return rows.Scan(append([]any{&id}, dest...)...) })
 		if err == nil {
@@ -110,7 +110,7 @@ func (tx *Tx) AuditOfKindsFrom(kinds []string, from int64, limit int) ([]store.A
 	}
 	args = append(args, limit)
 	var out []store.AuditEntry
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		e, err := scanAudit(rows.Scan)
 		if err == nil {
 			out = append(out, *e)

@@ -1,7 +1,5 @@
 package sqltx
 
-import "database/sql"
-
 // Directory skips (store.DirectorySkips): the serials the directory publisher retries.
 
 // SkipDirectory records a skipped serial; see store.DirectorySkips.
@@ -21,7 +19,7 @@ func (tx *Tx) DirectorySkipped(after string, limit int) ([]string, error) {
 		return nil, invalid(op, "limit %d is not positive", limit)
 	}
 	var out []string
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		var s string
 		if err := rows.Scan(&s); err != nil {
 			return err

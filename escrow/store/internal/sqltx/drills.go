@@ -1,7 +1,6 @@
 package sqltx
 
 import (
-	"database/sql"
 	"fmt"
 )
 
@@ -52,7 +51,7 @@ func (tx *Tx) GetDrillState(kind, key string) ([]byte, error) {
 // ListDrillState returns the rows of a kind; see store.DrillStates.
 func (tx *Tx) ListDrillState(kind string) (map[string][]byte, error) {
 	out := map[string][]byte{}
-	err := tx.query("list drill state", func(rows *sql.Rows) error {
+	err := tx.query("list drill state", func(rows Rows) error {
 		var key string
 		var data []byte
 		if err := rows.Scan(&key, &data); err != nil {
@@ -68,7 +67,7 @@ func (tx *Tx) ListDrillState(kind string) (map[string][]byte, error) {
 // records_epoch_state answers it without reading the records' rows.
 func (tx *Tx) ActiveRecordsByEpoch() (map[uint32]int, error) {
 	out := map[uint32]int{}
-	err := tx.query("active records by epoch", func(rows *sql.Rows) error {
+	err := tx.query("active records by epoch", func(rows Rows) error {
 		var epoch, n int64
 		if err := rows.Scan(&epoch, &n); err != nil {
 			return err

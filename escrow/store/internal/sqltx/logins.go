@@ -1,7 +1,6 @@
 package sqltx
 
 import (
-	"database/sql"
 	"time"
 )
 
@@ -25,7 +24,7 @@ func (tx *Tx) AddLoginFailure(key string, window time.Time) error {
 // store.LoginFailures.
 func (tx *Tx) LoginFailuresAtLeast(window time.Time, min int) (map[string]int, error) {
 	out := map[string]int{}
-	err := tx.query("login failures", func(r *sql.Rows) error {
+	err := tx.query("login failures", func(r Rows) error {
 		var k string
 		var n int
 		if err := r.Scan(&k, &n); err != nil {

@@ -60,7 +60,7 @@ func scanRecovery(scan func(...any) error) (*store.Recovery, error) {
 func (tx *Tx) GetRecovery(id string) (*store.Recovery, error) {
 	const op = "get recovery"
 	var r *store.Recovery
-	err := tx.query(op, func(rows *sql.Rows) (err error) {
+	err := tx.query(op, func(rows Rows) (err error) {
 		r, err = scanRecovery(rows.Scan)
 		return err
 	}, `SELECT `+recoveryColumns+` FROM recoveries WHERE id = ?`, id)
@@ -70,7 +70,7 @@ func (tx *Tx) GetRecovery(id string) (*store.Recovery, error) {
 	if r == nil {
 		return nil, fmt.Errorf("store: %s: %w", op, store.ErrNotFound)
 	}
-	err = tx.query(op, func(rows *sql.Rows) error {
+	err = tx.query(op, func(rows Rows) error {
 		var rid string
 		if err := rows.Scan(&rid); err != nil {
 			return err
@@ -90,7 +90,7 @@ func (tx *Tx) ListRecoveries(state string) ([]store.Recovery, error) {
 		q, args = q+` WHERE state = ?`, append(args, state)
 	}
 	var out []store.Recovery
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		r, err := scanRecovery(rows.Scan)
 		if err == nil {
 			out = append(out, *r)
@@ -122,7 +122,7 @@ func (tx *Tx) CloseRecovery(id, state string, at time.Time) error {
 func (tx *Tx) ExpireRecoveries(now time.Time) ([]store.Recovery, error) {
 	const op = "expire recoveries"
 	var out []store.Recovery
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		r, err := scanRecovery(rows.Scan)
 		if err == nil {
 			out = append(out, *r)
@@ -159,7 +159,7 @@ func (tx *Tx) InsertApproval(a store.Approval) error {
 func (tx *Tx) ListApprovals(recoveryID string) ([]store.Approval, error) {
 	const op = "list approvals"
 	var out []store.Approval
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		var a store.Approval
 		var created sql.NullInt64
 		if err := rows.Scan(&a.RecoveryID, &a.KRA, &a.SignerSerial, &a.Shares, &a.Signature, &created); err != nil {
@@ -177,7 +177,7 @@ func (tx *Tx) ListApprovals(recoveryID string) ([]store.Approval, error) {
 func (tx *Tx) RecordsBeforeEpoch(epoch uint32, limit int) ([]store.Record, error) {
 	const op = "records before epoch"
 	var out []store.Record
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		r, err := scanRecord(rows.Scan)
 		if err == nil {
 			out = append(out, *r)

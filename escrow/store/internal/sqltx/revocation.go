@@ -65,7 +65,7 @@ func (tx *Tx) CertificatesByKey(keyID string) ([]store.Certificate, error) {
 		return nil, invalid(op, "key id %q is not 64 lower-case hex digits", keyID)
 	}
 	var out []store.Certificate
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		c, err := scanCertificate(rows.Scan)
 		if err == nil {
 			out = append(out, *c)
@@ -105,7 +105,7 @@ func (tx *Tx) RevokedCertificates(now time.Time, fn func(store.CertStatus) error
 		na, rev  sql.NullInt64
 		stopWith error
 	)
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		if err := rows.Scan(&st.Serial, &na, &rev, &st.Reason); err != nil {
 			return err
 		}
@@ -256,7 +256,7 @@ func (tx *Tx) checkIssued(op string, serials []any) error {
 		part := serials[:min(len(serials), rowsPerInsert)]
 		serials = serials[len(part):]
 		state := make(map[string]string, len(part))
-		err := tx.query(op, func(rows *sql.Rows) error {
+		err := tx.query(op, func(rows Rows) error {
 			var s, st string
 			err := rows.Scan(&s, &st)
 			state[s] = st
@@ -371,7 +371,7 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		return nil, err
 	}
 	var out []store.CertStatus
-	err = tx.query(op, func(rows *sql.Rows) error {
+	err = tx.query(op, func(rows Rows) error {
 		var (
 			st      store.CertStatus
 			state   string

@@ -20,6 +20,22 @@ type Querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
+// Rows is what a query returns: a *sql.Rows, or the rows of a backend's own driver (see
+// [RowsQuerier]).
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close() error
+}
+
+// RowsQuerier is a Querier that runs queries on its driver's own rows rather than through
+// database/sql's (PostgreSQL's Views: see the backend). The Tx uses QueryRows when its
+// Querier has it.
+type RowsQuerier interface {
+	QueryRows(ctx context.Context, query string, args ...any) (Rows, error)
+}
+
 // BareExecer is a Querier that can run a write without the savepoint it otherwise gives each
 // one (PostgreSQL's writer: see [Tx.execBare]). A Querier without the method runs such writes
 // as any other.
@@ -251,13 +267,25 @@ func multiRowInsert(head string, width, rows int) string {
 	return q
 }
 
+// queryRows runs a query on the Querier's own rows when it has them (see [RowsQuerier]).
+func (tx *Tx) queryRows(query string, args ...any) (Rows, error) {
+	if rq, ok := tx.q.(RowsQuerier); ok {
+		return rq.QueryRows(tx.ctx, query, args...)
+	}
+	rows, err := tx.q.QueryContext(tx.ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return rows, nil
+}
+
 // queryRow runs a query expected to return at most one row and scans it;
 // no row gives ErrNotFound.
 func (tx *Tx) queryRow(op string, dest []any, query string, args ...any) error {
 	if err := tx.check(false); err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
-	rows, err := tx.q.QueryContext(tx.ctx, query, args...)
+	rows, err := tx.queryRows(query, args...)
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -275,11 +303,11 @@ func (tx *Tx) queryRow(op string, dest []any, query string, args ...any) error {
 }
 
 // query runs a query and calls scan for each row.
-func (tx *Tx) query(op string, scan func(*sql.Rows) error, query string, args ...any) error {
+func (tx *Tx) query(op string, scan func(Rows) error, query string, args ...any) error {
 	if err := tx.check(false); err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
-	rows, err := tx.q.QueryContext(tx.ctx, query, args...)
+	rows, err := tx.queryRows(query, args...)
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -698,7 +726,7 @@ func (tx *Tx) GetCertificate(serial string) (*store.Certificate, error) {
 		return nil, err
 	}
 	var c *store.Certificate
-	err = tx.query(op, func(rows *sql.Rows) (err error) {
+	err = tx.query(op, func(rows Rows) (err error) {
 		c, err = scanCertificate(rows.Scan)
 		return err
 	}, `SELECT `+certColumns+` FROM certificates WHERE serial = ?`, s)
@@ -709,6 +737,85 @@ func (tx *Tx) GetCertificate(serial string) (*store.Certificate, error) {
 		return nil, fmt.Errorf("store: %s %s: %w", op, s, store.ErrNotFound)
 	}
 	return c, nil
+}
+
+// statusesPerQuery is the most serials one statement of [Tx.CertificateStatuses] asks for; the
+// rest go in statements of half as many, and so on, so that a backend prepares at most eight.
+const statusesPerQuery = 128
+
+// CertificateStatuses returns the status of each issued or revoked certificate of serials, in
+// their order; unknown, pending and failed ones, and bad spellings, are left out, and a serial
+// listed twice is returned once.
+func (tx *Tx) CertificateStatuses(serials []string) ([]store.CertStatus, error) {
+	const op = "certificate statuses"
+	if err := tx.check(false); err != nil {
+		return nil, fmt.Errorf("store: %s: %w", op, err)
+	}
+	var (
+		order []string
+		args  []any
+	)
+	found := make(map[string]*store.CertStatus, len(serials))
+	for _, sn := range serials {
+		s, err := store.NormalizeSerial(sn)
+		if err != nil {
+			continue
+		}
+		if _, dup := found[s]; dup {
+			continue
+		}
+		found[s] = nil
+		order, args = append(order, s), append(args, s)
+	}
+	for n := len(args); n > 0; {
+		k := statusesPerQuery
+		for k > n {
+			k /= 2
+		}
+		q := statusQuery(k)
+		err := tx.query(op, func(rows Rows) error {
+			var (
+				st            store.CertStatus
+				state         string
+				revokedAt, na sql.NullInt64
+				reason        int64
+			)
+			if err := rows.Scan(&st.Serial, &state, &revokedAt, &reason, &na); err != nil {
+				return err
+			}
+			if state != store.StateIssued && state != store.StateRevoked {
+				return nil
+			}
+			st.Revoked, st.RevokedAt, st.Reason, st.NotAfter = state == store.StateRevoked, tget(revokedAt), int(reason), tget(na)
+			found[st.Serial] = &st
+			return nil
+		}, q, args[:k]...)
+		if err != nil {
+			return nil, err
+		}
+		args, n = args[k:], n-k
+	}
+	out := make([]store.CertStatus, 0, len(order))
+	for _, s := range order {
+		if st := found[s]; st != nil {
+			out = append(out, *st)
+		}
+	}
+	return out, nil
+}
+
+var statusQueries sync.Map // int → string
+
+// statusQuery is the statement of CertificateStatuses for n serials.
+func statusQuery(n int) string {
+	if q, ok := statusQueries.Load(n); ok {
+		return q.(string)
+	}
+	// The serials alone in the WHERE clause: every planner seeks the primary key with them.
+	q := `SELECT serial, state, revoked_at, revocation_reason, not_after FROM certificates
+		WHERE serial IN (?` + strings.Repeat(", ?", n-1) + `)`
+	statusQueries.Store(n, q)
+	return q
 }
 
 // ListCertificates returns the certificates matching f, oldest first.
@@ -747,7 +854,7 @@ func (tx *Tx) ListCertificates(f store.Filter) ([]store.Certificate, error) {
 		args = append(args, f.Limit)
 	}
 	var out []store.Certificate
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		c, err := scanCertificate(rows.Scan)
 		if err == nil {
 			out = append(out, *c)
@@ -868,7 +975,7 @@ func (tx *Tx) GetRecordBySerial(serial string) (*store.Record, error) {
 
 func (tx *Tx) getRecord(op, where string, arg any) (*store.Record, error) {
 	var r *store.Record
-	err := tx.query(op, func(rows *sql.Rows) (err error) {
+	err := tx.query(op, func(rows Rows) (err error) {
 		r, err = scanRecord(rows.Scan)
 		return err
 	}, `SELECT `+recordColumns+` FROM records WHERE `+where, arg)
@@ -884,7 +991,7 @@ func (tx *Tx) getRecord(op, where string, arg any) (*store.Record, error) {
 // ListRecords returns every record of a mailbox, oldest first.
 func (tx *Tx) ListRecords(email string) ([]store.Record, error) {
 	var out []store.Record
-	err := tx.query("list records", func(rows *sql.Rows) error {
+	err := tx.query("list records", func(rows Rows) error {
 		r, err := scanRecord(rows.Scan)
 		if err == nil {
 			out = append(out, *r)
@@ -942,7 +1049,7 @@ func (tx *Tx) InsertPending(p store.Pending) error {
 func (tx *Tx) GetPending(id string) (*store.Pending, error) {
 	const op = "get pending"
 	var p *store.Pending
-	err := tx.query(op, func(rows *sql.Rows) (err error) {
+	err := tx.query(op, func(rows Rows) (err error) {
 		p, err = scanPending(rows.Scan)
 		return err
 	}, `SELECT `+pendingColumns+` FROM pending WHERE id = ?`, id)
@@ -967,7 +1074,7 @@ func (tx *Tx) ListPending(state string) ([]store.Pending, error) {
 		q, args = q+` WHERE state = ?`, append(args, state)
 	}
 	var out []store.Pending
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		p, err := scanPending(rows.Scan)
 		if err == nil {
 			out = append(out, *p)
@@ -1097,7 +1204,7 @@ func (tx *Tx) getRecoverySet(op, query string, args ...any) (*store.RecoverySet,
 		return nil, err
 	}
 	rs.Epoch, rs.CreatedAt = uint32(epoch), tget(created)
-	err := tx.query(op, func(rows *sql.Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		var s string
 		err := rows.Scan(&s)
 		rs.KRASerials = append(rs.KRASerials, s)
