@@ -38,7 +38,7 @@ type DB struct {
 	stmts *stmtCache
 	r     *sql.DB // read-only pool: the Views' connections, and the backups'
 	// readers are the Views' connections, each with its prepared statements (see reader).
-	readers chan *reader
+	readers readerPool
 
 	q *updates.Queue // the Update calls, drained by the writer goroutine
 
@@ -153,10 +153,7 @@ func Open(path string) (*DB, error) {
 	n := max(4, 2*runtime.GOMAXPROCS(0))
 	db.r.SetMaxOpenConns(n + 2)
 	db.r.SetMaxIdleConns(n + 2)
-	db.readers = make(chan *reader, n)
-	for range n {
-		db.readers <- nil // a slot: the connection is opened on first use
-	}
+	db.readers = readerPool{slots: make(chan struct{}, n)}
 	if err := db.r.PingContext(ctx); err != nil {
 		return fail(fmt.Errorf("store: open read pool: %w", err))
 	}
@@ -256,20 +253,38 @@ type reader struct {
 // number of placeholders are run without being kept once the cache is full.
 const maxReadStmts = 128
 
-// reader takes a connection for a View, opening it on first use; putReader gives it back.
+// readerPool holds the Views' connections. SQLite drops a connection's whole page cache when
+// its next read transaction finds the WAL changed since its last one, so the pool hands out
+// the connection used last: when no commit came between two Views, the second finds the
+// pages of the first still in its cache. A queue would hand out the connection idle the
+// longest, which under a stream of commits has always missed one, and starts cold.
+type readerPool struct {
+	slots chan struct{} // one token per connection a View holds or may open
+	mu    sync.Mutex
+	idle  []*reader // open and free, the one used last at the end
+}
+
+// reader takes a connection for a View, opening one when none is free and the pool has room;
+// putReader gives it back.
 func (db *DB) reader(ctx context.Context) (*reader, error) {
-	var rd *reader
+	p := &db.readers
 	select {
-	case rd = <-db.readers:
+	case p.slots <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if rd != nil {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		rd := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
 		return rd, nil
 	}
+	p.mu.Unlock()
 	conn, err := db.r.Conn(ctx)
 	if err != nil {
-		db.readers <- nil
+		<-p.slots
 		return nil, err
 	}
 	return &reader{conn: conn, stmts: &stmtCache{conn: conn, m: make(map[string]*sql.Stmt), limit: maxReadStmts}}, nil
@@ -278,22 +293,28 @@ func (db *DB) reader(ctx context.Context) (*reader, error) {
 // putReader gives rd back to the pool, or closes it (leaving its slot free) when err says
 // its connection failed.
 func (db *DB) putReader(rd *reader, err error) {
+	p := &db.readers
 	if err != nil {
 		rd.stmts.close()
 		rd.conn.Close()
-		rd = nil
+	} else {
+		p.mu.Lock()
+		p.idle = append(p.idle, rd)
+		p.mu.Unlock()
 	}
-	db.readers <- rd
+	<-p.slots
 }
 
 // closeReaders closes the Views' connections; no View runs any more.
 func (db *DB) closeReaders() error {
+	p := &db.readers
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var errs []error
-	for range cap(db.readers) {
-		if rd := <-db.readers; rd != nil {
-			errs = append(errs, rd.stmts.close(), rd.conn.Close())
-		}
+	for _, rd := range p.idle {
+		errs = append(errs, rd.stmts.close(), rd.conn.Close())
 	}
+	p.idle = nil
 	return errors.Join(errs...)
 }
 
