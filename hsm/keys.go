@@ -330,6 +330,23 @@ func (t *Token) Decrypter(label string) (crypto.Decrypter, error) {
 	return &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, k, gen)}, nil
 }
 
+// TransientDecrypter is [Token.Decrypter] for a key that lives for one request (a recovery
+// or drill key): it decrypts with the token object itself, never a session copy, so that once
+// the key is destroyed, by this node or by another sharing the token, nothing decrypts with
+// it anywhere. Such a key decrypts a few shares; the copy would save little.
+//
+// # Errors
+//
+// As [Token.Decrypter].
+func (t *Token) TransientDecrypter(label string) (crypto.Decrypter, error) {
+	d, err := t.Decrypter(label)
+	if err != nil {
+		return nil, err
+	}
+	d.(*decrypter).session = false
+	return d, nil
+}
+
 // signer is a token key as a crypto.Signer that counts, times and classifies.
 type signer struct{ *handle }
 

@@ -328,3 +328,41 @@ func TestDestroyedKeyIsNotTokenGone(t *testing.T) {
 		})
 	}
 }
+
+// A transient key (a recovery or drill key) decrypts with the token object and no session
+// copy: destroyed behind its holder's back, as another node sharing the token would, it
+// decrypts nothing more here either.
+func TestTransientDecrypterNoCopy(t *testing.T) {
+	_, _, tok := newToken(t, Options{})
+	if _, err := tok.GenerateKey("recovery-1", RSA2048, UsageDecrypt); err != nil {
+		t.Fatal(err)
+	}
+	d, err := tok.TransientDecrypter("recovery-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, d.Public().(*rsa.PublicKey), []byte("share"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1}); err != nil || string(pt) != "share" {
+		t.Fatalf("Decrypt = %q, %v", pt, err)
+	}
+	if labels := sessionKeys(t, tok.cur); len(labels) != 0 {
+		t.Fatalf("session private keys = %q, want none", labels)
+	}
+	// Destroyed through crypto11 directly: no handle of d is told.
+	pairs, err := tok.cur.c11.FindKeyPairs(nil, []byte("recovery-1"))
+	if err != nil || len(pairs) != 1 {
+		t.Fatalf("find the key: %d, %v", len(pairs), err)
+	}
+	if err := pairs[0].Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1}); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("Decrypt with a key destroyed elsewhere = %q, %v; want ErrKeyNotFound", pt, err)
+	}
+	if tok.broken.Load() {
+		t.Fatal("a key destroyed elsewhere marked the token as gone")
+	}
+}

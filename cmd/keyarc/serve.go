@@ -282,7 +282,7 @@ func (k tokenRecoveryKeys) Generate(label string) (crypto.PublicKey, error) {
 }
 
 func (k tokenRecoveryKeys) Decrypter(label string) (crypto.Decrypter, error) {
-	return k.tok.Decrypter(label)
+	return k.tok.TransientDecrypter(label)
 }
 
 func (k tokenRecoveryKeys) Destroy(label string) error { return k.tok.DestroyKey(label) }
