@@ -37,7 +37,9 @@ import (
 type healthShown struct {
 	recoverySetShown
 	Health struct {
-		Epochs []struct {
+		WindowSeconds int64 `json:"window_seconds"`
+		MarginSeconds int64 `json:"margin_seconds"`
+		Epochs        []struct {
 			Epoch       int  `json:"epoch"`
 			Quorum      int  `json:"quorum"`
 			Current     bool `json:"current"`
@@ -113,8 +115,12 @@ func TestDrills(t *testing.T) {
 	const mailbox = "nadia@example.org"
 	keyarc(t, "enroll", "--state", state, "--server", a.url, "--email", mailbox,
 		"--code", newCode(t, state, mailbox, "smime-encryption"), "--out", filepath.Join(dir, "nadia"))
-	if p, r, risk, _, ok := epochOf(health(), 1); !ok || p != 0 || r != 1 || !risk {
+	first := health()
+	if p, r, risk, _, ok := epochOf(first, 1); !ok || p != 0 || r != 1 || !risk {
 		t.Fatalf("before any drill: epoch 1 proven %d, records %d, at risk %v (listed %v)", p, r, risk, ok)
+	}
+	if first.Health.WindowSeconds != 90*86400 || first.Health.MarginSeconds != 30*86400 {
+		t.Errorf("health window %d s and margin %d s, want the defaults of 90 and 30 days", first.Health.WindowSeconds, first.Health.MarginSeconds)
 	}
 
 	// A campaign: one drill per KRA. kra1 proves its token; the spy sees one decryption, with

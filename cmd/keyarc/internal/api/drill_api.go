@@ -37,7 +37,8 @@ func (a *Server) handleRecoveryHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func toHealthJSON(hs []escrow.EpochHealth, window, margin time.Duration) wire.RecoveryHealth {
-	out := wire.RecoveryHealth{WindowDays: int(window.Hours() / 24), MarginDays: int(margin.Hours() / 24), Epochs: []wire.EpochHealth{}}
+	out := wire.RecoveryHealth{WindowSeconds: int64(window / time.Second), MarginSeconds: int64(margin / time.Second),
+		WindowDays: int(window.Hours() / 24), MarginDays: int(margin.Hours() / 24), Epochs: []wire.EpochHealth{}}
 	for _, h := range hs {
 		e := wire.EpochHealth{Epoch: h.Epoch, Quorum: h.Quorum, Current: h.Current, Records: h.Records, Proven: h.Proven,
 			Valid: h.Valid, Canary: h.Canary, AtRisk: h.AtRisk, NeedsReseal: h.NeedsReseal, Advice: h.Advice, KRAs: []wire.KRAHealth{}}

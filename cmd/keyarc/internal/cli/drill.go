@@ -269,9 +269,23 @@ func orDash(s string) string {
 	return s
 }
 
+// healthHeader is the line above the health of the epochs: the window and the margin as
+// configured (an appliance that sends only whole days: in days).
+func healthHeader(h wire.RecoveryHealth) string {
+	window, margin := time.Duration(h.WindowSeconds)*time.Second, time.Duration(h.MarginSeconds)*time.Second
+	if h.WindowSeconds == 0 {
+		window, margin = time.Duration(h.WindowDays)*24*time.Hour, time.Duration(h.MarginDays)*24*time.Hour
+	}
+	valid := "certificates valid beyond " + escrow.SpanText(margin)
+	if margin == 0 {
+		valid = "certificates not expired"
+	}
+	return fmt.Sprintf("\nquorum health (a KRA counts when proven by a drill within %s; %s):\n", escrow.SpanText(window), valid)
+}
+
 // printHealth prints the quorum health of each live epoch, and what to do.
 func printHealth(h wire.RecoveryHealth) {
-	fmt.Printf("\nquorum health (a KRA counts when proven by a drill within %d days; certificates valid beyond %d days):\n", h.WindowDays, h.MarginDays)
+	fmt.Print(healthHeader(h))
 	for _, e := range h.Epochs {
 		state := "ok"
 		switch {

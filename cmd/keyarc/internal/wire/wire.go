@@ -306,11 +306,13 @@ func article(kind string) string {
 // RecoveryHealth is the answer of GET /api/v1/recovery-set/health: the quorum health of the
 // current epoch and of every older epoch that still holds records, oldest first.
 type RecoveryHealth struct {
-	// WindowDays is how recent a KRA's drill proof must be to count; MarginDays how long its
-	// certificate must stay valid.
-	WindowDays int           `json:"window_days"`
-	MarginDays int           `json:"margin_days"`
-	Epochs     []EpochHealth `json:"epochs"`
+	// WindowSeconds is how recent a KRA's drill proof must be to count; MarginSeconds how long
+	// its certificate must stay valid. WindowDays and MarginDays are the same in whole days.
+	WindowSeconds int64         `json:"window_seconds"`
+	MarginSeconds int64         `json:"margin_seconds"`
+	WindowDays    int           `json:"window_days"`
+	MarginDays    int           `json:"margin_days"`
+	Epochs        []EpochHealth `json:"epochs"`
 }
 
 // EpochHealth is one epoch of a [RecoveryHealth].
