@@ -43,7 +43,9 @@
 //
 // [DB.View] runs on a separate pool of read-only connections and is fully
 // concurrent with Update and with other Views; it sees the data committed
-// before it started (a WAL snapshot).
+// before it started (a WAL snapshot). It takes the connection used last: SQLite
+// drops a connection's page cache at its first read after another connection's
+// commit, so the one used last is the one most likely to find its pages cached.
 //
 // A [store.Tx] belongs to the function it was passed to: it must not be kept after
 // the function returns nor shared with other goroutines. Functions passed to
