@@ -41,7 +41,11 @@
 // trips to the server are what a group costs, so the writer pipelines: a write goes out with
 // its savepoint and release in one pgx batch, a function's savepoint is opened with its first
 // statement and released with the next function's (or by the COMMIT), and BEGIN goes with the
-// writer lock. A function that stores one row costs one round trip.
+// writer lock. A function that stores one row costs one round trip. A write whose count
+// nobody reads and that nothing but a fault can refuse (the audit entry) is held back and goes
+// with the next statement of the transaction or with the COMMIT; should it fail all the same,
+// the whole group fails with [store.ErrUnavailable]. An EST enrollment (the code's claim and
+// the certificate in one statement, then its audit entry) so costs one round trip of its own.
 //
 // Across nodes, every write transaction first takes the database's writer lock
 // (pg_advisory_xact_lock on one key), the equivalent of SQLite's BEGIN IMMEDIATE: write
@@ -60,7 +64,9 @@
 // shutdown, a full disk) wraps [store.ErrUnavailable], and the caller may try again.
 //
 // [DB.View] runs on the pool in a READ ONLY, REPEATABLE READ transaction: one snapshot of
-// committed data, concurrent with Update and other Views.
+// committed data, concurrent with Update and other Views. Its statements run on pgx directly,
+// and its BEGIN goes out with its first statement: a View of one statement takes two round
+// trips, the statement and the ROLLBACK.
 //
 // A [store.Tx] belongs to the function it was passed to: it must not be kept after the function
 // returns nor shared with other goroutines. Functions passed to Update run on the writer
