@@ -64,6 +64,8 @@ type RecoveryKeys interface {
 	Generate(label string) (crypto.PublicKey, error)
 	Decrypter(label string) (crypto.Decrypter, error)
 	Destroy(label string) error
+	// Labels lists the labels of the keys beginning with prefix.
+	Labels(prefix string) ([]string, error)
 }
 
 // recoveryKeyLabel is the token label of a request's recovery key.

@@ -68,6 +68,8 @@ func (k *tokenKeys) Destroy(label string) error {
 	return nil
 }
 
+func (k *tokenKeys) Labels(prefix string) ([]string, error) { return k.tok.KeyLabels(prefix) }
+
 func (k *tokenKeys) live() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()

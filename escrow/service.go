@@ -145,6 +145,8 @@ type Service struct {
 	undoer   *issue.Undoer // shared by every Pipeline of this Service
 
 	creds verifiedCredentials // credential rows this process has checked (check.go)
+
+	orphans orphanKeys // per-request keys of no request, as first seen (keysweep.go)
 }
 
 func (s *Service) now() time.Time {

@@ -8,6 +8,8 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +68,19 @@ func (k *softRecoveryKeys) Decrypter(label string) (crypto.Decrypter, error) {
 		return nil, fmt.Errorf("no recovery key %q", label)
 	}
 	return key, nil
+}
+
+func (k *softRecoveryKeys) Labels(prefix string) ([]string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var labels []string
+	for l := range k.keys {
+		if strings.HasPrefix(l, prefix) {
+			labels = append(labels, l)
+		}
+	}
+	slices.Sort(labels)
+	return labels, nil
 }
 
 func (k *softRecoveryKeys) Destroy(label string) error {

@@ -330,6 +330,25 @@ func (t *Token) Decrypter(label string) (crypto.Decrypter, error) {
 	return &decrypter{handle: newHandle(t, label, crypto11.CkaDecrypt, k, gen)}, nil
 }
 
+// KeyLabels returns the labels, sorted and each once, of the token's private keys (token
+// objects, not session copies) that begin with prefix.
+//
+// # Errors
+//
+// [ErrPoolExhausted], [ErrTokenGone], [ErrClosed].
+func (t *Token) KeyLabels(prefix string) ([]string, error) {
+	var labels []string
+	err := t.do("find", func(c *conn) error {
+		var err error
+		labels, err = c.raw.privateKeyLabels(prefix)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: list keys: %w", err)
+	}
+	return labels, nil
+}
+
 // TransientDecrypter is [Token.Decrypter] for a key that lives for one request (a recovery
 // or drill key): it decrypts with the token object itself, never a session copy, so that once
 // the key is destroyed, by this node or by another sharing the token, nothing decrypts with

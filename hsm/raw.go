@@ -3,6 +3,8 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/miekg/pkcs11"
@@ -135,6 +137,35 @@ func (r *rawSession) countByLabel(label string) (all, private int, err error) {
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 	})
 	return all, private, err
+}
+
+// privateKeyLabels returns the labels of the private keys that are token objects and begin
+// with prefix, sorted, each once.
+func (r *rawSession) privateKeyLabels(prefix string) ([]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.open {
+		return nil, ErrClosed
+	}
+	objs, err := r.findLocked([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+	})
+	if err != nil {
+		return nil, err
+	}
+	var labels []string
+	for _, o := range objs {
+		a, err := r.ctx.GetAttributeValue(r.session, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+		if err != nil {
+			return nil, err
+		}
+		if l := string(a[0].Value); strings.HasPrefix(l, prefix) {
+			labels = append(labels, l)
+		}
+	}
+	slices.Sort(labels)
+	return slices.Compact(labels), nil
 }
 
 // findLocked returns the objects matching tmpl. The caller holds r.mu and has checked

@@ -366,3 +366,38 @@ func TestTransientDecrypterNoCopy(t *testing.T) {
 		t.Fatal("a key destroyed elsewhere marked the token as gone")
 	}
 }
+
+// KeyLabels lists the token's private keys by label prefix, without their session copies or
+// public halves, each once.
+func TestKeyLabels(t *testing.T) {
+	_, _, tok := newToken(t, Options{})
+	for _, label := range []string{"recovery-b", "recovery-a", "drill-1", "ca"} {
+		alg, usage := RSA2048, UsageDecrypt
+		if label == "ca" {
+			alg, usage = P256, UsageSign
+		}
+		if _, err := tok.GenerateKey(label, alg, usage); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := tok.Decrypter("recovery-a") // makes a session copy on first use
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, d.Public().(*rsa.PublicKey), []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: crypto.SHA1}); err != nil {
+		t.Fatal(err)
+	}
+	for prefix, want := range map[string]string{"recovery-": "recovery-a recovery-b", "drill-": "drill-1", "": "ca drill-1 recovery-a recovery-b", "x": ""} {
+		got, err := tok.KeyLabels(prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got, " ") != want {
+			t.Errorf("KeyLabels(%q) = %q, want %q", prefix, got, want)
+		}
+	}
+}

@@ -445,10 +445,11 @@ func TestSwappedRecordRefused(t *testing.T) {
 }
 
 // TestCrashDuringRecovery kills the appliance between two approvals: after the restart the first
-// approval is still there, counted once, and the recovery completes with one more.
+// approval is still there, counted once, and the recovery completes with one more. A recovery
+// key its fetch left in the token is destroyed at the next start.
 func TestCrashDuringRecovery(t *testing.T) {
 	t.Parallel()
-	requireTools(t, "openssl")
+	requireTools(t, "openssl", "pkcs11-tool")
 	state := devState(t)
 	a := serve(t, state)
 	dir := t.TempDir()
@@ -474,5 +475,24 @@ func TestCrashDuringRecovery(t *testing.T) {
 	if got, want := run(t, dir, "openssl", "pkey", "-in", "k.pem", "-pubout"), run(t, dir, "openssl", "pkey", "-in", filepath.Join(dir, "erin", "key.pem"), "-pubout"); got != want {
 		t.Fatal("the recovered key is not Erin's")
 	}
-	_ = b
+
+	// A crash between the fetch's commit and the destruction of the request's key would leave
+	// the key in the token: made here with pkcs11-tool while the appliance is stopped, it is
+	// gone once the appliance has started again.
+	b.stop(t)
+	env := []string{"SOFTHSM2_CONF=" + filepath.Join(state, "softhsm", "softhsm2.conf")}
+	pin, err := os.ReadFile(filepath.Join(state, "softhsm", "pins", "keyarc.pin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tool := []string{"--module", softhsmModule(), "--token-label", "keyarc", "--login", "--pin", strings.TrimSpace(string(pin))}
+	label := "recovery-" + id
+	run2(t, env, "pkcs11-tool", append(tool, "--keypairgen", "--key-type", "rsa:2048", "--label", label, "--usage-decrypt")...)
+	if list := run2(t, env, "pkcs11-tool", append(tool, "--list-objects", "--type", "privkey")...); !strings.Contains(list, label) {
+		t.Fatalf("the left-over key was not made:\n%s", list)
+	}
+	serveWith(t, state, nil, addr)
+	if list := run2(t, env, "pkcs11-tool", append(tool, "--list-objects", "--type", "privkey")...); strings.Contains(list, label) {
+		t.Fatalf("the key of a fetched recovery is still in the token after a start:\n%s", list)
+	}
 }

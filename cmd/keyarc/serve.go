@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -285,7 +286,16 @@ func (k tokenRecoveryKeys) Decrypter(label string) (crypto.Decrypter, error) {
 	return k.tok.TransientDecrypter(label)
 }
 
-func (k tokenRecoveryKeys) Destroy(label string) error { return k.tok.DestroyKey(label) }
+// Destroy destroys the key labelled label; one already gone (destroyed by another node) is
+// destroyed.
+func (k tokenRecoveryKeys) Destroy(label string) error {
+	if err := k.tok.DestroyKey(label); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+		return err
+	}
+	return nil
+}
+
+func (k tokenRecoveryKeys) Labels(prefix string) ([]string, error) { return k.tok.KeyLabels(prefix) }
 
 var _ escrow.RecoveryKeys = tokenRecoveryKeys{}
 

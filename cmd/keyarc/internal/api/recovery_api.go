@@ -266,6 +266,11 @@ func (a *Server) expireRecoveries() {
 	} else if n > 0 {
 		a.log.Info("drills expired unanswered", "count", n)
 	}
+	// A key its request left in the token (a crash between the end's commit and the key's
+	// destruction) is destroyed now.
+	if _, err := a.svc.DestroyStaleKeys(ctx); err != nil {
+		a.log.Error("destroy per-request keys left by ended requests", "err", err)
+	}
 	if n, err := a.svc.EnsureCanaries(ctx); err != nil {
 		a.log.Error("seal the canaries of live epochs", "err", err)
 	} else if n > 0 {
