@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -59,9 +60,8 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if r.ContentLength > maxJSONBody {
 		return bodyTooLarge(maxJSONBody)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return bodyTooLarge(maxJSONBody)
@@ -69,12 +69,70 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		if isTimeout(err) {
 			return bodyTimeout
 		}
+		return fmt.Errorf("%w: request body could not be read: %w", escrow.ErrInvalidRequest, err)
+	}
+	// encoding/json lets the last of two equal keys win, and matches keys to fields without
+	// regard to case: {"reason":"a","Reason":"b"} would be read as "b" here and maybe as "a"
+	// by whatever checked it before.
+	if key := duplicateKey(body); key != "" {
+		return fmt.Errorf("%w: request body holds the key %.64q twice (keys are matched without regard to case)", escrow.ErrInvalidRequest, key)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: request body is not the expected JSON: %w", escrow.ErrInvalidRequest, wire.DecodeError(err))
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: request body holds more than one JSON value", escrow.ErrInvalidRequest)
 	}
 	return nil
+}
+
+// duplicateKey returns the first key found twice in one object of the JSON text data,
+// compared as encoding/json matches keys to fields (without regard to case), or "" when there
+// is none or data is not JSON (the decoder then says what is wrong).
+func duplicateKey(data []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	// Per open object or array: the keys seen (nil for an array) and whether the next string
+	// is a key.
+	type level struct {
+		keys      map[string]bool
+		expectKey bool
+	}
+	var stack []level
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		top := len(stack) - 1
+		if top >= 0 && stack[top].keys != nil {
+			if stack[top].expectKey {
+				if k, ok := tok.(string); ok {
+					folded := strings.ToLower(strings.ToUpper(k))
+					if stack[top].keys[folded] {
+						return k
+					}
+					stack[top].keys[folded] = true
+					stack[top].expectKey = false
+					continue
+				}
+			} else {
+				stack[top].expectKey = true // this token is a value (or opens one)
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, level{keys: map[string]bool{}, expectKey: true})
+		case json.Delim('['):
+			stack = append(stack, level{})
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			if len(stack) == 0 {
+				return ""
+			}
+		}
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

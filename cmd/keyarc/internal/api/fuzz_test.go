@@ -110,3 +110,41 @@ func FuzzDecodeB64(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeJSONDuplicateKeys: a body naming one key twice in an object, even in another case
+// (encoding/json matches keys to fields without regard to case, and the last would win), is
+// refused naming the key; the same key in different objects is not a duplicate.
+func TestDecodeJSONDuplicateKeys(t *testing.T) {
+	type share struct {
+		RecordID string `json:"record_id"`
+		Share    string `json:"share"`
+	}
+	type body struct {
+		Reason string  `json:"reason"`
+		Shares []share `json:"shares"`
+		Inner  *share  `json:"inner"`
+	}
+	for _, tt := range []struct {
+		body string
+		dup  string // "" means accepted
+	}{
+		{`{"reason":"a","shares":[{"record_id":"r1","share":"x"},{"record_id":"r2","share":"y"}],"inner":{"record_id":"r3"}}`, ""},
+		{`{"reason":"a","reason":"b"}`, "reason"},
+		{`{"reason":"a","Reason":"b"}`, "Reason"},
+		{`{"REASON":"a","reason":"b"}`, "reason"},
+		{`{"shares":[{"record_id":"r1","record_id":"r2"}]}`, "record_id"},
+		{`{"inner":{"share":"x","SHARE":"y"}}`, "SHARE"},
+		{`{"inner":{"record_id":"r"},"inner":{"record_id":"s"}}`, "inner"},
+		{`{"shares":[],"reason":"a","shares":[]}`, "shares"},
+	} {
+		r := httptest.NewRequest("POST", "/api/v1/x", strings.NewReader(tt.body))
+		var v body
+		err := decodeJSON(httptest.NewRecorder(), r, &v)
+		switch {
+		case tt.dup == "" && err != nil:
+			t.Errorf("%s: %v, want it accepted", tt.body, err)
+		case tt.dup != "" && (err == nil || !errors.Is(err, escrow.ErrInvalidRequest) || !strings.Contains(err.Error(), `"`+tt.dup+`" twice`)):
+			t.Errorf("%s: %v, want a refusal naming %q", tt.body, err, tt.dup)
+		}
+	}
+}
