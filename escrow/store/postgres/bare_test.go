@@ -265,3 +265,55 @@ func TestEnrollmentTrips(t *testing.T) {
 		enroll(i)
 	}
 }
+
+// TestHeldBackRowsMerged: the audit entries one function appends, held back, go out with the
+// COMMIT as multi-row INSERTs (32 and 8 rows for 40 entries): two round trips and six
+// statements in all for the Update, and every entry stored in its place.
+func TestHeldBackRowsMerged(t *testing.T) {
+	db, _ := openTest(t, pgtest.Start(t))
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	appendN := func(n int) {
+		t.Helper()
+		err := db.Update(ctx, func(tx store.Tx) error {
+			for range n {
+				seq, prev, err := tx.AuditHead()
+				if err != nil {
+					return err
+				}
+				if err := tx.InsertAudit(store.AuditEntry{Seq: seq + 1, At: at, Kind: "test", Actor: "t",
+					Prev: append([]byte{}, prev...), Hash: []byte{byte(seq + 1), 0xaa}}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendN(1) // opens the writer's connection
+	s0, t0 := Wire()
+	appendN(40)
+	s1, t1 := Wire()
+	if s1-s0 != 6 || t1-t0 != 2 {
+		t.Errorf("40 entries appended with %d statements in %d round trips, want 6 in 2", s1-s0, t1-t0)
+	}
+	err := db.View(ctx, func(tx store.Tx) error {
+		es, err := tx.ListAudit(1, 100)
+		if err != nil {
+			return err
+		}
+		if len(es) != 41 {
+			t.Fatalf("%d entries, want 41", len(es))
+		}
+		for i, e := range es {
+			if e.Seq != int64(i+1) || e.Hash[0] != byte(i+1) || (i > 0 && e.Prev[0] != byte(i)) {
+				t.Errorf("entry %d: seq %d, hash %x, prev %x", i+1, e.Seq, e.Hash, e.Prev)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

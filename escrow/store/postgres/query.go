@@ -83,8 +83,12 @@ type heldBack struct {
 }
 
 type heldStmt struct {
-	query string // rebound
+	query string // rebound; empty for a row (see ExecLaterRow)
 	args  []any
+	// head and width are those of the INSERT of one row held back by ExecLaterRow: the rows
+	// held back one after the other with the same head go out as multi-row INSERTs.
+	head  string
+	width int
 }
 
 // maxHeldBack bounds the writes held back: beyond it, the next one goes out at once with the
@@ -155,20 +159,60 @@ func (p pgQuerier) ExecLater(ctx context.Context, query string, args ...any) err
 	if p.later.failed != nil {
 		return heldErr(p.later.failed)
 	}
-	p.later.stmts = append(p.later.stmts, heldStmt{rebind(query), args})
+	p.later.stmts = append(p.later.stmts, heldStmt{query: rebind(query), args: args})
 	return nil
 }
 
-// queueHeld queues the held-back writes, if any, in b, and returns their number.
+// ExecLaterRow is ExecLater for the INSERT of one row (see sqltx's execLaterRow): the rows held
+// back one after the other with the same head go out as multi-row INSERTs of up to
+// sqltx.RowsPerInsert rows.
+func (p pgQuerier) ExecLaterRow(ctx context.Context, head string, width int, args ...any) error {
+	if err := checkArgs(args); err != nil {
+		return err
+	}
+	if p.writer == nil || p.later == nil || p.sp.prefix() != nil || len(p.later.stmts) >= maxHeldBack {
+		_, err := p.ExecBare(ctx, sqltx.MultiRowInsert(head, width, 1), args...)
+		return err
+	}
+	if p.later.failed != nil {
+		return heldErr(p.later.failed)
+	}
+	p.later.stmts = append(p.later.stmts, heldStmt{args: args, head: head, width: width})
+	return nil
+}
+
+// queueHeld queues the held-back writes, if any, in b (the rows of one head that follow each
+// other merged into multi-row INSERTs), and returns the number of statements queued.
 func (p pgQuerier) queueHeld(b *pgx.Batch) int {
 	if p.later == nil || len(p.later.stmts) == 0 {
 		return 0
 	}
 	held := p.later.stmts
-	for _, h := range held {
-		b.Queue(h.query, h.args...)
+	n := 0
+	for i := 0; i < len(held); {
+		h := held[i]
+		if h.head == "" {
+			b.Queue(h.query, h.args...)
+			n, i = n+1, i+1
+			continue
+		}
+		j := i + 1
+		for j < len(held) && held[j].head == h.head && held[j].width == h.width && j-i < sqltx.RowsPerInsert {
+			j++
+		}
+		// At most RowsPerInsert rows, in a statement of as many rows as there are: the shapes
+		// are few, each prepared once per connection.
+		k := sqltx.RowsPerInsert
+		for k > j-i {
+			k /= 2
+		}
+		args := make([]any, 0, k*h.width)
+		for _, r := range held[i : i+k] {
+			args = append(args, r.args...)
+		}
+		b.Queue(rebind(sqltx.MultiRowInsert(h.head, h.width, k)), args...)
+		n, i = n+1, i+k
 	}
-	n := len(held)
 	clear(held) // the batch holds the statements now
 	p.later.stmts = held[:0]
 	return n

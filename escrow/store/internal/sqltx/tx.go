@@ -50,6 +50,13 @@ type LaterExecer interface {
 	ExecLater(ctx context.Context, query string, args ...any) error
 }
 
+// LaterRowExecer is a LaterExecer that can also hold back the INSERT of one row, given as its
+// head ("INSERT INTO t (columns)") and its width values, and send the rows held back one after
+// the other with the same head as multi-row INSERTs (see [MultiRowInsert]).
+type LaterRowExecer interface {
+	ExecLaterRow(ctx context.Context, head string, width int, args ...any) error
+}
+
 // Dialect is what differs between the backends' SQL. The statements of this package are
 // otherwise valid on both SQLite (3.35 or later) and PostgreSQL.
 type Dialect struct {
@@ -202,6 +209,30 @@ func (tx *Tx) execLater(op, query string, args ...any) error {
 	}
 	return nil
 }
+
+// execLaterRow is execLater for the INSERT of one row (head and its width values): a backend
+// that holds it back may send it in one statement with the rows held back after it with the
+// same head.
+func (tx *Tx) execLaterRow(op, head string, width int, args ...any) error {
+	l, ok := tx.q.(LaterRowExecer)
+	if !ok {
+		return tx.execLater(op, multiRowInsert(head, width, 1), args...)
+	}
+	if err := tx.check(true); err != nil {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	if err := l.ExecLaterRow(tx.ctx, head, width, args...); err != nil {
+		return fmt.Errorf("store: %s: %w", op, tx.d.MapErr(err))
+	}
+	return nil
+}
+
+// RowsPerInsert is the most rows one INSERT statement carries (see insertRows).
+const RowsPerInsert = rowsPerInsert
+
+// MultiRowInsert returns head followed by rows tuples of width ? placeholders, built once per
+// shape.
+func MultiRowInsert(head string, width, rows int) string { return multiRowInsert(head, width, rows) }
 
 // rowsPerInsert is the most rows one INSERT statement carries. A statement of many rows costs
 // the writer much less per row than one statement per row (binding, stepping and resetting
