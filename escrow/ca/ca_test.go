@@ -469,26 +469,30 @@ func TestNewSerial(t *testing.T) {
 		}
 		seen[s.String()] = true
 	}
-	// The issuing second leads, then 96 random bits: a later second gives a larger serial,
-	// and its hex form (leading zeros dropped, as the store keeps it) sorts after too.
-	rnd := bytes.Repeat([]byte{0xff}, 12)
+	// The issuing time leads (the second, then its fraction in 2^-24 s), then 72 random
+	// bits: a later time gives a larger serial, within a second too, and its hex form
+	// (leading zeros dropped, as the store keeps it) sorts after too.
+	rnd := bytes.Repeat([]byte{0xff}, 9)
 	t0 := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
-	a, err := newSerial(bytes.NewReader(rnd), t0)
+	prev, err := newSerial(bytes.NewReader(rnd), t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := newSerial(bytes.NewReader(make([]byte, 12)), t0.Add(time.Second))
-	if err != nil {
-		t.Fatal(err)
+	if got := new(big.Int).Rsh(prev, 96).Int64(); got != t0.Unix() {
+		t.Fatalf("serial %x leads with %d, want the second %d", prev, got, t0.Unix())
 	}
-	if a.Cmp(b) >= 0 || a.Text(16) >= b.Text(16) || len(a.Text(16)) != 32 || len(b.Text(16)) != 32 {
-		t.Fatalf("serials of consecutive seconds out of order: %x then %x", a, b)
+	if got := new(big.Int).And(prev, new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 72), big.NewInt(1))); got.Cmp(new(big.Int).SetBytes(rnd)) != 0 {
+		t.Fatalf("serial %x does not end with the 72 random bits", prev)
 	}
-	if got := new(big.Int).Rsh(a, 96).Int64(); got != t0.Unix() {
-		t.Fatalf("serial %x leads with %d, want the second %d", a, got, t0.Unix())
-	}
-	if got := new(big.Int).And(a, new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 96), big.NewInt(1))); got.Cmp(new(big.Int).SetBytes(rnd)) != 0 {
-		t.Fatalf("serial %x does not end with the 96 random bits", a)
+	for _, d := range []time.Duration{100 * time.Nanosecond, time.Microsecond, time.Millisecond, 999 * time.Millisecond, time.Second, time.Hour} {
+		next, err := newSerial(bytes.NewReader(make([]byte, 9)), t0.Add(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev.Cmp(next) >= 0 || prev.Text(16) >= next.Text(16) || len(prev.Text(16)) != 32 || len(next.Text(16)) != 32 {
+			t.Fatalf("serials %v apart out of order: %x then %x", d, prev, next)
+		}
+		prev, _ = newSerial(bytes.NewReader(rnd), t0.Add(d))
 	}
 	if _, err := newSerial(bytes.NewReader(nil), t0); err == nil {
 		t.Fatal("newSerial with an empty reader succeeded")
