@@ -636,16 +636,12 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 // noOpenDrill is [ErrDrillPending], naming the drill, when kra has an open drill that has not
 // expired.
 func (s *Service) noOpenDrill(dtx store.DrillStates, kra string) error {
-	rows, err := dtx.ListDrillState(drillKindDrill)
+	rows, err := allDrills(dtx)
 	if err != nil {
 		return err
 	}
 	now := s.now()
-	for id, data := range rows {
-		var d drillRow
-		if err := json.Unmarshal(data, &d); err != nil {
-			return fmt.Errorf("escrow: drill %s: %w", id, err)
-		}
+	for _, d := range rows {
 		if d.KRA == kra && d.State == DrillOpen && now.Before(d.ExpiresAt) {
 			return fmt.Errorf("%w: KRA %s has drill %s open until %s; answer it with `keyarc kra drill` (it answers every open drill)",
 				ErrDrillPending, kra, d.ID, d.ExpiresAt.UTC().Format(time.RFC3339))
@@ -698,6 +694,23 @@ func getCanary(dtx store.DrillStates, e uint32) (*canaryRow, error) {
 	return &c, nil
 }
 
+// allDrills returns every drill, in no order.
+func allDrills(dtx store.DrillStates) ([]*drillRow, error) {
+	rows, err := dtx.ListDrillState(drillKindDrill)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*drillRow, 0, len(rows))
+	for id, data := range rows {
+		var d drillRow
+		if err := json.Unmarshal(data, &d); err != nil {
+			return nil, fmt.Errorf("escrow: drill %s: %w", id, err)
+		}
+		out = append(out, &d)
+	}
+	return out, nil
+}
+
 func getDrill(dtx store.DrillStates, id string) (*drillRow, error) {
 	data, err := dtx.GetDrillState(drillKindDrill, id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -723,16 +736,12 @@ func (s *Service) ListDrills(ctx context.Context, campaign, kra string, open boo
 	var out []Drill
 	err := s.Store.View(ctx, func(tx store.Tx) error {
 		dtx := store.DrillStates(tx)
-		rows, err := dtx.ListDrillState(drillKindDrill)
+		rows, err := allDrills(dtx)
 		if err != nil {
 			return err
 		}
 		now := s.now()
-		for id, data := range rows {
-			var d drillRow
-			if err := json.Unmarshal(data, &d); err != nil {
-				return fmt.Errorf("escrow: drill %s: %w", id, err)
-			}
+		for _, d := range rows {
 			if campaign != "" && d.Campaign != campaign || kra != "" && d.KRA != kra {
 				continue
 			}
@@ -1146,15 +1155,11 @@ func (s *Service) ExpireDrills(ctx context.Context) (int, error) {
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		expired = expired[:0]
 		dtx := store.DrillStates(tx)
-		rows, err := dtx.ListDrillState(drillKindDrill)
+		rows, err := allDrills(dtx)
 		if err != nil {
 			return err
 		}
-		for id, data := range rows {
-			var d drillRow
-			if err := json.Unmarshal(data, &d); err != nil {
-				return fmt.Errorf("escrow: drill %s: %w", id, err)
-			}
+		for _, d := range rows {
 			if d.State != DrillOpen || now.Before(d.ExpiresAt) {
 				continue
 			}
@@ -1163,14 +1168,14 @@ func (s *Service) ExpireDrills(ctx context.Context) (int, error) {
 			if err != nil {
 				return err
 			}
-			if err := dtx.PutDrillState(drillKindDrill, id, b); err != nil {
+			if err := dtx.PutDrillState(drillKindDrill, d.ID, b); err != nil {
 				return err
 			}
-			if err := s.audit(tx, KindDrillExpired, "system", id, audit.Details{Request: id, RequestKind: "drill", KRA: d.KRA,
+			if err := s.audit(tx, KindDrillExpired, "system", d.ID, audit.Details{Request: d.ID, RequestKind: "drill", KRA: d.KRA,
 				Expires: d.ExpiresAt.Format(time.RFC3339)}); err != nil {
 				return err
 			}
-			expired = append(expired, d)
+			expired = append(expired, *d)
 		}
 		return nil
 	})
