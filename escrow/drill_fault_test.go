@@ -440,16 +440,7 @@ func TestDrillRemovedKRA(t *testing.T) {
 	if err != nil || len(drills) != 1 || len(drills[0].Epochs) != 1 || drills[0].Epochs[0] != 1 {
 		t.Fatalf("kra-2's drill under a set without it: %+v, %v; want epoch 1 only", drills, err)
 	}
-	rec := d.requestReseal(t)
-	for i := range 2 {
-		sh, sig := d.approval(t, i, rec.ID)
-		if _, err := d.svc.SubmitApproval(ctx, d.kraPrincipal(t, i), rec.ID, sh, sig); err != nil {
-			t.Fatalf("approve reseal: %v", err)
-		}
-	}
-	if _, err := d.svc.CompleteReseal(ctx, d.admin, rec.ID); err != nil {
-		t.Fatalf("CompleteReseal: %v", err)
-	}
+	d.reseal(t)
 	if _, err := d.svc.OpenDrill(ctx, d.admin, "kra-2", time.Hour); !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), "kra-2") {
 		t.Fatalf("a drill for kra-2, in no live epoch: %v; want ErrInvalidRequest naming it", err)
 	}

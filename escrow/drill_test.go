@@ -323,7 +323,6 @@ func TestDrillProofRefused(t *testing.T) {
 // new set, the old epoch drops out and the new one is proven by drills.
 func TestDrillHealthReseal(t *testing.T) {
 	d := newDrillEnv(t)
-	ctx := context.Background()
 	ids := d.campaign(t)
 	d.prove(t, 0, ids["kra-0"])
 	d.prove(t, 1, ids["kra-1"])
@@ -343,16 +342,7 @@ func TestDrillHealthReseal(t *testing.T) {
 		t.Fatalf("drill epochs %v, want both live epochs", dr.Epochs)
 	}
 	d.prove(t, 0, ids["kra-0"])
-	rec := d.requestReseal(t)
-	for i := range 2 {
-		sh, sig := d.approval(t, i, rec.ID)
-		if _, err := d.svc.SubmitApproval(ctx, d.kraPrincipal(t, i), rec.ID, sh, sig); err != nil {
-			t.Fatalf("approve reseal: %v", err)
-		}
-	}
-	if _, err := d.svc.CompleteReseal(ctx, d.admin, rec.ID); err != nil {
-		t.Fatalf("CompleteReseal: %v", err)
-	}
+	d.reseal(t)
 	h = d.health(t)
 	if _, ok := h[1]; ok || h[e2].Records != 1 || h[e2].Proven != 1 || !h[e2].AtRisk {
 		t.Fatalf("after the reseal: %+v; want epoch 1 gone, epoch %d with the record, 1 proven", h, e2)

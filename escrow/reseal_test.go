@@ -58,6 +58,17 @@ func (r *recoveryEnv) requestReseal(t *testing.T) *Recovery {
 	return rec
 }
 
+// reseal moves the records to the current set: a reseal approved by KRAs 0 and 1, completed.
+func (r *recoveryEnv) reseal(t *testing.T) {
+	t.Helper()
+	rec := r.requestReseal(t)
+	r.approve(t, 0, rec.ID)
+	r.approve(t, 1, rec.ID)
+	if _, err := r.svc.CompleteReseal(context.Background(), r.admin, rec.ID); err != nil {
+		t.Fatalf("CompleteReseal: %v", err)
+	}
+}
+
 // approvalFromBlob is KRA i's approval of request id made from its share in blob, a record as
 // it was sealed (the KRA may have kept its old share): decrypted with its unwrap key,
 // re-encrypted to the request's recovery key and signed.
