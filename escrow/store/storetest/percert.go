@@ -280,11 +280,12 @@ func benchPresign(b *testing.B, s store.Store, now time.Time) {
 }
 
 // benchSerial is a serial shaped as the CA makes them (escrow/ca.NewSerial): the issuing
-// second, then random bits; the certificates are spread 1,000 to a second, as a storm issues
-// them.
+// second and its fraction in 2^-24 s, then 72 random bits; the certificates are spread 1,000
+// to a second, as a storm issues them.
 func benchSerial(i uint64) string {
 	h := sha256.Sum256(binary.BigEndian.AppendUint64(nil, i))
-	return fmt.Sprintf("%08x", uint32(bench0.Unix())+uint32(i/1000)) + hex.EncodeToString(h[:12])
+	frac := (i % 1000) << 24 / 1000
+	return fmt.Sprintf("%08x%06x", uint32(bench0.Unix())+uint32(i/1000), frac) + hex.EncodeToString(h[:9])
 }
 
 // benchDERs makes n P-256 certificates of distinct keys, so that their key identities differ.
