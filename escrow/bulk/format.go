@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/keyarc/keyarc/escrow/jsonstrict"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
@@ -406,8 +407,12 @@ func decodeB64(s string) ([]byte, error) {
 	return nil, err
 }
 
-// strictJSON decodes exactly one JSON object with no unknown fields.
+// strictJSON decodes exactly one JSON object with no unknown fields and no key given twice
+// (encoding/json would let the last win, and matches keys without regard to case).
 func strictJSON(b []byte, v any) error {
+	if key := jsonstrict.DuplicateKey(b); key != "" {
+		return fmt.Errorf("key %q given twice (keys are matched without regard to case)", truncate(key))
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

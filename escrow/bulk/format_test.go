@@ -82,6 +82,8 @@ func TestParseItem(t *testing.T) {
 		{name: "enroll with import field", h: enroll, line: jsonLine(t, Item{Email: "a@b.org", CSR: good.CSR, EncryptedKey: good.EncryptedKey, Password: "x"}), wantErr: ErrItem},
 		{name: "unknown field", h: enroll, line: `{"email":"a@b.org","color":"red"}`, wantErr: ErrItem},
 		{name: "not JSON", h: enroll, line: `email=a@b.org`, wantErr: ErrItem},
+		{name: "key twice", h: keygen, line: `{"email":"a@example.org","email":"b@example.org"}`, wantErr: ErrItem},
+		{name: "key twice in two cases", h: keygen, line: `{"email":"a@example.org","Email":"b@example.org"}`, wantErr: ErrItem},
 		{name: "keygen", h: keygen, line: `{"email":"c@example.org"}`, want: &Keygen{Email: "c@example.org", Key: "p256"}},
 		{name: "keygen own key", h: keygen, line: `{"email":"c@example.org","key":"rsa3072"}`, want: &Keygen{Email: "c@example.org", Key: "rsa3072"}},
 		{name: "keygen bad key", h: keygen, line: `{"email":"c@example.org","key":"ed448"}`, wantErr: ErrItem},

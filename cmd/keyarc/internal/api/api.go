@@ -16,6 +16,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/jsonstrict"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -74,7 +75,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	// encoding/json lets the last of two equal keys win, and matches keys to fields without
 	// regard to case: {"reason":"a","Reason":"b"} would be read as "b" here and maybe as "a"
 	// by whatever checked it before.
-	if key := duplicateKey(body); key != "" {
+	if key := jsonstrict.DuplicateKey(body); key != "" {
 		return fmt.Errorf("%w: request body holds the key %.64q twice (keys are matched without regard to case)", escrow.ErrInvalidRequest, key)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -86,53 +87,6 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		return fmt.Errorf("%w: request body holds more than one JSON value", escrow.ErrInvalidRequest)
 	}
 	return nil
-}
-
-// duplicateKey returns the first key found twice in one object of the JSON text data,
-// compared as encoding/json matches keys to fields (without regard to case), or "" when there
-// is none or data is not JSON (the decoder then says what is wrong).
-func duplicateKey(data []byte) string {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	// Per open object or array: the keys seen (nil for an array) and whether the next string
-	// is a key.
-	type level struct {
-		keys      map[string]bool
-		expectKey bool
-	}
-	var stack []level
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return ""
-		}
-		top := len(stack) - 1
-		if top >= 0 && stack[top].keys != nil {
-			if stack[top].expectKey {
-				if k, ok := tok.(string); ok {
-					folded := strings.ToLower(strings.ToUpper(k))
-					if stack[top].keys[folded] {
-						return k
-					}
-					stack[top].keys[folded] = true
-					stack[top].expectKey = false
-					continue
-				}
-			} else {
-				stack[top].expectKey = true // this token is a value (or opens one)
-			}
-		}
-		switch tok {
-		case json.Delim('{'):
-			stack = append(stack, level{keys: map[string]bool{}, expectKey: true})
-		case json.Delim('['):
-			stack = append(stack, level{})
-		case json.Delim('}'), json.Delim(']'):
-			stack = stack[:len(stack)-1]
-			if len(stack) == 0 {
-				return ""
-			}
-		}
-	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
