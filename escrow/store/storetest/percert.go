@@ -36,23 +36,7 @@ type Counters func() map[string]float64
 func BenchEnrollPerCert(b *testing.B, s store.Store, counters Counters) {
 	ctx := context.Background()
 	ders := benchDERs(b, 1024)
-	codes := make([]string, b.N)
-	for i := range codes {
-		codes[i] = fmt.Sprintf("code-%08d", i)
-	}
-	for from := 0; from < b.N; from += 256 {
-		if err := s.Update(ctx, func(tx store.Tx) error {
-			for _, id := range codes[from:min(from+256, b.N)] {
-				if err := tx.InsertCode(store.Code{ID: id, Email: "alice@example.com", Template: "smime-encryption",
-					Hash: []byte("hash"), CreatedAt: bench0, ExpiresAt: bench0.AddDate(1, 0, 0)}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	codes := benchCodes(b, s, b.N)
 	now := bench0.Add(time.Hour)
 	var next atomic.Int64
 	m := startMeasure(counters)
@@ -61,17 +45,7 @@ func BenchEnrollPerCert(b *testing.B, s store.Store, counters Counters) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := next.Add(1) - 1
-			row := store.Certificate{Serial: benchSerial(uint64(i)), Template: "smime-signature",
-				Email: fmt.Sprintf("user%d@example.com", i%4096), Subject: "CN=user", State: store.StateIssued,
-				DER: ders[i%int64(len(ders))], NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0), CreatedAt: now,
-				CodeID: codes[i]}
-			err := s.Update(ctx, func(tx store.Tx) error {
-				if err := tx.InsertCertificateClaiming(row, now); err != nil {
-					return err
-				}
-				return benchAudit(tx, now, row.Serial)
-			})
-			if err != nil {
+			if _, err := benchEnroll(ctx, s, i, ders, codes[i], now); err != nil {
 				b.Error(err)
 				return
 			}
@@ -90,23 +64,7 @@ func BenchEnrollPerCert(b *testing.B, s store.Store, counters Counters) {
 func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
 	ctx := context.Background()
 	ders := benchDERs(b, 1024)
-	codes := make([]string, b.N)
-	for i := range codes {
-		codes[i] = fmt.Sprintf("code-%08d", i)
-	}
-	for from := 0; from < b.N; from += 256 {
-		if err := s.Update(ctx, func(tx store.Tx) error {
-			for _, id := range codes[from:min(from+256, b.N)] {
-				if err := tx.InsertCode(store.Code{ID: id, Email: "alice@example.com", Template: "smime-signature",
-					Hash: []byte("hash"), CreatedAt: bench0, ExpiresAt: bench0.AddDate(1, 0, 0)}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	codes := benchCodes(b, s, b.N)
 	now := bench0.Add(time.Hour)
 	serials := make(chan string, b.N)
 	var next atomic.Int64
@@ -123,20 +81,12 @@ func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
 				b.Error(err)
 				return
 			}
-			row := store.Certificate{Serial: benchSerial(uint64(i)), Template: "smime-signature",
-				Email: fmt.Sprintf("user%d@example.com", i%4096), Subject: "CN=user", State: store.StateIssued,
-				DER: ders[i%int64(len(ders))], NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0), CreatedAt: now,
-				CodeID: codes[i]}
-			if err := s.Update(ctx, func(tx store.Tx) error {
-				if err := tx.InsertCertificateClaiming(row, now); err != nil {
-					return err
-				}
-				return benchAudit(tx, now, row.Serial)
-			}); err != nil {
+			serial, err := benchEnroll(ctx, s, i, ders, codes[i], now)
+			if err != nil {
 				b.Error(err)
 				return
 			}
-			serials <- row.Serial
+			serials <- serial
 		}
 	})
 	close(serials)
@@ -277,6 +227,44 @@ func benchPresign(b *testing.B, s store.Store, now time.Time) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// benchCodes stores n enrollment codes, 256 to an Update, and returns their IDs.
+func benchCodes(b *testing.B, s store.Store, n int) []string {
+	b.Helper()
+	codes := make([]string, n)
+	for i := range codes {
+		codes[i] = fmt.Sprintf("code-%08d", i)
+	}
+	for from := 0; from < n; from += 256 {
+		if err := s.Update(context.Background(), func(tx store.Tx) error {
+			for _, id := range codes[from:min(from+256, n)] {
+				if err := tx.InsertCode(store.Code{ID: id, Email: "alice@example.com", Template: "smime-signature",
+					Hash: []byte("hash"), CreatedAt: bench0, ExpiresAt: bench0.AddDate(1, 0, 0)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return codes
+}
+
+// benchEnroll is the Update of the i-th EST enrollment: the code claimed with the certificate
+// stored, and the audit entry. It returns the certificate's serial.
+func benchEnroll(ctx context.Context, s store.Store, i int64, ders [][]byte, code string, now time.Time) (string, error) {
+	row := store.Certificate{Serial: benchSerial(uint64(i)), Template: "smime-signature",
+		Email: fmt.Sprintf("user%d@example.com", i%4096), Subject: "CN=user", State: store.StateIssued,
+		DER: ders[i%int64(len(ders))], NotBefore: bench0, NotAfter: bench0.AddDate(1, 0, 0), CreatedAt: now,
+		CodeID: code}
+	return row.Serial, s.Update(ctx, func(tx store.Tx) error {
+		if err := tx.InsertCertificateClaiming(row, now); err != nil {
+			return err
+		}
+		return benchAudit(tx, now, row.Serial)
+	})
 }
 
 // benchSerial is a serial shaped as the CA makes them (escrow/ca.NewSerial): the issuing
