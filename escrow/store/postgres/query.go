@@ -239,34 +239,55 @@ func (p pgQuerier) flush(ctx context.Context) error {
 	if p.writer == nil || p.later == nil || len(p.later.stmts) == 0 {
 		return p.sp.ensure(ctx, p.q)
 	}
+	return p.onWriter(func(c *pgx.Conn) error {
+		br, err := p.sendBatch(ctx, c, nil)
+		if err != nil {
+			return err
+		}
+		return br.Close()
+	})
+}
+
+// onWriter runs fn on the writer's pgx connection.
+func (p pgQuerier) onWriter(fn func(c *pgx.Conn) error) error {
 	return p.writer.Raw(func(dc any) error {
 		c, ok := dc.(*stdlib.Conn)
 		if !ok {
 			return fmt.Errorf("unexpected driver connection %T", dc)
 		}
-		b := &pgx.Batch{}
-		held := p.queueHeld(b)
-		pre := p.sp.prefix()
-		for _, q := range pre {
-			b.Queue(q)
-		}
-		sent(b.Len())
-		br := c.Conn().SendBatch(ctx, b)
-		if err := p.readHeld(br, held); err != nil {
-			br.Close() // the batch's error is the held-back write's
-			return err
-		}
-		var err error
-		for range pre {
-			if _, err = br.Exec(); err != nil {
-				break
-			}
-		}
-		if err == nil && pre != nil {
-			p.sp.opened()
-		}
-		return errors.Join(err, br.Close())
+		return fn(c.Conn())
 	})
+}
+
+// sendBatch sends on c, in one round trip, the writes held back, the savepoint the function
+// has not opened yet and what queue adds (nil: nothing). It reads the results of the first
+// two and returns the batch's results from queue's statements on, which the caller reads and
+// closes.
+func (p pgQuerier) sendBatch(ctx context.Context, c *pgx.Conn, queue func(b *pgx.Batch)) (pgx.BatchResults, error) {
+	b := &pgx.Batch{}
+	held := p.queueHeld(b)
+	pre := p.sp.prefix()
+	for _, q := range pre {
+		b.Queue(q)
+	}
+	if queue != nil {
+		queue(b)
+	}
+	sent(b.Len())
+	br := c.SendBatch(ctx, b)
+	if err := p.readHeld(br, held); err != nil {
+		br.Close() // the batch's error is the held-back write's
+		return nil, err
+	}
+	for range pre {
+		if _, err := br.Exec(); err != nil {
+			return nil, errors.Join(err, br.Close())
+		}
+	}
+	if pre != nil {
+		p.sp.opened()
+	}
+	return br, nil
 }
 
 // execPipelined runs a write on the writer's connection in one round trip to the server: the
@@ -281,40 +302,20 @@ func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any, 
 		tag     pgconn.CommandTag
 		stmtErr error
 	)
-	err := p.writer.Raw(func(dc any) error {
-		c, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("unexpected driver connection %T", dc)
-		}
-		b := &pgx.Batch{}
-		held := p.queueHeld(b)
-		pre := p.sp.prefix()
-		for _, q := range pre {
-			b.Queue(q)
-		}
-		if guard {
-			b.Queue("SAVEPOINT s")
-		}
-		b.Queue(rebind(query), args...)
-		if guard {
-			b.Queue("RELEASE SAVEPOINT s")
-		}
-		sent(b.Len())
-		br := c.Conn().SendBatch(ctx, b)
-		err := p.readHeld(br, held)
+	err := p.onWriter(func(c *pgx.Conn) error {
+		br, err := p.sendBatch(ctx, c, func(b *pgx.Batch) {
+			if guard {
+				b.Queue("SAVEPOINT s")
+			}
+			b.Queue(rebind(query), args...)
+			if guard {
+				b.Queue("RELEASE SAVEPOINT s")
+			}
+		})
 		if err != nil {
-			br.Close() // the batch's error is the held-back write's
 			return err
 		}
-		for range pre {
-			if _, err = br.Exec(); err != nil {
-				break
-			}
-		}
-		if err == nil && pre != nil {
-			p.sp.opened()
-		}
-		if err == nil && guard {
+		if guard {
 			_, err = br.Exec()
 		}
 		if err == nil {
@@ -330,7 +331,7 @@ func (p pgQuerier) execPipelined(ctx context.Context, query string, args []any, 
 		if stmtErr != nil {
 			// The statement failed and aborted the transaction: back to before it.
 			sent(2)
-			_, rerr := c.Conn().Exec(ctx, "ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
+			_, rerr := c.Exec(ctx, "ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
 			return rerr
 		}
 		return err
