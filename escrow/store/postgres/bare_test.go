@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -36,19 +37,7 @@ func TestBareWriteFails(t *testing.T) {
 		{"goes on", true, store.ErrUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			first, started := make(chan error, 1), db.Stats().Updates
-			go func() {
-				first <- db.Update(ctx, func(tx store.Tx) error {
-					// Wait for the second caller, so that it runs in this group, in a savepoint.
-					for deadline := time.Now().Add(10 * time.Second); db.queueLen() == 0 && time.Now().Before(deadline); {
-						time.Sleep(time.Millisecond)
-					}
-					return tx.InsertCode(code("first-" + tc.name))
-				})
-			}()
-			for db.Stats().Updates == started { // the first function runs
-				time.Sleep(time.Millisecond)
-			}
+			first := startGroup(ctx, db, code("first-"+tc.name))
 			err := db.Update(ctx, func(tx store.Tx) error {
 				if err := tx.InsertCode(code("second-" + tc.name)); err != nil {
 					return err
@@ -123,18 +112,7 @@ func TestHeldBackWriteFails(t *testing.T) {
 		{"with the next write", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			first, started := make(chan error, 1), db.Stats().Updates
-			go func() {
-				first <- db.Update(ctx, func(tx store.Tx) error {
-					for deadline := time.Now().Add(10 * time.Second); db.queueLen() == 0 && time.Now().Before(deadline); {
-						time.Sleep(time.Millisecond)
-					}
-					return tx.InsertCode(code("first-" + tc.name))
-				})
-			}()
-			for db.Stats().Updates == started {
-				time.Sleep(time.Millisecond)
-			}
+			first := startGroup(ctx, db, code("first-"+tc.name))
 			var insertErr error
 			err := db.Update(ctx, func(tx store.Tx) error {
 				if err := tx.InsertCode(code("second-" + tc.name)); err != nil {
@@ -316,4 +294,23 @@ func TestHeldBackRowsMerged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startGroup starts an Update that stores c once a second caller is queued behind
+// it, so that the second runs in the same group, in a savepoint; it returns when the first
+// function runs, with the channel its Update's error comes on.
+func startGroup(ctx context.Context, db *DB, c store.Code) <-chan error {
+	first, started := make(chan error, 1), db.Stats().Updates
+	go func() {
+		first <- db.Update(ctx, func(tx store.Tx) error {
+			for deadline := time.Now().Add(10 * time.Second); db.queueLen() == 0 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			return tx.InsertCode(c)
+		})
+	}()
+	for db.Stats().Updates == started {
+		time.Sleep(time.Millisecond)
+	}
+	return first
 }
