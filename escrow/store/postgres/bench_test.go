@@ -14,6 +14,13 @@ import (
 // benchStore opens a store on a fresh database of a server that fsyncs its commits, as
 // SQLite's benchmarks do with synchronous=FULL.
 func benchStore(b *testing.B) *DB {
+	db, _ := benchServerStore(b)
+	return db
+}
+
+// benchServerStore is benchStore with its server, whose counters the per-certificate
+// benchmarks read.
+func benchServerStore(b *testing.B) (*DB, *pgtest.Server) {
 	srv := pgtest.Start(b)
 	srv.Durable(b)
 	db, err := Open(ctx, srv.NewDatabase(b))
@@ -21,7 +28,7 @@ func benchStore(b *testing.B) *DB {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { db.Close() })
-	return db
+	return db, srv
 }
 
 // BenchmarkUpdateParallel inserts one certificate row per Update from many goroutines; group
@@ -60,37 +67,19 @@ func BenchmarkClaimCode(b *testing.B)  { storetest.BenchClaimCode(b, benchStore(
 // an EST enrollment and of a bulk import item (see storetest): this process's CPU, the
 // server's (every process of the test server), and the statements and round trips sent.
 func BenchmarkEnrollPerCert(b *testing.B) {
-	srv := pgtest.Start(b)
-	srv.Durable(b)
-	db, err := Open(ctx, srv.NewDatabase(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
+	db, srv := benchServerStore(b)
 	storetest.BenchEnrollPerCert(b, db, wireCounters(b, srv))
 }
 
 // BenchmarkESTPerCert is BenchmarkEnrollPerCert with the code's View before each Update and
 // the pre-signer's reads of the new certificates after (see storetest.BenchESTPerCert).
 func BenchmarkESTPerCert(b *testing.B) {
-	srv := pgtest.Start(b)
-	srv.Durable(b)
-	db, err := Open(ctx, srv.NewDatabase(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
+	db, srv := benchServerStore(b)
 	storetest.BenchESTPerCert(b, db, wireCounters(b, srv))
 }
 
 func BenchmarkImportPerCert(b *testing.B) {
-	srv := pgtest.Start(b)
-	srv.Durable(b)
-	db, err := Open(ctx, srv.NewDatabase(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
+	db, srv := benchServerStore(b)
 	storetest.BenchImportPerCert(b, db, wireCounters(b, srv))
 }
 
