@@ -82,6 +82,8 @@ var (
 	ErrDrillClosed = errors.New("escrow: drill is closed")
 	// ErrDrillPending: the KRA has a drill open already; it answers that one first.
 	ErrDrillPending = errors.New("escrow: a drill of this KRA is open already")
+	// ErrDrillsFull: as many drills are open as the appliance keeps drill keys for.
+	ErrDrillsFull = errors.New("escrow: too many drills are open")
 )
 
 // CanaryIssuer is the issuer field of every canary's sealed header: not a DN, so no user
@@ -113,6 +115,11 @@ const (
 
 // maxDrillTTL bounds how long a drill stays open.
 const maxDrillTTL = 30 * 24 * time.Hour
+
+// maxOpenDrills bounds the drills open at once, each of which holds a key in the appliance
+// token until it is answered or expires: admins open campaigns at will, and a token's room
+// for objects is finite. It is a variable for the tests.
+var maxOpenDrills = 256
 
 // maxDrillSignature bounds a drill proof's signature: an RSA-8192 signature, the largest a
 // KRA auth key makes (ECDSA ones are far shorter).
@@ -499,7 +506,8 @@ func (k *keyedMutex) lock(key string) (unlock func()) {
 //
 // [ErrInvalidRequest] (a ttl out of 1 minute..30 days, a KRA in no live epoch),
 // [ErrForbidden] (a KRA opening another's drill), [ErrDrillPending] (a KRA opening a drill
-// for itself while one of its drills is open), [ErrNoRecoverySet] (no recovery set yet),
+// for itself while one of its drills is open), [ErrDrillsFull] (the drills would be more
+// than maxOpenDrills open at once), [ErrNoRecoverySet] (no recovery set yet),
 // or, for faults of the appliance, the token's error making a drill key, a
 // storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
 func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string, ttl time.Duration) ([]Drill, error) {
@@ -530,6 +538,12 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 		if err != nil {
 			return nil, err
 		}
+	}
+	// Every drill holds a token key: the drills open stay under maxOpenDrills, whoever opens
+	// them. Checked for one more before any key is made, and for all of them where they are
+	// stored.
+	if err := s.Store.View(ctx, func(tx store.Tx) error { return s.roomForDrills(store.DrillStates(tx), 1) }); err != nil {
+		return nil, err
 	}
 	if _, err := s.EnsureCanaries(ctx); err != nil {
 		return nil, err
@@ -602,6 +616,9 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 				return err
 			}
 		}
+		if err := s.roomForDrills(dtx, len(rows)); err != nil {
+			return err
+		}
 		for _, r := range rows {
 			data, err := json.Marshal(r)
 			if err != nil {
@@ -620,7 +637,7 @@ func (s *Service) OpenDrill(ctx context.Context, by policy.Principal, kra string
 	})
 	if err != nil {
 		destroyAll()
-		if errors.Is(err, ErrDrillPending) {
+		if errors.Is(err, ErrDrillPending) || errors.Is(err, ErrDrillsFull) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("escrow: store drills: %w", err)
@@ -646,6 +663,26 @@ func (s *Service) noOpenDrill(dtx store.DrillStates, kra string) error {
 			return fmt.Errorf("%w: KRA %s has drill %s open until %s; answer it with `keyarc kra drill` (it answers every open drill)",
 				ErrDrillPending, kra, d.ID, d.ExpiresAt.UTC().Format(time.RFC3339))
 		}
+	}
+	return nil
+}
+
+// roomForDrills is [ErrDrillsFull] when adding more drills would leave more than
+// maxOpenDrills open and unexpired.
+func (s *Service) roomForDrills(dtx store.DrillStates, adding int) error {
+	rows, err := allDrills(dtx)
+	if err != nil {
+		return err
+	}
+	now, open := s.now(), 0
+	for _, d := range rows {
+		if d.State == DrillOpen && now.Before(d.ExpiresAt) {
+			open++
+		}
+	}
+	if open+adding > maxOpenDrills {
+		return fmt.Errorf("%w: %d drills are open and %d more would pass the appliance's bound of %d (each holds a key in the token); let drills be answered or expire first (`keyarc admin drill list --open`)",
+			ErrDrillsFull, open, adding, maxOpenDrills)
 	}
 	return nil
 }

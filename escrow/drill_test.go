@@ -501,3 +501,47 @@ func TestDrillDigestKnownAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestDrillsFull: every open drill holds a token key, so the drills open at once are bounded,
+// whoever opens them: a campaign or a drill past the bound is refused before any key is made,
+// with nothing stored or audited, and drills that expired make room again.
+func TestDrillsFull(t *testing.T) {
+	defer func(n int) { maxOpenDrills = n }(maxOpenDrills)
+	maxOpenDrills = 4
+	d := newDrillEnv(t)
+	ctx := context.Background()
+	opened := func() int {
+		var n int
+		d.svc.Store.View(ctx, func(tx store.Tx) error {
+			es, err := tx.AuditOfKindsFrom([]string{string(KindDrillOpened)}, 1, 100)
+			n = len(es)
+			return err
+		})
+		return n
+	}
+	if ids := d.campaign(t); len(ids) != 3 {
+		t.Fatalf("campaign opened %d drills, want 3", len(ids))
+	}
+	if _, err := d.svc.OpenDrill(ctx, d.admin, "", time.Hour); !errors.Is(err, ErrDrillsFull) {
+		t.Fatalf("a second campaign (6 drills, bound 4): %v, want ErrDrillsFull", err)
+	} else if !strings.Contains(err.Error(), "3 drills are open") {
+		t.Errorf("refusal %q does not say how many are open", err)
+	}
+	if _, err := d.svc.OpenDrill(ctx, d.admin, "kra-0", time.Hour); err != nil {
+		t.Fatalf("a fourth drill, within the bound: %v", err)
+	}
+	_, err := d.svc.OpenDrill(ctx, d.admin, "kra-1", time.Hour)
+	if !errors.Is(err, ErrDrillsFull) {
+		t.Fatalf("a fifth drill: %v, want ErrDrillsFull", err)
+	}
+	if d.keys.live() != 4 || opened() != 4 {
+		t.Errorf("after the refusals: %d token keys, %d drill-opened entries; want 4 and 4", d.keys.live(), opened())
+	}
+	if all, err := d.svc.ListDrills(ctx, "", "", false); err != nil || len(all) != 4 {
+		t.Errorf("drills listed: %d, %v; want 4", len(all), err)
+	}
+	d.clock.Set(t0.Add(2 * time.Hour))
+	if _, err := d.svc.OpenDrill(ctx, d.admin, "", time.Hour); err != nil {
+		t.Errorf("a campaign once the others expired: %v", err)
+	}
+}

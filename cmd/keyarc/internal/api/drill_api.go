@@ -119,8 +119,9 @@ func (a *Server) openDrills(w http.ResponseWriter, r *http.Request, p policy.Pri
 		return nil, err
 	}
 	drills, err := a.svc.OpenDrill(r.Context(), p, req.KRA, a.cfg.Recovery.DrillTTL.Duration)
-	if errors.Is(err, escrow.ErrDrillPending) {
-		// The KRA's own drill is open: a conflict with the state, not a bad request.
+	if errors.Is(err, escrow.ErrDrillPending) || errors.Is(err, escrow.ErrDrillsFull) {
+		// The KRA's own drill is open, or as many drills as the token keeps keys for: a
+		// conflict with the state, not a bad request.
 		return nil, &httpStatusError{http.StatusConflict, err.Error()}
 	}
 	return drills, err
