@@ -39,6 +39,10 @@ type stormShape struct {
 	// check, when set, is called with each window's result just after it, the server idle:
 	// its error ends the storm.
 	check func(loadgen.Result) error
+	// dbCPU, when set, reads the database server's CPU time (all its processes), read at the
+	// start and the end of each window like the server's: the checks between windows and the
+	// warm-up are not counted.
+	dbCPU func() time.Duration
 }
 
 // window is what one window measured from outside: the load generator's result and the CPU
@@ -46,6 +50,7 @@ type stormShape struct {
 type window struct {
 	loadgen.Result
 	serverCPU time.Duration
+	dbCPU     time.Duration // the database server's, when the storm reads it
 }
 
 // serverCPUPer returns the server's CPU time per answered request, in microseconds.
@@ -54,6 +59,22 @@ func (w window) serverCPUPer() float64 {
 		return 0
 	}
 	return float64(w.serverCPU/time.Microsecond) / float64(w.OK)
+}
+
+// dbCPUPer returns the database server's CPU time per answered request, in microseconds.
+func (w window) dbCPUPer() float64 {
+	if w.OK == 0 {
+		return 0
+	}
+	return float64(w.dbCPU/time.Microsecond) / float64(w.OK)
+}
+
+// dbCPUNow returns s.dbCPU(), or 0 when the storm does not read it.
+func (s stormShape) dbCPUNow() time.Duration {
+	if s.dbCPU == nil {
+		return 0
+	}
+	return s.dbCPU()
 }
 
 // clientCPUPer returns the load generator's CPU time per request, in microseconds.
@@ -107,6 +128,7 @@ func (b *bench) outsideStorm(addr, reqFile string, serverPID int, s stormShape, 
 		if err != nil {
 			return nil, err
 		}
+		db0 := s.dbCPUNow()
 		if _, err := io.WriteString(stdin, "go\n"); err != nil {
 			return nil, err
 		}
@@ -118,11 +140,12 @@ func (b *bench) outsideStorm(addr, reqFile string, serverPID int, s stormShape, 
 		if err != nil {
 			return nil, err
 		}
+		db1 := s.dbCPUNow()
 		var w window
 		if err := json.Unmarshal(l, &w.Result); err != nil {
 			return nil, fmt.Errorf("keyarc loadgen: result %q: %w", l, err)
 		}
-		w.serverCPU = cpu1 - cpu0
+		w.serverCPU, w.dbCPU = cpu1-cpu0, db1-db0
 		if s.check != nil {
 			if err := s.check(w.Result); err != nil {
 				return nil, fmt.Errorf("window %d: %w", len(ws)+1, err)
@@ -179,6 +202,10 @@ func reportWindows(name, target, per string, ws []window) {
 	row("  latency p50", p50, "µs", fmt.Sprintf("p99 %.0f µs (%.0f–%.0f)", p99, p99lo, p99hi))
 	cpu, cpuLo, cpuHi := medianRange(ws, window.serverCPUPer)
 	row("  server CPU per "+per+" (utime+stime, /proc)", cpu, "µs", fmt.Sprintf("%.1f–%.1f µs", cpuLo, cpuHi))
+	if ws[0].dbCPU > 0 {
+		db, dbLo, dbHi := medianRange(ws, window.dbCPUPer)
+		row("  PostgreSQL server CPU per "+per+" (all its processes)", db, "µs", fmt.Sprintf("%.1f–%.1f µs", dbLo, dbHi))
+	}
 	lg, _, _ := medianRange(ws, window.clientCPUPer)
 	row("  load generator CPU per request", lg, "µs", "")
 	var errs int64

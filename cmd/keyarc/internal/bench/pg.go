@@ -304,6 +304,7 @@ func (b *bench) outsideStorms(addrs, reqFiles []string, pids []int, s stormShape
 		if err != nil {
 			return nil, err
 		}
+		db0 := s.dbCPUNow()
 		for _, c := range kids {
 			if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
 				return nil, err
@@ -323,8 +324,9 @@ func (b *bench) outsideStorms(addrs, reqFiles []string, pids []int, s stormShape
 		if err != nil {
 			return nil, err
 		}
+		db1 := s.dbCPUNow()
 		var w window
-		w.serverCPU = cpu1 - cpu0
+		w.serverCPU, w.dbCPU = cpu1-cpu0, db1-db0
 		for i, r := range results {
 			if err := checks[i](r); err != nil {
 				return nil, fmt.Errorf("window %d, node %d: %w", len(ws)+1, i+1, err)

@@ -222,9 +222,8 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 		}
 	}
 	shape := stormShape{clients: clients, windows: s.windows, window: s.window, warmup: stormWarmup}
-	var db0 time.Duration
-	if url != "" && b.dbCPU != nil {
-		db0 = b.dbCPU()
+	if url != "" {
+		shape.dbCPU = b.dbCPU
 	}
 	updates0, commits0 := storeCounters(metricsAddrs)
 	var ws []window
@@ -238,10 +237,6 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 		return 0, 0, fmt.Errorf("%w\n%s", err, allLogs())
 	}
 	updates1, commits1 := storeCounters(metricsAddrs)
-	var dbPer float64
-	if url != "" && b.dbCPU != nil && issued > 0 {
-		dbPer = float64((b.dbCPU()-db0)/time.Microsecond) / float64(issued)
-	}
 	for _, c := range cmds {
 		stopChild(c)
 	}
@@ -258,9 +253,6 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	if commits1 > commits0 {
 		fmt.Printf("  %-58s %10.1f        %s\n", "store updates per commit (the writers' group commits)", (updates1-updates0)/(commits1-commits0),
 			"over the warm-up and the windows (keyarc_store_updates_total over keyarc_store_commits_total)")
-	}
-	if dbPer > 0 {
-		row("  PostgreSQL server CPU per certificate (all its processes)", dbPer, "µs", "over the warm-up and the windows, per certificate of the windows")
 	}
 	if k.archived && b.enrollCryptoCPU > 0 {
 		row("  its crypto CPU per item (CSR check + envelope + parse + seal + sign)", b.enrollCryptoCPU, "µs", "each measured alone, CPU time: the floor of the line above")
