@@ -260,8 +260,6 @@ type bench struct {
 	// dbCPU, while the PostgreSQL round runs, returns the CPU time of the database server's
 	// processes.
 	dbCPU func() time.Duration
-	// estSQLiteRate is the out-of-process EST storm's median rate on SQLite, once measured.
-	estSQLiteRate float64
 }
 
 // initSelf finds this very binary, which the bench runs as its children.

@@ -87,6 +87,25 @@ func (s *pgServer) cpu() time.Duration {
 	return sum
 }
 
+// quiesce vacuums and analyzes database name, then waits (up to a minute and a half) until
+// the server's processes use less than 5% of a core over a second. The vacuum a job or a storm
+// leaves due would otherwise run, by autovacuum, during the next storm, on the same cores.
+func (s *pgServer) quiesce(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := s.Admin(ctx, name, "VACUUM ANALYZE"); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); {
+		c0 := s.cpu()
+		time.Sleep(time.Second)
+		if d := s.cpu() - c0; d >= 0 && d < 50*time.Millisecond {
+			break
+		}
+	}
+	return nil
+}
+
 // admin runs one statement as the superuser.
 func (s *pgServer) admin(stmt string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -146,6 +165,9 @@ func (b *bench) pgRound() error {
 	if err := b.pgJobs(url); err != nil {
 		return fmt.Errorf("jobs on PostgreSQL: %w", err)
 	}
+	if err := pg.quiesce("keyarc_jobs"); err != nil {
+		return err
+	}
 
 	// Shorter windows than the other storms', and codes prepared for the rate a PostgreSQL
 	// node may reach: its codes are made through the database, at its pace.
@@ -153,13 +175,21 @@ func (b *bench) pgRound() error {
 	b.storms.window = b.pgWindow
 	est := stormKind{name: "est", label: "EST", title: "EST simpleenroll (smime-signature, no archival)", template: policy.TemplateSMIMESignature,
 		clients: b.storms.estClients, rate: b.pgRate}
-	sqliteRate := b.estSQLiteRate
-	if sqliteRate == 0 {
+	// The PostgreSQL node is compared with a SQLite node measured just before it and just
+	// after it (the mean of the two), as the jobs are with their crypto limits: the shared
+	// machine's speed drifts over minutes by more than the difference looked for.
+	sqliteStorm := func(name string) (float64, error) {
 		k := est
-		k.name = "est-sqlite"
-		if sqliteRate, _, err = b.enrollStormOn(k, "", 1); err != nil {
-			return fmt.Errorf("EST storm on SQLite: %w", err)
+		k.name = name
+		rate, _, err := b.enrollStormOn(k, "", 1)
+		if err != nil {
+			return 0, fmt.Errorf("EST storm on SQLite: %w", err)
 		}
+		return rate, nil
+	}
+	sqliteBefore, err := sqliteStorm("est-sqlite-before")
+	if err != nil {
+		return err
 	}
 	url, err = pg.database("keyarc_est")
 	if err != nil {
@@ -171,6 +201,14 @@ func (b *bench) pgRound() error {
 	if err != nil {
 		return fmt.Errorf("EST storm on PostgreSQL: %w", err)
 	}
+	if err := pg.quiesce("keyarc_est"); err != nil {
+		return err
+	}
+	sqliteAfter, err := sqliteStorm("est-sqlite-after")
+	if err != nil {
+		return err
+	}
+	sqliteRate := (sqliteBefore + sqliteAfter) / 2
 	url, err = pg.database("keyarc_est3")
 	if err != nil {
 		return err
@@ -181,7 +219,8 @@ func (b *bench) pgRound() error {
 		return fmt.Errorf("EST storm on three PostgreSQL nodes: %w", err)
 	}
 	fmt.Println("EST storm, PostgreSQL against SQLite and three nodes against one (medians of the windows above):")
-	row("  one PostgreSQL node / one SQLite node", 100*pgRate/sqliteRate, "%", "target ≥ 70%")
+	row("  one PostgreSQL node / one SQLite node", 100*pgRate/sqliteRate, "%",
+		fmt.Sprintf("target ≥ 70%%; SQLite %.0f/s before and %.0f/s after it", sqliteBefore, sqliteAfter))
 	row("  three PostgreSQL nodes / one, total rate", 100*rate3/pgRate, "%", "one machine: no speed-up to expect, and no collapse")
 	row("  three PostgreSQL nodes / one, server CPU per certificate (summed over the nodes)", 100*cpu3/pgCPU, "%", "")
 	fmt.Println()
