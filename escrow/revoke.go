@@ -107,14 +107,17 @@ func (r *RevokeResult) Serials() []string {
 // [Service.Revoked] learn of it.
 //
 // By mailbox or key, certificates that expired are left out (no CRL lists them), as are
-// pending and failed ones; by serial, the certificate is revoked even if expired.
+// pending and failed ones and those another CA issued (archived by a bulk import, template
+// [TemplateImport]: this CA cannot revoke them); by serial, the certificate is revoked even if
+// expired, and one of another CA is refused.
 //
 // # Errors
 //
 // [ErrInvalidRequest] (not exactly one of Serial, Email and KeyOf; a malformed serial or
 // mailbox; a reason outside the BR set, also wrapping [policy.ErrBadRevocationReason]),
 // [ErrNotFound] (no such certificate; a mailbox or key with no issued certificate),
-// [ErrNotIssued] (a serial whose issuance is pending or failed), [ErrInRecoverySet] (a KRA
+// [ErrNotIssued] (a serial whose issuance is pending or failed, or another CA's certificate),
+// [ErrInRecoverySet] (a KRA
 // unwrap certificate of the current recovery set: replace the set first), an [*AlreadyRevokedError]
 // (wrapping [ErrAlreadyRevoked]) when nothing would change, [policy.ErrForbidden] (a caller
 // who may not revoke these certificates), or, for faults of the appliance, a storage error
@@ -199,7 +202,8 @@ func (s *Service) Revoke(ctx context.Context, by policy.Principal, req RevokeReq
 // for a request by key.
 func revokeTargets(tx store.Tx, req RevokeRequest, now time.Time) (targets []store.Certificate, keyID string, err error) {
 	live := func(c store.Certificate) bool {
-		return (c.State == store.StateIssued || c.State == store.StateRevoked) && (c.NotAfter.IsZero() || c.NotAfter.After(now))
+		return (c.State == store.StateIssued || c.State == store.StateRevoked) && (c.NotAfter.IsZero() || c.NotAfter.After(now)) &&
+			c.Template != TemplateImport
 	}
 	switch {
 	case req.Serial != "":
@@ -212,6 +216,9 @@ func revokeTargets(tx store.Tx, req RevokeRequest, now time.Time) (targets []sto
 		}
 		if c.State != store.StateIssued && c.State != store.StateRevoked {
 			return nil, "", fmt.Errorf("%w: certificate %s is %s: it was never issued, so there is nothing to revoke", ErrNotIssued, c.Serial, c.State)
+		}
+		if c.Template == TemplateImport {
+			return nil, "", fmt.Errorf("%w: certificate %s was issued by another CA and only its key is archived here (bulk import): revoke it at the CA that issued it", ErrNotIssued, c.Serial)
 		}
 		return []store.Certificate{*c}, "", nil
 	case req.Email != "":
@@ -246,7 +253,7 @@ func revokeTargets(tx store.Tx, req RevokeRequest, now time.Time) (targets []sto
 		return nil, "", err
 	}
 	for _, c := range all {
-		if c.Serial == named.Serial && (c.State == store.StateIssued || c.State == store.StateRevoked) || live(c) {
+		if c.Serial == named.Serial && (c.State == store.StateIssued || c.State == store.StateRevoked) && c.Template != TemplateImport || live(c) {
 			targets = append(targets, c)
 		}
 	}
@@ -286,6 +293,9 @@ func notInRecoverySet(tx store.Tx, targets []store.Certificate) error {
 // keyCompromise when reason is keyCompromise, recording each in res.
 func applyRevocations(tx store.Tx, targets []store.Certificate, reason int, now time.Time, res *RevokeResult) error {
 	for _, c := range targets {
+		if c.Template == TemplateImport {
+			continue // another CA's: not this CA's to revoke (a recovery's choice leaves it be)
+		}
 		r := Revocation{Serial: c.Serial, Mailbox: c.Email}
 		switch {
 		case c.State == store.StateIssued:

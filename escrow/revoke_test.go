@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -441,5 +442,40 @@ func TestRevokedKRACredentialNoLongerApproves(t *testing.T) {
 	}
 	if n := r.keys.decrypts.Load(); n != 0 {
 		t.Fatalf("%d decryptions with a revoked approver", n)
+	}
+}
+
+// TestRevokeImportedRefused: a certificate of another CA whose key a bulk import archived is
+// not this CA's to revoke: by serial it is refused (409, saying where to revoke it), by
+// mailbox or key it is left out, and a recovery's revocation passes over it; its key stays
+// archived and its row issued, with no revoke entry and no signal to the OCSP pre-signer.
+func TestRevokeImportedRefused(t *testing.T) {
+	env := newTestService(t)
+	w := watchRevocations(env)
+	ctx := context.Background()
+	key := newP256(t)
+	foreign := foreignCert(t, 4242, "dave@example.org", key.Public())
+	if _, err := env.svc.ImportArchived(ctx, foreign, pkcs8Of(t, key)); err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	serial := store.FormatSerial(foreign.SerialNumber)
+	_, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Serial: serial, Reason: "keyCompromise"})
+	if !errors.Is(err, ErrNotIssued) || !strings.Contains(err.Error(), "another CA") {
+		t.Errorf("revoke the imported certificate by serial: %v, want ErrNotIssued naming another CA", err)
+	}
+	if _, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Email: "dave@example.org", Reason: "keyCompromise"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("revoke the mailbox whose only certificate is imported: %v, want ErrNotFound", err)
+	}
+	if _, err := env.svc.Revoke(ctx, officerP, RevokeRequest{KeyOf: serial, Reason: "keyCompromise"}); !errors.Is(err, ErrNotIssued) {
+		t.Errorf("revoke every certificate of the imported key: %v, want ErrNotIssued", err)
+	}
+	if row := env.certificate(t, serial); row.State != store.StateIssued {
+		t.Errorf("the imported certificate is %s after the refusals", row.State)
+	}
+	if n := len(env.auditOf(t, audit.KindRevoke)); n != 0 {
+		t.Errorf("%d revoke entries after refusals", n)
+	}
+	if reasons, triggers := w.seen(); len(reasons)+len(triggers) != 0 {
+		t.Errorf("refusals counted (%v) or signalled (%v)", reasons, triggers)
 	}
 }

@@ -11,7 +11,7 @@ import (
 )
 
 // TemplateImport names certificates archived from another CA: they are stored, not issued.
-const TemplateImport = "import"
+const TemplateImport = store.TemplateImport
 
 // ImportItem is one certificate of another CA with its sealed private key.
 type ImportItem struct {

@@ -26,6 +26,14 @@ const (
 	StateDenied    = "denied"    // pending request
 )
 
+// TemplateImport is the template of the certificates of another CA whose keys were archived
+// by a bulk import: stored as issued, so that their keys can be recovered and the directory
+// finds them, but never this CA's to speak for. No OCSP response is signed, no CRL lists
+// them, and they are not revoked here: the store keeps them out of ocsp_due, the statuses
+// the pre-signer reads ([Tx.CertificateStatuses]), the responses it stores and looks up, and
+// [Tx.RevokedCertificates].
+const TemplateImport = "import"
+
 // Code is a one-time enrollment code. Only a hash of the secret is stored.
 type Code struct {
 	ID        string

@@ -142,7 +142,8 @@ var issueManyQuery = `WITH u AS (SELECT * FROM unnest(CAST(?1 AS text[]), CAST(?
 		FROM u, ok
 		WHERE ok.whole AND certificates.serial = ANY(CAST(?1 AS text[])) AND certificates.serial = u.serial
 			AND certificates.state = 'pending'
-		RETURNING certificates.serial, certificates.state, certificates.revocation_reason, certificates.not_after)` +
+		RETURNING certificates.serial, certificates.state, certificates.template, certificates.revocation_reason,
+			certificates.not_after)` +
 	sqltx.DueUpsert
 
 // SetCertificatesIssued stores the signed certificates of pending ones and activates their

@@ -340,6 +340,13 @@ DROP FUNCTION keyarc_ocsp_due_response();
 DROP INDEX certificates_template, certificates_code, certificates_record, certificates_state, codes_serial, records_epoch;
 CREATE INDEX certificates_pending ON certificates(created_at) WHERE state = 'pending';
 `,
+	// 9: the certificates of another CA whose keys a bulk import archived (template 'import')
+	// are not this CA's to speak for: the statements no longer give them rows of ocsp_due (see
+	// sqltx's dueInsert), and the rows and OCSP responses they had go.
+	`
+DELETE FROM ocsp_due WHERE serial IN (SELECT serial FROM certificates WHERE template = 'import');
+DELETE FROM ocsp_responses WHERE serial IN (SELECT serial FROM certificates WHERE template = 'import');
+`,
 }
 
 // grants are the privileges of a node's role on each table: what the store's statements need

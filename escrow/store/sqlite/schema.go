@@ -430,6 +430,32 @@ END;
 	`
 DROP INDEX codes_email;
 `,
+	// 18: the certificates of another CA whose keys a bulk import archived (template 'import')
+	// are not this CA's to speak for: they get no row of ocsp_due, so that the pre-signer never
+	// signs an OCSP response for them, and those signed before go.
+	`
+DROP TRIGGER ocsp_due_insert;
+CREATE TRIGGER ocsp_due_insert AFTER INSERT ON certificates
+	WHEN new.state IN ('issued', 'revoked') AND new.template <> 'import'
+BEGIN
+	INSERT INTO ocsp_due (serial, signed, not_after) VALUES (new.serial, -9223372036854775807 - 1, new.not_after);
+END;
+
+DROP TRIGGER ocsp_due_status;
+CREATE TRIGGER ocsp_due_status AFTER UPDATE OF state, revocation_reason, not_after ON certificates
+	WHEN new.template <> 'import'
+BEGIN
+	DELETE FROM ocsp_due WHERE serial = old.serial AND new.state NOT IN ('issued', 'revoked');
+	INSERT INTO ocsp_due (serial, signed, not_after)
+		SELECT new.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = new.serial
+			AND o.revoked = (new.state = 'revoked') AND o.reason = new.revocation_reason), -9223372036854775807 - 1), new.not_after
+		WHERE new.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after;
+END;
+
+DELETE FROM ocsp_due WHERE serial IN (SELECT serial FROM certificates WHERE template = 'import');
+DELETE FROM ocsp_responses WHERE serial IN (SELECT serial FROM certificates WHERE template = 'import');
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

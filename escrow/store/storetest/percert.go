@@ -124,7 +124,8 @@ func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
 // BenchImportPerCert is the store's work for one item of a bulk import job, as the job's
 // committer makes it: 512 items to an Update (the epoch read, the certificates issued, their
 // active records, one audit entry for the batch, the items done), then the OCSP pre-signer's
-// passes as in [BenchEnrollPerCert].
+// pass as in [BenchEnrollPerCert], which finds nothing due: another CA's certificates get no
+// response of this CA.
 func BenchImportPerCert(b *testing.B, s store.Store, counters Counters) {
 	ctx := context.Background()
 	ders := benchDERs(b, 1024)

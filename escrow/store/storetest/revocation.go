@@ -35,6 +35,7 @@ var revocationTests = []test{
 	{"OCSPDueLifecycle", testOCSPDueLifecycle},
 	{"OCSPDueInFlight", testOCSPDueInFlight},
 	{"OCSPDueMany", testOCSPDueMany},
+	{"ForeignCertificates", testForeignCertificates},
 }
 
 // issued returns an issued certificate of serial with a fake DER, valid from t0 to notAfter.
@@ -906,5 +907,50 @@ func testOCSPDueMany(t *testing.T, h *Harness) {
 	}
 	if got := allDue(t, s, now, signedBefore, 3); !slices.Equal(got, few) {
 		t.Errorf("few due: %v, want %v", got, few)
+	}
+}
+
+// testForeignCertificates: a certificate of another CA whose key a bulk import archived
+// (template import, stored as issued) is never this CA's to speak for: it is never due for an
+// OCSP response, its status is not read for one, no response for it is stored or found, and
+// it cannot be revoked here, so no CRL lists it.
+func testForeignCertificates(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := ocspSetup(t, s)
+	foreign := issued("f1", t0.AddDate(1, 0, 0))
+	foreign.Template = store.TemplateImport
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.InsertCertificates([]store.Certificate{foreign}) })
+	if got, want := due(t, s, now, now), "a1:false:0 a2:true:4"; got != want {
+		t.Errorf("due: %q, want %q (never the imported f1)", got, want)
+	}
+	mustView(t, s, func(tx store.Tx) error {
+		sts, err := tx.CertificateStatuses([]string{"f1", "a1"})
+		if err != nil || len(sts) != 1 || sts[0].Serial != "a1" {
+			t.Errorf("CertificateStatuses(f1, a1) = %+v, %v; want a1's alone", sts, err)
+		}
+		if _, err := tx.GetOCSPResponse("f1"); !errors.Is(err, store.ErrNotFound) || !errors.Is(err, store.ErrNotIssued) {
+			t.Errorf("GetOCSPResponse(f1) = %v, want ErrNotIssued and ErrNotFound", err)
+		}
+		return nil
+	})
+	err := s.Update(ctx, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("f1", now, false, 0)})
+	})
+	if !errors.Is(err, store.ErrConflict) {
+		t.Errorf("a response stored for f1: %v, want ErrConflict", err)
+	}
+	err = s.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate("f1", store.ReasonKeyCompromise, now) })
+	if !errors.Is(err, store.ErrConflict) {
+		t.Errorf("RevokeCertificate(f1) = %v, want ErrConflict", err)
+	}
+	var listed []string
+	mustView(t, s, func(tx store.Tx) error {
+		return tx.RevokedCertificates(now, func(c store.CertStatus) error { listed = append(listed, c.Serial); return nil })
+	})
+	if slices.Contains(listed, "f1") {
+		t.Errorf("the CRL's entries %v list the imported f1", listed)
+	}
+	if got, want := due(t, s, now, now), "a1:false:0 a2:true:4"; got != want {
+		t.Errorf("due after the refusals: %q, want %q", got, want)
 	}
 }

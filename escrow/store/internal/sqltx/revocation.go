@@ -14,8 +14,9 @@ import (
 // Revocations
 
 // RevokeCertificate moves an issued certificate to revoked with reason (the S/MIME BR set,
-// store.ValidReason) at the given time: [store.ErrConflict] if it is not issued,
-// [store.ErrNotFound] if unknown, [store.ErrInvalid] for another reason or a zero time.
+// store.ValidReason) at the given time: [store.ErrConflict] if it is not issued or another CA
+// issued it ([store.TemplateImport]), [store.ErrNotFound] if unknown, [store.ErrInvalid] for
+// another reason or a zero time.
 func (tx *Tx) RevokeCertificate(serial string, reason int, at time.Time) error {
 	const op = "revoke certificate"
 	switch {
@@ -24,7 +25,18 @@ func (tx *Tx) RevokeCertificate(serial string, reason int, at time.Time) error {
 	case !store.ValidReason(reason):
 		return invalid(op, "reason %d is not one of the S/MIME BR reasons", reason)
 	}
-	_, err := tx.certTransition(op, serial, store.StateIssued, true, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
+	s, err := store.NormalizeSerial(serial)
+	if err != nil {
+		return err
+	}
+	var template string
+	if err := tx.queryRow(op, []any{&template}, `SELECT template FROM certificates WHERE serial = ?`, s); err != nil {
+		return err
+	}
+	if template == store.TemplateImport {
+		return fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w", op, s, store.ErrConflict)
+	}
+	_, err = tx.certTransition(op, s, store.StateIssued, true, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
 		at.UnixMicro(), reason)
 	return err
 }
@@ -40,7 +52,7 @@ func (tx *Tx) SetKeyCompromise(serial string) error {
 	}
 	q := `UPDATE certificates SET revocation_reason = ?1 WHERE serial = ?2 AND state = 'revoked' AND revocation_reason != ?1`
 	if tx.d.KeepsDue {
-		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, revocation_reason, not_after)`+dueUpsert)
+		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, template, revocation_reason, not_after)`+dueUpsert)
 	}
 	n, err := tx.execBare(op, q, store.ReasonKeyCompromise, s)
 	if err != nil || n == 1 {
@@ -256,22 +268,25 @@ func (tx *Tx) checkIssued(op string, serials []any) error {
 		part := serials[:min(len(serials), rowsPerInsert)]
 		serials = serials[len(part):]
 		state := make(map[string]string, len(part))
+		foreign := make(map[string]bool)
 		err := tx.query(op, func(rows Rows) error {
-			var s, st string
-			err := rows.Scan(&s, &st)
-			state[s] = st
+			var s, st, template string
+			err := rows.Scan(&s, &st, &template)
+			state[s], foreign[s] = st, template == store.TemplateImport
 			return err
-		}, `SELECT serial, state FROM certificates WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
+		}, `SELECT serial, state, template FROM certificates WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
 		if err != nil {
 			return err
 		}
 		for _, v := range part {
 			s := v.(string)
-			switch state[s] {
-			case "":
+			switch {
+			case state[s] == "":
 				return fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNotFound)
-			case store.StatePending, store.StateFailed:
+			case state[s] == store.StatePending || state[s] == store.StateFailed:
 				return fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, state[s], store.ErrNotIssued, store.ErrConflict)
+			case foreign[s]:
+				return fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w: %w", op, s, store.ErrNotIssued, store.ErrConflict)
 			}
 		}
 	}
@@ -289,20 +304,23 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 	}
 	var (
 		r               store.OCSPResponse
-		state           string
+		state, template string
 		der             []byte
 		this, next, upd sql.NullInt64
 		revoked         sql.NullBool // SQLite's integer 0 or 1, PostgreSQL's boolean
 		reason          sql.NullInt64
 	)
-	if err := tx.queryRow(op, []any{&state, &der, &this, &next, &revoked, &reason, &upd},
-		`SELECT c.state, o.der, o.this_update, o.next_update, o.revoked, o.reason, o.updated_at
+	if err := tx.queryRow(op, []any{&state, &template, &der, &this, &next, &revoked, &reason, &upd},
+		`SELECT c.state, c.template, o.der, o.this_update, o.next_update, o.revoked, o.reason, o.updated_at
 		FROM certificates c LEFT JOIN ocsp_responses o ON o.serial = c.serial WHERE c.serial = ?`, s); err != nil {
 		return nil, err
 	}
 	switch {
 	case state == store.StatePending || state == store.StateFailed:
 		return nil, fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, state, store.ErrNotIssued, store.ErrNotFound)
+	case template == store.TemplateImport:
+		// Another CA's certificate, archived here with its key: this CA never issued it.
+		return nil, fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w: %w", op, s, store.ErrNotIssued, store.ErrNotFound)
 	case der == nil:
 		return nil, fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNoResponse)
 	}

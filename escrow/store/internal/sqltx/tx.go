@@ -82,28 +82,29 @@ type Dialect struct {
 // dueMin is the signed value of a certificate due at once (the smallest bigint).
 const dueMin = `-9223372036854775807 - 1`
 
-// dueInsert ends a statement whose WITH clause c returns the serial, state and not_after of
-// new certificates: those issued or revoked get their rows of ocsp_due, due at once (a new
-// certificate has no response: ocsp_responses references certificates).
+// dueInsert ends a statement whose WITH clause c returns the serial, state, template and
+// not_after of new certificates: those issued or revoked, but not imported from another CA
+// (store.TemplateImport), get their rows of ocsp_due, due at once (a new certificate has no
+// response: ocsp_responses references certificates).
 const dueInsert = `
 	INSERT INTO ocsp_due (serial, signed, not_after)
-	SELECT c.serial, ` + dueMin + `, c.not_after FROM c WHERE c.state IN ('issued', 'revoked')
+	SELECT c.serial, ` + dueMin + `, c.not_after FROM c WHERE c.state IN ('issued', 'revoked') AND c.template <> 'import'
 	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after`
 
 // DueUpsert is dueUpsert, for the statements of a backend's own that keep ocsp_due.
 const DueUpsert = dueUpsert
 
-// dueUpsert ends a statement whose WITH clause c returns the serial, state, revocation_reason
-// and not_after of certificates stored or changed: it stores the rows of ocsp_due of those
-// issued or revoked, due at once unless the stored response has their new status (the rule
-// of store.OCSPResponses). Its count of rows is the number of those certificates. (No
-// statement moves a certificate out of issued or revoked, and pending and failed ones have no
-// row to delete.)
+// dueUpsert ends a statement whose WITH clause c returns the serial, state, template,
+// revocation_reason and not_after of certificates stored or changed: it stores the rows of
+// ocsp_due of those issued or revoked (imported ones excepted, as in dueInsert), due at once
+// unless the stored response has their new status (the rule of store.OCSPResponses). Its
+// count of rows is the number of those certificates. (No statement moves a certificate out of
+// issued or revoked, and pending and failed ones have no row to delete.)
 const dueUpsert = `
 	INSERT INTO ocsp_due (serial, signed, not_after)
 	SELECT c.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = c.serial
 		AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), ` + dueMin + `), c.not_after
-	FROM c WHERE c.state IN ('issued', 'revoked')
+	FROM c WHERE c.state IN ('issued', 'revoked') AND c.template <> 'import'
 	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after`
 
 // Tx is a transaction handed to the function given to a backend's Update or View. It is
@@ -547,7 +548,7 @@ func (tx *Tx) InsertCertificates(cs []store.Certificate) error {
 	if tx.d.KeepsDue {
 		// One statement a chunk: the rows, their rows of ocsp_due and their codes' serials.
 		return tx.insertRowsIn(op, `WITH c AS (`, `INSERT INTO certificates (`+certColumns+`)`,
-			` RETURNING serial, state, revocation_reason, not_after, code_id),
+			` RETURNING serial, state, template, revocation_reason, not_after, code_id),
 			codes_set AS (UPDATE codes SET serial = c.serial FROM c WHERE codes.id = c.code_id)`+dueInsert, certWidth, args)
 	}
 	if err := tx.insertRows(op, `INSERT INTO certificates (`+certColumns+`)`, certWidth, args); err != nil {
@@ -605,7 +606,8 @@ const claimingInsert = `WITH k AS (UPDATE codes SET used_at = CAST(?17 AS bigint
 			AND NOT EXISTS (SELECT 1 FROM certificates WHERE serial = CAST(?1 AS text))
 		RETURNING id),
 	d AS (INSERT INTO ocsp_due (serial, signed, not_after)
-		SELECT CAST(?1 AS text), ` + dueMin + `, CAST(?8 AS bigint) FROM k WHERE CAST(?5 AS text) IN ('issued', 'revoked')
+		SELECT CAST(?1 AS text), ` + dueMin + `, CAST(?8 AS bigint) FROM k
+		WHERE CAST(?5 AS text) IN ('issued', 'revoked') AND CAST(?2 AS text) <> 'import'
 		ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after)
 	INSERT INTO certificates (` + certColumns + `)
 	SELECT CAST(?1 AS text), CAST(?2 AS text), CAST(?3 AS text), CAST(?4 AS text), CAST(?5 AS text), CAST(?6 AS bytea),
@@ -685,7 +687,7 @@ func (tx *Tx) certTransition(op, serial, from string, due bool, set string, args
 	// Every caller's values pass the table's checks: a failure is a fault (see execBare).
 	q := `UPDATE certificates SET ` + set + ` WHERE serial = ? AND state = ?`
 	if due && tx.d.KeepsDue {
-		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, revocation_reason, not_after)`+dueUpsert)
+		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, template, revocation_reason, not_after)`+dueUpsert)
 	}
 	n, err := tx.execBare(op, q, append(args, s, from)...)
 	if err != nil {
@@ -775,8 +777,8 @@ func (tx *Tx) GetCertificate(serial string) (*store.Certificate, error) {
 const statusesPerQuery = 128
 
 // CertificateStatuses returns the status of each issued or revoked certificate of serials, in
-// their order; unknown, pending and failed ones, and bad spellings, are left out, and a serial
-// listed twice is returned once.
+// their order; unknown, pending and failed ones, those of another CA ([store.TemplateImport]),
+// and bad spellings, are left out, and a serial listed twice is returned once.
 func (tx *Tx) CertificateStatuses(serials []string) ([]store.CertStatus, error) {
 	const op = "certificate statuses"
 	if err := tx.check(false); err != nil {
@@ -806,15 +808,15 @@ func (tx *Tx) CertificateStatuses(serials []string) ([]store.CertStatus, error) 
 		q := statusQuery(k)
 		err := tx.query(op, func(rows Rows) error {
 			var (
-				st            store.CertStatus
-				state         string
-				revokedAt, na sql.NullInt64
-				reason        int64
+				st              store.CertStatus
+				state, template string
+				revokedAt, na   sql.NullInt64
+				reason          int64
 			)
-			if err := rows.Scan(&st.Serial, &state, &revokedAt, &reason, &na); err != nil {
+			if err := rows.Scan(&st.Serial, &state, &template, &revokedAt, &reason, &na); err != nil {
 				return err
 			}
-			if state != store.StateIssued && state != store.StateRevoked {
+			if state != store.StateIssued && state != store.StateRevoked || template == store.TemplateImport {
 				return nil
 			}
 			st.Revoked, st.RevokedAt, st.Reason, st.NotAfter = state == store.StateRevoked, tget(revokedAt), int(reason), tget(na)
@@ -843,7 +845,7 @@ func statusQuery(n int) string {
 		return q.(string)
 	}
 	// The serials alone in the WHERE clause: every planner seeks the primary key with them.
-	q := `SELECT serial, state, revoked_at, revocation_reason, not_after FROM certificates
+	q := `SELECT serial, state, template, revoked_at, revocation_reason, not_after FROM certificates
 		WHERE serial IN (?` + strings.Repeat(", ?", n-1) + `)`
 	statusQueries.Store(n, q)
 	return q
