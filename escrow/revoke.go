@@ -258,6 +258,9 @@ func revokeTargets(tx store.Tx, req RevokeRequest, now time.Time) (targets []sto
 		}
 	}
 	if len(targets) == 0 {
+		if named.Template == TemplateImport {
+			return nil, "", fmt.Errorf("%w: certificate %s was issued by another CA (bulk import), and keyarc issued no unexpired certificate of its key: revoke it at the CA that issued it", ErrNotIssued, named.Serial)
+		}
 		return nil, "", fmt.Errorf("%w: certificate %s is %s: it was never issued, so there is nothing to revoke", ErrNotIssued, named.Serial, named.State)
 	}
 	return targets, named.KeyID, nil
