@@ -1,8 +1,6 @@
 package sqlite
 
 import (
-	"database/sql"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,18 +12,8 @@ import (
 // index added) with its rows: the sweep still fails the old pending certificate and releases
 // its code, and leaves the others; the lists by template and state still answer.
 func TestMigrateFromVersion14(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	old, err := sql.Open("sqlite", dsn(path, "_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, m := range migrations[:14] {
-		if _, err := old.Exec(m); err != nil {
-			t.Fatalf("migration %d: %v", i+1, err)
-		}
-	}
-	_, err = old.Exec(`PRAGMA user_version = 14;
-		INSERT INTO codes (id, email, template, hash, created_at, expires_at, used_at, serial) VALUES
+	path, old := oldDatabase(t, 14)
+	_, err := old.Exec(`INSERT INTO codes (id, email, template, hash, created_at, expires_at, used_at, serial) VALUES
 			('code-1', 'a@example.org', 'smime-signature', x'00', 1, 999999999999, 5, 'c01'),
 			('code-2', 'b@example.org', 'smime-signature', x'00', 1, 999999999999, 5, 'c02');
 		INSERT INTO recovery_sets (epoch, quorum, created_at, created_by) VALUES (1, 1, 1, 'admin');

@@ -2,9 +2,7 @@ package sqlite
 
 import (
 	"bytes"
-	"database/sql"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,22 +15,12 @@ import (
 // takes its certificate off the due list, a revocation puts it back. Stored responses of
 // 1.1 KB then take a part of a page each, not an overflow page each as before.
 func TestMigrateFromVersion15(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	old, err := sql.Open("sqlite", dsn(path, "_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, m := range migrations[:15] {
-		if _, err := old.Exec(m); err != nil {
-			t.Fatalf("migration %d: %v", i+1, err)
-		}
-	}
+	path, old := oldDatabase(t, 15)
 	// Microseconds, as the store keeps times: c01 and c02 expire far ahead; c01 has a
 	// response signed at 100 s.
 	far := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
 	der01 := bytes.Repeat([]byte{0x30}, 1100)
-	if _, err := old.Exec(`PRAGMA user_version = 15;
-		INSERT INTO certificates (serial, template, email, subject, state, der, not_after, created_at, role, kra) VALUES
+	if _, err := old.Exec(`INSERT INTO certificates (serial, template, email, subject, state, der, not_after, created_at, role, kra) VALUES
 			('c01', 'smime-signature', 'a@example.org', 'CN=a', 'issued', x'30', ?1, 10, '', ''),
 			('c02', 'smime-signature', 'b@example.org', 'CN=b', 'issued', x'30', ?1, 10, '', '');
 		INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at) VALUES

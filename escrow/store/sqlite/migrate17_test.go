@@ -1,9 +1,7 @@
 package sqlite
 
 import (
-	"database/sql"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,20 +12,10 @@ import (
 // used code still reads as used, with its certificate; a free one is claimed once, and the
 // sweep still releases the code of a pending certificate left behind.
 func TestMigrateFromVersion16(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	old, err := sql.Open("sqlite", dsn(path, "_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, m := range migrations[:16] {
-		if _, err := old.Exec(m); err != nil {
-			t.Fatalf("migration %d: %v", i+1, err)
-		}
-	}
+	path, old := oldDatabase(t, 16)
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	expires := created.AddDate(1, 0, 0).UnixMicro()
-	if _, err := old.Exec(`PRAGMA user_version = 16;
-		INSERT INTO codes (id, email, template, hash, created_at, expires_at, used_at, serial) VALUES
+	if _, err := old.Exec(`INSERT INTO codes (id, email, template, hash, created_at, expires_at, used_at, serial) VALUES
 			('USED0001', 'a@example.org', 'smime-signature', x'01', ?1, ?2, ?1, 'c01'),
 			('FREE0001', 'b@example.org', 'smime-signature', x'02', ?1, ?2, NULL, NULL),
 			('LEFT0001', 'c@example.org', 'smime-signature', x'03', ?1, ?2, ?1, 'c02');

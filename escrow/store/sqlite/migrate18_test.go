@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"database/sql"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,20 +13,10 @@ import (
 // CA's own certificate keeps its own, and an imported certificate stored after the migration
 // gets none.
 func TestMigrateFromVersion17(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	old, err := sql.Open("sqlite", dsn(path, "_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, m := range migrations[:17] {
-		if _, err := old.Exec(m); err != nil {
-			t.Fatalf("migration %d: %v", i+1, err)
-		}
-	}
+	path, old := oldDatabase(t, 17)
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	notAfter := created.AddDate(1, 0, 0).UnixMicro()
-	if _, err := old.Exec(`PRAGMA user_version = 17;
-		INSERT INTO certificates (serial, template, email, subject, state, der, not_after, created_at, role, kra) VALUES
+	if _, err := old.Exec(`INSERT INTO certificates (serial, template, email, subject, state, der, not_after, created_at, role, kra) VALUES
 			('c01', 'smime-signature', 'a@example.org', 'CN=a', 'issued', x'30', ?2, ?1, '', ''),
 			('f01', 'import', 'b@example.org', 'CN=b', 'issued', x'30', ?2, ?1, '', '');
 		INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at) VALUES

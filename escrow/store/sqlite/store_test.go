@@ -625,3 +625,25 @@ func TestMigrateFromVersion4(t *testing.T) {
 		t.Fatalf("KRA certificates after the migration: %v %+v", err, list)
 	}
 }
+
+// oldDatabase makes a database file at schema version v (the first v migrations, as an older
+// keyarc left it), for a test of the migrations after it: the test fills it through old,
+// closes old and opens path with Open.
+func oldDatabase(t *testing.T, v int) (path string, old *sql.DB) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "old.db")
+	old, err := sql.Open("sqlite", dsn(path, "_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range migrations[:v] {
+		if _, err := old.Exec(m); err != nil {
+			t.Fatalf("migration %d: %v", i+1, err)
+		}
+	}
+	// PRAGMA takes no bound parameters; v is the test's own integer.
+	if _, err := old.Exec(fmt.Sprintf("PRAGMA user_version = %d", v)); err != nil {
+		t.Fatal(err)
+	}
+	return path, old
+}
