@@ -25,18 +25,7 @@ func (tx *Tx) RevokeCertificate(serial string, reason int, at time.Time) error {
 	case !store.ValidReason(reason):
 		return invalid(op, "reason %d is not one of the S/MIME BR reasons", reason)
 	}
-	s, err := store.NormalizeSerial(serial)
-	if err != nil {
-		return err
-	}
-	var template string
-	if err := tx.queryRow(op, []any{&template}, `SELECT template FROM certificates WHERE serial = ?`, s); err != nil {
-		return err
-	}
-	if template == store.TemplateImport {
-		return fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w", op, s, store.ErrConflict)
-	}
-	_, err = tx.certTransition(op, s, store.StateIssued, true, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
+	_, err := tx.certTransition(op, serial, store.StateIssued, true, `state = 'revoked', revoked_at = ?, revocation_reason = ?`,
 		at.UnixMicro(), reason)
 	return err
 }

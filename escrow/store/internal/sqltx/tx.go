@@ -675,7 +675,8 @@ func nilIfEmpty(b []byte) any {
 
 // certTransition moves a certificate from state from to state to, setting
 // the extra assignments; [ErrNotFound] if the serial is unknown,
-// [ErrConflict] if it is in another state.
+// [ErrConflict] if it is in another state or another CA issued it ([store.TemplateImport]:
+// stored issued by its import, its state is never this CA's to change).
 //
 // With due (the new state is issued or revoked), a backend whose statements keep the OCSP due
 // index ([Dialect.KeepsDue]) stores the certificate's row there in the same statement.
@@ -685,7 +686,7 @@ func (tx *Tx) certTransition(op, serial, from string, due bool, set string, args
 		return "", err
 	}
 	// Every caller's values pass the table's checks: a failure is a fault (see execBare).
-	q := `UPDATE certificates SET ` + set + ` WHERE serial = ? AND state = ?`
+	q := `UPDATE certificates SET ` + set + ` WHERE serial = ? AND state = ? AND template <> 'import'`
 	if due && tx.d.KeepsDue {
 		q = wrapped(`WITH c AS (`, q, ` RETURNING serial, state, template, revocation_reason, not_after)`+dueUpsert)
 	}
@@ -696,9 +697,12 @@ func (tx *Tx) certTransition(op, serial, from string, due bool, set string, args
 	if n == 1 {
 		return s, nil
 	}
-	var state string
-	if err := tx.queryRow(op, []any{&state}, `SELECT state FROM certificates WHERE serial = ?`, s); err != nil {
+	var state, template string
+	if err := tx.queryRow(op, []any{&state, &template}, `SELECT state, template FROM certificates WHERE serial = ?`, s); err != nil {
 		return "", err
+	}
+	if template == store.TemplateImport {
+		return "", fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w", op, s, store.ErrConflict)
 	}
 	return "", fmt.Errorf("store: %s: certificate %s is %s, not %s: %w", op, s, state, from, store.ErrConflict)
 }
