@@ -41,6 +41,12 @@ const (
 	maxNameLen = 64
 )
 
+// ImportedTemplate is the template name no configured template may take: keyarc gives it to
+// the certificates of another CA whose keys a bulk import archived (store.TemplateImport).
+// Those are never this CA's to speak for (no OCSP response, no CRL entry, no revocation
+// here), so a template of that name would issue certificates that could never be revoked.
+const ImportedTemplate = "import"
+
 // Key algorithms of a [KeyRule].
 const (
 	AlgorithmRSA   = "rsa"
@@ -324,6 +330,9 @@ func validName(s string) bool {
 func (t *Template) Validate() error {
 	if !validName(t.Name) {
 		return t.fieldErr("name", "must be 1 to %d characters of a-z, 0-9 and -", maxNameLen)
+	}
+	if t.Name == ImportedTemplate {
+		return t.fieldErr("name", "%q is reserved for the certificates of other CAs that a bulk import archives; choose another name", ImportedTemplate)
 	}
 	if err := t.validateUsages(); err != nil {
 		return err

@@ -83,6 +83,7 @@ func TestValidate(t *testing.T) {
 		{name: "empty name", edit: func(t *Template) { t.Name = "" }, wantErr: ErrInvalidTemplate, wantField: "name"},
 		{name: "upper-case name", edit: func(t *Template) { t.Name = "Smime" }, wantErr: ErrInvalidTemplate, wantField: "name"},
 		{name: "name with slash", edit: func(t *Template) { t.Name = "a/b" }, wantErr: ErrInvalidTemplate, wantField: "name"},
+		{name: "reserved name", edit: func(t *Template) { t.Name = "import" }, wantErr: ErrInvalidTemplate, wantField: "name"},
 		{name: "archive with digitalSignature", edit: func(t *Template) { t.KeyUsage = append(t.KeyUsage, KUDigitalSignature) }, wantErr: ErrInvalidTemplate, wantField: "key_usage"},
 		{name: "archive with nonRepudiation", edit: func(t *Template) { t.KeyUsage = []string{KUNonRepudiation} }, wantErr: ErrInvalidTemplate, wantField: "key_usage"},
 		{name: "unknown usage", edit: func(t *Template) { t.KeyUsage = []string{"keyCertSign"} }, wantErr: ErrInvalidTemplate, wantField: "key_usage"},

@@ -351,3 +351,17 @@ func TestIssueFinishesBatchAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestTemplateImportReserved: no configured template may take the name imported certificates
+// are stored under, or the certificates it issued would get no OCSP response and could never
+// be revoked.
+func TestTemplateImportReserved(t *testing.T) {
+	if TemplateImport != policy.ImportedTemplate {
+		t.Fatalf("imported certificates are stored under %q, policy reserves %q", TemplateImport, policy.ImportedTemplate)
+	}
+	_, err := policy.Templates([]policy.Template{{Name: TemplateImport, KeyUsage: []string{policy.KUKeyEncipherment},
+		ExtKeyUsage: []string{policy.EKUEmailProtection}, ValidityDays: 365, Archive: true}})
+	if !errors.Is(err, policy.ErrInvalidTemplate) {
+		t.Fatalf("a configured template named %q: %v, want %v", TemplateImport, err, policy.ErrInvalidTemplate)
+	}
+}
