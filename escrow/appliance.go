@@ -67,8 +67,8 @@ type ApplianceRequest struct {
 // path ([issue.Pipeline.IssueSigned]): the CA signs, then one transaction stores the
 // certificate as issued, under the template name of its purpose, with an enroll audit entry.
 // So it is on record like any other certificate: the consistency check covers it, the OCSP
-// pre-signer answers for it, it is revocable by serial and a revocation puts it on the CRL.
-// The actor of ctx ([WithActor]) is recorded. If the transaction fails, no certificate is
+// pre-signer answers for it, and once expired it may be revoked by serial (while unexpired it
+// is refused: see [ErrApplianceCertificate]). The actor of ctx ([WithActor]) is recorded. If the transaction fails, no certificate is
 // returned and the signed one is kept on record as failed.
 //
 // # Errors

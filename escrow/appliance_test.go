@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,8 +19,7 @@ import (
 
 // TestIssueAppliance: each of the appliance's own certificates is signed as asked, stored as
 // issued under its purpose's template name with an enroll entry (with its hash), passes the
-// consistency check, is revocable by serial by an officer (not by a subscriber) and is then on
-// the CRL.
+// consistency check, and is not revoked while unexpired, by serial or by key.
 func TestIssueAppliance(t *testing.T) {
 	env := newBareService(t)
 	ctx := WithActor(context.Background(), "keyarc init")
@@ -76,26 +76,29 @@ func TestIssueAppliance(t *testing.T) {
 		t.Fatalf("consistency check: %+v, %v", rep, err)
 	}
 
-	tls, transport := serials[0], serials[1]
+	// None is revoked while unexpired: the appliance goes on using its keys whatever their
+	// certificates say, so a revocation would only pretend to retire one.
 	subscriber := policy.Principal{Role: policy.RoleEnrollee, Mailbox: "alice@example.org"}
-	if _, err := env.svc.Revoke(ctx, subscriber, RevokeRequest{Serial: transport, Reason: "keyCompromise"}); !errors.Is(err, policy.ErrForbidden) {
+	if _, err := env.svc.Revoke(ctx, subscriber, RevokeRequest{Serial: serials[1], Reason: "keyCompromise"}); !errors.Is(err, policy.ErrForbidden) {
 		t.Fatalf("a subscriber revokes the transport certificate: %v, want policy.ErrForbidden", err)
 	}
-	res, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Serial: transport, Reason: "keyCompromise"})
-	if err != nil || len(res.Revoked) != 1 || res.Revoked[0].Serial != transport {
-		t.Fatalf("an officer revokes the transport certificate: %+v, %v", res, err)
+	for i, serial := range serials {
+		for _, req := range []RevokeRequest{{Serial: serial, Reason: "keyCompromise"}, {KeyOf: serial, Reason: "superseded"}} {
+			_, err := env.svc.Revoke(ctx, officerP, req)
+			if !errors.Is(err, ErrApplianceCertificate) || !strings.Contains(err.Error(), serial) || !strings.Contains(err.Error(), string(reqs[i].Purpose)) {
+				t.Errorf("an officer revokes the %s certificate (%+v): %v, want ErrApplianceCertificate naming it", reqs[i].Purpose, req, err)
+			}
+		}
+		if row := env.certificate(t, serial); row.State != store.StateIssued {
+			t.Errorf("the refused %s certificate is %s", reqs[i].Purpose, row.State)
+		}
 	}
 	p := newPublisher(env, nil)
 	if _, err := p.Publish(ctx); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	_, rl := parseLatest(t, p)
-	var listed []string
-	for _, e := range rl.RevokedCertificateEntries {
-		listed = append(listed, store.FormatSerial(e.SerialNumber))
-	}
-	if !slices.Equal(listed, []string{transport}) {
-		t.Fatalf("CRL lists %v, want the transport certificate %s only (not the TLS one, %s)", listed, transport, tls)
+	if _, rl := parseLatest(t, p); len(rl.RevokedCertificateEntries) != 0 {
+		t.Fatalf("CRL lists %d certificates, want none", len(rl.RevokedCertificateEntries))
 	}
 }
 
@@ -137,8 +140,8 @@ func TestIssueApplianceRefusals(t *testing.T) {
 }
 
 // TestRecordAppliance: a certificate the CA signed before the appliance's own were stored is
-// put on record once, with its entry, and then passes the check and is revocable; a
-// certificate of another CA is refused.
+// put on record once, with its entry, and then passes the check and is known as the
+// appliance's own (not revoked); a certificate of another CA is refused.
 func TestRecordAppliance(t *testing.T) {
 	env := newBareService(t)
 	ctx := context.Background()
@@ -161,8 +164,8 @@ func TestRecordAppliance(t *testing.T) {
 	if err != nil || rep.Certificates != 1 || len(rep.Problems) != 0 {
 		t.Fatalf("consistency check: %+v, %v", rep, err)
 	}
-	if _, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Serial: serial, Reason: "keyCompromise"}); err != nil {
-		t.Fatalf("Revoke: %v", err)
+	if _, err := env.svc.Revoke(ctx, officerP, RevokeRequest{Serial: serial, Reason: "keyCompromise"}); !errors.Is(err, ErrApplianceCertificate) {
+		t.Fatalf("Revoke: %v, want ErrApplianceCertificate (the appliance's own, once recorded)", err)
 	}
 
 	otherKey := newP256(t)

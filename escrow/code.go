@@ -123,7 +123,7 @@ func (s *Service) AuthenticateEnrollee(ctx context.Context, mailbox, secret stri
 func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*store.Code, error) {
 	secret = strings.ToUpper(strings.TrimSpace(strings.ReplaceAll(secret, "-", "")))
 	if len(secret) != codeLength {
-		return nil, ErrUnauthorized
+		return nil, errCodeNotAccepted
 	}
 	var c *store.Code
 	err := s.Store.View(ctx, func(tx store.Tx) error {
@@ -132,13 +132,13 @@ func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*st
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, ErrUnauthorized
+		return nil, errCodeNotAccepted
 	}
 	if err != nil {
 		return nil, fmt.Errorf("escrow: look up enrollment code: %w", err)
 	}
 	if subtle.ConstantTimeCompare(c.Hash, hashCode(secret)) != 1 || !policy.SameMailbox(c.Email, mailbox) {
-		return nil, ErrUnauthorized
+		return nil, errCodeNotAccepted
 	}
 	if c.UsedAt != nil {
 		if c.Serial != "" && s.undoPending(c.Serial) {

@@ -28,6 +28,10 @@ var (
 	// set, which every new escrow record is sealed to. It is revoked once an admin has defined
 	// a set without it, so that no key is ever sealed to a revoked KRA certificate.
 	ErrInRecoverySet = errors.New("escrow: the certificate is in the current recovery set")
+	// ErrApplianceCertificate: the certificate is one of the appliance's own (TLS,
+	// transport, audit, OCSP responder), unexpired: the appliance uses its key whatever its
+	// status, so it is not revoked.
+	ErrApplianceCertificate = errors.New("escrow: the certificate is the appliance's own")
 )
 
 // Revocation is the revocation state of one certificate.
@@ -118,7 +122,8 @@ func (r *RevokeResult) Serials() []string {
 // [ErrNotFound] (no such certificate; a mailbox or key with no issued certificate),
 // [ErrNotIssued] (a serial whose issuance is pending or failed, or another CA's certificate),
 // [ErrInRecoverySet] (a KRA
-// unwrap certificate of the current recovery set: replace the set first), an [*AlreadyRevokedError]
+// unwrap certificate of the current recovery set: replace the set first),
+// [ErrApplianceCertificate] (an unexpired certificate of the appliance's own keys), an [*AlreadyRevokedError]
 // (wrapping [ErrAlreadyRevoked]) when nothing would change, [policy.ErrForbidden] (a caller
 // who may not revoke these certificates), or, for faults of the appliance, a storage error
 // wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
@@ -139,15 +144,17 @@ func (s *Service) Revoke(ctx context.Context, by policy.Principal, req RevokeReq
 	var subject string
 	switch {
 	case req.Serial != "":
-		if req.Serial, err = store.NormalizeSerial(req.Serial); err != nil {
+		serial, err := store.NormalizeSerial(req.Serial)
+		if err != nil {
 			return nil, fmt.Errorf("%w: serial %q is not a hexadecimal certificate serial", ErrInvalidRequest, clip(req.Serial))
 		}
-		subject = req.Serial
+		req.Serial, subject = serial, serial
 	case req.KeyOf != "":
-		if req.KeyOf, err = store.NormalizeSerial(req.KeyOf); err != nil {
+		serial, err := store.NormalizeSerial(req.KeyOf)
+		if err != nil {
 			return nil, fmt.Errorf("%w: key_of %q is not a hexadecimal certificate serial", ErrInvalidRequest, clip(req.KeyOf))
 		}
-		subject = "key-of " + req.KeyOf
+		req.KeyOf, subject = serial, "key-of "+serial
 	default:
 		if req.Email, err = policy.NormalizeMailbox(req.Email); err != nil {
 			return nil, fmt.Errorf("%w: email: %w", ErrInvalidRequest, err)
@@ -170,6 +177,9 @@ func (s *Service) Revoke(ctx context.Context, by policy.Principal, req RevokeReq
 			return err
 		}
 		if err := notInRecoverySet(tx, targets); err != nil {
+			return err
+		}
+		if err := notApplianceOwn(targets, now); err != nil {
 			return err
 		}
 		if err := applyRevocations(tx, targets, reason, now, res); err != nil {
@@ -288,6 +298,23 @@ func notInRecoverySet(tx store.Tx, targets []store.Certificate) error {
 			return fmt.Errorf("%w: certificate %s is KRA %q's unwrap certificate in recovery set %d, which new escrow records are sealed to; define a recovery set without it first (keyarc admin recovery-set set), then revoke it",
 				ErrInRecoverySet, c.Serial, c.KRA, set.Epoch)
 		}
+	}
+	return nil
+}
+
+// notApplianceOwn refuses to revoke an unexpired certificate of the appliance's own keys
+// (TLS, transport, audit, OCSP responder): the appliance goes on using the key whatever the
+// certificate's status, so a revocation would only pretend to retire it. The responder's
+// certificate carries id-pkix-ocsp-nocheck besides: relying parties never ask about it.
+func notApplianceOwn(targets []store.Certificate, now time.Time) error {
+	for _, c := range targets {
+		purpose, ok := strings.CutPrefix(c.Template, "appliance-")
+		if !ok || AppliancePurpose(purpose).Template() != c.Template || c.State != store.StateIssued ||
+			!c.NotAfter.IsZero() && !c.NotAfter.After(now) {
+			continue
+		}
+		return fmt.Errorf("%w: certificate %s is the appliance's own %s certificate, and the appliance goes on using its key whatever its status; a key of the appliance is retired by replacing it (a new state made by keyarc init), not by revoking its certificate",
+			ErrApplianceCertificate, c.Serial, purpose)
 	}
 	return nil
 }

@@ -64,8 +64,12 @@ import (
 // fault of the appliance (storage: [store.ErrUnavailable]; token; archive: [ErrIntegrity] or
 // an unnamed error) is never wrapped in one of the client's sentinels without its own.
 var (
-	// ErrUnauthorized: the mailbox and enrollment code (or client certificate) were not accepted.
-	ErrUnauthorized = errors.New("escrow: mailbox and enrollment code not accepted")
+	// ErrUnauthorized: the caller's credential (mailbox and enrollment code, or client
+	// certificate) was not accepted, or there was none; the wrapping error says which.
+	ErrUnauthorized = errors.New("escrow: not authenticated")
+	// errCodeNotAccepted is the one answer to a wrong mailbox or enrollment code, whichever
+	// part was wrong.
+	errCodeNotAccepted = fmt.Errorf("%w: mailbox and enrollment code not accepted", ErrUnauthorized)
 	// ErrCodeUsed: the enrollment code has already been used.
 	ErrCodeUsed = errors.New("escrow: enrollment code already used; ask for a new one")
 	// ErrCodeExpired: the enrollment code is past its expiry.
@@ -264,7 +268,7 @@ func (s *Service) checkRequest(who Enrollee, req EnrollRequest) (*policy.Templat
 		return nil, fmt.Errorf("%w: this enrollment code is for template %q, not %q", ErrForbidden, who.Code.Template, t.Name)
 	}
 	if who.Code == nil && who.Renewing == "" {
-		return nil, ErrUnauthorized
+		return nil, errCodeNotAccepted
 	}
 	if req.CSR == nil {
 		return nil, fmt.Errorf("%w: a certificate request (PKCS#10) is required", ErrInvalidRequest)
@@ -316,7 +320,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		return nil, ErrCodeExpired
 	case errors.Is(err, store.ErrNotFound):
 		// The code to claim does not exist: not a code the appliance accepts.
-		return nil, ErrUnauthorized
+		return nil, errCodeNotAccepted
 	case err != nil:
 		return nil, fmt.Errorf("escrow: %w", err)
 	}
@@ -354,7 +358,7 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 		return nil, ErrCodeExpired
 	case errors.Is(err, store.ErrNotFound) && is.codeID != "" && s.codeMissing(ctx, is.codeID):
 		// The reservation could not claim the code: not a code the appliance accepts.
-		return nil, ErrUnauthorized
+		return nil, errCodeNotAccepted
 	case errors.Is(err, ErrKeyArchivedElsewhere):
 		return nil, fmt.Errorf("escrow: the private key of this request is already archived for another mailbox; enroll with a new key: %w", ErrKeyArchivedElsewhere)
 	case errors.Is(err, issue.ErrRecoverySetChanged):

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"database/sql"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -95,6 +96,16 @@ func TestRevoke(t *testing.T) {
 		t.Errorf("keyCompromise twice: %s", msg)
 	}
 
+	// The appliance's own certificates are not revoked: it goes on using their keys.
+	tlsSerial := certSerial(t, dir, filepath.Join(state, "tls.pem"))
+	if msg := keyarcFails(t, as("admin", "revoke", "--serial", tlsSerial, "--reason", "keyCompromise")...); !strings.Contains(msg, "HTTP 409") ||
+		!strings.Contains(msg, "appliance's own tls certificate") {
+		t.Errorf("revoking the appliance's TLS certificate: %s", msg)
+	}
+	if st, _ := certStatus(t, state, tlsSerial); st != "issued" {
+		t.Fatalf("the appliance's TLS certificate is %s after a refused revocation", st)
+	}
+
 	// Unknown serial: 404. A reason outside the BR set: the CLI refuses it, and so does the API.
 	if msg := keyarcFails(t, as("officer", "revoke", "--serial", "7e57ab1e", "--reason", "unspecified")...); !strings.Contains(msg, "HTTP 404") {
 		t.Errorf("unknown serial: %s", msg)
@@ -139,6 +150,26 @@ func TestRevoke(t *testing.T) {
 	if st, r := certStatus(t, state, aliceSerial); st != "revoked" || r != 1 {
 		t.Fatalf("alice's own revocation: %s reason %d", st, r)
 	}
+	// Her key is compromised: no mailbox gets it certified again (S/MIME BR 6.1.1.3), over
+	// EST, and the refusal leaves the enrollee's code usable.
+	waltCode := strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", state, "--email", "walt@example.org", "--template", "smime-signature"))
+	der := filepath.Join(dir, "walt-alice-key.der")
+	run(t, dir, "openssl", "req", "-new", "-key", filepath.Join(alice, "key.pem"), "-subj", "/CN=walt@example.org", "-outform", "DER", "-out", der)
+	raw, err := os.ReadFile(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := filepath.Join(dir, "walt-alice-key.b64")
+	writeFile(t, b64, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"))
+	waltEnroll := "/.well-known/est/smime-signature/simpleenroll"
+	if code, body := curlEST(t, a, dir, waltEnroll, "walt@example.org:"+waltCode, b64); code != "400" ||
+		!strings.Contains(body, "keyCompromise") || !strings.Contains(body, aliceSerial) {
+		t.Errorf("EST with alice's compromised key: %s %q, want 400 naming keyCompromise and %s", code, body, aliceSerial)
+	}
+	if code, body := curlEST(t, a, dir, waltEnroll, "walt@example.org:"+waltCode, estCSR(t, dir, "walt", "/CN=walt@example.org")); code != "200" {
+		t.Errorf("EST with a new key and the same code after the refusal: %s %q", code, body)
+	}
+
 	// Her certificate is revoked: it no longer authenticates anything.
 	msg = keyarcFails(t, append([]string{"revoke", "--email", "alice@example.org", "--reason", "unspecified", "--state", state, "--server", a.url}, sub...)...)
 	if !strings.Contains(msg, "HTTP 401") {

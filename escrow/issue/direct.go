@@ -74,12 +74,13 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 		req.EmailAddresses = []string{r.Mailbox}
 	}
 	return p.IssueSigned(ctx, SignedRequest{
-		CA:      req,
-		Row:     store.Certificate{Template: t.Name, Email: r.Mailbox, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA},
-		Code:    r.Code,
-		Kind:    audit.KindEnroll,
-		Actor:   r.Actor,
-		Details: audit.Details{Template: t.Name, Mailbox: r.Mailbox, Role: r.Role, KRA: r.KRA, Fingerprint: []string{r.Fingerprint}},
+		CA:            req,
+		Row:           store.Certificate{Template: t.Name, Email: r.Mailbox, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA},
+		Code:          r.Code,
+		RefuseRevoked: true,
+		Kind:          audit.KindEnroll,
+		Actor:         r.Actor,
+		Details:       audit.Details{Template: t.Name, Mailbox: r.Mailbox, Role: r.Role, KRA: r.KRA, Fingerprint: []string{r.Fingerprint}},
 	})
 }
 
@@ -100,6 +101,10 @@ type SignedRequest struct {
 	// may be passed. The claim in the transaction stays the authority either way: a code used
 	// meanwhile is refused there, once.
 	Code *store.Code
+	// RefuseRevoked refuses, before anything is signed, a public key that a certificate
+	// revoked for keyCompromise holds ([CompromisedKeyError]): a subscriber's key. The
+	// appliance's own certificates leave it unset.
+	RefuseRevoked bool
 	// Kind, Actor and Details make the audit entry; Details' Serial and NotAfter are set from
 	// the signed certificate. Its subject is the row's mailbox, else the certificate's subject.
 	Kind    audit.Kind
@@ -123,30 +128,48 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	}
 	row.Serial, row.Subject, row.State = store.FormatSerial(req.Serial), req.Subject.String(), store.StatePending
 	row.CreatedAt = p.now()
-	if row.CodeID != "" {
-		// Sign nothing for a code that is already spent; the claim below settles races. A
-		// record the caller read for this request is not read again.
-		check := func(c *store.Code) error {
-			switch {
-			case c.UsedAt != nil:
-				return store.ErrCodeUsed
-			case !req.NotBefore.Before(c.ExpiresAt):
-				return store.ErrCodeExpired
-			}
-			return nil
+	// Sign nothing for a code that is already spent (the claim below settles races) nor for a
+	// compromised key, both read in one View. A code record the caller read for this request
+	// is not read again.
+	checkCode := func(c *store.Code) error {
+		switch {
+		case c.UsedAt != nil:
+			return store.ErrCodeUsed
+		case !req.NotBefore.Before(c.ExpiresAt):
+			return store.ErrCodeExpired
 		}
+		return nil
+	}
+	readCode := row.CodeID != ""
+	if c := r.Code; readCode && c != nil && c.ID == row.CodeID {
+		if err := checkCode(c); err != nil {
+			return Result{}, err
+		}
+		readCode = false
+	}
+	var keyID string
+	if r.RefuseRevoked {
 		var err error
-		if c := r.Code; c != nil && c.ID == row.CodeID {
-			err = check(c)
-		} else {
-			err = p.Store.View(ctx, func(tx store.Tx) error {
+		if keyID, err = KeyID(req.PublicKey); err != nil {
+			return Result{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	if readCode || keyID != "" {
+		err := p.Store.View(ctx, func(tx store.Tx) error {
+			if readCode {
 				c, err := tx.GetCode(row.CodeID)
 				if err != nil {
 					return err
 				}
-				return check(c)
-			})
-		}
+				if err := checkCode(c); err != nil {
+					return err
+				}
+			}
+			if keyID == "" {
+				return nil
+			}
+			return refuseCompromised(tx, []string{keyID})
+		})
 		if err != nil {
 			return Result{}, err
 		}

@@ -318,6 +318,7 @@ func forEach(n, workers int, f func(k int)) {
 type reservation struct {
 	r         Request
 	serialHex string
+	keyID     string // of r.Pub, see KeyID
 	cert      store.Certificate
 	rec       store.Record
 	req       ca.Request
@@ -333,9 +334,13 @@ func newReservation(r Request, now time.Time) (*reservation, error) {
 	if !t.Archive {
 		return nil, fmt.Errorf("%w: template %q does not archive keys", ErrInvalid, t.Name)
 	}
+	keyID, err := KeyID(r.Pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	serialHex := store.FormatSerial(r.Serial)
 	subject := pkix.Name{CommonName: r.Mailbox}
-	res := &reservation{r: r, serialHex: serialHex,
+	res := &reservation{r: r, serialHex: serialHex, keyID: keyID,
 		cert: store.Certificate{Serial: serialHex, Template: t.Name, Email: r.Mailbox, Subject: subject.String(),
 			State: store.StatePending, CreatedAt: now, RecordID: r.Record.ID, CodeID: r.CodeID},
 		rec: store.Record{ID: r.Record.ID, Serial: serialHex, Email: r.Mailbox, Epoch: r.Record.Epoch,
@@ -368,18 +373,27 @@ func UnknownExtKeyUsages(t *policy.Template) []asn1.ObjectIdentifier {
 	return oids
 }
 
-// reserve is the first transaction: the epoch check, the codes and Reserve hooks, then the
-// pending certificates and their records. An item sealed for another epoch than the current
-// one is marked stale and left out.
+// reserve is the first transaction: the epoch check, the refusal of compromised keys, the
+// codes and Reserve hooks, then the pending certificates and their records. An item sealed
+// for another epoch than the current one is marked stale and left out.
 func reserve(tx store.Tx, res []*reservation) error {
 	cur, err := tx.CurrentEpoch()
 	if err != nil {
 		return err
 	}
+	keyIDs := make([]string, 0, len(res))
+	for _, rv := range res {
+		if rv.stale = rv.rec.Epoch != cur; !rv.stale {
+			keyIDs = append(keyIDs, rv.keyID)
+		}
+	}
+	if err := refuseCompromised(tx, keyIDs); err != nil {
+		return err
+	}
 	certs := make([]store.Certificate, 0, len(res))
 	recs := make([]store.Record, 0, len(res))
 	for _, rv := range res {
-		if rv.stale = rv.rec.Epoch != cur; rv.stale {
+		if rv.stale {
 			continue
 		}
 		if rv.r.CodeID != "" {
@@ -404,7 +418,7 @@ func reserve(tx store.Tx, res []*reservation) error {
 }
 
 func reserveError(err error) error {
-	if errors.Is(err, ErrReserved) {
+	if errors.Is(err, ErrReserved) || errors.Is(err, policy.ErrRejected) {
 		return err
 	}
 	return fmt.Errorf("issue: reserve serial: %w", err)

@@ -155,6 +155,12 @@ type Revocations interface {
 	// certificates (no DER yet) are not among them. [ErrInvalid] unless keyID is 64
 	// lower-case hex digits; an unknown key gives none and no error.
 	CertificatesByKey(keyID string) ([]Certificate, error)
+	// CompromisedKeys returns, for each of keyIDs ([Certificate.KeyID]) that a certificate
+	// revoked for keyCompromise holds, the serial of the oldest such certificate: a key S/MIME
+	// BR §6.1.1.3 forbids certifying again, in any mailbox. Keys with no such certificate are
+	// not in the map; a key listed twice is answered once. [ErrInvalid] unless every key ID is
+	// 64 lower-case hex digits.
+	CompromisedKeys(keyIDs []string) (map[string]string, error)
 	// RevokedCertificates calls fn with every revoked certificate that has not expired at
 	// now (NotAfter after now, or no NotAfter stored), in the byte order of their canonical
 	// serials, streaming: a backend holds a few rows at a time, never the whole list, so

@@ -26,6 +26,7 @@ var revocationTests = []test{
 	{"Revoke", testRevoke},
 	{"KeyCompromise", testKeyCompromise},
 	{"CertificatesByKey", testCertificatesByKey},
+	{"CompromisedKeys", testCompromisedKeys},
 	{"RevokedCertificates", testRevokedCertificates},
 	{"RevokedCertificatesStop", testRevokedCertificatesStop},
 	{"CRLNumbers", testCRLNumbers},
@@ -282,6 +283,73 @@ func testCertificatesByKey(t *testing.T, h *Harness) {
 			if c.KeyID != want {
 				t.Errorf("certificate %s: KeyID %q, want %q", serial, c.KeyID, want)
 			}
+		}
+		return nil
+	})
+}
+
+// testCompromisedKeys: a key is compromised once a certificate of it is revoked for
+// keyCompromise, whatever its mailbox, and its oldest such certificate is named; a revocation
+// for another reason, an expired certificate of the key or a failed one do not count. Many
+// keys are answered at once, beyond one statement's worth.
+func testCompromisedKeys(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	ka, kb, kc := ecKey(t), ecKey(t), ecKey(t)
+	derA1, idA := realCert(t, ka, 1)
+	derA2, _ := realCert(t, ka, 2)
+	derB, idB := realCert(t, kb, 3)
+	derC, idC := realCert(t, kc, 4)
+	na := t0.AddDate(1, 0, 0)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		a1, a2, b, c := issued("a1", na), issued("a2", na), issued("b", na), issued("c", na)
+		a1.DER, a2.DER, b.DER, c.DER = derA1, derA2, derB, derC
+		a2.Email, a2.CreatedAt = "bob@example.com", t0.Add(time.Minute)
+		if err := tx.InsertCertificates([]store.Certificate{a2, a1, b, c}); err != nil {
+			return err
+		}
+		for _, r := range []struct {
+			serial string
+			reason int
+		}{{"a2", store.ReasonKeyCompromise}, {"a1", store.ReasonKeyCompromise}, {"b", store.ReasonSuperseded}} {
+			if err := tx.RevokeCertificate(r.serial, r.reason, t0.Add(time.Hour)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	unknown := strings.Repeat("0", 64)
+	many := []string{idB, idC, unknown}
+	for i := range 300 {
+		many = append(many, fmt.Sprintf("%064x", i+1))
+	}
+	many = append(many, idA, idA)
+	mustView(t, s, func(tx store.Tx) error {
+		got, err := tx.CompromisedKeys(many)
+		if err != nil {
+			return err
+		}
+		if want := map[string]string{idA: "a1"}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("CompromisedKeys = %v, want %v", got, want)
+		}
+		if got, err := tx.CompromisedKeys(nil); err != nil || len(got) != 0 {
+			t.Errorf("CompromisedKeys(none) = %v, %v; want none", got, err)
+		}
+		for _, bad := range []string{"", "abc", strings.ToUpper(idA)} {
+			if _, err := tx.CompromisedKeys([]string{idB, bad}); !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("CompromisedKeys(%q) = %v, want ErrInvalid", bad, err)
+			}
+		}
+		return nil
+	})
+	// Moving b's reason to keyCompromise makes its key compromised.
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetKeyCompromise("b") })
+	mustView(t, s, func(tx store.Tx) error {
+		got, err := tx.CompromisedKeys([]string{idB, idC})
+		if err != nil {
+			return err
+		}
+		if want := map[string]string{idB: "b"}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("CompromisedKeys after SetKeyCompromise = %v, want %v", got, want)
 		}
 		return nil
 	})

@@ -79,7 +79,7 @@ func (a *Server) failRevoke(w http.ResponseWriter, r *http.Request, err error) {
 		a.log.Info("request refused", "route", r.Pattern, "status", http.StatusConflict, "reason", err.Error())
 		out := wire.AlreadyRevoked{Error: err.Error(), Existing: toRevocationsJSON(already.Existing)}
 		writeJSON(w, http.StatusConflict, out)
-	case errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet):
+	case errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet), errors.Is(err, escrow.ErrApplianceCertificate):
 		a.fail(w, r, &httpStatusError{http.StatusConflict, err.Error()})
 	default:
 		a.fail(w, r, err)

@@ -29,6 +29,7 @@ func TestRevokeStatuses(t *testing.T) {
 		{"already revoked", fmt.Errorf("wrapped: %w", already), http.StatusConflict},
 		{"never issued", fmt.Errorf("%w: certificate ab is failed", escrow.ErrNotIssued), http.StatusConflict},
 		{"in the recovery set", fmt.Errorf("%w: replace it first", escrow.ErrInRecoverySet), http.StatusConflict},
+		{"the appliance's own", fmt.Errorf("%w: its TLS certificate", escrow.ErrApplianceCertificate), http.StatusConflict},
 		{"bad reason", fmt.Errorf("%w: %w", escrow.ErrInvalidRequest, policy.ErrBadRevocationReason), http.StatusBadRequest},
 		{"unknown serial", fmt.Errorf("%w: no certificate with serial ab", escrow.ErrNotFound), http.StatusNotFound},
 		{"someone else's", fmt.Errorf("%w: not yours", policy.ErrForbidden), http.StatusForbidden},

@@ -344,7 +344,7 @@ func makeTLS(ctx context.Context, svc *escrow.Service, certPath, keyPath string,
 
 // recordAppliance puts on record the appliance's own certificates that this CA signed before
 // they were stored (a state folder made by an older keyarc), so that they too are answered by
-// OCSP and revocable; those stored already are left alone. A certificate another CA signed (a
+// OCSP and checked; those stored already are left alone. A certificate another CA signed (a
 // TLS certificate put in place by an operator) is not this CA's to record.
 func recordAppliance(ctx context.Context, svc *escrow.Service, say func(string, ...any), files map[escrow.AppliancePurpose]string) error {
 	for _, purpose := range []escrow.AppliancePurpose{escrow.ApplianceTransport, escrow.ApplianceAudit, escrow.ApplianceOCSP, escrow.ApplianceTLS} {

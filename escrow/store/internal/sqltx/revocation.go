@@ -6,7 +6,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -74,6 +76,65 @@ func (tx *Tx) CertificatesByKey(keyID string) ([]store.Certificate, error) {
 		return err
 	}, `SELECT `+certColumns+` FROM certificates WHERE key_id = ? AND key_id IS NOT NULL ORDER BY created_at, serial`, keyID)
 	return out, err
+}
+
+// CompromisedKeys returns, for each of keyIDs held by a certificate revoked for
+// keyCompromise, the serial of the oldest one, through the partial index certificates_key,
+// statusesPerQuery keys to a statement (then halves, as CertificateStatuses).
+func (tx *Tx) CompromisedKeys(keyIDs []string) (map[string]string, error) {
+	const op = "compromised keys"
+	if err := tx.check(false); err != nil {
+		return nil, fmt.Errorf("store: %s: %w", op, err)
+	}
+	var args []any
+	seen := make(map[string]bool, len(keyIDs))
+	for _, id := range keyIDs {
+		if !store.ValidKeyID(id) {
+			return nil, invalid(op, "key id %q is not 64 lower-case hex digits", id)
+		}
+		if !seen[id] {
+			seen[id] = true
+			args = append(args, id)
+		}
+	}
+	out := map[string]string{}
+	for n := len(args); n > 0; {
+		k := statusesPerQuery
+		for k > n {
+			k /= 2
+		}
+		err := tx.query(op, func(rows Rows) error {
+			var id, serial string
+			if err := rows.Scan(&id, &serial); err != nil {
+				return err
+			}
+			if _, ok := out[id]; !ok {
+				out[id] = serial
+			}
+			return nil
+		}, compromisedQuery(k), args[:k]...)
+		if err != nil {
+			return nil, err
+		}
+		args, n = args[k:], n-k
+	}
+	return out, nil
+}
+
+var compromisedQueries sync.Map // int → string
+
+// compromisedQuery is the statement of CompromisedKeys for n key identities: the oldest
+// certificate of each first.
+func compromisedQuery(n int) string {
+	if q, ok := compromisedQueries.Load(n); ok {
+		return q.(string)
+	}
+	q := `SELECT key_id, serial FROM certificates
+		WHERE key_id IN (?` + strings.Repeat(", ?", n-1) + `) AND key_id IS NOT NULL
+		AND state = 'revoked' AND revocation_reason = ` + strconv.Itoa(store.ReasonKeyCompromise) + `
+		ORDER BY key_id, created_at, serial`
+	compromisedQueries.Store(n, q)
+	return q
 }
 
 // errStop carries fn's error out of tx.query unwrapped.
