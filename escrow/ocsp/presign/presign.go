@@ -551,6 +551,11 @@ func signOne(r *ocsp.Responder, st store.CertStatus, this, next time.Time) (stor
 	if !ok {
 		return store.OCSPResponse{}, fmt.Errorf("presign: stored serial %q is not hexadecimal", st.Serial)
 	}
+	if rev := st.RevokedAt.UTC().Truncate(time.Second); st.Revoked && rev.After(this) {
+		// thisUpdate is when the status was known to be right (RFC 6960 2.4): never before
+		// the revocation a response reports, which the minute of backdating could put it.
+		this = rev
+	}
 	der, err := r.Sign(ocsp.Status{Serial: serial, Revoked: st.Revoked, RevokedAt: st.RevokedAt,
 		Reason: st.Reason, ThisUpdate: this, NextUpdate: next})
 	if err != nil {

@@ -173,6 +173,21 @@ func TestSignDueThenRevoked(t *testing.T) {
 	if r.Status != xocsp.Revoked || r.RevocationReason != xocsp.KeyCompromise || !r.RevokedAt.Equal(at) {
 		t.Fatalf("after revocation: %+v", r)
 	}
+	// Revoked just now: thisUpdate, when the status is known to be right (RFC 6960 2.4), is
+	// not before the revocation, whatever the backdating of the other responses.
+	revokedNow := time.Now().Truncate(time.Second)
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		return tx.RevokeCertificate(serials[8], store.ReasonSuperseded, revokedNow)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SignSerials(context.Background(), []string{serials[8]}); err != nil || n != 1 {
+		t.Fatalf("SignSerials: %d, %v", n, err)
+	}
+	if r := e.status(t, serials[8]); r.Status != xocsp.Revoked || !r.RevokedAt.Equal(revokedNow) || r.ThisUpdate.Before(r.RevokedAt) ||
+		!r.NextUpdate.After(r.ThisUpdate) {
+		t.Fatalf("revoked at %v: thisUpdate %v, nextUpdate %v, revocationTime %v", revokedNow, r.ThisUpdate, r.NextUpdate, r.RevokedAt)
+	}
 }
 
 // failingSigner fails every signature after the first ok ones: a token that goes away.
