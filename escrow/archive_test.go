@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -977,5 +978,25 @@ func TestImportFingerprintIsCanonical(t *testing.T) {
 		if got, want := hex.EncodeToString(sum[:]), PublicKeyFingerprint(cert.PublicKey); got != want {
 			t.Errorf("%T: SPKI hash %s, PublicKeyFingerprint %s", key, got, want)
 		}
+	}
+}
+
+// TestServerKeygenRSASizes: the appliance generates RSA keys of the usual sizes only; a
+// request whose key is larger is refused before any key is made (16384 bits would cost
+// minutes of CPU, past every client's patience), naming the sizes it makes.
+func TestServerKeygenRSASizes(t *testing.T) {
+	for _, bits := range []int{2047, 2049, 4097, 8192, 16384} {
+		pub := &rsa.PublicKey{N: new(big.Int).SetBit(big.NewInt(1), bits-1, 1), E: 65537}
+		if k, err := generateLike(pub); !errors.Is(err, ErrInvalidRequest) || k != nil || !strings.Contains(err.Error(), "2048, 3072 or 4096") {
+			t.Errorf("%d bits: %v, want ErrInvalidRequest naming the sizes made", bits, err)
+		}
+	}
+	pub := &rsa.PublicKey{N: new(big.Int).SetBit(big.NewInt(1), 2047, 1), E: 65537}
+	k, err := generateLike(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := k.Public().(*rsa.PublicKey).N.BitLen(); got != 2048 {
+		t.Fatalf("generated %d bits for a 2048-bit request", got)
 	}
 }

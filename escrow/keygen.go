@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -48,10 +49,18 @@ func (s *Service) ServerKeygen(ctx context.Context, who Enrollee, req EnrollRequ
 	return issued, pkcs8, nil
 }
 
+// serverKeygenRSABits are the RSA sizes the appliance generates. A larger key costs seconds
+// to minutes of CPU (16384 bits: minutes), longer than a client waits for its answer.
+var serverKeygenRSABits = []int{2048, 3072, 4096}
+
 // generateLike makes a fresh key of the same type and size as pub.
 func generateLike(pub crypto.PublicKey) (crypto.Signer, error) {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
+		if bits := k.N.BitLen(); !slices.Contains(serverKeygenRSABits, bits) {
+			return nil, fmt.Errorf("%w: server key generation makes RSA keys of 2048, 3072 or 4096 bits, and the request's key has %d: send a request with a key of one of these sizes, or make the key yourself (simpleenroll)",
+				ErrInvalidRequest, bits)
+		}
 		return rsa.GenerateKey(rand.Reader, k.N.BitLen())
 	case *ecdsa.PublicKey:
 		switch k.Curve {
