@@ -58,12 +58,20 @@ func BenchEnrollPerCert(b *testing.B, s store.Store, counters Counters) {
 
 // BenchESTPerCert is [BenchEnrollPerCert] with the rest of the store's work of an EST
 // enrollment as a node serves it: before the Update, the enrollee's code is read in a View (the
-// authentication); after it, the OCSP pre-signer reads the new certificates' statuses in a
+// authentication), and the request's key is looked for among the compromised in another (the
+// issuance pipeline's check before signing); after it, the OCSP pre-signer reads the new certificates' statuses in a
 // View, 64 to a View (presign's SignSerials, as its Issued calls come), and stores their
 // responses in an Update.
 func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
 	ctx := context.Background()
 	ders := benchDERs(b, 1024)
+	keyIDs := make([]string, len(ders))
+	for k, der := range ders {
+		var err error
+		if keyIDs[k], err = store.KeyID(der); err != nil {
+			b.Fatal(err)
+		}
+	}
 	codes := benchCodes(b, s, b.N)
 	now := bench0.Add(time.Hour)
 	serials := make(chan string, b.N)
@@ -76,6 +84,13 @@ func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
 			i := next.Add(1) - 1
 			if err := s.View(ctx, func(tx store.Tx) error {
 				_, err := tx.GetCode(codes[i])
+				return err
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+			if err := s.View(ctx, func(tx store.Tx) error {
+				_, err := tx.CompromisedKeys([]string{keyIDs[i%int64(len(keyIDs))]})
 				return err
 			}); err != nil {
 				b.Error(err)
