@@ -146,9 +146,15 @@ func verifyDigest(pub crypto.PublicKey, digest, sig []byte) bool {
 	return false
 }
 
-// ListPending returns the requests in state (all when empty). Its only errors are the store's
+// ListPending returns the requests in state: pending, issued or denied (all when empty). A
+// state other than those is an [ErrInvalidRequest]; its other errors are the store's
 // ([store.ErrUnavailable]).
 func (s *Service) ListPending(ctx context.Context, state string) ([]Pending, error) {
+	switch state {
+	case "", store.StatePending, store.StateIssued, store.StateDenied:
+	default:
+		return nil, fmt.Errorf("%w: state %q is not a state of pending requests: use pending, issued or denied", ErrInvalidRequest, clip(state))
+	}
 	var rows []store.Pending
 	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error

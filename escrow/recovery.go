@@ -149,6 +149,13 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 	if (serial == "") == (email == "") {
 		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
 	}
+	if serial != "" {
+		n, err := store.NormalizeSerial(serial)
+		if err != nil {
+			return nil, fmt.Errorf("%w: serial %q is not a certificate serial: give 1 to 64 hexadecimal digits", ErrInvalidRequest, clip(serial))
+		}
+		serial = n
+	}
 	if strings.TrimSpace(reason) == "" || len(reason) > 1000 || strings.ContainsFunc(reason, isControl) {
 		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
 	}

@@ -470,3 +470,68 @@ func TestHTTPTemplateCredential(t *testing.T) {
 		r.want(t, "operator credential on "+path, 403, "operator credential")
 	}
 }
+
+// TestHTTPBadClientValues: a serial or a state the client got wrong is the client's fault: 400
+// naming the value, never a 500. A recovery request names its certificate by serial (over the
+// API and with `keyarc recovery request`), and the pending requests are listed by state; the
+// serials are those a revocation already refuses with 400.
+func TestHTTPBadClientValues(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl")
+	state := devState(t)
+	a := serve(t, state)
+	creds := filepath.Join(state, "credentials")
+	officer := httpClient(t, a, filepath.Join(creds, "officer.pem"), filepath.Join(creds, "officer-key.pem"), "")
+	admin := httpClient(t, a, filepath.Join(creds, "admin.pem"), filepath.Join(creds, "admin-key.pem"), "")
+
+	long := strings.Repeat("a", 65)
+	for _, serial := range []string{"zz", "-1", "g", "12 34", long} {
+		body, _ := json.Marshal(map[string]string{"serial": serial, "reason": "laptop stolen"})
+		r := httpDo(t, officer, a, "POST", "/api/v1/recoveries", "", body, "Content-Type", "application/json")
+		r.want(t, fmt.Sprintf("recovery request for serial %q", serial), 400, "serial")
+		if !strings.Contains(r.body, serial[:min(len(serial), 40)]) {
+			t.Errorf("recovery request for serial %q: %q does not name the serial", serial, r.body)
+		}
+		body, _ = json.Marshal(map[string]string{"serial": serial, "reason": "superseded"})
+		httpDo(t, officer, a, "POST", "/api/v1/revocations", "", body, "Content-Type", "application/json").
+			want(t, fmt.Sprintf("revocation of serial %q", serial), 400, "serial")
+	}
+	// A well-formed serial of no certificate is not found, in any accepted spelling.
+	for _, serial := range []string{"abc", "0xABC", "0a:bc"} {
+		body, _ := json.Marshal(map[string]string{"serial": serial, "reason": "laptop stolen"})
+		httpDo(t, officer, a, "POST", "/api/v1/recoveries", "", body, "Content-Type", "application/json").
+			want(t, fmt.Sprintf("recovery request for the unknown serial %q", serial), 404, "abc")
+	}
+	errOut := keyarcFails(t, "recovery", "request", "--state", state, "--server", a.url, "--as", "officer", "--serial", "zz", "--reason", "x")
+	if !strings.Contains(errOut, "400") || !strings.Contains(errOut, `"zz"`) {
+		t.Errorf("keyarc recovery request --serial zz: %q, want HTTP 400 naming the serial", errOut)
+	}
+
+	httpDo(t, admin, a, "GET", "/api/v1/pending?state=bogus", "", nil).want(t, "pending list of state bogus", 400, "bogus")
+	for _, st := range []string{"", "pending", "issued", "denied", "all"} {
+		httpDo(t, admin, a, "GET", "/api/v1/pending?state="+st, "", nil).want(t, "pending list of state "+st, 200, "")
+	}
+	// The other routes that take an ID or a state from the client: never a 500.
+	for _, probe := range []struct {
+		c            *http.Client
+		method, path string
+	}{
+		{officer, "GET", "/api/v1/recoveries/zz%20zz"},
+		{officer, "GET", "/api/v1/recoveries?state=bogus"},
+		{admin, "GET", "/api/v1/bulk/zz"},
+		{admin, "POST", "/api/v1/pending/-1/issue"},
+		{admin, "POST", "/api/v1/pending/zz/deny"},
+	} {
+		var body []byte
+		var headers []string
+		if probe.method == "POST" {
+			body, headers = []byte("{}"), []string{"Content-Type", "application/json"}
+		}
+		if r := httpDo(t, probe.c, a, probe.method, probe.path, "", body, headers...); r.code >= 500 {
+			t.Errorf("%s %s: %d %q, want no 5xx", probe.method, probe.path, r.code, r.body)
+		}
+	}
+	if strings.Contains(a.logs.String(), "request failed") {
+		t.Errorf("a client's bad value was logged as the appliance's failure:\n%s", a.logs.String())
+	}
+}

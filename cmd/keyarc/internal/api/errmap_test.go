@@ -60,6 +60,10 @@ func TestStatusContracts(t *testing.T) {
 		// A mailbox with more active keys than one request may name: the request is too
 		// large, not the appliance broken (it was a 500).
 		{"too many records", wrap(policy.ErrTooManyRecords), http.StatusBadRequest},
+		// A serial or a state the client gave, refused by the entry point that takes it before
+		// the store sees it (a recovery request's serial and the pending listing's state were
+		// 500s).
+		{"client's value the store would refuse", fmt.Errorf("%w: serial %q is not a certificate serial: %w", escrow.ErrInvalidRequest, "zz", store.ErrInvalid), http.StatusBadRequest},
 
 		// The appliance's faults.
 		{"storage", wrap(store.ErrUnavailable), http.StatusServiceUnavailable},
@@ -81,6 +85,8 @@ func TestStatusContracts(t *testing.T) {
 		{"invalid set", wrap(policy.ErrInvalidSet), http.StatusInternalServerError},
 		{"missing row", wrap(store.ErrNotFound), http.StatusInternalServerError},
 		{"conflict", wrap(store.ErrConflict), http.StatusInternalServerError},
+		// The store refusing a value the appliance itself made is the appliance's bug.
+		{"store refuses the appliance's value", wrap(store.ErrInvalid), http.StatusInternalServerError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if code, msg := status(tc.err); code != tc.want {

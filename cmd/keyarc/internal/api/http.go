@@ -350,8 +350,11 @@ const integrityMessage = "the archive failed its consistency check for this cert
 // 500, and never a 4xx, even when it hides under a client's sentinel: those cases come first.
 // Sentinels of the archive's fault with no case of their own ([policy.ErrBadRecord],
 // [policy.ErrUnknownEpoch], [policy.ErrInvalidSet], store.ErrNotFound for a row a request
-// names, [audit.ErrAppend]) are the default 500. A new sentinel in a contract gets its case
-// here and a row in TestStatusContracts (errmap_test.go).
+// names, [audit.ErrAppend]) are the default 500. So is a bare store.ErrInvalid: the store
+// refusing a value the appliance made is the appliance's bug. A value the client gave (a
+// serial, a state) is checked by the entry point that takes it, which answers
+// [escrow.ErrInvalidRequest] naming it, a 400, before the store sees it. A new sentinel in a
+// contract gets its case here and a row in TestStatusContracts (errmap_test.go).
 func status(err error) (int, string) {
 	var hs *httpStatusError
 	var rej *policy.RejectError
