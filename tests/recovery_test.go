@@ -254,3 +254,78 @@ func TestRecoveryLegacyPKCS12(t *testing.T) {
 		t.Error("the legacy PKCS#12 holds another key than the one archived")
 	}
 }
+
+// TestRecoveryFetchWritesFirst: a fetch consumes the request and revokes its certificates as
+// the request says, so `recovery fetch` makes every file it will write before it asks: a
+// folder that does not exist, or a per-serial PKCS#12 name that is taken, refuses the fetch
+// with nothing written, the request still open and the certificates still valid; once the
+// name is free the same fetch writes everything.
+func TestRecoveryFetchWritesFirst(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	const mailbox = "carl@example.org"
+	enrollUser(t, a, mailbox, filepath.Join(dir, "one"))
+	enrollUser(t, a, mailbox, filepath.Join(dir, "two"))
+	serials := []string{certSerial(t, dir, filepath.Join(dir, "one", "cert.pem")), certSerial(t, dir, filepath.Join(dir, "two", "cert.pem"))}
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--email", mailbox, "--reason", "stolen laptop", "--revoke", "keyCompromise")...))
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+	keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
+	pw := filepath.Join(dir, "carl.pw")
+	stillOpen := func(what string) {
+		t.Helper()
+		if _, err := os.Stat(pw); err == nil {
+			t.Errorf("%s: the password file was written", what)
+		}
+		if show := keyarc(t, as("officer", "recovery", "show", id)...); strings.Contains(show, "consumed") {
+			t.Fatalf("%s: the request was consumed:\n%s", what, show)
+		}
+		for _, s := range serials {
+			if st, _ := certStatus(t, state, s); st != "issued" {
+				t.Errorf("%s: certificate %s is %s, want issued", what, s, st)
+			}
+		}
+	}
+
+	msg := keyarcFails(t, as("officer", "recovery", "fetch", id, "--out", filepath.Join(dir, "nodir", "carl.p12"), "--password-file", pw)...)
+	if !strings.Contains(msg, "nodir") || !strings.Contains(msg, "nothing was fetched") {
+		t.Errorf("fetch into a missing folder: %q, want the file named and nothing fetched", msg)
+	}
+	stillOpen("fetch into a missing folder")
+
+	taken := filepath.Join(dir, "carl-"+serials[1]+".p12")
+	writeFile(t, taken, []byte("someone else's file\n"))
+	msg = keyarcFails(t, as("officer", "recovery", "fetch", id, "--out", filepath.Join(dir, "carl.p12"), "--password-file", pw)...)
+	if !strings.Contains(msg, taken) || !strings.Contains(msg, "exists") {
+		t.Errorf("fetch onto a taken per-serial name: %q, want %s named as existing", msg, taken)
+	}
+	stillOpen("fetch onto a taken per-serial name")
+	if b, _ := os.ReadFile(taken); string(b) != "someone else's file\n" {
+		t.Errorf("the existing %s was changed: %q", taken, b)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "carl-"+serials[0]+".p12")); err == nil {
+		t.Error("a refused fetch left a PKCS#12 file behind")
+	}
+
+	os.Remove(taken)
+	files := strings.Fields(keyarc(t, as("officer", "recovery", "fetch", id, "--out", filepath.Join(dir, "carl.p12"), "--password-file", pw)...))
+	if len(files) != 2 {
+		t.Fatalf("fetch wrote %v, want two PKCS#12 files", files)
+	}
+	for _, f := range files {
+		if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o600 || st.Size() == 0 {
+			t.Fatalf("%s: %v, err %v; want a non-empty file of mode 0600", f, st, err)
+		}
+		run(t, dir, "openssl", "pkcs12", "-in", f, "-passin", "file:"+pw, "-nocerts", "-nodes", "-out", "k.pem")
+	}
+	for _, s := range serials {
+		if st, _ := certStatus(t, state, s); st != "revoked" {
+			t.Errorf("after the fetch, certificate %s is %s, want revoked", s, st)
+		}
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
-	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/wire"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -354,58 +353,159 @@ func RunRecoveryFetch(args []string) error {
 	if *out == "" || *pwFile == "" {
 		return cmdline.UsageError{Msg: "recovery fetch: --out FILE.p12 and --password-file FILE are required"}
 	}
-	// Fetching consumes the request: make sure the files can be written first.
-	for _, p := range []string{*out, *pwFile} {
-		if pemfile.Exists(p) {
-			return fmt.Errorf("%s exists; not overwritten (a recovery can be fetched only once)", p)
-		}
-	}
 	c, err := cf.dial(true)
 	if err != nil {
 		return err
 	}
 	defer c.close()
+	// Fetching consumes the request (and revokes its certificates if it says so): every file
+	// the fetch writes is made first, empty, so that nothing is left to fail but the writes.
+	// The request's records give the names, as the fetch names its files.
+	var rec wire.Recovery
+	if err := c.call("GET", "/api/v1/recoveries/"+pos[0], nil, &rec); err != nil {
+		return err
+	}
+	serials := make([]string, 0, len(rec.Items))
+	for _, it := range rec.Items {
+		serials = append(serials, it.Serial)
+	}
+	outs := fetchPaths(*out, serials)
+	files, err := createFetchFiles(append([]string{*pwFile}, outs...))
+	if err != nil {
+		return err
+	}
+	consumed := false
+	defer func() {
+		if !consumed {
+			files.remove()
+		}
+	}()
 	var got wire.Fetched
 	if err := c.call("POST", "/api/v1/recoveries/"+pos[0]+"/fetch", map[string]bool{"legacy": *legacy}, &got); err != nil {
 		return err
 	}
-	if err := writeSecretFile(*pwFile, []byte(got.Password+"\n")); err != nil {
-		return fmt.Errorf("the recovery is consumed but the password could not be written: %w", err)
+	// From here the request is consumed: every file is kept, and a write that fails does not
+	// stop the others.
+	consumed = true
+	var failed error
+	if err := files.fill(*pwFile, []byte(got.Password+"\n")); err != nil {
+		failed = fmt.Errorf("the recovery is consumed but the password could not be written to %s: %w", *pwFile, err)
 	}
+	fetched := make([]string, 0, len(got.Files))
 	for _, f := range got.Files {
-		pfx, err := base64.StdEncoding.DecodeString(f.PFX)
-		if err != nil {
-			return err
-		}
-		path := *out
-		if len(got.Files) > 1 {
-			ext := filepath.Ext(path)
-			path = strings.TrimSuffix(path, ext) + "-" + f.Serial + ext
-		}
-		if err := writeSecretFile(path, pfx); err != nil {
-			return err
-		}
-		fmt.Println(path)
+		fetched = append(fetched, f.Serial)
 	}
+	names := fetchPaths(*out, fetched)
+	for i, f := range got.Files {
+		pfx, err := base64.StdEncoding.DecodeString(f.PFX)
+		if err == nil {
+			err = files.fill(names[i], pfx)
+		}
+		if err != nil {
+			failed = errors.Join(failed, fmt.Errorf("the recovery is consumed but the PKCS#12 of certificate %s could not be written to %s: %w", f.Serial, names[i], err))
+			continue
+		}
+		fmt.Println(names[i])
+	}
+	// A file made for a record the fetch did not return (the records the request listed
+	// were not those it delivered) is left empty: it goes.
+	files.removeUnfilled()
 	if got.Revocations != nil {
 		printRevocations(os.Stderr, "revoked as the request said", got.Revocations.Revoked)
 		printRevocations(os.Stderr, "moved to keyCompromise", got.Revocations.KeyCompromise)
 		printRevocations(os.Stderr, "already revoked, unchanged", got.Revocations.Unchanged)
 	}
+	if failed != nil {
+		return failed
+	}
 	fmt.Fprintf(os.Stderr, "password written to %s; deliver the PKCS#12 and its password by different channels\n", *pwFile)
 	return nil
 }
 
-func writeSecretFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
+// fetchPaths names the PKCS#12 files of a fetch of the records of serials: out for one, else
+// out with "-SERIAL" before its extension for each.
+func fetchPaths(out string, serials []string) []string {
+	if len(serials) <= 1 {
+		return []string{out}
 	}
+	ext := filepath.Ext(out)
+	paths := make([]string, 0, len(serials))
+	for _, s := range serials {
+		paths = append(paths, strings.TrimSuffix(out, ext)+"-"+s+ext)
+	}
+	return paths
+}
+
+// fetchFiles are the files of a fetch, made (empty, mode 0600) before it and filled after it.
+type fetchFiles struct {
+	open   map[string]*os.File // made and not yet filled
+	filled map[string]bool
+}
+
+// createFetchFiles makes each of paths, empty and mode 0600, refusing one that exists; if one
+// cannot be made, those already made are removed and the error says which file and why.
+func createFetchFiles(paths []string) (*fetchFiles, error) {
+	ff := &fetchFiles{open: make(map[string]*os.File, len(paths)), filled: make(map[string]bool, len(paths))}
+	for _, p := range paths {
+		if _, dup := ff.open[p]; dup {
+			ff.remove()
+			return nil, fmt.Errorf("%s is named twice; give --out and --password-file different names (nothing was fetched)", p)
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			ff.remove()
+			if errors.Is(err, os.ErrExist) {
+				return nil, fmt.Errorf("%s exists; not overwritten (a recovery can be fetched only once; nothing was fetched)", p)
+			}
+			return nil, fmt.Errorf("cannot write %s, so nothing was fetched: %w", p, err)
+		}
+		ff.open[p] = f
+	}
+	return ff, nil
+}
+
+// fill writes data to the file made for path and closes it; a path that was not made before
+// the fetch is made now, if it does not exist.
+func (ff *fetchFiles) fill(path string, data []byte) error {
+	f, ok := ff.open[path]
+	if !ok {
+		var err error
+		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+			return err
+		}
+	}
+	delete(ff.open, path)
+	ff.filled[path] = true
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
+}
+
+// close closes the files not yet filled, and keeps them.
+func (ff *fetchFiles) close() {
+	for p, f := range ff.open {
+		f.Close()
+		delete(ff.open, p)
+	}
+}
+
+// removeUnfilled removes the files that were made but not filled.
+func (ff *fetchFiles) removeUnfilled() {
+	for p, f := range ff.open {
+		f.Close()
+		os.Remove(p)
+		delete(ff.open, p)
+	}
+}
+
+// remove removes every file made, before anything was fetched.
+func (ff *fetchFiles) remove() {
+	ff.removeUnfilled()
+	for p := range ff.filled {
+		os.Remove(p)
+	}
 }
 
 // RunRecoveryCancel is `keyarc recovery cancel ID` (the requesting officer).
