@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net/http"
 	"os"
@@ -568,5 +569,81 @@ func TestBulkKeyArchivedElsewhere(t *testing.T) {
 	}
 	if strings.Contains(a.logs.String(), "bulk job paused") {
 		t.Errorf("the job paused for refused items:\n%s", a.logs.String())
+	}
+}
+
+// jobFilesWithKeys lists the files of the state's job folder that hold a private key in clear.
+func jobFilesWithKeys(t *testing.T, state string) []string {
+	t.Helper()
+	dir := filepath.Join(state, "jobs")
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && bytes.Contains(b, []byte("BEGIN PRIVATE KEY")) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestBulkJobFilesGo: the README says only the KRA quorum opens an archived key, but an import
+// job's file holds the keys in clear. It goes once the job is done (its status, the listing and
+// the results still answer), and the half of a file an upload left when the appliance was
+// killed during it is removed when the appliance starts again.
+func TestBulkJobFilesGo(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	file := filepath.Join(t.TempDir(), "import.jsonl")
+	writeJobFile(t, file, `{"kind":"import"}`, importLines(t, 5))
+	id := submitBulk(t, a, file)
+	if left := jobFilesWithKeys(t, state); len(left) != 0 {
+		t.Errorf("private keys in clear stay in DIR/jobs after the job: %v", left)
+	}
+	st, res := readResults(t, a, id)
+	if st.State != "done" || st.Done != 5 {
+		t.Errorf("status once the file is gone: %+v", st)
+	}
+	checkResults(t, state, 5, res)
+	if list := keyarc(t, "bulk", "list", "--state", state, "--as", "admin", "--server", a.url); !strings.Contains(list, id) {
+		t.Errorf("bulk list lacks job %s:\n%s", id, list)
+	}
+
+	// A slow upload, and the appliance killed during it.
+	lines := importLines(t, 5)
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("POST", a.url+"/api/v1/bulk", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/jsonl")
+	go func() {
+		if resp, err := adminClient(t, state).Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	fmt.Fprintf(pw, "{\"kind\":\"import\"}\n%s\n", strings.Join(lines, "\n"))
+	for deadline := time.Now().Add(30 * time.Second); len(jobFilesWithKeys(t, state)) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the upload's file does not appear in DIR/jobs")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.kill(t)
+	pw.Close()
+	partial := jobFilesWithKeys(t, state)
+	b := serve(t, state)
+	for deadline := time.Now().Add(30 * time.Second); len(jobFilesWithKeys(t, state)) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed upload's file %v is still in DIR/jobs after the restart", partial)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if list := keyarc(t, "bulk", "list", "--state", state, "--as", "admin", "--server", b.url); !strings.Contains(list, id) || strings.Count(list, `"id"`) != 1 {
+		t.Errorf("bulk list after the restart, want the one job %s:\n%s", id, list)
 	}
 }

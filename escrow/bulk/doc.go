@@ -91,6 +91,11 @@
 // password in clear. The passwords are released once, as a separate file, after the job is
 // done; the job key is then forgotten. Nothing secret is logged or put in an error.
 //
+// A job's file, which for an import holds private keys and PKCS#12 passwords in clear, is kept
+// only while the job is queued or running (a resumed job reads it again), and removed once the
+// job is done or cancelled; [Manager.Run] removes the files of no job (an upload the appliance
+// died in) when it starts and every minute. See files.go.
+//
 // # Imports and concurrency
 //
 // bulk uses escrow, escrow/issue, escrow/audit, escrow/store and policy; it never imports hsm,

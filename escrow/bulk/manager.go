@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -239,26 +238,22 @@ func newID() (string, error) {
 
 // Submit streams a job file into Dir (mode 0600), checking its header, its framing and its
 // limits as it goes, and queues the job. The header's template must exist and fit the kind.
+// The file is locked while it is written, so that no sweep removes it before its job is
+// queued; a refused file is removed at once (see files.go for when a job's file goes).
 func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string) (*Status, error) {
 	m.init()
-	id, err := newID()
+	f, id, err := m.createJobFile()
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("bulk: job folder: %w", err)
-	}
-	path := filepath.Join(m.Dir, id+".jsonl")
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("bulk: job file: %w", err)
-	}
+	path := f.Name()
 	ok := false
 	defer func() {
 		if !ok {
-			f.Close()
 			os.Remove(path)
 		}
+		// Closing the file releases its lock: once the job is queued, the sweep finds it.
+		f.Close()
 	}()
 	rd, err := NewReader(io.TeeReader(body, f), m.Limits)
 	if err != nil {
@@ -286,9 +281,6 @@ func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string
 		return nil, fmt.Errorf("%w: the file holds no items", ErrFormat)
 	}
 	if err := f.Sync(); err != nil {
-		return nil, fmt.Errorf("bulk: job file: %w", err)
-	}
-	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("bulk: job file: %w", err)
 	}
 	var wrapped []byte
@@ -357,10 +349,18 @@ func (m *Manager) Run(ctx context.Context) {
 	m.init()
 	m.runs.Add(1)
 	defer m.runs.Done()
+	// Job files no job needs (an upload the appliance died in, a finished job's file a stop
+	// left behind) go before any job runs, then every fileSweepEvery.
+	m.sweepFilesNow(ctx)
+	swept := time.Now()
 	// Jobs whose node died are looked for at least twice per lease.
 	t := time.NewTicker(min(5*time.Second, m.leaseTTL()/2))
 	defer t.Stop()
 	for {
+		if time.Since(swept) >= fileSweepEvery {
+			m.sweepFilesNow(ctx)
+			swept = time.Now()
+		}
 		for ctx.Err() == nil {
 			job, lease, err := m.claimJob(ctx)
 			if err != nil {
@@ -411,6 +411,8 @@ func (m *Manager) runLeased(ctx context.Context, job *store.Job, lease store.Lea
 		m.log().Error("bulk job stopped", "job", job.ID, "err", err)
 		if err := m.finish(context.Background(), job.ID, store.JobCancelled, 0, r.fence); err != nil {
 			m.log().Error("bulk: cancel job", "job", job.ID, "err", err)
+		} else {
+			m.removeInput(job)
 		}
 	}
 	stop(nil)

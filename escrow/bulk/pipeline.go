@@ -135,6 +135,8 @@ func (m *Manager) runJob(ctx context.Context, r *jobRun) error {
 			switch cause := m.faultOf(err); {
 			case err == nil:
 				r.resumed()
+				// The outcomes are stored: the file, with what secrets it holds, goes.
+				m.removeInput(job)
 				// Every batch of the job has queued its notices: they may go, one per mailbox.
 				m.Service.FlushNotices()
 				log.Info("bulk job done", "done", p.done.Load(), "failed", p.failed.Load(),
