@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -30,6 +31,18 @@ const MaxPendingRequests = 100
 
 // ErrTooManyPending: the queue of requests waiting for an admin is full.
 var ErrTooManyPending = errors.New("escrow: too many requests wait for an admin's decision; try again after they are decided")
+
+// Refusals of a KRA enrollment that conflicts with what the appliance has certified: one key
+// pair is one KRA, and one KRA name is one key pair. Without them one token could enroll under
+// a second name and hold two shares of a recovery set, or a second token could take a KRA's
+// name and be handed that KRA's place in its recovery sets.
+var (
+	// ErrKeyInUse: a KRA's unwrap or auth key is already certified by this appliance to
+	// another KRA, for another purpose, or in any other certificate.
+	ErrKeyInUse = errors.New("escrow: the key is already certified by this appliance for another holder or purpose")
+	// ErrKRANameTaken: the KRA name already has valid certificates with other keys.
+	ErrKRANameTaken = errors.New("escrow: the KRA name belongs to another key pair")
+)
 
 // validName is the form of a KRA or credential name.
 var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
@@ -72,10 +85,12 @@ type Pending struct {
 //
 // # Errors
 //
-// [ErrInvalidRequest] (a bad name, a missing or non-RSA unwrap key, a proof that does not
-// verify), policy's refusal of the unwrap key or the auth CSR ([policy.ErrRejected]),
-// [ErrTooManyPending] when the queue is full, or, for faults of the appliance, a storage error
-// wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
+// [ErrInvalidRequest] (a bad name, a missing or non-RSA unwrap key, one key for both
+// purposes, a proof that does not verify), policy's refusal of the unwrap key or the auth CSR
+// ([policy.ErrRejected]), [ErrKeyInUse] and [ErrKRANameTaken] as for [Service.IssueKRA]
+// (checked again when the request is issued), [ErrTooManyPending] when the queue is full, or,
+// for faults of the appliance, a storage error wrapping [store.ErrUnavailable] or the audit
+// trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error) {
 	if !validName.MatchString(req.Name) {
 		return "", fmt.Errorf("%w: KRA name %q: use 1 to 64 lower-case letters, digits, '.', '_' or '-'", ErrInvalidRequest, req.Name)
@@ -108,6 +123,7 @@ func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error)
 		return "", fmt.Errorf("%w: proof is not the auth key's signature binding the unwrap key to KRA %q", ErrInvalidRequest, req.Name)
 	}
 	spki, _ := x509.MarshalPKIXPublicKey(req.UnwrapKey)
+	unwrapID, authID := spkiKeyID(spki), PublicKeyFingerprint(req.AuthCSR.PublicKey)
 	id, err := newID()
 	if err != nil {
 		return "", err
@@ -118,6 +134,9 @@ func (s *Service) SubmitKRA(ctx context.Context, req KRARequest) (string, error)
 			return err
 		} else if len(waiting) >= MaxPendingRequests {
 			return ErrTooManyPending
+		}
+		if err := kraKeysFree(tx, req.Name, unwrapID, authID, s.now()); err != nil {
+			return err
 		}
 		if err := tx.InsertPending(store.Pending{
 			ID: id, Template: TemplateKRA, Name: req.Name, Requester: req.Requester,
@@ -223,7 +242,7 @@ func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued
 	if err != nil {
 		return nil, fmt.Errorf("escrow: pending request %s: %w", id, err)
 	}
-	out, err := s.IssueKRA(ctx, p.Name, unwrapKey, authCSR.PublicKey)
+	out, err := s.issueKRA(ctx, p.Name, unwrapKey, authCSR.PublicKey)
 	if err != nil {
 		return nil, err
 	}
@@ -243,13 +262,28 @@ func (s *Service) IssuePending(ctx context.Context, id, admin string) ([]*Issued
 // IssueKRA issues a KRA's unwrap and auth certificates directly (used by IssuePending and by a
 // local bootstrap such as `keyarc init --dev`).
 //
+// A key pair is one KRA, and a KRA name one key pair: neither key may be in any certificate
+// of this appliance other than an earlier one of the same KRA for the same purpose, and the
+// name may have no valid (issued, unexpired) KRA certificate with another key. Certifying the
+// same two keys again for the same name (a renewal) is allowed.
+//
 // # Errors
 //
-// [ErrInvalidRequest] for an unwrap key that is not RSA, policy's refusal of either key
-// ([policy.ErrRejected]), the CA's [ca.ErrLint], or, for faults of the appliance, a storage
-// error wrapping [store.ErrUnavailable], the CA signer's (token's) error or the audit trail's,
-// wrapped.
+// [ErrInvalidRequest] for an unwrap key that is not RSA or one key for both purposes, policy's
+// refusal of either key ([policy.ErrRejected]), [ErrKeyInUse] for a key already certified to
+// another holder or purpose, [ErrKRANameTaken] for a name whose valid certificates hold other
+// keys, the CA's [ca.ErrLint], or, for faults of the appliance, a storage error wrapping
+// [store.ErrUnavailable], the CA signer's (token's) error or the audit trail's, wrapped.
 func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey crypto.PublicKey) ([]*Issued, error) {
+	// The checks and the issuance are one decision: two issuances for one name or one key must
+	// not both pass the checks. (One process owns the database.)
+	s.decideMu.Lock()
+	defer s.decideMu.Unlock()
+	return s.issueKRA(ctx, name, unwrapKey, authKey)
+}
+
+// issueKRA is [Service.IssueKRA] for a caller that holds decideMu.
+func (s *Service) issueKRA(ctx context.Context, name string, unwrapKey, authKey crypto.PublicKey) ([]*Issued, error) {
 	kra, err := s.Template(TemplateKRA)
 	if err != nil {
 		return nil, err
@@ -267,6 +301,14 @@ func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey 
 	if err := auth.CheckPublicKey(authKey); err != nil {
 		return nil, err
 	}
+	// The identities the store gives the certificates' keys (both keys passed policy, so
+	// crypto/x509 encodes them).
+	unwrapID, authID := PublicKeyFingerprint(unwrapKey), PublicKeyFingerprint(authKey)
+	if err := s.Store.View(ctx, func(tx store.Tx) error {
+		return kraKeysFree(tx, name, unwrapID, authID, s.now())
+	}); err != nil {
+		return nil, err
+	}
 	unwrap, err := s.issue(ctx, issuance{template: kra, pub: unwrapKey, kra: name,
 		subject: &pkix.Name{CommonName: "KRA " + name + " (key recovery)"}})
 	if err != nil {
@@ -278,6 +320,64 @@ func (s *Service) IssueKRA(ctx context.Context, name string, unwrapKey, authKey 
 		return nil, err
 	}
 	return []*Issued{unwrap, authCert}, nil
+}
+
+// spkiKeyID is the key identity of a DER SubjectPublicKeyInfo as the store keeps it for
+// certificates ([store.Certificate.KeyID]) and [PublicKeyFingerprint] gives it for a key: its
+// SHA-256, in lower-case hex.
+func spkiKeyID(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
+}
+
+// isUnwrapOf reports whether c is an unwrap certificate of KRA name.
+func isUnwrapOf(c store.Certificate, name string) bool {
+	return c.Template == TemplateKRA && c.KRA == name
+}
+
+// isAuthOf reports whether c is an auth certificate (the approving credential) of KRA name.
+func isAuthOf(c store.Certificate, name string) bool {
+	return c.Template == TemplateClientAuth && c.Role == string(policy.RoleKRA) && c.KRA == name
+}
+
+// kraKeysFree checks, in tx at now, that KRA name may be certified with the unwrap key and the
+// auth key of identities unwrapID and authID ([store.KeyID]): two keys; neither in any stored
+// certificate (whatever its state or expiry) other than one of the same KRA for the same
+// purpose; and no valid certificate of the name with another key. Its refusals name no other
+// holder: the request may come from anyone.
+func kraKeysFree(tx store.Tx, name, unwrapID, authID string, now time.Time) error {
+	if unwrapID == authID {
+		return fmt.Errorf("%w: KRA %q: the unwrap key and the auth key are one key; make one key to decrypt and another to sign", ErrInvalidRequest, name)
+	}
+	for _, k := range []struct {
+		purpose, id string
+		same        func(store.Certificate, string) bool
+	}{{"unwrap", unwrapID, isUnwrapOf}, {"auth", authID, isAuthOf}} {
+		certs, err := tx.CertificatesByKey(k.id)
+		if err != nil {
+			return err
+		}
+		for _, c := range certs {
+			if !k.same(c, name) {
+				return fmt.Errorf("%w: the %s key offered for KRA %q is already certified for another holder or purpose; each KRA enrolls with new keys made in its own token",
+					ErrKeyInUse, k.purpose, name)
+			}
+		}
+	}
+	certs, err := tx.ListCertificates(store.Filter{KRA: name})
+	if err != nil {
+		return err
+	}
+	for _, c := range certs {
+		if c.State != store.StateIssued || !now.Before(c.NotAfter) {
+			continue
+		}
+		if isUnwrapOf(c, name) && c.KeyID != unwrapID || isAuthOf(c, name) && c.KeyID != authID {
+			return fmt.Errorf("%w: KRA %q already has valid certificates for other keys; enroll under another name, or have an admin revoke KRA %q's certificates first",
+				ErrKRANameTaken, name, name)
+		}
+	}
+	return nil
 }
 
 // DenyPending refuses a pending request.
@@ -363,7 +463,8 @@ func (s *Service) IssueCredential(ctx context.Context, role policy.Role, name, m
 // # Errors
 //
 // [ErrInvalidRequest] (a quorum out of range, a serial that is not a valid, unexpired KRA
-// unwrap certificate, two certificates of one KRA), or, for faults of the appliance, a storage
+// unwrap certificate, two certificates of one KRA or of one key), or, for faults of the
+// appliance, a storage
 // error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
 func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []string, admin string) (*RecoverySet, error) {
 	if len(serials) == 0 {
@@ -379,6 +480,7 @@ func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []stri
 	var epoch uint32
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		seen := map[string]string{}
+		seenKey := map[string]*store.Certificate{}
 		canon := make([]string, 0, len(serials))
 		for _, serial := range serials {
 			c, err := tx.GetCertificate(serial)
@@ -399,7 +501,16 @@ func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []stri
 			if prev, dup := seen[c.KRA]; dup {
 				return fmt.Errorf("%w: certificates %s and %s belong to the same KRA %q; a KRA holds one share", ErrInvalidRequest, prev, c.Serial, c.KRA)
 			}
+			// Names differ, keys must too: whoever holds one unwrap key would hold two shares.
+			if prev, dup := seenKey[c.KeyID]; dup || c.KeyID == "" {
+				if !dup {
+					return fmt.Errorf("%w: KRA certificate %s has no key identity in the store", ErrInvalidRequest, c.Serial)
+				}
+				return fmt.Errorf("%w: certificates %s (KRA %q) and %s (KRA %q) are for the same unwrap key; one key holds one share, so give each KRA once",
+					ErrInvalidRequest, prev.Serial, prev.KRA, c.Serial, c.KRA)
+			}
 			seen[c.KRA] = c.Serial
+			seenKey[c.KeyID] = c
 			canon = append(canon, c.Serial)
 		}
 		var err error

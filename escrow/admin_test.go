@@ -356,7 +356,7 @@ func TestIssueKRA(t *testing.T) {
 		wantErr error
 	}{
 		{name: "ok", unwrap: &rsaKey(t, keySpare).PublicKey, auth: newP256(t).Public()},
-		{name: "RSA auth key", unwrap: &rsaKey(t, keySpare).PublicKey, auth: &rsaKey(t, keySubject).PublicKey},
+		{name: "RSA auth key", unwrap: &rsaKey(t, keySpare2).PublicKey, auth: &rsaKey(t, keySubject).PublicKey},
 		{name: "EC unwrap key", unwrap: newP256(t).Public(), auth: newP256(t).Public(), wantErr: policy.ErrRejected},
 		{name: "weak unwrap key", unwrap: &rsa1024.PublicKey, auth: newP256(t).Public(), wantErr: policy.ErrRejected},
 		{name: "weak auth key", unwrap: &rsaKey(t, keySpare).PublicKey, auth: &rsa1024.PublicKey, wantErr: policy.ErrRejected},
@@ -438,9 +438,14 @@ func TestSetRecoverySet(t *testing.T) {
 	env := newTestService(t)
 	ctx := context.Background()
 	k0, k1, k2 := env.kras[0].serial, env.kras[1].serial, env.kras[2].serial
-	// A second unwrap certificate of kra-0, a revoked KRA, a KRA that expires early (issued
-	// a year before the others, so it expires a year earlier) and a non-KRA certificate.
-	dup := env.addKRA(t, "kra-0", rsaKey(t, keySpare)).serial
+	// A second unwrap certificate of kra-0 (a renewal: the same keys), a revoked KRA, a KRA
+	// that expires early (issued a year before the others, so it expires a year earlier) and
+	// a non-KRA certificate.
+	renewed, err := env.svc.IssueKRA(ctx, "kra-0", &env.kras[0].unwrap.PublicKey, env.kras[0].auth.Public())
+	if err != nil {
+		t.Fatalf("IssueKRA(kra-0) again with its own keys: %v", err)
+	}
+	dup := renewed[0].Serial
 	revoked := env.addKRA(t, "kra-revoked", rsaKey(t, keySpare)).serial
 	if err := env.svc.Store.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(revoked, store.ReasonUnspecified, t0) }); err != nil {
 		t.Fatal(err)

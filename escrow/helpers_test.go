@@ -37,6 +37,7 @@ const (
 	keyKRA2
 	keyTransport
 	keySpare   // an extra unwrap key (KRA enrollment, replacement KRAs)
+	keySpare2  // a second extra unwrap key: one key pair is one KRA
 	keySubject // a subject key for RSA enrollments
 	numRSAKeys
 )

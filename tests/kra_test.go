@@ -247,8 +247,11 @@ func TestKRAEnrollment(t *testing.T) {
 		t.Errorf("the earlier record moved to epoch %d; it must keep epoch 1", r.epoch)
 	}
 
-	// A second request, denied, cannot then be issued.
-	stdout, stderr, err = keyarcEnv(env, append([]string{"kra", "enroll", "--name", "kra5"}, kraFlags...)...)
+	// A second request, denied, cannot then be issued. It comes from a token of its own: kra4's
+	// keys belong to kra4 (TestKRAKeysBelongToOneKRA).
+	run2(t, env, "softhsm2-util", "--init-token", "--free", "--label", "kra5", "--so-pin", "0815081508150815", "--pin", pin)
+	kra5Flags := []string{"--server", a.url, "--cacert", ca, "--token-label", "kra5", "--pin-file", pinFile, "--module", softhsmModule()}
+	stdout, stderr, err = keyarcEnv(env, append([]string{"kra", "enroll"}, kra5Flags...)...)
 	if err != nil {
 		t.Fatalf("second keyarc kra enroll: %v\n%s", err, stderr)
 	}
@@ -270,5 +273,62 @@ func TestKRAEnrollment(t *testing.T) {
 	}
 	if len(list) != 0 {
 		t.Errorf("pending list still shows decided requests: %+v", list)
+	}
+}
+
+// TestKRAKeysBelongToOneKRA: one token is one KRA. A KRA's token enrolling again under
+// another name (to hold two shares of a recovery set alone), and a new token enrolling under
+// the name of a KRA with valid certificates (to be handed that KRA's shares and take its
+// approval), are both refused with 409 when submitted, and nothing waits for an admin.
+func TestKRAKeysBelongToOneKRA(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "softhsm2-util")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	ca := filepath.Join(state, "ca.pem")
+	env := []string{"SOFTHSM2_CONF=" + filepath.Join(state, "softhsm", "softhsm2.conf")}
+	admin := []string{"--state", state, "--server", a.url, "--as", "admin"}
+	const pin = "4711471147114711"
+	pinFile := filepath.Join(dir, "kra.pin")
+	writeFile(t, pinFile, []byte(pin+"\n"))
+	flags := func(label string) []string {
+		return []string{"--server", a.url, "--cacert", ca, "--token-label", label, "--pin-file", pinFile, "--module", softhsmModule()}
+	}
+	for _, label := range []string{"kra4", "evil"} {
+		run2(t, env, "softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "0815081508150815", "--pin", pin)
+	}
+
+	// kra4 enrolls and is issued.
+	stdout, stderr, err := keyarcEnv(env, append([]string{"kra", "enroll"}, flags("kra4")...)...)
+	if err != nil {
+		t.Fatalf("keyarc kra enroll: %v\n%s", err, stderr)
+	}
+	keyarc(t, append([]string{"admin", "pending", "issue", strings.TrimSpace(stdout)}, admin...)...)
+
+	for _, tc := range []struct {
+		what, label, name, says string
+	}{
+		{"kra4's token under the name kra9", "kra4", "kra9", "already certified"},
+		{"a new token under the name of dev KRA kra1", "evil", "kra1", "already has valid certificates"},
+		{"a new token under the name kra4", "evil", "kra4", "already has valid certificates"},
+	} {
+		stdout, stderr, err := keyarcEnv(env, append([]string{"kra", "enroll", "--name", tc.name}, flags(tc.label)...)...)
+		if err == nil || !strings.Contains(stderr, "409") || !strings.Contains(stderr, tc.says) {
+			t.Errorf("kra enroll with %s: err %v, stdout %q, stderr %q; want a 409 saying %q", tc.what, err, stdout, stderr, tc.says)
+		}
+	}
+	var list []pendingEntry
+	if err := json.Unmarshal([]byte(keyarc(t, append([]string{"admin", "pending", "list", "--json"}, admin...)...)), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 0 {
+		t.Errorf("refused enrollments wait for an admin: %+v", list)
+	}
+	if n := countRows(t, state, "SELECT count(*) FROM certificates WHERE kra = 'kra9'"); n != 0 {
+		t.Errorf("kra9 has %d certificates", n)
+	}
+	if n := countRows(t, state, "SELECT count(*) FROM certificates WHERE kra = 'kra1'"); n != 2 {
+		t.Errorf("kra1 has %d certificates, want its own two", n)
 	}
 }

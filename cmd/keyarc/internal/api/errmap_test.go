@@ -43,6 +43,8 @@ func TestStatusContracts(t *testing.T) {
 		{"already revoked", wrap(escrow.ErrAlreadyRevoked), http.StatusConflict},
 		{"never issued", wrap(escrow.ErrNotIssued), http.StatusConflict},
 		{"KRA of the current set", wrap(escrow.ErrInRecoverySet), http.StatusConflict},
+		{"KRA key certified already", wrap(escrow.ErrKeyInUse), http.StatusConflict},
+		{"KRA name of another key pair", wrap(escrow.ErrKRANameTaken), http.StatusConflict},
 		{"too many pending", wrap(escrow.ErrTooManyPending), http.StatusTooManyRequests},
 		{"too many failures", escrow.ErrTooManyFailures, http.StatusTooManyRequests},
 		{"bad approval", wrap(escrow.ErrBadApproval), http.StatusBadRequest},

@@ -398,7 +398,8 @@ func status(err error) (int, string) {
 	case errors.Is(err, policy.ErrNothingToRecover):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, escrow.ErrKeyArchivedElsewhere), errors.Is(err, escrow.ErrAlreadyRevoked),
-		errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet):
+		errors.Is(err, escrow.ErrNotIssued), errors.Is(err, escrow.ErrInRecoverySet),
+		errors.Is(err, escrow.ErrKeyInUse), errors.Is(err, escrow.ErrKRANameTaken):
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, escrow.ErrBadApproval), errors.Is(err, escrow.ErrBadDrillProof):
 		return http.StatusBadRequest, err.Error()
