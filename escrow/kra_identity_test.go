@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -167,5 +168,88 @@ func TestSetRecoverySetOneKeyTwice(t *testing.T) {
 	}
 	if cur, err := env.svc.CurrentRecoverySet(ctx); err != nil || cur.Epoch != before.Epoch {
 		t.Fatalf("the refused set changed the current set: %v, %v", cur, err)
+	}
+}
+
+// TestRecoveryOneTokenTwoNames: a set stored before the checks, with one KRA's unwrap key
+// under two names (kra-1 and kra-9), lets that one KRA approve twice; the quorum is never met
+// by it, whatever the names say.
+func TestRecoveryOneTokenTwoNames(t *testing.T) {
+	r := newRecoveryEnv(t)
+	ctx := context.Background()
+	kra1 := r.kras[1]
+	// kra-9: kra-1's unwrap key in the token, kra-1's auth key.
+	out := r.issueKRAUnchecked(t, "kra-9", r.unwrap[kra1.name].Public(), kra1.auth.Public())
+	r.kras = append(r.kras, kra{name: "kra-9", auth: kra1.auth, cert: out[0].Certificate, serial: out[0].Serial})
+	r.unwrap["kra-9"] = r.unwrap[kra1.name]
+	err := r.svc.Store.Update(ctx, func(tx store.Tx) error {
+		_, err := tx.InsertRecoverySet(store.RecoverySet{Quorum: 2, KRASerials: []string{r.kras[0].serial, kra1.serial, out[0].Serial},
+			CreatedAt: t0, CreatedBy: "admin"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued, _ := r.enrollArchived(t, "victim@example.org")
+	rec, err := r.svc.RequestRecovery(ctx, r.officer, issued.Serial, "", "test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.approve(t, 1, rec.ID) // as kra-1
+	if shares, sig := r.approval(t, 3, rec.ID); len(shares) > 0 {
+		r.svc.SubmitApproval(ctx, r.kraPrincipal(t, 3), rec.ID, shares, sig) // as kra-9
+	}
+	got, err := r.svc.Fetch(ctx, r.officer, rec.ID, false)
+	if err == nil {
+		t.Fatalf("one KRA recovered a 2-of-3 key alone (%d files)", len(got.Files))
+	}
+	if !errors.Is(err, policy.ErrInvalidSet) && !errors.Is(err, policy.ErrQuorum) {
+		t.Fatalf("Fetch: %v, want the set refused (policy.ErrInvalidSet) or no quorum", err)
+	}
+	if n := r.keys.decrypts.Load(); n != 0 {
+		t.Errorf("%d shares were decrypted", n)
+	}
+}
+
+// TestRecoveryImpostorUnderKRAName: a second token issued under kra-0's name from an
+// enrollment request (before the checks) is not kra-0: it is given no share and its approval
+// is refused, so it cannot take kra-0's place; kra-0 itself, issued directly with no request,
+// still approves, and the key is recovered.
+func TestRecoveryImpostorUnderKRAName(t *testing.T) {
+	r := newRecoveryEnv(t)
+	ctx := context.Background()
+	evilUnwrap := kraUnwrapKey(t, r.kraTok, "evil")
+	evilAuth := newP256(t)
+	pid := r.storePendingKRA(t, "kra-0", evilUnwrap.Public(), evilAuth)
+	out := r.issueKRAUnchecked(t, "kra-0", evilUnwrap.Public(), evilAuth.Public())
+	if err := r.svc.Store.Update(ctx, func(tx store.Tx) error {
+		return tx.DecidePendingAt(pid, store.StateIssued, "ada", out[0].Serial, t0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	evil := policy.Principal{Role: policy.RoleKRA, Name: "kra-0", Serial: out[1].Serial}
+
+	rec := r.request(t)
+	if _, items, err := r.svc.SharesFor(ctx, evil, rec.ID); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("SharesFor the impostor: %v (%d items), want ErrForbidden", err, len(items))
+	}
+	junk := make([]byte, 256)
+	rand.Read(junk)
+	shares := []ApprovedShare{{RecordID: rec.Items[0].RecordID, Share: junk}}
+	sig, err := ecdsa.SignASN1(rand.Reader, evilAuth, ApprovalDigest(&rec.Recovery, shares))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.svc.SubmitApproval(ctx, evil, rec.ID, shares, sig); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("SubmitApproval by the impostor: %v, want ErrForbidden", err)
+	}
+	r.approve(t, 0, rec.ID) // the real kra-0: its credential has no enrollment request
+	r.approve(t, 1, rec.ID)
+	got, err := r.svc.Fetch(ctx, r.officer, rec.ID, false)
+	if err != nil {
+		t.Fatalf("Fetch: %v", err)
+	}
+	if len(got.Files) != 1 || got.Files[0].Serial != r.serial {
+		t.Fatalf("files %+v, want one for %s", got.Files, r.serial)
 	}
 }

@@ -313,12 +313,14 @@ type recoveryState struct {
 	// by serial; a serial with no row is in signerErr.
 	signers   map[string]*store.Certificate
 	signerErr map[string]error
+	// enrolled is, for each KRA signer by serial, the identity of the unwrap key its credential
+	// was enrolled with ([enrolledUnwrapKey]; "" when that cannot be told).
+	enrolled map[string]string
 
 	// Read only when asked for (see snapshot).
 	certs     map[string]*store.Certificate // the records' certificate rows, by serial
 	certErr   map[string]error              // the records' certificates with no row
 	checked   map[string]error              // consistency check: by record ID, and by signer serial
-	unwrap    []store.Certificate           // snapshot.unwrapOf's unwrap certificates
 	blocked   bool                          // snapshot.failuresOf is locked out: nothing else was read
 	limitErr  error                         // the rate limit could not be read
 	current   *RecoverySet                  // the current recovery set, not checked usable
@@ -336,8 +338,6 @@ type snapshot struct {
 	approvers bool
 	// credential: the row and the consistency check of this certificate (the approving KRA's).
 	credential string
-	// unwrapOf: the unwrap certificates of this KRA.
-	unwrapOf string
 	// failuresOf: first, whether this KRA is locked out of approving at time at; if so,
 	// nothing else.
 	failuresOf string
@@ -356,8 +356,8 @@ type snapshot struct {
 // read before it: a lock-out, or the rate limit's error).
 func (s *Service) loadRecovery(ctx context.Context, id string, want snapshot) (*recoveryState, error) {
 	st := &recoveryState{sets: map[uint32]*RecoverySet{}, signers: map[string]*store.Certificate{},
-		signerErr: map[string]error{}, certs: map[string]*store.Certificate{}, certErr: map[string]error{},
-		checked: map[string]error{}}
+		signerErr: map[string]error{}, enrolled: map[string]string{}, certs: map[string]*store.Certificate{},
+		certErr: map[string]error{}, checked: map[string]error{}}
 	err := s.Store.View(ctx, func(tx store.Tx) error {
 		if want.failuresOf != "" {
 			n, err := tx.ApprovalFailures(want.failuresOf, want.at.Add(-approvalWindow))
@@ -411,6 +411,9 @@ func (s *Service) loadRecovery(ctx context.Context, id string, want snapshot) (*
 				return err
 			}
 		}
+		if st.enrolled, err = enrolledUnwrapKeys(tx, st.signers, s.now()); err != nil {
+			return err
+		}
 		if want.records {
 			for _, r := range st.records {
 				if err := readRow(tx, r.Serial, st.certs, st.certErr); err != nil {
@@ -430,11 +433,6 @@ func (s *Service) loadRecovery(ctx context.Context, id string, want snapshot) (*
 		}
 		if want.credential != "" {
 			if err := keepCheck(st.checked, want.credential, s.checkerIn(tx).Certificate(ctx, want.credential)); err != nil {
-				return err
-			}
-		}
-		if want.unwrapOf != "" {
-			if st.unwrap, err = tx.ListCertificates(store.Filter{KRA: want.unwrapOf, Template: TemplateKRA}); err != nil {
 				return err
 			}
 		}
@@ -481,6 +479,87 @@ func readRow(tx store.Tx, serial string, rows map[string]*store.Certificate, mis
 	return nil
 }
 
+// enrolledUnwrapKeys finds, in tx at now, the unwrap key that each KRA credential among
+// signers was enrolled with ([enrolledUnwrapKey]), by serial.
+func enrolledUnwrapKeys(tx store.Tx, signers map[string]*store.Certificate, now time.Time) (map[string]string, error) {
+	out := map[string]string{}
+	var issued []store.Pending
+	read := false
+	for serial, c := range signers {
+		if !isAuthOf(*c, c.KRA) || c.KRA == "" {
+			continue
+		}
+		if !read {
+			var err error
+			if issued, err = tx.ListPending(store.StateIssued); err != nil {
+				return nil, err
+			}
+			read = true
+		}
+		key, err := enrolledUnwrapKey(tx, c, issued, now)
+		if err != nil {
+			return nil, err
+		}
+		out[serial] = key
+	}
+	return out, nil
+}
+
+// enrolledUnwrapKey returns the identity ([store.Certificate.KeyID]) of the unwrap key that
+// KRA auth certificate auth was enrolled with, given the issued enrollment requests, or ""
+// when that cannot be told. A KRA's auth key and unwrap key are certified together
+// ([Service.IssueKRA]); the certificate rows do not link them, so:
+//
+//   - a credential issued from an enrollment request (`keyarc kra enroll`: its proof is the
+//     auth key's signature over the unwrap key and the name) is bound to that request's unwrap
+//     key, the latest request's if its auth key was enrolled more than once;
+//   - a credential of no request (issued directly, as by `keyarc init --dev`) is bound to the
+//     one unwrap key of the name's valid (issued, unexpired) unwrap certificates that no
+//     request binds to another auth key; to none if there are several.
+//
+// IssueKRA refuses a second key pair for a valid name, so the second rule finds two keys only
+// in an archive where an earlier version certified them: then that name approves nothing until
+// an admin revokes the certificates that are not the KRA's.
+func enrolledUnwrapKey(tx store.Tx, auth *store.Certificate, issued []store.Pending, now time.Time) (string, error) {
+	var key string
+	var at time.Time
+	claimed := map[string]bool{} // unwrap keys that requests of the name bind to other auth keys
+	for _, p := range issued {
+		if p.Template != TemplateKRA || p.Name != auth.KRA {
+			continue
+		}
+		csr, err := x509.ParseCertificateRequest(p.CSR)
+		if err != nil {
+			return "", fmt.Errorf("escrow: enrollment request %s of KRA %q: %w", p.ID, p.Name, err)
+		}
+		unwrap := spkiKeyID(p.PublicKey)
+		if PublicKeyFingerprint(csr.PublicKey) != auth.KeyID {
+			claimed[unwrap] = true
+			continue
+		}
+		if key == "" || p.DecidedAt.After(at) {
+			key, at = unwrap, p.DecidedAt
+		}
+	}
+	if key != "" {
+		return key, nil
+	}
+	certs, err := tx.ListCertificates(store.Filter{KRA: auth.KRA, Template: TemplateKRA})
+	if err != nil {
+		return "", err
+	}
+	for _, c := range certs {
+		if c.State != store.StateIssued || !now.Before(c.NotAfter) || c.KeyID == "" || claimed[c.KeyID] {
+			continue
+		}
+		if key != "" && key != c.KeyID {
+			return "", nil
+		}
+		key = c.KeyID
+	}
+	return key, nil
+}
+
 // keepCheck keeps the consistency checker's verdict on key (nil, or a problem wrapping
 // [check.ErrInconsistent]); other errors are the store's.
 func keepCheck(checked map[string]error, key string, err error) error {
@@ -503,7 +582,7 @@ func (s *Service) policyView(st *recoveryState) (policy.Request, map[uint32]poli
 	for epoch, rs := range st.sets {
 		ps := policy.RecoverySet{Epoch: epoch, Quorum: rs.Quorum}
 		for i, c := range rs.KRAs {
-			ps.KRAs = append(ps.KRAs, policy.SetMember{Name: rs.Names[i], NotAfter: c.NotAfter})
+			ps.KRAs = append(ps.KRAs, policy.SetMember{Name: rs.Names[i], Key: spkiKeyID(c.RawSubjectPublicKeyInfo), NotAfter: c.NotAfter})
 		}
 		sets[epoch] = ps
 	}
@@ -525,7 +604,7 @@ func (s *Service) verifyStoredApproval(st *recoveryState, a store.Approval) (pol
 	if !ok {
 		return policy.Approval{}, fmt.Errorf("escrow: approval by %s: signer certificate: %w", a.KRA, st.signerErr[a.SignerSerial])
 	}
-	pa := policy.Approval{RequestID: a.RecoveryID, KRA: a.KRA, Signer: principalOf(signer)}
+	pa := policy.Approval{RequestID: a.RecoveryID, KRA: a.KRA, UnwrapKey: st.enrolled[a.SignerSerial], Signer: principalOf(signer)}
 	cert, err := x509.ParseCertificate(signer.DER)
 	if err != nil {
 		return pa, nil
@@ -640,18 +719,23 @@ type ShareForKRA struct {
 	OAEPHash crypto.Hash
 }
 
-// SharesFor returns, for a KRA, its encrypted share of each record of the request.
+// SharesFor returns, for a KRA, its encrypted share of each record of the request: the share
+// of the member of the record's recovery set that has the KRA's name, when the KRA's
+// credential was enrolled with that member's unwrap key ([enrolledUnwrapKey]). A credential
+// that holds a member's name but not its key is given nothing.
 //
 // # Errors
 //
 // [ErrNotFound], policy's refusal of the approver ([policy.ErrNotAllowed], [policy.ErrConsumed],
-// [policy.ErrRequestClosed], [policy.ErrExpired]), [ErrRecordMismatch] for a record whose
+// [policy.ErrRequestClosed], [policy.ErrExpired]), [ErrForbidden] for a credential that has
+// the name of a member of the records' recovery sets but was not enrolled with its unwrap key
+// ([errNotMember]), [ErrRecordMismatch] for a record whose
 // sealed header is not its row's, [ErrIntegrity] (wrapping [check.ErrInconsistent]) when a
 // record or its certificate fails the consistency check, or a storage error wrapping
 // [store.ErrUnavailable]. Any other error (a record that does not parse, a row the request
 // names missing) is a fault of the archive.
 func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string) (*Recovery, []ShareForKRA, error) {
-	st, err := s.loadRecovery(ctx, id, snapshot{records: true, unwrapOf: kra.Name, revoke: true})
+	st, err := s.loadRecovery(ctx, id, snapshot{records: true, credential: kra.Serial, revoke: true})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -663,6 +747,7 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 		return nil, nil, err
 	}
 	var out []ShareForKRA
+	given, notOurs := 0, false
 	for i, r := range st.records {
 		item := ShareForKRA{RecoveryItem: rec.Items[i]}
 		sealed, err := record.Parse(r.Blob)
@@ -676,19 +761,48 @@ func (s *Service) SharesFor(ctx context.Context, kra policy.Principal, id string
 			return nil, nil, err
 		}
 		item.OAEPHash = sealed.Header.OAEPHash
-		for _, c := range st.unwrap {
-			cert, err := x509.ParseCertificate(c.DER)
-			if err != nil {
-				continue
-			}
-			if _, ct, err := sealed.ShareFor(record.KeyID(cert)); err == nil {
+		member, ours := setMember(st, r.Epoch, kra)
+		switch {
+		case member == nil:
+		case !ours:
+			notOurs = true
+		default:
+			if _, ct, err := sealed.ShareFor(record.KeyID(member)); err == nil {
 				item.Share = ct
-				break
+				given++
 			}
 		}
 		out = append(out, item)
 	}
+	if given == 0 && notOurs {
+		return nil, nil, errNotMember(kra)
+	}
 	return rec, out, nil
+}
+
+// setMember returns the unwrap certificate of the member of epoch's recovery set (in st) that
+// has kra's name, nil if there is none, and whether kra's credential was enrolled with that
+// certificate's key: whether kra is that member, not only someone of the same name.
+func setMember(st *recoveryState, epoch uint32, kra policy.Principal) (*x509.Certificate, bool) {
+	rs := st.sets[epoch]
+	if rs == nil {
+		return nil, false
+	}
+	for i, name := range rs.Names {
+		if name == kra.Name {
+			c := rs.KRAs[i]
+			key := st.enrolled[kra.Serial]
+			return c, key != "" && key == spkiKeyID(c.RawSubjectPublicKeyInfo)
+		}
+	}
+	return nil, false
+}
+
+// errNotMember refuses kra's credential for a member of a recovery set whose name it has but
+// whose unwrap key it was not enrolled with.
+func errNotMember(kra policy.Principal) error {
+	return fmt.Errorf("%w: credential %s was not enrolled with the unwrap key of KRA %q in the recovery set of this request's records, so it cannot approve for that KRA; if two key pairs were certified under the name %q, an admin must revoke the certificates that are not that KRA's",
+		ErrForbidden, kra.Serial, kra.Name, kra.Name)
 }
 
 // requestOf is a Recovery in policy's terms, without approvals.
@@ -783,7 +897,9 @@ func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time
 // # Errors
 //
 // [ErrTooManyFailures], [ErrNotFound], policy's refusal of the approver (as in
-// [Service.SharesFor]), [ErrBadApproval], [ErrAlreadyApproved], [ErrIntegrity] (wrapping
+// [Service.SharesFor]), [ErrBadApproval], [ErrForbidden] for a share of a record whose
+// recovery set has a member of the KRA's name but another unwrap key (as in
+// [Service.SharesFor]), [ErrAlreadyApproved], [ErrIntegrity] (wrapping
 // [check.ErrInconsistent]; not counted against the KRA), or, for faults of the appliance, a
 // storage error wrapping [store.ErrUnavailable] (not counted either) or the audit trail's
 // ([audit.ErrAppend]), wrapped.
@@ -856,6 +972,17 @@ func (s *Service) submitApproval(ctx context.Context, st *recoveryState, kra pol
 	}
 	if !verifyDigest(cert.PublicKey, ApprovalDigest(&rec.Recovery, shares), sig) {
 		return nil, fmt.Errorf("%w: the signature is not the KRA's over this request and these shares", ErrBadApproval)
+	}
+	// Approvals are stored by KRA name: one of a credential that has a member's name but not
+	// its key would take the member's place and never count.
+	epochOf := make(map[string]uint32, len(st.records))
+	for _, r := range st.records {
+		epochOf[r.ID] = r.Epoch
+	}
+	for _, sh := range shares {
+		if member, ours := setMember(st, epochOf[sh.RecordID], kra); member != nil && !ours {
+			return nil, errNotMember(kra)
+		}
 	}
 	blob, err := json.Marshal(shares)
 	if err != nil {
@@ -1006,13 +1133,15 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRecoveryKey, err)
 	}
-	byKRA := map[string][]ApprovedShare{}
-	for _, a := range st.approvals {
+	// Each share is taken from the very approval policy counted ([policy.Grant.ApprovalsFor]),
+	// never from another of the same name.
+	shareSets := make([][]ApprovedShare, len(st.approvals))
+	for i, a := range st.approvals {
 		shares, err := decodeShares(a.Shares)
 		if err != nil {
 			return nil, fmt.Errorf("escrow: approval by %s: %w", a.KRA, err)
 		}
-		byKRA[a.KRA] = shares
+		shareSets[i] = shares
 	}
 	hash, err := hashByName(st.req.OAEPHash)
 	if err != nil {
@@ -1038,8 +1167,13 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	var keys [][]byte
 	for i, r := range st.records {
 		var shares [][]byte
-		for _, kra := range g.KRAsFor(r.ID) {
-			for _, sh := range byKRA[kra] {
+		idx := g.ApprovalsFor(r.ID)
+		for j, kra := range g.KRAsFor(r.ID) {
+			if j >= len(idx) || idx[j] < 0 || idx[j] >= len(shareSets) || st.approvals[idx[j]].KRA != kra {
+				clearAll(shares)
+				return nil, fmt.Errorf("escrow: the grant of recovery %s does not match its approvals", st.req.ID)
+			}
+			for _, sh := range shareSets[idx[j]] {
 				if sh.RecordID != r.ID {
 					continue
 				}

@@ -35,7 +35,8 @@ var (
 	// given.
 	ErrUnknownEpoch = errors.New("policy: no recovery set for the record's epoch")
 	// ErrInvalidSet means a recovery set cannot be used: its quorum is not 1 <= m <= n, a KRA
-	// name is empty or listed twice, or its Epoch differs from the key it was given under.
+	// name is empty or listed twice, two KRAs have one unwrap key, or its Epoch differs from
+	// the key it was given under.
 	ErrInvalidSet = errors.New("policy: invalid recovery set")
 )
 
@@ -59,6 +60,7 @@ const (
 	ReasonOtherRequest = "other-request" // the signed approval names another request
 	ReasonNotKRA       = "not-kra"       // the signer is not a KRA, or not the KRA the approval names
 	ReasonNotInSet     = "not-in-set"    // the KRA is not in the recovery set of the record's epoch
+	ReasonOtherKey     = "other-key"     // the signer's credential is not bound to the set member's unwrap key
 	ReasonExpiredKRA   = "expired-kra"   // the KRA's auth certificate or set membership has expired
 	ReasonRequester    = "requester"     // the signer is the requester
 	ReasonOwner        = "owner"         // the signer owns the key
@@ -82,8 +84,8 @@ type RecordRef struct {
 	State string // must be RecordActive to be recoverable
 }
 
-// RecoverySet is the recovery set of one epoch as policy sees it: the KRA identities (names)
-// allowed to approve records sealed under Epoch, the validity of each one's unwrap
+// RecoverySet is the recovery set of one epoch as policy sees it: the KRA identities (names and
+// unwrap keys) allowed to approve records sealed under Epoch, the validity of each one's unwrap
 // certificate, and the quorum m.
 type RecoverySet struct {
 	Epoch  uint32
@@ -91,9 +93,13 @@ type RecoverySet struct {
 	KRAs   []SetMember
 }
 
-// SetMember is one KRA of a [RecoverySet]. NotAfter is the expiry of its unwrap certificate.
+// SetMember is one KRA of a [RecoverySet]. NotAfter is the expiry of its unwrap certificate;
+// Key identifies its unwrap key (the escrow layer uses the hex SHA-256 of the key's
+// SubjectPublicKeyInfo). A member is the KRA holding that key, not whoever holds the name: an
+// approval counts for it only when its [Approval.UnwrapKey] is Key.
 type SetMember struct {
 	Name     string
+	Key      string
 	NotAfter time.Time
 }
 
@@ -113,8 +119,12 @@ type Request struct {
 // Approval is one KRA's approval as verified by the escrow layer (signature checked against
 // the KRA's auth certificate, which this appliance issued).
 type Approval struct {
-	RequestID      string    // the request the signed approval names
-	KRA            string    // KRA identity (name) of the signer's auth certificate
+	RequestID string // the request the signed approval names
+	KRA       string // KRA identity (name) of the signer's auth certificate
+	// UnwrapKey identifies the unwrap key the signer's auth credential was enrolled with, as
+	// [SetMember.Key] does; "" when the escrow layer cannot tell which (the approval then
+	// counts for no member that has a key).
+	UnwrapKey      string
 	Signer         Principal // the credential that submitted the approval
 	SignerNotAfter time.Time // auth certificate expiry
 	Records        []string  // record IDs this approval carries a re-encrypted share for
@@ -317,6 +327,10 @@ func checkSet(epoch uint32, set RecoverySet) error {
 			if strings.EqualFold(o.Name, m.Name) {
 				return bad("KRA %q is listed twice", truncate(m.Name))
 			}
+			if m.Key != "" && o.Key == m.Key {
+				// One key holder would hold two shares: one KRA would count twice.
+				return bad("KRAs %q and %q have the same unwrap key", truncate(o.Name), truncate(m.Name))
+			}
 		}
 	}
 	return nil
@@ -332,13 +346,22 @@ func member(set RecoverySet, name string) (SetMember, bool) {
 	return SetMember{}, false
 }
 
+// holds reports whether approval a was made with a credential of member m's key pair: the
+// name says which member the approval is for, the unwrap key whether its signer is that
+// member. A second credential issued under the same name with another key is not the member.
+func holds(m SetMember, a Approval) bool { return a.UnwrapKey == m.Key }
+
 // tally is the single place where approvals are counted; Evaluate and Explain both use it,
 // so they never disagree. counted maps a record ID to the KRA names counted for it and the
 // index of the approval each was counted from.
 func tally(req Request, sets map[uint32]RecoverySet, approvals []Approval, now time.Time) (counted map[string]map[string]int, rejections []Rejection) {
 	counted = make(map[string]map[string]int, len(req.Records))
+	// keys are the unwrap keys counted for each record: one key counts once, whatever name it
+	// comes under (checkSet refuses a set where two members share one; this holds anyway).
+	keys := make(map[string]map[string]bool, len(req.Records))
 	for _, r := range req.Records {
 		counted[r.ID] = map[string]int{}
+		keys[r.ID] = map[string]bool{}
 	}
 	reject := func(a Approval, record, reason string) {
 		rejections = append(rejections, Rejection{KRA: a.KRA, Record: record, Reason: reason})
@@ -400,6 +423,8 @@ func tally(req Request, sets map[uint32]RecoverySet, approvals []Approval, now t
 				if shares[r.ID] {
 					reject(a, r.ID, ReasonNotInSet)
 				}
+			case !holds(m, a):
+				reject(a, r.ID, ReasonOtherKey)
 			case !m.NotAfter.After(now):
 				reject(a, r.ID, ReasonExpiredKRA)
 			case owns(a.KRA, r.Owner):
@@ -407,10 +432,11 @@ func tally(req Request, sets map[uint32]RecoverySet, approvals []Approval, now t
 			case !shares[r.ID]:
 				reject(a, r.ID, ReasonNoShare)
 			default:
-				if _, dup := counted[r.ID][a.KRA]; dup {
+				if _, dup := counted[r.ID][a.KRA]; dup || m.Key != "" && keys[r.ID][m.Key] {
 					reject(a, r.ID, ReasonDuplicate)
 				} else {
 					counted[r.ID][a.KRA] = i
+					keys[r.ID][m.Key] = true
 					anyCounted = true
 				}
 			}
@@ -429,14 +455,16 @@ func tally(req Request, sets map[uint32]RecoverySet, approvals []Approval, now t
 //
 // An approval counts for a record when all of these hold: the escrow layer verified its
 // signature; it names req.ID; its signer is a KRA whose credential name is the approval's KRA
-// name; that KRA is a member of the record's epoch set with an unexpired unwrap certificate,
-// and its auth certificate is unexpired; the signer is neither the requester (same name
-// ignoring case, same serial, or same mailbox) nor the key's owner; and the approval carries a
-// share for the record. One KRA counts once per record however many approvals or certificates
-// it has; the first approval, in slice order, that counts is the one used. Exclusion is by KRA
-// identity: if any authenticated approval of a KRA (signature verified, this request, signer
-// is that KRA) is the requester's, or carries the owner's mailbox, no approval of that KRA
-// counts for the request, or for that record, even one made with a credential without a
+// name; that KRA is a member of the record's epoch set, and the signer's credential was
+// enrolled with that member's unwrap key ([Approval.UnwrapKey] is [SetMember.Key]); the
+// member's unwrap certificate and the signer's auth certificate are unexpired; the signer is
+// neither the requester (same name ignoring case, same serial, or same mailbox) nor the key's
+// owner; and the approval carries a share for the record. One KRA counts once per record
+// however many approvals or certificates it has, and one unwrap key once whatever name it
+// comes under; the first approval, in slice order, that counts is the one used. Exclusion is
+// by KRA identity: if any authenticated approval of a KRA (signature verified, this request,
+// signer is that KRA) is the requester's, or carries the owner's mailbox, no approval of that
+// KRA counts for the request, or for that record, even one made with a credential without a
 // mailbox.
 //
 // The Grant names, for each record, exactly the quorum of KRAs (the first m eligible names in

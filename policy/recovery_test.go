@@ -480,7 +480,7 @@ func TestExplain(t *testing.T) {
 			approve("kra-b", "r1", "r3"),
 		}, want: []Rejection{{"kra-a", "", ReasonBadSignature}, {"kra-b", "r1", ReasonNoShare}, {"kra-b", "r3", ReasonDuplicate}}},
 	}
-	reasons := []string{ReasonBadSignature, ReasonOtherRequest, ReasonNotKRA, ReasonNotInSet, ReasonExpiredKRA, ReasonRequester, ReasonOwner, ReasonDuplicate, ReasonNoShare}
+	reasons := []string{ReasonBadSignature, ReasonOtherRequest, ReasonNotKRA, ReasonNotInSet, ReasonOtherKey, ReasonExpiredKRA, ReasonRequester, ReasonOwner, ReasonDuplicate, ReasonNoShare}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			recs := tt.records
