@@ -42,6 +42,10 @@ var (
 	// ErrRecoveryKey: the request's recovery key in the token is unusable, or cannot decrypt an
 	// approved share: a fault of the appliance, never of the officer.
 	ErrRecoveryKey = errors.New("escrow: recovery key unavailable")
+	// ErrSharesDoNotOpen: the approvals meet the quorum, but no quorum of their shares opens
+	// a record: a KRA sent a share that is not its share of the record (a damaged token, a
+	// share of another record or of the record as it was sealed before a reseal).
+	ErrSharesDoNotOpen = errors.New("escrow: the approved shares do not open the record")
 )
 
 // Limits of recovery.
@@ -1039,7 +1043,9 @@ type RecoveredFile struct {
 //
 // [ErrNotFound], [ErrInvalidRequest] (a reseal request), [ErrForbidden] (not the requesting
 // officer), policy's refusals ([policy.ErrQuorum], [policy.ErrConsumed],
-// [policy.ErrRequestClosed], [policy.ErrExpired], [policy.ErrNotAllowed]), [ErrIntegrity]
+// [policy.ErrRequestClosed], [policy.ErrExpired], [policy.ErrNotAllowed]),
+// [ErrSharesDoNotOpen] (the quorum is met but no quorum of the approved shares opens a
+// record: a KRA sent a wrong share; the request stays open for other KRAs), [ErrIntegrity]
 // (wrapping [check.ErrInconsistent]; also when the request's audit entry, which holds its
 // revocation choice, is missing or damaged), [ErrRecordMismatch], [ErrRecoveryKey] (with the
 // token's error), or a storage error wrapping [store.ErrUnavailable] or the audit trail's
@@ -1122,9 +1128,10 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 }
 
 // open decrypts, in the token, the granted KRAs' shares of each record, combines them and
-// opens the records. It cannot be called without a Grant from policy for this request, nor
-// with a state loaded without the records' and approvers' checks (snapshot.records and
-// snapshot.approvers): the rows it opens are those checked, in the same snapshot.
+// opens the records ([Service.openRecord]). It cannot be called without a Grant from policy
+// for this request, nor with a state loaded without the records' and approvers' checks
+// (snapshot.records and snapshot.approvers): the rows it opens are those checked, in the same
+// snapshot.
 func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	if !g.Valid() || g.RequestID() != st.req.ID {
 		return nil, fmt.Errorf("escrow: no grant for recovery %s", st.req.ID)
@@ -1133,15 +1140,11 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRecoveryKey, err)
 	}
-	// Each share is taken from the very approval policy counted ([policy.Grant.ApprovalsFor]),
-	// never from another of the same name.
-	shareSets := make([][]ApprovedShare, len(st.approvals))
+	shares := make([][]ApprovedShare, len(st.approvals)) // aligned with st.approvals, as policy's indexes
 	for i, a := range st.approvals {
-		shares, err := decodeShares(a.Shares)
-		if err != nil {
+		if shares[i], err = decodeShares(a.Shares); err != nil {
 			return nil, fmt.Errorf("escrow: approval by %s: %w", a.KRA, err)
 		}
-		shareSets[i] = shares
 	}
 	hash, err := hashByName(st.req.OAEPHash)
 	if err != nil {
@@ -1166,33 +1169,128 @@ func (s *Service) open(g policy.Grant, st *recoveryState) ([][]byte, error) {
 	}
 	var keys [][]byte
 	for i, r := range st.records {
-		var shares [][]byte
-		idx := g.ApprovalsFor(r.ID)
-		for j, kra := range g.KRAsFor(r.ID) {
-			if j >= len(idx) || idx[j] < 0 || idx[j] >= len(shareSets) || st.approvals[idx[j]].KRA != kra {
-				clearAll(shares)
-				return nil, fmt.Errorf("escrow: the grant of recovery %s does not match its approvals", st.req.ID)
-			}
-			for _, sh := range shareSets[idx[j]] {
-				if sh.RecordID != r.ID {
-					continue
-				}
-				pt, err := dec.Decrypt(rand.Reader, sh.Share, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
-				if err != nil {
-					clearAll(shares)
-					return nil, fmt.Errorf("%w: decrypt %s's share of record %s: %w", ErrRecoveryKey, kra, r.ID, err)
-				}
-				shares = append(shares, pt)
-			}
-		}
-		pkcs8, err := record.Open(sealedRecs[i], shares)
-		clearAll(shares)
+		pkcs8, err := s.openRecord(g, st, shares, dec, hash, r, sealedRecs[i])
 		if err != nil {
-			return nil, fmt.Errorf("escrow: open record %s: %w", r.ID, err)
+			clearAll(keys)
+			return nil, err
 		}
 		keys = append(keys, pkcs8)
 	}
 	return keys, nil
+}
+
+// maxOpenAttempts bounds the quorums of approved shares one record is tried with: C(n, m)
+// grows fast, and each try is a Shamir combination and an AES-GCM open.
+const maxOpenAttempts = 10_000
+
+// openRecord opens record r with the shares of the KRAs the grant names for it. The shares are
+// decrypted in the token as they are needed, and each quorum of them is tried in turn (the
+// KRAs in sorted order, the first quorum first) until the record's authentication accepts one:
+// a KRA's share that is not its share of the record (a damaged token, a share of the record as
+// it was sealed before a reseal) costs a try, not the recovery. When no quorum opens the
+// record, the error wraps [ErrSharesDoNotOpen] and names the KRAs; when the recovery key
+// decrypts none of the shares, it is the key's fault ([ErrRecoveryKey]).
+func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]ApprovedShare, dec crypto.Decrypter, hash crypto.Hash, r store.Record, sealed *record.Record) ([]byte, error) {
+	kras, idx, need := g.KRAsFor(r.ID), g.ApprovalsFor(r.ID), g.Quorum(r.ID)
+	if need < 1 || len(kras) < need || len(idx) != len(kras) {
+		return nil, fmt.Errorf("escrow: no grant for record %s of recovery %s", r.ID, st.req.ID)
+	}
+	plain := make([][]byte, len(kras)) // the KRAs' shares, decrypted on first use
+	bad := make([]bool, len(kras))     // a share the recovery key cannot decrypt
+	defer clearAll(plain)
+	var decErr error
+	decrypted := 0
+	usable := func(j int) bool {
+		if plain[j] != nil || bad[j] {
+			return !bad[j]
+		}
+		var ct []byte
+		if i := idx[j]; i >= 0 && i < len(shares) {
+			for _, sh := range shares[i] {
+				if sh.RecordID == r.ID {
+					ct = sh.Share
+					break
+				}
+			}
+		}
+		if ct == nil {
+			bad[j] = true
+			return false
+		}
+		pt, err := dec.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
+		if err != nil {
+			s.log().Warn("an approved share does not decrypt with the recovery key", "id", st.req.ID, "record", r.ID, "kra", kras[j], "err", err)
+			bad[j] = true
+			if decErr == nil {
+				decErr = fmt.Errorf("decrypt %s's share of record %s: %w", kras[j], r.ID, err)
+			}
+			return false
+		}
+		decrypted++
+		plain[j] = pt
+		return true
+	}
+	// combo is the current quorum, as indexes into kras in increasing order.
+	combo := make([]int, need)
+	for j := range combo {
+		combo[j] = j
+	}
+	tried := 0
+	for visited := 0; visited < maxOpenAttempts; visited++ {
+		ok := true
+		for _, j := range combo {
+			if !usable(j) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			tried++
+			quorum := make([][]byte, need)
+			for k, j := range combo {
+				quorum[k] = plain[j]
+			}
+			pkcs8, err := record.Open(sealed, quorum)
+			if err == nil {
+				if tried > 1 {
+					used := make([]string, need)
+					for k, j := range combo {
+						used[k] = kras[j]
+					}
+					s.log().Warn("a record opened only without some approved shares: an approving KRA sent a share that is not its share",
+						"id", st.req.ID, "record", r.ID, "approved", kras, "used", used, "tries", tried)
+				}
+				return pkcs8, nil
+			}
+			if errors.Is(err, record.ErrMalformed) || !errors.Is(err, record.ErrOpen) {
+				return nil, fmt.Errorf("escrow: open record %s: %w", r.ID, err)
+			}
+		}
+		if !nextCombination(combo, len(kras)) {
+			break
+		}
+	}
+	if decrypted == 0 && decErr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRecoveryKey, decErr)
+	}
+	return nil, fmt.Errorf("%w %s: no %d of the shares approved by %s open it (%d tried); one of these KRAs sent a share that is not its share of the record: another KRA of its recovery set must approve, or open a new request",
+		ErrSharesDoNotOpen, r.ID, need, strings.Join(kras, ", "), tried)
+}
+
+// nextCombination advances c, k increasing indexes below n, to the next k-combination in
+// lexicographic order, and reports whether there was one.
+func nextCombination(c []int, n int) bool {
+	k := len(c)
+	for i := k - 1; i >= 0; i-- {
+		if c[i] < n-k+i {
+			c[i]++
+			for j := i + 1; j < k; j++ {
+				c[j] = c[j-1] + 1
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // checkBinding refuses a record whose sealed header is not the one its row and certificate

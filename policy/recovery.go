@@ -159,8 +159,9 @@ func (e *QuorumError) Is(target error) bool { return target == ErrQuorum }
 // for concurrent use.
 type Grant struct {
 	requestID string
-	records   map[string][]string // record ID -> exactly Quorum KRA names, sorted
+	records   map[string][]string // record ID -> every eligible KRA name (at least quorum), sorted
 	approvals map[string][]int    // record ID -> index in Evaluate's approvals, aligned with records
+	quorum    map[string]int      // record ID -> the quorum of its recovery set
 	at        time.Time
 	ok        bool
 }
@@ -174,9 +175,16 @@ func (g Grant) RequestID() string { return g.requestID }
 // At returns the time that was passed to [Evaluate] when g was made.
 func (g Grant) At() time.Time { return g.at }
 
-// KRAsFor returns the names of the KRAs, exactly the quorum of the record's set and sorted,
-// whose shares the escrow layer uses to open record recordID; nil if g does not grant it.
+// KRAsFor returns the names of every KRA whose approval counts for record recordID, sorted:
+// at least [Grant.Quorum] of them; nil if g does not grant it. The escrow layer opens the
+// record with the shares of any Quorum of them. It may have to try more than one such subset:
+// a KRA can send a share that is not its share of the record, and only the record's
+// authentication tells.
 func (g Grant) KRAsFor(recordID string) []string { return slices.Clone(g.records[recordID]) }
+
+// Quorum returns the number of shares that open record recordID (its recovery set's quorum
+// m); 0 if g does not grant it.
+func (g Grant) Quorum(recordID string) int { return g.quorum[recordID] }
 
 // ApprovalsFor returns, aligned with [Grant.KRAsFor], the index in the approvals slice given
 // to [Evaluate] of the approval whose share of record recordID was counted for each KRA. The
@@ -467,8 +475,10 @@ func tally(req Request, sets map[uint32]RecoverySet, approvals []Approval, now t
 // KRA counts for the request, or for that record, even one made with a credential without a
 // mailbox.
 //
-// The Grant names, for each record, exactly the quorum of KRAs (the first m eligible names in
-// sorted order) and, through [Grant.ApprovalsFor], the approvals their shares come from.
+// The Grant names, for each record, every eligible KRA in sorted order (at least the quorum
+// m, [Grant.Quorum]) and, through [Grant.ApprovalsFor], the approvals their shares come from:
+// a share is known good only once the record opens, so the escrow layer may need more than
+// the first m.
 //
 // # Errors
 //
@@ -514,6 +524,7 @@ func Evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, no
 		requestID: req.ID,
 		records:   make(map[string][]string, len(req.Records)),
 		approvals: make(map[string][]int, len(req.Records)),
+		quorum:    make(map[string]int, len(req.Records)),
 		at:        now,
 	}
 	for _, r := range req.Records {
@@ -526,12 +537,11 @@ func Evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, no
 			return Grant{}, &QuorumError{Record: r.ID, Have: len(names), Need: need}
 		}
 		slices.Sort(names)
-		names = names[:need:need]
-		idx := make([]int, need)
+		idx := make([]int, len(names))
 		for j, name := range names {
 			idx[j] = counted[r.ID][name]
 		}
-		g.records[r.ID], g.approvals[r.ID] = names, idx
+		g.records[r.ID], g.approvals[r.ID], g.quorum[r.ID] = names, idx, need
 	}
 	g.ok = true
 	return g, nil

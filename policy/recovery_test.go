@@ -167,8 +167,10 @@ func TestEvaluate(t *testing.T) {
 		{name: "m-1", approvals: []Approval{approve("kra-a", "r1")}, wantErr: ErrQuorum, wantRec: "r1", wantHave: 1},
 		{name: "exactly m", approvals: []Approval{approve("kra-b", "r1"), approve("kra-a", "r1")},
 			want: map[string][]string{"r1": {"kra-a", "kra-b"}}},
-		{name: "m+1 grants exactly m sorted", approvals: []Approval{approve("kra-c", "r1"), approve("kra-b", "r1"), approve("kra-a", "r1")},
-			want: map[string][]string{"r1": {"kra-a", "kra-b"}}},
+		// Every eligible KRA is named, not only the first m: a share is known good only when
+		// the record opens, and the escrow layer tries the other quorums around a bad one.
+		{name: "m+1 grants every eligible KRA sorted", approvals: []Approval{approve("kra-c", "r1"), approve("kra-b", "r1"), approve("kra-a", "r1")},
+			want: map[string][]string{"r1": {"kra-a", "kra-b", "kra-c"}}},
 		{name: "m+1 with first invalid", approvals: []Approval{with(approve("kra-a", "r1"), func(a *Approval) { a.SignatureOK = false }), approve("kra-c", "r1"), approve("kra-b", "r1")},
 			want: map[string][]string{"r1": {"kra-b", "kra-c"}}},
 
@@ -220,7 +222,7 @@ func TestEvaluate(t *testing.T) {
 				approve("kra-c", "r1", "r3"),
 				with(approve("kra-b", "r1", "r3"), func(a *Approval) { a.Signer.Mailbox = "carol@example.com" }),
 			},
-			want: map[string][]string{"r1": {"kra-a", "kra-b"}, "r3": {"kra-a", "kra-c"}}},
+			want: map[string][]string{"r1": {"kra-a", "kra-b", "kra-c"}, "r3": {"kra-a", "kra-c"}}},
 
 		// The approval itself.
 		{name: "other request", approvals: []Approval{approve("kra-a", "r1"), with(approve("kra-b", "r1"), func(a *Approval) { a.RequestID = "req-2" })},
@@ -263,7 +265,7 @@ func TestEvaluate(t *testing.T) {
 		{name: "kra listed twice", sets: func(s map[uint32]RecoverySet) { s[1].KRAs[2].Name = "KRA-A" }, wantErr: ErrInvalidSet},
 		{name: "unnamed kra", sets: func(s map[uint32]RecoverySet) { s[1].KRAs[2].Name = "" }, wantErr: ErrInvalidSet},
 		{name: "quorum one", sets: func(s map[uint32]RecoverySet) { set := s[1]; set.Quorum = 1; s[1] = set },
-			approvals: []Approval{approve("kra-b", "r1"), approve("kra-a", "r1")}, want: map[string][]string{"r1": {"kra-a"}}},
+			approvals: []Approval{approve("kra-b", "r1"), approve("kra-a", "r1")}, want: map[string][]string{"r1": {"kra-a", "kra-b"}}},
 
 		// Several records.
 		{name: "multi record one short", records: []RecordRef{r1, record("r3", 1), record("r4", 1)},
@@ -276,7 +278,7 @@ func TestEvaluate(t *testing.T) {
 			want:      map[string][]string{"r1": {"kra-a", "kra-b"}, "r3": {"kra-a", "kra-b"}}},
 		{name: "two epochs met", records: []RecordRef{r1, r2},
 			approvals: []Approval{approve("kra-a", "r1"), approve("kra-c", "r1", "r2"), approve("kra-e", "r2"), approve("kra-f", "r2"), approve("kra-g", "r2")},
-			want:      map[string][]string{"r1": {"kra-a", "kra-c"}, "r2": {"kra-c", "kra-e", "kra-f"}}},
+			want:      map[string][]string{"r1": {"kra-a", "kra-c"}, "r2": {"kra-c", "kra-e", "kra-f", "kra-g"}}},
 		{name: "two epochs second short", records: []RecordRef{r1, r2},
 			approvals: []Approval{approve("kra-a", "r1", "r2"), approve("kra-b", "r1", "r2"), approve("kra-e", "r2"), approve("kra-f", "r2")},
 			wantErr:   ErrQuorum, wantRec: "r2", wantHave: 2},
@@ -337,6 +339,9 @@ func TestEvaluate(t *testing.T) {
 				got := g.KRAsFor(id)
 				if !slices.Equal(got, want) {
 					t.Errorf("KRAsFor(%s) = %v, want %v", id, got, want)
+				}
+				if q := sets[recordEpoch(req, id)].Quorum; g.Quorum(id) != q {
+					t.Errorf("Quorum(%s) = %d, want %d", id, g.Quorum(id), q)
 				}
 				idx := g.ApprovalsFor(id)
 				if len(idx) != len(got) {
@@ -631,8 +636,14 @@ func TestEvaluateProperty(t *testing.T) {
 		if err == nil {
 			grants++
 			for _, r := range req.Records {
+				distinct := map[string]bool{}
+				for _, a := range approvals {
+					if eligible(req, sets, approvals, a, r, now) {
+						distinct[a.KRA] = true
+					}
+				}
 				got, idx := g.KRAsFor(r.ID), g.ApprovalsFor(r.ID)
-				if len(got) != sets[r.Epoch].Quorum || len(idx) != len(got) || !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
+				if len(got) != len(distinct) || g.Quorum(r.ID) != sets[r.Epoch].Quorum || len(idx) != len(got) || !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
 					t.Fatalf("iteration %d: record %s: grant names %v (%v), quorum %d", iter, r.ID, got, idx, sets[r.Epoch].Quorum)
 				}
 				for j, i := range idx {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"time"
 
@@ -52,10 +53,24 @@ func (a *Server) handleResealComplete(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := a.svc.CompleteReseal(r.Context(), admin, r.PathValue("id"))
 	if err != nil {
-		a.fail(w, r, err)
+		a.fail(w, r, sharesConflict(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"id": r.PathValue("id"), "resealed": n})
+}
+
+// sharesConflict answers approvals that meet the quorum but whose shares do not open a record
+// (escrow.ErrSharesDoNotOpen) with a conflict: the request needs approvals of other KRAs, the
+// appliance is not at fault. Any other error, a fault of the appliance in the same chain
+// included, is left to status.
+func sharesConflict(err error) error {
+	if !errors.Is(err, escrow.ErrSharesDoNotOpen) {
+		return err
+	}
+	if code, _ := status(err); code != http.StatusInternalServerError {
+		return err
+	}
+	return &httpStatusError{http.StatusConflict, err.Error()}
 }
 
 // principal authenticates the caller, asks policy whether it may do act, and describes it as
@@ -216,7 +231,7 @@ func (a *Server) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
 	got, err := a.svc.Fetch(r.Context(), officer, r.PathValue("id"), req.Legacy)
 	if err != nil {
 		a.metrics.recoveries.WithLabelValues("refused", recoveryReason(err)).Inc()
-		a.fail(w, r, err)
+		a.fail(w, r, sharesConflict(err))
 		return
 	}
 	a.metrics.recoveries.WithLabelValues("completed", "").Inc()
