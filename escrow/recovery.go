@@ -1564,6 +1564,10 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 // Those of [Service.Fetch], with [ErrInvalidRequest] for a recovery (not a reseal) request and
 // [ErrForbidden] for another admin than the requester; [ErrNoRecoverySet] when the current set
 // is not usable; [policy.ErrConsumed] when the request or its records were resealed meanwhile.
+//
+// In the same transaction, every other open request naming a resealed record (a recovery, or
+// another reseal) is cancelled and, after it, its recovery key destroyed: its approvals hold
+// shares of the record as it was sealed before, which no longer count ([Service.voidOpenRequests]).
 func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id string) (int, error) {
 	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true, current: true})
 	if err != nil {
@@ -1615,6 +1619,7 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 			return 0, err
 		}
 	}
+	var voided []voidedRequest
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		for i, r := range st.records {
 			if err := tx.ResealRecord(r.ID, r.Epoch, cur.Epoch, blobs[i]); err != nil {
@@ -1622,6 +1627,9 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 			}
 		}
 		if err := tx.CloseRecovery(id, store.RecoveryConsumed, s.now()); err != nil {
+			return err
+		}
+		if voided, err = s.voidOpenRequests(tx, admin, id, st.records); err != nil {
 			return err
 		}
 		d := audit.Details{Request: id, Records: st.req.Records, Epoch: cur.Epoch, Signer: admin.Serial, Count: len(blobs)}
@@ -1641,5 +1649,78 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 	}
 	s.destroyKey(st.req.KeyLabel)
 	s.log().Info("records resealed", "id", id, "records", len(blobs), "epoch", cur.Epoch, "by", admin.Name)
+	for _, v := range voided {
+		s.destroyKey(v.req.KeyLabel)
+		s.log().Info("request cancelled: its records were resealed", "id", v.req.ID, "kind", v.req.Kind, "reseal", id)
+		if len(v.owners) > 0 {
+			// The owners were told the recovery was requested: they are told it ended without
+			// a key.
+			s.notifyRecords(notice.Event{Kind: notice.RecoveryCancelled, Request: v.req.ID, RequestedBy: v.req.Requester}, v.owners)
+		}
+	}
 	return len(blobs), nil
+}
+
+// voidedRequest is an open request that a reseal cancelled ([Service.voidOpenRequests]), with
+// the records whose owners are told (a recovery's).
+type voidedRequest struct {
+	req    store.Recovery
+	owners []store.Record
+}
+
+// voidOpenRequests cancels, in tx, every open request other than reseal id that names one of
+// the records the reseal moved, recoveries and reseals alike, with an audit entry each. Their
+// approvals carry shares of the records as they were sealed before, which do not combine with
+// shares of the new form: counted after the reseal they would meet a quorum that opens
+// nothing. The officer or admin opens a new request, which the KRAs of the new set approve.
+// A request closed meanwhile is left as it is.
+func (s *Service) voidOpenRequests(tx store.Tx, admin policy.Principal, id string, resealed []store.Record) ([]voidedRequest, error) {
+	moved := make(map[string]bool, len(resealed))
+	for _, r := range resealed {
+		moved[r.ID] = true
+	}
+	open, err := tx.ListRecoveries(store.RecoveryOpen)
+	if err != nil {
+		return nil, err
+	}
+	var out []voidedRequest
+	for _, o := range open {
+		if o.ID == id {
+			continue
+		}
+		full, err := tx.GetRecovery(o.ID) // the listed rows come without their record lists
+		if err != nil {
+			return nil, err
+		}
+		if !slices.ContainsFunc(full.Records, func(rid string) bool { return moved[rid] }) {
+			continue
+		}
+		err = tx.CloseRecovery(o.ID, store.RecoveryCancelled, s.now())
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := s.audit(tx, audit.KindRecoveryCancelled, principalActor("admin", admin.Name), o.ID, audit.Details{Request: o.ID,
+			RequestKind: full.Kind, Signer: admin.Serial,
+			Reason: fmt.Sprintf("its records were resealed by reseal %s; its approvals no longer apply", id)}); err != nil {
+			return nil, err
+		}
+		v := voidedRequest{req: *full}
+		if full.Kind == store.KindRecover && s.Notify != nil {
+			for _, rid := range full.Records {
+				rec, err := tx.GetRecord(rid)
+				if errors.Is(err, store.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				v.owners = append(v.owners, *rec)
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }

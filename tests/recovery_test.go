@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -328,4 +329,57 @@ func TestRecoveryFetchWritesFirst(t *testing.T) {
 			t.Errorf("after the fetch, certificate %s is %s, want revoked", s, st)
 		}
 	}
+}
+
+// TestResealCancelsOpenRecovery: a recovery approved by kra1 and kra2 under a 2-of-3 set,
+// then a reseal of its record to a 3-of-3 set of the same KRAs. The approvals hold shares of
+// the record as it was sealed before; counted with kra3's share of the new seal they opened
+// nothing, and the fetch failed with a 500. The reseal now cancels the recovery: show says so,
+// neither an approval nor the fetch is taken, and a new request recovers the key.
+func TestResealCancelsOpenRecovery(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	user := filepath.Join(dir, "carol")
+	enrollUser(t, a, "carol@example.org", user)
+	serial := certSerial(t, dir, filepath.Join(user, "cert.pem"))
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "laptop stolen")...))
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+	keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
+
+	var shown recoverySetShown
+	if err := json.Unmarshal([]byte(keyarc(t, as("admin", "admin", "recovery-set", "show", "--json")...)), &shown); err != nil {
+		t.Fatal(err)
+	}
+	set := []string{"admin", "recovery-set", "set", "--quorum", "3"}
+	for _, k := range shown.KRAs {
+		set = append(set, "--kra", k.Serial)
+	}
+	keyarc(t, as("admin", set...)...)
+	reseal := strings.TrimSpace(keyarc(t, as("admin", "admin", "recovery-set", "reseal", "--reason", "three of three")...))
+	keyarc(t, as("kra1", "recovery", "approve", reseal, "--yes")...)
+	keyarc(t, as("kra2", "recovery", "approve", reseal, "--yes")...)
+	keyarc(t, as("admin", "admin", "recovery-set", "reseal", "--complete", reseal)...)
+
+	if show := keyarc(t, as("officer", "recovery", "show", id)...); !strings.Contains(show, "cancelled") {
+		t.Errorf("recovery show after the reseal of its record:\n%s", show)
+	}
+	if msg := keyarcFails(t, as("kra3", "recovery", "approve", id, "--yes")...); !strings.Contains(msg, "cancelled") {
+		t.Errorf("kra3 approving after the reseal: %s", msg)
+	}
+	p12, pw := filepath.Join(dir, "carol.p12"), filepath.Join(dir, "carol.pw")
+	msg := keyarcFails(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
+	if !strings.Contains(msg, "cancelled") || strings.Contains(msg, "500") {
+		t.Errorf("fetch after the reseal: %s", msg)
+	}
+
+	id = strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "laptop stolen, again")...))
+	for _, kra := range []string{"kra1", "kra2", "kra3"} {
+		keyarc(t, as(kra, "recovery", "approve", id, "--yes")...)
+	}
+	keyarc(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
 }
