@@ -55,8 +55,9 @@ const (
 	// LegacyPFXIterations is the iteration count of a legacy PKCS#12 (3DES, SHA-1 MAC) for its
 	// MAC key and its encryption keys: OpenSSL's own legacy default, which old clients read.
 	LegacyPFXIterations = 2048
-	// maxShareBytes bounds one re-encrypted share (RSA-8192).
-	maxShareBytes = 1024
+	// MaxShareBytes bounds one re-encrypted share of an approval (RSA-8192).
+	MaxShareBytes = 1024
+	maxShareBytes = MaxShareBytes
 	// approvalFailures within approvalWindow lock a KRA out of approving for the rest of the window.
 	approvalFailures = 5
 	approvalWindow   = 15 * time.Minute
@@ -1510,8 +1511,10 @@ func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	return len(expired), nil
 }
 
-// maxResealBatch bounds the records one reseal request moves; run more requests for more.
-const maxResealBatch = 1000
+// MaxResealBatch bounds the records one reseal request moves; run more requests for more. A
+// KRA's approval of a full batch carries that many shares: the appliance's limit on an
+// approval's body is derived from it and [MaxShareBytes].
+const MaxResealBatch = policy.MaxRecoveryRecords
 
 // RequestReseal opens a reseal request: the active records sealed under an older recovery set
 // are to be moved to the current one. The KRAs of the old sets approve it exactly as a recovery
@@ -1535,7 +1538,7 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 		if cur, err = s.currentSetIn(tx); err != nil {
 			return err
 		}
-		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, maxResealBatch)
+		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, MaxResealBatch)
 		return err
 	}); err != nil {
 		return nil, err

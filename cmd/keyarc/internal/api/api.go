@@ -56,16 +56,22 @@ func (a *Server) handleTemplates(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// decodeJSON reads a bounded JSON body strictly: unknown fields are errors.
+// decodeJSON reads a JSON body of at most maxJSONBody bytes strictly: unknown fields are
+// errors.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	if r.ContentLength > maxJSONBody {
-		return bodyTooLarge(maxJSONBody)
+	return decodeJSONUpTo(w, r, v, maxJSONBody)
+}
+
+// decodeJSONUpTo is decodeJSON for a route whose bodies may be larger (up to limit bytes).
+func decodeJSONUpTo(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+	if r.ContentLength > limit {
+		return bodyTooLarge(limit)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return bodyTooLarge(maxJSONBody)
+			return bodyTooLarge(limit)
 		}
 		if isTimeout(err) {
 			return bodyTimeout

@@ -32,6 +32,13 @@ import (
 const (
 	maxCSRBody  = 64 << 10
 	maxJSONBody = 256 << 10
+	// maxApprovalBody bounds a KRA's approval (POST /api/v1/recoveries/{id}/approvals), which
+	// carries one share for each record of the request: a full reseal batch
+	// (escrow.MaxResealBatch) or the most records of one recovery (policy.MaxRecoveryRecords),
+	// each share up to escrow.MaxShareBytes, base64 in a JSON object with its record ID
+	// (approvalShareJSON at its largest), and maxJSONBody for the rest.
+	maxApprovalBody   = max(escrow.MaxResealBatch, policy.MaxRecoveryRecords)*approvalShareJSON + maxJSONBody
+	approvalShareJSON = 4*((escrow.MaxShareBytes+2)/3) + 128
 )
 
 func (a *Server) routes() http.Handler {

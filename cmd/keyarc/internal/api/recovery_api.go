@@ -184,7 +184,7 @@ func (a *Server) handleRecoveryApprove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req wire.Approval
-	if err := decodeJSON(w, r, &req); err != nil {
+	if err := decodeApproval(w, r, &req); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -262,6 +262,12 @@ func (a *Server) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"id": r.PathValue("id"), "state": "cancelled"})
+}
+
+// decodeApproval reads a KRA's approval. It carries a share for each record of the request, so
+// a full reseal batch is far larger than other JSON bodies: its limit is maxApprovalBody.
+func decodeApproval(w http.ResponseWriter, r *http.Request, v *wire.Approval) error {
+	return decodeJSONUpTo(w, r, v, maxApprovalBody)
 }
 
 // expireRecoveries closes expired requests now and then.
