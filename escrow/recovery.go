@@ -18,6 +18,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
@@ -161,8 +163,8 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 		}
 		serial = n
 	}
-	if strings.TrimSpace(reason) == "" || len(reason) > 1000 || strings.ContainsFunc(reason, isControl) {
-		return nil, fmt.Errorf("%w: a reason of 1 to 1000 printable characters is required", ErrInvalidRequest)
+	if err := checkReason(reason); err != nil {
+		return nil, err
 	}
 	var recs []store.Record
 	var revoke []string
@@ -286,7 +288,22 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 	return s.GetRecovery(ctx, id)
 }
 
-func isControl(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }
+// maxReason is the longest reason, in bytes, of a recovery or reseal request.
+const maxReason = 1000
+
+// checkReason checks the reason of a recovery or reseal request, which the KRAs are shown
+// before they approve: 1 to 1000 printable characters, so that it cannot hide text or move the
+// cursor on their terminal. The error wraps [ErrInvalidRequest].
+func checkReason(reason string) error {
+	if strings.TrimSpace(reason) == "" || len(reason) > maxReason || !utf8.ValidString(reason) || strings.ContainsFunc(reason, isControl) {
+		return fmt.Errorf("%w: a reason of 1 to %d printable characters is required (no line breaks or control characters)", ErrInvalidRequest, maxReason)
+	}
+	return nil
+}
+
+// isControl reports whether r is a control character other than a tab: C0 (line breaks, ESC),
+// DEL or C1 (U+009B is a CSI on many terminals).
+func isControl(r rune) bool { return r != '\t' && unicode.IsControl(r) }
 
 func (s *Service) destroyKey(label string) {
 	if err := s.RecoveryKeys.Destroy(label); err != nil {
@@ -1523,13 +1540,17 @@ const MaxResealBatch = policy.MaxRecoveryRecords
 //
 // # Errors
 //
-// [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover] when every active
-// record is sealed under the current set, [policy.ErrNotAllowed] for a caller that is not an
+// [ErrInvalidRequest] for a reason that is not 1 to 1000 printable characters (an empty one is
+// given a default), [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover]
+// when every active record is sealed under the current set, [policy.ErrNotAllowed] for a caller that is not an
 // admin, or, for faults of the appliance, the token's error making the recovery key, a storage
 // error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, ttl time.Duration) (*Recovery, error) {
 	if strings.TrimSpace(reason) == "" {
 		reason = "reseal to the current recovery set"
+	}
+	if err := checkReason(reason); err != nil {
+		return nil, err
 	}
 	var cur *RecoverySet
 	var recs []store.Record

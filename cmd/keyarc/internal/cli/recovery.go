@@ -11,9 +11,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 
@@ -119,7 +122,7 @@ func RunRecoveryList(args []string) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tREQUESTER\tCREATED\tEXPIRES\tREASON")
 	for _, r := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, effectiveState(r, time.Now()), r.Requester, r.CreatedAt, r.ExpiresAt, r.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, effectiveState(r, time.Now()), r.Requester, r.CreatedAt, r.ExpiresAt, shownReason(r.Reason))
 	}
 	return tw.Flush()
 }
@@ -155,7 +158,7 @@ func printRecovery(r wire.Recovery) {
 	st := effectiveState(r, time.Now())
 	fmt.Printf("recovery %s: %s%s\n", r.ID, st, stateNote(st))
 	fmt.Printf("  requested by %s (credential %s) at %s, expires %s\n", r.Requester, r.RequesterSerial, r.CreatedAt, r.ExpiresAt)
-	fmt.Printf("  reason: %s\n", r.Reason)
+	fmt.Printf("  reason: %s\n", shownReason(r.Reason))
 	fmt.Printf("  approvals: %d of %d needed", r.Have, r.Need)
 	if len(r.Approvals) > 0 {
 		fmt.Printf(" (%s)", strings.Join(r.Approvals, ", "))
@@ -172,6 +175,17 @@ func printRecovery(r wire.Recovery) {
 		}
 		fmt.Println()
 	}
+}
+
+// shownReason is a request's reason as the terminal shows it. The appliance accepts only
+// printable reasons, but a request stored before it checked reseal reasons may hold line
+// breaks or terminal escapes: such a reason is shown quoted, its control characters escaped,
+// so that it cannot pass for other lines of the request or move the cursor.
+func shownReason(reason string) string {
+	if !utf8.ValidString(reason) || strings.ContainsFunc(reason, func(r rune) bool { return r != '\t' && unicode.IsControl(r) }) {
+		return strconv.QuoteToGraphic(reason)
+	}
+	return reason
 }
 
 // RunRecoveryShow is `keyarc recovery show ID`.

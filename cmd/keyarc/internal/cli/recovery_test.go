@@ -29,3 +29,20 @@ func TestEffectiveRecoveryState(t *testing.T) {
 		})
 	}
 }
+
+// TestShownReason: a reason with line breaks or terminal escapes (one stored before the
+// appliance checked reseal reasons) is shown quoted on one line, its controls escaped; a
+// printable one as it is.
+func TestShownReason(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"laptop stolen", "laptop stolen"},
+		{"laptop\tstolen", "laptop\tstolen"},
+		{"rotate\napproved: 3 of 2", `"rotate\napproved: 3 of 2"`},
+		{"x \x1b[2J\x1b[H", `"x \x1b[2J\x1b[H"`},
+		{"x \u009b2J", `"x \u009b2J"`},
+	} {
+		if got := shownReason(tc.in); got != tc.want {
+			t.Errorf("shownReason(%q) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
