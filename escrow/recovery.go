@@ -1427,21 +1427,26 @@ func newPassword() (string, error) {
 	return sb.String(), nil
 }
 
-// CancelRecovery closes an open request without delivering it and destroys its key; the owners
-// of a recovery's records are told it was cancelled (Notify).
+// CancelRecovery closes an open request without delivering it and destroys its key: a
+// recovery, by the officer who requested it, or a reseal, by the admin who requested it. The
+// owners of a recovery's records are told it was cancelled (Notify).
 //
 // # Errors
 //
 // [ErrNotFound], [ErrForbidden] (not the requester), [policy.ErrConsumed] or
 // [policy.ErrRequestClosed] for a request no longer open, or, for faults of the appliance, a
 // storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]).
-func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, id string) error {
+func (s *Service) CancelRecovery(ctx context.Context, by policy.Principal, id string) error {
 	st, err := s.loadRecovery(ctx, id, snapshot{})
 	if err != nil {
 		return err
 	}
-	if officer.Serial != st.req.RequesterSerial {
-		return fmt.Errorf("%w: only the requester of %s can cancel it", ErrForbidden, id)
+	role, what := policy.RoleOfficer, "officer who requested recovery"
+	if st.req.Kind == store.KindReseal {
+		role, what = policy.RoleAdmin, "admin who requested reseal"
+	}
+	if by.Role != role || by.Serial != st.req.RequesterSerial {
+		return fmt.Errorf("%w: only the %s %s can cancel it", ErrForbidden, what, id)
 	}
 	switch st.req.State {
 	case store.RecoveryOpen:
@@ -1454,8 +1459,8 @@ func (s *Service) CancelRecovery(ctx context.Context, officer policy.Principal, 
 		if err := tx.CloseRecovery(id, store.RecoveryCancelled, s.now()); err != nil {
 			return err
 		}
-		return s.audit(tx, audit.KindRecoveryCancelled, principalActor(string(officer.Role), officer.Name), id,
-			audit.Details{Request: id, RequestKind: st.req.Kind, Signer: officer.Serial})
+		return s.audit(tx, audit.KindRecoveryCancelled, principalActor(string(by.Role), by.Name), id,
+			audit.Details{Request: id, RequestKind: st.req.Kind, Signer: by.Serial})
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%w: request %s was closed meanwhile", policy.ErrRequestClosed, id)

@@ -383,3 +383,39 @@ func TestResealCancelsOpenRecovery(t *testing.T) {
 	}
 	keyarc(t, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
 }
+
+// TestCancelResealEndToEnd: `recovery cancel` of a reseal by the admin who requested it (it
+// was refused: the route asked for the officer role). An officer cannot cancel it, and a
+// cancelled reseal cannot be completed.
+func TestCancelResealEndToEnd(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "dan@example.org", filepath.Join(dir, "dan"))
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+
+	var shown recoverySetShown
+	if err := json.Unmarshal([]byte(keyarc(t, as("admin", "admin", "recovery-set", "show", "--json")...)), &shown); err != nil {
+		t.Fatal(err)
+	}
+	set := []string{"admin", "recovery-set", "set", "--quorum", "3"}
+	for _, k := range shown.KRAs {
+		set = append(set, "--kra", k.Serial)
+	}
+	keyarc(t, as("admin", set...)...)
+	id := strings.TrimSpace(keyarc(t, as("admin", "admin", "recovery-set", "reseal")...))
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+
+	if msg := keyarcFails(t, as("officer", "recovery", "cancel", id)...); !strings.Contains(msg, "403") {
+		t.Errorf("an officer cancels the admin's reseal: %s", msg)
+	}
+	keyarc(t, as("admin", "recovery", "cancel", id)...)
+	if show := keyarc(t, as("admin", "recovery", "show", id)...); !strings.Contains(show, "cancelled") {
+		t.Errorf("reseal not shown cancelled:\n%s", show)
+	}
+	if msg := keyarcFails(t, as("admin", "admin", "recovery-set", "reseal", "--complete", id)...); !strings.Contains(msg, "cancelled") {
+		t.Errorf("completing a cancelled reseal: %s", msg)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -252,12 +253,12 @@ func (a *Server) handleRecoveryFetch(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Server) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
-	officer, err := a.principal(r, policy.ActRecoveryRequest, policy.Resource{Kind: "recovery", ID: r.PathValue("id")})
+	p, err := a.canceller(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.svc.CancelRecovery(r.Context(), officer, r.PathValue("id")); err != nil {
+	if err := a.svc.CancelRecovery(r.Context(), p, r.PathValue("id")); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -268,6 +269,21 @@ func (a *Server) handleRecoveryCancel(w http.ResponseWriter, r *http.Request) {
 // a full reseal batch is far larger than other JSON bodies: its limit is maxApprovalBody.
 func decodeApproval(w http.ResponseWriter, r *http.Request, v *wire.Approval) error {
 	return decodeJSONUpTo(w, r, v, maxApprovalBody)
+}
+
+// canceller authenticates the caller of a cancel: an officer cancels the recovery it
+// requested, an admin the reseal it requested, so either permission lets the call through;
+// the engine, which sees the request's kind and requester, decides the rest.
+func (a *Server) canceller(r *http.Request) (policy.Principal, error) {
+	res := policy.Resource{Kind: "recovery", ID: r.PathValue("id")}
+	p, err := a.principal(r, policy.ActRecoveryRequest, res)
+	if !errors.Is(err, policy.ErrForbidden) {
+		return p, err
+	}
+	if p, err := a.principal(r, policy.ActReseal, res); !errors.Is(err, policy.ErrForbidden) {
+		return p, err
+	}
+	return policy.Principal{}, fmt.Errorf("%w: cancelling a request needs the officer role (a recovery) or the admin role (a reseal): %w", policy.ErrForbidden, err)
 }
 
 // expireRecoveries closes expired requests now and then.

@@ -522,7 +522,8 @@ func (ff *fetchFiles) remove() {
 	}
 }
 
-// RunRecoveryCancel is `keyarc recovery cancel ID` (the requesting officer).
+// RunRecoveryCancel is `keyarc recovery cancel ID`: the officer who requested a recovery, or
+// the admin who requested a reseal.
 func RunRecoveryCancel(args []string) error {
 	fs := flag.NewFlagSet("recovery cancel", flag.ContinueOnError)
 	var cf clientFlags
