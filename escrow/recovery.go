@@ -1585,72 +1585,126 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 	return s.openRequest(ctx, store.KindReseal, admin, reason, ttl, recs, nil)
 }
 
-// CompleteReseal reseals the records of a granted reseal request to the current recovery set and
-// consumes the request.
-//
-// # Errors
-//
-// Those of [Service.Fetch], with [ErrInvalidRequest] for a recovery (not a reseal) request and
-// [ErrForbidden] for another admin than the requester; [ErrNoRecoverySet] when the current set
-// is not usable; [policy.ErrConsumed] when the request or its records were resealed meanwhile.
+// CompleteReseal is [Service.CompleteResealReport], counting the records it resealed.
+func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id string) (int, error) {
+	res, err := s.CompleteResealReport(ctx, admin, id)
+	if err != nil {
+		return 0, err
+	}
+	return res.Resealed, nil
+}
+
+// ResealResult is what the completion of a reseal did.
+type ResealResult struct {
+	// Resealed counts the records moved to the current recovery set.
+	Resealed int
+	// Epoch is the current set's, where they went.
+	Epoch uint32
+	// Left are the records of the request whose quorum did not approve it, in request order:
+	// they stay sealed where they were, recoverable by their own set as before.
+	Left []ResealLeft
+}
+
+// ResealLeft is a record a reseal left where it was: its epoch's KRAs did not reach the
+// quorum (Have of Need approvals).
+type ResealLeft struct {
+	RecordID   string
+	Epoch      uint32
+	Have, Need int
+}
+
+// CompleteResealReport reseals to the current recovery set the records of a reseal request
+// that their epoch's quorum approved, and consumes the request. A record whose epoch did not
+// reach its quorum (an older set that can no longer, a KRA's token lost) is left where it was
+// and reported ([ResealResult.Left]), so that one such epoch does not keep every other
+// epoch's records from moving; a new reseal request takes it again.
 //
 // In the same transaction, every other open request naming a resealed record (a recovery, or
 // another reseal) is cancelled and, after it, its recovery key destroyed: its approvals hold
 // shares of the record as it was sealed before, which no longer count ([Service.voidOpenRequests]).
-func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id string) (int, error) {
+//
+// # Errors
+//
+// Those of [Service.Fetch], with [ErrInvalidRequest] for a recovery (not a reseal) request and
+// [ErrForbidden] for another admin than the requester; a *[policy.QuorumError] only when no
+// record's quorum approved; [ErrNoRecoverySet] when the current set is not usable;
+// [policy.ErrConsumed] when the request or its records were resealed meanwhile.
+func (s *Service) CompleteResealReport(ctx context.Context, admin policy.Principal, id string) (*ResealResult, error) {
 	st, err := s.loadRecovery(ctx, id, snapshot{records: true, approvers: true, current: true})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if st.req.Kind != store.KindReseal {
-		return 0, fmt.Errorf("%w: request %s is a recovery, not a reseal", ErrInvalidRequest, id)
+		return nil, fmt.Errorf("%w: request %s is a recovery, not a reseal", ErrInvalidRequest, id)
 	}
 	if admin.Serial != st.req.RequesterSerial {
-		return 0, fmt.Errorf("%w: only the admin who requested reseal %s can complete it", ErrForbidden, id)
+		return nil, fmt.Errorf("%w: only the admin who requested reseal %s can complete it", ErrForbidden, id)
 	}
 	req, sets, apps, err := s.policyView(st)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	grant, err := policy.Evaluate(req, sets, apps, s.now())
+	grant, short, err := policy.EvaluateReseal(req, sets, apps, s.now())
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	cur, err := st.current, st.curErr
 	if err == nil {
 		cur, err = s.usable(cur)
 	}
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	keys, err := s.open(grant, st)
+	// Only the records granted are opened and moved; the state open sees is narrowed to them.
+	res := &ResealResult{Epoch: cur.Epoch}
+	moving := *st
+	moving.records = nil
+	granted := map[string]bool{}
+	for _, rid := range grant.Records() {
+		granted[rid] = true
+	}
+	for _, r := range st.records {
+		if granted[r.ID] {
+			moving.records = append(moving.records, r)
+		}
+	}
+	for _, q := range short {
+		left := ResealLeft{RecordID: q.Record, Have: q.Have, Need: q.Need}
+		for _, r := range st.records {
+			if r.ID == q.Record {
+				left.Epoch = r.Epoch
+			}
+		}
+		res.Left = append(res.Left, left)
+	}
+	keys, err := s.open(grant, &moving)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer func() {
 		for _, k := range keys {
 			clear(k)
 		}
 	}()
-	blobs := make([][]byte, len(st.records))
-	for i, r := range st.records {
+	blobs := make([][]byte, len(moving.records))
+	for i, r := range moving.records {
 		old, err := record.Parse(r.Blob)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		h := old.Header
 		h.Epoch, h.M, h.N, h.OAEPHash = cur.Epoch, uint8(cur.Quorum), uint8(len(cur.recipients)), s.shareHash()
 		sealed, err := record.Seal(h, keys[i], cur.recipients)
 		if err != nil {
-			return 0, fmt.Errorf("escrow: reseal record %s: %w", r.ID, err)
+			return nil, fmt.Errorf("escrow: reseal record %s: %w", r.ID, err)
 		}
 		if blobs[i], err = sealed.MarshalBinary(); err != nil {
-			return 0, err
+			return nil, err
 		}
 	}
 	var voided []voidedRequest
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
-		for i, r := range st.records {
+		for i, r := range moving.records {
 			if err := tx.ResealRecord(r.ID, r.Epoch, cur.Epoch, blobs[i]); err != nil {
 				return err
 			}
@@ -1658,26 +1712,34 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 		if err := tx.CloseRecovery(id, store.RecoveryConsumed, s.now()); err != nil {
 			return err
 		}
-		if voided, err = s.voidOpenRequests(tx, admin, id, st.records); err != nil {
+		if voided, err = s.voidOpenRequests(tx, admin, id, moving.records); err != nil {
 			return err
 		}
-		d := audit.Details{Request: id, Records: st.req.Records, Epoch: cur.Epoch, Signer: admin.Serial, Count: len(blobs)}
-		for _, r := range st.records {
+		d := audit.Details{Request: id, Epoch: cur.Epoch, Signer: admin.Serial, Count: len(blobs)}
+		for _, r := range moving.records {
+			d.Records = append(d.Records, r.ID)
 			if !slices.Contains(d.FromEpochs, r.Epoch) {
 				d.FromEpochs = append(d.FromEpochs, r.Epoch)
 			}
+		}
+		if len(res.Left) > 0 {
+			d.Reason = fmt.Sprintf("%d record(s) left where they were: their epoch's quorum did not approve", len(res.Left))
 		}
 		return s.audit(tx, audit.KindReseal, principalActor("admin", admin.Name), id, d)
 	})
 	if errors.Is(err, store.ErrConflict) {
 		// Another completion of this request (or another reseal of its records) won the race.
-		return 0, fmt.Errorf("%w: reseal %s was completed meanwhile, or its records were resealed by another request", policy.ErrConsumed, id)
+		return nil, fmt.Errorf("%w: reseal %s was completed meanwhile, or its records were resealed by another request", policy.ErrConsumed, id)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("escrow: store resealed records: %w", err)
+		return nil, fmt.Errorf("escrow: store resealed records: %w", err)
 	}
+	res.Resealed = len(blobs)
 	s.destroyKey(st.req.KeyLabel)
-	s.log().Info("records resealed", "id", id, "records", len(blobs), "epoch", cur.Epoch, "by", admin.Name)
+	s.log().Info("records resealed", "id", id, "records", len(blobs), "left", len(res.Left), "epoch", cur.Epoch, "by", admin.Name)
+	for _, l := range res.Left {
+		s.log().Warn("record not resealed: its epoch's quorum did not approve", "id", id, "record", l.RecordID, "epoch", l.Epoch, "have", l.Have, "need", l.Need)
+	}
 	for _, v := range voided {
 		s.destroyKey(v.req.KeyLabel)
 		s.log().Info("request cancelled: its records were resealed", "id", v.req.ID, "kind", v.req.Kind, "reseal", id)
@@ -1687,7 +1749,7 @@ func (s *Service) CompleteReseal(ctx context.Context, admin policy.Principal, id
 			s.notifyRecords(notice.Event{Kind: notice.RecoveryCancelled, Request: v.req.ID, RequestedBy: v.req.Requester}, v.owners)
 		}
 	}
-	return len(blobs), nil
+	return res, nil
 }
 
 // voidedRequest is an open request that a reseal cancelled ([Service.voidOpenRequests]), with

@@ -494,32 +494,57 @@ func tally(req Request, sets map[uint32]RecoverySet, approvals []Approval, now t
 //
 // [Explain] tells why each approval that did not count was left out.
 func Evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, now time.Time) (Grant, error) {
+	g, _, err := evaluate(req, sets, approvals, now, false)
+	return g, err
+}
+
+// EvaluateReseal is [Evaluate] for a reseal request, which may move fewer records than it
+// names: a record whose quorum is not met (sealed under an older epoch whose KRAs can no
+// longer reach its quorum, a KRA's token lost) is left out of the Grant and reported in left,
+// in request order, rather than keep the records of every other epoch where they are. Each
+// record granted has met its own set's quorum, exactly as [Evaluate] requires.
+//
+// # Errors
+//
+// Those of [Evaluate], in its order, with the *[QuorumError] of the first record only when no
+// record meets its quorum; [ErrNotAllowed] for a request that is not a reseal (a recovery is
+// granted whole or not at all).
+func EvaluateReseal(req Request, sets map[uint32]RecoverySet, approvals []Approval, now time.Time) (g Grant, left []QuorumError, err error) {
+	if !req.Reseal {
+		return Grant{}, nil, fmt.Errorf("%w: request %q is a recovery; it is granted whole or not at all", ErrNotAllowed, truncate(req.ID))
+	}
+	return evaluate(req, sets, approvals, now, true)
+}
+
+// evaluate is [Evaluate], and with partial [EvaluateReseal].
+func evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, now time.Time, partial bool) (Grant, []QuorumError, error) {
 	if err := checkOpen(req, now); err != nil {
-		return Grant{}, err
+		return Grant{}, nil, err
 	}
 	if req.ID == "" {
-		return Grant{}, fmt.Errorf("%w: the request has no ID", ErrRequestClosed)
+		return Grant{}, nil, fmt.Errorf("%w: the request has no ID", ErrRequestClosed)
 	}
 	opener, owner := RoleOfficer, req.Requester
 	if req.Reseal {
 		opener, owner = RoleAdmin, Principal{}
 	}
 	if req.Requester.Role != opener || req.Requester.Name == "" {
-		return Grant{}, fmt.Errorf("%w: request %q was not opened by a named %s", ErrNotAllowed, truncate(req.ID), opener)
+		return Grant{}, nil, fmt.Errorf("%w: request %q was not opened by a named %s", ErrNotAllowed, truncate(req.ID), opener)
 	}
 	if err := checkRecords(owner, req.Records); err != nil {
-		return Grant{}, err
+		return Grant{}, nil, err
 	}
 	for _, r := range req.Records {
 		set, ok := sets[r.Epoch]
 		if !ok {
-			return Grant{}, fmt.Errorf("%w: record %q is sealed under epoch %d", ErrUnknownEpoch, truncate(r.ID), r.Epoch)
+			return Grant{}, nil, fmt.Errorf("%w: record %q is sealed under epoch %d", ErrUnknownEpoch, truncate(r.ID), r.Epoch)
 		}
 		if err := checkSet(r.Epoch, set); err != nil {
-			return Grant{}, err
+			return Grant{}, nil, err
 		}
 	}
 	counted, _ := tally(req, sets, approvals, now)
+	var left []QuorumError
 	g := Grant{
 		requestID: req.ID,
 		records:   make(map[string][]string, len(req.Records)),
@@ -534,7 +559,11 @@ func Evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, no
 			names = append(names, name)
 		}
 		if len(names) < need {
-			return Grant{}, &QuorumError{Record: r.ID, Have: len(names), Need: need}
+			if !partial {
+				return Grant{}, nil, &QuorumError{Record: r.ID, Have: len(names), Need: need}
+			}
+			left = append(left, QuorumError{Record: r.ID, Have: len(names), Need: need})
+			continue
 		}
 		slices.Sort(names)
 		idx := make([]int, len(names))
@@ -543,8 +572,12 @@ func Evaluate(req Request, sets map[uint32]RecoverySet, approvals []Approval, no
 		}
 		g.records[r.ID], g.approvals[r.ID], g.quorum[r.ID] = names, idx, need
 	}
+	if len(g.records) == 0 {
+		first := left[0]
+		return Grant{}, nil, &first
+	}
 	g.ok = true
-	return g, nil
+	return g, left, nil
 }
 
 // Explain returns why each approval was not counted, for the audit trail and metrics, in

@@ -52,12 +52,29 @@ func (a *Server) handleResealComplete(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	n, err := a.svc.CompleteReseal(r.Context(), admin, r.PathValue("id"))
+	res, err := a.svc.CompleteResealReport(r.Context(), admin, r.PathValue("id"))
 	if err != nil {
 		a.fail(w, r, sharesConflict(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"id": r.PathValue("id"), "resealed": n})
+	// The records whose epoch's quorum did not approve stay where they were: named, so that
+	// the admin sees which epochs a new set of KRAs cannot take over.
+	type left struct {
+		RecordID string `json:"record_id"`
+		Epoch    uint32 `json:"epoch"`
+		Have     int    `json:"have"`
+		Need     int    `json:"need"`
+	}
+	out := struct {
+		ID       string `json:"id"`
+		Resealed int    `json:"resealed"`
+		Epoch    uint32 `json:"epoch"`
+		Left     []left `json:"left"`
+	}{ID: r.PathValue("id"), Resealed: res.Resealed, Epoch: res.Epoch, Left: []left{}}
+	for _, l := range res.Left {
+		out.Left = append(out.Left, left{l.RecordID, l.Epoch, l.Have, l.Need})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // sharesConflict answers approvals that meet the quorum but whose shares do not open a record
