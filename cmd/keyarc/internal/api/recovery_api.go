@@ -300,7 +300,7 @@ func (a *Server) canceller(r *http.Request) (policy.Principal, error) {
 	if p, err := a.principal(r, policy.ActReseal, res); !errors.Is(err, policy.ErrForbidden) {
 		return p, err
 	}
-	return policy.Principal{}, fmt.Errorf("%w: cancelling a request needs the officer role (a recovery) or the admin role (a reseal): %w", policy.ErrForbidden, err)
+	return policy.Principal{}, fmt.Errorf("%w: cancelling request %.64q needs the officer role (a recovery) or the admin role (a reseal)", policy.ErrForbidden, res.ID)
 }
 
 // expireRecoveries closes expired requests now and then.
