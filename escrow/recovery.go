@@ -720,9 +720,18 @@ func quorumProgress(req policy.Request, sets map[uint32]policy.RecoverySet, apps
 	return 0, need
 }
 
-// ListRecoveries lists requests in state ("" for all). Its only errors are the store's
-// ([store.ErrUnavailable]).
+// ListRecoveries lists requests in state ("" for all).
+//
+// # Errors
+//
+// [ErrInvalidRequest] for a state that is none of open, consumed, cancelled and expired, or
+// the store's ([store.ErrUnavailable]).
 func (s *Service) ListRecoveries(ctx context.Context, state string) ([]store.Recovery, error) {
+	switch state {
+	case "", store.RecoveryOpen, store.RecoveryConsumed, store.RecoveryCancelled, store.RecoveryExpired:
+	default:
+		return nil, fmt.Errorf("%w: state %q is none of open, consumed, cancelled and expired", ErrInvalidRequest, clip(state))
+	}
 	var out []store.Recovery
 	err := s.Store.View(ctx, func(tx store.Tx) error {
 		var err error

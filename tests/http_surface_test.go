@@ -511,13 +511,16 @@ func TestHTTPBadClientValues(t *testing.T) {
 	for _, st := range []string{"", "pending", "issued", "denied", "all"} {
 		httpDo(t, admin, a, "GET", "/api/v1/pending?state="+st, "", nil).want(t, "pending list of state "+st, 200, "")
 	}
+	httpDo(t, officer, a, "GET", "/api/v1/recoveries?state=bogus", "", nil).want(t, "recovery list of state bogus", 400, "bogus")
+	for _, st := range []string{"", "open", "consumed", "cancelled", "expired"} {
+		httpDo(t, officer, a, "GET", "/api/v1/recoveries?state="+st, "", nil).want(t, "recovery list of state "+st, 200, "")
+	}
 	// The other routes that take an ID or a state from the client: never a 500.
 	for _, probe := range []struct {
 		c            *http.Client
 		method, path string
 	}{
 		{officer, "GET", "/api/v1/recoveries/zz%20zz"},
-		{officer, "GET", "/api/v1/recoveries?state=bogus"},
 		{admin, "GET", "/api/v1/bulk/zz"},
 		{admin, "POST", "/api/v1/pending/-1/issue"},
 		{admin, "POST", "/api/v1/pending/zz/deny"},
