@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -156,5 +157,62 @@ func TestAuditFailureRefuses(t *testing.T) {
 	}
 	if len(obs.failed) < 3 || obs.failed[0] != audit.KindArchive {
 		t.Errorf("the observer saw failures %v, want archive first and one per refused operation", obs.failed)
+	}
+}
+
+// TestAuditTailDeletedWhileRunning: an approval's entry deleted from the database (sqlite3
+// on the file while the appliance runs) before any checkpoint covers it makes the next
+// audited operation fail, and no checkpoint signs the shortened trail.
+func TestAuditTailDeletedWhileRunning(t *testing.T) {
+	r := newRecoveryEnv(t)
+	ctx := context.Background()
+	db := r.svc.Store
+	w := &audit.Witness{}
+	if err := w.Start(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	r.svc.Store, r.svc.Trail = w.Track(db), w
+	key := newP256(t)
+	headPath := filepath.Join(t.TempDir(), "audit-head.json")
+	cp := &audit.Checkpointer{DB: db, Signer: key, HeadPath: headPath, Witness: w}
+	if _, err := cp.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	id := r.request(t).ID
+	r.approve(t, 0, id)
+	last := r.trail(t)[len(r.trail(t))-1]
+	if last.Kind != string(audit.KindApproval) {
+		t.Fatalf("last entry is %s, want the approval", last.Kind)
+	}
+	raw, err := sql.Open("sqlite", "file:"+db.(*sqlite.DB).Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit) AND kind = 'approval'`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	shares, sig := r.approval(t, 1, id)
+	_, err = r.svc.SubmitApproval(ctx, r.kraPrincipal(t, 1), id, shares, sig)
+	if !errors.Is(err, audit.ErrTruncated) || !errors.Is(err, audit.ErrAppend) {
+		t.Fatalf("SubmitApproval after the first approval's entry was deleted: %v, want audit.ErrTruncated", err)
+	}
+	if _, err := r.svc.CreateCode(ctx, "carol@example.org", policy.TemplateSMIMEEncryption, 3600e9); !errors.Is(err, audit.ErrTruncated) {
+		t.Errorf("CreateCode: %v, want audit.ErrTruncated", err)
+	}
+	if got, err := cp.Checkpoint(ctx); !errors.Is(err, audit.ErrTruncated) {
+		t.Errorf("Checkpoint: %+v, %v; want it refused with audit.ErrTruncated", got, err)
+	}
+	head, err := audit.ReadHead(headPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head.Seq != last.Seq || string(head.Hash) != string(last.Hash) {
+		t.Errorf("head file records entry %d, want the deleted approval %d", head.Seq, last.Seq)
+	}
+	if _, err := audit.Verify(ctx, db, key.Public(), head); !errors.Is(err, audit.ErrTruncated) {
+		t.Errorf("Verify: %v, want audit.ErrTruncated", err)
 	}
 }

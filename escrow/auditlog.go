@@ -40,12 +40,13 @@ type AuditObserver interface {
 }
 
 // audit appends an entry in tx, the transaction of the change it records: an error refuses
-// the change (the caller returns it and its savepoint rolls back).
+// the change (the caller returns it and its savepoint rolls back). With a Trail, an entry
+// that would follow a trail which lost the entries this process wrote is refused too.
 func (s *Service) audit(tx store.Tx, kind audit.Kind, actor, subject string, d audit.Details) error {
 	if d.Node == "" {
 		d.Node = s.Node
 	}
-	e, err := audit.Append(tx, s.now(), kind, actor, subject, d)
+	e, err := s.Trail.Append(tx, s.now(), kind, actor, subject, d)
 	if err != nil {
 		if s.Audit != nil {
 			s.Audit.Failed(kind)

@@ -106,6 +106,10 @@ type Service struct {
 	Now func() time.Time
 	// Audit, when set, learns of each audit entry appended (before its COMMIT) or refused.
 	Audit AuditObserver
+	// Trail, when set, appends the audit entries and refuses one that would follow a trail
+	// that lost the last entry this process knows committed (see [audit.Witness]). For it to
+	// know which entries committed, Store must be Trail.Track of the store.
+	Trail *audit.Witness
 	// Revoked, when set, is called after a revocation commits (a revoke request, or a
 	// recovery's fetch that revokes) with the canonical serials revoked, or whose reason moved
 	// to keyCompromise: the CRL and OCSP signers' trigger. It must return at once (signal a

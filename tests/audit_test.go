@@ -2,7 +2,9 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -179,4 +181,98 @@ func TestAuditTrail(t *testing.T) {
 	if msg := keyarcFails(t, "audit", "verify", "--state", state); !strings.Contains(msg, "entry deleted") {
 		t.Errorf("audit verify after a deleted entry:\n%s", msg)
 	}
+}
+
+// TestAuditTailDeletedWhileServing: the newest audit entry (a KRA's approval, not yet covered
+// by a checkpoint) deleted with sqlite3 while the appliance runs is caught: the next audited
+// operation is refused, no checkpoint signs the shortened trail, the auditor's API and
+// `keyarc audit verify` report the loss within seconds, and the appliance does not start
+// again on that database.
+func TestAuditTailDeletedWhileServing(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl", "sqlite3")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "fay@example.org", filepath.Join(dir, "fay"))
+	serial := certSerial(t, dir, filepath.Join(dir, "fay", "cert.pem"))
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--serial", serial, "--reason", "tail deletion")...))
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+
+	dbPath := filepath.Join(state, "keyarc.db")
+	var seq int
+	if err := openDB(t, state).QueryRow(`SELECT max(seq) FROM audit WHERE kind = 'approval'`).Scan(&seq); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	out, err := exec.Command("sqlite3", "-cmd", ".timeout 10000", dbPath,
+		`DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit) AND kind = 'approval'; SELECT changes();`).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("sqlite3 deleting the approval's entry: %v\n%s", err, out)
+	}
+
+	// With nothing appended, the periodic look at the trail (every 5 s) sees the loss and
+	// records the lost entry in the head file: verify reports it.
+	deadline := time.Now().Add(30 * time.Second)
+	var msg string
+	for {
+		_, errOut, err := keyarcResult("audit", "verify", "--state", state)
+		if err != nil {
+			msg = errOut
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit verify still passes 30 s after entry %d was deleted", seq)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if !strings.Contains(msg, "truncated") || !strings.Contains(msg, fmt.Sprintf("records entry %d", seq)) {
+		t.Errorf("audit verify after the tail was deleted:\n%s", msg)
+	}
+	if !strings.Contains(a.logs.String(), "AUDIT TRAIL LOST ENTRIES") {
+		t.Errorf("no error logged for the lost entry:\n%s", a.logs.String())
+	}
+	if v := metricValue(t, a, "keyarc_audit_failures_total"); v < 1 {
+		t.Errorf("keyarc_audit_failures_total = %v, want at least 1", v)
+	}
+
+	// The second approval would chain onto the shortened trail: refused, and not counted.
+	if msg := keyarcFails(t, as("kra2", "recovery", "approve", id, "--yes")...); msg == "" {
+		t.Error("the second approval was refused without a message")
+	}
+	var approvals int
+	if err := openDB(t, state).QueryRow(`SELECT count(*) FROM audit WHERE kind = 'approval'`).Scan(&approvals); err != nil {
+		t.Fatal(err)
+	}
+	if approvals != 0 {
+		t.Errorf("%d approval entries after the refusal, want 0", approvals)
+	}
+	var signed int
+	if err := openDB(t, state).QueryRow(`SELECT count(*) FROM audit_checkpoints WHERE seq < ? AND at >= ?`,
+		seq, deleted.UnixMicro()).Scan(&signed); err != nil {
+		t.Fatal(err)
+	}
+	if signed > 0 {
+		t.Errorf("%d checkpoints were signed over the shortened trail (before the approval, entry %d)", signed, seq)
+	}
+
+	// The auditor's API reports it too.
+	creds := filepath.Join(state, "credentials")
+	status, body := curlStatus(t, dir, "--cacert", filepath.Join(state, "ca.pem"), "--cert", filepath.Join(creds, "auditor.pem"),
+		"--key", filepath.Join(creds, "auditor-key.pem"), a.url+"/api/v1/audit?limit=1")
+	var got struct {
+		Verification struct {
+			OK      bool   `json:"ok"`
+			Problem string `json:"problem"`
+		} `json:"verification"`
+	}
+	if status != 200 || json.Unmarshal(body, &got) != nil || got.Verification.OK || !strings.Contains(got.Verification.Problem, "truncated") {
+		t.Errorf("GET /api/v1/audit after the loss: %d %s", status, body)
+	}
+
+	// Stopped, the appliance does not start again on the database that lost its tail.
+	stopServe(t, a)
+	serveFails(t, state, "truncated", "keyarc restore")
 }

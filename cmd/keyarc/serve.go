@@ -23,6 +23,7 @@ import (
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/statedir"
 	"github.com/keyarc/keyarc/escrow"
+	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/hsm"
 	"github.com/keyarc/keyarc/policy"
@@ -180,6 +181,13 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err := api.CheckTrailHead(cfg, db, auditSigner.Public(), log); err != nil {
 		return nil, err
 	}
+	// From here on the process remembers the trail's last committed entry: an append or a
+	// checkpoint over a trail that lost it (rows deleted behind the appliance's back) is
+	// refused. The Service's store is tracked so that the witness learns what committed.
+	trail := &audit.Witness{Logger: log}
+	if err := trail.Start(context.Background(), db); err != nil {
+		return nil, fmt.Errorf("audit trail: %w", err)
+	}
 	p.Metrics = api.NewMetrics(reg, version)
 	// CRLs: published a few seconds after each revocation, daily, and at start when the
 	// newest is older than a day; served from the store by the public listener.
@@ -201,7 +209,8 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	// made; the Service's hooks call it only after the appliance serves.
 	var ocspSvc *ocspService
 	p.Service = &escrow.Service{
-		Store:     p.DB,
+		Store:     trail.Track(p.DB),
+		Trail:     trail,
 		Issuer:    p.Issuer,
 		Templates: templates,
 		Logger:    log,

@@ -49,13 +49,30 @@ func ChainHash(prev []byte, e store.AuditEntry) []byte {
 // It returns an error wrapping [store.ErrInvalid] for a missing kind or actor,
 // [store.ErrReadOnly] in a View, and [store.ErrConflict] when the head moved under this
 // transaction (a backend whose writers do not serialise the trail's tail; SQLite's do).
+//
+// Link checks nothing about the head it follows: the appliance appends with
+// [Witness.Link], which refuses a head that lost the entries it wrote.
 func Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry, error) {
+	return (*Witness)(nil).Link(tx, e)
+}
+
+// Link is [Link] checked by the witness: the head it follows must still hold the last entry
+// the witness knows to be committed ([Witness]); it costs no query unless another process or
+// node appended since. A head that does not is refused with the witness's [*Problem]
+// (wrapping [ErrTruncated], [ErrMissing] or [ErrChanged]), as is every later append. A nil
+// witness checks nothing.
+func (w *Witness) Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry, error) {
 	if e.Kind == "" || e.Actor == "" {
 		return store.AuditEntry{}, fmt.Errorf("audit: link entry: kind and actor are required: %w", store.ErrInvalid)
 	}
 	seq, prev, err := tx.AuditHead()
 	if err != nil {
 		return store.AuditEntry{}, err
+	}
+	if w != nil {
+		if err := w.admit(tx, seq, prev); err != nil {
+			return store.AuditEntry{}, err
+		}
 	}
 	if seq == 0 {
 		prev = make([]byte, HashSize)
@@ -68,6 +85,9 @@ func Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry, error) {
 	e.Hash = ChainHash(e.Prev, e)
 	if err := tx.InsertAudit(e); err != nil {
 		return store.AuditEntry{}, err
+	}
+	if w != nil {
+		w.linked(e)
 	}
 	return e, nil
 }

@@ -195,8 +195,15 @@ type Checkpointer struct {
 	// are in the same chain, so the leader's checkpoints cover them. Checkpoint, when asked,
 	// works on every node. Nil means always (one node).
 	Leads func() bool
+	// Witness, when set, is the process's memory of the trail's last committed entry
+	// ([Witness]): no checkpoint is signed over a trail that no longer holds it, every
+	// periodic look at the trail checks it (on every node, leading or not), and once it
+	// finds the tail lost, the head file is made to record the lost entry, signed, so that
+	// `keyarc audit verify` and the next start see the loss ([Checkpointer.KeepEvidence]).
+	Witness *Witness
 
 	mu   sync.Mutex // one checkpoint at a time
+	kept bool       // the witness's lost entry is in the head file (under mu)
 	hint atomic.Int64
 	wake chan struct{}
 	once sync.Once
@@ -281,7 +288,9 @@ func (c *Checkpointer) Appended(seq int64) {
 // Run makes checkpoints as they fall due until ctx ends. Entries appended by other processes
 // (the command-line tools, other nodes) are seen at the next periodic check, which reads the
 // database every Interval/4 (at most 5 s); an entry of this process ([Checkpointer.Appended])
-// makes it read at once when it could make a checkpoint due.
+// makes it read at once when it could make a checkpoint due. With a Witness, each of these
+// reads also checks that the trail still holds the witness's entry, on a node that does not
+// lead too, and a loss makes the head file record the lost entry ([Checkpointer.KeepEvidence]).
 func (c *Checkpointer) Run(ctx context.Context) {
 	c.init()
 	tick := time.NewTicker(min(c.interval()/4, 5*time.Second))
@@ -289,6 +298,10 @@ func (c *Checkpointer) Run(ctx context.Context) {
 	// A failure that lasts (the token refused its PIN, say) is logged once per distinct
 	// cause, and its end once, not at every tick.
 	failing := ""
+	var lost <-chan struct{}
+	if c.Witness != nil {
+		lost = c.Witness.Lost()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -299,17 +312,30 @@ func (c *Checkpointer) Run(ctx context.Context) {
 			if c.notDue() {
 				continue
 			}
+		case <-lost:
+			// The witness found the tail lost (an append refused): keep the evidence now.
+			lost = nil
+			if err := c.KeepEvidence(); err != nil {
+				c.log().Error("audit trail: the lost entry could not be recorded in the head file", "err", err)
+			}
+			continue
 		case <-tick.C:
 		}
+		var err error
 		if c.Leads != nil && !c.Leads() {
-			continue
+			// Not the leader: no checkpoint, but the trail must still hold this node's entries.
+			if c.Witness == nil {
+				continue
+			}
+			err = c.Witness.Check(ctx, c.DB)
+		} else {
+			err = c.checkpointIfDue(ctx)
 		}
-		err := c.checkpointIfDue(ctx)
 		switch {
 		case ctx.Err() != nil:
 		case err != nil && err.Error() != failing:
 			failing = err.Error()
-			c.log().Error("audit checkpoint failed; retried at each interval, logged again only if the cause changes", "err", err)
+			c.log().Error("audit checkpoint or check of the trail failed; retried at each interval, logged again only if the cause changes", "err", err)
 		case err == nil && failing != "":
 			failing = ""
 			c.log().Info("audit checkpoint works again")
@@ -366,27 +392,106 @@ func (c *Checkpointer) state(ctx context.Context) (int64, *store.AuditCheckpoint
 		if errors.Is(err, store.ErrNotFound) {
 			cp, err = nil, nil
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return c.checkWitness(tx, e)
 	})
 	if err != nil {
-		return 0, nil, fmt.Errorf("audit: checkpoint: %w", err)
+		return 0, nil, c.refused(err)
 	}
 	c.see(cp)
 	return last, cp, nil
 }
 
+// checkWitness checks, in a View, that the trail whose last entry is last (nil when empty)
+// still holds the witness's entry.
+func (c *Checkpointer) checkWitness(tx store.AuditLog, last *store.AuditEntry) error {
+	if c.Witness == nil {
+		return nil
+	}
+	return c.Witness.checkCommitted(tx, last)
+}
+
+// refused wraps an error of a checkpoint's reading: a [*Problem] of the witness says the
+// checkpoint is refused.
+func (c *Checkpointer) refused(err error) error {
+	var p *Problem
+	if errors.As(err, &p) {
+		return fmt.Errorf("audit: checkpoint refused: the trail lost entries this appliance had written or read: %w", p)
+	}
+	return fmt.Errorf("audit: checkpoint: %w", err)
+}
+
+// KeepEvidence makes the head file record the entry the witness remembers, signed, once the
+// witness has found that the trail lost it: the database can no longer prove the entry
+// existed, and the signed head file does, to `keyarc audit verify` (which then reports the
+// trail truncated, or an entry that is not the one signed) and to the next start (which
+// refuses the database until the loss is recorded with `keyarc restore --force`). A head
+// file already at or beyond that entry is left as it is: it shows the loss already. It does
+// nothing while the witness finds no problem, or without a witness or head file.
+func (c *Checkpointer) KeepEvidence() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.keepEvidence()
+}
+
+// keepEvidence is KeepEvidence with c.mu held.
+func (c *Checkpointer) keepEvidence() error {
+	if c.Witness == nil || c.Witness.Err() == nil || c.HeadPath == "" || c.kept {
+		return nil
+	}
+	seq, hash := c.Witness.Head()
+	if seq == 0 {
+		c.kept = true
+		return nil
+	}
+	if h, err := ReadHead(c.HeadPath); err == nil && h.Seq >= seq {
+		c.kept = true
+		return nil
+	}
+	cp, err := c.sign(&store.AuditEntry{Seq: seq, Hash: hash})
+	if err != nil {
+		return err
+	}
+	if err := WriteHead(c.HeadPath, &Head{Seq: cp.Seq, Hash: cp.Hash, At: cp.At, KeyID: cp.KeyID, Signature: cp.Signature}); err != nil {
+		return err
+	}
+	c.kept = true
+	c.log().Error("AUDIT TRAIL: the head file now records the lost entry, signed by the audit key; `keyarc audit verify` and the next start report the loss",
+		"seq", seq, "head_file", c.HeadPath)
+	return nil
+}
+
 // Checkpoint signs the last committed entry (if no checkpoint covers it yet), stores the
 // checkpoint and writes the head file. It returns the latest checkpoint, nil when the trail is
-// empty. Every signature is verified before it is stored.
+// empty. Every signature is verified before it is stored. With a [Witness], a trail that no
+// longer holds the witness's entry is not signed: the error wraps the witness's [*Problem],
+// and the head file is made to record the lost entry ([Checkpointer.KeepEvidence]).
 func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, error) {
+	if c.Witness != nil && c.Witness.Err() != nil {
+		if err := c.KeepEvidence(); err != nil {
+			c.log().Error("audit trail: the lost entry could not be recorded in the head file", "err", err)
+		}
+		return nil, c.refused(c.Witness.Err())
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var last *store.AuditEntry
 	var cp *store.AuditCheckpoint
 	err := c.DB.View(ctx, func(tx store.Tx) error {
 		var err error
-		if last, err = tx.LastAudit(); err != nil {
+		last, err = tx.LastAudit()
+		if errors.Is(err, store.ErrNotFound) {
+			last = nil
+		} else if err != nil {
 			return err
+		}
+		if err := c.checkWitness(tx, last); err != nil {
+			return err
+		}
+		if last == nil {
+			return store.ErrNotFound
 		}
 		cp, err = tx.LastCheckpoint()
 		if errors.Is(err, store.ErrNotFound) {
@@ -396,6 +501,13 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, 
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
+	}
+	var p *Problem
+	if errors.As(err, &p) {
+		if err := c.keepEvidence(); err != nil {
+			c.log().Error("audit trail: the lost entry could not be recorded in the head file", "err", err)
+		}
+		return nil, c.refused(err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)

@@ -14,6 +14,13 @@
 // history no longer matches the signed hashes; a truncated tail or a database restored from an
 // older backup no longer reaches the head file's entry.
 //
+// The entries after the last checkpoint are guarded by the running process instead: a
+// [Witness] remembers the last entry it knows committed, and an append or a checkpoint over a
+// trail that no longer holds it is refused (rows deleted behind the appliance's back would
+// otherwise leave a shorter chain that still links up, and the next checkpoint would sign
+// it). The loss is then made permanent evidence: the head file records the lost entry,
+// signed ([Checkpointer.KeepEvidence]).
+//
 // # Secrets
 //
 // Details is a fixed set of fields, none of which is ever a key, a share, a PIN, a password or
@@ -179,6 +186,13 @@ var ErrAppend = errors.New("audit: cannot write the audit trail")
 //
 // Errors wrap [ErrAppend] and the store's error.
 func Append(tx store.Tx, at time.Time, kind Kind, actor, subject string, d Details) (store.AuditEntry, error) {
+	return (*Witness)(nil).Append(tx, at, kind, actor, subject, d)
+}
+
+// Append is [Append] through [Witness.Link]: an entry that would follow a trail which lost
+// the witness's entry is refused, with an error wrapping [ErrAppend] and the witness's
+// [*Problem]. A nil witness checks nothing.
+func (w *Witness) Append(tx store.Tx, at time.Time, kind Kind, actor, subject string, d Details) (store.AuditEntry, error) {
 	d.Reason = Clip(d.Reason)
 	if actor == "" {
 		actor = "system"
@@ -202,7 +216,7 @@ func Append(tx store.Tx, at time.Time, kind Kind, actor, subject string, d Detai
 	if err != nil {
 		return store.AuditEntry{}, fmt.Errorf("%w: %w", ErrAppend, err)
 	}
-	e, err := Link(tx, store.AuditEntry{At: at, Kind: string(kind), Actor: actor, Subject: subject, Details: string(js)})
+	e, err := w.Link(tx, store.AuditEntry{At: at, Kind: string(kind), Actor: actor, Subject: subject, Details: string(js)})
 	if err != nil {
 		return store.AuditEntry{}, fmt.Errorf("%w: %s: %w", ErrAppend, kind, err)
 	}

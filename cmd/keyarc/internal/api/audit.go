@@ -55,10 +55,12 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 		return err
 	}
 	cp := &audit.Checkpointer{DB: a.db, Signer: signer, HeadPath: a.cfg.Path(statedir.AuditHeadName), Every: a.cfg.Audit.CheckpointEvery, Logger: a.log,
-		Leads: a.svc.Leads} // with several nodes, the leader makes the periodic checkpoints
+		Leads:   a.svc.Leads, // with several nodes, the leader makes the periodic checkpoints
+		Witness: a.svc.Trail} // no checkpoint over a trail that lost this process's entries
 	obs := &auditMetrics{cp: cp,
-		entries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_entries_total", Help: "Audit entries appended (an entry of an operation rolled back afterwards included)."}),
-		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_failures_total", Help: "Audit entries that could not be written; each refused its operation."}),
+		entries: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_entries_total", Help: "Audit entries appended (an entry of an operation rolled back afterwards included)."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyarc_audit_failures_total",
+			Help: "Audit entries that could not be written, each of which refused its operation, and the finding that the trail lost entries this appliance had written (counted once; appends are refused from then on)."}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{obs.entries, obs.failures} {
@@ -105,6 +107,16 @@ func (a *Server) openAudit(issuer *ca.Issuer, reg prometheus.Registerer) error {
 	a.audit = &applianceAudit{cp: cp, pub: signer.Public(), stop: stop, done: make(chan struct{})}
 	go func() {
 		defer close(a.audit.done)
+		if w := cp.Witness; w != nil {
+			// A lost tail is counted once, with the refused writes (KeyarcAuditFailures).
+			go func() {
+				select {
+				case <-w.Lost():
+					obs.failures.Inc()
+				case <-runCtx.Done():
+				}
+			}()
+		}
 		cp.Run(runCtx)
 	}()
 	return nil
@@ -408,6 +420,11 @@ func (a *Server) verifyAudit(ctx context.Context) (wire.AuditVerification, error
 	}
 	rep, err := audit.Verify(ctx, a.db, a.audit.pub, head)
 	v.Report = rep
+	if err == nil && a.audit.cp.Witness != nil {
+		// What this process wrote and the database no longer holds: seen at once, before the
+		// head file records it.
+		err = a.audit.cp.Witness.Check(ctx, a.db)
+	}
 	var p *audit.Problem
 	switch {
 	case errors.As(err, &p):
