@@ -185,7 +185,7 @@ func TestAuditTailDeletedWhileRunning(t *testing.T) {
 	if last.Kind != string(audit.KindApproval) {
 		t.Fatalf("last entry is %s, want the approval", last.Kind)
 	}
-	raw, err := sql.Open("sqlite", "file:"+db.(*sqlite.DB).Path())
+	raw, err := sql.Open("sqlite", "file:"+db.(*sqlite.DB).Path()+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}

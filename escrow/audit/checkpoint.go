@@ -380,6 +380,7 @@ func cpSeq(cp *store.AuditCheckpoint) int64 {
 func (c *Checkpointer) state(ctx context.Context) (int64, *store.AuditCheckpoint, error) {
 	var last int64
 	var cp *store.AuditCheckpoint
+	r := c.Witness.remember() // before the View's snapshot, which must hold it
 	err := c.DB.View(ctx, func(tx store.Tx) error {
 		e, err := tx.LastAudit()
 		switch {
@@ -395,7 +396,7 @@ func (c *Checkpointer) state(ctx context.Context) (int64, *store.AuditCheckpoint
 		if err != nil {
 			return err
 		}
-		return c.checkWitness(tx, e)
+		return c.checkWitness(tx, e, r)
 	})
 	if err != nil {
 		return 0, nil, c.refused(err)
@@ -405,12 +406,12 @@ func (c *Checkpointer) state(ctx context.Context) (int64, *store.AuditCheckpoint
 }
 
 // checkWitness checks, in a View, that the trail whose last entry is last (nil when empty)
-// still holds the witness's entry.
-func (c *Checkpointer) checkWitness(tx store.AuditLog, last *store.AuditEntry) error {
+// still holds r, the witness's entry as it was before the View began.
+func (c *Checkpointer) checkWitness(tx store.AuditLog, last *store.AuditEntry, r remembered) error {
 	if c.Witness == nil {
 		return nil
 	}
-	return c.Witness.checkCommitted(tx, last)
+	return c.Witness.checkCommitted(tx, last, r)
 }
 
 // refused wraps an error of a checkpoint's reading: a [*Problem] of the witness says the
@@ -479,6 +480,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, 
 	defer c.mu.Unlock()
 	var last *store.AuditEntry
 	var cp *store.AuditCheckpoint
+	r := c.Witness.remember() // before the View's snapshot, which must hold it
 	err := c.DB.View(ctx, func(tx store.Tx) error {
 		var err error
 		last, err = tx.LastAudit()
@@ -487,7 +489,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (*store.AuditCheckpoint, 
 		} else if err != nil {
 			return err
 		}
-		if err := c.checkWitness(tx, last); err != nil {
+		if err := c.checkWitness(tx, last, r); err != nil {
 			return err
 		}
 		if last == nil {

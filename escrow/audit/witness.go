@@ -53,9 +53,9 @@ type Witness struct {
 
 // appended is what one Update function appended: its last entry, and all of them.
 type appended struct {
-	seq  int64
-	hash []byte
-	seqs []int64
+	seq     int64
+	hash    []byte
+	entries []store.AuditEntry // Seq and Hash only
 }
 
 // Start remembers the trail's last committed entry as db holds it now. Call it once the
@@ -164,10 +164,19 @@ func (w *Witness) leave() {
 func (w *Witness) forget(a *appended) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, s := range a.seqs {
-		delete(w.mine, s)
+	w.drop(a)
+	a.seq, a.hash, a.entries = 0, nil, nil
+}
+
+// drop removes a's entries from mine. An entry of a later function may have taken the seq
+// of one rolled back (its caller is told after the writer has gone on): it stays. w.mu is
+// held.
+func (w *Witness) drop(a *appended) {
+	for _, e := range a.entries {
+		if h, ok := w.mine[e.Seq]; ok && bytes.Equal(h, e.Hash) {
+			delete(w.mine, e.Seq)
+		}
 	}
-	a.seq, a.hash, a.seqs = 0, nil, nil
 }
 
 // committed remembers the last entry of a function whose transaction committed.
@@ -180,9 +189,7 @@ func (w *Witness) committed(a *appended) {
 	if w.problem == nil {
 		w.advance(a.seq, a.hash)
 	}
-	for _, s := range a.seqs {
-		delete(w.mine, s)
-	}
+	w.drop(a)
 }
 
 // advance remembers entry seq as committed, if it is later than the remembered one, and
@@ -209,7 +216,7 @@ func (w *Witness) linked(e store.AuditEntry) {
 	w.mine[e.Seq] = e.Hash
 	if a := w.cur; a != nil {
 		a.seq, a.hash = e.Seq, e.Hash
-		a.seqs = append(a.seqs, e.Seq)
+		a.entries = append(a.entries, store.AuditEntry{Seq: e.Seq, Hash: e.Hash})
 	}
 }
 
@@ -315,22 +322,37 @@ func (w *Witness) compare(kseq int64, khash []byte, e *store.AuditEntry) *Proble
 	return nil
 }
 
+// remembered is the witness's entry as it was before a View began.
+type remembered struct {
+	known bool
+	seq   int64
+	hash  []byte
+}
+
+// remember returns the remembered entry. Read before a View, it was committed before the
+// View's snapshot, which must hold it: read during the View, it may have committed since.
+func (w *Witness) remember() remembered {
+	if w == nil {
+		return remembered{}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return remembered{known: w.known, seq: w.seq, hash: w.hash}
+}
+
 // checkCommitted checks, in a View (committed data) whose last entry is last (nil: the trail
-// is empty), that the trail still holds the remembered entry, and then remembers last. It
-// returns the witness's [*Problem], or an error of the store.
-func (w *Witness) checkCommitted(tx store.AuditLog, last *store.AuditEntry) error {
+// is empty), that the trail still holds r, the entry remembered before the View began, and
+// then remembers last. It returns the witness's [*Problem], or an error of the store.
+func (w *Witness) checkCommitted(tx store.AuditLog, last *store.AuditEntry, r remembered) error {
 	var lseq int64
 	var lhash []byte
 	if last != nil {
 		lseq, lhash = last.Seq, last.Hash
 	}
-	w.mu.Lock()
-	if w.problem != nil {
-		defer w.mu.Unlock()
-		return w.problem
+	if err := w.Err(); err != nil {
+		return err
 	}
-	known, kseq, khash := w.known, w.seq, w.hash
-	w.mu.Unlock()
+	known, kseq, khash := r.known, r.seq, r.hash
 	if known && kseq > 0 {
 		var p *Problem
 		switch {
@@ -362,6 +384,7 @@ func (w *Witness) checkCommitted(tx store.AuditLog, last *store.AuditEntry) erro
 // the store.
 func (w *Witness) Check(ctx context.Context, db store.Store) error {
 	var problem error
+	r := w.remember()
 	err := db.View(ctx, func(tx store.Tx) error {
 		last, err := tx.LastAudit()
 		switch {
@@ -370,7 +393,7 @@ func (w *Witness) Check(ctx context.Context, db store.Store) error {
 		case err != nil:
 			return err
 		}
-		problem = w.checkCommitted(tx, last)
+		problem = w.checkCommitted(tx, last, r)
 		var p *Problem
 		if problem != nil && !errors.As(problem, &p) {
 			return problem
