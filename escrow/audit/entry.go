@@ -30,8 +30,8 @@
 //
 // audit imports escrow/store and the standard library only; escrow imports it, never the
 // reverse. It receives the audit key as a crypto.Signer and knows nothing of hsm. [Append] runs
-// on the store's writer goroutine and must stay quick; a [Checkpointer] is safe for concurrent
-// use.
+// on the store's writer goroutine and must stay quick; a [Checkpointer] and a [Witness] are
+// safe for concurrent use.
 package audit
 
 import (
