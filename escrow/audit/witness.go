@@ -21,11 +21,12 @@ import (
 //
 // The check costs no round trip on the append path: [Witness.Link] compares the head the
 // store reads anyway ([store.AuditLog.AuditHead]) with the remembered entry and with the
-// entries this process appended and has not seen commit. Only a head that another process
-// or node moved (a command-line tool, another node on PostgreSQL) costs one read of the
-// remembered entry, once per transaction that follows such entries. [Checkpointer] checks
-// the witness again, on committed data, before it signs and at each periodic look at the
-// trail, so that a tail removed while nothing is appended is seen within seconds.
+// entries this process appended and has not seen commit, which shows at once a tail cut
+// short. A head that another process or node moved (a command-line tool, another node on
+// PostgreSQL) is let through: whether the trail still holds the remembered entry under
+// others' entries is read by [Witness.Check], which [Checkpointer] runs on committed data
+// before it signs and at each periodic look at the trail (every few seconds), so that such a
+// loss, or a tail removed while nothing is appended, is seen within seconds and never signed.
 //
 // Once the trail fails the check, the witness keeps the [*Problem] ([Witness.Err]): every
 // later append and checkpoint is refused with it, until an operator has looked (a restart
@@ -272,24 +273,11 @@ func (w *Witness) admit(tx store.AuditLog, seq int64, hash []byte) error {
 	if seq <= kseq {
 		return w.fail(w.shorter(kseq, seq, hash))
 	}
-	// Entries another process or node appended follow: the trail must still hold ours.
-	if kseq > 0 {
-		e, err := tx.GetAudit(kseq)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if p := w.compare(kseq, khash, e); p != nil {
-			return w.fail(p)
-		}
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.problem != nil {
-		return w.problem
-	}
-	// Not this process's entry, so a committed one (the transaction's own entries are all
-	// mine): it becomes the remembered entry.
-	w.advance(seq, hash)
+	// Entries another process or node appended follow ours. Whether the trail still holds
+	// ours is for [Witness.Check] to say, on committed data and off the writer: a read here
+	// would hold every node's writer lock for one more round trip at nearly every
+	// transaction of a cluster. The remembered entry stays until Check (or this process's
+	// next commit) moves it, and the checkpointer checks before it signs.
 	return nil
 }
 

@@ -111,27 +111,30 @@ const deleteNewest = `DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)
 // entry, signed, so that Verify reports the loss.
 func TestWitnessRefusesLostTail(t *testing.T) {
 	tests := []struct {
-		name    string
-		tamper  func(t *testing.T, s *witnessed)
+		name   string
+		tamper func(t *testing.T, s *witnessed)
+		// checked: the loss hides under another writer's entries, which an append lets
+		// through; the witness's Check (the checkpointer's periodic look) finds it.
+		checked bool
 		wantErr error
 	}{
-		{"newest entry deleted", func(t *testing.T, s *witnessed) { s.sqlExec(t, deleteNewest) }, ErrTruncated},
-		{"three newest entries deleted", func(t *testing.T, s *witnessed) { s.sqlExec(t, deleteNewest, deleteNewest, deleteNewest) }, ErrTruncated},
+		{"newest entry deleted", func(t *testing.T, s *witnessed) { s.sqlExec(t, deleteNewest) }, false, ErrTruncated},
+		{"three newest entries deleted", func(t *testing.T, s *witnessed) { s.sqlExec(t, deleteNewest, deleteNewest, deleteNewest) }, false, ErrTruncated},
 		{"newest entry replaced by another writer's", func(t *testing.T, s *witnessed) {
 			s.sqlExec(t, deleteNewest)
 			s.other(t, 1)
-		}, ErrChanged},
+		}, true, ErrChanged},
 		{"newest entry deleted, another writer appended after", func(t *testing.T, s *witnessed) {
 			s.sqlExec(t, deleteNewest)
 			s.other(t, 3)
-		}, ErrChanged},
+		}, true, ErrChanged},
 		{"another writer's entries, then the appliance's deleted", func(t *testing.T, s *witnessed) {
 			s.other(t, 2)
 			if err := s.append(); err != nil {
 				t.Fatal(err)
 			}
 			s.sqlExec(t, deleteNewest)
-		}, ErrTruncated},
+		}, false, ErrTruncated},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -147,6 +150,11 @@ func TestWitnessRefusesLostTail(t *testing.T) {
 				t.Fatalf("the witness remembers entry %d, want the appliance's last (6 or later)", lost)
 			}
 
+			if tt.checked {
+				if err := s.w.Check(ctx, s.raw); !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Check after the tampering: %v, want %v", err, tt.wantErr)
+				}
+			}
 			err := s.append()
 			if !errors.Is(err, tt.wantErr) || !errors.Is(err, ErrAppend) {
 				t.Fatalf("append after the tampering: %v, want %v (and ErrAppend)", err, tt.wantErr)
