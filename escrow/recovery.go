@@ -204,19 +204,20 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 		}
 		return nil
 	}, func(tx store.Tx) error {
-		// What becomes of each certificate: the request's choice, else its template's.
+		// What becomes of each certificate: the request's choice, else its template's; another
+		// CA's certificate (a bulk import) is never revoked here, whatever the choice.
 		revoke = make([]string, len(recs))
 		for i, r := range recs {
-			if rr.Revoke != "" {
-				revoke[i] = rr.Revoke
-				continue
-			}
-			revoke[i] = policy.RecoveryKeep
 			c, err := tx.GetCertificate(r.Serial)
 			if err != nil {
 				return fmt.Errorf("escrow: certificate of record %s: %w", r.ID, err)
 			}
-			if t, ok := s.Templates[c.Template]; ok {
+			revoke[i] = policy.RecoveryKeep
+			switch t, ok := s.Templates[c.Template]; {
+			case c.Template == TemplateImport:
+			case rr.Revoke != "":
+				revoke[i] = rr.Revoke
+			case ok:
 				revoke[i] = t.RecoveryRevocation()
 			}
 		}

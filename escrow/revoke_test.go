@@ -479,3 +479,26 @@ func TestRevokeImportedRefused(t *testing.T) {
 		t.Errorf("refusals counted (%v) or signalled (%v)", reasons, triggers)
 	}
 }
+
+// TestRecoveryOfImportedKeepsIt: a recovery that asks to revoke, of a key imported from
+// another CA, says the certificate stays as it is: the fetch never revokes another CA's
+// certificate, and the officer and the KRAs are not told otherwise.
+func TestRecoveryOfImportedKeepsIt(t *testing.T) {
+	r := newRecoveryEnv(t)
+	ctx := context.Background()
+	key := newP256(t)
+	foreign := foreignCert(t, 4343, "erin@example.org", key.Public())
+	if _, err := r.svc.ImportArchived(ctx, foreign, pkcs8Of(t, key)); err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	for _, choice := range []string{"keyCompromise", "superseded", ""} {
+		rec, err := r.svc.OpenRecovery(ctx, r.officer, RecoveryRequest{Serial: store.FormatSerial(foreign.SerialNumber), Reason: "lost",
+			Revoke: choice, TTL: time.Hour})
+		if err != nil {
+			t.Fatalf("OpenRecovery (%q): %v", choice, err)
+		}
+		if len(rec.Revoke) != 1 || rec.Revoke[0] != policy.RecoveryKeep {
+			t.Errorf("recovery of an imported key asking %q: the fetch would %v, want keep", choice, rec.Revoke)
+		}
+	}
+}
