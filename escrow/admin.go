@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -205,12 +206,8 @@ func fingerprints(spki, csrDER []byte) []string {
 // PublicKeyFingerprint is the SHA-256 of a public key's SubjectPublicKeyInfo, in hex; "" for a
 // key crypto/x509 cannot encode.
 func PublicKeyFingerprint(pub crypto.PublicKey) string {
-	spki, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return ""
-	}
-	sum := sha256.Sum256(spki)
-	return hex.EncodeToString(sum[:])
+	id, _ := issue.KeyID(pub)
+	return id
 }
 
 // IssuePending issues a pending KRA request: an unwrap certificate (template kra) and an auth
