@@ -2,6 +2,7 @@ package escrow
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/issue"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -100,13 +102,26 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 // AuthenticateEnrollee is [Service.Authenticate] that returns the enrollee: the code's mailbox
 // and record. An enrollment that follows at once checks that record before signing instead of
 // reading the code again; the claim when the certificate is stored stays the authority, so a
-// code used by two requests at once still enrolls once. Errors as Authenticate.
-func (s *Service) AuthenticateEnrollee(ctx context.Context, mailbox, secret string) (Enrollee, error) {
-	c, err := s.Authenticate(ctx, mailbox, secret)
+// code used by two requests at once still enrolls once.
+//
+// pub, when the request's public key is known already, is looked up in the same read: a key
+// that no certificate revoked for keyCompromise holds is not looked up again before signing.
+// A compromised key is refused by the enrollment, with the certificate that names it; here it
+// is only not marked clear. Errors as Authenticate.
+func (s *Service) AuthenticateEnrollee(ctx context.Context, mailbox, secret string, pub crypto.PublicKey) (Enrollee, error) {
+	var keyID string
+	if pub != nil {
+		keyID, _ = issue.KeyID(pub) // a key x509 cannot encode is refused by the enrollment
+	}
+	c, clear, err := s.authenticate(ctx, mailbox, secret, keyID)
 	if err != nil {
 		return Enrollee{}, err
 	}
-	return Enrollee{Mailbox: c.Email, Code: c, codeRead: time.Now()}, nil
+	who := Enrollee{Mailbox: c.Email, Code: c, codeRead: time.Now()}
+	if clear {
+		who.keyClear = keyID
+	}
+	return who, nil
 }
 
 // Authenticate checks an enrollee's mailbox and enrollment code and returns the code's record.
@@ -121,33 +136,43 @@ func (s *Service) AuthenticateEnrollee(ctx context.Context, mailbox, secret stri
 // [ErrUnauthorized], [ErrCodeUsed], [ErrCodeExpired], or a storage error wrapping
 // [store.ErrUnavailable] (also while the code waits for the undo of a failed attempt).
 func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*store.Code, error) {
+	c, _, err := s.authenticate(ctx, mailbox, secret, "")
+	return c, err
+}
+
+// authenticate is Authenticate that also reports, when keyID is set, whether no certificate
+// revoked for keyCompromise holds that key, read in the same View as the code.
+func (s *Service) authenticate(ctx context.Context, mailbox, secret, keyID string) (c *store.Code, keyClear bool, err error) {
 	secret = strings.ToUpper(strings.TrimSpace(strings.ReplaceAll(secret, "-", "")))
 	if len(secret) != codeLength {
-		return nil, errCodeNotAccepted
+		return nil, false, errCodeNotAccepted
 	}
-	var c *store.Code
-	err := s.Store.View(ctx, func(tx store.Tx) error {
+	err = s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
-		c, err = tx.GetCode(secret[:codeIDLen])
+		if c, err = tx.GetCode(secret[:codeIDLen]); err != nil || keyID == "" {
+			return err
+		}
+		bad, err := tx.CompromisedKeys([]string{keyID})
+		keyClear = err == nil && len(bad) == 0
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, errCodeNotAccepted
+		return nil, false, errCodeNotAccepted
 	}
 	if err != nil {
-		return nil, fmt.Errorf("escrow: look up enrollment code: %w", err)
+		return nil, false, fmt.Errorf("escrow: look up enrollment code: %w", err)
 	}
 	if subtle.ConstantTimeCompare(c.Hash, hashCode(secret)) != 1 || !policy.SameMailbox(c.Email, mailbox) {
-		return nil, errCodeNotAccepted
+		return nil, false, errCodeNotAccepted
 	}
 	if c.UsedAt != nil {
 		if c.Serial != "" && s.undoPending(c.Serial) {
-			return nil, fmt.Errorf("escrow: the last enrollment with this code failed for a fault of the storage; the code is released as soon as the storage answers: %w", store.ErrUnavailable)
+			return nil, false, fmt.Errorf("escrow: the last enrollment with this code failed for a fault of the storage; the code is released as soon as the storage answers: %w", store.ErrUnavailable)
 		}
-		return nil, ErrCodeUsed
+		return nil, false, ErrCodeUsed
 	}
 	if !s.now().Before(c.ExpiresAt) {
-		return nil, ErrCodeExpired
+		return nil, false, ErrCodeExpired
 	}
-	return c, nil
+	return c, keyClear, nil
 }

@@ -42,7 +42,11 @@ func BenchmarkAuthenticateEnroll(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				in := ins[i]
-				who, err := env.svc.AuthenticateEnrollee(ctx, in.mailbox, in.secret)
+				pub := in.req.CSR.PublicKey
+				if !fresh {
+					pub = nil
+				}
+				who, err := env.svc.AuthenticateEnrollee(ctx, in.mailbox, in.secret, pub)
 				if err != nil {
 					b.Fatal(err)
 				}

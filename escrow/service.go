@@ -181,6 +181,9 @@ type Enrollee struct {
 	// codeRead is when [Service.AuthenticateEnrollee] read Code (monotonic clock); zero for
 	// an Enrollee made otherwise.
 	codeRead time.Time
+	// keyClear is the key ID ([issue.KeyID]) of the request's public key when the View that
+	// read Code found no certificate revoked for keyCompromise holding it; empty otherwise.
+	keyClear string
 	// Renewing is the serial of the certificate presented for re-enrollment, if any.
 	Renewing string
 }
@@ -234,7 +237,8 @@ func (s *Service) Enroll(ctx context.Context, who Enrollee, req EnrollRequest) (
 	if t.Archive {
 		return nil, fmt.Errorf("%w: template %q archives the private key: send the key encrypted to the transport certificate to /api/v1/enroll (field encrypted_key), or use serverkeygen", ErrInvalidRequest, t.Name)
 	}
-	return s.issue(ctx, issuance{template: t, pub: req.CSR.PublicKey, mailbox: who.Mailbox, codeID: who.codeID(), code: who.freshCode()})
+	return s.issue(ctx, issuance{template: t, pub: req.CSR.PublicKey, mailbox: who.Mailbox, codeID: who.codeID(), code: who.freshCode(),
+		keyClear: who.freshKeyClear()})
 }
 
 // codeFresh is how long after [Service.AuthenticateEnrollee] read a code its record stands for
@@ -250,6 +254,14 @@ func (e Enrollee) freshCode() *store.Code {
 		return nil
 	}
 	return e.Code
+}
+
+// freshKeyClear returns keyClear on the same terms as freshCode.
+func (e Enrollee) freshKeyClear() string {
+	if e.freshCode() == nil {
+		return ""
+	}
+	return e.keyClear
 }
 
 func (e Enrollee) codeID() string {
@@ -296,10 +308,12 @@ type issuance struct {
 	// subject overrides the subject (KRA and credential certificates).
 	subject *pkix.Name
 	codeID  string
-	// code is codeID's record as Authenticate read it for this request, or nil.
-	code *store.Code
-	role string
-	kra  string
+	// code is codeID's record as Authenticate read it for this request, or nil; keyClear is
+	// pub's key ID when the same read found it in no certificate revoked for keyCompromise.
+	code     *store.Code
+	keyClear string
+	role     string
+	kra      string
 	// seal, when set, makes the escrow record for the reserved serial.
 	seal sealFunc
 }
@@ -316,7 +330,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		return s.issueArchived(ctx, is, serial)
 	}
 	res, err := s.Pipeline().IssueDirect(ctx, issue.DirectRequest{Template: t, Pub: is.pub, Serial: serial, Mailbox: is.mailbox,
-		Subject: is.subject, CodeID: is.codeID, Code: is.code, Role: is.role, KRA: is.kra, Actor: actorFrom(ctx), Fingerprint: PublicKeyFingerprint(is.pub)})
+		Subject: is.subject, CodeID: is.codeID, Code: is.code, KeyClear: is.keyClear, Role: is.role, KRA: is.kra, Actor: actorFrom(ctx), Fingerprint: PublicKeyFingerprint(is.pub)})
 	switch {
 	case errors.Is(err, store.ErrCodeUsed):
 		return nil, ErrCodeUsed

@@ -224,6 +224,8 @@ func TestHTTPRefusalClasses(t *testing.T) {
 		want(t, "another mailbox", 400, "bob@example.org")
 	est("smime-encryption", mailbox+":"+code, httpCSR(t, dir, "enc", mailbox)).want(t, "code of another template", 403, "smime-signature")
 	est("smime-signature", mailbox+":"+code, []byte("bm90IGEgQ1NS\n")).want(t, "garbage", 400, "PKCS#10")
+	// The request is read before the code is checked, but a refused code is still the answer.
+	est("smime-signature", mailbox+":AAAAAAAAAAAAAAAAAAAAAAAA", []byte("bm90IGEgQ1NS\n")).want(t, "garbage with a wrong code", 401, "not accepted")
 
 	metrics := run(t, dir, "curl", "-sS", "--fail", a.metrics+"/metrics")
 	lines := grepLines(metrics, "keyarc_enrollment_refusals_total{")

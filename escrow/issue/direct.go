@@ -29,8 +29,11 @@ type DirectRequest struct {
 	// Code is CodeID's record as the caller read it while serving this request (the
 	// enrollee's authentication), or nil; see [SignedRequest].Code.
 	Code *store.Code
-	Role string
-	KRA  string
+	// KeyClear is Pub's [KeyID] when the caller's read of Code found no certificate revoked for
+	// keyCompromise holding it, or empty; see [SignedRequest].KeyClear.
+	KeyClear string
+	Role     string
+	KRA      string
 	// Actor names who acts, for the audit entry; Fingerprint is the key's public-key
 	// fingerprint, for the same entry.
 	Actor       string
@@ -78,6 +81,7 @@ func (p *Pipeline) IssueDirect(ctx context.Context, r DirectRequest) (Result, er
 		Row:           store.Certificate{Template: t.Name, Email: r.Mailbox, CodeID: r.CodeID, Role: r.Role, KRA: r.KRA},
 		Code:          r.Code,
 		RefuseRevoked: true,
+		KeyClear:      r.KeyClear,
 		Kind:          audit.KindEnroll,
 		Actor:         r.Actor,
 		Details:       audit.Details{Template: t.Name, Mailbox: r.Mailbox, Role: r.Role, KRA: r.KRA, Fingerprint: []string{r.Fingerprint}},
@@ -105,6 +109,11 @@ type SignedRequest struct {
 	// revoked for keyCompromise holds ([CompromisedKeyError]): a subscriber's key. The
 	// appliance's own certificates leave it unset.
 	RefuseRevoked bool
+	// KeyClear, with RefuseRevoked, is the [KeyID] of CA.PublicKey when the caller found no
+	// certificate revoked for keyCompromise holding it, in the same read that gave Code; the
+	// check before signing is then not made again. Only a read made for this request may be
+	// passed; a KeyClear of another key is ignored.
+	KeyClear string
 	// Kind, Actor and Details make the audit entry; Details' Serial and NotAfter are set from
 	// the signed certificate. Its subject is the row's mailbox, else the certificate's subject.
 	Kind    audit.Kind
@@ -129,8 +138,8 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	row.Serial, row.Subject, row.State = store.FormatSerial(req.Serial), req.Subject.String(), store.StatePending
 	row.CreatedAt = p.now()
 	// Sign nothing for a code that is already spent (the claim below settles races) nor for a
-	// compromised key, both read in one View. A code record the caller read for this request
-	// is not read again.
+	// compromised key, both read in one View. A code record the caller read for this request,
+	// and a key it found clear in the same read, are not read again.
 	checkCode := func(c *store.Code) error {
 		switch {
 		case c.UsedAt != nil:
@@ -152,6 +161,9 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 		var err error
 		if keyID, err = KeyID(req.PublicKey); err != nil {
 			return Result{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		if keyID == r.KeyClear {
+			keyID = "" // checked clear in the caller's read
 		}
 	}
 	if readCode || keyID != "" {

@@ -150,7 +150,7 @@ func (a *Server) toIssued(is *escrow.Issued) wire.Issued {
 // handleEnroll: JSON enrollment, with the private key of archiving templates in a CMS envelope
 // to the transport certificate.
 func (a *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
-	who, cert, err := a.authenticate(r, false)
+	who, cert, err := a.authenticate(r, false, nil)
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/base64"
@@ -147,14 +148,27 @@ func (a *Server) handleCACerts(w http.ResponseWriter, r *http.Request) {
 // alternative, with a certificate this CA issued.
 func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	reenroll := strings.HasSuffix(r.URL.Path, "/simplereenroll")
-	who, template, err := a.authenticateFor(r, r.PathValue("template"), reenroll)
+	// With an enrollment code, the request is read first: the read of the code then also finds
+	// whether its key was revoked for keyCompromise, and nothing more is read before signing.
+	// A refused credential is still answered before anything wrong with the request.
+	var csr *x509.CertificateRequest
+	var csrErr error
+	var pub crypto.PublicKey
+	if _, _, basic := r.BasicAuth(); basic && !reenroll {
+		if csr, csrErr = readCSR(w, r); csr != nil {
+			pub = csr.PublicKey
+		}
+	}
+	who, template, err := a.authenticateFor(r, r.PathValue("template"), reenroll, pub)
 	if err != nil {
 		a.refuse(w, r, template, err)
 		return
 	}
-	csr, err := readCSR(w, r)
-	if err != nil {
-		a.refuse(w, r, template, err)
+	if csr == nil && csrErr == nil {
+		csr, csrErr = readCSR(w, r)
+	}
+	if csrErr != nil {
+		a.refuse(w, r, template, csrErr)
 		return
 	}
 	issued, err := a.svc.Enroll(r.Context(), who, escrow.EnrollRequest{Template: template, CSR: csr})
@@ -178,8 +192,8 @@ func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 // certificate re-enrolls for its own template (RFC 7030 4.2.2). An operator credential has a
 // template too (client-auth) and is refused by the credential rule, as it is with a label.
 // Without a credential the template stays empty and the refusal is authenticate's.
-func (a *Server) authenticateFor(r *http.Request, template string, needCert bool) (escrow.Enrollee, string, error) {
-	who, cert, err := a.authenticate(r, needCert)
+func (a *Server) authenticateFor(r *http.Request, template string, needCert bool, pub crypto.PublicKey) (escrow.Enrollee, string, error) {
+	who, cert, err := a.authenticate(r, needCert, pub)
 	if err != nil {
 		return who, template, err
 	}
@@ -198,8 +212,10 @@ func (a *Server) authenticateFor(r *http.Request, template string, needCert bool
 // by TLS, then looked up: it must be issued, unexpired and not revoked), returned with its
 // row, or HTTP Basic with a mailbox and an enrollment code. An operator credential presented
 // along with HTTP Basic (a browser may offer it unasked) gives way to the code. Which
-// certificate may enroll for which template is decided by authorizeCredential.
-func (a *Server) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, *store.Certificate, error) {
+// certificate may enroll for which template is decided by authorizeCredential. pub, the
+// request's public key when it is known already, goes with the code (see
+// escrow.Service.AuthenticateEnrollee).
+func (a *Server) authenticate(r *http.Request, needCert bool, pub crypto.PublicKey) (escrow.Enrollee, *store.Certificate, error) {
 	user, pass, basic := r.BasicAuth()
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		c, err := a.clientCertificate(r.Context(), r.TLS.PeerCertificates[0])
@@ -216,7 +232,7 @@ func (a *Server) authenticate(r *http.Request, needCert bool) (escrow.Enrollee, 
 	if !basic {
 		return escrow.Enrollee{}, nil, fmt.Errorf("%w: authenticate with HTTP Basic (mailbox and enrollment code) or a client certificate", escrow.ErrUnauthorized)
 	}
-	who, err := a.svc.AuthenticateEnrollee(r.Context(), user, pass)
+	who, err := a.svc.AuthenticateEnrollee(r.Context(), user, pass, pub)
 	if err != nil {
 		return escrow.Enrollee{}, nil, err
 	}
@@ -472,7 +488,7 @@ func (a *Server) refused(template string, err error) {
 // archives it, and answers multipart/mixed with the private key (application/pkcs8) and the
 // certificate (certs-only PKCS#7). The key travels inside this TLS connection only.
 func (a *Server) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
-	who, template, err := a.authenticateFor(r, r.PathValue("template"), false)
+	who, template, err := a.authenticateFor(r, r.PathValue("template"), false, nil)
 	if err != nil {
 		a.refuse(w, r, template, err)
 		return
