@@ -1549,18 +1549,20 @@ func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 const MaxResealBatch = policy.MaxRecoveryRecords
 
 // RequestReseal opens a reseal request: the active records sealed under an older recovery set
-// are to be moved to the current one. The KRAs of the old sets approve it exactly as a recovery
+// (under epoch alone, when it is not 0) are to be moved to the current one, the oldest first
+// and at most [MaxResealBatch] of them. Naming the epoch lets the admin move the other epochs'
+// records when an epoch that can no longer reach its quorum holds a full batch of its own. The KRAs of the old sets approve it exactly as a recovery
 // (their quorum is needed), and CompleteReseal then reseals the records inside the appliance:
 // no key leaves it. Replacing or expiring KRAs therefore never strands old records.
 //
 // # Errors
 //
 // [ErrInvalidRequest] for a reason that is not 1 to 1000 printable characters (an empty one is
-// given a default), [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover]
+// given a default) or an epoch that is not older than the current set's, [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover]
 // when every active record is sealed under the current set, [policy.ErrNotAllowed] for a caller that is not an
 // admin, or, for faults of the appliance, the token's error making the recovery key, a storage
 // error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
-func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, ttl time.Duration) (*Recovery, error) {
+func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, epoch uint32, ttl time.Duration) (*Recovery, error) {
 	if strings.TrimSpace(reason) == "" {
 		reason = "reseal to the current recovery set"
 	}
@@ -1574,15 +1576,24 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 		if cur, err = s.currentSetIn(tx); err != nil {
 			return err
 		}
-		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, MaxResealBatch)
+		if epoch >= cur.Epoch {
+			return nil
+		}
+		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, epoch, MaxResealBatch)
 		return err
 	}); err != nil {
 		return nil, err
 	}
+	if epoch >= cur.Epoch {
+		return nil, fmt.Errorf("%w: epoch %d is not older than the current recovery set's (epoch %d): only older epochs are resealed", ErrInvalidRequest, epoch, cur.Epoch)
+	}
 	if _, err := s.usable(cur); err != nil {
 		return nil, err
 	}
-	if len(recs) == 0 {
+	switch {
+	case len(recs) == 0 && epoch != 0:
+		return nil, fmt.Errorf("%w: no active record is sealed under epoch %d", policy.ErrNothingToRecover, epoch)
+	case len(recs) == 0:
 		return nil, fmt.Errorf("%w: every active record is already sealed under the current recovery set (epoch %d)", policy.ErrNothingToRecover, cur.Epoch)
 	}
 	refs := make([]policy.RecordRef, len(recs))

@@ -31,7 +31,7 @@ func TestResealReason(t *testing.T) {
 			r := newRecoveryEnv(t)
 			r.newSet(t, "kra-3", "kra-4")
 			made := r.keys.made.Load()
-			rec, err := r.svc.RequestReseal(context.Background(), r.admin, tt.reason, time.Hour)
+			rec, err := r.svc.RequestReseal(context.Background(), r.admin, tt.reason, 0, time.Hour)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("RequestReseal(%.60q): %v, want %v", tt.reason, err, tt.wantErr)
 			}

@@ -51,7 +51,7 @@ func (r *recoveryEnv) reuseSet(t *testing.T, idx ...int) uint32 {
 
 func (r *recoveryEnv) requestReseal(t *testing.T) *Recovery {
 	t.Helper()
-	rec, err := r.svc.RequestReseal(context.Background(), r.admin, "rotate the KRAs", time.Hour)
+	rec, err := r.svc.RequestReseal(context.Background(), r.admin, "rotate the KRAs", 0, time.Hour)
 	if err != nil {
 		t.Fatalf("RequestReseal: %v", err)
 	}
@@ -161,7 +161,7 @@ func TestResealToNewSet(t *testing.T) {
 			t.Errorf("the resealed record still holds a share for old KRA %s", r.kras[i].name)
 		}
 	}
-	if _, err := r.svc.RequestReseal(ctx, r.admin, "again", time.Hour); !errors.Is(err, policy.ErrNothingToRecover) {
+	if _, err := r.svc.RequestReseal(ctx, r.admin, "again", 0, time.Hour); !errors.Is(err, policy.ErrNothingToRecover) {
 		t.Errorf("a second reseal: %v, want ErrNothingToRecover (every record is at the current epoch)", err)
 	}
 
@@ -208,17 +208,17 @@ func TestResealChecks(t *testing.T) {
 		resealed bool
 	}{
 		{"nothing to reseal", func(t *testing.T, r *recoveryEnv) error {
-			_, err := r.svc.RequestReseal(ctx, r.admin, "", time.Hour)
+			_, err := r.svc.RequestReseal(ctx, r.admin, "", 0, time.Hour)
 			return err
 		}, policy.ErrNothingToRecover, false},
 		{"an officer requests", func(t *testing.T, r *recoveryEnv) error {
 			r.newSet(t, "kra-3", "kra-4")
-			_, err := r.svc.RequestReseal(ctx, r.officer, "", time.Hour)
+			_, err := r.svc.RequestReseal(ctx, r.officer, "", 0, time.Hour)
 			return err
 		}, policy.ErrNotAllowed, false},
 		{"a KRA requests", func(t *testing.T, r *recoveryEnv) error {
 			r.newSet(t, "kra-3", "kra-4")
-			_, err := r.svc.RequestReseal(ctx, r.kraPrincipal(t, 0), "", time.Hour)
+			_, err := r.svc.RequestReseal(ctx, r.kraPrincipal(t, 0), "", 0, time.Hour)
 			return err
 		}, policy.ErrNotAllowed, false},
 		{"another admin completes", func(t *testing.T, r *recoveryEnv) error {

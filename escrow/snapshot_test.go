@@ -261,7 +261,7 @@ func TestResealReadsOneSnapshot(t *testing.T) {
 	var rec *Recovery
 	views, _ := e.db.count(func() {
 		var err error
-		if rec, err = e.svc.RequestReseal(ctx, e.admin, "", time.Hour); err != nil {
+		if rec, err = e.svc.RequestReseal(ctx, e.admin, "", 0, time.Hour); err != nil {
 			t.Fatalf("RequestReseal: %v", err)
 		}
 	})

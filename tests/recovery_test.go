@@ -360,10 +360,15 @@ func TestResealCancelsOpenRecovery(t *testing.T) {
 		set = append(set, "--kra", k.Serial)
 	}
 	keyarc(t, as("admin", set...)...)
-	reseal := strings.TrimSpace(keyarc(t, as("admin", "admin", "recovery-set", "reseal", "--reason", "three of three")...))
+	if msg := keyarcFails(t, as("admin", "admin", "recovery-set", "reseal", "--epoch", "2")...); !strings.Contains(msg, "not older than the current recovery set's (epoch 2)") {
+		t.Errorf("a reseal of the current epoch: %s", msg)
+	}
+	reseal := strings.TrimSpace(keyarc(t, as("admin", "admin", "recovery-set", "reseal", "--reason", "three of three", "--epoch", "1")...))
 	keyarc(t, as("kra1", "recovery", "approve", reseal, "--yes")...)
 	keyarc(t, as("kra2", "recovery", "approve", reseal, "--yes")...)
-	keyarc(t, as("admin", "admin", "recovery-set", "reseal", "--complete", reseal)...)
+	if out := keyarc(t, as("admin", "admin", "recovery-set", "reseal", "--complete", reseal)...); !strings.Contains(out, "1 record(s) resealed to the current recovery set (epoch 2)") {
+		t.Errorf("reseal --complete says:\n%s", out)
+	}
 
 	if show := keyarc(t, as("officer", "recovery", "show", id)...); !strings.Contains(show, "cancelled") {
 		t.Errorf("recovery show after the reseal of its record:\n%s", show)

@@ -271,8 +271,8 @@ type Records interface {
 	// mailbox than email, and nil otherwise.
 	KeyArchivedElsewhere(fingerprint, email string) error
 	// RecordsBeforeEpoch returns the active records sealed under an epoch older than epoch,
-	// oldest first, at most limit of them.
-	RecordsBeforeEpoch(epoch uint32, limit int) ([]Record, error)
+	// oldest first, at most limit of them; with only other than 0, those of epoch only alone.
+	RecordsBeforeEpoch(epoch, only uint32, limit int) ([]Record, error)
 	// ResealRecord replaces the blob of record id sealed to epoch from by one sealed to
 	// epoch to: [ErrConflict] if it is not an active record sealed to from (an unknown ID
 	// included), [ErrInvalid] without a blob or unless to is newer than from.

@@ -296,15 +296,16 @@ func testReseal(t *testing.T, h *Harness) {
 		}
 		return nil
 	})
-	ids := func(epoch uint32, limit int) string {
+	idsOf := func(epoch, only uint32, limit int) string {
 		var l []store.Record
-		mustView(t, s, func(tx store.Tx) (err error) { l, err = tx.RecordsBeforeEpoch(epoch, limit); return err })
+		mustView(t, s, func(tx store.Tx) (err error) { l, err = tx.RecordsBeforeEpoch(epoch, only, limit); return err })
 		out := []string{}
 		for _, r := range l {
 			out = append(out, r.ID)
 		}
 		return fmt.Sprint(out)
 	}
+	ids := func(epoch uint32, limit int) string { return idsOf(epoch, 0, limit) }
 	mustView(t, s, func(tx store.Tx) error {
 		if e, err := tx.CurrentEpoch(); err != nil || e != 3 {
 			t.Errorf("CurrentEpoch = %d, %v; want 3", e, err)
@@ -319,6 +320,15 @@ func testReseal(t *testing.T, h *Harness) {
 	}
 	if got := ids(2, 10); got != "[old older]" {
 		t.Errorf("RecordsBeforeEpoch(2, 10) = %s, want [old older]", got)
+	}
+	for _, tt := range []struct {
+		only  uint32
+		limit int
+		want  string
+	}{{2, 10, "[new]"}, {1, 10, "[old older]"}, {1, 1, "[old]"}, {3, 10, "[]"}, {7, 10, "[]"}} {
+		if got := idsOf(3, tt.only, tt.limit); got != tt.want {
+			t.Errorf("RecordsBeforeEpoch(3, only %d, %d) = %s, want %s", tt.only, tt.limit, got, tt.want)
+		}
 	}
 	tests := []struct {
 		name     string

@@ -33,12 +33,14 @@ func (a *Server) handleResealRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	var req struct {
 		Reason string `json:"reason"`
+		// Epoch, when set, takes the records of that older epoch alone.
+		Epoch uint32 `json:"epoch"`
 	}
 	if err := decodeJSON(w, r, &req); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	rec, err := a.svc.RequestReseal(r.Context(), admin, req.Reason, a.cfg.Recovery.RequestTTL.Duration)
+	rec, err := a.svc.RequestReseal(r.Context(), admin, req.Reason, req.Epoch, a.cfg.Recovery.RequestTTL.Duration)
 	if err != nil {
 		a.fail(w, r, err)
 		return

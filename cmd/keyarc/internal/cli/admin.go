@@ -3,7 +3,9 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"math"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -179,15 +181,53 @@ func RunRecoverySetSet(args []string) error {
 	return nil
 }
 
+// resealLeft is a record a completed reseal left where it was (its epoch's quorum did not
+// approve).
+type resealLeft struct {
+	Epoch uint32 `json:"epoch"`
+	Have  int    `json:"have"`
+	Need  int    `json:"need"`
+}
+
+// printResealLeft says, epoch by epoch, how many records a reseal left where they were and
+// why.
+func printResealLeft(left []resealLeft) {
+	type tally struct{ records, have, need int }
+	by := map[uint32]*tally{}
+	var epochs []uint32
+	for _, l := range left {
+		t, ok := by[l.Epoch]
+		if !ok {
+			t = &tally{have: l.Have, need: l.Need}
+			by[l.Epoch] = t
+			epochs = append(epochs, l.Epoch)
+		}
+		t.records++
+	}
+	slices.Sort(epochs)
+	for _, e := range epochs {
+		t := by[e]
+		fmt.Printf("%d record(s) of epoch %d left where they were: %d of the %d approvals its quorum needs; "+
+			"they stay recoverable by that epoch's KRAs (`--epoch %d` reseals them alone)\n", t.records, e, t.have, t.need, e)
+	}
+}
+
 // RunReseal is `keyarc admin recovery-set reseal` (admin).
 func RunReseal(args []string) error {
 	fs := flag.NewFlagSet("admin recovery-set reseal", flag.ContinueOnError)
 	var cf clientFlags
 	cf.register(fs)
 	reason := fs.String("reason", "", "why (recorded)")
+	epoch := fs.Uint("epoch", 0, "take the records of this older epoch alone (default: every older epoch, oldest records first)")
 	complete := fs.String("complete", "", "reseal the records of this approved request")
 	if _, err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
+	}
+	if *epoch > math.MaxUint32 {
+		return fmt.Errorf("--epoch %d: not an epoch", *epoch)
+	}
+	if *complete != "" && (*epoch != 0 || *reason != "") {
+		return fmt.Errorf("--complete finishes a request: --epoch and --reason belong to the request it finishes")
 	}
 	c, err := cf.dial(true)
 	if err != nil {
@@ -196,16 +236,19 @@ func RunReseal(args []string) error {
 	defer c.close()
 	if *complete != "" {
 		var out struct {
-			Resealed int `json:"resealed"`
+			Resealed int          `json:"resealed"`
+			Epoch    uint32       `json:"epoch"`
+			Left     []resealLeft `json:"left"`
 		}
 		if err := c.call("POST", "/api/v1/reseals/"+*complete+"/complete", nil, &out); err != nil {
 			return err
 		}
-		fmt.Printf("%d record(s) resealed to the current recovery set\n", out.Resealed)
+		fmt.Printf("%d record(s) resealed to the current recovery set (epoch %d)\n", out.Resealed, out.Epoch)
+		printResealLeft(out.Left)
 		return nil
 	}
 	var rec wire.Recovery
-	if err := c.call("POST", "/api/v1/reseals", map[string]string{"reason": *reason}, &rec); err != nil {
+	if err := c.call("POST", "/api/v1/reseals", map[string]any{"reason": *reason, "epoch": *epoch}, &rec); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "reseal %s opened for %d record(s); the KRAs of their recovery sets approve it with `keyarc recovery approve %s`\n", rec.ID, len(rec.Items), rec.ID)

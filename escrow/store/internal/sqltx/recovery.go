@@ -173,8 +173,8 @@ func (tx *Tx) ListApprovals(recoveryID string) ([]store.Approval, error) {
 }
 
 // RecordsBeforeEpoch returns the active records sealed under an epoch older than epoch, oldest
-// first, at most limit of them.
-func (tx *Tx) RecordsBeforeEpoch(epoch uint32, limit int) ([]store.Record, error) {
+// first, at most limit of them; with only other than 0, those of epoch only alone.
+func (tx *Tx) RecordsBeforeEpoch(epoch, only uint32, limit int) ([]store.Record, error) {
 	const op = "records before epoch"
 	var out []store.Record
 	err := tx.query(op, func(rows Rows) error {
@@ -183,7 +183,8 @@ func (tx *Tx) RecordsBeforeEpoch(epoch uint32, limit int) ([]store.Record, error
 			out = append(out, *r)
 		}
 		return err
-	}, `SELECT `+recordColumns+` FROM records WHERE state = 'active' AND epoch < ? ORDER BY created_at, id LIMIT ?`, int64(epoch), max(limit, 0))
+	}, `SELECT `+recordColumns+` FROM records WHERE state = 'active' AND epoch < ? AND (? = 0 OR epoch = ?) ORDER BY created_at, id LIMIT ?`,
+		int64(epoch), int64(only), int64(only), max(limit, 0))
 	return out, err
 }
 
