@@ -150,12 +150,18 @@ func (a *Server) handleSimpleEnroll(w http.ResponseWriter, r *http.Request) {
 	reenroll := strings.HasSuffix(r.URL.Path, "/simplereenroll")
 	// With an enrollment code, the request is read first: the read of the code then also finds
 	// whether its key was revoked for keyCompromise, and nothing more is read before signing.
-	// A refused credential is still answered before anything wrong with the request.
+	// A body that cannot be read (too large, too slow) is answered at once; a refused
+	// credential is still answered before anything wrong with the request it carries.
 	var csr *x509.CertificateRequest
 	var csrErr error
 	var pub crypto.PublicKey
 	if _, _, basic := r.BasicAuth(); basic && !reenroll {
-		if csr, csrErr = readCSR(w, r); csr != nil {
+		body, err := readCSRBody(w, r)
+		if err != nil {
+			a.refuse(w, r, r.PathValue("template"), err)
+			return
+		}
+		if csr, csrErr = parseCSRBody(body); csr != nil {
 			pub = csr.PublicKey
 		}
 	}
@@ -269,6 +275,15 @@ func (a *Server) clientCertificate(ctx context.Context, c *x509.Certificate) (*s
 
 // readCSR reads an EST PKCS#10 body: base64 DER, line breaks allowed.
 func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, error) {
+	body, err := readCSRBody(w, r)
+	if err != nil {
+		return nil, err
+	}
+	return parseCSRBody(body)
+}
+
+// readCSRBody reads an EST body, up to maxCSRBody bytes.
+func readCSRBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if r.ContentLength > maxCSRBody {
 		return nil, bodyTooLarge(maxCSRBody)
 	}
@@ -283,6 +298,11 @@ func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, 
 		}
 		return nil, fmt.Errorf("%w: read body: %v", escrow.ErrInvalidRequest, err)
 	}
+	return body, nil
+}
+
+// parseCSRBody parses an EST body: base64 DER, line breaks allowed.
+func parseCSRBody(body []byte) (*x509.CertificateRequest, error) {
 	der, err := base64.StdEncoding.DecodeString(strings.Map(dropSpace, string(body)))
 	if err != nil {
 		return nil, fmt.Errorf("%w: body is not base64 (EST sends the PKCS#10 request as base64 DER)", escrow.ErrInvalidRequest)
