@@ -237,6 +237,19 @@ func (a *Server) closeAudit() {
 	})
 }
 
+// notAMailbox stands for a Basic user name that is not a mailbox in the audit trail and the
+// login counts.
+const notAMailbox = "(not a mailbox)"
+
+// claimedMailbox returns the user name of HTTP Basic when it is a mailbox, else notAMailbox: a
+// client that swapped the fields sent the enrollment code there, and it must not be recorded.
+func claimedMailbox(user string) string {
+	if policy.ValidateMailbox(user) != nil {
+		return notAMailbox
+	}
+	return user
+}
+
 // auditHTTP names the caller for the audit entries of each request (escrow.WithActor) and
 // records failed logins: a request that presented a credential (HTTP Basic or a client
 // certificate) and was answered 401 (credential or enrollment code refused) or 403 (role or
@@ -255,9 +268,10 @@ func (a *Server) auditHTTP(next http.Handler) http.Handler {
 			actor, subject = "tls:"+serial, c.Subject.CommonName
 		}
 		user, _, basic := r.BasicAuth()
+		user = claimedMailbox(user)
 		source, mailbox := sourceKey(remote), ""
 		if basic {
-			mailbox = strings.ToLower(clip(user, 254))
+			mailbox = strings.ToLower(user)
 		}
 		if basic || serial != "" {
 			if wait := a.logins.limited(source, ""); wait > 0 && !a.certAuthenticates(r, basic) {
@@ -295,7 +309,7 @@ func (a *Server) auditHTTP(next http.Handler) http.Handler {
 		if sw.throttled {
 			reason += "; answered 429, the mailbox is over its failed-login limit"
 		}
-		if user, _, ok := r.BasicAuth(); ok && subject == "" {
+		if basic && subject == "" {
 			subject = audit.Clip(user) // the claimed mailbox; never the code
 		}
 		err := a.svc.RecordEvent(r.Context(), audit.KindLoginFailed, subject, audit.Details{
