@@ -22,8 +22,9 @@ type Sender interface {
 	Send(ctx context.Context, from, to string, msg []byte) error
 }
 
-// ErrRejected: the relay answered a permanent (5xx) refusal to the message's sender,
-// recipient or content. Retrying the same message would be refused again.
+// ErrRejected: the relay answered a permanent (5xx) refusal to the message's recipient or
+// content. Retrying the same message would be refused again. A refusal of the sender (at MAIL)
+// is not ErrRejected: it refuses every message alike, a fault of the relay or the configuration.
 var ErrRejected = errors.New("notice: the relay refused the message")
 
 // SMTP sends through an SMTP relay with github.com/emersion/go-smtp. After a message is
@@ -187,8 +188,10 @@ func (s *SMTP) transact(ctx context.Context, sc *smtpConn, from, to string, msg 
 		return w.Close()
 	}
 	if err := step(); err != nil {
+		// A refusal at MAIL is of the sender (the configuration or the relay), the same for
+		// every notice: it is retried. At RCPT or DATA it is of this message.
 		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code >= 500 {
+		if errors.As(err, &se) && se.Code >= 500 && !atMail {
 			return false, fmt.Errorf("%w: %w", ErrRejected, err)
 		}
 		return atMail, fmt.Errorf("notice: relay %s: %w", s.Addr, err)

@@ -46,7 +46,12 @@ func (s *relaySession) Auth(string) (sasl.Server, error) {
 		return nil
 	}), nil
 }
-func (s *relaySession) Mail(string, *smtp.MailOptions) error { return nil }
+func (s *relaySession) Mail(from string, _ *smtp.MailOptions) error {
+	if strings.HasPrefix(from, "unauthenticated@") {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	return nil
+}
 func (s *relaySession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if strings.HasPrefix(to, "nobody@") {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
@@ -237,4 +242,23 @@ func TestSMTPKeepsTheConnection(t *testing.T) {
 	send("f@example.org")
 	s.CloseIdle()
 	s.CloseIdle() // safe twice
+}
+
+// TestSMTPSenderRefusedIsRetried: a relay that refuses the sender at MAIL (here 530,
+// authentication required: the appliance's configuration) refuses every notice alike, so the
+// refusal is a fault to retry, never a notice refused for good; one refused at RCPT is.
+func TestSMTPSenderRefusedIsRetried(t *testing.T) {
+	r := startRelay(t, nil)
+	s := &SMTP{Addr: r.addr}
+	msg, err := escrowed("a@example.org").Message("unauthenticated@example.org", "0001", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Send(context.Background(), "unauthenticated@example.org", "a@example.org", msg)
+	if err == nil || errors.Is(err, ErrRejected) {
+		t.Fatalf("Send refused at MAIL: %v, want an error to retry, not %v", err, ErrRejected)
+	}
+	if err := s.Send(context.Background(), "pki@example.org", "nobody@example.org", msg); !errors.Is(err, ErrRejected) {
+		t.Fatalf("Send to a refused recipient: %v, want %v", err, ErrRejected)
+	}
 }
