@@ -219,8 +219,12 @@ func Load(dir string) (*Config, error) {
 // Validate checks every field and names the first one that is wrong.
 func (c *Config) Validate() error {
 	for _, a := range []struct{ field, v string }{{"listen", c.Listen}, {"metrics_listen", c.MetricsListen}} {
-		if _, _, err := net.SplitHostPort(a.v); err != nil {
+		_, port, err := net.SplitHostPort(a.v)
+		if err != nil {
 			return fmt.Errorf("%s: %q is not host:port", a.field, a.v)
+		}
+		if port != "0" && !validPort(port) {
+			return fmt.Errorf("%s: %q: port %q is not a number in 0..65535", a.field, a.v, port)
 		}
 	}
 	if err := checkPublicListen(c.PublicListen); err != nil {
@@ -291,6 +295,9 @@ func (c *Config) Validate() error {
 		return errors.New("recovery.cert_margin must be between 0s and 8760h")
 	}
 	if _, err := policy.Templates(c.Templates); err != nil {
+		return err
+	}
+	if err := c.Audit.Validate(); err != nil {
 		return err
 	}
 	if err := c.HTTP.Validate(); err != nil {

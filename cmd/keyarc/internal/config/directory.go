@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"os"
 	"strings"
+
+	"github.com/go-ldap/ldap/v3"
 )
 
 // DirectoryConfig is the directory section: who may look certificates up with
@@ -97,7 +99,8 @@ func (d *DirectoryConfig) Validate() error {
 		return nil
 	}
 	u, err := url.Parse(l.URL)
-	if err != nil || u.Host == "" || (u.Scheme != "ldaps" && u.Scheme != "ldap") || (u.Path != "" && u.Path != "/") {
+	if err != nil || u.Host == "" || (u.Scheme != "ldaps" && u.Scheme != "ldap") || (u.Path != "" && u.Path != "/") ||
+		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Port() != "" && !validPort(u.Port()) {
 		return fmt.Errorf("directory.ldap.url: %q is not ldaps://HOST[:PORT] or ldap://HOST[:PORT]", l.URL)
 	}
 	if u.User != nil {
@@ -106,8 +109,14 @@ func (d *DirectoryConfig) Validate() error {
 	if l.BindDN == "" {
 		return errors.New("directory.ldap.bind_dn is required (the DN the publisher binds as)")
 	}
+	if _, err := ldap.ParseDN(l.BindDN); err != nil {
+		return fmt.Errorf("directory.ldap.bind_dn: %q is not a DN such as cn=keyarc,ou=services,dc=example,dc=org", l.BindDN)
+	}
 	if l.Base == "" {
 		return errors.New("directory.ldap.base is required (the search base of people's entries, e.g. ou=people,dc=example,dc=org)")
+	}
+	if _, err := ldap.ParseDN(l.Base); err != nil {
+		return fmt.Errorf("directory.ldap.base: %q is not a DN such as ou=people,dc=example,dc=org", l.Base)
 	}
 	if l.BindPasswordSource == "" {
 		return errors.New("directory.ldap.bind_password_source is required: file:PATH or env:NAME (never the password itself)")

@@ -31,6 +31,12 @@ func TestDirectoryConfigValidate(t *testing.T) {
 		{name: "no base", change: func(d *DirectoryConfig) { d.LDAP.Base = "" }, wantField: "directory.ldap.base"},
 		{name: "no password source", change: func(d *DirectoryConfig) { d.LDAP.BindPasswordSource = "" }, wantField: "directory.ldap.bind_password_source"},
 		{name: "password inline", change: func(d *DirectoryConfig) { d.LDAP.BindPasswordSource = "hunter2" }, wantField: "directory.ldap.bind_password_source"},
+		{name: "port not a number", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://ldap.example.org:ldaps" }, wantField: "directory.ldap.url"},
+		{name: "port out of range", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://ldap.example.org:99999" }, wantField: "directory.ldap.url"},
+		{name: "query in the URL", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://ldap.example.org/?mail?sub" }, wantField: "directory.ldap.url"},
+		{name: "fragment in the URL", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://ldap.example.org#x" }, wantField: "directory.ldap.url"},
+		{name: "bind DN not a DN", change: func(d *DirectoryConfig) { d.LDAP.BindDN = "keyarc" }, wantField: "directory.ldap.bind_dn"},
+		{name: "base not a DN", change: func(d *DirectoryConfig) { d.LDAP.Base = "people at example.org" }, wantField: "directory.ldap.base"},
 		{name: "insecure with ldaps", change: func(d *DirectoryConfig) { d.LDAP.InsecurePlaintext = true }, wantField: "directory.ldap.insecure_plaintext"},
 	}
 	for _, tt := range tests {

@@ -50,7 +50,7 @@ func (n *NoticesConfig) Validate() error {
 		return nil
 	}
 	host, port, err := net.SplitHostPort(n.SMTP)
-	if err != nil || host == "" || port == "" {
+	if err != nil || host == "" || !validPort(port) || strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 		return fmt.Errorf("notices.smtp: %q is not host:port (the SMTP relay, e.g. mail.example.org:587)", n.SMTP)
 	}
 	a, err := mail.ParseAddress(n.From)

@@ -149,3 +149,9 @@ func checkPublicListen(s string) error {
 	}
 	return nil
 }
+
+// validPort reports whether port is a TCP port number, 1..65535.
+func validPort(port string) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 1 && n <= 65535
+}

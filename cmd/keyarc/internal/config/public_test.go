@@ -91,6 +91,9 @@ func TestConfigPublicListen(t *testing.T) {
 		{name: "no port", yaml: minimal + "public_listen: pki.example.org\n", want: []string{"public_listen", "host:port"}},
 		{name: "bad port", yaml: minimal + "public_listen: 0.0.0.0:http80\n", want: []string{"public_listen", "port"}},
 		{name: "same as listen", yaml: minimal + "public_listen: 127.0.0.1:8443\n", want: []string{"public_listen", "listen"}},
+		{name: "listen port not a number", yaml: minimal + "listen: 127.0.0.1:https\n", want: []string{"listen", "port"}},
+		{name: "metrics port out of range", yaml: minimal + "metrics_listen: 127.0.0.1:91800\n", want: []string{"metrics_listen", "port"}},
+		{name: "audit checkpoints negative", yaml: minimal + "audit:\n  checkpoint_every: -5\n", want: []string{"audit.checkpoint_every"}},
 		{name: "same as metrics", yaml: minimal + "public_listen: 127.0.0.1:9180\n", want: []string{"public_listen", "metrics_listen"}},
 	}
 	for _, tt := range tests {
