@@ -185,13 +185,21 @@ func (d *Dir) do(ctx context.Context, fn func(*ldap.Conn) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.conn == nil || d.conn.IsClosing() {
-		c, err := d.connect()
+		c, err := d.connect(ctx)
 		if err != nil {
 			return err
 		}
 		d.conn = c
 	}
-	err := fn(d.conn)
+	// A server that does not answer holds the call until ctx ends, not for the whole timeout:
+	// closing the connection makes the call return.
+	c := d.conn
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	err := fn(c)
+	if !stop() {
+		d.drop()
+		return fmt.Errorf("ldapdir: %w", ctx.Err())
+	}
 	var le *ldap.Error
 	if err != nil && (!errors.As(err, &le) || le.ResultCode == ldap.ErrorNetwork || le.ResultCode >= ldap.ErrorNetwork) {
 		d.drop()
@@ -199,7 +207,7 @@ func (d *Dir) do(ctx context.Context, fn func(*ldap.Conn) error) error {
 	return err
 }
 
-func (d *Dir) connect() (*ldap.Conn, error) {
+func (d *Dir) connect(ctx context.Context) (_ *ldap.Conn, err error) {
 	plain, err := d.cfg.plaintext()
 	if err != nil {
 		return nil, err
@@ -219,6 +227,13 @@ func (d *Dir) connect() (*ldap.Conn, error) {
 		return nil, fmt.Errorf("ldapdir: connect to %s: %w", d.cfg.URL, err)
 	}
 	c.SetTimeout(d.cfg.Timeout)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer func() {
+		if !stop() {
+			c.Close()
+			err = fmt.Errorf("ldapdir: connect to %s: %w", d.cfg.URL, ctx.Err())
+		}
+	}()
 	if u.Scheme == "ldap" && !plain {
 		if err := c.StartTLS(tc); err != nil {
 			c.Close()

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -472,5 +473,45 @@ func TestConfigRedacts(t *testing.T) {
 		if !strings.Contains(out, "cn=keyarc") {
 			t.Fatalf("the bind DN is missing from %q", out)
 		}
+	}
+}
+
+// TestHungServerCancel: a server that takes the connection and never answers holds a call
+// only until its context ends, not for the whole timeout: the appliance's shutdown waits for
+// the publisher.
+func TestHungServerCancel(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	ca := newCA(t, "keyarc test CA")
+	d, err := ldapdir.New(ldapdir.Config{URL: "ldap://" + l.Addr().String(), BindDN: ldaptest.BindDN, Password: "x",
+		Base: ldaptest.Base, CA: ca.cert, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	cert := ca.issue(t, ldaptest.Alice, time.Now().Add(time.Hour))
+	go func() { done <- d.Publish(ctx, ldaptest.Alice, cert) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Publish on a hung server, cancelled: %v; want %v", err, context.Canceled)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Publish on a hung server still waits after its context was cancelled")
 	}
 }
