@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -163,7 +164,7 @@ func wantsDER(accept string) (bool, error) {
 	json := false
 	for _, part := range strings.Split(accept, ",") {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil || params["q"] == "0" {
+		if err != nil || refusedQ(params["q"]) {
 			continue
 		}
 		switch mt {
@@ -177,6 +178,13 @@ func wantsDER(accept string) (bool, error) {
 		return false, nil
 	}
 	return false, &httpStatusError{http.StatusNotAcceptable, "the directory answers application/json (all certificates) or application/pkix-cert (the one certificate)"}
+}
+
+// refusedQ reports whether a q parameter of Accept is zero ("0", "0.0", "0.000": RFC 9110
+// 12.4.2), which refuses its media type.
+func refusedQ(q string) bool {
+	v, err := strconv.ParseFloat(q, 64)
+	return err == nil && v == 0
 }
 
 // lookupLimiter counts lookups per source in fixed windows; safe for concurrent use. Past

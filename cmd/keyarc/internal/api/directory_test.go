@@ -151,6 +151,8 @@ func TestDirectoryLookup(t *testing.T) {
 		{"a filter", "?email=*", "", http.StatusBadRequest},
 		{"unacceptable type", "?email=alice@example.org", "text/html", http.StatusNotAcceptable},
 		{"preference list", "?email=alice@example.org", "text/html, application/json;q=0.9", http.StatusOK},
+		{"DER refused with q=0.0", "?email=bob@example.org", "application/pkix-cert;q=0.0, application/json", http.StatusOK},
+		{"only DER, refused with q=0.000", "?email=bob@example.org", "application/pkix-cert; q=0.000", http.StatusNotAcceptable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := e.get(t, tc.query, tc.accept)
