@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/escrow/bulk"
+	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/hsm"
 )
 
@@ -21,6 +22,9 @@ const bulkStopWait = 20 * time.Second
 func bulkFault(err error) string {
 	switch {
 	case errors.Is(err, hsm.ErrTokenGone), errors.Is(err, hsm.ErrPoolExhausted):
+		return bulk.CauseToken
+	case errors.Is(err, hsm.ErrMechanism) && !errors.Is(err, cms.ErrDecrypt):
+		// A mechanism the appliance's own keys lack; only an item's envelope chooses one.
 		return bulk.CauseToken
 	}
 	return ""

@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/bulk"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/check"
 	"github.com/keyarc/keyarc/escrow/cms"
@@ -35,6 +36,7 @@ func TestStatusContracts(t *testing.T) {
 		{"invalid request", wrap(escrow.ErrInvalidRequest), http.StatusBadRequest},
 		{"invalid mailbox", fmt.Errorf("%w: %w", escrow.ErrInvalidRequest, policy.ErrInvalidMailbox), http.StatusBadRequest},
 		{"envelope at fault", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, cms.ErrMalformed), http.StatusBadRequest},
+		{"envelope's OAEP hash", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, fmt.Errorf("%w: unwrap content-encryption key: %w", cms.ErrDecrypt, hsm.ErrMechanism)), http.StatusBadRequest},
 		{"not found", wrap(escrow.ErrNotFound), http.StatusNotFound},
 		{"unknown template", wrap(policy.ErrUnknownTemplate), http.StatusNotFound},
 		{"CSR rejected", &policy.RejectError{Reason: "key too small", Cause: policy.ErrKeyNotAllowed}, http.StatusBadRequest},
@@ -80,6 +82,10 @@ func TestStatusContracts(t *testing.T) {
 		// The request's recovery key lacking a mechanism is the appliance's fault, not the
 		// client's (it was a 400 that told the client to change its openssl options).
 		{"recovery key mechanism", fmt.Errorf("%w: decrypt: %w", escrow.ErrRecoveryKey, hsm.ErrMechanism), http.StatusInternalServerError},
+		// Only the envelope's RSA-OAEP hash is the client's choice: a mechanism the CA key (or
+		// any other key of the appliance) lacks is the appliance's fault (it was a 400 telling the
+		// client to change its openssl options).
+		{"CA key mechanism", fmt.Errorf("escrow: issue certificate: sign: %w", fmt.Errorf("hsm: sign with %q: %w", "ca-key", hsm.ErrMechanism)), http.StatusInternalServerError},
 		{"recovery key, token gone", fmt.Errorf("%w: %w", escrow.ErrRecoveryKey, hsm.ErrTokenGone), http.StatusServiceUnavailable},
 		{"audit trail", wrap(audit.ErrAppend), http.StatusInternalServerError},
 		{"malformed stored record", wrap(policy.ErrBadRecord), http.StatusInternalServerError},
@@ -95,5 +101,25 @@ func TestStatusContracts(t *testing.T) {
 				t.Errorf("status(%v) = %d %q, want %d", tc.err, code, msg, tc.want)
 			}
 		})
+	}
+}
+
+// TestBulkFault: a bulk item never fails for a fault of the appliance's token, a mechanism its
+// own keys lack included; an item's envelope with an RSA-OAEP hash the token cannot do fails alone.
+func TestBulkFault(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"token gone", fmt.Errorf("sign: %w", hsm.ErrTokenGone), bulk.CauseToken},
+		{"pool exhausted", hsm.ErrPoolExhausted, bulk.CauseToken},
+		{"CA key mechanism", fmt.Errorf("issue: sign: %w", fmt.Errorf("hsm: sign with %q: %w", "ca-key", hsm.ErrMechanism)), bulk.CauseToken},
+		{"envelope's OAEP hash", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, fmt.Errorf("%w: %w", cms.ErrDecrypt, hsm.ErrMechanism)), ""},
+		{"bad item", escrow.ErrInvalidRequest, ""},
+	} {
+		if got := bulkFault(tc.err); got != tc.want {
+			t.Errorf("%s: bulkFault = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

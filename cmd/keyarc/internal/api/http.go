@@ -415,8 +415,12 @@ func status(err error) (int, string) {
 	case errors.Is(err, escrow.ErrRecoveryKey):
 		// The request's recovery key is the appliance's, whatever mechanism it lacks.
 		return http.StatusInternalServerError, "the recovery key of this request in the appliance token is unusable; an administrator must look at the log"
-	case errors.Is(err, hsm.ErrMechanism):
+	case errors.Is(err, hsm.ErrMechanism) && errors.Is(err, cms.ErrDecrypt):
+		// The client chose the RSA-OAEP hash of its envelope to the transport key.
 		return http.StatusBadRequest, "the appliance token cannot do this mechanism (RSA-OAEP here needs SHA-1: openssl cms -keyopt rsa_oaep_md:sha1)"
+	case errors.Is(err, hsm.ErrMechanism):
+		// Any other key of the appliance (CA, audit, OCSP) lacking a mechanism is its own fault.
+		return http.StatusInternalServerError, "the appliance token refused a mechanism it needs; an administrator must look at the log"
 	case errors.Is(err, escrow.ErrNoRecoverySet):
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, escrow.ErrRecordMismatch):
