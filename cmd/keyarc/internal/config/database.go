@@ -35,6 +35,10 @@ func (c *Config) validateDatabase() error {
 		if strings.Contains(c.Database, "://") {
 			return fmt.Errorf("database: %q is neither a file nor a postgres:// URL", c.Database)
 		}
+		if keywordValue(c.Database) {
+			// Not quoted: such a string may hold password=...
+			return errors.New("database: a PostgreSQL keyword/value string (host=... dbname=...) is not taken; give a postgres:// URL, or a SQLite file name")
+		}
 		return nil
 	}
 	u, err := url.Parse(c.Database)
@@ -59,6 +63,14 @@ func (c *Config) validateDatabase() error {
 		return fmt.Errorf("database: sslmode is %s; a PostgreSQL server over TCP needs sslmode=verify-full (TLS, the server's certificate and name verified, with sslrootcert=PATH for a private CA), or use a unix socket", mode)
 	}
 	return nil
+}
+
+// keywordValue reports whether s starts like libpq's keyword/value connection string
+// (host=db dbname=keyarc): a keyword of letters and underscores, then "=".
+func keywordValue(s string) bool {
+	k, _, ok := strings.Cut(s, "=")
+	k = strings.TrimSpace(k)
+	return ok && k != "" && strings.Trim(k, "abcdefghijklmnopqrstuvwxyz_") == ""
 }
 
 // socket reports whether u reaches the server on a unix socket only: no host but a host

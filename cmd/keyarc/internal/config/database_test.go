@@ -35,6 +35,11 @@ func TestConfigDatabase(t *testing.T) {
 		{name: "source without postgres", yaml: minimal + "database: keyarc.db\ndatabase_password_source: env:X\n",
 			want: []string{"database_password_source", "postgres://"}},
 		{name: "other scheme", yaml: minimal + "database: mysql://db/keyarc\n", want: []string{"database", "postgres://"}},
+		// libpq's keyword/value form is not a file name: it would become one, with the
+		// password in it, and the appliance would run on an empty SQLite archive.
+		{name: "keyword/value string", yaml: minimal + "database: host=db.example.org dbname=keyarc password=hunter2\n",
+			want: []string{"database", "keyword", "postgres://"}},
+		{name: "keyword/value, spaced", yaml: minimal + "database: 'dbname = keyarc'\n", want: []string{"database", "postgres://"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
