@@ -148,6 +148,10 @@ func TestESTCompleteNoLabel(t *testing.T) {
 		t.Fatalf("serverkeygen without a label: HTTP %d: %s", status, skg)
 	}
 	h, _ := os.ReadFile(headers)
+	// The answer holds a private key: no cache may keep it.
+	if !regexp.MustCompile(`(?im)^cache-control:\s*no-store\r?$`).Match(h) {
+		t.Errorf("serverkeygen's answer, a private key, lacks Cache-Control: no-store:\n%s", h)
+	}
 	m := regexp.MustCompile(`(?im)^content-type:\s*(.+?)\r?$`).FindSubmatch(h)
 	if m == nil {
 		t.Fatalf("no Content-Type in:\n%s", h)

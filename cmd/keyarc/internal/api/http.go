@@ -546,6 +546,7 @@ func (a *Server) handleServerKeygen(w http.ResponseWriter, r *http.Request) {
 	part("application/pkcs7-mime; smime-type=certs-only", p7)
 	mw.Close()
 	w.Header().Set("Content-Type", "multipart/mixed; boundary="+mw.Boundary())
+	w.Header().Set("Cache-Control", "no-store") // it holds the private key
 	w.Write(buf.Bytes())
 	clear(buf.Bytes())
 }
