@@ -308,3 +308,36 @@ func waitFor(t *testing.T, c <-chan struct{}) {
 		t.Fatal("timed out waiting for the relay to accept a notice")
 	}
 }
+
+// TestQueueLeavesForeignFiles: a queue folder set to one that holds other files (notices.queue:
+// the state folder, with audit-head.json and serve.json) takes only the files it names itself:
+// the others are neither sent, nor counted, nor moved to the rejected folder.
+func TestQueueLeavesForeignFiles(t *testing.T) {
+	dir := t.TempDir()
+	foreign := []string{"audit-head.json", "serve.json", "0123.json"}
+	for _, n := range foreign {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(`{"seq":1}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := OpenQueue(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := q.Put(escrowed("a@example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := q.List(); !slices.Equal(got, []string{id}) || q.Len() != 1 {
+		t.Fatalf("queue lists %v (%d queued), want only %s", got, q.Len(), id)
+	}
+	f := &fakeSender{accepted: make(chan struct{}, 1)}
+	stop := run(t, &Notifier{Queue: q, Sender: f, From: "pki@example.org"})
+	waitFor(t, f.accepted)
+	stop()
+	for _, n := range foreign {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("%s is no longer in its folder: %v", n, err)
+		}
+	}
+}

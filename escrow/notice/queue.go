@@ -101,7 +101,8 @@ func (q *Queue) newID() (string, error) {
 func (q *Queue) List() ([]string, error) { return q.ids(fileSuffix) }
 
 // ids returns the IDs of the queued files whose names end in suffix, oldest first (IDs
-// start with their time); temporary files (a leading dot) are left out.
+// start with their time); files of other names (temporary files, another program's files in
+// a shared folder) are left out.
 func (q *Queue) ids(suffix string) ([]string, error) {
 	ents, err := os.ReadDir(q.dir)
 	if err != nil {
@@ -110,8 +111,8 @@ func (q *Queue) ids(suffix string) ([]string, error) {
 	var ids []string
 	for _, e := range ents {
 		n := e.Name()
-		if e.Type().IsRegular() && strings.HasSuffix(n, suffix) && !strings.HasPrefix(n, ".") {
-			ids = append(ids, strings.TrimSuffix(n, suffix))
+		if id, ok := strings.CutSuffix(n, suffix); ok && e.Type().IsRegular() && validID(id) {
+			ids = append(ids, id)
 		}
 	}
 	slices.Sort(ids)
@@ -176,13 +177,18 @@ func (q *Queue) Reject(id string) error {
 	return syncDir(q.dir)
 }
 
-// validID accepts the names newID makes (digits, dashes, hex), never a path.
+// validID accepts the names newID makes (20 digits, 6 digits, 8 hex digits, joined by
+// dashes), never a path, nor a file of another program that shares the folder.
 func validID(id string) bool {
-	if id == "" || len(id) > 64 {
+	if len(id) != 20+1+6+1+8 || id[20] != '-' || id[27] != '-' {
 		return false
 	}
-	for _, r := range id {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r == '-') {
+	for i, r := range id {
+		switch {
+		case i == 20 || i == 27:
+		case i < 27 && !(r >= '0' && r <= '9'):
+			return false
+		case i > 27 && !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f'):
 			return false
 		}
 	}
