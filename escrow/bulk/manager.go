@@ -499,8 +499,15 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 		return nil, err
 	}
 	job.Done, job.Failed = done, failed
+	return m.statusWith(job, p), nil
+}
+
+// statusWith is the status of job, whose Done and Failed are its counts in the store, and p
+// the job running here (or nil): a job running here reports its live state, counters and
+// rate; a finished job its rate over its run.
+func (m *Manager) statusWith(job *store.Job, p *progress) *Status {
 	st := m.statusOf(job)
-	if p != nil && p.id == id {
+	if p != nil && p.id == job.ID {
 		if cause := p.paused(); cause != "" && st.State == store.JobRunning {
 			st.State, st.Reason = StatePaused, reasonText(cause)
 		}
@@ -515,10 +522,10 @@ func (m *Manager) Status(ctx context.Context, id string) (*Status, error) {
 		}
 	} else if !job.StartedAt.IsZero() && !job.FinishedAt.IsZero() {
 		if el := job.FinishedAt.Sub(job.StartedAt).Seconds(); el > 0 {
-			st.Rate = float64(done+failed) / el
+			st.Rate = float64(job.Done+job.Failed) / el
 		}
 	}
-	return st, nil
+	return st
 }
 
 func (m *Manager) statusOf(j *store.Job) *Status {
@@ -526,26 +533,51 @@ func (m *Manager) statusOf(j *store.Job) *Status {
 		Total: j.Total, Done: j.Done, Failed: j.Failed, CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt}
 }
 
-// List returns the status of every job, oldest first.
+// List returns the status of every job, oldest first, as [Manager.Status] reports each: the
+// store keeps a job's counts only once it ends, so a job that has not ended has its items
+// counted (the one running here reports its live counters instead).
 func (m *Manager) List(ctx context.Context) ([]Status, error) {
+	m.mu.Lock()
+	p := m.running
+	m.mu.Unlock()
 	var jobs []store.Job
 	if err := m.Service.Store.View(ctx, func(tx store.Tx) (err error) {
-		jobs, err = tx.ListJobs("")
-		return err
+		if jobs, err = tx.ListJobs(""); err != nil {
+			return err
+		}
+		for i := range jobs {
+			j := &jobs[i]
+			if p != nil && p.id == j.ID {
+				if j.State == store.JobQueued {
+					j.State = store.JobRunning // started by a transaction that is not yet committed
+				}
+				continue
+			}
+			if j.State == store.JobDone || j.State == store.JobCancelled {
+				continue
+			}
+			if j.Done, j.Failed, _, err = tx.JobCounts(j.ID); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		return nil, err
 	}
 	out := make([]Status, 0, len(jobs))
 	for i := range jobs {
-		out = append(out, *m.statusOf(&jobs[i]))
+		out = append(out, *m.statusWith(&jobs[i], p))
 	}
 	return out, nil
 }
 
 // CountByState counts jobs per state, for metrics.
 func (m *Manager) CountByState(ctx context.Context) (map[string]int, error) {
-	jobs, err := m.List(ctx)
-	if err != nil {
+	var jobs []store.Job
+	if err := m.Service.Store.View(ctx, func(tx store.Tx) (err error) {
+		jobs, err = tx.ListJobs("")
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	out := map[string]int{store.JobQueued: 0, store.JobRunning: 0, store.JobDone: 0, store.JobCancelled: 0}
