@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -191,6 +192,11 @@ func serveWith(t *testing.T, state string, env []string, addr string, args ...st
 		addr = freePort(t)
 	}
 	maddr := freePort(t)
+	if !slices.Contains(args, "--public-addr") {
+		// Never serve's default public listener, 127.0.0.1:8080: that is `make run`'s, which the
+		// README test runs beside these tests and asks for OCSP there.
+		args = append(args, "--public-addr", freePort(t))
+	}
 	a := &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
 	a.cmd = exec.Command(keyarcBin, append([]string{"serve", "--state", state, "--addr", addr, "--metrics-addr", maddr}, args...)...)
 	a.cmd.Env = append(os.Environ(), env...)

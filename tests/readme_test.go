@@ -109,7 +109,7 @@ func TestREADME(t *testing.T) {
 		t.Skip("builds the binary with make and runs the whole README")
 	}
 	requireTools(t, "make", "git", "openssl", "curl", "certutil", "pk12util", "softhsm2-util", "awk")
-	for _, addr := range []string{"127.0.0.1:8443", "127.0.0.1:9180"} {
+	for _, addr := range []string{"127.0.0.1:8443", "127.0.0.1:9180", "127.0.0.1:8080"} {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			msg := fmt.Sprintf("the README's address %s is in use (another `make run`?): %v", addr, err)
