@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -57,7 +58,7 @@ func RunRecoveryRequest(args []string) error {
 	if err := c.call("POST", "/api/v1/recoveries", wire.RecoveryRequest{Serial: *serial, Email: *email, Reason: *reason, Revoke: choice}, &rec); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "recovery %s opened for %d key(s); needs %d KRA approvals before %s\n", rec.ID, len(rec.Items), rec.Need, rec.ExpiresAt)
+	fmt.Fprintf(os.Stderr, "recovery %s opened for %d key(s); %s before %s\n", rec.ID, len(rec.Items), needText(rec), rec.ExpiresAt)
 	for _, it := range rec.Items {
 		if it.Revoke != "" && it.Revoke != policy.RecoveryKeep {
 			fmt.Fprintf(os.Stderr, "  certificate %s will be revoked (%s) when the key is fetched\n", it.Serial, it.Revoke)
@@ -163,7 +164,7 @@ func printRecovery(r wire.Recovery) {
 	if len(r.Approvals) > 0 {
 		fmt.Printf(" (%s)", strings.Join(r.Approvals, ", "))
 	}
-	fmt.Println()
+	fmt.Println(quorumNote(r))
 	for _, it := range r.Items {
 		fmt.Printf("  key of certificate %s, owner %s, sealed under recovery set epoch %d", it.Serial, it.Owner, it.Epoch)
 		switch it.Revoke {
@@ -281,8 +282,38 @@ func RunRecoveryApprove(args []string) error {
 	if err := c.call("POST", "/api/v1/recoveries/"+id+"/approvals", body, &after); err != nil {
 		return err
 	}
-	fmt.Printf("approved: %d of %d approvals\n", after.Have, after.Need)
+	fmt.Printf("approved: %d of %d approvals%s\n", after.Have, after.Need, quorumNote(after))
 	return nil
+}
+
+// epochsOf lists the recovery-set epochs the request's keys were sealed under, in order.
+func epochsOf(r wire.Recovery) []uint32 {
+	var epochs []uint32
+	for _, it := range r.Items {
+		if !slices.Contains(epochs, it.Epoch) {
+			epochs = append(epochs, it.Epoch)
+		}
+	}
+	slices.Sort(epochs)
+	return epochs
+}
+
+// quorumNote follows a request's approvals against its quorum (Have of Need): keys sealed under
+// several epochs each need their own epoch's quorum, and Have and Need are then the
+// least-approved key's only.
+func quorumNote(r wire.Recovery) string {
+	if epochs := epochsOf(r); len(epochs) > 1 {
+		return fmt.Sprintf(" for the least-approved key; each key needs the quorum of its own recovery set (epochs %s)", epochList(epochs))
+	}
+	return ""
+}
+
+// needText says what a new request needs.
+func needText(r wire.Recovery) string {
+	if epochs := epochsOf(r); len(epochs) > 1 {
+		return fmt.Sprintf("needs, for each key, the quorum of its own recovery set (epochs %s)", epochList(epochs))
+	}
+	return fmt.Sprintf("needs %d KRA approvals", r.Need)
 }
 
 // reencryptShares decrypts the KRA's share of each record in its token and encrypts it to the

@@ -46,3 +46,24 @@ func TestShownReason(t *testing.T) {
 		}
 	}
 }
+
+// TestQuorumNote: a request whose keys were sealed under one recovery set counts that set's
+// quorum; one whose keys span several epochs says that each key needs its own epoch's quorum,
+// since Have and Need are then only the least-approved key's (the distinct KRAs needed can be
+// more than Need: kra1..kra3 for epoch 2 and kra4 for epoch 3 are four, not three).
+func TestQuorumNote(t *testing.T) {
+	one := wire.Recovery{Have: 1, Need: 2, Items: []wire.RecoveryItem{{Epoch: 3}, {Epoch: 3}}}
+	if got, want := quorumNote(one), ""; got != want {
+		t.Errorf("one epoch: %q, want %q", got, want)
+	}
+	if got, want := needText(one), "needs 2 KRA approvals"; got != want {
+		t.Errorf("one epoch: %q, want %q", got, want)
+	}
+	several := wire.Recovery{Have: 0, Need: 3, Items: []wire.RecoveryItem{{Epoch: 3}, {Epoch: 2}, {Epoch: 3}}}
+	if got, want := quorumNote(several), " for the least-approved key; each key needs the quorum of its own recovery set (epochs 2, 3)"; got != want {
+		t.Errorf("several epochs: %q, want %q", got, want)
+	}
+	if got, want := needText(several), "needs, for each key, the quorum of its own recovery set (epochs 2, 3)"; got != want {
+		t.Errorf("several epochs: %q, want %q", got, want)
+	}
+}
