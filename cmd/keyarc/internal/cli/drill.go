@@ -257,7 +257,7 @@ func printDrills(ds []wire.Drill) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DRILL\tCAMPAIGN\tKRA\tEPOCHS\tSTATE\tEXPIRES")
 	for _, d := range ds {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, orDash(d.Campaign), d.KRA, epochList(d.Epochs), d.State, d.ExpiresAt)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, orDash(d.Campaign), d.KRA, epochList(d.Epochs), d.State, shownTime(d.ExpiresAt))
 	}
 	tw.Flush()
 }

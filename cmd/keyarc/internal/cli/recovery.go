@@ -58,7 +58,7 @@ func RunRecoveryRequest(args []string) error {
 	if err := c.call("POST", "/api/v1/recoveries", wire.RecoveryRequest{Serial: *serial, Email: *email, Reason: *reason, Revoke: choice}, &rec); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "recovery %s opened for %d key(s); %s before %s\n", rec.ID, len(rec.Items), needText(rec), rec.ExpiresAt)
+	fmt.Fprintf(os.Stderr, "recovery %s opened for %d key(s); %s before %s\n", rec.ID, len(rec.Items), needText(rec), shownTime(rec.ExpiresAt))
 	for _, it := range rec.Items {
 		if it.Revoke != "" && it.Revoke != policy.RecoveryKeep {
 			fmt.Fprintf(os.Stderr, "  certificate %s will be revoked (%s) when the key is fetched\n", it.Serial, it.Revoke)
@@ -123,7 +123,7 @@ func RunRecoveryList(args []string) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tREQUESTER\tCREATED\tEXPIRES\tREASON")
 	for _, r := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, effectiveState(r, time.Now()), r.Requester, r.CreatedAt, r.ExpiresAt, shownReason(r.Reason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, effectiveState(r, time.Now()), r.Requester, r.CreatedAt, shownTime(r.ExpiresAt), shownReason(r.Reason))
 	}
 	return tw.Flush()
 }
@@ -144,6 +144,16 @@ func effectiveState(r wire.Recovery, now time.Time) string {
 	return r.State
 }
 
+// shownTime is a time of the API to the second: expiries come to the nanosecond, as the KRAs
+// sign them, which no reader needs.
+func shownTime(s string) string {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return s
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
 // stateNote explains an effective state in recovery show.
 func stateNote(state string) string {
 	switch state {
@@ -158,7 +168,7 @@ func stateNote(state string) string {
 func printRecovery(r wire.Recovery) {
 	st := effectiveState(r, time.Now())
 	fmt.Printf("recovery %s: %s%s\n", r.ID, st, stateNote(st))
-	fmt.Printf("  requested by %s (credential %s) at %s, expires %s\n", r.Requester, r.RequesterSerial, r.CreatedAt, r.ExpiresAt)
+	fmt.Printf("  requested by %s (credential %s) at %s, expires %s\n", r.Requester, r.RequesterSerial, r.CreatedAt, shownTime(r.ExpiresAt))
 	fmt.Printf("  reason: %s\n", shownReason(r.Reason))
 	fmt.Printf("  approvals: %d of %d needed", r.Have, r.Need)
 	if len(r.Approvals) > 0 {

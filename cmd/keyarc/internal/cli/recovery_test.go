@@ -67,3 +67,19 @@ func TestQuorumNote(t *testing.T) {
 		t.Errorf("several epochs: %q, want %q", got, want)
 	}
 }
+
+// TestShownTime: an expiry the API gives to the nanosecond (the KRAs sign it exactly) is shown
+// to the second, as every other time the CLI prints; anything else is shown as it is.
+func TestShownTime(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"2026-12-12T21:07:52.314585038Z", "2026-12-12T21:07:52Z"},
+		{"2026-12-06T21:07:28.285464Z", "2026-12-06T21:07:28Z"},
+		{"2026-12-06T21:07:28Z", "2026-12-06T21:07:28Z"},
+		{"", ""},
+		{"soon", "soon"},
+	} {
+		if got := shownTime(tc.in); got != tc.want {
+			t.Errorf("shownTime(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
