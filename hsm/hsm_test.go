@@ -180,8 +180,17 @@ func TestSignKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			errors0 := counter(t, reg, "generate", "error")
 			if _, err := tok.GenerateKey(label, alg, UsageSign); !errors.Is(err, ErrKeyExists) {
 				t.Fatalf("second GenerateKey = %v, want ErrKeyExists", err)
+			}
+			// Keeping a key that exists (as every start does with the responder key) is no
+			// fault of the token.
+			if got := counter(t, reg, "generate", "error") - errors0; got != 0 {
+				t.Errorf("a GenerateKey refused for an existing key counted %v token errors", got)
+			}
+			if got := counter(t, reg, "generate", "exists"); got == 0 {
+				t.Error(`a GenerateKey refused for an existing key is not counted as result="exists"`)
 			}
 			s, err := tok.Signer(label)
 			if err != nil {

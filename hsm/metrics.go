@@ -116,6 +116,8 @@ func result(err error) string {
 		return "pin_incorrect"
 	case errors.Is(err, ErrKeyNotFound):
 		return "not_found"
+	case errors.Is(err, ErrKeyExists):
+		return "exists" // a key kept, never overwritten: the token is sound
 	case errors.Is(err, ErrMechanism):
 		return "mechanism"
 	case errors.Is(err, ErrDecrypt):
