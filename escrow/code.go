@@ -51,12 +51,16 @@ func hashCode(secret string) []byte {
 	return h[:]
 }
 
+// MaxCodeTTL is the longest an enrollment code stays valid: it is a credential, meant for days
+// or weeks (enrollment.code_ttl has the same bound).
+const MaxCodeTTL = 90 * 24 * time.Hour
+
 // CreateCode makes a single-use enrollment code for mailbox under template, valid for ttl.
 //
 // # Errors
 //
 // [ErrInvalidRequest] (an invalid mailbox, then also [policy.ErrInvalidMailbox]; a ttl that is
-// not positive; a template issued by an admin's decision), [policy.ErrUnknownTemplate], or,
+// not positive or longer than [MaxCodeTTL]; a template issued by an admin's decision), [policy.ErrUnknownTemplate], or,
 // for faults of the appliance, a storage error wrapping [store.ErrUnavailable] or the audit
 // trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl time.Duration) (*Code, error) {
@@ -68,8 +72,8 @@ func (s *Service) CreateCode(ctx context.Context, mailbox, template string, ttl 
 	if !ok {
 		return nil, policy.UnknownTemplate(template, s.Templates)
 	}
-	if ttl <= 0 {
-		return nil, fmt.Errorf("%w: an enrollment code's validity must be positive, not %s", ErrInvalidRequest, ttl)
+	if ttl <= 0 || ttl > MaxCodeTTL {
+		return nil, fmt.Errorf("%w: an enrollment code's validity must be positive and at most %s (90 days), not %s", ErrInvalidRequest, MaxCodeTTL, ttl)
 	}
 	if t.ManualApproval {
 		return nil, fmt.Errorf("%w: template %q is issued by an admin's decision, not with an enrollment code", ErrInvalidRequest, template)

@@ -9,7 +9,8 @@ import (
 	"github.com/keyarc/keyarc/policy"
 )
 
-// TestCreateCodeRefusesMisleadingInput: a code that would be born expired is refused, and an
+// TestCreateCodeRefusesMisleadingInput: a code that would be born expired, or live longer than
+// MaxCodeTTL, is refused, and an
 // unknown template names the configured ones.
 func TestCreateCodeRefusesMisleadingInput(t *testing.T) {
 	env := newTestService(t)
@@ -22,6 +23,9 @@ func TestCreateCodeRefusesMisleadingInput(t *testing.T) {
 	}{
 		{"negative ttl", policy.TemplateSMIMEEncryption, -5 * time.Minute, ErrInvalidRequest},
 		{"zero ttl", policy.TemplateSMIMEEncryption, 0, ErrInvalidRequest},
+		{"ten years", policy.TemplateSMIMEEncryption, 10 * 365 * 24 * time.Hour, ErrInvalidRequest},
+		{"longest", policy.TemplateSMIMEEncryption, MaxCodeTTL, nil},
+		{"past the longest", policy.TemplateSMIMEEncryption, MaxCodeTTL + time.Second, ErrInvalidRequest},
 		{"unknown template", "smime-encrypton", time.Hour, policy.ErrUnknownTemplate},
 		{"valid", policy.TemplateSMIMEEncryption, time.Hour, nil},
 	} {

@@ -271,14 +271,17 @@ func (c *Config) Validate() error {
 	if c.Token.MaxSessions < 1 || c.Token.MaxSessions > 256 {
 		return fmt.Errorf("token.max_sessions: %d is outside 1..256", c.Token.MaxSessions)
 	}
-	if c.Token.PoolWaitTimeout.Duration <= 0 {
-		return errors.New("token.pool_wait_timeout must be positive")
+	// A request waits for a session, or a call for the token, no longer than a client would:
+	// past a few minutes the caller is gone and the wait only holds the work up.
+	if c.Token.PoolWaitTimeout.Duration <= 0 || c.Token.PoolWaitTimeout.Duration > 5*time.Minute {
+		return errors.New("token.pool_wait_timeout must be positive and at most 5m")
 	}
-	if c.Token.CallTimeout.Duration < time.Second {
-		return errors.New("token.call_timeout must be at least 1s (an HSM's slowest operation must fit in it)")
+	if c.Token.CallTimeout.Duration < time.Second || c.Token.CallTimeout.Duration > 10*time.Minute {
+		return errors.New("token.call_timeout must be between 1s (an HSM's slowest operation must fit in it) and 10m")
 	}
-	if c.Enrollment.CodeTTL.Duration < time.Minute {
-		return errors.New("enrollment.code_ttl must be at least 1m")
+	// An enrollment code is a credential: it lives days or weeks, never years.
+	if c.Enrollment.CodeTTL.Duration < time.Minute || c.Enrollment.CodeTTL.Duration > 90*24*time.Hour {
+		return errors.New("enrollment.code_ttl must be between 1m and 2160h (90 days)")
 	}
 	if c.Recovery.RequestTTL.Duration < time.Minute || c.Recovery.RequestTTL.Duration > 30*24*time.Hour {
 		return errors.New("recovery.request_ttl must be between 1m and 720h")

@@ -45,3 +45,40 @@ func TestConfigRecoveryDurations(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigTokenAndCodeBounds: the token's waits and an enrollment code's validity have an
+// upper bound as well as a lower one; a value past it is refused at load, naming the field.
+func TestConfigTokenAndCodeBounds(t *testing.T) {
+	tests := []struct {
+		section, field, value string
+		want                  string // part of the error; "" means the file loads
+	}{
+		{"enrollment", "code_ttl", "2160h", ""},
+		{"enrollment", "code_ttl", "2161h", "enrollment.code_ttl must be between 1m and 2160h"},
+		{"enrollment", "code_ttl", "1000000h", "enrollment.code_ttl must be between 1m and 2160h"},
+		{"enrollment", "code_ttl", "30s", "enrollment.code_ttl must be between 1m and 2160h"},
+		{"token", "pool_wait_timeout", "5m", ""},
+		{"token", "pool_wait_timeout", "1h", "token.pool_wait_timeout must be positive and at most 5m"},
+		{"token", "call_timeout", "10m", ""},
+		{"token", "call_timeout", "24h", "token.call_timeout must be between 1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field+"="+tt.value, func(t *testing.T) {
+			dir := t.TempDir()
+			yaml := minimal + tt.section + ":\n  " + tt.field + ": " + tt.value + "\n"
+			if tt.section == "token" { // the minimal file has a token section already
+				yaml = minimal + "  " + tt.field + ": " + tt.value + "\n"
+			}
+			if err := os.WriteFile(filepath.Join(dir, Name), []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(dir)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Load: %v, want it to load", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("Load: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
