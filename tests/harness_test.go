@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -168,14 +169,39 @@ func devState(t *testing.T, extra ...string) string {
 	return state
 }
 
+// freePort returns a loopback address whose port is free now. It is taken below the kernel's
+// range of ephemeral ports when there is room: a port of that range, free when asked, may be
+// the local port of a client's outgoing connection before the appliance binds it.
 func freePort(t *testing.T) string {
 	t.Helper()
+	if low := ephemeralLow(); low > 20000 {
+		for range 100 {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000)))
+			if err == nil {
+				defer l.Close()
+				return l.Addr().String()
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (0 if unknown).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		return 0
+	}
+	return low
 }
 
 // serve starts the appliance on free loopback ports and waits until it is ready.
@@ -185,19 +211,40 @@ func serve(t *testing.T, state string) *appliance {
 }
 
 // serveWith is serve with extra environment variables and, when addr is not empty, a given
-// HTTPS address (to restart an appliance where it was), and extra serve arguments.
+// HTTPS address (to restart an appliance where it was), and extra serve arguments. A free port
+// is free only until something else binds it (another test's appliance, a client's outgoing
+// connection): an appliance that found one of the ports this function chose taken is started
+// again on others.
 func serveWith(t *testing.T, state string, env []string, addr string, args ...string) *appliance {
 	t.Helper()
-	if addr == "" {
+	for try := 1; ; try++ {
+		a, taken := startAppliance(t, state, env, addr, args...)
+		if !taken {
+			return a
+		}
+		if try == 3 {
+			t.Fatalf("keyarc serve found its ports taken %d times:\n%s", try, a.logs.String())
+		}
+		t.Logf("keyarc serve found a port taken; starting it on others")
+	}
+}
+
+// startAppliance starts the appliance and waits until it is ready. taken reports an appliance
+// that exited at start because a port that was not given (addr, --public-addr) was taken;
+// it has been waited for.
+func startAppliance(t *testing.T, state string, env []string, addr string, args ...string) (a *appliance, taken bool) {
+	t.Helper()
+	chosen := addr == ""
+	if chosen {
 		addr = freePort(t)
 	}
 	maddr := freePort(t)
 	if !slices.Contains(args, "--public-addr") {
 		// Never serve's default public listener, 127.0.0.1:8080: that is `make run`'s, which the
 		// README test runs beside these tests and asks for OCSP there.
-		args = append(args, "--public-addr", freePort(t))
+		args = append(slices.Clip(args), "--public-addr", freePort(t))
 	}
-	a := &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
+	a = &appliance{state: state, url: "https://" + addr, metrics: "http://" + maddr, logs: &syncBuffer{}}
 	a.cmd = exec.Command(keyarcBin, append([]string{"serve", "--state", state, "--addr", addr, "--metrics-addr", maddr}, args...)...)
 	a.cmd.Env = append(os.Environ(), env...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
@@ -207,7 +254,7 @@ func serveWith(t *testing.T, state string, env []string, addr string, args ...st
 	exited := make(chan error, 1)
 	go func() { exited <- a.cmd.Wait() }()
 	a.exited = exited
-	t.Cleanup(func() {
+	cleanup := func() {
 		a.cmd.Process.Signal(os.Interrupt)
 		select {
 		case <-a.exited:
@@ -221,7 +268,7 @@ func serveWith(t *testing.T, state string, env []string, addr string, args ...st
 		if t.Failed() {
 			t.Logf("appliance log:\n%s", a.logs.String())
 		}
-	})
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(readCert(t, filepath.Join(state, "ca.pem")))
 	a.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
@@ -229,19 +276,26 @@ func serveWith(t *testing.T, state string, env []string, addr string, args ...st
 	for {
 		select {
 		case err := <-exited:
+			logs := a.logs.String()
+			if strings.Contains(logs, "address already in use") && (chosen || !strings.Contains(logs, "listen "+addr+":")) {
+				return a, true
+			}
 			// Put the exit back for the cleanup, which waits for it.
 			exited <- err
-			t.Fatalf("keyarc serve exited: %v\n%s", err, a.logs.String())
+			t.Cleanup(cleanup)
+			t.Fatalf("keyarc serve exited: %v\n%s", err, logs)
 		default:
 		}
 		resp, err := a.client.Get(a.url + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return a
+				t.Cleanup(cleanup)
+				return a, false
 			}
 		}
 		if time.Now().After(deadline) {
+			t.Cleanup(cleanup)
 			t.Fatalf("appliance not ready after 60s: %v\n%s", err, a.logs.String())
 		}
 		time.Sleep(100 * time.Millisecond)
