@@ -19,12 +19,7 @@ import (
 // quorum error for the dead epoch's record.
 func TestResealLeavesADeadEpoch(t *testing.T) {
 	ctx := context.Background()
-	r := newRecoveryEnv(t)
-	first := r.records(t, "owner@example.org")[0].ID
-	r.newSet(t, "kra-3", "kra-4", "kra-5")
-	r.enrollArchived(t, "second@example.org")
-	second := r.records(t, "second@example.org")[0].ID
-	current := r.newSet(t, "kra-6", "kra-7")
+	r, first, second, current := threeEpochs(t)
 
 	id := r.requestReseal(t).ID
 	r.approve(t, 0, id)
@@ -71,12 +66,7 @@ func TestResealLeavesADeadEpoch(t *testing.T) {
 // with what is wrong.
 func TestResealOneEpoch(t *testing.T) {
 	ctx := context.Background()
-	r := newRecoveryEnv(t)
-	first := r.records(t, "owner@example.org")[0].ID
-	r.newSet(t, "kra-3", "kra-4", "kra-5")
-	r.enrollArchived(t, "second@example.org")
-	second := r.records(t, "second@example.org")[0].ID
-	current := r.newSet(t, "kra-6", "kra-7")
+	r, first, second, current := threeEpochs(t)
 
 	rec, err := r.svc.RequestReseal(ctx, r.admin, "", 2, time.Hour)
 	if err != nil {
@@ -113,4 +103,18 @@ func TestResealOneEpoch(t *testing.T) {
 	if rec, err := r.svc.RequestReseal(ctx, r.admin, "", 1, time.Hour); err != nil || len(rec.Items) != 1 || rec.Items[0].RecordID != first {
 		t.Fatalf("RequestReseal of epoch 1: %+v, %v; want record %s", rec, err, first)
 	}
+}
+
+// threeEpochs is a recovery environment with a record under each of two older epochs: first
+// under epoch 1 (KRAs 0 to 2), second under epoch 2 (KRAs 3 to 5), and current, the epoch of
+// a third set (KRAs 6 and 7), holding none.
+func threeEpochs(t *testing.T) (r *recoveryEnv, first, second string, current uint32) {
+	t.Helper()
+	r = newRecoveryEnv(t)
+	first = r.records(t, "owner@example.org")[0].ID
+	r.newSet(t, "kra-3", "kra-4", "kra-5")
+	r.enrollArchived(t, "second@example.org")
+	second = r.records(t, "second@example.org")[0].ID
+	current = r.newSet(t, "kra-6", "kra-7")
+	return r, first, second, current
 }

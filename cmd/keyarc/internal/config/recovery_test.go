@@ -32,16 +32,7 @@ func TestConfigRecoveryDurations(t *testing.T) {
 		t.Run(tt.field+"="+tt.value, func(t *testing.T) {
 			dir := t.TempDir()
 			yaml := minimal + "recovery:\n  " + tt.field + ": " + tt.value + "\n"
-			if err := os.WriteFile(filepath.Join(dir, Name), []byte(yaml), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			_, err := Load(dir)
-			switch {
-			case tt.want == "" && err != nil:
-				t.Fatalf("Load: %v, want it to load", err)
-			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
-				t.Fatalf("Load: %v, want an error containing %q", err, tt.want)
-			}
+			wantLoad(t, dir, yaml, tt.want)
 		})
 	}
 }
@@ -69,16 +60,23 @@ func TestConfigTokenAndCodeBounds(t *testing.T) {
 			if tt.section == "token" { // the minimal file has a token section already
 				yaml = minimal + "  " + tt.field + ": " + tt.value + "\n"
 			}
-			if err := os.WriteFile(filepath.Join(dir, Name), []byte(yaml), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			_, err := Load(dir)
-			switch {
-			case tt.want == "" && err != nil:
-				t.Fatalf("Load: %v, want it to load", err)
-			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
-				t.Fatalf("Load: %v, want an error containing %q", err, tt.want)
-			}
+			wantLoad(t, dir, yaml, tt.want)
 		})
+	}
+}
+
+// wantLoad writes yaml as the configuration in dir and loads it: want is part of the error
+// expected, or "" for a file that loads.
+func wantLoad(t *testing.T, dir, yaml, want string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, Name), []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(dir)
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("Load: %v, want it to load", err)
+	case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Fatalf("Load: %v, want an error containing %q", err, want)
 	}
 }
