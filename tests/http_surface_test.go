@@ -252,9 +252,9 @@ func TestHTTPRefusalClasses(t *testing.T) {
 }
 
 // TestHTTPStorageUnavailable: a storage fault injected into a running appliance (ENOSPC on the
-// database's writes) answers a single enrollment 503 with Retry-After and "storage unavailable",
-// not a bare 500 nor a client error; the details go to the log; the code is not used up, and once
-// the fault clears the same request succeeds.
+// database's writes, EIO on its syncs or its reads) answers a single enrollment 503 with
+// Retry-After and "storage unavailable", not a bare 500 nor a client error; the details go to
+// the log; the code is not used up, and once the fault clears the same request succeeds.
 func TestHTTPStorageUnavailable(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "strace")
@@ -270,6 +270,7 @@ func TestHTTPStorageUnavailable(t *testing.T) {
 	for _, inject := range [][]string{
 		{"-e", "trace=pwrite64", "-e", "inject=pwrite64:error=ENOSPC"},
 		{"-e", "trace=fdatasync,fsync", "-e", "inject=fdatasync,fsync:error=EIO"},
+		{"-e", "trace=pread64", "-e", "inject=pread64:error=EIO"},
 	} {
 		st := startStrace(t, a, inject...)
 		r := httpDo(t, anon, a, "POST", est, mailbox+":"+code, csr, "Content-Type", "application/pkcs10")
