@@ -28,6 +28,9 @@ const (
 	maxCRLBackoff = 5 * time.Minute
 	// crlFollowerPoll is how often a node that does not lead looks whether it leads now.
 	crlFollowerPoll = 5 * time.Second
+	// DefaultCRLCatchUp is how often the leader looks for a revocation newer than the newest
+	// CRL: one whose node stopped before it published (a crash within the delay).
+	DefaultCRLCatchUp = 15 * time.Second
 	// crlConflictRetries is how often a CRL whose number another signer stored first is
 	// built again before Publish gives up.
 	crlConflictRetries = 3
@@ -59,9 +62,9 @@ type CRLPublisher struct {
 	Metrics CRLMetrics
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Validity, Interval and Delay: zero means DefaultCRLValidity, DefaultCRLInterval and
-	// DefaultCRLDelay.
-	Validity, Interval, Delay time.Duration
+	// Validity, Interval, Delay and CatchUp: zero means DefaultCRLValidity,
+	// DefaultCRLInterval, DefaultCRLDelay and DefaultCRLCatchUp.
+	Validity, Interval, Delay, CatchUp time.Duration
 	// OnPublish, when set, is called with each CRL stored (the public listener's cache). It
 	// must return quickly.
 	OnPublish func(store.CRL)
@@ -69,7 +72,9 @@ type CRLPublisher struct {
 	// every Interval): with several nodes on one database only the leader does
 	// ([Leader.Leads]). Every node publishes after its own revocations (Trigger), so a
 	// revocation on any node is on a CRL within Delay. A node that starts leading publishes at
-	// once, as at start. Nil means always (one node).
+	// once, as at start, and the leader publishes when it finds a revocation newer than the
+	// newest CRL (every CatchUp): a node killed between its revocation and its CRL leaves it
+	// to the leader. Nil means always (one node).
 	Leads func() bool
 
 	once    sync.Once
@@ -135,8 +140,9 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 	}
 	due := p.now()
 	var backoff time.Duration
-	var retryAt time.Time // no attempt before this while backing off
-	triggered := false    // a revocation waits for a CRL
+	var retryAt time.Time  // no attempt before this while backing off
+	triggered := false     // a revocation waits for a CRL
+	var caughtUp time.Time // the revocation date the leader last published for
 	timer := time.NewTimer(time.Until(due))
 	defer timer.Stop()
 	reset := func(at time.Time) {
@@ -149,10 +155,32 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 		timer.Reset(max(0, at.Sub(p.now())))
 	}
 	reset(due)
+	catchUp := time.NewTicker(orDefault(p.CatchUp, DefaultCRLCatchUp))
+	defer catchUp.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-catchUp.C:
+			if triggered || !p.leads() {
+				continue
+			}
+			// Once per revocation date: one dated after the CRL that lists it (a clock ahead)
+			// does not make a CRL at every look.
+			last, behind := p.behind(ctx)
+			if !behind || last.Equal(caughtUp) {
+				continue
+			}
+			caughtUp = last
+			p.log().Warn("CRL: a revocation is newer than the newest CRL (its node stopped before publishing); publishing")
+			triggered = true
+			at := p.now()
+			if at.Before(retryAt) {
+				at = retryAt
+			}
+			if at.Before(due) {
+				reset(at)
+			}
 		case <-p.trigger:
 			triggered = true
 			at := p.now().Add(delay)
@@ -188,6 +216,28 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 			reset(c.ThisUpdate.Add(interval))
 		}
 	}
+}
+
+// behind returns the newest revocation date and whether it is after the newest CRL's
+// thisUpdate (or before any CRL). A read that fails reports false: the next look tries again.
+func (p *CRLPublisher) behind(ctx context.Context) (time.Time, bool) {
+	var last time.Time
+	var crl *store.CRL
+	err := p.Store.View(ctx, func(tx store.Tx) error {
+		var err error
+		if last, err = tx.LatestRevocation(); err != nil || last.IsZero() {
+			return err
+		}
+		crl, err = tx.LatestCRL()
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil || last.IsZero() {
+		return last, false
+	}
+	return last, crl == nil || last.After(crl.ThisUpdate)
 }
 
 // Latest returns the newest stored CRL.

@@ -263,6 +263,33 @@ func TestCRLRun(t *testing.T) {
 	}
 }
 
+// TestCRLRunCatchUp: a revocation whose node stopped before it published (no Trigger here)
+// is put on a CRL by the leader's next look, not a day later; a revocation dated after the CRL
+// that lists it (another node's clock ahead) makes one CRL, not one at every look.
+func TestCRLRunCatchUp(t *testing.T) {
+	env := newBareService(t)
+	p := newPublisher(env, nil)
+	p.Issuer = p.Issuer.WithClock(time.Now)
+	p.Now = nil
+	p.Delay, p.CatchUp = time.Hour, 100*time.Millisecond
+	runPublisher(t, p)
+	waitNumber(t, p, 1, 5*time.Second) // at start
+
+	time.Sleep(1100 * time.Millisecond) // thisUpdate is in seconds
+	now := time.Now()
+	insertCerts(t, env.svc.Store, revokedCert("e1", now, store.ReasonKeyCompromise, now.Add(24*time.Hour)))
+	waitNumber(t, p, 2, 5*time.Second)
+	_, rl := parseLatest(t, p)
+	if len(rl.RevokedCertificateEntries) != 1 || rl.RevokedCertificateEntries[0].SerialNumber.Text(16) != "e1" {
+		t.Fatalf("CRL 2 lists %v, want e1", rl.RevokedCertificateEntries)
+	}
+
+	insertCerts(t, env.svc.Store, revokedCert("e2", now.Add(time.Hour), store.ReasonKeyCompromise, now.Add(24*time.Hour)))
+	waitNumber(t, p, 3, 5*time.Second)
+	time.Sleep(10 * p.CatchUp)
+	waitNumber(t, p, 3, 0)
+}
+
 // TestCRLRunAtStart: a CRL is published at every start, also when the newest is fresh: a
 // revocation that committed before a stop, while its CRL waited for the delay, or one written
 // while serve was stopped, is on the CRL at once. The stored CRL is reported meanwhile.

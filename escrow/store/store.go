@@ -170,6 +170,9 @@ type Revocations interface {
 	// snapshot; keep fn quick, as a long View holds that snapshot (and, for SQLite, holds
 	// back the WAL checkpoint) until it returns.
 	RevokedCertificates(now time.Time, fn func(CertStatus) error) error
+	// LatestRevocation returns the newest revocation date of any certificate, the zero time
+	// when none is revoked.
+	LatestRevocation() (time.Time, error)
 }
 
 // CRLs are the signed certificate revocation lists, newest served. The CRL number is the

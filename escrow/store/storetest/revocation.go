@@ -359,6 +359,12 @@ func testCompromisedKeys(t *testing.T, h *Harness) {
 // nothing else, once each, in serial byte order, with its date and reason.
 func testRevokedCertificates(t *testing.T, h *Harness) {
 	s := h.Open(t)
+	mustView(t, s, func(tx store.Tx) error {
+		if at, err := tx.LatestRevocation(); err != nil || !at.IsZero() {
+			t.Errorf("LatestRevocation of an empty store = %v, %v; want the zero time", at, err)
+		}
+		return nil
+	})
 	now := t0.AddDate(0, 6, 0)
 	want := map[string]store.CertStatus{}
 	reasons := []int{store.ReasonUnspecified, store.ReasonKeyCompromise, store.ReasonAffiliationChanged,
@@ -423,6 +429,10 @@ func testRevokedCertificates(t *testing.T, h *Harness) {
 		}
 		if len(seen) != len(want) {
 			t.Errorf("%d entries listed, want %d", len(seen), len(want))
+		}
+		// The newest revocation, expired certificates included: certificate 299's.
+		if at, err := tx.LatestRevocation(); err != nil || !at.Equal(t0.Add(299*time.Minute)) {
+			t.Errorf("LatestRevocation = %v, %v; want %v", at, err, t0.Add(299*time.Minute))
 		}
 		if err := tx.RevokedCertificates(time.Time{}, func(store.CertStatus) error { return nil }); !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("zero time: %v, want ErrInvalid", err)

@@ -220,6 +220,16 @@ func (tx *Tx) InsertCRL(c store.CRL) error {
 	return err
 }
 
+// LatestRevocation returns the newest revocation date, the zero time when none is revoked.
+func (tx *Tx) LatestRevocation() (time.Time, error) {
+	var at sql.NullInt64
+	if err := tx.queryRow("latest revocation", []any{&at},
+		`SELECT MAX(revoked_at) FROM certificates WHERE state = 'revoked'`); err != nil {
+		return time.Time{}, err
+	}
+	return tget(at), nil
+}
+
 // LatestCRL returns the CRL with the highest number, or [store.ErrNotFound].
 func (tx *Tx) LatestCRL() (*store.CRL, error) {
 	var (
