@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"reflect"
 	"sync"
 	"time"
@@ -76,6 +78,9 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 				return err
 			}
 			for i := range jobs {
+				if !m.hasInput(&jobs[i]) {
+					continue
+				}
 				l, err := tx.AcquireLease(store.JobLease(jobs[i].ID), m.node(), m.now(), m.leaseTTL())
 				if errors.Is(err, store.ErrLeaseHeld) {
 					continue
@@ -90,6 +95,27 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 		return nil
 	})
 	return job, lease, err
+}
+
+// hasInput reports whether this node can read job's file. With several nodes, each on a
+// machine of its own with its own copy of the state folder, a job's file is only on the
+// node it was submitted to: another node that claimed the job would cancel it for want of
+// its file, losing its items. Such a job is left to a node that has the file (the one it was
+// submitted to, once it is back). One node alone (no [Manager.Node]) claims every job: its
+// file is its own, and a job whose file is gone is cancelled (see [Manager.runLeased]).
+func (m *Manager) hasInput(job *store.Job) bool {
+	if m.Node == "" {
+		return true
+	}
+	_, err := os.Stat(job.Input)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return true
+	}
+	if _, warned := m.noInput.LoadOrStore(job.ID, true); !warned {
+		m.log().Warn("bulk job: its file is not on this node; left to the node it was submitted to",
+			"job", job.ID, "file", job.Input)
+	}
+	return false
 }
 
 // fence is the fencing check every write of the run makes in its transaction: it fails with

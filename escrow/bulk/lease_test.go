@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -568,4 +569,46 @@ func runEnrollJob(t *testing.T, env *testEnv, n int) {
 		t.Fatalf("done %d of %d", st.Done, n)
 	}
 	env.checkInvariant(t, env.results(t, st.ID))
+}
+
+// TestJobFileOnAnotherNode: nodes on machines of their own each keep job files in their own
+// state folder. Node B, which lacks a job's file, leaves the job alone (before, it claimed the
+// job and cancelled it for want of its file, losing every item); node A, which has the file,
+// then runs it to the end.
+func TestJobFileOnAnotherNode(t *testing.T) {
+	backends(t, func(t *testing.T, env *testEnv) {
+		const total = 4
+		var items []any
+		for i := 1; i <= total; i++ {
+			items = append(items, env.enrollItem(t, leaseMailbox(i)))
+		}
+		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+		file := filepath.Join(env.mgr.Dir, st.ID+jobFileExt)
+		away := file + ".elsewhere"
+		if err := os.Rename(file, away); err != nil {
+			t.Fatal(err)
+		}
+		var logB syncBuffer
+		b := env.node(t, "node-b", env.caKey, nil, time.Second, &logB)
+		stopB := runNode(t, b)
+		time.Sleep(1500 * time.Millisecond) // B looks for jobs at once, then twice a second
+		stopB()
+		if s, err := env.mgr.Status(context.Background(), st.ID); err != nil || s.State != store.JobQueued {
+			t.Fatalf("status %+v, %v after node B, want the job still queued", s, err)
+		}
+		if !strings.Contains(logB.String(), "not on this node") {
+			t.Errorf("node B's log says nothing of the missing file:\n%s", logB.String())
+		}
+
+		if err := os.Rename(away, file); err != nil {
+			t.Fatal(err)
+		}
+		a := env.node(t, "node-a", env.caKey, nil, time.Second, nil)
+		runNode(t, a)
+		waitFor(t, "node A to finish the job", func() bool {
+			s, err := a.Status(context.Background(), st.ID)
+			return err == nil && s.State == store.JobDone
+		})
+		checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+	})
 }

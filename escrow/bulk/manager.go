@@ -73,6 +73,7 @@ type Manager struct {
 	mu      sync.Mutex
 	running *progress
 	runs    sync.WaitGroup // calls of Run in progress
+	noInput sync.Map       // IDs of the jobs whose file this node lacks, warned about once
 }
 
 // Causes of a paused job, for [Status.Reason] and metrics.
