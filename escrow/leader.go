@@ -3,6 +3,7 @@ package escrow
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -104,9 +105,23 @@ func (l *Leader) Run(ctx context.Context) {
 func (l *Leader) Try(ctx context.Context) error {
 	ttl := l.ttl()
 	start := time.Now()
+	l.mu.Lock()
+	mine := l.lease.Token
+	l.mu.Unlock()
 	var lease store.Lease
 	err := l.Store.Update(ctx, func(tx store.Tx) error {
-		var err error
+		// A lease held under this node's name with a token this Leader never had belongs to
+		// another process started with the same name (or to this node before a restart):
+		// AcquireLease would renew it as ours, and both processes would lead. It is left to
+		// expire.
+		cur, err := tx.GetLease(LeaderLease)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		case cur.Holder == l.Node && start.UTC().Before(cur.Expires) && cur.Token != mine:
+			return fmt.Errorf("escrow: leader lease held by another process named %s (token %d): %w", l.Node, cur.Token, store.ErrLeaseHeld)
+		}
 		lease, err = tx.AcquireLease(LeaderLease, l.Node, start.UTC(), ttl)
 		return err
 	})

@@ -70,6 +70,46 @@ func TestLeaderOneAtATime(t *testing.T) {
 	}
 }
 
+// TestLeaderSameNameTwice: a second process started with the same node name does not take the
+// leader lease as its own while the first renews it (before, both led); once the first stops
+// renewing and the lease runs out, the second leads.
+func TestLeaderSameNameTwice(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	open := func() store.Store {
+		db, err := sqlite.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	ctx := context.Background()
+	const ttl = 400 * time.Millisecond
+	a := &Leader{Store: open(), Node: "node-a", TTL: ttl}
+	a2 := &Leader{Store: open(), Node: "node-a", TTL: ttl}
+	if err := a.Try(ctx); err != nil || !a.Leads() {
+		t.Fatalf("Try: %v, leads %v", err, a.Leads())
+	}
+	for range 2 {
+		if err := a2.Try(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Try(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !a.Leads() || a2.Leads() {
+			t.Fatalf("first leads %v, second leads %v; want the first alone", a.Leads(), a2.Leads())
+		}
+	}
+	time.Sleep(ttl + ttl/4) // the first stops renewing: its lease runs out
+	if err := a2.Try(ctx); err != nil || !a2.Leads() || a.Leads() {
+		t.Fatalf("after the lease ran out: %v, first leads %v, second %v; want the second alone", err, a.Leads(), a2.Leads())
+	}
+	if err := a2.Try(ctx); err != nil || !a2.Leads() {
+		t.Fatalf("the second's renewal: %v, leads %v", err, a2.Leads())
+	}
+}
+
 // TestLeaderStopsLeadingWhenRenewalStops: a leader whose renewals stop (a paused node, a lost
 // database) stops leading by its own clock (three quarters of the lease after its last
 // renewal began, before the lease runs out in the store).

@@ -81,13 +81,20 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 				if !m.hasInput(&jobs[i]) {
 					continue
 				}
-				l, err := tx.AcquireLease(store.JobLease(jobs[i].ID), m.node(), m.now(), m.leaseTTL())
+				name := store.JobLease(jobs[i].ID)
+				if held, err := m.heldUnderOurName(tx, name); err != nil {
+					return err
+				} else if held {
+					continue
+				}
+				l, err := tx.AcquireLease(name, m.node(), m.now(), m.leaseTTL())
 				if errors.Is(err, store.ErrLeaseHeld) {
 					continue
 				}
 				if err != nil {
 					return err
 				}
+				m.tokens.Store(name, l.Token)
 				job, lease = &jobs[i], l
 				return nil
 			}
@@ -95,6 +102,36 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 		return nil
 	})
 	return job, lease, err
+}
+
+// heldUnderOurName reports whether the lease name is held, unexpired, under this node's name
+// with a token this Manager never had: by another process started with the same node name
+// (a copy of the state folder, a second machine), or by this node before it was restarted.
+// AcquireLease would renew it as this node's own, and both processes would run the job at
+// once, each undoing the other's reservations (items failed). Such a lease is left to expire.
+// One node alone (no [Manager.Node]) is one process: its leases are its own.
+func (m *Manager) heldUnderOurName(tx store.Tx, name string) (bool, error) {
+	if m.Node == "" {
+		return false, nil
+	}
+	cur, err := tx.GetLease(name)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if cur.Holder != m.node() || !m.now().Before(cur.Expires) {
+		return false, nil
+	}
+	if tok, ok := m.tokens.Load(name); ok && tok.(int64) == cur.Token {
+		return false, nil
+	}
+	if _, warned := m.foreign.LoadOrStore(name, cur.Token); !warned {
+		m.log().Warn("bulk job: its lease is held under this node's name by another process (a second node with this name, or this node before a restart); waiting for it to expire",
+			"lease", name, "token", cur.Token, "expires", cur.Expires)
+	}
+	return true, nil
 }
 
 // hasInput reports whether this node can read job's file. With several nodes, each on a

@@ -612,3 +612,46 @@ func TestJobFileOnAnotherNode(t *testing.T) {
 		checkNoneTwice(t, env, st.ID, total, leaseMailbox)
 	})
 }
+
+// TestSameNodeNameTwice: two processes started with the same node name (a copied state
+// folder). Node A runs a job and waits in the middle of signing, renewing its lease; the
+// second process, named alike, must not take the lease as its own and run the job alongside
+// (before, it did: each undid the other's reservations and items failed). Once A goes on, it
+// finishes the job alone: every item done, none failed, none issued twice.
+func TestSameNodeNameTwice(t *testing.T) {
+	backends(t, func(t *testing.T, env *testEnv) {
+		const total, ttl = 10, time.Second
+		var items []any
+		for i := 1; i <= total; i++ {
+			items = append(items, env.enrollItem(t, leaseMailbox(i)))
+		}
+		st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+
+		g := newGate()
+		sigA := &stoppingSigner{Signer: env.caKey, g: g, at: 3}
+		a := env.node(t, "node-a", sigA, nil, ttl, nil)
+		runNode(t, a)
+		waitFor(t, "node A to wait while signing", g.stopped)
+
+		var logB syncBuffer
+		b := env.node(t, "node-a", env.caKey, nil, ttl, &logB)
+		runNode(t, b)
+		time.Sleep(3 * ttl / 2) // B looks for jobs at once, then twice a second
+		// Only what A signed can be done.
+		if s, err := env.mgr.Status(context.Background(), st.ID); err != nil || int64(s.Done) > sigA.n.Load() || s.Failed != 0 {
+			t.Errorf("status %+v, %v while node A waits: the second process named node-a ran the job", s, err)
+		}
+		if strings.Contains(logB.String(), "bulk job running") {
+			t.Errorf("the second process named node-a ran the job:\n%s", logB.String())
+		}
+		g.cont()
+		waitFor(t, "the job to finish", func() bool {
+			s, err := env.mgr.Status(context.Background(), st.ID)
+			return err == nil && s.State == store.JobDone
+		})
+		checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+		if !strings.Contains(logB.String(), "held under this node's name") {
+			t.Errorf("the second process's log says nothing of the lease held under its name:\n%s", logB.String())
+		}
+	})
+}
