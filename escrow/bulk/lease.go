@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
@@ -78,7 +79,7 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 				return err
 			}
 			for i := range jobs {
-				if !m.hasInput(&jobs[i]) {
+				if !m.canRun(&jobs[i]) {
 					continue
 				}
 				name := store.JobLease(jobs[i].ID)
@@ -134,23 +135,32 @@ func (m *Manager) heldUnderOurName(tx store.Tx, name string) (bool, error) {
 	return true, nil
 }
 
-// hasInput reports whether this node can read job's file. With several nodes, each on a
-// machine of its own with its own copy of the state folder, a job's file is only on the
-// node it was submitted to: another node that claimed the job would cancel it for want of
-// its file, losing its items. Such a job is left to a node that has the file (the one it was
+// canRun reports whether this node can run job: whether it can read the job's file and knows
+// its template. With several nodes, each on a machine of its own with its own copy of the
+// state folder, a job's file is only on the node it was submitted to, and a node whose
+// configuration lacks a template cannot issue for it: a node that claimed such a job would
+// cancel it, losing its items. Such a job is left to a node that can run it (the one it was
 // submitted to, once it is back). One node alone (no [Manager.Node]) claims every job: its
-// file is its own, and a job whose file is gone is cancelled (see [Manager.runLeased]).
-func (m *Manager) hasInput(job *store.Job) bool {
+// file and templates are its own, and a job whose file is gone is cancelled (see
+// [Manager.runLeased]).
+func (m *Manager) canRun(job *store.Job) bool {
 	if m.Node == "" {
 		return true
 	}
-	_, err := os.Stat(job.Input)
-	if !errors.Is(err, fs.ErrNotExist) {
+	why := ""
+	if _, err := os.Stat(job.Input); errors.Is(err, fs.ErrNotExist) {
+		why = "its file is not on this node"
+	} else if job.Template != escrow.TemplateImport {
+		if _, err := m.Service.Template(job.Template); err != nil {
+			why = "its template is not in this node's configuration"
+		}
+	}
+	if why == "" {
 		return true
 	}
 	if _, warned := m.noInput.LoadOrStore(job.ID, true); !warned {
-		m.log().Warn("bulk job: its file is not on this node; left to the node it was submitted to",
-			"job", job.ID, "file", job.Input)
+		m.log().Warn("bulk job: "+why+"; left to a node that can run it (the one it was submitted to)",
+			"job", job.ID, "file", job.Input, "template", job.Template)
 	}
 	return false
 }

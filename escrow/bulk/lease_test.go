@@ -655,3 +655,35 @@ func TestSameNodeNameTwice(t *testing.T) {
 		}
 	})
 }
+
+// TestJobTemplateOnAnotherNode: node B's configuration lacks the job's template. B leaves the
+// job alone (before, it claimed the job and cancelled it, losing every item); node A, which
+// has the template, runs it to the end.
+func TestJobTemplateOnAnotherNode(t *testing.T) {
+	env := newEnv(t)
+	const total = 4
+	var items []any
+	for i := 1; i <= total; i++ {
+		items = append(items, env.enrollItem(t, leaseMailbox(i)))
+	}
+	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+	var logB syncBuffer
+	b := env.node(t, "node-b", env.caKey, nil, time.Second, &logB)
+	b.Service.Templates = nil
+	stopB := runNode(t, b)
+	time.Sleep(1500 * time.Millisecond) // B looks for jobs at once, then twice a second
+	stopB()
+	if s, err := env.mgr.Status(context.Background(), st.ID); err != nil || s.State != store.JobQueued {
+		t.Fatalf("status %+v, %v after node B, want the job still queued", s, err)
+	}
+	if !strings.Contains(logB.String(), "its template is not in this node's configuration") {
+		t.Errorf("node B's log says nothing of the missing template:\n%s", logB.String())
+	}
+	a := env.node(t, "node-a", env.caKey, nil, time.Second, nil)
+	runNode(t, a)
+	waitFor(t, "node A to finish the job", func() bool {
+		s, err := a.Status(context.Background(), st.ID)
+		return err == nil && s.State == store.JobDone
+	})
+	checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+}

@@ -73,7 +73,7 @@ type Manager struct {
 	mu      sync.Mutex
 	running *progress
 	runs    sync.WaitGroup // calls of Run in progress
-	noInput sync.Map       // IDs of the jobs whose file this node lacks, warned about once
+	noInput sync.Map       // IDs of the jobs this node cannot run (file, template), warned about once
 	tokens  sync.Map       // job lease name -> the fencing token this Manager last took it with
 	foreign sync.Map       // job lease names held under this node's name by another process, warned about once
 }
