@@ -283,9 +283,10 @@ func TestFencedWriterRefused(t *testing.T) {
 		if err != nil {
 			t.Fatalf("item 1 under the lease: %v", err)
 		}
+		var taken store.Lease
 		takeOver := func() {
-			if err := env.db.Update(ctx, func(tx store.Tx) error {
-				_, err := tx.AcquireLease(store.JobLease(st.ID), "node-b", r.lease.Expires, time.Minute)
+			if err := env.db.Update(ctx, func(tx store.Tx) (err error) {
+				taken, err = tx.AcquireLease(store.JobLease(st.ID), "node-b", r.lease.Expires, time.Minute)
 				return err
 			}); err != nil {
 				t.Fatalf("node B takes the lease: %v", err)
@@ -339,6 +340,8 @@ func TestFencedWriterRefused(t *testing.T) {
 		}
 
 		b := env.node(t, "node-b", env.caKey, nil, time.Minute, nil)
+		// The takeover above was B's own claim: B knows the lease's token.
+		b.tokens.Store(taken.Name, taken.Token)
 		stopB := runNode(t, b)
 		waitFor(t, "node B to finish the job", func() bool {
 			s, err := b.Status(ctx, st.ID)
