@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -209,4 +210,58 @@ func TestRollbackWithoutHead(t *testing.T) {
 	}
 	b := serve(t, state)
 	b.stop(t)
+}
+
+// TestRestoreRefusesWhatIsNotThisArchive: an empty file, a copy whose trail was changed and
+// another appliance's database are refused, even with --force, and leave the state as it was;
+// a backup behind the database in place is refused without --force although no head file
+// exists yet (the appliance was never served).
+func TestRestoreRefusesWhatIsNotThisArchive(t *testing.T) {
+	t.Parallel()
+	state, other := devState(t), devState(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.db")
+	keyarc(t, "backup", "--state", state, "--out", good)
+	foreign := filepath.Join(dir, "foreign.db")
+	keyarc(t, "backup", "--state", other, "--out", foreign)
+	empty := filepath.Join(dir, "empty.db")
+	writeFile(t, empty, nil)
+	tampered := filepath.Join(dir, "tampered.db")
+	copyFileT(t, good, tampered)
+	db, err := sql.Open("sqlite", "file:"+tampered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE audit SET actor = 'mallory' WHERE seq = 3`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	dbPath := filepath.Join(state, "keyarc.db")
+	before, _ := os.ReadFile(dbPath)
+	for _, c := range []struct{ from, want string }{
+		{empty, "holds no audit trail"},
+		{tampered, "does not verify"},
+		{foreign, "another appliance's database"},
+	} {
+		msg := keyarcFails(t, "restore", "--state", state, "--from", c.from, "--force")
+		if !strings.Contains(msg, c.want) || !strings.Contains(msg, "nothing was changed") {
+			t.Errorf("restore --from %s: %s", filepath.Base(c.from), msg)
+		}
+		if now, _ := os.ReadFile(dbPath); string(now) != string(before) {
+			t.Fatalf("a refused restore of %s changed the database", filepath.Base(c.from))
+		}
+		if m, _ := filepath.Glob(filepath.Join(state, "*before-restore*")); len(m) > 0 {
+			t.Fatalf("a refused restore of %s moved files aside: %v", filepath.Base(c.from), m)
+		}
+	}
+
+	keyarc(t, "admin", "credential", "issue", "--state", state, "--role", "admin", "--name", "ada", "--out", filepath.Join(dir, "ada"))
+	if msg := keyarcFails(t, "restore", "--state", state, "--from", good); !strings.Contains(msg, "drops audited history") {
+		t.Errorf("restoring a backup behind the database, no head file: %s", msg)
+	}
+	keyarc(t, "restore", "--state", state, "--from", good, "--force")
+	if out := keyarc(t, "audit", "verify", "--state", state); !strings.Contains(out, "OK") {
+		t.Errorf("audit verify after the forced restore:\n%s", out)
+	}
 }

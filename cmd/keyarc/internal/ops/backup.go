@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -169,10 +170,12 @@ func RunRestore(args []string) error {
 	}
 	// How far the replaced database had gone: a backup newer than the head file may still
 	// drop entries made after the last checkpoint.
+	var replaced *store.AuditEntry
 	if !inPlace && pemfile.Exists(dbPath) {
 		if last, err := lastEntry(ctx, dbPath); err == nil {
-			r.ReplacedSeq = last
-			r.TrailSeq = max(r.TrailSeq, last)
+			replaced = last
+			r.ReplacedSeq = last.Seq
+			r.TrailSeq = max(r.TrailSeq, last.Seq)
 		} else {
 			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): how far its trail went is not known\n", err)
 		}
@@ -217,6 +220,27 @@ func RunRestore(args []string) error {
 	}); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	// Only this appliance's archive is restored, as it was written: a file that holds no
+	// trail (an empty or foreign SQLite file), a trail that does not verify against this
+	// audit key, or certificates this CA did not issue are refused, even with --force.
+	if r.RestoredSeq == 0 {
+		return fmt.Errorf("restore refused: %s holds no audit trail, so it is not a keyarc database (every one holds the entries of its init); nothing was changed", *from)
+	}
+	if _, verr := audit.Verify(ctx, db, pub, nil); verr != nil {
+		var p *audit.Problem
+		if !errors.As(verr, &p) {
+			return fmt.Errorf("restore: %w", verr)
+		}
+		return fmt.Errorf("restore refused: the audit trail of %s does not verify against this appliance's audit key (%s): %w; it is another appliance's database, or it was changed; nothing was changed", *from, cfg.Path(statedir.AuditCertName), verr)
+	}
+	crep, err := statedir.ConsistencyCheck(ctx, db, cfg)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if len(crep.Problems) > 0 {
+		return fmt.Errorf("restore refused: %d of the %d certificates in %s fail the consistency check against this appliance's CA and audit trail, the first: %w; it is another appliance's database, or it was changed; nothing was changed",
+			len(crep.Problems), crep.Certificates, *from, &crep.Problems[0])
+	}
 	switch {
 	case head != nil:
 		if rerr := audit.Reaches(ctx, db, head); rerr != nil {
@@ -230,6 +254,16 @@ func RunRestore(args []string) error {
 			return fmt.Errorf("restore refused: the head file %s is missing, so nothing shows how far the audit trail had gone; --force restores anyway and records the restore, with the head missing, in the trail", headPath)
 		}
 		r.Forced = true
+	}
+	// The database in place may have gone further than the head file (no checkpoint yet, or
+	// never served): the backup must hold its last entry, or the restore drops history.
+	if replaced != nil && !r.Forced {
+		if rerr := holds(ctx, db, replaced); rerr != nil {
+			if !*force {
+				return fmt.Errorf("restore refused: %w (--force restores it anyway, keeps the replaced database as evidence and records the restore in the trail)", rerr)
+			}
+			r.Forced = true
+		}
 	}
 	if inPlace {
 		r.TrailSeq = max(r.TrailSeq, r.RestoredSeq)
@@ -313,19 +347,19 @@ func sameFile(a, b string) bool {
 	return err == nil && os.SameFile(sa, sb)
 }
 
-// lastEntry returns the last audit entry's seq of the database at path (0 when its trail is
+// lastEntry returns the last audit entry of the database at path (seq 0 when its trail is
 // empty).
-func lastEntry(ctx context.Context, path string) (int64, error) {
+func lastEntry(ctx context.Context, path string) (*store.AuditEntry, error) {
 	db, err := sqlite.Open(path)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer db.Close()
-	var last int64
+	last := &store.AuditEntry{}
 	err = db.View(ctx, func(tx store.Tx) error {
 		e, err := tx.LastAudit()
 		if err == nil {
-			last = e.Seq
+			last = e
 		}
 		if errors.Is(err, store.ErrNotFound) {
 			err = nil
@@ -333,6 +367,26 @@ func lastEntry(ctx context.Context, path string) (int64, error) {
 		return err
 	})
 	return last, err
+}
+
+// holds tells whether db holds the replaced database's last entry, with the same hash.
+func holds(ctx context.Context, db store.Store, last *store.AuditEntry) error {
+	if last.Seq == 0 {
+		return nil
+	}
+	return db.View(ctx, func(tx store.Tx) error {
+		e, err := tx.GetAudit(last.Seq)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("the backup's audit trail ends before entry %d, which the database in place holds: restoring it drops audited history", last.Seq)
+		}
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(e.Hash, last.Hash) {
+			return fmt.Errorf("entry %d of the backup is not the one of the database in place: the two have another history", last.Seq)
+		}
+		return nil
+	})
 }
 
 // copyFileSum copies a file (the copy must not exist) and returns the SHA-256 (hex) of what it
