@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -263,5 +264,80 @@ func TestRestoreRefusesWhatIsNotThisArchive(t *testing.T) {
 	keyarc(t, "restore", "--state", state, "--from", good, "--force")
 	if out := keyarc(t, "audit", "verify", "--state", state); !strings.Contains(out, "OK") {
 		t.Errorf("audit verify after the forced restore:\n%s", out)
+	}
+}
+
+// TestRestoreDiskFull: a restore onto a disk too full for it fails as a storage fault (never
+// "not a keyarc database") and leaves the database, the head file and no leftover behind;
+// with a little more room it succeeds.
+func TestRestoreDiskFull(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the disk-full test needs root (to mount a tmpfs); CI runs as root")
+		}
+		t.Skip("needs root to mount a tmpfs")
+	}
+	state := devState(t)
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cannot mount a tmpfs: %v %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	dbPath := filepath.Join(mnt, "keyarc.db")
+	copyFileT(t, filepath.Join(state, "keyarc.db"), dbPath)
+	os.Remove(filepath.Join(state, "keyarc.db"))
+	cfgPath := filepath.Join(state, "keyarc.yaml")
+	cfg, _ := os.ReadFile(cfgPath)
+	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "database: keyarc.db", "database: "+dbPath, 1)))
+	backup := filepath.Join(t.TempDir(), "b.db")
+	keyarc(t, "backup", "--state", state, "--out", backup)
+
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	size, _ := f.Seek(0, 1)
+	f.Close()
+	before, _ := os.ReadFile(dbPath)
+	for free := int64(0); ; free += 16 << 10 {
+		if free > size {
+			t.Fatal("the restore never succeeded")
+		}
+		if err := os.Truncate(filler, size-free); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, err := keyarcResult("restore", "--state", state, "--from", backup)
+		if err == nil {
+			break
+		}
+		if strings.Contains(errOut, "not a keyarc database") || !strings.Contains(errOut, "nothing was changed") {
+			t.Errorf("restore with %d KiB free: %s", free>>10, errOut)
+		}
+		if now, _ := os.ReadFile(dbPath); string(now) != string(before) {
+			t.Fatalf("a failed restore with %d KiB free changed the database", free>>10)
+		}
+		for _, dir := range []string{mnt, state} {
+			if m, _ := filepath.Glob(filepath.Join(dir, "*.restoring*")); len(m) > 0 {
+				t.Fatalf("a failed restore with %d KiB free left %v", free>>10, m)
+			}
+			if m, _ := filepath.Glob(filepath.Join(dir, "*before-restore*")); len(m) > 0 {
+				t.Fatalf("a failed restore with %d KiB free moved files aside: %v", free>>10, m)
+			}
+		}
+	}
+	os.Remove(filler)
+	if out := keyarc(t, "audit", "verify", "--state", state); !strings.Contains(out, "OK") {
+		t.Errorf("audit verify after the restore:\n%s", out)
 	}
 }

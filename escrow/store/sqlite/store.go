@@ -79,8 +79,15 @@ func dsn(path string, q string) string {
 }
 
 // Open opens the database at path, creating it (mode 0600) if it is missing,
-// and brings its schema up to date. The directory must exist.
+// and brings its schema up to date. The directory must exist. A storage fault (a full disk,
+// a failing read or write) is wrapped with [store.ErrUnavailable], so that it is not taken
+// for a bad file.
 func Open(path string) (*DB, error) {
+	db, err := open(path)
+	return db, classify(err)
+}
+
+func open(path string) (*DB, error) {
 	if path == "" {
 		return nil, fmt.Errorf("store: open: empty path: %w", store.ErrInvalid)
 	}

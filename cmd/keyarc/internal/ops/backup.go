@@ -182,24 +182,39 @@ func RunRestore(args []string) error {
 	}
 
 	// Work on a copy: opening a database may migrate it, and the backup stays as it was.
+	// Everything is written to the copy and to a new head file beside the old one; only
+	// renames follow, so a fault (a full disk) leaves the state folder as it was.
 	work := dbPath + ".restoring"
+	headWork := headPath + ".restoring"
+	leftovers := []string{headWork}
 	if inPlace {
 		work = dbPath
 	} else {
-		os.Remove(work)
+		leftovers = append(leftovers, work, work+"-wal", work+"-shm")
+	}
+	clean := func() {
+		for _, p := range leftovers {
+			os.Remove(p)
+		}
+	}
+	clean()
+	ok := false
+	defer func() {
+		if !ok {
+			clean()
+		}
+	}()
+	if !inPlace {
 		sum, err := copyFileSum(*from, work)
 		if err != nil {
-			return fmt.Errorf("restore: %w", err)
+			return fmt.Errorf("restore: copy %s into the state folder: %w; nothing was changed", *from, err)
 		}
 		r.BackupSHA256 = sum
 	}
-	ok := false
-	defer func() {
-		if !ok && !inPlace {
-			os.Remove(work)
-		}
-	}()
 	db, err := sqlite.Open(work)
+	if errors.Is(err, store.ErrUnavailable) {
+		return fmt.Errorf("restore: the state folder's storage failed while opening the copy: %w; nothing was changed", err)
+	}
 	if err != nil {
 		return fmt.Errorf("restore: %s is not a keyarc database: %w", *from, err)
 	}
@@ -269,47 +284,55 @@ func RunRestore(args []string) error {
 		r.TrailSeq = max(r.TrailSeq, r.RestoredSeq)
 	}
 
-	// Put the database in place, the replaced one and the old head kept as evidence.
-	if !inPlace {
-		db.Close()
-		if pemfile.Exists(dbPath) {
-			kept := dbPath + ".before-restore-" + stamp
-			if err := os.Rename(dbPath, kept); err != nil {
-				return err
-			}
-			r.ReplacedKeptAs = kept
-			fmt.Fprintf(os.Stderr, "the previous database is kept as %s\n", kept)
-		}
-		for _, suffix := range []string{"-wal", "-shm"} {
-			os.Remove(dbPath + suffix)
-			os.Remove(work + suffix)
-		}
-		if err := os.Rename(work, dbPath); err != nil {
-			return err
-		}
-		ok = true
-		if db, err = sqlite.Open(dbPath); err != nil {
-			return err
-		}
-	}
-	if pemfile.Exists(headPath) {
-		kept := headPath + ".before-restore-" + stamp
-		if err := os.Rename(headPath, kept); err != nil {
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "the audit head file is kept as %s\n", kept)
+	// Record the restore and sign it in the copy, the new head file beside the old one.
+	keptDB := ""
+	if !inPlace && pemfile.Exists(dbPath) {
+		keptDB = dbPath + ".before-restore-" + stamp
+		r.ReplacedKeptAs = keptDB
 	}
 	err = db.Update(ctx, func(tx store.Tx) error {
 		_, err := audit.Append(tx, time.Now(), audit.KindRestore, osActor(), filepath.Base(*from), audit.Details{Restore: r})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("restore: record the restore in the audit trail: %w", err)
+		return fmt.Errorf("restore: record the restore in the audit trail: %w; nothing was changed", err)
 	}
-	cp := &audit.Checkpointer{DB: db, Signer: signer, HeadPath: headPath}
+	cp := &audit.Checkpointer{DB: db, Signer: signer, HeadPath: headWork}
 	c, err := cp.Checkpoint(ctx)
 	if err != nil {
-		return fmt.Errorf("restore: sign the audit trail after the restore: %w", err)
+		return fmt.Errorf("restore: sign the audit trail after the restore: %w; nothing was changed", err)
+	}
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+
+	// Put the database and the head file in place, the replaced ones kept as evidence.
+	if keptDB != "" {
+		if err := os.Rename(dbPath, keptDB); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		for _, suffix := range []string{"-wal", "-shm"} {
+			if pemfile.Exists(dbPath + suffix) {
+				os.Rename(dbPath+suffix, keptDB+suffix)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "the previous database is kept as %s\n", keptDB)
+	}
+	if !inPlace {
+		if err := os.Rename(work, dbPath); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+	}
+	ok = true
+	if pemfile.Exists(headPath) {
+		kept := headPath + ".before-restore-" + stamp
+		if err := os.Rename(headPath, kept); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "the audit head file is kept as %s\n", kept)
+	}
+	if err := os.Rename(headWork, headPath); err != nil {
+		return fmt.Errorf("restore: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "restore recorded in the audit trail as entry %d, signed; the head file continues from it\n", c.Seq)
 	if from, to, lost := r.Lost(); lost {
@@ -402,13 +425,16 @@ func copyFileSum(from, to string) (string, error) {
 		return "", err
 	}
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
-		out.Close()
+	_, err = io.Copy(io.MultiWriter(out, h), in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(to) // no partial copy is left behind
 		return "", err
 	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), out.Close()
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
