@@ -294,3 +294,14 @@ func TestMakeSaysWhichGoToInstall(t *testing.T) {
 		}
 	}
 }
+
+// TestCLINamesMissingOperator: --as naming an operator without a credential in the state folder
+// says so, rather than a bare "no such file".
+func TestCLINamesMissingOperator(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	msg := keyarcFails(t, "admin", "pending", "list", "--state", state, "--as", "nobody")
+	if !strings.Contains(msg, `no operator "nobody"`) || strings.Contains(msg, "no such file") {
+		t.Errorf("--as nobody: %s", msg)
+	}
+}

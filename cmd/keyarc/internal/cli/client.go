@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,6 +158,9 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 	if server == "" || cacert == "" {
 		return nil, cmdline.UsageError{Msg: "give --server URL and --cacert FILE, or --state DIR of a development install"}
 	}
+	if err := checkServer(server); err != nil {
+		return nil, err
+	}
 	pool := x509.NewCertPool()
 	caCerts, err := pemfile.ReadCertificates(cacert)
 	if err != nil {
@@ -196,6 +200,10 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 			}
 			tlsCfg.Certificates = []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: signer, Leaf: cert}}
 		case certFile != "":
+			if c.as != "" && c.cert == "" && !pemfile.Exists(certFile) {
+				return nil, cmdline.UsageError{Msg: fmt.Sprintf("--as %s: there is no operator %q in %s (no %s); issue one with keyarc admin credential issue, or name admin, officer or auditor",
+					c.as, c.as, filepath.Dir(certFile), filepath.Base(certFile))}
+			}
 			cert, err := pemfile.ReadCertificate(certFile)
 			if err != nil {
 				return nil, err
@@ -209,6 +217,19 @@ func (c *clientFlags) dial(withIdentity bool) (*client, error) {
 	}
 	cl.http = &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	return cl, nil
+}
+
+// checkServer refuses a --server that is not an https:// URL of a host: the CLI sends
+// credentials, enrollment codes and keys, never over plain HTTP.
+func checkServer(server string) error {
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return cmdline.UsageError{Msg: fmt.Sprintf("--server %q is not a URL: give https://HOST:PORT", server)}
+	}
+	if u.Scheme != "https" {
+		return cmdline.UsageError{Msg: fmt.Sprintf("--server %q: the appliance is reached over HTTPS only (enrollment codes, credentials and keys never travel in clear): give https://%s", server, u.Host)}
+	}
+	return nil
 }
 
 // HTTPClient is an HTTPS client of the appliance at server (or, when server is empty, where

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -81,5 +82,25 @@ func TestShownTime(t *testing.T) {
 		if got := shownTime(tc.in); got != tc.want {
 			t.Errorf("shownTime(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestDialRefusesServerWithoutHTTPS: a --server that is not an https:// URL is refused before
+// anything is read or sent, with a message that names it.
+func TestDialRefusesServerWithoutHTTPS(t *testing.T) {
+	for _, tc := range []struct{ server, want string }{
+		{"http://127.0.0.1:8080", "HTTPS only"},
+		{"127.0.0.1:8443", "not a URL"},
+		{"keyarc.example.org", "not a URL"},
+	} {
+		c := clientFlags{server: tc.server, cacert: "/nonexistent/ca.pem"}
+		_, err := c.dial(false)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.server) {
+			t.Errorf("--server %s: %v, want an error saying %q", tc.server, err, tc.want)
+		}
+	}
+	c := clientFlags{server: "https://127.0.0.1:8443/", cacert: "/nonexistent/ca.pem"}
+	if _, err := c.dial(false); err == nil || strings.Contains(err.Error(), "--server") {
+		t.Errorf("an https:// server is refused: %v", err)
 	}
 }
