@@ -8,7 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestBackupRestore: an online backup while serving; a restore refused while the appliance
@@ -339,5 +341,83 @@ func TestRestoreDiskFull(t *testing.T) {
 	os.Remove(filler)
 	if out := keyarc(t, "audit", "verify", "--state", state); !strings.Contains(out, "OK") {
 		t.Errorf("audit verify after the restore:\n%s", out)
+	}
+}
+
+// TestBackupRestoreInterrupted: Ctrl-C during a backup leaves no partial copy (a second backup
+// to the same file works), and Ctrl-C during a restore leaves the state folder as it was.
+func TestBackupRestoreInterrupted(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	dbPath := filepath.Join(state, "keyarc.db")
+	db, err := sql.Open("sqlite", "file:"+dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A large database, so that copying it takes a while.
+	if _, err := db.Exec(`CREATE TABLE filler (b BLOB); WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200) INSERT INTO filler SELECT randomblob(1 << 20) FROM c`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "b.db")
+	interrupted := func(after time.Duration, args ...string) (string, error) {
+		cmd := exec.Command(keyarcBin, args...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(after)
+		cmd.Process.Signal(syscall.SIGINT)
+		err := cmd.Wait()
+		return stderr.String(), err
+	}
+
+	stopped := 0
+	for after := 50 * time.Millisecond; after < 3*time.Second; after += 150 * time.Millisecond {
+		msg, err := interrupted(after, "backup", "--state", state, "--out", out)
+		if err == nil || strings.Contains(msg, "database copied") {
+			break // done before the signal
+		}
+		stopped++
+		if !strings.Contains(msg, "interrupted") {
+			t.Errorf("backup interrupted after %v: %s", after, msg)
+		}
+		if m, _ := filepath.Glob(out + "*"); len(m) > 0 {
+			t.Fatalf("backup interrupted after %v left %v", after, m)
+		}
+	}
+	if stopped == 0 {
+		t.Fatal("no backup was interrupted: the database is copied too fast for this test")
+	}
+	os.Remove(out)
+	keyarc(t, "backup", "--state", state, "--out", out)
+
+	st, _ := os.Stat(dbPath)
+	stopped = 0
+	for after := 50 * time.Millisecond; after < 5*time.Second; after += 150 * time.Millisecond {
+		msg, err := interrupted(after, "restore", "--state", state, "--from", out)
+		if err == nil || strings.Contains(msg, "restore recorded") {
+			break // done before the signal
+		}
+		stopped++
+		if !strings.Contains(msg, "interrupted; nothing was changed") {
+			t.Errorf("restore interrupted after %v: %s", after, msg)
+		}
+		if now, err := os.Stat(dbPath); err != nil || now.Size() != st.Size() || !now.ModTime().Equal(st.ModTime()) {
+			t.Fatalf("restore interrupted after %v changed the database", after)
+		}
+		m, _ := filepath.Glob(filepath.Join(state, "*.restoring*"))
+		k, _ := filepath.Glob(filepath.Join(state, "*before-restore*"))
+		if len(m)+len(k) > 0 {
+			t.Fatalf("restore interrupted after %v left %v %v", after, m, k)
+		}
+	}
+	if stopped == 0 {
+		t.Fatal("no restore was interrupted: the database is copied too fast for this test")
+	}
+	if out := keyarc(t, "audit", "verify", "--state", state); !strings.Contains(out, "OK") {
+		t.Errorf("audit verify after the restores:\n%s", out)
 	}
 }

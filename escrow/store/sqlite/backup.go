@@ -19,26 +19,35 @@ func (db *DB) Check(ctx context.Context) error {
 	}
 	rows, err := db.r.QueryContext(ctx, "PRAGMA quick_check")
 	if err != nil {
-		return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
+		return checkErr(ctx, err)
 	}
 	defer rows.Close()
 	var problems []string
 	for rows.Next() {
 		var line string
 		if err := rows.Scan(&line); err != nil {
-			return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
+			return checkErr(ctx, err)
 		}
 		if line != "ok" && len(problems) < 5 {
 			problems = append(problems, line)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
+		return checkErr(ctx, err)
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %s", store.ErrCorrupt, strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// checkErr is the error of a check that could not run to its end: an interruption says so
+// (the file is not blamed), anything else is a corrupt file.
+func checkErr(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("store: check: %w", ctxErr)
+	}
+	return fmt.Errorf("%w: %w", store.ErrCorrupt, err)
 }
 
 // Backup writes a consistent copy of the database to path (which must not exist) while the
@@ -62,7 +71,8 @@ func (db *DB) Backup(ctx context.Context, path string) error {
 	}
 	if _, err := db.r.ExecContext(ctx, "VACUUM INTO ?", path); err != nil {
 		os.Remove(path)
-		return fmt.Errorf("store: backup: %w", err)
+		os.Remove(path + "-journal") // an interrupted VACUUM INTO leaves its journal
+		return fmt.Errorf("store: backup: %w", classify(err))
 	}
 	return nil
 }

@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"os/user"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/cmdline"
@@ -68,14 +70,18 @@ func RunBackup(args []string) error {
 		return err
 	}
 	defer db.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := interruptible(30 * time.Minute)
 	defer cancel()
 	if err := db.Backup(ctx, *out); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("backup: %s; no copy was written to %s", interruption(ctx), *out)
+		}
 		return err
 	}
 	if head != nil {
 		if err := audit.WriteHead(headOut, head); err != nil {
-			return fmt.Errorf("backup: copy of the audit head: %w", err)
+			os.Remove(*out) // a copy without its head file is not left as if it were complete
+			return fmt.Errorf("backup: copy of the audit head: %w; no copy was written to %s", err, *out)
 		}
 		fmt.Fprintf(os.Stderr, "database copied, and the audit head (entry %d) to %s; back up the tokens too (they hold the keys)\n", head.Seq, headOut)
 	} else {
@@ -97,6 +103,26 @@ func RunBackup(args []string) error {
 // history. --from may name the database itself, to record a rollback already made by copying a
 // file in place.
 func RunRestore(args []string) error {
+	// Ctrl-C or SIGTERM stops the restore at its next step, which undoes what it wrote; the
+	// renames that put the files in place are never cut in the middle.
+	ctx, cancel := interruptible(30 * time.Minute)
+	defer cancel()
+	err := restore(ctx, args)
+	if err != nil && ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return fmt.Errorf("restore: %s; nothing was changed", interruption(ctx))
+	}
+	return err
+}
+
+// interruption says why ctx ended.
+func interruption(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return "it took too long and was stopped"
+	}
+	return "interrupted"
+}
+
+func restore(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	from := fs.String("from", "", "backup file made by keyarc backup, or the state's database itself to record a rollback made in place (required)")
@@ -128,8 +154,6 @@ func RunRestore(args []string) error {
 	}
 	dbPath := cfg.Path(cfg.Database)
 	inPlace := sameFile(*from, dbPath)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
 	stamp := time.Now().UTC().Format("20060102T150405Z")
 
 	// The audit key signs the restore's checkpoint: open it first, before anything changes.
@@ -205,7 +229,7 @@ func RunRestore(args []string) error {
 		}
 	}()
 	if !inPlace {
-		sum, err := copyFileSum(*from, work)
+		sum, err := copyFileSum(ctx, *from, work)
 		if err != nil {
 			return fmt.Errorf("restore: copy %s into the state folder: %w; nothing was changed", *from, err)
 		}
@@ -284,6 +308,9 @@ func RunRestore(args []string) error {
 		r.TrailSeq = max(r.TrailSeq, r.RestoredSeq)
 	}
 
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	// Record the restore and sign it in the copy, the new head file beside the old one.
 	keptDB := ""
 	if !inPlace && pemfile.Exists(dbPath) {
@@ -304,6 +331,9 @@ func RunRestore(args []string) error {
 	}
 	if err := db.Close(); err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 
 	// Put the database and the head file in place, the replaced ones kept as evidence.
@@ -412,9 +442,31 @@ func holds(ctx context.Context, db store.Store, last *store.AuditEntry) error {
 	})
 }
 
+// interruptible is a context that ends after d, or at Ctrl-C or SIGTERM: a local command
+// that writes files then stops at its next step and removes what it wrote, instead of
+// dying with a partial file in place.
+func interruptible(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	return ctx, func() { stop(); cancel() }
+}
+
+// ctxReader stops a copy once its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
 // copyFileSum copies a file (the copy must not exist) and returns the SHA-256 (hex) of what it
 // copied.
-func copyFileSum(from, to string) (string, error) {
+func copyFileSum(ctx context.Context, from, to string) (string, error) {
 	in, err := os.Open(from)
 	if err != nil {
 		return "", err
@@ -425,7 +477,7 @@ func copyFileSum(from, to string) (string, error) {
 		return "", err
 	}
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(out, h), in)
+	_, err = io.Copy(io.MultiWriter(out, h), ctxReader{ctx, in})
 	if err == nil {
 		err = out.Sync()
 	}
