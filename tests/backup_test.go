@@ -239,10 +239,20 @@ func TestRestoreRefusesWhatIsNotThisArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
+	newer := filepath.Join(dir, "newer.db")
+	copyFileT(t, good, newer)
+	if db, err = sql.Open("sqlite", "file:"+newer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`PRAGMA user_version = 9999`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 
 	dbPath := filepath.Join(state, "keyarc.db")
 	before, _ := os.ReadFile(dbPath)
 	for _, c := range []struct{ from, want string }{
+		{newer, "another keyarc version"},
 		{empty, "holds no audit trail"},
 		{tampered, "does not verify"},
 		{foreign, "another appliance's database"},

@@ -239,8 +239,11 @@ func restore(ctx context.Context, args []string) error {
 	if errors.Is(err, store.ErrUnavailable) {
 		return fmt.Errorf("restore: the state folder's storage failed while opening the copy: %w; nothing was changed", err)
 	}
+	if errors.Is(err, store.ErrSchema) {
+		return fmt.Errorf("restore refused: %s is a database of another keyarc version: %w; restore it with the keyarc that made it; nothing was changed", *from, err)
+	}
 	if err != nil {
-		return fmt.Errorf("restore: %s is not a keyarc database: %w", *from, err)
+		return fmt.Errorf("restore: %s is not a keyarc database: %w; nothing was changed", *from, err)
 	}
 	defer func() { db.Close() }()
 	if err := db.Check(ctx); err != nil {
