@@ -305,3 +305,34 @@ func TestCLINamesMissingOperator(t *testing.T) {
 		t.Errorf("--as nobody: %s", msg)
 	}
 }
+
+// TestInitTokenMistakes: an init whose token cannot be opened leaves no configuration behind
+// (a run with the corrected --token starts afresh), and an init over a state folder says that
+// a different --token is not the one it keeps using.
+func TestInitTokenMistakes(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	cfg, err := os.ReadFile(filepath.Join(state, "keyarc.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uri string
+	for _, line := range strings.Split(string(cfg), "\n") {
+		if u, ok := strings.CutPrefix(strings.TrimSpace(line), "uri: "); ok {
+			uri = u
+		}
+	}
+	wrong := strings.Replace(uri, "token=keyarc", "token=nosuch", 1)
+	if uri == "" || wrong == uri {
+		t.Fatalf("no token URI in the configuration:\n%s", cfg)
+	}
+	fresh := filepath.Join(t.TempDir(), "state")
+	keyarcFails(t, "init", "--state", fresh, "--token", wrong)
+	if _, err := os.Stat(filepath.Join(fresh, "keyarc.yaml")); err == nil {
+		t.Error("a failed init left keyarc.yaml, which a run with the corrected --token would keep")
+	}
+	out, _, _ := keyarcResult("init", "--state", state, "--token", wrong)
+	if !strings.Contains(out, "the token stays") {
+		t.Errorf("init over a state with another --token does not say it is not used:\n%s", out)
+	}
+}

@@ -88,6 +88,7 @@ func RunInit(args []string) error {
 	say := func(format string, a ...any) { fmt.Printf(format+"\n", a...) }
 
 	var cfg *config.Config
+	created := false
 	if pemfile.Exists(filepath.Join(dir, config.Name)) {
 		if cfg, err = config.Load(dir); err != nil {
 			return err
@@ -98,6 +99,12 @@ func RunInit(args []string) error {
 		}
 		if flagSet(fs, "public-url") && *publicURL != string(cfg.PublicURL) {
 			say("note     public_url stays %s: certificates already point there; edit %s to change it", cfg.PublicURL, filepath.Join(dir, config.Name))
+		}
+		if *tokenURI != "" && !sameTokenURI(*tokenURI, cfg.Token.URI) {
+			say("note     the token stays %s: edit %s to change it", cfg.Token.URI, filepath.Join(dir, config.Name))
+		}
+		if *dev && cfg.Token.SoftHSMConf == "" {
+			say("note     the token stays %s (not a development token): edit %s to change it", cfg.Token.URI, filepath.Join(dir, config.Name))
 		}
 		if *dev && cfg.Token.SoftHSMConf != "" {
 			// A second `init --dev` still makes any development token that is missing.
@@ -128,9 +135,16 @@ func RunInit(args []string) error {
 			return fmt.Errorf("write configuration: %w", err)
 		}
 		say("created  %s", filepath.Join(dir, config.Name))
+		created = true
 	}
 	tok, err := statedir.OpenToken(cfg, nil)
 	if err != nil {
+		if created {
+			// Nothing else was made: a run with a corrected --token starts afresh instead
+			// of keeping this configuration's token.
+			os.Remove(filepath.Join(dir, config.Name))
+			say("removed  %s (the token could not be opened)", filepath.Join(dir, config.Name))
+		}
 		return err
 	}
 	defer tok.Close()
@@ -379,6 +393,16 @@ func validCountry(c string) bool {
 }
 
 // flagSet reports whether the flag name was given on the command line.
+// sameTokenURI tells whether two PKCS#11 URIs name the same token, however they are spelled.
+func sameTokenURI(a, b string) bool {
+	ua, erra := hsm.ParseURI(a)
+	ub, errb := hsm.ParseURI(b)
+	if erra != nil || errb != nil {
+		return a == b
+	}
+	return ua.String() == ub.String()
+}
+
 func flagSet(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
