@@ -336,3 +336,26 @@ func TestInitTokenMistakes(t *testing.T) {
 		t.Errorf("init over a state with another --token does not say it is not used:\n%s", out)
 	}
 }
+
+// TestEnrollOutputUnwritable: an enroll whose --out cannot be made fails before the code is
+// spent, leaving nothing behind, and the same code then enrolls into a good folder.
+func TestEnrollOutputUnwritable(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	a := serve(t, state)
+	const mailbox = "out@example.org"
+	code := strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", state, "--email", mailbox, "--template", "smime-signature"))
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "file")
+	writeFile(t, blocker, []byte("not a folder"))
+	args := []string{"enroll", "--state", state, "--server", a.url, "--template", "smime-signature", "--email", mailbox, "--code", code, "--out"}
+	if msg := keyarcFails(t, append(args, filepath.Join(blocker, "out"))...); !strings.Contains(msg, "cannot be written") {
+		t.Errorf("enroll into an unwritable --out: %s", msg)
+	}
+	keyarc(t, append(args, filepath.Join(dir, "good"))...)
+	for _, f := range []string{"key.pem", "cert.pem", "chain.pem"} {
+		if st, err := os.Stat(filepath.Join(dir, "good", f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s after the enrollment: %v", f, err)
+		}
+	}
+}
