@@ -431,3 +431,34 @@ func TestBackupRestoreInterrupted(t *testing.T) {
 		t.Errorf("audit verify after the restores:\n%s", out)
 	}
 }
+
+// TestRestoreKeepsOwner: a restore run as root on a state folder that belongs to the service's
+// user leaves the database and the head file to that user, so the appliance can open them.
+func TestRestoreKeepsOwner(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the state folder to another user")
+	}
+	state := devState(t)
+	const uid, gid = 65534, 65534 // nobody
+	if err := filepath.Walk(state, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "b.db")
+	keyarc(t, "backup", "--state", state, "--out", backup)
+	keyarc(t, "restore", "--state", state, "--from", backup)
+	for _, f := range []string{"keyarc.db", "audit-head.json"} {
+		st, err := os.Stat(filepath.Join(state, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := st.Sys().(*syscall.Stat_t); s.Uid != uid || s.Gid != gid {
+			t.Errorf("%s belongs to %d:%d after the restore, want the state folder's %d:%d", f, s.Uid, s.Gid, uid, gid)
+		}
+	}
+}

@@ -234,6 +234,9 @@ func restore(ctx context.Context, args []string) error {
 			return fmt.Errorf("restore: copy %s into the state folder: %w; nothing was changed", *from, err)
 		}
 		r.BackupSHA256 = sum
+		if err := sameOwner(work, ownerRef(dbPath, cfg.Dir())); err != nil {
+			return fmt.Errorf("restore: %w; nothing was changed", err)
+		}
 	}
 	db, err := sqlite.Open(work)
 	if errors.Is(err, store.ErrUnavailable) {
@@ -334,6 +337,9 @@ func restore(ctx context.Context, args []string) error {
 	}
 	if err := db.Close(); err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	if err := sameOwner(headWork, ownerRef(headPath, cfg.Dir())); err != nil {
+		return fmt.Errorf("restore: %w; nothing was changed", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -443,6 +449,37 @@ func holds(ctx context.Context, db store.Store, last *store.AuditEntry) error {
 		}
 		return nil
 	})
+}
+
+// ownerRef is the file whose owner a restored file takes: the one it replaces, else the
+// state folder.
+func ownerRef(replaced, dir string) string {
+	if pemfile.Exists(replaced) {
+		return replaced
+	}
+	return dir
+}
+
+// sameOwner gives path the owner and group of ref: a restore run as root (sudo) must leave
+// files that the appliance's own user can open.
+func sameOwner(path, ref string) error {
+	rs, err := os.Stat(ref)
+	if err != nil {
+		return err
+	}
+	ps, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	want, ok1 := rs.Sys().(*syscall.Stat_t)
+	got, ok2 := ps.Sys().(*syscall.Stat_t)
+	if !ok1 || !ok2 || (want.Uid == got.Uid && want.Gid == got.Gid) {
+		return nil
+	}
+	if err := os.Chown(path, int(want.Uid), int(want.Gid)); err != nil {
+		return fmt.Errorf("%s cannot be given the owner of %s (uid %d, gid %d), so the appliance could not open it: %w; run the restore as that user or as root", path, ref, want.Uid, want.Gid, err)
+	}
+	return nil
 }
 
 // interruptible is a context that ends after d, or at Ctrl-C or SIGTERM: a local command
