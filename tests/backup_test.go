@@ -391,7 +391,7 @@ func TestBackupRestoreInterrupted(t *testing.T) {
 			break // done before the signal
 		}
 		stopped++
-		if !strings.Contains(msg, "interrupted") {
+		if msg != "" && !strings.Contains(msg, "interrupted") { // no message: killed before it began
 			t.Errorf("backup interrupted after %v: %s", after, msg)
 		}
 		if m, _ := filepath.Glob(out + "*"); len(m) > 0 {
@@ -412,7 +412,7 @@ func TestBackupRestoreInterrupted(t *testing.T) {
 			break // done before the signal
 		}
 		stopped++
-		if !strings.Contains(msg, "interrupted; nothing was changed") {
+		if msg != "" && !strings.Contains(msg, "interrupted; nothing was changed") {
 			t.Errorf("restore interrupted after %v: %s", after, msg)
 		}
 		if now, err := os.Stat(dbPath); err != nil || now.Size() != st.Size() || !now.ModTime().Equal(st.ModTime()) {
