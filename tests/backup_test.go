@@ -462,3 +462,30 @@ func TestRestoreKeepsOwner(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingDatabaseNotCreated: backup and the local admin commands on a state folder whose
+// database is missing say so, and neither make an empty database nor back one up.
+func TestMissingDatabaseNotCreated(t *testing.T) {
+	t.Parallel()
+	state := devState(t)
+	dbPath := filepath.Join(state, "keyarc.db")
+	if err := os.Rename(dbPath, dbPath+".away"); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "b.db")
+	for _, args := range [][]string{
+		{"backup", "--state", state, "--out", out},
+		{"admin", "enroll-code", "create", "--state", state, "--email", "a@example.org"},
+		{"admin", "credential", "issue", "--state", state, "--role", "admin", "--name", "ada", "--out", filepath.Join(t.TempDir(), "ada")},
+	} {
+		if msg := keyarcFails(t, args...); !strings.Contains(msg, "no database at") {
+			t.Errorf("%s without a database: %s", args[0], msg)
+		}
+		if _, err := os.Stat(dbPath); err == nil {
+			t.Fatalf("%s made an empty database", strings.Join(args[:2], " "))
+		}
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("backup copied a database that does not exist")
+	}
+}

@@ -32,6 +32,10 @@ func localService(state string) (*escrow.Service, *config.Config, func(), error)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// Opening a missing SQLite file would make an empty archive beside the configuration.
+	if !statedir.DatabaseExists(cfg) {
+		return nil, nil, nil, fmt.Errorf("no database at %s (run keyarc init, or restore a backup with keyarc restore)", cfg.DatabaseName())
+	}
 	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return nil, nil, nil, err

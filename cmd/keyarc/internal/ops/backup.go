@@ -61,6 +61,10 @@ func RunBackup(args []string) error {
 	if pemfile.Exists(headOut) {
 		return fmt.Errorf("backup: %s exists; not overwritten", headOut)
 	}
+	// Opening a missing file would make an empty database, and back that up.
+	if !statedir.DatabaseExists(cfg) {
+		return fmt.Errorf("backup: no database at %s; nothing was copied", cfg.DatabaseName())
+	}
 	head, err := audit.ReadHead(cfg.Path(statedir.AuditHeadName))
 	if err != nil && !errors.Is(err, audit.ErrNoHead) {
 		return fmt.Errorf("backup: %w", err)
