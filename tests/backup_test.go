@@ -488,4 +488,8 @@ func TestMissingDatabaseNotCreated(t *testing.T) {
 	if _, err := os.Stat(out); err == nil {
 		t.Error("backup copied a database that does not exist")
 	}
+	serveFails(t, state, "no database at")
+	if _, err := os.Stat(dbPath); err == nil {
+		t.Fatal("serve made an empty database")
+	}
 }

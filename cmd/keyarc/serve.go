@@ -169,6 +169,12 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	if err != nil {
 		return nil, err
 	}
+	// keyarc init makes the database: a missing one is a wrong path or a lost file, never
+	// replaced by an empty archive.
+	if !statedir.DatabaseExists(cfg) {
+		return nil, fmt.Errorf("no database at %s (the database setting of %s): run keyarc init, restore a backup with keyarc restore, or correct the path",
+			cfg.DatabaseName(), cfg.Path(config.Name))
+	}
 	db, err := statedir.OpenDatabase(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
