@@ -208,6 +208,11 @@ func escape(s string, query bool) string {
 // is removed. Errors name the source, never the content.
 func readPIN(source string) (string, error) {
 	if p, ok := strings.CutPrefix(source, "file:"); ok {
+		// A PIN any local user can read or change is refused, as ssh refuses such a key; the
+		// token's owner group may read it (a service group).
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o007 != 0 {
+			return "", fmt.Errorf("%w: pin-source file %s can be read or changed by any user (mode %v): chmod 600 it", ErrPINSource, p, fi.Mode().Perm())
+		}
 		b, err := os.ReadFile(p)
 		if err != nil {
 			return "", fmt.Errorf("%w: read pin-source file: %w", ErrPINSource, err)

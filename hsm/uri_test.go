@@ -85,6 +85,13 @@ func TestReadPIN(t *testing.T) {
 		}
 		return p
 	}
+	writeMode := func(name, content string, mode os.FileMode) string {
+		p := write(name, content)
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	t.Setenv("KEYARC_TEST_PIN_SET", "s3cret")
 	tests := []struct {
 		name    string
@@ -98,6 +105,9 @@ func TestReadPIN(t *testing.T) {
 		{"inner spaces kept", "file:" + write("d", " 12 34 \n"), " 12 34 ", nil},
 		{"empty file", "file:" + write("e", "\n"), "", ErrPINSource},
 		{"missing file", "file:" + filepath.Join(dir, "none"), "", ErrPINSource},
+		{"group may read", "file:" + writeMode("g", "1234\n", 0o640), "1234", nil},
+		{"any user may read", "file:" + writeMode("o", "1234\n", 0o644), "", ErrPINSource},
+		{"any user may write", "file:" + writeMode("w", "1234\n", 0o602), "", ErrPINSource},
 		{"env", "env:KEYARC_TEST_PIN_SET", "s3cret", nil},
 		{"env unset", "env:KEYARC_TEST_PIN_UNSET", "", ErrPINSource},
 		{"bad source", "pin:1234", "", ErrPINSource},
