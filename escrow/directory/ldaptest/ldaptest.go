@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -131,18 +132,25 @@ access to * by * read
 	if out, err := run("", "slapadd", "-f", s.conf, "-l", ldif); err != nil {
 		tb.Fatalf("ldaptest: slapadd: %v\n%s", err, out)
 	}
-	s.port, err = freePort()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s.tlsPort, err = freePort()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s.URL = "ldap://127.0.0.1:" + strconv.Itoa(s.port)
-	s.LDAPSURL = "ldaps://127.0.0.1:" + strconv.Itoa(s.tlsPort)
-	if err := s.start(); err != nil {
-		tb.Fatalf("ldaptest: %v", err)
+	// A port free when asked may be bound by someone else before slapd binds it (another
+	// test's server, a client's outgoing connection): slapd then exits, and starts again on
+	// other ports.
+	for try := 1; ; try++ {
+		if s.port, err = freePort(); err != nil {
+			tb.Fatal(err)
+		}
+		if s.tlsPort, err = freePort(); err != nil {
+			tb.Fatal(err)
+		}
+		s.URL = "ldap://127.0.0.1:" + strconv.Itoa(s.port)
+		s.LDAPSURL = "ldaps://127.0.0.1:" + strconv.Itoa(s.tlsPort)
+		err = s.start()
+		if err == nil {
+			break
+		}
+		if try == 3 || !errors.Is(err, errExitedAtStart) {
+			tb.Fatalf("ldaptest: %v", err)
+		}
 	}
 	tb.Cleanup(s.Stop)
 	return s
@@ -230,7 +238,7 @@ func waitListen(port int, deadline time.Time, exit chan error, cmd *exec.Cmd, lo
 		}
 		select {
 		case err := <-exit:
-			return fmt.Errorf("slapd exited at start: %v\n%s", err, log.String())
+			return fmt.Errorf("%w: %v\n%s", errExitedAtStart, err, log.String())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -402,7 +410,24 @@ func lookPath(name string) (string, error) {
 	return "", errors.New(name + " not found")
 }
 
+// errExitedAtStart: slapd ended before it listened (a port taken, most often).
+var errExitedAtStart = errors.New("slapd exited at start")
+
+// freePort returns a loopback port that is free now, below the kernel's ephemeral range when
+// there is room (outgoing connections take their ports from that range).
 func freePort() (int, error) {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var low, high int
+		if _, err := fmt.Sscan(string(b), &low, &high); err == nil && low > 20000 {
+			for range 100 {
+				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(10000+mrand.IntN(low-10000)))
+				if err == nil {
+					defer l.Close()
+					return l.Addr().(*net.TCPAddr).Port, nil
+				}
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
