@@ -110,16 +110,11 @@ func (l *Leader) Try(ctx context.Context) error {
 	l.mu.Unlock()
 	var lease store.Lease
 	err := l.Store.Update(ctx, func(tx store.Tx) error {
-		// A lease held under this node's name with a token this Leader never had belongs to
-		// another process started with the same name (or to this node before a restart):
-		// AcquireLease would renew it as ours, and both processes would lead. It is left to
-		// expire.
-		cur, err := tx.GetLease(LeaderLease)
+		cur, twin, err := TwinHolds(tx, LeaderLease, l.Node, start.UTC(), mine)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			return err
-		case cur.Holder == l.Node && start.UTC().Before(cur.Expires) && cur.Token != mine:
+		case twin:
 			return fmt.Errorf("escrow: leader lease held by another process named %s (token %d): %w", l.Node, cur.Token, store.ErrLeaseHeld)
 		}
 		lease, err = tx.AcquireLease(LeaderLease, l.Node, start.UTC(), ttl)
@@ -135,6 +130,22 @@ func (l *Leader) Try(ctx context.Context) error {
 	default:
 		return err
 	}
+}
+
+// TwinHolds reports whether lease name is held, unexpired at now, under node's name with a
+// token other than mine (the token this process last took it with, 0 for none), and returns
+// the lease read. Such a lease belongs to another process started with the same node name (a
+// copied state folder, a second machine) or to this node before a restart: AcquireLease would
+// renew it as the caller's own, and both processes would act on it. It is left to expire.
+func TwinHolds(tx store.Tx, name, node string, now time.Time, mine int64) (store.Lease, bool, error) {
+	cur, err := tx.GetLease(name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return store.Lease{}, false, nil
+	case err != nil:
+		return store.Lease{}, false, err
+	}
+	return *cur, cur.Holder == node && now.Before(cur.Expires) && cur.Token != mine, nil
 }
 
 func (l *Leader) set(leading bool, until time.Time, lease store.Lease) {

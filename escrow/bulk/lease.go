@@ -105,28 +105,20 @@ func (m *Manager) claimJob(ctx context.Context) (*store.Job, store.Lease, error)
 	return job, lease, err
 }
 
-// heldUnderOurName reports whether the lease name is held, unexpired, under this node's name
-// with a token this Manager never had: by another process started with the same node name
-// (a copy of the state folder, a second machine), or by this node before it was restarted.
-// AcquireLease would renew it as this node's own, and both processes would run the job at
-// once, each undoing the other's reservations (items failed). Such a lease is left to expire.
-// One node alone (no [Manager.Node]) is one process: its leases are its own.
+// heldUnderOurName reports whether another process holds the job lease name under this
+// node's name ([escrow.TwinHolds]): the job is left until that lease expires. One node alone
+// (no [Manager.Node]) is one process: its leases are its own.
 func (m *Manager) heldUnderOurName(tx store.Tx, name string) (bool, error) {
 	if m.Node == "" {
 		return false, nil
 	}
-	cur, err := tx.GetLease(name)
-	if errors.Is(err, store.ErrNotFound) {
-		return false, nil
+	var mine int64
+	if tok, ok := m.tokens.Load(name); ok {
+		mine = tok.(int64)
 	}
-	if err != nil {
+	cur, twin, err := escrow.TwinHolds(tx, name, m.node(), m.now(), mine)
+	if err != nil || !twin {
 		return false, err
-	}
-	if cur.Holder != m.node() || !m.now().Before(cur.Expires) {
-		return false, nil
-	}
-	if tok, ok := m.tokens.Load(name); ok && tok.(int64) == cur.Token {
-		return false, nil
 	}
 	if _, warned := m.foreign.LoadOrStore(name, cur.Token); !warned {
 		m.log().Warn("bulk job: its lease is held under this node's name by another process (a second node with this name, or this node before a restart); waiting for it to expire",
