@@ -320,21 +320,8 @@ func opensslArchivalInput(t *testing.T, dir, name, mailbox, transport string) (k
 func TestDiskFull(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the disk-full test needs root (to mount a tmpfs); CI runs as root")
-		}
-		t.Skip("needs root to mount a tmpfs")
-	}
+	mnt := smallDisk(t, "8m")
 	state := devState(t)
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("cannot mount a tmpfs: %v %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
 	// Move the database onto the small filesystem.
 	for _, f := range []string{"keyarc.db", "keyarc.db-wal", "keyarc.db-shm"} {
 		if b, err := os.ReadFile(filepath.Join(state, f)); err == nil {
@@ -495,4 +482,25 @@ func TestCrashDuringRecovery(t *testing.T) {
 	if list := run2(t, env, "pkcs11-tool", append(tool, "--list-objects", "--type", "privkey")...); strings.Contains(list, label) {
 		t.Fatalf("the key of a fetched recovery is still in the token after a start:\n%s", list)
 	}
+}
+
+// smallDisk mounts a tmpfs of size (mount's words: 2m, 8m) on a temporary folder, unmounted
+// when t ends. It needs root, which CI has; elsewhere the test is skipped.
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the disk-full test needs root (to mount a tmpfs); CI runs as root")
+		}
+		t.Skip("needs root to mount a tmpfs")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cannot mount a tmpfs: %v %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	return mnt
 }
