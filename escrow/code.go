@@ -144,6 +144,11 @@ func (s *Service) Authenticate(ctx context.Context, mailbox, secret string) (*st
 	return c, err
 }
 
+// codeMatches reports whether c is the code secret of mailbox.
+func codeMatches(c *store.Code, secret, mailbox string) bool {
+	return subtle.ConstantTimeCompare(c.Hash, hashCode(secret)) == 1 && policy.SameMailbox(c.Email, mailbox)
+}
+
 // authenticate is Authenticate that also reports, when keyID is set, whether no certificate
 // revoked for keyCompromise holds that key, read in the same View as the code.
 func (s *Service) authenticate(ctx context.Context, mailbox, secret, keyID string) (c *store.Code, keyClear bool, err error) {
@@ -151,10 +156,14 @@ func (s *Service) authenticate(ctx context.Context, mailbox, secret, keyID strin
 	if len(secret) != codeLength {
 		return nil, false, errCodeNotAccepted
 	}
+	matched := false
 	err = s.Store.View(ctx, func(tx store.Tx) error {
 		var err error
-		if c, err = tx.GetCode(secret[:codeIDLen]); err != nil || keyID == "" {
+		if c, err = tx.GetCode(secret[:codeIDLen]); err != nil {
 			return err
+		}
+		if matched = codeMatches(c, secret, mailbox); !matched || keyID == "" {
+			return nil // a code refused below asks nothing more of the store
 		}
 		bad, err := tx.CompromisedKeys([]string{keyID})
 		keyClear = err == nil && len(bad) == 0
@@ -166,7 +175,7 @@ func (s *Service) authenticate(ctx context.Context, mailbox, secret, keyID strin
 	if err != nil {
 		return nil, false, fmt.Errorf("escrow: look up enrollment code: %w", err)
 	}
-	if subtle.ConstantTimeCompare(c.Hash, hashCode(secret)) != 1 || !policy.SameMailbox(c.Email, mailbox) {
+	if !matched {
 		return nil, false, errCodeNotAccepted
 	}
 	if c.UsedAt != nil {
