@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -422,5 +424,65 @@ func TestCancelResealEndToEnd(t *testing.T) {
 	}
 	if msg := keyarcFails(t, as("admin", "admin", "recovery-set", "reseal", "--complete", id)...); !strings.Contains(msg, "cancelled") {
 		t.Errorf("completing a cancelled reseal: %s", msg)
+	}
+}
+
+// TestRecoveryFetchInterrupted: Ctrl-C during `recovery fetch`. The fetch's answer is the only
+// copy of the key and its password, and the request may be consumed as soon as the fetch is
+// sent, so after any interruption either the request is still open and no file of the fetch
+// is left (the same fetch then works), or it is consumed and every file is written in full.
+// Killed by the signal mid-fetch, the command used to leave empty files and, at times, a
+// consumed request with no PKCS#12.
+func TestRecoveryFetchInterrupted(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	const mailbox = "ida@example.org"
+	enrollUser(t, a, mailbox, filepath.Join(dir, "ida"))
+	S := []string{"--state", state, "--server", a.url}
+	as := func(who string, args ...string) []string { return append(append(args, S...), "--as", who) }
+	id := strings.TrimSpace(keyarc(t, as("officer", "recovery", "request", "--email", mailbox, "--reason", "lost laptop")...))
+	keyarc(t, as("kra1", "recovery", "approve", id, "--yes")...)
+	keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
+
+	p12, pw := filepath.Join(dir, "ida.p12"), filepath.Join(dir, "ida.pw")
+	interrupted := 0
+	for after := 20 * time.Millisecond; ; after += 40 * time.Millisecond {
+		if after > 10*time.Second {
+			t.Fatal("no fetch finished")
+		}
+		cmd := exec.Command(keyarcBin, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(after)
+		cmd.Process.Signal(syscall.SIGINT)
+		err := cmd.Wait()
+		if strings.Contains(stderr.String(), "under way") {
+			interrupted++
+		}
+		if show := keyarc(t, as("officer", "recovery", "show", id)...); !strings.Contains(show, "consumed") {
+			if m, _ := filepath.Glob(filepath.Join(dir, "ida.p*")); len(m) > 0 {
+				t.Fatalf("fetch interrupted after %v (%v: %s) left %v with the request still open", after, err, stderr.String(), m)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("fetch interrupted after %v consumed the request and failed: %v\n%s", after, err, stderr.String())
+		}
+		for _, f := range []string{p12, pw} {
+			if st, err := os.Stat(f); err != nil || st.Size() == 0 {
+				t.Fatalf("fetch interrupted after %v consumed the request, but %s is %v (%v)", after, f, st, err)
+			}
+		}
+		run(t, dir, "openssl", "pkcs12", "-in", p12, "-passin", "file:"+pw, "-nocerts", "-nodes", "-out", "k.pem")
+		break
+	}
+	if interrupted == 0 {
+		t.Fatal("no interruption came while the fetch was under way: the fetch is too fast for this test")
 	}
 }

@@ -10,10 +10,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode"
@@ -435,7 +438,10 @@ func RunRecoveryFetch(args []string) error {
 			files.remove()
 		}
 	}()
+	guard := guardFetch(files)
+	defer guard.stop()
 	var got wire.Fetched
+	guard.sending()
 	if err := c.call("POST", "/api/v1/recoveries/"+pos[0]+"/fetch", map[string]bool{"legacy": *legacy}, &got); err != nil {
 		return err
 	}
@@ -475,6 +481,55 @@ func RunRecoveryFetch(args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "password written to %s; deliver the PKCS#12 and its password by different channels\n", *pwFile)
 	return nil
+}
+
+// fetchGuard handles Ctrl-C (and SIGTERM) during a fetch. Before the fetch is sent, it removes
+// the files made for it and ends the command: nothing was fetched. Once it is sent, the request
+// may already be consumed by it, and its answer is the only copy of the keys and their
+// password: the signal is refused with a message, and the command goes on to write the files.
+type fetchGuard struct {
+	mu    sync.Mutex
+	sent  bool
+	sig   chan os.Signal
+	done  chan struct{}
+	files *fetchFiles
+}
+
+func guardFetch(files *fetchFiles) *fetchGuard {
+	g := &fetchGuard{sig: make(chan os.Signal, 1), done: make(chan struct{}), files: files}
+	signal.Notify(g.sig, os.Interrupt, syscall.SIGTERM)
+	go g.watch()
+	return g
+}
+
+func (g *fetchGuard) watch() {
+	for {
+		select {
+		case <-g.done:
+			return
+		case <-g.sig:
+		}
+		g.mu.Lock()
+		if !g.sent {
+			g.files.remove()
+			fmt.Fprintln(os.Stderr, "keyarc: interrupted before the fetch; nothing was fetched and the request is unchanged")
+			os.Exit(130)
+		}
+		g.mu.Unlock()
+		fmt.Fprintln(os.Stderr, "keyarc: the fetch is under way and may already have consumed the request; waiting for its answer to write the files (kill -9 would lose them)")
+	}
+}
+
+// sending marks the fetch as sent: from now on a signal no longer stops the command.
+func (g *fetchGuard) sending() {
+	g.mu.Lock()
+	g.sent = true
+	g.mu.Unlock()
+}
+
+func (g *fetchGuard) stop() {
+	signal.Stop(g.sig)
+	close(g.done)
 }
 
 // fetchPaths names the PKCS#12 files of a fetch of the records of serials: out for one, else
