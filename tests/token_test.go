@@ -173,6 +173,14 @@ func TestServeRefusesToStart(t *testing.T) {
 		defer writeFile(t, caPath, good)
 		serveFails(t, state, "CA key", "ca.pem")
 	})
+	t.Run("TLS key any user may read", func(t *testing.T) {
+		key := filepath.Join(state, "tls-key.pem")
+		if err := os.Chmod(key, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(key, 0o600)
+		serveFails(t, state, key, "chmod 600")
+	})
 	// With everything restored the appliance starts: the refusals above were for their causes.
 	serve(t, state)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
@@ -186,6 +187,9 @@ func (a *Server) Close() {
 // work, bulk batches in flight committed or undone, listeners shut down. Its errors are those
 // of loading the TLS key pair and of the listeners.
 func (a *Server) Serve(ctx context.Context, reg *prometheus.Registry) error {
+	if err := pemfile.CheckSecret(a.cfg.Path(a.cfg.TLS.Key)); err != nil {
+		return fmt.Errorf("TLS key: %w", err)
+	}
 	tlsCert, err := tls.LoadX509KeyPair(a.cfg.Path(a.cfg.TLS.Certificate), a.cfg.Path(a.cfg.TLS.Key))
 	if err != nil {
 		return fmt.Errorf("TLS certificate and key: %w", err)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 )
 
@@ -116,23 +115,9 @@ func (c *Config) PostgresConnString() (string, error) {
 	if src == "" {
 		return c.Database, nil
 	}
-	var pw string
-	if name, ok := strings.CutPrefix(src, "env:"); ok {
-		pw = os.Getenv(name)
-		if pw == "" {
-			return "", fmt.Errorf("database_password_source: environment variable %s is unset or empty", name)
-		}
-	} else {
-		path := c.Path(strings.TrimPrefix(src, "file:"))
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return "", fmt.Errorf("database_password_source: %w", err)
-		}
-		pw = strings.TrimRight(string(b), "\r\n")
-		clear(b)
-		if pw == "" {
-			return "", fmt.Errorf("database_password_source: %s is empty", path)
-		}
+	pw, err := c.readSecretSource("database_password_source", src)
+	if err != nil {
+		return "", err
 	}
 	u, err := url.Parse(c.Database)
 	if err != nil {

@@ -80,6 +80,9 @@ func TestPostgresConnString(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "db-password"), []byte("s3cret:/@?\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, "open-password"), []byte("s3cret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("KEYARC_TEST_DB_PASSWORD", "from-env")
 	for _, tt := range []struct {
 		name, source, want string
@@ -90,6 +93,7 @@ func TestPostgresConnString(t *testing.T) {
 		{name: "env", source: "env:KEYARC_TEST_DB_PASSWORD", want: "from-env"},
 		{name: "env unset", source: "env:KEYARC_TEST_NO_SUCH_VARIABLE", wantErr: true},
 		{name: "file missing", source: "file:no-such-file", wantErr: true},
+		{name: "file any user may read", source: "file:open-password", wantErr: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			yaml := base

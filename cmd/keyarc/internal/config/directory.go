@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 )
 
 // DirectoryConfig is the directory section: who may look certificates up with
@@ -145,8 +146,8 @@ func (c *Config) DirectoryBindPassword() (string, error) {
 	return c.readSecretSource("directory.ldap.bind_password_source", c.Directory.LDAP.BindPasswordSource)
 }
 
-// readSecretSource reads a secret from file:PATH (relative to this folder; one trailing line
-// break dropped) or env:NAME; field names the source in errors, which never hold the secret.
+// readSecretSource reads a secret from file:PATH (relative to this folder; trailing line
+// breaks dropped; refused if any user can read or change it) or env:NAME; field names the source in errors, which never hold the secret.
 func (c *Config) readSecretSource(field, src string) (string, error) {
 	if err := checkPasswordSource(src); err != nil || src == "" {
 		return "", fmt.Errorf("%s: want file:PATH or env:NAME", field)
@@ -159,6 +160,9 @@ func (c *Config) readSecretSource(field, src string) (string, error) {
 		return v, nil
 	}
 	path := c.Path(strings.TrimPrefix(src, "file:"))
+	if err := pemfile.CheckSecret(path); err != nil {
+		return "", fmt.Errorf("%s: %w", field, err)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", field, err)

@@ -71,9 +71,23 @@ func ReadCertificates(path string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// ReadPrivateKey reads a PEM PKCS#8 private key that can sign. The decoded key bytes are
-// cleared after parsing (best effort: the parsed key stays in memory).
+// CheckSecret refuses a file of secrets (a private key, a password) that any local user can
+// read or change, as ssh refuses such a key; its owner's group may read it (a service group),
+// as for the token's PIN file. A file that cannot be examined is left to the read that follows.
+func CheckSecret(path string) error {
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o007 != 0 {
+		return fmt.Errorf("%s can be read or changed by any user (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// ReadPrivateKey reads a PEM PKCS#8 private key that can sign, refused if any user can read
+// or change its file ([CheckSecret]). The decoded key bytes are cleared after parsing (best
+// effort: the parsed key stays in memory).
 func ReadPrivateKey(path string) (crypto.Signer, error) {
+	if err := CheckSecret(path); err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
