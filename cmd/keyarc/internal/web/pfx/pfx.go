@@ -1,12 +1,13 @@
-// Package pfx builds the enrollment page's PKCS#12 files: go-pkcs12's Modern2023 profile (the
-// encoder escrow uses for recovered files: AES-256-CBC, PBKDF2-SHA-256, MAC HMAC-SHA-256), with a
-// friendlyName on the key and on its certificate, which mail programs and certificate stores show
-// as the certificate's name. go-pkcs12 writes only a localKeyId on them, so [Encode] opens the
-// file it made, adds the name to both bags, encrypts the certificates again under the same
-// derived key with a fresh IV, and computes the MAC again with the same salt and iteration count.
+// Package pfx builds the enrollment page's PKCS#12 files in the shape of go-pkcs12's
+// Modern2023 profile (the encoder escrow uses for recovered files: AES-256-CBC, PBKDF2-SHA-256,
+// MAC HMAC-SHA-256), with a friendlyName on the key and on its certificate, which mail programs
+// and certificate stores show as the certificate's name (go-pkcs12 writes only a localKeyId).
 //
-// It imports the standard library and go-pkcs12 only, and is compiled into the page's
-// WebAssembly as well as tested natively. Its functions are safe for concurrent use.
+// [Build] takes the two PBKDF2 keys already derived, so that the page derives them with the
+// browser's WebCrypto: 600,000 rounds of PBKDF2 in WebAssembly take several seconds each.
+//
+// It imports the standard library only, and is compiled into the page's WebAssembly as well as
+// tested natively. Its functions are safe for concurrent use.
 package pfx
 
 import (
@@ -16,6 +17,7 @@ import (
 	"crypto/hmac"
 	"crypto/pbkdf2"
 	"crypto/rand"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -23,8 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf16"
-
-	"software.sslmate.com/src/go-pkcs12"
 )
 
 var (
@@ -37,11 +37,11 @@ var (
 	oidHMACSHA256    = asn1.ObjectIdentifier{1, 2, 840, 113549, 2, 9}
 	oidAES256CBC     = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 42}
 	oidSHA256        = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 1}
+	// RFC 7292 4.2: the bag types, and the certificate type of a CertBag.
+	oidShroudedKeyBag  = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 12, 10, 1, 2}
+	oidCertBag         = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 12, 10, 1, 3}
+	oidX509Certificate = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 22, 1}
 )
-
-// ErrUnexpected is returned when go-pkcs12's output is not of the shape this package knows
-// (the Modern2023 profile); it would mean a change of go-pkcs12.
-var ErrUnexpected = errors.New("pfx: unexpected PKCS#12 structure")
 
 type pfxPDU struct {
 	Version  int
@@ -99,173 +99,205 @@ type pbkdf2Params struct {
 	PRF        pkix.AlgorithmIdentifier `asn1:"optional"`
 }
 
-// Encode returns the PKCS#12 of key, cert and chain under password, from go-pkcs12's Modern2023
-// profile at iterations, with friendlyName (when not empty) on the key and the certificate.
+// Keys is what a password yields for one file besides its MAC key: the PBKDF2-HMAC-SHA-256
+// keys (32 bytes, for AES-256-CBC) of its two PBES2 encryptions, the certificates' and the
+// private key's, each with its salt, and the iteration count of every derivation in the file.
+type Keys struct {
+	Iterations        int
+	CertSalt, CertKey []byte
+	KeySalt, KeyKey   []byte
+}
+
+// saltLen is the length of every salt in the file, as in go-pkcs12's Modern2023 profile.
+const saltLen = 16
+
+// DeriveKeys derives Keys from password with fresh salts. PBES2 takes the password as UTF-8
+// (RFC 8018 3), as go-pkcs12 and OpenSSL do. The page derives the same keys with the browser's
+// WebCrypto, many times faster than WebAssembly, and passes them to [Build].
+func DeriveKeys(password string, iterations int) (*Keys, error) {
+	k := &Keys{Iterations: iterations, CertSalt: make([]byte, saltLen), KeySalt: make([]byte, saltLen)}
+	rand.Read(k.CertSalt)
+	rand.Read(k.KeySalt)
+	var err error
+	if k.CertKey, err = pbkdf2.Key(sha256.New, password, k.CertSalt, iterations, 32); err != nil {
+		return nil, err
+	}
+	if k.KeyKey, err = pbkdf2.Key(sha256.New, password, k.KeySalt, iterations, 32); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// Wipe clears the derived keys (best effort).
+func (k *Keys) Wipe() {
+	clear(k.CertKey)
+	clear(k.KeyKey)
+}
+
+// Encode returns the PKCS#12 of key, cert and chain under password at iterations, with
+// friendlyName (when not empty) on the key and the certificate: [DeriveKeys], then [Build].
 func Encode(key any, cert *x509.Certificate, chain []*x509.Certificate, password, friendlyName string, iterations int) ([]byte, error) {
-	der, err := pkcs12.Modern2023.WithIterations(iterations).Encode(key, cert, chain, password)
-	if err != nil || friendlyName == "" {
-		return der, err
-	}
-	return addFriendlyName(der, password, friendlyName)
-}
-
-func addFriendlyName(der []byte, password, name string) ([]byte, error) {
-	nameAttr, err := friendlyNameAttribute(name)
+	k, err := DeriveKeys(password, iterations)
 	if err != nil {
 		return nil, err
 	}
-	var pfx pfxPDU
-	if rest, err := asn1.Unmarshal(der, &pfx); err != nil || len(rest) > 0 || !pfx.AuthSafe.ContentType.Equal(oidData) ||
-		!pfx.MacData.Mac.Algorithm.Algorithm.Equal(oidSHA256) {
-		return nil, fmt.Errorf("%w: PFX", ErrUnexpected)
-	}
-	var safeBytes []byte
-	if _, err := asn1.Unmarshal(pfx.AuthSafe.Content.Bytes, &safeBytes); err != nil {
-		return nil, fmt.Errorf("%w: authSafe: %v", ErrUnexpected, err)
-	}
-	var safe []contentInfo
-	if _, err := asn1.Unmarshal(safeBytes, &safe); err != nil {
-		return nil, fmt.Errorf("%w: AuthenticatedSafe: %v", ErrUnexpected, err)
-	}
-	named := 0
-	for i := range safe {
-		ci := &safe[i]
-		switch {
-		case ci.ContentType.Equal(oidData):
-			var bags []byte
-			if _, err := asn1.Unmarshal(ci.Content.Bytes, &bags); err != nil {
-				return nil, fmt.Errorf("%w: data: %v", ErrUnexpected, err)
-			}
-			out, n, err := nameBags(bags, nameAttr)
-			if err != nil {
-				return nil, err
-			}
-			named += n
-			if ci.Content.Bytes, err = asn1.Marshal(out); err != nil {
-				return nil, err
-			}
-		case ci.ContentType.Equal(oidEncryptedData):
-			n, err := nameEncrypted(ci, password, nameAttr)
-			if err != nil {
-				return nil, err
-			}
-			named += n
-		default:
-			return nil, fmt.Errorf("%w: content type %v", ErrUnexpected, ci.ContentType)
-		}
-		ci.Content.FullBytes = nil
-	}
-	if named != 2 {
-		return nil, fmt.Errorf("%w: %d bags with a localKeyId, want the key and its certificate", ErrUnexpected, named)
-	}
-	if safeBytes, err = asn1.Marshal(safe); err != nil {
-		return nil, err
-	}
-	// The MAC, again: HMAC-SHA-256 under the RFC 7292 B.2 key of the BMPString password.
-	mac := hmac.New(sha256.New, macKey(bmpZeroTerminated(password), pfx.MacData.MacSalt, pfx.MacData.Iterations))
-	mac.Write(safeBytes)
-	pfx.MacData.Mac.Digest = mac.Sum(nil)
-	if pfx.AuthSafe.Content.Bytes, err = asn1.Marshal(safeBytes); err != nil {
-		return nil, err
-	}
-	pfx.AuthSafe.Content.FullBytes = nil
-	return asn1.Marshal(pfx)
+	defer k.Wipe()
+	return Build(key, cert, chain, password, friendlyName, k)
 }
 
-// nameBags adds the friendlyName to each bag of a DER SafeContents that has a localKeyId (the
-// key, and the certificate of the key), and returns the new SafeContents and how many it named.
-func nameBags(der []byte, name attribute) ([]byte, int, error) {
-	var bags []safeBag
-	if _, err := asn1.Unmarshal(der, &bags); err != nil {
-		return nil, 0, fmt.Errorf("%w: SafeContents: %v", ErrUnexpected, err)
+// Build returns the PKCS#12 of key, cert and chain in the shape of go-pkcs12's Modern2023
+// profile: the certificates in a PBES2 EncryptedData under k's CertKey, the key in a PKCS#8
+// shrouded key bag under k's KeyKey (PBKDF2-HMAC-SHA-256, AES-256-CBC), and an HMAC-SHA-256
+// MAC whose key Build derives from password (RFC 7292 B.2, k.Iterations rounds). The key and
+// its certificate carry a localKeyId (the certificate's SHA-1) and friendlyName when not
+// empty. k's keys must have been derived from password with k's salts: Build cannot check.
+func Build(key any, cert *x509.Certificate, chain []*x509.Certificate, password, friendlyName string, k *Keys) ([]byte, error) {
+	if k == nil || k.Iterations < 1 || len(k.CertKey) != 32 || len(k.KeyKey) != 32 || len(k.CertSalt) < 8 || len(k.KeySalt) < 8 {
+		return nil, errors.New("pfx: derived keys of 32 bytes with salts of at least 8 bytes are required")
 	}
-	n := 0
-	for i := range bags {
-		local := false
-		for _, a := range bags[i].Attributes {
-			if a.ID.Equal(oidFriendlyName) {
-				return nil, 0, fmt.Errorf("%w: a bag already has a friendlyName", ErrUnexpected)
-			}
-			local = local || a.ID.Equal(oidLocalKeyID)
-		}
-		if local {
-			bags[i].Attributes = append(bags[i].Attributes, name)
-			n++
-		}
+	id := sha1.Sum(cert.Raw)
+	idDER, err := asn1.Marshal(id[:])
+	if err != nil {
+		return nil, err
 	}
-	out, err := asn1.Marshal(bags)
-	return out, n, err
+	attrs := []attribute{{ID: oidLocalKeyID, Value: asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSet, IsCompound: true, Bytes: idDER}}}
+	if friendlyName != "" {
+		name, err := friendlyNameAttribute(friendlyName)
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, name)
+	}
+
+	certBags := make([]safeBag, 0, 1+len(chain))
+	for i, c := range append([]*x509.Certificate{cert}, chain...) {
+		bag, err := certBag(c.Raw)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			bag.Attributes = attrs
+		}
+		certBags = append(certBags, bag)
+	}
+	certContents, err := asn1.Marshal(certBags)
+	if err != nil {
+		return nil, err
+	}
+	certAlg, certCT, err := pbes2Encrypt(certContents, k.CertSalt, k.CertKey, k.Iterations)
+	if err != nil {
+		return nil, err
+	}
+	certData, err := asn1.Marshal(encryptedData{EncryptedContentInfo: encryptedContentInfo{
+		ContentType: oidData, ContentEncryptionAlgorithm: certAlg, EncryptedContent: certCT}})
+	if err != nil {
+		return nil, err
+	}
+
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("pfx: %w", err)
+	}
+	keyAlg, keyCT, err := pbes2Encrypt(pkcs8, k.KeySalt, k.KeyKey, k.Iterations)
+	clear(pkcs8)
+	if err != nil {
+		return nil, err
+	}
+	shrouded, err := asn1.Marshal(encryptedPrivateKeyInfo{Algorithm: keyAlg, EncryptedData: keyCT})
+	if err != nil {
+		return nil, err
+	}
+	keyContents, err := asn1.Marshal([]safeBag{{ID: oidShroudedKeyBag, Value: explicit0(shrouded), Attributes: attrs}})
+	if err != nil {
+		return nil, err
+	}
+	keyData, err := asn1.Marshal(keyContents)
+	if err != nil {
+		return nil, err
+	}
+
+	safe, err := asn1.Marshal([]contentInfo{
+		{ContentType: oidEncryptedData, Content: explicit0(certData)},
+		{ContentType: oidData, Content: explicit0(keyData)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	macSalt := make([]byte, saltLen)
+	rand.Read(macSalt)
+	macKey := macKey(bmpZeroTerminated(password), macSalt, k.Iterations)
+	mac := hmac.New(sha256.New, macKey)
+	clear(macKey)
+	mac.Write(safe)
+	safeData, err := asn1.Marshal(safe)
+	if err != nil {
+		return nil, err
+	}
+	return asn1.Marshal(pfxPDU{
+		Version:  3,
+		AuthSafe: contentInfo{ContentType: oidData, Content: explicit0(safeData)},
+		MacData: macData{
+			Mac:        digestInfo{Algorithm: pkix.AlgorithmIdentifier{Algorithm: oidSHA256, Parameters: asn1.NullRawValue}, Digest: mac.Sum(nil)},
+			MacSalt:    macSalt,
+			Iterations: k.Iterations,
+		},
+	})
 }
 
-// nameEncrypted opens a PBES2 (PBKDF2-HMAC-SHA-256, AES-256-CBC) EncryptedData, names its bags,
-// and encrypts them again under the same key with a fresh IV.
-func nameEncrypted(ci *contentInfo, password string, name attribute) (int, error) {
-	var ed encryptedData
-	if _, err := asn1.Unmarshal(ci.Content.Bytes, &ed); err != nil {
-		return 0, fmt.Errorf("%w: EncryptedData: %v", ErrUnexpected, err)
-	}
-	alg := &ed.EncryptedContentInfo.ContentEncryptionAlgorithm
-	var params pbes2Params
-	if !alg.Algorithm.Equal(oidPBES2) {
-		return 0, fmt.Errorf("%w: certificates not under PBES2", ErrUnexpected)
-	}
-	if _, err := asn1.Unmarshal(alg.Parameters.FullBytes, &params); err != nil {
-		return 0, fmt.Errorf("%w: PBES2 parameters: %v", ErrUnexpected, err)
-	}
-	var kdf pbkdf2Params
-	if !params.KDF.Algorithm.Equal(oidPBKDF2) || !params.EncryptionScheme.Algorithm.Equal(oidAES256CBC) {
-		return 0, fmt.Errorf("%w: PBES2 not with PBKDF2 and AES-256-CBC", ErrUnexpected)
-	}
-	if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &kdf); err != nil || !kdf.PRF.Algorithm.Equal(oidHMACSHA256) {
-		return 0, fmt.Errorf("%w: PBKDF2 parameters", ErrUnexpected)
-	}
-	var iv []byte
-	if _, err := asn1.Unmarshal(params.EncryptionScheme.Parameters.FullBytes, &iv); err != nil || len(iv) != aes.BlockSize {
-		return 0, fmt.Errorf("%w: AES-CBC IV", ErrUnexpected)
-	}
-	// PBES2 takes the password as UTF-8 (RFC 8018 3), as go-pkcs12 and OpenSSL do.
-	key, err := pbkdf2.Key(sha256.New, password, kdf.Salt, kdf.Iterations, 32)
+type encryptedPrivateKeyInfo struct {
+	Algorithm     pkix.AlgorithmIdentifier
+	EncryptedData []byte
+}
+
+type certBagValue struct {
+	ID   asn1.ObjectIdentifier
+	Data []byte `asn1:"tag:0,explicit"`
+}
+
+// explicit0 wraps DER as the [0] EXPLICIT content of a ContentInfo or a SafeBag.
+func explicit0(der []byte) asn1.RawValue {
+	return asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: der}
+}
+
+// certBag is a SafeBag of an X.509 certificate (RFC 7292 4.2.3).
+func certBag(der []byte) (safeBag, error) {
+	v, err := asn1.Marshal(certBagValue{ID: oidX509Certificate, Data: der})
 	if err != nil {
-		return 0, err
+		return safeBag{}, err
 	}
-	defer clear(key)
-	block, err := aes.NewCipher(key)
+	return safeBag{ID: oidCertBag, Value: explicit0(v)}, nil
+}
+
+// pbes2Encrypt encrypts plaintext with AES-256-CBC under key (derived with PBKDF2-HMAC-SHA-256
+// from salt at iterations) and a fresh IV, and returns the PBES2 AlgorithmIdentifier that says
+// so and the ciphertext.
+func pbes2Encrypt(plaintext, salt, key []byte, iterations int) (pkix.AlgorithmIdentifier, []byte, error) {
+	iv := make([]byte, aes.BlockSize)
+	rand.Read(iv)
+	kdf, err := asn1.Marshal(pbkdf2Params{Salt: salt, Iterations: iterations,
+		PRF: pkix.AlgorithmIdentifier{Algorithm: oidHMACSHA256, Parameters: asn1.NullRawValue}})
 	if err != nil {
-		return 0, err
+		return pkix.AlgorithmIdentifier{}, nil, err
 	}
-	ct := ed.EncryptedContentInfo.EncryptedContent
-	if len(ct) == 0 || len(ct)%aes.BlockSize != 0 {
-		return 0, fmt.Errorf("%w: ciphertext length", ErrUnexpected)
-	}
-	pt := make([]byte, len(ct))
-	cipher.NewCBCDecrypter(block, iv).CryptBlocks(pt, ct)
-	pad := int(pt[len(pt)-1])
-	if pad == 0 || pad > aes.BlockSize || !bytes.Equal(pt[len(pt)-pad:], bytes.Repeat([]byte{byte(pad)}, pad)) {
-		return 0, fmt.Errorf("%w: padding (a wrong password?)", ErrUnexpected)
-	}
-	named, n, err := nameBags(pt[:len(pt)-pad], name)
-	if err != nil {
-		return 0, err
-	}
-	pad = aes.BlockSize - len(named)%aes.BlockSize
-	named = append(named, bytes.Repeat([]byte{byte(pad)}, pad)...)
-	if _, err := rand.Read(iv); err != nil {
-		return 0, err
-	}
-	cipher.NewCBCEncrypter(block, iv).CryptBlocks(named, named)
-	ed.EncryptedContentInfo.EncryptedContent = named
 	ivDER, err := asn1.Marshal(iv)
 	if err != nil {
-		return 0, err
+		return pkix.AlgorithmIdentifier{}, nil, err
 	}
-	params.EncryptionScheme.Parameters = asn1.RawValue{FullBytes: ivDER}
-	if alg.Parameters.FullBytes, err = asn1.Marshal(params); err != nil {
-		return 0, err
+	params, err := asn1.Marshal(pbes2Params{
+		KDF:              pkix.AlgorithmIdentifier{Algorithm: oidPBKDF2, Parameters: asn1.RawValue{FullBytes: kdf}},
+		EncryptionScheme: pkix.AlgorithmIdentifier{Algorithm: oidAES256CBC, Parameters: asn1.RawValue{FullBytes: ivDER}},
+	})
+	if err != nil {
+		return pkix.AlgorithmIdentifier{}, nil, err
 	}
-	if ci.Content.Bytes, err = asn1.Marshal(ed); err != nil {
-		return 0, err
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return pkix.AlgorithmIdentifier{}, nil, err
 	}
-	return n, nil
+	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
+	ct := append(bytes.Clone(plaintext), bytes.Repeat([]byte{byte(pad)}, pad)...)
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(ct, ct)
+	return pkix.AlgorithmIdentifier{Algorithm: oidPBES2, Parameters: asn1.RawValue{FullBytes: params}}, ct, nil
 }
 
 // friendlyNameAttribute is PKCS#9 friendlyName: a SET of one BMPString.

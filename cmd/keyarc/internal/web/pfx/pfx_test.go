@@ -1,10 +1,13 @@
 package pfx
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -130,5 +133,40 @@ func TestOpenSSL(t *testing.T) {
 	out, _ = exec.Command("certutil", "-L", "-d", "sql:"+nss).CombinedOutput()
 	if !strings.Contains(string(out), "alice@example.org (encryption)") {
 		t.Errorf("NSS does not name the certificate by its friendly name:\n%s", out)
+	}
+}
+
+// TestBuildWithDerivedKeys: Build uses the PBKDF2 keys it is given, as the page derives them
+// with WebCrypto: keys derived from the password with the salts give a file go-pkcs12 opens;
+// keys of another password give one it cannot open (the MAC, from the password, still
+// verifies); keys of the wrong length are refused.
+func TestBuildWithDerivedKeys(t *testing.T) {
+	key, cert, ca := issue(t)
+	const password = "correct horse battery staple"
+	derive := func(pw string, salt []byte) []byte {
+		k, err := pbkdf2.Key(sha256.New, pw, salt, 1000, 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	certSalt, keySalt := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 16)
+	k := &Keys{Iterations: 1000, CertSalt: certSalt, KeySalt: keySalt, CertKey: derive(password, certSalt), KeyKey: derive(password, keySalt)}
+	der, err := Build(key, cert, []*x509.Certificate{ca}, password, "alice", k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, c, _, err := pkcs12.DecodeChain(der, password); err != nil || !key.Equal(got) || !c.Equal(cert) {
+		t.Fatalf("go-pkcs12 cannot open a file built with keys derived from its password: %v", err)
+	}
+	other := &Keys{Iterations: 1000, CertSalt: certSalt, KeySalt: keySalt, CertKey: derive("another password", certSalt), KeyKey: derive("another password", keySalt)}
+	if der, err = Build(key, cert, nil, password, "alice", other); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := pkcs12.DecodeChain(der, password); err == nil {
+		t.Fatal("a file whose keys came from another password opened with its password")
+	}
+	if _, err := Build(key, cert, nil, password, "", &Keys{Iterations: 1000, CertSalt: certSalt, KeySalt: keySalt, CertKey: []byte("short"), KeyKey: k.KeyKey}); err == nil {
+		t.Error("a 5-byte key was accepted")
 	}
 }

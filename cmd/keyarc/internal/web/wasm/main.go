@@ -4,8 +4,9 @@
 // (GOOS=js GOARCH=wasm) and run in a Web Worker (static/worker.js). It makes the key pair and
 // its PKCS#10 request, seals the PKCS#8 key to the appliance's transport certificate with
 // keyarc's own escrow/cms (the envelope the appliance opens, proven against
-// `openssl cms -encrypt`), and builds the PKCS#12 file with go-pkcs12, the encoder the recovery
-// path uses (package pfx adds the friendly name go-pkcs12 does not write).
+// `openssl cms -encrypt`), and builds the PKCS#12 file in the shape of go-pkcs12's Modern2023
+// profile, the encoder the recovery path uses, with the friendly name go-pkcs12 does not write
+// (package pfx); the worker derives its PBKDF2 keys with WebCrypto.
 //
 // The private key never reaches JavaScript: the worker holds it under a numeric handle, hands
 // out only the CSR, the envelope and the finished PKCS#12, and clears it on forget (best
@@ -196,10 +197,12 @@ func parseCerts(s string) []*x509.Certificate {
 	}
 }
 
-// buildPKCS12(handle, certPEM, chainPEM, password, friendlyName) checks that the certificate
-// certifies the held key and builds the PKCS#12: AES-256-CBC and PBKDF2-SHA-256 with 600,000
-// iterations, MAC HMAC-SHA-256 (go-pkcs12 Modern2023), the chain included, the friendly name
-// on the key and the certificate (package pfx). Result: {pfx (Uint8Array)}.
+// buildPKCS12(handle, certPEM, chainPEM, password, friendlyName, keys) checks that the
+// certificate certifies the held key and builds the PKCS#12: AES-256-CBC and PBKDF2-SHA-256 with
+// 600,000 iterations, MAC HMAC-SHA-256 (go-pkcs12's Modern2023 shape), the chain included, the
+// friendly name on the key and the certificate (package pfx). keys holds the two PBKDF2 keys
+// the worker derived from the password with WebCrypto ({iterations, certSalt, certKey,
+// keySalt, keyKey}, Uint8Arrays); the MAC key is derived here. Result: {pfx (Uint8Array)}.
 func buildPKCS12(args []js.Value) (map[string]any, error) {
 	_, k, err := lookup(args)
 	if err != nil {
@@ -231,12 +234,17 @@ func buildPKCS12(args []js.Value) (map[string]any, error) {
 		}
 		return r
 	}, name)
-	pfx, err := encodePFX(k.key, cert, chain, password, name)
+	derived, err := derivedKeys(arg(args, 5))
+	if err != nil {
+		return nil, err
+	}
+	defer derived.Wipe()
+	der, err := pfx.Build(k.key, cert, chain, password, name, derived)
 	if err != nil {
 		return nil, fmt.Errorf("build the PKCS#12 file: %w", err)
 	}
-	u := js.Global().Get("Uint8Array").New(len(pfx))
-	js.CopyBytesToJS(u, pfx)
+	u := js.Global().Get("Uint8Array").New(len(der))
+	js.CopyBytesToJS(u, der)
 	return map[string]any{"pfx": u}, nil
 }
 
@@ -250,8 +258,21 @@ func forget(args []js.Value) (map[string]any, error) {
 	return map[string]any{}, nil
 }
 
-// encodePFX is go-pkcs12's Modern2023 encoder at 600,000 iterations, with the friendly name
-// (package pfx).
-func encodePFX(key crypto.Signer, cert *x509.Certificate, chain []*x509.Certificate, password, name string) ([]byte, error) {
-	return pfx.Encode(key, cert, chain, password, name, pfxIterations)
+// derivedKeys reads the worker's PBKDF2 keys (see buildPKCS12), refusing any iteration count
+// but pfxIterations.
+func derivedKeys(v js.Value) (*pfx.Keys, error) {
+	if v.Type() != js.TypeObject || v.Get("iterations").Type() != js.TypeNumber || v.Get("iterations").Int() != pfxIterations {
+		return nil, fmt.Errorf("internal error in the page: no PBKDF2 keys of %d iterations for the PKCS#12 file", pfxIterations)
+	}
+	bytesOf := func(name string) []byte {
+		u := v.Get(name)
+		if u.Type() != js.TypeObject || !u.InstanceOf(js.Global().Get("Uint8Array")) {
+			return nil
+		}
+		b := make([]byte, u.Length())
+		js.CopyBytesToGo(b, u)
+		return b
+	}
+	return &pfx.Keys{Iterations: pfxIterations, CertSalt: bytesOf("certSalt"), CertKey: bytesOf("certKey"),
+		KeySalt: bytesOf("keySalt"), KeyKey: bytesOf("keyKey")}, nil
 }
