@@ -393,21 +393,21 @@ func TestBrowserEnrollment(t *testing.T) {
 		t.Fatal("the recovered key differs from the key in the browser's file")
 	}
 
-	// A browser without WebAssembly is told so, and gets no form: a new tab where the global
-	// is removed before the page's scripts run.
+	// A browser without WebAssembly or WebCrypto's key derivation is told so, and gets no form:
+	// a new tab where they are removed before the page's scripts run.
 	bare, cancelBare := chromedp.NewContext(ctx)
 	defer cancelBare()
 	if err := chromedp.Do(bare); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := chromedp.Call(bare, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `delete globalThis.WebAssembly;`}); err != nil {
+	if _, err := chromedp.Call(bare, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `delete globalThis.WebAssembly; Object.defineProperty(Crypto.prototype, 'subtle', {get() { return undefined; }});`}); err != nil {
 		t.Fatal(err)
 	}
 	if err := chromedp.Do(bare, chromedp.Navigate(a.url+"/"),
 		chromedp.Poll[chromedp.Void](`!document.getElementById('unsupported').hidden`, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
 		t.Fatalf("the page without WebAssembly: %v", err)
 	}
-	if msg, _ := chromedp.Run(bare, chromedp.Text(chromedp.ID("unsupported"))); !strings.Contains(msg, "lacks WebAssembly") {
+	if msg, _ := chromedp.Run(bare, chromedp.Text(chromedp.ID("unsupported"))); !strings.Contains(msg, "lacks WebAssembly") || !strings.Contains(msg, "PBKDF2") {
 		t.Errorf("without WebAssembly the page says %q", msg)
 	}
 	if hidden, _ := chromedp.Run(bare, chromedp.Evaluate[bool](`document.getElementById('enroll').hidden`)); !hidden {

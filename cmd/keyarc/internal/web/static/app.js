@@ -36,6 +36,8 @@
     if (!(window.crypto && typeof window.crypto.getRandomValues === 'function')) missing.push('WebCrypto (secure random numbers)');
     if (typeof WebAssembly !== 'object' || typeof WebAssembly.instantiateStreaming !== 'function') missing.push('WebAssembly');
     if (typeof Worker !== 'function') missing.push('Web Workers');
+    // The PKCS#12 file's keys are derived with it after the enrollment: checked before.
+    if (!(window.crypto && window.crypto.subtle && typeof window.crypto.subtle.deriveBits === 'function')) missing.push('WebCrypto key derivation (PBKDF2)');
     if (!window.isSecureContext) missing.push('a secure (HTTPS) connection');
     return missing;
   }
