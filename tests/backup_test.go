@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -358,22 +357,9 @@ func TestBackupRestoreInterrupted(t *testing.T) {
 	db.Close()
 	dir := t.TempDir()
 	out := filepath.Join(dir, "b.db")
-	interrupted := func(after time.Duration, args ...string) (string, error) {
-		cmd := exec.Command(keyarcBin, args...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(after)
-		cmd.Process.Signal(syscall.SIGINT)
-		err := cmd.Wait()
-		return stderr.String(), err
-	}
-
 	stopped := 0
 	for after := 50 * time.Millisecond; after < 3*time.Second; after += 150 * time.Millisecond {
-		msg, err := interrupted(after, "backup", "--state", state, "--out", out)
+		msg, err := interrupted(t, after, "backup", "--state", state, "--out", out)
 		if err == nil || strings.Contains(msg, "database copied") {
 			break // done before the signal
 		}
@@ -394,7 +380,7 @@ func TestBackupRestoreInterrupted(t *testing.T) {
 	st, _ := os.Stat(dbPath)
 	stopped = 0
 	for after := 50 * time.Millisecond; after < 5*time.Second; after += 150 * time.Millisecond {
-		msg, err := interrupted(after, "restore", "--state", state, "--from", out)
+		msg, err := interrupted(t, after, "restore", "--state", state, "--from", out)
 		if err == nil || strings.Contains(msg, "restore recorded") {
 			break // done before the signal
 		}

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -317,6 +318,22 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// interrupted runs keyarc with args, sends it SIGINT (Ctrl-C) after the given time, and returns
+// what it wrote to stderr and how it ended.
+func interrupted(t *testing.T, after time.Duration, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(keyarcBin, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(after)
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	return stderr.String(), err
 }
 
 func writeFile(t *testing.T, path string, data []byte) {

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -448,31 +446,23 @@ func TestRecoveryFetchInterrupted(t *testing.T) {
 	keyarc(t, as("kra2", "recovery", "approve", id, "--yes")...)
 
 	p12, pw := filepath.Join(dir, "ida.p12"), filepath.Join(dir, "ida.pw")
-	interrupted := 0
+	underWay := 0
 	for after := 20 * time.Millisecond; ; after += 40 * time.Millisecond {
 		if after > 10*time.Second {
 			t.Fatal("no fetch finished")
 		}
-		cmd := exec.Command(keyarcBin, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(after)
-		cmd.Process.Signal(syscall.SIGINT)
-		err := cmd.Wait()
-		if strings.Contains(stderr.String(), "under way") {
-			interrupted++
+		stderr, err := interrupted(t, after, as("officer", "recovery", "fetch", id, "--out", p12, "--password-file", pw)...)
+		if strings.Contains(stderr, "under way") {
+			underWay++
 		}
 		if show := keyarc(t, as("officer", "recovery", "show", id)...); !strings.Contains(show, "consumed") {
 			if m, _ := filepath.Glob(filepath.Join(dir, "ida.p*")); len(m) > 0 {
-				t.Fatalf("fetch interrupted after %v (%v: %s) left %v with the request still open", after, err, stderr.String(), m)
+				t.Fatalf("fetch interrupted after %v (%v: %s) left %v with the request still open", after, err, stderr, m)
 			}
 			continue
 		}
 		if err != nil {
-			t.Fatalf("fetch interrupted after %v consumed the request and failed: %v\n%s", after, err, stderr.String())
+			t.Fatalf("fetch interrupted after %v consumed the request and failed: %v\n%s", after, err, stderr)
 		}
 		for _, f := range []string{p12, pw} {
 			if st, err := os.Stat(f); err != nil || st.Size() == 0 {
@@ -482,7 +472,7 @@ func TestRecoveryFetchInterrupted(t *testing.T) {
 		run(t, dir, "openssl", "pkcs12", "-in", p12, "-passin", "file:"+pw, "-nocerts", "-nodes", "-out", "k.pem")
 		break
 	}
-	if interrupted == 0 {
+	if underWay == 0 {
 		t.Fatal("no interruption came while the fetch was under way: the fetch is too fast for this test")
 	}
 }
