@@ -1,11 +1,13 @@
 package tests
 
 import (
+	"bytes"
 	"encoding/base64"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -106,5 +108,79 @@ func TestOCSPEndToEnd(t *testing.T) {
 	revoked := ocspWait(t, dir, state, url, certPath, certPath+": revoked", time.Minute)
 	if !strings.Contains(revoked, "Response verify OK") || !strings.Contains(revoked, "Reason: keyCompromise") {
 		t.Errorf("the revoked answer:\n%s", revoked)
+	}
+}
+
+// TestOCSPRevokedWhileTokenAway: a revocation acknowledged while the token is away (its new
+// response cannot be signed) is never answered "good" by the responder from the response
+// signed before it: relying parties get tryLater (HTTP 503, Retry-After) until the token is
+// back, then the revoked answer. The CRL that follows the token's return lists it.
+func TestOCSPRevokedWhileTokenAway(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl", "p11-kit")
+	client := "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+	if _, err := os.Stat(client); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("p11-kit-client.so missing")
+		}
+		t.Skip("p11-kit-client.so missing")
+	}
+	pub := freePort(t)
+	state := devState(t, "--public-url", "http://"+pub)
+	socket := filepath.Join(t.TempDir(), "p11.sock")
+	server := p11kitServer(t, state, socket)
+	setTokenModule(t, state, client)
+	a := serveWith(t, state, []string{"P11_KIT_SERVER_ADDRESS=unix:path=" + socket}, "", "--public-addr", pub)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "gus")
+	enrollUser(t, a, "gus@example.org", out)
+	certPath := filepath.Join(out, "cert.pem")
+	url := "http://" + pub + "/ocsp"
+	ocspWait(t, dir, state, url, certPath, certPath+": good", 15*time.Second)
+
+	// The token goes away; the revocation needs only the store, and is acknowledged.
+	syscall.Kill(-server.Process.Pid, syscall.SIGKILL)
+	server.Wait()
+	serial := certSerial(t, dir, certPath)
+	keyarc(t, "revoke", "--serial", serial, "--reason", "keyCompromise", "--state", state, "--server", a.url, "--as", "officer")
+	req := filepath.Join(dir, "req.der")
+	run(t, dir, "openssl", "ocsp", "-issuer", filepath.Join(state, "ca.pem"), "-cert", certPath, "-no_nonce", "-reqout", req)
+	der, err := os.ReadFile(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(1500 * time.Millisecond) // past the handler's one-second recheck
+		}
+		if got := ocspAsk(t, dir, state, url, certPath, ""); strings.Contains(got, ": good") {
+			t.Fatalf("openssl ocsp says good for a certificate revoked %d s ago (token away):\n%s", i*3/2, got)
+		}
+		resp, err := http.Post(url, "application/ocsp-request", bytes.NewReader(der))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("OCSP with the revocation not signed yet: HTTP %d (Retry-After %q), want 503 tryLater",
+				resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+
+	// The token is back: the revoked answer, and a CRL that lists the certificate.
+	p11kitServer(t, state, socket)
+	ocspWait(t, dir, state, url, certPath, certPath+": revoked", time.Minute)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		crl := filepath.Join(dir, "ca.crl")
+		run(t, dir, "curl", "-sS", "-o", crl, "http://"+pub+"/crl/ca.crl")
+		text, _ := runResult(dir, nil, "openssl", "crl", "-inform", "DER", "-in", crl, "-noout", "-text")
+		if strings.Contains(strings.ToLower(text), strings.ToLower(serial)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CRL does not list %s a minute after the token came back:\n%s", serial, text)
+		}
+		time.Sleep(time.Second)
 	}
 }

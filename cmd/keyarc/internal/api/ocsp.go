@@ -30,8 +30,9 @@ const ocspLookupTimeout = 5 * time.Second
 // with its header values prepared once, for ocspCacheTTL. With each response it reads the
 // certificate's status: a response signed with another status than the certificate's now (a
 // revocation the pre-signer has not signed yet) is kept for ocspRecheck only, so that the
-// re-signed response is served at most a second after it is stored. A response past its
-// nextUpdate is kept for ocspRecheck too. This process drops the responses of a revocation
+// re-signed response is served at most a second after it is stored. A response signed "good"
+// for a certificate now revoked is never served: tryLater until the revoked one is stored. A
+// response past its nextUpdate is kept for ocspRecheck too. This process drops the responses of a revocation
 // at once ([OCSPHandler.Invalidate]); changes made by another process writing the store are
 // seen within ocspCacheTTL.
 const (
@@ -45,6 +46,9 @@ const (
 type ocspEntry struct {
 	resp    *store.OCSPResponse
 	expires time.Time // read the store again from then on
+	// withheld: resp says good, and the certificate is revoked since (its revoked response is
+	// not signed yet). Answered tryLater, never with resp.
+	withheld bool
 	// Header values, shared by every answer: net/http only reads them.
 	length, etagH, lastModified, expiresH []string
 	etag                                  string
@@ -227,9 +231,18 @@ func (h *OCSPHandler) cached(serial []byte, now time.Time) (*ocspEntry, uint64) 
 	return nil, gen
 }
 
-// load reads the stored response of serial and tells whether it was signed with the
-// certificate's current status.
-func (h *OCSPHandler) load(ctx context.Context, serial string) (r *store.OCSPResponse, current bool, err error) {
+// ocspFreshness is how a stored response stands to its certificate's status now.
+type ocspFreshness int
+
+const (
+	ocspCurrent  ocspFreshness = iota // signed with the certificate's status now
+	ocspOlder                         // revoked, signed with an older reason
+	ocspWithheld                      // signed good, and the certificate is revoked since
+)
+
+// load reads the stored response of serial and tells how it stands to the certificate's
+// current status.
+func (h *OCSPHandler) load(ctx context.Context, serial string) (r *store.OCSPResponse, fresh ocspFreshness, err error) {
 	ctx, cancel := context.WithTimeout(ctx, ocspLookupTimeout)
 	defer cancel()
 	err = h.c.Store.View(ctx, func(tx store.Tx) error {
@@ -241,21 +254,28 @@ func (h *OCSPHandler) load(ctx context.Context, serial string) (r *store.OCSPRes
 		if err != nil {
 			return err
 		}
-		revoked := c.State == store.StateRevoked
-		current = revoked == r.Revoked && (!revoked || c.RevocationReason == r.Reason)
+		switch revoked := c.State == store.StateRevoked; {
+		case revoked && !r.Revoked:
+			fresh = ocspWithheld
+		case revoked != r.Revoked || revoked && c.RevocationReason != r.Reason:
+			fresh = ocspOlder
+		default:
+			fresh = ocspCurrent
+		}
 		return nil
 	})
-	return r, current, err
+	return r, fresh, err
 }
 
 // remember keeps r, read from the store at now when Invalidate had been called gen times,
 // and returns it as served.
-func (h *OCSPHandler) remember(serial string, r *store.OCSPResponse, current bool, now time.Time, gen uint64) *ocspEntry {
+func (h *OCSPHandler) remember(serial string, r *store.OCSPResponse, fresh ocspFreshness, now time.Time, gen uint64) *ocspEntry {
 	ttl := ocspCacheTTL
-	if !current || !now.Before(r.NextUpdate) {
+	if fresh != ocspCurrent || !now.Before(r.NextUpdate) {
 		ttl = ocspRecheck
 	}
 	e := newOCSPEntry(r, now.Add(ttl))
+	e.withheld = fresh == ocspWithheld
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.gen != gen {
@@ -272,8 +292,9 @@ func (h *OCSPHandler) remember(serial string, r *store.OCSPResponse, current boo
 // Invalidate drops the cached responses of serials (canonical, see store.NormalizeSerial),
 // whose status changed: a revocation, a reason changed to keyCompromise. Call it after the
 // change is committed (chain it into escrow.Service.Revoked): the next request reads the
-// store, finds the response signed with the old status, and reads again every second until
-// the pre-signer has stored the new one. It never blocks for long.
+// store, finds the response signed with the old status (a good one is withheld: tryLater),
+// and reads again every second until the pre-signer has stored the new one. It never blocks
+// for long.
 func (h *OCSPHandler) Invalidate(serials []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -301,6 +322,9 @@ func (h *OCSPHandler) Invalidate(serials []string) {
 //   - a body over 4 KiB: 413 (no OCSP body), other methods 405, another Content-Type 415;
 //   - a certificate whose response is not signed yet (just issued): signed at once when
 //     [OCSPHandlerConfig.SignMissing] is set, and served as above;
+//   - a certificate revoked whose stored response still says good (its revoked response is
+//     not signed yet: the token is away, or the pre-signer is a moment behind): 503, tryLater,
+//     never the good response;
 //   - a response that cannot be signed now (the token is away), or a storage fault: 503,
 //     tryLater, with Retry-After: a fault of the appliance is never a client error, and
 //     503 keeps caches and CDNs from storing it (RFC 6960 lets HTTP carry any status; the OCSP
@@ -331,13 +355,13 @@ func NewOCSPHandler(c OCSPHandlerConfig) (*OCSPHandler, error) {
 
 // signMissing has the missing response of serial signed (by this request, or by another one
 // already doing it) and reads it. It returns ErrNoResponse when there is still none.
-func (h *OCSPHandler) signMissing(ctx context.Context, serial string) (*store.OCSPResponse, bool, error) {
+func (h *OCSPHandler) signMissing(ctx context.Context, serial string) (*store.OCSPResponse, ocspFreshness, error) {
 	h.signMu.Lock()
 	wait, busy := h.signing[serial]
 	if !busy {
 		if len(h.signing) >= ocspMaxSigning {
 			h.signMu.Unlock()
-			return nil, false, store.ErrNoResponse
+			return nil, 0, store.ErrNoResponse
 		}
 		wait = make(chan struct{})
 		h.signing[serial] = wait
@@ -347,7 +371,7 @@ func (h *OCSPHandler) signMissing(ctx context.Context, serial string) (*store.OC
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return nil, false, ctx.Err()
+			return nil, 0, ctx.Err()
 		}
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, ocspLookupTimeout)
@@ -358,7 +382,7 @@ func (h *OCSPHandler) signMissing(ctx context.Context, serial string) (*store.OC
 		h.signMu.Unlock()
 		close(wait)
 		if err != nil {
-			return nil, false, err
+			return nil, 0, err
 		}
 	}
 	return h.load(ctx, serial)
@@ -436,13 +460,13 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e, gen := h.cached(key, now)
 	if e == nil {
 		var resp *store.OCSPResponse
-		var current bool
-		resp, current, err = h.load(r.Context(), string(key))
+		var fresh ocspFreshness
+		resp, fresh, err = h.load(r.Context(), string(key))
 		if errors.Is(err, store.ErrNoResponse) && h.c.SignMissing != nil {
-			resp, current, err = h.signMissing(r.Context(), string(key))
+			resp, fresh, err = h.signMissing(r.Context(), string(key))
 		}
 		if err == nil {
-			e = h.remember(string(key), resp, current, now, gen)
+			e = h.remember(string(key), resp, fresh, now, gen)
 		}
 	}
 	switch {
@@ -457,6 +481,12 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 		h.c.Log.Error("ocsp: storage or token fault", "serial", string(key), "err", err)
+		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
+		return
+	}
+	if e.withheld {
+		// A good response for a revoked certificate would tell relying parties to trust it.
+		h.c.Log.Debug("ocsp: revocation not signed yet; answering tryLater", "serial", string(key))
 		h.fail(w, http.StatusServiceUnavailable, "tryLater", h.tryLater)
 		return
 	}

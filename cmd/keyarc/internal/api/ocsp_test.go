@@ -212,8 +212,9 @@ func TestOCSPWithOpenSSL(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.h.Invalidate([]string{store.FormatSerial(alice.SerialNumber)})
-	if out := e.opensslOCSP(t, alicePath); !strings.Contains(out, alicePath+": good") {
-		t.Fatalf("alice before her response is signed again: the old response, good:\n%s", out)
+	// Before her response is signed again: tryLater (503), never the old good response.
+	if out := e.opensslOCSP(t, alicePath); strings.Contains(out, ": good") || !strings.Contains(out, "503") {
+		t.Fatalf("alice before her response is signed again: want HTTP 503 (tryLater), not the old good response:\n%s", out)
 	}
 	if n, err := e.signer.SignSerials(context.Background(), []string{store.FormatSerial(alice.SerialNumber)}); err != nil || n != 1 {
 		t.Fatalf("SignSerials: %d, %v", n, err)
@@ -268,11 +269,14 @@ func TestOCSPWithOpenSSL(t *testing.T) {
 }
 
 // status asks for c by GET and returns the certificate status the response says (good,
-// revoked) and its max-age.
+// revoked; tryLater for HTTP 503) and its max-age.
 func (e *ocspEnv) status(t *testing.T, c *x509.Certificate) (string, string) {
 	t.Helper()
 	serial := c.SerialNumber
 	resp, body := e.get(t, "/ocsp/"+url.PathEscape(base64.StdEncoding.EncodeToString(mustRequest(t, e, serial))), nil)
+	if resp.StatusCode == http.StatusServiceUnavailable && bytes.Equal(body, e.h.tryLater) {
+		return "tryLater", resp.Header.Get("Cache-Control")
+	}
 	if resp.StatusCode != 200 {
 		t.Fatalf("GET: HTTP %d", resp.StatusCode)
 	}
@@ -290,7 +294,8 @@ func (e *ocspEnv) status(t *testing.T, c *x509.Certificate) (string, string) {
 // TestOCSPCacheFollowsTheStore: the handler serves from memory, and still follows the store:
 // a revocation it is told of (Invalidate) is served a second after its response is stored; one
 // committed by another process within a minute; a response signed with an older status than
-// the certificate's is read again every second until the re-signed one is stored.
+// the certificate's is read again every second until the re-signed one is stored, and a good
+// one is withheld meanwhile (tryLater).
 func TestOCSPCacheFollowsTheStore(t *testing.T) {
 	e := newOCSPEnv(t)
 	ctx := context.Background()
@@ -333,7 +338,7 @@ func TestOCSPCacheFollowsTheStore(t *testing.T) {
 	// Bob is revoked by another process and not signed yet: read again every second.
 	bs := revoke(bob)
 	advance(ocspCacheTTL + time.Second)
-	want(bob, "good", "bob, his response not signed again yet")
+	want(bob, "tryLater", "bob, his response not signed again yet")
 	sign(bs)
 	advance(ocspRecheck + 100*time.Millisecond)
 	want(bob, "revoked", "bob a second after his response is stored")
@@ -341,7 +346,7 @@ func TestOCSPCacheFollowsTheStore(t *testing.T) {
 	// Carol is revoked in this process: Invalidate drops her response at once.
 	cs := revoke(carol)
 	e.h.Invalidate([]string{cs})
-	want(carol, "good", "carol, her response not signed again yet")
+	want(carol, "tryLater", "carol, her response not signed again yet")
 	sign(cs)
 	advance(ocspRecheck + 100*time.Millisecond)
 	want(carol, "revoked", "carol a second after her response is stored")
