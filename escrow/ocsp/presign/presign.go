@@ -336,8 +336,11 @@ func (s *Signer) report(err error) {
 }
 
 // SignSerials signs and stores the responses of serials now, with their current status;
-// serials that are unknown, never issued or expired are skipped. It returns how many it
-// stored.
+// serials that are unknown, never issued, or expired and not revoked are skipped. An expired
+// certificate that is revoked is signed: a revocation by serial is taken after expiry too
+// (a compromised S/MIME key matters for the mail it signed while valid), and no CRL lists
+// an expired certificate, so its revoked response is where relying parties learn of it. It
+// returns how many it stored.
 //
 // # Errors
 //
@@ -358,7 +361,7 @@ func (s *Signer) SignSerials(ctx context.Context, serials []string) (int, error)
 			all, err := tx.CertificateStatuses(page) // issued or revoked only, in few statements
 			sts = sts[:0]
 			for _, st := range all {
-				if st.NotAfter.IsZero() || st.NotAfter.After(now) {
+				if st.NotAfter.IsZero() || st.NotAfter.After(now) || st.Revoked {
 					sts = append(sts, st)
 				}
 			}

@@ -444,3 +444,46 @@ func TestRunRevokedSignsOnlyItsSerials(t *testing.T) {
 		t.Fatalf("pass over everything due: %v, %d due", err, e.due(t))
 	}
 }
+
+// TestSignSerialsRevokedAfterExpiry: a certificate revoked after it expired (a revocation by
+// serial is taken whatever the expiry: a compromised S/MIME key still matters for the mail
+// it signed) gets its revoked response when its serial is signed, instead of keeping the good
+// response signed while it was valid. An expired certificate that is not revoked still gets
+// none.
+func TestSignSerialsRevokedAfterExpiry(t *testing.T) {
+	e := newEnv(t, nil, 30*24*time.Hour)
+	now := time.Now()
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		for _, sn := range []string{"a1", "a2"} {
+			if err := tx.InsertCertificate(store.Certificate{Serial: sn, Template: "t", Email: "a@example.org", State: "issued",
+				DER: e.leafDER, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(time.Hour)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := e.signer(e.responder)
+	if n, err := s.SignDue(context.Background()); err != nil || n != 2 {
+		t.Fatalf("SignDue: %d, %v", n, err)
+	}
+	// Two hours later both have expired; a1 is revoked for keyCompromise.
+	later := now.Add(2 * time.Hour)
+	s.Now = func() time.Time { return later }
+	at := later.Add(-time.Minute).Truncate(time.Second)
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		return tx.RevokeCertificate("a1", store.ReasonKeyCompromise, at)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SignSerials(context.Background(), []string{"a1", "a2"}); err != nil || n != 1 {
+		t.Fatalf("SignSerials: %d, %v; want the revoked one only", n, err)
+	}
+	if r := e.status(t, "a1"); r.Status != xocsp.Revoked || r.RevocationReason != xocsp.KeyCompromise || !r.RevokedAt.Equal(at) {
+		t.Fatalf("a1, revoked after it expired: status %d, reason %d, at %v", r.Status, r.RevocationReason, r.RevokedAt)
+	}
+	if r := e.status(t, "a2"); r.Status != xocsp.Good {
+		t.Fatalf("a2, expired and not revoked: status %d", r.Status)
+	}
+}
