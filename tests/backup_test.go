@@ -466,3 +466,68 @@ func TestMissingDatabaseNotCreated(t *testing.T) {
 		t.Fatal("serve made an empty database")
 	}
 }
+
+// TestRestoreKeepsRevocations: a revocation acknowledged after a backup was taken, and
+// published on a CRL, survives a forced restore of that backup: the certificate is still
+// revoked (same date and reason) on the next CRL and in OCSP, and the next CRL's number is
+// above every one published before the restore (RFC 5280 5.2.3: CRL numbers only go up,
+// and two different CRLs never share one).
+func TestRestoreKeepsRevocations(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "curl")
+	pub := freePort(t)
+	state := devState(t, "--public-url", "http://"+pub)
+	a := servePublic(t, state, pub)
+	dir := t.TempDir()
+	enrollUser(t, a, "ned@example.org", filepath.Join(dir, "ned"))
+	nedCert := filepath.Join(dir, "ned", "cert.pem")
+	ned := certSerial(t, dir, nedCert)
+	old := filepath.Join(dir, "old.db")
+	keyarc(t, "backup", "--state", state, "--out", old)
+
+	keyarc(t, "revoke", "--serial", ned, "--reason", "keyCompromise", "--state", state, "--server", a.url, "--as", "officer")
+	crlURL := "http://" + pub + "/crl/ca.crl"
+	crlNumber := func() int64 {
+		t.Helper()
+		crl := filepath.Join(dir, "ca.crl")
+		run(t, dir, "curl", "-sS", "-o", crl, crlURL)
+		out := run(t, dir, "openssl", "crl", "-inform", "DER", "-in", crl, "-noout", "-crlnumber", "-text")
+		var n int64
+		if i := strings.Index(out, "crlNumber=0x"); i >= 0 {
+			fmt.Sscanf(out[i+len("crlNumber=0x"):], "%x", &n)
+		}
+		if strings.Contains(strings.ToLower(out), strings.ToLower(ned)) {
+			return n
+		}
+		return -n
+	}
+	var published int64
+	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(time.Second) {
+		if published = crlNumber(); published > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the revocation is on no CRL after 40 s")
+		}
+	}
+	a.stop(t)
+
+	_, errOut, err := keyarcResult("restore", "--state", state, "--from", old, "--force")
+	if err != nil {
+		t.Fatalf("forced restore: %v\n%s", err, errOut)
+	}
+	if st, r := certStatus(t, state, ned); st != "revoked" || r != 1 {
+		t.Errorf("after restoring a backup older than the revocation: %s reason %d, want revoked keyCompromise (1)\n%s", st, r, errOut)
+	}
+	if out := keyarc(t, "audit", "verify", "--state", state); !strings.Contains(strings.ToLower(out), "ok") {
+		t.Errorf("audit verify after the restore:\n%s", out)
+	}
+	servePublic(t, state, pub)
+	n := crlNumber()
+	if n <= published {
+		t.Errorf("the CRL after the restore: number %d (listing ned: %v), want above %d, the number published before it", max(n, -n), n > 0, published)
+	}
+	if out := ocspWait(t, dir, state, "http://"+pub+"/ocsp", nedCert, nedCert+": revoked", 30*time.Second); !strings.Contains(out, "keyCompromise") {
+		t.Errorf("OCSP after the restore:\n%s", out)
+	}
+}

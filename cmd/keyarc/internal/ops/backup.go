@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -199,6 +200,8 @@ func restore(ctx context.Context, args []string) error {
 	// How far the replaced database had gone: a backup newer than the head file may still
 	// drop entries made after the last checkpoint.
 	var replaced *store.AuditEntry
+	// What the replaced database published (revocations, CRL numbers) stays published.
+	var pub0 *published
 	if !inPlace && pemfile.Exists(dbPath) {
 		if last, err := lastEntry(ctx, dbPath); err == nil {
 			replaced = last
@@ -206,6 +209,11 @@ func restore(ctx context.Context, args []string) error {
 			r.TrailSeq = max(r.TrailSeq, last.Seq)
 		} else {
 			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): how far its trail went is not known\n", err)
+		}
+		if p, err := readPublished(ctx, dbPath); err == nil {
+			pub0 = p
+		} else {
+			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): its revocations and CRL number are not carried over\n", err)
 		}
 	}
 
@@ -334,6 +342,12 @@ func restore(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("restore: record the restore in the audit trail: %w; nothing was changed", err)
 	}
+	var carried *carriedOver
+	if pub0 != nil {
+		if carried, err = keepPublished(ctx, db, pub0, osActor(), time.Now()); err != nil {
+			return fmt.Errorf("restore: carry the replaced database's revocations and CRL number over: %w; nothing was changed", err)
+		}
+	}
 	cp := &audit.Checkpointer{DB: db, Signer: signer, HeadPath: headWork}
 	c, err := cp.Checkpoint(ctx)
 	if err != nil {
@@ -380,6 +394,18 @@ func restore(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "restore recorded in the audit trail as entry %d, signed; the head file continues from it\n", c.Seq)
 	if from, to, lost := r.Lost(); lost {
 		fmt.Fprintf(os.Stderr, "entries %d to %d of the previous trail are not in the restored database\n", from, to)
+	}
+	if carried != nil {
+		if n := carried.revoked + carried.keyCompromise; n > 0 {
+			fmt.Fprintf(os.Stderr, "%d revocations of the previous database were not in the backup and are kept (a revocation is final)\n", n)
+		}
+		if carried.crl > 0 {
+			fmt.Fprintf(os.Stderr, "the previous database's CRL %d is kept: the next CRL is numbered above it\n", carried.crl)
+		}
+		if len(carried.missing) > 0 {
+			fmt.Fprintf(os.Stderr, "WARNING: %d certificates revoked in the previous database are not in the backup (issued after it), so they are unknown here: %s; their revocations are in %s\n",
+				len(carried.missing), strings.Join(carried.missing[:min(len(carried.missing), 10)], ", "), r.ReplacedKeptAs)
+		}
 	}
 	fmt.Println(dbPath)
 	return nil
