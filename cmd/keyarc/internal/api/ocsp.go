@@ -197,7 +197,8 @@ type OCSPHandlerConfig struct {
 	// SignMissing, when set, signs and stores the responses of serials, issued certificates
 	// the store holds no response for yet (presign.Signer.SignSerials): a certificate issued a
 	// moment ago, whose first response waits for the pre-signer's next pass, is then answered
-	// at once instead of with tryLater. Nil: tryLater until the pre-signer has stored it.
+	// at once instead of with tryLater; so is a revoked certificate whose stored response
+	// still says good. Nil: tryLater until the pre-signer has stored it.
 	SignMissing func(ctx context.Context, serials []string) (int, error)
 }
 
@@ -464,6 +465,16 @@ func (h *OCSPHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp, fresh, err = h.load(r.Context(), string(key))
 		if errors.Is(err, store.ErrNoResponse) && h.c.SignMissing != nil {
 			resp, fresh, err = h.signMissing(r.Context(), string(key))
+		}
+		if err == nil && fresh == ocspWithheld && h.c.SignMissing != nil {
+			// The revocation is not signed yet (the pre-signer is a moment behind, or its
+			// signal was lost in a crash): have it signed now. If that fails too (the token
+			// away), the good response stays withheld: tryLater, read again in a second.
+			if r2, f2, err2 := h.signMissing(r.Context(), string(key)); err2 == nil {
+				resp, fresh = r2, f2
+			} else {
+				h.c.Log.Debug("ocsp: revocation not signed on demand", "serial", string(key), "err", err2)
+			}
 		}
 		if err == nil {
 			e = h.remember(string(key), resp, fresh, now, gen)

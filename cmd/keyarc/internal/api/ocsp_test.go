@@ -594,3 +594,45 @@ func TestOCSPSignsMissing(t *testing.T) {
 		t.Fatalf("signing failed: HTTP %d %x, want 503 tryLater", resp.StatusCode, body)
 	}
 }
+
+// TestOCSPSignsWithheldRevocation: with SignMissing set, a revoked certificate whose stored
+// response still says good (the pre-signer behind, or its signal lost in a crash) is signed
+// on demand and answered revoked at once; when signing fails (the token away) the answer is
+// tryLater, never the good response.
+func TestOCSPSignsWithheldRevocation(t *testing.T) {
+	e := newOCSPEnv(t)
+	ctx := context.Background()
+	var fail atomic.Bool
+	e.h.c.SignMissing = func(ctx context.Context, serials []string) (int, error) {
+		if fail.Load() {
+			return 0, hsm.ErrTokenGone
+		}
+		return e.signer.SignSerials(ctx, serials)
+	}
+	alice, _ := e.leaf(t, "alice", true)
+	bob, _ := e.leaf(t, "bob", true)
+	if _, err := e.signer.SignDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	revoke := func(c *x509.Certificate) {
+		s := store.FormatSerial(c.SerialNumber)
+		if err := e.db.Update(ctx, func(tx store.Tx) error { return tx.RevokeCertificate(s, store.ReasonKeyCompromise, time.Now()) }); err != nil {
+			t.Fatal(err)
+		}
+		e.h.Invalidate([]string{s})
+	}
+	revoke(alice)
+	if got, _ := e.status(t, alice); got != "revoked" {
+		t.Fatalf("alice, revoked and not re-signed yet: %s, want revoked (signed on demand)", got)
+	}
+	fail.Store(true)
+	revoke(bob)
+	if got, _ := e.status(t, bob); got != "tryLater" {
+		t.Fatalf("bob, revoked with the token away: %s, want tryLater", got)
+	}
+	fail.Store(false)
+	e.skew.Add(int64(ocspRecheck + 100*time.Millisecond))
+	if got, _ := e.status(t, bob); got != "revoked" {
+		t.Fatalf("bob, the token back: %s, want revoked", got)
+	}
+}
