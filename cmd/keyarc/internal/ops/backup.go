@@ -210,7 +210,11 @@ func restore(ctx context.Context, args []string) error {
 		} else {
 			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): how far its trail went is not known\n", err)
 		}
-		if p, err := readPublished(ctx, dbPath); err == nil {
+		caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
+		if err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		if p, err := readPublished(ctx, dbPath, caCert); err == nil {
 			pub0 = p
 		} else {
 			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): its revocations and CRL number are not carried over\n", err)

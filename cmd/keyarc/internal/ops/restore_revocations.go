@@ -2,6 +2,7 @@ package ops
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
@@ -21,8 +22,9 @@ type published struct {
 }
 
 // readPublished reads the revocations (expired certificates' too) and the newest CRL of the
-// database at path.
-func readPublished(ctx context.Context, path string) (*published, error) {
+// database at path. A CRL that is not signed by caCert (a database of another appliance put
+// in place) is left out: only the CA's own CRL is ever served.
+func readPublished(ctx context.Context, path string, caCert *x509.Certificate) (*published, error) {
 	db, err := sqlite.Open(path)
 	if err != nil {
 		return nil, err
@@ -40,7 +42,10 @@ func readPublished(ctx context.Context, path string) (*published, error) {
 		c, err := tx.LatestCRL()
 		switch {
 		case err == nil:
-			p.crl = c
+			p.crl = nil
+			if l, err := x509.ParseRevocationList(c.DER); err == nil && l.CheckSignatureFrom(caCert) == nil {
+				p.crl = c
+			}
 		case errors.Is(err, store.ErrNotFound):
 			p.crl = nil
 		default:
