@@ -320,3 +320,27 @@ func recoveredMatches(t *testing.T, dir, p12, pw, keyPEM string) {
 		t.Fatalf("the recovered key is not the enrolled one")
 	}
 }
+
+// TestRevokeRefusesExtraArguments: `keyarc revoke` names its certificates with one flag; a
+// second serial given as an argument (a pasted list) is refused with a usage error before
+// anything is revoked, rather than revoking the first and ignoring the rest.
+func TestRevokeRefusesExtraArguments(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	enrollUser(t, a, "olga@example.org", filepath.Join(dir, "olga"))
+	enrollUser(t, a, "pete@example.org", filepath.Join(dir, "pete"))
+	olga := certSerial(t, dir, filepath.Join(dir, "olga", "cert.pem"))
+	pete := certSerial(t, dir, filepath.Join(dir, "pete", "cert.pem"))
+	msg := keyarcFails(t, "revoke", "--state", state, "--server", a.url, "--as", "officer", "--serial", olga, pete, "--reason", "keyCompromise")
+	if !strings.Contains(msg, pete) {
+		t.Errorf("the refusal does not name the extra argument %s:\n%s", pete, msg)
+	}
+	for _, s := range []string{olga, pete} {
+		if st, _ := certStatus(t, state, s); st != "issued" {
+			t.Errorf("certificate %s is %s after a refused command", s, st)
+		}
+	}
+}

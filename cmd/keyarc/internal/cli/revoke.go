@@ -27,7 +27,13 @@ func RunRevoke(args []string) error {
 	keyOf := fs.String("key-of", "", "revoke every unexpired certificate of the public key of this serial, in any mailbox (BR 6.1.2: a compromised key)")
 	reason := fs.String("reason", "", "revocation `REASON`: "+strings.Join(policy.RevocationReasons(), ", "))
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	pos, err := cmdline.ParseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	// One flag names the certificates: a second serial pasted after the first would
+	// otherwise be ignored while the first is revoked.
+	if err := cmdline.WantArgs("revoke", pos, 0, "no arguments (one --serial, --email or --key-of per command)"); err != nil {
 		return err
 	}
 	n := 0
