@@ -32,9 +32,9 @@ const ocspLookupTimeout = 5 * time.Second
 // revocation the pre-signer has not signed yet) is kept for ocspRecheck only, so that the
 // re-signed response is served at most a second after it is stored. A response signed "good"
 // for a certificate now revoked is never served: tryLater until the revoked one is stored. A
-// response past its nextUpdate is kept for ocspRecheck too. This process drops the responses of a revocation
-// at once ([OCSPHandler.Invalidate]); changes made by another process writing the store are
-// seen within ocspCacheTTL.
+// response past its nextUpdate is kept for ocspRecheck too. This process drops the responses
+// of a revocation at once ([OCSPHandler.Invalidate]); changes made by another process writing
+// the store are seen within ocspCacheTTL.
 const (
 	ocspCacheTTL = time.Minute
 	ocspRecheck  = time.Second
