@@ -471,7 +471,8 @@ func TestMissingDatabaseNotCreated(t *testing.T) {
 // published on a CRL, survives a forced restore of that backup: the certificate is still
 // revoked (same date and reason) on the next CRL and in OCSP, and the next CRL's number is
 // above every one published before the restore (RFC 5280 5.2.3: CRL numbers only go up,
-// and two different CRLs never share one).
+// and two different CRLs never share one). A revoked certificate the backup does not hold is
+// named by the restore.
 func TestRestoreKeepsRevocations(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "curl")
@@ -486,6 +487,10 @@ func TestRestoreKeepsRevocations(t *testing.T) {
 	keyarc(t, "backup", "--state", state, "--out", old)
 
 	keyarc(t, "revoke", "--serial", ned, "--reason", "keyCompromise", "--state", state, "--server", a.url, "--as", "officer")
+	// A certificate issued after the backup cannot be carried over: the restore names it.
+	enrollUser(t, a, "oda@example.org", filepath.Join(dir, "oda"))
+	oda := certSerial(t, dir, filepath.Join(dir, "oda", "cert.pem"))
+	keyarc(t, "revoke", "--serial", oda, "--reason", "superseded", "--state", state, "--server", a.url, "--as", "officer")
 	crlURL := "http://" + pub + "/crl/ca.crl"
 	crlNumber := func() int64 {
 		t.Helper()
@@ -515,6 +520,9 @@ func TestRestoreKeepsRevocations(t *testing.T) {
 	_, errOut, err := keyarcResult("restore", "--state", state, "--from", old, "--force")
 	if err != nil {
 		t.Fatalf("forced restore: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(errOut, oda) {
+		t.Errorf("the restore does not name %s, revoked after the backup was taken and unknown to it:\n%s", oda, errOut)
 	}
 	if st, r := certStatus(t, state, ned); st != "revoked" || r != 1 {
 		t.Errorf("after restoring a backup older than the revocation: %s reason %d, want revoked keyCompromise (1)\n%s", st, r, errOut)

@@ -407,7 +407,7 @@ func restore(ctx context.Context, args []string) error {
 			fmt.Fprintf(os.Stderr, "the previous database's CRL %d is kept: the next CRL is numbered above it\n", carried.crl)
 		}
 		if len(carried.missing) > 0 {
-			fmt.Fprintf(os.Stderr, "WARNING: %d certificates revoked in the previous database are not in the backup (issued after it), so they are unknown here: %s; their revocations are in %s\n",
+			fmt.Fprintf(os.Stderr, "WARNING: %d certificates revoked in the previous database are not issued in the backup (issued after it), so their revocations are not carried over: %s; they are in %s\n",
 				len(carried.missing), strings.Join(carried.missing[:min(len(carried.missing), 10)], ", "), r.ReplacedKeptAs)
 		}
 	}

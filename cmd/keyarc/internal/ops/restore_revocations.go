@@ -60,7 +60,8 @@ func readPublished(ctx context.Context, path string, caCert *x509.Certificate) (
 type carriedOver struct {
 	revoked, keyCompromise int
 	// missing are revoked certificates of the replaced database that the backup does not
-	// hold (issued after it): their revocations cannot be carried over.
+	// hold as issued (issued after it, or still pending in it): their revocations cannot be
+	// carried over.
 	missing []string
 	crl     int64 // the replaced database's CRL number kept, 0 if none was needed
 }
@@ -90,11 +91,14 @@ func keepPublished(ctx context.Context, db store.Store, p *published, actor stri
 			}
 			switch {
 			case c.State == store.StateIssued:
-				reason := st.Reason
+				reason, at := st.Reason, st.RevokedAt
 				if !store.ValidReason(reason) {
 					reason = store.ReasonUnspecified
 				}
-				if err := tx.RevokeCertificate(c.Serial, reason, st.RevokedAt); err != nil {
+				if at.IsZero() {
+					at = now
+				}
+				if err := tx.RevokeCertificate(c.Serial, reason, at); err != nil {
 					return fmt.Errorf("revoke %s again: %w", c.Serial, err)
 				}
 				byReason[reason] = append(byReason[reason], c.Serial)
@@ -105,6 +109,8 @@ func keepPublished(ctx context.Context, db store.Store, p *published, actor stri
 				}
 				moved = append(moved, c.Serial)
 				out.keyCompromise++
+			case c.State != store.StateRevoked:
+				out.missing = append(out.missing, st.Serial)
 			}
 		}
 		reasons := make([]int, 0, len(byReason))
