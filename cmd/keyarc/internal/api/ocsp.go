@@ -78,14 +78,20 @@ func newOCSPEntry(r *store.OCSPResponse, expires time.Time) *ocspEntry {
 	return e
 }
 
-// cacheControl returns the Cache-Control value of a GET answer at now: max-age runs to
-// nextUpdate, counted from the end of now's second so that it is never too long.
+// ocspCacheMaxAge bounds the Cache-Control max-age of an OCSP GET answer, as crlMaxAge bounds a
+// CRL's: a cache in front (a web server, a CDN) would otherwise serve a "good" answer until its
+// nextUpdate, up to 7 days after a revocation. A revalidation with the ETag costs a 304.
+const ocspCacheMaxAge = 60 * time.Second
+
+// cacheControl returns the Cache-Control value of a GET answer at now: max-age is ocspCacheMaxAge,
+// and never runs past nextUpdate, counted from the end of now's second so that it is never
+// too long.
 func (e *ocspEntry) cacheControl(now time.Time) []string {
 	sec := now.Unix()
 	if c := e.cc.Load(); c != nil && c.sec == sec {
 		return c.v
 	}
-	maxAge := max(int64(e.resp.NextUpdate.Sub(time.Unix(sec+1, 0))/time.Second), 0)
+	maxAge := min(max(int64(e.resp.NextUpdate.Sub(time.Unix(sec+1, 0))/time.Second), 0), int64(ocspCacheMaxAge/time.Second))
 	c := &ocspMaxAge{sec: sec, v: []string{"max-age=" + strconv.FormatInt(maxAge, 10) + ", public, no-transform, must-revalidate"}}
 	e.cc.Store(c)
 	return c.v
@@ -312,7 +318,8 @@ func (h *OCSPHandler) Invalidate(serials []string) {
 // What it answers, and with which HTTP status (the OCSP status is in the body):
 //
 //   - a stored response: 200, successful; GET answers carry RFC 5019 caching headers
-//     (Cache-Control max-age up to nextUpdate, Expires, Last-Modified = thisUpdate, ETag) and
+//     (Cache-Control max-age at most a minute and never past nextUpdate, Expires,
+//     Last-Modified = thisUpdate, ETag) and
 //     get 304 for a matching If-None-Match;
 //   - a request for a serial keyarc never issued (or only reserved), for another CA's
 //     certificate (issuer name or key hash), or with a CertID hash other than SHA-1 or
