@@ -359,3 +359,29 @@ func TestEnrollOutputUnwritable(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIRefusesStrayArguments: a command that takes only flags refuses an argument besides
+// them (a second serial or mailbox pasted after a flag's value) with a usage error naming it,
+// before it does anything, rather than acting on the flags and ignoring the rest.
+func TestCLIRefusesStrayArguments(t *testing.T) {
+	t.Parallel()
+	requireTools(t)
+	state := devState(t)
+	const stray = "stray-0123abcd"
+	for _, args := range [][]string{
+		{"recovery", "request", "--email", "a@example.org", stray, "--reason", "lost laptop"},
+		{"recovery", "list", stray},
+		{"admin", "pending", "list", stray},
+		{"admin", "recovery-set", "show", stray},
+		{"admin", "recovery-set", "set", stray},
+		{"admin", "recovery-set", "reseal", stray},
+		{"kra", "drill", stray},
+		{"admin", "drill", "open", stray},
+		{"admin", "drill", "list", stray},
+	} {
+		out, errOut, code := exitCode(t, append(args, "--state", state)...)
+		if code != 2 || out != "" || !strings.Contains(errOut, stray) {
+			t.Errorf("keyarc %s: exit %d, stdout %q, stderr %q; want a usage error naming %s", strings.Join(args, " "), code, out, errOut, stray)
+		}
+	}
+}

@@ -21,7 +21,7 @@ func RunPendingList(args []string) error {
 	cf.register(fs)
 	all := fs.Bool("all", false, "include decided requests")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -96,7 +96,7 @@ func RunRecoverySetShow(args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -162,7 +162,7 @@ func RunRecoverySetSet(args []string) error {
 	quorum := fs.Int("quorum", 0, "how many KRAs must approve a recovery (required)")
 	var kras stringList
 	fs.Var(&kras, "kra", "serial of a KRA unwrap certificate (repeat, or comma-separate)")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *quorum == 0 || len(kras) == 0 {
@@ -220,7 +220,7 @@ func RunReseal(args []string) error {
 	reason := fs.String("reason", "", "why (recorded)")
 	epoch := fs.Uint("epoch", 0, "take the records of this older epoch alone (default: every older epoch, oldest records first)")
 	complete := fs.String("complete", "", "reseal the records of this approved request")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *epoch > math.MaxUint32 {

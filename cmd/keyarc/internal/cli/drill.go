@@ -32,7 +32,7 @@ func RunKRADrill(args []string) error {
 	cf.register(fs)
 	cf.registerToken(fs)
 	only := fs.String("drill", "", "answer this drill `ID` only")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if cf.tokenLbl == "" && !strings.HasPrefix(cf.as, "kra") {
@@ -200,7 +200,7 @@ func RunDrillOpen(args []string) error {
 	cf.register(fs)
 	kra := fs.String("kra", "", "drill this KRA `NAME` only (default: a campaign of every KRA)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)
@@ -227,7 +227,7 @@ func RunDrillList(args []string) error {
 	campaign := fs.String("campaign", "", "the drills of this campaign `ID`")
 	open := fs.Bool("open", false, "open drills only")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)

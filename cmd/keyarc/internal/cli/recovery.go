@@ -42,7 +42,7 @@ func RunRecoveryRequest(args []string) error {
 	reason := fs.String("reason", "", "why (required; recorded)")
 	revoke := fs.String("revoke", "", "when the key is fetched, revoke the certificate(s) as `REASON`: keyCompromise (a lost or stolen device: every certificate of the key) or superseded")
 	keep := fs.Bool("keep", false, "when the key is fetched, leave the certificate(s) valid")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if (*serial == "") == (*email == "") || *reason == "" {
@@ -98,7 +98,7 @@ func RunRecoveryList(args []string) error {
 	cf.register(fs)
 	status := fs.String("status", "", "only requests in this state: open, consumed, cancelled or expired")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := cmdline.ParseFlags(fs, args); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	c, err := cf.dial(true)

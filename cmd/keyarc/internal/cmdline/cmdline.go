@@ -79,14 +79,21 @@ func WantArgs(name string, pos []string, n int, what string) error {
 	return nil
 }
 
-// ParseStateOnly parses the flags of a command that takes no positional argument and needs
-// --state (whose value state points to): a usage error names the command and what is wrong.
-func ParseStateOnly(fs *flag.FlagSet, args []string, state *string) error {
+// ParseNoArgs parses the flags of a command that takes no positional argument: one given (a
+// second value pasted after a flag's, say) is a [UsageError] that names it, rather than
+// ignored while the command acts on the rest.
+func ParseNoArgs(fs *flag.FlagSet, args []string) error {
 	pos, err := ParseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if err := WantArgs(fs.Name(), pos, 0, "no arguments"); err != nil {
+	return WantArgs(fs.Name(), pos, 0, "no arguments (flags only)")
+}
+
+// ParseStateOnly parses the flags of a command that takes no positional argument and needs
+// --state (whose value state points to): a usage error names the command and what is wrong.
+func ParseStateOnly(fs *flag.FlagSet, args []string, state *string) error {
+	if err := ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *state == "" {
