@@ -119,6 +119,10 @@ saves the certificates to --out; --request ID collects them later instead of sub
 var version = "dev"
 
 func main() {
+	// Before anything reads a PIN, a password or a key.
+	if err := noCoreDumps(); err != nil {
+		fmt.Fprintln(os.Stderr, "keyarc: warning: core files are not disabled:", err)
+	}
 	err := run(os.Args[1:])
 	var u cmdline.UsageError
 	var x cmdline.ExitError
