@@ -31,8 +31,10 @@ func (c *Config) validateDatabase() error {
 		if c.DatabasePasswordSource != "" {
 			return errors.New("database_password_source: only a postgres:// database takes a password")
 		}
-		if strings.Contains(c.Database, "://") {
-			return fmt.Errorf("database: %q is neither a file nor a postgres:// URL", c.Database)
+		if scheme, _, ok := strings.Cut(c.Database, "://"); ok {
+			// Not the URL: it may carry a password (postgress://user:pass@host), which the
+			// check below applies only to postgres:// URLs. The scheme cannot hold one.
+			return fmt.Errorf("database: a %s:// URL is neither a file nor a postgres:// (or postgresql://, in lower case) URL", clipScheme(scheme))
 		}
 		if keywordValue(c.Database) {
 			// Not quoted: such a string may hold password=...
@@ -62,6 +64,14 @@ func (c *Config) validateDatabase() error {
 		return fmt.Errorf("database: sslmode is %s; a PostgreSQL server over TCP needs sslmode=verify-full (TLS, the server's certificate and name verified, with sslrootcert=PATH for a private CA), or use a unix socket", mode)
 	}
 	return nil
+}
+
+// clipScheme bounds a URL scheme quoted in an error.
+func clipScheme(s string) string {
+	if len(s) > 20 {
+		return s[:20] + "..."
+	}
+	return s
 }
 
 // keywordValue reports whether s starts like libpq's keyword/value connection string

@@ -35,6 +35,12 @@ func TestConfigDatabase(t *testing.T) {
 		{name: "source without postgres", yaml: minimal + "database: keyarc.db\ndatabase_password_source: env:X\n",
 			want: []string{"database_password_source", "postgres://"}},
 		{name: "other scheme", yaml: minimal + "database: mysql://db/keyarc\n", want: []string{"database", "postgres://"}},
+		// A misspelt scheme is no postgres:// URL, so the password check above does not apply:
+		// the error must not quote the URL either.
+		{name: "misspelt scheme with password", yaml: minimal + "database: postgress://keyarc:hunter2@db.example.org/keyarc\n",
+			want: []string{"database", "postgres://"}},
+		{name: "capital scheme with password", yaml: minimal + "database: Postgres://keyarc:hunter2@db.example.org/keyarc?sslmode=verify-full\n",
+			want: []string{"database", "postgres://"}},
 		// libpq's keyword/value form is not a file name: it would become one, with the
 		// password in it, and the appliance would run on an empty SQLite archive.
 		{name: "keyword/value string", yaml: minimal + "database: host=db.example.org dbname=keyarc password=hunter2\n",

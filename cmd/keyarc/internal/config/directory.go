@@ -99,6 +99,11 @@ func (d *DirectoryConfig) Validate() error {
 	if l == nil {
 		return nil
 	}
+	// Checked first, and the URL then not quoted: a user or password in it must not reach the
+	// error, whatever else is wrong with the URL.
+	if strings.Contains(l.URL, "@") {
+		return errors.New("directory.ldap.url: no user or password in the URL; use bind_dn and bind_password_source")
+	}
 	u, err := url.Parse(l.URL)
 	if err != nil || u.Host == "" || (u.Scheme != "ldaps" && u.Scheme != "ldap") || (u.Path != "" && u.Path != "/") ||
 		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Port() != "" && !validPort(u.Port()) {

@@ -27,6 +27,8 @@ func TestDirectoryConfigValidate(t *testing.T) {
 		{name: "negative rate", change: func(d *DirectoryConfig) { d.LookupsPerMinute = -1 }, wantField: "directory.lookups_per_minute"},
 		{name: "http URL", change: func(d *DirectoryConfig) { d.LDAP.URL = "http://ldap.example.org" }, wantField: "directory.ldap.url"},
 		{name: "password in the URL", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://cn=x:secret@ldap.example.org" }, wantField: "directory.ldap.url"},
+		{name: "password in a URL with a path", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://cn=x:hunter2@ldap.example.org/ou=people" }, wantField: "directory.ldap.url"},
+		{name: "password in a URL with a bad port", change: func(d *DirectoryConfig) { d.LDAP.URL = "ldaps://admin:hunter2@ldap.example.org:ldaps" }, wantField: "directory.ldap.url"},
 		{name: "no bind DN", change: func(d *DirectoryConfig) { d.LDAP.BindDN = "" }, wantField: "directory.ldap.bind_dn"},
 		{name: "no base", change: func(d *DirectoryConfig) { d.LDAP.Base = "" }, wantField: "directory.ldap.base"},
 		{name: "no password source", change: func(d *DirectoryConfig) { d.LDAP.BindPasswordSource = "" }, wantField: "directory.ldap.bind_password_source"},

@@ -49,6 +49,10 @@ func (n *NoticesConfig) Validate() error {
 	if n == nil {
 		return nil
 	}
+	if strings.Contains(n.SMTP, "@") {
+		// Not quoted: user:password@host is a password in the configuration.
+		return errors.New("notices.smtp: no user or password here, only host:port; give them with notices.username and notices.password_file")
+	}
 	host, port, err := net.SplitHostPort(n.SMTP)
 	if err != nil || host == "" || !validPort(port) || strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 		return fmt.Errorf("notices.smtp: %q is not host:port (the SMTP relay, e.g. mail.example.org:587)", n.SMTP)

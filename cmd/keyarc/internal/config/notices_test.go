@@ -25,6 +25,8 @@ func TestNoticesConfigValidate(t *testing.T) {
 		{name: "port not a number", change: func(n *NoticesConfig) { n.SMTP = "mail.example.org:smtp" }, wantField: "notices.smtp"},
 		{name: "port zero", change: func(n *NoticesConfig) { n.SMTP = "mail.example.org:0" }, wantField: "notices.smtp"},
 		{name: "line break in host", change: func(n *NoticesConfig) { n.SMTP = "mail.example.org\r\n:587" }, wantField: "notices.smtp"},
+		{name: "credentials in smtp", change: func(n *NoticesConfig) { n.SMTP = "keyarc:hunter2@mail.example.org:587" }, wantField: "notices.smtp"},
+		{name: "URL in smtp", change: func(n *NoticesConfig) { n.SMTP = "smtp://keyarc:hunter2@mail.example.org:587" }, wantField: "notices.smtp"},
 		{name: "display name in from", change: func(n *NoticesConfig) { n.From = "PKI <pki@example.org>" }, wantField: "notices.from"},
 		{name: "from with a line break", change: func(n *NoticesConfig) { n.From = "pki@example.org\r\nBcc: x@example.org" }, wantField: "notices.from"},
 		{name: "unknown starttls", change: func(n *NoticesConfig) { n.StartTLS = "opportunistic" }, wantField: "notices.starttls"},
@@ -41,6 +43,9 @@ func TestNoticesConfigValidate(t *testing.T) {
 			err := n.Validate()
 			if (err != nil) != (tt.wantField != "") || err != nil && !strings.Contains(err.Error(), tt.wantField) {
 				t.Errorf("validate() = %v, want an error naming %q", err, tt.wantField)
+			}
+			if err != nil && strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the error quotes the password: %v", err)
 			}
 		})
 	}
