@@ -108,8 +108,8 @@ type RecoveryItem struct {
 //
 // # Errors
 //
-// [ErrInvalidRequest] (neither or both of serial and email, a bad reason), [ErrNotFound] (no
-// archived key), policy's refusals ([policy.ErrNotAllowed], [policy.ErrOwnKey],
+// [ErrInvalidRequest] (neither or both of serial and email, a bad reason, an email that is no
+// mailbox, then also [policy.ErrInvalidMailbox]), [ErrNotFound] (no archived key), policy's refusals ([policy.ErrNotAllowed], [policy.ErrOwnKey],
 // [policy.ErrNotRecoverable], [policy.ErrTooManyRecords]), [ErrIntegrity] (wrapping
 // [ErrRecordMismatch] and [check.ErrInconsistent]) when a record or its certificate fails the
 // consistency check, or, for faults of the appliance, the token's error making the recovery
@@ -155,6 +155,11 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 	}
 	if (serial == "") == (email == "") {
 		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
+	}
+	if email != "" {
+		if err := policy.ValidateMailbox(email); err != nil {
+			return nil, fmt.Errorf("%w: email: %w", ErrInvalidRequest, err)
+		}
 	}
 	if serial != "" {
 		n, err := store.NormalizeSerial(serial)

@@ -505,8 +505,12 @@ func (s *Service) Sweep(ctx context.Context, before time.Time) (int, error) {
 	return n.Certificates, err
 }
 
-// refuse records a refused enrollment and returns err.
+// refuse records a refused enrollment and returns err. A template name that names no template
+// is not recorded: it is whatever the client sent there, possibly its enrollment code.
 func (s *Service) refuse(ctx context.Context, who Enrollee, template string, err error) error {
+	if _, ok := s.Templates[template]; !ok {
+		template = ""
+	}
 	s.auditAlone(ctx, audit.KindEnrollRefused, actorFrom(ctx), who.Mailbox, audit.Details{Template: template, Reason: err.Error()})
 	return err
 }

@@ -20,10 +20,12 @@ const (
 // (rfc822Name is an IA5String), local@domain, a dot-atom local part of at most 64 characters,
 // a domain of letter-digit-hyphen labels, at most 254 characters in all, and no control
 // characters, spaces, quotes or IP literals. Domains compare case-insensitively; see
-// [NormalizeMailbox]. The error wraps [ErrInvalidMailbox] and says what is wrong.
+// [NormalizeMailbox]. The error wraps [ErrInvalidMailbox] and says what is wrong, without
+// repeating s: a string that is no mailbox may be a password or a code typed in the wrong
+// field, and the error goes to the log, the audit trail and bulk results.
 func ValidateMailbox(s string) error {
 	bad := func(why string) error {
-		return fmt.Errorf("%w: %q: %s", ErrInvalidMailbox, truncate(s), why)
+		return fmt.Errorf("%w: %s", ErrInvalidMailbox, why)
 	}
 	if s == "" {
 		return fmt.Errorf("%w: empty", ErrInvalidMailbox)

@@ -78,3 +78,23 @@ func TestSameMailbox(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalsDoNotRepeatInput: a value refused as no mailbox or no template may be a password
+// or an enrollment code typed in the wrong field; the error, which reaches logs and the audit
+// trail, does not repeat it.
+func TestRefusalsDoNotRepeatInput(t *testing.T) {
+	const secret = "Hunter2secretCODE"
+	for _, in := range []string{secret, secret + "@", "@" + secret, secret + " x@example.org", secret + "@-bad-.example"} {
+		err := ValidateMailbox(in)
+		if !errors.Is(err, ErrInvalidMailbox) {
+			t.Fatalf("ValidateMailbox(%q) = %v, want %v", in, err, ErrInvalidMailbox)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("ValidateMailbox(%q) = %q repeats its input", in, err)
+		}
+	}
+	err := UnknownTemplate(secret, map[string]*Template{"smime-encryption": nil})
+	if !errors.Is(err, ErrUnknownTemplate) || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "smime-encryption") {
+		t.Errorf("UnknownTemplate(%q) = %q: want %v naming the templates, not the input", secret, err, ErrUnknownTemplate)
+	}
+}

@@ -597,13 +597,18 @@ func (t *Template) clone() *Template {
 
 // UnknownTemplateError is a request naming a template that is not configured. It lists the
 // names that are, and matches [ErrUnknownTemplate] with errors.Is.
+//
+// Its message does not repeat Name: a name that is no template may be anything the client
+// typed in the wrong place (an enrollment code as the EST label, say), and the message goes to
+// the log and the audit trail. A caller that knows the name is harmless to show (the command
+// line, to its own operator) adds it.
 type UnknownTemplateError struct {
 	Name  string
 	Known []string
 }
 
 func (e *UnknownTemplateError) Error() string {
-	return fmt.Sprintf("policy: unknown template %q (the templates are %s)", e.Name, strings.Join(e.Known, ", "))
+	return fmt.Sprintf("policy: unknown template (the templates are %s)", strings.Join(e.Known, ", "))
 }
 
 // Unwrap returns [ErrUnknownTemplate].

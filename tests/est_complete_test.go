@@ -53,8 +53,8 @@ func TestESTCompleteCSRAttrs(t *testing.T) {
 		t.Errorf("csrattrs through base64 -d | openssl asn1parse:\n%s", out)
 	}
 
-	if status, body := curlStatus(t, dir, "--cacert", cacert, a.url+"/.well-known/est/no-such-template/csrattrs"); status != 404 || !strings.Contains(string(body), "no-such-template") {
-		t.Errorf("unknown template: HTTP %d %q, want 404 naming it", status, body)
+	if status, body := curlStatus(t, dir, "--cacert", cacert, a.url+"/.well-known/est/no-such-template/csrattrs"); status != 404 || !strings.Contains(string(body), "smime-encryption") {
+		t.Errorf("unknown template: HTTP %d %q, want 404 naming the templates", status, body)
 	}
 	if status, body := curlStatus(t, dir, "--cacert", cacert, a.url+"/.well-known/est/csrattrs"); status != 204 || len(body) != 0 {
 		t.Errorf("csrattrs without a label: HTTP %d %q, want 204 and no body", status, body)

@@ -193,8 +193,9 @@ func TestCSRAttrsRoute(t *testing.T) {
 		t.Error("body is not the template's CsrAttrs")
 	}
 
-	if rec := get("/.well-known/est/no-such-template/csrattrs"); rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "no-such-template") {
-		t.Errorf("unknown template: %d %q, want 404 naming it", rec.Code, rec.Body)
+	if rec := get("/.well-known/est/no-such-template/csrattrs"); rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), policy.TemplateSMIMESignature) ||
+		strings.Contains(rec.Body.String(), "no-such-template") {
+		t.Errorf("unknown template: %d %q, want 404 naming the templates, not repeating the label", rec.Code, rec.Body)
 	}
 	if rec := get("/.well-known/est/csrattrs"); rec.Code != http.StatusNoContent || rec.Body.Len() != 0 {
 		t.Errorf("without a label: %d %q, want 204 and no body", rec.Code, rec.Body)

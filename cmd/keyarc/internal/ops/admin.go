@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -76,7 +77,14 @@ func RunCodeCreate(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	code, err := svc.CreateCode(ctx, *email, *template, *ttl)
-	if err != nil {
+	switch {
+	// The errors do not repeat what was refused (it goes to logs elsewhere); the operator's
+	// own terminal may.
+	case errors.Is(err, policy.ErrUnknownTemplate):
+		return fmt.Errorf("--template %q: %w", *template, err)
+	case errors.Is(err, policy.ErrInvalidMailbox):
+		return fmt.Errorf("--email %q: %w", *email, err)
+	case err != nil:
 		return err
 	}
 	// The code alone goes to standard output, so scripts can capture it.
