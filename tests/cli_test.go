@@ -385,3 +385,39 @@ func TestCLIRefusesStrayArguments(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIBulkResultsFilesPrivate: `bulk results` writes the results and the PKCS#12 passwords
+// (released once) to files only their owner can read, even over files that existed with a
+// looser mode: their content must not inherit it.
+func TestCLIBulkResultsFilesPrivate(t *testing.T) {
+	t.Parallel()
+	requireTools(t)
+	state := devState(t)
+	a := serve(t, state)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "staff.jsonl")
+	writeJobFile(t, file, `{"kind":"keygen","template":"smime-encryption","key":"p256"}`, []string{`{"email":"ivy@example.org"}`})
+	job := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--wait", "--state", state, "--as", "admin", "--server", a.url))
+	results, passwords := filepath.Join(dir, "results.jsonl"), filepath.Join(dir, "passwords.jsonl")
+	for _, p := range []string{results, passwords} {
+		if err := os.WriteFile(p, []byte("an older file\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyarc(t, "bulk", "results", job, "--out", results, "--passwords", passwords, "--state", state, "--as", "admin", "--server", a.url)
+	for _, p := range []string{results, passwords} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", filepath.Base(p), fi.Mode().Perm())
+		}
+	}
+	if b, err := os.ReadFile(passwords); err != nil || !strings.Contains(string(b), `"password"`) || strings.Contains(string(b), "older") {
+		t.Errorf("passwords file: %q, %v; want the passwords alone", b, err)
+	}
+}

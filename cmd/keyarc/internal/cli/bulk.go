@@ -201,8 +201,22 @@ func RunBulkResults(args []string) error {
 	return nil
 }
 
-// download streams a response body into a new file (0600).
-func (c *client) download(method, path, file string) error {
+// download streams a response body into file, mode 0600. The body goes to a new file beside
+// it, made before the request (so that a folder it cannot write to fails before the appliance
+// releases anything, such as the passwords, which it gives once), then renamed over file: an
+// existing file of that name is replaced, never written into, so its mode, owner or links
+// never apply to what is written, and a failed download leaves no partial file.
+func (c *client) download(method, path, file string) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*.part")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
 	req, err := http.NewRequest(method, c.base+path, nil)
 	if err != nil {
 		return err
@@ -220,13 +234,14 @@ func (c *client) download(method, path, file string) error {
 		}
 		return &apiError{status: resp.StatusCode, msg: strings.TrimSpace(string(b))}
 	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
 		return fmt.Errorf("write %s: %w", file, err)
 	}
-	return f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", file, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", file, err)
+	}
+	return os.Rename(f.Name(), file)
 }
