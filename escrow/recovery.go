@@ -164,7 +164,8 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 	if serial != "" {
 		n, err := store.NormalizeSerial(serial)
 		if err != nil {
-			return nil, fmt.Errorf("%w: serial %q is not a certificate serial: give 1 to 64 hexadecimal digits", ErrInvalidRequest, clip(serial))
+			// Not repeated: what is no serial may be a code or password pasted in the wrong place.
+			return nil, fmt.Errorf("%w: serial: not a certificate serial: give 1 to 64 hexadecimal digits", ErrInvalidRequest)
 		}
 		serial = n
 	}

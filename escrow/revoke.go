@@ -146,13 +146,14 @@ func (s *Service) Revoke(ctx context.Context, by policy.Principal, req RevokeReq
 	case req.Serial != "":
 		serial, err := store.NormalizeSerial(req.Serial)
 		if err != nil {
-			return nil, fmt.Errorf("%w: serial %q is not a hexadecimal certificate serial", ErrInvalidRequest, clip(req.Serial))
+			// Not repeated: what is no serial may be a code or password pasted in the wrong place.
+			return nil, fmt.Errorf("%w: serial: not a hexadecimal certificate serial", ErrInvalidRequest)
 		}
 		req.Serial, subject = serial, serial
 	case req.KeyOf != "":
 		serial, err := store.NormalizeSerial(req.KeyOf)
 		if err != nil {
-			return nil, fmt.Errorf("%w: key_of %q is not a hexadecimal certificate serial", ErrInvalidRequest, clip(req.KeyOf))
+			return nil, fmt.Errorf("%w: key_of: not a hexadecimal certificate serial", ErrInvalidRequest)
 		}
 		req.KeyOf, subject = serial, "key-of "+serial
 	default:

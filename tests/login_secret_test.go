@@ -48,8 +48,8 @@ func TestLoginFailureKeepsCodeOut(t *testing.T) {
 }
 
 // TestMisplacedSecretsKeptOut: secrets typed into the wrong field (an enrollment code as the
-// EST label or as the JSON template, a password as a mailbox in a directory lookup, a recovery
-// request or a bulk job) are refused without being repeated: they reach neither the answer,
+// EST label, as the JSON template or as a serial to recover or revoke, a password as a mailbox
+// in a directory lookup, a recovery request or a bulk job) are refused without being repeated: they reach neither the answer,
 // the log, the audit trail, the database nor the metrics.
 func TestMisplacedSecretsKeptOut(t *testing.T) {
 	t.Parallel()
@@ -87,6 +87,16 @@ func TestMisplacedSecretsKeptOut(t *testing.T) {
 	// A password as the mailbox of a recovery request and of a bulk job's item.
 	if _, _, err := keyarcResult("recovery", "request", "--state", state, "--as", "officer", "--email", secrets[2], "--reason", "lost"); err == nil {
 		t.Error("a recovery request for a mailbox without @ was accepted")
+	}
+	// The code as the serial of a recovery request and of a revocation.
+	for _, args := range [][]string{
+		{"recovery", "request", "--serial", code, "--reason", "lost", "--as", "officer"},
+		{"revoke", "--serial", code, "--reason", "keyCompromise", "--as", "officer"},
+		{"revoke", "--key-of", code, "--reason", "keyCompromise", "--as", "officer"},
+	} {
+		if _, _, err := keyarcResult(append(args, "--state", state)...); err == nil {
+			t.Errorf("keyarc %v with an enrollment code as the serial was accepted", args[:2])
+		}
 	}
 	job := filepath.Join(dir, "job.jsonl")
 	writeFile(t, job, []byte(`{"kind":"keygen","template":"smime-encryption","key":"p256"}`+"\n"+`{"email":"`+secrets[3]+`"}`+"\n"))
