@@ -7,8 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +40,7 @@ func importItems(tb testing.TB, n int) []any {
 	var items []any
 	for i := range n {
 		k := p256(tb)
-		c := old.issue(tb, k.Public(), "imp"+string(rune('a'+i))+"@example.org")
+		c := old.issue(tb, k.Public(), "imp"+strconv.Itoa(i)+"@example.org")
 		if i%2 == 0 {
 			items = append(items, Item{Certificate: pemOf("CERTIFICATE", c.Raw), Key: pemOf("PRIVATE KEY", pkcs8(tb, k))})
 		} else {
@@ -206,5 +208,35 @@ func TestSweepJobFiles(t *testing.T) {
 			t.Fatalf("job folder holds %v, want only notes.txt", names)
 		}
 		env.runUntilDone(t, filepath.Base(strings.TrimSuffix(uploading, jobFileExt)))
+	}
+}
+
+// TestSubmitDiskFull: a job file that cannot be written (the disk is full) is the appliance's
+// storage fault, not a fault of the file sent: the error wraps store.ErrUnavailable (a 503
+// "storage unavailable", not a 500 or a 400), and nothing of the upload is left.
+func TestSubmitDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the disk-full test needs root (to mount a tmpfs); CI runs as root")
+		}
+		t.Skip("needs root to mount a tmpfs")
+	}
+	env := newEnv(t)
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	env.mgr.Dir = mnt
+	file := jobFile(t, Header{Kind: KindImport}, importItems(t, 120)...)
+	if len(file) < 128<<10 {
+		t.Fatalf("the job file is %d bytes, too small to fill the disk", len(file))
+	}
+	_, err := env.mgr.Submit(context.Background(), bytes.NewReader(file), "admin")
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("submit onto a full disk: %v, want a storage fault (store.ErrUnavailable)", err)
+	}
+	if names := jobFiles(t, env); len(names) != 0 {
+		t.Errorf("a refused upload left %v", names)
 	}
 }

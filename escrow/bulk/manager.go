@@ -239,6 +239,18 @@ func newID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
+// jobFileWriter writes the job file of an upload. Its errors (a full disk, an I/O error) are
+// the appliance's storage faults, not faults of the file sent: they wrap store.ErrUnavailable.
+type jobFileWriter struct{ f *os.File }
+
+func (w jobFileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: bulk: job file: %w", store.ErrUnavailable, err)
+	}
+	return n, err
+}
+
 // Submit streams a job file into Dir (mode 0600), checking its header, its framing and its
 // limits as it goes, and queues the job. The header's template must exist and fit the kind.
 // The file is locked while it is written, so that no sweep removes it before its job is
@@ -247,7 +259,7 @@ func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string
 	m.init()
 	f, id, err := m.createJobFile()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	path := f.Name()
 	ok := false
@@ -258,7 +270,7 @@ func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string
 		// Closing the file releases its lock: once the job is queued, the sweep finds it.
 		f.Close()
 	}()
-	rd, err := NewReader(io.TeeReader(body, f), m.Limits)
+	rd, err := NewReader(io.TeeReader(body, jobFileWriter{f}), m.Limits)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +296,7 @@ func (m *Manager) Submit(ctx context.Context, body io.Reader, submittedBy string
 		return nil, fmt.Errorf("%w: the file holds no items", ErrFormat)
 	}
 	if err := f.Sync(); err != nil {
-		return nil, fmt.Errorf("bulk: job file: %w", err)
+		return nil, fmt.Errorf("%w: bulk: job file: %w", store.ErrUnavailable, err)
 	}
 	var wrapped []byte
 	if h.Kind == KindKeygen {
