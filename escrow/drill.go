@@ -1052,7 +1052,7 @@ func (s *Service) submitDrillProof(ctx context.Context, kra policy.Principal, id
 			// what the appliance encrypts to it either, and that is the appliance's fault.
 			// When it does, the share is tried once more, so that a fault that passed (a
 			// session pool that timed out) is not taken for the client's.
-			if perr := probeDrillKey(dec, d.KeySPKI, hash); perr != nil {
+			if perr := probeKey(dec, d.KeySPKI, hash); perr != nil {
 				return nil, s.drillKeyFault(ctx, id, perr)
 			}
 			if pt, err = dec.Decrypt(rand.Reader, sh.Share, opts); err != nil {
@@ -1132,16 +1132,16 @@ func (s *Service) drillKeyFault(ctx context.Context, id string, keyErr error) er
 	return fmt.Errorf("%w: drill key of drill %s: %w", ErrRecoveryKey, id, keyErr)
 }
 
-// probeDrillKey checks that dec, the drill key, still decrypts: a random value encrypted to
-// its public half (spki) must come back. nil when it does.
-func probeDrillKey(dec crypto.Decrypter, spki []byte, hash crypto.Hash) error {
+// probeKey checks that dec, a drill's or a recovery request's key, still decrypts: a
+// random value encrypted to its public half (spki) must come back. nil when it does.
+func probeKey(dec crypto.Decrypter, spki []byte, hash crypto.Hash) error {
 	pub, err := x509.ParsePKIXPublicKey(spki)
 	if err != nil {
 		return err
 	}
 	key, ok := pub.(*rsa.PublicKey)
 	if !ok {
-		return errors.New("the drill key is not RSA")
+		return errors.New("the key is not RSA")
 	}
 	probe := make([]byte, 32)
 	if _, err := rand.Read(probe); err != nil {
@@ -1156,7 +1156,7 @@ func probeDrillKey(dec crypto.Decrypter, spki []byte, hash crypto.Hash) error {
 		return err
 	}
 	if subtle.ConstantTimeCompare(got, probe) != 1 {
-		return errors.New("the drill key decrypts a probe to another value")
+		return errors.New("the key decrypts a probe to another value")
 	}
 	return nil
 }

@@ -1223,7 +1223,11 @@ const maxOpenAttempts = 10_000
 // a KRA's share that is not its share of the record (a damaged token, a share of the record as
 // it was sealed before a reseal) costs a try, not the recovery. When no quorum opens the
 // record, the error wraps [ErrSharesDoNotOpen] and names the KRAs; when the recovery key
-// decrypts none of the shares, it is the key's fault ([ErrRecoveryKey]).
+// decrypts none of the shares, it is the key's fault ([ErrRecoveryKey]). A share the key
+// does not decrypt is a KRA's only while the key still decrypts a probe encrypted to it:
+// otherwise the token failed (gone, its sessions exhausted) and the error is
+// [ErrRecoveryKey] wrapping the token's, whatever was decrypted before, so that a fault of
+// the appliance never reads as a KRA's wrong share.
 func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]ApprovedShare, dec crypto.Decrypter, hash crypto.Hash, r store.Record, sealed *record.Record) ([]byte, error) {
 	kras, idx, need := g.KRAsFor(r.ID), g.ApprovalsFor(r.ID), g.Quorum(r.ID)
 	if need < 1 || len(kras) < need || len(idx) != len(kras) {
@@ -1232,9 +1236,12 @@ func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]Appro
 	plain := make([][]byte, len(kras)) // the KRAs' shares, decrypted on first use
 	bad := make([]bool, len(kras))     // a share the recovery key cannot decrypt
 	defer clearAll(plain)
-	var decErr error
+	var decErr, fault error
 	decrypted := 0
 	usable := func(j int) bool {
+		if fault != nil {
+			return false
+		}
 		if plain[j] != nil || bad[j] {
 			return !bad[j]
 		}
@@ -1251,7 +1258,17 @@ func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]Appro
 			bad[j] = true
 			return false
 		}
-		pt, err := dec.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: hash, MGFHash: hash})
+		opts := &rsa.OAEPOptions{Hash: hash, MGFHash: hash}
+		pt, err := dec.Decrypt(rand.Reader, ct, opts)
+		if err != nil {
+			// The token's fault, unless the key still decrypts what is encrypted to it; a
+			// fault that passed (a session pool that timed out) gets the share tried again.
+			if perr := probeKey(dec, st.req.KeySPKI, hash); perr != nil {
+				fault = fmt.Errorf("%w: recovery key of request %s: %w", ErrRecoveryKey, st.req.ID, perr)
+				return false
+			}
+			pt, err = dec.Decrypt(rand.Reader, ct, opts)
+		}
 		if err != nil {
 			s.log().Warn("an approved share does not decrypt with the recovery key", "id", st.req.ID, "record", r.ID, "kra", kras[j], "err", err)
 			bad[j] = true
@@ -1277,6 +1294,9 @@ func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]Appro
 				ok = false
 				break
 			}
+		}
+		if fault != nil {
+			return nil, fault
 		}
 		if ok {
 			tried++

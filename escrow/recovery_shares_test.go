@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/hsm"
 )
 
 // approveGarbage is KRA i approving request id with a share that is not its share: 33 random
@@ -153,5 +155,47 @@ func TestNextCombination(t *testing.T) {
 		if len(seen) != tc.want {
 			t.Errorf("C(%d,%d): %d subsets, want %d", tc.n, tc.k, len(seen), tc.want)
 		}
+	}
+}
+
+// TestFetchTokenFaultMidOpen: the token failing after it decrypted one approved share (gone,
+// or its session pool exhausted) is the appliance's fault, not a KRA's wrong share: the fetch
+// answers with the token's error, never ErrSharesDoNotOpen (a 409 that blames the approving
+// KRAs), consumes nothing, and succeeds once the token answers again.
+func TestFetchTokenFaultMidOpen(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		fault error
+	}{
+		{"token gone", fmt.Errorf("%w: pkcs11: 0x32: CKR_DEVICE_REMOVED", hsm.ErrTokenGone)},
+		{"session pool exhausted", fmt.Errorf("%w: resource pool timed out", hsm.ErrPoolExhausted)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRecoveryEnv(t)
+			id := r.request(t).ID
+			r.approve(t, 0, id)
+			r.approve(t, 1, id)
+			fk := &faultKeys{RecoveryKeys: r.svc.RecoveryKeys}
+			r.svc.RecoveryKeys = fk
+			var decrypts atomic.Int32
+			fk.hook = func(stage, _ string) {
+				// The first share decrypts; the token fails from the second decryption on.
+				if stage == "decrypt" && decrypts.Add(1) == 2 {
+					fk.fail.Store(&tt.fault)
+				}
+			}
+			_, err := r.svc.Fetch(context.Background(), r.officer, id, false)
+			if errors.Is(err, ErrSharesDoNotOpen) || !errors.Is(err, tt.fault) {
+				t.Fatalf("Fetch while the token fails: %v; want the token's error, not %v", err, ErrSharesDoNotOpen)
+			}
+			if got, err := r.svc.GetRecovery(context.Background(), id); err != nil || got.State != store.RecoveryOpen {
+				t.Fatalf("after the failed fetch: %v, %v; want the request open", got, err)
+			}
+			fk.hook = nil
+			fk.fail.Store(nil)
+			if got := r.fetchKey(t, id); !bytes.Equal(got, r.pkcs8) {
+				t.Fatal("the key fetched once the token is back is not the archived one")
+			}
+		})
 	}
 }
