@@ -48,7 +48,15 @@ var (
 	// a record: a KRA sent a share that is not its share of the record (a damaged token, a
 	// share of another record or of the record as it was sealed before a reseal).
 	ErrSharesDoNotOpen = errors.New("escrow: the approved shares do not open the record")
+	// ErrRequestsFull: as many recovery and reseal requests are open as the appliance keeps
+	// recovery keys for in its token.
+	ErrRequestsFull = errors.New("escrow: too many recovery requests are open")
 )
+
+// maxOpenRequests bounds the recovery and reseal requests open at once, each of which holds a
+// key in the appliance token until it ends: no credential can fill the token, which also holds
+// the CA's keys. A variable for the tests.
+var maxOpenRequests = 256
 
 // Limits of recovery.
 const (
@@ -112,9 +120,11 @@ type RecoveryItem struct {
 // mailbox, then also [policy.ErrInvalidMailbox]), [ErrNotFound] (no archived key), policy's refusals ([policy.ErrNotAllowed], [policy.ErrOwnKey],
 // [policy.ErrNotRecoverable], [policy.ErrTooManyRecords]), [ErrIntegrity] (wrapping
 // [ErrRecordMismatch] and [check.ErrInconsistent]) when a record or its certificate fails the
-// consistency check, or, for faults of the appliance, the token's error making the recovery
-// key, a storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]),
-// wrapped. A row that policy finds malformed ([policy.ErrBadRecord]) is the archive's fault.
+// consistency check, [ErrRequestsFull] when as many requests are open as the appliance keeps
+// recovery keys for (before any key is made), or, for faults of the appliance, the token's
+// error making the recovery key, a storage error wrapping [store.ErrUnavailable] or the audit
+// trail's ([audit.ErrAppend]), wrapped. A row that policy finds malformed
+// ([policy.ErrBadRecord]) is the archive's fault.
 func (s *Service) RequestRecovery(ctx context.Context, officer policy.Principal, serial, email, reason string, ttl time.Duration) (*Recovery, error) {
 	return s.OpenRecovery(ctx, officer, RecoveryRequest{Serial: serial, Email: email, Reason: reason, TTL: ttl})
 }
@@ -228,7 +238,7 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 			}
 		}
 		return nil
-	})
+	}, s.roomForRequest) // before any key is made; again where the request is stored
 	if err != nil {
 		return nil, err
 	}
@@ -278,6 +288,9 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 		serials = append(serials, r.Serial)
 	}
 	if err := s.Store.Update(ctx, func(tx store.Tx) error {
+		if err := s.roomForRequest(tx); err != nil {
+			return err
+		}
 		if err := tx.InsertRecovery(row); err != nil {
 			return err
 		}
@@ -286,6 +299,9 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 			Expires: row.ExpiresAt.Format(time.RFC3339), Revoke: revoke})
 	}); err != nil {
 		s.destroyKey(label)
+		if errors.Is(err, ErrRequestsFull) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
 	}
 	if kind == store.KindRecover {
@@ -293,6 +309,26 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 	}
 	s.log().Info("recovery requested", "kind", kind, "id", id, "records", len(recs), "by", by.Name, "expires", row.ExpiresAt)
 	return s.GetRecovery(ctx, id)
+}
+
+// roomForRequest is [ErrRequestsFull] when maxOpenRequests recovery and reseal requests are
+// open and unexpired (an expired one not yet swept holds its key only until the next sweep).
+func (s *Service) roomForRequest(tx store.Tx) error {
+	rows, err := tx.ListRecoveries(store.RecoveryOpen)
+	if err != nil {
+		return err
+	}
+	now, open := s.now(), 0
+	for _, r := range rows {
+		if now.Before(r.ExpiresAt) {
+			open++
+		}
+	}
+	if open >= maxOpenRequests {
+		return fmt.Errorf("%w: %d recovery requests are open, the appliance's bound (each holds a key in the token); let requests be fetched, cancelled or expire first (`keyarc recovery list --status open`)",
+			ErrRequestsFull, open)
+	}
+	return nil
 }
 
 // maxReason is the longest reason, in bytes, of a recovery or reseal request.
@@ -1586,7 +1622,7 @@ const MaxResealBatch = policy.MaxRecoveryRecords
 // [ErrInvalidRequest] for a reason that is not 1 to 1000 printable characters (an empty one is
 // given a default) or an epoch that is not older than the current set's, [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover]
 // when every active record is sealed under the current set, [policy.ErrNotAllowed] for a caller that is not an
-// admin, or, for faults of the appliance, the token's error making the recovery key, a storage
+// admin, [ErrRequestsFull] (as in [Service.RequestRecovery]), or, for faults of the appliance, the token's error making the recovery key, a storage
 // error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, epoch uint32, ttl time.Duration) (*Recovery, error) {
 	if strings.TrimSpace(reason) == "" {
@@ -1605,8 +1641,10 @@ func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, rea
 		if epoch >= cur.Epoch {
 			return nil
 		}
-		recs, err = tx.RecordsBeforeEpoch(cur.Epoch, epoch, MaxResealBatch)
-		return err
+		if recs, err = tx.RecordsBeforeEpoch(cur.Epoch, epoch, MaxResealBatch); err != nil || len(recs) == 0 {
+			return err
+		}
+		return s.roomForRequest(tx) // before any key is made; again where the request is stored
 	}); err != nil {
 		return nil, err
 	}

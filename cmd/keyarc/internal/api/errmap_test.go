@@ -51,6 +51,7 @@ func TestStatusContracts(t *testing.T) {
 		{"too many failures", escrow.ErrTooManyFailures, http.StatusTooManyRequests},
 		{"bad approval", wrap(escrow.ErrBadApproval), http.StatusBadRequest},
 		{"already approved", escrow.ErrAlreadyApproved, http.StatusConflict},
+		{"recovery requests full", wrap(escrow.ErrRequestsFull), http.StatusConflict},
 		{"bad drill proof", wrap(escrow.ErrBadDrillProof), http.StatusBadRequest},
 		{"drill closed", wrap(escrow.ErrDrillClosed), http.StatusConflict},
 		{"not allowed", wrap(policy.ErrNotAllowed), http.StatusForbidden},

@@ -438,7 +438,7 @@ func status(err error) (int, string) {
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, policy.ErrQuorum), errors.Is(err, escrow.ErrAlreadyApproved),
 		errors.Is(err, policy.ErrConsumed), errors.Is(err, policy.ErrRequestClosed), errors.Is(err, policy.ErrExpired),
-		errors.Is(err, policy.ErrNotRecoverable), errors.Is(err, escrow.ErrDrillClosed):
+		errors.Is(err, policy.ErrNotRecoverable), errors.Is(err, escrow.ErrDrillClosed), errors.Is(err, escrow.ErrRequestsFull):
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, policy.ErrNotAllowed), errors.Is(err, policy.ErrOwnKey):
 		return http.StatusForbidden, err.Error()
