@@ -116,8 +116,9 @@ type RecoveryItem struct {
 //
 // # Errors
 //
-// [ErrInvalidRequest] (neither or both of serial and email, a bad reason, an email that is no
-// mailbox, then also [policy.ErrInvalidMailbox]), [ErrNotFound] (no archived key), policy's refusals ([policy.ErrNotAllowed], [policy.ErrOwnKey],
+// [ErrInvalidRequest] (neither or both of serial and email, a serial or an email that is not
+// one, then also [policy.ErrInvalidMailbox] for the email, a bad reason), [ErrNotFound] (no
+// archived key), policy's refusals ([policy.ErrNotAllowed], [policy.ErrOwnKey],
 // [policy.ErrNotRecoverable], [policy.ErrTooManyRecords]), [ErrIntegrity] (wrapping
 // [ErrRecordMismatch] and [check.ErrInconsistent]) when a record or its certificate fails the
 // consistency check, [ErrRequestsFull] when as many requests are open as the appliance keeps
@@ -166,11 +167,6 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 	if (serial == "") == (email == "") {
 		return nil, fmt.Errorf("%w: give either a certificate serial or a mailbox", ErrInvalidRequest)
 	}
-	if email != "" {
-		if err := policy.ValidateMailbox(email); err != nil {
-			return nil, fmt.Errorf("%w: email: %w", ErrInvalidRequest, err)
-		}
-	}
 	if serial != "" {
 		n, err := store.NormalizeSerial(serial)
 		if err != nil {
@@ -178,6 +174,14 @@ func (s *Service) OpenRecovery(ctx context.Context, officer policy.Principal, rr
 			return nil, fmt.Errorf("%w: serial: not a certificate serial: give 1 to 64 hexadecimal digits", ErrInvalidRequest)
 		}
 		serial = n
+	}
+	if email != "" {
+		// Records hold the mailbox as enrollment normalised it: the domain in lower case.
+		n, err := policy.NormalizeMailbox(email)
+		if err != nil {
+			return nil, fmt.Errorf("%w: email: %w", ErrInvalidRequest, err)
+		}
+		email = n
 	}
 	if err := checkReason(reason); err != nil {
 		return nil, err
