@@ -1158,7 +1158,7 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	}
 	keys, err := s.open(grant, st)
 	if err != nil {
-		return nil, err
+		return nil, s.closedMeanwhile(ctx, id, err)
 	}
 	defer func() {
 		for _, k := range keys {
@@ -1369,6 +1369,32 @@ func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]Appro
 	}
 	return nil, fmt.Errorf("%w %s: no %d of the shares approved by %s open it (%d tried); one of these KRAs sent a share that is not its share of the record: another KRA of its recovery set must approve, or open a new request",
 		ErrSharesDoNotOpen, r.ID, need, strings.Join(kras, ", "), tried)
+}
+
+// closedMeanwhile is err, a failure to open request id's records, unless err is its recovery
+// key's ([ErrRecoveryKey]) and the request was closed since it was read (cancelled, expired,
+// voided by a reseal, or consumed by another fetch), which destroyed the key: the request's
+// state is then the answer ([policy.ErrConsumed] or [policy.ErrRequestClosed]), not a fault
+// of the token.
+func (s *Service) closedMeanwhile(ctx context.Context, id string, err error) error {
+	if !errors.Is(err, ErrRecoveryKey) {
+		return err
+	}
+	var req *store.Recovery
+	if verr := s.view(ctx, func(tx store.Tx) error {
+		var e error
+		req, e = tx.GetRecovery(id)
+		return e
+	}); verr != nil {
+		return err
+	}
+	switch req.State {
+	case store.RecoveryOpen:
+		return err
+	case store.RecoveryConsumed:
+		return fmt.Errorf("%w: request %s was used meanwhile", policy.ErrConsumed, id)
+	}
+	return fmt.Errorf("%w: request %s was %s meanwhile", policy.ErrRequestClosed, id, req.State)
 }
 
 // nextCombination advances c, k increasing indexes below n, to the next k-combination in
@@ -1768,7 +1794,7 @@ func (s *Service) CompleteResealReport(ctx context.Context, admin policy.Princip
 	}
 	keys, err := s.open(grant, &moving)
 	if err != nil {
-		return nil, err
+		return nil, s.closedMeanwhile(ctx, id, err)
 	}
 	defer func() {
 		for _, k := range keys {

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/hsm"
+	"github.com/keyarc/keyarc/policy"
 )
 
 // approveGarbage is KRA i approving request id with a share that is not its share: 33 random
@@ -197,5 +199,33 @@ func TestFetchTokenFaultMidOpen(t *testing.T) {
 				t.Fatal("the key fetched once the token is back is not the archived one")
 			}
 		})
+	}
+}
+
+// TestFetchClosedMeanwhile: a request cancelled while its fetch runs (its recovery key
+// destroyed under the fetch) is answered as closed (policy.ErrRequestClosed, a 409), not as
+// an unusable recovery key (a 500 that sends an administrator to the log), and delivers
+// nothing.
+func TestFetchClosedMeanwhile(t *testing.T) {
+	r := newRecoveryEnv(t)
+	ctx := context.Background()
+	id := r.request(t).ID
+	r.approve(t, 0, id)
+	r.approve(t, 1, id)
+	fk := &faultKeys{RecoveryKeys: r.svc.RecoveryKeys}
+	r.svc.RecoveryKeys = fk
+	var once sync.Once
+	fk.hook = func(stage, _ string) {
+		if stage == "find" {
+			once.Do(func() {
+				if err := r.svc.CancelRecovery(ctx, r.officer, id); err != nil {
+					t.Errorf("CancelRecovery during the fetch: %v", err)
+				}
+			})
+		}
+	}
+	out, err := r.svc.Fetch(ctx, r.officer, id, false)
+	if !errors.Is(err, policy.ErrRequestClosed) || errors.Is(err, ErrRecoveryKey) {
+		t.Fatalf("Fetch of a request cancelled meanwhile: %v, %v; want %v", out, err, policy.ErrRequestClosed)
 	}
 }
