@@ -1158,6 +1158,7 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	}
 	keys, err := s.open(grant, st)
 	if err != nil {
+		s.sharesRefused(ctx, officer, st, err)
 		return nil, s.closedMeanwhile(ctx, id, err)
 	}
 	defer func() {
@@ -1369,6 +1370,22 @@ func (s *Service) openRecord(g policy.Grant, st *recoveryState, shares [][]Appro
 	}
 	return nil, fmt.Errorf("%w %s: no %d of the shares approved by %s open it (%d tried); one of these KRAs sent a share that is not its share of the record: another KRA of its recovery set must approve, or open a new request",
 		ErrSharesDoNotOpen, r.ID, need, strings.Join(kras, ", "), tried)
+}
+
+// sharesRefused records in the trail a fetch or reseal completion that err refused because
+// no quorum of the approved shares opens a record ([ErrSharesDoNotOpen]): the only sign that
+// an approving KRA sent a share that is not its share. The entry names the request, the
+// approving KRAs and the record (in the reason), never a share.
+func (s *Service) sharesRefused(ctx context.Context, by policy.Principal, st *recoveryState, err error) {
+	if !errors.Is(err, ErrSharesDoNotOpen) {
+		return
+	}
+	kras := make([]string, 0, len(st.approvals))
+	for _, a := range st.approvals {
+		kras = append(kras, a.KRA)
+	}
+	s.auditAlone(ctx, audit.KindApprovalRefused, principalActor(string(by.Role), by.Name), st.req.ID, audit.Details{Request: st.req.ID,
+		RequestKind: st.req.Kind, KRA: strings.Join(kras, " "), Signer: by.Serial, Reason: err.Error()})
 }
 
 // closedMeanwhile is err, a failure to open request id's records, unless err is its recovery
@@ -1794,6 +1811,7 @@ func (s *Service) CompleteResealReport(ctx context.Context, admin policy.Princip
 	}
 	keys, err := s.open(grant, &moving)
 	if err != nil {
+		s.sharesRefused(ctx, admin, st, err)
 		return nil, s.closedMeanwhile(ctx, id, err)
 	}
 	defer func() {

@@ -229,3 +229,35 @@ func TestFetchClosedMeanwhile(t *testing.T) {
 		t.Fatalf("Fetch of a request cancelled meanwhile: %v, %v; want %v", out, err, policy.ErrRequestClosed)
 	}
 }
+
+// TestFetchRefusedForSharesIsAudited: a fetch refused because no quorum of the approved shares
+// opens the record is the only sign that a KRA sent a share that is not its share (a damaged
+// token, or a KRA working against the recovery): it leaves an approval-refused entry in the
+// trail, naming the request, the record and the KRAs, and never a share.
+func TestFetchRefusedForSharesIsAudited(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	id := r.request(t).ID
+	r.approveGarbage(t, 0, id)
+	r.approve(t, 1, id)
+	if _, err := r.svc.Fetch(ctx, r.officer, id, false); !errors.Is(err, ErrSharesDoNotOpen) {
+		t.Fatalf("Fetch: %v, want %v", err, ErrSharesDoNotOpen)
+	}
+	var found bool
+	err := r.svc.Store.View(ctx, func(tx store.Tx) error {
+		es, err := tx.AuditOfKindsFrom([]string{"approval-refused"}, 1, 100)
+		for _, e := range es {
+			s := fmt.Sprintf("%+v", e)
+			if strings.Contains(s, id) && strings.Contains(s, "kra-0") && strings.Contains(s, "kra-1") {
+				found = true
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatal("the refused fetch left no approval-refused entry naming the request and its approving KRAs")
+	}
+}
