@@ -997,8 +997,15 @@ func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id s
 		rec, err = s.submitApproval(ctx, st, kra, id, shares, sig, now)
 	}
 	// A fault of the appliance (storage, a row that fails the consistency check) is not the
-	// KRA's: it does not count towards the KRA's lock-out.
-	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, ErrIntegrity) {
+	// KRA's: it does not count towards the KRA's lock-out. Nor does an approval the KRA sends
+	// again after its answer was lost (the appliance restarted, the network dropped): it is
+	// audited, and the KRA is told it approved already.
+	switch {
+	case err == nil, errors.Is(err, ErrNotFound), errors.Is(err, store.ErrUnavailable), errors.Is(err, ErrIntegrity):
+	case errors.Is(err, ErrAlreadyApproved):
+		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
+			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})
+	default:
 		s.approvalRefused(ctx, kra.Name, now, id, audit.Details{Request: id, KRA: kra.Name,
 			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})
 	}

@@ -124,3 +124,28 @@ func TestApprovalLimitSurvivesRestart(t *testing.T) {
 		t.Fatalf("Fetch: %v", err)
 	}
 }
+
+// TestApprovalRetriedIsNotCounted: a KRA that sends its approval again (its answer was lost:
+// the appliance restarted, or the network dropped, after the approval was stored) is told it
+// approved already (ErrAlreadyApproved, a 409), and the retries do not count towards its
+// lock-out: the KRA can still approve another request afterwards.
+func TestApprovalRetriedIsNotCounted(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	id := r.request(t).ID
+	kra := r.kraPrincipal(t, 0)
+	shares, sig := r.approval(t, 0, id)
+	if _, err := r.svc.SubmitApproval(ctx, kra, id, shares, sig); err != nil {
+		t.Fatalf("SubmitApproval: %v", err)
+	}
+	for i := range approvalFailures + 1 {
+		if _, err := r.svc.SubmitApproval(ctx, kra, id, shares, sig); !errors.Is(err, ErrAlreadyApproved) {
+			t.Fatalf("the same approval again (%d): %v, want ErrAlreadyApproved", i+1, err)
+		}
+	}
+	other, err := r.svc.RequestRecovery(ctx, r.officer, r.serial, "", "another", time.Hour)
+	if err != nil {
+		t.Fatalf("RequestRecovery: %v", err)
+	}
+	r.approve(t, 0, other.ID)
+}
