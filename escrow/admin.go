@@ -525,6 +525,15 @@ func (s *Service) SetRecoverySet(ctx context.Context, quorum int, serials []stri
 	return s.CurrentRecoverySet(ctx)
 }
 
+// isNewID reports whether id has the form [newID] gives: 16 lower-case hex digits.
+func isNewID(id string) bool {
+	ok := len(id) == 16
+	for i := 0; ok && i < len(id); i++ {
+		ok = '0' <= id[i] && id[i] <= '9' || 'a' <= id[i] && id[i] <= 'f'
+	}
+	return ok
+}
+
 func newID() (string, error) {
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {

@@ -445,11 +445,7 @@ func drillKeyLabel(id string) string { return "drill-" + id }
 // them (16 lower-case hex digits): a path, a huge or non-hex string. The ID is not echoed: it
 // is the client's, of any size.
 func checkDrillID(id string) error {
-	ok := len(id) == 16
-	for i := 0; ok && i < len(id); i++ {
-		ok = '0' <= id[i] && id[i] <= '9' || 'a' <= id[i] && id[i] <= 'f'
-	}
-	if !ok {
+	if !isNewID(id) {
 		return fmt.Errorf("%w: not a drill ID (a drill ID is 16 lower-case hex digits, as `keyarc admin drill list` shows them)", ErrInvalidRequest)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +87,24 @@ func TestFetchRecoveryKeyFault(t *testing.T) {
 	}
 	if got.State != store.RecoveryOpen {
 		t.Errorf("request is %s after the failed fetch, want %s", got.State, store.RecoveryOpen)
+	}
+}
+
+// TestRecoveryIDNotEchoed: what is not a request ID (a path, a huge string) is not found, as an
+// unknown ID is, without the store being asked and without the value repeated in the error.
+func TestRecoveryIDNotEchoed(t *testing.T) {
+	e := newSnapshotEnv(t)
+	ctx := context.Background()
+	for _, id := range []string{strings.Repeat("A", 5000), "../../etc/passwd", "0123456789ABCDEF", "0123456789abcde"} {
+		_, err := e.svc.GetRecovery(ctx, id)
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("GetRecovery(%.20q): %v, want ErrNotFound", id, err)
+		}
+		if err != nil && strings.Contains(err.Error(), id) {
+			t.Errorf("GetRecovery(%.20q): the error repeats the ID: %.200s", id, err)
+		}
+		if _, err := e.svc.Fetch(ctx, e.officer, id, false); !errors.Is(err, ErrNotFound) || strings.Contains(err.Error(), id) {
+			t.Errorf("Fetch(%.20q): %.200v, want ErrNotFound without the ID", id, err)
+		}
 	}
 }

@@ -427,6 +427,10 @@ func (s *Service) loadRecovery(ctx context.Context, id string, want snapshot) (*
 	st := &recoveryState{sets: map[uint32]*RecoverySet{}, signers: map[string]*store.Certificate{},
 		signerErr: map[string]error{}, enrolled: map[string]string{}, certs: map[string]*store.Certificate{},
 		certErr: map[string]error{}, checked: map[string]error{}}
+	if !isNewID(id) {
+		// Not echoed: it is the client's, of any size. Not found, as an unknown ID is.
+		return st, fmt.Errorf("%w: no recovery request with that ID (a request ID is 16 lower-case hex digits, as `keyarc recovery list` shows them)", ErrNotFound)
+	}
 	err := s.Store.View(ctx, func(tx store.Tx) error {
 		if want.failuresOf != "" {
 			n, err := tx.ApprovalFailures(want.failuresOf, want.at.Add(-approvalWindow))
