@@ -1678,10 +1678,12 @@ const MaxResealBatch = policy.MaxRecoveryRecords
 // # Errors
 //
 // [ErrInvalidRequest] for a reason that is not 1 to 1000 printable characters (an empty one is
-// given a default) or an epoch that is not older than the current set's, [ErrNoRecoverySet] (no usable current set), [policy.ErrNothingToRecover]
-// when every active record is sealed under the current set, [policy.ErrNotAllowed] for a caller that is not an
-// admin, [ErrRequestsFull] (as in [Service.RequestRecovery]), or, for faults of the appliance, the token's error making the recovery key, a storage
-// error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]), wrapped.
+// given a default) or an epoch that is not older than the current set's, [ErrNoRecoverySet]
+// (no usable current set), [policy.ErrNothingToRecover] when every active record is sealed
+// under the current set, [policy.ErrNotAllowed] for a caller that is not an admin,
+// [ErrRequestsFull] (as in [Service.RequestRecovery]), or, for faults of the appliance, the
+// token's error making the recovery key, a storage error wrapping [store.ErrUnavailable] or
+// the audit trail's ([audit.ErrAppend]), wrapped.
 func (s *Service) RequestReseal(ctx context.Context, admin policy.Principal, reason string, epoch uint32, ttl time.Duration) (*Recovery, error) {
 	if strings.TrimSpace(reason) == "" {
 		reason = "reseal to the current recovery set"

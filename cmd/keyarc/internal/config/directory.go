@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/go-ldap/ldap/v3"
+
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 )
 
@@ -152,7 +153,8 @@ func (c *Config) DirectoryBindPassword() (string, error) {
 }
 
 // readSecretSource reads a secret from file:PATH (relative to this folder; trailing line
-// breaks dropped; refused if any user can read or change it) or env:NAME; field names the source in errors, which never hold the secret.
+// breaks dropped; refused if any user can read or change it) or env:NAME; field names the
+// source in errors, which never hold the secret.
 func (c *Config) readSecretSource(field, src string) (string, error) {
 	if err := checkPasswordSource(src); err != nil || src == "" {
 		return "", fmt.Errorf("%s: want file:PATH or env:NAME", field)

@@ -392,7 +392,6 @@ func validCountry(c string) bool {
 	return len(c) == 2 && c[0] >= 'A' && c[0] <= 'Z' && c[1] >= 'A' && c[1] <= 'Z'
 }
 
-// flagSet reports whether the flag name was given on the command line.
 // sameTokenURI tells whether two PKCS#11 URIs name the same token, however they are spelled.
 func sameTokenURI(a, b string) bool {
 	ua, erra := hsm.ParseURI(a)
@@ -403,6 +402,7 @@ func sameTokenURI(a, b string) bool {
 	return ua.String() == ub.String()
 }
 
+// flagSet reports whether the flag name was given on the command line.
 func flagSet(fs *flag.FlagSet, name string) bool {
 	set := false
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
