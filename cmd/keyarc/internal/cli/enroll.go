@@ -97,11 +97,16 @@ func RunEnroll(args []string) error {
 	defer clear(pkcs8)
 	// The output files are made before the code is spent: a --out that cannot be written
 	// (read-only, full, a file in the way) must not cost the code and the certificate.
-	outFiles, err := reserveOutput(*out, keyPath, certPath, chainPath)
+	outFiles, err := prepareFiles(*out, []outFile{{keyPath, 0o600}, {certPath, 0o644}, {chainPath, 0o644}})
 	if err != nil {
 		return fmt.Errorf("enroll: --out %s cannot be written: %w (the code was not used)", *out, err)
 	}
-	defer outFiles.abandon()
+	issuedOK := false
+	defer func() {
+		if !issuedOK {
+			outFiles.remove()
+		}
+	}()
 	req := wire.EnrollRequest{Template: *template, CSR: base64.StdEncoding.EncodeToString(csr)}
 	if tmpl.Archive {
 		env, err := c.sealToTransport(pkcs8)
@@ -124,8 +129,15 @@ func RunEnroll(args []string) error {
 	if err := c.do(hreq, &issued); err != nil {
 		return err
 	}
-	if err := outFiles.write(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}), []byte(issued.Certificate), []byte(issued.Chain)); err != nil {
-		return fmt.Errorf("enroll: certificate %s was issued, but writing it to %s failed: %w", issued.Serial, *out, err)
+	// Issued: what is written stays, even when a later write fails.
+	issuedOK = true
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})}, {certPath, []byte(issued.Certificate)}, {chainPath, []byte(issued.Chain)}} {
+		if err := outFiles.fill(f.path, f.data); err != nil {
+			return fmt.Errorf("enroll: certificate %s was issued, but writing it to %s failed: %w", issued.Serial, *out, err)
+		}
 	}
 	archived := "not archived"
 	if issued.RecordID != "" {
@@ -134,71 +146,6 @@ func RunEnroll(args []string) error {
 	fmt.Fprintf(os.Stderr, "issued %s for %s until %s; %s\n", issued.Serial, *email, issued.NotAfter, archived)
 	fmt.Println(certPath)
 	return nil
-}
-
-// outputFiles are an enrollment's key, certificate and chain files, made empty before the
-// request and filled once the certificate is issued.
-type outputFiles struct {
-	files      []*os.File
-	createdDir string
-	done       bool
-}
-
-// reserveOutput creates the folder (when missing) and the files, none of which may exist.
-func reserveOutput(dir string, key, cert, chain string) (*outputFiles, error) {
-	o := &outputFiles{}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		o.createdDir = dir
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	for _, f := range []struct {
-		path string
-		mode os.FileMode
-	}{{key, 0o600}, {cert, 0o644}, {chain, 0o644}} {
-		fh, err := os.OpenFile(f.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.mode)
-		if err != nil {
-			o.abandon()
-			return nil, err
-		}
-		o.files = append(o.files, fh)
-	}
-	return o, nil
-}
-
-// write fills the files in order and closes them. Once the certificate is issued, what is
-// written stays, even when a later write fails.
-func (o *outputFiles) write(contents ...[]byte) error {
-	o.done = true
-	for i, f := range o.files {
-		if _, err := f.Write(contents[i]); err != nil {
-			return err
-		}
-		if err := f.Sync(); err != nil {
-			return err
-		}
-	}
-	for _, f := range o.files {
-		if err := f.Close(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// abandon removes what reserveOutput made, unless write completed.
-func (o *outputFiles) abandon() {
-	if o.done {
-		return
-	}
-	for _, f := range o.files {
-		f.Close()
-		os.Remove(f.Name())
-	}
-	if o.createdDir != "" {
-		os.Remove(o.createdDir)
-	}
 }
 
 // sealToTransport fetches the transport certificate, checks that the appliance's CA issued it for

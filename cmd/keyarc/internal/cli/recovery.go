@@ -492,10 +492,10 @@ type fetchGuard struct {
 	sent  bool
 	sig   chan os.Signal
 	done  chan struct{}
-	files *fetchFiles
+	files *preparedFiles
 }
 
-func guardFetch(files *fetchFiles) *fetchGuard {
+func guardFetch(files *preparedFiles) *fetchGuard {
 	g := &fetchGuard{sig: make(chan os.Signal, 1), done: make(chan struct{}), files: files}
 	signal.Notify(g.sig, os.Interrupt, syscall.SIGTERM)
 	go g.watch()
@@ -546,76 +546,24 @@ func fetchPaths(out string, serials []string) []string {
 	return paths
 }
 
-// fetchFiles are the files of a fetch, made (empty, mode 0600) before it and filled after it.
-type fetchFiles struct {
-	open   map[string]*os.File // made and not yet filled
-	filled map[string]bool
-}
-
 // createFetchFiles makes each of paths, empty and mode 0600, refusing one that exists; if one
 // cannot be made, those already made are removed and the error says which file and why.
-func createFetchFiles(paths []string) (*fetchFiles, error) {
-	ff := &fetchFiles{open: make(map[string]*os.File, len(paths)), filled: make(map[string]bool, len(paths))}
+func createFetchFiles(paths []string) (*preparedFiles, error) {
+	files := make([]outFile, 0, len(paths))
 	for _, p := range paths {
-		if _, dup := ff.open[p]; dup {
-			ff.remove()
-			return nil, fmt.Errorf("%s is named twice; give --out and --password-file different names (nothing was fetched)", p)
-		}
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			ff.remove()
-			if errors.Is(err, os.ErrExist) {
-				return nil, fmt.Errorf("%s exists; not overwritten (a recovery can be fetched only once; nothing was fetched)", p)
-			}
-			return nil, fmt.Errorf("cannot write %s, so nothing was fetched: %w", p, err)
-		}
-		ff.open[p] = f
+		files = append(files, outFile{p, 0o600})
 	}
-	return ff, nil
-}
-
-// fill writes data to the file made for path and closes it; a path that was not made before
-// the fetch is made now, if it does not exist.
-func (ff *fetchFiles) fill(path string, data []byte) error {
-	f, ok := ff.open[path]
-	if !ok {
-		var err error
-		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-			return err
-		}
+	pf, err := prepareFiles("", files)
+	var pe *os.PathError
+	switch {
+	case errors.Is(err, errNamedTwice):
+		return nil, fmt.Errorf("%w; give --out and --password-file different names (nothing was fetched)", err)
+	case errors.Is(err, os.ErrExist) && errors.As(err, &pe):
+		return nil, fmt.Errorf("%s exists; not overwritten (a recovery can be fetched only once; nothing was fetched)", pe.Path)
+	case errors.As(err, &pe):
+		return nil, fmt.Errorf("cannot write %s, so nothing was fetched: %w", pe.Path, pe.Err)
 	}
-	delete(ff.open, path)
-	ff.filled[path] = true
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// close closes the files not yet filled, and keeps them.
-func (ff *fetchFiles) close() {
-	for p, f := range ff.open {
-		f.Close()
-		delete(ff.open, p)
-	}
-}
-
-// removeUnfilled removes the files that were made but not filled.
-func (ff *fetchFiles) removeUnfilled() {
-	for p, f := range ff.open {
-		f.Close()
-		os.Remove(p)
-		delete(ff.open, p)
-	}
-}
-
-// remove removes every file made, before anything was fetched.
-func (ff *fetchFiles) remove() {
-	ff.removeUnfilled()
-	for p := range ff.filled {
-		os.Remove(p)
-	}
+	return pf, err
 }
 
 // RunRecoveryCancel is `keyarc recovery cancel ID`: the officer who requested a recovery, or
