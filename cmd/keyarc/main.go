@@ -298,11 +298,7 @@ func leafUsage(w io.Writer, fs *flag.FlagSet) {
 
 func runVersion(args []string) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("version", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	fmt.Println("keyarc", version)

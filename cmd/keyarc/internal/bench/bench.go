@@ -137,11 +137,7 @@ func Run(args []string, env Env) error {
 	fs.IntVar(&o.windows, "ocsp-windows", 3, "measured windows of the OCSP round")
 	fs.DurationVar(&o.window, "ocsp-window", 20*time.Second, "length of each OCSP window")
 	fs.BoolVar(&o.ceiling, "ocsp-ceiling", true, "also measure a trivial net/http handler under the same load")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("bench", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "keyarc-bench-")

@@ -37,11 +37,7 @@ func RunEnroll(args []string) error {
 	codeFile := fs.String("code-file", "", "file holding the enrollment code")
 	out := fs.String("out", "", "folder for key.pem, cert.pem and chain.pem (required)")
 	keyType := fs.String("key-type", "rsa2048", "key: "+strings.Join(escrow.KeyTypes, ", "))
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("enroll", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *codeFile != "" {

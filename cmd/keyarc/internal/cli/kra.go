@@ -104,11 +104,7 @@ func RunKRAEnroll(args []string) error {
 	wait := fs.Duration("wait", 0, "wait this long for an admin's decision, then save the certificates")
 	out := fs.String("out", "", "folder for NAME-unwrap.pem and NAME-auth.pem (with --wait or --request)")
 	request := fs.String("request", "", "collect the certificates of this earlier request (its ID) instead of submitting a new one")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("kra enroll", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	tok, err := cf.kraToken()

@@ -51,11 +51,7 @@ func RunCodeCreate(args []string) error {
 	email := fs.String("email", "", "mailbox the code enrolls (required)")
 	template := fs.String("template", "smime-encryption", "certificate template")
 	ttl := fs.Duration("ttl", 0, "validity of the code (default: the configuration's enrollment.code_ttl)")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("admin enroll-code create", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *state == "" || *email == "" {
@@ -103,11 +99,7 @@ func RunCredentialIssue(args []string) error {
 	name := fs.String("name", "", "the operator's name (required)")
 	out := fs.String("out", "", "folder for NAME.pem and NAME-key.pem (required)")
 	email := fs.String("email", "", "the operator's own mailbox (keeps an officer from recovering their own keys)")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("admin credential issue", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *state == "" || *role == "" || *name == "" || *out == "" {

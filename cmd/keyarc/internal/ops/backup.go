@@ -41,11 +41,7 @@ func RunBackup(args []string) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	state := fs.String("state", "", "state folder (required)")
 	out := fs.String("out", "", "file to write the copy to (required; not overwritten); the audit head is copied to FILE"+backupHeadSuffix)
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("backup", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *state == "" || *out == "" {
@@ -132,11 +128,7 @@ func restore(ctx context.Context, args []string) error {
 	state := fs.String("state", "", "state folder (required)")
 	from := fs.String("from", "", "backup file made by keyarc backup, or the state's database itself to record a rollback made in place (required)")
 	force := fs.Bool("force", false, "restore even a backup older than the audit trail's head, and record what it drops")
-	pos, err := cmdline.ParseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := cmdline.WantArgs("restore", pos, 0, "no arguments"); err != nil {
+	if err := cmdline.ParseNoArgs(fs, args); err != nil {
 		return err
 	}
 	if *state == "" || *from == "" {
