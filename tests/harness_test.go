@@ -8,18 +8,19 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyarc/keyarc/escrow/directory/ldaptest"
 )
 
 // keyarcBin is the binary under test, built once by TestMain.
@@ -170,39 +171,15 @@ func devState(t *testing.T, extra ...string) string {
 	return state
 }
 
-// freePort returns a loopback address whose port is free now. It is taken below the kernel's
-// range of ephemeral ports when there is room: a port of that range, free when asked, may be
-// the local port of a client's outgoing connection before the appliance binds it.
+// freePort returns a loopback address whose port is free now, taken below the kernel's range
+// of ephemeral ports when there is room (ldaptest.FreePort).
 func freePort(t *testing.T) string {
 	t.Helper()
-	if low := ephemeralLow(); low > 20000 {
-		for range 100 {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000)))
-			if err == nil {
-				defer l.Close()
-				return l.Addr().String()
-			}
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := ldaptest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range (0 if unknown).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 0
-	}
-	var low, high int
-	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
-		return 0
-	}
-	return low
+	return "127.0.0.1:" + strconv.Itoa(p)
 }
 
 // serve starts the appliance on free loopback ports and waits until it is ready.

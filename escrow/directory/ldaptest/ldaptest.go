@@ -136,10 +136,10 @@ access to * by * read
 	// test's server, a client's outgoing connection): slapd then exits, and starts again on
 	// other ports.
 	for try := 1; ; try++ {
-		if s.port, err = freePort(); err != nil {
+		if s.port, err = FreePort(); err != nil {
 			tb.Fatal(err)
 		}
-		if s.tlsPort, err = freePort(); err != nil {
+		if s.tlsPort, err = FreePort(); err != nil {
 			tb.Fatal(err)
 		}
 		s.URL = "ldap://127.0.0.1:" + strconv.Itoa(s.port)
@@ -413,9 +413,11 @@ func lookPath(name string) (string, error) {
 // errExitedAtStart: slapd ended before it listened (a port taken, most often).
 var errExitedAtStart = errors.New("slapd exited at start")
 
-// freePort returns a loopback port that is free now, below the kernel's ephemeral range when
-// there is room (outgoing connections take their ports from that range).
-func freePort() (int, error) {
+// FreePort returns a loopback port that is free now, below the kernel's ephemeral range when
+// there is room: a port of that range, free when asked, may become the local port of a
+// client's outgoing connection before the server meant for it binds it. The end-to-end
+// harness takes the appliances' ports from it too.
+func FreePort() (int, error) {
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		var low, high int
 		if _, err := fmt.Sscan(string(b), &low, &high); err == nil && low > 20000 {
