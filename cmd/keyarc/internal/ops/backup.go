@@ -195,21 +195,16 @@ func restore(ctx context.Context, args []string) error {
 	// What the replaced database published (revocations, CRL numbers) stays published.
 	var pub0 *published
 	if !inPlace && pemfile.Exists(dbPath) {
-		if last, err := lastEntry(ctx, dbPath); err == nil {
-			replaced = last
-			r.ReplacedSeq = last.Seq
-			r.TrailSeq = max(r.TrailSeq, last.Seq)
-		} else {
-			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): how far its trail went is not known\n", err)
-		}
 		caCert, err := pemfile.ReadCertificate(cfg.Path(cfg.CA.Certificate))
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
-		if p, err := readPublished(ctx, dbPath, caCert); err == nil {
-			pub0 = p
+		if rep, err := readReplaced(ctx, dbPath, caCert); err == nil {
+			replaced, pub0 = rep.last, &rep.published
+			r.ReplacedSeq = rep.last.Seq
+			r.TrailSeq = max(r.TrailSeq, rep.last.Seq)
 		} else {
-			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): its revocations and CRL number are not carried over\n", err)
+			fmt.Fprintf(os.Stderr, "the database in place cannot be read (%v): how far its trail went is not known, and its revocations and CRL number are not carried over\n", err)
 		}
 	}
 
@@ -433,28 +428,6 @@ func sameFile(a, b string) bool {
 	}
 	sb, err := os.Stat(b)
 	return err == nil && os.SameFile(sa, sb)
-}
-
-// lastEntry returns the last audit entry of the database at path (seq 0 when its trail is
-// empty).
-func lastEntry(ctx context.Context, path string) (*store.AuditEntry, error) {
-	db, err := sqlite.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	last := &store.AuditEntry{}
-	err = db.View(ctx, func(tx store.Tx) error {
-		e, err := tx.LastAudit()
-		if err == nil {
-			last = e
-		}
-		if errors.Is(err, store.ErrNotFound) {
-			err = nil
-		}
-		return err
-	})
-	return last, err
 }
 
 // holds tells whether db holds the replaced database's last entry, with the same hash.

@@ -21,20 +21,34 @@ type published struct {
 	crl     *store.CRL // nil before the first CRL
 }
 
-// readPublished reads the revocations (expired certificates' too) and the newest CRL of the
-// database at path. A CRL that is not signed by caCert (a database of another appliance put
-// in place) is left out: only the CA's own CRL is ever served.
-func readPublished(ctx context.Context, path string, caCert *x509.Certificate) (*published, error) {
+// replacedDB is what the restore reads of the database it replaces: its last audit entry (seq
+// 0 when its trail is empty), and what it published.
+type replacedDB struct {
+	last *store.AuditEntry
+	published
+}
+
+// readReplaced reads, in one snapshot of the database at path, its last audit entry, its
+// revocations (expired certificates' too) and its newest CRL. A CRL that is not signed by
+// caCert (a database of another appliance put in place) is left out: only the CA's own CRL is
+// ever served.
+func readReplaced(ctx context.Context, path string, caCert *x509.Certificate) (*replacedDB, error) {
 	db, err := sqlite.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
-	p := &published{}
+	r := &replacedDB{}
 	err = db.View(ctx, func(tx store.Tx) error {
-		p.revoked = p.revoked[:0]
+		r.last, r.revoked, r.crl = &store.AuditEntry{}, r.revoked[:0], nil
+		switch e, err := tx.LastAudit(); {
+		case err == nil:
+			r.last = e
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
 		if err := tx.RevokedCertificates(time.Unix(1, 0), func(st store.CertStatus) error {
-			p.revoked = append(p.revoked, st)
+			r.revoked = append(r.revoked, st)
 			return nil
 		}); err != nil {
 			return err
@@ -42,18 +56,15 @@ func readPublished(ctx context.Context, path string, caCert *x509.Certificate) (
 		c, err := tx.LatestCRL()
 		switch {
 		case err == nil:
-			p.crl = nil
 			if l, err := x509.ParseRevocationList(c.DER); err == nil && l.CheckSignatureFrom(caCert) == nil {
-				p.crl = c
+				r.crl = c
 			}
-		case errors.Is(err, store.ErrNotFound):
-			p.crl = nil
-		default:
+		case !errors.Is(err, store.ErrNotFound):
 			return err
 		}
 		return nil
 	})
-	return p, err
+	return r, err
 }
 
 // carriedOver is what [keepPublished] did.
