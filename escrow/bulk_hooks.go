@@ -11,7 +11,6 @@ import (
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/cms"
 	"github.com/keyarc/keyarc/escrow/issue"
-	"github.com/keyarc/keyarc/escrow/notice"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -20,42 +19,8 @@ import (
 // pipeline (escrow/issue, [Service.Pipeline]): sealing keys for a recovery set, opening
 // envelopes, and the engine's forms of the pipeline's batch issuance and import.
 
-// EscrowedKey is a key whose escrow record committed: the mailbox to tell, and the serial of
-// its certificate (canonical hex, [store.FormatSerial]).
-type EscrowedKey struct {
-	Mailbox, Serial string
-}
-
-// NotifyEscrowed tells the subscribers of keys escrowed together (a committed batch of a bulk
-// job, an import batch) that their keys are escrowed (S/MIME BR §4.12.1): one notice per
-// mailbox listing its serials, handed to the NotifyBatch hook as one batch (one queue file)
-// when it is set, else to Notify one by one. Call it after the commit, for the keys that
-// committed only. It never fails and never waits for a mail relay; keys without a mailbox are
-// skipped.
-func (s *Service) NotifyEscrowed(keys []EscrowedKey) {
-	if len(keys) == 0 || s.Notify == nil && s.NotifyBatch == nil {
-		return
-	}
-	var es []notice.Event
-	at := map[string]int{}
-	for _, k := range keys {
-		if k.Mailbox == "" {
-			continue
-		}
-		i, ok := at[k.Mailbox]
-		if !ok {
-			i = len(es)
-			at[k.Mailbox] = i
-			es = append(es, notice.Event{Kind: notice.Escrowed, Mailbox: k.Mailbox})
-		}
-		es[i].Serials = append(es[i].Serials, k.Serial)
-	}
-	s.notifyAll(es)
-}
-
-// FlushNotices says that a bulk job has ended: the notices it queued by batches
-// ([Service.NotifyEscrowed]) may be sent now, one per mailbox, rather than after a quiet
-// period. It returns at once.
+// FlushNotices says that a bulk job has ended: the notices of the keys it escrowed may be sent
+// now, one per mailbox, rather than after a quiet period. It returns at once.
 func (s *Service) FlushNotices() {
 	if s.NotifyFlush != nil {
 		s.NotifyFlush()
@@ -210,7 +175,6 @@ func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue
 			Actor: actor, Reserve: r.Reserve, Prepare: r.Prepare, Finish: r.Finish}
 	}
 	out := make([]BatchResult, len(rs))
-	var escrowed []EscrowedKey
 	for i, res := range s.Pipeline().Issue(ctx, reqs, signers, wait) {
 		switch err := res.Err; {
 		case errors.Is(err, issue.ErrInvalid):
@@ -219,10 +183,8 @@ func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue
 			out[i].Err = fmt.Errorf("escrow: %w", err)
 		default:
 			out[i].Issued = &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}
-			escrowed = append(escrowed, EscrowedKey{Mailbox: rs[i].Mailbox, Serial: res.Serial})
 		}
 	}
-	s.NotifyEscrowed(escrowed)
 	return out
 }
 
@@ -253,7 +215,6 @@ func (s *Service) CommitImport(ctx context.Context, cert *x509.Certificate, mail
 	if stale[0] {
 		return fmt.Errorf("escrow: store imported record: %w", errRecoverySetChanged)
 	}
-	s.notify(notice.Event{Kind: notice.Escrowed, Mailbox: mailbox, Serials: []string{store.FormatSerial(cert.SerialNumber)}})
 	return nil
 }
 
@@ -287,11 +248,6 @@ func (s *Service) CommitImports(ctx context.Context, subject string, items []Imp
 	if err != nil {
 		return fmt.Errorf("escrow: %w", err)
 	}
-	keys := make([]EscrowedKey, len(items))
-	for i, it := range items {
-		keys[i] = EscrowedKey{Mailbox: it.Mailbox, Serial: store.FormatSerial(it.Cert.SerialNumber)}
-	}
-	s.NotifyEscrowed(keys)
 	return nil
 }
 

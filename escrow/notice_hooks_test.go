@@ -7,12 +7,14 @@ import (
 	"log"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/keyarc/keyarc/escrow/notice"
+	"github.com/keyarc/keyarc/escrow/notice/feed"
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
@@ -33,8 +35,8 @@ func (s *sinkSession) Data(r io.Reader) error {
 func (s *sinkSession) Reset()        {}
 func (s *sinkSession) Logout() error { return nil }
 
-// noticesToSink wires svc's notice hooks to a Notifier (queue in a temporary folder) that sends
-// through a real SMTP server, and returns that server's mail.
+// noticesToSink runs a notice feed over svc's store with a Notifier (queue in a temporary
+// folder) that sends through a real SMTP server, as serve does, and returns that server's mail.
 func noticesToSink(t *testing.T, svc *Service) *mailSink {
 	t.Helper()
 	sink := &mailSink{mail: make(chan string, 64)}
@@ -53,11 +55,16 @@ func noticesToSink(t *testing.T, svc *Service) *mailSink {
 	}
 	n := &notice.Notifier{Queue: q, Sender: &notice.SMTP{Addr: l.Addr().String()}, From: "pki@example.org",
 		BatchQuiet: 50 * time.Millisecond}
+	f := &feed.Feed{Store: svc.Store, Notifier: n, Interval: 20 * time.Millisecond}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	svc.NotifyFlush = f.Flush
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); n.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	svc.Notify, svc.NotifyBatch = n.Notify, n.NotifyBatch
+	var wg sync.WaitGroup
+	wg.Go(func() { n.Run(ctx) })
+	wg.Go(func() { f.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	return sink
 }
 
@@ -127,15 +134,36 @@ func TestRecoveryNoticesCancelledExpired(t *testing.T) {
 	sink.none(t)
 }
 
-// TestNoticeEscrowedBatches: a batch of imports and a batch of reserved issuances each tell
-// every mailbox once, naming its serials, after the commit; a batch that commits nothing tells
-// nobody.
+// batchRecorder is a feed.Queuer that keeps what it is given to queue.
+type batchRecorder struct{ batches [][]notice.Event }
+
+func (r *batchRecorder) NotifyBatch(es []notice.Event) error { return r.NotifyNow(es) }
+func (r *batchRecorder) Flush()                              {}
+func (r *batchRecorder) NotifyNow(es []notice.Event) error {
+	if len(es) > 0 {
+		r.batches = append(r.batches, es)
+	}
+	return nil
+}
+
+// TestNoticeEscrowedBatches: a batch of imports tells every mailbox once, naming its serials,
+// once it committed; a batch that commits nothing tells nobody.
 func TestNoticeEscrowedBatches(t *testing.T) {
 	env := newTestService(t)
 	ctx := context.Background()
-	var batches [][]notice.Event
-	env.svc.Notify = func(e notice.Event) { batches = append(batches, []notice.Event{e}) }
-	env.svc.NotifyBatch = func(es []notice.Event) { batches = append(batches, es) }
+	rec := &batchRecorder{}
+	f := &feed.Feed{Store: env.svc.Store, Notifier: rec}
+	if err := f.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	step := func() [][]notice.Event {
+		t.Helper()
+		rec.batches = nil
+		if _, err := f.Step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return rec.batches
+	}
 	rs, err := env.svc.CurrentRecoverySet(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -153,6 +181,7 @@ func TestNoticeEscrowedBatches(t *testing.T) {
 	if err := env.svc.CommitImports(ctx, "job n1", []ImportItem{a1, b, a2}, nil); err != nil {
 		t.Fatal(err)
 	}
+	batches := step()
 	if len(batches) != 1 || len(batches[0]) != 2 {
 		t.Fatalf("notices of a batch of imports: %+v, want one batch of one event per mailbox", batches)
 	}
@@ -169,12 +198,42 @@ func TestNoticeEscrowedBatches(t *testing.T) {
 	}
 
 	// A batch that stores nothing (a serial already archived) tells nobody.
-	batches = nil
 	err = env.svc.CommitImports(ctx, "job n2", []ImportItem{item(7004, "c@example.org"), item(7002, "b@example.org")}, nil)
 	if !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("CommitImports with an archived serial: %v, want a conflict", err)
 	}
-	if len(batches) != 0 {
+	if batches := step(); len(batches) != 0 {
 		t.Errorf("a refused batch told %+v", batches)
 	}
+}
+
+// TestNoticeOfACommitNotYetQueued: a key escrowed by a process that stopped before queueing
+// its notice (killed between the commit and the queue file) is told after the restart: the
+// notice is read from the audit entry that committed with the key.
+func TestNoticeOfACommitNotYetQueued(t *testing.T) {
+	env := newTestService(t)
+	ctx := context.Background()
+	// The run before the crash placed the cursor, then stopped once the import committed.
+	if err := (&feed.Feed{Store: env.svc.Store}).Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := env.svc.CurrentRecoverySet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newP256(t)
+	cert := foreignCert(t, 7101, "late@example.org", key.Public())
+	rec, err := env.svc.SealForImport(rs, cert, pkcs8Of(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.svc.CommitImports(ctx, "job crash", []ImportItem{{Cert: cert, Mailbox: "late@example.org", Record: rec}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	sink := noticesToSink(t, env.svc) // the restart
+	m := sink.next(t, "Your encryption key has been escrowed")
+	if !strings.Contains(m, "To: late@example.org\r\n") || !strings.Contains(m, store.FormatSerial(cert.SerialNumber)) {
+		t.Errorf("the notice of the key escrowed before the crash:\n%s", m)
+	}
+	sink.none(t)
 }

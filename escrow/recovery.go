@@ -25,7 +25,6 @@ import (
 
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/check"
-	"github.com/keyarc/keyarc/escrow/notice"
 	"github.com/keyarc/keyarc/escrow/record"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
@@ -307,9 +306,6 @@ func (s *Service) openRequest(ctx context.Context, kind string, by policy.Princi
 			return nil, err
 		}
 		return nil, fmt.Errorf("escrow: store recovery request: %w", err)
-	}
-	if kind == store.KindRecover {
-		s.notifyRecords(notice.Event{Kind: notice.RecoveryRequested, Time: now, Request: id, RequestedBy: by.Name}, recs)
 	}
 	s.log().Info("recovery requested", "kind", kind, "id", id, "records", len(recs), "by", by.Name, "expires", row.ExpiresAt)
 	return s.GetRecovery(ctx, id)
@@ -1208,7 +1204,6 @@ func (s *Service) Fetch(ctx context.Context, officer policy.Principal, id string
 	}
 	s.revoked(&out.Revocations)
 	s.destroyKey(st.req.KeyLabel)
-	s.notifyRecords(notice.Event{Kind: notice.RecoveryCompleted, Request: id, RequestedBy: st.req.Requester}, st.records)
 	s.log().Info("recovery delivered", "id", id, "records", len(out.Files), "by", officer.Name)
 	return out, nil
 }
@@ -1559,7 +1554,8 @@ func newPassword() (string, error) {
 
 // CancelRecovery closes an open request without delivering it and destroys its key: a
 // recovery, by the officer who requested it, or a reseal, by the admin who requested it. The
-// owners of a recovery's records are told it was cancelled (Notify).
+// owners of a recovery's records are told it was cancelled (its audit entry's notice,
+// escrow/notice/feed).
 //
 // # Errors
 //
@@ -1599,10 +1595,6 @@ func (s *Service) CancelRecovery(ctx context.Context, by policy.Principal, id st
 		return err
 	}
 	s.destroyKey(st.req.KeyLabel)
-	if st.req.Kind == store.KindRecover {
-		// The owners were told the recovery was requested: they are told it ended without a key.
-		s.notifyRecords(notice.Event{Kind: notice.RecoveryCancelled, Request: id, RequestedBy: st.req.Requester}, st.records)
-	}
 	return nil
 }
 
@@ -1616,34 +1608,15 @@ func (s *Service) CancelRecovery(ctx context.Context, by policy.Principal, id st
 // trail's ([audit.ErrAppend]), wrapped. A recovery key the token fails to destroy is logged.
 func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	var expired []store.Recovery
-	var owners map[string][]store.Record // by request: the records whose owners are told
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if expired, err = tx.ExpireRecoveries(s.now()); err != nil {
 			return err
 		}
-		owners = map[string][]store.Record{}
 		for _, r := range expired {
 			if err := s.audit(tx, audit.KindRecoveryExpired, "system", r.ID, audit.Details{Request: r.ID, RequestKind: r.Kind,
 				Expires: r.ExpiresAt.Format(time.RFC3339)}); err != nil {
 				return err
-			}
-			if r.Kind != store.KindRecover || s.Notify == nil {
-				continue
-			}
-			full, err := tx.GetRecovery(r.ID) // the expired rows come without their record lists
-			if err != nil {
-				return err
-			}
-			for _, id := range full.Records {
-				rec, err := tx.GetRecord(id)
-				if errors.Is(err, store.ErrNotFound) {
-					continue // nobody to tell of a record that is gone; the expiry goes on
-				}
-				if err != nil {
-					return err
-				}
-				owners[r.ID] = append(owners[r.ID], *rec)
 			}
 		}
 		return nil
@@ -1654,11 +1627,6 @@ func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	for _, r := range expired {
 		s.destroyKey(r.KeyLabel)
 		s.log().Info("recovery expired", "id", r.ID)
-		if recs := owners[r.ID]; len(recs) > 0 {
-			// The owners were told the recovery was requested: they are told it ended without
-			// a key.
-			s.notifyRecords(notice.Event{Kind: notice.RecoveryExpired, Time: r.ExpiresAt, Request: r.ID, RequestedBy: r.Requester}, recs)
-		}
 	}
 	return len(expired), nil
 }
@@ -1848,7 +1816,7 @@ func (s *Service) CompleteResealReport(ctx context.Context, admin policy.Princip
 			return nil, err
 		}
 	}
-	var voided []voidedRequest
+	var voided []store.Recovery
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		for i, r := range moving.records {
 			if err := tx.ResealRecord(r.ID, r.Epoch, cur.Epoch, blobs[i]); err != nil {
@@ -1887,22 +1855,10 @@ func (s *Service) CompleteResealReport(ctx context.Context, admin policy.Princip
 		s.log().Warn("record not resealed: its epoch's quorum did not approve", "id", id, "record", l.RecordID, "epoch", l.Epoch, "have", l.Have, "need", l.Need)
 	}
 	for _, v := range voided {
-		s.destroyKey(v.req.KeyLabel)
-		s.log().Info("request cancelled: its records were resealed", "id", v.req.ID, "kind", v.req.Kind, "reseal", id)
-		if len(v.owners) > 0 {
-			// The owners were told the recovery was requested: they are told it ended without
-			// a key.
-			s.notifyRecords(notice.Event{Kind: notice.RecoveryCancelled, Request: v.req.ID, RequestedBy: v.req.Requester}, v.owners)
-		}
+		s.destroyKey(v.KeyLabel)
+		s.log().Info("request cancelled: its records were resealed", "id", v.ID, "kind", v.Kind, "reseal", id)
 	}
 	return res, nil
-}
-
-// voidedRequest is an open request that a reseal cancelled ([Service.voidOpenRequests]), with
-// the records whose owners are told (a recovery's).
-type voidedRequest struct {
-	req    store.Recovery
-	owners []store.Record
 }
 
 // voidOpenRequests cancels, in tx, every open request other than reseal id that names one of
@@ -1911,7 +1867,7 @@ type voidedRequest struct {
 // shares of the new form: counted after the reseal they would meet a quorum that opens
 // nothing. The officer or admin opens a new request, which the KRAs of the new set approve.
 // A request closed meanwhile is left as it is.
-func (s *Service) voidOpenRequests(tx store.Tx, admin policy.Principal, id string, resealed []store.Record) ([]voidedRequest, error) {
+func (s *Service) voidOpenRequests(tx store.Tx, admin policy.Principal, id string, resealed []store.Record) ([]store.Recovery, error) {
 	moved := make(map[string]bool, len(resealed))
 	for _, r := range resealed {
 		moved[r.ID] = true
@@ -1920,7 +1876,7 @@ func (s *Service) voidOpenRequests(tx store.Tx, admin policy.Principal, id strin
 	if err != nil {
 		return nil, err
 	}
-	var out []voidedRequest
+	var out []store.Recovery
 	for _, o := range open {
 		if o.ID == id {
 			continue
@@ -1944,20 +1900,7 @@ func (s *Service) voidOpenRequests(tx store.Tx, admin policy.Principal, id strin
 			Reason: fmt.Sprintf("its records were resealed by reseal %s; its approvals no longer apply", id)}); err != nil {
 			return nil, err
 		}
-		v := voidedRequest{req: *full}
-		if full.Kind == store.KindRecover && s.Notify != nil {
-			for _, rid := range full.Records {
-				rec, err := tx.GetRecord(rid)
-				if errors.Is(err, store.ErrNotFound) {
-					continue
-				}
-				if err != nil {
-					return nil, err
-				}
-				v.owners = append(v.owners, *rec)
-			}
-		}
-		out = append(out, v)
+		out = append(out, *full)
 	}
 	return out, nil
 }

@@ -53,7 +53,6 @@ import (
 	"github.com/keyarc/keyarc/escrow/audit"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/issue"
-	"github.com/keyarc/keyarc/escrow/notice"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -120,20 +119,10 @@ type Service struct {
 	// serial: the OCSP signer's trigger, so that a new certificate has a response at once.
 	// It must return at once.
 	Certified func(serial string)
-	// Notify, when set, is told of what subscribers must hear about their keys (S/MIME BR
-	// §4.12.1): a key escrowed (an enrollment, an import), a recovery of a key requested, and
-	// how it ended (completed, cancelled, expired). It is called after the change commits,
-	// never with the store's writer held; it must not fail the operation nor wait for a mail
-	// relay (escrow/notice's Notifier queues to a file and returns).
-	Notify func(notice.Event)
-	// NotifyBatch, when set, takes at once the notices of many keys escrowed together (a
-	// committed batch of a bulk job, [Service.NotifyEscrowed]), one event per mailbox: the
-	// Notifier queues them as one file, with one fsync. Unset, they go to Notify one by one.
-	// The same rules as Notify apply.
-	NotifyBatch func([]notice.Event)
 	// NotifyFlush, when set, is called when a bulk job has ended ([Service.FlushNotices]): the
-	// batches it queued may be sent now, merged per mailbox (escrow/notice's Notifier.Flush).
-	// It must return at once.
+	// notices of its keys may be sent now, merged per mailbox (escrow/notice/feed's
+	// Feed.Flush). It must return at once. The notices themselves are read from the audit
+	// trail, where every key escrowed and every recovery is recorded (escrow/notice/feed).
 	NotifyFlush func()
 	// Node, when set, names this node among nodes sharing the database: every audit entry
 	// the Service writes records it (audit.Details.Node).
@@ -387,64 +376,8 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 	if s.Certified != nil {
 		s.Certified(res.Serial)
 	}
-	s.notify(notice.Event{Kind: notice.Escrowed, Mailbox: is.mailbox, Serials: []string{res.Serial}})
 	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", true)
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}, nil
-}
-
-// notify hands e to the Notify hook, if any, stamped with the Service's clock. A certificate
-// without a mailbox (none archives a key today) has nobody to tell.
-func (s *Service) notify(e notice.Event) {
-	if s.Notify == nil || e.Mailbox == "" {
-		return
-	}
-	if e.Time.IsZero() {
-		e.Time = s.now()
-	}
-	s.Notify(e)
-}
-
-// notifyAll hands es, notices of one batch, to the NotifyBatch hook when it is set (even a
-// batch of one: queued batches are merged per mailbox before they are sent), else to notify
-// one by one.
-func (s *Service) notifyAll(es []notice.Event) {
-	if len(es) == 0 || s.Notify == nil && s.NotifyBatch == nil {
-		return
-	}
-	now := s.now()
-	for i := range es {
-		if es[i].Time.IsZero() {
-			es[i].Time = now
-		}
-	}
-	if s.NotifyBatch != nil {
-		s.NotifyBatch(es)
-		return
-	}
-	for _, e := range es {
-		s.notify(e)
-	}
-}
-
-// notifyRecords tells the owner of each mailbox among recs, once per mailbox with the serials
-// of their records, that e.Kind happened to recovery e.Request.
-func (s *Service) notifyRecords(e notice.Event, recs []store.Record) {
-	if s.Notify == nil {
-		return
-	}
-	var order []string
-	serials := map[string][]string{}
-	for _, r := range recs {
-		if _, ok := serials[r.Email]; !ok {
-			order = append(order, r.Email)
-		}
-		serials[r.Email] = append(serials[r.Email], r.Serial)
-	}
-	for _, m := range order {
-		e := e
-		e.Mailbox, e.Serials = m, serials[m]
-		s.notify(e)
-	}
 }
 
 // codeMissing reports whether the store holds no code id (a reservation's ErrNotFound may also

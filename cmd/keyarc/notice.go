@@ -8,80 +8,111 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/api"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/notice"
+	"github.com/keyarc/keyarc/escrow/notice/feed"
 )
 
-// openNotices wires subscriber notices (S/MIME BR §4.12.1) into the parts of the appliance:
-// with a notices section, it opens the queue folder, registers the notice metrics, sets
-// p.Service.Notify and NotifyBatch to queue notices (a bulk job's committed batch as one file),
-// starts the sender, and makes p.Stop stop it first. Without one, nothing is queued and the log
-// says once that subscribers are not told by mail. Call it after p.Service is built and before
-// api.New.
-func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, p *api.Parts) error {
+// openNotices wires subscriber notices (S/MIME BR §4.12.1) into the parts of the appliance.
+// The notices are read from the audit trail by a feed (escrow/notice/feed) on the node that
+// leads (leader; nil: this node alone). With a notices section, it opens the queue folder,
+// registers the notice metrics, starts the feed and the sender, and makes p.Stop stop them
+// first. Without one, the feed only moves its cursor along, so that turning notices on later
+// does not mail the past, and the log says once that subscribers are not told by mail. Call it
+// after p.Service is built and before api.New: the feed's cursor is placed before the appliance
+// takes requests.
+func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, p *api.Parts, leader *escrow.Leader) error {
 	nc := cfg.Notices
+	f := &feed.Feed{Store: p.DB, Logger: log.With("component", "notices")}
+	if leader != nil {
+		f.Leads = leader.Leads
+	}
+	var n *notice.Notifier
 	if nc == nil {
 		log.Warn("subscriber notices are off (no notices section in the configuration): subscribers are not told by mail that their key is escrowed, nor of its recoveries")
 		// Notices queued while they were configured stay in their folder (never made here).
 		dir := cfg.Path(config.DefaultNoticeQueue)
-		if _, err := os.Stat(dir); err != nil {
-			return nil
-		}
-		if q, err := notice.OpenQueue(dir); err == nil {
-			if n := q.Len(); n > 0 {
-				log.Warn("subscriber notices wait in the queue folder and will not be sent until notices are configured", "queued", n, "folder", q.Dir())
+		if _, err := os.Stat(dir); err == nil {
+			if q, err := notice.OpenQueue(dir); err == nil {
+				if n := q.Len(); n > 0 {
+					log.Warn("subscriber notices wait in the queue folder and will not be sent until notices are configured", "queued", n, "folder", q.Dir())
+				}
 			}
 		}
-		return nil
+	} else {
+		var err error
+		if n, err = newNotifier(cfg, log, p); err != nil {
+			return err
+		}
+		if err := n.Register(reg); err != nil {
+			return fmt.Errorf("register notice metrics: %w", err)
+		}
+		if err := f.Register(reg); err != nil {
+			return fmt.Errorf("register notice metrics: %w", err)
+		}
+		f.Notifier = n
+		p.Service.NotifyFlush = f.Flush
 	}
+	if err := f.Start(context.Background()); err != nil {
+		// Run places it once the store answers; nothing can commit meanwhile.
+		log.Warn("subscriber notices: cannot read the audit trail yet; trying again", "err", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { f.Run(ctx) })
+	if n != nil {
+		wg.Go(func() { n.Run(ctx) })
+		log.Info("subscriber notices by mail", "relay", nc.SMTP, "starttls", nc.StartTLSMode(), "from", nc.From, "queue", n.Queue.Dir(), "queued", n.Queue.Len())
+	}
+	// The feed and the sender stop before what p.Stop stopped so far (the OCSP pre-signer) and
+	// before the store and token close; a notice being sent stays queued and goes at the next
+	// start, and entries the feed had not queued are read again.
+	prev := p.Stop
+	p.Stop = func() {
+		cancel()
+		wg.Wait()
+		if prev != nil {
+			prev()
+		}
+	}
+	return nil
+}
+
+// newNotifier makes the mail sender of the notices section: its SMTP relay, the relay's CA and
+// password, and the queue folder.
+func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts) (*notice.Notifier, error) {
+	nc := cfg.Notices
 	sender := &notice.SMTP{Addr: nc.SMTP, StartTLS: nc.StartTLSMode() == config.StartTLSRequired, Username: nc.Username}
 	if nc.CAFile != "" {
 		pem, err := os.ReadFile(cfg.Path(nc.CAFile))
 		if err != nil {
-			return fmt.Errorf("notices.ca_file: %w", err)
+			return nil, fmt.Errorf("notices.ca_file: %w", err)
 		}
 		roots := x509.NewCertPool()
 		if !roots.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("notices.ca_file: %s holds no PEM certificate", cfg.Path(nc.CAFile))
+			return nil, fmt.Errorf("notices.ca_file: %s holds no PEM certificate", cfg.Path(nc.CAFile))
 		}
 		sender.TLSConfig = &tls.Config{RootCAs: roots}
 	}
 	if nc.PasswordFile != "" {
 		pw, err := readSecretFile(cfg.Path(nc.PasswordFile))
 		if err != nil {
-			return fmt.Errorf("notices.password_file: %w", err)
+			return nil, fmt.Errorf("notices.password_file: %w", err)
 		}
 		sender.Password = pw
 	}
 	q, err := notice.OpenQueue(cfg.Path(nc.QueueDir()))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n := &notice.Notifier{Queue: q, Sender: sender, From: nc.From, CAName: p.CACert.Subject.CommonName,
-		Logger: log.With("component", "notices"), MaxBackoff: nc.RetryMax.Duration}
-	if err := n.Register(reg); err != nil {
-		return fmt.Errorf("register notice metrics: %w", err)
-	}
-	p.Service.Notify, p.Service.NotifyBatch, p.Service.NotifyFlush = n.Notify, n.NotifyBatch, n.Flush
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); n.Run(ctx) }()
-	// The sender stops before what p.Stop stopped so far (the OCSP pre-signer) and before the
-	// store and token close; a notice it was sending stays queued and goes at the next start.
-	prev := p.Stop
-	p.Stop = func() {
-		cancel()
-		<-done
-		if prev != nil {
-			prev()
-		}
-	}
-	log.Info("subscriber notices by mail", "relay", nc.SMTP, "starttls", nc.StartTLSMode(), "from", nc.From, "queue", q.Dir(), "queued", q.Len())
-	return nil
+	return &notice.Notifier{Queue: q, Sender: sender, From: nc.From, CAName: p.CACert.Subject.CommonName,
+		Logger: log.With("component", "notices"), MaxBackoff: nc.RetryMax.Duration}, nil
 }
 
 // readSecretFile reads a password file: refused when others can read it, its trailing line

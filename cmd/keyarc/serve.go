@@ -259,8 +259,8 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	}
 	p.Stop = func() { ocspSvc.Close(); stopLeader() }
 	p.OCSP = ocspSvc.Handler
-	// Subscriber notices: sets p.Service.Notify and starts the mail sender (notice.go).
-	if err := openNotices(cfg, log, reg, &p); err != nil {
+	// Subscriber notices: follows the audit trail on the leader and sends by mail (notice.go).
+	if err := openNotices(cfg, log, reg, &p, leader); err != nil {
 		return nil, fmt.Errorf("notices: %w", err)
 	}
 	// The LDAP publisher follows the audit trail on the leader (directory.go).

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/notice/feed"
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
@@ -32,8 +33,8 @@ func (env *testEnv) auditOf(tb testing.TB, kind audit.Kind) []store.AuditEntry {
 }
 
 // TestJobSubmissionAndPasswordsAreAudited: queuing a job and releasing a keygen job's passwords
-// each leave one audit entry naming the job and who did it; a refused second release leaves
-// none.
+// each leave one audit entry naming the job and who did it, and the items' entries name the
+// job; a refused second release leaves none.
 func TestJobSubmissionAndPasswordsAreAudited(t *testing.T) {
 	env := newEnv(t)
 	ctx := escrow.WithActor(context.Background(), "admin:alice")
@@ -58,6 +59,16 @@ func TestJobSubmissionAndPasswordsAreAudited(t *testing.T) {
 	st = env.runUntilDone(t, st.ID)
 	if st.Done != 2 {
 		t.Fatalf("status %+v", st)
+	}
+	// The items' entries name the job: the notice feed batches their notices by it.
+	items := env.auditOf(t, audit.KindArchive)
+	if len(items) != 2 {
+		t.Fatalf("%d archive entries, want one per item", len(items))
+	}
+	for _, e := range items {
+		if e.Actor != feed.BulkActorPrefix+st.ID {
+			t.Errorf("archive entry of an item: actor %q, want the job", e.Actor)
+		}
 	}
 	if n := len(env.auditOf(t, audit.KindBulkPasswords)); n != 0 {
 		t.Fatalf("%d bulk-passwords entries before any release", n)

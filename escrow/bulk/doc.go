@@ -43,12 +43,12 @@
 //
 // # Subscriber notices
 //
-// After each batch's commit returns, the subscribers of the items that committed are told their
-// keys are escrowed ([escrow.Service.NotifyEscrowed]: one notice per mailbox, one queue file for
-// the batch); failed, refused or retaken items tell nobody. When the job is done,
-// [escrow.Service.FlushNotices] lets the notifier send them, merged into one mail per mailbox.
-// A queue or relay that fails is the notifier's to count and log: it never pauses nor fails the
-// job.
+// The items' audit entries name the job as their actor ("job" and its ID): the notice feed
+// (escrow/notice/feed) reads them from the trail and queues their notices as batches, so the
+// subscriber of every item that committed is told, and those of failed, refused or retaken items
+// are not. When the job is done, [escrow.Service.FlushNotices] lets them be sent at once, merged
+// into one mail per mailbox. A queue or relay that fails is the feed's and the notifier's to
+// retry, count and log: it never pauses nor fails the job.
 //
 // # Crash and resume
 //

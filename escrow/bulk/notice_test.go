@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/keyarc/keyarc/escrow/notice"
+	"github.com/keyarc/keyarc/escrow/notice/feed"
 	"github.com/keyarc/keyarc/escrow/store"
 )
 
@@ -100,8 +101,8 @@ func (s *sink) waitMessages(tb testing.TB, n int) []string {
 	return s.messages()
 }
 
-// withNotices gives env's service a Notifier whose queue is in dir and whose relay is addr, and
-// runs its sender until the test ends (or the returned stop). Its batches are sent only when a
+// withNotices runs a notice feed over env's store with a Notifier whose queue is in dir and
+// whose relay is addr, as serve does, until the test ends (or the returned stop). Its batches are sent only when a
 // job ends (Flush), never for a quiet period: whatever the batches and their timing, a job's
 // mailbox gets one message.
 func withNotices(tb testing.TB, env *testEnv, dir, addr string) (*notice.Notifier, func()) {
@@ -112,12 +113,17 @@ func withNotices(tb testing.TB, env *testEnv, dir, addr string) (*notice.Notifie
 	}
 	n := &notice.Notifier{Queue: q, Sender: &notice.SMTP{Addr: addr, Timeout: 2 * time.Second}, From: "pki@example.org",
 		BatchQuiet: time.Hour, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
-	env.svc.Notify, env.svc.NotifyBatch, env.svc.NotifyFlush = n.Notify, n.NotifyBatch, n.Flush
+	f := &feed.Feed{Store: env.db, Notifier: n, Interval: 20 * time.Millisecond}
+	if err := f.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	env.svc.NotifyFlush = f.Flush
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); n.Run(ctx) }()
+	var wg sync.WaitGroup
+	wg.Go(func() { n.Run(ctx) })
+	wg.Go(func() { f.Run(ctx) })
 	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done }) }
+	stop := func() { once.Do(func() { cancel(); wg.Wait() }) }
 	tb.Cleanup(stop)
 	return n, stop
 }

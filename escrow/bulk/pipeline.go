@@ -22,6 +22,7 @@ import (
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/issue"
+	"github.com/keyarc/keyarc/escrow/notice/feed"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -105,6 +106,8 @@ func (r *jobRun) lost(err error) bool {
 // again by the next.
 func (m *Manager) runJob(ctx context.Context, r *jobRun) error {
 	job := r.job
+	// The items' audit entries name the job, which is also how the notice feed knows them.
+	ctx = escrow.WithActor(ctx, feed.BulkActorPrefix+job.ID)
 	log := m.log().With("job", job.ID, "lease_token", r.lease.Token)
 	p := &progress{id: job.ID, job: *job, total: job.Total, start: time.Now()}
 	r.prog = p
@@ -577,7 +580,6 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 	}
 	if len(reqs) > 0 {
 		wait := func(err error) bool { return r.pause(ctx, CauseStorage, err) }
-		var escrowed []escrow.EscrowedKey
 		for k, res := range r.m.Service.Pipeline().Issue(ctx, reqs, issueSigners, wait) {
 			if errors.Is(res.Err, issue.ErrRecoverySetChanged) {
 				r.retake(ctx, ws[k])
@@ -588,14 +590,8 @@ func (r *jobRun) issueBatch(ctx context.Context, batch []*work) {
 				r.drop(ws[k])
 				continue
 			}
-			if res.Err == nil {
-				escrowed = append(escrowed, escrow.EscrowedKey{Mailbox: ws[k].email, Serial: res.Serial})
-			}
 			r.issued(ctx, ws[k], res.Err)
 		}
-		// The subscribers of the keys whose escrow committed are told, one queue file for the
-		// batch; a queue that fails is counted and logged by the notifier, never the job's.
-		r.m.Service.NotifyEscrowed(escrowed)
 	}
 	if fault != nil && ctx.Err() == nil {
 		// Back off before the next batch, so that a fault that lasts pauses the job rather
@@ -1014,16 +1010,13 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		return err
 	})
 	if err == nil {
-		var escrowed []escrow.EscrowedKey
 		for i, w := range good {
 			if stale[i] {
 				r.retake(ctx, w)
 				continue
 			}
 			r.count(true)
-			escrowed = append(escrowed, escrow.EscrowedKey{Mailbox: w.email, Serial: done[i].Serial})
 		}
-		r.m.Service.NotifyEscrowed(escrowed)
 		return
 	}
 	if r.m.faultOf(err) != "" || r.lost(err) {
@@ -1033,13 +1026,11 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 		return
 	}
 	// One item spoiled the batch (a serial already archived...): one by one.
-	var escrowed []escrow.EscrowedKey
-	defer func() { r.m.Service.NotifyEscrowed(escrowed) }()
 	for i, w := range good {
 		it, d := items[i], done[i]
 		var stale []bool
 		err := r.retry(ctx, func() (err error) {
-			stale, err = pl.Import(context.WithoutCancel(ctx), "local", "", []issue.ImportItem{it}, func(tx store.Tx, stored []int) error {
+			stale, err = pl.Import(context.WithoutCancel(ctx), escrow.ActorFrom(ctx), "", []issue.ImportItem{it}, func(tx store.Tx, stored []int) error {
 				if err := r.fence(tx); err != nil {
 					return err
 				}
@@ -1063,7 +1054,6 @@ func (r *jobRun) commitImportBatch(ctx context.Context, batch []*work) {
 			r.retake(ctx, w)
 		default:
 			r.count(true)
-			escrowed = append(escrowed, escrow.EscrowedKey{Mailbox: w.email, Serial: d.Serial})
 		}
 	}
 }

@@ -3,35 +3,39 @@
 // was escrowed, that a recovery of it was requested, and how the recovery ended: completed,
 // cancelled, or expired.
 //
-// It owns the notice queue, one file per notice in a folder ([Queue]: written to a temporary
-// file, synced, renamed, the folder synced; deleted once the relay accepted the message), and
-// the [Notifier], which sends the queued notices through an SMTP relay ([SMTP]) in one
-// goroutine, retrying with back-off. Enqueueing never waits for the relay, so a relay that is
-// down never delays or fails an enrollment, a bulk job or a recovery.
+// It owns the notice queue, one file per notice or per batch of notices in a folder ([Queue]:
+// written to a temporary file, synced, renamed, the folder synced; deleted once the relay
+// accepted the message), and the [Notifier], which sends the queued notices through an SMTP
+// relay ([SMTP]) in one goroutine, retrying with back-off. Enqueueing never waits for the
+// relay, so a relay that is down never delays or fails an enrollment, a bulk job or a
+// recovery. What is queued comes from the audit trail (escrow/notice/feed): a change and the
+// entry its notice is read from commit together, so no notice is lost between a commit and its
+// queue file.
 //
 // # Batches
 //
-// A bulk job escrows thousands of keys: it queues the notices of each committed batch as one
-// file ([Notifier.NotifyBatch], [Queue.PutBatch]: one fsync for the batch). The sender waits
+// A bulk job escrows thousands of keys: their notices are queued as batches
+// ([Notifier.NotifyBatch], [Queue.PutBatch]: one file, one fsync, for many). The sender waits
 // until the job ends ([Notifier.Flush]), or no batch was queued for a few seconds, or the oldest
 // has waited 10 minutes, then merges the events of the batches due into one message per
-// mailbox, listing its serials. Each
-// message accepted marks its events done in the batches' progress files (appended, synced at
-// the end of each pass); a batch whose events are all done is removed.
+// mailbox, listing its serials. Each message accepted marks its events done in the batches'
+// progress files (appended, synced at the end of each pass); a batch whose events are all done
+// is removed. Notices due at once ([Notifier.NotifyNow]) are a notice file, or a batch made due
+// at once.
 //
 // What is guaranteed: a notice queued is sent at least once (a crash, a restart or a relay that
 // is down only delays it). A message the relay accepted is sent again only if the process stops
 // between the relay's answer and the progress record (that one message, once), or if the
 // machine loses power before the pass's sync (the messages of that pass, once): never more than
-// once per restart. A message sent again has the same Message-ID. The notices of a batch whose
-// keys committed but whose file was not yet written when the process died are lost: the window
-// is the time between a commit and its notice file's fsync, as for a single enrollment.
+// once per restart. A message sent again has the same Message-ID. A process stopped between
+// queueing notices and recording that in the store queues them again at its next start, under
+// new IDs.
 //
 // A notice holds no secret: a mailbox, certificate serials, what happened and when, and for a
 // recovery the request ID and who asked. Never a key, code, password or share.
 //
 // It imports the SMTP client (github.com/emersion/go-smtp) and Prometheus; it must not import
-// escrow, the store, hsm or the HTTP server: escrow calls it through a hook.
+// escrow, the store, hsm or the HTTP server.
 //
 // # Concurrency
 //

@@ -65,35 +65,38 @@ func (n *Notifier) wakeCh() chan struct{} {
 	return n.wake
 }
 
-// Notify queues e durably and wakes the sender. It never fails its caller: an event that
-// cannot be queued is logged (without its mailbox) and counted as a failure. It waits for the
-// queue file's fsync, never for the relay.
-func (n *Notifier) Notify(e Event) {
+// Notify queues e durably and wakes the sender. It waits for the queue file's fsync, never
+// for the relay. A notice that cannot be queued is counted as a failed attempt; the caller
+// keeps it and tries again.
+//
+// # Errors
+//
+// Those of [Queue.Put].
+func (n *Notifier) Notify(e Event) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
 	id, err := n.Queue.Put(e)
 	if err != nil {
 		n.failures.Add(1)
-		n.dropped.Add(1)
-		n.log().Error("subscriber notice not queued: the subscriber will not be told", "kind", e.Kind, "serials", e.Serials, "request", e.Request, "err", err)
-		return
+		return err
 	}
 	n.log().Debug("subscriber notice queued", "id", id, "kind", e.Kind)
-	select {
-	case n.wakeCh() <- struct{}{}:
-	default:
-	}
+	n.wakeSender()
+	return nil
 }
 
-// NotifyBatch queues es, the notices of keys escrowed together (a committed batch of a bulk
-// job), as one batch file (one fsync), and wakes the sender. Like [Notifier.Notify] it never
-// fails its caller: a batch that cannot be queued is logged (its size, no mailbox) and counted
-// as one failure and len(es) notices dropped. It waits for the file's fsync, never for the
-// relay.
-func (n *Notifier) NotifyBatch(es []Event) {
+// NotifyBatch queues es, the notices of keys escrowed together (committed batches of a bulk
+// job), as one batch file (one fsync), and wakes the sender; they are sent when due (see
+// [Notifier.BatchQuiet]). It waits for the file's fsync, never for the relay. A batch that
+// cannot be queued is counted as one failed attempt; the caller keeps it and tries again.
+//
+// # Errors
+//
+// Those of [Queue.PutBatch].
+func (n *Notifier) NotifyBatch(es []Event) error {
 	if len(es) == 0 {
-		return
+		return nil
 	}
 	now := time.Now().UTC()
 	for i := range es {
@@ -104,11 +107,35 @@ func (n *Notifier) NotifyBatch(es []Event) {
 	id, err := n.Queue.PutBatch(es)
 	if err != nil {
 		n.failures.Add(1)
-		n.dropped.Add(uint64(len(es)))
-		n.log().Error("subscriber notices of a batch not queued: the subscribers will not be told", "notices", len(es), "err", err)
-		return
+		return err
 	}
 	n.log().Debug("subscriber notices queued", "batch", id, "notices", len(es))
+	n.wakeSender()
+	return nil
+}
+
+// NotifyNow queues es, notices due at once (an enrollment's, a recovery's), with one fsync:
+// one event as a notice file ([Notifier.Notify]), more as a batch made due at once
+// ([Notifier.Flush]).
+//
+// # Errors
+//
+// Those of [Queue.Put] or [Queue.PutBatch].
+func (n *Notifier) NotifyNow(es []Event) error {
+	switch len(es) {
+	case 0:
+		return nil
+	case 1:
+		return n.Notify(es[0])
+	}
+	if err := n.NotifyBatch(es); err != nil {
+		return err
+	}
+	n.Flush()
+	return nil
+}
+
+func (n *Notifier) wakeSender() {
 	select {
 	case n.wakeCh() <- struct{}{}:
 	default:
@@ -120,10 +147,7 @@ func (n *Notifier) NotifyBatch(es []Event) {
 // merge with them. It returns at once.
 func (n *Notifier) Flush() {
 	n.flushAt.Store(time.Now().UnixNano())
-	select {
-	case n.wakeCh() <- struct{}{}:
-	default:
-	}
+	n.wakeSender()
 }
 
 // Sent is the number of notices the relay accepted since start.
@@ -133,13 +157,13 @@ func (n *Notifier) Sent() uint64 { return n.sent.Load() }
 // accept) since start.
 func (n *Notifier) Failures() uint64 { return n.failures.Load() }
 
-// Dropped is the number of notices that will never be sent (not queued, or refused for good
-// by the relay) since start.
+// Dropped is the number of notices that will never be sent (refused for good by the relay, or
+// a damaged queue file) since start.
 func (n *Notifier) Dropped() uint64 { return n.dropped.Load() }
 
 // Register adds the notifier's series to reg: keyarc_notice_queue (notices waiting),
 // keyarc_notices_sent_total, keyarc_notice_failures_total (failed attempts) and
-// keyarc_notices_dropped_total (notices given up: not queued, or refused for good).
+// keyarc_notices_dropped_total (notices given up: refused for good, or a damaged file).
 func (n *Notifier) Register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyarc_notice_queue",
@@ -152,7 +176,7 @@ func (n *Notifier) Register(reg prometheus.Registerer) error {
 			Help: "Failed attempts to queue or send a subscriber notice (each is retried, unless the relay refused it for good)."},
 			func() float64 { return float64(n.failures.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notices_dropped_total",
-			Help: "Subscriber notices given up: not queued (disk), or refused for good by the relay (kept in the queue's rejected folder)."},
+			Help: "Subscriber notices given up: refused for good by the relay, or a damaged queue file (both kept in the queue's rejected folder)."},
 			func() float64 { return float64(n.dropped.Load()) }),
 	} {
 		if err := reg.Register(c); err != nil {

@@ -17,7 +17,7 @@ import (
 // defines, and promtool accepts the rules when it is installed.
 func TestMonitoringFiles(t *testing.T) {
 	var src strings.Builder
-	for _, dir := range []string{".", "../..", "../../../../hsm", "../../../../escrow", "../../../../escrow/bulk", "../../../../escrow/audit", "../../../../escrow/notice", "../../../../escrow/ocsp/presign", "../../../../escrow/directory"} {
+	for _, dir := range []string{".", "../..", "../../../../hsm", "../../../../escrow", "../../../../escrow/bulk", "../../../../escrow/audit", "../../../../escrow/notice", "../../../../escrow/notice/feed", "../../../../escrow/ocsp/presign", "../../../../escrow/directory"} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
 		for _, f := range files {
 			if strings.HasSuffix(f, "_test.go") {
