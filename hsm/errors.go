@@ -13,11 +13,14 @@ var ours = []error{
 	ErrModuleNotLoadable, ErrTokenNotFound, ErrPINIncorrect, ErrKeyNotFound, ErrKeyAmbiguous,
 	ErrKeyExists, ErrPoolExhausted, ErrTokenGone, ErrMechanism, ErrInvalidURI, ErrPINSource,
 	ErrTokenInUse, ErrClosed, ErrKeyUsage, ErrDecrypt, ErrKeyChanged, ErrTokenStoreNotFound, ErrTokenHung,
+	ErrTokenFault,
 }
 
 // classify maps an error from crypto11 or miekg to one of this package's sentinels,
 // keeping the original in the chain (so the PKCS#11 return value stays in the message).
-// Errors it does not recognise are returned unchanged.
+// Every PKCS#11 return value gets one: those that are a verdict on the request or the PIN
+// their own, the others [ErrTokenGone] or [ErrTokenFault] (see [sentinelFor]). Other errors
+// it does not recognise are returned unchanged.
 func classify(err error) error {
 	if err == nil {
 		return nil
@@ -29,10 +32,7 @@ func classify(err error) error {
 	}
 	var p11 pkcs11.Error
 	if errors.As(err, &p11) {
-		if s := sentinelFor(p11); s != nil {
-			return fmt.Errorf("%w: %w", s, err)
-		}
-		return err
+		return fmt.Errorf("%w: %w", sentinelFor(p11), err)
 	}
 	// crypto11 and its pool report these as plain strings. The strings are pinned by
 	// tests (TestClassify, TestOpenErrors) so an upgrade that changes them is noticed.
@@ -60,7 +60,12 @@ func classifyOpen(err error) error {
 	return classify(err)
 }
 
-// sentinelFor maps a PKCS#11 return value to a sentinel, or nil.
+// sentinelFor maps a PKCS#11 return value to a sentinel. Only a few codes say something of
+// what the token was asked: a PIN it refused ([ErrPINIncorrect]), a mechanism or key use it
+// does not do ([ErrMechanism]), a ciphertext it cannot decrypt ([ErrDecrypt]). A few more say
+// it is gone or lost its sessions and objects ([ErrTokenGone]: reconnect). Every other code,
+// CKR_FUNCTION_FAILED, CKR_GENERAL_ERROR, CKR_DEVICE_MEMORY, CKR_HOST_MEMORY and any a module
+// may invent included, is the token failing ([ErrTokenFault]): never the request's fault.
 func sentinelFor(rv pkcs11.Error) error {
 	switch rv {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE,
@@ -79,5 +84,5 @@ func sentinelFor(rv pkcs11.Error) error {
 	case pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE:
 		return ErrDecrypt
 	}
-	return nil
+	return ErrTokenFault
 }

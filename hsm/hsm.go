@@ -132,6 +132,12 @@ var (
 	// ([ErrTokenHung], which matches ErrTokenGone). It is always a fault of the token, never
 	// of a request. [Token.Ping] reconnects.
 	ErrTokenGone = errors.New("hsm: token gone")
+	// ErrTokenFault: the token answered an operation with a PKCS#11 error that is no verdict
+	// on what it was asked (CKR_FUNCTION_FAILED, CKR_GENERAL_ERROR, CKR_DEVICE_MEMORY, a code
+	// this package does not name...): the token failed, not the request. Unlike
+	// [ErrTokenGone] the token is still used (the next operation may well succeed); retry
+	// later (HTTP 503). The PKCS#11 return value stays in the chain.
+	ErrTokenFault = errors.New("hsm: the token failed the operation")
 	// ErrKeyChanged: a label names another key pair than the one pinned with
 	// [Token.Expect] or first found (the token was swapped for one holding other keys
 	// under the same labels), or the pinned key is missing or ambiguous.

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -287,6 +288,10 @@ func TestDecryptKey(t *testing.T) {
 	if string(pt) != string(msg) {
 		t.Fatal("plaintext differs")
 	}
+	ctLabel, err := rsa.EncryptOAEP(m.OAEPHash.New(), rand.Reader, pub.(*rsa.PublicKey), msg, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	v15, err := rsa.EncryptPKCS1v15(rand.Reader, pub.(*rsa.PublicKey), msg)
 	if err != nil {
 		t.Fatal(err)
@@ -302,11 +307,14 @@ func TestDecryptKey(t *testing.T) {
 		{"nil OAEP pointer", ct, (*rsa.OAEPOptions)(nil), ErrMechanism},
 		{"MGF hash mismatch", ct, &rsa.OAEPOptions{Hash: crypto.SHA1, MGFHash: crypto.SHA256}, ErrMechanism},
 		{"corrupt ciphertext", append([]byte{0}, ct[1:]...), &rsa.OAEPOptions{Hash: crypto.SHA1}, ErrDecrypt},
+		// SoftHSM answers CKR_GENERAL_ERROR to an OAEP label; the key still decrypts a probe,
+		// so it is the ciphertext's options at fault, not the token.
+		{"OAEP label SoftHSM cannot do", ctLabel, &rsa.OAEPOptions{Hash: crypto.SHA1, Label: []byte("x")}, ErrDecrypt},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := d.Decrypt(nil, tt.ct, tt.opts); !errors.Is(err, tt.wantErr) {
-				t.Errorf("Decrypt = %v, want %v", err, tt.wantErr)
+			if _, err := d.Decrypt(nil, tt.ct, tt.opts); !errors.Is(err, tt.wantErr) || errors.Is(err, ErrTokenFault) {
+				t.Errorf("Decrypt = %v, want %v (and not a fault of the token)", err, tt.wantErr)
 			}
 		})
 	}
@@ -580,6 +588,15 @@ func TestClassify(t *testing.T) {
 		{"wrapped", errors.Join(errors.New("x"), pkcs11.Error(pkcs11.CKR_DEVICE_ERROR)), ErrTokenGone},
 		{"mechanism", pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID), ErrMechanism},
 		{"bad data", pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID), ErrDecrypt},
+		// Codes that are no verdict on the request: the token failed (they passed through
+		// unclassified and reached HTTP clients as a bare 500).
+		{"function failed", pkcs11.Error(pkcs11.CKR_FUNCTION_FAILED), ErrTokenFault},
+		{"general error", pkcs11.Error(pkcs11.CKR_GENERAL_ERROR), ErrTokenFault},
+		{"device memory", pkcs11.Error(pkcs11.CKR_DEVICE_MEMORY), ErrTokenFault},
+		{"host memory", pkcs11.Error(pkcs11.CKR_HOST_MEMORY), ErrTokenFault},
+		{"operation active", pkcs11.Error(pkcs11.CKR_OPERATION_ACTIVE), ErrTokenFault},
+		{"a code no header names", pkcs11.Error(0x8000_1234), ErrTokenFault},
+		{"function failed under crypto11's words", fmt.Errorf("failed to sign: %w", pkcs11.Error(pkcs11.CKR_FUNCTION_FAILED)), ErrTokenFault},
 		{"crypto11 pool timeout", errors.New("resource pool timed out"), ErrPoolExhausted},
 		{"crypto11 closed", errors.New("context is closed"), ErrClosed},
 	}
@@ -592,5 +609,57 @@ func TestClassify(t *testing.T) {
 	}
 	if got := classify(errors.New("other")); got.Error() != "other" {
 		t.Errorf("unknown error changed: %v", got)
+	}
+	// A verdict on the request or the PIN is never taken for a fault of the token, and a
+	// fault of the token never for a verdict.
+	for _, rv := range []pkcs11.Error{pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_DEVICE_ERROR} {
+		if got := classify(rv); errors.Is(got, ErrTokenFault) {
+			t.Errorf("classify(%v) = %v, also ErrTokenFault", rv, got)
+		}
+	}
+	got := classify(pkcs11.Error(pkcs11.CKR_FUNCTION_FAILED))
+	for _, s := range []error{ErrPINIncorrect, ErrMechanism, ErrDecrypt, ErrTokenGone} {
+		if errors.Is(got, s) {
+			t.Errorf("classify(CKR_FUNCTION_FAILED) = %v, also %v", got, s)
+		}
+	}
+	if !errors.Is(got, pkcs11.Error(pkcs11.CKR_FUNCTION_FAILED)) {
+		t.Errorf("classify(CKR_FUNCTION_FAILED) = %v, lost the return value", got)
+	}
+	if r := result(got); r != "token_fault" {
+		t.Errorf("result label of a token fault = %q, want token_fault", r)
+	}
+}
+
+// TestGeneralVerdict: a CKR_GENERAL_ERROR answered to a decryption is the ciphertext's fault
+// (ErrDecrypt) only while the key still decrypts a probe; otherwise the token's (ErrTokenFault),
+// never ErrDecrypt, which a caller would pass on as the client's fault.
+func TestGeneralVerdict(t *testing.T) {
+	general := pkcs11.Error(pkcs11.CKR_GENERAL_ERROR)
+	for _, tt := range []struct {
+		name    string
+		probe   error
+		want    []error
+		notWant []error
+	}{
+		{"the key decrypts a probe", nil, []error{ErrDecrypt, general}, []error{ErrTokenFault}},
+		{"the probe fails too", classify(pkcs11.Error(pkcs11.CKR_FUNCTION_FAILED)), []error{ErrTokenFault, general}, []error{ErrDecrypt}},
+		{"the probe's own general error", fmt.Errorf("%w: %w", ErrDecrypt, general), []error{ErrTokenFault}, []error{ErrDecrypt}},
+		{"the token went away", fmt.Errorf("%w: not answering", ErrTokenGone), []error{ErrTokenFault, ErrTokenGone}, []error{ErrDecrypt}},
+		{"the probe's plaintext differs", errors.New("the decrypted probe differs from what was encrypted"), []error{ErrTokenFault}, []error{ErrDecrypt}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := generalVerdict(general, func() error { return tt.probe })
+			for _, w := range tt.want {
+				if !errors.Is(err, w) {
+					t.Errorf("generalVerdict = %v, want %v in the chain", err, w)
+				}
+			}
+			for _, w := range tt.notWant {
+				if errors.Is(err, w) {
+					t.Errorf("generalVerdict = %v, must not be %v", err, w)
+				}
+			}
+		})
 	}
 }

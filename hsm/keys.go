@@ -429,23 +429,77 @@ func (d *decrypter) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.Decrypte
 	if o.MGFHash != 0 && o.MGFHash != o.Hash {
 		return nil, fmt.Errorf("hsm: decrypt with %q: %w: MGF1 hash must equal the OAEP hash", d.label, ErrMechanism)
 	}
+	pt, err := d.decrypt(ciphertext, &rsa.OAEPOptions{Hash: o.Hash, Label: o.Label})
+	var rv pkcs11.Error
+	if errors.Is(err, ErrDecrypt) && errors.As(err, &rv) && rv == pkcs11.CKR_GENERAL_ERROR {
+		// SoftHSM reports a ciphertext that does not decode this way, and a failing token
+		// reports itself the same way: a probe tells them apart.
+		err = generalVerdict(rv, func() error { return d.probe(o.Hash) })
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hsm: decrypt with %q: %w", d.label, err)
+	}
+	return pt, nil
+}
+
+// decrypt runs one RSA-OAEP decryption in the token. A CKR_GENERAL_ERROR is returned as
+// [ErrDecrypt] (see [generalVerdict]).
+func (d *decrypter) decrypt(ciphertext []byte, opts *rsa.OAEPOptions) ([]byte, error) {
 	var pt []byte
 	err := d.t.do("decrypt", func(c *conn) error {
 		k, err := d.current(c)
 		if err != nil {
 			return err
 		}
-		pt, err = k.(crypto11.SignerDecrypter).Decrypt(nil, ciphertext, &rsa.OAEPOptions{Hash: o.Hash, Label: o.Label})
+		pt, err = k.(crypto11.SignerDecrypter).Decrypt(nil, ciphertext, opts)
 		if errors.Is(err, pkcs11.Error(pkcs11.CKR_GENERAL_ERROR)) {
-			// SoftHSM reports a failed OAEP decoding (wrong key, corrupt data) this way.
 			err = fmt.Errorf("%w: %w", ErrDecrypt, err)
 		}
 		return d.destroyed(c, err)
 	})
-	if err != nil {
-		return nil, fmt.Errorf("hsm: decrypt with %q: %w", d.label, err)
+	return pt, err
+}
+
+// probe decrypts in the token a random secret encrypted here to the key's public half with
+// RSA-OAEP and hash (no label), and checks the result: nil when the key decrypts what is
+// encrypted to it.
+func (d *decrypter) probe(hash crypto.Hash) error {
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return err
 	}
-	return pt, nil
+	ct, err := rsa.EncryptOAEP(hash.New(), rand.Reader, d.pub.(*rsa.PublicKey), secret, nil)
+	if err != nil {
+		return err
+	}
+	pt, err := d.decrypt(ct, &rsa.OAEPOptions{Hash: hash})
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(pt, secret) {
+		return errors.New("the decrypted probe differs from what was encrypted")
+	}
+	return nil
+}
+
+// generalVerdict decides what a CKR_GENERAL_ERROR (rv) answered to a decryption means.
+// SoftHSM answers it to a ciphertext that does not decode (a wrong key, corrupt data, an OAEP
+// label it cannot do): the ciphertext's fault, [ErrDecrypt]. Any token may answer it when it
+// fails. probe decrypts, with the same key, a probe encrypted to it: when that works, the
+// ciphertext was at fault; when it fails too, the token is ([ErrTokenFault], with the probe's
+// [ErrTokenGone], [ErrPoolExhausted] or [ErrClosed] when it has one), never the ciphertext.
+func generalVerdict(rv pkcs11.Error, probe func() error) error {
+	perr := probe()
+	if perr == nil {
+		return fmt.Errorf("%w: %w", ErrDecrypt, rv)
+	}
+	for _, s := range []error{ErrTokenGone, ErrPoolExhausted, ErrClosed} {
+		if errors.Is(perr, s) {
+			return fmt.Errorf("%w: %w (and the key does not decrypt a probe either: %w)", ErrTokenFault, rv, perr)
+		}
+	}
+	// Not %w: the probe's own CKR_GENERAL_ERROR reads as ErrDecrypt, which this is not.
+	return fmt.Errorf("%w: %w (and the key does not decrypt a probe either: %v)", ErrTokenFault, rv, perr)
 }
 
 // SelfTest checks the mechanisms keyarc needs, with no lasting trace on the token: it

@@ -112,6 +112,8 @@ func result(err error) string {
 		return "pool_exhausted"
 	case errors.Is(err, ErrTokenGone):
 		return "token_gone"
+	case errors.Is(err, ErrTokenFault):
+		return "token_fault"
 	case errors.Is(err, ErrPINIncorrect):
 		return "pin_incorrect"
 	case errors.Is(err, ErrKeyNotFound):

@@ -2,7 +2,13 @@ package hsm
 
 import (
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,8 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyarc/keyarc/softhsm/softhsmtest"
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyarc/keyarc/softhsm/softhsmtest"
 )
 
 // TestExpect: a pinned label must name exactly one key pair with the given public key.
@@ -307,5 +316,103 @@ func TestReconnectPINAndKeys(t *testing.T) {
 	}
 	if _, err := signer.Sign(nil, digest, crypto.SHA256); !errors.Is(err, ErrKeyChanged) {
 		t.Errorf("Sign with another key under the label = %v, want ErrKeyChanged", err)
+	}
+}
+
+// failingKey is a token key whose operations the token answers with rv, as a failing HSM
+// answers CKR_FUNCTION_FAILED or CKR_DEVICE_MEMORY to one operation and not the next.
+type failingKey struct {
+	crypto11.SignerDecrypter
+	rv pkcs11.Error
+}
+
+func (k failingKey) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, fmt.Errorf("crypto11 sign: %w", k.rv)
+}
+
+func (k failingKey) Decrypt(io.Reader, []byte, crypto.DecrypterOpts) ([]byte, error) {
+	return nil, k.rv
+}
+
+// TestTokenFaultOperation: a PKCS#11 error that is no verdict on the request (the token's own
+// failure) is ErrTokenFault from Sign and Decrypt, with the return value kept and no client
+// sentinel (ErrDecrypt, ErrMechanism); the token stays in use (no reconnection), and the next
+// operation that the token does not fail succeeds. Such codes were passed on unclassified and
+// reached HTTP clients as a bare 500.
+func TestTokenFaultOperation(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, _, tok := newToken(t, Options{Registerer: reg})
+	if _, err := tok.GenerateKey("signing", P256, UsageSign); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tok.GenerateKey("unwrap", RSA2048, UsageDecrypt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := tok.Signer("signing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := tok.Decrypter("unwrap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("tbs"))
+	if _, err := s.Sign(nil, digest[:], crypto.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, pub.(*rsa.PublicKey), []byte("a share"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oaep := &rsa.OAEPOptions{Hash: crypto.SHA1}
+	if _, err := d.Decrypt(nil, ct, oaep); err != nil {
+		t.Fatal(err)
+	}
+	for _, rv := range []pkcs11.Error{pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_DEVICE_MEMORY, pkcs11.CKR_GENERAL_ERROR} {
+		t.Run(rv.Error(), func(t *testing.T) {
+			sh, dh := s.(*signer).handle, d.(*decrypter).handle
+			sh.mu.Lock()
+			sk := sh.key
+			sh.key = failingKey{SignerDecrypter: nil, rv: rv}
+			sh.mu.Unlock()
+			dh.mu.Lock()
+			dk := dh.key
+			dh.key = failingKey{SignerDecrypter: dk.(crypto11.SignerDecrypter), rv: rv}
+			dh.mu.Unlock()
+			_, serr := s.Sign(nil, digest[:], crypto.SHA256)
+			_, derr := d.Decrypt(nil, ct, oaep)
+			sh.mu.Lock()
+			sh.key = sk
+			sh.mu.Unlock()
+			dh.mu.Lock()
+			dh.key = dk
+			dh.mu.Unlock()
+			for name, err := range map[string]error{"Sign": serr, "Decrypt": derr} {
+				if !errors.Is(err, ErrTokenFault) || !errors.Is(err, rv) {
+					t.Errorf("%s = %v, want ErrTokenFault keeping %v", name, err, rv)
+				}
+				for _, client := range []error{ErrDecrypt, ErrMechanism, ErrPINIncorrect} {
+					if errors.Is(err, client) {
+						t.Errorf("%s = %v, also %v", name, err, client)
+					}
+				}
+			}
+			if tok.broken.Load() {
+				t.Error("one failed operation marked the token gone")
+			}
+			if err := tok.Ping(); err != nil {
+				t.Errorf("Ping after a failed operation: %v", err)
+			}
+			if _, err := s.Sign(nil, digest[:], crypto.SHA256); err != nil {
+				t.Errorf("Sign once the token answers again: %v", err)
+			}
+			if _, err := d.Decrypt(nil, ct, oaep); err != nil {
+				t.Errorf("Decrypt once the token answers again: %v", err)
+			}
+		})
+	}
+	if got := counter(t, reg, "sign", "token_fault"); got != 3 {
+		t.Errorf("sign token_fault = %v, want 3", got)
 	}
 }

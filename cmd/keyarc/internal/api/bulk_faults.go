@@ -21,7 +21,7 @@ const bulkStopWait = 20 * time.Second
 // never fails for them, its job pauses instead. Storage faults the bulk package knows itself.
 func bulkFault(err error) string {
 	switch {
-	case errors.Is(err, hsm.ErrTokenGone), errors.Is(err, hsm.ErrPoolExhausted):
+	case errors.Is(err, hsm.ErrTokenGone), errors.Is(err, hsm.ErrPoolExhausted), errors.Is(err, hsm.ErrTokenFault):
 		return bulk.CauseToken
 	case errors.Is(err, hsm.ErrMechanism) && !errors.Is(err, cms.ErrDecrypt):
 		// A mechanism the appliance's own keys lack; only an item's envelope chooses one.

@@ -77,6 +77,14 @@ func TestStatusContracts(t *testing.T) {
 		{"recovery set changed", fmt.Errorf("%w: %w; retry", escrow.ErrNoRecoverySet, escrow.ErrRecoverySetChanged), http.StatusServiceUnavailable},
 		{"token gone", wrap(hsm.ErrTokenGone), http.StatusServiceUnavailable},
 		{"token gone under the envelope", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, fmt.Errorf("%w: %w", cms.ErrDecrypt, hsm.ErrTokenGone)), http.StatusServiceUnavailable},
+		// A PKCS#11 error that is no verdict on the request (CKR_FUNCTION_FAILED,
+		// CKR_GENERAL_ERROR, CKR_DEVICE_MEMORY...): hsm.ErrTokenFault, the token's fault (these
+		// were a bare 500, and a 400 under the envelope's sentinels).
+		{"token failed signing", fmt.Errorf("escrow: issue certificate: sign: %w", fmt.Errorf("hsm: sign with %q: %w: pkcs11: 0x6: CKR_FUNCTION_FAILED", "ca-key", hsm.ErrTokenFault)), http.StatusServiceUnavailable},
+		{"token failed under the envelope", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, fmt.Errorf("%w: unwrap content-encryption key: %w", cms.ErrDecrypt, hsm.ErrTokenFault)), http.StatusServiceUnavailable},
+		{"token failed the recovery key", fmt.Errorf("%w: %w", escrow.ErrRecoveryKey, hsm.ErrTokenFault), http.StatusServiceUnavailable},
+		{"token failed a mechanism's self-test", fmt.Errorf("%w: %w", hsm.ErrMechanism, hsm.ErrTokenFault), http.StatusServiceUnavailable},
+		{"token failed under a lint", fmt.Errorf("%w: %w", ca.ErrLint, hsm.ErrTokenFault), http.StatusServiceUnavailable},
 		{"integrity", fmt.Errorf("%w: %w", escrow.ErrIntegrity, check.ErrInconsistent), http.StatusInternalServerError},
 		{"record mismatch", wrap(escrow.ErrRecordMismatch), http.StatusInternalServerError},
 		{"recovery key", fmt.Errorf("%w: %w", escrow.ErrRecoveryKey, errors.New("no such key")), http.StatusInternalServerError},
@@ -115,6 +123,8 @@ func TestBulkFault(t *testing.T) {
 	}{
 		{"token gone", fmt.Errorf("sign: %w", hsm.ErrTokenGone), bulk.CauseToken},
 		{"pool exhausted", hsm.ErrPoolExhausted, bulk.CauseToken},
+		{"token failed one operation", fmt.Errorf("issue: sign: %w", hsm.ErrTokenFault), bulk.CauseToken},
+		{"token failed under the envelope", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, fmt.Errorf("%w: %w", cms.ErrDecrypt, hsm.ErrTokenFault)), bulk.CauseToken},
 		{"CA key mechanism", fmt.Errorf("issue: sign: %w", fmt.Errorf("hsm: sign with %q: %w", "ca-key", hsm.ErrMechanism)), bulk.CauseToken},
 		{"envelope's OAEP hash", fmt.Errorf("%w: encrypted_key: %w", escrow.ErrInvalidRequest, fmt.Errorf("%w: %w", cms.ErrDecrypt, hsm.ErrMechanism)), ""},
 		{"bad item", escrow.ErrInvalidRequest, ""},

@@ -412,6 +412,10 @@ func status(err error) (int, string) {
 		// A refused PIN or a swapped token is the appliance's fault, never the client's.
 		_, msg := tokenCause(err)
 		return http.StatusServiceUnavailable, msg
+	case errors.Is(err, hsm.ErrTokenFault):
+		// Any PKCS#11 error that is no verdict on the request (CKR_FUNCTION_FAILED,
+		// CKR_GENERAL_ERROR, CKR_DEVICE_MEMORY...): the token failed, the request did not.
+		return http.StatusServiceUnavailable, "the appliance token is unavailable (it failed an operation); retry later"
 	case errors.Is(err, escrow.ErrRecoveryKey):
 		// The request's recovery key is the appliance's, whatever mechanism it lacks.
 		return http.StatusInternalServerError, "the recovery key of this request in the appliance token is unusable; an administrator must look at the log"
