@@ -504,3 +504,44 @@ func smallDisk(t *testing.T, size string) string {
 	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
 	return mnt
 }
+
+// TestAuditVerifyDiskFull: `keyarc audit verify` on a database whose disk is full says that the
+// disk is full and where (SQLite alone says "disk I/O error": it cannot make the -shm file it
+// needs even to read), and verifies once there is room.
+func TestAuditVerifyDiskFull(t *testing.T) {
+	t.Parallel()
+	mnt := smallDisk(t, "4m")
+	state := devState(t)
+	for _, f := range []string{"keyarc.db", "keyarc.db-wal", "keyarc.db-shm"} {
+		if b, err := os.ReadFile(filepath.Join(state, f)); err == nil {
+			writeFile(t, filepath.Join(mnt, f), b)
+			os.Remove(filepath.Join(state, f))
+		}
+	}
+	dbPath := filepath.Join(mnt, "keyarc.db")
+	cfgPath := filepath.Join(state, "keyarc.yaml")
+	cfg, _ := os.ReadFile(cfgPath)
+	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "database: keyarc.db", "database: "+dbPath, 1)))
+	keyarc(t, "audit", "verify", "--state", state)
+
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Close()
+	_, errOut, err := keyarcResult("audit", "verify", "--state", state)
+	if err == nil {
+		t.Log("audit verify worked on a full disk")
+	} else if !strings.Contains(errOut, "disk holding the database is full") || !strings.Contains(errOut, mnt) {
+		t.Errorf("audit verify on a full disk: %v\n%s\nwant it to say that the disk holding %s is full", err, errOut, dbPath)
+	}
+	os.Remove(filler)
+	keyarc(t, "audit", "verify", "--state", state)
+}

@@ -12,6 +12,10 @@ var ErrCorrupt = errors.New("store: database is corrupt")
 // Errors wrapping it keep the underlying error in their chain.
 var ErrUnavailable = errors.New("store: storage unavailable")
 
+// ErrDiskFull: the file system that holds the database has no room left. It comes with
+// [ErrUnavailable], and the message says where the file system is and how much is free.
+var ErrDiskFull = errors.New("store: the disk holding the database is full")
+
 // ErrKeyArchivedElsewhere: the private key of a record is already archived for another
 // mailbox. A key belongs to one mailbox: archiving it for a second would let a recovery of
 // either mailbox release the other's key. The error never names the other mailbox.

@@ -82,9 +82,13 @@ func dsn(path string, q string) string {
 // and brings its schema up to date. The directory must exist. A storage fault (a full disk,
 // a failing read or write) is wrapped with [store.ErrUnavailable], so that it is not taken
 // for a bad file.
+//
+// A storage fault at open on a file system with almost no room left wraps [store.ErrDiskFull]
+// too, and says so: SQLite needs room for the -wal and -shm files beside the database even to
+// read it, and reports their failure as a bare "disk I/O error".
 func Open(path string) (*DB, error) {
 	db, err := open(path)
-	return db, classify(err)
+	return db, explainFull(path, classify(err))
 }
 
 func open(path string) (*DB, error) {
