@@ -26,6 +26,8 @@ type storageHealth struct {
 	commitErrors uint64 // the store's failed commits last seen
 	// ping is readiness's last read of the store (storageStatus).
 	ping storagePing
+	// probe is readiness's write to the store while a fault is held (probeWrites).
+	probe writeProbe
 }
 
 // fault records a storage fault seen now; stats are the store's counters then.
@@ -48,6 +50,13 @@ func (h *storageHealth) recent(now time.Time, stats store.Stats) bool {
 		return false
 	}
 	return true
+}
+
+// since is when the fault held now was seen.
+func (h *storageHealth) since() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.faultAt
 }
 
 // noteStorageFault records err when it is a storage fault, for readiness.
@@ -86,7 +95,13 @@ func (a *Server) storageStatus(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	if a.storage.recent(time.Now(), a.db.Stats()) {
-		return 0, store.ErrUnavailable
+		// A read would not show that writes work again (a full disk still reads); nor does
+		// waiting out storageFaultHold, which kept the node out for its whole length after
+		// the storage came back when no request or background task happened to commit. A
+		// write probe, at most one per storagePingEvery, ends the hold as soon as it commits.
+		if err := a.probeWrites(a.storage.since()); err != nil {
+			return 0, err
+		}
 	}
 	p := &a.storage.ping
 	p.mu.Lock()
@@ -137,4 +152,66 @@ func (a *Server) storageStatus(ctx context.Context) (int, error) {
 	}
 	p.at, p.err, p.jobs = time.Now(), err, jobs
 	return jobs, err
+}
+
+// readyLease is the lease that readiness's write probe renews: one row per node, written only
+// while a storage fault is held.
+func readyLease(node string) string { return "ready:" + node }
+
+// writeProbe is readiness's one write to the store at a time. Safe for concurrent use.
+type writeProbe struct {
+	mu sync.Mutex
+	at time.Time // when the last probe started
+	// running is closed when the probe in flight ends; nil when none is.
+	running chan struct{}
+	err     error // the last probe's result
+}
+
+// probeWrites reports whether the store commits a write: it renews this node's readyLease in
+// an Update, at most once per storagePingEvery (the callers in between share the last answer,
+// so a store that is down is not hammered), and waits for it at most storagePingTimeout (a
+// write stuck in a server that does not answer is left to finish on its own; the next call
+// waits for it again). The commit it makes is what clears the held fault (storageHealth.recent
+// sees the store's commits grow). A probe that started before since, the fault it is to
+// clear, does not answer for it. The error wraps store.ErrUnavailable.
+func (a *Server) probeWrites(since time.Time) error {
+	p := &a.storage.probe
+	p.mu.Lock()
+	if p.running == nil && time.Since(p.at) >= storagePingEvery {
+		done := make(chan struct{})
+		p.running, p.at = done, time.Now()
+		node := a.svc.Node
+		if node == "" {
+			node = bulk.DefaultNode
+		}
+		go func() {
+			err := a.db.Update(context.Background(), func(tx store.Tx) error {
+				_, err := tx.AcquireLease(readyLease(node), node, time.Now(), time.Minute)
+				return err
+			})
+			p.mu.Lock()
+			p.running, p.err = nil, err
+			p.mu.Unlock()
+			close(done)
+		}()
+	}
+	running, err := p.running, p.err
+	if running == nil && p.at.Before(since) {
+		err = errors.New("no write probed since the fault; the next probe is due within a second")
+	}
+	p.mu.Unlock()
+	if running != nil {
+		select {
+		case <-running:
+			p.mu.Lock()
+			err = p.err
+			p.mu.Unlock()
+		case <-time.After(storagePingTimeout):
+			err = fmt.Errorf("the database did not commit a write within %s", storagePingTimeout)
+		}
+	}
+	if err != nil && !errors.Is(err, store.ErrUnavailable) {
+		err = fmt.Errorf("%w: readiness write: %w", store.ErrUnavailable, err)
+	}
+	return err
 }
