@@ -979,8 +979,8 @@ func (s *Service) approvalRefused(ctx context.Context, kra string, now time.Time
 // recovery set has a member of the KRA's name but another unwrap key (as in
 // [Service.SharesFor]), [ErrAlreadyApproved], [ErrIntegrity] (wrapping
 // [check.ErrInconsistent]; not counted against the KRA), or, for faults of the appliance, a
-// storage error wrapping [store.ErrUnavailable] (not counted either) or the audit trail's
-// ([audit.ErrAppend]), wrapped.
+// storage error wrapping [store.ErrUnavailable] or the audit trail's ([audit.ErrAppend]),
+// wrapped (neither counted against the KRA).
 func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id string, shares []ApprovedShare, sig []byte) (*Recovery, error) {
 	now := s.now()
 	st, err := s.loadRecovery(ctx, id, snapshot{failuresOf: kra.Name, at: now, records: true, credential: kra.Serial})
@@ -996,12 +996,14 @@ func (s *Service) SubmitApproval(ctx context.Context, kra policy.Principal, id s
 	if err == nil {
 		rec, err = s.submitApproval(ctx, st, kra, id, shares, sig, now)
 	}
-	// A fault of the appliance (storage, a row that fails the consistency check) is not the
-	// KRA's: it does not count towards the KRA's lock-out. Nor does an approval the KRA sends
-	// again after its answer was lost (the appliance restarted, the network dropped): it is
+	// A fault of the appliance (storage, a row that fails the consistency check, an audit
+	// trail that refuses the approval's entry, the request cut short) is not the KRA's: it
+	// does not count towards the KRA's lock-out. Nor does an approval the KRA sends again
+	// after its answer was lost (the appliance restarted, the network dropped): it is
 	// audited, and the KRA is told it approved already.
 	switch {
-	case err == nil, errors.Is(err, ErrNotFound), errors.Is(err, store.ErrUnavailable), errors.Is(err, ErrIntegrity):
+	case err == nil, errors.Is(err, ErrNotFound), errors.Is(err, store.ErrUnavailable), errors.Is(err, ErrIntegrity),
+		errors.Is(err, audit.ErrAppend), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 	case errors.Is(err, ErrAlreadyApproved):
 		s.auditAlone(ctx, audit.KindApprovalRefused, principalActor("kra", kra.Name), id, audit.Details{Request: id, KRA: kra.Name,
 			Signer: kra.Serial, Signature: base64.StdEncoding.EncodeToString(sig), Reason: err.Error()})

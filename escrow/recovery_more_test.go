@@ -2,6 +2,7 @@ package escrow
 
 import (
 	"context"
+	"database/sql"
 	"encoding/asn1"
 	"errors"
 	"os"
@@ -13,6 +14,9 @@ import (
 	"time"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"github.com/keyarc/keyarc/escrow/audit"
+	"github.com/keyarc/keyarc/escrow/store/sqlite"
 )
 
 // pfxMACIterations reads the MAC iteration count of a PKCS#12 file (RFC 7292: PFX ::=
@@ -148,4 +152,36 @@ func TestApprovalRetriedIsNotCounted(t *testing.T) {
 		t.Fatalf("RequestRecovery: %v", err)
 	}
 	r.approve(t, 0, other.ID)
+}
+
+// TestApprovalAuditFaultNotCounted: an approval the appliance cannot record in its audit
+// trail (audit.ErrAppend, a fault of the appliance) is refused, but not counted against the
+// KRA: once the trail takes entries again, the same approval goes through instead of meeting
+// ErrTooManyFailures.
+func TestApprovalAuditFaultNotCounted(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	id := r.request(t).ID
+	kra := r.kraPrincipal(t, 0)
+	shares, sig := r.approval(t, 0, id)
+	raw, err := sql.Open("sqlite", "file:"+r.svc.Store.(*sqlite.DB).Path()+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	// Only the approval's own entry fails: the refusals can still be recorded (and counted).
+	if _, err := raw.Exec(`CREATE TRIGGER approval_off BEFORE INSERT ON audit WHEN NEW.kind = 'approval' BEGIN SELECT RAISE(ABORT, 'audit disabled'); END`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range approvalFailures + 1 {
+		if _, err := r.svc.SubmitApproval(ctx, kra, id, shares, sig); !errors.Is(err, audit.ErrAppend) {
+			t.Fatalf("approval %d with the trail refusing it: %v, want audit.ErrAppend", i+1, err)
+		}
+	}
+	if _, err := raw.Exec(`DROP TRIGGER approval_off`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.svc.SubmitApproval(ctx, kra, id, shares, sig); err != nil {
+		t.Fatalf("the same approval once the trail takes entries again: %v, want it accepted", err)
+	}
 }
