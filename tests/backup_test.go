@@ -285,12 +285,7 @@ func TestRestoreDiskFull(t *testing.T) {
 	t.Parallel()
 	mnt := smallDisk(t, "2m")
 	state := devState(t)
-	dbPath := filepath.Join(mnt, "keyarc.db")
-	copyFileT(t, filepath.Join(state, "keyarc.db"), dbPath)
-	os.Remove(filepath.Join(state, "keyarc.db"))
-	cfgPath := filepath.Join(state, "keyarc.yaml")
-	cfg, _ := os.ReadFile(cfgPath)
-	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "database: keyarc.db", "database: "+dbPath, 1)))
+	dbPath := moveDatabase(t, state, mnt)
 	backup := filepath.Join(t.TempDir(), "b.db")
 	keyarc(t, "backup", "--state", state, "--out", backup)
 

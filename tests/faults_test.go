@@ -322,17 +322,7 @@ func TestDiskFull(t *testing.T) {
 	requireTools(t, "openssl")
 	mnt := smallDisk(t, "8m")
 	state := devState(t)
-	// Move the database onto the small filesystem.
-	for _, f := range []string{"keyarc.db", "keyarc.db-wal", "keyarc.db-shm"} {
-		if b, err := os.ReadFile(filepath.Join(state, f)); err == nil {
-			writeFile(t, filepath.Join(mnt, f), b)
-			os.Remove(filepath.Join(state, f))
-		}
-	}
-	dbPath := filepath.Join(mnt, "keyarc.db")
-	cfgPath := filepath.Join(state, "keyarc.yaml")
-	cfg, _ := os.ReadFile(cfgPath)
-	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "database: keyarc.db", "database: "+dbPath, 1)))
+	dbPath := moveDatabase(t, state, mnt)
 	a := serve(t, state)
 	if got := estEnroll(t, a, "roomy@example.org"); got != 200 {
 		t.Fatalf("enrollment with space: %d", got)
@@ -505,6 +495,23 @@ func smallDisk(t *testing.T, size string) string {
 	return mnt
 }
 
+// moveDatabase moves state's database (with its -wal and -shm files) into folder dir and points
+// the configuration at it; it returns the database's new path.
+func moveDatabase(t *testing.T, state, dir string) string {
+	t.Helper()
+	for _, f := range []string{"keyarc.db", "keyarc.db-wal", "keyarc.db-shm"} {
+		if b, err := os.ReadFile(filepath.Join(state, f)); err == nil {
+			writeFile(t, filepath.Join(dir, f), b)
+			os.Remove(filepath.Join(state, f))
+		}
+	}
+	dbPath := filepath.Join(dir, "keyarc.db")
+	cfgPath := filepath.Join(state, "keyarc.yaml")
+	cfg, _ := os.ReadFile(cfgPath)
+	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "database: keyarc.db", "database: "+dbPath, 1)))
+	return dbPath
+}
+
 // TestAuditVerifyDiskFull: `keyarc audit verify` on a database whose disk is full says that the
 // disk is full and where (SQLite alone says "disk I/O error": it cannot make the -shm file it
 // needs even to read), and verifies once there is room.
@@ -512,16 +519,7 @@ func TestAuditVerifyDiskFull(t *testing.T) {
 	t.Parallel()
 	mnt := smallDisk(t, "4m")
 	state := devState(t)
-	for _, f := range []string{"keyarc.db", "keyarc.db-wal", "keyarc.db-shm"} {
-		if b, err := os.ReadFile(filepath.Join(state, f)); err == nil {
-			writeFile(t, filepath.Join(mnt, f), b)
-			os.Remove(filepath.Join(state, f))
-		}
-	}
-	dbPath := filepath.Join(mnt, "keyarc.db")
-	cfgPath := filepath.Join(state, "keyarc.yaml")
-	cfg, _ := os.ReadFile(cfgPath)
-	writeFile(t, cfgPath, []byte(strings.Replace(string(cfg), "database: keyarc.db", "database: "+dbPath, 1)))
+	dbPath := moveDatabase(t, state, mnt)
 	keyarc(t, "audit", "verify", "--state", state)
 
 	filler := filepath.Join(mnt, "filler")
