@@ -112,12 +112,7 @@ func TestFirefoxEnrollment(t *testing.T) {
 	}
 	state := devState(t)
 	// Two lookups a minute: the lookup check makes two, a third is refused.
-	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("directory:\n  lookups_per_minute: 2\n")
-	f.Close()
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), "directory:\n  lookups_per_minute: 2\n")
 	a := serve(t, state)
 	dir, dl := t.TempDir(), t.TempDir()
 	const mailbox = "frank@example.org"

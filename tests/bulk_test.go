@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -423,7 +424,9 @@ func getBulkStatus(c *http.Client, url string) (bulkStatus, error) {
 }
 
 // TestBulkCrashResume kills the appliance with SIGKILL in the middle of a keygen job, starts it
-// again on the same state, and checks that the job finishes with every item issued once.
+// again on the same state, and checks that the job finishes with every item issued once, and
+// that the subscriber of every item is told by mail (a kill between a batch's commit and its
+// notices loses none of them).
 func TestBulkCrashResume(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl")
@@ -432,6 +435,20 @@ func TestBulkCrashResume(t *testing.T) {
 	}
 	const total = 2000
 	state := devState(t)
+	relay := freePort(t)
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	sink := startMailSink(t, relay)
+	var mu sync.Mutex
+	told := map[string]string{} // every mail's text by mailbox (a mailbox told twice keeps both)
+	go func() {
+		for m := range sink.mail {
+			mu.Lock()
+			for _, to := range m.to {
+				told[to] += m.data
+			}
+			mu.Unlock()
+		}
+	}()
 	a := serve(t, state)
 	var lines []string
 	for i := 1; i <= total; i++ {
@@ -498,6 +515,28 @@ func TestBulkCrashResume(t *testing.T) {
 	}
 	if issued != total || active != total {
 		t.Fatalf("%d issued certificates and %d active records for %d items", issued, active, total)
+	}
+	// Every subscriber is told, those of the items issued before the kill included.
+	deadline = time.Now().Add(90 * time.Second)
+	for metricValue(t, b, "keyarc_notices_sent_total") < total || metricValue(t, b, "keyarc_notice_queue") > 0 {
+		if time.Now().After(deadline) {
+			break // the check below names who was not told
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	missing := 0
+	for seq, r := range res {
+		mailbox := fmt.Sprintf("crash%d@example.org", seq)
+		if !strings.Contains(told[mailbox], r.Serial) {
+			if missing++; missing <= 5 {
+				t.Errorf("%s was not told that the key of %s is escrowed", mailbox, r.Serial)
+			}
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%d of %d subscribers were not told", missing, total)
 	}
 }
 

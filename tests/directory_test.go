@@ -71,15 +71,10 @@ func TestDirectory(t *testing.T) {
 	requireTools(t, "openssl", "curl")
 	ldap := ldaptest.Start(t)
 	state := devState(t)
-	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// ldap:// to a name, not a loopback address: StartTLS, the server verified with ca_file.
-	f.WriteString("directory:\n  ldap:\n    url: ldap://localhost:" + strings.TrimPrefix(ldap.URL, "ldap://127.0.0.1:") +
-		"\n    ca_file: " + ldap.CAFile + "\n    bind_dn: " + ldaptest.BindDN +
-		"\n    bind_password_source: file:" + ldap.PasswordFile + "\n    base: " + ldaptest.Base + "\n")
-	f.Close()
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), "directory:\n  ldap:\n    url: ldap://localhost:"+strings.TrimPrefix(ldap.URL, "ldap://127.0.0.1:")+
+		"\n    ca_file: "+ldap.CAFile+"\n    bind_dn: "+ldaptest.BindDN+
+		"\n    bind_password_source: file:"+ldap.PasswordFile+"\n    base: "+ldaptest.Base+"\n")
 	a := serve(t, state)
 	if !strings.Contains(a.logs.String(), "publishing encryption certificates to LDAP") {
 		t.Fatalf("the start-up log does not say certificates are published:\n%s", a.logs.String())
@@ -202,13 +197,8 @@ func TestDirectoryBindRefused(t *testing.T) {
 	const wrong = "not-the-directory-password"
 	pwFile := filepath.Join(state, "ldap-bind.pw")
 	writeFile(t, pwFile, []byte(wrong+"\n"))
-	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("directory:\n  ldap:\n    url: " + ldap.URL + "\n    bind_dn: " + ldaptest.BindDN +
-		"\n    bind_password_source: file:ldap-bind.pw\n    base: " + ldaptest.Base + "\n")
-	f.Close()
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), "directory:\n  ldap:\n    url: "+ldap.URL+"\n    bind_dn: "+ldaptest.BindDN+
+		"\n    bind_password_source: file:ldap-bind.pw\n    base: "+ldaptest.Base+"\n")
 	a := serve(t, state)
 	dir := t.TempDir()
 	enrollUser(t, a, ldaptest.Alice, filepath.Join(dir, "alice"))

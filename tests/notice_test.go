@@ -115,12 +115,7 @@ func TestNoticeMail(t *testing.T) {
 	}
 
 	relay := freePort(t)
-	f, err := os.OpenFile(filepath.Join(state, "keyarc.yaml"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
-	f.Close()
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
 	a := serve(t, state)
 	if !strings.Contains(a.logs.String(), "subscriber notices by mail") {
 		t.Errorf("the start-up log does not say notices go by mail:\n%s", a.logs.String())
