@@ -172,7 +172,7 @@ func (s *Service) Revoke(ctx context.Context, by policy.Principal, req RevokeReq
 		}
 		refs := make([]policy.CertRef, len(targets))
 		for i, c := range targets {
-			refs[i] = policy.CertRef{Serial: c.Serial, Mailbox: c.Email, Role: c.Role}
+			refs[i] = policy.CertRef{Serial: c.Serial, Mailbox: c.Email, Role: c.Role, KRA: c.KRA}
 		}
 		if err := policy.AuthorizeRevoke(by, reason, refs); err != nil {
 			return err

@@ -427,14 +427,22 @@ func TestRevokeKRAUnwrapInCurrentSet(t *testing.T) {
 }
 
 // TestRevokedKRACredentialNoLongerApproves: an approval counts only while its signer's
-// credential is issued: once revoked, the quorum is short and nothing is decrypted.
+// credential is issued: once revoked (by an admin: an officer may not), the quorum is short and
+// nothing is decrypted.
 func TestRevokedKRACredentialNoLongerApproves(t *testing.T) {
 	r := newRecoveryEnv(t)
 	ctx := context.Background()
 	id := r.request(t).ID
 	r.approve(t, 0, id)
 	r.approve(t, 1, id)
-	if _, err := r.svc.Revoke(ctx, r.admin, RevokeRequest{Serial: r.kraPrincipal(t, 1).Serial, Reason: "keyCompromise"}); err != nil {
+	kra := r.kraPrincipal(t, 1).Serial
+	// The officer who asked cannot take a KRA's credential away (nor an admin's).
+	for _, serial := range []string{kra, r.admin.Serial} {
+		if _, err := r.svc.Revoke(ctx, r.officer, RevokeRequest{Serial: serial, Reason: "keyCompromise"}); !errors.Is(err, policy.ErrForbidden) {
+			t.Fatalf("an officer revokes credential %s: %v, want ErrForbidden", serial, err)
+		}
+	}
+	if _, err := r.svc.Revoke(ctx, r.admin, RevokeRequest{Serial: kra, Reason: "keyCompromise"}); err != nil {
 		t.Fatalf("revoke the KRA's credential: %v", err)
 	}
 	if _, err := r.svc.Fetch(ctx, r.officer, id, false); !errors.Is(err, policy.ErrQuorum) {

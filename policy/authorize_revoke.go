@@ -105,18 +105,35 @@ type CertRef struct {
 	Serial  string
 	Mailbox string // the certificate's mailbox ("" for operator and KRA certificates)
 	Role    string // the operator role of a credential ("" for a subscriber's certificate)
+	KRA     string // the KRA whose unwrap certificate it is ("" for others)
 }
 
 // AuthorizeRevoke decides whether p may revoke the certificates certs with reason (a code of
-// the allowed set). Admins and officers ([ActRevoke]) may revoke any certificate. A
-// subscriber, authenticated with a certificate of their mailbox (p.Mailbox set, no operator
+// the allowed set). Admins ([ActRevokeCredential]) may revoke any certificate. Officers
+// ([ActRevoke]) revoke subscribers' certificates and their own credential, not another
+// operator's credential nor a KRA certificate: those are the CA administrator's (separation of
+// duties: an officer must not be able to lock an admin out, nor take a KRA's certificate away
+// from the quorum). A subscriber, authenticated with a certificate of their mailbox (p.Mailbox set, no operator
 // role), may revoke the certificates of that mailbox and no other (BR §4.9.2: the subscriber
 // requests the revocation of their own certificate), and never with privilegeWithdrawn,
 // which is the CA's finding that the subscriber broke their obligations. A request that
 // reaches one certificate of someone else (a --key-of revocation whose key is also in another
 // mailbox's certificate) is refused whole. The refusal wraps [ErrForbidden].
 func AuthorizeRevoke(p Principal, reason int, certs []CertRef) error {
+	if Allowed(p.Role, ActRevokeCredential) {
+		return nil
+	}
 	if Allowed(p.Role, ActRevoke) {
+		for _, c := range certs {
+			if (c.Role != "" || c.KRA != "") && (p.Serial == "" || c.Serial != p.Serial) {
+				what := "an operator credential (" + truncate(c.Role) + ")"
+				if c.KRA != "" {
+					what = "the KRA certificate of " + truncate(c.KRA)
+				}
+				return fmt.Errorf("%w: certificate %s is %s; only an admin revokes those (an officer revokes subscribers' certificates and their own credential)",
+					ErrForbidden, truncate(c.Serial), what)
+			}
+		}
 		return nil
 	}
 	if (p.Role != "" && p.Role != RoleEnrollee) || p.Mailbox == "" {

@@ -92,6 +92,14 @@ func TestAuthorizeRevoke(t *testing.T) {
 		wantErr error
 	}{
 		{"officer, anyone's", Principal{Role: RoleOfficer, Name: "o"}, ReasonKeyCompromise, mixed, nil},
+		{"officer, an admin's credential", Principal{Role: RoleOfficer, Name: "o", Serial: "01"}, ReasonKeyCompromise,
+			append(own[:1:1], CertRef{Serial: "0d", Role: "admin"}), ErrForbidden},
+		{"officer, a KRA certificate", Principal{Role: RoleOfficer, Name: "o", Serial: "01"}, ReasonSuperseded,
+			[]CertRef{{Serial: "0f", KRA: "kra1"}}, ErrForbidden},
+		{"officer, their own credential", Principal{Role: RoleOfficer, Name: "o", Serial: "0e"}, ReasonKeyCompromise,
+			[]CertRef{{Serial: "0e", Role: "officer"}}, nil},
+		{"admin, an officer's credential and a KRA certificate", Principal{Role: RoleAdmin, Name: "a", Serial: "01"}, ReasonKeyCompromise,
+			[]CertRef{{Serial: "0e", Role: "officer"}, {Serial: "0f", KRA: "kra1"}}, nil},
 		{"admin, privilegeWithdrawn", Principal{Role: RoleAdmin, Name: "a"}, ReasonPrivilegeWithdrawn, mixed, nil},
 		{"subscriber, own mailbox", alice, ReasonKeyCompromise, own, nil},
 		{"subscriber, another local part's case", alice, ReasonKeyCompromise, []CertRef{{Serial: "0e", Mailbox: "Alice@example.org"}}, ErrForbidden},

@@ -39,15 +39,18 @@ const (
 	ActAudit           Action = "audit"             // read and verify the audit trail
 	ActBulk            Action = "bulk"              // submit and follow bulk jobs, release their passwords
 	ActWhoami          Action = "whoami"            // show the caller's own credential
-	// ActRevoke revokes any certificate the CA issued. A subscriber without it may still
-	// revoke the certificates of their own mailbox: see [AuthorizeRevoke].
+	// ActRevoke revokes any subscriber certificate the CA issued. A subscriber without it may
+	// still revoke the certificates of their own mailbox: see [AuthorizeRevoke].
 	ActRevoke Action = "revoke"
+	// ActRevokeCredential also revokes the appliance's own people's certificates: operator
+	// credentials and KRA certificates. Not a route of its own: see [AuthorizeRevoke].
+	ActRevokeCredential Action = "revoke.credential"
 )
 
 // permissions is the whole access matrix.
 var permissions = map[Role]map[Action]bool{
 	RoleAdmin: {ActEnroll: true, ActAdminPending: true, ActRecoverySet: true, ActBulk: true, ActReseal: true,
-		ActRevoke:          true,
+		ActRevoke: true, ActRevokeCredential: true,
 		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
 	RoleOfficer: {ActRecoveryRequest: true, ActRevoke: true,
 		ActRecoverySetRead: true, ActRecoveryRead: true, ActWhoami: true},
