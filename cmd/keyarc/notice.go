@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/api"
 	"github.com/keyarc/keyarc/cmd/keyarc/internal/config"
+	"github.com/keyarc/keyarc/cmd/keyarc/internal/pemfile"
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/notice"
 	"github.com/keyarc/keyarc/escrow/notice/feed"
@@ -115,15 +116,11 @@ func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts) (*notice.No
 		Logger: log.With("component", "notices"), MaxBackoff: nc.RetryMax.Duration}, nil
 }
 
-// readSecretFile reads a password file: refused when others can read it, its trailing line
-// break removed.
+// readSecretFile reads a password file: refused when any user can read it, as every secret
+// file is ([pemfile.CheckSecret]), its trailing line break removed.
 func readSecretFile(path string) (notice.Password, error) {
-	st, err := os.Stat(path)
-	if err != nil {
+	if err := pemfile.CheckSecret(path); err != nil {
 		return nil, err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s is readable by others (mode %v); chmod 600 it", path, st.Mode().Perm())
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
