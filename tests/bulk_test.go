@@ -21,7 +21,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -437,18 +436,7 @@ func TestBulkCrashResume(t *testing.T) {
 	state := devState(t)
 	relay := freePort(t)
 	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
-	sink := startMailSink(t, relay)
-	var mu sync.Mutex
-	told := map[string]string{} // every mail's text by mailbox (a mailbox told twice keeps both)
-	go func() {
-		for m := range sink.mail {
-			mu.Lock()
-			for _, to := range m.to {
-				told[to] += m.data
-			}
-			mu.Unlock()
-		}
-	}()
+	told := startMailSink(t, relay).log()
 	a := serve(t, state)
 	var lines []string
 	for i := 1; i <= total; i++ {
@@ -524,12 +512,10 @@ func TestBulkCrashResume(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	missing := 0
 	for seq, r := range res {
 		mailbox := fmt.Sprintf("crash%d@example.org", seq)
-		if !strings.Contains(told[mailbox], r.Serial) {
+		if !strings.Contains(strings.Join(told.to(mailbox), "\n"), r.Serial) {
 			if missing++; missing <= 5 {
 				t.Errorf("%s was not told that the key of %s is escrowed", mailbox, r.Serial)
 			}

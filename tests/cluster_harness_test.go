@@ -163,6 +163,8 @@ type cluster struct {
 	socket string  // the p11-kit server's
 	p11    *exec.Cmd
 	nodes  []*appliance
+	// mail is what the nodes' subscriber notices sent to the test's SMTP relay.
+	mail *mailLog
 }
 
 // The lease lengths the cluster's nodes are configured with.
@@ -211,6 +213,11 @@ func startCluster(t *testing.T, n int) *cluster {
 	// Shorter leases than the defaults (cluster.leader_lease, cluster.job_lease): a dead or
 	// paused node's work is taken over sooner, and the phases check that the nodes use them.
 	cfg += fmt.Sprintf("cluster:\n  leader_lease: %s\n  job_lease: %s\n", clusterLeaderLease, clusterJobLease)
+	// Subscriber notices to a relay of the test's: the leader queues them, each node sends
+	// its own queue (a folder per node inside the shared state folder's).
+	relay := freePort(t)
+	c.mail = startMailSink(t, relay).log()
+	cfg += "notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n"
 	writeFile(t, cfgPath, []byte(cfg))
 	// The nodes start one after the other: each start-up writes the audit trail.
 	for i := 0; i < n; i++ {

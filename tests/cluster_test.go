@@ -94,6 +94,17 @@ func TestCluster(t *testing.T) {
 		if _, _, err := keyarcResult(on(n2, "officer", "recovery", "fetch", id, "--out", p12+"2", "--password-file", pw+"2")...); err == nil {
 			t.Error("a consumed recovery was fetched again through node2")
 		}
+		// Rita is told, once each, whichever node did what: the leader reads the notices from
+		// the shared audit trail.
+		for _, says := range [][]string{{"escrowed its private key", serial}, {"A recovery of your escrowed key was requested", id}, {"Your escrowed key was recovered", id}} {
+			if got := c.mail.waitFor(t, mailbox, 1, says...); len(got) != 1 {
+				t.Errorf("%s received %d mails saying %q, want one", mailbox, len(got), says)
+			}
+		}
+		// Each node's queue is a folder of its own in the shared state folder.
+		if dirs, _ := filepath.Glob(filepath.Join(c.state, "notices", "node-node*")); len(dirs) != len(c.nodes) {
+			t.Errorf("queue folders %v, want one per node", dirs)
+		}
 	})
 
 	t.Run("PostgresRestartedUnderLoad", func(t *testing.T) {

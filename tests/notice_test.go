@@ -13,7 +13,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,6 +82,65 @@ func startMailSink(t *testing.T, addr string) *mailSink {
 	go sink.srv.Serve(l)
 	t.Cleanup(func() { sink.srv.Close() })
 	return sink
+}
+
+// mailLog keeps every mail a sink accepts, by recipient, from the moment it is made: for tests
+// that count many mails. The sink's mail channel is its alone then.
+type mailLog struct {
+	mu   sync.Mutex
+	byTo map[string][]string // each mail's text, in the order it came
+}
+
+func (s *mailSink) log() *mailLog {
+	l := &mailLog{byTo: map[string][]string{}}
+	go func() {
+		for m := range s.mail {
+			l.mu.Lock()
+			for _, to := range m.to {
+				l.byTo[to] = append(l.byTo[to], m.data)
+			}
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+// to returns the mails mailbox received so far.
+func (l *mailLog) to(mailbox string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.byTo[mailbox])
+}
+
+// waitFor waits until mailbox received n mails whose text holds each of wants, and returns
+// them (more than n if more came).
+func (l *mailLog) waitFor(t *testing.T, mailbox string, n int, wants ...string) []string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var got []string
+		for _, m := range l.to(mailbox) {
+			if containsAll(m, wants) {
+				got = append(got, m)
+			}
+		}
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s received %d mails saying %q, want %d", mailbox, len(got), wants, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, w := range subs {
+		if !strings.Contains(s, w) {
+			return false
+		}
+	}
+	return true
 }
 
 // next waits for the next mail the sink accepted.

@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,7 +50,7 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 		}
 	} else {
 		var err error
-		if n, err = newNotifier(cfg, log, p); err != nil {
+		if n, err = newNotifier(cfg, log, p, leader != nil); err != nil {
 			return err
 		}
 		if err := n.Register(reg); err != nil {
@@ -86,8 +88,10 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 }
 
 // newNotifier makes the mail sender of the notices section: its SMTP relay, the relay's CA and
-// password, and the queue folder.
-func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts) (*notice.Notifier, error) {
+// password, and the queue folder. A node of several (cluster) has a queue folder of its own
+// inside it, named after the node: nodes may share a state folder (make cluster does), and a
+// queue has one sender.
+func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts, cluster bool) (*notice.Notifier, error) {
 	nc := cfg.Notices
 	sender := &notice.SMTP{Addr: nc.SMTP, StartTLS: nc.StartTLSMode() == config.StartTLSRequired, Username: nc.Username}
 	if nc.CAFile != "" {
@@ -108,13 +112,21 @@ func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts) (*notice.No
 		}
 		sender.Password = pw
 	}
-	q, err := notice.OpenQueue(cfg.Path(nc.QueueDir()))
+	dir := cfg.Path(nc.QueueDir())
+	if cluster {
+		dir = filepath.Join(dir, nodeQueue(cfg.Node))
+	}
+	q, err := notice.OpenQueue(dir)
 	if err != nil {
 		return nil, err
 	}
 	return &notice.Notifier{Queue: q, Sender: sender, From: nc.From, CAName: p.CACert.Subject.CommonName,
 		Logger: log.With("component", "notices"), MaxBackoff: nc.RetryMax.Duration}, nil
 }
+
+// nodeQueue names the queue folder of node: "node-" and its name, escaped as a path segment
+// (a node name is any printable ASCII, "/" and ".." included).
+func nodeQueue(node string) string { return "node-" + url.PathEscape(node) }
 
 // readSecretFile reads a password file: refused when any user can read it, as every secret
 // file is ([pemfile.CheckSecret]), its trailing line break removed.
