@@ -289,19 +289,7 @@ func TestRestoreDiskFull(t *testing.T) {
 	backup := filepath.Join(t.TempDir(), "b.db")
 	keyarc(t, "backup", "--state", state, "--out", backup)
 
-	filler := filepath.Join(mnt, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	size, _ := f.Seek(0, 1)
-	f.Close()
+	filler, size := fillDisk(t, mnt, 4096)
 	before, _ := os.ReadFile(dbPath)
 	for free := int64(0); ; free += 16 << 10 {
 		if free > size {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -331,18 +332,7 @@ func TestDiskFull(t *testing.T) {
 	code := strings.TrimSpace(keyarc(t, "admin", "enroll-code", "create", "--state", state, "--email", mailbox, "--template", "smime-signature"))
 	body, _ := os.ReadFile(estCSR(t, t.TempDir(), "k", "/CN="+mailbox))
 
-	filler := filepath.Join(mnt, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler, _ := fillDisk(t, mnt, 64<<10)
 	issuedBefore := countFileRows(t, dbPath, `SELECT count(*) FROM certificates WHERE state = 'issued'`)
 	if got := estEnrollWithCode(t, a, mailbox, code, body); got == 200 {
 		t.Fatal("an enrollment succeeded on a full disk")
@@ -495,6 +485,27 @@ func smallDisk(t *testing.T, size string) string {
 	return mnt
 }
 
+// fillDisk fills the file system of folder dir with a file of its own, written in chunks of
+// chunk bytes until a write fails, and returns the file's path (remove it to make room again)
+// and size.
+func fillDisk(t *testing.T, dir string, chunk int) (string, int64) {
+	t.Helper()
+	filler := filepath.Join(dir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, chunk)
+	for {
+		if _, err := f.Write(b); err != nil {
+			break
+		}
+	}
+	size, _ := f.Seek(0, io.SeekCurrent)
+	f.Close()
+	return filler, size
+}
+
 // moveDatabase moves state's database (with its -wal and -shm files) into folder dir and points
 // the configuration at it; it returns the database's new path.
 func moveDatabase(t *testing.T, state, dir string) string {
@@ -522,18 +533,7 @@ func TestAuditVerifyDiskFull(t *testing.T) {
 	dbPath := moveDatabase(t, state, mnt)
 	keyarc(t, "audit", "verify", "--state", state)
 
-	filler := filepath.Join(mnt, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler, _ := fillDisk(t, mnt, 64<<10)
 	_, errOut, err := keyarcResult("audit", "verify", "--state", state)
 	if err == nil {
 		t.Log("audit verify worked on a full disk")
