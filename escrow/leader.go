@@ -29,7 +29,10 @@ const DefaultLeaderTTL = 15 * time.Second
 // checkpoint is stored once per entry, a sweep moves a row once). So Leads errs on the side of
 // stopping early: a node leads only until three quarters of the lease has passed since its
 // last successful renewal began, measured on its own monotonic clock, so a node paused longer
-// than that (kill -STOP) stops leading before another node can take the lease.
+// than that (kill -STOP) stops leading before another node can take the lease. Neither
+// depends on the nodes' wall clocks agreeing: the lease is measured on the database's clock
+// ([store.Leases.LeaseNow]), and a node measures its own time as leader on its monotonic one,
+// which a step of its wall clock (an NTP correction) does not move.
 //
 // Fill the exported fields, then call Run once; Leads is safe for concurrent use.
 type Leader struct {
@@ -43,6 +46,10 @@ type Leader struct {
 	// OnChange, when set, is called when this node starts (true) or stops (false) leading.
 	// It must return quickly.
 	OnChange func(leading bool)
+	// Now is this node's wall clock (default time.Now). The lease is measured on the
+	// database's clock ([store.Leases.LeaseNow]): this one serves only where the database is
+	// this machine's (SQLite). Tests set it to make a node's clock run ahead or behind.
+	Now func() time.Time
 
 	mu      sync.Mutex
 	leading bool
@@ -55,6 +62,13 @@ func (l *Leader) ttl() time.Duration {
 		return l.TTL
 	}
 	return DefaultLeaderTTL
+}
+
+func (l *Leader) now() time.Time {
+	if l.Now != nil {
+		return l.Now().UTC()
+	}
+	return time.Now().UTC()
 }
 
 func (l *Leader) log() *slog.Logger {
@@ -110,14 +124,18 @@ func (l *Leader) Try(ctx context.Context) error {
 	l.mu.Unlock()
 	var lease store.Lease
 	err := l.Store.Update(ctx, func(tx store.Tx) error {
-		cur, twin, err := TwinHolds(tx, LeaderLease, l.Node, start.UTC(), mine)
+		now, err := tx.LeaseNow(l.now())
+		if err != nil {
+			return err
+		}
+		cur, twin, err := TwinHolds(tx, LeaderLease, l.Node, now, mine)
 		switch {
 		case err != nil:
 			return err
 		case twin:
 			return fmt.Errorf("escrow: leader lease held by another process named %s (token %d): %w", l.Node, cur.Token, store.ErrLeaseHeld)
 		}
-		lease, err = tx.AcquireLease(LeaderLease, l.Node, start.UTC(), ttl)
+		lease, err = tx.AcquireLease(LeaderLease, l.Node, now, ttl)
 		return err
 	})
 	switch {
@@ -132,9 +150,9 @@ func (l *Leader) Try(ctx context.Context) error {
 	}
 }
 
-// TwinHolds reports whether lease name is held, unexpired at now, under node's name with a
-// token other than mine (the token this process last took it with, 0 for none), and returns
-// the lease read. Such a lease belongs to another process started with the same node name (a
+// TwinHolds reports whether lease name is held, unexpired at now (a reading of
+// [store.Leases.LeaseNow]), under node's name with a token other than mine (the token this
+// process last took it with, 0 for none), and returns the lease read. Such a lease belongs to another process started with the same node name (a
 // copied state folder, a second machine) or to this node before a restart: AcquireLease would
 // renew it as the caller's own, and both processes would act on it. It is left to expire.
 func TwinHolds(tx store.Tx, name, node string, now time.Time, mine int64) (store.Lease, bool, error) {

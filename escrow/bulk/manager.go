@@ -204,7 +204,13 @@ func (m *Manager) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func (m *Manager) now() time.Time { return time.Now().UTC() }
+// now reads this node's wall clock: its Service's.
+func (m *Manager) now() time.Time {
+	if m.Service.Now != nil {
+		return m.Service.Now().UTC()
+	}
+	return time.Now().UTC()
+}
 
 // StatePaused is the state a running job reports while it waits for a fault of the appliance
 // to clear; it is never stored.
@@ -377,7 +383,7 @@ func (m *Manager) Run(ctx context.Context) {
 			swept = time.Now()
 		}
 		for ctx.Err() == nil {
-			job, lease, err := m.claimJob(ctx)
+			job, lease, began, err := m.claimJob(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
 					m.log().Error("bulk: look for jobs", "err", err)
@@ -387,7 +393,7 @@ func (m *Manager) Run(ctx context.Context) {
 			if job == nil {
 				break
 			}
-			err = m.runLeased(ctx, job, lease)
+			err = m.runLeased(ctx, job, lease, began)
 			switch {
 			case err == nil || ctx.Err() != nil:
 			case errors.Is(err, store.ErrLeaseLost):
@@ -412,10 +418,10 @@ func (m *Manager) Run(ctx context.Context) {
 // runLeased runs a job under its lease: it renews the lease while the job runs, stops the run
 // as soon as the lease is lost, cancels a job that cannot run (its file is gone...) rather
 // than retrying it forever, and gives the lease up at the end.
-func (m *Manager) runLeased(ctx context.Context, job *store.Job, lease store.Lease) error {
+func (m *Manager) runLeased(ctx context.Context, job *store.Job, lease store.Lease, began time.Time) error {
 	jctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	r := m.newRun(job, lease, stop)
+	r := m.newRun(job, lease, began, stop)
 	renewing := make(chan struct{})
 	go func() { defer close(renewing); r.keepLease(jctx, stop) }()
 	err := m.runJob(jctx, r)

@@ -74,14 +74,17 @@ type jobRun struct {
 	again atomic.Bool
 	// lease is the job's lease this node holds; every write of the run checks it (fence).
 	lease  store.Lease
+	clock  leaseClock // the lease's clock, for the fencing checks
 	fenced fencedTx
 	// stop ends the run's context with a cause (nil in tests that drive a run by hand).
 	stop context.CancelCauseFunc
 }
 
-// newRun is a run of job under lease; stop ends it (when the lease is lost).
-func (m *Manager) newRun(job *store.Job, lease store.Lease, stop context.CancelCauseFunc) *jobRun {
+// newRun is a run of job under lease, acquired in a transaction that began at began (this
+// process's monotonic clock); stop ends it (when the lease is lost).
+func (m *Manager) newRun(job *store.Job, lease store.Lease, began time.Time, stop context.CancelCauseFunc) *jobRun {
 	r := &jobRun{m: m, job: job, caCert: m.Service.Issuer.Certificate(), iters: m.PFXIterations, lease: lease, stop: stop}
+	r.clock.set(lease, m.leaseTTL(), began)
 	if r.iters <= 0 {
 		r.iters = DefaultPFXIterations
 	}

@@ -65,13 +65,18 @@ func crashRun(tb testing.TB, env *testEnv, id string) (*jobRun, map[int][]byte) 
 	// The run holds the job's lease as the Manager's would; a Manager started later on the
 	// same node name takes it over, as a restarted node does.
 	var lease store.Lease
-	if err := env.db.Update(ctx, func(tx store.Tx) (err error) {
-		lease, err = tx.AcquireLease(store.JobLease(id), env.mgr.node(), env.mgr.now(), env.mgr.leaseTTL())
+	began := time.Now()
+	if err := env.db.Update(ctx, func(tx store.Tx) error {
+		now, err := tx.LeaseNow(env.mgr.now())
+		if err != nil {
+			return err
+		}
+		lease, err = tx.AcquireLease(store.JobLease(id), env.mgr.node(), now, env.mgr.leaseTTL())
 		return err
 	}); err != nil {
 		tb.Fatal(err)
 	}
-	r := env.mgr.newRun(job, lease, nil)
+	r := env.mgr.newRun(job, lease, began, nil)
 	r.prog = &progress{id: id, total: job.Total}
 	if err := r.setup(ctx); err != nil {
 		tb.Fatal(err)

@@ -42,8 +42,16 @@ func (e *leaseError) Is(target error) bool { return target == e.base }
 // database agree on who runs a bulk job or a singleton, and how a node that lost its lease
 // (paused longer than the lease, then woken) is kept from writing.
 //
-// Times are the callers' clocks: nodes sharing a database must keep their clocks close
-// (NTP), and a lease should be many times longer than that skew.
+// # Clock
+//
+// Leases are measured on one clock, read with [Leases.LeaseNow]: the database server's where
+// several machines share the database (PostgreSQL), so that a node whose clock is minutes
+// ahead does not find the others' leases expired and take them, nor a node whose clock is
+// behind store leases the others find expired at once; the caller's own where the database
+// is a file of one machine (SQLite). The other methods take that reading as now: a time of
+// the caller's wall clock would bring its skew back. A holder measures how long it may act
+// on its lease on its monotonic clock, from before the transaction that acquired or renewed
+// it began: the lease is held at least ttl from then, whatever the wall clocks do.
 //
 // # Fencing
 //
@@ -74,4 +82,9 @@ type Leases interface {
 	CheckLease(name, holder string, token int64, now time.Time) error
 	// GetLease returns lease name, or [ErrNotFound] if it was never acquired.
 	GetLease(name string) (*Lease, error)
+	// LeaseNow returns the time on the clock leases are measured on (see above): the
+	// database server's, to the microsecond, where the database is shared by machines
+	// (local is then unused), else local, the caller's reading of its own clock. Allowed in
+	// a View. Faults of the storage wrap [ErrUnavailable].
+	LeaseNow(local time.Time) (time.Time, error)
 }

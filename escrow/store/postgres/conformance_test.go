@@ -53,6 +53,7 @@ func TestConformance(t *testing.T) {
 			<-mu
 			return openURL(t, url)
 		},
-		Waiting: func(s store.Store) int { return s.(*DB).queueLen() },
+		Waiting:     func(s store.Store) int { return s.(*DB).queueLen() },
+		ServerClock: true,
 	})
 }

@@ -24,8 +24,13 @@ import (
 // dialect is PostgreSQL's for the shared transaction: the identity column pos numbers the
 // certificates in insertion order, the planner needs no index hints, and the statements that
 // store certificates and responses keep ocsp_due themselves (migration 8 dropped the
-// triggers).
-var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "pos", KeepsDue: true}
+// triggers). Leases are measured on the server's clock.
+var dialect = &sqltx.Dialect{MapErr: mapErr, Position: "pos", KeepsDue: true, Clock: serverClock}
+
+// serverClock is the server's clock in unix microseconds, the one clock of every node's leases
+// (store.Leases.LeaseNow). clock_timestamp(), not now(): a write transaction may have waited for
+// the writer lock since it began.
+const serverClock = `(extract(epoch FROM clock_timestamp()) * 1000000)::bigint`
 
 // wire counts the statements the store sends to servers and the round trips they take, over
 // every handle of the process: the figures per certificate of the benchmarks.

@@ -19,6 +19,7 @@ var leaseTests = []test{
 	{"StaleHolderFenced", testLeaseStaleHolderFenced},
 	{"FenceUndoesWrites", testLeaseFenceUndoesWrites},
 	{"TwoHandlesContend", testLeaseTwoHandlesContend},
+	{"Clock", testLeaseClock},
 }
 
 const leaseTTL = 10 * time.Second
@@ -270,6 +271,83 @@ func testLeaseTwoHandlesContend(t *testing.T, h *Harness) {
 			mustView(t, []store.Store{a, b}[r%2], func(tx store.Tx) error {
 				return tx.CheckLease(name, w[0].Holder, w[0].Token, now)
 			})
+		}
+	}
+}
+
+// testLeaseClock: the lease clock (LeaseNow) is the server's, the same through every handle
+// whatever the callers' clocks say, on a backend with a server clock; the caller's own
+// otherwise. On a shared clock, a lease taken by a node is held for a node whose clock is
+// minutes ahead (before, that node took it) and is not stored already expired by a node whose
+// clock is behind.
+func testLeaseClock(t *testing.T, h *Harness) {
+	a := h.Open(t)
+	const skew = 5 * time.Minute
+	read := func(s store.Store, local time.Time) time.Time {
+		t.Helper()
+		var now time.Time
+		mustView(t, s, func(tx store.Tx) (err error) { now, err = tx.LeaseNow(local); return err })
+		return now
+	}
+	var kept store.Tx
+	mustUpdate(t, a, func(tx store.Tx) error {
+		kept = tx
+		_, err := tx.LeaseNow(t0)
+		return err
+	})
+	if _, err := kept.LeaseNow(t0); !errors.Is(err, store.ErrTxDone) {
+		t.Errorf("LeaseNow on a Tx kept after its function: %v, want ErrTxDone", err)
+	}
+	if !h.ServerClock {
+		if got := read(a, t0); !got.Equal(t0) {
+			t.Errorf("LeaseNow(t0) = %v, want the caller's t0", got)
+		}
+		return
+	}
+	b := h.second(t, a)
+	// The test's server runs on this machine: its clock is this one's.
+	before := time.Now().Add(-time.Second)
+	ra := read(a, t0)
+	rb := read(b, time.Now().Add(skew))
+	after := time.Now().Add(time.Second)
+	for _, r := range []time.Time{ra, rb} {
+		if r.Before(before) || r.After(after) {
+			t.Errorf("LeaseNow = %v, want the server's clock, within [%v, %v]", r, before, after)
+		}
+	}
+	if rb.Before(ra) {
+		t.Errorf("the second handle's LeaseNow %v is before the first's %v, read earlier", rb, ra)
+	}
+	for _, tt := range []struct {
+		name          string
+		holder, other time.Duration // the holder's and the other node's clocks, off true time
+	}{
+		{"other ahead", 0, skew},
+		{"holder behind", -skew, 0},
+	} {
+		name := "skew-" + tt.name
+		var la store.Lease
+		mustUpdate(t, a, func(tx store.Tx) error {
+			now, err := tx.LeaseNow(time.Now().Add(tt.holder))
+			if err != nil {
+				return err
+			}
+			la, err = tx.AcquireLease(name, "node-a", now, leaseTTL)
+			return err
+		})
+		err := b.Update(ctx, func(tx store.Tx) error {
+			now, err := tx.LeaseNow(time.Now().Add(tt.other))
+			if err != nil {
+				return err
+			}
+			if err := tx.CheckLease(name, "node-a", la.Token, now); err != nil {
+				t.Errorf("%s: the holder's lease is not held on the other node's reading: %v", tt.name, err)
+			}
+			_, err = tx.AcquireLease(name, "node-b", now, leaseTTL)
+			return err
+		})
+		if !errors.Is(err, store.ErrLeaseHeld) {
+			t.Errorf("%s: the other node acquires a lease renewed a moment ago: %v, want ErrLeaseHeld", tt.name, err)
 		}
 	}
 }

@@ -29,6 +29,11 @@ type Harness struct {
 	// can line callers up into one group deterministically; without it they rely on the
 	// concurrency of many goroutines alone, and still check every outcome.
 	Waiting func(s store.Store) int
+
+	// ServerClock tells that the backend measures leases on its server's clock, one for
+	// every node, ignoring the callers' ([store.Leases.LeaseNow]): a database that machines
+	// share. False: the caller's clock, for a database of one machine.
+	ServerClock bool
 }
 
 // test is one test of the suite.

@@ -126,7 +126,10 @@ func (a *Server) storageStatus(ctx context.Context) (int, error) {
 		if err != nil {
 			return err
 		}
-		now := time.Now()
+		now, err := tx.LeaseNow(time.Now())
+		if err != nil {
+			return err
+		}
 		for _, j := range running {
 			l, err := tx.GetLease(store.JobLease(j.ID))
 			if errors.Is(err, store.ErrNotFound) {

@@ -125,4 +125,19 @@ func (tx *Tx) GetLease(name string) (*store.Lease, error) {
 	return &l, nil
 }
 
+// LeaseNow reads the clock leases are measured on; see store.Leases.
+func (tx *Tx) LeaseNow(local time.Time) (time.Time, error) {
+	if tx.d.Clock == "" {
+		if err := tx.check(false); err != nil {
+			return time.Time{}, fmt.Errorf("store: read the lease clock: %w", err)
+		}
+		return local.UTC(), nil
+	}
+	var us int64
+	if err := tx.queryRow("read the lease clock", []any{&us}, `SELECT `+tx.d.Clock); err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMicro(us).UTC(), nil
+}
+
 func errorsIsNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }

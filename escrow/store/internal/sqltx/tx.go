@@ -77,6 +77,11 @@ type Dialect struct {
 	// are one statement, one round trip and no trigger. Without it (SQLite) the schema's
 	// triggers keep ocsp_due, which there costs less than a statement of its own.
 	KeepsDue bool
+	// Clock is an expression of the database server's clock in unix microseconds, which
+	// leases are measured on when several machines share the database (see
+	// [store.Leases.LeaseNow]); "" when the database is one machine's file and the caller's
+	// clock serves.
+	Clock string
 }
 
 // dueMin is the signed value of a certificate due at once (the smallest bigint).

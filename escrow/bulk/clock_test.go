@@ -1,0 +1,74 @@
+package bulk
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyarc/keyarc/escrow/store"
+	"github.com/keyarc/keyarc/escrow/store/postgres"
+	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
+)
+
+// TestJobLeaseClockSkew: two nodes on one PostgreSQL database, one of whose clocks is minutes
+// ahead of or behind the other's. Node A runs a job and waits in the middle of signing,
+// renewing its lease; node B must not take the job over meanwhile (before, a node ahead found
+// A's lease expired, and a node A behind stored a lease that had expired for B already: B
+// claimed the job from a live node, every poll). Once A goes on, it finishes the job alone:
+// every item done, none issued twice.
+func TestJobLeaseClockSkew(t *testing.T) {
+	srv := pgtest.Start(t)
+	const skew, ttl, total = 5 * time.Minute, time.Second, 6
+	for _, tt := range []struct {
+		name string
+		a, b time.Duration // each node's clock, off true time
+	}{
+		{"other ahead", 0, skew},
+		{"holder behind", -skew, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			url := srv.NewDatabase(t)
+			env := newEnvOn(t, func(tb testing.TB) store.Store {
+				db, err := postgres.Open(context.Background(), url)
+				if err != nil {
+					tb.Fatal(err)
+				}
+				tb.Cleanup(func() { db.Close() })
+				return db
+			})
+			var items []any
+			for i := 1; i <= total; i++ {
+				items = append(items, env.enrollItem(t, leaseMailbox(i)))
+			}
+			st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+
+			g := newGate()
+			sigA := &stoppingSigner{Signer: env.caKey, g: g, at: 2}
+			a := env.node(t, "node-a", sigA, nil, ttl, nil)
+			a.Service.Now = func() time.Time { return time.Now().Add(tt.a) }
+			runNode(t, a)
+			waitFor(t, "node A to wait while signing", g.stopped)
+
+			var logB syncBuffer
+			b := env.node(t, "node-b", env.caKey, nil, ttl, &logB)
+			b.Service.Now = func() time.Time { return time.Now().Add(tt.b) }
+			runNode(t, b)
+			time.Sleep(3 * ttl / 2) // B looks for jobs at once, then twice a second
+			if strings.Contains(logB.String(), "bulk job running") {
+				t.Errorf("node B took the job over from node A, which renews its lease:\n%s", logB.String())
+			}
+			var l *store.Lease
+			err := env.db.View(context.Background(), func(tx store.Tx) (err error) { l, err = tx.GetLease(store.JobLease(st.ID)); return err })
+			if err != nil || l.Holder != "node-a" || l.Token != 1 {
+				t.Errorf("job lease %+v, %v while node A runs the job; want node-a's first", l, err)
+			}
+			g.cont()
+			waitFor(t, "the job to finish", func() bool {
+				s, err := env.mgr.Status(context.Background(), st.ID)
+				return err == nil && s.State == store.JobDone
+			})
+			checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+		})
+	}
+}
