@@ -207,7 +207,7 @@ type CRLs interface {
 //   - storing a response of the certificate's current status makes it due when that
 //     response's ThisUpdate falls before signedBefore; one of another status (signed while
 //     a revocation committed) leaves it due at once; a response that does not replace the
-//     stored one (an older ThisUpdate) changes nothing;
+//     stored one (see UpsertOCSPResponses) changes nothing;
 //   - pending and failed certificates are never due; an expired one (NotAfter at or before
 //     now) never again. Time only moves forward here: once a response with ThisUpdate T is
 //     stored, the backend may drop the certificates expired at T from its index for good,
@@ -220,7 +220,10 @@ type CRLs interface {
 type OCSPResponses interface {
 	// UpsertOCSPResponses stores the responses, each replacing the stored response of its
 	// serial unless that one has a later ThisUpdate (a slower signer never overwrites a
-	// newer response; the newer one is kept, without error). Refusals: [ErrNotFound] for
+	// newer response; the newer one is kept, without error). The certificate's current
+	// status comes first: a response that has it replaces one that has not whatever their
+	// ThisUpdates, and one that has not never replaces one that has (a signer's clock ahead
+	// of the others', or stepped back since, must not keep a revocation out). Refusals: [ErrNotFound] for
 	// an unknown serial; [ErrNotIssued] (with [ErrConflict]) for a pending or failed one;
 	// [ErrInvalid] for an empty DER, a zero ThisUpdate, a NextUpdate not after it, a
 	// Reason outside RFC 5280's or a Reason with Revoked false. A response whose status

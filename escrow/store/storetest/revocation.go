@@ -36,6 +36,7 @@ var revocationTests = []test{
 	{"OCSPDueLifecycle", testOCSPDueLifecycle},
 	{"OCSPDueInFlight", testOCSPDueInFlight},
 	{"OCSPDueMany", testOCSPDueMany},
+	{"OCSPStatusOverClock", testOCSPStatusOverClock},
 	{"ForeignCertificates", testForeignCertificates},
 }
 
@@ -1030,5 +1031,72 @@ func testForeignCertificates(t *testing.T, h *Harness) {
 	}
 	if got, want := due(t, s, now, now), "a1:false:0 a2:true:4"; got != want {
 		t.Errorf("due after the refusals: %q, want %q", got, want)
+	}
+}
+
+// testOCSPStatusOverClock: a response of the certificate's current status replaces a stored
+// one of an older status even when that one has a later thisUpdate, and never the other way
+// round. The later thisUpdate comes from a signer whose clock is ahead (another node, or this
+// one before its clock was stepped back): before, the revoked response was kept out until the
+// clocks caught up, minutes in which the responder could only answer tryLater and the
+// pre-signer signed the certificate again at every pass.
+func testOCSPStatusOverClock(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := t0.AddDate(0, 1, 0)
+	ahead := now.Add(5 * time.Minute)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.InsertCertificates([]store.Certificate{issued("c1", t0.AddDate(1, 0, 0)), issued("c2", t0.AddDate(1, 0, 0))}); err != nil {
+			return err
+		}
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("c1", ahead, false, 0), ocspResp("c2", ahead, false, 0)})
+	})
+	stored := func(step, serial string, want store.OCSPResponse) {
+		t.Helper()
+		var r *store.OCSPResponse
+		mustView(t, s, func(tx store.Tx) (err error) { r, err = tx.GetOCSPResponse(serial); return err })
+		if !r.ThisUpdate.Equal(want.ThisUpdate) || r.Revoked != want.Revoked || r.Reason != want.Reason {
+			t.Errorf("%s: %s stored %v revoked %v reason %d, want %v revoked %v reason %d", step, serial,
+				r.ThisUpdate, r.Revoked, r.Reason, want.ThisUpdate, want.Revoked, want.Reason)
+		}
+	}
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if err := tx.RevokeCertificate("c1", store.ReasonSuperseded, now); err != nil {
+			return err
+		}
+		return tx.RevokeCertificate("c2", store.ReasonSuperseded, now)
+	})
+	revoked := ocspResp("c1", now, true, store.ReasonSuperseded)
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.UpsertOCSPResponses([]store.OCSPResponse{revoked}) })
+	stored("revoked signed after the good one, with an earlier clock", "c1", revoked)
+	if got := allDue(t, s, now, now.AddDate(0, 0, -3), 10); len(got) != 1 || got[0] != "c2:true:4" {
+		t.Errorf("due after c1's revoked response: %v, want c2 alone", got)
+	}
+	// A slow signer's good response, with a clock further ahead still, does not replace it.
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("c1", ahead.Add(time.Minute), false, 0)})
+	})
+	stored("a good one after it, with a later clock", "c1", revoked)
+	// Nor does a revoked one of the former reason once the reason became keyCompromise, and
+	// the keyCompromise one replaces it whatever its thisUpdate.
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetKeyCompromise("c1") })
+	compromised := ocspResp("c1", now.Add(-time.Minute), true, store.ReasonKeyCompromise)
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.UpsertOCSPResponses([]store.OCSPResponse{compromised}) })
+	stored("keyCompromise, with an earlier clock", "c1", compromised)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("c1", ahead.Add(2*time.Minute), true, store.ReasonSuperseded)})
+	})
+	stored("the former reason after it, with a later clock", "c1", compromised)
+	// Of two responses of the current status, the later thisUpdate is kept, as before.
+	later := ocspResp("c1", now, true, store.ReasonKeyCompromise)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{later, ocspResp("c2", now, true, store.ReasonSuperseded)})
+	})
+	stored("the current status, later", "c1", later)
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.UpsertOCSPResponses([]store.OCSPResponse{ocspResp("c1", now.Add(-2*time.Minute), true, store.ReasonKeyCompromise)})
+	})
+	stored("the current status, earlier", "c1", later)
+	if got := allDue(t, s, now, now.AddDate(0, 0, -3), 10); len(got) != 0 {
+		t.Errorf("due at the end: %v, want none", got)
 	}
 }

@@ -247,8 +247,25 @@ func (tx *Tx) LatestCRL() (*store.CRL, error) {
 // ---------------------------------------------------------------------------
 // OCSP responses
 
+// ocspCurrent(r) is true when response r has its certificate's current status: issued and
+// good, or revoked with the reason stored.
+func ocspCurrent(r string) string {
+	return `EXISTS (SELECT 1 FROM certificates c WHERE c.serial = ` + r + `.serial AND (c.state = 'issued' AND NOT ` + r +
+		`.revoked OR c.state = 'revoked' AND ` + r + `.revoked AND c.revocation_reason = ` + r + `.reason))`
+}
+
+// ocspReplaces is the condition on which a response (excluded) replaces the stored one: it
+// has the certificate's current status and the stored one has not, or both have it or
+// neither does and it is not older. The status comes before the clock: a response signed
+// with a clock ahead (another node's, or this one's before it was stepped back) must neither
+// keep a revocation's response out nor be brought back over it by a slow signer.
+var ocspReplaces = `CASE WHEN ` + ocspCurrent("excluded") + ` THEN NOT ` + ocspCurrent("ocsp_responses") +
+	` OR excluded.this_update >= ocsp_responses.this_update
+	ELSE NOT ` + ocspCurrent("ocsp_responses") + ` AND excluded.this_update >= ocsp_responses.this_update END`
+
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
-// replacing its serial's unless the stored one has a later thisUpdate. SQLite's triggers
+// replacing its serial's unless the stored one has a later thisUpdate or has the
+// certificate's current status when the new one has not (ocspReplaces). SQLite's triggers
 // (its migration 9) move each certificate's row of ocsp_due; on PostgreSQL the statement that
 // stores the responses does ([Dialect.KeepsDue]); the rows of the certificates expired at the earliest thisUpdate stored are deleted
 // from it, through ocsp_due_expiry, so that they stop weighing on OCSPDue: time only moves
@@ -302,7 +319,7 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 		q := multiRowInsert(`INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at)`, width, k) +
 			` ON CONFLICT (serial) DO UPDATE SET der = excluded.der, this_update = excluded.this_update,
 			next_update = excluded.next_update, revoked = excluded.revoked, reason = excluded.reason, updated_at = excluded.updated_at
-			WHERE excluded.this_update >= ocsp_responses.this_update`
+			WHERE ` + ocspReplaces
 		if tx.d.KeepsDue {
 			// The responses stored (not those a newer one kept out) move their rows of
 			// ocsp_due, in the same statement.
