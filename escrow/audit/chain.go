@@ -42,8 +42,11 @@ func ChainHash(prev []byte, e store.AuditEntry) []byte {
 }
 
 // Link appends e to the trail in tx, after its head, and returns it with Seq, Prev and Hash
-// set and At truncated to microseconds, UTC (the zero time means now). Kind and Actor are
-// required. It must run in a store Update function: the entry is committed with the rest of
+// set and At truncated to microseconds, UTC (the zero time means now), and never before the
+// head's: an entry made by a node whose clock is behind the last writer's, or after this
+// node's clock was stepped back, takes the head's time. The trail's times never go back, so
+// it can be searched by time ([SeqAt]); an entry's time is then late by at most the skew of
+// the clock that wrote the head. Kind and Actor are required. It must run in a store Update function: the entry is committed with the rest of
 // that function's writes, or not at all.
 //
 // It returns an error wrapping [store.ErrInvalid] for a missing kind or actor,
@@ -82,6 +85,15 @@ func (w *Witness) Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry,
 	}
 	e.Seq, e.Prev = seq+1, prev
 	e.At = time.UnixMicro(e.At.UnixMicro()).UTC()
+	if seq > 0 {
+		at, err := tx.AuditHeadTime()
+		if err != nil {
+			return store.AuditEntry{}, err
+		}
+		if e.At.Before(at) {
+			e.At = at
+		}
+	}
 	e.Hash = ChainHash(e.Prev, e)
 	if err := tx.InsertAudit(e); err != nil {
 		return store.AuditEntry{}, err
@@ -94,7 +106,8 @@ func (w *Witness) Link(tx store.AuditLog, e store.AuditEntry) (store.AuditEntry,
 
 // SeqAt returns the seq of the first entry whose time is t or later (1 when t is before the
 // trail, the seq after the last when after it), by bisection: entries are appended in time
-// order. An entry missing from the middle (a damaged trail) ends the search at the start, so
+// order ([Link] keeps it so; a trail written before it did may go back where a clock was
+// stepped back). An entry missing from the middle (a damaged trail) ends the search at the start, so
 // a caller scanning forward from the result still sees every entry.
 func SeqAt(tx store.AuditLog, t time.Time) (int64, error) {
 	last, err := tx.LastAudit()

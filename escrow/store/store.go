@@ -406,6 +406,10 @@ type AuditLog interface {
 	// PostgreSQL: one advisory lock across nodes), so an entry made from it never conflicts
 	// with another writer's, and callers need no retry.
 	AuditHead() (seq int64, hash []byte, err error)
+	// AuditHeadTime returns the time of the last entry, the zero time when the trail is
+	// empty; as cheap as AuditHead on the writer. An entry is never made earlier than it (see
+	// escrow/audit), so the trail's times never go back, whatever the clocks did.
+	AuditHeadTime() (time.Time, error)
 	// InsertAudit stores e as the next entry: e.Seq must follow the head, and e.Prev must
 	// be the head's hash (any for the first entry), or [ErrConflict]. Kind, Actor and Hash
 	// are required ([ErrInvalid]). The entry commits with its transaction or not at all.

@@ -288,7 +288,7 @@ func (db *DB) begin() error {
 // while the lock is held): one round trip, in the simple protocol, which takes the three
 // statements at once (the key is our constant).
 var beginQuery = fmt.Sprintf(`BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d);
-	SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`, lockWriter)
+	SELECT seq, hash, at FROM audit ORDER BY seq DESC LIMIT 1`, lockWriter)
 
 // beginLocked runs beginQuery and keeps the head it read in db.head. A head it cannot read
 // (an unexpected text form) is left unknown: the first AuditHead reads it again.
@@ -308,13 +308,14 @@ func (db *DB) beginLocked() error {
 		}
 		switch rows := rs[2].Rows; len(rows) {
 		case 0:
-			db.head = sqltx.KnownHead(0, nil)
+			db.head = sqltx.KnownHead(0, nil, 0)
 		case 1:
 			seq, err := strconv.ParseInt(string(rows[0][0]), 10, 64)
 			text, isHex := strings.CutPrefix(string(rows[0][1]), `\x`)
 			hash, herr := hex.DecodeString(text)
-			if err == nil && isHex && herr == nil {
-				db.head = sqltx.KnownHead(seq, hash)
+			at, aerr := strconv.ParseInt(string(rows[0][2]), 10, 64)
+			if err == nil && isHex && herr == nil && aerr == nil {
+				db.head = sqltx.KnownHead(seq, hash, at)
 			}
 		}
 		return nil

@@ -22,6 +22,7 @@ var auditTests = []test{
 	{"InsertAuditLinkage", testInsertAuditLinkage},
 	{"Reads", testAuditReads},
 	{"Checkpoints", testCheckpoints},
+	{"HeadTime", testAuditHeadTime},
 }
 
 // appendN appends n entries, each in its own Update, and returns them as linked.
@@ -344,4 +345,80 @@ func testAuditReads(t *testing.T, h *Harness) {
 func sameEntry(a, b store.AuditEntry) bool {
 	return a.Seq == b.Seq && a.At.Equal(b.At) && a.Kind == b.Kind && a.Actor == b.Actor && a.Subject == b.Subject &&
 		a.Details == b.Details && bytes.Equal(a.Prev, b.Prev) && bytes.Equal(a.Hash, b.Hash)
+}
+
+// testAuditHeadTime: AuditHeadTime is the last entry's time, on the writer (its cache, within a
+// function and across them), in a View and through a second handle (another node), and a
+// rolled-back entry's time goes with it. audit.Link makes no entry earlier than it: entries
+// linked with a clock stepped back, or by a node whose clock is behind, take the head's time.
+func testAuditHeadTime(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	headTime := func(s store.Store) time.Time {
+		t.Helper()
+		var at time.Time
+		mustView(t, s, func(tx store.Tx) (err error) { at, err = tx.AuditHeadTime(); return err })
+		return at
+	}
+	if at := headTime(s); !at.IsZero() {
+		t.Errorf("AuditHeadTime of an empty trail = %v, want the zero time", at)
+	}
+	link := func(s store.Store, at time.Time) store.AuditEntry {
+		t.Helper()
+		var e store.AuditEntry
+		mustUpdate(t, s, func(tx store.Tx) (err error) {
+			e, err = audit.Link(tx, store.AuditEntry{At: at, Kind: "test", Actor: "tester", Details: `{}`})
+			if err != nil {
+				return err
+			}
+			if got, err := tx.AuditHeadTime(); err != nil || !got.Equal(e.At) {
+				t.Errorf("AuditHeadTime after Link in the same function = %v, %v; want %v", got, err, e.At)
+			}
+			return nil
+		})
+		return e
+	}
+	ahead := t0.Add(5 * time.Minute)
+	if e := link(s, ahead); !e.At.Equal(ahead) {
+		t.Errorf("first entry at %v, want %v", e.At, ahead)
+	}
+	if at := headTime(s); !at.Equal(ahead) {
+		t.Errorf("AuditHeadTime = %v, want %v", at, ahead)
+	}
+	// The clock stepped back: the entry takes the head's time, and the trail holds it.
+	if e := link(s, t0); !e.At.Equal(ahead) {
+		t.Errorf("entry linked at an earlier time: %v, want the head's %v", e.At, ahead)
+	}
+	later := ahead.Add(time.Second)
+	if e := link(s, later); !e.At.Equal(later) {
+		t.Errorf("entry linked at a later time: %v, want %v", e.At, later)
+	}
+	checkChain(t, s, 3)
+	// A rolled-back entry's time is not the head's.
+	err := s.Update(ctx, func(tx store.Tx) error {
+		if _, err := audit.Link(tx, store.AuditEntry{At: later.Add(time.Hour), Kind: "test", Actor: "tester"}); err != nil {
+			return err
+		}
+		return errors.New("roll back")
+	})
+	if err == nil {
+		t.Fatal("the function's error was not returned")
+	}
+	if e := link(s, t0); !e.At.Equal(later) {
+		t.Errorf("entry after a rolled-back one: %v, want the committed head's %v", e.At, later)
+	}
+	// Another node, whose clock is behind, follows the head its predecessor wrote.
+	if h.OpenSecond == nil {
+		return
+	}
+	b := h.second(t, s)
+	if at := headTime(b); !at.Equal(later) {
+		t.Errorf("AuditHeadTime through a second handle = %v, want %v", at, later)
+	}
+	if e := link(b, t0); !e.At.Equal(later) {
+		t.Errorf("entry linked by a second handle with an earlier clock: %v, want %v", e.At, later)
+	}
+	if e := link(s, t0); !e.At.Equal(later) {
+		t.Errorf("entry linked by the first handle after the second wrote: %v, want %v", e.At, later)
+	}
+	checkChain(t, s, 6)
 }

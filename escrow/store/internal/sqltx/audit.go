@@ -31,26 +31,39 @@ func scanAudit(scan func(...any) error) (*store.AuditEntry, error) {
 // AuditHead returns the seq and hash of the last entry, or 0 and nil when the trail is
 // empty. On the writer it is served from the writer's cache (see [AuditHead]).
 func (tx *Tx) AuditHead() (int64, []byte, error) {
+	h, err := tx.auditHead()
+	return h.seq, h.hash, err
+}
+
+// AuditHeadTime returns the time of the last entry, or the zero time when the trail is empty;
+// served as AuditHead is.
+func (tx *Tx) AuditHeadTime() (time.Time, error) {
+	h, err := tx.auditHead()
+	return h.at, err
+}
+
+func (tx *Tx) auditHead() (AuditHead, error) {
 	const op = "audit head"
 	if err := tx.check(false); err != nil {
-		return 0, nil, fmt.Errorf("store: %s: %w", op, err)
+		return AuditHead{}, fmt.Errorf("store: %s: %w", op, err)
 	}
 	if tx.head != nil && tx.head.valid {
-		return tx.head.seq, tx.head.hash, nil
+		return *tx.head, nil
 	}
-	var seq int64
+	var seq, at int64
 	var hash []byte
-	err := tx.queryRow(op, []any{&seq, &hash}, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`)
+	err := tx.queryRow(op, []any{&seq, &hash, &at}, `SELECT seq, hash, at FROM audit ORDER BY seq DESC LIMIT 1`)
+	h := KnownHead(seq, hash, at)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		seq, hash = 0, nil
+		h = KnownHead(0, nil, 0)
 	case err != nil:
-		return 0, nil, err
+		return AuditHead{}, err
 	}
 	if tx.head != nil {
-		*tx.head = AuditHead{seq: seq, hash: hash, valid: true}
+		*tx.head = h
 	}
-	return seq, hash, nil
+	return h, nil
 }
 
 // InsertAudit stores e as the entry after the head: e.Seq must be the head's seq + 1 and
@@ -88,7 +101,7 @@ func (tx *Tx) InsertAudit(e store.AuditEntry) error {
 		return err
 	}
 	if tx.head != nil {
-		*tx.head = AuditHead{seq: e.Seq, hash: e.Hash, valid: true}
+		*tx.head = KnownHead(e.Seq, e.Hash, e.At.UnixMicro())
 	}
 	return nil
 }
@@ -101,13 +114,19 @@ func (tx *Tx) InsertAudit(e store.AuditEntry) error {
 type AuditHead struct {
 	seq   int64
 	hash  []byte
+	at    time.Time // zero for an empty trail
 	valid bool
 }
 
-// KnownHead is the head of a trail whose last entry is seq with hash (seq 0 and a nil hash:
-// an empty trail), read by a backend in its writer's transaction.
-func KnownHead(seq int64, hash []byte) AuditHead {
-	return AuditHead{seq: seq, hash: hash, valid: true}
+// KnownHead is the head of a trail whose last entry is seq with hash, made at (unix
+// microseconds) (seq 0, a nil hash and any at: an empty trail), read by a backend in its
+// writer's transaction.
+func KnownHead(seq int64, hash []byte, at int64) AuditHead {
+	h := AuditHead{seq: seq, hash: hash, valid: true}
+	if seq > 0 {
+		h.at = time.UnixMicro(at).UTC()
+	}
+	return h
 }
 
 // LastAudit returns the last entry of the trail, or [ErrNotFound] when it is empty.
