@@ -206,7 +206,7 @@ func (l *loginThrottle) failed(source, mailbox string) (first bool) {
 	now := l.now()
 	if l.shared != nil {
 		// One write per failure, outside the lock: the other nodes see it at their next read.
-		l.shared.add(source, mailbox, windowStart(now, l.window))
+		l.shared.add(source, mailbox, now, l.window)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

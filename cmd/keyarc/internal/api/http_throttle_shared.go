@@ -21,6 +21,12 @@ import (
 // is then refused on all within about that time, and failures spread over the nodes reach the
 // limit together. The rules stay those of loginThrottle: a valid client certificate is never
 // refused by the source limit, and a valid code always works.
+//
+// The windows are on the database's clock (store.Leases.LeaseNow: the server's), not on the
+// nodes': a node whose clock is minutes off would otherwise count its failures in windows the
+// others never read, and its sweep of ended windows, as the leader, would delete the counts
+// of the others' current ones. A node reads the database's clock with each read of the counts
+// and keeps the difference to its own, so a failure's write and a check cost no more.
 
 // sharedLoginsFresh is how long a node uses the keys over their limit it last read.
 const sharedLoginsFresh = time.Second
@@ -50,21 +56,43 @@ type sharedLogins struct {
 	db    store.Store
 	log   *slog.Logger
 	fresh time.Duration
+	// clock reads the clock of the shared windows in tx, given this node's reading local;
+	// nil: the database's (store.Leases.LeaseNow). Tests of the counts set one that returns
+	// local.
+	clock func(tx store.Tx, local time.Time) (time.Time, error)
 
 	mu      sync.Mutex
 	over    map[string]time.Time // keys over their limit in the window read, and its end
 	window  time.Time            // the window over was read for
+	offset  time.Duration        // the shared windows' clock less this node's, as last read
 	readAt  time.Time
 	reading bool
 	failing bool // the last read or write failed (logged once until one succeeds)
 }
 
 // windowStart is the start of the fixed window of length d that holds now: the same instant
-// on every node.
+// on every node, now being a reading of the shared clock.
 func windowStart(now time.Time, d time.Duration) time.Time { return now.Truncate(d) }
 
-// add writes one failure of source and mailbox (when not empty) to the store.
-func (s *sharedLogins) add(source, mailbox string, window time.Time) {
+// sharedNow reads the shared windows' clock in tx, given this node's reading local.
+func (s *sharedLogins) sharedNow(tx store.Tx, local time.Time) (time.Time, error) {
+	if s.clock != nil {
+		return s.clock(tx, local)
+	}
+	return tx.LeaseNow(local)
+}
+
+// toShared converts now, a reading of this node's clock, to the shared windows' clock.
+func (s *sharedLogins) toShared(now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return now.Add(s.offset)
+}
+
+// add writes one failure of source and mailbox (when not empty) to the store, at now (this
+// node's clock), in windows of length d.
+func (s *sharedLogins) add(source, mailbox string, now time.Time, d time.Duration) {
+	window := windowStart(s.toShared(now), d)
 	ctx, cancel := context.WithTimeout(context.Background(), sharedLoginsTimeout)
 	defer cancel()
 	err := s.db.Update(ctx, func(tx store.Tx) error {
@@ -97,21 +125,22 @@ func (l *loginThrottle) sharedWait(source, mailbox string, now time.Time) time.D
 	if s == nil {
 		return 0
 	}
-	window := windowStart(now, l.window)
 	s.mu.Lock()
+	window := windowStart(now.Add(s.offset), l.window)
 	stale := !s.window.Equal(window) || now.Sub(s.readAt) >= s.fresh || now.Before(s.readAt)
 	if stale && !s.reading {
 		s.reading = true
 		s.mu.Unlock()
-		over, err := s.read(window, l.perSource, l.perMailbx, l.window)
+		over, window, offset, err := s.read(now, l.perSource, l.perMailbx, l.window)
 		s.note(err, "read the failed logins of every node")
 		s.mu.Lock()
 		s.reading = false
 		if err == nil {
-			s.over, s.window = over, window
+			s.over, s.window, s.offset = over, window, offset
 		}
 		s.readAt = now
 	}
+	shared := now.Add(s.offset)
 	var until time.Time
 	for _, k := range []string{sharedKey(sharedSource, source), sharedKey(sharedMailbox, mailbox)} {
 		if end, ok := s.over[k]; ok && end.After(until) && !strings.HasSuffix(k, ":") {
@@ -119,41 +148,52 @@ func (l *loginThrottle) sharedWait(source, mailbox string, now time.Time) time.D
 		}
 	}
 	s.mu.Unlock()
-	if !until.After(now) {
+	if !until.After(shared) {
 		return 0
 	}
-	return until.Sub(now)
+	return until.Sub(shared)
 }
 
-// read returns the keys over their limit in window, with the window's end.
-func (s *sharedLogins) read(window time.Time, perSource, perMailbox int, d time.Duration) (map[string]time.Time, error) {
+// read returns the keys over their limit in the current window of length d, with the
+// window's end, the window, and the difference of the shared clock to this node's, whose
+// reading is now.
+func (s *sharedLogins) read(now time.Time, perSource, perMailbox int, d time.Duration) (over map[string]time.Time, window time.Time, offset time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), sharedLoginsTimeout)
 	defer cancel()
 	var counts map[string]int
-	err := s.db.View(ctx, func(tx store.Tx) error {
-		var err error
+	err = s.db.View(ctx, func(tx store.Tx) error {
+		shared, err := s.sharedNow(tx, now)
+		if err != nil {
+			return err
+		}
+		window, offset = windowStart(shared, d), shared.Sub(now)
 		counts, err = tx.LoginFailuresAtLeast(window, min(perSource, perMailbox))
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, window, offset, err
 	}
-	over := map[string]time.Time{}
+	over = map[string]time.Time{}
 	end := window.Add(d)
 	for k, n := range counts {
 		if strings.HasPrefix(k, sharedSource) && n >= perSource || strings.HasPrefix(k, sharedMailbox) && n >= perMailbox {
 			over[k] = end
 		}
 	}
-	return over, nil
+	return over, window, offset, nil
 }
 
-// sweep deletes the shared counts of the windows before the previous one.
+// sweep deletes the shared counts of the windows (of length d) before the previous one; now
+// is this node's clock, the windows are the shared clock's, read in the same transaction.
 func (s *sharedLogins) sweep(now time.Time, d time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), sharedLoginsTimeout)
 	defer cancel()
 	err := s.db.Update(ctx, func(tx store.Tx) error {
-		_, err := tx.DeleteLoginFailuresBefore(windowStart(now, d).Add(-d))
+		shared, err := s.sharedNow(tx, now)
+		if err != nil {
+			return err
+		}
+		_, err = tx.DeleteLoginFailuresBefore(windowStart(shared, d).Add(-d))
 		return err
 	})
 	s.note(err, "delete the failed logins of ended windows")

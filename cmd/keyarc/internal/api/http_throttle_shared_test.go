@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/postgres"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
 )
@@ -24,7 +25,10 @@ func sharedThrottles(t *testing.T, perSource, perMailbox int) (a, b *loginThrott
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { db.Close() })
-		l.shared = &sharedLogins{db: db, log: slog.New(slog.DiscardHandler)}
+		// The counts' tests run on the throttles' fake clock; TestLoginThrottleSharedClockSkew
+		// on the database's.
+		l.shared = &sharedLogins{db: db, log: slog.New(slog.DiscardHandler),
+			clock: func(_ store.Tx, local time.Time) (time.Time, error) { return local, nil }}
 	}
 	return a, b, clk
 }
@@ -97,6 +101,45 @@ func TestLoginThrottleSharedOddMailbox(t *testing.T) {
 		}
 		if w := b.mailboxLimited(odd); w != 50*time.Second {
 			t.Errorf("mailbox %q: the mailbox after four failures over two nodes waits %v, want 50s", odd, w)
+		}
+	}
+}
+
+// TestLoginThrottleSharedClockSkew: two nodes whose clocks are minutes apart (NTP broken on
+// one) share their failed logins all the same, and the sweep of ended windows run by either
+// deletes none of the counts the other uses. The shared windows are on the database's clock;
+// before, each node's windows were on its own clock: failures on the two nodes fell in
+// different windows, and a sweep by the node ahead deleted the current counts of the other.
+func TestLoginThrottleSharedClockSkew(t *testing.T) {
+	for _, skew := range []time.Duration{5 * time.Minute, -5 * time.Minute} {
+		// The test's server runs on this machine: its windows are this clock's minutes. A
+		// round that straddles the end of one is run again.
+		for round := 0; ; round++ {
+			start := time.Now().Truncate(time.Minute)
+			a, b, _ := sharedThrottles(t, 4, 100)
+			a.now = time.Now
+			b.now = func() time.Time { return time.Now().Add(skew) }
+			for _, l := range []*loginThrottle{a, b} {
+				l.shared.clock = nil // the database's
+			}
+			for i, l := range []*loginThrottle{a, b, a, b} {
+				l.limited("192.0.2.1", "")
+				l.failed("192.0.2.1", "")
+				if i == 1 {
+					b.shared.sweep(b.now(), b.window)
+					a.shared.sweep(a.now(), a.window)
+				}
+			}
+			waits := map[string]time.Duration{"a": a.limited("192.0.2.1", ""), "b": b.limited("192.0.2.1", "")}
+			if !time.Now().Truncate(time.Minute).Equal(start) && round < 3 {
+				continue
+			}
+			for name, w := range waits {
+				if w <= 0 || w > time.Minute {
+					t.Errorf("skew %v: node %s: the source after four failures over two nodes waits %v, want the rest of the shared window", skew, name, w)
+				}
+			}
+			break
 		}
 	}
 }
