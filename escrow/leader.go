@@ -20,6 +20,13 @@ const LeaderLease = "leader"
 // another node leads within about this time.
 const DefaultLeaderTTL = 15 * time.Second
 
+// MaxClockOffset is how far this node's clock may be off the database's before [Leader]
+// warns. Leases do not depend on it, but what the node signs and records carries its own
+// time: certificates' validity, OCSP responses' thisUpdate (backdated a minute), CRLs'
+// thisUpdate (which a later CRL never goes back from, and which OpenSSL refuses while it is
+// in its future), the expiry of the codes and recovery requests it makes, its audit entries.
+const MaxClockOffset = 5 * time.Second
+
 // Leader takes and keeps the leader lease for this node, or waits for it while another node
 // holds it. [Leader.Leads] tells the singletons whether to do their periodic work. A nil
 // *Leader always leads: one node alone (SQLite) needs no election.
@@ -50,11 +57,17 @@ type Leader struct {
 	// database's clock ([store.Leases.LeaseNow]): this one serves only where the database is
 	// this machine's (SQLite). Tests set it to make a node's clock run ahead or behind.
 	Now func() time.Time
+	// OnOffset, when set, is called after each read of the database's clock with how far
+	// it is ahead of this node's (negative: behind), give or take the read's round trip;
+	// always 0 on SQLite. It must return quickly. Beyond [MaxClockOffset] either way, Try
+	// logs a warning, once until the clocks agree again.
+	OnOffset func(offset time.Duration)
 
 	mu      sync.Mutex
 	leading bool
 	until   time.Time // monotonic: leading only before this instant
 	lease   store.Lease
+	skewed  bool // the last offset read was beyond MaxClockOffset
 }
 
 func (l *Leader) ttl() time.Duration {
@@ -123,11 +136,15 @@ func (l *Leader) Try(ctx context.Context) error {
 	mine := l.lease.Token
 	l.mu.Unlock()
 	var lease store.Lease
+	var offset time.Duration
+	read := false
 	err := l.Store.Update(ctx, func(tx store.Tx) error {
-		now, err := tx.LeaseNow(l.now())
+		local := l.now()
+		now, err := tx.LeaseNow(local)
 		if err != nil {
 			return err
 		}
+		offset, read = now.Sub(local), true
 		cur, twin, err := TwinHolds(tx, LeaderLease, l.Node, now, mine)
 		switch {
 		case err != nil:
@@ -138,6 +155,9 @@ func (l *Leader) Try(ctx context.Context) error {
 		lease, err = tx.AcquireLease(LeaderLease, l.Node, now, ttl)
 		return err
 	})
+	if read {
+		l.noteOffset(offset)
+	}
 	switch {
 	case err == nil:
 		l.set(true, start.Add(ttl-ttl/4), lease)
@@ -147,6 +167,26 @@ func (l *Leader) Try(ctx context.Context) error {
 		return nil
 	default:
 		return err
+	}
+}
+
+// noteOffset reports offset, the database's clock less this node's, and warns when it
+// passes MaxClockOffset either way.
+func (l *Leader) noteOffset(offset time.Duration) {
+	if l.OnOffset != nil {
+		l.OnOffset(offset)
+	}
+	skewed := offset > MaxClockOffset || offset < -MaxClockOffset
+	l.mu.Lock()
+	was := l.skewed
+	l.skewed = skewed
+	l.mu.Unlock()
+	switch {
+	case skewed && !was:
+		l.log().Warn("this node's clock is off the database server's: leases are safe, but the certificates, OCSP responses, CRLs and audit entries this node makes carry its time; fix its time synchronisation (NTP)",
+			"database_ahead_by", offset.Round(time.Millisecond).String(), "max", MaxClockOffset.String())
+	case was && !skewed:
+		l.log().Info("this node's clock agrees with the database server's again", "database_ahead_by", offset.Round(time.Millisecond).String())
 	}
 }
 

@@ -204,6 +204,16 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 	var leader *escrow.Leader
 	if cfg.IsPostgres() {
 		leader = &escrow.Leader{Store: p.DB, Node: cfg.Node, TTL: cfg.Cluster.Leader(), Logger: log}
+		// Leases are on the database server's clock; what this node signs and records is on
+		// its own: how far apart they are, read at each renewal of the leader lease.
+		clockOffset := prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyarc_clock_offset_seconds",
+			Help: "How far the database server's clock is ahead of this node's (negative: behind), read at each leader lease renewal.",
+		})
+		if err := reg.Register(clockOffset); err != nil {
+			return nil, fmt.Errorf("register clock offset metric: %w", err)
+		}
+		leader.OnOffset = func(d time.Duration) { clockOffset.Set(d.Seconds()) }
 		// Known before the singletons start, so that the leader's first pass is a full one;
 		// a store that fails here is tried again by Run.
 		if err := leader.Try(context.Background()); err != nil {

@@ -172,6 +172,11 @@ func TestOperationalAlerts(t *testing.T) {
 			`{severity: warning, instance: k1}`, "0x20", "0x4 1x20"},
 		{"KeyarcOCSPStaleResponses", `keyarc_ocsp_stale_responses_total{instance="k1"}`, "15m", "3m",
 			`{severity: critical, instance: k1}`, "0x20", "0x4 1x20"},
+		// A node 5 minutes behind the database server, against one within NTP's reach.
+		{"KeyarcClockOffset", `keyarc_clock_offset_seconds{instance="k1"}`, "15m", "3m",
+			`{severity: warning, instance: k1}`, "0.02x20", "0x4 300x20"},
+		{"KeyarcClockOffset", `keyarc_clock_offset_seconds{instance="k1"}`, "15m", "3m",
+			`{severity: warning, instance: k1}`, "-0.3x20", "0x4 -300x20"},
 	}
 	var tests strings.Builder
 	for _, c := range cases {
