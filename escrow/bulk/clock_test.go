@@ -2,10 +2,14 @@ package bulk
 
 import (
 	"context"
+	"crypto"
+	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/escrow/store/postgres"
 	"github.com/keyarc/keyarc/escrow/store/postgres/pgtest"
@@ -70,5 +74,53 @@ func TestJobLeaseClockSkew(t *testing.T) {
 			})
 			checkNoneTwice(t, env, st.ID, total, leaseMailbox)
 		})
+	}
+}
+
+// jumpingSigner is a CA key whose at-th signature steps the node's clock forward.
+type jumpingSigner struct {
+	crypto.Signer
+	at   int64
+	n    atomic.Int64
+	jump func()
+}
+
+func (s *jumpingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if s.n.Add(1) == s.at {
+		s.jump()
+	}
+	return s.Signer.Sign(r, digest, opts)
+}
+
+// TestJobClockStepForward: one node whose clock steps an hour forward (an NTP correction) in
+// the middle of a job finishes the job in the same run, every item done once. Before, the
+// fencing checks compared the lease's expiry with the stepped clock: the node found its own
+// lease expired, stopped the run as if another node had taken it over, and took it again with
+// a new token at its next poll, undoing the items in flight.
+func TestJobClockStepForward(t *testing.T) {
+	env := newEnv(t)
+	log := env.logTo()
+	var off atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(off.Load())) }
+	sig := &jumpingSigner{Signer: env.caKey, at: 3, jump: func() { off.Store(int64(time.Hour)) }}
+	issuer, err := ca.New(sig, env.svc.Issuer.Certificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.svc.Issuer, env.svc.Now = issuer.WithClock(clock), clock
+	env.mgr.LeaseTTL = 3 * time.Second
+	const total = 8
+	var items []any
+	for i := 1; i <= total; i++ {
+		items = append(items, env.enrollItem(t, leaseMailbox(i)))
+	}
+	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+	env.runUntilDone(t, st.ID)
+	if sig.n.Load() < 3 {
+		t.Fatalf("%d signatures: the clock never stepped", sig.n.Load())
+	}
+	checkNoneTwice(t, env, st.ID, total, leaseMailbox)
+	if s := log.String(); strings.Contains(s, "taken over") || strings.Contains(s, "interrupted items") {
+		t.Errorf("the run stopped when the clock stepped forward:\n%s", s)
 	}
 }
