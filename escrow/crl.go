@@ -301,6 +301,8 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 		lastThis time.Time
 		entries  []ca.CRLEntry
 		mapped   int
+		shared   time.Time // the database's clock, read after the snapshot
+		read     time.Time // monotonic: when it was read
 	)
 	err := p.Store.View(ctx, func(tx store.Tx) error {
 		number, entries, mapped = 0, entries[:0], 0
@@ -311,7 +313,7 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 		case !errors.Is(err, store.ErrNotFound):
 			return err
 		}
-		return tx.RevokedCertificates(start, func(st store.CertStatus) error {
+		err = tx.RevokedCertificates(start, func(st store.CertStatus) error {
 			serial, ok := new(big.Int).SetString(st.Serial, 16)
 			if !ok {
 				return fmt.Errorf("escrow: CRL: stored serial %q is not hexadecimal: %w", st.Serial, ErrIntegrity)
@@ -326,14 +328,26 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 			entries = append(entries, ca.CRLEntry{Serial: serial, RevokedAt: st.RevokedAt, Reason: reason})
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		shared, err = tx.LeaseNow(p.now())
+		read = time.Now()
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: CRL: read the store: %w", err)
 	}
 	// thisUpdate is taken after the snapshot, so that every revocation it holds is dated
 	// before it; a revocation dated later (another host's clock ahead) is listed at
-	// thisUpdate rather than refused by the lint.
-	this := p.now().Truncate(time.Second)
+	// thisUpdate rather than refused by the lint. It is read from the database's clock
+	// ([store.Leases.LeaseNow]: the server's with PostgreSQL, this node's with SQLite), and
+	// so is the lint's "now": with several nodes, the CRL of a node whose clock is ahead is
+	// not dated in the future (OpenSSL refuses it until then, and the CRLs after it, a second
+	// later each, would stay there), and a node whose clock is behind is not refused by the
+	// lint for the thisUpdate a second after the last CRL's.
+	this := shared.Truncate(time.Second)
+	issuer := p.Issuer.WithClock(func() time.Time { return shared.Add(time.Since(read)) })
 	if !this.After(lastThis) {
 		// Two CRLs within one second: the newer one gets the next second, so that
 		// Last-Modified (thisUpdate, in seconds) tells them apart for If-Modified-Since.
@@ -349,7 +363,7 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 		p.log().Warn("CRL: entries adjusted", "reason_outside_smime_br", mapped, "revoked_after_this_update", late)
 	}
 	next := this.Add(orDefault(p.Validity, DefaultCRLValidity))
-	signed, err := p.Issuer.IssueCRL(ca.CRLRequest{Number: big.NewInt(number + 1), ThisUpdate: this, NextUpdate: next, Entries: entries})
+	signed, err := issuer.IssueCRL(ca.CRLRequest{Number: big.NewInt(number + 1), ThisUpdate: this, NextUpdate: next, Entries: entries})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: CRL %d: %w", number+1, err)
 	}
