@@ -50,6 +50,13 @@ func TestCluster(t *testing.T) {
 		if leaders != 1 {
 			t.Errorf("%d nodes say they lead, want exactly 1", leaders)
 		}
+		// Each node reports how far the database server's clock is from its own: here, one
+		// machine's clock (absent, the metric reads -1).
+		for i, a := range c.nodes {
+			if v := metricValue(t, a, "keyarc_clock_offset_seconds"); v == -1 || v < -1 || v > 1 {
+				t.Errorf("node%d: keyarc_clock_offset_seconds %v, want present and near 0", i+1, v)
+			}
+		}
 		// The leader renews its lease for cluster.leader_lease, not the default 15 s.
 		if left := c.leaseLeft(t, "leader"); left <= 0 || left > clusterLeaderLease+time.Second {
 			t.Errorf("the leader lease has %s left, want at most the configured %s", left, clusterLeaderLease)
