@@ -331,7 +331,12 @@ type merged struct {
 // the rejected folder), marks its events done in their batches' progress files; a batch whose
 // events are all done is removed. A message the relay did not take is retried with back-off
 // (state, by merged key). It returns how long to sleep.
-func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry) time.Duration {
+//
+// A batch's age is the clock's time since its name's, or, for a name in the clock's future
+// (queued before the clock was stepped back), the monotonic time since this pass first saw
+// it (seen, by batch ID): the quiet period and the hold then last as long as they should,
+// not until the clock catches up.
+func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry, seen map[string]time.Time) time.Duration {
 	ids, err := n.Queue.Batches()
 	if err != nil {
 		n.log().Error("subscriber notices: cannot read the queue", "err", err)
@@ -339,11 +344,27 @@ func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry) tim
 	}
 	if len(ids) == 0 {
 		clear(state)
+		clear(seen)
 		return rescan
 	}
 	now := time.Now()
+	for id := range seen {
+		if _, ok := slices.BinarySearch(ids, id); !ok {
+			delete(seen, id)
+		}
+	}
+	age := func(id string) time.Duration {
+		if d := now.Sub(queuedAt(id)); d >= 0 {
+			return d
+		}
+		first, ok := seen[id]
+		if !ok {
+			first, seen[id] = now, now
+		}
+		return now.Sub(first)
+	}
 	quiet, hold := n.batchQuiet(), n.batchHold()
-	sinceNewest, sinceOldest := now.Sub(queuedAt(ids[len(ids)-1])), now.Sub(queuedAt(ids[0]))
+	sinceNewest, sinceOldest := age(ids[len(ids)-1]), age(ids[0])
 	if sinceNewest < quiet && sinceOldest < hold {
 		// Only the batches a Flush made due, if any.
 		flushed := time.Unix(0, n.flushAt.Load())

@@ -146,7 +146,8 @@ func (n *Notifier) wakeSender() {
 // [Notifier.BatchQuiet]: the bulk job that queued them has ended, so no later batch of it will
 // merge with them. It returns at once.
 func (n *Notifier) Flush() {
-	n.flushAt.Store(time.Now().UnixNano())
+	// The newest name's time, when the clock was stepped back since it was queued.
+	n.flushAt.Store(max(time.Now().UnixNano(), n.Queue.newest()))
 	n.wakeSender()
 }
 
@@ -209,12 +210,13 @@ func (n *Notifier) Run(ctx context.Context) {
 	}
 	state := map[string]*retry{}
 	groups := map[string]*retry{}
+	seen := map[string]time.Time{}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		wait := n.pass(ctx, state)
 		if ctx.Err() == nil {
-			wait = min(wait, n.passBatches(ctx, groups))
+			wait = min(wait, n.passBatches(ctx, groups, seen))
 		}
 		// A connection kept by the sender ([SMTP]) serves one pass, never an idle wait.
 		if ci, ok := n.Sender.(interface{ CloseIdle() }); ok {

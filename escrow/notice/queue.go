@@ -31,8 +31,12 @@ const (
 // folder synced, so a notice queued survives a crash or a restart. Use [OpenQueue].
 type Queue struct {
 	dir string
-	mu  sync.Mutex // orders names queued in the same nanosecond; guards pending
+	mu  sync.Mutex // orders names queued in the same nanosecond; guards pending and last
 	seq uint64
+	// last is the time (Unix ns) in the newest name, this process's or found at open: a name
+	// never goes back from it, so the order of the names stays the order of queueing after
+	// the clock is stepped back.
+	last int64
 	// pending counts the events not yet done of each batch (batch.go), read on first use.
 	pending map[string]int
 }
@@ -53,6 +57,12 @@ func OpenQueue(dir string) (*Queue, error) {
 		}
 	}
 	q := &Queue{dir: dir}
+	for _, e := range ents {
+		name := e.Name()
+		if i := strings.IndexByte(name, '.'); i > 0 && validID(name[:i]) {
+			q.last = max(q.last, queuedAt(name[:i]).UnixNano())
+		}
+	}
 	q.removeOrphans()
 	return q, nil
 }
@@ -84,7 +94,9 @@ func (q *Queue) Put(e Event) (string, error) {
 }
 
 // newID is the queue time in nanoseconds (fixed width, so names sort in queue order), a
-// sequence number and 4 random bytes.
+// sequence number and 4 random bytes. The time never goes back from the newest name's (see
+// [Queue.last]): after the clock is stepped back, names go on from there a nanosecond apart
+// until the clock catches up.
 func (q *Queue) newID() (string, error) {
 	var r [4]byte
 	if _, err := rand.Read(r[:]); err != nil {
@@ -93,8 +105,17 @@ func (q *Queue) newID() (string, error) {
 	q.mu.Lock()
 	q.seq++
 	seq := q.seq
+	q.last = max(time.Now().UnixNano(), q.last+1)
+	at := q.last
 	q.mu.Unlock()
-	return fmt.Sprintf("%020d-%06d-%s", time.Now().UnixNano(), seq%1_000_000, hex.EncodeToString(r[:])), nil
+	return fmt.Sprintf("%020d-%06d-%s", at, seq%1_000_000, hex.EncodeToString(r[:])), nil
+}
+
+// newest is the time (Unix ns) in the newest name queued or found at open, 0 for none.
+func (q *Queue) newest() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.last
 }
 
 // List returns the IDs of the queued notices, oldest first.
