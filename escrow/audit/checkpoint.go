@@ -228,13 +228,22 @@ func (c *Checkpointer) see(cp *store.AuditCheckpoint) {
 }
 
 // notDue reports whether, by the last checkpoint seen, the entries hinted so far make no
-// checkpoint due: fewer than Every entries follow it and it is younger than Interval. A
+// checkpoint due: fewer than Every entries follow it and it is not stale (younger than
+// Interval). A
 // checkpoint not yet seen (or none in the database) gives false: the database is read.
 func (c *Checkpointer) notDue() bool {
 	c.seenMu.Lock()
 	cp := c.seen
 	c.seenMu.Unlock()
-	return cp != nil && c.hint.Load()-cp.Seq < c.every() && c.now().Sub(cp.At) < c.interval()
+	return cp != nil && c.hint.Load()-cp.Seq < c.every() && !c.stale(cp)
+}
+
+// stale reports whether checkpoint cp is old enough to make the next one due: Interval old, or
+// dated in the clock's future (made before the clock was stepped back, or by a leader whose
+// clock was ahead), its age unknown.
+func (c *Checkpointer) stale(cp *store.AuditCheckpoint) bool {
+	age := c.now().Sub(cp.At)
+	return age < 0 || age >= c.interval()
 }
 
 func (c *Checkpointer) init() {
@@ -362,7 +371,7 @@ func (c *Checkpointer) checkpointIfDue(ctx context.Context) error {
 	switch {
 	case lastSeq <= cpSeq(cp):
 		return nil
-	case lastSeq-cpSeq(cp) >= c.every(), cp == nil, c.now().Sub(cp.At) >= c.interval():
+	case lastSeq-cpSeq(cp) >= c.every(), cp == nil, c.stale(cp):
 		_, err := c.Checkpoint(ctx)
 		return err
 	}

@@ -115,3 +115,35 @@ func TestCheckpointerNotDue(t *testing.T) {
 		t.Fatal("an older checkpoint replaced the newer one seen")
 	}
 }
+
+// TestCheckpointerClockStepBack: a last checkpoint dated in the clock's future (made before
+// the clock was stepped back an hour, or by a leader whose clock was ahead) makes the next one
+// due at once, as one older than Interval does. Before, its age was negative: no checkpoint by
+// time until the clock had caught up and Interval passed.
+func TestCheckpointerClockStepBack(t *testing.T) {
+	raw, err := sqlite.Open(filepath.Join(t.TempDir(), "keyarc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	var now atomic.Int64
+	now.Store(time.Now().Add(time.Hour).UnixNano())
+	cp := &Checkpointer{DB: raw, Signer: key, Every: 1000, Interval: time.Minute,
+		Now: func() time.Time { return time.Unix(0, now.Load()) }}
+	appendEntries(t, raw, cp, 1)
+	if first, err := cp.Checkpoint(ctx); err != nil || first.Seq != 1 {
+		t.Fatalf("first checkpoint: %+v, %v", first, err)
+	}
+	now.Store(time.Now().UnixNano()) // stepped back an hour
+	appendEntries(t, raw, cp, 1)
+	if cp.notDue() {
+		t.Error("not due with the last checkpoint seen dated an hour in the clock's future")
+	}
+	if err := cp.checkpointIfDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if last := lastCheckpoint(t, raw); last == nil || last.Seq != 2 {
+		t.Errorf("last checkpoint %+v after the clock stepped back, want one of entry 2", last)
+	}
+}
