@@ -295,17 +295,22 @@ func (p *CRLPublisher) report(c *store.CRL) {
 // publishOnce reads the newest CRL number and the revoked certificates in one snapshot,
 // signs the next CRL outside any transaction and stores it.
 func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
-	start, clock := p.now(), time.Now()
+	clock := time.Now()
 	var (
 		number   int64
 		lastThis time.Time
 		entries  []ca.CRLEntry
 		mapped   int
-		shared   time.Time // the database's clock, read after the snapshot
+		shared   time.Time // the database's clock, read as the snapshot begins
 		read     time.Time // monotonic: when it was read
 	)
 	err := p.Store.View(ctx, func(tx store.Tx) error {
 		number, entries, mapped = 0, entries[:0], 0
+		var err error
+		if shared, err = tx.LeaseNow(p.now()); err != nil {
+			return err
+		}
+		read = time.Now()
 		latest, err := tx.LatestCRL()
 		switch {
 		case err == nil:
@@ -313,7 +318,7 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 		case !errors.Is(err, store.ErrNotFound):
 			return err
 		}
-		err = tx.RevokedCertificates(start, func(st store.CertStatus) error {
+		return tx.RevokedCertificates(shared, func(st store.CertStatus) error {
 			serial, ok := new(big.Int).SetString(st.Serial, 16)
 			if !ok {
 				return fmt.Errorf("escrow: CRL: stored serial %q is not hexadecimal: %w", st.Serial, ErrIntegrity)
@@ -328,24 +333,20 @@ func (p *CRLPublisher) publishOnce(ctx context.Context) (*store.CRL, error) {
 			entries = append(entries, ca.CRLEntry{Serial: serial, RevokedAt: st.RevokedAt, Reason: reason})
 			return nil
 		})
-		if err != nil {
-			return err
-		}
-		shared, err = tx.LeaseNow(p.now())
-		read = time.Now()
-		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("escrow: CRL: read the store: %w", err)
 	}
-	// thisUpdate is taken after the snapshot, so that every revocation it holds is dated
-	// before it; a revocation dated later (another host's clock ahead) is listed at
-	// thisUpdate rather than refused by the lint. It is read from the database's clock
-	// ([store.Leases.LeaseNow]: the server's with PostgreSQL, this node's with SQLite), and
-	// so is the lint's "now": with several nodes, the CRL of a node whose clock is ahead is
+	// thisUpdate is the time the snapshot began, read from the database's clock
+	// ([store.Leases.LeaseNow]: the server's with PostgreSQL, this node's with SQLite) by its
+	// first statement, so that every revocation it holds is dated before it; a revocation
+	// dated later (another host's clock ahead) is listed at thisUpdate rather than refused by
+	// the lint. The certificates it lists are those not expired at that time, and the lint's
+	// "now" runs on from it. So with several nodes, the CRL of a node whose clock is ahead is
 	// not dated in the future (OpenSSL refuses it until then, and the CRLs after it, a second
-	// later each, would stay there), and a node whose clock is behind is not refused by the
-	// lint for the thisUpdate a second after the last CRL's.
+	// later each, would stay there) nor leaves out a revoked certificate that has not expired,
+	// and a node whose clock is behind is not refused by the lint for the thisUpdate a second
+	// after the last CRL's.
 	this := shared.Truncate(time.Second)
 	issuer := p.Issuer.WithClock(func() time.Time { return shared.Add(time.Since(read)) })
 	if !this.After(lastThis) {
