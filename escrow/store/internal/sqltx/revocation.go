@@ -247,21 +247,21 @@ func (tx *Tx) LatestCRL() (*store.CRL, error) {
 // ---------------------------------------------------------------------------
 // OCSP responses
 
-// ocspCurrent(r) is true when response r has its certificate's current status: issued and
+// ocspCurrent(r) is true when response r has the current status of certificate c: issued and
 // good, or revoked with the reason stored.
 func ocspCurrent(r string) string {
-	return `EXISTS (SELECT 1 FROM certificates c WHERE c.serial = ` + r + `.serial AND (c.state = 'issued' AND NOT ` + r +
-		`.revoked OR c.state = 'revoked' AND ` + r + `.revoked AND c.revocation_reason = ` + r + `.reason))`
+	return `(c.state = 'issued' AND NOT ` + r + `.revoked OR c.state = 'revoked' AND ` + r + `.revoked AND c.revocation_reason = ` + r + `.reason)`
 }
 
 // ocspReplaces is the condition on which a response (excluded) replaces the stored one: it
 // has the certificate's current status and the stored one has not, or both have it or
 // neither does and it is not older. The status comes before the clock: a response signed
 // with a clock ahead (another node's, or this one's before it was stepped back) must neither
-// keep a revocation's response out nor be brought back over it by a slow signer.
-var ocspReplaces = `CASE WHEN ` + ocspCurrent("excluded") + ` THEN NOT ` + ocspCurrent("ocsp_responses") +
-	` OR excluded.this_update >= ocsp_responses.this_update
-	ELSE NOT ` + ocspCurrent("ocsp_responses") + ` AND excluded.this_update >= ocsp_responses.this_update END`
+// keep a revocation's response out nor be brought back over it by a slow signer. One lookup
+// of the certificate per response replaced.
+var ocspReplaces = `(SELECT CASE WHEN ` + ocspCurrent("excluded") + ` <> ` + ocspCurrent("ocsp_responses") + ` THEN ` +
+	ocspCurrent("excluded") + ` ELSE excluded.this_update >= ocsp_responses.this_update END
+	FROM certificates c WHERE c.serial = excluded.serial)`
 
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
 // replacing its serial's unless the stored one has a later thisUpdate or has the
