@@ -1175,18 +1175,24 @@ func proofKey(e uint32, kra string) string { return epochKey(e) + "/" + kra }
 // A storage error wrapping [store.ErrUnavailable] or the audit trail's
 // ([audit.ErrAppend]). A drill key the token fails to destroy is logged.
 func (s *Service) ExpireDrills(ctx context.Context) (int, error) {
-	now := s.now()
-	// A read first: most passes find nothing to expire and take no write lock.
+	// A read first: most passes find nothing to expire and take no write lock. By this node's
+	// clock: a node behind the database's leaves them to the others, which run this too.
 	due, err := s.ListDrills(ctx, "", "", false)
 	if err != nil {
 		return 0, err
 	}
-	if !slices.ContainsFunc(due, func(d Drill) bool { return d.State == DrillOpen && !now.Before(d.ExpiresAt) }) {
+	if local := s.now(); !slices.ContainsFunc(due, func(d Drill) bool { return d.State == DrillOpen && !local.Before(d.ExpiresAt) }) {
 		return 0, nil
 	}
 	var expired []drillRow
 	err = s.Store.Update(ctx, func(tx store.Tx) error {
 		expired = expired[:0]
+		// By the database's clock (the server's with PostgreSQL), as recovery requests: a node
+		// whose clock is ahead would otherwise close every node's drills early.
+		now, err := tx.LeaseNow(s.now())
+		if err != nil {
+			return err
+		}
 		dtx := store.DrillStates(tx)
 		rows, err := allDrills(dtx)
 		if err != nil {

@@ -1611,8 +1611,13 @@ func (s *Service) CancelRecovery(ctx context.Context, by policy.Principal, id st
 func (s *Service) ExpireRecoveries(ctx context.Context) (int, error) {
 	var expired []store.Recovery
 	err := s.Store.Update(ctx, func(tx store.Tx) error {
-		var err error
-		if expired, err = tx.ExpireRecoveries(s.now()); err != nil {
+		// By the database's clock (the server's with PostgreSQL): every node runs this, and a
+		// node whose clock is ahead would otherwise close every node's requests early.
+		now, err := tx.LeaseNow(s.now())
+		if err != nil {
+			return err
+		}
+		if expired, err = tx.ExpireRecoveries(now); err != nil {
 			return err
 		}
 		for _, r := range expired {

@@ -67,3 +67,57 @@ func TestRecoveryAfterClockStep(t *testing.T) {
 		}
 	}
 }
+
+// serverClockStore is a store whose lease clock is a server's (as PostgreSQL's is): LeaseNow
+// ignores the caller's clock and reads server.
+type serverClockStore struct {
+	store.Store
+	server func() time.Time
+}
+
+func (s serverClockStore) Update(ctx context.Context, fn func(store.Tx) error) error {
+	return s.Store.Update(ctx, func(tx store.Tx) error { return fn(serverClockTx{tx, s.server}) })
+}
+
+func (s serverClockStore) View(ctx context.Context, fn func(store.Tx) error) error {
+	return s.Store.View(ctx, func(tx store.Tx) error { return fn(serverClockTx{tx, s.server}) })
+}
+
+type serverClockTx struct {
+	store.Tx
+	server func() time.Time
+}
+
+func (tx serverClockTx) LeaseNow(time.Time) (time.Time, error) { return tx.server().UTC(), nil }
+
+// TestExpiryByServerClock: a node whose clock is 5 minutes ahead of the database server's
+// runs the periodic expiry (every node does): a recovery request and a drill that have two
+// minutes left by the server's clock stay open. Before, the node closed them by its own clock,
+// for every node, and destroyed their keys.
+func TestExpiryByServerClock(t *testing.T) {
+	ctx := context.Background()
+	d := newDrillEnv(t)
+	server := d.clock.Now()
+	d.svc.Store = serverClockStore{Store: d.svc.Store, server: func() time.Time { return server }}
+	if _, err := d.svc.OpenRecovery(ctx, d.officer, RecoveryRequest{Serial: d.serial, Reason: "laptop stolen", TTL: 2 * time.Minute}); err != nil {
+		t.Fatalf("OpenRecovery: %v", err)
+	}
+	if _, err := d.svc.OpenDrill(ctx, d.admin, "", 2*time.Minute); err != nil {
+		t.Fatalf("OpenDrill: %v", err)
+	}
+	d.clock.Set(server.Add(5 * time.Minute)) // this node's clock, ahead
+	if n, err := d.svc.ExpireRecoveries(ctx); n != 0 || err != nil {
+		t.Errorf("ExpireRecoveries on the node ahead: %d, %v; want none expired", n, err)
+	}
+	if n, err := d.svc.ExpireDrills(ctx); n != 0 || err != nil {
+		t.Errorf("ExpireDrills on the node ahead: %d, %v; want none expired", n, err)
+	}
+	// By the server's clock, they expire in their time.
+	server = server.Add(2 * time.Minute)
+	if n, err := d.svc.ExpireRecoveries(ctx); n != 1 || err != nil {
+		t.Errorf("ExpireRecoveries at the request's expiry by the server's clock: %d, %v; want 1", n, err)
+	}
+	if n, err := d.svc.ExpireDrills(ctx); n == 0 || err != nil {
+		t.Errorf("ExpireDrills at the drills' expiry by the server's clock: %d, %v; want them expired", n, err)
+	}
+}
