@@ -71,10 +71,14 @@ func (n *Notifier) wakeCh() chan struct{} {
 //
 // # Errors
 //
-// Those of [Queue.Put].
+// Those of [Queue.Put], except [ErrInvalid]: an event that can never become a message is not
+// queued but kept in the rejected folder and counted as dropped, as one the relay refused.
 func (n *Notifier) Notify(e Event) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
+	}
+	if es, err := n.rejectInvalid([]Event{e}); err != nil || len(es) == 0 {
+		return err
 	}
 	id, err := n.Queue.Put(e)
 	if err != nil {
@@ -93,7 +97,8 @@ func (n *Notifier) Notify(e Event) error {
 //
 // # Errors
 //
-// Those of [Queue.PutBatch].
+// Those of [Queue.PutBatch], except [ErrInvalid]: the events that can never become a message
+// are kept in the rejected folder and counted as dropped, and the others are queued.
 func (n *Notifier) NotifyBatch(es []Event) error {
 	if len(es) == 0 {
 		return nil
@@ -103,6 +108,10 @@ func (n *Notifier) NotifyBatch(es []Event) error {
 		if es[i].Time.IsZero() {
 			es[i].Time = now
 		}
+	}
+	es, err := n.rejectInvalid(es)
+	if err != nil || len(es) == 0 {
+		return err
 	}
 	id, err := n.Queue.PutBatch(es)
 	if err != nil {
@@ -133,6 +142,46 @@ func (n *Notifier) NotifyNow(es []Event) error {
 	}
 	n.Flush()
 	return nil
+}
+
+// rejectInvalid returns the events of es that can become a message ([Event.Validate]). The
+// others are kept in the rejected folder, counted as dropped and logged (without their
+// fields, which may hold anything): retrying them would never succeed, and would hold back
+// every notice queued after them.
+//
+// # Errors
+//
+// The file system's, when an invalid event cannot be kept in the rejected folder (nothing is
+// queued then; the caller tries again).
+func (n *Notifier) rejectInvalid(es []Event) ([]Event, error) {
+	var bad []int
+	for i, e := range es {
+		if e.Validate() != nil {
+			bad = append(bad, i)
+		}
+	}
+	if len(bad) == 0 {
+		return es, nil
+	}
+	for _, i := range bad {
+		if err := n.Queue.rejectEvent(es[i]); err != nil {
+			n.failures.Add(1)
+			return nil, err
+		}
+	}
+	ok := make([]Event, 0, len(es)-len(bad))
+	for i, e := range es {
+		if len(bad) > 0 && bad[0] == i {
+			bad = bad[1:]
+			err := e.Validate()
+			n.failures.Add(1)
+			n.dropped.Add(1)
+			n.log().Error("subscriber notice cannot become a mail: kept in the rejected folder, not sent", "kind", e.Kind, "err", err)
+			continue
+		}
+		ok = append(ok, e)
+	}
+	return ok, nil
 }
 
 func (n *Notifier) wakeSender() {

@@ -53,6 +53,12 @@ const (
 	// DefaultSkipInterval is how often a feed without a notifier moves the cursor.
 	DefaultSkipInterval = time.Minute
 	maxBackoff          = time.Minute
+	// maxStepEvents ends a step once its entries hold this many notices (the entry that
+	// reaches it is the step's last), so that a step's memory and its batch file (some 3 MB
+	// at the longest mailboxes) stay bounded, whatever the entries hold.
+	maxStepEvents = 8192
+	// pageSize is the most entries read from the store at once within a step.
+	pageSize = 32
 )
 
 // kinds are the audit entries that make notices.
@@ -284,37 +290,56 @@ func (f *Feed) Step(ctx context.Context) (more bool, err error) {
 		if f.Notifier == nil {
 			return nil
 		}
-		entries, err := tx.AuditOfKindsFrom(kinds, pos+1, limit)
-		if err != nil {
-			return err
-		}
-		if len(entries) == limit {
-			more = true
-		}
-		for _, e := range entries {
-			if e.Seq > head {
-				// Committed after the head was read: the next step's.
+		// more: the step stops before the head, at last (the last entry read). Without it,
+		// every entry of a notice's kind up to the head was read, and the cursor goes there.
+		// The entries are read a page at a time: an import entry names up to 512 mailboxes,
+		// and 500 of them would hold a quarter of a million notices, too many for memory and
+		// for one batch file; the step ends at maxStepEvents.
+		more = true
+		var last int64
+		from, events := pos+1, 0
+	read:
+		for read := 0; read < limit; {
+			n := min(pageSize, limit-read)
+			entries, err := tx.AuditOfKindsFrom(kinds, from, n)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if e.Seq > head {
+					// Committed after the head was read: the next step's.
+					more = false
+					break read
+				}
+				last = e.Seq
+				es, err := eventsOf(tx, e)
+				if errors.Is(err, errMalformed) {
+					// Not the feed's to judge: audit verify reports it. Its notices cannot
+					// be known, and the notices after it must not wait for it.
+					f.log().Error("subscriber notices: an audit entry cannot be read; its subscribers are not told", "seq", e.Seq, "err", err)
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("audit entry %d: %w", e.Seq, err)
+				}
+				if e.Kind == string(audit.KindArchive) && strings.HasPrefix(e.Actor, BulkActorPrefix) {
+					bulk = append(bulk, es...)
+				} else {
+					now = append(now, es...)
+				}
+				if events += len(es); events >= maxStepEvents {
+					break read
+				}
+			}
+			if len(entries) < n {
 				more = false
 				break
 			}
-			es, err := eventsOf(tx, e)
-			if errors.Is(err, errMalformed) {
-				// Not the feed's to judge: audit verify reports it. Its notices cannot be
-				// known, and the notices after it must not wait for it.
-				f.log().Error("subscriber notices: an audit entry cannot be read; its subscribers are not told", "seq", e.Seq, "err", err)
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("audit entry %d: %w", e.Seq, err)
-			}
-			if e.Kind == string(audit.KindArchive) && strings.HasPrefix(e.Actor, BulkActorPrefix) {
-				bulk = append(bulk, es...)
-			} else {
-				now = append(now, es...)
-			}
-			if more {
-				next = e.Seq
-			}
+			read += n
+			from = last + 1
+		}
+		if more {
+			next = last
 		}
 		return nil
 	})

@@ -2,6 +2,7 @@ package feed_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -286,3 +287,168 @@ func TestFeedFlush(t *testing.T) {
 type nopSender struct{}
 
 func (nopSender) Send(context.Context, string, string, []byte) error { return nil }
+
+// longMailbox is a valid mailbox of n characters (at most 254, RFC 5321) that differs by i.
+func longMailbox(i, n int) string {
+	local := fmt.Sprintf("u%07d", i)
+	domain := "example.org"
+	for len(local)+1+len(domain) < n {
+		domain = "d" + strings.Repeat("x", min(61, n-len(local)-1-len(domain)-2)) + "." + domain
+	}
+	return local + "@" + domain
+}
+
+// TestFeedLargeImportJob: a bulk import job commits up to 512 items per audit entry, and a
+// step reads up to 500 entries; the notices of one step must still fit a batch file (64 MB),
+// or the feed retries the same step for ever and no subscriber is told of anything again.
+// Every notice is queued once, in batch files of bounded size.
+func TestFeedLargeImportJob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a large trail")
+	}
+	db := openDB(t)
+	dir := filepath.Join(t.TempDir(), "queue")
+	q, err := notice.OpenQueue(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &feed.Feed{Store: db, Notifier: &notice.Notifier{Queue: q, Sender: nopSender{}, From: "pki@example.org"}}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const entries, perEntry = 360, 512
+	err = db.Update(context.Background(), func(tx store.Tx) error {
+		for e := range entries {
+			// A mailbox each (people, not one role mailbox): nothing merges.
+			d := audit.Details{Template: "import", Mailboxes: make([]string, perEntry), Serials: make([]string, perEntry)}
+			for i := range d.Serials {
+				d.Mailboxes[i] = longMailbox(e*perEntry+i, 254)
+				d.Serials[i] = fmt.Sprintf("%040x", e*perEntry+i)
+			}
+			if _, err := audit.Append(tx, time.Now(), audit.KindArchive, "job j1", "job j1", d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, f)
+	ids, err := q.Batches()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serials := map[string]int{}
+	for _, id := range ids {
+		st, err := os.Stat(filepath.Join(dir, id+".batch"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > 16<<20 {
+			t.Errorf("batch %s is %d bytes: a step's notices are not bounded", id, st.Size())
+		}
+		es, _, err := q.GetBatch(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			for _, s := range e.Serials {
+				serials[s]++
+			}
+		}
+	}
+	if len(serials) != entries*perEntry {
+		t.Errorf("%d serials queued, want %d", len(serials), entries*perEntry)
+	}
+	for s, n := range serials {
+		if n != 1 {
+			t.Errorf("serial %s queued %d times", s, n)
+			break
+		}
+	}
+	if pos := cursor(t, db); pos != entries {
+		t.Errorf("cursor %d, want %d", pos, entries)
+	}
+}
+
+// TestFeedMalformedPage: a page of the trail that holds only entries whose notices cannot be
+// known moves the cursor past them, not past the entries after them.
+func TestFeedMalformedPage(t *testing.T) {
+	db := openDB(t)
+	rec := &recorder{}
+	f := &feed.Feed{Store: db, Notifier: rec, Batch: 2}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		// Two mailboxes for one serial: which was escrowed cannot be known.
+		appendEntry(t, db, audit.KindArchive, "job j1", "job j1", audit.Details{Mailboxes: []string{"a@example.org", "b@example.org"}, Serials: []string{"01"}})
+	}
+	appendEntry(t, db, audit.KindArchive, "local", "carol@example.org", audit.Details{Mailbox: "carol@example.org", Serial: "0c"})
+	drain(t, f)
+	if len(rec.now) != 1 || len(rec.now[0]) != 1 || rec.now[0][0].Mailbox != "carol@example.org" {
+		t.Errorf("queued %+v; want carol's notice, after the two malformed entries", rec.now)
+	}
+	if pos := cursor(t, db); pos != 3 {
+		t.Errorf("cursor %d, want 3", pos)
+	}
+}
+
+// TestFeedInvalidNotice: a notice that cannot become a mail (a mailbox with a line break, from
+// a trail written before mailboxes were checked, or a restored one) is kept in the rejected
+// folder and counted as dropped; it does not hold back the notices queued with it or after
+// it, and it never reaches a header.
+func TestFeedInvalidNotice(t *testing.T) {
+	db := openDB(t)
+	q, err := notice.OpenQueue(filepath.Join(t.TempDir(), "queue"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &notice.Notifier{Queue: q, Sender: nopSender{}, From: "pki@example.org"}
+	f := &feed.Feed{Store: db, Notifier: n}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const evil = "alice@example.org\r\nBcc: eve@example.org"
+	appendEntry(t, db, audit.KindArchive, "local", "alice", audit.Details{Mailbox: evil, Serial: "0a"})
+	appendEntry(t, db, audit.KindArchive, "local", "bob@example.org", audit.Details{Mailbox: "bob@example.org", Serial: "0b"})
+	appendEntry(t, db, audit.KindArchive, "job j1", "job j1", audit.Details{Mailboxes: []string{"carol@example.org", evil, "dave@example.org"}, Serials: []string{"0c", "0e", "0d"}})
+	for range 3 {
+		if _, err := f.Step(context.Background()); err != nil {
+			t.Fatalf("Step: %v", err)
+		}
+	}
+	if pos := cursor(t, db); pos != 3 {
+		t.Fatalf("cursor %d, want 3: the feed is held back by a notice that can never be sent", pos)
+	}
+	got := map[string]bool{}
+	ids, _ := q.List()
+	for _, id := range ids {
+		e, err := q.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[e.Mailbox] = true
+	}
+	bids, _ := q.Batches()
+	for _, id := range bids {
+		es, _, err := q.GetBatch(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			got[e.Mailbox] = true
+		}
+	}
+	if len(got) != 3 || !got["bob@example.org"] || !got["carol@example.org"] || !got["dave@example.org"] {
+		t.Errorf("queued for %v; want bob, carol and dave", got)
+	}
+	if n.Dropped() != 2 {
+		t.Errorf("dropped %d, want 2", n.Dropped())
+	}
+	rej, err := os.ReadDir(filepath.Join(q.Dir(), notice.RejectedDir))
+	if err != nil || len(rej) != 2 {
+		t.Errorf("rejected folder holds %d files (%v), want the 2 notices refused", len(rej), err)
+	}
+}
