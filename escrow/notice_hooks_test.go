@@ -237,3 +237,34 @@ func TestNoticeOfACommitNotYetQueued(t *testing.T) {
 	}
 	sink.none(t)
 }
+
+// TestRecoveryNoticeCancelledByReseal: a reseal cancels the open recovery requests on its
+// records. The owner is told the request ended without a key, and by whom: the administrator
+// whose reseal closed it, not the officer who asked (who did nothing). The reseal itself tells
+// nobody.
+func TestRecoveryNoticeCancelledByReseal(t *testing.T) {
+	ctx := context.Background()
+	r := newRecoveryEnv(t)
+	sink := noticesToSink(t, r.svc)
+	rid := r.request(t).ID
+	sink.next(t, "A recovery of your escrowed key was requested")
+	if _, err := r.svc.SetRecoverySet(ctx, 3, []string{r.kras[0].serial, r.kras[1].serial, r.kras[2].serial}, "admin"); err != nil {
+		t.Fatalf("SetRecoverySet: %v", err)
+	}
+	reseal := r.requestReseal(t).ID
+	r.approve(t, 0, reseal)
+	r.approve(t, 1, reseal)
+	if n, err := r.svc.CompleteReseal(ctx, r.admin, reseal); err != nil || n != 1 {
+		t.Fatalf("CompleteReseal: %d, %v; want 1 record", n, err)
+	}
+	m := sink.next(t, "The recovery of your escrowed key was cancelled")
+	for _, w := range []string{"To: owner@example.org\r\n", rid, r.serial, "olga", "administrator ada", "not recovered"} {
+		if !strings.Contains(m, w) {
+			t.Errorf("cancellation mail lacks %q:\n%s", w, m)
+		}
+	}
+	if strings.Contains(m, "officer olga cancelled") {
+		t.Errorf("the mail says the officer cancelled a request the reseal closed:\n%s", m)
+	}
+	sink.none(t)
+}

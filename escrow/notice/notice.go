@@ -84,6 +84,9 @@ type Event struct {
 	Request string `json:"request,omitempty"`
 	// RequestedBy is the name of the recovery officer who asked (recovery notices only).
 	RequestedBy string `json:"requested_by,omitempty"`
+	// CancelledBy, for a recovery cancelled by someone other than the officer who asked (an
+	// administrator whose reseal closed it), says who: "administrator NAME".
+	CancelledBy string `json:"cancelled_by,omitempty"`
 }
 
 // Validate checks that e can become a message: a known kind, a mailbox, and no field that
@@ -101,7 +104,7 @@ func (e Event) Validate() error {
 	if e.Mailbox == "" || !strings.Contains(e.Mailbox, "@") {
 		return fmt.Errorf("%w: no mailbox", ErrInvalid)
 	}
-	fields := append([]string{e.Mailbox, e.Request, e.RequestedBy}, e.Serials...)
+	fields := append([]string{e.Mailbox, e.Request, e.RequestedBy, e.CancelledBy}, e.Serials...)
 	for _, f := range fields {
 		if strings.ContainsFunc(f, isControl) {
 			return fmt.Errorf("%w: a field holds a control character", ErrInvalid)
@@ -180,7 +183,11 @@ func (e Event) text(caName string) (subject, body string) {
 			"contact your security team and quote the request.\n")
 	case RecoveryCancelled:
 		subject = "The recovery of your escrowed key was cancelled"
-		fmt.Fprintf(&b, "On %s, recovery officer %s cancelled the request to recover the\nescrowed private key of your %s for %s.\n\n", when, e.RequestedBy, certs, e.Mailbox)
+		if e.CancelledBy != "" {
+			fmt.Fprintf(&b, "On %s, %s cancelled the request of recovery officer %s to\nrecover the escrowed private key of your %s for %s.\n\n", when, e.CancelledBy, e.RequestedBy, certs, e.Mailbox)
+		} else {
+			fmt.Fprintf(&b, "On %s, recovery officer %s cancelled the request to recover the\nescrowed private key of your %s for %s.\n\n", when, e.RequestedBy, certs, e.Mailbox)
+		}
 		fmt.Fprintf(&b, "Recovery request: %s\n\n", e.Request)
 		b.WriteString("The request is closed: the key was not recovered, and this request can no\n" +
 			"longer be used to recover it.\n")

@@ -199,7 +199,7 @@ func TestNoSecret(t *testing.T) {
 	for f := range reflect.TypeFor[Event]().Fields() {
 		fields = append(fields, f.Name)
 	}
-	want := []string{"Kind", "Mailbox", "Serials", "Time", "Request", "RequestedBy"}
+	want := []string{"Kind", "Mailbox", "Serials", "Time", "Request", "RequestedBy", "CancelledBy"}
 	if !slices.Equal(fields, want) {
 		t.Fatalf("Event fields = %v, want %v: a new field must not carry a secret (check it, then update this test)", fields, want)
 	}

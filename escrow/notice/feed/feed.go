@@ -428,6 +428,10 @@ func eventsOf(tx store.Tx, e store.AuditEntry) ([]notice.Event, error) {
 		ev.Kind = notice.RecoveryCompleted
 	case audit.KindRecoveryCancelled:
 		ev.Kind = notice.RecoveryCancelled
+		if d.Signer != "" && d.Signer != r.RequesterSerial {
+			// Not the officer who asked: an administrator's reseal closed it.
+			ev.CancelledBy = cancelledBy(e.Actor)
+		}
 	case audit.KindRecoveryExpired:
 		ev.Kind, ev.Time = notice.RecoveryExpired, r.ExpiresAt.UTC()
 	}
@@ -448,6 +452,20 @@ func eventsOf(tx store.Tx, e store.AuditEntry) ([]notice.Event, error) {
 		es = append(es, e)
 	}
 	return mergeByMailbox(es), nil
+}
+
+// cancelledBy describes the actor of a cancellation ("role:name") for a subscriber.
+func cancelledBy(actor string) string {
+	role, name, ok := strings.Cut(actor, ":")
+	switch {
+	case !ok:
+		return actor
+	case role == "admin":
+		return "administrator " + name
+	case role == "officer":
+		return "recovery officer " + name
+	}
+	return role + " " + name
 }
 
 // mergeByMailbox merges the events of one kind and request for one mailbox into one listing
