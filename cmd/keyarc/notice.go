@@ -88,7 +88,8 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 }
 
 // newNotifier makes the mail sender of the notices section: its SMTP relay, the relay's CA and
-// password, and the queue folder. A node of several (cluster) has a queue folder of its own
+// password, and the queue folder (one that cannot be opened is logged, not an error: see
+// [notice.NewQueue]). A node of several (cluster) has a queue folder of its own
 // inside it, named after the node: nodes may share a state folder (make cluster does), and a
 // queue has one sender.
 func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts, cluster bool) (*notice.Notifier, error) {
@@ -118,7 +119,10 @@ func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts, cluster boo
 	}
 	q, err := notice.OpenQueue(dir)
 	if err != nil {
-		return nil, err
+		// Not a reason to stop issuing: the notices wait in the audit trail, and the feed and
+		// the sender retry, making the folder once it can be made.
+		log.Error("subscriber notices: cannot open the queue folder; enrollments go on, their notices wait in the audit trail until it can be written", "folder", dir, "err", err)
+		q = notice.NewQueue(dir)
 	}
 	return &notice.Notifier{Queue: q, Sender: sender, From: nc.From, CAName: p.CACert.Subject.CommonName,
 		Logger: log.With("component", "notices"), MaxBackoff: nc.RetryMax.Duration}, nil

@@ -79,6 +79,12 @@ func (q *Queue) PutBatch(es []Event) (string, error) {
 // place, the folder synced.
 func (q *Queue) writeFile(name string, b []byte) error {
 	tmp, err := os.CreateTemp(q.dir, tmpPrefix+"*")
+	if errors.Is(err, os.ErrNotExist) {
+		// Removed while running, or never made ([NewQueue]): made again.
+		if err = os.MkdirAll(filepath.Join(q.dir, RejectedDir), 0o700); err == nil {
+			tmp, err = os.CreateTemp(q.dir, tmpPrefix+"*")
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("notice: queue: %w", err)
 	}
@@ -339,8 +345,7 @@ type merged struct {
 func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry, seen map[string]time.Time) time.Duration {
 	ids, err := n.Queue.Batches()
 	if err != nil {
-		n.log().Error("subscriber notices: cannot read the queue", "err", err)
-		return n.minBackoff()
+		return n.queueFault(err)
 	}
 	if len(ids) == 0 {
 		clear(state)

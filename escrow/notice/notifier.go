@@ -50,6 +50,9 @@ type Notifier struct {
 	wakeOnce                sync.Once
 	wake                    chan struct{}
 	started                 atomic.Bool
+	// queueErr is the last error reading the queue folder, logged once; "" while it reads.
+	// Run's goroutine alone uses it.
+	queueErr string
 }
 
 func (n *Notifier) log() *slog.Logger {
@@ -294,9 +297,9 @@ func (n *Notifier) Run(ctx context.Context) {
 func (n *Notifier) pass(ctx context.Context, state map[string]*retry) time.Duration {
 	ids, err := n.Queue.List()
 	if err != nil {
-		n.log().Error("subscriber notices: cannot read the queue", "err", err)
-		return n.minBackoff()
+		return n.queueFault(err)
 	}
+	n.queueOK()
 	present := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		present[id] = true
@@ -380,6 +383,24 @@ func (n *Notifier) sendEvent(ctx context.Context, e Event, id string) error {
 		return err
 	}
 	return n.Sender.Send(ctx, n.From, e.Mailbox, msg)
+}
+
+// queueFault logs that the queue folder cannot be read, once for as long as the same error
+// lasts (the sender retries every [Notifier.MinBackoff]), and returns how long to wait.
+func (n *Notifier) queueFault(err error) time.Duration {
+	if msg := err.Error(); msg != n.queueErr {
+		n.queueErr = msg
+		n.log().Error("subscriber notices: cannot read the queue folder; nothing queued is lost, retrying", "folder", n.Queue.Dir(), "err", err)
+	}
+	return n.minBackoff()
+}
+
+// queueOK notes that the queue folder can be read.
+func (n *Notifier) queueOK() {
+	if n.queueErr != "" {
+		n.queueErr = ""
+		n.log().Info("subscriber notices: the queue folder can be read again", "folder", n.Queue.Dir())
+	}
 }
 
 func (n *Notifier) minBackoff() time.Duration {

@@ -67,6 +67,12 @@ func OpenQueue(dir string) (*Queue, error) {
 	return q, nil
 }
 
+// NewQueue is the queue of the folder dir, without reading or making it: for a folder that
+// [OpenQueue] could not open (a file in its place, a full disk, a permission), so that the
+// appliance runs on. Each write makes the folder (mode 0700) if it is missing, and fails, to be
+// retried, while it cannot be written; the sender logs that it cannot read the folder.
+func NewQueue(dir string) *Queue { return &Queue{dir: dir} }
+
 // Dir is the queue's folder.
 func (q *Queue) Dir() string { return q.dir }
 
