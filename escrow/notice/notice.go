@@ -148,12 +148,23 @@ func (e Event) Message(from, id string, caName string) ([]byte, error) {
 	return []byte(b.String()), nil
 }
 
+// maxInlineSerials is the longest list of serials written within a line of a message's text;
+// a longer one is written one serial a line.
+const maxInlineSerials = 100
+
 // text is the subject and body of e.
 func (e Event) text(caName string) (subject, body string) {
 	when := e.Time.UTC().Format("2006-01-02 15:04:05 UTC")
 	certs := "certificate (serial " + strings.Join(e.Serials, ", ") + ")"
-	if len(e.Serials) > 1 {
-		certs = "certificates (serials " + strings.Join(e.Serials, ", ") + ")"
+	switch list := strings.Join(e.Serials, ", "); {
+	case len(e.Serials) == 1:
+	case len(list) <= maxInlineSerials:
+		certs = "certificates (serials " + list + ")"
+	default:
+		// A mailbox with many keys (a bulk job's): one serial a line. RFC 5322 bounds a line
+		// at 998 characters, and relays enforce it (some drop the connection, some refuse the
+		// message for good).
+		certs = "certificates (serials\n  " + strings.Join(e.Serials, ",\n  ") + ")"
 	}
 	var b strings.Builder
 	switch e.Kind {

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -260,5 +261,45 @@ func TestSMTPSenderRefusedIsRetried(t *testing.T) {
 	}
 	if err := s.Send(context.Background(), "pki@example.org", "nobody@example.org", msg); !errors.Is(err, ErrRejected) {
 		t.Fatalf("Send to a refused recipient: %v, want %v", err, ErrRejected)
+	}
+}
+
+// TestManySerialsThroughARelay: a mailbox with many keys in one bulk job gets one message
+// listing every serial. RFC 5322 bounds a line at 998 characters, and relays enforce it
+// (go-smtp refuses lines over 2000): the listing must be folded, or the relay refuses the
+// message, and the subscriber is never told. Every line stays within 998 characters, and
+// every serial is in the message.
+func TestManySerialsThroughARelay(t *testing.T) {
+	r := startRelay(t, nil)
+	e := Event{Kind: Escrowed, Mailbox: "shared@example.org", Time: t0}
+	for i := range 200 {
+		e.Serials = append(e.Serials, fmt.Sprintf("%040x", i+1))
+	}
+	for _, kind := range []Kind{Escrowed, RecoveryRequested, RecoveryCompleted, RecoveryCancelled, RecoveryExpired} {
+		e.Kind, e.Request, e.RequestedBy = kind, "", ""
+		if kind != Escrowed {
+			e.Request, e.RequestedBy = "a1b2c3d4e5f60718", "olga"
+		}
+		msg, err := e.Message("pki@example.org", "0001", "Example CA")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := (&SMTP{Addr: r.addr}).Send(context.Background(), "pki@example.org", e.Mailbox, msg); err != nil {
+			t.Fatalf("%s: the relay did not take a message of %d serials: %v", kind, len(e.Serials), err)
+		}
+		got := <-r.got
+		<-r.authed
+		for _, line := range strings.Split(got, "\r\n") {
+			if len(line) > 998 {
+				t.Errorf("%s: a line of %d characters: %.80q...", kind, len(line), line)
+				break
+			}
+		}
+		for _, s := range e.Serials {
+			if !strings.Contains(got, s) {
+				t.Errorf("%s: serial %s is not in the message", kind, s)
+				break
+			}
+		}
 	}
 }
