@@ -369,18 +369,21 @@ func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry, see
 		return now.Sub(first)
 	}
 	quiet, hold := n.batchQuiet(), n.batchHold()
+	urgent := n.urgentIn(ids)
 	sinceNewest, sinceOldest := age(ids[len(ids)-1]), age(ids[0])
 	if sinceNewest < quiet && sinceOldest < hold {
-		// Only the batches a Flush made due, if any.
+		// Only the batches a Flush made due, and those of NotifyNow, if any.
 		flushed := time.Unix(0, n.flushAt.Load())
-		k := 0
-		for k < len(ids) && !queuedAt(ids[k]).After(flushed) {
-			k++
+		var due []string
+		for _, id := range ids {
+			if !queuedAt(id).After(flushed) || urgent[id] {
+				due = append(due, id)
+			}
 		}
-		if k == 0 {
+		if len(due) == 0 {
 			return min(quiet-sinceNewest, hold-sinceOldest)
 		}
-		ids = ids[:k]
+		ids = due
 	}
 	var order []*merged
 	byKey := map[string]*merged{}

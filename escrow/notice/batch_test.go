@@ -361,3 +361,46 @@ func BenchmarkPutBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(es)), "µs/notice")
 }
+
+// TestNotifyNowLeavesJobBatches: notices due at once that come as a batch (a recovery of keys
+// of several mailboxes, enrollments read in one step of the feed) go at once, but do not make
+// a running bulk job's batches due: the job's mailboxes still get one message each, once the
+// job ends.
+func TestNotifyNowLeavesJobBatches(t *testing.T) {
+	q, err := OpenQueue(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeSender{accepted: make(chan struct{}, 8)}
+	n := &Notifier{Queue: q, Sender: f, From: "pki@example.org", BatchQuiet: time.Hour}
+	run(t, n)
+	if err := n.NotifyBatch(escrowedBatch(map[string][]string{"job@example.org": {"01"}}, "job@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.NotifyNow([]Event{escrowed("x@example.org"), escrowed("y@example.org")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, f.accepted)
+	waitFor(t, f.accepted)
+	if err := n.NotifyBatch(escrowedBatch(map[string][]string{"job@example.org": {"02"}}, "job@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.accepted:
+		t.Error("the job's first batch went with the notices due at once, before the job ended")
+	case <-time.After(300 * time.Millisecond):
+	}
+	n.Flush()
+	waitQueue(t, q, n, 0, 3)
+	f.set(func(f *fakeSender) {
+		var job []string
+		for _, m := range f.got {
+			if strings.Contains(m, "To: job@example.org\r\n") {
+				job = append(job, m)
+			}
+		}
+		if len(job) != 1 || !strings.Contains(job[0], "certificates (serials 01, 02)") {
+			t.Errorf("the job's mailbox got %d messages, want one listing both serials:\n%v", len(job), job)
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,8 @@ type Notifier struct {
 	wakeOnce                sync.Once
 	wake                    chan struct{}
 	started                 atomic.Bool
+	urgentMu                sync.Mutex
+	urgent                  map[string]bool // batches of NotifyNow: due at once
 	// queueErr is the last error reading the queue folder, logged once; "" while it reads.
 	// Run's goroutine alone uses it.
 	queueErr string
@@ -103,8 +106,14 @@ func (n *Notifier) Notify(e Event) error {
 // Those of [Queue.PutBatch], except [ErrInvalid]: the events that can never become a message
 // are kept in the rejected folder and counted as dropped, and the others are queued.
 func (n *Notifier) NotifyBatch(es []Event) error {
+	_, err := n.notifyBatch(es)
+	return err
+}
+
+// notifyBatch is NotifyBatch, returning the batch's ID ("" for none queued).
+func (n *Notifier) notifyBatch(es []Event) (string, error) {
 	if len(es) == 0 {
-		return nil
+		return "", nil
 	}
 	now := time.Now().UTC()
 	for i := range es {
@@ -114,21 +123,23 @@ func (n *Notifier) NotifyBatch(es []Event) error {
 	}
 	es, err := n.rejectInvalid(es)
 	if err != nil || len(es) == 0 {
-		return err
+		return "", err
 	}
 	id, err := n.Queue.PutBatch(es)
 	if err != nil {
 		n.failures.Add(1)
-		return err
+		return "", err
 	}
 	n.log().Debug("subscriber notices queued", "batch", id, "notices", len(es))
 	n.wakeSender()
-	return nil
+	return id, nil
 }
 
 // NotifyNow queues es, notices due at once (an enrollment's, a recovery's), with one fsync:
-// one event as a notice file ([Notifier.Notify]), more as a batch made due at once
-// ([Notifier.Flush]).
+// one event as a notice file ([Notifier.Notify]), more as a batch due at once. Unlike
+// [Notifier.Flush], it leaves the batches of a bulk job that is still running to wait for
+// its end, so that their mailboxes still get one message each. (The batch is due at once for
+// this process: after a restart it waits like a job's, [Notifier.BatchQuiet].)
 //
 // # Errors
 //
@@ -140,11 +151,34 @@ func (n *Notifier) NotifyNow(es []Event) error {
 	case 1:
 		return n.Notify(es[0])
 	}
-	if err := n.NotifyBatch(es); err != nil {
+	id, err := n.notifyBatch(es)
+	if err != nil || id == "" {
 		return err
 	}
-	n.Flush()
+	n.urgentMu.Lock()
+	if n.urgent == nil {
+		n.urgent = map[string]bool{}
+	}
+	n.urgent[id] = true
+	n.urgentMu.Unlock()
+	n.wakeSender()
 	return nil
+}
+
+// urgentIn returns which of ids (the batches queued, sorted) [Notifier.NotifyNow] queued, and
+// forgets those no longer queued.
+func (n *Notifier) urgentIn(ids []string) map[string]bool {
+	n.urgentMu.Lock()
+	defer n.urgentMu.Unlock()
+	out := map[string]bool{}
+	for id := range n.urgent {
+		if _, ok := slices.BinarySearch(ids, id); ok {
+			out[id] = true
+		} else {
+			delete(n.urgent, id)
+		}
+	}
+	return out
 }
 
 // rejectInvalid returns the events of es that can become a message ([Event.Validate]). The
