@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -80,6 +81,15 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 	p.Stop = func() {
 		cancel()
 		wg.Wait()
+		if n == nil && (f.Leads == nil || f.Leads()) {
+			// Off: the cursor moves along once a minute; once more at the stop, so that
+			// turning notices on at the next start does not mail the last minute's.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := f.Step(ctx); err != nil {
+				log.Warn("subscriber notices are off: cannot move their cursor at the stop; the last minute's may be mailed if notices are turned on", "err", err)
+			}
+			cancel()
+		}
 		if prev != nil {
 			prev()
 		}
