@@ -250,6 +250,9 @@ type Token struct {
 	retry   atomic.Bool
 	// expected are the pinned key identities, checked after every reconnection.
 	expected []expectation
+	// failing, when not nil, is the last key operation the token failed although it answers
+	// ([ErrTokenFault]); Ping probes it (see failing.go).
+	failing atomic.Pointer[failure]
 }
 
 // expectation is a label and the public key it must name.
@@ -739,6 +742,9 @@ func (t *Token) Ping() error {
 		if !broken {
 			t.log.Error("hsm: token stopped answering", "op", "ping", "err", err)
 		}
+		return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
+	}
+	if err := t.probeFailing(); err != nil {
 		return fmt.Errorf("hsm: ping token %q: %w", t.label, err)
 	}
 	return nil

@@ -79,7 +79,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	}, []string{"result"})
 	m.tokenFault = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "keyarc_token_fault",
-		Help: "1 for the cause keeping the appliance token from being ready (unreachable, pin_refused, key_mismatch), else 0.",
+		Help: "1 for the cause keeping the appliance token from being ready (unreachable, pin_refused, key_mismatch, failing), else 0.",
 	}, []string{"cause"})
 	for _, c := range tokenCauses {
 		m.tokenFault.WithLabelValues(c).Set(0)

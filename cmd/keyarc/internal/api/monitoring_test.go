@@ -67,6 +67,7 @@ func TestTokenFaultAlerts(t *testing.T) {
 		tokenUnreachable: "KeyarcTokenUnreachable",
 		tokenPINRefused:  "KeyarcTokenPINRefused",
 		tokenKeyMismatch: "KeyarcTokenKeyMismatch",
+		tokenFailing:     "KeyarcTokenFailing",
 	}
 	for _, cause := range tokenCauses {
 		expr := `keyarc_token_fault{cause="` + cause + `"} == 1`

@@ -19,9 +19,11 @@ const (
 	tokenUnreachable = "unreachable"
 	tokenPINRefused  = "pin_refused"
 	tokenKeyMismatch = "key_mismatch"
+	// tokenFailing: the token answers, but fails the operations asked of it (hsm.ErrTokenFault).
+	tokenFailing = "failing"
 )
 
-var tokenCauses = []string{tokenUnreachable, tokenPINRefused, tokenKeyMismatch}
+var tokenCauses = []string{tokenUnreachable, tokenPINRefused, tokenKeyMismatch, tokenFailing}
 
 // tokenCause classifies a token error into a cause and the message a client or an operator
 // reads in a 503 and on /readyz. The details (the key's label, the pin-source) go to the log.
@@ -31,6 +33,8 @@ func tokenCause(err error) (cause, msg string) {
 		return tokenPINRefused, "the appliance token refused the PIN; an operator must put the right PIN in the pin-source (or fix the token and send SIGHUP); retry later"
 	case errors.Is(err, hsm.ErrKeyChanged):
 		return tokenKeyMismatch, "the appliance token holds other keys than the appliance's certificates; an operator must restore the right token; retry later"
+	case errors.Is(err, hsm.ErrTokenFault) && !errors.Is(err, hsm.ErrTokenGone):
+		return tokenFailing, "the appliance token answers but fails the operations asked of it (see the appliance log); retry later"
 	}
 	return tokenUnreachable, "the appliance token is unreachable; retry later"
 }

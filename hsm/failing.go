@@ -1,0 +1,101 @@
+package hsm
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+)
+
+// failure is the last key operation the token failed although it answers ([ErrTokenFault]:
+// CKR_FUNCTION_FAILED, CKR_DEVICE_MEMORY...), with a probe that repeats that operation on
+// the same key on an input of its own. [Token.Ping] runs the probe and fails while it fails:
+// a token that answers its liveness calls but fails every signature is not ready. Unlike
+// [ErrTokenGone], operations are not refused meanwhile.
+type failure struct {
+	what  string // op and key label, e.g. `sign with "ca-key"`
+	err   error
+	probe func() error
+}
+
+// failed records that the operation what failed with err, a token fault, and logs it when
+// the token was not known to fail until now. Other errors are ignored.
+func (t *Token) failed(what string, err error, probe func() error) {
+	if !errors.Is(err, ErrTokenFault) {
+		return
+	}
+	if t.failing.Swap(&failure{what: what, err: err, probe: probe}) == nil {
+		t.log.Error("hsm: the token answers but fails operations; it is not ready until the operation succeeds again",
+			"op", what, "err", err)
+	}
+}
+
+// succeeded clears the failure of the operation what, once it succeeded again.
+func (t *Token) succeeded(what string) {
+	if f := t.failing.Load(); f != nil && f.what == what && t.failing.CompareAndSwap(f, nil) {
+		t.log.Info("hsm: the token completes operations again", "op", what)
+	}
+}
+
+// probeFailing runs the probe of the failed operation, if any: nil when there is none or
+// it succeeds now, else an error wrapping [ErrTokenFault] (or [ErrTokenGone],
+// [ErrPoolExhausted], [ErrClosed] when the probe met one of those).
+func (t *Token) probeFailing() error {
+	f := t.failing.Load()
+	if f == nil {
+		return nil
+	}
+	err := f.probe()
+	if err == nil {
+		t.succeeded(f.what)
+		return nil
+	}
+	if errors.Is(err, ErrKeyNotFound) {
+		// The key is gone (a recovery key destroyed, a session key lost at a reconnection):
+		// there is nothing left to probe, and its failure is no longer the token's state.
+		t.failing.CompareAndSwap(f, nil)
+		return nil
+	}
+	for _, s := range []error{ErrTokenFault, ErrTokenGone, ErrPoolExhausted, ErrClosed} {
+		if errors.Is(err, s) {
+			return fmt.Errorf("the token fails operations (%s): %w", f.what, err)
+		}
+	}
+	return fmt.Errorf("%w: the token fails operations (%s): %w", ErrTokenFault, f.what, err)
+}
+
+// probe signs a random digest with the key as opts asks, and verifies the signature.
+func (s *signer) probe(opts crypto.SignerOpts) error {
+	n := sha256.Size
+	if h := opts.HashFunc(); h != 0 {
+		n = h.Size()
+	}
+	digest := make([]byte, n)
+	if _, err := rand.Read(digest); err != nil {
+		return err
+	}
+	sig, err := s.Sign(nil, digest, opts)
+	if err != nil {
+		return err
+	}
+	ok := false
+	switch pub := s.pub.(type) {
+	case *ecdsa.PublicKey:
+		ok = ecdsa.VerifyASN1(pub, digest, sig)
+	case *rsa.PublicKey:
+		if pss, isPSS := opts.(*rsa.PSSOptions); isPSS {
+			ok = rsa.VerifyPSS(pub, opts.HashFunc(), digest, sig, pss) == nil
+		} else {
+			ok = rsa.VerifyPKCS1v15(pub, opts.HashFunc(), digest, sig) == nil
+		}
+	default:
+		return nil // a key type this package does not verify: the token signed
+	}
+	if !ok {
+		return fmt.Errorf("hsm: sign with %q: %w: the probe's signature does not verify", s.label, ErrTokenFault)
+	}
+	return nil
+}
