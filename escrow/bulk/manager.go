@@ -60,6 +60,12 @@ type Manager struct {
 	// the storage ([store.ErrUnavailable]) are recognised without it. An item never fails for
 	// the appliance's fault: the job pauses and tries again (see [Manager.Run]).
 	Fault func(err error) string
+	// Cleared, when set, reports whether the fault of cause has cleared (nil) or lasts (its
+	// error). A paused job tries its work again only once it has: the step that resumes a
+	// job may not need what failed (a read of the store does not need the token), and a job
+	// that resumed on it would only pause again, reading as running while nothing moves.
+	// Nil: the job tries again after each back-off.
+	Cleared func(cause string) error
 	// Node names this node when several share the database: it holds the leases of the jobs
 	// it runs (default [DefaultNode]).
 	Node string

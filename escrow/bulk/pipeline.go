@@ -344,13 +344,22 @@ func (r *jobRun) retry(ctx context.Context, step func() error) error {
 }
 
 // pause marks the job paused for cause (logging the first fault of a pause), then waits for
-// the back-off. It reports false if ctx ended meanwhile.
+// the back-off, and again while [Manager.Cleared] says the fault lasts. It reports false if
+// ctx ended meanwhile.
 func (r *jobRun) pause(ctx context.Context, cause string, err error) bool {
 	d, first := r.prog.pause(cause)
 	if first {
 		r.m.log().Warn("bulk job paused; it resumes by itself when the fault clears", "job", r.job.ID, "cause", cause, "err", err)
 	}
-	return sleep(ctx, d)
+	for {
+		if !sleep(ctx, d) {
+			return false
+		}
+		if r.m.Cleared == nil || r.m.Cleared(cause) == nil {
+			return true
+		}
+		d, _ = r.prog.pause(cause)
+	}
 }
 
 // resumed clears a pause once work succeeds again.

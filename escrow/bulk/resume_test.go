@@ -365,3 +365,86 @@ func TestTokenFaultPausesJob(t *testing.T) {
 		t.Errorf("still paused (%q) after the job", env.mgr.Paused())
 	}
 }
+
+// TestPausedJobWaitsUntilCleared: a job paused by the token stays paused while
+// [Manager.Cleared] says the fault lasts: it neither reads as running nor asks the token
+// again (a step that needs no token, such as reading the store, used to resume it, only for
+// it to pause at the next item). Once Cleared says the fault is over, it ends with every item
+// done.
+func TestPausedJobWaitsUntilCleared(t *testing.T) {
+	env := newEnv(t)
+	dec := &flakyDecrypter{Decrypter: env.svc.Transport.Key}
+	env.svc.Transport = &escrow.Transport{Cert: env.svc.Transport.Cert, Key: dec}
+	env.mgr.Fault = func(err error) string {
+		if errors.Is(err, errTokenDown) {
+			return CauseToken
+		}
+		return ""
+	}
+	var checks atomic.Int64
+	env.mgr.Cleared = func(cause string) error {
+		checks.Add(1)
+		if cause == CauseToken && dec.down.Load() {
+			return errTokenDown
+		}
+		return nil
+	}
+	const total = 10
+	var items []any
+	for i := 1; i <= total; i++ {
+		items = append(items, env.enrollItem(t, resumeMailbox(i)))
+	}
+	dec.down.Store(true)
+	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { env.mgr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	status := func() *Status {
+		s, err := env.mgr.Status(context.Background(), st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	deadline := time.Now().Add(time.Minute)
+	for status().State != StatePaused {
+		if time.Now().After(deadline) {
+			t.Fatalf("job %+v, want it paused", status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The back-off reaches its longest (2 s) within a few checks: wait for a few of them.
+	for checks.Load() < 4 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	fails := dec.fails.Load()
+	for checks.Load() < 6 && time.Now().Before(deadline) {
+		if s := status(); s.State != StatePaused || s.Done+s.Failed != 0 {
+			t.Fatalf("status %+v while Cleared says the token fault lasts; want paused, no outcome", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := checks.Load(); n < 6 {
+		t.Fatalf("the paused job asked Cleared %d times in a minute, want it asked at each back-off", n)
+	}
+	if n := dec.fails.Load() - fails; n != 0 {
+		t.Errorf("the job asked the token %d more times while Cleared said the fault lasts", n)
+	}
+	dec.down.Store(false)
+	for {
+		s := status()
+		if s.State == store.JobDone || s.State == store.JobCancelled {
+			st = s
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %+v, want it done once the fault cleared", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st.State != store.JobDone || st.Done != total || st.Failed != 0 {
+		t.Fatalf("status %+v after the fault cleared", st)
+	}
+	env.checkInvariant(t, env.results(t, st.ID))
+}

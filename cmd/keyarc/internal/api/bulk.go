@@ -40,6 +40,7 @@ func newBulkState(a *Server) *bulkState {
 		Logger:  a.log,
 		Metrics: bulkMetrics{st.items},
 		Fault:   bulkFault,
+		Cleared: a.bulkFaultCleared,
 		// With several nodes, the node's name holds the leases of the jobs it runs.
 		Node: a.svc.Node,
 		// Every node of a cluster uses the same length (cluster.job_lease).

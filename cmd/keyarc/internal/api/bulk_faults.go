@@ -30,6 +30,16 @@ func bulkFault(err error) string {
 	return ""
 }
 
+// bulkFaultCleared tells a job paused for the token whether the token works again: the
+// readiness check (hsm.Token.Ping, which repeats an operation the token failed), which also
+// updates /readyz and the token metrics. Other causes are retried after each back-off.
+func (a *Server) bulkFaultCleared(cause string) error {
+	if cause != bulk.CauseToken || a.tok == nil {
+		return nil
+	}
+	return a.tokenStatus()
+}
+
 // bulkPausedDesc is keyarc_bulk_job_paused{cause}.
 var bulkPausedDesc = prometheus.NewDesc("keyarc_bulk_job_paused",
 	"1 while the running bulk job is paused by a fault of the appliance of this cause (storage, token, stuck); it resumes by itself when the fault clears.",
