@@ -8,6 +8,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+
+	"github.com/miekg/pkcs11"
 )
 
 // failure is the last key operation the token failed although it answers ([ErrTokenFault]:
@@ -21,16 +23,31 @@ type failure struct {
 	probe func() error
 }
 
-// failed records that the operation what failed with err, a token fault, and logs it when
-// the token was not known to fail until now. Other errors are ignored.
+// failed records that the operation what failed with err, when the token answered it with
+// an error that is no verdict on the request ([answeredFault]), and logs it when the token was
+// not known to fail until now. Other errors are ignored.
 func (t *Token) failed(what string, err error, probe func() error) {
-	if !errors.Is(err, ErrTokenFault) {
+	if !answeredFault(err) {
 		return
 	}
 	if t.failing.Swap(&failure{what: what, err: err, probe: probe}) == nil {
 		t.log.Error("hsm: the token answers but fails operations; it is not ready until the operation succeeds again",
 			"op", what, "err", err)
 	}
+}
+
+// answeredFault reports whether err is the token's answer to an operation that it failed:
+// [ErrTokenFault], or a PKCS#11 code that reads as [ErrTokenGone] (CKR_DEVICE_ERROR...). A
+// token that answers CKR_DEVICE_ERROR to every decryption reconnects at the next Ping
+// without trouble, and would read as ready again while the decryptions still fail; held as
+// a failure, it stays not ready until its probe decrypts. Not [ErrTokenHung] (the token did
+// not answer: Ping sees that itself), nor an operation refused before it reached the token.
+func answeredFault(err error) bool {
+	if errors.Is(err, ErrTokenFault) {
+		return true
+	}
+	var rv pkcs11.Error
+	return errors.Is(err, ErrTokenGone) && !errors.Is(err, ErrTokenHung) && errors.As(err, &rv)
 }
 
 // succeeded clears the failure of the operation what, once it succeeded again.

@@ -70,7 +70,8 @@ func faultyToken(t *testing.T) (*Token, func(rules string)) {
 // TestPingProbesFailingOperation: a token that answers but fails a key's signatures or
 // decryptions (CKR_FUNCTION_FAILED, CKR_DEVICE_MEMORY) is not ready: Ping repeats the failed
 // operation and returns ErrTokenFault, not ErrTokenGone (nothing to reconnect), until it
-// succeeds; a one-off failure costs nothing once the token works, and a failed key that is
+// succeeds; one that answers CKR_DEVICE_ERROR is reconnected, and not ready either until the
+// operation succeeds; a one-off failure costs nothing once the token works, and a failed key that is
 // destroyed is no longer probed.
 func TestPingProbesFailingOperation(t *testing.T) {
 	tok, fail := faultyToken(t)
@@ -116,6 +117,9 @@ func TestPingProbesFailingOperation(t *testing.T) {
 	}{
 		{"sign fails", "C_Sign=0x6", sign, ErrTokenFault, ErrTokenFault, true},
 		{"decrypt fails", "C_Decrypt=0x31", func() error { return decrypt(d) }, ErrTokenFault, ErrTokenFault, true},
+		// CKR_DEVICE_ERROR reads as a token gone: the next Ping reconnects, and the probe
+		// keeps it not ready while the decryptions fail.
+		{"decrypt device error", "C_Decrypt=0x30", func() error { return decrypt(d) }, ErrTokenGone, ErrTokenGone, true},
 		{"another call fails", "C_GenerateKeyPair=0x6", sign, nil, nil, true},
 	}
 	for _, st := range steps {
@@ -128,7 +132,7 @@ func TestPingProbesFailingOperation(t *testing.T) {
 			if !errors.Is(err, st.pingErr) || (st.pingErr == nil && err != nil) {
 				t.Fatalf("Ping with the fault on = %v, want %v", err, st.pingErr)
 			}
-			if st.pingErr != nil && errors.Is(err, ErrTokenGone) {
+			if errors.Is(st.pingErr, ErrTokenFault) && errors.Is(err, ErrTokenGone) {
 				t.Errorf("Ping = %v: a token that answers is not gone", err)
 			}
 			if err := tok.Ping(); !errors.Is(err, st.pingErr) || (st.pingErr == nil && err != nil) {

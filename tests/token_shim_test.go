@@ -133,7 +133,8 @@ const signFault = "C_Sign=" + ckrFunctionFailed + " C_SignFinal=" + ckrFunctionF
 //     the metrics count the failed signatures;
 //   - OCSP for a certificate revoked while signing fails is tryLater, never good;
 //   - a recovery fetch while C_Decrypt answers CKR_DEVICE_ERROR is refused with 503 and not
-//     consumed, and succeeds once the token decrypts again; a recovery request while
+//     consumed, the appliance is not ready although the token reconnects, and the fetch
+//     succeeds once the token decrypts again; a recovery request while
 //     C_GenerateKeyPair fails is refused as the appliance's fault.
 func TestTokenFailsOperations(t *testing.T) {
 	t.Parallel()
@@ -331,6 +332,13 @@ func TestTokenFailsOperations(t *testing.T) {
 		}
 		if show := keyarc(t, as("officer", "recovery", "show", id)...); strings.Contains(show, "consumed") || strings.Contains(show, "cancel") {
 			t.Fatalf("the recovery was closed by the token's fault:\n%s", show)
+		}
+		// The token reconnects without trouble, but still fails the decryptions: not ready.
+		if code, body := tokGet(t, a, "/readyz"); code != http.StatusServiceUnavailable {
+			t.Errorf("/readyz while the token answers CKR_DEVICE_ERROR to decryptions: %d %q, want 503", code, body)
+		}
+		if got := tokMetric(t, a, "keyarc_token_ready"); got != "0" {
+			t.Errorf("keyarc_token_ready = %q while the token fails decryptions, want 0", got)
 		}
 
 		f.heal(t)
