@@ -128,8 +128,9 @@ const signFault = "C_Sign=" + ckrFunctionFailed + " C_SignFinal=" + ckrFunctionF
 // in phases, each fault ended before the next:
 //   - a bulk enroll job while signing fails pauses (no item failed) and, the fault over,
 //     ends with every item issued once;
-//   - EST and an archival enrollment while signing fails get 503 with Retry-After and a
-//     message that blames the appliance; the codes are not spent, and enroll once it is over;
+//   - EST and an archival enrollment while signing fails (and the archival enrollment while
+//     the envelope's unwrap fails) get 503 with Retry-After and a message that blames the
+//     appliance; the codes are not spent, and enroll once the faults are over;
 //     the metrics count the failed signatures;
 //   - OCSP for a certificate revoked while signing fails is tryLater, never good;
 //   - a recovery fetch while C_Decrypt answers CKR_DEVICE_ERROR is refused with 503 and not
@@ -233,8 +234,12 @@ func TestTokenFailsOperations(t *testing.T) {
 		}
 		before := signFailures()
 
-		f.fail(t, signFault)
+		// The archival envelope is opened in the token first: its unwrap fails.
+		f.fail(t, "C_Decrypt="+ckrFunctionFailed)
 		defer f.heal(t)
+		want503(t, "archival enrollment with the envelope's unwrap failing", archival())
+
+		f.fail(t, signFault)
 		want503(t, "EST simpleenroll", est())
 		want503(t, "archival enrollment", archival())
 		if after := signFailures(); after < before+2 {
