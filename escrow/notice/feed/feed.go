@@ -359,7 +359,10 @@ func (f *Feed) Step(ctx context.Context) (more bool, err error) {
 			return false, fmt.Errorf("notices: queue: %w", err)
 		}
 	}
-	if err := f.Store.Update(ctx, func(tx store.Tx) error { return tx.AdvanceCursor(CursorName, next) }); err != nil {
+	// Queued: recorded even when the appliance is stopping meanwhile, or its next start would
+	// queue them again.
+	err = f.Store.Update(context.WithoutCancel(ctx), func(tx store.Tx) error { return tx.AdvanceCursor(CursorName, next) })
+	if err != nil {
 		// Queued, not recorded: the next step queues them again (at least once).
 		return false, fmt.Errorf("notices: move the cursor: %w", err)
 	}

@@ -21,11 +21,16 @@ import (
 type recorder struct {
 	batches, now [][]notice.Event
 	flushes      int
+	// queued, when set, is called once notices are queued.
+	queued func()
 }
 
 func (r *recorder) NotifyBatch(es []notice.Event) error {
 	if len(es) > 0 {
 		r.batches = append(r.batches, es)
+		if r.queued != nil {
+			r.queued()
+		}
 	}
 	return nil
 }
@@ -450,5 +455,25 @@ func TestFeedInvalidNotice(t *testing.T) {
 	rej, err := os.ReadDir(filepath.Join(q.Dir(), notice.RejectedDir))
 	if err != nil || len(rej) != 2 {
 		t.Errorf("rejected folder holds %d files (%v), want the 2 notices refused", len(rej), err)
+	}
+}
+
+// TestFeedStopAfterQueueing: the appliance stopping (its context cancelled) after a step queued
+// its notices still records them: a graceful stop never makes the next start queue them again.
+func TestFeedStopAfterQueueing(t *testing.T) {
+	db := openDB(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := &recorder{queued: cancel}
+	f := &feed.Feed{Store: db, Notifier: rec}
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	appendEntry(t, db, audit.KindArchive, "job j", "a@example.org", audit.Details{Mailbox: "a@example.org", Serial: "0a"})
+	if _, err := f.Step(ctx); err != nil {
+		t.Fatalf("Step stopped after queueing: %v", err)
+	}
+	if pos := cursor(t, db); pos != 1 {
+		t.Fatalf("cursor %d after the queued step, want 1: the next start would queue the notice again", pos)
 	}
 }
