@@ -152,7 +152,9 @@ func TestFirefoxEnrollment(t *testing.T) {
 	if err := b.Click(ctx, "#submit"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.WaitFor(ctx, `document.querySelector('#steps li.failed') !== null || !document.getElementById('error').hidden`, 2*time.Minute); err != nil {
+	// The step is marked failed before the answer's body is read into the message: wait for
+	// the message.
+	if err := b.WaitFor(ctx, `!document.getElementById('error').hidden && document.getElementById('error').textContent !== ''`, 2*time.Minute); err != nil {
 		t.Fatalf("submit a wrong code: %v", err)
 	}
 	var shown string
@@ -161,6 +163,10 @@ func TestFirefoxEnrollment(t *testing.T) {
 	}
 	if !strings.Contains(shown, refusal) || !strings.Contains(shown, "401") {
 		t.Fatalf("the page shows %q for a wrong code, want the API's message %q", shown, refusal)
+	}
+	var failed bool
+	if err := b.Eval(ctx, `document.querySelector('#steps li.failed') !== null`, &failed); err != nil || !failed {
+		t.Errorf("the step that asked the appliance is not marked failed (%v)", err)
 	}
 
 	// The right code.

@@ -258,9 +258,14 @@ func TestBrowserEnrollment(t *testing.T) {
 		chromedp.SendKeys(chromedp.ID("password"), password),
 		chromedp.SendKeys(chromedp.ID("confirm"), password),
 		chromedp.Click(chromedp.ID("submit")),
-		chromedp.Poll[chromedp.Void](`document.querySelector('#steps li.failed') !== null`, chromedp.WithPollingTimeout(time.Minute)),
+		// The step is marked failed before the answer's body is read into the message: wait
+		// for the message.
+		chromedp.Poll[chromedp.Void](`!document.getElementById('error').hidden && document.getElementById('error').textContent !== ''`, chromedp.WithPollingTimeout(time.Minute)),
 	); err != nil {
 		t.Fatalf("submit a wrong code: %v", err)
+	}
+	if failed, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('#steps li.failed') !== null`)); err != nil || !failed {
+		t.Errorf("the step that asked the appliance is not marked failed (%v)", err)
 	}
 	shown, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("error")))
 	if err != nil {
