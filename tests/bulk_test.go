@@ -435,7 +435,7 @@ func TestBulkCrashResume(t *testing.T) {
 	const total = 2000
 	state := devState(t)
 	relay := freePort(t)
-	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), noticesConfig(relay))
 	told := startMailSink(t, relay).log()
 	a := serve(t, state)
 	var lines []string

@@ -217,7 +217,7 @@ func startCluster(t *testing.T, n int) *cluster {
 	// its own queue (a folder per node inside the shared state folder's).
 	relay := freePort(t)
 	c.mail = startMailSink(t, relay).log()
-	cfg += "notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n"
+	cfg += noticesConfig(relay)
 	writeFile(t, cfgPath, []byte(cfg))
 	// The nodes start one after the other: each start-up writes the audit trail.
 	for i := 0; i < n; i++ {

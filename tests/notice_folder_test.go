@@ -20,7 +20,7 @@ func TestNoticeQueueFolderBlocked(t *testing.T) {
 	state := devState(t)
 	relay := freePort(t)
 	sink := startMailSink(t, relay)
-	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), noticesConfig(relay))
 	queue := filepath.Join(state, "notices")
 	if err := os.WriteFile(queue, []byte("not a folder"), 0o600); err != nil {
 		t.Fatal(err)

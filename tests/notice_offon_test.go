@@ -46,7 +46,7 @@ func TestNoticeOffThenOn(t *testing.T) {
 
 	relay := freePort(t)
 	sink := startMailSink(t, relay)
-	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), noticesConfig(relay))
 	a := serve(t, state)
 	serial := enrollArchival(t, a, state, "after@example.org")
 	m := sink.next(t, "for the enrollment made with notices on")

@@ -84,6 +84,12 @@ func startMailSink(t *testing.T, addr string) *mailSink {
 	return sink
 }
 
+// noticesConfig is the notices section of a configuration that mails through the test's relay
+// at relay (host:port), in plain SMTP, retrying every 2 s at the most.
+func noticesConfig(relay string) string {
+	return "notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n"
+}
+
 // mailLog keeps every mail a sink accepts, by recipient, from the moment it is made: for tests
 // that count many mails. The sink's mail channel is its alone then.
 type mailLog struct {
@@ -176,7 +182,7 @@ func TestNoticeMail(t *testing.T) {
 	}
 
 	relay := freePort(t)
-	appendFile(t, filepath.Join(state, "keyarc.yaml"), "notices:\n  smtp: "+relay+"\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+	appendFile(t, filepath.Join(state, "keyarc.yaml"), noticesConfig(relay))
 	a := serve(t, state)
 	if !strings.Contains(a.logs.String(), "subscriber notices by mail") {
 		t.Errorf("the start-up log does not say notices go by mail:\n%s", a.logs.String())
@@ -339,7 +345,7 @@ func TestNoticeBulkAndRecoveryEnds(t *testing.T) {
 	}()
 	relay := down.Addr().String()
 	cfg = []byte(strings.Replace(string(cfg), "request_ttl: 24h0m0s", "request_ttl: 1m0s", 1) +
-		"notices:\n  smtp: " + relay + "\n  from: pki@example.org\n  starttls: \"off\"\n  retry_max: 2s\n")
+		noticesConfig(relay))
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 		t.Fatal(err)
 	}
