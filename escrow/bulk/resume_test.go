@@ -293,12 +293,11 @@ func (d *flakyDecrypter) Decrypt(r io.Reader, msg []byte, opts crypto.DecrypterO
 	return d.Decrypter.Decrypt(r, msg, opts)
 }
 
-// TestTokenFaultPausesJob: while the token does not answer, an enroll job's items do not fail:
-// the job reports itself paused with the token as the reason, and once the token answers again
-// it ends with every item done.
-func TestTokenFaultPausesJob(t *testing.T) {
-	env := newEnv(t)
+// tokenDown gives env's transport key a decrypter whose token is down, its error the
+// manager's CauseToken.
+func tokenDown(env *testEnv) *flakyDecrypter {
 	dec := &flakyDecrypter{Decrypter: env.svc.Transport.Key}
+	dec.down.Store(true)
 	env.svc.Transport = &escrow.Transport{Cert: env.svc.Transport.Cert, Key: dec}
 	env.mgr.Fault = func(err error) string {
 		if errors.Is(err, errTokenDown) {
@@ -306,17 +305,52 @@ func TestTokenFaultPausesJob(t *testing.T) {
 		}
 		return ""
 	}
-	const total = 10
+	return dec
+}
+
+// startEnrollJob submits an enroll job of total items and runs the manager in the background
+// until the test ends.
+func startEnrollJob(t *testing.T, env *testEnv, total int) *Status {
+	t.Helper()
 	var items []any
 	for i := 1; i <= total; i++ {
 		items = append(items, env.enrollItem(t, resumeMailbox(i)))
 	}
-	dec.down.Store(true)
 	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { env.mgr.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return st
+}
+
+// waitJobEnd waits until job id is done or cancelled, at the latest until deadline, and
+// returns its status.
+func waitJobEnd(t *testing.T, env *testEnv, id string, deadline time.Time) *Status {
+	t.Helper()
+	for {
+		s, err := env.mgr.Status(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.State == store.JobDone || s.State == store.JobCancelled {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %+v, want it ended once the token works again", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestTokenFaultPausesJob: while the token does not answer, an enroll job's items do not fail:
+// the job reports itself paused with the token as the reason, and once the token answers again
+// it ends with every item done.
+func TestTokenFaultPausesJob(t *testing.T) {
+	env := newEnv(t)
+	const total = 10
+	dec := tokenDown(env)
+	st := startEnrollJob(t, env, total)
 	deadline := time.Now().Add(time.Minute)
 	for {
 		s, err := env.mgr.Status(context.Background(), st.ID)
@@ -341,20 +375,7 @@ func TestTokenFaultPausesJob(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // the job keeps trying
 	}
 	dec.down.Store(false)
-	for {
-		s, err := env.mgr.Status(context.Background(), st.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.State == store.JobDone || s.State == store.JobCancelled {
-			st = s
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %+v, want it done once the token answers", s)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	st = waitJobEnd(t, env, st.ID, deadline)
 	if st.State != store.JobDone || st.Done != total || st.Failed != 0 {
 		t.Fatalf("status %+v after the token came back", st)
 	}
@@ -373,14 +394,7 @@ func TestTokenFaultPausesJob(t *testing.T) {
 // done.
 func TestPausedJobWaitsUntilCleared(t *testing.T) {
 	env := newEnv(t)
-	dec := &flakyDecrypter{Decrypter: env.svc.Transport.Key}
-	env.svc.Transport = &escrow.Transport{Cert: env.svc.Transport.Cert, Key: dec}
-	env.mgr.Fault = func(err error) string {
-		if errors.Is(err, errTokenDown) {
-			return CauseToken
-		}
-		return ""
-	}
+	dec := tokenDown(env)
 	var checks atomic.Int64
 	env.mgr.Cleared = func(cause string) error {
 		checks.Add(1)
@@ -390,16 +404,7 @@ func TestPausedJobWaitsUntilCleared(t *testing.T) {
 		return nil
 	}
 	const total = 10
-	var items []any
-	for i := 1; i <= total; i++ {
-		items = append(items, env.enrollItem(t, resumeMailbox(i)))
-	}
-	dec.down.Store(true)
-	st := submit(t, env, jobFile(t, Header{Kind: KindEnroll, Template: "smime-encryption"}, items...))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { env.mgr.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	st := startEnrollJob(t, env, total)
 	status := func() *Status {
 		s, err := env.mgr.Status(context.Background(), st.ID)
 		if err != nil {
@@ -432,17 +437,7 @@ func TestPausedJobWaitsUntilCleared(t *testing.T) {
 		t.Errorf("the job asked the token %d more times while Cleared said the fault lasts", n)
 	}
 	dec.down.Store(false)
-	for {
-		s := status()
-		if s.State == store.JobDone || s.State == store.JobCancelled {
-			st = s
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %+v, want it done once the fault cleared", s)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	st = waitJobEnd(t, env, st.ID, deadline)
 	if st.State != store.JobDone || st.Done != total || st.Failed != 0 {
 		t.Fatalf("status %+v after the fault cleared", st)
 	}
