@@ -68,6 +68,26 @@ func enrollLines(t *testing.T, state, prefix string, n int) []string {
 	return lines
 }
 
+// waitPaused waits (30 s at most) for the bulk job at url to pause for cause (storage or token):
+// paused, not done, with a reason naming the cause, and counted in keyarc_bulk_job_paused.
+func waitPaused(t *testing.T, a *appliance, c *http.Client, url, cause string) faultStatus {
+	t.Helper()
+	st := waitJob(t, c, url, 30*time.Second, "job paused", func(st faultStatus) bool {
+		return st.State == "paused" || st.State == "done"
+	})
+	if st.State != "paused" {
+		t.Fatalf("the job ended under the %s's fault without pausing: %+v", cause, st)
+	}
+	if !strings.Contains(st.Reason, cause) {
+		t.Errorf("paused with reason %q, want one naming the %s", st.Reason, cause)
+	}
+	metric := `keyarc_bulk_job_paused{cause="` + cause + `"}`
+	if v := metricValue(t, a, metric); v != 1 {
+		t.Errorf("%s = %v while paused, want 1", metric, v)
+	}
+	return st
+}
+
 // waitJob polls a job until cond holds, failing after the deadline.
 func waitJob(t *testing.T, c *http.Client, url string, within time.Duration, what string, cond func(faultStatus) bool) faultStatus {
 	t.Helper()
@@ -206,18 +226,7 @@ func TestBulkStorageFault(t *testing.T) {
 			}
 
 			tr := startStrace(t, a, f.inject...)
-			st = waitJob(t, c, url, 30*time.Second, "job paused", func(st faultStatus) bool {
-				return st.State == "paused" || st.State == "done"
-			})
-			if st.State != "paused" {
-				t.Fatalf("the job ended under the fault without pausing: %+v", st)
-			}
-			if !strings.Contains(st.Reason, "storage") {
-				t.Errorf("paused with reason %q, want one naming the storage", st.Reason)
-			}
-			if v := metricValue(t, a, `keyarc_bulk_job_paused{cause="storage"}`); v != 1 {
-				t.Errorf("keyarc_bulk_job_paused{cause=\"storage\"} = %v while paused, want 1", v)
-			}
+			waitPaused(t, a, c, url, "storage")
 			time.Sleep(2 * time.Second)
 			if st, err := getFaultStatus(c, url); err != nil || st.State != "paused" {
 				t.Errorf("status while the fault lasts: %+v %v; want paused", st, err)

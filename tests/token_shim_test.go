@@ -161,18 +161,7 @@ func TestTokenFailsOperations(t *testing.T) {
 		if st.Done+st.Failed >= total {
 			t.Fatalf("the job finished before the fault (%+v): make it longer", st)
 		}
-		st = waitJob(t, c, url, 30*time.Second, "job paused", func(st faultStatus) bool {
-			return st.State == "paused" || st.State == "done"
-		})
-		if st.State != "paused" {
-			t.Fatalf("the job ended under the token's fault without pausing: %+v", st)
-		}
-		if !strings.Contains(st.Reason, "token") {
-			t.Errorf("paused with reason %q, want one naming the token", st.Reason)
-		}
-		if v := metricValue(t, a, `keyarc_bulk_job_paused{cause="token"}`); v != 1 {
-			t.Errorf(`keyarc_bulk_job_paused{cause="token"} = %v while paused, want 1`, v)
-		}
+		waitPaused(t, a, c, url, "token")
 		// Paused for as long as the fault lasts: not running now and then (a step that needs
 		// no token used to resume it), no item failed, no progress once the batches signed
 		// before the fault have committed.
