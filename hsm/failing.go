@@ -50,10 +50,21 @@ func answeredFault(err error) bool {
 	return errors.Is(err, ErrTokenGone) && !errors.Is(err, ErrTokenHung) && errors.As(err, &rv)
 }
 
-// succeeded clears the failure of the operation what, once it succeeded again.
-func (t *Token) succeeded(what string) {
-	if f := t.failing.Load(); f != nil && f.what == what && t.failing.CompareAndSwap(f, nil) {
-		t.log.Info("hsm: the token completes operations again", "op", what)
+// opName names operation op with the key labelled label, as a failure records it.
+func opName(op, label string) string { return fmt.Sprintf("%s with %q", op, label) }
+
+// succeeded clears the failure of operation op with the key labelled label, once it succeeded
+// again. It costs one atomic load while nothing fails: it is on every signature's path.
+func (t *Token) succeeded(op, label string) {
+	if f := t.failing.Load(); f != nil && f.what == opName(op, label) {
+		t.clearFailure(f)
+	}
+}
+
+// clearFailure forgets failure f, if it is still the token's.
+func (t *Token) clearFailure(f *failure) {
+	if t.failing.CompareAndSwap(f, nil) {
+		t.log.Info("hsm: the token completes operations again", "op", f.what)
 	}
 }
 
@@ -67,7 +78,7 @@ func (t *Token) probeFailing() error {
 	}
 	err := f.probe()
 	if err == nil {
-		t.succeeded(f.what)
+		t.clearFailure(f)
 		return nil
 	}
 	if errors.Is(err, ErrKeyNotFound) {

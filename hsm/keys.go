@@ -403,12 +403,12 @@ func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		sig, err = k.Sign(nil, digest, opts)
 		return s.destroyed(c, err)
 	})
-	what := fmt.Sprintf("sign with %q", s.label)
 	if err != nil {
+		what := opName("sign", s.label)
 		s.t.failed(what, err, func() error { return s.probe(opts) })
 		return nil, fmt.Errorf("hsm: %s: %w", what, err)
 	}
-	s.t.succeeded(what)
+	s.t.succeeded("sign", s.label)
 	return sig, nil
 }
 
@@ -439,12 +439,12 @@ func (d *decrypter) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.Decrypte
 		// reports itself the same way: a probe tells them apart.
 		err = generalVerdict(rv, func() error { return d.probe(o.Hash) })
 	}
-	what := fmt.Sprintf("decrypt with %q", d.label)
 	if err != nil {
+		what := opName("decrypt", d.label)
 		d.t.failed(what, err, func() error { return d.probe(o.Hash) })
 		return nil, fmt.Errorf("hsm: %s: %w", what, err)
 	}
-	d.t.succeeded(what)
+	d.t.succeeded("decrypt", d.label)
 	return pt, nil
 }
 
