@@ -189,7 +189,11 @@ func (a *Server) probeWrites(since time.Time) error {
 		}
 		go func() {
 			err := a.db.Update(context.Background(), func(tx store.Tx) error {
-				_, err := tx.AcquireLease(readyLease(node), node, time.Now(), time.Minute)
+				now, err := tx.LeaseNow(time.Now()) // leases are on one clock (store.Leases)
+				if err != nil {
+					return err
+				}
+				_, err = tx.AcquireLease(readyLease(node), node, now, time.Minute)
 				return err
 			})
 			p.mu.Lock()
