@@ -175,6 +175,7 @@ func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue
 			Actor: actor, Reserve: r.Reserve, Prepare: r.Prepare, Finish: r.Finish}
 	}
 	out := make([]BatchResult, len(rs))
+	var serials []string
 	for i, res := range s.Pipeline().Issue(ctx, reqs, signers, wait) {
 		switch err := res.Err; {
 		case errors.Is(err, issue.ErrInvalid):
@@ -183,7 +184,11 @@ func (s *Service) IssueReservedBatchWait(ctx context.Context, rs []ReservedIssue
 			out[i].Err = fmt.Errorf("escrow: %w", err)
 		default:
 			out[i].Issued = &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}
+			serials = append(serials, res.Serial)
 		}
+	}
+	if s.Certified != nil && len(serials) > 0 {
+		s.Certified(serials)
 	}
 	return out
 }

@@ -114,11 +114,11 @@ type Service struct {
 	// to keyCompromise: the CRL and OCSP signers' trigger. It must return at once (signal a
 	// goroutine); it is never called with the store's writer held.
 	Revoked func(serials []string)
-	// Certified, when set, is called after a single enrollment's certificate is committed
-	// (not for bulk items, which the OCSP signer's periodic pass takes), with its canonical
-	// serial: the OCSP signer's trigger, so that a new certificate has a response at once.
-	// It must return at once.
-	Certified func(serial string)
+	// Certified, when set, is called after certificates are committed (an enrollment's, or a
+	// bulk job batch's), with their canonical serials: the OCSP signer's news of issuance
+	// (presign.Signer.Issued), which signs their first responses when issuance pauses. It
+	// must return at once.
+	Certified func(serials []string)
 	// NotifyFlush, when set, is called when a bulk job has ended ([Service.FlushNotices]): the
 	// notices of its keys may be sent now, merged per mailbox (escrow/notice/feed's
 	// Feed.Flush). It must return at once. The notices themselves are read from the audit
@@ -335,7 +335,7 @@ func (s *Service) issue(ctx context.Context, is issuance) (*Issued, error) {
 		s.Metrics.Enrolled(t.Name, false)
 	}
 	if s.Certified != nil {
-		s.Certified(res.Serial)
+		s.Certified([]string{res.Serial})
 	}
 	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", false)
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial}, nil
@@ -374,7 +374,7 @@ func (s *Service) issueArchived(ctx context.Context, is issuance, serial *big.In
 		return nil, fmt.Errorf("escrow: issue certificate: %w", err)
 	}
 	if s.Certified != nil {
-		s.Certified(res.Serial)
+		s.Certified([]string{res.Serial})
 	}
 	s.log().Info("certificate issued", "serial", res.Serial, "template", t.Name, "archived", true)
 	return &Issued{Certificate: res.Certificate, Serial: res.Serial, RecordID: res.RecordID}, nil

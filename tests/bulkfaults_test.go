@@ -168,6 +168,20 @@ func metricValue(t *testing.T, a *appliance, series string) float64 {
 	return -1
 }
 
+// waitMetric waits until a metric line (name with its labels) reaches at least want.
+func waitMetric(t *testing.T, a *appliance, series string, want float64, limit time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); ; time.Sleep(200 * time.Millisecond) {
+		v := metricValue(t, a, series)
+		if v >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is %v after %v, want at least %v", series, v, limit, want)
+		}
+	}
+}
+
 // checkEveryItemOnce checks a finished job: done == total, nothing failed, every item once in
 // the results with its certificate issued and its record active, one issued certificate per
 // item in the archive, and no reservation left.

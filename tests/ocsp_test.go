@@ -63,8 +63,8 @@ func TestOCSPEndToEnd(t *testing.T) {
 	}
 	url := cert.OCSPServer[0]
 
-	// The enrollment asks the pre-signer for the new certificate's response at once: it is
-	// there well before the pre-signer's next periodic pass (30 s after the start).
+	// The new certificate's response is there well before the pre-signer's next periodic
+	// pass (30 s after the start): signed once issuance pauses, or on demand if asked first.
 	good := ocspWait(t, dir, state, url, certPath, certPath+": good", 15*time.Second)
 	for _, want := range []string{"Response verify OK", "OCSP Signing", "OCSP No Check"} {
 		if !strings.Contains(good, want) {
@@ -111,10 +111,11 @@ func TestOCSPEndToEnd(t *testing.T) {
 	}
 }
 
-// TestOCSPRevokedWhileTokenAway: a revocation acknowledged while the token is away (its new
-// response cannot be signed) is never answered "good" by the responder from the response
-// signed before it: relying parties get tryLater (HTTP 503, Retry-After) until the token is
-// back, then the revoked answer. The CRL that follows the token's return lists it.
+// TestOCSPRevokedWhileTokenAway: a new certificate's response is pre-signed without anyone
+// asking, and served while the token is away. A revocation acknowledged while the token is
+// away (its new response cannot be signed) is never answered "good" by the responder from the
+// response signed before it: relying parties get tryLater (HTTP 503, Retry-After) until the
+// token is back, then the revoked answer. The CRL that follows the token's return lists it.
 func TestOCSPRevokedWhileTokenAway(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "curl", "p11-kit")
@@ -132,15 +133,28 @@ func TestOCSPRevokedWhileTokenAway(t *testing.T) {
 	setTokenModule(t, state, client)
 	a := serveWith(t, state, []string{"P11_KIT_SERVER_ADDRESS=unix:path=" + socket}, "", "--public-addr", pub)
 	dir := t.TempDir()
+	// Once the start's pass is over, every response signed is one of the two new
+	// certificates': nobody asks about them, so the pre-signer signs them by itself, once
+	// issuance pauses.
+	waitMetric(t, a, `keyarc_ocsp_presign_passes_total{result="ok"}`, 1, time.Minute)
+	signed := metricValue(t, a, "keyarc_ocsp_signed_total")
 	out := filepath.Join(dir, "gus")
 	enrollUser(t, a, "gus@example.org", out)
 	certPath := filepath.Join(out, "cert.pem")
+	hal := filepath.Join(dir, "hal")
+	enrollUser(t, a, "hal@example.org", hal)
+	waitMetric(t, a, "keyarc_ocsp_signed_total", signed+2, time.Minute)
 	url := "http://" + pub + "/ocsp"
 	ocspWait(t, dir, state, url, certPath, certPath+": good", 15*time.Second)
 
-	// The token goes away; the revocation needs only the store, and is acknowledged.
+	// The token goes away. The certificate nobody asked about is answered from its
+	// pre-signed response; the revocation needs only the store, and is acknowledged.
 	syscall.Kill(-server.Process.Pid, syscall.SIGKILL)
 	server.Wait()
+	halCert := filepath.Join(hal, "cert.pem")
+	if got := ocspAsk(t, dir, state, url, halCert, ""); !strings.Contains(got, halCert+": good") {
+		t.Fatalf("openssl ocsp, token away, for a certificate issued before: want its pre-signed good answer:\n%s", got)
+	}
 	serial := certSerial(t, dir, certPath)
 	keyarc(t, "revoke", "--serial", serial, "--reason", "keyCompromise", "--state", state, "--server", a.url, "--as", "officer")
 	req := filepath.Join(dir, "req.der")

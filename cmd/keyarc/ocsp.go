@@ -24,8 +24,8 @@ import (
 type ocspService struct {
 	// Handler serves /ocsp and /ocsp/ from the store (api.Parts.OCSP).
 	Handler http.Handler
-	// Issued has the first responses of certificates just issued signed within the
-	// pre-signer's IssuedDelay, many to a pass; it never blocks (chain it into
+	// Issued has the first responses of certificates just issued signed when issuance
+	// pauses (presign.Signer.Issued), many to a pass; it never blocks (chain it into
 	// escrow.Service.Certified).
 	Issued func(serials []string)
 	// Revoked has the responses of serials signed again at once; it never blocks (chain it

@@ -242,10 +242,10 @@ func openAppliance(cfg *config.Config, log *slog.Logger, reg prometheus.Register
 			ocspSvc.Revoked(serials)
 			p.CRL.Revoked(serials)
 		},
-		// A certificate enrolled by a person gets its OCSP response within the pre-signer's
-		// IssuedDelay (signed with the others issued meanwhile), not at its next full pass;
-		// the responder signs it at once if asked before.
-		Certified: func(serial string) { ocspSvc.Issued([]string{serial}) },
+		// New certificates get their first OCSP responses when issuance pauses (the
+		// pre-signer's Quiet, at most its MaxDefer later), many to a pass; the responder
+		// signs one at once if asked before.
+		Certified: func(serials []string) { ocspSvc.Issued(serials) },
 	}
 	if leader != nil {
 		// The node's name goes into every audit entry it writes, and holds its job leases.

@@ -37,20 +37,22 @@ const (
 	DefaultRefreshAge = 3 * 24 * time.Hour
 	DefaultInterval   = 30 * time.Second
 	DefaultBatch      = 512
-	// DefaultIssuedDelay is how long the first response of a new certificate may wait for
-	// others to be signed and stored with it (see [Signer.Issued]).
-	DefaultIssuedDelay = 100 * time.Millisecond
-	MinValidity        = 8 * time.Hour
-	MaxValidity        = 10 * 24 * time.Hour
-	MaxRefreshAge      = 4 * 24 * time.Hour
+	// DefaultQuiet and DefaultMaxDefer: the first responses of new certificates, and the
+	// passes over everything due, wait until no certificate has been issued for Quiet, and
+	// at most MaxDefer (see [Signer.Issued]).
+	DefaultQuiet    = 2 * time.Second
+	DefaultMaxDefer = 10 * time.Minute
+	MinValidity     = 8 * time.Hour
+	MaxValidity     = 10 * 24 * time.Hour
+	MaxRefreshAge   = 4 * 24 * time.Hour
 	// backdate: thisUpdate is a minute before the signing time, for clients whose clock
 	// is slightly behind.
 	backdate = time.Minute
 	// chunk is how many statuses or responses SignDue passes between its goroutines at once.
 	chunk = 16
-	// maxPriority bounds the serials Revoked remembers for priority signing; past it the
-	// next pass over everything due finds the rest (the store lists a response signed with
-	// another status as due at once).
+	// maxPriority bounds the serials Revoked and Issued each remember; past it the next
+	// pass over everything due finds the rest (the store lists a certificate without a
+	// response, or with one of another status, as due at once).
 	maxPriority = 100_000
 )
 
@@ -64,10 +66,17 @@ type Metrics interface {
 
 // Signer pre-signs the OCSP responses of every issued or revoked certificate that has not
 // expired, and stores them ([store.OCSPResponses]) for the responder to serve as they are: the
-// responder never signs per request, so OCSP answers while the token is away. It signs
+// responder does not sign per request, so OCSP answers while the token is away. It signs
 // responses that are missing, older than RefreshAge, or whose status a revocation changed; a
 // revocation ([Signer.Revoked], hooked to escrow.Service.Revoked) gets its responses signed at
 // once, before the rest.
+//
+// Issuance comes first: while certificates are being issued ([Signer.Issued]), the first
+// responses of the new certificates and the passes over everything due wait for a pause in
+// issuance (Quiet), for at most MaxDefer, so that a storm of enrollments does not pay for a
+// second token signature and a second write per certificate while it lasts. A relying party
+// that asks about such a certificate meanwhile has its response signed on demand (the
+// responder's SignMissing). Revocations never wait.
 //
 // A fault of the token or the storage ends the pass with nothing lost: what was not stored is
 // still due in the store, and [Signer.Run] tries again after a backoff.
@@ -98,9 +107,10 @@ type Signer struct {
 	// on a node that dies before signing stays due in the store, for the leader's next pass.
 	// Nil means always (one node).
 	Leads func() bool
-	// IssuedDelay (default [DefaultIssuedDelay]) is the longest a serial given to
-	// [Signer.Issued] waits before a pass signs it (plus the pass itself).
-	IssuedDelay time.Duration
+	// Quiet (default [DefaultQuiet]) is the pause in issuance that the deferred work waits
+	// for, and MaxDefer (default [DefaultMaxDefer]) the longest it waits (plus the pass
+	// itself): see [Signer.Issued].
+	Quiet, MaxDefer time.Duration
 
 	once    sync.Once
 	trigger chan struct{}
@@ -109,11 +119,11 @@ type Signer struct {
 	// given (see forget).
 	priority map[string]uint64
 	gen      uint64
-	// waiting counts the serials given to Issued since the last pass began; timer, armed
-	// while they wait, starts a pass IssuedDelay after the first of them.
-	waiting int
-	timer   *time.Timer
-	armed   bool
+	// fresh holds the serials given to Issued that no pass has taken yet. deferSince is
+	// when the first call of Issued since the last deferred work ran came (zero: nothing
+	// is deferred), lastIssued when the latest did.
+	fresh                  map[string]struct{}
+	deferSince, lastIssued time.Time
 }
 
 // ErrConfig means an Signer field is out of bounds; nothing was signed.
@@ -123,6 +133,7 @@ func (s *Signer) init() {
 	s.once.Do(func() {
 		s.trigger = make(chan struct{}, 1)
 		s.priority = map[string]uint64{}
+		s.fresh = map[string]struct{}{}
 	})
 }
 
@@ -192,49 +203,69 @@ func (s *Signer) kick() {
 	}
 }
 
-// Issued asks for the first responses of serials, certificates just issued, to be signed
-// within IssuedDelay: a pass starts IssuedDelay after the first serial given since the last
-// pass began, or at once when Batch serials wait, so that a storm of enrollments costs one
-// read, one signing round and one transaction per pass rather than per certificate. It never
-// blocks. A request for the status of such a certificate in the meantime finds no response
-// stored; the responder then has it signed at once ([Signer.SignSerials]).
+// Issued tells the Signer that serials were just issued, and asks for their first responses.
+// It never blocks. The first responses of new certificates, and the passes over everything
+// due, are deferred work: it runs once no certificate has been issued for Quiet, or MaxDefer
+// after the first call of Issued that deferred it, whichever comes first, and then signs
+// everything waiting in few passes (many responses to a read and to a transaction). A storm
+// of enrollments thus spends the token and the storage on issuing, and its certificates'
+// responses are signed when it pauses. A request for the status of such a certificate in
+// the meantime finds no response stored; the responder then has it signed at once
+// ([Signer.SignSerials]). A revocation is never deferred.
 func (s *Signer) Issued(serials []string) {
 	s.init()
-	_, _, batch, _, _ := s.settings()
-	delay := s.IssuedDelay
-	if delay <= 0 {
-		delay = DefaultIssuedDelay
-	}
+	now := s.now()
 	s.mu.Lock()
-	s.gen++
+	first := s.deferSince.IsZero()
+	if first {
+		s.deferSince = now
+	}
+	s.lastIssued = now
 	for _, sn := range serials {
-		if len(s.priority) >= maxPriority {
+		if len(s.fresh) >= maxPriority {
 			break
 		}
 		if c, err := store.NormalizeSerial(sn); err == nil {
-			s.priority[c] = s.gen
-			s.waiting++
+			s.fresh[c] = struct{}{}
 		}
 	}
-	now := s.waiting >= batch
-	switch {
-	case now:
-	case s.timer == nil:
-		s.timer, s.armed = time.AfterFunc(delay, s.kick), true
-	case !s.armed:
-		s.timer.Reset(delay)
-		s.armed = true
-	}
 	s.mu.Unlock()
-	if now {
+	if first {
+		// Run learns when the deferred work is due.
 		s.kick()
 	}
 }
 
-// Run signs what is due at once and then every Interval, and the serials given to
-// [Signer.Revoked] at once, until ctx ends; while Leads says this node does not lead, only the
-// serials given to Revoked. A failed pass is retried after a backoff from one second doubling
-// to Interval; the serials of a revocation are kept until they are signed.
+// settled reports whether the deferred work may run at now and, when it may not, when it
+// may: Quiet after the last call of Issued, at most MaxDefer after the first one since
+// the deferred work last ran.
+func (s *Signer) settled(now time.Time) (bool, time.Time) {
+	quiet, maxDefer := s.Quiet, s.MaxDefer
+	if quiet <= 0 {
+		quiet = DefaultQuiet
+	}
+	if maxDefer <= 0 {
+		maxDefer = DefaultMaxDefer
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deferSince.IsZero() {
+		return true, now
+	}
+	at := s.lastIssued.Add(quiet)
+	if last := s.deferSince.Add(maxDefer); last.Before(at) {
+		at = last
+	}
+	return !now.Before(at), at
+}
+
+// Run signs what is due at once and then every Interval, the serials given to
+// [Signer.Revoked] at once, and those given to [Signer.Issued] when issuance pauses, until
+// ctx ends; while Leads says this node does not lead, only the serials given to Revoked and
+// Issued. The passes over everything due, and those of the serials given to Issued, wait
+// while certificates are being issued (see Issued). A failed pass is retried after a
+// backoff from one second doubling to Interval; the serials of a revocation are kept until
+// they are signed.
 //
 // A call of Revoked starts a pass over its serials only: a pass over everything due at each
 // one, under a storm of enrollments each of which calls Revoked for its new certificate,
@@ -257,8 +288,9 @@ func (s *Signer) Run(ctx context.Context) {
 		wait := interval
 		leads := s.Leads == nil || s.Leads()
 		start := time.Now()
-		full := leads && !start.Before(nextFull)
-		if err := s.pass(ctx, full, leads); err != nil {
+		open, _ := s.settled(s.now())
+		full := leads && open && !start.Before(nextFull)
+		if err := s.pass(ctx, open, full, leads); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -273,6 +305,12 @@ func (s *Signer) Run(ctx context.Context) {
 			if leads {
 				wait = time.Until(nextFull)
 			}
+			if now := s.now(); !s.idle() {
+				// The deferred work (the pass over everything due among it) runs at the
+				// earliest when it may: wake then (at once, if it came during the pass).
+				_, at := s.settled(now)
+				wait = at.Sub(now)
+			}
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -286,16 +324,29 @@ func (s *Signer) Run(ctx context.Context) {
 	}
 }
 
-// pass signs the priority serials, then, if all, everything due. A pass of the priority
-// serials alone is reported only on a node that does not lead (on the leader the passes over
-// everything due are reported), or when it fails.
-func (s *Signer) pass(ctx context.Context, all, leads bool) error {
+// idle reports whether no work is deferred.
+func (s *Signer) idle() bool {
 	s.mu.Lock()
-	// The serials given to Issued are all taken now: their timer has nothing left to start.
-	s.waiting = 0
-	if s.armed {
-		s.timer.Stop()
-		s.armed = false
+	defer s.mu.Unlock()
+	return s.deferSince.IsZero()
+}
+
+// pass signs the serials given to Revoked; then, if open (the deferred work may run), those
+// given to Issued, and, if all, everything due (which includes them). A pass of the serials
+// alone is reported only on a node that does not lead (on the leader the passes over
+// everything due are reported), or when it fails.
+func (s *Signer) pass(ctx context.Context, open, all, leads bool) error {
+	s.mu.Lock()
+	var fresh []string
+	if open {
+		// The deferred work runs now: a call of Issued from here on defers the next.
+		s.deferSince = time.Time{}
+		if !all {
+			for sn := range s.fresh {
+				fresh = append(fresh, sn)
+			}
+		}
+		clear(s.fresh) // a pass over everything due signs them: the store lists them due
 	}
 	var prio []string
 	gens := make(map[string]uint64, len(s.priority))
@@ -318,6 +369,13 @@ func (s *Signer) pass(ctx context.Context, all, leads bool) error {
 		}
 		s.mu.Unlock()
 	}
+	if len(fresh) > 0 {
+		if _, err := s.SignSerials(ctx, fresh); err != nil {
+			s.requeue(fresh)
+			s.report(err)
+			return err
+		}
+	}
 	if !all {
 		if !leads {
 			s.report(nil)
@@ -327,6 +385,22 @@ func (s *Signer) pass(ctx context.Context, all, leads bool) error {
 	_, err := s.SignDue(ctx)
 	s.report(err)
 	return err
+}
+
+// requeue gives serials back to the deferred work, after a pass failed to sign them.
+func (s *Signer) requeue(serials []string) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deferSince.IsZero() {
+		s.deferSince, s.lastIssued = now, now
+	}
+	for _, sn := range serials {
+		if len(s.fresh) >= maxPriority {
+			break
+		}
+		s.fresh[sn] = struct{}{}
+	}
 }
 
 func (s *Signer) report(err error) {

@@ -397,7 +397,7 @@ func TestSignDueForgetsPriority(t *testing.T) {
 	if got := cs.n.Load(); got != 10 {
 		t.Fatalf("%d signatures for 10 certificates", got)
 	}
-	if err := s.pass(context.Background(), false, true); err != nil {
+	if err := s.pass(context.Background(), false, false, true); err != nil {
 		t.Fatal(err)
 	}
 	if got := cs.n.Load(); got != 10 {
@@ -409,7 +409,7 @@ func TestSignDueForgetsPriority(t *testing.T) {
 	s.mu.Unlock()
 	s.Revoked(serials[:1])
 	s.forget([]store.OCSPResponse{{Serial: serials[0]}}, gen)
-	if err := s.pass(context.Background(), false, true); err != nil {
+	if err := s.pass(context.Background(), false, false, true); err != nil {
 		t.Fatal(err)
 	}
 	if got := cs.n.Load(); got != 11 {
