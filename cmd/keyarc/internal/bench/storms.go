@@ -34,6 +34,7 @@ import (
 	"github.com/keyarc/keyarc/escrow"
 	"github.com/keyarc/keyarc/escrow/ca"
 	"github.com/keyarc/keyarc/escrow/cms"
+	"github.com/keyarc/keyarc/escrow/ocsp/presign"
 	"github.com/keyarc/keyarc/escrow/store"
 	"github.com/keyarc/keyarc/policy"
 )
@@ -222,7 +223,7 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	if url != "" {
 		shape.dbCPU = b.dbCPU
 	}
-	updates0, commits0 := storeCounters(metricsAddrs)
+	m0 := sumMetrics(metricsAddrs)
 	var ws []window
 	if nodes == 1 {
 		shape.check = checks[0]
@@ -233,7 +234,11 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	if err != nil {
 		return 0, 0, fmt.Errorf("%w\n%s", err, allLogs())
 	}
-	updates1, commits1 := storeCounters(metricsAddrs)
+	m1 := sumMetrics(metricsAddrs)
+	after, err := deferredOCSP(db, pids, shape, metricsAddrs)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w\n%s", err, allLogs())
+	}
 	for _, c := range cmds {
 		stopChild(c)
 	}
@@ -247,9 +252,18 @@ func (b *bench) enrollStormOn(k stormKind, url string, nodes int) (rate, cpuPer 
 	}
 	reportWindows(title, target, "certificate", ws)
 	row("  certificates counted by the load generator, all found issued", float64(issued), "", "in the database after each window (no phantom success)")
-	if commits1 > commits0 {
-		fmt.Printf("  %-58s %10.1f        %s\n", "store updates per commit (the writers' group commits)", (updates1-updates0)/(commits1-commits0),
+	if c := m1.commits - m0.commits; c > 0 {
+		fmt.Printf("  %-58s %10.1f        %s\n", "store updates per commit (the writers' group commits)", (m1.updates-m0.updates)/c,
 			"over the warm-up and the windows (keyarc_store_updates_total over keyarc_store_commits_total)")
+	}
+	row("  OCSP responses signed during the warm-up and the windows", m1.ocspSigned-m0.ocspSigned, "",
+		"keyarc_ocsp_signed_total: the first responses wait for a pause in issuance")
+	if after.signed > 0 {
+		note := fmt.Sprintf("%.0f signed in %.1f s after the load stopped", after.signed, after.wall.Seconds())
+		if after.dbCPU > 0 {
+			note += fmt.Sprintf(", and %.0f µs of the database server's", float64(after.dbCPU.Microseconds())/after.signed)
+		}
+		row("  its first OCSP responses, after it: CPU per response", float64(after.cpu.Microseconds())/after.signed, "µs", note)
 	}
 	if k.archived && b.enrollCryptoCPU > 0 {
 		row("  its crypto CPU per item (CSR check + envelope + parse + seal + sign)", b.enrollCryptoCPU, "µs", "each measured alone, CPU time: the floor of the line above")
@@ -527,10 +541,11 @@ func lastLines(s string, n int) string {
 	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
 
-// storeCounters sums keyarc_store_updates_total and keyarc_store_commits_total over the
-// metrics listeners at addrs; a listener that does not answer counts nothing (the row that
-// uses them is then left out or understated, never the bench failed for it).
-func storeCounters(addrs []string) (updates, commits float64) {
+// nodeMetrics are the counters the storms read from the nodes' metrics listeners, summed.
+type nodeMetrics struct{ updates, commits, ocspSigned float64 }
+
+// sumMetrics reads the nodes' counters; a node that does not answer counts nothing.
+func sumMetrics(addrs []string) (m nodeMetrics) {
 	for _, addr := range addrs {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
@@ -552,11 +567,67 @@ func storeCounters(addrs []string) (updates, commits float64) {
 			}
 			switch name {
 			case "keyarc_store_updates_total":
-				updates += v
+				m.updates += v
 			case "keyarc_store_commits_total":
-				commits += v
+				m.commits += v
+			case "keyarc_ocsp_signed_total":
+				m.ocspSigned += v
 			}
 		}
 	}
-	return updates, commits
+	return m
+}
+
+// deferredWork is what the nodes spent after a storm on its certificates' first OCSP
+// responses.
+type deferredWork struct {
+	signed     float64
+	wall       time.Duration
+	cpu, dbCPU time.Duration
+}
+
+// deferredOCSP waits, once the load has stopped, until the store lists no OCSP response as
+// due (the pre-signer signs the new certificates' first responses when issuance pauses), and
+// returns what that cost the nodes (and the database server, when s reads it).
+func deferredOCSP(db store.Store, pids []int, s stormShape, metricsAddrs []string) (deferredWork, error) {
+	cpu := func() (time.Duration, error) {
+		var sum time.Duration
+		for _, pid := range pids {
+			c, err := procCPU(pid)
+			if err != nil {
+				return 0, err
+			}
+			sum += c
+		}
+		return sum, nil
+	}
+	t0, db0, m0 := time.Now(), s.dbCPUNow(), sumMetrics(metricsAddrs)
+	c0, err := cpu()
+	if err != nil {
+		return deferredWork{}, err
+	}
+	for deadline := t0.Add(10 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		var due []store.CertStatus
+		now := time.Now()
+		err := db.View(context.Background(), func(tx store.Tx) error {
+			var err error
+			due, err = tx.OCSPDue(now, now.Add(-presign.DefaultRefreshAge), "", 1)
+			return err
+		})
+		if err != nil {
+			return deferredWork{}, fmt.Errorf("bench: read the due OCSP responses: %w", err)
+		}
+		if len(due) == 0 {
+			break
+		}
+		if now.After(deadline) {
+			return deferredWork{}, errors.New("bench: the storm's OCSP responses were still not all signed 10 minutes after it")
+		}
+	}
+	c1, err := cpu()
+	if err != nil {
+		return deferredWork{}, err
+	}
+	return deferredWork{signed: sumMetrics(metricsAddrs).ocspSigned - m0.ocspSigned, wall: time.Since(t0),
+		cpu: c1 - c0, dbCPU: s.dbCPUNow() - db0}, nil
 }
