@@ -24,13 +24,16 @@ check-go:
 build: check-go wasm
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/keyarc
 
-# wasm builds the enrollment page's WebAssembly and copies the Go release's loader next to it;
-# both are embedded in the binary and git-ignored. Fixed flags, no VCS stamp, no local paths:
-# the same source and Go release give the same bytes (TestWasmReproducible).
+# wasm builds the enrollment page's WebAssembly, gzips it once here (the appliance sends that
+# copy to browsers instead of compressing megabytes in a request's time), and copies the Go
+# release's loader next to it; all are embedded in the binary and git-ignored. Fixed flags, no
+# VCS stamp, no local paths, no name or time in the gzip header: the same source and Go release
+# give the same bytes (TestWasmReproducible).
 WEB := cmd/keyarc/internal/web/static
 WASM_FLAGS := -trimpath -buildvcs=false -ldflags="-s -w"
 wasm: check-go
 	GOOS=js GOARCH=wasm $(GO) build $(WASM_FLAGS) -o $(WEB)/keyarc.wasm ./cmd/keyarc/internal/web/wasm
+	gzip -9 -n -c $(WEB)/keyarc.wasm > $(WEB)/keyarc.wasm.gz
 	cp "$$($(GO) env GOROOT)/lib/wasm/wasm_exec.js" $(WEB)/wasm_exec.js
 
 # deps installs the tools the appliance and the tests use, when they are missing.

@@ -20,9 +20,9 @@
 // # Files
 //
 // static/ holds the committed files (index.html, app.js, lookup.js, worker.js, style.css,
-// icon.svg) and the two that `make wasm` (a step of `make build`) generates and git ignores:
-// keyarc.wasm and wasm_exec.js, the loader of the Go release that built it. All are embedded in
-// the binary. A binary built without them (`go build` on a fresh clone) serves the page but
+// icon.svg) and the three that `make wasm` (a step of `make build`) generates and git ignores:
+// keyarc.wasm, its gzipped copy keyarc.wasm.gz, and wasm_exec.js, the loader of the Go release
+// that built it. All are embedded in the binary. A binary built without them (`go build` on a fresh clone) serves the page but
 // answers 503 "page not built: run make build" for those two, and the page says so.
 //
 // # Headers
@@ -31,7 +31,10 @@
 // Referrer-Policy no-referrer and X-Frame-Options DENY, an exact Content-Type, and an ETag of
 // its content (SHA-256) with Cache-Control no-cache: a browser keeps the files and revalidates
 // them with If-None-Match, so a new binary is never mixed with old files. Compressible files are
-// sent gzipped to a client that accepts it (compressed once, on first use).
+// sent gzipped to a client that accepts it: a file with a copy NAME.gz made by the build is sent
+// as that copy, once its content is checked to be the file's (the WebAssembly: gzipping
+// megabytes at the best compression took seconds of CPU, in the first request's time); the
+// others are compressed once, on first use.
 //
 // # Imports and concurrency
 //
@@ -80,38 +83,92 @@ var contentTypes = map[string]string{
 	".svg":  "image/svg+xml",
 }
 
-// file is a served file: where it is read from, its size and ETag, and a gzipped copy made on
-// first use. Its bytes are read from the embedded files at each request, never copied into the
-// heap: the WebAssembly alone is megabytes, and the appliance's heap limit is sized for
-// issuance (GOGC multiplies every long-lived byte).
+// file is a served file: where it is read from, its size, SHA-256 and ETag, and its gzipped
+// copy. Its bytes are read from the embedded files at each request, never copied into the heap:
+// the WebAssembly alone is megabytes, and the appliance's heap limit is sized for issuance (GOGC
+// multiplies every long-lived byte).
 type file struct {
 	fsys  fs.FS
 	name  string
 	size  int64
+	sum   []byte
 	ctype string
 	etag  string
-	once  sync.Once
-	gz    []byte
+	// gzName is the copy the build gzipped (NAME.gz), if there is one.
+	gzName string
+
+	once sync.Once
+	// After once: gzSize is the size of the gzipped copy (0: the file is sent as it is),
+	// which is gzName when that holds the file, else gz, made here.
+	gzSize int64
+	gz     []byte
 }
 
-func (f *file) gzipped() []byte {
+// gzipped returns the size of the file's gzipped copy, 0 when it is sent only as it is.
+func (f *file) gzipped() int64 {
 	f.once.Do(func() {
+		if f.gzName != "" {
+			if n, ok := f.buildCopy(); ok && n < f.size {
+				f.gzSize = n
+				return
+			}
+			f.gzName = "" // stale or damaged: made here instead
+		}
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
-		if err := f.copyTo(zw); err != nil {
+		if err := f.copyTo(zw, f.name); err != nil {
 			return
 		}
 		zw.Close()
 		if int64(b.Len()) < f.size {
-			f.gz = b.Bytes()
+			f.gz, f.gzSize = b.Bytes(), int64(b.Len())
 		}
 	})
-	return f.gz
+	return f.gzSize
 }
 
-// copyTo writes the file's bytes to w.
-func (f *file) copyTo(w io.Writer) error {
-	r, err := f.fsys.Open(f.name)
+// buildCopy checks that the build's gzipped copy unpacks to the file, and returns its size.
+func (f *file) buildCopy() (int64, bool) {
+	r, err := f.fsys.Open(f.gzName)
+	if err != nil {
+		return 0, false
+	}
+	defer r.Close()
+	counted := &countingReader{r: r}
+	zr, err := gzip.NewReader(counted)
+	if err != nil {
+		return 0, false
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, zr); err != nil || !bytes.Equal(h.Sum(nil), f.sum) {
+		return 0, false
+	}
+	return counted.n, true
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeGzipped writes the gzipped copy to w; call it only after gzipped returned non-zero.
+func (f *file) writeGzipped(w io.Writer) {
+	if f.gz != nil {
+		w.Write(f.gz)
+		return
+	}
+	f.copyTo(w, f.gzName)
+}
+
+// copyTo writes the bytes of the embedded file name to w.
+func (f *file) copyTo(w io.Writer, name string) error {
+	r, err := f.fsys.Open(name)
 	if err != nil {
 		return err
 	}
@@ -143,13 +200,17 @@ func newHandler(fsys fs.FS) *handler {
 		}
 		f := &file{fsys: fsys, name: e.Name(), ctype: ct}
 		sum := sha256.New()
-		if err := f.copyTo(sum); err != nil {
+		if err := f.copyTo(sum, f.name); err != nil {
 			continue
 		}
 		if info, err := e.Info(); err == nil {
 			f.size = info.Size()
 		}
-		f.etag = `"` + hex.EncodeToString(sum.Sum(nil)[:16]) + `"`
+		f.sum = sum.Sum(nil)
+		f.etag = `"` + hex.EncodeToString(f.sum[:16]) + `"`
+		if _, err := fs.Stat(fsys, f.name+".gz"); err == nil {
+			f.gzName = f.name + ".gz"
+		}
 		h.files[e.Name()] = f
 	}
 	return h
@@ -189,10 +250,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Content-Type", f.ctype)
 	hd.Set("Cache-Control", "no-cache")
 	hd.Set("Vary", "Accept-Encoding")
-	var gz []byte
+	var gz int64
 	etag := f.etag
 	if acceptsGzip(r) {
-		if gz = f.gzipped(); gz != nil {
+		if gz = f.gzipped(); gz != 0 {
 			hd.Set("Content-Encoding", "gzip")
 			// Each encoding is its own representation, with its own strong ETag.
 			etag = strings.TrimSuffix(f.etag, `"`) + `-gzip"`
@@ -204,19 +265,20 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	if gz != nil {
-		hd.Set("Content-Length", strconv.Itoa(len(gz)))
+	if gz != 0 {
+		hd.Set("Content-Length", strconv.FormatInt(gz, 10))
 	} else {
 		hd.Set("Content-Length", strconv.FormatInt(f.size, 10))
 	}
 	if r.Method == http.MethodHead {
 		return
 	}
-	if gz != nil {
-		w.Write(gz)
+	// An embedded file reads without error; a failed write is the client gone.
+	if gz != 0 {
+		f.writeGzipped(w)
 		return
 	}
-	f.copyTo(w) // an embedded file reads without error; a failed write is the client gone
+	f.copyTo(w, f.name)
 }
 
 func etagMatch(header, etag string) bool {

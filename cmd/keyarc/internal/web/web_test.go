@@ -282,3 +282,59 @@ func TestWasmReproducible(t *testing.T) {
 	}
 	t.Logf("keyarc.wasm: %d bytes", len(builds[0]))
 }
+
+// gzipOf gzips b, with comment in the gzip header to tell copies apart.
+func gzipOf(t *testing.T, b []byte, comment string) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	zw := gzip.NewWriter(&out)
+	zw.Comment = comment
+	zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// TestBuildGzipCopy: a file with a gzipped copy made by the build (NAME.gz) is sent as that
+// copy; a copy that does not unpack to the file (stale, or damaged) is not sent: the file is
+// gzipped here instead. The copy is never served under a name of its own.
+func TestBuildGzipCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		copy func(wasm []byte) []byte
+		sent bool
+	}{
+		{"matching", func(wasm []byte) []byte { return gzipOf(t, wasm, "build") }, true},
+		{"stale", func(wasm []byte) []byte { return gzipOf(t, append([]byte("old"), wasm...), "build") }, false},
+		{"damaged", func(wasm []byte) []byte { b := gzipOf(t, wasm, "build"); return b[:len(b)/2] }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := page(true)
+			wasm := fsys["keyarc.wasm"].Data
+			built := tc.copy(wasm)
+			fsys["keyarc.wasm.gz"] = &fstest.MapFile{Data: built}
+			h := newHandler(fsys)
+			w := get(t, h, "/web/keyarc.wasm", "Accept-Encoding", "gzip")
+			if w.Code != 200 || w.Header().Get("Content-Encoding") != "gzip" {
+				t.Fatalf("HTTP %d, Content-Encoding %q", w.Code, w.Header().Get("Content-Encoding"))
+			}
+			if got := w.Header().Get("Content-Length"); got != strconv.Itoa(w.Body.Len()) {
+				t.Errorf("Content-Length %s for %d bytes", got, w.Body.Len())
+			}
+			if sent := bytes.Equal(w.Body.Bytes(), built); sent != tc.sent {
+				t.Errorf("the build's copy sent: %v, want %v", sent, tc.sent)
+			}
+			zr, err := gzip.NewReader(w.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := io.ReadAll(zr); err != nil || !bytes.Equal(got, wasm) {
+				t.Errorf("the gzipped answer unpacks to %d bytes (%v), want the file's %d", len(got), err, len(wasm))
+			}
+			if w := get(t, h, "/web/keyarc.wasm.gz"); w.Code != http.StatusNotFound {
+				t.Errorf("GET of the copy by its own name: %d, want 404", w.Code)
+			}
+		})
+	}
+}
