@@ -65,11 +65,19 @@ func (q *Queue) PutBatch(es []Event) (string, error) {
 	// counted.
 	q.mu.Lock()
 	q.pendingMap()[id] = len(es)
+	if q.writing == nil {
+		q.writing = map[string]bool{}
+	}
+	q.writing[id] = true
 	q.mu.Unlock()
-	if err := q.writeFile(id+batchSuffix, b); err != nil {
-		q.mu.Lock()
+	err = q.writeFile(id+batchSuffix, b)
+	q.mu.Lock()
+	delete(q.writing, id)
+	if err != nil {
 		delete(q.pendingMap(), id)
-		q.mu.Unlock()
+	}
+	q.mu.Unlock()
+	if err != nil {
 		return "", err
 	}
 	return id, nil
@@ -394,8 +402,8 @@ func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry, see
 			continue
 		}
 		if err != nil {
-			n.failures.Add(1)
-			n.dropped.Add(1)
+			n.ctr().failures.Add(1)
+			n.ctr().dropped.Add(1)
 			n.log().Error("subscriber notices: a damaged batch is kept in the rejected folder, not sent", "batch", id, "err", err)
 			if rerr := n.Queue.RejectBatch(id); rerr != nil {
 				n.log().Error("subscriber notices: cannot move a batch to the rejected folder", "batch", id, "err", rerr)
@@ -459,14 +467,14 @@ send:
 		err := n.sendEvent(ctx, m.e, m.msgID)
 		switch {
 		case err == nil:
-			n.sent.Add(1)
+			n.ctr().sent.Add(1)
 			delete(state, m.key)
 			markDone(m)
 			n.log().Info("subscriber notice sent", "id", m.msgID, "kind", m.e.Kind, "serials", len(m.e.Serials))
 			continue
 		case errors.Is(err, ErrRejected), errors.Is(err, ErrInvalid):
-			n.failures.Add(1)
-			n.dropped.Add(1)
+			n.ctr().failures.Add(1)
+			n.ctr().dropped.Add(1)
 			delete(state, m.key)
 			n.log().Error("subscriber notice refused for good: kept in the rejected folder, not retried", "id", m.msgID, "err", err)
 			if rerr := n.Queue.rejectEvent(m.e); rerr != nil {
@@ -478,7 +486,7 @@ send:
 		if ctx.Err() != nil {
 			break
 		}
-		n.failures.Add(1)
+		n.ctr().failures.Add(1)
 		r := state[m.key]
 		if r == nil {
 			r = &retry{}

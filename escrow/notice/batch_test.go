@@ -237,8 +237,8 @@ func waitQueue(t *testing.T, q *Queue, n *Notifier, queued int, sent uint64) {
 	}
 }
 
-// waitEmpty waits until the queue folder dir holds nothing but its rejected folder: every batch
-// and its progress file removed.
+// waitEmpty waits until the queue folder dir holds nothing but its rejected folder and its
+// sender's lock: every batch and its progress file removed.
 func waitEmpty(t *testing.T, dir string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -246,7 +246,7 @@ func waitEmpty(t *testing.T, dir string) {
 		ents, _ := os.ReadDir(dir)
 		var left []string
 		for _, e := range ents {
-			if e.Name() != RejectedDir {
+			if e.Name() != RejectedDir && e.Name() != LockFile {
 				left = append(left, e.Name())
 			}
 		}

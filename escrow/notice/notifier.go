@@ -46,16 +46,33 @@ type Notifier struct {
 	// message listing all its serials, not one per committed batch.
 	BatchQuiet, BatchHold time.Duration
 
-	sent, failures, dropped atomic.Uint64
-	flushAt                 atomic.Int64 // batches queued at or before this (Unix ns) are due
-	wakeOnce                sync.Once
-	wake                    chan struct{}
-	started                 atomic.Bool
-	urgentMu                sync.Mutex
-	urgent                  map[string]bool // batches of NotifyNow: due at once
+	counters
+	// shared are the counters of the notifier that adopted this one's folder ([Adopter]): the
+	// notices it sends count in that one's metrics. Nil: its own.
+	shared *counters
+	// lockEvery is how often the sender tries again to take its folder's lock while another
+	// holds it (default 1 s; tests shorten it).
+	lockEvery time.Duration
+	flushAt   atomic.Int64 // batches queued at or before this (Unix ns) are due
+	wakeOnce  sync.Once
+	wake      chan struct{}
+	started   atomic.Bool
+	urgentMu  sync.Mutex
+	urgent    map[string]bool // batches of NotifyNow: due at once
 	// queueErr is the last error reading the queue folder, logged once; "" while it reads.
 	// Run's goroutine alone uses it.
 	queueErr string
+}
+
+// counters are a sender's metrics.
+type counters struct{ sent, failures, dropped atomic.Uint64 }
+
+// ctr is where n counts: its own counters, or those of the notifier that adopted its folder.
+func (n *Notifier) ctr() *counters {
+	if n.shared != nil {
+		return n.shared
+	}
+	return &n.counters
 }
 
 func (n *Notifier) log() *slog.Logger {
@@ -88,7 +105,7 @@ func (n *Notifier) Notify(e Event) error {
 	}
 	id, err := n.Queue.Put(e)
 	if err != nil {
-		n.failures.Add(1)
+		n.ctr().failures.Add(1)
 		return err
 	}
 	n.log().Debug("subscriber notice queued", "id", id, "kind", e.Kind)
@@ -127,7 +144,7 @@ func (n *Notifier) notifyBatch(es []Event) (string, error) {
 	}
 	id, err := n.Queue.PutBatch(es)
 	if err != nil {
-		n.failures.Add(1)
+		n.ctr().failures.Add(1)
 		return "", err
 	}
 	n.log().Debug("subscriber notices queued", "batch", id, "notices", len(es))
@@ -202,7 +219,7 @@ func (n *Notifier) rejectInvalid(es []Event) ([]Event, error) {
 	}
 	for _, i := range bad {
 		if err := n.Queue.rejectEvent(es[i]); err != nil {
-			n.failures.Add(1)
+			n.ctr().failures.Add(1)
 			return nil, err
 		}
 	}
@@ -211,8 +228,8 @@ func (n *Notifier) rejectInvalid(es []Event) ([]Event, error) {
 		if len(bad) > 0 && bad[0] == i {
 			bad = bad[1:]
 			err := e.Validate()
-			n.failures.Add(1)
-			n.dropped.Add(1)
+			n.ctr().failures.Add(1)
+			n.ctr().dropped.Add(1)
 			n.log().Error("subscriber notice cannot become a mail: kept in the rejected folder, not sent", "kind", e.Kind, "err", err)
 			continue
 		}
@@ -238,15 +255,15 @@ func (n *Notifier) Flush() {
 }
 
 // Sent is the number of notices the relay accepted since start.
-func (n *Notifier) Sent() uint64 { return n.sent.Load() }
+func (n *Notifier) Sent() uint64 { return n.ctr().sent.Load() }
 
 // Failures is the number of failed attempts (a notice not queued, a send the relay did not
 // accept) since start.
-func (n *Notifier) Failures() uint64 { return n.failures.Load() }
+func (n *Notifier) Failures() uint64 { return n.ctr().failures.Load() }
 
 // Dropped is the number of notices that will never be sent (refused for good by the relay, or
 // a damaged queue file) since start.
-func (n *Notifier) Dropped() uint64 { return n.dropped.Load() }
+func (n *Notifier) Dropped() uint64 { return n.ctr().dropped.Load() }
 
 // Register adds the notifier's series to reg: keyarc_notice_queue (notices waiting),
 // keyarc_notices_sent_total, keyarc_notice_failures_total (failed attempts) and
@@ -258,13 +275,13 @@ func (n *Notifier) Register(reg prometheus.Registerer) error {
 			func() float64 { return float64(n.Queue.Len()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notices_sent_total",
 			Help: "Subscriber notices the SMTP relay accepted."},
-			func() float64 { return float64(n.sent.Load()) }),
+			func() float64 { return float64(n.ctr().sent.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notice_failures_total",
 			Help: "Failed attempts to queue or send a subscriber notice (each is retried, unless the relay refused it for good)."},
-			func() float64 { return float64(n.failures.Load()) }),
+			func() float64 { return float64(n.ctr().failures.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyarc_notices_dropped_total",
 			Help: "Subscriber notices given up: refused for good by the relay, or a damaged queue file (both kept in the queue's rejected folder)."},
-			func() float64 { return float64(n.dropped.Load()) }),
+			func() float64 { return float64(n.ctr().dropped.Load()) }),
 	} {
 		if err := reg.Register(c); err != nil {
 			return err
@@ -286,14 +303,30 @@ type retry struct {
 // accepted is deleted; one it refused for good ([ErrRejected]) moves to the rejected folder;
 // any other failure is retried with a doubling back-off. A relay that cannot be reached ends
 // the pass (the notices behind would fail the same way).
+//
+// It holds the lock of the queue folder ([LockFile]) while it runs, so that no [Adopter] sends
+// the same notices; it first waits for the lock while an adopter holds it (this sender was
+// not running, and another node is sending what it had left), meanwhile [Notifier.Notify]
+// queues as usual.
 func (n *Notifier) Run(ctx context.Context) {
-	wake := n.wakeCh()
 	if !n.started.CompareAndSwap(false, true) {
 		panic("notice: Notifier.Run called twice")
 	}
+	lock, ok := n.lockQueue(ctx)
+	if !ok {
+		return
+	}
+	defer lock.Close()
 	if q := n.Queue.Len(); q > 0 {
 		n.log().Info("subscriber notices waiting from before the start", "queued", q)
 	}
+	n.loop(ctx, false)
+}
+
+// loop sends the queued notices until ctx ends, or, with untilIdle, until the queue holds
+// nothing to send ([Notifier.drain]). The caller holds the folder's lock.
+func (n *Notifier) loop(ctx context.Context, untilIdle bool) {
+	wake := n.wakeCh()
 	state := map[string]*retry{}
 	groups := map[string]*retry{}
 	seen := map[string]time.Time{}
@@ -308,7 +341,7 @@ func (n *Notifier) Run(ctx context.Context) {
 		if ci, ok := n.Sender.(interface{ CloseIdle() }); ok {
 			ci.CloseIdle()
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || untilIdle && n.Queue.idle() {
 			return
 		}
 		timer.Reset(wait)
@@ -359,8 +392,8 @@ func (n *Notifier) pass(ctx context.Context, state map[string]*retry) time.Durat
 			delete(state, id)
 			continue
 		case errors.Is(err, ErrRejected), errors.Is(err, ErrInvalid):
-			n.failures.Add(1)
-			n.dropped.Add(1)
+			n.ctr().failures.Add(1)
+			n.ctr().dropped.Add(1)
 			delete(state, id)
 			n.log().Error("subscriber notice refused for good: kept in the rejected folder, not retried", "id", id, "err", err)
 			if rerr := n.Queue.Reject(id); rerr != nil {
@@ -371,7 +404,7 @@ func (n *Notifier) pass(ctx context.Context, state map[string]*retry) time.Durat
 		if ctx.Err() != nil {
 			return 0
 		}
-		n.failures.Add(1)
+		n.ctr().failures.Add(1)
 		r := state[id]
 		if r == nil {
 			r = &retry{}
@@ -401,7 +434,7 @@ func (n *Notifier) send(ctx context.Context, id string) error {
 	if err := n.sendEvent(ctx, e, id); err != nil {
 		return err
 	}
-	n.sent.Add(1)
+	n.ctr().sent.Add(1)
 	if err := n.Queue.Delete(id); err != nil {
 		// Sent, but still queued: it may be sent again (same Message-ID).
 		n.log().Error("subscriber notice sent but not removed from the queue", "id", id, "err", err)

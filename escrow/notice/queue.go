@@ -39,6 +39,8 @@ type Queue struct {
 	last int64
 	// pending counts the events not yet done of each batch (batch.go), read on first use.
 	pending map[string]int
+	// writing are the batches being written: counted in pending, their file not yet there.
+	writing map[string]bool
 }
 
 // OpenQueue opens (making it, mode 0700) the queue folder dir and removes the temporary files
@@ -202,6 +204,25 @@ func (q *Queue) Reject(id string) error {
 		return err
 	}
 	return syncDir(q.dir)
+}
+
+// recount reads again from the folder the events not yet done of each batch: another sender
+// (an [Adopter], while this queue's was not running) sent some, or all, of those counted.
+// The batches being written keep their count.
+func (q *Queue) recount() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending == nil {
+		return // not read yet: it will be read as it is now
+	}
+	old := q.pending
+	q.pending = nil
+	fresh := q.pendingMap()
+	for id := range q.writing {
+		if c, ok := old[id]; ok {
+			fresh[id] = c
+		}
+	}
 }
 
 // validID accepts the names newID makes (20 digits, 6 digits, 8 hex digits, joined by
