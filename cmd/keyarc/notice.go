@@ -26,7 +26,8 @@ import (
 // openNotices wires subscriber notices (S/MIME BR §4.12.1) into the parts of the appliance.
 // The notices are read from the audit trail by a feed (escrow/notice/feed) on the node that
 // leads (leader; nil: this node alone). With a notices section, it opens the queue folder,
-// registers the notice metrics, starts the feed and the sender, and makes p.Stop stop them
+// registers the notice metrics, starts the feed and the sender (and, in a cluster, the adopter
+// of the folders of nodes that are not running), and makes p.Stop stop them
 // first. Without one, the feed only moves its cursor along, so that turning notices on later
 // does not mail the past, and the log says once that subscribers are not told by mail. Call it
 // after p.Service is built and before api.New: the feed's cursor is placed before the appliance
@@ -72,6 +73,10 @@ func openNotices(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 	wg.Go(func() { f.Run(ctx) })
 	if n != nil {
 		wg.Go(func() { n.Run(ctx) })
+		if leader != nil {
+			a := &notice.Adopter{Notifier: n, Dir: cfg.Path(nc.QueueDir()), Prefix: nodeQueuePrefix}
+			wg.Go(func() { a.Run(ctx) })
+		}
 		log.Info("subscriber notices by mail", "relay", nc.SMTP, "starttls", nc.StartTLSMode(), "from", nc.From, "queue", n.Queue.Dir(), "queued", n.Queue.Len())
 	}
 	// The feed and the sender stop before what p.Stop stopped so far (the OCSP pre-signer) and
@@ -138,9 +143,19 @@ func newNotifier(cfg *config.Config, log *slog.Logger, p *api.Parts, cluster boo
 		Logger: log.With("component", "notices"), MaxBackoff: nc.RetryMax.Duration}, nil
 }
 
+// nodeQueuePrefix starts the name of each node's queue folder ([nodeQueue]).
+//
+// Every node of a cluster, not the leader alone, looks for the folders of nodes that are not
+// running ([notice.Adopter]): the folder's lock, not leadership, says who may send it, so
+// several nodes looking is safe; and the notices of a dead leader go as soon as any node
+// looks, without waiting for a new leader, nor starting and stopping a scanner at each change
+// of leadership. A node that cannot see the others' folders (a state folder of its own) finds
+// none.
+const nodeQueuePrefix = "node-"
+
 // nodeQueue names the queue folder of node: "node-" and its name, escaped as a path segment
 // (a node name is any printable ASCII, "/" and ".." included).
-func nodeQueue(node string) string { return "node-" + url.PathEscape(node) }
+func nodeQueue(node string) string { return nodeQueuePrefix + url.PathEscape(node) }
 
 // readSecretFile reads a password file: refused when any user can read it, as every secret
 // file is ([pemfile.CheckSecret]), its trailing line break removed.
