@@ -188,6 +188,22 @@ func (c *cluster) leaseLeft(t *testing.T, name string) time.Duration {
 // startCluster provisions and starts a cluster of n nodes.
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
+	// Subscriber notices to a relay of the test's: the leader queues them, each node sends
+	// its own queue (a folder per node inside the shared state folder's).
+	relay := freePort(t)
+	c := provisionCluster(t, relay)
+	c.mail = startMailSink(t, relay).log()
+	// The nodes start one after the other: each start-up writes the audit trail.
+	for i := 0; i < n; i++ {
+		c.nodes = append(c.nodes, serveWith(t, c.state, nil, "", "--node", fmt.Sprintf("node%d", i+1), "--public-addr", freePort(t)))
+	}
+	return c
+}
+
+// provisionCluster makes the database, the token server and the state folder of a cluster
+// whose notices go to the SMTP relay at relay, and starts no node (nor the relay).
+func provisionCluster(t *testing.T, relay string) *cluster {
+	t.Helper()
 	requireTools(t, "p11-kit", "openssl")
 	tokRequireP11kit(t)
 	c := &cluster{t: t, pg: startPG(t)}
@@ -213,16 +229,8 @@ func startCluster(t *testing.T, n int) *cluster {
 	// Shorter leases than the defaults (cluster.leader_lease, cluster.job_lease): a dead or
 	// paused node's work is taken over sooner, and the phases check that the nodes use them.
 	cfg += fmt.Sprintf("cluster:\n  leader_lease: %s\n  job_lease: %s\n", clusterLeaderLease, clusterJobLease)
-	// Subscriber notices to a relay of the test's: the leader queues them, each node sends
-	// its own queue (a folder per node inside the shared state folder's).
-	relay := freePort(t)
-	c.mail = startMailSink(t, relay).log()
 	cfg += noticesConfig(relay)
 	writeFile(t, cfgPath, []byte(cfg))
-	// The nodes start one after the other: each start-up writes the audit trail.
-	for i := 0; i < n; i++ {
-		c.nodes = append(c.nodes, serveWith(t, c.state, nil, "", "--node", fmt.Sprintf("node%d", i+1), "--public-addr", freePort(t)))
-	}
 	return c
 }
 
