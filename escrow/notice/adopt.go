@@ -20,6 +20,10 @@ const LockFile = ".lock"
 // errLocked: another sender holds the queue folder's lock.
 var errLocked = errors.New("notice: another sender holds the queue folder")
 
+// errNoLocks: the queue folder's file system takes no flock(2) locks (some network file
+// systems). Its sender runs without one, and its folder is never adopted.
+var errNoLocks = errors.New("notice: the queue folder's file system does not lock files")
+
 // Default timings of the lock: an owner whose folder is held by an adopter tries again every
 // second (it takes over as soon as the adopter is done); an [Adopter] looks at the other
 // folders once a minute.
@@ -31,7 +35,8 @@ const (
 // lockQueue takes the lock of n's queue folder, waiting while another sender (an [Adopter]
 // sending what was left in it while this one was not running) holds it, and retrying while
 // the folder cannot be opened (logged once, as any fault of the folder). It returns the lock
-// to close at the end, or false when ctx ended first.
+// to close at the end (nil when the file system takes no locks), or false when ctx ended
+// first.
 func (n *Notifier) lockQueue(ctx context.Context) (*os.File, bool) {
 	dir := n.Queue.Dir()
 	waited := false
@@ -45,6 +50,12 @@ func (n *Notifier) lockQueue(ctx context.Context) (*os.File, bool) {
 		}
 		wait := n.lockPoll()
 		switch {
+		case errors.Is(err, errNoLocks):
+			// A sender that never ran for want of a lock would leave every notice unsent:
+			// it runs, and no other node adopts this folder (they cannot lock it either).
+			n.queueOK()
+			n.log().Warn("subscriber notices: the queue folder's file system does not lock files; sending without a lock, and no other node can send this folder's notices if this node dies", "folder", dir, "err", err)
+			return nil, true
 		case err == nil:
 			n.queueOK()
 			if waited {

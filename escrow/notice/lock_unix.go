@@ -31,8 +31,11 @@ func tryLock(dir string) (*os.File, error) {
 	}
 	if err != nil {
 		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		switch {
+		case errors.Is(err, syscall.EWOULDBLOCK):
 			return nil, errLocked
+		case errors.Is(err, syscall.ENOLCK), errors.Is(err, syscall.EOPNOTSUPP), errors.Is(err, syscall.ENOSYS):
+			return nil, fmt.Errorf("%w: %w", errNoLocks, err)
 		}
 		return nil, fmt.Errorf("notice: queue folder lock: %w", err)
 	}

@@ -316,7 +316,9 @@ func (n *Notifier) Run(ctx context.Context) {
 	if !ok {
 		return
 	}
-	defer lock.Close()
+	if lock != nil {
+		defer lock.Close()
+	}
 	if q := n.Queue.Len(); q > 0 {
 		n.log().Info("subscriber notices waiting from before the start", "queued", q)
 	}
