@@ -157,6 +157,19 @@ func (b *bench) outsideStorm(addr, reqFile string, serverPID int, s stormShape, 
 	return ws, nil
 }
 
+// procsCPU is the sum of procCPU over pids.
+func procsCPU(pids []int) (time.Duration, error) {
+	var sum time.Duration
+	for _, pid := range pids {
+		c, err := procCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += c
+	}
+	return sum, nil
+}
+
 // procCPU reads the user and system CPU time of process pid from /proc/PID/stat.
 func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

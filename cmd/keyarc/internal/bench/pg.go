@@ -326,20 +326,9 @@ func (b *bench) outsideStorms(addrs, reqFiles []string, pids []int, s stormShape
 			return nil, err
 		}
 	}
-	cpuOf := func() (time.Duration, error) {
-		var sum time.Duration
-		for _, pid := range pids {
-			c, err := procCPU(pid)
-			if err != nil {
-				return 0, err
-			}
-			sum += c
-		}
-		return sum, nil
-	}
 	var ws []window
 	for range s.windows {
-		cpu0, err := cpuOf()
+		cpu0, err := procsCPU(pids)
 		if err != nil {
 			return nil, err
 		}
@@ -359,7 +348,7 @@ func (b *bench) outsideStorms(addrs, reqFiles []string, pids []int, s stormShape
 				return nil, fmt.Errorf("keyarc loadgen: result %q: %w", l, err)
 			}
 		}
-		cpu1, err := cpuOf()
+		cpu1, err := procsCPU(pids)
 		if err != nil {
 			return nil, err
 		}

@@ -590,19 +590,8 @@ type deferredWork struct {
 // due (the pre-signer signs the new certificates' first responses when issuance pauses), and
 // returns what that cost the nodes (and the database server, when s reads it).
 func deferredOCSP(db store.Store, pids []int, s stormShape, metricsAddrs []string) (deferredWork, error) {
-	cpu := func() (time.Duration, error) {
-		var sum time.Duration
-		for _, pid := range pids {
-			c, err := procCPU(pid)
-			if err != nil {
-				return 0, err
-			}
-			sum += c
-		}
-		return sum, nil
-	}
 	t0, db0, m0 := time.Now(), s.dbCPUNow(), sumMetrics(metricsAddrs)
-	c0, err := cpu()
+	c0, err := procsCPU(pids)
 	if err != nil {
 		return deferredWork{}, err
 	}
@@ -624,7 +613,7 @@ func deferredOCSP(db store.Store, pids []int, s stormShape, metricsAddrs []strin
 			return deferredWork{}, errors.New("bench: the storm's OCSP responses were still not all signed 10 minutes after it")
 		}
 	}
-	c1, err := cpu()
+	c1, err := procsCPU(pids)
 	if err != nil {
 		return deferredWork{}, err
 	}
