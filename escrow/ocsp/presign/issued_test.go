@@ -40,7 +40,7 @@ func TestIssuedSignedWhenIssuancePauses(t *testing.T) {
 	cs := &countingStore{Store: e.db}
 	s.Store = cs
 	s.Interval = time.Hour
-	s.Quiet = time.Second
+	s.Quiet = 2 * time.Second
 	runSigner(t, s)
 	waitFor(t, func() bool { return e.due(t) == 0 })
 	before := cs.updates.Load()
@@ -133,7 +133,7 @@ func TestFullPassWaitsForIssuance(t *testing.T) {
 	e := newEnv(t, nil, 30*24*time.Hour)
 	s := e.signer(e.responder)
 	s.Interval = 20 * time.Millisecond
-	s.Quiet, s.MaxDefer = time.Hour, 2*time.Second
+	s.Quiet, s.MaxDefer = time.Hour, 4*time.Second
 	fresh := e.addCerts(t, 0xf000, 3)
 	s.Issued(fresh[:1]) // issuance goes on from here
 	runSigner(t, s)
