@@ -351,6 +351,7 @@ type merged struct {
 // it (seen, by batch ID): the quiet period and the hold then last as long as they should,
 // not until the clock catches up.
 func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry, seen map[string]time.Time) time.Duration {
+	mark := n.urgentMark()
 	ids, err := n.Queue.Batches()
 	if err != nil {
 		return n.queueFault(err)
@@ -377,7 +378,7 @@ func (n *Notifier) passBatches(ctx context.Context, state map[string]*retry, see
 		return now.Sub(first)
 	}
 	quiet, hold := n.batchQuiet(), n.batchHold()
-	urgent := n.urgentIn(ids)
+	urgent := n.urgentIn(ids, mark)
 	sinceNewest, sinceOldest := age(ids[len(ids)-1]), age(ids[0])
 	if sinceNewest < quiet && sinceOldest < hold {
 		// Only the batches a Flush made due, and those of NotifyNow, if any.

@@ -404,3 +404,23 @@ func TestNotifyNowLeavesJobBatches(t *testing.T) {
 		}
 	})
 }
+
+// TestUrgentMarkedDuringListing: a batch of NotifyNow marked after a pass began to list the
+// batches, and so missing from that listing, stays due at once for the next pass; one marked
+// before the listing and missing from it is done, and forgotten.
+func TestUrgentMarkedDuringListing(t *testing.T) {
+	n := &Notifier{}
+	n.markUrgent("a")
+	mark := n.urgentMark()
+	n.markUrgent("b") // written after the listing below began, so not in it
+	if got := n.urgentIn([]string{}, mark); len(got) != 0 {
+		t.Fatalf("urgent among no batches: %v", got)
+	}
+	got := n.urgentIn([]string{"b"}, n.urgentMark())
+	if !got["b"] {
+		t.Error("a batch marked during a listing that missed it is no longer due at once")
+	}
+	if _, kept := n.urgent["a"]; kept {
+		t.Error("a batch marked before the listing and missing from it (sent) is still remembered")
+	}
+}

@@ -58,7 +58,10 @@ type Notifier struct {
 	wake      chan struct{}
 	started   atomic.Bool
 	urgentMu  sync.Mutex
-	urgent    map[string]bool // batches of NotifyNow: due at once
+	// urgent are the batches of NotifyNow, due at once, each with the value of urgentSeq
+	// when it was marked (see urgentIn).
+	urgent    map[string]uint64
+	urgentSeq uint64
 	// queueErr is the last error reading the queue folder, logged once; "" while it reads.
 	// Run's goroutine alone uses it.
 	queueErr string
@@ -172,26 +175,42 @@ func (n *Notifier) NotifyNow(es []Event) error {
 	if err != nil || id == "" {
 		return err
 	}
-	n.urgentMu.Lock()
-	if n.urgent == nil {
-		n.urgent = map[string]bool{}
-	}
-	n.urgent[id] = true
-	n.urgentMu.Unlock()
+	n.markUrgent(id)
 	n.wakeSender()
 	return nil
 }
 
-// urgentIn returns which of ids (the batches queued, sorted) [Notifier.NotifyNow] queued, and
-// forgets those no longer queued.
-func (n *Notifier) urgentIn(ids []string) map[string]bool {
+// markUrgent makes the batch id, queued already, due at once.
+func (n *Notifier) markUrgent(id string) {
+	n.urgentMu.Lock()
+	defer n.urgentMu.Unlock()
+	if n.urgent == nil {
+		n.urgent = map[string]uint64{}
+	}
+	n.urgentSeq++
+	n.urgent[id] = n.urgentSeq
+}
+
+// urgentMark is taken before the queue's batches are listed, for [Notifier.urgentIn].
+func (n *Notifier) urgentMark() uint64 {
+	n.urgentMu.Lock()
+	defer n.urgentMu.Unlock()
+	return n.urgentSeq
+}
+
+// urgentIn returns which of ids (the batches queued, sorted, listed after [Notifier.urgentMark]
+// returned mark) [Notifier.NotifyNow] queued, and forgets those no longer queued. A batch
+// marked after mark is kept even when ids lacks it: NotifyNow writes the batch, then marks
+// it, so a listing that began before the mark may have missed the file, and forgetting it
+// then left the batch waiting as a bulk job's would.
+func (n *Notifier) urgentIn(ids []string, mark uint64) map[string]bool {
 	n.urgentMu.Lock()
 	defer n.urgentMu.Unlock()
 	out := map[string]bool{}
-	for id := range n.urgent {
+	for id, seq := range n.urgent {
 		if _, ok := slices.BinarySearch(ids, id); ok {
 			out[id] = true
-		} else {
+		} else if seq <= mark {
 			delete(n.urgent, id)
 		}
 	}
