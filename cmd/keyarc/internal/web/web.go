@@ -127,15 +127,19 @@ func (f *file) gzipped() int64 {
 	return f.gzSize
 }
 
-// buildCopy checks that the build's gzipped copy unpacks to the file, and returns its size.
+// buildCopy checks that the build's gzipped copy unpacks to the file (the gzip reader reads
+// to its end: trailing bytes fail it), and returns its size.
 func (f *file) buildCopy() (int64, bool) {
 	r, err := f.fsys.Open(f.gzName)
 	if err != nil {
 		return 0, false
 	}
 	defer r.Close()
-	counted := &countingReader{r: r}
-	zr, err := gzip.NewReader(counted)
+	info, err := r.Stat()
+	if err != nil {
+		return 0, false
+	}
+	zr, err := gzip.NewReader(r)
 	if err != nil {
 		return 0, false
 	}
@@ -143,18 +147,7 @@ func (f *file) buildCopy() (int64, bool) {
 	if _, err := io.Copy(h, zr); err != nil || !bytes.Equal(h.Sum(nil), f.sum) {
 		return 0, false
 	}
-	return counted.n, true
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+	return info.Size(), true
 }
 
 // writeGzipped writes the gzipped copy to w; call it only after gzipped returned non-zero.
