@@ -95,10 +95,7 @@ func TestFeedStartsAtTheEnd(t *testing.T) {
 	db := openDB(t)
 	appendEntry(t, db, audit.KindArchive, "local", "old@example.org", audit.Details{Mailbox: "old@example.org", Serial: "01"})
 	rec := &recorder{}
-	f := &feed.Feed{Store: db, Notifier: rec}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: rec})
 	if got := cursor(t, db); got != 1 {
 		t.Fatalf("cursor after the first start = %d, want 1 (the end of the trail)", got)
 	}
@@ -123,10 +120,7 @@ func TestFeedStartsAtTheEnd(t *testing.T) {
 func TestFeedEvents(t *testing.T) {
 	db := openDB(t)
 	rec := &recorder{}
-	f := &feed.Feed{Store: db, Notifier: rec}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: rec})
 	appendEntry(t, db, audit.KindArchive, "enrollee:alice@example.org", "alice@example.org", audit.Details{Mailbox: "alice@example.org", Serial: "0a"})
 	appendEntry(t, db, audit.KindEnroll, "enrollee:bob@example.org", "bob@example.org", audit.Details{Mailbox: "bob@example.org", Serial: "0b"})
 	appendEntry(t, db, audit.KindCodeCreated, "admin:root", "carol@example.org", audit.Details{Mailbox: "carol@example.org"})
@@ -165,10 +159,7 @@ func TestFeedEvents(t *testing.T) {
 func TestFeedPages(t *testing.T) {
 	db := openDB(t)
 	rec := &recorder{}
-	f := &feed.Feed{Store: db, Notifier: rec, Batch: 3}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: rec, Batch: 3})
 	for i := range 10 {
 		m := string(rune('a'+i)) + "@example.org"
 		appendEntry(t, db, audit.KindArchive, "local", m, audit.Details{Mailbox: m, Serial: "0" + string(rune('1'+i))})
@@ -204,10 +195,7 @@ func TestFeedQueueFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &notice.Notifier{Queue: q, Sender: nopSender{}, From: "pki@example.org"}
-	f := &feed.Feed{Store: db, Notifier: n}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: n})
 	appendEntry(t, db, audit.KindArchive, "local", "alice@example.org", audit.Details{Mailbox: "alice@example.org", Serial: "0a"})
 	// The queue folder is replaced by a file: every write fails, whoever runs the test.
 	if err := os.RemoveAll(dir); err != nil {
@@ -243,20 +231,14 @@ func TestFeedQueueFails(t *testing.T) {
 // turning notices on later does not mail what happened while they were off.
 func TestFeedWithoutNotifier(t *testing.T) {
 	db := openDB(t)
-	off := &feed.Feed{Store: db}
-	if err := off.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	off := started(t, &feed.Feed{Store: db})
 	appendEntry(t, db, audit.KindArchive, "local", "alice@example.org", audit.Details{Mailbox: "alice@example.org", Serial: "0a"})
 	drain(t, off)
 	if pos := cursor(t, db); pos != 1 {
 		t.Fatalf("cursor %d, want 1", pos)
 	}
 	rec := &recorder{}
-	on := &feed.Feed{Store: db, Notifier: rec}
-	if err := on.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	on := started(t, &feed.Feed{Store: db, Notifier: rec})
 	drain(t, on)
 	if rec.now != nil || rec.batches != nil {
 		t.Errorf("notices of the time notices were off: %+v %+v", rec.now, rec.batches)
@@ -268,10 +250,7 @@ func TestFeedWithoutNotifier(t *testing.T) {
 func TestFeedFlush(t *testing.T) {
 	db := openDB(t)
 	rec := &recorder{}
-	f := &feed.Feed{Store: db, Notifier: rec, Batch: 2}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: rec, Batch: 2})
 	for i := range 3 {
 		m := string(rune('a'+i)) + "@example.org"
 		appendEntry(t, db, audit.KindArchive, "job j", m, audit.Details{Mailbox: m, Serial: "0" + string(rune('1'+i))})
@@ -317,10 +296,7 @@ func TestFeedLargeImportJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &feed.Feed{Store: db, Notifier: &notice.Notifier{Queue: q, Sender: nopSender{}, From: "pki@example.org"}}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: &notice.Notifier{Queue: q, Sender: nopSender{}, From: "pki@example.org"}})
 	const entries, perEntry = 360, 512
 	err = db.Update(context.Background(), func(tx store.Tx) error {
 		for e := range entries {
@@ -382,10 +358,7 @@ func TestFeedLargeImportJob(t *testing.T) {
 func TestFeedMalformedPage(t *testing.T) {
 	db := openDB(t)
 	rec := &recorder{}
-	f := &feed.Feed{Store: db, Notifier: rec, Batch: 2}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: rec, Batch: 2})
 	for range 2 {
 		// Two mailboxes for one serial: which was escrowed cannot be known.
 		appendEntry(t, db, audit.KindArchive, "job j1", "job j1", audit.Details{Mailboxes: []string{"a@example.org", "b@example.org"}, Serials: []string{"01"}})
@@ -411,10 +384,7 @@ func TestFeedInvalidNotice(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &notice.Notifier{Queue: q, Sender: nopSender{}, From: "pki@example.org"}
-	f := &feed.Feed{Store: db, Notifier: n}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: n})
 	const evil = "alice@example.org\r\nBcc: eve@example.org"
 	appendEntry(t, db, audit.KindArchive, "local", "alice", audit.Details{Mailbox: evil, Serial: "0a"})
 	appendEntry(t, db, audit.KindArchive, "local", "bob@example.org", audit.Details{Mailbox: "bob@example.org", Serial: "0b"})
@@ -465,10 +435,7 @@ func TestFeedStopAfterQueueing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec := &recorder{queued: cancel}
-	f := &feed.Feed{Store: db, Notifier: rec}
-	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	f := started(t, &feed.Feed{Store: db, Notifier: rec})
 	appendEntry(t, db, audit.KindArchive, "job j", "a@example.org", audit.Details{Mailbox: "a@example.org", Serial: "0a"})
 	if _, err := f.Step(ctx); err != nil {
 		t.Fatalf("Step stopped after queueing: %v", err)
@@ -476,4 +443,13 @@ func TestFeedStopAfterQueueing(t *testing.T) {
 	if pos := cursor(t, db); pos != 1 {
 		t.Fatalf("cursor %d after the queued step, want 1: the next start would queue the notice again", pos)
 	}
+}
+
+// started starts f (its cursor placed), failing the test if it cannot.
+func started(t *testing.T, f *feed.Feed) *feed.Feed {
+	t.Helper()
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
