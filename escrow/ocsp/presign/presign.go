@@ -236,9 +236,9 @@ func (s *Signer) Issued(serials []string) {
 	}
 }
 
-// settled reports whether the deferred work may run at now and, when it may not, when it
-// may: Quiet after the last call of Issued, at most MaxDefer after the first one since
-// the deferred work last ran.
+// settled reports whether the deferred work may run at now, and when it may: Quiet after the
+// last call of Issued, at most MaxDefer after the first one since the deferred work last ran;
+// the zero time when no work is deferred.
 func (s *Signer) settled(now time.Time) (bool, time.Time) {
 	quiet, maxDefer := s.Quiet, s.MaxDefer
 	if quiet <= 0 {
@@ -250,7 +250,7 @@ func (s *Signer) settled(now time.Time) (bool, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.deferSince.IsZero() {
-		return true, now
+		return true, time.Time{}
 	}
 	at := s.lastIssued.Add(quiet)
 	if last := s.deferSince.Add(maxDefer); last.Before(at) {
@@ -305,10 +305,10 @@ func (s *Signer) Run(ctx context.Context) {
 			if leads {
 				wait = time.Until(nextFull)
 			}
-			if now := s.now(); !s.idle() {
+			now := s.now()
+			if _, at := s.settled(now); !at.IsZero() {
 				// The deferred work (the pass over everything due among it) runs at the
 				// earliest when it may: wake then (at once, if it came during the pass).
-				_, at := s.settled(now)
 				wait = at.Sub(now)
 			}
 		}
@@ -322,13 +322,6 @@ func (s *Signer) Run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-}
-
-// idle reports whether no work is deferred.
-func (s *Signer) idle() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.deferSince.IsZero()
 }
 
 // pass signs the serials given to Revoked; then, if open (the deferred work may run), those
