@@ -78,6 +78,12 @@ func BenchmarkESTPerCert(b *testing.B) {
 	storetest.BenchESTPerCert(b, db, wireCounters(b, srv))
 }
 
+// BenchmarkCodeView is the View that authenticates an EST enrollee (see storetest).
+func BenchmarkCodeView(b *testing.B) {
+	db, srv := benchServerStore(b)
+	storetest.BenchCodeView(b, db, wireCounters(b, srv))
+}
+
 func BenchmarkImportPerCert(b *testing.B) {
 	db, srv := benchServerStore(b)
 	storetest.BenchImportPerCert(b, db, wireCounters(b, srv))

@@ -65,8 +65,9 @@
 //
 // [DB.View] runs on the pool in a READ ONLY, REPEATABLE READ transaction: one snapshot of
 // committed data, concurrent with Update and other Views. Its statements run on pgx directly,
-// and its BEGIN goes out with its first statement: a View of one statement takes two round
-// trips, the statement and the ROLLBACK.
+// and its BEGIN goes out with its first statement. Its ROLLBACK goes out with the next View's
+// BEGIN on the same connection, which waits for it at most 20 ms before it is rolled back and
+// returned to the pool: a View of one statement takes one round trip.
 //
 // A [store.Tx] belongs to the function it was passed to: it must not be kept after the function
 // returns nor shared with other goroutines. Functions passed to Update run on the writer

@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +51,8 @@ type DB struct {
 
 	q *updates.Queue // the Update calls, drained by the writer goroutine
 
+	parking parking // the connections of ended Views, their ROLLBACK still to send
+
 	viewMu     sync.RWMutex // held for reading by every View; Close takes it to stop them
 	viewClosed bool
 
@@ -87,7 +91,7 @@ func (db *DB) Stats() store.Stats {
 
 // Open connects to the PostgreSQL database of connString (a postgres:// URL or a key=value
 // string, as libpq takes them, with pgxpool's pool_max_conns and the like; the pool holds
-// max(4, NumCPU) connections by default, one of them the writer's) and brings its schema up
+// 1 + max(8, 4 × NumCPU) connections by default, one of them the writer's) and brings its schema up
 // to date. The database must exist; the user needs to create tables in it on the first Open
 // and whenever a migration is due. A server that cannot be reached gives an error wrapping
 // [store.ErrUnavailable].
@@ -99,6 +103,9 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 	if err != nil {
 		// pgx's message may quote the string, with its password: say only that it is malformed.
 		return nil, fmt.Errorf("store: open: malformed PostgreSQL connection string: %w", store.ErrInvalid)
+	}
+	if !setsPoolSize(connString) {
+		cfg.MaxConns = defaultMaxConns()
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "keyarc"
@@ -130,6 +137,24 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 	return db, nil
 }
 
+// defaultMaxConns is the pool's size unless the connection string sets pool_max_conns: the
+// writer's connection, and one for each View that may run at once, a few per core (a View
+// waits on the server most of its time).
+func defaultMaxConns() int32 { return int32(1 + max(8, 4*runtime.NumCPU())) }
+
+// setsPoolSize reports whether connString, a URL or a key=value string, sets pool_max_conns.
+func setsPoolSize(connString string) bool {
+	if u, err := url.Parse(connString); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		return u.Query().Has("pool_max_conns")
+	}
+	for _, f := range strings.Fields(connString) {
+		if strings.HasPrefix(f, "pool_max_conns=") {
+			return true
+		}
+	}
+	return false
+}
+
 // Close stops accepting updates, lets the writer finish every queued update, waits for the
 // running Views, then closes the connections. It is safe to call more than once.
 func (db *DB) Close() error {
@@ -138,6 +163,7 @@ func (db *DB) Close() error {
 		db.viewMu.Lock() // waits for running Views
 		db.viewClosed = true
 		db.viewMu.Unlock()
+		db.parking.close()
 		var errs []error
 		if db.wconn != nil {
 			errs = append(errs, db.wconn.Close())
@@ -174,7 +200,7 @@ func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) (err error) {
 
 // View runs fn in a read-only REPEATABLE READ transaction on a connection of the pool: it sees
 // one snapshot of committed data, taken at its first statement (with which the BEGIN goes
-// out, in one round trip: see [viewQuerier]). Views run concurrently with
+// out, in one round trip, and the ROLLBACK goes with the next View's: see [viewQuerier]). Views run concurrently with
 // each other and with Update; [DB.Close] waits for running Views, and View after Close
 // returns [store.ErrClosed] (wrapped, like every fault of the server, in
 // [store.ErrUnavailable]). Writes in fn fail with [store.ErrReadOnly]. A panic in fn
@@ -259,7 +285,9 @@ func (db *DB) begin() error {
 	for try := 0; ; try++ {
 		reused := db.wconn != nil
 		if !reused {
+			done := db.parking.waiter(db.pool)
 			c, err := db.db.Conn(ctx)
+			done()
 			if err != nil {
 				return err
 			}
@@ -511,7 +539,10 @@ func (db *DB) Check(ctx context.Context) error {
 		return classify(store.ErrClosed)
 	}
 	var v int
-	if err := db.db.QueryRowContext(ctx, `SELECT version FROM keyarc_schema`).Scan(&v); err != nil {
+	done := db.parking.waiter(db.pool)
+	err := db.db.QueryRowContext(ctx, `SELECT version FROM keyarc_schema`).Scan(&v)
+	done()
+	if err != nil {
 		return classify(fmt.Errorf("store: check: %w", err))
 	}
 	if v != len(migrations) {

@@ -133,6 +133,32 @@ func BenchESTPerCert(b *testing.B, s store.Store, counters Counters) {
 	m.report(b, b.N)
 }
 
+// BenchCodeView is the read that authenticates an EST enrollee: a View of one statement, the
+// enrollee's code, made by eight callers at once as the storm's clients do. It reports the
+// process's CPU per View and, per View, every counter of counters (nil: none).
+func BenchCodeView(b *testing.B, s store.Store, counters Counters) {
+	ctx := context.Background()
+	codes := benchCodes(b, s, 4096)
+	var next atomic.Int64
+	m := startMeasure(counters)
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			if err := s.View(ctx, func(tx store.Tx) error {
+				_, err := tx.GetCode(codes[i%int64(len(codes))])
+				return err
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	m.reportPer(b, b.N, "view")
+}
+
 // BenchImportPerCert is the store's work for one item of a bulk import job, as the job's
 // committer makes it: 512 items to an Update (the epoch read, the certificates issued, their
 // active records, one audit entry for the batch, the items done), then the OCSP pre-signer's
@@ -327,8 +353,11 @@ func startMeasure(c Counters) *measure {
 }
 
 // report reports the CPU and the counters' growth per certificate.
-func (m *measure) report(b *testing.B, certs int) {
-	b.ReportMetric(float64((processCPU()-m.cpu).Microseconds())/float64(certs), "cpu-µs/cert")
+func (m *measure) report(b *testing.B, certs int) { m.reportPer(b, certs, "cert") }
+
+// reportPer reports the CPU and the counters' growth per one of n things called unit.
+func (m *measure) reportPer(b *testing.B, n int, unit string) {
+	b.ReportMetric(float64((processCPU()-m.cpu).Microseconds())/float64(n), "cpu-µs/"+unit)
 	if m.counters == nil {
 		return
 	}
@@ -339,7 +368,7 @@ func (m *measure) report(b *testing.B, certs int) {
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		b.ReportMetric((now[k]-m.at[k])/float64(certs), k+"/cert")
+		b.ReportMetric((now[k]-m.at[k])/float64(n), k+"/"+unit)
 	}
 }
 
