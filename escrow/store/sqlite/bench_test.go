@@ -63,6 +63,19 @@ func BenchmarkEnrollPerCert(b *testing.B) {
 	storetest.BenchEnrollPerCert(b, db, walCounters(b, db))
 }
 
+// BenchmarkESTPerCert is BenchmarkEnrollPerCert with an EST enrollment's reads (see
+// storetest), beside PostgreSQL's.
+func BenchmarkESTPerCert(b *testing.B) {
+	db, _ := openTest(b)
+	storetest.BenchESTPerCert(b, db, walCounters(b, db))
+}
+
+// BenchmarkCodeView is the View that authenticates an EST enrollee, beside PostgreSQL's.
+func BenchmarkCodeView(b *testing.B) {
+	db, _ := openTest(b)
+	storetest.BenchCodeView(b, db, nil)
+}
+
 func BenchmarkImportPerCert(b *testing.B) {
 	db, _ := openTest(b)
 	storetest.BenchImportPerCert(b, db, walCounters(b, db))

@@ -118,7 +118,7 @@ func Run(args []string, env Env) error {
 	keep := fs.Bool("keep", false, "keep the temporary states")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	only := fs.String("only", "", "run one round only: ca (raw limits, jobs, in-process storms), rss (peak memory), ocsp, est or enroll (out-of-process storms), pg (jobs and the EST storm on PostgreSQL beside SQLite, one node and three), recovery (latency from the m-th approval to the PKCS#12 in hand, through the CLI)")
-	pgRuns := fs.Int("pg-runs", 1, "runs of each job on PostgreSQL (the median is reported)")
+	pgRuns := fs.Int("pg-runs", 1, "runs of each job on PostgreSQL and of the EST storm on one PostgreSQL node, each storm between two on SQLite (the median is reported)")
 	noPG := fs.Bool("no-pg", false, "skip the PostgreSQL round in a full run")
 	pgRate := fs.Int("pg-est-prepare-rate", 2000, "EST requests per second to prepare codes and CSRs for, in the PostgreSQL round")
 	pgWindow := fs.Duration("pg-storm-window", 10*time.Second, "length of each window of the PostgreSQL round's EST storms")
