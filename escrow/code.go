@@ -158,16 +158,21 @@ func (s *Service) authenticate(ctx context.Context, mailbox, secret, keyID strin
 	}
 	matched := false
 	err = s.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		if c, err = tx.GetCode(secret[:codeIDLen]); err != nil {
+		var (
+			bad string
+			err error
+		)
+		if keyID == "" {
+			c, err = tx.GetCode(secret[:codeIDLen])
+		} else {
+			c, bad, err = tx.GetCodeCheckingKey(secret[:codeIDLen], keyID) // one statement
+		}
+		if err != nil {
 			return err
 		}
-		if matched = codeMatches(c, secret, mailbox); !matched || keyID == "" {
-			return nil // a code refused below asks nothing more of the store
-		}
-		bad, err := tx.CompromisedKeys([]string{keyID})
-		keyClear = err == nil && len(bad) == 0
-		return err
+		matched = codeMatches(c, secret, mailbox)
+		keyClear = matched && keyID != "" && bad == ""
+		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, false, errCodeNotAccepted

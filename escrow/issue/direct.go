@@ -168,19 +168,28 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	}
 	if readCode || keyID != "" {
 		err := p.Store.View(ctx, func(tx store.Tx) error {
-			if readCode {
-				c, err := tx.GetCode(row.CodeID)
+			switch {
+			case readCode && keyID != "": // both in one statement
+				c, bad, err := tx.GetCodeCheckingKey(row.CodeID, keyID)
 				if err != nil {
 					return err
 				}
 				if err := checkCode(c); err != nil {
 					return err
 				}
-			}
-			if keyID == "" {
+				if bad != "" {
+					return CompromisedKeyError(bad)
+				}
 				return nil
+			case readCode:
+				c, err := tx.GetCode(row.CodeID)
+				if err != nil {
+					return err
+				}
+				return checkCode(c)
+			default:
+				return refuseCompromised(tx, []string{keyID})
 			}
-			return refuseCompromised(tx, []string{keyID})
 		})
 		if err != nil {
 			return Result{}, err

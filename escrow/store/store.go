@@ -75,6 +75,12 @@ type Codes interface {
 	InsertCode(c Code) error
 	// GetCode returns code id, or [ErrNotFound].
 	GetCode(id string) (*Code, error)
+	// GetCodeCheckingKey is GetCode that also answers, in the same statement, what
+	// CompromisedKeys([]string{keyID}) would: the serial of the oldest certificate revoked for
+	// keyCompromise that holds keyID, or "" if none does. It is the read that authenticates
+	// an enrollee and clears the key of the request, in one round trip. [ErrInvalid] unless
+	// keyID is 64 lower-case hex digits; [ErrNotFound] for an unknown code.
+	GetCodeCheckingKey(id, keyID string) (*Code, string, error)
 	// ClaimCode marks code id used at now: [ErrNotFound], [ErrCodeUsed] if it was used
 	// already, [ErrCodeExpired] if it expires at or before now. Of concurrent claims of one
 	// code, exactly one succeeds.

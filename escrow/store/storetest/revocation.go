@@ -308,6 +308,10 @@ func testCompromisedKeys(t *testing.T, h *Harness) {
 		if err := tx.InsertCertificates([]store.Certificate{a2, a1, b, c}); err != nil {
 			return err
 		}
+		if err := tx.InsertCode(store.Code{ID: "code1", Email: "alice@example.com", Template: "t", Hash: []byte("h"),
+			CreatedAt: t0, ExpiresAt: t0.AddDate(0, 0, 7)}); err != nil {
+			return err
+		}
 		for _, r := range []struct {
 			serial string
 			reason int
@@ -339,6 +343,13 @@ func testCompromisedKeys(t *testing.T, h *Harness) {
 			if _, err := tx.CompromisedKeys([]string{idB, bad}); !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("CompromisedKeys(%q) = %v, want ErrInvalid", bad, err)
 			}
+			if _, _, err := tx.GetCodeCheckingKey("code1", bad); !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("GetCodeCheckingKey(code1, %q) = %v, want ErrInvalid", bad, err)
+			}
+		}
+		checkCodeKeys(t, tx, map[string]string{idA: "a1", idB: "", idC: "", unknown: ""})
+		if _, _, err := tx.GetCodeCheckingKey("nocode", idA); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("GetCodeCheckingKey of an unknown code = %v, want ErrNotFound", err)
 		}
 		return nil
 	})
@@ -352,8 +363,26 @@ func testCompromisedKeys(t *testing.T, h *Harness) {
 		if want := map[string]string{idB: "b"}; fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("CompromisedKeys after SetKeyCompromise = %v, want %v", got, want)
 		}
+		checkCodeKeys(t, tx, map[string]string{idB: "b", idC: ""})
 		return nil
 	})
+}
+
+// checkCodeKeys checks that GetCodeCheckingKey reads code1 (of alice@example.com) with each
+// key of want and finds it compromised by the serial want gives ("" for none).
+func checkCodeKeys(t *testing.T, tx store.Tx, want map[string]string) {
+	t.Helper()
+	for key, serial := range want {
+		c, bad, err := tx.GetCodeCheckingKey("code1", key)
+		switch {
+		case err != nil:
+			t.Errorf("GetCodeCheckingKey(code1, %s): %v", key, err)
+		case c.ID != "code1" || c.Email != "alice@example.com" || c.UsedAt != nil:
+			t.Errorf("GetCodeCheckingKey(code1, %s) read code %+v", key, c)
+		case bad != serial:
+			t.Errorf("GetCodeCheckingKey(code1, %s) found the key compromised by %q, want %q", key, bad, serial)
+		}
+	}
 }
 
 // testRevokedCertificates: the stream holds every revoked certificate not expired at now and

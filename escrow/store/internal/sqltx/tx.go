@@ -1,6 +1,8 @@
 package sqltx
 
 import (
+	"strconv"
+
 	"github.com/keyarc/keyarc/escrow/store"
 
 	"context"
@@ -439,17 +441,49 @@ func (tx *Tx) InsertCode(c store.Code) error {
 
 // GetCode returns the code with the given ID, or [ErrNotFound].
 func (tx *Tx) GetCode(id string) (*store.Code, error) {
+	c, _, err := tx.getCode("get code", id, "")
+	return c, err
+}
+
+// GetCodeCheckingKey is GetCode with CompromisedKeys([]string{keyID}) in the same statement:
+// the oldest certificate revoked for keyCompromise that holds keyID, through the partial index
+// certificates_key, or "".
+func (tx *Tx) GetCodeCheckingKey(id, keyID string) (*store.Code, string, error) {
+	const op = "get code checking key"
+	if !store.ValidKeyID(keyID) {
+		return nil, "", invalid(op, "key id %q is not 64 lower-case hex digits", keyID)
+	}
+	return tx.getCode(op, id, keyID)
+}
+
+// codeColumns are the columns of a code as getCode scans them.
+const codeColumns = `k.id, k.email, k.template, k.hash, k.created_at, k.expires_at, k.used_at, k.serial`
+
+// codeCheckingKey is GetCodeCheckingKey's statement: ?1 the key, ?2 the code.
+var codeCheckingKey = `SELECT ` + codeColumns + `, (SELECT c.serial FROM certificates c
+		WHERE c.key_id = ? AND c.key_id IS NOT NULL AND c.state = 'revoked' AND c.revocation_reason = ` +
+	strconv.Itoa(store.ReasonKeyCompromise) + ` ORDER BY c.created_at, c.serial LIMIT 1)
+	FROM codes k WHERE k.id = ?`
+
+// getCode reads code id and, when keyID is set, the serial that compromises that key.
+func (tx *Tx) getCode(op, id, keyID string) (*store.Code, string, error) {
 	var (
 		c        store.Code
 		created  sql.NullInt64
 		expires  sql.NullInt64
 		used     sql.NullInt64
 		serialNS sql.NullString
+		badNS    sql.NullString
 	)
-	err := tx.queryRow("get code", []any{&c.ID, &c.Email, &c.Template, &c.Hash, &created, &expires, &used, &serialNS},
-		`SELECT id, email, template, hash, created_at, expires_at, used_at, serial FROM codes WHERE id = ?`, id)
+	dest := []any{&c.ID, &c.Email, &c.Template, &c.Hash, &created, &expires, &used, &serialNS}
+	var err error
+	if keyID == "" {
+		err = tx.queryRow(op, dest, `SELECT `+codeColumns+` FROM codes k WHERE k.id = ?`, id)
+	} else {
+		err = tx.queryRow(op, append(dest, &badNS), codeCheckingKey, keyID, id)
+	}
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	c.CreatedAt, c.ExpiresAt = tget(created), tget(expires)
 	if used.Valid {
@@ -457,7 +491,7 @@ func (tx *Tx) GetCode(id string) (*store.Code, error) {
 		c.UsedAt = &u
 	}
 	c.Serial = sget(serialNS)
-	return &c, nil
+	return &c, sget(badNS), nil
 }
 
 // ClaimCode marks the code used at now, once: a code already used gives
