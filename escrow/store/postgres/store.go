@@ -115,9 +115,10 @@ func Open(ctx context.Context, connString string) (*DB, error) {
 		return nil, classify(fmt.Errorf("store: open: %w", err))
 	}
 	db := &DB{
-		pool: pool,
-		db:   stdlib.OpenDBFromPool(pool),
-		q:    updates.New(),
+		pool:    pool,
+		db:      stdlib.OpenDBFromPool(pool),
+		q:       updates.New(),
+		parking: parking{hold: parkFor},
 	}
 	fail := func(err error) (*DB, error) {
 		db.db.Close()

@@ -124,16 +124,18 @@ func (v *viewQuerier) end() {
 // parkFor is how long a parked connection waits for a View before the parking rolls its
 // transaction back and returns it to the pool: the longest a View's snapshot outlives it
 // (holding back what VACUUM may remove, as any open transaction does). A variable for the
-// tests.
+// tests, read by [Open].
 var parkFor = 20 * time.Millisecond
 
 // parking holds the connections of ended Views whose read-only transaction is still open, so
 // that the ROLLBACK, a round trip of its own before, goes out with the next View's BEGIN. A
 // busy node's Views so cost one round trip less each; a quiet node's parked connections are
-// rolled back and returned to the pool parkFor after their View ended, by a timer. While
+// rolled back and returned to the pool hold after their View ended, by a timer. While
 // anyone waits for a connection of the pool, a View's connection goes back to the pool
 // instead, so that parking never starves the writer or another View.
 type parking struct {
+	hold time.Duration // parkFor, set by Open
+
 	mu     sync.Mutex
 	conns  []parked // oldest first
 	timer  *time.Timer
@@ -225,16 +227,16 @@ func (p *parking) park(c *pgxpool.Conn) {
 	}
 	p.conns = append(p.conns, parked{c, time.Now()})
 	if p.timer == nil {
-		p.timer = time.AfterFunc(parkFor, p.sweep)
+		p.timer = time.AfterFunc(p.hold, p.sweep)
 	}
 	p.mu.Unlock()
 }
 
-// sweep rolls back and returns to the pool the connections parked for parkFor or longer, and
+// sweep rolls back and returns to the pool the connections parked for hold or longer, and
 // sets the timer again for the others.
 func (p *parking) sweep() {
 	p.mu.Lock()
-	cut := time.Now().Add(-parkFor)
+	cut := time.Now().Add(-p.hold)
 	n := 0
 	for n < len(p.conns) && !p.conns[n].at.After(cut) {
 		n++
@@ -243,7 +245,7 @@ func (p *parking) sweep() {
 	p.conns = append(p.conns[:0], p.conns[n:]...)
 	p.timer = nil
 	if len(p.conns) > 0 && !p.closed {
-		p.timer = time.AfterFunc(time.Until(p.conns[0].at.Add(parkFor)), p.sweep)
+		p.timer = time.AfterFunc(time.Until(p.conns[0].at.Add(p.hold)), p.sweep)
 	}
 	p.mu.Unlock()
 	for _, c := range old {

@@ -57,22 +57,19 @@ func TestViewTrips(t *testing.T) {
 // transaction, holding its snapshot.
 func TestViewSnapshotEnds(t *testing.T) {
 	srv := pgtest.Start(t)
-	name := srv.CreateDatabase(t)
-	db := openURL(t, srv.URL(name))
-	if err := db.Update(ctx, insertCode("c1", "a@example.com")); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { parkFor = 20 * time.Millisecond })
 	for _, park := range []time.Duration{50 * time.Millisecond, time.Hour} {
-		parkFor = park
-		t.Cleanup(func() { parkFor = 20 * time.Millisecond })
+		parkFor = park // read by Open
+		name := srv.CreateDatabase(t)
+		db := openURL(t, srv.URL(name))
+		if err := db.Update(ctx, insertCode("c1", "a@example.com")); err != nil {
+			t.Fatal(err)
+		}
 		if err := db.View(ctx, func(tx store.Tx) error { _, err := tx.GetCode("c1"); return err }); err != nil {
 			t.Fatal(err)
 		}
 		open := idleInTransaction(t, srv, name)
-		for deadline := time.Now().Add(5 * time.Second); open > 0 && time.Now().Before(deadline); {
-			if park == time.Hour {
-				break // parked: the transaction stays open until the next View
-			}
+		for deadline := time.Now().Add(5 * time.Second); park < time.Hour && open > 0 && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 			open = idleInTransaction(t, srv, name)
 		}
