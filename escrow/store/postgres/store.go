@@ -91,8 +91,8 @@ func (db *DB) Stats() store.Stats {
 
 // Open connects to the PostgreSQL database of connString (a postgres:// URL or a key=value
 // string, as libpq takes them, with pgxpool's pool_max_conns and the like; the pool holds
-// 1 + max(8, 4 × NumCPU) connections by default, one of them the writer's) and brings its schema up
-// to date. The database must exist; the user needs to create tables in it on the first Open
+// 1 + max(8, 4 × NumCPU) connections by default, one of them the writer's) and brings its
+// schema up to date. The database must exist; the user needs to create tables in it on the first Open
 // and whenever a migration is due. A server that cannot be reached gives an error wrapping
 // [store.ErrUnavailable].
 func Open(ctx context.Context, connString string) (*DB, error) {
