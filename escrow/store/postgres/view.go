@@ -206,12 +206,7 @@ func (p *parking) take() *pgxpool.Conn {
 // park keeps c, whose View just ended, for the next View. A connection still busy or outside a
 // transaction, or one that someone waits for, goes back to the pool (rolled back first).
 func (p *parking) park(c *pgxpool.Conn) {
-	pc := c.Conn().PgConn()
-	if pc.IsBusy() || pc.IsClosed() {
-		c.Release()
-		return
-	}
-	if s := pc.TxStatus(); s != 'T' && s != 'E' {
+	if pc := c.Conn().PgConn(); pc.IsBusy() || pc.IsClosed() || pc.TxStatus() != 'T' && pc.TxStatus() != 'E' {
 		c.Release()
 		return
 	}
@@ -256,29 +251,32 @@ func (p *parking) sweep() {
 // discard returns every parked connection to the pool, which drops them (they are in a
 // transaction): after a fault of the server, they most likely died with it.
 func (p *parking) discard() {
-	p.mu.Lock()
-	old := p.conns
-	p.conns = nil
-	p.mu.Unlock()
-	for _, c := range old {
+	for _, c := range p.takeAll(false) {
 		c.conn.Release()
 	}
 }
 
 // close stops parking and returns every parked connection, rolled back, to the pool.
 func (p *parking) close() {
+	for _, c := range p.takeAll(true) {
+		rollbackRelease(c.conn)
+	}
+}
+
+// takeAll empties the parking and returns what it held; with stop, it also parks nothing more.
+func (p *parking) takeAll(stop bool) []parked {
 	p.mu.Lock()
-	p.closed = true
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
+	defer p.mu.Unlock()
+	if stop {
+		p.closed = true
+		if p.timer != nil {
+			p.timer.Stop()
+			p.timer = nil
+		}
 	}
 	old := p.conns
 	p.conns = nil
-	p.mu.Unlock()
-	for _, c := range old {
-		rollbackRelease(c.conn)
-	}
+	return old
 }
 
 // rollbackRelease ends c's View transaction and returns c to the pool, which drops it if the
