@@ -168,28 +168,29 @@ func (p *Pipeline) IssueSigned(ctx context.Context, r SignedRequest) (Result, er
 	}
 	if readCode || keyID != "" {
 		err := p.Store.View(ctx, func(tx store.Tx) error {
+			var (
+				c   *store.Code
+				bad string // the certificate that compromised the key
+				err error
+			)
 			switch {
-			case readCode && keyID != "": // both in one statement
-				c, bad, err := tx.GetCodeCheckingKey(row.CodeID, keyID)
-				if err != nil {
-					return err
-				}
-				if err := checkCode(c); err != nil {
-					return err
-				}
-				if bad != "" {
-					return CompromisedKeyError(bad)
-				}
-				return nil
-			case readCode:
-				c, err := tx.GetCode(row.CodeID)
-				if err != nil {
-					return err
-				}
-				return checkCode(c)
-			default:
+			case !readCode:
 				return refuseCompromised(tx, []string{keyID})
+			case keyID != "":
+				c, bad, err = tx.GetCodeCheckingKey(row.CodeID, keyID) // both in one statement
+			default:
+				c, err = tx.GetCode(row.CodeID)
 			}
+			if err != nil {
+				return err
+			}
+			if err := checkCode(c); err != nil {
+				return err
+			}
+			if bad != "" {
+				return CompromisedKeyError(bad)
+			}
+			return nil
 		})
 		if err != nil {
 			return Result{}, err
