@@ -134,9 +134,9 @@ func (a *Adopter) Run(ctx context.Context) {
 }
 
 // Scan looks once, one after the other, at each folder of [Adopter.Dir] whose name starts
-// with [Adopter.Prefix], the notifier's own left out: one whose lock cannot be taken has a sender; one whose
-// lock can be taken and that holds notices is sent until nothing is left in it (or ctx ends),
-// then its lock is released. It returns the number of folders it sent.
+// with [Adopter.Prefix], the notifier's own left out: one whose lock cannot be taken has a
+// sender; one whose lock can be taken and that holds notices is sent until nothing is left in
+// it (or ctx ends), then its lock is released. It returns the number of folders it sent.
 func (a *Adopter) Scan(ctx context.Context) int {
 	ents, err := os.ReadDir(a.Dir)
 	if err != nil {
