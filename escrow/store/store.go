@@ -203,9 +203,9 @@ type CRLs interface {
 // # The due index
 //
 // A backend keeps, for each issued or revoked certificate, when its response next falls due,
-// in the same transaction as every write that changes it, so that [OCSPResponses.OCSPDue]
-// reads what is due without looking at every certificate (a pre-signer asks every 30
-// seconds, and most passes find nothing due):
+// so that [OCSPResponses.OCSPDue] reads what is due without looking at every certificate (a
+// pre-signer asks every 30 seconds, and most passes find nothing due). OCSPDue's answer
+// follows every write at once:
 //
 //   - a certificate that becomes issued or revoked (SetCertificateIssued, InsertCertificate
 //     of an issued or revoked one, RevokeCertificate, SetKeyCompromise) is due at once,
@@ -219,10 +219,18 @@ type CRLs interface {
 //     stored, the backend may drop the certificates expired at T from its index for good,
 //     so OCSPDue must not be asked about a now before the responses it stored.
 //
+// The index itself may lag: a backend may leave a certificate out of it for a while after
+// storing it, so that the transaction that issues it writes nothing for OCSP. OCSPDue then
+// reads that certificate from the certificates themselves, at a cost that grows with the
+// number left out, until [OCSPResponses.IndexNewCertificates] indexes it. A pre-signer calls
+// that before each pass.
+//
 // The SQL backends keep a table of their own (ocsp_due: serial, the ThisUpdate of a response
 // of the current status or the smallest integer, NotAfter), with an index on (signed,
-// not_after): SQLite's triggers fill it, PostgreSQL's statements that store certificates and
-// responses do, in the same statement; see OCSPDue for how a page is read.
+// not_after). PostgreSQL's statements that store certificates and responses keep it, in the
+// same statement. SQLite's triggers keep it for revocations and responses, and for the
+// certificates indexed already; the certificates stored since the last IndexNewCertificates
+// (a range of rowids above a mark) wait for the next. See OCSPDue for how a page is read.
 type OCSPResponses interface {
 	// UpsertOCSPResponses stores the responses, each replacing the stored response of its
 	// serial unless that one has a later ThisUpdate (a slower signer never overwrites a
@@ -257,6 +265,12 @@ type OCSPResponses interface {
 	// number due, not the number of certificates: a pass that finds nothing due costs next to
 	// nothing.
 	OCSPDue(now, signedBefore time.Time, after string, limit int) ([]CertStatus, error)
+	// IndexNewCertificates puts into the due index the certificates stored since it last ran
+	// and left out of it (see the due index above), at most limit (1 or more, else
+	// [ErrInvalid]) of them in the order they were stored, and reports whether more are
+	// left. A backend that indexes as it stores has nothing to do. Read-only transactions get
+	// [ErrReadOnly].
+	IndexNewCertificates(limit int) (more bool, err error)
 }
 
 // Records are sealed escrow records (made by escrow/record; the store never sees a key).

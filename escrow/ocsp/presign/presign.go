@@ -54,6 +54,8 @@ const (
 	// pass over everything due finds the rest (the store lists a certificate without a
 	// response, or with one of another status, as due at once).
 	maxPriority = 100_000
+	// indexBatch is how many new certificates a transaction of SignDue's indexing takes.
+	indexBatch = 4096
 )
 
 // Metrics receives the pre-signer's counts; a nil one is allowed.
@@ -449,8 +451,25 @@ func (s *Signer) SignSerials(ctx context.Context, serials []string) (int, error)
 	return total, nil
 }
 
+// index puts the certificates stored since the last pass into the store's due index
+// ([store.OCSPResponses.IndexNewCertificates]), indexBatch to a transaction, so that the pass
+// reads them there.
+func (s *Signer) index(ctx context.Context) error {
+	for more := true; more; {
+		err := s.Store.Update(ctx, func(tx store.Tx) (err error) {
+			more, err = tx.IndexNewCertificates(indexBatch)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("presign: index new certificates: %w", err)
+		}
+	}
+	return nil
+}
+
 // SignDue signs and stores the responses the store lists as due now
-// ([store.OCSPResponses.OCSPDue]). It streams: one goroutine reads the due certificates a
+// ([store.OCSPResponses.OCSPDue]), after indexing the certificates stored since the last pass.
+// It streams: one goroutine reads the due certificates a
 // page of Batch ahead of the Workers that sign them, and the caller's goroutine stores the
 // signed responses Batch to a transaction while the signing goes on, so that neither the
 // token nor the storage waits for the other. It returns how many it stored.
@@ -470,6 +489,9 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	s.init()
+	if err := s.index(ctx); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	gen := s.gen
 	s.mu.Unlock()

@@ -353,9 +353,17 @@ func TestSignDueStorageFault(t *testing.T) {
 	e := newEnv(t, nil, 30*24*time.Hour)
 	e.addCerts(t, 0x7000, 1000)
 	fs := &faultyStore{Store: e.db}
-	fs.ok.Store(3)
 	s := e.signer(e.responder)
 	s.Store = fs
+	// A fault in the indexing of the new certificates, the pass's first write: nothing is
+	// signed, and everything stays due.
+	if n, err := s.SignDue(context.Background()); !errors.Is(err, store.ErrUnavailable) || n != 0 {
+		t.Fatalf("SignDue with a store failing at once: %d, %v; want nothing stored and ErrUnavailable", n, err)
+	}
+	if d := e.due(t); d != 1000 {
+		t.Fatalf("%d due after a failed indexing, want 1000", d)
+	}
+	fs.ok.Store(4) // the indexing's transaction, then three batches
 	n, err := s.SignDue(context.Background())
 	if !errors.Is(err, store.ErrUnavailable) || n != 3*s.Batch {
 		t.Fatalf("SignDue with a failing store: %d, %v; want %d stored and ErrUnavailable", n, err, 3*s.Batch)

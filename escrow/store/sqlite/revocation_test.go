@@ -340,9 +340,9 @@ func TestMigrationOCSPDue(t *testing.T) {
 	}
 }
 
-// TestOCSPDueIndexes: OCSPDue reads ocsp_due through the index its plan names, never the
-// certificates table in full, and the expired rows are found through ocsp_due_expiry; a pass
-// over many fresh certificates finds nothing in an empty range.
+// TestOCSPDueIndexes: OCSPDue reads ocsp_due through the index its plan names, and the
+// certificates not indexed yet through the range of rowids above the mark, never the
+// certificates table in full; the expired rows are found through ocsp_due_expiry.
 func TestOCSPDueIndexes(t *testing.T) {
 	db, _ := openTest(t)
 	plan := func(query string, args ...any) string {
@@ -370,6 +370,7 @@ func TestOCSPDueIndexes(t *testing.T) {
 		{"count", hinted["due count"], "COVERING INDEX ocsp_due_signed (signed<?)", []any{1, 1, 1}},
 		{"by signed", hinted["due by signed"], "COVERING INDEX ocsp_due_signed (signed<?)", []any{"", 1, 1, 1}},
 		{"by serial", hinted["due by serial"], "SEARCH ocsp_due USING PRIMARY KEY (serial>?)", []any{"", 1, 1, 1}},
+		{"unindexed", hinted["due unindexed"], "SEARCH n USING INTEGER PRIMARY KEY (rowid>?)", []any{"", 1, 1, 1}},
 		{"expired", `DELETE FROM ocsp_due WHERE not_after IS NOT NULL AND not_after <= ?`, "ocsp_due_expiry", []any{1}},
 	} {
 		p := plan(tc.query, tc.args...)

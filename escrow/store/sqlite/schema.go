@@ -456,6 +456,37 @@ END;
 DELETE FROM ocsp_due WHERE serial IN (SELECT serial FROM certificates WHERE template = 'import');
 DELETE FROM ocsp_responses WHERE serial IN (SELECT serial FROM certificates WHERE template = 'import');
 `,
+	// 19: a certificate's transaction no longer writes its row of ocsp_due: three b-trees, and
+	// nearly one of the four WAL pages an EST enrollment wrote. ocsp_mark holds the position (rowid)
+	// up to which the certificates are indexed, and the serial found there, to tell that the
+	// rowids were not renumbered (a dump loaded again); Tx.IndexNewCertificates indexes those
+	// above it, a page at a time, and OCSPDue reads them from certificates until then. A
+	// certificate above the mark that becomes issued is left to IndexNewCertificates too; one
+	// below it (a pending certificate the index passed by) gets its row here, and a
+	// revocation always does, at once. Every certificate stored so far has its row.
+	`
+CREATE TABLE ocsp_mark (
+	id     INTEGER PRIMARY KEY CHECK (id = 1),
+	pos    INTEGER NOT NULL,
+	serial TEXT    NOT NULL
+) STRICT;
+INSERT INTO ocsp_mark (id, pos, serial)
+	SELECT 1, coalesce(max(rowid), 0), coalesce((SELECT serial FROM certificates ORDER BY rowid DESC LIMIT 1), '') FROM certificates;
+
+DROP TRIGGER ocsp_due_insert;
+
+DROP TRIGGER ocsp_due_status;
+CREATE TRIGGER ocsp_due_status AFTER UPDATE OF state, revocation_reason, not_after ON certificates
+	WHEN new.template <> 'import' AND (new.state = 'revoked' OR old.rowid <= (SELECT pos FROM ocsp_mark))
+BEGIN
+	DELETE FROM ocsp_due WHERE serial = old.serial AND new.state NOT IN ('issued', 'revoked');
+	INSERT INTO ocsp_due (serial, signed, not_after)
+		SELECT new.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = new.serial
+			AND o.revoked = (new.state = 'revoked') AND o.reason = new.revocation_reason), -9223372036854775807 - 1), new.not_after
+		WHERE new.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after;
+END;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

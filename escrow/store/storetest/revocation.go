@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"github.com/keyarc/keyarc/escrow/store"
 
 	"bytes"
@@ -36,6 +37,8 @@ var revocationTests = []test{
 	{"OCSPDueLifecycle", testOCSPDueLifecycle},
 	{"OCSPDueInFlight", testOCSPDueInFlight},
 	{"OCSPDueMany", testOCSPDueMany},
+	{"OCSPDueIndexed", testOCSPDueIndexed},
+	{"IndexNewCertificates", testIndexNewCertificates},
 	{"OCSPStatusOverClock", testOCSPStatusOverClock},
 	{"ForeignCertificates", testForeignCertificates},
 }
@@ -750,6 +753,97 @@ func testOCSPDue(t *testing.T, h *Harness) {
 		}
 		return nil
 	})
+}
+
+// indexingStore indexes the new certificates ([store.OCSPResponses.IndexNewCertificates]),
+// two to a transaction, before every View.
+type indexingStore struct {
+	store.Store
+	t testing.TB
+}
+
+func (s indexingStore) View(ctx context.Context, fn func(store.Tx) error) error {
+	for more, n := true, 0; more; n++ {
+		if n > 100_000 {
+			s.t.Fatal("IndexNewCertificates reports more left for ever")
+		}
+		if err := s.Store.Update(ctx, func(tx store.Tx) (err error) {
+			more, err = tx.IndexNewCertificates(2)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	return s.Store.View(ctx, fn)
+}
+
+// testOCSPDueIndexed runs the tests of OCSPDue again on a store whose new certificates are
+// indexed before every read: OCSPDue's answers do not depend on when the index catches up,
+// whether a certificate was issued, revoked, signed or failed before or after it was indexed.
+func testOCSPDueIndexed(t *testing.T, h *Harness) {
+	indexing := *h
+	indexing.Open = func(t *testing.T) store.Store { return indexingStore{h.Open(t), t} }
+	for _, tt := range []test{
+		{"OCSPDue", testOCSPDue},
+		{"OCSPDuePages", testOCSPDuePages},
+		{"OCSPDueLifecycle", testOCSPDueLifecycle},
+		{"OCSPDueInFlight", testOCSPDueInFlight},
+		{"OCSPDueMany", testOCSPDueMany},
+		{"ForeignCertificates", testForeignCertificates},
+	} {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, &indexing) })
+	}
+}
+
+// testIndexNewCertificates: the indexing of new certificates ends, a page at a time, changes
+// nothing OCSPDue lists, and refuses a bad limit and a read-only transaction.
+func testIndexNewCertificates(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := t0.AddDate(0, 1, 0)
+	var cs []store.Certificate
+	for i := range 7 {
+		cs = append(cs, issued(fmt.Sprintf("%02x", 0x20+i), t0.AddDate(1, 0, 0)))
+	}
+	cs[2].State, cs[2].DER = store.StatePending, nil
+	cs[4].Template = store.TemplateImport
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.InsertCertificates(cs) })
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.RevokeCertificate("25", store.ReasonSuperseded, now) })
+	want := "20:false:0 21:false:0 23:false:0 25:true:4 26:false:0"
+	if got := due(t, s, now, now); got != want {
+		t.Fatalf("due before indexing: %q, want %q", got, want)
+	}
+	calls := 0
+	for more := true; more; calls++ {
+		if calls > len(cs) {
+			t.Fatalf("IndexNewCertificates(3) still reports more after %d calls for %d certificates", calls, len(cs))
+		}
+		mustUpdate(t, s, func(tx store.Tx) (err error) { more, err = tx.IndexNewCertificates(3); return err })
+		if got := due(t, s, now, now); got != want {
+			t.Errorf("due after %d pages of indexing: %q, want %q", calls+1, got, want)
+		}
+	}
+	mustUpdate(t, s, func(tx store.Tx) error {
+		if more, err := tx.IndexNewCertificates(1); more || err != nil {
+			t.Errorf("IndexNewCertificates with nothing new: %v, %v; want false, nil", more, err)
+		}
+		if _, err := tx.IndexNewCertificates(0); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("IndexNewCertificates(0): %v, want ErrInvalid", err)
+		}
+		return nil
+	})
+	mustView(t, s, func(tx store.Tx) error {
+		if _, err := tx.IndexNewCertificates(10); !errors.Is(err, store.ErrReadOnly) {
+			t.Errorf("IndexNewCertificates in a View: %v, want ErrReadOnly", err)
+		}
+		return nil
+	})
+	// The pending certificate, passed by, is due once issued.
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.SetCertificateIssued("22", []byte{0x30, 0x03, 0x02, 0x01, 0x01}, t0, t0.AddDate(1, 0, 0))
+	})
+	if got, want := due(t, s, now, now), "20:false:0 21:false:0 22:false:0 23:false:0 25:true:4 26:false:0"; got != want {
+		t.Errorf("due once the pending certificate is issued: %q, want %q", got, want)
+	}
 }
 
 // testOCSPDuePages: paging with the last serial returned visits every due certificate once,

@@ -445,7 +445,8 @@ const (
 // signedBefore or signed with another status, in serial order after after, from the due index
 // ocsp_due. A pass that finds nothing due reads one empty range of ocsp_due_signed. On SQLite,
 // when fewer than the probe are due, a page reads those (dueBySigned); when more are, it walks
-// ocsp_due from after (dueBySerial), so that a whole pass walks ocsp_due at most once.
+// ocsp_due from after (dueBySerial), so that a whole pass walks ocsp_due at most once. SQLite's
+// page also reads the certificates not indexed yet (dueUnindexed), and merges both.
 func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]store.CertStatus, error) {
 	const op = "ocsp due"
 	switch {
@@ -462,11 +463,28 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		after = s
 	}
 	q, err := tx.duePage(op, now, signedBefore, limit)
-	if q == "" || err != nil {
+	if err != nil {
 		return nil, err
 	}
+	var indexed, fresh []store.CertStatus
+	if q != "" {
+		if indexed, err = tx.dueStatuses(op, q, after, now, signedBefore, limit); err != nil {
+			return nil, err
+		}
+	}
+	if tx.d.KeepsDue {
+		return indexed, nil
+	}
+	if fresh, err = tx.dueStatuses(op, dueUnindexed, after, now, signedBefore, limit); err != nil {
+		return nil, err
+	}
+	return mergeStatuses(indexed, fresh, limit), nil
+}
+
+// dueStatuses runs q, a page of OCSPDue, with its four arguments.
+func (tx *Tx) dueStatuses(op, q, after string, now, signedBefore time.Time, limit int) ([]store.CertStatus, error) {
 	var out []store.CertStatus
-	err = tx.query(op, func(rows Rows) error {
+	err := tx.query(op, func(rows Rows) error {
 		var (
 			st      store.CertStatus
 			state   string
@@ -480,6 +498,103 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 		return nil
 	}, q, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
 	return out, err
+}
+
+// mergeStatuses merges a and b, each in serial order and without a serial of the other, into
+// the first limit of both in serial order.
+func mergeStatuses(a, b []store.CertStatus, limit int) []store.CertStatus {
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]store.CertStatus, 0, min(limit, len(a)+len(b)))
+	for len(out) < limit && (len(a) > 0 || len(b) > 0) {
+		if len(b) == 0 || len(a) > 0 && a[0].Serial < b[0].Serial {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
+		}
+	}
+	return out
+}
+
+// dueUnindexed reads, in serial order, the certificates due that ocsp_due does not hold yet:
+// those stored above the mark of IndexNewCertificates (a range of rowids, short when the
+// certificates are indexed every pass) without a row there, and without a response of their
+// status signed at signedBefore or later. SQLite only.
+const dueUnindexed = `SELECT n.serial, n.state, n.not_after, n.revoked_at, n.revocation_reason
+	FROM certificates n NOT INDEXED
+	WHERE n.rowid > (SELECT pos FROM ocsp_mark) AND n.serial > ?1
+		AND n.state IN ('issued', 'revoked') AND n.template <> 'import' AND (n.not_after IS NULL OR n.not_after > ?2)
+		AND NOT EXISTS (SELECT 1 FROM ocsp_due d WHERE d.serial = n.serial)
+		AND NOT EXISTS (SELECT 1 FROM ocsp_responses o WHERE o.serial = n.serial AND o.this_update >= ?3
+			AND o.revoked = (n.state = 'revoked') AND o.reason = n.revocation_reason)
+	ORDER BY n.serial LIMIT ?4`
+
+// IndexNewCertificates gives ocsp_due the rows of the certificates stored above the mark
+// (ocsp_mark, SQLite's migration 19), at most limit positions of them, and moves the mark past
+// them: a row for each issued or revoked one (not imported), due at once unless its stored
+// response has its status (then due at that response's refresh age). A row there already (a
+// revocation's) stays. It reports whether certificates are left above the mark. When the
+// certificate at the mark no longer has the serial recorded there, the rowids were renumbered
+// (a dump loaded again): every certificate is indexed again from the first. Where the
+// statements keep ocsp_due themselves ([Dialect.KeepsDue]) there is nothing to do.
+func (tx *Tx) IndexNewCertificates(limit int) (bool, error) {
+	const op = "index new certificates"
+	if limit < 1 {
+		return false, invalid(op, "limit %d", limit)
+	}
+	if err := tx.check(true); err != nil {
+		return false, fmt.Errorf("store: %s: %w", op, err)
+	}
+	if tx.d.KeepsDue {
+		return false, nil
+	}
+	var (
+		pos    int64
+		serial string
+		at     sql.NullString
+	)
+	if err := tx.queryRow(op, []any{&pos, &serial, &at},
+		`SELECT m.pos, m.serial, c.serial FROM ocsp_mark m LEFT JOIN certificates c ON c.rowid = m.pos`); err != nil {
+		return false, err
+	}
+	if pos > 0 && at.String != serial {
+		pos = 0 // renumbered: index them all again
+	}
+	var (
+		last  int64
+		lastS string
+	)
+	switch err := tx.queryRow(op, []any{&last, &lastS},
+		`SELECT rowid, serial FROM certificates WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?`, pos, limit-1); {
+	case errors.Is(err, store.ErrNotFound):
+		// Fewer than limit left: up to the last.
+		err = tx.queryRow(op, []any{&last, &lastS}, `SELECT rowid, serial FROM certificates ORDER BY rowid DESC LIMIT 1`)
+		if errors.Is(err, store.ErrNotFound) || err == nil && last <= pos {
+			return false, nil // no certificate above the mark
+		}
+		if err != nil {
+			return false, err
+		}
+		return false, tx.indexAbove(op, pos, last, lastS)
+	case err != nil:
+		return false, err
+	}
+	return true, tx.indexAbove(op, pos, last, lastS)
+}
+
+// indexAbove gives ocsp_due the rows of the certificates with a rowid in (from, to] and moves
+// the mark to to, the rowid of serial.
+func (tx *Tx) indexAbove(op string, from, to int64, serial string) error {
+	if _, err := tx.execBare(op, `INSERT INTO ocsp_due (serial, signed, not_after)
+		SELECT c.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = c.serial
+			AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), `+dueMin+`), c.not_after
+		FROM certificates c WHERE c.rowid > ? AND c.rowid <= ? AND c.state IN ('issued', 'revoked') AND c.template <> 'import'
+		ON CONFLICT (serial) DO NOTHING`, from, to); err != nil {
+		return err
+	}
+	_, err := tx.execBare(op, `UPDATE ocsp_mark SET pos = ?, serial = ?`, to, serial)
+	return err
 }
 
 // duePage returns the query that reads OCSPDue's page, or "" when nothing is due.
@@ -515,7 +630,7 @@ func (tx *Tx) pick(hinted, plain string) string {
 }
 
 // HintedQueries returns the statements that name their index for SQLite's planner, by name
-// ("revoked", "due count", "due by signed", "due by serial"), for the SQLite backend's tests
+// ("revoked", "due count", "due by signed", "due by serial", "due unindexed"), for the SQLite backend's tests
 // of their plans.
 func HintedQueries() map[string]string {
 	return map[string]string{
@@ -523,5 +638,6 @@ func HintedQueries() map[string]string {
 		"due count":     dueCount,
 		"due by signed": dueBySigned,
 		"due by serial": dueBySerial,
+		"due unindexed": dueUnindexed,
 	}
 }

@@ -77,7 +77,9 @@ type Dialect struct {
 	// [store.OCSPResponses]) and the codes' serials, with data-modifying WITH clauses
 	// (PostgreSQL): the write of a certificate or a response and what it changes in ocsp_due
 	// are one statement, one round trip and no trigger. Without it (SQLite) the schema's
-	// triggers keep ocsp_due, which there costs less than a statement of its own.
+	// triggers keep ocsp_due for revocations, responses and the certificates indexed already,
+	// and the certificates stored since wait for [Tx.IndexNewCertificates]: OCSPDue reads those
+	// from the certificates above ocsp_mark.
 	KeepsDue bool
 	// Clock is an expression of the database server's clock in unix microseconds, which
 	// leases are measured on when several machines share the database (see
