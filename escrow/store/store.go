@@ -265,11 +265,13 @@ type OCSPResponses interface {
 	// number due, not the number of certificates: a pass that finds nothing due costs next to
 	// nothing.
 	OCSPDue(now, signedBefore time.Time, after string, limit int) ([]CertStatus, error)
-	// IndexNewCertificates puts into the due index the certificates stored since it last ran
-	// and left out of it (see the due index above), at most limit (1 or more, else
+	// IndexNewCertificates puts into the due index, and into the index of the certificates by
+	// key ([Revocations.CertificatesByKey]), the certificates stored since it last ran and
+	// left out of them (see the due index above), at most limit (1 or more, else
 	// [ErrInvalid]) of them in the order they were stored, and reports whether more are
-	// left. A backend that indexes as it stores has nothing to do. Read-only transactions get
-	// [ErrReadOnly].
+	// left. Both lookups answer for those certificates all the same, at a cost that grows with
+	// their number. A backend that indexes as it stores has nothing to do. Read-only
+	// transactions get [ErrReadOnly].
 	IndexNewCertificates(limit int) (more bool, err error)
 }
 

@@ -167,32 +167,43 @@ func TestIndexAfterRenumbering(t *testing.T) {
 	}
 }
 
-// TestIssuingWritesNoDueRow: an EST enrollment's transaction (the code claimed, the
-// certificate stored issued) writes no row of ocsp_due; the certificate is due at once.
-func TestIssuingWritesNoDueRow(t *testing.T) {
+// TestIssuingWritesNoIndexRows: an EST enrollment's transaction (the code claimed, the
+// certificate stored issued) writes no row of ocsp_due and no entry of certificate_keys; the
+// certificate is due at once, and found by its key.
+func TestIssuingWritesNoIndexRows(t *testing.T) {
 	db, _ := openTest(t)
 	now := time.Now()
-	var serials []string
+	der, keyID := selfSigned(t)
 	for i := range 3 {
 		code, serial := fmt.Sprintf("code%d", i), fmt.Sprintf("%02x", 0x40+i)
-		serials = append(serials, serial)
 		err := db.Update(ctx, func(tx store.Tx) error {
 			if err := tx.InsertCode(store.Code{ID: code, Email: "a@example.org", Template: "smime-signature", Hash: []byte{1},
 				CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
 				return err
 			}
 			return tx.InsertCertificateClaiming(store.Certificate{Serial: serial, Template: "smime-signature", Email: "a@example.org",
-				Subject: "CN=a", State: store.StateIssued, DER: []byte{0x30}, NotBefore: now, NotAfter: now.AddDate(1, 0, 0),
+				Subject: "CN=a", State: store.StateIssued, DER: der, NotBefore: now, NotAfter: now.AddDate(1, 0, 0),
 				CodeID: code}, now)
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := count(t, db.r, `SELECT count(*) FROM ocsp_due`); n != 0 {
-		t.Errorf("the enrollments wrote %d rows of ocsp_due, want none", n)
+	for _, table := range []string{"ocsp_due", "certificate_keys"} {
+		if n := count(t, db.r, `SELECT count(*) FROM `+table); n != 0 {
+			t.Errorf("the enrollments wrote %d rows of %s, want none", n, table)
+		}
 	}
 	if got, want := dueSerials(t, db, now), "40 41 42 "; got != want {
 		t.Errorf("due: %q, want %q", got, want)
+	}
+	if err := db.View(ctx, func(tx store.Tx) error {
+		cs, err := tx.CertificatesByKey(keyID)
+		if err == nil && len(cs) != 3 {
+			t.Errorf("CertificatesByKey: %d certificates, want 3", len(cs))
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

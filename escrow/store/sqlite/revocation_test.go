@@ -159,8 +159,22 @@ func TestRevocationIndexes(t *testing.T) {
 	if p := plan(sqltx.HintedQueries()["revoked"], 0); !strings.Contains(p, "COVERING INDEX certificates_revoked") || strings.Contains(p, "TEMP B-TREE") {
 		t.Errorf("revoked certificates: plan %q does not read certificates_revoked alone, in order", p)
 	}
-	if p := plan(`SELECT serial FROM certificates WHERE key_id = ? AND key_id IS NOT NULL ORDER BY created_at, serial`, "k"); !strings.Contains(p, "certificates_key") {
-		t.Errorf("certificates by key: plan %q does not use certificates_key", p)
+	hinted := sqltx.HintedQueries()
+	for _, tc := range []struct {
+		name, query string
+		args        []any
+		want        []string
+	}{
+		{"by key", hinted["by key"], []any{"k"}, []string{"certificate_keys", "SEARCH certificates USING INTEGER PRIMARY KEY (rowid>?)"}},
+		{"compromised", hinted["compromised"], []any{"k"}, []string{"certificates_compromised"}},
+		{"code checking key", hinted["code checking key"], []any{"k", "c"}, []string{"certificates_compromised"}},
+	} {
+		p := plan(tc.query, tc.args...)
+		for _, w := range tc.want {
+			if !strings.Contains(p, w) || strings.Contains(p, "SCAN certificates") {
+				t.Errorf("%s: plan %q, want %q and no scan of certificates", tc.name, p, w)
+			}
+		}
 	}
 	mustUpdate(t, db, func(tx store.Tx) error {
 		for i, state := range []string{store.StatePending, store.StateIssued, store.StateRevoked} {

@@ -37,7 +37,7 @@ var revocationTests = []test{
 	{"OCSPDueLifecycle", testOCSPDueLifecycle},
 	{"OCSPDueInFlight", testOCSPDueInFlight},
 	{"OCSPDueMany", testOCSPDueMany},
-	{"OCSPDueIndexed", testOCSPDueIndexed},
+	{"Indexed", testIndexed},
 	{"IndexNewCertificates", testIndexNewCertificates},
 	{"OCSPStatusOverClock", testOCSPStatusOverClock},
 	{"ForeignCertificates", testForeignCertificates},
@@ -777,10 +777,11 @@ func (s indexingStore) View(ctx context.Context, fn func(store.Tx) error) error 
 	return s.Store.View(ctx, fn)
 }
 
-// testOCSPDueIndexed runs the tests of OCSPDue again on a store whose new certificates are
-// indexed before every read: OCSPDue's answers do not depend on when the index catches up,
-// whether a certificate was issued, revoked, signed or failed before or after it was indexed.
-func testOCSPDueIndexed(t *testing.T, h *Harness) {
+// testIndexed runs the tests of OCSPDue and of the lookups by key again on a store whose new
+// certificates are indexed before every read: their answers do not depend on when the indexes
+// catch up, whether a certificate was issued, revoked, signed or failed before or after it was
+// indexed.
+func testIndexed(t *testing.T, h *Harness) {
 	indexing := *h
 	indexing.Open = func(t *testing.T) store.Store { return indexingStore{h.Open(t), t} }
 	for _, tt := range []test{
@@ -790,6 +791,9 @@ func testOCSPDueIndexed(t *testing.T, h *Harness) {
 		{"OCSPDueInFlight", testOCSPDueInFlight},
 		{"OCSPDueMany", testOCSPDueMany},
 		{"ForeignCertificates", testForeignCertificates},
+		{"KeyCompromise", testKeyCompromise},
+		{"CertificatesByKey", testCertificatesByKey},
+		{"CompromisedKeys", testCompromisedKeys},
 	} {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, &indexing) })
 	}
@@ -837,13 +841,19 @@ func testIndexNewCertificates(t *testing.T, h *Harness) {
 		}
 		return nil
 	})
-	// The pending certificate, passed by, is due once issued.
-	mustUpdate(t, s, func(tx store.Tx) error {
-		return tx.SetCertificateIssued("22", []byte{0x30, 0x03, 0x02, 0x01, 0x01}, t0, t0.AddDate(1, 0, 0))
-	})
+	// The pending certificate, passed by, is due once issued, and found by its key.
+	der, keyID := realCert(t, ecKey(t), 0x22)
+	mustUpdate(t, s, func(tx store.Tx) error { return tx.SetCertificateIssued("22", der, t0, t0.AddDate(1, 0, 0)) })
 	if got, want := due(t, s, now, now), "20:false:0 21:false:0 22:false:0 23:false:0 25:true:4 26:false:0"; got != want {
 		t.Errorf("due once the pending certificate is issued: %q, want %q", got, want)
 	}
+	mustView(t, s, func(tx store.Tx) error {
+		cs, err := tx.CertificatesByKey(keyID)
+		if err != nil || len(cs) != 1 || cs[0].Serial != "22" {
+			t.Errorf("CertificatesByKey of the certificate issued after indexing: %v, %v; want 22 alone", cs, err)
+		}
+		return nil
+	})
 }
 
 // testOCSPDuePages: paging with the last serial returned visits every due certificate once,

@@ -78,8 +78,9 @@ type Dialect struct {
 	// (PostgreSQL): the write of a certificate or a response and what it changes in ocsp_due
 	// are one statement, one round trip and no trigger. Without it (SQLite) the schema's
 	// triggers keep ocsp_due for revocations, responses and the certificates indexed already,
-	// and the certificates stored since wait for [Tx.IndexNewCertificates]: OCSPDue reads those
-	// from the certificates above ocsp_mark.
+	// and the certificates stored since wait for [Tx.IndexNewCertificates], both there and in
+	// the index of the certificates by key (certificate_keys): OCSPDue and CertificatesByKey
+	// read those from the certificates above ocsp_mark.
 	KeepsDue bool
 	// Clock is an expression of the database server's clock in unix microseconds, which
 	// leases are measured on when several machines share the database (see
@@ -448,8 +449,8 @@ func (tx *Tx) GetCode(id string) (*store.Code, error) {
 }
 
 // GetCodeCheckingKey is GetCode with CompromisedKeys([]string{keyID}) in the same statement:
-// the oldest certificate revoked for keyCompromise that holds keyID, through the partial index
-// certificates_key, or "".
+// the oldest certificate revoked for keyCompromise that holds keyID, through a partial index
+// (as CompromisedKeys), or "".
 func (tx *Tx) GetCodeCheckingKey(id, keyID string) (*store.Code, string, error) {
 	const op = "get code checking key"
 	if !store.ValidKeyID(keyID) {
