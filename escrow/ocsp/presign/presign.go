@@ -483,15 +483,16 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// The indexing needs no token: it keeps up while the responder cannot sign.
+	if err := s.index(ctx); err != nil {
+		return 0, err
+	}
 	now := s.now()
 	r, this, next, err := s.window(now, validity)
 	if err != nil {
 		return 0, err
 	}
 	s.init()
-	if err := s.index(ctx); err != nil {
-		return 0, err
-	}
 	s.mu.Lock()
 	gen := s.gen
 	s.mu.Unlock()

@@ -230,6 +230,32 @@ func TestTokenFaultPostpones(t *testing.T) {
 	}
 }
 
+// TestIndexesWithoutResponder: a pass whose responder cannot be had (the token away when the
+// responder certificate is renewed) still indexes the new certificates for the store, which
+// needs no token.
+func TestIndexesWithoutResponder(t *testing.T) {
+	e := newEnv(t, nil, 30*24*time.Hour)
+	e.addCerts(t, 0x5800, 3)
+	s := e.signer(nil)
+	s.Responder = func(time.Time) (*ocsp.Responder, error) { return nil, errTokenGone }
+	if n, err := s.SignDue(context.Background()); !errors.Is(err, errTokenGone) || n != 0 {
+		t.Fatalf("SignDue without a responder: %d, %v; want 0 and the responder's error", n, err)
+	}
+	err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		more, err := tx.IndexNewCertificates(1)
+		if more {
+			t.Error("certificates are left to index after the pass: it did not index them")
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := e.due(t); d != 3 {
+		t.Errorf("%d due, want the 3 new certificates", d)
+	}
+}
+
 // TestRunRevokedAtOnce: Run signs at start, and a revocation signalled through Revoked is
 // signed at once, long before the next interval.
 func TestRunRevokedAtOnce(t *testing.T) {
