@@ -93,24 +93,27 @@ func TestReadPIN(t *testing.T) {
 		return p
 	}
 	t.Setenv("KEYARC_TEST_PIN_SET", "s3cret")
+	// The PIN in the files: letters and a dash, so that no temporary folder's random digits
+	// can contain it and pass for a leak.
+	const pin = "q-pin-Z"
 	tests := []struct {
 		name    string
 		source  string
 		want    string
 		wantErr error
 	}{
-		{"file with newline", "file:" + write("a", "1234\n"), "1234", nil},
-		{"file with CRLF", "file:" + write("b", "1234\r\n"), "1234", nil},
-		{"file without newline", "file:" + write("c", "1234"), "1234", nil},
+		{"file with newline", "file:" + write("a", pin+"\n"), pin, nil},
+		{"file with CRLF", "file:" + write("b", pin+"\r\n"), pin, nil},
+		{"file without newline", "file:" + write("c", pin), pin, nil},
 		{"inner spaces kept", "file:" + write("d", " 12 34 \n"), " 12 34 ", nil},
 		{"empty file", "file:" + write("e", "\n"), "", ErrPINSource},
 		{"missing file", "file:" + filepath.Join(dir, "none"), "", ErrPINSource},
-		{"group may read", "file:" + writeMode("g", "1234\n", 0o640), "1234", nil},
-		{"any user may read", "file:" + writeMode("o", "1234\n", 0o644), "", ErrPINSource},
-		{"any user may write", "file:" + writeMode("w", "1234\n", 0o602), "", ErrPINSource},
+		{"group may read", "file:" + writeMode("g", pin+"\n", 0o640), pin, nil},
+		{"any user may read", "file:" + writeMode("o", pin+"\n", 0o644), "", ErrPINSource},
+		{"any user may write", "file:" + writeMode("w", pin+"\n", 0o602), "", ErrPINSource},
 		{"env", "env:KEYARC_TEST_PIN_SET", "s3cret", nil},
 		{"env unset", "env:KEYARC_TEST_PIN_UNSET", "", ErrPINSource},
-		{"bad source", "pin:1234", "", ErrPINSource},
+		{"bad source", "pin:" + pin, "", ErrPINSource},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,7 +124,7 @@ func TestReadPIN(t *testing.T) {
 			if got != tt.want {
 				t.Errorf("readPIN = %q, want %q", got, tt.want)
 			}
-			if err != nil && bytes.Contains([]byte(err.Error()), []byte("1234")) {
+			if err != nil && bytes.Contains([]byte(err.Error()), []byte(pin)) {
 				t.Errorf("error leaks the PIN: %v", err)
 			}
 		})
