@@ -149,7 +149,9 @@ func TestTokenFailsOperations(t *testing.T) {
 
 	t.Run("bulk", func(t *testing.T) {
 		// First: checkEveryItemOnce counts every smime-encryption certificate of the appliance.
-		const total = 300
+		// Long enough that the job's signing, which runs batches ahead of its commits, is not
+		// over when the fault begins.
+		const total = 1500
 		file := filepath.Join(t.TempDir(), "enroll.jsonl")
 		writeJobFile(t, file, `{"kind":"enroll","template":"smime-encryption"}`, enrollLines(t, state, "shim", total))
 		id := strings.TrimSpace(keyarc(t, "bulk", "submit", file, "--state", state, "--as", "admin", "--server", a.url))
