@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/asn1"
 	"encoding/hex"
@@ -134,4 +135,18 @@ func ValidKeyID(id string) bool {
 		}
 	}
 	return true
+}
+
+// IndexAllNew runs [OCSPResponses.IndexNewCertificates] on s, batch certificates to a
+// transaction, until none is left to index.
+func IndexAllNew(ctx context.Context, s Store, batch int) error {
+	for more := true; more; {
+		if err := s.Update(ctx, func(tx Tx) (err error) {
+			more, err = tx.IndexNewCertificates(batch)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -268,7 +268,7 @@ type OCSPResponses interface {
 	// IndexNewCertificates puts into the due index, and into the index of the certificates by
 	// key ([Revocations.CertificatesByKey]), the certificates stored since it last ran and
 	// left out of them (see the due index above), at most limit (1 or more, else
-	// [ErrInvalid]) of them in the order they were stored, and reports whether more are
+	// [ErrInvalid]) of them in the order they were stored, and reports whether more may be
 	// left. Both lookups answer for those certificates all the same, at a cost that grows with
 	// their number. A backend that indexes as it stores has nothing to do. Read-only
 	// transactions get [ErrReadOnly].

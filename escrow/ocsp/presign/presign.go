@@ -451,22 +451,6 @@ func (s *Signer) SignSerials(ctx context.Context, serials []string) (int, error)
 	return total, nil
 }
 
-// index puts the certificates stored since the last pass into the store's due index
-// ([store.OCSPResponses.IndexNewCertificates]), indexBatch to a transaction, so that the pass
-// reads them there.
-func (s *Signer) index(ctx context.Context) error {
-	for more := true; more; {
-		err := s.Store.Update(ctx, func(tx store.Tx) (err error) {
-			more, err = tx.IndexNewCertificates(indexBatch)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("presign: index new certificates: %w", err)
-		}
-	}
-	return nil
-}
-
 // SignDue signs and stores the responses the store lists as due now
 // ([store.OCSPResponses.OCSPDue]), after indexing the certificates stored since the last pass.
 // It streams: one goroutine reads the due certificates a
@@ -483,9 +467,11 @@ func (s *Signer) SignDue(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The indexing needs no token: it keeps up while the responder cannot sign.
-	if err := s.index(ctx); err != nil {
-		return 0, err
+	// The certificates stored since the last pass go into the store's indexes first, so that
+	// the pass reads them there. That needs no token: it keeps up while the responder cannot
+	// sign.
+	if err := store.IndexAllNew(ctx, s.Store, indexBatch); err != nil {
+		return 0, fmt.Errorf("presign: index new certificates: %w", err)
 	}
 	now := s.now()
 	r, this, next, err := s.window(now, validity)

@@ -36,10 +36,8 @@ func dueSerials(t *testing.T, db *DB, now time.Time) string {
 // indexAll indexes every new certificate.
 func indexAll(t *testing.T, db *DB) {
 	t.Helper()
-	for more := true; more; {
-		if err := db.Update(ctx, func(tx store.Tx) (err error) { more, err = tx.IndexNewCertificates(1000); return err }); err != nil {
-			t.Fatal(err)
-		}
+	if err := store.IndexAllNew(ctx, db, 1000); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -65,8 +65,9 @@ func (tx *Tx) SetKeyCompromise(serial string) error {
 // mark, which IndexNewCertificates has not put there yet (SQLite).
 const (
 	byKey        = `SELECT ` + certColumns + ` FROM certificates WHERE key_id = ?1 AND key_id IS NOT NULL ORDER BY created_at, serial`
-	byKeyLagging = `SELECT ` + certColumns + ` FROM certificates WHERE serial IN (SELECT serial FROM certificate_keys WHERE key_id = ?1)
-	UNION SELECT ` + certColumns + ` FROM certificates NOT INDEXED WHERE rowid > (SELECT pos FROM ocsp_mark) AND key_id = ?1
+	byKeyLagging = `SELECT ` + certColumns + ` FROM certificates WHERE serial IN (
+		SELECT serial FROM certificate_keys WHERE key_id = ?1
+		UNION SELECT serial FROM certificates NOT INDEXED WHERE rowid > (SELECT pos FROM ocsp_mark) AND key_id = ?1)
 	ORDER BY created_at, serial`
 )
 
@@ -546,10 +547,11 @@ const dueUnindexed = `SELECT n.serial, n.state, n.not_after, n.revoked_at, n.rev
 // and moves the mark past them: in ocsp_due a row for each issued or revoked one (not
 // imported), due at once unless its stored response has its status (then due at that
 // response's refresh age), and in certificate_keys one for each that has a key. A row there
-// already (a revocation's) stays. It reports whether certificates are left above the mark. When the
-// certificate at the mark no longer has the serial recorded there, the rowids were renumbered
-// (a dump loaded again): every certificate is indexed again from the first. Where the
-// statements keep ocsp_due themselves ([Dialect.KeepsDue]) there is nothing to do.
+// already (a revocation's) stays. It reports whether certificates may be left above the mark
+// (limit of them were indexed). When the certificate at the mark no longer has the serial
+// recorded there, the rowids were renumbered (a dump loaded again): every certificate is
+// indexed again from the first. Where the statements keep ocsp_due themselves
+// ([Dialect.KeepsDue]) there is nothing to do.
 func (tx *Tx) IndexNewCertificates(limit int) (bool, error) {
 	const op = "index new certificates"
 	if limit < 1 {
@@ -573,31 +575,24 @@ func (tx *Tx) IndexNewCertificates(limit int) (bool, error) {
 	if pos > 0 && at.String != serial {
 		pos = 0 // renumbered: index them all again
 	}
+	// The next limit positions above the mark: how many there are and the last.
 	var (
-		last  int64
-		lastS string
+		n  int
+		to sql.NullInt64
 	)
-	switch err := tx.queryRow(op, []any{&last, &lastS},
-		`SELECT rowid, serial FROM certificates WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?`, pos, limit-1); {
-	case errors.Is(err, store.ErrNotFound):
-		// Fewer than limit left: up to the last.
-		err = tx.queryRow(op, []any{&last, &lastS}, `SELECT rowid, serial FROM certificates ORDER BY rowid DESC LIMIT 1`)
-		if errors.Is(err, store.ErrNotFound) || err == nil && last <= pos {
-			return false, nil // no certificate above the mark
-		}
-		if err != nil {
-			return false, err
-		}
-		return false, tx.indexAbove(op, pos, last, lastS)
-	case err != nil:
+	if err := tx.queryRow(op, []any{&n, &to},
+		`SELECT count(*), max(rowid) FROM (SELECT rowid FROM certificates WHERE rowid > ? ORDER BY rowid LIMIT ?)`, pos, limit); err != nil {
 		return false, err
 	}
-	return true, tx.indexAbove(op, pos, last, lastS)
+	if n == 0 {
+		return false, nil
+	}
+	return n == limit, tx.indexAbove(op, pos, to.Int64)
 }
 
 // indexAbove gives ocsp_due and certificate_keys the rows of the certificates with a rowid in
-// (from, to] and moves the mark to to, the rowid of serial.
-func (tx *Tx) indexAbove(op string, from, to int64, serial string) error {
+// (from, to] and moves the mark to to.
+func (tx *Tx) indexAbove(op string, from, to int64) error {
 	if _, err := tx.execBare(op, `INSERT INTO ocsp_due (serial, signed, not_after)
 		SELECT c.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = c.serial
 			AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), `+dueMin+`), c.not_after
@@ -610,7 +605,7 @@ func (tx *Tx) indexAbove(op string, from, to int64, serial string) error {
 		ON CONFLICT DO NOTHING`, from, to); err != nil {
 		return err
 	}
-	_, err := tx.execBare(op, `UPDATE ocsp_mark SET pos = ?, serial = ?`, to, serial)
+	_, err := tx.execBare(op, `UPDATE ocsp_mark SET pos = ?1, serial = (SELECT serial FROM certificates WHERE rowid = ?1)`, to)
 	return err
 }
 
