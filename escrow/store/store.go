@@ -228,9 +228,10 @@ type CRLs interface {
 // The SQL backends keep a table of their own (ocsp_due: serial, the ThisUpdate of a response
 // of the current status or the smallest integer, NotAfter), with an index on (signed,
 // not_after). PostgreSQL's statements that store certificates and responses keep it, in the
-// same statement. SQLite's triggers keep it for revocations and responses, and for the
-// certificates indexed already; the certificates stored since the last IndexNewCertificates
-// (a range of rowids above a mark) wait for the next. See OCSPDue for how a page is read.
+// same statement. On SQLite, triggers keep it for revocations and for the certificates
+// indexed already, and UpsertOCSPResponses for the responses it stores; the certificates
+// stored since the last IndexNewCertificates (a range of rowids above a mark) wait for the
+// next. See OCSPDue for how a page is read.
 type OCSPResponses interface {
 	// UpsertOCSPResponses stores the responses, each replacing the stored response of its
 	// serial unless that one has a later ThisUpdate (a slower signer never overwrites a

@@ -516,6 +516,16 @@ BEGIN
 	INSERT INTO certificate_keys (key_id, created_at, serial) SELECT new.key_id, new.created_at, new.serial WHERE new.key_id IS NOT NULL;
 END;
 `,
+	// 21: storing a response no longer fires a trigger that looks its certificate up to move
+	// its row of ocsp_due. Tx.UpsertOCSPResponses has the status of every certificate already
+	// (it refuses the serials never issued), so it moves the rows itself, and stores the
+	// responses of the current status without the lookup of ocspReplaces either: one lookup
+	// of the certificate per response instead of three, the most of what storing a re-signed
+	// response cost the writer beside the write itself.
+	`
+DROP TRIGGER ocsp_due_signed_insert;
+DROP TRIGGER ocsp_due_signed_update;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

@@ -275,21 +275,52 @@ var ocspReplaces = `(SELECT CASE WHEN ` + ocspCurrent("excluded") + ` <> ` + ocs
 	ocspCurrent("excluded") + ` ELSE excluded.this_update >= ocsp_responses.this_update END
 	FROM certificates c WHERE c.serial = excluded.serial)`
 
+// ocspCurrentReplaces is ocspReplaces for a response known to have its certificate's current
+// status (the writer looked the certificate up, under its lock): the stored one has that
+// status too exactly when it reports the same (revoked, reason), so no lookup is needed.
+const ocspCurrentReplaces = `(ocsp_responses.revoked <> excluded.revoked OR ocsp_responses.reason <> excluded.reason
+	OR excluded.this_update >= ocsp_responses.this_update)`
+
+// ocspUpsert ends the INSERT of responses into ocsp_responses: each replaces the stored one
+// of its serial when replaces holds.
+func ocspUpsert(k int, replaces string) string {
+	return wrapped(``, multiRowInsert(`INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at)`, ocspWidth, k),
+		` ON CONFLICT (serial) DO UPDATE SET der = excluded.der, this_update = excluded.this_update,
+		next_update = excluded.next_update, revoked = excluded.revoked, reason = excluded.reason, updated_at = excluded.updated_at
+		WHERE `+replaces)
+}
+
+// ocspWidth is the number of values of a response in ocspUpsert.
+const ocspWidth = 7
+
+// dueSigned(k) moves the rows of ocsp_due of responses of the current status just upserted
+// (k pairs of serial and thisUpdate) to their thisUpdate, unless the row holds a later one: the
+// stored response was then a newer one of the current status, which kept the new one out.
+// Otherwise the row held the smallest integer (no stored response of the current status) or
+// the older thisUpdate of the response replaced. A response of another status leaves the row
+// as it was: it replaces only a stored one of another status too, whose row is due at once.
+func dueSigned(k int) string {
+	return wrapped(`UPDATE ocsp_due SET signed = max(signed, v.column2) FROM (`, multiRowInsert(``, 2, k),
+		`) v WHERE ocsp_due.serial = v.column1`)
+}
+
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
 // replacing its serial's unless the stored one has a later thisUpdate or has the
-// certificate's current status when the new one has not (ocspReplaces). SQLite's triggers
-// (its migration 9) move each certificate's row of ocsp_due; on PostgreSQL the statement that
-// stores the responses does ([Dialect.KeepsDue]); the rows of the certificates expired at the earliest thisUpdate stored are deleted
-// from it, through ocsp_due_expiry, so that they stop weighing on OCSPDue: time only moves
-// forward for the due index.
+// certificate's current status when the new one has not (ocspReplaces). The rows of ocsp_due
+// of the responses stored move in the same statement on PostgreSQL ([Dialect.KeepsDue]); on
+// SQLite, whose writer holds the database's lock from the certificates' lookup on, the
+// responses of the current status are told apart from the others here, are stored with
+// ocspCurrentReplaces and move their rows with dueSigned, without looking their certificates
+// up twice more. The rows of the certificates expired at the earliest thisUpdate stored are
+// deleted from ocsp_due, through ocsp_due_expiry, so that they stop weighing on OCSPDue: time
+// only moves forward for the due index.
 func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	const op = "upsert ocsp responses"
 	if err := tx.check(true); err != nil {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
-	const width = 7
 	serials := make([]any, 0, len(rs))
-	args := make([]any, 0, len(rs)*width)
+	args := make([]any, 0, len(rs)*ocspWidth)
 	now := time.Now().UnixMicro()
 	for _, r := range rs {
 		s, err := store.NormalizeSerial(r.Serial)
@@ -309,7 +340,8 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 		serials = append(serials, s)
 		args = append(args, s, r.DER, r.ThisUpdate.UnixMicro(), r.NextUpdate.UnixMicro(), r.Revoked, r.Reason, now)
 	}
-	if err := tx.checkIssued(op, serials); err != nil {
+	status, err := tx.issuedStatus(op, serials)
+	if err != nil {
 		return err
 	}
 	if len(rs) > 0 {
@@ -323,63 +355,121 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 			return err
 		}
 	}
-	for len(args) > 0 {
-		k := rowsPerInsert
-		for k > len(args)/width {
-			k /= 2
-		}
-		q := multiRowInsert(`INSERT INTO ocsp_responses (serial, der, this_update, next_update, revoked, reason, updated_at)`, width, k) +
-			` ON CONFLICT (serial) DO UPDATE SET der = excluded.der, this_update = excluded.this_update,
-			next_update = excluded.next_update, revoked = excluded.revoked, reason = excluded.reason, updated_at = excluded.updated_at
-			WHERE ` + ocspReplaces
-		if tx.d.KeepsDue {
-			// The responses stored (not those a newer one kept out) move their rows of
-			// ocsp_due, in the same statement.
-			q = wrapped(`WITH o AS (`, q, ` RETURNING serial, this_update, revoked, reason)
+	if tx.d.KeepsDue {
+		// The responses stored (not those a newer one kept out) move their rows of ocsp_due,
+		// in the same statement.
+		return tx.upsertResponses(op, args, func(k int) string {
+			return wrapped(`WITH o AS (`, ocspUpsert(k, ocspReplaces), ` RETURNING serial, this_update, revoked, reason)
 			UPDATE ocsp_due d SET signed = CASE WHEN c.state = 'revoked' AND o.revoked AND c.revocation_reason = o.reason
 				OR c.state = 'issued' AND NOT o.revoked THEN o.this_update ELSE `+dueMin+` END
 			FROM o JOIN certificates c ON c.serial = o.serial WHERE d.serial = o.serial`)
+		})
+	}
+	current := make([]any, 0, len(args))
+	var other []any
+	for i := 0; i < len(args); i += ocspWidth {
+		row := args[i : i+ocspWidth]
+		if status[row[0].(string)].has(row[4].(bool), row[5].(int)) {
+			current = append(current, row...)
+		} else {
+			other = append(other, row...)
 		}
-		// checkIssued found every serial (its certificate is there, under the writer's lock)
-		// and the values pass the table's checks: see execBare.
-		if _, err := tx.execBare(op, q, args[:k*width]...); err != nil {
+	}
+	if err := tx.upsertResponses(op, current, func(k int) string { return ocspUpsert(k, ocspCurrentReplaces) }); err != nil {
+		return err
+	}
+	// A serial given twice moves its row once, to the later thisUpdate (UPDATE FROM would
+	// take either).
+	latest := make(map[any]int64, len(current)/ocspWidth)
+	for i := 0; i < len(current); i += ocspWidth {
+		if t, ok := latest[current[i]]; !ok || current[i+2].(int64) > t {
+			latest[current[i]] = current[i+2].(int64)
+		}
+	}
+	moves := make([]any, 0, 2*len(latest))
+	for s, t := range latest {
+		moves = append(moves, s, t)
+	}
+	for len(moves) > 0 {
+		k := 2 * rowsPerInsert
+		for k > len(moves)/2 {
+			k /= 2
+		}
+		if _, err := tx.execBare(op, dueSigned(k), moves[:2*k]...); err != nil {
 			return err
 		}
-		args = args[k*width:]
+		moves = moves[2*k:]
+	}
+	return tx.upsertResponses(op, other, func(k int) string { return ocspUpsert(k, ocspReplaces) })
+}
+
+// upsertResponses runs the statements query(k) that store the responses of args, k of them
+// at a time (rowsPerInsert or fewer, as insertRows does).
+func (tx *Tx) upsertResponses(op string, args []any, query func(k int) string) error {
+	for len(args) > 0 {
+		k := rowsPerInsert
+		for k > len(args)/ocspWidth {
+			k /= 2
+		}
+		// issuedStatus found every serial (its certificate is there, under the writer's lock)
+		// and the values pass the table's checks: see execBare.
+		if _, err := tx.execBare(op, query(k), args[:k*ocspWidth]...); err != nil {
+			return err
+		}
+		args = args[k*ocspWidth:]
 	}
 	return nil
 }
 
-// checkIssued refuses serials that are unknown (ErrNotFound) or were never issued
-// (ErrNotIssued and ErrConflict), looking them up rowsPerInsert to a statement.
-func (tx *Tx) checkIssued(op string, serials []any) error {
+// certStatus is the status of an issued or revoked certificate: its state and its
+// revocation reason.
+type certStatus struct {
+	state  string
+	reason int
+}
+
+// has tells whether a response reporting revoked and reason has status st.
+func (st certStatus) has(revoked bool, reason int) bool {
+	if st.state == store.StateRevoked {
+		return revoked && reason == st.reason
+	}
+	return !revoked
+}
+
+// issuedStatus returns the status of the certificates of serials, refusing serials that are
+// unknown (ErrNotFound) or were never issued (ErrNotIssued and ErrConflict), looking them up
+// rowsPerInsert to a statement.
+func (tx *Tx) issuedStatus(op string, serials []any) (map[string]certStatus, error) {
+	status := make(map[string]certStatus, len(serials))
 	for len(serials) > 0 {
 		part := serials[:min(len(serials), rowsPerInsert)]
 		serials = serials[len(part):]
-		state := make(map[string]string, len(part))
 		foreign := make(map[string]bool)
 		err := tx.query(op, func(rows Rows) error {
-			var s, st, template string
-			err := rows.Scan(&s, &st, &template)
-			state[s], foreign[s] = st, template == store.TemplateImport
+			var (
+				s, template string
+				st          certStatus
+			)
+			err := rows.Scan(&s, &st.state, &template, &st.reason)
+			status[s], foreign[s] = st, template == store.TemplateImport
 			return err
-		}, `SELECT serial, state, template FROM certificates WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
+		}, `SELECT serial, state, template, revocation_reason FROM certificates WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, v := range part {
 			s := v.(string)
-			switch {
-			case state[s] == "":
-				return fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNotFound)
-			case state[s] == store.StatePending || state[s] == store.StateFailed:
-				return fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, state[s], store.ErrNotIssued, store.ErrConflict)
+			switch st := status[s].state; {
+			case st == "":
+				return nil, fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNotFound)
+			case st == store.StatePending || st == store.StateFailed:
+				return nil, fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, st, store.ErrNotIssued, store.ErrConflict)
 			case foreign[s]:
-				return fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w: %w", op, s, store.ErrNotIssued, store.ErrConflict)
+				return nil, fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w: %w", op, s, store.ErrNotIssued, store.ErrConflict)
 			}
 		}
 	}
-	return nil
+	return status, nil
 }
 
 // GetOCSPResponse returns the stored response of serial, telling apart a serial never
@@ -663,5 +753,6 @@ func HintedQueries() map[string]string {
 		"by key":            byKeyLagging,
 		"compromised":       compromisedQuery(1),
 		"code checking key": codeCheckingKey,
+		"due signed":        dueSigned(2),
 	}
 }

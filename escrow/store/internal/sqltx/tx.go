@@ -77,8 +77,9 @@ type Dialect struct {
 	// [store.OCSPResponses]) and the codes' serials, with data-modifying WITH clauses
 	// (PostgreSQL): the write of a certificate or a response and what it changes in ocsp_due
 	// are one statement, one round trip and no trigger. Without it (SQLite) the schema's
-	// triggers keep ocsp_due for revocations, responses and the certificates indexed already,
-	// and the certificates stored since wait for [Tx.IndexNewCertificates], both there and in
+	// triggers keep ocsp_due for revocations and the certificates indexed already,
+	// UpsertOCSPResponses for the responses it stores (with statements of its own), and the
+	// certificates stored since wait for [Tx.IndexNewCertificates], both there and in
 	// the index of the certificates by key (certificate_keys): OCSPDue and CertificatesByKey
 	// read those from the certificates above ocsp_mark.
 	KeepsDue bool
