@@ -71,6 +71,7 @@ lint:
 bench: deps build
 	$(BIN) bench
 	KEYARC_CRL_MILLION=1 $(GO) test -count=1 -run 'TestCRLMillion|TestStreamMillionRevoked' -v ./escrow/ ./escrow/store/sqlite/
+	$(GO) test -run '^$$' -bench PresignSoftHSM -benchtime 1x -count 3 ./escrow/ocsp/presign/
 
 fuzz:
 	@bash .ci/fuzz
