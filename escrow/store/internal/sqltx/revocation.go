@@ -293,15 +293,15 @@ func ocspUpsert(k int, replaces string) string {
 // ocspWidth is the number of values of a response in ocspUpsert.
 const ocspWidth = 7
 
-// dueSigned(k) moves the rows of ocsp_due of responses of the current status just upserted
-// (k pairs of serial and thisUpdate) to their thisUpdate, unless the row holds a later one: the
-// stored response was then a newer one of the current status, which kept the new one out.
-// Otherwise the row held the smallest integer (no stored response of the current status) or
-// the older thisUpdate of the response replaced. A response of another status leaves the row
-// as it was: it replaces only a stored one of another status too, whose row is due at once.
+// dueSigned(k) moves the rows of ocsp_due of k responses of the current status just upserted,
+// all with the thisUpdate of the first argument (the k serials follow), to that thisUpdate,
+// unless a row holds a later one: the stored response was then a newer one of the current
+// status, which kept the new one out. Otherwise the row held the smallest integer (no stored
+// response of the current status) or the older thisUpdate of the response replaced. A
+// response of another status leaves the row as it was: it replaces only a stored one of
+// another status too, whose row is due at once.
 func dueSigned(k int) string {
-	return wrapped(`UPDATE ocsp_due SET signed = max(signed, v.column2) FROM (`, multiRowInsert(``, 2, k),
-		`) v WHERE ocsp_due.serial = v.column1`)
+	return wrapped(`UPDATE ocsp_due SET signed = max(signed, ?) WHERE serial IN (?`, strings.Repeat(`, ?`, k-1), `)`)
 }
 
 // UpsertOCSPResponses stores pre-signed responses of issued or revoked certificates, each
@@ -378,27 +378,29 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	if err := tx.upsertResponses(op, current, func(k int) string { return ocspUpsert(k, ocspCurrentReplaces) }); err != nil {
 		return err
 	}
-	// A serial given twice moves its row once, to the later thisUpdate (UPDATE FROM would
-	// take either).
+	// The rows move in one statement per thisUpdate (a pass signs its responses with one)
+	// and 64 serials; a serial given twice moves to the later thisUpdate.
 	latest := make(map[any]int64, len(current)/ocspWidth)
 	for i := 0; i < len(current); i += ocspWidth {
 		if t, ok := latest[current[i]]; !ok || current[i+2].(int64) > t {
 			latest[current[i]] = current[i+2].(int64)
 		}
 	}
-	moves := make([]any, 0, 2*len(latest))
+	bySigned := make(map[int64][]any)
 	for s, t := range latest {
-		moves = append(moves, s, t)
+		bySigned[t] = append(bySigned[t], s)
 	}
-	for len(moves) > 0 {
-		k := 2 * rowsPerInsert
-		for k > len(moves)/2 {
-			k /= 2
+	for t, serials := range bySigned {
+		for len(serials) > 0 {
+			k := 2 * rowsPerInsert
+			for k > len(serials) {
+				k /= 2
+			}
+			if _, err := tx.execBare(op, dueSigned(k), append([]any{t}, serials[:k]...)...); err != nil {
+				return err
+			}
+			serials = serials[k:]
 		}
-		if _, err := tx.execBare(op, dueSigned(k), moves[:2*k]...); err != nil {
-			return err
-		}
-		moves = moves[2*k:]
 	}
 	return tx.upsertResponses(op, other, func(k int) string { return ocspUpsert(k, ocspReplaces) })
 }
