@@ -526,6 +526,31 @@ END;
 DROP TRIGGER ocsp_due_signed_insert;
 DROP TRIGGER ocsp_due_signed_update;
 `,
+	// 22: a row of ocsp_due also holds its certificate's status (revoked, reason), kept by
+	// ocsp_due_status and Tx.IndexNewCertificates, so that storing a response learns it from
+	// the narrow due table (about a hundred rows a page) rather than from the certificate's
+	// row (a kilobyte or more, rarely in the page cache during a pass): in a re-signing pass
+	// of 100,000 responses that was five points of the ratio to the token's raw rate.
+	`
+ALTER TABLE ocsp_due ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1));
+ALTER TABLE ocsp_due ADD COLUMN reason INTEGER NOT NULL DEFAULT 0;
+UPDATE ocsp_due SET revoked = 1, reason = (SELECT c.revocation_reason FROM certificates c WHERE c.serial = ocsp_due.serial)
+	WHERE serial IN (SELECT serial FROM certificates WHERE state = 'revoked');
+
+DROP TRIGGER ocsp_due_status;
+CREATE TRIGGER ocsp_due_status AFTER UPDATE OF state, revocation_reason, not_after ON certificates
+	WHEN new.template <> 'import' AND (new.state = 'revoked' OR old.rowid <= (SELECT pos FROM ocsp_mark))
+BEGIN
+	DELETE FROM ocsp_due WHERE serial = old.serial AND new.state NOT IN ('issued', 'revoked');
+	INSERT INTO ocsp_due (serial, signed, not_after, revoked, reason)
+		SELECT new.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = new.serial
+			AND o.revoked = (new.state = 'revoked') AND o.reason = new.revocation_reason), -9223372036854775807 - 1), new.not_after,
+			new.state = 'revoked', new.revocation_reason
+		WHERE new.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after,
+		revoked = excluded.revoked, reason = excluded.reason;
+END;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

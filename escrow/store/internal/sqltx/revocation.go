@@ -440,9 +440,41 @@ func (st certStatus) has(revoked bool, reason int) bool {
 
 // issuedStatus returns the status of the certificates of serials, refusing serials that are
 // unknown (ErrNotFound) or were never issued (ErrNotIssued and ErrConflict), looking them up
-// rowsPerInsert to a statement.
+// rowsPerInsert to a statement. On SQLite a row of ocsp_due tells it first: only certificates
+// issued or revoked, and not imported, have one, and it holds their status (migration 22);
+// the others (not indexed yet, expired, or to be refused) are looked up in certificates.
 func (tx *Tx) issuedStatus(op string, serials []any) (map[string]certStatus, error) {
 	status := make(map[string]certStatus, len(serials))
+	if !tx.d.KeepsDue {
+		var rest []any
+		for len(serials) > 0 {
+			part := serials[:min(len(serials), rowsPerInsert)]
+			serials = serials[len(part):]
+			err := tx.query(op, func(rows Rows) error {
+				var (
+					s       string
+					revoked bool
+					st      certStatus
+				)
+				err := rows.Scan(&s, &revoked, &st.reason)
+				st.state = store.StateIssued
+				if revoked {
+					st.state = store.StateRevoked
+				}
+				status[s] = st
+				return err
+			}, `SELECT serial, revoked, reason FROM ocsp_due WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
+			if err != nil {
+				return nil, err
+			}
+			for _, v := range part {
+				if _, ok := status[v.(string)]; !ok {
+					rest = append(rest, v)
+				}
+			}
+		}
+		serials = rest
+	}
 	for len(serials) > 0 {
 		part := serials[:min(len(serials), rowsPerInsert)]
 		serials = serials[len(part):]
@@ -685,9 +717,10 @@ func (tx *Tx) IndexNewCertificates(limit int) (bool, error) {
 // indexAbove gives ocsp_due and certificate_keys the rows of the certificates with a rowid in
 // (from, to] and moves the mark to to.
 func (tx *Tx) indexAbove(op string, from, to int64) error {
-	if _, err := tx.execBare(op, `INSERT INTO ocsp_due (serial, signed, not_after)
+	if _, err := tx.execBare(op, `INSERT INTO ocsp_due (serial, signed, not_after, revoked, reason)
 		SELECT c.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = c.serial
-			AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), `+dueMin+`), c.not_after
+			AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), `+dueMin+`), c.not_after,
+			c.state = 'revoked', c.revocation_reason
 		FROM certificates c WHERE c.rowid > ? AND c.rowid <= ? AND c.state IN ('issued', 'revoked') AND c.template <> 'import'
 		ON CONFLICT (serial) DO NOTHING`, from, to); err != nil {
 		return err
