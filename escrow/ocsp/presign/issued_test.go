@@ -22,6 +22,12 @@ func (c *countingStore) Update(ctx context.Context, f func(store.Tx) error) erro
 	return c.Store.Update(ctx, f)
 }
 
+// passCounter counts the passes reported.
+type passCounter struct{ passes atomic.Int64 }
+
+func (p *passCounter) OCSPSigned(int)                {}
+func (p *passCounter) OCSPPass(_ time.Time, _ error) { p.passes.Add(1) }
+
 // runSigner runs s until the test ends.
 func runSigner(t *testing.T, s *Signer) {
 	t.Helper()
@@ -41,10 +47,17 @@ func TestIssuedSignedWhenIssuancePauses(t *testing.T) {
 	s.Store = cs
 	s.Interval = time.Hour
 	s.Quiet = 2 * time.Second
+	pc := &passCounter{}
+	s.Metrics = pc
 	runSigner(t, s)
-	// The first pass, over everything due, has indexed the (no) new certificates: its only
-	// transaction.
-	waitFor(t, func() bool { return cs.updates.Load() == 1 })
+	// The first pass, over everything due, has ended (its index transaction alone is not
+	// enough: the certificates below, stored before its read of the due list, would be
+	// signed by it): it found nothing due, and indexing the (no) new certificates was its
+	// only transaction.
+	waitFor(t, func() bool { return pc.passes.Load() == 1 })
+	if n := cs.updates.Load(); n != 1 {
+		t.Fatalf("the first pass took %d transactions, want 1 (indexing)", n)
+	}
 	before := cs.updates.Load()
 	fresh := e.addCerts(t, 0xd000, 5)
 	for _, sn := range fresh {
