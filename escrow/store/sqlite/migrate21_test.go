@@ -46,10 +46,7 @@ func TestMigrateFromVersion20(t *testing.T) {
 
 	signed := func(serial string) int64 {
 		t.Helper()
-		var s int64
-		if err := db.r.QueryRowContext(ctx, `SELECT signed FROM ocsp_due WHERE serial = ?`, serial).Scan(&s); err != nil {
-			t.Fatalf("%s's row of ocsp_due: %v", serial, err)
-		}
+		s, _, _ := dueRow(t, db, serial)
 		return s
 	}
 	stored := func(serial string) (time.Time, bool) {
@@ -62,7 +59,7 @@ func TestMigrateFromVersion20(t *testing.T) {
 	}
 	upsert := func(rs ...store.OCSPResponse) {
 		t.Helper()
-		mustUpdate(t, db, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs) })
+		upsertResponses(t, db, rs...)
 	}
 	good := func(serial string, s int) store.OCSPResponse {
 		return store.OCSPResponse{Serial: serial, DER: []byte{0x30, byte(s)}, ThisUpdate: at(s), NextUpdate: at(s).Add(time.Hour)}
@@ -114,4 +111,20 @@ func TestMigrateFromVersion20(t *testing.T) {
 	if this, rev := stored("c01"); !rev || !this.Equal(at(360)) || !bytes.Equal(der, revoked.DER) {
 		t.Errorf("c01's stored response: revoked %v at %v, want the revoked one of 360 s", rev, this)
 	}
+}
+
+// dueRow returns serial's row of ocsp_due.
+func dueRow(t *testing.T, db *DB, serial string) (signed int64, revoked bool, reason int) {
+	t.Helper()
+	if err := db.r.QueryRowContext(ctx, `SELECT signed, revoked, reason FROM ocsp_due WHERE serial = ?`, serial).
+		Scan(&signed, &revoked, &reason); err != nil {
+		t.Fatalf("%s's row of ocsp_due: %v", serial, err)
+	}
+	return signed, revoked, reason
+}
+
+// upsertResponses stores rs in one transaction.
+func upsertResponses(t *testing.T, db *DB, rs ...store.OCSPResponse) {
+	t.Helper()
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.UpsertOCSPResponses(rs) })
 }

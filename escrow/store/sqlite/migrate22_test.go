@@ -37,13 +37,9 @@ func TestMigrateFromVersion21(t *testing.T) {
 	}
 	defer db.Close()
 
-	row := func(serial string) (signed int64, revoked bool, reason int) {
+	row := func(serial string) (int64, bool, int) {
 		t.Helper()
-		if err := db.r.QueryRowContext(ctx, `SELECT signed, revoked, reason FROM ocsp_due WHERE serial = ?`, serial).
-			Scan(&signed, &revoked, &reason); err != nil {
-			t.Fatalf("%s's row of ocsp_due: %v", serial, err)
-		}
-		return signed, revoked, reason
+		return dueRow(t, db, serial)
 	}
 	for _, c := range []struct {
 		serial  string
@@ -57,7 +53,7 @@ func TestMigrateFromVersion21(t *testing.T) {
 
 	upsert := func(r store.OCSPResponse) {
 		t.Helper()
-		mustUpdate(t, db, func(tx store.Tx) error { return tx.UpsertOCSPResponses([]store.OCSPResponse{r}) })
+		upsertResponses(t, db, r)
 	}
 	response := func(serial string, s int, revoked bool, reason int) store.OCSPResponse {
 		return store.OCSPResponse{Serial: serial, DER: []byte{0x30, byte(s)}, ThisUpdate: at(s), NextUpdate: at(s).Add(time.Hour),

@@ -367,28 +367,21 @@ func (tx *Tx) UpsertOCSPResponses(rs []store.OCSPResponse) error {
 	}
 	current := make([]any, 0, len(args))
 	var other []any
-	for i := 0; i < len(args); i += ocspWidth {
-		row := args[i : i+ocspWidth]
-		if status[row[0].(string)].has(row[4].(bool), row[5].(int)) {
-			current = append(current, row...)
-		} else {
+	// The due rows of the current ones move one statement per thisUpdate (a pass signs its
+	// responses with one) and 64 serials; max makes a serial given twice end at the later.
+	bySigned := make(map[int64][]any)
+	for i, r := range rs {
+		row := args[i*ocspWidth : (i+1)*ocspWidth]
+		if !status[serials[i].(string)].has(r.Revoked, r.Reason) {
 			other = append(other, row...)
+			continue
 		}
+		current = append(current, row...)
+		t := r.ThisUpdate.UnixMicro()
+		bySigned[t] = append(bySigned[t], serials[i])
 	}
 	if err := tx.upsertResponses(op, current, func(k int) string { return ocspUpsert(k, ocspCurrentReplaces) }); err != nil {
 		return err
-	}
-	// The rows move in one statement per thisUpdate (a pass signs its responses with one)
-	// and 64 serials; a serial given twice moves to the later thisUpdate.
-	latest := make(map[any]int64, len(current)/ocspWidth)
-	for i := 0; i < len(current); i += ocspWidth {
-		if t, ok := latest[current[i]]; !ok || current[i+2].(int64) > t {
-			latest[current[i]] = current[i+2].(int64)
-		}
-	}
-	bySigned := make(map[int64][]any)
-	for s, t := range latest {
-		bySigned[t] = append(bySigned[t], s)
 	}
 	for t, serials := range bySigned {
 		for len(serials) > 0 {
@@ -439,71 +432,76 @@ func (st certStatus) has(revoked bool, reason int) bool {
 }
 
 // issuedStatus returns the status of the certificates of serials, refusing serials that are
-// unknown (ErrNotFound) or were never issued (ErrNotIssued and ErrConflict), looking them up
-// rowsPerInsert to a statement. On SQLite a row of ocsp_due tells it first: only certificates
-// issued or revoked, and not imported, have one, and it holds their status (migration 22);
-// the others (not indexed yet, expired, or to be refused) are looked up in certificates.
+// unknown (ErrNotFound) or were never issued (ErrNotIssued and ErrConflict). On SQLite a row of
+// ocsp_due tells it first: only certificates issued or revoked, and not imported, have one,
+// and it holds their status (migration 22); the others (not indexed yet, expired, or to be
+// refused) are looked up in certificates.
 func (tx *Tx) issuedStatus(op string, serials []any) (map[string]certStatus, error) {
 	status := make(map[string]certStatus, len(serials))
 	if !tx.d.KeepsDue {
-		var rest []any
-		for len(serials) > 0 {
-			part := serials[:min(len(serials), rowsPerInsert)]
-			serials = serials[len(part):]
-			err := tx.query(op, func(rows Rows) error {
-				var (
-					s       string
-					revoked bool
-					st      certStatus
-				)
-				err := rows.Scan(&s, &revoked, &st.reason)
-				st.state = store.StateIssued
-				if revoked {
-					st.state = store.StateRevoked
-				}
-				status[s] = st
-				return err
-			}, `SELECT serial, revoked, reason FROM ocsp_due WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
-			if err != nil {
-				return nil, err
+		err := tx.queryIn(op, `SELECT serial, revoked, reason FROM ocsp_due WHERE serial IN `, serials, func(rows Rows) error {
+			var (
+				s       string
+				revoked bool
+				st      certStatus
+			)
+			err := rows.Scan(&s, &revoked, &st.reason)
+			st.state = store.StateIssued
+			if revoked {
+				st.state = store.StateRevoked
 			}
-			for _, v := range part {
-				if _, ok := status[v.(string)]; !ok {
-					rest = append(rest, v)
-				}
+			status[s] = st
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		var rest []any
+		for _, v := range serials {
+			if _, ok := status[v.(string)]; !ok {
+				rest = append(rest, v)
 			}
 		}
 		serials = rest
 	}
-	for len(serials) > 0 {
-		part := serials[:min(len(serials), rowsPerInsert)]
-		serials = serials[len(part):]
-		foreign := make(map[string]bool)
-		err := tx.query(op, func(rows Rows) error {
-			var (
-				s, template string
-				st          certStatus
-			)
-			err := rows.Scan(&s, &st.state, &template, &st.reason)
-			status[s], foreign[s] = st, template == store.TemplateImport
-			return err
-		}, `SELECT serial, state, template, revocation_reason FROM certificates WHERE serial IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, part...)
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range part {
-			s := v.(string)
-			switch st := status[s].state; {
-			case st == "":
-				return nil, fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNotFound)
-			case st == store.StatePending || st == store.StateFailed:
-				return nil, fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, st, store.ErrNotIssued, store.ErrConflict)
-			case foreign[s]:
-				return nil, fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w: %w", op, s, store.ErrNotIssued, store.ErrConflict)
-			}
+	foreign := make(map[string]bool)
+	err := tx.queryIn(op, `SELECT serial, state, template, revocation_reason FROM certificates WHERE serial IN `, serials, func(rows Rows) error {
+		var (
+			s, template string
+			st          certStatus
+		)
+		err := rows.Scan(&s, &st.state, &template, &st.reason)
+		status[s], foreign[s] = st, template == store.TemplateImport
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range serials {
+		s := v.(string)
+		switch st := status[s].state; {
+		case st == "":
+			return nil, fmt.Errorf("store: %s: certificate %s: %w", op, s, store.ErrNotFound)
+		case st == store.StatePending || st == store.StateFailed:
+			return nil, fmt.Errorf("store: %s: certificate %s is %s: %w: %w", op, s, st, store.ErrNotIssued, store.ErrConflict)
+		case foreign[s]:
+			return nil, fmt.Errorf("store: %s: certificate %s was issued by another CA (imported): %w: %w", op, s, store.ErrNotIssued, store.ErrConflict)
 		}
 	}
 	return status, nil
+}
+
+// queryIn runs head followed by an IN list of args, rowsPerInsert of them to a statement,
+// and scans every row.
+func (tx *Tx) queryIn(op, head string, args []any, scan func(Rows) error) error {
+	for len(args) > 0 {
+		part := args[:min(len(args), rowsPerInsert)]
+		args = args[len(part):]
+		if err := tx.query(op, scan, head+`(?`+strings.Repeat(", ?", len(part)-1)+`)`, part...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // GetOCSPResponse returns the stored response of serial, telling apart a serial never
