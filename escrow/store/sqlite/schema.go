@@ -551,6 +551,28 @@ BEGIN
 		revoked = excluded.revoked, reason = excluded.reason;
 END;
 `,
+	// 23: a row of ocsp_due also holds its certificate's revocation time, kept as its status
+	// is, so that a page of OCSPDue is read from the due table alone: joining each due
+	// certificate's own row (a kilobyte or more, seldom in the page cache during a pass) took
+	// the pass's reader 1.5 µs more per response of 100,000 re-signed.
+	`
+ALTER TABLE ocsp_due ADD COLUMN revoked_at INTEGER;
+UPDATE ocsp_due SET revoked_at = (SELECT c.revoked_at FROM certificates c WHERE c.serial = ocsp_due.serial);
+
+DROP TRIGGER ocsp_due_status;
+CREATE TRIGGER ocsp_due_status AFTER UPDATE OF state, revocation_reason, revoked_at, not_after ON certificates
+	WHEN new.template <> 'import' AND (new.state = 'revoked' OR old.rowid <= (SELECT pos FROM ocsp_mark))
+BEGIN
+	DELETE FROM ocsp_due WHERE serial = old.serial AND new.state NOT IN ('issued', 'revoked');
+	INSERT INTO ocsp_due (serial, signed, not_after, revoked, reason, revoked_at)
+		SELECT new.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = new.serial
+			AND o.revoked = (new.state = 'revoked') AND o.reason = new.revocation_reason), -9223372036854775807 - 1), new.not_after,
+			new.state = 'revoked', new.revocation_reason, new.revoked_at
+		WHERE new.state IN ('issued', 'revoked')
+	ON CONFLICT (serial) DO UPDATE SET signed = excluded.signed, not_after = excluded.not_after,
+		revoked = excluded.revoked, reason = excluded.reason, revoked_at = excluded.revoked_at;
+END;
+`,
 }
 
 // goSteps[v] runs in Go right after the SQL of migration v (the one that brings the schema to

@@ -33,6 +33,7 @@ var revocationTests = []test{
 	{"CRLNumbers", testCRLNumbers},
 	{"OCSPLookups", testOCSPLookups},
 	{"OCSPDue", testOCSPDue},
+	{"OCSPDueStoredRevoked", testOCSPDueStoredRevoked},
 	{"OCSPDuePages", testOCSPDuePages},
 	{"OCSPDueLifecycle", testOCSPDueLifecycle},
 	{"OCSPDueInFlight", testOCSPDueInFlight},
@@ -667,18 +668,52 @@ func testOCSPLookups(t *testing.T, h *Harness) {
 	}
 }
 
+// due lists what OCSPDue returns as serial:revoked:reason, after checking that each status
+// has its certificate's expiry and revocation time and reason as stored.
 func due(t *testing.T, s store.Store, now, signedBefore time.Time) string {
 	t.Helper()
 	var got []store.CertStatus
 	mustView(t, s, func(tx store.Tx) (err error) {
-		got, err = tx.OCSPDue(now, signedBefore, "", 100)
-		return err
+		if got, err = tx.OCSPDue(now, signedBefore, "", 100); err != nil {
+			return err
+		}
+		for _, st := range got {
+			c, err := tx.GetCertificate(st.Serial)
+			if err != nil {
+				return err
+			}
+			if st.Revoked != (c.State == store.StateRevoked) || !st.RevokedAt.Equal(c.RevokedAt) ||
+				st.Reason != c.RevocationReason || !st.NotAfter.Equal(c.NotAfter) {
+				t.Errorf("OCSPDue: %s: revoked %v at %v (reason %d), expires %v; the certificate is %s at %v (reason %d), expires %v",
+					st.Serial, st.Revoked, st.RevokedAt, st.Reason, st.NotAfter, c.State, c.RevokedAt, c.RevocationReason, c.NotAfter)
+			}
+		}
+		return nil
 	})
 	var out []string
 	for _, c := range got {
 		out = append(out, fmt.Sprintf("%s:%v:%d", c.Serial, c.Revoked, c.Reason))
 	}
 	return strings.Join(out, " ")
+}
+
+// testOCSPDueStoredRevoked: a certificate stored already revoked is due with its revocation
+// time and reason, as one revoked after it was stored.
+func testOCSPDueStoredRevoked(t *testing.T, h *Harness) {
+	s := h.Open(t)
+	now := t0.AddDate(0, 0, 30)
+	c := issued("b1", t0.AddDate(1, 0, 0))
+	c.State, c.RevokedAt, c.RevocationReason = store.StateRevoked, t0.Add(90*time.Minute), store.ReasonCessationOfOperation
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.InsertCertificates([]store.Certificate{c, issued("b2", t0.AddDate(1, 0, 0))})
+	})
+	mustUpdate(t, s, func(tx store.Tx) error {
+		return tx.RevokeCertificate("b2", store.ReasonAffiliationChanged, t0.Add(2*time.Hour))
+	})
+	want := fmt.Sprintf("b1:true:%d b2:true:%d", store.ReasonCessationOfOperation, store.ReasonAffiliationChanged)
+	if got := due(t, s, now, now); got != want {
+		t.Errorf("due: %q, want %q", got, want)
+	}
 }
 
 // testOCSPDue: a certificate is due when it has no response, when its response is older than
@@ -786,6 +821,7 @@ func testIndexed(t *testing.T, h *Harness) {
 	indexing.Open = func(t *testing.T) store.Store { return indexingStore{h.Open(t), t} }
 	for _, tt := range []test{
 		{"OCSPDue", testOCSPDue},
+		{"OCSPDueStoredRevoked", testOCSPDueStoredRevoked},
 		{"OCSPDuePages", testOCSPDuePages},
 		{"OCSPDueLifecycle", testOCSPDueLifecycle},
 		{"OCSPDueInFlight", testOCSPDueInFlight},

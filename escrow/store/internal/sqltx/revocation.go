@@ -544,7 +544,8 @@ func (tx *Tx) GetOCSPResponse(serial string) (*store.OCSPResponse, error) {
 // counts at most max(dueProbe, 2 limit) due certificates.
 const dueProbe = 1024
 
-// Reading a page of due certificates, from ocsp_due, on SQLite in one of two ways:
+// Reading a page of due certificates from ocsp_due alone, which holds their status and
+// revocation time (migrations 22 and 23), on SQLite in one of two ways:
 //
 //   - dueBySigned reads the range signed < signedBefore of ocsp_due_signed and sorts what it
 //     finds by serial: it costs the number of certificates due, whatever their serials, so
@@ -554,12 +555,13 @@ const dueProbe = 1024
 //     issuance, the refresh of certificates signed together), where paging with the first
 //     way would read every due certificate for each page.
 const (
-	dueBySigned = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason FROM (
-		SELECT serial FROM ocsp_due INDEXED BY ocsp_due_signed` + dueWhere
-	dueBySerial = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason FROM (
-		SELECT serial FROM ocsp_due NOT INDEXED` + dueWhere
-	dueWhere = ` WHERE signed < ?3 AND (not_after IS NULL OR not_after > ?2) AND serial > ?1 ORDER BY serial LIMIT ?4
-		) d JOIN certificates c ON c.serial = d.serial ORDER BY d.serial`
+	dueBySigned = `SELECT o.serial, ` + dueState + `, o.not_after, o.revoked_at, o.reason FROM (
+		SELECT serial FROM ocsp_due INDEXED BY ocsp_due_signed` + dueWhere + `
+		) d JOIN ocsp_due o ON o.serial = d.serial ORDER BY d.serial`
+	dueBySerial = `SELECT serial, ` + dueState + `, not_after, revoked_at, reason FROM ocsp_due NOT INDEXED` + dueWhere
+	dueWhere    = ` WHERE signed < ?3 AND (not_after IS NULL OR not_after > ?2) AND serial > ?1 ORDER BY serial LIMIT ?4`
+	// dueState is a row's certificate state, from the status it holds (migration 22).
+	dueState = `CASE WHEN revoked THEN 'revoked' ELSE 'issued' END`
 	dueCount = `SELECT count(*) FROM (SELECT 1 FROM ocsp_due INDEXED BY ocsp_due_signed
 		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2) LIMIT ?3)`
 )
@@ -715,10 +717,10 @@ func (tx *Tx) IndexNewCertificates(limit int) (bool, error) {
 // indexAbove gives ocsp_due and certificate_keys the rows of the certificates with a rowid in
 // (from, to] and moves the mark to to.
 func (tx *Tx) indexAbove(op string, from, to int64) error {
-	if _, err := tx.execBare(op, `INSERT INTO ocsp_due (serial, signed, not_after, revoked, reason)
+	if _, err := tx.execBare(op, `INSERT INTO ocsp_due (serial, signed, not_after, revoked, reason, revoked_at)
 		SELECT c.serial, coalesce((SELECT o.this_update FROM ocsp_responses o WHERE o.serial = c.serial
 			AND o.revoked = (c.state = 'revoked') AND o.reason = c.revocation_reason), `+dueMin+`), c.not_after,
-			c.state = 'revoked', c.revocation_reason
+			c.state = 'revoked', c.revocation_reason, c.revoked_at
 		FROM certificates c WHERE c.rowid > ? AND c.rowid <= ? AND c.state IN ('issued', 'revoked') AND c.template <> 'import'
 		ON CONFLICT (serial) DO NOTHING`, from, to); err != nil {
 		return err
