@@ -155,3 +155,25 @@ func TestSignRefusesYears(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendGeneralizedTime: the digits written directly are AppendFormat's, in UTC, for
+// times across the years a response can hold, and for a zone other than UTC.
+func TestAppendGeneralizedTime(t *testing.T) {
+	zone := time.FixedZone("east", 5*3600+30*60)
+	times := []time.Time{
+		time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1999, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
+		time.Date(2026, 12, 6, 7, 8, 9, 0, zone),
+		time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	for i := range 1000 {
+		times = append(times, time.Unix(int64(i)*7_919_993_561%253_402_300_800, 0).In(zone))
+	}
+	for _, tm := range times {
+		want := tm.UTC().AppendFormat([]byte{byte(cbasn1.GeneralizedTime), 15}, "20060102150405Z")
+		if got := appendGeneralizedTime(nil, tm); !bytes.Equal(got, want) {
+			t.Errorf("%v: %q, want %q", tm, got, want)
+		}
+	}
+}
