@@ -32,8 +32,9 @@ func cpuTime(tb testing.TB) time.Duration {
 // replaced). Each pass lies between two raw windows of half as many signatures, and is
 // compared with their rate, so that a machine whose load changes meanwhile weighs on both
 // alike; the re-sign figures are the medians of the three passes (the issue asks for at least
-// 80% of the raw rate). It also reports the process's CPU time per signature and per
-// re-signed response, whose ratio the machine's other work moves less.
+// 80% of the raw rate). It also reports the process's CPU time per raw signature and per
+// response of the first pass, and for each pass the ratio of the CPU time per raw signature
+// to that per response, which the machine's other work moves less.
 //
 // raw-spare-P-signs/s is the raw rate with one P more than GOMAXPROCS, for reference: with
 // every P in a long cgo call, Go's scheduler hands the Ps off and wakes spinning threads,
@@ -120,7 +121,7 @@ func BenchmarkPresignSoftHSM(b *testing.B) {
 		b.ReportMetric(median(ratios), "resign-%-of-raw")
 		b.ReportMetric(median(cpuRatios), "resign-cpu-%-of-raw")
 		b.ReportMetric(spare.rate(), "raw-spare-P-signs/s")
-		b.Logf("re-sign passes, %% of the raw rate around each: %.1f (CPU per signature: %.1f)", ratios, cpuRatios)
+		b.Logf("re-sign passes, %% of the raw rate around each: %.1f (of its CPU per signature: %.1f)", ratios, cpuRatios)
 	}
 }
 
