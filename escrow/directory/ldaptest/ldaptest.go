@@ -416,24 +416,45 @@ var errExitedAtStart = errors.New("slapd exited at start")
 // FreePort returns a loopback port that is free now, below the kernel's ephemeral range when
 // there is room: a port of that range, free when asked, may become the local port of a
 // client's outgoing connection before the server meant for it binds it. The end-to-end
-// harness takes the appliances' ports from it too.
+// harness takes the appliances' ports from it too. It never returns a port twice in a
+// process: ports drawn for one server (an appliance's HTTPS, metrics and public listeners)
+// were free all three, but could be the same one.
 func FreePort() (int, error) {
+	givenMu.Lock()
+	defer givenMu.Unlock()
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		var low, high int
 		if _, err := fmt.Sscan(string(b), &low, &high); err == nil && low > 20000 {
 			for range 100 {
-				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(10000+mrand.IntN(low-10000)))
-				if err == nil {
-					defer l.Close()
-					return l.Addr().(*net.TCPAddr).Port, nil
+				p := 10000 + mrand.IntN(low-10000)
+				if given[p] {
+					continue
+				}
+				if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p)); err == nil {
+					l.Close()
+					given[p] = true
+					return p, nil
 				}
 			}
 		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !given[p] {
+			given[p] = true
+			return p, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("ldaptest: no free port left that was not given before")
 }
+
+// given holds the ports FreePort returned.
+var (
+	givenMu sync.Mutex
+	given   = make(map[int]bool)
+)

@@ -31,3 +31,21 @@ func TestParseLDIF(t *testing.T) {
 		t.Fatalf("ParseLDIF = %q, %v", got, err)
 	}
 }
+
+// TestFreePortNeverRepeats: a process never gets the same port twice from FreePort. A test
+// that starts the appliance with its HTTPS, metrics and public ports from three calls was
+// refused ("public_listen must differ from listen and metrics_listen") when two draws from
+// the range below the ephemeral ports met.
+func TestFreePortNeverRepeats(t *testing.T) {
+	seen := make(map[int]bool)
+	for range 3000 {
+		p, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d returned twice (after %d ports)", p, len(seen))
+		}
+		seen[p] = true
+	}
+}
