@@ -191,7 +191,8 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 				reset(at)
 			}
 		case <-timer.C:
-			if !triggered && !p.leads() {
+			led := p.leads()
+			if !triggered && !led {
 				// The periodic CRL is the leader's; once this node leads, it publishes.
 				reset(p.now().Add(crlFollowerPoll))
 				continue
@@ -208,8 +209,10 @@ func (p *CRLPublisher) Run(ctx context.Context) {
 				continue
 			}
 			backoff, retryAt, triggered = 0, time.Time{}, false
-			if !p.leads() {
-				// A follower's own revocation: look again shortly whether this node leads.
+			if !led || !p.leads() {
+				// A follower's own revocation: look again shortly whether this node leads. One
+				// that came to lead while publishing it publishes again then, as the leader,
+				// rather than wait an interval on the follower's CRL.
 				reset(p.now().Add(crlFollowerPoll))
 				continue
 			}

@@ -157,6 +157,28 @@ func TestCRLRunFollower(t *testing.T) {
 	waitNumber(t, p, 2, 3*crlFollowerPoll)
 }
 
+// TestCRLRunFollowerLeadsWhilePublishing: a follower that comes to lead while it publishes
+// the CRL of its own revocation still publishes at once as the leader, at its next look, as
+// TestCRLRunFollower expects; it used to take the CRL it had just published for the leader's
+// and wait a whole interval. Here it leads from the moment its first CRL is stored.
+func TestCRLRunFollowerLeadsWhilePublishing(t *testing.T) {
+	env := newBareService(t)
+	p := newPublisher(env, nil)
+	p.Issuer = p.Issuer.WithClock(time.Now)
+	p.Now = nil
+	p.Delay = 200 * time.Millisecond
+	p.Leads = func() bool {
+		_, err := p.Latest(context.Background())
+		return err == nil
+	}
+	runPublisher(t, p)
+	now := time.Now()
+	insertCerts(t, env.svc.Store, revokedCert("e1", now, store.ReasonKeyCompromise, now.Add(24*time.Hour)))
+	p.Revoked([]string{"e1"})
+	waitNumber(t, p, 1, 5*time.Second)
+	waitNumber(t, p, 2, 3*crlFollowerPoll)
+}
+
 // TestSweepAge: with SweepAge set (several nodes), a sweep leaves alone the issuances younger
 // than it, which another node may be finishing, and marks the older ones failed.
 func TestSweepAge(t *testing.T) {
