@@ -228,8 +228,8 @@ type CRLs interface {
 // The SQL backends keep a table of their own (ocsp_due: serial, the ThisUpdate of a response
 // of the current status or the smallest integer, NotAfter), with an index on (signed,
 // not_after). PostgreSQL's statements that store certificates and responses keep it, in the
-// same statement. On SQLite, whose rows also hold the certificate's status (read when a
-// response is stored), triggers keep it for revocations and for the certificates indexed
+// same statement. On SQLite, whose rows also hold the certificate's status and revocation time
+// (read when a response is stored and by OCSPDue, without the certificate's row), triggers keep it for revocations and for the certificates indexed
 // already, and UpsertOCSPResponses for the responses it stores; the certificates
 // stored since the last IndexNewCertificates (a range of rowids above a mark) wait for the
 // next. See OCSPDue for how a page is read.

@@ -555,14 +555,12 @@ const dueProbe = 1024
 //     issuance, the refresh of certificates signed together), where paging with the first
 //     way would read every due certificate for each page.
 const (
-	dueBySigned = `SELECT o.serial, ` + dueState + `, o.not_after, o.revoked_at, o.reason FROM (
+	dueBySigned = `SELECT o.serial, o.revoked, o.not_after, o.revoked_at, o.reason FROM (
 		SELECT serial FROM ocsp_due INDEXED BY ocsp_due_signed` + dueWhere + `
 		) d JOIN ocsp_due o ON o.serial = d.serial ORDER BY d.serial`
-	dueBySerial = `SELECT serial, ` + dueState + `, not_after, revoked_at, reason FROM ocsp_due NOT INDEXED` + dueWhere
+	dueBySerial = `SELECT serial, revoked, not_after, revoked_at, reason FROM ocsp_due NOT INDEXED` + dueWhere
 	dueWhere    = ` WHERE signed < ?3 AND (not_after IS NULL OR not_after > ?2) AND serial > ?1 ORDER BY serial LIMIT ?4`
-	// dueState is a row's certificate state, from the status it holds (migration 22).
-	dueState = `CASE WHEN revoked THEN 'revoked' ELSE 'issued' END`
-	dueCount = `SELECT count(*) FROM (SELECT 1 FROM ocsp_due INDEXED BY ocsp_due_signed
+	dueCount    = `SELECT count(*) FROM (SELECT 1 FROM ocsp_due INDEXED BY ocsp_due_signed
 		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2) LIMIT ?3)`
 )
 
@@ -571,7 +569,7 @@ const (
 const (
 	dueAny = `SELECT EXISTS (SELECT 1 FROM ocsp_due
 		WHERE signed < ?1 AND (not_after IS NULL OR not_after > ?2))`
-	duePage = `SELECT c.serial, c.state, c.not_after, c.revoked_at, c.revocation_reason
+	duePage = `SELECT c.serial, c.state = 'revoked', c.not_after, c.revoked_at, c.revocation_reason
 		FROM ocsp_due d JOIN certificates c ON c.serial = d.serial
 		WHERE d.signed < ?3 AND (d.not_after IS NULL OR d.not_after > ?2) AND d.serial > ?1
 		ORDER BY d.serial LIMIT ?4`
@@ -617,19 +615,19 @@ func (tx *Tx) OCSPDue(now, signedBefore time.Time, after string, limit int) ([]s
 	return mergeStatuses(indexed, fresh, limit), nil
 }
 
-// dueStatuses runs q, a page of OCSPDue, with its four arguments.
+// dueStatuses runs q, a page of OCSPDue, with its four arguments: each row is serial, revoked,
+// not_after, revoked_at and reason.
 func (tx *Tx) dueStatuses(op, q, after string, now, signedBefore time.Time, limit int) ([]store.CertStatus, error) {
 	var out []store.CertStatus
 	err := tx.query(op, func(rows Rows) error {
 		var (
 			st      store.CertStatus
-			state   string
 			na, rev sql.NullInt64
 		)
-		if err := rows.Scan(&st.Serial, &state, &na, &rev, &st.Reason); err != nil {
+		if err := rows.Scan(&st.Serial, &st.Revoked, &na, &rev, &st.Reason); err != nil {
 			return err
 		}
-		st.Revoked, st.NotAfter, st.RevokedAt = state == store.StateRevoked, tget(na), tget(rev)
+		st.NotAfter, st.RevokedAt = tget(na), tget(rev)
 		out = append(out, st)
 		return nil
 	}, q, after, now.UnixMicro(), signedBefore.UnixMicro(), limit)
@@ -657,7 +655,7 @@ func mergeStatuses(a, b []store.CertStatus, limit int) []store.CertStatus {
 // those stored above the mark of IndexNewCertificates (a range of rowids, short when the
 // certificates are indexed every pass) without a row there, and without a response of their
 // status signed at signedBefore or later. SQLite only.
-const dueUnindexed = `SELECT n.serial, n.state, n.not_after, n.revoked_at, n.revocation_reason
+const dueUnindexed = `SELECT n.serial, n.state = 'revoked', n.not_after, n.revoked_at, n.revocation_reason
 	FROM certificates n NOT INDEXED
 	WHERE n.rowid > (SELECT pos FROM ocsp_mark) AND n.serial > ?1
 		AND n.state IN ('issued', 'revoked') AND n.template <> 'import' AND (n.not_after IS NULL OR n.not_after > ?2)
